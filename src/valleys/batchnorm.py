@@ -1,0 +1,154 @@
+"""Recompute BatchNorm statistics for the weights a network holds now.
+
+Weights the network was never trained at (an SWA average, a SWAG sample, a point on a curve or a plane) come
+without valid running statistics. :func:`recompute_bn` is the one routine every method calls for them
+(DESIGN 4.1; Izmailov et al. 2018, "Averaging Weights Leads to Wider Optima", Alg. 1 last step).
+
+Statistics are exact: for every BatchNorm layer the per-channel mean and variance of its inputs over the
+whole pass are combined batch by batch in float64 with Chan's parallel update
+``M2 = M2_a + M2_b + delta^2 n_a n_b / (n_a + n_b)``, so unequal batch sizes are weighted correctly. The
+running mean becomes the data mean and the running variance the unbiased data variance (PyTorch's
+convention for ``running_var``). Momenta are never changed and every module's train/eval flag is restored.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .batches import InputFn, call_model, default_input_fn, to_device
+
+__all__ = ["recompute_bn", "has_batchnorm", "EmptyLoaderError"]
+
+
+class EmptyLoaderError(ValueError):
+    """A data loader yielded no batches."""
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """True if the model has a BatchNorm layer that tracks running statistics."""
+    return any(isinstance(m, _BatchNorm) and m.track_running_stats for m in model.modules())
+
+
+class _Moments:
+    """Per-channel count, mean and M2 of a BN layer's inputs, combined exactly across batches."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: Tensor | None = None
+        self.m2: Tensor | None = None
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        x = args[0].detach().double()
+        dims = [0] + list(range(2, x.dim()))
+        nb = x.numel() // x.shape[1]
+        mean_b = x.mean(dim=dims)
+        m2_b = ((x - mean_b.view(1, -1, *([1] * (x.dim() - 2)))) ** 2).sum(dim=dims)
+        if self.mean is None:
+            self.n, self.mean, self.m2 = nb, mean_b, m2_b
+            return
+        n = self.n + nb
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (nb / n)
+        self.m2 = self.m2 + m2_b + delta.pow(2) * (self.n * nb / n)
+        self.n = n
+
+    def all_reduce(self) -> None:
+        """Combine the moments of all ranks of a torch.distributed group (sum of n, sum, centred M2)."""
+        import torch.distributed as dist
+
+        assert self.mean is not None
+        n = torch.tensor([float(self.n)], dtype=torch.float64, device=self.mean.device)
+        s = self.mean * self.n
+        q = self.m2 + self.n * self.mean.pow(2)  # sum of squares about zero, per rank
+        for t in (n, s, q):
+            dist.all_reduce(t)
+        self.n = int(n.item())
+        self.mean = s / self.n
+        self.m2 = q - self.n * self.mean.pow(2)
+
+
+def recompute_bn(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    input_fn: InputFn | None = None,
+    num_batches: int | None = None,
+    fraction: float | None = None,
+    device: torch.device | str | None = None,
+    distributed: bool | None = None,
+) -> int:
+    """Set every BatchNorm layer's running statistics to the exact statistics of its inputs over ``loader``.
+
+    For each ``_BatchNorm`` layer with running statistics: ``running_mean = mean(x)`` and
+    ``running_var = sum((x - mean)^2) / (n - 1)`` over all examples (and spatial positions) of the pass,
+    where the network runs forward in train mode without gradients, as in SWA's final BN update.
+
+    Args:
+        model: the network, already holding the weights to recompute for. Modified in place (buffers only).
+        loader: iterable of batches (tensors, ``(input, target)`` tuples or dicts).
+        input_fn: maps a batch to the model input; default :func:`valleys.batches.default_input_fn`.
+        num_batches: use only the first ``num_batches`` batches.
+        fraction: use only the first ``ceil(fraction * len(loader))`` batches (needs ``len(loader)``).
+        device: move inputs there first (default: leave them).
+        distributed: all-reduce statistics over ``torch.distributed`` ranks; default: if initialised.
+
+    Returns:
+        The number of batches used (0 when the model has no BatchNorm layer; then nothing runs).
+
+    Raises:
+        EmptyLoaderError: the loader (or the chosen subset) has no batches.
+        ValueError: ``num_batches`` < 1 or ``fraction`` outside (0, 1], or both given.
+    """
+    if num_batches is not None and fraction is not None:
+        raise ValueError("give num_batches or fraction, not both")
+    if num_batches is not None and num_batches < 1:
+        raise ValueError(f"num_batches must be at least 1, got {num_batches}")
+    if fraction is not None:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        num_batches = max(1, math.ceil(fraction * len(loader)))  # type: ignore[arg-type]
+    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if not layers:
+        return 0
+    input_fn = input_fn or default_input_fn
+    if distributed is None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+
+    modes = [m.training for m in model.modules()]
+    moments = {m: _Moments() for m in layers}
+    hooks = [m.register_forward_pre_hook(moments[m]) for m in layers]
+    seen = 0
+    try:
+        model.train()
+        batches = loader if num_batches is None else itertools.islice(loader, num_batches)
+        with torch.no_grad():
+            for batch in batches:
+                inputs = to_device(input_fn(batch), device)
+                call_model(model, inputs)
+                seen += 1
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, mode in zip(model.modules(), modes):
+            m.training = mode
+    if seen == 0:
+        raise EmptyLoaderError("recompute_bn: the loader yielded no batches; pass a non-empty training loader")
+    with torch.no_grad():
+        for m in layers:
+            mom = moments[m]
+            if mom.mean is None:  # layer not reached by this forward (e.g. an unused branch)
+                continue
+            if distributed:
+                mom.all_reduce()
+            m.running_mean.copy_(mom.mean.to(m.running_mean.dtype))
+            var = mom.m2 / max(mom.n - 1, 1)
+            m.running_var.copy_(var.to(m.running_var.dtype))
+            if m.num_batches_tracked is not None:
+                m.num_batches_tracked.fill_(seen)
+    return seen

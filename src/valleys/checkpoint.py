@@ -1,0 +1,156 @@
+"""Checkpoints: one safetensors file, tensors plus a JSON header; loading never runs code from the file.
+
+Any nested state (dicts, lists, numbers, strings, tensors; dicts with int keys such as an optimizer's) is
+encoded as JSON in the safetensors metadata, with each tensor replaced by a reference to a named tensor in
+the file. Files are written to a temporary file in the same folder and renamed, so a crash never leaves a
+half-written checkpoint under the real name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "FORMAT", "check_model_signature",
+           "model_signature", "write_json"]
+
+FORMAT = "valleys-checkpoint-v1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is truncated, not a valleys checkpoint, or from another model."""
+
+
+def _encode(obj: Any, tensors: dict[str, Tensor], path: str) -> Any:
+    if isinstance(obj, Tensor):
+        key = path or "tensor"
+        while key in tensors:
+            key += "_"
+        t = obj.detach().cpu()
+        tensors[key] = t.contiguous().clone() if t.dim() else t.reshape(1).clone()
+        return {"__tensor__": key, "scalar": t.dim() == 0}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {"__dict__": {k: _encode(v, tensors, f"{path}.{k}" if path else k) for k, v in obj.items()}}
+        return {"__pairs__": [[k, _encode(v, tensors, f"{path}.{k}")] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return {"__list__": [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)],
+                "tuple": isinstance(obj, tuple)}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, torch.dtype):
+        return {"__dtype__": str(obj).removeprefix("torch.")}
+    raise CheckpointError(f"cannot store a value of type {type(obj).__name__} at {path!r} in a checkpoint")
+
+
+def _decode(obj: Any, tensors: dict[str, Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            t = tensors[obj["__tensor__"]]
+            return t.reshape(()) if obj.get("scalar") else t
+        if "__dict__" in obj:
+            return {k: _decode(v, tensors) for k, v in obj["__dict__"].items()}
+        if "__pairs__" in obj:
+            return {k: _decode(v, tensors) for k, v in obj["__pairs__"]}
+        if "__list__" in obj:
+            items = [_decode(v, tensors) for v in obj["__list__"]]
+            return tuple(items) if obj.get("tuple") else items
+        if "__dtype__" in obj:
+            return getattr(torch, obj["__dtype__"])
+    return obj
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False, default=float)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def model_signature(model: nn.Module) -> list[list]:
+    """Names and shapes of a model's state (parameters and buffers): what a checkpoint must match."""
+    return [[k, list(v.shape)] for k, v in model.state_dict().items()]
+
+
+def check_model_signature(expected: list, model: nn.Module, source: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` naming the first difference if ``model`` is not the saved architecture."""
+    have = {k: s for k, s in model_signature(model)}
+    want = {k: s for k, s in expected}
+    missing = [k for k in want if k not in have]
+    extra = [k for k in have if k not in want]
+    shape = [(k, want[k], have[k]) for k in want if k in have and list(want[k]) != list(have[k])]
+    if missing or extra or shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} tensors the model lacks (first: {missing[0]!r})")
+        if extra:
+            parts.append(f"{len(extra)} tensors only the model has (first: {extra[0]!r})")
+        if shape:
+            k, w, h = shape[0]
+            parts.append(f"{len(shape)} shape mismatches (first: {k!r} saved {w}, model {h})")
+        raise CheckpointError(f"{source} is from another architecture: " + "; ".join(parts))
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], header: dict[str, Any] | None = None) -> Path:
+    """Save ``state`` (nested dicts/lists of tensors and plain values) and a JSON ``header`` atomically.
+
+    ``state`` typically holds ``model`` (a state_dict), ``optimizer``, ``callbacks`` and ``rng``; the header
+    holds the run config and epoch. Returns the path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, Tensor] = {}
+    structure = _encode(state, tensors, "")
+    meta = {"format": FORMAT, "header": json.dumps(header or {}, default=float), "structure": json.dumps(structure)}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> tuple[dict, dict]:
+    """Load ``(state, header)`` saved by :func:`save_checkpoint`, with clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        tensors = load_file(str(path), device=str(map_location))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors checkpoint (truncated or another format): {e}"
+        ) from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a valleys checkpoint (format {meta.get('format')!r}, "
+            f"expected {FORMAT!r})"
+        )
+    try:
+        state = _decode(json.loads(meta["structure"]), tensors)
+        header = json.loads(meta["header"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} has a damaged header: {e}") from None
+    return state, header

@@ -1,0 +1,139 @@
+"""The ``valleys`` command line: argument parsing and orchestration only (the work is in the library)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+
+EXAMPLES = """examples:
+  valleys demo --quick                      # SGD vs SWA on MNIST-1D in about a minute
+  valleys train --method swa --epochs 100 --swa-start 50 --swa-lr 0.1 --out runs/swa
+  valleys train --dataset digits --model cnn --method sgd --epochs 30 --out runs/digits-sgd
+  valleys evaluate runs/swa
+"""
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    v = float(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return v
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .data import DATASETS
+    from .models import MODELS
+    from .runs import METHODS, TrainConfig
+
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="valleys", description="Loss valleys for any PyTorch model: SWA and more.",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"valleys {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train one run (SGD or SWA) into a run folder",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--dataset", default=d.dataset, choices=list(DATASETS), help="built-in dataset")
+    t.add_argument("--model", default=d.model, choices=list(MODELS), help="reference architecture")
+    t.add_argument("--method", default=d.method, choices=list(METHODS), help="training method")
+    t.add_argument("--epochs", type=_positive_int, default=d.epochs, help="epoch budget")
+    t.add_argument("--lr", type=_positive_float, default=d.lr, help="initial learning rate")
+    t.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
+    t.add_argument("--wd", type=float, default=d.wd, help="weight decay")
+    t.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="minibatch size")
+    t.add_argument("--swa-start", type=int, default=None,
+                   help="epochs of SGD before averaging starts (swa only; default: epochs // 2)")
+    t.add_argument("--swa-lr", type=_positive_float, default=None, help="SWA learning rate (default: --lr)")
+    t.add_argument("--seed", type=int, default=d.seed, help="random seed")
+    t.add_argument("--train-subset", type=_positive_int, default=None, help="use only N training examples")
+    t.add_argument("--test-subset", type=_positive_int, default=None, help="use only N test examples")
+    t.add_argument("--data-root", default=None, help="torchvision data root (Fashion-MNIST files)")
+    t.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ...")
+    t.add_argument("--checkpoint-every", type=_positive_int, default=d.checkpoint_every, help="epochs between checkpoints")
+    t.add_argument("--eval-every", type=_positive_int, default=d.eval_every, help="epochs between evaluations")
+    t.add_argument("--out", default=None, help="run folder (default: runs/<dataset>-<model>-<method>-seed<seed>)")
+    t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    e = sub.add_parser("evaluate", help="re-evaluate a run folder's model, print a table, write evaluation.json")
+    e.add_argument("run_dir", help="a folder written by 'valleys train'")
+
+    m = sub.add_parser("demo", help="the main job: SGD vs SWA on MNIST-1D, table, report and figure")
+    m.add_argument("--quick", action="store_true", help="one seed, 30 epochs (under 2 minutes)")
+    m.add_argument("--out", default="runs/demo", help="output folder")
+    m.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2; quick: 0)")
+    m.add_argument("--overwrite", action="store_true", help="replace a demo already in --out")
+    m.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .report import aggregate, format_table
+    from .runs import TrainConfig, train_run
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    if args.method != "swa" and (args.swa_start is not None or args.swa_lr is not None):
+        raise ValueError("--swa-start and --swa-lr only apply to --method swa")
+    cfg = cfg.resolved()
+    out = Path(args.out or f"runs/{cfg.dataset}-{cfg.model}-{cfg.method}-seed{cfg.seed}")
+    try:
+        res = train_run(cfg, out, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: valleys train ... --out {out} --resume", file=sys.stderr)
+        return 130
+    rows = {f"{cfg.method} ({split})": aggregate([m]) for split, m in res["metrics"].items()}
+    print(format_table(rows))
+    print(f"\nwrote {out}/results.json ({res['timing']['train_s']:.1f}s training)")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .report import aggregate, format_table
+    from .runs import evaluate_run
+
+    res = evaluate_run(args.run_dir)
+    print(format_table({f"{res['method']} ({k})": aggregate([v]) for k, v in res["metrics"].items()}))
+    print(f"\nwrote {Path(args.run_dir) / 'evaluation.json'}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, quick=args.quick, seeds=args.seeds, overwrite=args.overwrite, progress=not args.no_progress)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``valleys`` command; returns the exit status (errors: 2 with a one-line reason)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from .checkpoint import CheckpointError
+    from .data import DatasetNotFoundError
+
+    try:
+        return {"train": _train, "evaluate": _evaluate, "demo": _demo}[args.command](args)
+    except (ValueError, FileExistsError, FileNotFoundError, CheckpointError, DatasetNotFoundError) as e:
+        print(f"valleys {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

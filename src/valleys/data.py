@@ -1,0 +1,195 @@
+"""Built-in datasets, all available offline, with fixed train/validation/test splits.
+
+* ``mnist1d`` (default): MNIST-1D (Greydanus 2020), generated offline with ``mnist1d.data.make_dataset``:
+  4000 training and 1000 test signals of length 40, 10 classes. Already standardised (mean 0, std 1).
+* ``digits``: scikit-learn's 8x8 digits (1797 images), scaled to [0, 1], shape (1, 8, 8); 20% test.
+* ``fashion-mnist``: Fashion-MNIST (Xiao et al. 2017), 60000 + 10000 images 28x28, scaled to [0, 1] and
+  standardised with the training mean and std. Read from the IDX files of the Debian package
+  ``dataset-fashion-mnist`` or from a torchvision root (``root/FashionMNIST/raw``).
+
+The validation split is carved from the training data with a fixed split seed (``split_seed=0``), independent
+of the training seed, so runs with different seeds see the same splits. The test split is never used to tune.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+__all__ = ["Splits", "DATASETS", "load_dataset", "make_loader", "find_fashion_mnist", "DatasetNotFoundError"]
+
+DATASETS: dict[str, str] = {
+    "mnist1d": "MNIST-1D signals, 10 classes, generated offline (default)",
+    "digits": "scikit-learn 8x8 digits, 10 classes",
+    "fashion-mnist": "Fashion-MNIST 28x28, 10 classes (Debian package dataset-fashion-mnist or torchvision files)",
+}
+
+FASHION_FILES = {
+    "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte",
+}
+DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset's files are not where valleys looks for them."""
+
+
+@dataclass
+class Splits:
+    """Train, validation and test datasets of ``(input, label)`` pairs plus what a model needs to know."""
+
+    name: str
+    train: TensorDataset | Subset
+    val: TensorDataset | Subset
+    test: TensorDataset
+    num_classes: int
+    input_shape: tuple[int, ...]
+    info: dict = field(default_factory=dict)
+
+    def sizes(self) -> dict[str, int]:
+        """Number of examples per split."""
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def _split(x: Tensor, y: Tensor, val_fraction: float, split_seed: int, train_subset: int | None):
+    n = x.shape[0]
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+    n_val = int(round(val_fraction * n))
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    if train_subset is not None:
+        if train_subset < 1:
+            raise ValueError(f"train_subset must be at least 1, got {train_subset}")
+        train_idx = train_idx[:train_subset]
+    return TensorDataset(x[train_idx], y[train_idx]), TensorDataset(x[val_idx], y[val_idx])
+
+
+def _mnist1d() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    d = make_dataset(get_dataset_args())  # deterministic (seed fixed inside), no download
+    return (torch.tensor(d["x"], dtype=torch.float32), torch.tensor(d["y"]).long(),
+            torch.tensor(d["x_test"], dtype=torch.float32), torch.tensor(d["y_test"]).long())
+
+
+def _digits() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(bunch.target).long()
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(1234))
+    n_test = int(round(0.2 * len(y)))
+    te, tr = perm[:n_test], perm[n_test:]
+    return x[tr], y[tr], x[te], y[te]
+
+
+def _dpkg_dirs() -> list[Path]:
+    if shutil.which("dpkg") is None:
+        return []
+    try:
+        out = subprocess.run(["dpkg", "-L", "dataset-fashion-mnist"], capture_output=True, text=True,
+                             timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return sorted({Path(line).parent for line in out.splitlines() if "idx" in line and line.endswith(".gz")})
+
+
+def _find_file(directory: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def find_fashion_mnist(root: str | os.PathLike | None = None) -> Path:
+    """The folder holding the four Fashion-MNIST IDX files (gzipped or not).
+
+    Looks where ``dpkg -L dataset-fashion-mnist`` says, then in ``/usr/share/datasets/fashion-mnist``,
+    then in a torchvision root (``root``, ``root/FashionMNIST/raw``, ``root/raw``).
+    """
+    candidates = _dpkg_dirs() + [DEBIAN_FASHION_DIR]
+    if root is not None:
+        r = Path(root)
+        candidates += [r, r / "FashionMNIST" / "raw", r / "raw"]
+    for d in candidates:
+        if all(_find_file(d, stem) for stem in FASHION_FILES.values()):
+            return d
+    looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
+    raise DatasetNotFoundError(
+        "Fashion-MNIST files not found (looked in: " + looked + "). Install them with\n"
+        "  sudo apt-get install dataset-fashion-mnist\n"
+        "or download them with torchvision and pass its root:\n"
+        "  python -c \"import torchvision; torchvision.datasets.FashionMNIST('data', download=True)\"\n"
+        "  valleys train --dataset fashion-mnist --data-root data"
+    )
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}")
+    return data.reshape(dims)
+
+
+def _fashion(root: str | os.PathLike | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    d = find_fashion_mnist(root)
+    arr = {k: _read_idx(_find_file(d, stem)) for k, stem in FASHION_FILES.items()}  # type: ignore[arg-type]
+    xtr = torch.tensor(arr["train_x"], dtype=torch.float32).unsqueeze(1) / 255.0
+    xte = torch.tensor(arr["test_x"], dtype=torch.float32).unsqueeze(1) / 255.0
+    mean, std = xtr.mean(), xtr.std()
+    return ((xtr - mean) / std, torch.tensor(arr["train_y"]).long(),
+            (xte - mean) / std, torch.tensor(arr["test_y"]).long())
+
+
+def load_dataset(name: str = "mnist1d", *, val_fraction: float = 0.1, split_seed: int = 0,
+                 train_subset: int | None = None, test_subset: int | None = None,
+                 root: str | os.PathLike | None = None) -> Splits:
+    """Load a built-in dataset as :class:`Splits`.
+
+    Args:
+        name: one of :data:`DATASETS`.
+        val_fraction: share of the training data held out for validation (fixed ``split_seed``).
+        train_subset / test_subset: keep only the first N examples (after the fixed shuffle) for speed.
+        root: a torchvision data root to search for Fashion-MNIST files.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    loader = {"mnist1d": _mnist1d, "digits": _digits, "fashion-mnist": lambda: _fashion(root)}[name]
+    xtr, ytr, xte, yte = loader()
+    train, val = _split(xtr, ytr, val_fraction, split_seed, train_subset)
+    if test_subset is not None:
+        xte, yte = xte[:test_subset], yte[:test_subset]
+    return Splits(name, train, val, TensorDataset(xte, yte), num_classes=int(ytr.max()) + 1,
+                  input_shape=tuple(xtr.shape[1:]), info={"split_seed": split_seed, "val_fraction": val_fraction})
+
+
+def make_loader(dataset, batch_size: int = 128, *, shuffle: bool = False, seed: int = 0,
+                drop_last: bool = False) -> DataLoader:
+    """A ``DataLoader``; when shuffling, its generator is seeded so the order is reproducible.
+
+    The training loop reseeds that generator at every epoch (``seed + epoch``), which makes a resumed run
+    see exactly the batches an uninterrupted run would.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    gen = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, drop_last=drop_last)

@@ -1,0 +1,175 @@
+"""Streaming metrics with O(bins) state, the one metrics implementation every method uses (DESIGN 4.6).
+
+Classification, from predicted probabilities ``p`` (N, C) and labels ``y``:
+
+* accuracy = mean[argmax p = y]
+* NLL = mean[-log p_y]                           (a mean over examples, never a sum; p clamped at 1e-12)
+* Brier = mean[sum_c (p_c - 1[c = y])^2]          (multi-class Brier score, Brier 1950)
+* ECE = sum_b (n_b / N) |acc_b - conf_b|, MCE = max_b |acc_b - conf_b|   (Guo et al. 2017)
+  with ``bins`` equal-width bins of the confidence ``max_c p_c`` on [0, 1]: bin b holds
+  b/B <= conf < (b+1)/B, and confidence exactly 1.0 goes into the top bin. Empty bins are skipped.
+
+Regression, from a Gaussian predictive N(mu, var): RMSE, Gaussian NLL
+``0.5 log(2 pi var) + (y - mu)^2 / (2 var)`` (mean), and the coverage of the central 95% interval
+``|y - mu| <= 1.959964 sqrt(var)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["ClassificationMetrics", "RegressionMetrics", "classification_metrics", "regression_metrics"]
+
+_EPS = 1e-12
+_Z95 = 1.959963984540054
+
+
+def _as_labels(y: Tensor, n: int) -> Tensor:
+    y = torch.as_tensor(y)
+    if y.dim() != 1 or y.numel() != n:
+        raise ValueError(f"targets must be a 1-D tensor of {n} class indices, got shape {tuple(y.shape)}")
+    return y.long()
+
+
+class ClassificationMetrics:
+    """Accumulate accuracy, NLL, Brier, ECE/MCE and reliability data over batches of probabilities.
+
+    State is O(bins): counts and sums in float64, independent of the number of examples.
+
+    Example:
+        >>> m = ClassificationMetrics()
+        >>> m.update(torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([0, 0]))
+        >>> round(m.compute()["accuracy"], 3)
+        0.5
+    """
+
+    def __init__(self, bins: int = 15) -> None:
+        if bins < 1:
+            raise ValueError(f"bins must be at least 1, got {bins}")
+        self.bins = bins
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything seen."""
+        self.n = 0
+        self.correct = 0.0
+        self.nll_sum = 0.0
+        self.brier_sum = 0.0
+        self.bin_count = torch.zeros(self.bins, dtype=torch.float64)
+        self.bin_conf = torch.zeros(self.bins, dtype=torch.float64)
+        self.bin_correct = torch.zeros(self.bins, dtype=torch.float64)
+
+    def update(self, probs: Tensor, targets: Tensor) -> None:
+        """Add a batch: ``probs`` (N, C) rows summing to 1, ``targets`` (N,) class indices."""
+        if probs.dim() != 2:
+            raise ValueError(f"probs must have shape (N, C), got {tuple(probs.shape)}")
+        p = probs.detach().to("cpu", torch.float64)
+        y = _as_labels(targets.detach().cpu(), p.shape[0])
+        if p.shape[0] == 0:
+            return
+        if int(y.min()) < 0 or int(y.max()) >= p.shape[1]:
+            raise ValueError(f"targets must lie in [0, {p.shape[1] - 1}], got range [{int(y.min())}, {int(y.max())}]")
+        conf, pred = p.max(dim=1)
+        hit = (pred == y).double()
+        py = p.gather(1, y[:, None]).squeeze(1)
+        onehot = torch.zeros_like(p).scatter_(1, y[:, None], 1.0)
+        self.n += p.shape[0]
+        self.correct += float(hit.sum())
+        self.nll_sum += float(-torch.log(py.clamp_min(_EPS)).sum())
+        self.brier_sum += float(((p - onehot) ** 2).sum())
+        idx = (conf * self.bins).floor().long().clamp_(0, self.bins - 1)
+        self.bin_count.index_add_(0, idx, torch.ones_like(conf))
+        self.bin_conf.index_add_(0, idx, conf)
+        self.bin_correct.index_add_(0, idx, hit)
+
+    def update_logits(self, logits: Tensor, targets: Tensor) -> None:
+        """Add a batch of logits (softmax is applied in float64)."""
+        self.update(torch.softmax(logits.detach().double(), dim=-1), targets)
+
+    def reliability(self) -> dict[str, list[float]]:
+        """Per-bin ``edges`` (B+1), ``confidence``, ``accuracy`` (NaN for empty bins) and ``count``."""
+        cnt = self.bin_count
+        safe = cnt.clamp_min(1)
+        conf = torch.where(cnt > 0, self.bin_conf / safe, torch.full_like(cnt, math.nan))
+        acc = torch.where(cnt > 0, self.bin_correct / safe, torch.full_like(cnt, math.nan))
+        return {
+            "edges": torch.linspace(0, 1, self.bins + 1, dtype=torch.float64).tolist(),
+            "confidence": conf.tolist(),
+            "accuracy": acc.tolist(),
+            "count": cnt.tolist(),
+        }
+
+    def compute(self) -> dict[str, Any]:
+        """``accuracy, error, nll, brier, ece, mce, n`` and ``reliability`` (see the module docstring)."""
+        if self.n == 0:
+            raise ValueError("no examples were added; call update(probs, targets) first")
+        filled = self.bin_count > 0
+        gap = (self.bin_conf - self.bin_correct).abs() / self.bin_count.clamp_min(1)
+        acc = self.correct / self.n
+        return {
+            "accuracy": acc,
+            "error": 1.0 - acc,
+            "nll": self.nll_sum / self.n,
+            "brier": self.brier_sum / self.n,
+            "ece": float((self.bin_count * gap).sum()) / self.n,
+            "mce": float(gap[filled].max()),
+            "n": self.n,
+            "bins": self.bins,
+            "reliability": self.reliability(),
+        }
+
+
+def classification_metrics(probs: Tensor, targets: Tensor, bins: int = 15) -> dict[str, Any]:
+    """One-shot :class:`ClassificationMetrics` on full tensors."""
+    m = ClassificationMetrics(bins)
+    m.update(probs, targets)
+    return m.compute()
+
+
+class RegressionMetrics:
+    """Accumulate RMSE, Gaussian NLL (mean) and 95% interval coverage from predictive means and variances."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything seen."""
+        self.n = 0
+        self.se_sum = 0.0
+        self.nll_sum = 0.0
+        self.covered = 0.0
+
+    def update(self, mean: Tensor, var: Tensor, targets: Tensor) -> None:
+        """Add a batch of predictive means, variances (> 0) and targets of equal shape."""
+        mu, v, y = (t.detach().to("cpu", torch.float64).reshape(-1) for t in (mean, var, targets))
+        if not (mu.shape == v.shape == y.shape):
+            raise ValueError(f"mean, var and targets must have equal sizes, got {mu.numel()}, {v.numel()}, {y.numel()}")
+        if bool((v <= 0).any()):
+            raise ValueError("predictive variances must be positive")
+        err = y - mu
+        self.n += y.numel()
+        self.se_sum += float((err ** 2).sum())
+        self.nll_sum += float((0.5 * torch.log(2 * math.pi * v) + err ** 2 / (2 * v)).sum())
+        self.covered += float((err.abs() <= _Z95 * v.sqrt()).double().sum())
+
+    def compute(self) -> dict[str, float]:
+        """``rmse``, ``nll`` (mean), ``coverage_95`` and ``n``."""
+        if self.n == 0:
+            raise ValueError("no examples were added; call update(mean, var, targets) first")
+        return {
+            "rmse": math.sqrt(self.se_sum / self.n),
+            "nll": self.nll_sum / self.n,
+            "coverage_95": self.covered / self.n,
+            "n": self.n,
+        }
+
+
+def regression_metrics(mean: Tensor, var: Tensor, targets: Tensor) -> dict[str, float]:
+    """One-shot :class:`RegressionMetrics` on full tensors."""
+    m = RegressionMetrics()
+    m.update(mean, var, targets)
+    return m.compute()

@@ -1,0 +1,56 @@
+"""Tables and the Markdown run report. Pure formatting: no training, no evaluation."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["aggregate", "format_table", "markdown_table"]
+
+TABLE_KEYS = ("accuracy", "nll", "ece", "brier")
+
+
+def aggregate(values: Sequence[Mapping[str, float]], keys: Sequence[str] = TABLE_KEYS) -> dict[str, dict[str, float]]:
+    """Mean, sample standard deviation (0 for one value), min and max of each key over runs."""
+    out: dict[str, dict[str, float]] = {}
+    for k in keys:
+        xs = [float(v[k]) for v in values]
+        out[k] = {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
+                  "min": min(xs), "max": max(xs), "n": len(xs)}
+    return out
+
+
+def _cell(stats: Mapping[str, float], key: str) -> str:
+    scale, fmt = (100.0, "{:.2f}") if key in ("accuracy", "error") else (1.0, "{:.4f}")
+    s = fmt.format(stats["mean"] * scale)
+    if stats.get("n", 1) > 1:
+        s += " ± " + fmt.format(stats["std"] * scale)
+    return s
+
+
+def _header(keys: Sequence[str]) -> list[str]:
+    return ["method"] + [f"{k} (%)" if k in ("accuracy", "error") else k for k in keys]
+
+
+def format_table(rows: Mapping[str, Mapping[str, Mapping[str, float]]], keys: Sequence[str] = TABLE_KEYS) -> str:
+    """A plain-text table for the terminal: one row per method, cells ``mean ± std``."""
+    header = _header(keys)
+    body = [[name] + [_cell(stats[k], k) for k in keys] for name, stats in rows.items()]
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in body])
+
+
+def markdown_table(rows: Mapping[str, Mapping[str, Mapping[str, float]]], keys: Sequence[str] = TABLE_KEYS) -> str:
+    """The same table in Markdown."""
+    header = _header(keys)
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, stats in rows.items():
+        out.append("| " + " | ".join([name] + [_cell(stats[k], k) for k in keys]) + " |")
+    return "\n".join(out)
+
+
+def describe_config(cfg: Mapping[str, Any]) -> str:
+    """One Markdown bullet list of the settings."""
+    return "\n".join(f"- `{k}`: {v}" for k, v in cfg.items())

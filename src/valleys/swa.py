@@ -1,0 +1,97 @@
+"""SWA in our training loop: :class:`SWACallback` collects into a :class:`valleys.averaging.SWA` (or EMA).
+
+When to collect (Izmailov et al. 2018, Alg. 1): at the end of every epoch after ``start`` epochs
+(constant or SWA schedule), every ``k`` optimizer steps (fast-SWA), or once per cycle of a cyclical
+schedule at a given phase (``phase=0.5`` is the LR minimum of :class:`valleys.schedules.TriangularCyclic`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .averaging import Averager
+from .batchnorm import recompute_bn
+from .training import Callback, Trainer
+
+__all__ = ["SWACallback"]
+
+_MODES = ("epoch", "steps", "cycle")
+
+
+class SWACallback(Callback):
+    """Collect weights into ``averager`` during :class:`valleys.training.Trainer` training.
+
+    Args:
+        averager: an :class:`valleys.averaging.SWA` or :class:`valleys.averaging.EMA` over the trained model.
+        start: number of epochs completed before collecting starts (0 collects from the first epoch).
+        every: ``"epoch"`` (end of each epoch), ``"steps"`` (every ``k`` steps) or ``"cycle"``.
+        k: steps between collects for ``every="steps"``.
+        cycle, phase: cycle length in epochs and the position in the cycle (in [0, 1)) to collect at.
+        bn_loader: training loader for BatchNorm recompute of the average (evaluation and the final model).
+        eval_loaders: ``{"test": loader}``: evaluate the average (after BN recompute) at every epoch end
+            from ``start`` on; logged as ``swa_<name>_accuracy`` etc.
+        apply_at_end: write the average into the model at the end of training (with BN recompute).
+    """
+
+    def __init__(self, averager: Averager, start: int = 0, *, every: str = "epoch", k: int = 1,
+                 cycle: int | None = None, phase: float = 0.5, bn_loader: Iterable | None = None,
+                 eval_loaders: Mapping[str, Iterable] | None = None, apply_at_end: bool = True,
+                 prefix: str = "swa") -> None:
+        if every not in _MODES:
+            raise ValueError(f"unknown collect mode {every!r}; choose one of {', '.join(_MODES)}")
+        if start < 0:
+            raise ValueError(f"start must be >= 0 epochs, got {start}")
+        if every == "steps" and k < 1:
+            raise ValueError(f"k must be at least 1 step, got {k}")
+        if every == "cycle" and (cycle is None or cycle < 1 or not 0 <= phase < 1):
+            raise ValueError("every='cycle' needs cycle >= 1 epochs and phase in [0, 1)")
+        self.averager = averager
+        self.start, self.every, self.k, self.cycle, self.phase = start, every, k, cycle, phase
+        self.bn_loader = bn_loader
+        self.eval_loaders = dict(eval_loaders or {})
+        self.apply_at_end = apply_at_end
+        self.prefix = prefix
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        if self.start >= trainer.epochs:
+            raise ValueError(
+                f"SWA would start after epoch {self.start} but training has only {trainer.epochs} epochs; "
+                "choose a start below the number of epochs"
+            )
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        if trainer.epoch < self.start or self.every == "epoch":
+            return
+        if self.every == "steps":
+            if trainer.step % self.k == 0:
+                self.averager.collect(trainer.model)
+            return
+        length = self.cycle * trainer.steps_per_epoch  # type: ignore[operator]
+        if trainer.step % length == round(self.phase * length) % length:
+            self.averager.collect(trainer.model)
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        if self.every == "epoch" and trainer.epoch > self.start:
+            self.averager.collect(trainer.model)
+        logs[f"{self.prefix}_n"] = self.averager.n
+        if self.eval_loaders and self.averager.n > 0 and trainer.should_evaluate(self.eval_loaders):
+            space = self.averager.space
+            with space.at(trainer.model, self.averager.mean):
+                if self.bn_loader is not None:
+                    recompute_bn(trainer.model, self.bn_loader, device=trainer.device, input_fn=trainer.input_fn)
+                for name, loader in self.eval_loaders.items():
+                    res = trainer.evaluate_on(loader)
+                    logs.update({f"{self.prefix}_{name}_{k}": res[k] for k in ("accuracy", "nll", "ece")})
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        if self.apply_at_end and self.averager.n > 0:
+            self.averager.write(trainer.model)
+            if self.bn_loader is not None:
+                recompute_bn(trainer.model, self.bn_loader, device=trainer.device, input_fn=trainer.input_fn)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.averager.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.averager.load_state_dict(state)

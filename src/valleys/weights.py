@@ -1,0 +1,211 @@
+"""The weight-space core: one flat vector ``w`` of length P for a module's parameters.
+
+Every method in valleys (SWA, SWAG, FGE, curves, planes, subspaces) is arithmetic on such vectors plus
+"evaluate the network at ``w``". :class:`WeightSpace` is the one map between a module and ``w``:
+
+* trainable parameters by default (``requires_grad=True``), or a named subset;
+* tied parameters (one tensor registered under two names) counted once, under their first name;
+* frozen parameters and buffers are never part of ``w`` and are never written: buffers such as BatchNorm
+  running statistics are handled explicitly by :func:`valleys.batchnorm.recompute_bn`.
+
+The layout is the order of ``module.named_parameters()``, so ``w = concat(p.flatten() for p in params)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["WeightSpace", "WeightSpaceError"]
+
+
+class WeightSpaceError(ValueError):
+    """A weight vector or module does not fit the weight space it was used with."""
+
+
+@dataclass(frozen=True)
+class _Slot:
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+    numel: int
+
+
+class WeightSpace:
+    """Map between a module's parameters and a flat weight vector ``w`` in R^P.
+
+    Args:
+        module: the model whose parameters define the space (only names and shapes are kept).
+        names: parameter names to include (a subset, e.g. the last layer); ``None`` means every parameter
+            with ``requires_grad=True``. Unknown names raise :class:`WeightSpaceError` listing valid ones.
+        include_frozen: also include parameters with ``requires_grad=False`` when ``names`` is ``None``.
+
+    Example:
+        >>> net = nn.Linear(3, 2)
+        >>> space = WeightSpace(net)
+        >>> w = space.read(net)          # tensor of shape (8,)
+        >>> space.write(net, 2 * w)      # in place
+        >>> with space.at(net, w):       # temporarily at w, restored on exit
+        ...     y = net(torch.zeros(1, 3))
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        names: Sequence[str] | None = None,
+        *,
+        include_frozen: bool = False,
+    ) -> None:
+        params = dict(module.named_parameters())  # remove_duplicate=True: tied weights once
+        if names is None:
+            chosen = [n for n, p in params.items() if include_frozen or p.requires_grad]
+        else:
+            unknown = [n for n in names if n not in params]
+            if unknown:
+                raise WeightSpaceError(
+                    f"unknown parameter names {unknown}; valid names are {list(params)}"
+                )
+            if len(set(names)) != len(names):
+                raise WeightSpaceError(f"parameter names repeat in {list(names)}")
+            order = {n: i for i, n in enumerate(params)}
+            chosen = sorted(names, key=order.__getitem__)
+        if not chosen:
+            raise WeightSpaceError(
+                "the weight space is empty: the module has no (trainable) parameters; "
+                "pass names=... or include_frozen=True"
+            )
+        slots, offset = [], 0
+        for n in chosen:
+            p = params[n]
+            slots.append(_Slot(n, tuple(p.shape), offset, p.numel()))
+            offset += p.numel()
+        self.slots: tuple[_Slot, ...] = tuple(slots)
+        self.size: int = offset
+        self.dtype: torch.dtype = params[chosen[0]].dtype
+        dtypes = {params[n].dtype for n in chosen}
+        if len(dtypes) > 1:
+            raise WeightSpaceError(f"parameters have mixed dtypes {dtypes}; choose a subset with one dtype")
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def names(self) -> list[str]:
+        """Parameter names in the order of the flat layout."""
+        return [s.name for s in self.slots]
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        """Parameter shapes in the order of the flat layout."""
+        return [s.shape for s in self.slots]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __repr__(self) -> str:
+        return f"WeightSpace(P={self.size}, tensors={len(self.slots)})"
+
+    def signature(self) -> list[list]:
+        """JSON-able description (names and shapes) used to check that checkpoints fit a model."""
+        return [[s.name, list(s.shape)] for s in self.slots]
+
+    def parameters(self, module: nn.Module) -> list[Tensor]:
+        """The module's parameter tensors in flat-layout order, after checking names and shapes."""
+        params = dict(module.named_parameters())
+        out = []
+        for s in self.slots:
+            p = params.get(s.name)
+            if p is None:
+                raise WeightSpaceError(
+                    f"the module has no parameter {s.name!r}: it is not the architecture this weight "
+                    f"space was built from (expected {self.size} weights in {len(self.slots)} tensors)"
+                )
+            if tuple(p.shape) != s.shape:
+                raise WeightSpaceError(
+                    f"parameter {s.name!r} has shape {tuple(p.shape)} but this weight space expects "
+                    f"{s.shape}: the module is a different architecture"
+                )
+            out.append(p)
+        return out
+
+    def check_vector(self, w: Tensor, *, what: str = "weight vector", finite: bool = True) -> None:
+        """Raise a clear :class:`WeightSpaceError` unless ``w`` is a finite 1-D float tensor of length P."""
+        if not isinstance(w, Tensor):
+            raise WeightSpaceError(f"{what} must be a torch.Tensor, got {type(w).__name__}")
+        if w.dim() != 1 or w.numel() != self.size:
+            raise WeightSpaceError(
+                f"{what} has shape {tuple(w.shape)} but this weight space needs a 1-D vector of "
+                f"length {self.size}"
+            )
+        if not w.is_floating_point():
+            raise WeightSpaceError(f"{what} has dtype {w.dtype}; a floating-point dtype is required")
+        if finite and not bool(torch.isfinite(w).all()):
+            bad = int((~torch.isfinite(w)).sum())
+            raise WeightSpaceError(f"{what} holds {bad} NaN or infinite entries")
+
+    # ------------------------------------------------------------------ read / write
+    def read(self, module: nn.Module, *, dtype: torch.dtype | None = None,
+             device: torch.device | str | None = None) -> Tensor:
+        """Return ``w``: a new detached flat vector holding the module's current parameters."""
+        params = self.parameters(module)
+        with torch.no_grad():
+            w = torch.cat([p.detach().reshape(-1) for p in params])
+        if dtype is not None or device is not None:
+            w = w.to(dtype=dtype or w.dtype, device=device or w.device)
+        return w
+
+    def write(self, module: nn.Module, w: Tensor) -> None:
+        """Copy ``w`` into the module's parameters in place (checked: length, dtype kind, finiteness)."""
+        self.check_vector(w)
+        params = self.parameters(module)
+        with torch.no_grad():
+            for p, s in zip(params, self.slots):
+                p.copy_(w[s.offset:s.offset + s.numel].view(s.shape))
+
+    def unflatten(self, w: Tensor) -> dict[str, Tensor]:
+        """Views of ``w`` shaped like the parameters, keyed by name (gradients flow through them)."""
+        if w.dim() != 1 or w.numel() != self.size:
+            raise WeightSpaceError(
+                f"weight vector has shape {tuple(w.shape)}; expected a 1-D vector of length {self.size}"
+            )
+        return {s.name: w[s.offset:s.offset + s.numel].view(s.shape) for s in self.slots}
+
+    def views(self, w: Tensor) -> list[Tensor]:
+        """Views of ``w`` in flat-layout order, shaped like the parameters (for foreach arithmetic)."""
+        return list(self.unflatten(w).values())
+
+    # ------------------------------------------------------------------ evaluation at w
+    @contextlib.contextmanager
+    def at(self, module: nn.Module, w: Tensor, *, keep_buffers: bool = False) -> Iterator[nn.Module]:
+        """Context manager: the module holds ``w`` inside the block and is restored bit for bit after.
+
+        Parameters, buffers (e.g. BatchNorm statistics changed by a recompute inside the block) and the
+        train/eval flag of every submodule are restored on exit, also when the block raises. With
+        ``keep_buffers=True`` the buffers computed inside the block are kept.
+        """
+        saved_w = self.read(module)
+        saved_buffers = {k: b.detach().clone() for k, b in module.named_buffers()}
+        saved_modes = [m.training for m in module.modules()]
+        self.write(module, w)
+        try:
+            yield module
+        finally:
+            self.write(module, saved_w)
+            if not keep_buffers:
+                with torch.no_grad():
+                    for k, b in module.named_buffers():
+                        b.copy_(saved_buffers[k])
+            for m, mode in zip(module.modules(), saved_modes):
+                m.training = mode
+
+    def functional_call(self, module: nn.Module, w: Tensor, *args, **kwargs):
+        """``module(*args, **kwargs)`` evaluated at ``w`` without writing ``w`` into the module.
+
+        Uses :func:`torch.func.functional_call`, so gradients flow to ``w`` (curve training, Hessians).
+        Parameters outside the space keep their current values. Note that a module in train mode still
+        updates its own BatchNorm buffers, as a normal forward would; use eval mode or :meth:`at` if
+        those must stay untouched.
+        """
+        return torch.func.functional_call(module, self.unflatten(w), args, kwargs)
