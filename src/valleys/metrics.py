@@ -81,7 +81,9 @@ class ClassificationMetrics:
         self.correct += float(hit.sum())
         self.nll_sum += float(-torch.log(py.clamp_min(_EPS)).sum())
         self.brier_sum += float(((p - onehot) ** 2).sum())
-        idx = (conf * self.bins).floor().long().clamp_(0, self.bins - 1)
+        # bin index in the input's own precision, so a float32 0.9 lands in [0.9, 1.0) as written
+        conf_in = probs.detach().cpu().max(dim=1).values
+        idx = (conf_in * self.bins).floor().long().clamp_(0, self.bins - 1)
         self.bin_count.index_add_(0, idx, torch.ones_like(conf))
         self.bin_conf.index_add_(0, idx, conf)
         self.bin_correct.index_add_(0, idx, hit)

@@ -84,7 +84,7 @@ class SWASchedule(Schedule):
         r = self.swa_lr / self.lr_init
         if t <= 0.5:
             factor = 1.0
-        elif t <= 0.9:
+        elif t < 0.9:
             factor = 1.0 - (1.0 - r) * (t - 0.5) / 0.4
         else:
             factor = r

@@ -194,10 +194,11 @@ class Trainer:
         """Train to ``epochs`` (from a checkpoint if ``resume`` is given) and return the per-epoch log."""
         if resume is not None:
             self.load(resume)
-            if self.log_path is not None:  # drop lines of epochs after the checkpoint
-                self.log_path.write_text("".join(json.dumps(h) + "\n" for h in self.history))
         else:
             torch.manual_seed(self.seed)
+        if self.log_path is not None:  # a fresh log, or the resumed history without later epochs
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self.log_path.write_text("".join(json.dumps(h) + "\n" for h in self.history))
         for cb in self.callbacks:
             cb.on_train_start(self)
         bar = None
@@ -236,7 +237,7 @@ class Trainer:
                         if self.checkpoint_path is not None and self.checkpoint_path.exists()
                         else "no checkpoint was written yet")
                 raise TrainingDiverged(
-                    f"loss became {float(loss)} at epoch {self.epoch + 1}, step {i + 1} of "
+                    f"loss became {float(loss.detach())} at epoch {self.epoch + 1}, step {i + 1} of "
                     f"{self.steps_per_epoch} (global step {self.step + 1}) with lr {self.lr:g}; training "
                     f"stopped; {last}. Lower the learning rate or check the data."
                 )
