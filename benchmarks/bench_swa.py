@@ -26,15 +26,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import TensorDataset
 
@@ -59,17 +61,18 @@ class Case:
     repeats: int          # interleaved repeats of the three epoch configurations
     collect_calls: int    # collect calls per timing block
     collect_repeats: int  # timing blocks per collect variant
+    train_rounds: int     # collects per variant, each right after an SGD step
 
 
 def make_cases(quick: bool) -> list[Case]:
     if quick:
         return [
-            Case("MLP 784-1024-1024-10", 784, (1024, 1024), 6000, 1, 3, 100, 3),
-            Case("demo MLP 40-100-100-10", 40, (100, 100), 3600, 5, 5, 1000, 3),
+            Case("MLP 784-1024-1024-10", 784, (1024, 1024), 6000, 1, 3, 100, 3, 20),
+            Case("demo MLP 40-100-100-10", 40, (100, 100), 3600, 5, 5, 1000, 3, 100),
         ]
     return [
-        Case("MLP 784-1024-1024-10", 784, (1024, 1024), 6000, 1, 7, 200, 5),
-        Case("demo MLP 40-100-100-10", 40, (100, 100), 3600, 5, 15, 1000, 5),
+        Case("MLP 784-1024-1024-10", 784, (1024, 1024), 6000, 1, 7, 200, 5, 40),
+        Case("demo MLP 40-100-100-10", 40, (100, 100), 3600, 5, 15, 1000, 5, 300),
     ]
 
 
@@ -86,30 +89,12 @@ def verdict(ok: bool) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- epochs
-def timed_swa(model: nn.Module, inside: list[float]) -> SWA:
-    """An SWA whose ``collect`` adds the seconds it spends to ``inside[0]`` (two clock reads per call)."""
-    swa = SWA(model)
-    collect = swa.collect
-
-    def timed(source):
-        t0 = time.perf_counter()
-        collect(source)
-        inside[0] += time.perf_counter() - t0
-
-    swa.collect = timed  # type: ignore[method-assign]
-    return swa
-
-
-def time_fit(model: nn.Module, init: dict, loader, mode: str, epochs: int,
-             inside: list[float] | None = None) -> float:
-    """Seconds per epoch of ``Trainer.fit`` from the weights ``init`` with the given SWA mode.
-
-    ``inside``: if given, the time spent inside ``SWA.collect`` is added to ``inside[0]``.
-    """
+def time_fit(model: nn.Module, init: dict, loader, mode: str, epochs: int) -> float:
+    """Seconds per epoch of ``Trainer.fit`` from the weights ``init`` with the given SWA mode."""
     model.load_state_dict(init)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     callbacks = []
-    swa = (timed_swa(model, inside) if inside is not None else SWA(model)) if mode != "plain" else None
+    swa = SWA(model) if mode in ("epoch", "steps") else None
     if mode == "epoch":
         callbacks = [SWACallback(swa, start=0, every="epoch", apply_at_end=False)]
     elif mode == "steps":
@@ -126,50 +111,46 @@ def time_fit(model: nn.Module, init: dict, loader, mode: str, epochs: int,
     return dt / epochs
 
 
-def bench_epochs(model: nn.Module, loader, case: Case) -> tuple[dict[str, list[float]], float]:
-    """Per-epoch times of each mode (one per repeat) and, from extra instrumented every-step runs (not
-    part of the ratios), the mean seconds per collect spent inside ``SWA.collect`` during training."""
+def bench_epochs(model: nn.Module, loader, case: Case) -> dict[str, list[float]]:
+    """Per-epoch times of each mode, one per repeat."""
     init = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    modes = ("plain", "epoch", "steps")
+    modes = ("plain", "epoch", "steps", "again")  # "again": plain once more, an A/A control of the noise
     for mode in modes:  # warm-up (allocator, dispatcher caches)
         time_fit(model, init, loader, mode, 1)
     times: dict[str, list[float]] = {m: [] for m in modes}
     for r in range(case.repeats):
-        order = modes[r % 3:] + modes[:r % 3]  # rotate so no mode always runs first
+        order = modes[r % 4:] + modes[:r % 4]  # rotate so no mode always runs first
         for mode in order:
             times[mode].append(time_fit(model, init, loader, mode, case.epochs_per_run))
-    inside = [0.0]
-    runs = 2
-    for _ in range(runs):
-        time_fit(model, init, loader, "steps", 1, inside)
     model.load_state_dict(init)
-    return times, inside[0] / (runs * len(loader))
+    return times
 
 
 # ---------------------------------------------------------------------------------------------- collects
-def bench_collects(model: nn.Module, case: Case) -> dict[str, list[float]]:
-    """Seconds per call (one value per timing block) for each collect variant, on the same model."""
-    variants = {
-        "swa": SWA(model),
-        "swa_nomoments": SWA(model, moments=False),
-        "swa_nocheck": SWA(model, check_finite=False),
-        "averaged_model": AveragedModel(model),
+COLLECTORS = ("averaged_model", "swa", "swa_nomoments", "swa_nocheck")
+
+
+def make_collectors(model: nn.Module) -> dict[str, Callable[[nn.Module], None]]:
+    """One fresh averager per variant, as a ``collect(model)`` function."""
+    return {
+        "averaged_model": AveragedModel(model).update_parameters,
+        "swa": SWA(model).collect,
+        "swa_nomoments": SWA(model, moments=False).collect,
+        "swa_nocheck": SWA(model, check_finite=False).collect,
     }
 
-    def call(name):
-        v = variants[name]
-        return v.update_parameters if name == "averaged_model" else v.collect
 
-    for name in variants:  # warm-up; also gets past the first collect (a copy) in every variant
-        f = call(name)
+def bench_collects(model: nn.Module, case: Case) -> dict[str, list[float]]:
+    """Seconds per call (one value per block of ``collect_calls`` calls) for each variant, on the same,
+    unchanging model: the collect's own cost with its buffers warm in cache."""
+    fns = make_collectors(model)
+    for f in fns.values():  # warm-up; also gets past the first collect (a copy) in every variant
         for _ in range(10):
             f(model)
-    per_call: dict[str, list[float]] = {n: [] for n in variants}
-    names = list(variants)
+    per_call: dict[str, list[float]] = {n: [] for n in COLLECTORS}
     for r in range(case.collect_repeats):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            f = call(name)
+        for name in COLLECTORS[r % 4:] + COLLECTORS[:r % 4]:
+            f = fns[name]
             gc.collect()
             t0 = time.perf_counter()
             for _ in range(case.collect_calls):
@@ -178,10 +159,35 @@ def bench_collects(model: nn.Module, case: Case) -> dict[str, list[float]]:
     return per_call
 
 
-def sanity_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, collects: int = 25) -> dict[str, float]:
-    """Max |our mean - AveragedModel| after the same collects along an SGD trajectory (on a copy of model)."""
-    import copy
+def bench_collects_in_training(model: nn.Module, x: Tensor, y: Tensor, case: Case) -> dict[str, list[float]]:
+    """Seconds per call of each variant when every collect directly follows an SGD step (untimed), as in
+    ``every="steps", k=1``: the weights changed and the averager's buffers are no longer hot in cache."""
+    net = copy.deepcopy(model)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    fns = make_collectors(net)
+    g = torch.Generator().manual_seed(2)
 
+    def sgd_step():
+        idx = torch.randint(0, x.shape[0], (128,), generator=g)
+        opt.zero_grad(set_to_none=True)
+        loss_fn(net(x[idx]), y[idx]).backward()
+        opt.step()
+
+    per_call: dict[str, list[float]] = {n: [] for n in COLLECTORS}
+    for r in range(3 + case.train_rounds):  # 3 warm-up rounds
+        for name in COLLECTORS[r % 4:] + COLLECTORS[:r % 4]:
+            sgd_step()
+            t0 = time.perf_counter()
+            fns[name](net)
+            dt = time.perf_counter() - t0
+            if r >= 3:
+                per_call[name].append(dt)
+    return per_call
+
+
+def sanity_check(model: nn.Module, x: Tensor, y: Tensor, collects: int = 25) -> dict[str, float]:
+    """Max |our mean - AveragedModel| after the same collects along an SGD trajectory (on a copy of model)."""
     net = copy.deepcopy(model)
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
@@ -216,6 +222,11 @@ def sanity_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, collects: i
 
 
 # ---------------------------------------------------------------------------------------------- main
+def quartiles(v: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(v, n=4, method="inclusive")
+    return q[0], q[2]
+
+
 def run_case(case: Case) -> dict:
     torch.manual_seed(0)
     model = MLP(case.in_features, 10, hidden=case.hidden)
@@ -224,53 +235,62 @@ def run_case(case: Case) -> dict:
     y = torch.randint(0, 10, (case.examples,))
     loader = make_loader(TensorDataset(x, y), 128, shuffle=True, seed=0)
 
-    print(f"\n=== {case.name}: {params:,} parameters, {case.examples} examples, batch 128, "
+    print(f"\n=== {case.name}: {params:,} parameters, {case.examples} random examples, batch 128, "
           f"{len(loader)} steps/epoch ===")
     t0 = time.perf_counter()
-    ep, in_loop = bench_epochs(model, loader, case)
+    ep = bench_epochs(model, loader, case)
     co = bench_collects(model, case)
+    ct = bench_collects_in_training(model, x, y, case)
     sc = sanity_check(model, x, y)
     elapsed = time.perf_counter() - t0
 
     med = {k: statistics.median(v) for k, v in ep.items()}
-    r_epoch = statistics.median(e / p for e, p in zip(ep["epoch"], ep["plain"]))
-    r_steps = statistics.median(s / p for s, p in zip(ep["steps"], ep["plain"]))
+    paired = {m: [t / p for t, p in zip(ep[m], ep["plain"])] for m in ("again", "epoch", "steps")}
+    ratio = {m: statistics.median(v) for m, v in paired.items()}
     cmed = {k: statistics.median(v) for k, v in co.items()}
-    r_collect = cmed["swa"] / cmed["averaged_model"]
-    r_collect_nm = cmed["swa_nomoments"] / cmed["averaged_model"]
-    # noise-free estimate of the per-epoch overhead: the collects' own cost over the plain epoch
-    est_epoch = 1 + cmed["swa"] / med["plain"]
-    est_steps = 1 + len(loader) * cmed["swa"] / med["plain"]
+    tmed = {k: statistics.median(v) for k, v in ct.items()}
+    # the overhead the collects alone account for (their in-training cost over the plain epoch): no noise
+    est = {"again": 1.0, "epoch": 1 + tmed["swa"] / med["plain"],
+           "steps": 1 + len(loader) * tmed["swa"] / med["plain"]}
 
-    n_ep = case.repeats
     spread = lambda v: (max(v) - min(v)) / statistics.median(v) * 100  # noqa: E731
-    print(f"{'epoch (Trainer.fit, per epoch)':44s} {'median':>11s} {'spread':>8s}  ratio vs plain")
-    print(f"  {'plain SGD':42s} {fmt_time(med['plain'])} {spread(ep['plain']):7.1f}%")
-    print(f"  {'+ SWA collect every epoch':42s} {fmt_time(med['epoch'])} {spread(ep['epoch']):7.1f}%  "
-          f"{r_epoch:.4f}  (from collect cost: {est_epoch:.4f})")
-    print(f"  {'+ SWA collect every step (k=1)':42s} {fmt_time(med['steps'])} {spread(ep['steps']):7.1f}%  "
-          f"{r_steps:.4f}  (from collect cost: {est_steps:.4f})")
-    print(f"  inside SWA.collect during every-step training: {fmt_time(in_loop).strip()} per call "
-          f"({in_loop / cmed['swa']:.2f}x the isolated call below)")
-    print(f"  ({n_ep} interleaved repeats x {case.epochs_per_run} epoch(s); ratio = median of paired ratios)")
-    print(f"{'per collect (' + str(case.collect_calls) + ' calls x ' + str(case.collect_repeats) + ' blocks)':44s}"
-          f" {'median':>11s} {'spread':>8s}  ratio vs AveragedModel")
+    print(f"{'epoch (Trainer.fit, time per epoch)':44s} {'median':>11s} {'spread':>7s}  {'/ plain':>7s}  "
+          f"{'paired IQR':>13s}  {'collects alone':>14s}")
+    print(f"  {'plain SGD (no callbacks)':42s} {fmt_time(med['plain'])} {spread(ep['plain']):6.1f}%")
+    for mode, label in (("again", "plain SGD again (A/A: the noise floor)"), ("epoch", "+ SWA collect every epoch"),
+                        ("steps", "+ SWA collect every step (k=1)")):
+        q1, q3 = quartiles(paired[mode])
+        print(f"  {label:42s} {fmt_time(med[mode])} {spread(ep[mode]):6.1f}%  {ratio[mode]:7.4f}  "
+              f"[{q1:.3f}, {q3:.3f}]  {est[mode]:14.4f}")
+    print(f"  ({case.repeats} interleaved repeats x {case.epochs_per_run} epoch(s) from the same weights; "
+          f"'/ plain' = median of paired ratios;")
+    print("   'collects alone' = 1 + in-training collect time x collects per epoch / plain epoch)")
+    print(f"{'per collect':30s} {'isolated':>11s} {'spread':>7s}  {'/ AvgModel':>10s}   "
+          f"{'in training':>11s}  {'/ AvgModel':>10s}")
     rows = [("AveragedModel.update_parameters", "averaged_model"),
             ("SWA.collect (mean + Welford M2)", "swa"),
             ("SWA.collect, moments=False", "swa_nomoments"),
             ("SWA.collect, check_finite=False", "swa_nocheck")]
     for label, key in rows:
-        print(f"  {label:42s} {fmt_time(cmed[key])} {spread(co[key]):7.1f}%  "
-              f"{cmed[key] / cmed['averaged_model']:.3f}x")
-    print(f"sanity ({sc['n']} collects along SGD, AveragedModel n={sc['n_ref']}, |w| <= {sc['weight_scale']:.3g}):")
-    print(f"  max |SWA.mean - AveragedModel|                 {sc['mean_vs_averaged_model']:.3e}")
-    print(f"  max |SWA(moments=False).mean - AveragedModel|  {sc['mean_nomoments_vs_averaged_model']:.3e}")
-    print(f"  max |SWA.mean - float64 mean|                  {sc['mean_vs_float64']:.3e}")
-    print(f"  max |SWA.variance - float64 variance|          {sc['variance_vs_float64']:.3e}")
+        print(f"  {label:30s}{fmt_time(cmed[key])} {spread(co[key]):6.1f}%  "
+              f"{cmed[key] / cmed['averaged_model']:9.3f}x   {fmt_time(tmed[key])}  "
+              f"{tmed[key] / tmed['averaged_model']:9.3f}x")
+    print(f"  (isolated: median over {case.collect_repeats} blocks of {case.collect_calls} calls on an unchanging "
+          f"model, after warm-up;")
+    print(f"   in training: median of {case.train_rounds} single calls, each right after an SGD step)")
+    print(f"sanity ({sc['n']} collects along an SGD trajectory; AveragedModel n_averaged={sc['n_ref']}; "
+          f"max |w| = {sc['weight_scale']:.3g}):")
+    print(f"  max |SWA.mean - AveragedModel params|                 {sc['mean_vs_averaged_model']:.3e}")
+    print(f"  max |SWA(moments=False).mean - AveragedModel params|  {sc['mean_nomoments_vs_averaged_model']:.3e}")
+    print(f"  max |SWA.mean - float64 mean of snapshots|            {sc['mean_vs_float64']:.3e}")
+    print(f"  max |SWA.variance - float64 variance of snapshots|    {sc['variance_vs_float64']:.3e}")
     sane = sc["n"] == sc["n_ref"] and sc["mean_vs_averaged_model"] <= 1e-5 * max(1.0, sc["weight_scale"])
     print(f"({elapsed:.1f}s)")
-    return {"case": case, "params": params, "r_epoch": r_epoch, "r_steps": r_steps, "r_collect": r_collect,
-            "r_collect_nm": r_collect_nm, "sane": sane, "sanity": sc}
+    return {"case": case, "params": params, "r_epoch": ratio["epoch"], "r_steps": ratio["steps"],
+            "r_collect": cmed["swa"] / cmed["averaged_model"],
+            "r_collect_nm": cmed["swa_nomoments"] / cmed["averaged_model"],
+            "r_collect_train": tmed["swa"] / tmed["averaged_model"], "r_aa": ratio["again"],
+            "aa_iqr": quartiles(paired["again"]), "sane": sane, "sanity": sc}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,21 +305,28 @@ def main(argv: list[str] | None = None) -> int:
     results = [run_case(c) for c in make_cases(args.quick)]
 
     print("\n=== summary ===")
-    print(f"{'model':26s} {'params':>10s}  {'ep+SWA/ep':>9s}  {'ep+step-SWA/ep':>14s}  {'collect/AvgModel':>16s}"
-          f"  {'(no moments)':>12s}  {'mean==AvgModel':>14s}")
+    print(f"{'model':24s} {'params':>9s}  {'ep+SWA/ep':>9s}  {'ep+stepSWA/ep':>13s}  {'collect/AvgModel':>16s}"
+          f"  {'no moments':>10s}  {'in training':>11s}  {'mean vs AvgModel':>16s}")
     for r in results:
-        print(f"{r['case'].name:26s} {r['params']:>10,}  {r['r_epoch']:9.4f}  {r['r_steps']:14.4f}  "
-              f"{r['r_collect']:15.3f}x  {r['r_collect_nm']:11.3f}x  "
-              f"{verdict(r['sane']) + ' (' + format(r['sanity']['mean_vs_averaged_model'], '.1e') + ')':>14s}")
+        print(f"{r['case'].name:24s} {r['params']:>9,}  {r['r_epoch']:9.4f}  {r['r_steps']:13.4f}  "
+              f"{r['r_collect']:15.3f}x  {r['r_collect_nm']:9.3f}x  {r['r_collect_train']:10.3f}x  "
+              f"{r['sanity']['mean_vs_averaged_model']:16.1e}")
     print("\ntargets:")
     for r in results:
         name = r["case"].name
-        print(f"  {name:26s} epoch+SWA-every-epoch / plain epoch = {r['r_epoch']:.4f}  (< {EPOCH_TARGET})  "
-              f"{verdict(r['r_epoch'] < EPOCH_TARGET)}")
-        print(f"  {name:26s} SWA.collect / AveragedModel update  = {r['r_collect']:.3f}x (<= {COLLECT_TARGET}x) "
-              f"{verdict(r['r_collect'] <= COLLECT_TARGET)}")
-        print(f"  {name:26s} mean equals AveragedModel (sanity)   "
-              f"max diff {r['sanity']['mean_vs_averaged_model']:.1e}         {verdict(r['sane'])}")
+        checks = [
+            (f"epoch + SWA every epoch / plain epoch = {r['r_epoch']:.4f}  (target < {EPOCH_TARGET}; "
+             f"A/A plain/plain {r['r_aa']:.4f}, IQR [{r['aa_iqr'][0]:.3f}, {r['aa_iqr'][1]:.3f}])",
+             r["r_epoch"] < EPOCH_TARGET),
+            (f"SWA.collect / AveragedModel update   = {r['r_collect']:.3f}x (target <= {COLLECT_TARGET}x)",
+             r["r_collect"] <= COLLECT_TARGET),
+            (f"  same, right after SGD steps        = {r['r_collect_train']:.3f}x (target <= {COLLECT_TARGET}x)",
+             r["r_collect_train"] <= COLLECT_TARGET),
+            (f"SWA.mean == AveragedModel params     : max diff {r['sanity']['mean_vs_averaged_model']:.1e}",
+             r["sane"]),
+        ]
+        for text, ok in checks:
+            print(f"  {verdict(ok)}  {name:24s} {text}")
     print(f"\ntotal {time.perf_counter() - start:.1f}s")
     return 0
 

@@ -17,9 +17,9 @@ from .runs import TrainConfig, prepare_run_dir, train_run
 
 __all__ = ["DEMO_CONFIG", "run_demo"]
 
-# Chosen on the validation split (see README, "Why this default"): an MLP on MNIST-1D overfits, so the
-# averaged solution's flatter, better-calibrated optimum shows in both error and NLL.
-DEMO_CONFIG = TrainConfig(dataset="mnist1d", model="mlp", epochs=100, lr=0.1, wd=5e-4, swa_start=50, swa_lr=0.1)
+# Chosen on the validation split (see README, "Why this default"): the 1-D CNN of the MNIST-1D paper, where
+# constant-LR SWA from epoch 50 beat SGD on validation error and NLL; an MLP overfits and showed no gain.
+DEMO_CONFIG = TrainConfig(dataset="mnist1d", model="cnn1d", epochs=100, lr=0.1, wd=5e-4, swa_start=50, swa_lr=0.1)
 QUICK = {"epochs": 30, "swa_start": 15}
 
 

@@ -49,7 +49,7 @@ class TrainConfig:
     """Every setting of a training run (all have defaults; see ``valleys train --help``)."""
 
     dataset: str = "mnist1d"
-    model: str = "mlp"
+    model: str = "cnn1d"
     method: str = "swa"
     epochs: int = 100
     lr: float = 0.1

@@ -1,0 +1,90 @@
+import json
+
+import pytest
+
+from valleys import __version__
+from valleys.cli import main
+
+FAST = ["--epochs", "3", "--model", "mlp", "--no-progress", "--checkpoint-every", "1"]
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and __version__ in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "--swa-start" in out and "(default: 0.1)" in out
+
+
+def test_train_evaluate_and_refuse_existing_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *FAST, "--method", "swa", "--swa-start", "1", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["method"] == "swa" and set(res["metrics"]["test"]) >= {"accuracy", "nll", "ece", "brier"}
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    assert main(["evaluate", str(out)]) == 0
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert ev["metrics"]["test"]["accuracy"] == pytest.approx(res["metrics"]["test"]["accuracy"])
+    mtime = (out / "results.json").stat().st_mtime_ns
+    assert main(["train", *FAST, "--out", str(out)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "results.json").stat().st_mtime_ns == mtime
+    assert main(["train", *FAST, "--method", "sgd", "--out", str(out), "--overwrite"]) == 0
+
+
+def test_resume_continues_a_run(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *FAST, "--method", "sgd", "--out", str(out)]) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert main(["train", *FAST, "--method", "sgd", "--out", str(out), "--resume"]) == 0  # already complete
+    assert json.loads((out / "results.json").read_text())["metrics"] == first["metrics"]
+    assert main(["train", *FAST[:-2], "--method", "sgd", "--out", str(out), "--resume", "--lr", "0.2"]) == 2
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--swa-start", "5"], "swa-start must be at least 1 and below epochs (3)"),
+    (["--method", "sgd", "--swa-lr", "0.1"], "only apply to --method swa"),
+])
+def test_bad_values_fail_before_any_file_is_written(tmp_path, capsys, args, msg):
+    out = tmp_path / "run"
+    assert main(["train", *FAST, *args, "--out", str(out)]) == 2
+    assert msg in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--dataset", "cifar"], "invalid choice: 'cifar' (choose from"),
+    (["--model", "bert"], "invalid choice: 'bert'"),
+    (["--method", "adam"], "invalid choice: 'adam'"),
+    (["--lr", "0"], "--lr: must be positive, got 0"),
+    (["--epochs", "-1"], "--epochs: must be a positive integer, got -1"),
+])
+def test_unknown_names_and_non_positive_values_are_usage_errors(args, msg, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", *args])
+    assert e.value.code == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_evaluate_missing_or_foreign_folder(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_quick_demo_writes_the_run_folder(tmp_path):
+    from valleys.demo import DEMO_CONFIG, run_demo
+    import dataclasses
+
+    out = tmp_path / "demo"
+    base = dataclasses.replace(DEMO_CONFIG, model="mlp", epochs=4, swa_start=2)
+    res = run_demo(out, seeds=[0], base=base, progress=False, log=lambda *a: None)
+    assert [m["method"] for m in res["methods"]] == ["sgd", "swa"]
+    for m in res["methods"]:
+        assert set(m["metrics"]["test"]) >= {"accuracy", "nll", "ece", "brier"}
+    for f in ("config.json", "results.json", "report.md", "figures/test_error_vs_epoch.png"):
+        assert (out / f).is_file(), f
+    assert "| swa |" in (out / "report.md").read_text()
+    with pytest.raises(FileExistsError):
+        run_demo(out, seeds=[0], base=base, progress=False, log=lambda *a: None)
