@@ -1,25 +1,29 @@
 """Cost of SWA collection in valleys' training loop, measured side by side in one process.
 
-For each model (a ~1.9M-parameter MLP where collect cost matters, and the small default demo MLP):
+For each model (a ~1.9M-parameter MLP where collect cost matters, the small MNIST-1D-sized MLP and the
+demo's default 1-D CNN; random data, batch 128):
 
 1. one epoch of plain training (SGD momentum 0.9, CrossEntropy) with ``valleys.training.Trainer``;
 2. the same with ``SWACallback(SWA(model), start=0, every="epoch", apply_at_end=False)``;
 3. the same with ``every="steps", k=1`` (collect after every optimizer step);
-4. per collect: ``SWA.collect`` (mean + Welford second moments), ``SWA(moments=False).collect`` and
-   ``torch.optim.swa_utils.AveragedModel.update_parameters``, on the same model, many calls after warm-up.
+4. per collect: ``SWA.collect`` (mean + Welford second moments), ``moments=False``, ``check_finite=False``
+   and ``torch.optim.swa_utils.AveragedModel.update_parameters`` on the same model: many calls on an
+   unchanging model after warm-up, and single calls each right after an SGD step (as in training).
 
-Timed epoch runs are interleaved (plain, every-epoch, every-step, plain, ...) from the same starting weights,
-so slow drift of the machine hits all three alike; each ratio is the median of the per-repeat ratios of
-adjacent runs. A sanity check confirms that, after the same sequence of collects along an SGD trajectory,
-our mean equals AveragedModel's parameters.
+The timed epoch runs, plus a second plain run as an A/A control of the noise, start from the same weights
+and are interleaved in carry-over-balanced orders, so drift of the machine hits all alike; each ratio is the
+median over repeats of a run's time over the mean of the same repeat's two plain runs. The overhead is also
+estimated without timing noise from the per-collect cost in training. A sanity check confirms that, after
+the same collects along an SGD trajectory, our mean equals AveragedModel's parameters (and the mean and
+variance match float64 computations from the stored snapshots).
 
 Targets: epoch + SWA every epoch / plain epoch < 1.02; our collect / AveragedModel update <= 1.5.
 PASS/FAIL is printed but the script always exits 0 (timings are machine-dependent).
 
 Usage::
 
-    python benchmarks/bench_swa.py            # full (~1-2 min on one core)
-    python benchmarks/bench_swa.py --quick    # fewer repeats
+    python benchmarks/bench_swa.py            # full (about 1.5 min on one core)
+    python benchmarks/bench_swa.py --quick    # fewer repeats (about 45 s)
     python benchmarks/bench_swa.py --threads 2
 """
 
@@ -42,38 +46,36 @@ from torch.utils.data import TensorDataset
 
 from valleys.averaging import SWA
 from valleys.data import make_loader
-from valleys.models import MLP
+from valleys.models import CNN1D, MLP
 from valleys.swa import SWACallback
 from valleys.training import Trainer
 from valleys.weights import WeightSpace
 
 EPOCH_TARGET = 1.02   # epoch + SWA every epoch / plain epoch
 COLLECT_TARGET = 1.5  # our collect / AveragedModel.update_parameters
+WILLIAMS = ((0, 1, 3, 2), (1, 2, 0, 3), (2, 3, 1, 0), (3, 0, 2, 1))  # Latin square balanced for carry-over
 
 
 @dataclass
 class Case:
     name: str
+    build: Callable[[], nn.Module]
     in_features: int
-    hidden: tuple[int, ...]
     examples: int
     epochs_per_run: int   # epochs per timed Trainer.fit (times are reported per epoch)
-    repeats: int          # interleaved repeats of the three epoch configurations
+    repeats: int          # interleaved repeats of the epoch configurations (a multiple of 4 balances orders)
     collect_calls: int    # collect calls per timing block
     collect_repeats: int  # timing blocks per collect variant
     train_rounds: int     # collects per variant, each right after an SGD step
 
 
 def make_cases(quick: bool) -> list[Case]:
+    big = ("MLP 784-1024-1024-10", lambda: MLP(784, 10, hidden=(1024, 1024)), 784, 6000)
+    mlp = ("MLP 40-100-100-10", lambda: MLP(40, 10), 40, 3600)          # MNIST-1D sized, the old demo model
+    cnn = ("CNN1D 40 (demo default)", lambda: CNN1D(40, 10), 40, 3600)   # the demo's model on MNIST-1D
     if quick:
-        return [
-            Case("MLP 784-1024-1024-10", 784, (1024, 1024), 6000, 1, 3, 100, 3, 20),
-            Case("demo MLP 40-100-100-10", 40, (100, 100), 3600, 5, 5, 1000, 3, 100),
-        ]
-    return [
-        Case("MLP 784-1024-1024-10", 784, (1024, 1024), 6000, 1, 7, 200, 5, 40),
-        Case("demo MLP 40-100-100-10", 40, (100, 100), 3600, 5, 15, 1000, 5, 300),
-    ]
+        return [Case(*big, 1, 4, 100, 3, 20), Case(*mlp, 5, 4, 1000, 3, 100), Case(*cnn, 3, 4, 1000, 3, 100)]
+    return [Case(*big, 1, 8, 200, 5, 40), Case(*mlp, 5, 12, 1000, 5, 300), Case(*cnn, 3, 12, 1000, 5, 300)]
 
 
 def fmt_time(s: float) -> str:
@@ -119,7 +121,9 @@ def bench_epochs(model: nn.Module, loader, case: Case) -> dict[str, list[float]]
         time_fit(model, init, loader, mode, 1)
     times: dict[str, list[float]] = {m: [] for m in modes}
     for r in range(case.repeats):
-        order = modes[r % 4:] + modes[:r % 4]  # rotate so no mode always runs first
+        # balanced (Williams) orders: over 4 repeats every mode runs once in each position and directly
+        # after each other mode once, so carry-over effects (allocator, caches) hit all modes alike
+        order = [modes[i] for i in WILLIAMS[r % 4]]
         for mode in order:
             times[mode].append(time_fit(model, init, loader, mode, case.epochs_per_run))
     model.load_state_dict(init)
@@ -229,7 +233,7 @@ def quartiles(v: list[float]) -> tuple[float, float]:
 
 def run_case(case: Case) -> dict:
     torch.manual_seed(0)
-    model = MLP(case.in_features, 10, hidden=case.hidden)
+    model = case.build()
     params = sum(p.numel() for p in model.parameters())
     x = torch.randn(case.examples, case.in_features)
     y = torch.randint(0, 10, (case.examples,))
@@ -245,7 +249,11 @@ def run_case(case: Case) -> dict:
     elapsed = time.perf_counter() - t0
 
     med = {k: statistics.median(v) for k, v in ep.items()}
-    paired = {m: [t / p for t, p in zip(ep[m], ep["plain"])] for m in ("again", "epoch", "steps")}
+    # baseline of each repeat: the mean of its two plain runs (halves the baseline's noise); A/A: the two
+    # plain runs against each other
+    base = [(p + a) / 2 for p, a in zip(ep["plain"], ep["again"])]
+    paired = {m: [t / b for t, b in zip(ep[m], base)] for m in ("epoch", "steps")}
+    paired["again"] = [a / p for a, p in zip(ep["again"], ep["plain"])]
     ratio = {m: statistics.median(v) for m, v in paired.items()}
     cmed = {k: statistics.median(v) for k, v in co.items()}
     tmed = {k: statistics.median(v) for k, v in ct.items()}
@@ -263,7 +271,8 @@ def run_case(case: Case) -> dict:
         print(f"  {label:42s} {fmt_time(med[mode])} {spread(ep[mode]):6.1f}%  {ratio[mode]:7.4f}  "
               f"[{q1:.3f}, {q3:.3f}]  {est[mode]:14.4f}")
     print(f"  ({case.repeats} interleaved repeats x {case.epochs_per_run} epoch(s) from the same weights; "
-          f"'/ plain' = median of paired ratios;")
+          f"'/ plain' = median over repeats of the ratio to")
+    print("   the mean of the same repeat's two plain runs (A/A row: second plain run / first);")
     print("   'collects alone' = 1 + in-training collect time x collects per epoch / plain epoch)")
     print(f"{'per collect':30s} {'isolated':>11s} {'spread':>7s}  {'/ AvgModel':>10s}   "
           f"{'in training':>11s}  {'/ AvgModel':>10s}")
@@ -290,7 +299,7 @@ def run_case(case: Case) -> dict:
             "r_collect": cmed["swa"] / cmed["averaged_model"],
             "r_collect_nm": cmed["swa_nomoments"] / cmed["averaged_model"],
             "r_collect_train": tmed["swa"] / tmed["averaged_model"], "r_aa": ratio["again"],
-            "aa_iqr": quartiles(paired["again"]), "sane": sane, "sanity": sc}
+            "aa_iqr": quartiles(paired["again"]), "est_epoch": est["epoch"], "sane": sane, "sanity": sc}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -318,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             (f"epoch + SWA every epoch / plain epoch = {r['r_epoch']:.4f}  (target < {EPOCH_TARGET}; "
              f"A/A plain/plain {r['r_aa']:.4f}, IQR [{r['aa_iqr'][0]:.3f}, {r['aa_iqr'][1]:.3f}])",
              r["r_epoch"] < EPOCH_TARGET),
+            (f"  same, from collect cost alone      = {r['est_epoch']:.4f}  (target < {EPOCH_TARGET}; noise-free)",
+             r["est_epoch"] < EPOCH_TARGET),
             (f"SWA.collect / AveragedModel update   = {r['r_collect']:.3f}x (target <= {COLLECT_TARGET}x)",
              r["r_collect"] <= COLLECT_TARGET),
             (f"  same, right after SGD steps        = {r['r_collect_train']:.3f}x (target <= {COLLECT_TARGET}x)",
@@ -327,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for text, ok in checks:
             print(f"  {verdict(ok)}  {name:24s} {text}")
+    print("  (measured epoch ratios carry the timing noise that the A/A plain/plain control shows; the\n"
+          "   'collect cost alone' line is the same overhead estimated from the per-collect time in training)")
     print(f"\ntotal {time.perf_counter() - start:.1f}s")
     return 0
 
