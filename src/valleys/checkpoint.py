@@ -68,6 +68,12 @@ def _decode(obj: Any, tensors: dict[str, Tensor]) -> Any:
     return obj
 
 
+def _publish(tmp: str, path: Path) -> None:
+    """Give the temporary file ordinary permissions (mkstemp makes it private) and rename it into place."""
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write JSON atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
@@ -76,7 +82,7 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=False, default=float)
             f.write("\n")
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -121,7 +127,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], header: dict
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -18,9 +18,12 @@ def plot_error_curves(curves: Mapping[str, Sequence[Sequence[float]]], path: str
                       title: str = "Test error against epoch", marker_epoch: int | None = None) -> Path:
     """Test error (%) against epoch, one line per name (mean over seeds, band = min..max); talk slide 20.
 
-    ``curves[name]`` is a list of per-seed sequences of ``(epoch, error)`` pairs.
+    ``curves[name]`` is a list of per-seed sequences of ``(epoch, error)`` pairs. The left panel shows the
+    whole run, the right panel zooms in on the epochs from ``marker_epoch`` (or the second half) on.
     """
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    zoom_from = marker_epoch if marker_epoch is not None else None
+    lows, highs = [], []
     for name, runs in curves.items():
         runs = [np.asarray(r, dtype=float) for r in runs if len(r)]
         if not runs:
@@ -29,19 +32,33 @@ def plot_error_curves(curves: Mapping[str, Sequence[Sequence[float]]], path: str
         stack = np.stack([r[-n:] for r in runs])
         epochs = stack[0, :, 0]
         err = 100 * stack[:, :, 1]
-        ax.plot(epochs, err.mean(axis=0), label=name, lw=1.8)
-        if len(runs) > 1:
-            ax.fill_between(epochs, err.min(axis=0), err.max(axis=0), alpha=0.2)
-    if marker_epoch is not None:
-        ax.axvline(marker_epoch, color="grey", ls=":", lw=1, label="SWA start")
-    ax.set_xlabel("Epochs")
-    ax.set_ylabel("Test error (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+        mean = err.mean(axis=0)
+        if zoom_from is None:
+            zoom_from = int(epochs[-1] // 2)
+        for ax in axes:
+            ax.plot(epochs, mean, label=name, lw=1.8)
+            if len(runs) > 1:
+                ax.fill_between(epochs, err.min(axis=0), err.max(axis=0), alpha=0.2)
+        late = epochs >= zoom_from
+        if late.any():
+            lows.append(err[:, late].min())
+            highs.append(err[:, late].max())
+    for ax in axes:
+        if marker_epoch is not None:
+            ax.axvline(marker_epoch, color="grey", ls=":", lw=1, label="SWA start")
+        ax.set_xlabel("Epochs")
+        ax.set_ylabel("Test error (%)")
+        ax.grid(alpha=0.3)
+    axes[0].set_title(title)
+    axes[1].set_title("zoom: from the start of averaging")
+    if lows and zoom_from is not None:
+        pad = 0.1 * (max(highs) - min(lows) + 1e-9)
+        axes[1].set_xlim(zoom_from - 1, None)
+        axes[1].set_ylim(min(lows) - pad, max(highs) + pad)
+    axes[1].legend()
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
