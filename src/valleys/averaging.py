@@ -150,6 +150,10 @@ class SWA(Averager):
         if self._m2_views is not None and n > 0:
             torch._foreach_addcmul_(self._m2_views, delta, delta, value=n / (n + 1))
         self.n = n + 1
+        self._after_collect(delta, n)
+
+    def _after_collect(self, delta: list[Tensor], n_before: int) -> None:
+        """Hook for subclasses (SWAG's deviation buffer): ``delta = w - m_old``, ``n_before`` collects before."""
 
     @property
     def variance(self) -> Tensor:

@@ -1,23 +1,29 @@
 """Predictions of a network over a loader, streamed into :mod:`valleys.metrics`.
 
-:func:`evaluate` is the one evaluation loop: eval mode, no gradients, softmax in float64, and the
-model's train/eval flags restored afterwards. Later methods (BMA over SWAG samples, FGE ensembles)
-stream averaged probabilities through the same metrics.
+:func:`predict_probs` is the one evaluation loop (eval mode, no gradients, softmax in float64, the model's
+train/eval flags restored afterwards). :func:`evaluate` scores one network; :func:`bma` scores the Bayesian
+model average ``p(y | x) = (1/S) sum_s softmax(f(x; w_s))`` over any source of weights: SWAG samples (flat
+vectors, BatchNorm recomputed per sample), FGE snapshots or ensemble members (full state dicts, used as they
+are), MultiSWAG. Probabilities are averaged, never logits, and streamed: one running sum per test example.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Union
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .batches import InputFn, call_model, default_input_fn, default_target_fn, to_device
-from .batchnorm import EmptyLoaderError
+from .batchnorm import EmptyLoaderError, recompute_bn
 from .metrics import ClassificationMetrics
+from .weights import WeightSpace
 
-__all__ = ["evaluate", "predict_probs"]
+__all__ = ["evaluate", "predict_probs", "bma", "Sample"]
+
+Sample = Union[Tensor, Mapping[str, Tensor]]
 
 
 def predict_probs(model: nn.Module, loader: Iterable, *, device: torch.device | str | None = None,
@@ -53,4 +59,86 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str |
     out = metrics.compute()
     if not reliability:
         out.pop("reliability")
+    return out
+
+
+@contextlib.contextmanager
+def holding(model: nn.Module, sample: Sample, space: WeightSpace) -> Iterator[nn.Module]:
+    """The model holds ``sample`` inside the block (a flat weight vector over ``space``, or a full state
+    dict) and is restored bit for bit afterwards: parameters, buffers and train/eval flags."""
+    if isinstance(sample, Tensor):
+        with space.at(model, sample.to(space.parameters(model)[0].device)):
+            yield model
+        return
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    model.load_state_dict(sample)
+    try:
+        yield model
+    finally:
+        model.load_state_dict(saved)
+        for m, mode in zip(model.modules(), modes):
+            m.training = mode
+
+
+def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space: WeightSpace | None = None,
+        bn_loader: Iterable | None = None, bn_batches: int | None = None,
+        device: torch.device | str | None = None, input_fn: InputFn | None = None, target_fn=None,
+        bins: int = 15, num_samples: int | None = None, progress: bool = False,
+        return_probs: bool = False) -> dict[str, Any]:
+    """Metrics of the Bayesian model average over ``samples`` on ``loader``.
+
+    Each sample is either a flat weight vector (a SWAG draw; BatchNorm statistics are recomputed on
+    ``bn_loader`` for it, on its first ``bn_batches`` batches if given) or a state dict (an FGE snapshot or an
+    ensemble member, evaluated with its own statistics). The user's model is restored after every sample.
+    ``loader`` must yield the same batches in the same order on every pass (no shuffling).
+
+    Returns the metrics of :class:`valleys.metrics.ClassificationMetrics` plus ``num_samples``, and with
+    ``return_probs=True`` the averaged ``probs`` (N, C) and ``targets`` (N,).
+    """
+    space = space or WeightSpace(model)
+    sums: list[Tensor] = []
+    targets: list[Tensor] = []
+    count = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_samples, unit="sample", desc="BMA", leave=False, dynamic_ncols=True)
+    try:
+        for sample in samples:
+            with holding(model, sample, space):
+                if isinstance(sample, Tensor) and bn_loader is not None:
+                    recompute_bn(model, bn_loader, num_batches=bn_batches, device=device, input_fn=input_fn)
+                b = -1
+                for b, (probs, y) in enumerate(predict_probs(model, loader, device=device, input_fn=input_fn,
+                                                             target_fn=target_fn)):
+                    if count == 0:
+                        sums.append(probs.cpu())
+                        targets.append(torch.as_tensor(y).cpu())
+                    elif b >= len(sums) or sums[b].shape != probs.shape:
+                        raise ValueError("bma: the loader yielded different batches on two passes; use a loader "
+                                         "without shuffling")
+                    else:
+                        sums[b] += probs.cpu()
+                if b + 1 != len(sums):
+                    raise ValueError("bma: the loader yielded a different number of batches on two passes")
+            count += 1
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    if count == 0:
+        raise ValueError("bma: no samples were given; collect weights or pass at least one sample")
+    if not sums:
+        raise EmptyLoaderError("bma: the evaluation loader yielded no batches")
+    metrics = ClassificationMetrics(bins)
+    probs = torch.cat(sums) / count
+    y = torch.cat(targets)
+    metrics.update(probs, y)
+    out = metrics.compute()
+    out["num_samples"] = count
+    if return_probs:
+        out["probs"], out["targets"] = probs, y
     return out

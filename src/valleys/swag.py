@@ -1,0 +1,165 @@
+"""SWAG: a Gaussian over weights from the first two moments of the SGD trajectory.
+
+Maddox, Izmailov, Garipov, Vetrov, Wilson (2019), "A Simple Baseline for Bayesian Uncertainty in Deep
+Learning", NeurIPS. On top of SWA's running mean ``m`` and Welford variance ``var`` (:class:`valleys.SWA`),
+keep the last K deviations ``D_i = w_i - m_i`` (``m_i`` the mean after including ``w_i``) in a (K, P) ring
+buffer. With ``k = min(n, K)`` collected deviations the posterior is
+
+    N(m, scale * (diag(var) + D^T D / (k - 1)))          (low rank plus diagonal, "SWAG")
+    N(m, scale * diag(var))                              ("SWAG-diagonal")
+
+and a sample is ``w = m + sqrt(scale) * (sqrt(var) * z1 + D^T z2 / sqrt(k - 1))``, z1 ~ N(0, I_P),
+z2 ~ N(0, I_k). The paper's defaults: K = 20, scale 1/2 for SWAG (1 for SWAG-diagonal), 30 samples, one
+BatchNorm recompute per sample. Memory: (K + 2) copies of the weights; the buffers' device and dtype are
+configurable (e.g. keep them on the CPU for a GPU model).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .averaging import SWA, NotCollectedError
+from .weights import WeightSpaceError
+
+__all__ = ["SWAG", "MultiSWAG"]
+
+
+class SWAG(SWA):
+    """Low-rank-plus-diagonal Gaussian over weights from collected SGD iterates (SWAG).
+
+    Args:
+        model: defines the weight space (see :class:`valleys.WeightSpace`).
+        names: optional parameter subset (e.g. only the last layer).
+        rank: K, the number of deviation vectors kept (>= 1; low-rank sampling needs k >= 2 collected).
+        device, dtype: where the mean, variance and deviation buffers live.
+
+    Use in your own loop exactly like :class:`valleys.SWA` (``collect(model)`` once per epoch), then
+    ``sample(30)`` or :func:`valleys.predict.bma`.
+    """
+
+    def __init__(self, model: nn.Module, names: Sequence[str] | None = None, *, rank: int = 20,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 check_finite: bool = True) -> None:
+        if not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
+        super().__init__(model, names, moments=True, device=device, dtype=dtype, check_finite=check_finite)
+        self.rank = rank
+        self._dev = torch.zeros(rank, self.space.size, device=self.device, dtype=self.dtype)
+        self._dev_views = [self.space.views(row) for row in self._dev]
+
+    def _after_collect(self, delta: list[Tensor], n_before: int) -> None:
+        # w - m_new = delta * n / (n + 1), written in place into the next ring slot: O(P), no concatenation
+        row = self._dev_views[n_before % self.rank]
+        torch._foreach_copy_(row, delta)
+        torch._foreach_mul_(row, n_before / (n_before + 1))
+
+    # ------------------------------------------------------------------ the Gaussian
+    @property
+    def k(self) -> int:
+        """Number of deviations in the buffer: ``min(n, K)``."""
+        return min(self.n, self.rank)
+
+    @property
+    def deviations(self) -> Tensor:
+        """The (k, P) deviation matrix D (rows in ring order, which does not matter for D^T D)."""
+        return self._dev[: self.k]
+
+    def _check(self, scale: float, diagonal: bool) -> None:
+        if self.n == 0:
+            raise NotCollectedError("SWAG: nothing collected yet; call collect(model) during training first")
+        if not (isinstance(scale, (int, float)) and scale >= 0 and math.isfinite(scale)):
+            raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
+        if not diagonal and self.k < 2:
+            raise ValueError(
+                f"low-rank SWAG needs at least 2 collected deviations, this SWAG has {self.k}; collect more "
+                "iterates or sample with diagonal=True"
+            )
+
+    def covariance(self, scale: float = 0.5, *, diagonal: bool = False) -> Tensor:
+        """The dense P x P covariance (for tests and tiny models only): ``scale (diag(var) + D^T D/(k-1))``."""
+        self._check(scale, diagonal)
+        cov = torch.diag(self.variance)
+        if not diagonal:
+            d = self.deviations
+            cov = cov + d.T @ d / (self.k - 1)
+        return scale * cov
+
+    def sample(self, n: int = 1, *, scale: float = 0.5, diagonal: bool = False,
+               generator: torch.Generator | None = None) -> Tensor:
+        """Draw ``n`` weight vectors, shape (n, P): ``m + sqrt(scale)(sqrt(var) z1 + D^T z2 / sqrt(k-1))``.
+
+        ``scale=0`` returns the SWA mean; ``diagonal=True`` drops the low-rank term (SWAG-diagonal, whose
+        paper default is ``scale=1``).
+        """
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"the number of samples must be an integer >= 1, got {n!r}")
+        self._check(scale, diagonal)
+        kw = {"device": self.device, "dtype": self.dtype, "generator": generator}
+        z1 = torch.randn(n, self.space.size, **kw)
+        out = z1.mul_(self.variance.clamp_min(0).sqrt())
+        if not diagonal:
+            z2 = torch.randn(n, self.k, **kw)
+            out.add_(z2 @ self.deviations, alpha=1 / math.sqrt(self.k - 1))
+        return out.mul_(math.sqrt(scale)).add_(self.mean)
+
+    def samples(self, n: int, *, scale: float = 0.5, diagonal: bool = False,
+                generator: torch.Generator | None = None) -> Iterator[Tensor]:
+        """Yield ``n`` samples one at a time (one P-vector in memory at once)."""
+        self._check(scale, diagonal)
+        for _ in range(n):
+            yield self.sample(1, scale=scale, diagonal=diagonal, generator=generator)[0]
+
+    def log_prob(self, w: Tensor, *, scale: float = 0.5, diagonal: bool = False, min_var: float = 1e-30) -> Tensor:
+        """Log density of weight vector(s) ``w`` ((P,) or (S, P)) under the SWAG Gaussian.
+
+        Computed through the low-rank-plus-diagonal form (``LowRankMultivariateNormal``: Woodbury and the
+        matrix determinant lemma), never a P x P matrix. Variances are clamped at ``min_var``.
+        """
+        self._check(scale, diagonal)
+        if scale == 0:
+            raise ValueError("log_prob needs scale > 0 (scale 0 is a point mass at the SWA mean)")
+        if w.shape[-1] != self.space.size:
+            raise WeightSpaceError(f"w has {w.shape[-1]} entries per vector, this SWAG has {self.space.size}")
+        var = scale * self.variance.clamp_min(min_var)
+        if diagonal:
+            factor = torch.zeros(self.space.size, 1, device=self.device, dtype=self.dtype)
+        else:
+            factor = self.deviations.T * math.sqrt(scale / (self.k - 1))
+        dist = torch.distributions.LowRankMultivariateNormal(self.mean, factor, var, validate_args=False)
+        return dist.log_prob(w.to(self.device, self.dtype))
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["rank"] = self.rank
+        state["deviations"] = self._dev
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state.get("rank", -1)) != self.rank:
+            raise WeightSpaceError(f"state has rank {state.get('rank')}, this SWAG has rank {self.rank}")
+        super().load_state_dict(state)
+        self._dev.copy_(state["deviations"])
+
+
+class MultiSWAG:
+    """An ensemble of independently trained SWAGs (Wilson & Izmailov 2020); samples are drawn from each in turn."""
+
+    def __init__(self, members: Sequence[SWAG]) -> None:
+        if not members:
+            raise ValueError("MultiSWAG needs at least one SWAG")
+        sizes = {m.space.signature().__repr__() for m in members}
+        if len(sizes) > 1:
+            raise WeightSpaceError("MultiSWAG members differ in architecture (parameter names or shapes)")
+        self.members = list(members)
+
+    def samples(self, n_per_member: int, *, scale: float = 0.5, diagonal: bool = False,
+                generator: torch.Generator | None = None) -> Iterator[Tensor]:
+        """Yield ``n_per_member`` samples from every member (len(members) * n_per_member in all)."""
+        for m in self.members:
+            yield from m.samples(n_per_member, scale=scale, diagonal=diagonal, generator=generator)

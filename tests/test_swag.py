@@ -1,0 +1,109 @@
+import math
+
+import pytest
+import torch
+from scipy.stats import chi2
+from torch import nn
+
+from valleys.averaging import NotCollectedError
+from valleys.swag import SWAG, MultiSWAG
+from valleys.weights import WeightSpaceError
+
+
+def _swag(n=10, rank=5, seed=0, dtype=torch.float64):
+    """A SWAG over an 8-weight model fed a random trajectory; also returns the trajectory."""
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Linear(3, 2).to(dtype)
+    swag = SWAG(model, rank=rank)
+    traj = torch.randn(n, 8, generator=g, dtype=dtype) * torch.linspace(0.5, 2, 8, dtype=dtype) + 3
+    for w in traj:
+        swag.collect(w)
+    return swag, traj
+
+
+def _brute_deviations(traj):
+    return torch.stack([traj[i] - traj[: i + 1].mean(0) for i in range(len(traj))])
+
+
+def test_ring_buffer_holds_the_last_k_deviations_and_k_is_min_n_K():
+    swag, traj = _swag(n=13, rank=5)
+    brute = _brute_deviations(traj)[-5:]
+    assert swag.k == 5
+    got = sorted(swag.deviations.tolist())
+    assert torch.allclose(torch.tensor(got), torch.tensor(sorted(brute.tolist())), atol=1e-12)
+    few, traj3 = _swag(n=3, rank=20)
+    assert few.k == 3
+    d = _brute_deviations(traj3)
+    expected = 0.5 * (torch.diag(traj3.var(0, unbiased=False)) + d.T @ d / (3 - 1))  # k - 1 = 2, not K - 1
+    assert torch.allclose(few.covariance(0.5), expected, atol=1e-12)
+
+
+def test_sample_covariance_matches_analytic_low_rank_plus_diagonal():
+    swag, _ = _swag()
+    cov = swag.covariance(scale=0.5)
+    n = 200_000
+    s = swag.sample(n, scale=0.5, generator=torch.Generator().manual_seed(1))
+    emp = torch.cov(s.T)
+    # standard error of a sample covariance entry: sqrt((S_ii S_jj + S_ij^2) / n); allow 5 of them
+    se = ((torch.diag(cov)[:, None] * torch.diag(cov)[None, :] + cov ** 2) / n).sqrt()
+    assert ((emp - cov).abs() <= 5 * se).all()
+    assert torch.allclose(s.mean(0), swag.mean, atol=5 * math.sqrt(float(torch.diag(cov).max()) / n))
+
+
+def test_95_percent_ellipsoid_coverage_within_binomial_tolerance():
+    swag, _ = _swag()
+    cov = swag.covariance(scale=0.5)
+    n = 20_000
+    s = swag.sample(n, scale=0.5, generator=torch.Generator().manual_seed(2))
+    diff = s - swag.mean
+    maha = (diff @ torch.linalg.inv(cov) * diff).sum(1)
+    inside = float((maha <= chi2.ppf(0.95, df=8)).double().mean())
+    assert abs(inside - 0.95) <= 4 * math.sqrt(0.95 * 0.05 / n)
+
+
+def test_log_prob_equals_dense_float64_reference():
+    swag, _ = _swag()
+    w = swag.sample(5, generator=torch.Generator().manual_seed(3))
+    for diagonal, scale in ((False, 0.5), (True, 1.0)):
+        ref = torch.distributions.MultivariateNormal(swag.mean, swag.covariance(scale, diagonal=diagonal))
+        assert torch.allclose(swag.log_prob(w, scale=scale, diagonal=diagonal), ref.log_prob(w), atol=1e-8)
+
+
+def test_scale_zero_is_swa_and_diagonal_samples():
+    swag, traj = _swag()
+    assert torch.equal(swag.sample(2, scale=0.0)[1], swag.mean)
+    s = swag.sample(100_000, scale=1.0, diagonal=True, generator=torch.Generator().manual_seed(4))
+    assert torch.allclose(s.var(0), traj.var(0, unbiased=False), rtol=0.03)
+
+
+def test_bad_input():
+    model = nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="rank"):
+        SWAG(model, rank=0)
+    swag = SWAG(model)
+    with pytest.raises(NotCollectedError, match="nothing collected"):
+        swag.sample()
+    swag.collect(model)
+    with pytest.raises(ValueError, match="at least 2 collected deviations, this SWAG has 1"):
+        swag.sample()
+    swag.sample(diagonal=True)
+    swag.collect(torch.randn(8))
+    with pytest.raises(ValueError, match="scale"):
+        swag.sample(scale=-1)
+    with pytest.raises(ValueError, match="samples"):
+        swag.sample(0)
+    nan = torch.randn(8)
+    nan[2] = float("nan")
+    with pytest.raises(WeightSpaceError, match="NaN"):
+        swag.collect(nan)
+    with pytest.raises(WeightSpaceError, match="architecture"):
+        MultiSWAG([swag, SWAG(nn.Linear(4, 2))])
+
+
+def test_state_dict_roundtrip():
+    swag, _ = _swag(n=7, rank=4)
+    other = SWAG(nn.Linear(3, 2).double(), rank=4)
+    other.load_state_dict(swag.state_dict())
+    assert torch.equal(other.covariance(), swag.covariance())
+    with pytest.raises(WeightSpaceError, match="rank"):
+        SWAG(nn.Linear(3, 2).double(), rank=3).load_state_dict(swag.state_dict())
