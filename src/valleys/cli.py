@@ -14,7 +14,10 @@ EXAMPLES = """examples:
   valleys demo --quick                      # SGD vs SWA on MNIST-1D in about a minute
   valleys train --method swa --epochs 100 --swa-start 50 --swa-lr 0.1 --out runs/swa
   valleys train --dataset digits --model cnn --method sgd --epochs 30 --out runs/digits-sgd
-  valleys evaluate runs/swa
+  valleys train --method swag --epochs 100 --swa-start 50 --rank 20 --samples 30 --out runs/swag
+  valleys train --method fge --epochs 100 --cycle 2 --out runs/fge
+  valleys train --method swag --ood-split --out runs/swag-ood    # classes 5-9 held out as OOD
+  valleys evaluate runs/swa --temperature-scaling                 # SWA-Temp baseline
 """
 
 
@@ -56,6 +59,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--swa-start", type=int, default=None,
                    help="epochs of SGD before averaging starts (swa only; default: epochs // 2)")
     t.add_argument("--swa-lr", type=_positive_float, default=None, help="SWA learning rate (default: --lr)")
+    t.add_argument("--rank", type=_positive_int, default=d.rank, help="SWAG: number of deviation vectors K")
+    t.add_argument("--samples", type=_positive_int, default=d.samples, help="SWAG/MultiSWAG: test-time draws S (per member)")
+    t.add_argument("--bn-batches", type=_positive_int, default=None, help="BN recompute per sample on N batches (default: all)")
+    t.add_argument("--cycle", type=int, default=d.cycle, help="FGE: cycle length in epochs (even)")
+    t.add_argument("--lr-1", type=_positive_float, default=None, help="FGE: cycle's highest LR (default: lr / 2)")
+    t.add_argument("--lr-2", type=_positive_float, default=None, help="FGE: cycle's lowest LR (default: lr / 200)")
+    t.add_argument("--fge-start", type=int, default=None, help="FGE: pre-training epochs (default: the first 80%%)")
+    t.add_argument("--members", type=_positive_int, default=d.members, help="ensemble/multiswag: number of runs")
+    t.add_argument("--ood-split", action="store_true",
+                   help="train on the first half of the classes; the rest are out-of-distribution (OOD AUROC)")
     t.add_argument("--seed", type=int, default=d.seed, help="random seed")
     t.add_argument("--train-subset", type=_positive_int, default=None, help="use only N training examples")
     t.add_argument("--test-subset", type=_positive_int, default=None, help="use only N test examples")
@@ -68,8 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    e = sub.add_parser("evaluate", help="re-evaluate a run folder's model, print a table, write evaluation.json")
+    e = sub.add_parser("evaluate", help="re-evaluate a run folder's predictive, print a table, write evaluation.json")
     e.add_argument("run_dir", help="a folder written by 'valleys train'")
+    e.add_argument("--samples", type=_positive_int, default=None, help="SWAG draws S (default: the run's)")
+    e.add_argument("--ood", action="store_true", help="report OOD AUROC (run trained with --ood-split)")
+    e.add_argument("--temperature-scaling", action="store_true",
+                   help="also report test metrics after a temperature fitted on validation data")
 
     m = sub.add_parser("demo", help="the main job: SGD vs SWA on MNIST-1D, table, report and figure")
     m.add_argument("--quick", action="store_true", help="one seed, 30 epochs (under 2 minutes)")
@@ -86,8 +103,10 @@ def _train(args: argparse.Namespace) -> int:
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
-    if args.method != "swa" and (args.swa_start is not None or args.swa_lr is not None):
-        raise ValueError("--swa-start and --swa-lr only apply to --method swa")
+    if args.method in ("sgd", "fge", "ensemble") and (args.swa_start is not None or args.swa_lr is not None):
+        raise ValueError("--swa-start and --swa-lr only apply to --method swa, swag, swag-diag and multiswag")
+    if args.method != "fge" and any(v is not None for v in (args.lr_1, args.lr_2, args.fge_start)):
+        raise ValueError("--lr-1, --lr-2 and --fge-start only apply to --method fge")
     cfg = cfg.resolved()
     out = Path(args.out or f"runs/{cfg.dataset}-{cfg.model}-{cfg.method}-seed{cfg.seed}")
     try:
@@ -97,6 +116,8 @@ def _train(args: argparse.Namespace) -> int:
         return 130
     rows = {f"{cfg.method} ({split})": aggregate([m]) for split, m in res["metrics"].items()}
     print(format_table(rows))
+    if "ood_auroc" in res:
+        print(f"OOD AUROC (predictive entropy): {res['ood_auroc']:.4f}")
     print(f"\nwrote {out}/results.json ({res['timing']['train_s']:.1f}s training)")
     return 0
 
@@ -105,8 +126,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .report import aggregate, format_table
     from .runs import evaluate_run
 
-    res = evaluate_run(args.run_dir)
+    res = evaluate_run(args.run_dir, samples=args.samples, ood=True if args.ood else None,
+                       temperature_scaling=args.temperature_scaling, progress=True)
     print(format_table({f"{res['method']} ({k})": aggregate([v]) for k, v in res["metrics"].items()}))
+    if "ood_auroc" in res:
+        print(f"OOD AUROC (predictive entropy): {res['ood_auroc']:.4f}")
+    if "temperature" in res:
+        print(f"temperature fitted on validation: {res['temperature']:.4f}")
     print(f"\nwrote {Path(args.run_dir) / 'evaluation.json'}")
     return 0
 

@@ -55,6 +55,7 @@ class Splits:
     num_classes: int
     input_shape: tuple[int, ...]
     info: dict = field(default_factory=dict)
+    ood: TensorDataset | None = None  # test examples of held-out classes (split-classes OOD protocol)
 
     def sizes(self) -> dict[str, int]:
         """Number of examples per split."""
@@ -160,7 +161,7 @@ def _fashion(root: str | os.PathLike | None) -> tuple[Tensor, Tensor, Tensor, Te
 
 def load_dataset(name: str = "mnist1d", *, val_fraction: float = 0.1, split_seed: int = 0,
                  train_subset: int | None = None, test_subset: int | None = None,
-                 root: str | os.PathLike | None = None) -> Splits:
+                 root: str | os.PathLike | None = None, ood_split: bool = False) -> Splits:
     """Load a built-in dataset as :class:`Splits`.
 
     Args:
@@ -168,6 +169,9 @@ def load_dataset(name: str = "mnist1d", *, val_fraction: float = 0.1, split_seed
         val_fraction: share of the training data held out for validation (fixed ``split_seed``).
         train_subset / test_subset: keep only the first N examples (after the fixed shuffle) for speed.
         root: a torchvision data root to search for Fashion-MNIST files.
+        ood_split: the split-classes protocol (Maddox et al. 2019): train, validate and test on the first
+            half of the classes (labels 0 .. C/2 - 1); the test examples of the other classes become
+            ``splits.ood``, the out-of-distribution set.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
@@ -175,11 +179,21 @@ def load_dataset(name: str = "mnist1d", *, val_fraction: float = 0.1, split_seed
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     loader = {"mnist1d": _mnist1d, "digits": _digits, "fashion-mnist": lambda: _fashion(root)}[name]
     xtr, ytr, xte, yte = loader()
+    num_classes = int(ytr.max()) + 1
+    ood = None
+    if ood_split:
+        num_classes //= 2
+        keep_tr, keep_te = ytr < num_classes, yte < num_classes
+        ood = TensorDataset(xte[~keep_te], yte[~keep_te])
+        xtr, ytr, xte, yte = xtr[keep_tr], ytr[keep_tr], xte[keep_te], yte[keep_te]
     train, val = _split(xtr, ytr, val_fraction, split_seed, train_subset)
     if test_subset is not None:
         xte, yte = xte[:test_subset], yte[:test_subset]
-    return Splits(name, train, val, TensorDataset(xte, yte), num_classes=int(ytr.max()) + 1,
-                  input_shape=tuple(xtr.shape[1:]), info={"split_seed": split_seed, "val_fraction": val_fraction})
+        if ood is not None:
+            ood = TensorDataset(*(t[:test_subset] for t in ood.tensors))
+    return Splits(name, train, val, TensorDataset(xte, yte), num_classes=num_classes,
+                  input_shape=tuple(xtr.shape[1:]), ood=ood,
+                  info={"split_seed": split_seed, "val_fraction": val_fraction, "ood_split": ood_split})
 
 
 def make_loader(dataset, batch_size: int = 128, *, shuffle: bool = False, seed: int = 0,

@@ -32,17 +32,29 @@ class FGECallback(Callback):
     Args:
         cycle: the cycle length in epochs (even, as in the paper); the snapshot is taken after step
             ``cycle * steps_per_epoch // 2`` of each cycle, counted from the start of the FGE phase.
+        start: epochs of pre-training before the first cycle (the FGE phase starts there).
     """
 
-    def __init__(self, cycle: int) -> None:
+    def __init__(self, cycle: int, start: int = 0) -> None:
         if not isinstance(cycle, int) or cycle < 2 or cycle % 2:
             raise ValueError(f"the FGE cycle must be an even number of epochs >= 2, got {cycle!r}")
+        if start < 0:
+            raise ValueError(f"start must be >= 0 epochs, got {start}")
         self.cycle = cycle
+        self.start = start
         self.snapshots: list[dict[str, Tensor]] = []
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        if self.start + self.cycle > trainer.epochs:
+            raise ValueError(
+                f"FGE starting after epoch {self.start} with {self.cycle}-epoch cycles needs at least "
+                f"{self.start + self.cycle} epochs, training has {trainer.epochs}"
+            )
 
     def on_step_end(self, trainer: Trainer) -> None:
         length = self.cycle * trainer.steps_per_epoch
-        if trainer.step % length == length // 2:
+        step = trainer.step - self.start * trainer.steps_per_epoch
+        if step > 0 and step % length == length // 2:
             self.snapshots.append(snapshot(trainer.model))
 
     def state_dict(self) -> dict[str, Any]:

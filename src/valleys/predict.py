@@ -85,7 +85,7 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
         bn_loader: Iterable | None = None, bn_batches: int | None = None,
         device: torch.device | str | None = None, input_fn: InputFn | None = None, target_fn=None,
         bins: int = 15, num_samples: int | None = None, progress: bool = False,
-        return_probs: bool = False) -> dict[str, Any]:
+        return_probs: bool = False, score: bool = True) -> dict[str, Any]:
     """Metrics of the Bayesian model average over ``samples`` on ``loader``.
 
     Each sample is either a flat weight vector (a SWAG draw; BatchNorm statistics are recomputed on
@@ -94,7 +94,8 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
     ``loader`` must yield the same batches in the same order on every pass (no shuffling).
 
     Returns the metrics of :class:`valleys.metrics.ClassificationMetrics` plus ``num_samples``, and with
-    ``return_probs=True`` the averaged ``probs`` (N, C) and ``targets`` (N,).
+    ``return_probs=True`` the averaged ``probs`` (N, C) and ``targets`` (N,). ``score=False`` skips the
+    metrics (for out-of-distribution inputs whose labels are not among the model's classes).
     """
     space = space or WeightSpace(model)
     sums: list[Tensor] = []
@@ -133,12 +134,14 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
         raise ValueError("bma: no samples were given; collect weights or pass at least one sample")
     if not sums:
         raise EmptyLoaderError("bma: the evaluation loader yielded no batches")
-    metrics = ClassificationMetrics(bins)
     probs = torch.cat(sums) / count
     y = torch.cat(targets)
-    metrics.update(probs, y)
-    out = metrics.compute()
+    out: dict[str, Any] = {}
+    if score:
+        metrics = ClassificationMetrics(bins)
+        metrics.update(probs, y)
+        out = metrics.compute()
     out["num_samples"] = count
-    if return_probs:
+    if return_probs or not score:
         out["probs"], out["targets"] = probs, y
     return out

@@ -1,17 +1,25 @@
 """Friendly entry point: a whole training run from one :class:`TrainConfig`, into one run folder.
 
 A run folder holds ``config.json`` (every setting), ``metrics.jsonl`` (one line per epoch),
-``checkpoint.safetensors`` (training state, for resume), ``model.safetensors`` (the final weights: the SGD
-end point, or the SWA average with recomputed BatchNorm), ``results.json`` (DESIGN 3) and ``report.md``.
-The CLI's ``train`` and ``evaluate`` are thin wrappers over :func:`train_run` and :func:`evaluate_run`.
+``checkpoint.safetensors`` (training state, for resume), ``model.safetensors`` (the final network: the SGD
+end point, the SWA mean with recomputed BatchNorm, or the last FGE snapshot), ``posterior.safetensors``
+(SWAG moments and deviations, or FGE snapshots), ``results.json`` (DESIGN 3) and ``report.md``. Ensembles
+and MultiSWAG train their members into ``member-<i>`` sub-folders.
+
+Every method is evaluated the same way: :func:`valleys.predict.bma` over the method's samples (one network
+for SGD and SWA, S draws for SWAG with a BatchNorm recompute each, the snapshots for FGE, the members for an
+ensemble, S draws per member for MultiSWAG). The CLI's ``train`` and ``evaluate`` are thin wrappers over
+:func:`train_run` and :func:`evaluate_run`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,13 +28,17 @@ import torch
 from torch import nn
 
 from .averaging import SWA
+from .calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
 from .checkpoint import (CheckpointError, check_model_signature, load_checkpoint, model_signature,
                          save_checkpoint, write_json)
 from .data import DATASETS, Splits, load_dataset, make_loader
+from .ensembles import FGECallback, snapshot
+from .metrics import classification_metrics
 from .models import MODELS, build_model
-from .predict import evaluate
+from .predict import Sample, bma
 from .schedules import build_schedule
 from .swa import SWACallback
+from .swag import SWAG
 from .training import Trainer
 
 __all__ = ["TrainConfig", "METHODS", "train_run", "evaluate_run", "load_run_model", "RunFolderError",
@@ -35,9 +47,16 @@ __all__ = ["TrainConfig", "METHODS", "train_run", "evaluate_run", "load_run_mode
 METHODS: dict[str, str] = {
     "sgd": "SGD with momentum; LR decays with the SWA schedule's shape to 0.01 lr over all epochs",
     "swa": "SGD, then from --swa-start an SWA schedule to --swa-lr and a uniform average of one iterate per epoch",
+    "swag": "as swa, plus a low-rank-plus-diagonal Gaussian (--rank); BMA over --samples draws, scale 0.5",
+    "swag-diag": "as swa, plus a diagonal Gaussian; BMA over --samples draws, scale 1.0",
+    "fge": "SGD to --fge-start, then cycles of --cycle epochs between --lr-1 and --lr-2; ensemble of mid-cycle snapshots",
+    "ensemble": "--members independent SGD runs (seeds seed, seed+1, ...); ensemble of their predictions",
+    "multiswag": "--members independent SWAG runs; BMA over --samples draws from each",
 }
-RUN_FILES = ("config.json", "results.json", "checkpoint.safetensors", "model.safetensors", "metrics.jsonl")
+RUN_FILES = ("config.json", "results.json", "checkpoint.safetensors", "model.safetensors", "metrics.jsonl",
+             "posterior.safetensors")
 SUMMARY_KEYS = ("accuracy", "error", "nll", "brier", "ece", "mce")
+_AVERAGING = ("swa", "swag", "swag-diag")
 
 
 class RunFolderError(FileExistsError):
@@ -58,6 +77,15 @@ class TrainConfig:
     batch_size: int = 128
     swa_start: int | None = None  # default: half the epochs
     swa_lr: float | None = None   # default: lr (constant-LR SWA)
+    rank: int = 20                # SWAG: K deviation vectors
+    samples: int = 30             # SWAG / MultiSWAG: S draws (per member) at test time
+    bn_batches: int | None = None  # BN recompute per sample on this many batches (None: all)
+    cycle: int = 2                # FGE cycle length (epochs, even)
+    lr_1: float | None = None     # FGE: default lr / 2
+    lr_2: float | None = None     # FGE: default lr / 200
+    fge_start: int | None = None  # FGE: default the last 20% of the budget, a whole number of cycles
+    members: int = 3              # ensemble / multiswag
+    ood_split: bool = False       # train on the first half of the classes; the rest are OOD
     seed: int = 0
     val_fraction: float = 0.1
     train_subset: int | None = None
@@ -78,13 +106,17 @@ class TrainConfig:
             raise ValueError(f"unknown method {cfg.method!r}; valid methods: {', '.join(METHODS)}")
         if not isinstance(cfg.epochs, int) or cfg.epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {cfg.epochs}")
-        for name in ("lr", "batch_size", "checkpoint_every", "eval_every"):
+        for name in ("lr", "batch_size", "checkpoint_every", "eval_every", "samples", "members"):
             v = getattr(cfg, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name.replace('_', '-')} must be positive, got {v}")
+        if cfg.rank < 1:
+            raise ValueError(f"rank must be at least 1, got {cfg.rank}")
+        if cfg.bn_batches is not None and cfg.bn_batches < 1:
+            raise ValueError(f"bn-batches must be at least 1, got {cfg.bn_batches}")
         if cfg.wd < 0 or cfg.momentum < 0:
             raise ValueError(f"wd and momentum must be non-negative, got wd={cfg.wd}, momentum={cfg.momentum}")
-        if cfg.method == "swa":
+        if cfg.method in _AVERAGING or cfg.method == "multiswag":
             if cfg.swa_start is None:
                 cfg.swa_start = cfg.epochs // 2
             if cfg.swa_lr is None:
@@ -96,6 +128,26 @@ class TrainConfig:
                 )
             if not cfg.swa_lr > 0:
                 raise ValueError(f"swa-lr must be positive, got {cfg.swa_lr}")
+            if cfg.method in ("swag", "multiswag") and cfg.epochs - cfg.swa_start < 2:
+                raise ValueError(
+                    f"low-rank SWAG needs at least 2 collected epochs; epochs - swa-start is "
+                    f"{cfg.epochs - cfg.swa_start}: lower --swa-start or use --method swag-diag"
+                )
+        if cfg.method == "fge":
+            if cfg.cycle < 2 or cfg.cycle % 2:
+                raise ValueError(f"the FGE cycle must be an even number of epochs >= 2, got {cfg.cycle}")
+            cfg.lr_1 = cfg.lr / 2 if cfg.lr_1 is None else cfg.lr_1
+            cfg.lr_2 = cfg.lr / 200 if cfg.lr_2 is None else cfg.lr_2
+            if not (cfg.lr_1 > 0 and cfg.lr_2 > 0):
+                raise ValueError(f"lr-1 and lr-2 must be positive, got {cfg.lr_1} and {cfg.lr_2}")
+            if cfg.fge_start is None:
+                cycles = max(1, round(0.2 * cfg.epochs / cfg.cycle))
+                cfg.fge_start = cfg.epochs - cycles * cfg.cycle
+            if not 1 <= cfg.fge_start <= cfg.epochs - cfg.cycle:
+                raise ValueError(
+                    f"FGE needs a pre-trained start and at least one {cfg.cycle}-epoch cycle: fge-start must be in "
+                    f"[1, {cfg.epochs - cfg.cycle}] for {cfg.epochs} epochs, got {cfg.fge_start}"
+                )
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {cfg.device!r} requested but CUDA is not available; use --device cpu")
         return cfg
@@ -119,49 +171,49 @@ def prepare_run_dir(out: str | Path, *, overwrite: bool = False, resume: bool = 
     return out
 
 
-def _loaders(cfg: TrainConfig, splits: Splits):
-    train = make_loader(splits.train, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    bn = make_loader(splits.train, max(cfg.batch_size, 256))
-    evals = {"val": make_loader(splits.val, 1000), "test": make_loader(splits.test, 1000)}
-    return train, bn, evals
+def _load_splits(cfg: TrainConfig) -> Splits:
+    return load_dataset(cfg.dataset, val_fraction=cfg.val_fraction, train_subset=cfg.train_subset,
+                        test_subset=cfg.test_subset, root=cfg.data_root, ood_split=cfg.ood_split)
+
+
+def _eval_loaders(splits: Splits) -> dict[str, Any]:
+    loaders = {"val": make_loader(splits.val, 1000), "test": make_loader(splits.test, 1000)}
+    if splits.ood is not None:
+        loaders["ood"] = make_loader(splits.ood, 1000)
+    return loaders
+
+
+def _bn_loader(cfg: TrainConfig, splits: Splits):
+    return make_loader(splits.train, max(cfg.batch_size, 256))
 
 
 def _build(cfg: TrainConfig, splits: Splits) -> nn.Module:
     torch.manual_seed(cfg.seed)
-    return build_model(cfg.model, splits.input_shape, splits.num_classes)
+    return build_model(cfg.model, splits.input_shape, splits.num_classes).to(cfg.device)
 
 
 def summary_metrics(res: dict[str, Any]) -> dict[str, float]:
-    """The headline numbers of an :func:`valleys.predict.evaluate` result."""
+    """The headline numbers of an :func:`valleys.predict.evaluate` or :func:`valleys.predict.bma` result."""
     return {k: float(res[k]) for k in SUMMARY_KEYS}
 
 
-def train_run(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False,
-              progress: bool = True, splits: Splits | None = None) -> dict[str, Any]:
-    """Train one run into folder ``out`` and return its ``results.json`` content.
-
-    All checks (config, folder) happen before any data is loaded or any file is written. With
-    ``resume=True`` training continues from ``out/checkpoint.safetensors`` (the config must match).
-    """
-    cfg = cfg.resolved()
-    out = Path(out)
-    if resume:
-        if not (out / "checkpoint.safetensors").exists():
-            raise CheckpointError(f"cannot resume: {out / 'checkpoint.safetensors'} does not exist")
-        saved = json.loads((out / "config.json").read_text())
-        if saved != asdict(cfg):
-            diff = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if saved.get(k) != v}
-            raise ValueError(f"cannot resume {out}: the config differs from the saved one (saved, now): {diff}")
-    prepare_run_dir(out, overwrite=overwrite, resume=resume)
-    splits = splits or load_dataset(cfg.dataset, val_fraction=cfg.val_fraction, train_subset=cfg.train_subset,
-                                    test_subset=cfg.test_subset, root=cfg.data_root)
+# ---------------------------------------------------------------------- one training run
+def _train_single(cfg: TrainConfig, out: Path, splits: Splits, *, resume: bool, progress: bool) -> dict[str, Any]:
+    """Train one network (sgd, swa, swag, swag-diag, fge) into ``out``; returns timing and posterior info."""
     model = _build(cfg, splits)
-    train, bn, evals = _loaders(cfg, splits)
+    train = make_loader(splits.train, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    bn = _bn_loader(cfg, splits)
+    evals = {k: v for k, v in _eval_loaders(splits).items() if k != "ood"}
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
-    schedule = build_schedule(cfg.method, lr=cfg.lr, epochs=cfg.epochs, swa_start=cfg.swa_start, swa_lr=cfg.swa_lr)
-    callbacks = []
-    if cfg.method == "swa":
-        callbacks.append(SWACallback(SWA(model, moments=True), cfg.swa_start, bn_loader=bn, eval_loaders=evals))
+    schedule = build_schedule(cfg.method, lr=cfg.lr, epochs=cfg.epochs,
+                              swa_start=cfg.swa_start, swa_lr=cfg.swa_lr, fge_start=cfg.fge_start, lr_1=cfg.lr_1,
+                              lr_2=cfg.lr_2, cycle=cfg.cycle)
+    callbacks: list = []
+    if cfg.method in _AVERAGING:
+        averager = SWAG(model, rank=cfg.rank) if cfg.method.startswith("swag") else SWA(model)
+        callbacks.append(SWACallback(averager, cfg.swa_start, bn_loader=bn, eval_loaders=evals))  # type: ignore[arg-type]
+    elif cfg.method == "fge":
+        callbacks.append(FGECallback(cfg.cycle, start=cfg.fge_start))  # type: ignore[arg-type]
     if not resume:
         write_json(out / "config.json", asdict(cfg))
     trainer = Trainer(model, nn.CrossEntropyLoss(), opt, train, epochs=cfg.epochs, schedule=schedule,
@@ -172,45 +224,167 @@ def train_run(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, res
     start = time.perf_counter()
     history = trainer.fit(resume=out / "checkpoint.safetensors" if resume else None)
     train_s = time.perf_counter() - start
-    save_checkpoint(out / "model.safetensors", {"model": model.state_dict()},
-                    {"kind": "model", "config": asdict(cfg), "signature": model_signature(model)})
+    header = {"config": asdict(cfg), "signature": model_signature(model)}
+    save_checkpoint(out / "model.safetensors", {"model": model.state_dict()}, {**header, "kind": "model"})
+    if cfg.method.startswith("swag"):
+        save_checkpoint(out / "posterior.safetensors", {"swag": callbacks[0].averager.state_dict()},
+                        {**header, "kind": "swag"})
+    elif cfg.method == "fge":
+        save_checkpoint(out / "posterior.safetensors", {"snapshots": callbacks[0].snapshots},
+                        {**header, "kind": "fge"})
+    return {"train_s": train_s, "epoch_s": sum(h["train_time"] for h in history) / max(len(history), 1)}
+
+
+def _member_config(cfg: TrainConfig, i: int) -> TrainConfig:
+    method = "sgd" if cfg.method == "ensemble" else "swag"
+    return dataclasses.replace(cfg, method=method, seed=cfg.seed + i).resolved()
+
+
+def train_run(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False,
+              progress: bool = True, splits: Splits | None = None) -> dict[str, Any]:
+    """Train one run into folder ``out``, evaluate its predictive distribution and return ``results.json``.
+
+    All checks (config, folder) happen before any data is loaded or any file is written. With
+    ``resume=True`` training continues from ``out/checkpoint.safetensors`` (the config must match).
+    """
+    cfg = cfg.resolved()
+    out = Path(out)
+    if resume:
+        if not (out / "config.json").exists():
+            raise CheckpointError(f"cannot resume: {out} holds no run (no config.json)")
+        saved = json.loads((out / "config.json").read_text())
+        if saved != asdict(cfg):
+            diff = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if saved.get(k) != v}
+            raise ValueError(f"cannot resume {out}: the config differs from the saved one (saved, now): {diff}")
+    prepare_run_dir(out, overwrite=overwrite, resume=resume)
+    splits = splits or _load_splits(cfg)
     start = time.perf_counter()
-    metrics = {name: summary_metrics(evaluate(model, loader, device=cfg.device)) for name, loader in evals.items()}
-    results = {
-        "method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "seed": cfg.seed,
-        "epochs": cfg.epochs, "metrics": metrics,
-        "timing": {"train_s": train_s, "eval_s": time.perf_counter() - start,
-                   "epoch_s": sum(h["train_time"] for h in history) / max(len(history), 1)},
-        "num_parameters": sum(p.numel() for p in model.parameters()),
-    }
+    if cfg.method in ("ensemble", "multiswag"):
+        write_json(out / "config.json", asdict(cfg))
+        timing = {"train_s": 0.0}
+        for i in range(cfg.members):
+            member = out / f"member-{i}"
+            done = resume and (member / "model.safetensors").exists()
+            if not done:
+                prepare_run_dir(member, overwrite=True, resume=resume and (member / "checkpoint.safetensors").exists())
+                t = _train_single(_member_config(cfg, i), member, splits,
+                                  resume=resume and (member / "checkpoint.safetensors").exists(), progress=progress)
+                timing["train_s"] += t["train_s"]
+    else:
+        if resume and not (out / "checkpoint.safetensors").exists():
+            raise CheckpointError(f"cannot resume: {out / 'checkpoint.safetensors'} does not exist")
+        timing = _train_single(cfg, out, splits, resume=resume, progress=progress)
+    timing["total_train_s"] = time.perf_counter() - start
+    results = evaluate_run(out, splits=splits, progress=progress, write=False)
+    results["timing"] = {**timing, "eval_s": results.pop("eval_s")}
     write_json(out / "results.json", results)
     return results
 
 
-def load_run_model(run_dir: str | Path) -> tuple[nn.Module, TrainConfig, Splits]:
+# ---------------------------------------------------------------------- evaluation of any run
+def load_run_model(run_dir: str | Path, splits: Splits | None = None) -> tuple[nn.Module, TrainConfig, Splits]:
     """Rebuild a run's model from ``config.json`` and load ``model.safetensors`` (architecture checked)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder: it has no config.json (train one with 'valleys train')")
     cfg = TrainConfig(**json.loads((run_dir / "config.json").read_text())).resolved()
-    state, header = load_checkpoint(run_dir / "model.safetensors")
-    if header.get("kind") != "model":
-        raise CheckpointError(f"{run_dir / 'model.safetensors'} is not a model checkpoint")
-    splits = load_dataset(cfg.dataset, val_fraction=cfg.val_fraction, train_subset=cfg.train_subset,
-                          test_subset=cfg.test_subset, root=cfg.data_root)
+    splits = splits or _load_splits(cfg)
     model = _build(cfg, splits)
-    check_model_signature(header["signature"], model, str(run_dir / "model.safetensors"))
+    path = run_dir / ("member-0" if cfg.method in ("ensemble", "multiswag") else "") / "model.safetensors"
+    state, header = load_checkpoint(path)
+    if header.get("kind") != "model":
+        raise CheckpointError(f"{path} is not a model checkpoint")
+    check_model_signature(header["signature"], model, str(path))
     model.load_state_dict(state["model"])
     return model, cfg, splits
 
 
-def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
-    """Re-evaluate a run's final model on its validation and test splits; writes ``evaluation.json``."""
-    model, cfg, splits = load_run_model(run_dir)
-    _, _, evals = _loaders(cfg, splits)
-    res = {name: evaluate(model, loader, device=cfg.device, reliability=True) for name, loader in evals.items()}
-    out = {"method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "seed": cfg.seed,
-           "metrics": {k: summary_metrics(v) for k, v in res.items()},
-           "reliability": {k: v["reliability"] for k, v in res.items()}}
-    write_json(Path(run_dir) / "evaluation.json", out)
+def _posterior(run_dir: Path, cfg: TrainConfig, model: nn.Module, samples: int) -> tuple[Callable[[], Iterable[Sample]], bool]:
+    """A factory of the run's samples (called once per evaluated split, same samples each time) and whether
+    BatchNorm must be recomputed per sample."""
+    if cfg.method in ("sgd", "swa"):
+        state = snapshot(model)
+        return (lambda: [state]), False
+    if cfg.method in ("swag", "swag-diag", "multiswag"):
+        dirs = [run_dir / f"member-{i}" for i in range(cfg.members)] if cfg.method == "multiswag" else [run_dir]
+        swags = []
+        for d in dirs:
+            state, header = load_checkpoint(d / "posterior.safetensors")
+            if header.get("kind") != "swag":
+                raise CheckpointError(f"{d / 'posterior.safetensors'} holds no SWAG posterior")
+            swag = SWAG(model, rank=int(state["swag"]["rank"]), device="cpu")
+            swag.load_state_dict(state["swag"])
+            swags.append(swag)
+        diagonal = cfg.method == "swag-diag"
+        scale = 1.0 if diagonal else 0.5
+
+        def draw() -> Iterable[Sample]:
+            gen = torch.Generator().manual_seed(cfg.seed)  # the same S draws for every split
+            return itertools.chain.from_iterable(
+                s.samples(samples, scale=scale, diagonal=diagonal, generator=gen) for s in swags)
+
+        return draw, True
+    if cfg.method == "fge":
+        state, header = load_checkpoint(run_dir / "posterior.safetensors")
+        snaps = state["snapshots"]
+        return (lambda: snaps), False
+    # ensemble
+    members = []
+    for i in range(cfg.members):
+        state, header = load_checkpoint(run_dir / f"member-{i}" / "model.safetensors")
+        check_model_signature(header["signature"], model, f"ensemble member {i}")
+        members.append(state["model"])
+    return (lambda: members), False
+
+
+def evaluate_run(run_dir: str | Path, *, samples: int | None = None, ood: bool | None = None,
+                 temperature_scaling: bool = False, splits: Splits | None = None, progress: bool = False,
+                 write: bool = True) -> dict[str, Any]:
+    """Evaluate a run's predictive distribution on its validation and test splits (and OOD set).
+
+    Args:
+        samples: SWAG draws (per member) to average; default the run's ``samples`` setting.
+        ood: report ``ood_auroc``, the AUROC of predictive entropy for telling the held-out classes' test
+            examples from the in-distribution test examples; needs a run trained with ``ood_split``.
+            ``None``: whenever the run has an OOD set; ``True``: required (error otherwise).
+        temperature_scaling: also fit a temperature on the validation predictive and report the test
+            metrics after scaling (``metrics.test_temperature``; the SWA-Temp baseline for an SWA run).
+        write: write ``evaluation.json`` into the run folder.
+    """
+    run_dir = Path(run_dir)
+    model, cfg, splits = load_run_model(run_dir, splits)
+    s = samples if samples is not None else cfg.samples
+    if s < 1:
+        raise ValueError(f"samples must be at least 1, got {s}")
+    if ood and splits.ood is None:
+        raise ValueError(f"{run_dir} was not trained with the split-classes protocol; train it with --ood-split "
+                         "to measure OOD detection")
+    draw, needs_bn = _posterior(run_dir, cfg, model, s)
+    loaders = _eval_loaders(splits)
+    if ood is False:
+        loaders.pop("ood", None)
+    bn = _bn_loader(cfg, splits) if needs_bn else None
+    start = time.perf_counter()
+    res = {name: bma(model, draw(), loader, bn_loader=bn, bn_batches=cfg.bn_batches, device=cfg.device,
+                     return_probs=True, progress=progress, score=name != "ood")
+           for name, loader in loaders.items()}
+    eval_s = time.perf_counter() - start
+    out: dict[str, Any] = {
+        "method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "seed": cfg.seed, "epochs": cfg.epochs,
+        "num_samples": res["test"]["num_samples"],
+        "metrics": {k: summary_metrics(v) for k, v in res.items() if k != "ood"},
+        "reliability": {"test": res["test"]["reliability"]},
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+    }
+    if "ood" in res:
+        out["ood_auroc"] = auroc(predictive_entropy(res["ood"]["probs"]), predictive_entropy(res["test"]["probs"]))
+    if temperature_scaling:
+        t = fit_temperature(res["val"]["probs"], res["val"]["targets"])
+        scaled = classification_metrics(apply_temperature(res["test"]["probs"], t), res["test"]["targets"])
+        out["temperature"] = t
+        out["metrics"]["test_temperature"] = summary_metrics(scaled)
+        out["reliability"]["test_temperature"] = scaled["reliability"]
+    if write:
+        write_json(run_dir / "evaluation.json", out)
+    out["eval_s"] = eval_s
     return out

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 
 __all__ = [
-    "Schedule", "Constant", "SWASchedule", "SWALRAnneal", "TriangularCyclic", "CosineReplay", "build_schedule",
+    "Schedule", "Constant", "SWASchedule", "SWALRAnneal", "TriangularCyclic", "CosineReplay", "Piecewise",
+    "build_schedule",
 ]
 
 
@@ -173,11 +174,39 @@ class CosineReplay(Schedule):
 
 
 def build_schedule(method: str, *, lr: float, epochs: int, swa_start: int | None = None,
-                   swa_lr: float | None = None) -> Schedule:
-    """The schedule our ``train`` uses for a method: SGD decays to ``0.01 lr`` over all epochs with the SWA
-    shape; SWA follows :class:`SWASchedule` to ``swa_lr`` at ``swa_start`` (paper defaults)."""
+                   swa_lr: float | None = None, fge_start: int | None = None, lr_1: float | None = None,
+                   lr_2: float | None = None, cycle: int | None = None) -> Schedule:
+    """The schedule our runs use for a method.
+
+    * ``sgd`` (and ensemble members): the SWA shape over all epochs, decaying to ``0.01 lr``;
+    * ``swa``, ``swag``, ``swag-diag``: :class:`SWASchedule` to ``swa_lr`` at ``swa_start`` (paper defaults);
+    * ``fge``: the SWA shape decaying to ``lr_1`` by epoch ``fge_start``, then :class:`TriangularCyclic`
+      between ``lr_1`` and ``lr_2`` with cycles of ``cycle`` epochs.
+    """
     if method == "sgd":
         return SWASchedule(lr, swa_start=epochs, swa_lr=0.01 * lr)
+    if method == "fge":
+        if None in (fge_start, lr_1, lr_2, cycle):
+            raise ValueError("method 'fge' needs fge_start, lr_1, lr_2 and cycle")
+        return Piecewise(SWASchedule(lr, swa_start=fge_start, swa_lr=lr_1), fge_start,  # type: ignore[arg-type]
+                         TriangularCyclic(lr_1, lr_2, cycle, offset=fge_start))  # type: ignore[arg-type]
     if swa_start is None or swa_lr is None:
         raise ValueError(f"method {method!r} needs swa_start and swa_lr")
     return SWASchedule(lr, swa_start=swa_start, swa_lr=swa_lr)
+
+
+class Piecewise(Schedule):
+    """``first`` before epoch ``switch``, ``second`` from it on (both see the absolute epoch).
+
+    FGE in one run: ``Piecewise(SWASchedule(lr, pre, lr_1), pre, TriangularCyclic(lr_1, lr_2, c, offset=pre))``.
+    """
+
+    def __init__(self, first: Schedule, switch: float, second: Schedule) -> None:
+        self.first, self.switch, self.second = first, switch, second
+        self.per_iteration = first.per_iteration or second.per_iteration
+
+    def __call__(self, epoch: float) -> float:
+        return self.first(epoch) if epoch < self.switch else self.second(epoch)
+
+    def __repr__(self) -> str:
+        return f"Piecewise({self.first!r}, switch={self.switch}, {self.second!r})"
