@@ -80,11 +80,13 @@ def test_quick_demo_writes_the_run_folder(tmp_path):
     out = tmp_path / "demo"
     base = dataclasses.replace(DEMO_CONFIG, model="mlp", epochs=4, swa_start=2)
     res = run_demo(out, seeds=[0], base=base, progress=False, log=lambda *a: None)
-    assert [m["method"] for m in res["methods"]] == ["sgd", "swa"]
+    assert [m["method"] for m in res["methods"]] == ["SGD", "SWA", "SWA-Temp", "SWAG-diag", "SWAG", "FGE"]
     for m in res["methods"]:
         assert set(m["metrics"]["test"]) >= {"accuracy", "nll", "ece", "brier"}
-    for f in ("config.json", "results.json", "report.md", "figures/test_error_vs_epoch.png"):
+    assert {m["method"] for m in res["methods"] if "ood_auroc" in m} == {"SGD", "SWA", "SWAG-diag", "SWAG"}
+    for f in ("config.json", "results.json", "report.md", "figures/test_error_vs_epoch.png", "figures/reliability.png"):
         assert (out / f).is_file(), f
-    assert "| swa |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "| SWAG |" in report and "OOD AUROC" in report
     with pytest.raises(FileExistsError):
         run_demo(out, seeds=[0], base=base, progress=False, log=lambda *a: None)

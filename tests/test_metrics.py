@@ -91,3 +91,15 @@ def test_regression_hand_computed():
     assert m["coverage_95"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="positive"):
         regression_metrics(mu, torch.zeros(3), y)
+
+
+def test_custom_edges_and_log_edges():
+    from valleys.metrics import LOG_EDGES
+
+    p = torch.tensor([[0.25, 0.75], [0.5, 0.5], [0.0, 1.0]], dtype=torch.float64)
+    m = classification_metrics(p, torch.tensor([1, 0, 1]), edges=[0.0, 0.5, 0.8, 1.0])
+    assert m["reliability"]["count"] == [0, 2, 1]  # 0.75 and 0.5 in [0.5, 0.8); 1.0 in the top bin
+    assert m["ece"] == pytest.approx((abs(0.625 - 1.0) * 2 + 0.0) / 3)
+    assert LOG_EDGES[0] == 0 and LOG_EDGES[-1] == 1 and len(LOG_EDGES) == 21
+    with pytest.raises(ValueError, match="edges"):
+        ClassificationMetrics(edges=[0.0, 0.7, 0.5, 1.0])

@@ -1,26 +1,42 @@
-"""The main job: SGD against SWA with the same epoch budget on the embedded default dataset (talk slides
-17-20), several seeds, one run folder with a table, results.json, a report and the test-error figure."""
+"""The main job on the embedded default dataset: SGD, SWA, SWAG and FGE with the same epoch budget (talk
+slides 16-24), over several seeds, into one run folder with tables, results.json, a report and figures.
+
+Runs per seed: ``sgd``, ``swag`` (whose files also hold the SWA solution and SWAG-diagonal: one trajectory,
+three methods) and ``fge``; with ``ood`` the same SGD and SWAG runs again under the split-classes protocol
+(train on classes 0-4; classes 5-9 are out of distribution) for the OOD AUROC line.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import write_json
 from .data import load_dataset
 from .report import aggregate, describe_config, format_table, markdown_table
-from .runs import TrainConfig, prepare_run_dir, train_run
+from .runs import TrainConfig, evaluate_run, prepare_run_dir, train_run
 
-__all__ = ["DEMO_CONFIG", "run_demo"]
+__all__ = ["DEMO_CONFIG", "ROWS", "run_demo"]
 
 # Chosen on the validation split (see README, "Why this default"): the 1-D CNN of the MNIST-1D paper, where
 # constant-LR SWA from epoch 50 beat SGD on validation error and NLL; an MLP overfits and showed no gain.
 DEMO_CONFIG = TrainConfig(dataset="mnist1d", model="cnn1d", epochs=100, lr=0.1, wd=5e-4, swa_start=50, swa_lr=0.1)
-QUICK = {"epochs": 30, "swa_start": 15}
+QUICK = {"epochs": 30, "swa_start": 15, "samples": 10}
+
+# table row -> (run to read, method to evaluate it as, temperature scaling)
+ROWS: dict[str, tuple[str, str, bool]] = {
+    "SGD": ("sgd", "sgd", False),
+    "SWA": ("swag", "swa", False),
+    "SWA-Temp": ("swag", "swa", True),
+    "SWAG-diag": ("swag", "swag-diag", False),
+    "SWAG": ("swag", "swag", False),
+    "FGE": ("fge", "fge", False),
+}
+OOD_ROWS = ("SGD", "SWA", "SWAG-diag", "SWAG")
 
 
 def _error_curve(run_dir: Path, key: str) -> list[tuple[int, float]]:
@@ -28,95 +44,144 @@ def _error_curve(run_dir: Path, key: str) -> list[tuple[int, float]]:
     return [(r["epoch"], 1.0 - r[key]) for r in rows if key in r]
 
 
-def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Sequence[int] | None = None,
-             overwrite: bool = False, progress: bool = True, base: TrainConfig | None = None,
-             log=print) -> dict[str, Any]:
-    """Train SGD and SWA for each seed into ``out/<method>-seed<s>`` and write the summary into ``out``.
+def _row_result(run_dir: Path, run_method: str, method: str, temp: bool, splits, cache: dict) -> dict[str, Any]:
+    key = (str(run_dir), method, temp)
+    if key not in cache:
+        if method == run_method and not temp:
+            cache[key] = json.loads((run_dir / "results.json").read_text())
+        else:
+            res = evaluate_run(run_dir, as_method=None if method == run_method else method,
+                               temperature_scaling=temp, splits=splits, write=False)
+            if temp:
+                res["metrics"]["test"] = res["metrics"]["test_temperature"]
+                res["reliability"]["test"] = res["reliability"]["test_temperature"]
+                res["reliability"]["test_log_bins"] = res["reliability"]["test_temperature_log_bins"]
+            cache[key] = res
+    return cache[key]
 
-    Returns the content of ``out/results.json``: one entry per method with mean/std/min/max over seeds.
+
+def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Sequence[int] | None = None,
+             overwrite: bool = False, progress: bool = True, base: TrainConfig | None = None, ood: bool = True,
+             log: Callable[..., None] = print) -> dict[str, Any]:
+    """Train the demo's runs for each seed under ``out`` and write the summary into ``out``.
+
+    Returns the content of ``out/results.json``: one entry per method (``method``, ``metrics.test`` with the
+    mean over seeds, ``spread`` with mean/std/min/max, ``ood_auroc`` where measured).
     """
     base = base or DEMO_CONFIG
     if quick:
         base = dataclasses.replace(base, **QUICK)
     seeds = list(seeds) if seeds is not None else ([0] if quick else [0, 1, 2])
-    cfgs = {m: dataclasses.replace(base, method=m) for m in ("sgd", "swa")}
-    for c in cfgs.values():
-        c.resolved()  # every check before any work
-    out = prepare_run_dir(out, overwrite=overwrite)
+    cfgs = {m: dataclasses.replace(base, method=m).resolved() for m in ("sgd", "swag", "fge")}  # checks first
+    out = Path(out)
     if (out / "report.md").exists() and not overwrite:
-        raise FileExistsError(f"{out} already holds a demo report; pass --overwrite")
+        raise FileExistsError(f"{out} already holds a demo report; choose another --out or pass --overwrite")
+    out = prepare_run_dir(out, overwrite=overwrite)
     start = time.perf_counter()
     splits = load_dataset(base.dataset, val_fraction=base.val_fraction, train_subset=base.train_subset,
                           test_subset=base.test_subset, root=base.data_root)
-    per_method: dict[str, list[dict]] = {m: [] for m in cfgs}
+    ood_splits = load_dataset(base.dataset, val_fraction=base.val_fraction, train_subset=base.train_subset,
+                              test_subset=base.test_subset, root=base.data_root, ood_split=True) if ood else None
+    per_row: dict[str, list[dict]] = {r: [] for r in ROWS}
+    ood_auroc: dict[str, list[float]] = {r: [] for r in OOD_ROWS}
+    cache: dict = {}
     for seed in seeds:
         for method, cfg in cfgs.items():
-            run_dir = out / f"{method}-seed{seed}"
-            res = train_run(dataclasses.replace(cfg, seed=seed), run_dir, overwrite=True, progress=progress,
-                            splits=splits)
-            per_method[method].append(res)
-            t = res["metrics"]["test"]
-            log(f"  {method:4s} seed {seed}: test accuracy {100 * t['accuracy']:.2f}%  NLL {t['nll']:.4f}  "
-                f"ECE {t['ece']:.4f}  ({res['timing']['train_s']:.1f}s)")
-    rows = {m: aggregate([r["metrics"]["test"] for r in rs]) for m, rs in per_method.items()}
-    val_rows = {m: aggregate([r["metrics"]["val"] for r in rs]) for m, rs in per_method.items()}
-    results = {
-        "dataset": base.dataset, "model": base.model, "seeds": seeds, "quick": quick,
-        "methods": [
-            {"method": m, "dataset": base.dataset, "model": base.model, "seeds": seeds,
-             "metrics": {"test": {k: v["mean"] for k, v in rows[m].items()},
-                         "val": {k: v["mean"] for k, v in val_rows[m].items()}},
-             "spread": {"test": rows[m], "val": val_rows[m]},
-             "runs": [f"{m}-seed{s}" for s in seeds]}
-            for m in cfgs
-        ],
-        "timing": {"total_s": time.perf_counter() - start},
-    }
-    write_json(out / "config.json", {"base": dataclasses.asdict(cfgs["swa"].resolved()), "seeds": seeds,
-                                     "methods": list(cfgs), "quick": quick})
+            res = train_run(dataclasses.replace(cfg, seed=seed), out / f"{method}-seed{seed}", overwrite=True,
+                            progress=progress, splits=splits)
+            log(f"  {method:4s} seed {seed}: test accuracy {100 * res['metrics']['test']['accuracy']:.2f}%  "
+                f"NLL {res['metrics']['test']['nll']:.4f}  ({res['timing']['total_train_s']:.1f}s training)")
+        for row, (run, method, temp) in ROWS.items():
+            per_row[row].append(_row_result(out / f"{run}-seed{seed}", run, method, temp, splits, cache))
+        if ood:
+            for method in ("sgd", "swag"):
+                cfg = dataclasses.replace(cfgs[method], seed=seed, ood_split=True)
+                train_run(cfg, out / f"ood-{method}-seed{seed}", overwrite=True, progress=progress, splits=ood_splits)
+            for row in OOD_ROWS:
+                run, method, temp = ROWS[row]
+                res = _row_result(out / f"ood-{run}-seed{seed}", run, method, temp, ood_splits, cache)
+                ood_auroc[row].append(res["ood_auroc"])
+            log(f"  OOD seed {seed}: AUROC " + ", ".join(f"{r} {ood_auroc[r][-1]:.4f}" for r in OOD_ROWS))
+
+    rows = {r: aggregate([x["metrics"]["test"] for x in xs]) for r, xs in per_row.items()}
+    methods = []
+    for r, xs in per_row.items():
+        entry: dict[str, Any] = {
+            "method": r, "run_method": ROWS[r][0], "evaluated_as": ROWS[r][1], "temperature_scaling": ROWS[r][2],
+            "dataset": base.dataset, "model": base.model, "seeds": seeds,
+            "metrics": {"test": {k: v["mean"] for k, v in rows[r].items()}},
+            "spread": {"test": rows[r]},
+        }
+        if r in ood_auroc and ood_auroc[r]:
+            entry["ood_auroc"] = aggregate([{"auroc": a} for a in ood_auroc[r]], ["auroc"])["auroc"]
+        if r == "FGE":
+            entry["best_member_test_accuracy"] = [max(x["member_test_accuracy"]) for x in xs]
+            entry["ensemble_test_accuracy"] = [x["metrics"]["test"]["accuracy"] for x in xs]
+        methods.append(entry)
+    results = {"dataset": base.dataset, "model": base.model, "seeds": seeds, "quick": quick, "methods": methods,
+               "timing": {"total_s": time.perf_counter() - start}}
+    write_json(out / "config.json", {"base": dataclasses.asdict(base), "runs": {m: dataclasses.asdict(c) for m, c in cfgs.items()},
+                                     "seeds": seeds, "quick": quick, "ood": ood})
     write_json(out / "results.json", results)
+    figures = _figures(out, seeds, cfgs, per_row, base)
+    _report(out, base, seeds, cfgs, rows, methods, figures, results["timing"]["total_s"])
+    log("")
+    log(format_table(rows))
+    if ood:
+        log("OOD AUROC (entropy; train on classes 0-4, OOD 5-9): " + ", ".join(
+            f"{r} {aggregate([{'a': a} for a in ood_auroc[r]], ['a'])['a']['mean']:.4f}" for r in OOD_ROWS))
+    log(f"\nwrote {out}/results.json, {out}/report.md and {len(figures)} figures in {out}/figures")
+    return results
 
-    from .plots import plot_error_curves
 
-    swa_start = cfgs["swa"].resolved().swa_start
+def _figures(out: Path, seeds, cfgs, per_row, base) -> dict[str, Path]:
+    from .plots import plot_error_curves, plot_reliability
+
+    swa_start = cfgs["swag"].swa_start
     curves = {
         "SGD (decaying LR)": [_error_curve(out / f"sgd-seed{s}", "test_accuracy") for s in seeds],
-        "SGD iterates of the SWA run": [_error_curve(out / f"swa-seed{s}", "test_accuracy") for s in seeds],
-        "SWA average": [_error_curve(out / f"swa-seed{s}", "swa_test_accuracy") for s in seeds],
+        "SGD iterates of the SWA run": [_error_curve(out / f"swag-seed{s}", "test_accuracy") for s in seeds],
+        "SWA average": [_error_curve(out / f"swag-seed{s}", "swa_test_accuracy") for s in seeds],
     }
-    fig = plot_error_curves(curves, out / "figures" / "test_error_vs_epoch.png", marker_epoch=swa_start,
-                            title=f"{base.model} on {base.dataset}: test error (mean of {len(seeds)} seeds)")
-    better = rows["swa"]["accuracy"]["mean"] > rows["sgd"]["accuracy"]["mean"] and \
-        rows["swa"]["nll"]["mean"] < rows["sgd"]["nll"]["mean"]
-    report = [
-        f"# valleys demo: SGD vs SWA on {base.dataset}",
+    return {
+        "test error against epoch (slide 20)": plot_error_curves(
+            curves, out / "figures" / "test_error_vs_epoch.png", marker_epoch=swa_start,
+            title=f"{base.model} on {base.dataset}: test error (mean of {len(seeds)} seeds)"),
+        "reliability (slide 23)": plot_reliability(
+            {r: per_row[r][0]["reliability"]["test_log_bins"] for r in ("SGD", "SWA", "SWA-Temp", "SWAG", "FGE")},
+            out / "figures" / "reliability.png", title=f"{base.model} on {base.dataset}, seed {seeds[0]}"),
+    }
+
+
+def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float) -> None:
+    swa_start = cfgs["swag"].swa_start
+    ood_lines = [f"| {m['method']} | {m['ood_auroc']['mean']:.4f} ± {m['ood_auroc']['std']:.4f} |"
+                 for m in methods if "ood_auroc" in m]
+    fge = next(m for m in methods if m["method"] == "FGE")
+    lines = [
+        f"# valleys demo: SGD, SWA, SWAG and FGE on {base.dataset}",
         "",
-        f"Model `{base.model}`, {base.epochs} epochs for both methods, seeds {seeds}. SWA averages one iterate "
-        f"per epoch from epoch {swa_start} on; SGD's LR decays to 1% of its start over all epochs.",
+        f"Model `{base.model}`, {base.epochs} epochs for every method, seeds {seeds}. SWA averages one iterate per "
+        f"epoch from epoch {swa_start} at constant LR {cfgs['swag'].swa_lr}; SWAG keeps the last "
+        f"{cfgs['swag'].rank} deviations and averages {cfgs['swag'].samples} samples (scale 0.5; diagonal: 1.0) "
+        f"with a BatchNorm recompute each; FGE pre-trains {cfgs['fge'].fge_start} epochs, then cycles of "
+        f"{cfgs['fge'].cycle} epochs between {cfgs['fge'].lr_1:g} and {cfgs['fge'].lr_2:g}. SGD's LR decays to 1% "
+        "of its start. SWA, SWA-Temp and SWAG-diag come from the SWAG run's trajectory. SWA-Temp: a temperature "
+        "fitted on the validation split.",
         "",
         "## Test metrics (mean ± std over seeds)",
         "",
         markdown_table(rows),
         "",
-        "## Validation metrics",
-        "",
-        markdown_table(val_rows),
-        "",
-        f"SWA {'beats' if better else 'does not beat'} SGD on both test accuracy and test NLL here.",
-        "",
-        "## Test error against epoch (talk slide 20)",
-        "",
-        f"![test error]({fig.relative_to(out)})",
-        "",
-        "## Settings",
-        "",
-        describe_config(dataclasses.asdict(cfgs["swa"].resolved())),
-        "",
-        f"Total time {results['timing']['total_s']:.1f} s.",
+        f"FGE: ensemble test accuracy per seed {[round(100 * a, 2) for a in fge['ensemble_test_accuracy']]} vs its "
+        f"best single snapshot {[round(100 * a, 2) for a in fge['best_member_test_accuracy']]} (%).",
         "",
     ]
-    (out / "report.md").write_text("\n".join(report))
-    log("")
-    log(format_table(rows))
-    log(f"\nwrote {out}/results.json, {out}/report.md and {fig}")
-    return results
+    if ood_lines:
+        lines += ["## Out-of-distribution detection (train on classes 0-4; test classes 5-9 are OOD)", "",
+                  "AUROC of predictive entropy, mean ± std over seeds.", "", "| method | OOD AUROC |", "|---|---|",
+                  *ood_lines, ""]
+    for title, path in figures.items():
+        lines += [f"## {title[0].upper() + title[1:]}", "", f"![{title}]({path.relative_to(out)})", ""]
+    lines += ["## Settings", "", describe_config(dataclasses.asdict(cfgs["swag"])), "", f"Total time {total_s:.1f} s.", ""]
+    (out / "report.md").write_text("\n".join(lines))

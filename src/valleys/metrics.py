@@ -8,6 +8,7 @@ Classification, from predicted probabilities ``p`` (N, C) and labels ``y``:
 * ECE = sum_b (n_b / N) |acc_b - conf_b|, MCE = max_b |acc_b - conf_b|   (Guo et al. 2017)
   with ``bins`` equal-width bins of the confidence ``max_c p_c`` on [0, 1]: bin b holds
   b/B <= conf < (b+1)/B, and confidence exactly 1.0 goes into the top bin. Empty bins are skipped.
+  Other bin edges can be given (``edges``; :data:`LOG_EDGES` spaces them like the talk's reliability plot).
 
 Regression, from a Gaussian predictive N(mu, var): RMSE, Gaussian NLL
 ``0.5 log(2 pi var) + (y - mu)^2 / (2 var)`` (mean), and the coverage of the central 95% interval
@@ -17,14 +18,17 @@ Regression, from a Gaussian predictive N(mu, var): RMSE, Gaussian NLL
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["ClassificationMetrics", "RegressionMetrics", "classification_metrics", "regression_metrics"]
+__all__ = ["ClassificationMetrics", "RegressionMetrics", "classification_metrics", "regression_metrics", "LOG_EDGES"]
 
 _EPS = 1e-12
+# bins evenly spaced in log(1 - confidence) from confidence 0.206 to 0.9999, as on the talk's slide 23
+LOG_EDGES: tuple[float, ...] = (0.0,) + tuple(1 - 10 ** (-(0.1 + 3.9 * i / 18)) for i in range(19)) + (1.0,)
 _Z95 = 1.959963984540054
 
 
@@ -47,10 +51,20 @@ class ClassificationMetrics:
         0.5
     """
 
-    def __init__(self, bins: int = 15) -> None:
+    def __init__(self, bins: int = 15, edges: Sequence[float] | None = None) -> None:
+        if edges is not None:
+            e = torch.tensor(list(edges), dtype=torch.float64)
+            if e.numel() < 2 or e[0] != 0 or e[-1] != 1 or not bool((e[1:] > e[:-1]).all()):
+                raise ValueError("edges must increase strictly from 0 to 1")
+            bins = e.numel() - 1
+            self._inner = e[1:-1]
+        else:
+            e = torch.linspace(0, 1, bins + 1, dtype=torch.float64) if bins >= 1 else None
+            self._inner = None
         if bins < 1:
             raise ValueError(f"bins must be at least 1, got {bins}")
         self.bins = bins
+        self.edges = e
         self.reset()
 
     def reset(self) -> None:
@@ -83,7 +97,10 @@ class ClassificationMetrics:
         self.brier_sum += float(((p - onehot) ** 2).sum())
         # bin index in the input's own precision, so a float32 0.9 lands in [0.9, 1.0) as written
         conf_in = probs.detach().cpu().max(dim=1).values
-        idx = (conf_in * self.bins).floor().long().clamp_(0, self.bins - 1)
+        if self._inner is None:
+            idx = (conf_in * self.bins).floor().long().clamp_(0, self.bins - 1)
+        else:
+            idx = torch.bucketize(conf_in.double(), self._inner, right=True)
         self.bin_count.index_add_(0, idx, torch.ones_like(conf))
         self.bin_conf.index_add_(0, idx, conf)
         self.bin_correct.index_add_(0, idx, hit)
@@ -99,7 +116,7 @@ class ClassificationMetrics:
         conf = torch.where(cnt > 0, self.bin_conf / safe, torch.full_like(cnt, math.nan))
         acc = torch.where(cnt > 0, self.bin_correct / safe, torch.full_like(cnt, math.nan))
         return {
-            "edges": torch.linspace(0, 1, self.bins + 1, dtype=torch.float64).tolist(),
+            "edges": self.edges.tolist(),
             "confidence": conf.tolist(),
             "accuracy": acc.tolist(),
             "count": cnt.tolist(),
@@ -125,9 +142,10 @@ class ClassificationMetrics:
         }
 
 
-def classification_metrics(probs: Tensor, targets: Tensor, bins: int = 15) -> dict[str, Any]:
+def classification_metrics(probs: Tensor, targets: Tensor, bins: int = 15,
+                           edges: Sequence[float] | None = None) -> dict[str, Any]:
     """One-shot :class:`ClassificationMetrics` on full tensors."""
-    m = ClassificationMetrics(bins)
+    m = ClassificationMetrics(bins, edges)
     m.update(probs, targets)
     return m.compute()
 

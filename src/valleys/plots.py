@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_error_curves"]
+__all__ = ["plot_error_curves", "plot_reliability"]
 
 
 def plot_error_curves(curves: Mapping[str, Sequence[Sequence[float]]], path: str | Path, *,
@@ -56,6 +56,37 @@ def plot_error_curves(curves: Mapping[str, Sequence[Sequence[float]]], path: str
         axes[1].set_xlim(zoom_from - 1, None)
         axes[1].set_ylim(min(lows) - pad, max(highs) + pad)
     axes[1].legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_reliability(reliability: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path, *,
+                     title: str = "Reliability", min_count: int = 10) -> Path:
+    """The talk's reliability plot (slide 23): confidence minus accuracy against confidence, one line per
+    method. ``reliability[name]`` holds per-bin ``confidence``, ``accuracy`` and ``count`` (empty bins are
+    skipped, and so are bins with fewer than ``min_count`` examples). Above zero means over-confident. The
+    x axis is spaced like the talk's, by ``-log(1 - conf)``.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, rel in reliability.items():
+        conf = np.asarray(rel["confidence"], dtype=float)
+        acc = np.asarray(rel["accuracy"], dtype=float)
+        keep = np.asarray(rel["count"], dtype=float) >= max(min_count, 1)
+        x = -np.log1p(-np.clip(conf[keep], 0, 1 - 1e-6))
+        ax.plot(x, conf[keep] - acc[keep], marker="o", ms=3, lw=1.5, label=name)
+    ax.axhline(0, color="black", lw=1, ls="--")
+    ticks = np.array([0.2, 0.759, 0.927, 0.978, 0.993, 0.998])
+    ax.set_xticks(-np.log1p(-ticks))
+    ax.set_xticklabels([f"{t:.3f}" for t in ticks])
+    ax.set_xlabel("Confidence (max prob)")
+    ax.set_ylabel("Confidence - Accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ from .checkpoint import (CheckpointError, check_model_signature, load_checkpoint
                          save_checkpoint, write_json)
 from .data import DATASETS, Splits, load_dataset, make_loader
 from .ensembles import FGECallback, snapshot
-from .metrics import classification_metrics
+from .metrics import LOG_EDGES, classification_metrics
 from .models import MODELS, build_model
 from .predict import Sample, bma
 from .schedules import build_schedule
@@ -299,14 +299,16 @@ def load_run_model(run_dir: str | Path, splits: Splits | None = None) -> tuple[n
     return model, cfg, splits
 
 
-def _posterior(run_dir: Path, cfg: TrainConfig, model: nn.Module, samples: int) -> tuple[Callable[[], Iterable[Sample]], bool]:
-    """A factory of the run's samples (called once per evaluated split, same samples each time) and whether
-    BatchNorm must be recomputed per sample."""
-    if cfg.method in ("sgd", "swa"):
-        state = snapshot(model)
-        return (lambda: [state]), False
-    if cfg.method in ("swag", "swag-diag", "multiswag"):
-        dirs = [run_dir / f"member-{i}" for i in range(cfg.members)] if cfg.method == "multiswag" else [run_dir]
+def _posterior(run_dir: Path, cfg: TrainConfig, model: nn.Module, samples: int,
+               method: str) -> tuple[Callable[[], Iterable[Sample]], bool, bool]:
+    """A factory of the run's samples under ``method`` (called once per evaluated split: the same samples
+    each time), whether BatchNorm must be recomputed per sample, and whether the samples are an ensemble of
+    networks worth scoring one by one."""
+    if method in ("sgd", "swa"):
+        state = snapshot(model)  # for a SWAG run, model.safetensors holds its SWA mean with recomputed BN
+        return (lambda: [state]), False, False
+    if method in ("swag", "swag-diag", "multiswag"):
+        dirs = [run_dir / f"member-{i}" for i in range(cfg.members)] if method == "multiswag" else [run_dir]
         swags = []
         for d in dirs:
             state, header = load_checkpoint(d / "posterior.safetensors")
@@ -315,7 +317,7 @@ def _posterior(run_dir: Path, cfg: TrainConfig, model: nn.Module, samples: int) 
             swag = SWAG(model, rank=int(state["swag"]["rank"]), device="cpu")
             swag.load_state_dict(state["swag"])
             swags.append(swag)
-        diagonal = cfg.method == "swag-diag"
+        diagonal = method == "swag-diag"
         scale = 1.0 if diagonal else 0.5
 
         def draw() -> Iterable[Sample]:
@@ -323,23 +325,26 @@ def _posterior(run_dir: Path, cfg: TrainConfig, model: nn.Module, samples: int) 
             return itertools.chain.from_iterable(
                 s.samples(samples, scale=scale, diagonal=diagonal, generator=gen) for s in swags)
 
-        return draw, True
-    if cfg.method == "fge":
+        return draw, True, False
+    if method == "fge":
         state, header = load_checkpoint(run_dir / "posterior.safetensors")
         snaps = state["snapshots"]
-        return (lambda: snaps), False
-    # ensemble
+        return (lambda: snaps), False, True
     members = []
     for i in range(cfg.members):
         state, header = load_checkpoint(run_dir / f"member-{i}" / "model.safetensors")
         check_model_signature(header["signature"], model, f"ensemble member {i}")
         members.append(state["model"])
-    return (lambda: members), False
+    return (lambda: members), False, True
+
+
+# which other methods a run's files can also be evaluated as (a SWAG run holds SWA and SWAG-diagonal)
+VIEWS = {"swag": ("swa", "swag-diag"), "swag-diag": ("swa",)}
 
 
 def evaluate_run(run_dir: str | Path, *, samples: int | None = None, ood: bool | None = None,
-                 temperature_scaling: bool = False, splits: Splits | None = None, progress: bool = False,
-                 write: bool = True) -> dict[str, Any]:
+                 temperature_scaling: bool = False, as_method: str | None = None, splits: Splits | None = None,
+                 progress: bool = False, write: bool = True) -> dict[str, Any]:
     """Evaluate a run's predictive distribution on its validation and test splits (and OOD set).
 
     Args:
@@ -349,6 +354,9 @@ def evaluate_run(run_dir: str | Path, *, samples: int | None = None, ood: bool |
             ``None``: whenever the run has an OOD set; ``True``: required (error otherwise).
         temperature_scaling: also fit a temperature on the validation predictive and report the test
             metrics after scaling (``metrics.test_temperature``; the SWA-Temp baseline for an SWA run).
+        as_method: evaluate the run's files as another method they contain (see :data:`VIEWS`: a SWAG run
+            as ``swa`` or ``swag-diag``); results then go to ``evaluation-<method>.json``.
+        
         write: write ``evaluation.json`` into the run folder.
     """
     run_dir = Path(run_dir)
@@ -359,7 +367,11 @@ def evaluate_run(run_dir: str | Path, *, samples: int | None = None, ood: bool |
     if ood and splits.ood is None:
         raise ValueError(f"{run_dir} was not trained with the split-classes protocol; train it with --ood-split "
                          "to measure OOD detection")
-    draw, needs_bn = _posterior(run_dir, cfg, model, s)
+    method = as_method or cfg.method
+    if method != cfg.method and method not in VIEWS.get(cfg.method, ()):
+        raise ValueError(f"a {cfg.method} run cannot be evaluated as {method}; possible: "
+                         f"{', '.join((cfg.method,) + VIEWS.get(cfg.method, ()))}")
+    draw, needs_bn, ensemble = _posterior(run_dir, cfg, model, s, method)
     loaders = _eval_loaders(splits)
     if ood is False:
         loaders.pop("ood", None)
@@ -370,12 +382,17 @@ def evaluate_run(run_dir: str | Path, *, samples: int | None = None, ood: bool |
            for name, loader in loaders.items()}
     eval_s = time.perf_counter() - start
     out: dict[str, Any] = {
-        "method": cfg.method, "dataset": cfg.dataset, "model": cfg.model, "seed": cfg.seed, "epochs": cfg.epochs,
+        "method": method, "dataset": cfg.dataset, "model": cfg.model, "seed": cfg.seed, "epochs": cfg.epochs,
         "num_samples": res["test"]["num_samples"],
         "metrics": {k: summary_metrics(v) for k, v in res.items() if k != "ood"},
-        "reliability": {"test": res["test"]["reliability"]},
+        "reliability": {"test": res["test"]["reliability"],
+                        "test_log_bins": classification_metrics(res["test"]["probs"], res["test"]["targets"],
+                                                                edges=LOG_EDGES)["reliability"]},
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
+    if ensemble:  # each member alone, to compare the ensemble with its best member
+        out["member_test_accuracy"] = [
+            bma(model, [m], loaders["test"], device=cfg.device)["accuracy"] for m in draw()]
     if "ood" in res:
         out["ood_auroc"] = auroc(predictive_entropy(res["ood"]["probs"]), predictive_entropy(res["test"]["probs"]))
     if temperature_scaling:
@@ -384,7 +401,9 @@ def evaluate_run(run_dir: str | Path, *, samples: int | None = None, ood: bool |
         out["temperature"] = t
         out["metrics"]["test_temperature"] = summary_metrics(scaled)
         out["reliability"]["test_temperature"] = scaled["reliability"]
+        out["reliability"]["test_temperature_log_bins"] = classification_metrics(
+            apply_temperature(res["test"]["probs"], t), res["test"]["targets"], edges=LOG_EDGES)["reliability"]
     if write:
-        write_json(run_dir / "evaluation.json", out)
+        write_json(run_dir / ("evaluation.json" if method == cfg.method else f"evaluation-{method}.json"), out)
     out["eval_s"] = eval_s
     return out
