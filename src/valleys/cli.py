@@ -37,6 +37,7 @@ def _positive_float(text: str) -> float:
 
 def _parser() -> argparse.ArgumentParser:
     from .data import DATASETS
+    from .regression import REGRESSION_DATASETS
     from .models import MODELS
     from .runs import METHODS, TrainConfig
 
@@ -48,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one run (SGD or SWA) into a run folder",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--dataset", default=d.dataset, choices=list(DATASETS), help="built-in dataset")
+    t.add_argument("--dataset", default=d.dataset, choices=list(DATASETS) + list(REGRESSION_DATASETS),
+                   help="built-in dataset (diabetes and uci are regression)")
     t.add_argument("--model", default=d.model, choices=list(MODELS), help="reference architecture")
     t.add_argument("--method", default=d.method, choices=list(METHODS), help="training method")
     t.add_argument("--epochs", type=_positive_int, default=d.epochs, help="epoch budget")
@@ -72,7 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=d.seed, help="random seed")
     t.add_argument("--train-subset", type=_positive_int, default=None, help="use only N training examples")
     t.add_argument("--test-subset", type=_positive_int, default=None, help="use only N test examples")
-    t.add_argument("--data-root", default=None, help="torchvision data root (Fashion-MNIST files)")
+    t.add_argument("--data-root", default=None, help="torchvision data root (Fashion-MNIST), or the UCI folder")
+    t.add_argument("--uci-split", type=int, default=d.uci_split, help="regression: split index (index_train_<i>.txt)")
+    t.add_argument("--homoscedastic", dest="heteroscedastic", action="store_false",
+                   help="regression: one learned noise variance instead of a per-input variance")
     t.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ...")
     t.add_argument("--checkpoint-every", type=_positive_int, default=d.checkpoint_every, help="epochs between checkpoints")
     t.add_argument("--eval-every", type=_positive_int, default=d.eval_every, help="epochs between evaluations")
@@ -94,15 +99,33 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2; quick: 0)")
     m.add_argument("--overwrite", action="store_true", help="replace a demo already in --out")
     m.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    m.add_argument("--no-ood", action="store_true", help="skip the split-classes OOD runs")
+    g = m.add_argument_group("change the demo's setting (default: the embedded MNIST-1D configuration)")
+    g.add_argument("--dataset", choices=list(DATASETS), default=None)
+    g.add_argument("--model", choices=list(MODELS), default=None)
+    g.add_argument("--data-root", default=None, help="torchvision data root (Fashion-MNIST files)")
+    for flag, typ in (("--epochs", _positive_int), ("--swa-start", _positive_int), ("--lr", _positive_float),
+                      ("--swa-lr", _positive_float), ("--samples", _positive_int), ("--bn-batches", _positive_int),
+                      ("--train-subset", _positive_int), ("--test-subset", _positive_int),
+                      ("--val-fraction", float), ("--eval-every", _positive_int), ("--batch-size", _positive_int)):
+        g.add_argument(flag, type=typ, default=None)
     return p
 
 
-def _train(args: argparse.Namespace) -> int:
+def _keys(res: dict) -> tuple[str, ...]:
+    from .report import TABLE_KEYS
+
+    return ("rmse", "nll", "coverage_95") if "rmse" in res["metrics"]["test"] else TABLE_KEYS
+
+
+def _train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     from .report import aggregate, format_table
     from .runs import TrainConfig, train_run
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    if cfg.dataset in ("diabetes", "uci") and "--model" not in (argv or []):
+        cfg.model = "mlp"  # the Gaussian-head MLP is the regression model
     if args.method in ("sgd", "fge", "ensemble") and (args.swa_start is not None or args.swa_lr is not None):
         raise ValueError("--swa-start and --swa-lr only apply to --method swa, swag, swag-diag and multiswag")
     if args.method != "fge" and any(v is not None for v in (args.lr_1, args.lr_2, args.fge_start)):
@@ -114,8 +137,9 @@ def _train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: valleys train ... --out {out} --resume", file=sys.stderr)
         return 130
-    rows = {f"{cfg.method} ({split})": aggregate([m]) for split, m in res["metrics"].items()}
-    print(format_table(rows))
+    keys = _keys(res)
+    rows = {f"{cfg.method} ({split})": aggregate([m], keys) for split, m in res["metrics"].items()}
+    print(format_table(rows, keys))
     if "ood_auroc" in res:
         print(f"OOD AUROC (predictive entropy): {res['ood_auroc']:.4f}")
     print(f"\nwrote {out}/results.json ({res['timing']['train_s']:.1f}s training)")
@@ -128,7 +152,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     res = evaluate_run(args.run_dir, samples=args.samples, ood=True if args.ood else None,
                        temperature_scaling=args.temperature_scaling, progress=True)
-    print(format_table({f"{res['method']} ({k})": aggregate([v]) for k, v in res["metrics"].items()}))
+    keys = _keys(res)
+    print(format_table({f"{res['method']} ({k})": aggregate([v], keys) for k, v in res["metrics"].items()}, keys))
     if "ood_auroc" in res:
         print(f"OOD AUROC (predictive entropy): {res['ood_auroc']:.4f}")
     if "temperature" in res:
@@ -138,9 +163,17 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import DEMO_CONFIG, run_demo
 
-    run_demo(args.out, quick=args.quick, seeds=args.seeds, overwrite=args.overwrite, progress=not args.no_progress)
+    fields = {f.name for f in dataclasses.fields(DEMO_CONFIG)}
+    changes = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    base = dataclasses.replace(DEMO_CONFIG, **changes)
+    if "epochs" in changes and "swa_start" not in changes:
+        base.swa_start = None  # default: half of the new budget
+    if "lr" in changes and "swa_lr" not in changes:
+        base.swa_lr = None  # default: the new lr
+    run_demo(args.out, quick=args.quick, seeds=args.seeds, overwrite=args.overwrite, progress=not args.no_progress,
+             base=base, ood=not args.no_ood)
     return 0
 
 
@@ -155,7 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .data import DatasetNotFoundError
 
     try:
-        return {"train": _train, "evaluate": _evaluate, "demo": _demo}[args.command](args)
+        if args.command == "train":
+            return _train(args, list(argv) if argv is not None else sys.argv[1:])
+        return {"evaluate": _evaluate, "demo": _demo}[args.command](args)
     except (ValueError, FileExistsError, FileNotFoundError, CheckpointError, DatasetNotFoundError) as e:
         print(f"valleys {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .batches import InputFn, call_model, default_input_fn, default_target_fn, to_device
 from .batchnorm import EmptyLoaderError, recompute_bn
-from .metrics import ClassificationMetrics
+from .metrics import ClassificationMetrics, RegressionMetrics
 from .weights import WeightSpace
 
 __all__ = ["evaluate", "predict_probs", "bma", "Sample"]
@@ -26,9 +26,28 @@ __all__ = ["evaluate", "predict_probs", "bma", "Sample"]
 Sample = Union[Tensor, Mapping[str, Tensor]]
 
 
+def softmax_probs(output: Tensor) -> Tensor:
+    """Classification: the predictive is ``softmax(logits)`` (float64); BMA averages it."""
+    return torch.softmax(output.double(), dim=-1)
+
+
+def gaussian_moments(output: Tensor) -> Tensor:
+    """Gaussian regression heads output ``(mean, variance)`` per example as an (N, 2) tensor; BMA averages the
+    first two moments ``(mu, var + mu^2)`` so that the mixture's variance is ``E[var + mu^2] - E[mu]^2``."""
+    out = output.double()
+    if out.dim() != 2 or out.shape[1] != 2:
+        raise ValueError(f"a Gaussian head must output (N, 2) = (mean, variance), got {tuple(out.shape)}")
+    mu, var = out[:, 0], out[:, 1]
+    return torch.stack([mu, var + mu * mu], dim=1)
+
+
+LIKELIHOODS = {"classification": softmax_probs, "gaussian": gaussian_moments}
+
+
 def predict_probs(model: nn.Module, loader: Iterable, *, device: torch.device | str | None = None,
-                  input_fn: InputFn | None = None, target_fn=None):
-    """Yield ``(probs, targets)`` per batch with the model in eval mode (flags restored when exhausted)."""
+                  input_fn: InputFn | None = None, target_fn=None, transform=softmax_probs):
+    """Yield ``(transform(output), targets)`` per batch, by default ``(probs, targets)``, with the model in
+    eval mode (flags restored when exhausted). This is the one prediction loop of valleys."""
     input_fn = input_fn or default_input_fn
     target_fn = target_fn or default_target_fn
     modes = [m.training for m in model.modules()]
@@ -36,8 +55,8 @@ def predict_probs(model: nn.Module, loader: Iterable, *, device: torch.device | 
     try:
         with torch.no_grad():
             for batch in loader:
-                logits = call_model(model, to_device(input_fn(batch), device))
-                yield torch.softmax(logits.double(), dim=-1), target_fn(batch)
+                output = call_model(model, to_device(input_fn(batch), device))
+                yield transform(output), target_fn(batch)
     finally:
         for m, mode in zip(model.modules(), modes):
             m.training = mode
@@ -45,12 +64,21 @@ def predict_probs(model: nn.Module, loader: Iterable, *, device: torch.device | 
 
 def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str | None = None,
              input_fn: InputFn | None = None, target_fn=None, bins: int = 15,
-             reliability: bool = False) -> dict[str, Any]:
-    """Classification metrics (accuracy, error, NLL, Brier, ECE, MCE) of ``model`` on ``loader``.
+             reliability: bool = False, likelihood: str = "classification") -> dict[str, Any]:
+    """Metrics of one network on ``loader``: classification (accuracy, error, NLL, Brier, ECE, MCE) or, with
+    ``likelihood="gaussian"``, regression (RMSE, NLL, 95% coverage) from a ``(mean, variance)`` head.
 
     The model is evaluated in eval mode and left in the mode it had. ``reliability=True`` keeps the
-    per-bin reliability data in the result.
+    per-bin reliability data in a classification result.
     """
+    if likelihood == "gaussian":
+        reg = RegressionMetrics()
+        for m, targets in predict_probs(model, loader, device=device, input_fn=input_fn, target_fn=target_fn,
+                                        transform=gaussian_moments):
+            reg.update(m[:, 0], m[:, 1] - m[:, 0] ** 2, targets)
+        if reg.n == 0:
+            raise EmptyLoaderError("evaluate: the loader yielded no examples")
+        return reg.compute()
     metrics = ClassificationMetrics(bins)
     for probs, targets in predict_probs(model, loader, device=device, input_fn=input_fn, target_fn=target_fn):
         metrics.update(probs, targets)
@@ -85,7 +113,7 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
         bn_loader: Iterable | None = None, bn_batches: int | None = None,
         device: torch.device | str | None = None, input_fn: InputFn | None = None, target_fn=None,
         bins: int = 15, num_samples: int | None = None, progress: bool = False,
-        return_probs: bool = False, score: bool = True) -> dict[str, Any]:
+        return_probs: bool = False, score: bool = True, likelihood: str = "classification") -> dict[str, Any]:
     """Metrics of the Bayesian model average over ``samples`` on ``loader``.
 
     Each sample is either a flat weight vector (a SWAG draw; BatchNorm statistics are recomputed on
@@ -96,7 +124,15 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
     Returns the metrics of :class:`valleys.metrics.ClassificationMetrics` plus ``num_samples``, and with
     ``return_probs=True`` the averaged ``probs`` (N, C) and ``targets`` (N,). ``score=False`` skips the
     metrics (for out-of-distribution inputs whose labels are not among the model's classes).
+
+    ``likelihood="gaussian"`` is regression with a head that outputs ``(mean, variance)``: the predictive is
+    the moment-matched Gaussian ``mu = mean_s mu_s``, ``var = mean_s(var_s + mu_s^2) - mu^2``, scored by
+    :class:`valleys.metrics.RegressionMetrics` (RMSE, NLL, 95% coverage); ``mean`` and ``var`` are returned
+    with ``return_probs=True``.
     """
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
+    transform = LIKELIHOODS[likelihood]
     space = space or WeightSpace(model)
     sums: list[Tensor] = []
     targets: list[Tensor] = []
@@ -113,7 +149,7 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
                     recompute_bn(model, bn_loader, num_batches=bn_batches, device=device, input_fn=input_fn)
                 b = -1
                 for b, (probs, y) in enumerate(predict_probs(model, loader, device=device, input_fn=input_fn,
-                                                             target_fn=target_fn)):
+                                                             target_fn=target_fn, transform=transform)):
                     if count == 0:
                         sums.append(probs.cpu())
                         targets.append(torch.as_tensor(y).cpu())
@@ -137,6 +173,16 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
     probs = torch.cat(sums) / count
     y = torch.cat(targets)
     out: dict[str, Any] = {}
+    if likelihood == "gaussian":
+        mean, var = probs[:, 0], (probs[:, 1] - probs[:, 0] ** 2).clamp_min(torch.finfo(torch.float64).tiny)
+        if score:
+            reg = RegressionMetrics()
+            reg.update(mean, var, y)
+            out = reg.compute()
+        out["num_samples"] = count
+        if return_probs or not score:
+            out["mean"], out["var"], out["targets"] = mean, var, y
+        return out
     if score:
         metrics = ClassificationMetrics(bins)
         metrics.update(probs, y)

@@ -33,9 +33,10 @@ from .checkpoint import (CheckpointError, check_model_signature, load_checkpoint
                          save_checkpoint, write_json)
 from .data import DATASETS, Splits, load_dataset, make_loader
 from .ensembles import FGECallback, snapshot
-from .metrics import LOG_EDGES, classification_metrics
+from .metrics import LOG_EDGES, classification_metrics, regression_metrics
 from .models import MODELS, build_model
 from .predict import Sample, bma
+from .regression import REGRESSION_DATASETS, GaussianMLP, gaussian_nll, load_regression, unstandardise
 from .schedules import build_schedule
 from .swa import SWACallback
 from .swag import SWAG
@@ -56,6 +57,7 @@ METHODS: dict[str, str] = {
 RUN_FILES = ("config.json", "results.json", "checkpoint.safetensors", "model.safetensors", "metrics.jsonl",
              "posterior.safetensors")
 SUMMARY_KEYS = ("accuracy", "error", "nll", "brier", "ece", "mce")
+REGRESSION_KEYS = ("rmse", "nll", "coverage_95")
 _AVERAGING = ("swa", "swag", "swag-diag")
 
 
@@ -86,6 +88,8 @@ class TrainConfig:
     fge_start: int | None = None  # FGE: default the last 20% of the budget, a whole number of cycles
     members: int = 3              # ensemble / multiswag
     ood_split: bool = False       # train on the first half of the classes; the rest are OOD
+    uci_split: int = 0            # regression: which index_train_<i>/index_test_<i> pair (or diabetes split seed)
+    heteroscedastic: bool = True  # regression: per-input variance (else one learned noise variance)
     seed: int = 0
     val_fraction: float = 0.1
     train_subset: int | None = None
@@ -95,11 +99,22 @@ class TrainConfig:
     checkpoint_every: int = 10
     eval_every: int = 1
 
+    @property
+    def is_regression(self) -> bool:
+        """Whether the dataset is a regression task (Gaussian likelihood)."""
+        return self.dataset in REGRESSION_DATASETS
+
     def resolved(self) -> TrainConfig:
         """A copy with defaults filled in and every value checked; raises ``ValueError`` saying what is wrong."""
         cfg = dataclasses.replace(self)
-        if cfg.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {cfg.dataset!r}; valid datasets: {', '.join(DATASETS)}")
+        if cfg.dataset not in DATASETS and cfg.dataset not in REGRESSION_DATASETS:
+            raise ValueError(f"unknown dataset {cfg.dataset!r}; valid datasets: "
+                             f"{', '.join(list(DATASETS) + list(REGRESSION_DATASETS))}")
+        if cfg.is_regression:
+            if cfg.model != "mlp":
+                raise ValueError(f"regression datasets use --model mlp (a Gaussian-head MLP), got {cfg.model!r}")
+            if cfg.ood_split:
+                raise ValueError("--ood-split is a classification protocol; it does not apply to regression")
         if cfg.model not in MODELS:
             raise ValueError(f"unknown model {cfg.model!r}; valid models: {', '.join(MODELS)}")
         if cfg.method not in METHODS:
@@ -172,6 +187,9 @@ def prepare_run_dir(out: str | Path, *, overwrite: bool = False, resume: bool = 
 
 
 def _load_splits(cfg: TrainConfig) -> Splits:
+    if cfg.is_regression:
+        return load_regression(cfg.dataset, root=cfg.data_root, split=cfg.uci_split,  # type: ignore[return-value]
+                               val_fraction=cfg.val_fraction)
     return load_dataset(cfg.dataset, val_fraction=cfg.val_fraction, train_subset=cfg.train_subset,
                         test_subset=cfg.test_subset, root=cfg.data_root, ood_split=cfg.ood_split)
 
@@ -189,12 +207,15 @@ def _bn_loader(cfg: TrainConfig, splits: Splits):
 
 def _build(cfg: TrainConfig, splits: Splits) -> nn.Module:
     torch.manual_seed(cfg.seed)
+    if cfg.is_regression:
+        return GaussianMLP(splits.input_shape[0], heteroscedastic=cfg.heteroscedastic).to(cfg.device)
     return build_model(cfg.model, splits.input_shape, splits.num_classes).to(cfg.device)
 
 
 def summary_metrics(res: dict[str, Any]) -> dict[str, float]:
     """The headline numbers of an :func:`valleys.predict.evaluate` or :func:`valleys.predict.bma` result."""
-    return {k: float(res[k]) for k in SUMMARY_KEYS}
+    keys = REGRESSION_KEYS if "rmse" in res else SUMMARY_KEYS
+    return {k: float(res[k]) for k in keys}
 
 
 # ---------------------------------------------------------------------- one training run
@@ -216,11 +237,13 @@ def _train_single(cfg: TrainConfig, out: Path, splits: Splits, *, resume: bool, 
         callbacks.append(FGECallback(cfg.cycle, start=cfg.fge_start))  # type: ignore[arg-type]
     if not resume:
         write_json(out / "config.json", asdict(cfg))
-    trainer = Trainer(model, nn.CrossEntropyLoss(), opt, train, epochs=cfg.epochs, schedule=schedule,
+    loss = gaussian_nll if cfg.is_regression else nn.CrossEntropyLoss()
+    trainer = Trainer(model, loss, opt, train, epochs=cfg.epochs, schedule=schedule,
                       callbacks=callbacks, eval_loaders=evals, eval_every=cfg.eval_every, device=cfg.device,
                       seed=cfg.seed, checkpoint_path=out / "checkpoint.safetensors",
                       checkpoint_every=cfg.checkpoint_every, log_path=out / "metrics.jsonl",
-                      header={"config": asdict(cfg)}, progress=progress)
+                      header={"config": asdict(cfg)}, progress=progress,
+                      likelihood="gaussian" if cfg.is_regression else "classification")
     start = time.perf_counter()
     history = trainer.fit(resume=out / "checkpoint.safetensors" if resume else None)
     train_s = time.perf_counter() - start
@@ -338,6 +361,26 @@ def _posterior(run_dir: Path, cfg: TrainConfig, model: nn.Module, samples: int,
     return (lambda: members), False, True
 
 
+def _evaluate_regression(run_dir, cfg, model, splits, draw, bn, loaders, method, progress, write) -> dict[str, Any]:
+    start = time.perf_counter()
+    metrics = {}
+    for name, loader in loaders.items():
+        res = bma(model, draw(), loader, bn_loader=bn, bn_batches=cfg.bn_batches, device=cfg.device,
+                  progress=progress, score=False, likelihood="gaussian")
+        mean, var = unstandardise(res["mean"], res["var"], splits)
+        target, _ = unstandardise(res["targets"].double(), res["var"], splits)
+        metrics[name] = regression_metrics(mean, var, target)
+        num = res["num_samples"]
+    out: dict[str, Any] = {"method": method, "dataset": cfg.dataset, "model": cfg.model, "seed": cfg.seed,
+                           "epochs": cfg.epochs, "num_samples": num, "units": "target units (unstandardised)",
+                           "metrics": {k: summary_metrics(v) for k, v in metrics.items()},
+                           "num_parameters": sum(p.numel() for p in model.parameters())}
+    if write:
+        write_json(run_dir / ("evaluation.json" if method == cfg.method else f"evaluation-{method}.json"), out)
+    out["eval_s"] = time.perf_counter() - start
+    return out
+
+
 # which other methods a run's files can also be evaluated as (a SWAG run holds SWA and SWAG-diagonal)
 VIEWS = {"swag": ("swa", "swag-diag"), "swag-diag": ("swa",)}
 
@@ -376,6 +419,10 @@ def evaluate_run(run_dir: str | Path, *, samples: int | None = None, ood: bool |
     if ood is False:
         loaders.pop("ood", None)
     bn = _bn_loader(cfg, splits) if needs_bn else None
+    if cfg.is_regression:
+        if temperature_scaling:
+            raise ValueError("temperature scaling is for classification; it does not apply to regression runs")
+        return _evaluate_regression(run_dir, cfg, model, splits, draw, bn, loaders, method, progress, write)
     start = time.perf_counter()
     res = {name: bma(model, draw(), loader, bn_loader=bn, bn_batches=cfg.bn_batches, device=cfg.device,
                      return_probs=True, progress=progress, score=name != "ood")

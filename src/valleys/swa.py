@@ -81,8 +81,7 @@ class SWACallback(Callback):
                 if self.bn_loader is not None:
                     recompute_bn(trainer.model, self.bn_loader, device=trainer.device, input_fn=trainer.input_fn)
                 for name, loader in self.eval_loaders.items():
-                    res = trainer.evaluate_on(loader)
-                    logs.update({f"{self.prefix}_{name}_{k}": res[k] for k in ("accuracy", "nll", "ece")})
+                    logs.update(trainer.log_entries(f"{self.prefix}_{name}", trainer.evaluate_on(loader)))
 
     def on_train_end(self, trainer: Trainer) -> None:
         if self.apply_at_end and self.averager.n > 0:

@@ -75,6 +75,8 @@ class Trainer:
         header: JSON-able run configuration stored in every checkpoint.
         progress: show a progress bar (rate and ETA).
         input_fn, target_fn: how to read a batch (see :mod:`valleys.batches`).
+        likelihood: how eval loaders are scored: ``"classification"`` (logits) or ``"gaussian"`` (a
+            ``(mean, variance)`` regression head); see :func:`valleys.predict.evaluate`.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class Trainer:
         progress: bool = True,
         input_fn: InputFn | None = None,
         target_fn: Callable[[Any], Tensor] | None = None,
+        likelihood: str = "classification",
     ) -> None:
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
@@ -128,6 +131,7 @@ class Trainer:
         self.progress = progress
         self.input_fn = input_fn or default_input_fn
         self.target_fn = target_fn or default_target_fn
+        self.likelihood = likelihood
         self.epoch = 0  # the epoch being trained (0-based); after fit, == epochs
         self.step = 0   # optimizer steps done
         self.history: list[dict[str, Any]] = []
@@ -266,7 +270,14 @@ class Trainer:
 
     def evaluate_on(self, loader: Iterable) -> dict[str, Any]:
         """Classification metrics of the model, as it is now, on one loader."""
-        return evaluate(self.model, loader, device=self.device, input_fn=self.input_fn, target_fn=self.target_fn)
+        return evaluate(self.model, loader, device=self.device, input_fn=self.input_fn, target_fn=self.target_fn,
+                        likelihood=self.likelihood)
+
+    @staticmethod
+    def log_entries(prefix: str, result: Mapping[str, Any]) -> dict[str, float]:
+        """The headline numbers of an evaluation for the epoch log, keyed ``<prefix>_<metric>``."""
+        keys = ("accuracy", "nll", "ece", "rmse", "coverage_95")
+        return {f"{prefix}_{k}": float(result[k]) for k in keys if k in result}
 
     def should_evaluate(self, loaders: Mapping[str, Iterable] | None = None) -> bool:
         """Whether this epoch end evaluates ``loaders`` (default: the eval loaders): every ``eval_every``
@@ -277,8 +288,7 @@ class Trainer:
     def _end_epoch(self, logs: dict[str, Any]) -> None:
         if self.should_evaluate():
             for name, loader in self.eval_loaders.items():
-                res = self.evaluate_on(loader)
-                logs.update({f"{name}_{k}": res[k] for k in ("accuracy", "nll", "ece")})
+                logs.update(self.log_entries(name, self.evaluate_on(loader)))
         for cb in self.callbacks:
             cb.on_epoch_end(self, logs)
         self.history.append(logs)

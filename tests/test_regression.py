@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+import torch
+
+from valleys.predict import bma, evaluate
+from valleys.regression import GaussianMLP, UCIFormatError, gaussian_nll, load_regression
+from valleys.runs import TrainConfig, evaluate_run, train_run
+from valleys.ensembles import snapshot
+from conftest import loader
+
+
+def test_gaussian_nll_matches_torch_and_heads():
+    torch.manual_seed(0)
+    for het in (True, False):
+        model = GaussianMLP(4, heteroscedastic=het)
+        out = model(torch.randn(7, 4))
+        assert out.shape == (7, 2) and (out[:, 1] > 0).all()
+    y = torch.randn(7)
+    ref = torch.nn.functional.gaussian_nll_loss(out[:, 0], y, out[:, 1], full=True, eps=1e-12)
+    assert gaussian_nll(out, y).item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_bma_moment_matching_equals_the_mixture_moments():
+    torch.manual_seed(0)
+    x = torch.randn(30, 4)
+    ds = torch.utils.data.TensorDataset(x, torch.randn(30))
+    a, b = GaussianMLP(4), GaussianMLP(4)
+    res = bma(a, [snapshot(a), snapshot(b)], loader(ds), likelihood="gaussian", return_probs=True)
+    with torch.no_grad():
+        oa, ob = a.eval()(x).double(), b.eval()(x).double()
+    mu = (oa[:, 0] + ob[:, 0]) / 2
+    var = (oa[:, 1] + oa[:, 0] ** 2 + ob[:, 1] + ob[:, 0] ** 2) / 2 - mu ** 2
+    assert torch.allclose(res["mean"], mu, atol=1e-6) and torch.allclose(res["var"], var, atol=1e-6)
+    one = evaluate(a, loader(ds), likelihood="gaussian")
+    same = bma(a, [snapshot(a)] * 3, loader(ds), likelihood="gaussian")
+    assert same["nll"] == pytest.approx(one["nll"], abs=1e-9) and same["rmse"] == pytest.approx(one["rmse"])
+
+
+def _uci_folder(tmp_path, rows=40):
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(rows, 4))
+    data[:, 3] = data[:, 0] * 2 + 1
+    np.savetxt(tmp_path / "data.txt", data)
+    np.savetxt(tmp_path / "index_features.txt", [0, 1, 2], fmt="%d")
+    np.savetxt(tmp_path / "index_target.txt", [3], fmt="%d")
+    np.savetxt(tmp_path / "index_train_0.txt", np.arange(0, 36), fmt="%d")
+    np.savetxt(tmp_path / "index_test_0.txt", np.arange(36, 40), fmt="%d")
+    return tmp_path
+
+
+def test_uci_layout_is_read_and_standardised(tmp_path):
+    s = load_regression("uci", root=_uci_folder(tmp_path), val_fraction=0.25)
+    assert s.sizes() == {"train": 27, "val": 9, "test": 4} and s.input_shape == (3,)
+    all_train_y = torch.cat([s.train.tensors[1], s.val.tensors[1]])
+    assert float(all_train_y.mean()) == pytest.approx(0.0, abs=1e-6)
+    assert float(all_train_y.std(unbiased=False)) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("breakage,msg", [
+    (lambda d: (d / "index_target.txt").unlink(), "lacks index_target.txt"),
+    (lambda d: np.savetxt(d / "index_test_0.txt", [3, 36], fmt="%d"), "both the training and the test"),
+    (lambda d: np.savetxt(d / "index_train_0.txt", [0, 99], fmt="%d"), "the data has 40 rows"),
+    (lambda d: np.savetxt(d / "index_target.txt", [1], fmt="%d"), "also listed as a feature"),
+])
+def test_uci_missing_or_inconsistent_files(tmp_path, breakage, msg):
+    folder = _uci_folder(tmp_path)
+    breakage(folder)
+    with pytest.raises(UCIFormatError, match=msg):
+        load_regression("uci", root=folder)
+    with pytest.raises(UCIFormatError, match="lacks index_train_3.txt"):
+        load_regression("uci", root=_uci_folder(tmp_path), split=3)
+
+
+def test_diabetes_swag_run_reports_regression_metrics(tmp_path):
+    cfg = TrainConfig(dataset="diabetes", model="mlp", method="swag", epochs=12, lr=0.01, samples=5, rank=4)
+    res = train_run(cfg, tmp_path / "r", progress=False)
+    assert set(res["metrics"]["test"]) == {"rmse", "nll", "coverage_95"}
+    assert 30 < res["metrics"]["test"]["rmse"] < 120  # in the target's units (diabetes y spans 25-346)
+    with pytest.raises(ValueError, match="classification"):
+        evaluate_run(tmp_path / "r", temperature_scaling=True)
+    with pytest.raises(ValueError, match="--model mlp"):
+        train_run(TrainConfig(dataset="diabetes", model="cnn"), tmp_path / "x", progress=False)
