@@ -5,7 +5,9 @@ SWA, SWAG, FGE, mode connectivity and loss-surface geometry on flat weight vecto
 
 Core (import nothing else of the project): :mod:`valleys.weights`, :mod:`valleys.batchnorm`,
 :mod:`valleys.metrics`, :mod:`valleys.schedules`, :mod:`valleys.checkpoint`.
-Methods: :mod:`valleys.averaging` (SWA, EMA), :mod:`valleys.swa` (the training-loop callback).
+Methods: :mod:`valleys.averaging` (SWA, EMA), :mod:`valleys.swa` (the training-loop callback),
+:mod:`valleys.swag` (SWAG, MultiSWAG), :mod:`valleys.ensembles` (FGE), :mod:`valleys.calibration`,
+:mod:`valleys.regression`; :mod:`valleys.predict` averages any of them (BMA).
 Loop and entry points: :mod:`valleys.training`, :mod:`valleys.runs`; the CLI in :mod:`valleys.cli`.
 """
 
@@ -15,9 +17,12 @@ from .averaging import EMA, SWA, NotCollectedError
 from .batchnorm import recompute_bn
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .metrics import ClassificationMetrics, RegressionMetrics, classification_metrics, regression_metrics
-from .predict import evaluate
+from .calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
+from .ensembles import FGECallback, snapshot
+from .predict import bma, evaluate
 from .schedules import Constant, CosineReplay, SWALRAnneal, SWASchedule, TriangularCyclic
 from .swa import SWACallback
+from .swag import SWAG, MultiSWAG
 from .training import Callback, Trainer, TrainingDiverged
 from .weights import WeightSpace, WeightSpaceError
 
@@ -31,5 +36,6 @@ __all__ = [
     "Trainer", "Callback", "TrainingDiverged", "ClassificationMetrics", "RegressionMetrics",
     "classification_metrics", "regression_metrics", "evaluate", "save_checkpoint", "load_checkpoint",
     "CheckpointError", "Constant", "SWASchedule", "SWALRAnneal", "TriangularCyclic", "CosineReplay",
-    "__version__",
+    "SWAG", "MultiSWAG", "FGECallback", "snapshot", "bma", "fit_temperature", "apply_temperature",
+    "predictive_entropy", "auroc", "__version__",
 ]
