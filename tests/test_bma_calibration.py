@@ -9,7 +9,7 @@ from valleys.ensembles import FGECallback, snapshot
 from valleys.predict import bma, evaluate
 from valleys.schedules import TriangularCyclic
 from valleys.swag import SWAG
-from valleys.training import Trainer
+from valleys.training import Callback, Trainer
 from valleys.weights import WeightSpace
 from conftest import BNCNN, DropoutBNMLP, loader
 
@@ -19,10 +19,23 @@ def test_bma_of_identical_samples_equals_one_model(img_data):
     model = BNCNN().eval()
     w = WeightSpace(model).read(model)
     one = evaluate(model, loader(img_data))
-    many = bma(model, [w.clone() for _ in range(4)], loader(img_data))
+    many = bma(model, [w.clone() for _ in range(4)], loader(img_data), stale_bn_ok=True)
     for k in ("accuracy", "nll", "brier", "ece"):
         assert many[k] == pytest.approx(one[k], abs=1e-12)
     assert many["num_samples"] == 4
+    with pytest.raises(ValueError, match="bn_loader"):  # weight vectors on a BN model need a recompute
+        bma(model, [w], loader(img_data))
+
+
+def test_state_dict_sample_of_another_architecture_leaves_the_model_untouched(vec_data):
+    model = DropoutBNMLP()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    other = DropoutBNMLP(h=8)
+    from valleys.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match="another architecture"):
+        bma(model, [snapshot(other)], loader(vec_data))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
 
 
 def test_bma_averages_probabilities_not_logits_and_restores_the_model(vec_data):
@@ -74,20 +87,26 @@ def test_fge_snapshots_at_mid_cycle(vec_data):
     torch.manual_seed(0)
     model = DropoutBNMLP()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    fge = FGECallback(cycle=2)
-    lrs = []
+    fge = FGECallback(cycle=2, start=1)
+    record = {}
 
-    class LR(FGECallback):
+    class Record(Callback):  # an independent log of every step's LR and resulting weights
         def on_step_end(self, trainer):
-            if trainer.step % (2 * trainer.steps_per_epoch) == trainer.steps_per_epoch:
-                lrs.append(trainer.lr)
+            record[trainer.step] = (trainer.lr, snapshot(trainer.model))
 
-    sched = TriangularCyclic(0.05, 0.001, cycle=2)
-    Trainer(model, nn.CrossEntropyLoss(), opt, make_loader(vec_data, 10), epochs=6, schedule=sched,
-            callbacks=[fge, LR(2)], progress=False).fit()
+    sched = TriangularCyclic(0.05, 0.001, cycle=2, offset=1)
+    tr = Trainer(model, nn.CrossEntropyLoss(), opt, make_loader(vec_data, 10), epochs=7, schedule=sched,
+                 callbacks=[Record(), fge], progress=False)
+    tr.fit()
+    spe = tr.steps_per_epoch  # 11
+    lrs = [lr for lr, _ in record.values()]
+    # the snapshots are the weights after the steps with the lowest LR of each cycle
+    expected_steps = [spe + c * 2 * spe + spe for c in range(3)]
     assert len(fge.snapshots) == 3
-    # the step that is snapshotted ran at the LR just before the minimum: within one step of lr_2
-    assert all(lr <= 0.001 + (0.05 - 0.001) / 11 + 1e-12 for lr in lrs)
+    for snap, step in zip(fge.snapshots, expected_steps):
+        assert all(torch.equal(snap[k], record[step][1][k]) for k in snap)
+        lo = min(lrs[step - spe - 1: step + spe - 1])  # the cycle containing that step
+        assert record[step][0] <= lo + (0.05 - 0.001) / spe + 1e-12
     with pytest.raises(ValueError, match="even"):
         FGECallback(cycle=3)
 

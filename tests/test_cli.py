@@ -58,7 +58,8 @@ def test_bad_values_fail_before_any_file_is_written(tmp_path, capsys, args, msg)
     (["--dataset", "cifar"], "invalid choice: 'cifar' (choose from"),
     (["--model", "bert"], "invalid choice: 'bert'"),
     (["--method", "adam"], "invalid choice: 'adam'"),
-    (["--lr", "0"], "--lr: must be positive, got 0"),
+    (["--lr", "0"], "--lr: must be finite and positive, got 0"),
+    (["--swa-lr", "inf"], "--swa-lr: must be finite and positive, got inf"),
     (["--epochs", "-1"], "--epochs: must be a positive integer, got -1"),
 ])
 def test_unknown_names_and_non_positive_values_are_usage_errors(args, msg, capsys):
@@ -66,6 +67,20 @@ def test_unknown_names_and_non_positive_values_are_usage_errors(args, msg, capsy
         main(["train", *args])
     assert e.value.code == 2
     assert msg in capsys.readouterr().err
+
+
+def test_data_errors_leave_an_existing_run_intact(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *FAST, "--method", "sgd", "--out", str(out)]) == 0
+    before = (out / "results.json").read_text()
+    assert main(["train", "--dataset", "uci", "--data-root", str(tmp_path / "nope"), "--out", str(out),
+                 "--overwrite", "--no-progress"]) == 2
+    assert "lacks data.txt" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == before
+    assert main(["train", *FAST, "--momentum", "nan", "--out", str(out), "--overwrite"]) == 2
+    assert main(["train", *FAST, "--device", "tpu:x", "--out", str(out), "--overwrite"]) == 2
+    assert "unknown device" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == before
 
 
 def test_evaluate_missing_or_foreign_folder(tmp_path, capsys):

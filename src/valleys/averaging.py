@@ -58,7 +58,6 @@ class Averager:
         self.n = 0
         self._mean = torch.zeros(self.space.size, device=self.device, dtype=self.dtype)
         self._mean_views = self.space.views(self._mean)
-        self._checked: int | None = None  # id of the last module whose architecture was checked
 
     # ------------------------------------------------------------------ inputs
     def _current(self, source: nn.Module | Tensor) -> list[Tensor]:
@@ -66,13 +65,7 @@ class Averager:
         if isinstance(source, Tensor):
             self.space.check_vector(source, what="collected weight vector", finite=False)
             return self.space.views(source.detach().to(self.device, self.dtype))
-        if self._checked != id(source):
-            params = self.space.parameters(source)
-            self._checked = id(source)
-        else:
-            by_name = dict(source.named_parameters())
-            params = [by_name[n] for n in self.space.names]
-        ps = [p.detach() for p in params]
+        ps = [p.detach() for p in self.space.parameters(source)]  # names and shapes checked every time
         if ps[0].device != self.device or ps[0].dtype != self.dtype:
             ps = [p.to(self.device, self.dtype) for p in ps]
         return ps

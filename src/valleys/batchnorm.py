@@ -4,11 +4,12 @@ Weights the network was never trained at (an SWA average, a SWAG sample, a point
 without valid running statistics. :func:`recompute_bn` is the one routine every method calls for them
 (DESIGN 4.1; Izmailov et al. 2018, "Averaging Weights Leads to Wider Optima", Alg. 1 last step).
 
-Statistics are exact: for every BatchNorm layer the per-channel mean and variance of its inputs over the
-whole pass are combined batch by batch in float64 with Chan's parallel update
-``M2 = M2_a + M2_b + delta^2 n_a n_b / (n_a + n_b)``, so unequal batch sizes are weighted correctly. The
-running mean becomes the data mean and the running variance the unbiased data variance (PyTorch's
-convention for ``running_var``). Momenta are never changed and every module's train/eval flag is restored.
+Statistics are exact: each BatchNorm layer runs with momentum 1 during the pass, so after every batch its
+running buffers hold that batch's per-channel mean and unbiased variance (computed by the layer itself, no
+extra pass over the activations); a forward hook combines them across batches in float64 with Chan's
+parallel update ``M2 = M2_a + M2_b + delta^2 n_a n_b / (n_a + n_b)``, so unequal batch sizes are weighted
+correctly. The running mean becomes the data mean and the running variance the unbiased data variance
+(PyTorch's convention for ``running_var``). Momenta and every module's train/eval flag are restored.
 """
 
 from __future__ import annotations
@@ -43,12 +44,12 @@ class _Moments:
         self.mean: Tensor | None = None
         self.m2: Tensor | None = None
 
-    def __call__(self, module: nn.Module, args: tuple) -> None:
-        x = args[0].detach().double()
-        dims = [0] + list(range(2, x.dim()))
+    def __call__(self, module: nn.Module, args: tuple, output: Tensor) -> None:
+        # with momentum 1 the layer's running buffers now hold this batch's mean and unbiased variance
+        x = args[0]
         nb = x.numel() // x.shape[1]
-        mean_b = x.mean(dim=dims)
-        m2_b = ((x - mean_b.view(1, -1, *([1] * (x.dim() - 2)))) ** 2).sum(dim=dims)
+        mean_b = module.running_mean.detach().double()
+        m2_b = module.running_var.detach().double() * max(nb - 1, 1)
         if self.mean is None:
             self.n, self.mean, self.m2 = nb, mean_b, m2_b
             return
@@ -121,8 +122,13 @@ def recompute_bn(
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
 
     modes = [m.training for m in model.modules()]
+    saved = {m: [b.detach().clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+             for m in layers}
     moments = {m: _Moments() for m in layers}
-    hooks = [m.register_forward_pre_hook(moments[m]) for m in layers]
+    momenta = {m: m.momentum for m in layers}
+    hooks = [m.register_forward_hook(moments[m]) for m in layers]
+    for m in layers:
+        m.momentum = 1.0
     seen = 0
     try:
         model.train()
@@ -132,12 +138,24 @@ def recompute_bn(
                 inputs = to_device(input_fn(batch), device)
                 call_model(model, inputs)
                 seen += 1
+    except BaseException:  # leave the statistics as they were, not half-updated by momentum
+        with torch.no_grad():
+            for m, bufs in saved.items():
+                for b, old in zip([b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None], bufs):
+                    b.copy_(old)
+        raise
     finally:
         for h in hooks:
             h.remove()
+        for m, momentum in momenta.items():
+            m.momentum = momentum
         for m, mode in zip(model.modules(), modes):
             m.training = mode
     if seen == 0:
+        with torch.no_grad():
+            for m, bufs in saved.items():
+                for b, old in zip([b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None], bufs):
+                    b.copy_(old)
         raise EmptyLoaderError("recompute_bn: the loader yielded no batches; pass a non-empty training loader")
     with torch.no_grad():
         for m in layers:

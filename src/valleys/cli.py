@@ -11,7 +11,7 @@ from pathlib import Path
 from . import __version__
 
 EXAMPLES = """examples:
-  valleys demo --quick                      # SGD vs SWA on MNIST-1D in about a minute
+  valleys demo --quick                      # SGD, SWA, SWAG, FGE on MNIST-1D in well under 2 minutes
   valleys train --method swa --epochs 100 --swa-start 50 --swa-lr 0.1 --out runs/swa
   valleys train --dataset digits --model cnn --method sgd --epochs 30 --out runs/digits-sgd
   valleys train --method swag --epochs 100 --swa-start 50 --rank 20 --samples 30 --out runs/swag
@@ -30,8 +30,8 @@ def _positive_int(text: str) -> int:
 
 def _positive_float(text: str) -> float:
     v = float(text)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be finite and positive, got {text}")
     return v
 
 
@@ -47,11 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"valleys {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train one run (SGD or SWA) into a run folder",
+    t = sub.add_parser("train", help="train one run (sgd, swa, swag, swag-diag, fge, ensemble, multiswag) into a run folder",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--dataset", default=d.dataset, choices=list(DATASETS) + list(REGRESSION_DATASETS),
                    help="built-in dataset (diabetes and uci are regression)")
-    t.add_argument("--model", default=d.model, choices=list(MODELS), help="reference architecture")
+    t.add_argument("--model", default=None, choices=list(MODELS),
+                   help=f"reference architecture (default: {d.model}; mlp for regression datasets)")
     t.add_argument("--method", default=d.method, choices=list(METHODS), help="training method")
     t.add_argument("--epochs", type=_positive_int, default=d.epochs, help="epoch budget")
     t.add_argument("--lr", type=_positive_float, default=d.lr, help="initial learning rate")
@@ -59,14 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--wd", type=float, default=d.wd, help="weight decay")
     t.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="minibatch size")
     t.add_argument("--swa-start", type=int, default=None,
-                   help="epochs of SGD before averaging starts (swa only; default: epochs // 2)")
+                   help="epochs of SGD before averaging starts (swa, swag, swag-diag, multiswag; default: epochs // 2)")
     t.add_argument("--swa-lr", type=_positive_float, default=None, help="SWA learning rate (default: --lr)")
     t.add_argument("--rank", type=_positive_int, default=d.rank, help="SWAG: number of deviation vectors K")
     t.add_argument("--samples", type=_positive_int, default=d.samples, help="SWAG/MultiSWAG: test-time draws S (per member)")
     t.add_argument("--bn-batches", type=_positive_int, default=None, help="BN recompute per sample on N batches (default: all)")
     t.add_argument("--cycle", type=int, default=d.cycle, help="FGE: cycle length in epochs (even)")
-    t.add_argument("--lr-1", type=_positive_float, default=None, help="FGE: cycle's highest LR (default: lr / 2)")
-    t.add_argument("--lr-2", type=_positive_float, default=None, help="FGE: cycle's lowest LR (default: lr / 200)")
+    t.add_argument("--lr-1", type=_positive_float, default=None, help="FGE: cycle's highest LR (default: lr / 2)", metavar="LR")
+    t.add_argument("--lr-2", type=_positive_float, default=None, help="FGE: cycle's lowest LR (default: lr / 200)", metavar="LR")
     t.add_argument("--fge-start", type=int, default=None, help="FGE: pre-training epochs (default: the first 80%%)")
     t.add_argument("--members", type=_positive_int, default=d.members, help="ensemble/multiswag: number of runs")
     t.add_argument("--ood-split", action="store_true",
@@ -93,8 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--temperature-scaling", action="store_true",
                    help="also report test metrics after a temperature fitted on validation data")
 
-    m = sub.add_parser("demo", help="the main job: SGD vs SWA on MNIST-1D, table, report and figure")
-    m.add_argument("--quick", action="store_true", help="one seed, 30 epochs (under 2 minutes)")
+    m = sub.add_parser("demo", help="the main job: SGD, SWA, SWAG and FGE on MNIST-1D; tables, report, figures")
+    m.add_argument("--quick", action="store_true", help="one seed, 30 epochs (well under 2 minutes)")
     m.add_argument("--out", default="runs/demo", help="output folder")
     m.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2; quick: 0)")
     m.add_argument("--overwrite", action="store_true", help="replace a demo already in --out")
@@ -124,8 +125,8 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
-    if cfg.dataset in ("diabetes", "uci") and "--model" not in (argv or []):
-        cfg.model = "mlp"  # the Gaussian-head MLP is the regression model
+    if args.model is None:
+        cfg.model = "mlp" if cfg.dataset in ("diabetes", "uci") else TrainConfig.model  # Gaussian-head MLP
     if args.method in ("sgd", "fge", "ensemble") and (args.swa_start is not None or args.swa_lr is not None):
         raise ValueError("--swa-start and --swa-lr only apply to --method swa, swag, swag-diag and multiswag")
     if args.method != "fge" and any(v is not None for v in (args.lr_1, args.lr_2, args.fge_start)):
@@ -186,12 +187,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from .checkpoint import CheckpointError
     from .data import DatasetNotFoundError
+    from .training import TrainingDiverged
 
     try:
         if args.command == "train":
             return _train(args, list(argv) if argv is not None else sys.argv[1:])
         return {"evaluate": _evaluate, "demo": _demo}[args.command](args)
-    except (ValueError, FileExistsError, FileNotFoundError, CheckpointError, DatasetNotFoundError) as e:
+    except (ValueError, FileExistsError, FileNotFoundError, CheckpointError, DatasetNotFoundError,
+            TrainingDiverged) as e:
         print(f"valleys {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .batches import InputFn, call_model, default_input_fn, default_target_fn, to_device
-from .batchnorm import EmptyLoaderError, recompute_bn
+from .batchnorm import EmptyLoaderError, has_batchnorm, recompute_bn
 from .metrics import ClassificationMetrics, RegressionMetrics
 from .weights import WeightSpace
 
@@ -71,6 +71,8 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str |
     The model is evaluated in eval mode and left in the mode it had. ``reliability=True`` keeps the
     per-bin reliability data in a classification result.
     """
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
     if likelihood == "gaussian":
         reg = RegressionMetrics()
         for m, targets in predict_probs(model, loader, device=device, input_fn=input_fn, target_fn=target_fn,
@@ -98,10 +100,13 @@ def holding(model: nn.Module, sample: Sample, space: WeightSpace) -> Iterator[nn
         with space.at(model, sample.to(space.parameters(model)[0].device)):
             yield model
         return
+    from .checkpoint import check_model_signature
+
+    check_model_signature([[k, list(v.shape)] for k, v in sample.items()], model, "a state-dict sample")
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     modes = [m.training for m in model.modules()]
-    model.load_state_dict(sample)
     try:
+        model.load_state_dict(sample)
         yield model
     finally:
         model.load_state_dict(saved)
@@ -113,13 +118,16 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
         bn_loader: Iterable | None = None, bn_batches: int | None = None,
         device: torch.device | str | None = None, input_fn: InputFn | None = None, target_fn=None,
         bins: int = 15, num_samples: int | None = None, progress: bool = False,
-        return_probs: bool = False, score: bool = True, likelihood: str = "classification") -> dict[str, Any]:
+        return_probs: bool = False, score: bool = True, likelihood: str = "classification",
+        stale_bn_ok: bool = False) -> dict[str, Any]:
     """Metrics of the Bayesian model average over ``samples`` on ``loader``.
 
     Each sample is either a flat weight vector (a SWAG draw; BatchNorm statistics are recomputed on
     ``bn_loader`` for it, on its first ``bn_batches`` batches if given) or a state dict (an FGE snapshot or an
     ensemble member, evaluated with its own statistics). The user's model is restored after every sample.
-    ``loader`` must yield the same batches in the same order on every pass (no shuffling).
+    ``loader`` must yield the same batches in the same order on every pass (no shuffling). A weight vector
+    for a model with BatchNorm needs ``bn_loader`` (its statistics would be stale); pass ``stale_bn_ok=True``
+    to evaluate with the model's current statistics on purpose.
 
     Returns the metrics of :class:`valleys.metrics.ClassificationMetrics` plus ``num_samples``, and with
     ``return_probs=True`` the averaged ``probs`` (N, C) and ``targets`` (N,). ``score=False`` skips the
@@ -145,6 +153,10 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
     try:
         for sample in samples:
             with holding(model, sample, space):
+                if isinstance(sample, Tensor) and bn_loader is None and not stale_bn_ok and has_batchnorm(model):
+                    raise ValueError("bma: the model has BatchNorm layers and the samples are weight vectors; pass "
+                                     "bn_loader=train_loader to recompute their statistics per sample (or "
+                                     "stale_bn_ok=True to keep the current ones)")
                 if isinstance(sample, Tensor) and bn_loader is not None:
                     recompute_bn(model, bn_loader, num_batches=bn_batches, device=device, input_fn=input_fn)
                 b = -1

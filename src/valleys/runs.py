@@ -2,7 +2,7 @@
 
 A run folder holds ``config.json`` (every setting), ``metrics.jsonl`` (one line per epoch),
 ``checkpoint.safetensors`` (training state, for resume), ``model.safetensors`` (the final network: the SGD
-end point, the SWA mean with recomputed BatchNorm, or the last FGE snapshot), ``posterior.safetensors``
+end point, the SWA mean with recomputed BatchNorm, or FGE's final weights), ``posterior.safetensors``
 (SWAG moments and deviations, or FGE snapshots), ``results.json`` (DESIGN 3) and ``report.md``. Ensembles
 and MultiSWAG train their members into ``member-<i>`` sub-folders.
 
@@ -55,7 +55,7 @@ METHODS: dict[str, str] = {
     "multiswag": "--members independent SWAG runs; BMA over --samples draws from each",
 }
 RUN_FILES = ("config.json", "results.json", "checkpoint.safetensors", "model.safetensors", "metrics.jsonl",
-             "posterior.safetensors")
+             "posterior.safetensors", "report.md")
 SUMMARY_KEYS = ("accuracy", "error", "nll", "brier", "ece", "mce")
 REGRESSION_KEYS = ("rmse", "nll", "coverage_95")
 _AVERAGING = ("swa", "swag", "swag-diag")
@@ -129,8 +129,12 @@ class TrainConfig:
             raise ValueError(f"rank must be at least 1, got {cfg.rank}")
         if cfg.bn_batches is not None and cfg.bn_batches < 1:
             raise ValueError(f"bn-batches must be at least 1, got {cfg.bn_batches}")
-        if cfg.wd < 0 or cfg.momentum < 0:
-            raise ValueError(f"wd and momentum must be non-negative, got wd={cfg.wd}, momentum={cfg.momentum}")
+        if not (math.isfinite(cfg.wd) and math.isfinite(cfg.momentum)) or cfg.wd < 0 or cfg.momentum < 0:
+            raise ValueError(f"wd and momentum must be finite and non-negative, got wd={cfg.wd}, momentum={cfg.momentum}")
+        for name in ("swa_lr", "lr_1", "lr_2"):
+            v = getattr(cfg, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name.replace('_', '-')} must be finite and positive, got {v}")
         if cfg.method in _AVERAGING or cfg.method == "multiswag":
             if cfg.swa_start is None:
                 cfg.swa_start = cfg.epochs // 2
@@ -163,7 +167,11 @@ class TrainConfig:
                     f"FGE needs a pre-trained start and at least one {cfg.cycle}-epoch cycle: fge-start must be in "
                     f"[1, {cfg.epochs - cfg.cycle}] for {cfg.epochs} epochs, got {cfg.fge_start}"
                 )
-        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        try:
+            device = torch.device(cfg.device)
+        except RuntimeError:
+            raise ValueError(f"unknown device {cfg.device!r}; use cpu, cuda or cuda:N") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {cfg.device!r} requested but CUDA is not available; use --device cpu")
         return cfg
 
@@ -181,8 +189,15 @@ def prepare_run_dir(out: str | Path, *, overwrite: bool = False, resume: bool = 
         )
     out.mkdir(parents=True, exist_ok=True)
     if overwrite and not resume:
+        import shutil
+
         for f in RUN_FILES:
             (out / f).unlink(missing_ok=True)
+        for f in out.glob("evaluation*.json"):
+            f.unlink()
+        for d in out.glob("member-*"):
+            if d.is_dir() and (d / "config.json").exists():
+                shutil.rmtree(d)
     return out
 
 
@@ -279,8 +294,11 @@ def train_run(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, res
         if saved != asdict(cfg):
             diff = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if saved.get(k) != v}
             raise ValueError(f"cannot resume {out}: the config differs from the saved one (saved, now): {diff}")
+    if not (overwrite or resume):
+        prepare_run_dir(out)  # refuse an existing run before any work
+    splits = splits or _load_splits(cfg)  # data and model errors surface here, before a file is touched
+    _build(cfg, splits)
     prepare_run_dir(out, overwrite=overwrite, resume=resume)
-    splits = splits or _load_splits(cfg)
     start = time.perf_counter()
     if cfg.method in ("ensemble", "multiswag"):
         write_json(out / "config.json", asdict(cfg))

@@ -161,6 +161,8 @@ class CosineReplay(Schedule):
         _positive("length", self.length)
         if not 0 < self.cycle <= self.length:
             raise ValueError(f"cycle must be in (0, length], got {self.cycle}")
+        if self.total is not None and not self.total > 0:
+            raise ValueError(f"total must be positive, got {self.total}")
 
     def _cos(self, e: float) -> float:
         total = self.total if self.total is not None else self.length

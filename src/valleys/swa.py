@@ -27,7 +27,8 @@ class SWACallback(Callback):
         start: number of epochs completed before collecting starts (0 collects from the first epoch).
         every: ``"epoch"`` (end of each epoch), ``"steps"`` (every ``k`` steps) or ``"cycle"``.
         k: steps between collects for ``every="steps"``.
-        cycle, phase: cycle length in epochs and the position in the cycle (in [0, 1)) to collect at.
+        cycle, phase: cycle length in epochs and the position in the cycle (in [0, 1)) to collect at;
+            cycles are counted from ``start``, so use a cyclic schedule with ``offset=start``.
         bn_loader: training loader for BatchNorm recompute of the average (evaluation and the final model).
         eval_loaders: ``{"test": loader}``: evaluate the average (after BN recompute) at every epoch end
             from ``start`` on; logged as ``swa_<name>_accuracy`` etc.
@@ -68,7 +69,8 @@ class SWACallback(Callback):
                 self.averager.collect(trainer.model)
             return
         length = self.cycle * trainer.steps_per_epoch  # type: ignore[operator]
-        if trainer.step % length == round(self.phase * length) % length:
+        step = trainer.step - self.start * trainer.steps_per_epoch  # cycles are counted from `start`
+        if step > 0 and step % length == round(self.phase * length) % length:
             self.averager.collect(trainer.model)
 
     def on_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:

@@ -110,6 +110,8 @@ class SWAG(SWA):
     def samples(self, n: int, *, scale: float = 0.5, diagonal: bool = False,
                 generator: torch.Generator | None = None) -> Iterator[Tensor]:
         """Yield ``n`` samples one at a time (one P-vector in memory at once)."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"the number of samples must be an integer >= 1, got {n!r}")
         self._check(scale, diagonal)
         for _ in range(n):
             yield self.sample(1, scale=scale, diagonal=diagonal, generator=generator)[0]

@@ -229,7 +229,7 @@ class Trainer:
         self._reseed_loader()
         start = time.perf_counter()
         loss_sum = torch.zeros((), dtype=torch.float64)
-        correct, seen, batches = 0, 0, 0
+        correct, seen, batches, classified = 0, 0, 0, False
         for i, batch in enumerate(self.train_loader):
             self._set_lr(self.epoch + i / self.steps_per_epoch)
             inputs = to_device(self.input_fn(batch), self.device)
@@ -255,6 +255,7 @@ class Trainer:
             batches += 1
             if out.dim() == 2 and isinstance(target, Tensor) and target.dim() == 1 and not target.is_floating_point():
                 correct += int((out.detach().argmax(dim=1) == target).sum())
+                classified = True
             for cb in self.callbacks:
                 cb.on_step_end(self)
             if bar is not None:
@@ -263,7 +264,7 @@ class Trainer:
                     bar.set_postfix(epoch=f"{self.epoch + 1}/{self.epochs}", loss=f"{float(loss.detach()):.4f}",
                                     lr=f"{self.lr:.3g}", refresh=False)
         logs: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self.lr, "train_loss": float(loss_sum) / max(seen, 1)}
-        if correct or (seen and out.dim() == 2):
+        if classified:
             logs["train_accuracy"] = correct / seen
         logs["train_time"] = time.perf_counter() - start
         return logs
