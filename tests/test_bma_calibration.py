@@ -130,3 +130,24 @@ def test_entropy_and_auroc_against_references():
     ref = roc_auc_score([1] * 300 + [0] * 400, torch.cat([pos, neg]).numpy())
     assert auroc(pos, neg) == pytest.approx(ref, abs=1e-12)
     assert auroc(torch.ones(3), torch.ones(4)) == 0.5
+
+
+@pytest.mark.parametrize("likelihood", ["classification", "gaussian"])
+def test_vmap_batched_bma_equals_the_loop(vec_data, likelihood):
+    from valleys.regression import GaussianMLP
+
+    torch.manual_seed(0)
+    model = DropoutBNMLP() if likelihood == "classification" else GaussianMLP(5)
+    space = WeightSpace(model)
+    w0 = space.read(model)
+    ws = [w0 + 0.05 * torch.randn_like(w0) for _ in range(11)]  # chunks of 4: 4 + 4 + 3
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kw = dict(return_probs=True, likelihood=likelihood, stale_bn_ok=True, chunk=4)
+    loop = bma(model, ws, loader(vec_data), batched=False, **kw)
+    vm = bma(model, ws, loader(vec_data), batched=True, **kw)
+    auto = bma(model, iter(ws), loader(vec_data), **kw)
+    key = "probs" if likelihood == "classification" else "mean"
+    assert vm["batched"] and not loop["batched"] and vm["num_samples"] == loop["num_samples"] == auto["num_samples"] == 11
+    assert torch.allclose(vm[key], loop[key], atol=1e-6) and torch.allclose(auto[key], loop[key], atol=1e-6)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
