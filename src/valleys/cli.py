@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,8 @@ EXAMPLES = """examples:
   valleys train --method fge --epochs 100 --cycle 2 --out runs/fge
   valleys train --method swag --ood-split --out runs/swag-ood    # classes 5-9 held out as OOD
   valleys evaluate runs/swa --temperature-scaling                 # SWA-Temp baseline
+  valleys connect runs/sgd-a runs/sgd-b --kind bezier --epochs 50 --out runs/curve   # mode connectivity
+  valleys evaluate runs/curve --points 61
 """
 
 
@@ -88,11 +91,29 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     e = sub.add_parser("evaluate", help="re-evaluate a run folder's predictive, print a table, write evaluation.json")
-    e.add_argument("run_dir", help="a folder written by 'valleys train'")
+    e.add_argument("run_dir", help="a folder written by 'valleys train' or 'valleys connect'")
+    e.add_argument("--points", type=int, default=None, help="curve folders: points per path (default: 61)")
     e.add_argument("--samples", type=_positive_int, default=None, help="SWAG draws S (default: the run's)")
     e.add_argument("--ood", action="store_true", help="report OOD AUROC (run trained with --ood-split)")
     e.add_argument("--temperature-scaling", action="store_true",
                    help="also report test metrics after a temperature fitted on validation data")
+
+    c = sub.add_parser("connect", help="train a curve between two runs and compare it with the straight segment",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c.add_argument("run_a", help="run folder or model.safetensors of the first network")
+    c.add_argument("run_b", help="run folder or model.safetensors of the second network")
+    c.add_argument("--kind", default="bezier", choices=["bezier", "polychain"], help="curve family")
+    c.add_argument("--bends", type=int, default=3, help="control points including the two ends (>= 2)")
+    c.add_argument("--epochs", type=_positive_int, default=50, help="curve training epochs")
+    c.add_argument("--lr", type=_positive_float, default=0.05, help="initial LR (decays to 1%% like SGD runs)")
+    c.add_argument("--wd", type=float, default=5e-4, help="L2 on w(t)")
+    c.add_argument("--seed", type=int, default=0, help="random seed (t draws, batch order)")
+    c.add_argument("--points", type=int, default=61, help="points per path at evaluation")
+    c.add_argument("--bn", default="recompute", choices=["recompute", "keep"], help="BatchNorm policy per point")
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--overwrite", action="store_true", help="replace a curve already in --out")
+    c.add_argument("--resume", action="store_true", help="continue curve training from its checkpoint")
+    c.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     m = sub.add_parser("demo", help="the main job: SGD, SWA, SWAG and FGE on MNIST-1D; tables, report, figures")
     m.add_argument("--quick", action="store_true", help="one seed, 30 epochs (well under 2 minutes)")
@@ -147,9 +168,35 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _connect(args: argparse.Namespace) -> int:
+    from .connect import ConnectConfig, connect_runs
+
+    cfg = ConnectConfig(args.run_a, args.run_b, kind=args.kind, bends=args.bends, epochs=args.epochs, lr=args.lr,
+                        wd=args.wd, seed=args.seed, points=args.points, bn=args.bn)
+    res = connect_runs(cfg, args.out, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
+    _print_curve(res, args.out)
+    return 0
+
+
+def _print_curve(res: dict, out) -> None:
+    b = res["barrier"]
+    print(f"max test error: segment {100 * b['segment_max_test_error']:.2f}%, {res['kind']} curve "
+          f"{100 * b['curve_max_test_error']:.2f}%, worse endpoint {100 * b['worse_endpoint_test_error']:.2f}%")
+    print(f"max train loss: segment {res['segment']['summary']['train_loss']['max']:.4f}, curve "
+          f"{res['curve']['summary']['train_loss']['max']:.4f}")
+    print(f"\nwrote {Path(out) / 'report.md'} and {Path(out) / 'figures' / 'path.png'}")
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from .report import aggregate, format_table
     from .runs import evaluate_run
+
+    config = Path(args.run_dir) / "config.json"
+    if config.is_file() and json.loads(config.read_text()).get("folder") == "curve":
+        from .connect import evaluate_curve_dir
+
+        _print_curve(evaluate_curve_dir(args.run_dir, points=args.points, progress=True), args.run_dir)
+        return 0
 
     res = evaluate_run(args.run_dir, samples=args.samples, ood=True if args.ood else None,
                        temperature_scaling=args.temperature_scaling, progress=True)
@@ -192,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args, list(argv) if argv is not None else sys.argv[1:])
-        return {"evaluate": _evaluate, "demo": _demo}[args.command](args)
+        return {"evaluate": _evaluate, "demo": _demo, "connect": _connect}[args.command](args)
     except (ValueError, FileExistsError, FileNotFoundError, CheckpointError, DatasetNotFoundError,
             TrainingDiverged) as e:
         print(f"valleys {args.command}: error: {e}", file=sys.stderr)

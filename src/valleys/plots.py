@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_error_curves", "plot_reliability"]
+__all__ = ["plot_error_curves", "plot_reliability", "plot_paths"]
 
 
 def plot_error_curves(curves: Mapping[str, Sequence[Sequence[float]]], path: str | Path, *,
@@ -87,6 +87,30 @@ def plot_reliability(reliability: Mapping[str, Mapping[str, Sequence[float]]], p
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_paths(paths: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path, *,
+               title: str = "Along the paths") -> Path:
+    """Train loss and test error (%) against t for several paths (e.g. the segment and a curve; slide 7)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, res in paths.items():
+        t = np.asarray(res["t"])
+        axes[0].plot(t, res["train_loss"], lw=1.8, label=name)
+        axes[1].plot(t, 100 * np.asarray(res["test_error"]), lw=1.8, label=name)
+    axes[0].set_ylabel("Train loss (mean NLL)")
+    axes[0].set_yscale("log")
+    axes[1].set_ylabel("Test error (%)")
+    for ax in axes:
+        ax.set_xlabel("t")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -176,8 +176,9 @@ class TrainConfig:
         return cfg
 
 
-def prepare_run_dir(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
-    """Create ``out`` or check it may be used: refuse a folder holding another run unless ``overwrite``."""
+def prepare_run_dir(out: str | Path, *, overwrite: bool = False, resume: bool = False, create: bool = True) -> Path:
+    """Create ``out`` or check it may be used: refuse a folder holding another run unless ``overwrite``.
+    ``create=False`` only checks (nothing is created or deleted)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"{out} exists and is not a folder")
@@ -187,6 +188,8 @@ def prepare_run_dir(out: str | Path, *, overwrite: bool = False, resume: bool = 
             f"{out} already holds a run ({', '.join(present)}); choose another --out, pass --overwrite to "
             "replace it, or --resume to continue it"
         )
+    if not create:
+        return out
     out.mkdir(parents=True, exist_ok=True)
     if overwrite and not resume:
         import shutil
@@ -294,8 +297,7 @@ def train_run(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, res
         if saved != asdict(cfg):
             diff = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if saved.get(k) != v}
             raise ValueError(f"cannot resume {out}: the config differs from the saved one (saved, now): {diff}")
-    if not (overwrite or resume):
-        prepare_run_dir(out)  # refuse an existing run before any work
+    prepare_run_dir(out, overwrite=overwrite, resume=resume, create=False)  # refuse an existing run first
     splits = splits or _load_splits(cfg)  # data and model errors surface here, before a file is touched
     _build(cfg, splits)
     prepare_run_dir(out, overwrite=overwrite, resume=resume)

@@ -1,0 +1,221 @@
+"""Connect two trained runs by a curve: train it, evaluate it against the straight segment, report.
+
+A curve folder holds ``config.json`` (``"folder": "curve"``), ``metrics.jsonl`` and ``checkpoint.safetensors`` of
+the curve training, ``curve.safetensors`` (the control points), ``results.json`` (per-point arrays and
+min/max/arc-length averages for the segment and the curve), ``report.md`` and ``figures/path.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError, check_model_signature, load_checkpoint, save_checkpoint, write_json
+from .curves import CURVE_KINDS, Curve, CurveModel
+from .data import make_loader
+from .paths import BN_POLICIES, evaluate_path, segment
+from .runs import TrainConfig, _build, _load_splits, load_run_model, prepare_run_dir
+from .schedules import SWASchedule
+from .training import Trainer
+from .weights import WeightSpace
+
+__all__ = ["ConnectConfig", "connect_runs", "evaluate_curve_dir", "load_endpoint"]
+
+
+@dataclass
+class ConnectConfig:
+    """Settings of ``valleys connect`` (curve training follows the SGD schedule shape, decaying to 1%)."""
+
+    run_a: str
+    run_b: str
+    kind: str = "bezier"
+    bends: int = 3
+    epochs: int = 50
+    lr: float = 0.05
+    momentum: float = 0.9
+    wd: float = 5e-4
+    batch_size: int = 128
+    seed: int = 0
+    points: int = 61
+    bn: str = "recompute"
+    checkpoint_every: int = 10
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the first bad setting."""
+        if self.kind not in CURVE_KINDS:
+            raise ValueError(f"unknown curve kind {self.kind!r}; choose one of {', '.join(CURVE_KINDS)}")
+        if self.bends < 2:
+            raise ValueError(f"a curve needs at least 2 control points, got --bends {self.bends}")
+        if self.epochs < 1 or not self.lr > 0 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise ValueError("epochs, lr, batch-size and checkpoint-every must be positive")
+        if self.points < 2:
+            raise ValueError(f"points must be at least 2, got {self.points}")
+        if self.bn not in BN_POLICIES:
+            raise ValueError(f"unknown BatchNorm policy {self.bn!r}; choose one of {', '.join(BN_POLICIES)}")
+
+
+def load_endpoint(path: str | Path) -> tuple[nn.Module, TrainConfig]:
+    """A trained network from a run folder or a ``model.safetensors`` file written by valleys."""
+    path = Path(path)
+    if path.is_dir():
+        model, cfg, _ = load_run_model(path)
+        return model, cfg
+    state, header = load_checkpoint(path)
+    if header.get("kind") != "model" or "config" not in header:
+        raise CheckpointError(f"{path} is not a valleys model checkpoint (a run's model.safetensors)")
+    cfg = TrainConfig(**header["config"]).resolved()
+    model = _build(cfg, _load_splits(cfg))
+    check_model_signature(header["signature"], model, str(path))
+    model.load_state_dict(state["model"])
+    return model, cfg
+
+
+def _endpoints(cfg: ConnectConfig):
+    model_a, cfg_a = load_endpoint(cfg.run_a)
+    model_b, cfg_b = load_endpoint(cfg.run_b)
+    if (cfg_a.dataset, cfg_a.model) != (cfg_b.dataset, cfg_b.model):
+        raise ValueError(f"endpoints differ: {cfg.run_a} is {cfg_a.model} on {cfg_a.dataset}, {cfg.run_b} is "
+                         f"{cfg_b.model} on {cfg_b.dataset}; connect two networks of one architecture and dataset")
+    space = WeightSpace(model_a)
+    try:
+        w_b = space.read(model_b)
+    except ValueError as e:
+        raise ValueError(f"endpoints have different parameter shapes: {e}") from None
+    w_a = space.read(model_a)
+    if torch.equal(w_a, w_b):
+        warnings.warn("the two endpoints are identical: there is nothing to connect", stacklevel=3)
+    return model_a, model_b, cfg_a, space, w_a, w_b
+
+
+def _loaders(cfg: ConnectConfig, data_cfg: TrainConfig, splits):
+    return (make_loader(splits.train, cfg.batch_size, shuffle=True, seed=cfg.seed),
+            make_loader(splits.train, 1000), make_loader(splits.test, 1000))
+
+
+def connect_runs(cfg: ConnectConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False,
+                 progress: bool = True) -> dict[str, Any]:
+    """Train a curve between ``cfg.run_a`` and ``cfg.run_b`` into ``out`` and evaluate it (and the segment)."""
+    cfg.check()
+    out = Path(out)
+    prepare_run_dir(out, overwrite=overwrite, resume=resume, create=False)
+    model_a, model_b, data_cfg, space, w_a, w_b = _endpoints(cfg)
+    splits = _load_splits(data_cfg)
+    prepare_run_dir(out, overwrite=overwrite, resume=resume)
+    if not resume:
+        write_json(out / "config.json", {"folder": "curve", **asdict(cfg), "data": asdict(data_cfg)})
+    train, train_eval, test = _loaders(cfg, data_cfg, splits)
+    torch.manual_seed(cfg.seed)
+    curve = Curve(w_a, w_b, kind=cfg.kind, bends=cfg.bends)
+    cm = CurveModel(model_a, curve, space)
+    start = time.perf_counter()
+    if cfg.bends > 2:
+        opt = torch.optim.SGD(curve.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0)
+        Trainer(cm, cm.l2_loss(nn.CrossEntropyLoss(), cfg.wd), opt, train, epochs=cfg.epochs,
+                schedule=SWASchedule(cfg.lr, cfg.epochs, 0.01 * cfg.lr), seed=cfg.seed,
+                checkpoint_path=out / "checkpoint.safetensors", checkpoint_every=cfg.checkpoint_every,
+                log_path=out / "metrics.jsonl", header={"config": asdict(cfg)}, progress=progress
+                ).fit(resume=out / "checkpoint.safetensors" if resume else None)
+    train_s = time.perf_counter() - start
+    save_checkpoint(out / "curve.safetensors", {"control_points": curve.control_points().detach()},
+                    {"kind": "curve", "curve": cfg.kind, "bends": cfg.bends, "signature": space.signature()})
+    results = evaluate_curve_dir(out, progress=progress, write=False, _cache=(model_a, model_b, data_cfg, splits))
+    results["timing"] = {"train_s": train_s, "eval_s": results.pop("eval_s")}
+    write_json(out / "results.json", results)
+    return results
+
+
+def _load_curve(curve_dir: Path, model: nn.Module, space: WeightSpace, cfg: ConnectConfig) -> Curve:
+    state, header = load_checkpoint(curve_dir / "curve.safetensors")
+    if header.get("kind") != "curve":
+        raise CheckpointError(f"{curve_dir / 'curve.safetensors'} is not a curve checkpoint")
+    if header["signature"] != space.signature():
+        raise CheckpointError(f"{curve_dir / 'curve.safetensors'} belongs to another architecture than its endpoints")
+    pts = state["control_points"]
+    curve = Curve(pts[0], pts[-1], kind=header["curve"], bends=int(header["bends"]))
+    with torch.no_grad():
+        curve.inner.copy_(pts[1:-1])
+    return curve
+
+
+def evaluate_curve_dir(curve_dir: str | Path, *, points: int | None = None, progress: bool = False,
+                       write: bool = True, _cache=None) -> dict[str, Any]:
+    """Evaluate a curve folder's curve and the straight segment at ``points`` evenly spaced t (default: the
+    folder's setting, 61), writing ``evaluation.json`` (or returning ``results.json`` content to
+    :func:`connect_runs`), the figure ``figures/path.png`` and ``report.md``."""
+    curve_dir = Path(curve_dir)
+    raw = json.loads((curve_dir / "config.json").read_text())
+    if raw.get("folder") != "curve":
+        raise ValueError(f"{curve_dir} is not a curve folder (made by 'valleys connect')")
+    cfg = ConnectConfig(**{k: v for k, v in raw.items() if k not in ("folder", "data")})
+    if points is not None:
+        cfg = dataclasses.replace(cfg, points=points)
+    cfg.check()
+    if _cache is None:
+        model_a, model_b, data_cfg, space, _, _ = _endpoints(cfg)
+        splits = _load_splits(data_cfg)
+    else:
+        model_a, model_b, data_cfg, splits = _cache
+        space = WeightSpace(model_a)
+    curve = _load_curve(curve_dir, model_a, space, cfg)
+    _, train_eval, test = _loaders(cfg, data_cfg, splits)
+    ts = torch.linspace(0, 1, cfg.points).tolist()
+    start = time.perf_counter()
+    kw = dict(train_loader=train_eval, test_loader=test, bn=cfg.bn, space=space, progress=progress)
+    seg = evaluate_path(model_a, segment(curve.start, curve.end), ts, **kw)
+    cur = evaluate_path(model_a, curve.point, ts, **kw)
+    ends = {"a": {k: seg[k][0] for k in ("train_loss", "train_error", "test_error", "test_nll")},
+            "b": {k: seg[k][-1] for k in ("train_loss", "train_error", "test_error", "test_nll")}}
+    results = {"kind": cfg.kind, "bends": cfg.bends, "points": cfg.points, "dataset": data_cfg.dataset,
+               "model": data_cfg.model, "endpoints": ends, "segment": seg, "curve": cur,
+               "barrier": {"segment_max_test_error": seg["summary"]["test_error"]["max"],
+                           "curve_max_test_error": cur["summary"]["test_error"]["max"],
+                           "worse_endpoint_test_error": max(ends["a"]["test_error"], ends["b"]["test_error"])},
+               "eval_s": time.perf_counter() - start}
+    _figure_and_report(curve_dir, cfg, results)
+    if write:
+        eval_s = results.pop("eval_s")
+        write_json(curve_dir / "evaluation.json", results)
+        results["eval_s"] = eval_s
+    return results
+
+
+def _figure_and_report(curve_dir: Path, cfg: ConnectConfig, res: dict[str, Any]) -> None:
+    from .plots import plot_paths
+
+    fig = plot_paths({"segment": res["segment"], f"{cfg.kind} curve": res["curve"]},
+                     curve_dir / "figures" / "path.png", title=f"{res['model']} on {res['dataset']}: "
+                     f"{cfg.run_a} to {cfg.run_b}")
+
+    def row(name: str, s: dict) -> str:
+        return (f"| {name} | {s['train_loss']['min']:.4f} | {s['train_loss']['max']:.4f} | "
+                f"{100 * s['test_error']['min']:.2f} | {100 * s['test_error']['max']:.2f} | "
+                f"{100 * s['test_error']['arc_mean']:.2f} |")
+
+    ends = res["endpoints"]
+    end_stats = {k: {"min": min(ends["a"][k], ends["b"][k]), "max": max(ends["a"][k], ends["b"][k]),
+                     "arc_mean": (ends["a"][k] + ends["b"][k]) / 2} for k in ("train_loss", "test_error")}
+    lines = [
+        f"# Mode connectivity: {cfg.run_a} to {cfg.run_b}",
+        "",
+        f"{cfg.kind} curve with {cfg.bends} control points trained {cfg.epochs} epochs; {cfg.points} points per "
+        f"path; BatchNorm policy: {res['curve']['bn']}. Train loss is the mean NLL on the training split "
+        "(without the L2 term).",
+        "",
+        "| path | train loss min | train loss max | test error min (%) | test error max (%) | test error arc mean (%) |",
+        "|---|---|---|---|---|---|",
+        row("endpoints", end_stats),
+        row("segment", res["segment"]["summary"]),
+        row(f"{cfg.kind} curve", res["curve"]["summary"]),
+        "",
+        f"![loss and error along the paths]({fig.relative_to(curve_dir)})",
+        "",
+    ]
+    (curve_dir / "report.md").write_text("\n".join(lines))

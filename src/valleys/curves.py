@@ -1,0 +1,150 @@
+"""Mode-connecting curves between two networks, for any ``nn.Module`` (talk slide 7).
+
+Garipov, Izmailov, Podoprikhin, Vetrov, Wilson (2018), "Loss Surfaces, Mode Connectivity, and Fast
+Ensembling of DNNs", NeurIPS. A curve in weight space ``w(t) = sum_j c_j(t) theta_j``, t in [0, 1], over
+control points ``theta_0 .. theta_{n-1}`` whose ends ``theta_0 = w_A`` and ``theta_{n-1} = w_B`` are two trained
+networks and stay fixed:
+
+* Bezier: ``c_j(t) = binom(n-1, j) t^j (1-t)^(n-1-j)``;
+* polygonal chain: ``c_j(t) = max(0, 1 - |t (n-1) - j|)``.
+
+Inner points start on the straight segment. Training draws ``t ~ U(0, 1)`` for every minibatch and
+minimises the task loss at ``w(t)`` plus ``0.5 wd ||w(t)||^2`` (the optimizer's own weight decay stays 0).
+Unlike the reference code, the user's layers are never rewritten: :class:`CurveModel` evaluates the
+unchanged model at ``w(t)`` with ``torch.func.functional_call`` so gradients reach the inner points only.
+BatchNorm running statistics are meaningless along the curve during training; evaluation recomputes them
+per point (:func:`valleys.paths.evaluate_path`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .weights import WeightSpace, WeightSpaceError
+
+__all__ = ["bezier_coefficients", "polychain_coefficients", "Curve", "CurveModel", "CURVE_KINDS"]
+
+CURVE_KINDS = ("bezier", "polychain")
+
+
+def _check_t(t: float | Tensor) -> Tensor:
+    t = torch.as_tensor(t, dtype=torch.float64)
+    if t.dim() != 0 or not (0.0 <= float(t) <= 1.0):
+        raise ValueError(f"t must be a number in [0, 1], got {t.tolist()}")
+    return t
+
+
+def bezier_coefficients(t: float | Tensor, n: int) -> Tensor:
+    """``c_j(t) = binom(n-1, j) t^j (1 - t)^(n-1-j)`` for j = 0..n-1 (float64; sums to 1)."""
+    t = _check_t(t)
+    j = torch.arange(n, dtype=torch.float64)
+    binom = torch.tensor([math.comb(n - 1, k) for k in range(n)], dtype=torch.float64)
+    return binom * t ** j * (1 - t) ** (n - 1 - j)
+
+
+def polychain_coefficients(t: float | Tensor, n: int) -> Tensor:
+    """``c_j(t) = max(0, 1 - |t (n-1) - j|)``: piecewise-linear interpolation between consecutive points."""
+    t = _check_t(t)
+    j = torch.arange(n, dtype=torch.float64)
+    return (1 - (t * (n - 1) - j).abs()).clamp_min(0)
+
+
+class Curve(nn.Module):
+    """The curve ``w(t)`` between two fixed weight vectors; the inner control points are the parameters.
+
+    Args:
+        start, end: the endpoints ``w_A``, ``w_B`` (flat vectors of equal length; buffers, never trained).
+        kind: ``"bezier"`` or ``"polychain"``.
+        bends: number of control points n including the ends (>= 2; 3 is the paper's default; 2 is the
+            straight segment, with nothing to train).
+    """
+
+    def __init__(self, start: Tensor, end: Tensor, *, kind: str = "bezier", bends: int = 3) -> None:
+        super().__init__()
+        if kind not in CURVE_KINDS:
+            raise ValueError(f"unknown curve kind {kind!r}; choose one of {', '.join(CURVE_KINDS)}")
+        if not isinstance(bends, int) or bends < 2:
+            raise ValueError(f"a curve needs at least 2 control points (its two ends), got bends={bends!r}")
+        if start.shape != end.shape or start.dim() != 1:
+            raise WeightSpaceError(
+                f"endpoints must be flat vectors of equal length, got shapes {tuple(start.shape)} and {tuple(end.shape)}"
+            )
+        self.kind, self.bends = kind, bends
+        self.register_buffer("start", start.detach().clone())
+        self.register_buffer("end", end.detach().clone())
+        frac = torch.arange(1, bends - 1, dtype=start.dtype, device=start.device)[:, None] / (bends - 1)
+        self.inner = nn.Parameter(self.start + frac * (self.end - self.start))  # on the segment
+
+    def coefficients(self, t: float | Tensor) -> Tensor:
+        """The n coefficients ``c_j(t)`` (float64)."""
+        fn = bezier_coefficients if self.kind == "bezier" else polychain_coefficients
+        return fn(t, self.bends)
+
+    def control_points(self) -> Tensor:
+        """All n control points as an (n, P) tensor (ends included)."""
+        return torch.cat([self.start[None], self.inner, self.end[None]])
+
+    def point(self, t: float | Tensor) -> Tensor:
+        """``w(t)``; differentiable with respect to the inner control points."""
+        c = self.coefficients(t).to(self.start.dtype)
+        return c @ self.control_points()
+
+    def derivative(self, t: float | Tensor) -> Tensor:
+        """``dw/dt`` (analytic; for the polychain, the derivative of the segment containing t)."""
+        t = _check_t(t)
+        n = self.bends
+        pts = self.control_points()
+        if self.kind == "bezier":  # n-1 times the Bezier curve of the differences, one degree lower
+            c = bezier_coefficients(t, n - 1).to(pts.dtype)
+            return (n - 1) * (c @ (pts[1:] - pts[:-1]))
+        seg = min(int(math.floor(float(t) * (n - 1))), n - 2)
+        return (n - 1) * (pts[seg + 1] - pts[seg])
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, bends={self.bends}, P={self.start.numel()}"
+
+
+class CurveModel(nn.Module):
+    """The user's model evaluated at ``w(t)`` of a :class:`Curve`, without rewriting any of its layers.
+
+    In training mode every forward call draws a fresh ``t ~ U(0, 1)`` (one per minibatch); in eval mode it
+    uses ``self.t`` (set it, or pass ``t=`` to forward). ``last_sq_norm`` holds ``||w(t)||^2`` of the last
+    forward, for the curve's L2 penalty. Only ``curve.parameters()`` go to the optimizer; the model's own
+    parameters are replaced by ``w(t)`` in every call, so they receive no gradient and are never changed.
+
+    Args:
+        model: the network (its parameters outside the weight space, and its buffers, are used as they are).
+        curve: the curve over ``space``.
+        space: the weight space of ``model`` the curve lives in (default: all trainable parameters).
+    """
+
+    def __init__(self, model: nn.Module, curve: Curve, space: WeightSpace | None = None) -> None:
+        super().__init__()
+        self.space = space or WeightSpace(model)
+        if curve.start.numel() != self.space.size:
+            raise WeightSpaceError(
+                f"the curve has {curve.start.numel()} weights per point but the model's weight space has "
+                f"{self.space.size}: the curve belongs to another architecture"
+            )
+        self.model = model
+        self.curve = curve
+        self.t = 0.5
+        self.last_sq_norm: Tensor | None = None
+
+    def forward(self, *args: Any, t: float | None = None, **kwargs: Any) -> Tensor:
+        if t is None:
+            t = float(torch.rand(())) if self.training else self.t
+        w = self.curve.point(t)
+        self.last_sq_norm = w.pow(2).sum()
+        return self.space.functional_call(self.model, w, *args, **kwargs)
+
+    def l2_loss(self, loss_fn, wd: float):
+        """``loss_fn(output, target) + 0.5 * wd * ||w(t)||^2`` with ``w(t)`` of the same forward call."""
+        def loss(output: Tensor, target: Tensor) -> Tensor:
+            base = loss_fn(output, target)
+            return base if wd == 0 else base + 0.5 * wd * self.last_sq_norm
+        return loss

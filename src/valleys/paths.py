@@ -1,0 +1,85 @@
+"""Evaluate networks along a path in weight space: a trained curve or the straight segment (talk slides 7, 15).
+
+At each of N points ``w(t_i)`` the model is evaluated with an explicit BatchNorm policy (``"recompute"``:
+statistics recomputed on the training data for that point, the default and the only meaningful choice off
+the endpoints; ``"keep"``: the model's current statistics), giving train loss (mean NLL on the training
+data), train and test error and NLL. Summaries: min, max, and the arc-length-weighted average
+``sum_i 0.5 (v_i + v_{i-1}) ||w(t_i) - w(t_{i-1})|| / sum_i ||w(t_i) - w(t_{i-1})||`` (Garipov et al. 2018).
+The user's model is restored bit for bit after every point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .batchnorm import has_batchnorm, recompute_bn
+from .predict import evaluate
+from .weights import WeightSpace
+
+__all__ = ["evaluate_path", "segment", "arc_length_average", "BN_POLICIES"]
+
+BN_POLICIES = ("recompute", "keep")
+PATH_METRICS = ("train_loss", "train_error", "test_error", "test_nll")
+
+
+def segment(a: Tensor, b: Tensor) -> Callable[[float], Tensor]:
+    """The straight segment ``w(t) = (1 - t) a + t b``."""
+    return lambda t: torch.lerp(a, b, float(t))
+
+
+def arc_length_average(values: Sequence[float], lengths: Sequence[float]) -> float:
+    """``sum 0.5 (v_i + v_{i-1}) d_i / sum d_i`` with ``d_i`` the length of the i-th piece (len(values) - 1)."""
+    v = torch.tensor(values, dtype=torch.float64)
+    d = torch.tensor(lengths, dtype=torch.float64)
+    if d.sum() == 0:
+        return float(v.mean())
+    return float((0.5 * (v[1:] + v[:-1]) * d).sum() / d.sum())
+
+
+def evaluate_path(model: nn.Module, point: Callable[[float], Tensor], ts: Sequence[float], *,
+                  train_loader: Iterable, test_loader: Iterable, bn: str = "recompute",
+                  bn_loader: Iterable | None = None, space: WeightSpace | None = None,
+                  device: torch.device | str | None = None, progress: bool = False) -> dict[str, Any]:
+    """Metrics at ``w = point(t)`` for each t in ``ts``; see the module docstring.
+
+    Returns arrays ``t``, ``train_loss``, ``train_error``, ``test_error``, ``test_nll``, the piece lengths
+    ``lengths`` (Euclidean, in weight units), and ``summary[metric] = {min, max, arc_mean}``.
+    """
+    if bn not in BN_POLICIES:
+        raise ValueError(f"unknown BatchNorm policy {bn!r}; choose one of {', '.join(BN_POLICIES)}")
+    if len(ts) < 2:
+        raise ValueError(f"a path needs at least 2 points, got {len(ts)}")
+    space = space or WeightSpace(model)
+    bn_loader = bn_loader if bn_loader is not None else train_loader
+    recompute = bn == "recompute" and has_batchnorm(model)
+    out: dict[str, list[float]] = {k: [] for k in ("t", *PATH_METRICS, "lengths")}
+    prev: Tensor | None = None
+    iterator: Iterable = ts
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(ts, unit="point", desc="path", leave=False, dynamic_ncols=True)
+    for t in iterator:
+        with torch.no_grad():
+            w = point(float(t)).detach()
+        if prev is not None:
+            out["lengths"].append(float((w - prev).norm()))
+        prev = w
+        with space.at(model, w):
+            if recompute:
+                recompute_bn(model, bn_loader, device=device)
+            train = evaluate(model, train_loader, device=device)
+            test = evaluate(model, test_loader, device=device)
+        out["t"].append(float(t))
+        out["train_loss"].append(train["nll"])
+        out["train_error"].append(train["error"])
+        out["test_error"].append(test["error"])
+        out["test_nll"].append(test["nll"])
+    summary = {k: {"min": min(out[k]), "max": max(out[k]), "arc_mean": arc_length_average(out[k], out["lengths"])}
+               for k in PATH_METRICS}
+    return {**out, "summary": summary, "bn": bn if recompute or bn == "keep" else "none (no BatchNorm)",
+            "length_units": "Euclidean norm in weight space"}

@@ -1,0 +1,56 @@
+import json
+import shutil
+
+import pytest
+
+from valleys.checkpoint import CheckpointError, save_checkpoint
+from valleys.cli import main
+from valleys.connect import ConnectConfig, connect_runs, evaluate_curve_dir
+from valleys.runs import TrainConfig, train_run
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ends")
+    for seed in (0, 1):
+        train_run(TrainConfig(method="sgd", model="mlp", epochs=3, seed=seed), root / f"s{seed}", progress=False)
+    train_run(TrainConfig(method="sgd", model="cnn1d", epochs=1), root / "cnn", progress=False)
+    return root
+
+
+def test_connect_cli_writes_curve_folder_and_reevaluates(two_runs, tmp_path, capsys):
+    out = tmp_path / "curve"
+    assert main(["connect", str(two_runs / "s0"), str(two_runs / "s1" / "model.safetensors"), "--epochs", "2",
+                 "--points", "5", "--out", str(out), "--no-progress"]) == 0
+    assert "max test error: segment" in capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())
+    assert res["curve"]["t"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    # both paths start and end at the same networks
+    assert res["curve"]["test_error"][0] == pytest.approx(res["segment"]["test_error"][0])
+    assert res["curve"]["test_error"][-1] == pytest.approx(res["segment"]["test_error"][-1])
+    for f in ("report.md", "figures/path.png", "curve.safetensors", "metrics.jsonl"):
+        assert (out / f).is_file(), f
+    assert main(["evaluate", str(out), "--points", "3"]) == 0
+    assert json.loads((out / "evaluation.json").read_text())["points"] == 3
+
+
+def test_connect_bad_inputs(two_runs, tmp_path):
+    with pytest.raises(ValueError, match="endpoints differ"):
+        connect_runs(ConnectConfig(str(two_runs / "s0"), str(two_runs / "cnn"), epochs=1, points=3), tmp_path / "x",
+                     progress=False)
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="at least 2 control points"):
+        connect_runs(ConnectConfig(str(two_runs / "s0"), str(two_runs / "s1"), bends=1), tmp_path / "y")
+    with pytest.warns(UserWarning, match="nothing to connect"):
+        connect_runs(ConnectConfig(str(two_runs / "s0"), str(two_runs / "s0"), epochs=1, points=3), tmp_path / "z",
+                     progress=False)
+
+
+def test_curve_checkpoint_of_another_model_is_refused(two_runs, tmp_path):
+    out = tmp_path / "c"
+    connect_runs(ConnectConfig(str(two_runs / "s0"), str(two_runs / "s1"), epochs=1, points=3), out, progress=False)
+    import torch
+    save_checkpoint(out / "curve.safetensors", {"control_points": torch.zeros(3, 10)},
+                    {"kind": "curve", "curve": "bezier", "bends": 3, "signature": [["w", [10]]]})
+    with pytest.raises(CheckpointError, match="another architecture"):
+        evaluate_curve_dir(out)

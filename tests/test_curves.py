@@ -1,0 +1,157 @@
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from valleys.curves import Curve, CurveModel, bezier_coefficients, polychain_coefficients
+from valleys.data import make_loader
+from valleys.paths import arc_length_average, evaluate_path, segment
+from valleys.training import Trainer
+from valleys.weights import WeightSpace, WeightSpaceError
+from conftest import BNCNN, DropoutBNMLP, TinyTransformer, loader, mlp
+
+
+def test_coefficients_sum_to_one_and_known_values():
+    for n in (2, 3, 5):
+        for t in torch.linspace(0, 1, 17):
+            assert float(bezier_coefficients(t, n).sum()) == pytest.approx(1.0, abs=1e-12)
+            assert float(polychain_coefficients(t, n).sum()) == pytest.approx(1.0, abs=1e-12)
+    assert bezier_coefficients(0.5, 3).tolist() == [0.25, 0.5, 0.25]
+    assert bezier_coefficients(0.0, 3).tolist() == [1.0, 0.0, 0.0]
+    assert bezier_coefficients(1.0, 3).tolist() == [0.0, 0.0, 1.0]
+    assert polychain_coefficients(0.5, 3).tolist() == [0.0, 1.0, 0.0]
+    assert polychain_coefficients(0.25, 3).tolist() == [0.5, 0.5, 0.0]
+    assert bezier_coefficients(0.3, 4).tolist() == pytest.approx([0.343, 0.441, 0.189, 0.027])
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"t must be a number in \[0, 1\]"):
+            bezier_coefficients(bad, 3)
+
+
+def test_curve_construction_errors_and_segment_initialisation():
+    a, b = torch.zeros(6), torch.ones(6)
+    with pytest.raises(ValueError, match="at least 2 control points"):
+        Curve(a, b, bends=1)
+    with pytest.raises(ValueError, match="unknown curve kind"):
+        Curve(a, b, kind="spline")
+    with pytest.raises(WeightSpaceError, match="equal length"):
+        Curve(a, torch.ones(7))
+    c = Curve(a, b, bends=4)
+    assert torch.allclose(c.inner, torch.tensor([[1 / 3] * 6, [2 / 3] * 6]))
+    for t in (0.0, 0.3, 1.0):
+        assert torch.allclose(c.point(t), torch.full((6,), t), atol=1e-6)  # starts on the segment
+
+
+@pytest.mark.parametrize("kind", ["bezier", "polychain"])
+def test_derivative_matches_finite_differences(kind):
+    torch.manual_seed(0)
+    c = Curve(torch.randn(5), torch.randn(5), kind=kind, bends=4)
+    with torch.no_grad():
+        c.inner.add_(torch.randn_like(c.inner))
+    for t in (0.2, 0.55, 0.8):
+        h = 1e-4
+        fd = (c.point(t + h).double() - c.point(t - h).double()) / (2 * h)
+        assert torch.allclose(c.derivative(t).double(), fd, atol=1e-2)
+
+
+def _pair(make):
+    torch.manual_seed(1)
+    a = make()
+    torch.manual_seed(2)
+    b = make()
+    return a, b
+
+
+@pytest.mark.parametrize("make,x", [
+    (mlp, lambda: torch.randn(4, 5)),
+    (BNCNN, lambda: torch.randn(4, 1, 6, 6)),
+    (TinyTransformer, lambda: torch.randint(0, 11, (4, 3))),
+])
+def test_curve_model_reproduces_both_endpoints(make, x):
+    a, b = _pair(make)
+    if make is BNCNN:  # give the endpoints distinct, non-default BN statistics
+        for m, shift in ((a, 1.0), (b, -2.0)):
+            for mod in m.modules():
+                if isinstance(mod, nn.BatchNorm2d):
+                    mod.running_mean.fill_(shift)
+                    mod.running_var.fill_(2.0)
+    a.eval(), b.eval()
+    space = WeightSpace(a)
+    inputs = x()
+    curve = Curve(space.read(a), space.read(b))
+    with torch.no_grad():
+        curve.inner.add_(0.3)  # a bent curve: the ends must still be exact
+    base = make()
+    base.load_state_dict(a.state_dict())
+    cm = CurveModel(base, curve).eval()
+    with torch.no_grad():
+        assert torch.allclose(cm(inputs, t=0.0), a(inputs), atol=1e-5)
+        for name, buf in b.named_buffers():  # t = 1 with B's own statistics
+            dict(base.named_buffers())[name].copy_(buf)
+        assert torch.allclose(cm(inputs, t=1.0), b(inputs), atol=1e-5)
+
+
+def _learnable(make):
+    """Labels that depend on the inputs, so both endpoints and the curve can fit them."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(160, 5, generator=g) if make is DropoutBNMLP else torch.randn(160, 1, 6, 6, generator=g)
+    proj = torch.randn(x[0].numel(), 3, generator=g)
+    return torch.utils.data.TensorDataset(x, (x.flatten(1) @ proj).argmax(1))
+
+
+@pytest.mark.parametrize("make", [DropoutBNMLP, BNCNN])
+def test_curve_training_lowers_the_midpoint_loss_and_leaves_base_untouched(make):
+    ds = _learnable(make)
+    a, b = _pair(make)
+    space = WeightSpace(a)
+    for m in (a, b):  # two quickly trained endpoints
+        opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+        Trainer(m, nn.CrossEntropyLoss(), opt, make_loader(ds, 16, shuffle=True), epochs=8, progress=False).fit()
+    base = make()
+    base.load_state_dict(a.state_dict())
+    before = {k: v.clone() for k, v in base.state_dict().items() if "running" not in k and "num_batches" not in k}
+    curve = Curve(space.read(a), space.read(b))
+    cm = CurveModel(base, curve)
+
+    def midpoint_loss():
+        with space.at(base, curve.point(0.5).detach()):
+            from valleys.batchnorm import recompute_bn
+            recompute_bn(base, loader(ds))
+            from valleys.predict import evaluate
+            return evaluate(base, loader(ds))["nll"]
+
+    start = midpoint_loss()
+    opt = torch.optim.SGD(curve.parameters(), lr=0.05, momentum=0.9)
+    Trainer(cm, cm.l2_loss(nn.CrossEntropyLoss(), 1e-4), opt, make_loader(ds, 16, shuffle=True), epochs=15,
+            progress=False).fit()
+    assert midpoint_loss() < 0.8 * start
+    assert torch.equal(curve.start, space.read(a)) and torch.equal(curve.end, space.read(b))  # ends fixed
+    for k, v in before.items():
+        assert torch.equal(base.state_dict()[k], v), k
+
+
+def test_evaluate_path_leaves_model_bit_identical_and_arc_average(img_data):
+    a, b = _pair(BNCNN)
+    space = WeightSpace(a)
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    a.train()
+    res = evaluate_path(a, segment(space.read(a), space.read(b)), [0.0, 0.5, 1.0],
+                        train_loader=loader(img_data), test_loader=loader(img_data))
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert a.training
+    assert len(res["t"]) == 3 and len(res["lengths"]) == 2
+    d = float((space.read(a) - space.read(b)).norm()) / 2
+    assert res["lengths"] == pytest.approx([d, d], rel=1e-5)
+    assert arc_length_average([1.0, 3.0, 2.0], [1.0, 3.0]) == pytest.approx((2.0 * 1 + 2.5 * 3) / 4)
+    with pytest.raises(ValueError, match="BatchNorm policy"):
+        evaluate_path(a, segment(space.read(a), space.read(b)), [0.0, 1.0], train_loader=loader(img_data),
+                      test_loader=loader(img_data), bn="ignore")
+
+
+def test_curve_on_another_architecture_is_refused():
+    a, b = _pair(mlp)
+    space = WeightSpace(a)
+    curve = Curve(space.read(a), space.read(b))
+    with pytest.raises(WeightSpaceError, match="another architecture"):
+        CurveModel(mlp(h=8), curve)
