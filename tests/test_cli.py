@@ -94,7 +94,7 @@ def test_quick_demo_writes_the_run_folder(tmp_path):
 
     out = tmp_path / "demo"
     base = dataclasses.replace(DEMO_CONFIG, model="mlp", epochs=4, swa_start=2)
-    res = run_demo(out, seeds=[0], base=base, progress=False, log=lambda *a: None)
+    res = run_demo(out, seeds=[0], base=base, progress=False, log=lambda *a: None, curve={"epochs": 1, "points": 3})
     assert [m["method"] for m in res["methods"]] == ["SGD", "SWA", "SWA-Temp", "SWAG-diag", "SWAG", "FGE"]
     for m in res["methods"]:
         assert set(m["metrics"]["test"]) >= {"accuracy", "nll", "ece", "brier"}
@@ -102,6 +102,8 @@ def test_quick_demo_writes_the_run_folder(tmp_path):
     for f in ("config.json", "results.json", "report.md", "figures/test_error_vs_epoch.png", "figures/reliability.png"):
         assert (out / f).is_file(), f
     report = (out / "report.md").read_text()
-    assert "| SWAG |" in report and "OOD AUROC" in report
+    assert "| SWAG |" in report and "OOD AUROC" in report and "| Bezier curve |" in report
+    mc = res["mode_connectivity"]
+    assert len(mc["pairs"]) == 1 and (out / mc["pairs"][0]["folder"] / "figures" / "path.png").is_file()
     with pytest.raises(FileExistsError):
-        run_demo(out, seeds=[0], base=base, progress=False, log=lambda *a: None)
+        run_demo(out, seeds=[0], base=base, progress=False, log=lambda *a: None, curve={"epochs": 1, "points": 3})

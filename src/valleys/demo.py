@@ -3,7 +3,9 @@ slides 16-24), over several seeds, into one run folder with tables, results.json
 
 Runs per seed: ``sgd``, ``swag`` (whose files also hold the SWA solution and SWAG-diagonal: one trajectory,
 three methods) and ``fge``; with ``ood`` the same SGD and SWAG runs again under the split-classes protocol
-(train on classes 0-4; classes 5-9 are out of distribution) for the OOD AUROC line.
+(train on classes 0-4; classes 5-9 are out of distribution) for the OOD AUROC line. Mode connectivity
+(slide 7): Bezier curves between the SGD networks of consecutive seeds (one pair per seed, cyclically; a
+second SGD network is trained when there is one seed), against the straight segment's barrier.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import write_json
+from .connect import ConnectConfig, connect_runs
 from .data import load_dataset
 from .report import aggregate, describe_config, format_table, markdown_table
 from .runs import TrainConfig, evaluate_run, prepare_run_dir, train_run
@@ -26,6 +29,8 @@ __all__ = ["DEMO_CONFIG", "ROWS", "run_demo"]
 # constant-LR SWA from epoch 50 beat SGD on validation error and NLL; an MLP overfits and showed no gain.
 DEMO_CONFIG = TrainConfig(dataset="mnist1d", model="cnn1d", epochs=100, lr=0.1, wd=5e-4, swa_start=50, swa_lr=0.1)
 QUICK = {"epochs": 30, "swa_start": 15, "samples": 10}
+CURVE = {"epochs": 50, "points": 61}
+CURVE_QUICK = {"epochs": 5, "points": 11}
 
 # table row -> (run to read, method to evaluate it as, temperature scaling)
 ROWS: dict[str, tuple[str, str, bool]] = {
@@ -62,7 +67,7 @@ def _row_result(run_dir: Path, run_method: str, method: str, temp: bool, splits,
 
 def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Sequence[int] | None = None,
              overwrite: bool = False, progress: bool = True, base: TrainConfig | None = None, ood: bool = True,
-             log: Callable[..., None] = print) -> dict[str, Any]:
+             curves: bool = True, curve: dict | None = None, log: Callable[..., None] = print) -> dict[str, Any]:
     """Train the demo's runs for each seed under ``out`` and write the summary into ``out``.
 
     Returns the content of ``out/results.json``: one entry per method (``method``, ``metrics.test`` with the
@@ -103,6 +108,8 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
                 ood_auroc[row].append(res["ood_auroc"])
             log(f"  OOD seed {seed}: AUROC " + ", ".join(f"{r} {ood_auroc[r][-1]:.4f}" for r in OOD_ROWS))
 
+    connectivity = _connect(out, seeds, cfgs["sgd"], splits, curve or (CURVE_QUICK if quick else CURVE),
+                            progress, log) if curves else None
     rows = {r: aggregate([x["metrics"]["test"] for x in xs]) for r, xs in per_row.items()}
     methods = []
     for r, xs in per_row.items():
@@ -119,18 +126,20 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
             entry["ensemble_test_accuracy"] = [x["metrics"]["test"]["accuracy"] for x in xs]
         methods.append(entry)
     results = {"dataset": base.dataset, "model": base.model, "seeds": seeds, "quick": quick, "methods": methods,
-               "timing": {"total_s": time.perf_counter() - start}}
+               "mode_connectivity": connectivity, "timing": {"total_s": time.perf_counter() - start}}
     write_json(out / "config.json", {"base": dataclasses.asdict(base), "runs": {m: dataclasses.asdict(c) for m, c in cfgs.items()},
                                      "seeds": seeds, "quick": quick, "ood": ood})
     write_json(out / "results.json", results)
     figures = _figures(out, seeds, cfgs, per_row, base)
-    _report(out, base, seeds, cfgs, rows, methods, figures, results["timing"]["total_s"])
+    if connectivity:
+        figures["mode connectivity (slide 7)"] = out / connectivity["pairs"][0]["folder"] / "figures" / "path.png"
+    _report(out, base, seeds, cfgs, rows, methods, figures, results["timing"]["total_s"], connectivity)
     log("")
     log(format_table(rows))
     if ood:
         log("OOD AUROC (entropy; train on classes 0-4, OOD 5-9): " + ", ".join(
             f"{r} {aggregate([{'a': a} for a in ood_auroc[r]], ['a'])['a']['mean']:.4f}" for r in OOD_ROWS))
-    log(f"\nwrote {out}/results.json, {out}/report.md and {len(figures)} figures in {out}/figures")
+    log(f"\nwrote {out}/results.json, {out}/report.md and {len(figures)} figures")
     return results
 
 
@@ -153,7 +162,34 @@ def _figures(out: Path, seeds, cfgs, per_row, base) -> dict[str, Path]:
     }
 
 
-def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float) -> None:
+def _connect(out: Path, seeds: list[int], sgd_cfg: TrainConfig, splits, curve: dict, progress: bool,
+             log: Callable[..., None]) -> dict[str, Any]:
+    """Bezier curves between SGD networks of different seeds; summary of barriers (mean over pairs)."""
+    ends = list(seeds)
+    if len(ends) == 1:  # a second independent network
+        extra = ends[0] + 1
+        train_run(dataclasses.replace(sgd_cfg, seed=extra), out / f"sgd-seed{extra}", overwrite=True,
+                  progress=progress, splits=splits)
+        ends.append(extra)
+    pairs = [(ends[i], ends[(i + 1) % len(ends)]) for i in range(len(ends) if len(ends) > 2 else 1)]
+    rows = []
+    for a, b in pairs:
+        folder = f"curve-seed{a}-seed{b}"
+        res = connect_runs(ConnectConfig(str(out / f"sgd-seed{a}"), str(out / f"sgd-seed{b}"), seed=a, **curve),
+                           out / folder, overwrite=True, progress=progress)
+        bar = res["barrier"]
+        rows.append({"folder": folder, "segment_max_test_error": bar["segment_max_test_error"],
+                     "curve_max_test_error": bar["curve_max_test_error"],
+                     "worse_endpoint_test_error": bar["worse_endpoint_test_error"],
+                     "segment_max_train_loss": res["segment"]["summary"]["train_loss"]["max"],
+                     "curve_max_train_loss": res["curve"]["summary"]["train_loss"]["max"]})
+        log(f"  curve seed {a} - seed {b}: max test error segment {100 * bar['segment_max_test_error']:.2f}%, "
+            f"curve {100 * bar['curve_max_test_error']:.2f}%, worse endpoint {100 * bar['worse_endpoint_test_error']:.2f}%")
+    keys = [k for k in rows[0] if k != "folder"]
+    return {"kind": "bezier", "bends": 3, **curve, "pairs": rows, "summary": aggregate(rows, keys)}
+
+
+def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float, connectivity=None) -> None:
     swa_start = cfgs["swag"].swa_start
     ood_lines = [f"| {m['method']} | {m['ood_auroc']['mean']:.4f} ± {m['ood_auroc']['std']:.4f} |"
                  for m in methods if "ood_auroc" in m]
@@ -181,6 +217,18 @@ def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float
         lines += ["## Out-of-distribution detection (train on classes 0-4; test classes 5-9 are OOD)", "",
                   "AUROC of predictive entropy, mean ± std over seeds.", "", "| method | OOD AUROC |", "|---|---|",
                   *ood_lines, ""]
+    if connectivity:
+        s = connectivity["summary"]
+        cell = lambda k, pct=True: (f"{100 * s[k]['mean']:.2f} ± {100 * s[k]['std']:.2f}" if pct  # noqa: E731
+                                    else f"{s[k]['mean']:.4f} ± {s[k]['std']:.4f}")
+        lines += ["## Mode connectivity (slide 7)", "",
+                  f"Bezier curves (3 control points, {connectivity['epochs']} epochs) between SGD networks of "
+                  f"different seeds, {len(connectivity['pairs'])} pair(s), {connectivity['points']} points per path, "
+                  "BatchNorm recomputed per point. Mean ± std over pairs.", "",
+                  "| path | max test error (%) | max train loss |", "|---|---|---|",
+                  f"| worse endpoint | {cell('worse_endpoint_test_error')} | |",
+                  f"| straight segment | {cell('segment_max_test_error')} | {cell('segment_max_train_loss', False)} |",
+                  f"| Bezier curve | {cell('curve_max_test_error')} | {cell('curve_max_train_loss', False)} |", ""]
     for title, path in figures.items():
         lines += [f"## {title[0].upper() + title[1:]}", "", f"![{title}]({path.relative_to(out)})", ""]
     lines += ["## Settings", "", describe_config(dataclasses.asdict(cfgs["swag"])), "", f"Total time {total_s:.1f} s.", ""]
