@@ -18,7 +18,9 @@ from .batchnorm import recompute_bn
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .metrics import ClassificationMetrics, RegressionMetrics, classification_metrics, regression_metrics
 from .calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
+from .curves import Curve, CurveModel
 from .ensembles import FGECallback, snapshot
+from .paths import evaluate_path, segment
 from .predict import bma, evaluate
 from .schedules import Constant, CosineReplay, SWALRAnneal, SWASchedule, TriangularCyclic
 from .swa import SWACallback
@@ -37,5 +39,5 @@ __all__ = [
     "classification_metrics", "regression_metrics", "evaluate", "save_checkpoint", "load_checkpoint",
     "CheckpointError", "Constant", "SWASchedule", "SWALRAnneal", "TriangularCyclic", "CosineReplay",
     "SWAG", "MultiSWAG", "FGECallback", "snapshot", "bma", "fit_temperature", "apply_temperature",
-    "predictive_entropy", "auroc", "__version__",
+    "predictive_entropy", "auroc", "Curve", "CurveModel", "evaluate_path", "segment", "__version__",
 ]
