@@ -14,6 +14,16 @@ import numpy as np  # noqa: E402
 __all__ = ["plot_error_curves", "plot_reliability", "plot_paths"]
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Lay out, write the PNG (creating its folder) and close the figure."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_error_curves(curves: Mapping[str, Sequence[Sequence[float]]], path: str | Path, *,
                       title: str = "Test error against epoch", marker_epoch: int | None = None) -> Path:
     """Test error (%) against epoch, one line per name (mean over seeds, band = min..max); talk slide 20.
@@ -56,12 +66,7 @@ def plot_error_curves(curves: Mapping[str, Sequence[Sequence[float]]], path: str
         axes[1].set_xlim(zoom_from - 1, None)
         axes[1].set_ylim(min(lows) - pad, max(highs) + pad)
     axes[1].legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_reliability(reliability: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path, *,
@@ -87,12 +92,7 @@ def plot_reliability(reliability: Mapping[str, Mapping[str, Sequence[float]]], p
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_paths(paths: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path, *,
@@ -111,9 +111,4 @@ def plot_paths(paths: Mapping[str, Mapping[str, Sequence[float]]], path: str | P
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
