@@ -1,0 +1,466 @@
+"""Cost of mode-connecting curves in valleys, measured side by side in one process.
+
+(1) One training step of a curve against a plain training step of the same model on the same batch (random
+    data, batch 128, SGD momentum 0.9, lr 0.01):
+
+    * plain: ``opt.zero_grad(); loss = F.cross_entropy(model(x), y); loss.backward(); opt.step()`` on
+      ``model.parameters()``;
+    * curve: ``Curve(w_A, w_B, kind="bezier", bends=3)``, ``CurveModel(model, curve, space)`` in train mode
+      (a fresh ``t ~ U(0, 1)`` per step, the model evaluated at ``w(t)`` through
+      ``torch.func.functional_call``), ``loss_fn = cm.l2_loss(nn.CrossEntropyLoss(), 5e-4)``, SGD on
+      ``curve.parameters()`` (the one inner control point, a (1, P) tensor): ``opt.zero_grad(); loss =
+      loss_fn(cm(x), y); loss.backward(); opt.step()``;
+    * sketch (an illustration, not valleys code): the same curve step with ``w(t)`` formed without
+      concatenating the control points (``w = c_0 w_A + c_n w_B`` without grad, plus ``addmv`` of the inner
+      points) and ``w`` cut into parameter views with one ``w.split(sizes)`` instead of one slice per tensor.
+      A check confirms it gives the same loss and gradient as valleys at a fixed t.
+
+    Models: ``MLP(784, 10, hidden=(1024, 1024))`` (1,863,690 parameters; target) and the BatchNorm
+    ``SmallCNN(1, 10, width=32)`` on 1x28x28 inputs (reported, no target). The three steps are timed in
+    interleaved blocks of consecutive steps (the order rotates every block); ms per step is the median over
+    blocks. A breakdown times the pieces of each step (``curve.point(t)``, ``||w||^2``, functional forward +
+    loss, backward, optimizer step) and, for the MLP, ``torch.profiler`` lists the top operators of the
+    curve step.
+
+(2) Evaluating a curve at N = 61 points with a BatchNorm recompute per point: valleys
+    ``evaluate_path(model, curve.point, ts, train_loader=..., test_loader=..., bn="recompute", space=space)``
+    against the naive loop that for each t does ``copy.deepcopy(model)``, ``vector_to_parameters(
+    curve.point(t).detach(), m.parameters())``, ``torch.optim.swa_utils.update_bn(train_loader, m)`` and
+    evaluates train loss / error and test error in eval mode without gradients. ``SmallCNN(1, 10, width=16)``,
+    endpoints two differently initialised networks, random 1x28x28 inputs with a learnable label rule (the
+    argmax of a fixed random linear map), 2048 training examples in 8 equal batches of 256 (``update_bn``
+    averages per-batch statistics; with equal batches that is within ~1e-6 of valleys' exact pooled
+    statistics here) and 512 test examples. The two sides alternate which goes first; both must give the
+    same train loss, train error and test error at every point (max |diff| <= 1e-4).
+
+Targets: (1) curve step / plain step <= 1.3x on the ~1.9M-parameter MLP. (2) none: naive / ours is
+reported as it is. PASS/FAIL is printed but the script always exits 0 (timings depend on the machine and
+its load).
+
+Usage::
+
+    python benchmarks/bench_curves.py            # full: N = 61 points (about 3 min on one busy core)
+    python benchmarks/bench_curves.py --quick    # fewer repeats, N = 11 points (about 1 min)
+    python benchmarks/bench_curves.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import vector_to_parameters
+from torch.optim.swa_utils import update_bn
+from torch.utils.data import TensorDataset
+
+from valleys.curves import Curve, CurveModel
+from valleys.data import make_loader
+from valleys.models import MLP, SmallCNN
+from valleys.paths import evaluate_path
+from valleys.weights import WeightSpace
+
+STEP_TARGET = 1.3   # curve step / plain step, for a model of >= 1M parameters
+PATH_TOL = 1e-4     # max |diff| of train loss, train error, test error per point, ours vs naive
+WD = 5e-4           # the curve's L2 penalty (Garipov et al. 2018)
+BATCH = 128
+
+
+def fmt_time(s: float) -> str:
+    if s >= 1:
+        return f"{s:8.3f} s "
+    if s >= 1e-3:
+        return f"{s * 1e3:8.2f} ms"
+    return f"{s * 1e6:8.1f} us"
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+# ---------------------------------------------------------------------------------------------- (1) steps
+class Sketch:
+    """The curve step without the two full-size copies valleys makes (illustration of the suggested fix):
+    ``w(t)`` without ``torch.cat`` of the control points, and one ``split`` into parameter views (whose
+    backward is one concatenation) instead of one slice per parameter tensor (each slice's backward
+    allocates a zero-filled P-vector and adds it into the gradient of ``w``)."""
+
+    def __init__(self, model: nn.Module, curve: Curve, space: WeightSpace) -> None:
+        self.model, self.curve = model, curve
+        self.names = space.names
+        self.sizes = [s.numel for s in space.slots]
+        self.shapes = space.shapes
+        self.last_sq_norm: Tensor | None = None
+
+    def point(self, t: float) -> Tensor:
+        c = self.curve.coefficients(t).to(self.curve.start.dtype)
+        with torch.no_grad():  # the fixed ends: no graph, no gradient
+            base = torch.add(self.curve.start * c[0], self.curve.end, alpha=float(c[-1]))
+        return torch.addmv(base, self.curve.inner.t(), c[1:-1])
+
+    def params(self, w: Tensor) -> dict[str, Tensor]:
+        return {n: p.view(s) for n, p, s in zip(self.names, w.split(self.sizes), self.shapes)}
+
+    def __call__(self, x: Tensor, t: float | None = None) -> Tensor:
+        t = float(torch.rand(())) if t is None else t
+        w = self.point(t)
+        self.last_sq_norm = w.pow(2).sum()
+        return torch.func.functional_call(self.model, self.params(w), (x,))
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(output, target) + 0.5 * WD * self.last_sq_norm
+
+
+def make_steps(build: Callable[[], nn.Module], x: Tensor, y: Tensor) -> dict:
+    torch.manual_seed(0)
+    model_a, model_b = build(), build()  # two differently initialised networks
+    plain = copy.deepcopy(model_a)
+    plain.train()
+    opt_plain = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9)
+
+    space = WeightSpace(model_a)
+    curve = Curve(space.read(model_a), space.read(model_b), kind="bezier", bends=3)
+    cm = CurveModel(model_a, curve, space)
+    cm.train()
+    loss_fn = cm.l2_loss(nn.CrossEntropyLoss(), WD)
+    opt_curve = torch.optim.SGD(curve.parameters(), lr=0.01, momentum=0.9)
+
+    base_s = copy.deepcopy(model_a)
+    base_s.train()
+    curve_s = copy.deepcopy(curve)
+    sk = Sketch(base_s, curve_s, space)
+    opt_sketch = torch.optim.SGD(curve_s.parameters(), lr=0.01, momentum=0.9)
+
+    def plain_step() -> None:
+        opt_plain.zero_grad()
+        loss = F.cross_entropy(plain(x), y)
+        loss.backward()
+        opt_plain.step()
+
+    def curve_step() -> None:
+        opt_curve.zero_grad()
+        loss = loss_fn(cm(x), y)
+        loss.backward()
+        opt_curve.step()
+
+    def sketch_step() -> None:
+        opt_sketch.zero_grad()
+        loss = sk.loss(sk(x), y)
+        loss.backward()
+        opt_sketch.step()
+
+    return {"P": space.size, "plain": plain, "opt_plain": opt_plain, "model_a": model_a, "curve": curve,
+            "cm": cm, "loss_fn": loss_fn, "opt_curve": opt_curve, "sketch": sk, "opt_sketch": opt_sketch,
+            "space": space,
+            "steps": {"plain": plain_step, "curve": curve_step, "sketch": sketch_step}}
+
+
+def check_sketch(st: dict, x: Tensor, y: Tensor, t: float = 0.3) -> dict[str, float]:
+    """Same loss and inner-point gradient from valleys' CurveModel and the sketch at a fixed t (fresh copies,
+    so the timed objects are untouched); also: the curve step changes only the inner point."""
+    cm = copy.deepcopy(st["cm"])
+    sk = Sketch(copy.deepcopy(st["model_a"]), copy.deepcopy(st["curve"]), st["space"])
+    sk.curve.inner.data.copy_(cm.curve.inner.detach())
+    loss_fn = cm.l2_loss(nn.CrossEntropyLoss(), WD)
+    loss_a = loss_fn(cm(x, t=t), y)
+    loss_a.backward()
+    loss_b = sk.loss(sk(x, t), y)
+    loss_b.backward()
+    g_a, g_b = cm.curve.inner.grad, sk.curve.inner.grad
+    before = st["space"].read(st["model_a"])
+    ends = (st["curve"].start.clone(), st["curve"].end.clone())
+    inner = st["curve"].inner.detach().clone()
+    st["steps"]["curve"]()
+    moved = float((st["curve"].inner.detach() - inner).abs().max())
+    fixed = float(max((st["space"].read(st["model_a"]) - before).abs().max(),
+                      (st["curve"].start - ends[0]).abs().max(), (st["curve"].end - ends[1]).abs().max()))
+    return {"loss_diff": abs(float(loss_a - loss_b)), "grad_diff": float((g_a - g_b).abs().max()),
+            "grad_scale": float(g_a.abs().max()), "inner_moved": moved, "fixed_moved": fixed}
+
+
+def time_steps(steps: dict[str, Callable[[], None]], blocks: int, block: int) -> dict[str, list[float]]:
+    """Seconds per step: one value per block of ``block`` consecutive steps; variants interleaved block by
+    block, the order rotating so that each variant follows each other one equally often."""
+    names = list(steps)
+    for f in steps.values():  # warm-up: allocator, oneDNN primitives, optimizer state
+        for _ in range(3):
+            f()
+    out: dict[str, list[float]] = {n: [] for n in names}
+    gc.collect()
+    for r in range(blocks):
+        k = r % len(names)
+        order = names[k:] + names[:k]
+        if (r // len(names)) % 2:
+            order = order[::-1]
+        for n in order:
+            f = steps[n]
+            t0 = time.perf_counter()
+            for _ in range(block):
+                f()
+            out[n].append((time.perf_counter() - t0) / block)
+    return out
+
+
+def breakdown(st: dict, x: Tensor, y: Tensor, reps: int) -> dict[str, dict[str, float]]:
+    """Median seconds of each piece of the three steps (the same operations as the steps, unwrapped)."""
+    plain, opt_plain = st["plain"], st["opt_plain"]
+    cm, curve, opt_curve, space = st["cm"], st["curve"], st["opt_curve"], st["space"]
+    sk, opt_sketch = st["sketch"], st["opt_sketch"]
+    parts: dict[str, dict[str, list[float]]] = {"plain": {}, "curve": {}, "sketch": {}}
+
+    def tick(side: str, key: str, t0: float) -> float:
+        t = time.perf_counter()
+        parts[side].setdefault(key, []).append(t - t0)
+        return t
+
+    for _ in range(reps):
+        t = time.perf_counter()
+        opt_plain.zero_grad()
+        loss = F.cross_entropy(plain(x), y)
+        t = tick("plain", "forward + loss", t)
+        loss.backward()
+        t = tick("plain", "backward", t)
+        opt_plain.step()
+        tick("plain", "optimizer step", t)
+
+        t = time.perf_counter()
+        opt_curve.zero_grad()
+        tt = float(torch.rand(()))
+        w = curve.point(tt)  # = CurveModel.forward, unwrapped
+        t = tick("curve", "w = curve.point(t)", t)
+        cm.last_sq_norm = w.pow(2).sum()
+        t = tick("curve", "||w||^2", t)
+        loss = st["loss_fn"](space.functional_call(cm.model, w, x), y)
+        t = tick("curve", "forward + loss", t)
+        loss.backward()
+        t = tick("curve", "backward", t)
+        opt_curve.step()
+        tick("curve", "optimizer step", t)
+
+        t = time.perf_counter()
+        opt_sketch.zero_grad()
+        w = sk.point(float(torch.rand(())))
+        t = tick("sketch", "w = curve.point(t)", t)
+        sk.last_sq_norm = w.pow(2).sum()
+        t = tick("sketch", "||w||^2", t)
+        loss = sk.loss(torch.func.functional_call(sk.model, sk.params(w), (x,)), y)
+        t = tick("sketch", "forward + loss", t)
+        loss.backward()
+        t = tick("sketch", "backward", t)
+        opt_sketch.step()
+        tick("sketch", "optimizer step", t)
+    return {side: {k: statistics.median(v) for k, v in d.items()} for side, d in parts.items()}
+
+
+def profile_curve_step(step: Callable[[], None], n: int = 5, rows: int = 8) -> list[tuple[str, float, int]]:
+    """Top operators of the curve step by self CPU time: (name, ms per step, calls per step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            step()
+    ev = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [(e.key, e.self_cpu_time_total / 1e3 / n, e.count // n) for e in ev[:rows]]
+
+
+def bench_steps(name: str, build: Callable[[], nn.Module], in_shape: tuple[int, ...], blocks: int, block: int,
+                reps: int, profile: bool) -> dict:
+    torch.manual_seed(1)
+    x, y = torch.randn(BATCH, *in_shape), torch.randint(0, 10, (BATCH,))
+    st = make_steps(build, x, y)
+    t0 = time.perf_counter()
+    chk = check_sketch(st, x, y)
+    times = time_steps(st["steps"], blocks, block)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    paired = {k: statistics.median([a / b for a, b in zip(times[k], times["plain"])]) for k in ("curve", "sketch")}
+    parts = breakdown(st, x, y, reps)
+    prof = profile_curve_step(st["steps"]["curve"]) if profile else None
+    elapsed = time.perf_counter() - t0
+
+    print(f"\n=== (1) one training step: {name}, {st['P']:,} parameters, batch {BATCH}, SGD momentum 0.9 ===")
+    print(f"  {'':54s} {'median':>11s}  {'/ plain':>7s}  {'paired':>7s}  {'spread':>7s}")
+    labels = {"plain": "plain step (model.parameters())",
+              "curve": "valleys curve step (CurveModel, Bezier, 3 bends)",
+              "sketch": "sketch: no cat, split views (illustration)"}
+    for k, label in labels.items():
+        v = times[k]
+        ratio = f"{med[k] / med['plain']:7.3f}" if k != "plain" else f"{'':7s}"
+        pr = f"{paired[k]:7.3f}" if k != "plain" else f"{'':7s}"
+        print(f"  {label:54s} {fmt_time(med[k])}  {ratio}  {pr}  {(max(v) - min(v)) / med[k] * 100:6.1f}%")
+    print(f"  ({blocks} interleaved blocks of {block} steps; '/ plain' = ratio of medians, 'paired' = median of "
+          "per-block ratios)")
+    print(f"  check at t = 0.3: |loss valleys - sketch| {chk['loss_diff']:.1e}, max |grad diff| "
+          f"{chk['grad_diff']:.1e} (max |grad| {chk['grad_scale']:.2e}); a curve step moves the inner point by "
+          f"{chk['inner_moved']:.1e}, the model and ends by {chk['fixed_moved']:.1e}")
+    print(f"  breakdown (median over {reps} unwrapped steps of each):")
+    keys = ["w = curve.point(t)", "||w||^2", "forward + loss", "backward", "optimizer step"]
+    print(f"    {'':26s} {'plain':>11s}  {'curve':>11s}  {'sketch':>11s}")
+    for key in keys + ["sum"]:
+        row = []
+        for side in ("plain", "curve", "sketch"):
+            p = parts[side]
+            v = sum(p.values()) if key == "sum" else p.get(key)
+            row.append(fmt_time(v) if v is not None else f"{'-':>11s}")
+        print(f"    {key:26s} {row[0]}  {row[1]}  {row[2]}")
+    if prof:
+        print("  torch.profiler, valleys curve step, top operators by self CPU (ms per step, calls per step):")
+        for key, ms, calls in prof:
+            print(f"    {key:34s} {ms:8.2f} ms  x{calls}")
+    print(f"  ({elapsed:.1f}s)")
+    ok_sketch = chk["loss_diff"] <= 1e-5 and chk["grad_diff"] <= 1e-4 * max(chk["grad_scale"], 1e-12) + 1e-8
+    return {"name": name, "P": st["P"], "med": med, "ratio": med["curve"] / med["plain"],
+            "ratio_sketch": med["sketch"] / med["plain"], "paired": paired, "check": chk, "sketch_ok": ok_sketch,
+            "curve_ok": chk["inner_moved"] > 0 and chk["fixed_moved"] == 0}
+
+
+# ---------------------------------------------------------------------------------------------- (2) path
+def make_path_setup(seed: int = 0) -> dict:
+    torch.manual_seed(seed)
+    a, b = SmallCNN(1, 10, width=16), SmallCNN(1, 10, width=16)  # two differently initialised endpoints
+    space = WeightSpace(a)
+    curve = Curve(space.read(a), space.read(b), kind="bezier", bends=3)
+    with torch.no_grad():  # move the inner point off the segment, as training would
+        curve.inner.add_(0.05 * torch.randn_like(curve.inner))
+    proj = torch.randn(28 * 28, 10)
+    x_tr, x_te = torch.randn(2048, 1, 28, 28), torch.randn(512, 1, 28, 28)
+    y_tr, y_te = (x_tr.flatten(1) @ proj).argmax(1), (x_te.flatten(1) @ proj).argmax(1)  # learnable rule
+    return {"model": a, "space": space, "curve": curve,
+            "train": make_loader(TensorDataset(x_tr, y_tr), 256),  # 8 equal batches, fixed order
+            "test": make_loader(TensorDataset(x_te, y_te), 256)}
+
+
+def naive_path(model: nn.Module, curve: Curve, ts: list[float], train_loader, test_loader) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {"train_loss": [], "train_error": [], "test_error": []}
+    for t in ts:
+        m = copy.deepcopy(model)
+        vector_to_parameters(curve.point(t).detach(), m.parameters())
+        update_bn(train_loader, m)
+        m.eval()
+        with torch.no_grad():
+            nll = err = n = 0
+            for x, y in train_loader:
+                logits = m(x)
+                nll += float(F.cross_entropy(logits, y, reduction="sum"))
+                err += int((logits.argmax(1) != y).sum())
+                n += y.numel()
+            out["train_loss"].append(nll / n)
+            out["train_error"].append(err / n)
+            err = n = 0
+            for x, y in test_loader:
+                err += int((m(x).argmax(1) != y).sum())
+                n += y.numel()
+            out["test_error"].append(err / n)
+    return out
+
+
+def bench_path(points: int, repeats: int) -> dict:
+    st = make_path_setup()
+    model, space, curve, train, test = st["model"], st["space"], st["curve"], st["train"], st["test"]
+    ts = torch.linspace(0, 1, points).tolist()
+    ours_fn = lambda ts_: evaluate_path(model, curve.point, ts_, train_loader=train,  # noqa: E731
+                                        test_loader=test, bn="recompute", space=space)
+    naive_fn = lambda ts_: naive_path(model, curve, ts_, train, test)  # noqa: E731
+    ours_fn([0.0, 1.0])  # warm-up
+    naive_fn([0.0, 1.0])
+    t_ours, t_naive = [], []
+    res_ours = res_naive = None
+    for r in range(repeats):
+        order = [("ours", ours_fn), ("naive", naive_fn)]
+        for name, fn in (order if r % 2 == 0 else order[::-1]):
+            gc.collect()
+            t0 = time.perf_counter()
+            out = fn(ts)
+            dt = time.perf_counter() - t0
+            if name == "ours":
+                t_ours.append(dt)
+                res_ours = out
+            else:
+                t_naive.append(dt)
+                res_naive = out
+    diffs = {k: max(abs(a - b) for a, b in zip(res_ours[k], res_naive[k]))
+             for k in ("train_loss", "train_error", "test_error")}
+    return {"points": points, "repeats": repeats, "ours": t_ours, "naive": t_naive, "P": space.size,
+            "diffs": diffs, "ours_res": res_ours, "naive_res": res_naive}
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats, N = 11 points on the path")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, for stable numbers)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        mlp_blocks, cnn_blocks, block, reps, points, repeats = 12, 6, 3, 7, 11, 2
+    else:
+        mlp_blocks, cnn_blocks, block, reps, points, repeats = 30, 12, 5, 15, 61, 3
+    start = time.perf_counter()
+    print(f"valleys curve benchmark: torch {torch.__version__}, python {platform.python_version()}, "
+          f"{platform.machine()}, threads {torch.get_num_threads()}, {os.cpu_count()} CPUs"
+          f"{', quick' if args.quick else ''}")
+
+    steps = [
+        bench_steps("MLP 784-1024-1024-10", lambda: MLP(784, 10, hidden=(1024, 1024)), (784,),
+                    mlp_blocks, block, reps, profile=True),
+        bench_steps("SmallCNN width 32 (BatchNorm), 1x28x28", lambda: SmallCNN(1, 10, width=32), (1, 28, 28),
+                    cnn_blocks, block, max(3, reps // 2), profile=False),
+    ]
+
+    t0 = time.perf_counter()
+    pa = bench_path(points, repeats)
+    m_ours, m_naive = statistics.median(pa["ours"]), statistics.median(pa["naive"])
+    r_path = m_naive / m_ours
+    print(f"\n=== (2) path evaluation, N = {points} points with BN recompute; SmallCNN width 16 ({pa['P']:,} "
+          "parameters), 2048 train (8 x 256), 512 test ===")
+    print(f"  {'':58s} {'median':>11s}  {'per point':>11s}  {'spread':>7s}")
+    for label, v in (("valleys evaluate_path(..., bn='recompute')", pa["ours"]),
+                     ("naive: deepcopy + update_bn + evaluate per point", pa["naive"])):
+        med = statistics.median(v)
+        print(f"  {label:58s} {fmt_time(med)}  {fmt_time(med / points)}  {(max(v) - min(v)) / med * 100:6.1f}%")
+    print(f"  naive / ours: {r_path:.3f}x ({repeats} interleaved repeats)")
+    d = pa["diffs"]
+    ro = pa["ours_res"]
+    print(f"  same numbers: max |diff| train loss {d['train_loss']:.1e}, train error {d['train_error']:.1e}, "
+          f"test error {d['test_error']:.1e} over {points} points")
+    print(f"  (train loss along the path: {min(ro['train_loss']):.3f} .. {max(ro['train_loss']):.3f}; "
+          f"test error {min(ro['test_error']):.3f} .. {max(ro['test_error']):.3f})")
+    print(f"  ({time.perf_counter() - t0:.1f}s)")
+
+    print("\ntargets:")
+    mlp, cnn = steps
+    same_path = max(d.values()) <= PATH_TOL
+    checks = [
+        (f"(1) curve step / plain step, {mlp['name']} ({mlp['P']:,} params) = {mlp['ratio']:.3f}x "
+         f"(target <= {STEP_TARGET}x; paired {mlp['paired']['curve']:.3f}x)", mlp["ratio"] <= STEP_TARGET),
+        (f"(1) curve step trains only the inner point; sketch = valleys loss/grad (both models)",
+         all(s["curve_ok"] and s["sketch_ok"] for s in steps)),
+        (f"(2) evaluate_path = naive loop per point (max diff {max(d.values()):.1e} <= {PATH_TOL:g})", same_path),
+    ]
+    for text, ok in checks:
+        print(f"  {verdict(ok)}  {text}")
+    print("  info (no target):")
+    print(f"        (1) sketch step / plain step, {mlp['name']} = {mlp['ratio_sketch']:.3f}x")
+    print(f"        (1) curve step / plain step, {cnn['name']} = {cnn['ratio']:.3f}x "
+          f"(sketch {cnn['ratio_sketch']:.3f}x)")
+    print(f"        (2) naive loop / evaluate_path, N = {points}: {r_path:.3f}x")
+    print(f"\ntotal {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception:  # report, but never fail the build: this is a measurement, not a test
+        import traceback
+
+        traceback.print_exc()
+    sys.exit(0)
