@@ -36,8 +36,11 @@ def test_curve_construction_errors_and_segment_initialisation():
         Curve(a, b, kind="spline")
     with pytest.raises(WeightSpaceError, match="equal length"):
         Curve(a, torch.ones(7))
-    c = Curve(a, b, bends=4)
-    assert torch.allclose(c.inner, torch.tensor([[1 / 3] * 6, [2 / 3] * 6]))
+    c = Curve(a, b, bends=4, sizes=[2, 4])
+    assert torch.allclose(c.inner_points(), torch.tensor([[1 / 3] * 6, [2 / 3] * 6]))
+    assert [tuple(p.shape) for p in c.inner] == [(2, 2), (2, 4)]
+    with pytest.raises(WeightSpaceError, match="add up"):
+        Curve(a, b, sizes=[2, 3])
     for t in (0.0, 0.3, 1.0):
         assert torch.allclose(c.point(t), torch.full((6,), t), atol=1e-6)  # starts on the segment
 
@@ -46,8 +49,7 @@ def test_curve_construction_errors_and_segment_initialisation():
 def test_derivative_matches_finite_differences(kind):
     torch.manual_seed(0)
     c = Curve(torch.randn(5), torch.randn(5), kind=kind, bends=4)
-    with torch.no_grad():
-        c.inner.add_(torch.randn_like(c.inner))
+    c.set_inner(c.inner_points() + torch.randn(2, 5))
     for t in (0.2, 0.55, 0.8):
         h = 1e-4
         fd = (c.point(t + h).double() - c.point(t - h).double()) / (2 * h)
@@ -78,9 +80,8 @@ def test_curve_model_reproduces_both_endpoints(make, x):
     a.eval(), b.eval()
     space = WeightSpace(a)
     inputs = x()
-    curve = Curve(space.read(a), space.read(b))
-    with torch.no_grad():
-        curve.inner.add_(0.3)  # a bent curve: the ends must still be exact
+    curve = Curve(space.read(a), space.read(b), sizes=[s.numel for s in space.slots])
+    curve.set_inner(curve.inner_points() + 0.3)  # a bent curve: the ends must still be exact
     base = make()
     base.load_state_dict(a.state_dict())
     cm = CurveModel(base, curve).eval()
@@ -110,7 +111,7 @@ def test_curve_training_lowers_the_midpoint_loss_and_leaves_base_untouched(make)
     base = make()
     base.load_state_dict(a.state_dict())
     before = {k: v.clone() for k, v in base.state_dict().items() if "running" not in k and "num_batches" not in k}
-    curve = Curve(space.read(a), space.read(b))
+    curve = Curve(space.read(a), space.read(b), sizes=[s.numel for s in space.slots])
     cm = CurveModel(base, curve)
 
     def midpoint_loss():
@@ -155,3 +156,21 @@ def test_curve_on_another_architecture_is_refused():
     curve = Curve(space.read(a), space.read(b))
     with pytest.raises(WeightSpaceError, match="another architecture"):
         CurveModel(mlp(h=8), curve)
+
+
+def test_l2_hook_gives_the_gradient_of_the_penalty():
+    torch.manual_seed(0)
+    a, b = _pair(mlp)
+    space = WeightSpace(a)
+    curve = Curve(space.read(a).double(), space.read(b).double(), sizes=[s.numel for s in space.slots])
+    base = mlp().double()
+    cm = CurveModel(base, curve)
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    loss = cm.l2_loss(nn.CrossEntropyLoss(), 0.3)
+    loss(cm(x, t=0.4), y).backward()
+    got = curve.inner_grad().clone()
+    for p in curve.inner:
+        p.grad = None
+    w = curve.point(0.4)  # the oracle: differentiate the explicit objective of the flat vector
+    (nn.functional.cross_entropy(space.functional_call(base, w, x), y) + 0.5 * 0.3 * w.pow(2).sum()).backward()
+    assert torch.allclose(got, curve.inner_grad(), atol=1e-12)

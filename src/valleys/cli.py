@@ -115,6 +115,47 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--resume", action="store_true", help="continue curve training from its checkpoint")
     c.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
+    def geometry_common(sp, grid: bool = False):
+        sp.add_argument("--out", required=True, help="output folder")
+        sp.add_argument("--bn", default="recompute", choices=["recompute", "keep"], help="BatchNorm policy per point")
+        sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        if grid:
+            sp.add_argument("--grid", type=int, default=21, help="points per axis (>= 2)")
+            sp.add_argument("--margin", type=float, default=0.2, help="margin around the marked points (fraction)")
+
+    pl = sub.add_parser("plane", help="loss and error on the plane through three networks (or a curve or trajectory)")
+    pl.add_argument("points", nargs="*", help="three run folders or model checkpoints A B C")
+    pl.add_argument("--curve", default=None, help="a 'valleys connect' folder: the plane of its three control points")
+    pl.add_argument("--trajectory", default=None, help="a swa/swag run: its iterates W1, W2, W3 and SWA (slides 9-13)")
+    geometry_common(pl, grid=True)
+    pa = sub.add_parser("path", help="loss and error along the line through two networks (slide 15)")
+    pa.add_argument("a", help="run folder or checkpoint (distance 0)")
+    pa.add_argument("b", help="run folder or checkpoint")
+    pa.add_argument("--points", type=int, default=41, help="points on the line")
+    pa.add_argument("--extend", type=float, default=0.5, help="extend beyond both ends by this fraction")
+    geometry_common(pa)
+    ra = sub.add_parser("rays", help="train loss along random rays from a network: valley width (slide 14)")
+    ra.add_argument("runs", nargs="+", help="run folders or checkpoints (the same rays from each)")
+    ra.add_argument("--rays", type=int, default=10, help="number of random unit directions")
+    ra.add_argument("--max-distance", type=float, default=50.0, help="distance along each ray (weight units)")
+    ra.add_argument("--steps", type=int, default=21, help="points per ray")
+    ra.add_argument("--rise", type=float, default=0.1, help="valley width: distance where the loss rises this much")
+    ra.add_argument("--seed", type=int, default=0, help="seed of the directions")
+    geometry_common(ra)
+    la = sub.add_parser("landscape", help="loss on a random 2-D plane around a network (Li et al. 2018)")
+    la.add_argument("run", help="run folder or checkpoint")
+    la.add_argument("--random", action="store_true", required=True, help="random directions (the only kind for now)")
+    la.add_argument("--filter-norm", action="store_true", help="filter-normalised directions (else unit norm)")
+    la.add_argument("--span", type=float, default=1.0, help="coordinates in [-span, span]")
+    la.add_argument("--seed", type=int, default=0, help="seed of the directions")
+    geometry_common(la, grid=True)
+    sh = sub.add_parser("sharpness", help="top Hessian eigenvalues, trace and epsilon-sharpness of a network")
+    sh.add_argument("run", help="run folder or checkpoint")
+    sh.add_argument("--k", type=int, default=3, help="top eigenvalues (Lanczos)")
+    sh.add_argument("--examples", type=int, default=1000, help="training examples in the fixed subset")
+    sh.add_argument("--epsilon", type=float, default=1e-3, help="box size of epsilon-sharpness")
+    sh.add_argument("--out", required=True, help="output folder")
+
     m = sub.add_parser("demo", help="the main job: SGD, SWA, SWAG and FGE on MNIST-1D; tables, report, figures")
     m.add_argument("--quick", action="store_true", help="one seed, 30 epochs (well under 2 minutes)")
     m.add_argument("--out", default="runs/demo", help="output folder")
@@ -187,6 +228,73 @@ def _print_curve(res: dict, out) -> None:
     print(f"\nwrote {Path(out) / 'report.md'} and {Path(out) / 'figures' / 'path.png'}")
 
 
+def _geometry(args: argparse.Namespace) -> int:
+    from . import landscape as L
+
+    progress = not getattr(args, "no_progress", True)
+    if args.command == "plane":
+        if args.trajectory:
+            res = L.trajectory_plane_study(args.trajectory, n=args.grid, margin=args.margin, progress=progress)
+            title = f"trajectory plane of {args.trajectory}"
+        elif args.curve:
+            from .connect import ConnectConfig, _load_curve
+
+            raw = json.loads((Path(args.curve) / "config.json").read_text())
+            model, _, _, loaders, bn = L.load_context(raw["run_a"])
+            space = L.WeightSpace(model)
+            curve = _load_curve(Path(args.curve), model, space, None)
+            pts = curve.control_points().detach()
+            extra = {f"t={t}": curve.point(t).detach() for t in (0.25, 0.5, 0.75)}
+            res = L.plane_study(model, pts[0], pts[1], pts[-1], loaders, extra=extra, n=args.grid, margin=args.margin,
+                                bn=args.bn, bn_loader=bn, progress=progress)
+            res["points"] = {"A": res["points"]["a"], "bend": res["points"]["b"], "B": res["points"]["c"],
+                             **{k: v for k, v in res["points"].items() if k.startswith("t=")}}
+            title = f"plane of the curve {args.curve}"
+        else:
+            if len(args.points) != 3:
+                raise ValueError("plane needs three networks A B C, or --curve or --trajectory")
+            ctx = [L.load_context(p) for p in args.points]
+            model, _, _, loaders, bn = ctx[0]
+            res = L.plane_study(model, ctx[0][1], ctx[1][1], ctx[2][1], loaders, n=args.grid, margin=args.margin,
+                                bn=args.bn, bn_loader=bn, progress=progress)
+            title = "plane through " + ", ".join(args.points)
+    elif args.command == "path":
+        model, wa, _, loaders, bn = L.load_context(args.a)
+        _, wb, _, _, _ = L.load_context(args.b)
+        res = L.path_study(model, wa, wb, loaders, points=args.points, extend=args.extend, bn=args.bn, bn_loader=bn,
+                           progress=progress)
+        res["a_label"], res["b_label"] = Path(args.a).name, Path(args.b).name
+        title = f"line from {args.a} to {args.b}"
+    elif args.command == "rays":
+        ctx = {p: L.load_context(p) for p in args.runs}
+        model, _, _, loaders, bn = next(iter(ctx.values()))
+        res = L.rays_study(model, {Path(p).name: c[1] for p, c in ctx.items()}, loaders["train"], rays=args.rays,
+                           max_distance=args.max_distance, steps=args.steps, rise=args.rise, seed=args.seed,
+                           bn=args.bn, bn_loader=bn, progress=progress)
+        title = "random rays from " + ", ".join(args.runs)
+    elif args.command == "landscape":
+        model, w, _, loaders, bn = L.load_context(args.run)
+        res = L.random_plane_study(model, w, loaders, n=args.grid, span=args.span, filter_norm=args.filter_norm,
+                                   seed=args.seed, bn=args.bn, bn_loader=bn, progress=progress)
+        title = f"random plane around {args.run}"
+    else:
+        model, _, _, loaders, _ = L.load_context(args.run)
+        batches, seen = [], 0
+        for x, y in loaders["train"]:
+            batches.append((x[: args.examples - seen], y[: args.examples - seen]))
+            seen += len(batches[-1][1])
+            if seen >= args.examples:
+                break
+        res = L.sharpness_study(model, batches, k=args.k, epsilon=args.epsilon)
+        title = f"sharpness of {args.run}"
+        print(f"top Hessian eigenvalues {[round(v, 4) for v in res['top_eigenvalues']]}, trace "
+              f"{res['trace']['trace']:.3f} ± {res['trace']['stderr']:.3f}, epsilon-sharpness "
+              f"{res['epsilon_sharpness']['sharpness']:.4f}")
+    out = L.write_study(args.out, res, title=title)
+    print(f"wrote {out / 'results.json'} and {out / 'report.md'}")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from .report import aggregate, format_table
     from .runs import evaluate_run
@@ -239,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args, list(argv) if argv is not None else sys.argv[1:])
+        if args.command in ("plane", "path", "rays", "landscape", "sharpness"):
+            return _geometry(args)
         return {"evaluate": _evaluate, "demo": _demo, "connect": _connect}[args.command](args)
     except (ValueError, FileExistsError, FileNotFoundError, CheckpointError, DatasetNotFoundError,
             TrainingDiverged) as e:

@@ -113,7 +113,7 @@ def connect_runs(cfg: ConnectConfig, out: str | Path, *, overwrite: bool = False
         write_json(out / "config.json", {"folder": "curve", **asdict(cfg), "data": asdict(data_cfg)})
     train, train_eval, test = _loaders(cfg, data_cfg, splits)
     torch.manual_seed(cfg.seed)
-    curve = Curve(w_a, w_b, kind=cfg.kind, bends=cfg.bends)
+    curve = Curve(w_a, w_b, kind=cfg.kind, bends=cfg.bends, sizes=[s.numel for s in space.slots])
     cm = CurveModel(model_a, curve, space)
     start = time.perf_counter()
     if cfg.bends > 2:
@@ -139,9 +139,9 @@ def _load_curve(curve_dir: Path, model: nn.Module, space: WeightSpace, cfg: Conn
     if header["signature"] != space.signature():
         raise CheckpointError(f"{curve_dir / 'curve.safetensors'} belongs to another architecture than its endpoints")
     pts = state["control_points"]
-    curve = Curve(pts[0], pts[-1], kind=header["curve"], bends=int(header["bends"]))
-    with torch.no_grad():
-        curve.inner.copy_(pts[1:-1])
+    curve = Curve(pts[0], pts[-1], kind=header["curve"], bends=int(header["bends"]),
+                  sizes=[s.numel for s in space.slots])
+    curve.set_inner(pts[1:-1])
     return curve
 
 

@@ -19,6 +19,7 @@ per point (:func:`valleys.paths.evaluate_path`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -61,9 +62,13 @@ class Curve(nn.Module):
         kind: ``"bezier"`` or ``"polychain"``.
         bends: number of control points n including the ends (>= 2; 3 is the paper's default; 2 is the
             straight segment, with nothing to train).
+        sizes: lengths of the consecutive pieces of ``w`` (``[s.numel for s in space.slots]``): the inner
+            points are then kept per parameter tensor, so a training step through :class:`CurveModel` never
+            concatenates or splits a full weight vector (see benchmarks/bench_curves.py). Default: one piece.
     """
 
-    def __init__(self, start: Tensor, end: Tensor, *, kind: str = "bezier", bends: int = 3) -> None:
+    def __init__(self, start: Tensor, end: Tensor, *, kind: str = "bezier", bends: int = 3,
+                 sizes: Sequence[int] | None = None) -> None:
         super().__init__()
         if kind not in CURVE_KINDS:
             raise ValueError(f"unknown curve kind {kind!r}; choose one of {', '.join(CURVE_KINDS)}")
@@ -73,25 +78,62 @@ class Curve(nn.Module):
             raise WeightSpaceError(
                 f"endpoints must be flat vectors of equal length, got shapes {tuple(start.shape)} and {tuple(end.shape)}"
             )
-        self.kind, self.bends = kind, bends
+        sizes = list(sizes) if sizes is not None else [start.numel()]
+        if sum(sizes) != start.numel() or any(n < 1 for n in sizes):
+            raise WeightSpaceError(f"sizes {sizes} do not add up to the {start.numel()} weights of the endpoints")
+        self.kind, self.bends, self.sizes = kind, bends, sizes
         self.register_buffer("start", start.detach().clone())
         self.register_buffer("end", end.detach().clone())
         frac = torch.arange(1, bends - 1, dtype=start.dtype, device=start.device)[:, None] / (bends - 1)
-        self.inner = nn.Parameter(self.start + frac * (self.end - self.start))  # on the segment
+        init = self.start + frac * (self.end - self.start)  # (n-2, P), on the segment
+        self.inner = nn.ParameterList([nn.Parameter(p.clone()) for p in torch.split(init, sizes, dim=1)])
 
     def coefficients(self, t: float | Tensor) -> Tensor:
         """The n coefficients ``c_j(t)`` (float64)."""
         fn = bezier_coefficients if self.kind == "bezier" else polychain_coefficients
         return fn(t, self.bends)
 
+    def inner_points(self) -> Tensor:
+        """The n - 2 inner control points as an (n - 2, P) tensor."""
+        return torch.cat(list(self.inner), dim=1)
+
+    def set_inner(self, points: Tensor) -> None:
+        """Overwrite the inner control points with an (n - 2, P) tensor."""
+        with torch.no_grad():
+            for p, piece in zip(self.inner, torch.split(points.to(self.start), self.sizes, dim=1)):
+                p.copy_(piece)
+
+    def inner_grad(self) -> Tensor | None:
+        """The gradient of the inner points as an (n - 2, P) tensor (None before a backward pass)."""
+        if any(p.grad is None for p in self.inner):
+            return None
+        return torch.cat([p.grad for p in self.inner], dim=1)
+
     def control_points(self) -> Tensor:
         """All n control points as an (n, P) tensor (ends included)."""
-        return torch.cat([self.start[None], self.inner, self.end[None]])
+        return torch.cat([self.start[None], self.inner_points(), self.end[None]])
+
+    def point_parts(self, t: float | Tensor) -> list[Tensor]:
+        """``w(t)`` as one tensor per piece (see ``sizes``), differentiable with respect to the inner points.
+
+        The fixed ends enter without autograd history and each inner piece through one fused add.
+        """
+        c = self.coefficients(t).tolist()
+        with torch.no_grad():
+            starts = torch.split(self.start, self.sizes)
+            ends = torch.split(self.end, self.sizes)
+            base = torch._foreach_add(torch._foreach_mul(starts, c[0]), ends, alpha=c[-1])
+        if self.bends == 2:
+            return list(base)
+        if self.bends == 3:
+            return [torch.add(b, p[0], alpha=c[1]) for b, p in zip(base, self.inner)]
+        ci = torch.tensor(c[1:-1], dtype=self.start.dtype, device=self.start.device)
+        return [torch.addmv(b, p.T, ci) for b, p in zip(base, self.inner)]
 
     def point(self, t: float | Tensor) -> Tensor:
-        """``w(t)``; differentiable with respect to the inner control points."""
-        c = self.coefficients(t).to(self.start.dtype)
-        return c @ self.control_points()
+        """``w(t)`` as one flat vector; differentiable with respect to the inner control points."""
+        parts = self.point_parts(t)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def derivative(self, t: float | Tensor) -> Tensor:
         """``dw/dt`` (analytic; for the polychain, the derivative of the segment containing t)."""
@@ -105,7 +147,7 @@ class Curve(nn.Module):
         return (n - 1) * (pts[seg + 1] - pts[seg])
 
     def extra_repr(self) -> str:
-        return f"kind={self.kind}, bends={self.bends}, P={self.start.numel()}"
+        return f"kind={self.kind}, bends={self.bends}, P={self.start.numel()}, pieces={len(self.sizes)}"
 
 
 class CurveModel(nn.Module):
@@ -113,7 +155,7 @@ class CurveModel(nn.Module):
 
     In training mode every forward call draws a fresh ``t ~ U(0, 1)`` (one per minibatch); in eval mode it
     uses ``self.t`` (set it, or pass ``t=`` to forward). ``last_sq_norm`` holds ``||w(t)||^2`` of the last
-    forward, for the curve's L2 penalty. Only ``curve.parameters()`` go to the optimizer; the model's own
+    forward. Only ``curve.parameters()`` go to the optimizer; the model's own
     parameters are replaced by ``w(t)`` in every call, so they receive no gradient and are never changed.
 
     Args:
@@ -125,7 +167,8 @@ class CurveModel(nn.Module):
     def __init__(self, model: nn.Module, curve: Curve, space: WeightSpace | None = None) -> None:
         super().__init__()
         self.space = space or WeightSpace(model)
-        if curve.start.numel() != self.space.size:
+        if curve.start.numel() != self.space.size or (
+                len(curve.sizes) > 1 and curve.sizes != [s.numel for s in self.space.slots]):
             raise WeightSpaceError(
                 f"the curve has {curve.start.numel()} weights per point but the model's weight space has "
                 f"{self.space.size}: the curve belongs to another architecture"
@@ -133,18 +176,41 @@ class CurveModel(nn.Module):
         self.model = model
         self.curve = curve
         self.t = 0.5
-        self.last_sq_norm: Tensor | None = None
+        self.wd = 0.0
+        self._last_parts: list[Tensor] | None = None
 
     def forward(self, *args: Any, t: float | None = None, **kwargs: Any) -> Tensor:
         if t is None:
             t = float(torch.rand(())) if self.training else self.t
-        w = self.curve.point(t)
-        self.last_sq_norm = w.pow(2).sum()
-        return self.space.functional_call(self.model, w, *args, **kwargs)
+        parts = self.curve.point_parts(t)
+        if self.wd and parts[0].requires_grad:
+            # the gradient of 0.5 wd ||w(t)||^2 is wd w(t): added to each piece's gradient in one fused pass
+            for part in parts:
+                part.register_hook(lambda g, w0=part.detach(), wd=self.wd: g.add(w0, alpha=wd))
+        self._last_parts = [p.detach() for p in parts]
+        if len(parts) == len(self.space.slots):
+            params = {s.name: p.view(s.shape) for s, p in zip(self.space.slots, parts)}
+            return torch.func.functional_call(self.model, params, args, kwargs)
+        return self.space.functional_call(self.model, torch.cat(parts), *args, **kwargs)
+
+    @property
+    def last_w(self) -> Tensor | None:
+        """``w(t)`` of the last forward call (no autograd history)."""
+        return None if self._last_parts is None else torch.cat(self._last_parts)
+
+    @property
+    def last_sq_norm(self) -> Tensor | None:
+        """``||w(t)||^2`` of the last forward call (no autograd history)."""
+        return None if self._last_parts is None else sum(p.pow(2).sum() for p in self._last_parts)
 
     def l2_loss(self, loss_fn, wd: float):
-        """``loss_fn(output, target) + 0.5 * wd * ||w(t)||^2`` with ``w(t)`` of the same forward call."""
-        def loss(output: Tensor, target: Tensor) -> Tensor:
-            base = loss_fn(output, target)
-            return base if wd == 0 else base + 0.5 * wd * self.last_sq_norm
-        return loss
+        """The curve objective ``loss_fn(output, target) + 0.5 wd ||w(t)||^2``.
+
+        The penalty's gradient ``wd w(t)`` is added to ``w(t)``'s gradient by a hook in :meth:`forward`
+        (cheaper than differentiating the squared norm); the returned value is the task loss, which is what
+        the training log shows. Sets ``self.wd``; the optimizer's own weight decay must stay 0.
+        """
+        if wd < 0:
+            raise ValueError(f"wd must be >= 0, got {wd}")
+        self.wd = wd
+        return loss_fn

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["plot_error_curves", "plot_reliability", "plot_paths"]
+__all__ = ["plot_error_curves", "plot_reliability", "plot_paths", "plot_contours", "plot_line", "plot_rays"]
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -111,4 +111,73 @@ def plot_paths(paths: Mapping[str, Mapping[str, Sequence[float]]], path: str | P
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_contours(xs: Sequence[float], ys: Sequence[float], grid: Sequence[Sequence[float]],
+                  points: Mapping[str, Sequence[float]], path: str | Path, *, title: str = "",
+                  percent: bool = False, units: str = "", levels: int = 8) -> Path:
+    """Filled contours in the talk's style (slides 7, 9-13): log-spaced levels from the minimum, the top level
+    open-ended, and the marked points (e.g. W1, W2, W3 and SWA). NaN cells are left blank."""
+    z = np.asarray(grid, dtype=float) * (100 if percent else 1)
+    finite = z[np.isfinite(z)]
+    lo = max(finite.min(), 1e-8) if finite.size else 1e-3
+    hi = np.percentile(finite, 90) if finite.size else 1.0
+    hi = max(hi, lo * 1.5)
+    lv = np.unique(np.geomspace(lo, hi, levels))
+    fig, ax = plt.subplots(figsize=(6.2, 5))
+    cs = ax.contourf(xs, ys, np.clip(z, None, hi * 1.001), levels=np.append(lv, hi * 1.001), cmap="viridis_r",
+                     extend="max")
+    ax.contour(xs, ys, z, levels=lv, colors="k", linewidths=0.4, alpha=0.5)
+    cbar = fig.colorbar(cs, ax=ax)
+    cbar.set_label("test error (%)" if percent else "loss")
+    for name, (px, py) in points.items():
+        ax.plot(px, py, marker="*" if "SWA" in name.upper() else "o", ms=11 if "SWA" in name.upper() else 7,
+                color="white" if "SWA" not in name.upper() else "gold", mec="black")
+        ax.annotate(name, (px, py), textcoords="offset points", xytext=(6, 6), fontsize=9)
+    ax.set_title(title)
+    if units:
+        ax.set_xlabel(f"u ({units})", fontsize=8)
+        ax.set_ylabel("v", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_line(result: Mapping, path: str | Path, *, title: str = "") -> Path:
+    """Loss and error against signed distance along a line through two solutions (slide 15)."""
+    fig, ax1 = plt.subplots(figsize=(6.4, 4.2))
+    dist = np.asarray(result["distance"])
+    ax2 = ax1.twinx()
+    for name, curve in result["curves"].items():
+        style = "-" if name == "test" else "--"
+        if name == "test":
+            ax1.plot(dist, 100 * np.asarray(curve["error"]), style, color="tab:blue", label=f"{name} error")
+        if name == "train":
+            ax2.plot(dist, curve["loss"], style, color="tab:red", label=f"{name} loss")
+    for x, label in ((0.0, result.get("a_label", "a")), (result["length"], result.get("b_label", "b"))):
+        ax1.axvline(x, color="grey", ls=":", lw=1)
+        ax1.annotate(label, (x, ax1.get_ylim()[1]), textcoords="offset points", xytext=(3, -12), fontsize=9)
+    ax1.set_xlabel(f"distance ({result.get('units', '')})", fontsize=8)
+    ax1.set_ylabel("test error (%)", color="tab:blue")
+    ax2.set_ylabel("train loss", color="tab:red")
+    ax1.set_title(title)
+    ax1.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_rays(result: Mapping, path: str | Path, *, title: str = "") -> Path:
+    """Train loss along random rays from each center (slide 14): thin lines per ray, thick mean."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    dist = np.asarray(result["distance"])
+    for i, (name, c) in enumerate(result["centers"].items()):
+        losses = np.asarray(c["loss"])
+        color = f"C{i}"
+        for row in losses:
+            ax.plot(dist, row, color=color, lw=0.6, alpha=0.35)
+        ax.plot(dist, np.nanmean(losses, axis=0), color=color, lw=2.2, label=f"{name} (width {c['mean_width']:.2f})")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"distance ({result.get('units', '')})", fontsize=8)
+    ax.set_ylabel("train loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
     return _save(fig, path)

@@ -38,7 +38,7 @@ from .models import MODELS, build_model
 from .predict import Sample, bma
 from .regression import REGRESSION_DATASETS, GaussianMLP, gaussian_nll, load_regression, unstandardise
 from .schedules import build_schedule
-from .swa import SWACallback
+from .swa import SWACallback, TrajectoryCallback
 from .swag import SWAG
 from .training import Trainer
 
@@ -55,7 +55,7 @@ METHODS: dict[str, str] = {
     "multiswag": "--members independent SWAG runs; BMA over --samples draws from each",
 }
 RUN_FILES = ("config.json", "results.json", "checkpoint.safetensors", "model.safetensors", "metrics.jsonl",
-             "posterior.safetensors", "report.md")
+             "posterior.safetensors", "trajectory.safetensors", "report.md")
 SUMMARY_KEYS = ("accuracy", "error", "nll", "brier", "ece", "mce")
 REGRESSION_KEYS = ("rmse", "nll", "coverage_95")
 _AVERAGING = ("swa", "swag", "swag-diag")
@@ -251,6 +251,7 @@ def _train_single(cfg: TrainConfig, out: Path, splits: Splits, *, resume: bool, 
     if cfg.method in _AVERAGING:
         averager = SWAG(model, rank=cfg.rank) if cfg.method.startswith("swag") else SWA(model)
         callbacks.append(SWACallback(averager, cfg.swa_start, bn_loader=bn, eval_loaders=evals))  # type: ignore[arg-type]
+        callbacks.append(TrajectoryCallback(averager.space, cfg.swa_start))  # type: ignore[arg-type]
     elif cfg.method == "fge":
         callbacks.append(FGECallback(cfg.cycle, start=cfg.fge_start))  # type: ignore[arg-type]
     if not resume:
@@ -267,6 +268,10 @@ def _train_single(cfg: TrainConfig, out: Path, splits: Splits, *, resume: bool, 
     train_s = time.perf_counter() - start
     header = {"config": asdict(cfg), "signature": model_signature(model)}
     save_checkpoint(out / "model.safetensors", {"model": model.state_dict()}, {**header, "kind": "model"})
+    if cfg.method in _AVERAGING:
+        traj = callbacks[1]
+        save_checkpoint(out / "trajectory.safetensors", {"iterates": torch.stack(traj.iterates)},
+                        {**header, "kind": "trajectory", "epochs": traj.epochs})
     if cfg.method.startswith("swag"):
         save_checkpoint(out / "posterior.safetensors", {"swag": callbacks[0].averager.state_dict()},
                         {**header, "kind": "swag"})

@@ -14,7 +14,7 @@ from .averaging import Averager
 from .batchnorm import recompute_bn
 from .training import Callback, Trainer
 
-__all__ = ["SWACallback"]
+__all__ = ["SWACallback", "TrajectoryCallback"]
 
 _MODES = ("epoch", "steps", "cycle")
 
@@ -96,3 +96,24 @@ class SWACallback(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.averager.load_state_dict(state)
+
+
+class TrajectoryCallback(Callback):
+    """Keep a CPU copy of the flat weights at the end of every epoch after ``start`` (the iterates SWA
+    averages), for trajectory planes and PCA subspaces (talk slides 9-13)."""
+
+    def __init__(self, space, start: int = 0) -> None:
+        self.space, self.start = space, start
+        self.iterates: list = []
+        self.epochs: list[int] = []
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        if trainer.epoch > self.start:
+            self.iterates.append(self.space.read(trainer.model, device="cpu"))
+            self.epochs.append(trainer.epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"iterates": self.iterates, "epochs": self.epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.iterates, self.epochs = list(state["iterates"]), list(state["epochs"])

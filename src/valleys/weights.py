@@ -170,7 +170,9 @@ class WeightSpace:
             raise WeightSpaceError(
                 f"weight vector has shape {tuple(w.shape)}; expected a 1-D vector of length {self.size}"
             )
-        return {s.name: w[s.offset:s.offset + s.numel].view(s.shape) for s in self.slots}
+        # one split (one concatenating backward) rather than a slice per tensor (a full-size zero fill each)
+        parts = torch.split(w, [s.numel for s in self.slots])
+        return {s.name: part.view(s.shape) for s, part in zip(self.slots, parts)}
 
     def views(self, w: Tensor) -> list[Tensor]:
         """Views of ``w`` in flat-layout order, shaped like the parameters (for foreach arithmetic)."""
