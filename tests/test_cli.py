@@ -93,7 +93,7 @@ def test_quick_demo_writes_the_run_folder(tmp_path):
     import dataclasses
 
     out = tmp_path / "demo"
-    base = dataclasses.replace(DEMO_CONFIG, model="mlp", epochs=4, swa_start=2)
+    base = dataclasses.replace(DEMO_CONFIG, model="mlp", epochs=5, swa_start=2)
     res = run_demo(out, seeds=[0], base=base, progress=False, log=lambda *a: None, curve={"epochs": 1, "points": 3})
     assert [m["method"] for m in res["methods"]] == ["SGD", "SWA", "SWA-Temp", "SWAG-diag", "SWAG", "FGE"]
     for m in res["methods"]:
@@ -103,6 +103,8 @@ def test_quick_demo_writes_the_run_folder(tmp_path):
         assert (out / f).is_file(), f
     report = (out / "report.md").read_text()
     assert "| SWAG |" in report and "OOD AUROC" in report and "| Bezier curve |" in report
+    geo = res["geometry"]
+    assert {"SWA", "SGD"} <= set(geo["top_eigenvalue"][0]) and (out / "geometry" / "plane" / "results.json").is_file()
     mc = res["mode_connectivity"]
     assert len(mc["pairs"]) == 1 and (out / mc["pairs"][0]["folder"] / "figures" / "path.png").is_file()
     with pytest.raises(FileExistsError):

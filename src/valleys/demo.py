@@ -5,7 +5,9 @@ Runs per seed: ``sgd``, ``swag`` (whose files also hold the SWA solution and SWA
 three methods) and ``fge``; with ``ood`` the same SGD and SWAG runs again under the split-classes protocol
 (train on classes 0-4; classes 5-9 are out of distribution) for the OOD AUROC line. Mode connectivity
 (slide 7): Bezier curves between the SGD networks of consecutive seeds (one pair per seed, cyclically; a
-second SGD network is trained when there is one seed), against the straight segment's barrier.
+second SGD network is trained when there is one seed), against the straight segment's barrier. Geometry
+(slides 6, 9-15): for the first seed, the plane through three SGD iterates of the SWAG run with SWA projected,
+the line from SWA to SGD, random rays from both; for every seed, the top Hessian eigenvalue of SWA and SGD.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
 
     connectivity = _connect(out, seeds, cfgs["sgd"], splits, curve or (CURVE_QUICK if quick else CURVE),
                             progress, log) if curves else None
+    geometry = _geometry(out, seeds, quick, progress, log) if curves else None
     rows = {r: aggregate([x["metrics"]["test"] for x in xs]) for r, xs in per_row.items()}
     methods = []
     for r, xs in per_row.items():
@@ -126,14 +129,21 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
             entry["ensemble_test_accuracy"] = [x["metrics"]["test"]["accuracy"] for x in xs]
         methods.append(entry)
     results = {"dataset": base.dataset, "model": base.model, "seeds": seeds, "quick": quick, "methods": methods,
-               "mode_connectivity": connectivity, "timing": {"total_s": time.perf_counter() - start}}
+               "mode_connectivity": connectivity, "geometry": geometry,
+               "timing": {"total_s": time.perf_counter() - start}}
     write_json(out / "config.json", {"base": dataclasses.asdict(base), "runs": {m: dataclasses.asdict(c) for m, c in cfgs.items()},
                                      "seeds": seeds, "quick": quick, "ood": ood})
     write_json(out / "results.json", results)
     figures = _figures(out, seeds, cfgs, per_row, base)
     if connectivity:
         figures["mode connectivity (slide 7)"] = out / connectivity["pairs"][0]["folder"] / "figures" / "path.png"
-    _report(out, base, seeds, cfgs, rows, methods, figures, results["timing"]["total_s"], connectivity)
+    if geometry:
+        g = out / "geometry"
+        figures.update({"trajectory plane, test error (slides 9-13)": g / "plane" / "figures" / "test_error.png",
+                        "trajectory plane, train loss (slide 13)": g / "plane" / "figures" / "train_loss.png",
+                        "random rays from SWA and SGD (slide 14)": g / "rays" / "figures" / "rays.png",
+                        "path from SWA to SGD (slide 15)": g / "path" / "figures" / "path.png"})
+    _report(out, base, seeds, cfgs, rows, methods, figures, results["timing"]["total_s"], connectivity, geometry)
     log("")
     log(format_table(rows))
     if ood:
@@ -189,7 +199,51 @@ def _connect(out: Path, seeds: list[int], sgd_cfg: TrainConfig, splits, curve: d
     return {"kind": "bezier", "bends": 3, **curve, "pairs": rows, "summary": aggregate(rows, keys)}
 
 
-def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float, connectivity=None) -> None:
+def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Callable[..., None]) -> dict[str, Any]:
+    """Slides 6, 9-15 on the demo's runs: trajectory plane, SWA-to-SGD line, rays, top Hessian eigenvalues."""
+    from . import landscape as L
+
+    g = out / "geometry"
+    s0 = seeds[0]
+    n = 9 if quick else 15
+    plane = L.trajectory_plane_study(out / f"swag-seed{s0}", n=n, progress=progress)
+    L.write_study(g / "plane", plane, title=f"plane through SGD iterates W1, W2, W3 and SWA (seed {s0})")
+    model, w_swa, _, loaders, bn = L.load_context(out / f"swag-seed{s0}")
+    _, w_sgd, _, _, _ = L.load_context(out / f"sgd-seed{s0}")
+    path = L.path_study(model, w_swa, w_sgd, loaders, points=21 if quick else 41, bn_loader=bn, progress=progress)
+    path["a_label"], path["b_label"] = "SWA", "SGD"
+    L.write_study(g / "path", path, title=f"line from SWA (0) to SGD (seed {s0})")
+    reach = float(w_swa.norm())  # rays out to a perturbation as large as the weights themselves
+    rays = L.rays_study(model, {"SWA": w_swa, "SGD": w_sgd}, loaders["train"], rays=3 if quick else 6,
+                        max_distance=reach, steps=11 if quick else 16, rise=0.1, bn_loader=bn, progress=progress)
+    L.write_study(g / "rays", rays, title=f"train loss along random rays (seed {s0})")
+    flat = []
+    for s in seeds:
+        row = {"seed": s}
+        for name, run in (("SWA", f"swag-seed{s}"), ("SGD", f"sgd-seed{s}")):
+            m, _, _, lds, _ = L.load_context(out / run)
+            batches = [next(iter(lds["train"]))]  # a fixed subset: the first 1000 training examples
+            res = L.sharpness_study(m, batches, k=1, iterations=20, trace_samples=10, seed=s)
+            row[name] = res["top_eigenvalues"][0]
+        flat.append(row)
+        log(f"  geometry seed {s}: top Hessian eigenvalue SWA {row['SWA']:.3f}, SGD {row['SGD']:.3f}")
+    widths = {k: v["mean_width"] for k, v in rays["centers"].items()}
+    # where SGD sits on the SWA-to-SGD line: train loss at SGD vs the minimum along the line
+    d = path["distance"]
+    loss = path["curves"]["train"]["loss"]
+    at_sgd = min(range(len(d)), key=lambda i: abs(d[i] - path["length"]))
+    at_swa = min(range(len(d)), key=lambda i: abs(d[i]))
+    log(f"  rays seed {s0}: mean valley width (train loss +0.1) SWA {widths['SWA']:.3f}, SGD {widths['SGD']:.3f}; "
+        f"line: train loss SWA {loss[at_swa]:.4f}, SGD {loss[at_sgd]:.4f}, distance {path['length']:.3f}")
+    return {"top_eigenvalue": flat, "valley_width": widths, "line": {
+        "distance": path["length"], "train_loss_swa": loss[at_swa], "train_loss_sgd": loss[at_sgd],
+        "test_error_swa": path["curves"]["test"]["error"][at_swa], "test_error_sgd": path["curves"]["test"]["error"][at_sgd],
+        "min_train_loss": min(loss), "argmin_distance": d[loss.index(min(loss))]},
+        "units": "Euclidean distance in weight space"}
+
+
+def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float, connectivity=None,
+            geometry=None) -> None:
     swa_start = cfgs["swag"].swa_start
     ood_lines = [f"| {m['method']} | {m['ood_auroc']['mean']:.4f} ± {m['ood_auroc']['std']:.4f} |"
                  for m in methods if "ood_auroc" in m]
@@ -229,6 +283,19 @@ def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float
                   f"| worse endpoint | {cell('worse_endpoint_test_error')} | |",
                   f"| straight segment | {cell('segment_max_test_error')} | {cell('segment_max_train_loss', False)} |",
                   f"| Bezier curve | {cell('curve_max_test_error')} | {cell('curve_max_train_loss', False)} |", ""]
+    if geometry:
+        ev = geometry["top_eigenvalue"]
+        ln = geometry["line"]
+        lines += ["## Flatness and geometry (slides 6, 14, 15)", "",
+                  "| seed | top Hessian eigenvalue, SWA | top Hessian eigenvalue, SGD |", "|---|---|---|",
+                  *[f"| {r['seed']} | {r['SWA']:.4f} | {r['SGD']:.4f} |" for r in ev], "",
+                  f"Train loss on the first 1000 training examples, eval mode (BatchNorm running statistics); "
+                  f"Lanczos, 20 Hessian-vector products. Valley width along random rays (distance where the "
+                  f"train loss rises by 0.1, {geometry['units']}): SWA {geometry['valley_width']['SWA']:.3f}, "
+                  f"SGD {geometry['valley_width']['SGD']:.3f}. On the line from SWA to SGD (distance "
+                  f"{ln['distance']:.3f}): train loss {ln['train_loss_swa']:.4f} at SWA, {ln['train_loss_sgd']:.4f} "
+                  f"at SGD; test error {100 * ln['test_error_swa']:.2f}% at SWA, {100 * ln['test_error_sgd']:.2f}% "
+                  "at SGD.", ""]
     for title, path in figures.items():
         lines += [f"## {title[0].upper() + title[1:]}", "", f"![{title}]({path.relative_to(out)})", ""]
     lines += ["## Settings", "", describe_config(dataclasses.asdict(cfgs["swag"])), "", f"Total time {total_s:.1f} s.", ""]

@@ -1,0 +1,70 @@
+"""The geometry commands end to end on tiny MNIST-1D runs (slides 7, 9-15)."""
+
+import json
+import math
+
+import pytest
+
+from valleys.cli import main
+from valleys.runs import TrainConfig, train_run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("geo")
+    train_run(TrainConfig(method="swa", model="mlp", epochs=5, swa_start=1), root / "swa", progress=False)
+    train_run(TrainConfig(method="sgd", model="mlp", epochs=5, seed=1), root / "sgd", progress=False)
+    train_run(TrainConfig(method="sgd", model="mlp", epochs=5, seed=2), root / "sgd2", progress=False)
+    return root
+
+
+def test_trajectory_plane_marks_iterates_and_swa(runs, tmp_path):
+    out = tmp_path / "plane"
+    assert main(["plane", "--trajectory", str(runs / "swa"), "--grid", "5", "--out", str(out), "--no-progress"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert len(res["xs"]) == 5 and len(res["grids"]["test"]["error"]) == 5
+    names = list(res["points"])
+    assert names[0].startswith("W1") and names[-1] == "SWA"
+    assert res["points"][names[0]] == pytest.approx([0.0, 0.0], abs=1e-9)
+    assert res["units"].startswith("Euclidean")
+    assert (out / "figures" / "test_error.png").is_file() and (out / "report.md").is_file()
+
+
+def test_plane_through_three_runs_and_bad_input(runs, tmp_path, capsys):
+    args = [str(runs / "swa"), str(runs / "sgd"), str(runs / "sgd2")]
+    assert main(["plane", *args, "--grid", "3", "--out", str(tmp_path / "p3"), "--no-progress"]) == 0
+    assert main(["plane", str(runs / "swa"), str(runs / "sgd"), "--out", str(tmp_path / "p2")]) == 2
+    assert "three networks" in capsys.readouterr().err
+    assert main(["plane", *args[:2], args[0], "--out", str(tmp_path / "p4"), "--no-progress"]) == 2
+    assert "coincide" in capsys.readouterr().err
+
+
+def test_path_rays_landscape_sharpness(runs, tmp_path):
+    assert main(["path", str(runs / "swa"), str(runs / "sgd"), "--points", "5", "--out", str(tmp_path / "line"),
+                 "--no-progress"]) == 0
+    line = json.loads((tmp_path / "line" / "results.json").read_text())
+    assert len(line["distance"]) == 5 and line["distance"][0] < 0 < line["length"] < line["distance"][-1]
+    assert main(["rays", str(runs / "swa"), str(runs / "sgd"), "--rays", "2", "--steps", "4", "--max-distance", "30",
+                 "--out", str(tmp_path / "rays"), "--no-progress"]) == 0
+    rays = json.loads((tmp_path / "rays" / "results.json").read_text())
+    assert set(rays["centers"]) == {"swa", "sgd"} and len(rays["centers"]["swa"]["loss"]) == 2
+    assert all(math.isinf(w) or w >= 0 for w in rays["centers"]["swa"]["width"])
+    assert main(["landscape", str(runs / "sgd"), "--random", "--filter-norm", "--grid", "3",
+                 "--out", str(tmp_path / "land"), "--no-progress"]) == 0
+    land = json.loads((tmp_path / "land" / "results.json").read_text())
+    assert "filter-normalised" in land["units"]
+    assert main(["sharpness", str(runs / "sgd"), "--k", "2", "--examples", "200", "--out", str(tmp_path / "sh")]) == 0
+    sh = json.loads((tmp_path / "sh" / "results.json").read_text())
+    assert len(sh["top_eigenvalues"]) == 2 and sh["top_eigenvalues"][0] >= sh["top_eigenvalues"][1]
+    assert sh["examples"] == 200 and sh["mode"].startswith("eval")
+
+
+def test_plane_of_a_curve(runs, tmp_path):
+    curve = tmp_path / "curve"
+    assert main(["connect", str(runs / "sgd"), str(runs / "sgd2"), "--epochs", "1", "--points", "3",
+                 "--out", str(curve), "--no-progress"]) == 0
+    out = tmp_path / "cplane"
+    assert main(["plane", "--curve", str(curve), "--grid", "4", "--out", str(out), "--no-progress"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["points"])[:3] == ["A", "bend", "B"] and "t=0.5" in res["points"]
+    assert res["off_plane_distance"]["t=0.5"] == pytest.approx(0.0, abs=1e-3)  # a Bezier curve lies in its plane
