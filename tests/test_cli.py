@@ -104,7 +104,8 @@ def test_quick_demo_writes_the_run_folder(tmp_path):
     report = (out / "report.md").read_text()
     assert "| SWAG |" in report and "OOD AUROC" in report and "| Bezier curve |" in report
     geo = res["geometry"]
-    assert {"SWA", "SGD"} <= set(geo["top_eigenvalue"][0]) and (out / "geometry" / "plane" / "results.json").is_file()
+    assert {"eig_SWA", "eig_SGD", "width_SWA"} <= set(geo["per_seed"][0])
+    assert (out / "geometry" / "plane" / "results.json").is_file() and "| top Hessian eigenvalue |" in report
     mc = res["mode_connectivity"]
     assert len(mc["pairs"]) == 1 and (out / mc["pairs"][0]["folder"] / "figures" / "path.png").is_file()
     with pytest.raises(FileExistsError):

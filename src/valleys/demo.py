@@ -200,46 +200,44 @@ def _connect(out: Path, seeds: list[int], sgd_cfg: TrainConfig, splits, curve: d
 
 
 def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Callable[..., None]) -> dict[str, Any]:
-    """Slides 6, 9-15 on the demo's runs: trajectory plane, SWA-to-SGD line, rays, top Hessian eigenvalues."""
+    """Slides 6, 9-15 on the demo's runs: the trajectory plane (first seed), and for every seed the SWA-to-SGD
+    line, random rays from both (valley width) and the top Hessian eigenvalue of both."""
     from . import landscape as L
 
     g = out / "geometry"
-    s0 = seeds[0]
-    n = 9 if quick else 15
-    plane = L.trajectory_plane_study(out / f"swag-seed{s0}", n=n, progress=progress)
-    L.write_study(g / "plane", plane, title=f"plane through SGD iterates W1, W2, W3 and SWA (seed {s0})")
-    model, w_swa, _, loaders, bn = L.load_context(out / f"swag-seed{s0}")
-    _, w_sgd, _, _, _ = L.load_context(out / f"sgd-seed{s0}")
-    path = L.path_study(model, w_swa, w_sgd, loaders, points=21 if quick else 41, bn_loader=bn, progress=progress)
-    path["a_label"], path["b_label"] = "SWA", "SGD"
-    L.write_study(g / "path", path, title=f"line from SWA (0) to SGD (seed {s0})")
-    reach = float(w_swa.norm())  # rays out to a perturbation as large as the weights themselves
-    rays = L.rays_study(model, {"SWA": w_swa, "SGD": w_sgd}, loaders["train"], rays=3 if quick else 6,
-                        max_distance=reach, steps=11 if quick else 16, rise=0.1, bn_loader=bn, progress=progress)
-    L.write_study(g / "rays", rays, title=f"train loss along random rays (seed {s0})")
-    flat = []
+    plane = L.trajectory_plane_study(out / f"swag-seed{seeds[0]}", n=9 if quick else 15, progress=progress)
+    L.write_study(g / "plane", plane, title=f"plane through SGD iterates W1, W2, W3 and SWA (seed {seeds[0]})")
+    rows = []
     for s in seeds:
-        row = {"seed": s}
-        for name, run in (("SWA", f"swag-seed{s}"), ("SGD", f"sgd-seed{s}")):
-            m, _, _, lds, _ = L.load_context(out / run)
-            batches = [next(iter(lds["train"]))]  # a fixed subset: the first 1000 training examples
-            res = L.sharpness_study(m, batches, k=1, iterations=20, trace_samples=10, seed=s)
-            row[name] = res["top_eigenvalues"][0]
-        flat.append(row)
-        log(f"  geometry seed {s}: top Hessian eigenvalue SWA {row['SWA']:.3f}, SGD {row['SGD']:.3f}")
-    widths = {k: v["mean_width"] for k, v in rays["centers"].items()}
-    # where SGD sits on the SWA-to-SGD line: train loss at SGD vs the minimum along the line
-    d = path["distance"]
-    loss = path["curves"]["train"]["loss"]
-    at_sgd = min(range(len(d)), key=lambda i: abs(d[i] - path["length"]))
-    at_swa = min(range(len(d)), key=lambda i: abs(d[i]))
-    log(f"  rays seed {s0}: mean valley width (train loss +0.1) SWA {widths['SWA']:.3f}, SGD {widths['SGD']:.3f}; "
-        f"line: train loss SWA {loss[at_swa]:.4f}, SGD {loss[at_sgd]:.4f}, distance {path['length']:.3f}")
-    return {"top_eigenvalue": flat, "valley_width": widths, "line": {
-        "distance": path["length"], "train_loss_swa": loss[at_swa], "train_loss_sgd": loss[at_sgd],
-        "test_error_swa": path["curves"]["test"]["error"][at_swa], "test_error_sgd": path["curves"]["test"]["error"][at_sgd],
-        "min_train_loss": min(loss), "argmin_distance": d[loss.index(min(loss))]},
-        "units": "Euclidean distance in weight space"}
+        model, w_swa, _, loaders, bn = L.load_context(out / f"swag-seed{s}")
+        sgd_model, w_sgd, _, _, _ = L.load_context(out / f"sgd-seed{s}")
+        path = L.path_study(model, w_swa, w_sgd, loaders, points=21 if quick else 41, bn_loader=bn, progress=progress)
+        path["a_label"], path["b_label"] = "SWA", "SGD"
+        reach = float(w_swa.norm())  # rays out to a perturbation as large as the weights themselves
+        rays = L.rays_study(model, {"SWA": w_swa, "SGD": w_sgd}, loaders["train"], rays=3 if quick else 6,
+                            max_distance=reach, steps=11 if quick else 16, rise=0.1, seed=s, bn_loader=bn,
+                            progress=progress)
+        if s == seeds[0]:
+            L.write_study(g / "path", path, title=f"line from SWA (0) to SGD (seed {s})")
+            L.write_study(g / "rays", rays, title=f"train loss along random rays (seed {s})")
+        batches = [next(iter(loaders["train"]))]  # a fixed subset: the first 1000 training examples
+        eig = {name: L.sharpness_study(m, batches, k=1, iterations=20, trace_samples=10, seed=s)["top_eigenvalues"][0]
+               for name, m in (("SWA", model), ("SGD", sgd_model))}
+        d, loss = path["distance"], path["curves"]["train"]["loss"]
+        at = {k: min(range(len(d)), key=lambda i, x=x: abs(d[i] - x)) for k, x in (("SWA", 0.0), ("SGD", path["length"]))}
+        row = {"seed": s, "eig_SWA": eig["SWA"], "eig_SGD": eig["SGD"],
+               "width_SWA": rays["centers"]["SWA"]["mean_width"], "width_SGD": rays["centers"]["SGD"]["mean_width"],
+               "distance": path["length"], "loss_SWA": loss[at["SWA"]], "loss_SGD": loss[at["SGD"]],
+               "error_SWA": path["curves"]["test"]["error"][at["SWA"]],
+               "error_SGD": path["curves"]["test"]["error"][at["SGD"]],
+               "line_min_loss": min(loss), "line_argmin": d[loss.index(min(loss))]}
+        rows.append(row)
+        log(f"  geometry seed {s}: top Hessian eigenvalue SWA {row['eig_SWA']:.3f}, SGD {row['eig_SGD']:.3f}; "
+            f"valley width SWA {row['width_SWA']:.3f}, SGD {row['width_SGD']:.3f}; line: train loss SWA "
+            f"{row['loss_SWA']:.4f}, SGD {row['loss_SGD']:.4f} at distance {row['distance']:.3f}")
+    keys = [k for k in rows[0] if k != "seed"]
+    return {"per_seed": rows, "summary": aggregate(rows, keys), "rise": 0.1,
+            "units": "Euclidean distance in weight space", "sharpness_subset": "first 1000 training examples, eval mode"}
 
 
 def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float, connectivity=None,
@@ -284,18 +282,20 @@ def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float
                   f"| straight segment | {cell('segment_max_test_error')} | {cell('segment_max_train_loss', False)} |",
                   f"| Bezier curve | {cell('curve_max_test_error')} | {cell('curve_max_train_loss', False)} |", ""]
     if geometry:
-        ev = geometry["top_eigenvalue"]
-        ln = geometry["line"]
+        gs = geometry["summary"]
+        cell = lambda k, f="{:.4f}": f"{f.format(gs[k]['mean'])} ± {f.format(gs[k]['std'])}"  # noqa: E731
         lines += ["## Flatness and geometry (slides 6, 14, 15)", "",
-                  "| seed | top Hessian eigenvalue, SWA | top Hessian eigenvalue, SGD |", "|---|---|---|",
-                  *[f"| {r['seed']} | {r['SWA']:.4f} | {r['SGD']:.4f} |" for r in ev], "",
-                  f"Train loss on the first 1000 training examples, eval mode (BatchNorm running statistics); "
-                  f"Lanczos, 20 Hessian-vector products. Valley width along random rays (distance where the "
-                  f"train loss rises by 0.1, {geometry['units']}): SWA {geometry['valley_width']['SWA']:.3f}, "
-                  f"SGD {geometry['valley_width']['SGD']:.3f}. On the line from SWA to SGD (distance "
-                  f"{ln['distance']:.3f}): train loss {ln['train_loss_swa']:.4f} at SWA, {ln['train_loss_sgd']:.4f} "
-                  f"at SGD; test error {100 * ln['test_error_swa']:.2f}% at SWA, {100 * ln['test_error_sgd']:.2f}% "
-                  "at SGD.", ""]
+                  f"Mean ± std over seeds {seeds}. Top Hessian eigenvalue of the train loss on the "
+                  f"{geometry['sharpness_subset']} (Lanczos, 20 products). Valley width: distance along a random "
+                  f"unit direction where the train loss first rises by {geometry['rise']} ({geometry['units']}; "
+                  "inf when it never does within the weights' own norm). Line: train loss at both ends of the line "
+                  "from SWA to SGD.", "",
+                  "| | SWA | SGD |", "|---|---|---|",
+                  f"| top Hessian eigenvalue | {cell('eig_SWA')} | {cell('eig_SGD')} |",
+                  f"| valley width | {cell('width_SWA', '{:.3f}')} | {cell('width_SGD', '{:.3f}')} |",
+                  f"| train loss on the line | {cell('loss_SWA')} | {cell('loss_SGD')} |",
+                  f"| test error on the line (%) | {100 * gs['error_SWA']['mean']:.2f} | {100 * gs['error_SGD']['mean']:.2f} |",
+                  "", f"Distance SWA to SGD: {cell('distance', '{:.3f}')}.", ""]
     for title, path in figures.items():
         lines += [f"## {title[0].upper() + title[1:]}", "", f"![{title}]({path.relative_to(out)})", ""]
     lines += ["## Settings", "", describe_config(dataclasses.asdict(cfgs["swag"])), "", f"Total time {total_s:.1f} s.", ""]
