@@ -398,8 +398,9 @@ def main(argv: list[str] | None = None) -> int:
          f"{a['ratio_loop']:.2f}x, batched=True {a['ratio_vmap']:.2f}x; auto chose vmap in {a['auto_vmap']}/"
          f"{a['auto_runs']})", a["ratio"] >= GRID_TARGET),
         (f"(a) losses agree with the naive loop  : max |diff| auto {a['diffs']['auto'][0]:.1e}, loop "
-         f"{a['diffs']['loop'][0]:.1e}, vmap {a['diffs']['vmap'][0]:.1e} (<= {AGREE_TOL:g})",
-         max(d[0] for d in a["diffs"].values()) <= AGREE_TOL),
+         f"{a['diffs']['loop'][0]:.1e}, vmap {a['diffs']['vmap'][0]:.1e} (<= {AGREE_TOL:g}); model "
+         f"{'restored' if a['restored'] else 'NOT restored'}",
+         max(d[0] for d in a["diffs"].values()) <= AGREE_TOL and a["restored"]),
         (f"(b) losses agree with update_bn loop  : max |diff| {b['diff_loss']:.1e} (<= {AGREE_TOL:g}); "
          f"naive / ours = {b['ratio']:.2f}x (no target)", b["diff_loss"] <= AGREE_TOL),
         (f"(c) Lanczos needs fewer products      : median {c['med_m']:g} against power iteration {c['med_j']:g} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -12,12 +13,14 @@ TABLE_KEYS = ("accuracy", "nll", "ece", "brier")
 
 
 def aggregate(values: Sequence[Mapping[str, float]], keys: Sequence[str] = TABLE_KEYS) -> dict[str, dict[str, float]]:
-    """Mean, sample standard deviation (0 for one value), min and max of each key over runs."""
+    """Mean, sample standard deviation (0 for one value; NaN when a value is infinite), min and max of each
+    key over runs."""
     out: dict[str, dict[str, float]] = {}
     for k in keys:
         xs = [float(v[k]) for v in values]
-        out[k] = {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
-                  "min": min(xs), "max": max(xs), "n": len(xs)}
+        finite = all(math.isfinite(x) for x in xs)
+        std = (statistics.stdev(xs) if len(xs) > 1 else 0.0) if finite else math.nan
+        out[k] = {"mean": statistics.fmean(xs), "std": std, "min": min(xs), "max": max(xs), "n": len(xs)}
     return out
 
 
