@@ -68,3 +68,14 @@ def test_plane_of_a_curve(runs, tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert list(res["points"])[:3] == ["A", "bend", "B"] and "t=0.5" in res["points"]
     assert res["off_plane_distance"]["t=0.5"] == pytest.approx(0.0, abs=1e-3)  # a Bezier curve lies in its plane
+
+
+def test_pca_plane_of_a_trajectory(runs, tmp_path):
+    out = tmp_path / "pca"
+    assert main(["plane", "--trajectory", str(runs / "swa"), "--pca", "--grid", "3", "--out", str(out),
+                 "--no-progress"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert len(res["explained_variance"]) == 2 and 0 < sum(res["explained_variance"]) <= 1 + 1e-9
+    assert "SWA" in res["points"] and sum(k.startswith("epoch") for k in res["points"]) == 4
+    # the SWA mean is the mean of the iterates: it projects to the origin of the PCA plane
+    assert res["points"]["SWA"] == pytest.approx([0.0, 0.0], abs=1e-4)

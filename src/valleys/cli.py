@@ -127,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("points", nargs="*", help="three run folders or model checkpoints A B C")
     pl.add_argument("--curve", default=None, help="a 'valleys connect' folder: the plane of its three control points")
     pl.add_argument("--trajectory", default=None, help="a swa/swag run: its iterates W1, W2, W3 and SWA (slides 9-13)")
+    pl.add_argument("--pca", action="store_true", help="with --trajectory: the plane of the iterates' top two principal directions")
     geometry_common(pl, grid=True)
     pa = sub.add_parser("path", help="loss and error along the line through two networks (slide 15)")
     pa.add_argument("a", help="run folder or checkpoint (distance 0)")
@@ -233,7 +234,10 @@ def _geometry(args: argparse.Namespace) -> int:
 
     progress = not getattr(args, "no_progress", True)
     if args.command == "plane":
-        if args.trajectory:
+        if args.trajectory and args.pca:
+            res = L.pca_plane_study(args.trajectory, n=args.grid, margin=args.margin, progress=progress)
+            title = f"PCA plane of the trajectory of {args.trajectory}"
+        elif args.trajectory:
             res = L.trajectory_plane_study(args.trajectory, n=args.grid, margin=args.margin, progress=progress)
             title = f"trajectory plane of {args.trajectory}"
         elif args.curve:

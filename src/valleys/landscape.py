@@ -190,3 +190,21 @@ def trajectory_plane_study(run_dir: str | Path, *, n: int = 21, margin: float = 
     res["points"] = {f"W{j + 1} (epoch {epochs[i]})": res["points"][k]
                      for j, (i, k) in enumerate(zip(idx, ("a", "b", "c")))} | {"SWA": res["points"]["SWA"]}
     return res
+
+
+def pca_plane_study(run_dir: str | Path, *, n: int = 21, margin: float = 0.2, progress: bool = False) -> dict[str, Any]:
+    """The plane through the mean of a run's collected iterates spanned by their top two principal directions
+    (u = PC1, v = PC2), with every iterate and SWA projected onto it."""
+    from .surfaces import pca_plane
+
+    model, w_swa, cfg, loaders, bn_loader = load_context(run_dir)
+    iterates, epochs = load_trajectory(run_dir)
+    mean, u, v, explained = pca_plane(iterates)
+    extra = {f"epoch {e}": w for e, w in zip(epochs, iterates)}
+    extra["SWA"] = w_swa
+    res = plane_study(model, mean, mean + v, mean + u, loaders, extra=extra, n=n, margin=margin, bn_loader=bn_loader,
+                      progress=progress)
+    res["points"] = {k: p for k, p in res["points"].items() if k not in ("a", "b", "c")}
+    res["explained_variance"] = explained.tolist()
+    res["units"] = "Euclidean distance in weight space along PC1 (u) and PC2 (v)"
+    return res
