@@ -47,8 +47,9 @@ def test_path_rays_landscape_sharpness(runs, tmp_path):
     assert main(["rays", str(runs / "swa"), str(runs / "sgd"), "--rays", "2", "--steps", "4", "--max-distance", "30",
                  "--out", str(tmp_path / "rays"), "--no-progress"]) == 0
     rays = json.loads((tmp_path / "rays" / "results.json").read_text())
-    assert set(rays["centers"]) == {"swa", "sgd"} and len(rays["centers"]["swa"]["loss"]) == 2
-    assert all(math.isinf(w) or w >= 0 for w in rays["centers"]["swa"]["width"])
+    swa, sgd = str(runs / "swa"), str(runs / "sgd")
+    assert set(rays["centers"]) == {swa, sgd} and len(rays["centers"][swa]["loss"]) == 2
+    assert all(math.isinf(w) or w >= 0 for w in rays["centers"][swa]["width"])
     assert main(["landscape", str(runs / "sgd"), "--random", "--filter-norm", "--grid", "3",
                  "--out", str(tmp_path / "land"), "--no-progress"]) == 0
     land = json.loads((tmp_path / "land" / "results.json").read_text())
@@ -79,3 +80,27 @@ def test_pca_plane_of_a_trajectory(runs, tmp_path):
     assert "SWA" in res["points"] and sum(k.startswith("epoch") for k in res["points"]) == 4
     # the SWA mean is the mean of the iterates: it projects to the origin of the PCA plane
     assert res["points"]["SWA"] == pytest.approx([0.0, 0.0], abs=1e-4)
+
+
+def test_geometry_bad_values_are_usage_errors(runs, tmp_path, capsys):
+    for args in (["rays", str(runs / "sgd"), "--steps", "1"], ["rays", str(runs / "sgd"), "--rays", "0"],
+                 ["landscape", str(runs / "sgd"), "--random", "--grid", "1"],
+                 ["sharpness", str(runs / "sgd"), "--examples", "0"]):
+        with pytest.raises(SystemExit) as e:
+            main([*args, "--out", str(tmp_path / "x")])
+        assert e.value.code == 2
+    assert main(["plane", "--trajectory", str(runs / "sgd"), "--out", str(tmp_path / "t")]) == 2
+    assert "train it with --method swa or swag" in capsys.readouterr().err
+
+
+def test_connect_keeps_endpoint_statistics_for_bn_keep(tmp_path):
+    """Curve training runs on a copy: the 'keep' policy evaluates the endpoints with their own statistics."""
+    from valleys.connect import ConnectConfig, connect_runs
+
+    for s in (0, 1):
+        train_run(TrainConfig(dataset="digits", model="cnn", method="sgd", epochs=2, seed=s), tmp_path / f"d{s}",
+                  progress=False)
+    res = connect_runs(ConnectConfig(str(tmp_path / "d0"), str(tmp_path / "d1"), epochs=1, points=3, bn="keep"),
+                       tmp_path / "c", progress=False)
+    own = json.loads((tmp_path / "d0" / "results.json").read_text())["metrics"]["test"]["error"]
+    assert res["endpoints"]["a"]["test_error"] == pytest.approx(own, abs=1e-9)

@@ -31,6 +31,13 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _at_least_two(text: str) -> int:
+    v = int(text)
+    if v < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2, got {v}")
+    return v
+
+
 def _positive_float(text: str) -> float:
     v = float(text)
     if not (v > 0 and v != float("inf")):
@@ -120,40 +127,43 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--bn", default="recompute", choices=["recompute", "keep"], help="BatchNorm policy per point")
         sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
         if grid:
-            sp.add_argument("--grid", type=int, default=21, help="points per axis (>= 2)")
+            sp.add_argument("--grid", type=_at_least_two, default=21, help="points per axis (>= 2)")
             sp.add_argument("--margin", type=float, default=0.2, help="margin around the marked points (fraction)")
 
     pl = sub.add_parser("plane", help="loss and error on the plane through three networks (or a curve or trajectory)")
     pl.add_argument("points", nargs="*", help="three run folders or model checkpoints A B C")
-    pl.add_argument("--curve", default=None, help="a 'valleys connect' folder: the plane of its three control points")
+    pl.add_argument("--curve", default=None,
+                    help="a 'valleys connect' folder: the plane of its two ends and its middle control point")
     pl.add_argument("--trajectory", default=None, help="a swa/swag run: its iterates W1, W2, W3 and SWA (slides 9-13)")
     pl.add_argument("--pca", action="store_true", help="with --trajectory: the plane of the iterates' top two principal directions")
     geometry_common(pl, grid=True)
     pa = sub.add_parser("path", help="loss and error along the line through two networks (slide 15)")
     pa.add_argument("a", help="run folder or checkpoint (distance 0)")
     pa.add_argument("b", help="run folder or checkpoint")
-    pa.add_argument("--points", type=int, default=41, help="points on the line")
+    pa.add_argument("--points", type=_at_least_two, default=41, help="points on the line")
     pa.add_argument("--extend", type=float, default=0.5, help="extend beyond both ends by this fraction")
     geometry_common(pa)
     ra = sub.add_parser("rays", help="train loss along random rays from a network: valley width (slide 14)")
     ra.add_argument("runs", nargs="+", help="run folders or checkpoints (the same rays from each)")
-    ra.add_argument("--rays", type=int, default=10, help="number of random unit directions")
+    ra.add_argument("--rays", type=_positive_int, default=10, help="number of random unit directions")
     ra.add_argument("--max-distance", type=float, default=50.0, help="distance along each ray (weight units)")
-    ra.add_argument("--steps", type=int, default=21, help="points per ray")
+    ra.add_argument("--steps", type=_at_least_two, default=21, help="points per ray")
     ra.add_argument("--rise", type=float, default=0.1, help="valley width: distance where the loss rises this much")
     ra.add_argument("--seed", type=int, default=0, help="seed of the directions")
     geometry_common(ra)
     la = sub.add_parser("landscape", help="loss on a random 2-D plane around a network (Li et al. 2018)")
     la.add_argument("run", help="run folder or checkpoint")
     la.add_argument("--random", action="store_true", required=True, help="random directions (the only kind for now)")
-    la.add_argument("--filter-norm", action="store_true", help="filter-normalised directions (else unit norm)")
+    la.add_argument("--filter-norm", dest="filter_norm", action="store_true", default=True,
+                    help="filter-normalised directions (the default)")
+    la.add_argument("--no-filter-norm", dest="filter_norm", action="store_false", help="unit-norm directions instead")
     la.add_argument("--span", type=float, default=1.0, help="coordinates in [-span, span]")
     la.add_argument("--seed", type=int, default=0, help="seed of the directions")
     geometry_common(la, grid=True)
     sh = sub.add_parser("sharpness", help="top Hessian eigenvalues, trace and epsilon-sharpness of a network")
     sh.add_argument("run", help="run folder or checkpoint")
-    sh.add_argument("--k", type=int, default=3, help="top eigenvalues (Lanczos)")
-    sh.add_argument("--examples", type=int, default=1000, help="training examples in the fixed subset")
+    sh.add_argument("--k", type=_positive_int, default=3, help="top eigenvalues (Lanczos, 30 products at most)")
+    sh.add_argument("--examples", type=_positive_int, default=1000, help="training examples in the fixed subset")
     sh.add_argument("--epsilon", type=float, default=1e-3, help="box size of epsilon-sharpness")
     sh.add_argument("--out", required=True, help="output folder")
 
@@ -235,10 +245,11 @@ def _geometry(args: argparse.Namespace) -> int:
     progress = not getattr(args, "no_progress", True)
     if args.command == "plane":
         if args.trajectory and args.pca:
-            res = L.pca_plane_study(args.trajectory, n=args.grid, margin=args.margin, progress=progress)
+            res = L.pca_plane_study(args.trajectory, n=args.grid, margin=args.margin, bn=args.bn, progress=progress)
             title = f"PCA plane of the trajectory of {args.trajectory}"
         elif args.trajectory:
-            res = L.trajectory_plane_study(args.trajectory, n=args.grid, margin=args.margin, progress=progress)
+            res = L.trajectory_plane_study(args.trajectory, n=args.grid, margin=args.margin, bn=args.bn,
+                                           progress=progress)
             title = f"trajectory plane of {args.trajectory}"
         elif args.curve:
             from .connect import ConnectConfig, _load_curve
@@ -248,15 +259,19 @@ def _geometry(args: argparse.Namespace) -> int:
             space = L.WeightSpace(model)
             curve = _load_curve(Path(args.curve), model, space, None)
             pts = curve.control_points().detach()
+            if len(pts) < 3:
+                raise ValueError("the curve has 2 control points (a straight segment): it spans no plane")
             extra = {f"t={t}": curve.point(t).detach() for t in (0.25, 0.5, 0.75)}
-            res = L.plane_study(model, pts[0], pts[1], pts[-1], loaders, extra=extra, n=args.grid, margin=args.margin,
+            res = L.plane_study(model, pts[0], pts[len(pts) // 2], pts[-1], loaders, extra=extra, n=args.grid,
+                                margin=args.margin,
                                 bn=args.bn, bn_loader=bn, progress=progress)
             res["points"] = {"A": res["points"]["a"], "bend": res["points"]["b"], "B": res["points"]["c"],
                              **{k: v for k, v in res["points"].items() if k.startswith("t=")}}
             title = f"plane of the curve {args.curve}"
         else:
-            if len(args.points) != 3:
-                raise ValueError("plane needs three networks A B C, or --curve or --trajectory")
+            if len(args.points) != 3 or args.pca:
+                raise ValueError("plane needs three networks A B C, or --curve or --trajectory (--pca goes with "
+                                 "--trajectory)")
             ctx = [L.load_context(p) for p in args.points]
             model, _, _, loaders, bn = ctx[0]
             res = L.plane_study(model, ctx[0][1], ctx[1][1], ctx[2][1], loaders, n=args.grid, margin=args.margin,
@@ -272,7 +287,7 @@ def _geometry(args: argparse.Namespace) -> int:
     elif args.command == "rays":
         ctx = {p: L.load_context(p) for p in args.runs}
         model, _, _, loaders, bn = next(iter(ctx.values()))
-        res = L.rays_study(model, {Path(p).name: c[1] for p, c in ctx.items()}, loaders["train"], rays=args.rays,
+        res = L.rays_study(model, {p: c[1] for p, c in ctx.items()}, loaders["train"], rays=args.rays,
                            max_distance=args.max_distance, steps=args.steps, rise=args.rise, seed=args.seed,
                            bn=args.bn, bn_loader=bn, progress=progress)
         title = "random rays from " + ", ".join(args.runs)

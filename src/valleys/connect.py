@@ -7,6 +7,7 @@ min/max/arc-length averages for the segment and the curve), ``report.md`` and ``
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -58,6 +59,8 @@ class ConnectConfig:
             raise ValueError("epochs, lr, batch-size and checkpoint-every must be positive")
         if self.points < 2:
             raise ValueError(f"points must be at least 2, got {self.points}")
+        if not self.wd >= 0:
+            raise ValueError(f"wd must be >= 0, got {self.wd}")
         if self.bn not in BN_POLICIES:
             raise ValueError(f"unknown BatchNorm policy {self.bn!r}; choose one of {', '.join(BN_POLICIES)}")
 
@@ -104,6 +107,7 @@ def connect_runs(cfg: ConnectConfig, out: str | Path, *, overwrite: bool = False
                  progress: bool = True) -> dict[str, Any]:
     """Train a curve between ``cfg.run_a`` and ``cfg.run_b`` into ``out`` and evaluate it (and the segment)."""
     cfg.check()
+    cfg = dataclasses.replace(cfg, run_a=str(Path(cfg.run_a).resolve()), run_b=str(Path(cfg.run_b).resolve()))
     out = Path(out)
     prepare_run_dir(out, overwrite=overwrite, resume=resume, create=False)
     model_a, model_b, data_cfg, space, w_a, w_b = _endpoints(cfg)
@@ -114,7 +118,9 @@ def connect_runs(cfg: ConnectConfig, out: str | Path, *, overwrite: bool = False
     train, train_eval, test = _loaders(cfg, data_cfg, splits)
     torch.manual_seed(cfg.seed)
     curve = Curve(w_a, w_b, kind=cfg.kind, bends=cfg.bends, sizes=[s.numel for s in space.slots])
-    cm = CurveModel(model_a, curve, space)
+    # train on a copy: a train-mode forward updates BatchNorm buffers, and model_a's own statistics are
+    # needed afterwards (bn="keep" and the endpoint rows)
+    cm = CurveModel(copy.deepcopy(model_a), curve, space)
     start = time.perf_counter()
     if cfg.bends > 2:
         opt = torch.optim.SGD(curve.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0)

@@ -6,9 +6,9 @@ default: BatchNorm uses its running statistics, Dropout is off, so L is a determ
 ``"train"``.
 
 * ``hvp(v) = d/de grad L(w + e v)`` by forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``).
-* Top-k eigenvalues by Lanczos with full reorthogonalisation (Lanczos 1950; Golub & Van Loan 10.1): k
-  eigenvalues of largest magnitude of the m x m tridiagonal matrix after m products; far fewer products than
-  power iteration for the same accuracy.
+* Top-k eigenvalues by Lanczos with full reorthogonalisation (Lanczos 1950; Golub & Van Loan 10.1): the k
+  largest (algebraic) eigenvalues of the m x m tridiagonal matrix after m products; far fewer products than
+  power iteration for the same accuracy (power iteration finds the largest in magnitude instead).
 * Trace by Hutchinson's estimator ``E[z^T H z]`` with Rademacher z (Hutchinson 1990), with its standard error.
 * Epsilon-sharpness (Keskar et al. 2017): ``max_{|d_i| <= eps (|w_i| + 1)} L(w + d) - L(w)``, by projected
   gradient ascent, reported relative to ``1 + L(w)`` as in the paper (times 100).
@@ -44,14 +44,19 @@ class LossFunction:
                  *, mode: str = "eval", space: WeightSpace | None = None, input_fn=None, target_fn=None) -> None:
         if mode not in ("eval", "train"):
             raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
+        from .batchnorm import has_batchnorm
+
+        if mode == "train" and has_batchnorm(model):
+            raise ValueError("mode='train' on a model with BatchNorm would update its running statistics and is "
+                             "not a function of w alone; use mode='eval' (the default)")
         self.model, self.mode = model, mode
         self.space = space or WeightSpace(model)
         self.loss_fn = loss_fn or nn.functional.cross_entropy
         input_fn = input_fn or default_input_fn
         target_fn = target_fn or default_target_fn
         self.batches = [(input_fn(b), target_fn(b)) for b in batches]
-        if not self.batches:
-            raise ValueError("the data subset is empty: pass at least one batch")
+        if not self.batches or sum(len(y) for _, y in self.batches) == 0:
+            raise ValueError("the data subset is empty: pass at least one non-empty batch")
         self.weights = [float(len(y)) for _, y in self.batches]
         self.num_hvp = 0
 
@@ -179,7 +184,7 @@ def epsilon_sharpness(loss: LossFunction, w: Tensor, epsilon: float = 1e-3, *, s
                       lr: float | None = None) -> dict[str, float]:
     """Keskar et al. (2017) sharpness: the largest loss increase in the box ``|d_i| <= eps (|w_i| + 1)``.
 
-    Projected gradient ascent (sign steps of ``lr``, default ``eps / 4`` of the box, clipped to the box).
+    Projected gradient ascent: sign steps of ``lr`` times the box half-width (default 0.25), clipped to the box.
     Returns ``increase`` (``max L(w + d) - L(w)``), ``sharpness`` (``100 increase / (1 + L(w))``) and ``base``.
     """
     if not epsilon > 0:

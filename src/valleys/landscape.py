@@ -64,6 +64,8 @@ def rays_study(model: nn.Module, centers: Mapping[str, Tensor], loader: Iterable
     (slide 14); valley width = distance where the loss first rises by ``rise`` over the center's."""
     space = WeightSpace(model)
     gen = torch.Generator().manual_seed(seed)
+    if rays < 1 or steps < 2:
+        raise ValueError(f"rays needs at least 1 ray and 2 steps per ray, got {rays} and {steps}")
     dirs = [random_direction(space, next(iter(centers.values())), filter_norm=False, generator=gen)
             for _ in range(rays)]
     dist = torch.linspace(0, max_distance, steps).tolist()
@@ -87,6 +89,8 @@ def random_plane_study(model: nn.Module, w: Tensor, loaders: Mapping[str, Iterab
                        bn_loader: Iterable | None = None, progress: bool = False) -> dict[str, Any]:
     """Loss and error on ``w + x d1 + y d2`` for x, y in ``[-span, span]`` with two random directions,
     filter-normalised by default (Li et al. 2018)."""
+    if n < 2:
+        raise ValueError(f"a grid needs at least 2 points per axis, got {n}")
     space = WeightSpace(model)
     gen = torch.Generator().manual_seed(seed)
     d1 = random_direction(space, w, filter_norm=filter_norm, generator=gen)
@@ -169,14 +173,16 @@ def load_trajectory(run_dir: str | Path) -> tuple[Tensor, list[int]]:
     """The iterates a SWA/SWAG run collected (``trajectory.safetensors``) and their epochs."""
     from .checkpoint import load_checkpoint
 
+    if not (Path(run_dir) / "trajectory.safetensors").is_file():
+        raise ValueError(f"{run_dir} holds no trajectory; train it with --method swa or swag")
     state, header = load_checkpoint(Path(run_dir) / "trajectory.safetensors")
     if header.get("kind") != "trajectory":
         raise ValueError(f"{run_dir} holds no trajectory; train it with --method swa or swag")
     return state["iterates"], list(header["epochs"])
 
 
-def trajectory_plane_study(run_dir: str | Path, *, n: int = 21, margin: float = 0.2, progress: bool = False
-                           ) -> dict[str, Any]:
+def trajectory_plane_study(run_dir: str | Path, *, n: int = 21, margin: float = 0.2, bn: str = "recompute",
+                           progress: bool = False) -> dict[str, Any]:
     """Slides 9-13: the plane through three SGD iterates W1, W2, W3 of a SWA/SWAG run (first, middle and last
     collected epochs) with the SWA solution projected onto it."""
     model, w_swa, cfg, loaders, bn_loader = load_context(run_dir)
@@ -185,14 +191,15 @@ def trajectory_plane_study(run_dir: str | Path, *, n: int = 21, margin: float = 
         raise ValueError(f"{run_dir} collected {len(iterates)} iterates; a trajectory plane needs at least 3")
     idx = [0, len(iterates) // 2, len(iterates) - 1]
     a, b, c = (iterates[i] for i in idx)
-    res = plane_study(model, a, b, c, loaders, extra={"SWA": w_swa}, n=n, margin=margin, bn_loader=bn_loader,
-                      progress=progress)
+    res = plane_study(model, a, b, c, loaders, extra={"SWA": w_swa}, n=n, margin=margin, bn=bn,
+                      bn_loader=bn_loader, progress=progress)
     res["points"] = {f"W{j + 1} (epoch {epochs[i]})": res["points"][k]
                      for j, (i, k) in enumerate(zip(idx, ("a", "b", "c")))} | {"SWA": res["points"]["SWA"]}
     return res
 
 
-def pca_plane_study(run_dir: str | Path, *, n: int = 21, margin: float = 0.2, progress: bool = False) -> dict[str, Any]:
+def pca_plane_study(run_dir: str | Path, *, n: int = 21, margin: float = 0.2, bn: str = "recompute",
+                    progress: bool = False) -> dict[str, Any]:
     """The plane through the mean of a run's collected iterates spanned by their top two principal directions
     (u = PC1, v = PC2), with every iterate and SWA projected onto it."""
     from .surfaces import pca_plane
@@ -202,8 +209,8 @@ def pca_plane_study(run_dir: str | Path, *, n: int = 21, margin: float = 0.2, pr
     mean, u, v, explained = pca_plane(iterates)
     extra = {f"epoch {e}": w for e, w in zip(epochs, iterates)}
     extra["SWA"] = w_swa
-    res = plane_study(model, mean, mean + v, mean + u, loaders, extra=extra, n=n, margin=margin, bn_loader=bn_loader,
-                      progress=progress)
+    res = plane_study(model, mean, mean + v, mean + u, loaders, extra=extra, n=n, margin=margin, bn=bn,
+                      bn_loader=bn_loader, progress=progress)
     res["points"] = {k: p for k, p in res["points"].items() if k not in ("a", "b", "c")}
     res["explained_variance"] = explained.tolist()
     res["units"] = "Euclidean distance in weight space along PC1 (u) and PC2 (v)"
