@@ -56,7 +56,6 @@ import gc
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 
@@ -473,10 +472,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception:  # report, but never fail the build: this is a measurement, not a test
-        import traceback
+    from _harness import run_measurement
 
-        traceback.print_exc()
-    sys.exit(0)
+    run_measurement(main)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .batches import InputFn, call_model, default_input_fn, to_device
+from .weights import preserved_modes
 
 __all__ = ["recompute_bn", "has_batchnorm", "EmptyLoaderError"]
 
@@ -121,7 +122,6 @@ def recompute_bn(
     if distributed is None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
 
-    modes = [m.training for m in model.modules()]
     saved = {m: [b.detach().clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
              for m in layers}
     moments = {m: _Moments() for m in layers}
@@ -131,9 +131,8 @@ def recompute_bn(
         m.momentum = 1.0
     seen = 0
     try:
-        model.train()
         batches = loader if num_batches is None else itertools.islice(loader, num_batches)
-        with torch.no_grad():
+        with preserved_modes(model, train=True), torch.no_grad():
             for batch in batches:
                 inputs = to_device(input_fn(batch), device)
                 call_model(model, inputs)
@@ -149,8 +148,6 @@ def recompute_bn(
             h.remove()
         for m, momentum in momenta.items():
             m.momentum = momentum
-        for m, mode in zip(model.modules(), modes):
-            m.training = mode
     if seen == 0:
         with torch.no_grad():
             for m, bufs in saved.items():

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .batches import call_model, default_input_fn, default_target_fn, to_device
+from .batches import default_input_fn, to_device
 from .batchnorm import has_batchnorm, recompute_bn
-from .predict import _vmap_is_faster, _vmap_outputs
-from .weights import WeightSpace
+from .predict import _vmap_is_faster, predict_probs, predict_stacked
+from .weights import WeightSpace, preserved_modes
 
 __all__ = ["evaluate_points"]
 
@@ -66,7 +66,6 @@ def evaluate_points(model: nn.Module, points: Sequence[Tensor], loaders: Mapping
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(points), unit="point", desc=desc, leave=False, dynamic_ncols=True)
-    modes = [m.training for m in model.modules()]
     try:
         it = iter(points)
         while True:
@@ -75,38 +74,31 @@ def evaluate_points(model: nn.Module, points: Sequence[Tensor], loaders: Mapping
                 break
             if use_vmap is None:
                 first = next(iter(next(iter(loaders.values()))))
-                model.eval()
-                with torch.no_grad():
+                with preserved_modes(model, train=False), torch.no_grad():
                     use_vmap = _vmap_is_faster(model, space, torch.stack(group).to(ref),
                                                to_device(default_input_fn(first), device))
             sums = {name: [[0.0, 0.0, 0] for _ in group] for name in loaders}
+
+            def add(name: str, j: int, logits: Tensor, y: Tensor) -> None:
+                loss, err = _loss_error(logits, y.to(logits.device))
+                sums[name][j][0] += loss
+                sums[name][j][1] += err
+                sums[name][j][2] += len(y)
+
             if use_vmap:
                 stacked = torch.stack(group).to(ref)
-                model.eval()
-                with torch.no_grad():
-                    for name, loader in loaders.items():
-                        for batch in loader:
-                            y = to_device(default_target_fn(batch), device)
-                            outs = _vmap_outputs(model, space, stacked, to_device(default_input_fn(batch), device))
-                            for j, o in enumerate(outs):
-                                loss, err = _loss_error(o, y)
-                                sums[name][j][0] += loss
-                                sums[name][j][1] += err
-                                sums[name][j][2] += len(y)
+                for name, loader in loaders.items():
+                    for outs, y in predict_stacked(model, space, stacked, loader, device=device):
+                        for j, o in enumerate(outs):
+                            add(name, j, o, y)
             else:
                 for j, w in enumerate(group):
                     with space.at(model, w.to(ref)):
                         if recompute:
                             recompute_bn(model, bn_loader, device=device)  # type: ignore[arg-type]
-                        model.eval()
-                        with torch.no_grad():
-                            for name, loader in loaders.items():
-                                for batch in loader:
-                                    y = to_device(default_target_fn(batch), device)
-                                    loss, err = _loss_error(call_model(model, to_device(default_input_fn(batch), device)), y)
-                                    sums[name][j][0] += loss
-                                    sums[name][j][1] += err
-                                    sums[name][j][2] += len(y)
+                        for name, loader in loaders.items():
+                            for logits, y in predict_probs(model, loader, device=device, transform=lambda o: o):
+                                add(name, j, logits, y)
             for name in loaders:
                 for loss, err, n in sums[name]:
                     out[name]["loss"].append(loss / n if n else math.nan)
@@ -114,8 +106,6 @@ def evaluate_points(model: nn.Module, points: Sequence[Tensor], loaders: Mapping
             if bar is not None:
                 bar.update(len(group))
     finally:
-        for m, mode in zip(model.modules(), modes):
-            m.training = mode
         if bar is not None:
             bar.close()
     nonfinite = sum(1 for i in range(len(points)) if any(math.isnan(out[n]["loss"][i]) for n in loaders))

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .batches import call_model, default_input_fn, default_target_fn
-from .weights import WeightSpace
+from .weights import WeightSpace, preserved_modes
 
 __all__ = ["LossFunction", "lanczos", "power_iteration", "hutchinson_trace", "epsilon_sharpness"]
 
@@ -70,13 +70,8 @@ class LossFunction:
         return out
 
     def _in_mode(self, fn: Callable[[], Any]) -> Any:
-        modes = [m.training for m in self.model.modules()]
-        self.model.train(self.mode == "train")
-        try:
+        with preserved_modes(self.model, train=self.mode == "train"):
             return fn()
-        finally:
-            for m, mode in zip(self.model.modules(), modes):
-                m.training = mode
 
     def value(self, w: Tensor) -> float:
         """``L(w)``."""

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from .batches import InputFn, call_model, default_input_fn, default_target_fn, to_device
 from .batchnorm import EmptyLoaderError, has_batchnorm, recompute_bn
 from .metrics import ClassificationMetrics, RegressionMetrics
-from .weights import WeightSpace
+from .weights import WeightSpace, preserved_modes
 
 __all__ = ["evaluate", "predict_probs", "bma", "Sample"]
 
@@ -51,16 +51,21 @@ def predict_probs(model: nn.Module, loader: Iterable, *, device: torch.device | 
     eval mode (flags restored when exhausted). This is the one prediction loop of valleys."""
     input_fn = input_fn or default_input_fn
     target_fn = target_fn or default_target_fn
-    modes = [m.training for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                output = call_model(model, to_device(input_fn(batch), device))
-                yield transform(output), target_fn(batch)
-    finally:
-        for m, mode in zip(model.modules(), modes):
-            m.training = mode
+    with preserved_modes(model, train=False), torch.no_grad():
+        for batch in loader:
+            output = call_model(model, to_device(input_fn(batch), device))
+            yield transform(output), target_fn(batch)
+
+
+def predict_stacked(model: nn.Module, space: WeightSpace, stacked: Tensor, loader: Iterable, *,
+                    device: torch.device | str | None = None, input_fn: InputFn | None = None, target_fn=None):
+    """The same loop for ``c`` weight vectors at once: yield ``(outputs (c, N, ...), targets)`` per batch,
+    computed with ``torch.func.vmap`` over the rows of ``stacked`` (c, P), in eval mode (flags restored)."""
+    input_fn = input_fn or default_input_fn
+    target_fn = target_fn or default_target_fn
+    with preserved_modes(model, train=False), torch.no_grad():
+        for batch in loader:
+            yield _vmap_outputs(model, space, stacked, to_device(input_fn(batch), device)), target_fn(batch)
 
 
 def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str | None = None,
@@ -105,14 +110,12 @@ def holding(model: nn.Module, sample: Sample, space: WeightSpace) -> Iterator[nn
 
     check_model_signature([[k, list(v.shape)] for k, v in sample.items()], model, "a state-dict sample")
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    modes = [m.training for m in model.modules()]
     try:
-        model.load_state_dict(sample)
-        yield model
+        with preserved_modes(model):
+            model.load_state_dict(sample)
+            yield model
     finally:
         model.load_state_dict(saved)
-        for m, mode in zip(model.modules(), modes):
-            m.training = mode
 
 
 def _call_at(model: nn.Module, params: dict[str, Tensor], inputs: Any) -> Tensor:
@@ -208,18 +211,11 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
             raise ValueError("bma: the loader yielded a different number of batches on two passes")
 
     def vmap_pass(stacked: Tensor) -> None:
-        modes = [m.training for m in model.modules()]
-        model.eval()
-        try:
-            with torch.no_grad():
-                b = -1
-                for b, batch in enumerate(loader):
-                    out = _vmap_outputs(model, space, stacked, to_device(input_fn(batch), device))
-                    add(b, sum(transform(o) for o in out), target_fn(batch))
-                finish_pass(b)
-        finally:
-            for m, mode in zip(model.modules(), modes):
-                m.training = mode
+        b = -1
+        for b, (out, y) in enumerate(predict_stacked(model, space, stacked, loader, device=device,
+                                                     input_fn=input_fn, target_fn=target_fn)):
+            add(b, sum(transform(o) for o in out), y)
+        finish_pass(b)
 
     iterator = iter(samples)
     try:
@@ -236,13 +232,9 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
             if vmappable and use_vmap is None:
                 first = next(iter(loader), None)
                 stacked = torch.stack([g.to(space.parameters(model)[0]) for g in group])
-                modes = [m.training for m in model.modules()]
-                model.eval()
-                with torch.no_grad():
+                with preserved_modes(model, train=False), torch.no_grad():
                     use_vmap = first is not None and _vmap_is_faster(model, space, stacked,
                                                                      to_device(input_fn(first), device))
-                for m, mode in zip(model.modules(), modes):
-                    m.training = mode
             if vmappable and use_vmap:
                 vmap_pass(torch.stack([g.to(space.parameters(model)[0]) for g in group]))
                 passes += 1

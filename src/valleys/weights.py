@@ -20,7 +20,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["WeightSpace", "WeightSpaceError"]
+__all__ = ["WeightSpace", "WeightSpaceError", "preserved_modes"]
+
+
+@contextlib.contextmanager
+def preserved_modes(module: nn.Module, train: bool | None = None) -> Iterator[nn.Module]:
+    """Inside the block the module is in train (``True``) or eval (``False``) mode, or unchanged (``None``);
+    on exit every submodule's own train/eval flag is restored, also when the block raises."""
+    modes = [m.training for m in module.modules()]
+    if train is not None:
+        module.train(train)
+    try:
+        yield module
+    finally:
+        for m, mode in zip(module.modules(), modes):
+            m.training = mode
 
 
 class WeightSpaceError(ValueError):
@@ -189,18 +203,16 @@ class WeightSpace:
         """
         saved_w = self.read(module)
         saved_buffers = {k: b.detach().clone() for k, b in module.named_buffers()}
-        saved_modes = [m.training for m in module.modules()]
         self.write(module, w)
         try:
-            yield module
+            with preserved_modes(module):
+                yield module
         finally:
             self.write(module, saved_w)
             if not keep_buffers:
                 with torch.no_grad():
                     for k, b in module.named_buffers():
                         b.copy_(saved_buffers[k])
-            for m, mode in zip(module.modules(), saved_modes):
-                m.training = mode
 
     def functional_call(self, module: nn.Module, w: Tensor, *args, **kwargs):
         """``module(*args, **kwargs)`` evaluated at ``w`` without writing ``w`` into the module.
