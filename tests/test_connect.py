@@ -54,3 +54,13 @@ def test_curve_checkpoint_of_another_model_is_refused(two_runs, tmp_path):
                     {"kind": "curve", "curve": "bezier", "bends": 3, "signature": [["w", [10]]]})
     with pytest.raises(CheckpointError, match="another architecture"):
         evaluate_curve_dir(out)
+
+
+def test_curve_budget_defaults_to_twice_the_endpoints_epochs_at_their_lr(two_runs, tmp_path):
+    out = tmp_path / "d"
+    res = connect_runs(ConnectConfig(str(two_runs / "s0"), str(two_runs / "s1"), points=3), out, progress=False)
+    base = TrainConfig()
+    assert res["training"]["epochs"] == 6 and res["training"]["lr"] == base.lr  # endpoints: 3 epochs
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["epochs"], cfg["lr"]) == (6, base.lr)
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 6

@@ -1,3 +1,4 @@
+import copy
 import warnings
 
 import pytest
@@ -158,19 +159,90 @@ def test_curve_on_another_architecture_is_refused():
         CurveModel(mlp(h=8), curve)
 
 
-def test_l2_hook_gives_the_gradient_of_the_penalty():
+def _curve64(make, kind="bezier", bends=3, names=None):
     torch.manual_seed(0)
-    a, b = _pair(mlp)
-    space = WeightSpace(a)
-    curve = Curve(space.read(a).double(), space.read(b).double(), sizes=[s.numel for s in space.slots])
-    base = mlp().double()
-    cm = CurveModel(base, curve)
-    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
-    loss = cm.l2_loss(nn.CrossEntropyLoss(), 0.3)
-    loss(cm(x, t=0.4), y).backward()
-    got = curve.inner_grad().clone()
-    for p in curve.inner:
+    a, b = _pair(make)
+    space = WeightSpace(a, names)
+    curve = Curve(space.read(a).double(), space.read(b).double(), kind=kind, bends=bends,
+                  sizes=[s.numel for s in space.slots])
+    torch.manual_seed(5)
+    curve.set_inner(curve.inner_points() + 0.2 * torch.randn_like(curve.inner_points()))  # bent
+    base = make().double()
+    base.load_state_dict(a.double().state_dict())
+    return space, curve, base
+
+
+def _oracle_grads(space, curve, base, x, y, ts, wd):
+    """Autograd of the explicit objective sum_t CE(f(x; w(t)), y) + 0.5 wd ||w(t)||^2 through flat vectors."""
+    ref_curve, ref_base = copy.deepcopy(curve), copy.deepcopy(base)
+    for p in ref_curve.inner:
         p.grad = None
-    w = curve.point(0.4)  # the oracle: differentiate the explicit objective of the flat vector
-    (nn.functional.cross_entropy(space.functional_call(base, w, x), y) + 0.5 * 0.3 * w.pow(2).sum()).backward()
-    assert torch.allclose(got, curve.inner_grad(), atol=1e-12)
+    total = 0
+    for t in ts:
+        w = ref_curve.point(t)
+        total = total + nn.functional.cross_entropy(space.functional_call(ref_base, w, x), y) + 0.5 * wd * w.pow(2).sum()
+    total.backward()
+    return ref_curve.inner_grad(), ref_base
+
+
+@pytest.mark.parametrize("kind,bends,t,wd", [
+    ("bezier", 3, 0.4, 0.3),      # one inner point: its coefficient applied at the output
+    ("bezier", 3, 0.4, 0.0),
+    ("bezier", 3, 1e-4, 0.3),     # c_1 = 2e-4 below the scaling threshold: applied to the weight gradient
+    ("bezier", 3, 0.0, 0.3),      # c_1 = 0: no gradient at all
+    ("bezier", 5, 0.7, 0.3),      # three active inner points
+    ("polychain", 4, 0.2, 0.3),   # one active inner point
+    ("polychain", 4, 0.5, 0.3),   # two active inner points
+])
+def test_curve_gradient_equals_explicit_objective(kind, bends, t, wd):
+    space, curve, base = _curve64(mlp, kind, bends)
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    want, _ = _oracle_grads(space, curve, base, x, y, [t], wd)
+    cm = CurveModel(base, curve)
+    loss = cm.l2_loss(nn.CrossEntropyLoss(), wd)
+    loss(cm(x, t=t), y).backward()
+    assert torch.allclose(curve.inner_grad(), want, rtol=1e-10, atol=1e-13)
+    assert all(p.grad is None for p in base.parameters())  # only the curve is trained
+
+
+def test_curve_gradient_with_batchnorm_two_forwards_and_accumulation():
+    space, curve, base = _curve64(BNCNN)
+    x, y = torch.randn(8, 1, 6, 6, dtype=torch.float64), torch.randint(0, 3, (8,))
+    cm = CurveModel(base, curve).train()
+    loss = cm.l2_loss(nn.CrossEntropyLoss(), 0.3)
+    (loss(cm(x, t=0.3), y) + loss(cm(x, t=0.8), y)).backward()  # two points in one graph
+    want, _ = _oracle_grads(space, curve, base, x, y, [0.3, 0.8], 0.3)
+    assert torch.allclose(curve.inner_grad(), want, rtol=1e-10, atol=1e-13)
+    for t in (0.3, 0.8):  # the same by accumulating two backward passes
+        if t == 0.3:
+            for p in curve.inner:
+                p.grad = None
+        loss(cm(x, t=t), y).backward()
+    assert torch.allclose(curve.inner_grad(), want, rtol=1e-10, atol=1e-13)
+
+
+def test_curve_gradient_reaches_other_parameters_and_inputs_unscaled():
+    names = ["0.weight", "0.bias"]  # the curve lives in the first layer only; the head trains as usual
+    space, curve, base = _curve64(mlp, names=names)
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 3, (6,))
+    ref_curve, ref_base = copy.deepcopy(curve), copy.deepcopy(base)
+    w = ref_curve.point(0.4)
+    x_ref = x.detach().clone().requires_grad_()
+    out = nn.functional.cross_entropy(space.functional_call(ref_base, w, x_ref), y) + 0.15 * w.pow(2).sum()
+    out.backward()
+    cm = CurveModel(base, curve, space)
+    cm.l2_loss(nn.CrossEntropyLoss(), 0.3)(cm(x, t=0.4), y).backward()
+    assert torch.allclose(curve.inner_grad(), ref_curve.inner_grad(), rtol=1e-10, atol=1e-13)
+    assert torch.allclose(base[2].weight.grad, ref_base[2].weight.grad, rtol=1e-10)
+    assert torch.allclose(x.grad, x_ref.grad, rtol=1e-10)
+
+
+def test_curve_l2_missed_by_autograd_grad_warns():
+    space, curve, base = _curve64(mlp)
+    cm = CurveModel(base, curve)
+    loss = cm.l2_loss(nn.CrossEntropyLoss(), 0.3)
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    torch.autograd.grad(loss(cm(x, t=0.4), y), list(curve.parameters()))
+    with pytest.warns(UserWarning, match="L2 gradient of the last backward pass was not applied"):
+        cm(x, t=0.4)

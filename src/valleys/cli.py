@@ -19,7 +19,7 @@ EXAMPLES = """examples:
   valleys train --method fge --epochs 100 --cycle 2 --out runs/fge
   valleys train --method swag --ood-split --out runs/swag-ood    # classes 5-9 held out as OOD
   valleys evaluate runs/swa --temperature-scaling                 # SWA-Temp baseline
-  valleys connect runs/sgd-a runs/sgd-b --kind bezier --epochs 50 --out runs/curve   # mode connectivity
+  valleys connect runs/sgd-a runs/sgd-b --kind bezier --out runs/curve   # mode connectivity
   valleys evaluate runs/curve --points 61
 """
 
@@ -111,8 +111,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("run_b", help="run folder or model.safetensors of the second network")
     c.add_argument("--kind", default="bezier", choices=["bezier", "polychain"], help="curve family")
     c.add_argument("--bends", type=int, default=3, help="control points including the two ends (>= 2)")
-    c.add_argument("--epochs", type=_positive_int, default=50, help="curve training epochs")
-    c.add_argument("--lr", type=_positive_float, default=0.05, help="initial LR (decays to 1%% like SGD runs)")
+    c.add_argument("--epochs", type=_positive_int, default=None,
+                   help="curve training epochs (default: twice the first endpoint's)")
+    c.add_argument("--lr", type=_positive_float, default=None,
+                   help="initial LR, decaying to 1%% like SGD runs (default: the first endpoint's)")
     c.add_argument("--wd", type=float, default=5e-4, help="L2 on w(t)")
     c.add_argument("--seed", type=int, default=0, help="random seed (t draws, batch order)")
     c.add_argument("--points", type=int, default=61, help="points per path at evaluation")

@@ -33,14 +33,20 @@ __all__ = ["ConnectConfig", "connect_runs", "evaluate_curve_dir", "load_endpoint
 
 @dataclass
 class ConnectConfig:
-    """Settings of ``valleys connect`` (curve training follows the SGD schedule shape, decaying to 1%)."""
+    """Settings of ``valleys connect`` (curve training follows the SGD schedule shape, decaying to 1%).
+
+    ``epochs`` and ``lr`` default to ``None``: twice the first endpoint's training epochs and its initial LR
+    (resolved when the curve is trained and written to the folder's ``config.json``). On MNIST-1D the
+    curve's maximum validation error stopped improving at about twice the networks' budget (README,
+    "Mode connectivity").
+    """
 
     run_a: str
     run_b: str
     kind: str = "bezier"
     bends: int = 3
-    epochs: int = 50
-    lr: float = 0.05
+    epochs: int | None = None
+    lr: float | None = None
     momentum: float = 0.9
     wd: float = 5e-4
     batch_size: int = 128
@@ -55,7 +61,8 @@ class ConnectConfig:
             raise ValueError(f"unknown curve kind {self.kind!r}; choose one of {', '.join(CURVE_KINDS)}")
         if self.bends < 2:
             raise ValueError(f"a curve needs at least 2 control points, got --bends {self.bends}")
-        if self.epochs < 1 or not self.lr > 0 or self.batch_size < 1 or self.checkpoint_every < 1:
+        if ((self.epochs is not None and self.epochs < 1) or (self.lr is not None and not self.lr > 0)
+                or self.batch_size < 1 or self.checkpoint_every < 1):
             raise ValueError("epochs, lr, batch-size and checkpoint-every must be positive")
         if self.points < 2:
             raise ValueError(f"points must be at least 2, got {self.points}")
@@ -111,6 +118,7 @@ def connect_runs(cfg: ConnectConfig, out: str | Path, *, overwrite: bool = False
     out = Path(out)
     prepare_run_dir(out, overwrite=overwrite, resume=resume, create=False)
     model_a, model_b, data_cfg, space, w_a, w_b = _endpoints(cfg)
+    cfg = dataclasses.replace(cfg, epochs=cfg.epochs or 2 * data_cfg.epochs, lr=cfg.lr or data_cfg.lr)
     splits = _load_splits(data_cfg)
     prepare_run_dir(out, overwrite=overwrite, resume=resume)
     if not resume:
@@ -134,6 +142,7 @@ def connect_runs(cfg: ConnectConfig, out: str | Path, *, overwrite: bool = False
                     {"kind": "curve", "curve": cfg.kind, "bends": cfg.bends, "signature": space.signature()})
     results = evaluate_curve_dir(out, progress=progress, write=False, _cache=(model_a, model_b, data_cfg, splits))
     results["timing"] = {"train_s": train_s, "eval_s": results.pop("eval_s")}
+    results["training"] = {"epochs": cfg.epochs, "lr": cfg.lr, "wd": cfg.wd, "batch_size": cfg.batch_size}
     write_json(out / "results.json", results)
     return results
 

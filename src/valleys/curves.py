@@ -19,6 +19,8 @@ per point (:func:`valleys.paths.evaluate_path`).
 from __future__ import annotations
 
 import math
+import warnings
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -116,19 +118,10 @@ class Curve(nn.Module):
     def point_parts(self, t: float | Tensor) -> list[Tensor]:
         """``w(t)`` as one tensor per piece (see ``sizes``), differentiable with respect to the inner points.
 
-        The fixed ends enter without autograd history and each inner piece through one fused add.
+        One autograd node (:class:`_CurvePoint`) forms every piece with fused passes over the control
+        points; its backward hands ``c_j(t) g`` to inner point j (g: the gradient reaching ``w(t)``).
         """
-        c = self.coefficients(t).tolist()
-        with torch.no_grad():
-            starts = torch.split(self.start, self.sizes)
-            ends = torch.split(self.end, self.sizes)
-            base = torch._foreach_add(torch._foreach_mul(starts, c[0]), ends, alpha=c[-1])
-        if self.bends == 2:
-            return list(base)
-        if self.bends == 3:
-            return [torch.add(b, p[0], alpha=c[1]) for b, p in zip(base, self.inner)]
-        ci = torch.tensor(c[1:-1], dtype=self.start.dtype, device=self.start.device)
-        return [torch.addmv(b, p.T, ci) for b, p in zip(base, self.inner)]
+        return _curve_point(self, self.coefficients(t).tolist(), _Scale(), None)
 
     def point(self, t: float | Tensor) -> Tensor:
         """``w(t)`` as one flat vector; differentiable with respect to the inner control points."""
@@ -178,20 +171,60 @@ class CurveModel(nn.Module):
         self.t = 0.5
         self.wd = 0.0
         self._last_parts: list[Tensor] | None = None
+        self._l2_pending: dict[int, list[tuple[Tensor, list[float]]]] = {}
+        self._hooked: dict[int, Any] = {}
+        names = {s.name for s in self.space.slots}
+        self._other_trainable = any(p.requires_grad for n, p in model.named_parameters() if n not in names)
 
     def forward(self, *args: Any, t: float | None = None, **kwargs: Any) -> Tensor:
         if t is None:
             t = float(torch.rand(())) if self.training else self.t
-        parts = self.curve.point_parts(t)
-        if self.wd and parts[0].requires_grad:
-            # the gradient of 0.5 wd ||w(t)||^2 is wd w(t): added to each piece's gradient in one fused pass
-            for part in parts:
-                part.register_hook(lambda g, w0=part.detach(), wd=self.wd: g.add(w0, alpha=wd))
+        c = self.curve.coefficients(t).tolist()
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.curve.inner)
+        scale = _Scale()
+        sink = None
+        if self._l2_pending:  # queued by a backward pass that never accumulated into .grad
+            self._l2_pending.clear()
+            warnings.warn("CurveModel: the L2 gradient of the last backward pass was not applied because it did "
+                          "not accumulate into the inner points' .grad (use loss.backward(), not "
+                          "torch.autograd.grad, when training with l2_loss)", stacklevel=2)
+        if grad and self.wd:
+            self._hook_inner()
+            sink = (self._l2_pending, self.wd)
+        parts = _curve_point(self.curve, c, scale, sink)
         self._last_parts = [p.detach() for p in parts]
         if len(parts) == len(self.space.slots):
-            params = {s.name: p.view(s.shape) for s, p in zip(self.space.slots, parts)}
-            return torch.func.functional_call(self.model, params, args, kwargs)
-        return self.space.functional_call(self.model, torch.cat(parts), *args, **kwargs)
+            out = self.space.call_with(self.model, [p.view(s.shape) for s, p in zip(self.space.slots, parts)],
+                                       args, kwargs)
+        else:
+            out = self.space.functional_call(self.model, torch.cat(parts), *args, **kwargs)
+        active = [x for x in c[1:-1] if x != 0.0]
+        if (grad and isinstance(out, Tensor) and len(active) == 1 and active[0] >= _MIN_SCALE
+                and not self._other_trainable and not _any_requires_grad(args, kwargs)):
+            # The one active inner point's coefficient c_j is applied to the gradient at the output
+            # (batch-sized) instead of to the P-sized gradient of w(t): by linearity of backpropagation
+            # every weight gradient arrives already multiplied by c_j, and the curve's backward passes it
+            # on without a copy. Only the curve's points receive gradients through this graph.
+            scale.value = active[0]
+            out = _ScaleGrad.apply(out, active[0])
+        return out
+
+    def _hook_inner(self) -> None:
+        """Register (once per parameter object) the hook that adds the L2 gradient after accumulation."""
+        for p in self.curve.inner:
+            ref = self._hooked.get(id(p))
+            if ref is None or ref() is not p:
+                p.register_post_accumulate_grad_hook(self._add_l2)
+                self._hooked[id(p)] = weakref.ref(p)
+
+    def _add_l2(self, p: Tensor) -> None:
+        # ``(w_i, c)`` entries queued by _CurvePoint.backward for this parameter in this backward pass:
+        # grad += wd * outer(c_inner, w_i), in place (the gradient tensor is the parameter's own)
+        for w, coef in self._l2_pending.pop(id(p), ()):
+            if len(coef) == 1:
+                p.grad[0].add_(w, alpha=coef[0])
+            else:
+                p.grad.addr_(torch.tensor(coef, dtype=w.dtype, device=w.device), w)
 
     @property
     def last_w(self) -> Tensor | None:
@@ -206,11 +239,107 @@ class CurveModel(nn.Module):
     def l2_loss(self, loss_fn, wd: float):
         """The curve objective ``loss_fn(output, target) + 0.5 wd ||w(t)||^2``.
 
-        The penalty's gradient ``wd w(t)`` is added to ``w(t)``'s gradient by a hook in :meth:`forward`
-        (cheaper than differentiating the squared norm); the returned value is the task loss, which is what
-        the training log shows. Sets ``self.wd``; the optimizer's own weight decay must stay 0.
+        The penalty's gradient with respect to inner point j, ``c_j(t) wd w(t)``, is added in place to the
+        point's ``.grad`` right after ``loss.backward()`` accumulates it (a post-accumulate-grad hook; cheaper
+        than differentiating the squared norm). So train with ``loss.backward()``: ``torch.autograd.grad``
+        does not accumulate into ``.grad`` and would miss the penalty. The returned value is the task loss,
+        which is what the training log shows. Sets ``self.wd``; the optimizer's own weight decay must stay 0.
         """
         if wd < 0:
             raise ValueError(f"wd must be >= 0, got {wd}")
         self.wd = wd
         return loss_fn
+
+
+_MIN_SCALE = 1e-3  # below this the coefficient is applied to the P-sized gradient instead (no tiny scales)
+
+
+class _Scale:
+    """The factor already applied to the gradient at the model's output (1 unless CurveModel sets it)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 1.0
+
+
+def _any_requires_grad(args: tuple, kwargs: dict) -> bool:
+    from torch.utils._pytree import tree_leaves
+
+    return any(isinstance(x, Tensor) and x.requires_grad for x in tree_leaves((args, kwargs)))
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; multiplies the gradient by ``scale`` on the way back."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        return g * ctx.scale, None
+
+
+class _CurvePoint(torch.autograd.Function):
+    """``w_i(t) = c_0 start_i + c_{n-1} end_i + sum_j c_j inner_{j,i}`` for every piece i, as one node.
+
+    Backward: inner point j receives ``(c_j / s) g_i`` where ``s`` is the factor CurveModel already applied
+    at the output (so with one active inner point, ``g_i`` itself, without a copy). With an L2 sink, the
+    entries ``(w_i, wd c_inner)`` are queued for CurveModel's post-accumulate hook.
+    """
+
+    @staticmethod
+    def forward(ctx, curve: "Curve", c: list[float], scale: _Scale, sink, *inner: Tensor):  # type: ignore[override]
+        w = _combine(curve, c, [[p[j] for p in inner] for j in range(len(c) - 2)])
+        ctx.c, ctx.scale, ctx.sink = c[1:-1], scale, sink
+        ctx.inner_ids = [id(p) for p in curve.inner]
+        if sink is not None:
+            ctx.save_for_backward(*w)
+        return tuple(w)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):  # type: ignore[override]
+        s = ctx.scale.value
+        rel = [cj / s for cj in ctx.c]
+        out: list[Tensor | None] = []
+        for g in grads:
+            if len(rel) == 1:
+                out.append(g.view(1, -1) if rel[0] == 1.0 else (g * rel[0]).view(1, -1))
+            else:
+                out.append(torch.outer(torch.tensor(rel, dtype=g.dtype, device=g.device), g))
+        if ctx.sink is not None:
+            pending, wd = ctx.sink
+            coef = [wd * cj for cj in ctx.c]
+            if any(coef):
+                for pid, w in zip(ctx.inner_ids, ctx.saved_tensors):
+                    pending.setdefault(pid, []).append((w, coef))
+        return (None, None, None, None, *out)
+
+
+def _combine(curve: "Curve", c: list[float], inner: list[list[Tensor]]) -> list[Tensor]:
+    """``sum_j c_j theta_j`` per piece (coefficients summing to 1) as a chain of lerps over the points with
+    nonzero coefficients: ``S <- lerp(S, theta_j, c_j / (c_0 + ... + c_j))``. One pass per extra point (the
+    polychain's two active points: one pass; Bezier with 3 points: two), against one pass per point plus a
+    scaling pass for the plain sum."""
+    pts = [(c[0], torch.split(curve.start, curve.sizes)), *zip(c[1:-1], inner),
+           (c[-1], torch.split(curve.end, curve.sizes))]
+    pts = [(cj, tj) for cj, tj in pts if cj != 0.0]
+    total, first = pts[0]
+    if len(pts) == 1:
+        return list(torch._foreach_mul(first, total))
+    cj, tj = pts[1]
+    total += cj
+    w = list(torch._foreach_lerp(first, tj, cj / total))
+    for cj, tj in pts[2:]:
+        total += cj
+        torch._foreach_lerp_(w, tj, cj / total)
+    return w
+
+
+def _curve_point(curve: "Curve", c: list[float], scale: _Scale, sink) -> list[Tensor]:
+    if curve.bends == 2:
+        with torch.no_grad():
+            return _combine(curve, c, [])
+    return list(_CurvePoint.apply(curve, c, scale, sink, *curve.inner))

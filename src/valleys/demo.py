@@ -31,7 +31,7 @@ __all__ = ["DEMO_CONFIG", "ROWS", "run_demo"]
 # constant-LR SWA from epoch 50 beat SGD on validation error and NLL; an MLP overfits and showed no gain.
 DEMO_CONFIG = TrainConfig(dataset="mnist1d", model="cnn1d", epochs=100, lr=0.1, wd=5e-4, swa_start=50, swa_lr=0.1)
 QUICK = {"epochs": 30, "swa_start": 15, "samples": 10}
-CURVE = {"epochs": 50, "points": 61}
+CURVE = {"points": 61}  # curve epochs and LR: connect's defaults, twice the networks' epochs at their LR
 CURVE_QUICK = {"epochs": 5, "points": 11}
 
 # table row -> (run to read, method to evaluate it as, temperature scaling)
@@ -196,7 +196,8 @@ def _connect(out: Path, seeds: list[int], sgd_cfg: TrainConfig, splits, curve: d
         log(f"  curve seed {a} - seed {b}: max test error segment {100 * bar['segment_max_test_error']:.2f}%, "
             f"curve {100 * bar['curve_max_test_error']:.2f}%, worse endpoint {100 * bar['worse_endpoint_test_error']:.2f}%")
     keys = [k for k in rows[0] if k != "folder"]
-    return {"kind": "bezier", "bends": 3, **curve, "pairs": rows, "summary": aggregate(rows, keys)}
+    return {"kind": "bezier", "bends": 3, **curve, "epochs": res["training"]["epochs"], "lr": res["training"]["lr"],
+            "pairs": rows, "summary": aggregate(rows, keys)}
 
 
 def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Callable[..., None]) -> dict[str, Any]:
@@ -274,7 +275,8 @@ def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float
         cell = lambda k, pct=True: (f"{100 * s[k]['mean']:.2f} ± {100 * s[k]['std']:.2f}" if pct  # noqa: E731
                                     else f"{s[k]['mean']:.4f} ± {s[k]['std']:.4f}")
         lines += ["## Mode connectivity (slide 7)", "",
-                  f"Bezier curves (3 control points, {connectivity['epochs']} epochs) between SGD networks of "
+                  f"Bezier curves (3 control points, {connectivity['epochs']} epochs from LR {connectivity['lr']:g}) "
+                  "between SGD networks of "
                   f"different seeds, {len(connectivity['pairs'])} pair(s), {connectivity['points']} points per path, "
                   "BatchNorm recomputed per point. Mean ± std over pairs.", "",
                   "| path | max test error (%) | max train loss |", "|---|---|---|",

@@ -14,6 +14,7 @@ The layout is the order of ``module.named_parameters()``, so ``w = concat(p.flat
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -213,6 +214,45 @@ class WeightSpace:
                 with torch.no_grad():
                     for k, b in module.named_buffers():
                         b.copy_(saved_buffers[k])
+
+    def call_with(self, module: nn.Module, tensors: Sequence[Tensor], args: tuple = (),
+                  kwargs: dict | None = None):
+        """``module(*args, **kwargs)`` with slot i's parameter replaced by ``tensors[i]`` (shaped like it),
+        restored on exit, also when the call raises; gradients flow to ``tensors``.
+
+        The same substitution as :func:`torch.func.functional_call` (a tied parameter is replaced under all
+        its names), without its per-call bookkeeping: the registration sites of every slot are looked up
+        once per module and cached.
+        """
+        sites = self._sites(module)
+        if len(tensors) != len(sites):
+            raise WeightSpaceError(f"got {len(tensors)} tensors for a weight space of {len(sites)} parameters")
+        saved = []
+        try:
+            for slot_sites, t in zip(sites, tensors):
+                for mod, name in slot_sites:
+                    saved.append((mod, name, mod._parameters[name]))
+                    mod._parameters[name] = t  # type: ignore[assignment]  # as functional_call does
+            return module(*args, **(kwargs or {}))
+        finally:
+            for mod, name, p in reversed(saved):
+                mod._parameters[name] = p
+
+    def _sites(self, module: nn.Module) -> list[list[tuple[nn.Module, str]]]:
+        """For each slot, every (submodule, attribute) under which its parameter object is registered."""
+        cache = self.__dict__.setdefault("_site_cache", {})
+        hit = cache.get(id(module))
+        if hit is not None and hit[0]() is module:
+            return hit[1]
+        params = self.parameters(module)  # checks names and shapes
+        where: dict[int, list[tuple[nn.Module, str]]] = {}
+        for mod in module.modules():
+            for name, p in mod._parameters.items():
+                if p is not None:
+                    where.setdefault(id(p), []).append((mod, name))
+        sites = [where[id(p)] for p in params]
+        cache[id(module)] = (weakref.ref(module), sites)
+        return sites
 
     def functional_call(self, module: nn.Module, w: Tensor, *args, **kwargs):
         """``module(*args, **kwargs)`` evaluated at ``w`` without writing ``w`` into the module.
