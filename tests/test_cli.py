@@ -83,6 +83,13 @@ def test_data_errors_leave_an_existing_run_intact(tmp_path, capsys):
     assert (out / "results.json").read_text() == before
 
 
+def test_geometry_needs_a_demo_folder(tmp_path, capsys):
+    (tmp_path / "sgd-seed0").mkdir()  # no swag-seed0 beside it
+    assert main(["geometry", str(tmp_path)]) == 2
+    assert "needs run folders sgd-seed<s> and swag-seed<s>" in capsys.readouterr().err
+    assert not (tmp_path / "geometry").exists()
+
+
 def test_evaluate_missing_or_foreign_folder(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
@@ -108,5 +115,12 @@ def test_quick_demo_writes_the_run_folder(tmp_path):
     assert (out / "geometry" / "plane" / "results.json").is_file() and "| top Hessian eigenvalue |" in report
     mc = res["mode_connectivity"]
     assert len(mc["pairs"]) == 1 and (out / mc["pairs"][0]["folder"] / "figures" / "path.png").is_file()
+    # the geometry section again, from the command line, on the finished folder: same Hessian numbers
+    assert main(["geometry", str(out), "--quick", "--no-progress"]) == 0
+    summary = json.loads((out / "geometry" / "summary.json").read_text())
+    assert summary["seeds"] == [0] and summary["quick"]
+    for k in ("eig_SWA", "eig_SGD", "distance"):
+        assert summary["per_seed"][0][k] == pytest.approx(geo["per_seed"][0][k], rel=1e-6), k
+    assert "| top Hessian eigenvalue |" in (out / "geometry" / "report.md").read_text()
     with pytest.raises(FileExistsError):
         run_demo(out, seeds=[0], base=base, progress=False, log=lambda *a: None, curve={"epochs": 1, "points": 3})

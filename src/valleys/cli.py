@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   valleys evaluate runs/swa --temperature-scaling                 # SWA-Temp baseline
   valleys connect runs/sgd-a runs/sgd-b --kind bezier --out runs/curve   # mode connectivity
   valleys evaluate runs/curve --points 61
+  valleys geometry runs/fmnist --quick     # slides 6, 9-15 on an existing demo folder
 """
 
 
@@ -112,9 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--kind", default="bezier", choices=["bezier", "polychain"], help="curve family")
     c.add_argument("--bends", type=int, default=3, help="control points including the two ends (>= 2)")
     c.add_argument("--epochs", type=_positive_int, default=None,
-                   help="curve training epochs (default: twice the first endpoint's)")
+                   help="curve training epochs (default: twice the first endpoint's)%(default).0s")
     c.add_argument("--lr", type=_positive_float, default=None,
-                   help="initial LR, decaying to 1%% like SGD runs (default: the first endpoint's)")
+                   help="initial LR, decaying to 1%% like SGD runs (default: the first endpoint's)%(default).0s")
     c.add_argument("--wd", type=float, default=5e-4, help="L2 on w(t)")
     c.add_argument("--seed", type=int, default=0, help="random seed (t draws, batch order)")
     c.add_argument("--points", type=int, default=61, help="points per path at evaluation")
@@ -168,6 +169,12 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--examples", type=_positive_int, default=1000, help="training examples in the fixed subset")
     sh.add_argument("--epsilon", type=float, default=1e-3, help="box size of epsilon-sharpness")
     sh.add_argument("--out", required=True, help="output folder")
+
+    ge = sub.add_parser("geometry", help="the demo's geometry section (slides 6, 9-15) on an existing demo folder")
+    ge.add_argument("demo_dir", help="a folder made by 'valleys demo' (sgd-seed<s> and swag-seed<s> runs)")
+    ge.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: all in the folder)")
+    ge.add_argument("--quick", action="store_true", help="coarser plane (9x9), 21-point line, 3 rays of 11 steps")
+    ge.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     m = sub.add_parser("demo", help="the main job: SGD, SWA, SWAG and FGE on MNIST-1D; tables, report, figures")
     m.add_argument("--quick", action="store_true", help="one seed, 30 epochs (well under 2 minutes)")
@@ -354,6 +361,14 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _geometry_demo(args: argparse.Namespace) -> int:
+    from .demo import geometry_section
+
+    geometry_section(args.demo_dir, seeds=args.seeds, quick=args.quick, progress=not args.no_progress)
+    print(f"\nwrote {Path(args.demo_dir) / 'geometry' / 'report.md'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``valleys`` command; returns the exit status (errors: 2 with a one-line reason)."""
     parser = _parser()
@@ -370,7 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args, list(argv) if argv is not None else sys.argv[1:])
         if args.command in ("plane", "path", "rays", "landscape", "sharpness"):
             return _geometry(args)
-        return {"evaluate": _evaluate, "demo": _demo, "connect": _connect}[args.command](args)
+        return {"evaluate": _evaluate, "demo": _demo, "connect": _connect,
+                "geometry": _geometry_demo}[args.command](args)
     except (ValueError, FileExistsError, FileNotFoundError, CheckpointError, DatasetNotFoundError,
             TrainingDiverged) as e:
         print(f"valleys {args.command}: error: {e}", file=sys.stderr)

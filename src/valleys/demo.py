@@ -25,7 +25,7 @@ from .data import load_dataset
 from .report import aggregate, describe_config, format_table, markdown_table
 from .runs import TrainConfig, evaluate_run, prepare_run_dir, train_run
 
-__all__ = ["DEMO_CONFIG", "ROWS", "run_demo"]
+__all__ = ["DEMO_CONFIG", "ROWS", "geometry_section", "run_demo"]
 
 # Chosen on the validation split (see README, "Why this default"): the 1-D CNN of the MNIST-1D paper, where
 # constant-LR SWA from epoch 50 beat SGD on validation error and NLL; an MLP overfits and showed no gain.
@@ -138,11 +138,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
     if connectivity:
         figures["mode connectivity (slide 7)"] = out / connectivity["pairs"][0]["folder"] / "figures" / "path.png"
     if geometry:
-        g = out / "geometry"
-        figures.update({"trajectory plane, test error (slides 9-13)": g / "plane" / "figures" / "test_error.png",
-                        "trajectory plane, train loss (slide 13)": g / "plane" / "figures" / "train_loss.png",
-                        "random rays from SWA and SGD (slide 14)": g / "rays" / "figures" / "rays.png",
-                        "path from SWA to SGD (slide 15)": g / "path" / "figures" / "path.png"})
+        figures.update({t: out / "geometry" / sub / "figures" / name for t, (sub, name) in GEOMETRY_FIGURES.items()})
     _report(out, base, seeds, cfgs, rows, methods, figures, results["timing"]["total_s"], connectivity, geometry)
     log("")
     log(format_table(rows))
@@ -284,21 +280,58 @@ def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float
                   f"| straight segment | {cell('segment_max_test_error')} | {cell('segment_max_train_loss', False)} |",
                   f"| Bezier curve | {cell('curve_max_test_error')} | {cell('curve_max_train_loss', False)} |", ""]
     if geometry:
-        gs = geometry["summary"]
-        cell = lambda k, f="{:.4f}": f"{f.format(gs[k]['mean'])} ± {f.format(gs[k]['std'])}"  # noqa: E731
-        lines += ["## Flatness and geometry (slides 6, 14, 15)", "",
-                  f"Mean ± std over seeds {seeds}. Top Hessian eigenvalue of the train loss on the "
-                  f"{geometry['sharpness_subset']} (Lanczos, 20 products). Valley width: distance along a random "
-                  f"unit direction where the train loss first rises by {geometry['rise']} ({geometry['units']}; "
-                  "inf when it never does within the weights' own norm). Line: train loss at both ends of the line "
-                  "from SWA to SGD.", "",
-                  "| | SWA | SGD |", "|---|---|---|",
-                  f"| top Hessian eigenvalue | {cell('eig_SWA')} | {cell('eig_SGD')} |",
-                  f"| valley width | {cell('width_SWA', '{:.3f}')} | {cell('width_SGD', '{:.3f}')} |",
-                  f"| train loss on the line | {cell('loss_SWA')} | {cell('loss_SGD')} |",
-                  f"| test error on the line (%) | {100 * gs['error_SWA']['mean']:.2f} | {100 * gs['error_SGD']['mean']:.2f} |",
-                  "", f"Distance SWA to SGD: {cell('distance', '{:.3f}')}.", ""]
+        lines += _geometry_lines(geometry, seeds)
     for title, path in figures.items():
         lines += [f"## {title[0].upper() + title[1:]}", "", f"![{title}]({path.relative_to(out)})", ""]
     lines += ["## Settings", "", describe_config(dataclasses.asdict(cfgs["swag"])), "", f"Total time {total_s:.1f} s.", ""]
     (out / "report.md").write_text("\n".join(lines))
+
+
+GEOMETRY_FIGURES = {"trajectory plane, test error (slides 9-13)": ("plane", "test_error.png"),
+                    "trajectory plane, train loss (slide 13)": ("plane", "train_loss.png"),
+                    "random rays from SWA and SGD (slide 14)": ("rays", "rays.png"),
+                    "path from SWA to SGD (slide 15)": ("path", "path.png")}
+
+
+def _geometry_lines(geometry: dict[str, Any], seeds: list[int]) -> list[str]:
+    gs = geometry["summary"]
+    cell = lambda k, f="{:.4f}": f"{f.format(gs[k]['mean'])} ± {f.format(gs[k]['std'])}"  # noqa: E731
+    return ["## Flatness and geometry (slides 6, 14, 15)", "",
+            f"Mean ± std over seeds {seeds}. Top Hessian eigenvalue of the train loss on the "
+            f"{geometry['sharpness_subset']} (Lanczos, 20 products). Valley width: distance along a random "
+            f"unit direction where the train loss first rises by {geometry['rise']} ({geometry['units']}; "
+            "inf when it never does within the weights' own norm). Line: train loss at both ends of the line "
+            "from SWA to SGD.", "",
+            "| | SWA | SGD |", "|---|---|---|",
+            f"| top Hessian eigenvalue | {cell('eig_SWA')} | {cell('eig_SGD')} |",
+            f"| valley width | {cell('width_SWA', '{:.3f}')} | {cell('width_SGD', '{:.3f}')} |",
+            f"| train loss on the line | {cell('loss_SWA')} | {cell('loss_SGD')} |",
+            f"| test error on the line (%) | {100 * gs['error_SWA']['mean']:.2f} | {100 * gs['error_SGD']['mean']:.2f} |",
+            "", f"Distance SWA to SGD: {cell('distance', '{:.3f}')}.", ""]
+
+
+def geometry_section(out: str | Path, *, seeds: Sequence[int] | None = None, quick: bool = False,
+                     progress: bool = True, log: Callable[..., None] = print) -> dict[str, Any]:
+    """The demo's geometry section (slides 6, 9-15) on an existing demo folder, e.g. one made with
+    ``valleys demo --dataset fashion-mnist ...``: the trajectory plane of the first seed's SWA run, and per
+    seed the SWA-to-SGD line, random rays from both (valley width) and both top Hessian eigenvalues.
+
+    Needs ``sgd-seed<s>`` and ``swag-seed<s>`` run folders for every seed (default: every seed that has
+    both). Writes ``geometry/summary.json``, ``geometry/report.md`` and the figures under ``geometry/``.
+    """
+    out = Path(out)
+    found = sorted(int(p.name[len("sgd-seed"):]) for p in out.glob("sgd-seed*")
+                   if p.name[len("sgd-seed"):].isdigit() and (out / f"swag-seed{p.name[len('sgd-seed'):]}").is_dir())
+    seeds = list(seeds) if seeds is not None else found
+    missing = [s for s in seeds if s not in found]
+    if not seeds or missing:
+        raise FileNotFoundError(f"{out} needs run folders sgd-seed<s> and swag-seed<s> (a demo folder); "
+                                f"{'none found' if not seeds else f'missing for seeds {missing}'}")
+    geometry = _geometry(out, seeds, quick, progress, log)
+    g = out / "geometry"
+    write_json(g / "summary.json", {"seeds": seeds, "quick": quick, **geometry})
+    lines = [f"# Loss-surface geometry of {out}", "", *_geometry_lines(geometry, seeds)]
+    for title, (sub, name) in GEOMETRY_FIGURES.items():
+        lines += [f"## {title[0].upper() + title[1:]}", "", f"![{title}]({sub}/figures/{name})", ""]
+    (g / "report.md").write_text("\n".join(lines))
+    return geometry
