@@ -4,7 +4,8 @@ For every point ``w`` it reports, per loader, the mean cross-entropy (``loss``) 
 network at ``w``, with an explicit BatchNorm policy: ``"recompute"`` (statistics recomputed on
 ``bn_loader`` for each point; the right choice off the trained points), ``"keep"`` (the model's current
 statistics). Points without a recompute are evaluated ``chunk`` at a time with ``torch.func.vmap`` or one by
-one, whichever is faster on the first batch (``batched="auto"``; vmap wins for tiny networks, DESIGN 8).
+one, whichever is faster on the first batch, counting that the loop fetches every batch once per point
+(``batched="auto"``; vmap wins for tiny networks, DESIGN 8).
 A non-finite loss at a point is recorded as NaN and counted (``nonfinite``); the sweep never stops for it.
 The user's model is restored bit for bit.
 """
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 
 from .batches import default_input_fn, to_device
 from .batchnorm import has_batchnorm, recompute_bn
-from .predict import _vmap_is_faster, predict_probs, predict_stacked
+from .predict import _first_batch, _vmap_is_faster, predict_probs, predict_stacked
 from .weights import WeightSpace, preserved_modes
 
 __all__ = ["evaluate_points"]
@@ -73,10 +74,10 @@ def evaluate_points(model: nn.Module, points: Sequence[Tensor], loaders: Mapping
             if not group:
                 break
             if use_vmap is None:
-                first = next(iter(next(iter(loaders.values()))))
+                first, fetch_s = _first_batch(next(iter(loaders.values())))
                 with preserved_modes(model, train=False), torch.no_grad():
-                    use_vmap = _vmap_is_faster(model, space, torch.stack(group).to(ref),
-                                               to_device(default_input_fn(first), device))
+                    use_vmap = first is not None and _vmap_is_faster(
+                        model, space, torch.stack(group).to(ref), to_device(default_input_fn(first), device), fetch_s)
             sums = {name: [[0.0, 0.0, 0] for _ in group] for name in loaders}
 
             def add(name: str, j: int, logits: Tensor, y: Tensor) -> None:

@@ -129,8 +129,21 @@ def _vmap_outputs(model: nn.Module, space: WeightSpace, stacked: Tensor, inputs:
     return torch.func.vmap(lambda w: _call_at(model, space.unflatten(w), inputs))(stacked)
 
 
-def _vmap_is_faster(model: nn.Module, space: WeightSpace, stacked: Tensor, inputs: Any) -> bool:
-    """Time one input batch both ways for a chunk of weight vectors (after a warm-up of each)."""
+def _first_batch(loader: Iterable) -> tuple[Any, float]:
+    """The loader's first batch and the seconds it took to get it (a new iterator, as each pass makes)."""
+    import time
+
+    t0 = time.perf_counter()
+    first = next(iter(loader), None)
+    return first, time.perf_counter() - t0
+
+
+def _vmap_is_faster(model: nn.Module, space: WeightSpace, stacked: Tensor, inputs: Any,
+                    fetch_s: float = 0.0) -> bool:
+    """Time one input batch both ways for a chunk of weight vectors: after a warm-up of each, three
+    interleaved timings per way, compared by their minimum (robust to a busy machine's interruptions).
+    The loop also fetches every batch once per vector, the vmap path once per chunk: ``fetch_s`` (the
+    time to get one batch from the loader) is charged ``len(stacked) - 1`` extra times to the loop."""
     import time
 
     def looped():
@@ -138,13 +151,16 @@ def _vmap_is_faster(model: nn.Module, space: WeightSpace, stacked: Tensor, input
             with space.at(model, w):
                 call_model(model, inputs)
 
-    times = []
-    for fn in (looped, lambda: _vmap_outputs(model, space, stacked, inputs)):
+    fns = (looped, lambda: _vmap_outputs(model, space, stacked, inputs))
+    for fn in fns:
         fn()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times[1] < times[0]
+    times: list[list[float]] = [[], []]
+    for _ in range(3):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t0)
+    return min(times[1]) < min(times[0]) + (len(stacked) - 1) * fetch_s
 
 
 def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space: WeightSpace | None = None,
@@ -164,8 +180,8 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
 
     Weight vectors that need no BatchNorm recompute can be evaluated ``chunk`` at a time with
     ``torch.func.vmap`` over the stacked weights (``batched=True``), one at a time (``False``), or
-    (``"auto"``, the default) whichever is faster on the first input batch, timed once: vmap wins for tiny
-    networks and loses for CNNs on the CPU (DESIGN 8). The choice is returned as ``batched``.
+    (``"auto"``, the default) whichever is faster on the first input batch (best of three timings each):
+    vmap wins for tiny networks and loses for CNNs on the CPU (DESIGN 8). The choice is returned as ``batched``.
 
     Returns the metrics of :class:`valleys.metrics.ClassificationMetrics` plus ``num_samples``, and with
     ``return_probs=True`` the averaged ``probs`` (N, C) and ``targets`` (N,). ``score=False`` skips the
@@ -230,11 +246,11 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
                                  "stale_bn_ok=True to keep the current ones)")
             vmappable = vectors and bn_loader is None and batched is not False
             if vmappable and use_vmap is None:
-                first = next(iter(loader), None)
+                first, fetch_s = _first_batch(loader)
                 stacked = torch.stack([g.to(space.parameters(model)[0]) for g in group])
                 with preserved_modes(model, train=False), torch.no_grad():
                     use_vmap = first is not None and _vmap_is_faster(model, space, stacked,
-                                                                     to_device(input_fn(first), device))
+                                                                     to_device(input_fn(first), device), fetch_s)
             if vmappable and use_vmap:
                 vmap_pass(torch.stack([g.to(space.parameters(model)[0]) for g in group]))
                 passes += 1
