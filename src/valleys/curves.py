@@ -151,6 +151,13 @@ class CurveModel(nn.Module):
     forward. Only ``curve.parameters()`` go to the optimizer; the model's own
     parameters are replaced by ``w(t)`` in every call, so they receive no gradient and are never changed.
 
+    Gradients are those of the explicit objective (tested against autograd through the flat ``w(t)`` in
+    float64). For speed, when a single inner point has a nonzero coefficient ``c_j(t)`` (Bezier with three
+    points, the polygonal chain), ``c_j`` multiplies the batch-sized gradient at the output instead of the
+    P-sized gradient of ``w(t)``; this is only done when nothing else in the graph needs a gradient (no
+    trainable parameter outside the space, no input with ``requires_grad``, a tensor output), so every
+    gradient a user can see is exact. See benchmarks/bench_curves.py for the cost (~1.27x a plain step).
+
     Args:
         model: the network (its parameters outside the weight space, and its buffers, are used as they are).
         curve: the curve over ``space``.
@@ -244,6 +251,8 @@ class CurveModel(nn.Module):
         than differentiating the squared norm). So train with ``loss.backward()``: ``torch.autograd.grad``
         does not accumulate into ``.grad`` and would miss the penalty. The returned value is the task loss,
         which is what the training log shows. Sets ``self.wd``; the optimizer's own weight decay must stay 0.
+        Curve training is single-process: under DistributedDataParallel the gradient buckets may be
+        reduced before the hook adds the penalty.
         """
         if wd < 0:
             raise ValueError(f"wd must be >= 0, got {wd}")
