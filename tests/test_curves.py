@@ -246,3 +246,17 @@ def test_curve_l2_missed_by_autograd_grad_warns():
     torch.autograd.grad(loss(cm(x, t=0.4), y), list(curve.parameters()))
     with pytest.warns(UserWarning, match="L2 gradient of the last backward pass was not applied"):
         cm(x, t=0.4)
+
+
+def test_curve_model_copies_and_pickles_after_training_steps(tmp_path):
+    space, curve, base = _curve64(mlp)
+    cm = CurveModel(base, curve)
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    cm.l2_loss(nn.CrossEntropyLoss(), 0.3)(cm(x, t=0.4), y).backward()
+    want = curve.inner_grad().clone()
+    torch.save(cm, tmp_path / "cm.pt")  # no weak references or hook closures in the pickled state
+    twin = copy.deepcopy(cm)
+    for p in twin.curve.inner:
+        p.grad = None
+    twin.l2_loss(nn.CrossEntropyLoss(), 0.3)(twin(x, t=0.4), y).backward()  # its own L2 hooks
+    assert torch.allclose(twin.curve.inner_grad(), want, rtol=1e-12)

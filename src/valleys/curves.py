@@ -216,6 +216,12 @@ class CurveModel(nn.Module):
             out = _ScaleGrad.apply(out, active[0])
         return out
 
+    def __getstate__(self) -> dict[str, Any]:
+        # pickling and deepcopy: hooks are registered again on the copy's parameters at its first forward
+        state = self.__dict__.copy()
+        state["_hooked"], state["_l2_pending"] = {}, {}
+        return state
+
     def _hook_inner(self) -> None:
         """Register (once per parameter object) the hook that adds the L2 gradient after accumulation."""
         for p in self.curve.inner:

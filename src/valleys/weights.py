@@ -238,6 +238,11 @@ class WeightSpace:
             for mod, name, p in reversed(saved):
                 mod._parameters[name] = p
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_site_cache", None)  # weak references to modules: rebuilt on first use
+        return state
+
     def _sites(self, module: nn.Module) -> list[list[tuple[nn.Module, str]]]:
         """For each slot, every (submodule, attribute) under which its parameter object is registered."""
         cache = self.__dict__.setdefault("_site_cache", {})
