@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 
@@ -122,5 +123,11 @@ def test_quick_demo_writes_the_run_folder(tmp_path):
     for k in ("eig_SWA", "eig_SGD", "distance"):
         assert summary["per_seed"][0][k] == pytest.approx(geo["per_seed"][0][k], rel=1e-6), k
     assert "| top Hessian eigenvalue |" in (out / "geometry" / "report.md").read_text()
+    (out / "swag-seed0" / "trajectory.safetensors").unlink()  # a run folder from an older valleys
+    shutil.rmtree(out / "geometry")
+    assert main(["geometry", str(out), "--quick", "--no-progress"]) == 0
+    report = (out / "geometry" / "report.md").read_text()
+    assert "no trajectory plane" in report and "trajectory plane, test error" not in report
+    assert "| valley width |" in report and (out / "geometry" / "rays" / "figures" / "rays.png").is_file()
     with pytest.raises(FileExistsError):
         run_demo(out, seeds=[0], base=base, progress=False, log=lambda *a: None, curve={"epochs": 1, "points": 3})

@@ -202,8 +202,14 @@ def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Cal
     from . import landscape as L
 
     g = out / "geometry"
-    plane = L.trajectory_plane_study(out / f"swag-seed{seeds[0]}", n=9 if quick else 15, progress=progress)
-    L.write_study(g / "plane", plane, title=f"plane through SGD iterates W1, W2, W3 and SWA (seed {seeds[0]})")
+    plane_note = None
+    if (out / f"swag-seed{seeds[0]}" / "trajectory.safetensors").is_file():
+        plane = L.trajectory_plane_study(out / f"swag-seed{seeds[0]}", n=9 if quick else 15, progress=progress)
+        L.write_study(g / "plane", plane, title=f"plane through SGD iterates W1, W2, W3 and SWA (seed {seeds[0]})")
+    else:  # a run folder from before valleys kept trajectories
+        plane_note = (f"no trajectory plane: {out / f'swag-seed{seeds[0]}'} holds no trajectory.safetensors "
+                      "(made by an older valleys); train the run again to get it")
+        log(f"  {plane_note}")
     rows = []
     for s in seeds:
         model, w_swa, _, loaders, bn = L.load_context(out / f"swag-seed{s}")
@@ -233,7 +239,7 @@ def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Cal
             f"valley width SWA {row['width_SWA']:.3f}, SGD {row['width_SGD']:.3f}; line: train loss SWA "
             f"{row['loss_SWA']:.4f}, SGD {row['loss_SGD']:.4f} at distance {row['distance']:.3f}")
     keys = [k for k in rows[0] if k != "seed"]
-    return {"per_seed": rows, "summary": aggregate(rows, keys), "rise": 0.1,
+    return {"per_seed": rows, "summary": aggregate(rows, keys), "rise": 0.1, "plane_note": plane_note,
             "units": "Euclidean distance in weight space", "sharpness_subset": "first 1000 training examples, eval mode"}
 
 
@@ -331,7 +337,10 @@ def geometry_section(out: str | Path, *, seeds: Sequence[int] | None = None, qui
     g = out / "geometry"
     write_json(g / "summary.json", {"seeds": seeds, "quick": quick, **geometry})
     lines = [f"# Loss-surface geometry of {out}", "", *_geometry_lines(geometry, seeds)]
+    if geometry["plane_note"]:
+        lines += [f"Note: {geometry['plane_note']}.", ""]
     for title, (sub, name) in GEOMETRY_FIGURES.items():
-        lines += [f"## {title[0].upper() + title[1:]}", "", f"![{title}]({sub}/figures/{name})", ""]
+        if (g / sub / "figures" / name).is_file():
+            lines += [f"## {title[0].upper() + title[1:]}", "", f"![{title}]({sub}/figures/{name})", ""]
     (g / "report.md").write_text("\n".join(lines))
     return geometry
