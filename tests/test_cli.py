@@ -113,6 +113,12 @@ def test_quick_demo_writes_the_run_folder(tmp_path):
     assert "| SWAG |" in report and "OOD AUROC" in report and "| Bezier curve |" in report
     geo = res["geometry"]
     assert {"eig_SWA", "eig_SGD", "width_SWA"} <= set(geo["per_seed"][0])
+    line = json.loads((out / "geometry" / "path" / "results.json").read_text())
+    d, loss = line["distance"], line["curves"]["train"]["loss"]
+    assert d[0] == pytest.approx(-0.5 * line["length"]) and d[-1] == pytest.approx(1.5 * line["length"])
+    i_sgd = min(range(len(d)), key=lambda i: abs(d[i] - line["length"]))
+    assert geo["per_seed"][0]["rise_out_SGD"] == pytest.approx(loss[-1] - loss[i_sgd])
+    assert geo["per_seed"][0]["rise_out_SWA"] == pytest.approx(loss[0] - loss[d.index(min(d, key=abs))])
     assert (out / "geometry" / "plane" / "results.json").is_file() and "| top Hessian eigenvalue |" in report
     mc = res["mode_connectivity"]
     assert len(mc["pairs"]) == 1 and (out / mc["pairs"][0]["folder"] / "figures" / "path.png").is_file()

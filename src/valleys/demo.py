@@ -233,7 +233,9 @@ def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Cal
                "distance": path["length"], "loss_SWA": loss[at["SWA"]], "loss_SGD": loss[at["SGD"]],
                "error_SWA": path["curves"]["test"]["error"][at["SWA"]],
                "error_SGD": path["curves"]["test"]["error"][at["SGD"]],
-               "line_min_loss": min(loss), "line_argmin": d[loss.index(min(loss))]}
+               "line_min_loss": min(loss), "line_argmin": d[loss.index(min(loss))],
+               # how the train loss changes going 0.5 d further out past each end (d: SWA-SGD distance)
+               "rise_out_SWA": loss[0] - loss[at["SWA"]], "rise_out_SGD": loss[-1] - loss[at["SGD"]]}
         rows.append(row)
         log(f"  geometry seed {s}: top Hessian eigenvalue SWA {row['eig_SWA']:.3f}, SGD {row['eig_SGD']:.3f}; "
             f"valley width SWA {row['width_SWA']:.3f}, SGD {row['width_SGD']:.3f}; line: train loss SWA "
@@ -307,12 +309,14 @@ def _geometry_lines(geometry: dict[str, Any], seeds: list[int]) -> list[str]:
             f"{geometry['sharpness_subset']} (Lanczos, 20 products). Valley width: distance along a random "
             f"unit direction where the train loss first rises by {geometry['rise']} ({geometry['units']}; "
             "inf when it never does within the weights' own norm). Line: train loss at both ends of the line "
-            "from SWA to SGD.", "",
+            "from SWA to SGD, and its change from each end to half the SWA-SGD distance d further out (away "
+            "from the other end): near the edge of the valley it rises.", "",
             "| | SWA | SGD |", "|---|---|---|",
             f"| top Hessian eigenvalue | {cell('eig_SWA')} | {cell('eig_SGD')} |",
             f"| valley width | {cell('width_SWA', '{:.3f}')} | {cell('width_SGD', '{:.3f}')} |",
             f"| train loss on the line | {cell('loss_SWA')} | {cell('loss_SGD')} |",
             f"| test error on the line (%) | {100 * gs['error_SWA']['mean']:.2f} | {100 * gs['error_SGD']['mean']:.2f} |",
+            f"| train loss change 0.5 d further out on the line | {cell('rise_out_SWA')} | {cell('rise_out_SGD')} |",
             "", f"Distance SWA to SGD: {cell('distance', '{:.3f}')}.", ""]
 
 
