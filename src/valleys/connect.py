@@ -37,8 +37,8 @@ class ConnectConfig:
 
     ``epochs`` and ``lr`` default to ``None``: twice the first endpoint's training epochs and its initial LR
     (resolved when the curve is trained and written to the folder's ``config.json``). On MNIST-1D the
-    curve's maximum validation error stopped improving at about twice the networks' budget (README,
-    "Mode connectivity").
+    curve's maximum validation error stopped improving past the networks' own budget at their LR, while its
+    train loss kept falling up to about twice it (experiments/curve_budget.py; README, "Mode connectivity").
     """
 
     run_a: str
