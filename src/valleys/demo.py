@@ -193,6 +193,7 @@ def _connect(out: Path, seeds: list[int], sgd_cfg: TrainConfig, splits, curve: d
             f"curve {100 * bar['curve_max_test_error']:.2f}%, worse endpoint {100 * bar['worse_endpoint_test_error']:.2f}%")
     keys = [k for k in rows[0] if k != "folder"]
     return {"kind": "bezier", "bends": 3, **curve, "epochs": res["training"]["epochs"], "lr": res["training"]["lr"],
+            "bn": res["curve"]["bn"],
             "pairs": rows, "summary": aggregate(rows, keys)}
 
 
@@ -282,7 +283,7 @@ def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float
                   f"Bezier curves (3 control points, {connectivity['epochs']} epochs from LR {connectivity['lr']:g}) "
                   "between SGD networks of "
                   f"different seeds, {len(connectivity['pairs'])} pair(s), {connectivity['points']} points per path, "
-                  "BatchNorm recomputed per point. Mean ± std over pairs.", "",
+                  f"BatchNorm: {connectivity['bn']}. Mean ± std over pairs.", "",
                   "| path | max test error (%) | max train loss |", "|---|---|---|",
                   f"| worse endpoint | {cell('worse_endpoint_test_error')} | |",
                   f"| straight segment | {cell('segment_max_test_error')} | {cell('segment_max_train_loss', False)} |",
