@@ -39,7 +39,9 @@
     same train loss at every point (max |diff| <= 1e-4) and train and test errors that differ by at most
     one example (a prediction whose top two logits tie within the ~1e-6 difference of the BN statistics).
 
-Targets: (1) curve step / plain step <= 1.3x on the ~1.9M-parameter MLP. (2) none: naive / ours is
+Targets: (1) curve step / plain step <= 1.3x on the ~1.9M-parameter MLP, both with the L2 term (the curve's
+objective in Garipov et al. and DESIGN 4.7 always has it; the plain step gets it as SGD weight decay, how the
+endpoints are trained); the pair without L2 on either side is reported beside it. (2) none: naive / ours is
 reported as it is. PASS/FAIL is printed but the script always exits 0 (timings depend on the machine and
 its load).
 
@@ -469,9 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     same_path = (d["train_loss"] <= PATH_TOL and d["train_error"] <= 1 / N_TRAIN + 1e-12
                  and d["test_error"] <= 1 / N_TEST + 1e-12)
     checks = [
-        (f"(1) curve step / plain step, {mlp['name']} ({mlp['P']:,} params), {lab}: {mlp['ratio'][sfx]:.3f}x "
-         f"(target <= {STEP_TARGET}x; paired {mlp['paired'][sfx]:.3f}x)", mlp["ratio"][sfx] <= STEP_TARGET)
-        for sfx, lab in (("", "no L2"), ("+L2", f"both with L2 {WD:g}"))
+        (f"(1) curve step / plain step, {mlp['name']} ({mlp['P']:,} params), both with L2 {WD:g} (the curve "
+         f"objective): {mlp['ratio']['+L2']:.3f}x (target <= {STEP_TARGET}x; paired {mlp['paired']['+L2']:.3f}x)",
+         mlp["ratio"]["+L2"] <= STEP_TARGET),
     ] + [
         (f"(1) curve step trains only the inner points; valleys gradient = explicit objective's "
          "(float64, both models)", all(s["curve_ok"] and s["grad_ok"] for s in steps)),
@@ -482,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     for text, ok in checks:
         print(f"  {verdict(ok)}  {text}")
     print("  info (no target):")
+    print(f"        (1) curve step / plain step, {mlp['name']}, both without L2: {mlp['ratio']['']:.3f}x "
+          f"(paired {mlp['paired']['']:.3f}x)")
     for sfx, lab in (("", "no L2"), ("+L2", "with L2")):
         print(f"        (1) curve step / plain step, {cnn['name']}, {lab}: {cnn['ratio'][sfx]:.3f}x "
               f"(paired {cnn['paired'][sfx]:.3f}x)")

@@ -156,7 +156,7 @@ class CurveModel(nn.Module):
     points, the polygonal chain), ``c_j`` multiplies the batch-sized gradient at the output instead of the
     P-sized gradient of ``w(t)``; this is only done when nothing else in the graph needs a gradient (no
     trainable parameter outside the space, no input with ``requires_grad``, a tensor output), so every
-    gradient a user can see is exact. See benchmarks/bench_curves.py for the cost (~1.27x a plain step).
+    gradient a user can see is exact. See benchmarks/bench_curves.py for the cost (~1.26x a plain step).
 
     Args:
         model: the network (its parameters outside the weight space, and its buffers, are used as they are).
