@@ -84,6 +84,14 @@ def test_data_errors_leave_an_existing_run_intact(tmp_path, capsys):
     assert (out / "results.json").read_text() == before
 
 
+def test_train_val_fraction_flag(tmp_path, capsys):
+    assert main(["train", *FAST, "--val-fraction", "1.5", "--out", str(tmp_path / "bad")]) == 2
+    assert "val-fraction must be in [0, 1)" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(["train", *FAST, "--method", "sgd", "--val-fraction", "0.25", "--out", str(tmp_path / "r")]) == 0
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["val_fraction"] == 0.25
+
+
 def test_geometry_needs_a_demo_folder(tmp_path, capsys):
     (tmp_path / "sgd-seed0").mkdir()  # no swag-seed0 beside it
     assert main(["geometry", str(tmp_path)]) == 2

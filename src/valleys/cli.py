@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=d.seed, help="random seed")
     t.add_argument("--train-subset", type=_positive_int, default=None, help="use only N training examples")
     t.add_argument("--test-subset", type=_positive_int, default=None, help="use only N test examples")
+    t.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="fraction of the training split held out for validation")
     t.add_argument("--data-root", default=None, help="torchvision data root (Fashion-MNIST), or the UCI folder")
     t.add_argument("--uci-split", type=int, default=d.uci_split, help="regression: split index (index_train_<i>.txt)")
     t.add_argument("--homoscedastic", dest="heteroscedastic", action="store_false",

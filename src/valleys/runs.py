@@ -127,6 +127,8 @@ class TrainConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be positive, got {v}")
         if cfg.rank < 1:
             raise ValueError(f"rank must be at least 1, got {cfg.rank}")
+        if not 0 <= cfg.val_fraction < 1:
+            raise ValueError(f"val-fraction must be in [0, 1), got {cfg.val_fraction}")
         if cfg.bn_batches is not None and cfg.bn_batches < 1:
             raise ValueError(f"bn-batches must be at least 1, got {cfg.bn_batches}")
         if not (math.isfinite(cfg.wd) and math.isfinite(cfg.momentum)) or cfg.wd < 0 or cfg.momentum < 0:
