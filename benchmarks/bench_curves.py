@@ -7,7 +7,7 @@
       ``model.parameters()``;
     * curve: ``Curve(w_A, w_B, kind="bezier", bends=3, sizes=[s.numel for s in space.slots])`` (the inner
       control point kept per parameter tensor, ``curve.inner[j]`` of shape (1, size_j)),
-      ``CurveModel(model, curve, space)`` in train mode (a fresh ``t ~ U(0, 1)`` per step; ``w(t)`` formed
+      ``CurveModel(model, curve, space, loss_through_output=True)`` in train mode (a fresh ``t ~ U(0, 1)`` per step; ``w(t)`` formed
       per piece by one autograd node and passed as parameter views to ``torch.func.functional_call``, no
       flat ``w``; the inner point's coefficient applied to the batch-sized gradient at the output, so the
       weight gradients reach the inner point without a P-sized copy), ``loss_fn = cm.l2_loss(
@@ -113,7 +113,7 @@ def make_steps(build: Callable[[], nn.Module], x: Tensor, y: Tensor) -> dict:
         base = copy.deepcopy(model_a)
         curve = Curve(space.read(model_a), space.read(model_b), kind="bezier", bends=3,
                       sizes=[s.numel for s in space.slots])  # inner points kept per parameter tensor
-        cm = CurveModel(base, curve, space)
+        cm = CurveModel(base, curve, space, loss_through_output=True)
         cm.train()
         loss_fn = cm.l2_loss(nn.CrossEntropyLoss(), wd)
         opt_curve = torch.optim.SGD(curve.parameters(), lr=0.01, momentum=0.9)
@@ -150,7 +150,7 @@ def check_curve(st: dict, x: Tensor, y: Tensor, t: float = 0.3) -> dict[str, flo
     ref_model.train()
     x64 = x.double()
 
-    cm = CurveModel(model64, curve64, space)
+    cm = CurveModel(model64, curve64, space, loss_through_output=True)
     cm.train()
     loss_fn = cm.l2_loss(nn.CrossEntropyLoss(), WD)
     task = loss_fn(cm(x64, t=t), y)  # the task loss; the penalty enters through the hooks

@@ -54,7 +54,7 @@ def main(argv: list[str]) -> None:
         torch.manual_seed(0)
         curve = Curve(space.read(model_a), space.read(model_b), kind=s.get("kind", "bezier"), bends=s["bends"],
                       sizes=[x.numel for x in space.slots])
-        cm = CurveModel(copy.deepcopy(model_a), curve, space)
+        cm = CurveModel(copy.deepcopy(model_a), curve, space, loss_through_output=True)
         opt = torch.optim.SGD(curve.parameters(), lr=s["lr"], momentum=0.9)
         Trainer(cm, cm.l2_loss(nn.CrossEntropyLoss(), s.get("wd", 5e-4)), opt,
                 make_loader(splits.train, 128, shuffle=True, seed=0), epochs=s["epochs"],

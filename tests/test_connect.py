@@ -64,3 +64,12 @@ def test_curve_budget_defaults_to_twice_the_endpoints_epochs_at_their_lr(two_run
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["epochs"], cfg["lr"]) == (6, base.lr)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 6
+
+
+def test_resume_keeps_the_budget_the_curve_started_with(two_runs, tmp_path):
+    out = tmp_path / "r"
+    runs = (str(two_runs / "s0"), str(two_runs / "s1"))
+    connect_runs(ConnectConfig(*runs, epochs=2, lr=0.03, points=3), out, progress=False)
+    res = connect_runs(ConnectConfig(*runs, points=3), out, resume=True, progress=False)  # no --epochs/--lr
+    assert (res["training"]["epochs"], res["training"]["lr"]) == (2, 0.03)  # not the defaults (6, 0.1)
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

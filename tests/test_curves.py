@@ -194,11 +194,12 @@ def _oracle_grads(space, curve, base, x, y, ts, wd):
     ("polychain", 4, 0.2, 0.3),   # one active inner point
     ("polychain", 4, 0.5, 0.3),   # two active inner points
 ])
-def test_curve_gradient_equals_explicit_objective(kind, bends, t, wd):
+@pytest.mark.parametrize("fast", [False, True])
+def test_curve_gradient_equals_explicit_objective(kind, bends, t, wd, fast):
     space, curve, base = _curve64(mlp, kind, bends)
     x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
     want, _ = _oracle_grads(space, curve, base, x, y, [t], wd)
-    cm = CurveModel(base, curve)
+    cm = CurveModel(base, curve, loss_through_output=fast)
     loss = cm.l2_loss(nn.CrossEntropyLoss(), wd)
     loss(cm(x, t=t), y).backward()
     assert torch.allclose(curve.inner_grad(), want, rtol=1e-10, atol=1e-13)
@@ -208,7 +209,7 @@ def test_curve_gradient_equals_explicit_objective(kind, bends, t, wd):
 def test_curve_gradient_with_batchnorm_two_forwards_and_accumulation():
     space, curve, base = _curve64(BNCNN)
     x, y = torch.randn(8, 1, 6, 6, dtype=torch.float64), torch.randint(0, 3, (8,))
-    cm = CurveModel(base, curve).train()
+    cm = CurveModel(base, curve, loss_through_output=True).train()
     loss = cm.l2_loss(nn.CrossEntropyLoss(), 0.3)
     (loss(cm(x, t=0.3), y) + loss(cm(x, t=0.8), y)).backward()  # two points in one graph
     want, _ = _oracle_grads(space, curve, base, x, y, [0.3, 0.8], 0.3)
@@ -231,7 +232,7 @@ def test_curve_gradient_reaches_other_parameters_and_inputs_unscaled():
     x_ref = x.detach().clone().requires_grad_()
     out = nn.functional.cross_entropy(space.functional_call(ref_base, w, x_ref), y) + 0.15 * w.pow(2).sum()
     out.backward()
-    cm = CurveModel(base, curve, space)
+    cm = CurveModel(base, curve, space, loss_through_output=True)  # the shortcut must step aside here
     cm.l2_loss(nn.CrossEntropyLoss(), 0.3)(cm(x, t=0.4), y).backward()
     assert torch.allclose(curve.inner_grad(), ref_curve.inner_grad(), rtol=1e-10, atol=1e-13)
     assert torch.allclose(base[2].weight.grad, ref_base[2].weight.grad, rtol=1e-10)
@@ -260,3 +261,46 @@ def test_curve_model_copies_and_pickles_after_training_steps(tmp_path):
         p.grad = None
     twin.l2_loss(nn.CrossEntropyLoss(), 0.3)(twin(x, t=0.4), y).backward()  # its own L2 hooks
     assert torch.allclose(twin.curve.inner_grad(), want, rtol=1e-12)
+
+
+class _SumOfTwo(nn.Module):
+    """Two same-shape parameters used as a + b: autograd hands both the same gradient tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.randn(5, 3))
+        self.b = nn.Parameter(torch.randn(5, 3))
+
+    def forward(self, x):
+        return x @ (self.a + self.b)
+
+
+def test_curve_gradient_when_two_pieces_share_one_gradient_tensor():
+    space, curve, base = _curve64(_SumOfTwo)
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    want, _ = _oracle_grads(space, curve, base, x, y, [0.4, 0.7], 0.3)
+    cm = CurveModel(base, curve, loss_through_output=True)
+    loss = cm.l2_loss(nn.CrossEntropyLoss(), 0.3)
+    for t in (0.4, 0.7):  # accumulation and the in-place L2 add must not leak from one piece to the other
+        loss(cm(x, t=t), y).backward()
+    assert curve.inner[0].grad.data_ptr() != curve.inner[1].grad.data_ptr()
+    assert torch.allclose(curve.inner_grad(), want, rtol=1e-10, atol=1e-13)
+
+
+def test_frozen_inner_piece_with_l2():
+    space, curve, base = _curve64(mlp)
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    want, _ = _oracle_grads(space, curve, base, x, y, [0.4], 0.3)
+    curve.inner[0].requires_grad_(False)  # keep the first layer's inner point where it is
+    cm = CurveModel(base, curve, loss_through_output=True)
+    loss = cm.l2_loss(nn.CrossEntropyLoss(), 0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):
+            for p in curve.inner:
+                p.grad = None
+            loss(cm(x, t=0.4), y).backward()
+    assert curve.inner[0].grad is None
+    sizes = curve.sizes
+    assert torch.allclose(torch.cat([p.grad for p in list(curve.inner)[1:]], dim=1), want[:, sizes[0]:],
+                          rtol=1e-10, atol=1e-13)

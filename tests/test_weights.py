@@ -106,3 +106,20 @@ def test_functional_call_equals_written_weights_and_has_gradients():
     out.sum().backward()
     assert w.grad is not None and w.grad.abs().sum() > 0
     assert not torch.equal(space.read(model), w.detach())  # model not modified
+
+
+def test_call_with_substitutes_and_follows_a_replaced_submodule():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2))
+    space = WeightSpace(net)
+    w = space.read(net)
+    x = torch.randn(4, 3)
+    w2 = torch.randn_like(w)
+    got = space.call_with(net, space.views(w2), (x,))
+    with space.at(net, w2):
+        assert torch.equal(got, net(x))
+    assert torch.equal(space.read(net), w)  # restored
+    net[2] = nn.Linear(2, 2)  # replaced after the sites were cached: the new layer must receive w2's piece
+    got = space.call_with(net, space.views(w2), (x,))
+    with space.at(net, w2):
+        assert torch.equal(got, net(x))

@@ -118,6 +118,9 @@ def connect_runs(cfg: ConnectConfig, out: str | Path, *, overwrite: bool = False
     out = Path(out)
     prepare_run_dir(out, overwrite=overwrite, resume=resume, create=False)
     model_a, model_b, data_cfg, space, w_a, w_b = _endpoints(cfg)
+    if resume and (out / "config.json").is_file():  # continue with the budget the curve was started with
+        saved = json.loads((out / "config.json").read_text())
+        cfg = dataclasses.replace(cfg, epochs=cfg.epochs or saved.get("epochs"), lr=cfg.lr or saved.get("lr"))
     cfg = dataclasses.replace(cfg, epochs=cfg.epochs or 2 * data_cfg.epochs, lr=cfg.lr or data_cfg.lr)
     splits = _load_splits(data_cfg)
     prepare_run_dir(out, overwrite=overwrite, resume=resume)
@@ -128,7 +131,7 @@ def connect_runs(cfg: ConnectConfig, out: str | Path, *, overwrite: bool = False
     curve = Curve(w_a, w_b, kind=cfg.kind, bends=cfg.bends, sizes=[s.numel for s in space.slots])
     # train on a copy: a train-mode forward updates BatchNorm buffers, and model_a's own statistics are
     # needed afterwards (bn="keep" and the endpoint rows)
-    cm = CurveModel(copy.deepcopy(model_a), curve, space)
+    cm = CurveModel(copy.deepcopy(model_a), curve, space, loss_through_output=True)  # loss: CE of the output
     start = time.perf_counter()
     if cfg.bends > 2:
         opt = torch.optim.SGD(curve.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0)

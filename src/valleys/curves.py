@@ -152,11 +152,13 @@ class CurveModel(nn.Module):
     parameters are replaced by ``w(t)`` in every call, so they receive no gradient and are never changed.
 
     Gradients are those of the explicit objective (tested against autograd through the flat ``w(t)`` in
-    float64). For speed, when a single inner point has a nonzero coefficient ``c_j(t)`` (Bezier with three
-    points, the polygonal chain), ``c_j`` multiplies the batch-sized gradient at the output instead of the
-    P-sized gradient of ``w(t)``; this is only done when nothing else in the graph needs a gradient (no
-    trainable parameter outside the space, no input with ``requires_grad``, a tensor output), so every
-    gradient a user can see is exact. See benchmarks/bench_curves.py for the cost (~1.26x a plain step).
+    float64). With ``loss_through_output=True`` (what ``valleys connect`` uses) the caller promises that the
+    loss depends on ``w(t)`` only through the tensor this call returns (no auxiliary losses stored on the
+    module, no activations caught by hooks); then, when a single inner point has a nonzero coefficient
+    ``c_j(t)`` (Bezier with three points, the polygonal chain), ``c_j`` multiplies the batch-sized gradient
+    at the output instead of the P-sized gradient of ``w(t)`` (by linearity of backpropagation). It is
+    skipped when another parameter or an input needs a gradient. See benchmarks/bench_curves.py for the
+    cost (~1.26x a plain step with it).
 
     Args:
         model: the network (its parameters outside the weight space, and its buffers, are used as they are).
@@ -164,8 +166,10 @@ class CurveModel(nn.Module):
         space: the weight space of ``model`` the curve lives in (default: all trainable parameters).
     """
 
-    def __init__(self, model: nn.Module, curve: Curve, space: WeightSpace | None = None) -> None:
+    def __init__(self, model: nn.Module, curve: Curve, space: WeightSpace | None = None, *,
+                 loss_through_output: bool = False) -> None:
         super().__init__()
+        self.loss_through_output = loss_through_output
         self.space = space or WeightSpace(model)
         if curve.start.numel() != self.space.size or (
                 len(curve.sizes) > 1 and curve.sizes != [s.numel for s in self.space.slots]):
@@ -180,8 +184,7 @@ class CurveModel(nn.Module):
         self._last_parts: list[Tensor] | None = None
         self._l2_pending: dict[int, list[tuple[Tensor, list[float]]]] = {}
         self._hooked: dict[int, Any] = {}
-        names = {s.name for s in self.space.slots}
-        self._other_trainable = any(p.requires_grad for n, p in model.named_parameters() if n not in names)
+        self._names = {s.name for s in self.space.slots}
 
     def forward(self, *args: Any, t: float | None = None, **kwargs: Any) -> Tensor:
         if t is None:
@@ -206,8 +209,8 @@ class CurveModel(nn.Module):
         else:
             out = self.space.functional_call(self.model, torch.cat(parts), *args, **kwargs)
         active = [x for x in c[1:-1] if x != 0.0]
-        if (grad and isinstance(out, Tensor) and len(active) == 1 and active[0] >= _MIN_SCALE
-                and not self._other_trainable and not _any_requires_grad(args, kwargs)):
+        if (self.loss_through_output and grad and isinstance(out, Tensor) and len(active) == 1
+                and active[0] >= _MIN_SCALE and not self._other_trainable() and not _any_requires_grad(args, kwargs)):
             # The one active inner point's coefficient c_j is applied to the gradient at the output
             # (batch-sized) instead of to the P-sized gradient of w(t): by linearity of backpropagation
             # every weight gradient arrives already multiplied by c_j, and the curve's backward passes it
@@ -222,9 +225,14 @@ class CurveModel(nn.Module):
         state["_hooked"], state["_l2_pending"] = {}, {}
         return state
 
+    def _other_trainable(self) -> bool:
+        return any(p.requires_grad for n, p in self.model.named_parameters() if n not in self._names)
+
     def _hook_inner(self) -> None:
         """Register (once per parameter object) the hook that adds the L2 gradient after accumulation."""
         for p in self.curve.inner:
+            if not p.requires_grad:
+                continue
             ref = self._hooked.get(id(p))
             if ref is None or ref() is not p:
                 p.register_post_accumulate_grad_hook(self._add_l2)
@@ -319,17 +327,24 @@ class _CurvePoint(torch.autograd.Function):
         s = ctx.scale.value
         rel = [cj / s for cj in ctx.c]
         out: list[Tensor | None] = []
+        seen: set[int] = set()
         for g in grads:
-            if len(rel) == 1:
-                out.append(g.view(1, -1) if rel[0] == 1.0 else (g * rel[0]).view(1, -1))
+            if len(rel) == 1 and rel[0] == 1.0:
+                if g.data_ptr() in seen:  # one gradient tensor reaching two pieces: never share storage
+                    g = g.clone()
+                seen.add(g.data_ptr())
+                out.append(g.view(1, -1))
+            elif len(rel) == 1:
+                out.append((g * rel[0]).view(1, -1))
             else:
                 out.append(torch.outer(torch.tensor(rel, dtype=g.dtype, device=g.device), g))
         if ctx.sink is not None:
             pending, wd = ctx.sink
             coef = [wd * cj for cj in ctx.c]
             if any(coef):
-                for pid, w in zip(ctx.inner_ids, ctx.saved_tensors):
-                    pending.setdefault(pid, []).append((w, coef))
+                for i, (pid, w) in enumerate(zip(ctx.inner_ids, ctx.saved_tensors)):
+                    if ctx.needs_input_grad[4 + i]:
+                        pending.setdefault(pid, []).append((w, coef))
         return (None, None, None, None, *out)
 
 

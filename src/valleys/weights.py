@@ -221,8 +221,9 @@ class WeightSpace:
         restored on exit, also when the call raises; gradients flow to ``tensors``.
 
         The same substitution as :func:`torch.func.functional_call` (a tied parameter is replaced under all
-        its names), without its per-call bookkeeping: the registration sites of every slot are looked up
-        once per module and cached.
+        its names), without its per-call bookkeeping: where each slot's parameter is registered (submodule
+        path and attribute) is looked up once per module and cached; the submodules are found again by path
+        on every call, so a submodule replaced later is the one that receives the tensor.
         """
         sites = self._sites(module)
         if len(tensors) != len(sites):
@@ -230,7 +231,8 @@ class WeightSpace:
         saved = []
         try:
             for slot_sites, t in zip(sites, tensors):
-                for mod, name in slot_sites:
+                for path, name in slot_sites:
+                    mod = module.get_submodule(path) if path else module
                     saved.append((mod, name, mod._parameters[name]))
                     mod._parameters[name] = t  # type: ignore[assignment]  # as functional_call does
             return module(*args, **(kwargs or {}))
@@ -243,18 +245,18 @@ class WeightSpace:
         state.pop("_site_cache", None)  # weak references to modules: rebuilt on first use
         return state
 
-    def _sites(self, module: nn.Module) -> list[list[tuple[nn.Module, str]]]:
-        """For each slot, every (submodule, attribute) under which its parameter object is registered."""
+    def _sites(self, module: nn.Module) -> list[list[tuple[str, str]]]:
+        """For each slot, every (submodule path, attribute) under which its parameter object is registered."""
         cache = self.__dict__.setdefault("_site_cache", {})
         hit = cache.get(id(module))
         if hit is not None and hit[0]() is module:
             return hit[1]
         params = self.parameters(module)  # checks names and shapes
-        where: dict[int, list[tuple[nn.Module, str]]] = {}
-        for mod in module.modules():
+        where: dict[int, list[tuple[str, str]]] = {}
+        for path, mod in module.named_modules():
             for name, p in mod._parameters.items():
                 if p is not None:
-                    where.setdefault(id(p), []).append((mod, name))
+                    where.setdefault(id(p), []).append((path, name))
         sites = [where[id(p)] for p in params]
         cache[id(module)] = (weakref.ref(module), sites)
         return sites
