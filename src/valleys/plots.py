@@ -134,7 +134,9 @@ def plot_contours(xs: Sequence[float], ys: Sequence[float], grid: Sequence[Seque
     for name, (px, py) in points.items():
         ax.plot(px, py, marker="*" if "SWA" in name.upper() else "o", ms=11 if "SWA" in name.upper() else 7,
                 color="white" if "SWA" not in name.upper() else "gold", mec="black")
-        ax.annotate(name, (px, py), textcoords="offset points", xytext=(6, 6), fontsize=9)
+        right = px > xs[0] + 0.6 * (xs[-1] - xs[0])  # labels in the right part point left, inside the axes
+        ax.annotate(name, (px, py), textcoords="offset points", xytext=(-6, 6) if right else (6, 6),
+                    ha="right" if right else "left", fontsize=9)
     ax.set_title(title)
     if units:
         ax.set_xlabel(f"u ({units})", fontsize=8)
