@@ -1,10 +1,15 @@
-"""Shared by the benchmark scripts: run ``main`` and never fail the build (a measurement, not a test)."""
+"""Shared by the benchmark scripts: never fail the build (a measurement, not a test), format times and
+verdicts, and time two implementations side by side in alternating order."""
 
 from __future__ import annotations
 
+import gc
+import statistics
 import sys
+import time
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 
 def run_measurement(main: Callable[[], object]) -> None:
@@ -14,3 +19,42 @@ def run_measurement(main: Callable[[], object]) -> None:
     except Exception:  # report, but never fail the build
         traceback.print_exc()
     sys.exit(0)
+
+
+def fmt_time(s: float) -> str:
+    """Seconds as a fixed-width string in s, ms or us."""
+    if s >= 1:
+        return f"{s:8.3f} s "
+    if s >= 1e-3:
+        return f"{s * 1e3:8.2f} ms"
+    return f"{s * 1e6:8.1f} us"
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def spread(v: list[float]) -> float:
+    """(max - min) / median of repeated timings, in percent."""
+    return (max(v) - min(v)) / statistics.median(v) * 100
+
+
+def print_checks(checks: list[tuple[str, bool]], indent: str = "  ") -> None:
+    for text, ok in checks:
+        print(f"{indent}{verdict(ok)}  {text}")
+
+
+def alternating(fns: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Call each function ``repeats`` times, the order of the two reversed every other round (ABBA), with a
+    garbage collection before each call. Returns the seconds per call for each name and each one's last
+    result."""
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    last: dict[str, Any] = {}
+    order = list(fns)
+    for r in range(repeats):
+        for name in (order if r % 2 == 0 else order[::-1]):
+            gc.collect()
+            t0 = time.perf_counter()
+            last[name] = fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times, last

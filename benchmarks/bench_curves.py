@@ -78,6 +78,8 @@ from valleys.paths import evaluate_path
 from valleys.predict import evaluate
 from valleys.weights import WeightSpace
 
+from _harness import run_measurement, fmt_time, print_checks, alternating  # noqa: E402 (benchmarks/ is on sys.path when run)
+
 STEP_TARGET = 1.3   # curve step / plain step, for a model of >= 1M parameters
 PATH_TOL = 1e-4     # max |diff| of the train loss per point, ours vs naive
 N_TRAIN, N_TEST = 2048, 512  # errors may differ by one example whose logits tie within the ~1e-6 BN difference
@@ -85,16 +87,8 @@ WD = 5e-4           # the curve's L2 penalty (Garipov et al. 2018)
 BATCH = 128
 
 
-def fmt_time(s: float) -> str:
-    if s >= 1:
-        return f"{s:8.3f} s "
-    if s >= 1e-3:
-        return f"{s * 1e3:8.2f} ms"
-    return f"{s * 1e6:8.1f} us"
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 # ---------------------------------------------------------------------------------------------- (1) steps
@@ -358,21 +352,8 @@ def bench_path(points: int, repeats: int) -> dict:
     naive_fn = lambda ts_: naive_path(model, curve, ts_, train, test)  # noqa: E731
     ours_fn([0.0, 1.0])  # warm-up
     naive_fn([0.0, 1.0])
-    t_ours, t_naive = [], []
-    res_ours = res_naive = None
-    for r in range(repeats):
-        order = [("ours", ours_fn), ("naive", naive_fn)]
-        for name, fn in (order if r % 2 == 0 else order[::-1]):
-            gc.collect()
-            t0 = time.perf_counter()
-            out = fn(ts)
-            dt = time.perf_counter() - t0
-            if name == "ours":
-                t_ours.append(dt)
-                res_ours = out
-            else:
-                t_naive.append(dt)
-                res_naive = out
+    times, last = alternating({"ours": lambda: ours_fn(ts), "naive": lambda: naive_fn(ts)}, repeats)
+    t_ours, t_naive, res_ours, res_naive = times["ours"], times["naive"], last["ours"], last["naive"]
     diffs = {k: max(abs(a - b) for a, b in zip(res_ours[k], res_naive[k]))
              for k in ("train_loss", "train_error", "test_error")}
     return {"points": points, "repeats": repeats, "ours": t_ours, "naive": t_naive, "P": space.size,
@@ -475,14 +456,13 @@ def main(argv: list[str] | None = None) -> int:
          f"objective): {mlp['ratio']['+L2']:.3f}x (target <= {STEP_TARGET}x; paired {mlp['paired']['+L2']:.3f}x)",
          mlp["ratio"]["+L2"] <= STEP_TARGET),
     ] + [
-        (f"(1) curve step trains only the inner points; valleys gradient = explicit objective's "
+        ("(1) curve step trains only the inner points; valleys gradient = explicit objective's "
          "(float64, both models)", all(s["curve_ok"] and s["grad_ok"] for s in steps)),
         (f"(2) evaluate_path = naive loop per point (train loss diff {d['train_loss']:.1e} <= {PATH_TOL:g}; errors "
          f"differ by at most one example: {d['train_error'] * N_TRAIN:.0f} of {N_TRAIN} train, "
          f"{d['test_error'] * N_TEST:.0f} of {N_TEST} test)", same_path),
     ]
-    for text, ok in checks:
-        print(f"  {verdict(ok)}  {text}")
+    print_checks(checks)
     print("  info (no target):")
     print(f"        (1) curve step / plain step, {mlp['name']}, both without L2: {mlp['ratio']['']:.3f}x "
           f"(paired {mlp['paired']['']:.3f}x)")
@@ -495,6 +475,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from _harness import run_measurement
-
     run_measurement(main)

@@ -71,6 +71,8 @@ from valleys.models import MLP, SmallCNN
 from valleys.surfaces import Plane, grid_axes
 from valleys.weights import WeightSpace
 
+from _harness import run_measurement, fmt_time, print_checks, spread  # noqa: E402 (benchmarks/ is on sys.path when run)
+
 GRID_TARGET = 2.0     # (a) naive / ours (auto)
 AGREE_TOL = 1e-4      # max |loss diff| between ours and naive
 EIG_TOL = 1e-3        # (c) relative error of the top eigenvalue
@@ -97,20 +99,10 @@ def make_config(quick: bool) -> Config:
     return Config(21, 4, 7, 8, 1000, 200, 3, 150, 2000)
 
 
-def fmt_time(s: float) -> str:
-    if s >= 1:
-        return f"{s:8.3f} s "
-    if s >= 1e-3:
-        return f"{s * 1e3:8.2f} ms"
-    return f"{s * 1e6:8.1f} us"
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
-def spread(v: list[float]) -> float:
-    return (max(v) - min(v)) / statistics.median(v) * 100
 
 
 def timed(fn: Callable[[], dict]) -> tuple[float, dict]:
@@ -411,13 +403,10 @@ def main(argv: list[str] | None = None) -> int:
         ("(c) power_iteration = the local loop  : same estimate after the counted products",
          c["same"]),
     ]
-    for text, ok in checks:
-        print(f"  {verdict(ok)}  {text}")
+    print_checks(checks)
     print(f"\ntotal {time.perf_counter() - start:.1f}s")
     return 0
 
 
 if __name__ == "__main__":
-    from _harness import run_measurement
-
     run_measurement(main)

@@ -50,6 +50,8 @@ from valleys.swa import SWACallback
 from valleys.training import Trainer
 from valleys.weights import WeightSpace
 
+from _harness import run_measurement, fmt_time, spread, verdict  # noqa: E402 (benchmarks/ is on sys.path when run)
+
 EPOCH_TARGET = 1.02   # epoch + SWA every epoch / plain epoch
 COLLECT_TARGET = 1.5  # our collect / AveragedModel.update_parameters
 WILLIAMS = ((0, 1, 3, 2), (1, 2, 0, 3), (2, 3, 1, 0), (3, 0, 2, 1))  # Latin square balanced for carry-over
@@ -77,16 +79,8 @@ def make_cases(quick: bool) -> list[Case]:
     return [Case(*big, 1, 8, 200, 5, 40), Case(*mlp, 5, 12, 1000, 5, 300), Case(*cnn, 3, 12, 1000, 5, 300)]
 
 
-def fmt_time(s: float) -> str:
-    if s >= 1:
-        return f"{s:8.3f} s "
-    if s >= 1e-3:
-        return f"{s * 1e3:8.2f} ms"
-    return f"{s * 1e6:8.1f} us"
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 # ---------------------------------------------------------------------------------------------- epochs
@@ -260,7 +254,6 @@ def run_case(case: Case) -> dict:
     est = {"again": 1.0, "epoch": 1 + tmed["swa"] / med["plain"],
            "steps": 1 + len(loader) * tmed["swa"] / med["plain"]}
 
-    spread = lambda v: (max(v) - min(v)) / statistics.median(v) * 100  # noqa: E731
     print(f"{'epoch (Trainer.fit, time per epoch)':44s} {'median':>11s} {'spread':>7s}  {'/ plain':>7s}  "
           f"{'paired IQR':>13s}  {'collects alone':>14s}")
     print(f"  {'plain SGD (no callbacks)':42s} {fmt_time(med['plain'])} {spread(ep['plain']):6.1f}%")
@@ -344,6 +337,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from _harness import run_measurement
-
     run_measurement(main)

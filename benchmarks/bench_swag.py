@@ -66,6 +66,8 @@ from valleys.predict import bma, predict_probs
 from valleys.swag import SWAG
 from valleys.weights import WeightSpace
 
+from _harness import run_measurement, fmt_time, print_checks, alternating  # noqa: E402 (benchmarks/ is on sys.path when run)
+
 K = 20                  # SWAG rank (deviations kept), the paper's default
 COLLECT_TARGET = 5.0    # reference collect / ours
 BMA_TARGET = 1.5        # naive BMA loop / ours
@@ -74,20 +76,12 @@ MEM_TARGET = 1.10       # SWAG memory / ((K + 2) * P * 4 bytes)
 FILL = 25               # collects before the steady state (>= K)
 
 
-def fmt_time(s: float) -> str:
-    if s >= 1:
-        return f"{s:8.3f} s "
-    if s >= 1e-3:
-        return f"{s * 1e3:8.2f} ms"
-    return f"{s * 1e6:8.1f} us"
 
 
 def mib(b: float) -> str:
     return f"{b / 2**20:8.1f} MiB"
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 def big_mlp() -> nn.Module:
@@ -320,21 +314,8 @@ def bench_bma(samples: int, repeats: int, profile_samples: int) -> dict:
     naive_fn = lambda s: naive_bma(model, draws(swag, s), test, train)  # noqa: E731
     ours_fn(2)   # warm-up (oneDNN primitives, allocator)
     naive_fn(2)
-    t_ours, t_naive = [], []
-    res_ours = probs_naive = None
-    for r in range(repeats):
-        order = [("ours", ours_fn), ("naive", naive_fn)]
-        for name, fn in (order if r % 2 == 0 else order[::-1]):
-            gc.collect()
-            t0 = time.perf_counter()
-            out = fn(samples)
-            dt = time.perf_counter() - t0
-            if name == "ours":
-                t_ours.append(dt)
-                res_ours = out
-            else:
-                t_naive.append(dt)
-                probs_naive = out
+    times, last = alternating({"ours": lambda: ours_fn(samples), "naive": lambda: naive_fn(samples)}, repeats)
+    t_ours, t_naive, res_ours, probs_naive = times["ours"], times["naive"], last["ours"], last["naive"]
     y = st["y_test"]
     acc_naive = float((probs_naive.argmax(1) == y).double().mean())
     nll_naive = float(-torch.log(probs_naive.gather(1, y[:, None]).clamp_min(1e-12)).mean())
@@ -492,13 +473,10 @@ def main(argv: list[str] | None = None) -> int:
     if o["peak"] is not None:
         checks.append((f"(c) SWAG peak RSS growth / (K+2) copies = {o['peak'] / copies:6.3f} (target <= "
                        f"{MEM_TARGET:g}; reference {rf['peak'] / copies:.2f})", o["peak"] / copies <= MEM_TARGET))
-    for text, ok in checks:
-        print(f"  {verdict(ok)}  {text}")
+    print_checks(checks)
     print(f"\ntotal {time.perf_counter() - start:.1f}s")
     return 0
 
 
 if __name__ == "__main__":
-    from _harness import run_measurement
-
     run_measurement(main)

@@ -13,21 +13,16 @@ Usage::
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 import time
 
 import torch
-from torch import nn
 
-from valleys.connect import load_endpoint
-from valleys.curves import Curve, CurveModel
+from valleys.connect import ConnectConfig, load_endpoint, train_curve
 from valleys.data import make_loader
 from valleys.paths import evaluate_path
 from valleys.runs import _load_splits
-from valleys.schedules import SWASchedule
-from valleys.training import Trainer
 from valleys.weights import WeightSpace
 
 SWEEP = [{"epochs": 50, "lr": 0.05, "bends": 3}, {"epochs": 100, "lr": 0.05, "bends": 3},
@@ -51,14 +46,10 @@ def main(argv: list[str]) -> None:
           f"lr {cfg.lr}); validation split of {len(splits.val)} examples; 21 points per curve")
     for s in settings:
         start = time.perf_counter()
-        torch.manual_seed(0)
-        curve = Curve(space.read(model_a), space.read(model_b), kind=s.get("kind", "bezier"), bends=s["bends"],
-                      sizes=[x.numel for x in space.slots])
-        cm = CurveModel(copy.deepcopy(model_a), curve, space, loss_through_output=True)
-        opt = torch.optim.SGD(curve.parameters(), lr=s["lr"], momentum=0.9)
-        Trainer(cm, cm.l2_loss(nn.CrossEntropyLoss(), s.get("wd", 5e-4)), opt,
-                make_loader(splits.train, 128, shuffle=True, seed=0), epochs=s["epochs"],
-                schedule=SWASchedule(s["lr"], s["epochs"], 0.01 * s["lr"]), seed=0, progress=False).fit()
+        cfg_s = ConnectConfig(f"{root}/sgd-seed0", f"{root}/sgd-seed1", kind=s.get("kind", "bezier"),
+                              bends=s["bends"], epochs=s["epochs"], lr=s["lr"], wd=s.get("wd", 5e-4), seed=0)
+        curve = train_curve(model_a, space, space.read(model_a), space.read(model_b),
+                            make_loader(splits.train, cfg_s.batch_size, shuffle=True, seed=0), cfg_s)
         res = evaluate_path(model_a, curve.point, torch.linspace(0, 1, 21).tolist(), train_loader=train_eval,
                             test_loader=val, space=space)
         worse = max(res["test_error"][0], res["test_error"][-1])

@@ -71,10 +71,16 @@ def to_device(obj: Any, device: torch.device | str | None) -> Any:
     return obj
 
 
+def as_call_args(inputs: Any) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` for an input that may be a tensor, a tuple of positional inputs, or a dict of kwargs."""
+    if isinstance(inputs, Mapping):
+        return (), dict(inputs)
+    if isinstance(inputs, tuple):
+        return inputs, {}
+    return (inputs,), {}
+
+
 def call_model(model: torch.nn.Module, inputs: Any) -> Tensor:
     """Call ``model`` on an input that may be a tensor, a tuple of positional inputs, or a dict of kwargs."""
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, tuple):
-        return model(*inputs)
-    return model(inputs)
+    args, kwargs = as_call_args(inputs)
+    return model(*args, **kwargs)

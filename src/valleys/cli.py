@@ -263,12 +263,12 @@ def _geometry(args: argparse.Namespace) -> int:
                                            progress=progress)
             title = f"trajectory plane of {args.trajectory}"
         elif args.curve:
-            from .connect import ConnectConfig, _load_curve
+            from .connect import _load_curve
 
             raw = json.loads((Path(args.curve) / "config.json").read_text())
             model, _, _, loaders, bn = L.load_context(raw["run_a"])
             space = L.WeightSpace(model)
-            curve = _load_curve(Path(args.curve), model, space, None)
+            curve = _load_curve(Path(args.curve), space)
             pts = curve.control_points().detach()
             if len(pts) < 3:
                 raise ValueError("the curve has 2 control points (a straight segment): it spans no plane")

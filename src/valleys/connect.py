@@ -14,10 +14,11 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .checkpoint import CheckpointError, check_model_signature, load_checkpoint, save_checkpoint, write_json
 from .curves import CURVE_KINDS, Curve, CurveModel
@@ -28,7 +29,7 @@ from .schedules import SWASchedule
 from .training import Trainer
 from .weights import WeightSpace
 
-__all__ = ["ConnectConfig", "connect_runs", "evaluate_curve_dir", "load_endpoint"]
+__all__ = ["ConnectConfig", "connect_runs", "evaluate_curve_dir", "load_endpoint", "train_curve"]
 
 
 @dataclass
@@ -127,19 +128,8 @@ def connect_runs(cfg: ConnectConfig, out: str | Path, *, overwrite: bool = False
     if not resume:
         write_json(out / "config.json", {"folder": "curve", **asdict(cfg), "data": asdict(data_cfg)})
     train, train_eval, test = _loaders(cfg, data_cfg, splits)
-    torch.manual_seed(cfg.seed)
-    curve = Curve(w_a, w_b, kind=cfg.kind, bends=cfg.bends, sizes=[s.numel for s in space.slots])
-    # train on a copy: a train-mode forward updates BatchNorm buffers, and model_a's own statistics are
-    # needed afterwards (bn="keep" and the endpoint rows)
-    cm = CurveModel(copy.deepcopy(model_a), curve, space, loss_through_output=True)  # loss: CE of the output
     start = time.perf_counter()
-    if cfg.bends > 2:
-        opt = torch.optim.SGD(curve.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0)
-        Trainer(cm, cm.l2_loss(nn.CrossEntropyLoss(), cfg.wd), opt, train, epochs=cfg.epochs,
-                schedule=SWASchedule(cfg.lr, cfg.epochs, 0.01 * cfg.lr), seed=cfg.seed,
-                checkpoint_path=out / "checkpoint.safetensors", checkpoint_every=cfg.checkpoint_every,
-                log_path=out / "metrics.jsonl", header={"config": asdict(cfg)}, progress=progress
-                ).fit(resume=out / "checkpoint.safetensors" if resume else None)
+    curve = train_curve(model_a, space, w_a, w_b, train, cfg, out=out, resume=resume, progress=progress)
     train_s = time.perf_counter() - start
     save_checkpoint(out / "curve.safetensors", {"control_points": curve.control_points().detach()},
                     {"kind": "curve", "curve": cfg.kind, "bends": cfg.bends, "signature": space.signature()})
@@ -150,7 +140,31 @@ def connect_runs(cfg: ConnectConfig, out: str | Path, *, overwrite: bool = False
     return results
 
 
-def _load_curve(curve_dir: Path, model: nn.Module, space: WeightSpace, cfg: ConnectConfig) -> Curve:
+def train_curve(model: nn.Module, space: WeightSpace, w_a: Tensor, w_b: Tensor, train_loader: Iterable,
+                cfg: ConnectConfig, *, out: Path | None = None, resume: bool = False,
+                progress: bool = False) -> Curve:
+    """Train a ``cfg.kind`` curve with ``cfg.bends`` control points from ``w_a`` to ``w_b`` (Garipov et al.
+    2018): SGD with momentum on the inner points, the LR decaying from ``cfg.lr`` to 1% with the SWA
+    schedule's shape over ``cfg.epochs`` (both must be set), objective cross-entropy at ``w(t)`` plus
+    ``0.5 cfg.wd ||w(t)||^2``. Trains on a copy of ``model`` (a train-mode forward updates BatchNorm
+    buffers, and the endpoint's own statistics are needed afterwards). With ``out``, checkpoints and the
+    epoch log go there (and ``resume`` continues from its checkpoint)."""
+    torch.manual_seed(cfg.seed)
+    curve = Curve(w_a, w_b, kind=cfg.kind, bends=cfg.bends, sizes=[s.numel for s in space.slots])
+    if cfg.bends == 2:
+        return curve  # the straight segment: nothing to train
+    cm = CurveModel(copy.deepcopy(model), curve, space, loss_through_output=True)  # loss: CE of the output
+    opt = torch.optim.SGD(curve.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0)
+    files = {} if out is None else {"checkpoint_path": out / "checkpoint.safetensors",
+                                    "checkpoint_every": cfg.checkpoint_every, "log_path": out / "metrics.jsonl"}
+    Trainer(cm, cm.l2_loss(nn.CrossEntropyLoss(), cfg.wd), opt, train_loader, epochs=cfg.epochs,
+            schedule=SWASchedule(cfg.lr, cfg.epochs, 0.01 * cfg.lr), seed=cfg.seed,
+            header={"config": asdict(cfg)}, progress=progress, **files
+            ).fit(resume=out / "checkpoint.safetensors" if resume and out is not None else None)
+    return curve
+
+
+def _load_curve(curve_dir: Path, space: WeightSpace) -> Curve:
     state, header = load_checkpoint(curve_dir / "curve.safetensors")
     if header.get("kind") != "curve":
         raise CheckpointError(f"{curve_dir / 'curve.safetensors'} is not a curve checkpoint")
@@ -182,7 +196,7 @@ def evaluate_curve_dir(curve_dir: str | Path, *, points: int | None = None, prog
     else:
         model_a, model_b, data_cfg, splits = _cache
         space = WeightSpace(model_a)
-    curve = _load_curve(curve_dir, model_a, space, cfg)
+    curve = _load_curve(curve_dir, space)
     _, train_eval, test = _loaders(cfg, data_cfg, splits)
     ts = torch.linspace(0, 1, cfg.points).tolist()
     start = time.perf_counter()

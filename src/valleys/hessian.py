@@ -17,13 +17,13 @@ default: BatchNorm uses its running statistics, Dropout is off, so L is a determ
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .batches import call_model, default_input_fn, default_target_fn
+from .batches import default_input_fn, default_target_fn
 from .weights import WeightSpace, preserved_modes
 
 __all__ = ["LossFunction", "lanczos", "power_iteration", "hutchinson_trace", "epsilon_sharpness"]
@@ -61,11 +61,11 @@ class LossFunction:
         self.num_hvp = 0
 
     def _loss(self, w: Tensor) -> Tensor:
-        params = self.space.unflatten(w)
+        params = self.space.views(w)
         total = sum(self.weights)
         out = 0.0
         for (x, y), n in zip(self.batches, self.weights):
-            pred = torch.func.functional_call(self.model, params, (x,))
+            pred = self.space.call_with(self.model, params, (x,))
             out = out + self.loss_fn(pred, y) * (n / total)
         return out
 

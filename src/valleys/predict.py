@@ -17,7 +17,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from .batches import InputFn, call_model, default_input_fn, default_target_fn, to_device
+from .batches import InputFn, as_call_args, call_model, default_input_fn, default_target_fn, to_device
 from .batchnorm import EmptyLoaderError, has_batchnorm, recompute_bn
 from .metrics import ClassificationMetrics, RegressionMetrics
 from .weights import WeightSpace, preserved_modes
@@ -118,15 +118,10 @@ def holding(model: nn.Module, sample: Sample, space: WeightSpace) -> Iterator[nn
         model.load_state_dict(saved)
 
 
-def _call_at(model: nn.Module, params: dict[str, Tensor], inputs: Any) -> Tensor:
-    if isinstance(inputs, Mapping):
-        return torch.func.functional_call(model, params, (), dict(inputs))
-    return torch.func.functional_call(model, params, inputs if isinstance(inputs, tuple) else (inputs,))
-
-
 def _vmap_outputs(model: nn.Module, space: WeightSpace, stacked: Tensor, inputs: Any) -> Tensor:
     """Outputs of the model at each row of ``stacked`` (c, P) on one input batch: (c, N, ...), via vmap."""
-    return torch.func.vmap(lambda w: _call_at(model, space.unflatten(w), inputs))(stacked)
+    args, kwargs = as_call_args(inputs)
+    return torch.func.vmap(lambda w: space.call_with(model, space.views(w), args, kwargs))(stacked)
 
 
 def _first_batch(loader: Iterable) -> tuple[Any, float]:

@@ -264,9 +264,10 @@ class WeightSpace:
     def functional_call(self, module: nn.Module, w: Tensor, *args, **kwargs):
         """``module(*args, **kwargs)`` evaluated at ``w`` without writing ``w`` into the module.
 
-        Uses :func:`torch.func.functional_call`, so gradients flow to ``w`` (curve training, Hessians).
+        Views of ``w`` are swapped in by :meth:`call_with`, so gradients flow to ``w`` (curve training,
+        Hessians) and ``torch.func`` transforms (vmap over stacked weights) see through it.
         Parameters outside the space keep their current values. Note that a module in train mode still
         updates its own BatchNorm buffers, as a normal forward would; use eval mode or :meth:`at` if
         those must stay untouched.
         """
-        return torch.func.functional_call(module, self.unflatten(w), args, kwargs)
+        return self.call_with(module, self.views(w), args, kwargs)
