@@ -70,13 +70,13 @@ from torch.nn.utils import vector_to_parameters
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import TensorDataset
 
-from valleys.batchnorm import recompute_bn
-from valleys.curves import Curve, CurveModel
-from valleys.data import make_loader
-from valleys.models import MLP, SmallCNN
-from valleys.paths import evaluate_path
-from valleys.predict import evaluate
-from valleys.weights import WeightSpace
+from valleys.core.batchnorm import recompute_bn
+from valleys.geometry.curves import Curve, CurveModel
+from valleys.zoo.data import make_loader
+from valleys.zoo.models import MLP, SmallCNN
+from valleys.geometry.paths import evaluate_path
+from valleys.evaluation.predict import evaluate
+from valleys.core.weights import WeightSpace
 
 from _harness import run_measurement, fmt_time, print_checks, alternating  # noqa: E402 (benchmarks/ is on sys.path when run)
 

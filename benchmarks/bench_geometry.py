@@ -2,9 +2,9 @@
 
 (a) A 21 x 21 grid on a plane without BatchNorm recompute, on the MNIST-1D-sized ``MLP(40, 10)`` (hidden
     (100, 100), 15,210 parameters): random inputs of 40 features, labels 0..9, 3600 training and 1000 test
-    examples, ``valleys.data.make_loader(TensorDataset(x, y), 1000)``. The points are ``plane.point(x, y)`` of
-    ``valleys.surfaces.Plane(a, b, c)`` through three random perturbations of the model's weights, over the
-    axes of ``valleys.surfaces.grid_axes`` around the three points. Ours: ``valleys.grid.evaluate_points(model,
+    examples, ``valleys.zoo.data.make_loader(TensorDataset(x, y), 1000)``. The points are ``plane.point(x, y)`` of
+    ``valleys.geometry.surfaces.Plane(a, b, c)`` through three random perturbations of the model's weights, over the
+    axes of ``valleys.geometry.surfaces.grid_axes`` around the three points. Ours: ``valleys.evaluation.grid.evaluate_points(model,
     points, {"train": ..., "test": ...}, bn="keep")`` with the default ``batched="auto"`` (it times the first
     batch both ways and then evaluates ``chunk`` points at a time with ``torch.func.vmap`` or one by one), and
     the same with ``batched=False`` and ``batched=True`` explicitly. Naive: for each point
@@ -20,7 +20,7 @@
     then the same evaluation. Losses must agree within 1e-4.
 
 (c) Hessian-vector products that Lanczos and power iteration need for the top Hessian eigenvalue to 1e-3
-    relative error, on the MLP of (a) in float64 (``.double()``, float64 data), ``valleys.hessian.LossFunction(
+    relative error, on the MLP of (a) in float64 (``.double()``, float64 data), ``valleys.geometry.hessian.LossFunction(
     model, batches)`` with batches of 500 random training examples. Reference: ``lanczos(loss, w, k=1,
     iterations=min(P, 200))`` (seed 1000; a second seed shows its accuracy); the most negative eigenvalue comes
     from the same on the negated loss. Lanczos: ``lanczos(loss, w, k=1, iterations=m)`` for m = 2, 3, ... with a
@@ -64,12 +64,12 @@ from torch.nn.utils import vector_to_parameters
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import TensorDataset
 
-from valleys.data import make_loader
-from valleys.grid import evaluate_points
-from valleys.hessian import LossFunction, lanczos, power_iteration
-from valleys.models import MLP, SmallCNN
-from valleys.surfaces import Plane, grid_axes
-from valleys.weights import WeightSpace
+from valleys.zoo.data import make_loader
+from valleys.evaluation.grid import evaluate_points
+from valleys.geometry.hessian import LossFunction, lanczos, power_iteration
+from valleys.zoo.models import MLP, SmallCNN
+from valleys.geometry.surfaces import Plane, grid_axes
+from valleys.core.weights import WeightSpace
 
 from _harness import run_measurement, fmt_time, print_checks, spread  # noqa: E402 (benchmarks/ is on sys.path when run)
 
@@ -278,7 +278,7 @@ def bench_grid_recompute(cfg: Config) -> dict:
 # ---------------------------------------------------------------------------------------------- (c)
 def power_trace(loss: LossFunction, w: Tensor, target: float, cap: int, seed: int) -> tuple[int | None, float]:
     """The first product count whose power-iteration estimate is within ``EIG_TOL`` of ``target`` (None if not
-    within ``cap``), and that estimate. The same loop as ``valleys.hessian.power_iteration``."""
+    within ``cap``), and that estimate. The same loop as ``valleys.geometry.hessian.power_iteration``."""
     v = torch.randn(w.numel(), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     v /= v.norm()
     est = math.nan

@@ -3,7 +3,7 @@
 For each model (a ~1.9M-parameter MLP where collect cost matters, the small MNIST-1D-sized MLP and the
 demo's default 1-D CNN; random data, batch 128):
 
-1. one epoch of plain training (SGD momentum 0.9, CrossEntropy) with ``valleys.training.Trainer``;
+1. one epoch of plain training (SGD momentum 0.9, CrossEntropy) with ``valleys.training.trainer.Trainer``;
 2. the same with ``SWACallback(SWA(model), start=0, every="epoch", apply_at_end=False)``;
 3. the same with ``every="steps", k=1`` (collect after every optimizer step);
 4. per collect: ``SWA.collect`` (mean + Welford second moments), ``moments=False``, ``check_finite=False``
@@ -43,12 +43,12 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import TensorDataset
 
-from valleys.averaging import SWA
-from valleys.data import make_loader
-from valleys.models import CNN1D, MLP
-from valleys.swa import SWACallback
-from valleys.training import Trainer
-from valleys.weights import WeightSpace
+from valleys.methods.averaging import SWA
+from valleys.zoo.data import make_loader
+from valleys.zoo.models import CNN1D, MLP
+from valleys.training.callbacks import SWACallback
+from valleys.training.trainer import Trainer
+from valleys.core.weights import WeightSpace
 
 from _harness import run_measurement, fmt_time, spread, verdict  # noqa: E402 (benchmarks/ is on sys.path when run)
 

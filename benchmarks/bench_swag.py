@@ -3,7 +3,7 @@
 Three comparisons (random data; timings are ratios of medians measured in the same process, interleaved, so
 the load of the machine hits both sides alike):
 
-(a) collect: ``valleys.swag.SWAG(model, rank=20).collect(model)`` (running mean, Welford M2 and the
+(a) collect: ``valleys.methods.swag.SWAG(model, rank=20).collect(model)`` (running mean, Welford M2 and the
     deviation row written in place into a ring buffer) against the reference approach of the original SWAG
     code (Maddox et al. 2019): flatten the parameters with ``torch.cat``, update flat ``mean`` and
     ``sq_mean = E[w^2]`` as ``x * n/(n+1) + w/(n+1)``, and append the deviation with
@@ -13,7 +13,7 @@ the load of the machine hits both sides alike):
     first, with the weights moved slightly (untimed, the same for both) before every collect. A sanity check
     compares the two means and the last K deviations.
 
-(b) BMA with S = 30 SWAG samples and a BatchNorm recompute per sample: ``valleys.predict.bma(model,
+(b) BMA with S = 30 SWAG samples and a BatchNorm recompute per sample: ``valleys.evaluation.predict.bma(model,
     swag.samples(30, generator=...), test_loader, bn_loader=train_loader)`` against the naive loop over the
     same 30 samples: ``copy.deepcopy(model)``, ``vector_to_parameters``, ``torch.optim.swa_utils.update_bn``,
     then softmax probabilities in eval mode on the test loader, averaged. Model: ``SmallCNN(1, 10,
@@ -59,12 +59,12 @@ from torch.nn.utils import vector_to_parameters
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import TensorDataset
 
-from valleys.batchnorm import recompute_bn
-from valleys.data import make_loader
-from valleys.models import MLP, SmallCNN
-from valleys.predict import bma, predict_probs
-from valleys.swag import SWAG
-from valleys.weights import WeightSpace
+from valleys.core.batchnorm import recompute_bn
+from valleys.zoo.data import make_loader
+from valleys.zoo.models import MLP, SmallCNN
+from valleys.evaluation.predict import bma, predict_probs
+from valleys.methods.swag import SWAG
+from valleys.core.weights import WeightSpace
 
 from _harness import run_measurement, fmt_time, print_checks, alternating  # noqa: E402 (benchmarks/ is on sys.path when run)
 

@@ -19,11 +19,11 @@ import time
 
 import torch
 
-from valleys.connect import ConnectConfig, load_endpoint, train_curve
-from valleys.data import make_loader
-from valleys.paths import evaluate_path
-from valleys.runs import _load_splits
-from valleys.weights import WeightSpace
+from valleys.app.connect import ConnectConfig, load_endpoint, train_curve
+from valleys.zoo.data import make_loader
+from valleys.geometry.paths import evaluate_path
+from valleys.app.runs import load_splits
+from valleys.core.weights import WeightSpace
 
 SWEEP = [{"epochs": 50, "lr": 0.05, "bends": 3}, {"epochs": 100, "lr": 0.05, "bends": 3},
          {"epochs": 200, "lr": 0.05, "bends": 3}, {"epochs": 100, "lr": 0.1, "bends": 3},
@@ -39,7 +39,7 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     model_a, cfg = load_endpoint(f"{root}/sgd-seed0")
     model_b, _ = load_endpoint(f"{root}/sgd-seed1")
-    splits = _load_splits(cfg)
+    splits = load_splits(cfg)
     space = WeightSpace(model_a)
     train_eval, val = make_loader(splits.train, 1000), make_loader(splits.val, 1000)
     print(f"endpoints: {root}/sgd-seed0 and sgd-seed1 ({cfg.model} on {cfg.dataset}, {cfg.epochs} epochs, "

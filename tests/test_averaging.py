@@ -3,8 +3,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, update_bn
 
-from valleys.averaging import EMA, SWA, NotCollectedError
-from valleys.weights import WeightSpace, WeightSpaceError
+from valleys.methods.averaging import EMA, SWA, NotCollectedError
+from valleys.core.weights import WeightSpace, WeightSpaceError
 from conftest import BNCNN, DropoutBNMLP, loader
 
 

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from valleys.batchnorm import EmptyLoaderError, recompute_bn
+from valleys.core.batchnorm import EmptyLoaderError, recompute_bn
 from conftest import BNCNN, DropoutBNMLP, loader, mlp
 
 

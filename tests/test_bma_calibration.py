@@ -3,14 +3,15 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from valleys.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
-from valleys.data import make_loader
-from valleys.ensembles import FGECallback, snapshot
-from valleys.predict import bma, evaluate
-from valleys.schedules import TriangularCyclic
-from valleys.swag import SWAG
-from valleys.training import Callback, Trainer
-from valleys.weights import WeightSpace
+from valleys.evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
+from valleys.zoo.data import make_loader
+from valleys.methods.ensembles import snapshot
+from valleys.training.callbacks import FGECallback
+from valleys.evaluation.predict import bma, evaluate
+from valleys.training.schedules import TriangularCyclic
+from valleys.methods.swag import SWAG
+from valleys.training.trainer import Callback, Trainer
+from valleys.core.weights import WeightSpace
 from conftest import BNCNN, DropoutBNMLP, loader
 
 
@@ -31,7 +32,7 @@ def test_state_dict_sample_of_another_architecture_leaves_the_model_untouched(ve
     model = DropoutBNMLP()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     other = DropoutBNMLP(h=8)
-    from valleys.checkpoint import CheckpointError
+    from valleys.core.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match="another architecture"):
         bma(model, [snapshot(other)], loader(vec_data))
     for k, v in model.state_dict().items():
@@ -60,7 +61,7 @@ def test_bma_recomputes_bn_per_weight_sample(img_data):
     w = WeightSpace(model).read(model) * 1.5
     ref = BNCNN()
     WeightSpace(ref).write(ref, w)
-    from valleys.batchnorm import recompute_bn
+    from valleys.core.batchnorm import recompute_bn
     recompute_bn(ref, loader(img_data))
     expected = evaluate(ref, loader(img_data))
     got = bma(model, [w], loader(img_data), bn_loader=loader(img_data))
@@ -134,7 +135,7 @@ def test_entropy_and_auroc_against_references():
 
 @pytest.mark.parametrize("likelihood", ["classification", "gaussian"])
 def test_vmap_batched_bma_equals_the_loop(vec_data, likelihood):
-    from valleys.regression import GaussianMLP
+    from valleys.zoo.regression import GaussianMLP
 
     torch.manual_seed(0)
     model = DropoutBNMLP() if likelihood == "classification" else GaussianMLP(5)

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from valleys.checkpoint import CheckpointError, check_model_signature, load_checkpoint, model_signature, save_checkpoint
+from valleys.core.checkpoint import CheckpointError, check_model_signature, load_checkpoint, model_signature, save_checkpoint
 from conftest import BNCNN, mlp
 
 

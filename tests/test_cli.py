@@ -4,7 +4,7 @@ import shutil
 import pytest
 
 from valleys import __version__
-from valleys.cli import main
+from valleys.app.cli import main
 
 FAST = ["--epochs", "3", "--model", "mlp", "--no-progress", "--checkpoint-every", "1"]
 
@@ -105,7 +105,7 @@ def test_evaluate_missing_or_foreign_folder(tmp_path, capsys):
 
 
 def test_quick_demo_writes_the_run_folder(tmp_path):
-    from valleys.demo import DEMO_CONFIG, run_demo
+    from valleys.app.demo import DEMO_CONFIG, run_demo
     import dataclasses
 
     out = tmp_path / "demo"

@@ -3,10 +3,10 @@ import shutil
 
 import pytest
 
-from valleys.checkpoint import CheckpointError, save_checkpoint
-from valleys.cli import main
-from valleys.connect import ConnectConfig, connect_runs, evaluate_curve_dir
-from valleys.runs import TrainConfig, train_run
+from valleys.core.checkpoint import CheckpointError, save_checkpoint
+from valleys.app.cli import main
+from valleys.app.connect import ConnectConfig, connect_runs, evaluate_curve_dir
+from valleys.app.runs import TrainConfig, train_run
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from valleys.curves import Curve, CurveModel, bezier_coefficients, polychain_coefficients
-from valleys.data import make_loader
-from valleys.paths import arc_length_average, evaluate_path, segment
-from valleys.training import Trainer
-from valleys.weights import WeightSpace, WeightSpaceError
+from valleys.geometry.curves import Curve, CurveModel, bezier_coefficients, polychain_coefficients
+from valleys.zoo.data import make_loader
+from valleys.geometry.paths import arc_length_average, evaluate_path, segment
+from valleys.training.trainer import Trainer
+from valleys.core.weights import WeightSpace, WeightSpaceError
 from conftest import BNCNN, DropoutBNMLP, TinyTransformer, loader, mlp
 
 
@@ -117,9 +117,9 @@ def test_curve_training_lowers_the_midpoint_loss_and_leaves_base_untouched(make)
 
     def midpoint_loss():
         with space.at(base, curve.point(0.5).detach()):
-            from valleys.batchnorm import recompute_bn
+            from valleys.core.batchnorm import recompute_bn
             recompute_bn(base, loader(ds))
-            from valleys.predict import evaluate
+            from valleys.evaluation.predict import evaluate
             return evaluate(base, loader(ds))["nll"]
 
     start = midpoint_loss()

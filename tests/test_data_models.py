@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from valleys.data import DATASETS, DatasetNotFoundError, find_fashion_mnist, load_dataset, make_loader
-from valleys.models import MODELS, build_model
-from valleys.weights import WeightSpace
+from valleys.zoo.data import DATASETS, DatasetNotFoundError, find_fashion_mnist, load_dataset, make_loader
+from valleys.zoo.models import MODELS, build_model
+from valleys.core.weights import WeightSpace
 
 
 def test_mnist1d_splits_are_fixed_and_disjoint():
@@ -32,8 +32,8 @@ def test_unknown_names_list_valid_ones():
 
 
 def test_fashion_mnist_missing_gives_both_install_hints(tmp_path, monkeypatch):
-    monkeypatch.setattr("valleys.data._dpkg_dirs", lambda: [])
-    monkeypatch.setattr("valleys.data.DEBIAN_FASHION_DIR", tmp_path / "nothing")
+    monkeypatch.setattr("valleys.zoo.data._dpkg_dirs", lambda: [])
+    monkeypatch.setattr("valleys.zoo.data.DEBIAN_FASHION_DIR", tmp_path / "nothing")
     with pytest.raises(DatasetNotFoundError, match=r"(?s)apt-get install dataset-fashion-mnist.*torchvision"):
         find_fashion_mnist(tmp_path)
 

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from valleys.cli import main
-from valleys.runs import TrainConfig, train_run
+from valleys.app.cli import main
+from valleys.app.runs import TrainConfig, train_run
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_geometry_bad_values_are_usage_errors(runs, tmp_path, capsys):
 
 def test_connect_keeps_endpoint_statistics_for_bn_keep(tmp_path):
     """Curve training runs on a copy: the 'keep' policy evaluates the endpoints with their own statistics."""
-    from valleys.connect import ConnectConfig, connect_runs
+    from valleys.app.connect import ConnectConfig, connect_runs
 
     for s in (0, 1):
         train_run(TrainConfig(dataset="digits", model="cnn", method="sgd", epochs=2, seed=s), tmp_path / f"d{s}",

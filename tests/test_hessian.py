@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from valleys.hessian import LossFunction, epsilon_sharpness, hutchinson_trace, lanczos, power_iteration
-from valleys.weights import WeightSpace
+from valleys.geometry.hessian import LossFunction, epsilon_sharpness, hutchinson_trace, lanczos, power_iteration
+from valleys.core.weights import WeightSpace
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from valleys.metrics import ClassificationMetrics, classification_metrics, regression_metrics
+from valleys.evaluation.metrics import ClassificationMetrics, classification_metrics, regression_metrics
 
 P = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
 Y = torch.tensor([0, 0, 1])
@@ -94,7 +94,7 @@ def test_regression_hand_computed():
 
 
 def test_custom_edges_and_log_edges():
-    from valleys.metrics import LOG_EDGES
+    from valleys.evaluation.metrics import LOG_EDGES
 
     p = torch.tensor([[0.25, 0.75], [0.5, 0.5], [0.0, 1.0]], dtype=torch.float64)
     m = classification_metrics(p, torch.tensor([1, 0, 1]), edges=[0.0, 0.5, 0.8, 1.0])

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from valleys.predict import bma, evaluate
-from valleys.regression import GaussianMLP, UCIFormatError, gaussian_nll, load_regression
-from valleys.runs import TrainConfig, evaluate_run, train_run
-from valleys.ensembles import snapshot
+from valleys.evaluation.predict import bma, evaluate
+from valleys.zoo.regression import GaussianMLP, UCIFormatError, gaussian_nll, load_regression
+from valleys.app.runs import TrainConfig, evaluate_run, train_run
+from valleys.methods.ensembles import snapshot
 from conftest import loader
 
 

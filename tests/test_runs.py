@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from valleys.checkpoint import save_checkpoint
-from valleys.runs import TrainConfig, evaluate_run, train_run
+from valleys.core.checkpoint import save_checkpoint
+from valleys.app.runs import TrainConfig, evaluate_run, train_run
 
 FAST = dict(model="mlp", epochs=6, samples=4, members=2, rank=5, checkpoint_every=3)
 
@@ -55,7 +55,7 @@ def test_ensemble_member_of_another_architecture_is_refused(ood_runs, tmp_path):
     import shutil
     import torch
 
-    from valleys.checkpoint import CheckpointError, model_signature
+    from valleys.core.checkpoint import CheckpointError, model_signature
 
     src, _ = ood_runs["ensemble"]
     run = tmp_path / "ens"

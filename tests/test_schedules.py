@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from valleys.schedules import Constant, CosineReplay, SWALRAnneal, SWASchedule, TriangularCyclic, build_schedule
+from valleys.training.schedules import Constant, CosineReplay, SWALRAnneal, SWASchedule, TriangularCyclic, build_schedule
 
 
 def test_swa_schedule_shape():

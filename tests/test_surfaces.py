@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from valleys.grid import evaluate_points
-from valleys.surfaces import Plane, grid_axes, line, pca_plane, random_direction, valley_width
-from valleys.weights import WeightSpace, WeightSpaceError
+from valleys.evaluation.grid import evaluate_points
+from valleys.geometry.surfaces import Plane, grid_axes, line, pca_plane, random_direction, valley_width
+from valleys.core.weights import WeightSpace, WeightSpaceError
 from conftest import BNCNN, DropoutBNMLP, loader, mlp
 
 

@@ -5,9 +5,9 @@ import torch
 from scipy.stats import chi2
 from torch import nn
 
-from valleys.averaging import NotCollectedError
-from valleys.swag import SWAG, MultiSWAG
-from valleys.weights import WeightSpaceError
+from valleys.methods.averaging import NotCollectedError
+from valleys.methods.swag import SWAG, MultiSWAG
+from valleys.core.weights import WeightSpaceError
 
 
 def _swag(n=10, rank=5, seed=0, dtype=torch.float64):

@@ -5,14 +5,14 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from valleys.averaging import SWA
-from valleys.batchnorm import EmptyLoaderError
-from valleys.checkpoint import CheckpointError, load_checkpoint
-from valleys.data import make_loader
-from valleys.schedules import SWASchedule
-from valleys.swa import SWACallback
-from valleys.training import Callback, Trainer, TrainingDiverged
-from valleys.weights import WeightSpace
+from valleys.methods.averaging import SWA
+from valleys.core.batchnorm import EmptyLoaderError
+from valleys.core.checkpoint import CheckpointError, load_checkpoint
+from valleys.zoo.data import make_loader
+from valleys.training.schedules import SWASchedule
+from valleys.training.callbacks import SWACallback
+from valleys.training.trainer import Callback, Trainer, TrainingDiverged
+from valleys.core.weights import WeightSpace
 from conftest import BNCNN, DropoutBNMLP
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from valleys.weights import WeightSpace, WeightSpaceError
+from valleys.core.weights import WeightSpace, WeightSpaceError
 from conftest import BNCNN, DropoutBNMLP, TinyTransformer, mlp
 
 

@@ -3,30 +3,33 @@
 SWA, SWAG, FGE, mode connectivity and loss-surface geometry on flat weight vectors, after the talk
 "Loss Valleys and Generalization in Deep Learning" (A. G. Wilson, 2019). See the README for the tour.
 
-Core (import nothing else of the project): :mod:`valleys.weights`, :mod:`valleys.batchnorm`,
-:mod:`valleys.metrics`, :mod:`valleys.schedules`, :mod:`valleys.checkpoint`.
-Methods: :mod:`valleys.averaging` (SWA, EMA), :mod:`valleys.swa` (the training-loop callback),
-:mod:`valleys.swag` (SWAG, MultiSWAG), :mod:`valleys.ensembles` (FGE), :mod:`valleys.calibration`,
-:mod:`valleys.regression`; :mod:`valleys.predict` averages any of them (BMA).
-Loop and entry points: :mod:`valleys.training`, :mod:`valleys.runs`; the CLI in :mod:`valleys.cli`.
+Core (import nothing else of the project): :mod:`valleys.core.weights`, :mod:`valleys.core.batchnorm`,
+:mod:`valleys.evaluation.metrics`, :mod:`valleys.training.schedules`, :mod:`valleys.core.checkpoint`.
+Methods: :mod:`valleys.methods.averaging` (SWA, EMA), :mod:`valleys.training.callbacks` (the training-loop callback),
+:mod:`valleys.methods.swag` (SWAG, MultiSWAG), :mod:`valleys.methods.ensembles` (FGE), :mod:`valleys.evaluation.calibration`,
+:mod:`valleys.zoo.regression`; :mod:`valleys.evaluation.predict` averages any of them (BMA).
+Loop and entry points: :mod:`valleys.training.trainer`, :mod:`valleys.app.runs`; the CLI in :mod:`valleys.app.cli`.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .averaging import EMA, SWA, NotCollectedError
-from .batchnorm import recompute_bn
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .metrics import ClassificationMetrics, RegressionMetrics, classification_metrics, regression_metrics
-from .calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
-from .curves import Curve, CurveModel
-from .ensembles import FGECallback, snapshot
-from .paths import evaluate_path, segment
-from .predict import bma, evaluate
-from .schedules import Constant, CosineReplay, SWALRAnneal, SWASchedule, TriangularCyclic
-from .swa import SWACallback
-from .swag import SWAG, MultiSWAG
-from .training import Callback, Trainer, TrainingDiverged
-from .weights import WeightSpace, WeightSpaceError
+from .methods.averaging import EMA, SWA, NotCollectedError
+from .core.batchnorm import recompute_bn
+from .core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .evaluation.metrics import ClassificationMetrics, RegressionMetrics, classification_metrics, regression_metrics
+from .evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
+from .geometry.curves import Curve, CurveModel
+from .methods.ensembles import snapshot
+from .geometry.paths import evaluate_path, segment
+from .evaluation.predict import bma, evaluate
+from .training.schedules import Constant, CosineReplay, SWALRAnneal, SWASchedule, TriangularCyclic
+from .training.callbacks import FGECallback, SWACallback, TrajectoryCallback
+from .methods.swag import SWAG, MultiSWAG
+from .training.trainer import Callback, Trainer, TrainingDiverged
+from .core.weights import WeightSpace, WeightSpaceError
+from .evaluation.grid import evaluate_points
+from .geometry.hessian import LossFunction, epsilon_sharpness, hutchinson_trace, lanczos, power_iteration
+from .geometry.surfaces import Plane, line, random_direction, valley_width
 
 try:
     __version__ = version("valleys")
@@ -39,5 +42,7 @@ __all__ = [
     "classification_metrics", "regression_metrics", "evaluate", "save_checkpoint", "load_checkpoint",
     "CheckpointError", "Constant", "SWASchedule", "SWALRAnneal", "TriangularCyclic", "CosineReplay",
     "SWAG", "MultiSWAG", "FGECallback", "snapshot", "bma", "fit_temperature", "apply_temperature",
-    "predictive_entropy", "auroc", "Curve", "CurveModel", "evaluate_path", "segment", "__version__",
+    "predictive_entropy", "auroc", "Curve", "CurveModel", "evaluate_path", "segment", "__version__", "TrajectoryCallback",
+    "evaluate_points", "LossFunction", "lanczos", "power_iteration", "hutchinson_trace", "epsilon_sharpness",
+    "Plane", "line", "random_direction", "valley_width",
 ]

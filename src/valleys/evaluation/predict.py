@@ -1,4 +1,4 @@
-"""Predictions of a network over a loader, streamed into :mod:`valleys.metrics`.
+"""Predictions of a network over a loader, streamed into :mod:`valleys.evaluation.metrics`.
 
 :func:`predict_probs` is the one evaluation loop (eval mode, no gradients, softmax in float64, the model's
 train/eval flags restored afterwards). :func:`evaluate` scores one network; :func:`bma` scores the Bayesian
@@ -17,10 +17,10 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from .batches import InputFn, as_call_args, call_model, default_input_fn, default_target_fn, to_device
-from .batchnorm import EmptyLoaderError, has_batchnorm, recompute_bn
+from ..core.batches import InputFn, as_call_args, call_model, default_input_fn, default_target_fn, to_device
+from ..core.batchnorm import EmptyLoaderError, has_batchnorm, recompute_bn
 from .metrics import ClassificationMetrics, RegressionMetrics
-from .weights import WeightSpace, preserved_modes
+from ..core.weights import WeightSpace, preserved_modes
 
 __all__ = ["evaluate", "predict_probs", "bma", "Sample"]
 
@@ -106,7 +106,7 @@ def holding(model: nn.Module, sample: Sample, space: WeightSpace) -> Iterator[nn
         with space.at(model, sample.to(space.parameters(model)[0].device)):
             yield model
         return
-    from .checkpoint import check_model_signature
+    from ..core.checkpoint import check_model_signature
 
     check_model_signature([[k, list(v.shape)] for k, v in sample.items()], model, "a state-dict sample")
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -124,7 +124,7 @@ def _vmap_outputs(model: nn.Module, space: WeightSpace, stacked: Tensor, inputs:
     return torch.func.vmap(lambda w: space.call_with(model, space.views(w), args, kwargs))(stacked)
 
 
-def _first_batch(loader: Iterable) -> tuple[Any, float]:
+def first_batch(loader: Iterable) -> tuple[Any, float]:
     """The loader's first batch and the seconds it took to get it (a new iterator, as each pass makes)."""
     import time
 
@@ -133,7 +133,7 @@ def _first_batch(loader: Iterable) -> tuple[Any, float]:
     return first, time.perf_counter() - t0
 
 
-def _vmap_is_faster(model: nn.Module, space: WeightSpace, stacked: Tensor, inputs: Any,
+def vmap_is_faster(model: nn.Module, space: WeightSpace, stacked: Tensor, inputs: Any,
                     fetch_s: float = 0.0) -> bool:
     """Time one input batch both ways for a chunk of weight vectors: after a warm-up of each, three
     interleaved timings per way, compared by their minimum (robust to a busy machine's interruptions).
@@ -178,13 +178,13 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
     (``"auto"``, the default) whichever is faster on the first input batch (best of three timings each):
     vmap wins for tiny networks and loses for CNNs on the CPU (DESIGN 8). The choice is returned as ``batched``.
 
-    Returns the metrics of :class:`valleys.metrics.ClassificationMetrics` plus ``num_samples``, and with
+    Returns the metrics of :class:`valleys.evaluation.metrics.ClassificationMetrics` plus ``num_samples``, and with
     ``return_probs=True`` the averaged ``probs`` (N, C) and ``targets`` (N,). ``score=False`` skips the
     metrics (for out-of-distribution inputs whose labels are not among the model's classes).
 
     ``likelihood="gaussian"`` is regression with a head that outputs ``(mean, variance)``: the predictive is
     the moment-matched Gaussian ``mu = mean_s mu_s``, ``var = mean_s(var_s + mu_s^2) - mu^2``, scored by
-    :class:`valleys.metrics.RegressionMetrics` (RMSE, NLL, 95% coverage); ``mean`` and ``var`` are returned
+    :class:`valleys.evaluation.metrics.RegressionMetrics` (RMSE, NLL, 95% coverage); ``mean`` and ``var`` are returned
     with ``return_probs=True``.
     """
     if likelihood not in LIKELIHOODS:
@@ -241,10 +241,10 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
                                  "stale_bn_ok=True to keep the current ones)")
             vmappable = vectors and bn_loader is None and batched is not False
             if vmappable and use_vmap is None:
-                first, fetch_s = _first_batch(loader)
+                first, fetch_s = first_batch(loader)
                 stacked = torch.stack([g.to(space.parameters(model)[0]) for g in group])
                 with preserved_modes(model, train=False), torch.no_grad():
-                    use_vmap = first is not None and _vmap_is_faster(model, space, stacked,
+                    use_vmap = first is not None and vmap_is_faster(model, space, stacked,
                                                                      to_device(input_fn(first), device), fetch_s)
             if vmappable and use_vmap:
                 vmap_pass(torch.stack([g.to(space.parameters(model)[0]) for g in group]))

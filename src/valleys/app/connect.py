@@ -20,14 +20,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, check_model_signature, load_checkpoint, save_checkpoint, write_json
-from .curves import CURVE_KINDS, Curve, CurveModel
-from .data import make_loader
-from .paths import BN_POLICIES, evaluate_path, segment
-from .runs import TrainConfig, _build, _load_splits, load_run_model, prepare_run_dir
-from .schedules import SWASchedule
-from .training import Trainer
-from .weights import WeightSpace
+from ..core.checkpoint import CheckpointError, check_model_signature, load_checkpoint, save_checkpoint, write_json
+from ..geometry.curves import CURVE_KINDS, Curve, CurveModel
+from ..zoo.data import make_loader
+from ..geometry.paths import BN_POLICIES, evaluate_path, segment
+from .runs import TrainConfig, build_run_model, load_splits, load_run_model, prepare_run_dir
+from ..training.schedules import SWASchedule
+from ..training.trainer import Trainer
+from ..core.weights import WeightSpace
 
 __all__ = ["ConnectConfig", "connect_runs", "evaluate_curve_dir", "load_endpoint", "train_curve"]
 
@@ -83,7 +83,7 @@ def load_endpoint(path: str | Path) -> tuple[nn.Module, TrainConfig]:
     if header.get("kind") != "model" or "config" not in header:
         raise CheckpointError(f"{path} is not a valleys model checkpoint (a run's model.safetensors)")
     cfg = TrainConfig(**header["config"]).resolved()
-    model = _build(cfg, _load_splits(cfg))
+    model = build_run_model(cfg, load_splits(cfg))
     check_model_signature(header["signature"], model, str(path))
     model.load_state_dict(state["model"])
     return model, cfg
@@ -123,7 +123,7 @@ def connect_runs(cfg: ConnectConfig, out: str | Path, *, overwrite: bool = False
         saved = json.loads((out / "config.json").read_text())
         cfg = dataclasses.replace(cfg, epochs=cfg.epochs or saved.get("epochs"), lr=cfg.lr or saved.get("lr"))
     cfg = dataclasses.replace(cfg, epochs=cfg.epochs or 2 * data_cfg.epochs, lr=cfg.lr or data_cfg.lr)
-    splits = _load_splits(data_cfg)
+    splits = load_splits(data_cfg)
     prepare_run_dir(out, overwrite=overwrite, resume=resume)
     if not resume:
         write_json(out / "config.json", {"folder": "curve", **asdict(cfg), "data": asdict(data_cfg)})
@@ -164,7 +164,7 @@ def train_curve(model: nn.Module, space: WeightSpace, w_a: Tensor, w_b: Tensor, 
     return curve
 
 
-def _load_curve(curve_dir: Path, space: WeightSpace) -> Curve:
+def load_curve(curve_dir: Path, space: WeightSpace) -> Curve:
     state, header = load_checkpoint(curve_dir / "curve.safetensors")
     if header.get("kind") != "curve":
         raise CheckpointError(f"{curve_dir / 'curve.safetensors'} is not a curve checkpoint")
@@ -192,11 +192,11 @@ def evaluate_curve_dir(curve_dir: str | Path, *, points: int | None = None, prog
     cfg.check()
     if _cache is None:
         model_a, model_b, data_cfg, space, _, _ = _endpoints(cfg)
-        splits = _load_splits(data_cfg)
+        splits = load_splits(data_cfg)
     else:
         model_a, model_b, data_cfg, splits = _cache
         space = WeightSpace(model_a)
-    curve = _load_curve(curve_dir, space)
+    curve = load_curve(curve_dir, space)
     _, train_eval, test = _loaders(cfg, data_cfg, splits)
     ts = torch.linspace(0, 1, cfg.points).tolist()
     start = time.perf_counter()

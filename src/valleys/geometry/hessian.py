@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .batches import default_input_fn, default_target_fn
-from .weights import WeightSpace, preserved_modes
+from ..core.batches import default_input_fn, default_target_fn
+from ..core.weights import WeightSpace, preserved_modes
 
 __all__ = ["LossFunction", "lanczos", "power_iteration", "hutchinson_trace", "epsilon_sharpness"]
 
@@ -44,7 +44,7 @@ class LossFunction:
                  *, mode: str = "eval", space: WeightSpace | None = None, input_fn=None, target_fn=None) -> None:
         if mode not in ("eval", "train"):
             raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
-        from .batchnorm import has_batchnorm
+        from ..core.batchnorm import has_batchnorm
 
         if mode == "train" and has_batchnorm(model):
             raise ValueError("mode='train' on a model with BatchNorm would update its running statistics and is "

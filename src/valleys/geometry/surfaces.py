@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .weights import WeightSpace, WeightSpaceError
+from ..core.weights import WeightSpace, WeightSpaceError
 
 __all__ = ["Plane", "line", "random_direction", "pca_plane", "grid_axes", "valley_width"]
 

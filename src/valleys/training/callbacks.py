@@ -1,8 +1,8 @@
-"""SWA in our training loop: :class:`SWACallback` collects into a :class:`valleys.averaging.SWA` (or EMA).
+"""SWA in our training loop: :class:`SWACallback` collects into a :class:`valleys.methods.averaging.SWA` (or EMA).
 
 When to collect (Izmailov et al. 2018, Alg. 1): at the end of every epoch after ``start`` epochs
 (constant or SWA schedule), every ``k`` optimizer steps (fast-SWA), or once per cycle of a cyclical
-schedule at a given phase (``phase=0.5`` is the LR minimum of :class:`valleys.schedules.TriangularCyclic`).
+schedule at a given phase (``phase=0.5`` is the LR minimum of :class:`valleys.training.schedules.TriangularCyclic`).
 """
 
 from __future__ import annotations
@@ -10,20 +10,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .averaging import Averager
-from .batchnorm import recompute_bn
-from .training import Callback, Trainer
+from ..methods.averaging import Averager
+from ..core.batchnorm import recompute_bn
+from ..methods.ensembles import snapshot
+from .trainer import Callback, Trainer
 
-__all__ = ["SWACallback", "TrajectoryCallback"]
+__all__ = ["SWACallback", "TrajectoryCallback", "FGECallback"]
 
 _MODES = ("epoch", "steps", "cycle")
 
 
 class SWACallback(Callback):
-    """Collect weights into ``averager`` during :class:`valleys.training.Trainer` training.
+    """Collect weights into ``averager`` during :class:`valleys.training.trainer.Trainer` training.
 
     Args:
-        averager: an :class:`valleys.averaging.SWA` or :class:`valleys.averaging.EMA` over the trained model.
+        averager: an :class:`valleys.methods.averaging.SWA` or :class:`valleys.methods.averaging.EMA` over the trained model.
         start: number of epochs completed before collecting starts (0 collects from the first epoch).
         every: ``"epoch"`` (end of each epoch), ``"steps"`` (every ``k`` steps) or ``"cycle"``.
         k: steps between collects for ``every="steps"``.
@@ -117,3 +118,41 @@ class TrajectoryCallback(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.iterates, self.epochs = list(state["iterates"]), list(state["epochs"])
+
+
+class FGECallback(Callback):
+    """Snapshot the model at the LR minimum (mid-cycle) of every cycle of ``cycle`` epochs.
+
+    Args:
+        cycle: the cycle length in epochs (even, as in the paper); the snapshot is taken after step
+            ``cycle * steps_per_epoch // 2`` of each cycle, counted from the start of the FGE phase.
+        start: epochs of pre-training before the first cycle (the FGE phase starts there).
+    """
+
+    def __init__(self, cycle: int, start: int = 0) -> None:
+        if not isinstance(cycle, int) or cycle < 2 or cycle % 2:
+            raise ValueError(f"the FGE cycle must be an even number of epochs >= 2, got {cycle!r}")
+        if start < 0:
+            raise ValueError(f"start must be >= 0 epochs, got {start}")
+        self.cycle = cycle
+        self.start = start
+        self.snapshots: list[dict[str, Tensor]] = []
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        if self.start + self.cycle > trainer.epochs:
+            raise ValueError(
+                f"FGE starting after epoch {self.start} with {self.cycle}-epoch cycles needs at least "
+                f"{self.start + self.cycle} epochs, training has {trainer.epochs}"
+            )
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        length = self.cycle * trainer.steps_per_epoch
+        step = trainer.step - self.start * trainer.steps_per_epoch
+        if step > 0 and step % length == length // 2:
+            self.snapshots.append(snapshot(trainer.model))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"cycle": self.cycle, "snapshots": self.snapshots}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.snapshots = list(state["snapshots"])

@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import write_json
+from ..core.checkpoint import write_json
 from .connect import ConnectConfig, connect_runs
-from .data import load_dataset
+from ..zoo.data import load_dataset
 from .report import aggregate, describe_config, format_table, markdown_table
 from .runs import TrainConfig, evaluate_run, prepare_run_dir, train_run
 
@@ -200,7 +200,7 @@ def _connect(out: Path, seeds: list[int], sgd_cfg: TrainConfig, splits, curve: d
 def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Callable[..., None]) -> dict[str, Any]:
     """Slides 6, 9-15 on the demo's runs: the trajectory plane (first seed), and for every seed the SWA-to-SGD
     line, random rays from both (valley width) and the top Hessian eigenvalue of both."""
-    from . import landscape as L
+    from . import studies as L
 
     g = out / "geometry"
     plane_note = None

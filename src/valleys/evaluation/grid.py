@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .batches import default_input_fn, to_device
-from .batchnorm import has_batchnorm, recompute_bn
-from .predict import _first_batch, _vmap_is_faster, predict_probs, predict_stacked
-from .weights import WeightSpace, preserved_modes
+from ..core.batches import default_input_fn, to_device
+from ..core.batchnorm import has_batchnorm, recompute_bn
+from .predict import first_batch, vmap_is_faster, predict_probs, predict_stacked
+from ..core.weights import WeightSpace, preserved_modes
 
 __all__ = ["evaluate_points"]
 
@@ -74,9 +74,9 @@ def evaluate_points(model: nn.Module, points: Sequence[Tensor], loaders: Mapping
             if not group:
                 break
             if use_vmap is None:
-                first, fetch_s = _first_batch(next(iter(loaders.values())))
+                first, fetch_s = first_batch(next(iter(loaders.values())))
                 with preserved_modes(model, train=False), torch.no_grad():
-                    use_vmap = first is not None and _vmap_is_faster(
+                    use_vmap = first is not None and vmap_is_faster(
                         model, space, torch.stack(group).to(ref), to_device(default_input_fn(first), device), fetch_s)
             sums = {name: [[0.0, 0.0, 0] for _ in group] for name in loaders}
 

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .batchnorm import has_batchnorm, recompute_bn
-from .predict import evaluate
-from .weights import WeightSpace
+from ..core.batchnorm import has_batchnorm, recompute_bn
+from ..evaluation.predict import evaluate
+from ..core.weights import WeightSpace
 
 __all__ = ["evaluate_path", "segment", "arc_length_average", "BN_POLICIES"]
 

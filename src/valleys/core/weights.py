@@ -6,7 +6,7 @@ Every method in valleys (SWA, SWAG, FGE, curves, planes, subspaces) is arithmeti
 * trainable parameters by default (``requires_grad=True``), or a named subset;
 * tied parameters (one tensor registered under two names) counted once, under their first name;
 * frozen parameters and buffers are never part of ``w`` and are never written: buffers such as BatchNorm
-  running statistics are handled explicitly by :func:`valleys.batchnorm.recompute_bn`.
+  running statistics are handled explicitly by :func:`valleys.core.batchnorm.recompute_bn`.
 
 The layout is the order of ``module.named_parameters()``, so ``w = concat(p.flatten() for p in params)``.
 """

@@ -6,7 +6,7 @@ end point, the SWA mean with recomputed BatchNorm, or FGE's final weights), ``po
 (SWAG moments and deviations, or FGE snapshots), ``results.json`` (DESIGN 3) and ``report.md``. Ensembles
 and MultiSWAG train their members into ``member-<i>`` sub-folders.
 
-Every method is evaluated the same way: :func:`valleys.predict.bma` over the method's samples (one network
+Every method is evaluated the same way: :func:`valleys.evaluation.predict.bma` over the method's samples (one network
 for SGD and SWA, S draws for SWAG with a BatchNorm recompute each, the snapshots for FGE, the members for an
 ensemble, S draws per member for MultiSWAG). The CLI's ``train`` and ``evaluate`` are thin wrappers over
 :func:`train_run` and :func:`evaluate_run`.
@@ -27,20 +27,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from .averaging import SWA
-from .calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
-from .checkpoint import (CheckpointError, check_model_signature, load_checkpoint, model_signature,
+from ..methods.averaging import SWA
+from ..evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
+from ..core.checkpoint import (CheckpointError, check_model_signature, load_checkpoint, model_signature,
                          save_checkpoint, write_json)
-from .data import DATASETS, Splits, load_dataset, make_loader
-from .ensembles import FGECallback, snapshot
-from .metrics import LOG_EDGES, classification_metrics, regression_metrics
-from .models import MODELS, build_model
-from .predict import Sample, bma
-from .regression import REGRESSION_DATASETS, GaussianMLP, gaussian_nll, load_regression, unstandardise
-from .schedules import build_schedule
-from .swa import SWACallback, TrajectoryCallback
-from .swag import SWAG
-from .training import Trainer
+from ..zoo.data import DATASETS, Splits, load_dataset, make_loader
+from ..methods.ensembles import snapshot
+from ..evaluation.metrics import LOG_EDGES, classification_metrics, regression_metrics
+from ..zoo.models import MODELS, build_model
+from ..evaluation.predict import Sample, bma
+from ..zoo.regression import REGRESSION_DATASETS, GaussianMLP, gaussian_nll, load_regression, unstandardise
+from ..training.schedules import build_schedule
+from ..training.callbacks import FGECallback, SWACallback, TrajectoryCallback
+from ..methods.swag import SWAG
+from ..training.trainer import Trainer
 
 __all__ = ["TrainConfig", "METHODS", "train_run", "evaluate_run", "load_run_model", "RunFolderError",
            "prepare_run_dir", "summary_metrics"]
@@ -206,7 +206,7 @@ def prepare_run_dir(out: str | Path, *, overwrite: bool = False, resume: bool = 
     return out
 
 
-def _load_splits(cfg: TrainConfig) -> Splits:
+def load_splits(cfg: TrainConfig) -> Splits:
     if cfg.is_regression:
         return load_regression(cfg.dataset, root=cfg.data_root, split=cfg.uci_split,  # type: ignore[return-value]
                                val_fraction=cfg.val_fraction)
@@ -225,7 +225,7 @@ def _bn_loader(cfg: TrainConfig, splits: Splits):
     return make_loader(splits.train, max(cfg.batch_size, 256))
 
 
-def _build(cfg: TrainConfig, splits: Splits) -> nn.Module:
+def build_run_model(cfg: TrainConfig, splits: Splits) -> nn.Module:
     torch.manual_seed(cfg.seed)
     if cfg.is_regression:
         return GaussianMLP(splits.input_shape[0], heteroscedastic=cfg.heteroscedastic).to(cfg.device)
@@ -233,7 +233,7 @@ def _build(cfg: TrainConfig, splits: Splits) -> nn.Module:
 
 
 def summary_metrics(res: dict[str, Any]) -> dict[str, float]:
-    """The headline numbers of an :func:`valleys.predict.evaluate` or :func:`valleys.predict.bma` result."""
+    """The headline numbers of an :func:`valleys.evaluation.predict.evaluate` or :func:`valleys.evaluation.predict.bma` result."""
     keys = REGRESSION_KEYS if "rmse" in res else SUMMARY_KEYS
     return {k: float(res[k]) for k in keys}
 
@@ -241,7 +241,7 @@ def summary_metrics(res: dict[str, Any]) -> dict[str, float]:
 # ---------------------------------------------------------------------- one training run
 def _train_single(cfg: TrainConfig, out: Path, splits: Splits, *, resume: bool, progress: bool) -> dict[str, Any]:
     """Train one network (sgd, swa, swag, swag-diag, fge) into ``out``; returns timing and posterior info."""
-    model = _build(cfg, splits)
+    model = build_run_model(cfg, splits)
     train = make_loader(splits.train, cfg.batch_size, shuffle=True, seed=cfg.seed)
     bn = _bn_loader(cfg, splits)
     evals = {k: v for k, v in _eval_loaders(splits).items() if k != "ood"}
@@ -305,8 +305,8 @@ def train_run(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, res
             diff = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if saved.get(k) != v}
             raise ValueError(f"cannot resume {out}: the config differs from the saved one (saved, now): {diff}")
     prepare_run_dir(out, overwrite=overwrite, resume=resume, create=False)  # refuse an existing run first
-    splits = splits or _load_splits(cfg)  # data and model errors surface here, before a file is touched
-    _build(cfg, splits)
+    splits = splits or load_splits(cfg)  # data and model errors surface here, before a file is touched
+    build_run_model(cfg, splits)
     prepare_run_dir(out, overwrite=overwrite, resume=resume)
     start = time.perf_counter()
     if cfg.method in ("ensemble", "multiswag"):
@@ -338,8 +338,8 @@ def load_run_model(run_dir: str | Path, splits: Splits | None = None) -> tuple[n
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder: it has no config.json (train one with 'valleys train')")
     cfg = TrainConfig(**json.loads((run_dir / "config.json").read_text())).resolved()
-    splits = splits or _load_splits(cfg)
-    model = _build(cfg, splits)
+    splits = splits or load_splits(cfg)
+    model = build_run_model(cfg, splits)
     path = run_dir / ("member-0" if cfg.method in ("ensemble", "multiswag") else "") / "model.safetensors"
     state, header = load_checkpoint(path)
     if header.get("kind") != "model":

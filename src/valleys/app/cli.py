@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
 
 EXAMPLES = """examples:
   valleys demo --quick                      # SGD, SWA, SWAG, FGE on MNIST-1D in well under 2 minutes
@@ -47,9 +47,9 @@ def _positive_float(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .data import DATASETS
-    from .regression import REGRESSION_DATASETS
-    from .models import MODELS
+    from ..zoo.data import DATASETS
+    from ..zoo.regression import REGRESSION_DATASETS
+    from ..zoo.models import MODELS
     from .runs import METHODS, TrainConfig
 
     d = TrainConfig()
@@ -251,7 +251,7 @@ def _print_curve(res: dict, out) -> None:
 
 
 def _geometry(args: argparse.Namespace) -> int:
-    from . import landscape as L
+    from . import studies as L
 
     progress = not getattr(args, "no_progress", True)
     if args.command == "plane":
@@ -263,12 +263,12 @@ def _geometry(args: argparse.Namespace) -> int:
                                            progress=progress)
             title = f"trajectory plane of {args.trajectory}"
         elif args.curve:
-            from .connect import _load_curve
+            from .connect import load_curve
 
             raw = json.loads((Path(args.curve) / "config.json").read_text())
             model, _, _, loaders, bn = L.load_context(raw["run_a"])
             space = L.WeightSpace(model)
-            curve = _load_curve(Path(args.curve), space)
+            curve = load_curve(Path(args.curve), space)
             pts = curve.control_points().detach()
             if len(pts) < 3:
                 raise ValueError("the curve has 2 control points (a straight segment): it spans no plane")
@@ -378,9 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from .checkpoint import CheckpointError
-    from .data import DatasetNotFoundError
-    from .training import TrainingDiverged
+    from ..core.checkpoint import CheckpointError
+    from ..zoo.data import DatasetNotFoundError
+    from ..training.trainer import TrainingDiverged
 
     try:
         if args.command == "train":

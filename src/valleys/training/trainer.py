@@ -5,7 +5,7 @@ there is one loop over the training loader in the whole project. Every step: set
 the fractional epoch, forward, check the loss is finite, backward, optimizer step, callbacks. Every epoch:
 evaluate on the given loaders, let callbacks add metrics, append the log line, checkpoint every N epochs.
 
-Determinism: the loader's generator (see :func:`valleys.data.make_loader`) is reseeded with ``seed + epoch``
+Determinism: the loader's generator (see :func:`valleys.zoo.data.make_loader`) is reseeded with ``seed + epoch``
 at every epoch and the global torch RNG state (Dropout) is saved in checkpoints, so a run interrupted after
 epoch k and resumed ends with the same weights as an uninterrupted run (on CPU).
 """
@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .batches import InputFn, call_model, default_input_fn, default_target_fn, to_device
-from .batchnorm import EmptyLoaderError
-from .checkpoint import CheckpointError, check_model_signature, load_checkpoint, model_signature, save_checkpoint
-from .predict import evaluate
+from ..core.batches import InputFn, call_model, default_input_fn, default_target_fn, to_device
+from ..core.batchnorm import EmptyLoaderError
+from ..core.checkpoint import CheckpointError, check_model_signature, load_checkpoint, model_signature, save_checkpoint
+from ..evaluation.predict import evaluate
 from .schedules import Schedule
 
 __all__ = ["Callback", "Trainer", "TrainingDiverged"]
@@ -63,7 +63,7 @@ class Trainer:
     Args:
         model, loss_fn, optimizer, train_loader: the usual; ``loss_fn(output, target)`` returns a scalar.
         epochs: number of epochs (>= 1).
-        schedule: a :class:`valleys.schedules.Schedule` setting the LR before every step (None: keep LR).
+        schedule: a :class:`valleys.training.schedules.Schedule` setting the LR before every step (None: keep LR).
         callbacks: :class:`Callback` objects (e.g. :class:`valleys.methods.SWACallback`).
         eval_loaders: ``{"val": loader, ...}`` evaluated at the end of every epoch (accuracy, NLL, ...).
         eval_every: evaluate every this many epochs (and always at the last).
@@ -74,9 +74,9 @@ class Trainer:
         log_path: append one JSON line per epoch there.
         header: JSON-able run configuration stored in every checkpoint.
         progress: show a progress bar (rate and ETA).
-        input_fn, target_fn: how to read a batch (see :mod:`valleys.batches`).
+        input_fn, target_fn: how to read a batch (see :mod:`valleys.core.batches`).
         likelihood: how eval loaders are scored: ``"classification"`` (logits) or ``"gaussian"`` (a
-            ``(mean, variance)`` regression head); see :func:`valleys.predict.evaluate`.
+            ``(mean, variance)`` regression head); see :func:`valleys.evaluation.predict.evaluate`.
     """
 
     def __init__(

@@ -13,7 +13,7 @@ minimises the task loss at ``w(t)`` plus ``0.5 wd ||w(t)||^2`` (the optimizer's 
 Unlike the reference code, the user's layers are never rewritten: :class:`CurveModel` evaluates the
 unchanged model at ``w(t)`` with ``torch.func.functional_call`` so gradients reach the inner points only.
 BatchNorm running statistics are meaningless along the curve during training; evaluation recomputes them
-per point (:func:`valleys.paths.evaluate_path`).
+per point (:func:`valleys.geometry.paths.evaluate_path`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .weights import WeightSpace, WeightSpaceError
+from ..core.weights import WeightSpace, WeightSpaceError
 
 __all__ = ["bezier_coefficients", "polychain_coefficients", "Curve", "CurveModel", "CURVE_KINDS"]
 

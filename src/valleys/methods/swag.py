@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .averaging import SWA, NotCollectedError
-from .weights import WeightSpaceError
+from ..core.weights import WeightSpaceError
 
 __all__ = ["SWAG", "MultiSWAG"]
 
@@ -39,7 +39,7 @@ class SWAG(SWA):
         device, dtype: where the mean, variance and deviation buffers live.
 
     Use in your own loop exactly like :class:`valleys.SWA` (``collect(model)`` once per epoch), then
-    ``sample(30)`` or :func:`valleys.predict.bma`.
+    ``sample(30)`` or :func:`valleys.evaluation.predict.bma`.
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str] | None = None, *, rank: int = 20,

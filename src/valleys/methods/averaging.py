@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .batchnorm import recompute_bn
-from .weights import WeightSpace, WeightSpaceError
+from ..core.batchnorm import recompute_bn
+from ..core.weights import WeightSpace, WeightSpaceError
 
 __all__ = ["Averager", "SWA", "EMA", "NotCollectedError"]
 
@@ -95,7 +95,7 @@ class Averager:
 
     def apply(self, model: nn.Module, loader: Iterable | None = None, **bn_kwargs: Any) -> nn.Module:
         """Write the average into ``model`` and, given a training ``loader``, recompute its BatchNorm
-        statistics with :func:`valleys.batchnorm.recompute_bn` (keyword arguments go there). Returns model."""
+        statistics with :func:`valleys.core.batchnorm.recompute_bn` (keyword arguments go there). Returns model."""
         self.write(model)
         if loader is not None:
             recompute_bn(model, loader, **bn_kwargs)

@@ -3,7 +3,7 @@
 * :class:`GaussianMLP` outputs ``(mean, variance)`` per example: heteroscedastic (a second output through
   ``softplus`` plus a floor) or homoscedastic (one learned noise variance for all inputs).
 * :func:`gaussian_nll` is the mean negative log likelihood ``0.5 log(2 pi var) + (y - mu)^2 / (2 var)``.
-* BMA over weight samples is moment matching (:func:`valleys.predict.bma` with ``likelihood="gaussian"``).
+* BMA over weight samples is moment matching (:func:`valleys.evaluation.predict.bma` with ``likelihood="gaussian"``).
 * Data: scikit-learn's diabetes (442 patients, 10 features) as the built-in example, and any folder in the
   common UCI layout (``data.txt`` plus ``index_features.txt``, ``index_target.txt`` and
   ``index_train_<i>.txt`` / ``index_test_<i>.txt`` of 0-based row indices, as in Hernandez-Lobato & Adams

@@ -94,7 +94,7 @@ def recompute_bn(
     Args:
         model: the network, already holding the weights to recompute for. Modified in place (buffers only).
         loader: iterable of batches (tensors, ``(input, target)`` tuples or dicts).
-        input_fn: maps a batch to the model input; default :func:`valleys.batches.default_input_fn`.
+        input_fn: maps a batch to the model input; default :func:`valleys.core.batches.default_input_fn`.
         num_batches: use only the first ``num_batches`` batches.
         fraction: use only the first ``ceil(fraction * len(loader))`` batches (needs ``len(loader)``).
         device: move inputs there first (default: leave them).
