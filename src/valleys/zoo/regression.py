@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
+from ..core.adapter import gaussian_nll  # noqa: F401  (re-exported: the loss of the Gaussian heads)
+
 __all__ = ["GaussianMLP", "gaussian_nll", "RegressionSplits", "load_regression", "REGRESSION_DATASETS",
            "UCIFormatError"]
 
@@ -69,13 +71,6 @@ class GaussianMLP(nn.Module):
         else:
             var = torch.exp(2 * self.log_sigma).expand_as(mean) + self.min_var
         return torch.stack([mean, var], dim=1)
-
-
-def gaussian_nll(output: Tensor, target: Tensor) -> Tensor:
-    """Mean Gaussian NLL of targets under ``output = (mean, variance)`` (N, 2), constant included."""
-    mean, var = output[:, 0], output[:, 1]
-    t = target.reshape(-1).to(mean.dtype)
-    return (0.5 * torch.log(2 * math.pi * var) + (t - mean) ** 2 / (2 * var)).mean()
 
 
 @dataclass
