@@ -40,7 +40,7 @@
     one example (a prediction whose top two logits tie within the ~1e-6 difference of the BN statistics).
 
 Targets: (1) curve step / plain step <= 1.3x on the ~1.9M-parameter MLP, both with the L2 term (the curve's
-objective in Garipov et al. and DESIGN 4.7 always has it; the plain step gets it as SGD weight decay, how the
+objective in Garipov et al. 2018 always has it; the plain step gets it as SGD weight decay, how the
 endpoints are trained); the pair without L2 on either side is reported beside it. (2) none: naive / ours is
 reported as it is. PASS/FAIL is printed but the script always exits 0 (timings depend on the machine and
 its load).

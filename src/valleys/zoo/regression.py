@@ -1,4 +1,4 @@
-"""Regression with a Gaussian likelihood: the model, its loss, and the data (DESIGN 4.6, 4.10).
+"""Regression with a Gaussian likelihood: the model, its loss, and the data (UCI setup of Maddox et al. 2019).
 
 * :class:`GaussianMLP` outputs ``(mean, variance)`` per example: heteroscedastic (a second output through
   ``softplus`` plus a floor) or homoscedastic (one learned noise variance for all inputs).
