@@ -85,7 +85,7 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, Tensor):
         return json_safe(obj.detach().cpu().tolist())
     if isinstance(obj, dict):
-        return {k if isinstance(k, str) else str(k): json_safe(v) for k, v in obj.items()}
+        return {k if isinstance(k, str) else json.dumps(json_safe(k)).strip('"'): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, frozenset)):
         return [json_safe(v) for v in obj]
     if isinstance(obj, os.PathLike):
