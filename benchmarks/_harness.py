@@ -4,12 +4,17 @@ verdicts, and time two implementations side by side in alternating order."""
 from __future__ import annotations
 
 import gc
+import os
+import platform
 import statistics
 import sys
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def run_measurement(main: Callable[[], object]) -> None:
@@ -58,3 +63,30 @@ def alternating(fns: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[s
             last[name] = fns[name]()
             times[name].append(time.perf_counter() - t0)
     return times, last
+
+
+def default_results_path(name: str) -> Path:
+    """Where a benchmark's JSON goes unless ``--json`` says otherwise: ``benchmarks/results/<name>.json``."""
+    return RESULTS_DIR / f"{name}.json"
+
+
+def checks_json(checks: list[tuple[str, bool]]) -> list[dict[str, Any]]:
+    """The printed target lines as records: ``{"check": text, "verdict": "PASS"|"FAIL", "ok": bool}``."""
+    return [{"check": " ".join(text.split()), "verdict": verdict(ok), "ok": bool(ok)} for text, ok in checks]
+
+
+def write_results(name: str, data: dict[str, Any], path: str | os.PathLike | None = None) -> Path:
+    """Write a benchmark's numbers as strict JSON (non-finite values as null) with the environment it ran in,
+    atomically; print and return the path."""
+    import torch
+
+    from valleys.core.checkpoint import write_json
+
+    path = Path(path) if path is not None else default_results_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"benchmark": name, "torch": torch.__version__, "python": platform.python_version(),
+           "machine": platform.machine(), "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **data}
+    write_json(path, doc)
+    print(f"results: {path}")
+    return path

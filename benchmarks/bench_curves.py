@@ -40,7 +40,7 @@
     one example (a prediction whose top two logits tie within the ~1e-6 difference of the BN statistics).
 
 Targets: (1) curve step / plain step <= 1.3x on the ~1.9M-parameter MLP, both with the L2 term (the curve's
-objective in Garipov et al. and DESIGN 4.7 always has it; the plain step gets it as SGD weight decay, how the
+objective in Garipov et al. 2018 always has it; the plain step gets it as SGD weight decay, how the
 endpoints are trained); the pair without L2 on either side is reported beside it. (2) none: naive / ours is
 reported as it is. PASS/FAIL is printed but the script always exits 0 (timings depend on the machine and
 its load).
@@ -78,7 +78,7 @@ from valleys.geometry.paths import evaluate_path
 from valleys.evaluation.predict import evaluate
 from valleys.core.weights import WeightSpace
 
-from _harness import run_measurement, fmt_time, print_checks, alternating  # noqa: E402 (benchmarks/ is on sys.path when run)
+from _harness import run_measurement, fmt_time, print_checks, alternating, checks_json, write_results  # noqa: E402 (benchmarks/ is on sys.path when run)
 
 STEP_TARGET = 1.3   # curve step / plain step, for a model of >= 1M parameters
 PATH_TOL = 1e-4     # max |diff| of the train loss per point, ours vs naive
@@ -406,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats, N = 11 points on the path")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, for stable numbers)")
+    ap.add_argument("--json", default=None, metavar="PATH", help="where to write the numbers as JSON "
+                    "(default benchmarks/results/bench_curves.json)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -470,7 +472,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"        (1) curve step / plain step, {cnn['name']}, {lab}: {cnn['ratio'][sfx]:.3f}x "
               f"(paired {cnn['paired'][sfx]:.3f}x)")
     print(f"        (2) naive loop / evaluate_path, N = {points}: {r_path:.3f}x")
-    print(f"\ntotal {time.perf_counter() - start:.1f}s")
+    total = time.perf_counter() - start
+    print(f"\ntotal {total:.1f}s")
+    write_results("bench_curves", {
+        "quick": args.quick,
+        "steps": [{"model": st["name"], "params": st["P"], "ratio": {k or "no_l2": v for k, v in st["ratio"].items()},
+                   "paired": {k or "no_l2": v for k, v in st["paired"].items()}, "curve_ok": bool(st["curve_ok"]),
+                   "grad_ok": bool(st["grad_ok"])} for st in steps],
+        "path": {"params": pa["P"], "points": points, "repeats": repeats, "ours_s": pa["ours"],
+                 "naive_s": pa["naive"], "ratio": r_path, "diffs": dict(d), "profile_s_per_point": dict(pa["profile"])},
+        "targets": {"step_ratio_at_most": STEP_TARGET, "path_tol": PATH_TOL},
+        "checks": checks_json(checks), "all_pass": all(ok for _, ok in checks), "total_s": total}, args.json)
     return 0
 
 

@@ -50,7 +50,7 @@ from valleys.training.callbacks import SWACallback
 from valleys.training.trainer import Trainer
 from valleys.core.weights import WeightSpace
 
-from _harness import run_measurement, fmt_time, spread, verdict  # noqa: E402 (benchmarks/ is on sys.path when run)
+from _harness import run_measurement, fmt_time, spread, verdict, checks_json, write_results  # noqa: E402 (benchmarks/ is on sys.path when run)
 
 EPOCH_TARGET = 1.02   # epoch + SWA every epoch / plain epoch
 COLLECT_TARGET = 1.5  # our collect / AveragedModel.update_parameters
@@ -298,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, for stable numbers)")
+    ap.add_argument("--json", default=None, metavar="PATH", help="where to write the numbers as JSON "
+                    "(default benchmarks/results/bench_swa.json)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -313,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['r_collect']:15.3f}x  {r['r_collect_nm']:9.3f}x  {r['r_collect_train']:10.3f}x  "
               f"{r['sanity']['mean_vs_averaged_model']:16.1e}")
     print("\ntargets:")
+    records = []
     for r in results:
         name = r["case"].name
         checks = [
@@ -330,9 +333,21 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for text, ok in checks:
             print(f"  {verdict(ok)}  {name:24s} {text}")
+        records.append({"model": name, "params": r["params"], "epoch_ratio": r["r_epoch"],
+                        "epoch_ratio_from_collect": r["est_epoch"], "step_swa_epoch_ratio": r["r_steps"],
+                        "aa_ratio": r["r_aa"], "aa_iqr": list(r["aa_iqr"]), "collect_ratio": r["r_collect"],
+                        "collect_ratio_no_moments": r["r_collect_nm"],
+                        "collect_ratio_in_training": r["r_collect_train"],
+                        "mean_vs_averaged_model": r["sanity"]["mean_vs_averaged_model"],
+                        "checks": checks_json(checks)})
     print("  (measured epoch ratios carry the timing noise that the A/A plain/plain control shows; the\n"
           "   'collect cost alone' line is the same overhead estimated from the per-collect time in training)")
-    print(f"\ntotal {time.perf_counter() - start:.1f}s")
+    total = time.perf_counter() - start
+    print(f"\ntotal {total:.1f}s")
+    write_results("bench_swa", {"quick": args.quick, "targets": {"epoch_ratio_below": EPOCH_TARGET,
+                                "collect_ratio_at_most": COLLECT_TARGET}, "cases": records,
+                                "all_pass": all(c["ok"] for rec in records for c in rec["checks"]),
+                                "total_s": total}, args.json)
     return 0
 
 

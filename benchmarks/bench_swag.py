@@ -66,7 +66,7 @@ from valleys.evaluation.predict import bma, predict_probs
 from valleys.methods.swag import SWAG
 from valleys.core.weights import WeightSpace
 
-from _harness import run_measurement, fmt_time, print_checks, alternating  # noqa: E402 (benchmarks/ is on sys.path when run)
+from _harness import run_measurement, fmt_time, print_checks, alternating, checks_json, write_results  # noqa: E402 (benchmarks/ is on sys.path when run)
 
 K = 20                  # SWAG rank (deviations kept), the paper's default
 COLLECT_TARGET = 5.0    # reference collect / ours
@@ -380,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats, S = 10 BMA samples")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, for stable numbers)")
+    ap.add_argument("--json", default=None, metavar="PATH", help="where to write the numbers as JSON "
+                    "(default benchmarks/results/bench_swag.json)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     calls, samples, repeats, prof = (20, 10, 2, 3) if args.quick else (60, 30, 3, 5)
@@ -474,7 +476,22 @@ def main(argv: list[str] | None = None) -> int:
         checks.append((f"(c) SWAG peak RSS growth / (K+2) copies = {o['peak'] / copies:6.3f} (target <= "
                        f"{MEM_TARGET:g}; reference {rf['peak'] / copies:.2f})", o["peak"] / copies <= MEM_TARGET))
     print_checks(checks)
-    print(f"\ntotal {time.perf_counter() - start:.1f}s")
+    total = time.perf_counter() - start
+    print(f"\ntotal {total:.1f}s")
+    write_results("bench_swag", {
+        "quick": args.quick, "rank": K,
+        "memory": {"params": P, "copies_bytes": copies, "tensor_bytes": o["tensor_bytes"], "held": o["held"],
+                   "trimmed": o["trimmed"], "peak": o["peak"], "reference": {k: rf[k] for k in
+                   ("tensor_bytes", "held", "trimmed", "peak")}, "tensors_over_copies": o["tensor_bytes"] / copies},
+        "collect": {"params": co["P"], "calls": calls, "ours_s": co["ours"], "reference_s": co["ref"],
+                    "ratio_of_medians": r_collect, "median_paired_ratio": paired,
+                    "mean_diff": co["mean_diff"], "dev_diff": co["dev_diff"]},
+        "bma": {"params": bm["P"], "samples": samples, "repeats": repeats, "ours_s": bm["ours"],
+                "naive_s": bm["naive"], "ratio": r_bma, "probs_diff": bm["probs_diff"], "accuracy": list(bm["acc"]),
+                "nll": list(bm["nll"]), "profile_s_per_sample": dict(bm["profile"])},
+        "targets": {"collect_ratio_at_least": COLLECT_TARGET, "bma_ratio_at_least": BMA_TARGET,
+                    "memory_ratio_at_most": MEM_TARGET, "probs_tol": PROBS_TOL},
+        "checks": checks_json(checks), "all_pass": all(ok for _, ok in checks), "total_s": total}, args.json)
     return 0
 
 

@@ -24,6 +24,7 @@ def _sgd_trajectory(model, data, steps=12, lr=0.05):
         yield
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make,data", [(BNCNN, "img_data"), (DropoutBNMLP, "vec_data")])
 def test_mean_equals_averaged_model_and_float64_brute_force(make, data, request):
     ds = request.getfixturevalue(data)

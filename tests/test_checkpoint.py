@@ -59,3 +59,26 @@ def test_signature_check_names_the_difference():
         check_model_signature(sig, mlp(h=8))
     with pytest.raises(CheckpointError, match="another architecture"):
         check_model_signature(sig, BNCNN())
+
+
+def test_results_json_is_strict(tmp_path):
+    import json
+    import math
+
+    import numpy as np
+
+    from valleys.core.checkpoint import to_json_text, write_json
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON constant {token}")
+
+    data = {"nll": float("nan"), "runs": [1.0, float("inf"), {"x": (-math.inf, 2)}],
+            "np": np.float32("nan"), "npv": np.float64(0.5), "t": torch.tensor([1.0, float("nan")]),
+            "ts": torch.tensor(float("-inf")), 3: (np.int64(4), None)}
+    path = tmp_path / "r.json"
+    write_json(path, data)
+    back = json.loads(path.read_text(), parse_constant=refuse)
+    assert back == {"nll": None, "runs": [1.0, None, {"x": [None, 2]}], "np": None, "npv": 0.5,
+                    "t": [1.0, None], "ts": None, "3": [4, None]}
+    assert json.loads(to_json_text([math.nan]), parse_constant=refuse) == [None]
+    assert "\n" not in to_json_text({"a": [1, 2]})

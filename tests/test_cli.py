@@ -19,6 +19,7 @@ def test_version_and_help(capsys):
     assert "--swa-start" in out and "(default: 0.1)" in out
 
 
+@pytest.mark.slow
 def test_train_evaluate_and_refuse_existing_run(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *FAST, "--method", "swa", "--swa-start", "1", "--out", str(out)]) == 0
@@ -35,6 +36,7 @@ def test_train_evaluate_and_refuse_existing_run(tmp_path, capsys):
     assert main(["train", *FAST, "--method", "sgd", "--out", str(out), "--overwrite"]) == 0
 
 
+@pytest.mark.slow
 def test_resume_continues_a_run(tmp_path):
     out = tmp_path / "run"
     assert main(["train", *FAST, "--method", "sgd", "--out", str(out)]) == 0
@@ -70,6 +72,7 @@ def test_unknown_names_and_non_positive_values_are_usage_errors(args, msg, capsy
     assert msg in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_data_errors_leave_an_existing_run_intact(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *FAST, "--method", "sgd", "--out", str(out)]) == 0
@@ -84,6 +87,7 @@ def test_data_errors_leave_an_existing_run_intact(tmp_path, capsys):
     assert (out / "results.json").read_text() == before
 
 
+@pytest.mark.slow
 def test_train_val_fraction_flag(tmp_path, capsys):
     assert main(["train", *FAST, "--val-fraction", "1.5", "--out", str(tmp_path / "bad")]) == 2
     assert "val-fraction must be in [0, 1)" in capsys.readouterr().err and not (tmp_path / "bad").exists()
@@ -104,6 +108,7 @@ def test_evaluate_missing_or_foreign_folder(tmp_path, capsys):
     assert "not a run folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_quick_demo_writes_the_run_folder(tmp_path):
     from valleys.app.demo import DEMO_CONFIG, run_demo
     import dataclasses

@@ -18,6 +18,7 @@ def two_runs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_connect_cli_writes_curve_folder_and_reevaluates(two_runs, tmp_path, capsys):
     out = tmp_path / "curve"
     assert main(["connect", str(two_runs / "s0"), str(two_runs / "s1" / "model.safetensors"), "--epochs", "2",
@@ -34,6 +35,7 @@ def test_connect_cli_writes_curve_folder_and_reevaluates(two_runs, tmp_path, cap
     assert json.loads((out / "evaluation.json").read_text())["points"] == 3
 
 
+@pytest.mark.slow
 def test_connect_bad_inputs(two_runs, tmp_path):
     with pytest.raises(ValueError, match="endpoints differ"):
         connect_runs(ConnectConfig(str(two_runs / "s0"), str(two_runs / "cnn"), epochs=1, points=3), tmp_path / "x",
@@ -46,6 +48,7 @@ def test_connect_bad_inputs(two_runs, tmp_path):
                      progress=False)
 
 
+@pytest.mark.slow
 def test_curve_checkpoint_of_another_model_is_refused(two_runs, tmp_path):
     out = tmp_path / "c"
     connect_runs(ConnectConfig(str(two_runs / "s0"), str(two_runs / "s1"), epochs=1, points=3), out, progress=False)
@@ -56,6 +59,7 @@ def test_curve_checkpoint_of_another_model_is_refused(two_runs, tmp_path):
         evaluate_curve_dir(out)
 
 
+@pytest.mark.slow
 def test_curve_budget_defaults_to_twice_the_endpoints_epochs_at_their_lr(two_runs, tmp_path):
     out = tmp_path / "d"
     res = connect_runs(ConnectConfig(str(two_runs / "s0"), str(two_runs / "s1"), points=3), out, progress=False)
@@ -66,6 +70,7 @@ def test_curve_budget_defaults_to_twice_the_endpoints_epochs_at_their_lr(two_run
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 6
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_budget_the_curve_started_with(two_runs, tmp_path):
     out = tmp_path / "r"
     runs = (str(two_runs / "s0"), str(two_runs / "s1"))

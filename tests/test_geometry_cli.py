@@ -18,6 +18,7 @@ def runs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_trajectory_plane_marks_iterates_and_swa(runs, tmp_path):
     out = tmp_path / "plane"
     assert main(["plane", "--trajectory", str(runs / "swa"), "--grid", "5", "--out", str(out), "--no-progress"]) == 0
@@ -30,6 +31,7 @@ def test_trajectory_plane_marks_iterates_and_swa(runs, tmp_path):
     assert (out / "figures" / "test_error.png").is_file() and (out / "report.md").is_file()
 
 
+@pytest.mark.slow
 def test_plane_through_three_runs_and_bad_input(runs, tmp_path, capsys):
     args = [str(runs / "swa"), str(runs / "sgd"), str(runs / "sgd2")]
     assert main(["plane", *args, "--grid", "3", "--out", str(tmp_path / "p3"), "--no-progress"]) == 0
@@ -39,6 +41,7 @@ def test_plane_through_three_runs_and_bad_input(runs, tmp_path, capsys):
     assert "coincide" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_path_rays_landscape_sharpness(runs, tmp_path):
     assert main(["path", str(runs / "swa"), str(runs / "sgd"), "--points", "5", "--out", str(tmp_path / "line"),
                  "--no-progress"]) == 0
@@ -60,6 +63,7 @@ def test_path_rays_landscape_sharpness(runs, tmp_path):
     assert sh["examples"] == 200 and sh["mode"].startswith("eval")
 
 
+@pytest.mark.slow
 def test_plane_of_a_curve(runs, tmp_path):
     curve = tmp_path / "curve"
     assert main(["connect", str(runs / "sgd"), str(runs / "sgd2"), "--epochs", "1", "--points", "3",
@@ -71,6 +75,7 @@ def test_plane_of_a_curve(runs, tmp_path):
     assert res["off_plane_distance"]["t=0.5"] == pytest.approx(0.0, abs=1e-3)  # a Bezier curve lies in its plane
 
 
+@pytest.mark.slow
 def test_pca_plane_of_a_trajectory(runs, tmp_path):
     out = tmp_path / "pca"
     assert main(["plane", "--trajectory", str(runs / "swa"), "--pca", "--grid", "3", "--out", str(out),
@@ -82,6 +87,7 @@ def test_pca_plane_of_a_trajectory(runs, tmp_path):
     assert res["points"]["SWA"] == pytest.approx([0.0, 0.0], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_geometry_bad_values_are_usage_errors(runs, tmp_path, capsys):
     for args in (["rays", str(runs / "sgd"), "--steps", "1"], ["rays", str(runs / "sgd"), "--rays", "0"],
                  ["landscape", str(runs / "sgd"), "--random", "--grid", "1"],
@@ -93,6 +99,7 @@ def test_geometry_bad_values_are_usage_errors(runs, tmp_path, capsys):
     assert "train it with --method swa or swag" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_connect_keeps_endpoint_statistics_for_bn_keep(tmp_path):
     """Curve training runs on a copy: the 'keep' policy evaluates the endpoints with their own statistics."""
     from valleys.app.connect import ConnectConfig, connect_runs

@@ -7,6 +7,8 @@ import pytest
 from valleys.core.checkpoint import save_checkpoint
 from valleys.app.runs import TrainConfig, evaluate_run, train_run
 
+pytestmark = pytest.mark.slow  # the module fixture trains six runs (~22 s)
+
 FAST = dict(model="mlp", epochs=6, samples=4, members=2, rank=5, checkpoint_every=3)
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from ..core.optional import require
+
+require("matplotlib", "plots").use("Agg")
+plt = require("matplotlib.pyplot", "plots")
 
 __all__ = ["plot_error_curves", "plot_reliability", "plot_paths", "plot_contours", "plot_line", "plot_rays"]
 

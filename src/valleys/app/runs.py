@@ -3,7 +3,7 @@
 A run folder holds ``config.json`` (every setting), ``metrics.jsonl`` (one line per epoch),
 ``checkpoint.safetensors`` (training state, for resume), ``model.safetensors`` (the final network: the SGD
 end point, the SWA mean with recomputed BatchNorm, or FGE's final weights), ``posterior.safetensors``
-(SWAG moments and deviations, or FGE snapshots), ``results.json`` (DESIGN 3) and ``report.md``. Ensembles
+(SWAG moments and deviations, or FGE snapshots), ``results.json`` and ``report.md``. Ensembles
 and MultiSWAG train their members into ``member-<i>`` sub-folders.
 
 Every method is evaluated the same way: :func:`valleys.evaluation.predict.bma` over the method's samples (one network

@@ -2,7 +2,7 @@
 
 Weights the network was never trained at (an SWA average, a SWAG sample, a point on a curve or a plane) come
 without valid running statistics. :func:`recompute_bn` is the one routine every method calls for them
-(DESIGN 4.1; Izmailov et al. 2018, "Averaging Weights Leads to Wider Optima", Alg. 1 last step).
+(Izmailov et al. 2018, "Averaging Weights Leads to Wider Optima", Alg. 1 last step).
 
 Statistics are exact: each BatchNorm layer runs with momentum 1 during the pass, so after every batch its
 running buffers hold that batch's per-channel mean and unbiased variance (computed by the layer itself, no

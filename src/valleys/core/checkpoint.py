@@ -9,6 +9,7 @@ half-written checkpoint under the real name.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -20,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "FORMAT", "check_model_signature",
-           "model_signature", "write_json"]
+           "model_signature", "write_json", "to_json_text", "json_safe"]
 
 FORMAT = "valleys-checkpoint-v1"
 
@@ -74,13 +75,45 @@ def _publish(tmp: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with plain JSON values only: non-finite floats become ``None``, numpy scalars and arrays and
+    tensors become numbers and lists, tuples become lists, paths strings; dict keys become strings."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, Tensor):
+        return json_safe(obj.detach().cpu().tolist())
+    if isinstance(obj, dict):
+        return {k if isinstance(k, str) else json.dumps(json_safe(k)).strip('"'): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays
+        return json_safe(obj.tolist())
+    if isinstance(obj, torch.dtype):
+        return str(obj).removeprefix("torch.")
+    try:
+        return json_safe(float(obj))
+    except (TypeError, ValueError):
+        raise TypeError(f"cannot write a value of type {type(obj).__name__} as JSON") from None
+
+
+def to_json_text(obj: Any, *, indent: int | None = None) -> str:
+    """Strict JSON text of ``obj`` (no ``NaN``/``Infinity`` tokens: non-finite floats are ``null``), readable by
+    browsers and other languages. ``indent=None`` gives one line, as a JSON-lines record needs."""
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False)
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON atomically (temporary file in the same folder, then rename)."""
+    """Write strict JSON (see :func:`to_json_text`) atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
+    text = to_json_text(data, indent=2)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=float)
+            f.write(text)
             f.write("\n")
         _publish(tmp, path)
     except BaseException:

@@ -5,7 +5,7 @@ network at ``w``, with an explicit BatchNorm policy: ``"recompute"`` (statistics
 ``bn_loader`` for each point; the right choice off the trained points), ``"keep"`` (the model's current
 statistics). Points without a recompute are evaluated ``chunk`` at a time with ``torch.func.vmap`` or one by
 one, whichever is faster on the first batch, counting that the loop fetches every batch once per point
-(``batched="auto"``; vmap wins for tiny networks, DESIGN 8).
+(``batched="auto"``; vmap wins for tiny networks).
 A non-finite loss at a point is recorded as NaN and counted (``nonfinite``); the sweep never stops for it.
 The user's model is restored bit for bit.
 """

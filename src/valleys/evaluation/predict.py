@@ -176,7 +176,7 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
     Weight vectors that need no BatchNorm recompute can be evaluated ``chunk`` at a time with
     ``torch.func.vmap`` over the stacked weights (``batched=True``), one at a time (``False``), or
     (``"auto"``, the default) whichever is faster on the first input batch (best of three timings each):
-    vmap wins for tiny networks and loses for CNNs on the CPU (DESIGN 8). The choice is returned as ``batched``.
+    vmap wins for tiny networks and loses for CNNs on the CPU. The choice is returned as ``batched``.
 
     Returns the metrics of :class:`valleys.evaluation.metrics.ClassificationMetrics` plus ``num_samples``, and with
     ``return_probs=True`` the averaged ``probs`` (N, C) and ``targets`` (N,). ``score=False`` skips the

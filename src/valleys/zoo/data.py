@@ -25,6 +25,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
+from ..core.optional import require
+
 __all__ = ["Splits", "DATASETS", "load_dataset", "make_loader", "find_fashion_mnist", "DatasetNotFoundError"]
 
 DATASETS: dict[str, str] = {
@@ -75,17 +77,14 @@ def _split(x: Tensor, y: Tensor, val_fraction: float, split_seed: int, train_sub
 
 
 def _mnist1d() -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    d = make_dataset(get_dataset_args())  # deterministic (seed fixed inside), no download
+    mnist1d_data = require("mnist1d.data", "data")
+    d = mnist1d_data.make_dataset(mnist1d_data.get_dataset_args())  # deterministic (seed fixed inside), no download
     return (torch.tensor(d["x"], dtype=torch.float32), torch.tensor(d["y"]).long(),
             torch.tensor(d["x_test"], dtype=torch.float32), torch.tensor(d["y_test"]).long())
 
 
 def _digits() -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
+    bunch = require("sklearn.datasets", "data").load_digits()
     x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(bunch.target).long()
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(1234))

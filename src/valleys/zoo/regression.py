@@ -1,4 +1,4 @@
-"""Regression with a Gaussian likelihood: the model, its loss, and the data (DESIGN 4.6, 4.10).
+"""Regression with a Gaussian likelihood: the model, its loss, and the data (UCI setup of Maddox et al. 2019).
 
 * :class:`GaussianMLP` outputs ``(mean, variance)`` per example: heteroscedastic (a second output through
   ``softplus`` plus a floor) or homoscedastic (one learned noise variance for all inputs).
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from ..core.adapter import gaussian_nll  # noqa: F401  (re-exported: the loss of the Gaussian heads)
+from ..core.optional import require
 
 __all__ = ["GaussianMLP", "gaussian_nll", "RegressionSplits", "load_regression", "REGRESSION_DATASETS",
            "UCIFormatError"]
@@ -134,9 +135,7 @@ def _uci(root: str | os.PathLike, split: int) -> tuple[np.ndarray, np.ndarray, n
 
 
 def _diabetes(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_diabetes
-
-    x, y = load_diabetes(return_X_y=True)
+    x, y = require("sklearn.datasets", "data").load_diabetes(return_X_y=True)
     perm = np.random.default_rng(seed).permutation(len(y))
     n_test = int(round(0.1 * len(y)))
     te, tr = perm[:n_test], perm[n_test:]
