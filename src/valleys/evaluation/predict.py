@@ -100,7 +100,8 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
     """
     adapter = as_adapter(adapter, input_fn=input_fn, target_fn=target_fn, likelihood=likelihood)
     if bn is None:
-        bn = BNPolicy("keep") if stale_bn_ok and bn_loader is None else BNPolicy("recompute", bn_loader, bn_batches)
+        bn = BNPolicy("keep") if stale_bn_ok and bn_loader is None else BNPolicy("recompute", bn_loader,
+                                                                              bn_batches if bn_loader is not None else None)
     elif isinstance(bn, str):
         bn = BNPolicy(bn, bn_loader, bn_batches)
     try:
