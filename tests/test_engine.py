@@ -178,6 +178,8 @@ def test_tuple_output_needs_output_index(vec_data):
         evaluate(model, loader(vec_data))
     with pytest.raises(AdapterError, match="output="):
         evaluate_points(model, perturbed(model, 2), {"test": loader(vec_data)}, batched=False)
+    with pytest.raises(AdapterError, match="output="):  # an adapter error is the user's, not a vmap fallback
+        evaluate_points(model, perturbed(model, 2), {"test": loader(vec_data)}, batched="auto")
     ad = ModelAdapter(output=0)
     res = evaluate(model, loader(vec_data), adapter=ad)
     ref = evaluate(model.net, loader(vec_data))
@@ -304,3 +306,24 @@ def test_bad_input_is_refused_before_any_work(vec_data):
         evaluate_many(model, [], {"t": loader(vec_data)}, reduce=LossError(ModelAdapter()))
     with pytest.raises(ValueError, match="batched"):
         evaluate_many(model, ws, {"t": loader(vec_data)}, reduce=LossError(ModelAdapter()), batched="yes")
+
+
+class MaskedBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, input, mask):
+        return self.head(self.bn((input * (~mask).float().unsqueeze(-1)).sum(1)))
+
+
+def test_recompute_bn_keeps_every_dict_key():
+    batches = dict_batches()
+    model = MaskedBN()
+    recompute_bn(model, batches)
+    feats = torch.cat([(b["input"] * (~b["mask"]).float().unsqueeze(-1)).sum(1) for b in batches])
+    assert torch.allclose(model.bn.running_mean, feats.mean(0), atol=1e-6)
+    assert torch.allclose(model.bn.running_var, feats.var(0), atol=1e-5)
+    res = evaluate_points(model, perturbed(model, 2), {"test": batches}, bn_loader=batches, batched=False)
+    assert res["bn"] == "recompute" and all(math.isfinite(v) for v in res["test"]["loss"])

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ..core.adapter import ModelAdapter
 from ..core.batchnorm import EmptyLoaderError, has_batchnorm, recompute_bn
-from ..core.batches import to_device
+from ..core.batches import BatchFormatError, to_device
 from ..core.weights import WeightSpace, preserved_modes
 
 __all__ = ["evaluate_many", "BNPolicy", "ManyResult", "Reduction", "LossError", "Metrics", "BMASum",
@@ -356,6 +356,8 @@ def _decide_vmap(model: nn.Module, space: WeightSpace, stacked: Tensor, loader: 
                 _vmap_outputs(model, space, stacked, adapter, args, kwargs)
                 choice = True
     except (RuntimeError, NotImplementedError, TypeError) as e:
+        if isinstance(e, BatchFormatError):  # the batch or output does not fit the adapter: the user's to fix
+            raise
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         warnings.warn(f"torch.func.vmap cannot evaluate {type(model).__name__} ({type(e).__name__}: "
                       f"{first_line}); evaluating the weight vectors one at a time", RuntimeWarning, stacklevel=4)

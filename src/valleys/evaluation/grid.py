@@ -47,6 +47,9 @@ def evaluate_points(model: nn.Module, points: Sequence[Tensor] | Tensor, loaders
     for i, p in enumerate(points):
         if p.dim() != 1 or p.numel() != space.size:
             raise ValueError(f"point {i} has shape {tuple(p.shape)}; every point must be a vector of length {space.size}")
+    if not points:
+        return {**{name: {"loss": [], "error": []} for name in loaders}, "nonfinite": 0,
+                "bn": policy.label(model), "batched": False}
     try:
         res = evaluate_many(model, points, loaders, reduce=LossError(adapter), adapter=adapter, bn=policy,
                             space=space, device=device, batched=batched, chunk=chunk, progress=progress,

@@ -1,7 +1,8 @@
 """Predictions of a network over a loader, streamed into :mod:`valleys.evaluation.metrics`.
 
-:func:`predict_probs` is the one evaluation loop (eval mode, no gradients, softmax in float64, the model's
-train/eval flags restored afterwards). :func:`evaluate` scores one network; :func:`bma` scores the Bayesian
+:func:`evaluate` and :func:`bma` are reductions of :func:`valleys.evaluation.engine.evaluate_many` (eval mode, no
+gradients, softmax in float64, the model restored bit for bit); :func:`predict_probs` streams one network's
+predictions. Batches and outputs go through a :class:`valleys.core.adapter.ModelAdapter`. :func:`evaluate` scores one network; :func:`bma` scores the Bayesian
 model average ``p(y | x) = (1/S) sum_s softmax(f(x; w_s))`` over any source of weights: SWAG samples (flat
 vectors, BatchNorm recomputed per sample), FGE snapshots or ensemble members (full state dicts, used as they
 are), MultiSWAG. Probabilities are averaged, never logits, and streamed: one running sum per test example.
