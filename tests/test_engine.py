@@ -327,3 +327,23 @@ def test_recompute_bn_keeps_every_dict_key():
     assert torch.allclose(model.bn.running_var, feats.var(0), atol=1e-5)
     res = evaluate_points(model, perturbed(model, 2), {"test": batches}, bn_loader=batches, batched=False)
     assert res["bn"] == "recompute" and all(math.isfinite(v) for v in res["test"]["loss"])
+
+
+def test_per_point_predictions_and_state_dicts(vec_data):
+    from valleys.evaluation.engine import Predictions
+
+    torch.manual_seed(0)
+    model = mlp()
+    before = state(model)
+    ws = perturbed(model, 2)
+    other = copy.deepcopy(model)
+    WeightSpace(other).write(other, ws[0])
+    res = evaluate_many(model, [ws[1], snapshot(other)], {"test": loader(vec_data)}, reduce=Predictions(),
+                        batched=False)
+    c = copy.deepcopy(model)
+    WeightSpace(c).write(c, ws[1])
+    with torch.no_grad():  # the same batches, so the same kernels: equal bit for bit
+        for i, net in enumerate((c, other)):
+            assert torch.equal(res.value["test"][i], torch.cat([net(b[0]) for b in loader(vec_data)]))
+    assert res.num_points == 2 and res.bn == "none (no BatchNorm)" and not res.batched
+    assert_same(model, before)
