@@ -1,5 +1,7 @@
 import pytest
 import torch
+
+from valleys.core.adapter import ModelAdapter
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
@@ -67,8 +69,12 @@ def test_dict_batches_and_input_fn(vec_data):
     b = DropoutBNMLP()
     recompute_bn(b, [{"features": x[i:i + 20]} for i in range(0, 103, 20)], input_fn=lambda d: d["features"])
     assert torch.allclose(b.bn0.running_mean, a.bn0.running_mean)
-    with pytest.raises(TypeError, match="input_fn"):
-        recompute_bn(DropoutBNMLP(), [{"features": x}])
+    # the adapter passes a dict batch's one non-target entry as the model input, whatever its key
+    c = DropoutBNMLP()
+    recompute_bn(c, [{"features": x[i:i + 20]} for i in range(0, 103, 20)])
+    assert torch.allclose(c.bn0.running_mean, a.bn0.running_mean)
+    with pytest.raises(ValueError, match="not both"):
+        recompute_bn(DropoutBNMLP(), [{"features": x}], input_fn=lambda d: d["features"], adapter=ModelAdapter())
 
 
 def test_subset_of_batches(vec_data):

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .batches import InputFn, call_model, default_input_fn, to_device
+from .adapter import ModelAdapter
+from .batches import InputFn
 from .weights import preserved_modes
 
 __all__ = ["recompute_bn", "has_batchnorm", "EmptyLoaderError"]
@@ -80,6 +81,7 @@ def recompute_bn(
     loader: Iterable,
     *,
     input_fn: InputFn | None = None,
+    adapter: "ModelAdapter | None" = None,
     num_batches: int | None = None,
     fraction: float | None = None,
     device: torch.device | str | None = None,
@@ -94,7 +96,9 @@ def recompute_bn(
     Args:
         model: the network, already holding the weights to recompute for. Modified in place (buffers only).
         loader: iterable of batches (tensors, ``(input, target)`` tuples or dicts).
-        input_fn: maps a batch to the model input; default :func:`valleys.core.batches.default_input_fn`.
+        input_fn: maps a batch to the model input (older form of ``adapter``).
+        adapter: a :class:`valleys.core.adapter.ModelAdapter` mapping a batch to the model call (dict batches
+            keep every non-target key, e.g. masks); default ``ModelAdapter(input=input_fn)``.
         num_batches: use only the first ``num_batches`` batches.
         fraction: use only the first ``ceil(fraction * len(loader))`` batches (needs ``len(loader)``).
         device: move inputs there first (default: leave them).
@@ -118,7 +122,10 @@ def recompute_bn(
     layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     if not layers:
         return 0
-    input_fn = input_fn or default_input_fn
+    if adapter is not None and input_fn is not None:
+        raise ValueError("pass adapter=... or input_fn=..., not both")
+    if adapter is None:
+        adapter = ModelAdapter(input=input_fn)
     if distributed is None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
 
@@ -134,8 +141,7 @@ def recompute_bn(
         batches = loader if num_batches is None else itertools.islice(loader, num_batches)
         with preserved_modes(model, train=True), torch.no_grad():
             for batch in batches:
-                inputs = to_device(input_fn(batch), device)
-                call_model(model, inputs)
+                adapter.call_inputs(model, batch, device)
                 seen += 1
     except BaseException:  # leave the statistics as they were, not half-updated by momentum
         with torch.no_grad():

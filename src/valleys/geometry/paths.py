@@ -16,13 +16,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core.batchnorm import has_batchnorm, recompute_bn
-from ..evaluation.predict import evaluate
+from ..core.adapter import ModelAdapter, as_adapter
+from ..core.batches import InputFn
 from ..core.weights import WeightSpace
+from ..evaluation.engine import BN_POLICIES, BNPolicy, Metrics, evaluate_many
 
 __all__ = ["evaluate_path", "segment", "arc_length_average", "BN_POLICIES"]
 
-BN_POLICIES = ("recompute", "keep")
 PATH_METRICS = ("train_loss", "train_error", "test_error", "test_nll")
 
 
@@ -43,37 +43,45 @@ def arc_length_average(values: Sequence[float], lengths: Sequence[float]) -> flo
 def evaluate_path(model: nn.Module, point: Callable[[float], Tensor], ts: Sequence[float], *,
                   train_loader: Iterable, test_loader: Iterable, bn: str = "recompute",
                   bn_loader: Iterable | None = None, space: WeightSpace | None = None,
-                  device: torch.device | str | None = None, progress: bool = False) -> dict[str, Any]:
+                  device: torch.device | str | None = None, progress: bool = False,
+                  adapter: ModelAdapter | None = None, input_fn: InputFn | None = None, target_fn=None,
+                  likelihood: str | None = None, bn_batches: int | None = None) -> dict[str, Any]:
     """Metrics at ``w = point(t)`` for each t in ``ts``; see the module docstring.
 
+    Each point is evaluated by :func:`valleys.evaluation.engine.evaluate_many` with the
+    :class:`valleys.evaluation.engine.Metrics` reduction: ``train_loss`` and ``test_nll`` are the mean negative
+    log-likelihood of the adapter's likelihood (``-log softmax(f)_y`` for classification, the Gaussian NLL
+    ``0.5 log(2 pi var) + (y - mu)^2 / (2 var)`` for a ``(mean, variance)`` regression head); the errors are
+    classification errors (NaN for regression). ``bn_loader`` defaults to ``train_loader``.
+
     Returns arrays ``t``, ``train_loss``, ``train_error``, ``test_error``, ``test_nll``, the piece lengths
-    ``lengths`` (Euclidean, in weight units), and ``summary[metric] = {min, max, arc_mean}``.
+    ``lengths`` (Euclidean, in weight units), ``summary[metric] = {min, max, arc_mean}`` and the BatchNorm
+    label ``bn`` (``"recompute"``, ``"keep"`` or ``"none (no BatchNorm)"``).
     """
     if bn not in BN_POLICIES:
         raise ValueError(f"unknown BatchNorm policy {bn!r}; choose one of {', '.join(BN_POLICIES)}")
     if len(ts) < 2:
         raise ValueError(f"a path needs at least 2 points, got {len(ts)}")
+    adapter = as_adapter(adapter, input_fn=input_fn, target_fn=target_fn, likelihood=likelihood)
     space = space or WeightSpace(model)
-    bn_loader = bn_loader if bn_loader is not None else train_loader
-    recompute = bn == "recompute" and has_batchnorm(model)
-    out: dict[str, list[float]] = {k: [] for k in ("t", *PATH_METRICS, "lengths")}
+    policy = BNPolicy(bn, bn_loader if bn_loader is not None else train_loader, bn_batches)
+    out: dict[str, Any] = {k: [] for k in ("t", *PATH_METRICS, "lengths")}
     prev: Tensor | None = None
     iterator: Iterable = ts
     if progress:
         from tqdm.auto import tqdm
 
         iterator = tqdm(ts, unit="point", desc="path", leave=False, dynamic_ncols=True)
+    label = policy.label(model)
     for t in iterator:
         with torch.no_grad():
             w = point(float(t)).detach()
         if prev is not None:
             out["lengths"].append(float((w - prev).norm()))
         prev = w
-        with space.at(model, w):
-            if recompute:
-                recompute_bn(model, bn_loader, device=device)
-            train = evaluate(model, train_loader, device=device)
-            test = evaluate(model, test_loader, device=device)
+        res = evaluate_many(model, [w], {"train": train_loader, "test": test_loader}, reduce=Metrics(adapter),
+                            adapter=adapter, bn=policy, space=space, device=device, batched=False)
+        train, test = res.value[0]["train"], res.value[0]["test"]
         out["t"].append(float(t))
         out["train_loss"].append(train["nll"])
         out["train_error"].append(train["error"])
@@ -81,5 +89,4 @@ def evaluate_path(model: nn.Module, point: Callable[[float], Tensor], ts: Sequen
         out["test_nll"].append(test["nll"])
     summary = {k: {"min": min(out[k]), "max": max(out[k]), "arc_mean": arc_length_average(out[k], out["lengths"])}
                for k in PATH_METRICS}
-    return {**out, "summary": summary, "bn": bn if recompute or bn == "keep" else "none (no BatchNorm)",
-            "length_units": "Euclidean norm in weight space"}
+    return {**out, "summary": summary, "bn": label, "length_units": "Euclidean norm in weight space"}

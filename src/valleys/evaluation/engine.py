@@ -1,0 +1,510 @@
+"""One engine for "this model at many weight vectors over one or more loaders".
+
+BMA (:func:`valleys.evaluation.predict.bma`), loss surfaces (:func:`valleys.evaluation.grid.evaluate_points`)
+and paths (:func:`valleys.geometry.paths.evaluate_path`) are reductions on top of :func:`evaluate_many`:
+
+* every prediction goes through a :class:`valleys.core.adapter.ModelAdapter` (batch -> model call ->
+  prediction, targets, loss), so custom batch formats, tuple/dict outputs and regression heads work everywhere;
+* one BatchNorm policy, :class:`BNPolicy`: ``"recompute"`` (statistics recomputed for every weight vector on a
+  BN loader, Izmailov et al. 2018, "Averaging Weights Leads to Wider Optima", Alg. 1) or ``"keep"`` (the
+  model's current statistics, on purpose). The label reported is ``"recompute"``, ``"keep"`` or
+  ``"none (no BatchNorm)"``. A flat weight vector on a BatchNorm model with neither a BN loader nor an
+  explicit ``"keep"`` is refused before any work. State dicts (FGE snapshots, ensemble members) carry their
+  own buffers and are evaluated as they are;
+* weight vectors that need no recompute are evaluated ``chunk`` at a time with ``torch.func.vmap`` over the
+  stacked vectors or one at a time: ``batched=True``/``False``, or ``"auto"``: whichever is faster on the first
+  input batch (best of three interleaved timings), decided once per model, weight space, chunk size and input
+  shape/dtype and cached (weakly keyed on the model). A model without vmap batching rules (``nn.GRU``,
+  ``nn.LSTM``, ...) falls back to the loop with one warning.
+
+The user's model is restored bit for bit after every vector: parameters, buffers, train/eval flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import time
+import warnings
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..core.adapter import ModelAdapter
+from ..core.batchnorm import EmptyLoaderError, has_batchnorm, recompute_bn
+from ..core.batches import BatchFormatError, to_device
+from ..core.weights import WeightSpace, preserved_modes
+
+__all__ = ["evaluate_many", "BNPolicy", "ManyResult", "Reduction", "LossError", "Metrics", "BMASum",
+           "Predictions", "Sample", "vmap_is_faster", "holding", "softmax_probs", "gaussian_moments",
+           "clear_vmap_cache", "BN_POLICIES", "to_json"]
+
+Sample = Union[Tensor, Mapping[str, Tensor]]
+BN_POLICIES = ("recompute", "keep")
+
+
+# ---------------------------------------------------------------------------------------------- transforms
+def softmax_probs(output: Tensor) -> Tensor:
+    """Classification: the predictive is ``softmax(logits)`` (float64); BMA averages it."""
+    return torch.softmax(output.double(), dim=-1)
+
+
+def gaussian_moments(output: Tensor) -> Tensor:
+    """Gaussian regression heads output ``(mean, variance)`` per example as an (N, 2) tensor; BMA averages the
+    first two moments ``(mu, var + mu^2)`` so that the mixture's variance is ``E[var + mu^2] - E[mu]^2``."""
+    out = output.double()
+    if out.dim() != 2 or out.shape[1] != 2:
+        raise ValueError(f"a Gaussian head must output (N, 2) = (mean, variance), got {tuple(out.shape)}")
+    mu, var = out[:, 0], out[:, 1]
+    return torch.stack([mu, var + mu * mu], dim=1)
+
+
+def to_json(obj: Any) -> Any:
+    """Strict-JSON form: NaN/inf -> ``None``, tensors -> lists, tuples -> lists, dataclasses -> dicts."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Tensor):
+        return to_json(obj.tolist())
+    if isinstance(obj, Mapping):
+        return {str(k): to_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_json(v) for v in obj]
+    if hasattr(obj, "to_json"):
+        return obj.to_json()
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------- BN policy
+@dataclass(frozen=True)
+class BNPolicy:
+    """What to do with BatchNorm statistics at each weight vector.
+
+    Args:
+        mode: ``"recompute"`` (exact statistics on ``loader`` per vector) or ``"keep"`` (the model's current
+            statistics, on purpose).
+        loader: the BN loader (usually the training loader); needed by ``"recompute"`` on a BatchNorm model.
+        num_batches: recompute on the first ``num_batches`` batches only.
+    """
+
+    mode: str = "recompute"
+    loader: Iterable | None = None
+    num_batches: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in BN_POLICIES:
+            raise ValueError(f"unknown BatchNorm policy {self.mode!r}; choose one of {', '.join(BN_POLICIES)}")
+        if self.num_batches is not None and self.num_batches < 1:
+            raise ValueError(f"num_batches must be at least 1, got {self.num_batches}")
+
+    def label(self, model: nn.Module) -> str:
+        """``"recompute"``, ``"keep"`` or ``"none (no BatchNorm)"``."""
+        return self.mode if has_batchnorm(model) else "none (no BatchNorm)"
+
+
+# ---------------------------------------------------------------------------------------------- reductions
+class Reduction:
+    """Receives the predictions of every (weight vector, loader, batch) and turns them into a result.
+
+    ``add`` is called in loop order; ``add_stacked`` gets the (c, N, ...) predictions of a vmap chunk (the
+    default calls ``add`` for each row). ``end_pass`` is called after each (vector, loader) pass with its
+    number of batches."""
+
+    def begin(self, loaders: Sequence[str]) -> None:
+        self.loaders = list(loaders)
+
+    def add(self, point: int, loader: str, batch: int, prediction: Tensor, targets: Any) -> None:
+        raise NotImplementedError
+
+    def add_stacked(self, points: Sequence[int], loader: str, batch: int, predictions: Tensor,
+                    targets: Any) -> None:
+        for j, p in zip(points, predictions):
+            self.add(j, loader, batch, p, targets)
+
+    def end_pass(self, point: int, loader: str, batches: int) -> None:
+        pass
+
+    def result(self, num_points: int) -> Any:
+        raise NotImplementedError
+
+
+class LossError(Reduction):
+    """Per point and loader: mean loss ``(1/N) sum_i loss(f(x_i; w), y_i)`` with the adapter's loss, and the
+    classification error ``(1/N) sum_i 1[argmax f(x_i; w) != y_i]`` (NaN for a Gaussian or custom loss, where
+    it is not defined). Cross-entropy is summed in float64 per batch; a non-finite output gives a NaN loss."""
+
+    def __init__(self, adapter: ModelAdapter) -> None:
+        self.adapter = adapter
+        self.sums: dict[str, dict[int, list[float]]] = {}
+
+    def begin(self, loaders: Sequence[str]) -> None:
+        super().begin(loaders)
+        self.sums = {name: {} for name in loaders}
+
+    def add(self, point: int, loader: str, batch: int, prediction: Tensor, targets: Any) -> None:
+        s = self.sums[loader].setdefault(point, [0.0, 0.0, 0])
+        y = targets.to(prediction.device) if isinstance(targets, Tensor) else targets
+        out = prediction.double()
+        n = len(out)
+        if not bool(torch.isfinite(out).all()):
+            loss, err = math.nan, math.nan
+        elif self.adapter.loss == "cross_entropy":
+            loss = float(nn.functional.cross_entropy(out, y, reduction="sum"))
+            err = float((out.argmax(-1) != y).sum())
+        else:
+            loss = float(self.adapter.compute_loss(out, y)) * n
+            err = math.nan
+        s[0] += loss
+        s[1] += err
+        s[2] += n
+
+    def result(self, num_points: int) -> dict[str, dict[str, list[float]]]:
+        out: dict[str, dict[str, list[float]]] = {}
+        for name in self.loaders:
+            rows = [self.sums[name].get(i, [0.0, 0.0, 0]) for i in range(num_points)]
+            out[name] = {"loss": [l / n if n else math.nan for l, _, n in rows],
+                         "error": [e / n if n else math.nan for _, e, n in rows]}
+        return out
+
+
+class Metrics(Reduction):
+    """Per point and loader, the full metrics of :class:`valleys.evaluation.metrics.ClassificationMetrics`
+    (from ``softmax(f)`` in float64) or, for ``adapter.likelihood == "gaussian"``,
+    :class:`valleys.evaluation.metrics.RegressionMetrics` (Gaussian NLL, RMSE, coverage) plus ``error = NaN``."""
+
+    def __init__(self, adapter: ModelAdapter, bins: int = 15) -> None:
+        self.adapter = adapter
+        self.bins = bins
+        self.acc: dict[tuple[int, str], Any] = {}
+
+    def add(self, point: int, loader: str, batch: int, prediction: Tensor, targets: Any) -> None:
+        from .metrics import ClassificationMetrics, RegressionMetrics
+
+        key = (point, loader)
+        if self.adapter.likelihood == "gaussian":
+            m = gaussian_moments(prediction)
+            reg = self.acc.setdefault(key, RegressionMetrics())
+            reg.update(m[:, 0], m[:, 1] - m[:, 0] ** 2, targets)
+        else:
+            metrics = self.acc.setdefault(key, ClassificationMetrics(self.bins))
+            metrics.update(softmax_probs(prediction), targets)
+
+    def result(self, num_points: int) -> list[dict[str, dict[str, Any]]]:
+        out = []
+        for i in range(num_points):
+            row = {}
+            for name in self.loaders:
+                acc = self.acc.get((i, name))
+                if acc is None or acc.n == 0:
+                    raise EmptyLoaderError(f"loader {name!r} yielded no examples")
+                res = acc.compute()
+                if self.adapter.likelihood == "gaussian":
+                    res["error"] = math.nan
+                row[name] = res
+            out.append(row)
+        return out
+
+
+class BMASum(Reduction):
+    """The Bayesian model average ``p(y | x) = (1/S) sum_s T(f(x; w_s))`` with ``T = softmax`` in float64
+    (classification) or ``T = (mu, var + mu^2)`` (Gaussian moment matching), streamed: one running sum per
+    example (Wilson & Izmailov 2020, "Bayesian Deep Learning and a Probabilistic Perspective of
+    Generalization"). One loader; it must yield the same batches on every pass."""
+
+    def __init__(self, adapter: ModelAdapter) -> None:
+        self.transform = gaussian_moments if adapter.likelihood == "gaussian" else softmax_probs
+        self.sums: list[Tensor] = []
+        self.targets: list[Tensor] = []
+        self.passes = 0
+
+    def _add(self, b: int, value: Tensor, y: Any) -> None:
+        if self.passes == 0:
+            self.sums.append(value.cpu())
+            self.targets.append(torch.as_tensor(y).cpu())
+        elif b >= len(self.sums) or self.sums[b].shape != value.shape:
+            raise ValueError("bma: the loader yielded different batches on two passes; use a loader without shuffling")
+        else:
+            self.sums[b] += value.cpu()
+
+    def add(self, point: int, loader: str, batch: int, prediction: Tensor, targets: Any) -> None:
+        self._add(batch, self.transform(prediction), targets)
+
+    def add_stacked(self, points: Sequence[int], loader: str, batch: int, predictions: Tensor,
+                    targets: Any) -> None:
+        self._add(batch, sum(self.transform(o) for o in predictions), targets)
+
+    def end_pass(self, point: int, loader: str, batches: int) -> None:
+        if batches != len(self.sums):
+            raise ValueError("bma: the loader yielded a different number of batches on two passes")
+        self.passes += 1
+
+    def result(self, num_points: int) -> tuple[Tensor, Tensor]:
+        if not self.sums:
+            raise EmptyLoaderError("bma: the evaluation loader yielded no batches")
+        return torch.cat(self.sums) / num_points, torch.cat(self.targets)
+
+
+class Predictions(Reduction):
+    """Per point and loader, the predictions ``f(x; w)`` (concatenated on the CPU) and the targets."""
+
+    def __init__(self) -> None:
+        self.preds: dict[tuple[int, str], list[Tensor]] = {}
+        self.ys: dict[tuple[int, str], list[Any]] = {}
+
+    def add(self, point: int, loader: str, batch: int, prediction: Tensor, targets: Any) -> None:
+        self.preds.setdefault((point, loader), []).append(prediction.detach().cpu())
+        self.ys.setdefault((point, loader), []).append(targets)
+
+    def result(self, num_points: int) -> dict[str, list[Tensor]]:
+        return {name: [torch.cat(self.preds[(i, name)]) if (i, name) in self.preds else torch.empty(0)
+                       for i in range(num_points)] for name in self.loaders}
+
+
+@dataclass
+class ManyResult:
+    """What :func:`evaluate_many` returns: the reduction's ``value``, the number of weight vectors, the
+    BatchNorm label (``"recompute"``, ``"keep"``, ``"none (no BatchNorm)"``) and whether vmap was used."""
+
+    value: Any
+    num_points: int
+    bn: str
+    batched: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Strict JSON (NaN -> null, tensors -> lists)."""
+        return to_json({"value": self.value, "num_points": self.num_points, "bn": self.bn,
+                        "batched": self.batched, **self.extra})
+
+
+# ---------------------------------------------------------------------------------------------- vmap or loop
+def _vmap_outputs(model: nn.Module, space: WeightSpace, stacked: Tensor, adapter: ModelAdapter,
+                  args: tuple, kwargs: dict) -> Tensor:
+    """Predictions of the model at each row of ``stacked`` (c, P) on one input batch: (c, N, ...), via vmap."""
+    return torch.func.vmap(lambda w: adapter.prediction(space.call_with(model, space.views(w), args, kwargs)))(stacked)
+
+
+def vmap_is_faster(model: nn.Module, space: WeightSpace, stacked: Tensor, inputs: tuple[tuple, dict],
+                   fetch_s: float = 0.0, adapter: ModelAdapter | None = None) -> bool:
+    """Time one input batch both ways for a chunk of weight vectors: after a warm-up of each, three
+    interleaved timings per way, compared by their minimum (robust to a busy machine's interruptions).
+    The loop also fetches every batch once per vector, the vmap path once per chunk: ``fetch_s`` (the
+    time to get one batch from the loader) is charged ``len(stacked) - 1`` extra times to the loop.
+    Raises what vmap raises for a model without batching rules (the caller falls back to the loop)."""
+    adapter = adapter or ModelAdapter()
+    args, kwargs = inputs
+
+    def looped():
+        for w in stacked:
+            with space.at(model, w):
+                model(*args, **kwargs)
+
+    fns = (looped, lambda: _vmap_outputs(model, space, stacked, adapter, args, kwargs))
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[], []]
+    for _ in range(3):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t0)
+    return min(times[1]) < min(times[0]) + (len(stacked) - 1) * fetch_s
+
+
+_VMAP_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def clear_vmap_cache() -> None:
+    """Forget every cached vmap-or-loop decision."""
+    _VMAP_CACHE.clear()
+
+
+def _signature(obj: Any) -> Any:
+    if isinstance(obj, Tensor):
+        return ("T", tuple(obj.shape), str(obj.dtype), str(obj.device))
+    if isinstance(obj, Mapping):
+        return tuple((k, _signature(v)) for k, v in obj.items())
+    if isinstance(obj, (tuple, list)):
+        return tuple(_signature(v) for v in obj)
+    return type(obj).__name__
+
+
+def _decide_vmap(model: nn.Module, space: WeightSpace, stacked: Tensor, loader: Iterable,
+                 adapter: ModelAdapter, device: Any, batched: bool | str) -> bool:
+    """``batched=True``: vmap unless it fails on the first batch; ``"auto"``: the cached or probed choice.
+    Either falls back to the loop with one warning when vmap cannot run the model."""
+    t0 = time.perf_counter()
+    first = next(iter(loader), None)
+    fetch_s = time.perf_counter() - t0
+    if first is None:
+        return False
+    args, kwargs = adapter.inputs(first)
+    args, kwargs = to_device(args, device), to_device(kwargs, device)
+    key = (tuple(space.names), len(stacked), str(stacked.dtype), _signature((args, kwargs)), batched)
+    cache = _VMAP_CACHE.setdefault(model, {})
+    if key in cache:
+        return cache[key]
+    try:
+        with preserved_modes(model, train=False), torch.no_grad():
+            if batched == "auto":
+                choice = vmap_is_faster(model, space, stacked, (args, kwargs), fetch_s, adapter)
+            else:
+                _vmap_outputs(model, space, stacked, adapter, args, kwargs)
+                choice = True
+    except (RuntimeError, NotImplementedError, TypeError) as e:
+        if isinstance(e, BatchFormatError):  # the batch or output does not fit the adapter: the user's to fix
+            raise
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        warnings.warn(f"torch.func.vmap cannot evaluate {type(model).__name__} ({type(e).__name__}: "
+                      f"{first_line}); evaluating the weight vectors one at a time", RuntimeWarning, stacklevel=4)
+        choice = False
+    cache[key] = choice
+    return choice
+
+
+@contextlib.contextmanager
+def holding(model: nn.Module, sample: Sample, space: WeightSpace) -> Iterator[nn.Module]:
+    """The model holds ``sample`` inside the block (a flat weight vector over ``space``, or a full state
+    dict) and is restored bit for bit afterwards: parameters, buffers and train/eval flags."""
+    if isinstance(sample, Tensor):
+        with space.at(model, sample.to(space.parameters(model)[0].device)):
+            yield model
+        return
+    from ..core.checkpoint import check_model_signature
+
+    check_model_signature([[k, list(v.shape)] for k, v in sample.items()], model, "a state-dict sample")
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        with preserved_modes(model):
+            model.load_state_dict(sample)
+            yield model
+    finally:
+        model.load_state_dict(saved)
+
+
+# ---------------------------------------------------------------------------------------------- the engine
+def _as_policy(bn: BNPolicy | str | None) -> BNPolicy:
+    if bn is None:
+        return BNPolicy()
+    if isinstance(bn, str):
+        return BNPolicy(bn)
+    if not isinstance(bn, BNPolicy):
+        raise TypeError(f"bn must be 'recompute', 'keep' or a BNPolicy, got {type(bn).__name__}")
+    return bn
+
+
+def _iter_weights(weights: Iterable[Sample] | Tensor | None) -> Iterator[Sample | None]:
+    if weights is None:
+        return iter([None])
+    if isinstance(weights, Tensor):
+        if weights.dim() == 1:
+            return iter([weights])
+        if weights.dim() != 2:
+            raise ValueError(f"a stack of weight vectors must be (c, P), got shape {tuple(weights.shape)}")
+        return iter(weights)
+    if isinstance(weights, Mapping):
+        return iter([weights])
+    return iter(weights)
+
+
+def evaluate_many(model: nn.Module, weights: Iterable[Sample] | Tensor | None, loaders: Mapping[str, Iterable],
+                  *, reduce: Reduction, adapter: ModelAdapter | None = None, bn: BNPolicy | str | None = None,
+                  space: WeightSpace | None = None, device: torch.device | str | None = None,
+                  batched: bool | str = "auto", chunk: int = 8, progress: bool = False,
+                  desc: str = "points", total: int | None = None) -> ManyResult:
+    """Evaluate ``model`` at every weight vector of ``weights`` on every loader, feeding ``reduce``.
+
+    For each vector ``w_s`` (a flat vector over ``space``, a row of a (c, P) stack, a full state dict, or
+    ``None`` for the model as it is) and each loader, the prediction ``f(x; w_s) = adapter.forward(...)``
+    of every batch is passed to ``reduce`` in eval mode without gradients. BatchNorm: see :class:`BNPolicy`
+    (recomputed once per vector, before its loaders). Returns a :class:`ManyResult`.
+
+    Raises (before any evaluation): ``ValueError`` for no loaders, a bad ``batched``/``chunk``, an unknown BN
+    policy, flat vectors on a BatchNorm model with ``"recompute"`` and no BN loader, or vectors of the wrong
+    length (:class:`valleys.core.weights.WeightSpaceError`); ``ValueError`` if no weights are given.
+    """
+    if not loaders:
+        raise ValueError("give at least one loader to evaluate on")
+    if batched not in (True, False, "auto"):
+        raise ValueError(f"batched must be True, False or 'auto', got {batched!r}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, got {chunk}")
+    policy = _as_policy(bn)
+    adapter = adapter or ModelAdapter()
+    space = space or WeightSpace(model)
+    is_bn = has_batchnorm(model)
+    recompute = policy.mode == "recompute" and is_bn
+    ref = space.parameters(model)[0]
+    reduce.begin(list(loaders))
+    iterator = _iter_weights(weights)
+    use_vmap: bool | None = None if batched == "auto" else bool(batched)
+    if recompute:
+        use_vmap = False
+    used_vmap = False
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, unit="point", desc=desc, leave=False, dynamic_ncols=True)
+    count = 0
+    try:
+        while True:
+            group = list(itertools.islice(iterator, chunk))
+            if not group:
+                break
+            vectors = all(isinstance(g, Tensor) for g in group)
+            for k, g in enumerate(group):
+                if isinstance(g, Tensor):
+                    space.check_vector(g, what=f"weight vector {count + k}", finite=False)
+            if vectors and recompute and policy.loader is None:
+                raise ValueError("the model has BatchNorm layers and the weights are flat vectors; pass a BN "
+                                 "loader (bn_loader=train_loader) to recompute their statistics per vector, or "
+                                 "the 'keep' policy to use the current ones on purpose")
+            idx = list(range(count, count + len(group)))
+            if vectors and not recompute and use_vmap is not False:
+                stacked = torch.stack([g.to(ref) for g in group])
+                if use_vmap is None or batched is True and not used_vmap:
+                    use_vmap = _decide_vmap(model, space, stacked, next(iter(loaders.values())), adapter, device,
+                                            batched)
+                if use_vmap:
+                    used_vmap = True
+                    with preserved_modes(model, train=False), torch.no_grad():
+                        for name, loader in loaders.items():
+                            b = -1
+                            for b, batch in enumerate(loader):
+                                args, kwargs = adapter.inputs(batch)
+                                args, kwargs = to_device(args, device), to_device(kwargs, device)
+                                outs = _vmap_outputs(model, space, stacked, adapter, args, kwargs)
+                                reduce.add_stacked(idx, name, b, outs, adapter.targets(batch))
+                            for j in idx:
+                                reduce.end_pass(j, name, b + 1)
+                    count += len(group)
+                    if bar is not None:
+                        bar.update(len(group))
+                    continue
+            for j, sample in zip(idx, group):
+                ctx = contextlib.nullcontext(model) if sample is None else holding(model, sample, space)
+                with ctx:
+                    if isinstance(sample, Tensor) and recompute:
+                        recompute_bn(model, policy.loader, num_batches=policy.num_batches,  # type: ignore[arg-type]
+                                     device=device, adapter=adapter)
+                    with preserved_modes(model, train=False), torch.no_grad():
+                        for name, loader in loaders.items():
+                            b = -1
+                            for b, batch in enumerate(loader):
+                                reduce.add(j, name, b, adapter.forward(model, batch, device), adapter.targets(batch))
+                            reduce.end_pass(j, name, b + 1)
+                if bar is not None:
+                    bar.update(1)
+            count += len(group)
+    finally:
+        if bar is not None:
+            bar.close()
+    if count == 0:
+        raise ValueError("no weights were given; pass at least one weight vector or state dict")
+    label = ("recompute" if recompute else "keep") if is_bn else "none (no BatchNorm)"
+    return ManyResult(reduce.result(count), count, label, used_vmap)
