@@ -425,3 +425,19 @@ def test_curve_gradient_against_a_hand_written_oracle(bends, t, fast):
     got = curve.inner_grad()
     for j in range(bends - 2):
         assert torch.allclose(got[j], want[j], rtol=1e-9, atol=1e-12), j
+
+
+def test_train_curve_through_the_adapter_with_dict_batches_and_tuple_outputs():
+    from valleys.app.connect import ConnectConfig, train_curve
+    from valleys.core.adapter import ModelAdapter
+
+    a, b = _pair(_TupleNet)
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    space = WeightSpace(a)
+    g = torch.Generator().manual_seed(0)
+    batches = [{"x": torch.randn(8, 5, generator=g), "scale": torch.tensor(1.5),
+                "labels": torch.randint(0, 3, (8,), generator=g)} for _ in range(3)]
+    cfg = ConnectConfig(run_a="a", run_b="b", epochs=2, lr=0.05)
+    curve = train_curve(a, space, space.read(a), space.read(b), batches, cfg, adapter=ModelAdapter(output=0))
+    assert not torch.allclose(curve.inner_points(), (space.read(a) + space.read(b)) / 2)  # it trained
+    assert all(torch.equal(v, a.state_dict()[k]) for k, v in before.items())
