@@ -167,7 +167,11 @@ class LossFunction:
 
 def lanczos(loss: LossFunction, w: Tensor, k: int = 1, *, iterations: int | None = None,
             generator: torch.Generator | None = None, tol: float = 0.0) -> dict[str, Any]:
-    """Top-``k`` Hessian eigenvalues (largest first) and eigenvectors at ``w`` by Lanczos.
+    """Top-``k`` Hessian eigenvalues (largest first) and eigenvectors at ``w`` by Lanczos (Lanczos 1950).
+
+    After m products the orthonormal Krylov basis ``Q = [q_1 .. q_m]`` of ``span{q_1, H q_1, ..}`` gives the
+    tridiagonal ``T = Q^T H Q`` (diagonal ``alpha_j = q_j^T H q_j``, off-diagonal ``beta_j``); the top
+    eigenvalues of T (Ritz values) approximate H's and ``Q s`` its eigenvectors.
 
     Runs ``iterations`` products (default ``max(3k, 20)``, at most P), with full reorthogonalisation in
     float64; returns ``eigenvalues`` (k,), ``eigenvectors`` (k, P) and ``num_hvp``. ``tol > 0`` stops early
@@ -220,7 +224,8 @@ def lanczos(loss: LossFunction, w: Tensor, k: int = 1, *, iterations: int | None
 
 def power_iteration(loss: LossFunction, w: Tensor, *, iterations: int = 100, tol: float = 0.0,
                     generator: torch.Generator | None = None) -> dict[str, Any]:
-    """The eigenvalue of largest magnitude by power iteration (the baseline Lanczos is measured against)."""
+    """The eigenvalue of largest magnitude by power iteration ``v <- H v / ||H v||``, ``lambda = v^T H v``
+    (the baseline Lanczos is measured against; PyHessian's method, Yao et al. 2020)."""
     v = torch.randn(w.numel(), generator=generator, dtype=torch.float64)
     v /= v.norm()
     start = loss.num_hvp
@@ -241,7 +246,8 @@ def power_iteration(loss: LossFunction, w: Tensor, *, iterations: int = 100, tol
 
 def hutchinson_trace(loss: LossFunction, w: Tensor, samples: int = 100,
                      generator: torch.Generator | None = None) -> dict[str, float]:
-    """``tr(H) ~ mean_i z_i^T H z_i`` with Rademacher ``z_i``; returns ``trace``, ``stderr`` and ``samples``."""
+    """``tr(H) ~ mean_i z_i^T H z_i`` with Rademacher ``z_i`` (Hutchinson 1990; unbiased since E[z z^T] = I);
+    returns ``trace``, ``stderr`` and ``samples``."""
     if samples < 2:
         raise ValueError(f"samples must be at least 2 (for a standard error), got {samples}")
     vals = []
