@@ -1,4 +1,5 @@
 import copy
+import math
 import warnings
 
 import pytest
@@ -88,9 +89,10 @@ def test_curve_model_reproduces_both_endpoints(make, x):
     cm = CurveModel(base, curve).eval()
     with torch.no_grad():
         assert torch.allclose(cm(inputs, t=0.0), a(inputs), atol=1e-5)
-        for name, buf in b.named_buffers():  # t = 1 with B's own statistics
-            dict(base.named_buffers())[name].copy_(buf)
+        for name, buf in b.named_buffers():  # t = 1 with B's own statistics, in the curve model's own copy
+            cm.buffers_copy[name].copy_(buf)
         assert torch.allclose(cm(inputs, t=1.0), b(inputs), atol=1e-5)
+        assert torch.equal(base.bn1.running_mean, a.bn1.running_mean) if make is BNCNN else True
 
 
 def _learnable(make):
@@ -304,3 +306,138 @@ def test_frozen_inner_piece_with_l2():
     sizes = curve.sizes
     assert torch.allclose(torch.cat([p.grad for p in list(curve.inner)[1:]], dim=1), want[:, sizes[0]:],
                           rtol=1e-10, atol=1e-13)
+
+
+def test_curve_training_leaves_the_endpoint_network_bit_identical():
+    torch.manual_seed(0)
+    net_a, net_b = _pair(BNCNN)
+    with torch.no_grad():
+        net_a.train()(torch.randn(32, 1, 6, 6) + 1.5)  # non-default statistics
+    net_a.eval()
+    before = {k: v.clone() for k, v in net_a.state_dict().items()}
+    space = WeightSpace(net_a)
+    curve = Curve(space.read(net_a), space.read(net_b), sizes=[s.numel for s in space.slots])
+    cm = CurveModel(net_a, curve).train()
+    opt = torch.optim.SGD(curve.parameters(), lr=0.05, momentum=0.9)
+    loss = cm.l2_loss(nn.CrossEntropyLoss(), 1e-3)
+    for _ in range(5):
+        x, y = torch.randn(16, 1, 6, 6) * 2 - 1, torch.randint(0, 3, (16,))
+        opt.zero_grad()
+        loss(cm(x), y).backward()
+        opt.step()
+    after = net_a.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())  # parameters and buffers, bit for bit
+    own = cm.buffers_copy
+    assert int(own["bn1.num_batches_tracked"]) == int(before["bn1.num_batches_tracked"]) + 5
+    assert not torch.equal(own["bn1.running_mean"], before["bn1.running_mean"])  # the curve's own statistics
+    # ... used in eval mode, as the model with those statistics loaded would use them
+    cm.eval()
+    x = torch.randn(8, 1, 6, 6)
+    ref = copy.deepcopy(net_a)
+    space.write(ref, curve.point(0.3).detach())
+    ref.load_state_dict({**ref.state_dict(), **own})
+    with torch.no_grad():
+        assert torch.allclose(cm(x, t=0.3), ref.eval()(x), atol=1e-6)
+    # checkpoints keep the model.<buffer> layout and restore the curve's statistics, not the network's
+    state = cm.state_dict()
+    assert torch.equal(state["model.bn1.running_mean"], own["bn1.running_mean"])
+    fresh = CurveModel(copy.deepcopy(net_a), Curve(curve.start, curve.end, sizes=curve.sizes))
+    fresh.load_state_dict(state)
+    assert all(torch.equal(fresh.buffers_copy[k], v) for k, v in own.items())
+    assert torch.equal(fresh.model.bn1.running_mean, before["bn1.running_mean"])
+    assert torch.equal(copy.deepcopy(cm).buffers_copy["bn1.running_var"], own["bn1.running_var"])
+
+
+class _TupleNet(nn.Module):
+    """Keyword inputs from a dict batch; returns (logits, hidden)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(5, 8)
+        self.bn = nn.BatchNorm1d(8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x, scale):
+        h = torch.relu(self.bn(self.body(x))) * scale
+        return self.head(h), h
+
+
+def test_curve_model_through_the_adapter_dict_batches_and_tuple_outputs():
+    from valleys.core.adapter import ModelAdapter
+
+    a, b = _pair(_TupleNet)
+    space = WeightSpace(a)
+    curve = Curve(space.read(a), space.read(b), sizes=[s.numel for s in space.slots])
+    adapter = ModelAdapter(output=0)
+    cm = CurveModel(a, curve, adapter=adapter, loss_through_output=True).train()
+    batch = {"x": torch.randn(6, 5), "scale": torch.tensor(2.0), "labels": torch.randint(0, 3, (6,))}
+    args, kwargs = adapter.inputs(batch)
+    assert args == () and set(kwargs) == {"x", "scale"}
+    out = cm(*args, **kwargs, t=0.5)
+    assert out.shape == (6, 3)
+    adapter.compute_loss(out, adapter.targets(batch)).backward()
+    assert curve.inner_grad() is not None and bool(curve.inner_grad().abs().sum() > 0)
+
+
+def _hand_mlp_loss(w, x, y, shapes):
+    """Cross-entropy of relu MLP written with plain tensor operations on a flat vector w."""
+    parts, off = [], 0
+    for shape in shapes:
+        n = math.prod(shape)
+        parts.append(w[off:off + n].reshape(shape))
+        off += n
+    w1, b1, w2, b2 = parts
+    h = torch.clamp(x @ w1.T + b1, min=0)
+    z = h @ w2.T + b2
+    logp = z - torch.log(torch.exp(z - z.max(1, keepdim=True).values).sum(1, keepdim=True)) - z.max(1, keepdim=True).values
+    return -logp[torch.arange(len(y)), y].mean()
+
+
+@pytest.mark.parametrize("bends,t", [(3, 0.4), (4, 0.65), (5, 0.2)])
+@pytest.mark.parametrize("fast", [False, True])
+def test_curve_gradient_against_a_hand_written_oracle(bends, t, fast):
+    """Oracle independent of the code under test: w(t) = sum_j binom(n-1, j) t^j (1-t)^(n-1-j) theta_j built by
+    hand from leaf control points, the MLP and cross-entropy written with tensor operations, plus the L2 term
+    0.5 wd ||w(t)||^2, differentiated by autograd (Garipov et al. 2018, eq. 4 with a fixed t)."""
+    torch.manual_seed(3)
+    a, b = mlp().double(), mlp().double()
+    space = WeightSpace(a)
+    shapes = space.shapes
+    wd = 0.05
+    theta_inner = [torch.randn(space.size, dtype=torch.float64) * 0.3 for _ in range(bends - 2)]
+    x, y = torch.randn(7, 5, dtype=torch.float64), torch.randint(0, 3, (7,))
+    # the hand-built oracle
+    leaves = [p.clone().requires_grad_(True) for p in theta_inner]
+    points = [space.read(a)] + leaves + [space.read(b)]
+    n = bends - 1
+    w_t = sum(math.comb(n, j) * t ** j * (1 - t) ** (n - j) * points[j] for j in range(bends))
+    total = _hand_mlp_loss(w_t, x, y, shapes) + 0.5 * wd * (w_t * w_t).sum()
+    want = torch.autograd.grad(total, leaves)
+    # the code under test
+    curve = Curve(space.read(a), space.read(b), bends=bends, sizes=[s.numel for s in space.slots])
+    curve.set_inner(torch.stack(theta_inner))
+    cm = CurveModel(copy.deepcopy(a), curve, loss_through_output=fast)
+    loss = cm.l2_loss(nn.CrossEntropyLoss(), wd)
+    value = loss(cm(x, t=t), y)
+    assert float(value.detach()) == pytest.approx(float(_hand_mlp_loss(w_t, x, y, shapes).detach()), rel=1e-12)
+    value.backward()
+    got = curve.inner_grad()
+    for j in range(bends - 2):
+        assert torch.allclose(got[j], want[j], rtol=1e-9, atol=1e-12), j
+
+
+def test_train_curve_through_the_adapter_with_dict_batches_and_tuple_outputs():
+    from valleys.app.connect import ConnectConfig, train_curve
+    from valleys.core.adapter import ModelAdapter
+
+    a, b = _pair(_TupleNet)
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    space = WeightSpace(a)
+    g = torch.Generator().manual_seed(0)
+    batches = [{"x": torch.randn(8, 5, generator=g), "scale": torch.tensor(1.5),
+                "labels": torch.randint(0, 3, (8,), generator=g)} for _ in range(3)]
+    cfg = ConnectConfig(run_a="a", run_b="b", epochs=2, lr=0.05)
+    curve = train_curve(a, space, space.read(a), space.read(b), batches, cfg, adapter=ModelAdapter(output=0))
+    assert not torch.allclose(curve.inner_points(), (space.read(a) + space.read(b)) / 2)  # it trained
+    assert all(torch.equal(v, a.state_dict()[k]) for k, v in before.items())

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.adapter import ModelAdapter
 from ..core.checkpoint import CheckpointError, check_model_signature, load_checkpoint, save_checkpoint, write_json
 from ..geometry.curves import CURVE_KINDS, Curve, CurveModel
 from ..zoo.data import make_loader
@@ -142,26 +143,45 @@ def connect_runs(cfg: ConnectConfig, out: str | Path, *, overwrite: bool = False
 
 def train_curve(model: nn.Module, space: WeightSpace, w_a: Tensor, w_b: Tensor, train_loader: Iterable,
                 cfg: ConnectConfig, *, out: Path | None = None, resume: bool = False,
-                progress: bool = False) -> Curve:
+                progress: bool = False, adapter: ModelAdapter | None = None) -> Curve:
     """Train a ``cfg.kind`` curve with ``cfg.bends`` control points from ``w_a`` to ``w_b`` (Garipov et al.
     2018): SGD with momentum on the inner points, the LR decaying from ``cfg.lr`` to 1% with the SWA
     schedule's shape over ``cfg.epochs`` (both must be set), objective cross-entropy at ``w(t)`` plus
     ``0.5 cfg.wd ||w(t)||^2``. Trains on a copy of ``model`` (a train-mode forward updates BatchNorm
     buffers, and the endpoint's own statistics are needed afterwards). With ``out``, checkpoints and the
-    epoch log go there (and ``resume`` continues from its checkpoint)."""
+    epoch log go there (and ``resume`` continues from its checkpoint). ``adapter`` (a
+    :class:`valleys.core.adapter.ModelAdapter`) says how batches become model calls (dict batches as keyword
+    arguments), which output is the prediction, where the targets are and which loss to use (default:
+    tensor or tuple batches, the output itself, cross-entropy)."""
     torch.manual_seed(cfg.seed)
     curve = Curve(w_a, w_b, kind=cfg.kind, bends=cfg.bends, sizes=[s.numel for s in space.slots])
     if cfg.bends == 2:
         return curve  # the straight segment: nothing to train
-    cm = CurveModel(copy.deepcopy(model), curve, space, loss_through_output=True)  # loss: CE of the output
+    # the loss depends on w(t) only through the returned prediction: loss_through_output holds
+    cm = CurveModel(copy.deepcopy(model), curve, space, loss_through_output=True, adapter=adapter)
     opt = torch.optim.SGD(curve.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0)
-    files = {} if out is None else {"checkpoint_path": out / "checkpoint.safetensors",
-                                    "checkpoint_every": cfg.checkpoint_every, "log_path": out / "metrics.jsonl"}
-    Trainer(cm, cm.l2_loss(nn.CrossEntropyLoss(), cfg.wd), opt, train_loader, epochs=cfg.epochs,
+    files: dict[str, Any] = {} if out is None else {
+        "checkpoint_path": out / "checkpoint.safetensors", "checkpoint_every": cfg.checkpoint_every,
+        "log_path": out / "metrics.jsonl"}
+    if adapter is not None:
+        files.update(input_fn=lambda batch: _call_input(adapter, batch), target_fn=adapter.targets)
+    task_loss = nn.CrossEntropyLoss() if adapter is None else adapter.loss_fn
+    Trainer(cm, cm.l2_loss(task_loss, cfg.wd), opt, train_loader, epochs=cfg.epochs,
             schedule=SWASchedule(cfg.lr, cfg.epochs, 0.01 * cfg.lr), seed=cfg.seed,
             header={"config": asdict(cfg)}, progress=progress, **files
             ).fit(resume=out / "checkpoint.safetensors" if resume and out is not None else None)
     return curve
+
+
+def _call_input(adapter: ModelAdapter, batch: Any) -> Any:
+    """The adapter's ``(args, kwargs)`` as the one input value the trainer expands (a tuple or a dict)."""
+    args, kwargs = adapter.inputs(batch)
+    if args and kwargs:
+        raise ValueError("curve training takes positional or keyword model inputs, not both; "
+                         "pass input=... to the adapter")
+    if kwargs:
+        return kwargs
+    return args[0] if len(args) == 1 else args
 
 
 def load_curve(curve_dir: Path, space: WeightSpace) -> Curve:

@@ -11,9 +11,11 @@ networks and stay fixed:
 Inner points start on the straight segment. Training draws ``t ~ U(0, 1)`` for every minibatch and
 minimises the task loss at ``w(t)`` plus ``0.5 wd ||w(t)||^2`` (the optimizer's own weight decay stays 0).
 Unlike the reference code, the user's layers are never rewritten: :class:`CurveModel` evaluates the
-unchanged model at ``w(t)`` with ``torch.func.functional_call`` so gradients reach the inner points only.
-BatchNorm running statistics are meaningless along the curve during training; evaluation recomputes them
-per point (:func:`valleys.geometry.paths.evaluate_path`).
+unchanged model at ``w(t)`` by substituting its parameters so gradients reach the inner points only, and
+substitutes its buffers too: the curve model owns a copy of them (BatchNorm running statistics), which a
+train-mode forward updates instead of the network's, so the endpoint network passed in is never touched.
+The curve's own running statistics average over many t and are only a rough guide; evaluation recomputes
+them per point (:func:`valleys.geometry.paths.evaluate_path`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.adapter import ModelAdapter
 from ..core.weights import WeightSpace, WeightSpaceError
 
 __all__ = ["bezier_coefficients", "polychain_coefficients", "Curve", "CurveModel", "CURVE_KINDS"]
@@ -160,15 +163,24 @@ class CurveModel(nn.Module):
     skipped when another parameter or an input needs a gradient. See benchmarks/bench_curves.py for the
     cost (~1.26x a plain step with it).
 
+    The model's buffers (BatchNorm running statistics) are substituted like its parameters: the curve model
+    holds its own copy, taken at construction, updated by train-mode forwards and used by eval-mode ones;
+    ``model`` itself (parameters and buffers) is never written. In ``state_dict()`` the copy appears under
+    the model's own buffer names (``model.<name>``), so checkpoints keep their layout.
+
     Args:
-        model: the network (its parameters outside the weight space, and its buffers, are used as they are).
+        model: the network (its parameters outside the weight space are used as they are; never written).
         curve: the curve over ``space``.
         space: the weight space of ``model`` the curve lives in (default: all trainable parameters).
+        adapter: which part of the model's return value is the prediction (``adapter.prediction``); with it,
+            forward returns the prediction (so a model returning a tuple or a ``ModelOutput`` can be trained
+            on a curve). Default: the raw return value.
     """
 
     def __init__(self, model: nn.Module, curve: Curve, space: WeightSpace | None = None, *,
-                 loss_through_output: bool = False) -> None:
+                 loss_through_output: bool = False, adapter: ModelAdapter | None = None) -> None:
         super().__init__()
+        self.adapter = adapter
         self.loss_through_output = loss_through_output
         self.space = space or WeightSpace(model)
         if curve.start.numel() != self.space.size or (
@@ -185,6 +197,56 @@ class CurveModel(nn.Module):
         self._l2_pending: dict[int, list[tuple[Tensor, list[float]]]] = {}
         self._hooked: dict[int, Any] = {}
         self._names = {s.name for s in self.space.slots}
+        # the private buffers: one clone per buffer tensor (a buffer registered twice stays shared)
+        clones: dict[int, Tensor] = {}
+        self._buffer_sites: list[tuple[str, str, Tensor]] = []
+        for path, mod in model.named_modules(remove_duplicate=False):
+            for name, b in mod._buffers.items():
+                if b is not None:
+                    self._buffer_sites.append((path, name, clones.setdefault(id(b), b.detach().clone())))
+        self._register_state_dict_hook(CurveModel._buffers_to_state)
+        self._register_load_state_dict_pre_hook(CurveModel._buffers_from_state, with_module=True)
+
+    @property
+    def buffers_copy(self) -> dict[str, Tensor]:
+        """The curve model's own buffers by the model's buffer names (what its forward calls use)."""
+        return {f"{p}.{n}" if p else n: b for p, n, b in self._buffer_sites}
+
+    def _swap_buffers(self, tensors: list[Tensor]) -> list[Tensor]:
+        """Put ``tensors`` in the model's buffer slots and return what was there."""
+        old = []
+        for (path, name, _), t in zip(self._buffer_sites, tensors):
+            mod = self.model.get_submodule(path) if path else self.model
+            old.append(mod._buffers[name])
+            mod._buffers[name] = t
+        return old
+
+    @staticmethod
+    def _buffers_to_state(module: "CurveModel", state: dict, prefix: str, local_metadata: Any) -> None:
+        for key, b in module.buffers_copy.items():
+            full = f"{prefix}model.{key}"
+            if full in state:
+                state[full] = b.detach()
+
+    @staticmethod
+    def _buffers_from_state(module: "CurveModel", state: dict, prefix: str, *args: Any) -> None:
+        # the entries under the model's buffer names are the curve's own statistics: copy them into the
+        # private buffers, and let the model's (untouched) buffers load their current values back
+        with torch.no_grad():
+            for key, b in module.buffers_copy.items():
+                full = f"{prefix}model.{key}"
+                if full in state:
+                    b.copy_(state[full])
+                    path, _, name = key.rpartition(".")
+                    mod = module.model.get_submodule(path) if path else module.model
+                    state[full] = mod._buffers[name]
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "CurveModel":
+        # .to(device) / .double() move the private buffers with the module
+        out = super()._apply(fn, *args, **kwargs)
+        moved: dict[int, Tensor] = {}
+        self._buffer_sites = [(p, n, moved.setdefault(id(b), fn(b))) for p, n, b in self._buffer_sites]
+        return out
 
     def forward(self, *args: Any, t: float | None = None, **kwargs: Any) -> Tensor:
         if t is None:
@@ -203,11 +265,17 @@ class CurveModel(nn.Module):
             sink = (self._l2_pending, self.wd)
         parts = _curve_point(self.curve, c, scale, sink)
         self._last_parts = [p.detach() for p in parts]
-        if len(parts) == len(self.space.slots):
-            out = self.space.call_with(self.model, [p.view(s.shape) for s, p in zip(self.space.slots, parts)],
-                                       args, kwargs)
-        else:
-            out = self.space.functional_call(self.model, torch.cat(parts), *args, **kwargs)
+        saved = self._swap_buffers([b for _, _, b in self._buffer_sites])
+        try:
+            if len(parts) == len(self.space.slots):
+                out = self.space.call_with(self.model, [p.view(s.shape) for s, p in zip(self.space.slots, parts)],
+                                           args, kwargs)
+            else:
+                out = self.space.functional_call(self.model, torch.cat(parts), *args, **kwargs)
+        finally:
+            self._swap_buffers(saved)
+        if self.adapter is not None:
+            out = self.adapter.prediction(out)
         active = [x for x in c[1:-1] if x != 0.0]
         if (self.loss_through_output and grad and isinstance(out, Tensor) and len(active) == 1
                 and active[0] >= _MIN_SCALE and not self._other_trainable() and not _any_requires_grad(args, kwargs)):

@@ -1,32 +1,68 @@
 """Flatness of a solution: Hessian-vector products, top eigenvalues, trace, epsilon-sharpness (talk slide 6).
 
-The loss is ``L(w) = mean over a fixed list of batches of loss_fn(f(x; w), y)``, evaluated functionally at
-the flat weight vector ``w`` (:class:`valleys.WeightSpace`) with the model in a stated mode: ``"eval"`` (the
-default: BatchNorm uses its running statistics, Dropout is off, so L is a deterministic function of w) or
-``"train"``.
+The loss is ``L(w) = sum_b (n_b / N) loss(f(x_b; w), y_b)`` over a fixed list of batches (the mean over
+all N examples), evaluated functionally at the flat weight vector ``w`` (:class:`valleys.WeightSpace`) with
+the model in a stated mode: ``"eval"`` (the default: BatchNorm uses its running statistics, Dropout is off,
+so L is a deterministic function of w) or ``"train"``. Batches, model calls, predictions, targets and the
+loss go through a :class:`valleys.core.adapter.ModelAdapter` (dict batches become keyword arguments; the
+prediction is picked from tuple, dict or ``ModelOutput`` returns).
 
-* ``hvp(v) = d/de grad L(w + e v)`` by forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``).
+* ``H(w) v`` exactly, in the cost of about two gradients (Pearlmutter 1994, "Fast exact multiplication by
+  the Hessian"), by one of two routes:
+
+  - ``"double_backward"``: ``g = grad L(w)`` is computed once with its graph kept (``create_graph=True``),
+    then ``H v = grad_w (g . v)`` reuses that graph for every product at the same ``w`` (the approach of
+    PyHessian, Yao et al. 2020). Cheapest when many products are taken at one ``w`` (Lanczos, Hutchinson);
+    holds the graph of the whole data subset in memory.
+  - ``"forward_over_reverse"``: ``H v = d/de grad L(w + e v)`` at e = 0 (``torch.func.jvp`` of
+    ``torch.func.grad``); nothing is kept between products.
+
+  ``route="auto"`` (the default) takes double backward in eval mode and forward-over-reverse in train mode
+  (where Dropout draws a fresh mask for every product, as before). All gradients and products run with the
+  math scaled-dot-product attention kernel: the fused kernels have no forward-mode or double-backward rule.
 * Top-k eigenvalues by Lanczos with full reorthogonalisation (Lanczos 1950; Golub & Van Loan 10.1): the k
   largest (algebraic) eigenvalues of the m x m tridiagonal matrix after m products; far fewer products than
   power iteration for the same accuracy (power iteration finds the largest in magnitude instead).
-* Trace by Hutchinson's estimator ``E[z^T H z]`` with Rademacher z (Hutchinson 1990), with its standard error.
+* Trace by Hutchinson's estimator ``tr(H) = E[z^T H z]`` with Rademacher z (Hutchinson 1990), with its
+  standard error.
 * Epsilon-sharpness (Keskar et al. 2017): ``max_{|d_i| <= eps (|w_i| + 1)} L(w + d) - L(w)``, by projected
   gradient ascent, reported relative to ``1 + L(w)`` as in the paper (times 100).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..core.batches import default_input_fn, default_target_fn
+from ..core.adapter import ModelAdapter, as_adapter
 from ..core.weights import WeightSpace, preserved_modes
 
-__all__ = ["LossFunction", "lanczos", "power_iteration", "hutchinson_trace", "epsilon_sharpness"]
+try:  # torch >= 2.3
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+except ImportError:  # pragma: no cover - older torch has no kernel choice (and no fused CPU kernel issue)
+    SDPBackend = sdpa_kernel = None  # type: ignore[assignment,misc]
+
+__all__ = ["LossFunction", "lanczos", "power_iteration", "hutchinson_trace", "epsilon_sharpness", "HVP_ROUTES"]
+
+HVP_ROUTES = ("auto", "double_backward", "forward_over_reverse")
+
+
+def _math_attention() -> contextlib.AbstractContextManager:
+    """The math SDPA kernel (differentiable to any order, forward mode included), or nothing on old torch."""
+    if sdpa_kernel is None:
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def _num_examples(targets: Any) -> int:
+    if isinstance(targets, Tensor):
+        return int(targets.shape[0]) if targets.dim() > 0 else 1
+    return len(targets)
 
 
 class LossFunction:
@@ -35,15 +71,24 @@ class LossFunction:
     Args:
         model: the network (left untouched: evaluation is functional).
         batches: a fixed list of batches (kept in memory; use a subset of the training data).
-        loss_fn: ``loss_fn(output, target)`` (mean over the batch), e.g. ``nn.functional.cross_entropy``.
+        loss_fn: ``loss_fn(prediction, target)`` (mean over the batch); default: the adapter's loss
+            (cross-entropy unless the adapter says otherwise).
+        adapter: how batches become model calls and which output is the prediction
+            (:class:`valleys.core.adapter.ModelAdapter`); or the older ``input_fn``/``target_fn``.
         mode: ``"eval"`` (BatchNorm running statistics, no Dropout) or ``"train"``.
         space: the weight space (default: all trainable parameters).
+        route: how Hessian-vector products are taken: ``"auto"``, ``"double_backward"`` or
+            ``"forward_over_reverse"`` (see the module docstring; the numbers agree to rounding).
     """
 
     def __init__(self, model: nn.Module, batches: Iterable, loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-                 *, mode: str = "eval", space: WeightSpace | None = None, input_fn=None, target_fn=None) -> None:
+                 *, adapter: ModelAdapter | None = None, input_fn: Callable[[Any], Any] | None = None,
+                 target_fn: Callable[[Any], Any] | None = None, mode: str = "eval",
+                 space: WeightSpace | None = None, route: str = "auto") -> None:
         if mode not in ("eval", "train"):
             raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
+        if route not in HVP_ROUTES:
+            raise ValueError(f"route must be one of {', '.join(HVP_ROUTES)}, got {route!r}")
         from ..core.batchnorm import has_batchnorm
 
         if mode == "train" and has_batchnorm(model):
@@ -51,26 +96,37 @@ class LossFunction:
                              "not a function of w alone; use mode='eval' (the default)")
         self.model, self.mode = model, mode
         self.space = space or WeightSpace(model)
-        self.loss_fn = loss_fn or nn.functional.cross_entropy
-        input_fn = input_fn or default_input_fn
-        target_fn = target_fn or default_target_fn
-        self.batches = [(input_fn(b), target_fn(b)) for b in batches]
-        if not self.batches or sum(len(y) for _, y in self.batches) == 0:
+        self.adapter = as_adapter(adapter, input_fn=input_fn, target_fn=target_fn)
+        self.loss_fn = loss_fn or self.adapter.loss_fn
+        self.batches: list[tuple[tuple, dict, Any]] = []
+        for b in batches:
+            args, kwargs = self.adapter.inputs(b)
+            self.batches.append((args, kwargs, self.adapter.targets(b)))
+        self.weights = [float(_num_examples(y)) for _, _, y in self.batches]
+        if not self.batches or sum(self.weights) == 0:
             raise ValueError("the data subset is empty: pass at least one non-empty batch")
-        self.weights = [float(len(y)) for _, y in self.batches]
+        self.route = ("forward_over_reverse" if mode == "train" else "double_backward") if route == "auto" else route
         self.num_hvp = 0
+        self._graph: tuple[Tensor, Tensor, Tensor] | None = None  # (w as given, leaf, grad with its graph)
 
     def _loss(self, w: Tensor) -> Tensor:
         params = self.space.views(w)
         total = sum(self.weights)
-        out = 0.0
-        for (x, y), n in zip(self.batches, self.weights):
-            pred = self.space.call_with(self.model, params, (x,))
+        out: Tensor | float = 0.0
+        for (args, kwargs, y), n in zip(self.batches, self.weights):
+            pred = self.adapter.prediction(self.space.call_with(self.model, params, args, kwargs))
+            if isinstance(y, Tensor):
+                y = y.to(pred.device)
             out = out + self.loss_fn(pred, y) * (n / total)
-        return out
+        return out  # type: ignore[return-value]
+
+    @contextlib.contextmanager
+    def _context(self) -> Iterator[None]:
+        with preserved_modes(self.model, train=self.mode == "train"), _math_attention():
+            yield
 
     def _in_mode(self, fn: Callable[[], Any]) -> Any:
-        with preserved_modes(self.model, train=self.mode == "train"):
+        with self._context():
             return fn()
 
     def value(self, w: Tensor) -> float:
@@ -83,14 +139,39 @@ class LossFunction:
         return self._in_mode(lambda: torch.func.grad(self._loss)(w)).detach()
 
     def hvp(self, w: Tensor, v: Tensor) -> Tensor:
-        """``H(w) v`` by forward-over-reverse differentiation."""
+        """``H(w) v`` (Pearlmutter 1994) by ``self.route``."""
         self.num_hvp += 1
-        return self._in_mode(lambda: torch.func.jvp(torch.func.grad(self._loss), (w,), (v,))[1]).detach()
+        if self.route == "forward_over_reverse":
+            return self._in_mode(lambda: torch.func.jvp(torch.func.grad(self._loss), (w,), (v,))[1]).detach()
+        leaf, g = self._gradient_graph(w)
+        with self._context():
+            (hv,) = torch.autograd.grad(g, leaf, grad_outputs=v.to(g), retain_graph=True)
+        return hv.detach()
+
+    def _gradient_graph(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        """``(leaf, grad L(leaf))`` with the gradient's graph kept, built once per ``w`` (by value)."""
+        cached = self._graph
+        if cached is not None and (cached[0] is w or (cached[0].shape == w.shape and torch.equal(cached[0], w))):
+            return cached[1], cached[2]
+        self._graph = None  # free the old graph before building the new one
+        leaf = w.detach().requires_grad_(True)
+        with torch.enable_grad(), self._context():
+            (g,) = torch.autograd.grad(self._loss(leaf), leaf, create_graph=True)
+        self._graph = (w.detach().clone(), leaf, g)
+        return leaf, g
+
+    def release(self) -> None:
+        """Drop the kept gradient graph (double-backward route) to free its memory."""
+        self._graph = None
 
 
 def lanczos(loss: LossFunction, w: Tensor, k: int = 1, *, iterations: int | None = None,
             generator: torch.Generator | None = None, tol: float = 0.0) -> dict[str, Any]:
-    """Top-``k`` Hessian eigenvalues (largest first) and eigenvectors at ``w`` by Lanczos.
+    """Top-``k`` Hessian eigenvalues (largest first) and eigenvectors at ``w`` by Lanczos (Lanczos 1950).
+
+    After m products the orthonormal Krylov basis ``Q = [q_1 .. q_m]`` of ``span{q_1, H q_1, ..}`` gives the
+    tridiagonal ``T = Q^T H Q`` (diagonal ``alpha_j = q_j^T H q_j``, off-diagonal ``beta_j``); the top
+    eigenvalues of T (Ritz values) approximate H's and ``Q s`` its eigenvectors.
 
     Runs ``iterations`` products (default ``max(3k, 20)``, at most P), with full reorthogonalisation in
     float64; returns ``eigenvalues`` (k,), ``eigenvectors`` (k, P) and ``num_hvp``. ``tol > 0`` stops early
@@ -143,7 +224,8 @@ def lanczos(loss: LossFunction, w: Tensor, k: int = 1, *, iterations: int | None
 
 def power_iteration(loss: LossFunction, w: Tensor, *, iterations: int = 100, tol: float = 0.0,
                     generator: torch.Generator | None = None) -> dict[str, Any]:
-    """The eigenvalue of largest magnitude by power iteration (the baseline Lanczos is measured against)."""
+    """The eigenvalue of largest magnitude by power iteration ``v <- H v / ||H v||``, ``lambda = v^T H v``
+    (the baseline Lanczos is measured against; PyHessian's method, Yao et al. 2020)."""
     v = torch.randn(w.numel(), generator=generator, dtype=torch.float64)
     v /= v.norm()
     start = loss.num_hvp
@@ -164,7 +246,8 @@ def power_iteration(loss: LossFunction, w: Tensor, *, iterations: int = 100, tol
 
 def hutchinson_trace(loss: LossFunction, w: Tensor, samples: int = 100,
                      generator: torch.Generator | None = None) -> dict[str, float]:
-    """``tr(H) ~ mean_i z_i^T H z_i`` with Rademacher ``z_i``; returns ``trace``, ``stderr`` and ``samples``."""
+    """``tr(H) ~ mean_i z_i^T H z_i`` with Rademacher ``z_i`` (Hutchinson 1990; unbiased since E[z z^T] = I);
+    returns ``trace``, ``stderr`` and ``samples``."""
     if samples < 2:
         raise ValueError(f"samples must be at least 2 (for a standard error), got {samples}")
     vals = []
