@@ -9,6 +9,7 @@ from torch import nn
 
 from valleys.core.adapter import ModelAdapter
 from valleys.evaluation.metrics import ClassificationMetrics, RegressionMetrics
+from valleys.evaluation.predict import evaluate
 from valleys.methods.averaging import SWA
 from valleys.training.callbacks import CollectionSchedule, FGECallback, SWACallback
 from valleys.training.trainer import (CheckpointPolicy, EvaluationPolicy, StepResult, Trainer, is_main_process,
@@ -175,6 +176,13 @@ def test_rank_zero_trainer_in_a_one_process_group(gloo_group, vec_data, tmp_path
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 3
     assert json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])["swa_n"] == 2
     assert (tmp_path / "c.safetensors").exists()
+    single = evaluate(model, make_loader(vec_data, 50))
+    reduced = tr.evaluate_on(make_loader(vec_data, 50))  # the all-reduced path
+    assert reduced["n"] == single["n"] and reduced["accuracy"] == pytest.approx(single["accuracy"])
+    assert reduced["nll"] == pytest.approx(single["nll"]) and reduced["ece"] == pytest.approx(single["ece"])
+    tr.likelihood = "gaussian"
+    with pytest.raises(ValueError):  # a 3-class head is no (mean, variance) head: the regression path is taken
+        tr.evaluate_on(make_loader(vec_data, 50))
 
 
 def test_metrics_all_reduce_in_a_one_process_group(gloo_group):

@@ -9,7 +9,8 @@ append the log line, checkpoint every N epochs.
 
 Distributed data parallel: when ``torch.distributed`` is initialised, only rank 0 writes checkpoints, the JSON
 log and the progress bar, and a train loader whose sampler has ``set_epoch`` (``DistributedSampler``) gets
-``sampler.set_epoch(epoch)`` at every epoch. Without a process group nothing changes.
+``sampler.set_epoch(epoch)`` at every epoch, and evaluation metrics are all-reduced across ranks (each rank
+scores its shard). Without a process group nothing changes.
 
 Determinism: the loader's generator (see :func:`valleys.zoo.data.make_loader`) is reseeded with ``seed + epoch``
 at every epoch and the global torch RNG state (Dropout) is saved in checkpoints, so a run interrupted after
@@ -32,17 +33,22 @@ from ..core.adapter import ModelAdapter, as_adapter
 from ..core.batches import InputFn, default_input_fn, to_device
 from ..core.batchnorm import EmptyLoaderError
 from ..core.checkpoint import CheckpointError, check_model_signature, load_checkpoint, model_signature, save_checkpoint
-from ..evaluation.predict import evaluate
+from ..evaluation.metrics import ClassificationMetrics, RegressionMetrics
+from ..evaluation.predict import evaluate, gaussian_moments, predict_probs
 from .schedules import Schedule
 
 __all__ = ["Callback", "Trainer", "TrainingDiverged", "StepResult", "StepFn", "supervised_step", "CheckpointPolicy",
            "EvaluationPolicy", "is_main_process"]
 
 
+def _distributed() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized()
+
+
 def is_main_process() -> bool:
     """True without a ``torch.distributed`` process group, else whether this is rank 0."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return not _distributed() or torch.distributed.get_rank() == 0
 
 
 @dataclass
@@ -389,9 +395,31 @@ class Trainer:
         return logs
 
     def evaluate_on(self, loader: Iterable) -> dict[str, Any]:
-        """Classification metrics of the model, as it is now, on one loader."""
-        return evaluate(self.model, loader, device=self.device, input_fn=self.input_fn, target_fn=self.target_fn,
-                        likelihood=self.likelihood)
+        """Metrics of the model, as it is now, on one loader (see :func:`valleys.evaluation.predict.evaluate`).
+
+        Under ``torch.distributed`` every rank scores its part of the loader and the metric state (counts,
+        sums, per-bin arrays) is all-reduced, so every rank gets the metrics of all ranks' examples; every rank
+        must call this at the same points (the trainer does)."""
+        if not _distributed():
+            return evaluate(self.model, loader, device=self.device, input_fn=self.input_fn,
+                            target_fn=self.target_fn, likelihood=self.likelihood)
+        metrics: ClassificationMetrics | RegressionMetrics
+        if self.likelihood == "gaussian":
+            metrics = RegressionMetrics()
+            for m, targets in predict_probs(self.model, loader, device=self.device, input_fn=self.input_fn,
+                                            target_fn=self.target_fn, transform=gaussian_moments):
+                metrics.update(m[:, 0], m[:, 1] - m[:, 0] ** 2, targets)
+        else:
+            metrics = ClassificationMetrics()
+            for probs, targets in predict_probs(self.model, loader, device=self.device, input_fn=self.input_fn,
+                                                target_fn=self.target_fn):
+                metrics.update(probs, targets)
+        metrics.all_reduce()
+        if metrics.n == 0:
+            raise EmptyLoaderError("evaluate: the loaders of all ranks yielded no examples")
+        out = metrics.compute()
+        out.pop("reliability", None)
+        return out
 
     @staticmethod
     def log_entries(prefix: str, result: Mapping[str, Any]) -> dict[str, float]:
