@@ -1,4 +1,4 @@
-"""Streaming metrics with O(bins) state, the one metrics implementation every method uses (DESIGN 4.6).
+"""Streaming metrics with O(bins) state, the one metrics implementation every method uses.
 
 Classification, from predicted probabilities ``p`` (N, C) and labels ``y``:
 
