@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
-from valleys.training.schedules import Constant, CosineReplay, SWALRAnneal, SWASchedule, TriangularCyclic, build_schedule
+from valleys.training.schedules import Constant, CosineReplay, SWALRAnneal, SWASchedule, TriangularCyclic
+from valleys.app.registry import get_method
+from valleys.app.runs import TrainConfig
 
 
 def test_swa_schedule_shape():
@@ -15,7 +17,7 @@ def test_swa_schedule_shape():
 
 
 def test_sgd_baseline_ends_at_one_percent():
-    s = build_schedule("sgd", lr=0.2, epochs=100)
+    s = get_method("sgd").schedule(TrainConfig(method="sgd", lr=0.2, epochs=100).resolved())
     assert s(95) == pytest.approx(0.002)
     assert s(40) == pytest.approx(0.2)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 from collections.abc import Sequence
@@ -46,52 +47,87 @@ def _positive_float(text: str) -> float:
     return v
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Adds ``(default: X)`` once, only where it says something: not after a help text that already states
+    its default, not for ``None`` defaults (the help says what happens instead), not for on/off flags."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or "default" in text or action.nargs == 0 or action.default in (None, argparse.SUPPRESS):
+            return text
+        if not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _applies(setting: str) -> str:
+    """``"swag, multiswag: "``: the methods a train flag applies to, from the method registry."""
+    from .registry import methods_using
+
+    return ", ".join(methods_using(setting)) + ": "
+
+
 def _parser() -> argparse.ArgumentParser:
     from ..zoo.data import DATASETS
     from ..zoo.regression import REGRESSION_DATASETS
     from ..zoo.models import MODELS
-    from .runs import METHODS, TrainConfig
+    from .registry import method_help
+    from .runs import TrainConfig
 
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="valleys", description="Loss valleys for any PyTorch model: SWA and more.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"valleys {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND",  # every subcommand: the same help formatter
+                           parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_HelpFormatter))
 
-    t = sub.add_parser("train", help="train one run (sgd, swa, swag, swag-diag, fge, ensemble, multiswag) into a run folder",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    methods = method_help()
+    width = max(map(len, methods))
+
+    t = sub.add_parser("train", help=f"train one run ({', '.join(methods)}) into a run folder",
+                       description="methods (--method):\n" + "\n".join(
+                           f"  {name:<{width}}  {text}" for name, text in methods.items()))
     t.add_argument("--dataset", default=d.dataset, choices=list(DATASETS) + list(REGRESSION_DATASETS),
                    help="built-in dataset (diabetes and uci are regression)")
     t.add_argument("--model", default=None, choices=list(MODELS),
                    help=f"reference architecture (default: {d.model}; mlp for regression datasets)")
-    t.add_argument("--method", default=d.method, choices=list(METHODS), help="training method")
+    t.add_argument("--method", default=d.method, choices=list(methods), help="training method (see above)")
     t.add_argument("--epochs", type=_positive_int, default=d.epochs, help="epoch budget")
     t.add_argument("--lr", type=_positive_float, default=d.lr, help="initial learning rate")
     t.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
     t.add_argument("--wd", type=float, default=d.wd, help="weight decay")
     t.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="minibatch size")
     t.add_argument("--swa-start", type=int, default=None,
-                   help="epochs of SGD before averaging starts (swa, swag, swag-diag, multiswag; default: epochs // 2)")
-    t.add_argument("--swa-lr", type=_positive_float, default=None, help="SWA learning rate (default: --lr)")
-    t.add_argument("--rank", type=_positive_int, default=d.rank, help="SWAG: number of deviation vectors K")
-    t.add_argument("--samples", type=_positive_int, default=d.samples, help="SWAG/MultiSWAG: test-time draws S (per member)")
-    t.add_argument("--bn-batches", type=_positive_int, default=None, help="BN recompute per sample on N batches (default: all)")
-    t.add_argument("--cycle", type=int, default=d.cycle, help="FGE: cycle length in epochs (even)")
-    t.add_argument("--lr-1", type=_positive_float, default=None, help="FGE: cycle's highest LR (default: lr / 2)", metavar="LR")
-    t.add_argument("--lr-2", type=_positive_float, default=None, help="FGE: cycle's lowest LR (default: lr / 200)", metavar="LR")
-    t.add_argument("--fge-start", type=int, default=None, help="FGE: pre-training epochs (default: the first 80%%)")
-    t.add_argument("--members", type=_positive_int, default=d.members, help="ensemble/multiswag: number of runs")
+                   help=_applies("swa_start") + "epochs of SGD before averaging starts (default: epochs // 2)")
+    t.add_argument("--swa-lr", type=_positive_float, default=None,
+                   help=_applies("swa_lr") + "SWA learning rate (default: --lr)")
+    t.add_argument("--rank", type=_positive_int, default=d.rank,
+                   help=_applies("rank") + "number of deviation vectors K")
+    t.add_argument("--samples", type=_positive_int, default=d.samples,
+                   help=_applies("samples") + "test-time draws S (per member)")
+    t.add_argument("--bn-batches", type=_positive_int, default=None,
+                   help=_applies("bn_batches") + "BN recompute per sample on N batches (default: all)")
+    t.add_argument("--cycle", type=int, default=d.cycle, help=_applies("cycle") + "cycle length in epochs (even)")
+    t.add_argument("--lr-1", type=_positive_float, default=None, metavar="LR",
+                   help=_applies("lr_1") + "cycle's highest LR (default: lr / 2)")
+    t.add_argument("--lr-2", type=_positive_float, default=None, metavar="LR",
+                   help=_applies("lr_2") + "cycle's lowest LR (default: lr / 200)")
+    t.add_argument("--fge-start", type=int, default=None,
+                   help=_applies("fge_start") + "pre-training epochs (default: the first 80%%, whole cycles)")
+    t.add_argument("--members", type=_positive_int, default=d.members, help=_applies("members") + "number of runs")
     t.add_argument("--ood-split", action="store_true",
                    help="train on the first half of the classes; the rest are out-of-distribution (OOD AUROC)")
     t.add_argument("--seed", type=int, default=d.seed, help="random seed")
-    t.add_argument("--train-subset", type=_positive_int, default=None, help="use only N training examples")
-    t.add_argument("--test-subset", type=_positive_int, default=None, help="use only N test examples")
+    t.add_argument("--train-subset", type=_positive_int, default=None, help="use only N training examples (default: all)")
+    t.add_argument("--test-subset", type=_positive_int, default=None, help="use only N test examples (default: all)")
     t.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help="fraction of the training split held out for validation")
-    t.add_argument("--data-root", default=None, help="torchvision data root (Fashion-MNIST), or the UCI folder")
+    t.add_argument("--data-root", default=None,
+                   help="torchvision data root (Fashion-MNIST), or the UCI folder")
     t.add_argument("--uci-split", type=int, default=d.uci_split, help="regression: split index (index_train_<i>.txt)")
     t.add_argument("--homoscedastic", dest="heteroscedastic", action="store_false",
-                   help="regression: one learned noise variance instead of a per-input variance")
+                   help="regression: one learned noise variance instead of a per-input variance (default: off, "
+                        "i.e. heteroscedastic=True)")
     t.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ...")
     t.add_argument("--checkpoint-every", type=_positive_int, default=d.checkpoint_every, help="epochs between checkpoints")
     t.add_argument("--eval-every", type=_positive_int, default=d.eval_every, help="epochs between evaluations")
@@ -108,16 +144,15 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--temperature-scaling", action="store_true",
                    help="also report test metrics after a temperature fitted on validation data")
 
-    c = sub.add_parser("connect", help="train a curve between two runs and compare it with the straight segment",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c = sub.add_parser("connect", help="train a curve between two runs and compare it with the straight segment")
     c.add_argument("run_a", help="run folder or model.safetensors of the first network")
     c.add_argument("run_b", help="run folder or model.safetensors of the second network")
     c.add_argument("--kind", default="bezier", choices=["bezier", "polychain"], help="curve family")
     c.add_argument("--bends", type=int, default=3, help="control points including the two ends (>= 2)")
     c.add_argument("--epochs", type=_positive_int, default=None,
-                   help="curve training epochs (default: twice the first endpoint's)%(default).0s")
+                   help="curve training epochs (default: twice the first endpoint's)")
     c.add_argument("--lr", type=_positive_float, default=None,
-                   help="initial LR, decaying to 1%% like SGD runs (default: the first endpoint's)%(default).0s")
+                   help="initial LR, decaying to 1%% like SGD runs (default: the first endpoint's)")
     c.add_argument("--wd", type=float, default=5e-4, help="L2 on w(t)")
     c.add_argument("--seed", type=int, default=0, help="random seed (t draws, batch order)")
     c.add_argument("--points", type=int, default=61, help="points per path at evaluation")
@@ -193,7 +228,7 @@ def _parser() -> argparse.ArgumentParser:
                       ("--swa-lr", _positive_float), ("--samples", _positive_int), ("--bn-batches", _positive_int),
                       ("--train-subset", _positive_int), ("--test-subset", _positive_int),
                       ("--val-fraction", float), ("--eval-every", _positive_int), ("--batch-size", _positive_int)):
-        g.add_argument(flag, type=typ, default=None)
+        g.add_argument(flag, type=typ, default=None, help="as in 'valleys train' (default: the demo's value)")
     return p
 
 
@@ -201,6 +236,18 @@ def _keys(res: dict) -> tuple[str, ...]:
     from .report import TABLE_KEYS
 
     return ("rmse", "nll", "coverage_95") if "rmse" in res["metrics"]["test"] else TABLE_KEYS
+
+
+def _refuse_other_methods_settings(args: argparse.Namespace) -> None:
+    """Method-specific flags (``Method.settings`` in the registry) given for a method that does not use them."""
+    from .registry import optional_settings
+
+    given = {}
+    for setting, users in optional_settings().items():
+        if args.method not in users and getattr(args, setting, None) is not None:
+            given.setdefault(users, []).append("--" + setting.replace("_", "-"))
+    for users, flags in given.items():
+        raise ValueError(f"{' and '.join(flags)} only apply to --method {', '.join(users)}")
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
@@ -211,10 +258,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
     if args.model is None:
         cfg.model = "mlp" if cfg.dataset in ("diabetes", "uci") else TrainConfig.model  # Gaussian-head MLP
-    if args.method in ("sgd", "fge", "ensemble") and (args.swa_start is not None or args.swa_lr is not None):
-        raise ValueError("--swa-start and --swa-lr only apply to --method swa, swag, swag-diag and multiswag")
-    if args.method != "fge" and any(v is not None for v in (args.lr_1, args.lr_2, args.fge_start)):
-        raise ValueError("--lr-1, --lr-2 and --fge-start only apply to --method fge")
+    _refuse_other_methods_settings(args)
     cfg = cfg.resolved()
     out = Path(args.out or f"runs/{cfg.dataset}-{cfg.model}-{cfg.method}-seed{cfg.seed}")
     try:

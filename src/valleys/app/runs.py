@@ -6,20 +6,20 @@ end point, the SWA mean with recomputed BatchNorm, or FGE's final weights), ``po
 (SWAG moments and deviations, or FGE snapshots), ``results.json`` and ``report.md``. Ensembles
 and MultiSWAG train their members into ``member-<i>`` sub-folders.
 
-Every method is evaluated the same way: :func:`valleys.evaluation.predict.bma` over the method's samples (one network
-for SGD and SWA, S draws for SWAG with a BatchNorm recompute each, the snapshots for FGE, the members for an
-ensemble, S draws per member for MultiSWAG). The CLI's ``train`` and ``evaluate`` are thin wrappers over
+The methods live in :mod:`valleys.app.registry` (one :class:`valleys.app.methods.Method` each: settings,
+schedule, callbacks, saved files, predictive). Every method is evaluated the same way:
+:func:`valleys.evaluation.predict.bma` over the method's samples (one network for SGD and SWA, S draws for
+SWAG with a BatchNorm recompute each, the snapshots for FGE, the members for an ensemble, S draws per member
+for MultiSWAG). The CLI's ``train`` and ``evaluate`` are thin wrappers over
 :func:`train_run` and :func:`evaluate_run`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import math
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,38 +27,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..methods.averaging import SWA
 from ..evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
 from ..core.checkpoint import (CheckpointError, check_model_signature, load_checkpoint, model_signature,
                          save_checkpoint, write_json)
 from ..zoo.data import DATASETS, Splits, load_dataset, make_loader
-from ..methods.ensembles import snapshot
 from ..evaluation.metrics import LOG_EDGES, classification_metrics, regression_metrics
 from ..zoo.models import MODELS, build_model
-from ..evaluation.predict import Sample, bma
+from ..evaluation.predict import bma
 from ..zoo.regression import REGRESSION_DATASETS, GaussianMLP, gaussian_nll, load_regression, unstandardise
-from ..training.schedules import build_schedule
-from ..training.callbacks import FGECallback, SWACallback, TrajectoryCallback
-from ..methods.swag import SWAG
 from ..training.trainer import Trainer
+from .methods.base import Predictive
+from .registry import REGISTRY, get_method, method_help
 
 __all__ = ["TrainConfig", "METHODS", "train_run", "evaluate_run", "load_run_model", "RunFolderError",
            "prepare_run_dir", "summary_metrics"]
 
-METHODS: dict[str, str] = {
-    "sgd": "SGD with momentum; LR decays with the SWA schedule's shape to 0.01 lr over all epochs",
-    "swa": "SGD, then from --swa-start an SWA schedule to --swa-lr and a uniform average of one iterate per epoch",
-    "swag": "as swa, plus a low-rank-plus-diagonal Gaussian (--rank); BMA over --samples draws, scale 0.5",
-    "swag-diag": "as swa, plus a diagonal Gaussian; BMA over --samples draws, scale 1.0",
-    "fge": "SGD to --fge-start, then cycles of --cycle epochs between --lr-1 and --lr-2; ensemble of mid-cycle snapshots",
-    "ensemble": "--members independent SGD runs (seeds seed, seed+1, ...); ensemble of their predictions",
-    "multiswag": "--members independent SWAG runs; BMA over --samples draws from each",
-}
+#: ``{method: one-line help}``, from :data:`valleys.app.registry.REGISTRY`.
+METHODS: dict[str, str] = method_help()
 RUN_FILES = ("config.json", "results.json", "checkpoint.safetensors", "model.safetensors", "metrics.jsonl",
              "posterior.safetensors", "trajectory.safetensors", "report.md")
 SUMMARY_KEYS = ("accuracy", "error", "nll", "brier", "ece", "mce")
 REGRESSION_KEYS = ("rmse", "nll", "coverage_95")
-_AVERAGING = ("swa", "swag", "swag-diag")
 
 
 class RunFolderError(FileExistsError):
@@ -137,38 +126,7 @@ class TrainConfig:
             v = getattr(cfg, name)
             if v is not None and not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name.replace('_', '-')} must be finite and positive, got {v}")
-        if cfg.method in _AVERAGING or cfg.method == "multiswag":
-            if cfg.swa_start is None:
-                cfg.swa_start = cfg.epochs // 2
-            if cfg.swa_lr is None:
-                cfg.swa_lr = cfg.lr
-            if not 1 <= cfg.swa_start < cfg.epochs:
-                raise ValueError(
-                    f"swa-start must be at least 1 and below epochs ({cfg.epochs}) so that at least one epoch is "
-                    f"averaged, got {cfg.swa_start}"
-                )
-            if not cfg.swa_lr > 0:
-                raise ValueError(f"swa-lr must be positive, got {cfg.swa_lr}")
-            if cfg.method in ("swag", "multiswag") and cfg.epochs - cfg.swa_start < 2:
-                raise ValueError(
-                    f"low-rank SWAG needs at least 2 collected epochs; epochs - swa-start is "
-                    f"{cfg.epochs - cfg.swa_start}: lower --swa-start or use --method swag-diag"
-                )
-        if cfg.method == "fge":
-            if cfg.cycle < 2 or cfg.cycle % 2:
-                raise ValueError(f"the FGE cycle must be an even number of epochs >= 2, got {cfg.cycle}")
-            cfg.lr_1 = cfg.lr / 2 if cfg.lr_1 is None else cfg.lr_1
-            cfg.lr_2 = cfg.lr / 200 if cfg.lr_2 is None else cfg.lr_2
-            if not (cfg.lr_1 > 0 and cfg.lr_2 > 0):
-                raise ValueError(f"lr-1 and lr-2 must be positive, got {cfg.lr_1} and {cfg.lr_2}")
-            if cfg.fge_start is None:
-                cycles = max(1, round(0.2 * cfg.epochs / cfg.cycle))
-                cfg.fge_start = cfg.epochs - cycles * cfg.cycle
-            if not 1 <= cfg.fge_start <= cfg.epochs - cfg.cycle:
-                raise ValueError(
-                    f"FGE needs a pre-trained start and at least one {cfg.cycle}-epoch cycle: fge-start must be in "
-                    f"[1, {cfg.epochs - cfg.cycle}] for {cfg.epochs} epochs, got {cfg.fge_start}"
-                )
+        get_method(cfg.method).resolve(cfg)
         try:
             device = torch.device(cfg.device)
         except RuntimeError:
@@ -240,22 +198,15 @@ def summary_metrics(res: dict[str, Any]) -> dict[str, float]:
 
 # ---------------------------------------------------------------------- one training run
 def _train_single(cfg: TrainConfig, out: Path, splits: Splits, *, resume: bool, progress: bool) -> dict[str, Any]:
-    """Train one network (sgd, swa, swag, swag-diag, fge) into ``out``; returns timing and posterior info."""
+    """Train one network with a method that has no members into ``out``; returns timing and posterior info."""
+    method = get_method(cfg.method)
     model = build_run_model(cfg, splits)
     train = make_loader(splits.train, cfg.batch_size, shuffle=True, seed=cfg.seed)
     bn = _bn_loader(cfg, splits)
     evals = {k: v for k, v in _eval_loaders(splits).items() if k != "ood"}
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
-    schedule = build_schedule(cfg.method, lr=cfg.lr, epochs=cfg.epochs,
-                              swa_start=cfg.swa_start, swa_lr=cfg.swa_lr, fge_start=cfg.fge_start, lr_1=cfg.lr_1,
-                              lr_2=cfg.lr_2, cycle=cfg.cycle)
-    callbacks: list = []
-    if cfg.method in _AVERAGING:
-        averager = SWAG(model, rank=cfg.rank) if cfg.method.startswith("swag") else SWA(model)
-        callbacks.append(SWACallback(averager, cfg.swa_start, bn_loader=bn, eval_loaders=evals))  # type: ignore[arg-type]
-        callbacks.append(TrajectoryCallback(averager.space, cfg.swa_start))  # type: ignore[arg-type]
-    elif cfg.method == "fge":
-        callbacks.append(FGECallback(cfg.cycle, start=cfg.fge_start))  # type: ignore[arg-type]
+    schedule = method.schedule(cfg)
+    callbacks = method.callbacks(cfg, model, bn_loader=bn, eval_loaders=evals)
     if not resume:
         write_json(out / "config.json", asdict(cfg))
     loss = gaussian_nll if cfg.is_regression else nn.CrossEntropyLoss()
@@ -270,22 +221,12 @@ def _train_single(cfg: TrainConfig, out: Path, splits: Splits, *, resume: bool, 
     train_s = time.perf_counter() - start
     header = {"config": asdict(cfg), "signature": model_signature(model)}
     save_checkpoint(out / "model.safetensors", {"model": model.state_dict()}, {**header, "kind": "model"})
-    if cfg.method in _AVERAGING:
-        traj = callbacks[1]
-        save_checkpoint(out / "trajectory.safetensors", {"iterates": torch.stack(traj.iterates)},
-                        {**header, "kind": "trajectory", "epochs": traj.epochs})
-    if cfg.method.startswith("swag"):
-        save_checkpoint(out / "posterior.safetensors", {"swag": callbacks[0].averager.state_dict()},
-                        {**header, "kind": "swag"})
-    elif cfg.method == "fge":
-        save_checkpoint(out / "posterior.safetensors", {"snapshots": callbacks[0].snapshots},
-                        {**header, "kind": "fge"})
+    method.save(out, callbacks, header)
     return {"train_s": train_s, "epoch_s": sum(h["train_time"] for h in history) / max(len(history), 1)}
 
 
 def _member_config(cfg: TrainConfig, i: int) -> TrainConfig:
-    method = "sgd" if cfg.method == "ensemble" else "swag"
-    return dataclasses.replace(cfg, method=method, seed=cfg.seed + i).resolved()
+    return dataclasses.replace(cfg, method=get_method(cfg.method).member, seed=cfg.seed + i).resolved()
 
 
 def train_run(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False,
@@ -309,7 +250,7 @@ def train_run(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, res
     build_run_model(cfg, splits)
     prepare_run_dir(out, overwrite=overwrite, resume=resume)
     start = time.perf_counter()
-    if cfg.method in ("ensemble", "multiswag"):
+    if get_method(cfg.method).member is not None:
         write_json(out / "config.json", asdict(cfg))
         timing = {"train_s": 0.0}
         for i in range(cfg.members):
@@ -340,52 +281,13 @@ def load_run_model(run_dir: str | Path, splits: Splits | None = None) -> tuple[n
     cfg = TrainConfig(**json.loads((run_dir / "config.json").read_text())).resolved()
     splits = splits or load_splits(cfg)
     model = build_run_model(cfg, splits)
-    path = run_dir / ("member-0" if cfg.method in ("ensemble", "multiswag") else "") / "model.safetensors"
+    path = run_dir / ("member-0" if get_method(cfg.method).member is not None else "") / "model.safetensors"
     state, header = load_checkpoint(path)
     if header.get("kind") != "model":
         raise CheckpointError(f"{path} is not a model checkpoint")
     check_model_signature(header["signature"], model, str(path))
     model.load_state_dict(state["model"])
     return model, cfg, splits
-
-
-def _posterior(run_dir: Path, cfg: TrainConfig, model: nn.Module, samples: int,
-               method: str) -> tuple[Callable[[], Iterable[Sample]], bool, bool]:
-    """A factory of the run's samples under ``method`` (called once per evaluated split: the same samples
-    each time), whether BatchNorm must be recomputed per sample, and whether the samples are an ensemble of
-    networks worth scoring one by one."""
-    if method in ("sgd", "swa"):
-        state = snapshot(model)  # for a SWAG run, model.safetensors holds its SWA mean with recomputed BN
-        return (lambda: [state]), False, False
-    if method in ("swag", "swag-diag", "multiswag"):
-        dirs = [run_dir / f"member-{i}" for i in range(cfg.members)] if method == "multiswag" else [run_dir]
-        swags = []
-        for d in dirs:
-            state, header = load_checkpoint(d / "posterior.safetensors")
-            if header.get("kind") != "swag":
-                raise CheckpointError(f"{d / 'posterior.safetensors'} holds no SWAG posterior")
-            swag = SWAG(model, rank=int(state["swag"]["rank"]), device="cpu")
-            swag.load_state_dict(state["swag"])
-            swags.append(swag)
-        diagonal = method == "swag-diag"
-        scale = 1.0 if diagonal else 0.5
-
-        def draw() -> Iterable[Sample]:
-            gen = torch.Generator().manual_seed(cfg.seed)  # the same S draws for every split
-            return itertools.chain.from_iterable(
-                s.samples(samples, scale=scale, diagonal=diagonal, generator=gen) for s in swags)
-
-        return draw, True, False
-    if method == "fge":
-        state, header = load_checkpoint(run_dir / "posterior.safetensors")
-        snaps = state["snapshots"]
-        return (lambda: snaps), False, True
-    members = []
-    for i in range(cfg.members):
-        state, header = load_checkpoint(run_dir / f"member-{i}" / "model.safetensors")
-        check_model_signature(header["signature"], model, f"ensemble member {i}")
-        members.append(state["model"])
-    return (lambda: members), False, True
 
 
 def _evaluate_regression(run_dir, cfg, model, splits, draw, bn, loaders, method, progress, write) -> dict[str, Any]:
@@ -409,7 +311,7 @@ def _evaluate_regression(run_dir, cfg, model, splits, draw, bn, loaders, method,
 
 
 # which other methods a run's files can also be evaluated as (a SWAG run holds SWA and SWAG-diagonal)
-VIEWS = {"swag": ("swa", "swag-diag"), "swag-diag": ("swa",)}
+VIEWS: dict[str, tuple[str, ...]] = {name: m.views for name, m in REGISTRY.items() if m.views}
 
 
 def evaluate_run(run_dir: str | Path, *, samples: int | None = None, ood: bool | None = None,
@@ -426,7 +328,8 @@ def evaluate_run(run_dir: str | Path, *, samples: int | None = None, ood: bool |
             metrics after scaling (``metrics.test_temperature``; the SWA-Temp baseline for an SWA run).
         as_method: evaluate the run's files as another method they contain (see :data:`VIEWS`: a SWAG run
             as ``swa`` or ``swag-diag``); results then go to ``evaluation-<method>.json``.
-        
+        splits: the run's data (default: loaded from its config).
+        progress: show progress bars.
         write: write ``evaluation.json`` into the run folder.
     """
     run_dir = Path(run_dir)
@@ -438,10 +341,12 @@ def evaluate_run(run_dir: str | Path, *, samples: int | None = None, ood: bool |
         raise ValueError(f"{run_dir} was not trained with the split-classes protocol; train it with --ood-split "
                          "to measure OOD detection")
     method = as_method or cfg.method
-    if method != cfg.method and method not in VIEWS.get(cfg.method, ()):
+    views = get_method(cfg.method).views
+    if method != cfg.method and method not in views:
         raise ValueError(f"a {cfg.method} run cannot be evaluated as {method}; possible: "
-                         f"{', '.join((cfg.method,) + VIEWS.get(cfg.method, ()))}")
-    draw, needs_bn, ensemble = _posterior(run_dir, cfg, model, s, method)
+                         f"{', '.join((cfg.method,) + views)}")
+    predictive: Predictive = get_method(method).predictive(run_dir, cfg, model, s)
+    draw, needs_bn, ensemble = predictive.draw, predictive.needs_bn, predictive.ensemble
     loaders = _eval_loaders(splits)
     if ood is False:
         loaders.pop("ood", None)

@@ -39,6 +39,26 @@ def _as_labels(y: Tensor, n: int) -> Tensor:
     return y.long()
 
 
+def _all_reduce_sums(scalars: Sequence[float], tensors: Sequence[Tensor], group: Any = None) -> tuple[list[float], list[Tensor]]:
+    """Sum scalars and float64 tensors over the ranks of a ``torch.distributed`` group (one collective);
+    without an initialised process group they come back unchanged."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(scalars), list(tensors)
+    flat = torch.cat([torch.tensor(list(scalars), dtype=torch.float64)] + [t.reshape(-1) for t in tensors])
+    backend = dist.get_backend(group)
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    flat = flat.to(device)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    flat = flat.cpu()
+    out_s = flat[: len(scalars)].tolist()
+    out_t, i = [], len(scalars)
+    for t in tensors:
+        out_t.append(flat[i: i + t.numel()].reshape(t.shape).clone())
+        i += t.numel()
+    return out_s, out_t
+
+
 class ClassificationMetrics:
     """Accumulate accuracy, NLL, Brier, ECE/MCE and reliability data over batches of probabilities.
 
@@ -126,6 +146,17 @@ class ClassificationMetrics:
             "count": cnt.tolist(),
         }
 
+    def all_reduce(self, group: Any = None) -> ClassificationMetrics:
+        """Sum the state (counts, sums, per-bin arrays) over the ranks of a ``torch.distributed`` group, so
+        that :meth:`compute` gives the metrics of all ranks' examples together; a no-op without a process
+        group. Call it once, after the last :meth:`update`. Returns ``self``."""
+        (n, correct, nll, brier), (cnt, conf, corr) = _all_reduce_sums(
+            [self.n, self.correct, self.nll_sum, self.brier_sum], [self.bin_count, self.bin_conf, self.bin_correct],
+            group)
+        self.n, self.correct, self.nll_sum, self.brier_sum = int(round(n)), correct, nll, brier
+        self.bin_count, self.bin_conf, self.bin_correct = cnt, conf, corr
+        return self
+
     def compute(self) -> dict[str, Any]:
         """``accuracy, error, nll, brier, ece, mce, n`` and ``reliability`` (see the module docstring)."""
         if self.n == 0:
@@ -179,6 +210,13 @@ class RegressionMetrics:
         self.se_sum += float((err ** 2).sum())
         self.nll_sum += float((0.5 * torch.log(2 * math.pi * v) + err ** 2 / (2 * v)).sum())
         self.covered += float((err.abs() <= _Z95 * v.sqrt()).double().sum())
+
+    def all_reduce(self, group: Any = None) -> RegressionMetrics:
+        """Sum the state (count and sums) over the ranks of a ``torch.distributed`` group; a no-op without a
+        process group. Call it once, after the last :meth:`update`. Returns ``self``."""
+        (n, se, nll, cov), _ = _all_reduce_sums([self.n, self.se_sum, self.nll_sum, self.covered], [], group)
+        self.n, self.se_sum, self.nll_sum, self.covered = int(round(n)), se, nll, cov
+        return self
 
     def compute(self) -> dict[str, float]:
         """``rmse``, ``nll`` (mean), ``coverage_95`` and ``n``."""

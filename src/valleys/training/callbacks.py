@@ -1,13 +1,16 @@
-"""SWA in our training loop: :class:`SWACallback` collects into a :class:`valleys.methods.averaging.SWA` (or EMA).
+"""SWA, SWAG and FGE in our training loop: :class:`SWACallback` collects into a
+:class:`valleys.methods.averaging.SWA` (or EMA, or SWAG), :class:`FGECallback` keeps snapshots.
 
-When to collect (Izmailov et al. 2018, Alg. 1): at the end of every epoch after ``start`` epochs
-(constant or SWA schedule), every ``k`` optimizer steps (fast-SWA), or once per cycle of a cyclical
-schedule at a given phase (``phase=0.5`` is the LR minimum of :class:`valleys.training.schedules.TriangularCyclic`).
+When to collect is one :class:`CollectionSchedule` shared by both (Izmailov et al. 2018, Alg. 1): at the end
+of every epoch after ``start`` epochs (constant or SWA schedule), every ``k`` optimizer steps (fast-SWA,
+Athiwaratkun et al. 2019), or once per cycle of a cyclical schedule at a given phase (``phase=0.5`` is the LR
+minimum of :class:`valleys.training.schedules.TriangularCyclic`, where FGE, Garipov et al. 2018, snapshots).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ..methods.averaging import Averager
@@ -15,9 +18,60 @@ from ..core.batchnorm import recompute_bn
 from ..methods.ensembles import snapshot
 from .trainer import Callback, Trainer
 
-__all__ = ["SWACallback", "TrajectoryCallback", "FGECallback"]
+__all__ = ["CollectionSchedule", "SWACallback", "TrajectoryCallback", "FGECallback"]
 
 _MODES = ("epoch", "steps", "cycle")
+
+
+@dataclass(frozen=True)
+class CollectionSchedule:
+    """When a weight-collecting method (SWA, SWAG, FGE) takes the current weights.
+
+    With ``s`` the global optimizer step (counted from 1), ``P`` the steps per epoch and ``e`` the epochs done:
+
+    * ``every="epoch"``: at the end of epoch ``e`` whenever ``e > start`` (SWA/SWAG, Izmailov et al. 2018;
+      Maddox et al. 2019: one iterate per epoch);
+    * ``every="steps"``: after step ``s`` in an epoch ``>= start`` whenever ``s mod k = 0`` (fast-SWA);
+    * ``every="cycle"``: with ``L = cycle P`` and ``u = s - start P`` (cycles counted from ``start``), after the
+      step with ``u > 0`` and ``u mod L = round(phase L) mod L``; FGE (Garipov et al. 2018) uses ``phase=0.5``,
+      the LR minimum of a triangular cycle.
+
+    Args:
+        start: epochs completed before collecting starts (>= 0).
+        every: ``"epoch"``, ``"steps"`` or ``"cycle"``.
+        k: steps between collects for ``every="steps"`` (>= 1).
+        cycle, phase: cycle length in epochs (>= 1) and the position in the cycle, in [0, 1).
+    """
+
+    start: int = 0
+    every: str = "epoch"
+    k: int = 1
+    cycle: int | None = None
+    phase: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.every not in _MODES:
+            raise ValueError(f"unknown collect mode {self.every!r}; choose one of {', '.join(_MODES)}")
+        if self.start < 0:
+            raise ValueError(f"start must be >= 0 epochs, got {self.start}")
+        if self.every == "steps" and self.k < 1:
+            raise ValueError(f"k must be at least 1 step, got {self.k}")
+        if self.every == "cycle" and (self.cycle is None or self.cycle < 1 or not 0 <= self.phase < 1):
+            raise ValueError("every='cycle' needs cycle >= 1 epochs and phase in [0, 1)")
+
+    def after_step(self, step: int, epoch: int, steps_per_epoch: int) -> bool:
+        """Whether to collect after global step ``step`` (from 1), taken in epoch ``epoch`` (from 0)."""
+        if epoch < self.start or self.every == "epoch":
+            return False
+        if self.every == "steps":
+            return step % self.k == 0
+        length = self.cycle * steps_per_epoch  # type: ignore[operator]
+        u = step - self.start * steps_per_epoch
+        return u > 0 and u % length == round(self.phase * length) % length
+
+    def at_epoch_end(self, epochs_done: int) -> bool:
+        """Whether to collect at the end of an epoch, ``epochs_done`` epochs having been trained."""
+        return self.every == "epoch" and epochs_done > self.start
 
 
 class SWACallback(Callback):
@@ -40,14 +94,7 @@ class SWACallback(Callback):
                  cycle: int | None = None, phase: float = 0.5, bn_loader: Iterable | None = None,
                  eval_loaders: Mapping[str, Iterable] | None = None, apply_at_end: bool = True,
                  prefix: str = "swa") -> None:
-        if every not in _MODES:
-            raise ValueError(f"unknown collect mode {every!r}; choose one of {', '.join(_MODES)}")
-        if start < 0:
-            raise ValueError(f"start must be >= 0 epochs, got {start}")
-        if every == "steps" and k < 1:
-            raise ValueError(f"k must be at least 1 step, got {k}")
-        if every == "cycle" and (cycle is None or cycle < 1 or not 0 <= phase < 1):
-            raise ValueError("every='cycle' needs cycle >= 1 epochs and phase in [0, 1)")
+        self.schedule = CollectionSchedule(start, every, k, cycle, phase)
         self.averager = averager
         self.start, self.every, self.k, self.cycle, self.phase = start, every, k, cycle, phase
         self.bn_loader = bn_loader
@@ -63,19 +110,11 @@ class SWACallback(Callback):
             )
 
     def on_step_end(self, trainer: Trainer) -> None:
-        if trainer.epoch < self.start or self.every == "epoch":
-            return
-        if self.every == "steps":
-            if trainer.step % self.k == 0:
-                self.averager.collect(trainer.model)
-            return
-        length = self.cycle * trainer.steps_per_epoch  # type: ignore[operator]
-        step = trainer.step - self.start * trainer.steps_per_epoch  # cycles are counted from `start`
-        if step > 0 and step % length == round(self.phase * length) % length:
+        if self.schedule.after_step(trainer.step, trainer.epoch, trainer.steps_per_epoch):
             self.averager.collect(trainer.model)
 
     def on_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
-        if self.every == "epoch" and trainer.epoch > self.start:
+        if self.schedule.at_epoch_end(trainer.epoch):
             self.averager.collect(trainer.model)
         logs[f"{self.prefix}_n"] = self.averager.n
         if self.eval_loaders and self.averager.n > 0 and trainer.should_evaluate(self.eval_loaders):
@@ -121,7 +160,8 @@ class TrajectoryCallback(Callback):
 
 
 class FGECallback(Callback):
-    """Snapshot the model at the LR minimum (mid-cycle) of every cycle of ``cycle`` epochs.
+    """Snapshot the model at the LR minimum (mid-cycle) of every cycle of ``cycle`` epochs (FGE, Garipov et
+    al. 2018): a :class:`CollectionSchedule` with ``every="cycle"`` and ``phase=0.5``.
 
     Args:
         cycle: the cycle length in epochs (even, as in the paper); the snapshot is taken after step
@@ -136,6 +176,7 @@ class FGECallback(Callback):
             raise ValueError(f"start must be >= 0 epochs, got {start}")
         self.cycle = cycle
         self.start = start
+        self.schedule = CollectionSchedule(start, "cycle", cycle=cycle, phase=0.5)
         self.snapshots: list[dict[str, Tensor]] = []
 
     def on_train_start(self, trainer: Trainer) -> None:
@@ -146,9 +187,7 @@ class FGECallback(Callback):
             )
 
     def on_step_end(self, trainer: Trainer) -> None:
-        length = self.cycle * trainer.steps_per_epoch
-        step = trainer.step - self.start * trainer.steps_per_epoch
-        if step > 0 and step % length == length // 2:
+        if self.schedule.after_step(trainer.step, trainer.epoch, trainer.steps_per_epoch):
             self.snapshots.append(snapshot(trainer.model))
 
     def state_dict(self) -> dict[str, Any]:

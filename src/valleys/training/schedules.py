@@ -1,7 +1,8 @@
 """Learning-rate schedules of the talk (slide 8) as pure functions of the (fractional) epoch.
 
 Each schedule maps ``epoch`` (a float: ``e + i / steps_per_epoch`` inside epoch ``e``) to a learning rate.
-``per_iteration`` says whether it changes within an epoch. The training loop sets the LR from ``lr(epoch)``
+``per_iteration`` says whether it changes within an epoch. Which schedule a method of ``valleys train`` uses
+is the method's business (:mod:`valleys.app.registry`). The training loop sets the LR from ``lr(epoch)``
 before every step, which makes resuming exact; :meth:`Schedule.lr_scheduler` wraps the same function as a
 ``torch.optim.lr_scheduler.LambdaLR`` stepped once per iteration, for a user's own loop.
 """
@@ -15,7 +16,6 @@ import torch
 
 __all__ = [
     "Schedule", "Constant", "SWASchedule", "SWALRAnneal", "TriangularCyclic", "CosineReplay", "Piecewise",
-    "build_schedule",
 ]
 
 
@@ -173,28 +173,6 @@ class CosineReplay(Schedule):
             return self._cos(epoch)
         into = (epoch - self.length) % self.cycle
         return self._cos(self.length - self.cycle + into)
-
-
-def build_schedule(method: str, *, lr: float, epochs: int, swa_start: int | None = None,
-                   swa_lr: float | None = None, fge_start: int | None = None, lr_1: float | None = None,
-                   lr_2: float | None = None, cycle: int | None = None) -> Schedule:
-    """The schedule our runs use for a method.
-
-    * ``sgd`` (and ensemble members): the SWA shape over all epochs, decaying to ``0.01 lr``;
-    * ``swa``, ``swag``, ``swag-diag``: :class:`SWASchedule` to ``swa_lr`` at ``swa_start`` (paper defaults);
-    * ``fge``: the SWA shape decaying to ``lr_1`` by epoch ``fge_start``, then :class:`TriangularCyclic`
-      between ``lr_1`` and ``lr_2`` with cycles of ``cycle`` epochs.
-    """
-    if method == "sgd":
-        return SWASchedule(lr, swa_start=epochs, swa_lr=0.01 * lr)
-    if method == "fge":
-        if None in (fge_start, lr_1, lr_2, cycle):
-            raise ValueError("method 'fge' needs fge_start, lr_1, lr_2 and cycle")
-        return Piecewise(SWASchedule(lr, swa_start=fge_start, swa_lr=lr_1), fge_start,  # type: ignore[arg-type]
-                         TriangularCyclic(lr_1, lr_2, cycle, offset=fge_start))  # type: ignore[arg-type]
-    if swa_start is None or swa_lr is None:
-        raise ValueError(f"method {method!r} needs swa_start and swa_lr")
-    return SWASchedule(lr, swa_start=swa_start, swa_lr=swa_lr)
 
 
 class Piecewise(Schedule):

@@ -2,8 +2,15 @@
 
 Methods plug in through :class:`Callback` (SWA collects at epoch ends, SWAG and FGE later do the same), so
 there is one loop over the training loader in the whole project. Every step: set the LR from the schedule at
-the fractional epoch, forward, check the loss is finite, backward, optimizer step, callbacks. Every epoch:
-evaluate on the given loaders, let callbacks add metrics, append the log line, checkpoint every N epochs.
+the fractional epoch, compute the batch's loss with the step function (default :func:`supervised_step`: one
+forward pass through the :class:`valleys.core.adapter.ModelAdapter` and its loss), check the loss is finite,
+backward, optimizer step, callbacks. Every epoch: evaluate on the given loaders, let callbacks add metrics,
+append the log line, checkpoint every N epochs.
+
+Distributed data parallel: when ``torch.distributed`` is initialised, only rank 0 writes checkpoints, the JSON
+log and the progress bar, and a train loader whose sampler has ``set_epoch`` (``DistributedSampler``) gets
+``sampler.set_epoch(epoch)`` at every epoch, and evaluation metrics are all-reduced across ranks (each rank
+scores its shard). Without a process group nothing changes.
 
 Determinism: the loader's generator (see :func:`valleys.zoo.data.make_loader`) is reseeded with ``seed + epoch``
 at every epoch and the global torch RNG state (Dropout) is saved in checkpoints, so a run interrupted after
@@ -15,19 +22,96 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
 
-from ..core.batches import InputFn, call_model, default_input_fn, default_target_fn, to_device
+from ..core.adapter import ModelAdapter, as_adapter
+from ..core.batches import InputFn, default_input_fn, to_device
 from ..core.batchnorm import EmptyLoaderError
 from ..core.checkpoint import CheckpointError, check_model_signature, load_checkpoint, model_signature, save_checkpoint
-from ..evaluation.predict import evaluate
+from ..evaluation.metrics import ClassificationMetrics, RegressionMetrics
+from ..evaluation.predict import evaluate, gaussian_moments, predict_probs
 from .schedules import Schedule
 
-__all__ = ["Callback", "Trainer", "TrainingDiverged"]
+__all__ = ["Callback", "Trainer", "TrainingDiverged", "StepResult", "StepFn", "supervised_step", "CheckpointPolicy",
+           "EvaluationPolicy", "is_main_process"]
+
+
+def _distributed() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized()
+
+
+def is_main_process() -> bool:
+    """True without a ``torch.distributed`` process group, else whether this is rank 0."""
+    return not _distributed() or torch.distributed.get_rank() == 0
+
+
+@dataclass
+class StepResult:
+    """What a step function returns for one batch.
+
+    Attributes:
+        loss: the scalar to minimise (``loss.backward()`` is called on it).
+        logs: extra per-batch numbers (floats or 0-d tensors); each is averaged over the epoch's batches and
+            logged under its own key in the epoch's log line.
+        prediction, targets: optional; with them the trainer weights ``train_loss`` by the batch size and
+            counts ``train_accuracy`` for a classification head (2-D logits, integer class targets).
+    """
+
+    loss: Tensor
+    logs: dict[str, Any] = field(default_factory=dict)
+    prediction: Tensor | None = None
+    targets: Any = None
+
+
+#: ``step_fn(trainer, batch)``: the loss of one training batch, as a :class:`StepResult` or a
+#: ``(loss, logs)`` tuple. The trainer does the rest (LR, finiteness check, backward, optimizer step).
+StepFn = Callable[["Trainer", Any], Union[StepResult, "tuple[Tensor, dict[str, Any]]"]]
+
+
+def supervised_step(trainer: Trainer, batch: Any) -> StepResult:
+    """The default step: ``loss = L(f(x), y)`` with the trainer's :class:`valleys.core.adapter.ModelAdapter`
+    (its inputs, prediction, targets and loss), one forward pass."""
+    adapter = trainer.adapter
+    target = to_device(adapter.targets(batch), trainer.device)
+    out = adapter.forward(trainer.model, batch, trainer.device)
+    return StepResult(adapter.compute_loss(out, target), prediction=out, targets=target)
+
+
+@dataclass
+class CheckpointPolicy:
+    """Where and how often :class:`Trainer` writes its training checkpoint.
+
+    Attributes:
+        path: the checkpoint file (safetensors); None: no checkpoints.
+        every: write it every this many epochs (and after the last).
+        header: JSON-able run configuration stored in every checkpoint.
+    """
+
+    path: str | Path | None = None
+    every: int = 1
+    header: dict[str, Any] | None = None
+
+
+@dataclass
+class EvaluationPolicy:
+    """What :class:`Trainer` evaluates at epoch ends.
+
+    Attributes:
+        loaders: ``{"val": loader, ...}`` evaluated at the end of every ``every`` epochs (and the last).
+        every: epochs between evaluations.
+        likelihood: ``"classification"`` (logits) or ``"gaussian"`` (a ``(mean, variance)`` head); None: the
+            adapter's (``"gaussian"`` for ``loss="gaussian"``, else classification).
+    """
+
+    loaders: Mapping[str, Iterable] | None = None
+    every: int = 1
+    likelihood: str | None = None
 
 
 class TrainingDiverged(FloatingPointError):
@@ -61,7 +145,8 @@ class Trainer:
     """Train ``model`` with ``optimizer`` on ``train_loader`` for ``epochs`` epochs.
 
     Args:
-        model, loss_fn, optimizer, train_loader: the usual; ``loss_fn(output, target)`` returns a scalar.
+        model, loss_fn, optimizer, train_loader: the usual; ``loss_fn(output, target)`` returns a scalar
+            (None: the adapter's loss, cross-entropy by default).
         epochs: number of epochs (>= 1).
         schedule: a :class:`valleys.training.schedules.Schedule` setting the LR before every step (None: keep LR).
         callbacks: :class:`Callback` objects (e.g. :class:`valleys.methods.SWACallback`).
@@ -77,12 +162,19 @@ class Trainer:
         input_fn, target_fn: how to read a batch (see :mod:`valleys.core.batches`).
         likelihood: how eval loaders are scored: ``"classification"`` (logits) or ``"gaussian"`` (a
             ``(mean, variance)`` regression head); see :func:`valleys.evaluation.predict.evaluate`.
+        adapter: a :class:`valleys.core.adapter.ModelAdapter` (instead of ``input_fn``/``target_fn``/``loss_fn``).
+        step_fn: ``step_fn(trainer, batch) -> StepResult | (loss, logs)``, the loss of one batch (default
+            :func:`supervised_step`). E.g. a Pi model (Laine & Aila 2017) adds the MSE between the softmaxes of
+            two noisy forward passes; its extra ``logs`` are averaged per epoch into the log line.
+        checkpoint: a :class:`CheckpointPolicy` grouping ``checkpoint_path``, ``checkpoint_every``, ``header``
+            (pass one or the other).
+        evaluation: an :class:`EvaluationPolicy` grouping ``eval_loaders``, ``eval_every``, ``likelihood``.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        loss_fn: Callable[[Tensor, Tensor], Tensor],
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | None,
         optimizer: torch.optim.Optimizer,
         train_loader: Iterable,
         *,
@@ -90,18 +182,40 @@ class Trainer:
         schedule: Schedule | None = None,
         callbacks: Sequence[Callback] = (),
         eval_loaders: Mapping[str, Iterable] | None = None,
-        eval_every: int = 1,
+        eval_every: int | None = None,
         device: torch.device | str | None = None,
         seed: int = 0,
         checkpoint_path: str | Path | None = None,
-        checkpoint_every: int = 1,
+        checkpoint_every: int | None = None,
         log_path: str | Path | None = None,
         header: dict[str, Any] | None = None,
         progress: bool = True,
         input_fn: InputFn | None = None,
         target_fn: Callable[[Any], Tensor] | None = None,
-        likelihood: str = "classification",
+        likelihood: str | None = None,
+        adapter: ModelAdapter | None = None,
+        step_fn: StepFn | None = None,
+        checkpoint: CheckpointPolicy | None = None,
+        evaluation: EvaluationPolicy | None = None,
     ) -> None:
+        if checkpoint is not None:
+            if checkpoint_path is not None or checkpoint_every is not None or header is not None:
+                raise ValueError("pass checkpoint=CheckpointPolicy(...) or checkpoint_path/checkpoint_every/header, "
+                                 "not both")
+            checkpoint_path, checkpoint_every, header = checkpoint.path, checkpoint.every, checkpoint.header
+        if evaluation is not None:
+            if eval_loaders is not None or eval_every is not None or likelihood is not None:
+                raise ValueError("pass evaluation=EvaluationPolicy(...) or eval_loaders/eval_every/likelihood, "
+                                 "not both")
+            eval_loaders, eval_every, likelihood = evaluation.loaders, evaluation.every, evaluation.likelihood
+        checkpoint_every = 1 if checkpoint_every is None else checkpoint_every
+        eval_every = 1 if eval_every is None else eval_every
+        if adapter is not None and loss_fn is not None:
+            raise ValueError("pass loss_fn or an adapter with its loss, not both")
+        self.adapter = as_adapter(adapter, input_fn=input_fn, target_fn=target_fn, loss=loss_fn,
+                                  likelihood=likelihood)
+        if likelihood is None:
+            likelihood = self.adapter.likelihood
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
         if checkpoint_every < 1 or eval_every < 1:
@@ -113,7 +227,8 @@ class Trainer:
         if steps == 0:
             raise EmptyLoaderError("the training loader is empty (no batches): check the dataset and batch_size")
         self.model = model.to(device) if device is not None else model
-        self.loss_fn = loss_fn
+        self.loss_fn = self.adapter.loss_fn
+        self.step_fn: StepFn = step_fn or supervised_step
         self.optimizer = optimizer
         self.train_loader = train_loader
         self.steps_per_epoch = steps
@@ -129,8 +244,9 @@ class Trainer:
         self.log_path = Path(log_path) if log_path is not None else None
         self.header = dict(header or {})
         self.progress = progress
-        self.input_fn = input_fn or default_input_fn
-        self.target_fn = target_fn or default_target_fn
+        # evaluation and BatchNorm recompute read inputs through these (until they take the adapter)
+        self.input_fn = input_fn or (default_input_fn if adapter is None else _adapter_input_fn(adapter))
+        self.target_fn = target_fn or self.adapter.targets
         self.likelihood = likelihood
         self.epoch = 0  # the epoch being trained (0-based); after fit, == epochs
         self.step = 0   # optimizer steps done
@@ -154,7 +270,7 @@ class Trainer:
         }
 
     def save(self, path: str | Path | None = None) -> Path:
-        """Write a checkpoint atomically (default: ``checkpoint_path``)."""
+        """Write a checkpoint atomically (default: ``checkpoint_path``); the trainer calls it on rank 0 only."""
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None:
             raise ValueError("no checkpoint path: pass checkpoint_path to Trainer or a path to save()")
@@ -193,6 +309,9 @@ class Trainer:
         gen = getattr(self.train_loader, "generator", None)
         if isinstance(gen, torch.Generator):
             gen.manual_seed(self.seed + self.epoch)
+        sampler = getattr(self.train_loader, "sampler", None)
+        if callable(getattr(sampler, "set_epoch", None)):  # DistributedSampler: a new shuffle per epoch
+            sampler.set_epoch(self.epoch)
 
     def fit(self, resume: str | Path | None = None) -> list[dict[str, Any]]:
         """Train to ``epochs`` (from a checkpoint if ``resume`` is given) and return the per-epoch log."""
@@ -200,13 +319,14 @@ class Trainer:
             self.load(resume)
         else:
             torch.manual_seed(self.seed)
-        if self.log_path is not None:  # a fresh log, or the resumed history without later epochs
+        main = is_main_process()
+        if self.log_path is not None and main:  # a fresh log, or the resumed history without later epochs
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self.log_path.write_text("".join(json.dumps(h) + "\n" for h in self.history))
         for cb in self.callbacks:
             cb.on_train_start(self)
         bar = None
-        if self.progress:
+        if self.progress and main:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.epochs * self.steps_per_epoch, initial=self.epoch * self.steps_per_epoch,
@@ -230,12 +350,14 @@ class Trainer:
         start = time.perf_counter()
         loss_sum = torch.zeros((), dtype=torch.float64)
         correct, seen, batches, classified = 0, 0, 0, False
+        extra: dict[str, float] = {}
         for i, batch in enumerate(self.train_loader):
             self._set_lr(self.epoch + i / self.steps_per_epoch)
-            inputs = to_device(self.input_fn(batch), self.device)
-            target = to_device(self.target_fn(batch), self.device)
-            out = call_model(model, inputs)
-            loss = self.loss_fn(out, target)
+            result = self.step_fn(self, batch)
+            if not isinstance(result, StepResult):
+                loss_, logs_ = result
+                result = StepResult(loss_, dict(logs_ or {}))
+            loss, out, target = result.loss, result.prediction, result.targets
             if not bool(torch.isfinite(loss)):
                 last = (f"the last good checkpoint is {self.checkpoint_path}"
                         if self.checkpoint_path is not None and self.checkpoint_path.exists()
@@ -253,7 +375,9 @@ class Trainer:
             loss_sum += loss.detach().double().cpu() * n
             seen += n
             batches += 1
-            if out.dim() == 2 and isinstance(target, Tensor) and target.dim() == 1 and not target.is_floating_point():
+            for k, v in result.logs.items():
+                extra[k] = extra.get(k, 0.0) + float(v.detach() if isinstance(v, Tensor) else v)
+            if isinstance(out, Tensor) and out.dim() == 2 and isinstance(target, Tensor) and target.dim() == 1 and not target.is_floating_point():
                 correct += int((out.detach().argmax(dim=1) == target).sum())
                 classified = True
             for cb in self.callbacks:
@@ -266,13 +390,36 @@ class Trainer:
         logs: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self.lr, "train_loss": float(loss_sum) / max(seen, 1)}
         if classified:
             logs["train_accuracy"] = correct / seen
+        logs.update({k: v / max(batches, 1) for k, v in extra.items()})
         logs["train_time"] = time.perf_counter() - start
         return logs
 
     def evaluate_on(self, loader: Iterable) -> dict[str, Any]:
-        """Classification metrics of the model, as it is now, on one loader."""
-        return evaluate(self.model, loader, device=self.device, input_fn=self.input_fn, target_fn=self.target_fn,
-                        likelihood=self.likelihood)
+        """Metrics of the model, as it is now, on one loader (see :func:`valleys.evaluation.predict.evaluate`).
+
+        Under ``torch.distributed`` every rank scores its part of the loader and the metric state (counts,
+        sums, per-bin arrays) is all-reduced, so every rank gets the metrics of all ranks' examples; every rank
+        must call this at the same points (the trainer does)."""
+        if not _distributed():
+            return evaluate(self.model, loader, device=self.device, input_fn=self.input_fn,
+                            target_fn=self.target_fn, likelihood=self.likelihood)
+        metrics: ClassificationMetrics | RegressionMetrics
+        if self.likelihood == "gaussian":
+            metrics = RegressionMetrics()
+            for m, targets in predict_probs(self.model, loader, device=self.device, input_fn=self.input_fn,
+                                            target_fn=self.target_fn, transform=gaussian_moments):
+                metrics.update(m[:, 0], m[:, 1] - m[:, 0] ** 2, targets)
+        else:
+            metrics = ClassificationMetrics()
+            for probs, targets in predict_probs(self.model, loader, device=self.device, input_fn=self.input_fn,
+                                                target_fn=self.target_fn):
+                metrics.update(probs, targets)
+        metrics.all_reduce()
+        if metrics.n == 0:
+            raise EmptyLoaderError("evaluate: the loaders of all ranks yielded no examples")
+        out = metrics.compute()
+        out.pop("reliability", None)
+        return out
 
     @staticmethod
     def log_entries(prefix: str, result: Mapping[str, Any]) -> dict[str, float]:
@@ -293,8 +440,23 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_epoch_end(self, logs)
         self.history.append(logs)
-        if self.log_path is not None:
+        main = is_main_process()
+        if self.log_path is not None and main:
             with open(self.log_path, "a") as f:
                 f.write(json.dumps(logs) + "\n")
-        if self.checkpoint_path is not None and (self.epoch % self.checkpoint_every == 0 or self.epoch == self.epochs):
+        if main and self.checkpoint_path is not None and (self.epoch % self.checkpoint_every == 0 or self.epoch == self.epochs):
             self.save()
+
+
+def _adapter_input_fn(adapter: ModelAdapter) -> InputFn:
+    """An ``input_fn`` (tensor, tuple of positional inputs, or dict of keyword inputs) from an adapter."""
+
+    def input_fn(batch: Any) -> Any:
+        args, kwargs = adapter.inputs(batch)
+        if kwargs:
+            if args:
+                raise ValueError("an adapter giving both positional and keyword inputs is not supported here")
+            return kwargs
+        return args[0] if len(args) == 1 else tuple(args)
+
+    return input_fn

@@ -1,0 +1,65 @@
+"""FGE (Garipov et al. 2018): snapshots at the LR minima of a cyclical schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from ...core.checkpoint import load_checkpoint, save_checkpoint
+from ...training.callbacks import FGECallback
+from ...training.schedules import Piecewise, Schedule, SWASchedule, TriangularCyclic
+from ...training.trainer import Callback
+from .base import Method, Predictive, find_callback
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..runs import TrainConfig
+
+
+class FGE(Method):
+    """Fast Geometric Ensembling (Garipov et al. 2018): the SWA schedule's shape to ``lr_1`` by ``fge_start``,
+    then cycles of ``c`` epochs with ``lr(t) = lr_1 + (lr_2 - lr_1) (2t if t <= 1/2 else 2(1 - t))`` (``t``: the
+    position in the cycle) and a snapshot at every cycle's middle; the predictive is their ensemble."""
+
+    name = "fge"
+    help = ("SGD to --fge-start, then cycles of --cycle epochs between --lr-1 and --lr-2; ensemble of mid-cycle "
+            "snapshots")
+    settings = ("lr_1", "lr_2", "fge_start")
+    uses = ("cycle",)
+    saves = ("posterior.safetensors",)
+
+    def resolve(self, cfg: TrainConfig) -> None:
+        if cfg.cycle < 2 or cfg.cycle % 2:
+            raise ValueError(f"the FGE cycle must be an even number of epochs >= 2, got {cfg.cycle}")
+        cfg.lr_1 = cfg.lr / 2 if cfg.lr_1 is None else cfg.lr_1
+        cfg.lr_2 = cfg.lr / 200 if cfg.lr_2 is None else cfg.lr_2
+        if not (cfg.lr_1 > 0 and cfg.lr_2 > 0):
+            raise ValueError(f"lr-1 and lr-2 must be positive, got {cfg.lr_1} and {cfg.lr_2}")
+        if cfg.fge_start is None:
+            cycles = max(1, round(0.2 * cfg.epochs / cfg.cycle))
+            cfg.fge_start = cfg.epochs - cycles * cfg.cycle
+        if not 1 <= cfg.fge_start <= cfg.epochs - cfg.cycle:
+            raise ValueError(
+                f"FGE needs a pre-trained start and at least one {cfg.cycle}-epoch cycle: fge-start must be in "
+                f"[1, {cfg.epochs - cfg.cycle}] for {cfg.epochs} epochs, got {cfg.fge_start}"
+            )
+
+    def schedule(self, cfg: TrainConfig) -> Schedule:
+        start = cfg.fge_start
+        return Piecewise(SWASchedule(cfg.lr, swa_start=start, swa_lr=cfg.lr_1), start,  # type: ignore[arg-type]
+                         TriangularCyclic(cfg.lr_1, cfg.lr_2, cfg.cycle, offset=start))  # type: ignore[arg-type]
+
+    def callbacks(self, cfg: TrainConfig, model: nn.Module, *, bn_loader: Iterable,
+                  eval_loaders: Mapping[str, Iterable]) -> list[Callback]:
+        return [FGECallback(cfg.cycle, start=cfg.fge_start)]  # type: ignore[arg-type]
+
+    def save(self, out: Path, callbacks: list[Callback], header: dict[str, Any]) -> None:
+        save_checkpoint(out / "posterior.safetensors", {"snapshots": find_callback(callbacks, FGECallback).snapshots},
+                        {**header, "kind": "fge"})
+
+    def predictive(self, run_dir: Path, cfg: TrainConfig, model: nn.Module, samples: int) -> Predictive:
+        state, _ = load_checkpoint(run_dir / "posterior.safetensors")
+        snaps = state["snapshots"]
+        return Predictive(lambda: snaps, ensemble=True)

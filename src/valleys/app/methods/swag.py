@@ -1,0 +1,79 @@
+"""SWAG (Maddox et al. 2019): a Gaussian over the SWA iterates, low-rank plus diagonal."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ...core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ...evaluation.predict import Sample
+from ...methods.averaging import Averager
+from ...methods.swag import SWAG as SWAGPosterior
+from ...training.callbacks import SWACallback
+from ...training.trainer import Callback
+from .base import Predictive, find_callback
+from .swa import SWA
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..runs import TrainConfig
+
+
+def swag_predictive(dirs: Sequence[Path], cfg: TrainConfig, model: nn.Module, samples: int, *,
+                    diagonal: bool, scale: float) -> Predictive:
+    """``samples`` draws ``w ~ N(w_SWA, scale (Sigma_diag [+ D^T D / (K - 1)]))`` from the SWAG posterior in each
+    of ``dirs`` (``posterior.safetensors``), seeded with the run's seed, a BatchNorm recompute each."""
+    swags = []
+    for d in dirs:
+        state, header = load_checkpoint(d / "posterior.safetensors")
+        if header.get("kind") != "swag":
+            raise CheckpointError(f"{d / 'posterior.safetensors'} holds no SWAG posterior")
+        swag = SWAGPosterior(model, rank=int(state["swag"]["rank"]), device="cpu")
+        swag.load_state_dict(state["swag"])
+        swags.append(swag)
+
+    def draw() -> Iterable[Sample]:
+        gen = torch.Generator().manual_seed(cfg.seed)  # the same S draws for every split
+        return itertools.chain.from_iterable(
+            s.samples(samples, scale=scale, diagonal=diagonal, generator=gen) for s in swags)
+
+    return Predictive(draw, needs_bn=True)
+
+
+class SWAG(SWA):
+    """SWAG (Maddox et al. 2019): the SWA iterates' mean ``w_SWA``, diagonal ``Sigma_diag = mean(w^2) - w_SWA^2``
+    and the last ``K`` deviations ``D`` (rows ``w_i - w_SWA``); the predictive averages ``S`` draws from
+    ``N(w_SWA, s (Sigma_diag + D^T D / (K - 1)))``, i.e. ``w = w_SWA + sqrt(s) (Sigma_diag^(1/2) z_1 +
+    D^T z_2 / sqrt(K - 1))``, with scale ``s = 0.5`` and a BatchNorm recompute per draw."""
+
+    name = "swag"
+    help = "as swa, plus a low-rank-plus-diagonal Gaussian (--rank); BMA over --samples draws, scale 0.5"
+    views = ("swa", "swag-diag")
+    uses = ("rank", "samples", "bn_batches")
+    saves = ("trajectory.safetensors", "posterior.safetensors")
+    diagonal = False
+    scale = 0.5
+    min_collected = 2  # the low-rank part needs two deviations
+
+    def resolve(self, cfg: TrainConfig) -> None:
+        super().resolve(cfg)
+        if cfg.epochs - cfg.swa_start < self.min_collected:  # type: ignore[operator]
+            raise ValueError(
+                f"low-rank SWAG needs at least {self.min_collected} collected epochs; epochs - swa-start is "
+                f"{cfg.epochs - cfg.swa_start}: lower --swa-start or use --method swag-diag"  # type: ignore[operator]
+            )
+
+    def averager(self, cfg: TrainConfig, model: nn.Module) -> Averager:
+        return SWAGPosterior(model, rank=cfg.rank)
+
+    def save(self, out: Path, callbacks: list[Callback], header: dict[str, Any]) -> None:
+        super().save(out, callbacks, header)
+        save_checkpoint(out / "posterior.safetensors", {"swag": find_callback(callbacks, SWACallback).averager.state_dict()},
+                        {**header, "kind": "swag"})
+
+    def predictive(self, run_dir: Path, cfg: TrainConfig, model: nn.Module, samples: int) -> Predictive:
+        return swag_predictive([run_dir], cfg, model, samples, diagonal=self.diagonal, scale=self.scale)
