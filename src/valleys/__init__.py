@@ -26,7 +26,9 @@ from .training.schedules import Constant, CosineReplay, SWALRAnneal, SWASchedule
 from .training.callbacks import FGECallback, SWACallback, TrajectoryCallback
 from .methods.swag import SWAG, MultiSWAG
 from .training.trainer import Callback, Trainer, TrainingDiverged
+from .core.adapter import AdapterError, ModelAdapter
 from .core.weights import WeightSpace, WeightSpaceError
+from .evaluation.engine import BNPolicy, evaluate_many
 from .evaluation.grid import evaluate_points
 from .geometry.hessian import LossFunction, epsilon_sharpness, hutchinson_trace, lanczos, power_iteration
 from .geometry.surfaces import Plane, line, random_direction, valley_width
@@ -44,5 +46,5 @@ __all__ = [
     "SWAG", "MultiSWAG", "FGECallback", "snapshot", "bma", "fit_temperature", "apply_temperature",
     "predictive_entropy", "auroc", "Curve", "CurveModel", "evaluate_path", "segment", "__version__", "TrajectoryCallback",
     "evaluate_points", "LossFunction", "lanczos", "power_iteration", "hutchinson_trace", "epsilon_sharpness",
-    "Plane", "line", "random_direction", "valley_width",
+    "Plane", "line", "random_direction", "valley_width", "ModelAdapter", "AdapterError", "evaluate_many", "BNPolicy",
 ]

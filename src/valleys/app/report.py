@@ -14,10 +14,10 @@ TABLE_KEYS = ("accuracy", "nll", "ece", "brier")
 
 def aggregate(values: Sequence[Mapping[str, float]], keys: Sequence[str] = TABLE_KEYS) -> dict[str, dict[str, float]]:
     """Mean, sample standard deviation (0 for one value; NaN when a value is infinite), min and max of each
-    key over runs."""
+    key over runs. A ``None`` value (how strict JSON stores NaN) counts as NaN."""
     out: dict[str, dict[str, float]] = {}
     for k in keys:
-        xs = [float(v[k]) for v in values]
+        xs = [math.nan if v[k] is None else float(v[k]) for v in values]
         finite = all(math.isfinite(x) for x in xs)
         std = (statistics.stdev(xs) if len(xs) > 1 else 0.0) if finite else math.nan
         out[k] = {"mean": statistics.fmean(xs), "std": std, "min": min(xs), "max": max(xs), "n": len(xs)}

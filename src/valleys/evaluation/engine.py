@@ -289,30 +289,37 @@ def _vmap_outputs(model: nn.Module, space: WeightSpace, stacked: Tensor, adapter
 
 
 def vmap_is_faster(model: nn.Module, space: WeightSpace, stacked: Tensor, inputs: tuple[tuple, dict],
-                   fetch_s: float = 0.0, adapter: ModelAdapter | None = None) -> bool:
-    """Time one input batch both ways for a chunk of weight vectors: after a warm-up of each, three
-    interleaved timings per way, compared by their minimum (robust to a busy machine's interruptions).
-    The loop also fetches every batch once per vector, the vmap path once per chunk: ``fetch_s`` (the
-    time to get one batch from the loader) is charged ``len(stacked) - 1`` extra times to the loop.
+                   fetch_s: float = 0.0, adapter: ModelAdapter | None = None, *, probe: int = 4) -> bool:
+    """Time one input batch both ways for the first ``probe`` weight vectors of a chunk: after a warm-up of
+    each, interleaved timings compared by their minimum (robust to a busy machine's interruptions); a clear
+    winner (1.5x) after the first round decides at once, otherwise three rounds are taken. The loop also
+    fetches every batch once per vector, the vmap path once per chunk: ``fetch_s`` (the time to get one
+    batch from the loader) is charged ``len(vectors) - 1`` extra times to the loop. The probe costs about
+    ten loop passes over one batch per model and input shape (its decision is cached by the engine).
     Raises what vmap raises for a model without batching rules (the caller falls back to the loop)."""
     adapter = adapter or ModelAdapter()
     args, kwargs = inputs
+    vectors = stacked[: max(1, probe)]
 
     def looped():
-        for w in stacked:
+        for w in vectors:
             with space.at(model, w):
                 model(*args, **kwargs)
 
-    fns = (looped, lambda: _vmap_outputs(model, space, stacked, adapter, args, kwargs))
+    fns = (looped, lambda: _vmap_outputs(model, space, vectors, adapter, args, kwargs))
     for fn in fns:
         fn()
     times: list[list[float]] = [[], []]
-    for _ in range(3):
+    extra = (len(vectors) - 1) * fetch_s
+    for r in range(3):
         for i, fn in enumerate(fns):
             t0 = time.perf_counter()
             fn()
             times[i].append(time.perf_counter() - t0)
-    return min(times[1]) < min(times[0]) + (len(stacked) - 1) * fetch_s
+        loop_s, vmap_s = min(times[0]) + extra, min(times[1])
+        if r == 0 and (vmap_s > 1.5 * loop_s or loop_s > 1.5 * vmap_s):
+            break
+    return min(times[1]) < min(times[0]) + extra
 
 
 _VMAP_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -447,9 +454,9 @@ def evaluate_many(model: nn.Module, weights: Iterable[Sample] | Tensor | None, l
     used_vmap = False
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from ..core.optional import progress_bar
 
-        bar = tqdm(total=total, unit="point", desc=desc, leave=False, dynamic_ncols=True)
+        bar = progress_bar(total=total, unit="point", desc=desc, leave=False, dynamic_ncols=True)
     count = 0
     try:
         while True:

@@ -69,9 +69,9 @@ def evaluate_path(model: nn.Module, point: Callable[[float], Tensor], ts: Sequen
     prev: Tensor | None = None
     iterator: Iterable = ts
     if progress:
-        from tqdm.auto import tqdm
+        from ..core.optional import progress_bar
 
-        iterator = tqdm(ts, unit="point", desc="path", leave=False, dynamic_ncols=True)
+        iterator = progress_bar(ts, unit="point", desc="path", leave=False, dynamic_ncols=True)
     label = policy.label(model)
     for t in iterator:
         with torch.no_grad():

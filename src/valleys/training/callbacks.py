@@ -121,7 +121,7 @@ class SWACallback(Callback):
             space = self.averager.space
             with space.at(trainer.model, self.averager.mean):
                 if self.bn_loader is not None:
-                    recompute_bn(trainer.model, self.bn_loader, device=trainer.device, input_fn=trainer.input_fn)
+                    recompute_bn(trainer.model, self.bn_loader, device=trainer.device, adapter=trainer.adapter)
                 for name, loader in self.eval_loaders.items():
                     logs.update(trainer.log_entries(f"{self.prefix}_{name}", trainer.evaluate_on(loader)))
 
@@ -129,7 +129,7 @@ class SWACallback(Callback):
         if self.apply_at_end and self.averager.n > 0:
             self.averager.write(trainer.model)
             if self.bn_loader is not None:
-                recompute_bn(trainer.model, self.bn_loader, device=trainer.device, input_fn=trainer.input_fn)
+                recompute_bn(trainer.model, self.bn_loader, device=trainer.device, adapter=trainer.adapter)
 
     def state_dict(self) -> dict[str, Any]:
         return self.averager.state_dict()

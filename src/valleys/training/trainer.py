@@ -32,7 +32,8 @@ from torch import Tensor, nn
 from ..core.adapter import ModelAdapter, as_adapter
 from ..core.batches import InputFn, default_input_fn, to_device
 from ..core.batchnorm import EmptyLoaderError
-from ..core.checkpoint import CheckpointError, check_model_signature, load_checkpoint, model_signature, save_checkpoint
+from ..core.checkpoint import (CheckpointError, check_model_signature, load_checkpoint, model_signature,
+                               save_checkpoint, to_json_text)
 from ..evaluation.metrics import ClassificationMetrics, RegressionMetrics
 from ..evaluation.predict import evaluate, gaussian_moments, predict_probs
 from .schedules import Schedule
@@ -244,7 +245,7 @@ class Trainer:
         self.log_path = Path(log_path) if log_path is not None else None
         self.header = dict(header or {})
         self.progress = progress
-        # evaluation and BatchNorm recompute read inputs through these (until they take the adapter)
+        # kept for callers that read a batch by hand; evaluation and BatchNorm recompute use the adapter
         self.input_fn = input_fn or (default_input_fn if adapter is None else _adapter_input_fn(adapter))
         self.target_fn = target_fn or self.adapter.targets
         self.likelihood = likelihood
@@ -266,7 +267,7 @@ class Trainer:
             "rng": torch.get_rng_state(),
             "epoch": self.epoch,
             "step": self.step,
-            "history": json.dumps(self.history),
+            "history": to_json_text(self.history),
         }
 
     def save(self, path: str | Path | None = None) -> Path:
@@ -322,14 +323,14 @@ class Trainer:
         main = is_main_process()
         if self.log_path is not None and main:  # a fresh log, or the resumed history without later epochs
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self.log_path.write_text("".join(json.dumps(h) + "\n" for h in self.history))
+            self.log_path.write_text("".join(to_json_text(h) + "\n" for h in self.history))
         for cb in self.callbacks:
             cb.on_train_start(self)
         bar = None
         if self.progress and main:
-            from tqdm.auto import tqdm
+            from ..core.optional import progress_bar
 
-            bar = tqdm(total=self.epochs * self.steps_per_epoch, initial=self.epoch * self.steps_per_epoch,
+            bar = progress_bar(total=self.epochs * self.steps_per_epoch, initial=self.epoch * self.steps_per_epoch,
                        unit="step", dynamic_ncols=True, leave=False)
         try:
             while self.epoch < self.epochs:
@@ -401,18 +402,16 @@ class Trainer:
         sums, per-bin arrays) is all-reduced, so every rank gets the metrics of all ranks' examples; every rank
         must call this at the same points (the trainer does)."""
         if not _distributed():
-            return evaluate(self.model, loader, device=self.device, input_fn=self.input_fn,
-                            target_fn=self.target_fn, likelihood=self.likelihood)
+            return evaluate(self.model, loader, device=self.device, adapter=self.adapter)
         metrics: ClassificationMetrics | RegressionMetrics
         if self.likelihood == "gaussian":
             metrics = RegressionMetrics()
-            for m, targets in predict_probs(self.model, loader, device=self.device, input_fn=self.input_fn,
-                                            target_fn=self.target_fn, transform=gaussian_moments):
+            for m, targets in predict_probs(self.model, loader, device=self.device, adapter=self.adapter,
+                                            transform=gaussian_moments):
                 metrics.update(m[:, 0], m[:, 1] - m[:, 0] ** 2, targets)
         else:
             metrics = ClassificationMetrics()
-            for probs, targets in predict_probs(self.model, loader, device=self.device, input_fn=self.input_fn,
-                                                target_fn=self.target_fn):
+            for probs, targets in predict_probs(self.model, loader, device=self.device, adapter=self.adapter):
                 metrics.update(probs, targets)
         metrics.all_reduce()
         if metrics.n == 0:
@@ -443,7 +442,7 @@ class Trainer:
         main = is_main_process()
         if self.log_path is not None and main:
             with open(self.log_path, "a") as f:
-                f.write(json.dumps(logs) + "\n")
+                f.write(to_json_text(logs) + "\n")
         if main and self.checkpoint_path is not None and (self.epoch % self.checkpoint_every == 0 or self.epoch == self.epochs):
             self.save()
 
