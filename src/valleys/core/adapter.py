@@ -31,7 +31,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from .batches import BatchFormatError, to_device
+from .batches import BatchFormatError, as_call_args, to_device
 
 __all__ = ["ModelAdapter", "AdapterError", "as_adapter", "gaussian_nll", "LOSSES"]
 
@@ -59,14 +59,6 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "cross_entropy": nn.functional.cross_entropy,
     "gaussian": gaussian_nll,
 }
-
-
-def _as_args(inputs: Any) -> tuple[tuple, dict]:
-    if isinstance(inputs, Mapping):
-        return (), dict(inputs)
-    if isinstance(inputs, tuple):
-        return inputs, {}
-    return (inputs,), {}
 
 
 @dataclass(frozen=True)
@@ -105,7 +97,7 @@ class ModelAdapter:
         if sel is None:
             return self._default_inputs(batch)
         if callable(sel):
-            return _as_args(sel(batch))
+            return as_call_args(sel(batch))
         if isinstance(sel, (list, tuple)) and not isinstance(sel, str):
             if not isinstance(batch, Mapping):
                 raise AdapterError(f"input={list(sel)!r} names dict keys but the batch is a {type(batch).__name__}")
@@ -113,7 +105,7 @@ class ModelAdapter:
             if missing:
                 raise AdapterError(f"input keys {missing} are not in the batch (keys: {sorted(batch)}); fix input=...")
             return (), {k: batch[k] for k in sel}
-        return _as_args(self._pick(batch, sel, "input"))
+        return as_call_args(self._pick(batch, sel, "input"))
 
     def targets(self, batch: Any) -> Any:
         """The targets of one batch."""
@@ -148,7 +140,7 @@ class ModelAdapter:
         if isinstance(batch, (tuple, list)):
             if not batch:
                 raise AdapterError("empty tuple batch; pass input=... to say where the model input is")
-            return _as_args(batch[0])
+            return as_call_args(batch[0])
         if isinstance(batch, Mapping):
             rest = {k: v for k, v in batch.items() if k not in _TARGET_KEYS}
             if not rest:
