@@ -71,7 +71,8 @@ from valleys.zoo.models import MLP, SmallCNN
 from valleys.geometry.surfaces import Plane, grid_axes
 from valleys.core.weights import WeightSpace
 
-from _harness import run_measurement, fmt_time, print_checks, spread  # noqa: E402 (benchmarks/ is on sys.path when run)
+from _harness import (run_measurement, fmt_time, print_checks, spread, checks_json,  # noqa: E402
+                      write_results)  # (benchmarks/ is on sys.path when run)
 
 GRID_TARGET = 2.0     # (a) naive / ours (auto)
 AGREE_TOL = 1e-4      # max |loss diff| between ours and naive
@@ -376,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller grids, fewer repeats, smaller Hessian subset")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, for stable numbers)")
+    ap.add_argument("--json", default=None, metavar="PATH",
+                    help="where to write the numbers as JSON (default benchmarks/results/bench_geometry.json)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = make_config(args.quick)
@@ -404,7 +407,12 @@ def main(argv: list[str] | None = None) -> int:
          c["same"]),
     ]
     print_checks(checks)
-    print(f"\ntotal {time.perf_counter() - start:.1f}s")
+    total = time.perf_counter() - start
+    print(f"\ntotal {total:.1f}s")
+    write_results("bench_geometry", {"quick": args.quick, "threads": torch.get_num_threads(),
+                                     "grid_keep": a, "grid_recompute": b, "eigen": c,
+                                     "checks": checks_json(checks), "all_pass": all(ok for _, ok in checks),
+                                     "total_s": total}, args.json)
     return 0
 
 

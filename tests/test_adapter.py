@@ -73,3 +73,11 @@ def test_losses_against_hand_computed_values():
     assert gaussian_nll(out, torch.tensor([2.0])).item() == pytest.approx(expect)
     g = as_adapter(likelihood="gaussian")
     assert g.likelihood == "gaussian" and g.compute_loss(out, torch.tensor([2.0])).item() == pytest.approx(expect)
+
+
+def test_predictive_follows_the_stated_likelihood_even_with_a_custom_loss():
+    assert as_adapter(loss=lambda o, t: o.mean(), likelihood="gaussian").likelihood == "gaussian"
+    assert as_adapter(loss=gaussian_nll).likelihood == "gaussian"
+    assert ModelAdapter(loss=lambda o, t: o.mean()).likelihood == "classification"
+    with pytest.raises(ValueError, match="unknown predictive"):
+        ModelAdapter(predictive="poisson")

@@ -73,6 +73,8 @@ class ModelAdapter:
         output: which part of the model's return value is the prediction: ``None`` (a tensor, ``.logits`` or
             ``["logits"]``), an index, a key or attribute name, or ``callable(raw_output)``.
         loss: ``"cross_entropy"``, ``"gaussian"`` or ``callable(prediction, targets) -> scalar`` (a mean).
+        predictive: how predictions are averaged and scored: ``"classification"`` (softmax of logits) or
+            ``"gaussian"`` (a ``(mean, variance)`` head); ``None`` derives it from ``loss``.
 
     Example:
         >>> adapter = ModelAdapter(output="logits", target="labels")
@@ -83,8 +85,11 @@ class ModelAdapter:
     target: Selector = None
     output: Selector = None
     loss: str | Callable[[Tensor, Tensor], Tensor] = "cross_entropy"
+    predictive: str | None = None
 
     def __post_init__(self) -> None:
+        if self.predictive not in (None, "classification", "gaussian"):
+            raise ValueError(f"unknown predictive {self.predictive!r}; choose classification or gaussian")
         if isinstance(self.loss, str) and self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)} or pass a callable")
         if not isinstance(self.loss, str) and not callable(self.loss):
@@ -203,7 +208,9 @@ class ModelAdapter:
     @property
     def likelihood(self) -> str:
         """``"gaussian"`` for a ``(mean, variance)`` head, else ``"classification"`` (predictions are logits)."""
-        return "gaussian" if self.loss == "gaussian" else "classification"
+        if self.predictive is not None:
+            return self.predictive
+        return "gaussian" if self.loss == "gaussian" or self.loss is gaussian_nll else "classification"
 
     def compute_loss(self, prediction: Tensor, targets: Any) -> Tensor:
         """The batch's mean loss."""
@@ -227,4 +234,4 @@ def as_adapter(adapter: ModelAdapter | None = None, *, input_fn: Callable[[Any],
         raise ValueError(f"unknown likelihood {likelihood!r}; choose one of classification, gaussian")
     if loss is None:
         loss = "gaussian" if likelihood == "gaussian" else "cross_entropy"
-    return ModelAdapter(input=input_fn, target=target_fn, loss=loss)
+    return ModelAdapter(input=input_fn, target=target_fn, loss=loss, predictive=likelihood)
