@@ -9,7 +9,6 @@ random planes, whose coordinates are multiples of the filter-normalised directio
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch

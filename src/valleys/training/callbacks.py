@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from torch import Tensor
+
 from ..methods.averaging import Averager
 from ..core.batchnorm import recompute_bn
 from ..methods.ensembles import snapshot

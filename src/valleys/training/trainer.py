@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.adapter import ModelAdapter, as_adapter
-from ..core.batches import InputFn, default_input_fn, to_device
+from ..core.batches import InputFn, to_device
 from ..core.batchnorm import EmptyLoaderError
 from ..core.checkpoint import (CheckpointError, check_model_signature, load_checkpoint, model_signature,
                                save_checkpoint, to_json_text)
@@ -245,9 +245,6 @@ class Trainer:
         self.log_path = Path(log_path) if log_path is not None else None
         self.header = dict(header or {})
         self.progress = progress
-        # kept for callers that read a batch by hand; evaluation and BatchNorm recompute use the adapter
-        self.input_fn = input_fn or (default_input_fn if adapter is None else _adapter_input_fn(adapter))
-        self.target_fn = target_fn or self.adapter.targets
         self.likelihood = likelihood
         self.epoch = 0  # the epoch being trained (0-based); after fit, == epochs
         self.step = 0   # optimizer steps done
@@ -445,17 +442,3 @@ class Trainer:
                 f.write(to_json_text(logs) + "\n")
         if main and self.checkpoint_path is not None and (self.epoch % self.checkpoint_every == 0 or self.epoch == self.epochs):
             self.save()
-
-
-def _adapter_input_fn(adapter: ModelAdapter) -> InputFn:
-    """An ``input_fn`` (tensor, tuple of positional inputs, or dict of keyword inputs) from an adapter."""
-
-    def input_fn(batch: Any) -> Any:
-        args, kwargs = adapter.inputs(batch)
-        if kwargs:
-            if args:
-                raise ValueError("an adapter giving both positional and keyword inputs is not supported here")
-            return kwargs
-        return args[0] if len(args) == 1 else tuple(args)
-
-    return input_fn
