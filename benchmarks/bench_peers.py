@@ -223,6 +223,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="100 examples, fewer repeats, 5 x 5 grid, 10 Hutchinson samples")
     ap.add_argument("--examples", type=int, default=None, help="data size (default 1000; 100 with --quick)")
+    ap.add_argument("--plane-repeats", type=int, default=1,
+                    help="interleaved repeats of the plane (default 1: a 21 x 21 plane on 1000 examples takes "
+                         "several minutes per run on one core)")
+    ap.add_argument("--plane-loop", action="store_true", help="also time the engine with batched=False")
+    ap.add_argument("--sections", default="abcd", help="which sections to run (default abcd)")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "bench_peers.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -253,148 +258,153 @@ def main() -> None:
     results: dict[str, Any] = {"P": space.size, "examples": examples, "quick": args.quick, "torch": torch.__version__}
     checks: list[tuple[str, bool]] = []
 
-    # (a) one HVP --------------------------------------------------------------------------------------
-    print(f"\n(a) one Hessian-vector product, P = {space.size}, {examples} examples, eval mode")
-    peer_model = copy.deepcopy(model)
-    t0 = time.perf_counter()
-    peer, peer_hvp, which_h = peer_hessian(peers, peer_model, (x, y))
-    peer_setup = time.perf_counter() - t0
-    v = torch.randn(space.size, generator=torch.Generator().manual_seed(1))
-    v_list = [t.clone() for t in space.views(v)]
-    losses = {r: LossFunction(model, [(x, y)], route=r) for r in ("double_backward", "forward_over_reverse")}
-    losses["forward_over_reverse"].hvp(w, v)  # warm-up (first-call costs)
-    t0 = time.perf_counter()
-    losses["double_backward"].hvp(w, v)  # builds the gradient graph at w (the peer's set-up, timed apart)
-    ours_setup = time.perf_counter() - t0
-    fns = {"valleys double_backward": lambda: losses["double_backward"].hvp(w, v),
-           "valleys forward_over_reverse": lambda: losses["forward_over_reverse"].hvp(w, v),
-           which_h: lambda: torch.cat([t.reshape(-1) for t in peer_hvp(v_list)])}
-    times, last = alternating(fns, repeats)
-    med = {k: statistics.median(t) for k, t in times.items()}
-    for k, t in med.items():
-        print(f"  {k:34s} {fmt_time(t)} per product")
-    print(f"  set-up (gradient with its graph, and one product): valleys {fmt_time(ours_setup)}, peer {fmt_time(peer_setup)}")
-    ref = last[which_h]
-    for k in ("valleys double_backward", "valleys forward_over_reverse"):
-        rel = float((last[k] - ref).norm() / ref.norm())
-        checks.append((f"(a) {k} HVP equals the peer's: relative difference {rel:.1e} <= 1e-4", rel <= 1e-4))
-    ratio = med[which_h] / med["valleys double_backward"]
-    checks.append((f"(a) HVP: peer / valleys double_backward = {ratio:.2f}x >= 1.0x", ratio >= 1.0))
-    print(f"  ratio peer / valleys: double_backward {ratio:.2f}x, forward_over_reverse "
-          f"{med[which_h] / med['valleys forward_over_reverse']:.2f}x   {verdict(ratio >= 1.0)}")
-    results["hvp"] = {"peer": which_h, "median_s": med, "setup_s": {"valleys": ours_setup, "peer": peer_setup},
-                      "ratio_peer_over_double_backward": ratio}
-
-    # (b) top eigenvalue --------------------------------------------------------------------------------
-    print("\n(b) top Hessian eigenvalue to 1e-3 relative")
-    loss = losses["double_backward"]
-    reference = float(lanczos(loss, w, k=1, iterations=max(20, max_products // 3), generator=torch.Generator().manual_seed(7))
-                      ["eigenvalues"][0])
-    rows = {}
-    for name, run in (
-        ("valleys lanczos", lambda: lanczos(loss, w, k=1, iterations=max_products // 2, tol=1e-3,
-                                            generator=torch.Generator().manual_seed(0))),
-        ("valleys power_iteration", lambda: power_iteration(loss, w, iterations=max_products, tol=1e-3,
-                                                            generator=torch.Generator().manual_seed(0))),
-    ):
+    if set(args.sections) & set("abc"):  # the Hessian sections share the peer object and the loss
+        # (a) one HVP --------------------------------------------------------------------------------------
+        print(f"\n(a) one Hessian-vector product, P = {space.size}, {examples} examples, eval mode")
+        peer_model = copy.deepcopy(model)
         t0 = time.perf_counter()
-        res = run()
-        dt = time.perf_counter() - t0
-        value = float(res["eigenvalues"][0]) if "eigenvalues" in res else res["eigenvalue"]
-        rows[name] = {"time_s": dt, "num_hvp": res["num_hvp"], "eigenvalue": value}
-    counter = {"n": 0}
-    inner = peer_hvp
+        peer, peer_hvp, which_h = peer_hessian(peers, peer_model, (x, y))
+        peer_setup = time.perf_counter() - t0
+        v = torch.randn(space.size, generator=torch.Generator().manual_seed(1))
+        v_list = [t.clone() for t in space.views(v)]
+        losses = {r: LossFunction(model, [(x, y)], route=r) for r in ("double_backward", "forward_over_reverse")}
+        losses["forward_over_reverse"].hvp(w, v)  # warm-up (first-call costs)
+        t0 = time.perf_counter()
+        losses["double_backward"].hvp(w, v)  # builds the gradient graph at w (the peer's set-up, timed apart)
+        ours_setup = time.perf_counter() - t0
+        fns = {"valleys double_backward": lambda: losses["double_backward"].hvp(w, v),
+               "valleys forward_over_reverse": lambda: losses["forward_over_reverse"].hvp(w, v),
+               which_h: lambda: torch.cat([t.reshape(-1) for t in peer_hvp(v_list)])}
+        times, last = alternating(fns, repeats)
+        med = {k: statistics.median(t) for k, t in times.items()}
+        for k, t in med.items():
+            print(f"  {k:34s} {fmt_time(t)} per product")
+        print(f"  set-up (gradient with its graph, and one product): valleys {fmt_time(ours_setup)}, peer {fmt_time(peer_setup)}")
+        ref = last[which_h]
+        for k in ("valleys double_backward", "valleys forward_over_reverse"):
+            rel = float((last[k] - ref).norm() / ref.norm())
+            checks.append((f"(a) {k} HVP equals the peer's: relative difference {rel:.1e} <= 1e-4", rel <= 1e-4))
+        ratio = med[which_h] / med["valleys double_backward"]
+        checks.append((f"(a) HVP: peer / valleys double_backward = {ratio:.2f}x >= 1.0x", ratio >= 1.0))
+        print(f"  ratio peer / valleys: double_backward {ratio:.2f}x, forward_over_reverse "
+              f"{med[which_h] / med['valleys forward_over_reverse']:.2f}x   {verdict(ratio >= 1.0)}")
+        results["hvp"] = {"peer": which_h, "median_s": med, "setup_s": {"valleys": ours_setup, "peer": peer_setup},
+                          "ratio_peer_over_double_backward": ratio}
 
-    def counted(vl):
-        counter["n"] += 1
-        return inner(vl)
+        # (b) top eigenvalue --------------------------------------------------------------------------------
+        print("\n(b) top Hessian eigenvalue to 1e-3 relative")
+        loss = losses["double_backward"]
+        reference = float(lanczos(loss, w, k=1, iterations=max(20, max_products // 3), generator=torch.Generator().manual_seed(7))
+                          ["eigenvalues"][0])
+        rows = {}
+        for name, run in (
+            ("valleys lanczos", lambda: lanczos(loss, w, k=1, iterations=max_products // 2, tol=1e-3,
+                                                generator=torch.Generator().manual_seed(0))),
+            ("valleys power_iteration", lambda: power_iteration(loss, w, iterations=max_products, tol=1e-3,
+                                                                generator=torch.Generator().manual_seed(0))),
+        ):
+            t0 = time.perf_counter()
+            res = run()
+            dt = time.perf_counter() - t0
+            value = float(res["eigenvalues"][0]) if "eigenvalues" in res else res["eigenvalue"]
+            rows[name] = {"time_s": dt, "num_hvp": res["num_hvp"], "eigenvalue": value}
+        counter = {"n": 0}
+        inner = peer_hvp
 
-    torch.manual_seed(0)
-    t0 = time.perf_counter()
-    if which_h.endswith("(package)"):
-        ph_mod = sys.modules[type(peer).__module__]  # pyhessian.hessian (the package exports a class by that name)
-        saved = ph_mod.hessian_vector_product
-        ph_mod.hessian_vector_product = lambda g, p, vl: counted(vl)  # count the peer's products
-        try:
+        def counted(vl):
+            counter["n"] += 1
+            return inner(vl)
+
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        if which_h.endswith("(package)"):
+            ph_mod = sys.modules[type(peer).__module__]  # pyhessian.hessian (the package exports a class by that name)
+            saved = ph_mod.hessian_vector_product
+            ph_mod.hessian_vector_product = lambda g, p, vl: counted(vl)  # count the peer's products
+            try:
+                evs, _ = peer.eigenvalues(maxIter=max_products, tol=1e-3, top_n=1)
+            finally:
+                ph_mod.hessian_vector_product = saved
+        else:
+            peer.hvp, plain = counted, peer.hvp
             evs, _ = peer.eigenvalues(maxIter=max_products, tol=1e-3, top_n=1)
-        finally:
-            ph_mod.hessian_vector_product = saved
-    else:
-        peer.hvp, plain = counted, peer.hvp
-        evs, _ = peer.eigenvalues(maxIter=max_products, tol=1e-3, top_n=1)
-        peer.hvp = plain
-    rows[f"{which_h} eigenvalues"] = {"time_s": time.perf_counter() - t0, "num_hvp": counter["n"],
-                                      "eigenvalue": float(evs[0])}
-    for name, r in rows.items():
-        r["rel_error"] = abs(r["eigenvalue"] - reference) / abs(reference)
-        print(f"  {name:42s} {fmt_time(r['time_s'])}  {r['num_hvp']:4d} products  "
-              f"lambda = {r['eigenvalue']:.5g} (rel. error {r['rel_error']:.1e})")
-    print(f"  reference (Lanczos, {max(20, max_products // 3)} products): {reference:.6g}")
-    checks.append((f"(b) Lanczos within 1e-3 of the reference ({rows['valleys lanczos']['rel_error']:.1e})",
-                   rows["valleys lanczos"]["rel_error"] <= 1e-3))
-    results["top_eigenvalue"] = {"reference": reference, **rows}
+            peer.hvp = plain
+        rows[f"{which_h} eigenvalues"] = {"time_s": time.perf_counter() - t0, "num_hvp": counter["n"],
+                                          "eigenvalue": float(evs[0])}
+        for name, r in rows.items():
+            r["rel_error"] = abs(r["eigenvalue"] - reference) / abs(reference)
+            print(f"  {name:42s} {fmt_time(r['time_s'])}  {r['num_hvp']:4d} products  "
+                  f"lambda = {r['eigenvalue']:.5g} (rel. error {r['rel_error']:.1e})")
+        print(f"  reference (Lanczos, {max(20, max_products // 3)} products): {reference:.6g}")
+        checks.append((f"(b) Lanczos within 1e-3 of the reference ({rows['valleys lanczos']['rel_error']:.1e})",
+                       rows["valleys lanczos"]["rel_error"] <= 1e-3))
+        results["top_eigenvalue"] = {"reference": reference, **rows}
 
-    # (c) Hutchinson ------------------------------------------------------------------------------------
-    print(f"\n(c) {samples} Hutchinson samples")
-    t0 = time.perf_counter()
-    ours = hutchinson_trace(loss, w, samples, generator=torch.Generator().manual_seed(0))
-    ours_s = time.perf_counter() - t0
-    torch.manual_seed(0)
-    t0 = time.perf_counter()
-    vals = peer.trace(maxIter=samples, tol=-1.0)  # never stops early
-    peer_s = time.perf_counter() - t0
-    peer_trace = statistics.mean(vals)
-    peer_se = statistics.stdev(vals) / math.sqrt(len(vals))
-    print(f"  valleys hutchinson_trace  {fmt_time(ours_s)}  trace {ours['trace']:.5g} +- {ours['stderr']:.2g}")
-    print(f"  {which_h + ' trace':26s}{fmt_time(peer_s)}  trace {peer_trace:.5g} +- {peer_se:.2g} "
-          f"({len(vals)} samples)")
-    gap = abs(ours["trace"] - peer_trace) / math.hypot(ours["stderr"], peer_se)
-    checks.append((f"(c) the two trace estimates agree ({gap:.1f} standard errors apart <= 4)", gap <= 4))
-    checks.append((f"(c) Hutchinson: peer / valleys = {peer_s / ours_s:.2f}x >= 1.0x", peer_s / ours_s >= 1.0))
-    results["hutchinson"] = {"samples": samples, "valleys_s": ours_s, "peer_s": peer_s,
-                             "valleys_trace": ours["trace"], "peer_trace": peer_trace}
-    del peer, peer_hvp, losses, loss
+        # (c) Hutchinson ------------------------------------------------------------------------------------
+        print(f"\n(c) {samples} Hutchinson samples")
+        t0 = time.perf_counter()
+        ours = hutchinson_trace(loss, w, samples, generator=torch.Generator().manual_seed(0))
+        ours_s = time.perf_counter() - t0
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        vals = peer.trace(maxIter=samples, tol=-1.0)  # never stops early
+        peer_s = time.perf_counter() - t0
+        peer_trace = statistics.mean(vals)
+        peer_se = statistics.stdev(vals) / math.sqrt(len(vals))
+        print(f"  valleys hutchinson_trace  {fmt_time(ours_s)}  trace {ours['trace']:.5g} +- {ours['stderr']:.2g}")
+        print(f"  {which_h + ' trace':26s}{fmt_time(peer_s)}  trace {peer_trace:.5g} +- {peer_se:.2g} "
+              f"({len(vals)} samples)")
+        gap = abs(ours["trace"] - peer_trace) / math.hypot(ours["stderr"], peer_se)
+        checks.append((f"(c) the two trace estimates agree ({gap:.1f} standard errors apart <= 4)", gap <= 4))
+        checks.append((f"(c) Hutchinson: peer / valleys = {peer_s / ours_s:.2f}x >= 1.0x", peer_s / ours_s >= 1.0))
+        results["hutchinson"] = {"samples": samples, "valleys_s": ours_s, "peer_s": peer_s,
+                                 "valleys_trace": ours["trace"], "peer_trace": peer_trace}
+        del peer, peer_hvp, losses, loss
 
-    # (d) plane -----------------------------------------------------------------------------------------
-    print(f"\n(d) {steps} x {steps} random filter-normalised plane, loss on {examples} examples")
-    g = torch.Generator().manual_seed(3)
-    d1 = random_direction(space, w, include_1d=True, generator=g)
-    d2 = random_direction(space, w, include_1d=True, generator=g)
-    axis = torch.linspace(-1, 1, steps).tolist()
-    points = [w + a * d1 + b * d2 for a in axis for b in axis]
-    data = {"train": [(x, y)]}
-    which_p = ""
+    if "d" in args.sections:
+        # (d) plane -----------------------------------------------------------------------------------------
+        print(f"\n(d) {steps} x {steps} random filter-normalised plane, loss on {examples} examples")
+        g = torch.Generator().manual_seed(3)
+        d1 = random_direction(space, w, include_1d=True, generator=g)
+        d2 = random_direction(space, w, include_1d=True, generator=g)
+        axis = torch.linspace(-1, 1, steps).tolist()
+        points = [w + a * d1 + b * d2 for a in axis for b in axis]
+        data = {"train": [(x, y)]}
+        which_p = ""
 
-    def ours_grid():
-        return evaluate_points(model, points, data, bn="keep")["train"]["loss"]
+        def ours_grid():
+            return evaluate_points(model, points, data, bn="keep")["train"]["loss"]
 
-    def peer_grid():
-        nonlocal which_p
-        out, which_p = landscapes_plane(peers, model, x, y, steps)
-        return out
+        def peer_grid():
+            nonlocal which_p
+            out, which_p = landscapes_plane(peers, model, x, y, steps)
+            return out
 
-    def ours_loop():  # for information: the engine without its vmap-or-loop timing probe
-        return evaluate_points(model, points, data, bn="keep", batched=False)["train"]["loss"]
+        def ours_loop():  # for information: the engine without its vmap-or-loop timing probe
+            return evaluate_points(model, points, data, bn="keep", batched=False)["train"]["loss"]
 
-    if not args.quick:
-        ours_grid(), peer_grid()  # warm-up
-    times, last = alternating({"valleys": ours_grid, "peer": peer_grid, "valleys_loop": ours_loop},
-                              1 if args.quick else 5)
-    med = {k: statistics.median(t) for k, t in times.items()}
-    ratio = med["peer"] / med["valleys"]
-    print(f"  valleys evaluate_points (engine, batched auto) {fmt_time(med['valleys'])}")
-    print(f"  valleys evaluate_points (batched=False)        {fmt_time(med['valleys_loop'])}  (information)")
-    print(f"  {which_p:46s} {fmt_time(med['peer'])}")
-    print(f"  ratio peer / valleys {ratio:.2f}x   {verdict(ratio >= 1.0)}")
-    checks.append((f"(d) grid: {which_p} / valleys = {ratio:.2f}x >= 1.0x", ratio >= 1.0))
-    record: list = []
-    landscapes_plane(peers, model, x, y, 3, record)  # the points the peer visits, and its values there
-    got = evaluate_points(model, [p for p, _ in record[:4]], data, bn="keep")["train"]["loss"]
-    diff = max(abs(a - b) / max(abs(b), 1e-12) for a, (_, b) in zip(got, record[:4]))
-    checks.append((f"(d) same loss at {len(got)} of the peer's grid points (max relative diff {diff:.1e} <= 1e-4)",
-                   diff <= 1e-4))
-    results["plane"] = {"steps": steps, "peer": which_p, "median_s": med, "ratio_peer_over_valleys": ratio,
-                        "agreement_max_rel_diff": diff}
+        evaluate_points(model, points[:9], data, bn="keep")  # warm-up (and the engine's one-off vmap probe)
+        landscapes_plane(peers, model, x, y, 3)
+        fns = {"valleys": ours_grid, "peer": peer_grid}
+        if args.plane_loop:
+            fns["valleys_loop"] = ours_loop
+        times, last = alternating(fns, args.plane_repeats)
+        med = {k: statistics.median(t) for k, t in times.items()}
+        ratio = med["peer"] / med["valleys"]
+        print(f"  valleys evaluate_points (engine, batched auto) {fmt_time(med['valleys'])}")
+        if args.plane_loop:
+            print(f"  valleys evaluate_points (batched=False)        {fmt_time(med['valleys_loop'])}  (information)")
+        print(f"  {which_p:46s} {fmt_time(med['peer'])}")
+        print(f"  ratio peer / valleys {ratio:.2f}x   {verdict(ratio >= 1.0)}")
+        checks.append((f"(d) grid: {which_p} / valleys = {ratio:.2f}x >= 1.0x", ratio >= 1.0))
+        record: list = []
+        landscapes_plane(peers, model, x, y, 3, record)  # the points the peer visits, and its values there
+        got = evaluate_points(model, [p for p, _ in record[:4]], data, bn="keep")["train"]["loss"]
+        diff = max(abs(a - b) / max(abs(b), 1e-12) for a, (_, b) in zip(got, record[:4]))
+        checks.append((f"(d) same loss at {len(got)} of the peer's grid points (max relative diff {diff:.1e} <= 1e-4)",
+                       diff <= 1e-4))
+        results["plane"] = {"steps": steps, "peer": which_p, "median_s": med, "ratio_peer_over_valleys": ratio,
+                            "agreement_max_rel_diff": diff}
 
     print("\nChecks")
     print_checks(checks)

@@ -169,3 +169,33 @@ def test_transformer_encoder_with_padding_mask_and_dict_batches():
 def test_route_is_checked():
     with pytest.raises(ValueError, match="route"):
         LossFunction(nn.Linear(2, 2), [(torch.randn(3, 2), torch.tensor([0, 1, 0]))], route="fast")
+
+
+def test_double_backward_with_an_unused_parameter_matches_the_exact_hessian():
+    """A parameter the loss never touches has zero Hessian rows; double backward must give them as zeros."""
+
+    class WithSpare(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+            self.spare = nn.Parameter(torch.randn(5))  # never used in forward
+
+        def forward(self, x):
+            return self.body(x)
+
+    torch.manual_seed(0)
+    model = WithSpare().double()
+    x, y = torch.randn(30, 3, dtype=torch.float64), torch.randint(0, 2, (30,))
+    space = WeightSpace(model)
+    w = space.read(model)
+
+    def full_loss(v):
+        return nn.functional.cross_entropy(torch.func.functional_call(model, space.unflatten(v), (x,)), y)
+
+    exact = torch.autograd.functional.hessian(full_loss, w)
+    loss = LossFunction(model, [(x, y)], route="double_backward")
+    for seed in range(2):
+        v = torch.randn(w.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        assert torch.allclose(loss.hvp(w, v), exact @ v, atol=1e-10)
+    spare = next(s for s in space.slots if s.name == "spare")
+    assert torch.equal(loss.hvp(w, v)[spare.offset:spare.offset + 5], torch.zeros(5, dtype=torch.float64))

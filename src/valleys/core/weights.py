@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -202,18 +202,38 @@ class WeightSpace:
         train/eval flag of every submodule are restored on exit, also when the block raises. With
         ``keep_buffers=True`` the buffers computed inside the block are kept.
         """
-        saved_w = self.read(module)
-        saved_buffers = {k: b.detach().clone() for k, b in module.named_buffers()}
-        self.write(module, w)
+        self.check_vector(w)
+        with self.visiting(module, keep_buffers=keep_buffers) as load:
+            load(w)
+            yield module
+
+    @contextlib.contextmanager
+    def visiting(self, module: nn.Module, *, keep_buffers: bool = False) -> Iterator[Callable[[Tensor], None]]:
+        """Context manager for visiting many weight vectors: the module is saved once, ``load(w)`` copies a
+        vector into its parameters (no checks: check each vector first with :meth:`check_vector`), and on
+        exit parameters, buffers (unless ``keep_buffers``) and train/eval flags are restored bit for bit,
+        also when the block raises. The saving and restoring is paid once, not once per vector."""
+        params = self.parameters(module)
+        with torch.no_grad():
+            saved_w = [p.detach().clone() for p in params]
+        saved_buffers = {} if keep_buffers else {k: b.detach().clone() for k, b in module.named_buffers()}
+
+        def load(w: Tensor) -> None:
+            with torch.no_grad():
+                for p, s in zip(params, self.slots):
+                    p.copy_(w[s.offset:s.offset + s.numel].view(s.shape))
+
         try:
             with preserved_modes(module):
-                yield module
+                yield load
         finally:
-            self.write(module, saved_w)
-            if not keep_buffers:
-                with torch.no_grad():
-                    for k, b in module.named_buffers():
-                        b.copy_(saved_buffers[k])
+            with torch.no_grad():
+                for p, saved in zip(params, saved_w):
+                    p.copy_(saved)
+                if saved_buffers:
+                    for k, b in module.named_buffers():  # by name: a buffer replaced inside gets the old values
+                        if k in saved_buffers:
+                            b.copy_(saved_buffers[k])
 
     def call_with(self, module: nn.Module, tensors: Sequence[Tensor], args: tuple = (),
                   kwargs: dict | None = None):

@@ -418,6 +418,17 @@ def _iter_weights(weights: Iterable[Sample] | Tensor | None) -> Iterator[Sample 
     return iter(weights)
 
 
+def _one_pass(model: nn.Module, point: int, loaders: Mapping[str, Iterable], reduce: Reduction,
+              adapter: ModelAdapter, device: Any) -> None:
+    """The model as it is, in eval mode without gradients, over every loader, each batch fed to ``reduce``."""
+    with preserved_modes(model, train=False), torch.no_grad():
+        for name, loader in loaders.items():
+            b = -1
+            for b, batch in enumerate(loader):
+                reduce.add(point, name, b, adapter.forward(model, batch, device), adapter.targets(batch))
+            reduce.end_pass(point, name, b + 1)
+
+
 def evaluate_many(model: nn.Module, weights: Iterable[Sample] | Tensor | None, loaders: Mapping[str, Iterable],
                   *, reduce: Reduction, adapter: ModelAdapter | None = None, bn: BNPolicy | str | None = None,
                   space: WeightSpace | None = None, device: torch.device | str | None = None,
@@ -466,7 +477,7 @@ def evaluate_many(model: nn.Module, weights: Iterable[Sample] | Tensor | None, l
             vectors = all(isinstance(g, Tensor) for g in group)
             for k, g in enumerate(group):
                 if isinstance(g, Tensor):
-                    space.check_vector(g, what=f"weight vector {count + k}", finite=False)
+                    space.check_vector(g, what=f"weight vector {count + k}")
             if vectors and recompute and policy.loader is None:
                 raise ValueError("the model has BatchNorm layers and the weights are flat vectors; pass a BN "
                                  "loader (bn_loader=train_loader) to recompute their statistics per vector, or "
@@ -493,18 +504,25 @@ def evaluate_many(model: nn.Module, weights: Iterable[Sample] | Tensor | None, l
                     if bar is not None:
                         bar.update(len(group))
                     continue
+            if vectors:  # saved once per group, each vector copied in, restored bit for bit at the end
+                with space.visiting(model) as load:
+                    for j, w in zip(idx, group):
+                        load(w.to(ref))
+                        if recompute:
+                            recompute_bn(model, policy.loader, num_batches=policy.num_batches,  # type: ignore[arg-type]
+                                         device=device, adapter=adapter)
+                        _one_pass(model, j, loaders, reduce, adapter, device)
+                        if bar is not None:
+                            bar.update(1)
+                count += len(group)
+                continue
             for j, sample in zip(idx, group):
                 ctx = contextlib.nullcontext(model) if sample is None else holding(model, sample, space)
                 with ctx:
                     if isinstance(sample, Tensor) and recompute:
                         recompute_bn(model, policy.loader, num_batches=policy.num_batches,  # type: ignore[arg-type]
                                      device=device, adapter=adapter)
-                    with preserved_modes(model, train=False), torch.no_grad():
-                        for name, loader in loaders.items():
-                            b = -1
-                            for b, batch in enumerate(loader):
-                                reduce.add(j, name, b, adapter.forward(model, batch, device), adapter.targets(batch))
-                            reduce.end_pass(j, name, b + 1)
+                    _one_pass(model, j, loaders, reduce, adapter, device)
                 if bar is not None:
                     bar.update(1)
             count += len(group)
