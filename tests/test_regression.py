@@ -1,3 +1,4 @@
+import math
 import numpy as np
 import pytest
 import torch
@@ -80,3 +81,35 @@ def test_diabetes_swag_run_reports_regression_metrics(tmp_path):
         evaluate_run(tmp_path / "r", temperature_scaling=True)
     with pytest.raises(ValueError, match="--model mlp"):
         train_run(TrainConfig(dataset="diabetes", model="cnn"), tmp_path / "x", progress=False)
+
+
+def test_geometry_and_connect_on_regression_runs_use_the_gaussian_nll(tmp_path):
+    """path, sharpness and connect on diabetes runs: the loss is the Gaussian NLL of the (mean, variance) head
+    (before, every geometry command crashed with 'expected target dtype Long')."""
+    import json
+
+    import torch
+
+    from valleys.app.cli import main
+    from valleys.app.studies import load_context
+    from valleys.zoo.regression import gaussian_nll
+
+    for seed in (0, 1):
+        train_run(TrainConfig(dataset="diabetes", model="mlp", method="sgd", epochs=3, lr=0.01, seed=seed),
+                  tmp_path / f"r{seed}", progress=False)
+    a, b = str(tmp_path / "r0"), str(tmp_path / "r1")
+    assert main(["path", a, b, "--points", "3", "--extend", "0", "--out", str(tmp_path / "line"), "--no-progress"]) == 0
+    line = json.loads((tmp_path / "line" / "results.json").read_text())
+    model, w, _, loaders, _ = load_context(a)
+    with torch.no_grad():  # the oracle: the mean Gaussian NLL over the training split at A, by hand
+        nll = torch.cat([gaussian_nll(model(x), y).reshape(1) * len(y) for x, y in loaders["train"]]).sum()
+        n = sum(len(y) for _, y in loaders["train"])
+    assert line["curves"]["train"]["loss"][0] == pytest.approx(float(nll / n), rel=1e-5)
+    assert all(e is None for e in line["curves"]["train"]["error"])  # no classification error for regression
+    assert main(["sharpness", a, "--k", "1", "--examples", "100", "--out", str(tmp_path / "sh")]) == 0
+    sh = json.loads((tmp_path / "sh" / "results.json").read_text())
+    assert math.isfinite(sh["top_eigenvalues"][0]) and math.isfinite(sh["loss"])
+    assert main(["connect", a, b, "--epochs", "1", "--points", "3", "--out", str(tmp_path / "curve"),
+                 "--no-progress"]) == 0
+    curve = json.loads((tmp_path / "curve" / "results.json").read_text())
+    assert len(curve["curve"]["test_nll"]) == 3 and all(math.isfinite(v) for v in curve["curve"]["test_nll"])

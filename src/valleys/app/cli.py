@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -287,8 +288,12 @@ def _connect(args: argparse.Namespace) -> int:
 
 def _print_curve(res: dict, out) -> None:
     b = res["barrier"]
-    print(f"max test error: segment {100 * b['segment_max_test_error']:.2f}%, {res['kind']} curve "
-          f"{100 * b['curve_max_test_error']:.2f}%, worse endpoint {100 * b['worse_endpoint_test_error']:.2f}%")
+    if math.isnan(b["segment_max_test_error"]):  # regression: no classification error, the barrier in NLL
+        print(f"max test NLL: segment {b['segment_max_test_nll']:.4f}, {res['kind']} curve "
+              f"{b['curve_max_test_nll']:.4f}, worse endpoint {b['worse_endpoint_test_nll']:.4f}")
+    else:
+        print(f"max test error: segment {100 * b['segment_max_test_error']:.2f}%, {res['kind']} curve "
+              f"{100 * b['curve_max_test_error']:.2f}%, worse endpoint {100 * b['worse_endpoint_test_error']:.2f}%")
     print(f"max train loss: segment {res['segment']['summary']['train_loss']['max']:.4f}, curve "
           f"{res['curve']['summary']['train_loss']['max']:.4f}")
     print(f"\nwrote {Path(out) / 'report.md'} and {Path(out) / 'figures' / 'path.png'}")
@@ -310,7 +315,7 @@ def _geometry(args: argparse.Namespace) -> int:
             from .connect import load_curve
 
             raw = json.loads((Path(args.curve) / "config.json").read_text())
-            model, _, _, loaders, bn = L.load_context(raw["run_a"])
+            model, _, cfg, loaders, bn = L.load_context(raw["run_a"])
             space = L.WeightSpace(model)
             curve = load_curve(Path(args.curve), space)
             pts = curve.control_points().detach()
@@ -318,8 +323,8 @@ def _geometry(args: argparse.Namespace) -> int:
                 raise ValueError("the curve has 2 control points (a straight segment): it spans no plane")
             extra = {f"t={t}": curve.point(t).detach() for t in (0.25, 0.5, 0.75)}
             res = L.plane_study(model, pts[0], pts[len(pts) // 2], pts[-1], loaders, extra=extra, n=args.grid,
-                                margin=args.margin,
-                                bn=args.bn, bn_loader=bn, progress=progress)
+                                margin=args.margin, bn=args.bn, bn_loader=bn, progress=progress,
+                                adapter=cfg.adapter())
             res["points"] = {"A": res["points"]["a"], "bend": res["points"]["b"], "B": res["points"]["c"],
                              **{k: v for k, v in res["points"].items() if k.startswith("t=")}}
             title = f"plane of the curve {args.curve}"
@@ -328,38 +333,39 @@ def _geometry(args: argparse.Namespace) -> int:
                 raise ValueError("plane needs three networks A B C, or --curve or --trajectory (--pca goes with "
                                  "--trajectory)")
             ctx = [L.load_context(p) for p in args.points]
-            model, _, _, loaders, bn = ctx[0]
+            model, _, cfg, loaders, bn = ctx[0]
             res = L.plane_study(model, ctx[0][1], ctx[1][1], ctx[2][1], loaders, n=args.grid, margin=args.margin,
-                                bn=args.bn, bn_loader=bn, progress=progress)
+                                bn=args.bn, bn_loader=bn, progress=progress, adapter=cfg.adapter())
             title = "plane through " + ", ".join(args.points)
     elif args.command == "path":
-        model, wa, _, loaders, bn = L.load_context(args.a)
+        model, wa, cfg, loaders, bn = L.load_context(args.a)
         _, wb, _, _, _ = L.load_context(args.b)
         res = L.path_study(model, wa, wb, loaders, points=args.points, extend=args.extend, bn=args.bn, bn_loader=bn,
-                           progress=progress)
+                           progress=progress, adapter=cfg.adapter())
         res["a_label"], res["b_label"] = Path(args.a).name, Path(args.b).name
         title = f"line from {args.a} to {args.b}"
     elif args.command == "rays":
         ctx = {p: L.load_context(p) for p in args.runs}
-        model, _, _, loaders, bn = next(iter(ctx.values()))
+        model, _, cfg, loaders, bn = next(iter(ctx.values()))
         res = L.rays_study(model, {p: c[1] for p, c in ctx.items()}, loaders["train"], rays=args.rays,
                            max_distance=args.max_distance, steps=args.steps, rise=args.rise, seed=args.seed,
-                           bn=args.bn, bn_loader=bn, progress=progress)
+                           bn=args.bn, bn_loader=bn, progress=progress, adapter=cfg.adapter())
         title = "random rays from " + ", ".join(args.runs)
     elif args.command == "landscape":
-        model, w, _, loaders, bn = L.load_context(args.run)
+        model, w, cfg, loaders, bn = L.load_context(args.run)
         res = L.random_plane_study(model, w, loaders, n=args.grid, span=args.span, filter_norm=args.filter_norm,
-                                   seed=args.seed, bn=args.bn, bn_loader=bn, progress=progress)
+                                   seed=args.seed, bn=args.bn, bn_loader=bn, progress=progress,
+                                   adapter=cfg.adapter())
         title = f"random plane around {args.run}"
     else:
-        model, _, _, loaders, _ = L.load_context(args.run)
+        model, _, cfg, loaders, _ = L.load_context(args.run)
         batches, seen = [], 0
         for x, y in loaders["train"]:
             batches.append((x[: args.examples - seen], y[: args.examples - seen]))
             seen += len(batches[-1][1])
             if seen >= args.examples:
                 break
-        res = L.sharpness_study(model, batches, k=args.k, epsilon=args.epsilon)
+        res = L.sharpness_study(model, batches, k=args.k, epsilon=args.epsilon, adapter=cfg.adapter())
         title = f"sharpness of {args.run}"
         print(f"top Hessian eigenvalues {[round(v, 4) for v in res['top_eigenvalues']]}, trace "
               f"{res['trace']['trace']:.3f} ± {res['trace']['stderr']:.3f}, epsilon-sharpness "

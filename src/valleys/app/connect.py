@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -130,7 +131,8 @@ def connect_runs(cfg: ConnectConfig, out: str | Path, *, overwrite: bool = False
         write_json(out / "config.json", {"folder": "curve", **asdict(cfg), "data": asdict(data_cfg)})
     train, train_eval, test = _loaders(cfg, data_cfg, splits)
     start = time.perf_counter()
-    curve = train_curve(model_a, space, w_a, w_b, train, cfg, out=out, resume=resume, progress=progress)
+    curve = train_curve(model_a, space, w_a, w_b, train, cfg, out=out, resume=resume, progress=progress,
+                        adapter=data_cfg.adapter())
     train_s = time.perf_counter() - start
     save_checkpoint(out / "curve.safetensors", {"control_points": curve.control_points().detach()},
                     {"kind": "curve", "curve": cfg.kind, "bends": cfg.bends, "signature": space.signature()})
@@ -220,7 +222,8 @@ def evaluate_curve_dir(curve_dir: str | Path, *, points: int | None = None, prog
     _, train_eval, test = _loaders(cfg, data_cfg, splits)
     ts = torch.linspace(0, 1, cfg.points).tolist()
     start = time.perf_counter()
-    kw = dict(train_loader=train_eval, test_loader=test, bn=cfg.bn, space=space, progress=progress)
+    kw = dict(train_loader=train_eval, test_loader=test, bn=cfg.bn, space=space, progress=progress,
+              adapter=data_cfg.adapter())
     seg = evaluate_path(model_a, segment(curve.start, curve.end), ts, **kw)
     cur = evaluate_path(model_a, curve.point, ts, **kw)
     ends = {"a": {k: seg[k][0] for k in ("train_loss", "train_error", "test_error", "test_nll")},
@@ -229,7 +232,10 @@ def evaluate_curve_dir(curve_dir: str | Path, *, points: int | None = None, prog
                "model": data_cfg.model, "endpoints": ends, "segment": seg, "curve": cur,
                "barrier": {"segment_max_test_error": seg["summary"]["test_error"]["max"],
                            "curve_max_test_error": cur["summary"]["test_error"]["max"],
-                           "worse_endpoint_test_error": max(ends["a"]["test_error"], ends["b"]["test_error"])},
+                           "worse_endpoint_test_error": max(ends["a"]["test_error"], ends["b"]["test_error"]),
+                           "segment_max_test_nll": seg["summary"]["test_nll"]["max"],
+                           "curve_max_test_nll": cur["summary"]["test_nll"]["max"],
+                           "worse_endpoint_test_nll": max(ends["a"]["test_nll"], ends["b"]["test_nll"])},
                "eval_s": time.perf_counter() - start}
     _figure_and_report(curve_dir, cfg, results)
     if write:
@@ -246,14 +252,18 @@ def _figure_and_report(curve_dir: Path, cfg: ConnectConfig, res: dict[str, Any])
                      curve_dir / "figures" / "path.png", title=f"{res['model']} on {res['dataset']}: "
                      f"{cfg.run_a} to {cfg.run_b}")
 
+    # regression runs have no classification error: their test column is the Gaussian NLL
+    metric, scale, label = (("test_nll", 1.0, "test NLL") if math.isnan(res["segment"]["summary"]["test_error"]["max"])
+                            else ("test_error", 100.0, "test error (%)"))
+
     def row(name: str, s: dict) -> str:
         return (f"| {name} | {s['train_loss']['min']:.4f} | {s['train_loss']['max']:.4f} | "
-                f"{100 * s['test_error']['min']:.2f} | {100 * s['test_error']['max']:.2f} | "
-                f"{100 * s['test_error']['arc_mean']:.2f} |")
+                f"{scale * s[metric]['min']:.4f} | {scale * s[metric]['max']:.4f} | "
+                f"{scale * s[metric]['arc_mean']:.4f} |")
 
     ends = res["endpoints"]
     end_stats = {k: {"min": min(ends["a"][k], ends["b"][k]), "max": max(ends["a"][k], ends["b"][k]),
-                     "arc_mean": (ends["a"][k] + ends["b"][k]) / 2} for k in ("train_loss", "test_error")}
+                     "arc_mean": (ends["a"][k] + ends["b"][k]) / 2} for k in ("train_loss", metric)}
     lines = [
         f"# Mode connectivity: {cfg.run_a} to {cfg.run_b}",
         "",
@@ -261,7 +271,7 @@ def _figure_and_report(curve_dir: Path, cfg: ConnectConfig, res: dict[str, Any])
         f"path; BatchNorm policy: {res['curve']['bn']}. Train loss is the mean NLL on the training split "
         "(without the L2 term).",
         "",
-        "| path | train loss min | train loss max | test error min (%) | test error max (%) | test error arc mean (%) |",
+        f"| path | train loss min | train loss max | {label} min | {label} max | {label} arc mean |",
         "|---|---|---|---|---|---|",
         row("endpoints", end_stats),
         row("segment", res["segment"]["summary"]),

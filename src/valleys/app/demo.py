@@ -213,19 +213,22 @@ def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Cal
         log(f"  {plane_note}")
     rows = []
     for s in seeds:
-        model, w_swa, _, loaders, bn = L.load_context(out / f"swag-seed{s}")
+        model, w_swa, cfg, loaders, bn = L.load_context(out / f"swag-seed{s}")
+        adapter = cfg.adapter()
         sgd_model, w_sgd, _, _, _ = L.load_context(out / f"sgd-seed{s}")
-        path = L.path_study(model, w_swa, w_sgd, loaders, points=21 if quick else 41, bn_loader=bn, progress=progress)
+        path = L.path_study(model, w_swa, w_sgd, loaders, points=21 if quick else 41, bn_loader=bn, progress=progress,
+                            adapter=adapter)
         path["a_label"], path["b_label"] = "SWA", "SGD"
         reach = float(w_swa.norm())  # rays out to a perturbation as large as the weights themselves
         rays = L.rays_study(model, {"SWA": w_swa, "SGD": w_sgd}, loaders["train"], rays=3 if quick else 6,
                             max_distance=reach, steps=11 if quick else 16, rise=0.1, seed=s, bn_loader=bn,
-                            progress=progress)
+                            progress=progress, adapter=adapter)
         if s == seeds[0]:
             L.write_study(g / "path", path, title=f"line from SWA (0) to SGD (seed {s})")
             L.write_study(g / "rays", rays, title=f"train loss along random rays (seed {s})")
         batches = [next(iter(loaders["train"]))]  # a fixed subset: the first 1000 training examples
-        eig = {name: L.sharpness_study(m, batches, k=1, iterations=20, trace_samples=10, seed=s)["top_eigenvalues"][0]
+        eig = {name: L.sharpness_study(m, batches, k=1, iterations=20, trace_samples=10, seed=s,
+                                       adapter=adapter)["top_eigenvalues"][0]
                for name, m in (("SWA", model), ("SGD", sgd_model))}
         d, loss = path["distance"], path["curves"]["train"]["loss"]
         at = {k: min(range(len(d)), key=lambda i, x=x: abs(d[i] - x)) for k, x in (("SWA", 0.0), ("SGD", path["length"]))}

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.adapter import ModelAdapter
 from ..evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
 from ..core.checkpoint import (CheckpointError, check_model_signature, load_checkpoint, model_signature,
                          save_checkpoint, write_json)
@@ -34,7 +35,7 @@ from ..zoo.data import DATASETS, Splits, load_dataset, make_loader
 from ..evaluation.metrics import LOG_EDGES, classification_metrics, regression_metrics
 from ..zoo.models import MODELS, build_model
 from ..evaluation.predict import bma
-from ..zoo.regression import REGRESSION_DATASETS, GaussianMLP, gaussian_nll, load_regression, unstandardise
+from ..zoo.regression import REGRESSION_DATASETS, GaussianMLP, load_regression, unstandardise
 from ..training.trainer import Trainer
 from .methods.base import Predictive
 from .registry import REGISTRY, get_method, method_help
@@ -92,6 +93,11 @@ class TrainConfig:
     def is_regression(self) -> bool:
         """Whether the dataset is a regression task (Gaussian likelihood)."""
         return self.dataset in REGRESSION_DATASETS
+
+    def adapter(self) -> ModelAdapter:
+        """How this run's ``(x, y)`` batches and outputs are read: Gaussian NLL on the (mean, variance) head for a
+        regression dataset, cross-entropy on the logits otherwise. Every evaluation of the run uses it."""
+        return ModelAdapter(loss="gaussian") if self.is_regression else ModelAdapter()
 
     def resolved(self) -> TrainConfig:
         """A copy with defaults filled in and every value checked; raises ``ValueError`` saying what is wrong."""
@@ -209,13 +215,11 @@ def _train_single(cfg: TrainConfig, out: Path, splits: Splits, *, resume: bool, 
     callbacks = method.callbacks(cfg, model, bn_loader=bn, eval_loaders=evals)
     if not resume:
         write_json(out / "config.json", asdict(cfg))
-    loss = gaussian_nll if cfg.is_regression else nn.CrossEntropyLoss()
-    trainer = Trainer(model, loss, opt, train, epochs=cfg.epochs, schedule=schedule,
+    trainer = Trainer(model, None, opt, train, adapter=cfg.adapter(), epochs=cfg.epochs, schedule=schedule,
                       callbacks=callbacks, eval_loaders=evals, eval_every=cfg.eval_every, device=cfg.device,
                       seed=cfg.seed, checkpoint_path=out / "checkpoint.safetensors",
                       checkpoint_every=cfg.checkpoint_every, log_path=out / "metrics.jsonl",
-                      header={"config": asdict(cfg)}, progress=progress,
-                      likelihood="gaussian" if cfg.is_regression else "classification")
+                      header={"config": asdict(cfg)}, progress=progress)
     start = time.perf_counter()
     history = trainer.fit(resume=out / "checkpoint.safetensors" if resume else None)
     train_s = time.perf_counter() - start
@@ -295,7 +299,7 @@ def _evaluate_regression(run_dir, cfg, model, splits, draw, bn, loaders, method,
     metrics = {}
     for name, loader in loaders.items():
         res = bma(model, draw(), loader, bn_loader=bn, bn_batches=cfg.bn_batches, device=cfg.device,
-                  progress=progress, score=False, likelihood="gaussian")
+                  progress=progress, score=False, adapter=cfg.adapter())
         mean, var = unstandardise(res["mean"], res["var"], splits)
         target, _ = unstandardise(res["targets"].double(), res["var"], splits)
         metrics[name] = regression_metrics(mean, var, target)
@@ -357,7 +361,7 @@ def evaluate_run(run_dir: str | Path, *, samples: int | None = None, ood: bool |
         return _evaluate_regression(run_dir, cfg, model, splits, draw, bn, loaders, method, progress, write)
     start = time.perf_counter()
     res = {name: bma(model, draw(), loader, bn_loader=bn, bn_batches=cfg.bn_batches, device=cfg.device,
-                     return_probs=True, progress=progress, score=name != "ood")
+                     return_probs=True, progress=progress, score=name != "ood", adapter=cfg.adapter())
            for name, loader in loaders.items()}
     eval_s = time.perf_counter() - start
     out: dict[str, Any] = {
@@ -371,7 +375,7 @@ def evaluate_run(run_dir: str | Path, *, samples: int | None = None, ood: bool |
     }
     if ensemble:  # each member alone, to compare the ensemble with its best member
         out["member_test_accuracy"] = [
-            bma(model, [m], loaders["test"], device=cfg.device)["accuracy"] for m in draw()]
+            bma(model, [m], loaders["test"], device=cfg.device, adapter=cfg.adapter())["accuracy"] for m in draw()]
     if "ood" in res:
         out["ood_auroc"] = auroc(predictive_entropy(res["ood"]["probs"]), predictive_entropy(res["test"]["probs"]))
     if temperature_scaling:

@@ -89,7 +89,7 @@ def trajectory_plane_study(run_dir: str | Path, *, n: int = 21, margin: float = 
     idx = [0, len(iterates) // 2, len(iterates) - 1]
     a, b, c = (iterates[i] for i in idx)
     res = plane_study(model, a, b, c, loaders, extra={"SWA": w_swa}, n=n, margin=margin, bn=bn,
-                      bn_loader=bn_loader, progress=progress)
+                      bn_loader=bn_loader, progress=progress, adapter=cfg.adapter())
     res["points"] = {f"W{j + 1} (epoch {epochs[i]})": res["points"][k]
                      for j, (i, k) in enumerate(zip(idx, ("a", "b", "c")))} | {"SWA": res["points"]["SWA"]}
     return res
@@ -107,7 +107,7 @@ def pca_plane_study(run_dir: str | Path, *, n: int = 21, margin: float = 0.2, bn
     extra = {f"epoch {e}": w for e, w in zip(epochs, iterates)}
     extra["SWA"] = w_swa
     res = plane_study(model, mean, mean + v, mean + u, loaders, extra=extra, n=n, margin=margin, bn=bn,
-                      bn_loader=bn_loader, progress=progress)
+                      bn_loader=bn_loader, progress=progress, adapter=cfg.adapter())
     res["points"] = {k: p for k, p in res["points"].items() if k not in ("a", "b", "c")}
     res["explained_variance"] = explained.tolist()
     res["units"] = "Euclidean distance in weight space along PC1 (u) and PC2 (v)"

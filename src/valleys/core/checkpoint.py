@@ -12,6 +12,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,9 @@ def json_safe(obj: Any) -> Any:
         return obj
     if isinstance(obj, Tensor):
         return json_safe(obj.detach().cpu().tolist())
-    if isinstance(obj, dict):
+    if callable(getattr(obj, "to_json", None)):  # typed results (dataclasses with their own JSON form)
+        return json_safe(obj.to_json())
+    if isinstance(obj, Mapping):
         return {k if isinstance(k, str) else json.dumps(json_safe(k)).strip('"'): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, frozenset)):
         return [json_safe(v) for v in obj]

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from ..core.adapter import ModelAdapter
 from ..core.batchnorm import EmptyLoaderError, has_batchnorm, recompute_bn
 from ..core.batches import BatchFormatError, to_device
+from ..core.checkpoint import json_safe
 from ..core.weights import WeightSpace, preserved_modes
 
 __all__ = ["evaluate_many", "BNPolicy", "ManyResult", "Reduction", "LossError", "Metrics", "BMASum",
@@ -65,18 +66,9 @@ def gaussian_moments(output: Tensor) -> Tensor:
 
 
 def to_json(obj: Any) -> Any:
-    """Strict-JSON form: NaN/inf -> ``None``, tensors -> lists, tuples -> lists, dataclasses -> dicts."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Tensor):
-        return to_json(obj.tolist())
-    if isinstance(obj, Mapping):
-        return {str(k): to_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_json(v) for v in obj]
-    if hasattr(obj, "to_json"):
-        return obj.to_json()
-    return obj
+    """Strict-JSON form (NaN/inf -> ``None``, tensors -> lists, typed results by their ``to_json``); the one
+    sanitiser of :func:`valleys.core.checkpoint.json_safe`."""
+    return json_safe(obj)
 
 
 # ---------------------------------------------------------------------------------------------- BN policy
@@ -277,7 +269,7 @@ class ManyResult:
 
     def to_json(self) -> dict[str, Any]:
         """Strict JSON (NaN -> null, tensors -> lists)."""
-        return to_json({"value": self.value, "num_points": self.num_points, "bn": self.bn,
+        return json_safe({"value": self.value, "num_points": self.num_points, "bn": self.bn,
                         "batched": self.batched, **self.extra})
 
 

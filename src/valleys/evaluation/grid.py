@@ -23,6 +23,7 @@ from ..core.adapter import ModelAdapter, as_adapter
 from ..core.batches import InputFn
 from ..core.weights import WeightSpace
 from .engine import BNPolicy, LossError, evaluate_many
+from .results import GridResult
 
 __all__ = ["evaluate_points"]
 
@@ -32,11 +33,12 @@ def evaluate_points(model: nn.Module, points: Sequence[Tensor] | Tensor, loaders
                     space: WeightSpace | None = None, batched: bool | str = "auto", chunk: int = 8,
                     device: torch.device | str | None = None, progress: bool = False, desc: str = "points",
                     adapter: ModelAdapter | None = None, input_fn: InputFn | None = None, target_fn=None,
-                    likelihood: str | None = None, bn_batches: int | None = None) -> dict[str, Any]:
+                    likelihood: str | None = None, bn_batches: int | None = None) -> GridResult:
     """Loss and error of ``model`` at each of ``points`` on each loader; see the module docstring.
 
-    Returns ``{"<loader>": {"loss": [...], "error": [...]}, "nonfinite": int, "bn": str, "batched": bool}``
-    with ``bn`` one of ``"recompute"``, ``"keep"``, ``"none (no BatchNorm)"``.
+    Returns a :class:`valleys.evaluation.results.GridResult` (``per_loader[name]["loss"|"error"]``,
+    ``nonfinite``, ``bn`` one of ``"recompute"``, ``"keep"``, ``"none (no BatchNorm)"``, ``batched``); read
+    as a mapping it is ``{"<loader>": {"loss": [...], "error": [...]}, "nonfinite": ..., "bn": ..., "batched": ...}``.
     """
     policy = bn if isinstance(bn, BNPolicy) else BNPolicy(bn, bn_loader, bn_batches)
     if not loaders:
@@ -48,8 +50,7 @@ def evaluate_points(model: nn.Module, points: Sequence[Tensor] | Tensor, loaders
         if p.dim() != 1 or p.numel() != space.size:
             raise ValueError(f"point {i} has shape {tuple(p.shape)}; every point must be a vector of length {space.size}")
     if not points:
-        return {**{name: {"loss": [], "error": []} for name in loaders}, "nonfinite": 0,
-                "bn": policy.label(model), "batched": False}
+        return GridResult({name: {"loss": [], "error": []} for name in loaders}, 0, policy.label(model), False)
     try:
         res = evaluate_many(model, points, loaders, reduce=LossError(adapter), adapter=adapter, bn=policy,
                             space=space, device=device, batched=batched, chunk=chunk, progress=progress,
@@ -58,11 +59,8 @@ def evaluate_points(model: nn.Module, points: Sequence[Tensor] | Tensor, loaders
         if str(e).startswith("the model has BatchNorm"):
             raise ValueError("bn='recompute' on a model with BatchNorm needs bn_loader (the training loader)") from None
         raise
-    out: dict[str, Any] = dict(res.value)
-    nonfinite = sum(1 for i in range(len(points)) if any(math.isnan(out[n]["loss"][i]) for n in loaders))
+    values: dict[str, dict[str, list[float]]] = dict(res.value)
+    nonfinite = sum(1 for i in range(len(points)) if any(math.isnan(values[n]["loss"][i]) for n in loaders))
     if nonfinite:
         warnings.warn(f"{nonfinite} of {len(points)} points gave a non-finite loss; recorded as NaN", stacklevel=2)
-    out["nonfinite"] = nonfinite
-    out["bn"] = res.bn
-    out["batched"] = res.batched
-    return out
+    return GridResult(values, nonfinite, res.bn, res.batched)

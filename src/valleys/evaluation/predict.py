@@ -22,6 +22,7 @@ from ..core.batchnorm import EmptyLoaderError
 from ..core.weights import WeightSpace, preserved_modes
 from .engine import BMASum, BNPolicy, Metrics, Sample, evaluate_many, gaussian_moments, softmax_probs
 from .metrics import ClassificationMetrics, RegressionMetrics
+from .results import BMAResult
 
 __all__ = ["evaluate", "predict_probs", "bma", "Sample", "softmax_probs", "gaussian_moments"]
 
@@ -72,7 +73,7 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
         bins: int = 15, num_samples: int | None = None, progress: bool = False,
         return_probs: bool = False, score: bool = True, likelihood: str = "classification",
         stale_bn_ok: bool = False, batched: bool | str = "auto", chunk: int = 8,
-        adapter: ModelAdapter | None = None, bn: BNPolicy | str | None = None) -> dict[str, Any]:
+        adapter: ModelAdapter | None = None, bn: BNPolicy | str | None = None) -> BMAResult:
     """Metrics of the Bayesian model average over ``samples`` on ``loader``.
 
     Each sample is either a flat weight vector (a SWAG draw; BatchNorm statistics are recomputed on
@@ -91,9 +92,11 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
     vmap wins for tiny networks and loses for CNNs on the CPU; the choice is cached per model and input
     shape and returned as ``batched``.
 
-    Returns the metrics of :class:`valleys.evaluation.metrics.ClassificationMetrics` plus ``num_samples``, and with
+    Returns a :class:`valleys.evaluation.results.BMAResult`: the ``metrics`` of
+    :class:`valleys.evaluation.metrics.ClassificationMetrics`, ``num_samples``, ``batched``, and with
     ``return_probs=True`` the averaged ``probs`` (N, C) and ``targets`` (N,). ``score=False`` skips the
-    metrics (for out-of-distribution inputs whose labels are not among the model's classes).
+    metrics (for out-of-distribution inputs whose labels are not among the model's classes). Read as a
+    mapping it is the metrics plus ``num_samples``, ``batched`` and the tensors that were asked for.
 
     ``likelihood="gaussian"`` is regression with a head that outputs ``(mean, variance)``: the predictive is
     the moment-matched Gaussian ``mu = mean_s mu_s``, ``var = mean_s(var_s + mu_s^2) - mu^2``, scored by
@@ -119,26 +122,20 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
                              "stale_bn_ok=True / bn='keep' to keep the current ones)") from None
         raise
     probs, y = res.value
-    count = res.num_points
-    use_vmap = res.batched
-    out: dict[str, Any] = {}
+    keep = return_probs or not score
     if adapter.likelihood == "gaussian":
         mean, var = probs[:, 0], (probs[:, 1] - probs[:, 0] ** 2).clamp_min(torch.finfo(torch.float64).tiny)
+        metrics: dict[str, Any] = {}
         if score:
             reg = RegressionMetrics()
             reg.update(mean, var, y)
-            out = reg.compute()
-        out["num_samples"] = count
-        out["batched"] = bool(use_vmap)
-        if return_probs or not score:
-            out["mean"], out["var"], out["targets"] = mean, var, y
-        return out
+            metrics = reg.compute()
+        return BMAResult(metrics, res.num_points, bool(res.batched), "gaussian", mean=mean if keep else None,
+                         var=var if keep else None, targets=y if keep else None)
+    metrics = {}
     if score:
-        metrics = ClassificationMetrics(bins)
-        metrics.update(probs, y)
-        out = metrics.compute()
-    out["num_samples"] = count
-    out["batched"] = bool(use_vmap)
-    if return_probs or not score:
-        out["probs"], out["targets"] = probs, y
-    return out
+        cls_metrics = ClassificationMetrics(bins)
+        cls_metrics.update(probs, y)
+        metrics = cls_metrics.compute()
+    return BMAResult(metrics, res.num_points, bool(res.batched), "classification", probs=probs if keep else None,
+                     targets=y if keep else None)

@@ -20,6 +20,7 @@ from ..core.adapter import ModelAdapter, as_adapter
 from ..core.batches import InputFn
 from ..core.weights import WeightSpace
 from ..evaluation.engine import BN_POLICIES, BNPolicy, Metrics, evaluate_many
+from ..evaluation.results import PathResult
 
 __all__ = ["evaluate_path", "segment", "arc_length_average", "BN_POLICIES"]
 
@@ -45,7 +46,7 @@ def evaluate_path(model: nn.Module, point: Callable[[float], Tensor], ts: Sequen
                   bn_loader: Iterable | None = None, space: WeightSpace | None = None,
                   device: torch.device | str | None = None, progress: bool = False,
                   adapter: ModelAdapter | None = None, input_fn: InputFn | None = None, target_fn=None,
-                  likelihood: str | None = None, bn_batches: int | None = None) -> dict[str, Any]:
+                  likelihood: str | None = None, bn_batches: int | None = None) -> PathResult:
     """Metrics at ``w = point(t)`` for each t in ``ts``; see the module docstring.
 
     Each point is evaluated by :func:`valleys.evaluation.engine.evaluate_many` with the
@@ -54,7 +55,7 @@ def evaluate_path(model: nn.Module, point: Callable[[float], Tensor], ts: Sequen
     ``0.5 log(2 pi var) + (y - mu)^2 / (2 var)`` for a ``(mean, variance)`` regression head); the errors are
     classification errors (NaN for regression). ``bn_loader`` defaults to ``train_loader``.
 
-    Returns arrays ``t``, ``train_loss``, ``train_error``, ``test_error``, ``test_nll``, the piece lengths
+    Returns a :class:`valleys.evaluation.results.PathResult` (also readable as a mapping): arrays ``t``, ``train_loss``, ``train_error``, ``test_error``, ``test_nll``, the piece lengths
     ``lengths`` (Euclidean, in weight units), ``summary[metric] = {min, max, arc_mean}`` and the BatchNorm
     label ``bn`` (``"recompute"``, ``"keep"`` or ``"none (no BatchNorm)"``).
     """
@@ -89,4 +90,5 @@ def evaluate_path(model: nn.Module, point: Callable[[float], Tensor], ts: Sequen
         out["test_nll"].append(test["nll"])
     summary = {k: {"min": min(out[k]), "max": max(out[k]), "arc_mean": arc_length_average(out[k], out["lengths"])}
                for k in PATH_METRICS}
-    return {**out, "summary": summary, "bn": label, "length_units": "Euclidean norm in weight space"}
+    return PathResult(out["t"], out["train_loss"], out["train_error"], out["test_error"], out["test_nll"],
+                      out["lengths"], summary, label)

@@ -3,7 +3,10 @@ random filter-normalised planes and flatness. Each function returns arrays plus 
 :func:`valleys.app.studies.write_study` writes them as ``results.json``, figures and ``report.md``.
 
 Distances and plane coordinates are Euclidean in weight space (weight units) except for filter-normalised
-random planes, whose coordinates are multiples of the filter-normalised directions.
+random planes, whose coordinates are multiples of the filter-normalised directions. Every study takes an
+``adapter`` (:class:`valleys.core.adapter.ModelAdapter`: batch format, prediction, loss; a Gaussian regression
+head is scored by its negative log-likelihood) and reports the loss it computes; the error is the
+classification error (NaN for regression).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.adapter import ModelAdapter
 from ..evaluation.grid import evaluate_points
 from .hessian import LossFunction, epsilon_sharpness, hutchinson_trace, lanczos
 from .surfaces import Plane, grid_axes, line, random_direction, valley_width
@@ -24,7 +28,8 @@ __all__ = ["plane_study", "path_study", "rays_study", "random_plane_study", "sha
 
 def plane_study(model: nn.Module, a: Tensor, b: Tensor, c: Tensor, loaders: Mapping[str, Iterable], *,
                 extra: Mapping[str, Tensor] | None = None, n: int = 21, margin: float = 0.2, bn: str = "recompute",
-                bn_loader: Iterable | None = None, progress: bool = False) -> dict[str, Any]:
+                bn_loader: Iterable | None = None, progress: bool = False,
+                adapter: ModelAdapter | None = None) -> dict[str, Any]:
     """Loss and error on the ``n x n`` grid of the plane through ``a, b, c`` (coordinates of a, b, c and of
     ``extra`` points, e.g. SWA, projected; grid with ``margin`` around all of them)."""
     plane = Plane(a, b, c)
@@ -33,7 +38,7 @@ def plane_study(model: nn.Module, a: Tensor, b: Tensor, c: Tensor, loaders: Mapp
         marks[name] = plane.project(p)
     xs, ys = grid_axes(list(marks.values()), n=n, margin=margin)
     pts = [plane.point(x, y) for y in ys for x in xs]
-    res = evaluate_points(model, pts, loaders, bn=bn, bn_loader=bn_loader, progress=progress, desc="plane")
+    res = evaluate_points(model, pts, loaders, bn=bn, bn_loader=bn_loader, progress=progress, adapter=adapter, desc="plane")
     grids = {name: {k: torch.tensor(res[name][k]).view(len(ys), len(xs)).tolist() for k in ("loss", "error")}
              for name in loaders}
     residuals = {name: plane.residual(p) for name, p in (extra or {}).items()}
@@ -43,13 +48,13 @@ def plane_study(model: nn.Module, a: Tensor, b: Tensor, c: Tensor, loaders: Mapp
 
 def path_study(model: nn.Module, a: Tensor, b: Tensor, loaders: Mapping[str, Iterable], *, points: int = 41,
                extend: float = 0.5, bn: str = "recompute", bn_loader: Iterable | None = None,
-               progress: bool = False) -> dict[str, Any]:
+               progress: bool = False, adapter: ModelAdapter | None = None) -> dict[str, Any]:
     """Loss and error on the line through ``a`` and ``b`` against signed distance from ``a`` (slide 15),
     from ``-extend * d`` to ``(1 + extend) * d`` with ``d = ||b - a||``."""
     f = line(a, b)
     d = f.length
     dist = torch.linspace(-extend * d, (1 + extend) * d, points).tolist()
-    res = evaluate_points(model, [f(s) for s in dist], loaders, bn=bn, bn_loader=bn_loader, progress=progress,
+    res = evaluate_points(model, [f(s) for s in dist], loaders, bn=bn, bn_loader=bn_loader, progress=progress, adapter=adapter,
                           desc="line")
     return {"kind": "path", "distance": dist, "length": d, "curves": {n: res[n] for n in loaders},
             "units": "Euclidean distance in weight space from a", "bn": res["bn"], "nonfinite": res["nonfinite"]}
@@ -57,7 +62,8 @@ def path_study(model: nn.Module, a: Tensor, b: Tensor, loaders: Mapping[str, Ite
 
 def rays_study(model: nn.Module, centers: Mapping[str, Tensor], loader: Iterable, *, rays: int = 10,
                max_distance: float = 50.0, steps: int = 21, rise: float = 0.1, seed: int = 0, bn: str = "recompute",
-               bn_loader: Iterable | None = None, progress: bool = False) -> dict[str, Any]:
+               bn_loader: Iterable | None = None, progress: bool = False,
+                adapter: ModelAdapter | None = None) -> dict[str, Any]:
     """Train loss along ``rays`` random unit directions (the same for every center) from each center
     (slide 14); valley width = distance where the loss first rises by ``rise`` over the center's."""
     space = WeightSpace(model)
@@ -71,7 +77,7 @@ def rays_study(model: nn.Module, centers: Mapping[str, Tensor], loader: Iterable
                            "units": "Euclidean distance in weight space (unit-norm Gaussian directions)", "centers": {}}
     for name, w in centers.items():
         pts = [w + s * dvec.to(w) for dvec in dirs for s in dist]
-        res = evaluate_points(model, pts, {"train": loader}, bn=bn, bn_loader=bn_loader, progress=progress,
+        res = evaluate_points(model, pts, {"train": loader}, bn=bn, bn_loader=bn_loader, progress=progress, adapter=adapter,
                               desc=f"rays {name}")
         losses = torch.tensor(res["train"]["loss"]).view(rays, steps)
         widths = [valley_width(dist, row.tolist(), rise) for row in losses]
@@ -84,7 +90,8 @@ def rays_study(model: nn.Module, centers: Mapping[str, Tensor], loader: Iterable
 
 def random_plane_study(model: nn.Module, w: Tensor, loaders: Mapping[str, Iterable], *, n: int = 21,
                        span: float = 1.0, filter_norm: bool = True, seed: int = 0, bn: str = "recompute",
-                       bn_loader: Iterable | None = None, progress: bool = False) -> dict[str, Any]:
+                       bn_loader: Iterable | None = None, progress: bool = False,
+                adapter: ModelAdapter | None = None) -> dict[str, Any]:
     """Loss and error on ``w + x d1 + y d2`` for x, y in ``[-span, span]`` with two random directions,
     filter-normalised by default (Li et al. 2018)."""
     if n < 2:
@@ -95,7 +102,7 @@ def random_plane_study(model: nn.Module, w: Tensor, loaders: Mapping[str, Iterab
     d2 = random_direction(space, w, filter_norm=filter_norm, generator=gen)
     xs = torch.linspace(-span, span, n).tolist()
     pts = [w + x * d1 + y * d2 for y in xs for x in xs]
-    res = evaluate_points(model, pts, loaders, bn=bn, bn_loader=bn_loader, progress=progress, desc="landscape")
+    res = evaluate_points(model, pts, loaders, bn=bn, bn_loader=bn_loader, progress=progress, adapter=adapter, desc="landscape")
     grids = {name: {k: torch.tensor(res[name][k]).view(n, n).tolist() for k in ("loss", "error")} for name in loaders}
     units = ("multiples of filter-normalised directions (each filter scaled to its weights' norm; 1-D parameters "
              "fixed)" if filter_norm else "Euclidean distance (unit-norm directions)")
@@ -104,10 +111,10 @@ def random_plane_study(model: nn.Module, w: Tensor, loaders: Mapping[str, Iterab
 
 
 def sharpness_study(model: nn.Module, batches: Sequence, *, k: int = 3, iterations: int = 30, trace_samples: int = 30,
-                    epsilon: float = 1e-3, seed: int = 0) -> dict[str, Any]:
+                    epsilon: float = 1e-3, seed: int = 0, adapter: ModelAdapter | None = None) -> dict[str, Any]:
     """Top-``k`` Hessian eigenvalues (Lanczos), trace (Hutchinson) and epsilon-sharpness of the training loss
     on ``batches`` with the model in eval mode (BatchNorm running statistics, Dropout off)."""
-    loss = LossFunction(model, batches, mode="eval")
+    loss = LossFunction(model, batches, mode="eval", adapter=adapter)
     w = loss.space.read(model)
     gen = torch.Generator().manual_seed(seed)
     top = lanczos(loss, w, k=min(k, w.numel()), iterations=min(iterations, w.numel()), generator=gen)
