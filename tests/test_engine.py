@@ -347,3 +347,34 @@ def test_per_point_predictions_and_state_dicts(vec_data):
             assert torch.equal(res.value["test"][i], torch.cat([net(b[0]) for b in loader(vec_data)]))
     assert res.num_points == 2 and res.bn == "none (no BatchNorm)" and not res.batched
     assert_same(model, before)
+
+
+def test_vmap_failing_on_a_later_batch_gives_a_clear_error_naming_batched_false():
+    """The vmap decision is taken on the first batch; a model that vmap cannot run on a later batch must not
+    crash inside torch nor feed a half-evaluated group: a RuntimeError names the setting, and the loop works."""
+
+    class ShapeDependent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, x):
+            if x.shape[0] == 7:  # data-dependent Python on a batched tensor: vmap has no rule for .item()
+                return self.lin(x) * float(self.lin.weight.sum())
+            return self.lin(x)
+
+    torch.manual_seed(0)
+    model = ShapeDependent()
+    x, y = torch.randn(17, 3), torch.randint(0, 2, (17,))
+    batches = [(x[:10], y[:10]), (x[10:], y[10:])]
+    space = WeightSpace(model)
+    w = space.read(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match="batched=False"):
+        evaluate_many(model, [w, w * 0.5], {"data": batches}, reduce=LossError(ModelAdapter()), batched=True)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    res = evaluate_many(model, [w, w * 0.5], {"data": batches}, reduce=LossError(ModelAdapter()), batched=False)
+    with torch.no_grad():
+        expected = float(nn.functional.cross_entropy(model(x[:10]), y[:10], reduction="sum")
+                         + nn.functional.cross_entropy(model(x[10:]), y[10:], reduction="sum")) / 17
+    assert res.value["data"]["loss"][0] == pytest.approx(expected, rel=1e-6)

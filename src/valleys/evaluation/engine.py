@@ -166,24 +166,34 @@ class LossError(Reduction):
 class Metrics(Reduction):
     """Per point and loader, the full metrics of :class:`valleys.evaluation.metrics.ClassificationMetrics`
     (from ``softmax(f)`` in float64) or, for ``adapter.likelihood == "gaussian"``,
-    :class:`valleys.evaluation.metrics.RegressionMetrics` (Gaussian NLL, RMSE, coverage) plus ``error = NaN``."""
+    :class:`valleys.evaluation.metrics.RegressionMetrics` (Gaussian NLL, RMSE, coverage) plus ``error = NaN``.
 
-    def __init__(self, adapter: ModelAdapter, bins: int = 15) -> None:
+    ``all_reduce=True`` (under ``torch.distributed``, each rank evaluating its share of the data) sums the
+    metric state over the ranks of ``group`` before computing, so every rank gets the metrics of all
+    examples; every rank must then take part, also one that saw no batch."""
+
+    def __init__(self, adapter: ModelAdapter, bins: int = 15, *, all_reduce: bool = False, group: Any = None) -> None:
         self.adapter = adapter
         self.bins = bins
+        self.all_reduce = all_reduce
+        self.group = group
         self.acc: dict[tuple[int, str], Any] = {}
 
-    def add(self, point: int, loader: str, batch: int, prediction: Tensor, targets: Any) -> None:
+    def _new(self) -> Any:
         from .metrics import ClassificationMetrics, RegressionMetrics
 
+        return RegressionMetrics() if self.adapter.likelihood == "gaussian" else ClassificationMetrics(self.bins)
+
+    def add(self, point: int, loader: str, batch: int, prediction: Tensor, targets: Any) -> None:
         key = (point, loader)
+        acc = self.acc.get(key)
+        if acc is None:
+            acc = self.acc[key] = self._new()
         if self.adapter.likelihood == "gaussian":
             m = gaussian_moments(prediction)
-            reg = self.acc.setdefault(key, RegressionMetrics())
-            reg.update(m[:, 0], m[:, 1] - m[:, 0] ** 2, targets)
+            acc.update(m[:, 0], m[:, 1] - m[:, 0] ** 2, targets)
         else:
-            metrics = self.acc.setdefault(key, ClassificationMetrics(self.bins))
-            metrics.update(softmax_probs(prediction), targets)
+            acc.update(softmax_probs(prediction), targets)
 
     def result(self, num_points: int) -> list[dict[str, dict[str, Any]]]:
         out = []
@@ -191,8 +201,13 @@ class Metrics(Reduction):
             row = {}
             for name in self.loaders:
                 acc = self.acc.get((i, name))
-                if acc is None or acc.n == 0:
-                    raise EmptyLoaderError(f"loader {name!r} yielded no examples")
+                if acc is None:
+                    acc = self._new()
+                if self.all_reduce:
+                    acc.all_reduce(self.group)
+                if acc.n == 0:
+                    raise EmptyLoaderError(f"loader {name!r} yielded no examples"
+                                           + (" on any rank" if self.all_reduce else ""))
                 res = acc.compute()
                 if self.adapter.likelihood == "gaussian":
                     res["error"] = math.nan
@@ -410,6 +425,37 @@ def _iter_weights(weights: Iterable[Sample] | Tensor | None) -> Iterator[Sample 
     return iter(weights)
 
 
+def _vmap_group(model: nn.Module, space: WeightSpace, stacked: Tensor, idx: list[int],
+                loaders: Mapping[str, Iterable], reduce: Reduction, adapter: ModelAdapter, device: Any) -> bool:
+    """The (c, P) ``stacked`` vectors over every loader with one vmapped call per batch. Returns ``False``
+    (after one warning) when vmap fails before any prediction was fed to ``reduce`` (the caller then uses
+    the loop); a failure after that raises a ``RuntimeError`` naming ``batched=False``."""
+    fed = False
+    with preserved_modes(model, train=False), torch.no_grad():
+        for name, loader in loaders.items():
+            b = -1
+            for b, batch in enumerate(loader):
+                args, kwargs = adapter.inputs(batch)
+                args, kwargs = to_device(args, device), to_device(kwargs, device)
+                try:
+                    outs = _vmap_outputs(model, space, stacked, adapter, args, kwargs)
+                except (RuntimeError, NotImplementedError) as e:
+                    first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                    if fed:
+                        raise RuntimeError(f"torch.func.vmap failed on batch {b} of loader {name!r} after earlier "
+                                           f"batches worked ({type(e).__name__}: {first_line}); evaluate with "
+                                           "batched=False") from e
+                    warnings.warn(f"torch.func.vmap cannot evaluate {type(model).__name__} on this batch "
+                                  f"({type(e).__name__}: {first_line}); evaluating the weight vectors one at a "
+                                  "time", RuntimeWarning, stacklevel=4)
+                    return False
+                reduce.add_stacked(idx, name, b, outs, adapter.targets(batch))
+                fed = True
+            for j in idx:
+                reduce.end_pass(j, name, b + 1)
+    return True
+
+
 def _one_pass(model: nn.Module, point: int, loaders: Mapping[str, Iterable], reduce: Reduction,
               adapter: ModelAdapter, device: Any) -> None:
     """The model as it is, in eval mode without gradients, over every loader, each batch fed to ``reduce``."""
@@ -480,22 +526,13 @@ def evaluate_many(model: nn.Module, weights: Iterable[Sample] | Tensor | None, l
                 if use_vmap is None or batched is True and not used_vmap:
                     use_vmap = _decide_vmap(model, space, stacked, next(iter(loaders.values())), adapter, device,
                                             batched)
-                if use_vmap:
+                if use_vmap and _vmap_group(model, space, stacked, idx, loaders, reduce, adapter, device):
                     used_vmap = True
-                    with preserved_modes(model, train=False), torch.no_grad():
-                        for name, loader in loaders.items():
-                            b = -1
-                            for b, batch in enumerate(loader):
-                                args, kwargs = adapter.inputs(batch)
-                                args, kwargs = to_device(args, device), to_device(kwargs, device)
-                                outs = _vmap_outputs(model, space, stacked, adapter, args, kwargs)
-                                reduce.add_stacked(idx, name, b, outs, adapter.targets(batch))
-                            for j in idx:
-                                reduce.end_pass(j, name, b + 1)
                     count += len(group)
                     if bar is not None:
                         bar.update(len(group))
                     continue
+                use_vmap = False  # vmap failed before feeding anything: this group and the rest by the loop
             if vectors:  # saved once per group, each vector copied in, restored bit for bit at the end
                 with space.visiting(model) as load:
                     for j, w in zip(idx, group):

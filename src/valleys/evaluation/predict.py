@@ -43,22 +43,25 @@ def predict_probs(model: nn.Module, loader: Iterable, *, device: torch.device | 
 def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str | None = None,
              input_fn: InputFn | None = None, target_fn=None, bins: int = 15,
              reliability: bool = False, likelihood: str = "classification",
-             adapter: ModelAdapter | None = None) -> dict[str, Any]:
+             adapter: ModelAdapter | None = None, all_reduce: bool = False) -> dict[str, Any]:
     """Metrics of one network on ``loader``: classification (accuracy, error, NLL ``-(1/N) sum_i log p(y_i|x_i)``
     with ``p = softmax(f)`` in float64, Brier, ECE, MCE) or, for a Gaussian adapter (``likelihood="gaussian"``),
     regression (RMSE, Gaussian NLL, 95% coverage) from a ``(mean, variance)`` head.
 
     The model is evaluated as it is (one point of :func:`valleys.evaluation.engine.evaluate_many`), in eval
     mode, and left in the mode it had. ``reliability=True`` keeps the per-bin reliability data.
+    ``all_reduce=True`` (under ``torch.distributed``, each rank passing its share of the data) sums the metric
+    state over all ranks first, so every rank returns the metrics of all examples; every rank must call it.
     """
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
     adapter = as_adapter(adapter, input_fn=input_fn, target_fn=target_fn, likelihood=likelihood)
     try:
-        res = evaluate_many(model, None, {"data": loader}, reduce=Metrics(adapter, bins), adapter=adapter,
-                            bn="keep", batched=False, device=device)
+        res = evaluate_many(model, None, {"data": loader}, reduce=Metrics(adapter, bins, all_reduce=all_reduce),
+                            adapter=adapter, bn="keep", batched=False, device=device)
     except EmptyLoaderError:
-        raise EmptyLoaderError("evaluate: the loader yielded no examples") from None
+        raise EmptyLoaderError("evaluate: the loader yielded no examples"
+                               + (" on any rank" if all_reduce else "")) from None
     out = res.value[0]["data"]
     if adapter.likelihood == "gaussian":
         out.pop("error", None)

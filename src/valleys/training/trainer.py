@@ -34,8 +34,7 @@ from ..core.batches import InputFn, to_device
 from ..core.batchnorm import EmptyLoaderError
 from ..core.checkpoint import (CheckpointError, check_model_signature, load_checkpoint, model_signature,
                                save_checkpoint, to_json_text)
-from ..evaluation.metrics import ClassificationMetrics, RegressionMetrics
-from ..evaluation.predict import evaluate, gaussian_moments, predict_probs
+from ..evaluation.predict import evaluate
 from .schedules import Schedule
 
 __all__ = ["Callback", "Trainer", "TrainingDiverged", "StepResult", "StepFn", "supervised_step", "CheckpointPolicy",
@@ -215,8 +214,6 @@ class Trainer:
             raise ValueError("pass loss_fn or an adapter with its loss, not both")
         self.adapter = as_adapter(adapter, input_fn=input_fn, target_fn=target_fn, loss=loss_fn,
                                   likelihood=likelihood)
-        if likelihood is None:
-            likelihood = self.adapter.likelihood
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
         if checkpoint_every < 1 or eval_every < 1:
@@ -245,7 +242,6 @@ class Trainer:
         self.log_path = Path(log_path) if log_path is not None else None
         self.header = dict(header or {})
         self.progress = progress
-        self.likelihood = likelihood
         self.epoch = 0  # the epoch being trained (0-based); after fit, == epochs
         self.step = 0   # optimizer steps done
         self.history: list[dict[str, Any]] = []
@@ -392,30 +388,18 @@ class Trainer:
         logs["train_time"] = time.perf_counter() - start
         return logs
 
+    @property
+    def likelihood(self) -> str:
+        """How eval loaders are scored: ``"classification"`` or ``"gaussian"`` (the adapter's predictive)."""
+        return self.adapter.likelihood
+
     def evaluate_on(self, loader: Iterable) -> dict[str, Any]:
         """Metrics of the model, as it is now, on one loader (see :func:`valleys.evaluation.predict.evaluate`).
 
         Under ``torch.distributed`` every rank scores its part of the loader and the metric state (counts,
         sums, per-bin arrays) is all-reduced, so every rank gets the metrics of all ranks' examples; every rank
         must call this at the same points (the trainer does)."""
-        if not _distributed():
-            return evaluate(self.model, loader, device=self.device, adapter=self.adapter)
-        metrics: ClassificationMetrics | RegressionMetrics
-        if self.likelihood == "gaussian":
-            metrics = RegressionMetrics()
-            for m, targets in predict_probs(self.model, loader, device=self.device, adapter=self.adapter,
-                                            transform=gaussian_moments):
-                metrics.update(m[:, 0], m[:, 1] - m[:, 0] ** 2, targets)
-        else:
-            metrics = ClassificationMetrics()
-            for probs, targets in predict_probs(self.model, loader, device=self.device, adapter=self.adapter):
-                metrics.update(probs, targets)
-        metrics.all_reduce()
-        if metrics.n == 0:
-            raise EmptyLoaderError("evaluate: the loaders of all ranks yielded no examples")
-        out = metrics.compute()
-        out.pop("reliability", None)
-        return out
+        return evaluate(self.model, loader, device=self.device, adapter=self.adapter, all_reduce=_distributed())
 
     @staticmethod
     def log_entries(prefix: str, result: Mapping[str, Any]) -> dict[str, float]:
