@@ -32,3 +32,13 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     connect_runs(ConnectConfig(str(out["sgd"]), str(out["sgd2"]), epochs=1, points=3), root / "curve", progress=False)
     out["curve"] = root / "curve"
     return out
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The refusals checked in this session, by command (the bad-input suite's count)."""
+    from cli_harness import CASES
+
+    if CASES:
+        terminalreporter.write_sep("-", f"bad-input refusals checked: {sum(CASES.values())}")
+        for command, n in sorted(CASES.items()):
+            terminalreporter.write_line(f"  {command:12s} {n}")
