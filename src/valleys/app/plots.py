@@ -12,7 +12,8 @@ from ..core.optional import require
 require("matplotlib", "plots").use("Agg")
 plt = require("matplotlib.pyplot", "plots")
 
-__all__ = ["plot_error_curves", "plot_reliability", "plot_paths", "plot_contours", "plot_line", "plot_rays"]
+__all__ = ["plot_error_curves", "plot_reliability", "plot_paths", "plot_contours", "plot_line", "plot_rays",
+           "plot_subspace"]
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -183,4 +184,29 @@ def plot_rays(result: Mapping, path: str | Path, *, title: str = "") -> Path:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(fig, path)
+
+
+def plot_subspace(density: Mapping | None, samples, path: str | Path, *, title: str = "") -> Path:
+    """The posterior log density over the first two subspace coordinates (filled contours, the top 30 units
+    below the maximum) with the samples on it (Izmailov et al. 2019, Fig. 1); without a density grid, the
+    samples alone (a histogram for k = 1)."""
+    s = np.asarray(samples, dtype=float)
+    fig, ax = plt.subplots(figsize=(6.2, 5))
+    if s.shape[1] == 1:
+        ax.hist(s[:, 0], bins=max(5, min(40, len(s) // 3)), color="C0", alpha=0.8)
+        ax.set_xlabel("z_1")
+        ax.set_ylabel("samples")
+    else:
+        if density is not None:
+            z = np.asarray(density["log_posterior"], dtype=float)
+            top = np.nanmax(z)
+            cs = ax.contourf(density["xs"], density["ys"], np.clip(z, top - 30, None), levels=15, cmap="viridis")
+            fig.colorbar(cs, ax=ax).set_label("log posterior (up to a constant)")
+        ax.scatter(s[:, 0], s[:, 1], s=10, color="white", edgecolor="black", linewidths=0.4, label="samples")
+        ax.plot(0, 0, marker="*", ms=12, color="gold", mec="black", label="shift")
+        ax.set_xlabel("z_1")
+        ax.set_ylabel("z_2")
+        ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(title, fontsize=10)
     return _save(fig, path)

@@ -1,0 +1,269 @@
+"""``valleys subspace``: Bayesian inference in a low-dimensional subspace of a trained run's weights
+(Izmailov, Maddox, Kirichenko, Garipov, Vetrov, Wilson 2019, "Subspace Inference for Bayesian Deep
+Learning", UAI), written as a run folder: ``results.json``, ``subspace.safetensors`` (shift, basis and the
+z samples), ``report.md`` and ``figures/``.
+
+The subspace (``--space``): ``pca`` (the top ``--rank`` principal directions of a SWAG run's deviations,
+shift at its SWA mean), ``random`` (unit-norm Gaussian directions around the run's weights) or ``curve``
+(the plane of a curve folder's endpoints and midpoint). The posterior: ``-N mean nll / T + log N(z; 0, s^2
+I)`` on the run's training split. Inference (``--inference``): ``ess`` (elliptical slice sampling), ``vi``
+(mean-field Gaussian) or ``nuts`` (Pyro). The predictive is the Bayesian model average over the samples'
+weights on the validation and test splits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["SubspaceConfig", "subspace_run", "build_subspace", "SPACES", "INFERENCES"]
+
+SPACES = ("pca", "random", "curve")
+INFERENCES = ("ess", "vi", "nuts")
+
+
+@dataclass
+class SubspaceConfig:
+    """Settings of one subspace-inference run (see the module docstring); ``check()`` refuses bad values."""
+
+    run: str
+    space: str = "pca"
+    rank: int = 5
+    inference: str = "ess"
+    samples: int = 30
+    burn_in: int = 20
+    thin: int = 1
+    temperature: float = 1.0
+    prior_scale: float = 1.0
+    curve: str | None = None
+    seed: int = 0
+    bn: str = "shift"
+    vi_steps: int = 1000
+    vi_lr: float = 0.01
+    warmup: int = 100
+    chains: int = 1
+    grid: int = 0
+
+    def check(self) -> None:
+        from ..methods.subspace_posterior import SUBSPACE_BN
+
+        if self.space not in SPACES:
+            raise ValueError(f"--space must be one of {', '.join(SPACES)}, got {self.space!r}")
+        if self.inference not in INFERENCES:
+            raise ValueError(f"--inference must be one of {', '.join(INFERENCES)}, got {self.inference!r}")
+        if self.bn not in SUBSPACE_BN:
+            raise ValueError(f"--bn must be one of {', '.join(SUBSPACE_BN)}, got {self.bn!r}")
+        for name in ("rank", "samples", "thin", "vi_steps", "chains"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+        for name in ("burn_in", "warmup", "grid"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 0, got {v!r}")
+        if self.grid == 1:
+            raise ValueError("--grid must be 0 (no density figure) or at least 2")
+        for name in ("temperature", "prior_scale", "vi_lr"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {v!r}")
+        if self.space == "curve" and not self.curve:
+            raise ValueError("--space curve needs --curve CURVE_FOLDER (made by 'valleys connect')")
+        if self.space != "curve" and self.curve:
+            raise ValueError(f"--curve goes with --space curve, not --space {self.space}")
+        if self.space == "curve" and self.rank != 2:
+            raise ValueError(f"a curve subspace is a plane: --rank must be 2, got {self.rank}")
+        if self.bn == "recompute" and self.inference in ("vi", "nuts"):
+            raise ValueError(f"--inference {self.inference} needs gradients in z, which a per-sample BatchNorm "
+                             "recompute does not give; use --bn shift")
+
+
+def _load_swag(run_dir: Path, model: torch.nn.Module):
+    from ..core.checkpoint import CheckpointError, load_checkpoint
+    from ..methods.swag import SWAG
+
+    path = run_dir / "posterior.safetensors"
+    if not path.is_file():
+        raise ValueError(f"--space pca needs a SWAG run (train it with --method swag); {run_dir} has no "
+                         "posterior.safetensors")
+    state, header = load_checkpoint(path)
+    if header.get("kind") != "swag":
+        raise CheckpointError(f"{path} holds no SWAG posterior")
+    swag = SWAG(model, rank=int(state["swag"]["rank"]), device="cpu")
+    swag.load_state_dict(state["swag"])
+    return swag
+
+
+def build_subspace(cfg: SubspaceConfig, model: torch.nn.Module, w_run: torch.Tensor):
+    """The :class:`valleys.methods.subspace.Subspace` that ``cfg`` describes, for the run's ``model``."""
+    from ..core.weights import WeightSpace
+    from ..methods.subspace import curve_subspace, pca_subspace, random_subspace
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.space == "random":
+        return random_subspace(w_run, cfg.rank, generator=gen)
+    if cfg.space == "pca":
+        swag = _load_swag(Path(cfg.run), model)
+        if swag.k < 2 or cfg.rank > swag.k:
+            raise ValueError(f"--rank {cfg.rank} is larger than the {swag.k} deviations the SWAG run {cfg.run} "
+                             f"collected; choose --rank at most {swag.k}")
+        return pca_subspace(swag.deviations, cfg.rank, shift=swag.mean.to(w_run))
+    from .connect import load_curve
+
+    curve_dir = Path(cfg.curve)  # type: ignore[arg-type]
+    if not (curve_dir / "curve.safetensors").is_file():
+        raise ValueError(f"--curve {curve_dir} is not a curve folder (made by 'valleys connect')")
+    space = WeightSpace(model)
+    try:
+        curve = load_curve(curve_dir, space)
+    except Exception as e:  # noqa: BLE001 - a curve of another architecture: the message says so
+        raise ValueError(f"--curve {curve_dir} does not fit the run {cfg.run}: {e}") from None
+    with torch.no_grad():
+        return curve_subspace(curve.start.detach(), curve.point(0.5).detach(), curve.end.detach())
+
+
+def subspace_run(cfg: SubspaceConfig, out: str | Path, *, overwrite: bool = False,
+                 progress: bool = True) -> dict[str, Any]:
+    """Build the subspace, sample its posterior, average the predictions; write the run folder ``out``."""
+    from ..core.checkpoint import save_checkpoint, write_json
+    from ..core.optional import progress_bar
+    from ..evaluation.predict import bma
+    from ..methods.samplers import elliptical_slice, mean_field_vi, nuts
+    from ..methods.subspace_posterior import SubspacePosterior
+    from ..zoo.data import make_loader
+    from .runs import load_splits, prepare_run_dir, summary_metrics
+    from .studies import load_context
+
+    cfg.check()
+    out = Path(out)
+    prepare_run_dir(out, overwrite=overwrite, create=False)
+    model, w_run, run_cfg, loaders, bn_loader = load_context(cfg.run)
+    adapter = run_cfg.adapter()
+    subspace = build_subspace(cfg, model, w_run)
+    splits = load_splits(run_cfg)
+    train = make_loader(splits.train, 1000)
+    start = time.perf_counter()
+    post = SubspacePosterior(model, subspace, train, temperature=cfg.temperature, prior_scale=cfg.prior_scale,
+                             adapter=adapter, bn=cfg.bn, bn_loader=bn_loader, device=run_cfg.device)
+    z0 = torch.zeros(subspace.k, dtype=torch.float64)
+    ll0 = float(post.log_likelihood(z0))
+    if not math.isfinite(ll0):
+        raise ValueError(f"the log-likelihood at the subspace's shift is {ll0}: the run's weights do not fit its "
+                         "training data (a diverged run?)")
+    prepare_run_dir(out, overwrite=overwrite)
+    write_json(out / "config.json", {"folder": "subspace", **asdict(cfg), "data": asdict(run_cfg)})
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    steps = {"ess": cfg.burn_in + cfg.samples * cfg.thin, "vi": cfg.vi_steps, "nuts": cfg.chains}[cfg.inference]
+    bar = progress_bar(total=steps, unit="step", desc=f"subspace {cfg.inference}", leave=False,
+                       dynamic_ncols=True) if progress else None
+    try:
+        if cfg.inference == "ess":
+            res = elliptical_slice(lambda z: float(post.log_likelihood(z)), z0, prior_scale=cfg.prior_scale,
+                                   num_samples=cfg.samples, burn_in=cfg.burn_in, thin=cfg.thin, generator=gen,
+                                   progress=bar)
+        elif cfg.inference == "vi":
+            minibatches = make_loader(splits.train, 256, shuffle=True, seed=cfg.seed)
+            it = iter(())
+
+            def minibatch_ll(z: torch.Tensor) -> torch.Tensor:
+                nonlocal it
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    it = iter(minibatches)
+                    batch = next(it)
+                return post.differentiable_log_likelihood(z, batch)
+
+            res = mean_field_vi(minibatch_ll, subspace.k, prior_scale=cfg.prior_scale, num_samples=cfg.samples,
+                                steps=cfg.vi_steps, lr=cfg.vi_lr, generator=gen, progress=bar)
+        else:
+            res = nuts(lambda z: post.differentiable_log_likelihood(z), z0, prior_scale=cfg.prior_scale,
+                       num_samples=cfg.samples, warmup=cfg.warmup, chains=cfg.chains, seed=cfg.seed)
+    finally:
+        if bar is not None:
+            bar.close()
+    sample_s = time.perf_counter() - start
+    weights = subspace.to_weights(res.samples.to(subspace.basis.dtype))
+    bn = "keep" if post.policy.mode == "keep" else None
+    evals = {"val": make_loader(splits.val, 1000), "test": make_loader(splits.test, 1000)}
+    metrics = {name: summary_metrics(bma(post.model, list(weights), loader, adapter=adapter, bn=bn,
+                                         bn_loader=None if bn else bn_loader, device=run_cfg.device))
+               for name, loader in evals.items()}
+    shift_metrics = {name: summary_metrics(bma(post.model, [subspace.shift], loader, adapter=adapter, bn="keep",
+                                               device=run_cfg.device)) for name, loader in evals.items()}
+    results: dict[str, Any] = {
+        "folder": "subspace", "space": cfg.space, "rank": subspace.k, "inference": cfg.inference,
+        "run": str(Path(cfg.run).resolve()), "dataset": run_cfg.dataset, "model": run_cfg.model,
+        "num_samples": int(res.samples.shape[0]), "metrics": metrics, "shift_metrics": shift_metrics,
+        "posterior": {"temperature": cfg.temperature, "prior_scale": cfg.prior_scale,
+                      "num_examples": post.num_examples, "bn": post.bn_label,
+                      "log_likelihood_at_shift": ll0},
+        "subspace": {"kind": subspace.kind, **subspace.info},
+        "sampler": res.to_json(), "likelihood_evaluations": post.evaluations,
+        "timing": {"sample_s": sample_s, "total_s": time.perf_counter() - start},
+    }
+    if cfg.grid and subspace.k >= 2:
+        results["density"] = _density_grid(post, res.samples, cfg.grid)
+    tensors, header = subspace.state()
+    save_checkpoint(out / "subspace.safetensors", {**tensors, "samples": res.samples},
+                    {**header, "kind": "subspace", "signature": post.space.signature()})
+    write_json(out / "results.json", results)
+    _figures_and_report(out, cfg, results, res.samples)
+    return results
+
+
+def _density_grid(post, samples: torch.Tensor, n: int) -> dict[str, Any]:
+    """``log p(z | D)`` on an n x n grid over the first two coordinates (the others at 0), spanning the samples
+    and the shift with a margin; all grid points through the engine at once."""
+    lo = torch.minimum(samples[:, :2].min(0).values, torch.zeros(2, dtype=samples.dtype))
+    hi = torch.maximum(samples[:, :2].max(0).values, torch.zeros(2, dtype=samples.dtype))
+    pad = (hi - lo).clamp_min(1e-3) * 0.3
+    xs = torch.linspace(float(lo[0] - pad[0]), float(hi[0] + pad[0]), n, dtype=torch.float64)
+    ys = torch.linspace(float(lo[1] - pad[1]), float(hi[1] + pad[1]), n, dtype=torch.float64)
+    zz = torch.zeros(n * n, post.subspace.k, dtype=torch.float64)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    zz[:, 0], zz[:, 1] = gx.reshape(-1), gy.reshape(-1)
+    logp = post.log_prob(zz).view(n, n)
+    return {"xs": xs.tolist(), "ys": ys.tolist(), "log_posterior": logp.tolist(),
+            "units": "subspace coordinates z_1, z_2 (other coordinates 0)"}
+
+
+def _figures_and_report(out: Path, cfg: SubspaceConfig, results: dict[str, Any], samples: torch.Tensor) -> None:
+    figures = []
+    try:
+        from .plots import plot_subspace
+
+        figures.append(plot_subspace(results.get("density"), samples, out / "figures" / "posterior.png",
+                                     title=f"{cfg.space} subspace (k = {results['rank']}), {cfg.inference}"))
+    except ImportError:
+        pass
+    m, s = results["metrics"], results["shift_metrics"]
+    keys = [k for k in ("accuracy", "nll", "ece", "rmse", "coverage_95") if k in m["test"]]
+
+    def fmt(v: float, k: str) -> str:
+        return f"{100 * v:.2f}" if k == "accuracy" else f"{v:.4f}"
+
+    lines = [f"# Subspace inference: {cfg.space} subspace, {cfg.inference}", "",
+             f"Run: `{results['run']}` ({results['model']} on {results['dataset']}). Rank k = {results['rank']}, "
+             f"{results['num_samples']} samples, temperature {cfg.temperature}, prior scale {cfg.prior_scale}, "
+             f"BatchNorm: {results['posterior']['bn']}. Likelihood on {results['posterior']['num_examples']} "
+             f"training examples; {results['likelihood_evaluations']} likelihood evaluations.", "",
+             "| predictive | split | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for label, table in (("subspace BMA", m), ("shift only", s)):
+        for split in ("val", "test"):
+            lines.append(f"| {label} | {split} | " + " | ".join(fmt(table[split][k], k) for k in keys) + " |")
+    lines += [""] + [f"![posterior]({f.relative_to(out)})" for f in figures] + [""]
+    (out / "report.md").write_text("\n".join(lines))
+
+
+def subspace_config_from(args: Any) -> SubspaceConfig:
+    """A :class:`SubspaceConfig` from the CLI's parsed arguments (fields of the same names)."""
+    names = {f.name for f in dataclasses.fields(SubspaceConfig)}
+    return SubspaceConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
