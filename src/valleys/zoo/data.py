@@ -26,14 +26,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from ..core.optional import require
+from .catalog import DATASETS  # noqa: F401  (re-exported)
 
 __all__ = ["Splits", "DATASETS", "load_dataset", "make_loader", "find_fashion_mnist", "DatasetNotFoundError"]
 
-DATASETS: dict[str, str] = {
-    "mnist1d": "MNIST-1D signals, 10 classes, generated offline (default)",
-    "digits": "scikit-learn 8x8 digits, 10 classes",
-    "fashion-mnist": "Fashion-MNIST 28x28, 10 classes (Debian package dataset-fashion-mnist or torchvision files)",
-}
 
 FASHION_FILES = {
     "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
