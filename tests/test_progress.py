@@ -63,3 +63,20 @@ def test_on_a_terminal_it_is_tqdm():
     bar = progress_bar(total=3, file=_TTY())
     assert isinstance(bar, tqdm.tqdm)
     bar.close()
+
+
+def test_sharpness_shows_progress_on_stderr_unless_no_progress(tmp_path, capsys):
+    from valleys.app.cli import main
+    from valleys.app.runs import TrainConfig, train_run
+
+    run = tmp_path / "run"
+    train_run(TrainConfig(method="sgd", model="mlp", epochs=1, train_subset=200, test_subset=100), run,
+              progress=False)
+    capsys.readouterr()
+    argv = ["sharpness", str(run), "--k", "1", "--examples", "100"]
+    assert main(argv + ["--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "Lanczos" in err and "epsilon-sharpness" in err, err
+    assert err.strip().splitlines()[-1].startswith("epsilon-sharpness: 80/80 product (100%)"), err
+    assert main(argv + ["--out", str(tmp_path / "b"), "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""

@@ -221,6 +221,7 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--examples", type=_positive_int, default=1000, help="training examples in the fixed subset")
     sh.add_argument("--epsilon", type=float, default=1e-3, help="box size of epsilon-sharpness")
     sh.add_argument("--out", required=True, help="output folder")
+    sh.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     ge = sub.add_parser("geometry", help="the demo's geometry section (slides 6, 9-15) on an existing demo folder")
     ge.add_argument("demo_dir", help="a folder made by 'valleys demo' (sgd-seed<s> and swag-seed<s> runs)")
@@ -379,7 +380,8 @@ def _geometry(args: argparse.Namespace) -> int:
             seen += len(batches[-1][1])
             if seen >= args.examples:
                 break
-        res = L.sharpness_study(model, batches, k=args.k, epsilon=args.epsilon, adapter=cfg.adapter())
+        res = L.sharpness_study(model, batches, k=args.k, epsilon=args.epsilon, adapter=cfg.adapter(),
+                                progress=progress)
         title = f"sharpness of {args.run}"
         print(f"top Hessian eigenvalues {[round(v, 4) for v in res['top_eigenvalues']]}, trace "
               f"{res['trace']['trace']:.3f} ± {res['trace']['stderr']:.3f}, epsilon-sharpness "

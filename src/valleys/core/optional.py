@@ -91,10 +91,12 @@ class PlainBar(NullBar):
         return (int(n // chunk) + 1) * chunk
 
     def __iter__(self):
-        for item in self.iterable if self.iterable is not None else ():
-            yield item
-            self.update(1)
-        self.close()
+        try:
+            for item in self.iterable if self.iterable is not None else ():
+                yield item
+                self.update(1)
+        finally:  # also when the loop body raises: the line is finished before the error is printed
+            self.close()
 
     def update(self, n: float = 1) -> None:
         self.n += n
