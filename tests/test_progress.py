@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from valleys.core.optional import NullBar, PlainBar, progress_bar
 
 
@@ -59,12 +61,13 @@ def test_resumed_bar_counts_from_initial_and_disable_is_silent():
 
 
 def test_on_a_terminal_it_is_tqdm():
-    tqdm = __import__("pytest").importorskip("tqdm")
+    tqdm = pytest.importorskip("tqdm")
     bar = progress_bar(total=3, file=_TTY())
     assert isinstance(bar, tqdm.tqdm)
     bar.close()
 
 
+@pytest.mark.slow
 def test_sharpness_shows_progress_on_stderr_unless_no_progress(tmp_path, capsys):
     from valleys.app.cli import main
     from valleys.app.runs import TrainConfig, train_run
