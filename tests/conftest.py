@@ -78,3 +78,12 @@ def img_data():
 def loader(ds, bs: int = 25, shuffle: bool = False, seed: int = 0) -> DataLoader:
     gen = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(ds, batch_size=bs, shuffle=shuffle, generator=gen)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _valleys_cache(tmp_path_factory):
+    """Every test (and every CLI subprocess it starts) caches generated data (MNIST-1D) in one session folder,
+    never in the real ``~/.cache/valleys``."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VALLEYS_CACHE", str(tmp_path_factory.mktemp("valleys-cache")))
+        yield

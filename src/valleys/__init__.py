@@ -9,34 +9,86 @@ Methods: :mod:`valleys.methods.averaging` (SWA, EMA), :mod:`valleys.training.cal
 :mod:`valleys.methods.swag` (SWAG, MultiSWAG), :mod:`valleys.methods.ensembles` (FGE), :mod:`valleys.evaluation.calibration`,
 :mod:`valleys.zoo.regression`; :mod:`valleys.evaluation.predict` averages any of them (BMA).
 Loop and entry points: :mod:`valleys.training.trainer`, :mod:`valleys.app.runs`; the CLI in :mod:`valleys.app.cli`.
+
+Importing ``valleys`` is cheap: the public names below are loaded on first use (PEP 562), so the command
+line's parser (``valleys --help``) starts without importing torch.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-from .methods.averaging import EMA, SWA, NotCollectedError
-from .core.batchnorm import recompute_bn
-from .core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .evaluation.metrics import ClassificationMetrics, RegressionMetrics, classification_metrics, regression_metrics
-from .evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
-from .geometry.curves import Curve, CurveModel
-from .methods.ensembles import snapshot
-from .geometry.paths import evaluate_path, segment
-from .evaluation.predict import bma, evaluate
-from .training.schedules import Constant, CosineReplay, SWALRAnneal, SWASchedule, TriangularCyclic
-from .training.callbacks import FGECallback, SWACallback, TrajectoryCallback
-from .methods.swag import SWAG, MultiSWAG
-from .training.trainer import Callback, Trainer, TrainingDiverged
-from .core.adapter import AdapterError, ModelAdapter
-from .core.weights import WeightSpace, WeightSpaceError
-from .evaluation.engine import BNPolicy, evaluate_many
-from .evaluation.grid import evaluate_points
-from .geometry.hessian import LossFunction, epsilon_sharpness, hutchinson_trace, lanczos, power_iteration
-from .geometry.surfaces import Plane, line, random_direction, valley_width
+import importlib
+from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("valleys")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0.0.0+unknown"
+if TYPE_CHECKING:  # pragma: no cover - what static tools see; at run time the names load lazily
+    from .methods.averaging import EMA, SWA, NotCollectedError
+    from .core.batchnorm import recompute_bn
+    from .core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from .evaluation.metrics import ClassificationMetrics, RegressionMetrics, classification_metrics, regression_metrics
+    from .evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
+    from .geometry.curves import Curve, CurveModel
+    from .methods.ensembles import snapshot
+    from .geometry.paths import evaluate_path, segment
+    from .evaluation.predict import bma, evaluate
+    from .training.schedules import Constant, CosineReplay, SWALRAnneal, SWASchedule, TriangularCyclic
+    from .training.callbacks import FGECallback, SWACallback, TrajectoryCallback
+    from .methods.swag import SWAG, MultiSWAG
+    from .training.trainer import Callback, Trainer, TrainingDiverged
+    from .core.adapter import AdapterError, ModelAdapter
+    from .core.weights import WeightSpace, WeightSpaceError
+    from .evaluation.engine import BNPolicy, evaluate_many
+    from .evaluation.grid import evaluate_points
+    from .geometry.hessian import LossFunction, epsilon_sharpness, hutchinson_trace, lanczos, power_iteration
+    from .geometry.surfaces import Plane, line, random_direction, valley_width
+
+#: ``{module: public names}``: where each name of :data:`__all__` lives.
+_SOURCES: dict[str, tuple[str, ...]] = {
+    ".methods.averaging": ("EMA", "SWA", "NotCollectedError"),
+    ".core.batchnorm": ("recompute_bn",),
+    ".core.checkpoint": ("CheckpointError", "load_checkpoint", "save_checkpoint"),
+    ".evaluation.metrics": ("ClassificationMetrics", "RegressionMetrics", "classification_metrics", "regression_metrics"),
+    ".evaluation.calibration": ("apply_temperature", "auroc", "fit_temperature", "predictive_entropy"),
+    ".geometry.curves": ("Curve", "CurveModel"),
+    ".methods.ensembles": ("snapshot",),
+    ".geometry.paths": ("evaluate_path", "segment"),
+    ".evaluation.predict": ("bma", "evaluate"),
+    ".training.schedules": ("Constant", "CosineReplay", "SWALRAnneal", "SWASchedule", "TriangularCyclic"),
+    ".training.callbacks": ("FGECallback", "SWACallback", "TrajectoryCallback"),
+    ".methods.swag": ("SWAG", "MultiSWAG"),
+    ".training.trainer": ("Callback", "Trainer", "TrainingDiverged"),
+    ".core.adapter": ("AdapterError", "ModelAdapter"),
+    ".core.weights": ("WeightSpace", "WeightSpaceError"),
+    ".evaluation.engine": ("BNPolicy", "evaluate_many"),
+    ".evaluation.grid": ("evaluate_points",),
+    ".geometry.hessian": ("LossFunction", "epsilon_sharpness", "hutchinson_trace", "lanczos", "power_iteration"),
+    ".geometry.surfaces": ("Plane", "line", "random_direction", "valley_width"),
+}
+_WHERE: dict[str, str] = {name: module for module, names in _SOURCES.items() for name in names}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("valleys")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        return "0.0.0+unknown"
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name (and ``__version__``) on first access; it is cached in the module afterwards."""
+    if name == "__version__":
+        value: Any = _version()
+    elif name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "WeightSpace", "WeightSpaceError", "recompute_bn", "SWA", "EMA", "NotCollectedError", "SWACallback",

@@ -1,4 +1,8 @@
-"""The ``valleys`` command line: argument parsing and orchestration only (the work is in the library)."""
+"""The ``valleys`` command line: argument parsing and orchestration only (the work is in the library).
+
+The parser is built from plain data (:mod:`valleys.zoo.catalog`, :mod:`valleys.app.settings` and the method
+registry's metadata), so ``valleys --help`` starts without importing torch; each command imports what it runs.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,6 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-from .. import __version__
 
 EXAMPLES = """examples:
   valleys demo --quick                      # SGD, SWA, SWAG, FGE on MNIST-1D in well under 2 minutes
@@ -48,6 +50,20 @@ def _positive_float(text: str) -> float:
     return v
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: reads the installed version (importlib.metadata, slow to import) only when asked."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0,
+                         help=help or "show program's version number and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .. import __version__
+
+        print(f"valleys {__version__}")  # on stdout, like argparse's own version action
+        parser.exit()
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Adds ``(default: X)`` once, only where it says something: not after a help text that already states
     its default, not for ``None`` defaults (the help says what happens instead), not for on/off flags."""
@@ -69,16 +85,14 @@ def _applies(setting: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ..zoo.data import DATASETS
-    from ..zoo.regression import REGRESSION_DATASETS
-    from ..zoo.models import MODELS
+    from ..zoo.catalog import DATASETS, MODELS, REGRESSION_DATASETS
     from .registry import method_help
-    from .runs import TrainConfig
+    from .settings import TrainSettings
 
-    d = TrainConfig()
+    d = TrainSettings()
     p = argparse.ArgumentParser(prog="valleys", description="Loss valleys for any PyTorch model: SWA and more.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--version", action="version", version=f"valleys {__version__}")
+    p.add_argument("--version", action=_VersionAction)
     sub = p.add_subparsers(dest="command", metavar="COMMAND",  # every subcommand: the same help formatter
                            parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_HelpFormatter))
 
@@ -207,6 +221,7 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--examples", type=_positive_int, default=1000, help="training examples in the fixed subset")
     sh.add_argument("--epsilon", type=float, default=1e-3, help="box size of epsilon-sharpness")
     sh.add_argument("--out", required=True, help="output folder")
+    sh.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     ge = sub.add_parser("geometry", help="the demo's geometry section (slides 6, 9-15) on an existing demo folder")
     ge.add_argument("demo_dir", help="a folder made by 'valleys demo' (sgd-seed<s> and swag-seed<s> runs)")
@@ -365,7 +380,8 @@ def _geometry(args: argparse.Namespace) -> int:
             seen += len(batches[-1][1])
             if seen >= args.examples:
                 break
-        res = L.sharpness_study(model, batches, k=args.k, epsilon=args.epsilon, adapter=cfg.adapter())
+        res = L.sharpness_study(model, batches, k=args.k, epsilon=args.epsilon, adapter=cfg.adapter(),
+                                progress=progress)
         title = f"sharpness of {args.run}"
         print(f"top Hessian eigenvalues {[round(v, 4) for v in res['top_eigenvalues']]}, trace "
               f"{res['trace']['trace']:.3f} ± {res['trace']['stderr']:.3f}, epsilon-sharpness "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,14 +18,69 @@ __all__ = ["plot_error_curves", "plot_reliability", "plot_paths", "plot_contours
            "plot_subspace"]
 
 
+def _wrap(text: str, ax, share: float = 1.0) -> str:
+    """``text`` wrapped to the width of ``ax``'s figure (``share`` of it): long titles, such as ones naming run
+    folders, break over lines instead of running off the figure's edges."""
+    fontsize = plt.rcParams["axes.titlesize"]
+    points = fontsize if isinstance(fontsize, (int, float)) else 12.0
+    chars = max(20, int(share * ax.figure.get_figwidth() * 72 / (0.6 * points)))
+    return "\n".join(_fill(line, chars) for line in text.splitlines() or [""])
+
+
+def _fill(text: str, width: int) -> str:
+    """Greedy line filling that breaks after spaces, path separators and hyphens (a folder name stays readable); a
+    piece longer than ``width`` on its own is cut."""
+    lines, cur = [], ""
+    for piece in re.split(r"(?<=[ /-])", text):
+        while len(piece) > width:
+            if cur:
+                lines.append(cur)
+                cur = ""
+            lines.append(piece[:width])
+            piece = piece[width:]
+        if len(cur) + len(piece.rstrip()) > width and cur:
+            lines.append(cur)
+            cur = ""
+        cur += piece
+    lines.append(cur)
+    return "\n".join(line.rstrip() for line in lines if line.strip()) or text
+
+
+def _title(ax, text: str, share: float = 1.0) -> None:
+    ax.set_title(_wrap(text, ax, share))
+
+
 def _save(fig, path: str | Path) -> Path:
-    """Lay out, write the PNG (creating its folder) and close the figure."""
+    """Lay out, write the PNG (creating its folder; the bounding box grown to any text that still sticks out)
+    and close the figure."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)
     return path
+
+
+#: The reliability plot's confidence ticks (the talk's, slide 23): evenly spaced in ``-log(1 - conf)``.
+RELIABILITY_TICKS = (0.2, 0.759, 0.927, 0.978, 0.993, 0.998)
+
+
+def _confidence_ticks(x_max: float) -> tuple[list[float], list[str]]:
+    """Tick positions (in ``-log(1 - conf)``) and labels: the talk's, continued at the same spacing until they
+    cover ``x_max``, each label with enough decimals to tell it from 1."""
+    xs = [-math.log1p(-t) for t in RELIABILITY_TICKS]
+    spacing = (xs[-1] - xs[0]) / (len(xs) - 1)
+    while xs[-1] < x_max:
+        xs.append(xs[-1] + spacing)
+    labels = []
+    for i, x in enumerate(xs):
+        if i < len(RELIABILITY_TICKS):
+            labels.append(f"{RELIABILITY_TICKS[i]:.3f}")
+            continue
+        rest = math.exp(-x)  # 1 - conf
+        decimals = max(3, math.ceil(-math.log10(rest)))
+        labels.append(f"{1 - rest:.{decimals}f}")
+    return xs, labels
 
 
 def plot_error_curves(curves: Mapping[str, Sequence[Sequence[float]]], path: str | Path, *,
@@ -61,7 +118,7 @@ def plot_error_curves(curves: Mapping[str, Sequence[Sequence[float]]], path: str
         ax.set_xlabel("Epochs")
         ax.set_ylabel("Test error (%)")
         ax.grid(alpha=0.3)
-    axes[0].set_title(title)
+    _title(axes[0], title, 0.5)
     axes[1].set_title("zoom: from the start of averaging")
     if lows and zoom_from is not None:
         pad = 0.1 * (max(highs) - min(lows) + 1e-9)
@@ -79,19 +136,22 @@ def plot_reliability(reliability: Mapping[str, Mapping[str, Sequence[float]]], p
     x axis is spaced like the talk's, by ``-log(1 - conf)``.
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    x_max = 0.0
     for name, rel in reliability.items():
         conf = np.asarray(rel["confidence"], dtype=float)
         acc = np.asarray(rel["accuracy"], dtype=float)
         keep = np.asarray(rel["count"], dtype=float) >= max(min_count, 1)
         x = -np.log1p(-np.clip(conf[keep], 0, 1 - 1e-6))
+        if x.size:
+            x_max = max(x_max, float(x.max()))
         ax.plot(x, conf[keep] - acc[keep], marker="o", ms=3, lw=1.5, label=name)
     ax.axhline(0, color="black", lw=1, ls="--")
-    ticks = np.array([0.2, 0.759, 0.927, 0.978, 0.993, 0.998])
-    ax.set_xticks(-np.log1p(-ticks))
-    ax.set_xticklabels([f"{t:.3f}" for t in ticks])
+    xs, labels = _confidence_ticks(x_max)  # labelled over the whole range of the points
+    ax.set_xticks(xs)
+    ax.set_xticklabels(labels, rotation=30 if len(xs) > 8 else 0, ha="right" if len(xs) > 8 else "center")
     ax.set_xlabel("Confidence (max prob)")
     ax.set_ylabel("Confidence - Accuracy")
-    ax.set_title(title)
+    _title(ax, title)
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
@@ -112,7 +172,7 @@ def plot_paths(paths: Mapping[str, Mapping[str, Sequence[float]]], path: str | P
         ax.set_xlabel("t")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(title)
+    fig.suptitle(_wrap(title, axes[0], 0.9))
     return _save(fig, path)
 
 
@@ -139,7 +199,7 @@ def plot_contours(xs: Sequence[float], ys: Sequence[float], grid: Sequence[Seque
         right = px > xs[0] + 0.6 * (xs[-1] - xs[0])  # labels in the right part point left, inside the axes
         ax.annotate(name, (px, py), textcoords="offset points", xytext=(-6, 6) if right else (6, 6),
                     ha="right" if right else "left", fontsize=9)
-    ax.set_title(title)
+    _title(ax, title, 0.8)  # the colorbar takes the rest of the width
     if units:
         ax.set_xlabel(f"u ({units})", fontsize=8)
         ax.set_ylabel("v", fontsize=8)
@@ -163,7 +223,7 @@ def plot_line(result: Mapping, path: str | Path, *, title: str = "") -> Path:
     ax1.set_xlabel(f"distance ({result.get('units', '')})", fontsize=8)
     ax1.set_ylabel("test error (%)", color="tab:blue")
     ax2.set_ylabel("train loss", color="tab:red")
-    ax1.set_title(title)
+    _title(ax1, title, 0.85)
     ax1.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -181,7 +241,7 @@ def plot_rays(result: Mapping, path: str | Path, *, title: str = "") -> Path:
     ax.set_yscale("log")
     ax.set_xlabel(f"distance ({result.get('units', '')})", fontsize=8)
     ax.set_ylabel("train loss")
-    ax.set_title(title)
+    _title(ax, title)
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)

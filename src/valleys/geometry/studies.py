@@ -111,15 +111,47 @@ def random_plane_study(model: nn.Module, w: Tensor, loaders: Mapping[str, Iterab
 
 
 def sharpness_study(model: nn.Module, batches: Sequence, *, k: int = 3, iterations: int = 30, trace_samples: int = 30,
-                    epsilon: float = 1e-3, seed: int = 0, adapter: ModelAdapter | None = None) -> dict[str, Any]:
+                    epsilon: float = 1e-3, seed: int = 0, adapter: ModelAdapter | None = None,
+                    progress: bool = False) -> dict[str, Any]:
     """Top-``k`` Hessian eigenvalues (Lanczos), trace (Hutchinson) and epsilon-sharpness of the training loss
-    on ``batches`` with the model in eval mode (BatchNorm running statistics, Dropout off)."""
+    on ``batches`` with the model in eval mode (BatchNorm running statistics, Dropout off). ``progress``: a bar
+    on stderr counting the Hessian-vector products and ascent steps."""
     loss = LossFunction(model, batches, mode="eval", adapter=adapter)
     w = loss.space.read(model)
     gen = torch.Generator().manual_seed(seed)
-    top = lanczos(loss, w, k=min(k, w.numel()), iterations=min(iterations, w.numel()), generator=gen)
-    tr = hutchinson_trace(loss, w, samples=trace_samples, generator=gen)
-    sh = epsilon_sharpness(loss, w, epsilon)
+    iterations = min(iterations, w.numel())
+    ascent_steps = 20  # epsilon_sharpness's default
+    bar = None
+    if progress:
+        from ..core.optional import progress_bar
+
+        bar = progress_bar(total=iterations + trace_samples + ascent_steps, unit="product", desc="Lanczos",
+                           leave=False, dynamic_ncols=True)
+        hvp, grad = loss.hvp, loss.grad
+
+        def counted_hvp(w: Tensor, v: Tensor) -> Tensor:
+            out = hvp(w, v)
+            bar.update(1)
+            return out
+
+        def counted_grad(w: Tensor) -> Tensor:
+            out = grad(w)
+            bar.update(1)
+            return out
+
+        loss.hvp, loss.grad = counted_hvp, counted_grad  # type: ignore[method-assign]
+    try:
+        top = lanczos(loss, w, k=min(k, w.numel()), iterations=iterations, generator=gen)
+        if bar is not None:
+            bar.n = iterations  # Lanczos may stop early on an exhausted Krylov space
+            bar.set_description("Hutchinson", refresh=False)
+        tr = hutchinson_trace(loss, w, samples=trace_samples, generator=gen)
+        if bar is not None:
+            bar.set_description("epsilon-sharpness", refresh=False)
+        sh = epsilon_sharpness(loss, w, epsilon, steps=ascent_steps)
+    finally:
+        if bar is not None:
+            bar.close()
     return {"kind": "sharpness", "top_eigenvalues": top["eigenvalues"].tolist(), "num_hvp": top["num_hvp"],
             "trace": tr, "epsilon_sharpness": sh, "loss": loss.value(w), "mode": "eval (BN running statistics)",
             "examples": int(sum(loss.weights))}

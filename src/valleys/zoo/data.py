@@ -2,6 +2,8 @@
 
 * ``mnist1d`` (default): MNIST-1D (Greydanus 2020), generated offline with ``mnist1d.data.make_dataset``:
   4000 training and 1000 test signals of length 40, 10 classes. Already standardised (mean 0, std 1).
+  Generated once and kept in the user's cache folder (``$VALLEYS_CACHE``, else ``~/.cache/valleys``; see
+  :mod:`valleys.core.cache`), checked by SHA-256 on every load.
 * ``digits``: scikit-learn's 8x8 digits (1797 images), scaled to [0, 1], shape (1, 8, 8); 20% test.
 * ``fashion-mnist``: Fashion-MNIST (Xiao et al. 2017), 60000 + 10000 images 28x28, scaled to [0, 1] and
   standardised with the training mean and std. Read from the IDX files of the Debian package
@@ -25,15 +27,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
+from ..core.cache import cached_arrays
 from ..core.optional import require
+from .catalog import DATASETS  # noqa: F401  (re-exported)
 
 __all__ = ["Splits", "DATASETS", "load_dataset", "make_loader", "find_fashion_mnist", "DatasetNotFoundError"]
 
-DATASETS: dict[str, str] = {
-    "mnist1d": "MNIST-1D signals, 10 classes, generated offline (default)",
-    "digits": "scikit-learn 8x8 digits, 10 classes",
-    "fashion-mnist": "Fashion-MNIST 28x28, 10 classes (Debian package dataset-fashion-mnist or torchvision files)",
-}
 
 FASHION_FILES = {
     "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
@@ -76,9 +75,46 @@ def _split(x: Tensor, y: Tensor, val_fraction: float, split_seed: int, train_sub
     return TensorDataset(x[train_idx], y[train_idx]), TensorDataset(x[val_idx], y[val_idx])
 
 
-def _mnist1d() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+#: The arguments of ``mnist1d.data.make_dataset`` (its defaults, ``get_dataset_args()``, without the download
+#: URL), pinned here so that a cached copy can be found without importing mnist1d (slow to import).
+MNIST1D_ARGS: dict = {
+    "num_samples": 5000, "train_split": 0.8, "template_len": 12, "padding": [36, 60], "scale_coeff": 0.4,
+    "max_translation": 48, "corr_noise_scale": 0.25, "iid_noise_scale": 2e-2, "shear_scale": 0.75,
+    "shuffle_seq": False, "final_seq_length": 40, "seed": 42,
+}
+
+
+def _make_mnist1d() -> dict[str, np.ndarray]:
+    """Generate MNIST-1D (seconds): deterministic, no download; the global ``random``/``numpy`` state that
+    ``make_dataset`` reseeds is restored, so a cached load and a generation leave the same state behind."""
+    import random
+    from types import SimpleNamespace
+
     mnist1d_data = require("mnist1d.data", "data")
-    d = mnist1d_data.make_dataset(mnist1d_data.get_dataset_args())  # deterministic (seed fixed inside), no download
+    args = {**mnist1d_data.get_dataset_args(as_dict=True), **MNIST1D_ARGS}
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        d = mnist1d_data.make_dataset(SimpleNamespace(**args))
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    return {k: d[k] for k in ("x", "y", "x_test", "y_test")}
+
+
+def _mnist1d_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mnist1d")
+    except PackageNotFoundError:
+        require("mnist1d.data", "data")  # raises the ImportError that names the extra to install
+        return "unknown"  # pragma: no cover - importable but without metadata
+
+
+def _mnist1d() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """MNIST-1D from the user's cache (:mod:`valleys.core.cache`), generated and cached on the first use."""
+    key = {"generator": "mnist1d.data.make_dataset", "mnist1d": _mnist1d_version(), "args": MNIST1D_ARGS}
+    d = cached_arrays("mnist1d", key, _make_mnist1d)
     return (torch.tensor(d["x"], dtype=torch.float32), torch.tensor(d["y"]).long(),
             torch.tensor(d["x_test"], dtype=torch.float32), torch.tensor(d["y_test"]).long())
 

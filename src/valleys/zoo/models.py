@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .catalog import MODELS  # noqa: F401  (re-exported)
+
 __all__ = ["MLP", "CNN1D", "SmallCNN", "PreResNet", "VGG", "MODELS", "build_model"]
 
 
@@ -138,15 +140,6 @@ class VGG(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
-
-
-MODELS: dict[str, str] = {
-    "mlp": "fully connected ReLU net, any input",
-    "cnn1d": "1-D CNN for signals (mnist1d)",
-    "cnn": "small CNN with BatchNorm, images",
-    "preresnet": "small pre-activation ResNet with BatchNorm, images",
-    "vgg": "VGG-style net without BatchNorm, with Dropout, images",
-}
 
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int, **kwargs) -> nn.Module:

@@ -25,14 +25,10 @@ from torch.utils.data import TensorDataset
 
 from ..core.adapter import gaussian_nll  # noqa: F401  (re-exported: the loss of the Gaussian heads)
 from ..core.optional import require
+from .catalog import REGRESSION_DATASETS  # noqa: F401  (re-exported)
 
 __all__ = ["GaussianMLP", "gaussian_nll", "RegressionSplits", "load_regression", "REGRESSION_DATASETS",
            "UCIFormatError"]
-
-REGRESSION_DATASETS: dict[str, str] = {
-    "diabetes": "scikit-learn diabetes regression (442 x 10), 90/10 split",
-    "uci": "a folder in the UCI layout given with --data-root (data.txt and index files), split --uci-split",
-}
 
 
 class UCIFormatError(ValueError):

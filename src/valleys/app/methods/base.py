@@ -1,5 +1,8 @@
 """What every training method of the run layer provides: :class:`Method` (settings, schedule, callbacks,
-saved files, predictive) and :class:`Predictive` (how its posterior is evaluated)."""
+saved files, predictive) and :class:`Predictive` (how its posterior is evaluated).
+
+The method modules import torch and the library inside their methods, so that the registry's metadata (names,
+help, settings) loads without them: the command line's parser reads it before any command runs."""
 
 from __future__ import annotations
 
@@ -8,13 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from torch import nn
+if TYPE_CHECKING:  # pragma: no cover - torch and the library load when a method runs, not with the registry
+    from torch import nn
 
-from ...evaluation.predict import Sample
-from ...training.schedules import Schedule
-from ...training.trainer import Callback
-
-if TYPE_CHECKING:  # pragma: no cover
+    from ...evaluation.predict import Sample
+    from ...training.schedules import Schedule
+    from ...training.trainer import Callback
     from ..runs import TrainConfig
 
 __all__ = ["Method", "Predictive", "find_callback"]

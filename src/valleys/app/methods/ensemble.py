@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torch import nn
-
-from ...core.checkpoint import check_model_signature, load_checkpoint
-from ...training.schedules import Schedule
 from .base import Method, Predictive
 from .sgd import SGD
 
 if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from ...training.schedules import Schedule
     from ..runs import TrainConfig
 
 
@@ -29,6 +28,8 @@ class Ensemble(Method):
         return SGD().schedule(cfg)
 
     def predictive(self, run_dir: Path, cfg: TrainConfig, model: nn.Module, samples: int) -> Predictive:
+        from ...core.checkpoint import check_model_signature, load_checkpoint
+
         members = []
         for i in range(cfg.members):
             state, header = load_checkpoint(run_dir / f"member-{i}" / "model.safetensors")

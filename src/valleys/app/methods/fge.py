@@ -6,15 +6,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from ...core.checkpoint import load_checkpoint, save_checkpoint
-from ...training.callbacks import FGECallback
-from ...training.schedules import Piecewise, Schedule, SWASchedule, TriangularCyclic
-from ...training.trainer import Callback
 from .base import Method, Predictive, find_callback
 
 if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from ...training.schedules import Schedule
+    from ...training.trainer import Callback
     from ..runs import TrainConfig
 
 
@@ -47,19 +45,28 @@ class FGE(Method):
             )
 
     def schedule(self, cfg: TrainConfig) -> Schedule:
+        from ...training.schedules import Piecewise, SWASchedule, TriangularCyclic
+
         start = cfg.fge_start
         return Piecewise(SWASchedule(cfg.lr, swa_start=start, swa_lr=cfg.lr_1), start,  # type: ignore[arg-type]
                          TriangularCyclic(cfg.lr_1, cfg.lr_2, cfg.cycle, offset=start))  # type: ignore[arg-type]
 
     def callbacks(self, cfg: TrainConfig, model: nn.Module, *, bn_loader: Iterable,
                   eval_loaders: Mapping[str, Iterable]) -> list[Callback]:
+        from ...training.callbacks import FGECallback
+
         return [FGECallback(cfg.cycle, start=cfg.fge_start)]  # type: ignore[arg-type]
 
     def save(self, out: Path, callbacks: list[Callback], header: dict[str, Any]) -> None:
+        from ...core.checkpoint import save_checkpoint
+        from ...training.callbacks import FGECallback
+
         save_checkpoint(out / "posterior.safetensors", {"snapshots": find_callback(callbacks, FGECallback).snapshots},
                         {**header, "kind": "fge"})
 
     def predictive(self, run_dir: Path, cfg: TrainConfig, model: nn.Module, samples: int) -> Predictive:
+        from ...core.checkpoint import load_checkpoint
+
         state, _ = load_checkpoint(run_dir / "posterior.safetensors")
         snaps = state["snapshots"]
         return Predictive(lambda: snaps, ensemble=True)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torch import nn
-
-from ...training.schedules import Schedule
 from .base import Method, Predictive
 from .swag import SWAG, swag_predictive
 
 if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from ...training.schedules import Schedule
     from ..runs import TrainConfig
 
 

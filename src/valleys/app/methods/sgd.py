@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torch import nn
-
-from ...methods.ensembles import snapshot
-from ...training.schedules import Schedule, SWASchedule
 from .base import Method, Predictive
 
 if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from ...training.schedules import Schedule
     from ..runs import TrainConfig
 
 
@@ -23,8 +22,12 @@ class SGD(Method):
     help = "SGD with momentum; LR decays with the SWA schedule's shape to 0.01 lr over all epochs"
 
     def schedule(self, cfg: TrainConfig) -> Schedule:
+        from ...training.schedules import SWASchedule
+
         return SWASchedule(cfg.lr, swa_start=cfg.epochs, swa_lr=0.01 * cfg.lr)
 
     def predictive(self, run_dir: Path, cfg: TrainConfig, model: nn.Module, samples: int) -> Predictive:
+        from ...methods.ensembles import snapshot
+
         state = snapshot(model)
         return Predictive(lambda: [state])

@@ -6,19 +6,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from ...core.checkpoint import save_checkpoint
-from ...methods.averaging import SWA as SWAAverager
-from ...methods.averaging import Averager
-from ...methods.ensembles import snapshot
-from ...training.callbacks import SWACallback, TrajectoryCallback
-from ...training.schedules import Schedule, SWASchedule
-from ...training.trainer import Callback
 from .base import Method, Predictive, find_callback
 
 if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from ...methods.averaging import Averager
+    from ...training.schedules import Schedule
+    from ...training.trainer import Callback
     from ..runs import TrainConfig
 
 
@@ -46,23 +41,36 @@ class SWA(Method):
             raise ValueError(f"swa-lr must be positive, got {cfg.swa_lr}")
 
     def schedule(self, cfg: TrainConfig) -> Schedule:
+        from ...training.schedules import SWASchedule
+
         return SWASchedule(cfg.lr, swa_start=cfg.swa_start, swa_lr=cfg.swa_lr)  # type: ignore[arg-type]
 
     def averager(self, cfg: TrainConfig, model: nn.Module) -> Averager:
         """What collects the iterates."""
+        from ...methods.averaging import SWA as SWAAverager
+
         return SWAAverager(model)
 
     def callbacks(self, cfg: TrainConfig, model: nn.Module, *, bn_loader: Iterable,
                   eval_loaders: Mapping[str, Iterable]) -> list[Callback]:
+        from ...training.callbacks import SWACallback, TrajectoryCallback
+
         averager = self.averager(cfg, model)
         return [SWACallback(averager, cfg.swa_start, bn_loader=bn_loader, eval_loaders=eval_loaders),  # type: ignore[arg-type]
                 TrajectoryCallback(averager.space, cfg.swa_start)]  # type: ignore[arg-type]
 
     def save(self, out: Path, callbacks: list[Callback], header: dict[str, Any]) -> None:
+        import torch
+
+        from ...core.checkpoint import save_checkpoint
+        from ...training.callbacks import TrajectoryCallback
+
         traj = find_callback(callbacks, TrajectoryCallback)
         save_checkpoint(out / "trajectory.safetensors", {"iterates": torch.stack(traj.iterates)},
                         {**header, "kind": "trajectory", "epochs": traj.epochs})
 
     def predictive(self, run_dir: Path, cfg: TrainConfig, model: nn.Module, samples: int) -> Predictive:
+        from ...methods.ensembles import snapshot
+
         state = snapshot(model)  # model.safetensors holds the SWA mean with recomputed BatchNorm
         return Predictive(lambda: [state])

@@ -7,19 +7,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from ...core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ...evaluation.predict import Sample
-from ...methods.averaging import Averager
-from ...methods.swag import SWAG as SWAGPosterior
-from ...training.callbacks import SWACallback
-from ...training.trainer import Callback
 from .base import Predictive, find_callback
 from .swa import SWA
 
 if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from ...evaluation.predict import Sample
+    from ...methods.averaging import Averager
+    from ...training.trainer import Callback
     from ..runs import TrainConfig
 
 
@@ -27,6 +23,11 @@ def swag_predictive(dirs: Sequence[Path], cfg: TrainConfig, model: nn.Module, sa
                     diagonal: bool, scale: float) -> Predictive:
     """``samples`` draws ``w ~ N(w_SWA, scale (Sigma_diag [+ D^T D / (K - 1)]))`` from the SWAG posterior in each
     of ``dirs`` (``posterior.safetensors``), seeded with the run's seed, a BatchNorm recompute each."""
+    import torch
+
+    from ...core.checkpoint import CheckpointError, load_checkpoint
+    from ...methods.swag import SWAG as SWAGPosterior
+
     swags = []
     for d in dirs:
         state, header = load_checkpoint(d / "posterior.safetensors")
@@ -68,9 +69,14 @@ class SWAG(SWA):
             )
 
     def averager(self, cfg: TrainConfig, model: nn.Module) -> Averager:
+        from ...methods.swag import SWAG as SWAGPosterior
+
         return SWAGPosterior(model, rank=cfg.rank)
 
     def save(self, out: Path, callbacks: list[Callback], header: dict[str, Any]) -> None:
+        from ...core.checkpoint import save_checkpoint
+        from ...training.callbacks import SWACallback
+
         super().save(out, callbacks, header)
         save_checkpoint(out / "posterior.safetensors", {"swag": find_callback(callbacks, SWACallback).averager.state_dict()},
                         {**header, "kind": "swag"})

@@ -1,0 +1,29 @@
+"""The names of the built-in datasets and models with their one-line help, as plain data (no torch): the
+command line's parser reads them from here, and :mod:`valleys.zoo.data`, :mod:`valleys.zoo.regression` and
+:mod:`valleys.zoo.models` re-export them."""
+
+from __future__ import annotations
+
+__all__ = ["DATASETS", "REGRESSION_DATASETS", "MODELS"]
+
+#: Classification datasets of :func:`valleys.zoo.data.load_dataset`.
+DATASETS: dict[str, str] = {
+    "mnist1d": "MNIST-1D signals, 10 classes, generated offline (default)",
+    "digits": "scikit-learn 8x8 digits, 10 classes",
+    "fashion-mnist": "Fashion-MNIST 28x28, 10 classes (Debian package dataset-fashion-mnist or torchvision files)",
+}
+
+#: Regression datasets of :func:`valleys.zoo.regression.load_regression`.
+REGRESSION_DATASETS: dict[str, str] = {
+    "diabetes": "scikit-learn diabetes regression (442 x 10), 90/10 split",
+    "uci": "a folder in the UCI layout given with --data-root (data.txt and index files), split --uci-split",
+}
+
+#: Reference architectures of :func:`valleys.zoo.models.build_model`.
+MODELS: dict[str, str] = {
+    "mlp": "fully connected ReLU net, any input",
+    "cnn1d": "1-D CNN for signals (mnist1d)",
+    "cnn": "small CNN with BatchNorm, images",
+    "preresnet": "small pre-activation ResNet with BatchNorm, images",
+    "vgg": "VGG-style net without BatchNorm, with Dropout, images",
+}
