@@ -66,3 +66,17 @@ def test_random_subspace_with_vi_and_curve_subspace_with_ess(swag_runs, tmp_path
 def test_subspace_config_refusals(kw, msg):
     with pytest.raises(ValueError, match=msg):
         SubspaceConfig("run", **kw).check()
+
+
+@pytest.mark.slow
+def test_subspace_command_line(swag_runs, tmp_path, capsys):
+    from valleys.app.cli import main
+
+    run = str(swag_runs / "swag1")
+    assert main(["subspace", run, "--rank", "2", "--samples", "3", "--burn-in", "1", "--grid", "0",
+                 "--temperature", "30", "--out", str(tmp_path / "s"), "--no-progress"]) == 0
+    assert "subspace BMA" in capsys.readouterr().out
+    assert main(["subspace", run, "--rank", "9", "--out", str(tmp_path / "t"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--rank 9" in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "t").exists()

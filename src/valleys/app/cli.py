@@ -229,6 +229,34 @@ def _parser() -> argparse.ArgumentParser:
     ge.add_argument("--quick", action="store_true", help="coarser plane (9x9), 21-point line, 3 rays of 11 steps")
     ge.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
+    ss = sub.add_parser("subspace", help="Bayesian inference in a low-dimensional subspace of a run's weights "
+                        "(Izmailov et al. 2019): PCA, random or curve subspace; ESS, VI or NUTS; BMA of the samples")
+    ss.add_argument("run", help="a run folder (a SWAG run for --space pca)")
+    ss.add_argument("--space", default="pca", choices=["pca", "random", "curve"],
+                    help="pca: top principal directions of the SWAG deviations (shift: SWA mean); random: unit "
+                         "Gaussian directions around the run's weights; curve: the plane of a --curve folder")
+    ss.add_argument("--rank", type=_positive_int, default=5, help="subspace dimension k (2 for --space curve)")
+    ss.add_argument("--curve", default=None, help="a 'valleys connect' folder whose endpoints include the run")
+    ss.add_argument("--inference", default="ess", choices=["ess", "vi", "nuts"],
+                    help="elliptical slice sampling, mean-field VI, or NUTS (needs valleys[pyro])")
+    ss.add_argument("--samples", type=_positive_int, default=30, help="posterior samples averaged (per chain)")
+    ss.add_argument("--burn-in", type=int, default=20, help="ESS steps discarded first")
+    ss.add_argument("--thin", type=_positive_int, default=1, help="keep every n-th ESS state")
+    ss.add_argument("--temperature", type=_positive_float, default=1.0,
+                    help="T dividing the log-likelihood (large T for classification, e.g. 100-10000)")
+    ss.add_argument("--prior-scale", type=_positive_float, default=1.0, help="s of the prior N(0, s^2 I) over z")
+    ss.add_argument("--bn", default="shift", choices=["shift", "recompute", "keep"],
+                    help="BatchNorm statistics: recomputed once at the shift, per sample, or the run's own")
+    ss.add_argument("--vi-steps", type=_positive_int, default=1000, help="VI optimisation steps (minibatch 256)")
+    ss.add_argument("--vi-lr", type=_positive_float, default=0.01, help="VI learning rate (Adam)")
+    ss.add_argument("--warmup", type=int, default=100, help="NUTS warm-up steps")
+    ss.add_argument("--chains", type=_positive_int, default=1, help="NUTS chains (r_hat needs 2 or more)")
+    ss.add_argument("--grid", type=int, default=21, help="points per axis of the log-density figure (0: none)")
+    ss.add_argument("--seed", type=int, default=0, help="seed of the directions and the sampler")
+    ss.add_argument("--out", required=True, help="output folder")
+    ss.add_argument("--overwrite", action="store_true", help="replace a subspace run already in --out")
+    ss.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
     m = sub.add_parser("demo", help="the main job: SGD, SWA, SWAG and FGE on MNIST-1D; tables, report, figures")
     m.add_argument("--quick", action="store_true", help="one seed, 30 epochs (well under 2 minutes)")
     m.add_argument("--out", default="runs/demo", help="output folder")
@@ -437,6 +465,18 @@ def _geometry_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _subspace(args: argparse.Namespace) -> int:
+    from .subspace import subspace_config_from, subspace_run
+
+    res = subspace_run(subspace_config_from(args), args.out, overwrite=args.overwrite,
+                       progress=not args.no_progress)
+    keys = [k for k in ("accuracy", "nll", "ece", "rmse", "coverage_95") if k in res["metrics"]["test"]]
+    for label, table in (("subspace BMA", res["metrics"]), ("shift only", res["shift_metrics"])):
+        print(f"{label:13s} test " + "  ".join(f"{k} {table['test'][k]:.4f}" for k in keys))
+    print(f"\nwrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.md'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``valleys`` command; returns the exit status (errors: 2 with a one-line reason)."""
     parser = _parser()
@@ -453,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args, list(argv) if argv is not None else sys.argv[1:])
         if args.command in ("plane", "path", "rays", "landscape", "sharpness"):
             return _geometry(args)
-        return {"evaluate": _evaluate, "demo": _demo, "connect": _connect,
+        return {"evaluate": _evaluate, "demo": _demo, "connect": _connect, "subspace": _subspace,
                 "geometry": _geometry_demo}[args.command](args)
     except (ValueError, FileExistsError, FileNotFoundError, CheckpointError, DatasetNotFoundError,
             TrainingDiverged) as e:
