@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from ...core.checkpoint import load_checkpoint, save_checkpoint
+from ...core.checkpoint import checkpoint_field, load_checkpoint, save_checkpoint
 from ...training.callbacks import FGECallback
 from ...training.schedules import Piecewise, Schedule, SWASchedule, TriangularCyclic
 from ...training.trainer import Callback
@@ -61,5 +61,5 @@ class FGE(Method):
 
     def predictive(self, run_dir: Path, cfg: TrainConfig, model: nn.Module, samples: int) -> Predictive:
         state, _ = load_checkpoint(run_dir / "posterior.safetensors")
-        snaps = state["snapshots"]
+        snaps = checkpoint_field(state, "snapshots", run_dir / "posterior.safetensors", "state")
         return Predictive(lambda: snaps, ensemble=True)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ...core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ...core.checkpoint import CheckpointError, checkpoint_field, load_checkpoint, save_checkpoint
 from ...evaluation.predict import Sample
 from ...methods.averaging import Averager
 from ...methods.swag import SWAG as SWAGPosterior
@@ -32,7 +32,9 @@ def swag_predictive(dirs: Sequence[Path], cfg: TrainConfig, model: nn.Module, sa
         state, header = load_checkpoint(d / "posterior.safetensors")
         if header.get("kind") != "swag":
             raise CheckpointError(f"{d / 'posterior.safetensors'} holds no SWAG posterior")
-        swag = SWAGPosterior(model, rank=int(state["swag"]["rank"]), device="cpu")
+        post = checkpoint_field(state, "swag", d / "posterior.safetensors", "state")
+        swag = SWAGPosterior(model, rank=int(checkpoint_field(post, "rank", d / "posterior.safetensors", "state")),
+                             device="cpu")
         swag.load_state_dict(state["swag"])
         swags.append(swag)
 
