@@ -460,8 +460,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, CheckpointError, DatasetNotFoundError, TrainingDiverged) as e:
         # OSError: --out under a file, no permission, a full disk (FileExistsError: a folder holding output)
         _finish_progress_bars()
-        print(f"valleys {args.command}: error: {_message(e)}", file=sys.stderr)
+        print(f"valleys {args.command}: error: {_message(e)}{_resume_hint(args, e)}", file=sys.stderr)
         return 2
+
+
+def _resume_hint(args: argparse.Namespace, e: BaseException) -> str:
+    """After a failed write (a full disk) in a run that has a checkpoint: how to continue once there is room."""
+    from .folders import OutputFolderError
+
+    if args.command not in ("train", "connect") or not isinstance(e, OSError) or isinstance(e, OutputFolderError):
+        return ""
+    out = Path(args.out or ".")
+    if not ((out / "checkpoint.safetensors").is_file() or any(out.glob("member-*/checkpoint.safetensors"))):
+        return ""
+    return f"; once there is room, continue with: valleys {args.command} ... --out {out} --resume"
 
 
 def _message(e: BaseException) -> str:

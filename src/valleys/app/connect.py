@@ -129,7 +129,7 @@ def connect_runs(cfg: ConnectConfig, out: str | Path, *, overwrite: bool = False
     splits = load_splits(data_cfg)
     if resume and not (out / "checkpoint.safetensors").is_file() and not (out / "curve.safetensors").is_file():
         raise CheckpointError(f"cannot resume: {out / 'checkpoint.safetensors'} does not exist")
-    with output_guard(out, keep_on_interrupt=lambda: (out / "checkpoint.safetensors").is_file()):
+    with output_guard(out, resumable=lambda: (out / "checkpoint.safetensors").is_file()):
         prepare_run_dir(out, overwrite=overwrite, resume=resume)
         if not resume:
             write_json(out / "config.json", {"folder": "curve", **asdict(cfg), "data": asdict(data_cfg)})

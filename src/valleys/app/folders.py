@@ -9,7 +9,7 @@ Every command that writes a folder follows the same rules, checked before any wo
 * :func:`output_guard` wraps the work: it removes stale temporary files of an earlier killed command, and if
   the work fails it removes what this command created (the folder itself if it was new; never anything that
   was there before), so that the same command can simply be run again. An interruption keeps the folder when
-  it can be resumed (``keep_on_interrupt``).
+  it can be resumed (``resumable``), and so does a full disk.
 """
 
 from __future__ import annotations
@@ -130,14 +130,14 @@ def _remove(path: Path) -> None:
 
 
 @contextmanager
-def output_guard(out: str | os.PathLike, *, keep_on_interrupt: Callable[[], bool] = lambda: False) -> Iterator[Path]:
+def output_guard(out: str | os.PathLike, *, resumable: Callable[[], bool] = lambda: False) -> Iterator[Path]:
     """Run the work that writes ``out``; if it fails, remove what it created, so that a failed command leaves
     nothing that blocks running it again.
 
     Stale temporaries of an earlier killed command are removed first. On an exception, a folder that did not
     exist before is removed with the folders created above it; in a folder that existed, only the entries that
-    were not there before are removed. On ``KeyboardInterrupt`` nothing is removed if ``keep_on_interrupt()``
-    says the folder can be resumed.
+    were not there before are removed. On ``KeyboardInterrupt`` or an ``OSError`` (a full disk) nothing is
+    removed if ``resumable()`` says the folder can be resumed (a checkpoint was written).
     """
     out = Path(out)
     top = out
@@ -149,7 +149,7 @@ def output_guard(out: str | os.PathLike, *, keep_on_interrupt: Callable[[], bool
     try:
         yield out
     except BaseException as e:
-        if isinstance(e, KeyboardInterrupt) and keep_on_interrupt():
+        if isinstance(e, (KeyboardInterrupt, OSError)) and resumable():
             raise
         if isinstance(e, (GeneratorExit, SystemExit)):
             raise

@@ -250,8 +250,11 @@ def train_run(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, res
             raise ValueError(f"cannot resume {out}: the config differs from the saved one (saved, now): {diff}")
     prepare_run_dir(out, overwrite=overwrite, resume=resume, create=False)  # refuse an existing run first
     splits = splits or load_splits(cfg)  # data and model errors surface here, before a file is touched
+    if len(splits.val) == 0:
+        raise ValueError(f"--val-fraction {cfg.val_fraction} leaves no validation examples; every run is evaluated "
+                         "on its validation split: use a fraction that holds out at least one example")
     build_run_model(cfg, splits)
-    with output_guard(out, keep_on_interrupt=lambda: _has_checkpoint(out)):
+    with output_guard(out, resumable=lambda: _has_checkpoint(out)):
         prepare_run_dir(out, overwrite=overwrite, resume=resume)
         start = time.perf_counter()
         if get_method(cfg.method).member is not None:
