@@ -158,6 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--ood", action="store_true", help="report OOD AUROC (run trained with --ood-split)")
     e.add_argument("--temperature-scaling", action="store_true",
                    help="also report test metrics after a temperature fitted on validation data")
+    e.add_argument("--overwrite", action="store_true", help="replace an evaluation.json already in the folder")
 
     c = sub.add_parser("connect", help="train a curve between two runs and compare it with the straight segment")
     c.add_argument("run_a", help="run folder or model.safetensors of the first network")
@@ -179,6 +180,8 @@ def _parser() -> argparse.ArgumentParser:
 
     def geometry_common(sp, grid: bool = False):
         sp.add_argument("--out", required=True, help="output folder")
+        sp.add_argument("--overwrite", action="store_true",
+                        help="replace a study already in --out (a run or curve folder is never replaced)")
         sp.add_argument("--bn", default="recompute", choices=["recompute", "keep"], help="BatchNorm policy per point")
         sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
         if grid:
@@ -222,11 +225,14 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--epsilon", type=float, default=1e-3, help="box size of epsilon-sharpness")
     sh.add_argument("--out", required=True, help="output folder")
     sh.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    sh.add_argument("--overwrite", action="store_true",
+                    help="replace a study already in --out (a run or curve folder is never replaced)")
 
     ge = sub.add_parser("geometry", help="the demo's geometry section (slides 6, 9-15) on an existing demo folder")
     ge.add_argument("demo_dir", help="a folder made by 'valleys demo' (sgd-seed<s> and swag-seed<s> runs)")
     ge.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: all in the folder)")
     ge.add_argument("--quick", action="store_true", help="coarser plane (9x9), 21-point line, 3 rays of 11 steps")
+    ge.add_argument("--overwrite", action="store_true", help="replace a geometry/ section already in the folder")
     ge.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     ss = sub.add_parser("subspace", help="Bayesian inference in a low-dimensional subspace of a run's weights "
@@ -305,11 +311,8 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     _refuse_other_methods_settings(args)
     cfg = cfg.resolved()
     out = Path(args.out or f"runs/{cfg.dataset}-{cfg.model}-{cfg.method}-seed{cfg.seed}")
-    try:
-        res = train_run(cfg, out, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: valleys train ... --out {out} --resume", file=sys.stderr)
-        return 130
+    args.out = str(out)  # for the interruption message
+    res = train_run(cfg, out, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
     keys = _keys(res)
     rows = {f"{cfg.method} ({split})": aggregate([m], keys) for split, m in res["metrics"].items()}
     print(format_table(rows, keys))
@@ -344,7 +347,9 @@ def _print_curve(res: dict, out) -> None:
 
 def _geometry(args: argparse.Namespace) -> int:
     from . import studies as L
+    from .folders import check_output
 
+    check_output(args.out, overwrite=args.overwrite, study=True)  # before any work
     progress = not getattr(args, "no_progress", True)
     if args.command == "plane":
         if args.trajectory and args.pca:
@@ -414,7 +419,7 @@ def _geometry(args: argparse.Namespace) -> int:
         print(f"top Hessian eigenvalues {[round(v, 4) for v in res['top_eigenvalues']]}, trace "
               f"{res['trace']['trace']:.3f} ± {res['trace']['stderr']:.3f}, epsilon-sharpness "
               f"{res['epsilon_sharpness']['sharpness']:.4f}")
-    out = L.write_study(args.out, res, title=title)
+    out = L.write_study(args.out, res, title=title, overwrite=args.overwrite)
     print(f"wrote {out / 'results.json'} and {out / 'report.md'}")
     return 0
 
@@ -423,7 +428,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .report import aggregate, format_table
     from .runs import evaluate_run
 
-    config = Path(args.run_dir) / "config.json"
+    from .folders import OutputFolderError, check_writable
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (train one with 'valleys train')")
+    if (run_dir / "evaluation.json").exists() and not args.overwrite:
+        raise OutputFolderError(f"{run_dir} already holds evaluation.json; pass --overwrite to replace it")
+    check_writable(run_dir, str(run_dir))
+    config = run_dir / "config.json"
     if config.is_file() and json.loads(config.read_text()).get("folder") == "curve":
         from .connect import evaluate_curve_dir
 
@@ -460,7 +473,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _geometry_demo(args: argparse.Namespace) -> int:
     from .demo import geometry_section
 
-    geometry_section(args.demo_dir, seeds=args.seeds, quick=args.quick, progress=not args.no_progress)
+    geometry_section(args.demo_dir, seeds=args.seeds, quick=args.quick, progress=not args.no_progress,
+                     overwrite=args.overwrite)
     print(f"\nwrote {Path(args.demo_dir) / 'geometry' / 'report.md'}")
     return 0
 
@@ -495,10 +509,68 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _geometry(args)
         return {"evaluate": _evaluate, "demo": _demo, "connect": _connect, "subspace": _subspace,
                 "geometry": _geometry_demo}[args.command](args)
-    except (ValueError, FileExistsError, FileNotFoundError, CheckpointError, DatasetNotFoundError,
-            TrainingDiverged) as e:
-        print(f"valleys {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        _finish_progress_bars()
+        print(f"valleys {args.command}: {_interrupted(args)}", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, CheckpointError, DatasetNotFoundError, TrainingDiverged) as e:
+        # OSError: --out under a file, no permission, a full disk (FileExistsError: a folder holding output)
+        _finish_progress_bars()
+        print(f"valleys {args.command}: error: {_message(e)}{_resume_hint(args, e)}", file=sys.stderr)
         return 2
+
+
+def _resume_hint(args: argparse.Namespace, e: BaseException) -> str:
+    """After a failed write (a full disk) in a run that has a checkpoint: how to continue once there is room."""
+    from .folders import OutputFolderError
+
+    if args.command not in ("train", "connect") or not isinstance(e, OSError) or isinstance(e, OutputFolderError):
+        return ""
+    out = Path(args.out or ".")
+    if not ((out / "checkpoint.safetensors").is_file() or any(out.glob("member-*/checkpoint.safetensors"))):
+        return ""
+    return f"; once there is room, continue with: valleys {args.command} ... --out {out} --resume"
+
+
+def _message(e: BaseException) -> str:
+    """One line for an expected failure: an OSError as 'file: reason' rather than '[Errno 28] ...'."""
+    if isinstance(e, OSError) and e.strerror and len(e.args) >= 2:  # OSError(errno, strerror[, filename])
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    return str(e).replace("\n", " ")
+
+
+def _finish_progress_bars() -> None:
+    """Close the progress bars an exception left open, so that the message starts on a line of its own."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a broken bar must not hide the message
+            pass
+    sys.stderr.flush()
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """What was interrupted (Ctrl-C) and how to go on."""
+    out = Path(getattr(args, "out", None) or ".")
+    if args.command == "train":
+        if (out / "checkpoint.safetensors").is_file() or any(out.glob("member-*/checkpoint.safetensors")):
+            return f"interrupted; continue with: valleys train ... --out {out} --resume"
+        return f"interrupted before the first checkpoint; nothing was kept in {out}; run the command again"
+    if args.command == "connect":
+        if (out / "checkpoint.safetensors").is_file():
+            return f"interrupted; continue with: valleys connect {args.run_a} {args.run_b} ... --out {out} --resume"
+        return f"interrupted before the first checkpoint; nothing was kept in {out}; run the command again"
+    if args.command == "evaluate":
+        return f"interrupted; nothing was written to {args.run_dir}; run the command again"
+    if args.command == "demo":
+        return f"interrupted; a demo cannot be resumed and nothing new was kept in {out}; run the command again"
+    if args.command == "geometry":
+        return f"interrupted; nothing was kept in {Path(args.demo_dir) / 'geometry'}; run the command again"
+    return f"interrupted; nothing was kept in {out}; run the command again"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,10 +22,11 @@ import torch
 from torch import Tensor, nn
 
 from ..core.adapter import ModelAdapter
-from ..core.checkpoint import CheckpointError, check_model_signature, load_checkpoint, save_checkpoint, write_json
+from ..core.checkpoint import CheckpointError, check_model_signature, checkpoint_field, load_checkpoint, save_checkpoint, write_json
 from ..geometry.curves import CURVE_KINDS, Curve, CurveModel
 from ..zoo.data import make_loader
 from ..geometry.paths import BN_POLICIES, evaluate_path, segment
+from .folders import output_guard
 from .runs import TrainConfig, build_run_model, load_splits, load_run_model, prepare_run_dir
 from ..training.schedules import SWASchedule
 from ..training.trainer import Trainer
@@ -86,8 +87,8 @@ def load_endpoint(path: str | Path) -> tuple[nn.Module, TrainConfig]:
         raise CheckpointError(f"{path} is not a valleys model checkpoint (a run's model.safetensors)")
     cfg = TrainConfig(**header["config"]).resolved()
     model = build_run_model(cfg, load_splits(cfg))
-    check_model_signature(header["signature"], model, str(path))
-    model.load_state_dict(state["model"])
+    check_model_signature(checkpoint_field(header, "signature", path), model, str(path))
+    model.load_state_dict(checkpoint_field(state, "model", path, "state"))
     return model, cfg
 
 
@@ -126,20 +127,24 @@ def connect_runs(cfg: ConnectConfig, out: str | Path, *, overwrite: bool = False
         cfg = dataclasses.replace(cfg, epochs=cfg.epochs or saved.get("epochs"), lr=cfg.lr or saved.get("lr"))
     cfg = dataclasses.replace(cfg, epochs=cfg.epochs or 2 * data_cfg.epochs, lr=cfg.lr or data_cfg.lr)
     splits = load_splits(data_cfg)
-    prepare_run_dir(out, overwrite=overwrite, resume=resume)
-    if not resume:
-        write_json(out / "config.json", {"folder": "curve", **asdict(cfg), "data": asdict(data_cfg)})
-    train, train_eval, test = _loaders(cfg, data_cfg, splits)
-    start = time.perf_counter()
-    curve = train_curve(model_a, space, w_a, w_b, train, cfg, out=out, resume=resume, progress=progress,
-                        adapter=data_cfg.adapter())
-    train_s = time.perf_counter() - start
-    save_checkpoint(out / "curve.safetensors", {"control_points": curve.control_points().detach()},
-                    {"kind": "curve", "curve": cfg.kind, "bends": cfg.bends, "signature": space.signature()})
-    results = evaluate_curve_dir(out, progress=progress, write=False, _cache=(model_a, model_b, data_cfg, splits))
-    results["timing"] = {"train_s": train_s, "eval_s": results.pop("eval_s")}
-    results["training"] = {"epochs": cfg.epochs, "lr": cfg.lr, "wd": cfg.wd, "batch_size": cfg.batch_size}
-    write_json(out / "results.json", results)
+    if resume and not (out / "checkpoint.safetensors").is_file() and not (out / "curve.safetensors").is_file():
+        raise CheckpointError(f"cannot resume: {out / 'checkpoint.safetensors'} does not exist")
+    with output_guard(out, resumable=lambda: (out / "checkpoint.safetensors").is_file()):
+        prepare_run_dir(out, overwrite=overwrite, resume=resume)
+        if not resume:
+            write_json(out / "config.json", {"folder": "curve", **asdict(cfg), "data": asdict(data_cfg)})
+        train, train_eval, test = _loaders(cfg, data_cfg, splits)
+        start = time.perf_counter()
+        curve = train_curve(model_a, space, w_a, w_b, train, cfg, out=out, resume=resume, progress=progress,
+                            adapter=data_cfg.adapter())
+        train_s = time.perf_counter() - start
+        save_checkpoint(out / "curve.safetensors", {"control_points": curve.control_points().detach()},
+                        {"kind": "curve", "curve": cfg.kind, "bends": cfg.bends, "signature": space.signature()})
+        results = evaluate_curve_dir(out, progress=progress, write=False,
+                                     _cache=(model_a, model_b, data_cfg, splits))
+        results["timing"] = {"train_s": train_s, "eval_s": results.pop("eval_s")}
+        results["training"] = {"epochs": cfg.epochs, "lr": cfg.lr, "wd": cfg.wd, "batch_size": cfg.batch_size}
+        write_json(out / "results.json", results)
     return results
 
 
@@ -190,10 +195,12 @@ def load_curve(curve_dir: Path, space: WeightSpace) -> Curve:
     state, header = load_checkpoint(curve_dir / "curve.safetensors")
     if header.get("kind") != "curve":
         raise CheckpointError(f"{curve_dir / 'curve.safetensors'} is not a curve checkpoint")
-    if header["signature"] != space.signature():
+    path = curve_dir / "curve.safetensors"
+    if checkpoint_field(header, "signature", path) != space.signature():
         raise CheckpointError(f"{curve_dir / 'curve.safetensors'} belongs to another architecture than its endpoints")
-    pts = state["control_points"]
-    curve = Curve(pts[0], pts[-1], kind=header["curve"], bends=int(header["bends"]),
+    pts = checkpoint_field(state, "control_points", path, "state")
+    curve = Curve(pts[0], pts[-1], kind=checkpoint_field(header, "curve", path),
+                  bends=int(checkpoint_field(header, "bends", path)),
                   sizes=[s.numel for s in space.slots])
     curve.set_inner(pts[1:-1])
     return curve

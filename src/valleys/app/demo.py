@@ -23,6 +23,7 @@ from ..core.checkpoint import write_json
 from .connect import ConnectConfig, connect_runs
 from ..zoo.data import load_dataset
 from .report import aggregate, describe_config, format_table, markdown_table
+from .folders import check_output, output_guard
 from .runs import TrainConfig, evaluate_run, prepare_run_dir, train_run
 
 __all__ = ["DEMO_CONFIG", "ROWS", "geometry_section", "run_demo"]
@@ -81,9 +82,14 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
     seeds = list(seeds) if seeds is not None else ([0] if quick else [0, 1, 2])
     cfgs = {m: dataclasses.replace(base, method=m).resolved() for m in ("sgd", "swag", "fge")}  # checks first
     out = Path(out)
-    if (out / "report.md").exists() and not overwrite:
-        raise FileExistsError(f"{out} already holds a demo report; choose another --out or pass --overwrite")
-    out = prepare_run_dir(out, overwrite=overwrite)
+    prepare_run_dir(out, overwrite=overwrite, create=False)  # refuse before any work
+    with output_guard(out):  # a failed or interrupted demo leaves nothing that blocks running it again
+        out = prepare_run_dir(out, overwrite=overwrite)
+        return _demo_body(out, base, cfgs, seeds, quick, progress, ood, curves, curve, log)
+
+
+def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick: bool, progress: bool, ood: bool,
+               curves: bool, curve: dict | None, log: Callable[..., None]) -> dict[str, Any]:
     start = time.perf_counter()
     splits = load_dataset(base.dataset, val_fraction=base.val_fraction, train_subset=base.train_subset,
                           test_subset=base.test_subset, root=base.data_root)
@@ -206,7 +212,7 @@ def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Cal
     plane_note = None
     if (out / f"swag-seed{seeds[0]}" / "trajectory.safetensors").is_file():
         plane = L.trajectory_plane_study(out / f"swag-seed{seeds[0]}", n=9 if quick else 15, progress=progress)
-        L.write_study(g / "plane", plane, title=f"plane through SGD iterates W1, W2, W3 and SWA (seed {seeds[0]})")
+        L.write_study(g / "plane", plane, title=f"plane through SGD iterates W1, W2, W3 and SWA (seed {seeds[0]})", overwrite=True)
     else:  # a run folder from before valleys kept trajectories
         plane_note = (f"no trajectory plane: {out / f'swag-seed{seeds[0]}'} holds no trajectory.safetensors "
                       "(made by an older valleys); train the run again to get it")
@@ -224,8 +230,8 @@ def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Cal
                             max_distance=reach, steps=11 if quick else 16, rise=0.1, seed=s, bn_loader=bn,
                             progress=progress, adapter=adapter)
         if s == seeds[0]:
-            L.write_study(g / "path", path, title=f"line from SWA (0) to SGD (seed {s})")
-            L.write_study(g / "rays", rays, title=f"train loss along random rays (seed {s})")
+            L.write_study(g / "path", path, title=f"line from SWA (0) to SGD (seed {s})", overwrite=True)
+            L.write_study(g / "rays", rays, title=f"train loss along random rays (seed {s})", overwrite=True)
         batches = [next(iter(loaders["train"]))]  # a fixed subset: the first 1000 training examples
         eig = {name: L.sharpness_study(m, batches, k=1, iterations=20, trace_samples=10, seed=s,
                                        adapter=adapter)["top_eigenvalues"][0]
@@ -325,13 +331,14 @@ def _geometry_lines(geometry: dict[str, Any], seeds: list[int]) -> list[str]:
 
 
 def geometry_section(out: str | Path, *, seeds: Sequence[int] | None = None, quick: bool = False,
-                     progress: bool = True, log: Callable[..., None] = print) -> dict[str, Any]:
+                     progress: bool = True, log: Callable[..., None] = print, overwrite: bool = False) -> dict[str, Any]:
     """The demo's geometry section (slides 6, 9-15) on an existing demo folder, e.g. one made with
     ``valleys demo --dataset fashion-mnist ...``: the trajectory plane of the first seed's SWA run, and per
     seed the SWA-to-SGD line, random rays from both (valley width) and both top Hessian eigenvalues.
 
     Needs ``sgd-seed<s>`` and ``swag-seed<s>`` run folders for every seed (default: every seed that has
-    both). Writes ``geometry/summary.json``, ``geometry/report.md`` and the figures under ``geometry/``.
+    both). Writes ``geometry/summary.json``, ``geometry/report.md`` and the figures under ``geometry/``; an
+    existing ``geometry/`` is refused unless ``overwrite``.
     """
     out = Path(out)
     found = sorted(int(p.name[len("sgd-seed"):]) for p in out.glob("sgd-seed*")
@@ -341,8 +348,14 @@ def geometry_section(out: str | Path, *, seeds: Sequence[int] | None = None, qui
     if not seeds or missing:
         raise FileNotFoundError(f"{out} needs run folders sgd-seed<s> and swag-seed<s> (a demo folder); "
                                 f"{'none found' if not seeds else f'missing for seeds {missing}'}")
+    g = check_output(out / "geometry", overwrite=overwrite, what="a geometry section", flag="")
+    with output_guard(g):
+        return _geometry_section(out, g, seeds, quick, progress, log)
+
+
+def _geometry_section(out: Path, g: Path, seeds: list[int], quick: bool, progress: bool,
+                      log: Callable[..., None]) -> dict[str, Any]:
     geometry = _geometry(out, seeds, quick, progress, log)
-    g = out / "geometry"
     write_json(g / "summary.json", {"seeds": seeds, "quick": quick, **geometry})
     lines = [f"# Loss-surface geometry of {out}", "", *_geometry_lines(geometry, seeds)]
     if geometry["plane_note"]:

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..core.adapter import ModelAdapter
 from ..evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
-from ..core.checkpoint import (CheckpointError, check_model_signature, load_checkpoint, model_signature,
+from ..core.checkpoint import (CheckpointError, check_model_signature, checkpoint_field, load_checkpoint, model_signature,
                          save_checkpoint, write_json)
 from ..zoo.data import DATASETS, Splits, load_dataset, make_loader
 from ..evaluation.metrics import LOG_EDGES, classification_metrics, regression_metrics
@@ -38,6 +38,7 @@ from ..evaluation.predict import bma
 from ..zoo.regression import REGRESSION_DATASETS, GaussianMLP, load_regression, unstandardise
 from ..training.trainer import Trainer
 from .methods.base import Predictive
+from .folders import OutputFolderError, check_output, ours, output_guard
 from .registry import REGISTRY, get_method, method_help
 from .settings import TrainSettings
 
@@ -52,8 +53,8 @@ SUMMARY_KEYS = ("accuracy", "error", "nll", "brier", "ece", "mce")
 REGRESSION_KEYS = ("rmse", "nll", "coverage_95")
 
 
-class RunFolderError(FileExistsError):
-    """An output folder already holds another run (pass overwrite=True / --overwrite)."""
+#: An output folder already holds another run (pass overwrite=True / --overwrite), or cannot be a folder.
+RunFolderError = OutputFolderError
 
 
 @dataclass
@@ -115,31 +116,29 @@ class TrainConfig(TrainSettings):
 
 
 def prepare_run_dir(out: str | Path, *, overwrite: bool = False, resume: bool = False, create: bool = True) -> Path:
-    """Create ``out`` or check it may be used: refuse a folder holding another run unless ``overwrite``.
-    ``create=False`` only checks (nothing is created or deleted)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise RunFolderError(f"{out} exists and is not a folder")
-    present = [f for f in RUN_FILES if (out / f).exists()]
-    if present and not (overwrite or resume):
-        raise RunFolderError(
-            f"{out} already holds a run ({', '.join(present)}); choose another --out, pass --overwrite to "
-            "replace it, or --resume to continue it"
-        )
+    """Create ``out`` or check it may be used (see :func:`valleys.app.folders.check_output`): refuse a folder
+    holding another run or other valleys output unless ``overwrite``, a path under a file, a place without write
+    permission. ``create=False`` only checks (nothing is created or deleted). With ``overwrite`` (and not
+    ``resume``) the earlier run's files are removed (sub-folders other than ``member-*`` are kept)."""
+    out = check_output(out, overwrite=overwrite, resume=resume)
     if not create:
         return out
     out.mkdir(parents=True, exist_ok=True)
     if overwrite and not resume:
         import shutil
 
-        for f in RUN_FILES:
-            (out / f).unlink(missing_ok=True)
-        for f in out.glob("evaluation*.json"):
-            f.unlink()
-        for d in out.glob("member-*"):
-            if d.is_dir() and (d / "config.json").exists():
-                shutil.rmtree(d)
+        for name in ours(out):
+            p = out / name
+            if p.is_file() or p.is_symlink():
+                p.unlink(missing_ok=True)
+            elif name == "figures" or (name.startswith("member-") and (p / "config.json").exists()):
+                shutil.rmtree(p)
     return out
+
+
+def _has_checkpoint(out: Path) -> bool:
+    """Whether an interrupted run in ``out`` can be resumed (a training checkpoint in it or a member)."""
+    return (out / "checkpoint.safetensors").is_file() or any(out.glob("member-*/checkpoint.safetensors"))
 
 
 def load_splits(cfg: TrainConfig) -> Splits:
@@ -223,28 +222,32 @@ def train_run(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, res
             raise ValueError(f"cannot resume {out}: the config differs from the saved one (saved, now): {diff}")
     prepare_run_dir(out, overwrite=overwrite, resume=resume, create=False)  # refuse an existing run first
     splits = splits or load_splits(cfg)  # data and model errors surface here, before a file is touched
+    if len(splits.val) == 0:
+        raise ValueError(f"--val-fraction {cfg.val_fraction} leaves no validation examples; every run is evaluated "
+                         "on its validation split: use a fraction that holds out at least one example")
     build_run_model(cfg, splits)
-    prepare_run_dir(out, overwrite=overwrite, resume=resume)
-    start = time.perf_counter()
-    if get_method(cfg.method).member is not None:
-        write_json(out / "config.json", asdict(cfg))
-        timing = {"train_s": 0.0}
-        for i in range(cfg.members):
-            member = out / f"member-{i}"
-            done = resume and (member / "model.safetensors").exists()
-            if not done:
-                prepare_run_dir(member, overwrite=True, resume=resume and (member / "checkpoint.safetensors").exists())
-                t = _train_single(_member_config(cfg, i), member, splits,
-                                  resume=resume and (member / "checkpoint.safetensors").exists(), progress=progress)
-                timing["train_s"] += t["train_s"]
-    else:
-        if resume and not (out / "checkpoint.safetensors").exists():
-            raise CheckpointError(f"cannot resume: {out / 'checkpoint.safetensors'} does not exist")
-        timing = _train_single(cfg, out, splits, resume=resume, progress=progress)
-    timing["total_train_s"] = time.perf_counter() - start
-    results = evaluate_run(out, splits=splits, progress=progress, write=False)
-    results["timing"] = {**timing, "eval_s": results.pop("eval_s")}
-    write_json(out / "results.json", results)
+    with output_guard(out, resumable=lambda: _has_checkpoint(out)):
+        prepare_run_dir(out, overwrite=overwrite, resume=resume)
+        start = time.perf_counter()
+        if get_method(cfg.method).member is not None:
+            write_json(out / "config.json", asdict(cfg))
+            timing = {"train_s": 0.0}
+            for i in range(cfg.members):
+                member = out / f"member-{i}"
+                done = resume and (member / "model.safetensors").exists()
+                if not done:
+                    again = resume and (member / "checkpoint.safetensors").exists()
+                    prepare_run_dir(member, overwrite=True, resume=again)
+                    t = _train_single(_member_config(cfg, i), member, splits, resume=again, progress=progress)
+                    timing["train_s"] += t["train_s"]
+        else:
+            if resume and not (out / "checkpoint.safetensors").exists():
+                raise CheckpointError(f"cannot resume: {out / 'checkpoint.safetensors'} does not exist")
+            timing = _train_single(cfg, out, splits, resume=resume, progress=progress)
+        timing["total_train_s"] = time.perf_counter() - start
+        results = evaluate_run(out, splits=splits, progress=progress, write=False)
+        results["timing"] = {**timing, "eval_s": results.pop("eval_s")}
+        write_json(out / "results.json", results)
     return results
 
 
@@ -261,8 +264,8 @@ def load_run_model(run_dir: str | Path, splits: Splits | None = None) -> tuple[n
     state, header = load_checkpoint(path)
     if header.get("kind") != "model":
         raise CheckpointError(f"{path} is not a model checkpoint")
-    check_model_signature(header["signature"], model, str(path))
-    model.load_state_dict(state["model"])
+    check_model_signature(checkpoint_field(header, "signature", path), model, str(path))
+    model.load_state_dict(checkpoint_field(state, "model", path, "state"))
     return model, cfg, splits
 
 

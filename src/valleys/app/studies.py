@@ -9,6 +9,7 @@ from typing import Any
 from torch import Tensor
 
 from ..core.checkpoint import write_json
+from .folders import check_output, output_guard
 from ..core.weights import WeightSpace
 from ..geometry.studies import (path_study, plane_study, random_plane_study, rays_study,  # noqa: F401
                                 sharpness_study)
@@ -17,11 +18,32 @@ __all__ = ["write_study", "load_context", "load_trajectory", "trajectory_plane_s
            "plane_study", "path_study", "rays_study", "random_plane_study", "sharpness_study", "WeightSpace"]
 
 
-def write_study(out: str | Path, result: dict[str, Any], *, title: str, metric: str = "loss") -> Path:
-    """Write ``results.json``, the matching figure and a short ``report.md`` for a study into ``out``."""
+def write_study(out: str | Path, result: dict[str, Any], *, title: str, metric: str = "loss",
+                overwrite: bool = False) -> Path:
+    """Write ``results.json``, the matching figure and a short ``report.md`` for a study into ``out``.
+
+    A folder that already holds valleys output is refused unless ``overwrite`` (an earlier study's files are
+    then replaced); a run or curve folder is always refused (see :func:`valleys.app.folders.check_output`). If
+    writing fails, what this call created is removed."""
+    out = check_output(out, overwrite=overwrite, study=True)
+    with output_guard(out):
+        _clear_study(out)
+        return _write_study(out, result, title=title)
+
+
+def _clear_study(out: Path) -> None:
+    """Remove an earlier study's files from ``out`` (its figures would otherwise outlive it)."""
+    import shutil
+
+    for name in ("results.json", "report.md", "summary.json"):
+        (out / name).unlink(missing_ok=True)
+    if (out / "figures").is_dir():
+        shutil.rmtree(out / "figures")
+
+
+def _write_study(out: Path, result: dict[str, Any], *, title: str) -> Path:
     from .plots import plot_contours, plot_line, plot_rays
 
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", result)
     kind = result["kind"]
@@ -68,14 +90,15 @@ def load_context(path: str | Path):
 
 def load_trajectory(run_dir: str | Path) -> tuple[Tensor, list[int]]:
     """The iterates a SWA/SWAG run collected (``trajectory.safetensors``) and their epochs."""
-    from ..core.checkpoint import load_checkpoint
+    from ..core.checkpoint import checkpoint_field, load_checkpoint
 
     if not (Path(run_dir) / "trajectory.safetensors").is_file():
         raise ValueError(f"{run_dir} holds no trajectory; train it with --method swa or swag")
     state, header = load_checkpoint(Path(run_dir) / "trajectory.safetensors")
     if header.get("kind") != "trajectory":
         raise ValueError(f"{run_dir} holds no trajectory; train it with --method swa or swag")
-    return state["iterates"], list(header["epochs"])
+    path = Path(run_dir) / "trajectory.safetensors"
+    return checkpoint_field(state, "iterates", path, "state"), list(checkpoint_field(header, "epochs", path))
 
 
 def trajectory_plane_study(run_dir: str | Path, *, n: int = 21, margin: float = 0.2, bn: str = "recompute",

@@ -137,6 +137,7 @@ def subspace_run(cfg: SubspaceConfig, out: str | Path, *, overwrite: bool = Fals
     from ..methods.samplers import elliptical_slice, mean_field_vi, nuts
     from ..methods.subspace_posterior import SubspacePosterior
     from ..zoo.data import make_loader
+    from .folders import output_guard
     from .runs import load_splits, prepare_run_dir, summary_metrics
     from .studies import load_context
 
@@ -156,67 +157,68 @@ def subspace_run(cfg: SubspaceConfig, out: str | Path, *, overwrite: bool = Fals
     if not math.isfinite(ll0):
         raise ValueError(f"the log-likelihood at the subspace's shift is {ll0}: the run's weights do not fit its "
                          "training data (a diverged run?)")
-    prepare_run_dir(out, overwrite=overwrite)
-    write_json(out / "config.json", {"folder": "subspace", **asdict(cfg), "data": asdict(run_cfg)})
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    steps = {"ess": cfg.burn_in + cfg.samples * cfg.thin, "vi": cfg.vi_steps, "nuts": cfg.chains}[cfg.inference]
-    bar = progress_bar(total=steps, unit="step", desc=f"subspace {cfg.inference}", leave=False,
-                       dynamic_ncols=True) if progress else None
-    try:
-        if cfg.inference == "ess":
-            res = elliptical_slice(lambda z: float(post.log_likelihood(z)), z0, prior_scale=cfg.prior_scale,
-                                   num_samples=cfg.samples, burn_in=cfg.burn_in, thin=cfg.thin, generator=gen,
-                                   progress=bar)
-        elif cfg.inference == "vi":
-            minibatches = make_loader(splits.train, 256, shuffle=True, seed=cfg.seed)
-            it = iter(())
+    with output_guard(out):
+        prepare_run_dir(out, overwrite=overwrite)
+        write_json(out / "config.json", {"folder": "subspace", **asdict(cfg), "data": asdict(run_cfg)})
+        torch.manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        steps = {"ess": cfg.burn_in + cfg.samples * cfg.thin, "vi": cfg.vi_steps, "nuts": cfg.chains}[cfg.inference]
+        bar = progress_bar(total=steps, unit="step", desc=f"subspace {cfg.inference}", leave=False,
+                           dynamic_ncols=True) if progress else None
+        try:
+            if cfg.inference == "ess":
+                res = elliptical_slice(lambda z: float(post.log_likelihood(z)), z0, prior_scale=cfg.prior_scale,
+                                       num_samples=cfg.samples, burn_in=cfg.burn_in, thin=cfg.thin, generator=gen,
+                                       progress=bar)
+            elif cfg.inference == "vi":
+                minibatches = make_loader(splits.train, 256, shuffle=True, seed=cfg.seed)
+                it = iter(())
 
-            def minibatch_ll(z: torch.Tensor) -> torch.Tensor:
-                nonlocal it
-                try:
-                    batch = next(it)
-                except StopIteration:
-                    it = iter(minibatches)
-                    batch = next(it)
-                return post.differentiable_log_likelihood(z, batch)
+                def minibatch_ll(z: torch.Tensor) -> torch.Tensor:
+                    nonlocal it
+                    try:
+                        batch = next(it)
+                    except StopIteration:
+                        it = iter(minibatches)
+                        batch = next(it)
+                    return post.differentiable_log_likelihood(z, batch)
 
-            res = mean_field_vi(minibatch_ll, subspace.k, prior_scale=cfg.prior_scale, num_samples=cfg.samples,
-                                steps=cfg.vi_steps, lr=cfg.vi_lr, generator=gen, progress=bar)
-        else:
-            res = nuts(lambda z: post.differentiable_log_likelihood(z), z0, prior_scale=cfg.prior_scale,
-                       num_samples=cfg.samples, warmup=cfg.warmup, chains=cfg.chains, seed=cfg.seed)
-    finally:
-        if bar is not None:
-            bar.close()
-    sample_s = time.perf_counter() - start
-    weights = subspace.to_weights(res.samples.to(subspace.basis.dtype))
-    bn = "keep" if post.policy.mode == "keep" else None
-    evals = {"val": make_loader(splits.val, 1000), "test": make_loader(splits.test, 1000)}
-    metrics = {name: summary_metrics(bma(post.model, list(weights), loader, adapter=adapter, bn=bn,
-                                         bn_loader=None if bn else bn_loader, device=run_cfg.device))
-               for name, loader in evals.items()}
-    shift_metrics = {name: summary_metrics(bma(post.model, [subspace.shift], loader, adapter=adapter, bn="keep",
-                                               device=run_cfg.device)) for name, loader in evals.items()}
-    results: dict[str, Any] = {
-        "folder": "subspace", "space": cfg.space, "rank": subspace.k, "inference": cfg.inference,
-        "run": str(Path(cfg.run).resolve()), "dataset": run_cfg.dataset, "model": run_cfg.model,
-        "num_samples": int(res.samples.shape[0]), "metrics": metrics, "shift_metrics": shift_metrics,
-        "posterior": {"temperature": cfg.temperature, "prior_scale": cfg.prior_scale,
-                      "num_examples": post.num_examples, "bn": post.bn_label,
-                      "log_likelihood_at_shift": ll0},
-        "subspace": {"kind": subspace.kind, **subspace.info},
-        "sampler": res.to_json(), "likelihood_evaluations": post.evaluations,
-        "timing": {"sample_s": sample_s, "total_s": time.perf_counter() - start},
-    }
-    if cfg.grid and subspace.k >= 2:
-        results["density"] = _density_grid(post, res.samples, cfg.grid)
-    tensors, header = subspace.state()
-    save_checkpoint(out / "subspace.safetensors", {**tensors, "samples": res.samples},
-                    {**header, "kind": "subspace", "signature": post.space.signature()})
-    write_json(out / "results.json", results)
-    _figures_and_report(out, cfg, results, res.samples)
-    return results
+                res = mean_field_vi(minibatch_ll, subspace.k, prior_scale=cfg.prior_scale, num_samples=cfg.samples,
+                                    steps=cfg.vi_steps, lr=cfg.vi_lr, generator=gen, progress=bar)
+            else:
+                res = nuts(lambda z: post.differentiable_log_likelihood(z), z0, prior_scale=cfg.prior_scale,
+                           num_samples=cfg.samples, warmup=cfg.warmup, chains=cfg.chains, seed=cfg.seed)
+        finally:
+            if bar is not None:
+                bar.close()
+        sample_s = time.perf_counter() - start
+        weights = subspace.to_weights(res.samples.to(subspace.basis.dtype))
+        bn = "keep" if post.policy.mode == "keep" else None
+        evals = {"val": make_loader(splits.val, 1000), "test": make_loader(splits.test, 1000)}
+        metrics = {name: summary_metrics(bma(post.model, list(weights), loader, adapter=adapter, bn=bn,
+                                             bn_loader=None if bn else bn_loader, device=run_cfg.device))
+                   for name, loader in evals.items()}
+        shift_metrics = {name: summary_metrics(bma(post.model, [subspace.shift], loader, adapter=adapter, bn="keep",
+                                                   device=run_cfg.device)) for name, loader in evals.items()}
+        results: dict[str, Any] = {
+            "folder": "subspace", "space": cfg.space, "rank": subspace.k, "inference": cfg.inference,
+            "run": str(Path(cfg.run).resolve()), "dataset": run_cfg.dataset, "model": run_cfg.model,
+            "num_samples": int(res.samples.shape[0]), "metrics": metrics, "shift_metrics": shift_metrics,
+            "posterior": {"temperature": cfg.temperature, "prior_scale": cfg.prior_scale,
+                          "num_examples": post.num_examples, "bn": post.bn_label,
+                          "log_likelihood_at_shift": ll0},
+            "subspace": {"kind": subspace.kind, **subspace.info},
+            "sampler": res.to_json(), "likelihood_evaluations": post.evaluations,
+            "timing": {"sample_s": sample_s, "total_s": time.perf_counter() - start},
+        }
+        if cfg.grid and subspace.k >= 2:
+            results["density"] = _density_grid(post, res.samples, cfg.grid)
+        tensors, header = subspace.state()
+        save_checkpoint(out / "subspace.safetensors", {**tensors, "samples": res.samples},
+                        {**header, "kind": "subspace", "signature": post.space.signature()})
+        write_json(out / "results.json", results)
+        _figures_and_report(out, cfg, results, res.samples)
+        return results
 
 
 def _density_grid(post, samples: torch.Tensor, n: int) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "FORMAT", "check_model_signature",
-           "model_signature", "write_json", "to_json_text", "json_safe"]
+           "model_signature", "write_json", "to_json_text", "json_safe", "checkpoint_field"]
 
 FORMAT = "valleys-checkpoint-v1"
 
@@ -162,12 +162,39 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], header: dict
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=meta)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+        except SafetensorError as e:  # safetensors reports a failed write (full disk, file size limit) this way
+            raise OSError(_errno_of(str(e)), f"cannot write the checkpoint ({_reason(str(e))}); "
+                          f"{'the previous one is intact' if path.exists() else 'nothing was written'}",
+                          str(path)) from None
         _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _errno_of(text: str) -> int | None:
+    import re
+
+    m = re.search(r"code: (\d+)", text)
+    return int(m.group(1)) if m else None
+
+
+def _reason(text: str) -> str:
+    """The readable part of safetensors' ``IoError(Os { code: 28, kind: StorageFull, message: "No space ..." })``."""
+    import re
+
+    m = re.search(r'message: "([^"]+)"', text)
+    return m.group(1) if m else text
+
+
+def checkpoint_field(mapping: Any, key: str, path: str | os.PathLike, what: str = "header") -> Any:
+    """``mapping[key]`` of a loaded checkpoint, or a :class:`CheckpointError` naming the file (not a KeyError)."""
+    if not isinstance(mapping, Mapping) or key not in mapping:
+        raise CheckpointError(f"{path} is incomplete: its {what} has no {key!r} (a damaged or foreign checkpoint)")
+    return mapping[key]
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> tuple[dict, dict]:

@@ -32,8 +32,8 @@ from torch import Tensor, nn
 from ..core.adapter import ModelAdapter, as_adapter
 from ..core.batches import InputFn, to_device
 from ..core.batchnorm import EmptyLoaderError
-from ..core.checkpoint import (CheckpointError, check_model_signature, load_checkpoint, model_signature,
-                               save_checkpoint, to_json_text)
+from ..core.checkpoint import (CheckpointError, check_model_signature, checkpoint_field, load_checkpoint,
+                               model_signature, save_checkpoint, to_json_text)
 from ..evaluation.predict import evaluate
 from .schedules import Schedule
 
@@ -115,7 +115,23 @@ class EvaluationPolicy:
 
 
 class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite; the message says where and which checkpoint is the last good one."""
+    """The loss became NaN or infinite; the message says where and which checkpoint is the last good one.
+
+    ``checkpoint`` is that checkpoint's path; the message names it only while it exists (a command that
+    removes its unfinished folder after the failure then says that nothing was kept)."""
+
+    def __init__(self, message: str, checkpoint: str | Path | None = None, advice: str = "") -> None:
+        super().__init__(message)
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.advice = advice
+
+    def __str__(self) -> str:
+        text = str(self.args[0]) if self.args else ""
+        if self.checkpoint is not None or self.advice:
+            last = (f"the last good checkpoint is {self.checkpoint}"
+                    if self.checkpoint is not None and self.checkpoint.exists() else "no checkpoint was kept")
+            text = f"{text}; {last}." + (f" {self.advice}" if self.advice else "")
+        return text
 
 
 class Callback:
@@ -277,7 +293,9 @@ class Trainer:
         state, header = load_checkpoint(path)
         if header.get("kind") != "training":
             raise CheckpointError(f"{path} is not a training checkpoint (kind {header.get('kind')!r})")
-        check_model_signature(header["signature"], self.model, str(path))
+        check_model_signature(checkpoint_field(header, "signature", path), self.model, str(path))
+        for key in ("model", "optimizer", "callbacks", "rng", "epoch", "step", "history"):
+            checkpoint_field(state, key, path, "state")
         keys = [self._callback_key(i, cb) for i, cb in enumerate(self.callbacks)]
         if sorted(keys) != sorted(state["callbacks"]):
             raise CheckpointError(
@@ -353,13 +371,12 @@ class Trainer:
                 result = StepResult(loss_, dict(logs_ or {}))
             loss, out, target = result.loss, result.prediction, result.targets
             if not bool(torch.isfinite(loss)):
-                last = (f"the last good checkpoint is {self.checkpoint_path}"
-                        if self.checkpoint_path is not None and self.checkpoint_path.exists()
-                        else "no checkpoint was written yet")
+                good = (self.checkpoint_path if self.checkpoint_path is not None and self.checkpoint_path.exists()
+                        else None)
                 raise TrainingDiverged(
                     f"loss became {float(loss.detach())} at epoch {self.epoch + 1}, step {i + 1} of "
                     f"{self.steps_per_epoch} (global step {self.step + 1}) with lr {self.lr:g}; training "
-                    f"stopped; {last}. Lower the learning rate or check the data."
+                    "stopped", checkpoint=good, advice="Lower the learning rate or check the data."
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -28,11 +28,12 @@ class Ensemble(Method):
         return SGD().schedule(cfg)
 
     def predictive(self, run_dir: Path, cfg: TrainConfig, model: nn.Module, samples: int) -> Predictive:
-        from ...core.checkpoint import check_model_signature, load_checkpoint
+        from ...core.checkpoint import check_model_signature, checkpoint_field, load_checkpoint
 
         members = []
         for i in range(cfg.members):
-            state, header = load_checkpoint(run_dir / f"member-{i}" / "model.safetensors")
-            check_model_signature(header["signature"], model, f"ensemble member {i}")
-            members.append(state["model"])
+            path = run_dir / f"member-{i}" / "model.safetensors"
+            state, header = load_checkpoint(path)
+            check_model_signature(checkpoint_field(header, "signature", path), model, f"ensemble member {i}")
+            members.append(checkpoint_field(state, "model", path, "state"))
         return Predictive(lambda: members, ensemble=True)

@@ -65,8 +65,8 @@ class FGE(Method):
                         {**header, "kind": "fge"})
 
     def predictive(self, run_dir: Path, cfg: TrainConfig, model: nn.Module, samples: int) -> Predictive:
-        from ...core.checkpoint import load_checkpoint
+        from ...core.checkpoint import checkpoint_field, load_checkpoint
 
         state, _ = load_checkpoint(run_dir / "posterior.safetensors")
-        snaps = state["snapshots"]
+        snaps = checkpoint_field(state, "snapshots", run_dir / "posterior.safetensors", "state")
         return Predictive(lambda: snaps, ensemble=True)

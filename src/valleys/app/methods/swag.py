@@ -25,7 +25,7 @@ def swag_predictive(dirs: Sequence[Path], cfg: TrainConfig, model: nn.Module, sa
     of ``dirs`` (``posterior.safetensors``), seeded with the run's seed, a BatchNorm recompute each."""
     import torch
 
-    from ...core.checkpoint import CheckpointError, load_checkpoint
+    from ...core.checkpoint import CheckpointError, checkpoint_field, load_checkpoint
     from ...methods.swag import SWAG as SWAGPosterior
 
     swags = []
@@ -33,7 +33,9 @@ def swag_predictive(dirs: Sequence[Path], cfg: TrainConfig, model: nn.Module, sa
         state, header = load_checkpoint(d / "posterior.safetensors")
         if header.get("kind") != "swag":
             raise CheckpointError(f"{d / 'posterior.safetensors'} holds no SWAG posterior")
-        swag = SWAGPosterior(model, rank=int(state["swag"]["rank"]), device="cpu")
+        post = checkpoint_field(state, "swag", d / "posterior.safetensors", "state")
+        swag = SWAGPosterior(model, rank=int(checkpoint_field(post, "rank", d / "posterior.safetensors", "state")),
+                             device="cpu")
         swag.load_state_dict(state["swag"])
         swags.append(swag)
 

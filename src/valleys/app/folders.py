@@ -1,0 +1,166 @@
+"""Output folders of the commands: what is ours, when a folder may be written, and cleaning up after a failure.
+
+Every command that writes a folder follows the same rules, checked before any work:
+
+* :func:`check_output` refuses a path that cannot be a folder (a file, a path under a file, a place without
+  write permission) and a folder that already holds anything valleys writes (:func:`ours`) unless
+  ``overwrite``; a study (``plane``, ``path``, ...) never replaces a training run or curve folder, not even
+  with ``overwrite`` (it would replace the run's ``results.json`` and ``report.md``). A refusal changes nothing.
+* :func:`output_guard` wraps the work: it removes stale temporary files of an earlier killed command, and if
+  the work fails it removes what this command created (the folder itself if it was new; never anything that
+  was there before), so that the same command can simply be run again. An interruption keeps the folder when
+  it can be resumed (``resumable``), and so does a full disk.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["OutputFolderError", "OURS", "ours", "holds_run", "check_output", "output_guard",
+           "remove_stale_temporaries", "check_writable"]
+
+#: names (glob patterns) of the files and folders valleys writes into an output folder
+OURS = ("config.json", "results.json", "checkpoint.safetensors", "model.safetensors", "metrics.jsonl",
+        "posterior.safetensors", "trajectory.safetensors", "curve.safetensors", "subspace.safetensors", "report.md", "summary.json",
+        "evaluation.json", "evaluation-*.json", "figures", "geometry", "member-*")
+# a temporary file of an atomic write (core.checkpoint: mkstemp(prefix=".<name>.", suffix=".tmp"))
+_TEMPORARY = re.compile(r"^\.(?P<name>.+\.(?:safetensors|json|jsonl|md|png))\.[A-Za-z0-9_]+\.tmp$")
+
+
+class OutputFolderError(FileExistsError):
+    """An output folder may not be written: it holds other output, or it cannot be a folder."""
+
+
+def ours(folder: str | os.PathLike) -> list[str]:
+    """The entries of ``folder`` that valleys wrote (see :data:`OURS`), and sub-folders holding a run
+    (a ``config.json``: a demo's runs); ``[]`` if it is not a folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if any(fnmatch.fnmatchcase(entry.name, p) for p in OURS) or (entry.is_dir() and (entry / "config.json").is_file()):
+            found.append(entry.name)
+    return found
+
+
+def holds_run(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a training run, a curve or a demo (a ``config.json`` in it or in a sub-folder):
+    work a study must never replace."""
+    folder = Path(folder)
+    return (folder / "config.json").is_file() or any(
+        (folder / name / "config.json").is_file() for name in ours(folder) if (folder / name).is_dir())
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path
+    while not p.exists() and p != p.parent:
+        if p.is_symlink():  # a dangling link: the place it points to does not exist
+            break
+        p = p.parent
+    return p
+
+
+def check_output(out: str | os.PathLike, *, overwrite: bool = False, resume: bool = False, study: bool = False,
+                 flag: str = "--out", what: str | None = None) -> Path:
+    """Check that ``out`` may be written by a command; raise :class:`OutputFolderError` saying why not.
+
+    Nothing in ``out`` is changed. ``resume``: the folder is expected to hold this command's output.
+    ``study``: the command writes a study (``results.json``, ``report.md``, figures), which may replace an
+    earlier study with ``overwrite`` but never a run. ``what``: how to call what is already there in the
+    message (default: from the files).
+    """
+    out = Path(out)
+    label = f"{flag} {out}" if flag else str(out)
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"{label}: {out} exists and is not a folder")
+    base = _nearest_existing(out)
+    if base.exists() and not base.is_dir():
+        raise OutputFolderError(f"{label}: {base} is a file, not a folder")
+    present = ours(out)
+    if present and study and holds_run(out):
+        raise OutputFolderError(f"{label}: {out} holds a run ({', '.join(present)}); a study would replace its "
+                                f"results.json and report.md, even with --overwrite; choose another {flag or 'folder'}")
+    if present and not (overwrite or resume):
+        kind = what or ("a run" if (out / "config.json").is_file() else "valleys output")
+        raise OutputFolderError(f"{label}: {out} already holds {kind} ({', '.join(present)}); choose another "
+                                f"{flag or 'folder'} or pass --overwrite to replace it"
+                                + (", or --resume to continue it" if kind == "a run" else ""))
+    check_writable(base if base.exists() else base.parent, label)
+    return out
+
+
+def check_writable(folder: Path, label: str) -> None:
+    """Create and remove a temporary file in ``folder``: permission bits say nothing to root, and some places
+    (``/proc``, read-only mounts) refuse whatever they say."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputFolderError(f"{label}: cannot write into {folder} (permission denied)")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".valleys-probe.", suffix=".tmp")
+    except OSError as e:
+        raise OutputFolderError(f"{label}: cannot write into {folder} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files a killed atomic write left in ``folder`` and its sub-folders
+    (``.checkpoint.safetensors.<random>.tmp``); returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.rglob(".*.tmp") if p.is_file() and _TEMPORARY.match(p.name)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def output_guard(out: str | os.PathLike, *, resumable: Callable[[], bool] = lambda: False) -> Iterator[Path]:
+    """Run the work that writes ``out``; if it fails, remove what it created, so that a failed command leaves
+    nothing that blocks running it again.
+
+    Stale temporaries of an earlier killed command are removed first. On an exception, a folder that did not
+    exist before is removed with the folders created above it; in a folder that existed, only the entries that
+    were not there before are removed. On ``KeyboardInterrupt`` or an ``OSError`` (a full disk) nothing is
+    removed if ``resumable()`` says the folder can be resumed (a checkpoint was written).
+    """
+    out = Path(out)
+    top = out
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    existed = out.is_dir()
+    before = {p.name for p in out.iterdir()} if existed else set()
+    remove_stale_temporaries(out)
+    try:
+        yield out
+    except BaseException as e:
+        if isinstance(e, (KeyboardInterrupt, OSError)) and resumable():
+            raise
+        if isinstance(e, (GeneratorExit, SystemExit)):
+            raise
+        try:
+            if not existed:
+                if top.exists():
+                    _remove(top)
+            elif out.is_dir():
+                for p in out.iterdir():
+                    if p.name not in before:
+                        _remove(p)
+        except OSError:
+            pass
+        raise
