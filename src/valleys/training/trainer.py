@@ -277,7 +277,7 @@ class Trainer:
         state, header = load_checkpoint(path)
         if header.get("kind") != "training":
             raise CheckpointError(f"{path} is not a training checkpoint (kind {header.get('kind')!r})")
-        check_model_signature(header["signature"], self.model, str(path))
+        check_model_signature(header.get("signature"), self.model, str(path))
         keys = [self._callback_key(i, cb) for i, cb in enumerate(self.callbacks)]
         if sorted(keys) != sorted(state["callbacks"]):
             raise CheckpointError(
@@ -353,13 +353,10 @@ class Trainer:
                 result = StepResult(loss_, dict(logs_ or {}))
             loss, out, target = result.loss, result.prediction, result.targets
             if not bool(torch.isfinite(loss)):
-                last = (f"the last good checkpoint is {self.checkpoint_path}"
-                        if self.checkpoint_path is not None and self.checkpoint_path.exists()
-                        else "no checkpoint was written yet")
                 raise TrainingDiverged(
                     f"loss became {float(loss.detach())} at epoch {self.epoch + 1}, step {i + 1} of "
                     f"{self.steps_per_epoch} (global step {self.step + 1}) with lr {self.lr:g}; training "
-                    f"stopped; {last}. Lower the learning rate or check the data."
+                    f"stopped; {self._last_good()}. Lower the learning rate or check the data."
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -388,6 +385,24 @@ class Trainer:
         logs["train_time"] = time.perf_counter() - start
         return logs
 
+    def _last_good(self) -> str:
+        return (f"the last good checkpoint is {self.checkpoint_path}"
+                if self.checkpoint_path is not None and self.checkpoint_path.exists() else "no checkpoint was written yet")
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        """The error for a divergence found at an epoch end (``self.epoch`` epochs done), worded as the per-step one."""
+        return TrainingDiverged(
+            f"{what} at the end of epoch {self.epoch} of {self.epochs} (global step {self.step}) with lr "
+            f"{self.lr:g}; training stopped; {self._last_good()}. Lower the learning rate (for an averaging "
+            "method, also the averaging-phase LR such as --swa-lr) or check the data."
+        )
+
+    def _check_weights(self) -> None:
+        """The last step of an epoch can overflow the weights while its loss (computed before it) was finite."""
+        for name, p in self.model.named_parameters():
+            if not bool(torch.isfinite(p.detach()).all()):
+                raise self._diverged(f"the weights became non-finite (parameter {name})")
+
     @property
     def likelihood(self) -> str:
         """How eval loaders are scored: ``"classification"`` or ``"gaussian"`` (the adapter's predictive)."""
@@ -399,7 +414,12 @@ class Trainer:
         Under ``torch.distributed`` every rank scores its part of the loader and the metric state (counts,
         sums, per-bin arrays) is all-reduced, so every rank gets the metrics of all ranks' examples; every rank
         must call this at the same points (the trainer does)."""
-        return evaluate(self.model, loader, device=self.device, adapter=self.adapter, all_reduce=_distributed())
+        try:
+            return evaluate(self.model, loader, device=self.device, adapter=self.adapter, all_reduce=_distributed())
+        except ValueError as e:  # NaN/inf predictions: the weights (or an average's BatchNorm statistics) diverged
+            if "finite" not in str(e):
+                raise
+            raise self._diverged("the evaluated network's predictions became non-finite") from e
 
     @staticmethod
     def log_entries(prefix: str, result: Mapping[str, Any]) -> dict[str, float]:
@@ -414,6 +434,7 @@ class Trainer:
         return bool(loaders) and (self.epoch % self.eval_every == 0 or self.epoch == self.epochs)
 
     def _end_epoch(self, logs: dict[str, Any]) -> None:
+        self._check_weights()
         if self.should_evaluate():
             for name, loader in self.eval_loaders.items():
                 logs.update(self.log_entries(name, self.evaluate_on(loader)))
