@@ -59,7 +59,7 @@ def _float_flag(lo: float | None = None, hi: float | None = None, *, lo_open: bo
         bad = bad or (lo is not None and (v <= lo if lo_open else v < lo))
         bad = bad or (hi is not None and (v >= hi if hi_open else v > hi))
         if bad:
-            raise argparse.ArgumentTypeError(f"must be a finite number{' ' + what if what else ''}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be {what or 'a finite number'}, got {text}")
         return v
     parse.__name__ = "number"
     return parse
@@ -70,9 +70,9 @@ _non_negative_int = _int_flag(0, what="an integer >= 0")
 _at_least_two = _int_flag(2, what="at least 2")
 _seed = _int_flag(0, SEED_MAX, what="an integer in [0, 2**63 - 1]")
 _finite_float = _float_flag()
-_positive_float = _float_flag(0, lo_open=True, what="> 0")
-_non_negative_float = _float_flag(0, what=">= 0")
-_fraction = _float_flag(0, 1, hi_open=True, what="in [0, 1)")
+_positive_float = _float_flag(0, lo_open=True, what="finite and positive")
+_non_negative_float = _float_flag(0, what="finite and >= 0")
+_fraction = _float_flag(0, 1, hi_open=True, what="a finite number in [0, 1)")
 
 
 def _path(text: str) -> str:

@@ -67,6 +67,11 @@ def _row_result(run_dir: Path, run_method: str, method: str, temp: bool, splits,
     return cache[key]
 
 
+def quick_base(base: TrainConfig, keep: Iterable[str] = ()) -> TrainConfig:
+    """``base`` with the quick budget (:data:`QUICK`) for every setting not named in ``keep``."""
+    return dataclasses.replace(base, **{k: v for k, v in QUICK.items() if k not in set(keep)})
+
+
 def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Sequence[int] | None = None,
              overwrite: bool = False, progress: bool = True, base: TrainConfig | None = None, ood: bool = True,
              curves: bool = True, curve: dict | None = None, log: Callable[..., None] = print,
@@ -80,8 +85,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
     mean over seeds, ``spread`` with mean/std/min/max, ``ood_auroc`` where measured).
     """
     base = base or DEMO_CONFIG
-    if quick:
-        base = dataclasses.replace(base, **{k: v for k, v in QUICK.items() if k not in set(keep)})
+    base = quick_base(base, keep) if quick else base
     seeds = list(seeds) if seeds is not None else ([0] if quick else [0, 1, 2])
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {seeds}")
@@ -89,10 +93,11 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
     out = Path(out)
     if (out / "report.md").exists() and not overwrite:
         raise FileExistsError(f"{out} already holds a demo report; choose another --out or pass --overwrite")
-    out = prepare_run_dir(out, overwrite=overwrite)
+    prepare_run_dir(out, overwrite=overwrite, create=False)
     start = time.perf_counter()
     splits = load_dataset(base.dataset, val_fraction=base.val_fraction, train_subset=base.train_subset,
-                          test_subset=base.test_subset, root=base.data_root)
+                          test_subset=base.test_subset, root=base.data_root)  # data errors before any file
+    out = prepare_run_dir(out, overwrite=overwrite)
     ood_splits = load_dataset(base.dataset, val_fraction=base.val_fraction, train_subset=base.train_subset,
                               test_subset=base.test_subset, root=base.data_root, ood_split=True) if ood else None
     per_row: dict[str, list[dict]] = {r: [] for r in ROWS}
