@@ -32,6 +32,6 @@ class Ensemble(Method):
         members = []
         for i in range(cfg.members):
             state, header = load_checkpoint(run_dir / f"member-{i}" / "model.safetensors")
-            check_model_signature(header.get("signature"), model, str(run_dir / f"member-{i}" / "model.safetensors"))
+            check_model_signature(header.get("signature"), model, f"ensemble member {i}")
             members.append(state["model"])
         return Predictive(lambda: members, ensemble=True)
