@@ -81,7 +81,9 @@ def test_data_errors_leave_an_existing_run_intact(tmp_path, capsys):
                  "--overwrite", "--no-progress"]) == 2
     assert "lacks data.txt" in capsys.readouterr().err
     assert (out / "results.json").read_text() == before
-    assert main(["train", *FAST, "--momentum", "nan", "--out", str(out), "--overwrite"]) == 2
+    with pytest.raises(SystemExit) as e:  # a usage error: argparse refuses the flag
+        main(["train", *FAST, "--momentum", "nan", "--out", str(out), "--overwrite"])
+    assert e.value.code == 2
     assert main(["train", *FAST, "--device", "tpu:x", "--out", str(out), "--overwrite"]) == 2
     assert "unknown device" in capsys.readouterr().err
     assert (out / "results.json").read_text() == before
@@ -89,8 +91,11 @@ def test_data_errors_leave_an_existing_run_intact(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_train_val_fraction_flag(tmp_path, capsys):
-    assert main(["train", *FAST, "--val-fraction", "1.5", "--out", str(tmp_path / "bad")]) == 2
-    assert "val-fraction must be in [0, 1)" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["train", *FAST, "--val-fraction", "1.5", "--out", str(tmp_path / "bad")])
+    assert e.value.code == 2
+    assert "--val-fraction: must be a finite number in [0, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
     assert main(["train", *FAST, "--method", "sgd", "--val-fraction", "0.25", "--out", str(tmp_path / "r")]) == 0
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())
     assert cfg["val_fraction"] == 0.25

@@ -43,9 +43,10 @@ def test_connect_bad_inputs(two_runs, tmp_path):
     assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match="at least 2 control points"):
         connect_runs(ConnectConfig(str(two_runs / "s0"), str(two_runs / "s1"), bends=1), tmp_path / "y")
-    with pytest.warns(UserWarning, match="nothing to connect"):
+    with pytest.raises(ValueError, match="nothing to connect"):  # refused before any training
         connect_runs(ConnectConfig(str(two_runs / "s0"), str(two_runs / "s0"), epochs=1, points=3), tmp_path / "z",
                      progress=False)
+    assert not (tmp_path / "z").exists()
 
 
 @pytest.mark.slow

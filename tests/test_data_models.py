@@ -35,7 +35,9 @@ def test_fashion_mnist_missing_gives_both_install_hints(tmp_path, monkeypatch):
     monkeypatch.setattr("valleys.zoo.data._dpkg_dirs", lambda: [])
     monkeypatch.setattr("valleys.zoo.data.DEBIAN_FASHION_DIR", tmp_path / "nothing")
     with pytest.raises(DatasetNotFoundError, match=r"(?s)apt-get install dataset-fashion-mnist.*torchvision"):
-        find_fashion_mnist(tmp_path)
+        find_fashion_mnist()
+    with pytest.raises(DatasetNotFoundError, match="--data-root .* holds no Fashion-MNIST files"):
+        find_fashion_mnist(tmp_path)  # a root given is the only place searched
 
 
 def test_fashion_mnist_from_debian_package():

@@ -56,7 +56,7 @@ def test_each_method_builds_the_schedule_it_built_before(method, kw):
 
 @pytest.mark.parametrize("kw,msg", [
     (dict(method="fge", cycle=3), "even number"),
-    (dict(method="fge", epochs=3, cycle=4), "fge-start must be in"),
+    (dict(method="fge", epochs=3, cycle=4), "--epochs must be at least 5"),
     (dict(method="fge", fge_start=0), "fge-start must be in"),
     (dict(method="swag", epochs=6, swa_start=5), "at least 2 collected epochs"),
     (dict(method="multiswag", epochs=6, swa_start=5), "at least 2 collected epochs"),

@@ -71,7 +71,7 @@ def test_ensemble_member_of_another_architecture_is_refused(ood_runs, tmp_path):
 
 @pytest.mark.parametrize("kw,msg", [
     (dict(method="fge", cycle=3), "even number"),
-    (dict(method="fge", epochs=3, cycle=4), "fge-start must be in"),
+    (dict(method="fge", epochs=3, cycle=4), "--epochs must be at least 5"),
     (dict(method="swag", epochs=6, swa_start=5), "at least 2 collected epochs"),
     (dict(method="swag", rank=0), "rank"),
     (dict(method="swag", samples=0), "samples"),

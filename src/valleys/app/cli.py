@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -29,25 +28,71 @@ EXAMPLES = """examples:
 """
 
 
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
+# ---------------------------------------------------------------------- flag validators (torch-free)
+# Each is an argparse ``type=``: argparse prefixes its message with the flag ("argument --lr: must be ...").
+SEED_MAX = 2 ** 63 - 1  # what every seeded generator (torch, numpy) accepts, with room for seed + epoch
 
 
-def _at_least_two(text: str) -> int:
-    v = int(text)
-    if v < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2, got {v}")
-    return v
+def _int_flag(lo: int, hi: int | None = None, what: str = ""):
+    """An integer in ``[lo, hi]``."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            rule = what or (f"in [{lo}, {hi}]" if hi is not None else f">= {lo}")
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return v
+    parse.__name__ = "integer"
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    v = float(text)
-    if not (v > 0 and v != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be finite and positive, got {text}")
-    return v
+def _float_flag(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+                hi_open: bool = False, what: str = ""):
+    """A finite float with optional bounds (open or closed); NaN and infinities are always refused."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        bad = not math.isfinite(v)
+        bad = bad or (lo is not None and (v <= lo if lo_open else v < lo))
+        bad = bad or (hi is not None and (v >= hi if hi_open else v > hi))
+        if bad:
+            raise argparse.ArgumentTypeError(f"must be {what or 'a finite number'}, got {text}")
+        return v
+    parse.__name__ = "number"
+    return parse
+
+
+_positive_int = _int_flag(1, what="a positive integer")
+_non_negative_int = _int_flag(0, what="an integer >= 0")
+_at_least_two = _int_flag(2, what="at least 2")
+_seed = _int_flag(0, SEED_MAX, what="an integer in [0, 2**63 - 1]")
+_finite_float = _float_flag()
+_positive_float = _float_flag(0, lo_open=True, what="finite and positive")
+_non_negative_float = _float_flag(0, what="finite and >= 0")
+_fraction = _float_flag(0, 1, hi_open=True, what="a finite number in [0, 1)")
+
+
+def _path(text: str) -> str:
+    """A file or folder argument: an empty string would silently mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be a path, got an empty string")
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reads ``-1e-4``, ``-.5``, ``-inf`` and ``-nan`` as values, not as flags (argparse only knows ``-5`` and
+    ``-0.5``), so that a validator can say what is wrong with them (``--wd -1e-4``: "must be ... >= 0")."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        import re
+
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(
+            r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
 
 
 class _VersionAction(argparse.Action):
@@ -90,11 +135,11 @@ def _parser() -> argparse.ArgumentParser:
     from .settings import TrainSettings
 
     d = TrainSettings()
-    p = argparse.ArgumentParser(prog="valleys", description="Loss valleys for any PyTorch model: SWA and more.",
+    p = _Parser(prog="valleys", description="Loss valleys for any PyTorch model: SWA and more.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action=_VersionAction)
     sub = p.add_subparsers(dest="command", metavar="COMMAND",  # every subcommand: the same help formatter
-                           parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_HelpFormatter))
+                           parser_class=functools.partial(_Parser, formatter_class=_HelpFormatter))
 
     methods = method_help()
     width = max(map(len, methods))
@@ -109,10 +154,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--method", default=d.method, choices=list(methods), help="training method (see above)")
     t.add_argument("--epochs", type=_positive_int, default=d.epochs, help="epoch budget")
     t.add_argument("--lr", type=_positive_float, default=d.lr, help="initial learning rate")
-    t.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
-    t.add_argument("--wd", type=float, default=d.wd, help="weight decay")
+    t.add_argument("--momentum", type=_fraction, default=d.momentum, help="SGD momentum")
+    t.add_argument("--wd", type=_non_negative_float, default=d.wd, help="weight decay")
     t.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="minibatch size")
-    t.add_argument("--swa-start", type=int, default=None,
+    t.add_argument("--swa-start", type=_positive_int, default=None,
                    help=_applies("swa_start") + "epochs of SGD before averaging starts (default: epochs // 2)")
     t.add_argument("--swa-lr", type=_positive_float, default=None,
                    help=_applies("swa_lr") + "SWA learning rate (default: --lr)")
@@ -122,38 +167,41 @@ def _parser() -> argparse.ArgumentParser:
                    help=_applies("samples") + "test-time draws S (per member)")
     t.add_argument("--bn-batches", type=_positive_int, default=None,
                    help=_applies("bn_batches") + "BN recompute per sample on N batches (default: all)")
-    t.add_argument("--cycle", type=int, default=d.cycle, help=_applies("cycle") + "cycle length in epochs (even)")
+    t.add_argument("--cycle", type=_positive_int, default=d.cycle, help=_applies("cycle") + "cycle length in epochs (even)")
     t.add_argument("--lr-1", type=_positive_float, default=None, metavar="LR",
                    help=_applies("lr_1") + "cycle's highest LR (default: lr / 2)")
     t.add_argument("--lr-2", type=_positive_float, default=None, metavar="LR",
                    help=_applies("lr_2") + "cycle's lowest LR (default: lr / 200)")
-    t.add_argument("--fge-start", type=int, default=None,
+    t.add_argument("--fge-start", type=_positive_int, default=None,
                    help=_applies("fge_start") + "pre-training epochs (default: the first 80%%, whole cycles)")
     t.add_argument("--members", type=_positive_int, default=d.members, help=_applies("members") + "number of runs")
     t.add_argument("--ood-split", action="store_true",
                    help="train on the first half of the classes; the rest are out-of-distribution (OOD AUROC)")
-    t.add_argument("--seed", type=int, default=d.seed, help="random seed")
+    t.add_argument("--seed", type=_seed, default=d.seed, help="random seed")
     t.add_argument("--train-subset", type=_positive_int, default=None, help="use only N training examples (default: all)")
     t.add_argument("--test-subset", type=_positive_int, default=None, help="use only N test examples (default: all)")
-    t.add_argument("--val-fraction", type=float, default=d.val_fraction,
+    t.add_argument("--val-fraction", type=_fraction, default=d.val_fraction,
                    help="fraction of the training split held out for validation")
-    t.add_argument("--data-root", default=None,
+    t.add_argument("--data-root", type=_path, default=None,
                    help="torchvision data root (Fashion-MNIST), or the UCI folder")
-    t.add_argument("--uci-split", type=int, default=d.uci_split, help="regression: split index (index_train_<i>.txt)")
+    t.add_argument("--uci-split", type=_non_negative_int, default=d.uci_split, help="regression: split index (index_train_<i>.txt)")
     t.add_argument("--homoscedastic", dest="heteroscedastic", action="store_false",
                    help="regression: one learned noise variance instead of a per-input variance (default: off, "
                         "i.e. heteroscedastic=True)")
     t.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ...")
     t.add_argument("--checkpoint-every", type=_positive_int, default=d.checkpoint_every, help="epochs between checkpoints")
     t.add_argument("--eval-every", type=_positive_int, default=d.eval_every, help="epochs between evaluations")
-    t.add_argument("--out", default=None, help="run folder (default: runs/<dataset>-<model>-<method>-seed<seed>)")
+    t.add_argument("--out", type=_path, default=None, help="run folder (default: runs/<dataset>-<model>-<method>-seed<seed>)")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint, with the settings of its config.json "
+                        "(a flag given with --resume must agree with it)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     e = sub.add_parser("evaluate", help="re-evaluate a run folder's predictive, print a table, write evaluation.json")
-    e.add_argument("run_dir", help="a folder written by 'valleys train' or 'valleys connect'")
-    e.add_argument("--points", type=int, default=None, help="curve folders: points per path (default: 61)")
+    e.add_argument("run_dir", type=_path, help="a folder written by 'valleys train' or 'valleys connect'")
+    e.add_argument("--points", type=_at_least_two, default=None,
+                   help="curve folders only: points per path (>= 2; default: the folder's, 61)")
     e.add_argument("--samples", type=_positive_int, default=None, help="SWAG draws S (default: the run's)")
     e.add_argument("--ood", action="store_true", help="report OOD AUROC (run trained with --ood-split)")
     e.add_argument("--temperature-scaling", action="store_true",
@@ -161,76 +209,82 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace an evaluation.json already in the folder")
 
     c = sub.add_parser("connect", help="train a curve between two runs and compare it with the straight segment")
-    c.add_argument("run_a", help="run folder or model.safetensors of the first network")
-    c.add_argument("run_b", help="run folder or model.safetensors of the second network")
-    c.add_argument("--kind", default="bezier", choices=["bezier", "polychain"], help="curve family")
-    c.add_argument("--bends", type=int, default=3, help="control points including the two ends (>= 2)")
+    c.add_argument("run_a", nargs="?", type=_path,
+                   help="run folder or model.safetensors of the first network (with --resume: the saved one)")
+    c.add_argument("run_b", nargs="?", type=_path,
+                   help="run folder or model.safetensors of the second network (with --resume: the saved one)")
+    # defaults None (filled from ConnectConfig): with --resume, a flag given is one the user typed
+    c.add_argument("--kind", default=None, choices=["bezier", "polychain"], help="curve family (default: bezier)")
+    c.add_argument("--bends", type=_at_least_two, default=None,
+                   help="control points including the two ends (>= 2; default: 3)")
     c.add_argument("--epochs", type=_positive_int, default=None,
                    help="curve training epochs (default: twice the first endpoint's)")
     c.add_argument("--lr", type=_positive_float, default=None,
                    help="initial LR, decaying to 1%% like SGD runs (default: the first endpoint's)")
-    c.add_argument("--wd", type=float, default=5e-4, help="L2 on w(t)")
-    c.add_argument("--seed", type=int, default=0, help="random seed (t draws, batch order)")
-    c.add_argument("--points", type=int, default=61, help="points per path at evaluation")
-    c.add_argument("--bn", default="recompute", choices=["recompute", "keep"], help="BatchNorm policy per point")
-    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--wd", type=_non_negative_float, default=None, help="L2 on w(t) (default: 5e-4)")
+    c.add_argument("--seed", type=_seed, default=None, help="random seed (t draws, batch order; default: 0)")
+    c.add_argument("--points", type=_at_least_two, default=None, help="points per path at evaluation (default: 61)")
+    c.add_argument("--bn", default=None, choices=["recompute", "keep"],
+                   help="BatchNorm policy per point (default: recompute)")
+    c.add_argument("--out", type=_path, required=True, help="output folder")
     c.add_argument("--overwrite", action="store_true", help="replace a curve already in --out")
-    c.add_argument("--resume", action="store_true", help="continue curve training from its checkpoint")
+    c.add_argument("--resume", action="store_true",
+                   help="continue curve training from its checkpoint, with the settings of --out's config.json")
     c.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     def geometry_common(sp, grid: bool = False):
-        sp.add_argument("--out", required=True, help="output folder")
+        sp.add_argument("--out", type=_path, required=True, help="output folder")
         sp.add_argument("--overwrite", action="store_true",
                         help="replace a study already in --out (a run or curve folder is never replaced)")
         sp.add_argument("--bn", default="recompute", choices=["recompute", "keep"], help="BatchNorm policy per point")
         sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
         if grid:
             sp.add_argument("--grid", type=_at_least_two, default=21, help="points per axis (>= 2)")
-            sp.add_argument("--margin", type=float, default=0.2, help="margin around the marked points (fraction)")
+            sp.add_argument("--margin", type=_non_negative_float, default=0.2, help="margin around the marked points (fraction)")
 
     pl = sub.add_parser("plane", help="loss and error on the plane through three networks (or a curve or trajectory)")
-    pl.add_argument("points", nargs="*", help="three run folders or model checkpoints A B C")
-    pl.add_argument("--curve", default=None,
+    pl.add_argument("points", nargs="*", type=_path, help="three run folders or model checkpoints A B C")
+    pl.add_argument("--curve", type=_path, default=None,
                     help="a 'valleys connect' folder: the plane of its two ends and its middle control point")
-    pl.add_argument("--trajectory", default=None, help="a swa/swag run: its iterates W1, W2, W3 and SWA (slides 9-13)")
+    pl.add_argument("--trajectory", type=_path, default=None, help="a swa/swag run: its iterates W1, W2, W3 and SWA (slides 9-13)")
     pl.add_argument("--pca", action="store_true", help="with --trajectory: the plane of the iterates' top two principal directions")
     geometry_common(pl, grid=True)
     pa = sub.add_parser("path", help="loss and error along the line through two networks (slide 15)")
-    pa.add_argument("a", help="run folder or checkpoint (distance 0)")
-    pa.add_argument("b", help="run folder or checkpoint")
+    pa.add_argument("a", type=_path, help="run folder or checkpoint (distance 0)")
+    pa.add_argument("b", type=_path, help="run folder or checkpoint")
     pa.add_argument("--points", type=_at_least_two, default=41, help="points on the line")
-    pa.add_argument("--extend", type=float, default=0.5, help="extend beyond both ends by this fraction")
+    pa.add_argument("--extend", type=_non_negative_float, default=0.5, help="extend beyond both ends by this fraction")
     geometry_common(pa)
     ra = sub.add_parser("rays", help="train loss along random rays from a network: valley width (slide 14)")
-    ra.add_argument("runs", nargs="+", help="run folders or checkpoints (the same rays from each)")
+    ra.add_argument("runs", nargs="+", type=_path, help="run folders or checkpoints (the same rays from each)")
     ra.add_argument("--rays", type=_positive_int, default=10, help="number of random unit directions")
-    ra.add_argument("--max-distance", type=float, default=50.0, help="distance along each ray (weight units)")
+    ra.add_argument("--max-distance", type=_positive_float, default=50.0, help="distance along each ray (weight units)")
     ra.add_argument("--steps", type=_at_least_two, default=21, help="points per ray")
-    ra.add_argument("--rise", type=float, default=0.1, help="valley width: distance where the loss rises this much")
-    ra.add_argument("--seed", type=int, default=0, help="seed of the directions")
+    ra.add_argument("--rise", type=_positive_float, default=0.1, help="valley width: distance where the loss rises this much")
+    ra.add_argument("--seed", type=_seed, default=0, help="seed of the directions")
     geometry_common(ra)
     la = sub.add_parser("landscape", help="loss on a random 2-D plane around a network (Li et al. 2018)")
-    la.add_argument("run", help="run folder or checkpoint")
+    la.add_argument("run", type=_path, help="run folder or checkpoint")
     la.add_argument("--random", action="store_true", required=True, help="random directions (the only kind for now)")
     la.add_argument("--filter-norm", dest="filter_norm", action="store_true", default=True,
                     help="filter-normalised directions (the default)")
     la.add_argument("--no-filter-norm", dest="filter_norm", action="store_false", help="unit-norm directions instead")
-    la.add_argument("--span", type=float, default=1.0, help="coordinates in [-span, span]")
-    la.add_argument("--seed", type=int, default=0, help="seed of the directions")
+    la.add_argument("--span", type=_positive_float, default=1.0, help="coordinates in [-span, span]")
+    la.add_argument("--seed", type=_seed, default=0, help="seed of the directions")
     geometry_common(la, grid=True)
     sh = sub.add_parser("sharpness", help="top Hessian eigenvalues, trace and epsilon-sharpness of a network")
-    sh.add_argument("run", help="run folder or checkpoint")
+    sh.add_argument("run", type=_path, help="run folder or checkpoint")
     sh.add_argument("--k", type=_positive_int, default=3, help="top eigenvalues (Lanczos, 30 products at most)")
     sh.add_argument("--examples", type=_positive_int, default=1000, help="training examples in the fixed subset")
-    sh.add_argument("--epsilon", type=float, default=1e-3, help="box size of epsilon-sharpness")
-    sh.add_argument("--out", required=True, help="output folder")
+    sh.add_argument("--epsilon", type=_positive_float, default=1e-3, help="box size of epsilon-sharpness")
+    sh.add_argument("--out", type=_path, required=True, help="output folder")
     sh.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sh.add_argument("--overwrite", action="store_true",
                     help="replace a study already in --out (a run or curve folder is never replaced)")
 
     ge = sub.add_parser("geometry", help="the demo's geometry section (slides 6, 9-15) on an existing demo folder")
-    ge.add_argument("demo_dir", help="a folder made by 'valleys demo' (sgd-seed<s> and swag-seed<s> runs)")
-    ge.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: all in the folder)")
+    ge.add_argument("demo_dir", type=_path, help="a folder made by 'valleys demo' (sgd-seed<s> and swag-seed<s> runs)")
+    ge.add_argument("--seeds", type=_seed, nargs="+", default=None, help="seeds (default: all in the folder)")
     ge.add_argument("--quick", action="store_true", help="coarser plane (9x9), 21-point line, 3 rays of 11 steps")
     ge.add_argument("--overwrite", action="store_true", help="replace a geometry/ section already in the folder")
     ge.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -264,20 +318,21 @@ def _parser() -> argparse.ArgumentParser:
     ss.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     m = sub.add_parser("demo", help="the main job: SGD, SWA, SWAG and FGE on MNIST-1D; tables, report, figures")
-    m.add_argument("--quick", action="store_true", help="one seed, 30 epochs (well under 2 minutes)")
-    m.add_argument("--out", default="runs/demo", help="output folder")
-    m.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2; quick: 0)")
+    m.add_argument("--quick", action="store_true",
+                   help="one seed, 30 epochs, 10 SWAG samples (well under 2 minutes); flags given win over these")
+    m.add_argument("--out", type=_path, default="runs/demo", help="output folder")
+    m.add_argument("--seeds", type=_seed, nargs="+", default=None, help="seeds (default 0 1 2; quick: 0)")
     m.add_argument("--overwrite", action="store_true", help="replace a demo already in --out")
     m.add_argument("--no-progress", action="store_true", help="hide progress bars")
     m.add_argument("--no-ood", action="store_true", help="skip the split-classes OOD runs")
     g = m.add_argument_group("change the demo's setting (default: the embedded MNIST-1D configuration)")
     g.add_argument("--dataset", choices=list(DATASETS), default=None)
     g.add_argument("--model", choices=list(MODELS), default=None)
-    g.add_argument("--data-root", default=None, help="torchvision data root (Fashion-MNIST files)")
+    g.add_argument("--data-root", type=_path, default=None, help="torchvision data root (Fashion-MNIST files)")
     for flag, typ in (("--epochs", _positive_int), ("--swa-start", _positive_int), ("--lr", _positive_float),
                       ("--swa-lr", _positive_float), ("--samples", _positive_int), ("--bn-batches", _positive_int),
                       ("--train-subset", _positive_int), ("--test-subset", _positive_int),
-                      ("--val-fraction", float), ("--eval-every", _positive_int), ("--batch-size", _positive_int)):
+                      ("--val-fraction", _fraction), ("--eval-every", _positive_int), ("--batch-size", _positive_int)):
         g.add_argument(flag, type=typ, default=None, help="as in 'valleys train' (default: the demo's value)")
     return p
 
@@ -300,14 +355,45 @@ def _refuse_other_methods_settings(args: argparse.Namespace) -> None:
         raise ValueError(f"{' and '.join(flags)} only apply to --method {', '.join(users)}")
 
 
+def _given(argv: Sequence[str], command: str) -> dict[str, object]:
+    """``{dest: value}`` of the options typed on the command line for ``command`` (not their defaults)."""
+    parser = _parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    for action in sub._actions:
+        action.default = argparse.SUPPRESS
+    argv = list(argv)
+    rest = argv[argv.index(command) + 1:] if command in argv else argv
+    return {k: v for k, v in vars(sub.parse_args(rest)).items()}
+
+
+def _contradictions(given: dict[str, object], saved: dict[str, object], config: Path, flags: dict[str, str]) -> None:
+    """Refuse flags given with --resume whose value differs from the saved ``config.json``."""
+    bad = [f"{flags.get(k, '--' + k.replace('_', '-'))} {given[k]!r} (config.json: {saved[k]!r})"
+           for k in given if k in saved and given[k] != saved[k]]
+    if bad:
+        raise ValueError(f"--resume continues {config.parent} with the settings of {config}; these flags contradict "
+                         f"it: {', '.join(bad)}. Drop them (or start a new run without --resume)")
+
+
 def _train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     from .report import aggregate, format_table
-    from .runs import TrainConfig, train_run
+    from .runs import TrainConfig, read_run_config, train_run
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
     if args.model is None:
         cfg.model = "mlp" if cfg.dataset in ("diabetes", "uci") else TrainConfig.model  # Gaussian-head MLP
+    if args.resume:  # the run's own settings; flags typed now must agree with them
+        from ..core.checkpoint import CheckpointError
+
+        out = Path(args.out or f"runs/{cfg.dataset}-{cfg.model}-{cfg.method}-seed{cfg.seed}")
+        if not (out / "config.json").is_file():
+            raise CheckpointError(f"cannot resume: {out} holds no run (no config.json); train it first without --resume")
+        saved = read_run_config(out)
+        given = {k: v for k, v in _given(argv if argv is not None else sys.argv[1:], "train").items() if k in fields}
+        _contradictions(given, dataclasses.asdict(saved), out / "config.json", {"heteroscedastic": "--homoscedastic"})
+        args.method = saved.method
+        cfg = saved
     _refuse_other_methods_settings(args)
     cfg = cfg.resolved()
     out = Path(args.out or f"runs/{cfg.dataset}-{cfg.model}-{cfg.method}-seed{cfg.seed}")
@@ -323,10 +409,23 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
 
 
 def _connect(args: argparse.Namespace) -> int:
-    from .connect import ConnectConfig, connect_runs
+    from .connect import ConnectConfig, connect_runs, read_curve_config
 
-    cfg = ConnectConfig(args.run_a, args.run_b, kind=args.kind, bends=args.bends, epochs=args.epochs, lr=args.lr,
-                        wd=args.wd, seed=args.seed, points=args.points, bn=args.bn)
+    settings = ("kind", "bends", "epochs", "lr", "wd", "seed", "points", "bn")
+    given = {k: getattr(args, k) for k in settings if getattr(args, k) is not None}
+    if args.resume and (Path(args.out) / "config.json").is_file():  # the curve's own settings
+        saved = read_curve_config(args.out)
+        for end in ("run_a", "run_b"):
+            if getattr(args, end) is not None:
+                given[end] = str(Path(getattr(args, end)).resolve())
+        _contradictions(given, dataclasses.asdict(saved), Path(args.out) / "config.json",
+                        {"run_a": "RUN_A", "run_b": "RUN_B"})
+        cfg = saved
+    elif args.run_a is None or args.run_b is None:
+        raise ValueError("connect needs two endpoints RUN_A RUN_B (run folders or model.safetensors files); "
+                         "only --out FOLDER --resume continues a curve without them")
+    else:
+        cfg = ConnectConfig(args.run_a, args.run_b, **given)
     res = connect_runs(cfg, args.out, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
     _print_curve(res, args.out)
     return 0
@@ -345,6 +444,24 @@ def _print_curve(res: dict, out) -> None:
     print(f"\nwrote {Path(out) / 'report.md'} and {Path(out) / 'figures' / 'path.png'}")
 
 
+def _one_weight_space(ctx: dict) -> None:
+    """Refuse networks of different architectures or datasets in one study (``{path: (model, w, cfg, ...)}``)."""
+    from ..core.checkpoint import model_signature
+
+    (first, (m0, _, c0, *_)), *rest = ctx.items()
+    sig0 = model_signature(m0)
+    for path, (m, _, c, *_) in rest:
+        if model_signature(m) != sig0 or c.dataset != c0.dataset:
+            raise ValueError(f"{path} is {c.model} on {c.dataset} and {first} is {c0.model} on {c0.dataset}"
+                             f"{' with other parameter shapes' if model_signature(m) != sig0 else ''}: a study needs "
+                             "networks of one architecture and dataset (one weight space)")
+
+
+def _unique_seeds(seeds) -> None:
+    if seeds is not None and len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds lists a seed twice: {' '.join(map(str, seeds))}")
+
+
 def _geometry(args: argparse.Namespace) -> int:
     from . import studies as L
     from .folders import check_output
@@ -352,6 +469,12 @@ def _geometry(args: argparse.Namespace) -> int:
     check_output(args.out, overwrite=args.overwrite, study=True)  # before any work
     progress = not getattr(args, "no_progress", True)
     if args.command == "plane":
+        kinds = [k for k, v in (("three networks A B C", args.points), ("--curve", args.curve),
+                                ("--trajectory", args.trajectory)) if v]
+        if len(kinds) != 1 or (args.pca and not args.trajectory) or (args.points and len(args.points) != 3):
+            raise ValueError("plane needs three networks A B C, or --curve or --trajectory (--pca goes with "
+                             f"--trajectory); got {' and '.join(kinds) or 'none'}"
+                             + (f" ({len(args.points)} networks)" if args.points and len(args.points) != 3 else ""))
         if args.trajectory and args.pca:
             res = L.pca_plane_study(args.trajectory, n=args.grid, margin=args.margin, bn=args.bn, progress=progress)
             title = f"PCA plane of the trajectory of {args.trajectory}"
@@ -360,10 +483,9 @@ def _geometry(args: argparse.Namespace) -> int:
                                            progress=progress)
             title = f"trajectory plane of {args.trajectory}"
         elif args.curve:
-            from .connect import load_curve
+            from .connect import load_curve, read_curve_config
 
-            raw = json.loads((Path(args.curve) / "config.json").read_text())
-            model, _, cfg, loaders, bn = L.load_context(raw["run_a"])
+            model, _, cfg, loaders, bn = L.load_context(read_curve_config(args.curve).run_a)
             space = L.WeightSpace(model)
             curve = load_curve(Path(args.curve), space)
             pts = curve.control_points().detach()
@@ -377,23 +499,24 @@ def _geometry(args: argparse.Namespace) -> int:
                              **{k: v for k, v in res["points"].items() if k.startswith("t=")}}
             title = f"plane of the curve {args.curve}"
         else:
-            if len(args.points) != 3 or args.pca:
-                raise ValueError("plane needs three networks A B C, or --curve or --trajectory (--pca goes with "
-                                 "--trajectory)")
             ctx = [L.load_context(p) for p in args.points]
+            _one_weight_space(dict(zip(args.points, ctx)))
             model, _, cfg, loaders, bn = ctx[0]
             res = L.plane_study(model, ctx[0][1], ctx[1][1], ctx[2][1], loaders, n=args.grid, margin=args.margin,
                                 bn=args.bn, bn_loader=bn, progress=progress, adapter=cfg.adapter())
             title = "plane through " + ", ".join(args.points)
     elif args.command == "path":
         model, wa, cfg, loaders, bn = L.load_context(args.a)
-        _, wb, _, _, _ = L.load_context(args.b)
+        ctx_b = L.load_context(args.b)
+        _one_weight_space({args.a: (model, wa, cfg), args.b: ctx_b})
+        wb = ctx_b[1]
         res = L.path_study(model, wa, wb, loaders, points=args.points, extend=args.extend, bn=args.bn, bn_loader=bn,
                            progress=progress, adapter=cfg.adapter())
         res["a_label"], res["b_label"] = Path(args.a).name, Path(args.b).name
         title = f"line from {args.a} to {args.b}"
     elif args.command == "rays":
         ctx = {p: L.load_context(p) for p in args.runs}
+        _one_weight_space(ctx)
         model, _, cfg, loaders, bn = next(iter(ctx.values()))
         res = L.rays_study(model, {p: c[1] for p, c in ctx.items()}, loaders["train"], rays=args.rays,
                            max_distance=args.max_distance, steps=args.steps, rise=args.rise, seed=args.seed,
@@ -429,19 +552,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .runs import evaluate_run
 
     from .folders import OutputFolderError, check_writable
+    from .registry import methods_using
+    from .runs import read_json_object
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir} is not a run folder (train one with 'valleys train')")
+    config = run_dir / "config.json"
+    raw = read_json_object(config) if config.is_file() else {}
     if (run_dir / "evaluation.json").exists() and not args.overwrite:
         raise OutputFolderError(f"{run_dir} already holds evaluation.json; pass --overwrite to replace it")
     check_writable(run_dir, str(run_dir))
-    config = run_dir / "config.json"
-    if config.is_file() and json.loads(config.read_text()).get("folder") == "curve":
+    if raw.get("folder") == "curve":
         from .connect import evaluate_curve_dir
 
+        for flag, given in (("--samples", args.samples), ("--ood", args.ood),
+                            ("--temperature-scaling", args.temperature_scaling)):
+            if given:
+                raise ValueError(f"{flag} applies to training runs; {args.run_dir} is a curve folder")
         _print_curve(evaluate_curve_dir(args.run_dir, points=args.points, progress=True), args.run_dir)
         return 0
+    if args.points is not None:
+        raise ValueError(f"--points applies to curve folders (made by 'valleys connect') only; {args.run_dir} is "
+                         "not one")
+    if args.samples is not None and raw.get("method") not in methods_using("samples"):
+        raise ValueError(f"--samples applies to runs of --method {', '.join(methods_using('samples'))}; "
+                         f"{args.run_dir} is a {raw.get('method')} run")
 
     res = evaluate_run(args.run_dir, samples=args.samples, ood=True if args.ood else None,
                        temperature_scaling=args.temperature_scaling, progress=True)
@@ -458,6 +594,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import DEMO_CONFIG, run_demo
 
+    _unique_seeds(args.seeds)
     fields = {f.name for f in dataclasses.fields(DEMO_CONFIG)}
     changes = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     base = dataclasses.replace(DEMO_CONFIG, **changes)
@@ -465,14 +602,16 @@ def _demo(args: argparse.Namespace) -> int:
         base.swa_start = None  # default: half of the new budget
     if "lr" in changes and "swa_lr" not in changes:
         base.swa_lr = None  # default: the new lr
+    keep = set(changes) | ({"swa_start"} if "epochs" in changes else set())  # --quick changes only the rest
     run_demo(args.out, quick=args.quick, seeds=args.seeds, overwrite=args.overwrite, progress=not args.no_progress,
-             base=base, ood=not args.no_ood)
+             base=base, ood=not args.no_ood, keep=keep)
     return 0
 
 
 def _geometry_demo(args: argparse.Namespace) -> int:
     from .demo import geometry_section
 
+    _unique_seeds(args.seeds)
     geometry_section(args.demo_dir, seeds=args.seeds, quick=args.quick, progress=not args.no_progress,
                      overwrite=args.overwrite)
     print(f"\nwrote {Path(args.demo_dir) / 'geometry' / 'report.md'}")

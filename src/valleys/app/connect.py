@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from collections.abc import Iterable
@@ -27,12 +25,13 @@ from ..geometry.curves import CURVE_KINDS, Curve, CurveModel
 from ..zoo.data import make_loader
 from ..geometry.paths import BN_POLICIES, evaluate_path, segment
 from .folders import output_guard
-from .runs import TrainConfig, build_run_model, load_splits, load_run_model, prepare_run_dir
+from .runs import (SEED_MAX, ConfigError, TrainConfig, check_types, build_run_model, config_from_dict, load_run_model,
+                   load_splits, prepare_run_dir, read_json_object, settings_from_dict)
 from ..training.schedules import SWASchedule
 from ..training.trainer import Trainer
 from ..core.weights import WeightSpace
 
-__all__ = ["ConnectConfig", "connect_runs", "evaluate_curve_dir", "load_endpoint", "train_curve"]
+__all__ = ["ConnectConfig", "connect_runs", "evaluate_curve_dir", "load_endpoint", "read_curve_config", "train_curve"]
 
 
 @dataclass
@@ -61,17 +60,24 @@ class ConnectConfig:
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first bad setting."""
+        check_types(self)
+        if not (self.run_a.strip() and self.run_b.strip()):
+            raise ValueError("run_a and run_b must be paths, got an empty string")
         if self.kind not in CURVE_KINDS:
             raise ValueError(f"unknown curve kind {self.kind!r}; choose one of {', '.join(CURVE_KINDS)}")
         if self.bends < 2:
             raise ValueError(f"a curve needs at least 2 control points, got --bends {self.bends}")
-        if ((self.epochs is not None and self.epochs < 1) or (self.lr is not None and not self.lr > 0)
+        if ((self.epochs is not None and self.epochs < 1) or (self.lr is not None and not 0 < self.lr < math.inf)
                 or self.batch_size < 1 or self.checkpoint_every < 1):
-            raise ValueError("epochs, lr, batch-size and checkpoint-every must be positive")
+            raise ValueError("epochs, lr, batch-size and checkpoint-every must be positive (and finite)")
         if self.points < 2:
             raise ValueError(f"points must be at least 2, got {self.points}")
-        if not self.wd >= 0:
-            raise ValueError(f"wd must be >= 0, got {self.wd}")
+        if not 0 <= self.wd < math.inf:
+            raise ValueError(f"wd must be finite and >= 0, got {self.wd}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise ValueError(f"seed must be in [0, 2**63 - 1], got {self.seed}")
         if self.bn not in BN_POLICIES:
             raise ValueError(f"unknown BatchNorm policy {self.bn!r}; choose one of {', '.join(BN_POLICIES)}")
 
@@ -85,7 +91,7 @@ def load_endpoint(path: str | Path) -> tuple[nn.Module, TrainConfig]:
     state, header = load_checkpoint(path)
     if header.get("kind") != "model" or "config" not in header:
         raise CheckpointError(f"{path} is not a valleys model checkpoint (a run's model.safetensors)")
-    cfg = TrainConfig(**header["config"]).resolved()
+    cfg = config_from_dict(header["config"], f"{path} (its header's config)")
     model = build_run_model(cfg, load_splits(cfg))
     check_model_signature(checkpoint_field(header, "signature", path), model, str(path))
     model.load_state_dict(checkpoint_field(state, "model", path, "state"))
@@ -105,7 +111,8 @@ def _endpoints(cfg: ConnectConfig):
         raise ValueError(f"endpoints have different parameter shapes: {e}") from None
     w_a = space.read(model_a)
     if torch.equal(w_a, w_b):
-        warnings.warn("the two endpoints are identical: there is nothing to connect", stacklevel=3)
+        raise ValueError(f"the two endpoints {cfg.run_a} and {cfg.run_b} are identical networks: there is nothing "
+                         "to connect; pass two different runs")
     return model_a, model_b, cfg_a, space, w_a, w_b
 
 
@@ -119,12 +126,19 @@ def connect_runs(cfg: ConnectConfig, out: str | Path, *, overwrite: bool = False
     """Train a curve between ``cfg.run_a`` and ``cfg.run_b`` into ``out`` and evaluate it (and the segment)."""
     cfg.check()
     cfg = dataclasses.replace(cfg, run_a=str(Path(cfg.run_a).resolve()), run_b=str(Path(cfg.run_b).resolve()))
+    if Path(cfg.run_a) == Path(cfg.run_b):
+        raise ValueError(f"the two endpoints are the same run ({cfg.run_a}): there is nothing to connect; pass two "
+                         "different runs")
     out = Path(out)
     prepare_run_dir(out, overwrite=overwrite, resume=resume, create=False)
-    model_a, model_b, data_cfg, space, w_a, w_b = _endpoints(cfg)
     if resume and (out / "config.json").is_file():  # continue with the budget the curve was started with
-        saved = json.loads((out / "config.json").read_text())
-        cfg = dataclasses.replace(cfg, epochs=cfg.epochs or saved.get("epochs"), lr=cfg.lr or saved.get("lr"))
+        saved = read_curve_config(out)
+        cfg = dataclasses.replace(cfg, epochs=cfg.epochs or saved.epochs, lr=cfg.lr or saved.lr)
+        diff = {k: (getattr(saved, k), v) for k, v in asdict(cfg).items() if getattr(saved, k) != v}
+        if diff:
+            raise ValueError(f"cannot resume {out}: the settings differ from its config.json: "
+                             + "; ".join(f"{k} saved {a!r}, now {b!r}" for k, (a, b) in diff.items()))
+    model_a, model_b, data_cfg, space, w_a, w_b = _endpoints(cfg)
     cfg = dataclasses.replace(cfg, epochs=cfg.epochs or 2 * data_cfg.epochs, lr=cfg.lr or data_cfg.lr)
     splits = load_splits(data_cfg)
     if resume and not (out / "checkpoint.safetensors").is_file() and not (out / "curve.safetensors").is_file():
@@ -191,9 +205,28 @@ def _call_input(adapter: ModelAdapter, batch: Any) -> Any:
     return args[0] if len(args) == 1 else args
 
 
+def read_curve_config(curve_dir: str | Path) -> ConnectConfig:
+    """The :class:`ConnectConfig` of a curve folder's ``config.json``; errors name the file (a training run's
+    folder is refused: it is not a curve folder)."""
+    path = Path(curve_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{curve_dir} is not a curve folder: it has no config.json (make one with "
+                                "'valleys connect')")
+    raw = read_json_object(path)
+    if raw.get("folder") != "curve":
+        raise ConfigError(f"{curve_dir} is not a curve folder (made by 'valleys connect'); {path} describes a "
+                          "training run")
+    cfg = settings_from_dict(ConnectConfig, raw, path, ignore=("folder", "data"))
+    try:
+        cfg.check()
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return cfg
+
+
 def load_curve(curve_dir: Path, space: WeightSpace) -> Curve:
     state, header = load_checkpoint(curve_dir / "curve.safetensors")
-    if header.get("kind") != "curve":
+    if header.get("kind") != "curve" or not isinstance(state.get("control_points"), torch.Tensor):
         raise CheckpointError(f"{curve_dir / 'curve.safetensors'} is not a curve checkpoint")
     path = curve_dir / "curve.safetensors"
     if checkpoint_field(header, "signature", path) != space.signature():
@@ -212,10 +245,7 @@ def evaluate_curve_dir(curve_dir: str | Path, *, points: int | None = None, prog
     folder's setting, 61), writing ``evaluation.json`` (or returning ``results.json`` content to
     :func:`connect_runs`), the figure ``figures/path.png`` and ``report.md``."""
     curve_dir = Path(curve_dir)
-    raw = json.loads((curve_dir / "config.json").read_text())
-    if raw.get("folder") != "curve":
-        raise ValueError(f"{curve_dir} is not a curve folder (made by 'valleys connect')")
-    cfg = ConnectConfig(**{k: v for k, v in raw.items() if k not in ("folder", "data")})
+    cfg = read_curve_config(curve_dir)
     if points is not None:
         cfg = dataclasses.replace(cfg, points=points)
     cfg.check()

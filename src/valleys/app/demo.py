@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,18 +68,28 @@ def _row_result(run_dir: Path, run_method: str, method: str, temp: bool, splits,
     return cache[key]
 
 
+def quick_base(base: TrainConfig, keep: Iterable[str] = ()) -> TrainConfig:
+    """``base`` with the quick budget (:data:`QUICK`) for every setting not named in ``keep``."""
+    return dataclasses.replace(base, **{k: v for k, v in QUICK.items() if k not in set(keep)})
+
+
 def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Sequence[int] | None = None,
              overwrite: bool = False, progress: bool = True, base: TrainConfig | None = None, ood: bool = True,
-             curves: bool = True, curve: dict | None = None, log: Callable[..., None] = print) -> dict[str, Any]:
+             curves: bool = True, curve: dict | None = None, log: Callable[..., None] = print,
+             keep: Iterable[str] = ()) -> dict[str, Any]:
     """Train the demo's runs for each seed under ``out`` and write the summary into ``out``.
+
+    ``quick`` shrinks the budget (:data:`QUICK`) except for the settings of ``base`` named in ``keep`` (those
+    the user set: ``valleys demo --quick --epochs 4`` trains 4 epochs).
 
     Returns the content of ``out/results.json``: one entry per method (``method``, ``metrics.test`` with the
     mean over seeds, ``spread`` with mean/std/min/max, ``ood_auroc`` where measured).
     """
     base = base or DEMO_CONFIG
-    if quick:
-        base = dataclasses.replace(base, **QUICK)
+    base = quick_base(base, keep) if quick else base
     seeds = list(seeds) if seeds is not None else ([0] if quick else [0, 1, 2])
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
     cfgs = {m: dataclasses.replace(base, method=m).resolved() for m in ("sgd", "swag", "fge")}  # checks first
     out = Path(out)
     prepare_run_dir(out, overwrite=overwrite, create=False)  # refuse before any work
@@ -92,7 +102,7 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
                curves: bool, curve: dict | None, log: Callable[..., None]) -> dict[str, Any]:
     start = time.perf_counter()
     splits = load_dataset(base.dataset, val_fraction=base.val_fraction, train_subset=base.train_subset,
-                          test_subset=base.test_subset, root=base.data_root)
+                          test_subset=base.test_subset, root=base.data_root)  # a data error: the guard cleans up
     ood_splits = load_dataset(base.dataset, val_fraction=base.val_fraction, train_subset=base.train_subset,
                               test_subset=base.test_subset, root=base.data_root, ood_split=True) if ood else None
     per_row: dict[str, list[dict]] = {r: [] for r in ROWS}

@@ -43,7 +43,7 @@ from .registry import REGISTRY, get_method, method_help
 from .settings import TrainSettings
 
 __all__ = ["TrainConfig", "METHODS", "train_run", "evaluate_run", "load_run_model", "RunFolderError",
-           "prepare_run_dir", "summary_metrics"]
+           "ConfigError", "read_json_object", "read_run_config", "prepare_run_dir", "summary_metrics", "SEED_MAX"]
 
 #: ``{method: one-line help}``, from :data:`valleys.app.registry.REGISTRY`.
 METHODS: dict[str, str] = method_help()
@@ -55,6 +55,93 @@ REGRESSION_KEYS = ("rmse", "nll", "coverage_95")
 
 #: An output folder already holds another run (pass overwrite=True / --overwrite), or cannot be a folder.
 RunFolderError = OutputFolderError
+
+
+class ConfigError(ValueError):
+    """A ``config.json`` (or another settings file) is unreadable, not an object, or holds a bad setting;
+    the message names the file."""
+
+
+SEED_MAX = 2 ** 63 - 1  # seeds live in [0, 2**63 - 1]: torch, numpy and seed + epoch all fit
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """The JSON object in ``path``; :class:`ConfigError` naming the file if it is not valid JSON or not an object
+    (``FileNotFoundError`` if it does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a JSON object of settings, found a JSON {type(raw).__name__}")
+    return raw
+
+
+def _type_name(annotation: str) -> tuple[str, bool]:
+    base, _, rest = annotation.partition(" | ")
+    return base, rest == "None"
+
+
+def check_types(obj: Any) -> None:
+    """Every field of the dataclass ``obj`` has its annotated type (``int`` excludes ``bool``; a ``float`` field
+    takes an int; ``X | None`` takes ``None``); ``ValueError`` naming the field otherwise."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        base, optional = _type_name(str(f.type))
+        if v is None and optional:
+            continue
+        ok = {"int": isinstance(v, int) and not isinstance(v, bool),
+              "float": isinstance(v, (int, float)) and not isinstance(v, bool),
+              "str": isinstance(v, str), "bool": isinstance(v, bool)}.get(base, True)
+        if not ok:
+            want = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}[base]
+            raise ValueError(f"{f.name} must be {want}{' or null' if optional else ''}, got {v!r} "
+                             f"({type(v).__name__})")
+
+
+def settings_from_dict(cls: type, raw: dict[str, Any], source: str | Path, *, ignore: tuple[str, ...] = ()) -> Any:
+    """``cls(**raw)`` for a settings dataclass read from ``source``, refusing unknown fields and wrong types with
+    a :class:`ConfigError` naming ``source`` (``ignore``: keys that are not settings)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names - set(ignore))
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                          f"(written by another version of valleys, or edited by hand?); known: {', '.join(sorted(names))}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in raw
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{source}: missing setting{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    obj = cls(**{k: v for k, v in raw.items() if k in names})
+    try:
+        check_types(obj)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return obj
+
+
+def read_run_config(run_dir: str | Path) -> TrainConfig:
+    """The resolved :class:`TrainConfig` of a run folder's ``config.json``, every error naming the file."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder: it has no config.json (train one with 'valleys train')")
+    raw = read_json_object(path)
+    if raw.get("folder") == "curve":
+        raise ConfigError(f"{run_dir} is a curve folder (made by 'valleys connect'), not a training run")
+    return config_from_dict(raw, path)
+
+
+def config_from_dict(raw: Any, source: str | Path) -> TrainConfig:
+    """A resolved :class:`TrainConfig` from saved settings (a run's ``config.json`` or a checkpoint header)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the run's settings must be a JSON object, found {type(raw).__name__}")
+    cfg = settings_from_dict(TrainConfig, raw, source)
+    try:
+        return cfg.resolved()
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
 
 
 @dataclass
@@ -75,6 +162,7 @@ class TrainConfig(TrainSettings):
     def resolved(self) -> TrainConfig:
         """A copy with defaults filled in and every value checked; raises ``ValueError`` saying what is wrong."""
         cfg = dataclasses.replace(self)
+        check_types(cfg)
         if cfg.dataset not in DATASETS and cfg.dataset not in REGRESSION_DATASETS:
             raise ValueError(f"unknown dataset {cfg.dataset!r}; valid datasets: "
                              f"{', '.join(list(DATASETS) + list(REGRESSION_DATASETS))}")
@@ -95,12 +183,24 @@ class TrainConfig(TrainSettings):
                 raise ValueError(f"{name.replace('_', '-')} must be positive, got {v}")
         if cfg.rank < 1:
             raise ValueError(f"rank must be at least 1, got {cfg.rank}")
-        if not 0 <= cfg.val_fraction < 1:
+        if not (math.isfinite(cfg.val_fraction) and 0 <= cfg.val_fraction < 1):
             raise ValueError(f"val-fraction must be in [0, 1), got {cfg.val_fraction}")
         if cfg.bn_batches is not None and cfg.bn_batches < 1:
             raise ValueError(f"bn-batches must be at least 1, got {cfg.bn_batches}")
-        if not (math.isfinite(cfg.wd) and math.isfinite(cfg.momentum)) or cfg.wd < 0 or cfg.momentum < 0:
-            raise ValueError(f"wd and momentum must be finite and non-negative, got wd={cfg.wd}, momentum={cfg.momentum}")
+        if not (math.isfinite(cfg.wd) and cfg.wd >= 0):
+            raise ValueError(f"wd must be finite and >= 0, got {cfg.wd}")
+        if not (math.isfinite(cfg.momentum) and 0 <= cfg.momentum < 1):
+            raise ValueError(f"momentum must be in [0, 1), got {cfg.momentum}")
+        if not 0 <= cfg.seed <= SEED_MAX:
+            raise ValueError(f"seed must be in [0, 2**63 - 1], got {cfg.seed}")
+        if cfg.uci_split < 0:
+            raise ValueError(f"uci-split must be >= 0, got {cfg.uci_split}")
+        for name in ("train_subset", "test_subset"):
+            v = getattr(cfg, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {v}")
+        if cfg.data_root is not None and not cfg.data_root.strip():
+            raise ValueError("data-root must be a path, got an empty string")
         for name in ("swa_lr", "lr_1", "lr_2"):
             v = getattr(cfg, name)
             if v is not None and not (math.isfinite(v) and v > 0):
@@ -216,7 +316,7 @@ def train_run(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, res
     if resume:
         if not (out / "config.json").exists():
             raise CheckpointError(f"cannot resume: {out} holds no run (no config.json)")
-        saved = json.loads((out / "config.json").read_text())
+        saved = read_json_object(out / "config.json")
         if saved != asdict(cfg):
             diff = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if saved.get(k) != v}
             raise ValueError(f"cannot resume {out}: the config differs from the saved one (saved, now): {diff}")
@@ -255,9 +355,7 @@ def train_run(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, res
 def load_run_model(run_dir: str | Path, splits: Splits | None = None) -> tuple[nn.Module, TrainConfig, Splits]:
     """Rebuild a run's model from ``config.json`` and load ``model.safetensors`` (architecture checked)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: it has no config.json (train one with 'valleys train')")
-    cfg = TrainConfig(**json.loads((run_dir / "config.json").read_text())).resolved()
+    cfg = read_run_config(run_dir)
     splits = splits or load_splits(cfg)
     model = build_run_model(cfg, splits)
     path = run_dir / ("member-0" if get_method(cfg.method).member is not None else "") / "model.safetensors"

@@ -130,8 +130,12 @@ def model_signature(model: nn.Module) -> list[list]:
 
 
 def check_model_signature(expected: list, model: nn.Module, source: str = "checkpoint") -> None:
-    """Raise :class:`CheckpointError` naming the first difference if ``model`` is not the saved architecture."""
+    """Raise :class:`CheckpointError` naming the first difference if ``model`` is not the saved architecture
+    (or if ``expected``, read from a header, is missing or malformed)."""
     have = {k: s for k, s in model_signature(model)}
+    if not isinstance(expected, list) or not all(isinstance(e, (list, tuple)) and len(e) == 2 for e in expected):
+        raise CheckpointError(f"{source} has no valid architecture signature in its header "
+                              f"({'missing' if expected is None else 'malformed'}); was it written by valleys?")
     want = {k: s for k, s in expected}
     missing = [k for k in want if k not in have]
     extra = [k for k in have if k not in want]

@@ -33,6 +33,9 @@ def fit_temperature(probs: Tensor, targets: Tensor, *, max_iter: int = 100) -> f
     """The temperature minimising the mean NLL of ``softmax(log p / T)`` on held-out (validation) data."""
     if probs.dim() != 2 or probs.shape[0] != targets.shape[0] or probs.shape[0] == 0:
         raise ValueError(f"need probs (N, C) and N targets with N > 0, got {tuple(probs.shape)} and {tuple(targets.shape)}")
+    if not bool(torch.isfinite(probs).all()):
+        raise ValueError("fit_temperature got non-finite input: probs hold NaN or infinite entries (did the "
+                         "network diverge?)")
     logp = _log(probs)
     y = targets.long()
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
@@ -59,6 +62,8 @@ def auroc(scores_out: Tensor, scores_in: Tensor) -> float:
     pos, neg = scores_out.double().reshape(-1), scores_in.double().reshape(-1)
     if pos.numel() == 0 or neg.numel() == 0:
         raise ValueError("auroc needs at least one in-distribution and one out-of-distribution score")
+    if not (bool(torch.isfinite(pos).all()) and bool(torch.isfinite(neg).all())):
+        raise ValueError("auroc got non-finite input: the scores hold NaN or infinite entries")
     scores = torch.cat([pos, neg])
     order = torch.argsort(scores, stable=True)
     sorted_scores = scores[order]

@@ -405,6 +405,21 @@ class Trainer:
         logs["train_time"] = time.perf_counter() - start
         return logs
 
+    def _diverged(self, what: str) -> TrainingDiverged:
+        """The error for a divergence found at an epoch end (``self.epoch`` epochs done), worded as the per-step one."""
+        good = self.checkpoint_path if self.checkpoint_path is not None and self.checkpoint_path.exists() else None
+        return TrainingDiverged(
+            f"{what} at the end of epoch {self.epoch} of {self.epochs} (global step {self.step}) with lr "
+            f"{self.lr:g}; training stopped", checkpoint=good,
+            advice="Lower the learning rate (for an averaging method, also the averaging-phase LR such as "
+                   "--swa-lr) or check the data.")
+
+    def _check_weights(self) -> None:
+        """The last step of an epoch can overflow the weights while its loss (computed before it) was finite."""
+        for name, p in self.model.named_parameters():
+            if not bool(torch.isfinite(p.detach()).all()):
+                raise self._diverged(f"the weights became non-finite (parameter {name})")
+
     @property
     def likelihood(self) -> str:
         """How eval loaders are scored: ``"classification"`` or ``"gaussian"`` (the adapter's predictive)."""
@@ -416,7 +431,12 @@ class Trainer:
         Under ``torch.distributed`` every rank scores its part of the loader and the metric state (counts,
         sums, per-bin arrays) is all-reduced, so every rank gets the metrics of all ranks' examples; every rank
         must call this at the same points (the trainer does)."""
-        return evaluate(self.model, loader, device=self.device, adapter=self.adapter, all_reduce=_distributed())
+        try:
+            return evaluate(self.model, loader, device=self.device, adapter=self.adapter, all_reduce=_distributed())
+        except ValueError as e:  # NaN/inf predictions: the weights (or an average's BatchNorm statistics) diverged
+            if "finite" not in str(e):
+                raise
+            raise self._diverged("the evaluated network's predictions became non-finite") from e
 
     @staticmethod
     def log_entries(prefix: str, result: Mapping[str, Any]) -> dict[str, float]:
@@ -431,6 +451,7 @@ class Trainer:
         return bool(loaders) and (self.epoch % self.eval_every == 0 or self.epoch == self.epochs)
 
     def _end_epoch(self, logs: dict[str, Any]) -> None:
+        self._check_weights()
         if self.should_evaluate():
             for name, loader in self.eval_loaders.items():
                 logs.update(self.log_entries(name, self.evaluate_on(loader)))

@@ -150,19 +150,30 @@ def _find_file(directory: Path, stem: str) -> Path | None:
 def find_fashion_mnist(root: str | os.PathLike | None = None) -> Path:
     """The folder holding the four Fashion-MNIST IDX files (gzipped or not).
 
-    Looks where ``dpkg -L dataset-fashion-mnist`` says, then in ``/usr/share/datasets/fashion-mnist``,
-    then in a torchvision root (``root``, ``root/FashionMNIST/raw``, ``root/raw``).
+    With ``root`` (``--data-root``), only there: ``root``, ``root/FashionMNIST/raw`` (a torchvision root) or
+    ``root/raw``; the user's path wins over any system copy, and a ``root`` without the files is an error
+    naming it. Without ``root``: where ``dpkg -L dataset-fashion-mnist`` says, then in
+    ``/usr/share/datasets/fashion-mnist``.
     """
-    candidates = _dpkg_dirs() + [DEBIAN_FASHION_DIR]
     if root is not None:
         r = Path(root)
-        candidates += [r, r / "FashionMNIST" / "raw", r / "raw"]
+        candidates = [r, r / "FashionMNIST" / "raw", r / "raw"]
+    else:
+        candidates = _dpkg_dirs() + [DEBIAN_FASHION_DIR]
     for d in candidates:
         if all(_find_file(d, stem) for stem in FASHION_FILES.values()):
             return d
+    expected = ", ".join(f"{stem}[.gz]" for stem in FASHION_FILES.values())
+    if root is not None:
+        if not Path(root).is_dir():
+            raise DatasetNotFoundError(f"--data-root {root} does not exist or is not a folder; it should hold the "
+                                       f"Fashion-MNIST files {expected}")
+        raise DatasetNotFoundError(
+            f"--data-root {root} holds no Fashion-MNIST files: expected {expected} in {root}, "
+            f"{Path(root) / 'FashionMNIST' / 'raw'} or {Path(root) / 'raw'}")
     looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
     raise DatasetNotFoundError(
-        "Fashion-MNIST files not found (looked in: " + looked + "). Install them with\n"
+        f"Fashion-MNIST files ({expected}) not found (looked in: " + looked + "). Install them with\n"
         "  sudo apt-get install dataset-fashion-mnist\n"
         "or download them with torchvision and pass its root:\n"
         "  python -c \"import torchvision; torchvision.datasets.FashionMNIST('data', download=True)\"\n"

@@ -30,14 +30,17 @@ class FGE(Method):
 
     def resolve(self, cfg: TrainConfig) -> None:
         if cfg.cycle < 2 or cfg.cycle % 2:
-            raise ValueError(f"the FGE cycle must be an even number of epochs >= 2, got {cfg.cycle}")
+            raise ValueError(f"--cycle must be an even number of epochs >= 2 for FGE, got {cfg.cycle}")
         cfg.lr_1 = cfg.lr / 2 if cfg.lr_1 is None else cfg.lr_1
         cfg.lr_2 = cfg.lr / 200 if cfg.lr_2 is None else cfg.lr_2
         if not (cfg.lr_1 > 0 and cfg.lr_2 > 0):
-            raise ValueError(f"lr-1 and lr-2 must be positive, got {cfg.lr_1} and {cfg.lr_2}")
+            raise ValueError(f"--lr-1 and --lr-2 must be positive, got {cfg.lr_1} and {cfg.lr_2}")
         if cfg.fge_start is None:
             cycles = max(1, round(0.2 * cfg.epochs / cfg.cycle))
             cfg.fge_start = cfg.epochs - cycles * cfg.cycle
+        if cfg.epochs - cfg.cycle < 1:
+            raise ValueError(f"FGE needs a pre-trained start and at least one --cycle of {cfg.cycle} epochs: "
+                             f"--epochs must be at least {cfg.cycle + 1}, got {cfg.epochs}")
         if not 1 <= cfg.fge_start <= cfg.epochs - cfg.cycle:
             raise ValueError(
                 f"FGE needs a pre-trained start and at least one {cfg.cycle}-epoch cycle: fge-start must be in "

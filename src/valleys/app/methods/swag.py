@@ -64,10 +64,14 @@ class SWAG(SWA):
 
     def resolve(self, cfg: TrainConfig) -> None:
         super().resolve(cfg)
+        if not self.diagonal and cfg.rank < 2:  # the low-rank part averages D^T D / (K - 1) over K >= 2 deviations
+            raise ValueError(f"--rank must be at least 2 for low-rank SWAG (its covariance needs two deviation "
+                             f"vectors), got {cfg.rank}; use --method swag-diag for the diagonal Gaussian alone")
         if cfg.epochs - cfg.swa_start < self.min_collected:  # type: ignore[operator]
             raise ValueError(
-                f"low-rank SWAG needs at least {self.min_collected} collected epochs; epochs - swa-start is "
-                f"{cfg.epochs - cfg.swa_start}: lower --swa-start or use --method swag-diag"  # type: ignore[operator]
+                f"{self.name} needs at least {self.min_collected} collected epochs; --epochs - --swa-start is "
+                f"{cfg.epochs} - {cfg.swa_start} = {cfg.epochs - cfg.swa_start}: lower --swa-start"
+                + (" or use --method swag-diag" if not self.diagonal else "")  # type: ignore[operator]
             )
 
     def averager(self, cfg: TrainConfig, model: nn.Module) -> Averager:
