@@ -47,7 +47,6 @@ def test_bma_result_has_the_same_fields_with_and_without_probabilities():
 def test_grid_result_fields_and_strict_json_with_a_nonfinite_point():
     model, loader, _, _ = _setup()
     w = WeightSpace(model).read(model)
-    import pytest
 
     with pytest.warns(UserWarning, match="1 of 2 points"):
         res = evaluate_points(model, [w, w * 1e30], {"train": loader}, bn="keep")
