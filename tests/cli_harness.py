@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,8 @@ def refused(argv: Sequence[str], capsys, *, names: str | Iterable[str] = (),
     assert lines, f"{argv} failed with exit {res.code} and no message"
     last = lines[-1]
     assert "error:" in last, f"the last line is not an error message: {last!r}"
-    others = [ln for ln in lines[:-1] if not ln.startswith(("usage:", " ", "\t")) and "interrupted" not in ln]
+    others = [ln for ln in lines[:-1] if not ln.startswith(("usage:", " ", "\t")) and "interrupted" not in ln
+              and not re.search(r"\d+s elapsed|\[\d+:\d+", ln)]  # progress lines (plain or tqdm) are not messages
     assert not others, f"more than one line of message: {lines}"
     for name in [names] if isinstance(names, str) else list(names):
         assert name.lower() in last.lower(), f"{name!r} not named in {last!r}"

@@ -165,7 +165,7 @@ def _rewrite_model(run_dir: Path, drop: str) -> None:
 @pytest.mark.parametrize("damage,detail", [
     (lambda d: _rewrite_model(d, "signature"), "signature"),
     (lambda d: _rewrite_model(d, "kind"), "not a model checkpoint"),
-    (lambda d: _rewrite_model(d, "model"), "no model weights"),
+    (lambda d: _rewrite_model(d, "model"), "has no 'model'"),
     (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:100]), "readable"),
     (lambda d: (d / "model.safetensors").unlink(), "no checkpoint"),
 ])
@@ -190,7 +190,7 @@ def test_evaluate_refuses_a_damaged_model_checkpoint_naming_it(damage, detail, r
     (["evaluate", "{sgd}", "--ood"], "--ood-split"),
     (["evaluate", "{reg}", "--temperature-scaling"], "temperature scaling"),
     (["evaluate", ""], "run_dir"),
-    (["evaluate", "{tmp}/nothing"], ["nothing", "config.json"]),
+    (["evaluate", "{tmp}/nothing"], ["nothing", "not a run folder"]),
 ])
 def test_evaluate_refuses(argv, names, runs, tmp_path, capsys):
     _check(argv, names, runs, tmp_path, capsys)
