@@ -513,6 +513,16 @@ def evaluate_many(model: nn.Module, weights: Iterable[Sample] | Tensor | None, l
 
         bar = progress_bar(total=total, unit="point", desc=desc, leave=False, dynamic_ncols=True)
     count = 0
+
+    def visit(j: int, recompute_now: bool) -> None:
+        """The model as it holds point ``j`` now: BatchNorm recomputed if asked, one pass over the loaders."""
+        if recompute_now:
+            recompute_bn(model, policy.loader, num_batches=policy.num_batches,  # type: ignore[arg-type]
+                         device=device, adapter=adapter)
+        _one_pass(model, j, loaders, reduce, adapter, device)
+        if bar is not None:
+            bar.update(1)
+
     try:
         while True:
             group = list(itertools.islice(iterator, chunk))
@@ -543,23 +553,12 @@ def evaluate_many(model: nn.Module, weights: Iterable[Sample] | Tensor | None, l
                 with space.visiting(model) as load:
                     for j, w in zip(idx, group):
                         load(w.to(ref))
-                        if recompute:
-                            recompute_bn(model, policy.loader, num_batches=policy.num_batches,  # type: ignore[arg-type]
-                                         device=device, adapter=adapter)
-                        _one_pass(model, j, loaders, reduce, adapter, device)
-                        if bar is not None:
-                            bar.update(1)
+                        visit(j, recompute)
                 count += len(group)
                 continue
-            for j, sample in zip(idx, group):
-                ctx = contextlib.nullcontext(model) if sample is None else holding(model, sample, space)
-                with ctx:
-                    if isinstance(sample, Tensor) and recompute:
-                        recompute_bn(model, policy.loader, num_batches=policy.num_batches,  # type: ignore[arg-type]
-                                     device=device, adapter=adapter)
-                    _one_pass(model, j, loaders, reduce, adapter, device)
-                if bar is not None:
-                    bar.update(1)
+            for j, sample in zip(idx, group):  # state dicts (and the model as it is) carry their own buffers
+                with contextlib.nullcontext(model) if sample is None else holding(model, sample, space):
+                    visit(j, isinstance(sample, Tensor) and recompute)
             count += len(group)
     finally:
         if bar is not None:
