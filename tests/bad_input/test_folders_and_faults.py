@@ -295,6 +295,20 @@ def _wait_for(cond, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
+def _interrupt(proc: subprocess.Popen, sig: int = signal.SIGINT) -> None:
+    """Send ``sig``; a SIGINT is repeated every 15 s while the process runs (a user pressing Ctrl-C again: on a
+    busy machine the first one can land before the command's own handling is in place)."""
+    proc.send_signal(sig)
+    for _ in range(4):
+        if sig != signal.SIGINT:
+            return
+        try:
+            proc.wait(timeout=15)
+            return
+        except subprocess.TimeoutExpired:
+            proc.send_signal(sig)
+
+
 def _finish(proc: subprocess.Popen, reader: _Reader | None = None) -> tuple[int, str]:
     proc.wait(timeout=180)
     if reader is not None:
@@ -312,7 +326,7 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
-LONG = ["train", "--model", "mlp", "--method", "sgd", "--epochs", "12", "--checkpoint-every", "1", "--no-progress"]
+LONG = ["train", "--model", "mlp", "--method", "sgd", "--epochs", "30", "--checkpoint-every", "1", "--no-progress"]
 
 
 def _same_model(a: Path, b: Path) -> None:
@@ -357,7 +371,7 @@ def _interrupted_then_resumed(tmp_path, capsys, uninterrupted, sig: int) -> str:
     proc = _start([*LONG, "--out", out], tmp_path)
     _wait_for(lambda: len((out / "metrics.jsonl").read_text().splitlines()) >= 2
               if (out / "metrics.jsonl").is_file() else False, proc)
-    proc.send_signal(sig)
+    _interrupt(proc, sig)
     code, err = _finish(proc)
     assert not (out / "results.json").exists()
     res = run([*LONG, "--out", out, "--resume"], capsys)
@@ -386,7 +400,7 @@ def test_sigint_during_connect_is_one_line(runs, tmp_path):
     proc = _start(["connect", runs["sgd"], runs["sgd2"], "--epochs", "200", "--points", "3", "--out", out], tmp_path)
     _wait_for(lambda: (out / "checkpoint.safetensors").is_file() or (out / "metrics.jsonl").is_file()
               and bool((out / "metrics.jsonl").read_text()), proc)
-    proc.send_signal(signal.SIGINT)
+    _interrupt(proc)
     code, err = _finish(proc)
     line = _one_line(err)
     assert code == 130 and line.startswith("valleys connect: interrupted")
@@ -402,7 +416,7 @@ def test_sigint_during_evaluate_is_one_line(runs, tmp_path):
     reader = _Reader(proc)
     # the BMA progress (off a terminal: a plain line 30 s after the bar opens) shows evaluation is running
     _wait_for(lambda: "point" in reader.text, proc, timeout=150)
-    proc.send_signal(signal.SIGINT)
+    _interrupt(proc)
     code, err = _finish(proc, reader)
     line = _one_line(err)
     assert code == 130 and line.startswith("valleys evaluate: interrupted") and "again" in line
