@@ -271,7 +271,11 @@ def _start(args: list, cwd: Path, shell_prefix: str | None = None) -> subprocess
     cmd = [sys.executable, "-m", "valleys", *map(str, args)]
     if shell_prefix is not None:
         cmd = ["bash", "-c", shell_prefix + ' exec "$@"', "bash", *cmd]
-    return subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child, as in a terminal: a test run started in the background of a
+    # non-interactive shell (nohup, CI runners) inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt
+    return subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 class _Reader:
