@@ -113,3 +113,41 @@ def test_geometry_and_connect_on_regression_runs_use_the_gaussian_nll(tmp_path):
                  "--no-progress"]) == 0
     curve = json.loads((tmp_path / "curve" / "results.json").read_text())
     assert len(curve["curve"]["test_nll"]) == 3 and all(math.isfinite(v) for v in curve["curve"]["test_nll"])
+
+
+def test_bundled_tables_hold_the_published_data():
+    # concrete (Yeh 1998): 1030 mixtures, first row 540 kg cement ... 28 days -> 79.99 MPa; Boston: 506 tracts,
+    # first row crim 0.00632, medv 24.0 (Harrison & Rubinfeld 1978)
+    from valleys.zoo.regression import _table
+
+    x, y = _table("concrete")
+    assert x.shape == (1030, 8) and y[0] == pytest.approx(79.99) and x[0, 0] == 540 and x[0, 7] == 28
+    assert y.min() == pytest.approx(2.33) and y.max() == pytest.approx(82.6)
+    x, y = _table("boston")
+    assert x.shape == (506, 13) and x[0, 0] == pytest.approx(0.00632) and y[0] == 24.0 and y.max() == 50.0
+    for name, n in (("concrete", 1030), ("boston", 506)):
+        s = load_regression(name, split=3)
+        sizes = s.sizes()
+        assert sizes["test"] == round(0.1 * n) and sum(sizes.values()) == n
+        xtr = torch.cat([s.train.tensors[0], s.val.tensors[0]])
+        ytr = torch.cat([s.train.tensors[1], s.val.tensors[1]])
+        # standardised with the training rows' statistics (train + validation, before the carve-out)
+        assert xtr.mean(0).abs().max() < 1e-5 and ytr.mean().abs() < 1e-5 and ytr.std(unbiased=False) == pytest.approx(1, abs=1e-5)
+        other = load_regression(name, split=4)
+        assert not torch.equal(s.test.tensors[1], other.test.tensors[1])  # the split seed changes the split
+
+
+def test_toy1d_has_two_clusters_with_a_gap_and_the_stated_noise():
+    from valleys.zoo.regression import TOY_CLUSTERS, toy1d_curve, toy1d_data
+
+    x, y = toy1d_data(2000, noise=0.05, seed=1)
+    (a0, a1), (b0, b1) = TOY_CLUSTERS
+    inside = ((x[:, 0] >= a0) & (x[:, 0] <= a1)) | ((x[:, 0] >= b0) & (x[:, 0] <= b1))
+    assert inside.all() and (x[:, 0] < a1).sum() == 1000
+    resid = y - toy1d_curve(x[:, 0])
+    assert abs(resid.std() - 0.05) < 0.003 and abs(resid.mean()) < 0.004  # 2000 draws: se 0.0008 / 0.0011
+    assert toy1d_curve(np.array([0.0, 0.25]))[1] == pytest.approx(0.25 + 0.3)  # sin(pi/2) = 1, sin(pi) = 0
+    s = load_regression("toy1d", split=0)
+    assert s.sizes() == {"train": 90, "val": 10, "test": 100} and s.input_shape == (1,)
+    xt, yt = toy1d_data(100, seed=0)
+    assert s.info["x_mean"][0] == pytest.approx(xt.mean()) and s.y_mean == pytest.approx(yt.mean())

@@ -25,6 +25,9 @@ EXAMPLES = """examples:
   valleys connect runs/sgd-a runs/sgd-b --kind bezier --out runs/curve   # mode connectivity
   valleys evaluate runs/curve --points 61
   valleys geometry runs/fmnist --quick     # slides 6, 9-15 on an existing demo folder
+  valleys subspace runs/swag --space pca --rank 5 --temperature 100 1000 --out runs/pca-ess   # slides 25-33
+  valleys regression --datasets concrete boston --splits 10 --out runs/uci     # RMSE, NLL, 95% coverage
+  valleys regression --datasets toy1d --splits 1 --epochs 1000 --out runs/toy   # the 1-D figure (slide 32)
 """
 
 
@@ -132,6 +135,7 @@ def _applies(setting: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     from ..zoo.catalog import DATASETS, MODELS, REGRESSION_DATASETS
     from .registry import method_help
+    from .regression import RegressionProtocol
     from .settings import TrainSettings
 
     d = TrainSettings()
@@ -302,9 +306,11 @@ def _parser() -> argparse.ArgumentParser:
     ss.add_argument("--samples", type=_positive_int, default=30, help="posterior samples averaged (per chain)")
     ss.add_argument("--burn-in", type=int, default=20, help="ESS steps discarded first")
     ss.add_argument("--thin", type=_positive_int, default=1, help="keep every n-th ESS state")
-    ss.add_argument("--temperature", type=_positive_float, default=1.0,
-                    help="T dividing the log-likelihood (large T for classification, e.g. 100-10000)")
-    ss.add_argument("--prior-scale", type=_positive_float, default=1.0, help="s of the prior N(0, s^2 I) over z")
+    ss.add_argument("--temperature", type=_positive_float, nargs="+", default=[1.0],
+                    help="T dividing the log-likelihood (large T for classification, e.g. 100-10000); several "
+                         "values: each is sampled and the one with the lowest validation NLL is kept")
+    ss.add_argument("--prior-scale", type=_positive_float, nargs="+", default=[1.0],
+                    help="s of the prior N(0, s^2 I) over z; several values: chosen on validation as --temperature")
     ss.add_argument("--bn", default="shift", choices=["shift", "recompute", "keep"],
                     help="BatchNorm statistics: recomputed once at the shift, per sample, or the run's own")
     ss.add_argument("--vi-steps", type=_positive_int, default=1000, help="VI optimisation steps (minibatch 256)")
@@ -316,6 +322,38 @@ def _parser() -> argparse.ArgumentParser:
     ss.add_argument("--out", required=True, help="output folder")
     ss.add_argument("--overwrite", action="store_true", help="replace a subspace run already in --out")
     ss.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    rg = sub.add_parser("regression", help="the UCI regression protocol over many splits: SGD, SWA, SWAG and "
+                        "subspace inference (RMSE, NLL, 95%% coverage; the 1-D toy figure with --datasets toy1d)")
+    rd = RegressionProtocol()
+    rg.add_argument("--datasets", nargs="+", default=rd.datasets, choices=list(REGRESSION_DATASETS),
+                    help=f"regression sets (default: {' '.join(rd.datasets)})")
+    rg.add_argument("--splits", type=_positive_int, default=rd.splits, help="random 90/10 splits per dataset")
+    rg.add_argument("--epochs", type=_positive_int, default=rd.epochs, help="epochs of each network")
+    rg.add_argument("--lr", type=_positive_float, default=rd.lr, help="initial LR (SGD decays it; SWAG keeps it)")
+    rg.add_argument("--wd", type=_non_negative_float, default=rd.wd, help="weight decay")
+    rg.add_argument("--batch-size", type=_positive_int, default=rd.batch_size, help="minibatch size")
+    rg.add_argument("--homoscedastic", action="store_true",
+                    help="one learned noise variance (default: the variance predicted per input)")
+    rg.add_argument("--swag-rank", type=_positive_int, default=rd.swag_rank, help="SWAG deviations collected (K)")
+    rg.add_argument("--samples", type=_positive_int, default=rd.samples, help="samples averaged by SWAG and subspaces")
+    rg.add_argument("--rank", type=_positive_int, default=rd.rank, help="subspace dimension k")
+    rg.add_argument("--spaces", nargs="+", default=rd.spaces, choices=["pca", "random"], help="subspaces")
+    rg.add_argument("--inference", nargs="+", default=rd.inference, choices=["ess", "vi", "nuts"],
+                    help="samplers in each subspace (nuts needs valleys[pyro])")
+    rg.add_argument("--temperature", type=_positive_float, nargs="+", default=rd.temperature,
+                    help="candidate temperatures, chosen per split on validation NLL")
+    rg.add_argument("--prior-scale", type=_positive_float, nargs="+", default=rd.prior_scale,
+                    help="candidate prior scales, chosen per split on validation NLL")
+    rg.add_argument("--burn-in", type=_non_negative_int, default=rd.burn_in, help="ESS steps discarded first")
+    rg.add_argument("--vi-steps", type=_positive_int, default=rd.vi_steps, help="VI optimisation steps")
+    rg.add_argument("--warmup", type=_non_negative_int, default=rd.warmup, help="NUTS warm-up steps")
+    rg.add_argument("--data-root", type=_path, default=None, help="the folder of --datasets uci (UCI layout)")
+    rg.add_argument("--seed", type=_seed, default=rd.seed, help="base seed (split i uses seed + i)")
+    rg.add_argument("--out", type=_path, required=True, help="output folder")
+    rg.add_argument("--overwrite", action="store_true", help="replace a protocol already in --out")
+    rg.add_argument("--resume", action="store_true", help="continue an interrupted protocol in --out")
+    rg.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     m = sub.add_parser("demo", help="the main job: SGD, SWA, SWAG and FGE on MNIST-1D; tables, report, figures")
     m.add_argument("--quick", action="store_true",
@@ -630,6 +668,24 @@ def _subspace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _regression(args: argparse.Namespace) -> int:
+    from .regression import RegressionProtocol, regression_protocol
+
+    names = {f.name for f in dataclasses.fields(RegressionProtocol)}
+    cfg = RegressionProtocol(**{k: v for k, v in vars(args).items() if k in names and v is not None},
+                             heteroscedastic=not args.homoscedastic)
+    if args.overwrite and args.resume:
+        raise ValueError("--overwrite and --resume contradict each other: choose one")
+    res = regression_protocol(cfg, args.out, overwrite=args.overwrite, resume=args.resume,
+                              progress=not args.no_progress)
+    for dataset, d in res["datasets"].items():
+        print(f"{dataset}: test mean over {cfg.splits} splits")
+        for m, row in d["summary"].items():
+            print(f"  {m:12s} " + "  ".join(f"{k} {row[k]['mean']:.4f}" for k in ("rmse", "nll", "coverage_95")))
+    print(f"\nwrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.md'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``valleys`` command; returns the exit status (errors: 2 with a one-line reason)."""
     parser = _parser()
@@ -647,7 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("plane", "path", "rays", "landscape", "sharpness"):
             return _geometry(args)
         return {"evaluate": _evaluate, "demo": _demo, "connect": _connect, "subspace": _subspace,
-                "geometry": _geometry_demo}[args.command](args)
+                "geometry": _geometry_demo, "regression": _regression}[args.command](args)
     except KeyboardInterrupt:
         _finish_progress_bars()
         print(f"valleys {args.command}: {_interrupted(args)}", file=sys.stderr)

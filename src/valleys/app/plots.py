@@ -15,7 +15,7 @@ require("matplotlib", "plots").use("Agg")
 plt = require("matplotlib.pyplot", "plots")
 
 __all__ = ["plot_error_curves", "plot_reliability", "plot_paths", "plot_contours", "plot_line", "plot_rays",
-           "plot_subspace"]
+           "plot_subspace", "plot_toy_regression"]
 
 
 def _wrap(text: str, ax, share: float = 1.0) -> str:
@@ -269,4 +269,35 @@ def plot_subspace(density: Mapping | None, samples, path: str | Path, *, title: 
         ax.set_ylabel("z_2")
         ax.legend(fontsize=8, loc="upper right")
     ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_toy_regression(xs: Sequence[float], panels: Mapping[str, tuple], x_train: Sequence[float],
+                        y_train: Sequence[float], path: str | Path, *, truth=None, title: str = "") -> Path:
+    """The 1-D regression predictive of several methods side by side (Izmailov et al. 2019, Fig. 5; slide 32):
+    per panel the predictive mean and the band ``mean +- 2 sd`` over the inputs ``xs``, the training points
+    and, if given, the noiseless function ``truth(xs)``. ``panels`` maps a label to ``(mean, sd)``."""
+    n = len(panels)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), sharex=True, sharey=True, squeeze=False)
+    xs = np.asarray(xs, dtype=float)
+    labels = {"sgd": "SGD", "swa": "SWA", "swag": "SWAG"}
+    for ax, (name, (mean, sd)) in zip(axes.flat, panels.items()):
+        mean, sd = np.asarray(mean, dtype=float), np.asarray(sd, dtype=float)
+        ax.fill_between(xs, mean - 2 * sd, mean + 2 * sd, color="C0", alpha=0.25, lw=0, label="mean ± 2 sd")
+        ax.plot(xs, mean, color="C0", lw=1.5, label="predictive mean")
+        if truth is not None:
+            ax.plot(xs, truth(xs), color="black", lw=0.8, ls="--", label="true function")
+        ax.scatter(x_train, y_train, s=6, color="C3", zorder=3, label="training data")
+        ax.set_title(labels.get(name, name.replace("-", " + ").upper()), fontsize=10)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, loc="upper left")
+    lo, hi = float(np.min(y_train)), float(np.max(y_train))
+    pad = hi - lo
+    for ax in axes.flat[:n]:
+        ax.set_ylim(lo - pad, hi + pad)
+    if title:
+        fig.suptitle(title, fontsize=11)
     return _save(fig, path)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..core.adapter import ModelAdapter
 from ..evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
@@ -367,16 +367,33 @@ def load_run_model(run_dir: str | Path, splits: Splits | None = None) -> tuple[n
     return model, cfg, splits
 
 
+def regression_predictive(model: nn.Module, weights: Any, loader: Any, cfg: TrainConfig, splits: Any, *,
+                          bn_loader: Any = None, bn: str | None = None,
+                          progress: bool = False) -> tuple[Tensor, Tensor, Tensor, int]:
+    """The moment-matched Gaussian BMA predictive of a regression run in the target's units: ``(mean, var,
+    targets, num_samples)`` with ``mean = mean_s mu_s`` and ``var = mean_s (sigma_s^2 + mu_s^2) - mean^2``
+    over the weight vectors ``weights``, then ``mean * y_std + y_mean`` and ``var * y_std^2``."""
+    res = bma(model, weights, loader, bn_loader=bn_loader, bn=bn, bn_batches=cfg.bn_batches, device=cfg.device,
+              progress=progress, score=False, adapter=cfg.adapter())
+    mean, var = unstandardise(res["mean"], res["var"], splits)
+    target, _ = unstandardise(res["targets"].double(), res["var"], splits)
+    return mean, var, target, int(res["num_samples"])
+
+
+def regression_summary(model: nn.Module, weights: Any, loader: Any, cfg: TrainConfig, splits: Any,
+                       **kwargs: Any) -> dict[str, float]:
+    """RMSE, mean Gaussian NLL and 95% coverage of :func:`regression_predictive`, in the target's units."""
+    mean, var, target, _ = regression_predictive(model, weights, loader, cfg, splits, **kwargs)
+    return summary_metrics(regression_metrics(mean, var, target))
+
+
 def _evaluate_regression(run_dir, cfg, model, splits, draw, bn, loaders, method, progress, write) -> dict[str, Any]:
     start = time.perf_counter()
     metrics = {}
     for name, loader in loaders.items():
-        res = bma(model, draw(), loader, bn_loader=bn, bn_batches=cfg.bn_batches, device=cfg.device,
-                  progress=progress, score=False, adapter=cfg.adapter())
-        mean, var = unstandardise(res["mean"], res["var"], splits)
-        target, _ = unstandardise(res["targets"].double(), res["var"], splits)
+        mean, var, target, num = regression_predictive(model, draw(), loader, cfg, splits, bn_loader=bn,
+                                                       progress=progress)
         metrics[name] = regression_metrics(mean, var, target)
-        num = res["num_samples"]
     out: dict[str, Any] = {"method": method, "dataset": cfg.dataset, "model": cfg.model, "seed": cfg.seed,
                            "epochs": cfg.epochs, "num_samples": num, "units": "target units (unstandardised)",
                            "metrics": {k: summary_metrics(v) for k, v in metrics.items()},

@@ -39,8 +39,8 @@ class SubspaceConfig:
     samples: int = 30
     burn_in: int = 20
     thin: int = 1
-    temperature: float = 1.0
-    prior_scale: float = 1.0
+    temperature: float | list[float] = 1.0   # several: chosen on the validation split
+    prior_scale: float | list[float] = 1.0
     curve: str | None = None
     seed: int = 0
     bn: str = "shift"
@@ -71,8 +71,12 @@ class SubspaceConfig:
             raise ValueError("--grid must be 0 (no density figure) or at least 2")
         for name in ("temperature", "prior_scale", "vi_lr"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {v!r}")
+            values = v if name != "vi_lr" and isinstance(v, (list, tuple)) else [v]
+            if not values:
+                raise ValueError(f"--{name.replace('_', '-')} needs at least one value")
+            for x in values:
+                if not (isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0):
+                    raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {x!r}")
         if self.space == "curve" and not self.curve:
             raise ValueError("--space curve needs --curve CURVE_FOLDER (made by 'valleys connect')")
         if self.space != "curve" and self.curve:
@@ -132,13 +136,11 @@ def subspace_run(cfg: SubspaceConfig, out: str | Path, *, overwrite: bool = Fals
                  progress: bool = True) -> dict[str, Any]:
     """Build the subspace, sample its posterior, average the predictions; write the run folder ``out``."""
     from ..core.checkpoint import save_checkpoint, write_json
-    from ..core.optional import progress_bar
     from ..evaluation.predict import bma
-    from ..methods.samplers import elliptical_slice, mean_field_vi, nuts
     from ..methods.subspace_posterior import SubspacePosterior
     from ..zoo.data import make_loader
     from .folders import output_guard
-    from .runs import load_splits, prepare_run_dir, summary_metrics
+    from .runs import load_splits, prepare_run_dir, regression_summary, summary_metrics
     from .studies import load_context
 
     cfg.check()
@@ -150,65 +152,58 @@ def subspace_run(cfg: SubspaceConfig, out: str | Path, *, overwrite: bool = Fals
     splits = load_splits(run_cfg)
     train = make_loader(splits.train, 1000)
     start = time.perf_counter()
-    post = SubspacePosterior(model, subspace, train, temperature=cfg.temperature, prior_scale=cfg.prior_scale,
-                             adapter=adapter, bn=cfg.bn, bn_loader=bn_loader, device=run_cfg.device)
+    candidates = [(t, p) for t in _values(cfg.temperature) for p in _values(cfg.prior_scale)]
+    posts = {}
+    for t, p in candidates:
+        posts[t, p] = SubspacePosterior(model, subspace, train, temperature=t, prior_scale=p, adapter=adapter,
+                                        bn=cfg.bn, bn_loader=bn_loader, device=run_cfg.device)
+    post = posts[candidates[0]]
     z0 = torch.zeros(subspace.k, dtype=torch.float64)
-    ll0 = float(post.log_likelihood(z0))
+    ll0 = float(post.log_likelihood(z0)) * post.temperature  # untempered
     if not math.isfinite(ll0):
         raise ValueError(f"the log-likelihood at the subspace's shift is {ll0}: the run's weights do not fit its "
                          "training data (a diverged run?)")
+    evals = {"val": make_loader(splits.val, 1000), "test": make_loader(splits.test, 1000)}
+
+    def score(ws: list[torch.Tensor], loader: Any, bn: str | None) -> dict[str, float]:
+        if run_cfg.is_regression:  # in the target's units, as every regression result
+            return regression_summary(post.model, ws, loader, run_cfg, splits, bn=bn,
+                                      bn_loader=None if bn else bn_loader)
+        return summary_metrics(bma(post.model, ws, loader, adapter=adapter, bn=bn,
+                                   bn_loader=None if bn else bn_loader, device=run_cfg.device))
+
+    bn = "keep" if post.policy.mode == "keep" else None
     with output_guard(out):
         prepare_run_dir(out, overwrite=overwrite)
         write_json(out / "config.json", {"folder": "subspace", **asdict(cfg), "data": asdict(run_cfg)})
-        torch.manual_seed(cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        steps = {"ess": cfg.burn_in + cfg.samples * cfg.thin, "vi": cfg.vi_steps, "nuts": cfg.chains}[cfg.inference]
-        bar = progress_bar(total=steps, unit="step", desc=f"subspace {cfg.inference}", leave=False,
-                           dynamic_ncols=True) if progress else None
-        try:
-            if cfg.inference == "ess":
-                res = elliptical_slice(lambda z: float(post.log_likelihood(z)), z0, prior_scale=cfg.prior_scale,
-                                       num_samples=cfg.samples, burn_in=cfg.burn_in, thin=cfg.thin, generator=gen,
-                                       progress=bar)
-            elif cfg.inference == "vi":
-                minibatches = make_loader(splits.train, 256, shuffle=True, seed=cfg.seed)
-                it = iter(())
-
-                def minibatch_ll(z: torch.Tensor) -> torch.Tensor:
-                    nonlocal it
-                    try:
-                        batch = next(it)
-                    except StopIteration:
-                        it = iter(minibatches)
-                        batch = next(it)
-                    return post.differentiable_log_likelihood(z, batch)
-
-                res = mean_field_vi(minibatch_ll, subspace.k, prior_scale=cfg.prior_scale, num_samples=cfg.samples,
-                                    steps=cfg.vi_steps, lr=cfg.vi_lr, generator=gen, progress=bar)
-            else:
-                res = nuts(lambda z: post.differentiable_log_likelihood(z), z0, prior_scale=cfg.prior_scale,
-                           num_samples=cfg.samples, warmup=cfg.warmup, chains=cfg.chains, seed=cfg.seed)
-        finally:
-            if bar is not None:
-                bar.close()
+        selection = []
+        best = None
+        for t, p in candidates:
+            res = _infer(cfg, posts[t, p], splits, z0, progress=progress,
+                         label=f" T={t:g} s={p:g}" if len(candidates) > 1 else "")
+            weights = list(subspace.to_weights(res.samples.to(subspace.basis.dtype)))
+            val = score(weights, evals["val"], bn)
+            selection.append({"temperature": t, "prior_scale": p, "val": val,
+                              "acceptance": res.diagnostics.get("acceptance_rate")})
+            if best is None or val["nll"] < best[0]["nll"]:
+                best = (val, t, p, res, weights)
+        assert best is not None
+        val, t_best, p_best, res, weights = best
+        post = posts[t_best, p_best]
         sample_s = time.perf_counter() - start
-        weights = subspace.to_weights(res.samples.to(subspace.basis.dtype))
-        bn = "keep" if post.policy.mode == "keep" else None
-        evals = {"val": make_loader(splits.val, 1000), "test": make_loader(splits.test, 1000)}
-        metrics = {name: summary_metrics(bma(post.model, list(weights), loader, adapter=adapter, bn=bn,
-                                             bn_loader=None if bn else bn_loader, device=run_cfg.device))
-                   for name, loader in evals.items()}
-        shift_metrics = {name: summary_metrics(bma(post.model, [subspace.shift], loader, adapter=adapter, bn="keep",
-                                                   device=run_cfg.device)) for name, loader in evals.items()}
+        metrics = {"val": val, "test": score(weights, evals["test"], bn)}
+        shift_metrics = {name: score([subspace.shift], loader, "keep") for name, loader in evals.items()}
         results: dict[str, Any] = {
             "folder": "subspace", "space": cfg.space, "rank": subspace.k, "inference": cfg.inference,
             "run": str(Path(cfg.run).resolve()), "dataset": run_cfg.dataset, "model": run_cfg.model,
             "num_samples": int(res.samples.shape[0]), "metrics": metrics, "shift_metrics": shift_metrics,
-            "posterior": {"temperature": cfg.temperature, "prior_scale": cfg.prior_scale,
+            "posterior": {"temperature": t_best, "prior_scale": p_best,
                           "num_examples": post.num_examples, "bn": post.bn_label,
                           "log_likelihood_at_shift": ll0},
+            "selection": {"rule": "the (temperature, prior scale) with the lowest validation NLL of the BMA",
+                          "candidates": selection} if len(candidates) > 1 else None,
             "subspace": {"kind": subspace.kind, **subspace.info},
-            "sampler": res.to_json(), "likelihood_evaluations": post.evaluations,
+            "sampler": res.to_json(), "likelihood_evaluations": sum(q.evaluations for q in posts.values()),
             "timing": {"sample_s": sample_s, "total_s": time.perf_counter() - start},
         }
         if cfg.grid and subspace.k >= 2:
@@ -219,6 +214,49 @@ def subspace_run(cfg: SubspaceConfig, out: str | Path, *, overwrite: bool = Fals
         write_json(out / "results.json", results)
         _figures_and_report(out, cfg, results, res.samples)
         return results
+
+
+def _values(v: float | list[float] | tuple[float, ...]) -> list[float]:
+    return [float(x) for x in v] if isinstance(v, (list, tuple)) else [float(v)]
+
+
+def _infer(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, *, progress: bool, label: str = ""):
+    """Run the sampler ``cfg.inference`` on the posterior ``post``; a :class:`SamplerResult`."""
+    from ..core.optional import progress_bar
+    from ..methods.samplers import elliptical_slice, mean_field_vi, nuts
+    from ..zoo.data import make_loader
+
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    steps = {"ess": cfg.burn_in + cfg.samples * cfg.thin, "vi": cfg.vi_steps, "nuts": cfg.chains}[cfg.inference]
+    bar = progress_bar(total=steps, unit="step", desc=f"subspace {cfg.inference}{label}", leave=False,
+                       dynamic_ncols=True) if progress else None
+    try:
+        if cfg.inference == "ess":
+            return elliptical_slice(lambda z: float(post.log_likelihood(z)), z0, prior_scale=post.prior_scale,
+                                    num_samples=cfg.samples, burn_in=cfg.burn_in, thin=cfg.thin, generator=gen,
+                                    progress=bar)
+        if cfg.inference == "vi":
+            minibatches = make_loader(splits.train, 256, shuffle=True, seed=cfg.seed)
+            it = iter(())
+
+            def minibatch_ll(z: torch.Tensor) -> torch.Tensor:
+                nonlocal it
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    it = iter(minibatches)
+                    batch = next(it)
+                return post.differentiable_log_likelihood(z, batch)
+
+            return mean_field_vi(minibatch_ll, post.subspace.k, prior_scale=post.prior_scale,
+                                 num_samples=cfg.samples, steps=cfg.vi_steps, lr=cfg.vi_lr, generator=gen,
+                                 progress=bar)
+        return nuts(lambda z: post.differentiable_log_likelihood(z), z0, prior_scale=post.prior_scale,
+                    num_samples=cfg.samples, warmup=cfg.warmup, chains=cfg.chains, seed=cfg.seed)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _density_grid(post, samples: torch.Tensor, n: int) -> dict[str, Any]:
@@ -254,13 +292,22 @@ def _figures_and_report(out: Path, cfg: SubspaceConfig, results: dict[str, Any],
 
     lines = [f"# Subspace inference: {cfg.space} subspace, {cfg.inference}", "",
              f"Run: `{results['run']}` ({results['model']} on {results['dataset']}). Rank k = {results['rank']}, "
-             f"{results['num_samples']} samples, temperature {cfg.temperature}, prior scale {cfg.prior_scale}, "
+             f"{results['num_samples']} samples, temperature {results['posterior']['temperature']:g}, prior scale "
+             f"{results['posterior']['prior_scale']:g}, "
              f"BatchNorm: {results['posterior']['bn']}. Likelihood on {results['posterior']['num_examples']} "
              f"training examples; {results['likelihood_evaluations']} likelihood evaluations.", "",
              "| predictive | split | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for label, table in (("subspace BMA", m), ("shift only", s)):
         for split in ("val", "test"):
             lines.append(f"| {label} | {split} | " + " | ".join(fmt(table[split][k], k) for k in keys) + " |")
+    if results.get("selection"):
+        lines += ["", "Settings chosen on the validation split (lowest validation NLL of the BMA):", "",
+                  "| temperature | prior scale | val NLL | chosen |", "|---|---|---|---|"]
+        for c in results["selection"]["candidates"]:
+            chosen = (c["temperature"], c["prior_scale"]) == (results["posterior"]["temperature"],
+                                                               results["posterior"]["prior_scale"])
+            lines.append(f"| {c['temperature']:g} | {c['prior_scale']:g} | {c['val']['nll']:.4f} | "
+                         f"{'yes' if chosen else ''} |")
     lines += [""] + [f"![posterior]({f.relative_to(out)})" for f in figures] + [""]
     (out / "report.md").write_text("\n".join(lines))
 

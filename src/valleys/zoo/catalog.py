@@ -16,6 +16,9 @@ DATASETS: dict[str, str] = {
 #: Regression datasets of :func:`valleys.zoo.regression.load_regression`.
 REGRESSION_DATASETS: dict[str, str] = {
     "diabetes": "scikit-learn diabetes regression (442 x 10), 90/10 split",
+    "concrete": "UCI concrete compressive strength (1030 x 8, Yeh 1998), bundled, 90/10 split",
+    "boston": "Boston housing (506 x 13, Harrison & Rubinfeld 1978), bundled, 90/10 split",
+    "toy1d": "1-D toy with a gap: inputs in [-1, -0.7] and [0.35, 1], a smooth curve plus noise (slide 32)",
     "uci": "a folder in the UCI layout given with --data-root (data.txt and index files), split --uci-split",
 }
 

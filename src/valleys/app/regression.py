@@ -1,0 +1,338 @@
+"""``valleys regression``: the UCI regression protocol of Izmailov et al. (2019, "Subspace Inference for
+Bayesian Deep Learning", UAI) and Maddox et al. (2019, "A Simple Baseline for Bayesian Uncertainty in Deep
+Learning", NeurIPS), written as one folder.
+
+For every dataset and every 90/10 split ``i`` (inputs and targets standardised with the training split's
+statistics, a validation tenth carved from the training rows): an SGD network (``--method sgd``: the LR
+decays to 1% of its start) and a SWAG run (constant-LR collection over the second half of the epochs) of
+the same Gaussian MLP; from the SWAG run its SWA mean and its SWAG predictive; then subspace inference
+around the SWA mean in the PCA subspace of the SWAG deviations (and a random subspace with ``--spaces``),
+with each ``--inference`` (ESS, VI, NUTS). The predictive of every method is a Gaussian: the network's
+``(mean, variance)``, or for a set of weight samples their moment-matched mixture (``mean = E_s mu_s``,
+``var = E_s (sigma_s^2 + mu_s^2) - mean^2``). Reported in the target's units: RMSE, the mean test negative
+log-likelihood (NLL; the papers' "test log-likelihood" is its negative) and the coverage of the central 95%
+interval ``mean +- 1.96 sqrt(var)``; then mean and standard error over splits.
+
+On the 1-D toy (``--datasets toy1d``) it also draws the predictive (mean and +-2 sigma) over a dense input
+grid for each method (Izmailov et al. 2019, Fig. 5; slide 32 of the talk): the uncertainty of a good
+posterior grows in the gap between the two clusters of inputs.
+
+Layout of ``--out``: ``config.json``, ``results.json`` (per split and summarised), ``report.md``,
+``figures/``, and one run folder per dataset, split and method (``<dataset>/split-<i>/<method>/``); with
+``--resume`` the finished ones are read back instead of redone.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RegressionProtocol", "regression_protocol", "method_names"]
+
+
+@dataclass
+class RegressionProtocol:
+    """Settings of :func:`regression_protocol` (see ``valleys regression --help``)."""
+
+    datasets: list[str] = field(default_factory=lambda: ["diabetes", "concrete", "boston"])
+    splits: int = 10
+    epochs: int = 200
+    lr: float = 0.01
+    wd: float = 1e-4
+    batch_size: int = 32
+    heteroscedastic: bool = True
+    swag_rank: int = 20
+    samples: int = 30
+    rank: int = 5
+    spaces: list[str] = field(default_factory=lambda: ["pca"])
+    inference: list[str] = field(default_factory=lambda: ["ess", "vi"])
+    temperature: list[float] = field(default_factory=lambda: [1.0])
+    prior_scale: list[float] = field(default_factory=lambda: [1.0, 3.0, 10.0])
+    burn_in: int = 20
+    vi_steps: int = 1000
+    warmup: int = 100
+    data_root: str | None = None
+    seed: int = 0
+
+    def check(self) -> None:
+        """Refuse bad values before any work (``ValueError`` naming the flag)."""
+        from ..zoo.catalog import REGRESSION_DATASETS
+        from .subspace import INFERENCES, SubspaceConfig
+
+        if not self.datasets:
+            raise ValueError("--datasets needs at least one dataset")
+        for d in self.datasets:
+            if d not in REGRESSION_DATASETS:
+                raise ValueError(f"unknown regression dataset {d!r}; valid: {', '.join(REGRESSION_DATASETS)}")
+        if "uci" in self.datasets and not self.data_root:
+            raise ValueError("--datasets uci needs --data-root FOLDER (a folder in the UCI layout)")
+        if len(set(self.datasets)) != len(self.datasets):
+            raise ValueError(f"--datasets lists a dataset twice: {self.datasets}")
+        for s in self.spaces:
+            if s not in ("pca", "random"):
+                raise ValueError(f"--spaces takes pca and random, got {s!r}")
+        for inf in self.inference:
+            if inf not in INFERENCES:
+                raise ValueError(f"--inference must be among {', '.join(INFERENCES)}, got {inf!r}")
+        if "nuts" in self.inference:
+            from ..core.optional import require
+
+            require("pyro", "pyro")
+        for name in ("splits", "epochs", "batch_size", "samples", "rank", "vi_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+        if not isinstance(self.swag_rank, int) or self.swag_rank < 2:
+            raise ValueError(f"--swag-rank must be an integer >= 2 (the PCA subspace needs deviations), "
+                             f"got {self.swag_rank!r}")
+        if self.rank > self.swag_rank:
+            raise ValueError(f"--rank {self.rank} is larger than the {self.swag_rank} SWAG deviations collected "
+                             f"(--swag-rank); choose --rank at most {self.swag_rank}")
+        collected = min(self.swag_rank, self.epochs - self.epochs // 2)  # one deviation per epoch, second half
+        if self.rank > collected - 1:  # the first deviation is zero (w_1 - mean_1): collected - 1 directions
+            raise ValueError(f"--rank {self.rank} needs at least {self.rank + 1} SWAG deviations, but {self.epochs} "
+                             f"epochs with --swag-rank {self.swag_rank} collect {collected}; raise --epochs or "
+                             "lower --rank")
+        for name in ("lr",):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"--lr must be finite and > 0, got {v!r}")
+        if not (math.isfinite(self.wd) and self.wd >= 0):
+            raise ValueError(f"--wd must be finite and >= 0, got {self.wd!r}")
+        SubspaceConfig(run="-", rank=self.rank, inference=self.inference[0] if self.inference else "ess",
+                       samples=self.samples, burn_in=self.burn_in, temperature=self.temperature,
+                       prior_scale=self.prior_scale, vi_steps=self.vi_steps, warmup=self.warmup).check()
+
+
+def method_names(cfg: RegressionProtocol) -> list[str]:
+    """The methods compared, in table order: ``sgd``, ``swa``, ``swag``, then ``<space>-<inference>``."""
+    return ["sgd", "swa", "swag"] + [f"{s}-{i}" for s in cfg.spaces for i in cfg.inference]
+
+
+def _train_config(cfg: RegressionProtocol, dataset: str, split: int, method: str):
+    from .runs import TrainConfig
+
+    return TrainConfig(dataset=dataset, model="mlp", method=method, epochs=cfg.epochs, lr=cfg.lr, wd=cfg.wd,
+                       batch_size=cfg.batch_size, heteroscedastic=cfg.heteroscedastic, rank=cfg.swag_rank,
+                       samples=cfg.samples, uci_split=split, seed=cfg.seed + split, data_root=cfg.data_root,
+                       checkpoint_every=cfg.epochs, eval_every=cfg.epochs)
+
+
+def _done(folder: Path, name: str = "results.json") -> dict[str, Any] | None:
+    import json
+
+    path = folder / name
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            return None
+    return None
+
+
+def _one_split(cfg: RegressionProtocol, dataset: str, split: int, root: Path, *, resume: bool,
+               progress: bool) -> dict[str, Any]:
+    """Every method on one split; each method's run folder under ``root``. Returns method -> result."""
+    from .runs import evaluate_run, train_run
+    from .subspace import SubspaceConfig, subspace_run
+
+    out: dict[str, Any] = {}
+    for method in ("sgd", "swag"):
+        folder = root / method
+        res = _done(folder) if resume else None
+        if res is None:
+            res = train_run(_train_config(cfg, dataset, split, method), folder, overwrite=True, progress=False)
+        out[method] = {"test": res["metrics"]["test"], "val": res["metrics"]["val"],
+                       "train_s": res.get("timing", {}).get("train_s")}
+    swa = (_done(root / "swag", "evaluation-swa.json") if resume else None) or \
+        evaluate_run(root / "swag", as_method="swa", write=True)
+    out["swa"] = {"test": swa["metrics"]["test"], "val": swa["metrics"]["val"]}
+    for space in cfg.spaces:
+        for inf in cfg.inference:
+            name = f"{space}-{inf}"
+            folder = root / name
+            res = _done(folder) if resume else None
+            if res is None:
+                sc = SubspaceConfig(run=str(root / "swag"), space=space, rank=cfg.rank, inference=inf,
+                                    samples=cfg.samples, burn_in=cfg.burn_in, temperature=list(cfg.temperature),
+                                    prior_scale=list(cfg.prior_scale), vi_steps=cfg.vi_steps, warmup=cfg.warmup,
+                                    chains=2 if inf == "nuts" else 1, seed=cfg.seed + split, grid=0)
+                res = subspace_run(sc, folder, overwrite=True, progress=False)
+            out[name] = {"test": res["metrics"]["test"], "val": res["metrics"]["val"],
+                         "temperature": res["posterior"]["temperature"],
+                         "prior_scale": res["posterior"]["prior_scale"], "sampler": res["sampler"],
+                         "sample_s": res["timing"]["sample_s"]}
+    return out
+
+
+def summarise(per_split: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean and standard error (std / sqrt(n), ddof 1) over splits of each method's test metrics."""
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for m in methods:
+        rows = [s[m]["test"] for s in per_split if m in s]
+        if not rows:
+            continue
+        table[m] = {}
+        for k in ("rmse", "nll", "coverage_95"):
+            v = [float(r[k]) for r in rows]
+            mean = sum(v) / len(v)
+            se = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1) / len(v)) if len(v) > 1 else float("nan")
+            table[m][k] = {"mean": mean, "se": se, "n": len(v)}
+    return table
+
+
+def _nuts_diagnostics(per_split: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
+    out = {}
+    for m in methods:
+        if not m.endswith("-nuts"):
+            continue
+        diags = [s[m]["sampler"]["diagnostics"] for s in per_split if m in s]
+        if not diags:
+            continue
+        r_hat = [max(d["r_hat"]) for d in diags if d.get("r_hat") and not any(math.isnan(v) for v in d["r_hat"])]
+        n_eff = [min(d["n_eff"]) for d in diags if d.get("n_eff")]
+        acc = [c["acceptance_rate"] for d in diags for c in d.get("chains", [])]
+        out[m] = {"splits": len(diags), "r_hat_max": max(r_hat) if r_hat else None,
+                  "n_eff_min": min(n_eff) if n_eff else None,
+                  "divergences": sum(int(d.get("divergences", 0)) for d in diags),
+                  "acceptance_mean": sum(acc) / len(acc) if acc else float("nan")}
+    return out
+
+
+def regression_protocol(cfg: RegressionProtocol, out: str | Path, *, overwrite: bool = False, resume: bool = False,
+                        progress: bool = True) -> dict[str, Any]:
+    """Run the protocol (module docstring) into ``out``; returns what ``results.json`` holds."""
+    from ..core.checkpoint import write_json
+    from ..core.optional import progress_bar
+    from .folders import output_guard
+    from .runs import prepare_run_dir, read_json_object
+
+    cfg.check()
+    out = Path(out)
+    if resume:
+        if not (out / "config.json").is_file():
+            raise ValueError(f"cannot resume: {out} holds no regression protocol (no config.json)")
+        saved = read_json_object(out / "config.json")
+        saved.pop("folder", None)
+        if saved != asdict(cfg):
+            diff = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if saved.get(k) != v}
+            raise ValueError(f"cannot resume {out}: the settings differ from the saved ones (saved, now): {diff}")
+    prepare_run_dir(out, overwrite=overwrite, resume=resume, create=False)
+    methods = method_names(cfg)
+    start = time.perf_counter()
+    with output_guard(out, resumable=lambda: (out / "config.json").is_file()):
+        prepare_run_dir(out, overwrite=overwrite, resume=resume)
+        write_json(out / "config.json", {"folder": "regression", **asdict(cfg)})
+        bar = progress_bar(total=len(cfg.datasets) * cfg.splits, unit="split", desc="regression protocol",
+                           dynamic_ncols=True) if progress else None
+        results: dict[str, Any] = {"folder": "regression", "methods": methods, "datasets": {},
+                                   "units": "target units; nll is the mean negative log-likelihood per test point",
+                                   "settings": asdict(cfg)}
+        try:
+            for dataset in cfg.datasets:
+                per_split = []
+                for i in range(cfg.splits):
+                    per_split.append(_one_split(cfg, dataset, i, out / dataset / f"split-{i}", resume=resume,
+                                                progress=progress))
+                    if bar is not None:
+                        bar.update(1)
+                results["datasets"][dataset] = {"summary": summarise(per_split, methods),
+                                                "nuts": _nuts_diagnostics(per_split, methods),
+                                                "splits": per_split}
+        finally:
+            if bar is not None:
+                bar.close()
+        figures = []
+        if "toy1d" in cfg.datasets:
+            figures.append(_toy_figure(cfg, out))
+        results["timing"] = {"total_s": time.perf_counter() - start}
+        write_json(out / "results.json", results)
+        (out / "report.md").write_text(_report(cfg, results, [f for f in figures if f is not None], out))
+    return results
+
+
+def toy_predictive(run_dir: Path, kind: str, xs: Any) -> tuple[Any, Any]:
+    """The predictive mean and standard deviation (target units) of one method's folder of the toy protocol
+    at the inputs ``xs`` (original units): ``kind`` is ``sgd``, ``swa``, ``swag`` or a subspace folder."""
+    import numpy as np
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from ..core.checkpoint import load_checkpoint
+    from ..zoo.data import make_loader
+    from .registry import get_method
+    from .runs import load_run_model, regression_predictive
+
+    swag_dir = run_dir.parent / "swag"
+    model, cfg, splits = load_run_model(run_dir if kind == "sgd" else swag_dir)
+    x_mean, x_std = splits.info["x_mean"], splits.info["x_std"]
+    x = torch.tensor((np.asarray(xs, dtype=float)[:, None] - x_mean) / x_std, dtype=torch.float32)
+    loader = make_loader(TensorDataset(x, torch.zeros(len(x))), 1000)
+    if kind in ("sgd", "swa", "swag"):
+        method = "sgd" if kind == "sgd" else kind
+        draw = get_method(method).predictive(run_dir if kind == "sgd" else swag_dir, cfg, model, cfg.samples).draw
+        weights = draw()
+    else:
+        state, _ = load_checkpoint(run_dir / "subspace.safetensors")
+        shift, basis, z = state["shift"], state["basis"], state["samples"]
+        weights = list(shift + z.to(basis) @ basis)
+    mean, var, _, _ = regression_predictive(model, weights, loader, cfg, splits)
+    return mean.numpy(), var.sqrt().numpy()
+
+
+def _toy_figure(cfg: RegressionProtocol, out: Path) -> Path | None:
+    try:
+        from .plots import plot_toy_regression
+    except ImportError:
+        return None
+    import numpy as np
+
+    from ..zoo.regression import toy1d_curve, toy1d_data
+
+    xs = np.linspace(-1.6, 1.6, 400)
+    root = out / "toy1d" / "split-0"
+    panels = {}
+    for kind in method_names(cfg):
+        folder = root / ("swag" if kind in ("swa", "swag") else kind)
+        panels[kind] = toy_predictive(folder if kind not in ("swa", "swag") else root / "swag", kind, xs)
+    x, y = toy1d_data(100, seed=0)
+    return plot_toy_regression(xs, panels, x[:, 0], y, out / "figures" / "toy1d.png", truth=toy1d_curve,
+                               title="1-D regression with a gap: predictive mean ± 2 sd")
+
+
+def _num(v: float | None, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def _report(cfg: RegressionProtocol, results: dict[str, Any], figures: list[Path], out: Path) -> str:
+    labels = {"sgd": "SGD", "swa": "SWA", "swag": "SWAG"}
+    lines = ["# Regression protocol: SGD, SWA, SWAG and subspace inference", "",
+             f"Gaussian MLP (one hidden layer of 50, {'heteroscedastic' if cfg.heteroscedastic else 'homoscedastic'} "
+             f"noise), {cfg.epochs} epochs, LR {cfg.lr}, weight decay {cfg.wd}, batch {cfg.batch_size}; SWAG "
+             f"collects {cfg.swag_rank} deviations over the second half at constant LR; subspaces of rank "
+             f"{cfg.rank} around the SWA mean, {cfg.samples} samples; temperature and prior scale chosen per "
+             f"split on validation NLL among T in {cfg.temperature} and s in {cfg.prior_scale}. "
+             f"{cfg.splits} random 90/10 splits per dataset; mean ± standard error over splits, test set, "
+             "target units. Coverage: fraction of test targets inside the central 95% predictive interval "
+             "(best: closest to 0.95).", ""]
+    for dataset, d in results["datasets"].items():
+        lines += [f"## {dataset}", "", "| method | RMSE | NLL | 95% coverage |", "|---|---|---|---|"]
+        for m, row in d["summary"].items():
+            lines.append(f"| {labels.get(m, m.replace('-', ' + ').upper())} | "
+                         + " | ".join(f"{row[k]['mean']:.3f} ± {row[k]['se']:.3f}" for k in ("rmse", "nll", "coverage_95"))
+                         + " |")
+        for m, diag in d.get("nuts", {}).items():
+            lines += ["", f"NUTS diagnostics ({m}, 2 chains per split, {diag['splits']} splits): largest r_hat "
+                      f"{_num(diag['r_hat_max'], '.3f')}, smallest n_eff {_num(diag['n_eff_min'], '.0f')} (over "
+                      "coordinates and splits), "
+                      f"{diag['divergences']} divergences, "
+                      f"mean acceptance {diag['acceptance_mean']:.3f}."]
+        lines.append("")
+    for f in figures:
+        lines += ["## 1-D regression with a gap (slide 32)", "",
+                  "Predictive mean and ±2 standard deviations of each method on the toy's split 0; the points are "
+                  "the training data.", "", f"![1-D toy]({f.relative_to(out)})", ""]
+    return "\n".join(lines)
