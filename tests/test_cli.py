@@ -120,8 +120,19 @@ def test_quick_demo_writes_the_run_folder(tmp_path):
 
     out = tmp_path / "demo"
     base = dataclasses.replace(DEMO_CONFIG, model="mlp", epochs=5, swa_start=2)
-    res = run_demo(out, seeds=[0], base=base, progress=False, log=lambda *a: None, curve={"epochs": 1, "points": 3})
+    res = run_demo(out, seeds=[0], base=base, progress=False, log=lambda *a: None, curve={"epochs": 1, "points": 3},
+                   subspace={"samples": 3, "burn_in": 1, "grid": 3, "toy": {"epochs": 10}})
     assert [m["method"] for m in res["methods"]] == ["SGD", "SWA", "SWA-Temp", "SWAG-diag", "SWAG", "FGE"]
+    sec = res["subspace"]
+    assert list(sec["rows"]) == ["PCA + ESS", "random + ESS"] and sec["rank"] == 2  # 3 deviations: 2 directions
+    for label, c in sec["chosen"].items():
+        assert c["temperature"] in sec["candidates"]["temperature"] and c["prior_scale"] in sec["candidates"]["prior_scale"]
+        # the choice is the candidate with the lowest validation NLL (seed 0's run folder keeps the candidates)
+        sub = json.loads((out / sec["per_seed"][label][0]["folder"] / "results.json").read_text())
+        best = min(sub["selection"]["candidates"], key=lambda x: x["val"]["nll"])
+        assert (best["temperature"], best["prior_scale"]) == (c["temperature"], c["prior_scale"])
+    assert (out / "subspace" / "pca-ess-seed0" / "figures" / "posterior.png").is_file()
+    assert (out / "subspace" / "toy1d" / "figures" / "toy1d.png").is_file()
     for m in res["methods"]:
         assert set(m["metrics"]["test"]) >= {"accuracy", "nll", "ece", "brier"}
     assert {m["method"] for m in res["methods"] if "ood_auroc" in m} == {"SGD", "SWA", "SWAG-diag", "SWAG"}
@@ -129,6 +140,15 @@ def test_quick_demo_writes_the_run_folder(tmp_path):
         assert (out / f).is_file(), f
     report = (out / "report.md").read_text()
     assert "| SWAG |" in report and "OOD AUROC" in report and "| Bezier curve |" in report
+    assert "## Subspace inference" in report and "| PCA + ESS |" in report and "subspace/toy1d/figures/toy1d.png" in report
+    # the full comparison on the finished folder: four subspace rows beside the demo's own SGD, SWA and SWAG
+    assert main(["subspace-table", str(out), "--quick", "--no-progress"]) == 0
+    table = json.loads((out / "subspace-table" / "summary.json").read_text())
+    assert list(table["rows"]) == ["PCA + ESS", "PCA + VI", "random + ESS", "curve + ESS"]
+    sgd = next(m for m in res["methods"] if m["method"] == "SGD")
+    assert table["baselines"]["SGD"]["nll"]["mean"] == pytest.approx(sgd["metrics"]["test"]["nll"], rel=1e-12)
+    assert "| curve + ESS |" in (out / "subspace-table" / "report.md").read_text()
+    assert main(["subspace-table", str(out), "--quick", "--no-progress"]) == 2  # exists: refused
     geo = res["geometry"]
     assert {"eig_SWA", "eig_SGD", "width_SWA"} <= set(geo["per_seed"][0])
     line = json.loads((out / "geometry" / "path" / "results.json").read_text())
@@ -154,4 +174,5 @@ def test_quick_demo_writes_the_run_folder(tmp_path):
     assert "no trajectory plane" in report and "trajectory plane, test error" not in report
     assert "| valley width |" in report and (out / "geometry" / "rays" / "figures" / "rays.png").is_file()
     with pytest.raises(FileExistsError):
-        run_demo(out, seeds=[0], base=base, progress=False, log=lambda *a: None, curve={"epochs": 1, "points": 3})
+        run_demo(out, seeds=[0], base=base, progress=False, log=lambda *a: None, curve={"epochs": 1, "points": 3},
+                 subspace=False)

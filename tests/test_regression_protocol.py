@@ -111,3 +111,21 @@ def test_resume_needs_a_protocol_folder(tmp_path, capsys):
     (tmp_path / "r").mkdir()
     refused(["regression", "--resume", "--out", tmp_path / "r"], capsys, names="no config.json",
             untouched=[tmp_path / "r"])
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_numbers_as_one_process(tmp_path):
+    # workers run one torch thread each; with this process on one thread too, the results are bit-identical
+    import torch
+
+    cfg = RegressionProtocol(datasets=["diabetes"], inference=["ess"], **{**TINY, "prior_scale": [2.0]})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = regression_protocol(cfg, tmp_path / "one", progress=False, jobs=1)
+    finally:
+        torch.set_num_threads(threads)
+    two = regression_protocol(cfg, tmp_path / "two", progress=False, jobs=2)
+    assert one["datasets"]["diabetes"]["summary"] == two["datasets"]["diabetes"]["summary"]
+    for a, b in zip(one["datasets"]["diabetes"]["splits"], two["datasets"]["diabetes"]["splits"]):
+        assert a["pca-ess"]["test"] == b["pca-ess"]["test"] and a["sgd"]["test"] == b["sgd"]["test"]

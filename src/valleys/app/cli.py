@@ -31,6 +31,9 @@ EXAMPLES = """examples:
 """
 
 
+JOBS_HELP = ("worker processes for the independent runs, one torch thread each (default: the CPU cores; 1: all "
+             "in this process with torch's own threads)")
+
 # ---------------------------------------------------------------------- flag validators (torch-free)
 # Each is an argparse ``type=``: argparse prefixes its message with the flag ("argument --lr: must be ...").
 SEED_MAX = 2 ** 63 - 1  # what every seeded generator (torch, numpy) accepts, with room for seed + epoch
@@ -323,6 +326,15 @@ def _parser() -> argparse.ArgumentParser:
     ss.add_argument("--overwrite", action="store_true", help="replace a subspace run already in --out")
     ss.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
+    st = sub.add_parser("subspace-table", help="the talk's classification comparison on a demo folder: SGD, SWA, "
+                        "SWAG beside PCA + ESS, PCA + VI, random + ESS and curve + ESS over its seeds (slides 30-31)")
+    st.add_argument("demo_dir", type=_path, help="a folder made by 'valleys demo' (with its curve folders)")
+    st.add_argument("--seeds", type=_seed, nargs="+", default=None, help="seeds (default: all in the folder)")
+    st.add_argument("--quick", action="store_true", help="rank 3, 8 samples: a smoke test")
+    st.add_argument("--overwrite", action="store_true", help="replace a subspace-table/ already in the folder")
+    st.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    st.add_argument("--jobs", type=_positive_int, default=None, help=JOBS_HELP)
+
     rg = sub.add_parser("regression", help="the UCI regression protocol over many splits: SGD, SWA, SWAG and "
                         "subspace inference (RMSE, NLL, 95%% coverage; the 1-D toy figure with --datasets toy1d)")
     rd = RegressionProtocol()
@@ -331,6 +343,7 @@ def _parser() -> argparse.ArgumentParser:
     rg.add_argument("--splits", type=_positive_int, default=rd.splits, help="random 90/10 splits per dataset")
     rg.add_argument("--epochs", type=_positive_int, default=rd.epochs, help="epochs of each network")
     rg.add_argument("--lr", type=_positive_float, default=rd.lr, help="initial LR (SGD decays it; SWAG keeps it)")
+    rg.add_argument("--swa-lr", type=_positive_float, default=None, help="SWAG's constant collection LR (default: --lr)")
     rg.add_argument("--wd", type=_non_negative_float, default=rd.wd, help="weight decay")
     rg.add_argument("--batch-size", type=_positive_int, default=rd.batch_size, help="minibatch size")
     rg.add_argument("--homoscedastic", action="store_true",
@@ -354,6 +367,7 @@ def _parser() -> argparse.ArgumentParser:
     rg.add_argument("--overwrite", action="store_true", help="replace a protocol already in --out")
     rg.add_argument("--resume", action="store_true", help="continue an interrupted protocol in --out")
     rg.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    rg.add_argument("--jobs", type=_positive_int, default=None, help=JOBS_HELP)
 
     m = sub.add_parser("demo", help="the main job: SGD, SWA, SWAG and FGE on MNIST-1D; tables, report, figures")
     m.add_argument("--quick", action="store_true",
@@ -363,6 +377,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--overwrite", action="store_true", help="replace a demo already in --out")
     m.add_argument("--no-progress", action="store_true", help="hide progress bars")
     m.add_argument("--no-ood", action="store_true", help="skip the split-classes OOD runs")
+    m.add_argument("--jobs", type=_positive_int, default=None, help=JOBS_HELP)
+    m.add_argument("--no-subspace", action="store_true",
+                   help="skip the subspace-inference section (PCA, random and curve subspaces; the 1-D toy figure)")
     g = m.add_argument_group("change the demo's setting (default: the embedded MNIST-1D configuration)")
     g.add_argument("--dataset", choices=list(DATASETS), default=None)
     g.add_argument("--model", choices=list(MODELS), default=None)
@@ -642,7 +659,7 @@ def _demo(args: argparse.Namespace) -> int:
         base.swa_lr = None  # default: the new lr
     keep = set(changes) | ({"swa_start"} if "epochs" in changes else set())  # --quick changes only the rest
     run_demo(args.out, quick=args.quick, seeds=args.seeds, overwrite=args.overwrite, progress=not args.no_progress,
-             base=base, ood=not args.no_ood, keep=keep)
+             base=base, ood=not args.no_ood, keep=keep, subspace=not args.no_subspace, jobs=args.jobs)
     return 0
 
 
@@ -653,6 +670,18 @@ def _geometry_demo(args: argparse.Namespace) -> int:
     geometry_section(args.demo_dir, seeds=args.seeds, quick=args.quick, progress=not args.no_progress,
                      overwrite=args.overwrite)
     print(f"\nwrote {Path(args.demo_dir) / 'geometry' / 'report.md'}")
+    return 0
+
+
+def _subspace_table(args: argparse.Namespace) -> int:
+    from .demo_subspace import subspace_table
+
+    _unique_seeds(args.seeds)
+    from .parallel import default_jobs
+
+    subspace_table(args.demo_dir, seeds=args.seeds, quick=args.quick, progress=not args.no_progress,
+                   overwrite=args.overwrite, jobs=args.jobs or default_jobs())
+    print(f"\nwrote {Path(args.demo_dir) / 'subspace-table' / 'report.md'}")
     return 0
 
 
@@ -676,8 +705,10 @@ def _regression(args: argparse.Namespace) -> int:
                              heteroscedastic=not args.homoscedastic)
     if args.overwrite and args.resume:
         raise ValueError("--overwrite and --resume contradict each other: choose one")
+    from .parallel import default_jobs
+
     res = regression_protocol(cfg, args.out, overwrite=args.overwrite, resume=args.resume,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, jobs=args.jobs or default_jobs())
     for dataset, d in res["datasets"].items():
         print(f"{dataset}: test mean over {cfg.splits} splits")
         for m, row in d["summary"].items():
@@ -703,7 +734,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("plane", "path", "rays", "landscape", "sharpness"):
             return _geometry(args)
         return {"evaluate": _evaluate, "demo": _demo, "connect": _connect, "subspace": _subspace,
-                "geometry": _geometry_demo, "regression": _regression}[args.command](args)
+                "geometry": _geometry_demo, "regression": _regression,
+                "subspace-table": _subspace_table}[args.command](args)
     except KeyboardInterrupt:
         _finish_progress_bars()
         print(f"valleys {args.command}: {_interrupted(args)}", file=sys.stderr)

@@ -8,6 +8,7 @@ three methods) and ``fge``; with ``ood`` the same SGD and SWAG runs again under 
 second SGD network is trained when there is one seed), against the straight segment's barrier. Geometry
 (slides 6, 9-15): for the first seed, the plane through three SGD iterates of the SWAG run with SWA projected,
 the line from SWA to SGD, random rays from both; for every seed, the top Hessian eigenvalue of SWA and SGD.
+Subspace inference (slides 25-33): see :mod:`valleys.app.demo_subspace`.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from typing import Any
 
 from ..core.checkpoint import write_json
 from .connect import ConnectConfig, connect_runs
+from .demo_subspace import subspace_lines, subspace_section
 from ..zoo.data import load_dataset
 from .report import aggregate, describe_config, format_table, markdown_table
 from .folders import check_output, output_guard
+from .parallel import default_jobs, run_jobs
 from .runs import TrainConfig, evaluate_run, prepare_run_dir, train_run
 
 __all__ = ["DEMO_CONFIG", "ROWS", "geometry_section", "run_demo"]
@@ -76,11 +79,14 @@ def quick_base(base: TrainConfig, keep: Iterable[str] = ()) -> TrainConfig:
 def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Sequence[int] | None = None,
              overwrite: bool = False, progress: bool = True, base: TrainConfig | None = None, ood: bool = True,
              curves: bool = True, curve: dict | None = None, log: Callable[..., None] = print,
-             keep: Iterable[str] = ()) -> dict[str, Any]:
+             keep: Iterable[str] = (), subspace: bool | dict = True, jobs: int | None = None) -> dict[str, Any]:
     """Train the demo's runs for each seed under ``out`` and write the summary into ``out``.
 
     ``quick`` shrinks the budget (:data:`QUICK`) except for the settings of ``base`` named in ``keep`` (those
-    the user set: ``valleys demo --quick --epochs 4`` trains 4 epochs).
+    the user set: ``valleys demo --quick --epochs 4`` trains 4 epochs). ``subspace``: the subspace-inference
+    section (:mod:`valleys.app.demo_subspace`), ``False`` to skip it, or a dict of its settings' overrides.
+    ``jobs``: worker processes for the independent runs (default: the CPU cores; see
+    :mod:`valleys.app.parallel`; 1 runs everything in this process).
 
     Returns the content of ``out/results.json``: one entry per method (``method``, ``metrics.test`` with the
     mean over seeds, ``spread`` with mean/std/min/max, ``ood_auroc`` where measured).
@@ -95,11 +101,13 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
     prepare_run_dir(out, overwrite=overwrite, create=False)  # refuse before any work
     with output_guard(out):  # a failed or interrupted demo leaves nothing that blocks running it again
         out = prepare_run_dir(out, overwrite=overwrite)
-        return _demo_body(out, base, cfgs, seeds, quick, progress, ood, curves, curve, log)
+        jobs = default_jobs(base.device) if jobs is None else jobs
+        return _demo_body(out, base, cfgs, seeds, quick, progress, ood, curves, curve, log, subspace, jobs)
 
 
 def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick: bool, progress: bool, ood: bool,
-               curves: bool, curve: dict | None, log: Callable[..., None]) -> dict[str, Any]:
+               curves: bool, curve: dict | None, log: Callable[..., None], subspace: bool | dict = True,
+               jobs: int = 1) -> dict[str, Any]:
     start = time.perf_counter()
     splits = load_dataset(base.dataset, val_fraction=base.val_fraction, train_subset=base.train_subset,
                           test_subset=base.test_subset, root=base.data_root)  # a data error: the guard cleans up
@@ -108,18 +116,31 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
     per_row: dict[str, list[dict]] = {r: [] for r in ROWS}
     ood_auroc: dict[str, list[float]] = {r: [] for r in OOD_ROWS}
     cache: dict = {}
+    # every training run is independent: spread them over the workers (see valleys.app.parallel)
+    calls, names = [], []
     for seed in seeds:
         for method, cfg in cfgs.items():
-            res = train_run(dataclasses.replace(cfg, seed=seed), out / f"{method}-seed{seed}", overwrite=True,
-                            progress=progress, splits=splits)
+            calls.append({"cfg": dataclasses.replace(cfg, seed=seed), "out": out / f"{method}-seed{seed}",
+                          "splits": splits})
+            names.append((method, seed))
+        for method in ("sgd", "swag") if ood else ():
+            calls.append({"cfg": dataclasses.replace(cfgs[method], seed=seed, ood_split=True),
+                          "out": out / f"ood-{method}-seed{seed}", "splits": ood_splits})
+            names.append((f"ood-{method}", seed))
+    for call in calls:
+        call.update(overwrite=True, progress=progress and jobs <= 1)
+    bar = _jobs_bar(len(calls), "demo runs", progress and jobs > 1)
+    try:
+        for (method, seed), res in zip(names, run_jobs(train_run, calls, jobs=jobs, progress=bar)):
             log(f"  {method:4s} seed {seed}: test accuracy {100 * res['metrics']['test']['accuracy']:.2f}%  "
                 f"NLL {res['metrics']['test']['nll']:.4f}  ({res['timing']['total_train_s']:.1f}s training)")
+    finally:
+        if bar is not None:
+            bar.close()
+    for seed in seeds:
         for row, (run, method, temp) in ROWS.items():
             per_row[row].append(_row_result(out / f"{run}-seed{seed}", run, method, temp, splits, cache))
         if ood:
-            for method in ("sgd", "swag"):
-                cfg = dataclasses.replace(cfgs[method], seed=seed, ood_split=True)
-                train_run(cfg, out / f"ood-{method}-seed{seed}", overwrite=True, progress=progress, splits=ood_splits)
             for row in OOD_ROWS:
                 run, method, temp = ROWS[row]
                 res = _row_result(out / f"ood-{run}-seed{seed}", run, method, temp, ood_splits, cache)
@@ -127,9 +148,13 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
             log(f"  OOD seed {seed}: AUROC " + ", ".join(f"{r} {ood_auroc[r][-1]:.4f}" for r in OOD_ROWS))
 
     connectivity = _connect(out, seeds, cfgs["sgd"], splits, curve or (CURVE_QUICK if quick else CURVE),
-                            progress, log) if curves else None
+                            progress, log, jobs) if curves else None
     geometry = _geometry(out, seeds, quick, progress, log) if curves else None
     rows = {r: aggregate([x["metrics"]["test"] for x in xs]) for r, xs in per_row.items()}
+    section = None
+    if subspace:
+        section = subspace_section(out, seeds, None, quick=quick, progress=progress, log=log,
+                                   settings=subspace if isinstance(subspace, dict) else None, jobs=jobs)
     methods = []
     for r, xs in per_row.items():
         entry: dict[str, Any] = {
@@ -145,7 +170,7 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
             entry["ensemble_test_accuracy"] = [x["metrics"]["test"]["accuracy"] for x in xs]
         methods.append(entry)
     results = {"dataset": base.dataset, "model": base.model, "seeds": seeds, "quick": quick, "methods": methods,
-               "mode_connectivity": connectivity, "geometry": geometry,
+               "mode_connectivity": connectivity, "geometry": geometry, "subspace": section,
                "timing": {"total_s": time.perf_counter() - start}}
     write_json(out / "config.json", {"base": dataclasses.asdict(base), "runs": {m: dataclasses.asdict(c) for m, c in cfgs.items()},
                                      "seeds": seeds, "quick": quick, "ood": ood})
@@ -155,7 +180,12 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
         figures["mode connectivity (slide 7)"] = out / connectivity["pairs"][0]["folder"] / "figures" / "path.png"
     if geometry:
         figures.update({t: out / "geometry" / sub / "figures" / name for t, (sub, name) in GEOMETRY_FIGURES.items()})
-    _report(out, base, seeds, cfgs, rows, methods, figures, results["timing"]["total_s"], connectivity, geometry)
+    if section:
+        figures["posterior over a 2-D slice of the PCA subspace (slides 27-29)"] = (
+            out / "subspace" / f"pca-ess-seed{seeds[0]}" / "figures" / "posterior.png")
+        figures["1-D regression with a gap (slide 32)"] = out / section["toy"]["figure"]
+    _report(out, base, seeds, cfgs, rows, methods, figures, results["timing"]["total_s"], connectivity, geometry,
+            section)
     log("")
     log(format_table(rows))
     if ood:
@@ -163,6 +193,15 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
             f"{r} {aggregate([{'a': a} for a in ood_auroc[r]], ['a'])['a']['mean']:.4f}" for r in OOD_ROWS))
     log(f"\nwrote {out}/results.json, {out}/report.md and {len(figures)} figures")
     return results
+
+
+def _jobs_bar(total: int, desc: str, show: bool) -> Any:
+    """A bar over finished jobs when they run in workers (whose own bars are off)."""
+    if not show:
+        return None
+    from ..core.optional import progress_bar
+
+    return progress_bar(total=total, unit="run", desc=desc, dynamic_ncols=True)
 
 
 def _figures(out: Path, seeds, cfgs, per_row, base) -> dict[str, Path]:
@@ -185,7 +224,7 @@ def _figures(out: Path, seeds, cfgs, per_row, base) -> dict[str, Path]:
 
 
 def _connect(out: Path, seeds: list[int], sgd_cfg: TrainConfig, splits, curve: dict, progress: bool,
-             log: Callable[..., None]) -> dict[str, Any]:
+             log: Callable[..., None], jobs: int = 1) -> dict[str, Any]:
     """Bezier curves between SGD networks of different seeds; summary of barriers (mean over pairs)."""
     ends = list(seeds)
     if len(ends) == 1:  # a second independent network
@@ -195,10 +234,11 @@ def _connect(out: Path, seeds: list[int], sgd_cfg: TrainConfig, splits, curve: d
         ends.append(extra)
     pairs = [(ends[i], ends[(i + 1) % len(ends)]) for i in range(len(ends) if len(ends) > 2 else 1)]
     rows = []
-    for a, b in pairs:
+    calls = [{"cfg": ConnectConfig(str(out / f"sgd-seed{a}"), str(out / f"sgd-seed{b}"), seed=a, **curve),
+              "out": out / f"curve-seed{a}-seed{b}", "overwrite": True, "progress": progress and jobs <= 1}
+             for a, b in pairs]
+    for (a, b), res in zip(pairs, run_jobs(connect_runs, calls, jobs=jobs)):
         folder = f"curve-seed{a}-seed{b}"
-        res = connect_runs(ConnectConfig(str(out / f"sgd-seed{a}"), str(out / f"sgd-seed{b}"), seed=a, **curve),
-                           out / folder, overwrite=True, progress=progress)
         bar = res["barrier"]
         rows.append({"folder": folder, "segment_max_test_error": bar["segment_max_test_error"],
                      "curve_max_test_error": bar["curve_max_test_error"],
@@ -266,7 +306,7 @@ def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Cal
 
 
 def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float, connectivity=None,
-            geometry=None) -> None:
+            geometry=None, section=None) -> None:
     swa_start = cfgs["swag"].swa_start
     ood_lines = [f"| {m['method']} | {m['ood_auroc']['mean']:.4f} ± {m['ood_auroc']['std']:.4f} |"
                  for m in methods if "ood_auroc" in m]
@@ -309,6 +349,8 @@ def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float
                   f"| Bezier curve | {cell('curve_max_test_error')} | {cell('curve_max_train_loss', False)} |", ""]
     if geometry:
         lines += _geometry_lines(geometry, seeds)
+    if section:
+        lines += subspace_lines(section, rows)
     for title, path in figures.items():
         lines += [f"## {title[0].upper() + title[1:]}", "", f"![{title}]({path.relative_to(out)})", ""]
     lines += ["## Settings", "", describe_config(dataclasses.asdict(cfgs["swag"])), "", f"Total time {total_s:.1f} s.", ""]

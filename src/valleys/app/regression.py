@@ -41,6 +41,7 @@ class RegressionProtocol:
     splits: int = 10
     epochs: int = 200
     lr: float = 0.01
+    swa_lr: float | None = None  # SWAG's constant collection LR (default: lr)
     wd: float = 1e-4
     batch_size: int = 32
     heteroscedastic: bool = True
@@ -96,10 +97,10 @@ class RegressionProtocol:
             raise ValueError(f"--rank {self.rank} needs at least {self.rank + 1} SWAG deviations, but {self.epochs} "
                              f"epochs with --swag-rank {self.swag_rank} collect {collected}; raise --epochs or "
                              "lower --rank")
-        for name in ("lr",):
+        for name in ("lr", "swa_lr"):
             v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"--lr must be finite and > 0, got {v!r}")
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be finite and > 0, got {v!r}")
         if not (math.isfinite(self.wd) and self.wd >= 0):
             raise ValueError(f"--wd must be finite and >= 0, got {self.wd!r}")
         SubspaceConfig(run="-", rank=self.rank, inference=self.inference[0] if self.inference else "ess",
@@ -116,6 +117,7 @@ def _train_config(cfg: RegressionProtocol, dataset: str, split: int, method: str
     from .runs import TrainConfig
 
     return TrainConfig(dataset=dataset, model="mlp", method=method, epochs=cfg.epochs, lr=cfg.lr, wd=cfg.wd,
+                       swa_lr=cfg.swa_lr if method == "swag" else None,
                        batch_size=cfg.batch_size, heteroscedastic=cfg.heteroscedastic, rank=cfg.swag_rank,
                        samples=cfg.samples, uci_split=split, seed=cfg.seed + split, data_root=cfg.data_root,
                        checkpoint_every=cfg.epochs, eval_every=cfg.epochs)
@@ -203,11 +205,13 @@ def _nuts_diagnostics(per_split: list[dict[str, Any]], methods: list[str]) -> di
 
 
 def regression_protocol(cfg: RegressionProtocol, out: str | Path, *, overwrite: bool = False, resume: bool = False,
-                        progress: bool = True) -> dict[str, Any]:
-    """Run the protocol (module docstring) into ``out``; returns what ``results.json`` holds."""
+                        progress: bool = True, jobs: int = 1) -> dict[str, Any]:
+    """Run the protocol (module docstring) into ``out``; returns what ``results.json`` holds. ``jobs``: worker
+    processes over the (dataset, split) pairs (:mod:`valleys.app.parallel`; 1: all in this process)."""
     from ..core.checkpoint import write_json
     from ..core.optional import progress_bar
     from .folders import output_guard
+    from .parallel import run_jobs
     from .runs import prepare_run_dir, read_json_object
 
     cfg.check()
@@ -232,13 +236,11 @@ def regression_protocol(cfg: RegressionProtocol, out: str | Path, *, overwrite: 
                                    "units": "target units; nll is the mean negative log-likelihood per test point",
                                    "settings": asdict(cfg)}
         try:
+            calls = [{"cfg": cfg, "dataset": dataset, "split": i, "root": out / dataset / f"split-{i}",
+                      "resume": resume, "progress": False} for dataset in cfg.datasets for i in range(cfg.splits)]
+            done = list(run_jobs(_one_split, calls, jobs=jobs, progress=bar))  # splits are independent
             for dataset in cfg.datasets:
-                per_split = []
-                for i in range(cfg.splits):
-                    per_split.append(_one_split(cfg, dataset, i, out / dataset / f"split-{i}", resume=resume,
-                                                progress=progress))
-                    if bar is not None:
-                        bar.update(1)
+                per_split = [d for c, d in zip(calls, done) if c["dataset"] == dataset]
                 results["datasets"][dataset] = {"summary": summarise(per_split, methods),
                                                 "nuts": _nuts_diagnostics(per_split, methods),
                                                 "splits": per_split}
@@ -312,7 +314,7 @@ def _report(cfg: RegressionProtocol, results: dict[str, Any], figures: list[Path
     lines = ["# Regression protocol: SGD, SWA, SWAG and subspace inference", "",
              f"Gaussian MLP (one hidden layer of 50, {'heteroscedastic' if cfg.heteroscedastic else 'homoscedastic'} "
              f"noise), {cfg.epochs} epochs, LR {cfg.lr}, weight decay {cfg.wd}, batch {cfg.batch_size}; SWAG "
-             f"collects {cfg.swag_rank} deviations over the second half at constant LR; subspaces of rank "
+             f"collects {cfg.swag_rank} deviations over the second half at constant LR {cfg.swa_lr or cfg.lr}; subspaces of rank "
              f"{cfg.rank} around the SWA mean, {cfg.samples} samples; temperature and prior scale chosen per "
              f"split on validation NLL among T in {cfg.temperature} and s in {cfg.prior_scale}. "
              f"{cfg.splits} random 90/10 splits per dataset; mean ± standard error over splits, test set, "
