@@ -22,11 +22,11 @@ from typing import Any
 
 from ..core.checkpoint import write_json
 from .connect import ConnectConfig, connect_runs
-from .demo_subspace import subspace_lines, subspace_section
+from .demo_subspace import subspace_finish, subspace_lines, subspace_plan
 from ..zoo.data import load_dataset
 from .report import aggregate, describe_config, format_table, markdown_table
 from .folders import check_output, output_guard
-from .parallel import default_jobs, run_jobs
+from .parallel import call, default_jobs, run_jobs
 from .runs import TrainConfig, evaluate_run, prepare_run_dir, train_run
 
 __all__ = ["DEMO_CONFIG", "ROWS", "geometry_section", "run_demo"]
@@ -147,14 +147,19 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
                 ood_auroc[row].append(res["ood_auroc"])
             log(f"  OOD seed {seed}: AUROC " + ", ".join(f"{r} {ood_auroc[r][-1]:.4f}" for r in OOD_ROWS))
 
-    connectivity = _connect(out, seeds, cfgs["sgd"], splits, curve or (CURVE_QUICK if quick else CURVE),
-                            progress, log, jobs) if curves else None
+    # the curves and the subspace section's first runs share one pool (they need only the trained runs)
+    plan = subspace_plan(out, seeds, None, quick=quick, progress=progress, jobs=jobs,
+                         settings=subspace if isinstance(subspace, dict) else None) if subspace else None
+    extra = plan.first_calls if plan else []
+    connectivity = None
+    if curves:
+        connectivity, first = _connect(out, seeds, cfgs["sgd"], splits, curve or (CURVE_QUICK if quick else CURVE),
+                                       progress, log, jobs, extra)
+    else:
+        first = list(run_jobs(call, extra, jobs=jobs))
     geometry = _geometry(out, seeds, quick, progress, log) if curves else None
     rows = {r: aggregate([x["metrics"]["test"] for x in xs]) for r, xs in per_row.items()}
-    section = None
-    if subspace:
-        section = subspace_section(out, seeds, None, quick=quick, progress=progress, log=log,
-                                   settings=subspace if isinstance(subspace, dict) else None, jobs=jobs)
+    section = subspace_finish(plan, first, log) if plan else None
     methods = []
     for r, xs in per_row.items():
         entry: dict[str, Any] = {
@@ -224,8 +229,9 @@ def _figures(out: Path, seeds, cfgs, per_row, base) -> dict[str, Path]:
 
 
 def _connect(out: Path, seeds: list[int], sgd_cfg: TrainConfig, splits, curve: dict, progress: bool,
-             log: Callable[..., None], jobs: int = 1) -> dict[str, Any]:
-    """Bezier curves between SGD networks of different seeds; summary of barriers (mean over pairs)."""
+             log: Callable[..., None], jobs: int = 1, extra: list[dict] | None = None) -> tuple[dict[str, Any], list]:
+    """Bezier curves between SGD networks of different seeds; summary of barriers (mean over pairs). ``extra``:
+    other jobs (:func:`valleys.app.parallel.call` arguments) run in the same pool; their results come second."""
     ends = list(seeds)
     if len(ends) == 1:  # a second independent network
         extra = ends[0] + 1
@@ -234,10 +240,18 @@ def _connect(out: Path, seeds: list[int], sgd_cfg: TrainConfig, splits, curve: d
         ends.append(extra)
     pairs = [(ends[i], ends[(i + 1) % len(ends)]) for i in range(len(ends) if len(ends) > 2 else 1)]
     rows = []
-    calls = [{"cfg": ConnectConfig(str(out / f"sgd-seed{a}"), str(out / f"sgd-seed{b}"), seed=a, **curve),
+    calls = [{"fn": connect_runs, "cfg": ConnectConfig(str(out / f"sgd-seed{a}"), str(out / f"sgd-seed{b}"), seed=a,
+                                                      **curve),
               "out": out / f"curve-seed{a}-seed{b}", "overwrite": True, "progress": progress and jobs <= 1}
              for a, b in pairs]
-    for (a, b), res in zip(pairs, run_jobs(connect_runs, calls, jobs=jobs)):
+    extra = list(extra or [])
+    bar = _jobs_bar(len(calls) + len(extra), "curves and subspaces", progress and jobs > 1)
+    try:
+        results = list(run_jobs(call, calls + extra, jobs=jobs, progress=bar))
+    finally:
+        if bar is not None:
+            bar.close()
+    for (a, b), res in zip(pairs, results):
         folder = f"curve-seed{a}-seed{b}"
         bar = res["barrier"]
         rows.append({"folder": folder, "segment_max_test_error": bar["segment_max_test_error"],
@@ -250,7 +264,7 @@ def _connect(out: Path, seeds: list[int], sgd_cfg: TrainConfig, splits, curve: d
     keys = [k for k in rows[0] if k != "folder"]
     return {"kind": "bezier", "bends": 3, **curve, "epochs": res["training"]["epochs"], "lr": res["training"]["lr"],
             "bn": res["curve"]["bn"],
-            "pairs": rows, "summary": aggregate(rows, keys)}
+            "pairs": rows, "summary": aggregate(rows, keys)}, results[len(calls):]
 
 
 def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Callable[..., None]) -> dict[str, Any]:

@@ -14,12 +14,14 @@ looked at for a choice. The regression figure is :func:`valleys.app.regression.r
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .report import aggregate
 
-__all__ = ["CANDIDATES", "DEMO_RUNS", "FULL_RUNS", "subspace_section", "subspace_lines", "subspace_table"]
+__all__ = ["CANDIDATES", "DEMO_RUNS", "FULL_RUNS", "SubspacePlan", "subspace_plan", "subspace_finish",
+           "subspace_section", "subspace_lines", "subspace_table"]
 
 #: (space, inference) of each row, in table order: the demo's, and the full comparison's.
 DEMO_RUNS = (("pca", "ess"), ("random", "ess"))
@@ -37,11 +39,43 @@ def _label(space: str, inference: str) -> str:
     return f"{space.upper() if space == 'pca' else space} + {inference.upper() if inference != 'vi' else 'VI'}"
 
 
-def subspace_section(out: Path, seeds: list[int], curves: dict[int, str] | None, *, quick: bool, progress: bool,
-                     log: Callable[..., None] = print, runs: tuple[tuple[str, str], ...] = DEMO_RUNS,
-                     folder: str = "subspace", settings: dict[str, Any] | None = None,
-                     toy: bool = True, jobs: int = 1) -> dict[str, Any]:
-    """Run the section (module docstring) on the demo folder ``out``, writing under ``out / folder``.
+@dataclass
+class SubspacePlan:
+    """The section's work, planned: ``first_calls`` (the first seed of every row, each choosing among the
+    candidates, and the toy) can run in any pool (:func:`valleys.app.parallel.run_jobs` with
+    :func:`valleys.app.parallel.call`); :func:`subspace_finish` runs the other seeds with the choices."""
+
+    out: Path
+    seeds: list[int]
+    curves: dict[int, str] | None
+    runs: tuple[tuple[str, str], ...]
+    folder: str
+    settings: dict[str, Any]
+    toy_settings: dict[str, Any] | None
+    rank: int
+    progress: bool
+    jobs: int
+    first_calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def job(self, seed: int, space: str, inference: str, t: Any, s: Any, first: bool) -> dict[str, Any]:
+        """The arguments of one subspace run (for :func:`valleys.app.parallel.call`)."""
+        from .subspace import SubspaceConfig, subspace_run
+
+        st = self.settings
+        run = self.out / (f"sgd-seed{seed}" if space == "curve" else f"swag-seed{seed}")
+        cfg = SubspaceConfig(str(run), space=space, rank=2 if space == "curve" else self.rank, inference=inference,
+                             samples=st["samples"], burn_in=st["burn_in"], vi_steps=st["vi_steps"],
+                             temperature=t, prior_scale=s, seed=seed,
+                             curve=str(self.out / self.curves[seed]) if space == "curve" and self.curves else None,
+                             grid=st["grid"] if (first and space == "pca" and inference == "ess") else 0)
+        return {"fn": subspace_run, "cfg": cfg, "out": self.out / self.folder / f"{space}-{inference}-seed{seed}",
+                "overwrite": True, "progress": self.progress and self.jobs <= 1}
+
+
+def subspace_plan(out: Path, seeds: list[int], curves: dict[int, str] | None, *, quick: bool, progress: bool,
+                  runs: tuple[tuple[str, str], ...] = DEMO_RUNS, folder: str = "subspace",
+                  settings: dict[str, Any] | None = None, toy: bool = True, jobs: int = 1) -> SubspacePlan:
+    """Plan the section (module docstring) on the demo folder ``out``, to write under ``out / folder``.
 
     Args:
         curves: seed -> the curve folder (relative to ``out``) whose first endpoint is that seed's SGD run
@@ -49,56 +83,48 @@ def subspace_section(out: Path, seeds: list[int], curves: dict[int, str] | None,
         runs: the (space, inference) rows (:data:`DEMO_RUNS` or :data:`FULL_RUNS`).
         settings: overrides of :data:`SETTINGS` (or :data:`QUICK_SETTINGS`) and, under ``"toy"``, of the toy's.
         toy: also the 1-D regression figure.
-        jobs: worker processes (:mod:`valleys.app.parallel`); the first seed's rows run side by side, then the
-            other seeds' rows.
-
-    Returns the section's summary (``rows``: test metrics mean and std over seeds per row)."""
-    from .parallel import call, run_jobs
+        jobs: worker processes (:mod:`valleys.app.parallel`) for the other seeds' runs.
+    """
     from .regression import RegressionProtocol, regression_protocol
-    from .subspace import SubspaceConfig, subspace_run
 
     overrides = dict(settings or {})
     toy_settings = {**(TOY_QUICK if quick else TOY), **overrides.pop("toy", {})}
-    settings = {**(QUICK_SETTINGS if quick else SETTINGS), **overrides}
-    rank = min(settings["rank"], _deviations(out / f"swag-seed{seeds[0]}") - 1)
-    runs = tuple(r for r in runs if r[0] != "curve" or curves)
-
-    def job(seed: int, space: str, inference: str, t: Any, s: Any, first: bool) -> dict[str, Any]:
-        run = out / (f"sgd-seed{seed}" if space == "curve" else f"swag-seed{seed}")
-        cfg = SubspaceConfig(str(run), space=space, rank=2 if space == "curve" else rank, inference=inference,
-                             samples=settings["samples"], burn_in=settings["burn_in"], vi_steps=settings["vi_steps"],
-                             temperature=t, prior_scale=s, seed=seed,
-                             curve=str(out / curves[seed]) if space == "curve" and curves else None,
-                             grid=settings["grid"] if (first and space == "pca" and inference == "ess") else 0)
-        return {"fn": subspace_run, "cfg": cfg, "out": out / folder / f"{space}-{inference}-seed{seed}",
-                "overwrite": True, "progress": progress and jobs <= 1}
-
-    # stage 1: the first seed of every row, each choosing among the candidates (and the toy beside them)
-    calls = [job(seeds[0], sp, inf, CANDIDATES["temperature"], CANDIDATES["prior_scale"], True) for sp, inf in runs]
-    section: dict[str, Any] = {"folder": folder, "toy": None}
+    st = {**(QUICK_SETTINGS if quick else SETTINGS), **overrides}
+    plan = SubspacePlan(out, list(seeds), curves, tuple(r for r in runs if r[0] != "curve" or curves), folder, st,
+                        toy_settings if toy else None,
+                        min(st["rank"], _deviations(out / f"swag-seed{seeds[0]}") - 1), progress, jobs)
+    plan.first_calls = [plan.job(seeds[0], sp, inf, CANDIDATES["temperature"], CANDIDATES["prior_scale"], True)
+                        for sp, inf in plan.runs]
     if toy:
         e = toy_settings["epochs"]
         proto = RegressionProtocol(datasets=["toy1d"], splits=1, spaces=["pca", "random"], inference=["ess"],
-                                   samples=settings["samples"], burn_in=settings["burn_in"],
-                                   rank=max(1, min(settings["rank"], min(20, e - e // 2) - 1)), **toy_settings)
-        calls.append({"fn": regression_protocol, "cfg": proto, "out": out / folder / "toy1d", "overwrite": True,
-                      "progress": False})
-    results = list(run_jobs(call, calls, jobs=jobs))
+                                   samples=st["samples"], burn_in=st["burn_in"],
+                                   rank=max(1, min(st["rank"], min(20, e - e // 2) - 1)), **toy_settings)
+        plan.first_calls.append({"fn": regression_protocol, "cfg": proto, "out": out / folder / "toy1d",
+                                 "overwrite": True, "progress": False})
+    return plan
+
+
+def subspace_finish(plan: SubspacePlan, first: list[Any], log: Callable[..., None] = print) -> dict[str, Any]:
+    """Given the results of ``plan.first_calls``, run the other seeds with the chosen settings; the summary."""
+    from .parallel import call, run_jobs
+
+    out, seeds, folder = plan.out, plan.seeds, plan.folder
     chosen = {r: (res["posterior"]["temperature"], res["posterior"]["prior_scale"])
-              for r, res in zip(runs, results)}
-    done = {(seeds[0], *r): res for r, res in zip(runs, results)}
-    if toy:
-        toy_res = results[-1]
+              for r, res in zip(plan.runs, first)}
+    done = {(seeds[0], *r): res for r, res in zip(plan.runs, first)}
+    section: dict[str, Any] = {"folder": folder, "toy": None}
+    if plan.toy_settings is not None:
+        toy_res = first[len(plan.runs)]
         log(f"  1-D toy regression: {len(toy_res['methods'])} methods, figure {folder}/toy1d/figures/toy1d.png")
         section["toy"] = {"folder": f"{folder}/toy1d", "figure": f"{folder}/toy1d/figures/toy1d.png",
-                          "settings": toy_settings, "summary": toy_res["datasets"]["toy1d"]["summary"]}
-    # stage 2: the other seeds with the chosen settings
-    rest = [(seed, sp, inf) for seed in seeds[1:] for sp, inf in runs]
-    calls = [job(seed, sp, inf, *chosen[sp, inf], False) for seed, sp, inf in rest]
-    done.update(zip(rest, run_jobs(call, calls, jobs=jobs)))
+                          "settings": plan.toy_settings, "summary": toy_res["datasets"]["toy1d"]["summary"]}
+    rest = [(seed, sp, inf) for seed in seeds[1:] for sp, inf in plan.runs]
+    calls = [plan.job(seed, sp, inf, *chosen[sp, inf], False) for seed, sp, inf in rest]
+    done.update(zip(rest, run_jobs(call, calls, jobs=plan.jobs)))
     per_seed: dict[str, list[dict[str, Any]]] = {}
     for seed in seeds:
-        for space, inference in runs:
+        for space, inference in plan.runs:
             res = done[seed, space, inference]
             where = out / folder / f"{space}-{inference}-seed{seed}"
             per_seed.setdefault(_label(space, inference), []).append(
@@ -108,11 +134,20 @@ def subspace_section(out: Path, seeds: list[int], curves: dict[int, str] | None,
                 f"  NLL {res['metrics']['test']['nll']:.4f}  (T {res['posterior']['temperature']:g}, "
                 f"s {res['posterior']['prior_scale']:g}; {res['timing']['sample_s']:.1f}s)")
     keys = ["accuracy", "nll", "ece", "brier"]
-    return {**section, "rank": rank, "settings": settings, "candidates": CANDIDATES,
+    return {**section, "rank": plan.rank, "settings": plan.settings, "candidates": CANDIDATES,
             "chosen": {_label(*k): {"temperature": v[0], "prior_scale": v[1]} for k, v in chosen.items()},
             "chosen_on": f"validation split of seed {seeds[0]}",
             "rows": {label: aggregate([r["test"] for r in rows], keys) for label, rows in per_seed.items()},
             "per_seed": per_seed}
+
+
+def subspace_section(out: Path, seeds: list[int], curves: dict[int, str] | None, *, quick: bool, progress: bool,
+                     log: Callable[..., None] = print, jobs: int = 1, **plan: Any) -> dict[str, Any]:
+    """:func:`subspace_plan` (its keyword arguments ``plan``), its first calls, then :func:`subspace_finish`."""
+    from .parallel import call, run_jobs
+
+    p = subspace_plan(out, seeds, curves, quick=quick, progress=progress, jobs=jobs, **plan)
+    return subspace_finish(p, list(run_jobs(call, p.first_calls, jobs=jobs)), log)
 
 
 def _deviations(swag_run: Path) -> int:
