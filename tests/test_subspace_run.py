@@ -80,3 +80,14 @@ def test_subspace_command_line(swag_runs, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--rank 9" in err[0] and "Traceback" not in err[0]
     assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.slow
+def test_pca_subspace_with_a_flow(swag_runs, tmp_path):
+    res = subspace_run(SubspaceConfig(str(swag_runs / "swag0"), space="pca", rank=2, inference="flow", samples=5,
+                                      vi_steps=15, flow_layers=2, temperature=20.0), tmp_path / "flow", progress=False)
+    assert res["sampler"]["method"] == "flow" and res["sampler"]["diagnostics"]["layers"] == 2
+    assert res["num_samples"] == 5 and math.isfinite(res["metrics"]["test"]["nll"])
+    with pytest.raises(ValueError, match="--flow-layers"):
+        subspace_run(SubspaceConfig(str(swag_runs / "swag0"), inference="flow", flow_layers=-1), tmp_path / "bad",
+                     progress=False)

@@ -304,8 +304,9 @@ def _parser() -> argparse.ArgumentParser:
                          "Gaussian directions around the run's weights; curve: the plane of a --curve folder")
     ss.add_argument("--rank", type=_positive_int, default=5, help="subspace dimension k (2 for --space curve)")
     ss.add_argument("--curve", default=None, help="a 'valleys connect' folder whose endpoints include the run")
-    ss.add_argument("--inference", default="ess", choices=["ess", "vi", "nuts"],
-                    help="elliptical slice sampling, mean-field VI, or NUTS (needs valleys[pyro])")
+    ss.add_argument("--inference", default="ess", choices=["ess", "vi", "flow", "nuts"],
+                    help="elliptical slice sampling, mean-field VI, VI with a RealNVP flow, or NUTS (needs "
+                         "valleys[pyro])")
     ss.add_argument("--samples", type=_positive_int, default=30, help="posterior samples averaged (per chain)")
     ss.add_argument("--burn-in", type=int, default=20, help="ESS steps discarded first")
     ss.add_argument("--thin", type=_positive_int, default=1, help="keep every n-th ESS state")
@@ -318,6 +319,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="BatchNorm statistics: recomputed once at the shift, per sample, or the run's own")
     ss.add_argument("--vi-steps", type=_positive_int, default=1000, help="VI optimisation steps (minibatch 256)")
     ss.add_argument("--vi-lr", type=_positive_float, default=0.01, help="VI learning rate (Adam)")
+    ss.add_argument("--flow-layers", type=_non_negative_int, default=4, help="coupling layers of --inference flow")
     ss.add_argument("--warmup", type=int, default=100, help="NUTS warm-up steps")
     ss.add_argument("--chains", type=_positive_int, default=1, help="NUTS chains (r_hat needs 2 or more)")
     ss.add_argument("--grid", type=int, default=21, help="points per axis of the log-density figure (0: none)")
@@ -352,7 +354,7 @@ def _parser() -> argparse.ArgumentParser:
     rg.add_argument("--samples", type=_positive_int, default=rd.samples, help="samples averaged by SWAG and subspaces")
     rg.add_argument("--rank", type=_positive_int, default=rd.rank, help="subspace dimension k")
     rg.add_argument("--spaces", nargs="+", default=rd.spaces, choices=["pca", "random"], help="subspaces")
-    rg.add_argument("--inference", nargs="+", default=rd.inference, choices=["ess", "vi", "nuts"],
+    rg.add_argument("--inference", nargs="+", default=rd.inference, choices=["ess", "vi", "flow", "nuts"],
                     help="samplers in each subspace (nuts needs valleys[pyro])")
     rg.add_argument("--temperature", type=_positive_float, nargs="+", default=rd.temperature,
                     help="candidate temperatures, chosen per split on validation NLL")

@@ -36,7 +36,8 @@ TOY_QUICK = {"epochs": 300, "lr": 0.01, "swa_lr": 0.001, "wd": 0.0, "heterosceda
 
 
 def _label(space: str, inference: str) -> str:
-    return f"{space.upper() if space == 'pca' else space} + {inference.upper() if inference != 'vi' else 'VI'}"
+    names = {"ess": "ESS", "vi": "VI", "flow": "flow VI", "nuts": "NUTS"}
+    return f"{space.upper() if space == 'pca' else space} + {names[inference]}"
 
 
 @dataclass

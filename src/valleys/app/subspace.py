@@ -7,7 +7,7 @@ The subspace (``--space``): ``pca`` (the top ``--rank`` principal directions of 
 shift at its SWA mean), ``random`` (unit-norm Gaussian directions around the run's weights) or ``curve``
 (the plane of a curve folder's endpoints and midpoint). The posterior: ``-N mean nll / T + log N(z; 0, s^2
 I)`` on the run's training split. Inference (``--inference``): ``ess`` (elliptical slice sampling), ``vi``
-(mean-field Gaussian) or ``nuts`` (Pyro). The predictive is the Bayesian model average over the samples'
+(mean-field Gaussian), ``flow`` (a RealNVP normalising flow) or ``nuts`` (Pyro). The predictive is the Bayesian model average over the samples'
 weights on the validation and test splits.
 """
 
@@ -25,7 +25,7 @@ import torch
 __all__ = ["SubspaceConfig", "subspace_run", "build_subspace", "SPACES", "INFERENCES"]
 
 SPACES = ("pca", "random", "curve")
-INFERENCES = ("ess", "vi", "nuts")
+INFERENCES = ("ess", "vi", "flow", "nuts")
 
 
 @dataclass
@@ -46,6 +46,7 @@ class SubspaceConfig:
     bn: str = "shift"
     vi_steps: int = 1000
     vi_lr: float = 0.01
+    flow_layers: int = 4
     warmup: int = 100
     chains: int = 1
     grid: int = 0
@@ -63,7 +64,7 @@ class SubspaceConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
-        for name in ("burn_in", "warmup", "grid"):
+        for name in ("burn_in", "warmup", "grid", "flow_layers"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 0, got {v!r}")
@@ -83,7 +84,7 @@ class SubspaceConfig:
             raise ValueError(f"--curve goes with --space curve, not --space {self.space}")
         if self.space == "curve" and self.rank != 2:
             raise ValueError(f"a curve subspace is a plane: --rank must be 2, got {self.rank}")
-        if self.bn == "recompute" and self.inference in ("vi", "nuts"):
+        if self.bn == "recompute" and self.inference in ("vi", "flow", "nuts"):
             raise ValueError(f"--inference {self.inference} needs gradients in z, which a per-sample BatchNorm "
                              "recompute does not give; use --bn shift")
 
@@ -223,12 +224,13 @@ def _values(v: float | list[float] | tuple[float, ...]) -> list[float]:
 def _infer(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, *, progress: bool, label: str = ""):
     """Run the sampler ``cfg.inference`` on the posterior ``post``; a :class:`SamplerResult`."""
     from ..core.optional import progress_bar
-    from ..methods.samplers import elliptical_slice, mean_field_vi, nuts
+    from ..methods.samplers import elliptical_slice, flow_vi, mean_field_vi, nuts
     from ..zoo.data import make_loader
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    steps = {"ess": cfg.burn_in + cfg.samples * cfg.thin, "vi": cfg.vi_steps, "nuts": cfg.chains}[cfg.inference]
+    steps = {"ess": cfg.burn_in + cfg.samples * cfg.thin, "vi": cfg.vi_steps, "flow": cfg.vi_steps,
+             "nuts": cfg.chains}[cfg.inference]
     bar = progress_bar(total=steps, unit="step", desc=f"subspace {cfg.inference}{label}", leave=False,
                        dynamic_ncols=True) if progress else None
     try:
@@ -236,7 +238,7 @@ def _infer(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, *, pro
             return elliptical_slice(lambda z: float(post.log_likelihood(z)), z0, prior_scale=post.prior_scale,
                                     num_samples=cfg.samples, burn_in=cfg.burn_in, thin=cfg.thin, generator=gen,
                                     progress=bar)
-        if cfg.inference == "vi":
+        if cfg.inference in ("vi", "flow"):
             minibatches = make_loader(splits.train, 256, shuffle=True, seed=cfg.seed)
             it = iter(())
 
@@ -249,6 +251,9 @@ def _infer(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, *, pro
                     batch = next(it)
                 return post.differentiable_log_likelihood(z, batch)
 
+            if cfg.inference == "flow":
+                return flow_vi(minibatch_ll, post.subspace.k, prior_scale=post.prior_scale, num_samples=cfg.samples,
+                               steps=cfg.vi_steps, lr=cfg.vi_lr, layers=cfg.flow_layers, generator=gen, progress=bar)
             return mean_field_vi(minibatch_ll, post.subspace.k, prior_scale=post.prior_scale,
                                  num_samples=cfg.samples, steps=cfg.vi_steps, lr=cfg.vi_lr, generator=gen,
                                  progress=bar)

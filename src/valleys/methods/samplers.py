@@ -9,6 +9,9 @@ and used on the subspace posterior of :class:`valleys.methods.subspace_posterior
   free MCMC for a Gaussian prior times a likelihood; only the likelihood is evaluated.
 * :func:`mean_field_vi`: q(z) = N(mu, diag(sigma^2)) fitted by maximising the ELBO
   ``E_q[log L(z)] - KL(q || N(0, s^2 I))`` with the reparameterisation trick (Kingma & Welling 2014) and Adam.
+* :func:`flow_vi`: q(z) a RealNVP normalising flow (Dinh, Sohl-Dickstein, Bengio 2017, "Density estimation
+  using Real NVP") on a diagonal Gaussian, fitted by the same ELBO; it captures correlations between the
+  coordinates that the mean-field q cannot.
 * :func:`nuts`: the No-U-Turn sampler (Hoffman & Gelman 2014) of Pyro (``pip install 'valleys[pyro]'``) on
   the potential ``-log L(z) - log N(z; 0, s^2 I)``, with its diagnostics.
 """
@@ -24,7 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["SamplerResult", "elliptical_slice", "mean_field_vi", "nuts", "SamplerError", "gaussian_log_prior"]
+__all__ = ["SamplerResult", "elliptical_slice", "mean_field_vi", "flow_vi", "RealNVP", "nuts", "SamplerError",
+           "gaussian_log_prior"]
 
 
 class SamplerError(RuntimeError):
@@ -202,6 +206,102 @@ def mean_field_vi(log_likelihood: Callable[[Tensor], Tensor], k: int, *, prior_s
     return SamplerResult(draws, None, {"mean": mean.tolist(), "std": std.tolist(), "elbo": elbo_value,
                                        "elbo_trace": trace, "steps": steps, "time_s": time.perf_counter() - start},
                          "vi")
+
+
+class RealNVP(torch.nn.Module):
+    """A RealNVP flow on R^k: ``z = mu + sigma * g(eps)`` with ``g`` a stack of affine coupling layers
+    (Dinh et al. 2017). Coupling layer i keeps the coordinates of a binary mask m_i and maps the others as
+    ``x <- x * exp(s(m x)) + t(m x)`` with ``s = tanh(.)`` and ``t`` from a small MLP of the kept ones; the
+    masks alternate (even / odd coordinates; for k = 1 the flow is the diagonal Gaussian alone). The last
+    layer of every MLP starts at zero, so the flow starts as ``N(mu, diag(sigma^2))``.
+
+    ``sample(n)`` returns ``(z, log q(z))`` with ``log q(z) = log N(eps; 0, I) - log |det dz/deps|``.
+    """
+
+    def __init__(self, k: int, *, layers: int = 4, hidden: int = 32, init_std: float = 0.1) -> None:
+        super().__init__()
+        self.k = k
+        self.mu = torch.nn.Parameter(torch.zeros(k, dtype=torch.float64))
+        self.log_sigma = torch.nn.Parameter(torch.full((k,), math.log(init_std), dtype=torch.float64))
+        idx = torch.arange(k)
+        self.register_buffer("masks", torch.stack([((idx + i) % 2 == 0).double() for i in range(layers)])
+                             if k > 1 else torch.zeros(0, k, dtype=torch.float64))
+        self.nets = torch.nn.ModuleList()
+        for _ in range(len(self.masks)):
+            net = torch.nn.Sequential(torch.nn.Linear(k, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 2 * k))
+            torch.nn.init.zeros_(net[2].weight)
+            torch.nn.init.zeros_(net[2].bias)
+            self.nets.append(net.double())
+
+    def forward(self, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """``(z, log |det dz/deps|)`` for eps (n, k)."""
+        x, logdet = eps, torch.zeros(eps.shape[0], dtype=eps.dtype)
+        for m, net in zip(self.masks, self.nets):
+            s, t = net(x * m).chunk(2, dim=-1)
+            s = torch.tanh(s) * (1 - m)
+            x = x * m + (1 - m) * (x * s.exp() + t)
+            logdet = logdet + s.sum(-1)
+        return self.mu + self.log_sigma.exp() * x, logdet + self.log_sigma.sum()
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """n draws and their log density under the flow."""
+        eps = torch.randn(n, self.k, generator=generator, dtype=torch.float64)
+        z, logdet = self(eps)
+        base = -0.5 * (eps**2).sum(-1) - 0.5 * self.k * math.log(2 * math.pi)
+        return z, base - logdet
+
+
+def flow_vi(log_likelihood: Callable[[Tensor], Tensor], k: int, *, prior_scale: float, num_samples: int,
+            steps: int = 2000, lr: float = 0.005, mc_samples: int = 4, layers: int = 4, hidden: int = 32,
+            generator: torch.Generator | None = None, progress: Any = None) -> SamplerResult:
+    """Variational inference with a RealNVP flow q (:class:`RealNVP`), maximising the ELBO
+
+        ELBO = E_q[log L(z) + log N(z; 0, s^2 I) - log q(z)]
+
+    by the reparameterisation trick (``mc_samples`` draws per step, Adam at ``lr``), starting from
+    ``N(0, (0.1 s)^2 I)``. ``log_likelihood`` must be differentiable in z (a minibatch estimate scaled to the
+    whole data set is fine). Returns ``num_samples`` draws from the fitted flow and ``diagnostics`` with the
+    ELBO trace (every 1% of the steps), the final ELBO and the flow's size.
+    """
+    _check_scale(prior_scale)
+    _check_counts(num_samples, 0, 1)
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    for name, v in (("steps", steps), ("mc_samples", mc_samples), ("hidden", hidden)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    if not isinstance(layers, int) or layers < 0:
+        raise ValueError(f"layers must be an integer >= 0, got {layers!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    start = time.perf_counter()
+    if generator is not None:
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))  # the MLPs' init
+    flow = RealNVP(k, layers=layers, hidden=hidden, init_std=0.1 * prior_scale)
+    opt = torch.optim.Adam(flow.parameters(), lr=lr)
+    trace: list[tuple[int, float]] = []
+    every = max(1, steps // 100)
+    elbo_value = math.nan
+    for step in range(steps):
+        z, log_q = flow.sample(mc_samples, generator)
+        ll = torch.stack([torch.as_tensor(log_likelihood(zi)).to(torch.float64) for zi in z])
+        elbo = (ll + gaussian_log_prior(z, prior_scale) - log_q).mean()
+        if not torch.isfinite(elbo):
+            raise SamplerError(f"flow variational inference: the ELBO became {float(elbo)} at step {step + 1}; "
+                               f"lower lr (now {lr}) or check the likelihood")
+        opt.zero_grad()
+        (-elbo).backward()
+        opt.step()
+        elbo_value = float(elbo.detach())
+        if step % every == 0 or step == steps - 1:
+            trace.append((step + 1, elbo_value))
+        if progress is not None:
+            progress.update(1)
+    with torch.no_grad():
+        draws, _ = flow.sample(num_samples, generator)
+    return SamplerResult(draws.detach(), None, {"elbo": elbo_value, "elbo_trace": trace, "steps": steps,
+                                                "layers": len(flow.masks), "hidden": hidden,
+                                                "time_s": time.perf_counter() - start}, "flow")
 
 
 def nuts(log_likelihood: Callable[[Tensor], Tensor], z0: Tensor, *, prior_scale: float, num_samples: int,
