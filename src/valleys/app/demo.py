@@ -234,10 +234,10 @@ def _connect(out: Path, seeds: list[int], sgd_cfg: TrainConfig, splits, curve: d
     other jobs (:func:`valleys.app.parallel.call` arguments) run in the same pool; their results come second."""
     ends = list(seeds)
     if len(ends) == 1:  # a second independent network
-        extra = ends[0] + 1
-        train_run(dataclasses.replace(sgd_cfg, seed=extra), out / f"sgd-seed{extra}", overwrite=True,
+        other = ends[0] + 1
+        train_run(dataclasses.replace(sgd_cfg, seed=other), out / f"sgd-seed{other}", overwrite=True,
                   progress=progress, splits=splits)
-        ends.append(extra)
+        ends.append(other)
     pairs = [(ends[i], ends[(i + 1) % len(ends)]) for i in range(len(ends) if len(ends) > 2 else 1)]
     rows = []
     calls = [{"fn": connect_runs, "cfg": ConnectConfig(str(out / f"sgd-seed{a}"), str(out / f"sgd-seed{b}"), seed=a,
