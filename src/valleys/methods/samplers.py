@@ -151,6 +151,30 @@ def elliptical_slice(log_likelihood: Callable[[Tensor], float], z0: Tensor, *, p
                           "time_s": time.perf_counter() - start}, "ess")
 
 
+def _maximise_elbo(elbo: Callable[[], Tensor], params: list[Tensor], steps: int, lr: float, what: str,
+                   progress: Any) -> tuple[float, list[tuple[int, float]]]:
+    """Adam on ``-elbo()`` for ``steps`` steps; the last ELBO and its trace (every 1% of the steps). A
+    non-finite ELBO stops with a :class:`SamplerError` naming the step and the learning rate."""
+    opt = torch.optim.Adam(params, lr=lr)
+    trace: list[tuple[int, float]] = []
+    every = max(1, steps // 100)
+    value = math.nan
+    for step in range(steps):
+        e = elbo()
+        if not torch.isfinite(e):
+            raise SamplerError(f"{what}: the ELBO became {float(e)} at step {step + 1}; lower lr (now {lr}) or "
+                               "check the likelihood")
+        opt.zero_grad()
+        (-e).backward()
+        opt.step()
+        value = float(e.detach())
+        if step % every == 0 or step == steps - 1:
+            trace.append((step + 1, value))
+        if progress is not None:
+            progress.update(1)
+    return value, trace
+
+
 def mean_field_vi(log_likelihood: Callable[[Tensor], Tensor], k: int, *, prior_scale: float,
                   num_samples: int, steps: int = 2000, lr: float = 0.01, mc_samples: int = 1,
                   init_mean: Tensor | None = None, init_std: float | None = None,
@@ -178,28 +202,15 @@ def mean_field_vi(log_likelihood: Callable[[Tensor], Tensor], k: int, *, prior_s
           else torch.as_tensor(init_mean, dtype=torch.float64).clone()).requires_grad_(True)
     log_sigma = torch.full((k,), math.log(init_std if init_std is not None else prior_scale * 0.1),
                            dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.Adam([mu, log_sigma], lr=lr)
-    trace: list[tuple[int, float]] = []
-    every = max(1, steps // 100)
-    elbo_value = math.nan
-    for step in range(steps):
+    def elbo() -> Tensor:
         sigma = log_sigma.exp()
         eps = torch.randn(mc_samples, k, generator=generator, dtype=torch.float64)
         z = mu + sigma * eps
         ll = torch.stack([torch.as_tensor(log_likelihood(zi)).to(torch.float64) for zi in z]).mean()
         kl = (math.log(prior_scale) - log_sigma + (sigma**2 + mu**2) / (2 * prior_scale**2) - 0.5).sum()
-        elbo = ll - kl
-        if not torch.isfinite(elbo):
-            raise SamplerError(f"variational inference: the ELBO became {float(elbo)} at step {step + 1}; lower lr "
-                               f"(now {lr}) or check the likelihood")
-        opt.zero_grad()
-        (-elbo).backward()
-        opt.step()
-        elbo_value = float(elbo.detach())
-        if step % every == 0 or step == steps - 1:
-            trace.append((step + 1, elbo_value))
-        if progress is not None:
-            progress.update(1)
+        return ll - kl
+
+    elbo_value, trace = _maximise_elbo(elbo, [mu, log_sigma], steps, lr, "variational inference", progress)
     with torch.no_grad():
         mean, std = mu.detach().clone(), log_sigma.exp().detach().clone()
         draws = mean + std * torch.randn(num_samples, k, generator=generator, dtype=torch.float64)
@@ -278,25 +289,13 @@ def flow_vi(log_likelihood: Callable[[Tensor], Tensor], k: int, *, prior_scale: 
     if generator is not None:
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))  # the MLPs' init
     flow = RealNVP(k, layers=layers, hidden=hidden, init_std=0.1 * prior_scale)
-    opt = torch.optim.Adam(flow.parameters(), lr=lr)
-    trace: list[tuple[int, float]] = []
-    every = max(1, steps // 100)
-    elbo_value = math.nan
-    for step in range(steps):
+    def elbo() -> Tensor:
         z, log_q = flow.sample(mc_samples, generator)
         ll = torch.stack([torch.as_tensor(log_likelihood(zi)).to(torch.float64) for zi in z])
-        elbo = (ll + gaussian_log_prior(z, prior_scale) - log_q).mean()
-        if not torch.isfinite(elbo):
-            raise SamplerError(f"flow variational inference: the ELBO became {float(elbo)} at step {step + 1}; "
-                               f"lower lr (now {lr}) or check the likelihood")
-        opt.zero_grad()
-        (-elbo).backward()
-        opt.step()
-        elbo_value = float(elbo.detach())
-        if step % every == 0 or step == steps - 1:
-            trace.append((step + 1, elbo_value))
-        if progress is not None:
-            progress.update(1)
+        return (ll + gaussian_log_prior(z, prior_scale) - log_q).mean()
+
+    elbo_value, trace = _maximise_elbo(elbo, list(flow.parameters()), steps, lr, "flow variational inference",
+                                       progress)
     with torch.no_grad():
         draws, _ = flow.sample(num_samples, generator)
     return SamplerResult(draws.detach(), None, {"elbo": elbo_value, "elbo_trace": trace, "steps": steps,
