@@ -60,6 +60,38 @@ def effective_sample_size(x: torch.Tensor) -> float:
     return n / (1 + 2 * s)
 
 
+def grid_case(label: str, title: str, post: SubspacePosterior, space: WeightSpace, sub: Any, model: nn.Module,
+              plain: Any, zz: torch.Tensor, repeats: int, checks: list) -> dict[str, Any]:
+    """The log-likelihood at every row of ``zz`` through the engine (all at once) against a per-point loop that
+    writes ``w(z)`` into ``model`` and calls ``plain()`` (the summed loss); prints, appends the checks (loop /
+    engine >= 2.0x, the same numbers to 1e-6 relative) and returns the JSON entry."""
+    def grid_ours() -> torch.Tensor:
+        return post.log_likelihood(zz)
+
+    def grid_loop() -> torch.Tensor:
+        w0 = space.read(model)
+        out = []
+        try:
+            for z in zz:
+                space.write(model, sub.to_weights(z.to(sub.basis.dtype)))
+                out.append(-plain())
+        finally:
+            space.write(model, w0)
+        return torch.tensor(out, dtype=torch.float64) / post.temperature
+
+    grid_ours()  # the engine's one-off vmap-or-loop probe (cached per model and input shape)
+    times, last = alternating({"engine": grid_ours, "loop": grid_loop}, repeats)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med["loop"] / med["engine"]
+    diff = float(((last["engine"] - last["loop"]).abs() / last["loop"].abs()).max())
+    print(f"\n{label} {title}")
+    print(f"  engine (all points at once) {fmt_time(med['engine'])}\n  per-point loop              {fmt_time(med['loop'])}")
+    print(f"  ratio loop / engine {ratio:.2f}x   {verdict(ratio >= 2.0)}   (max relative difference {diff:.1e})")
+    checks.append((f"{label} grid: per-point loop / engine = {ratio:.2f}x >= 2.0x", ratio >= 2.0))
+    checks.append((f"{label} the same numbers (max relative difference {diff:.1e} <= 1e-6)", diff <= 1e-6))
+    return {"n": int(round(len(zz) ** 0.5)), "median_s": med, "ratio": ratio, "max_rel_diff": diff}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -107,31 +139,8 @@ def main() -> None:
     gy, gx = torch.meshgrid(axis, axis, indexing="ij")
     zz[:, 0], zz[:, 1] = gx.reshape(-1), gy.reshape(-1)
 
-    def grid_ours() -> torch.Tensor:
-        return post.log_likelihood(zz)
-
-    def grid_loop() -> torch.Tensor:
-        w0 = space.read(model)
-        out = []
-        try:
-            for z in zz:
-                space.write(model, sub.to_weights(z.to(sub.basis.dtype)))
-                out.append(-plain())
-        finally:
-            space.write(model, w0)
-        return torch.tensor(out, dtype=torch.float64)
-
-    grid_ours()  # the engine's one-off vmap-or-loop probe (cached per model and input shape)
-    times, last = alternating({"engine": grid_ours, "loop": grid_loop}, 1 if args.quick else 3)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    ratio = med["loop"] / med["engine"]
-    diff = float(((last["engine"] - last["loop"]).abs() / last["loop"].abs()).max())
-    print(f"\n(b) log posterior on a {n} x {n} grid")
-    print(f"  engine (all points at once) {fmt_time(med['engine'])}\n  per-point loop              {fmt_time(med['loop'])}")
-    print(f"  ratio loop / engine {ratio:.2f}x   {verdict(ratio >= 2.0)}   (max relative difference {diff:.1e})")
-    checks.append((f"(b) grid: per-point loop / engine = {ratio:.2f}x >= 2.0x", ratio >= 2.0))
-    checks.append((f"(b) the same numbers (max relative difference {diff:.1e} <= 1e-6)", diff <= 1e-6))
-    results["grid"] = {"n": n, "median_s": med, "ratio": ratio, "max_rel_diff": diff}
+    results["grid"] = grid_case("(b)", f"log posterior on a {n} x {n} grid", post, space, sub, model, plain, zz,
+                                1 if args.quick else 3, checks)
 
     # (b2) ------------------------------------------------------------------------------------------------
     from valleys.core.adapter import ModelAdapter, gaussian_nll
@@ -149,31 +158,9 @@ def main() -> None:
         with torch.no_grad():
             return sum(float(gaussian_nll(mlp(x), y)) * len(y) for x, y in reg_loader)
 
-    def grid_ours2() -> torch.Tensor:
-        return mpost.log_likelihood(zz)
-
-    def grid_loop2() -> torch.Tensor:
-        w0 = mspace.read(mlp)
-        out = []
-        try:
-            for z in zz:
-                mspace.write(mlp, msub.to_weights(z.to(msub.basis.dtype)))
-                out.append(-mlp_plain())
-        finally:
-            mspace.write(mlp, w0)
-        return torch.tensor(out, dtype=torch.float64)
-
-    grid_ours2()
-    times, last = alternating({"engine": grid_ours2, "loop": grid_loop2}, 3 if args.quick else 5)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    ratio = med["loop"] / med["engine"]
-    diff = float(((last["engine"] - last["loop"]).abs() / last["loop"].abs()).max())
-    print(f"\n(b2) log posterior on a {n} x {n} grid, Gaussian MLP (P = {mspace.size}) on {mpost.num_examples} concrete rows")
-    print(f"  engine (all points at once) {fmt_time(med['engine'])}\n  per-point loop              {fmt_time(med['loop'])}")
-    print(f"  ratio loop / engine {ratio:.2f}x   {verdict(ratio >= 2.0)}   (max relative difference {diff:.1e})")
-    checks.append((f"(b2) MLP grid: per-point loop / engine = {ratio:.2f}x >= 2.0x", ratio >= 2.0))
-    checks.append((f"(b2) the same numbers (max relative difference {diff:.1e} <= 1e-6)", diff <= 1e-6))
-    results["grid_mlp"] = {"n": n, "P": mspace.size, "median_s": med, "ratio": ratio, "max_rel_diff": diff}
+    results["grid_mlp"] = grid_case("(b2)", f"log posterior on a {n} x {n} grid, Gaussian MLP (P = {mspace.size}) on "
+                                    f"{mpost.num_examples} concrete rows", mpost, mspace, msub, mlp, mlp_plain, zz,
+                                    3 if args.quick else 5, checks)
 
     # (c) ------------------------------------------------------------------------------------------------
     steps = 50 if args.quick else 300
