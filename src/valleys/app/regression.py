@@ -264,6 +264,7 @@ def toy_predictive(run_dir: Path, kind: str, xs: Any) -> tuple[Any, Any]:
     from torch.utils.data import TensorDataset
 
     from ..core.checkpoint import load_checkpoint
+    from ..methods.subspace import Subspace
     from ..zoo.data import make_loader
     from .registry import get_method
     from .runs import load_run_model, regression_predictive
@@ -278,9 +279,9 @@ def toy_predictive(run_dir: Path, kind: str, xs: Any) -> tuple[Any, Any]:
         draw = get_method(method).predictive(run_dir if kind == "sgd" else swag_dir, cfg, model, cfg.samples).draw
         weights = draw()
     else:
-        state, _ = load_checkpoint(run_dir / "subspace.safetensors")
-        shift, basis, z = state["shift"], state["basis"], state["samples"]
-        weights = list(shift + z.to(basis) @ basis)
+        state, header = load_checkpoint(run_dir / "subspace.safetensors")
+        sub = Subspace.from_state({k: v for k, v in state.items() if k != "samples"}, header)
+        weights = list(sub.to_weights(state["samples"].to(sub.basis.dtype)))
     mean, var, _, _ = regression_predictive(model, weights, loader, cfg, splits)
     return mean.numpy(), var.sqrt().numpy()
 

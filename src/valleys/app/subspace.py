@@ -13,6 +13,7 @@ weights on the validation and test splits.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -154,13 +155,15 @@ def subspace_run(cfg: SubspaceConfig, out: str | Path, *, overwrite: bool = Fals
     train = make_loader(splits.train, 1000)
     start = time.perf_counter()
     candidates = [(t, p) for t in _values(cfg.temperature) for p in _values(cfg.prior_scale)]
+    base = SubspacePosterior(model, subspace, train, temperature=1.0, prior_scale=1.0, adapter=adapter, bn=cfg.bn,
+                             bn_loader=bn_loader, device=run_cfg.device)
     posts = {}
-    for t, p in candidates:
-        posts[t, p] = SubspacePosterior(model, subspace, train, temperature=t, prior_scale=p, adapter=adapter,
-                                        bn=cfg.bn, bn_loader=bn_loader, device=run_cfg.device)
+    for t, p in candidates:  # one BatchNorm recompute and one count of the data, shared by every candidate
+        posts[t, p] = q = copy.copy(base)
+        q.temperature, q.prior_scale = t, p
     post = posts[candidates[0]]
     z0 = torch.zeros(subspace.k, dtype=torch.float64)
-    ll0 = float(post.log_likelihood(z0)) * post.temperature  # untempered
+    ll0 = float(base.log_likelihood(z0))  # untempered (T = 1)
     if not math.isfinite(ll0):
         raise ValueError(f"the log-likelihood at the subspace's shift is {ll0}: the run's weights do not fit its "
                          "training data (a diverged run?)")
@@ -204,7 +207,8 @@ def subspace_run(cfg: SubspaceConfig, out: str | Path, *, overwrite: bool = Fals
             "selection": {"rule": "the (temperature, prior scale) with the lowest validation NLL of the BMA",
                           "candidates": selection} if len(candidates) > 1 else None,
             "subspace": {"kind": subspace.kind, **subspace.info},
-            "sampler": res.to_json(), "likelihood_evaluations": sum(q.evaluations for q in posts.values()),
+            "sampler": res.to_json(),
+            "likelihood_evaluations": base.evaluations + sum(q.evaluations for q in posts.values()),
             "timing": {"sample_s": sample_s, "total_s": time.perf_counter() - start},
         }
         if cfg.grid and subspace.k >= 2:
