@@ -15,7 +15,7 @@ require("matplotlib", "plots").use("Agg")
 plt = require("matplotlib.pyplot", "plots")
 
 __all__ = ["plot_error_curves", "plot_reliability", "plot_paths", "plot_contours", "plot_line", "plot_rays",
-           "plot_subspace", "plot_toy_regression"]
+           "plot_subspace", "plot_toy_regression", "plot_travel"]
 
 
 def _wrap(text: str, ax, share: float = 1.0) -> str:
@@ -300,4 +300,34 @@ def plot_toy_regression(xs: Sequence[float], panels: Mapping[str, tuple], x_trai
         ax.set_ylim(lo - pad, hi + pad)
     if title:
         fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def plot_travel(runs: Mapping[str, Sequence[Sequence[Sequence[float]]]], path: str | Path, *,
+                marker_epoch: int | None = None, title: str = "How far the iterates travel") -> Path:
+    """Distance in weight space between consecutive epochs (left) and the share of probe inputs whose predicted
+    class changed (right), against epoch, one line per name (mean over seeds); talk slide 35.
+
+    ``runs[name]`` is a list of per-seed sequences of ``(epoch, distance, disagreement)`` triples.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, seeds in runs.items():
+        seeds = [np.asarray(r, dtype=float) for r in seeds if len(r)]
+        if not seeds:
+            continue
+        n = min(len(r) for r in seeds)
+        stack = np.stack([r[:n] for r in seeds])
+        epochs = stack[0, :, 0]
+        axes[0].plot(epochs, stack[:, :, 1].mean(axis=0), lw=1.8, label=name)
+        axes[1].plot(epochs, 100 * stack[:, :, 2].mean(axis=0), lw=1.8, label=name)
+    axes[0].set_ylabel("||w(e) - w(e-1)||")
+    axes[0].set_yscale("log")
+    axes[1].set_ylabel("Predictions changed (%)")
+    for ax in axes:
+        if marker_epoch is not None:
+            ax.axvline(marker_epoch, color="grey", ls=":", lw=1, label="averaging starts")
+        ax.set_xlabel("Epochs")
+        ax.grid(alpha=0.3)
+    axes[1].legend()
+    fig.suptitle(_wrap(title, axes[0], 0.9))
     return _save(fig, path)

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ..methods.averaging import Averager
@@ -20,7 +21,7 @@ from ..core.batchnorm import recompute_bn
 from ..methods.ensembles import snapshot
 from .trainer import Callback, Trainer
 
-__all__ = ["CollectionSchedule", "SWACallback", "TrajectoryCallback", "FGECallback"]
+__all__ = ["CollectionSchedule", "SWACallback", "TrajectoryCallback", "TravelCallback", "FGECallback"]
 
 _MODES = ("epoch", "steps", "cycle")
 
@@ -31,8 +32,9 @@ class CollectionSchedule:
 
     With ``s`` the global optimizer step (counted from 1), ``P`` the steps per epoch and ``e`` the epochs done:
 
-    * ``every="epoch"``: at the end of epoch ``e`` whenever ``e > start`` (SWA/SWAG, Izmailov et al. 2018;
-      Maddox et al. 2019: one iterate per epoch);
+    * ``every="epoch"``: at the end of epoch ``e`` whenever ``e > start`` and ``(e - start) mod k = 0``
+      (SWA/SWAG, Izmailov et al. 2018; Maddox et al. 2019: one iterate per epoch, ``k = 1``; fast-SWA every
+      ``k`` epochs, and SWA once per cycle with ``k`` the cycle, Athiwaratkun et al. 2019);
     * ``every="steps"``: after step ``s`` in an epoch ``>= start`` whenever ``s mod k = 0`` (fast-SWA);
     * ``every="cycle"``: with ``L = cycle P`` and ``u = s - start P`` (cycles counted from ``start``), after the
       step with ``u > 0`` and ``u mod L = round(phase L) mod L``; FGE (Garipov et al. 2018) uses ``phase=0.5``,
@@ -41,7 +43,7 @@ class CollectionSchedule:
     Args:
         start: epochs completed before collecting starts (>= 0).
         every: ``"epoch"``, ``"steps"`` or ``"cycle"``.
-        k: steps between collects for ``every="steps"`` (>= 1).
+        k: steps between collects for ``every="steps"``, epochs for ``every="epoch"`` (>= 1).
         cycle, phase: cycle length in epochs (>= 1) and the position in the cycle, in [0, 1).
     """
 
@@ -56,8 +58,9 @@ class CollectionSchedule:
             raise ValueError(f"unknown collect mode {self.every!r}; choose one of {', '.join(_MODES)}")
         if self.start < 0:
             raise ValueError(f"start must be >= 0 epochs, got {self.start}")
-        if self.every == "steps" and self.k < 1:
-            raise ValueError(f"k must be at least 1 step, got {self.k}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"k must be an integer >= 1 ({'steps' if self.every == 'steps' else 'epochs'}), "
+                             f"got {self.k!r}")
         if self.every == "cycle" and (self.cycle is None or self.cycle < 1 or not 0 <= self.phase < 1):
             raise ValueError("every='cycle' needs cycle >= 1 epochs and phase in [0, 1)")
 
@@ -73,7 +76,7 @@ class CollectionSchedule:
 
     def at_epoch_end(self, epochs_done: int) -> bool:
         """Whether to collect at the end of an epoch, ``epochs_done`` epochs having been trained."""
-        return self.every == "epoch" and epochs_done > self.start
+        return self.every == "epoch" and epochs_done > self.start and (epochs_done - self.start) % self.k == 0
 
 
 class SWACallback(Callback):
@@ -83,7 +86,7 @@ class SWACallback(Callback):
         averager: an :class:`valleys.methods.averaging.SWA` or :class:`valleys.methods.averaging.EMA` over the trained model.
         start: number of epochs completed before collecting starts (0 collects from the first epoch).
         every: ``"epoch"`` (end of each epoch), ``"steps"`` (every ``k`` steps) or ``"cycle"``.
-        k: steps between collects for ``every="steps"``.
+        k: steps between collects for ``every="steps"``, epochs for ``every="epoch"``.
         cycle, phase: cycle length in epochs and the position in the cycle (in [0, 1)) to collect at;
             cycles are counted from ``start``, so use a cyclic schedule with ``offset=start``.
         bn_loader: training loader for BatchNorm recompute of the average (evaluation and the final model).
@@ -159,6 +162,50 @@ class TrajectoryCallback(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.iterates, self.epochs = list(state["iterates"]), list(state["epochs"])
+
+
+class TravelCallback(Callback):
+    """How far the iterates travel between consecutive epoch ends (Athiwaratkun et al. 2019, Fig. 2; talk
+    slide 35): the Euclidean distance ``||w_e - w_{e-1}||`` in the flat weight space, and the share of the
+    ``probe`` examples (e.g. unlabelled inputs) whose predicted class changed. Logged as ``travel_distance``
+    and ``travel_disagreement`` from the second epoch on (the first epoch is measured from initialisation).
+
+    Args:
+        space: the :class:`valleys.core.weights.WeightSpace` of the trained model.
+        probe: one batch the adapter can call the model on (its targets are not used).
+    """
+
+    def __init__(self, space, probe: Any) -> None:
+        self.space, self.probe = space, probe
+        self._last_w: Tensor | None = None
+        self._last_pred: Tensor | None = None
+
+    def _predict(self, trainer: Trainer) -> Tensor:
+        model = trainer.model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return trainer.adapter.forward(model, self.probe, trainer.device).argmax(1).cpu()
+        finally:
+            model.train(was_training)
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        if self._last_w is None:
+            self._last_w = self.space.read(trainer.model, device="cpu")
+            self._last_pred = self._predict(trainer)
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        w, pred = self.space.read(trainer.model, device="cpu"), self._predict(trainer)
+        logs["travel_distance"] = float((w - self._last_w).double().norm())  # type: ignore[operator]
+        logs["travel_disagreement"] = float((pred != self._last_pred).double().mean())
+        self._last_w, self._last_pred = w, pred
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weights": self._last_w, "predictions": self._last_pred}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._last_w, self._last_pred = state["weights"], state["predictions"]
 
 
 class FGECallback(Callback):

@@ -425,14 +425,15 @@ class Trainer:
         """How eval loaders are scored: ``"classification"`` or ``"gaussian"`` (the adapter's predictive)."""
         return self.adapter.likelihood
 
-    def evaluate_on(self, loader: Iterable) -> dict[str, Any]:
-        """Metrics of the model, as it is now, on one loader (see :func:`valleys.evaluation.predict.evaluate`).
+    def evaluate_on(self, loader: Iterable, model: nn.Module | None = None) -> dict[str, Any]:
+        """Metrics of the model (or of ``model``, e.g. a mean teacher), as it is now, on one loader (see
+        :func:`valleys.evaluation.predict.evaluate`).
 
         Under ``torch.distributed`` every rank scores its part of the loader and the metric state (counts,
         sums, per-bin arrays) is all-reduced, so every rank gets the metrics of all ranks' examples; every rank
         must call this at the same points (the trainer does)."""
         try:
-            return evaluate(self.model, loader, device=self.device, adapter=self.adapter, all_reduce=_distributed())
+            return evaluate(self.model if model is None else model, loader, device=self.device, adapter=self.adapter, all_reduce=_distributed())
         except ValueError as e:  # NaN/inf predictions: the weights (or an average's BatchNorm statistics) diverged
             if "finite" not in str(e):
                 raise

@@ -1,0 +1,419 @@
+"""``valleys semisup``: semi-supervised training with consistency regularisation, SWA and fast-SWA
+(Athiwaratkun et al. 2019, "There Are Many Consistent Explanations of Unlabeled Data: Why You Should Average",
+ICLR; talk slides 34-36), written as one folder.
+
+For every consistency term (``none``: cross-entropy on the labelled examples only; ``pi``: the Pi model of
+Laine & Aila 2017; ``mean-teacher``: Tarvainen & Valpola 2017) and every seed: ``labels_per_class`` labelled
+examples per class drawn from the seed (:func:`valleys.training.semisup_data.labelled_split`; the validation
+split is held out of both parts), mixed batches of ``batch_size`` with ``labelled_batch_size`` labelled ones,
+two augmented views per example, SGD with Nesterov momentum on the cosine-with-replay schedule
+(:class:`valleys.training.schedules.CosineReplay`: cosine over ``cosine_epochs``, then cycles of ``cycle``
+epochs replaying its last ``cycle`` epochs). SWA averages the student at the end of every cycle (epochs
+``l, l + c, ...``), fast-SWA every ``fast_swa_every`` epochs (or steps) from epoch ``l - c`` on; both with a
+BatchNorm recompute on the training inputs (labelled and unlabelled) before every evaluation. The student, the
+teacher (mean teacher only), SWA and fast-SWA are evaluated side by side every ``eval_every`` epochs, and
+:class:`valleys.training.callbacks.TravelCallback` logs how far the student moves between epochs.
+
+Layout of ``--out``: ``config.json``, ``results.json`` (per run and summarised), ``report.md``, ``figures/``
+(test error against epoch per consistency term, and the travel of the iterates), and one run folder per
+consistency term and seed (``<consistency>/seed-<s>/`` with ``config.json``, ``metrics.jsonl``,
+``checkpoint.safetensors``, ``results.json``); ``--resume`` reads the finished runs back and continues an
+interrupted one from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SemisupConfig", "semisup_run", "semisup_one", "MODEL_KINDS"]
+
+#: The networks evaluated side by side in every run (the teacher only with the mean teacher).
+MODEL_KINDS = ("student", "teacher", "swa", "fastswa")
+_LABELS = {"student": "base", "teacher": "teacher", "swa": "SWA", "fastswa": "fast-SWA"}
+_CONSISTENCY = ("none", "pi", "mean-teacher")
+
+
+@dataclass
+class SemisupConfig:
+    """Settings of :func:`semisup_run` (see ``valleys semisup --help``)."""
+
+    dataset: str = "mnist1d"
+    model: str = "cnn1d"
+    consistency: list[str] = field(default_factory=lambda: ["none", "pi", "mean-teacher"])
+    labels_per_class: int = 40
+    batch_size: int = 128
+    labelled_batch_size: int = 32
+    epochs: int = 60
+    cosine_epochs: int | None = None  # l; default: epochs - 2 cycles
+    cycle: int = 10
+    fast_swa_every: int = 2
+    fast_swa_unit: str = "epochs"     # or "steps"
+    lr: float = 0.1
+    momentum: float = 0.9
+    wd: float = 2e-4
+    consistency_weight: float = 30.0  # lambda_max
+    consistency_loss: str = "mse"
+    rampup: float = 5.0
+    ema_decay: float = 0.97
+    augment: bool = True
+    seeds: list[int] = field(default_factory=lambda: [0])
+    val_fraction: float = 0.1
+    train_subset: int | None = None
+    test_subset: int | None = None
+    data_root: str | None = None
+    eval_every: int = 2
+    device: str = "cpu"
+
+    @property
+    def l(self) -> int:  # noqa: E743 - the paper's name for the cosine phase's length
+        return self.cosine_epochs if self.cosine_epochs is not None else self.epochs - 2 * self.cycle
+
+    def check(self) -> None:
+        """Refuse bad values before any work (``ValueError`` naming the flag and the valid choice)."""
+        from ..zoo.catalog import DATASETS, MODELS
+
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; valid: {', '.join(MODELS)}")
+        if not self.consistency:
+            raise ValueError("--consistency needs at least one of none, pi, mean-teacher")
+        for c in self.consistency:
+            if c not in _CONSISTENCY:
+                raise ValueError(f"unknown --consistency {c!r}; choose among {', '.join(_CONSISTENCY)}")
+        if len(set(self.consistency)) != len(self.consistency):
+            raise ValueError(f"--consistency lists a term twice: {self.consistency}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds needs distinct seeds, got {self.seeds}")
+        if any(not isinstance(s, int) or s < 0 for s in self.seeds):
+            raise ValueError(f"--seeds must be integers >= 0, got {self.seeds}")
+        for name in ("labels_per_class", "batch_size", "labelled_batch_size", "epochs", "cycle", "eval_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                extra = " (with no labels there is nothing to learn the classes from)" if name == "labels_per_class" else ""
+                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}{extra}")
+        if self.labelled_batch_size > self.batch_size:
+            raise ValueError(f"--labelled-batch-size {self.labelled_batch_size} is larger than --batch-size "
+                             f"{self.batch_size}; choose at most {self.batch_size}")
+        if not (math.isfinite(self.consistency_weight) and self.consistency_weight >= 0):
+            raise ValueError(f"--consistency-weight must be finite and >= 0, got {self.consistency_weight!r}")
+        if self.consistency_loss not in ("mse", "kl"):
+            raise ValueError(f"--consistency-loss must be mse or kl, got {self.consistency_loss!r}")
+        if not (math.isfinite(self.rampup) and self.rampup >= 0):
+            raise ValueError(f"--rampup must be finite and >= 0 epochs, got {self.rampup!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"--ema-decay must be in [0, 1) (the teacher's EMA decay alpha), got {self.ema_decay!r}")
+        for name in ("lr",):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"--{name} must be finite and > 0, got {v!r}")
+        if not (math.isfinite(self.wd) and self.wd >= 0):
+            raise ValueError(f"--wd must be finite and >= 0, got {self.wd!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"--momentum must be in [0, 1), got {self.momentum!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"--val-fraction must be in (0, 1): settings are chosen on a labelled validation "
+                             f"split, got {self.val_fraction!r}")
+        l, c, e = self.l, self.cycle, self.epochs
+        if self.cosine_epochs is not None and not 1 <= self.cosine_epochs <= e:
+            raise ValueError(f"--cosine-epochs must be in [1, --epochs {e}], got {self.cosine_epochs}")
+        if c > e - l:
+            raise ValueError(f"a cycle of {c} epochs is longer than the {e - l} epochs that remain after the cosine "
+                             f"phase of {l} epochs (--epochs {e}); use --cycle at most {max(e - l, 0)}, or fewer "
+                             f"--cosine-epochs (default: --epochs minus two cycles)")
+        if c > l:
+            raise ValueError(f"a cycle of {c} epochs is longer than the cosine phase of {l} epochs it replays; "
+                             f"use --cycle at most {l} or raise --epochs")
+        if (e - l) % c:
+            raise ValueError(f"the {e - l} epochs after the cosine phase are not a whole number of {c}-epoch cycles; "
+                             f"choose --epochs {l + c * ((e - l) // c)} or {l + c * ((e - l) // c + 1)}")
+        if self.fast_swa_unit not in ("epochs", "steps"):
+            raise ValueError(f"--fast-swa-unit must be epochs or steps, got {self.fast_swa_unit!r}")
+        if isinstance(self.fast_swa_every, bool) or not isinstance(self.fast_swa_every, int) or self.fast_swa_every < 1:
+            raise ValueError(f"--fast-swa-every must be an integer >= 1, got {self.fast_swa_every!r}")
+        if self.fast_swa_unit == "epochs" and self.fast_swa_every > c:
+            raise ValueError(f"--fast-swa-every {self.fast_swa_every} epochs is longer than the {c}-epoch cycle; "
+                             f"fast-SWA averages several points per cycle: choose at most {c}")
+        for name in ("train_subset", "test_subset"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+
+    def check_data(self, splits: Any, steps_per_epoch: int | None = None) -> None:
+        """The checks that need the data: enough examples of every class, a batch's worth of unlabelled
+        examples, a fast-SWA interval in steps within a cycle."""
+        from ..training.semisup_data import dataset_targets
+
+        y = dataset_targets(splits.train)
+        counts = {int(c): int((y == c).sum()) for c in y.unique()}
+        fewest = min(counts.values())
+        if self.labels_per_class > fewest:
+            worst = min(counts, key=counts.get)
+            raise ValueError(f"--labels-per-class {self.labels_per_class} is more than a class has: class {worst} has "
+                             f"{fewest} training examples (after the validation split); choose at most {fewest}")
+        unlabelled = len(y) - self.labels_per_class * len(counts)
+        need = self.batch_size - self.labelled_batch_size
+        if need and unlabelled < need:
+            raise ValueError(f"{unlabelled} unlabelled examples do not fill one batch's {need} unlabelled places; "
+                             "lower --batch-size or --labels-per-class")
+        if steps_per_epoch is not None and self.fast_swa_unit == "steps" \
+                and self.fast_swa_every > self.cycle * steps_per_epoch:
+            raise ValueError(f"--fast-swa-every {self.fast_swa_every} steps is longer than the cycle of "
+                             f"{self.cycle * steps_per_epoch} steps ({self.cycle} epochs of {steps_per_epoch})")
+
+
+def _splits(cfg: SemisupConfig):
+    from ..zoo.data import load_dataset
+
+    return load_dataset(cfg.dataset, val_fraction=cfg.val_fraction, train_subset=cfg.train_subset,
+                        test_subset=cfg.test_subset, root=cfg.data_root)
+
+
+def _run_settings(cfg: SemisupConfig, consistency: str, seed: int) -> dict[str, Any]:
+    d = asdict(cfg)
+    d.pop("seeds")
+    return {**d, "consistency": consistency, "seed": seed, "l": cfg.l}
+
+
+def semisup_one(cfg: SemisupConfig, consistency: str, seed: int, folder: str | Path, *, resume: bool = False,
+                progress: bool = False) -> dict[str, Any]:
+    """One run (a consistency term and a seed) into ``folder``; returns its ``results.json``. With ``resume``
+    a finished run is read back and an interrupted one continues from its checkpoint."""
+    import torch
+
+    from ..core.checkpoint import write_json
+    from ..core.weights import WeightSpace
+    from ..methods.averaging import SWA
+    from ..training.augment import default_augment
+    from ..training.callbacks import SWACallback, TravelCallback
+    from ..training.schedules import CosineReplay
+    from ..training.semisup import ConsistencyStep, MeanTeacher
+    from ..training.semisup_data import dataset_targets, labelled_split, semisup_loader
+    from ..training.trainer import Trainer
+    from ..zoo.data import make_loader
+    from ..zoo.models import build_model
+    from .runs import read_json_object
+
+    folder = Path(folder)
+    settings = _run_settings(cfg, consistency, seed)
+    if resume and (folder / "results.json").is_file():
+        done = read_json_object(folder / "results.json")
+        if done.get("settings") == settings:
+            return done
+    again = resume and (folder / "checkpoint.safetensors").is_file() and (folder / "config.json").is_file() \
+        and read_json_object(folder / "config.json") == settings
+    splits = _splits(cfg)
+    labelled, unlabelled = labelled_split(dataset_targets(splits.train), cfg.labels_per_class, seed)
+    loader = semisup_loader(splits.train, labelled, unlabelled=unlabelled, batch_size=cfg.batch_size,
+                            labelled_batch_size=cfg.labelled_batch_size, seed=seed)
+    cfg.check_data(splits, len(loader))
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, splits.input_shape, splits.num_classes).to(cfg.device)
+    evals = {"val": make_loader(splits.val, 1000), "test": make_loader(splits.test, 1000)}
+    bn = make_loader(splits.train, 1000)  # every training input, labelled and unlabelled, without augmentation
+    teacher = MeanTeacher(model, cfg.ema_decay, eval_loaders=evals) if consistency == "mean-teacher" else None
+    augment = default_augment(tuple(splits.input_shape), dataset=cfg.dataset) if cfg.augment else None
+    step = ConsistencyStep(consistency, augment=augment, weight=cfg.consistency_weight, rampup=cfg.rampup,
+                           loss=cfg.consistency_loss, teacher=teacher)
+    l, c = cfg.l, cfg.cycle
+    fast_k = cfg.fast_swa_every
+    probe = next(iter(make_loader(torch.utils.data.Subset(splits.train, unlabelled[:1000].tolist()), 1000)))
+    callbacks = ([teacher] if teacher is not None else []) + [
+        SWACallback(SWA(model, moments=False), l - c, every="epoch", k=c, bn_loader=bn, eval_loaders=evals,
+                    apply_at_end=False, prefix="swa"),
+        SWACallback(SWA(model, moments=False), l - c, every="epoch" if cfg.fast_swa_unit == "epochs" else "steps",
+                    k=fast_k, bn_loader=bn, eval_loaders=evals, apply_at_end=False, prefix="fastswa"),
+        TravelCallback(WeightSpace(model), probe),
+    ]
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                          weight_decay=cfg.wd)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not again:
+        for name in ("checkpoint.safetensors", "metrics.jsonl", "results.json"):
+            (folder / name).unlink(missing_ok=True)
+        write_json(folder / "config.json", settings)
+    trainer = Trainer(model, None, opt, loader, epochs=cfg.epochs, schedule=CosineReplay(cfg.lr, l, c),
+                      callbacks=callbacks, eval_loaders=evals, eval_every=cfg.eval_every, device=cfg.device,
+                      seed=seed, step_fn=step, checkpoint_path=folder / "checkpoint.safetensors",
+                      checkpoint_every=1, log_path=folder / "metrics.jsonl", header={"config": settings},
+                      progress=progress)
+    start = time.perf_counter()
+    history = trainer.fit(resume=folder / "checkpoint.safetensors" if again else None)
+    last = history[-1]
+    final: dict[str, Any] = {}
+    for kind in MODEL_KINDS:
+        prefix = "" if kind == "student" else f"{kind}_"
+        if f"{prefix}test_accuracy" in last:
+            final[kind] = {split: {m: last[f"{prefix}{split}_{m}"] for m in ("accuracy", "nll", "ece")}
+                           for split in ("val", "test")}
+    results = {"folder": "semisup-run", "consistency": consistency, "seed": seed, "settings": settings,
+               "labelled": len(labelled), "unlabelled": len(unlabelled), "val": len(splits.val),
+               "test": len(splits.test), "steps_per_epoch": len(loader), "metrics": final,
+               "swa_collects": last.get("swa_n"), "fastswa_collects": last.get("fastswa_n"),
+               "timing": {"train_s": time.perf_counter() - start,
+                          "epoch_s": sum(h["train_time"] for h in history) / len(history)}}
+    write_json(folder / "results.json", results)
+    return results
+
+
+def _curves(folder: Path) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def summarise(runs: list[dict[str, Any]], consistency: list[str]) -> dict[str, dict[str, Any]]:
+    """Mean, std, min and max over seeds of every model's test error, NLL and ECE (and validation error),
+    per consistency term."""
+    from .report import aggregate
+
+    table: dict[str, dict[str, Any]] = {}
+    for c in consistency:
+        rows = [r for r in runs if r["consistency"] == c]
+        table[c] = {}
+        for kind in MODEL_KINDS:
+            vals = [r["metrics"][kind] for r in rows if kind in r["metrics"]]
+            if not vals:
+                continue
+            flat = [{"error": 1 - v["test"]["accuracy"], "nll": v["test"]["nll"], "ece": v["test"]["ece"],
+                     "val_error": 1 - v["val"]["accuracy"]} for v in vals]
+            table[c][kind] = aggregate(flat, ("error", "nll", "ece", "val_error"))
+    return table
+
+
+def semisup_run(cfg: SemisupConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False,
+                progress: bool = True, jobs: int = 1) -> dict[str, Any]:
+    """Every consistency term and seed into ``out`` (module docstring); returns what ``results.json`` holds.
+    ``jobs``: worker processes over the runs (:mod:`valleys.app.parallel`)."""
+    from ..core.checkpoint import write_json
+    from ..core.optional import progress_bar
+    from .folders import output_guard
+    from .parallel import run_jobs
+    from .runs import prepare_run_dir, read_json_object
+
+    cfg.check()
+    out = Path(out)
+    if resume:
+        if not (out / "config.json").is_file():
+            raise ValueError(f"cannot resume: {out} holds no semi-supervised study (no config.json)")
+        saved = read_json_object(out / "config.json")
+        saved.pop("folder", None)
+        if saved != asdict(cfg):
+            diff = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if saved.get(k) != v}
+            raise ValueError(f"cannot resume {out}: the settings differ from the saved ones (saved, now): {diff}")
+    prepare_run_dir(out, overwrite=overwrite, resume=resume, create=False)
+    splits = _splits(cfg)  # data errors and the checks that need the data, before a file is written
+    cfg.check_data(splits)
+    start = time.perf_counter()
+    with output_guard(out, resumable=lambda: (out / "config.json").is_file()):
+        prepare_run_dir(out, overwrite=overwrite, resume=resume)
+        write_json(out / "config.json", {"folder": "semisup", **asdict(cfg)})
+        calls = [{"cfg": cfg, "consistency": c, "seed": s, "folder": out / c / f"seed-{s}", "resume": resume,
+                  "progress": False} for c in cfg.consistency for s in cfg.seeds]
+        bar = progress_bar(total=len(calls), unit="run", desc="semi-supervised runs", dynamic_ncols=True) \
+            if progress else None
+        try:
+            runs = list(run_jobs(semisup_one, calls, jobs=jobs, progress=bar))
+        finally:
+            if bar is not None:
+                bar.close()
+        results: dict[str, Any] = {"folder": "semisup", "settings": asdict(cfg), "l": cfg.l,
+                                   "summary": summarise(runs, cfg.consistency), "runs": runs}
+        figures = _figures(cfg, out)
+        results["figures"] = [str(f.relative_to(out)) for f in figures]
+        results["timing"] = {"total_s": time.perf_counter() - start}
+        write_json(out / "results.json", results)
+        (out / "report.md").write_text(report(cfg, results, figures, out))
+    return results
+
+
+def _figures(cfg: SemisupConfig, out: Path) -> list[Path]:
+    try:
+        from .plots import plot_error_curves, plot_travel
+    except ImportError:
+        return []
+    figures = []
+    logs = {c: [_curves(out / c / f"seed-{s}") for s in cfg.seeds] for c in cfg.consistency}
+    for c in cfg.consistency:
+        curves: dict[str, list] = {}
+        for kind in MODEL_KINDS:
+            prefix = "" if kind == "student" else f"{kind}_"
+            runs = [[(h["epoch"], 1 - h[f"{prefix}test_accuracy"]) for h in log if f"{prefix}test_accuracy" in h]
+                    for log in logs[c]]
+            if any(runs):
+                curves[_LABELS[kind]] = runs
+        figures.append(plot_error_curves(
+            curves, out / "figures" / f"error-{c}.png", marker_epoch=cfg.l - cfg.cycle,
+            title=f"{cfg.model} on {cfg.dataset}, {cfg.labels_per_class} labels per class, consistency {c}: test "
+                  f"error (mean of {len(cfg.seeds)} seed{'s' if len(cfg.seeds) > 1 else ''})"))
+    travel = {c: [[(h["epoch"], h["travel_distance"], h["travel_disagreement"]) for h in log if "travel_distance" in h]
+                  for log in logs[c]] for c in cfg.consistency}
+    figures.append(plot_travel(travel, out / "figures" / "travel.png", marker_epoch=cfg.l - cfg.cycle,
+                               title=f"How far the student travels per epoch ({cfg.model} on {cfg.dataset})"))
+    return figures
+
+
+def report(cfg: SemisupConfig, results: dict[str, Any], figures: list[Path], out: Path) -> str:
+    """The Markdown report of a study: settings, the table (mean ± std over seeds), the claims, the figures."""
+    s = results["summary"]
+    lines = ["# Semi-supervised learning: consistency regularisation, SWA and fast-SWA", "",
+             f"`{cfg.model}` on `{cfg.dataset}` with {cfg.labels_per_class} labels per class (drawn per seed; the "
+             f"rest of the training split unlabelled, the validation split held out), batches of {cfg.batch_size} "
+             f"with {cfg.labelled_batch_size} labelled, {cfg.epochs} epochs: cosine from LR {cfg.lr:g} over "
+             f"{cfg.l} epochs, then cycles of {cfg.cycle} epochs. SWA averages at every cycle end, fast-SWA every "
+             f"{cfg.fast_swa_every} {cfg.fast_swa_unit} from epoch {cfg.l - cfg.cycle}. Consistency: MSE between "
+             f"softmax outputs (`{cfg.consistency_loss}`), weight {cfg.consistency_weight:g} ramped up over "
+             f"{cfg.rampup:g} epochs; mean-teacher EMA decay {cfg.ema_decay}. Seeds {cfg.seeds}; mean ± std over "
+             "seeds; test split, validation error beside it.", "",
+             "| consistency | model | test error (%) | NLL | ECE | val error (%) |", "|---|---|---|---|---|---|"]
+    for c, kinds in s.items():
+        for kind, st in kinds.items():
+            cells = [_fmt(st[k], k) for k in ("error", "nll", "ece", "val_error")]
+            lines.append(f"| {c} | {_LABELS[kind]} | " + " | ".join(cells) + " |")
+    lines += ["", "## The paper's claims", ""] + claims(s) + [""]
+    for f in figures:
+        name = f.stem
+        caption = ("How far the student moves between consecutive epochs: the Euclidean distance in weight space "
+                   "and the share of unlabelled inputs whose predicted class changes (slide 35)."
+                   if name == "travel" else f"Test error against epoch, consistency `{name[6:]}` (slide 36).")
+        lines += [caption, "", f"![{name}]({f.relative_to(out)})", ""]
+    return "\n".join(lines)
+
+
+def _fmt(st: dict[str, float], key: str) -> str:
+    scale = 100.0 if "error" in key else 1.0
+    spec = ".2f" if "error" in key else ".4f"
+    text = format(st["mean"] * scale, spec)
+    return text + (" ± " + format(st["std"] * scale, spec) if st.get("n", 1) > 1 else "")
+
+
+def claims(summary: dict[str, dict[str, Any]]) -> list[str]:
+    """The claims of Athiwaratkun et al. (2019) checked on a summary: each a line saying whether it holds
+    (a difference of mean test errors, and the number of seeds)."""
+    out = []
+    base = summary.get("none", {}).get("student")
+    for c in ("pi", "mean-teacher"):
+        kinds = summary.get(c)
+        if not kinds:
+            continue
+        student = kinds["student"]["error"]["mean"]
+        if base is not None:
+            d = 100 * (base["error"]["mean"] - student)
+            out.append(f"- {c} beats supervised-only on the same labels: "
+                       f"{'holds' if d > 0 else 'does not hold'} ({100 * student:.2f}% against "
+                       f"{100 * base['error']['mean']:.2f}%, {d:+.2f} points)")
+        for kind in ("swa", "fastswa"):
+            if kind not in kinds:
+                continue
+            e = kinds[kind]["error"]["mean"]
+            out.append(f"- {c}: {_LABELS[kind]} improves on its base model: "
+                       f"{'holds' if e < student else 'does not hold'} ({100 * e:.2f}% against {100 * student:.2f}%)")
+        if "swa" in kinds and "fastswa" in kinds:
+            f, w = kinds["fastswa"]["error"]["mean"], kinds["swa"]["error"]["mean"]
+            out.append(f"- {c}: fast-SWA improves on SWA: {'holds' if f < w else 'does not hold'} "
+                       f"({100 * f:.2f}% against {100 * w:.2f}%)")
+    return out or ["- (run with --consistency none and pi or mean-teacher to check them)"]

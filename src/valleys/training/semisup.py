@@ -1,0 +1,223 @@
+"""Consistency-regularised semi-supervised training as step functions of :class:`valleys.training.trainer.Trainer`:
+the Pi model (Laine & Aila 2017, "Temporal Ensembling for Semi-Supervised Learning", ICLR) and the mean
+teacher (Tarvainen & Valpola 2017, "Mean teachers are better role models", NeurIPS), on top of which
+Athiwaratkun et al. (2019, "There Are Many Consistent Explanations of Unlabeled Data: Why You Should Average",
+ICLR) average with SWA and fast-SWA.
+
+The loss of a batch with labelled part ``L`` (targets ``>= 0``; unlabelled examples carry
+:data:`valleys.training.semisup_data.NO_LABEL`) is
+
+    loss = mean_{i in L} CE(f_w(v1(x_i)), y_i) + lambda(t) * mean_i l_cons(f_w(v1(x_i)), f_T(v2(x_i)))
+
+over every example ``i`` of the batch, with ``v1``, ``v2`` two stochastic views (augmentations, and the
+network's own Dropout) and the target network ``f_T`` detached: the student itself for the Pi model, its
+exponential moving average for the mean teacher (:class:`MeanTeacher`). ``l_cons`` is the squared error
+between the two softmax outputs averaged over the C classes, ``(1/C) sum_c (p_c - q_c)^2`` (the mean-teacher
+code's ``softmax_mse_loss``; summing over classes instead multiplies lambda by C), or ``KL(q || p)`` with
+``loss="kl"``. The weight ramps up over the first ``r`` epochs (:func:`ramp_up`):
+``lambda(t) = lambda_max exp(-5 (1 - min(t, r) / r)^2)`` at the fractional epoch ``t``.
+
+Use in the trainer::
+
+    teacher = MeanTeacher(model, decay=0.99, eval_loaders={"test": test_loader})
+    step = ConsistencyStep("mean-teacher", augment=SignalAugment(), weight=100.0, rampup=5, teacher=teacher)
+    Trainer(model, None, opt, loader, epochs=60, step_fn=step, callbacks=[teacher]).fit()
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..core.batches import to_device
+from ..methods.averaging import EMA
+from .trainer import Callback, StepResult, Trainer
+
+__all__ = ["CONSISTENCY", "CONSISTENCY_LOSSES", "ramp_up", "consistency_loss", "select_examples",
+           "ConsistencyStep", "MeanTeacher"]
+
+#: The consistency terms: none (supervised on the labelled examples only), Pi model, mean teacher.
+CONSISTENCY = ("none", "pi", "mean-teacher")
+#: The consistency losses between the student's and the target's softmax outputs.
+CONSISTENCY_LOSSES = ("mse", "kl")
+
+
+def ramp_up(epoch: float, length: float) -> float:
+    """The sigmoid-shaped ramp of Laine & Aila (2017): ``exp(-5 (1 - min(t, r) / r)^2)`` at epoch ``t`` with
+    ramp-up length ``r`` epochs; 1 for ``r = 0``. ``ramp_up(0, 5) = exp(-5)``, ``ramp_up(5, 5) = 1``."""
+    if length < 0:
+        raise ValueError(f"the ramp-up length must be >= 0 epochs, got {length}")
+    if length == 0:
+        return 1.0
+    t = min(max(float(epoch), 0.0), float(length)) / float(length)
+    return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+def consistency_loss(student: Tensor, target: Tensor, kind: str = "mse") -> Tensor:
+    """Consistency between the student's logits and the (detached) target's logits, averaged over the batch.
+
+    ``mse``: ``mean_i (1/C) sum_c (softmax(s_i)_c - softmax(t_i)_c)^2``; ``kl``:
+    ``mean_i sum_c q_ic (log q_ic - log p_ic)`` with ``q = softmax(t)``, ``p = softmax(s)``. Gradients flow
+    into ``student`` only.
+    """
+    if kind not in CONSISTENCY_LOSSES:
+        raise ValueError(f"unknown consistency loss {kind!r}; choose one of {', '.join(CONSISTENCY_LOSSES)}")
+    if student.shape != target.shape or student.dim() != 2:
+        raise ValueError(f"student and target logits must both be (N, C), got {tuple(student.shape)} and "
+                         f"{tuple(target.shape)}")
+    target = target.detach()
+    if kind == "mse":
+        return ((student.softmax(1) - target.softmax(1)) ** 2).mean()
+    q_log = target.log_softmax(1)
+    return (q_log.exp() * (q_log - student.log_softmax(1))).sum(1).mean()
+
+
+def select_examples(batch: Any, mask: Tensor) -> Any:
+    """The examples of ``batch`` where ``mask`` is true: every tensor whose first dimension is the batch size
+    is indexed (tuples, lists and dicts are walked); other entries are kept as they are."""
+    n = mask.shape[0]
+    if isinstance(batch, Tensor):
+        return batch[mask.to(batch.device)] if batch.dim() > 0 and batch.shape[0] == n else batch
+    if isinstance(batch, Mapping):
+        return {k: select_examples(v, mask) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(select_examples(v, mask) for v in batch)
+    return batch
+
+
+class MeanTeacher(Callback):
+    """The mean teacher (Tarvainen & Valpola 2017): a copy of the student whose parameters are the exponential
+    moving average of the student's, updated after every optimizer step with decay
+    ``min(1 - 1 / (step + 1), decay)`` (:class:`valleys.methods.averaging.EMA` with ``warmup=True``; the teacher
+    starts as the student). Its BatchNorm statistics come from its own forward passes in train mode, as in the
+    reference code. With ``eval_loaders`` the teacher is evaluated beside the student (``teacher_test_accuracy``,
+    ...).
+
+    Args:
+        model: the student (copied once; the copy is the teacher, ``self.model``).
+        decay: alpha in [0, 1) (0.97-0.999 in the papers).
+        eval_loaders: ``{"test": loader}`` evaluated at the trainer's evaluation epochs.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.99, *,
+                 eval_loaders: Mapping[str, Iterable] | None = None, prefix: str = "teacher") -> None:
+        if not (isinstance(decay, (int, float)) and 0 <= decay < 1):
+            raise ValueError(f"the EMA decay must be in [0, 1), got {decay!r}")
+        self.ema = EMA(model, decay, warmup=True)
+        self.model = copy.deepcopy(model)  # not frozen: it shares the student's weight space; run under no_grad
+        self.eval_loaders = dict(eval_loaders or {})
+        self.prefix = prefix
+
+    @property
+    def decay(self) -> float:
+        return self.ema.decay
+
+    def _sync(self) -> None:
+        self.ema.space.write(self.model, self.ema.mean)
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        if trainer.device is not None:
+            self.model.to(trainer.device)
+        if self.ema.n == 0:
+            self.ema.collect(trainer.model)
+        self._sync()
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        self.ema.collect(trainer.model)
+        self._sync()
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        if self.eval_loaders and trainer.should_evaluate(self.eval_loaders):
+            for name, loader in self.eval_loaders.items():
+                logs.update(trainer.log_entries(f"{self.prefix}_{name}", trainer.evaluate_on(loader, model=self.model)))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ema": self.ema.state_dict(), "buffers": {k: b for k, b in self.model.named_buffers()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ema.load_state_dict(state["ema"])
+        buffers = dict(self.model.named_buffers())
+        for k, b in state["buffers"].items():
+            buffers[k].copy_(b)
+        self._sync()
+
+
+def _tuple_views(augment: Callable[[Tensor], Tensor]) -> Callable[[Any], Any]:
+    def view(batch: Any) -> Any:
+        if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+            return type(batch)([augment(batch[0]), *batch[1:]])
+        raise TypeError(
+            f"augment= transforms the input of (input, label) batches, but this batch is a "
+            f"{type(batch).__name__}; pass views=callable(batch) -> batch that returns an augmented copy")
+    return view
+
+
+class ConsistencyStep:
+    """The step function of consistency training (see the module docstring for the loss).
+
+    Args:
+        consistency: ``"none"`` (cross-entropy on the labelled examples only: the supervised baseline),
+            ``"pi"`` (the target is the student on a second view, detached) or ``"mean-teacher"``.
+        augment: ``callable(x) -> x`` applied to the input of ``(input, label)`` batches, once per view
+            (e.g. :class:`valleys.training.augment.SignalAugment`); None: no augmentation (Dropout alone).
+        views: ``callable(batch) -> batch`` drawing one view of any batch (dicts, several inputs), instead of
+            ``augment``.
+        weight: lambda_max >= 0 (the papers: 100 with the MSE loss).
+        rampup: ramp-up length r in epochs (>= 0).
+        loss: ``"mse"`` or ``"kl"``.
+        teacher: the :class:`MeanTeacher` callback (required for ``"mean-teacher"``; add it to the trainer's
+            callbacks too).
+    """
+
+    def __init__(self, consistency: str = "pi", *, augment: Callable[[Tensor], Tensor] | None = None,
+                 views: Callable[[Any], Any] | None = None, weight: float = 100.0, rampup: float = 5.0,
+                 loss: str = "mse", teacher: MeanTeacher | None = None) -> None:
+        if consistency not in CONSISTENCY:
+            raise ValueError(f"unknown consistency {consistency!r}; choose one of {', '.join(CONSISTENCY)}")
+        if loss not in CONSISTENCY_LOSSES:
+            raise ValueError(f"unknown consistency loss {loss!r}; choose one of {', '.join(CONSISTENCY_LOSSES)}")
+        if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"the consistency weight must be finite and >= 0, got {weight!r}")
+        if not (isinstance(rampup, (int, float)) and math.isfinite(rampup) and rampup >= 0):
+            raise ValueError(f"the ramp-up must be finite and >= 0 epochs, got {rampup!r}")
+        if consistency == "mean-teacher" and teacher is None:
+            raise ValueError("consistency='mean-teacher' needs teacher=MeanTeacher(model, decay) (also passed to "
+                             "the trainer's callbacks)")
+        if augment is not None and views is not None:
+            raise ValueError("pass augment= (for (input, label) batches) or views= (any batch), not both")
+        self.consistency, self.loss, self.teacher = consistency, loss, teacher
+        self.weight, self.rampup = float(weight), float(rampup)
+        self.view: Callable[[Any], Any] = views or (_tuple_views(augment) if augment is not None else (lambda b: b))
+
+    def weight_at(self, epoch: float) -> float:
+        """``lambda(t) = weight * ramp_up(t, rampup)``."""
+        return self.weight * ramp_up(epoch, self.rampup)
+
+    def __call__(self, trainer: Trainer, batch: Any) -> StepResult:
+        adapter, device, model = trainer.adapter, trainer.device, trainer.model
+        y = to_device(adapter.targets(batch), device)
+        if not isinstance(y, Tensor) or y.dim() != 1 or y.is_floating_point():
+            raise TypeError("semi-supervised batches need one integer label per example (NO_LABEL = -1 for the "
+                            "unlabelled ones); see valleys.training.semisup_data.semisup_loader")
+        labelled = y >= 0
+        if self.consistency == "none":
+            out = adapter.forward(model, self.view(select_examples(batch, labelled)), device)
+            ce = F.cross_entropy(out, y[labelled]) if out.shape[0] else out.sum() * 0
+            return StepResult(ce, {"class_loss": ce.detach()}, prediction=out, targets=y[labelled])
+        out = adapter.forward(model, self.view(batch), device)
+        with torch.no_grad():
+            target = adapter.forward(self.teacher.model if self.consistency == "mean-teacher" else model,
+                                     self.view(batch), device)
+        n_lab = int(labelled.sum())
+        ce = F.cross_entropy(out[labelled], y[labelled]) if n_lab else out.sum() * 0
+        cons = consistency_loss(out, target, self.loss)
+        lam = self.weight_at(trainer.step / trainer.steps_per_epoch)
+        return StepResult(ce + lam * cons, {"class_loss": ce.detach(), "consistency_loss": cons.detach(),
+                                            "consistency_weight": lam},
+                          prediction=out[labelled], targets=y[labelled])
