@@ -28,6 +28,7 @@ EXAMPLES = """examples:
   valleys subspace runs/swag --space pca --rank 5 --temperature 100 1000 --out runs/pca-ess   # slides 25-33
   valleys regression --datasets concrete boston --splits 10 --out runs/uci     # RMSE, NLL, 95% coverage
   valleys regression --datasets toy1d --splits 1 --epochs 1000 --out runs/toy   # the 1-D figure (slide 32)
+  valleys semisup --labels-per-class 40 --consistency none pi mean-teacher --seeds 0 1 2 --out runs/semi  # slides 34-36
 """
 
 
@@ -139,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     from ..zoo.catalog import DATASETS, MODELS, REGRESSION_DATASETS
     from .registry import method_help
     from .regression import RegressionProtocol
+    from .semisup import SemisupConfig
     from .settings import TrainSettings
 
     d = TrainSettings()
@@ -370,6 +372,57 @@ def _parser() -> argparse.ArgumentParser:
     rg.add_argument("--resume", action="store_true", help="continue an interrupted protocol in --out")
     rg.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     rg.add_argument("--jobs", type=_positive_int, default=None, help=JOBS_HELP)
+
+    ss = sub.add_parser("semisup", help="semi-supervised training with a few labels: supervised-only, Pi model and "
+                        "mean teacher, each with SWA and fast-SWA side by side (slides 34-36)")
+    sd = SemisupConfig()
+    ss.add_argument("--dataset", choices=list(DATASETS), default=sd.dataset, help="built-in dataset")
+    ss.add_argument("--model", choices=list(MODELS), default=sd.model, help="reference architecture")
+    ss.add_argument("--consistency", nargs="+", choices=["none", "pi", "mean-teacher"], default=sd.consistency,
+                    help="consistency terms, each a run per seed (none: cross-entropy on the labelled examples only)")
+    ss.add_argument("--labels-per-class", type=_positive_int, default=sd.labels_per_class,
+                    help="labelled training examples per class, drawn from the seed; the rest are unlabelled")
+    ss.add_argument("--batch-size", type=_positive_int, default=sd.batch_size, help="examples per batch")
+    ss.add_argument("--labelled-batch-size", type=_positive_int, default=sd.labelled_batch_size,
+                    help="labelled examples in every batch (the rest unlabelled)")
+    ss.add_argument("--epochs", type=_positive_int, default=sd.epochs,
+                    help="epochs (one epoch: a pass over the unlabelled examples)")
+    ss.add_argument("--cosine-epochs", type=_positive_int, default=None,
+                    help="length l of the first cosine phase (default: --epochs minus two cycles)")
+    ss.add_argument("--cycle", type=_positive_int, default=sd.cycle,
+                    help="cycle length c in epochs: after the cosine phase the LR replays its last c epochs; SWA "
+                         "averages at every cycle end")
+    ss.add_argument("--fast-swa-every", type=_positive_int, default=sd.fast_swa_every,
+                    help="fast-SWA averages every k epochs (or steps, --fast-swa-unit) from epoch l - c on")
+    ss.add_argument("--fast-swa-unit", choices=["epochs", "steps"], default=sd.fast_swa_unit,
+                    help="unit of --fast-swa-every")
+    ss.add_argument("--lr", type=_positive_float, default=sd.lr, help="initial LR of the cosine")
+    ss.add_argument("--momentum", type=_fraction, default=sd.momentum, help="Nesterov momentum")
+    ss.add_argument("--wd", type=_non_negative_float, default=sd.wd, help="weight decay")
+    ss.add_argument("--consistency-weight", type=_non_negative_float, default=sd.consistency_weight,
+                    help="lambda_max, the consistency loss's weight after the ramp-up")
+    ss.add_argument("--consistency-loss", choices=["mse", "kl"], default=sd.consistency_loss,
+                    help="mse: squared error between the softmax outputs (mean over classes); kl: KL(target || student)")
+    ss.add_argument("--rampup", type=_non_negative_float, default=sd.rampup,
+                    help="epochs r of the ramp-up lambda(t) = lambda_max exp(-5 (1 - min(t, r) / r)^2)")
+    ss.add_argument("--ema-decay", type=_fraction, default=sd.ema_decay,
+                    help="mean teacher: EMA decay alpha in [0, 1), used as min(1 - 1/(step + 1), alpha)")
+    ss.add_argument("--no-augment", action="store_true",
+                    help="no input augmentation: the two views differ only through Dropout")
+    ss.add_argument("--seeds", type=_seed, nargs="+", default=sd.seeds,
+                    help="seeds (each draws its own labelled examples and initialisation)")
+    ss.add_argument("--val-fraction", type=_fraction, default=sd.val_fraction,
+                    help="labelled validation split held out of training (choose settings on it)")
+    ss.add_argument("--train-subset", type=_positive_int, default=None, help="keep only N training examples")
+    ss.add_argument("--test-subset", type=_positive_int, default=None, help="keep only N test examples")
+    ss.add_argument("--data-root", type=_path, default=None, help="torchvision data root (Fashion-MNIST files)")
+    ss.add_argument("--eval-every", type=_positive_int, default=sd.eval_every, help="epochs between evaluations")
+    ss.add_argument("--device", default=sd.device, help="cpu, cuda or cuda:N")
+    ss.add_argument("--out", type=_path, required=True, help="output folder")
+    ss.add_argument("--overwrite", action="store_true", help="replace a study already in --out")
+    ss.add_argument("--resume", action="store_true", help="continue an interrupted study in --out")
+    ss.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ss.add_argument("--jobs", type=_positive_int, default=None, help=JOBS_HELP)
 
     m = sub.add_parser("demo", help="the main job: SGD, SWA, SWAG and FGE on MNIST-1D; tables, report, figures")
     m.add_argument("--quick", action="store_true",
@@ -719,6 +772,30 @@ def _regression(args: argparse.Namespace) -> int:
     return 0
 
 
+def _semisup(args: argparse.Namespace) -> int:
+    from .semisup import SemisupConfig, semisup_run
+
+    names = {f.name for f in dataclasses.fields(SemisupConfig)}
+    cfg = SemisupConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None},
+                        augment=not args.no_augment)
+    if args.overwrite and args.resume:
+        raise ValueError("--overwrite and --resume contradict each other: choose one")
+    if cfg.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {cfg.device} requested but CUDA is not available; use --device cpu")
+    from .parallel import default_jobs
+
+    res = semisup_run(cfg, args.out, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
+                      jobs=args.jobs or default_jobs(cfg.device))
+    print(f"test error (%) over seeds {cfg.seeds}")
+    for c, kinds in res["summary"].items():
+        print(f"  {c:13s} " + "  ".join(f"{k} {100 * st['error']['mean']:.2f}" for k, st in kinds.items()))
+    print(f"\nwrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.md'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``valleys`` command; returns the exit status (errors: 2 with a one-line reason)."""
     parser = _parser()
@@ -737,7 +814,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _geometry(args)
         return {"evaluate": _evaluate, "demo": _demo, "connect": _connect, "subspace": _subspace,
                 "geometry": _geometry_demo, "regression": _regression,
-                "subspace-table": _subspace_table}[args.command](args)
+                "subspace-table": _subspace_table, "semisup": _semisup}[args.command](args)
     except KeyboardInterrupt:
         _finish_progress_bars()
         print(f"valleys {args.command}: {_interrupted(args)}", file=sys.stderr)

@@ -7,8 +7,10 @@ Laine & Aila 2017; ``mean-teacher``: Tarvainen & Valpola 2017) and every seed: `
 examples per class drawn from the seed (:func:`valleys.training.semisup_data.labelled_split`; the validation
 split is held out of both parts), mixed batches of ``batch_size`` with ``labelled_batch_size`` labelled ones,
 two augmented views per example, SGD with Nesterov momentum on the cosine-with-replay schedule
-(:class:`valleys.training.schedules.CosineReplay`: cosine over ``cosine_epochs``, then cycles of ``cycle``
-epochs replaying its last ``cycle`` epochs). SWA averages the student at the end of every cycle (epochs
+(:class:`valleys.training.schedules.CosineReplay`: a cosine that would reach 0 at epoch ``l + c``, followed
+for the first ``l = cosine_epochs`` epochs, then cycles of ``c = cycle`` epochs replaying its epochs
+``l - c .. l``, as in the authors' code, where the cosine ramps down over 210 epochs but stops at 180, so the
+cycles keep a learning rate high enough to explore). SWA averages the student at the end of every cycle (epochs
 ``l, l + c, ...``), fast-SWA every ``fast_swa_every`` epochs (or steps) from epoch ``l - c`` on; both with a
 BatchNorm recompute on the training inputs (labelled and unlabelled) before every evaluation. The student, the
 teacher (mean teacher only), SWA and fast-SWA are evaluated side by side every ``eval_every`` epochs, and
@@ -119,6 +121,10 @@ class SemisupConfig:
             raise ValueError(f"--val-fraction must be in (0, 1): settings are chosen on a labelled validation "
                              f"split, got {self.val_fraction!r}")
         l, c, e = self.l, self.cycle, self.epochs
+        if self.cosine_epochs is None and l < 1:
+            raise ValueError(f"a cycle of {c} epochs is too long for --epochs {e}: the cosine phase (by default "
+                             f"--epochs minus two cycles) would have {l} epochs; use --cycle at most {(e - 1) // 2}, "
+                             "raise --epochs or set --cosine-epochs")
         if self.cosine_epochs is not None and not 1 <= self.cosine_epochs <= e:
             raise ValueError(f"--cosine-epochs must be in [1, --epochs {e}], got {self.cosine_epochs}")
         if c > e - l:
@@ -143,7 +149,7 @@ class SemisupConfig:
             if v is not None and v < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
 
-    def check_data(self, splits: Any, steps_per_epoch: int | None = None) -> None:
+    def check_data(self, splits: Any) -> None:
         """The checks that need the data: enough examples of every class, a batch's worth of unlabelled
         examples, a fast-SWA interval in steps within a cycle."""
         from ..training.semisup_data import dataset_targets
@@ -160,8 +166,9 @@ class SemisupConfig:
         if need and unlabelled < need:
             raise ValueError(f"{unlabelled} unlabelled examples do not fill one batch's {need} unlabelled places; "
                              "lower --batch-size or --labels-per-class")
-        if steps_per_epoch is not None and self.fast_swa_unit == "steps" \
-                and self.fast_swa_every > self.cycle * steps_per_epoch:
+        # one epoch is a pass over the unlabelled examples (MixedBatchSampler)
+        steps_per_epoch = unlabelled // need if need else max(1, self.labels_per_class * len(counts) // self.batch_size)
+        if self.fast_swa_unit == "steps" and self.fast_swa_every > self.cycle * steps_per_epoch:
             raise ValueError(f"--fast-swa-every {self.fast_swa_every} steps is longer than the cycle of "
                              f"{self.cycle * steps_per_epoch} steps ({self.cycle} epochs of {steps_per_epoch})")
 
@@ -207,10 +214,10 @@ def semisup_one(cfg: SemisupConfig, consistency: str, seed: int, folder: str | P
     again = resume and (folder / "checkpoint.safetensors").is_file() and (folder / "config.json").is_file() \
         and read_json_object(folder / "config.json") == settings
     splits = _splits(cfg)
+    cfg.check_data(splits)
     labelled, unlabelled = labelled_split(dataset_targets(splits.train), cfg.labels_per_class, seed)
     loader = semisup_loader(splits.train, labelled, unlabelled=unlabelled, batch_size=cfg.batch_size,
                             labelled_batch_size=cfg.labelled_batch_size, seed=seed)
-    cfg.check_data(splits, len(loader))
     torch.manual_seed(seed)
     model = build_model(cfg.model, splits.input_shape, splits.num_classes).to(cfg.device)
     evals = {"val": make_loader(splits.val, 1000), "test": make_loader(splits.test, 1000)}
@@ -236,7 +243,7 @@ def semisup_one(cfg: SemisupConfig, consistency: str, seed: int, folder: str | P
         for name in ("checkpoint.safetensors", "metrics.jsonl", "results.json"):
             (folder / name).unlink(missing_ok=True)
         write_json(folder / "config.json", settings)
-    trainer = Trainer(model, None, opt, loader, epochs=cfg.epochs, schedule=CosineReplay(cfg.lr, l, c),
+    trainer = Trainer(model, None, opt, loader, epochs=cfg.epochs, schedule=CosineReplay(cfg.lr, l, c, total=l + c),
                       callbacks=callbacks, eval_loaders=evals, eval_every=cfg.eval_every, device=cfg.device,
                       seed=seed, step_fn=step, checkpoint_path=folder / "checkpoint.safetensors",
                       checkpoint_every=1, log_path=folder / "metrics.jsonl", header={"config": settings},
