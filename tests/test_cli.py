@@ -121,7 +121,12 @@ def test_quick_demo_writes_the_run_folder(tmp_path):
     out = tmp_path / "demo"
     base = dataclasses.replace(DEMO_CONFIG, model="mlp", epochs=5, swa_start=2)
     res = run_demo(out, seeds=[0], base=base, progress=False, log=lambda *a: None, curve={"epochs": 1, "points": 3},
-                   subspace={"samples": 3, "burn_in": 1, "grid": 3, "toy": {"epochs": 10}})
+                   subspace={"samples": 3, "burn_in": 1, "grid": 3, "toy": {"epochs": 10}},
+                   semisup={"epochs": 4, "cycle": 1, "fast_swa_every": 1, "consistency": ["none", "mean-teacher"]})
+    semi = res["semisup"]
+    assert set(semi["summary"]) == {"none", "mean-teacher"} and "teacher" in semi["summary"]["mean-teacher"]
+    assert semi["settings"]["model"] == "mlp" and semi["settings"]["seeds"] == [0]
+    assert (out / "semisup" / "figures" / "travel.png").is_file() and (out / "semisup" / "report.md").is_file()
     assert [m["method"] for m in res["methods"]] == ["SGD", "SWA", "SWA-Temp", "SWAG-diag", "SWAG", "FGE"]
     sec = res["subspace"]
     assert list(sec["rows"]) == ["PCA + ESS", "random + ESS"] and sec["rank"] == 2  # 3 deviations: 2 directions
@@ -141,6 +146,8 @@ def test_quick_demo_writes_the_run_folder(tmp_path):
     report = (out / "report.md").read_text()
     assert "| SWAG |" in report and "OOD AUROC" in report and "| Bezier curve |" in report
     assert "## Subspace inference" in report and "| PCA + ESS |" in report and "subspace/toy1d/figures/toy1d.png" in report
+    assert "## Semi-supervised learning" in report and "| mean-teacher | fast-SWA |" in report
+    assert "semisup/figures/travel.png" in report and "semisup/figures/error-mean-teacher.png" in report
     # the full comparison on the finished folder: four subspace rows beside the demo's own SGD, SWA and SWAG
     assert main(["subspace-table", str(out), "--quick", "--no-progress"]) == 0
     table = json.loads((out / "subspace-table" / "summary.json").read_text())

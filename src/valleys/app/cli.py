@@ -435,6 +435,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--jobs", type=_positive_int, default=None, help=JOBS_HELP)
     m.add_argument("--no-subspace", action="store_true",
                    help="skip the subspace-inference section (PCA, random and curve subspaces; the 1-D toy figure)")
+    m.add_argument("--no-semisup", action="store_true",
+                   help="skip the semi-supervised section (supervised-only, Pi and mean teacher with SWA and fast-SWA "
+                        "on 40 labels per class of MNIST-1D)")
     g = m.add_argument_group("change the demo's setting (default: the embedded MNIST-1D configuration)")
     g.add_argument("--dataset", choices=list(DATASETS), default=None)
     g.add_argument("--model", choices=list(MODELS), default=None)
@@ -714,7 +717,8 @@ def _demo(args: argparse.Namespace) -> int:
         base.swa_lr = None  # default: the new lr
     keep = set(changes) | ({"swa_start"} if "epochs" in changes else set())  # --quick changes only the rest
     run_demo(args.out, quick=args.quick, seeds=args.seeds, overwrite=args.overwrite, progress=not args.no_progress,
-             base=base, ood=not args.no_ood, keep=keep, subspace=not args.no_subspace, jobs=args.jobs)
+             base=base, ood=not args.no_ood, keep=keep, subspace=not args.no_subspace, jobs=args.jobs,
+             semisup=not args.no_semisup)
     return 0
 
 

@@ -28,6 +28,7 @@ from .report import aggregate, describe_config, format_table, markdown_table
 from .folders import check_output, output_guard
 from .parallel import call, default_jobs, run_jobs
 from .runs import TrainConfig, evaluate_run, prepare_run_dir, train_run
+from .semisup import SemisupConfig, semisup_calls, semisup_finish, summary_lines
 
 __all__ = ["DEMO_CONFIG", "ROWS", "geometry_section", "run_demo"]
 
@@ -37,6 +38,11 @@ DEMO_CONFIG = TrainConfig(dataset="mnist1d", model="cnn1d", epochs=100, lr=0.1, 
 QUICK = {"epochs": 30, "swa_start": 15, "samples": 10}
 CURVE = {"points": 61}  # curve epochs and LR: connect's defaults, twice the networks' epochs at their LR
 CURVE_QUICK = {"epochs": 5, "points": 11}
+# The semi-supervised section (slides 34-36): 40 labels per class of MNIST-1D, the consistency weight chosen on
+# the validation split among 10, 30 and 100 (README, "Semi-supervised"); quick: 30 epochs in cycles of 5.
+SEMISUP = SemisupConfig(dataset="mnist1d", model="cnn1d", labels_per_class=40, epochs=60, cycle=10, fast_swa_every=2,
+                        consistency_weight=30.0)
+SEMISUP_QUICK = {"epochs": 30, "cycle": 5, "eval_every": 5}
 
 # table row -> (run to read, method to evaluate it as, temperature scaling)
 ROWS: dict[str, tuple[str, str, bool]] = {
@@ -79,14 +85,17 @@ def quick_base(base: TrainConfig, keep: Iterable[str] = ()) -> TrainConfig:
 def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Sequence[int] | None = None,
              overwrite: bool = False, progress: bool = True, base: TrainConfig | None = None, ood: bool = True,
              curves: bool = True, curve: dict | None = None, log: Callable[..., None] = print,
-             keep: Iterable[str] = (), subspace: bool | dict = True, jobs: int | None = None) -> dict[str, Any]:
+             keep: Iterable[str] = (), subspace: bool | dict = True, jobs: int | None = None,
+             semisup: bool | dict = True) -> dict[str, Any]:
     """Train the demo's runs for each seed under ``out`` and write the summary into ``out``.
 
     ``quick`` shrinks the budget (:data:`QUICK`) except for the settings of ``base`` named in ``keep`` (those
     the user set: ``valleys demo --quick --epochs 4`` trains 4 epochs). ``subspace``: the subspace-inference
     section (:mod:`valleys.app.demo_subspace`), ``False`` to skip it, or a dict of its settings' overrides.
     ``jobs``: worker processes for the independent runs (default: the CPU cores; see
-    :mod:`valleys.app.parallel`; 1 runs everything in this process).
+    :mod:`valleys.app.parallel`; 1 runs everything in this process). ``semisup``: the semi-supervised section
+    on MNIST-1D (:mod:`valleys.app.semisup`, into ``out/semisup``), ``False`` to skip it, or a dict of
+    :class:`valleys.app.semisup.SemisupConfig` overrides.
 
     Returns the content of ``out/results.json``: one entry per method (``method``, ``metrics.test`` with the
     mean over seeds, ``spread`` with mean/std/min/max, ``ood_auroc`` where measured).
@@ -102,12 +111,20 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
     with output_guard(out):  # a failed or interrupted demo leaves nothing that blocks running it again
         out = prepare_run_dir(out, overwrite=overwrite)
         jobs = default_jobs(base.device) if jobs is None else jobs
-        return _demo_body(out, base, cfgs, seeds, quick, progress, ood, curves, curve, log, subspace, jobs)
+        semi = None
+        if semisup:
+            data = {"dataset": base.dataset, "model": base.model, "data_root": base.data_root,
+                    "train_subset": base.train_subset, "test_subset": base.test_subset,
+                    "val_fraction": base.val_fraction}
+            semi = dataclasses.replace(SEMISUP, seeds=list(seeds), **data, **(SEMISUP_QUICK if quick else {}),
+                                       **(semisup if isinstance(semisup, dict) else {}))
+            semi.check()
+        return _demo_body(out, base, cfgs, seeds, quick, progress, ood, curves, curve, log, subspace, jobs, semi)
 
 
 def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick: bool, progress: bool, ood: bool,
                curves: bool, curve: dict | None, log: Callable[..., None], subspace: bool | dict = True,
-               jobs: int = 1) -> dict[str, Any]:
+               jobs: int = 1, semi: SemisupConfig | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     splits = load_dataset(base.dataset, val_fraction=base.val_fraction, train_subset=base.train_subset,
                           test_subset=base.test_subset, root=base.data_root)  # a data error: the guard cleans up
@@ -150,7 +167,11 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
     # the curves and the subspace section's first runs share one pool (they need only the trained runs)
     plan = subspace_plan(out, seeds, None, quick=quick, progress=progress, jobs=jobs,
                          settings=subspace if isinstance(subspace, dict) else None) if subspace else None
-    extra = plan.first_calls if plan else []
+    extra = list(plan.first_calls) if plan else []
+    n_sub = len(extra)
+    if semi is not None:  # the semi-supervised runs are independent of everything else: the same pool
+        (out / "semisup").mkdir(exist_ok=True)
+        extra += semisup_calls(semi, out / "semisup")
     connectivity = None
     if curves:
         connectivity, first = _connect(out, seeds, cfgs["sgd"], splits, curve or (CURVE_QUICK if quick else CURVE),
@@ -159,7 +180,12 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
         first = list(run_jobs(call, extra, jobs=jobs))
     geometry = _geometry(out, seeds, quick, progress, log) if curves else None
     rows = {r: aggregate([x["metrics"]["test"] for x in xs]) for r, xs in per_row.items()}
-    section = subspace_finish(plan, first, log) if plan else None
+    section = subspace_finish(plan, first[:n_sub], log) if plan else None
+    semi_res = None
+    if semi is not None:
+        semi_res = semisup_finish(semi, out / "semisup", first[n_sub:])
+        for line in semi_res["claims"]:
+            log(f"  semi-supervised: {line[2:]}")
     methods = []
     for r, xs in per_row.items():
         entry: dict[str, Any] = {
@@ -176,6 +202,7 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
         methods.append(entry)
     results = {"dataset": base.dataset, "model": base.model, "seeds": seeds, "quick": quick, "methods": methods,
                "mode_connectivity": connectivity, "geometry": geometry, "subspace": section,
+               "semisup": {k: semi_res[k] for k in ("settings", "summary", "claims", "figures")} if semi_res else None,
                "timing": {"total_s": time.perf_counter() - start}}
     write_json(out / "config.json", {"base": dataclasses.asdict(base), "runs": {m: dataclasses.asdict(c) for m, c in cfgs.items()},
                                      "seeds": seeds, "quick": quick, "ood": ood})
@@ -189,8 +216,14 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
         figures["posterior over a 2-D slice of the PCA subspace (slides 27-29)"] = (
             out / "subspace" / f"pca-ess-seed{seeds[0]}" / "figures" / "posterior.png")
         figures["1-D regression with a gap (slide 32)"] = out / section["toy"]["figure"]
+    if semi_res:
+        for f in semi_res["figures"]:
+            name = Path(f).stem
+            title = ("how far the iterates travel, supervised and consistency-regularised (slide 35)" if name == "travel"
+                     else f"semi-supervised test error against epoch, consistency {name[6:]} (slide 36)")
+            figures[title] = out / "semisup" / f
     _report(out, base, seeds, cfgs, rows, methods, figures, results["timing"]["total_s"], connectivity, geometry,
-            section)
+            section, (semi, semi_res) if semi_res else None)
     log("")
     log(format_table(rows))
     if ood:
@@ -320,7 +353,7 @@ def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Cal
 
 
 def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float, connectivity=None,
-            geometry=None, section=None) -> None:
+            geometry=None, section=None, semisup=None) -> None:
     swa_start = cfgs["swag"].swa_start
     ood_lines = [f"| {m['method']} | {m['ood_auroc']['mean']:.4f} ± {m['ood_auroc']['std']:.4f} |"
                  for m in methods if "ood_auroc" in m]
@@ -365,6 +398,9 @@ def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float
         lines += _geometry_lines(geometry, seeds)
     if section:
         lines += subspace_lines(section, rows)
+    if semisup:
+        lines += ["## Semi-supervised learning with SWA and fast-SWA (slides 34-36)", "",
+                  *summary_lines(*semisup), "Folder: `semisup/` (one run per consistency term and seed).", ""]
     for title, path in figures.items():
         lines += [f"## {title[0].upper() + title[1:]}", "", f"![{title}]({path.relative_to(out)})", ""]
     lines += ["## Settings", "", describe_config(dataclasses.asdict(cfgs["swag"])), "", f"Total time {total_s:.1f} s.", ""]

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SemisupConfig", "semisup_run", "semisup_one", "MODEL_KINDS"]
+__all__ = ["SemisupConfig", "semisup_run", "semisup_one", "semisup_calls", "semisup_finish", "claims", "summary_lines", "MODEL_KINDS"]
 
 #: The networks evaluated side by side in every run (the teacher only with the mean teacher).
 MODEL_KINDS = ("student", "teacher", "swa", "fastswa")
@@ -299,7 +299,7 @@ def semisup_run(cfg: SemisupConfig, out: str | Path, *, overwrite: bool = False,
     from ..core.checkpoint import write_json
     from ..core.optional import progress_bar
     from .folders import output_guard
-    from .parallel import run_jobs
+    from .parallel import call, run_jobs
     from .runs import prepare_run_dir, read_json_object
 
     cfg.check()
@@ -319,22 +319,37 @@ def semisup_run(cfg: SemisupConfig, out: str | Path, *, overwrite: bool = False,
     with output_guard(out, resumable=lambda: (out / "config.json").is_file()):
         prepare_run_dir(out, overwrite=overwrite, resume=resume)
         write_json(out / "config.json", {"folder": "semisup", **asdict(cfg)})
-        calls = [{"cfg": cfg, "consistency": c, "seed": s, "folder": out / c / f"seed-{s}", "resume": resume,
-                  "progress": False} for c in cfg.consistency for s in cfg.seeds]
+        calls = semisup_calls(cfg, out, resume=resume)
         bar = progress_bar(total=len(calls), unit="run", desc="semi-supervised runs", dynamic_ncols=True) \
             if progress else None
         try:
-            runs = list(run_jobs(semisup_one, calls, jobs=jobs, progress=bar))
+            runs = list(run_jobs(call, calls, jobs=jobs, progress=bar))
         finally:
             if bar is not None:
                 bar.close()
-        results: dict[str, Any] = {"folder": "semisup", "settings": asdict(cfg), "l": cfg.l,
-                                   "summary": summarise(runs, cfg.consistency), "runs": runs}
-        figures = _figures(cfg, out)
-        results["figures"] = [str(f.relative_to(out)) for f in figures]
-        results["timing"] = {"total_s": time.perf_counter() - start}
-        write_json(out / "results.json", results)
-        (out / "report.md").write_text(report(cfg, results, figures, out))
+        return semisup_finish(cfg, out, runs, start)
+
+
+def semisup_calls(cfg: SemisupConfig, out: Path, *, resume: bool = False) -> list[dict[str, Any]]:
+    """The runs of a study as :func:`valleys.app.parallel.call` arguments (``fn`` is :func:`semisup_one`), one
+    per consistency term and seed, into ``out/<consistency>/seed-<s>``; the demo runs them in its own pool."""
+    return [{"fn": semisup_one, "cfg": cfg, "consistency": c, "seed": s, "folder": out / c / f"seed-{s}",
+             "resume": resume, "progress": False} for c in cfg.consistency for s in cfg.seeds]
+
+
+def semisup_finish(cfg: SemisupConfig, out: Path, runs: list[dict[str, Any]], start: float | None = None) -> dict[str, Any]:
+    """Summarise finished runs (:func:`semisup_calls`' results, in order) into ``out``: ``results.json``,
+    ``figures/`` and ``report.md``; returns what ``results.json`` holds."""
+    from ..core.checkpoint import write_json
+
+    results: dict[str, Any] = {"folder": "semisup", "settings": asdict(cfg), "l": cfg.l,
+                               "summary": summarise(runs, cfg.consistency), "runs": runs}
+    results["claims"] = claims(results["summary"])
+    figures = _figures(cfg, out)
+    results["figures"] = [str(f.relative_to(out)) for f in figures]
+    results["timing"] = {"total_s": time.perf_counter() - start if start is not None else None}
+    write_json(out / "results.json", results)
+    (out / "report.md").write_text(report(cfg, results, figures, out))
     return results
 
 
@@ -364,24 +379,29 @@ def _figures(cfg: SemisupConfig, out: Path) -> list[Path]:
     return figures
 
 
-def report(cfg: SemisupConfig, results: dict[str, Any], figures: list[Path], out: Path) -> str:
-    """The Markdown report of a study: settings, the table (mean ± std over seeds), the claims, the figures."""
-    s = results["summary"]
-    lines = ["# Semi-supervised learning: consistency regularisation, SWA and fast-SWA", "",
-             f"`{cfg.model}` on `{cfg.dataset}` with {cfg.labels_per_class} labels per class (drawn per seed; the "
+def summary_lines(cfg: SemisupConfig, results: dict[str, Any]) -> list[str]:
+    """The settings in words, the table (mean ± std over seeds) and the claims, as Markdown lines."""
+    lines = [f"`{cfg.model}` on `{cfg.dataset}` with {cfg.labels_per_class} labels per class (drawn per seed; the "
              f"rest of the training split unlabelled, the validation split held out), batches of {cfg.batch_size} "
-             f"with {cfg.labelled_batch_size} labelled, {cfg.epochs} epochs: cosine from LR {cfg.lr:g} over "
-             f"{cfg.l} epochs, then cycles of {cfg.cycle} epochs. SWA averages at every cycle end, fast-SWA every "
-             f"{cfg.fast_swa_every} {cfg.fast_swa_unit} from epoch {cfg.l - cfg.cycle}. Consistency: MSE between "
-             f"softmax outputs (`{cfg.consistency_loss}`), weight {cfg.consistency_weight:g} ramped up over "
-             f"{cfg.rampup:g} epochs; mean-teacher EMA decay {cfg.ema_decay}. Seeds {cfg.seeds}; mean ± std over "
-             "seeds; test split, validation error beside it.", "",
+             f"with {cfg.labelled_batch_size} labelled, {cfg.epochs} epochs: cosine from LR {cfg.lr:g} (reaching 0 "
+             f"at epoch {cfg.l + cfg.cycle}) over {cfg.l} epochs, then cycles of {cfg.cycle} epochs replaying its "
+             f"last {cfg.cycle}. SWA averages at every cycle end, fast-SWA every {cfg.fast_swa_every} "
+             f"{cfg.fast_swa_unit} from epoch {cfg.l - cfg.cycle}. Consistency loss `{cfg.consistency_loss}` between "
+             f"softmax outputs, weight {cfg.consistency_weight:g} ramped up over {cfg.rampup:g} epochs; mean-teacher "
+             f"EMA decay {cfg.ema_decay}. Seeds {cfg.seeds}; mean ± std over seeds; test split, validation error "
+             "beside it.", "",
              "| consistency | model | test error (%) | NLL | ECE | val error (%) |", "|---|---|---|---|---|---|"]
-    for c, kinds in s.items():
+    for c, kinds in results["summary"].items():
         for kind, st in kinds.items():
             cells = [_fmt(st[k], k) for k in ("error", "nll", "ece", "val_error")]
             lines.append(f"| {c} | {_LABELS[kind]} | " + " | ".join(cells) + " |")
-    lines += ["", "## The paper's claims", ""] + claims(s) + [""]
+    return lines + ["", "The claims of Athiwaratkun et al. (2019), on mean test error:", ""] + results["claims"] + [""]
+
+
+def report(cfg: SemisupConfig, results: dict[str, Any], figures: list[Path], out: Path) -> str:
+    """The Markdown report of a study: settings, the table, the claims, the figures."""
+    lines = ["# Semi-supervised learning: consistency regularisation, SWA and fast-SWA", ""]
+    lines += summary_lines(cfg, results)
     for f in figures:
         name = f.stem
         caption = ("How far the student moves between consecutive epochs: the Euclidean distance in weight space "
