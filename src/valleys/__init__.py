@@ -30,7 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover - what static tools see; at run time the n
     from .geometry.paths import evaluate_path, segment
     from .evaluation.predict import bma, evaluate
     from .training.schedules import Constant, CosineReplay, SWALRAnneal, SWASchedule, TriangularCyclic
-    from .training.callbacks import FGECallback, SWACallback, TrajectoryCallback
+    from .training.callbacks import FGECallback, SWACallback, TrajectoryCallback, TravelCallback
+    from .training.semisup import ConsistencyStep, MeanTeacher
     from .methods.swag import SWAG, MultiSWAG
     from .training.trainer import Callback, Trainer, TrainingDiverged
     from .core.adapter import AdapterError, ModelAdapter
@@ -52,7 +53,8 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     ".geometry.paths": ("evaluate_path", "segment"),
     ".evaluation.predict": ("bma", "evaluate"),
     ".training.schedules": ("Constant", "CosineReplay", "SWALRAnneal", "SWASchedule", "TriangularCyclic"),
-    ".training.callbacks": ("FGECallback", "SWACallback", "TrajectoryCallback"),
+    ".training.callbacks": ("FGECallback", "SWACallback", "TrajectoryCallback", "TravelCallback"),
+    ".training.semisup": ("ConsistencyStep", "MeanTeacher"),
     ".methods.swag": ("SWAG", "MultiSWAG"),
     ".training.trainer": ("Callback", "Trainer", "TrainingDiverged"),
     ".core.adapter": ("AdapterError", "ModelAdapter"),
@@ -99,4 +101,5 @@ __all__ = [
     "predictive_entropy", "auroc", "Curve", "CurveModel", "evaluate_path", "segment", "__version__", "TrajectoryCallback",
     "evaluate_points", "LossFunction", "lanczos", "power_iteration", "hutchinson_trace", "epsilon_sharpness",
     "Plane", "line", "random_direction", "valley_width", "ModelAdapter", "AdapterError", "evaluate_many", "BNPolicy",
+    "TravelCallback", "ConsistencyStep", "MeanTeacher",
 ]

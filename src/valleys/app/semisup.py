@@ -49,10 +49,10 @@ class SemisupConfig:
     labels_per_class: int = 40
     batch_size: int = 128
     labelled_batch_size: int = 32
-    epochs: int = 60
+    epochs: int = 90
     cosine_epochs: int | None = None  # l; default: epochs - 2 cycles
-    cycle: int = 10
-    fast_swa_every: int = 2
+    cycle: int = 15
+    fast_swa_every: int = 1
     fast_swa_unit: str = "epochs"     # or "steps"
     lr: float = 0.1
     momentum: float = 0.9
