@@ -418,3 +418,24 @@ def test_resume_refuses_other_settings(tmp_path, capsys):
     semisup_run(SemisupConfig(**SMALL, consistency=["none"]), out, progress=False)
     refused(["semisup", "--consistency", "none", "--out", out, "--resume"], capsys, names=["settings differ"],
             untouched=[out])
+
+
+def test_claims_verdicts_on_constructed_runs():
+    from valleys.app.semisup import claims, verdict
+
+    def runs(errors):  # {(consistency, kind): [error per seed]}
+        out = {}
+        for (c, kind), errs in errors.items():
+            for s, e in enumerate(errs):
+                r = out.setdefault((c, s), {"consistency": c, "seed": s, "metrics": {}})
+                r["metrics"][kind] = {"test": {"accuracy": 1 - e}}
+        return list(out.values())
+
+    lines = claims(runs({("none", "student"): [0.20, 0.22, 0.21], ("pi", "student"): [0.10, 0.12, 0.11],
+                         ("pi", "swa"): [0.11, 0.11, 0.11], ("pi", "fastswa"): [0.15, 0.16, 0.17]}))
+    assert lines[0].startswith("- pi beats supervised-only on the same labels: holds (11.00% against 21.00%, "
+                               "difference -10.00 ± 0.00 points over 3 seeds)")
+    assert "SWA improves on its base model: within noise" in lines[1]
+    assert "fast-SWA improves on its base model: does not hold" in lines[2]
+    assert verdict(-0.01, float("nan")) == "holds (one seed: no spread)"
+    assert verdict(-0.01, 0.004) == "holds" and verdict(-0.01, 0.006) == "within noise" and verdict(0.01, 0.004) == "does not hold"
