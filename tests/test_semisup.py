@@ -439,3 +439,18 @@ def test_claims_verdicts_on_constructed_runs():
     assert "fast-SWA improves on its base model: does not hold" in lines[2]
     assert verdict(-0.01, float("nan")) == "holds (one seed: no spread)"
     assert verdict(-0.01, 0.004) == "holds" and verdict(-0.01, 0.006) == "within noise" and verdict(0.01, 0.004) == "does not hold"
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    import valleys.app.semisup as semisup
+
+    out = tmp_path / "semi"
+
+    def interrupted(**kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(semisup, "semisup_one", interrupted)
+    code = run(["semisup", "--model", "mlp", "--consistency", "none", "--jobs", "1", "--no-progress", "--out", out],
+               capsys)
+    assert code.code == 130 and f"valleys semisup ... --out {out} --resume" in code.err
+    assert (out / "config.json").is_file()  # kept for --resume

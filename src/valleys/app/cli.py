@@ -874,6 +874,8 @@ def _interrupted(args: argparse.Namespace) -> str:
         if (out / "checkpoint.safetensors").is_file():
             return f"interrupted; continue with: valleys connect {args.run_a} {args.run_b} ... --out {out} --resume"
         return f"interrupted before the first checkpoint; nothing was kept in {out}; run the command again"
+    if args.command in ("semisup", "regression") and (out / "config.json").is_file():
+        return f"interrupted; continue with: valleys {args.command} ... --out {out} --resume"
     if args.command == "evaluate":
         return f"interrupted; nothing was written to {args.run_dir}; run the command again"
     if args.command == "demo":
