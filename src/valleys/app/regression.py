@@ -212,18 +212,12 @@ def regression_protocol(cfg: RegressionProtocol, out: str | Path, *, overwrite: 
     from ..core.optional import progress_bar
     from .folders import output_guard
     from .parallel import run_jobs
-    from .runs import prepare_run_dir, read_json_object
+    from .runs import check_saved_settings, prepare_run_dir
 
     cfg.check()
     out = Path(out)
     if resume:
-        if not (out / "config.json").is_file():
-            raise ValueError(f"cannot resume: {out} holds no regression protocol (no config.json)")
-        saved = read_json_object(out / "config.json")
-        saved.pop("folder", None)
-        if saved != asdict(cfg):
-            diff = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if saved.get(k) != v}
-            raise ValueError(f"cannot resume {out}: the settings differ from the saved ones (saved, now): {diff}")
+        check_saved_settings(out, asdict(cfg), "regression protocol")
     prepare_run_dir(out, overwrite=overwrite, resume=resume, create=False)
     methods = method_names(cfg)
     start = time.perf_counter()

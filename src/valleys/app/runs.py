@@ -43,7 +43,7 @@ from .registry import REGISTRY, get_method, method_help
 from .settings import TrainSettings
 
 __all__ = ["TrainConfig", "METHODS", "train_run", "evaluate_run", "load_run_model", "RunFolderError",
-           "ConfigError", "read_json_object", "read_run_config", "prepare_run_dir", "summary_metrics", "SEED_MAX"]
+           "ConfigError", "read_json_object", "check_saved_settings", "read_run_config", "prepare_run_dir", "summary_metrics", "SEED_MAX"]
 
 #: ``{method: one-line help}``, from :data:`valleys.app.registry.REGISTRY`.
 METHODS: dict[str, str] = method_help()
@@ -78,6 +78,18 @@ def read_json_object(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a JSON object of settings, found a JSON {type(raw).__name__}")
     return raw
+
+
+def check_saved_settings(out: Path, settings: dict[str, Any], what: str) -> None:
+    """Before ``--resume`` of a multi-run command: ``out/config.json`` must exist and hold ``settings`` (its
+    ``folder`` tag aside); else a ``ValueError`` naming ``what`` or listing the settings that differ."""
+    if not (out / "config.json").is_file():
+        raise ValueError(f"cannot resume: {out} holds no {what} (no config.json)")
+    saved = read_json_object(out / "config.json")
+    saved.pop("folder", None)
+    if saved != settings:
+        diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+        raise ValueError(f"cannot resume {out}: the settings differ from the saved ones (saved, now): {diff}")
 
 
 def _type_name(annotation: str) -> tuple[str, bool]:
