@@ -454,3 +454,44 @@ def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
                capsys)
     assert code.code == 130 and f"valleys semisup ... --out {out} --resume" in code.err
     assert (out / "config.json").is_file()  # kept for --resume
+
+
+def test_dict_batches_with_a_mask_train_through_the_adapter():
+    """An attention-style model fed dict batches (input and mask as keyword arguments): the split reads the
+    dict labels, unlabelled examples get label -1, and views= draws the two views of any batch."""
+
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj, self.head = nn.Linear(3, 8), nn.Linear(8, 4)
+
+        def forward(self, input, mask):
+            h = torch.relu(self.proj(input)) * mask[..., None]
+            return self.head(h.sum(1) / mask.sum(1, keepdim=True))
+
+    class Tokens(torch.utils.data.Dataset):
+        def __init__(self):
+            g = torch.Generator().manual_seed(0)
+            self.x, self.y = torch.randn(80, 5, 3, generator=g), torch.arange(80) % 4
+            self.m = (torch.arange(5)[None] < torch.randint(2, 6, (80, 1), generator=g)).float()
+
+        def __len__(self):
+            return 80
+
+        def __getitem__(self, i):
+            return {"input": self.x[i], "mask": self.m[i], "label": self.y[i]}
+
+    ds = Tokens()
+    lab, unl = labelled_split(dataset_targets(ds), 3, seed=0)
+    loader = semisup_loader(ds, lab, batch_size=16, labelled_batch_size=4, seed=0)
+    batch = next(iter(loader))
+    assert batch["label"][:4].ge(0).all() and batch["label"][4:].eq(NO_LABEL).all()
+    torch.manual_seed(0)
+    model = Masked()
+    teacher = MeanTeacher(model, 0.9)
+    step = ConsistencyStep("mean-teacher", teacher=teacher, weight=10.0, rampup=0,
+                           views=lambda b: {**b, "input": b["input"] + 0.1 * torch.randn_like(b["input"])})
+    adapter = ModelAdapter(target="label", input=["input", "mask"])
+    h = Trainer(model, None, torch.optim.SGD(model.parameters(), lr=0.1), loader, epochs=2, step_fn=step,
+                callbacks=[teacher], adapter=adapter, progress=False).fit()
+    assert h[-1]["consistency_weight"] == 10.0 and math.isfinite(h[-1]["train_loss"]) and h[-1]["consistency_loss"] > 0
