@@ -61,19 +61,45 @@ class _Moments:
         self.m2 = self.m2 + m2_b + delta.pow(2) * (self.n * nb / n)
         self.n = n
 
-    def all_reduce(self) -> None:
-        """Combine the moments of all ranks of a torch.distributed group (sum of n, sum, centred M2)."""
+    def all_reduce(self, like: Tensor) -> None:
+        """Combine the moments of all ranks of a torch.distributed group (sum of n, sum, sum of squares) in one
+        collective. A rank whose forward never reached the layer (no batch, or a branch it did not take)
+        takes part with zeros (``like``: the layer's running mean, for the shape and device), so every rank
+        calls the same collectives in the same order and none waits forever."""
         import torch.distributed as dist
 
-        assert self.mean is not None
-        n = torch.tensor([float(self.n)], dtype=torch.float64, device=self.mean.device)
-        s = self.mean * self.n
-        q = self.m2 + self.n * self.mean.pow(2)  # sum of squares about zero, per rank
-        for t in (n, s, q):
-            dist.all_reduce(t)
-        self.n = int(n.item())
-        self.mean = s / self.n
-        self.m2 = q - self.n * self.mean.pow(2)
+        if self.mean is None:
+            mean = torch.zeros_like(like, dtype=torch.float64)
+            m2 = torch.zeros_like(mean)
+        else:
+            mean, m2 = self.mean, self.m2
+        flat = torch.cat([torch.tensor([float(self.n)], dtype=torch.float64, device=mean.device),
+                          mean * self.n, m2 + self.n * mean.pow(2)])  # count, sum, sum of squares about zero
+        dist.all_reduce(flat)
+        c = mean.numel()
+        self.n = int(round(float(flat[0])))
+        if self.n == 0:
+            self.mean = self.m2 = None
+            return
+        self.mean = flat[1:1 + c] / self.n
+        self.m2 = flat[1 + c:] - self.n * self.mean.pow(2)
+
+
+def _agree_on_batches(seen: int, device: torch.device) -> None:
+    """Under torch.distributed: warn on a rank that saw no batch (it still takes part); raise on every rank
+    when no rank saw one."""
+    import warnings
+
+    import torch.distributed as dist
+
+    total = torch.tensor([float(seen)], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    if total.item() == 0:
+        raise EmptyLoaderError("recompute_bn: the loader yielded no batches on any rank; pass a non-empty training "
+                               "loader")
+    if seen == 0:
+        warnings.warn(f"recompute_bn: rank {dist.get_rank()} has no batches; it takes part in the all-reduce with "
+                      "zero counts", RuntimeWarning, stacklevel=3)
 
 
 def recompute_bn(
@@ -154,19 +180,21 @@ def recompute_bn(
             h.remove()
         for m, momentum in momenta.items():
             m.momentum = momentum
-    if seen == 0:
+    if seen == 0 and not distributed:
         with torch.no_grad():
             for m, bufs in saved.items():
                 for b, old in zip([b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None], bufs):
                     b.copy_(old)
         raise EmptyLoaderError("recompute_bn: the loader yielded no batches; pass a non-empty training loader")
+    if distributed:
+        _agree_on_batches(seen, layers[0].running_mean.device)
     with torch.no_grad():
         for m in layers:
             mom = moments[m]
-            if mom.mean is None:  # layer not reached by this forward (e.g. an unused branch)
+            if distributed:  # every rank, every layer, same order: also a rank that saw no batch or skipped it
+                mom.all_reduce(m.running_mean)
+            if mom.mean is None:  # layer not reached by any forward (e.g. an unused branch)
                 continue
-            if distributed:
-                mom.all_reduce()
             m.running_mean.copy_(mom.mean.to(m.running_mean.dtype))
             var = mom.m2 / max(mom.n - 1, 1)
             m.running_var.copy_(var.to(m.running_var.dtype))

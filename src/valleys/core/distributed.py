@@ -1,0 +1,112 @@
+"""``torch.distributed`` helpers: rank and world size without a process group, process-group set-up from the
+environment ``torchrun`` sets, sums across ranks, and the rank's share of every global batch.
+
+Everything here is a no-op (rank 0 of a world of 1) when no process group is initialised, so library code
+calls these unconditionally. Launch with ``torchrun --nproc-per-node N -m valleys ...`` (gloo on CPU, NCCL on
+GPU); :func:`init_from_env` starts the group when ``WORLD_SIZE > 1``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["is_distributed", "rank", "world_size", "is_main", "init_from_env", "all_reduce_sum", "shard_bounds",
+           "RankSliceBatchSampler", "DistributedSetupError"]
+
+
+class DistributedSetupError(RuntimeError):
+    """The processes of a distributed run disagree (world size, devices, shards); the message names the rank."""
+
+
+def is_distributed() -> bool:
+    """Whether a ``torch.distributed`` process group is initialised."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return torch.distributed.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    """The number of processes (1 without a process group)."""
+    return torch.distributed.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """True on rank 0 (and without a process group): the process that writes files and shows progress."""
+    return rank() == 0
+
+
+def init_from_env(backend: str | None = None) -> bool:
+    """Start the process group from the variables ``torchrun`` sets (``RANK``, ``WORLD_SIZE``,
+    ``MASTER_ADDR``, ``MASTER_PORT``) when ``WORLD_SIZE > 1`` and none is running; gloo on CPU, NCCL when CUDA
+    is available (``backend`` overrides). Returns whether a group is running afterwards."""
+    if is_distributed():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    torch.distributed.init_process_group(backend)
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return True
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """``t`` summed over ranks, in place (a no-op without a process group); returns ``t``."""
+    if is_distributed():
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+    return t
+
+
+def shard_bounds(n: int, r: int | None = None, world: int | None = None) -> tuple[int, int]:
+    """Rank ``r``'s contiguous share ``[r n // R, (r + 1) n // R)`` of ``n`` items (sizes differ by at most 1)."""
+    r = rank() if r is None else r
+    world = world_size() if world is None else world
+    return r * n // world, (r + 1) * n // world
+
+
+class RankSliceBatchSampler(torch.utils.data.Sampler):
+    """Rank ``r``'s contiguous slice of every global batch of ``batch_sampler``.
+
+    Every rank draws the same global batches (the same sampler with the same seed), so the union of the ranks'
+    slices is exactly the batch one process would train on, in the same order; ``global_sizes()`` gives the
+    size of each global batch, which :class:`valleys.training.trainer.Trainer` uses to weight the ranks'
+    losses so that DDP's gradient average equals the one-process gradient.
+    """
+
+    def __init__(self, batch_sampler: Any, r: int | None = None, world: int | None = None) -> None:
+        self.batch_sampler = batch_sampler
+        self.r = rank() if r is None else r
+        self.world = world_size() if world is None else world
+        self.last_global_size = 0
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batch_sampler:
+            batch = list(batch)
+            self.last_global_size = len(batch)
+            lo, hi = shard_bounds(len(batch), self.r, self.world)
+            yield batch[lo:hi]
+
+
+def check_same_everywhere(value: Sequence[float] | float, what: str) -> None:
+    """Raise :class:`DistributedSetupError` naming the first rank whose ``value`` differs from rank 0's (one
+    all-gather); a no-op without a process group."""
+    if not is_distributed():
+        return
+    mine = torch.tensor([float(v) for v in (value if isinstance(value, Sequence) else [value])], dtype=torch.float64)
+    gathered = [torch.empty_like(mine) for _ in range(world_size())]
+    torch.distributed.all_gather(gathered, mine)
+    for r, g in enumerate(gathered):
+        if not torch.equal(g, gathered[0]):
+            raise DistributedSetupError(f"rank {r} has {what} {g.tolist()}, rank 0 has {gathered[0].tolist()}")

@@ -1,0 +1,84 @@
+"""valleys on two CPU processes (gloo, spawned from pytest) against one process with the same settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dist_harness import run_ranks
+from valleys.core.batchnorm import EmptyLoaderError, recompute_bn
+from valleys.core.distributed import RankSliceBatchSampler, shard_bounds
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+
+
+class _Branchy(nn.Module):
+    """A BatchNorm net with a second BatchNorm layer on a branch taken only for inputs with a positive sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn1, self.lin, self.bn2 = nn.BatchNorm1d(4), nn.Linear(4, 4), nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        h = self.lin(self.bn1(x))
+        return self.bn2(h) if float(x.sum()) > 0 else h
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(12, 4, generator=g) + 3.0  # positive: takes the branch
+    b = torch.randn(8, 4, generator=g) - 3.0   # negative: skips it
+    c = torch.randn(5, 4, generator=g) + 3.0
+    return [a, b, c]
+
+
+def _bn_rank(rank, world, batches_per_rank):
+    torch.manual_seed(0)
+    model = _Branchy()
+    data = _data()
+    mine = [data[i] for i in batches_per_rank[rank]]
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        recompute_bn(model, mine)
+    return {k: v.clone() for k, v in model.state_dict().items()}, [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("split", [
+    ([0, 1], [2]),   # both ranks reach both layers
+    ([0, 2], [1]),   # rank 1 sees only the batch that skips bn2: it must still join bn2's all-reduce
+    ([0, 1, 2], []),  # rank 1 has no data at all: warned, still takes part
+])
+def test_bn_recompute_all_reduces_every_layer_on_every_rank(split, tmp_path):
+    (s0, w0), (s1, w1) = run_ranks(_bn_rank, 2, tmp_path, split)
+    torch.manual_seed(0)
+    one = _Branchy()
+    data = _data()
+    recompute_bn(one, [data[i] for i in split[0] + split[1]])
+    for k, v in one.state_dict().items():
+        if "num_batches_tracked" in k:
+            continue
+        assert torch.allclose(s0[k], v, atol=1e-5) and torch.allclose(s1[k], v, atol=1e-5), k
+    assert (not split[1]) == any("has no batches" in w for w in w1)
+
+
+def _empty_rank(rank, world):
+    try:
+        recompute_bn(_Branchy(), [])
+    except EmptyLoaderError as e:
+        return str(e)
+    return "no error"
+
+
+def test_bn_recompute_with_no_data_on_any_rank_raises_on_every_rank(tmp_path):
+    assert all("no batches on any rank" in r for r in run_ranks(_empty_rank, 2, tmp_path))
+
+
+def test_rank_slices_of_the_global_batches_are_one_process_batches():
+    sampler = torch.utils.data.BatchSampler(range(10), 4, drop_last=False)
+    slices = [list(RankSliceBatchSampler(sampler, r, 3)) for r in range(3)]
+    glued = [sum((s[b] for s in slices), []) for b in range(len(sampler))]
+    assert glued == [list(b) for b in sampler]
+    assert [shard_bounds(10, r, 3) for r in range(3)] == [(0, 3), (3, 6), (6, 10)]
