@@ -82,3 +82,61 @@ def test_rank_slices_of_the_global_batches_are_one_process_batches():
     glued = [sum((s[b] for s in slices), []) for b in range(len(sampler))]
     assert glued == [list(b) for b in sampler]
     assert [shard_bounds(10, r, 3) for r in range(3)] == [(0, 3), (3, 6), (6, 10)]
+
+
+# ---------------------------------------------------------------------- training under DDP
+def _train(epochs, ckpt=None, swa_start=0):
+    from torch.utils.data import TensorDataset
+
+    from valleys.methods.averaging import SWA
+    from valleys.training.callbacks import SWACallback
+    from valleys.training.trainer import Trainer
+    from valleys.zoo.data import make_loader
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 6, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    train = make_loader(TensorDataset(x, y), 8, shuffle=True, seed=3)  # 7 batches, the last of 2 examples
+    test = make_loader(TensorDataset(x[:20], y[:20]), 7)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    swa = SWA(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    trainer = Trainer(model, None, opt, train, epochs=epochs, callbacks=[SWACallback(swa, swa_start, apply_at_end=False)],
+                      eval_loaders={"test": test}, progress=False, seed=3, checkpoint_path=ckpt)
+    history = trainer.fit()
+    return {"weights": torch.cat([p.detach().flatten() for p in model.parameters()]), "swa": swa.mean.clone(),
+            "history": history}
+
+
+def _train_rank(rank, world, epochs, ckpt):
+    return _train(epochs, ckpt if rank == 0 else None)
+
+
+def test_two_processes_train_like_one(tmp_path):
+    one = _train(3)
+    r0, r1 = run_ranks(_train_rank, 2, tmp_path, 3, str(tmp_path / "ckpt.safetensors"))
+    assert torch.equal(r0["weights"], r1["weights"])  # DDP keeps the replicas identical
+    diff = (r0["weights"] - one["weights"]).abs().max().item()
+    assert diff < 1e-5, diff
+    assert torch.allclose(r0["swa"], one["swa"], atol=1e-5) and torch.equal(r0["swa"], r1["swa"])
+    for a, b in zip(r0["history"], one["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["train_accuracy"] == b["train_accuracy"] and a["test_accuracy"] == b["test_accuracy"]
+        assert a["test_nll"] == pytest.approx(b["test_nll"], rel=1e-5)
+
+
+def test_resume_under_another_world_size_is_refused(tmp_path):
+    from valleys.core.checkpoint import CheckpointError
+    from valleys.methods.averaging import SWA
+    from valleys.training.callbacks import SWACallback
+    from valleys.training.trainer import Trainer
+
+    ckpt = tmp_path / "ckpt.safetensors"
+    run_ranks(_train_rank, 2, tmp_path, 1, str(ckpt))
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    loader = [(torch.zeros(2, 6), torch.zeros(2, dtype=torch.long))]
+    trainer = Trainer(model, None, torch.optim.SGD(model.parameters(), lr=0.1), loader, epochs=2, progress=False,
+                      callbacks=[SWACallback(SWA(model))])
+    with pytest.raises(CheckpointError, match="written by a run on 2 processes, this run has 1"):
+        trainer.fit(resume=ckpt)

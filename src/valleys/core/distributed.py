@@ -91,6 +91,10 @@ class RankSliceBatchSampler(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return len(self.batch_sampler)
 
+    def bounds(self) -> tuple[int, int]:
+        """This rank's slice ``[lo, hi)`` of the last global batch drawn."""
+        return shard_bounds(self.last_global_size, self.r, self.world)
+
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.batch_sampler:
             batch = list(batch)

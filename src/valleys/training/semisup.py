@@ -201,16 +201,17 @@ class ConsistencyStep:
 
     def __call__(self, trainer: Trainer, batch: Any) -> StepResult:
         adapter, device, model = trainer.adapter, trainer.device, trainer.model
+        student = getattr(trainer, "forward_model", model)  # the DDP wrapper under torch.distributed
         y = to_device(adapter.targets(batch), device)
         if not isinstance(y, Tensor) or y.dim() != 1 or y.is_floating_point():
             raise TypeError("semi-supervised batches need one integer label per example (NO_LABEL = -1 for the "
                             "unlabelled ones); see valleys.training.semisup_data.semisup_loader")
         labelled = y >= 0
         if self.consistency == "none":
-            out = adapter.forward(model, self.view(select_examples(batch, labelled)), device)
+            out = adapter.forward(student, self.view(select_examples(batch, labelled)), device)
             ce = F.cross_entropy(out, y[labelled]) if out.shape[0] else out.sum() * 0
             return StepResult(ce, {"class_loss": ce.detach()}, prediction=out, targets=y[labelled])
-        out = adapter.forward(model, self.view(batch), device)
+        out = adapter.forward(student, self.view(batch), device)
         with torch.no_grad():
             target = adapter.forward(self.teacher.model if self.consistency == "mean-teacher" else model,
                                      self.view(batch), device)

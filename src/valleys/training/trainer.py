@@ -7,10 +7,20 @@ forward pass through the :class:`valleys.core.adapter.ModelAdapter` and its loss
 backward, optimizer step, callbacks. Every epoch: evaluate on the given loaders, let callbacks add metrics,
 append the log line, checkpoint every N epochs.
 
-Distributed data parallel: when ``torch.distributed`` is initialised, only rank 0 writes checkpoints, the JSON
-log and the progress bar, and a train loader whose sampler has ``set_epoch`` (``DistributedSampler``) gets
-``sampler.set_epoch(epoch)`` at every epoch, and evaluation metrics are all-reduced across ranks (each rank
-scores its shard). Without a process group nothing changes.
+Distributed data parallel: when ``torch.distributed`` is initialised (e.g. under ``torchrun``), the model is
+wrapped in ``DistributedDataParallel`` for the training forward passes (:class:`DistributedPolicy`), and a
+``DataLoader`` of global batches is cut so that rank ``r`` takes its contiguous slice of every global batch
+(:class:`valleys.core.distributed.RankSliceBatchSampler`): the batch size stays the global one and the ranks
+together see exactly the batches of one process, in the same order. Each rank's loss is weighted by
+``n_r R / N`` (its share ``n_r`` of the global batch of ``N`` over ``R`` ranks) so that DDP's gradient
+average is the gradient of the global batch's mean loss, also for a last batch that does not split evenly;
+N processes then reproduce one process up to the order of floating-point sums, for models without
+BatchNorm or Dropout (BatchNorm uses each rank's batch statistics unless ``sync_batchnorm``; Dropout draws
+its masks per rank). Evaluation loaders are cut the same way and their metrics all-reduced; training loss
+and accuracy are all-reduced into the log; the finiteness check agrees across ranks (one rank's NaN stops
+all). Only rank 0 writes checkpoints, the JSON log and the progress bar; a checkpoint records the world size
+and resuming under another one is refused. A loader with a ``DistributedSampler`` is left as it is (its
+``sampler.set_epoch(epoch)`` is called every epoch). Without a process group nothing changes.
 
 Determinism: the loader's generator (see :func:`valleys.zoo.data.make_loader`) is reseeded with ``seed + epoch``
 at every epoch and the global torch RNG state (Dropout) is saved in checkpoints, so a run interrupted after
@@ -34,11 +44,12 @@ from ..core.batches import InputFn, to_device
 from ..core.batchnorm import EmptyLoaderError
 from ..core.checkpoint import (CheckpointError, check_model_signature, checkpoint_field, load_checkpoint,
                                model_signature, save_checkpoint, to_json_text)
+from ..core.distributed import RankSliceBatchSampler, world_size
 from ..evaluation.predict import evaluate
 from .schedules import Schedule
 
 __all__ = ["Callback", "Trainer", "TrainingDiverged", "StepResult", "StepFn", "supervised_step", "CheckpointPolicy",
-           "EvaluationPolicy", "is_main_process"]
+           "EvaluationPolicy", "DistributedPolicy", "is_main_process"]
 
 
 def _distributed() -> bool:
@@ -79,7 +90,7 @@ def supervised_step(trainer: Trainer, batch: Any) -> StepResult:
     (its inputs, prediction, targets and loss), one forward pass."""
     adapter = trainer.adapter
     target = to_device(adapter.targets(batch), trainer.device)
-    out = adapter.forward(trainer.model, batch, trainer.device)
+    out = adapter.forward(trainer.forward_model, batch, trainer.device)
     return StepResult(adapter.compute_loss(out, target), prediction=out, targets=target)
 
 
@@ -112,6 +123,51 @@ class EvaluationPolicy:
     loaders: Mapping[str, Iterable] | None = None
     every: int = 1
     likelihood: str | None = None
+
+
+@dataclass
+class DistributedPolicy:
+    """How :class:`Trainer` trains under ``torch.distributed`` (ignored without a process group).
+
+    Attributes:
+        ddp: wrap the model in ``DistributedDataParallel`` for the training forward passes (gradients averaged
+            across ranks during backward). False: the step function must synchronise gradients itself.
+        shard_data: cut a ``DataLoader`` of global batches into each rank's slice of every batch (train and
+            evaluation loaders); False: the loaders already hold each rank's data.
+        sync_batchnorm: convert BatchNorm layers to ``SyncBatchNorm`` (batch statistics over the global batch,
+            exact; needs CUDA in PyTorch); False: each rank normalises with its own slice's statistics.
+        find_unused_parameters: passed to ``DistributedDataParallel`` (models whose forward skips parameters).
+    """
+
+    ddp: bool = True
+    shard_data: bool = True
+    sync_batchnorm: bool = False
+    find_unused_parameters: bool = False
+
+
+def _shard(loader: Iterable, what: str) -> Iterable:
+    """``loader`` with every global batch cut to this rank's slice (a DataLoader with a plain batch sampler);
+    other loaders are returned as they are."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    if not isinstance(loader, DataLoader) or loader.batch_sampler is None \
+            or isinstance(loader.batch_sampler, RankSliceBatchSampler) or isinstance(loader.sampler, DistributedSampler):
+        return loader
+    bs = loader.batch_sampler
+    world = world_size()
+    batch_size = getattr(bs, "batch_size", None)
+    if batch_size is not None:
+        n = len(loader.dataset)  # type: ignore[arg-type]
+        last = 0 if getattr(bs, "drop_last", False) else n % batch_size
+        small = [v for v in (batch_size, last) if 0 < v < world] if what == "train" else []
+        if small:
+            raise ValueError(
+                f"the {what} loader's batches of {batch_size} (the last of {last}) cannot be split over {world} "
+                f"processes: every rank needs at least one example of every batch; use a batch size >= {world} "
+                "and drop_last=True, or a dataset size whose last batch is 0 or >= the number of processes")
+    return DataLoader(loader.dataset, batch_sampler=RankSliceBatchSampler(bs), num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, generator=loader.generator,
+                      worker_init_fn=loader.worker_init_fn)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -185,6 +241,8 @@ class Trainer:
         checkpoint: a :class:`CheckpointPolicy` grouping ``checkpoint_path``, ``checkpoint_every``, ``header``
             (pass one or the other).
         evaluation: an :class:`EvaluationPolicy` grouping ``eval_loaders``, ``eval_every``, ``likelihood``.
+        distributed: a :class:`DistributedPolicy` (default ``DistributedPolicy()``), used only when a
+            ``torch.distributed`` process group is initialised (see the module docstring).
     """
 
     def __init__(
@@ -213,6 +271,7 @@ class Trainer:
         step_fn: StepFn | None = None,
         checkpoint: CheckpointPolicy | None = None,
         evaluation: EvaluationPolicy | None = None,
+        distributed: DistributedPolicy | None = None,
     ) -> None:
         if checkpoint is not None:
             if checkpoint_path is not None or checkpoint_every is not None or header is not None:
@@ -241,6 +300,22 @@ class Trainer:
         if steps == 0:
             raise EmptyLoaderError("the training loader is empty (no batches): check the dataset and batch_size")
         self.model = model.to(device) if device is not None else model
+        self.distributed = distributed or DistributedPolicy()
+        self.world_size = world_size()
+        self.ddp_model: nn.Module | None = None
+        if self.world_size > 1:
+            if self.distributed.sync_batchnorm:
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            if self.distributed.shard_data:
+                train_loader = _shard(train_loader, "train")
+                eval_loaders = {k: _shard(v, "evaluation") for k, v in (eval_loaders or {}).items()}
+            if self.distributed.ddp:
+                from torch.nn.parallel import DistributedDataParallel
+
+                dev = next(self.model.parameters()).device
+                self.ddp_model = DistributedDataParallel(
+                    self.model, device_ids=[dev] if dev.type == "cuda" else None,
+                    find_unused_parameters=self.distributed.find_unused_parameters)
         self.loss_fn = self.adapter.loss_fn
         self.step_fn: StepFn = step_fn or supervised_step
         self.optimizer = optimizer
@@ -285,7 +360,7 @@ class Trainer:
         if path is None:
             raise ValueError("no checkpoint path: pass checkpoint_path to Trainer or a path to save()")
         header = {**self.header, "kind": "training", "epoch": self.epoch, "epochs": self.epochs,
-                  "signature": model_signature(self.model)}
+                  "signature": model_signature(self.model), "world_size": self.world_size}
         return save_checkpoint(path, self.state_dict(), header)
 
     def load(self, path: str | Path) -> None:
@@ -294,6 +369,12 @@ class Trainer:
         if header.get("kind") != "training":
             raise CheckpointError(f"{path} is not a training checkpoint (kind {header.get('kind')!r})")
         check_model_signature(checkpoint_field(header, "signature", path), self.model, str(path))
+        written = int(header.get("world_size", 1))
+        if written != self.world_size:
+            raise CheckpointError(
+                f"{path} was written by a run on {written} process{'es' if written > 1 else ''}, this run has "
+                f"{self.world_size}: resume with the same number (torchrun --nproc-per-node {written} ...), since the "
+                "ranks' data shards and the random streams depend on it")
         for key in ("model", "optimizer", "callbacks", "rng", "epoch", "step", "history"):
             checkpoint_field(state, key, path, "state")
         keys = [self._callback_key(i, cb) for i, cb in enumerate(self.callbacks)]
@@ -355,6 +436,15 @@ class Trainer:
             cb.on_train_end(self)
         return self.history
 
+    def _share(self) -> float:
+        """``n_r R / N`` for the batch just drawn: DDP averages the ranks' gradients, so weighting rank ``r``'s
+        mean loss by its share of the global batch makes the average the global batch's gradient."""
+        sampler = getattr(self.train_loader, "batch_sampler", None)
+        if not isinstance(sampler, RankSliceBatchSampler) or sampler.last_global_size == 0:
+            return 1.0
+        lo, hi = sampler.bounds()
+        return (hi - lo) * self.world_size / sampler.last_global_size
+
     def _train_epoch(self, bar) -> dict[str, Any]:
         model, opt = self.model, self.optimizer
         model.train()
@@ -370,7 +460,12 @@ class Trainer:
                 loss_, logs_ = result
                 result = StepResult(loss_, dict(logs_ or {}))
             loss, out, target = result.loss, result.prediction, result.targets
-            if not bool(torch.isfinite(loss)):
+            finite = bool(torch.isfinite(loss))
+            if self.world_size > 1:  # every rank stops together, or none does (no rank left waiting in DDP)
+                flag = torch.tensor([0.0 if finite else 1.0], device=loss.device)
+                torch.distributed.all_reduce(flag)
+                finite = flag.item() == 0
+            if not finite:
                 good = (self.checkpoint_path if self.checkpoint_path is not None and self.checkpoint_path.exists()
                         else None)
                 raise TrainingDiverged(
@@ -379,7 +474,7 @@ class Trainer:
                     "stopped", checkpoint=good, advice="Lower the learning rate or check the data."
                 )
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * self._share() if self.ddp_model is not None else loss).backward()
             opt.step()
             self.step += 1
             n = target.shape[0] if isinstance(target, Tensor) and target.dim() > 0 else 1
@@ -398,9 +493,17 @@ class Trainer:
                 if i % 10 == 0:
                     bar.set_postfix(epoch=f"{self.epoch + 1}/{self.epochs}", loss=f"{float(loss.detach()):.4f}",
                                     lr=f"{self.lr:.3g}", refresh=False)
+        if self.world_size > 1:  # the log holds the numbers of all ranks' examples
+            keys = sorted(extra)
+            t = torch.tensor([float(loss_sum), seen, correct, float(classified)] + [extra[k] for k in keys],
+                             dtype=torch.float64, device=next(self.model.parameters()).device)
+            torch.distributed.all_reduce(t)
+            loss_sum, seen, correct = t[0].cpu(), int(t[1]), int(t[2])
+            classified = bool(t[3] > 0)
+            extra = {k: float(v) / self.world_size for k, v in zip(keys, t[4:].tolist())}
         logs: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self.lr, "train_loss": float(loss_sum) / max(seen, 1)}
         if classified:
-            logs["train_accuracy"] = correct / seen
+            logs["train_accuracy"] = correct / max(seen, 1)
         logs.update({k: v / max(batches, 1) for k, v in extra.items()})
         logs["train_time"] = time.perf_counter() - start
         return logs
@@ -419,6 +522,13 @@ class Trainer:
         for name, p in self.model.named_parameters():
             if not bool(torch.isfinite(p.detach()).all()):
                 raise self._diverged(f"the weights became non-finite (parameter {name})")
+
+    @property
+    def forward_model(self) -> nn.Module:
+        """The module a step function calls for the training forward pass whose loss is back-propagated: the
+        ``DistributedDataParallel`` wrapper under torch.distributed (it averages the gradients across ranks),
+        else the model itself. Everything else (callbacks, evaluation, checkpoints) uses ``self.model``."""
+        return self.ddp_model if self.ddp_model is not None else self.model
 
     @property
     def likelihood(self) -> str:
