@@ -140,3 +140,72 @@ def test_resume_under_another_world_size_is_refused(tmp_path):
                       callbacks=[SWACallback(SWA(model))])
     with pytest.raises(CheckpointError, match="written by a run on 2 processes, this run has 1"):
         trainer.fit(resume=ckpt)
+
+
+# ---------------------------------------------------------------------- sharded evaluation
+class _BNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(5, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Linear(12, 3))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _eval_setup():
+    from torch.utils.data import TensorDataset
+
+    from valleys.core.weights import WeightSpace
+    from valleys.zoo.data import make_loader
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(60, 5, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 2] > 0.5).long()
+    torch.manual_seed(0)
+    model = _BNNet()
+    space = WeightSpace(model)
+    w0 = space.read(model)
+    points = torch.stack([w0 + 0.1 * torch.randn(w0.shape, generator=g) for _ in range(7)])
+    return model, points, make_loader(TensorDataset(x, y), 16), make_loader(TensorDataset(x[:40], y[:40]), 16)
+
+
+def _sharded_eval(rank, world):
+    from valleys.evaluation.grid import evaluate_points
+    from valleys.evaluation.predict import bma
+
+    model, points, train, test = _eval_setup()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = bma(model, list(points), test, bn_loader=train, return_probs=True, shard=True)
+    grid = evaluate_points(model, points, {"train": train, "test": test}, bn_loader=train, shard=True)
+    unchanged = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    return res["probs"], res.num_samples, dict(grid.per_loader), unchanged
+
+
+def test_sharded_bma_and_grid_equal_one_process(tmp_path):
+    from valleys.evaluation.grid import evaluate_points
+    from valleys.evaluation.predict import bma
+
+    model, points, train, test = _eval_setup()
+    one = bma(model, list(points), test, bn_loader=train, return_probs=True)
+    grid = evaluate_points(model, points, {"train": train, "test": test}, bn_loader=train)
+    for probs, n, per_loader, unchanged in run_ranks(_sharded_eval, 2, tmp_path):
+        assert n == 7 and unchanged
+        assert torch.allclose(probs, one["probs"], atol=1e-12, rtol=0)
+        for name in ("train", "test"):
+            for key in ("loss", "error"):
+                assert per_loader[name][key] == pytest.approx(grid.per_loader[name][key], rel=1e-12, abs=1e-12)
+
+
+def _too_few(rank, world):
+    from valleys.evaluation.predict import bma
+
+    model, points, train, test = _eval_setup()
+    try:
+        bma(model, list(points[:1]), test, bn_loader=train, shard=True)
+    except ValueError as e:
+        return str(e)
+    return "no error"
+
+
+def test_sharded_evaluation_with_fewer_points_than_ranks_is_refused_on_every_rank(tmp_path):
+    assert all("needs at least 2 weight vectors, got 1" in m for m in run_ranks(_too_few, 2, tmp_path))

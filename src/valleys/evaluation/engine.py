@@ -39,6 +39,7 @@ from ..core.adapter import ModelAdapter
 from ..core.batchnorm import EmptyLoaderError, has_batchnorm, recompute_bn
 from ..core.batches import BatchFormatError, to_device
 from ..core.checkpoint import json_safe
+from ..core.distributed import all_reduce_sum, rank, world_size
 from ..core.weights import WeightSpace, preserved_modes
 
 __all__ = ["evaluate_many", "BNPolicy", "ManyResult", "Reduction", "LossError", "Metrics", "BMASum",
@@ -123,6 +124,11 @@ class Reduction:
     def result(self, num_points: int) -> Any:
         raise NotImplementedError
 
+    def all_reduce_points(self, num_points: int) -> None:
+        """Combine the ranks' shares of the points (sharded evaluation, ``evaluate_many(shard=True)``): every rank
+        ends holding what one process evaluating every point would hold. Reductions that cannot say so raise."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be sharded over ranks; evaluate with shard=False")
+
 
 class LossError(Reduction):
     """Per point and loader: mean loss ``(1/N) sum_i loss(f(x_i; w), y_i)`` with the adapter's loss, and the
@@ -153,6 +159,16 @@ class LossError(Reduction):
         s[0] += loss
         s[1] += err
         s[2] += n
+
+    def all_reduce_points(self, num_points: int) -> None:
+        """Each rank's points filled in, zeros elsewhere, summed over ranks (one collective)."""
+        t = torch.zeros(len(self.loaders), num_points, 3, dtype=torch.float64)
+        for a, name in enumerate(self.loaders):
+            for i, row in self.sums[name].items():
+                t[a, i] = torch.tensor(row, dtype=torch.float64)
+        all_reduce_sum(t)
+        self.sums = {name: {i: [float(t[a, i, 0]), float(t[a, i, 1]), int(t[a, i, 2])] for i in range(num_points)}
+                     for a, name in enumerate(self.loaders)}
 
     def result(self, num_points: int) -> dict[str, dict[str, list[float]]]:
         out: dict[str, dict[str, list[float]]] = {}
@@ -248,6 +264,17 @@ class BMASum(Reduction):
         if batches != len(self.sums):
             raise ValueError("bma: the loader yielded a different number of batches on two passes")
         self.passes += 1
+
+    def all_reduce_points(self, num_points: int) -> None:
+        """The per-example sums over every rank's samples (one collective; every rank evaluated at least one)."""
+        if not self.sums:
+            raise EmptyLoaderError("bma: the evaluation loader yielded no batches")
+        flat = all_reduce_sum(torch.cat([x.reshape(-1).double() for x in self.sums]))
+        out, at = [], 0
+        for x in self.sums:
+            out.append(flat[at:at + x.numel()].view(x.shape).to(x.dtype))
+            at += x.numel()
+        self.sums = out
 
     def result(self, num_points: int) -> tuple[Tensor, Tensor]:
         if not self.sums:
@@ -477,13 +504,19 @@ def evaluate_many(model: nn.Module, weights: Iterable[Sample] | Tensor | None, l
                   *, reduce: Reduction, adapter: ModelAdapter | None = None, bn: BNPolicy | str | None = None,
                   space: WeightSpace | None = None, device: torch.device | str | None = None,
                   batched: bool | str = "auto", chunk: int = 8, progress: bool = False,
-                  desc: str = "points", total: int | None = None) -> ManyResult:
+                  desc: str = "points", total: int | None = None, shard: bool = False) -> ManyResult:
     """Evaluate ``model`` at every weight vector of ``weights`` on every loader, feeding ``reduce``.
 
     For each vector ``w_s`` (a flat vector over ``space``, a row of a (c, P) stack, a full state dict, or
     ``None`` for the model as it is) and each loader, the prediction ``f(x; w_s) = adapter.forward(...)``
     of every batch is passed to ``reduce`` in eval mode without gradients. BatchNorm: see :class:`BNPolicy`
     (recomputed once per vector, before its loaders). Returns a :class:`ManyResult`.
+
+    ``shard=True`` under ``torch.distributed``: every rank walks the same ``weights`` (the same samples, the
+    same grid) on the same loaders, evaluates only the points ``i`` with ``i mod R = r`` (BatchNorm recomputed
+    on the rank's own full BN loader, not all-reduced), and the reduction's results are combined across ranks
+    (:meth:`Reduction.all_reduce_points`), so every rank returns what one process would, up to the order of
+    floating-point sums; at least R points are needed. Without a process group it changes nothing.
 
     Raises (before any evaluation): ``ValueError`` for no loaders, a bad ``batched``/``chunk``, an unknown BN
     policy, flat vectors on a BatchNorm model with ``"recompute"`` and no BN loader, or vectors of the wrong
@@ -502,7 +535,16 @@ def evaluate_many(model: nn.Module, weights: Iterable[Sample] | Tensor | None, l
     recompute = policy.mode == "recompute" and is_bn
     ref = space.parameters(model)[0]
     reduce.begin(list(loaders))
-    iterator = _iter_weights(weights)
+    world, me = (world_size(), rank()) if shard else (1, 0)
+    seen = [0]
+
+    def numbered() -> Iterator[tuple[int, Sample | None]]:  # this rank's points, numbered globally
+        for i, w in enumerate(_iter_weights(weights)):
+            seen[0] = i + 1
+            if i % world == me:
+                yield i, w
+
+    iterator = numbered()
     use_vmap: bool | None = None if batched == "auto" else bool(batched)
     if recompute:
         use_vmap = False
@@ -512,31 +554,31 @@ def evaluate_many(model: nn.Module, weights: Iterable[Sample] | Tensor | None, l
         from ..core.optional import progress_bar
 
         bar = progress_bar(total=total, unit="point", desc=desc, leave=False, dynamic_ncols=True)
-    count = 0
 
     def visit(j: int, recompute_now: bool) -> None:
         """The model as it holds point ``j`` now: BatchNorm recomputed if asked, one pass over the loaders."""
-        if recompute_now:
+        if recompute_now:  # sharded: each rank its own point, so its own statistics (no all-reduce)
             recompute_bn(model, policy.loader, num_batches=policy.num_batches,  # type: ignore[arg-type]
-                         device=device, adapter=adapter)
+                         device=device, adapter=adapter, distributed=None if world == 1 else False)
         _one_pass(model, j, loaders, reduce, adapter, device)
         if bar is not None:
             bar.update(1)
 
     try:
         while True:
-            group = list(itertools.islice(iterator, chunk))
-            if not group:
+            pairs = list(itertools.islice(iterator, chunk))
+            if not pairs:
                 break
+            idx = [i for i, _ in pairs]
+            group = [g for _, g in pairs]
             vectors = all(isinstance(g, Tensor) for g in group)
-            for k, g in enumerate(group):
+            for k, g in zip(idx, group):
                 if isinstance(g, Tensor):
-                    space.check_vector(g, what=f"weight vector {count + k}")
+                    space.check_vector(g, what=f"weight vector {k}")
             if vectors and recompute and policy.loader is None:
                 raise ValueError("the model has BatchNorm layers and the weights are flat vectors; pass a BN "
                                  "loader (bn_loader=train_loader) to recompute their statistics per vector, or "
                                  "the 'keep' policy to use the current ones on purpose")
-            idx = list(range(count, count + len(group)))
             if vectors and not recompute and use_vmap is not False:
                 stacked = torch.stack([g.to(ref) for g in group])
                 if use_vmap is None or batched is True and not used_vmap:
@@ -544,7 +586,6 @@ def evaluate_many(model: nn.Module, weights: Iterable[Sample] | Tensor | None, l
                                             batched)
                 if use_vmap and _vmap_group(model, space, stacked, idx, loaders, reduce, adapter, device):
                     used_vmap = True
-                    count += len(group)
                     if bar is not None:
                         bar.update(len(group))
                     continue
@@ -554,16 +595,21 @@ def evaluate_many(model: nn.Module, weights: Iterable[Sample] | Tensor | None, l
                     for j, w in zip(idx, group):
                         load(w.to(ref))
                         visit(j, recompute)
-                count += len(group)
                 continue
             for j, sample in zip(idx, group):  # state dicts (and the model as it is) carry their own buffers
                 with contextlib.nullcontext(model) if sample is None else holding(model, sample, space):
                     visit(j, isinstance(sample, Tensor) and recompute)
-            count += len(group)
     finally:
         if bar is not None:
             bar.close()
-    if count == 0:
+    total = seen[0]  # points walked (all of them: the loop ran the iterator to its end)
+    if total == 0:
         raise ValueError("no weights were given; pass at least one weight vector or state dict")
+    if world > 1:
+        if total < world:  # every rank knows total: all raise together, no collective left waiting
+            raise ValueError(f"sharded evaluation over {world} processes needs at least {world} weight vectors, "
+                             f"got {total}; evaluate with shard=False")
+        reduce.all_reduce_points(total)
+        used_vmap = bool(all_reduce_sum(torch.tensor([float(used_vmap)])).item() > 0)
     label = ("recompute" if recompute else "keep") if is_bn else "none (no BatchNorm)"
-    return ManyResult(reduce.result(count), count, label, used_vmap)
+    return ManyResult(reduce.result(total), total, label, used_vmap)

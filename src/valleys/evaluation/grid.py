@@ -32,8 +32,12 @@ def evaluate_points(model: nn.Module, points: Sequence[Tensor] | Tensor, loaders
                     space: WeightSpace | None = None, batched: bool | str = "auto", chunk: int = 8,
                     device: torch.device | str | None = None, progress: bool = False, desc: str = "points",
                     adapter: ModelAdapter | None = None, input_fn: InputFn | None = None, target_fn=None,
-                    likelihood: str | None = None, bn_batches: int | None = None) -> GridResult:
+                    likelihood: str | None = None, bn_batches: int | None = None, shard: bool = False) -> GridResult:
     """Loss and error of ``model`` at each of ``points`` on each loader; see the module docstring.
+
+    ``shard=True`` under ``torch.distributed`` splits the points across ranks (every rank passes the same
+    points and loaders) and gathers the per-point values, so every rank returns the whole grid (see
+    :func:`valleys.evaluation.engine.evaluate_many`).
 
     Returns a :class:`valleys.evaluation.results.GridResult` (``per_loader[name]["loss"|"error"]``,
     ``nonfinite``, ``bn`` one of ``"recompute"``, ``"keep"``, ``"none (no BatchNorm)"``, ``batched``); read
@@ -53,7 +57,7 @@ def evaluate_points(model: nn.Module, points: Sequence[Tensor] | Tensor, loaders
     try:
         res = evaluate_many(model, points, loaders, reduce=LossError(adapter), adapter=adapter, bn=policy,
                             space=space, device=device, batched=batched, chunk=chunk, progress=progress,
-                            desc=desc, total=len(points))
+                            desc=desc, total=len(points), shard=shard)
     except ValueError as e:
         if str(e).startswith("the model has BatchNorm"):
             raise ValueError("bn='recompute' on a model with BatchNorm needs bn_loader (the training loader)") from None

@@ -76,8 +76,12 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
         bins: int = 15, num_samples: int | None = None, progress: bool = False,
         return_probs: bool = False, score: bool = True, likelihood: str = "classification",
         stale_bn_ok: bool = False, batched: bool | str = "auto", chunk: int = 8,
-        adapter: ModelAdapter | None = None, bn: BNPolicy | str | None = None) -> BMAResult:
+        adapter: ModelAdapter | None = None, bn: BNPolicy | str | None = None, shard: bool = False) -> BMAResult:
     """Metrics of the Bayesian model average over ``samples`` on ``loader``.
+
+    ``shard=True`` under ``torch.distributed``: every rank passes the same samples (e.g. the same generator
+    seed) and the same loader; rank ``r`` evaluates the samples ``s`` with ``s mod R = r`` and the per-example
+    sums are all-reduced, so every rank returns the average over all S samples (at least R samples needed).
 
     Each sample is either a flat weight vector (a SWAG draw; BatchNorm statistics are recomputed on
     ``bn_loader`` for it, on its first ``bn_batches`` batches if given) or a state dict (an FGE snapshot or an
@@ -115,7 +119,7 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
     try:
         res = evaluate_many(model, samples, {"test": loader}, reduce=BMASum(adapter), adapter=adapter, bn=bn,
                             space=space, device=device, batched=batched, chunk=chunk, progress=progress,
-                            desc="BMA", total=num_samples)
+                            desc="BMA", total=num_samples, shard=shard)
     except ValueError as e:
         if str(e).startswith("no weights"):
             raise ValueError("bma: no samples were given; collect weights or pass at least one sample") from None
