@@ -209,3 +209,70 @@ def _too_few(rank, world):
 
 def test_sharded_evaluation_with_fewer_points_than_ranks_is_refused_on_every_rank(tmp_path):
     assert all("needs at least 2 weight vectors, got 1" in m for m in run_ranks(_too_few, 2, tmp_path))
+
+
+# ---------------------------------------------------------------------- sharded SWAG
+def _trajectory():
+    g = torch.Generator().manual_seed(2)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(7, 5), nn.ReLU(), nn.Linear(5, 3))  # P = 58: slices of 29 and 29
+    from valleys.core.weights import WeightSpace
+
+    w0 = WeightSpace(model).read(model)
+    return model, [w0 + 0.05 * t + 0.1 * torch.randn(w0.shape, generator=g) for t in range(9)]
+
+
+def _sharded_swag(rank, world, folder):
+    from valleys.methods.swag_sharded import ShardedSWAG
+
+    model, ws = _trajectory()
+    swag = ShardedSWAG(model, rank=4)
+    for w in ws:
+        swag.collect(w)
+    sample = swag.sample(generator=torch.Generator().manual_seed(7))
+    swag.save(f"{folder}/posterior.json")
+    again = ShardedSWAG(model, rank=4)
+    again.load(f"{folder}/posterior.json")
+    same = torch.equal(again.deviations_slice, swag.deviations_slice) and again.n == swag.n
+    return (swag.lo, swag.hi, swag.mean_slice, swag.variance_slice, swag.deviations_slice, sample, same,
+            swag.memory())
+
+
+def test_sharded_swag_equals_swag_slice_by_slice_and_samples_alike(tmp_path):
+    from valleys.methods.swag import SWAG
+
+    model, ws = _trajectory()
+    full = SWAG(model, rank=4)
+    for w in ws:
+        full.collect(w)
+    want = full.sample(1, generator=torch.Generator().manual_seed(7))[0]
+    shards = run_ranks(_sharded_swag, 2, tmp_path, str(tmp_path))
+    assert [s[:2] for s in shards] == [(0, 29), (29, 58)]
+    for lo, hi, mean, var, dev, sample, same, memory in shards:
+        assert torch.allclose(mean, full.mean[lo:hi], atol=1e-6) and torch.allclose(var, full.variance[lo:hi], atol=1e-6)
+        assert torch.allclose(dev, full.deviations[:, lo:hi], atol=1e-6)
+        assert torch.allclose(sample, want, atol=1e-6) and same
+        assert memory == (4 + 2) * 29  # (K + 2) P / R
+    from valleys.core.distributed import DistributedSetupError
+    from valleys.methods.swag_sharded import ShardedSWAG
+
+    with pytest.raises(DistributedSetupError, match="2 shards; this run has 1 processes"):
+        ShardedSWAG(model, rank=4).load(tmp_path / "posterior.json")
+
+
+def _missing_shard(rank, world, folder):
+    from valleys.methods.swag_sharded import ShardedSWAG
+
+    model, _ = _trajectory()
+    try:
+        ShardedSWAG(model, rank=4).load(f"{folder}/posterior.json")
+    except Exception as e:  # noqa: BLE001
+        return str(e)
+    return "loaded"
+
+
+def test_a_missing_shard_is_named(tmp_path):
+    run_ranks(_sharded_swag, 2, tmp_path, str(tmp_path))
+    (tmp_path / "posterior.rank1-of-2.safetensors").unlink()
+    msgs = run_ranks(_missing_shard, 2, tmp_path, str(tmp_path))
+    assert all("the shard of rank 1 (posterior.rank1-of-2.safetensors) is missing" in m for m in msgs)
