@@ -511,7 +511,11 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     cfg = cfg.resolved()
     out = Path(args.out or f"runs/{cfg.dataset}-{cfg.model}-{cfg.method}-seed{cfg.seed}")
     args.out = str(out)  # for the interruption message
-    res = train_run(cfg, out, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
+    from ..core.distributed import is_main
+
+    res = train_run(cfg, out, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress and is_main())
+    if not is_main():
+        return 0
     keys = _keys(res)
     rows = {f"{cfg.method} ({split})": aggregate([m], keys) for split, m in res["metrics"].items()}
     print(format_table(rows, keys))
@@ -812,6 +816,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..training.trainer import TrainingDiverged
 
     try:
+        if _under_torchrun(args):
+            from ..core.distributed import init_from_env
+
+            init_from_env()
         if args.command == "train":
             return _train(args, list(argv) if argv is not None else sys.argv[1:])
         if args.command in ("plane", "path", "rays", "landscape", "sharpness"):
@@ -828,6 +836,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         _finish_progress_bars()
         print(f"valleys {args.command}: error: {_message(e)}{_resume_hint(args, e)}", file=sys.stderr)
         return 2
+
+
+def _under_torchrun(args: argparse.Namespace) -> bool:
+    """Whether ``torchrun`` started this process with more than one rank; only ``train`` runs data-parallel
+    (other commands are refused with the command to use instead)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if args.command != "train":
+        raise ValueError(f"valleys {args.command} runs in one process; under torchrun only 'valleys train' runs "
+                         f"data-parallel: start it without torchrun (python -m valleys {args.command} ...)")
+    return True
 
 
 def _resume_hint(args: argparse.Namespace, e: BaseException) -> str:

@@ -16,6 +16,7 @@ for MultiSWAG). The CLI's ``train`` and ``evaluate`` are thin wrappers over
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.adapter import ModelAdapter
+from ..core.distributed import barrier, is_main, shard_loader, world_size
 from ..evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
 from ..core.checkpoint import (CheckpointError, check_model_signature, checkpoint_field, load_checkpoint, model_signature,
                          save_checkpoint, write_json)
@@ -291,12 +293,12 @@ def _train_single(cfg: TrainConfig, out: Path, splits: Splits, *, resume: bool, 
     method = get_method(cfg.method)
     model = build_run_model(cfg, splits)
     train = make_loader(splits.train, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    bn = _bn_loader(cfg, splits)
+    bn = shard_loader(_bn_loader(cfg, splits), "BatchNorm")  # under torchrun: each rank its slice, all-reduced
     evals = {k: v for k, v in _eval_loaders(splits).items() if k != "ood"}
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
     schedule = method.schedule(cfg)
-    callbacks = method.callbacks(cfg, model, bn_loader=bn, eval_loaders=evals)
-    if not resume:
+    callbacks = method.callbacks(cfg, model, bn_loader=bn, eval_loaders={k: shard_loader(v, k) for k, v in evals.items()})
+    if not resume and is_main():
         write_json(out / "config.json", asdict(cfg))
     trainer = Trainer(model, None, opt, train, adapter=cfg.adapter(), epochs=cfg.epochs, schedule=schedule,
                       callbacks=callbacks, eval_loaders=evals, eval_every=cfg.eval_every, device=cfg.device,
@@ -307,8 +309,9 @@ def _train_single(cfg: TrainConfig, out: Path, splits: Splits, *, resume: bool, 
     history = trainer.fit(resume=out / "checkpoint.safetensors" if resume else None)
     train_s = time.perf_counter() - start
     header = {"config": asdict(cfg), "signature": model_signature(model)}
-    save_checkpoint(out / "model.safetensors", {"model": model.state_dict()}, {**header, "kind": "model"})
-    method.save(out, callbacks, header)
+    if is_main():  # the replicas hold the same weights and posteriors: rank 0 writes them
+        save_checkpoint(out / "model.safetensors", {"model": model.state_dict()}, {**header, "kind": "model"})
+        method.save(out, callbacks, header)
     return {"train_s": train_s, "epoch_s": sum(h["train_time"] for h in history) / max(len(history), 1)}
 
 
@@ -322,6 +325,11 @@ def train_run(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, res
 
     All checks (config, folder) happen before any data is loaded or any file is written. With
     ``resume=True`` training continues from ``out/checkpoint.safetensors`` (the config must match).
+
+    Under ``torchrun`` (a ``torch.distributed`` process group): every rank trains its slice of every global
+    batch of ``cfg.batch_size`` with ``DistributedDataParallel`` (:class:`valleys.training.trainer.Trainer`);
+    rank 0 alone writes the folder and evaluates the result while the others wait; every rank returns the
+    results. Members of ensembles are trained one after the other, each on all ranks.
     """
     cfg = cfg.resolved()
     out = Path(out)
@@ -338,6 +346,8 @@ def train_run(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, res
         raise ValueError(f"--val-fraction {cfg.val_fraction} leaves no validation examples; every run is evaluated "
                          "on its validation split: use a fraction that holds out at least one example")
     build_run_model(cfg, splits)
+    if world_size() > 1:
+        return _train_run_ranks(cfg, out, splits, overwrite=overwrite, resume=resume, progress=progress)
     with output_guard(out, resumable=lambda: _has_checkpoint(out)):
         prepare_run_dir(out, overwrite=overwrite, resume=resume)
         start = time.perf_counter()
@@ -361,6 +371,31 @@ def train_run(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, res
         results["timing"] = {**timing, "eval_s": results.pop("eval_s")}
         write_json(out / "results.json", results)
     return results
+
+
+def _train_run_ranks(cfg: TrainConfig, out: Path, splits: Splits, *, overwrite: bool, resume: bool,
+                     progress: bool) -> dict[str, Any]:
+    """:func:`train_run` on every rank of a process group: rank 0 prepares the folder, all train, rank 0
+    evaluates and writes ``results.json``, the others read it once rank 0 is done."""
+    if get_method(cfg.method).member is not None:
+        raise ValueError(f"--method {cfg.method} trains several members; under torchrun train each member as its own "
+                         "run (--method swag or sgd with --seed), or run it in one process")
+    if resume and not (out / "checkpoint.safetensors").exists():
+        raise CheckpointError(f"cannot resume: {out / 'checkpoint.safetensors'} does not exist")
+    guard = output_guard(out, resumable=lambda: _has_checkpoint(out)) if is_main() else contextlib.nullcontext()
+    with guard:
+        if is_main():
+            prepare_run_dir(out, overwrite=overwrite, resume=resume)
+        barrier()
+        start = time.perf_counter()
+        timing = _train_single(cfg, out, splits, resume=resume, progress=progress and is_main())
+        timing["total_train_s"] = time.perf_counter() - start
+        if is_main():
+            results = evaluate_run(out, splits=splits, progress=progress, write=False)
+            results["timing"] = {**timing, "eval_s": results.pop("eval_s"), "world_size": world_size()}
+            write_json(out / "results.json", results)
+        barrier()
+    return read_json_object(out / "results.json")
 
 
 # ---------------------------------------------------------------------- evaluation of any run

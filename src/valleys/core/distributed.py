@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["is_distributed", "rank", "world_size", "is_main", "init_from_env", "all_reduce_sum", "shard_bounds",
-           "RankSliceBatchSampler", "DistributedSetupError"]
+           "RankSliceBatchSampler", "shard_loader", "barrier", "DistributedSetupError"]
 
 
 class DistributedSetupError(RuntimeError):
@@ -57,6 +57,12 @@ def init_from_env(backend: str | None = None) -> bool:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return True
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op without a process group)."""
+    if is_distributed():
+        torch.distributed.barrier()
 
 
 def all_reduce_sum(t: Tensor) -> Tensor:
@@ -114,3 +120,31 @@ def check_same_everywhere(value: Sequence[float] | float, what: str) -> None:
     for r, g in enumerate(gathered):
         if not torch.equal(g, gathered[0]):
             raise DistributedSetupError(f"rank {r} has {what} {g.tolist()}, rank 0 has {gathered[0].tolist()}")
+
+
+def shard_loader(loader: Any, what: str = "train") -> Any:
+    """``loader`` with every global batch cut to this rank's slice (:class:`RankSliceBatchSampler`), for a
+    ``DataLoader`` with a plain batch sampler; other loaders (and any loader without a process group) are
+    returned as they are. The new loader shares the old one's generator, so reseeding it reseeds the order.
+
+    A training loader whose batches (or last batch) hold fewer examples than there are ranks is refused: every
+    rank must take part in every step (``what`` names the loader in the message)."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    world = world_size()
+    if world == 1 or not isinstance(loader, DataLoader) or loader.batch_sampler is None \
+            or isinstance(loader.batch_sampler, RankSliceBatchSampler) or isinstance(loader.sampler, DistributedSampler):
+        return loader
+    bs = loader.batch_sampler
+    batch_size = getattr(bs, "batch_size", None)
+    if batch_size is not None and what == "train":
+        n = len(loader.dataset)  # type: ignore[arg-type]
+        last = 0 if getattr(bs, "drop_last", False) else n % batch_size
+        if any(0 < v < world for v in (batch_size, last)):
+            raise ValueError(
+                f"the {what} loader's batches of {batch_size} (the last of {last}) cannot be split over {world} "
+                f"processes: every rank needs at least one example of every batch; use a batch size >= {world} and "
+                "a dataset size whose last batch is 0 or >= the number of processes (or drop_last=True)")
+    return DataLoader(loader.dataset, batch_sampler=RankSliceBatchSampler(bs), num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, generator=loader.generator,
+                      worker_init_fn=loader.worker_init_fn)

@@ -557,9 +557,9 @@ def evaluate_many(model: nn.Module, weights: Iterable[Sample] | Tensor | None, l
 
     def visit(j: int, recompute_now: bool) -> None:
         """The model as it holds point ``j`` now: BatchNorm recomputed if asked, one pass over the loaders."""
-        if recompute_now:  # sharded: each rank its own point, so its own statistics (no all-reduce)
+        if recompute_now:  # per process (sharded: each rank its own point), never all-reduced across ranks
             recompute_bn(model, policy.loader, num_batches=policy.num_batches,  # type: ignore[arg-type]
-                         device=device, adapter=adapter, distributed=None if world == 1 else False)
+                         device=device, adapter=adapter, distributed=False)
         _one_pass(model, j, loaders, reduce, adapter, device)
         if bar is not None:
             bar.update(1)

@@ -44,7 +44,7 @@ from ..core.batches import InputFn, to_device
 from ..core.batchnorm import EmptyLoaderError
 from ..core.checkpoint import (CheckpointError, check_model_signature, checkpoint_field, load_checkpoint,
                                model_signature, save_checkpoint, to_json_text)
-from ..core.distributed import RankSliceBatchSampler, world_size
+from ..core.distributed import RankSliceBatchSampler, shard_loader, world_size
 from ..evaluation.predict import evaluate
 from .schedules import Schedule
 
@@ -143,31 +143,6 @@ class DistributedPolicy:
     shard_data: bool = True
     sync_batchnorm: bool = False
     find_unused_parameters: bool = False
-
-
-def _shard(loader: Iterable, what: str) -> Iterable:
-    """``loader`` with every global batch cut to this rank's slice (a DataLoader with a plain batch sampler);
-    other loaders are returned as they are."""
-    from torch.utils.data import DataLoader, DistributedSampler
-
-    if not isinstance(loader, DataLoader) or loader.batch_sampler is None \
-            or isinstance(loader.batch_sampler, RankSliceBatchSampler) or isinstance(loader.sampler, DistributedSampler):
-        return loader
-    bs = loader.batch_sampler
-    world = world_size()
-    batch_size = getattr(bs, "batch_size", None)
-    if batch_size is not None:
-        n = len(loader.dataset)  # type: ignore[arg-type]
-        last = 0 if getattr(bs, "drop_last", False) else n % batch_size
-        small = [v for v in (batch_size, last) if 0 < v < world] if what == "train" else []
-        if small:
-            raise ValueError(
-                f"the {what} loader's batches of {batch_size} (the last of {last}) cannot be split over {world} "
-                f"processes: every rank needs at least one example of every batch; use a batch size >= {world} "
-                "and drop_last=True, or a dataset size whose last batch is 0 or >= the number of processes")
-    return DataLoader(loader.dataset, batch_sampler=RankSliceBatchSampler(bs), num_workers=loader.num_workers,
-                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, generator=loader.generator,
-                      worker_init_fn=loader.worker_init_fn)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -307,8 +282,8 @@ class Trainer:
             if self.distributed.sync_batchnorm:
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             if self.distributed.shard_data:
-                train_loader = _shard(train_loader, "train")
-                eval_loaders = {k: _shard(v, "evaluation") for k, v in (eval_loaders or {}).items()}
+                train_loader = shard_loader(train_loader, "train")
+                eval_loaders = {k: shard_loader(v, "evaluation") for k, v in (eval_loaders or {}).items()}
             if self.distributed.ddp:
                 from torch.nn.parallel import DistributedDataParallel
 
