@@ -301,3 +301,41 @@ def test_two_processes_equal_one_to_float64_rounding(tmp_path):
     one = _train64(0, 1)
     two = run_ranks(_train64, 2, tmp_path)
     assert float((two[0] - one).abs().max()) < 1e-12 and torch.equal(two[0], two[1])
+
+
+# ---------------------------------------------------------------------- curve training under DDP
+def _curve(rank, world, folder):
+    import json
+    from pathlib import Path
+
+    from torch.utils.data import TensorDataset
+
+    from valleys.app.connect import ConnectConfig, train_curve
+    from valleys.core.weights import WeightSpace
+    from valleys.zoo.data import make_loader
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(90, 6, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2))
+    space = WeightSpace(model)
+    w_a = space.read(model)
+    w_b = w_a + 0.5 * torch.randn(w_a.shape, generator=g)
+    out = Path(folder) / f"world{world}"
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = ConnectConfig("-", "-", epochs=3, lr=0.05, wd=5e-3, seed=4, checkpoint_every=10)
+    curve = train_curve(model, space, w_a, w_b, make_loader(TensorDataset(x, y), 16, shuffle=True, seed=4), cfg,
+                        out=out)
+    log = [json.loads(line)["train_loss"] for line in (out / "metrics.jsonl").read_text().splitlines()] \
+        if rank == 0 else None
+    return curve.inner_points().detach().clone(), log
+
+
+def test_curve_training_under_ddp_follows_one_process(tmp_path):
+    """The L2 term (added after DDP's all-reduce) and the per-step t (same on every rank) as in one process."""
+    inner, log = _curve(0, 1, tmp_path)
+    (r0, log0), (r1, _) = run_ranks(_curve, 2, tmp_path, str(tmp_path))
+    assert torch.equal(r0, r1)
+    assert float((r0 - inner).abs().max()) < 1e-5, float((r0 - inner).abs().max())
+    assert log0 == pytest.approx(log, rel=1e-5)

@@ -28,7 +28,8 @@ from .folders import output_guard
 from .runs import (SEED_MAX, ConfigError, TrainConfig, check_types, build_run_model, config_from_dict, load_run_model,
                    load_splits, prepare_run_dir, read_json_object, settings_from_dict)
 from ..training.schedules import SWASchedule
-from ..training.trainer import Trainer
+from ..core.distributed import world_size
+from ..training.trainer import DistributedPolicy, Trainer
 from ..core.weights import WeightSpace
 
 __all__ = ["ConnectConfig", "connect_runs", "evaluate_curve_dir", "load_endpoint", "read_curve_config", "train_curve"]
@@ -187,9 +188,14 @@ def train_curve(model: nn.Module, space: WeightSpace, w_a: Tensor, w_b: Tensor, 
     if adapter is not None:
         files.update(input_fn=lambda batch: _call_input(adapter, batch), target_fn=adapter.targets)
     task_loss = nn.CrossEntropyLoss() if adapter is None else adapter.loss_fn
+    dist_policy = None
+    if world_size() > 1:  # DDP averages the curve's gradients; the L2 term goes in after that, before the step
+        cm.defer_l2 = True
+        opt.register_step_pre_hook(lambda *_: cm.apply_pending_l2())
+        dist_policy = DistributedPolicy(ignore=cm.ddp_ignore())
     Trainer(cm, cm.l2_loss(task_loss, cfg.wd), opt, train_loader, epochs=cfg.epochs,
             schedule=SWASchedule(cfg.lr, cfg.epochs, 0.01 * cfg.lr), seed=cfg.seed,
-            header={"config": asdict(cfg)}, progress=progress, **files
+            header={"config": asdict(cfg)}, progress=progress, distributed=dist_policy, **files
             ).fit(resume=out / "checkpoint.safetensors" if resume and out is not None else None)
     return curve
 

@@ -193,6 +193,7 @@ class CurveModel(nn.Module):
         self.curve = curve
         self.t = 0.5
         self.wd = 0.0
+        self.defer_l2 = False
         self._last_parts: list[Tensor] | None = None
         self._l2_pending: dict[int, list[tuple[Tensor, list[float]]]] = {}
         self._hooked: dict[int, Any] = {}
@@ -255,13 +256,14 @@ class CurveModel(nn.Module):
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.curve.inner)
         scale = _Scale()
         sink = None
-        if self._l2_pending:  # queued by a backward pass that never accumulated into .grad
+        if self._l2_pending and not self.defer_l2:  # queued by a backward pass that never accumulated into .grad
             self._l2_pending.clear()
             warnings.warn("CurveModel: the L2 gradient of the last backward pass was not applied because it did "
                           "not accumulate into the inner points' .grad (use loss.backward(), not "
                           "torch.autograd.grad, when training with l2_loss)", stacklevel=2)
         if grad and self.wd:
-            self._hook_inner()
+            if not self.defer_l2:
+                self._hook_inner()
             sink = (self._l2_pending, self.wd)
         parts = _curve_point(self.curve, c, scale, sink)
         self._last_parts = [p.detach() for p in parts]
@@ -315,6 +317,25 @@ class CurveModel(nn.Module):
             else:
                 p.grad.addr_(torch.tensor(coef, dtype=w.dtype, device=w.device), w)
 
+    def apply_pending_l2(self) -> None:
+        """Add the L2 gradients queued by the last backward pass to the inner points' ``.grad`` now.
+
+        With ``defer_l2 = True`` (curve training under ``DistributedDataParallel``, which averages and then
+        writes the gradient buckets back into ``.grad`` after the accumulate hooks ran) the penalty's gradient
+        ``c_j(t) wd w(t)``, the same on every rank (same ``t``, same points), is added here, after the
+        all-reduce: call it before ``optimizer.step()`` (an optimizer step pre-hook does)."""
+        for p in self.curve.inner:
+            if p.grad is not None:
+                self._add_l2(p)
+        self._l2_pending.clear()
+
+    def ddp_ignore(self, prefix: str = "") -> tuple[str, ...]:
+        """The names DDP must leave alone: the wrapped network's parameters and buffers (replaced by ``w(t)``
+        and the private copies in every call, never trained) and the curve's fixed ends."""
+        names = [f"model.{n}" for n, _ in self.model.named_parameters()] + \
+                [f"model.{n}" for n, _ in self.model.named_buffers()] + ["curve.start", "curve.end"]
+        return tuple(prefix + n for n in names)
+
     @property
     def last_w(self) -> Tensor | None:
         """``w(t)`` of the last forward call (no autograd history)."""
@@ -333,8 +354,9 @@ class CurveModel(nn.Module):
         than differentiating the squared norm). So train with ``loss.backward()``: ``torch.autograd.grad``
         does not accumulate into ``.grad`` and would miss the penalty. The returned value is the task loss,
         which is what the training log shows. Sets ``self.wd``; the optimizer's own weight decay must stay 0.
-        Curve training is single-process: under DistributedDataParallel the gradient buckets may be
-        reduced before the hook adds the penalty.
+        Under DistributedDataParallel set ``defer_l2 = True`` and call :meth:`apply_pending_l2` before each
+        optimizer step (``valleys.app.connect.train_curve`` does), since DDP writes the averaged gradient
+        into ``.grad`` after the accumulate hooks.
         """
         if wd < 0:
             raise ValueError(f"wd must be >= 0, got {wd}")

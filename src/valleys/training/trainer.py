@@ -137,12 +137,15 @@ class DistributedPolicy:
         sync_batchnorm: convert BatchNorm layers to ``SyncBatchNorm`` (batch statistics over the global batch,
             exact; needs CUDA in PyTorch); False: each rank normalises with its own slice's statistics.
         find_unused_parameters: passed to ``DistributedDataParallel`` (models whose forward skips parameters).
+        ignore: names of parameters and buffers DDP should neither all-reduce nor broadcast (parameters that
+            never receive a gradient, constant buffers), e.g. the network inside a curve model.
     """
 
     ddp: bool = True
     shard_data: bool = True
     sync_batchnorm: bool = False
     find_unused_parameters: bool = False
+    ignore: tuple[str, ...] = ()
 
 
 class TrainingDiverged(FloatingPointError):
@@ -288,6 +291,9 @@ class Trainer:
                 from torch.nn.parallel import DistributedDataParallel
 
                 dev = next(self.model.parameters()).device
+                if self.distributed.ignore:
+                    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                        self.model, list(self.distributed.ignore))
                 self.ddp_model = DistributedDataParallel(
                     self.model, device_ids=[dev] if dev.type == "cuda" else None,
                     find_unused_parameters=self.distributed.find_unused_parameters)
