@@ -339,3 +339,43 @@ def test_curve_training_under_ddp_follows_one_process(tmp_path):
     assert torch.equal(r0, r1)
     assert float((r0 - inner).abs().max()) < 1e-5, float((r0 - inner).abs().max())
     assert log0 == pytest.approx(log, rel=1e-5)
+
+
+# ---------------------------------------------------------------------- the command line under torchrun
+def _torchrun(args, tmp_path, n=2):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--master-port",
+           str(__import__("dist_harness")._free_port()), "-m", "valleys", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+
+
+@pytest.mark.slow
+def test_valleys_train_and_connect_under_torchrun(tmp_path, capsys):
+    import json
+
+    from valleys.app.cli import main
+
+    common = ["--model", "mlp", "--epochs", "2", "--no-progress", "--train-subset", "1000", "--test-subset", "200"]
+    r = _torchrun(["train", "--method", "swa", "--swa-start", "1", *common, "--out", tmp_path / "two"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert main(["train", "--method", "swa", "--swa-start", "1", *common, "--out", str(tmp_path / "one")]) == 0
+    two = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    one = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert two[0]["train_loss"] == pytest.approx(one[0]["train_loss"], rel=1e-5)
+    res = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert res["timing"]["world_size"] == 2 and r.stdout.count("wrote ") == 1  # rank 0 alone reports
+    # a resume under another number of processes, and a command that does not run data-parallel
+    capsys.readouterr()
+    assert main(["train", "--out", str(tmp_path / "two"), "--resume", "--no-progress"]) == 2
+    assert "written by a run on 2 processes, this run has 1" in capsys.readouterr().err
+    r = _torchrun(["demo", "--quick", "--out", tmp_path / "demo"], tmp_path)
+    assert r.returncode != 0 and "only 'valleys train' and 'valleys connect' run data-parallel" in r.stderr
+    assert main(["train", "--method", "sgd", "--seed", "1", *common, "--out", str(tmp_path / "b")]) == 0
+    r = _torchrun(["connect", tmp_path / "one", tmp_path / "b", "--epochs", "1", "--points", "3", "--no-progress",
+                   "--out", tmp_path / "curve"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "curve" / "curve.safetensors").is_file() and r.stdout.count("wrote ") == 1

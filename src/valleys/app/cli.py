@@ -543,8 +543,12 @@ def _connect(args: argparse.Namespace) -> int:
                          "only --out FOLDER --resume continues a curve without them")
     else:
         cfg = ConnectConfig(args.run_a, args.run_b, **given)
-    res = connect_runs(cfg, args.out, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
-    _print_curve(res, args.out)
+    from ..core.distributed import is_main
+
+    res = connect_runs(cfg, args.out, overwrite=args.overwrite, resume=args.resume,
+                       progress=not args.no_progress and is_main())
+    if is_main():
+        _print_curve(res, args.out)
     return 0
 
 
@@ -839,15 +843,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _under_torchrun(args: argparse.Namespace) -> bool:
-    """Whether ``torchrun`` started this process with more than one rank; only ``train`` runs data-parallel
-    (other commands are refused with the command to use instead)."""
+    """Whether ``torchrun`` started this process with more than one rank; only ``train`` and ``connect`` run
+    data-parallel (other commands are refused with the command to use instead)."""
     import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    if args.command != "train":
-        raise ValueError(f"valleys {args.command} runs in one process; under torchrun only 'valleys train' runs "
-                         f"data-parallel: start it without torchrun (python -m valleys {args.command} ...)")
+    if args.command not in ("train", "connect"):
+        raise ValueError(f"valleys {args.command} runs in one process; under torchrun only 'valleys train' and "
+                         f"'valleys connect' run data-parallel: start it without torchrun "
+                         f"(python -m valleys {args.command} ...)")
     return True
 
 

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from collections.abc import Iterable
@@ -24,9 +25,8 @@ from ..core.checkpoint import CheckpointError, check_model_signature, checkpoint
 from ..geometry.curves import CURVE_KINDS, Curve, CurveModel
 from ..zoo.data import make_loader
 from ..geometry.paths import BN_POLICIES, evaluate_path, segment
-from .folders import output_guard
 from .runs import (SEED_MAX, ConfigError, TrainConfig, check_types, build_run_model, config_from_dict, load_run_model,
-                   load_splits, prepare_run_dir, read_json_object, settings_from_dict)
+                   load_splits, prepare_run_dir, ranks_folder, read_json_object, settings_from_dict)
 from ..training.schedules import SWASchedule
 from ..core.distributed import world_size
 from ..training.trainer import DistributedPolicy, Trainer
@@ -144,23 +144,25 @@ def connect_runs(cfg: ConnectConfig, out: str | Path, *, overwrite: bool = False
     splits = load_splits(data_cfg)
     if resume and not (out / "checkpoint.safetensors").is_file() and not (out / "curve.safetensors").is_file():
         raise CheckpointError(f"cannot resume: {out / 'checkpoint.safetensors'} does not exist")
-    with output_guard(out, resumable=lambda: (out / "checkpoint.safetensors").is_file()):
-        prepare_run_dir(out, overwrite=overwrite, resume=resume)
-        if not resume:
+    # under torchrun every rank trains the curve on its slice of each batch; rank 0 writes and evaluates
+    with ranks_folder(out, overwrite=overwrite, resume=resume,
+                      resumable=lambda: (out / "checkpoint.safetensors").is_file()) as writes:
+        if writes and not resume:
             write_json(out / "config.json", {"folder": "curve", **asdict(cfg), "data": asdict(data_cfg)})
         train, train_eval, test = _loaders(cfg, data_cfg, splits)
         start = time.perf_counter()
-        curve = train_curve(model_a, space, w_a, w_b, train, cfg, out=out, resume=resume, progress=progress,
-                            adapter=data_cfg.adapter())
+        curve = train_curve(model_a, space, w_a, w_b, train, cfg, out=out, resume=resume,
+                            progress=progress and writes, adapter=data_cfg.adapter())
         train_s = time.perf_counter() - start
-        save_checkpoint(out / "curve.safetensors", {"control_points": curve.control_points().detach()},
-                        {"kind": "curve", "curve": cfg.kind, "bends": cfg.bends, "signature": space.signature()})
-        results = evaluate_curve_dir(out, progress=progress, write=False,
-                                     _cache=(model_a, model_b, data_cfg, splits))
-        results["timing"] = {"train_s": train_s, "eval_s": results.pop("eval_s")}
-        results["training"] = {"epochs": cfg.epochs, "lr": cfg.lr, "wd": cfg.wd, "batch_size": cfg.batch_size}
-        write_json(out / "results.json", results)
-    return results
+        if writes:
+            save_checkpoint(out / "curve.safetensors", {"control_points": curve.control_points().detach()},
+                            {"kind": "curve", "curve": cfg.kind, "bends": cfg.bends, "signature": space.signature()})
+            results = evaluate_curve_dir(out, progress=progress, write=False,
+                                         _cache=(model_a, model_b, data_cfg, splits))
+            results["timing"] = {"train_s": train_s, "eval_s": results.pop("eval_s")}
+            results["training"] = {"epochs": cfg.epochs, "lr": cfg.lr, "wd": cfg.wd, "batch_size": cfg.batch_size}
+            write_json(out / "results.json", results)
+    return results if writes else read_json_object(out / "results.json")
 
 
 def train_curve(model: nn.Module, space: WeightSpace, w_a: Tensor, w_b: Tensor, train_loader: Iterable,
@@ -192,6 +194,9 @@ def train_curve(model: nn.Module, space: WeightSpace, w_a: Tensor, w_b: Tensor, 
     if world_size() > 1:  # DDP averages the curve's gradients; the L2 term goes in after that, before the step
         cm.defer_l2 = True
         opt.register_step_pre_hook(lambda *_: cm.apply_pending_l2())
+        # the inner points are per-tensor slices of one control-point storage: their strides differ from
+        # DDP's bucket views, which costs one copy per bucket and nothing else
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         dist_policy = DistributedPolicy(ignore=cm.ddp_ignore())
     Trainer(cm, cm.l2_loss(task_loss, cfg.wd), opt, train_loader, epochs=cfg.epochs,
             schedule=SWASchedule(cfg.lr, cfg.epochs, 0.01 * cfg.lr), seed=cfg.seed,

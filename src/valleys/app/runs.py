@@ -45,7 +45,7 @@ from .registry import REGISTRY, get_method, method_help
 from .settings import TrainSettings
 
 __all__ = ["TrainConfig", "METHODS", "train_run", "evaluate_run", "load_run_model", "RunFolderError",
-           "ConfigError", "read_json_object", "check_saved_settings", "read_run_config", "prepare_run_dir", "summary_metrics", "SEED_MAX"]
+           "ConfigError", "read_json_object", "check_saved_settings", "ranks_folder", "read_run_config", "prepare_run_dir", "summary_metrics", "SEED_MAX"]
 
 #: ``{method: one-line help}``, from :data:`valleys.app.registry.REGISTRY`.
 METHODS: dict[str, str] = method_help()
@@ -373,6 +373,21 @@ def train_run(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, res
     return results
 
 
+@contextlib.contextmanager
+def ranks_folder(out: Path, *, overwrite: bool, resume: bool, resumable: Any) -> Any:
+    """The output folder of a command that may run under torchrun: rank 0 guards it
+    (:func:`valleys.app.folders.output_guard`) and prepares it (:func:`prepare_run_dir`), then every rank
+    meets; the body runs on every rank and learns whether it writes (rank 0); at the end every rank meets
+    again, so the others can read what rank 0 wrote. In one process: the guard and the preparation."""
+    guard = output_guard(out, resumable=resumable) if is_main() else contextlib.nullcontext()
+    with guard:
+        if is_main():
+            prepare_run_dir(out, overwrite=overwrite, resume=resume)
+        barrier()
+        yield is_main()
+        barrier()
+
+
 def _train_run_ranks(cfg: TrainConfig, out: Path, splits: Splits, *, overwrite: bool, resume: bool,
                      progress: bool) -> dict[str, Any]:
     """:func:`train_run` on every rank of a process group: rank 0 prepares the folder, all train, rank 0
@@ -382,20 +397,15 @@ def _train_run_ranks(cfg: TrainConfig, out: Path, splits: Splits, *, overwrite: 
                          "run (--method swag or sgd with --seed), or run it in one process")
     if resume and not (out / "checkpoint.safetensors").exists():
         raise CheckpointError(f"cannot resume: {out / 'checkpoint.safetensors'} does not exist")
-    guard = output_guard(out, resumable=lambda: _has_checkpoint(out)) if is_main() else contextlib.nullcontext()
-    with guard:
-        if is_main():
-            prepare_run_dir(out, overwrite=overwrite, resume=resume)
-        barrier()
+    with ranks_folder(out, overwrite=overwrite, resume=resume, resumable=lambda: _has_checkpoint(out)) as writes:
         start = time.perf_counter()
-        timing = _train_single(cfg, out, splits, resume=resume, progress=progress and is_main())
+        timing = _train_single(cfg, out, splits, resume=resume, progress=progress and writes)
         timing["total_train_s"] = time.perf_counter() - start
-        if is_main():
+        if writes:
             results = evaluate_run(out, splits=splits, progress=progress, write=False)
             results["timing"] = {**timing, "eval_s": results.pop("eval_s"), "world_size": world_size()}
             write_json(out / "results.json", results)
-        barrier()
-    return read_json_object(out / "results.json")
+    return results if writes else read_json_object(out / "results.json")
 
 
 # ---------------------------------------------------------------------- evaluation of any run
