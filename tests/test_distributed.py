@@ -379,3 +379,50 @@ def test_valleys_train_and_connect_under_torchrun(tmp_path, capsys):
                    "--out", tmp_path / "curve"], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "curve" / "curve.safetensors").is_file() and r.stdout.count("wrote ") == 1
+
+
+def _mixed(rank, world):
+    from valleys.core.distributed import DistributedSetupError
+    from valleys.training.trainer import Trainer
+
+    model = nn.Linear(3 + rank, 2)  # rank 1 builds another model: the ranks disagree
+    loader = [(torch.zeros(2, 3 + rank), torch.zeros(2, dtype=torch.long))]
+    try:
+        Trainer(model, None, torch.optim.SGD(model.parameters(), lr=0.1), loader, epochs=1, progress=False)
+    except DistributedSetupError as e:
+        return str(e)
+    return "accepted"
+
+
+def test_ranks_with_different_models_or_devices_are_refused_naming_the_rank(tmp_path):
+    msgs = run_ranks(_mixed, 2, tmp_path)
+    assert all(m.startswith("rank 1 has (model on CUDA, parameter count) [0.0, 10.0], rank 0 has [0.0, 8.0]")
+               for m in msgs), msgs
+
+
+def _eval_small_batches(rank, world):
+    from torch.utils.data import TensorDataset
+
+    from valleys.evaluation.predict import evaluate
+    from valleys.core.distributed import shard_loader
+    from valleys.zoo.data import make_loader
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(9, 4, generator=g), torch.arange(9) % 3
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    loader = shard_loader(make_loader(TensorDataset(x, y), 4), "evaluation")  # last batch: 1 example, rank 1 none
+    return evaluate(model, loader, all_reduce=True)["nll"]
+
+
+def test_evaluation_with_a_rank_left_without_examples_still_reduces(tmp_path):
+    from torch.utils.data import TensorDataset
+
+    from valleys.evaluation.predict import evaluate
+    from valleys.zoo.data import make_loader
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(9, 4, generator=g), torch.arange(9) % 3
+    torch.manual_seed(0)
+    one = evaluate(nn.Linear(4, 3), make_loader(TensorDataset(x, y), 4))["nll"]
+    assert run_ranks(_eval_small_batches, 2, tmp_path) == pytest.approx([one, one], rel=1e-12)

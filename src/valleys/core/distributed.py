@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["is_distributed", "rank", "world_size", "is_main", "init_from_env", "all_reduce_sum", "shard_bounds",
-           "RankSliceBatchSampler", "shard_loader", "barrier", "DistributedSetupError"]
+           "RankSliceBatchSampler", "shard_loader", "barrier", "check_same_everywhere", "DistributedSetupError"]
 
 
 class DistributedSetupError(RuntimeError):
@@ -106,7 +106,8 @@ class RankSliceBatchSampler(torch.utils.data.Sampler):
             batch = list(batch)
             self.last_global_size = len(batch)
             lo, hi = shard_bounds(len(batch), self.r, self.world)
-            yield batch[lo:hi]
+            if hi > lo:  # a batch smaller than the world leaves some ranks without a slice (evaluation only:
+                yield batch[lo:hi]  # training loaders with such batches are refused by shard_loader)
 
 
 def check_same_everywhere(value: Sequence[float] | float, what: str) -> None:

@@ -44,7 +44,7 @@ from ..core.batches import InputFn, to_device
 from ..core.batchnorm import EmptyLoaderError
 from ..core.checkpoint import (CheckpointError, check_model_signature, checkpoint_field, load_checkpoint,
                                model_signature, save_checkpoint, to_json_text)
-from ..core.distributed import RankSliceBatchSampler, shard_loader, world_size
+from ..core.distributed import RankSliceBatchSampler, check_same_everywhere, shard_loader, world_size
 from ..evaluation.predict import evaluate
 from .schedules import Schedule
 
@@ -282,6 +282,9 @@ class Trainer:
         self.world_size = world_size()
         self.ddp_model: nn.Module | None = None
         if self.world_size > 1:
+            dev = next(self.model.parameters()).device
+            check_same_everywhere([float(dev.type == "cuda"), float(sum(p.numel() for p in self.model.parameters()))],
+                                  "(model on CUDA, parameter count)")
             if self.distributed.sync_batchnorm:
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             if self.distributed.shard_data:
