@@ -84,17 +84,20 @@ class ShardedSWAG:
 
     def collect(self, source: nn.Module | Tensor) -> None:
         """Add this rank's slice of the current weights: Welford ``m += d / (n + 1)``, ``M2 += d^2 n / (n + 1)``
-        and the deviation ``w - m_new = d n / (n + 1)`` into the next ring slot (``d = w - m_old``)."""
+        and the deviation ``w - m_new = d n / (n + 1)`` into the next ring slot (``d = w - m_old``), all in
+        place. A module is read as one flat vector first (P numbers for the moment); pass the flat vector to
+        avoid that."""
         w = self._slice_of(source)
-        delta = w - self._mean
-        if not bool(torch.isfinite(delta).all()):
+        if not bool(torch.isfinite(w.sum())):
             raise WeightSpaceError(f"collect #{self.n + 1}: the weights hold NaN or infinite entries on rank {self.r}; "
                                    "nothing was collected")
         n = self.n
-        self._mean.add_(delta, alpha=1.0 / (n + 1))
+        row = self._dev[n % self.rank]
+        torch.sub(w, self._mean, out=row)  # delta, computed in its ring slot: no temporary of the slice's size
+        self._mean.add_(row, alpha=1.0 / (n + 1))
         if n > 0:
-            self._m2.addcmul_(delta, delta, value=n / (n + 1))
-        self._dev[n % self.rank].copy_(delta).mul_(n / (n + 1))
+            self._m2.addcmul_(row, row, value=n / (n + 1))
+        row.mul_(n / (n + 1))
         self.n = n + 1
 
     # ------------------------------------------------------------------ the Gaussian, sliced
