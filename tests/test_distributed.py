@@ -106,7 +106,7 @@ def _train(epochs, ckpt=None, swa_start=0):
                       eval_loaders={"test": test}, progress=False, seed=3, checkpoint_path=ckpt)
     history = trainer.fit()
     return {"weights": torch.cat([p.detach().flatten() for p in model.parameters()]), "swa": swa.mean.clone(),
-            "history": history}
+            "variance": swa.variance.clone(), "history": history}
 
 
 def _train_rank(rank, world, epochs, ckpt):
@@ -120,6 +120,7 @@ def test_two_processes_train_like_one(tmp_path):
     diff = (r0["weights"] - one["weights"]).abs().max().item()
     assert diff < 1e-5, diff
     assert torch.allclose(r0["swa"], one["swa"], atol=1e-5) and torch.equal(r0["swa"], r1["swa"])
+    assert torch.allclose(r0["variance"], one["variance"], atol=1e-6) and torch.equal(r0["variance"], r1["variance"])
     for a, b in zip(r0["history"], one["history"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["train_accuracy"] == b["train_accuracy"] and a["test_accuracy"] == b["test_accuracy"]
@@ -165,7 +166,9 @@ def _eval_setup():
     model = _BNNet()
     space = WeightSpace(model)
     w0 = space.read(model)
-    points = torch.stack([w0 + 0.1 * torch.randn(w0.shape, generator=g) for _ in range(7)])
+    u, v = 0.1 * torch.randn(w0.shape, generator=g), 0.1 * torch.randn(w0.shape, generator=g)
+    grid = torch.linspace(-1, 1, 5)
+    points = torch.stack([w0 + a * u + b * v for a in grid for b in grid])  # a 5 x 5 grid on a plane
     return model, points, make_loader(TensorDataset(x, y), 16), make_loader(TensorDataset(x[:40], y[:40]), 16)
 
 
@@ -181,7 +184,7 @@ def _sharded_eval(rank, world):
     return res["probs"], res.num_samples, dict(grid.per_loader), unchanged
 
 
-def test_sharded_bma_and_grid_equal_one_process(tmp_path):
+def test_sharded_bma_and_5x5_grid_equal_one_process(tmp_path):
     from valleys.evaluation.grid import evaluate_points
     from valleys.evaluation.predict import bma
 
@@ -189,7 +192,7 @@ def test_sharded_bma_and_grid_equal_one_process(tmp_path):
     one = bma(model, list(points), test, bn_loader=train, return_probs=True)
     grid = evaluate_points(model, points, {"train": train, "test": test}, bn_loader=train)
     for probs, n, per_loader, unchanged in run_ranks(_sharded_eval, 2, tmp_path):
-        assert n == 7 and unchanged
+        assert n == 25 and unchanged
         assert torch.allclose(probs, one["probs"], atol=1e-12, rtol=0)
         for name in ("train", "test"):
             for key in ("loss", "error"):
