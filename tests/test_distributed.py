@@ -354,8 +354,8 @@ def _torchrun(args, tmp_path, n=2):
     import sys
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--master-port",
-           str(__import__("dist_harness")._free_port()), "-m", "valleys", *map(str, args)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
+           "-m", "valleys", *map(str, args)]  # --standalone: a free rendezvous port of its own
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
 
 
