@@ -379,7 +379,7 @@ def test_valleys_train_and_connect_under_torchrun(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "two"), "--resume", "--no-progress"]) == 2
     assert "written by a run on 2 processes, this run has 1" in capsys.readouterr().err
     r = _torchrun(["demo", "--quick", "--out", tmp_path / "demo"], tmp_path)
-    assert r.returncode != 0 and "only 'valleys train' and 'valleys connect' run data-parallel" in r.stderr
+    assert r.returncode != 0 and "only 'valleys train', 'valleys connect' and 'valleys semisup' run data-parallel" in r.stderr
     assert main(["train", "--method", "sgd", "--seed", "1", *common, "--out", str(tmp_path / "b")]) == 0
     r = _torchrun(["connect", tmp_path / "one", tmp_path / "b", "--epochs", "1", "--points", "3", "--no-progress",
                    "--out", tmp_path / "curve"], tmp_path)
@@ -432,3 +432,38 @@ def test_evaluation_with_a_rank_left_without_examples_still_reduces(tmp_path):
     torch.manual_seed(0)
     one = evaluate(nn.Linear(4, 3), make_loader(TensorDataset(x, y), 4))["nll"]
     assert run_ranks(_eval_small_batches, 2, tmp_path) == pytest.approx([one, one], rel=1e-12)
+
+
+@pytest.mark.slow
+def test_valleys_semisup_under_torchrun_splits_both_parts_of_every_batch(tmp_path):
+    import json
+
+    from valleys.app.cli import main
+
+    common = ["semisup", "--model", "mlp", "--labels-per-class", "5", "--epochs", "3", "--cycle", "1",
+              "--train-subset", "600", "--test-subset", "200", "--batch-size", "64", "--labelled-batch-size", "16",
+              "--fast-swa-every", "1", "--no-augment", "--consistency", "none", "pi", "--no-progress", "--jobs", "1"]
+    r = _torchrun([*common, "--out", tmp_path / "two"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    for c in ("none", "pi"):
+        one = [json.loads(x) for x in (tmp_path / "one" / c / "seed-0" / "metrics.jsonl").read_text().splitlines()]
+        two = [json.loads(x) for x in (tmp_path / "two" / c / "seed-0" / "metrics.jsonl").read_text().splitlines()]
+        # no augmentation and no Dropout: the same global batches, so the same first-epoch losses
+        assert two[0]["train_loss"] == pytest.approx(one[0]["train_loss"], rel=1e-5), c
+    assert (tmp_path / "two" / "figures" / "travel.png").is_file() and r.stdout.count("wrote ") == 1
+    r = _torchrun([*common[:-2], "--labelled-batch-size", "15", "--out", tmp_path / "odd"], tmp_path)
+    assert r.returncode != 0 and "must both be multiples of 2" in r.stderr and not (tmp_path / "odd").exists()
+
+
+def test_mixed_batches_laid_out_for_two_ranks_give_each_an_equal_share():
+    from valleys.core.distributed import RankSliceBatchSampler
+    from valleys.training.semisup_data import MixedBatchSampler
+
+    lab, unl = list(range(10)), list(range(10, 60))
+    sampler = MixedBatchSampler(lab, unl, 16, 4, generator=torch.Generator().manual_seed(0), ranks=2)
+    for r in range(2):
+        for b in RankSliceBatchSampler(sampler, r, 2):
+            assert sum(i < 10 for i in b) == 2 and len(b) == 8
+    with pytest.raises(ValueError, match="multiples of 2"):
+        MixedBatchSampler(lab, unl, 16, 3, ranks=2)

@@ -799,8 +799,12 @@ def _semisup(args: argparse.Namespace) -> int:
             raise ValueError(f"--device {cfg.device} requested but CUDA is not available; use --device cpu")
     from .parallel import default_jobs
 
-    res = semisup_run(cfg, args.out, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
-                      jobs=args.jobs or default_jobs(cfg.device))
+    from ..core.distributed import is_main
+
+    res = semisup_run(cfg, args.out, overwrite=args.overwrite, resume=args.resume,
+                      progress=not args.no_progress and is_main(), jobs=args.jobs or default_jobs(cfg.device))
+    if not is_main():
+        return 0
     print(f"test error (%) over seeds {cfg.seeds}")
     for c, kinds in res["summary"].items():
         print(f"  {c:13s} " + "  ".join(f"{k} {100 * st['error']['mean']:.2f}" for k, st in kinds.items()))
@@ -843,15 +847,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _under_torchrun(args: argparse.Namespace) -> bool:
-    """Whether ``torchrun`` started this process with more than one rank; only ``train`` and ``connect`` run
-    data-parallel (other commands are refused with the command to use instead)."""
+    """Whether ``torchrun`` started this process with more than one rank; only ``train``, ``connect`` and
+    ``semisup`` run data-parallel (other commands are refused with the command to use instead)."""
     import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    if args.command not in ("train", "connect"):
-        raise ValueError(f"valleys {args.command} runs in one process; under torchrun only 'valleys train' and "
-                         f"'valleys connect' run data-parallel: start it without torchrun "
+    if args.command not in ("train", "connect", "semisup"):
+        raise ValueError(f"valleys {args.command} runs in one process; under torchrun only 'valleys train', "
+                         f"'valleys connect' and 'valleys semisup' run data-parallel: start it without torchrun "
                          f"(python -m valleys {args.command} ...)")
     return True
 

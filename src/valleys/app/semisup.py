@@ -166,6 +166,13 @@ class SemisupConfig:
         if need and unlabelled < need:
             raise ValueError(f"{unlabelled} unlabelled examples do not fill one batch's {need} unlabelled places; "
                              "lower --batch-size or --labels-per-class")
+        from ..core.distributed import world_size
+
+        world = world_size()
+        if world > 1 and (self.labelled_batch_size % world or need % world):
+            raise ValueError(f"under torchrun with {world} processes, --labelled-batch-size "
+                             f"{self.labelled_batch_size} and the unlabelled part of a batch ({need}) must both be "
+                             f"multiples of {world}: every rank trains on an equal share of both")
         # one epoch is a pass over the unlabelled examples (MixedBatchSampler)
         steps_per_epoch = unlabelled // need if need else max(1, self.labels_per_class * len(counts) // self.batch_size)
         if self.fast_swa_unit == "steps" and self.fast_swa_every > self.cycle * steps_per_epoch:
@@ -193,6 +200,7 @@ def semisup_one(cfg: SemisupConfig, consistency: str, seed: int, folder: str | P
     import torch
 
     from ..core.checkpoint import write_json
+    from ..core.distributed import barrier, is_main, shard_loader
     from ..core.weights import WeightSpace
     from ..methods.averaging import SWA
     from ..training.augment import default_augment
@@ -213,6 +221,7 @@ def semisup_one(cfg: SemisupConfig, consistency: str, seed: int, folder: str | P
             return done
     again = resume and (folder / "checkpoint.safetensors").is_file() and (folder / "config.json").is_file() \
         and read_json_object(folder / "config.json") == settings
+    barrier()  # under torchrun: every rank has decided before rank 0 touches the folder
     splits = _splits(cfg)
     cfg.check_data(splits)
     labelled, unlabelled = labelled_split(dataset_targets(splits.train), cfg.labels_per_class, seed)
@@ -220,8 +229,9 @@ def semisup_one(cfg: SemisupConfig, consistency: str, seed: int, folder: str | P
                             labelled_batch_size=cfg.labelled_batch_size, seed=seed)
     torch.manual_seed(seed)
     model = build_model(cfg.model, splits.input_shape, splits.num_classes).to(cfg.device)
-    evals = {"val": make_loader(splits.val, 1000), "test": make_loader(splits.test, 1000)}
-    bn = make_loader(splits.train, 1000)  # every training input, labelled and unlabelled, without augmentation
+    # under torchrun each rank evaluates and recomputes BatchNorm on its slice of these, all-reduced
+    evals = {k: shard_loader(make_loader(d, 1000), k) for k, d in (("val", splits.val), ("test", splits.test))}
+    bn = shard_loader(make_loader(splits.train, 1000), "BatchNorm")  # every training input, no augmentation
     teacher = MeanTeacher(model, cfg.ema_decay, eval_loaders=evals) if consistency == "mean-teacher" else None
     augment = default_augment(tuple(splits.input_shape), dataset=cfg.dataset) if cfg.augment else None
     step = ConsistencyStep(consistency, augment=augment, weight=cfg.consistency_weight, rampup=cfg.rampup,
@@ -239,7 +249,7 @@ def semisup_one(cfg: SemisupConfig, consistency: str, seed: int, folder: str | P
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                           weight_decay=cfg.wd)
     folder.mkdir(parents=True, exist_ok=True)
-    if not again:
+    if not again and is_main():
         for name in ("checkpoint.safetensors", "metrics.jsonl", "results.json"):
             (folder / name).unlink(missing_ok=True)
         write_json(folder / "config.json", settings)
@@ -263,7 +273,8 @@ def semisup_one(cfg: SemisupConfig, consistency: str, seed: int, folder: str | P
                "swa_collects": last.get("swa_n"), "fastswa_collects": last.get("fastswa_n"),
                "timing": {"train_s": time.perf_counter() - start,
                           "epoch_s": sum(h["train_time"] for h in history) / len(history)}}
-    write_json(folder / "results.json", results)
+    if is_main():
+        write_json(folder / "results.json", results)
     return results
 
 
@@ -297,10 +308,10 @@ def semisup_run(cfg: SemisupConfig, out: str | Path, *, overwrite: bool = False,
     """Every consistency term and seed into ``out`` (module docstring); returns what ``results.json`` holds.
     ``jobs``: worker processes over the runs (:mod:`valleys.app.parallel`)."""
     from ..core.checkpoint import write_json
+    from ..core.distributed import world_size
     from ..core.optional import progress_bar
-    from .folders import output_guard
     from .parallel import call, run_jobs
-    from .runs import check_saved_settings, prepare_run_dir
+    from .runs import check_saved_settings, prepare_run_dir, ranks_folder, read_json_object
 
     cfg.check()
     out = Path(out)
@@ -310,18 +321,22 @@ def semisup_run(cfg: SemisupConfig, out: str | Path, *, overwrite: bool = False,
     splits = _splits(cfg)  # data errors and the checks that need the data, before a file is written
     cfg.check_data(splits)
     start = time.perf_counter()
-    with output_guard(out, resumable=lambda: (out / "config.json").is_file()):
-        prepare_run_dir(out, overwrite=overwrite, resume=resume)
-        write_json(out / "config.json", {"folder": "semisup", **asdict(cfg)})
+    # under torchrun: every run data-parallel on all ranks, one after the other; rank 0 writes the study
+    jobs = 1 if world_size() > 1 else jobs
+    with ranks_folder(out, overwrite=overwrite, resume=resume,
+                      resumable=lambda: (out / "config.json").is_file()) as writes:
+        if writes:
+            write_json(out / "config.json", {"folder": "semisup", **asdict(cfg)})
         calls = semisup_calls(cfg, out, resume=resume)
         bar = progress_bar(total=len(calls), unit="run", desc="semi-supervised runs", dynamic_ncols=True) \
-            if progress else None
+            if progress and writes else None
         try:
             runs = list(run_jobs(call, calls, jobs=jobs, progress=bar))
         finally:
             if bar is not None:
                 bar.close()
-        return semisup_finish(cfg, out, runs, start)
+        results = semisup_finish(cfg, out, runs, start) if writes else None
+    return results if results is not None else read_json_object(out / "results.json")
 
 
 def semisup_calls(cfg: SemisupConfig, out: Path, *, resume: bool = False) -> list[dict[str, Any]]:

@@ -195,6 +195,19 @@ class ConsistencyStep:
         self.weight, self.rampup = float(weight), float(rampup)
         self.view: Callable[[Any], Any] = views or (_tuple_views(augment) if augment is not None else (lambda b: b))
 
+    def _views(self, trainer: Trainer, batch: Any, k: int) -> Any:
+        """View ``k`` (0 or 1) of ``batch``. Under torch.distributed every rank draws from its own stream
+        (seeded by the trainer's seed, the step, the view and the rank), so the ranks' slices are not
+        augmented with the same random numbers; in one process the global generator, as always."""
+        from ..core.distributed import rank, world_size
+
+        if world_size() == 1:
+            return self.view(batch)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((int(getattr(trainer, "seed", 0)) * 1_000_003 + trainer.step * 4 + 2 * k + 1)
+                              * 65_537 + rank())
+            return self.view(batch)
+
     def weight_at(self, epoch: float) -> float:
         """``lambda(t) = weight * ramp_up(t, rampup)``."""
         return self.weight * ramp_up(epoch, self.rampup)
@@ -208,13 +221,13 @@ class ConsistencyStep:
                             "unlabelled ones); see valleys.training.semisup_data.semisup_loader")
         labelled = y >= 0
         if self.consistency == "none":
-            out = adapter.forward(student, self.view(select_examples(batch, labelled)), device)
+            out = adapter.forward(student, self._views(trainer, select_examples(batch, labelled), 0), device)
             ce = F.cross_entropy(out, y[labelled]) if out.shape[0] else out.sum() * 0
             return StepResult(ce, {"class_loss": ce.detach()}, prediction=out, targets=y[labelled])
-        out = adapter.forward(student, self.view(batch), device)
+        out = adapter.forward(student, self._views(trainer, batch, 0), device)
         with torch.no_grad():
             target = adapter.forward(self.teacher.model if self.consistency == "mean-teacher" else model,
-                                     self.view(batch), device)
+                                     self._views(trainer, batch, 1), device)
         n_lab = int(labelled.sum())
         ce = F.cross_entropy(out[labelled], y[labelled]) if n_lab else out.sum() * 0
         cons = consistency_loss(out, target, self.loss)

@@ -165,11 +165,14 @@ class MixedBatchSampler(torch.utils.data.Sampler):
     last batch is dropped, so an epoch has ``len(unlabelled) // (batch_size - labelled_batch_size)`` batches;
     the labelled stream is a permutation that is redrawn whenever it runs out. With
     ``labelled_batch_size == batch_size`` every batch is labelled and an epoch is a pass over the labelled set.
-    Randomness comes from ``generator`` (the trainer reseeds it every epoch).
+    Randomness comes from ``generator`` (the trainer reseeds it every epoch). With ``ranks = R > 1`` (training
+    under torch.distributed) both parts must split into R equal shares and every batch is laid out as R blocks
+    of ``labelled_batch_size / R`` labelled and ``(batch_size - labelled_batch_size) / R`` unlabelled indices, so
+    that each rank's contiguous slice holds its share of both.
     """
 
     def __init__(self, labelled: Tensor | Sequence[int], unlabelled: Tensor | Sequence[int], batch_size: int,
-                 labelled_batch_size: int, *, generator: torch.Generator | None = None) -> None:
+                 labelled_batch_size: int, *, generator: torch.Generator | None = None, ranks: int = 1) -> None:
         self.labelled = torch.as_tensor(labelled, dtype=torch.long)
         self.unlabelled = torch.as_tensor(unlabelled, dtype=torch.long)
         for name, v in (("batch size", batch_size), ("labelled batch size", labelled_batch_size)):
@@ -186,7 +189,12 @@ class MixedBatchSampler(torch.utils.data.Sampler):
             raise ValueError(f"{self.unlabelled.numel()} unlabelled examples do not fill one batch's "
                              f"{self.unlabelled_batch_size} unlabelled places; lower --batch-size or raise "
                              "--labelled-batch-size")
+        if ranks > 1 and (labelled_batch_size % ranks or self.unlabelled_batch_size % ranks):
+            raise ValueError(f"{ranks} processes must split every batch into equal parts: the labelled batch size "
+                             f"{labelled_batch_size} and the unlabelled part {self.unlabelled_batch_size} must both be "
+                             f"multiples of {ranks}")
         self.generator = generator
+        self.ranks = ranks
 
     def __len__(self) -> int:
         if self.unlabelled_batch_size == 0:
@@ -204,7 +212,15 @@ class MixedBatchSampler(torch.utils.data.Sampler):
         order = self.unlabelled[torch.randperm(self.unlabelled.numel(), generator=self.generator)].tolist() if u else []
         stream = self._labelled_stream()
         for b in range(n):
-            yield [next(stream) for _ in range(self.labelled_batch_size)] + order[b * u:(b + 1) * u]
+            lab = [next(stream) for _ in range(self.labelled_batch_size)]
+            unl = order[b * u:(b + 1) * u]
+            if self.ranks == 1:
+                yield lab + unl
+                continue
+            # one block per rank, each with its share of both parts: a rank's contiguous slice of the batch
+            # (valleys.core.distributed.RankSliceBatchSampler) is then a small mixed batch of its own
+            lr, ur = len(lab) // self.ranks, len(unl) // self.ranks
+            yield [i for r in range(self.ranks) for i in lab[r * lr:(r + 1) * lr] + unl[r * ur:(r + 1) * ur]]
 
 
 def semisup_loader(dataset: Dataset, labelled: Tensor | Sequence[int], *, batch_size: int = 128,
@@ -212,13 +228,17 @@ def semisup_loader(dataset: Dataset, labelled: Tensor | Sequence[int], *, batch_
                    label_key: str | None = None, num_workers: int = 0) -> DataLoader:
     """A ``DataLoader`` of mixed batches over ``dataset``: the examples in ``labelled`` keep their labels, every
     other one (or those in ``unlabelled``) carries :data:`NO_LABEL`. Its ``generator`` (seeded with ``seed``)
-    drives the :class:`MixedBatchSampler`, and :class:`valleys.training.trainer.Trainer` reseeds it per epoch."""
+    drives the :class:`MixedBatchSampler`, and :class:`valleys.training.trainer.Trainer` reseeds it per epoch.
+    Under torch.distributed the batches are laid out for the ranks (``MixedBatchSampler(ranks=R)``)."""
     labelled_t = torch.as_tensor(labelled, dtype=torch.long)
     if unlabelled is None:
         mask = torch.ones(len(dataset), dtype=torch.bool)  # type: ignore[arg-type]
         mask[labelled_t] = False
         unlabelled = torch.nonzero(mask).flatten()
+    from ..core.distributed import world_size
+
     gen = torch.Generator().manual_seed(int(seed))
-    sampler = MixedBatchSampler(labelled_t, unlabelled, batch_size, labelled_batch_size, generator=gen)
+    sampler = MixedBatchSampler(labelled_t, unlabelled, batch_size, labelled_batch_size, generator=gen,
+                                ranks=world_size())
     return DataLoader(PartiallyLabelled(dataset, labelled_t, label_key=label_key), batch_sampler=sampler,
                       generator=gen, num_workers=num_workers)
