@@ -196,10 +196,11 @@ def test_sharded_bma_and_5x5_grid_equal_one_process(tmp_path):
     grid = evaluate_points(model, points, {"train": train, "test": test}, bn_loader=train)
     for probs, n, per_loader, unchanged in run_ranks(_sharded_eval, 2, tmp_path):
         assert n == 25 and unchanged
-        assert torch.allclose(probs, one["probs"], atol=1e-12, rtol=0)
+        # float32 forward passes: the ranks run one thread, this process perhaps several (another summation order)
+        assert torch.allclose(probs, one["probs"], atol=1e-6, rtol=0)
         for name in ("train", "test"):
             for key in ("loss", "error"):
-                assert per_loader[name][key] == pytest.approx(grid.per_loader[name][key], rel=1e-12, abs=1e-12)
+                assert per_loader[name][key] == pytest.approx(grid.per_loader[name][key], rel=1e-6, abs=1e-9)
 
 
 def _too_few(rank, world):
