@@ -26,7 +26,37 @@ from torch import Tensor, nn
 from .averaging import SWA, NotCollectedError
 from ..core.weights import WeightSpaceError
 
-__all__ = ["SWAG", "MultiSWAG"]
+__all__ = ["SWAG", "MultiSWAG", "check_sampling", "draw"]
+
+
+def check_sampling(name: str, n: int, k: int, scale: float, diagonal: bool) -> None:
+    """Refuse sampling a SWAG posterior (``name``) before any collect, with a bad ``scale``, or low rank with
+    fewer than two deviations."""
+    if n == 0:
+        raise NotCollectedError(f"{name}: nothing collected yet; call collect(model) during training first")
+    if not (isinstance(scale, (int, float)) and scale >= 0 and math.isfinite(scale)):
+        raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
+    if not diagonal and k < 2:
+        raise ValueError(
+            f"low-rank SWAG needs at least 2 collected deviations, this {name} has {k}; collect more "
+            "iterates or sample with diagonal=True"
+        )
+
+
+def draw(mean: Tensor, variance: Tensor, deviations: Tensor, n: int, *, size: int, lo: int = 0, scale: float = 0.5,
+         diagonal: bool = False, generator: torch.Generator | None = None) -> Tensor:
+    """Entries ``[lo, lo + len(mean))`` of ``n`` SWAG draws over ``size`` weights, shape (n, len(mean)):
+    ``m + sqrt(scale) (sqrt(var) z1 + D^T z2 / sqrt(k - 1))`` with ``z1 ~ N(0, I_size)`` (drawn whole, then
+    sliced, so a slice of a draw equals the draw's slice for the same generator) and ``z2 ~ N(0, I_k)``;
+    ``mean``, ``variance`` and the (k, len(mean)) ``deviations`` are that slice's."""
+    kw = {"device": mean.device, "dtype": mean.dtype, "generator": generator}
+    z1 = torch.randn(n, size, **kw)[:, lo:lo + mean.numel()]
+    out = z1.mul_(variance.clamp_min(0).sqrt())
+    if not diagonal:
+        k = deviations.shape[0]
+        z2 = torch.randn(n, k, **kw)
+        out.add_(z2 @ deviations, alpha=1 / math.sqrt(k - 1))
+    return out.mul_(math.sqrt(scale)).add_(mean)
 
 
 class SWAG(SWA):
@@ -70,15 +100,7 @@ class SWAG(SWA):
         return self._dev[: self.k]
 
     def _check(self, scale: float, diagonal: bool) -> None:
-        if self.n == 0:
-            raise NotCollectedError("SWAG: nothing collected yet; call collect(model) during training first")
-        if not (isinstance(scale, (int, float)) and scale >= 0 and math.isfinite(scale)):
-            raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
-        if not diagonal and self.k < 2:
-            raise ValueError(
-                f"low-rank SWAG needs at least 2 collected deviations, this SWAG has {self.k}; collect more "
-                "iterates or sample with diagonal=True"
-            )
+        check_sampling("SWAG", self.n, self.k, scale, diagonal)
 
     def covariance(self, scale: float = 0.5, *, diagonal: bool = False) -> Tensor:
         """The dense P x P covariance (for tests and tiny models only): ``scale (diag(var) + D^T D/(k-1))``."""
@@ -99,13 +121,8 @@ class SWAG(SWA):
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"the number of samples must be an integer >= 1, got {n!r}")
         self._check(scale, diagonal)
-        kw = {"device": self.device, "dtype": self.dtype, "generator": generator}
-        z1 = torch.randn(n, self.space.size, **kw)
-        out = z1.mul_(self.variance.clamp_min(0).sqrt())
-        if not diagonal:
-            z2 = torch.randn(n, self.k, **kw)
-            out.add_(z2 @ self.deviations, alpha=1 / math.sqrt(self.k - 1))
-        return out.mul_(math.sqrt(scale)).add_(self.mean)
+        return draw(self.mean, self.variance, self.deviations, n, size=self.space.size, scale=scale,
+                    diagonal=diagonal, generator=generator)
 
     def samples(self, n: int, *, scale: float = 0.5, diagonal: bool = False,
                 generator: torch.Generator | None = None) -> Iterator[Tensor]:

@@ -20,7 +20,6 @@ written by rank 0) naming the shards and their slices; loading checks that every
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ from torch import Tensor, nn
 from ..core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json
 from ..core.distributed import DistributedSetupError, is_distributed, rank, shard_bounds, world_size
 from ..core.weights import WeightSpace, WeightSpaceError
-from .averaging import NotCollectedError
+from .swag import check_sampling, draw
 
 __all__ = ["ShardedSWAG"]
 
@@ -120,26 +119,15 @@ class ShardedSWAG:
         return self._dev[: self.k]
 
     def _check(self, scale: float, diagonal: bool) -> None:
-        if self.n == 0:
-            raise NotCollectedError("ShardedSWAG: nothing collected yet; call collect(model) during training first")
-        if not (isinstance(scale, (int, float)) and scale >= 0 and math.isfinite(scale)):
-            raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
-        if not diagonal and self.k < 2:
-            raise ValueError(f"low-rank SWAG needs at least 2 collected deviations, this one has {self.k}; collect "
-                             "more iterates or sample with diagonal=True")
+        check_sampling("ShardedSWAG", self.n, self.k, scale, diagonal)
 
     def sample_slice(self, *, scale: float = 0.5, diagonal: bool = False,
                      generator: torch.Generator | None = None) -> Tensor:
         """This rank's slice of one sample; the generator must be seeded alike on every rank (it draws the
         full ``z1`` and keeps the slice, then ``z2``: the draws of :meth:`valleys.methods.swag.SWAG.sample`)."""
         self._check(scale, diagonal)
-        kw = {"device": self.device, "dtype": self.dtype, "generator": generator}
-        z1 = torch.randn(1, self.space.size, **kw)[0, self.lo:self.hi]
-        out = z1.mul_(self.variance_slice.clamp_min(0).sqrt())
-        if not diagonal:
-            z2 = torch.randn(1, self.k, **kw)[0]
-            out.add_(z2 @ self.deviations_slice, alpha=1 / math.sqrt(self.k - 1))
-        return out.mul_(math.sqrt(scale)).add_(self._mean)
+        return draw(self._mean, self.variance_slice, self.deviations_slice, 1, size=self.space.size, lo=self.lo,
+                    scale=scale, diagonal=diagonal, generator=generator)[0]
 
     def gather(self, part: Tensor) -> Tensor:
         """The full P-vector from every rank's slice (one all-gather; every rank must call it)."""
