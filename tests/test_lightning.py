@@ -179,3 +179,30 @@ def test_the_extra_not_installed_says_what_to_install(monkeypatch):
     monkeypatch.delitem(sys.modules, "valleys.lightning", raising=False)
     with pytest.raises(ImportError, match=r"pip install 'valleys\[lightning\]'"):
         import valleys.lightning  # noqa: F401
+
+
+class _KeepAverage(pl.Callback):
+    """Saves what the SWA callback holds on rank 0 at the end of fit (ddp_spawn runs fit in child processes)."""
+
+    def __init__(self, swa, path):
+        self.swa, self.path = swa, str(path)
+
+    def on_fit_end(self, trainer, pl_module):
+        if trainer.global_rank == 0:
+            torch.save({"mean": self.swa.averager.mean.clone(), "n": self.swa.averager.n,
+                        "weights": WeightSpace(pl_module).read(pl_module).clone()}, self.path)
+
+
+@pytest.mark.slow
+def test_swa_callback_under_lightning_ddp_on_two_cpu_processes(tmp_path):
+    from valleys.lightning import SWACallback
+
+    torch.manual_seed(0)
+    module = Net(bn=True)
+    swa = SWACallback(start=1)
+    trainer = pl.Trainer(max_epochs=3, callbacks=[swa, _KeepAverage(swa, tmp_path / "avg.pt")], accelerator="cpu",
+                         devices=2, strategy="ddp_spawn", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, DataLoader(_data(), batch_size=16, shuffle=False))
+    got = torch.load(tmp_path / "avg.pt", weights_only=True)
+    assert got["n"] == 2 and torch.allclose(got["weights"], got["mean"])  # the average written into the module
