@@ -206,3 +206,31 @@ def test_swa_callback_under_lightning_ddp_on_two_cpu_processes(tmp_path):
     trainer.fit(module, DataLoader(_data(), batch_size=16, shuffle=False))
     got = torch.load(tmp_path / "avg.pt", weights_only=True)
     assert got["n"] == 2 and torch.allclose(got["weights"], got["mean"])  # the average written into the module
+
+
+def test_swa_callback_scores_the_average_on_validation_and_leaves_the_run_alone():
+    from valleys.evaluation.predict import evaluate
+    from valleys.lightning import SWACallback
+
+    class Logged(Net):
+        def __init__(self):
+            super().__init__(bn=True)
+            self.seen = []
+
+        def log_dict(self, values, **kw):  # what the callback logs, kept for the test
+            self.seen.append(dict(values))
+
+    torch.manual_seed(0)
+    module = Logged()
+    swa = SWACallback(start=2, val_loader=_loader(), apply_at_end=False)
+    _trainer(4, [swa]).fit(module, _loader())
+    assert len(module.seen) == 2  # the ends of epochs 3 and 4, once something was collected
+    last_weights = WeightSpace(module).read(module)
+    assert not torch.allclose(last_weights, swa.averager.mean)  # apply_at_end=False: the run's own weights stay
+    with swa.averager.space.at(module, swa.averager.mean):
+        from valleys.core.batchnorm import recompute_bn
+
+        recompute_bn(module, _loader())
+        want = evaluate(module, _loader())
+    assert module.seen[-1]["swa_val_accuracy"] == pytest.approx(want["accuracy"])
+    assert module.seen[-1]["swa_val_nll"] == pytest.approx(want["nll"], rel=1e-6)
