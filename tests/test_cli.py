@@ -147,6 +147,9 @@ def test_quick_demo_writes_the_run_folder(tmp_path):
     assert "| SWAG |" in report and "OOD AUROC" in report and "| Bezier curve |" in report
     assert "## Subspace inference" in report and "| PCA + ESS |" in report and "subspace/toy1d/figures/toy1d.png" in report
     assert "## Semi-supervised learning" in report and "| mean-teacher | fast-SWA |" in report
+    assert "## The talk's claims on this run" in report and "| SWA has lower test error than SGD" in report
+    assert {c["claim"] for c in res["claims"]} >= {"SWAG has lower test NLL than SWA", "SWA is flatter than SGD",
+                                                   "the curve's barrier is below the straight segment's"}
     assert "semisup/figures/travel.png" in report and "semisup/figures/error-mean-teacher.png" in report
     # the full comparison on the finished folder: four subspace rows beside the demo's own SGD, SWA and SWAG
     assert main(["subspace-table", str(out), "--quick", "--no-progress"]) == 0

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.checkpoint import write_json
+from .claims import claims_markdown, demo_claims
 from .connect import ConnectConfig, connect_runs
 from .demo_subspace import subspace_finish, subspace_lines, subspace_plan
 from ..zoo.data import load_dataset
@@ -201,7 +202,12 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
             entry["best_member_test_accuracy"] = [max(x["member_test_accuracy"]) for x in xs]
             entry["ensemble_test_accuracy"] = [x["metrics"]["test"]["accuracy"] for x in xs]
         methods.append(entry)
+    fge_row = next(m for m in methods if m["method"] == "FGE")
+    claims = demo_claims(per_row, ood_auroc if ood else None,
+                         {k: fge_row[k] for k in ("ensemble_test_accuracy", "best_member_test_accuracy")},
+                         connectivity, geometry)
     results = {"dataset": base.dataset, "model": base.model, "seeds": seeds, "quick": quick, "methods": methods,
+               "claims": claims,
                "mode_connectivity": connectivity, "geometry": geometry, "subspace": section,
                "semisup": {k: semi_res[k] for k in ("settings", "summary", "claims", "figures")} if semi_res else None,
                "timing": {"total_s": time.perf_counter() - start}}
@@ -224,7 +230,7 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
                      else f"semi-supervised test error against epoch, consistency {name[6:]} (slide 36)")
             figures[title] = out / "semisup" / f
     _report(out, base, seeds, cfgs, rows, methods, figures, results["timing"]["total_s"], connectivity, geometry,
-            section, (semi, semi_res) if semi_res else None)
+            section, (semi, semi_res) if semi_res else None, claims)
     log("")
     log(format_table(rows))
     if ood:
@@ -354,7 +360,7 @@ def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Cal
 
 
 def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float, connectivity=None,
-            geometry=None, section=None, semisup=None) -> None:
+            geometry=None, section=None, semisup=None, claims=None) -> None:
     swa_start = cfgs["swag"].swa_start
     ood_lines = [f"| {m['method']} | {m['ood_auroc']['mean']:.4f} ± {m['ood_auroc']['std']:.4f} |"
                  for m in methods if "ood_auroc" in m]
@@ -378,6 +384,8 @@ def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float
         f"best single snapshot {[round(100 * a, 2) for a in fge['best_member_test_accuracy']]} (%).",
         "",
     ]
+    if claims:
+        lines += ["## The talk's claims on this run", "", *claims_markdown(claims), ""]
     if ood_lines:
         lines += ["## Out-of-distribution detection (train on classes 0-4; test classes 5-9 are OOD)", "",
                   "AUROC of predictive entropy, mean ± std over seeds.", "", "| method | OOD AUROC |", "|---|---|",

@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .claims import verdict
+
 __all__ = ["SemisupConfig", "semisup_run", "semisup_one", "semisup_calls", "semisup_finish", "claims", "summary_lines", "MODEL_KINDS"]
 
 #: The networks evaluated side by side in every run (the teacher only with the mean teacher).
@@ -439,18 +441,6 @@ def _paired(runs: list[dict[str, Any]], a: tuple[str, str], b: tuple[str, str]) 
     mean = sum(d) / n
     se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n) if n > 1 else math.nan
     return (sum(err[(*a, s)] for s in seeds) / n, sum(err[(*b, s)] for s in seeds) / n, mean, se, n)
-
-
-def verdict(diff: float, se: float) -> str:
-    """``holds`` when the paired difference (new minus old error) is below -2 standard errors, ``does not hold``
-    above +2, else ``within noise``; with one seed (no standard error) the sign decides, said as such."""
-    if math.isnan(se):
-        return ("holds" if diff < 0 else "does not hold") + " (one seed: no spread)"
-    if diff < -2 * se:
-        return "holds"
-    if diff > 2 * se:
-        return "does not hold"
-    return "within noise"
 
 
 def claims(runs: list[dict[str, Any]]) -> list[str]:

@@ -1,0 +1,115 @@
+"""The talk's claims as a table: each claim the demo measures, its two numbers, their paired difference over
+seeds with its standard error, and a verdict by one stated rule.
+
+The rule (:func:`verdict`): with ``d`` the mean over seeds of the per-seed difference in the direction the
+claim says is better (e.g. ``error(SWA) - error(SGD)`` for "SWA has lower test error than SGD") and ``se``
+its standard error (sample standard deviation over sqrt(n)), the claim **holds** when ``d < -2 se``, **does
+not hold** when ``d > 2 se``, and is **within noise** otherwise; with one seed there is no spread and the sign
+decides, said as such. Pure arithmetic on the demo's results: no training, no evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["verdict", "paired", "demo_claims", "claims_markdown"]
+
+
+def verdict(diff: float, se: float) -> str:
+    """``holds`` when ``diff`` (in the direction where negative means the claim's side is better) is below
+    -2 standard errors, ``does not hold`` above +2, else ``within noise``; with one seed (``se`` NaN) the sign
+    decides, said as such."""
+    if math.isnan(se):
+        return ("holds" if diff < 0 else "does not hold") + " (one seed: no spread)"
+    if diff < -2 * se:
+        return "holds"
+    if diff > 2 * se:
+        return "does not hold"
+    return "within noise"
+
+
+def paired(claim: str, a_label: str, a: Sequence[float], b_label: str, b: Sequence[float], *,
+           lower_is_better: bool = True, metric: str = "") -> dict[str, Any]:
+    """One claim "``a`` is better than ``b``" from per-seed (or per-pair) values: both means, the mean and
+    standard error of the per-seed difference ``a - b`` (signed so that negative favours ``a``), and the
+    verdict."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"{claim}: needs the same non-empty number of values on both sides, got {len(a)} and {len(b)}")
+    sign = 1.0 if lower_is_better else -1.0
+    d = [sign * (x - y) for x, y in zip(a, b)]
+    n = len(d)
+    mean = sum(d) / n
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n) if n > 1 else math.nan
+    return {"claim": claim, "metric": metric, "a": a_label, "b": b_label, "a_mean": sum(a) / n, "b_mean": sum(b) / n,
+            "difference": mean, "se": se, "n": n, "lower_is_better": lower_is_better, "verdict": verdict(mean, se)}
+
+
+def demo_claims(per_row: Mapping[str, Sequence[Mapping[str, Any]]], ood_auroc: Mapping[str, Sequence[float]] | None = None,
+                fge: Mapping[str, Sequence[float]] | None = None, connectivity: Mapping[str, Any] | None = None,
+                geometry: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The claims a demo folder measures. ``per_row``: per method, the per-seed results with
+    ``metrics.test``; ``ood_auroc``: per method, per-seed AUROC; ``fge``: per-seed ``ensemble_test_accuracy``
+    and ``best_member_test_accuracy``; ``connectivity``: its ``pairs``; ``geometry``: its ``per_seed`` rows."""
+    def test(row: str, key: str) -> list[float]:
+        vals = [r["metrics"]["test"][key] for r in per_row.get(row, [])]
+        return [1 - v for v in vals] if key == "accuracy" else vals
+
+    rows = []
+    if per_row.get("SWA") and per_row.get("SGD"):
+        rows.append(paired("SWA has lower test error than SGD at the same budget", "SWA", test("SWA", "accuracy"),
+                           "SGD", test("SGD", "accuracy"), metric="test error"))
+        rows.append(paired("SWA has lower test NLL than SGD", "SWA", test("SWA", "nll"), "SGD", test("SGD", "nll"),
+                           metric="test NLL"))
+    if per_row.get("SWAG") and per_row.get("SWA"):
+        rows.append(paired("SWAG has lower test NLL than SWA", "SWAG", test("SWAG", "nll"), "SWA", test("SWA", "nll"),
+                           metric="test NLL"))
+    if per_row.get("SWAG") and per_row.get("SGD"):
+        rows.append(paired("SWAG has lower ECE than SGD", "SWAG", test("SWAG", "ece"), "SGD", test("SGD", "ece"),
+                           metric="test ECE"))
+    if ood_auroc and ood_auroc.get("SWAG") and ood_auroc.get("SGD"):
+        rows.append(paired("SWAG detects out-of-distribution inputs at least as well as SGD", "SWAG",
+                           list(ood_auroc["SWAG"]), "SGD", list(ood_auroc["SGD"]), lower_is_better=False,
+                           metric="OOD AUROC"))
+    if per_row.get("FGE") and per_row.get("SGD"):
+        rows.append(paired("FGE has lower test error than one network of the same budget", "FGE",
+                           test("FGE", "accuracy"), "SGD", test("SGD", "accuracy"), metric="test error"))
+    if fge and fge.get("ensemble_test_accuracy"):
+        rows.append(paired("FGE's ensemble beats its best snapshot", "FGE ensemble",
+                           [1 - a for a in fge["ensemble_test_accuracy"]], "best snapshot",
+                           [1 - a for a in fge["best_member_test_accuracy"]], metric="test error"))
+    if connectivity and connectivity.get("pairs"):
+        pairs = connectivity["pairs"]
+        rows.append(paired("the curve's barrier is below the straight segment's", "curve",
+                           [p["curve_max_test_error"] for p in pairs], "segment",
+                           [p["segment_max_test_error"] for p in pairs], metric="max test error on the path"))
+    if geometry and geometry.get("per_seed"):
+        g = geometry["per_seed"]
+        rows.append(paired("SWA is flatter than SGD", "SWA", [r["eig_SWA"] for r in g], "SGD",
+                           [r["eig_SGD"] for r in g], metric="top Hessian eigenvalue"))
+        widths = [(r["width_SWA"], r["width_SGD"]) for r in g]
+        if all(math.isfinite(a) and math.isfinite(b) for a, b in widths):
+            rows.append(paired("SWA sits in a wider valley than SGD", "SWA", [a for a, _ in widths], "SGD",
+                               [b for _, b in widths], lower_is_better=False, metric="valley width"))
+    return rows
+
+
+def _num(v: float, metric: str) -> str:
+    return f"{100 * v:.2f}%" if "error" in metric else f"{v:.4f}"
+
+
+def claims_markdown(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The claims table as Markdown lines, with the rule stated under it."""
+    out = ["| claim | measure | A | B | A - B (± SE) | n | verdict |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        scale = 100 if "error" in r["metric"] else 1
+        sign = 1 if r["lower_is_better"] else -1
+        diff = sign * r["difference"] * scale
+        se = "" if math.isnan(r["se"]) else f" ± {r['se'] * scale:.{2 if scale == 100 else 4}f}"
+        out.append(f"| {r['claim']} | {r['metric']} | {r['a']} {_num(r['a_mean'], r['metric'])} | "
+                   f"{r['b']} {_num(r['b_mean'], r['metric'])} | {diff:+.{2 if scale == 100 else 4}f}{se} | {r['n']} | "
+                   f"{r['verdict']} |")
+    out += ["", "Verdict: the per-seed (per-pair) difference in the claim's favour, against twice its standard error "
+            "(holds below -2 SE, does not hold above +2 SE, else within noise)."]
+    return out

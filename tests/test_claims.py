@@ -1,0 +1,57 @@
+"""The verdict rule of the claims table on constructed inputs: a clear win, a tie within noise, a loss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from valleys.app.claims import claims_markdown, demo_claims, paired, verdict
+
+
+def test_verdict_rule():
+    assert verdict(-0.01, 0.004) == "holds"             # below -2 SE
+    assert verdict(-0.01, 0.006) == "within noise"      # inside +-2 SE
+    assert verdict(0.01, 0.004) == "does not hold"      # above +2 SE
+    assert verdict(0.0, 0.0) == "within noise"
+    assert verdict(-0.01, math.nan) == "holds (one seed: no spread)"
+
+
+def test_paired_differences_over_seeds():
+    win = paired("a beats b", "a", [0.10, 0.12, 0.11], "b", [0.20, 0.21, 0.22])
+    # differences -0.10, -0.09, -0.11: mean -0.1, sample std 0.01, standard error 0.01 / sqrt(3)
+    assert win["difference"] == pytest.approx(-0.1) and win["se"] == pytest.approx(0.01 / math.sqrt(3))
+    assert win["verdict"] == "holds"
+    tie = paired("a beats b", "a", [0.10, 0.30, 0.20], "b", [0.20, 0.20, 0.21])
+    assert tie["verdict"] == "within noise"
+    loss = paired("a beats b", "a", [0.30, 0.31, 0.32], "b", [0.20, 0.21, 0.22])
+    assert loss["verdict"] == "does not hold" and loss["difference"] == pytest.approx(0.1)
+    higher = paired("a detects better", "a", [0.8, 0.82], "b", [0.7, 0.71], lower_is_better=False)
+    assert higher["verdict"] == "holds" and higher["difference"] == pytest.approx(-0.105)
+    with pytest.raises(ValueError, match="same non-empty number"):
+        paired("x", "a", [0.1], "b", [0.1, 0.2])
+
+
+def test_demo_claims_read_the_demo_results():
+    def runs(errors, nlls, eces):
+        return [{"metrics": {"test": {"accuracy": 1 - e, "nll": n, "ece": c}}} for e, n, c in zip(errors, nlls, eces)]
+
+    per_row = {"SGD": runs([0.05, 0.052, 0.051], [0.16, 0.17, 0.165], [0.02, 0.02, 0.021]),
+               "SWA": runs([0.045, 0.046, 0.047], [0.14, 0.141, 0.139], [0.018, 0.017, 0.019]),
+               "SWAG": runs([0.045, 0.046, 0.047], [0.138, 0.139, 0.140], [0.016, 0.017, 0.018]),
+               "FGE": runs([0.056, 0.057, 0.058], [0.15, 0.15, 0.15], [0.02, 0.02, 0.02])}
+    rows = demo_claims(per_row, {"SGD": [0.70, 0.72, 0.71], "SWAG": [0.75, 0.74, 0.76]},
+                       {"ensemble_test_accuracy": [0.947, 0.948, 0.946], "best_member_test_accuracy": [0.95, 0.949, 0.951]},
+                       {"pairs": [{"curve_max_test_error": 0.06, "segment_max_test_error": 0.6}]},
+                       {"per_seed": [{"eig_SWA": 1.0, "eig_SGD": 1.9, "width_SWA": 4.6, "width_SGD": 4.1},
+                                     {"eig_SWA": 0.9, "eig_SGD": 2.0, "width_SWA": 4.7, "width_SGD": 4.0}]})
+    verdicts = {r["claim"]: r["verdict"] for r in rows}
+    assert verdicts["SWA has lower test error than SGD at the same budget"] == "holds"
+    assert verdicts["SWAG has lower test NLL than SWA"] == "within noise"
+    assert verdicts["SWAG detects out-of-distribution inputs at least as well as SGD"] == "holds"
+    assert verdicts["FGE has lower test error than one network of the same budget"] == "does not hold"
+    assert verdicts["FGE's ensemble beats its best snapshot"] == "does not hold"
+    assert verdicts["the curve's barrier is below the straight segment's"] == "holds (one seed: no spread)"
+    assert verdicts["SWA is flatter than SGD"] == "holds" and verdicts["SWA sits in a wider valley than SGD"] == "holds"
+    table = "\n".join(claims_markdown(rows))
+    assert "| SWA has lower test error than SGD at the same budget | test error | SWA 4.60% | SGD 5.10% | -0.50 ± 0.06 | 3 | holds |" in table
