@@ -55,3 +55,19 @@ def test_demo_claims_read_the_demo_results():
     assert verdicts["SWA is flatter than SGD"] == "holds" and verdicts["SWA sits in a wider valley than SGD"] == "holds"
     table = "\n".join(claims_markdown(rows))
     assert "| SWA has lower test error than SGD at the same budget | test error | SWA 4.60% | SGD 5.10% | -0.50 ± 0.06 | 3 | holds |" in table
+
+
+def test_budget_multiples_are_checked():
+    from valleys.app.demo import check_budgets
+
+    assert check_budgets([1.5]) == [1.0, 1.5] and check_budgets([1, 1.25, 1.5]) == [1.0, 1.25, 1.5]
+    for bad, msg in (([0.5], ">= 1"), ([1.5, 1.5], "twice"), ([float("nan")], ">= 1")):
+        with pytest.raises(ValueError, match=msg):
+            check_budgets(bad)
+
+
+def test_demo_refuses_a_budget_below_one_before_any_work(tmp_path, capsys):
+    from cli_harness import refused
+
+    refused(["demo", "--quick", "--budgets", "0.5", "--out", tmp_path / "demo"], capsys, names=["--budgets", ">= 1"])
+    assert not (tmp_path / "demo").exists()

@@ -122,7 +122,8 @@ def test_quick_demo_writes_the_run_folder(tmp_path):
     base = dataclasses.replace(DEMO_CONFIG, model="mlp", epochs=5, swa_start=2)
     res = run_demo(out, seeds=[0], base=base, progress=False, log=lambda *a: None, curve={"epochs": 1, "points": 3},
                    subspace={"samples": 3, "burn_in": 1, "grid": 3, "toy": {"epochs": 10}},
-                   semisup={"epochs": 4, "cycle": 1, "fast_swa_every": 1, "consistency": ["none", "mean-teacher"]})
+                   semisup={"epochs": 4, "cycle": 1, "fast_swa_every": 1, "consistency": ["none", "mean-teacher"]},
+                   budgets=[1, 1.5])
     semi = res["semisup"]
     assert set(semi["summary"]) == {"none", "mean-teacher"} and "teacher" in semi["summary"]["mean-teacher"]
     assert semi["settings"]["model"] == "mlp" and semi["settings"]["seeds"] == [0]
@@ -148,6 +149,10 @@ def test_quick_demo_writes_the_run_folder(tmp_path):
     assert "## Subspace inference" in report and "| PCA + ESS |" in report and "subspace/toy1d/figures/toy1d.png" in report
     assert "## Semi-supervised learning" in report and "| mean-teacher | fast-SWA |" in report
     assert "## The talk's claims on this run" in report and "| SWA has lower test error than SGD" in report
+    assert res["budgets"]["epochs"] == {"x1.5": 8, "x1": 5} and set(res["budgets"]["rows"]) == {
+        "SGD x1", "SWA x1", "SWAG x1", "SWA x1.5", "SWAG x1.5"}
+    assert "## The budget protocol" in report and (out / "swag-budget1.5-seed0" / "results.json").is_file()
+    assert "SWA at 1.5 budgets has lower test error than SGD at 1" in {c["claim"] for c in res["claims"]}
     assert {c["claim"] for c in res["claims"]} >= {"SWAG has lower test NLL than SWA", "SWA is flatter than SGD",
                                                    "the curve's barrier is below the straight segment's"}
     assert "semisup/figures/travel.png" in report and "semisup/figures/error-mean-teacher.png" in report

@@ -435,6 +435,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--jobs", type=_positive_int, default=None, help=JOBS_HELP)
     m.add_argument("--no-subspace", action="store_true",
                    help="skip the subspace-inference section (PCA, random and curve subspaces; the 1-D toy figure)")
+    m.add_argument("--budgets", type=_positive_float, nargs="+", default=[1.0],
+                   help="the budget protocol: SWA and SWAG also at these multiples of --epochs (e.g. 1 1.5), each "
+                        "compared with SGD at one budget (default: 1, no extra runs)")
     m.add_argument("--no-semisup", action="store_true",
                    help="skip the semi-supervised section (supervised-only, Pi and mean teacher with SWA and fast-SWA "
                         "on 40 labels per class of MNIST-1D)")
@@ -726,7 +729,7 @@ def _demo(args: argparse.Namespace) -> int:
     keep = set(changes) | ({"swa_start"} if "epochs" in changes else set())  # --quick changes only the rest
     run_demo(args.out, quick=args.quick, seeds=args.seeds, overwrite=args.overwrite, progress=not args.no_progress,
              base=base, ood=not args.no_ood, keep=keep, subspace=not args.no_subspace, jobs=args.jobs,
-             semisup=not args.no_semisup)
+             semisup=not args.no_semisup, budgets=args.budgets)
     return 0
 
 

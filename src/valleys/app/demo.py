@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..core.checkpoint import write_json
-from .claims import claims_markdown, demo_claims
+from .claims import claims_markdown, demo_claims, paired
 from .connect import ConnectConfig, connect_runs
 from .demo_subspace import subspace_finish, subspace_lines, subspace_plan
 from ..zoo.data import load_dataset
@@ -79,6 +80,17 @@ def _row_result(run_dir: Path, run_method: str, method: str, temp: bool, splits,
     return cache[key]
 
 
+def check_budgets(budgets: Sequence[float]) -> list[float]:
+    """The budget multiples, checked: finite, at least 1 (the SGD budget itself), no repeats; 1 is always in."""
+    out = [float(b) for b in budgets]
+    for b in out:
+        if not (math.isfinite(b) and b >= 1):
+            raise ValueError(f"--budgets takes multiples of the epoch budget >= 1 (e.g. 1 1.5), got {b:g}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"--budgets lists a multiple twice: {out}")
+    return sorted(set(out) | {1.0})
+
+
 def quick_base(base: TrainConfig, keep: Iterable[str] = ()) -> TrainConfig:
     """``base`` with the quick budget (:data:`QUICK`) for every setting not named in ``keep``."""
     return dataclasses.replace(base, **{k: v for k, v in QUICK.items() if k not in set(keep)})
@@ -88,7 +100,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
              overwrite: bool = False, progress: bool = True, base: TrainConfig | None = None, ood: bool = True,
              curves: bool = True, curve: dict | None = None, log: Callable[..., None] = print,
              keep: Iterable[str] = (), subspace: bool | dict = True, jobs: int | None = None,
-             semisup: bool | dict = True) -> dict[str, Any]:
+             semisup: bool | dict = True, budgets: Sequence[float] = (1.0,)) -> dict[str, Any]:
     """Train the demo's runs for each seed under ``out`` and write the summary into ``out``.
 
     ``quick`` shrinks the budget (:data:`QUICK`) except for the settings of ``base`` named in ``keep`` (those
@@ -97,7 +109,9 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
     ``jobs``: worker processes for the independent runs (default: the CPU cores; see
     :mod:`valleys.app.parallel`; 1 runs everything in this process). ``semisup``: the semi-supervised section
     on MNIST-1D (:mod:`valleys.app.semisup`, into ``out/semisup``), ``False`` to skip it, or a dict of
-    :class:`valleys.app.semisup.SemisupConfig` overrides.
+    :class:`valleys.app.semisup.SemisupConfig` overrides. ``budgets``: the budget protocol of Izmailov et al.
+    (2018): besides SGD at one budget (``epochs``), a SWAG run (hence SWA and SWAG) at every multiple ``b``
+    of it, ``round(b * epochs)`` epochs with the same averaging start, compared with SGD at one budget.
 
     Returns the content of ``out/results.json``: one entry per method (``method``, ``metrics.test`` with the
     mean over seeds, ``spread`` with mean/std/min/max, ``ood_auroc`` where measured).
@@ -108,6 +122,9 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {seeds}")
     cfgs = {m: dataclasses.replace(base, method=m).resolved() for m in ("sgd", "swag", "fge")}  # checks first
+    budgets = check_budgets(budgets)
+    extra_budgets = {b: dataclasses.replace(cfgs["swag"], epochs=round(b * cfgs["swag"].epochs)).resolved()
+                     for b in budgets if b != 1.0}
     out = Path(out)
     prepare_run_dir(out, overwrite=overwrite, create=False)  # refuse before any work
     with output_guard(out):  # a failed or interrupted demo leaves nothing that blocks running it again
@@ -121,13 +138,16 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
             semi = dataclasses.replace(SEMISUP, seeds=list(seeds), **data, **(SEMISUP_QUICK if quick else {}),
                                        **(semisup if isinstance(semisup, dict) else {}))
             semi.check()
-        return _demo_body(out, base, cfgs, seeds, quick, progress, ood, curves, curve, log, subspace, jobs, semi)
+        return _demo_body(out, base, cfgs, seeds, quick, progress, ood, curves, curve, log, subspace, jobs, semi,
+                          extra_budgets)
 
 
 def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick: bool, progress: bool, ood: bool,
                curves: bool, curve: dict | None, log: Callable[..., None], subspace: bool | dict = True,
-               jobs: int = 1, semi: SemisupConfig | None = None) -> dict[str, Any]:
+               jobs: int = 1, semi: SemisupConfig | None = None,
+               extra_budgets: dict[float, TrainConfig] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
+    extra_budgets = extra_budgets or {}
     splits = load_dataset(base.dataset, val_fraction=base.val_fraction, train_subset=base.train_subset,
                           test_subset=base.test_subset, root=base.data_root)  # a data error: the guard cleans up
     ood_splits = load_dataset(base.dataset, val_fraction=base.val_fraction, train_subset=base.train_subset,
@@ -142,6 +162,10 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
             calls.append({"cfg": dataclasses.replace(cfg, seed=seed), "out": out / f"{method}-seed{seed}",
                           "splits": splits})
             names.append((method, seed))
+        for b, cfg in extra_budgets.items():  # the budget protocol: SWA and SWAG at b budgets
+            calls.append({"cfg": dataclasses.replace(cfg, seed=seed), "out": out / f"swag-budget{b:g}-seed{seed}",
+                          "splits": splits})
+            names.append((f"swag x{b:g}", seed))
         for method in ("sgd", "swag") if ood else ():
             calls.append({"cfg": dataclasses.replace(cfgs[method], seed=seed, ood_split=True),
                           "out": out / f"ood-{method}-seed{seed}", "splits": ood_splits})
@@ -165,6 +189,10 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
                 res = _row_result(out / f"ood-{run}-seed{seed}", run, method, temp, ood_splits, cache)
                 ood_auroc[row].append(res["ood_auroc"])
             log(f"  OOD seed {seed}: AUROC " + ", ".join(f"{r} {ood_auroc[r][-1]:.4f}" for r in OOD_ROWS))
+
+    budget_rows = {f"{name} x{b:g}": [_row_result(out / f"swag-budget{b:g}-seed{s}", "swag", method, False, splits, cache)
+                                     for s in seeds]
+                   for b in extra_budgets for name, method in (("SWA", "swa"), ("SWAG", "swag"))}
 
     # the curves and the subspace section's first runs share one pool (they need only the trained runs)
     plan = subspace_plan(out, seeds, None, quick=quick, progress=progress, jobs=jobs,
@@ -206,8 +234,20 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
     claims = demo_claims(per_row, ood_auroc if ood else None,
                          {k: fge_row[k] for k in ("ensemble_test_accuracy", "best_member_test_accuracy")},
                          connectivity, geometry)
+    budget_table = None
+    if extra_budgets:
+        budget_table = {"epochs": {f"x{b:g}": c.epochs for b, c in extra_budgets.items()} | {"x1": base.epochs},
+                        "steps_per_epoch": math.ceil(len(splits.train) / base.batch_size),
+                        "rows": {"SGD x1": aggregate([x["metrics"]["test"] for x in per_row["SGD"]]),
+                                 "SWA x1": aggregate([x["metrics"]["test"] for x in per_row["SWA"]]),
+                                 "SWAG x1": aggregate([x["metrics"]["test"] for x in per_row["SWAG"]]),
+                                 **{k: aggregate([x["metrics"]["test"] for x in xs]) for k, xs in budget_rows.items()}}}
+        for k, xs in budget_rows.items():
+            claims.append(paired(f"{k.split()[0]} at {k.split()[1][1:]} budgets has lower test error than SGD at 1",
+                                 k, [1 - x["metrics"]["test"]["accuracy"] for x in xs], "SGD x1",
+                                 [1 - x["metrics"]["test"]["accuracy"] for x in per_row["SGD"]], metric="test error"))
     results = {"dataset": base.dataset, "model": base.model, "seeds": seeds, "quick": quick, "methods": methods,
-               "claims": claims,
+               "claims": claims, "budgets": budget_table,
                "mode_connectivity": connectivity, "geometry": geometry, "subspace": section,
                "semisup": {k: semi_res[k] for k in ("settings", "summary", "claims", "figures")} if semi_res else None,
                "timing": {"total_s": time.perf_counter() - start}}
@@ -230,7 +270,7 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
                      else f"semi-supervised test error against epoch, consistency {name[6:]} (slide 36)")
             figures[title] = out / "semisup" / f
     _report(out, base, seeds, cfgs, rows, methods, figures, results["timing"]["total_s"], connectivity, geometry,
-            section, (semi, semi_res) if semi_res else None, claims)
+            section, (semi, semi_res) if semi_res else None, claims, budget_table)
     log("")
     log(format_table(rows))
     if ood:
@@ -360,7 +400,7 @@ def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Cal
 
 
 def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float, connectivity=None,
-            geometry=None, section=None, semisup=None, claims=None) -> None:
+            geometry=None, section=None, semisup=None, claims=None, budgets=None) -> None:
     swa_start = cfgs["swag"].swa_start
     ood_lines = [f"| {m['method']} | {m['ood_auroc']['mean']:.4f} ± {m['ood_auroc']['std']:.4f} |"
                  for m in methods if "ood_auroc" in m]
@@ -384,6 +424,13 @@ def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float
         f"best single snapshot {[round(100 * a, 2) for a in fge['best_member_test_accuracy']]} (%).",
         "",
     ]
+    if budgets:
+        spe = budgets["steps_per_epoch"]
+        lines += ["## The budget protocol (Izmailov et al. 2018)", "",
+                  "SGD trained for one budget against SWA and SWAG at each multiple of it (the same averaging "
+                  f"start, epoch {swa_start} = {swa_start * spe} steps; {spe} steps per epoch). Budgets: "
+                  + ", ".join(f"{k} = {e} epochs ({e * spe} steps)" for k, e in budgets["epochs"].items())
+                  + ". Test metrics, mean ± std over seeds.", "", markdown_table(budgets["rows"]), ""]
     if claims:
         lines += ["## The talk's claims on this run", "", *claims_markdown(claims), ""]
     if ood_lines:
