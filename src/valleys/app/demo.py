@@ -236,7 +236,7 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
                          connectivity, geometry)
     budget_table = None
     if extra_budgets:
-        budget_table = {"epochs": {f"x{b:g}": c.epochs for b, c in extra_budgets.items()} | {"x1": base.epochs},
+        budget_table = {"epochs": {"x1": base.epochs} | {f"x{b:g}": c.epochs for b, c in extra_budgets.items()},
                         "steps_per_epoch": math.ceil(len(splits.train) / base.batch_size),
                         "rows": {"SGD x1": aggregate([x["metrics"]["test"] for x in per_row["SGD"]]),
                                  "SWA x1": aggregate([x["metrics"]["test"] for x in per_row["SWA"]]),
