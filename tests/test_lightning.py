@@ -189,8 +189,11 @@ class _KeepAverage(pl.Callback):
 
     def on_fit_end(self, trainer, pl_module):
         if trainer.global_rank == 0:
+            import os
+
             torch.save({"mean": self.swa.averager.mean.clone(), "n": self.swa.averager.n,
-                        "weights": WeightSpace(pl_module).read(pl_module).clone()}, self.path)
+                        "weights": WeightSpace(pl_module).read(pl_module).clone()}, self.path + ".tmp")
+            os.replace(self.path + ".tmp", self.path)  # present means complete
 
 
 @pytest.mark.slow
@@ -203,7 +206,13 @@ def test_swa_callback_under_lightning_ddp_on_two_cpu_processes(tmp_path):
     trainer = pl.Trainer(max_epochs=3, callbacks=[swa, _KeepAverage(swa, tmp_path / "avg.pt")], accelerator="cpu",
                          devices=2, strategy="ddp_spawn", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(module, DataLoader(_data(), batch_size=16, shuffle=False))
+    try:
+        trainer.fit(module, DataLoader(_data(), batch_size=16, shuffle=False))
+    except torch.multiprocessing.ProcessExitedException as e:
+        # gloo's threads now and then abort a spawned process on its way out, after fit has ended (the same
+        # happens with plain torch.distributed); only an abort before the result was written is a failure
+        if "SIGABRT" not in str(e) or not (tmp_path / "avg.pt").is_file():
+            raise
     got = torch.load(tmp_path / "avg.pt", weights_only=True)
     assert got["n"] == 2 and torch.allclose(got["weights"], got["mean"])  # the average written into the module
 
