@@ -72,6 +72,19 @@ def test_swag_over_the_lora_adapter_holds_k_plus_2_adapter_sizes_and_averages(tm
 
     base = evaluate(model, test)
     assert 0 <= res["accuracy"] <= 1 and res["num_samples"] == 10
+    # an independent oracle: write each of the same 10 draws into a copy and average its softmax by hand
+    import copy
+
+    probs = swag.bma(model, test, samples=10, return_probs=True)["probs"]
+    twin, space = copy.deepcopy(model).eval(), swag.averager.space
+    draws = swag.averager.samples(10, generator=torch.Generator().manual_seed(0))
+    manual = torch.zeros_like(probs)
+    with torch.no_grad():
+        for w in draws:
+            space.write(twin, w)
+            manual += torch.cat([twin(**{k: v for k, v in b.items() if k != "labels"}).logits.double().softmax(-1)
+                                 for b in test]) / 10
+    assert torch.allclose(probs, manual, atol=1e-6)
     assert res["nll"] > 0 and base["nll"] > 0
     path = swag.save(tmp_path / "adapter" / "swag_posterior.safetensors")
     from valleys.core.checkpoint import load_checkpoint

@@ -14,6 +14,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .report import mean_and_se
+
 __all__ = ["verdict", "paired", "demo_claims", "claims_markdown"]
 
 
@@ -38,10 +40,8 @@ def paired(claim: str, a_label: str, a: Sequence[float], b_label: str, b: Sequen
     if len(a) != len(b) or not a:
         raise ValueError(f"{claim}: needs the same non-empty number of values on both sides, got {len(a)} and {len(b)}")
     sign = 1.0 if lower_is_better else -1.0
-    d = [sign * (x - y) for x, y in zip(a, b)]
-    n = len(d)
-    mean = sum(d) / n
-    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n) if n > 1 else math.nan
+    n = len(a)
+    mean, se = mean_and_se([sign * (x - y) for x, y in zip(a, b)])
     return {"claim": claim, "metric": metric, "a": a_label, "b": b_label, "a_mean": sum(a) / n, "b_mean": sum(b) / n,
             "difference": mean, "se": se, "n": n, "lower_is_better": lower_is_better, "verdict": verdict(mean, se)}
 

@@ -29,7 +29,7 @@ from ..zoo.data import load_dataset
 from .report import aggregate, describe_config, format_table, markdown_table
 from .folders import check_output, output_guard
 from .parallel import call, default_jobs, run_jobs
-from .runs import TrainConfig, evaluate_run, prepare_run_dir, train_run
+from .runs import TrainConfig, evaluate_run, prepare_run_dir, read_epoch_log, train_run
 from .semisup import SemisupConfig, semisup_calls, semisup_finish, summary_lines
 
 __all__ = ["DEMO_CONFIG", "ROWS", "geometry_section", "run_demo"]
@@ -60,7 +60,7 @@ OOD_ROWS = ("SGD", "SWA", "SWAG-diag", "SWAG")
 
 
 def _error_curve(run_dir: Path, key: str) -> list[tuple[int, float]]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_epoch_log(run_dir)
     return [(r["epoch"], 1.0 - r[key]) for r in rows if key in r]
 
 

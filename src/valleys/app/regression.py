@@ -172,6 +172,8 @@ def _one_split(cfg: RegressionProtocol, dataset: str, split: int, root: Path, *,
 
 def summarise(per_split: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str, dict[str, float]]]:
     """Mean and standard error (std / sqrt(n), ddof 1) over splits of each method's test metrics."""
+    from .report import mean_and_se
+
     table: dict[str, dict[str, dict[str, float]]] = {}
     for m in methods:
         rows = [s[m]["test"] for s in per_split if m in s]
@@ -180,8 +182,7 @@ def summarise(per_split: list[dict[str, Any]], methods: list[str]) -> dict[str, 
         table[m] = {}
         for k in ("rmse", "nll", "coverage_95"):
             v = [float(r[k]) for r in rows]
-            mean = sum(v) / len(v)
-            se = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1) / len(v)) if len(v) > 1 else float("nan")
+            mean, se = mean_and_se(v)
             table[m][k] = {"mean": mean, "se": se, "n": len(v)}
     return table
 

@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["aggregate", "format_table", "markdown_table"]
+__all__ = ["aggregate", "mean_and_se", "format_table", "markdown_table"]
 
 TABLE_KEYS = ("accuracy", "nll", "ece", "brier")
 
@@ -22,6 +22,14 @@ def aggregate(values: Sequence[Mapping[str, float]], keys: Sequence[str] = TABLE
         std = (statistics.stdev(xs) if len(xs) > 1 else 0.0) if finite else math.nan
         out[k] = {"mean": statistics.fmean(xs), "std": std, "min": min(xs), "max": max(xs), "n": len(xs)}
     return out
+
+
+def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
+    """The mean and its standard error ``std / sqrt(n)`` (sample std, ddof 1; NaN for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    se = math.sqrt(sum((x - mean) ** 2 for x in values) / (n - 1) / n) if n > 1 else math.nan
+    return mean, se
 
 
 def _cell(stats: Mapping[str, float], key: str) -> str:

@@ -45,7 +45,7 @@ from .registry import REGISTRY, get_method, method_help
 from .settings import TrainSettings
 
 __all__ = ["TrainConfig", "METHODS", "train_run", "evaluate_run", "load_run_model", "RunFolderError",
-           "ConfigError", "read_json_object", "check_saved_settings", "ranks_folder", "read_run_config", "prepare_run_dir", "summary_metrics", "SEED_MAX"]
+           "ConfigError", "read_json_object", "read_epoch_log", "check_saved_settings", "ranks_folder", "read_run_config", "prepare_run_dir", "summary_metrics", "SEED_MAX"]
 
 #: ``{method: one-line help}``, from :data:`valleys.app.registry.REGISTRY`.
 METHODS: dict[str, str] = method_help()
@@ -80,6 +80,12 @@ def read_json_object(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a JSON object of settings, found a JSON {type(raw).__name__}")
     return raw
+
+
+def read_epoch_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch log of a run folder (``metrics.jsonl``, one JSON object per line)."""
+    text = (Path(run_dir) / "metrics.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def check_saved_settings(out: Path, settings: dict[str, Any], what: str) -> None:

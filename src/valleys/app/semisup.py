@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .claims import verdict
+from .claims import paired, verdict  # noqa: F401 (verdict: re-exported)
 
 __all__ = ["SemisupConfig", "semisup_run", "semisup_one", "semisup_calls", "semisup_finish", "claims", "summary_lines", "MODEL_KINDS"]
 
@@ -280,12 +280,6 @@ def semisup_one(cfg: SemisupConfig, consistency: str, seed: int, folder: str | P
     return results
 
 
-def _curves(folder: Path) -> list[dict[str, Any]]:
-    import json
-
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
 def summarise(runs: list[dict[str, Any]], consistency: list[str]) -> dict[str, dict[str, Any]]:
     """Mean, std, min and max over seeds of every model's test error, NLL and ECE (and validation error),
     per consistency term."""
@@ -370,7 +364,9 @@ def _figures(cfg: SemisupConfig, out: Path) -> list[Path]:
     except ImportError:
         return []
     figures = []
-    logs = {c: [_curves(out / c / f"seed-{s}") for s in cfg.seeds] for c in cfg.consistency}
+    from .runs import read_epoch_log
+
+    logs = {c: [read_epoch_log(out / c / f"seed-{s}") for s in cfg.seeds] for c in cfg.consistency}
     for c in cfg.consistency:
         curves: dict[str, list] = {}
         for kind in MODEL_KINDS:
@@ -431,29 +427,26 @@ def _fmt(st: dict[str, float], key: str) -> str:
     return text + (" ± " + format(st["std"] * scale, spec) if st.get("n", 1) > 1 else "")
 
 
-def _paired(runs: list[dict[str, Any]], a: tuple[str, str], b: tuple[str, str]) -> tuple[float, float, float, float, int]:
-    """Mean test errors of ``a`` and ``b`` (``(consistency, model)``) and the mean and standard error of their
-    per-seed difference ``a - b`` (seeds present in both)."""
+def _errors(runs: list[dict[str, Any]], a: tuple[str, str], b: tuple[str, str]) -> tuple[list[float], list[float]]:
+    """The per-seed test errors of ``a`` and ``b`` (``(consistency, model)``), over the seeds both have."""
     err = {(r["consistency"], kind, r["seed"]): 1 - m["test"]["accuracy"] for r in runs for kind, m in r["metrics"].items()}
     seeds = sorted({s for (c, k, s) in err if (a[0], a[1], s) in err and (b[0], b[1], s) in err})
-    d = [err[(*a, s)] - err[(*b, s)] for s in seeds]
-    n = len(d)
-    mean = sum(d) / n
-    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n) if n > 1 else math.nan
-    return (sum(err[(*a, s)] for s in seeds) / n, sum(err[(*b, s)] for s in seeds) / n, mean, se, n)
+    return [err[(*a, s)] for s in seeds], [err[(*b, s)] for s in seeds]
 
 
 def claims(runs: list[dict[str, Any]]) -> list[str]:
     """The claims of Athiwaratkun et al. (2019) on these runs, one line each: the two mean test errors, their
-    paired difference over seeds ± its standard error, and :func:`verdict`."""
+    paired difference over seeds ± its standard error, and the verdict (:func:`valleys.app.claims.paired`)."""
     out = []
     present = {(r["consistency"], kind) for r in runs for kind in r["metrics"]}
 
     def line(text: str, a: tuple[str, str], b: tuple[str, str]) -> None:
-        ea, eb, d, se, n = _paired(runs, a, b)
+        ea, eb = _errors(runs, a, b)
+        r = paired(text, "-".join(a), ea, "-".join(b), eb)
+        d, se, n = r["difference"], r["se"], r["n"]
         spread = f" ± {100 * se:.2f}" if not math.isnan(se) else ""
-        out.append(f"- {text}: {verdict(d, se)} ({100 * ea:.2f}% against {100 * eb:.2f}%, difference "
-                   f"{100 * d:+.2f}{spread} points over {n} seed{'s' if n > 1 else ''})")
+        out.append(f"- {text}: {r['verdict']} ({100 * r['a_mean']:.2f}% against {100 * r['b_mean']:.2f}%, "
+                   f"difference {100 * d:+.2f}{spread} points over {n} seed{'s' if n > 1 else ''})")
 
     for c in ("pi", "mean-teacher"):
         if (c, "student") not in present:

@@ -29,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from ..core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json
-from ..core.distributed import DistributedSetupError, is_distributed, rank, shard_bounds, world_size
+from ..core.distributed import DistributedSetupError, is_distributed, shard_bounds, world_size
+from ..core.distributed import rank as rank_of  # the constructor's ``rank`` is SWAG's K
 from ..core.weights import WeightSpace, WeightSpaceError
 from .swag import check_sampling, draw
 
@@ -52,7 +53,7 @@ class ShardedSWAG:
             raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
         self.space = WeightSpace(model, names)
         self.rank = rank
-        self.r, self.world = _rank(), world_size()
+        self.r, self.world = rank_of(), world_size()
         self.lo, self.hi = shard_bounds(self.space.size, self.r, self.world)
         ref = self.space.parameters(model)[0]
         self.device = torch.device(device) if device is not None else ref.device
@@ -211,6 +212,3 @@ class ShardedSWAG:
         state, _ = load_checkpoint(p.parent / index["shards"][self.r]["file"])
         self.load_state_dict(state)
 
-
-def _rank() -> int:
-    return rank()

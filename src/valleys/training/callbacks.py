@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..methods.averaging import Averager
 from ..core.batchnorm import recompute_bn
+from ..core.weights import preserved_modes
 from ..methods.ensembles import snapshot
 from .trainer import Callback, Trainer
 
@@ -181,14 +182,8 @@ class TravelCallback(Callback):
         self._last_pred: Tensor | None = None
 
     def _predict(self, trainer: Trainer) -> Tensor:
-        model = trainer.model
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                return trainer.adapter.forward(model, self.probe, trainer.device).argmax(1).cpu()
-        finally:
-            model.train(was_training)
+        with preserved_modes(trainer.model, train=False), torch.no_grad():
+            return trainer.adapter.forward(trainer.model, self.probe, trainer.device).argmax(1).cpu()
 
     def on_train_start(self, trainer: Trainer) -> None:
         if self._last_w is None:
