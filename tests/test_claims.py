@@ -71,3 +71,53 @@ def test_demo_refuses_a_budget_below_one_before_any_work(tmp_path, capsys):
 
     refused(["demo", "--quick", "--budgets", "0.5", "--out", tmp_path / "demo"], capsys, names=["--budgets", ">= 1"])
     assert not (tmp_path / "demo").exists()
+
+
+def test_preset_registry_names_every_configuration_in_one_place():
+    from valleys.app.demo import DEMO_CONFIG, preset_config
+    from valleys.app.presets import DEFAULT_PRESET, PRESETS, get_preset, presets_help
+
+    assert DEFAULT_PRESET in PRESETS and preset_config(DEFAULT_PRESET) == DEMO_CONFIG
+    for name, p in PRESETS.items():
+        assert p.name == name and get_preset(name) is p and name in presets_help() and p.chosen
+        cfg = preset_config(name).resolved()  # every preset is a valid configuration
+        assert cfg.epochs == p.train["epochs"] and cfg.dataset == p.train["dataset"]
+    with pytest.raises(ValueError) as e:
+        get_preset("cifar10")
+    assert "'cifar10'" in str(e.value) and all(n in str(e.value) for n in PRESETS)
+
+
+def test_an_unknown_preset_is_refused_listing_the_valid_ones(tmp_path, capsys):
+    from cli_harness import refused
+
+    from valleys.app.cli import _parser
+    from valleys.app.presets import PRESETS
+
+    refused(["demo", "--preset", "cifar10", "--out", tmp_path / "demo"], capsys,
+            names=["--preset", "cifar10", *PRESETS])
+    assert not (tmp_path / "demo").exists()
+    demo = _parser()._subparsers._group_actions[0].choices["demo"]
+    assert all(n in demo.format_help() for n in PRESETS)  # --help lists them
+
+
+def test_the_demo_runs_the_preset_it_is_given(tmp_path, monkeypatch):
+    """``--preset`` picks the base settings and the quick budget; flags given change them."""
+    from valleys.app import cli, demo
+    from valleys.app.presets import PRESETS, Preset
+
+    seen = {}
+    monkeypatch.setitem(PRESETS, "tiny", Preset(name="tiny", summary="a test preset", chosen="by hand",
+                                                 train={"dataset": "digits", "model": "mlp", "epochs": 7,
+                                                        "lr": 0.05}, quick={"epochs": 3}, semisup=None))
+    monkeypatch.setattr(demo, "_demo_body", lambda out, base, *a, **k: seen.update(base=base, args=a, kw=k) or {})
+    from valleys.app.cli import main
+
+    parser = cli._parser()
+    assert "tiny" in parser._subparsers._group_actions[0].choices["demo"].format_help()
+    assert main(["demo", "--preset", "tiny", "--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    assert (seen["base"].dataset, seen["base"].model, seen["base"].epochs, seen["base"].lr) == ("digits", "mlp", 7, 0.05)
+    assert seen["args"][10] is None  # semisup: the preset has none, so the section is skipped
+    assert seen["args"][-1] == "tiny"
+    assert main(["demo", "--preset", "tiny", "--quick", "--lr", "0.2", "--out", str(tmp_path / "b"),
+                 "--overwrite", "--no-progress"]) == 0
+    assert (seen["base"].epochs, seen["base"].lr) == (3, 0.2)

@@ -424,7 +424,15 @@ def _parser() -> argparse.ArgumentParser:
     ss.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     ss.add_argument("--jobs", type=_positive_int, default=None, help=JOBS_HELP)
 
-    m = sub.add_parser("demo", help="the main job: SGD, SWA, SWAG and FGE on MNIST-1D; tables, report, figures")
+    from .presets import DEFAULT_PRESET, PRESETS, presets_help
+
+    m = sub.add_parser("demo", help="the main job: SGD, SWA, SWAG and FGE on MNIST-1D; tables, report, figures",
+                       description="The main job: SGD, SWA, SWAG and FGE at one budget over several seeds, with "
+                                   "the talk's other sections (OOD, mode connectivity, geometry, subspace "
+                                   "inference, semi-supervised learning) and its claims table, under a named "
+                                   "preset. Presets: " + presets_help() + ".")
+    m.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
+                   help=f"a named configuration (default {DEFAULT_PRESET}); the flags below change its settings")
     m.add_argument("--quick", action="store_true",
                    help="one seed, 30 epochs, 10 SWAG samples (well under 2 minutes); flags given win over these")
     m.add_argument("--out", type=_path, default="runs/demo", help="output folder")
@@ -441,7 +449,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--no-semisup", action="store_true",
                    help="skip the semi-supervised section (supervised-only, Pi and mean teacher with SWA and fast-SWA "
                         "on 40 labels per class of MNIST-1D)")
-    g = m.add_argument_group("change the demo's setting (default: the embedded MNIST-1D configuration)")
+    g = m.add_argument_group("change the demo's setting (default: the preset's)")
     g.add_argument("--dataset", choices=list(DATASETS), default=None)
     g.add_argument("--model", choices=list(MODELS), default=None)
     g.add_argument("--data-root", type=_path, default=None, help="torchvision data root (Fashion-MNIST files)")
@@ -449,7 +457,7 @@ def _parser() -> argparse.ArgumentParser:
                       ("--swa-lr", _positive_float), ("--samples", _positive_int), ("--bn-batches", _positive_int),
                       ("--train-subset", _positive_int), ("--test-subset", _positive_int),
                       ("--val-fraction", _fraction), ("--eval-every", _positive_int), ("--batch-size", _positive_int)):
-        g.add_argument(flag, type=typ, default=None, help="as in 'valleys train' (default: the demo's value)")
+        g.add_argument(flag, type=typ, default=None, help="as in 'valleys train' (default: the preset's value)")
     return p
 
 
@@ -716,12 +724,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import DEMO_CONFIG, run_demo
+    from .demo import preset_config, run_demo
 
     _unique_seeds(args.seeds)
-    fields = {f.name for f in dataclasses.fields(DEMO_CONFIG)}
+    preset = preset_config(args.preset)
+    fields = {f.name for f in dataclasses.fields(preset)}
     changes = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    base = dataclasses.replace(DEMO_CONFIG, **changes)
+    base = dataclasses.replace(preset, **changes)
     if "epochs" in changes and "swa_start" not in changes:
         base.swa_start = None  # default: half of the new budget
     if "lr" in changes and "swa_lr" not in changes:
@@ -729,7 +738,7 @@ def _demo(args: argparse.Namespace) -> int:
     keep = set(changes) | ({"swa_start"} if "epochs" in changes else set())  # --quick changes only the rest
     run_demo(args.out, quick=args.quick, seeds=args.seeds, overwrite=args.overwrite, progress=not args.no_progress,
              base=base, ood=not args.no_ood, keep=keep, subspace=not args.no_subspace, jobs=args.jobs,
-             semisup=not args.no_semisup, budgets=args.budgets)
+             semisup=not args.no_semisup, budgets=args.budgets, preset=args.preset)
     return 0
 
 

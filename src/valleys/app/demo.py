@@ -30,22 +30,21 @@ from .report import aggregate, describe_config, format_table, markdown_table
 from .folders import check_output, output_guard
 from .parallel import call, default_jobs, run_jobs
 from .runs import TrainConfig, evaluate_run, prepare_run_dir, read_epoch_log, train_run
+from .presets import DEFAULT_PRESET, PRESETS, Preset, get_preset
 from .semisup import SemisupConfig, semisup_calls, semisup_finish, summary_lines
 
-__all__ = ["DEMO_CONFIG", "ROWS", "geometry_section", "run_demo"]
+__all__ = ["DEMO_CONFIG", "ROWS", "geometry_section", "preset_config", "run_demo"]
 
-# Chosen on the validation split (see README, "Why this default"): the 1-D CNN of the MNIST-1D paper, where
-# constant-LR SWA from epoch 50 beat SGD on validation error and NLL; an MLP overfits and showed no gain.
-DEMO_CONFIG = TrainConfig(dataset="mnist1d", model="cnn1d", epochs=100, lr=0.1, wd=5e-4, swa_start=50, swa_lr=0.1)
-QUICK = {"epochs": 30, "swa_start": 15, "samples": 10}
-CURVE = {"points": 61}  # curve epochs and LR: connect's defaults, twice the networks' epochs at their LR
-CURVE_QUICK = {"epochs": 5, "points": 11}
-# The semi-supervised section (slides 34-36): 40 labels per class of MNIST-1D, the consistency weight (among 10,
-# 30 and 100) and the budget chosen on the validation split (README, "Semi-supervised learning"); quick: 30
-# epochs in cycles of 5.
-SEMISUP = SemisupConfig(dataset="mnist1d", model="cnn1d", labels_per_class=40, epochs=90, cycle=15, fast_swa_every=1,
-                        consistency_weight=30.0)
-SEMISUP_QUICK = {"epochs": 30, "cycle": 5, "eval_every": 5}
+# The default preset's training settings (see valleys.app.presets: every named configuration and why).
+DEMO_CONFIG = TrainConfig(**PRESETS[DEFAULT_PRESET].train)
+QUICK = PRESETS[DEFAULT_PRESET].quick
+
+
+def preset_config(preset: str | Preset) -> TrainConfig:
+    """The training settings every run of the demo under ``preset`` (a name or a :class:`Preset`) starts from."""
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    return TrainConfig(**p.train)
+
 
 # table row -> (run to read, method to evaluate it as, temperature scaling)
 ROWS: dict[str, tuple[str, str, bool]] = {
@@ -91,16 +90,18 @@ def check_budgets(budgets: Sequence[float]) -> list[float]:
     return sorted(set(out) | {1.0})
 
 
-def quick_base(base: TrainConfig, keep: Iterable[str] = ()) -> TrainConfig:
-    """``base`` with the quick budget (:data:`QUICK`) for every setting not named in ``keep``."""
-    return dataclasses.replace(base, **{k: v for k, v in QUICK.items() if k not in set(keep)})
+def quick_base(base: TrainConfig, keep: Iterable[str] = (), quick: dict[str, Any] | None = None) -> TrainConfig:
+    """``base`` with the quick budget (``quick``, default the default preset's) for every setting not named in
+    ``keep``."""
+    return dataclasses.replace(base, **{k: v for k, v in (quick or QUICK).items() if k not in set(keep)})
 
 
 def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Sequence[int] | None = None,
              overwrite: bool = False, progress: bool = True, base: TrainConfig | None = None, ood: bool = True,
              curves: bool = True, curve: dict | None = None, log: Callable[..., None] = print,
              keep: Iterable[str] = (), subspace: bool | dict = True, jobs: int | None = None,
-             semisup: bool | dict = True, budgets: Sequence[float] = (1.0,)) -> dict[str, Any]:
+             semisup: bool | dict = True, budgets: Sequence[float] = (1.0,),
+             preset: str | Preset = DEFAULT_PRESET) -> dict[str, Any]:
     """Train the demo's runs for each seed under ``out`` and write the summary into ``out``.
 
     ``quick`` shrinks the budget (:data:`QUICK`) except for the settings of ``base`` named in ``keep`` (those
@@ -113,11 +114,16 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
     (2018): besides SGD at one budget (``epochs``), a SWAG run (hence SWA and SWAG) at every multiple ``b``
     of it, ``round(b * epochs)`` epochs with the same averaging start, compared with SGD at one budget.
 
+    ``preset``: the named configuration (:mod:`valleys.app.presets`) whose settings are the defaults of
+    ``base``, the quick budget, the curve settings and the semi-supervised section (which a preset may leave
+    out: it is then skipped).
+
     Returns the content of ``out/results.json``: one entry per method (``method``, ``metrics.test`` with the
     mean over seeds, ``spread`` with mean/std/min/max, ``ood_auroc`` where measured).
     """
-    base = base or DEMO_CONFIG
-    base = quick_base(base, keep) if quick else base
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    base = base or preset_config(p)
+    base = quick_base(base, keep, p.quick) if quick else base
     seeds = list(seeds) if seeds is not None else ([0] if quick else [0, 1, 2])
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {seeds}")
@@ -131,21 +137,25 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
         out = prepare_run_dir(out, overwrite=overwrite)
         jobs = default_jobs(base.device) if jobs is None else jobs
         semi = None
-        if semisup:
+        if semisup and p.semisup is None:
+            log(f"  (preset {p.name} has no semi-supervised section: it does not fit the preset's budget)")
+        elif semisup:
             data = {"dataset": base.dataset, "model": base.model, "data_root": base.data_root,
                     "train_subset": base.train_subset, "test_subset": base.test_subset,
                     "val_fraction": base.val_fraction}
-            semi = dataclasses.replace(SEMISUP, seeds=list(seeds), **data, **(SEMISUP_QUICK if quick else {}),
-                                       **(semisup if isinstance(semisup, dict) else {}))
+            semi = SemisupConfig(**{**data, **p.semisup, **(p.semisup_quick if quick else {}),
+                                    **(semisup if isinstance(semisup, dict) else {}), "seeds": list(seeds)})
             semi.check()
+        curve = curve or (p.curve_quick if quick else p.curve)
+        subspace = subspace if p.subspace else False
         return _demo_body(out, base, cfgs, seeds, quick, progress, ood, curves, curve, log, subspace, jobs, semi,
-                          extra_budgets)
+                          extra_budgets, p.name)
 
 
 def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick: bool, progress: bool, ood: bool,
                curves: bool, curve: dict | None, log: Callable[..., None], subspace: bool | dict = True,
                jobs: int = 1, semi: SemisupConfig | None = None,
-               extra_budgets: dict[float, TrainConfig] | None = None) -> dict[str, Any]:
+               extra_budgets: dict[float, TrainConfig] | None = None, preset: str = DEFAULT_PRESET) -> dict[str, Any]:
     start = time.perf_counter()
     extra_budgets = extra_budgets or {}
     splits = load_dataset(base.dataset, val_fraction=base.val_fraction, train_subset=base.train_subset,
@@ -204,8 +214,7 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
         extra += semisup_calls(semi, out / "semisup")
     connectivity = None
     if curves:
-        connectivity, first = _connect(out, seeds, cfgs["sgd"], splits, curve or (CURVE_QUICK if quick else CURVE),
-                                       progress, log, jobs, extra)
+        connectivity, first = _connect(out, seeds, cfgs["sgd"], splits, curve, progress, log, jobs, extra)
     else:
         first = list(run_jobs(call, extra, jobs=jobs))
     geometry = _geometry(out, seeds, quick, progress, log) if curves else None
@@ -246,13 +255,14 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
             claims.append(paired(f"{k.split()[0]} at {k.split()[1][1:]} budgets has lower test error than SGD at 1",
                                  k, [1 - x["metrics"]["test"]["accuracy"] for x in xs], "SGD x1",
                                  [1 - x["metrics"]["test"]["accuracy"] for x in per_row["SGD"]], metric="test error"))
-    results = {"dataset": base.dataset, "model": base.model, "seeds": seeds, "quick": quick, "methods": methods,
+    results = {"preset": preset, "dataset": base.dataset, "model": base.model, "seeds": seeds, "quick": quick,
+               "methods": methods,
                "claims": claims, "budgets": budget_table,
                "mode_connectivity": connectivity, "geometry": geometry, "subspace": section,
                "semisup": {k: semi_res[k] for k in ("settings", "summary", "claims", "figures")} if semi_res else None,
                "timing": {"total_s": time.perf_counter() - start}}
     write_json(out / "config.json", {"base": dataclasses.asdict(base), "runs": {m: dataclasses.asdict(c) for m, c in cfgs.items()},
-                                     "seeds": seeds, "quick": quick, "ood": ood})
+                                     "seeds": seeds, "quick": quick, "ood": ood, "preset": preset})
     write_json(out / "results.json", results)
     figures = _figures(out, seeds, cfgs, per_row, base)
     if connectivity:
@@ -270,7 +280,7 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
                      else f"semi-supervised test error against epoch, consistency {name[6:]} (slide 36)")
             figures[title] = out / "semisup" / f
     _report(out, base, seeds, cfgs, rows, methods, figures, results["timing"]["total_s"], connectivity, geometry,
-            section, (semi, semi_res) if semi_res else None, claims, budget_table)
+            section, (semi, semi_res) if semi_res else None, claims, budget_table, preset)
     log("")
     log(format_table(rows))
     if ood:
@@ -400,7 +410,7 @@ def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Cal
 
 
 def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float, connectivity=None,
-            geometry=None, section=None, semisup=None, claims=None, budgets=None) -> None:
+            geometry=None, section=None, semisup=None, claims=None, budgets=None, preset: str = DEFAULT_PRESET) -> None:
     swa_start = cfgs["swag"].swa_start
     ood_lines = [f"| {m['method']} | {m['ood_auroc']['mean']:.4f} ± {m['ood_auroc']['std']:.4f} |"
                  for m in methods if "ood_auroc" in m]
@@ -408,7 +418,7 @@ def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float
     lines = [
         f"# valleys demo: SGD, SWA, SWAG and FGE on {base.dataset}",
         "",
-        f"Model `{base.model}`, {base.epochs} epochs for every method, seeds {seeds}. SWA averages one iterate per "
+        f"Preset `{preset}`. Model `{base.model}`, {base.epochs} epochs for every method, seeds {seeds}. SWA averages one iterate per "
         f"epoch from epoch {swa_start} at constant LR {cfgs['swag'].swa_lr}; SWAG keeps the last "
         f"{cfgs['swag'].rank} deviations and averages {cfgs['swag'].samples} samples (scale 0.5; diagonal: 1.0) "
         f"with a BatchNorm recompute each; FGE pre-trains {cfgs['fge'].fge_start} epochs, then cycles of "
