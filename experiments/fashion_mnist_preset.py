@@ -25,7 +25,7 @@ from valleys.app.report import aggregate
 from valleys.zoo.data import load_dataset
 
 BASE = TrainConfig(dataset="fashion-mnist", model="mlp", wd=5e-4, samples=10)
-STAGE1 = [{"epochs": e, "lr": lr} for e in (20, 40) for lr in (0.05, 0.1)]
+STAGE1 = [{"epochs": e, "lr": lr} for e in (20, 40, 60) for lr in (0.05, 0.1)]
 STAGE2 = [{"swa_lr": a, "swa_start": s} for a in (1.0, 0.5, 0.2) for s in (0.5, 0.75)]  # fractions of lr, epochs
 
 

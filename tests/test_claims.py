@@ -121,3 +121,44 @@ def test_the_demo_runs_the_preset_it_is_given(tmp_path, monkeypatch):
     assert main(["demo", "--preset", "tiny", "--quick", "--lr", "0.2", "--out", str(tmp_path / "b"),
                  "--overwrite", "--no-progress"]) == 0
     assert (seen["base"].epochs, seen["base"].lr) == (3, 0.2)
+
+
+def test_ensemble_accuracy_of_the_first_k_members():
+    import torch
+
+    from valleys.app.runs import _prefix_accuracy
+
+    targets = torch.tensor([0, 1, 1])
+    p1 = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])   # right on 1 of 3
+    p2 = torch.tensor([[0.2, 0.8], [0.1, 0.9], [0.55, 0.45]])  # mean with p1: [.55 .45] [.35 .65] [.575 .425]
+    p3 = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.0, 1.0]])   # mean of 3: [.667 .333] [.4 .6] [.383 .617]
+    assert _prefix_accuracy([p1, p2, p3], targets) == pytest.approx([1 / 3, 2 / 3, 1.0])
+
+
+def test_more_claims_snapshots_unbounded_widths_subspaces_and_semisup_rows():
+    def runs(nlls):
+        return [{"metrics": {"test": {"accuracy": 0.9, "nll": n, "ece": 0.01}}} for n in nlls]
+
+    per_row = {"SWA": runs([0.30, 0.31, 0.32])}
+    rows = demo_claims(
+        per_row, None,
+        {"ensemble_test_accuracy": [0.90, 0.91, 0.92], "best_member_test_accuracy": [0.89, 0.9, 0.91],
+         "ensemble_prefix_test_accuracy": [[0.85, 0.88, 0.90], [0.86, 0.9, 0.91], [0.87, 0.9, 0.92]]},
+        None,
+        {"per_seed": [{"eig_SWA": 1.0, "eig_SGD": 2.0, "width_SWA": math.inf, "width_SGD": 4.0, "reach": 10.0},
+                      {"eig_SWA": 1.0, "eig_SGD": 2.0, "width_SWA": 9.0, "width_SGD": 4.0, "reach": 12.0}]},
+        {"per_seed": {"PCA + ESS": [{"test": {"nll": n}} for n in (0.28, 0.29, 0.30)],
+                      "random + ESS": [{"test": {"nll": n}} for n in (0.29, 0.30, 0.31)]}},
+        [paired("semi-supervised: pi beats supervised-only on the same labels", "pi", [0.1, 0.11], "none", [0.2, 0.21],
+                metric="test error")])
+    by = {r["claim"]: r for r in rows}
+    snap = by["FGE's accuracy rises with the number of snapshots (3 against 1)"]
+    assert snap["difference"] == pytest.approx(-0.05) and snap["verdict"] == "holds"
+    wide = by["SWA sits in a wider valley than SGD"]
+    assert wide["a_mean"] == pytest.approx(9.5) and "counted as the reach" in wide["metric"]  # inf -> reach 10
+    assert by["subspace inference (PCA + ESS) has lower test NLL than SWA"]["difference"] == pytest.approx(-0.02)
+    assert by["the PCA subspace beats a random one (ESS in both)"]["verdict"] == "holds"
+    assert by["semi-supervised: pi beats supervised-only on the same labels"]["verdict"] == "holds"
+    # an infinite width without a recorded reach (an older folder) leaves the claim out rather than guess
+    g = {"per_seed": [{"eig_SWA": 1.0, "eig_SGD": 2.0, "width_SWA": math.inf, "width_SGD": 4.0}]}
+    assert "SWA sits in a wider valley than SGD" not in {r["claim"] for r in demo_claims({}, geometry=g)}

@@ -48,10 +48,14 @@ def paired(claim: str, a_label: str, a: Sequence[float], b_label: str, b: Sequen
 
 def demo_claims(per_row: Mapping[str, Sequence[Mapping[str, Any]]], ood_auroc: Mapping[str, Sequence[float]] | None = None,
                 fge: Mapping[str, Sequence[float]] | None = None, connectivity: Mapping[str, Any] | None = None,
-                geometry: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+                geometry: Mapping[str, Any] | None = None, subspace: Mapping[str, Any] | None = None,
+                semisup: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
     """The claims a demo folder measures. ``per_row``: per method, the per-seed results with
-    ``metrics.test``; ``ood_auroc``: per method, per-seed AUROC; ``fge``: per-seed ``ensemble_test_accuracy``
-    and ``best_member_test_accuracy``; ``connectivity``: its ``pairs``; ``geometry``: its ``per_seed`` rows."""
+    ``metrics.test``; ``ood_auroc``: per method, per-seed AUROC; ``fge``: per-seed ``ensemble_test_accuracy``,
+    ``best_member_test_accuracy`` and optionally ``ensemble_prefix_test_accuracy`` (the ensemble of the first
+    k snapshots, k = 1..K); ``connectivity``: its ``pairs``; ``geometry``: its ``per_seed`` rows;
+    ``subspace``: the subspace section's ``per_seed`` rows per (space + inference) label, in the seeds' order;
+    ``semisup``: the semi-supervised section's claims, already as :func:`paired` rows (appended as they are)."""
     def test(row: str, key: str) -> list[float]:
         vals = [r["metrics"]["test"][key] for r in per_row.get(row, [])]
         return [1 - v for v in vals] if key == "accuracy" else vals
@@ -79,6 +83,11 @@ def demo_claims(per_row: Mapping[str, Sequence[Mapping[str, Any]]], ood_auroc: M
         rows.append(paired("FGE's ensemble beats its best snapshot", "FGE ensemble",
                            [1 - a for a in fge["ensemble_test_accuracy"]], "best snapshot",
                            [1 - a for a in fge["best_member_test_accuracy"]], metric="test error"))
+    prefix = (fge or {}).get("ensemble_prefix_test_accuracy")
+    if prefix and all(len(p) > 1 for p in prefix):
+        rows.append(paired(f"FGE's accuracy rises with the number of snapshots ({len(prefix[0])} against 1)",
+                           f"{len(prefix[0])} snapshots", [1 - p[-1] for p in prefix], "the first alone",
+                           [1 - p[0] for p in prefix], metric="test error"))
     if connectivity and connectivity.get("pairs"):
         pairs = connectivity["pairs"]
         rows.append(paired("the curve's barrier is below the straight segment's", "curve",
@@ -88,10 +97,26 @@ def demo_claims(per_row: Mapping[str, Sequence[Mapping[str, Any]]], ood_auroc: M
         g = geometry["per_seed"]
         rows.append(paired("SWA is flatter than SGD", "SWA", [r["eig_SWA"] for r in g], "SGD",
                            [r["eig_SGD"] for r in g], metric="top Hessian eigenvalue"))
-        widths = [(r["width_SWA"], r["width_SGD"]) for r in g]
-        if all(math.isfinite(a) and math.isfinite(b) for a, b in widths):
-            rows.append(paired("SWA sits in a wider valley than SGD", "SWA", [a for a, _ in widths], "SGD",
-                               [b for _, b in widths], lower_is_better=False, metric="valley width"))
+        # a width is inf when the loss never rose within the search reach (the weights' norm): counted as the
+        # reach, a lower bound, so the difference can only understate a win of the unbounded side
+        capped = [(min(r["width_SWA"], r.get("reach", math.inf)), min(r["width_SGD"], r.get("reach", math.inf)))
+                  for r in g]
+        if all(math.isfinite(a) and math.isfinite(b) for a, b in capped):
+            beyond = any(not math.isfinite(r[k]) for r in g for k in ("width_SWA", "width_SGD"))
+            rows.append(paired("SWA sits in a wider valley than SGD", "SWA", [a for a, _ in capped], "SGD",
+                               [b for _, b in capped], lower_is_better=False,
+                               metric="valley width" + (" (no rise within reach: counted as the reach)" if beyond
+                                                        else "")))
+    per_seed = (subspace or {}).get("per_seed") or {}
+    pca, rnd = per_seed.get("PCA + ESS"), per_seed.get("random + ESS")
+    if pca and per_row.get("SWA") and len(pca) == len(per_row["SWA"]):
+        rows.append(paired("subspace inference (PCA + ESS) has lower test NLL than SWA", "PCA + ESS",
+                           [r["test"]["nll"] for r in pca], "SWA", test("SWA", "nll"), metric="test NLL"))
+    if pca and rnd and len(pca) == len(rnd):
+        rows.append(paired("the PCA subspace beats a random one (ESS in both)", "PCA + ESS",
+                           [r["test"]["nll"] for r in pca], "random + ESS", [r["test"]["nll"] for r in rnd],
+                           metric="test NLL"))
+    rows.extend(dict(r) for r in semisup)
     return rows
 
 

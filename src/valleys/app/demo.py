@@ -238,11 +238,14 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
         if r == "FGE":
             entry["best_member_test_accuracy"] = [max(x["member_test_accuracy"]) for x in xs]
             entry["ensemble_test_accuracy"] = [x["metrics"]["test"]["accuracy"] for x in xs]
+            if all("ensemble_prefix_test_accuracy" in x for x in xs):
+                entry["ensemble_prefix_test_accuracy"] = [x["ensemble_prefix_test_accuracy"] for x in xs]
         methods.append(entry)
     fge_row = next(m for m in methods if m["method"] == "FGE")
     claims = demo_claims(per_row, ood_auroc if ood else None,
-                         {k: fge_row[k] for k in ("ensemble_test_accuracy", "best_member_test_accuracy")},
-                         connectivity, geometry)
+                         {k: fge_row[k] for k in ("ensemble_test_accuracy", "best_member_test_accuracy",
+                                                  "ensemble_prefix_test_accuracy") if k in fge_row},
+                         connectivity, geometry, section, semi_res["claim_rows"] if semi_res else ())
     budget_table = None
     if extra_budgets:
         budget_table = {"epochs": {"x1": base.epochs} | {f"x{b:g}": c.epochs for b, c in extra_budgets.items()},
@@ -394,7 +397,7 @@ def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Cal
         at = {k: min(range(len(d)), key=lambda i, x=x: abs(d[i] - x)) for k, x in (("SWA", 0.0), ("SGD", path["length"]))}
         row = {"seed": s, "eig_SWA": eig["SWA"], "eig_SGD": eig["SGD"],
                "width_SWA": rays["centers"]["SWA"]["mean_width"], "width_SGD": rays["centers"]["SGD"]["mean_width"],
-               "distance": path["length"], "loss_SWA": loss[at["SWA"]], "loss_SGD": loss[at["SGD"]],
+               "distance": path["length"], "reach": reach, "loss_SWA": loss[at["SWA"]], "loss_SGD": loss[at["SGD"]],
                "error_SWA": path["curves"]["test"]["error"][at["SWA"]],
                "error_SGD": path["curves"]["test"]["error"][at["SGD"]],
                "line_min_loss": min(loss), "line_argmin": d[loss.index(min(loss))],
@@ -434,6 +437,11 @@ def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float
         f"best single snapshot {[round(100 * a, 2) for a in fge['best_member_test_accuracy']]} (%).",
         "",
     ]
+    if fge.get("ensemble_prefix_test_accuracy"):
+        prefix = fge["ensemble_prefix_test_accuracy"]
+        means = [sum(p[k] for p in prefix) / len(prefix) for k in range(len(prefix[0]))]
+        lines[-1:-1] = ["FGE: test accuracy of the ensemble of its first k snapshots, mean over seeds (%): "
+                        + ", ".join(f"k={k + 1}: {100 * m:.2f}" for k, m in enumerate(means)) + "."]
     if budgets:
         spe = budgets["steps_per_epoch"]
         lines += ["## The budget protocol (Izmailov et al. 2018)", "",

@@ -467,6 +467,16 @@ def _evaluate_regression(run_dir, cfg, model, splits, draw, bn, loaders, method,
     return out
 
 
+def _prefix_accuracy(member_probs: list[torch.Tensor], targets: torch.Tensor) -> list[float]:
+    """Accuracy of the ensemble of the first k members, k = 1..K: argmax of ``(1/k) sum_{i<=k} p_i``
+    (Garipov et al. 2018, FGE accuracy against the number of snapshots)."""
+    out, total = [], torch.zeros_like(member_probs[0], dtype=torch.float64)
+    for p in member_probs:
+        total += p
+        out.append(float((total.argmax(-1) == targets).double().mean()))
+    return out
+
+
 # which other methods a run's files can also be evaluated as (a SWAG run holds SWA and SWAG-diagonal)
 VIEWS: dict[str, tuple[str, ...]] = {name: m.views for name, m in REGISTRY.items() if m.views}
 
@@ -526,9 +536,11 @@ def evaluate_run(run_dir: str | Path, *, samples: int | None = None, ood: bool |
                                                                 edges=LOG_EDGES)["reliability"]},
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
-    if ensemble:  # each member alone, to compare the ensemble with its best member
-        out["member_test_accuracy"] = [
-            bma(model, [m], loaders["test"], device=cfg.device, adapter=cfg.adapter())["accuracy"] for m in draw()]
+    if ensemble:  # each member alone (against the best member), and the ensemble of the first k (k = 1..K)
+        members = [bma(model, [m], loaders["test"], device=cfg.device, adapter=cfg.adapter(), return_probs=True)
+                   for m in draw()]
+        out["member_test_accuracy"] = [r["accuracy"] for r in members]
+        out["ensemble_prefix_test_accuracy"] = _prefix_accuracy([r["probs"] for r in members], members[0]["targets"])
     if "ood" in res:
         out["ood_auroc"] = auroc(predictive_entropy(res["ood"]["probs"]), predictive_entropy(res["test"]["probs"]))
     if temperature_scaling:

@@ -33,7 +33,7 @@ from typing import Any
 
 from .claims import paired, verdict  # noqa: F401 (verdict: re-exported)
 
-__all__ = ["SemisupConfig", "semisup_run", "semisup_one", "semisup_calls", "semisup_finish", "claims", "summary_lines", "MODEL_KINDS"]
+__all__ = ["SemisupConfig", "semisup_run", "semisup_one", "semisup_calls", "semisup_finish", "claims", "claim_rows", "summary_lines", "MODEL_KINDS"]
 
 #: The networks evaluated side by side in every run (the teacher only with the mean teacher).
 MODEL_KINDS = ("student", "teacher", "swa", "fastswa")
@@ -350,6 +350,7 @@ def semisup_finish(cfg: SemisupConfig, out: Path, runs: list[dict[str, Any]], st
     results: dict[str, Any] = {"folder": "semisup", "settings": asdict(cfg), "l": cfg.l,
                                "summary": summarise(runs, cfg.consistency), "runs": runs}
     results["claims"] = claims(runs)
+    results["claim_rows"] = claim_rows(runs)
     figures = _figures(cfg, out)
     results["figures"] = [str(f.relative_to(out)) for f in figures]
     results["timing"] = {"total_s": time.perf_counter() - start if start is not None else None}
@@ -434,28 +435,38 @@ def _errors(runs: list[dict[str, Any]], a: tuple[str, str], b: tuple[str, str]) 
     return [err[(*a, s)] for s in seeds], [err[(*b, s)] for s in seeds]
 
 
-def claims(runs: list[dict[str, Any]]) -> list[str]:
-    """The claims of Athiwaratkun et al. (2019) on these runs, one line each: the two mean test errors, their
-    paired difference over seeds ± its standard error, and the verdict (:func:`valleys.app.claims.paired`)."""
-    out = []
+def claim_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The claims of Athiwaratkun et al. (2019) on these runs as :func:`valleys.app.claims.paired` rows on test
+    error (the demo's claims table takes them as they are): consistency beats supervised-only on the same
+    labels, SWA and fast-SWA improve on their base model, fast-SWA improves on SWA."""
+    rows = []
     present = {(r["consistency"], kind) for r in runs for kind in r["metrics"]}
 
-    def line(text: str, a: tuple[str, str], b: tuple[str, str]) -> None:
+    def add(text: str, a: tuple[str, str], b: tuple[str, str]) -> None:
         ea, eb = _errors(runs, a, b)
-        r = paired(text, "-".join(a), ea, "-".join(b), eb)
-        d, se, n = r["difference"], r["se"], r["n"]
-        spread = f" ± {100 * se:.2f}" if not math.isnan(se) else ""
-        out.append(f"- {text}: {r['verdict']} ({100 * r['a_mean']:.2f}% against {100 * r['b_mean']:.2f}%, "
-                   f"difference {100 * d:+.2f}{spread} points over {n} seed{'s' if n > 1 else ''})")
+        rows.append(paired(f"semi-supervised: {text}", "-".join(a), ea, "-".join(b), eb, metric="test error"))
 
     for c in ("pi", "mean-teacher"):
         if (c, "student") not in present:
             continue
         if ("none", "student") in present:
-            line(f"{c} beats supervised-only on the same labels", (c, "student"), ("none", "student"))
+            add(f"{c} beats supervised-only on the same labels", (c, "student"), ("none", "student"))
         for kind in ("swa", "fastswa"):
             if (c, kind) in present:
-                line(f"{c}: {_LABELS[kind]} improves on its base model", (c, kind), (c, "student"))
+                add(f"{c}: {_LABELS[kind]} improves on its base model", (c, kind), (c, "student"))
         if (c, "swa") in present and (c, "fastswa") in present:
-            line(f"{c}: fast-SWA improves on SWA", (c, "fastswa"), (c, "swa"))
+            add(f"{c}: fast-SWA improves on SWA", (c, "fastswa"), (c, "swa"))
+    return rows
+
+
+def claims(runs: list[dict[str, Any]]) -> list[str]:
+    """:func:`claim_rows` as Markdown list lines: the two mean test errors, their paired difference over seeds
+    ± its standard error, and the verdict."""
+    out = []
+    for r in claim_rows(runs):
+        spread = f" ± {100 * r['se']:.2f}" if not math.isnan(r["se"]) else ""
+        n = r["n"]
+        out.append(f"- {r['claim'][len('semi-supervised: '):]}: {r['verdict']} ({100 * r['a_mean']:.2f}% against "
+                   f"{100 * r['b_mean']:.2f}%, difference {100 * r['difference']:+.2f}{spread} points over {n} "
+                   f"seed{'s' if n > 1 else ''})")
     return out or ["- (run with --consistency none and pi or mean-teacher to check them)"]
