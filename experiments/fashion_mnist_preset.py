@@ -3,7 +3,8 @@
 Stage 1 chooses the SGD budget (epochs) and learning rate: the lowest mean *validation* error of SGD (the
 demo's decaying schedule) over the seeds, among budgets whose whole preset fits 45 minutes on two cores.
 Stage 2, at that budget, chooses SWA's constant learning rate and start: the lowest mean validation NLL of
-SWA. The test split is never looked at. Writes ``OUT/sweep.json`` and prints both tables.
+SWA. Stage 3 chooses FGE's start (so its number of snapshots) the same way. The test split is never looked
+at. Writes ``OUT/sweep.json`` and prints both tables.
 
 Usage::
 
@@ -27,6 +28,7 @@ from valleys.zoo.data import load_dataset
 BASE = TrainConfig(dataset="fashion-mnist", model="mlp", wd=5e-4, samples=10)
 STAGE1 = [{"epochs": e, "lr": lr} for e in (20, 40, 60) for lr in (0.05, 0.1)]
 STAGE2 = [{"swa_lr": a, "swa_start": s} for a in (1.0, 0.5, 0.2) for s in (0.5, 0.75)]  # fractions of lr, epochs
+STAGE3 = [0.6, 0.8]  # FGE's start, a fraction of the epochs
 
 
 def _runs(calls: list[dict], jobs: int) -> list[dict]:
@@ -82,9 +84,27 @@ def main() -> None:
     for r in stage2:
         print(f"  swa_lr {r['swa_lr']:<6g} swa_start {r['swa_start']:3d} val error {100 * r['val_error']:.2f}%  "
               f"NLL {r['val_nll']:.4f}{'  <- chosen' if r is best2 else ''}")
+    calls = [{"fn": train_run, "cfg": dataclasses.replace(BASE, method="fge", seed=s, epochs=e, lr=lr,
+                                                          fge_start=round(f * e)),
+              "out": a.out / f"fge-e{e}-start{round(f * e)}-seed{s}", "overwrite": True, "progress": False,
+              "splits": splits} for f in STAGE3 for s in a.seeds]
+    res = _runs(calls, a.jobs)
+    stage3 = []
+    for i, f in enumerate(STAGE3):
+        rows = [_val(r) for r in res[i * len(a.seeds):(i + 1) * len(a.seeds)]]
+        agg = aggregate(rows, ["accuracy", "nll", "ece"])
+        stage3.append({"fge_start": round(f * e), "snapshots": len(res[i * len(a.seeds)]["member_test_accuracy"]),
+                       "val_error": 1 - agg["accuracy"]["mean"], "val_nll": agg["nll"]["mean"]})
+    best3 = min(stage3, key=lambda r: r["val_nll"])
+    print(f"stage 3, FGE at {e} epochs from LR {lr:g}")
+    for r in stage3:
+        print(f"  fge_start {r['fge_start']:3d} ({r['snapshots']} snapshots) val error {100 * r['val_error']:.2f}%  "
+              f"NLL {r['val_nll']:.4f}{'  <- chosen' if r is best3 else ''}")
     (a.out / "sweep.json").write_text(json.dumps({"seeds": a.seeds, "stage1": stage1, "stage2": stage2,
+                                                  "stage3": stage3,
                                                   "chosen": {"epochs": e, "lr": lr, "swa_lr": best2["swa_lr"],
-                                                             "swa_start": best2["swa_start"]},
+                                                             "swa_start": best2["swa_start"],
+                                                             "fge_start": best3["fge_start"]},
                                                   "total_s": time.perf_counter() - start}, indent=1))
     print(f"total {time.perf_counter() - start:.0f}s; wrote {a.out / 'sweep.json'}")
 

@@ -108,7 +108,8 @@ def test_the_demo_runs_the_preset_it_is_given(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setitem(PRESETS, "tiny", Preset(name="tiny", summary="a test preset", chosen="by hand",
                                                  train={"dataset": "digits", "model": "mlp", "epochs": 7,
-                                                        "lr": 0.05}, quick={"epochs": 3}, semisup=None))
+                                                        "lr": 0.05}, quick={"epochs": 3}, semisup=None,
+                                                 ood={"lr": 0.02, "swa_lr": 0.02}, subspace={"samples": 4}))
     monkeypatch.setattr(demo, "_demo_body", lambda out, base, *a, **k: seen.update(base=base, args=a, kw=k) or {})
     from valleys.app.cli import main
 
@@ -118,9 +119,15 @@ def test_the_demo_runs_the_preset_it_is_given(tmp_path, monkeypatch):
     assert (seen["base"].dataset, seen["base"].model, seen["base"].epochs, seen["base"].lr) == ("digits", "mlp", 7, 0.05)
     assert seen["args"][10] is None  # semisup: the preset has none, so the section is skipped
     assert seen["args"][-1] == "tiny"
+    ood, subspace = seen["args"][4], seen["args"][8]
+    assert {m: (c.ood_split, c.lr, c.swa_lr, c.epochs) for m, c in ood.items()} == {
+        "sgd": (True, 0.02, 0.02, 7), "swag": (True, 0.02, 0.02, 7)}  # the preset's OOD settings
+    assert subspace == {"samples": 4}
     assert main(["demo", "--preset", "tiny", "--quick", "--lr", "0.2", "--out", str(tmp_path / "b"),
                  "--overwrite", "--no-progress"]) == 0
     assert (seen["base"].epochs, seen["base"].lr) == (3, 0.2)
+    assert {c.lr for c in seen["args"][4].values()} == {0.2}  # the user's --lr holds for the OOD runs too
+    assert seen["args"][8] is True  # --quick: the section's quick settings, not the preset's full ones
 
 
 def test_ensemble_accuracy_of_the_first_k_members():

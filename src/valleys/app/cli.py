@@ -434,7 +434,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
                    help=f"a named configuration (default {DEFAULT_PRESET}); the flags below change its settings")
     m.add_argument("--quick", action="store_true",
-                   help="one seed, 30 epochs, 10 SWAG samples (well under 2 minutes); flags given win over these")
+                   help="one seed and the preset's short budget (mnist1d: 30 epochs, 10 SWAG samples, well under 2 "
+                        "minutes); flags given win over these")
     m.add_argument("--out", type=_path, default="runs/demo", help="output folder")
     m.add_argument("--seeds", type=_seed, nargs="+", default=None, help="seeds (default 0 1 2; quick: 0)")
     m.add_argument("--overwrite", action="store_true", help="replace a demo already in --out")
@@ -731,11 +732,14 @@ def _demo(args: argparse.Namespace) -> int:
     fields = {f.name for f in dataclasses.fields(preset)}
     changes = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     base = dataclasses.replace(preset, **changes)
-    if "epochs" in changes and "swa_start" not in changes:
-        base.swa_start = None  # default: half of the new budget
+    starts = ("swa_start", "fge_start")
+    if "epochs" in changes:  # the preset's starts were for its budget: the defaults for the new one
+        for k in starts:
+            if k not in changes:
+                setattr(base, k, None)
     if "lr" in changes and "swa_lr" not in changes:
         base.swa_lr = None  # default: the new lr
-    keep = set(changes) | ({"swa_start"} if "epochs" in changes else set())  # --quick changes only the rest
+    keep = set(changes) | (set(starts) if "epochs" in changes else set())  # --quick changes only the rest
     run_demo(args.out, quick=args.quick, seeds=args.seeds, overwrite=args.overwrite, progress=not args.no_progress,
              base=base, ood=not args.no_ood, keep=keep, subspace=not args.no_subspace, jobs=args.jobs,
              semisup=not args.no_semisup, budgets=args.budgets, preset=args.preset)

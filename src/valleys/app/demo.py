@@ -147,12 +147,20 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
                                     **(semisup if isinstance(semisup, dict) else {}), "seeds": list(seeds)})
             semi.check()
         curve = curve or (p.curve_quick if quick else p.curve)
-        subspace = subspace if p.subspace else False
-        return _demo_body(out, base, cfgs, seeds, quick, progress, ood, curves, curve, log, subspace, jobs, semi,
+        if not p.subspace:
+            subspace = False
+        elif subspace is True and isinstance(p.subspace, dict) and not quick:
+            subspace = dict(p.subspace)
+        # the preset's own OOD settings, unless the user set one of them: then the user's flags hold for every run
+        ood_over = {} if set(p.ood) & set(keep) else p.ood
+        ood_cfgs = {m: dataclasses.replace(cfgs[m], ood_split=True, **ood_over).resolved() for m in ("sgd", "swag")
+                    } if ood else None
+        return _demo_body(out, base, cfgs, seeds, quick, progress, ood_cfgs, curves, curve, log, subspace, jobs, semi,
                           extra_budgets, p.name)
 
 
-def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick: bool, progress: bool, ood: bool,
+def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick: bool, progress: bool,
+               ood: dict[str, TrainConfig] | None,
                curves: bool, curve: dict | None, log: Callable[..., None], subspace: bool | dict = True,
                jobs: int = 1, semi: SemisupConfig | None = None,
                extra_budgets: dict[float, TrainConfig] | None = None, preset: str = DEFAULT_PRESET) -> dict[str, Any]:
@@ -176,8 +184,8 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
             calls.append({"cfg": dataclasses.replace(cfg, seed=seed), "out": out / f"swag-budget{b:g}-seed{seed}",
                           "splits": splits})
             names.append((f"swag x{b:g}", seed))
-        for method in ("sgd", "swag") if ood else ():
-            calls.append({"cfg": dataclasses.replace(cfgs[method], seed=seed, ood_split=True),
+        for method, cfg in (ood or {}).items():
+            calls.append({"cfg": dataclasses.replace(cfg, seed=seed),
                           "out": out / f"ood-{method}-seed{seed}", "splits": ood_splits})
             names.append((f"ood-{method}", seed))
     for call in calls:
@@ -247,9 +255,10 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
                                                   "ensemble_prefix_test_accuracy") if k in fge_row},
                          connectivity, geometry, section, semi_res["claim_rows"] if semi_res else ())
     budget_table = None
+    spe = math.ceil(len(splits.train) / base.batch_size)  # steps per epoch (the last batch may be smaller)
     if extra_budgets:
         budget_table = {"epochs": {"x1": base.epochs} | {f"x{b:g}": c.epochs for b, c in extra_budgets.items()},
-                        "steps_per_epoch": math.ceil(len(splits.train) / base.batch_size),
+                        "steps_per_epoch": spe,
                         "rows": {"SGD x1": aggregate([x["metrics"]["test"] for x in per_row["SGD"]]),
                                  "SWA x1": aggregate([x["metrics"]["test"] for x in per_row["SWA"]]),
                                  "SWAG x1": aggregate([x["metrics"]["test"] for x in per_row["SWAG"]]),
@@ -259,13 +268,14 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
                                  k, [1 - x["metrics"]["test"]["accuracy"] for x in xs], "SGD x1",
                                  [1 - x["metrics"]["test"]["accuracy"] for x in per_row["SGD"]], metric="test error"))
     results = {"preset": preset, "dataset": base.dataset, "model": base.model, "seeds": seeds, "quick": quick,
-               "methods": methods,
+               "steps_per_epoch": spe, "methods": methods,
                "claims": claims, "budgets": budget_table,
                "mode_connectivity": connectivity, "geometry": geometry, "subspace": section,
                "semisup": {k: semi_res[k] for k in ("settings", "summary", "claims", "figures")} if semi_res else None,
                "timing": {"total_s": time.perf_counter() - start}}
     write_json(out / "config.json", {"base": dataclasses.asdict(base), "runs": {m: dataclasses.asdict(c) for m, c in cfgs.items()},
-                                     "seeds": seeds, "quick": quick, "ood": ood, "preset": preset})
+                                     "seeds": seeds, "quick": quick, "preset": preset,
+                                     "ood": {m: dataclasses.asdict(c) for m, c in ood.items()} if ood else None})
     write_json(out / "results.json", results)
     figures = _figures(out, seeds, cfgs, per_row, base)
     if connectivity:
@@ -282,8 +292,10 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
             title = ("how far the iterates travel, supervised and consistency-regularised (slide 35)" if name == "travel"
                      else f"semi-supervised test error against epoch, consistency {name[6:]} (slide 36)")
             figures[title] = out / "semisup" / f
-    _report(out, base, seeds, cfgs, rows, methods, figures, results["timing"]["total_s"], connectivity, geometry,
-            section, (semi, semi_res) if semi_res else None, claims, budget_table, preset)
+    _report(out, base, seeds, cfgs, rows, methods, figures, results["timing"]["total_s"], results["steps_per_epoch"],
+            connectivity, geometry,
+            section, (semi, semi_res) if semi_res else None, claims, budget_table, preset,
+            ood["swag"] if ood else None)
     log("")
     log(format_table(rows))
     if ood:
@@ -412,8 +424,9 @@ def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Cal
             "units": "Euclidean distance in weight space", "sharpness_subset": "first 1000 training examples, eval mode"}
 
 
-def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float, connectivity=None,
-            geometry=None, section=None, semisup=None, claims=None, budgets=None, preset: str = DEFAULT_PRESET) -> None:
+def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float, spe: int, connectivity=None,
+            geometry=None, section=None, semisup=None, claims=None, budgets=None, preset: str = DEFAULT_PRESET,
+            ood_cfg: TrainConfig | None = None) -> None:
     swa_start = cfgs["swag"].swa_start
     ood_lines = [f"| {m['method']} | {m['ood_auroc']['mean']:.4f} ± {m['ood_auroc']['std']:.4f} |"
                  for m in methods if "ood_auroc" in m]
@@ -421,13 +434,16 @@ def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float
     lines = [
         f"# valleys demo: SGD, SWA, SWAG and FGE on {base.dataset}",
         "",
-        f"Preset `{preset}`. Model `{base.model}`, {base.epochs} epochs for every method, seeds {seeds}. SWA averages one iterate per "
-        f"epoch from epoch {swa_start} at constant LR {cfgs['swag'].swa_lr}; SWAG keeps the last "
+        f"Preset `{preset}`. Model `{base.model}`, {base.epochs} epochs ({base.epochs * spe} steps of batch "
+        f"{base.batch_size}; {spe} steps per epoch) for every method, seeds {seeds}. SWA averages one iterate per "
+        f"epoch ({spe} steps) from epoch {swa_start} (step {swa_start * spe}) at constant LR "
+        f"{cfgs['swag'].swa_lr:g}; SWAG keeps the last "
         f"{cfgs['swag'].rank} deviations and averages {cfgs['swag'].samples} samples (scale 0.5; diagonal: 1.0) "
-        f"with a BatchNorm recompute each; FGE pre-trains {cfgs['fge'].fge_start} epochs, then cycles of "
-        f"{cfgs['fge'].cycle} epochs between {cfgs['fge'].lr_1:g} and {cfgs['fge'].lr_2:g}. SGD's LR decays to 1% "
-        "of its start. SWA, SWA-Temp and SWAG-diag come from the SWAG run's trajectory. SWA-Temp: a temperature "
-        "fitted on the validation split.",
+        f"with a BatchNorm recompute each; FGE pre-trains {cfgs['fge'].fge_start} epochs "
+        f"({cfgs['fge'].fge_start * spe} steps), then cycles of {cfgs['fge'].cycle} epochs "
+        f"({cfgs['fge'].cycle * spe} steps) between LR {cfgs['fge'].lr_1:g} and {cfgs['fge'].lr_2:g}. SGD's LR "
+        "decays to 1% of its start. SWA, SWA-Temp and SWAG-diag come from the SWAG run's trajectory. SWA-Temp: a "
+        "temperature fitted on the validation split.",
         "",
         "## Test metrics (mean ± std over seeds)",
         "",
@@ -443,7 +459,6 @@ def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float
         lines[-1:-1] = ["FGE: test accuracy of the ensemble of its first k snapshots, mean over seeds (%): "
                         + ", ".join(f"k={k + 1}: {100 * m:.2f}" for k, m in enumerate(means)) + "."]
     if budgets:
-        spe = budgets["steps_per_epoch"]
         lines += ["## The budget protocol (Izmailov et al. 2018)", "",
                   "SGD trained for one budget against SWA and SWAG at each multiple of it (the same averaging "
                   f"start, epoch {swa_start} = {swa_start * spe} steps; {spe} steps per epoch). Budgets: "
@@ -453,7 +468,11 @@ def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float
         lines += ["## The talk's claims on this run", "", *claims_markdown(claims), ""]
     if ood_lines:
         lines += ["## Out-of-distribution detection (train on classes 0-4; test classes 5-9 are OOD)", "",
-                  "AUROC of predictive entropy, mean ± std over seeds.", "", "| method | OOD AUROC |", "|---|---|",
+                  "AUROC of predictive entropy, mean ± std over seeds."
+                  + (f" These runs train at LR {ood_cfg.lr:g} (SWA LR {ood_cfg.swa_lr:g}), the preset's setting for "
+                     "half the data." if ood_cfg is not None and (ood_cfg.lr, ood_cfg.swa_lr) !=
+                     (cfgs["swag"].lr, cfgs["swag"].swa_lr) else ""),
+                  "", "| method | OOD AUROC |", "|---|---|",
                   *ood_lines, ""]
     if connectivity:
         s = connectivity["summary"]
