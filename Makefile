@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
 
-.PHONY: venv demo demo-quick test test-fast bench clean
+.PHONY: venv demo demo-quick demo-fashion-mnist test test-fast bench clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,9 @@ demo: $(STAMP)
 
 demo-quick: $(STAMP)
 	$(BIN)/valleys demo --quick --out runs/demo-quick --overwrite
+
+demo-fashion-mnist: $(STAMP)  # needs the Fashion-MNIST files (Debian package dataset-fashion-mnist)
+	$(BIN)/valleys demo --preset fashion-mnist --out runs/demo-fashion-mnist --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

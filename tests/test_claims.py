@@ -169,3 +169,21 @@ def test_more_claims_snapshots_unbounded_widths_subspaces_and_semisup_rows():
     # an infinite width without a recorded reach (an older folder) leaves the claim out rather than guess
     g = {"per_seed": [{"eig_SWA": 1.0, "eig_SGD": 2.0, "width_SWA": math.inf, "width_SGD": 4.0}]}
     assert "SWA sits in a wider valley than SGD" not in {r["claim"] for r in demo_claims({}, geometry=g)}
+
+
+def test_a_run_that_did_not_train_is_named(tmp_path):
+    """The OOD SGD run of seed 0 at LR 0.1 once ended at chance (training accuracy 19.9% on 5 classes): the
+    demo names such a run instead of letting it pass silently into the claims."""
+    import json
+
+    from valleys.app.demo import untrained_runs
+
+    for name, acc in (("ood-sgd-seed0", 0.199), ("ood-swag-seed0", 0.97), ("sgd-seed0", 0.149)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text(
+            json.dumps({"epoch": 1, "train_accuracy": 0.9}) + "\n" + json.dumps({"epoch": 2, "train_accuracy": acc}) + "\n")
+    lines = untrained_runs([(tmp_path / "ood-sgd-seed0", 5), (tmp_path / "ood-swag-seed0", 5),
+                            (tmp_path / "sgd-seed0", 10)])
+    # 14.9% on 10 classes is below 1.5 x chance (15%) as well; 97% on 5 classes is not
+    assert len(lines) == 2 and lines[0].startswith("ood-sgd-seed0 did not train: training accuracy 19.9% at epoch 2")
+    assert "chance 20.0%" in lines[0] and lines[1].startswith("sgd-seed0 did not train")

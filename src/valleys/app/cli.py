@@ -16,6 +16,8 @@ from pathlib import Path
 
 EXAMPLES = """examples:
   valleys demo --quick                      # SGD, SWA, SWAG, FGE on MNIST-1D in well under 2 minutes
+  valleys demo --preset fashion-mnist       # every section on all 60,000 Fashion-MNIST images (needs its files)
+  valleys demo --budgets 1 1.25 1.5         # SWA and SWAG at 1, 1.25 and 1.5 budgets against SGD at one
   valleys train --method swa --epochs 100 --swa-start 50 --swa-lr 0.1 --out runs/swa
   valleys train --dataset digits --model cnn --method sgd --epochs 30 --out runs/digits-sgd
   valleys train --method swag --epochs 100 --swa-start 50 --rank 20 --samples 30 --out runs/swag
@@ -444,9 +446,10 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--jobs", type=_positive_int, default=None, help=JOBS_HELP)
     m.add_argument("--no-subspace", action="store_true",
                    help="skip the subspace-inference section (PCA, random and curve subspaces; the 1-D toy figure)")
-    m.add_argument("--budgets", type=_positive_float, nargs="+", default=[1.0],
+    m.add_argument("--budgets", type=_positive_float, nargs="+", default=None,
                    help="the budget protocol: SWA and SWAG also at these multiples of --epochs (e.g. 1 1.5), each "
-                        "compared with SGD at one budget (default: 1, no extra runs)")
+                        "compared with SGD at one budget (default: the preset's, mnist1d 1 1.5; --quick: 1; "
+                        "1: no extra runs)")
     m.add_argument("--no-semisup", action="store_true",
                    help="skip the semi-supervised section (supervised-only, Pi and mean teacher with SWA and fast-SWA "
                         "on 40 labels per class of MNIST-1D)")

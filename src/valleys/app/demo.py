@@ -1,5 +1,6 @@
-"""The main job on the embedded default dataset: SGD, SWA, SWAG and FGE with the same epoch budget (talk
-slides 16-24), over several seeds, into one run folder with tables, results.json, a report and figures.
+"""The main job: SGD, SWA, SWAG and FGE with the same epoch budget (talk slides 16-24), over several seeds,
+into one run folder with tables, the talk's claims checked (:mod:`valleys.app.claims`), results.json, a report
+and figures, under a named preset (:mod:`valleys.app.presets`; the default runs on the embedded MNIST-1D).
 
 Runs per seed: ``sgd``, ``swag`` (whose files also hold the SWA solution and SWAG-diagonal: one trajectory,
 three methods) and ``fge``; with ``ood`` the same SGD and SWAG runs again under the split-classes protocol
@@ -100,7 +101,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
              overwrite: bool = False, progress: bool = True, base: TrainConfig | None = None, ood: bool = True,
              curves: bool = True, curve: dict | None = None, log: Callable[..., None] = print,
              keep: Iterable[str] = (), subspace: bool | dict = True, jobs: int | None = None,
-             semisup: bool | dict = True, budgets: Sequence[float] = (1.0,),
+             semisup: bool | dict = True, budgets: Sequence[float] | None = None,
              preset: str | Preset = DEFAULT_PRESET) -> dict[str, Any]:
     """Train the demo's runs for each seed under ``out`` and write the summary into ``out``.
 
@@ -112,7 +113,8 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
     on MNIST-1D (:mod:`valleys.app.semisup`, into ``out/semisup``), ``False`` to skip it, or a dict of
     :class:`valleys.app.semisup.SemisupConfig` overrides. ``budgets``: the budget protocol of Izmailov et al.
     (2018): besides SGD at one budget (``epochs``), a SWAG run (hence SWA and SWAG) at every multiple ``b``
-    of it, ``round(b * epochs)`` epochs with the same averaging start, compared with SGD at one budget.
+    of it, ``round(b * epochs)`` epochs with the same averaging start, compared with SGD at one budget
+    (default: the preset's; ``[1]``: no extra runs; with ``quick``: none).
 
     ``preset``: the named configuration (:mod:`valleys.app.presets`) whose settings are the defaults of
     ``base``, the quick budget, the curve settings and the semi-supervised section (which a preset may leave
@@ -128,9 +130,14 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {seeds}")
     cfgs = {m: dataclasses.replace(base, method=m).resolved() for m in ("sgd", "swag", "fge")}  # checks first
-    budgets = check_budgets(budgets)
+    budgets = check_budgets(budgets if budgets is not None else ((1.0,) if quick else p.budgets))
     extra_budgets = {b: dataclasses.replace(cfgs["swag"], epochs=round(b * cfgs["swag"].epochs)).resolved()
                      for b in budgets if b != 1.0}
+    # the preset's own OOD settings (chosen for its data and model), unless the user changed one of them, the
+    # data or the model: then the user's flags hold for every run
+    ood_over = {} if (set(p.ood) | {"dataset", "model"}) & set(keep) else p.ood
+    ood_cfgs = {m: dataclasses.replace(cfgs[m], ood_split=True, **ood_over).resolved() for m in ("sgd", "swag")
+                } if ood else None
     out = Path(out)
     prepare_run_dir(out, overwrite=overwrite, create=False)  # refuse before any work
     with output_guard(out):  # a failed or interrupted demo leaves nothing that blocks running it again
@@ -151,10 +158,6 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
             subspace = False
         elif subspace is True and isinstance(p.subspace, dict) and not quick:
             subspace = dict(p.subspace)
-        # the preset's own OOD settings, unless the user set one of them: then the user's flags hold for every run
-        ood_over = {} if set(p.ood) & set(keep) else p.ood
-        ood_cfgs = {m: dataclasses.replace(cfgs[m], ood_split=True, **ood_over).resolved() for m in ("sgd", "swag")
-                    } if ood else None
         return _demo_body(out, base, cfgs, seeds, quick, progress, ood_cfgs, curves, curve, log, subspace, jobs, semi,
                           extra_budgets, p.name)
 
@@ -198,6 +201,9 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
     finally:
         if bar is not None:
             bar.close()
+    warnings = untrained_runs([(c["out"], c["splits"].num_classes) for c in calls])
+    for w in warnings:
+        log(f"  warning: {w}")
     for seed in seeds:
         for row, (run, method, temp) in ROWS.items():
             per_row[row].append(_row_result(out / f"{run}-seed{seed}", run, method, temp, splits, cache))
@@ -267,7 +273,7 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
             claims.append(paired(f"{k.split()[0]} at {k.split()[1][1:]} budgets has lower test error than SGD at 1",
                                  k, [1 - x["metrics"]["test"]["accuracy"] for x in xs], "SGD x1",
                                  [1 - x["metrics"]["test"]["accuracy"] for x in per_row["SGD"]], metric="test error"))
-    results = {"preset": preset, "dataset": base.dataset, "model": base.model, "seeds": seeds, "quick": quick,
+    results = {"preset": preset, "warnings": warnings, "dataset": base.dataset, "model": base.model, "seeds": seeds, "quick": quick,
                "steps_per_epoch": spe, "methods": methods,
                "claims": claims, "budgets": budget_table,
                "mode_connectivity": connectivity, "geometry": geometry, "subspace": section,
@@ -295,7 +301,7 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
     _report(out, base, seeds, cfgs, rows, methods, figures, results["timing"]["total_s"], results["steps_per_epoch"],
             connectivity, geometry,
             section, (semi, semi_res) if semi_res else None, claims, budget_table, preset,
-            ood["swag"] if ood else None)
+            ood["swag"] if ood else None, warnings)
     log("")
     log(format_table(rows))
     if ood:
@@ -303,6 +309,20 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
             f"{r} {aggregate([{'a': a} for a in ood_auroc[r]], ['a'])['a']['mean']:.4f}" for r in OOD_ROWS))
     log(f"\nwrote {out}/results.json, {out}/report.md and {len(figures)} figures")
     return results
+
+
+def untrained_runs(runs: Sequence[tuple[Path, int]]) -> list[str]:
+    """A line for each ``(run folder, number of classes)`` whose last logged training accuracy is below 1.5
+    times chance: a run that diverged or collapsed (e.g. every ReLU dead: the loss stuck at log C), whose
+    numbers in the tables and claims then say nothing about its method."""
+    out = []
+    for run, classes in runs:
+        rows = [r for r in read_epoch_log(Path(run)) if "train_accuracy" in r]
+        if rows and rows[-1]["train_accuracy"] < 1.5 / classes:
+            out.append(f"{Path(run).name} did not train: training accuracy {100 * rows[-1]['train_accuracy']:.1f}% "
+                       f"at epoch {rows[-1]['epoch']} (chance {100 / classes:.1f}%); its numbers enter the tables "
+                       "and claims as they are, so lower the LR (e.g. --lr) or change the seed")
+    return out
 
 
 def _jobs_bar(total: int, desc: str, show: bool) -> Any:
@@ -426,7 +446,7 @@ def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Cal
 
 def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float, spe: int, connectivity=None,
             geometry=None, section=None, semisup=None, claims=None, budgets=None, preset: str = DEFAULT_PRESET,
-            ood_cfg: TrainConfig | None = None) -> None:
+            ood_cfg: TrainConfig | None = None, warnings: Sequence[str] = ()) -> None:
     swa_start = cfgs["swag"].swa_start
     ood_lines = [f"| {m['method']} | {m['ood_auroc']['mean']:.4f} ± {m['ood_auroc']['std']:.4f} |"
                  for m in methods if "ood_auroc" in m]
@@ -458,6 +478,8 @@ def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float
         means = [sum(p[k] for p in prefix) / len(prefix) for k in range(len(prefix[0]))]
         lines[-1:-1] = ["FGE: test accuracy of the ensemble of its first k snapshots, mean over seeds (%): "
                         + ", ".join(f"k={k + 1}: {100 * m:.2f}" for k, m in enumerate(means)) + "."]
+    if warnings:
+        lines[4:4] = ["**Warning.** " + "; ".join(warnings) + ".", ""]
     if budgets:
         lines += ["## The budget protocol (Izmailov et al. 2018)", "",
                   "SGD trained for one budget against SWA and SWAG at each multiple of it (the same averaging "

@@ -24,7 +24,8 @@ class Preset:
     (``None``: the section does not fit this preset's budget and is skipped). ``subspace``: whether the
     subspace-inference section runs (a dict: its settings, as :data:`valleys.app.demo_subspace.SETTINGS`).
     ``ood``: training settings of the split-classes OOD runs that differ from ``train`` (they see half the
-    classes, hence half the data). ``chosen``: how the settings were chosen, in words.
+    classes, hence half the data). ``budgets``: the budget protocol's multiples (SWA and SWAG also trained for
+    ``b`` times the epochs, against SGD at one). ``chosen``: how the settings were chosen, in words.
     """
 
     name: str
@@ -37,6 +38,7 @@ class Preset:
     semisup_quick: dict[str, Any] = field(default_factory=lambda: {"epochs": 30, "cycle": 5, "eval_every": 5})
     subspace: bool | dict[str, Any] = True
     ood: dict[str, Any] = field(default_factory=dict)
+    budgets: tuple[float, ...] = (1.0,)
     chosen: str = ""
 
 
@@ -54,6 +56,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         # on half the classes (2,000 signals) LR 0.1 collapsed seed 0 to chance (validation 18.6%) and SWA's
         # seed 1 to 55.8%; LR 0.05 trained every seed (validation 96.5-98.0%): experiments/ood_lr.py
         ood={"lr": 0.05, "swa_lr": 0.05},
+        budgets=(1.0, 1.5),  # the SWA paper's 1.5 budgets: three more runs of 150 epochs, about 30 s
         chosen="the 1-D CNN of the MNIST-1D paper, where constant-LR SWA from epoch 50 beat SGD on validation "
                "error and NLL; an MLP overfits and showed no gain (README, 'Why this default'); the OOD runs' LR "
                "0.05, the one of 0.1 and 0.05 that trained every seed on the half-class split",
