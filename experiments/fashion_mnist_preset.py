@@ -35,8 +35,20 @@ def _runs(calls: list[dict], jobs: int) -> list[dict]:
     return list(run_jobs(call, calls, jobs=jobs))
 
 
-def _val(res: dict) -> dict:
-    return {k: res["metrics"]["val"][k] for k in ("accuracy", "nll", "ece")}
+def _stage(settings: list[dict], changes, name, a, splits) -> list[dict]:
+    """Train ``BASE`` with ``changes(setting)`` for every setting and seed; per setting, the mean validation
+    error and NLL over the seeds, the mean training time and the runs' results."""
+    calls = [{"fn": train_run, "cfg": dataclasses.replace(BASE, seed=s, **changes(c)),
+              "out": a.out / f"{name(c)}-seed{s}", "overwrite": True, "progress": False, "splits": splits}
+             for c in settings for s in a.seeds]
+    res = _runs(calls, a.jobs)
+    n, out = len(a.seeds), []
+    for i in range(len(settings)):
+        runs = res[i * n:(i + 1) * n]
+        agg = aggregate([{k: r["metrics"]["val"][k] for k in ("accuracy", "nll")} for r in runs], ["accuracy", "nll"])
+        out.append({"val_error": 1 - agg["accuracy"]["mean"], "val_nll": agg["nll"]["mean"],
+                    "train_s": sum(r["timing"]["total_train_s"] for r in runs) / n, "runs": runs})
+    return out
 
 
 def main() -> None:
@@ -49,17 +61,8 @@ def main() -> None:
     splits = load_dataset("fashion-mnist", val_fraction=BASE.val_fraction)
     start = time.perf_counter()
 
-    calls = [{"fn": train_run, "cfg": dataclasses.replace(BASE, method="sgd", seed=s, **c),
-              "out": a.out / f"sgd-e{c['epochs']}-lr{c['lr']}-seed{s}", "overwrite": True, "progress": False,
-              "splits": splits} for c in STAGE1 for s in a.seeds]
-    res = _runs(calls, a.jobs)
-    stage1 = []
-    for i, c in enumerate(STAGE1):
-        rows = [_val(r) for r in res[i * len(a.seeds):(i + 1) * len(a.seeds)]]
-        agg = aggregate(rows, ["accuracy", "nll", "ece"])
-        stage1.append({**c, "val_error": 1 - agg["accuracy"]["mean"], "val_nll": agg["nll"]["mean"],
-                       "train_s": sum(r["timing"]["total_train_s"] for r in
-                                      res[i * len(a.seeds):(i + 1) * len(a.seeds)]) / len(a.seeds)})
+    stage1 = [{**c, **{k: v for k, v in r.items() if k != "runs"}} for c, r in zip(STAGE1, _stage(
+        STAGE1, lambda c: {"method": "sgd", **c}, lambda c: f"sgd-e{c['epochs']}-lr{c['lr']}", a, splits))]
     best = min(stage1, key=lambda r: r["val_error"])
     print("stage 1, SGD (mean over seeds", a.seeds, ")")
     for r in stage1:
@@ -67,34 +70,22 @@ def main() -> None:
               f"NLL {r['val_nll']:.4f}  ({r['train_s']:.1f}s per run){'  <- chosen' if r is best else ''}")
 
     e, lr = best["epochs"], best["lr"]
-    calls = [{"fn": train_run, "cfg": dataclasses.replace(BASE, method="swa", seed=s, epochs=e, lr=lr,
-                                                          swa_lr=c["swa_lr"] * lr, swa_start=round(c["swa_start"] * e)),
-              "out": a.out / f"swa-e{e}-a{c['swa_lr']}-s{c['swa_start']}-seed{s}", "overwrite": True,
-              "progress": False, "splits": splits} for c in STAGE2 for s in a.seeds]
-    res = _runs(calls, a.jobs)
-    stage2 = []
-    for i, c in enumerate(STAGE2):
-        rows = [_val(r) for r in res[i * len(a.seeds):(i + 1) * len(a.seeds)]]
-        agg = aggregate(rows, ["accuracy", "nll", "ece"])
-        stage2.append({"swa_lr": c["swa_lr"] * lr, "swa_start": round(c["swa_start"] * e),
-                       "val_error": 1 - agg["accuracy"]["mean"], "val_nll": agg["nll"]["mean"]})
+    swa = [{"swa_lr": c["swa_lr"] * lr, "swa_start": round(c["swa_start"] * e)} for c in STAGE2]
+    stage2 = [{**c, "val_error": r["val_error"], "val_nll": r["val_nll"]} for c, r in zip(swa, _stage(
+        swa, lambda c: {"method": "swa", "epochs": e, "lr": lr, **c},
+        lambda c: f"swa-e{e}-a{c['swa_lr']:g}-s{c['swa_start']}", a, splits))]
     best2 = min(stage2, key=lambda r: r["val_nll"])
     print(f"stage 2, SWA at {e} epochs from LR {lr:g} (SGD's validation error {100 * best['val_error']:.2f}%, "
           f"NLL {best['val_nll']:.4f})")
     for r in stage2:
         print(f"  swa_lr {r['swa_lr']:<6g} swa_start {r['swa_start']:3d} val error {100 * r['val_error']:.2f}%  "
               f"NLL {r['val_nll']:.4f}{'  <- chosen' if r is best2 else ''}")
-    calls = [{"fn": train_run, "cfg": dataclasses.replace(BASE, method="fge", seed=s, epochs=e, lr=lr,
-                                                          fge_start=round(f * e)),
-              "out": a.out / f"fge-e{e}-start{round(f * e)}-seed{s}", "overwrite": True, "progress": False,
-              "splits": splits} for f in STAGE3 for s in a.seeds]
-    res = _runs(calls, a.jobs)
-    stage3 = []
-    for i, f in enumerate(STAGE3):
-        rows = [_val(r) for r in res[i * len(a.seeds):(i + 1) * len(a.seeds)]]
-        agg = aggregate(rows, ["accuracy", "nll", "ece"])
-        stage3.append({"fge_start": round(f * e), "snapshots": len(res[i * len(a.seeds)]["member_test_accuracy"]),
-                       "val_error": 1 - agg["accuracy"]["mean"], "val_nll": agg["nll"]["mean"]})
+
+    fge = [{"fge_start": round(f * e)} for f in STAGE3]
+    stage3 = [{**c, "snapshots": len(r["runs"][0]["member_test_accuracy"]), "val_error": r["val_error"],
+               "val_nll": r["val_nll"]} for c, r in zip(fge, _stage(
+                   fge, lambda c: {"method": "fge", "epochs": e, "lr": lr, **c},
+                   lambda c: f"fge-e{e}-start{c['fge_start']}", a, splits))]
     best3 = min(stage3, key=lambda r: r["val_nll"])
     print(f"stage 3, FGE at {e} epochs from LR {lr:g}")
     for r in stage3:

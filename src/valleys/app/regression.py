@@ -124,15 +124,13 @@ def _train_config(cfg: RegressionProtocol, dataset: str, split: int, method: str
 
 
 def _done(folder: Path, name: str = "results.json") -> dict[str, Any] | None:
-    import json
+    """The finished step's results in ``folder``, or ``None`` when it is missing or unreadable (to be redone)."""
+    from .runs import ConfigError, read_json_object
 
-    path = folder / name
-    if path.is_file():
-        try:
-            return json.loads(path.read_text())
-        except ValueError:
-            return None
-    return None
+    try:
+        return read_json_object(folder / name)
+    except (FileNotFoundError, ConfigError):
+        return None
 
 
 def _one_split(cfg: RegressionProtocol, dataset: str, split: int, root: Path, *, resume: bool,

@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["aggregate", "mean_and_se", "format_table", "markdown_table"]
+__all__ = ["aggregate", "mean_and_se", "cell", "format_table", "markdown_table"]
 
 TABLE_KEYS = ("accuracy", "nll", "ece", "brier")
 
@@ -32,8 +32,10 @@ def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
     return mean, se
 
 
-def _cell(stats: Mapping[str, float], key: str) -> str:
-    scale, fmt = (100.0, "{:.2f}") if key in ("accuracy", "error") else (1.0, "{:.4f}")
+def cell(stats: Mapping[str, float], key: str) -> str:
+    """``mean ± std`` of one metric (``± std`` only over more than one value): accuracies and errors (any key
+    with "error" in it) in percent with 2 decimals, the rest with 4."""
+    scale, fmt = (100.0, "{:.2f}") if key == "accuracy" or "error" in key else (1.0, "{:.4f}")
     s = fmt.format(stats["mean"] * scale)
     if stats.get("n", 1) > 1:
         s += " ± " + fmt.format(stats["std"] * scale)
@@ -47,7 +49,7 @@ def _header(keys: Sequence[str]) -> list[str]:
 def format_table(rows: Mapping[str, Mapping[str, Mapping[str, float]]], keys: Sequence[str] = TABLE_KEYS) -> str:
     """A plain-text table for the terminal: one row per method, cells ``mean ± std``."""
     header = _header(keys)
-    body = [[name] + [_cell(stats[k], k) for k in keys] for name, stats in rows.items()]
+    body = [[name] + [cell(stats[k], k) for k in keys] for name, stats in rows.items()]
     widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
     line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in body])
@@ -58,7 +60,7 @@ def markdown_table(rows: Mapping[str, Mapping[str, Mapping[str, float]]], keys: 
     header = _header(keys)
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, stats in rows.items():
-        out.append("| " + " | ".join([name] + [_cell(stats[k], k) for k in keys]) + " |")
+        out.append("| " + " | ".join([name] + [cell(stats[k], k) for k in keys]) + " |")
     return "\n".join(out)
 
 

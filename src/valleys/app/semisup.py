@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .claims import paired, verdict  # noqa: F401 (verdict: re-exported)
+from .report import cell
 
 __all__ = ["SemisupConfig", "semisup_run", "semisup_one", "semisup_calls", "semisup_finish", "claims", "claim_rows", "summary_lines", "MODEL_KINDS"]
 
@@ -401,7 +402,7 @@ def summary_lines(cfg: SemisupConfig, results: dict[str, Any]) -> list[str]:
              "| consistency | model | test error (%) | NLL | ECE | val error (%) |", "|---|---|---|---|---|---|"]
     for c, kinds in results["summary"].items():
         for kind, st in kinds.items():
-            cells = [_fmt(st[k], k) for k in ("error", "nll", "ece", "val_error")]
+            cells = [cell(st[k], k) for k in ("error", "nll", "ece", "val_error")]
             lines.append(f"| {c} | {_LABELS[kind]} | " + " | ".join(cells) + " |")
     return lines + ["", "The claims of Athiwaratkun et al. (2019) on test error. Verdict: the paired difference over "
                     "seeds against twice its standard error (holds below -2 SE, does not hold above +2 SE, else within "
@@ -419,13 +420,6 @@ def report(cfg: SemisupConfig, results: dict[str, Any], figures: list[Path], out
                    if name == "travel" else f"Test error against epoch, consistency `{name[6:]}` (slide 36).")
         lines += [caption, "", f"![{name}]({f.relative_to(out)})", ""]
     return "\n".join(lines)
-
-
-def _fmt(st: dict[str, float], key: str) -> str:
-    scale = 100.0 if "error" in key else 1.0
-    spec = ".2f" if "error" in key else ".4f"
-    text = format(st["mean"] * scale, spec)
-    return text + (" ± " + format(st["std"] * scale, spec) if st.get("n", 1) > 1 else "")
 
 
 def _errors(runs: list[dict[str, Any]], a: tuple[str, str], b: tuple[str, str]) -> tuple[list[float], list[float]]:
