@@ -68,8 +68,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         train={"dataset": "fashion-mnist", "model": "mlp", "epochs": 20, "lr": 0.05, "wd": 5e-4, "swa_start": 10,
                "swa_lr": 0.025, "fge_start": 12},
         quick={"epochs": 10, "swa_start": 5, "fge_start": 6, "samples": 10},
-        # 100 labels per class, the other 17,000 images of a 20,000-image subset unlabelled; consistency weight 10
-        # (against 30) on validation
+        # 100 labels per class, the other 19,000 images of a 20,000-image training subset unlabelled;
+        # consistency weight 10 (against 30) on validation
         semisup={"labels_per_class": 100, "train_subset": 20000, "epochs": 30, "cycle": 5, "eval_every": 5,
                  "consistency_weight": 10.0},
         semisup_quick={"epochs": 10, "cycle": 2, "eval_every": 5},

@@ -391,7 +391,8 @@ def _figures(cfg: SemisupConfig, out: Path) -> list[Path]:
 def summary_lines(cfg: SemisupConfig, results: dict[str, Any]) -> list[str]:
     """The settings in words, the table (mean ± std over seeds) and the claims, as Markdown lines."""
     lines = [f"`{cfg.model}` on `{cfg.dataset}` with {cfg.labels_per_class} labels per class (drawn per seed; the "
-             f"rest of the training split unlabelled, the validation split held out), batches of {cfg.batch_size} "
+             "rest of the training split" + (f" of a {cfg.train_subset:,}-example subset" if cfg.train_subset else "")
+             + f" unlabelled, the validation split held out), batches of {cfg.batch_size} "
              f"with {cfg.labelled_batch_size} labelled, {cfg.epochs} epochs: cosine from LR {cfg.lr:g} (reaching 0 "
              f"at epoch {cfg.l + cfg.cycle}) over {cfg.l} epochs, then cycles of {cfg.cycle} epochs replaying its "
              f"last {cfg.cycle}. SWA averages at every cycle end, fast-SWA every {cfg.fast_swa_every} "
