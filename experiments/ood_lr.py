@@ -1,6 +1,6 @@
 """The learning rate of the MNIST-1D preset's split-classes OOD runs, chosen on the validation split.
 
-The OOD protocol trains on classes 0-4 only, so on half the data (16 steps per epoch instead of 32). At the
+The OOD protocol trains on classes 0-4 only, so on half the data (15 steps per epoch instead of 29). At the
 main runs' LR 0.1 (momentum 0.9) some seeds diverge there and end at chance level (a network whose ReLUs all
 died: training loss log 5); this sweep trains SGD and SWA at LR 0.1 and 0.05 for seeds 0-2 on the OOD split
 and prints each run's *validation* accuracy and NLL. The test split is never looked at.

@@ -128,6 +128,19 @@ def test_the_demo_runs_the_preset_it_is_given(tmp_path, monkeypatch):
     assert (seen["base"].epochs, seen["base"].lr) == (3, 0.2)
     assert {c.lr for c in seen["args"][4].values()} == {0.2}  # the user's --lr holds for the OOD runs too
     assert seen["args"][8] is True  # --quick: the section's quick settings, not the preset's full ones
+    # the preset's own budget keeps its SWA start; a new budget gets the default for it (half the epochs)
+    monkeypatch.setitem(PRESETS, "tiny", Preset(name="tiny", summary="a test preset", chosen="by hand",
+                                                 train={"dataset": "digits", "model": "mlp", "epochs": 7,
+                                                        "swa_start": 2}, semisup={"train_subset": 500}))
+    assert main(["demo", "--preset", "tiny", "--epochs", "7", "--out", str(tmp_path / "c"), "--no-progress"]) == 0
+    assert seen["base"].swa_start == 2
+    assert main(["demo", "--preset", "tiny", "--epochs", "9", "--out", str(tmp_path / "d"), "--no-progress"]) == 0
+    assert seen["base"].swa_start is None and seen["args"][0]["swag"].swa_start == 4
+    # a data setting the user gives wins over the preset's own semi-supervised one
+    assert seen["args"][10].train_subset == 500
+    assert main(["demo", "--preset", "tiny", "--train-subset", "300", "--out", str(tmp_path / "e"),
+                 "--no-progress"]) == 0
+    assert seen["args"][10].train_subset == 300 and seen["base"].train_subset == 300
 
 
 def test_ensemble_accuracy_of_the_first_k_members():
@@ -152,7 +165,8 @@ def test_more_claims_snapshots_unbounded_widths_subspaces_and_semisup_rows():
         {"ensemble_test_accuracy": [0.90, 0.91, 0.92], "best_member_test_accuracy": [0.89, 0.9, 0.91],
          "ensemble_prefix_test_accuracy": [[0.85, 0.88, 0.90], [0.86, 0.9, 0.91], [0.87, 0.9, 0.92]]},
         None,
-        {"per_seed": [{"eig_SWA": 1.0, "eig_SGD": 2.0, "width_SWA": math.inf, "width_SGD": 4.0, "reach": 10.0},
+        {"per_seed": [{"eig_SWA": 1.0, "eig_SGD": 2.0, "width_SWA": math.inf, "width_SGD": 4.0, "reach": 10.0,
+                       "width_floor_SWA": 8.0, "width_floor_SGD": 4.0},
                       {"eig_SWA": 1.0, "eig_SGD": 2.0, "width_SWA": 9.0, "width_SGD": 4.0, "reach": 12.0}]},
         {"per_seed": {"PCA + ESS": [{"test": {"nll": n}} for n in (0.28, 0.29, 0.30)],
                       "random + ESS": [{"test": {"nll": n}} for n in (0.29, 0.30, 0.31)]}},
@@ -162,11 +176,12 @@ def test_more_claims_snapshots_unbounded_widths_subspaces_and_semisup_rows():
     snap = by["FGE's accuracy rises with the number of snapshots (3 against 1)"]
     assert snap["difference"] == pytest.approx(-0.05) and snap["verdict"] == "holds"
     wide = by["SWA sits in a wider valley than SGD"]
-    assert wide["a_mean"] == pytest.approx(9.5) and "counted as the reach" in wide["metric"]  # inf -> reach 10
+    # seed 0: rays that never rose counted as the reach (floor 8.0); seed 1: its finite mean width 9.0
+    assert wide["a_mean"] == pytest.approx(8.5) and "counted as the reach" in wide["metric"]
     assert by["subspace inference (PCA + ESS) has lower test NLL than SWA"]["difference"] == pytest.approx(-0.02)
     assert by["the PCA subspace beats a random one (ESS in both)"]["verdict"] == "holds"
     assert by["semi-supervised: pi beats supervised-only on the same labels"]["verdict"] == "holds"
-    # an infinite width without a recorded reach (an older folder) leaves the claim out rather than guess
+    # an infinite width without a recorded floor (an older folder) leaves the claim out rather than guess
     g = {"per_seed": [{"eig_SWA": 1.0, "eig_SGD": 2.0, "width_SWA": math.inf, "width_SGD": 4.0}]}
     assert "SWA sits in a wider valley than SGD" not in {r["claim"] for r in demo_claims({}, geometry=g)}
 

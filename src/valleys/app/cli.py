@@ -428,11 +428,12 @@ def _parser() -> argparse.ArgumentParser:
 
     from .presets import DEFAULT_PRESET, PRESETS, presets_help
 
-    m = sub.add_parser("demo", help="the main job: SGD, SWA, SWAG and FGE on MNIST-1D; tables, report, figures",
-                       description="The main job: SGD, SWA, SWAG and FGE at one budget over several seeds, with "
-                                   "the talk's other sections (OOD, mode connectivity, geometry, subspace "
-                                   "inference, semi-supervised learning) and its claims table, under a named "
-                                   "preset. Presets: " + presets_help() + ".")
+    m = sub.add_parser("demo", help="the main job: SGD, SWA, SWAG and FGE under a named preset (default MNIST-1D); "
+                                    "claims table, report, figures",
+                       description="The main job: SGD, SWA, SWAG and FGE at one budget over several seeds, with\n"
+                                   "the talk's other sections (OOD, mode connectivity, geometry, subspace inference,\n"
+                                   "semi-supervised learning) and its claims table, under a named preset.\n\n"
+                                   "presets:\n" + presets_help())
     m.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
                    help=f"a named configuration (default {DEFAULT_PRESET}); the flags below change its settings")
     m.add_argument("--quick", action="store_true",
@@ -452,7 +453,7 @@ def _parser() -> argparse.ArgumentParser:
                         "1: no extra runs)")
     m.add_argument("--no-semisup", action="store_true",
                    help="skip the semi-supervised section (supervised-only, Pi and mean teacher with SWA and fast-SWA "
-                        "on 40 labels per class of MNIST-1D)")
+                        "on the preset's labelled subset; mnist1d: 40 labels per class)")
     g = m.add_argument_group("change the demo's setting (default: the preset's)")
     g.add_argument("--dataset", choices=list(DATASETS), default=None)
     g.add_argument("--model", choices=list(MODELS), default=None)
@@ -729,6 +730,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import preset_config, run_demo
+    from .presets import get_preset
 
     _unique_seeds(args.seeds)
     preset = preset_config(args.preset)
@@ -736,13 +738,15 @@ def _demo(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     base = dataclasses.replace(preset, **changes)
     starts = ("swa_start", "fge_start")
-    if "epochs" in changes:  # the preset's starts were for its budget: the defaults for the new one
+    budget = get_preset(args.preset).quick.get("epochs", preset.epochs) if args.quick else preset.epochs
+    new_budget = changes.get("epochs", budget) != budget
+    if new_budget:  # the preset's starts were for its budget: the defaults for the new one
         for k in starts:
             if k not in changes:
                 setattr(base, k, None)
     if "lr" in changes and "swa_lr" not in changes:
         base.swa_lr = None  # default: the new lr
-    keep = set(changes) | (set(starts) if "epochs" in changes else set())  # --quick changes only the rest
+    keep = set(changes) | (set(starts) if new_budget else set())  # --quick changes only the rest
     run_demo(args.out, quick=args.quick, seeds=args.seeds, overwrite=args.overwrite, progress=not args.no_progress,
              base=base, ood=not args.no_ood, keep=keep, subspace=not args.no_subspace, jobs=args.jobs,
              semisup=not args.no_semisup, budgets=args.budgets, preset=args.preset)

@@ -105,12 +105,12 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
              preset: str | Preset = DEFAULT_PRESET) -> dict[str, Any]:
     """Train the demo's runs for each seed under ``out`` and write the summary into ``out``.
 
-    ``quick`` shrinks the budget (:data:`QUICK`) except for the settings of ``base`` named in ``keep`` (those
-    the user set: ``valleys demo --quick --epochs 4`` trains 4 epochs). ``subspace``: the subspace-inference
+    ``quick`` shrinks the budget to the preset's quick one (:attr:`Preset.quick`) except for the settings of
+    ``base`` named in ``keep`` (those the user set: ``valleys demo --quick --epochs 4`` trains 4 epochs). ``subspace``: the subspace-inference
     section (:mod:`valleys.app.demo_subspace`), ``False`` to skip it, or a dict of its settings' overrides.
     ``jobs``: worker processes for the independent runs (default: the CPU cores; see
     :mod:`valleys.app.parallel`; 1 runs everything in this process). ``semisup``: the semi-supervised section
-    on MNIST-1D (:mod:`valleys.app.semisup`, into ``out/semisup``), ``False`` to skip it, or a dict of
+    with the preset's settings (:mod:`valleys.app.semisup`, into ``out/semisup``), ``False`` to skip it, or a dict of
     :class:`valleys.app.semisup.SemisupConfig` overrides. ``budgets``: the budget protocol of Izmailov et al.
     (2018): besides SGD at one budget (``epochs``), a SWAG run (hence SWA and SWAG) at every multiple ``b``
     of it, ``round(b * epochs)`` epochs with the same averaging start, compared with SGD at one budget
@@ -130,12 +130,17 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {seeds}")
     cfgs = {m: dataclasses.replace(base, method=m).resolved() for m in ("sgd", "swag", "fge")}  # checks first
-    budgets = check_budgets(budgets if budgets is not None else ((1.0,) if quick else p.budgets))
+    # what the user changed from the preset: its OOD settings and budgets were chosen for its own data and model
+    own = preset_config(p)
+    own_data = (base.dataset, base.model) == (own.dataset, own.model)
+    changed = set(keep) | {f.name for f in dataclasses.fields(own) if f.name not in p.quick
+                           and getattr(base, f.name) != getattr(own, f.name)}
+    budgets = check_budgets(budgets if budgets is not None else ((1.0,) if quick or not own_data else p.budgets))
     extra_budgets = {b: dataclasses.replace(cfgs["swag"], epochs=round(b * cfgs["swag"].epochs)).resolved()
                      for b in budgets if b != 1.0}
-    # the preset's own OOD settings (chosen for its data and model), unless the user changed one of them, the
-    # data or the model: then the user's flags hold for every run
-    ood_over = {} if (set(p.ood) | {"dataset", "model"}) & set(keep) else p.ood
+    # the preset's own OOD settings on its own data and model, except those the user set (all of them when
+    # the user set the LR): the user's flags hold for every run
+    ood_over = ({} if not own_data or "lr" in changed else {k: v for k, v in p.ood.items() if k not in changed})
     ood_cfgs = {m: dataclasses.replace(cfgs[m], ood_split=True, **ood_over).resolved() for m in ("sgd", "swag")
                 } if ood else None
     out = Path(out)
@@ -150,7 +155,8 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
             data = {"dataset": base.dataset, "model": base.model, "data_root": base.data_root,
                     "train_subset": base.train_subset, "test_subset": base.test_subset,
                     "val_fraction": base.val_fraction}
-            semi = SemisupConfig(**{**data, **p.semisup, **(p.semisup_quick if quick else {}),
+            semi = SemisupConfig(**{**data, **p.semisup, **{k: v for k, v in data.items() if k in changed},
+                                    **(p.semisup_quick if quick else {}),
                                     **(semisup if isinstance(semisup, dict) else {}), "seeds": list(seeds)})
             semi.check()
         curve = curve or (p.curve_quick if quick else p.curve)
@@ -429,7 +435,11 @@ def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Cal
         at = {k: min(range(len(d)), key=lambda i, x=x: abs(d[i] - x)) for k, x in (("SWA", 0.0), ("SGD", path["length"]))}
         row = {"seed": s, "eig_SWA": eig["SWA"], "eig_SGD": eig["SGD"],
                "width_SWA": rays["centers"]["SWA"]["mean_width"], "width_SGD": rays["centers"]["SGD"]["mean_width"],
-               "distance": path["length"], "reach": reach, "loss_SWA": loss[at["SWA"]], "loss_SGD": loss[at["SGD"]],
+               "distance": path["length"], "reach": reach,
+               # a lower bound of the mean width: a ray whose loss never rose within the reach counts as the reach
+               **{f"width_floor_{k}": sum(min(w, reach) for w in c["width"]) / len(c["width"])
+                  for k, c in rays["centers"].items()},
+               "loss_SWA": loss[at["SWA"]], "loss_SGD": loss[at["SGD"]],
                "error_SWA": path["curves"]["test"]["error"][at["SWA"]],
                "error_SGD": path["curves"]["test"]["error"][at["SGD"]],
                "line_min_loss": min(loss), "line_argmin": d[loss.index(min(loss))],

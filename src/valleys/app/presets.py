@@ -22,10 +22,12 @@ class Preset:
     connectivity section's settings (:class:`valleys.app.connect.ConnectConfig` fields). ``semisup`` /
     ``semisup_quick``: :class:`valleys.app.semisup.SemisupConfig` overrides for the semi-supervised section
     (``None``: the section does not fit this preset's budget and is skipped). ``subspace``: whether the
-    subspace-inference section runs (a dict: its settings, as :data:`valleys.app.demo_subspace.SETTINGS`).
+    subspace-inference section runs (a dict: its settings, as :data:`valleys.app.demo_subspace.SETTINGS`, used
+    without ``--quick``; ``--quick`` runs the section's quick settings).
     ``ood``: training settings of the split-classes OOD runs that differ from ``train`` (they see half the
     classes, hence half the data). ``budgets``: the budget protocol's multiples (SWA and SWAG also trained for
-    ``b`` times the epochs, against SGD at one). ``chosen``: how the settings were chosen, in words.
+    ``b`` times the epochs, against SGD at one). ``ood`` and ``budgets`` apply only while the data and model are
+    the preset's own, and a setting the user gives wins over them. ``chosen``: how the settings were chosen, in words.
     """
 
     name: str
@@ -46,7 +48,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset(
         name="mnist1d",
         summary="MNIST-1D (4,000 + 1,000 signals, generated offline), the 1-D CNN, 100 epochs; every section "
-                "(about 4 minutes on 2 cores)",
+                "(about 4.5 minutes on 2 cores)",
         train={"dataset": "mnist1d", "model": "cnn1d", "epochs": 100, "lr": 0.1, "wd": 5e-4, "swa_start": 50,
                "swa_lr": 0.1},
         # 40 labels per class; the consistency weight (among 10, 30 and 100), the EMA decay and the budget
@@ -64,7 +66,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset(
         name="fashion-mnist",
         summary="all 60,000 Fashion-MNIST training images (Debian package dataset-fashion-mnist), an MLP "
-                "784-100-100-10, 20 epochs; every section (under 45 minutes on 2 cores)",
+                "784-100-100-10, 20 epochs; every section (about 24 minutes on 2 cores)",
         train={"dataset": "fashion-mnist", "model": "mlp", "epochs": 20, "lr": 0.05, "wd": 5e-4, "swa_start": 10,
                "swa_lr": 0.025, "fge_start": 12},
         quick={"epochs": 10, "swa_start": 5, "fge_start": 6, "samples": 10},
@@ -92,7 +94,10 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def presets_help() -> str:
-    """One line per preset (``name: summary``), the default marked, for ``--help``."""
-    return "; ".join(f"{p.name}{' (default)' if p.name == DEFAULT_PRESET else ''}: {p.summary}"
-                     for p in PRESETS.values())
+def presets_help(width: int = 100) -> str:
+    """One entry per preset (``name (default): summary``, wrapped at ``width`` and indented), for ``--help``."""
+    import textwrap
+
+    return "\n".join(textwrap.fill(f"{p.name}{' (default)' if p.name == DEFAULT_PRESET else ''}: {p.summary}",
+                                    width, initial_indent="  ", subsequent_indent="    ")
+                      for p in PRESETS.values())

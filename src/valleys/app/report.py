@@ -43,7 +43,7 @@ def cell(stats: Mapping[str, float], key: str) -> str:
 
 
 def _header(keys: Sequence[str]) -> list[str]:
-    return ["method"] + [f"{k} (%)" if k in ("accuracy", "error") else k for k in keys]
+    return ["method"] + [f"{k} (%)" if k == "accuracy" or "error" in k else k for k in keys]
 
 
 def format_table(rows: Mapping[str, Mapping[str, Mapping[str, float]]], keys: Sequence[str] = TABLE_KEYS) -> str:
