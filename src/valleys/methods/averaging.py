@@ -30,7 +30,16 @@ from torch import Tensor, nn
 from ..core.batchnorm import recompute_bn
 from ..core.weights import WeightSpace, WeightSpaceError
 
-__all__ = ["Averager", "SWA", "EMA", "NotCollectedError"]
+__all__ = ["Averager", "SWA", "EMA", "NotCollectedError", "welford_"]
+
+
+def welford_(means: list[Tensor], m2s: list[Tensor] | None, deltas: list[Tensor], n: int) -> None:
+    """One Welford (1962) step in place over lists of tensors (views of flat buffers, or slices of them):
+    ``m += d / (n + 1)`` and, with ``m2s``, ``M2 += d^2 n / (n + 1)``, where ``d = w - m_old`` and ``n`` is
+    the number of collects before this one. SWA, SWAG and the sharded SWAG all collect through it."""
+    torch._foreach_add_(means, deltas, alpha=1.0 / (n + 1))
+    if m2s is not None and n > 0:
+        torch._foreach_addcmul_(m2s, deltas, deltas, value=n / (n + 1))
 
 
 class NotCollectedError(RuntimeError):
@@ -139,9 +148,7 @@ class SWA(Averager):
         delta = torch._foreach_sub(w, self._mean_views)
         self._check_finite(delta)
         n = self.n
-        torch._foreach_add_(self._mean_views, delta, alpha=1.0 / (n + 1))
-        if self._m2_views is not None and n > 0:
-            torch._foreach_addcmul_(self._m2_views, delta, delta, value=n / (n + 1))
+        welford_(self._mean_views, self._m2_views, delta, n)
         self.n = n + 1
         self._after_collect(delta, n)
 

@@ -32,6 +32,7 @@ from ..core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint,
 from ..core.distributed import DistributedSetupError, is_distributed, shard_bounds, world_size
 from ..core.distributed import rank as rank_of  # the constructor's ``rank`` is SWAG's K
 from ..core.weights import WeightSpace, WeightSpaceError
+from .averaging import welford_
 from .swag import check_sampling, draw
 
 __all__ = ["ShardedSWAG"]
@@ -94,9 +95,7 @@ class ShardedSWAG:
         n = self.n
         row = self._dev[n % self.rank]
         torch.sub(w, self._mean, out=row)  # delta, computed in its ring slot: no temporary of the slice's size
-        self._mean.add_(row, alpha=1.0 / (n + 1))
-        if n > 0:
-            self._m2.addcmul_(row, row, value=n / (n + 1))
+        welford_([self._mean], [self._m2], [row], n)
         row.mul_(n / (n + 1))
         self.n = n + 1
 
