@@ -107,3 +107,19 @@ def test_state_dict_roundtrip():
     assert torch.equal(other.covariance(), swag.covariance())
     with pytest.raises(WeightSpaceError, match="rank"):
         SWAG(nn.Linear(3, 2).double(), rank=3).load_state_dict(swag.state_dict())
+
+
+def test_samples_refuse_bad_arguments_when_called_not_at_the_first_draw():
+    swag = SWAG(nn.Linear(3, 2), rank=3)
+    with pytest.raises(NotCollectedError):
+        swag.samples(2)  # no next(): the refusal comes with the call
+    for _ in range(3):
+        swag.collect(torch.randn(8))
+    with pytest.raises(ValueError, match="samples"):
+        swag.samples(0)
+    with pytest.raises(ValueError, match="scale"):
+        swag.samples(2, scale=-1.0)
+    gen = torch.Generator().manual_seed(0)
+    one_by_one = torch.stack(list(swag.samples(3, generator=gen)))
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(one_by_one, torch.cat([swag.sample(1, generator=gen) for _ in range(3)]))

@@ -17,7 +17,7 @@ configurable (e.g. keep them on the CPU for a GPU model).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .averaging import SWA, NotCollectedError
 from ..core.weights import WeightSpaceError
 
-__all__ = ["SWAG", "MultiSWAG", "check_sampling", "draw"]
+__all__ = ["SWAG", "MultiSWAG", "check_sampling", "draw", "one_at_a_time"]
 
 
 def check_sampling(name: str, n: int, k: int, scale: float, diagonal: bool) -> None:
@@ -57,6 +57,15 @@ def draw(mean: Tensor, variance: Tensor, deviations: Tensor, n: int, *, size: in
         z2 = torch.randn(n, k, **kw)
         out.add_(z2 @ deviations, alpha=1 / math.sqrt(k - 1))
     return out.mul_(math.sqrt(scale)).add_(mean)
+
+
+def one_at_a_time(n: int, check: Callable[[], None], one: Callable[[], Tensor]) -> Iterator[Tensor]:
+    """``n`` draws of ``one()``, yielded one at a time (one P-vector in memory at once), after checking ``n``
+    and the posterior (``check()``) when called, not at the first draw."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"the number of samples must be an integer >= 1, got {n!r}")
+    check()
+    return (one() for _ in range(n))
 
 
 class SWAG(SWA):
@@ -126,12 +135,9 @@ class SWAG(SWA):
 
     def samples(self, n: int, *, scale: float = 0.5, diagonal: bool = False,
                 generator: torch.Generator | None = None) -> Iterator[Tensor]:
-        """Yield ``n`` samples one at a time (one P-vector in memory at once)."""
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"the number of samples must be an integer >= 1, got {n!r}")
-        self._check(scale, diagonal)
-        for _ in range(n):
-            yield self.sample(1, scale=scale, diagonal=diagonal, generator=generator)[0]
+        """Yield ``n`` samples one at a time (one P-vector in memory at once); bad arguments raise at the call."""
+        return one_at_a_time(n, lambda: self._check(scale, diagonal),
+                             lambda: self.sample(1, scale=scale, diagonal=diagonal, generator=generator)[0])
 
     def log_prob(self, w: Tensor, *, scale: float = 0.5, diagonal: bool = False, min_var: float = 1e-30) -> Tensor:
         """Log density of weight vector(s) ``w`` ((P,) or (S, P)) under the SWAG Gaussian.

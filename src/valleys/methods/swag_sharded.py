@@ -33,7 +33,7 @@ from ..core.distributed import DistributedSetupError, is_distributed, shard_boun
 from ..core.distributed import rank as rank_of  # the constructor's ``rank`` is SWAG's K
 from ..core.weights import WeightSpace, WeightSpaceError
 from .averaging import welford_
-from .swag import check_sampling, draw
+from .swag import check_sampling, draw, one_at_a_time
 
 __all__ = ["ShardedSWAG"]
 
@@ -148,12 +148,10 @@ class ShardedSWAG:
 
     def samples(self, n: int, *, scale: float = 0.5, diagonal: bool = False,
                 generator: torch.Generator | None = None) -> Iterator[Tensor]:
-        """Yield ``n`` full samples, one at a time (P numbers per rank at once, never (K, P))."""
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"the number of samples must be an integer >= 1, got {n!r}")
-        self._check(scale, diagonal)
-        for _ in range(n):
-            yield self.sample(scale=scale, diagonal=diagonal, generator=generator)
+        """Yield ``n`` full samples, one at a time (P numbers per rank at once, never (K, P)); bad arguments
+        raise at the call."""
+        return one_at_a_time(n, lambda: self._check(scale, diagonal),
+                             lambda: self.sample(scale=scale, diagonal=diagonal, generator=generator))
 
     # ------------------------------------------------------------------ files
     def state_dict(self) -> dict[str, Any]:
