@@ -275,6 +275,7 @@ def test_geometry_commands_refuse(argv, names, runs, tmp_path, capsys):
     (["--out", ""], "--out"), (["--dataset", "cifar"], "--dataset"), (["--samples", "0"], "--samples"),
     (["--epochs", "5", "--swa-start", "5"], "swa-start"),
     (["--dataset", "fashion-mnist", "--model", "cnn", "--data-root", "{tmp}/missing"], "--data-root"),
+    (["--dataset", "digits"], "needs 1-D signals"),  # the default preset's 1-D CNN on images, before any data is loaded
 ])
 def test_demo_refuses(flags, names, runs, tmp_path, capsys):
     _check(["demo", "--quick", "--no-progress", "--out", "{tmp}/demo", *flags], names, runs, tmp_path, capsys)

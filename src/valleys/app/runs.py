@@ -33,6 +33,7 @@ from ..core.distributed import barrier, is_main, shard_loader, world_size
 from ..evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
 from ..core.checkpoint import (CheckpointError, check_model_signature, checkpoint_field, load_checkpoint, model_signature,
                          save_checkpoint, write_json)
+from ..zoo.catalog import INPUT_KINDS, MODEL_INPUTS
 from ..zoo.data import DATASETS, Splits, load_dataset, make_loader
 from ..evaluation.metrics import LOG_EDGES, classification_metrics, regression_metrics
 from ..zoo.models import MODELS, build_model
@@ -193,6 +194,11 @@ class TrainConfig(TrainSettings):
                 raise ValueError("--ood-split is a classification protocol; it does not apply to regression")
         if cfg.model not in MODELS:
             raise ValueError(f"unknown model {cfg.model!r}; valid models: {', '.join(MODELS)}")
+        needs, gives = MODEL_INPUTS.get(cfg.model, "any"), INPUT_KINDS.get(cfg.dataset)
+        if gives is not None and needs not in ("any", gives):
+            fits = [m for m, k in MODEL_INPUTS.items() if k in ("any", gives)]
+            raise ValueError(f"model {cfg.model!r} needs {needs}, dataset {cfg.dataset!r} gives {gives}; use "
+                             f"--model {' or '.join(fits)}")
         if cfg.method not in METHODS:
             raise ValueError(f"unknown method {cfg.method!r}; valid methods: {', '.join(METHODS)}")
         if not isinstance(cfg.epochs, int) or cfg.epochs < 1:

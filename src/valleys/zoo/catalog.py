@@ -4,7 +4,7 @@ command line's parser reads them from here, and :mod:`valleys.zoo.data`, :mod:`v
 
 from __future__ import annotations
 
-__all__ = ["DATASETS", "REGRESSION_DATASETS", "MODELS"]
+__all__ = ["DATASETS", "REGRESSION_DATASETS", "MODELS", "INPUT_KINDS", "MODEL_INPUTS"]
 
 #: Classification datasets of :func:`valleys.zoo.data.load_dataset`.
 DATASETS: dict[str, str] = {
@@ -30,3 +30,9 @@ MODELS: dict[str, str] = {
     "preresnet": "small pre-activation ResNet with BatchNorm, images",
     "vgg": "VGG-style net without BatchNorm, with Dropout, images",
 }
+
+#: What each classification dataset feeds a model, and what each model needs ("any": flattens its input),
+#: so a mismatch is refused when the settings are checked, before any data is loaded.
+INPUT_KINDS: dict[str, str] = {"mnist1d": "1-D signals", "digits": "images", "fashion-mnist": "images"}
+MODEL_INPUTS: dict[str, str] = {"mlp": "any", "cnn1d": "1-D signals", "cnn": "images", "preresnet": "images",
+                                "vgg": "images"}
