@@ -13,6 +13,9 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 EXAMPLES = """examples:
   valleys demo --quick                      # SGD, SWA, SWAG, FGE on MNIST-1D in well under 2 minutes
@@ -787,14 +790,19 @@ def _subspace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings_from(cls: type[_T], args: argparse.Namespace, **fixed: object) -> _T:
+    """A ``cls`` settings dataclass from the flags named like its fields (a flag left unset keeps the field's
+    default) plus ``fixed``; ``--overwrite`` with ``--resume`` is refused first."""
+    if getattr(args, "overwrite", False) and getattr(args, "resume", False):
+        raise ValueError("--overwrite and --resume contradict each other: choose one")
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(args).items() if k in names and v is not None}, **fixed)
+
+
 def _regression(args: argparse.Namespace) -> int:
     from .regression import RegressionProtocol, regression_protocol
 
-    names = {f.name for f in dataclasses.fields(RegressionProtocol)}
-    cfg = RegressionProtocol(**{k: v for k, v in vars(args).items() if k in names and v is not None},
-                             heteroscedastic=not args.homoscedastic)
-    if args.overwrite and args.resume:
-        raise ValueError("--overwrite and --resume contradict each other: choose one")
+    cfg = _settings_from(RegressionProtocol, args, heteroscedastic=not args.homoscedastic)
     from .parallel import default_jobs
 
     res = regression_protocol(cfg, args.out, overwrite=args.overwrite, resume=args.resume,
@@ -810,11 +818,7 @@ def _regression(args: argparse.Namespace) -> int:
 def _semisup(args: argparse.Namespace) -> int:
     from .semisup import SemisupConfig, semisup_run
 
-    names = {f.name for f in dataclasses.fields(SemisupConfig)}
-    cfg = SemisupConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None},
-                        augment=not args.no_augment)
-    if args.overwrite and args.resume:
-        raise ValueError("--overwrite and --resume contradict each other: choose one")
+    cfg = _settings_from(SemisupConfig, args, augment=not args.no_augment)
     if cfg.device.startswith("cuda"):
         import torch
 
