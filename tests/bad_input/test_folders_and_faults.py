@@ -225,22 +225,18 @@ def test_remove_stale_temporaries_reaches_member_folders(tmp_path):
 
 
 # ------------------------------------------------------------------ malformed files: clear errors, not KeyError
-def test_a_checkpoint_without_a_signature_is_named(runs, tmp_path, capsys):
+@pytest.mark.parametrize("file,part,key", [
+    ("model.safetensors", "header", "signature"),       # evaluate: a model file without its signature
+    ("checkpoint.safetensors", "state", "optimizer"),   # train --resume: a checkpoint without its optimizer
+])
+def test_a_file_without_one_of_its_parts_is_named(file, part, key, runs, tmp_path, capsys):
     run_dir = tmp_path / "run"
     shutil.copytree(runs["sgd"], run_dir)
-    state, header = load_checkpoint(run_dir / "model.safetensors")
-    header.pop("signature")
-    save_checkpoint(run_dir / "model.safetensors", state, header)
-    refused(["evaluate", run_dir], capsys, names=["model.safetensors", "signature"])
-
-
-def test_a_training_checkpoint_without_its_optimizer_is_named(runs, tmp_path, capsys):
-    run_dir = tmp_path / "run"
-    shutil.copytree(runs["sgd"], run_dir)
-    state, header = load_checkpoint(run_dir / "checkpoint.safetensors")
-    state.pop("optimizer")
-    save_checkpoint(run_dir / "checkpoint.safetensors", state, header)
-    refused(["train", *TRAIN, "--out", run_dir, "--resume"], capsys, names=["checkpoint.safetensors", "optimizer"])
+    state, header = load_checkpoint(run_dir / file)
+    (header if part == "header" else state).pop(key)
+    save_checkpoint(run_dir / file, state, header)
+    command = ["evaluate", run_dir] if file == "model.safetensors" else ["train", *TRAIN, "--out", run_dir, "--resume"]
+    refused(command, capsys, names=[file, key])
 
 
 def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_old_one(tmp_path, monkeypatch):
