@@ -34,9 +34,9 @@ from .core.adapter import ModelAdapter
 from .core.checkpoint import save_checkpoint
 from .core.optional import require
 from .evaluation.predict import bma
-from .methods.averaging import SWA, NotCollectedError
+from .methods.averaging import SWA
 from .methods.swag import SWAG
-from .training.callbacks import CollectionSchedule
+from .training.callbacks import CollectingCore
 
 transformers = require("transformers", "hf")
 
@@ -58,40 +58,30 @@ def adapter_names(model: nn.Module, names: str | Sequence[str] | None) -> list[s
     return chosen
 
 
-class _Collecting(transformers.TrainerCallback):
-    def __init__(self, start: int = 0, *, every: str = "epoch", k: int = 1,
-                 names: str | Sequence[str] | None = None, adapter: ModelAdapter | None = None) -> None:
-        self.schedule = CollectionSchedule(start, every, k)
-        self.start, self.names = start, names
-        self.adapter = adapter or ModelAdapter()
-        self.averager: Any = None
+class _Collecting(CollectingCore, transformers.TrainerCallback):
+    """:class:`valleys.training.callbacks.CollectingCore` in the ``Trainer``'s hooks: the averager built when
+    training begins, over the parameters ``names`` selects (:func:`adapter_names`)."""
 
     def _make(self, model: nn.Module, names: list[str] | None) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kw: Any) -> None:
-        if self.averager is None:
-            self.averager = self._make(model, adapter_names(model, self.names))
+        self.build(model, lambda m: self._make(m, adapter_names(m, self.names)))
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kw: Any) -> None:
         if self.schedule.every != "epoch":
             steps_per_epoch = max(1, round(state.max_steps / max(args.num_train_epochs, 1)))
             if self.schedule.after_step(state.global_step, int(state.epoch or 0), steps_per_epoch):
-                self.averager.collect(model)
+                self.collect(model)
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kw: Any) -> None:
         if self.schedule.at_epoch_end(round(state.epoch or 0)):
-            self.averager.collect(model)
-
-    def size(self) -> int:
-        """Numbers the posterior holds (SWA: the mean and second moments; SWAG: also the K deviations)."""
-        return sum(int(v.numel()) for v in self.averager.state_dict().values() if isinstance(v, torch.Tensor))
+            self.collect(model)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the posterior (safetensors plus a JSON header naming the parameters it covers), e.g. beside the
         saved adapter; loading never runs code."""
-        if self.averager is None or self.averager.n == 0:
-            raise NotCollectedError(f"{type(self).__name__}: nothing collected yet; train past epoch {self.start} first")
+        self.require_collected("saving the posterior")
         header = {"kind": f"hf-{type(self.averager).__name__.lower()}", "names": [s.name for s in self.averager.space.slots]}
         return save_checkpoint(path, {k: v for k, v in self.averager.state_dict().items()}, header)
 
@@ -130,9 +120,7 @@ class SWAGCallback(_Collecting):
         """The Bayesian model average of ``samples`` SWAG draws on ``loader``
         (:func:`valleys.evaluation.predict.bma`; ``return_probs=True`` etc. pass through). The model's weights
         are restored afterwards."""
-        if self.averager is None or self.averager.n == 0:
-            raise NotCollectedError(f"SWAGCallback: nothing collected yet (collection starts after epoch {self.start}); "
-                                    "train past it before predicting with SWAG")
+        self.require_collected("predicting with SWAG")
         device = next(model.parameters()).device
         gen = torch.Generator(device=self.averager.device).manual_seed(seed)
         return bma(model, self.averager.samples(samples, scale=scale, generator=gen), loader,

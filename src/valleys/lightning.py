@@ -38,7 +38,7 @@ from .evaluation.predict import bma
 from .methods.averaging import SWA, NotCollectedError
 from .methods.ensembles import snapshot
 from .methods.swag import SWAG
-from .training.callbacks import CollectionSchedule
+from .training.callbacks import CollectingCore, CollectionSchedule
 from .training.schedules import TriangularCyclic
 
 pl = require("lightning.pytorch", "lightning")
@@ -46,43 +46,28 @@ pl = require("lightning.pytorch", "lightning")
 __all__ = ["SWACallback", "SWAGCallback", "FGECallback"]
 
 
-class _Collecting(pl.Callback):
-    """Shared machinery: the schedule, the averager built at ``setup`` (before Lightning restores a
-    checkpoint), collection at step and epoch ends, the checkpointed state, BatchNorm recompute."""
+class _Collecting(CollectingCore, pl.Callback):
+    """:class:`valleys.training.callbacks.CollectingCore` in Lightning's hooks: the averager built at
+    ``setup`` (before Lightning restores a checkpoint), collection at step and epoch ends, the checkpointed
+    state, the constant SWA learning rate, BatchNorm recompute."""
 
     def __init__(self, start: int, *, every: str = "epoch", k: int = 1, names: Sequence[str] | None = None,
                  adapter: ModelAdapter | None = None, swa_lr: float | None = None) -> None:
-        super().__init__()
-        self.schedule = CollectionSchedule(start, every, k)
-        self.start = start
-        self.names = list(names) if names is not None else None
-        self.adapter = adapter or ModelAdapter()
         if swa_lr is not None and not (math.isfinite(swa_lr) and swa_lr > 0):
             raise ValueError(f"swa_lr must be finite and > 0, got {swa_lr!r}")
+        super().__init__(start, every=every, k=k, names=list(names) if names is not None else None, adapter=adapter)
         self.swa_lr = swa_lr
-        self.averager: Any = None
         self._pending: dict[str, Any] | None = None
-        self._signature: list | None = None
 
     # ------------------------------------------------------------------ set-up and state
     def _make(self, pl_module: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if self.averager is None:
-            self.averager = self._make(pl_module)
-            self._signature = [[n, list(p.shape)] for n, p in pl_module.named_parameters()]
+        self.build(pl_module, self._make)
         if self._pending is not None:
             self.averager.load_state_dict(self._pending)
             self._pending = None
-
-    def _check_shapes(self, pl_module: Any) -> None:
-        now = [[n, list(p.shape)] for n, p in pl_module.named_parameters()]
-        if now != self._signature:
-            changed = [n for (n, s), (m, t) in zip(now, self._signature or []) if n != m or s != t]
-            raise ValueError(f"{type(self).__name__}: the module's parameters changed shape or names since the callback "
-                             f"was set up ({', '.join(changed[:3]) or 'their number changed'}); a weight average needs "
-                             "the same parameters throughout: attach a new callback to a changed model")
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self.averager is None else self.averager.state_dict()
@@ -105,13 +90,11 @@ class _Collecting(pl.Callback):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.schedule.every != "epoch" and self.schedule.after_step(
                 trainer.global_step, trainer.current_epoch, trainer.num_training_batches):
-            self._check_shapes(pl_module)
-            self.averager.collect(pl_module)
+            self.collect(pl_module)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self.schedule.at_epoch_end(trainer.current_epoch + 1):
-            self._check_shapes(pl_module)
-            self.averager.collect(pl_module)
+            self.collect(pl_module)
 
     def _recompute(self, trainer: Any, pl_module: Any, loader: Iterable | None) -> None:
         loader = loader if loader is not None else trainer.train_dataloader
@@ -182,9 +165,7 @@ class SWAGCallback(_Collecting):
 
     def bma(self, pl_module: Any, loader: Iterable, bn_loader: Iterable | None = None, **kwargs: Any) -> Any:
         """The BMA of ``self.samples`` SWAG draws on ``loader`` (:func:`valleys.evaluation.predict.bma`)."""
-        if self.averager is None or self.averager.n == 0:
-            raise NotCollectedError(f"SWAGCallback: nothing was collected (collection starts after epoch {self.start}); "
-                                    "train past the start before testing or predicting with SWAG")
+        self.require_collected("testing or predicting with SWAG")
         gen = torch.Generator(device=self.averager.device).manual_seed(self.seed)
         bn = bn_loader if bn_loader is not None else self.bn_loader
         return bma(pl_module, self.averager.samples(self.samples, scale=self.scale, generator=gen), loader,
@@ -192,9 +173,7 @@ class SWAGCallback(_Collecting):
                    num_samples=self.samples, **kwargs)
 
     def on_test_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        if self.averager is None or self.averager.n == 0:  # before Lightning runs the test loop
-            raise NotCollectedError(f"SWAGCallback: nothing was collected (collection starts after epoch {self.start}); "
-                                    "train past the start before testing with SWAG")
+        self.require_collected("testing with SWAG")  # before Lightning runs the test loop
 
     def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         loaders = trainer.test_dataloaders
