@@ -49,13 +49,16 @@ def paired(claim: str, a_label: str, a: Sequence[float], b_label: str, b: Sequen
 def demo_claims(per_row: Mapping[str, Sequence[Mapping[str, Any]]], ood_auroc: Mapping[str, Sequence[float]] | None = None,
                 fge: Mapping[str, Sequence[float]] | None = None, connectivity: Mapping[str, Any] | None = None,
                 geometry: Mapping[str, Any] | None = None, subspace: Mapping[str, Any] | None = None,
-                semisup: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+                semisup: Sequence[Mapping[str, Any]] = (),
+                budgets: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> list[dict[str, Any]]:
     """The claims a demo folder measures. ``per_row``: per method, the per-seed results with
     ``metrics.test``; ``ood_auroc``: per method, per-seed AUROC; ``fge``: per-seed ``ensemble_test_accuracy``,
     ``best_member_test_accuracy`` and optionally ``ensemble_prefix_test_accuracy`` (the ensemble of the first
     k snapshots, k = 1..K); ``connectivity``: its ``pairs``; ``geometry``: its ``per_seed`` rows;
     ``subspace``: the subspace section's ``per_seed`` rows per (space + inference) label, in the seeds' order;
-    ``semisup``: the semi-supervised section's claims, already as :func:`paired` rows (appended as they are)."""
+    ``semisup``: the semi-supervised section's claims, already as :func:`paired` rows (appended as they are);
+    ``budgets``: per row ``"SWA x1.5"`` etc., the per-seed results of SWA or SWAG at that multiple of the budget
+    (Izmailov et al. 2018: against SGD at one budget)."""
     def test(row: str, key: str) -> list[float]:
         vals = [r["metrics"]["test"][key] for r in per_row.get(row, [])]
         return [1 - v for v in vals] if key == "accuracy" else vals
@@ -117,6 +120,12 @@ def demo_claims(per_row: Mapping[str, Sequence[Mapping[str, Any]]], ood_auroc: M
                            [r["test"]["nll"] for r in pca], "random + ESS", [r["test"]["nll"] for r in rnd],
                            metric="test NLL"))
     rows.extend(dict(r) for r in semisup)
+    for label, results in (budgets or {}).items():
+        method, multiple = label.split()
+        if per_row.get("SGD"):
+            rows.append(paired(f"{method} at {multiple[1:]} budgets has lower test error than SGD at 1", label,
+                               [1 - r["metrics"]["test"]["accuracy"] for r in results], "SGD x1",
+                               test("SGD", "accuracy"), metric="test error"))
     return rows
 
 

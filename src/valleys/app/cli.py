@@ -141,6 +141,16 @@ def _applies(setting: str) -> str:
     return ", ".join(methods_using(setting)) + ": "
 
 
+def _resumable_output_flags(p: argparse.ArgumentParser, what: str) -> None:
+    """The flags of a command that writes many runs into one folder and can resume: --out, --overwrite,
+    --resume, --no-progress, --jobs."""
+    p.add_argument("--out", type=_path, required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help=f"replace a {what} already in --out")
+    p.add_argument("--resume", action="store_true", help=f"continue an interrupted {what} in --out")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--jobs", type=_positive_int, default=None, help=JOBS_HELP)
+
+
 def _parser() -> argparse.ArgumentParser:
     from ..zoo.catalog import DATASETS, MODELS, REGRESSION_DATASETS
     from .registry import method_help
@@ -372,11 +382,7 @@ def _parser() -> argparse.ArgumentParser:
     rg.add_argument("--warmup", type=_non_negative_int, default=rd.warmup, help="NUTS warm-up steps")
     rg.add_argument("--data-root", type=_path, default=None, help="the folder of --datasets uci (UCI layout)")
     rg.add_argument("--seed", type=_seed, default=rd.seed, help="base seed (split i uses seed + i)")
-    rg.add_argument("--out", type=_path, required=True, help="output folder")
-    rg.add_argument("--overwrite", action="store_true", help="replace a protocol already in --out")
-    rg.add_argument("--resume", action="store_true", help="continue an interrupted protocol in --out")
-    rg.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    rg.add_argument("--jobs", type=_positive_int, default=None, help=JOBS_HELP)
+    _resumable_output_flags(rg, "protocol")
 
     ss = sub.add_parser("semisup", help="semi-supervised training with a few labels: supervised-only, Pi model and "
                         "mean teacher, each with SWA and fast-SWA side by side (slides 34-36)")
@@ -423,11 +429,7 @@ def _parser() -> argparse.ArgumentParser:
     ss.add_argument("--data-root", type=_path, default=None, help="torchvision data root (Fashion-MNIST files)")
     ss.add_argument("--eval-every", type=_positive_int, default=sd.eval_every, help="epochs between evaluations")
     ss.add_argument("--device", default=sd.device, help="cpu, cuda or cuda:N")
-    ss.add_argument("--out", type=_path, required=True, help="output folder")
-    ss.add_argument("--overwrite", action="store_true", help="replace a study already in --out")
-    ss.add_argument("--resume", action="store_true", help="continue an interrupted study in --out")
-    ss.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    ss.add_argument("--jobs", type=_positive_int, default=None, help=JOBS_HELP)
+    _resumable_output_flags(ss, "study")
 
     from .presets import DEFAULT_PRESET, PRESETS, presets_help
 

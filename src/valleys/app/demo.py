@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.checkpoint import write_json
-from .claims import claims_markdown, demo_claims, paired
+from .claims import claims_markdown, demo_claims
 from .connect import ConnectConfig, connect_runs
 from .demo_subspace import subspace_finish, subspace_lines, subspace_plan
 from ..zoo.data import load_dataset
@@ -265,20 +265,14 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
     claims = demo_claims(per_row, ood_auroc if ood else None,
                          {k: fge_row[k] for k in ("ensemble_test_accuracy", "best_member_test_accuracy",
                                                   "ensemble_prefix_test_accuracy") if k in fge_row},
-                         connectivity, geometry, section, semi_res["claim_rows"] if semi_res else ())
+                         connectivity, geometry, section, semi_res["claim_rows"] if semi_res else (), budget_rows)
     budget_table = None
     spe = math.ceil(len(splits.train) / base.batch_size)  # steps per epoch (the last batch may be smaller)
     if extra_budgets:
         budget_table = {"epochs": {"x1": base.epochs} | {f"x{b:g}": c.epochs for b, c in extra_budgets.items()},
                         "steps_per_epoch": spe,
-                        "rows": {"SGD x1": aggregate([x["metrics"]["test"] for x in per_row["SGD"]]),
-                                 "SWA x1": aggregate([x["metrics"]["test"] for x in per_row["SWA"]]),
-                                 "SWAG x1": aggregate([x["metrics"]["test"] for x in per_row["SWAG"]]),
+                        "rows": {**{f"{r} x1": rows[r] for r in ("SGD", "SWA", "SWAG")},
                                  **{k: aggregate([x["metrics"]["test"] for x in xs]) for k, xs in budget_rows.items()}}}
-        for k, xs in budget_rows.items():
-            claims.append(paired(f"{k.split()[0]} at {k.split()[1][1:]} budgets has lower test error than SGD at 1",
-                                 k, [1 - x["metrics"]["test"]["accuracy"] for x in xs], "SGD x1",
-                                 [1 - x["metrics"]["test"]["accuracy"] for x in per_row["SGD"]], metric="test error"))
     results = {"preset": preset, "warnings": warnings, "dataset": base.dataset, "model": base.model, "seeds": seeds, "quick": quick,
                "steps_per_epoch": spe, "methods": methods,
                "claims": claims, "budgets": budget_table,
