@@ -254,11 +254,24 @@ def test_sharded_swag_equals_swag_slice_by_slice_and_samples_alike(tmp_path):
     for w in ws:
         full.collect(w)
     want = full.sample(1, generator=torch.Generator().manual_seed(7))[0]
+    # brute-force oracle in float64: moments of the stacked iterates, deviations w_t - mean(w_1..w_t) in ring
+    # slot t mod K, and the sample m + sqrt(1/2) (sqrt(var) z1 + D^T z2 / sqrt(K - 1)) with the same draws
+    stack = torch.stack(ws).double()
+    mean64, var64 = stack.mean(0), stack.var(0, unbiased=False)
+    dev64 = torch.zeros(4, stack.shape[1], dtype=torch.float64)
+    for t in range(len(ws)):
+        dev64[t % 4] = stack[t] - stack[: t + 1].mean(0)
+    g = torch.Generator().manual_seed(7)
+    z1, z2 = torch.randn(1, stack.shape[1], generator=g).double(), torch.randn(1, 4, generator=g).double()
+    by_hand = mean64 + 0.5 ** 0.5 * (var64.sqrt() * z1[0] + (z2 @ dev64)[0] / 3 ** 0.5)
+    assert torch.allclose(want.double(), by_hand, atol=1e-5)
     shards = run_ranks(_sharded_swag, 2, tmp_path, str(tmp_path))
     assert [s[:2] for s in shards] == [(0, 29), (29, 58)]
     for lo, hi, mean, var, dev, sample, same, memory in shards:
         assert torch.allclose(mean, full.mean[lo:hi], atol=1e-6) and torch.allclose(var, full.variance[lo:hi], atol=1e-6)
         assert torch.allclose(dev, full.deviations[:, lo:hi], atol=1e-6)
+        assert torch.allclose(mean.double(), mean64[lo:hi], atol=1e-6)
+        assert torch.allclose(var.double(), var64[lo:hi], atol=1e-6) and torch.allclose(dev.double(), dev64[:, lo:hi], atol=1e-6)
         assert torch.allclose(sample, want, atol=1e-6) and same
         assert memory == (4 + 2) * 29  # (K + 2) P / R
     from valleys.core.distributed import DistributedSetupError
@@ -465,3 +478,20 @@ def test_mixed_batches_laid_out_for_two_ranks_give_each_an_equal_share():
             assert sum(i < 10 for i in b) == 2 and len(b) == 8
     with pytest.raises(ValueError, match="multiples of 2"):
         MixedBatchSampler(lab, unl, 16, 3, ranks=2)
+
+
+def test_global_batch_sizes_are_derived_not_remembered():
+    """The loss share of global batch i comes from the batch sampler's sizes, so DataLoader workers drawing
+    batches ahead cannot give a step the share of another batch; oracle: the sizes the sampler yields."""
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    from valleys.core.distributed import RankSliceBatchSampler
+
+    for n, b, drop in ((10, 4, False), (10, 4, True), (12, 4, False), (11, 4, False)):  # (training: no slice < 1)
+        inner = BatchSampler(SequentialSampler(range(n)), b, drop)
+        sizes = [len(batch) for batch in inner]
+        ranks = [RankSliceBatchSampler(inner, r, 2) for r in range(2)]
+        assert [ranks[0].global_size(i) for i in range(len(sizes))] == sizes
+        for i, size in enumerate(sizes):  # the shares n_r R / N of the two ranks average to 1
+            assert sum(s.share(i) for s in ranks) / 2 == pytest.approx(1.0)
+            assert ranks[0].share(i) == pytest.approx(len(list(ranks[0])[i]) * 2 / size)

@@ -68,10 +68,7 @@ def test_swag_over_the_lora_adapter_holds_k_plus_2_adapter_sizes_and_averages(tm
     before = {k: v.clone() for k, v in model.state_dict().items()}
     res = swag.bma(model, test, samples=10)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is left as it was
-    from valleys.evaluation.predict import evaluate
-
-    base = evaluate(model, test)
-    assert 0 <= res["accuracy"] <= 1 and res["num_samples"] == 10
+    assert res["num_samples"] == 10
     # an independent oracle: write each of the same 10 draws into a copy and average its softmax by hand
     import copy
 
@@ -85,7 +82,9 @@ def test_swag_over_the_lora_adapter_holds_k_plus_2_adapter_sizes_and_averages(tm
             manual += torch.cat([twin(**{k: v for k, v in b.items() if k != "labels"}).logits.double().softmax(-1)
                                  for b in test]) / 10
     assert torch.allclose(probs, manual, atol=1e-6)
-    assert res["nll"] > 0 and base["nll"] > 0
+    labels = torch.cat([b["labels"] for b in test])
+    assert res["accuracy"] == pytest.approx(float((manual.argmax(-1) == labels).double().mean()))
+    assert res["nll"] == pytest.approx(float(-manual[torch.arange(len(labels)), labels].log().mean()), rel=1e-5)
     path = swag.save(tmp_path / "adapter" / "swag_posterior.safetensors")
     from valleys.core.checkpoint import load_checkpoint
 

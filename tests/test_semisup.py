@@ -152,7 +152,8 @@ def _views():
 
 
 def _fake_trainer(model, step=12, steps_per_epoch=4):
-    return SimpleNamespace(adapter=ModelAdapter(), device=None, model=model, step=step, steps_per_epoch=steps_per_epoch)
+    return SimpleNamespace(adapter=ModelAdapter(), device=None, model=model, forward_model=model, seed=0, step=step,
+                           steps_per_epoch=steps_per_epoch)
 
 
 def _hand_loss(student, target_net, x, y, lam):

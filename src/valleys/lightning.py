@@ -127,15 +127,10 @@ class SWACallback(_Collecting):
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self.val_loader is not None and self.averager.n > 0:
-            from .evaluation.predict import evaluate
-
-            buffers = [(b, b.detach().clone()) for b in pl_module.buffers()]
-            with self.averager.space.at(pl_module, self.averager.mean):
-                self._recompute(trainer, pl_module, self.bn_loader)
-                res = evaluate(pl_module, self.val_loader, adapter=self.adapter, device=pl_module.device)
-            with torch.no_grad():  # the training run goes on with its own BatchNorm statistics
-                for b, old in buffers:
-                    b.copy_(old)
+            # the average as a one-sample BMA: BatchNorm recomputed for it, the run's weights and statistics restored
+            bn = self.bn_loader if self.bn_loader is not None else trainer.train_dataloader
+            res = bma(pl_module, [self.averager.mean], self.val_loader, space=self.averager.space, bn_loader=bn,
+                      adapter=self.adapter, device=pl_module.device)
             pl_module.log_dict({"swa_val_accuracy": float(res["accuracy"]), "swa_val_nll": float(res["nll"])})
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:

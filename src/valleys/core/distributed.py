@@ -83,8 +83,8 @@ class RankSliceBatchSampler(torch.utils.data.Sampler):
     """Rank ``r``'s contiguous slice of every global batch of ``batch_sampler``.
 
     Every rank draws the same global batches (the same sampler with the same seed), so the union of the ranks'
-    slices is exactly the batch one process would train on, in the same order; ``global_sizes()`` gives the
-    size of each global batch, which :class:`valleys.training.trainer.Trainer` uses to weight the ranks'
+    slices is exactly the batch one process would train on, in the same order; :meth:`global_size` gives the
+    size of global batch ``i``, which :class:`valleys.training.trainer.Trainer` uses to weight the ranks'
     losses so that DDP's gradient average equals the one-process gradient.
     """
 
@@ -97,9 +97,22 @@ class RankSliceBatchSampler(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return len(self.batch_sampler)
 
-    def bounds(self) -> tuple[int, int]:
-        """This rank's slice ``[lo, hi)`` of the last global batch drawn."""
-        return shard_bounds(self.last_global_size, self.r, self.world)
+    def global_size(self, i: int) -> int:
+        """The size of global batch ``i`` of an epoch: derived from a ``torch.utils.data.BatchSampler``'s batch
+        size, ``drop_last`` and dataset size (so it is right while ``DataLoader`` workers draw batches ahead);
+        for another batch sampler, the size of the last global batch drawn (exact without workers)."""
+        bs = self.batch_sampler
+        if isinstance(bs, torch.utils.data.BatchSampler):
+            n = len(bs.sampler)  # type: ignore[arg-type]
+            return bs.batch_size if bs.drop_last or i < n // bs.batch_size else n % bs.batch_size
+        return self.last_global_size
+
+    def share(self, i: int) -> float:
+        """``n_r R / N`` for global batch ``i``: this rank's slice size ``n_r`` of its ``N`` examples, times the
+        world size ``R`` (0 for a batch this rank has no slice of)."""
+        size = self.global_size(i)
+        lo, hi = shard_bounds(size, self.r, self.world)
+        return (hi - lo) * self.world / size if size else 1.0
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.batch_sampler:

@@ -214,7 +214,7 @@ class TravelCallback(Callback):
     """How far the iterates travel between consecutive epoch ends (Athiwaratkun et al. 2019, Fig. 2; talk
     slide 35): the Euclidean distance ``||w_e - w_{e-1}||`` in the flat weight space, and the share of the
     ``probe`` examples (e.g. unlabelled inputs) whose predicted class changed. Logged as ``travel_distance``
-    and ``travel_disagreement`` from the second epoch on (the first epoch is measured from initialisation).
+    and ``travel_disagreement`` at every epoch end (the first measured from the weights training started with).
 
     Args:
         space: the :class:`valleys.core.weights.WeightSpace` of the trained model.

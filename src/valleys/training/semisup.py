@@ -119,7 +119,7 @@ class MeanTeacher(Callback):
         return self.ema.decay
 
     def _sync(self) -> None:
-        self.ema.space.write(self.model, self.ema.mean)
+        self.ema.write(self.model)
 
     def on_train_start(self, trainer: Trainer) -> None:
         if trainer.device is not None:
@@ -204,7 +204,7 @@ class ConsistencyStep:
         if world_size() == 1:
             return self.view(batch)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((int(getattr(trainer, "seed", 0)) * 1_000_003 + trainer.step * 4 + 2 * k + 1)
+            torch.manual_seed((int(trainer.seed) * 1_000_003 + trainer.step * 4 + 2 * k + 1)
                               * 65_537 + rank())
             return self.view(batch)
 
@@ -214,7 +214,7 @@ class ConsistencyStep:
 
     def __call__(self, trainer: Trainer, batch: Any) -> StepResult:
         adapter, device, model = trainer.adapter, trainer.device, trainer.model
-        student = getattr(trainer, "forward_model", model)  # the DDP wrapper under torch.distributed
+        student = trainer.forward_model  # the DDP wrapper under torch.distributed
         y = to_device(adapter.targets(batch), device)
         if not isinstance(y, Tensor) or y.dim() != 1 or y.is_floating_point():
             raise TypeError("semi-supervised batches need one integer label per example (NO_LABEL = -1 for the "

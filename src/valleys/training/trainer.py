@@ -44,7 +44,8 @@ from ..core.batches import InputFn, to_device
 from ..core.batchnorm import EmptyLoaderError
 from ..core.checkpoint import (CheckpointError, check_model_signature, checkpoint_field, load_checkpoint,
                                model_signature, save_checkpoint, to_json_text)
-from ..core.distributed import RankSliceBatchSampler, check_same_everywhere, shard_loader, world_size
+from ..core.distributed import (RankSliceBatchSampler, check_same_everywhere, is_distributed, is_main, shard_loader,
+                                world_size)
 from ..evaluation.predict import evaluate
 from .schedules import Schedule
 
@@ -52,14 +53,8 @@ __all__ = ["Callback", "Trainer", "TrainingDiverged", "StepResult", "StepFn", "s
            "EvaluationPolicy", "DistributedPolicy", "is_main_process"]
 
 
-def _distributed() -> bool:
-    dist = torch.distributed
-    return dist.is_available() and dist.is_initialized()
-
-
-def is_main_process() -> bool:
-    """True without a ``torch.distributed`` process group, else whether this is rank 0."""
-    return not _distributed() or torch.distributed.get_rank() == 0
+#: True without a ``torch.distributed`` process group, else whether this is rank 0 (kept under this name).
+is_main_process = is_main
 
 
 @dataclass
@@ -420,14 +415,11 @@ class Trainer:
             cb.on_train_end(self)
         return self.history
 
-    def _share(self) -> float:
-        """``n_r R / N`` for the batch just drawn: DDP averages the ranks' gradients, so weighting rank ``r``'s
-        mean loss by its share of the global batch makes the average the global batch's gradient."""
+    def _share(self, i: int) -> float:
+        """``n_r R / N`` for global batch ``i`` of the epoch: DDP averages the ranks' gradients, so weighting rank
+        ``r``'s mean loss by its share of the global batch makes the average the global batch's gradient."""
         sampler = getattr(self.train_loader, "batch_sampler", None)
-        if not isinstance(sampler, RankSliceBatchSampler) or sampler.last_global_size == 0:
-            return 1.0
-        lo, hi = sampler.bounds()
-        return (hi - lo) * self.world_size / sampler.last_global_size
+        return sampler.share(i) if isinstance(sampler, RankSliceBatchSampler) else 1.0
 
     def _train_epoch(self, bar) -> dict[str, Any]:
         model, opt = self.model, self.optimizer
@@ -458,7 +450,7 @@ class Trainer:
                     "stopped", checkpoint=good, advice="Lower the learning rate or check the data."
                 )
             opt.zero_grad(set_to_none=True)
-            (loss * self._share() if self.ddp_model is not None else loss).backward()
+            (loss * self._share(i) if self.ddp_model is not None else loss).backward()
             opt.step()
             self.step += 1
             n = target.shape[0] if isinstance(target, Tensor) and target.dim() > 0 else 1
@@ -527,7 +519,7 @@ class Trainer:
         sums, per-bin arrays) is all-reduced, so every rank gets the metrics of all ranks' examples; every rank
         must call this at the same points (the trainer does)."""
         try:
-            return evaluate(self.model if model is None else model, loader, device=self.device, adapter=self.adapter, all_reduce=_distributed())
+            return evaluate(self.model if model is None else model, loader, device=self.device, adapter=self.adapter, all_reduce=is_distributed())
         except ValueError as e:  # NaN/inf predictions: the weights (or an average's BatchNorm statistics) diverged
             if "finite" not in str(e):
                 raise
