@@ -346,12 +346,7 @@ def train_run(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, res
     cfg = cfg.resolved()
     out = Path(out)
     if resume:
-        if not (out / "config.json").exists():
-            raise CheckpointError(f"cannot resume: {out} holds no run (no config.json)")
-        saved = read_json_object(out / "config.json")
-        if saved != asdict(cfg):
-            diff = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if saved.get(k) != v}
-            raise ValueError(f"cannot resume {out}: the config differs from the saved one (saved, now): {diff}")
+        check_saved_settings(out, asdict(cfg), "run")
     prepare_run_dir(out, overwrite=overwrite, resume=resume, create=False)  # refuse an existing run first
     splits = splits or load_splits(cfg)  # data and model errors surface here, before a file is touched
     if len(splits.val) == 0:
