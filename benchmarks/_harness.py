@@ -57,7 +57,7 @@ def alternating(fns: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[s
     last: dict[str, Any] = {}
     order = list(fns)
     for r in range(repeats):
-        for name in (order if r % 2 == 0 else order[::-1]):
+        for name in order if r % 2 == 0 else order[::-1]:
             gc.collect()
             t0 = time.perf_counter()
             last[name] = fns[name]()
@@ -84,9 +84,16 @@ def write_results(name: str, data: dict[str, Any], path: str | os.PathLike | Non
 
     path = Path(path) if path is not None else default_results_path(name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"benchmark": name, "torch": torch.__version__, "python": platform.python_version(),
-           "machine": platform.machine(), "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **data}
+    doc = {
+        "benchmark": name,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **data,
+    }
     write_json(path, doc)
     print(f"results: {path}")
     return path

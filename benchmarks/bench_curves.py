@@ -65,30 +65,25 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _harness import alternating, checks_json, fmt_time, print_checks, run_measurement, write_results  # noqa: E402 (benchmarks/ is on sys.path when run)
 from torch import Tensor, nn
 from torch.nn.utils import vector_to_parameters
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import TensorDataset
 
 from valleys.core.batchnorm import recompute_bn
+from valleys.core.weights import WeightSpace
+from valleys.evaluation.predict import evaluate
 from valleys.geometry.curves import Curve, CurveModel
+from valleys.geometry.paths import evaluate_path
 from valleys.zoo.data import make_loader
 from valleys.zoo.models import MLP, SmallCNN
-from valleys.geometry.paths import evaluate_path
-from valleys.evaluation.predict import evaluate
-from valleys.core.weights import WeightSpace
 
-from _harness import run_measurement, fmt_time, print_checks, alternating, checks_json, write_results  # noqa: E402 (benchmarks/ is on sys.path when run)
-
-STEP_TARGET = 1.3   # curve step / plain step, for a model of >= 1M parameters
-PATH_TOL = 1e-4     # max |diff| of the train loss per point, ours vs naive
+STEP_TARGET = 1.3  # curve step / plain step, for a model of >= 1M parameters
+PATH_TOL = 1e-4  # max |diff| of the train loss per point, ours vs naive
 N_TRAIN, N_TEST = 2048, 512  # errors may differ by one example whose logits tie within the ~1e-6 BN difference
-WD = 5e-4           # the curve's L2 penalty (Garipov et al. 2018)
+WD = 5e-4  # the curve's L2 penalty (Garipov et al. 2018)
 BATCH = 128
-
-
-
-
 
 
 # ---------------------------------------------------------------------------------------------- (1) steps
@@ -105,8 +100,9 @@ def make_steps(build: Callable[[], nn.Module], x: Tensor, y: Tensor) -> dict:
         plain.train()
         opt_plain = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9, weight_decay=wd)
         base = copy.deepcopy(model_a)
-        curve = Curve(space.read(model_a), space.read(model_b), kind="bezier", bends=3,
-                      sizes=[s.numel for s in space.slots])  # inner points kept per parameter tensor
+        curve = Curve(
+            space.read(model_a), space.read(model_b), kind="bezier", bends=3, sizes=[s.numel for s in space.slots]
+        )  # inner points kept per parameter tensor
         cm = CurveModel(base, curve, space, loss_through_output=True)
         cm.train()
         loss_fn = cm.l2_loss(nn.CrossEntropyLoss(), wd)
@@ -127,8 +123,16 @@ def make_steps(build: Callable[[], nn.Module], x: Tensor, y: Tensor) -> dict:
         out["steps"]["plain" + sfx] = plain_step
         out["steps"]["curve" + sfx] = curve_step
         if wd:  # the L2 pair is the one checked, broken down and profiled
-            out.update(plain=plain, opt_plain=opt_plain, model_a=base, curve=curve, cm=cm, loss_fn=loss_fn,
-                       opt_curve=opt_curve, pieces=len(curve.sizes))
+            out.update(
+                plain=plain,
+                opt_plain=opt_plain,
+                model_a=base,
+                curve=curve,
+                cm=cm,
+                loss_fn=loss_fn,
+                opt_curve=opt_curve,
+                pieces=len(curve.sizes),
+            )
     return out
 
 
@@ -163,12 +167,22 @@ def check_curve(st: dict, x: Tensor, y: Tensor, t: float = 0.3) -> dict[str, flo
     inner = curve.inner_points().detach().clone()
     st["steps"]["curve+L2"]()
     moved = float((curve.inner_points().detach() - inner).abs().max())
-    fixed = float(max((space.read(model_a) - before).abs().max(),
-                      (curve.start - ends[0]).abs().max(), (curve.end - ends[1]).abs().max()))
+    fixed = float(
+        max(
+            (space.read(model_a) - before).abs().max(),
+            (curve.start - ends[0]).abs().max(),
+            (curve.end - ends[1]).abs().max(),
+        )
+    )
     model_grad = any(p.grad is not None for p in model_a.parameters())
-    return {"loss_diff": abs(obj_a - float(obj.detach())), "grad_diff": float((g_a - g_b).abs().max()),
-            "grad_scale": float(g_b.abs().max()), "inner_moved": moved, "fixed_moved": fixed,
-            "model_grad": model_grad}
+    return {
+        "loss_diff": abs(obj_a - float(obj.detach())),
+        "grad_diff": float((g_a - g_b).abs().max()),
+        "grad_scale": float(g_b.abs().max()),
+        "inner_moved": moved,
+        "fixed_moved": fixed,
+        "model_grad": model_grad,
+    }
 
 
 def time_steps(steps: dict[str, Callable[[], None]], blocks: int, block: int) -> dict[str, list[float]]:
@@ -245,8 +259,15 @@ def profile_curve_step(step: Callable[[], None], n: int = 5, rows: int = 8) -> l
     return [(e.key, e.self_cpu_time_total / 1e3 / n, e.count // n) for e in ev[:rows]]
 
 
-def bench_steps(name: str, build: Callable[[], nn.Module], in_shape: tuple[int, ...], blocks: int, block: int,
-                reps: int, profile: bool) -> dict:
+def bench_steps(
+    name: str,
+    build: Callable[[], nn.Module],
+    in_shape: tuple[int, ...],
+    blocks: int,
+    block: int,
+    reps: int,
+    profile: bool,
+) -> dict:
     torch.manual_seed(1)
     x, y = torch.randn(BATCH, *in_shape), torch.randint(0, 10, (BATCH,))
     st = make_steps(build, x, y)
@@ -255,19 +276,25 @@ def bench_steps(name: str, build: Callable[[], nn.Module], in_shape: tuple[int, 
     times = time_steps(st["steps"], blocks, block)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = {sfx: med["curve" + sfx] / med["plain" + sfx] for sfx in ("", "+L2")}
-    paired = {sfx: statistics.median([a / b for a, b in zip(times["curve" + sfx], times["plain" + sfx])])
-              for sfx in ("", "+L2")}
+    paired = {
+        sfx: statistics.median([a / b for a, b in zip(times["curve" + sfx], times["plain" + sfx])])
+        for sfx in ("", "+L2")
+    }
     parts = breakdown(st, x, y, reps)
     prof = profile_curve_step(st["steps"]["curve+L2"]) if profile else None
     elapsed = time.perf_counter() - t0
 
-    print(f"\n=== (1) one training step: {name}, {st['P']:,} parameters ({st['pieces']} tensors), batch {BATCH}, "
-          "SGD momentum 0.9 ===")
+    print(
+        f"\n=== (1) one training step: {name}, {st['P']:,} parameters ({st['pieces']} tensors), batch {BATCH}, "
+        "SGD momentum 0.9 ==="
+    )
     print(f"  {'':62s} {'median':>11s}  {'/ plain':>7s}  {'paired':>7s}  {'spread':>7s}")
-    labels = {"plain": "plain step (model.parameters(), no L2)",
-              "curve": "valleys curve step (CurveModel, Bezier, 3 bends, no L2)",
-              "plain+L2": f"plain step, SGD weight_decay={WD:g}",
-              "curve+L2": f"valleys curve step, l2_loss(..., {WD:g})"}
+    labels = {
+        "plain": "plain step (model.parameters(), no L2)",
+        "curve": "valleys curve step (CurveModel, Bezier, 3 bends, no L2)",
+        "plain+L2": f"plain step, SGD weight_decay={WD:g}",
+        "curve+L2": f"valleys curve step, l2_loss(..., {WD:g})",
+    }
     for k, label in labels.items():
         v = times[k]
         sfx = k[5:]
@@ -275,15 +302,21 @@ def bench_steps(name: str, build: Callable[[], nn.Module], in_shape: tuple[int, 
         r = f"{ratio[sfx]:7.3f}" if is_curve else f"{'':7s}"
         pr = f"{paired[sfx]:7.3f}" if is_curve else f"{'':7s}"
         print(f"  {label:62s} {fmt_time(med[k])}  {r}  {pr}  {(max(v) - min(v)) / med[k] * 100:6.1f}%")
-    print(f"  ({blocks} interleaved blocks of {block} steps; '/ plain' = ratio of medians against the plain step "
-          "with the same L2 setting, 'paired' = median of per-block ratios)")
-    print(f"  check at t = 0.3 in float64 against the explicit objective CE(f(x; w(t)), y) + 0.5 wd ||w(t)||^2 "
-          f"(autograd through flat curve.point(t)):\n    |objective diff| {chk['loss_diff']:.1e}, max |inner grad "
-          f"diff| {chk['grad_diff']:.1e} (max |grad| {chk['grad_scale']:.2e}); a curve step moves the inner points "
-          f"by {chk['inner_moved']:.1e}, the model and ends by {chk['fixed_moved']:.1e}"
-          f"{', model got gradients' if chk['model_grad'] else ''}")
-    print(f"  breakdown with L2 (median over {reps} steps of each; 'w(t) alone' is inside the curve's forward, "
-          "not summed):")
+    print(
+        f"  ({blocks} interleaved blocks of {block} steps; '/ plain' = ratio of medians against the plain step "
+        "with the same L2 setting, 'paired' = median of per-block ratios)"
+    )
+    print(
+        f"  check at t = 0.3 in float64 against the explicit objective CE(f(x; w(t)), y) + 0.5 wd ||w(t)||^2 "
+        f"(autograd through flat curve.point(t)):\n    |objective diff| {chk['loss_diff']:.1e}, max |inner grad "
+        f"diff| {chk['grad_diff']:.1e} (max |grad| {chk['grad_scale']:.2e}); a curve step moves the inner points "
+        f"by {chk['inner_moved']:.1e}, the model and ends by {chk['fixed_moved']:.1e}"
+        f"{', model got gradients' if chk['model_grad'] else ''}"
+    )
+    print(
+        f"  breakdown with L2 (median over {reps} steps of each; 'w(t) alone' is inside the curve's forward, "
+        "not summed):"
+    )
     print(f"    {'':30s} {'plain':>11s}  {'curve':>11s}")
     for key in BREAKDOWN_KEYS + ["sum"]:
         row = []
@@ -298,9 +331,16 @@ def bench_steps(name: str, build: Callable[[], nn.Module], in_shape: tuple[int, 
             print(f"    {key:34s} {ms:8.2f} ms  x{calls}")
     print(f"  ({elapsed:.1f}s)")
     ok_grad = chk["loss_diff"] <= 1e-10 and chk["grad_diff"] <= 1e-10 * max(chk["grad_scale"], 1.0)
-    return {"name": name, "P": st["P"], "med": med, "ratio": ratio, "paired": paired,
-            "check": chk, "grad_ok": ok_grad,
-            "curve_ok": chk["inner_moved"] > 0 and chk["fixed_moved"] == 0 and not chk["model_grad"]}
+    return {
+        "name": name,
+        "P": st["P"],
+        "med": med,
+        "ratio": ratio,
+        "paired": paired,
+        "check": chk,
+        "grad_ok": ok_grad,
+        "curve_ok": chk["inner_moved"] > 0 and chk["fixed_moved"] == 0 and not chk["model_grad"],
+    }
 
 
 # ---------------------------------------------------------------------------------------------- (2) path
@@ -314,9 +354,13 @@ def make_path_setup(seed: int = 0) -> dict:
     proj = torch.randn(28 * 28, 10)
     x_tr, x_te = torch.randn(N_TRAIN, 1, 28, 28), torch.randn(N_TEST, 1, 28, 28)
     y_tr, y_te = (x_tr.flatten(1) @ proj).argmax(1), (x_te.flatten(1) @ proj).argmax(1)  # learnable rule
-    return {"model": a, "space": space, "curve": curve,
-            "train": make_loader(TensorDataset(x_tr, y_tr), 256),  # 8 equal batches, fixed order
-            "test": make_loader(TensorDataset(x_te, y_te), 256)}
+    return {
+        "model": a,
+        "space": space,
+        "curve": curve,
+        "train": make_loader(TensorDataset(x_tr, y_tr), 256),  # 8 equal batches, fixed order
+        "test": make_loader(TensorDataset(x_te, y_te), 256),
+    }
 
 
 def naive_path(model: nn.Module, curve: Curve, ts: list[float], train_loader, test_loader) -> dict[str, list[float]]:
@@ -347,17 +391,35 @@ def bench_path(points: int, repeats: int) -> dict:
     st = make_path_setup()
     model, space, curve, train, test = st["model"], st["space"], st["curve"], st["train"], st["test"]
     ts = torch.linspace(0, 1, points).tolist()
-    ours_fn = lambda ts_: evaluate_path(model, curve.point, ts_, train_loader=train,  # noqa: E731
-                                        test_loader=test, bn="recompute", space=space)
+    ours_fn = lambda ts_: evaluate_path(
+        model,
+        curve.point,
+        ts_,
+        train_loader=train,  # noqa: E731
+        test_loader=test,
+        bn="recompute",
+        space=space,
+    )
     naive_fn = lambda ts_: naive_path(model, curve, ts_, train, test)  # noqa: E731
     ours_fn([0.0, 1.0])  # warm-up
     naive_fn([0.0, 1.0])
     times, last = alternating({"ours": lambda: ours_fn(ts), "naive": lambda: naive_fn(ts)}, repeats)
     t_ours, t_naive, res_ours, res_naive = times["ours"], times["naive"], last["ours"], last["naive"]
-    diffs = {k: max(abs(a - b) for a, b in zip(res_ours[k], res_naive[k]))
-             for k in ("train_loss", "train_error", "test_error")}
-    return {"points": points, "repeats": repeats, "ours": t_ours, "naive": t_naive, "P": space.size,
-            "diffs": diffs, "ours_res": res_ours, "naive_res": res_naive, "profile": profile_path(st, 3)}
+    diffs = {
+        k: max(abs(a - b) for a, b in zip(res_ours[k], res_naive[k]))
+        for k in ("train_loss", "train_error", "test_error")
+    }
+    return {
+        "points": points,
+        "repeats": repeats,
+        "ours": t_ours,
+        "naive": t_naive,
+        "P": space.size,
+        "diffs": diffs,
+        "ours_res": res_ours,
+        "naive_res": res_naive,
+        "profile": profile_path(st, 3),
+    }
 
 
 def profile_path(st: dict, n: int) -> dict[str, float]:
@@ -406,8 +468,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats, N = 11 points on the path")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, for stable numbers)")
-    ap.add_argument("--json", default=None, metavar="PATH", help="where to write the numbers as JSON "
-                    "(default benchmarks/results/bench_curves.json)")
+    ap.add_argument(
+        "--json",
+        default=None,
+        metavar="PATH",
+        help="where to write the numbers as JSON (default benchmarks/results/bench_curves.json)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -415,35 +481,59 @@ def main(argv: list[str] | None = None) -> int:
     else:
         mlp_blocks, cnn_blocks, block, reps, points, repeats = 30, 12, 5, 15, 61, 2
     start = time.perf_counter()
-    print(f"valleys curve benchmark: torch {torch.__version__}, python {platform.python_version()}, "
-          f"{platform.machine()}, threads {torch.get_num_threads()}, {os.cpu_count()} CPUs"
-          f"{', quick' if args.quick else ''}")
+    print(
+        f"valleys curve benchmark: torch {torch.__version__}, python {platform.python_version()}, "
+        f"{platform.machine()}, threads {torch.get_num_threads()}, {os.cpu_count()} CPUs"
+        f"{', quick' if args.quick else ''}"
+    )
 
     steps = [
-        bench_steps("MLP 784-1024-1024-10", lambda: MLP(784, 10, hidden=(1024, 1024)), (784,),
-                    mlp_blocks, block, reps, profile=True),
-        bench_steps("SmallCNN width 32 (BatchNorm), 1x28x28", lambda: SmallCNN(1, 10, width=32), (1, 28, 28),
-                    cnn_blocks, block, max(3, reps // 2), profile=False),
+        bench_steps(
+            "MLP 784-1024-1024-10",
+            lambda: MLP(784, 10, hidden=(1024, 1024)),
+            (784,),
+            mlp_blocks,
+            block,
+            reps,
+            profile=True,
+        ),
+        bench_steps(
+            "SmallCNN width 32 (BatchNorm), 1x28x28",
+            lambda: SmallCNN(1, 10, width=32),
+            (1, 28, 28),
+            cnn_blocks,
+            block,
+            max(3, reps // 2),
+            profile=False,
+        ),
     ]
 
     t0 = time.perf_counter()
     pa = bench_path(points, repeats)
     m_ours, m_naive = statistics.median(pa["ours"]), statistics.median(pa["naive"])
     r_path = m_naive / m_ours
-    print(f"\n=== (2) path evaluation, N = {points} points with BN recompute; SmallCNN width 16 ({pa['P']:,} "
-          "parameters), 2048 train (8 x 256), 512 test ===")
+    print(
+        f"\n=== (2) path evaluation, N = {points} points with BN recompute; SmallCNN width 16 ({pa['P']:,} "
+        "parameters), 2048 train (8 x 256), 512 test ==="
+    )
     print(f"  {'':58s} {'median':>11s}  {'per point':>11s}  {'spread':>7s}")
-    for label, v in (("valleys evaluate_path(..., bn='recompute')", pa["ours"]),
-                     ("naive: deepcopy + update_bn + evaluate per point", pa["naive"])):
+    for label, v in (
+        ("valleys evaluate_path(..., bn='recompute')", pa["ours"]),
+        ("naive: deepcopy + update_bn + evaluate per point", pa["naive"]),
+    ):
         med = statistics.median(v)
         print(f"  {label:58s} {fmt_time(med)}  {fmt_time(med / points)}  {(max(v) - min(v)) / med * 100:6.1f}%")
     print(f"  naive / ours: {r_path:.3f}x ({repeats} interleaved repeats)")
     d = pa["diffs"]
     ro = pa["ours_res"]
-    print(f"  same numbers: max |diff| train loss {d['train_loss']:.1e}, train error {d['train_error']:.1e}, "
-          f"test error {d['test_error']:.1e} over {points} points")
-    print(f"  (train loss along the path: {min(ro['train_loss']):.3f} .. {max(ro['train_loss']):.3f}; "
-          f"test error {min(ro['test_error']):.3f} .. {max(ro['test_error']):.3f})")
+    print(
+        f"  same numbers: max |diff| train loss {d['train_loss']:.1e}, train error {d['train_error']:.1e}, "
+        f"test error {d['test_error']:.1e} over {points} points"
+    )
+    print(
+        f"  (train loss along the path: {min(ro['train_loss']):.3f} .. {max(ro['train_loss']):.3f}; "
+        f"test error {min(ro['test_error']):.3f} .. {max(ro['test_error']):.3f})"
+    )
     print("  where the time goes (median seconds per point over 3 points, same steps, unwrapped):")
     for k, v in pa["profile"].items():
         print(f"    {k:48s} {fmt_time(v)}")
@@ -451,38 +541,76 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\ntargets:")
     mlp, cnn = steps
-    same_path = (d["train_loss"] <= PATH_TOL and d["train_error"] <= 1 / N_TRAIN + 1e-12
-                 and d["test_error"] <= 1 / N_TEST + 1e-12)
+    same_path = (
+        d["train_loss"] <= PATH_TOL
+        and d["train_error"] <= 1 / N_TRAIN + 1e-12
+        and d["test_error"] <= 1 / N_TEST + 1e-12
+    )
     checks = [
-        (f"(1) curve step / plain step, {mlp['name']} ({mlp['P']:,} params), both with L2 {WD:g} (the curve "
-         f"objective): {mlp['ratio']['+L2']:.3f}x (target <= {STEP_TARGET}x; paired {mlp['paired']['+L2']:.3f}x)",
-         mlp["ratio"]["+L2"] <= STEP_TARGET),
+        (
+            f"(1) curve step / plain step, {mlp['name']} ({mlp['P']:,} params), both with L2 {WD:g} (the curve "
+            f"objective): {mlp['ratio']['+L2']:.3f}x (target <= {STEP_TARGET}x; paired {mlp['paired']['+L2']:.3f}x)",
+            mlp["ratio"]["+L2"] <= STEP_TARGET,
+        ),
     ] + [
-        ("(1) curve step trains only the inner points; valleys gradient = explicit objective's "
-         "(float64, both models)", all(s["curve_ok"] and s["grad_ok"] for s in steps)),
-        (f"(2) evaluate_path = naive loop per point (train loss diff {d['train_loss']:.1e} <= {PATH_TOL:g}; errors "
-         f"differ by at most one example: {d['train_error'] * N_TRAIN:.0f} of {N_TRAIN} train, "
-         f"{d['test_error'] * N_TEST:.0f} of {N_TEST} test)", same_path),
+        (
+            "(1) curve step trains only the inner points; valleys gradient = explicit objective's "
+            "(float64, both models)",
+            all(s["curve_ok"] and s["grad_ok"] for s in steps),
+        ),
+        (
+            f"(2) evaluate_path = naive loop per point (train loss diff {d['train_loss']:.1e} <= {PATH_TOL:g}; errors "
+            f"differ by at most one example: {d['train_error'] * N_TRAIN:.0f} of {N_TRAIN} train, "
+            f"{d['test_error'] * N_TEST:.0f} of {N_TEST} test)",
+            same_path,
+        ),
     ]
     print_checks(checks)
     print("  info (no target):")
-    print(f"        (1) curve step / plain step, {mlp['name']}, both without L2: {mlp['ratio']['']:.3f}x "
-          f"(paired {mlp['paired']['']:.3f}x)")
+    print(
+        f"        (1) curve step / plain step, {mlp['name']}, both without L2: {mlp['ratio']['']:.3f}x "
+        f"(paired {mlp['paired']['']:.3f}x)"
+    )
     for sfx, lab in (("", "no L2"), ("+L2", "with L2")):
-        print(f"        (1) curve step / plain step, {cnn['name']}, {lab}: {cnn['ratio'][sfx]:.3f}x "
-              f"(paired {cnn['paired'][sfx]:.3f}x)")
+        print(
+            f"        (1) curve step / plain step, {cnn['name']}, {lab}: {cnn['ratio'][sfx]:.3f}x "
+            f"(paired {cnn['paired'][sfx]:.3f}x)"
+        )
     print(f"        (2) naive loop / evaluate_path, N = {points}: {r_path:.3f}x")
     total = time.perf_counter() - start
     print(f"\ntotal {total:.1f}s")
-    write_results("bench_curves", {
-        "quick": args.quick,
-        "steps": [{"model": st["name"], "params": st["P"], "ratio": {k or "no_l2": v for k, v in st["ratio"].items()},
-                   "paired": {k or "no_l2": v for k, v in st["paired"].items()}, "curve_ok": bool(st["curve_ok"]),
-                   "grad_ok": bool(st["grad_ok"])} for st in steps],
-        "path": {"params": pa["P"], "points": points, "repeats": repeats, "ours_s": pa["ours"],
-                 "naive_s": pa["naive"], "ratio": r_path, "diffs": dict(d), "profile_s_per_point": dict(pa["profile"])},
-        "targets": {"step_ratio_at_most": STEP_TARGET, "path_tol": PATH_TOL},
-        "checks": checks_json(checks), "all_pass": all(ok for _, ok in checks), "total_s": total}, args.json)
+    write_results(
+        "bench_curves",
+        {
+            "quick": args.quick,
+            "steps": [
+                {
+                    "model": st["name"],
+                    "params": st["P"],
+                    "ratio": {k or "no_l2": v for k, v in st["ratio"].items()},
+                    "paired": {k or "no_l2": v for k, v in st["paired"].items()},
+                    "curve_ok": bool(st["curve_ok"]),
+                    "grad_ok": bool(st["grad_ok"]),
+                }
+                for st in steps
+            ],
+            "path": {
+                "params": pa["P"],
+                "points": points,
+                "repeats": repeats,
+                "ours_s": pa["ours"],
+                "naive_s": pa["naive"],
+                "ratio": r_path,
+                "diffs": dict(d),
+                "profile_s_per_point": dict(pa["profile"]),
+            },
+            "targets": {"step_ratio_at_most": STEP_TARGET, "path_tol": PATH_TOL},
+            "checks": checks_json(checks),
+            "all_pass": all(ok for _, ok in checks),
+            "total_s": total,
+        },
+        args.json,
+    )
     return 0
 
 

@@ -107,8 +107,15 @@ def _bma_case(samples: int):
                 p.add_(0.01 * torch.randn(p.shape, generator=g))
         swag.collect(model)
     train, test = make_loader(TensorDataset(x_tr, y_tr), 256), make_loader(TensorDataset(x_te, y_te), 250)
-    return lambda: bma(model, swag.samples(samples, generator=torch.Generator().manual_seed(2)), test,
-                       bn_loader=train, return_probs=True, shard=True, batched=False)
+    return lambda: bma(
+        model,
+        swag.samples(samples, generator=torch.Generator().manual_seed(2)),
+        test,
+        bn_loader=train,
+        return_probs=True,
+        shard=True,
+        batched=False,
+    )
 
 
 def _memory_case(k: int):
@@ -161,25 +168,34 @@ def main() -> None:
 
     grid_n, samples, k = (7, 8, 20) if args.quick else (21, 30, 20)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"torch {torch.__version__}, {platform.machine()}, {cores} CPU cores, gloo, one thread per process"
-          f"{', quick' if args.quick else ''}")
+    print(
+        f"torch {torch.__version__}, {platform.machine()}, {cores} CPU cores, gloo, one thread per process"
+        f"{', quick' if args.quick else ''}"
+    )
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for world in (1, 2):
-            mp.start_processes(_worker, args=(world, _port(), tmp, grid_n, samples, k), nprocs=world, join=True,
-                               start_method="spawn")
+            mp.start_processes(
+                _worker, args=(world, _port(), tmp, grid_n, samples, k), nprocs=world, join=True, start_method="spawn"
+            )
             runs[world] = [torch.load(Path(tmp) / f"r{world}-rank{r}.pt", weights_only=False) for r in range(world)]
     one, two = runs[1][0], runs[2][0]
     checks = []
     same_grid = torch.allclose(one["grid"], two["grid"], rtol=1e-9, atol=1e-12)
     same_bma = torch.allclose(one["probs"], two["probs"], rtol=0, atol=1e-10)
-    print(f"\n(a) {grid_n} x {grid_n} grid, CNN1D, 1000 examples: 1 process {one['grid_s']:.2f} s, 2 processes "
-          f"{two['grid_s']:.2f} s, speed-up {one['grid_s'] / two['grid_s']:.2f}x; same grid: {same_grid}")
-    print(f"(b) BMA of {samples} SWAG samples, BN recompute each, SmallCNN: 1 process {one['bma_s']:.2f} s, "
-          f"2 processes {two['bma_s']:.2f} s, speed-up {one['bma_s'] / two['bma_s']:.2f}x; same probabilities: "
-          f"{same_bma}")
-    checks += [(f"sharded grid equals one process's ({grid_n * grid_n} points)", same_grid),
-               (f"sharded BMA equals one process's ({samples} samples)", same_bma)]
+    print(
+        f"\n(a) {grid_n} x {grid_n} grid, CNN1D, 1000 examples: 1 process {one['grid_s']:.2f} s, 2 processes "
+        f"{two['grid_s']:.2f} s, speed-up {one['grid_s'] / two['grid_s']:.2f}x; same grid: {same_grid}"
+    )
+    print(
+        f"(b) BMA of {samples} SWAG samples, BN recompute each, SmallCNN: 1 process {one['bma_s']:.2f} s, "
+        f"2 processes {two['bma_s']:.2f} s, speed-up {one['bma_s'] / two['bma_s']:.2f}x; same probabilities: "
+        f"{same_bma}"
+    )
+    checks += [
+        (f"sharded grid equals one process's ({grid_n * grid_n} points)", same_grid),
+        (f"sharded BMA equals one process's ({samples} samples)", same_bma),
+    ]
     print(f"(c) ShardedSWAG, K = {k}, P = {one['memory']['P']:,}: formula (K + 2) P / R float32")
     memory = {}
     for world in (1, 2):
@@ -188,15 +204,27 @@ def main() -> None:
             want = 4 * (k + 2) * m["P"] / world
             held, rss = m["held_bytes"], m["rss_growth_bytes"]
             ok = abs(held - want) / want <= MEMORY_TOLERANCE and abs(rss - want) / want <= MEMORY_TOLERANCE
-            print(f"    R = {world}, rank {r}: formula {want / 2**20:7.1f} MiB, buffers held {held / 2**20:7.1f} MiB, "
-                  f"resident memory grew {rss / 2**20:7.1f} MiB  {verdict(ok)}")
+            print(
+                f"    R = {world}, rank {r}: formula {want / 2**20:7.1f} MiB, buffers held {held / 2**20:7.1f} MiB, "
+                f"resident memory grew {rss / 2**20:7.1f} MiB  {verdict(ok)}"
+            )
             checks.append((f"R = {world} rank {r}: held and resident within 10% of (K + 2) P / R", ok))
             memory[f"R{world}_rank{r}"] = {"formula_bytes": want, "held_bytes": held, "rss_growth_bytes": rss}
-    write_results("bench_distributed", {
-        "quick": args.quick, "cores": cores, "grid_points": grid_n * grid_n, "samples": samples,
-        "grid_s": {"1": one["grid_s"], "2": two["grid_s"]}, "bma_s": {"1": one["bma_s"], "2": two["bma_s"]},
-        "speedup": {"grid": one["grid_s"] / two["grid_s"], "bma": one["bma_s"] / two["bma_s"]},
-        "memory": memory, "checks": checks_json(checks)}, args.json)
+    write_results(
+        "bench_distributed",
+        {
+            "quick": args.quick,
+            "cores": cores,
+            "grid_points": grid_n * grid_n,
+            "samples": samples,
+            "grid_s": {"1": one["grid_s"], "2": two["grid_s"]},
+            "bma_s": {"1": one["bma_s"], "2": two["bma_s"]},
+            "speedup": {"grid": one["grid_s"] / two["grid_s"], "bma": one["bma_s"] / two["bma_s"]},
+            "memory": memory,
+            "checks": checks_json(checks),
+        },
+        args.json,
+    )
 
 
 if __name__ == "__main__":

@@ -59,38 +59,43 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from _harness import (
+    checks_json,  # noqa: E402
+    fmt_time,
+    print_checks,
+    run_measurement,
+    spread,
+    write_results,
+)  # (benchmarks/ is on sys.path when run)
 from torch import Tensor, nn
 from torch.nn.utils import vector_to_parameters
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import TensorDataset
 
-from valleys.zoo.data import make_loader
+from valleys.core.weights import WeightSpace
 from valleys.evaluation.grid import evaluate_points
 from valleys.geometry.hessian import LossFunction, lanczos, power_iteration
-from valleys.zoo.models import MLP, SmallCNN
 from valleys.geometry.surfaces import Plane, grid_axes
-from valleys.core.weights import WeightSpace
+from valleys.zoo.data import make_loader
+from valleys.zoo.models import MLP, SmallCNN
 
-from _harness import (run_measurement, fmt_time, print_checks, spread, checks_json,  # noqa: E402
-                      write_results)  # (benchmarks/ is on sys.path when run)
-
-GRID_TARGET = 2.0     # (a) naive / ours (auto)
-AGREE_TOL = 1e-4      # max |loss diff| between ours and naive
-EIG_TOL = 1e-3        # (c) relative error of the top eigenvalue
+GRID_TARGET = 2.0  # (a) naive / ours (auto)
+AGREE_TOL = 1e-4  # max |loss diff| between ours and naive
+EIG_TOL = 1e-3  # (c) relative error of the top eigenvalue
 WILLIAMS = ((0, 1, 3, 2), (1, 2, 0, 3), (2, 3, 1, 0), (3, 0, 2, 1))  # Latin square balanced for carry-over
 ABBA = ((0, 1), (1, 0), (1, 0), (0, 1))
 
 
 @dataclass
 class Config:
-    grid_a: int          # points per axis in (a)
-    repeats_a: int       # interleaved repeats in (a) (a multiple of 4 balances the orders)
-    grid_b: int          # points per axis in (b)
+    grid_a: int  # points per axis in (a)
+    repeats_a: int  # interleaved repeats in (a) (a multiple of 4 balances the orders)
+    grid_b: int  # points per axis in (b)
     repeats_b: int
-    hess_examples: int   # examples in the Hessian's data subset (c), in batches of 500
+    hess_examples: int  # examples in the Hessian's data subset (c), in batches of 500
     ref_iterations: int  # Lanczos products for the reference eigenvalue (at most P)
-    seeds: int           # starting-vector seeds in (c)
-    max_lanczos: int     # give up beyond this many products
+    seeds: int  # starting-vector seeds in (c)
+    max_lanczos: int  # give up beyond this many products
     max_power: int
 
 
@@ -98,12 +103,6 @@ def make_config(quick: bool) -> Config:
     if quick:
         return Config(11, 4, 4, 4, 500, 200, 3, 150, 1000)
     return Config(21, 4, 7, 8, 1000, 200, 3, 150, 2000)
-
-
-
-
-
-
 
 
 def timed(fn: Callable[[], dict]) -> tuple[float, dict]:
@@ -148,8 +147,9 @@ def naive_keep(net: nn.Module, points: Sequence[Tensor], loaders: Mapping[str, I
     return out
 
 
-def naive_recompute(model: nn.Module, points: Sequence[Tensor], loaders: Mapping[str, Iterable],
-                    bn_loader: Iterable) -> dict:
+def naive_recompute(
+    model: nn.Module, points: Sequence[Tensor], loaders: Mapping[str, Iterable], bn_loader: Iterable
+) -> dict:
     """Per point: deepcopy, write the weights, ``update_bn`` on ``bn_loader``, evaluate."""
     out = {name: {"loss": [], "error": []} for name in loaders}
     with torch.no_grad():
@@ -168,8 +168,12 @@ def max_diff(ours: dict, ref: dict, key: str) -> float:
 
 # ---------------------------------------------------------------------------------------------- (a)
 A_VARIANTS = ("naive", "auto", "loop", "vmap")
-A_LABELS = {"naive": "naive loop (vector_to_parameters)", "auto": "evaluate_points, batched='auto'",
-            "loop": "evaluate_points, batched=False", "vmap": "evaluate_points, batched=True"}
+A_LABELS = {
+    "naive": "naive loop (vector_to_parameters)",
+    "auto": "evaluate_points, batched='auto'",
+    "loop": "evaluate_points, batched=False",
+    "vmap": "evaluate_points, batched=True",
+}
 
 
 def bench_grid_keep(cfg: Config) -> dict:
@@ -178,13 +182,17 @@ def bench_grid_keep(cfg: Config) -> dict:
     space = WeightSpace(model)
     x_tr, y_tr = torch.randn(3600, 40), torch.randint(0, 10, (3600,))
     x_te, y_te = torch.randn(1000, 40), torch.randint(0, 10, (1000,))
-    loaders = {"train": make_loader(TensorDataset(x_tr, y_tr), 1000),
-               "test": make_loader(TensorDataset(x_te, y_te), 1000)}
+    loaders = {
+        "train": make_loader(TensorDataset(x_tr, y_tr), 1000),
+        "test": make_loader(TensorDataset(x_te, y_te), 1000),
+    }
     w_init = space.read(model)
     points = plane_points(w_init, cfg.grid_a, 0.05, seed=1)
     naive_net = copy.deepcopy(model)  # the naive loop writes into its model; ours restores the user's
-    print(f"\n=== (a) {cfg.grid_a} x {cfg.grid_a} plane grid, no BN recompute: MLP 40-100-100-10, "
-          f"{space.size:,} parameters, 3600 train + 1000 test random examples, batch 1000 ===")
+    print(
+        f"\n=== (a) {cfg.grid_a} x {cfg.grid_a} plane grid, no BN recompute: MLP 40-100-100-10, "
+        f"{space.size:,} parameters, 3600 train + 1000 test random examples, batch 1000 ==="
+    )
 
     runs: dict[str, Callable[[Sequence[Tensor]], dict]] = {
         "naive": lambda pts: naive_keep(naive_net, pts, loaders),
@@ -213,23 +221,38 @@ def bench_grid_keep(cfg: Config) -> dict:
     npts = len(points)
     print(f"{'':40s} {'median':>11s} {'per point':>11s} {'spread':>7s}  {'naive/this':>10s}  {'paired':>7s}")
     for v in A_VARIANTS:
-        print(f"  {A_LABELS[v]:38s} {fmt_time(med[v])} {fmt_time(med[v] / npts)} {spread(times[v]):6.1f}%  "
-              f"{med['naive'] / med[v]:9.2f}x  {paired[v]:6.2f}x")
+        print(
+            f"  {A_LABELS[v]:38s} {fmt_time(med[v])} {fmt_time(med[v] / npts)} {spread(times[v]):6.1f}%  "
+            f"{med['naive'] / med[v]:9.2f}x  {paired[v]:6.2f}x"
+        )
     n_vmap = sum(auto_choices)
-    print(f"  batched='auto' chose {'vmap' if n_vmap * 2 > len(auto_choices) else 'the loop'} "
-          f"(result['batched'] True in {n_vmap} of {len(auto_choices)} runs)")
-    diffs = {v: (max_diff(results[v], results["naive"], "loss"), max_diff(results[v], results["naive"], "error"))
-             for v in ("auto", "loop", "vmap")}
+    print(
+        f"  batched='auto' chose {'vmap' if n_vmap * 2 > len(auto_choices) else 'the loop'} "
+        f"(result['batched'] True in {n_vmap} of {len(auto_choices)} runs)"
+    )
+    diffs = {
+        v: (max_diff(results[v], results["naive"], "loss"), max_diff(results[v], results["naive"], "error"))
+        for v in ("auto", "loop", "vmap")
+    }
     for v, (dl, de) in diffs.items():
         print(f"  agreement {A_LABELS[v]:33s} max |loss diff| {dl:.2e}  max |error diff| {de:.2e}")
     print(f"  model weights after all runs of evaluate_points: {'unchanged' if restored else 'CHANGED'}")
     lo = min(min(results["naive"][n]["loss"]) for n in loaders)
     hi = max(max(results["naive"][n]["loss"]) for n in loaders)
-    print(f"  ({npts} points, losses {lo:.3f} .. {hi:.3f}; {cfg.repeats_a} interleaved repeats in carry-over-"
-          f"balanced orders; 'paired' = median of per-repeat ratios; {elapsed:.1f}s)")
-    return {"ratio": med["naive"] / med["auto"], "ratio_loop": med["naive"] / med["loop"],
-            "ratio_vmap": med["naive"] / med["vmap"], "auto_vmap": n_vmap, "auto_runs": len(auto_choices),
-            "diffs": diffs, "restored": restored, "points": npts}
+    print(
+        f"  ({npts} points, losses {lo:.3f} .. {hi:.3f}; {cfg.repeats_a} interleaved repeats in carry-over-"
+        f"balanced orders; 'paired' = median of per-repeat ratios; {elapsed:.1f}s)"
+    )
+    return {
+        "ratio": med["naive"] / med["auto"],
+        "ratio_loop": med["naive"] / med["loop"],
+        "ratio_vmap": med["naive"] / med["vmap"],
+        "auto_vmap": n_vmap,
+        "auto_runs": len(auto_choices),
+        "diffs": diffs,
+        "restored": restored,
+        "points": npts,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- (b)
@@ -242,8 +265,10 @@ def bench_grid_recompute(cfg: Config) -> dict:
     train_loader = make_loader(TensorDataset(x_tr, y_tr), 256)
     loaders = {"train": train_loader, "test": make_loader(TensorDataset(x_te, y_te), 256)}
     points = plane_points(space.read(model), cfg.grid_b, 0.05, seed=2)
-    print(f"\n=== (b) {cfg.grid_b} x {cfg.grid_b} plane grid with BN recompute: SmallCNN(1, 10, width=8), "
-          f"{space.size:,} parameters, 1x8x8 random inputs, 1024 train (4 x 256) + 256 test ===")
+    print(
+        f"\n=== (b) {cfg.grid_b} x {cfg.grid_b} plane grid with BN recompute: SmallCNN(1, 10, width=8), "
+        f"{space.size:,} parameters, 1x8x8 random inputs, 1024 train (4 x 256) + 256 test ==="
+    )
     runs = {
         "naive": lambda pts: naive_recompute(model, pts, loaders, train_loader),
         "ours": lambda pts: evaluate_points(model, pts, loaders, bn="recompute", bn_loader=train_loader),
@@ -309,13 +334,15 @@ def bench_eigen(cfg: Config) -> dict:
     model = MLP(40, 10).double()
     x, y = torch.randn(3600, 40, dtype=torch.float64), torch.randint(0, 10, (3600,))
     n = cfg.hess_examples
-    batches = [(x[i:i + 500], y[i:i + 500]) for i in range(0, n, 500)]
+    batches = [(x[i : i + 500], y[i : i + 500]) for i in range(0, n, 500)]
     loss = LossFunction(model, batches)
     neg = LossFunction(model, batches, loss_fn=lambda o, t: -nn.functional.cross_entropy(o, t))
     w = WeightSpace(model).read(model)
     p = w.numel()
-    print(f"\n=== (c) top Hessian eigenvalue to {EIG_TOL:g} relative: MLP 40-100-100-10 in float64, {p:,} "
-          f"parameters, {n} random examples in batches of 500, eval mode ===")
+    print(
+        f"\n=== (c) top Hessian eigenvalue to {EIG_TOL:g} relative: MLP 40-100-100-10 in float64, {p:,} "
+        f"parameters, {n} random examples in batches of 500, eval mode ==="
+    )
     t_start = time.perf_counter()
     loss.hvp(w, torch.ones_like(w))  # warm-up
     t0 = time.perf_counter()
@@ -331,14 +358,20 @@ def bench_eigen(cfg: Config) -> dict:
     lam_max, lam_max2, lam_min = top(loss, 1000), top(loss, 1001), -top(neg, 1000)
     negative_end = abs(lam_min) > abs(lam_max)
     power_target = lam_min if negative_end else lam_max
-    print(f"  reference (Lanczos, {iters} products): largest {lam_max:.8g} (another start: rel. diff "
-          f"{abs(lam_max2 - lam_max) / abs(lam_max):.1e}), most negative {lam_min:.6g}")
+    print(
+        f"  reference (Lanczos, {iters} products): largest {lam_max:.8g} (another start: rel. diff "
+        f"{abs(lam_max2 - lam_max) / abs(lam_max):.1e}), most negative {lam_min:.6g}"
+    )
     if negative_end:
-        print(f"  NOTE: the eigenvalue of largest magnitude is the NEGATIVE one ({lam_min:.6g}); power iteration "
-              "converges to it and is compared against it")
+        print(
+            f"  NOTE: the eigenvalue of largest magnitude is the NEGATIVE one ({lam_min:.6g}); power iteration "
+            "converges to it and is compared against it"
+        )
     else:
-        print(f"  the eigenvalue of largest magnitude is the largest one ({lam_max:.6g}, |most negative| / largest = "
-              f"{abs(lam_min) / lam_max:.3f}): both methods target it")
+        print(
+            f"  the eigenvalue of largest magnitude is the largest one ({lam_max:.6g}, |most negative| / largest = "
+            f"{abs(lam_min) / lam_max:.3f}): both methods target it"
+        )
     print(f"  one Hessian-vector product: {fmt_time(t_hvp)}")
     rows = []
     for s in range(cfg.seeds):
@@ -347,29 +380,43 @@ def bench_eigen(cfg: Config) -> dict:
         # the library's power_iteration after j products gives the local loop's estimate
         lib = power_iteration(loss, w, iterations=j or cfg.max_power, generator=torch.Generator().manual_seed(s))
         same = abs(lib["eigenvalue"] - ev_p) <= 1e-10 * abs(ev_p) and lib["num_hvp"] == (j or cfg.max_power)
-        t_l = timed(lambda: lanczos(loss, w, k=1, iterations=m or cfg.max_lanczos,
-                                    generator=torch.Generator().manual_seed(s)))[0]
-        t_p = timed(lambda: power_iteration(loss, w, iterations=j or cfg.max_power,
-                                            generator=torch.Generator().manual_seed(s)))[0]
+        t_l = timed(
+            lambda: lanczos(loss, w, k=1, iterations=m or cfg.max_lanczos, generator=torch.Generator().manual_seed(s))
+        )[0]
+        t_p = timed(
+            lambda: power_iteration(loss, w, iterations=j or cfg.max_power, generator=torch.Generator().manual_seed(s))
+        )[0]
         rows.append({"seed": s, "m": m, "j": j, "ev_l": ev_l, "ev_p": ev_p, "same": same, "t_l": t_l, "t_p": t_p})
     elapsed = time.perf_counter() - t_start
-    print(f"  {'seed':>4s}  {'Lanczos HVPs':>12s} {'rel err':>9s} {'time':>11s}   {'power HVPs':>10s} {'rel err':>9s} "
-          f"{'time':>11s}  {'library = local loop':>20s}")
+    print(
+        f"  {'seed':>4s}  {'Lanczos HVPs':>12s} {'rel err':>9s} {'time':>11s}   {'power HVPs':>10s} {'rel err':>9s} "
+        f"{'time':>11s}  {'library = local loop':>20s}"
+    )
     for r in rows:
         ml = str(r["m"]) if r["m"] else f">{cfg.max_lanczos}"
         jp = str(r["j"]) if r["j"] else f">{cfg.max_power}"
-        print(f"  {r['seed']:4d}  {ml:>12s} {abs(r['ev_l'] - lam_max) / abs(lam_max):9.1e} {fmt_time(r['t_l'])}   "
-              f"{jp:>10s} {abs(r['ev_p'] - power_target) / abs(power_target):9.1e} {fmt_time(r['t_p'])}  "
-              f"{'yes' if r['same'] else 'NO':>20s}")
-    big = 10 ** 9  # "not converged" sorts last
+        print(
+            f"  {r['seed']:4d}  {ml:>12s} {abs(r['ev_l'] - lam_max) / abs(lam_max):9.1e} {fmt_time(r['t_l'])}   "
+            f"{jp:>10s} {abs(r['ev_p'] - power_target) / abs(power_target):9.1e} {fmt_time(r['t_p'])}  "
+            f"{'yes' if r['same'] else 'NO':>20s}"
+        )
+    big = 10**9  # "not converged" sorts last
     med_m = statistics.median([r["m"] or big for r in rows])
     med_j = statistics.median([r["j"] or big for r in rows])
     ratio = med_j / med_m
     print(f"  median products: Lanczos {med_m:g}, power iteration {med_j:g}; power / Lanczos = {ratio:.2f}x")
-    print(f"  (counts: smallest m with lanczos(k=1, iterations=m) within {EIG_TOL:g}, first power iteration "
-          f"within {EIG_TOL:g}; 'time' = one call with that many products; {elapsed:.1f}s)")
-    return {"med_m": med_m, "med_j": med_j, "ratio": ratio, "negative_end": negative_end,
-            "same": all(r["same"] for r in rows), "converged": all(r["m"] and r["j"] for r in rows)}
+    print(
+        f"  (counts: smallest m with lanczos(k=1, iterations=m) within {EIG_TOL:g}, first power iteration "
+        f"within {EIG_TOL:g}; 'time' = one call with that many products; {elapsed:.1f}s)"
+    )
+    return {
+        "med_m": med_m,
+        "med_j": med_j,
+        "ratio": ratio,
+        "negative_end": negative_end,
+        "same": all(r["same"] for r in rows),
+        "converged": all(r["m"] and r["j"] for r in rows),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -377,42 +424,67 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller grids, fewer repeats, smaller Hessian subset")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, for stable numbers)")
-    ap.add_argument("--json", default=None, metavar="PATH",
-                    help="where to write the numbers as JSON (default benchmarks/results/bench_geometry.json)")
+    ap.add_argument(
+        "--json",
+        default=None,
+        metavar="PATH",
+        help="where to write the numbers as JSON (default benchmarks/results/bench_geometry.json)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = make_config(args.quick)
     start = time.perf_counter()
-    print(f"valleys geometry benchmark: torch {torch.__version__}, python {platform.python_version()}, "
-          f"{platform.machine()}, threads {torch.get_num_threads()}{', quick' if args.quick else ''}")
+    print(
+        f"valleys geometry benchmark: torch {torch.__version__}, python {platform.python_version()}, "
+        f"{platform.machine()}, threads {torch.get_num_threads()}{', quick' if args.quick else ''}"
+    )
     a = bench_grid_keep(cfg)
     b = bench_grid_recompute(cfg)
     c = bench_eigen(cfg)
 
     print("\ntargets:")
     checks = [
-        (f"(a) naive / evaluate_points (auto)    = {a['ratio']:.2f}x (target >= {GRID_TARGET}x; batched=False "
-         f"{a['ratio_loop']:.2f}x, batched=True {a['ratio_vmap']:.2f}x; auto chose vmap in {a['auto_vmap']}/"
-         f"{a['auto_runs']})", a["ratio"] >= GRID_TARGET),
-        (f"(a) losses agree with the naive loop  : max |diff| auto {a['diffs']['auto'][0]:.1e}, loop "
-         f"{a['diffs']['loop'][0]:.1e}, vmap {a['diffs']['vmap'][0]:.1e} (<= {AGREE_TOL:g}); model "
-         f"{'restored' if a['restored'] else 'NOT restored'}",
-         max(d[0] for d in a["diffs"].values()) <= AGREE_TOL and a["restored"]),
-        (f"(b) losses agree with update_bn loop  : max |diff| {b['diff_loss']:.1e} (<= {AGREE_TOL:g}); "
-         f"naive / ours = {b['ratio']:.2f}x (no target)", b["diff_loss"] <= AGREE_TOL),
-        (f"(c) Lanczos needs fewer products      : median {c['med_m']:g} against power iteration {c['med_j']:g} "
-         f"({c['ratio']:.2f}x; no numeric target{'; power targets the negative end' if c['negative_end'] else ''})",
-         c["converged"] and c["med_m"] < c["med_j"]),
-        ("(c) power_iteration = the local loop  : same estimate after the counted products",
-         c["same"]),
+        (
+            f"(a) naive / evaluate_points (auto)    = {a['ratio']:.2f}x (target >= {GRID_TARGET}x; batched=False "
+            f"{a['ratio_loop']:.2f}x, batched=True {a['ratio_vmap']:.2f}x; auto chose vmap in {a['auto_vmap']}/"
+            f"{a['auto_runs']})",
+            a["ratio"] >= GRID_TARGET,
+        ),
+        (
+            f"(a) losses agree with the naive loop  : max |diff| auto {a['diffs']['auto'][0]:.1e}, loop "
+            f"{a['diffs']['loop'][0]:.1e}, vmap {a['diffs']['vmap'][0]:.1e} (<= {AGREE_TOL:g}); model "
+            f"{'restored' if a['restored'] else 'NOT restored'}",
+            max(d[0] for d in a["diffs"].values()) <= AGREE_TOL and a["restored"],
+        ),
+        (
+            f"(b) losses agree with update_bn loop  : max |diff| {b['diff_loss']:.1e} (<= {AGREE_TOL:g}); "
+            f"naive / ours = {b['ratio']:.2f}x (no target)",
+            b["diff_loss"] <= AGREE_TOL,
+        ),
+        (
+            f"(c) Lanczos needs fewer products      : median {c['med_m']:g} against power iteration {c['med_j']:g} "
+            f"({c['ratio']:.2f}x; no numeric target{'; power targets the negative end' if c['negative_end'] else ''})",
+            c["converged"] and c["med_m"] < c["med_j"],
+        ),
+        ("(c) power_iteration = the local loop  : same estimate after the counted products", c["same"]),
     ]
     print_checks(checks)
     total = time.perf_counter() - start
     print(f"\ntotal {total:.1f}s")
-    write_results("bench_geometry", {"quick": args.quick, "threads": torch.get_num_threads(),
-                                     "grid_keep": a, "grid_recompute": b, "eigen": c,
-                                     "checks": checks_json(checks), "all_pass": all(ok for _, ok in checks),
-                                     "total_s": total}, args.json)
+    write_results(
+        "bench_geometry",
+        {
+            "quick": args.quick,
+            "threads": torch.get_num_threads(),
+            "grid_keep": a,
+            "grid_recompute": b,
+            "eigen": c,
+            "checks": checks_json(checks),
+            "all_pass": all(ok for _, ok in checks),
+            "total_s": total,
+        },
+        args.json,
+    )
     return 0
 
 

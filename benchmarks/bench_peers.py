@@ -57,14 +57,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _harness import alternating, fmt_time, print_checks, run_measurement, verdict  # noqa: E402
 from torch import Tensor, nn
 
+from valleys.core.weights import WeightSpace
 from valleys.evaluation.grid import evaluate_points
 from valleys.geometry.hessian import LossFunction, hutchinson_trace, lanczos, power_iteration
 from valleys.geometry.surfaces import random_direction
-from valleys.core.weights import WeightSpace
-
-from _harness import alternating, fmt_time, print_checks, run_measurement, verdict  # noqa: E402
 
 PEERS_PATH = os.environ.get("VALLEYS_PEERS_PATH", "/work/peers")
 # (a) and (c) time the same sequence of autograd calls on both sides (double backward through one kept
@@ -79,9 +78,19 @@ class BNCNN(nn.Module):
     def __init__(self, classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+        )
         self.head = nn.Linear(64, classes)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -171,8 +180,9 @@ def peer_hessian(peers: dict[str, Any], model: nn.Module, data: tuple[Tensor, Te
     return h, h.hvp, "pyhessian (re-implementation)"
 
 
-def landscapes_plane(peers: dict[str, Any], model: nn.Module, x: Tensor, y: Tensor, steps: int,
-                     record: list | None = None) -> tuple[Any, str]:
+def landscapes_plane(
+    peers: dict[str, Any], model: nn.Module, x: Tensor, y: Tensor, steps: int, record: list | None = None
+) -> tuple[Any, str]:
     """loss-landscapes' ``random_plane`` (the package, or its algorithm re-implemented)."""
     ll = peers.get("loss_landscapes")
     if ll is not None:
@@ -182,13 +192,20 @@ def landscapes_plane(peers: dict[str, Any], model: nn.Module, x: Tensor, y: Tens
             def __call__(self, wrapper):  # type: ignore[override]
                 value = super().__call__(wrapper)
                 if record is not None:
-                    record.append((torch.cat([p.detach().reshape(-1).clone() for p in
-                                              wrapper.get_module_parameters().parameters]), value))
+                    record.append(
+                        (
+                            torch.cat(
+                                [p.detach().reshape(-1).clone() for p in wrapper.get_module_parameters().parameters]
+                            ),
+                            value,
+                        )
+                    )
                 return value
 
         metric = (Recording if record is not None else Loss)(nn.functional.cross_entropy, x, y)
-        return ll.random_plane(model, metric, distance=1, steps=steps, normalization="filter",
-                               deepcopy_model=True), "loss-landscapes (package)"
+        return ll.random_plane(
+            model, metric, distance=1, steps=steps, normalization="filter", deepcopy_model=True
+        ), "loss-landscapes (package)"
     return _plane_reimplemented(model, x, y, steps, record), "loss-landscapes (re-implementation)"
 
 
@@ -225,11 +242,17 @@ def _filter_normalise(d: Tensor, ref: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------- sections
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="100 examples, fewer repeats, 5 x 5 grid, 10 Hutchinson samples")
+    ap.add_argument(
+        "--quick", action="store_true", help="100 examples, fewer repeats, 5 x 5 grid, 10 Hutchinson samples"
+    )
     ap.add_argument("--examples", type=int, default=None, help="data size (default 1000; 100 with --quick)")
-    ap.add_argument("--plane-repeats", type=int, default=1,
-                    help="interleaved repeats of the plane (default 1: a 21 x 21 plane on 1000 examples takes "
-                         "several minutes per run on one core)")
+    ap.add_argument(
+        "--plane-repeats",
+        type=int,
+        default=1,
+        help="interleaved repeats of the plane (default 1: a 21 x 21 plane on 1000 examples takes "
+        "several minutes per run on one core)",
+    )
     ap.add_argument("--plane-loop", action="store_true", help="also time the engine with batched=False")
     ap.add_argument("--sections", default="abcd", help="which sections to run (default abcd)")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "bench_peers.json"))
@@ -241,8 +264,10 @@ def main() -> None:
     examples = args.examples or (100 if args.quick else 1000)
     max_products = 20 if args.quick else 200
     peers = load_peers()
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, 1 thread; "
-          f"peers from {PEERS_PATH}" + (" (quick)" if args.quick else ""))
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, 1 thread; "
+        f"peers from {PEERS_PATH}" + (" (quick)" if args.quick else "")
+    )
     for name in ("pyhessian", "loss_landscapes"):
         if peers.get(name) is None:
             print(f"  {name}: not importable ({peers.get(name + '_error')}); its algorithm is re-implemented")
@@ -276,37 +301,63 @@ def main() -> None:
         t0 = time.perf_counter()
         losses["double_backward"].hvp(w, v)  # builds the gradient graph at w (the peer's set-up, timed apart)
         ours_setup = time.perf_counter() - t0
-        fns = {"valleys double_backward": lambda: losses["double_backward"].hvp(w, v),
-               "valleys forward_over_reverse": lambda: losses["forward_over_reverse"].hvp(w, v),
-               which_h: lambda: torch.cat([t.reshape(-1) for t in peer_hvp(v_list)])}
+        fns = {
+            "valleys double_backward": lambda: losses["double_backward"].hvp(w, v),
+            "valleys forward_over_reverse": lambda: losses["forward_over_reverse"].hvp(w, v),
+            which_h: lambda: torch.cat([t.reshape(-1) for t in peer_hvp(v_list)]),
+        }
         times, last = alternating(fns, repeats)
         med = {k: statistics.median(t) for k, t in times.items()}
         for k, t in med.items():
             print(f"  {k:34s} {fmt_time(t)} per product")
-        print(f"  set-up (gradient with its graph, and one product): valleys {fmt_time(ours_setup)}, peer {fmt_time(peer_setup)}")
+        print(
+            f"  set-up (gradient with its graph, and one product): valleys {fmt_time(ours_setup)}, peer {fmt_time(peer_setup)}"
+        )
         ref = last[which_h]
         for k in ("valleys double_backward", "valleys forward_over_reverse"):
             rel = float((last[k] - ref).norm() / ref.norm())
             checks.append((f"(a) {k} HVP equals the peer's: relative difference {rel:.1e} <= 1e-4", rel <= 1e-4))
         ratio = med[which_h] / med["valleys double_backward"]
-        checks.append((f"(a) HVP: peer / valleys double_backward = {ratio:.2f}x >= {TIE}x (parity: the same autograd "
-                       "calls on both sides)", ratio >= TIE))
-        print(f"  ratio peer / valleys: double_backward {ratio:.2f}x, forward_over_reverse "
-              f"{med[which_h] / med['valleys forward_over_reverse']:.2f}x   {verdict(ratio >= TIE)}")
-        results["hvp"] = {"peer": which_h, "median_s": med, "setup_s": {"valleys": ours_setup, "peer": peer_setup},
-                          "ratio_peer_over_double_backward": ratio}
+        checks.append(
+            (
+                f"(a) HVP: peer / valleys double_backward = {ratio:.2f}x >= {TIE}x (parity: the same autograd "
+                "calls on both sides)",
+                ratio >= TIE,
+            )
+        )
+        print(
+            f"  ratio peer / valleys: double_backward {ratio:.2f}x, forward_over_reverse "
+            f"{med[which_h] / med['valleys forward_over_reverse']:.2f}x   {verdict(ratio >= TIE)}"
+        )
+        results["hvp"] = {
+            "peer": which_h,
+            "median_s": med,
+            "setup_s": {"valleys": ours_setup, "peer": peer_setup},
+            "ratio_peer_over_double_backward": ratio,
+        }
 
         # (b) top eigenvalue --------------------------------------------------------------------------------
         print("\n(b) top Hessian eigenvalue to 1e-3 relative")
         loss = losses["double_backward"]
-        reference = float(lanczos(loss, w, k=1, iterations=max(20, max_products // 3), generator=torch.Generator().manual_seed(7))
-                          ["eigenvalues"][0])
+        reference = float(
+            lanczos(loss, w, k=1, iterations=max(20, max_products // 3), generator=torch.Generator().manual_seed(7))[
+                "eigenvalues"
+            ][0]
+        )
         rows = {}
         for name, run in (
-            ("valleys lanczos", lambda: lanczos(loss, w, k=1, iterations=max_products // 2, tol=1e-3,
-                                                generator=torch.Generator().manual_seed(0))),
-            ("valleys power_iteration", lambda: power_iteration(loss, w, iterations=max_products, tol=1e-3,
-                                                                generator=torch.Generator().manual_seed(0))),
+            (
+                "valleys lanczos",
+                lambda: lanczos(
+                    loss, w, k=1, iterations=max_products // 2, tol=1e-3, generator=torch.Generator().manual_seed(0)
+                ),
+            ),
+            (
+                "valleys power_iteration",
+                lambda: power_iteration(
+                    loss, w, iterations=max_products, tol=1e-3, generator=torch.Generator().manual_seed(0)
+                ),
+            ),
         ):
             t0 = time.perf_counter()
             res = run()
@@ -334,15 +385,24 @@ def main() -> None:
             peer.hvp, plain = counted, peer.hvp
             evs, _ = peer.eigenvalues(maxIter=max_products, tol=1e-3, top_n=1)
             peer.hvp = plain
-        rows[f"{which_h} eigenvalues"] = {"time_s": time.perf_counter() - t0, "num_hvp": counter["n"],
-                                          "eigenvalue": float(evs[0])}
+        rows[f"{which_h} eigenvalues"] = {
+            "time_s": time.perf_counter() - t0,
+            "num_hvp": counter["n"],
+            "eigenvalue": float(evs[0]),
+        }
         for name, r in rows.items():
             r["rel_error"] = abs(r["eigenvalue"] - reference) / abs(reference)
-            print(f"  {name:42s} {fmt_time(r['time_s'])}  {r['num_hvp']:4d} products  "
-                  f"lambda = {r['eigenvalue']:.5g} (rel. error {r['rel_error']:.1e})")
+            print(
+                f"  {name:42s} {fmt_time(r['time_s'])}  {r['num_hvp']:4d} products  "
+                f"lambda = {r['eigenvalue']:.5g} (rel. error {r['rel_error']:.1e})"
+            )
         print(f"  reference (Lanczos, {max(20, max_products // 3)} products): {reference:.6g}")
-        checks.append((f"(b) Lanczos within 1e-3 of the reference ({rows['valleys lanczos']['rel_error']:.1e})",
-                       rows["valleys lanczos"]["rel_error"] <= 1e-3))
+        checks.append(
+            (
+                f"(b) Lanczos within 1e-3 of the reference ({rows['valleys lanczos']['rel_error']:.1e})",
+                rows["valleys lanczos"]["rel_error"] <= 1e-3,
+            )
+        )
         results["top_eigenvalue"] = {"reference": reference, **rows}
 
         # (c) Hutchinson ------------------------------------------------------------------------------------
@@ -357,14 +417,25 @@ def main() -> None:
         peer_trace = statistics.mean(vals)
         peer_se = statistics.stdev(vals) / math.sqrt(len(vals))
         print(f"  valleys hutchinson_trace  {fmt_time(ours_s)}  trace {ours['trace']:.5g} +- {ours['stderr']:.2g}")
-        print(f"  {which_h + ' trace':26s}{fmt_time(peer_s)}  trace {peer_trace:.5g} +- {peer_se:.2g} "
-              f"({len(vals)} samples)")
+        print(
+            f"  {which_h + ' trace':26s}{fmt_time(peer_s)}  trace {peer_trace:.5g} +- {peer_se:.2g} "
+            f"({len(vals)} samples)"
+        )
         gap = abs(ours["trace"] - peer_trace) / math.hypot(ours["stderr"], peer_se)
         checks.append((f"(c) the two trace estimates agree ({gap:.1f} standard errors apart <= 4)", gap <= 4))
-        checks.append((f"(c) Hutchinson: peer / valleys = {peer_s / ours_s:.2f}x >= {TIE}x (parity: the same products)",
-                       peer_s / ours_s >= TIE))
-        results["hutchinson"] = {"samples": samples, "valleys_s": ours_s, "peer_s": peer_s,
-                                 "valleys_trace": ours["trace"], "peer_trace": peer_trace}
+        checks.append(
+            (
+                f"(c) Hutchinson: peer / valleys = {peer_s / ours_s:.2f}x >= {TIE}x (parity: the same products)",
+                peer_s / ours_s >= TIE,
+            )
+        )
+        results["hutchinson"] = {
+            "samples": samples,
+            "valleys_s": ours_s,
+            "peer_s": peer_s,
+            "valleys_trace": ours["trace"],
+            "peer_trace": peer_trace,
+        }
         del peer, peer_hvp, losses, loss
 
     if "d" in args.sections:
@@ -407,10 +478,19 @@ def main() -> None:
         landscapes_plane(peers, model, x, y, 3, record)  # the points the peer visits, and its values there
         got = evaluate_points(model, [p for p, _ in record[:4]], data, bn="keep")["train"]["loss"]
         diff = max(abs(a - b) / max(abs(b), 1e-12) for a, (_, b) in zip(got, record[:4]))
-        checks.append((f"(d) same loss at {len(got)} of the peer's grid points (max relative diff {diff:.1e} <= 1e-4)",
-                       diff <= 1e-4))
-        results["plane"] = {"steps": steps, "peer": which_p, "median_s": med, "ratio_peer_over_valleys": ratio,
-                            "agreement_max_rel_diff": diff}
+        checks.append(
+            (
+                f"(d) same loss at {len(got)} of the peer's grid points (max relative diff {diff:.1e} <= 1e-4)",
+                diff <= 1e-4,
+            )
+        )
+        results["plane"] = {
+            "steps": steps,
+            "peer": which_p,
+            "median_s": med,
+            "ratio_peer_over_valleys": ratio,
+            "agreement_max_rel_diff": diff,
+        }
 
     print("\nChecks")
     print_checks(checks)

@@ -71,8 +71,11 @@ def _steps(model_fn, x, y, augment, block: int, repeats: int) -> dict:
         trainer = SimpleNamespace(adapter=ModelAdapter(), device=None, model=model, step=100, steps_per_epoch=10)
         if teacher is not None:
             teacher.on_train_start(trainer)
-        step = None if name == "supervised" else ConsistencyStep(name, augment=augment, weight=30.0, rampup=5,
-                                                                   teacher=teacher)
+        step = (
+            None
+            if name == "supervised"
+            else ConsistencyStep(name, augment=augment, weight=30.0, rampup=5, teacher=teacher)
+        )
 
         def one(model=model, opt=opt, step=step, teacher=teacher, trainer=trainer):
             for _ in range(block):
@@ -85,6 +88,7 @@ def _steps(model_fn, x, y, augment, block: int, repeats: int) -> dict:
                 opt.step()
                 if teacher is not None:
                     teacher.on_step_end(trainer)
+
         model.train()
         one()  # warm-up
         runs[name] = one
@@ -93,8 +97,12 @@ def _steps(model_fn, x, y, augment, block: int, repeats: int) -> dict:
         times, _ = alternating({"supervised": runs["supervised"], other: runs[other]}, repeats)
         sup = statistics.median(times["supervised"]) / block
         oth = statistics.median(times[other]) / block
-        pairs[other] = {"supervised_s": sup, "step_s": oth, "ratio": oth / sup,
-                        "spread_pct": max(spread(times["supervised"]), spread(times[other]))}
+        pairs[other] = {
+            "supervised_s": sup,
+            "step_s": oth,
+            "ratio": oth / sup,
+            "spread_pct": max(spread(times["supervised"]), spread(times[other])),
+        }
     return pairs
 
 
@@ -112,11 +120,27 @@ def _epoch_overhead(repeats: int) -> dict:
         loader = semisup_loader(ds, lab, unlabelled=unl, batch_size=128, labelled_batch_size=32, seed=0)
         cbs = []
         if mode != "none":
-            cbs.append(SWACallback(SWA(model, moments=False), 0, every="epoch" if mode == "epoch" else "steps", k=1,
-                                   apply_at_end=False, prefix="fastswa"))
+            cbs.append(
+                SWACallback(
+                    SWA(model, moments=False),
+                    0,
+                    every="epoch" if mode == "epoch" else "steps",
+                    k=1,
+                    apply_at_end=False,
+                    prefix="fastswa",
+                )
+            )
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
-        trainer = Trainer(model, None, opt, loader, epochs=10 ** 6, step_fn=ConsistencyStep("pi", augment=SignalAugment()),
-                          callbacks=cbs, progress=False)
+        trainer = Trainer(
+            model,
+            None,
+            opt,
+            loader,
+            epochs=10**6,
+            step_fn=ConsistencyStep("pi", augment=SignalAugment()),
+            callbacks=cbs,
+            progress=False,
+        )
         for cb in cbs:
             cb.on_train_start(trainer)
 
@@ -125,6 +149,7 @@ def _epoch_overhead(repeats: int) -> dict:
             trainer.epoch += 1
             for cb in cbs:
                 cb.on_epoch_end(trainer, logs)
+
         epoch()  # warm-up
         return epoch, len(loader)
 
@@ -135,8 +160,13 @@ def _epoch_overhead(repeats: int) -> dict:
     t2, _ = alternating({"none": base, "steps": every_step}, repeats)
     a = statistics.median(t1["epoch"]) / statistics.median(t1["none"])
     b = statistics.median(t2["steps"]) / statistics.median(t2["none"])
-    return {"steps_per_epoch": steps, "epoch_s": statistics.median(t1["none"]), "collect_at_epoch_end_ratio": a,
-            "collect_every_step_ratio": b, "spread_pct": max(spread(v) for v in (*t1.values(), *t2.values()))}
+    return {
+        "steps_per_epoch": steps,
+        "epoch_s": statistics.median(t1["none"]),
+        "collect_at_epoch_end_ratio": a,
+        "collect_every_step_ratio": b,
+        "spread_pct": max(spread(v) for v in (*t1.values(), *t2.values())),
+    }
 
 
 def main() -> None:
@@ -146,13 +176,18 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="where to write the results (default benchmarks/results/)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {platform.machine()}, threads {torch.get_num_threads()}"
-          f"{', quick' if args.quick else ''}")
+    print(
+        f"torch {torch.__version__}, {platform.machine()}, threads {torch.get_num_threads()}"
+        f"{', quick' if args.quick else ''}"
+    )
     repeats = 4 if args.quick else 8
     g = torch.Generator().manual_seed(0)
     cases = {
-        "SmallCNN (BatchNorm), 1x28x28": (lambda: SmallCNN(1, 10, width=32), torch.randn(128, 1, 28, 28, generator=g),
-                                          ImageAugment(translate=2)),
+        "SmallCNN (BatchNorm), 1x28x28": (
+            lambda: SmallCNN(1, 10, width=32),
+            torch.randn(128, 1, 28, 28, generator=g),
+            ImageAugment(translate=2),
+        ),
         "CNN1D, 40-sample signals": (lambda: CNN1D(40, 10), torch.randn(128, 40, generator=g), SignalAugment()),
     }
     y = torch.randint(0, 10, (128,), generator=g)
@@ -164,20 +199,30 @@ def main() -> None:
         out[name] = res
         for other, r in res.items():
             target = PI_TARGET if other == "pi" else MT_TARGET
-            print(f"  {name:32s} supervised {fmt_time(r['supervised_s'])}  {other:12s} {fmt_time(r['step_s'])}  "
-                  f"ratio {r['ratio']:.2f}x (target <= {target}x, spread {r['spread_pct']:.0f}%)  {verdict(r['ratio'] <= target)}")
-            checks.append((f"{name}: {other} step / supervised step = {r['ratio']:.2f}x <= {target}x", r["ratio"] <= target))
+            print(
+                f"  {name:32s} supervised {fmt_time(r['supervised_s'])}  {other:12s} {fmt_time(r['step_s'])}  "
+                f"ratio {r['ratio']:.2f}x (target <= {target}x, spread {r['spread_pct']:.0f}%)  {verdict(r['ratio'] <= target)}"
+            )
+            checks.append(
+                (f"{name}: {other} step / supervised step = {r['ratio']:.2f}x <= {target}x", r["ratio"] <= target)
+            )
     print("\n(2) one epoch of Pi training (3600 MNIST-1D-sized signals), with and without fast-SWA collection")
     t0 = time.perf_counter()
     ep = _epoch_overhead(repeats)
     out["epoch"] = ep
-    print(f"  {ep['steps_per_epoch']} steps, {fmt_time(ep['epoch_s'])} per epoch; with a collect at the epoch end "
-          f"{ep['collect_at_epoch_end_ratio']:.4f}x (target < {COLLECT_TARGET}x)  "
-          f"{verdict(ep['collect_at_epoch_end_ratio'] < COLLECT_TARGET)}; with a collect after every step "
-          f"{ep['collect_every_step_ratio']:.4f}x (reported; spread {ep['spread_pct']:.0f}%, "
-          f"{time.perf_counter() - t0:.0f} s)")
-    checks.append((f"fast-SWA collect per epoch: epoch ratio {ep['collect_at_epoch_end_ratio']:.4f} < {COLLECT_TARGET}",
-                   ep["collect_at_epoch_end_ratio"] < COLLECT_TARGET))
+    print(
+        f"  {ep['steps_per_epoch']} steps, {fmt_time(ep['epoch_s'])} per epoch; with a collect at the epoch end "
+        f"{ep['collect_at_epoch_end_ratio']:.4f}x (target < {COLLECT_TARGET}x)  "
+        f"{verdict(ep['collect_at_epoch_end_ratio'] < COLLECT_TARGET)}; with a collect after every step "
+        f"{ep['collect_every_step_ratio']:.4f}x (reported; spread {ep['spread_pct']:.0f}%, "
+        f"{time.perf_counter() - t0:.0f} s)"
+    )
+    checks.append(
+        (
+            f"fast-SWA collect per epoch: epoch ratio {ep['collect_at_epoch_end_ratio']:.4f} < {COLLECT_TARGET}",
+            ep["collect_at_epoch_end_ratio"] < COLLECT_TARGET,
+        )
+    )
     write_results("bench_semisup", {"quick": args.quick, "results": out, "checks": checks_json(checks)}, args.json)
 
 

@@ -25,16 +25,15 @@ One thread (``torch.set_num_threads(1)``); times are medians over interleaved re
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import statistics
 import time
 from typing import Any
 
 import torch
+from _harness import alternating, checks_json, fmt_time, print_checks, run_measurement, verdict, write_results
 from torch import nn
 
-from _harness import alternating, checks_json, fmt_time, print_checks, run_measurement, verdict, write_results
 from valleys.core.weights import WeightSpace
 from valleys.methods.samplers import elliptical_slice
 from valleys.methods.subspace import random_subspace
@@ -60,11 +59,22 @@ def effective_sample_size(x: torch.Tensor) -> float:
     return n / (1 + 2 * s)
 
 
-def grid_case(label: str, title: str, post: SubspacePosterior, space: WeightSpace, sub: Any, model: nn.Module,
-              plain: Any, zz: torch.Tensor, repeats: int, checks: list) -> dict[str, Any]:
+def grid_case(
+    label: str,
+    title: str,
+    post: SubspacePosterior,
+    space: WeightSpace,
+    sub: Any,
+    model: nn.Module,
+    plain: Any,
+    zz: torch.Tensor,
+    repeats: int,
+    checks: list,
+) -> dict[str, Any]:
     """The log-likelihood at every row of ``zz`` through the engine (all at once) against a per-point loop that
     writes ``w(z)`` into ``model`` and calls ``plain()`` (the summed loss); prints, appends the checks (loop /
     engine >= 2.0x, the same numbers to 1e-6 relative) and returns the JSON entry."""
+
     def grid_ours() -> torch.Tensor:
         return post.log_likelihood(zz)
 
@@ -85,7 +95,9 @@ def grid_case(label: str, title: str, post: SubspacePosterior, space: WeightSpac
     ratio = med["loop"] / med["engine"]
     diff = float(((last["engine"] - last["loop"]).abs() / last["loop"].abs()).max())
     print(f"\n{label} {title}")
-    print(f"  engine (all points at once) {fmt_time(med['engine'])}\n  per-point loop              {fmt_time(med['loop'])}")
+    print(
+        f"  engine (all points at once) {fmt_time(med['engine'])}\n  per-point loop              {fmt_time(med['loop'])}"
+    )
     print(f"  ratio loop / engine {ratio:.2f}x   {verdict(ratio >= 2.0)}   (max relative difference {diff:.1e})")
     checks.append((f"{label} grid: per-point loop / engine = {ratio:.2f}x >= 2.0x", ratio >= 2.0))
     checks.append((f"{label} the same numbers (max relative difference {diff:.1e} <= 1e-6)", diff <= 1e-6))
@@ -105,8 +117,13 @@ def main() -> None:
     space = WeightSpace(model)
     sub = random_subspace(space.read(model), 5, generator=torch.Generator().manual_seed(1))
     post = SubspacePosterior(model, sub, loader, temperature=1.0, prior_scale=1.0)
-    results: dict[str, Any] = {"P": space.size, "examples": post.num_examples, "quick": args.quick,
-                               "torch": torch.__version__, "machine": platform.machine()}
+    results: dict[str, Any] = {
+        "P": space.size,
+        "examples": post.num_examples,
+        "quick": args.quick,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+    }
     checks: list[tuple[str, bool]] = []
     print(f"torch {torch.__version__}, 1 thread; cnn1d (P = {space.size}) on {post.num_examples} MNIST-1D examples")
 
@@ -126,7 +143,7 @@ def main() -> None:
     times, _ = alternating({"plain": plain, "ours": ours}, 6 if args.quick else 20)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["ours"] / med["plain"]
-    print(f"\n(a) one posterior evaluation at a new z vs a plain pass at fixed weights")
+    print("\n(a) one posterior evaluation at a new z vs a plain pass at fixed weights")
     print(f"  plain pass        {fmt_time(med['plain'])}\n  log_likelihood(z) {fmt_time(med['ours'])}")
     print(f"  ratio ours / plain {ratio:.3f}   {verdict(ratio <= 1.1)}")
     checks.append((f"(a) posterior evaluation / plain pass = {ratio:.3f} <= 1.1", ratio <= 1.1))
@@ -139,8 +156,9 @@ def main() -> None:
     gy, gx = torch.meshgrid(axis, axis, indexing="ij")
     zz[:, 0], zz[:, 1] = gx.reshape(-1), gy.reshape(-1)
 
-    results["grid"] = grid_case("(b)", f"log posterior on a {n} x {n} grid", post, space, sub, model, plain, zz,
-                                1 if args.quick else 3, checks)
+    results["grid"] = grid_case(
+        "(b)", f"log posterior on a {n} x {n} grid", post, space, sub, model, plain, zz, 1 if args.quick else 3, checks
+    )
 
     # (b2) ------------------------------------------------------------------------------------------------
     from valleys.core.adapter import ModelAdapter, gaussian_nll
@@ -158,26 +176,47 @@ def main() -> None:
         with torch.no_grad():
             return sum(float(gaussian_nll(mlp(x), y)) * len(y) for x, y in reg_loader)
 
-    results["grid_mlp"] = grid_case("(b2)", f"log posterior on a {n} x {n} grid, Gaussian MLP (P = {mspace.size}) on "
-                                    f"{mpost.num_examples} concrete rows", mpost, mspace, msub, mlp, mlp_plain, zz,
-                                    3 if args.quick else 5, checks)
+    results["grid_mlp"] = grid_case(
+        "(b2)",
+        f"log posterior on a {n} x {n} grid, Gaussian MLP (P = {mspace.size}) on {mpost.num_examples} concrete rows",
+        mpost,
+        mspace,
+        msub,
+        mlp,
+        mlp_plain,
+        zz,
+        3 if args.quick else 5,
+        checks,
+    )
 
     # (c) ------------------------------------------------------------------------------------------------
     steps = 50 if args.quick else 300
     tempered = SubspacePosterior(model, sub, loader, temperature=100.0, prior_scale=2.0)
     t0 = time.perf_counter()
-    res = elliptical_slice(lambda z: float(tempered.log_likelihood(z)), torch.zeros(5), prior_scale=2.0,
-                           num_samples=steps, generator=torch.Generator().manual_seed(3))
+    res = elliptical_slice(
+        lambda z: float(tempered.log_likelihood(z)),
+        torch.zeros(5),
+        prior_scale=2.0,
+        num_samples=steps,
+        generator=torch.Generator().manual_seed(3),
+    )
     dt = time.perf_counter() - t0
     ess = [effective_sample_size(res.samples[:, j]) for j in range(5)]
     evals = res.diagnostics["likelihood_evaluations"]
     per_ess = evals / min(ess)
     print(f"\n(c) elliptical slice sampling, T = 100, prior scale 2, {steps} steps in {dt:.1f} s")
     print(f"  likelihood evaluations {evals} ({res.diagnostics['evaluations_per_step']:.2f} per step)")
-    print(f"  effective sample size per coordinate {[round(e, 1) for e in ess]}; "
-          f"{per_ess:.1f} evaluations per effective sample (worst coordinate)")
-    results["ess"] = {"steps": steps, "time_s": dt, "evaluations": evals, "ess": ess,
-                      "evaluations_per_effective_sample": per_ess}
+    print(
+        f"  effective sample size per coordinate {[round(e, 1) for e in ess]}; "
+        f"{per_ess:.1f} evaluations per effective sample (worst coordinate)"
+    )
+    results["ess"] = {
+        "steps": steps,
+        "time_s": dt,
+        "evaluations": evals,
+        "ess": ess,
+        "evaluations_per_effective_sample": per_ess,
+    }
 
     print("\nChecks")
     print_checks(checks)

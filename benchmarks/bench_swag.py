@@ -54,34 +54,29 @@ import time
 from collections.abc import Callable, Iterable
 
 import torch
+from _harness import alternating, checks_json, fmt_time, print_checks, run_measurement, write_results  # noqa: E402 (benchmarks/ is on sys.path when run)
 from torch import Tensor, nn
 from torch.nn.utils import vector_to_parameters
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import TensorDataset
 
 from valleys.core.batchnorm import recompute_bn
-from valleys.zoo.data import make_loader
-from valleys.zoo.models import MLP, SmallCNN
+from valleys.core.weights import WeightSpace
 from valleys.evaluation.predict import bma, predict_probs
 from valleys.methods.swag import SWAG
-from valleys.core.weights import WeightSpace
+from valleys.zoo.data import make_loader
+from valleys.zoo.models import MLP, SmallCNN
 
-from _harness import run_measurement, fmt_time, print_checks, alternating, checks_json, write_results  # noqa: E402 (benchmarks/ is on sys.path when run)
-
-K = 20                  # SWAG rank (deviations kept), the paper's default
-COLLECT_TARGET = 5.0    # reference collect / ours
-BMA_TARGET = 1.5        # naive BMA loop / ours
-PROBS_TOL = 1e-4        # max |averaged probs ours - naive|
-MEM_TARGET = 1.10       # SWAG memory / ((K + 2) * P * 4 bytes)
-FILL = 25               # collects before the steady state (>= K)
-
-
+K = 20  # SWAG rank (deviations kept), the paper's default
+COLLECT_TARGET = 5.0  # reference collect / ours
+BMA_TARGET = 1.5  # naive BMA loop / ours
+PROBS_TOL = 1e-4  # max |averaged probs ours - naive|
+MEM_TARGET = 1.10  # SWAG memory / ((K + 2) * P * 4 bytes)
+FILL = 25  # collects before the steady state (>= K)
 
 
 def mib(b: float) -> str:
     return f"{b / 2**20:8.1f} MiB"
-
-
 
 
 def big_mlp() -> nn.Module:
@@ -118,7 +113,7 @@ class ReferenceSWAG:
         w = torch.cat([q.detach().view(-1) for q in model.parameters()])
         n = self.n
         self.mean = self.mean * n / (n + 1.0) + w / (n + 1.0)
-        self.sq_mean = self.sq_mean * n / (n + 1.0) + w ** 2 / (n + 1.0)
+        self.sq_mean = self.sq_mean * n / (n + 1.0) + w**2 / (n + 1.0)
         self.cov_mat_sqrt = torch.cat((self.cov_mat_sqrt, (w - self.mean).view(1, -1)), dim=0)
         if self.cov_mat_sqrt.size(0) > self.max_num_models:
             self.cov_mat_sqrt = self.cov_mat_sqrt[1:, :]
@@ -192,8 +187,14 @@ def measure_memory(build: Callable[[], object], model: nn.Module, perturb: Pertu
         perturb(i)
         obj.collect(model)
         seen.append(proc_status_bytes("VmRSS"))
-    out = {"obj": obj, "tensor_bytes": tensor_bytes(obj), "held": None, "trimmed": None, "peak": None,
-           "peak_is_hwm": False}
+    out = {
+        "obj": obj,
+        "tensor_bytes": tensor_bytes(obj),
+        "held": None,
+        "trimmed": None,
+        "peak": None,
+        "peak_is_hwm": False,
+    }
     if base is None:
         return out
     hwm = proc_status_bytes("VmHWM") if peak_ok else None
@@ -226,8 +227,12 @@ def bench_memory() -> dict:
     del swag
     ref = measure_memory(lambda: ReferenceSWAG(model, K), model, perturb)
     del ref["obj"]
-    return {"P": P, "ours": ours, "ref": ref, "parts": {k: (tuple(v.shape), v.numel() * v.element_size())
-                                                         for k, v in parts.items()}}
+    return {
+        "P": P,
+        "ours": ours,
+        "ref": ref,
+        "parts": {k: (tuple(v.shape), v.numel() * v.element_size()) for k, v in parts.items()},
+    }
 
 
 # ---------------------------------------------------------------------------------------------- (a) collect
@@ -248,7 +253,7 @@ def bench_collect(calls: int) -> dict:
     for r in range(calls):
         perturb(i)
         i += 1
-        for _, obj, times in (sides if r % 2 == 0 else sides[::-1]):  # alternate who goes first
+        for _, obj, times in sides if r % 2 == 0 else sides[::-1]:  # alternate who goes first
             t0 = time.perf_counter()
             obj.collect(model)
             times.append(time.perf_counter() - t0)
@@ -259,10 +264,19 @@ def bench_collect(calls: int) -> dict:
     mean_diff = float((ours.mean - ref.mean).abs().max())
     scale = float(space.read(model).abs().max())
     dev_scale = float(ref.cov_mat_sqrt.abs().max())
-    return {"P": space.size, "ours": t_ours, "ref": t_ref, "n": ours.n, "n_ref": ref.n,
-            "ref_rows": ref.cov_mat_sqrt.shape[0], "mean_diff": mean_diff, "dev_diff": dev_diff,
-            "w_scale": scale, "dev_scale": dev_scale,
-            "ok": ours.n == ref.n and mean_diff <= 1e-5 * max(1.0, scale) and dev_diff <= 1e-5 * max(1.0, scale)}
+    return {
+        "P": space.size,
+        "ours": t_ours,
+        "ref": t_ref,
+        "n": ours.n,
+        "n_ref": ref.n,
+        "ref_rows": ref.cov_mat_sqrt.shape[0],
+        "mean_diff": mean_diff,
+        "dev_diff": dev_diff,
+        "w_scale": scale,
+        "dev_scale": dev_scale,
+        "ok": ours.n == ref.n and mean_diff <= 1e-5 * max(1.0, scale) and dev_diff <= 1e-5 * max(1.0, scale),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- (b) BMA
@@ -312,7 +326,7 @@ def bench_bma(samples: int, repeats: int, profile_samples: int) -> dict:
     model, swag, train, test = st["model"], st["swag"], st["train"], st["test"]
     ours_fn = lambda s: bma(model, draws(swag, s), test, bn_loader=train, return_probs=True)  # noqa: E731
     naive_fn = lambda s: naive_bma(model, draws(swag, s), test, train)  # noqa: E731
-    ours_fn(2)   # warm-up (oneDNN primitives, allocator)
+    ours_fn(2)  # warm-up (oneDNN primitives, allocator)
     naive_fn(2)
     times, last = alternating({"ours": lambda: ours_fn(samples), "naive": lambda: naive_fn(samples)}, repeats)
     t_ours, t_naive, res_ours, probs_naive = times["ours"], times["naive"], last["ours"], last["naive"]
@@ -320,10 +334,18 @@ def bench_bma(samples: int, repeats: int, profile_samples: int) -> dict:
     acc_naive = float((probs_naive.argmax(1) == y).double().mean())
     nll_naive = float(-torch.log(probs_naive.gather(1, y[:, None]).clamp_min(1e-12)).mean())
     diff = float((res_ours["probs"] - probs_naive).abs().max())
-    return {"samples": samples, "repeats": repeats, "ours": t_ours, "naive": t_naive,
-            "P": swag.space.size, "acc": (res_ours["accuracy"], acc_naive), "nll": (res_ours["nll"], nll_naive),
-            "num_samples": res_ours["num_samples"], "probs_diff": diff,
-            "profile": profile_bma(st, profile_samples)}
+    return {
+        "samples": samples,
+        "repeats": repeats,
+        "ours": t_ours,
+        "naive": t_naive,
+        "P": swag.space.size,
+        "acc": (res_ours["accuracy"], acc_naive),
+        "nll": (res_ours["nll"], nll_naive),
+        "num_samples": res_ours["num_samples"],
+        "probs_diff": diff,
+        "profile": profile_bma(st, profile_samples),
+    }
 
 
 def profile_bma(st: dict, n: int) -> dict[str, float]:
@@ -380,15 +402,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats, S = 10 BMA samples")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, for stable numbers)")
-    ap.add_argument("--json", default=None, metavar="PATH", help="where to write the numbers as JSON "
-                    "(default benchmarks/results/bench_swag.json)")
+    ap.add_argument(
+        "--json",
+        default=None,
+        metavar="PATH",
+        help="where to write the numbers as JSON (default benchmarks/results/bench_swag.json)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     calls, samples, repeats, prof = (20, 10, 2, 3) if args.quick else (60, 30, 3, 5)
     start = time.perf_counter()
-    print(f"valleys SWAG benchmark: torch {torch.__version__}, python {platform.python_version()}, "
-          f"{platform.machine()}, threads {torch.get_num_threads()}, {os.cpu_count()} CPUs"
-          f"{', quick' if args.quick else ''}")
+    print(
+        f"valleys SWAG benchmark: torch {torch.__version__}, python {platform.python_version()}, "
+        f"{platform.machine()}, threads {torch.get_num_threads()}, {os.cpu_count()} CPUs"
+        f"{', quick' if args.quick else ''}"
+    )
 
     # (c) first, while the process is small and quiet
     t0 = time.perf_counter()
@@ -402,19 +430,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    swag._{k:4s} {str(shape):18s} {mib(b)}")
     print(f"  {'':44s} {'bytes':>12s}  {'/ (K+2) copies':>10s}")
     peak_what = "VmHWM" if o["peak_is_hwm"] else "max VmRSS between collects"
-    rows = [("SWAG tensors (distinct storages)", o["tensor_bytes"]),
-            ("SWAG: RSS growth, held after collects", o["held"]),
-            ("SWAG: RSS growth, held after malloc_trim", o["trimmed"]),
-            (f"SWAG: RSS growth, peak ({peak_what})", o["peak"]),
-            ("reference: tensors", rf["tensor_bytes"]),
-            ("reference: RSS growth, held", rf["held"]),
-            ("reference: RSS growth, held after malloc_trim", rf["trimmed"]),
-            ("reference: RSS growth, peak", rf["peak"])]
+    rows = [
+        ("SWAG tensors (distinct storages)", o["tensor_bytes"]),
+        ("SWAG: RSS growth, held after collects", o["held"]),
+        ("SWAG: RSS growth, held after malloc_trim", o["trimmed"]),
+        (f"SWAG: RSS growth, peak ({peak_what})", o["peak"]),
+        ("reference: tensors", rf["tensor_bytes"]),
+        ("reference: RSS growth, held", rf["held"]),
+        ("reference: RSS growth, held after malloc_trim", rf["trimmed"]),
+        ("reference: RSS growth, peak", rf["peak"]),
+    ]
     for label, b in rows:
         if b is not None:
             print(f"  {label:44s} {mib(b)}  {b / copies:10.3f}")
-    print(f"  (a collect also needs one transient P-vector, delta = w - mean: (K+3)/(K+2) = {(K + 3) / (K + 2):.3f};"
-          " the rest of the\n   RSS above the tensors is freed memory the C allocator keeps, see the malloc_trim row)")
+    print(
+        f"  (a collect also needs one transient P-vector, delta = w - mean: (K+3)/(K+2) = {(K + 3) / (K + 2):.3f};"
+        " the rest of the\n   RSS above the tensors is freed memory the C allocator keeps, see the malloc_trim row)"
+    )
     print(f"  ({time.perf_counter() - t0:.1f}s)")
 
     # (a) collect
@@ -425,14 +457,20 @@ def main(argv: list[str] | None = None) -> int:
     r_collect = m_ref / m_ours
     print(f"\n=== (a) collect, K = {K}, MLP 784-1024-1024-10 ({co['P']:,} parameters), after {FILL} collects ===")
     print(f"  {'':52s} {'median':>11s}  {'min':>11s}  {'max':>11s}")
-    for label, v in (("valleys SWAG.collect (ring buffer, in place)", co["ours"]),
-                     ("reference: torch.cat flatten + cat row + slice", co["ref"])):
+    for label, v in (
+        ("valleys SWAG.collect (ring buffer, in place)", co["ours"]),
+        ("reference: torch.cat flatten + cat row + slice", co["ref"]),
+    ):
         print(f"  {label:52s} {fmt_time(statistics.median(v))}  {fmt_time(min(v))}  {fmt_time(max(v))}")
-    print(f"  reference / ours: {r_collect:.2f}x (ratio of medians), {paired:.2f}x (median of paired ratios); "
-          f"{calls} timed collects each")
-    print(f"  sanity after {co['n']} collects of the same weights: max |mean diff| {co['mean_diff']:.2e}, "
-          f"max |deviation diff| {co['dev_diff']:.2e} over the last {co['ref_rows']} rows "
-          f"(|w| <= {co['w_scale']:.3g}, |dev| <= {co['dev_scale']:.3g})")
+    print(
+        f"  reference / ours: {r_collect:.2f}x (ratio of medians), {paired:.2f}x (median of paired ratios); "
+        f"{calls} timed collects each"
+    )
+    print(
+        f"  sanity after {co['n']} collects of the same weights: max |mean diff| {co['mean_diff']:.2e}, "
+        f"max |deviation diff| {co['dev_diff']:.2e} over the last {co['ref_rows']} rows "
+        f"(|w| <= {co['w_scale']:.3g}, |dev| <= {co['dev_scale']:.3g})"
+    )
     print(f"  ({time.perf_counter() - t0:.1f}s)")
 
     # (b) BMA
@@ -440,17 +478,22 @@ def main(argv: list[str] | None = None) -> int:
     bm = bench_bma(samples, repeats, prof)
     b_ours, b_naive = statistics.median(bm["ours"]), statistics.median(bm["naive"])
     r_bma = b_naive / b_ours
-    print(f"\n=== (b) BMA, S = {samples} SWAG samples (rank {K}), BN recompute per sample; SmallCNN width 16 "
-          f"({bm['P']:,} parameters), 2048 train (8 x 256), 1000 test ===")
+    print(
+        f"\n=== (b) BMA, S = {samples} SWAG samples (rank {K}), BN recompute per sample; SmallCNN width 16 "
+        f"({bm['P']:,} parameters), 2048 train (8 x 256), 1000 test ==="
+    )
     print(f"  {'':52s} {'median':>11s}  {'per sample':>11s}  {'spread':>7s}")
-    for label, v in (("valleys bma(..., bn_loader=train_loader)", bm["ours"]),
-                     ("naive: deepcopy + update_bn + evaluate per sample", bm["naive"])):
+    for label, v in (
+        ("valleys bma(..., bn_loader=train_loader)", bm["ours"]),
+        ("naive: deepcopy + update_bn + evaluate per sample", bm["naive"]),
+    ):
         med = statistics.median(v)
-        print(f"  {label:52s} {fmt_time(med)}  {fmt_time(med / samples)}  "
-              f"{(max(v) - min(v)) / med * 100:6.1f}%")
+        print(f"  {label:52s} {fmt_time(med)}  {fmt_time(med / samples)}  {(max(v) - min(v)) / med * 100:6.1f}%")
     print(f"  naive / ours: {r_bma:.3f}x ({repeats} interleaved repeats)")
-    print(f"  same result: max |probs ours - naive| = {bm['probs_diff']:.2e}; accuracy {bm['acc'][0]:.4f} vs "
-          f"{bm['acc'][1]:.4f}; NLL {bm['nll'][0]:.6f} vs {bm['nll'][1]:.6f}; num_samples {bm['num_samples']}")
+    print(
+        f"  same result: max |probs ours - naive| = {bm['probs_diff']:.2e}; accuracy {bm['acc'][0]:.4f} vs "
+        f"{bm['acc'][1]:.4f}; NLL {bm['nll'][0]:.6f} vs {bm['nll'][1]:.6f}; num_samples {bm['num_samples']}"
+    )
     print(f"  where the time goes (median seconds per sample over {prof} samples, same steps, unwrapped):")
     pr = bm["profile"]
     for k, v in pr.items():
@@ -459,39 +502,88 @@ def main(argv: list[str] | None = None) -> int:
     print(f"    {'=> recompute_bn beyond the forward pass':46s} {fmt_time(hook)}  (the float64 moment hooks)")
     print(f"  ({time.perf_counter() - t0:.1f}s)")
 
-    same = bm["probs_diff"] <= PROBS_TOL and bm["acc"][0] == bm["acc"][1] and \
-        abs(bm["nll"][0] - bm["nll"][1]) <= 1e-4 * max(1.0, abs(bm["nll"][1]))
+    same = (
+        bm["probs_diff"] <= PROBS_TOL
+        and bm["acc"][0] == bm["acc"][1]
+        and abs(bm["nll"][0] - bm["nll"][1]) <= 1e-4 * max(1.0, abs(bm["nll"][1]))
+    )
     print("\ntargets:")
     checks = [
-        (f"(a) reference collect / SWAG.collect  = {r_collect:6.2f}x  (target >= {COLLECT_TARGET:g}x)",
-         r_collect >= COLLECT_TARGET),
-        (f"(a) same mean and deviations as the reference (max diff {max(co['mean_diff'], co['dev_diff']):.1e})",
-         co["ok"]),
+        (
+            f"(a) reference collect / SWAG.collect  = {r_collect:6.2f}x  (target >= {COLLECT_TARGET:g}x)",
+            r_collect >= COLLECT_TARGET,
+        ),
+        (
+            f"(a) same mean and deviations as the reference (max diff {max(co['mean_diff'], co['dev_diff']):.1e})",
+            co["ok"],
+        ),
         (f"(b) naive BMA loop / valleys bma      = {r_bma:6.3f}x  (target >= {BMA_TARGET:g}x)", r_bma >= BMA_TARGET),
         (f"(b) same probabilities (max diff {bm['probs_diff']:.1e} <= {PROBS_TOL:g}), accuracy and NLL", same),
-        (f"(c) SWAG tensors / (K+2) copies       = {o['tensor_bytes'] / copies:6.3f}   "
-         f"(target <= {MEM_TARGET:g})", o["tensor_bytes"] / copies <= MEM_TARGET),
+        (
+            f"(c) SWAG tensors / (K+2) copies       = {o['tensor_bytes'] / copies:6.3f}   (target <= {MEM_TARGET:g})",
+            o["tensor_bytes"] / copies <= MEM_TARGET,
+        ),
     ]
     if o["peak"] is not None:
-        checks.append((f"(c) SWAG peak RSS growth / (K+2) copies = {o['peak'] / copies:6.3f} (target <= "
-                       f"{MEM_TARGET:g}; reference {rf['peak'] / copies:.2f})", o["peak"] / copies <= MEM_TARGET))
+        checks.append(
+            (
+                f"(c) SWAG peak RSS growth / (K+2) copies = {o['peak'] / copies:6.3f} (target <= "
+                f"{MEM_TARGET:g}; reference {rf['peak'] / copies:.2f})",
+                o["peak"] / copies <= MEM_TARGET,
+            )
+        )
     print_checks(checks)
     total = time.perf_counter() - start
     print(f"\ntotal {total:.1f}s")
-    write_results("bench_swag", {
-        "quick": args.quick, "rank": K,
-        "memory": {"params": P, "copies_bytes": copies, "tensor_bytes": o["tensor_bytes"], "held": o["held"],
-                   "trimmed": o["trimmed"], "peak": o["peak"], "reference": {k: rf[k] for k in
-                   ("tensor_bytes", "held", "trimmed", "peak")}, "tensors_over_copies": o["tensor_bytes"] / copies},
-        "collect": {"params": co["P"], "calls": calls, "ours_s": co["ours"], "reference_s": co["ref"],
-                    "ratio_of_medians": r_collect, "median_paired_ratio": paired,
-                    "mean_diff": co["mean_diff"], "dev_diff": co["dev_diff"]},
-        "bma": {"params": bm["P"], "samples": samples, "repeats": repeats, "ours_s": bm["ours"],
-                "naive_s": bm["naive"], "ratio": r_bma, "probs_diff": bm["probs_diff"], "accuracy": list(bm["acc"]),
-                "nll": list(bm["nll"]), "profile_s_per_sample": dict(bm["profile"])},
-        "targets": {"collect_ratio_at_least": COLLECT_TARGET, "bma_ratio_at_least": BMA_TARGET,
-                    "memory_ratio_at_most": MEM_TARGET, "probs_tol": PROBS_TOL},
-        "checks": checks_json(checks), "all_pass": all(ok for _, ok in checks), "total_s": total}, args.json)
+    write_results(
+        "bench_swag",
+        {
+            "quick": args.quick,
+            "rank": K,
+            "memory": {
+                "params": P,
+                "copies_bytes": copies,
+                "tensor_bytes": o["tensor_bytes"],
+                "held": o["held"],
+                "trimmed": o["trimmed"],
+                "peak": o["peak"],
+                "reference": {k: rf[k] for k in ("tensor_bytes", "held", "trimmed", "peak")},
+                "tensors_over_copies": o["tensor_bytes"] / copies,
+            },
+            "collect": {
+                "params": co["P"],
+                "calls": calls,
+                "ours_s": co["ours"],
+                "reference_s": co["ref"],
+                "ratio_of_medians": r_collect,
+                "median_paired_ratio": paired,
+                "mean_diff": co["mean_diff"],
+                "dev_diff": co["dev_diff"],
+            },
+            "bma": {
+                "params": bm["P"],
+                "samples": samples,
+                "repeats": repeats,
+                "ours_s": bm["ours"],
+                "naive_s": bm["naive"],
+                "ratio": r_bma,
+                "probs_diff": bm["probs_diff"],
+                "accuracy": list(bm["acc"]),
+                "nll": list(bm["nll"]),
+                "profile_s_per_sample": dict(bm["profile"]),
+            },
+            "targets": {
+                "collect_ratio_at_least": COLLECT_TARGET,
+                "bma_ratio_at_least": BMA_TARGET,
+                "memory_ratio_at_most": MEM_TARGET,
+                "probs_tol": PROBS_TOL,
+            },
+            "checks": checks_json(checks),
+            "all_pass": all(ok for _, ok in checks),
+            "total_s": total,
+        },
+        args.json,
+    )
     return 0
 
 

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from valleys.app.parallel import call, default_jobs, run_jobs
-from valleys.app.runs import TrainConfig, train_run
 from valleys.app.report import aggregate
+from valleys.app.runs import TrainConfig, train_run
 from valleys.zoo.data import load_dataset
 
 BASE = TrainConfig(dataset="fashion-mnist", model="mlp", wd=5e-4, samples=10)
@@ -39,16 +39,31 @@ def _runs(calls: list[dict], jobs: int) -> list[dict]:
 def _stage(settings: list[dict], changes, name, a, splits) -> list[dict]:
     """Train ``BASE`` with ``changes(setting)`` for every setting and seed; per setting, the mean validation
     error and NLL over the seeds, the mean training time and the runs' results."""
-    calls = [{"fn": train_run, "cfg": dataclasses.replace(BASE, seed=s, **changes(c)),
-              "out": a.out / f"{name(c)}-seed{s}", "overwrite": True, "progress": False, "splits": splits}
-             for c in settings for s in a.seeds]
+    calls = [
+        {
+            "fn": train_run,
+            "cfg": dataclasses.replace(BASE, seed=s, **changes(c)),
+            "out": a.out / f"{name(c)}-seed{s}",
+            "overwrite": True,
+            "progress": False,
+            "splits": splits,
+        }
+        for c in settings
+        for s in a.seeds
+    ]
     res = _runs(calls, a.jobs)
     n, out = len(a.seeds), []
     for i in range(len(settings)):
-        runs = res[i * n:(i + 1) * n]
+        runs = res[i * n : (i + 1) * n]
         agg = aggregate([{k: r["metrics"]["val"][k] for k in ("accuracy", "nll")} for r in runs], ["accuracy", "nll"])
-        out.append({"val_error": 1 - agg["accuracy"]["mean"], "val_nll": agg["nll"]["mean"],
-                    "train_s": sum(r["timing"]["total_train_s"] for r in runs) / n, "runs": runs})
+        out.append(
+            {
+                "val_error": 1 - agg["accuracy"]["mean"],
+                "val_nll": agg["nll"]["mean"],
+                "train_s": sum(r["timing"]["total_train_s"] for r in runs) / n,
+                "runs": runs,
+            }
+        )
     return out
 
 
@@ -62,42 +77,92 @@ def main() -> None:
     splits = load_dataset("fashion-mnist", val_fraction=BASE.val_fraction)
     start = time.perf_counter()
 
-    stage1 = [{**c, **{k: v for k, v in r.items() if k != "runs"}} for c, r in zip(STAGE1, _stage(
-        STAGE1, lambda c: {"method": "sgd", **c}, lambda c: f"sgd-e{c['epochs']}-lr{c['lr']}", a, splits))]
+    stage1 = [
+        {**c, **{k: v for k, v in r.items() if k != "runs"}}
+        for c, r in zip(
+            STAGE1,
+            _stage(STAGE1, lambda c: {"method": "sgd", **c}, lambda c: f"sgd-e{c['epochs']}-lr{c['lr']}", a, splits),
+        )
+    ]
     best = min(stage1, key=lambda r: r["val_error"])
     print("stage 1, SGD (mean over seeds", a.seeds, ")")
     for r in stage1:
-        print(f"  epochs {r['epochs']:3d} lr {r['lr']:<5g} val error {100 * r['val_error']:.2f}%  "
-              f"NLL {r['val_nll']:.4f}  ({r['train_s']:.1f}s per run){'  <- chosen' if r is best else ''}")
+        print(
+            f"  epochs {r['epochs']:3d} lr {r['lr']:<5g} val error {100 * r['val_error']:.2f}%  "
+            f"NLL {r['val_nll']:.4f}  ({r['train_s']:.1f}s per run){'  <- chosen' if r is best else ''}"
+        )
 
     e, lr = best["epochs"], best["lr"]
     swa = [{"swa_lr": c["swa_lr"] * lr, "swa_start": round(c["swa_start"] * e)} for c in STAGE2]
-    stage2 = [{**c, "val_error": r["val_error"], "val_nll": r["val_nll"]} for c, r in zip(swa, _stage(
-        swa, lambda c: {"method": "swa", "epochs": e, "lr": lr, **c},
-        lambda c: f"swa-e{e}-a{c['swa_lr']:g}-s{c['swa_start']}", a, splits))]
+    stage2 = [
+        {**c, "val_error": r["val_error"], "val_nll": r["val_nll"]}
+        for c, r in zip(
+            swa,
+            _stage(
+                swa,
+                lambda c: {"method": "swa", "epochs": e, "lr": lr, **c},
+                lambda c: f"swa-e{e}-a{c['swa_lr']:g}-s{c['swa_start']}",
+                a,
+                splits,
+            ),
+        )
+    ]
     best2 = min(stage2, key=lambda r: r["val_nll"])
-    print(f"stage 2, SWA at {e} epochs from LR {lr:g} (SGD's validation error {100 * best['val_error']:.2f}%, "
-          f"NLL {best['val_nll']:.4f})")
+    print(
+        f"stage 2, SWA at {e} epochs from LR {lr:g} (SGD's validation error {100 * best['val_error']:.2f}%, "
+        f"NLL {best['val_nll']:.4f})"
+    )
     for r in stage2:
-        print(f"  swa_lr {r['swa_lr']:<6g} swa_start {r['swa_start']:3d} val error {100 * r['val_error']:.2f}%  "
-              f"NLL {r['val_nll']:.4f}{'  <- chosen' if r is best2 else ''}")
+        print(
+            f"  swa_lr {r['swa_lr']:<6g} swa_start {r['swa_start']:3d} val error {100 * r['val_error']:.2f}%  "
+            f"NLL {r['val_nll']:.4f}{'  <- chosen' if r is best2 else ''}"
+        )
 
     fge = [{"fge_start": round(f * e)} for f in STAGE3]
-    stage3 = [{**c, "snapshots": len(r["runs"][0]["member_test_accuracy"]), "val_error": r["val_error"],
-               "val_nll": r["val_nll"]} for c, r in zip(fge, _stage(
-                   fge, lambda c: {"method": "fge", "epochs": e, "lr": lr, **c},
-                   lambda c: f"fge-e{e}-start{c['fge_start']}", a, splits))]
+    stage3 = [
+        {
+            **c,
+            "snapshots": len(r["runs"][0]["member_test_accuracy"]),
+            "val_error": r["val_error"],
+            "val_nll": r["val_nll"],
+        }
+        for c, r in zip(
+            fge,
+            _stage(
+                fge,
+                lambda c: {"method": "fge", "epochs": e, "lr": lr, **c},
+                lambda c: f"fge-e{e}-start{c['fge_start']}",
+                a,
+                splits,
+            ),
+        )
+    ]
     best3 = min(stage3, key=lambda r: r["val_nll"])
     print(f"stage 3, FGE at {e} epochs from LR {lr:g}")
     for r in stage3:
-        print(f"  fge_start {r['fge_start']:3d} ({r['snapshots']} snapshots) val error {100 * r['val_error']:.2f}%  "
-              f"NLL {r['val_nll']:.4f}{'  <- chosen' if r is best3 else ''}")
-    (a.out / "sweep.json").write_text(json.dumps({"seeds": a.seeds, "stage1": stage1, "stage2": stage2,
-                                                  "stage3": stage3,
-                                                  "chosen": {"epochs": e, "lr": lr, "swa_lr": best2["swa_lr"],
-                                                             "swa_start": best2["swa_start"],
-                                                             "fge_start": best3["fge_start"]},
-                                                  "total_s": time.perf_counter() - start}, indent=1))
+        print(
+            f"  fge_start {r['fge_start']:3d} ({r['snapshots']} snapshots) val error {100 * r['val_error']:.2f}%  "
+            f"NLL {r['val_nll']:.4f}{'  <- chosen' if r is best3 else ''}"
+        )
+    (a.out / "sweep.json").write_text(
+        json.dumps(
+            {
+                "seeds": a.seeds,
+                "stage1": stage1,
+                "stage2": stage2,
+                "stage3": stage3,
+                "chosen": {
+                    "epochs": e,
+                    "lr": lr,
+                    "swa_lr": best2["swa_lr"],
+                    "swa_start": best2["swa_start"],
+                    "fge_start": best3["fge_start"],
+                },
+                "total_s": time.perf_counter() - start,
+            },
+            indent=1,
+        )
+    )
     print(f"total {time.perf_counter() - start:.0f}s; wrote {a.out / 'sweep.json'}")
 
 

@@ -33,16 +33,27 @@ def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/fge-cycle")
     splits = load_dataset("mnist1d", val_fraction=DEMO_CONFIG.val_fraction)
     spe = math.ceil(len(splits.train) / DEMO_CONFIG.batch_size)
-    calls = [{"fn": train_run, "cfg": dataclasses.replace(DEMO_CONFIG, method="fge", cycle=c, fge_start=s, seed=seed),
-              "out": out / f"fge-c{c}-s{s}-seed{seed}", "overwrite": True, "progress": False, "splits": splits}
-             for c, s in SWEEP for seed in SEEDS]
+    calls = [
+        {
+            "fn": train_run,
+            "cfg": dataclasses.replace(DEMO_CONFIG, method="fge", cycle=c, fge_start=s, seed=seed),
+            "out": out / f"fge-c{c}-s{s}-seed{seed}",
+            "overwrite": True,
+            "progress": False,
+            "splits": splits,
+        }
+        for c, s in SWEEP
+        for seed in SEEDS
+    ]
     res = list(run_jobs(call, calls, jobs=default_jobs()))
     for i, (c, s) in enumerate(SWEEP):
-        runs = res[i * len(SEEDS):(i + 1) * len(SEEDS)]
+        runs = res[i * len(SEEDS) : (i + 1) * len(SEEDS)]
         agg = aggregate([r["metrics"]["val"] for r in runs], ["accuracy", "nll"])
-        print(f"cycle {c:2d} epochs ({c * spe:4d} steps) from epoch {s}: {len(runs[0]['member_test_accuracy']):2d} "
-              f"snapshots, validation error {100 * (1 - agg['accuracy']['mean']):.2f}%  NLL {agg['nll']['mean']:.4f}",
-              flush=True)
+        print(
+            f"cycle {c:2d} epochs ({c * spe:4d} steps) from epoch {s}: {len(runs[0]['member_test_accuracy']):2d} "
+            f"snapshots, validation error {100 * (1 - agg['accuracy']['mean']):.2f}%  NLL {agg['nll']['mean']:.4f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_hf import Tokens, _lora_model, _train  # noqa: E402
-
 from valleys.evaluation.predict import evaluate  # noqa: E402
 from valleys.hf import SWAGCallback  # noqa: E402
 

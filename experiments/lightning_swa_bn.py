@@ -51,8 +51,9 @@ def main() -> None:
     test = make_loader(data.test, 500)
     runs = {
         "valleys SWACallback (exact BatchNorm recompute)": [SWACallback(start=15, swa_lr=0.05)],
-        "Lightning StochasticWeightAveraging": [pl.callbacks.StochasticWeightAveraging(
-            swa_lrs=0.05, swa_epoch_start=15, annealing_epochs=1)],
+        "Lightning StochasticWeightAveraging": [
+            pl.callbacks.StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=15, annealing_epochs=1)
+        ],
         "Lightning WeightAveraging() defaults": [pl.callbacks.WeightAveraging()],
         "SGD, last iterate": [],
     }
@@ -60,8 +61,16 @@ def main() -> None:
     for name, callbacks in runs.items():
         torch.manual_seed(1)
         module = Module(copy.deepcopy(base))
-        trainer = pl.Trainer(max_epochs=30, callbacks=callbacks, accelerator="cpu", devices=1, logger=False,
-                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        trainer = pl.Trainer(
+            max_epochs=30,
+            callbacks=callbacks,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
         trainer.fit(module, make_loader(data.train, 64, shuffle=True, seed=0))
         res = evaluate(module.net, test)
         print(f"{name:52s} {100 * res['accuracy']:8.2f}%   {res['nll']:.4f}")

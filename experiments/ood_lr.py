@@ -25,9 +25,19 @@ from valleys.zoo.data import load_dataset
 def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/ood-lr")
     splits = load_dataset("mnist1d", val_fraction=DEMO_CONFIG.val_fraction, ood_split=True)
-    calls = [{"fn": train_run, "cfg": dataclasses.replace(DEMO_CONFIG, method=m, lr=lr, swa_lr=lr, seed=s, ood_split=True),
-              "out": out / f"{m}-lr{lr}-seed{s}", "overwrite": True, "progress": False, "splits": splits}
-             for lr in (0.1, 0.05) for m in ("sgd", "swa") for s in (0, 1, 2)]
+    calls = [
+        {
+            "fn": train_run,
+            "cfg": dataclasses.replace(DEMO_CONFIG, method=m, lr=lr, swa_lr=lr, seed=s, ood_split=True),
+            "out": out / f"{m}-lr{lr}-seed{s}",
+            "overwrite": True,
+            "progress": False,
+            "splits": splits,
+        }
+        for lr in (0.1, 0.05)
+        for m in ("sgd", "swa")
+        for s in (0, 1, 2)
+    ]
     for c, r in zip(calls, run_jobs(call, calls, jobs=default_jobs())):
         v = r["metrics"]["val"]
         print(f"{c['out'].name:18s} validation accuracy {100 * v['accuracy']:.2f}%  NLL {v['nll']:.4f}", flush=True)

@@ -36,8 +36,11 @@ def digest(path: str | os.PathLike) -> dict[str, str]:
         return {".": hashlib.sha256(root.read_bytes()).hexdigest()}
     if not root.exists():
         return {}
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def run(argv: Sequence[str], capsys) -> Outcome:
@@ -52,8 +55,14 @@ def run(argv: Sequence[str], capsys) -> Outcome:
     return Outcome(code, captured.out, captured.err)
 
 
-def refused(argv: Sequence[str], capsys, *, names: str | Iterable[str] = (),
-            untouched: Iterable[str | os.PathLike] = (), command: str | None = None) -> str:
+def refused(
+    argv: Sequence[str],
+    capsys,
+    *,
+    names: str | Iterable[str] = (),
+    untouched: Iterable[str | os.PathLike] = (),
+    command: str | None = None,
+) -> str:
     """Assert the refusal contract (see the module docstring); returns the error line."""
     argv = [str(a) for a in argv]
     command = command or (argv[0] if argv else "valleys")
@@ -67,8 +76,13 @@ def refused(argv: Sequence[str], capsys, *, names: str | Iterable[str] = (),
     assert lines, f"{argv} failed with exit {res.code} and no message"
     last = lines[-1]
     assert "error:" in last, f"the last line is not an error message: {last!r}"
-    others = [ln for ln in lines[:-1] if not ln.startswith(("usage:", " ", "\t")) and "interrupted" not in ln
-              and not re.search(r"\d+s elapsed|\[\d+:\d+", ln)]  # progress lines (plain or tqdm) are not messages
+    others = [
+        ln
+        for ln in lines[:-1]
+        if not ln.startswith(("usage:", " ", "\t"))
+        and "interrupted" not in ln
+        and not re.search(r"\d+s elapsed|\[\d+:\d+", ln)
+    ]  # progress lines (plain or tqdm) are not messages
     assert not others, f"more than one line of message: {lines}"
     for name in [names] if isinstance(names, str) else list(names):
         assert name.lower() in last.lower(), f"{name!r} not named in {last!r}"

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.multiprocessing as mp
@@ -41,8 +42,9 @@ def run_ranks(fn: Callable, world: int, tmp_path: Path, *args: Any, timeout: flo
     import tempfile
 
     out = Path(tempfile.mkdtemp(prefix="ranks-", dir=tmp_path))
-    ctx = mp.start_processes(_worker, args=(world, str(out / "store"), str(out), fn, args), nprocs=world, join=False,
-                             start_method="spawn")
+    ctx = mp.start_processes(
+        _worker, args=(world, str(out / "store"), str(out), fn, args), nprocs=world, join=False, start_method="spawn"
+    )
     import time
 
     deadline = time.monotonic() + timeout

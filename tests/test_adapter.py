@@ -17,12 +17,12 @@ def test_default_inputs_for_tensor_tuple_and_dict_batches():
     x, y = torch.ones(2, 3), torch.tensor([0, 1])
     assert a.inputs(x)[0][0] is x
     assert a.inputs((x, y))[0][0] is x and a.targets((x, y)) is y
-    assert a.inputs(((x, x), y)) == ((x, x), {})                     # tuple input: positional arguments
+    assert a.inputs(((x, x), y)) == ((x, x), {})  # tuple input: positional arguments
     args, kwargs = a.inputs({"input": x, "label": y})
     assert args[0] is x and kwargs == {} and a.targets({"input": x, "label": y}) is y
     ids, mask = torch.tensor([[1, 2]]), torch.tensor([[1, 0]])
     args, kwargs = a.inputs({"input_ids": ids, "attention_mask": mask, "labels": y})
-    assert args == () and set(kwargs) == {"input_ids", "attention_mask"}   # the mask is not dropped
+    assert args == () and set(kwargs) == {"input_ids", "attention_mask"}  # the mask is not dropped
     out = a.forward(Kw(), {"input_ids": ids, "attention_mask": mask, "labels": y})
     assert out.item() == 1.0
 
@@ -44,9 +44,10 @@ def test_default_outputs_logits_attribute_and_dict_key():
     assert a.prediction(type("ModelOutput", (), {"logits": t})()) is t
 
 
-@pytest.mark.parametrize("raw,needle", [((torch.ones(1), torch.ones(1)), "output=0"),
-                                        ({"mean": torch.ones(1)}, "output='key'"),
-                                        (3, "output=...")])
+@pytest.mark.parametrize(
+    "raw,needle",
+    [((torch.ones(1), torch.ones(1)), "output=0"), ({"mean": torch.ones(1)}, "output='key'"), (3, "output=...")],
+)
 def test_unmappable_outputs_name_the_setting(raw, needle):
     with pytest.raises(AdapterError, match=needle.replace("(", r"\(").replace(".", r"\.")):
         ModelAdapter().prediction(raw)
@@ -67,7 +68,9 @@ def test_unmappable_batches_name_the_setting():
 
 def test_losses_against_hand_computed_values():
     logits, y = torch.tensor([[2.0, 0.0]]), torch.tensor([1])
-    assert ModelAdapter().compute_loss(logits, y).item() == pytest.approx(2 + torch.log1p(torch.exp(torch.tensor(-2.0))).item())
+    assert ModelAdapter().compute_loss(logits, y).item() == pytest.approx(
+        2 + torch.log1p(torch.exp(torch.tensor(-2.0))).item()
+    )
     out = torch.tensor([[0.0, 4.0]])  # mean 0, variance 4, target 2
     expect = 0.5 * torch.log(torch.tensor(2 * torch.pi * 4.0)).item() + 4 / 8
     assert gaussian_nll(out, torch.tensor([2.0])).item() == pytest.approx(expect)

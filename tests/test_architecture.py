@@ -23,7 +23,8 @@ def test_checker_reports_upward_and_private_imports(tmp_path):
     (pkg / "__init__.py").write_text("from .app.cli import main\n")  # the root may import anything
     (pkg / "app" / "cli.py").write_text("from ..core.weights import WeightSpace\nmain = 1\n")
     (pkg / "core" / "weights.py").write_text(
-        "from ..app.cli import main\nfrom .batches import _private\nimport valleys.app.cli\nWeightSpace = 1\n")
+        "from ..app.cli import main\nfrom .batches import _private\nimport valleys.app.cli\nWeightSpace = 1\n"
+    )
     bad = check_imports.violations(pkg)
     assert len(bad) == 3, bad
     assert any("imports higher layer valleys.app.cli" in b and ":1:" in b for b in bad)
@@ -36,6 +37,21 @@ def test_each_layer_is_a_subpackage_and_the_root_keeps_the_public_names():
 
     for layer in check_imports.LAYERS:
         assert (ROOT / "src" / "valleys" / layer / "__init__.py").is_file()
-    for name in ("WeightSpace", "recompute_bn", "SWA", "SWAG", "bma", "evaluate", "Trainer", "Curve", "CurveModel",
-                 "Plane", "evaluate_points", "LossFunction", "lanczos", "FGECallback", "SWACallback"):
+    for name in (
+        "WeightSpace",
+        "recompute_bn",
+        "SWA",
+        "SWAG",
+        "bma",
+        "evaluate",
+        "Trainer",
+        "Curve",
+        "CurveModel",
+        "Plane",
+        "evaluate_points",
+        "LossFunction",
+        "lanczos",
+        "FGECallback",
+        "SWACallback",
+    ):
         assert hasattr(valleys, name), name

@@ -3,9 +3,9 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, update_bn
 
-from valleys.methods.averaging import EMA, SWA, NotCollectedError
-from valleys.core.weights import WeightSpace, WeightSpaceError
 from conftest import BNCNN, DropoutBNMLP, loader
+from valleys.core.weights import WeightSpace, WeightSpaceError
+from valleys.methods.averaging import EMA, SWA, NotCollectedError
 
 
 def _sgd_trajectory(model, data, steps=12, lr=0.05):

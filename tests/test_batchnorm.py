@@ -1,12 +1,10 @@
 import pytest
 import torch
-
-from valleys.core.adapter import ModelAdapter
-from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from valleys.core.batchnorm import EmptyLoaderError, recompute_bn
 from conftest import BNCNN, DropoutBNMLP, loader, mlp
+from valleys.core.adapter import ModelAdapter
+from valleys.core.batchnorm import EmptyLoaderError, recompute_bn
 
 
 def test_first_layer_stats_equal_exact_data_moments_with_unequal_batches(vec_data):
@@ -62,16 +60,16 @@ def test_modes_and_momenta_restored(vec_data):
 
 def test_dict_batches_and_input_fn(vec_data):
     x = vec_data.tensors[0]
-    dict_batches = [{"x": x[i:i + 20], "label": None} for i in range(0, 103, 20)]
+    dict_batches = [{"x": x[i : i + 20], "label": None} for i in range(0, 103, 20)]
     a = DropoutBNMLP()
     recompute_bn(a, dict_batches)
     assert torch.allclose(a.bn0.running_mean, x.mean(0), atol=1e-5)
     b = DropoutBNMLP()
-    recompute_bn(b, [{"features": x[i:i + 20]} for i in range(0, 103, 20)], input_fn=lambda d: d["features"])
+    recompute_bn(b, [{"features": x[i : i + 20]} for i in range(0, 103, 20)], input_fn=lambda d: d["features"])
     assert torch.allclose(b.bn0.running_mean, a.bn0.running_mean)
     # the adapter passes a dict batch's one non-target entry as the model input, whatever its key
     c = DropoutBNMLP()
-    recompute_bn(c, [{"features": x[i:i + 20]} for i in range(0, 103, 20)])
+    recompute_bn(c, [{"features": x[i : i + 20]} for i in range(0, 103, 20)])
     assert torch.allclose(c.bn0.running_mean, a.bn0.running_mean)
     with pytest.raises(ValueError, match="not both"):
         recompute_bn(DropoutBNMLP(), [{"features": x}], input_fn=lambda d: d["features"], adapter=ModelAdapter())

@@ -3,16 +3,16 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from valleys.evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
-from valleys.zoo.data import make_loader
-from valleys.methods.ensembles import snapshot
-from valleys.training.callbacks import FGECallback
-from valleys.evaluation.predict import bma, evaluate
-from valleys.training.schedules import TriangularCyclic
-from valleys.methods.swag import SWAG
-from valleys.training.trainer import Callback, Trainer
-from valleys.core.weights import WeightSpace
 from conftest import BNCNN, DropoutBNMLP, loader
+from valleys.core.weights import WeightSpace
+from valleys.evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
+from valleys.evaluation.predict import bma, evaluate
+from valleys.methods.ensembles import snapshot
+from valleys.methods.swag import SWAG
+from valleys.training.callbacks import FGECallback
+from valleys.training.schedules import TriangularCyclic
+from valleys.training.trainer import Callback, Trainer
+from valleys.zoo.data import make_loader
 
 
 def test_bma_of_identical_samples_equals_one_model(img_data):
@@ -34,6 +34,7 @@ def test_state_dict_sample_of_another_architecture_leaves_the_model_untouched(ve
     before = {k: v.clone() for k, v in model.state_dict().items()}
     other = DropoutBNMLP(h=8)
     from valleys.core.checkpoint import CheckpointError
+
     with pytest.raises(CheckpointError, match="another architecture"):
         bma(model, [snapshot(other)], loader(vec_data))
     for k, v in model.state_dict().items():
@@ -63,6 +64,7 @@ def test_bma_recomputes_bn_per_weight_sample(img_data):
     ref = BNCNN()
     WeightSpace(ref).write(ref, w)
     from valleys.core.batchnorm import recompute_bn
+
     recompute_bn(ref, loader(img_data))
     expected = evaluate(ref, loader(img_data))
     got = bma(model, [w], loader(img_data), bn_loader=loader(img_data))
@@ -80,8 +82,13 @@ def test_swag_samples_through_bma_run(vec_data):
             for p in model.parameters():
                 p.add_(0.01 * torch.randn_like(p))
         swag.collect(model)
-    res = bma(model, swag.samples(5, generator=torch.Generator().manual_seed(0)), loader(vec_data),
-              bn_loader=loader(vec_data), bn_batches=2)
+    res = bma(
+        model,
+        swag.samples(5, generator=torch.Generator().manual_seed(0)),
+        loader(vec_data),
+        bn_loader=loader(vec_data),
+        bn_batches=2,
+    )
     assert res["num_samples"] == 5 and 0 <= res["accuracy"] <= 1
 
 
@@ -97,8 +104,16 @@ def test_fge_snapshots_at_mid_cycle(vec_data):
             record[trainer.step] = (trainer.lr, snapshot(trainer.model))
 
     sched = TriangularCyclic(0.05, 0.001, cycle=2, offset=1)
-    tr = Trainer(model, nn.CrossEntropyLoss(), opt, make_loader(vec_data, 10), epochs=7, schedule=sched,
-                 callbacks=[Record(), fge], progress=False)
+    tr = Trainer(
+        model,
+        nn.CrossEntropyLoss(),
+        opt,
+        make_loader(vec_data, 10),
+        epochs=7,
+        schedule=sched,
+        callbacks=[Record(), fge],
+        progress=False,
+    )
     tr.fit()
     spe = tr.steps_per_epoch  # 11
     lrs = [lr for lr, _ in record.values()]
@@ -107,7 +122,7 @@ def test_fge_snapshots_at_mid_cycle(vec_data):
     assert len(fge.snapshots) == 3
     for snap, step in zip(fge.snapshots, expected_steps):
         assert all(torch.equal(snap[k], record[step][1][k]) for k in snap)
-        lo = min(lrs[step - spe - 1: step + spe - 1])  # the cycle containing that step
+        lo = min(lrs[step - spe - 1 : step + spe - 1])  # the cycle containing that step
         assert record[step][0] <= lo + (0.05 - 0.001) / spe + 1e-12
     with pytest.raises(ValueError, match="even"):
         FGECallback(cycle=3)
@@ -149,7 +164,9 @@ def test_vmap_batched_bma_equals_the_loop(vec_data, likelihood):
     vm = bma(model, ws, loader(vec_data), batched=True, **kw)
     auto = bma(model, iter(ws), loader(vec_data), **kw)
     key = "probs" if likelihood == "classification" else "mean"
-    assert vm["batched"] and not loop["batched"] and vm["num_samples"] == loop["num_samples"] == auto["num_samples"] == 11
+    assert (
+        vm["batched"] and not loop["batched"] and vm["num_samples"] == loop["num_samples"] == auto["num_samples"] == 11
+    )
     assert torch.allclose(vm[key], loop[key], atol=1e-6) and torch.allclose(auto[key], loop[key], atol=1e-6)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k

@@ -23,6 +23,7 @@ def _maker(calls):
         calls.append(1)
         rng = np.random.default_rng(0)
         return {"x": rng.standard_normal((50, 7)), "y": rng.integers(0, 10, 50)}
+
     return make
 
 

@@ -3,10 +3,15 @@ import os
 import pytest
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
-from valleys.core.checkpoint import CheckpointError, check_model_signature, load_checkpoint, model_signature, save_checkpoint
 from conftest import BNCNN, mlp
+from valleys.core.checkpoint import (
+    CheckpointError,
+    check_model_signature,
+    load_checkpoint,
+    model_signature,
+    save_checkpoint,
+)
 
 
 def test_roundtrip_nested_state_with_optimizer(tmp_path):
@@ -14,8 +19,13 @@ def test_roundtrip_nested_state_with_optimizer(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.randn(4, 1, 6, 6)).sum().backward()
     opt.step()
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "n": 3, "xs": (1.5, None, "a"),
-             "scalar": torch.tensor(2.0)}
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "n": 3,
+        "xs": (1.5, None, "a"),
+        "scalar": torch.tensor(2.0),
+    }
     path = save_checkpoint(tmp_path / "c.safetensors", state, {"epoch": 7})
     loaded, header = load_checkpoint(path)
     assert header == {"epoch": 7}
@@ -25,7 +35,9 @@ def test_roundtrip_nested_state_with_optimizer(tmp_path):
     opt2 = torch.optim.SGD(BNCNN().parameters(), lr=0.5)
     opt2.load_state_dict(loaded["optimizer"])  # int keys survive
     assert opt2.param_groups[0]["lr"] == 0.1
-    assert torch.equal(opt2.state_dict()["state"][0]["momentum_buffer"], opt.state_dict()["state"][0]["momentum_buffer"])
+    assert torch.equal(
+        opt2.state_dict()["state"][0]["momentum_buffer"], opt.state_dict()["state"][0]["momentum_buffer"]
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temporary files left
 
 
@@ -72,13 +84,26 @@ def test_results_json_is_strict(tmp_path):
     def refuse(token):
         raise ValueError(f"non-standard JSON constant {token}")
 
-    data = {"nll": float("nan"), "runs": [1.0, float("inf"), {"x": (-math.inf, 2)}],
-            "np": np.float32("nan"), "npv": np.float64(0.5), "t": torch.tensor([1.0, float("nan")]),
-            "ts": torch.tensor(float("-inf")), 3: (np.int64(4), None)}
+    data = {
+        "nll": float("nan"),
+        "runs": [1.0, float("inf"), {"x": (-math.inf, 2)}],
+        "np": np.float32("nan"),
+        "npv": np.float64(0.5),
+        "t": torch.tensor([1.0, float("nan")]),
+        "ts": torch.tensor(float("-inf")),
+        3: (np.int64(4), None),
+    }
     path = tmp_path / "r.json"
     write_json(path, data)
     back = json.loads(path.read_text(), parse_constant=refuse)
-    assert back == {"nll": None, "runs": [1.0, None, {"x": [None, 2]}], "np": None, "npv": 0.5,
-                    "t": [1.0, None], "ts": None, "3": [4, None]}
+    assert back == {
+        "nll": None,
+        "runs": [1.0, None, {"x": [None, 2]}],
+        "np": None,
+        "npv": 0.5,
+        "t": [1.0, None],
+        "ts": None,
+        "3": [4, None],
+    }
     assert json.loads(to_json_text([math.nan]), parse_constant=refuse) == [None]
     assert "\n" not in to_json_text({"a": [1, 2]})

@@ -10,9 +10,9 @@ from valleys.app.claims import claims_markdown, demo_claims, paired, verdict
 
 
 def test_verdict_rule():
-    assert verdict(-0.01, 0.004) == "holds"             # below -2 SE
-    assert verdict(-0.01, 0.006) == "within noise"      # inside +-2 SE
-    assert verdict(0.01, 0.004) == "does not hold"      # above +2 SE
+    assert verdict(-0.01, 0.004) == "holds"  # below -2 SE
+    assert verdict(-0.01, 0.006) == "within noise"  # inside +-2 SE
+    assert verdict(0.01, 0.004) == "does not hold"  # above +2 SE
     assert verdict(0.0, 0.0) == "within noise"
     assert verdict(-0.01, math.nan) == "holds (one seed: no spread)"
 
@@ -36,15 +36,24 @@ def test_demo_claims_read_the_demo_results():
     def runs(errors, nlls, eces):
         return [{"metrics": {"test": {"accuracy": 1 - e, "nll": n, "ece": c}}} for e, n, c in zip(errors, nlls, eces)]
 
-    per_row = {"SGD": runs([0.05, 0.052, 0.051], [0.16, 0.17, 0.165], [0.02, 0.02, 0.021]),
-               "SWA": runs([0.045, 0.046, 0.047], [0.14, 0.141, 0.139], [0.018, 0.017, 0.019]),
-               "SWAG": runs([0.045, 0.046, 0.047], [0.138, 0.139, 0.140], [0.016, 0.017, 0.018]),
-               "FGE": runs([0.056, 0.057, 0.058], [0.15, 0.15, 0.15], [0.02, 0.02, 0.02])}
-    rows = demo_claims(per_row, {"SGD": [0.70, 0.72, 0.71], "SWAG": [0.75, 0.74, 0.76]},
-                       {"ensemble_test_accuracy": [0.947, 0.948, 0.946], "best_member_test_accuracy": [0.95, 0.949, 0.951]},
-                       {"pairs": [{"curve_max_test_error": 0.06, "segment_max_test_error": 0.6}]},
-                       {"per_seed": [{"eig_SWA": 1.0, "eig_SGD": 1.9, "width_SWA": 4.6, "width_SGD": 4.1},
-                                     {"eig_SWA": 0.9, "eig_SGD": 2.0, "width_SWA": 4.7, "width_SGD": 4.0}]})
+    per_row = {
+        "SGD": runs([0.05, 0.052, 0.051], [0.16, 0.17, 0.165], [0.02, 0.02, 0.021]),
+        "SWA": runs([0.045, 0.046, 0.047], [0.14, 0.141, 0.139], [0.018, 0.017, 0.019]),
+        "SWAG": runs([0.045, 0.046, 0.047], [0.138, 0.139, 0.140], [0.016, 0.017, 0.018]),
+        "FGE": runs([0.056, 0.057, 0.058], [0.15, 0.15, 0.15], [0.02, 0.02, 0.02]),
+    }
+    rows = demo_claims(
+        per_row,
+        {"SGD": [0.70, 0.72, 0.71], "SWAG": [0.75, 0.74, 0.76]},
+        {"ensemble_test_accuracy": [0.947, 0.948, 0.946], "best_member_test_accuracy": [0.95, 0.949, 0.951]},
+        {"pairs": [{"curve_max_test_error": 0.06, "segment_max_test_error": 0.6}]},
+        {
+            "per_seed": [
+                {"eig_SWA": 1.0, "eig_SGD": 1.9, "width_SWA": 4.6, "width_SGD": 4.1},
+                {"eig_SWA": 0.9, "eig_SGD": 2.0, "width_SWA": 4.7, "width_SGD": 4.0},
+            ]
+        },
+    )
     verdicts = {r["claim"]: r["verdict"] for r in rows}
     assert verdicts["SWA has lower test error than SGD at the same budget"] == "holds"
     assert verdicts["SWAG has lower test NLL than SWA"] == "within noise"
@@ -54,7 +63,10 @@ def test_demo_claims_read_the_demo_results():
     assert verdicts["the curve's barrier is below the straight segment's"] == "holds (one seed: no spread)"
     assert verdicts["SWA is flatter than SGD"] == "holds" and verdicts["SWA sits in a wider valley than SGD"] == "holds"
     table = "\n".join(claims_markdown(rows))
-    assert "| SWA has lower test error than SGD at the same budget | test error | SWA 4.60% | SGD 5.10% | -0.50 ± 0.06 | 3 | holds |" in table
+    assert (
+        "| SWA has lower test error than SGD at the same budget | test error | SWA 4.60% | SGD 5.10% | -0.50 ± 0.06 | 3 | holds |"
+        in table
+    )
 
 
 def test_budget_multiples_are_checked():
@@ -89,12 +101,12 @@ def test_preset_registry_names_every_configuration_in_one_place():
 
 def test_an_unknown_preset_is_refused_listing_the_valid_ones(tmp_path, capsys):
     from cli_harness import refused
-
     from valleys.app.cli import _parser
     from valleys.app.presets import PRESETS
 
-    refused(["demo", "--preset", "cifar10", "--out", tmp_path / "demo"], capsys,
-            names=["--preset", "cifar10", *PRESETS])
+    refused(
+        ["demo", "--preset", "cifar10", "--out", tmp_path / "demo"], capsys, names=["--preset", "cifar10", *PRESETS]
+    )
     assert not (tmp_path / "demo").exists()
     demo = _parser()._subparsers._group_actions[0].choices["demo"]
     assert all(n in demo.format_help() for n in PRESETS)  # --help lists them
@@ -106,40 +118,81 @@ def test_the_demo_runs_the_preset_it_is_given(tmp_path, monkeypatch):
     from valleys.app.presets import PRESETS, Preset
 
     seen = {}
-    monkeypatch.setitem(PRESETS, "tiny", Preset(name="tiny", summary="a test preset", chosen="by hand",
-                                                 train={"dataset": "digits", "model": "mlp", "epochs": 7,
-                                                        "lr": 0.05}, quick={"epochs": 3}, semisup=None,
-                                                 ood={"lr": 0.02, "swa_lr": 0.02}, subspace={"samples": 4}))
+    monkeypatch.setitem(
+        PRESETS,
+        "tiny",
+        Preset(
+            name="tiny",
+            summary="a test preset",
+            chosen="by hand",
+            train={"dataset": "digits", "model": "mlp", "epochs": 7, "lr": 0.05},
+            quick={"epochs": 3},
+            semisup=None,
+            ood={"lr": 0.02, "swa_lr": 0.02},
+            subspace={"samples": 4},
+        ),
+    )
     monkeypatch.setattr(demo, "_demo_body", lambda out, base, *a, **k: seen.update(base=base, args=a, kw=k) or {})
     from valleys.app.cli import main
 
     parser = cli._parser()
     assert "tiny" in parser._subparsers._group_actions[0].choices["demo"].format_help()
     assert main(["demo", "--preset", "tiny", "--out", str(tmp_path / "a"), "--no-progress"]) == 0
-    assert (seen["base"].dataset, seen["base"].model, seen["base"].epochs, seen["base"].lr) == ("digits", "mlp", 7, 0.05)
+    assert (seen["base"].dataset, seen["base"].model, seen["base"].epochs, seen["base"].lr) == (
+        "digits",
+        "mlp",
+        7,
+        0.05,
+    )
     assert seen["args"][10] is None  # semisup: the preset has none, so the section is skipped
     assert seen["args"][-1] == "tiny"
     ood, subspace = seen["args"][4], seen["args"][8]
     assert {m: (c.ood_split, c.lr, c.swa_lr, c.epochs) for m, c in ood.items()} == {
-        "sgd": (True, 0.02, 0.02, 7), "swag": (True, 0.02, 0.02, 7)}  # the preset's OOD settings
+        "sgd": (True, 0.02, 0.02, 7),
+        "swag": (True, 0.02, 0.02, 7),
+    }  # the preset's OOD settings
     assert subspace == {"samples": 4}
-    assert main(["demo", "--preset", "tiny", "--quick", "--lr", "0.2", "--out", str(tmp_path / "b"),
-                 "--overwrite", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--preset",
+                "tiny",
+                "--quick",
+                "--lr",
+                "0.2",
+                "--out",
+                str(tmp_path / "b"),
+                "--overwrite",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert (seen["base"].epochs, seen["base"].lr) == (3, 0.2)
     assert {c.lr for c in seen["args"][4].values()} == {0.2}  # the user's --lr holds for the OOD runs too
     assert seen["args"][8] is True  # --quick: the section's quick settings, not the preset's full ones
     # the preset's own budget keeps its SWA start; a new budget gets the default for it (half the epochs)
-    monkeypatch.setitem(PRESETS, "tiny", Preset(name="tiny", summary="a test preset", chosen="by hand",
-                                                 train={"dataset": "digits", "model": "mlp", "epochs": 7,
-                                                        "swa_start": 2}, semisup={"train_subset": 500}))
+    monkeypatch.setitem(
+        PRESETS,
+        "tiny",
+        Preset(
+            name="tiny",
+            summary="a test preset",
+            chosen="by hand",
+            train={"dataset": "digits", "model": "mlp", "epochs": 7, "swa_start": 2},
+            semisup={"train_subset": 500},
+        ),
+    )
     assert main(["demo", "--preset", "tiny", "--epochs", "7", "--out", str(tmp_path / "c"), "--no-progress"]) == 0
     assert seen["base"].swa_start == 2
     assert main(["demo", "--preset", "tiny", "--epochs", "9", "--out", str(tmp_path / "d"), "--no-progress"]) == 0
     assert seen["base"].swa_start is None and seen["args"][0]["swag"].swa_start == 4
     # a data setting the user gives wins over the preset's own semi-supervised one
     assert seen["args"][10].train_subset == 500
-    assert main(["demo", "--preset", "tiny", "--train-subset", "300", "--out", str(tmp_path / "e"),
-                 "--no-progress"]) == 0
+    assert (
+        main(["demo", "--preset", "tiny", "--train-subset", "300", "--out", str(tmp_path / "e"), "--no-progress"]) == 0
+    )
     assert seen["args"][10].train_subset == 300 and seen["base"].train_subset == 300
 
 
@@ -149,9 +202,9 @@ def test_ensemble_accuracy_of_the_first_k_members():
     from valleys.app.runs import _prefix_accuracy
 
     targets = torch.tensor([0, 1, 1])
-    p1 = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])   # right on 1 of 3
+    p1 = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])  # right on 1 of 3
     p2 = torch.tensor([[0.2, 0.8], [0.1, 0.9], [0.55, 0.45]])  # mean with p1: [.55 .45] [.35 .65] [.575 .425]
-    p3 = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.0, 1.0]])   # mean of 3: [.667 .333] [.4 .6] [.383 .617]
+    p3 = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.0, 1.0]])  # mean of 3: [.667 .333] [.4 .6] [.383 .617]
     assert _prefix_accuracy([p1, p2, p3], targets) == pytest.approx([1 / 3, 2 / 3, 1.0])
 
 
@@ -161,17 +214,45 @@ def test_more_claims_snapshots_unbounded_widths_subspaces_and_semisup_rows():
 
     per_row = {"SWA": runs([0.30, 0.31, 0.32])}
     rows = demo_claims(
-        per_row, None,
-        {"ensemble_test_accuracy": [0.90, 0.91, 0.92], "best_member_test_accuracy": [0.89, 0.9, 0.91],
-         "ensemble_prefix_test_accuracy": [[0.85, 0.88, 0.90], [0.86, 0.9, 0.91], [0.87, 0.9, 0.92]]},
+        per_row,
         None,
-        {"per_seed": [{"eig_SWA": 1.0, "eig_SGD": 2.0, "width_SWA": math.inf, "width_SGD": 4.0, "reach": 10.0,
-                       "width_floor_SWA": 8.0, "width_floor_SGD": 4.0},
-                      {"eig_SWA": 1.0, "eig_SGD": 2.0, "width_SWA": 9.0, "width_SGD": 4.0, "reach": 12.0}]},
-        {"per_seed": {"PCA + ESS": [{"test": {"nll": n}} for n in (0.28, 0.29, 0.30)],
-                      "random + ESS": [{"test": {"nll": n}} for n in (0.29, 0.30, 0.31)]}},
-        [paired("semi-supervised: pi beats supervised-only on the same labels", "pi", [0.1, 0.11], "none", [0.2, 0.21],
-                metric="test error")])
+        {
+            "ensemble_test_accuracy": [0.90, 0.91, 0.92],
+            "best_member_test_accuracy": [0.89, 0.9, 0.91],
+            "ensemble_prefix_test_accuracy": [[0.85, 0.88, 0.90], [0.86, 0.9, 0.91], [0.87, 0.9, 0.92]],
+        },
+        None,
+        {
+            "per_seed": [
+                {
+                    "eig_SWA": 1.0,
+                    "eig_SGD": 2.0,
+                    "width_SWA": math.inf,
+                    "width_SGD": 4.0,
+                    "reach": 10.0,
+                    "width_floor_SWA": 8.0,
+                    "width_floor_SGD": 4.0,
+                },
+                {"eig_SWA": 1.0, "eig_SGD": 2.0, "width_SWA": 9.0, "width_SGD": 4.0, "reach": 12.0},
+            ]
+        },
+        {
+            "per_seed": {
+                "PCA + ESS": [{"test": {"nll": n}} for n in (0.28, 0.29, 0.30)],
+                "random + ESS": [{"test": {"nll": n}} for n in (0.29, 0.30, 0.31)],
+            }
+        },
+        [
+            paired(
+                "semi-supervised: pi beats supervised-only on the same labels",
+                "pi",
+                [0.1, 0.11],
+                "none",
+                [0.2, 0.21],
+                metric="test error",
+            )
+        ],
+    )
     by = {r["claim"]: r for r in rows}
     snap = by["FGE's accuracy rises with the number of snapshots (3 against 1)"]
     assert snap["difference"] == pytest.approx(-0.05) and snap["verdict"] == "holds"
@@ -196,9 +277,14 @@ def test_a_run_that_did_not_train_is_named(tmp_path):
     for name, acc in (("ood-sgd-seed0", 0.199), ("ood-swag-seed0", 0.97), ("sgd-seed0", 0.149)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.jsonl").write_text(
-            json.dumps({"epoch": 1, "train_accuracy": 0.9}) + "\n" + json.dumps({"epoch": 2, "train_accuracy": acc}) + "\n")
-    lines = untrained_runs([(tmp_path / "ood-sgd-seed0", 5), (tmp_path / "ood-swag-seed0", 5),
-                            (tmp_path / "sgd-seed0", 10)])
+            json.dumps({"epoch": 1, "train_accuracy": 0.9})
+            + "\n"
+            + json.dumps({"epoch": 2, "train_accuracy": acc})
+            + "\n"
+        )
+    lines = untrained_runs(
+        [(tmp_path / "ood-sgd-seed0", 5), (tmp_path / "ood-swag-seed0", 5), (tmp_path / "sgd-seed0", 10)]
+    )
     # 14.9% on 10 classes is below 1.5 x chance (15%) as well; 97% on 5 classes is not
     assert len(lines) == 2 and lines[0].startswith("ood-sgd-seed0 did not train: training accuracy 19.9% at epoch 2")
     assert "chance 20.0%" in lines[0] and lines[1].startswith("sgd-seed0 did not train")

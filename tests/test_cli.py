@@ -46,10 +46,13 @@ def test_resume_continues_a_run(tmp_path):
     assert main(["train", *FAST[:-2], "--method", "sgd", "--out", str(out), "--resume", "--lr", "0.2"]) == 2
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["--swa-start", "5"], "swa-start must be at least 1 and below epochs (3)"),
-    (["--method", "sgd", "--swa-lr", "0.1"], "only apply to --method swa"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--swa-start", "5"], "swa-start must be at least 1 and below epochs (3)"),
+        (["--method", "sgd", "--swa-lr", "0.1"], "only apply to --method swa"),
+    ],
+)
 def test_bad_values_fail_before_any_file_is_written(tmp_path, capsys, args, msg):
     out = tmp_path / "run"
     assert main(["train", *FAST, *args, "--out", str(out)]) == 2
@@ -57,14 +60,17 @@ def test_bad_values_fail_before_any_file_is_written(tmp_path, capsys, args, msg)
     assert not out.exists()
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["--dataset", "cifar"], "invalid choice: 'cifar' (choose from"),
-    (["--model", "bert"], "invalid choice: 'bert'"),
-    (["--method", "adam"], "invalid choice: 'adam'"),
-    (["--lr", "0"], "--lr: must be finite and positive, got 0"),
-    (["--swa-lr", "inf"], "--swa-lr: must be finite and positive, got inf"),
-    (["--epochs", "-1"], "--epochs: must be a positive integer, got -1"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--dataset", "cifar"], "invalid choice: 'cifar' (choose from"),
+        (["--model", "bert"], "invalid choice: 'bert'"),
+        (["--method", "adam"], "invalid choice: 'adam'"),
+        (["--lr", "0"], "--lr: must be finite and positive, got 0"),
+        (["--swa-lr", "inf"], "--swa-lr: must be finite and positive, got inf"),
+        (["--epochs", "-1"], "--epochs: must be a positive integer, got -1"),
+    ],
+)
 def test_unknown_names_and_non_positive_values_are_usage_errors(args, msg, capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", *args])
@@ -77,8 +83,22 @@ def test_data_errors_leave_an_existing_run_intact(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *FAST, "--method", "sgd", "--out", str(out)]) == 0
     before = (out / "results.json").read_text()
-    assert main(["train", "--dataset", "uci", "--data-root", str(tmp_path / "nope"), "--out", str(out),
-                 "--overwrite", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "uci",
+                "--data-root",
+                str(tmp_path / "nope"),
+                "--out",
+                str(out),
+                "--overwrite",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "lacks data.txt" in capsys.readouterr().err
     assert (out / "results.json").read_text() == before
     with pytest.raises(SystemExit) as e:  # a usage error: argparse refuses the flag
@@ -115,15 +135,23 @@ def test_evaluate_missing_or_foreign_folder(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_quick_demo_writes_the_run_folder(tmp_path):
-    from valleys.app.demo import DEMO_CONFIG, run_demo
     import dataclasses
+
+    from valleys.app.demo import DEMO_CONFIG, run_demo
 
     out = tmp_path / "demo"
     base = dataclasses.replace(DEMO_CONFIG, model="mlp", epochs=5, swa_start=2)
-    res = run_demo(out, seeds=[0], base=base, progress=False, log=lambda *a: None, curve={"epochs": 1, "points": 3},
-                   subspace={"samples": 3, "burn_in": 1, "grid": 3, "toy": {"epochs": 10}},
-                   semisup={"epochs": 4, "cycle": 1, "fast_swa_every": 1, "consistency": ["none", "mean-teacher"]},
-                   budgets=[1, 1.5])
+    res = run_demo(
+        out,
+        seeds=[0],
+        base=base,
+        progress=False,
+        log=lambda *a: None,
+        curve={"epochs": 1, "points": 3},
+        subspace={"samples": 3, "burn_in": 1, "grid": 3, "toy": {"epochs": 10}},
+        semisup={"epochs": 4, "cycle": 1, "fast_swa_every": 1, "consistency": ["none", "mean-teacher"]},
+        budgets=[1, 1.5],
+    )
     semi = res["semisup"]
     assert set(semi["summary"]) == {"none", "mean-teacher"} and "teacher" in semi["summary"]["mean-teacher"]
     assert semi["settings"]["model"] == "mlp" and semi["settings"]["seeds"] == [0]
@@ -132,7 +160,10 @@ def test_quick_demo_writes_the_run_folder(tmp_path):
     sec = res["subspace"]
     assert list(sec["rows"]) == ["PCA + ESS", "random + ESS"] and sec["rank"] == 2  # 3 deviations: 2 directions
     for label, c in sec["chosen"].items():
-        assert c["temperature"] in sec["candidates"]["temperature"] and c["prior_scale"] in sec["candidates"]["prior_scale"]
+        assert (
+            c["temperature"] in sec["candidates"]["temperature"]
+            and c["prior_scale"] in sec["candidates"]["prior_scale"]
+        )
         # the choice is the candidate with the lowest validation NLL (seed 0's run folder keeps the candidates)
         sub = json.loads((out / sec["per_seed"][label][0]["folder"] / "results.json").read_text())
         best = min(sub["selection"]["candidates"], key=lambda x: x["val"]["nll"])
@@ -146,15 +177,25 @@ def test_quick_demo_writes_the_run_folder(tmp_path):
         assert (out / f).is_file(), f
     report = (out / "report.md").read_text()
     assert "| SWAG |" in report and "OOD AUROC" in report and "| Bezier curve |" in report
-    assert "## Subspace inference" in report and "| PCA + ESS |" in report and "subspace/toy1d/figures/toy1d.png" in report
+    assert (
+        "## Subspace inference" in report and "| PCA + ESS |" in report and "subspace/toy1d/figures/toy1d.png" in report
+    )
     assert "## Semi-supervised learning" in report and "| mean-teacher | fast-SWA |" in report
     assert "## The talk's claims on this run" in report and "| SWA has lower test error than SGD" in report
     assert list(res["budgets"]["epochs"].items()) == [("x1", 5), ("x1.5", 8)] and set(res["budgets"]["rows"]) == {
-        "SGD x1", "SWA x1", "SWAG x1", "SWA x1.5", "SWAG x1.5"}
+        "SGD x1",
+        "SWA x1",
+        "SWAG x1",
+        "SWA x1.5",
+        "SWAG x1.5",
+    }
     assert "## The budget protocol" in report and (out / "swag-budget1.5-seed0" / "results.json").is_file()
     assert "SWA at 1.5 budgets has lower test error than SGD at 1" in {c["claim"] for c in res["claims"]}
-    assert {c["claim"] for c in res["claims"]} >= {"SWAG has lower test NLL than SWA", "SWA is flatter than SGD",
-                                                   "the curve's barrier is below the straight segment's"}
+    assert {c["claim"] for c in res["claims"]} >= {
+        "SWAG has lower test NLL than SWA",
+        "SWA is flatter than SGD",
+        "the curve's barrier is below the straight segment's",
+    }
     assert "semisup/figures/travel.png" in report and "semisup/figures/error-mean-teacher.png" in report
     # the full comparison on the finished folder: four subspace rows beside the demo's own SGD, SWA and SWAG
     assert main(["subspace-table", str(out), "--quick", "--no-progress"]) == 0
@@ -189,5 +230,12 @@ def test_quick_demo_writes_the_run_folder(tmp_path):
     assert "no trajectory plane" in report and "trajectory plane, test error" not in report
     assert "| valley width |" in report and (out / "geometry" / "rays" / "figures" / "rays.png").is_file()
     with pytest.raises(FileExistsError):
-        run_demo(out, seeds=[0], base=base, progress=False, log=lambda *a: None, curve={"epochs": 1, "points": 3},
-                 subspace=False)
+        run_demo(
+            out,
+            seeds=[0],
+            base=base,
+            progress=False,
+            log=lambda *a: None,
+            curve={"epochs": 1, "points": 3},
+            subspace=False,
+        )

@@ -1,12 +1,11 @@
 import json
-import shutil
 
 import pytest
 
-from valleys.core.checkpoint import CheckpointError, save_checkpoint
 from valleys.app.cli import main
 from valleys.app.connect import ConnectConfig, connect_runs, evaluate_curve_dir
 from valleys.app.runs import TrainConfig, train_run
+from valleys.core.checkpoint import CheckpointError, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +20,23 @@ def two_runs(tmp_path_factory):
 @pytest.mark.slow
 def test_connect_cli_writes_curve_folder_and_reevaluates(two_runs, tmp_path, capsys):
     out = tmp_path / "curve"
-    assert main(["connect", str(two_runs / "s0"), str(two_runs / "s1" / "model.safetensors"), "--epochs", "2",
-                 "--points", "5", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "connect",
+                str(two_runs / "s0"),
+                str(two_runs / "s1" / "model.safetensors"),
+                "--epochs",
+                "2",
+                "--points",
+                "5",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "max test error: segment" in capsys.readouterr().out
     res = json.loads((out / "results.json").read_text())
     assert res["curve"]["t"] == [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -38,14 +52,20 @@ def test_connect_cli_writes_curve_folder_and_reevaluates(two_runs, tmp_path, cap
 @pytest.mark.slow
 def test_connect_bad_inputs(two_runs, tmp_path):
     with pytest.raises(ValueError, match="endpoints differ"):
-        connect_runs(ConnectConfig(str(two_runs / "s0"), str(two_runs / "cnn"), epochs=1, points=3), tmp_path / "x",
-                     progress=False)
+        connect_runs(
+            ConnectConfig(str(two_runs / "s0"), str(two_runs / "cnn"), epochs=1, points=3),
+            tmp_path / "x",
+            progress=False,
+        )
     assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match="at least 2 control points"):
         connect_runs(ConnectConfig(str(two_runs / "s0"), str(two_runs / "s1"), bends=1), tmp_path / "y")
     with pytest.raises(ValueError, match="nothing to connect"):  # refused before any training
-        connect_runs(ConnectConfig(str(two_runs / "s0"), str(two_runs / "s0"), epochs=1, points=3), tmp_path / "z",
-                     progress=False)
+        connect_runs(
+            ConnectConfig(str(two_runs / "s0"), str(two_runs / "s0"), epochs=1, points=3),
+            tmp_path / "z",
+            progress=False,
+        )
     assert not (tmp_path / "z").exists()
 
 
@@ -54,8 +74,12 @@ def test_curve_checkpoint_of_another_model_is_refused(two_runs, tmp_path):
     out = tmp_path / "c"
     connect_runs(ConnectConfig(str(two_runs / "s0"), str(two_runs / "s1"), epochs=1, points=3), out, progress=False)
     import torch
-    save_checkpoint(out / "curve.safetensors", {"control_points": torch.zeros(3, 10)},
-                    {"kind": "curve", "curve": "bezier", "bends": 3, "signature": [["w", [10]]]})
+
+    save_checkpoint(
+        out / "curve.safetensors",
+        {"control_points": torch.zeros(3, 10)},
+        {"kind": "curve", "curve": "bezier", "bends": 3, "signature": [["w", [10]]]},
+    )
     with pytest.raises(CheckpointError, match="another architecture"):
         evaluate_curve_dir(out)
 

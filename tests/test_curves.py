@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import BNCNN, DropoutBNMLP, TinyTransformer, loader, mlp
+from valleys.core.weights import WeightSpace, WeightSpaceError
 from valleys.geometry.curves import Curve, CurveModel, bezier_coefficients, polychain_coefficients
-from valleys.zoo.data import make_loader
 from valleys.geometry.paths import arc_length_average, evaluate_path, segment
 from valleys.training.trainer import Trainer
-from valleys.core.weights import WeightSpace, WeightSpaceError
-from conftest import BNCNN, DropoutBNMLP, TinyTransformer, loader, mlp
+from valleys.zoo.data import make_loader
 
 
 def test_coefficients_sum_to_one_and_known_values():
@@ -66,11 +66,14 @@ def _pair(make):
     return a, b
 
 
-@pytest.mark.parametrize("make,x", [
-    (mlp, lambda: torch.randn(4, 5)),
-    (BNCNN, lambda: torch.randn(4, 1, 6, 6)),
-    (TinyTransformer, lambda: torch.randint(0, 11, (4, 3))),
-])
+@pytest.mark.parametrize(
+    "make,x",
+    [
+        (mlp, lambda: torch.randn(4, 5)),
+        (BNCNN, lambda: torch.randn(4, 1, 6, 6)),
+        (TinyTransformer, lambda: torch.randint(0, 11, (4, 3))),
+    ],
+)
 def test_curve_model_reproduces_both_endpoints(make, x):
     a, b = _pair(make)
     if make is BNCNN:  # give the endpoints distinct, non-default BN statistics
@@ -120,14 +123,17 @@ def test_curve_training_lowers_the_midpoint_loss_and_leaves_base_untouched(make)
     def midpoint_loss():
         with space.at(base, curve.point(0.5).detach()):
             from valleys.core.batchnorm import recompute_bn
+
             recompute_bn(base, loader(ds))
             from valleys.evaluation.predict import evaluate
+
             return evaluate(base, loader(ds))["nll"]
 
     start = midpoint_loss()
     opt = torch.optim.SGD(curve.parameters(), lr=0.05, momentum=0.9)
-    Trainer(cm, cm.l2_loss(nn.CrossEntropyLoss(), 1e-4), opt, make_loader(ds, 16, shuffle=True), epochs=15,
-            progress=False).fit()
+    Trainer(
+        cm, cm.l2_loss(nn.CrossEntropyLoss(), 1e-4), opt, make_loader(ds, 16, shuffle=True), epochs=15, progress=False
+    ).fit()
     assert midpoint_loss() < 0.8 * start
     assert torch.equal(curve.start, space.read(a)) and torch.equal(curve.end, space.read(b))  # ends fixed
     for k, v in before.items():
@@ -139,8 +145,13 @@ def test_evaluate_path_leaves_model_bit_identical_and_arc_average(img_data):
     space = WeightSpace(a)
     before = {k: v.clone() for k, v in a.state_dict().items()}
     a.train()
-    res = evaluate_path(a, segment(space.read(a), space.read(b)), [0.0, 0.5, 1.0],
-                        train_loader=loader(img_data), test_loader=loader(img_data))
+    res = evaluate_path(
+        a,
+        segment(space.read(a), space.read(b)),
+        [0.0, 0.5, 1.0],
+        train_loader=loader(img_data),
+        test_loader=loader(img_data),
+    )
     for k, v in a.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert a.training
@@ -149,8 +160,14 @@ def test_evaluate_path_leaves_model_bit_identical_and_arc_average(img_data):
     assert res["lengths"] == pytest.approx([d, d], rel=1e-5)
     assert arc_length_average([1.0, 3.0, 2.0], [1.0, 3.0]) == pytest.approx((2.0 * 1 + 2.5 * 3) / 4)
     with pytest.raises(ValueError, match="BatchNorm policy"):
-        evaluate_path(a, segment(space.read(a), space.read(b)), [0.0, 1.0], train_loader=loader(img_data),
-                      test_loader=loader(img_data), bn="ignore")
+        evaluate_path(
+            a,
+            segment(space.read(a), space.read(b)),
+            [0.0, 1.0],
+            train_loader=loader(img_data),
+            test_loader=loader(img_data),
+            bn="ignore",
+        )
 
 
 def test_curve_on_another_architecture_is_refused():
@@ -165,8 +182,9 @@ def _curve64(make, kind="bezier", bends=3, names=None):
     torch.manual_seed(0)
     a, b = _pair(make)
     space = WeightSpace(a, names)
-    curve = Curve(space.read(a).double(), space.read(b).double(), kind=kind, bends=bends,
-                  sizes=[s.numel for s in space.slots])
+    curve = Curve(
+        space.read(a).double(), space.read(b).double(), kind=kind, bends=bends, sizes=[s.numel for s in space.slots]
+    )
     torch.manual_seed(5)
     curve.set_inner(curve.inner_points() + 0.2 * torch.randn_like(curve.inner_points()))  # bent
     base = make().double()
@@ -182,20 +200,25 @@ def _oracle_grads(space, curve, base, x, y, ts, wd):
     total = 0
     for t in ts:
         w = ref_curve.point(t)
-        total = total + nn.functional.cross_entropy(space.functional_call(ref_base, w, x), y) + 0.5 * wd * w.pow(2).sum()
+        total = (
+            total + nn.functional.cross_entropy(space.functional_call(ref_base, w, x), y) + 0.5 * wd * w.pow(2).sum()
+        )
     total.backward()
     return ref_curve.inner_grad(), ref_base
 
 
-@pytest.mark.parametrize("kind,bends,t,wd", [
-    ("bezier", 3, 0.4, 0.3),      # one inner point: its coefficient applied at the output
-    ("bezier", 3, 0.4, 0.0),
-    ("bezier", 3, 1e-4, 0.3),     # c_1 = 2e-4 below the scaling threshold: applied to the weight gradient
-    ("bezier", 3, 0.0, 0.3),      # c_1 = 0: no gradient at all
-    ("bezier", 5, 0.7, 0.3),      # three active inner points
-    ("polychain", 4, 0.2, 0.3),   # one active inner point
-    ("polychain", 4, 0.5, 0.3),   # two active inner points
-])
+@pytest.mark.parametrize(
+    "kind,bends,t,wd",
+    [
+        ("bezier", 3, 0.4, 0.3),  # one inner point: its coefficient applied at the output
+        ("bezier", 3, 0.4, 0.0),
+        ("bezier", 3, 1e-4, 0.3),  # c_1 = 2e-4 below the scaling threshold: applied to the weight gradient
+        ("bezier", 3, 0.0, 0.3),  # c_1 = 0: no gradient at all
+        ("bezier", 5, 0.7, 0.3),  # three active inner points
+        ("polychain", 4, 0.2, 0.3),  # one active inner point
+        ("polychain", 4, 0.5, 0.3),  # two active inner points
+    ],
+)
 @pytest.mark.parametrize("fast", [False, True])
 def test_curve_gradient_equals_explicit_objective(kind, bends, t, wd, fast):
     space, curve, base = _curve64(mlp, kind, bends)
@@ -304,8 +327,9 @@ def test_frozen_inner_piece_with_l2():
             loss(cm(x, t=0.4), y).backward()
     assert curve.inner[0].grad is None
     sizes = curve.sizes
-    assert torch.allclose(torch.cat([p.grad for p in list(curve.inner)[1:]], dim=1), want[:, sizes[0]:],
-                          rtol=1e-10, atol=1e-13)
+    assert torch.allclose(
+        torch.cat([p.grad for p in list(curve.inner)[1:]], dim=1), want[:, sizes[0] :], rtol=1e-10, atol=1e-13
+    )
 
 
 def test_curve_training_leaves_the_endpoint_network_bit_identical():
@@ -385,12 +409,14 @@ def _hand_mlp_loss(w, x, y, shapes):
     parts, off = [], 0
     for shape in shapes:
         n = math.prod(shape)
-        parts.append(w[off:off + n].reshape(shape))
+        parts.append(w[off : off + n].reshape(shape))
         off += n
     w1, b1, w2, b2 = parts
     h = torch.clamp(x @ w1.T + b1, min=0)
     z = h @ w2.T + b2
-    logp = z - torch.log(torch.exp(z - z.max(1, keepdim=True).values).sum(1, keepdim=True)) - z.max(1, keepdim=True).values
+    logp = (
+        z - torch.log(torch.exp(z - z.max(1, keepdim=True).values).sum(1, keepdim=True)) - z.max(1, keepdim=True).values
+    )
     return -logp[torch.arange(len(y)), y].mean()
 
 
@@ -411,7 +437,7 @@ def test_curve_gradient_against_a_hand_written_oracle(bends, t, fast):
     leaves = [p.clone().requires_grad_(True) for p in theta_inner]
     points = [space.read(a)] + leaves + [space.read(b)]
     n = bends - 1
-    w_t = sum(math.comb(n, j) * t ** j * (1 - t) ** (n - j) * points[j] for j in range(bends))
+    w_t = sum(math.comb(n, j) * t**j * (1 - t) ** (n - j) * points[j] for j in range(bends))
     total = _hand_mlp_loss(w_t, x, y, shapes) + 0.5 * wd * (w_t * w_t).sum()
     want = torch.autograd.grad(total, leaves)
     # the code under test
@@ -435,8 +461,14 @@ def test_train_curve_through_the_adapter_with_dict_batches_and_tuple_outputs():
     before = {k: v.clone() for k, v in a.state_dict().items()}
     space = WeightSpace(a)
     g = torch.Generator().manual_seed(0)
-    batches = [{"x": torch.randn(8, 5, generator=g), "scale": torch.tensor(1.5),
-                "labels": torch.randint(0, 3, (8,), generator=g)} for _ in range(3)]
+    batches = [
+        {
+            "x": torch.randn(8, 5, generator=g),
+            "scale": torch.tensor(1.5),
+            "labels": torch.randint(0, 3, (8,), generator=g),
+        }
+        for _ in range(3)
+    ]
     cfg = ConnectConfig(run_a="a", run_b="b", epochs=2, lr=0.05)
     curve = train_curve(a, space, space.read(a), space.read(b), batches, cfg, adapter=ModelAdapter(output=0))
     assert not torch.allclose(curve.inner_points(), (space.read(a) + space.read(b)) / 2)  # it trained

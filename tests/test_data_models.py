@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from valleys.zoo.data import DATASETS, DatasetNotFoundError, find_fashion_mnist, load_dataset, make_loader
-from valleys.zoo.models import MODELS, build_model
 from valleys.core.weights import WeightSpace
+from valleys.zoo.data import DatasetNotFoundError, find_fashion_mnist, load_dataset, make_loader
+from valleys.zoo.models import MODELS, build_model
 
 
 def test_mnist1d_splits_are_fixed_and_disjoint():

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from dist_harness import run_ranks
-from valleys.core.batchnorm import EmptyLoaderError, recompute_bn
+from valleys.core.batchnorm import recompute_bn
 from valleys.core.distributed import RankSliceBatchSampler, shard_bounds
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
@@ -28,7 +28,7 @@ class _Branchy(nn.Module):
 def _data():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(12, 4, generator=g) + 3.0  # positive: takes the branch
-    b = torch.randn(8, 4, generator=g) - 3.0   # negative: skips it
+    b = torch.randn(8, 4, generator=g) - 3.0  # negative: skips it
     c = torch.randn(5, 4, generator=g) + 3.0
     return [a, b, c]
 
@@ -46,11 +46,14 @@ def _bn_rank(rank, world, batches_per_rank):
     return {k: v.clone() for k, v in model.state_dict().items()}, [str(w.message) for w in caught]
 
 
-@pytest.mark.parametrize("split", [
-    ([0, 1], [2]),   # both ranks reach both layers
-    ([0, 2], [1]),   # rank 1 sees only the batch that skips bn2: it must still join bn2's all-reduce
-    ([0, 1, 2], []),  # rank 1 has no data at all: warned, still takes part
-])
+@pytest.mark.parametrize(
+    "split",
+    [
+        ([0, 1], [2]),  # both ranks reach both layers
+        ([0, 2], [1]),  # rank 1 sees only the batch that skips bn2: it must still join bn2's all-reduce
+        ([0, 1, 2], []),  # rank 1 has no data at all: warned, still takes part
+    ],
+)
 def test_bn_recompute_all_reduces_every_layer_on_every_rank(split, tmp_path):
     (s0, w0), (s1, w1) = run_ranks(_bn_rank, 2, tmp_path, split)
     torch.manual_seed(0)
@@ -110,11 +113,25 @@ def _train(epochs, ckpt=None, swa_start=0):
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
     swa = SWA(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    trainer = Trainer(model, None, opt, train, epochs=epochs, callbacks=[SWACallback(swa, swa_start, apply_at_end=False)],
-                      eval_loaders={"test": test}, progress=False, seed=3, checkpoint_path=ckpt)
+    trainer = Trainer(
+        model,
+        None,
+        opt,
+        train,
+        epochs=epochs,
+        callbacks=[SWACallback(swa, swa_start, apply_at_end=False)],
+        eval_loaders={"test": test},
+        progress=False,
+        seed=3,
+        checkpoint_path=ckpt,
+    )
     history = trainer.fit()
-    return {"weights": torch.cat([p.detach().flatten() for p in model.parameters()]), "swa": swa.mean.clone(),
-            "variance": swa.variance.clone(), "history": history}
+    return {
+        "weights": torch.cat([p.detach().flatten() for p in model.parameters()]),
+        "swa": swa.mean.clone(),
+        "variance": swa.variance.clone(),
+        "history": history,
+    }
 
 
 def _train_rank(rank, world, epochs, ckpt):
@@ -145,8 +162,15 @@ def test_resume_under_another_world_size_is_refused(tmp_path):
     run_ranks(_train_rank, 2, tmp_path, 1, str(ckpt))
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
     loader = [(torch.zeros(2, 6), torch.zeros(2, dtype=torch.long))]
-    trainer = Trainer(model, None, torch.optim.SGD(model.parameters(), lr=0.1), loader, epochs=2, progress=False,
-                      callbacks=[SWACallback(SWA(model))])
+    trainer = Trainer(
+        model,
+        None,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        loader,
+        epochs=2,
+        progress=False,
+        callbacks=[SWACallback(SWA(model))],
+    )
     with pytest.raises(CheckpointError, match="written by a run on 2 processes, this run has 1"):
         trainer.fit(resume=ckpt)
 
@@ -242,8 +266,7 @@ def _sharded_swag(rank, world, folder):
     again = ShardedSWAG(model, rank=4)
     again.load(f"{folder}/posterior.json")
     same = torch.equal(again.deviations_slice, swag.deviations_slice) and again.n == swag.n
-    return (swag.lo, swag.hi, swag.mean_slice, swag.variance_slice, swag.deviations_slice, sample, same,
-            swag.memory())
+    return (swag.lo, swag.hi, swag.mean_slice, swag.variance_slice, swag.deviations_slice, sample, same, swag.memory())
 
 
 def test_sharded_swag_equals_swag_slice_by_slice_and_samples_alike(tmp_path):
@@ -263,15 +286,19 @@ def test_sharded_swag_equals_swag_slice_by_slice_and_samples_alike(tmp_path):
         dev64[t % 4] = stack[t] - stack[: t + 1].mean(0)
     g = torch.Generator().manual_seed(7)
     z1, z2 = torch.randn(1, stack.shape[1], generator=g).double(), torch.randn(1, 4, generator=g).double()
-    by_hand = mean64 + 0.5 ** 0.5 * (var64.sqrt() * z1[0] + (z2 @ dev64)[0] / 3 ** 0.5)
+    by_hand = mean64 + 0.5**0.5 * (var64.sqrt() * z1[0] + (z2 @ dev64)[0] / 3**0.5)
     assert torch.allclose(want.double(), by_hand, atol=1e-5)
     shards = run_ranks(_sharded_swag, 2, tmp_path, str(tmp_path))
     assert [s[:2] for s in shards] == [(0, 29), (29, 58)]
     for lo, hi, mean, var, dev, sample, same, memory in shards:
-        assert torch.allclose(mean, full.mean[lo:hi], atol=1e-6) and torch.allclose(var, full.variance[lo:hi], atol=1e-6)
+        assert torch.allclose(mean, full.mean[lo:hi], atol=1e-6) and torch.allclose(
+            var, full.variance[lo:hi], atol=1e-6
+        )
         assert torch.allclose(dev, full.deviations[:, lo:hi], atol=1e-6)
         assert torch.allclose(mean.double(), mean64[lo:hi], atol=1e-6)
-        assert torch.allclose(var.double(), var64[lo:hi], atol=1e-6) and torch.allclose(dev.double(), dev64[:, lo:hi], atol=1e-6)
+        assert torch.allclose(var.double(), var64[lo:hi], atol=1e-6) and torch.allclose(
+            dev.double(), dev64[:, lo:hi], atol=1e-6
+        )
         assert torch.allclose(sample, want, atol=1e-6) and same
         assert memory == (4 + 2) * 29  # (K + 2) P / R
     from valleys.core.distributed import DistributedSetupError
@@ -307,8 +334,9 @@ def _train64(rank, world):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 3)).double()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    Trainer(model, None, opt, make_loader(TensorDataset(x, y), 64, shuffle=True, seed=1), epochs=3,
-            progress=False, seed=1).fit()
+    Trainer(
+        model, None, opt, make_loader(TensorDataset(x, y), 64, shuffle=True, seed=1), epochs=3, progress=False, seed=1
+    ).fit()
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
@@ -342,10 +370,14 @@ def _curve(rank, world, folder):
     out = Path(folder) / f"world{world}"
     out.mkdir(parents=True, exist_ok=True)
     cfg = ConnectConfig("-", "-", epochs=3, lr=0.05, wd=5e-3, seed=4, checkpoint_every=10)
-    curve = train_curve(model, space, w_a, w_b, make_loader(TensorDataset(x, y), 16, shuffle=True, seed=4), cfg,
-                        out=out)
-    log = [json.loads(line)["train_loss"] for line in (out / "metrics.jsonl").read_text().splitlines()] \
-        if rank == 0 else None
+    curve = train_curve(
+        model, space, w_a, w_b, make_loader(TensorDataset(x, y), 16, shuffle=True, seed=4), cfg, out=out
+    )
+    log = (
+        [json.loads(line)["train_loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+        if rank == 0
+        else None
+    )
     return curve.inner_points().detach().clone(), log
 
 
@@ -365,8 +397,17 @@ def _torchrun(args, tmp_path, n=2):
     import sys
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
-           "-m", "valleys", *map(str, args)]  # --standalone: a free rendezvous port of its own
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(n),
+        "-m",
+        "valleys",
+        *map(str, args),
+    ]  # --standalone: a free rendezvous port of its own
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
 
 
@@ -390,10 +431,26 @@ def test_valleys_train_and_connect_under_torchrun(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "two"), "--resume", "--no-progress"]) == 2
     assert "written by a run on 2 processes, this run has 1" in capsys.readouterr().err
     r = _torchrun(["demo", "--quick", "--out", tmp_path / "demo"], tmp_path)
-    assert r.returncode != 0 and "only 'valleys train', 'valleys connect' and 'valleys semisup' run data-parallel" in r.stderr
+    assert (
+        r.returncode != 0
+        and "only 'valleys train', 'valleys connect' and 'valleys semisup' run data-parallel" in r.stderr
+    )
     assert main(["train", "--method", "sgd", "--seed", "1", *common, "--out", str(tmp_path / "b")]) == 0
-    r = _torchrun(["connect", tmp_path / "one", tmp_path / "b", "--epochs", "1", "--points", "3", "--no-progress",
-                   "--out", tmp_path / "curve"], tmp_path)
+    r = _torchrun(
+        [
+            "connect",
+            tmp_path / "one",
+            tmp_path / "b",
+            "--epochs",
+            "1",
+            "--points",
+            "3",
+            "--no-progress",
+            "--out",
+            tmp_path / "curve",
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "curve" / "curve.safetensors").is_file() and r.stdout.count("wrote ") == 1
 
@@ -413,15 +470,16 @@ def _mixed(rank, world):
 
 def test_ranks_with_different_models_or_devices_are_refused_naming_the_rank(tmp_path):
     msgs = run_ranks(_mixed, 2, tmp_path)
-    assert all(m.startswith("rank 1 has (model on CUDA, parameter count) [0.0, 10.0], rank 0 has [0.0, 8.0]")
-               for m in msgs), msgs
+    assert all(
+        m.startswith("rank 1 has (model on CUDA, parameter count) [0.0, 10.0], rank 0 has [0.0, 8.0]") for m in msgs
+    ), msgs
 
 
 def _eval_small_batches(rank, world):
     from torch.utils.data import TensorDataset
 
-    from valleys.evaluation.predict import evaluate
     from valleys.core.distributed import shard_loader
+    from valleys.evaluation.predict import evaluate
     from valleys.zoo.data import make_loader
 
     g = torch.Generator().manual_seed(0)
@@ -451,9 +509,34 @@ def test_valleys_semisup_under_torchrun_splits_both_parts_of_every_batch(tmp_pat
 
     from valleys.app.cli import main
 
-    common = ["semisup", "--model", "mlp", "--labels-per-class", "5", "--epochs", "3", "--cycle", "1",
-              "--train-subset", "600", "--test-subset", "200", "--batch-size", "64", "--labelled-batch-size", "16",
-              "--fast-swa-every", "1", "--no-augment", "--consistency", "none", "pi", "--no-progress", "--jobs", "1"]
+    common = [
+        "semisup",
+        "--model",
+        "mlp",
+        "--labels-per-class",
+        "5",
+        "--epochs",
+        "3",
+        "--cycle",
+        "1",
+        "--train-subset",
+        "600",
+        "--test-subset",
+        "200",
+        "--batch-size",
+        "64",
+        "--labelled-batch-size",
+        "16",
+        "--fast-swa-every",
+        "1",
+        "--no-augment",
+        "--consistency",
+        "none",
+        "pi",
+        "--no-progress",
+        "--jobs",
+        "1",
+    ]
     r = _torchrun([*common, "--out", tmp_path / "two"], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert main([*common, "--out", str(tmp_path / "one")]) == 0

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import BNCNN, loader, mlp
 from valleys.core.adapter import AdapterError, ModelAdapter
 from valleys.core.batchnorm import recompute_bn
 from valleys.core.weights import WeightSpace
@@ -20,7 +21,6 @@ from valleys.evaluation.grid import evaluate_points
 from valleys.evaluation.predict import bma, evaluate
 from valleys.geometry.paths import evaluate_path, segment
 from valleys.methods.ensembles import snapshot
-from conftest import BNCNN, loader, mlp
 
 
 def state(model):
@@ -186,8 +186,9 @@ def test_tuple_output_needs_output_index(vec_data):
     assert res["nll"] == ref["nll"]
     ws = perturbed(model, 2)
     got = bma(model, ws, loader(vec_data), adapter=ad, batched=False, return_probs=True)
-    assert torch.allclose(got["probs"], hand_bma(model, ws, list(loader(vec_data)), lambda m, b: m(b[0])[0]),
-                          rtol=0, atol=1e-12)
+    assert torch.allclose(
+        got["probs"], hand_bma(model, ws, list(loader(vec_data)), lambda m, b: m(b[0])[0]), rtol=0, atol=1e-12
+    )
     assert_same(model, before)
 
 
@@ -226,8 +227,14 @@ def test_regression_through_points_and_path():
     vm = evaluate_points(model, ws, {"train": loader(data, bs=16)}, adapter=ad, batched=True)
     assert vm["batched"]
     assert vm["train"]["loss"] == pytest.approx(res["train"]["loss"], abs=1e-6)
-    path = evaluate_path(model, segment(ws[0], ws[2]), [0.0, 0.5, 1.0], train_loader=loader(data, bs=16),
-                         test_loader=loader(data, bs=16), adapter=ad)
+    path = evaluate_path(
+        model,
+        segment(ws[0], ws[2]),
+        [0.0, 0.5, 1.0],
+        train_loader=loader(data, bs=16),
+        test_loader=loader(data, bs=16),
+        adapter=ad,
+    )
     WeightSpace(c).write(c, ws[2])
     assert path["train_loss"][-1] == pytest.approx(hand_nll(c, x, y), abs=1e-6)
     assert path["test_nll"][-1] == pytest.approx(path["train_loss"][-1], abs=1e-12)
@@ -258,8 +265,13 @@ def test_bn_recompute_vs_keep(img_data):
         assert keep["test"]["loss"][i] == pytest.approx(kept, abs=1e-12)
         assert rec["test"]["loss"][i] == pytest.approx(recomputed, abs=1e-12)
     assert rec["test"]["loss"] != keep["test"]["loss"]
-    many = evaluate_many(model, torch.stack(ws), {"test": loader(img_data)}, reduce=LossError(ModelAdapter()),
-                         bn=BNPolicy("recompute", loader(img_data)))
+    many = evaluate_many(
+        model,
+        torch.stack(ws),
+        {"test": loader(img_data)},
+        reduce=LossError(ModelAdapter()),
+        bn=BNPolicy("recompute", loader(img_data)),
+    )
     assert many.value["test"]["loss"] == rec["test"]["loss"] and many.bn == "recompute"
     assert set(many.to_json()) >= {"value", "bn", "batched", "num_points"}
     with pytest.raises(ValueError, match="BatchNorm"):
@@ -338,8 +350,9 @@ def test_per_point_predictions_and_state_dicts(vec_data):
     ws = perturbed(model, 2)
     other = copy.deepcopy(model)
     WeightSpace(other).write(other, ws[0])
-    res = evaluate_many(model, [ws[1], snapshot(other)], {"test": loader(vec_data)}, reduce=Predictions(),
-                        batched=False)
+    res = evaluate_many(
+        model, [ws[1], snapshot(other)], {"test": loader(vec_data)}, reduce=Predictions(), batched=False
+    )
     c = copy.deepcopy(model)
     WeightSpace(c).write(c, ws[1])
     with torch.no_grad():  # the same batches, so the same kernels: equal bit for bit
@@ -375,6 +388,11 @@ def test_vmap_failing_on_a_later_batch_gives_a_clear_error_naming_batched_false(
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     res = evaluate_many(model, [w, w * 0.5], {"data": batches}, reduce=LossError(ModelAdapter()), batched=False)
     with torch.no_grad():
-        expected = float(nn.functional.cross_entropy(model(x[:10]), y[:10], reduction="sum")
-                         + nn.functional.cross_entropy(model(x[10:]), y[10:], reduction="sum")) / 17
+        expected = (
+            float(
+                nn.functional.cross_entropy(model(x[:10]), y[:10], reduction="sum")
+                + nn.functional.cross_entropy(model(x[10:]), y[10:], reduction="sum")
+            )
+            / 17
+        )
     assert res.value["data"]["loss"][0] == pytest.approx(expected, rel=1e-6)

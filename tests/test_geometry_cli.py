@@ -43,18 +43,62 @@ def test_plane_through_three_runs_and_bad_input(runs, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_path_rays_landscape_sharpness(runs, tmp_path):
-    assert main(["path", str(runs / "swa"), str(runs / "sgd"), "--points", "5", "--out", str(tmp_path / "line"),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "path",
+                str(runs / "swa"),
+                str(runs / "sgd"),
+                "--points",
+                "5",
+                "--out",
+                str(tmp_path / "line"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     line = json.loads((tmp_path / "line" / "results.json").read_text())
     assert len(line["distance"]) == 5 and line["distance"][0] < 0 < line["length"] < line["distance"][-1]
-    assert main(["rays", str(runs / "swa"), str(runs / "sgd"), "--rays", "2", "--steps", "4", "--max-distance", "30",
-                 "--out", str(tmp_path / "rays"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "rays",
+                str(runs / "swa"),
+                str(runs / "sgd"),
+                "--rays",
+                "2",
+                "--steps",
+                "4",
+                "--max-distance",
+                "30",
+                "--out",
+                str(tmp_path / "rays"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     rays = json.loads((tmp_path / "rays" / "results.json").read_text())
     swa, sgd = str(runs / "swa"), str(runs / "sgd")
     assert set(rays["centers"]) == {swa, sgd} and len(rays["centers"][swa]["loss"]) == 2
     assert all(math.isinf(w) or w >= 0 for w in rays["centers"][swa]["width"])
-    assert main(["landscape", str(runs / "sgd"), "--random", "--filter-norm", "--grid", "3",
-                 "--out", str(tmp_path / "land"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "landscape",
+                str(runs / "sgd"),
+                "--random",
+                "--filter-norm",
+                "--grid",
+                "3",
+                "--out",
+                str(tmp_path / "land"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     land = json.loads((tmp_path / "land" / "results.json").read_text())
     assert "filter-normalised" in land["units"]
     assert main(["sharpness", str(runs / "sgd"), "--k", "2", "--examples", "200", "--out", str(tmp_path / "sh")]) == 0
@@ -66,8 +110,23 @@ def test_path_rays_landscape_sharpness(runs, tmp_path):
 @pytest.mark.slow
 def test_plane_of_a_curve(runs, tmp_path):
     curve = tmp_path / "curve"
-    assert main(["connect", str(runs / "sgd"), str(runs / "sgd2"), "--epochs", "1", "--points", "3",
-                 "--out", str(curve), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "connect",
+                str(runs / "sgd"),
+                str(runs / "sgd2"),
+                "--epochs",
+                "1",
+                "--points",
+                "3",
+                "--out",
+                str(curve),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "cplane"
     assert main(["plane", "--curve", str(curve), "--grid", "4", "--out", str(out), "--no-progress"]) == 0
     res = json.loads((out / "results.json").read_text())
@@ -78,8 +137,10 @@ def test_plane_of_a_curve(runs, tmp_path):
 @pytest.mark.slow
 def test_pca_plane_of_a_trajectory(runs, tmp_path):
     out = tmp_path / "pca"
-    assert main(["plane", "--trajectory", str(runs / "swa"), "--pca", "--grid", "3", "--out", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(["plane", "--trajectory", str(runs / "swa"), "--pca", "--grid", "3", "--out", str(out), "--no-progress"])
+        == 0
+    )
     res = json.loads((out / "results.json").read_text())
     assert len(res["explained_variance"]) == 2 and 0 < sum(res["explained_variance"]) <= 1 + 1e-9
     assert "SWA" in res["points"] and sum(k.startswith("epoch") for k in res["points"]) == 4
@@ -89,9 +150,12 @@ def test_pca_plane_of_a_trajectory(runs, tmp_path):
 
 @pytest.mark.slow
 def test_geometry_bad_values_are_usage_errors(runs, tmp_path, capsys):
-    for args in (["rays", str(runs / "sgd"), "--steps", "1"], ["rays", str(runs / "sgd"), "--rays", "0"],
-                 ["landscape", str(runs / "sgd"), "--random", "--grid", "1"],
-                 ["sharpness", str(runs / "sgd"), "--examples", "0"]):
+    for args in (
+        ["rays", str(runs / "sgd"), "--steps", "1"],
+        ["rays", str(runs / "sgd"), "--rays", "0"],
+        ["landscape", str(runs / "sgd"), "--random", "--grid", "1"],
+        ["sharpness", str(runs / "sgd"), "--examples", "0"],
+    ):
         with pytest.raises(SystemExit) as e:
             main([*args, "--out", str(tmp_path / "x")])
         assert e.value.code == 2
@@ -105,9 +169,15 @@ def test_connect_keeps_endpoint_statistics_for_bn_keep(tmp_path):
     from valleys.app.connect import ConnectConfig, connect_runs
 
     for s in (0, 1):
-        train_run(TrainConfig(dataset="digits", model="cnn", method="sgd", epochs=2, seed=s), tmp_path / f"d{s}",
-                  progress=False)
-    res = connect_runs(ConnectConfig(str(tmp_path / "d0"), str(tmp_path / "d1"), epochs=1, points=3, bn="keep"),
-                       tmp_path / "c", progress=False)
+        train_run(
+            TrainConfig(dataset="digits", model="cnn", method="sgd", epochs=2, seed=s),
+            tmp_path / f"d{s}",
+            progress=False,
+        )
+    res = connect_runs(
+        ConnectConfig(str(tmp_path / "d0"), str(tmp_path / "d1"), epochs=1, points=3, bn="keep"),
+        tmp_path / "c",
+        progress=False,
+    )
     own = json.loads((tmp_path / "d0" / "results.json").read_text())["metrics"]["test"]["error"]
     assert res["endpoints"]["a"]["test_error"] == pytest.approx(own, abs=1e-9)

@@ -2,10 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-from valleys.geometry.hessian import LossFunction, epsilon_sharpness, hutchinson_trace, lanczos, power_iteration
+from conftest import BNCNN
 from valleys.core.adapter import AdapterError, ModelAdapter
 from valleys.core.weights import WeightSpace
-from conftest import BNCNN
+from valleys.geometry.hessian import LossFunction, epsilon_sharpness, hutchinson_trace, lanczos, power_iteration
 
 
 @pytest.fixture(params=["double_backward", "forward_over_reverse"])
@@ -79,8 +79,11 @@ def test_both_routes_give_the_exact_spectrum_and_each_others_products(tiny):
     true = torch.linalg.eigvalsh(exact).flip(0)[:2]
     res = lanczos(loss, w, k=2, iterations=w.numel(), generator=torch.Generator().manual_seed(0))
     assert torch.allclose(res["eigenvalues"], true, rtol=1e-8, atol=1e-10)
-    other = LossFunction(loss.model, [(b[0][0], b[2]) for b in loss.batches],
-                         route="forward_over_reverse" if loss.route == "double_backward" else "double_backward")
+    other = LossFunction(
+        loss.model,
+        [(b[0][0], b[2]) for b in loss.batches],
+        route="forward_over_reverse" if loss.route == "double_backward" else "double_backward",
+    )
     for seed in range(3):
         v = torch.randn(w.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
         assert torch.allclose(loss.hvp(w, v), other.hvp(w, v), rtol=1e-10, atol=1e-12)
@@ -153,8 +156,12 @@ def test_transformer_encoder_with_padding_mask_and_dict_batches():
     w = db.space.read(model)
     model.eval()
     with torch.no_grad():  # the loss is the weighted mean over the dict batches, called with keyword arguments
-        want = sum(nn.functional.cross_entropy(model(b["input_ids"], b["attention_mask"])[0], b["labels"])
-                   for b in batches) / 2
+        want = (
+            sum(
+                nn.functional.cross_entropy(model(b["input_ids"], b["attention_mask"])[0], b["labels"]) for b in batches
+            )
+            / 2
+        )
     assert db.value(w) == pytest.approx(float(want), rel=1e-5)
     for seed in range(2):
         v = torch.randn(w.numel(), generator=torch.Generator().manual_seed(seed))
@@ -198,4 +205,4 @@ def test_double_backward_with_an_unused_parameter_matches_the_exact_hessian():
         v = torch.randn(w.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
         assert torch.allclose(loss.hvp(w, v), exact @ v, atol=1e-10)
     spare = next(s for s in space.slots if s.name == "spare")
-    assert torch.equal(loss.hvp(w, v)[spare.offset:spare.offset + 5], torch.zeros(5, dtype=torch.float64))
+    assert torch.equal(loss.hvp(w, v)[spare.offset : spare.offset + 5], torch.zeros(5, dtype=torch.float64))

@@ -34,18 +34,33 @@ class Tokens(torch.utils.data.Dataset):
 
 def _lora_model(seed=0):
     torch.manual_seed(seed)
-    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                     vocab_size=100, max_position_embeddings=16, num_labels=2)
+    config = transformers.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=100,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
     base = transformers.BertForSequenceClassification(config)
     lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], task_type="SEQ_CLS")
     return peft.get_peft_model(base, lora)
 
 
 def _train(model, callbacks, tmp_path, epochs=4):
-    args = transformers.TrainingArguments(output_dir=str(tmp_path / "hf"), num_train_epochs=epochs,
-                                          per_device_train_batch_size=32, learning_rate=5e-3, report_to=[],
-                                          save_strategy="no", logging_strategy="no", use_cpu=True, seed=0,
-                                          disable_tqdm=True)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=32,
+        learning_rate=5e-3,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
     transformers.Trainer(model=model, args=args, train_dataset=Tokens(256, 0), callbacks=callbacks).train()
 
 
@@ -62,8 +77,8 @@ def test_swag_over_the_lora_adapter_holds_k_plus_2_adapter_sizes_and_averages(tm
     _train(model, [swag], tmp_path)
     size = sum(adapter.values())
     assert swag.averager.space.size == size < trainable  # the adapter, not the classifier head or the model
-    assert swag.size() == (3 + 2) * size                 # mean, second moments and K = 3 deviations
-    assert swag.averager.n == 3                          # the ends of epochs 2, 3 and 4
+    assert swag.size() == (3 + 2) * size  # mean, second moments and K = 3 deviations
+    assert swag.averager.n == 3  # the ends of epochs 2, 3 and 4
     test = torch.utils.data.DataLoader(Tokens(200, 1), batch_size=50)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     res = swag.bma(model, test, samples=10)
@@ -79,8 +94,12 @@ def test_swag_over_the_lora_adapter_holds_k_plus_2_adapter_sizes_and_averages(tm
     with torch.no_grad():
         for w in draws:
             space.write(twin, w)
-            manual += torch.cat([twin(**{k: v for k, v in b.items() if k != "labels"}).logits.double().softmax(-1)
-                                 for b in test]) / 10
+            manual += (
+                torch.cat(
+                    [twin(**{k: v for k, v in b.items() if k != "labels"}).logits.double().softmax(-1) for b in test]
+                )
+                / 10
+            )
     assert torch.allclose(probs, manual, atol=1e-6)
     labels = torch.cat([b["labels"] for b in test])
     assert res["accuracy"] == pytest.approx(float((manual.argmax(-1) == labels).double().mean()))
@@ -96,11 +115,21 @@ def test_a_subset_that_matches_nothing_lists_what_exists():
     from valleys.hf import adapter_names
 
     torch.manual_seed(0)
-    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                                     vocab_size=100, max_position_embeddings=16, num_labels=2)
+    config = transformers.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=100,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
     plain = transformers.BertForSequenceClassification(config)
-    with pytest.raises(ValueError, match="matches no parameter of BertForSequenceClassification; its trainable "
-                                         "parameters are: bert.embeddings.word_embeddings.weight"):
+    with pytest.raises(
+        ValueError,
+        match="matches no parameter of BertForSequenceClassification; its trainable "
+        "parameters are: bert.embeddings.word_embeddings.weight",
+    ):
         adapter_names(plain, "lora")
 
 

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-pl = pytest.importorskip("lightning.pytorch", reason="the lightning extra is not installed (pip install 'valleys[lightning]')")
+pl = pytest.importorskip(
+    "lightning.pytorch", reason="the lightning extra is not installed (pip install 'valleys[lightning]')"
+)
 
 from valleys.core.weights import WeightSpace  # noqa: E402
 from valleys.methods.averaging import SWA, NotCollectedError  # noqa: E402
@@ -25,7 +27,7 @@ def _data(n=96, seed=0):
 class Net(pl.LightningModule):
     def __init__(self, bn: bool = False, lr: float = 0.05):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(6, 16), *( [nn.BatchNorm1d(16)] if bn else []), nn.ReLU(), nn.Linear(16, 3))
+        self.net = nn.Sequential(nn.Linear(6, 16), *([nn.BatchNorm1d(16)] if bn else []), nn.ReLU(), nn.Linear(16, 3))
         self.lr = lr
 
     def forward(self, x):
@@ -58,9 +60,18 @@ class Record(pl.Callback):
 
 
 def _trainer(epochs, callbacks, **kw):
-    return pl.Trainer(max_epochs=epochs, callbacks=callbacks, accelerator="cpu", devices=1, logger=False,
-                      enable_checkpointing=kw.pop("enable_checkpointing", False), enable_progress_bar=False,
-                      enable_model_summary=False, deterministic=True, **kw)
+    return pl.Trainer(
+        max_epochs=epochs,
+        callbacks=callbacks,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=kw.pop("enable_checkpointing", False),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        **kw,
+    )
 
 
 def _loader():
@@ -87,8 +98,15 @@ def test_swa_callback_equals_our_loop_averaged_model_and_brute_force():
     mine.load_state_dict(init)
     loop = SWA(mine)
     opt = torch.optim.SGD(mine.parameters(), lr=0.05, momentum=0.9)
-    Trainer(mine, nn.functional.cross_entropy, opt, _loader(), epochs=6, callbacks=[LoopSWA(loop, 2, apply_at_end=False)],
-            progress=False).fit()
+    Trainer(
+        mine,
+        nn.functional.cross_entropy,
+        opt,
+        _loader(),
+        epochs=6,
+        callbacks=[LoopSWA(loop, 2, apply_at_end=False)],
+        progress=False,
+    ).fit()
     assert torch.allclose(loop.mean, swa.averager.mean, atol=1e-6)
 
 
@@ -208,8 +226,14 @@ class _KeepAverage(pl.Callback):
         if trainer.global_rank == 0:
             import os
 
-            torch.save({"mean": self.swa.averager.mean.clone(), "n": self.swa.averager.n,
-                        "weights": WeightSpace(pl_module).read(pl_module).clone()}, self.path + ".tmp")
+            torch.save(
+                {
+                    "mean": self.swa.averager.mean.clone(),
+                    "n": self.swa.averager.n,
+                    "weights": WeightSpace(pl_module).read(pl_module).clone(),
+                },
+                self.path + ".tmp",
+            )
             os.replace(self.path + ".tmp", self.path)  # present means complete
 
 
@@ -220,9 +244,17 @@ def test_swa_callback_under_lightning_ddp_on_two_cpu_processes(tmp_path):
     torch.manual_seed(0)
     module = Net(bn=True)
     swa = SWACallback(start=1)
-    trainer = pl.Trainer(max_epochs=3, callbacks=[swa, _KeepAverage(swa, tmp_path / "avg.pt")], accelerator="cpu",
-                         devices=2, strategy="ddp_spawn", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_epochs=3,
+        callbacks=[swa, _KeepAverage(swa, tmp_path / "avg.pt")],
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     try:
         trainer.fit(module, DataLoader(_data(), batch_size=16, shuffle=False))
     except torch.multiprocessing.ProcessExitedException as e:

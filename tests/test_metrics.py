@@ -59,7 +59,7 @@ def test_streaming_equals_one_shot_and_loop_reference():
     y = torch.randint(0, 5, (300,), generator=g)
     stream = ClassificationMetrics(bins=15)
     for i in range(0, 300, 37):
-        stream.update(p[i:i + 37], y[i:i + 37])
+        stream.update(p[i : i + 37], y[i : i + 37])
     a, b = stream.compute(), classification_metrics(p, y)
     for k in ("accuracy", "nll", "brier", "ece", "mce"):
         assert a[k] == pytest.approx(b[k], abs=1e-12)
@@ -85,7 +85,10 @@ def test_regression_hand_computed():
     y = torch.tensor([1.0, 1.0, 3.5])
     m = regression_metrics(mu, var, y)
     assert m["rmse"] == pytest.approx(math.sqrt((1 + 0 + 2.25) / 3))
-    nll = [0.5 * math.log(2 * math.pi * v) + (t - u) ** 2 / (2 * v) for u, v, t in zip(mu.tolist(), var.tolist(), y.tolist())]
+    nll = [
+        0.5 * math.log(2 * math.pi * v) + (t - u) ** 2 / (2 * v)
+        for u, v, t in zip(mu.tolist(), var.tolist(), y.tolist())
+    ]
     assert m["nll"] == pytest.approx(sum(nll) / 3)
     # |err| <= 1.96 sd: 1 <= 1.96 yes; 0 yes; 1.5 <= 0.98 no
     assert m["coverage_95"] == pytest.approx(2 / 3)

@@ -11,22 +11,39 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
-from valleys import (Curve, CurveModel, LossFunction, SWA, SWACallback, Trainer, WeightSpace, bma, evaluate,
-                     evaluate_path, evaluate_points, lanczos, recompute_bn, segment)
+from valleys import (
+    SWA,
+    Curve,
+    CurveModel,
+    LossFunction,
+    SWACallback,
+    Trainer,
+    WeightSpace,
+    bma,
+    evaluate,
+    evaluate_path,
+    evaluate_points,
+    lanczos,
+    recompute_bn,
+    segment,
+)
 from valleys.core.adapter import AdapterError, ModelAdapter
 from valleys.zoo.models import MLP, PreResNet, SmallCNN
 
 N, C = 24, 3
 
-pytestmark = [pytest.mark.filterwarnings("ignore:torch.func.vmap cannot evaluate:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:torch.func.vmap cannot evaluate:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning"),
+]
 
 
 class GRUClassifier(nn.Module):
@@ -77,17 +94,16 @@ class DictOut(TupleOut):
 class Family:
     name: str
     make: Callable[[], nn.Module]
-    batches: list                      # list of batches (loaders are lists: same batches on every pass)
+    batches: list  # list of batches (loaders are lists: same batches on every pass)
     adapter: ModelAdapter
-    call: Callable[[nn.Module, Any], torch.Tensor]   # hand-written: the logits of a batch
+    call: Callable[[nn.Module, Any], torch.Tensor]  # hand-written: the logits of a batch
     target: Callable[[Any], torch.Tensor]
-    needs_adapter: bool = False        # the default adapter must refuse it with a clear error
+    needs_adapter: bool = False  # the default adapter must refuse it with a clear error
 
 
 def _xy(shape, n_batches=3, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(8, *shape, generator=g), torch.randint(0, C, (8,), generator=g))
-            for _ in range(n_batches)]
+    return [(torch.randn(8, *shape, generator=g), torch.randint(0, C, (8,), generator=g)) for _ in range(n_batches)]
 
 
 def _masked_batches():
@@ -96,26 +112,57 @@ def _masked_batches():
     for _ in range(3):
         x = torch.randn(8, 5, 8, generator=g)
         lengths = torch.randint(2, 6, (8,), generator=g)
-        mask = torch.arange(5)[None, :] >= lengths[:, None]   # True = padding
+        mask = torch.arange(5)[None, :] >= lengths[:, None]  # True = padding
         out.append({"input": x, "mask": mask, "label": torch.randint(0, C, (8,), generator=g)})
     return out
 
 
 def _families() -> list[Family]:
     fams = [
-        Family("mlp", lambda: MLP(6, C, hidden=(16,)), _xy((6,)), ModelAdapter(),
-               lambda m, b: m(b[0]), lambda b: b[1]),
-        Family("bn_cnn", lambda: SmallCNN(1, C, width=4), _xy((1, 8, 8)), ModelAdapter(),
-               lambda m, b: m(b[0]), lambda b: b[1]),
-        Family("preresnet", lambda: PreResNet(1, C, width=4), _xy((1, 8, 8)), ModelAdapter(),
-               lambda m, b: m(b[0]), lambda b: b[1]),
+        Family("mlp", lambda: MLP(6, C, hidden=(16,)), _xy((6,)), ModelAdapter(), lambda m, b: m(b[0]), lambda b: b[1]),
+        Family(
+            "bn_cnn",
+            lambda: SmallCNN(1, C, width=4),
+            _xy((1, 8, 8)),
+            ModelAdapter(),
+            lambda m, b: m(b[0]),
+            lambda b: b[1],
+        ),
+        Family(
+            "preresnet",
+            lambda: PreResNet(1, C, width=4),
+            _xy((1, 8, 8)),
+            ModelAdapter(),
+            lambda m, b: m(b[0]),
+            lambda b: b[1],
+        ),
         Family("gru", GRUClassifier, _xy((5, 4)), ModelAdapter(), lambda m, b: m(b[0]), lambda b: b[1]),
-        Family("transformer_dict_mask", MaskedTransformer, _masked_batches(), ModelAdapter(),
-               lambda m, b: m(b["input"], b["mask"]), lambda b: b["label"]),
-        Family("tuple_output", TupleOut, _xy((6,)), ModelAdapter(output=0), lambda m, b: m(b[0])[0],
-               lambda b: b[1], needs_adapter=True),
-        Family("dict_output", DictOut, _xy((6,)), ModelAdapter(output="scores"), lambda m, b: m(b[0])["scores"],
-               lambda b: b[1], needs_adapter=True),
+        Family(
+            "transformer_dict_mask",
+            MaskedTransformer,
+            _masked_batches(),
+            ModelAdapter(),
+            lambda m, b: m(b["input"], b["mask"]),
+            lambda b: b["label"],
+        ),
+        Family(
+            "tuple_output",
+            TupleOut,
+            _xy((6,)),
+            ModelAdapter(output=0),
+            lambda m, b: m(b[0])[0],
+            lambda b: b[1],
+            needs_adapter=True,
+        ),
+        Family(
+            "dict_output",
+            DictOut,
+            _xy((6,)),
+            ModelAdapter(output="scores"),
+            lambda m, b: m(b[0])["scores"],
+            lambda b: b[1],
+            needs_adapter=True,
+        ),
     ]
     try:
         from transformers import BertConfig, BertForSequenceClassification
@@ -124,8 +171,15 @@ def _families() -> list[Family]:
 
     def bert():
         torch.manual_seed(0)
-        cfg = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                         vocab_size=100, num_labels=C, max_position_embeddings=16)
+        cfg = BertConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            vocab_size=100,
+            num_labels=C,
+            max_position_embeddings=16,
+        )
         return BertForSequenceClassification(cfg)
 
     g = torch.Generator().manual_seed(2)
@@ -135,9 +189,16 @@ def _families() -> list[Family]:
         mask = torch.ones(4, 6, dtype=torch.long)
         mask[:2, 4:] = 0
         hf_batches.append({"input_ids": ids, "attention_mask": mask, "labels": torch.randint(0, C, (4,), generator=g)})
-    fams.append(Family("hf_bert", bert, hf_batches, ModelAdapter(),
-                       lambda m, b: m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
-                       lambda b: b["labels"]))
+    fams.append(
+        Family(
+            "hf_bert",
+            bert,
+            hf_batches,
+            ModelAdapter(),
+            lambda m, b: m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
+            lambda b: b["labels"],
+        )
+    )
     return fams
 
 
@@ -229,8 +290,15 @@ def test_evaluate_points_and_path(fam):
         probs, y = _reference_probs(model, fam, [w])
         assert res["test"]["loss"][j] == pytest.approx(_nll(probs, y), rel=1e-5)
         assert res["test"]["error"][j] == pytest.approx(float((probs.argmax(1) != y).double().mean()), abs=1e-9)
-    path = evaluate_path(model, segment(ws[0], ws[1]), [0.0, 1.0], train_loader=fam.batches,
-                         test_loader=fam.batches, adapter=fam.adapter, bn="keep")
+    path = evaluate_path(
+        model,
+        segment(ws[0], ws[1]),
+        [0.0, 1.0],
+        train_loader=fam.batches,
+        test_loader=fam.batches,
+        adapter=fam.adapter,
+        bn="keep",
+    )
     assert path["test_nll"] == pytest.approx(res["test"]["loss"], rel=1e-5)
     _assert_unchanged(model, snap)
 
@@ -285,8 +353,16 @@ def test_trainer_with_swa(fam):
     model = _model(fam)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     swa = SWA(model)
-    hist = Trainer(model, None, opt, fam.batches, epochs=2, adapter=fam.adapter, progress=False,
-                   callbacks=[SWACallback(swa, start=0, bn_loader=fam.batches)],
-                   eval_loaders={"val": fam.batches}).fit()
+    hist = Trainer(
+        model,
+        None,
+        opt,
+        fam.batches,
+        epochs=2,
+        adapter=fam.adapter,
+        progress=False,
+        callbacks=[SWACallback(swa, start=0, bn_loader=fam.batches)],
+        eval_loaders={"val": fam.batches},
+    ).fit()
     assert swa.n >= 1
     assert all(math.isfinite(h["train_loss"]) for h in hist)

@@ -31,13 +31,17 @@ def _run(code: str) -> str:
 
 def test_import_valleys_pulls_in_no_extra():
     # torch.hub imports tqdm itself when it is installed, so count only what valleys adds on top of torch.
-    code = ("import sys, torch; before = set(sys.modules); import valleys; "
-            f"print(sorted(m for m in {EXTRAS!r} if m in sys.modules and m not in before))")
+    code = (
+        "import sys, torch; before = set(sys.modules); import valleys; "
+        f"print(sorted(m for m in {EXTRAS!r} if m in sys.modules and m not in before))"
+    )
     assert _run(code) == "[]"
 
 
 def test_core_works_without_the_extras():
-    code = BLOCK + """
+    code = (
+        BLOCK
+        + """
 import valleys, torch
 from valleys.core.optional import progress_bar, require, NullBar
 assert isinstance(progress_bar(total=3), NullBar)
@@ -64,6 +68,7 @@ else:
     raise AssertionError("plots imported without matplotlib")
 print("ok")
 """
+    )
     assert _run(code) == "ok"
 
 

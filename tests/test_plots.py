@@ -25,6 +25,7 @@ def kept(monkeypatch):
             return save(fig, path)
         finally:
             monkeypatch.undo()
+
     monkeypatch.setattr(plots, "_save", capture)
     return figs
 
@@ -37,11 +38,11 @@ def _inside(fig, artist) -> bool:
 
 def test_a_long_trajectory_plane_title_is_wrapped_inside_the_figure(tmp_path, kept):
     xs = ys = np.linspace(-1, 1, 5)
-    grid = np.add.outer(xs ** 2, ys ** 2) + 0.1
-    title = ("trajectory plane of /home/someone/experiments/runs/mnist1d-cnn1d-swag-seed0-long-folder-name: "
-             "train loss")
-    out = plots.plot_contours(xs, ys, grid, {"W1 (epoch 51)": (0.0, 0.0), "SWA": (0.5, 0.5)},
-                              tmp_path / "f" / "plane.png", title=title)
+    grid = np.add.outer(xs**2, ys**2) + 0.1
+    title = "trajectory plane of /home/someone/experiments/runs/mnist1d-cnn1d-swag-seed0-long-folder-name: train loss"
+    out = plots.plot_contours(
+        xs, ys, grid, {"W1 (epoch 51)": (0.0, 0.0), "SWA": (0.5, 0.5)}, tmp_path / "f" / "plane.png", title=title
+    )
     assert out.is_file() and out.stat().st_size > 1000
     ax = kept[0].axes[0]
     wrapped = ax.get_title()
@@ -70,19 +71,35 @@ def test_reliability_ticks_cover_the_points(tmp_path, kept):
 def test_reliability_without_confident_points_keeps_the_talks_ticks(tmp_path, kept):
     rel = {"sgd": {"confidence": [0.5, 0.9], "accuracy": [0.5, 0.85], "count": [50, 50]}}
     plots.plot_reliability(rel, tmp_path / "rel.png")
-    assert [t.get_text() for t in kept[0].axes[0].get_xticklabels()] == \
-        ["0.200", "0.759", "0.927", "0.978", "0.993", "0.998"]
+    assert [t.get_text() for t in kept[0].axes[0].get_xticklabels()] == [
+        "0.200",
+        "0.759",
+        "0.927",
+        "0.978",
+        "0.993",
+        "0.998",
+    ]
 
 
 def test_every_figure_is_written(tmp_path):
     curves = {"sgd": [[(1, 0.5), (2, 0.4), (3, 0.3)]], "swa": [[(1, 0.5), (2, 0.35), (3, 0.25)]]}
     paths = {"segment": {"t": [0, 0.5, 1], "train_loss": [0.1, 1.0, 0.1], "test_error": [0.1, 0.5, 0.1]}}
-    line = {"distance": [0, 1, 2], "length": 2.0, "units": "weights",
-            "curves": {"test": {"error": [0.1, 0.2, 0.1]}, "train": {"loss": [0.1, 0.3, 0.1]}}}
-    rays = {"distance": [0, 1, 2], "units": "weights", "centers": {"swa": {"loss": [[0.1, 0.2, 0.4]], "mean_width": 1.0}}}
+    line = {
+        "distance": [0, 1, 2],
+        "length": 2.0,
+        "units": "weights",
+        "curves": {"test": {"error": [0.1, 0.2, 0.1]}, "train": {"loss": [0.1, 0.3, 0.1]}},
+    }
+    rays = {
+        "distance": [0, 1, 2],
+        "units": "weights",
+        "centers": {"swa": {"loss": [[0.1, 0.2, 0.4]], "mean_width": 1.0}},
+    }
     long = "a rather long title naming " + "/very/long/run/folder" * 6
-    outs = [plots.plot_error_curves(curves, tmp_path / "e.png", title=long, marker_epoch=2),
-            plots.plot_paths(paths, tmp_path / "p.png", title=long),
-            plots.plot_line(line, tmp_path / "l.png", title=long),
-            plots.plot_rays(rays, tmp_path / "r.png", title=long)]
+    outs = [
+        plots.plot_error_curves(curves, tmp_path / "e.png", title=long, marker_epoch=2),
+        plots.plot_paths(paths, tmp_path / "p.png", title=long),
+        plots.plot_line(line, tmp_path / "l.png", title=long),
+        plots.plot_rays(rays, tmp_path / "r.png", title=long),
+    ]
     assert all(o.is_file() and o.stat().st_size > 1000 for o in outs)

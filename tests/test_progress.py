@@ -73,8 +73,7 @@ def test_sharpness_shows_progress_on_stderr_unless_no_progress(tmp_path, capsys)
     from valleys.app.runs import TrainConfig, train_run
 
     run = tmp_path / "run"
-    train_run(TrainConfig(method="sgd", model="mlp", epochs=1, train_subset=200, test_subset=100), run,
-              progress=False)
+    train_run(TrainConfig(method="sgd", model="mlp", epochs=1, train_subset=200, test_subset=100), run, progress=False)
     capsys.readouterr()
     argv = ["sharpness", str(run), "--k", "1", "--examples", "100"]
     assert main(argv + ["--out", str(tmp_path / "a")]) == 0

@@ -12,13 +12,17 @@ from valleys.training.callbacks import FGECallback, SWACallback, TrajectoryCallb
 from valleys.training.schedules import Piecewise, SWASchedule, TriangularCyclic
 
 
-def _old_build_schedule(method, *, lr, epochs, swa_start=None, swa_lr=None, fge_start=None, lr_1=None, lr_2=None,
-                        cycle=None):  # schedules.build_schedule before the registry
+def _old_build_schedule(
+    method, *, lr, epochs, swa_start=None, swa_lr=None, fge_start=None, lr_1=None, lr_2=None, cycle=None
+):  # schedules.build_schedule before the registry
     if method == "sgd":
         return SWASchedule(lr, swa_start=epochs, swa_lr=0.01 * lr)
     if method == "fge":
-        return Piecewise(SWASchedule(lr, swa_start=fge_start, swa_lr=lr_1), fge_start,
-                         TriangularCyclic(lr_1, lr_2, cycle, offset=fge_start))
+        return Piecewise(
+            SWASchedule(lr, swa_start=fge_start, swa_lr=lr_1),
+            fge_start,
+            TriangularCyclic(lr_1, lr_2, cycle, offset=fge_start),
+        )
     return SWASchedule(lr, swa_start=swa_start, swa_lr=swa_lr)
 
 
@@ -32,38 +36,52 @@ EPOCHS = [0, 0.5, 1, 7.3, 10, 19.9, 24, 30, 36.25, 40, 44.9, 45, 47.5, 49, 50]
 
 
 @pytest.mark.parametrize("method", list(REGISTRY))
-@pytest.mark.parametrize("kw", [dict(), dict(swa_start=30, swa_lr=0.02), dict(cycle=4, lr_1=0.03, lr_2=0.001),
-                                dict(fge_start=30, cycle=6)])
+@pytest.mark.parametrize(
+    "kw", [dict(), dict(swa_start=30, swa_lr=0.02), dict(cycle=4, lr_1=0.03, lr_2=0.001), dict(fge_start=30, cycle=6)]
+)
 def test_each_method_builds_the_schedule_it_built_before(method, kw):
     m = get_method(method)
     usable = {k: v for k, v in kw.items() if k in m.settings or k == "cycle"}
     cfg = TrainConfig(method=method, epochs=50, lr=0.1, **usable).resolved()
     old_method = {"ensemble": "sgd", "multiswag": "swag"}.get(method, method)
-    old = _old_build_schedule(old_method, lr=cfg.lr, epochs=cfg.epochs, swa_start=cfg.swa_start, swa_lr=cfg.swa_lr,
-                              fge_start=cfg.fge_start, lr_1=cfg.lr_1, lr_2=cfg.lr_2, cycle=cfg.cycle)
+    old = _old_build_schedule(
+        old_method,
+        lr=cfg.lr,
+        epochs=cfg.epochs,
+        swa_start=cfg.swa_start,
+        swa_lr=cfg.swa_lr,
+        fge_start=cfg.fge_start,
+        lr_1=cfg.lr_1,
+        lr_2=cfg.lr_2,
+        cycle=cfg.cycle,
+    )
     new = m.schedule(cfg)
     assert [new(e) for e in EPOCHS] == [old(e) for e in EPOCHS]
     if old_method == "sgd":
         assert [new(e) for e in EPOCHS] == pytest.approx([_swa_formula(0.1, 50, 0.001, e) for e in EPOCHS])
     elif old_method != "fge":
         assert [new(e) for e in EPOCHS] == pytest.approx(
-            [_swa_formula(0.1, cfg.swa_start, cfg.swa_lr, e) for e in EPOCHS])
+            [_swa_formula(0.1, cfg.swa_start, cfg.swa_lr, e) for e in EPOCHS]
+        )
     else:  # triangular cycles after fge_start: lr_1 at the cycle's start, lr_2 at its middle
         assert new(cfg.fge_start) == pytest.approx(cfg.lr_1)
         assert new(cfg.fge_start + cfg.cycle / 2) == pytest.approx(cfg.lr_2)
         assert new(cfg.fge_start - 1) == pytest.approx(_swa_formula(0.1, cfg.fge_start, cfg.lr_1, cfg.fge_start - 1))
 
 
-@pytest.mark.parametrize("kw,msg", [
-    (dict(method="fge", cycle=3), "even number"),
-    (dict(method="fge", epochs=3, cycle=4), "--epochs must be at least 5"),
-    (dict(method="fge", fge_start=0), "fge-start must be in"),
-    (dict(method="swag", epochs=6, swa_start=5), "at least 2 collected epochs"),
-    (dict(method="multiswag", epochs=6, swa_start=5), "at least 2 collected epochs"),
-    (dict(method="swa", epochs=6, swa_start=6), "swa-start must be at least 1"),
-    (dict(method="swag-diag", epochs=6, swa_start=0), "swa-start must be at least 1"),
-    (dict(method="bayes"), "unknown method 'bayes'"),
-])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (dict(method="fge", cycle=3), "even number"),
+        (dict(method="fge", epochs=3, cycle=4), "--epochs must be at least 5"),
+        (dict(method="fge", fge_start=0), "fge-start must be in"),
+        (dict(method="swag", epochs=6, swa_start=5), "at least 2 collected epochs"),
+        (dict(method="multiswag", epochs=6, swa_start=5), "at least 2 collected epochs"),
+        (dict(method="swa", epochs=6, swa_start=6), "swa-start must be at least 1"),
+        (dict(method="swag-diag", epochs=6, swa_start=0), "swa-start must be at least 1"),
+        (dict(method="bayes"), "unknown method 'bayes'"),
+    ],
+)
 def test_methods_refuse_bad_settings(kw, msg):
     with pytest.raises(ValueError, match=msg):
         TrainConfig(**kw).resolved()

@@ -1,13 +1,14 @@
 import math
+
 import numpy as np
 import pytest
 import torch
 
-from valleys.evaluation.predict import bma, evaluate
-from valleys.zoo.regression import GaussianMLP, UCIFormatError, gaussian_nll, load_regression
-from valleys.app.runs import TrainConfig, evaluate_run, train_run
-from valleys.methods.ensembles import snapshot
 from conftest import loader
+from valleys.app.runs import TrainConfig, evaluate_run, train_run
+from valleys.evaluation.predict import bma, evaluate
+from valleys.methods.ensembles import snapshot
+from valleys.zoo.regression import GaussianMLP, UCIFormatError, gaussian_nll, load_regression
 
 
 def test_gaussian_nll_matches_torch_and_heads():
@@ -30,7 +31,7 @@ def test_bma_moment_matching_equals_the_mixture_moments():
     with torch.no_grad():
         oa, ob = a.eval()(x).double(), b.eval()(x).double()
     mu = (oa[:, 0] + ob[:, 0]) / 2
-    var = (oa[:, 1] + oa[:, 0] ** 2 + ob[:, 1] + ob[:, 0] ** 2) / 2 - mu ** 2
+    var = (oa[:, 1] + oa[:, 0] ** 2 + ob[:, 1] + ob[:, 0] ** 2) / 2 - mu**2
     assert torch.allclose(res["mean"], mu, atol=1e-6) and torch.allclose(res["var"], var, atol=1e-6)
     one = evaluate(a, loader(ds), likelihood="gaussian")
     same = bma(a, [snapshot(a)] * 3, loader(ds), likelihood="gaussian")
@@ -57,12 +58,15 @@ def test_uci_layout_is_read_and_standardised(tmp_path):
     assert float(all_train_y.std(unbiased=False)) == pytest.approx(1.0, abs=1e-5)
 
 
-@pytest.mark.parametrize("breakage,msg", [
-    (lambda d: (d / "index_target.txt").unlink(), "lacks index_target.txt"),
-    (lambda d: np.savetxt(d / "index_test_0.txt", [3, 36], fmt="%d"), "both the training and the test"),
-    (lambda d: np.savetxt(d / "index_train_0.txt", [0, 99], fmt="%d"), "the data has 40 rows"),
-    (lambda d: np.savetxt(d / "index_target.txt", [1], fmt="%d"), "also listed as a feature"),
-])
+@pytest.mark.parametrize(
+    "breakage,msg",
+    [
+        (lambda d: (d / "index_target.txt").unlink(), "lacks index_target.txt"),
+        (lambda d: np.savetxt(d / "index_test_0.txt", [3, 36], fmt="%d"), "both the training and the test"),
+        (lambda d: np.savetxt(d / "index_train_0.txt", [0, 99], fmt="%d"), "the data has 40 rows"),
+        (lambda d: np.savetxt(d / "index_target.txt", [1], fmt="%d"), "also listed as a feature"),
+    ],
+)
 def test_uci_missing_or_inconsistent_files(tmp_path, breakage, msg):
     folder = _uci_folder(tmp_path)
     breakage(folder)
@@ -95,8 +99,11 @@ def test_geometry_and_connect_on_regression_runs_use_the_gaussian_nll(tmp_path):
     from valleys.zoo.regression import gaussian_nll
 
     for seed in (0, 1):
-        train_run(TrainConfig(dataset="diabetes", model="mlp", method="sgd", epochs=3, lr=0.01, seed=seed),
-                  tmp_path / f"r{seed}", progress=False)
+        train_run(
+            TrainConfig(dataset="diabetes", model="mlp", method="sgd", epochs=3, lr=0.01, seed=seed),
+            tmp_path / f"r{seed}",
+            progress=False,
+        )
     a, b = str(tmp_path / "r0"), str(tmp_path / "r1")
     assert main(["path", a, b, "--points", "3", "--extend", "0", "--out", str(tmp_path / "line"), "--no-progress"]) == 0
     line = json.loads((tmp_path / "line" / "results.json").read_text())
@@ -109,8 +116,10 @@ def test_geometry_and_connect_on_regression_runs_use_the_gaussian_nll(tmp_path):
     assert main(["sharpness", a, "--k", "1", "--examples", "100", "--out", str(tmp_path / "sh")]) == 0
     sh = json.loads((tmp_path / "sh" / "results.json").read_text())
     assert math.isfinite(sh["top_eigenvalues"][0]) and math.isfinite(sh["loss"])
-    assert main(["connect", a, b, "--epochs", "1", "--points", "3", "--out", str(tmp_path / "curve"),
-                 "--no-progress"]) == 0
+    assert (
+        main(["connect", a, b, "--epochs", "1", "--points", "3", "--out", str(tmp_path / "curve"), "--no-progress"])
+        == 0
+    )
     curve = json.loads((tmp_path / "curve" / "results.json").read_text())
     assert len(curve["curve"]["test_nll"]) == 3 and all(math.isfinite(v) for v in curve["curve"]["test_nll"])
 
@@ -132,7 +141,11 @@ def test_bundled_tables_hold_the_published_data():
         xtr = torch.cat([s.train.tensors[0], s.val.tensors[0]])
         ytr = torch.cat([s.train.tensors[1], s.val.tensors[1]])
         # standardised with the training rows' statistics (train + validation, before the carve-out)
-        assert xtr.mean(0).abs().max() < 1e-5 and ytr.mean().abs() < 1e-5 and ytr.std(unbiased=False) == pytest.approx(1, abs=1e-5)
+        assert (
+            xtr.mean(0).abs().max() < 1e-5
+            and ytr.mean().abs() < 1e-5
+            and ytr.std(unbiased=False) == pytest.approx(1, abs=1e-5)
+        )
         other = load_regression(name, split=4)
         assert not torch.equal(s.test.tensors[1], other.test.tensors[1])  # the split seed changes the split
 

@@ -10,15 +10,13 @@ from cli_harness import refused, run
 from valleys.app.regression import RegressionProtocol, regression_protocol, summarise
 from valleys.app.runs import evaluate_run
 
-TINY = dict(splits=2, epochs=6, samples=4, burn_in=2, vi_steps=20, swag_rank=4, rank=2,
-            prior_scale=[1.0, 3.0])
+TINY = dict(splits=2, epochs=6, samples=4, burn_in=2, vi_steps=20, swag_rank=4, rank=2, prior_scale=[1.0, 3.0])
 
 
 @pytest.fixture(scope="module")
 def protocol(tmp_path_factory):
     out = tmp_path_factory.mktemp("reg") / "uci"
-    cfg = RegressionProtocol(datasets=["toy1d", "diabetes"], inference=["ess", "vi"], spaces=["pca", "random"],
-                             **TINY)
+    cfg = RegressionProtocol(datasets=["toy1d", "diabetes"], inference=["ess", "vi"], spaces=["pca", "random"], **TINY)
     return cfg, out, regression_protocol(cfg, out, progress=False)
 
 
@@ -83,25 +81,52 @@ def test_summarise_uses_the_sample_standard_error():
 
 @pytest.mark.slow
 def test_cli_runs_the_protocol(tmp_path, capsys):
-    res = run(["regression", "--datasets", "diabetes", "--splits", "1", "--epochs", "6", "--samples", "3",
-               "--burn-in", "1", "--swag-rank", "3", "--rank", "2", "--inference", "ess", "--prior-scale", "2",
-               "--out", tmp_path / "r", "--no-progress"], capsys)
+    res = run(
+        [
+            "regression",
+            "--datasets",
+            "diabetes",
+            "--splits",
+            "1",
+            "--epochs",
+            "6",
+            "--samples",
+            "3",
+            "--burn-in",
+            "1",
+            "--swag-rank",
+            "3",
+            "--rank",
+            "2",
+            "--inference",
+            "ess",
+            "--prior-scale",
+            "2",
+            "--out",
+            tmp_path / "r",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert res.code == 0, res.err
     assert "pca-ess" in res.out and (tmp_path / "r" / "report.md").is_file()
 
 
-@pytest.mark.parametrize("argv, names", [
-    (["--datasets", "nope"], "--datasets"),
-    (["--datasets", "uci"], "--data-root"),
-    (["--datasets", "diabetes", "diabetes"], "twice"),
-    (["--rank", "30"], "--rank"),
-    (["--swag-rank", "1"], "--swag-rank"),
-    (["--splits", "0"], "--splits"),
-    (["--prior-scale", "0"], "--prior-scale"),
-    (["--temperature", "nan"], "--temperature"),
-    (["--epochs", "4", "--rank", "2"], "--epochs"),
-    (["--overwrite", "--resume"], "--resume"),
-])
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["--datasets", "nope"], "--datasets"),
+        (["--datasets", "uci"], "--data-root"),
+        (["--datasets", "diabetes", "diabetes"], "twice"),
+        (["--rank", "30"], "--rank"),
+        (["--swag-rank", "1"], "--swag-rank"),
+        (["--splits", "0"], "--splits"),
+        (["--prior-scale", "0"], "--prior-scale"),
+        (["--temperature", "nan"], "--temperature"),
+        (["--epochs", "4", "--rank", "2"], "--epochs"),
+        (["--overwrite", "--resume"], "--resume"),
+    ],
+)
 def test_cli_refuses_bad_settings_before_any_work(argv, names, tmp_path, capsys):
     refused(["regression", *argv, "--out", tmp_path / "r"], capsys, names=names)
     assert not (tmp_path / "r").exists()
@@ -109,8 +134,9 @@ def test_cli_refuses_bad_settings_before_any_work(argv, names, tmp_path, capsys)
 
 def test_resume_needs_a_protocol_folder(tmp_path, capsys):
     (tmp_path / "r").mkdir()
-    refused(["regression", "--resume", "--out", tmp_path / "r"], capsys, names="no config.json",
-            untouched=[tmp_path / "r"])
+    refused(
+        ["regression", "--resume", "--out", tmp_path / "r"], capsys, names="no config.json", untouched=[tmp_path / "r"]
+    )
 
 
 @pytest.mark.slow

@@ -34,8 +34,10 @@ def test_bma_result_has_the_same_fields_with_and_without_probabilities():
     assert plain.metrics["nll"] == full.metrics["nll"] and plain.num_samples == 2
     # the numbers: the average of the two softmaxes, by hand in float64
     with torch.no_grad():
-        p = (torch.softmax(model(x).double(), -1) + torch.softmax(
-            torch.func.functional_call(model, WeightSpace(model).unflatten(w * 0.9), (x,)).double(), -1)) / 2
+        p = (
+            torch.softmax(model(x).double(), -1)
+            + torch.softmax(torch.func.functional_call(model, WeightSpace(model).unflatten(w * 0.9), (x,)).double(), -1)
+        ) / 2
     assert torch.allclose(full.probs, p, atol=1e-12)
     nll = float(-torch.log(p[torch.arange(30), y]).mean())
     assert math.isclose(plain.metrics["nll"], nll, rel_tol=1e-9)
@@ -67,5 +69,10 @@ def test_path_result_is_typed_and_json():
     res = evaluate_path(model, segment(w, w * 0.5), [0.0, 0.5, 1.0], train_loader=loader, test_loader=loader)
     assert isinstance(res, PathResult) and res.t == [0.0, 0.5, 1.0] and len(res.lengths) == 2
     assert math.isclose(sum(res.lengths), float((w * 0.5).norm()), rel_tol=1e-5)
-    assert res["test_nll"] == res.test_nll and set(res.summary) == {"train_loss", "train_error", "test_error", "test_nll"}
+    assert res["test_nll"] == res.test_nll and set(res.summary) == {
+        "train_loss",
+        "train_error",
+        "test_error",
+        "test_nll",
+    }
     assert json.loads(json.dumps(res.to_json(), allow_nan=False))["bn"] == "none (no BatchNorm)"

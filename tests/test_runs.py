@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from valleys.core.checkpoint import save_checkpoint
 from valleys.app.runs import TrainConfig, evaluate_run, train_run
+from valleys.core.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.slow  # the module fixture trains six runs (~22 s)
 
@@ -17,8 +17,10 @@ def ood_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     out = {}
     for method in ("sgd", "swag", "swag-diag", "fge", "ensemble", "multiswag"):
-        out[method] = (root / method, train_run(TrainConfig(method=method, ood_split=True, **FAST), root / method,
-                                                progress=False))
+        out[method] = (
+            root / method,
+            train_run(TrainConfig(method=method, ood_split=True, **FAST), root / method, progress=False),
+        )
     return out
 
 
@@ -55,6 +57,7 @@ def test_fge_snapshots_and_members(ood_runs):
 
 def test_ensemble_member_of_another_architecture_is_refused(ood_runs, tmp_path):
     import shutil
+
     import torch
 
     from valleys.core.checkpoint import CheckpointError, model_signature
@@ -63,19 +66,25 @@ def test_ensemble_member_of_another_architecture_is_refused(ood_runs, tmp_path):
     run = tmp_path / "ens"
     shutil.copytree(src, run)
     other = torch.nn.Linear(40, 5)
-    save_checkpoint(run / "member-1" / "model.safetensors", {"model": other.state_dict()},
-                    {"kind": "model", "signature": model_signature(other)})
+    save_checkpoint(
+        run / "member-1" / "model.safetensors",
+        {"model": other.state_dict()},
+        {"kind": "model", "signature": model_signature(other)},
+    )
     with pytest.raises(CheckpointError, match="ensemble member 1 is from another architecture"):
         evaluate_run(run)
 
 
-@pytest.mark.parametrize("kw,msg", [
-    (dict(method="fge", cycle=3), "even number"),
-    (dict(method="fge", epochs=3, cycle=4), "--epochs must be at least 5"),
-    (dict(method="swag", epochs=6, swa_start=5), "at least 2 collected epochs"),
-    (dict(method="swag", rank=0), "rank"),
-    (dict(method="swag", samples=0), "samples"),
-])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (dict(method="fge", cycle=3), "even number"),
+        (dict(method="fge", epochs=3, cycle=4), "--epochs must be at least 5"),
+        (dict(method="swag", epochs=6, swa_start=5), "at least 2 collected epochs"),
+        (dict(method="swag", rank=0), "rank"),
+        (dict(method="swag", samples=0), "samples"),
+    ],
+)
 def test_bad_method_settings_fail_before_work(kw, msg, tmp_path):
     with pytest.raises(ValueError, match=msg):
         train_run(TrainConfig(**{**FAST, **kw}), tmp_path / "x", progress=False)

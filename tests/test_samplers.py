@@ -31,18 +31,28 @@ def _linear_gaussian(correlated: bool):
 
 def test_gaussian_log_prior_is_the_normal_density():
     z = torch.tensor([0.3, -1.2], dtype=torch.float64)
-    expected = float(torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64)).log_prob(z).sum())
+    expected = float(
+        torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64))
+        .log_prob(z)
+        .sum()
+    )
     assert float(gaussian_log_prior(z, 2.0)) == pytest.approx(expected, rel=1e-12)
 
 
 def test_ess_recovers_a_correlated_gaussian_posterior():
     log_lik, s, mean, cov = _linear_gaussian(correlated=True)
-    res = elliptical_slice(log_lik, torch.zeros(2), prior_scale=s, num_samples=4000, burn_in=200,
-                           generator=torch.Generator().manual_seed(1))
+    res = elliptical_slice(
+        log_lik,
+        torch.zeros(2),
+        prior_scale=s,
+        num_samples=4000,
+        burn_in=200,
+        generator=torch.Generator().manual_seed(1),
+    )
     x = res.samples
     assert x.shape == (4000, 2) and res.method == "ess"
     # Monte-Carlo error: ESS draws are autocorrelated; allow 6 standard errors of an effective size of 400
-    se = (torch.diagonal(cov).sqrt() / math.sqrt(400))
+    se = torch.diagonal(cov).sqrt() / math.sqrt(400)
     assert ((x.mean(0) - mean).abs() <= 6 * se).all(), (x.mean(0), mean)
     emp = torch.cov(x.T)
     assert torch.allclose(emp, cov, rtol=0.25, atol=0.05 * float(cov.abs().max())), (emp, cov)
@@ -78,8 +88,16 @@ def test_ess_refuses_a_nonfinite_start_and_caps_the_shrinks():
 def test_mean_field_vi_matches_the_exact_posterior_where_it_is_diagonal():
     log_lik, s, mean, cov = _linear_gaussian(correlated=False)
     g = torch.Generator().manual_seed(2)
-    res = mean_field_vi(lambda z: torch.as_tensor(log_lik(z)), 2, prior_scale=s, num_samples=500, steps=1500,
-                        lr=0.03, mc_samples=4, generator=g)
+    res = mean_field_vi(
+        lambda z: torch.as_tensor(log_lik(z)),
+        2,
+        prior_scale=s,
+        num_samples=500,
+        steps=1500,
+        lr=0.03,
+        mc_samples=4,
+        generator=g,
+    )
     mu = torch.tensor(res.diagnostics["mean"], dtype=torch.float64)
     sd = torch.tensor(res.diagnostics["std"], dtype=torch.float64)
     # mean-field VI on a Gaussian: the optimum has the exact means and std_j = 1 / sqrt((C^-1)_jj)

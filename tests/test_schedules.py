@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from valleys.training.schedules import Constant, CosineReplay, SWALRAnneal, SWASchedule, TriangularCyclic
 from valleys.app.registry import get_method
 from valleys.app.runs import TrainConfig
+from valleys.training.schedules import Constant, CosineReplay, SWALRAnneal, SWASchedule, TriangularCyclic
 
 
 def test_swa_schedule_shape():

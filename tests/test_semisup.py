@@ -24,8 +24,15 @@ from valleys.training.augment import ImageAugment, SignalAugment, default_augmen
 from valleys.training.callbacks import CollectionSchedule, SWACallback, TravelCallback
 from valleys.training.schedules import CosineReplay
 from valleys.training.semisup import ConsistencyStep, MeanTeacher, consistency_loss, ramp_up, select_examples
-from valleys.training.semisup_data import (NO_LABEL, MissingLabelsError, MixedBatchSampler, PartiallyLabelled,
-                                           dataset_targets, labelled_split, semisup_loader)
+from valleys.training.semisup_data import (
+    NO_LABEL,
+    MissingLabelsError,
+    MixedBatchSampler,
+    PartiallyLabelled,
+    dataset_targets,
+    labelled_split,
+    semisup_loader,
+)
 from valleys.training.trainer import Callback, Trainer
 
 
@@ -98,10 +105,13 @@ def test_dataset_targets_reads_subsets_dicts_and_refuses_missing_labels():
         dataset_targets(Bare())
 
 
-@pytest.mark.parametrize("kw,msg", [
-    ({"labels_per_class": 31}, "class 0 has 30"),
-    ({"labels_per_class": 0}, "no labels"),
-])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"labels_per_class": 31}, "class 0 has 30"),
+        ({"labels_per_class": 0}, "no labels"),
+    ],
+)
 def test_split_refusals(kw, msg):
     with pytest.raises(ValueError, match=msg):
         labelled_split(dataset_targets(_toy(120, 4)), **kw)
@@ -148,12 +158,20 @@ def _views():
         shift = 0.5 if len(calls) % 2 == 0 else -0.25
         calls.append(shift)
         return (batch[0] + shift, batch[1])
+
     return view
 
 
 def _fake_trainer(model, step=12, steps_per_epoch=4):
-    return SimpleNamespace(adapter=ModelAdapter(), device=None, model=model, forward_model=model, seed=0, step=step,
-                           steps_per_epoch=steps_per_epoch)
+    return SimpleNamespace(
+        adapter=ModelAdapter(),
+        device=None,
+        model=model,
+        forward_model=model,
+        seed=0,
+        step=step,
+        steps_per_epoch=steps_per_epoch,
+    )
 
 
 def _hand_loss(student, target_net, x, y, lam):
@@ -174,8 +192,9 @@ def test_pi_and_mean_teacher_losses_match_hand_computed_values():
     lam = 30.0 * math.exp(-5 * (1 - 3.0 / 5) ** 2)  # step 12 of 4 per epoch: t = 3 epochs into a 5-epoch ramp
     pi = ConsistencyStep("pi", views=_views(), weight=30.0, rampup=5)
     res = pi(_fake_trainer(student), (x, y))
-    assert float(res.loss.detach()) == pytest.approx(_hand_loss(copy.deepcopy(student), copy.deepcopy(student), x, y, lam),
-                                            rel=1e-5)
+    assert float(res.loss.detach()) == pytest.approx(
+        _hand_loss(copy.deepcopy(student), copy.deepcopy(student), x, y, lam), rel=1e-5
+    )
     assert res.logs["consistency_weight"] == pytest.approx(lam)
     assert res.prediction.shape == (3, 4) and res.targets.tolist() == [2, 0, 1]
 
@@ -185,8 +204,9 @@ def test_pi_and_mean_teacher_losses_match_hand_computed_values():
             p.add_(0.3)
     mt = ConsistencyStep("mean-teacher", views=_views(), weight=30.0, rampup=5, teacher=teacher)
     res = mt(_fake_trainer(student), (x, y))
-    assert float(res.loss.detach()) == pytest.approx(_hand_loss(copy.deepcopy(student), copy.deepcopy(teacher.model), x, y, lam),
-                                            rel=1e-5)
+    assert float(res.loss.detach()) == pytest.approx(
+        _hand_loss(copy.deepcopy(student), copy.deepcopy(teacher.model), x, y, lam), rel=1e-5
+    )
     res.loss.backward()  # gradients reach the student only
     assert student.weight.grad is not None and teacher.model.weight.grad is None
 
@@ -200,7 +220,9 @@ def test_kl_consistency_and_the_supervised_step():
     x, y = torch.randn(6, 3), torch.tensor([1, NO_LABEL, 3, NO_LABEL, NO_LABEL, 0])
     res = ConsistencyStep("none")(_fake_trainer(model), (x, y))
     lab = y >= 0
-    assert float(res.loss.detach()) == pytest.approx(float(nn.functional.cross_entropy(model(x[lab]), y[lab]).detach()), rel=1e-6)
+    assert float(res.loss.detach()) == pytest.approx(
+        float(nn.functional.cross_entropy(model(x[lab]), y[lab]).detach()), rel=1e-6
+    )
     assert select_examples({"a": x, "n": 3}, lab)["a"].shape == (3, 3)
 
 
@@ -210,12 +232,15 @@ def test_dict_batches_need_views():
         step(_fake_trainer(nn.Linear(3, 4)), {"input": torch.randn(2, 3), "label": torch.tensor([0, -1])})
 
 
-@pytest.mark.parametrize("kw,msg", [
-    ({"consistency": "temporal"}, "unknown consistency"),
-    ({"weight": -1.0}, ">= 0"),
-    ({"consistency": "mean-teacher"}, "teacher=MeanTeacher"),
-    ({"loss": "l1"}, "unknown consistency loss"),
-])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"consistency": "temporal"}, "unknown consistency"),
+        ({"weight": -1.0}, ">= 0"),
+        ({"consistency": "mean-teacher"}, "teacher=MeanTeacher"),
+        ({"loss": "l1"}, "unknown consistency loss"),
+    ],
+)
 def test_consistency_step_refusals(kw, msg):
     with pytest.raises(ValueError, match=msg):
         ConsistencyStep(**kw)
@@ -289,12 +314,27 @@ def test_swa_and_fast_swa_equal_brute_force_means_of_their_snapshots(unit):
     rec = _Record(space)
     epochs, l, c, k = 9, 5, 2, 1 if unit == "epochs" else 3
     swa = SWACallback(SWA(model, moments=False), l - c, every="epoch", k=c, apply_at_end=False)
-    fast = SWACallback(SWA(model, moments=False), l - c, every="epoch" if unit == "epochs" else "steps", k=k,
-                       apply_at_end=False, prefix="fastswa")
+    fast = SWACallback(
+        SWA(model, moments=False),
+        l - c,
+        every="epoch" if unit == "epochs" else "steps",
+        k=k,
+        apply_at_end=False,
+        prefix="fastswa",
+    )
     step = ConsistencyStep("pi", augment=SignalAugment(shift=1), weight=5.0, rampup=1)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    Trainer(model, None, opt, loader, epochs=epochs, schedule=CosineReplay(0.05, l, c), step_fn=step,
-            callbacks=[swa, fast, rec], progress=False).fit()
+    Trainer(
+        model,
+        None,
+        opt,
+        loader,
+        epochs=epochs,
+        schedule=CosineReplay(0.05, l, c),
+        step_fn=step,
+        callbacks=[swa, fast, rec],
+        progress=False,
+    ).fit()
     # SWA: the ends of epochs l, l + c, ..., epochs (every cycle end); the epoch list is 1-based
     swa_epochs = [5, 7, 9]
     want = torch.stack([rec.epochs[e - 1] for e in swa_epochs]).mean(0)
@@ -306,7 +346,9 @@ def test_swa_and_fast_swa_equal_brute_force_means_of_their_snapshots(unit):
         fast_w = [rec.steps[s] for s in range(1, epochs * spe + 1) if s > (l - c) * spe and s % k == 0]
     want = torch.stack(fast_w).mean(0)
     assert fast.averager.n == len(fast_w) and torch.allclose(fast.averager.mean.double(), want, atol=1e-6)
-    assert CollectionSchedule(3, "epoch", k=2).at_epoch_end(5) and not CollectionSchedule(3, "epoch", k=2).at_epoch_end(4)
+    assert CollectionSchedule(3, "epoch", k=2).at_epoch_end(5) and not CollectionSchedule(3, "epoch", k=2).at_epoch_end(
+        4
+    )
 
 
 def test_travel_callback_logs_the_distance_and_changed_predictions():
@@ -315,15 +357,28 @@ def test_travel_callback_logs_the_distance_and_changed_predictions():
     rec = _Record(space)
     travel = TravelCallback(space, (ds.tensors[0][:50], ds.tensors[1][:50]))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    h = Trainer(model, None, opt, loader, epochs=2, step_fn=ConsistencyStep("pi"), callbacks=[rec, travel],
-                progress=False).fit()
+    h = Trainer(
+        model, None, opt, loader, epochs=2, step_fn=ConsistencyStep("pi"), callbacks=[rec, travel], progress=False
+    ).fit()
     assert h[1]["travel_distance"] == pytest.approx(float((rec.epochs[1] - rec.epochs[0]).norm()), rel=1e-5)
     assert 0 <= h[1]["travel_disagreement"] <= 1
 
 
 # ---------------------------------------------------------------------- the study
-SMALL = dict(dataset="mnist1d", model="mlp", labels_per_class=5, batch_size=64, labelled_batch_size=16, epochs=6,
-             cycle=2, fast_swa_every=1, train_subset=600, test_subset=200, eval_every=1, seeds=[0])
+SMALL = dict(
+    dataset="mnist1d",
+    model="mlp",
+    labels_per_class=5,
+    batch_size=64,
+    labelled_batch_size=16,
+    epochs=6,
+    cycle=2,
+    fast_swa_every=1,
+    train_subset=600,
+    test_subset=200,
+    eval_every=1,
+    seeds=[0],
+)
 
 
 def test_resume_mid_cycle_ends_bit_identical(tmp_path, monkeypatch):
@@ -374,31 +429,61 @@ def test_study_writes_tables_figures_and_a_report(tmp_path):
 
 def test_cli_runs_the_study(tmp_path, capsys):
     out = tmp_path / "cli"
-    res = run(["semisup", "--model", "mlp", "--consistency", "pi", "--labels-per-class", "5", "--epochs", "4",
-               "--cycle", "1", "--train-subset", "400", "--test-subset", "100", "--batch-size", "64",
-               "--labelled-batch-size", "16", "--fast-swa-every", "1", "--no-progress", "--jobs", "1", "--out", out],
-              capsys)
+    res = run(
+        [
+            "semisup",
+            "--model",
+            "mlp",
+            "--consistency",
+            "pi",
+            "--labels-per-class",
+            "5",
+            "--epochs",
+            "4",
+            "--cycle",
+            "1",
+            "--train-subset",
+            "400",
+            "--test-subset",
+            "100",
+            "--batch-size",
+            "64",
+            "--labelled-batch-size",
+            "16",
+            "--fast-swa-every",
+            "1",
+            "--no-progress",
+            "--jobs",
+            "1",
+            "--out",
+            out,
+        ],
+        capsys,
+    )
     assert res.code == 0, res.err
     assert "fast" not in res.err and "pi" in res.out and (out / "report.md").is_file()
 
 
-@pytest.mark.parametrize("argv,names", [
-    (["--labels-per-class", "400"], ["--labels-per-class", "has"]),
-    (["--labels-per-class", "0"], ["--labels-per-class"]),
-    (["--labelled-batch-size", "200"], ["--labelled-batch-size", "--batch-size"]),
-    (["--consistency-weight", "-1"], ["--consistency-weight"]),
-    (["--ema-decay", "1"], ["--ema-decay"]),
-    (["--ema-decay", "-0.5"], ["--ema-decay"]),
-    (["--cycle", "45"], ["--cycle", "too long"]),
-    (["--cosine-epochs", "80", "--cycle", "15"], ["cycle", "remain"]),
-    (["--epochs", "60", "--cosine-epochs", "35", "--cycle", "10"], ["whole number"]),
-    (["--fast-swa-every", "0"], ["--fast-swa-every"]),
-    (["--fast-swa-every", "16"], ["--fast-swa-every", "cycle"]),
-    (["--consistency", "temporal"], ["--consistency"]),
-    (["--consistency", "pi", "pi"], ["--consistency"]),
-    (["--val-fraction", "0"], ["--val-fraction"]),
-    (["--device", "cuda"], ["cuda"]),
-])
+@pytest.mark.parametrize(
+    "argv,names",
+    [
+        (["--labels-per-class", "400"], ["--labels-per-class", "has"]),
+        (["--labels-per-class", "0"], ["--labels-per-class"]),
+        (["--labelled-batch-size", "200"], ["--labelled-batch-size", "--batch-size"]),
+        (["--consistency-weight", "-1"], ["--consistency-weight"]),
+        (["--ema-decay", "1"], ["--ema-decay"]),
+        (["--ema-decay", "-0.5"], ["--ema-decay"]),
+        (["--cycle", "45"], ["--cycle", "too long"]),
+        (["--cosine-epochs", "80", "--cycle", "15"], ["cycle", "remain"]),
+        (["--epochs", "60", "--cosine-epochs", "35", "--cycle", "10"], ["whole number"]),
+        (["--fast-swa-every", "0"], ["--fast-swa-every"]),
+        (["--fast-swa-every", "16"], ["--fast-swa-every", "cycle"]),
+        (["--consistency", "temporal"], ["--consistency"]),
+        (["--consistency", "pi", "pi"], ["--consistency"]),
+        (["--val-fraction", "0"], ["--val-fraction"]),
+        (["--device", "cuda"], ["cuda"]),
+    ],
+)
 def test_cli_refuses_bad_settings_before_any_work(argv, names, tmp_path, capsys):
     if "cuda" in argv and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
@@ -409,16 +494,23 @@ def test_cli_refuses_bad_settings_before_any_work(argv, names, tmp_path, capsys)
 
 def test_cli_refuses_fast_swa_steps_longer_than_the_cycle(tmp_path, capsys):
     out = tmp_path / "semi"
-    refused(["semisup", "--model", "mlp", "--fast-swa-unit", "steps", "--fast-swa-every", "100000", "--out", out],
-            capsys, names=["--fast-swa-every", "steps"])
+    refused(
+        ["semisup", "--model", "mlp", "--fast-swa-unit", "steps", "--fast-swa-every", "100000", "--out", out],
+        capsys,
+        names=["--fast-swa-every", "steps"],
+    )
     assert not out.exists()
 
 
 def test_resume_refuses_other_settings(tmp_path, capsys):
     out = tmp_path / "semi"
     semisup_run(SemisupConfig(**SMALL, consistency=["none"]), out, progress=False)
-    refused(["semisup", "--consistency", "none", "--out", out, "--resume"], capsys, names=["settings differ"],
-            untouched=[out])
+    refused(
+        ["semisup", "--consistency", "none", "--out", out, "--resume"],
+        capsys,
+        names=["settings differ"],
+        untouched=[out],
+    )
 
 
 def test_claims_verdicts_on_constructed_runs():
@@ -432,14 +524,28 @@ def test_claims_verdicts_on_constructed_runs():
                 r["metrics"][kind] = {"test": {"accuracy": 1 - e}}
         return list(out.values())
 
-    lines = claims(runs({("none", "student"): [0.20, 0.22, 0.21], ("pi", "student"): [0.10, 0.12, 0.11],
-                         ("pi", "swa"): [0.11, 0.11, 0.11], ("pi", "fastswa"): [0.15, 0.16, 0.17]}))
-    assert lines[0].startswith("- pi beats supervised-only on the same labels: holds (11.00% against 21.00%, "
-                               "difference -10.00 ± 0.00 points over 3 seeds)")
+    lines = claims(
+        runs(
+            {
+                ("none", "student"): [0.20, 0.22, 0.21],
+                ("pi", "student"): [0.10, 0.12, 0.11],
+                ("pi", "swa"): [0.11, 0.11, 0.11],
+                ("pi", "fastswa"): [0.15, 0.16, 0.17],
+            }
+        )
+    )
+    assert lines[0].startswith(
+        "- pi beats supervised-only on the same labels: holds (11.00% against 21.00%, "
+        "difference -10.00 ± 0.00 points over 3 seeds)"
+    )
     assert "SWA improves on its base model: within noise" in lines[1]
     assert "fast-SWA improves on its base model: does not hold" in lines[2]
     assert verdict(-0.01, float("nan")) == "holds (one seed: no spread)"
-    assert verdict(-0.01, 0.004) == "holds" and verdict(-0.01, 0.006) == "within noise" and verdict(0.01, 0.004) == "does not hold"
+    assert (
+        verdict(-0.01, 0.004) == "holds"
+        and verdict(-0.01, 0.006) == "within noise"
+        and verdict(0.01, 0.004) == "does not hold"
+    )
 
 
 def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
@@ -451,8 +557,9 @@ def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(semisup, "semisup_one", interrupted)
-    code = run(["semisup", "--model", "mlp", "--consistency", "none", "--jobs", "1", "--no-progress", "--out", out],
-               capsys)
+    code = run(
+        ["semisup", "--model", "mlp", "--consistency", "none", "--jobs", "1", "--no-progress", "--out", out], capsys
+    )
     assert code.code == 130 and f"valleys semisup ... --out {out} --resume" in code.err
     assert (out / "config.json").is_file()  # kept for --resume
 
@@ -490,9 +597,23 @@ def test_dict_batches_with_a_mask_train_through_the_adapter():
     torch.manual_seed(0)
     model = Masked()
     teacher = MeanTeacher(model, 0.9)
-    step = ConsistencyStep("mean-teacher", teacher=teacher, weight=10.0, rampup=0,
-                           views=lambda b: {**b, "input": b["input"] + 0.1 * torch.randn_like(b["input"])})
+    step = ConsistencyStep(
+        "mean-teacher",
+        teacher=teacher,
+        weight=10.0,
+        rampup=0,
+        views=lambda b: {**b, "input": b["input"] + 0.1 * torch.randn_like(b["input"])},
+    )
     adapter = ModelAdapter(target="label", input=["input", "mask"])
-    h = Trainer(model, None, torch.optim.SGD(model.parameters(), lr=0.1), loader, epochs=2, step_fn=step,
-                callbacks=[teacher], adapter=adapter, progress=False).fit()
+    h = Trainer(
+        model,
+        None,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        loader,
+        epochs=2,
+        step_fn=step,
+        callbacks=[teacher],
+        adapter=adapter,
+        progress=False,
+    ).fit()
     assert h[-1]["consistency_weight"] == 10.0 and math.isfinite(h[-1]["train_loss"]) and h[-1]["consistency_loss"] > 0

@@ -27,25 +27,30 @@ def test_building_the_parser_and_printing_help_imports_no_torch():
         "        except SystemExit:\n"
         "            pass\n"
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
-        "print('TORCH' if bad else 'NO-TORCH', bad[:3])\n")
+        "print('TORCH' if bad else 'NO-TORCH', bad[:3])\n"
+    )
     assert r.returncode == 0, r.stderr
     assert "NO-TORCH" in r.stdout, r.stdout
 
 
 def test_version_flag_prints_the_version_without_torch():
-    r = _python("import sys\nfrom valleys.app.cli import main\n"
-                "try:\n    main(['--version'])\nexcept SystemExit as e:\n    assert e.code in (0, None)\n"
-                "print('torch' in sys.modules)")
+    r = _python(
+        "import sys\nfrom valleys.app.cli import main\n"
+        "try:\n    main(['--version'])\nexcept SystemExit as e:\n    assert e.code in (0, None)\n"
+        "print('torch' in sys.modules)"
+    )
     assert r.returncode == 0, r.stderr
     first, last = r.stdout.splitlines()[0], r.stdout.splitlines()[-1]
     assert first.startswith("valleys ") and last == "False"
 
 
 def test_import_valleys_is_lazy_and_keeps_every_public_name():
-    r = _python("import sys, valleys\nprint('torch' in sys.modules)\n"
-                "missing = [n for n in valleys.__all__ if not hasattr(valleys, n)]\n"
-                "from valleys import SWA, SWAG, lanczos, __version__\n"
-                "print(missing, SWA.__module__, set(valleys.__all__) <= set(dir(valleys)))")
+    r = _python(
+        "import sys, valleys\nprint('torch' in sys.modules)\n"
+        "missing = [n for n in valleys.__all__ if not hasattr(valleys, n)]\n"
+        "from valleys import SWA, SWAG, lanczos, __version__\n"
+        "print(missing, SWA.__module__, set(valleys.__all__) <= set(dir(valleys)))"
+    )
     assert r.returncode == 0, r.stderr
     lazy, rest = r.stdout.splitlines()
     assert lazy == "False"

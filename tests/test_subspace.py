@@ -7,19 +7,26 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import DropoutBNMLP
 from valleys.core.weights import WeightSpace
-from valleys.methods.subspace import (FrequentDirections, Subspace, SubspaceError, curve_subspace, pca_subspace,
-                                      random_subspace)
+from valleys.methods.subspace import (
+    FrequentDirections,
+    Subspace,
+    SubspaceError,
+    curve_subspace,
+    pca_subspace,
+    random_subspace,
+)
 from valleys.methods.subspace_posterior import SubspacePosterior
 from valleys.methods.swag import SWAG
-from conftest import DropoutBNMLP
 
 
 def _trajectory(n=12, p=50, seed=0):
     g = torch.Generator().manual_seed(seed)
     low = torch.randn(n, 3, generator=g, dtype=torch.float64) @ torch.randn(3, p, generator=g, dtype=torch.float64)
-    return low * torch.tensor([3.0, 2.0, 1.0]).repeat_interleave(1).sum() + 0.01 * torch.randn(n, p, generator=g,
-                                                                                             dtype=torch.float64)
+    return low * torch.tensor([3.0, 2.0, 1.0]).repeat_interleave(1).sum() + 0.01 * torch.randn(
+        n, p, generator=g, dtype=torch.float64
+    )
 
 
 def test_random_subspace_rows_are_unit_norm_and_projection_inverts_to_weights():
@@ -138,8 +145,13 @@ def test_posterior_temperature_and_prior_enter_as_written():
     zz = z.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(post64.differentiable_log_likelihood(zz), zz)
     eps = 1e-6
-    fd = torch.tensor([(float(post64.log_likelihood(z + eps * e)) - float(post64.log_likelihood(z - eps * e))) / (2 * eps)
-                       for e in torch.eye(2, dtype=torch.float64)], dtype=torch.float64)
+    fd = torch.tensor(
+        [
+            (float(post64.log_likelihood(z + eps * e)) - float(post64.log_likelihood(z - eps * e))) / (2 * eps)
+            for e in torch.eye(2, dtype=torch.float64)
+        ],
+        dtype=torch.float64,
+    )
     assert torch.allclose(g, fd, rtol=1e-5, atol=1e-6)
     # a minibatch estimate is the batch's NLL scaled by N / batch size
     est = post.differentiable_log_likelihood(z, batches[1])
@@ -180,8 +192,12 @@ def test_posterior_on_a_batchnorm_model_leaves_it_untouched_and_recomputes_at_th
 
 def test_posterior_refusals():
     model, batches, _, _, _, sub = _posterior_setup()
-    for kw, msg in (({"temperature": 0.0}, "temperature"), ({"temperature": math.inf}, "temperature"),
-                    ({"prior_scale": -1.0}, "prior scale"), ({"bn": "fresh"}, "BatchNorm policy")):
+    for kw, msg in (
+        ({"temperature": 0.0}, "temperature"),
+        ({"temperature": math.inf}, "temperature"),
+        ({"prior_scale": -1.0}, "prior scale"),
+        ({"bn": "fresh"}, "BatchNorm policy"),
+    ):
         with pytest.raises(ValueError, match=msg):
             SubspacePosterior(model, sub, batches, **kw)
     with pytest.raises(ValueError, match="different architecture"):

@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from valleys.app.connect import ConnectConfig, connect_runs
 from valleys.app.runs import TrainConfig, train_run
@@ -15,17 +14,30 @@ from valleys.app.subspace import SubspaceConfig, subspace_run
 def swag_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("sub")
     for seed in (0, 1):
-        train_run(TrainConfig(method="swag", model="mlp", epochs=5, swa_start=1, rank=4, samples=2, seed=seed),
-                  root / f"swag{seed}", progress=False)
-    connect_runs(ConnectConfig(str(root / "swag0"), str(root / "swag1"), epochs=1, points=3), root / "curve",
-                 progress=False)
+        train_run(
+            TrainConfig(method="swag", model="mlp", epochs=5, swa_start=1, rank=4, samples=2, seed=seed),
+            root / f"swag{seed}",
+            progress=False,
+        )
+    connect_runs(
+        ConnectConfig(str(root / "swag0"), str(root / "swag1"), epochs=1, points=3), root / "curve", progress=False
+    )
     return root
 
 
 @pytest.mark.slow
 def test_pca_subspace_with_ess_writes_a_run_folder(swag_runs, tmp_path):
-    cfg = SubspaceConfig(str(swag_runs / "swag0"), space="pca", rank=2, inference="ess", samples=6, burn_in=2,
-                         temperature=20.0, prior_scale=2.0, grid=5)
+    cfg = SubspaceConfig(
+        str(swag_runs / "swag0"),
+        space="pca",
+        rank=2,
+        inference="ess",
+        samples=6,
+        burn_in=2,
+        temperature=20.0,
+        prior_scale=2.0,
+        grid=5,
+    )
     res = subspace_run(cfg, tmp_path / "pca", progress=False)
     assert res["rank"] == 2 and res["num_samples"] == 6 and res["space"] == "pca"
     assert res["subspace"]["method"] == "exact" and len(res["subspace"]["singular_values"]) == 2
@@ -47,22 +59,49 @@ def test_pca_subspace_with_ess_writes_a_run_folder(swag_runs, tmp_path):
 
 @pytest.mark.slow
 def test_random_subspace_with_vi_and_curve_subspace_with_ess(swag_runs, tmp_path):
-    res = subspace_run(SubspaceConfig(str(swag_runs / "swag0"), space="random", rank=3, inference="vi", samples=5,
-                                      vi_steps=20, temperature=50.0), tmp_path / "rnd", progress=False)
+    res = subspace_run(
+        SubspaceConfig(
+            str(swag_runs / "swag0"), space="random", rank=3, inference="vi", samples=5, vi_steps=20, temperature=50.0
+        ),
+        tmp_path / "rnd",
+        progress=False,
+    )
     assert res["sampler"]["method"] == "vi" and len(res["sampler"]["diagnostics"]["mean"]) == 3
     assert math.isfinite(res["metrics"]["test"]["nll"])
-    cur = subspace_run(SubspaceConfig(str(swag_runs / "swag0"), space="curve", rank=2, curve=str(swag_runs / "curve"),
-                                      samples=4, burn_in=1, temperature=20.0), tmp_path / "cur", progress=False)
+    cur = subspace_run(
+        SubspaceConfig(
+            str(swag_runs / "swag0"),
+            space="curve",
+            rank=2,
+            curve=str(swag_runs / "curve"),
+            samples=4,
+            burn_in=1,
+            temperature=20.0,
+        ),
+        tmp_path / "cur",
+        progress=False,
+    )
     assert cur["subspace"]["kind"] == "curve" and math.isfinite(cur["metrics"]["test"]["nll"])
 
 
-@pytest.mark.parametrize("kw,msg", [
-    ({"space": "diagonal"}, "--space"), ({"inference": "hmc"}, "--inference"), ({"rank": 0}, "--rank"),
-    ({"samples": 0}, "--samples"), ({"temperature": 0.0}, "--temperature"), ({"temperature": math.nan}, "--temperature"),
-    ({"prior_scale": -1.0}, "--prior-scale"), ({"space": "curve"}, "--curve"), ({"curve": "x"}, "--space curve"),
-    ({"space": "curve", "curve": "x", "rank": 3}, "plane"), ({"bn": "recompute", "inference": "vi"}, "--bn shift"),
-    ({"grid": 1}, "--grid"), ({"burn_in": -1}, "--burn-in"),
-])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"space": "diagonal"}, "--space"),
+        ({"inference": "hmc"}, "--inference"),
+        ({"rank": 0}, "--rank"),
+        ({"samples": 0}, "--samples"),
+        ({"temperature": 0.0}, "--temperature"),
+        ({"temperature": math.nan}, "--temperature"),
+        ({"prior_scale": -1.0}, "--prior-scale"),
+        ({"space": "curve"}, "--curve"),
+        ({"curve": "x"}, "--space curve"),
+        ({"space": "curve", "curve": "x", "rank": 3}, "plane"),
+        ({"bn": "recompute", "inference": "vi"}, "--bn shift"),
+        ({"grid": 1}, "--grid"),
+        ({"burn_in": -1}, "--burn-in"),
+    ],
+)
 def test_subspace_config_refusals(kw, msg):
     with pytest.raises(ValueError, match=msg):
         SubspaceConfig("run", **kw).check()
@@ -73,8 +112,28 @@ def test_subspace_command_line(swag_runs, tmp_path, capsys):
     from valleys.app.cli import main
 
     run = str(swag_runs / "swag1")
-    assert main(["subspace", run, "--rank", "2", "--samples", "3", "--burn-in", "1", "--grid", "0",
-                 "--temperature", "30", "--out", str(tmp_path / "s"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "subspace",
+                run,
+                "--rank",
+                "2",
+                "--samples",
+                "3",
+                "--burn-in",
+                "1",
+                "--grid",
+                "0",
+                "--temperature",
+                "30",
+                "--out",
+                str(tmp_path / "s"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "subspace BMA" in capsys.readouterr().out
     assert main(["subspace", run, "--rank", "9", "--out", str(tmp_path / "t"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -84,10 +143,23 @@ def test_subspace_command_line(swag_runs, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_pca_subspace_with_a_flow(swag_runs, tmp_path):
-    res = subspace_run(SubspaceConfig(str(swag_runs / "swag0"), space="pca", rank=2, inference="flow", samples=5,
-                                      vi_steps=15, flow_layers=2, temperature=20.0), tmp_path / "flow", progress=False)
+    res = subspace_run(
+        SubspaceConfig(
+            str(swag_runs / "swag0"),
+            space="pca",
+            rank=2,
+            inference="flow",
+            samples=5,
+            vi_steps=15,
+            flow_layers=2,
+            temperature=20.0,
+        ),
+        tmp_path / "flow",
+        progress=False,
+    )
     assert res["sampler"]["method"] == "flow" and res["sampler"]["diagnostics"]["layers"] == 2
     assert res["num_samples"] == 5 and math.isfinite(res["metrics"]["test"]["nll"])
     with pytest.raises(ValueError, match="--flow-layers"):
-        subspace_run(SubspaceConfig(str(swag_runs / "swag0"), inference="flow", flow_layers=-1), tmp_path / "bad",
-                     progress=False)
+        subspace_run(
+            SubspaceConfig(str(swag_runs / "swag0"), inference="flow", flow_layers=-1), tmp_path / "bad", progress=False
+        )

@@ -2,12 +2,11 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
+from conftest import BNCNN, loader, mlp
+from valleys.core.weights import WeightSpace, WeightSpaceError
 from valleys.evaluation.grid import evaluate_points
 from valleys.geometry.surfaces import Plane, grid_axes, line, pca_plane, random_direction, valley_width
-from valleys.core.weights import WeightSpace, WeightSpaceError
-from conftest import BNCNN, DropoutBNMLP, loader, mlp
 
 
 def test_plane_coordinates_orthonormal_basis_and_reconstruction():
@@ -58,8 +57,8 @@ def test_filter_normalisation_equals_a_per_filter_loop():
     raw = torch.randn(space.size, generator=torch.Generator().manual_seed(1))
     for name, p in model.named_parameters():  # the oracle: filter by filter
         s = next(s for s in space.slots if s.name == name)
-        got = d[s.offset:s.offset + s.numel].view(s.shape)
-        r = raw[s.offset:s.offset + s.numel].view(s.shape)
+        got = d[s.offset : s.offset + s.numel].view(s.shape)
+        r = raw[s.offset : s.offset + s.numel].view(s.shape)
         if p.dim() <= 1:
             assert got.abs().sum() == 0  # biases and BN scales: zero unless include_1d
             continue
@@ -70,7 +69,9 @@ def test_filter_normalisation_equals_a_per_filter_loop():
     assert float(unit.norm()) == pytest.approx(1.0)
     with_1d = random_direction(space, w, include_1d=True, generator=torch.Generator().manual_seed(1))
     s = next(s for s in space.slots if s.name == "bn1.weight")
-    assert float(with_1d[s.offset:s.offset + s.numel].norm()) == pytest.approx(float(model.bn1.weight.detach().norm()), rel=1e-5)
+    assert float(with_1d[s.offset : s.offset + s.numel].norm()) == pytest.approx(
+        float(model.bn1.weight.detach().norm()), rel=1e-5
+    )
 
 
 def test_pca_plane_recovers_a_two_dimensional_trajectory():

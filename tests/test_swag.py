@@ -5,9 +5,9 @@ import torch
 from scipy.stats import chi2
 from torch import nn
 
+from valleys.core.weights import WeightSpaceError
 from valleys.methods.averaging import NotCollectedError
 from valleys.methods.swag import SWAG, MultiSWAG
-from valleys.core.weights import WeightSpaceError
 
 
 def _swag(n=10, rank=5, seed=0, dtype=torch.float64):
@@ -45,7 +45,7 @@ def test_sample_covariance_matches_analytic_low_rank_plus_diagonal():
     s = swag.sample(n, scale=0.5, generator=torch.Generator().manual_seed(1))
     emp = torch.cov(s.T)
     # standard error of a sample covariance entry: sqrt((S_ii S_jj + S_ij^2) / n); allow 5 of them
-    se = ((torch.diag(cov)[:, None] * torch.diag(cov)[None, :] + cov ** 2) / n).sqrt()
+    se = ((torch.diag(cov)[:, None] * torch.diag(cov)[None, :] + cov**2) / n).sqrt()
     assert ((emp - cov).abs() <= 5 * se).all()
     assert torch.allclose(s.mean(0), swag.mean, atol=5 * math.sqrt(float(torch.diag(cov).max()) / n))
 

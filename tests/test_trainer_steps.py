@@ -8,15 +8,21 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import DropoutBNMLP
 from valleys.core.adapter import ModelAdapter
 from valleys.evaluation.metrics import ClassificationMetrics, RegressionMetrics
 from valleys.evaluation.predict import evaluate
 from valleys.methods.averaging import SWA
 from valleys.training.callbacks import CollectionSchedule, FGECallback, SWACallback
-from valleys.training.trainer import (CheckpointPolicy, EvaluationPolicy, StepResult, Trainer, is_main_process,
-                                      supervised_step)
+from valleys.training.trainer import (
+    CheckpointPolicy,
+    EvaluationPolicy,
+    StepResult,
+    Trainer,
+    is_main_process,
+    supervised_step,
+)
 from valleys.zoo.data import make_loader
-from conftest import DropoutBNMLP
 
 
 # ---------------------------------------------------------------------- the collection schedule
@@ -41,13 +47,21 @@ def _old_fge_step(step, spe, start, cycle):
 def test_collection_schedule_collects_where_the_callbacks_did(spe, start):
     epochs = 12
     steps = [(s, (s - 1) // spe) for s in range(1, epochs * spe + 1)]
-    for every, k, cycle, phase in [("epoch", 1, None, 0.5), ("steps", 1, None, 0.5), ("steps", 4, None, 0.5),
-                                   ("cycle", 1, 2, 0.5), ("cycle", 1, 3, 0.0), ("cycle", 1, 4, 0.25)]:
+    for every, k, cycle, phase in [
+        ("epoch", 1, None, 0.5),
+        ("steps", 1, None, 0.5),
+        ("steps", 4, None, 0.5),
+        ("cycle", 1, 2, 0.5),
+        ("cycle", 1, 3, 0.0),
+        ("cycle", 1, 4, 0.25),
+    ]:
         sch = CollectionSchedule(start, every, k, cycle, phase)
-        assert [sch.after_step(s, e, spe) for s, e in steps] == \
-            [_old_swa_step(s, e, spe, start, every, k, cycle, phase) for s, e in steps]
-        assert [sch.at_epoch_end(e) for e in range(1, epochs + 1)] == \
-            [every == "epoch" and e > start for e in range(1, epochs + 1)]
+        assert [sch.after_step(s, e, spe) for s, e in steps] == [
+            _old_swa_step(s, e, spe, start, every, k, cycle, phase) for s, e in steps
+        ]
+        assert [sch.at_epoch_end(e) for e in range(1, epochs + 1)] == [
+            every == "epoch" and e > start for e in range(1, epochs + 1)
+        ]
     for cycle in (2, 4, 6):
         fge = FGECallback(cycle, start=start).schedule
         assert [fge.after_step(s, e, spe) for s, e in steps] == [_old_fge_step(s, spe, start, cycle) for s, _ in steps]
@@ -67,8 +81,15 @@ def test_collection_schedule_refuses_bad_settings():
 def test_fge_callback_snapshots_at_the_schedule_points(vec_data):
     model = DropoutBNMLP()
     fge = FGECallback(2, start=1)
-    tr = Trainer(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01),
-                 make_loader(vec_data, 20), epochs=5, callbacks=[fge], progress=False)
+    tr = Trainer(
+        model,
+        nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        make_loader(vec_data, 20),
+        epochs=5,
+        callbacks=[fge],
+        progress=False,
+    )
     tr.fit()
     assert len(fge.snapshots) == 2  # steps 6 * (1 + 1) and 6 * (1 + 3): mid-cycle of the two cycles
 
@@ -86,8 +107,15 @@ def test_pi_model_step_fn_logs_its_consistency_term(vec_data):
         consistency = nn.functional.mse_loss(a.softmax(1), b.softmax(1))
         return ce + 2.0 * consistency, {"train_consistency": consistency.detach(), "train_ce": float(ce.detach())}
 
-    tr = Trainer(model, None, torch.optim.SGD(model.parameters(), lr=0.05), make_loader(vec_data, 20), epochs=2,
-                 step_fn=pi_step, progress=False)
+    tr = Trainer(
+        model,
+        None,
+        torch.optim.SGD(model.parameters(), lr=0.05),
+        make_loader(vec_data, 20),
+        epochs=2,
+        step_fn=pi_step,
+        progress=False,
+    )
     hist = tr.fit()
     assert len(hist) == 2
     for h in hist:
@@ -102,8 +130,15 @@ def test_step_result_with_prediction_counts_accuracy(vec_data):
         res = supervised_step(trainer, batch)
         return StepResult(res.loss, {"double": 2 * float(res.loss.detach())}, res.prediction, res.targets)
 
-    hist = Trainer(model, None, torch.optim.SGD(model.parameters(), lr=0.05), make_loader(vec_data, 20), epochs=1,
-                   step_fn=step, progress=False).fit()
+    hist = Trainer(
+        model,
+        None,
+        torch.optim.SGD(model.parameters(), lr=0.05),
+        make_loader(vec_data, 20),
+        epochs=1,
+        step_fn=step,
+        progress=False,
+    ).fit()
     assert 0 <= hist[0]["train_accuracy"] <= 1 and hist[0]["double"] > 0
 
 
@@ -111,23 +146,46 @@ def test_default_step_and_adapter_and_policies_match_keyword_arguments(vec_data,
     def run(**kw):
         torch.manual_seed(1)
         model = DropoutBNMLP()
-        tr = Trainer(model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
-                     train_loader=make_loader(vec_data, 16, shuffle=True, seed=0), epochs=3, progress=False, **kw)
+        tr = Trainer(
+            model,
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+            train_loader=make_loader(vec_data, 16, shuffle=True, seed=0),
+            epochs=3,
+            progress=False,
+            **kw,
+        )
         return tr.fit(), torch.cat([p.detach().flatten() for p in model.parameters()])
 
     evals = {"val": make_loader(vec_data, 50)}
-    h1, w1 = run(loss_fn=nn.CrossEntropyLoss(), eval_loaders=evals, eval_every=2,
-                 checkpoint_path=tmp_path / "a.safetensors", checkpoint_every=2, header={"x": 1})
-    h2, w2 = run(loss_fn=None, adapter=ModelAdapter(), evaluation=EvaluationPolicy(evals, every=2),
-                 checkpoint=CheckpointPolicy(tmp_path / "b.safetensors", every=2, header={"x": 1}))
+    h1, w1 = run(
+        loss_fn=nn.CrossEntropyLoss(),
+        eval_loaders=evals,
+        eval_every=2,
+        checkpoint_path=tmp_path / "a.safetensors",
+        checkpoint_every=2,
+        header={"x": 1},
+    )
+    h2, w2 = run(
+        loss_fn=None,
+        adapter=ModelAdapter(),
+        evaluation=EvaluationPolicy(evals, every=2),
+        checkpoint=CheckpointPolicy(tmp_path / "b.safetensors", every=2, header={"x": 1}),
+    )
     assert torch.equal(w1, w2)
     strip = [{k: v for k, v in h.items() if k != "train_time"} for h in (*h1, *h2)]
     assert strip[:3] == strip[3:]
     assert "val_accuracy" in h1[1] and "val_accuracy" not in h1[0]
     assert (tmp_path / "b.safetensors").exists()
     with pytest.raises(ValueError, match="not both"):
-        Trainer(DropoutBNMLP(), None, torch.optim.SGD(DropoutBNMLP().parameters(), lr=0.1), make_loader(vec_data),
-                epochs=1, checkpoint=CheckpointPolicy(), checkpoint_every=3)
+        Trainer(
+            DropoutBNMLP(),
+            None,
+            torch.optim.SGD(DropoutBNMLP().parameters(), lr=0.1),
+            make_loader(vec_data),
+            epochs=1,
+            checkpoint=CheckpointPolicy(),
+            checkpoint_every=3,
+        )
 
 
 # ---------------------------------------------------------------------- distributed code paths
@@ -169,9 +227,18 @@ def test_rank_zero_trainer_in_a_one_process_group(gloo_group, vec_data, tmp_path
     sampler = _EpochSampler(len(vec_data))
     loader = torch.utils.data.DataLoader(vec_data, batch_size=20, sampler=sampler)
     swa = SWACallback(SWA(model), start=1)
-    tr = Trainer(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.05), loader, epochs=3,
-                 callbacks=[swa], checkpoint_path=tmp_path / "c.safetensors", log_path=tmp_path / "log.jsonl",
-                 eval_loaders={"val": make_loader(vec_data, 50)}, progress=False)
+    tr = Trainer(
+        model,
+        nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), lr=0.05),
+        loader,
+        epochs=3,
+        callbacks=[swa],
+        checkpoint_path=tmp_path / "c.safetensors",
+        log_path=tmp_path / "log.jsonl",
+        eval_loaders={"val": make_loader(vec_data, 50)},
+        progress=False,
+    )
     tr.fit()
     assert sampler.epochs == [0, 1, 2]
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 3

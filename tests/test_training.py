@@ -5,15 +5,15 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from valleys.methods.averaging import SWA
+from conftest import BNCNN, DropoutBNMLP
 from valleys.core.batchnorm import EmptyLoaderError
 from valleys.core.checkpoint import CheckpointError, load_checkpoint
-from valleys.zoo.data import make_loader
-from valleys.training.schedules import SWASchedule
-from valleys.training.callbacks import SWACallback
-from valleys.training.trainer import Callback, Trainer, TrainingDiverged
 from valleys.core.weights import WeightSpace
-from conftest import BNCNN, DropoutBNMLP
+from valleys.methods.averaging import SWA
+from valleys.training.callbacks import SWACallback
+from valleys.training.schedules import SWASchedule
+from valleys.training.trainer import Callback, Trainer, TrainingDiverged
+from valleys.zoo.data import make_loader
 
 
 class Interrupt(Callback):
@@ -31,9 +31,20 @@ def _trainer(make, data, tmp_path, extra=(), epochs=6, seed=0):
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
     train = make_loader(data, 16, shuffle=True, seed=seed)
     swa = SWACallback(SWA(model), start=2, bn_loader=make_loader(data, 32))
-    tr = Trainer(model, nn.CrossEntropyLoss(), opt, train, epochs=epochs, schedule=SWASchedule(0.05, 3, 0.02),
-                 callbacks=[swa, *extra], checkpoint_path=tmp_path / "ckpt.safetensors", log_path=tmp_path / "log.jsonl",
-                 eval_loaders={"val": make_loader(data, 50)}, progress=False, seed=seed)
+    tr = Trainer(
+        model,
+        nn.CrossEntropyLoss(),
+        opt,
+        train,
+        epochs=epochs,
+        schedule=SWASchedule(0.05, 3, 0.02),
+        callbacks=[swa, *extra],
+        checkpoint_path=tmp_path / "ckpt.safetensors",
+        log_path=tmp_path / "log.jsonl",
+        eval_loaders={"val": make_loader(data, 50)},
+        progress=False,
+        seed=seed,
+    )
     return tr, swa
 
 
@@ -72,8 +83,15 @@ def test_swa_callback_equals_averaged_model_on_the_same_trajectory(vec_data):
 
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     swa = SWACallback(SWA(model), start=2, apply_at_end=False)
-    Trainer(model, nn.CrossEntropyLoss(), opt, make_loader(vec_data, 16, shuffle=True), epochs=6,
-            callbacks=[swa, Ref()], progress=False).fit()
+    Trainer(
+        model,
+        nn.CrossEntropyLoss(),
+        opt,
+        make_loader(vec_data, 16, shuffle=True),
+        epochs=6,
+        callbacks=[swa, Ref()],
+        progress=False,
+    ).fit()
     assert swa.averager.n == 4 and int(ref.n_averaged) == 4
     assert (swa.averager.mean - WeightSpace(ref.module).read(ref.module)).abs().max() <= 1e-6
 
@@ -83,8 +101,9 @@ def test_collect_modes_count(vec_data):
         model = DropoutBNMLP()
         cb = SWACallback(SWA(model), apply_at_end=False, **kw)
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        Trainer(model, nn.CrossEntropyLoss(), opt, make_loader(vec_data, 10), epochs=4, callbacks=[cb],
-                progress=False).fit()
+        Trainer(
+            model, nn.CrossEntropyLoss(), opt, make_loader(vec_data, 10), epochs=4, callbacks=[cb], progress=False
+        ).fit()
         return cb.averager.n
 
     assert count(start=1) == 3
@@ -98,8 +117,15 @@ def test_collect_modes_count(vec_data):
 def test_swa_start_beyond_epochs_is_refused_before_training(vec_data):
     model = DropoutBNMLP()
     before = WeightSpace(model).read(model)
-    tr = Trainer(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
-                 make_loader(vec_data, 10), epochs=3, callbacks=[SWACallback(SWA(model), start=3)], progress=False)
+    tr = Trainer(
+        model,
+        nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        make_loader(vec_data, 10),
+        epochs=3,
+        callbacks=[SWACallback(SWA(model), start=3)],
+        progress=False,
+    )
     with pytest.raises(ValueError, match="only 3 epochs"):
         tr.fit()
     assert torch.equal(WeightSpace(model).read(model), before)
@@ -116,8 +142,16 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(vec_data, tmp_p
                 with torch.no_grad():
                     trainer.model.fc2.weight.fill_(float("nan"))
 
-    tr = Trainer(model, nn.CrossEntropyLoss(), opt, make_loader(vec_data, 20), epochs=5, callbacks=[Poison()],
-                 checkpoint_path=tmp_path / "c.safetensors", progress=False)
+    tr = Trainer(
+        model,
+        nn.CrossEntropyLoss(),
+        opt,
+        make_loader(vec_data, 20),
+        epochs=5,
+        callbacks=[Poison()],
+        checkpoint_path=tmp_path / "c.safetensors",
+        progress=False,
+    )
     with pytest.raises(TrainingDiverged, match=r"epoch 3, step 1 of 6 .*last good checkpoint"):
         tr.fit()
     state, header = load_checkpoint(tmp_path / "c.safetensors")

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from valleys.core.weights import WeightSpace, WeightSpaceError
 from conftest import BNCNN, DropoutBNMLP, TinyTransformer, mlp
+from valleys.core.weights import WeightSpace, WeightSpaceError
 
 
 @pytest.mark.parametrize("make", [mlp, BNCNN, DropoutBNMLP, TinyTransformer])
@@ -84,7 +84,11 @@ def test_at_restores_parameters_buffers_and_modes_bit_for_bit(make):
     space = WeightSpace(model)
     with space.at(model, torch.randn(space.size)):
         model.train()
-        x = torch.randn(4, 1, 6, 6) if make is BNCNN else (torch.randint(0, 11, (4, 3)) if make is TinyTransformer else torch.randn(4, 5))
+        x = (
+            torch.randn(4, 1, 6, 6)
+            if make is BNCNN
+            else (torch.randint(0, 11, (4, 3)) if make is TinyTransformer else torch.randn(4, 5))
+        )
         model(x)  # BN buffers change in train mode
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k

@@ -37,8 +37,13 @@ def violations(root: Path) -> list[str]:
             elif isinstance(node, ast.Import):
                 for a in node.names:
                     target = a.name.split(".")
-                    if target[0] == "valleys" and layer and len(target) > 1 and target[1] in LAYERS and \
-                            LAYERS.index(target[1]) > LAYERS.index(layer):
+                    if (
+                        target[0] == "valleys"
+                        and layer
+                        and len(target) > 1
+                        and target[1] in LAYERS
+                        and LAYERS.index(target[1]) > LAYERS.index(layer)
+                    ):
                         out.append(f"{rel}:{node.lineno}: layer {layer!r} imports higher layer {a.name}")
                 continue
             else:

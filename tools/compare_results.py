@@ -37,8 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tol", type=float, default=1e-6)
     a = p.parse_args(argv)
     before, after = Path(a.before), Path(a.after)
-    files = sorted({f.relative_to(before) for f in before.rglob("results.json")}
-                   | {f.relative_to(after) for f in after.rglob("results.json")})
+    files = sorted(
+        {f.relative_to(before) for f in before.rglob("results.json")}
+        | {f.relative_to(after) for f in after.rglob("results.json")}
+    )
     bad, overall = 0, 0.0
     for rel in files:
         fb, fa = before / rel, after / rel

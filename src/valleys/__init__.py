@@ -20,33 +20,38 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover - what static tools see; at run time the names load lazily
-    from .methods.averaging import EMA, SWA, NotCollectedError
+    from .core.adapter import AdapterError, ModelAdapter
     from .core.batchnorm import recompute_bn
     from .core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-    from .evaluation.metrics import ClassificationMetrics, RegressionMetrics, classification_metrics, regression_metrics
-    from .evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
-    from .geometry.curves import Curve, CurveModel
-    from .methods.ensembles import snapshot
-    from .geometry.paths import evaluate_path, segment
-    from .evaluation.predict import bma, evaluate
-    from .training.schedules import Constant, CosineReplay, SWALRAnneal, SWASchedule, TriangularCyclic
-    from .training.callbacks import FGECallback, SWACallback, TrajectoryCallback, TravelCallback
-    from .training.semisup import ConsistencyStep, MeanTeacher
-    from .methods.swag import SWAG, MultiSWAG
-    from .training.trainer import Callback, Trainer, TrainingDiverged
-    from .core.adapter import AdapterError, ModelAdapter
     from .core.weights import WeightSpace, WeightSpaceError
+    from .evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
     from .evaluation.engine import BNPolicy, evaluate_many
     from .evaluation.grid import evaluate_points
+    from .evaluation.metrics import ClassificationMetrics, RegressionMetrics, classification_metrics, regression_metrics
+    from .evaluation.predict import bma, evaluate
+    from .geometry.curves import Curve, CurveModel
     from .geometry.hessian import LossFunction, epsilon_sharpness, hutchinson_trace, lanczos, power_iteration
+    from .geometry.paths import evaluate_path, segment
     from .geometry.surfaces import Plane, line, random_direction, valley_width
+    from .methods.averaging import EMA, SWA, NotCollectedError
+    from .methods.ensembles import snapshot
+    from .methods.swag import SWAG, MultiSWAG
+    from .training.callbacks import FGECallback, SWACallback, TrajectoryCallback, TravelCallback
+    from .training.schedules import Constant, CosineReplay, SWALRAnneal, SWASchedule, TriangularCyclic
+    from .training.semisup import ConsistencyStep, MeanTeacher
+    from .training.trainer import Callback, Trainer, TrainingDiverged
 
 #: ``{module: public names}``: where each name of :data:`__all__` lives.
 _SOURCES: dict[str, tuple[str, ...]] = {
     ".methods.averaging": ("EMA", "SWA", "NotCollectedError"),
     ".core.batchnorm": ("recompute_bn",),
     ".core.checkpoint": ("CheckpointError", "load_checkpoint", "save_checkpoint"),
-    ".evaluation.metrics": ("ClassificationMetrics", "RegressionMetrics", "classification_metrics", "regression_metrics"),
+    ".evaluation.metrics": (
+        "ClassificationMetrics",
+        "RegressionMetrics",
+        "classification_metrics",
+        "regression_metrics",
+    ),
     ".evaluation.calibration": ("apply_temperature", "auroc", "fit_temperature", "predictive_entropy"),
     ".geometry.curves": ("Curve", "CurveModel"),
     ".methods.ensembles": ("snapshot",),
@@ -93,13 +98,59 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "WeightSpace", "WeightSpaceError", "recompute_bn", "SWA", "EMA", "NotCollectedError", "SWACallback",
-    "Trainer", "Callback", "TrainingDiverged", "ClassificationMetrics", "RegressionMetrics",
-    "classification_metrics", "regression_metrics", "evaluate", "save_checkpoint", "load_checkpoint",
-    "CheckpointError", "Constant", "SWASchedule", "SWALRAnneal", "TriangularCyclic", "CosineReplay",
-    "SWAG", "MultiSWAG", "FGECallback", "snapshot", "bma", "fit_temperature", "apply_temperature",
-    "predictive_entropy", "auroc", "Curve", "CurveModel", "evaluate_path", "segment", "__version__", "TrajectoryCallback",
-    "evaluate_points", "LossFunction", "lanczos", "power_iteration", "hutchinson_trace", "epsilon_sharpness",
-    "Plane", "line", "random_direction", "valley_width", "ModelAdapter", "AdapterError", "evaluate_many", "BNPolicy",
-    "TravelCallback", "ConsistencyStep", "MeanTeacher",
+    "WeightSpace",
+    "WeightSpaceError",
+    "recompute_bn",
+    "SWA",
+    "EMA",
+    "NotCollectedError",
+    "SWACallback",
+    "Trainer",
+    "Callback",
+    "TrainingDiverged",
+    "ClassificationMetrics",
+    "RegressionMetrics",
+    "classification_metrics",
+    "regression_metrics",
+    "evaluate",
+    "save_checkpoint",
+    "load_checkpoint",
+    "CheckpointError",
+    "Constant",
+    "SWASchedule",
+    "SWALRAnneal",
+    "TriangularCyclic",
+    "CosineReplay",
+    "SWAG",
+    "MultiSWAG",
+    "FGECallback",
+    "snapshot",
+    "bma",
+    "fit_temperature",
+    "apply_temperature",
+    "predictive_entropy",
+    "auroc",
+    "Curve",
+    "CurveModel",
+    "evaluate_path",
+    "segment",
+    "__version__",
+    "TrajectoryCallback",
+    "evaluate_points",
+    "LossFunction",
+    "lanczos",
+    "power_iteration",
+    "hutchinson_trace",
+    "epsilon_sharpness",
+    "Plane",
+    "line",
+    "random_direction",
+    "valley_width",
+    "ModelAdapter",
+    "AdapterError",
+    "evaluate_many",
+    "BNPolicy",
+    "TravelCallback",
+    "ConsistencyStep",
+    "MeanTeacher",
 ]

@@ -1,3 +1,5 @@
-from .app.cli import main
 import sys
+
+from .app.cli import main
+
 sys.exit(main())

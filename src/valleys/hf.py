@@ -53,8 +53,10 @@ def adapter_names(model: nn.Module, names: str | Sequence[str] | None) -> list[s
     chosen = [n for n in trainable if "lora_" in n] if names == "lora" else list(names)
     if not chosen:
         shown = ", ".join(trainable[:8]) + (f", ... ({len(trainable)} in all)" if len(trainable) > 8 else "")
-        raise ValueError(f"names={names!r} matches no parameter of {type(model).__name__}; its trainable "
-                         f"parameters are: {shown or 'none'}")
+        raise ValueError(
+            f"names={names!r} matches no parameter of {type(model).__name__}; its trainable "
+            f"parameters are: {shown or 'none'}"
+        )
     return chosen
 
 
@@ -82,7 +84,10 @@ class _Collecting(CollectingCore, transformers.TrainerCallback):
         """Write the posterior (safetensors plus a JSON header naming the parameters it covers), e.g. beside the
         saved adapter; loading never runs code."""
         self.require_collected("saving the posterior")
-        header = {"kind": f"hf-{type(self.averager).__name__.lower()}", "names": [s.name for s in self.averager.space.slots]}
+        header = {
+            "kind": f"hf-{type(self.averager).__name__.lower()}",
+            "names": [s.name for s in self.averager.space.slots],
+        }
         return save_checkpoint(path, {k: v for k, v in self.averager.state_dict().items()}, header)
 
 
@@ -90,8 +95,15 @@ class SWACallback(_Collecting):
     """SWA of the collected weights (all trainable ones, ``names="lora"`` or a list); at the end of training
     the average is written into the model (Transformers' LayerNorm keeps no running statistics)."""
 
-    def __init__(self, start: int = 0, *, every: str = "epoch", k: int = 1,
-                 names: str | Sequence[str] | None = None, apply_at_end: bool = True) -> None:
+    def __init__(
+        self,
+        start: int = 0,
+        *,
+        every: str = "epoch",
+        k: int = 1,
+        names: str | Sequence[str] | None = None,
+        apply_at_end: bool = True,
+    ) -> None:
         super().__init__(start, every=every, k=k, names=names)
         self.apply_at_end = apply_at_end
 
@@ -107,22 +119,39 @@ class SWAGCallback(_Collecting):
     """SWAG (Maddox et al. 2019) over the collected weights, with rank ``rank``; the model keeps its last
     weights, and :meth:`bma` averages ``samples`` draws on a loader of dict batches."""
 
-    def __init__(self, start: int = 0, *, rank: int = 20, every: str = "epoch", k: int = 1,
-                 names: str | Sequence[str] | None = None, adapter: ModelAdapter | None = None) -> None:
+    def __init__(
+        self,
+        start: int = 0,
+        *,
+        rank: int = 20,
+        every: str = "epoch",
+        k: int = 1,
+        names: str | Sequence[str] | None = None,
+        adapter: ModelAdapter | None = None,
+    ) -> None:
         super().__init__(start, every=every, k=k, names=names, adapter=adapter)
         self.rank = rank
 
     def _make(self, model: nn.Module, names: list[str] | None) -> SWAG:
         return SWAG(model, names, rank=self.rank)
 
-    def bma(self, model: nn.Module, loader: Iterable, *, samples: int = 10, scale: float = 0.5, seed: int = 0,
-            **kwargs: Any) -> Any:
+    def bma(
+        self, model: nn.Module, loader: Iterable, *, samples: int = 10, scale: float = 0.5, seed: int = 0, **kwargs: Any
+    ) -> Any:
         """The Bayesian model average of ``samples`` SWAG draws on ``loader``
         (:func:`valleys.evaluation.predict.bma`; ``return_probs=True`` etc. pass through). The model's weights
         are restored afterwards."""
         self.require_collected("predicting with SWAG")
         device = next(model.parameters()).device
         gen = torch.Generator(device=self.averager.device).manual_seed(seed)
-        return bma(model, self.averager.samples(samples, scale=scale, generator=gen), loader,
-                   space=self.averager.space, adapter=self.adapter, device=device, num_samples=samples,
-                   bn="keep", **kwargs)
+        return bma(
+            model,
+            self.averager.samples(samples, scale=scale, generator=gen),
+            loader,
+            space=self.averager.space,
+            adapter=self.adapter,
+            device=device,
+            num_samples=samples,
+            bn="keep",
+            **kwargs,
+        )

@@ -51,8 +51,16 @@ class _Collecting(CollectingCore, pl.Callback):
     ``setup`` (before Lightning restores a checkpoint), collection at step and epoch ends, the checkpointed
     state, the constant SWA learning rate, BatchNorm recompute."""
 
-    def __init__(self, start: int, *, every: str = "epoch", k: int = 1, names: Sequence[str] | None = None,
-                 adapter: ModelAdapter | None = None, swa_lr: float | None = None) -> None:
+    def __init__(
+        self,
+        start: int,
+        *,
+        every: str = "epoch",
+        k: int = 1,
+        names: Sequence[str] | None = None,
+        adapter: ModelAdapter | None = None,
+        swa_lr: float | None = None,
+    ) -> None:
         if swa_lr is not None and not (math.isfinite(swa_lr) and swa_lr > 0):
             raise ValueError(f"swa_lr must be finite and > 0, got {swa_lr!r}")
         super().__init__(start, every=every, k=k, names=list(names) if names is not None else None, adapter=adapter)
@@ -89,7 +97,8 @@ class _Collecting(CollectingCore, pl.Callback):
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.schedule.every != "epoch" and self.schedule.after_step(
-                trainer.global_step, trainer.current_epoch, trainer.num_training_batches):
+            trainer.global_step, trainer.current_epoch, trainer.num_training_batches
+        ):
             self.collect(pl_module)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -114,10 +123,19 @@ class SWACallback(_Collecting):
     ``swa_val_nll``.
     """
 
-    def __init__(self, start: int, *, every: str = "epoch", k: int = 1, swa_lr: float | None = None,
-                 names: Sequence[str] | None = None, bn_loader: Iterable | None = None,
-                 val_loader: Iterable | None = None, apply_at_end: bool = True,
-                 adapter: ModelAdapter | None = None) -> None:
+    def __init__(
+        self,
+        start: int,
+        *,
+        every: str = "epoch",
+        k: int = 1,
+        swa_lr: float | None = None,
+        names: Sequence[str] | None = None,
+        bn_loader: Iterable | None = None,
+        val_loader: Iterable | None = None,
+        apply_at_end: bool = True,
+        adapter: ModelAdapter | None = None,
+    ) -> None:
         super().__init__(start, every=every, k=k, names=names, adapter=adapter, swa_lr=swa_lr)
         self.bn_loader, self.val_loader, self.apply_at_end = bn_loader, val_loader, apply_at_end
 
@@ -129,8 +147,15 @@ class SWACallback(_Collecting):
         if self.val_loader is not None and self.averager.n > 0:
             # the average as a one-sample BMA: BatchNorm recomputed for it, the run's weights and statistics restored
             bn = self.bn_loader if self.bn_loader is not None else trainer.train_dataloader
-            res = bma(pl_module, [self.averager.mean], self.val_loader, space=self.averager.space, bn_loader=bn,
-                      adapter=self.adapter, device=pl_module.device)
+            res = bma(
+                pl_module,
+                [self.averager.mean],
+                self.val_loader,
+                space=self.averager.space,
+                bn_loader=bn,
+                adapter=self.adapter,
+                device=pl_module.device,
+            )
             pl_module.log_dict({"swa_val_accuracy": float(res["accuracy"]), "swa_val_nll": float(res["nll"])})
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
@@ -147,9 +172,21 @@ class SWAGCallback(_Collecting):
     test loader and logged as ``swag_test_accuracy``, ``swag_test_nll``, ``swag_test_ece`` (also kept in
     ``self.test_metrics``)."""
 
-    def __init__(self, start: int, *, rank: int = 20, samples: int = 30, scale: float = 0.5, every: str = "epoch",
-                 k: int = 1, swa_lr: float | None = None, names: Sequence[str] | None = None,
-                 bn_loader: Iterable | None = None, adapter: ModelAdapter | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        start: int,
+        *,
+        rank: int = 20,
+        samples: int = 30,
+        scale: float = 0.5,
+        every: str = "epoch",
+        k: int = 1,
+        swa_lr: float | None = None,
+        names: Sequence[str] | None = None,
+        bn_loader: Iterable | None = None,
+        adapter: ModelAdapter | None = None,
+        seed: int = 0,
+    ) -> None:
         super().__init__(start, every=every, k=k, names=names, adapter=adapter, swa_lr=swa_lr)
         self.rank, self.samples, self.scale, self.seed = rank, samples, scale, seed
         self.bn_loader = bn_loader
@@ -163,9 +200,17 @@ class SWAGCallback(_Collecting):
         self.require_collected("testing or predicting with SWAG")
         gen = torch.Generator(device=self.averager.device).manual_seed(self.seed)
         bn = bn_loader if bn_loader is not None else self.bn_loader
-        return bma(pl_module, self.averager.samples(self.samples, scale=self.scale, generator=gen), loader,
-                   space=self.averager.space, bn_loader=bn, adapter=self.adapter, device=pl_module.device,
-                   num_samples=self.samples, **kwargs)
+        return bma(
+            pl_module,
+            self.averager.samples(self.samples, scale=self.scale, generator=gen),
+            loader,
+            space=self.averager.space,
+            bn_loader=bn,
+            adapter=self.adapter,
+            device=pl_module.device,
+            num_samples=self.samples,
+            **kwargs,
+        )
 
     def on_test_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self.require_collected("testing with SWAG")  # before Lightning runs the test loop
@@ -177,12 +222,16 @@ class SWAGCallback(_Collecting):
         self.test_metrics = []
         for i, loader in enumerate(loaders):
             res = self.bma(pl_module, loader, bn_loader=bn)
-            m = {"swag_test_accuracy": float(res["accuracy"]), "swag_test_nll": float(res["nll"]),
-                 "swag_test_ece": float(res["ece"])}
+            m = {
+                "swag_test_accuracy": float(res["accuracy"]),
+                "swag_test_nll": float(res["nll"]),
+                "swag_test_ece": float(res["ece"]),
+            }
             self.test_metrics.append(m)
             if trainer.logger is not None:
-                trainer.logger.log_metrics({f"{k}/{i}" if len(loaders) > 1 else k: v for k, v in m.items()},
-                                           step=trainer.global_step)
+                trainer.logger.log_metrics(
+                    {f"{k}/{i}" if len(loaders) > 1 else k: v for k, v in m.items()}, step=trainer.global_step
+                )
 
 
 class FGECallback(pl.Callback):
@@ -192,7 +241,9 @@ class FGECallback(pl.Callback):
     cycle's midpoint, the LR minimum. ``self.snapshots`` (state dicts on the CPU) go into checkpoints;
     :meth:`bma` averages their predictions."""
 
-    def __init__(self, start: int, cycle: int, lr_1: float, lr_2: float, *, adapter: ModelAdapter | None = None) -> None:
+    def __init__(
+        self, start: int, cycle: int, lr_1: float, lr_2: float, *, adapter: ModelAdapter | None = None
+    ) -> None:
         super().__init__()
         self.schedule = CollectionSchedule(start, "cycle", cycle=cycle, phase=0.5)
         self.lr = TriangularCyclic(lr_1, lr_2, cycle, offset=start)
@@ -214,8 +265,10 @@ class FGECallback(pl.Callback):
     def bma(self, pl_module: Any, loader: Iterable, **kwargs: Any) -> Any:
         """The average of the snapshots' predictions on ``loader``."""
         if not self.snapshots:
-            raise NotCollectedError("FGECallback: no snapshot yet (the first is taken mid-way through the first cycle "
-                                    f"after epoch {self.start})")
+            raise NotCollectedError(
+                "FGECallback: no snapshot yet (the first is taken mid-way through the first cycle "
+                f"after epoch {self.start})"
+            )
         return bma(pl_module, self.snapshots, loader, adapter=self.adapter, device=pl_module.device, **kwargs)
 
     def state_dict(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import torch
 
 from cli_harness import refused, run
 
-BIG = str(2 ** 64)
+BIG = str(2**64)
 
 
 def _fill(argv, runs, tmp) -> list[str]:
@@ -24,40 +24,67 @@ def _fill(argv, runs, tmp) -> list[str]:
 
 def _check(argv, names, runs, tmp_path, capsys):
     # every shared run and the scratch folder must come out byte-identical
-    return refused(_fill(argv, runs, tmp_path), capsys, names=names,
-                   untouched=[*runs.values(), tmp_path])
+    return refused(_fill(argv, runs, tmp_path), capsys, names=names, untouched=[*runs.values(), tmp_path])
 
 
 # ---------------------------------------------------------------------- train: flags, one family per row
 TRAIN_FLAGS = [
     # integers
-    (["--epochs", "0"], "--epochs"), (["--epochs", "-3"], "--epochs"), (["--epochs", "2.5"], "--epochs"),
-    (["--batch-size", "0"], "--batch-size"), (["--rank", "0"], "--rank"), (["--samples", "-2"], "--samples"),
-    (["--bn-batches", "0"], "--bn-batches"), (["--cycle", "0"], "--cycle"), (["--members", "0"], "--members"),
-    (["--swa-start", "0"], "--swa-start"), (["--fge-start", "-1"], "--fge-start"),
-    (["--train-subset", "0"], "--train-subset"), (["--test-subset", "-1"], "--test-subset"),
-    (["--uci-split", "-1"], "--uci-split"), (["--checkpoint-every", "0"], "--checkpoint-every"),
+    (["--epochs", "0"], "--epochs"),
+    (["--epochs", "-3"], "--epochs"),
+    (["--epochs", "2.5"], "--epochs"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--rank", "0"], "--rank"),
+    (["--samples", "-2"], "--samples"),
+    (["--bn-batches", "0"], "--bn-batches"),
+    (["--cycle", "0"], "--cycle"),
+    (["--members", "0"], "--members"),
+    (["--swa-start", "0"], "--swa-start"),
+    (["--fge-start", "-1"], "--fge-start"),
+    (["--train-subset", "0"], "--train-subset"),
+    (["--test-subset", "-1"], "--test-subset"),
+    (["--uci-split", "-1"], "--uci-split"),
+    (["--checkpoint-every", "0"], "--checkpoint-every"),
     (["--eval-every", "0"], "--eval-every"),
     # seeds: negative, overflowing, not an integer
-    (["--seed", "-1"], "--seed"), (["--seed", BIG], "--seed"), (["--seed", "1.5"], "--seed"),
+    (["--seed", "-1"], "--seed"),
+    (["--seed", BIG], "--seed"),
+    (["--seed", "1.5"], "--seed"),
     # floats: NaN, infinities, negatives (also in scientific notation), zero where positive is needed
-    (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"), (["--lr", "-inf"], "--lr"), (["--lr", "0"], "--lr"),
-    (["--lr", "-1e-3"], "--lr"), (["--wd", "-1e-4"], "--wd"), (["--wd", "nan"], "--wd"),
-    (["--momentum", "5"], "--momentum"), (["--momentum", "1"], "--momentum"), (["--momentum", "-0.1"], "--momentum"),
-    (["--swa-lr", "nan"], "--swa-lr"), (["--lr-1", "-1"], "--lr-1"), (["--lr-2", "inf"], "--lr-2"),
-    (["--val-fraction", "1"], "--val-fraction"), (["--val-fraction", "nan"], "--val-fraction"),
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "inf"], "--lr"),
+    (["--lr", "-inf"], "--lr"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "-1e-3"], "--lr"),
+    (["--wd", "-1e-4"], "--wd"),
+    (["--wd", "nan"], "--wd"),
+    (["--momentum", "5"], "--momentum"),
+    (["--momentum", "1"], "--momentum"),
+    (["--momentum", "-0.1"], "--momentum"),
+    (["--swa-lr", "nan"], "--swa-lr"),
+    (["--lr-1", "-1"], "--lr-1"),
+    (["--lr-2", "inf"], "--lr-2"),
+    (["--val-fraction", "1"], "--val-fraction"),
+    (["--val-fraction", "nan"], "--val-fraction"),
     (["--val-fraction", "-.5"], "--val-fraction"),
     # choices and paths
-    (["--dataset", "cifar"], "--dataset"), (["--model", "bert"], "--model"), (["--method", "adam"], "--method"),
-    (["--out", ""], "--out"), (["--data-root", " "], "--data-root"),
+    (["--dataset", "cifar"], "--dataset"),
+    (["--model", "bert"], "--model"),
+    (["--method", "adam"], "--method"),
+    (["--out", ""], "--out"),
+    (["--data-root", " "], "--data-root"),
     # method-specific settings: refused in the method's settings check, before training
-    (["--method", "swag", "--rank", "1"], "--rank"), (["--method", "multiswag", "--rank", "1"], "--rank"),
+    (["--method", "swag", "--rank", "1"], "--rank"),
+    (["--method", "multiswag", "--rank", "1"], "--rank"),
     (["--method", "swag", "--epochs", "4", "--swa-start", "3"], "--swa-start"),
     (["--method", "swa", "--epochs", "4", "--swa-start", "4"], "swa-start"),
-    (["--method", "fge", "--cycle", "3"], "--cycle"), (["--method", "fge", "--epochs", "2", "--cycle", "2"], "--epochs"),
+    (["--method", "fge", "--cycle", "3"], "--cycle"),
+    (["--method", "fge", "--epochs", "2", "--cycle", "2"], "--epochs"),
     (["--method", "fge", "--epochs", "10", "--fge-start", "9"], "fge-start"),
-    (["--method", "sgd", "--swa-lr", "0.1"], "--swa-lr"), (["--method", "swa", "--lr-1", "0.1"], "--lr-1"),
-    (["--dataset", "diabetes", "--model", "cnn1d"], "--model"), (["--dataset", "diabetes", "--ood-split"], "--ood-split"),
+    (["--method", "sgd", "--swa-lr", "0.1"], "--swa-lr"),
+    (["--method", "swa", "--lr-1", "0.1"], "--lr-1"),
+    (["--dataset", "diabetes", "--model", "cnn1d"], "--model"),
+    (["--dataset", "diabetes", "--ood-split"], "--ood-split"),
     (["--device", "tpu:7"], "device"),
 ]
 
@@ -70,27 +97,38 @@ def test_train_refuses_bad_flags(flags, names, runs, tmp_path, capsys):
 def test_train_refuses_a_data_root_without_fashion_mnist(runs, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     for root in (tmp_path / "empty", tmp_path / "missing"):
-        line = _check(["train", "--dataset", "fashion-mnist", "--model", "cnn", "--data-root", str(root),
-                       "--out", "{tmp}/run"], [str(root), "train-images-idx3-ubyte"], runs, tmp_path, capsys)
+        line = _check(
+            ["train", "--dataset", "fashion-mnist", "--model", "cnn", "--data-root", str(root), "--out", "{tmp}/run"],
+            [str(root), "train-images-idx3-ubyte"],
+            runs,
+            tmp_path,
+            capsys,
+        )
         assert "--data-root" in line
 
 
 # ---------------------------------------------------------------------- train --resume
-@pytest.mark.parametrize("flags,names", [
-    (["--epochs", "5"], ["--epochs", "5", "2"]),
-    (["--method", "swa"], ["--method", "'swa'", "'sgd'"]),
-    (["--lr", "0.2"], ["--lr", "0.2", "0.1"]),
-    (["--seed", "3"], ["--seed"]),
-    (["--homoscedastic"], ["--homoscedastic"]),
-])
+@pytest.mark.parametrize(
+    "flags,names",
+    [
+        (["--epochs", "5"], ["--epochs", "5", "2"]),
+        (["--method", "swa"], ["--method", "'swa'", "'sgd'"]),
+        (["--lr", "0.2"], ["--lr", "0.2", "0.1"]),
+        (["--seed", "3"], ["--seed"]),
+        (["--homoscedastic"], ["--homoscedastic"]),
+    ],
+)
 def test_resume_refuses_flags_that_contradict_the_saved_config(flags, names, runs, tmp_path, capsys):
     _check(["train", "--out", "{sgd}", "--resume", *flags], names + ["config.json"], runs, tmp_path, capsys)
 
 
-@pytest.mark.parametrize("argv,names", [
-    (["train", "--out", "{tmp}/none", "--resume"], ["config.json", "none"]),
-    (["train", "--out", "{curve}", "--resume"], ["curve folder"]),
-])
+@pytest.mark.parametrize(
+    "argv,names",
+    [
+        (["train", "--out", "{tmp}/none", "--resume"], ["config.json", "none"]),
+        (["train", "--out", "{curve}", "--resume"], ["curve folder"]),
+    ],
+)
 def test_resume_needs_a_training_run(argv, names, runs, tmp_path, capsys):
     _check(argv, names, runs, tmp_path, capsys)
 
@@ -113,6 +151,7 @@ def _edit_config(change):
         cfg = json.loads(path.read_text())
         out = change(cfg)
         path.write_text(out if isinstance(out, str) else json.dumps(out))
+
     return edit
 
 
@@ -140,15 +179,24 @@ def test_evaluate_refuses_a_bad_config_json_naming_it(what, runs, tmp_path, caps
     refused(["evaluate", run_dir], capsys, names=["config.json", detail], untouched=[run_dir, *runs.values()])
 
 
-@pytest.mark.parametrize("command", [["path", "{run}", "{sgd2}", "--out", "{tmp}/o"],
-                                     ["connect", "{run}", "{sgd2}", "--out", "{tmp}/o"],
-                                     ["sharpness", "{run}", "--out", "{tmp}/o"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["path", "{run}", "{sgd2}", "--out", "{tmp}/o"],
+        ["connect", "{run}", "{sgd2}", "--out", "{tmp}/o"],
+        ["sharpness", "{run}", "--out", "{tmp}/o"],
+    ],
+)
 def test_other_readers_refuse_a_bad_config_json_naming_it(command, runs, tmp_path, capsys):
     run_dir = tmp_path / "sgd"
     shutil.copytree(runs["sgd"], run_dir)
     CONFIG_EDITS["unknown field"][0](run_dir)
-    refused(_fill(command, {**runs, "run": run_dir}, tmp_path), capsys, names=["config.json", "flavour"],
-            untouched=[tmp_path, *runs.values()])
+    refused(
+        _fill(command, {**runs, "run": run_dir}, tmp_path),
+        capsys,
+        names=["config.json", "flavour"],
+        untouched=[tmp_path, *runs.values()],
+    )
 
 
 def _rewrite_model(run_dir: Path, drop: str) -> None:
@@ -162,131 +210,168 @@ def _rewrite_model(run_dir: Path, drop: str) -> None:
     save_checkpoint(run_dir / "model.safetensors", state, header)
 
 
-@pytest.mark.parametrize("damage,detail", [
-    (lambda d: _rewrite_model(d, "signature"), "signature"),
-    (lambda d: _rewrite_model(d, "kind"), "not a model checkpoint"),
-    (lambda d: _rewrite_model(d, "model"), "has no 'model'"),
-    (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:100]), "readable"),
-    (lambda d: (d / "model.safetensors").unlink(), "no checkpoint"),
-])
+@pytest.mark.parametrize(
+    "damage,detail",
+    [
+        (lambda d: _rewrite_model(d, "signature"), "signature"),
+        (lambda d: _rewrite_model(d, "kind"), "not a model checkpoint"),
+        (lambda d: _rewrite_model(d, "model"), "has no 'model'"),
+        (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:100]), "readable"),
+        (lambda d: (d / "model.safetensors").unlink(), "no checkpoint"),
+    ],
+)
 def test_evaluate_refuses_a_damaged_model_checkpoint_naming_it(damage, detail, runs, tmp_path, capsys):
     run_dir = tmp_path / "sgd"
     shutil.copytree(runs["sgd"], run_dir)
     damage(run_dir)
     refused(["evaluate", run_dir], capsys, names=["model.safetensors", detail], untouched=[run_dir, *runs.values()])
-    refused(["landscape", run_dir / "model.safetensors" if detail != "no checkpoint" else run_dir, "--random",
-             "--out", tmp_path / "o"], capsys, names=["model.safetensors"], untouched=[run_dir, tmp_path])
+    refused(
+        [
+            "landscape",
+            run_dir / "model.safetensors" if detail != "no checkpoint" else run_dir,
+            "--random",
+            "--out",
+            tmp_path / "o",
+        ],
+        capsys,
+        names=["model.safetensors"],
+        untouched=[run_dir, tmp_path],
+    )
 
 
 # ---------------------------------------------------------------------- evaluate
-@pytest.mark.parametrize("argv,names", [
-    (["evaluate", "{sgd}", "--points", "-5"], "--points"),
-    (["evaluate", "{sgd}", "--points", "5"], "--points"),
-    (["evaluate", "{curve}", "--points", "1"], "--points"),
-    (["evaluate", "{sgd}", "--samples", "0"], "--samples"),
-    (["evaluate", "{sgd}", "--samples", "3"], "--samples"),
-    (["evaluate", "{curve}", "--samples", "3"], "--samples"),
-    (["evaluate", "{curve}", "--temperature-scaling"], "--temperature-scaling"),
-    (["evaluate", "{sgd}", "--ood"], "--ood-split"),
-    (["evaluate", "{reg}", "--temperature-scaling"], "temperature scaling"),
-    (["evaluate", ""], "run_dir"),
-    (["evaluate", "{tmp}/nothing"], ["nothing", "not a run folder"]),
-])
+@pytest.mark.parametrize(
+    "argv,names",
+    [
+        (["evaluate", "{sgd}", "--points", "-5"], "--points"),
+        (["evaluate", "{sgd}", "--points", "5"], "--points"),
+        (["evaluate", "{curve}", "--points", "1"], "--points"),
+        (["evaluate", "{sgd}", "--samples", "0"], "--samples"),
+        (["evaluate", "{sgd}", "--samples", "3"], "--samples"),
+        (["evaluate", "{curve}", "--samples", "3"], "--samples"),
+        (["evaluate", "{curve}", "--temperature-scaling"], "--temperature-scaling"),
+        (["evaluate", "{sgd}", "--ood"], "--ood-split"),
+        (["evaluate", "{reg}", "--temperature-scaling"], "temperature scaling"),
+        (["evaluate", ""], "run_dir"),
+        (["evaluate", "{tmp}/nothing"], ["nothing", "not a run folder"]),
+    ],
+)
 def test_evaluate_refuses(argv, names, runs, tmp_path, capsys):
     _check(argv, names, runs, tmp_path, capsys)
 
 
 # ---------------------------------------------------------------------- connect
-@pytest.mark.parametrize("argv,names", [
-    (["connect", "{sgd}", "{sgd}", "--out", "{tmp}/c"], "same run"),
-    (["connect", "{sgd}", "{sgd}/model.safetensors", "--out", "{tmp}/c"], "identical"),
-    (["connect", "{sgd}", "{cnn}", "--out", "{tmp}/c"], "endpoints differ"),
-    (["connect", "{sgd}", "--out", "{tmp}/c"], "RUN_B"),
-    (["connect", "{sgd}", "{sgd2}", "--out", ""], "--out"),
-    (["connect", "{sgd}", "{sgd2}"], "--out"),
-    (["connect", "{sgd}", "{sgd2}", "--out", "{tmp}/c", "--bends", "1"], "--bends"),
-    (["connect", "{sgd}", "{sgd2}", "--out", "{tmp}/c", "--points", "1"], "--points"),
-    (["connect", "{sgd}", "{sgd2}", "--out", "{tmp}/c", "--wd", "-1e-4"], "--wd"),
-    (["connect", "{sgd}", "{sgd2}", "--out", "{tmp}/c", "--lr", "nan"], "--lr"),
-    (["connect", "{sgd}", "{sgd2}", "--out", "{tmp}/c", "--epochs", "0"], "--epochs"),
-    (["connect", "{sgd}", "{sgd2}", "--out", "{tmp}/c", "--seed", BIG], "--seed"),
-    (["connect", "{sgd}", "{sgd2}", "--out", "{tmp}/c", "--kind", "line"], "--kind"),
-    (["connect", "{sgd}", "{sgd2}", "--out", "{tmp}/c", "--bn", "maybe"], "--bn"),
-    (["connect", "{sgd}", "{tmp}/nothing", "--out", "{tmp}/c"], "nothing"),
-    # --resume: the curve's config.json decides; flags given must agree with it
-    (["connect", "--out", "{curve}", "--resume", "--kind", "polychain"], ["--kind", "polychain", "bezier"]),
-    (["connect", "--out", "{curve}", "--resume", "--points", "5"], ["--points", "5", "3"]),
-    (["connect", "{sgd2}", "{sgd}", "--out", "{curve}", "--resume"], ["RUN_A", "config.json"]),
-    (["connect", "--out", "{sgd}", "--resume"], ["not a curve folder", "config.json"]),
-    (["connect", "--out", "{tmp}/c", "--resume"], "RUN_A"),
-])
+@pytest.mark.parametrize(
+    "argv,names",
+    [
+        (["connect", "{sgd}", "{sgd}", "--out", "{tmp}/c"], "same run"),
+        (["connect", "{sgd}", "{sgd}/model.safetensors", "--out", "{tmp}/c"], "identical"),
+        (["connect", "{sgd}", "{cnn}", "--out", "{tmp}/c"], "endpoints differ"),
+        (["connect", "{sgd}", "--out", "{tmp}/c"], "RUN_B"),
+        (["connect", "{sgd}", "{sgd2}", "--out", ""], "--out"),
+        (["connect", "{sgd}", "{sgd2}"], "--out"),
+        (["connect", "{sgd}", "{sgd2}", "--out", "{tmp}/c", "--bends", "1"], "--bends"),
+        (["connect", "{sgd}", "{sgd2}", "--out", "{tmp}/c", "--points", "1"], "--points"),
+        (["connect", "{sgd}", "{sgd2}", "--out", "{tmp}/c", "--wd", "-1e-4"], "--wd"),
+        (["connect", "{sgd}", "{sgd2}", "--out", "{tmp}/c", "--lr", "nan"], "--lr"),
+        (["connect", "{sgd}", "{sgd2}", "--out", "{tmp}/c", "--epochs", "0"], "--epochs"),
+        (["connect", "{sgd}", "{sgd2}", "--out", "{tmp}/c", "--seed", BIG], "--seed"),
+        (["connect", "{sgd}", "{sgd2}", "--out", "{tmp}/c", "--kind", "line"], "--kind"),
+        (["connect", "{sgd}", "{sgd2}", "--out", "{tmp}/c", "--bn", "maybe"], "--bn"),
+        (["connect", "{sgd}", "{tmp}/nothing", "--out", "{tmp}/c"], "nothing"),
+        # --resume: the curve's config.json decides; flags given must agree with it
+        (["connect", "--out", "{curve}", "--resume", "--kind", "polychain"], ["--kind", "polychain", "bezier"]),
+        (["connect", "--out", "{curve}", "--resume", "--points", "5"], ["--points", "5", "3"]),
+        (["connect", "{sgd2}", "{sgd}", "--out", "{curve}", "--resume"], ["RUN_A", "config.json"]),
+        (["connect", "--out", "{sgd}", "--resume"], ["not a curve folder", "config.json"]),
+        (["connect", "--out", "{tmp}/c", "--resume"], "RUN_A"),
+    ],
+)
 def test_connect_refuses(argv, names, runs, tmp_path, capsys):
     _check(argv, names, runs, tmp_path, capsys)
 
 
 # ---------------------------------------------------------------------- plane, path, rays, landscape, sharpness
-@pytest.mark.parametrize("argv,names", [
-    (["plane", "{sgd}", "{sgd2}", "--out", "{tmp}/o"], "three networks"),
-    (["plane", "{sgd}", "{sgd2}", "{cnn}", "--out", "{tmp}/o"], ["one architecture", "{cnn}"]),
-    (["plane", "--curve", "{sgd}", "--out", "{tmp}/o"], ["not a curve folder", "config.json"]),
-    (["plane", "--curve", "{curve}", "--trajectory", "{swag}", "--out", "{tmp}/o"], ["--curve", "--trajectory"]),
-    (["plane", "{sgd}", "{sgd2}", "{swag}", "--pca", "--out", "{tmp}/o"], "--pca"),
-    (["plane", "--trajectory", "{sgd}", "--out", "{tmp}/o"], "trajectory"),
-    (["plane", "--curve", "{curve}", "--grid", "1", "--out", "{tmp}/o"], "--grid"),
-    (["plane", "--curve", "{curve}", "--margin", "-0.1", "--out", "{tmp}/o"], "--margin"),
-    (["plane", "--curve", "{curve}", "--margin", "nan", "--out", "{tmp}/o"], "--margin"),
-    (["plane", "--curve", "", "--out", "{tmp}/o"], "--curve"),
-    (["path", "{sgd}", "{cnn}", "--out", "{tmp}/o"], "one architecture"),
-    (["path", "{sgd}", "{reg}", "--out", "{tmp}/o"], "one architecture"),
-    (["path", "{sgd}", "{sgd2}", "--extend", "-3", "--out", "{tmp}/o"], "--extend"),
-    (["path", "{sgd}", "{sgd2}", "--extend", "nan", "--out", "{tmp}/o"], "--extend"),
-    (["path", "{sgd}", "{sgd2}", "--points", "1", "--out", "{tmp}/o"], "--points"),
-    (["path", "{sgd}", "{sgd2}", "--bn", "never", "--out", "{tmp}/o"], "--bn"),
-    (["rays", "{sgd}", "{cnn}", "--out", "{tmp}/o"], ["one architecture", "{cnn}"]),
-    (["rays", "{sgd}", "--max-distance", "-5", "--out", "{tmp}/o"], "--max-distance"),
-    (["rays", "{sgd}", "--max-distance", "inf", "--out", "{tmp}/o"], "--max-distance"),
-    (["rays", "{sgd}", "--rise", "-1", "--out", "{tmp}/o"], "--rise"),
-    (["rays", "{sgd}", "--rise", "nan", "--out", "{tmp}/o"], "--rise"),
-    (["rays", "{sgd}", "--steps", "1", "--out", "{tmp}/o"], "--steps"),
-    (["rays", "{sgd}", "--rays", "0", "--out", "{tmp}/o"], "--rays"),
-    (["rays", "{sgd}", "--seed", "-1", "--out", "{tmp}/o"], "--seed"),
-    (["landscape", "{sgd}", "--random", "--span", "0", "--out", "{tmp}/o"], "--span"),
-    (["landscape", "{sgd}", "--random", "--span", "inf", "--out", "{tmp}/o"], "--span"),
-    (["landscape", "{sgd}", "--random", "--grid", "1", "--out", "{tmp}/o"], "--grid"),
-    (["landscape", "{sgd}", "--random", "--seed", BIG, "--out", "{tmp}/o"], "--seed"),
-    (["landscape", "{sgd}", "--out", "{tmp}/o"], "--random"),
-    (["landscape", "{curve}", "--random", "--out", "{tmp}/o"], "curve folder"),
-    (["sharpness", "{sgd}", "--k", "0", "--out", "{tmp}/o"], "--k"),
-    (["sharpness", "{sgd}", "--examples", "0", "--out", "{tmp}/o"], "--examples"),
-    (["sharpness", "{sgd}", "--epsilon", "nan", "--out", "{tmp}/o"], "--epsilon"),
-    (["sharpness", "{sgd}", "--epsilon", "-1e-3", "--out", "{tmp}/o"], "--epsilon"),
-    (["sharpness", "{sgd}", "--out", ""], "--out"),
-    (["sharpness", "{tmp}/nothing", "--out", "{tmp}/o"], "nothing"),
-])
+@pytest.mark.parametrize(
+    "argv,names",
+    [
+        (["plane", "{sgd}", "{sgd2}", "--out", "{tmp}/o"], "three networks"),
+        (["plane", "{sgd}", "{sgd2}", "{cnn}", "--out", "{tmp}/o"], ["one architecture", "{cnn}"]),
+        (["plane", "--curve", "{sgd}", "--out", "{tmp}/o"], ["not a curve folder", "config.json"]),
+        (["plane", "--curve", "{curve}", "--trajectory", "{swag}", "--out", "{tmp}/o"], ["--curve", "--trajectory"]),
+        (["plane", "{sgd}", "{sgd2}", "{swag}", "--pca", "--out", "{tmp}/o"], "--pca"),
+        (["plane", "--trajectory", "{sgd}", "--out", "{tmp}/o"], "trajectory"),
+        (["plane", "--curve", "{curve}", "--grid", "1", "--out", "{tmp}/o"], "--grid"),
+        (["plane", "--curve", "{curve}", "--margin", "-0.1", "--out", "{tmp}/o"], "--margin"),
+        (["plane", "--curve", "{curve}", "--margin", "nan", "--out", "{tmp}/o"], "--margin"),
+        (["plane", "--curve", "", "--out", "{tmp}/o"], "--curve"),
+        (["path", "{sgd}", "{cnn}", "--out", "{tmp}/o"], "one architecture"),
+        (["path", "{sgd}", "{reg}", "--out", "{tmp}/o"], "one architecture"),
+        (["path", "{sgd}", "{sgd2}", "--extend", "-3", "--out", "{tmp}/o"], "--extend"),
+        (["path", "{sgd}", "{sgd2}", "--extend", "nan", "--out", "{tmp}/o"], "--extend"),
+        (["path", "{sgd}", "{sgd2}", "--points", "1", "--out", "{tmp}/o"], "--points"),
+        (["path", "{sgd}", "{sgd2}", "--bn", "never", "--out", "{tmp}/o"], "--bn"),
+        (["rays", "{sgd}", "{cnn}", "--out", "{tmp}/o"], ["one architecture", "{cnn}"]),
+        (["rays", "{sgd}", "--max-distance", "-5", "--out", "{tmp}/o"], "--max-distance"),
+        (["rays", "{sgd}", "--max-distance", "inf", "--out", "{tmp}/o"], "--max-distance"),
+        (["rays", "{sgd}", "--rise", "-1", "--out", "{tmp}/o"], "--rise"),
+        (["rays", "{sgd}", "--rise", "nan", "--out", "{tmp}/o"], "--rise"),
+        (["rays", "{sgd}", "--steps", "1", "--out", "{tmp}/o"], "--steps"),
+        (["rays", "{sgd}", "--rays", "0", "--out", "{tmp}/o"], "--rays"),
+        (["rays", "{sgd}", "--seed", "-1", "--out", "{tmp}/o"], "--seed"),
+        (["landscape", "{sgd}", "--random", "--span", "0", "--out", "{tmp}/o"], "--span"),
+        (["landscape", "{sgd}", "--random", "--span", "inf", "--out", "{tmp}/o"], "--span"),
+        (["landscape", "{sgd}", "--random", "--grid", "1", "--out", "{tmp}/o"], "--grid"),
+        (["landscape", "{sgd}", "--random", "--seed", BIG, "--out", "{tmp}/o"], "--seed"),
+        (["landscape", "{sgd}", "--out", "{tmp}/o"], "--random"),
+        (["landscape", "{curve}", "--random", "--out", "{tmp}/o"], "curve folder"),
+        (["sharpness", "{sgd}", "--k", "0", "--out", "{tmp}/o"], "--k"),
+        (["sharpness", "{sgd}", "--examples", "0", "--out", "{tmp}/o"], "--examples"),
+        (["sharpness", "{sgd}", "--epsilon", "nan", "--out", "{tmp}/o"], "--epsilon"),
+        (["sharpness", "{sgd}", "--epsilon", "-1e-3", "--out", "{tmp}/o"], "--epsilon"),
+        (["sharpness", "{sgd}", "--out", ""], "--out"),
+        (["sharpness", "{tmp}/nothing", "--out", "{tmp}/o"], "nothing"),
+    ],
+)
 def test_geometry_commands_refuse(argv, names, runs, tmp_path, capsys):
     names = [names] if isinstance(names, str) else names
     _check(argv, [n.format(**{k: str(v) for k, v in runs.items()}) for n in names], runs, tmp_path, capsys)
 
 
 # ---------------------------------------------------------------------- demo and geometry
-@pytest.mark.parametrize("flags,names", [
-    (["--epochs", "0"], "--epochs"), (["--lr", "nan"], "--lr"), (["--swa-lr", "-1"], "--swa-lr"),
-    (["--val-fraction", "1"], "--val-fraction"), (["--seeds", "0", "0"], "--seeds"), (["--seeds", "-1"], "--seeds"),
-    (["--out", ""], "--out"), (["--dataset", "cifar"], "--dataset"), (["--samples", "0"], "--samples"),
-    (["--epochs", "5", "--swa-start", "5"], "swa-start"),
-    (["--dataset", "fashion-mnist", "--model", "cnn", "--data-root", "{tmp}/missing"], "--data-root"),
-    (["--dataset", "digits"], "needs 1-D signals"),  # the default preset's 1-D CNN on images, before any data is loaded
-])
+@pytest.mark.parametrize(
+    "flags,names",
+    [
+        (["--epochs", "0"], "--epochs"),
+        (["--lr", "nan"], "--lr"),
+        (["--swa-lr", "-1"], "--swa-lr"),
+        (["--val-fraction", "1"], "--val-fraction"),
+        (["--seeds", "0", "0"], "--seeds"),
+        (["--seeds", "-1"], "--seeds"),
+        (["--out", ""], "--out"),
+        (["--dataset", "cifar"], "--dataset"),
+        (["--samples", "0"], "--samples"),
+        (["--epochs", "5", "--swa-start", "5"], "swa-start"),
+        (["--dataset", "fashion-mnist", "--model", "cnn", "--data-root", "{tmp}/missing"], "--data-root"),
+        (
+            ["--dataset", "digits"],
+            "needs 1-D signals",
+        ),  # the default preset's 1-D CNN on images, before any data is loaded
+    ],
+)
 def test_demo_refuses(flags, names, runs, tmp_path, capsys):
     _check(["demo", "--quick", "--no-progress", "--out", "{tmp}/demo", *flags], names, runs, tmp_path, capsys)
 
 
-@pytest.mark.parametrize("argv,names", [
-    (["geometry", "{tmp}"], "sgd-seed"),
-    (["geometry", "{tmp}", "--seeds", "0", "0"], "--seeds"),
-    (["geometry", "{tmp}", "--seeds", "-1"], "--seeds"),
-    (["geometry", ""], "demo_dir"),
-])
+@pytest.mark.parametrize(
+    "argv,names",
+    [
+        (["geometry", "{tmp}"], "sgd-seed"),
+        (["geometry", "{tmp}", "--seeds", "0", "0"], "--seeds"),
+        (["geometry", "{tmp}", "--seeds", "-1"], "--seeds"),
+        (["geometry", ""], "demo_dir"),
+    ],
+)
 def test_geometry_demo_refuses(argv, names, runs, tmp_path, capsys):
     _check(argv, names, runs, tmp_path, capsys)
 
@@ -326,7 +411,7 @@ def test_config_type_errors_name_the_field():
     with pytest.raises(ValueError, match="momentum must be in"):
         TrainConfig(momentum=1.0).resolved()
     with pytest.raises(ValueError, match="seed must be in"):
-        TrainConfig(seed=2 ** 64).resolved()
+        TrainConfig(seed=2**64).resolved()
 
 
 def _fake_fashion(folder: Path, n: int = 12) -> None:
@@ -376,8 +461,9 @@ def _loader():
     from torch.utils.data import DataLoader, TensorDataset
 
     g = torch.Generator().manual_seed(0)
-    return DataLoader(TensorDataset(torch.randn(16, 3, generator=g), torch.randint(0, 2, (16,), generator=g)),
-                      batch_size=8)
+    return DataLoader(
+        TensorDataset(torch.randn(16, 3, generator=g), torch.randint(0, 2, (16,), generator=g)), batch_size=8
+    )
 
 
 def test_divergence_at_an_epoch_end_is_reported_like_a_nan_loss(tmp_path):
@@ -397,5 +483,4 @@ def test_divergence_at_an_epoch_end_is_reported_like_a_nan_loss(tmp_path):
     model = _Blowup(nan_eval=True)  # finite weights, non-finite predictions at evaluation
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(TrainingDiverged, match="predictions became non-finite.*end of epoch 1"):
-        Trainer(model, torch.nn.CrossEntropyLoss(), opt, _loader(), epochs=2,
-                eval_loaders={"val": _loader()}).fit()
+        Trainer(model, torch.nn.CrossEntropyLoss(), opt, _loader(), epochs=2, eval_loaders={"val": _loader()}).fit()

@@ -76,13 +76,18 @@ def test_refuses_an_existing_curve_folder(runs, capsys):
 # ------------------------------------------------------------------ a study never replaces a run
 @pytest.mark.parametrize("command", STUDIES)
 def test_a_study_never_replaces_a_run_even_with_overwrite(runs, capsys, command):
-    refused(argv(runs, command, runs["sgd"], "--overwrite"), capsys, names=[str(runs["sgd"]), "results.json"],
-            untouched=[runs["sgd"]])
+    refused(
+        argv(runs, command, runs["sgd"], "--overwrite"),
+        capsys,
+        names=[str(runs["sgd"]), "results.json"],
+        untouched=[runs["sgd"]],
+    )
 
 
 def test_a_study_never_replaces_a_curve_even_with_overwrite(runs, capsys):
-    refused(argv(runs, "path", runs["curve"], "--overwrite"), capsys, names=str(runs["curve"]),
-            untouched=[runs["curve"]])
+    refused(
+        argv(runs, "path", runs["curve"], "--overwrite"), capsys, names=str(runs["curve"]), untouched=[runs["curve"]]
+    )
 
 
 def test_a_study_replaces_a_study_with_overwrite(runs, tmp_path, capsys):
@@ -100,8 +105,12 @@ def test_geometry_refuses_an_existing_geometry_section(runs, tmp_path, capsys):
     (demo / "swag-seed0").symlink_to(runs["swag"])
     (demo / "geometry").mkdir()
     (demo / "geometry" / "summary.json").write_text("{}")
-    refused(["geometry", demo, "--quick", "--no-progress"], capsys, names=["geometry", "--overwrite"],
-            untouched=[demo / "geometry"])
+    refused(
+        ["geometry", demo, "--quick", "--no-progress"],
+        capsys,
+        names=["geometry", "--overwrite"],
+        untouched=[demo / "geometry"],
+    )
 
 
 def test_evaluate_refuses_to_replace_its_evaluation(runs, tmp_path, capsys):
@@ -225,10 +234,13 @@ def test_remove_stale_temporaries_reaches_member_folders(tmp_path):
 
 
 # ------------------------------------------------------------------ malformed files: clear errors, not KeyError
-@pytest.mark.parametrize("file,part,key", [
-    ("model.safetensors", "header", "signature"),       # evaluate: a model file without its signature
-    ("checkpoint.safetensors", "state", "optimizer"),   # train --resume: a checkpoint without its optimizer
-])
+@pytest.mark.parametrize(
+    "file,part,key",
+    [
+        ("model.safetensors", "header", "signature"),  # evaluate: a model file without its signature
+        ("checkpoint.safetensors", "state", "optimizer"),  # train --resume: a checkpoint without its optimizer
+    ],
+)
 def test_a_file_without_one_of_its_parts_is_named(file, part, key, runs, tmp_path, capsys):
     run_dir = tmp_path / "run"
     shutil.copytree(runs["sgd"], run_dir)
@@ -249,8 +261,9 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_old_one(tmp_path, m
     before = digest(path)
 
     def full(*a, **k):
-        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
-                              'message: "No space left on device" })')
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
 
     monkeypatch.setattr(ck, "save_file", full)
     with pytest.raises(OSError, match="No space left on device.*previous one is intact") as e:
@@ -270,8 +283,15 @@ def _start(args: list, cwd: Path, shell_prefix: str | None = None) -> subprocess
     # SIGINT back to its default in the child, as in a terminal: a test run started in the background of a
     # non-interactive shell (nohup, CI runners) inherits SIGINT ignored, and Python then never raises
     # KeyboardInterrupt
-    return subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 class _Reader:
@@ -352,9 +372,9 @@ def one_thread():
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     """The LONG run without interruption (in this process: same settings, same result)."""
-    from valleys.app.cli import main
-
     import torch
+
+    from valleys.app.cli import main
 
     out = tmp_path_factory.mktemp("full") / "run"
     before = torch.get_num_threads()
@@ -369,8 +389,12 @@ def uninterrupted(tmp_path_factory) -> Path:
 def _interrupted_then_resumed(tmp_path, capsys, uninterrupted, sig: int) -> str:
     out = tmp_path / "run"
     proc = _start([*LONG, "--out", out], tmp_path)
-    _wait_for(lambda: len((out / "metrics.jsonl").read_text().splitlines()) >= 2
-              if (out / "metrics.jsonl").is_file() else False, proc)
+    _wait_for(
+        lambda: (
+            len((out / "metrics.jsonl").read_text().splitlines()) >= 2 if (out / "metrics.jsonl").is_file() else False
+        ),
+        proc,
+    )
     _interrupt(proc, sig)
     code, err = _finish(proc)
     assert not (out / "results.json").exists()
@@ -398,8 +422,14 @@ def test_sigkill_during_train_then_resume_is_bit_identical(tmp_path, capsys, uni
 def test_sigint_during_connect_is_one_line(runs, tmp_path):
     out = tmp_path / "curve"
     proc = _start(["connect", runs["sgd"], runs["sgd2"], "--epochs", "200", "--points", "3", "--out", out], tmp_path)
-    _wait_for(lambda: (out / "checkpoint.safetensors").is_file() or (out / "metrics.jsonl").is_file()
-              and bool((out / "metrics.jsonl").read_text()), proc)
+    _wait_for(
+        lambda: (
+            (out / "checkpoint.safetensors").is_file()
+            or (out / "metrics.jsonl").is_file()
+            and bool((out / "metrics.jsonl").read_text())
+        ),
+        proc,
+    )
     _interrupt(proc)
     code, err = _finish(proc)
     line = _one_line(err)
@@ -427,8 +457,26 @@ def test_sigint_during_evaluate_is_one_line(runs, tmp_path):
 def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
     # SWAG checkpoints grow by a deviation vector per epoch: the first fits under the limit, a later one does not
     out = tmp_path / "run"
-    args = ["train", "--model", "mlp", "--method", "swag", "--swa-start", "1", "--rank", "20", "--samples", "2",
-            "--epochs", "8", "--checkpoint-every", "1", "--no-progress", "--out", out]
+    args = [
+        "train",
+        "--model",
+        "mlp",
+        "--method",
+        "swag",
+        "--swa-start",
+        "1",
+        "--rank",
+        "20",
+        "--samples",
+        "2",
+        "--epochs",
+        "8",
+        "--checkpoint-every",
+        "1",
+        "--no-progress",
+        "--out",
+        out,
+    ]
     # ulimit -f counts 1024-byte blocks; the shell ignores SIGXFSZ so that writes fail with EFBIG (python
     # ignores it too)
     proc = _start(args, tmp_path, shell_prefix="trap '' XFSZ; ulimit -f 1500;")

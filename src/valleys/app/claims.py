@@ -32,8 +32,16 @@ def verdict(diff: float, se: float) -> str:
     return "within noise"
 
 
-def paired(claim: str, a_label: str, a: Sequence[float], b_label: str, b: Sequence[float], *,
-           lower_is_better: bool = True, metric: str = "") -> dict[str, Any]:
+def paired(
+    claim: str,
+    a_label: str,
+    a: Sequence[float],
+    b_label: str,
+    b: Sequence[float],
+    *,
+    lower_is_better: bool = True,
+    metric: str = "",
+) -> dict[str, Any]:
     """One claim "``a`` is better than ``b``" from per-seed (or per-pair) values: both means, the mean and
     standard error of the per-seed difference ``a - b`` (signed so that negative favours ``a``), and the
     verdict."""
@@ -42,15 +50,31 @@ def paired(claim: str, a_label: str, a: Sequence[float], b_label: str, b: Sequen
     sign = 1.0 if lower_is_better else -1.0
     n = len(a)
     mean, se = mean_and_se([sign * (x - y) for x, y in zip(a, b)])
-    return {"claim": claim, "metric": metric, "a": a_label, "b": b_label, "a_mean": sum(a) / n, "b_mean": sum(b) / n,
-            "difference": mean, "se": se, "n": n, "lower_is_better": lower_is_better, "verdict": verdict(mean, se)}
+    return {
+        "claim": claim,
+        "metric": metric,
+        "a": a_label,
+        "b": b_label,
+        "a_mean": sum(a) / n,
+        "b_mean": sum(b) / n,
+        "difference": mean,
+        "se": se,
+        "n": n,
+        "lower_is_better": lower_is_better,
+        "verdict": verdict(mean, se),
+    }
 
 
-def demo_claims(per_row: Mapping[str, Sequence[Mapping[str, Any]]], ood_auroc: Mapping[str, Sequence[float]] | None = None,
-                fge: Mapping[str, Sequence[float]] | None = None, connectivity: Mapping[str, Any] | None = None,
-                geometry: Mapping[str, Any] | None = None, subspace: Mapping[str, Any] | None = None,
-                semisup: Sequence[Mapping[str, Any]] = (),
-                budgets: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> list[dict[str, Any]]:
+def demo_claims(
+    per_row: Mapping[str, Sequence[Mapping[str, Any]]],
+    ood_auroc: Mapping[str, Sequence[float]] | None = None,
+    fge: Mapping[str, Sequence[float]] | None = None,
+    connectivity: Mapping[str, Any] | None = None,
+    geometry: Mapping[str, Any] | None = None,
+    subspace: Mapping[str, Any] | None = None,
+    semisup: Sequence[Mapping[str, Any]] = (),
+    budgets: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+) -> list[dict[str, Any]]:
     """The claims a demo folder measures. ``per_row``: per method, the per-seed results with
     ``metrics.test``; ``ood_auroc``: per method, per-seed AUROC; ``fge``: per-seed ``ensemble_test_accuracy``,
     ``best_member_test_accuracy`` and optionally ``ensemble_prefix_test_accuracy`` (the ensemble of the first
@@ -59,73 +83,176 @@ def demo_claims(per_row: Mapping[str, Sequence[Mapping[str, Any]]], ood_auroc: M
     ``semisup``: the semi-supervised section's claims, already as :func:`paired` rows (appended as they are);
     ``budgets``: per row ``"SWA x1.5"`` etc., the per-seed results of SWA or SWAG at that multiple of the budget
     (Izmailov et al. 2018: against SGD at one budget)."""
+
     def test(row: str, key: str) -> list[float]:
         vals = [r["metrics"]["test"][key] for r in per_row.get(row, [])]
         return [1 - v for v in vals] if key == "accuracy" else vals
 
     rows = []
     if per_row.get("SWA") and per_row.get("SGD"):
-        rows.append(paired("SWA has lower test error than SGD at the same budget", "SWA", test("SWA", "accuracy"),
-                           "SGD", test("SGD", "accuracy"), metric="test error"))
-        rows.append(paired("SWA has lower test NLL than SGD", "SWA", test("SWA", "nll"), "SGD", test("SGD", "nll"),
-                           metric="test NLL"))
+        rows.append(
+            paired(
+                "SWA has lower test error than SGD at the same budget",
+                "SWA",
+                test("SWA", "accuracy"),
+                "SGD",
+                test("SGD", "accuracy"),
+                metric="test error",
+            )
+        )
+        rows.append(
+            paired(
+                "SWA has lower test NLL than SGD",
+                "SWA",
+                test("SWA", "nll"),
+                "SGD",
+                test("SGD", "nll"),
+                metric="test NLL",
+            )
+        )
     if per_row.get("SWAG") and per_row.get("SWA"):
-        rows.append(paired("SWAG has lower test NLL than SWA", "SWAG", test("SWAG", "nll"), "SWA", test("SWA", "nll"),
-                           metric="test NLL"))
+        rows.append(
+            paired(
+                "SWAG has lower test NLL than SWA",
+                "SWAG",
+                test("SWAG", "nll"),
+                "SWA",
+                test("SWA", "nll"),
+                metric="test NLL",
+            )
+        )
     if per_row.get("SWAG") and per_row.get("SGD"):
-        rows.append(paired("SWAG has lower ECE than SGD", "SWAG", test("SWAG", "ece"), "SGD", test("SGD", "ece"),
-                           metric="test ECE"))
+        rows.append(
+            paired(
+                "SWAG has lower ECE than SGD", "SWAG", test("SWAG", "ece"), "SGD", test("SGD", "ece"), metric="test ECE"
+            )
+        )
     if ood_auroc and ood_auroc.get("SWAG") and ood_auroc.get("SGD"):
-        rows.append(paired("SWAG detects out-of-distribution inputs at least as well as SGD", "SWAG",
-                           list(ood_auroc["SWAG"]), "SGD", list(ood_auroc["SGD"]), lower_is_better=False,
-                           metric="OOD AUROC"))
+        rows.append(
+            paired(
+                "SWAG detects out-of-distribution inputs at least as well as SGD",
+                "SWAG",
+                list(ood_auroc["SWAG"]),
+                "SGD",
+                list(ood_auroc["SGD"]),
+                lower_is_better=False,
+                metric="OOD AUROC",
+            )
+        )
     if per_row.get("FGE") and per_row.get("SGD"):
-        rows.append(paired("FGE has lower test error than one network of the same budget", "FGE",
-                           test("FGE", "accuracy"), "SGD", test("SGD", "accuracy"), metric="test error"))
+        rows.append(
+            paired(
+                "FGE has lower test error than one network of the same budget",
+                "FGE",
+                test("FGE", "accuracy"),
+                "SGD",
+                test("SGD", "accuracy"),
+                metric="test error",
+            )
+        )
     if fge and fge.get("ensemble_test_accuracy"):
-        rows.append(paired("FGE's ensemble beats its best snapshot", "FGE ensemble",
-                           [1 - a for a in fge["ensemble_test_accuracy"]], "best snapshot",
-                           [1 - a for a in fge["best_member_test_accuracy"]], metric="test error"))
+        rows.append(
+            paired(
+                "FGE's ensemble beats its best snapshot",
+                "FGE ensemble",
+                [1 - a for a in fge["ensemble_test_accuracy"]],
+                "best snapshot",
+                [1 - a for a in fge["best_member_test_accuracy"]],
+                metric="test error",
+            )
+        )
     prefix = (fge or {}).get("ensemble_prefix_test_accuracy")
     if prefix and all(len(p) > 1 for p in prefix):
-        rows.append(paired(f"FGE's accuracy rises with the number of snapshots ({len(prefix[0])} against 1)",
-                           f"{len(prefix[0])} snapshots", [1 - p[-1] for p in prefix], "the first alone",
-                           [1 - p[0] for p in prefix], metric="test error"))
+        rows.append(
+            paired(
+                f"FGE's accuracy rises with the number of snapshots ({len(prefix[0])} against 1)",
+                f"{len(prefix[0])} snapshots",
+                [1 - p[-1] for p in prefix],
+                "the first alone",
+                [1 - p[0] for p in prefix],
+                metric="test error",
+            )
+        )
     if connectivity and connectivity.get("pairs"):
         pairs = connectivity["pairs"]
-        rows.append(paired("the curve's barrier is below the straight segment's", "curve",
-                           [p["curve_max_test_error"] for p in pairs], "segment",
-                           [p["segment_max_test_error"] for p in pairs], metric="max test error on the path"))
+        rows.append(
+            paired(
+                "the curve's barrier is below the straight segment's",
+                "curve",
+                [p["curve_max_test_error"] for p in pairs],
+                "segment",
+                [p["segment_max_test_error"] for p in pairs],
+                metric="max test error on the path",
+            )
+        )
     if geometry and geometry.get("per_seed"):
         g = geometry["per_seed"]
-        rows.append(paired("SWA is flatter than SGD", "SWA", [r["eig_SWA"] for r in g], "SGD",
-                           [r["eig_SGD"] for r in g], metric="top Hessian eigenvalue"))
+        rows.append(
+            paired(
+                "SWA is flatter than SGD",
+                "SWA",
+                [r["eig_SWA"] for r in g],
+                "SGD",
+                [r["eig_SGD"] for r in g],
+                metric="top Hessian eigenvalue",
+            )
+        )
         # a mean width is inf when the loss never rose along some ray within the search reach (the weights'
         # norm); the demo also records the mean with such rays counted as the reach (``width_floor_*``), a lower
         # bound, used when present (a folder without it and an inf width leaves the claim out)
         floors = [(r.get("width_floor_SWA", r["width_SWA"]), r.get("width_floor_SGD", r["width_SGD"])) for r in g]
         if all(math.isfinite(a) and math.isfinite(b) for a, b in floors):
             beyond = any(not math.isfinite(r[k]) for r in g for k in ("width_SWA", "width_SGD"))
-            rows.append(paired("SWA sits in a wider valley than SGD", "SWA", [a for a, _ in floors], "SGD",
-                               [b for _, b in floors], lower_is_better=False,
-                               metric="valley width" + (" (rays with no rise within reach counted as the reach)"
-                                                        if beyond else "")))
+            rows.append(
+                paired(
+                    "SWA sits in a wider valley than SGD",
+                    "SWA",
+                    [a for a, _ in floors],
+                    "SGD",
+                    [b for _, b in floors],
+                    lower_is_better=False,
+                    metric="valley width"
+                    + (" (rays with no rise within reach counted as the reach)" if beyond else ""),
+                )
+            )
     per_seed = (subspace or {}).get("per_seed") or {}
     pca, rnd = per_seed.get("PCA + ESS"), per_seed.get("random + ESS")
     if pca and per_row.get("SWA") and len(pca) == len(per_row["SWA"]):
-        rows.append(paired("subspace inference (PCA + ESS) has lower test NLL than SWA", "PCA + ESS",
-                           [r["test"]["nll"] for r in pca], "SWA", test("SWA", "nll"), metric="test NLL"))
+        rows.append(
+            paired(
+                "subspace inference (PCA + ESS) has lower test NLL than SWA",
+                "PCA + ESS",
+                [r["test"]["nll"] for r in pca],
+                "SWA",
+                test("SWA", "nll"),
+                metric="test NLL",
+            )
+        )
     if pca and rnd and len(pca) == len(rnd):
-        rows.append(paired("the PCA subspace beats a random one (ESS in both)", "PCA + ESS",
-                           [r["test"]["nll"] for r in pca], "random + ESS", [r["test"]["nll"] for r in rnd],
-                           metric="test NLL"))
+        rows.append(
+            paired(
+                "the PCA subspace beats a random one (ESS in both)",
+                "PCA + ESS",
+                [r["test"]["nll"] for r in pca],
+                "random + ESS",
+                [r["test"]["nll"] for r in rnd],
+                metric="test NLL",
+            )
+        )
     rows.extend(dict(r) for r in semisup)
     for label, results in (budgets or {}).items():
         method, multiple = label.split()
         if per_row.get("SGD"):
-            rows.append(paired(f"{method} at {multiple[1:]} budgets has lower test error than SGD at 1", label,
-                               [1 - r["metrics"]["test"]["accuracy"] for r in results], "SGD x1",
-                               test("SGD", "accuracy"), metric="test error"))
+            rows.append(
+                paired(
+                    f"{method} at {multiple[1:]} budgets has lower test error than SGD at 1",
+                    label,
+                    [1 - r["metrics"]["test"]["accuracy"] for r in results],
+                    "SGD x1",
+                    test("SGD", "accuracy"),
+                    metric="test error",
+                )
+            )
     return rows
 
 
@@ -141,9 +268,14 @@ def claims_markdown(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         sign = 1 if r["lower_is_better"] else -1
         diff = sign * r["difference"] * scale
         se = "" if math.isnan(r["se"]) else f" ± {r['se'] * scale:.{2 if scale == 100 else 4}f}"
-        out.append(f"| {r['claim']} | {r['metric']} | {r['a']} {_num(r['a_mean'], r['metric'])} | "
-                   f"{r['b']} {_num(r['b_mean'], r['metric'])} | {diff:+.{2 if scale == 100 else 4}f}{se} | {r['n']} | "
-                   f"{r['verdict']} |")
-    out += ["", "Verdict: the per-seed (per-pair) difference in the claim's favour, against twice its standard error "
-            "(holds below -2 SE, does not hold above +2 SE, else within noise)."]
+        out.append(
+            f"| {r['claim']} | {r['metric']} | {r['a']} {_num(r['a_mean'], r['metric'])} | "
+            f"{r['b']} {_num(r['b_mean'], r['metric'])} | {diff:+.{2 if scale == 100 else 4}f}{se} | {r['n']} | "
+            f"{r['verdict']} |"
+        )
+    out += [
+        "",
+        "Verdict: the per-seed (per-pair) difference in the claim's favour, against twice its standard error "
+        "(holds below -2 SE, does not hold above +2 SE, else within noise).",
+    ]
     return out

@@ -37,16 +37,19 @@ EXAMPLES = """examples:
 """
 
 
-JOBS_HELP = ("worker processes for the independent runs, one torch thread each (default: the CPU cores; 1: all "
-             "in this process with torch's own threads)")
+JOBS_HELP = (
+    "worker processes for the independent runs, one torch thread each (default: the CPU cores; 1: all "
+    "in this process with torch's own threads)"
+)
 
 # ---------------------------------------------------------------------- flag validators (torch-free)
 # Each is an argparse ``type=``: argparse prefixes its message with the flag ("argument --lr: must be ...").
-SEED_MAX = 2 ** 63 - 1  # what every seeded generator (torch, numpy) accepts, with room for seed + epoch
+SEED_MAX = 2**63 - 1  # what every seeded generator (torch, numpy) accepts, with room for seed + epoch
 
 
 def _int_flag(lo: int, hi: int | None = None, what: str = ""):
     """An integer in ``[lo, hi]``."""
+
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -56,13 +59,16 @@ def _int_flag(lo: int, hi: int | None = None, what: str = ""):
             rule = what or (f"in [{lo}, {hi}]" if hi is not None else f">= {lo}")
             raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
         return v
+
     parse.__name__ = "integer"
     return parse
 
 
-def _float_flag(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-                hi_open: bool = False, what: str = ""):
+def _float_flag(
+    lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False, what: str = ""
+):
     """A finite float with optional bounds (open or closed); NaN and infinities are always refused."""
+
     def parse(text: str) -> float:
         try:
             v = float(text)
@@ -74,6 +80,7 @@ def _float_flag(lo: float | None = None, hi: float | None = None, *, lo_open: bo
         if bad:
             raise argparse.ArgumentTypeError(f"must be {what or 'a finite number'}, got {text}")
         return v
+
     parse.__name__ = "number"
     return parse
 
@@ -104,15 +111,17 @@ class _Parser(argparse.ArgumentParser):
 
         super().__init__(*args, **kwargs)
         self._negative_number_matcher = re.compile(
-            r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+            r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE
+        )
 
 
 class _VersionAction(argparse.Action):
     """``--version``: reads the installed version (importlib.metadata, slow to import) only when asked."""
 
     def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
-        super().__init__(option_strings, dest=dest, default=default, nargs=0,
-                         help=help or "show program's version number and exit")
+        super().__init__(
+            option_strings, dest=dest, default=default, nargs=0, help=help or "show program's version number and exit"
+        )
 
     def __call__(self, parser, namespace, values, option_string=None):
         from .. import __version__
@@ -127,7 +136,12 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "%(default)" in text or "default" in text or action.nargs == 0 or action.default in (None, argparse.SUPPRESS):
+        if (
+            "%(default)" in text
+            or "default" in text
+            or action.nargs == 0
+            or action.default in (None, argparse.SUPPRESS)
+        ):
             return text
         if not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
             return text
@@ -159,119 +173,224 @@ def _parser() -> argparse.ArgumentParser:
     from .settings import TrainSettings
 
     d = TrainSettings()
-    p = _Parser(prog="valleys", description="Loss valleys for any PyTorch model: SWA and more.",
-                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(
+        prog="valleys",
+        description="Loss valleys for any PyTorch model: SWA and more.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action=_VersionAction)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND",  # every subcommand: the same help formatter
-                           parser_class=functools.partial(_Parser, formatter_class=_HelpFormatter))
+    sub = p.add_subparsers(
+        dest="command",
+        metavar="COMMAND",  # every subcommand: the same help formatter
+        parser_class=functools.partial(_Parser, formatter_class=_HelpFormatter),
+    )
 
     methods = method_help()
     width = max(map(len, methods))
 
-    t = sub.add_parser("train", help=f"train one run ({', '.join(methods)}) into a run folder",
-                       description="methods (--method):\n" + "\n".join(
-                           f"  {name:<{width}}  {text}" for name, text in methods.items()))
-    t.add_argument("--dataset", default=d.dataset, choices=list(DATASETS) + list(REGRESSION_DATASETS),
-                   help="built-in dataset (diabetes and uci are regression)")
-    t.add_argument("--model", default=None, choices=list(MODELS),
-                   help=f"reference architecture (default: {d.model}; mlp for regression datasets)")
+    t = sub.add_parser(
+        "train",
+        help=f"train one run ({', '.join(methods)}) into a run folder",
+        description="methods (--method):\n" + "\n".join(f"  {name:<{width}}  {text}" for name, text in methods.items()),
+    )
+    t.add_argument(
+        "--dataset",
+        default=d.dataset,
+        choices=list(DATASETS) + list(REGRESSION_DATASETS),
+        help="built-in dataset (diabetes and uci are regression)",
+    )
+    t.add_argument(
+        "--model",
+        default=None,
+        choices=list(MODELS),
+        help=f"reference architecture (default: {d.model}; mlp for regression datasets)",
+    )
     t.add_argument("--method", default=d.method, choices=list(methods), help="training method (see above)")
     t.add_argument("--epochs", type=_positive_int, default=d.epochs, help="epoch budget")
     t.add_argument("--lr", type=_positive_float, default=d.lr, help="initial learning rate")
     t.add_argument("--momentum", type=_fraction, default=d.momentum, help="SGD momentum")
     t.add_argument("--wd", type=_non_negative_float, default=d.wd, help="weight decay")
     t.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="minibatch size")
-    t.add_argument("--swa-start", type=_positive_int, default=None,
-                   help=_applies("swa_start") + "epochs of SGD before averaging starts (default: epochs // 2)")
-    t.add_argument("--swa-lr", type=_positive_float, default=None,
-                   help=_applies("swa_lr") + "SWA learning rate (default: --lr)")
-    t.add_argument("--rank", type=_positive_int, default=d.rank,
-                   help=_applies("rank") + "number of deviation vectors K")
-    t.add_argument("--samples", type=_positive_int, default=d.samples,
-                   help=_applies("samples") + "test-time draws S (per member)")
-    t.add_argument("--bn-batches", type=_positive_int, default=None,
-                   help=_applies("bn_batches") + "BN recompute per sample on N batches (default: all)")
-    t.add_argument("--cycle", type=_positive_int, default=d.cycle, help=_applies("cycle") + "cycle length in epochs (even)")
-    t.add_argument("--lr-1", type=_positive_float, default=None, metavar="LR",
-                   help=_applies("lr_1") + "cycle's highest LR (default: lr / 2)")
-    t.add_argument("--lr-2", type=_positive_float, default=None, metavar="LR",
-                   help=_applies("lr_2") + "cycle's lowest LR (default: lr / 200)")
-    t.add_argument("--fge-start", type=_positive_int, default=None,
-                   help=_applies("fge_start") + "pre-training epochs (default: the first 80%%, whole cycles)")
+    t.add_argument(
+        "--swa-start",
+        type=_positive_int,
+        default=None,
+        help=_applies("swa_start") + "epochs of SGD before averaging starts (default: epochs // 2)",
+    )
+    t.add_argument(
+        "--swa-lr", type=_positive_float, default=None, help=_applies("swa_lr") + "SWA learning rate (default: --lr)"
+    )
+    t.add_argument(
+        "--rank", type=_positive_int, default=d.rank, help=_applies("rank") + "number of deviation vectors K"
+    )
+    t.add_argument(
+        "--samples", type=_positive_int, default=d.samples, help=_applies("samples") + "test-time draws S (per member)"
+    )
+    t.add_argument(
+        "--bn-batches",
+        type=_positive_int,
+        default=None,
+        help=_applies("bn_batches") + "BN recompute per sample on N batches (default: all)",
+    )
+    t.add_argument(
+        "--cycle", type=_positive_int, default=d.cycle, help=_applies("cycle") + "cycle length in epochs (even)"
+    )
+    t.add_argument(
+        "--lr-1",
+        type=_positive_float,
+        default=None,
+        metavar="LR",
+        help=_applies("lr_1") + "cycle's highest LR (default: lr / 2)",
+    )
+    t.add_argument(
+        "--lr-2",
+        type=_positive_float,
+        default=None,
+        metavar="LR",
+        help=_applies("lr_2") + "cycle's lowest LR (default: lr / 200)",
+    )
+    t.add_argument(
+        "--fge-start",
+        type=_positive_int,
+        default=None,
+        help=_applies("fge_start") + "pre-training epochs (default: the first 80%%, whole cycles)",
+    )
     t.add_argument("--members", type=_positive_int, default=d.members, help=_applies("members") + "number of runs")
-    t.add_argument("--ood-split", action="store_true",
-                   help="train on the first half of the classes; the rest are out-of-distribution (OOD AUROC)")
+    t.add_argument(
+        "--ood-split",
+        action="store_true",
+        help="train on the first half of the classes; the rest are out-of-distribution (OOD AUROC)",
+    )
     t.add_argument("--seed", type=_seed, default=d.seed, help="random seed")
-    t.add_argument("--train-subset", type=_positive_int, default=None, help="use only N training examples (default: all)")
+    t.add_argument(
+        "--train-subset", type=_positive_int, default=None, help="use only N training examples (default: all)"
+    )
     t.add_argument("--test-subset", type=_positive_int, default=None, help="use only N test examples (default: all)")
-    t.add_argument("--val-fraction", type=_fraction, default=d.val_fraction,
-                   help="fraction of the training split held out for validation")
-    t.add_argument("--data-root", type=_path, default=None,
-                   help="torchvision data root (Fashion-MNIST), or the UCI folder")
-    t.add_argument("--uci-split", type=_non_negative_int, default=d.uci_split, help="regression: split index (index_train_<i>.txt)")
-    t.add_argument("--homoscedastic", dest="heteroscedastic", action="store_false",
-                   help="regression: one learned noise variance instead of a per-input variance (default: off, "
-                        "i.e. heteroscedastic=True)")
+    t.add_argument(
+        "--val-fraction",
+        type=_fraction,
+        default=d.val_fraction,
+        help="fraction of the training split held out for validation",
+    )
+    t.add_argument(
+        "--data-root", type=_path, default=None, help="torchvision data root (Fashion-MNIST), or the UCI folder"
+    )
+    t.add_argument(
+        "--uci-split", type=_non_negative_int, default=d.uci_split, help="regression: split index (index_train_<i>.txt)"
+    )
+    t.add_argument(
+        "--homoscedastic",
+        dest="heteroscedastic",
+        action="store_false",
+        help="regression: one learned noise variance instead of a per-input variance (default: off, "
+        "i.e. heteroscedastic=True)",
+    )
     t.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ...")
-    t.add_argument("--checkpoint-every", type=_positive_int, default=d.checkpoint_every, help="epochs between checkpoints")
+    t.add_argument(
+        "--checkpoint-every", type=_positive_int, default=d.checkpoint_every, help="epochs between checkpoints"
+    )
     t.add_argument("--eval-every", type=_positive_int, default=d.eval_every, help="epochs between evaluations")
-    t.add_argument("--out", type=_path, default=None, help="run folder (default: runs/<dataset>-<model>-<method>-seed<seed>)")
+    t.add_argument(
+        "--out", type=_path, default=None, help="run folder (default: runs/<dataset>-<model>-<method>-seed<seed>)"
+    )
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    t.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoint, with the settings of its config.json "
-                        "(a flag given with --resume must agree with it)")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint, with the settings of its config.json "
+        "(a flag given with --resume must agree with it)",
+    )
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     e = sub.add_parser("evaluate", help="re-evaluate a run folder's predictive, print a table, write evaluation.json")
     e.add_argument("run_dir", type=_path, help="a folder written by 'valleys train' or 'valleys connect'")
-    e.add_argument("--points", type=_at_least_two, default=None,
-                   help="curve folders only: points per path (>= 2; default: the folder's, 61)")
+    e.add_argument(
+        "--points",
+        type=_at_least_two,
+        default=None,
+        help="curve folders only: points per path (>= 2; default: the folder's, 61)",
+    )
     e.add_argument("--samples", type=_positive_int, default=None, help="SWAG draws S (default: the run's)")
     e.add_argument("--ood", action="store_true", help="report OOD AUROC (run trained with --ood-split)")
-    e.add_argument("--temperature-scaling", action="store_true",
-                   help="also report test metrics after a temperature fitted on validation data")
+    e.add_argument(
+        "--temperature-scaling",
+        action="store_true",
+        help="also report test metrics after a temperature fitted on validation data",
+    )
     e.add_argument("--overwrite", action="store_true", help="replace an evaluation.json already in the folder")
 
     c = sub.add_parser("connect", help="train a curve between two runs and compare it with the straight segment")
-    c.add_argument("run_a", nargs="?", type=_path,
-                   help="run folder or model.safetensors of the first network (with --resume: the saved one)")
-    c.add_argument("run_b", nargs="?", type=_path,
-                   help="run folder or model.safetensors of the second network (with --resume: the saved one)")
+    c.add_argument(
+        "run_a",
+        nargs="?",
+        type=_path,
+        help="run folder or model.safetensors of the first network (with --resume: the saved one)",
+    )
+    c.add_argument(
+        "run_b",
+        nargs="?",
+        type=_path,
+        help="run folder or model.safetensors of the second network (with --resume: the saved one)",
+    )
     # defaults None (filled from ConnectConfig): with --resume, a flag given is one the user typed
     c.add_argument("--kind", default=None, choices=["bezier", "polychain"], help="curve family (default: bezier)")
-    c.add_argument("--bends", type=_at_least_two, default=None,
-                   help="control points including the two ends (>= 2; default: 3)")
-    c.add_argument("--epochs", type=_positive_int, default=None,
-                   help="curve training epochs (default: twice the first endpoint's)")
-    c.add_argument("--lr", type=_positive_float, default=None,
-                   help="initial LR, decaying to 1%% like SGD runs (default: the first endpoint's)")
+    c.add_argument(
+        "--bends", type=_at_least_two, default=None, help="control points including the two ends (>= 2; default: 3)"
+    )
+    c.add_argument(
+        "--epochs", type=_positive_int, default=None, help="curve training epochs (default: twice the first endpoint's)"
+    )
+    c.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=None,
+        help="initial LR, decaying to 1%% like SGD runs (default: the first endpoint's)",
+    )
     c.add_argument("--wd", type=_non_negative_float, default=None, help="L2 on w(t) (default: 5e-4)")
     c.add_argument("--seed", type=_seed, default=None, help="random seed (t draws, batch order; default: 0)")
     c.add_argument("--points", type=_at_least_two, default=None, help="points per path at evaluation (default: 61)")
-    c.add_argument("--bn", default=None, choices=["recompute", "keep"],
-                   help="BatchNorm policy per point (default: recompute)")
+    c.add_argument(
+        "--bn", default=None, choices=["recompute", "keep"], help="BatchNorm policy per point (default: recompute)"
+    )
     c.add_argument("--out", type=_path, required=True, help="output folder")
     c.add_argument("--overwrite", action="store_true", help="replace a curve already in --out")
-    c.add_argument("--resume", action="store_true",
-                   help="continue curve training from its checkpoint, with the settings of --out's config.json")
+    c.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue curve training from its checkpoint, with the settings of --out's config.json",
+    )
     c.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     def geometry_common(sp, grid: bool = False):
         sp.add_argument("--out", type=_path, required=True, help="output folder")
-        sp.add_argument("--overwrite", action="store_true",
-                        help="replace a study already in --out (a run or curve folder is never replaced)")
+        sp.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace a study already in --out (a run or curve folder is never replaced)",
+        )
         sp.add_argument("--bn", default="recompute", choices=["recompute", "keep"], help="BatchNorm policy per point")
         sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
         if grid:
             sp.add_argument("--grid", type=_at_least_two, default=21, help="points per axis (>= 2)")
-            sp.add_argument("--margin", type=_non_negative_float, default=0.2, help="margin around the marked points (fraction)")
+            sp.add_argument(
+                "--margin", type=_non_negative_float, default=0.2, help="margin around the marked points (fraction)"
+            )
 
     pl = sub.add_parser("plane", help="loss and error on the plane through three networks (or a curve or trajectory)")
     pl.add_argument("points", nargs="*", type=_path, help="three run folders or model checkpoints A B C")
-    pl.add_argument("--curve", type=_path, default=None,
-                    help="a 'valleys connect' folder: the plane of its two ends and its middle control point")
-    pl.add_argument("--trajectory", type=_path, default=None, help="a swa/swag run: its iterates W1, W2, W3 and SWA (slides 9-13)")
-    pl.add_argument("--pca", action="store_true", help="with --trajectory: the plane of the iterates' top two principal directions")
+    pl.add_argument(
+        "--curve",
+        type=_path,
+        default=None,
+        help="a 'valleys connect' folder: the plane of its two ends and its middle control point",
+    )
+    pl.add_argument(
+        "--trajectory", type=_path, default=None, help="a swa/swag run: its iterates W1, W2, W3 and SWA (slides 9-13)"
+    )
+    pl.add_argument(
+        "--pca", action="store_true", help="with --trajectory: the plane of the iterates' top two principal directions"
+    )
     geometry_common(pl, grid=True)
     pa = sub.add_parser("path", help="loss and error along the line through two networks (slide 15)")
     pa.add_argument("a", type=_path, help="run folder or checkpoint (distance 0)")
@@ -284,14 +403,21 @@ def _parser() -> argparse.ArgumentParser:
     ra.add_argument("--rays", type=_positive_int, default=10, help="number of random unit directions")
     ra.add_argument("--max-distance", type=_positive_float, default=50.0, help="distance along each ray (weight units)")
     ra.add_argument("--steps", type=_at_least_two, default=21, help="points per ray")
-    ra.add_argument("--rise", type=_positive_float, default=0.1, help="valley width: distance where the loss rises this much")
+    ra.add_argument(
+        "--rise", type=_positive_float, default=0.1, help="valley width: distance where the loss rises this much"
+    )
     ra.add_argument("--seed", type=_seed, default=0, help="seed of the directions")
     geometry_common(ra)
     la = sub.add_parser("landscape", help="loss on a random 2-D plane around a network (Li et al. 2018)")
     la.add_argument("run", type=_path, help="run folder or checkpoint")
     la.add_argument("--random", action="store_true", required=True, help="random directions (the only kind for now)")
-    la.add_argument("--filter-norm", dest="filter_norm", action="store_true", default=True,
-                    help="filter-normalised directions (the default)")
+    la.add_argument(
+        "--filter-norm",
+        dest="filter_norm",
+        action="store_true",
+        default=True,
+        help="filter-normalised directions (the default)",
+    )
     la.add_argument("--no-filter-norm", dest="filter_norm", action="store_false", help="unit-norm directions instead")
     la.add_argument("--span", type=_positive_float, default=1.0, help="coordinates in [-span, span]")
     la.add_argument("--seed", type=_seed, default=0, help="seed of the directions")
@@ -303,8 +429,11 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--epsilon", type=_positive_float, default=1e-3, help="box size of epsilon-sharpness")
     sh.add_argument("--out", type=_path, required=True, help="output folder")
     sh.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    sh.add_argument("--overwrite", action="store_true",
-                    help="replace a study already in --out (a run or curve folder is never replaced)")
+    sh.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a study already in --out (a run or curve folder is never replaced)",
+    )
 
     ge = sub.add_parser("geometry", help="the demo's geometry section (slides 6, 9-15) on an existing demo folder")
     ge.add_argument("demo_dir", type=_path, help="a folder made by 'valleys demo' (sgd-seed<s> and swag-seed<s> runs)")
@@ -313,27 +442,51 @@ def _parser() -> argparse.ArgumentParser:
     ge.add_argument("--overwrite", action="store_true", help="replace a geometry/ section already in the folder")
     ge.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    ss = sub.add_parser("subspace", help="Bayesian inference in a low-dimensional subspace of a run's weights "
-                        "(Izmailov et al. 2019): PCA, random or curve subspace; ESS, VI or NUTS; BMA of the samples")
+    ss = sub.add_parser(
+        "subspace",
+        help="Bayesian inference in a low-dimensional subspace of a run's weights "
+        "(Izmailov et al. 2019): PCA, random or curve subspace; ESS, VI or NUTS; BMA of the samples",
+    )
     ss.add_argument("run", help="a run folder (a SWAG run for --space pca)")
-    ss.add_argument("--space", default="pca", choices=["pca", "random", "curve"],
-                    help="pca: top principal directions of the SWAG deviations (shift: SWA mean); random: unit "
-                         "Gaussian directions around the run's weights; curve: the plane of a --curve folder")
+    ss.add_argument(
+        "--space",
+        default="pca",
+        choices=["pca", "random", "curve"],
+        help="pca: top principal directions of the SWAG deviations (shift: SWA mean); random: unit "
+        "Gaussian directions around the run's weights; curve: the plane of a --curve folder",
+    )
     ss.add_argument("--rank", type=_positive_int, default=5, help="subspace dimension k (2 for --space curve)")
     ss.add_argument("--curve", default=None, help="a 'valleys connect' folder whose endpoints include the run")
-    ss.add_argument("--inference", default="ess", choices=["ess", "vi", "flow", "nuts"],
-                    help="elliptical slice sampling, mean-field VI, VI with a RealNVP flow, or NUTS (needs "
-                         "valleys[pyro])")
+    ss.add_argument(
+        "--inference",
+        default="ess",
+        choices=["ess", "vi", "flow", "nuts"],
+        help="elliptical slice sampling, mean-field VI, VI with a RealNVP flow, or NUTS (needs valleys[pyro])",
+    )
     ss.add_argument("--samples", type=_positive_int, default=30, help="posterior samples averaged (per chain)")
     ss.add_argument("--burn-in", type=int, default=20, help="ESS steps discarded first")
     ss.add_argument("--thin", type=_positive_int, default=1, help="keep every n-th ESS state")
-    ss.add_argument("--temperature", type=_positive_float, nargs="+", default=[1.0],
-                    help="T dividing the log-likelihood (large T for classification, e.g. 100-10000); several "
-                         "values: each is sampled and the one with the lowest validation NLL is kept")
-    ss.add_argument("--prior-scale", type=_positive_float, nargs="+", default=[1.0],
-                    help="s of the prior N(0, s^2 I) over z; several values: chosen on validation as --temperature")
-    ss.add_argument("--bn", default="shift", choices=["shift", "recompute", "keep"],
-                    help="BatchNorm statistics: recomputed once at the shift, per sample, or the run's own")
+    ss.add_argument(
+        "--temperature",
+        type=_positive_float,
+        nargs="+",
+        default=[1.0],
+        help="T dividing the log-likelihood (large T for classification, e.g. 100-10000); several "
+        "values: each is sampled and the one with the lowest validation NLL is kept",
+    )
+    ss.add_argument(
+        "--prior-scale",
+        type=_positive_float,
+        nargs="+",
+        default=[1.0],
+        help="s of the prior N(0, s^2 I) over z; several values: chosen on validation as --temperature",
+    )
+    ss.add_argument(
+        "--bn",
+        default="shift",
+        choices=["shift", "recompute", "keep"],
+        help="BatchNorm statistics: recomputed once at the shift, per sample, or the run's own",
+    )
     ss.add_argument("--vi-steps", type=_positive_int, default=1000, help="VI optimisation steps (minibatch 256)")
     ss.add_argument("--vi-lr", type=_positive_float, default=0.01, help="VI learning rate (Adam)")
     ss.add_argument("--flow-layers", type=_non_negative_int, default=4, help="coupling layers of --inference flow")
@@ -345,8 +498,11 @@ def _parser() -> argparse.ArgumentParser:
     ss.add_argument("--overwrite", action="store_true", help="replace a subspace run already in --out")
     ss.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    st = sub.add_parser("subspace-table", help="the talk's classification comparison on a demo folder: SGD, SWA, "
-                        "SWAG beside PCA + ESS, PCA + VI, random + ESS and curve + ESS over its seeds (slides 30-31)")
+    st = sub.add_parser(
+        "subspace-table",
+        help="the talk's classification comparison on a demo folder: SGD, SWA, "
+        "SWAG beside PCA + ESS, PCA + VI, random + ESS and curve + ESS over its seeds (slides 30-31)",
+    )
     st.add_argument("demo_dir", type=_path, help="a folder made by 'valleys demo' (with its curve folders)")
     st.add_argument("--seeds", type=_seed, nargs="+", default=None, help="seeds (default: all in the folder)")
     st.add_argument("--quick", action="store_true", help="rank 3, 8 samples: a smoke test")
@@ -354,29 +510,57 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--no-progress", action="store_true", help="hide progress bars")
     st.add_argument("--jobs", type=_positive_int, default=None, help=JOBS_HELP)
 
-    rg = sub.add_parser("regression", help="the UCI regression protocol over many splits: SGD, SWA, SWAG and "
-                        "subspace inference (RMSE, NLL, 95%% coverage; the 1-D toy figure with --datasets toy1d)")
+    rg = sub.add_parser(
+        "regression",
+        help="the UCI regression protocol over many splits: SGD, SWA, SWAG and "
+        "subspace inference (RMSE, NLL, 95%% coverage; the 1-D toy figure with --datasets toy1d)",
+    )
     rd = RegressionProtocol()
-    rg.add_argument("--datasets", nargs="+", default=rd.datasets, choices=list(REGRESSION_DATASETS),
-                    help=f"regression sets (default: {' '.join(rd.datasets)})")
+    rg.add_argument(
+        "--datasets",
+        nargs="+",
+        default=rd.datasets,
+        choices=list(REGRESSION_DATASETS),
+        help=f"regression sets (default: {' '.join(rd.datasets)})",
+    )
     rg.add_argument("--splits", type=_positive_int, default=rd.splits, help="random 90/10 splits per dataset")
     rg.add_argument("--epochs", type=_positive_int, default=rd.epochs, help="epochs of each network")
     rg.add_argument("--lr", type=_positive_float, default=rd.lr, help="initial LR (SGD decays it; SWAG keeps it)")
-    rg.add_argument("--swa-lr", type=_positive_float, default=None, help="SWAG's constant collection LR (default: --lr)")
+    rg.add_argument(
+        "--swa-lr", type=_positive_float, default=None, help="SWAG's constant collection LR (default: --lr)"
+    )
     rg.add_argument("--wd", type=_non_negative_float, default=rd.wd, help="weight decay")
     rg.add_argument("--batch-size", type=_positive_int, default=rd.batch_size, help="minibatch size")
-    rg.add_argument("--homoscedastic", action="store_true",
-                    help="one learned noise variance (default: the variance predicted per input)")
+    rg.add_argument(
+        "--homoscedastic",
+        action="store_true",
+        help="one learned noise variance (default: the variance predicted per input)",
+    )
     rg.add_argument("--swag-rank", type=_positive_int, default=rd.swag_rank, help="SWAG deviations collected (K)")
     rg.add_argument("--samples", type=_positive_int, default=rd.samples, help="samples averaged by SWAG and subspaces")
     rg.add_argument("--rank", type=_positive_int, default=rd.rank, help="subspace dimension k")
     rg.add_argument("--spaces", nargs="+", default=rd.spaces, choices=["pca", "random"], help="subspaces")
-    rg.add_argument("--inference", nargs="+", default=rd.inference, choices=["ess", "vi", "flow", "nuts"],
-                    help="samplers in each subspace (nuts needs valleys[pyro])")
-    rg.add_argument("--temperature", type=_positive_float, nargs="+", default=rd.temperature,
-                    help="candidate temperatures, chosen per split on validation NLL")
-    rg.add_argument("--prior-scale", type=_positive_float, nargs="+", default=rd.prior_scale,
-                    help="candidate prior scales, chosen per split on validation NLL")
+    rg.add_argument(
+        "--inference",
+        nargs="+",
+        default=rd.inference,
+        choices=["ess", "vi", "flow", "nuts"],
+        help="samplers in each subspace (nuts needs valleys[pyro])",
+    )
+    rg.add_argument(
+        "--temperature",
+        type=_positive_float,
+        nargs="+",
+        default=rd.temperature,
+        help="candidate temperatures, chosen per split on validation NLL",
+    )
+    rg.add_argument(
+        "--prior-scale",
+        type=_positive_float,
+        nargs="+",
+        default=rd.prior_scale,
+        help="candidate prior scales, chosen per split on validation NLL",
+    )
     rg.add_argument("--burn-in", type=_non_negative_int, default=rd.burn_in, help="ESS steps discarded first")
     rg.add_argument("--vi-steps", type=_positive_int, default=rd.vi_steps, help="VI optimisation steps")
     rg.add_argument("--warmup", type=_non_negative_int, default=rd.warmup, help="NUTS warm-up steps")
@@ -384,46 +568,105 @@ def _parser() -> argparse.ArgumentParser:
     rg.add_argument("--seed", type=_seed, default=rd.seed, help="base seed (split i uses seed + i)")
     _resumable_output_flags(rg, "protocol")
 
-    ss = sub.add_parser("semisup", help="semi-supervised training with a few labels: supervised-only, Pi model and "
-                        "mean teacher, each with SWA and fast-SWA side by side (slides 34-36)")
+    ss = sub.add_parser(
+        "semisup",
+        help="semi-supervised training with a few labels: supervised-only, Pi model and "
+        "mean teacher, each with SWA and fast-SWA side by side (slides 34-36)",
+    )
     sd = SemisupConfig()
     ss.add_argument("--dataset", choices=list(DATASETS), default=sd.dataset, help="built-in dataset")
     ss.add_argument("--model", choices=list(MODELS), default=sd.model, help="reference architecture")
-    ss.add_argument("--consistency", nargs="+", choices=["none", "pi", "mean-teacher"], default=sd.consistency,
-                    help="consistency terms, each a run per seed (none: cross-entropy on the labelled examples only)")
-    ss.add_argument("--labels-per-class", type=_positive_int, default=sd.labels_per_class,
-                    help="labelled training examples per class, drawn from the seed; the rest are unlabelled")
+    ss.add_argument(
+        "--consistency",
+        nargs="+",
+        choices=["none", "pi", "mean-teacher"],
+        default=sd.consistency,
+        help="consistency terms, each a run per seed (none: cross-entropy on the labelled examples only)",
+    )
+    ss.add_argument(
+        "--labels-per-class",
+        type=_positive_int,
+        default=sd.labels_per_class,
+        help="labelled training examples per class, drawn from the seed; the rest are unlabelled",
+    )
     ss.add_argument("--batch-size", type=_positive_int, default=sd.batch_size, help="examples per batch")
-    ss.add_argument("--labelled-batch-size", type=_positive_int, default=sd.labelled_batch_size,
-                    help="labelled examples in every batch (the rest unlabelled)")
-    ss.add_argument("--epochs", type=_positive_int, default=sd.epochs,
-                    help="epochs (one epoch: a pass over the unlabelled examples)")
-    ss.add_argument("--cosine-epochs", type=_positive_int, default=None,
-                    help="length l of the first cosine phase (default: --epochs minus two cycles)")
-    ss.add_argument("--cycle", type=_positive_int, default=sd.cycle,
-                    help="cycle length c in epochs: after the cosine phase the LR replays its last c epochs; SWA "
-                         "averages at every cycle end")
-    ss.add_argument("--fast-swa-every", type=_positive_int, default=sd.fast_swa_every,
-                    help="fast-SWA averages every k epochs (or steps, --fast-swa-unit) from epoch l - c on")
-    ss.add_argument("--fast-swa-unit", choices=["epochs", "steps"], default=sd.fast_swa_unit,
-                    help="unit of --fast-swa-every")
+    ss.add_argument(
+        "--labelled-batch-size",
+        type=_positive_int,
+        default=sd.labelled_batch_size,
+        help="labelled examples in every batch (the rest unlabelled)",
+    )
+    ss.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=sd.epochs,
+        help="epochs (one epoch: a pass over the unlabelled examples)",
+    )
+    ss.add_argument(
+        "--cosine-epochs",
+        type=_positive_int,
+        default=None,
+        help="length l of the first cosine phase (default: --epochs minus two cycles)",
+    )
+    ss.add_argument(
+        "--cycle",
+        type=_positive_int,
+        default=sd.cycle,
+        help="cycle length c in epochs: after the cosine phase the LR replays its last c epochs; SWA "
+        "averages at every cycle end",
+    )
+    ss.add_argument(
+        "--fast-swa-every",
+        type=_positive_int,
+        default=sd.fast_swa_every,
+        help="fast-SWA averages every k epochs (or steps, --fast-swa-unit) from epoch l - c on",
+    )
+    ss.add_argument(
+        "--fast-swa-unit", choices=["epochs", "steps"], default=sd.fast_swa_unit, help="unit of --fast-swa-every"
+    )
     ss.add_argument("--lr", type=_positive_float, default=sd.lr, help="initial LR of the cosine")
     ss.add_argument("--momentum", type=_fraction, default=sd.momentum, help="Nesterov momentum")
     ss.add_argument("--wd", type=_non_negative_float, default=sd.wd, help="weight decay")
-    ss.add_argument("--consistency-weight", type=_non_negative_float, default=sd.consistency_weight,
-                    help="lambda_max, the consistency loss's weight after the ramp-up")
-    ss.add_argument("--consistency-loss", choices=["mse", "kl"], default=sd.consistency_loss,
-                    help="mse: squared error between the softmax outputs (mean over classes); kl: KL(target || student)")
-    ss.add_argument("--rampup", type=_non_negative_float, default=sd.rampup,
-                    help="epochs r of the ramp-up lambda(t) = lambda_max exp(-5 (1 - min(t, r) / r)^2)")
-    ss.add_argument("--ema-decay", type=_fraction, default=sd.ema_decay,
-                    help="mean teacher: EMA decay alpha in [0, 1), used as min(1 - 1/(step + 1), alpha)")
-    ss.add_argument("--no-augment", action="store_true",
-                    help="no input augmentation: the two views differ only through Dropout")
-    ss.add_argument("--seeds", type=_seed, nargs="+", default=sd.seeds,
-                    help="seeds (each draws its own labelled examples and initialisation)")
-    ss.add_argument("--val-fraction", type=_fraction, default=sd.val_fraction,
-                    help="labelled validation split held out of training (choose settings on it)")
+    ss.add_argument(
+        "--consistency-weight",
+        type=_non_negative_float,
+        default=sd.consistency_weight,
+        help="lambda_max, the consistency loss's weight after the ramp-up",
+    )
+    ss.add_argument(
+        "--consistency-loss",
+        choices=["mse", "kl"],
+        default=sd.consistency_loss,
+        help="mse: squared error between the softmax outputs (mean over classes); kl: KL(target || student)",
+    )
+    ss.add_argument(
+        "--rampup",
+        type=_non_negative_float,
+        default=sd.rampup,
+        help="epochs r of the ramp-up lambda(t) = lambda_max exp(-5 (1 - min(t, r) / r)^2)",
+    )
+    ss.add_argument(
+        "--ema-decay",
+        type=_fraction,
+        default=sd.ema_decay,
+        help="mean teacher: EMA decay alpha in [0, 1), used as min(1 - 1/(step + 1), alpha)",
+    )
+    ss.add_argument(
+        "--no-augment", action="store_true", help="no input augmentation: the two views differ only through Dropout"
+    )
+    ss.add_argument(
+        "--seeds",
+        type=_seed,
+        nargs="+",
+        default=sd.seeds,
+        help="seeds (each draws its own labelled examples and initialisation)",
+    )
+    ss.add_argument(
+        "--val-fraction",
+        type=_fraction,
+        default=sd.val_fraction,
+        help="labelled validation split held out of training (choose settings on it)",
+    )
     ss.add_argument("--train-subset", type=_positive_int, default=None, help="keep only N training examples")
     ss.add_argument("--test-subset", type=_positive_int, default=None, help="keep only N test examples")
     ss.add_argument("--data-root", type=_path, default=None, help="torchvision data root (Fashion-MNIST files)")
@@ -433,40 +676,70 @@ def _parser() -> argparse.ArgumentParser:
 
     from .presets import DEFAULT_PRESET, PRESETS, presets_help
 
-    m = sub.add_parser("demo", help="the main job: SGD, SWA, SWAG and FGE under a named preset (default MNIST-1D); "
-                                    "claims table, report, figures",
-                       description="The main job: SGD, SWA, SWAG and FGE at one budget over several seeds, with\n"
-                                   "the talk's other sections (OOD, mode connectivity, geometry, subspace inference,\n"
-                                   "semi-supervised learning) and its claims table, under a named preset.\n\n"
-                                   "presets:\n" + presets_help())
-    m.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
-                   help=f"a named configuration (default {DEFAULT_PRESET}); the flags below change its settings")
-    m.add_argument("--quick", action="store_true",
-                   help="one seed and the preset's short budget (mnist1d: 30 epochs, 10 SWAG samples, well under 2 "
-                        "minutes); flags given win over these")
+    m = sub.add_parser(
+        "demo",
+        help="the main job: SGD, SWA, SWAG and FGE under a named preset (default MNIST-1D); "
+        "claims table, report, figures",
+        description="The main job: SGD, SWA, SWAG and FGE at one budget over several seeds, with\n"
+        "the talk's other sections (OOD, mode connectivity, geometry, subspace inference,\n"
+        "semi-supervised learning) and its claims table, under a named preset.\n\n"
+        "presets:\n" + presets_help(),
+    )
+    m.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default=DEFAULT_PRESET,
+        help=f"a named configuration (default {DEFAULT_PRESET}); the flags below change its settings",
+    )
+    m.add_argument(
+        "--quick",
+        action="store_true",
+        help="one seed and the preset's short budget (mnist1d: 30 epochs, 10 SWAG samples, well under 2 "
+        "minutes); flags given win over these",
+    )
     m.add_argument("--out", type=_path, default="runs/demo", help="output folder")
     m.add_argument("--seeds", type=_seed, nargs="+", default=None, help="seeds (default 0 1 2; quick: 0)")
     m.add_argument("--overwrite", action="store_true", help="replace a demo already in --out")
     m.add_argument("--no-progress", action="store_true", help="hide progress bars")
     m.add_argument("--no-ood", action="store_true", help="skip the split-classes OOD runs")
     m.add_argument("--jobs", type=_positive_int, default=None, help=JOBS_HELP)
-    m.add_argument("--no-subspace", action="store_true",
-                   help="skip the subspace-inference section (PCA, random and curve subspaces; the 1-D toy figure)")
-    m.add_argument("--budgets", type=_positive_float, nargs="+", default=None,
-                   help="the budget protocol: SWA and SWAG also at these multiples of --epochs (e.g. 1 1.5), each "
-                        "compared with SGD at one budget (default: the preset's, mnist1d 1 1.5; --quick: 1; "
-                        "1: no extra runs)")
-    m.add_argument("--no-semisup", action="store_true",
-                   help="skip the semi-supervised section (supervised-only, Pi and mean teacher with SWA and fast-SWA "
-                        "on the preset's labelled subset; mnist1d: 40 labels per class)")
+    m.add_argument(
+        "--no-subspace",
+        action="store_true",
+        help="skip the subspace-inference section (PCA, random and curve subspaces; the 1-D toy figure)",
+    )
+    m.add_argument(
+        "--budgets",
+        type=_positive_float,
+        nargs="+",
+        default=None,
+        help="the budget protocol: SWA and SWAG also at these multiples of --epochs (e.g. 1 1.5), each "
+        "compared with SGD at one budget (default: the preset's, mnist1d 1 1.5; --quick: 1; "
+        "1: no extra runs)",
+    )
+    m.add_argument(
+        "--no-semisup",
+        action="store_true",
+        help="skip the semi-supervised section (supervised-only, Pi and mean teacher with SWA and fast-SWA "
+        "on the preset's labelled subset; mnist1d: 40 labels per class)",
+    )
     g = m.add_argument_group("change the demo's setting (default: the preset's)")
     g.add_argument("--dataset", choices=list(DATASETS), default=None)
     g.add_argument("--model", choices=list(MODELS), default=None)
     g.add_argument("--data-root", type=_path, default=None, help="torchvision data root (Fashion-MNIST files)")
-    for flag, typ in (("--epochs", _positive_int), ("--swa-start", _positive_int), ("--lr", _positive_float),
-                      ("--swa-lr", _positive_float), ("--samples", _positive_int), ("--bn-batches", _positive_int),
-                      ("--train-subset", _positive_int), ("--test-subset", _positive_int),
-                      ("--val-fraction", _fraction), ("--eval-every", _positive_int), ("--batch-size", _positive_int)):
+    for flag, typ in (
+        ("--epochs", _positive_int),
+        ("--swa-start", _positive_int),
+        ("--lr", _positive_float),
+        ("--swa-lr", _positive_float),
+        ("--samples", _positive_int),
+        ("--bn-batches", _positive_int),
+        ("--train-subset", _positive_int),
+        ("--test-subset", _positive_int),
+        ("--val-fraction", _fraction),
+        ("--eval-every", _positive_int),
+        ("--batch-size", _positive_int),
+    ):
         g.add_argument(flag, type=typ, default=None, help="as in 'valleys train' (default: the preset's value)")
     return p
 
@@ -496,17 +769,22 @@ def _given(argv: Sequence[str], command: str) -> dict[str, object]:
     for action in sub._actions:
         action.default = argparse.SUPPRESS
     argv = list(argv)
-    rest = argv[argv.index(command) + 1:] if command in argv else argv
+    rest = argv[argv.index(command) + 1 :] if command in argv else argv
     return {k: v for k, v in vars(sub.parse_args(rest)).items()}
 
 
 def _contradictions(given: dict[str, object], saved: dict[str, object], config: Path, flags: dict[str, str]) -> None:
     """Refuse flags given with --resume whose value differs from the saved ``config.json``."""
-    bad = [f"{flags.get(k, '--' + k.replace('_', '-'))} {given[k]!r} (config.json: {saved[k]!r})"
-           for k in given if k in saved and given[k] != saved[k]]
+    bad = [
+        f"{flags.get(k, '--' + k.replace('_', '-'))} {given[k]!r} (config.json: {saved[k]!r})"
+        for k in given
+        if k in saved and given[k] != saved[k]
+    ]
     if bad:
-        raise ValueError(f"--resume continues {config.parent} with the settings of {config}; these flags contradict "
-                         f"it: {', '.join(bad)}. Drop them (or start a new run without --resume)")
+        raise ValueError(
+            f"--resume continues {config.parent} with the settings of {config}; these flags contradict "
+            f"it: {', '.join(bad)}. Drop them (or start a new run without --resume)"
+        )
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
@@ -522,7 +800,9 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
 
         out = Path(args.out or f"runs/{cfg.dataset}-{cfg.model}-{cfg.method}-seed{cfg.seed}")
         if not (out / "config.json").is_file():
-            raise CheckpointError(f"cannot resume: {out} holds no run (no config.json); train it first without --resume")
+            raise CheckpointError(
+                f"cannot resume: {out} holds no run (no config.json); train it first without --resume"
+            )
         saved = read_run_config(out)
         given = {k: v for k, v in _given(argv if argv is not None else sys.argv[1:], "train").items() if k in fields}
         _contradictions(given, dataclasses.asdict(saved), out / "config.json", {"heteroscedastic": "--homoscedastic"})
@@ -556,18 +836,22 @@ def _connect(args: argparse.Namespace) -> int:
         for end in ("run_a", "run_b"):
             if getattr(args, end) is not None:
                 given[end] = str(Path(getattr(args, end)).resolve())
-        _contradictions(given, dataclasses.asdict(saved), Path(args.out) / "config.json",
-                        {"run_a": "RUN_A", "run_b": "RUN_B"})
+        _contradictions(
+            given, dataclasses.asdict(saved), Path(args.out) / "config.json", {"run_a": "RUN_A", "run_b": "RUN_B"}
+        )
         cfg = saved
     elif args.run_a is None or args.run_b is None:
-        raise ValueError("connect needs two endpoints RUN_A RUN_B (run folders or model.safetensors files); "
-                         "only --out FOLDER --resume continues a curve without them")
+        raise ValueError(
+            "connect needs two endpoints RUN_A RUN_B (run folders or model.safetensors files); "
+            "only --out FOLDER --resume continues a curve without them"
+        )
     else:
         cfg = ConnectConfig(args.run_a, args.run_b, **given)
     from ..core.distributed import is_main
 
-    res = connect_runs(cfg, args.out, overwrite=args.overwrite, resume=args.resume,
-                       progress=not args.no_progress and is_main())
+    res = connect_runs(
+        cfg, args.out, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress and is_main()
+    )
     if is_main():
         _print_curve(res, args.out)
     return 0
@@ -576,13 +860,19 @@ def _connect(args: argparse.Namespace) -> int:
 def _print_curve(res: dict, out) -> None:
     b = res["barrier"]
     if math.isnan(b["segment_max_test_error"]):  # regression: no classification error, the barrier in NLL
-        print(f"max test NLL: segment {b['segment_max_test_nll']:.4f}, {res['kind']} curve "
-              f"{b['curve_max_test_nll']:.4f}, worse endpoint {b['worse_endpoint_test_nll']:.4f}")
+        print(
+            f"max test NLL: segment {b['segment_max_test_nll']:.4f}, {res['kind']} curve "
+            f"{b['curve_max_test_nll']:.4f}, worse endpoint {b['worse_endpoint_test_nll']:.4f}"
+        )
     else:
-        print(f"max test error: segment {100 * b['segment_max_test_error']:.2f}%, {res['kind']} curve "
-              f"{100 * b['curve_max_test_error']:.2f}%, worse endpoint {100 * b['worse_endpoint_test_error']:.2f}%")
-    print(f"max train loss: segment {res['segment']['summary']['train_loss']['max']:.4f}, curve "
-          f"{res['curve']['summary']['train_loss']['max']:.4f}")
+        print(
+            f"max test error: segment {100 * b['segment_max_test_error']:.2f}%, {res['kind']} curve "
+            f"{100 * b['curve_max_test_error']:.2f}%, worse endpoint {100 * b['worse_endpoint_test_error']:.2f}%"
+        )
+    print(
+        f"max train loss: segment {res['segment']['summary']['train_loss']['max']:.4f}, curve "
+        f"{res['curve']['summary']['train_loss']['max']:.4f}"
+    )
     print(f"\nwrote {Path(out) / 'report.md'} and {Path(out) / 'figures' / 'path.png'}")
 
 
@@ -594,9 +884,11 @@ def _one_weight_space(ctx: dict) -> None:
     sig0 = model_signature(m0)
     for path, (m, _, c, *_) in rest:
         if model_signature(m) != sig0 or c.dataset != c0.dataset:
-            raise ValueError(f"{path} is {c.model} on {c.dataset} and {first} is {c0.model} on {c0.dataset}"
-                             f"{' with other parameter shapes' if model_signature(m) != sig0 else ''}: a study needs "
-                             "networks of one architecture and dataset (one weight space)")
+            raise ValueError(
+                f"{path} is {c.model} on {c.dataset} and {first} is {c0.model} on {c0.dataset}"
+                f"{' with other parameter shapes' if model_signature(m) != sig0 else ''}: a study needs "
+                "networks of one architecture and dataset (one weight space)"
+            )
 
 
 def _unique_seeds(seeds) -> None:
@@ -611,18 +903,28 @@ def _geometry(args: argparse.Namespace) -> int:
     check_output(args.out, overwrite=args.overwrite, study=True)  # before any work
     progress = not getattr(args, "no_progress", True)
     if args.command == "plane":
-        kinds = [k for k, v in (("three networks A B C", args.points), ("--curve", args.curve),
-                                ("--trajectory", args.trajectory)) if v]
+        kinds = [
+            k
+            for k, v in (
+                ("three networks A B C", args.points),
+                ("--curve", args.curve),
+                ("--trajectory", args.trajectory),
+            )
+            if v
+        ]
         if len(kinds) != 1 or (args.pca and not args.trajectory) or (args.points and len(args.points) != 3):
-            raise ValueError("plane needs three networks A B C, or --curve or --trajectory (--pca goes with "
-                             f"--trajectory); got {' and '.join(kinds) or 'none'}"
-                             + (f" ({len(args.points)} networks)" if args.points and len(args.points) != 3 else ""))
+            raise ValueError(
+                "plane needs three networks A B C, or --curve or --trajectory (--pca goes with "
+                f"--trajectory); got {' and '.join(kinds) or 'none'}"
+                + (f" ({len(args.points)} networks)" if args.points and len(args.points) != 3 else "")
+            )
         if args.trajectory and args.pca:
             res = L.pca_plane_study(args.trajectory, n=args.grid, margin=args.margin, bn=args.bn, progress=progress)
             title = f"PCA plane of the trajectory of {args.trajectory}"
         elif args.trajectory:
-            res = L.trajectory_plane_study(args.trajectory, n=args.grid, margin=args.margin, bn=args.bn,
-                                           progress=progress)
+            res = L.trajectory_plane_study(
+                args.trajectory, n=args.grid, margin=args.margin, bn=args.bn, progress=progress
+            )
             title = f"trajectory plane of {args.trajectory}"
         elif args.curve:
             from .connect import load_curve, read_curve_config
@@ -634,41 +936,98 @@ def _geometry(args: argparse.Namespace) -> int:
             if len(pts) < 3:
                 raise ValueError("the curve has 2 control points (a straight segment): it spans no plane")
             extra = {f"t={t}": curve.point(t).detach() for t in (0.25, 0.5, 0.75)}
-            res = L.plane_study(model, pts[0], pts[len(pts) // 2], pts[-1], loaders, extra=extra, n=args.grid,
-                                margin=args.margin, bn=args.bn, bn_loader=bn, progress=progress,
-                                adapter=cfg.adapter())
-            res["points"] = {"A": res["points"]["a"], "bend": res["points"]["b"], "B": res["points"]["c"],
-                             **{k: v for k, v in res["points"].items() if k.startswith("t=")}}
+            res = L.plane_study(
+                model,
+                pts[0],
+                pts[len(pts) // 2],
+                pts[-1],
+                loaders,
+                extra=extra,
+                n=args.grid,
+                margin=args.margin,
+                bn=args.bn,
+                bn_loader=bn,
+                progress=progress,
+                adapter=cfg.adapter(),
+            )
+            res["points"] = {
+                "A": res["points"]["a"],
+                "bend": res["points"]["b"],
+                "B": res["points"]["c"],
+                **{k: v for k, v in res["points"].items() if k.startswith("t=")},
+            }
             title = f"plane of the curve {args.curve}"
         else:
             ctx = [L.load_context(p) for p in args.points]
             _one_weight_space(dict(zip(args.points, ctx)))
             model, _, cfg, loaders, bn = ctx[0]
-            res = L.plane_study(model, ctx[0][1], ctx[1][1], ctx[2][1], loaders, n=args.grid, margin=args.margin,
-                                bn=args.bn, bn_loader=bn, progress=progress, adapter=cfg.adapter())
+            res = L.plane_study(
+                model,
+                ctx[0][1],
+                ctx[1][1],
+                ctx[2][1],
+                loaders,
+                n=args.grid,
+                margin=args.margin,
+                bn=args.bn,
+                bn_loader=bn,
+                progress=progress,
+                adapter=cfg.adapter(),
+            )
             title = "plane through " + ", ".join(args.points)
     elif args.command == "path":
         model, wa, cfg, loaders, bn = L.load_context(args.a)
         ctx_b = L.load_context(args.b)
         _one_weight_space({args.a: (model, wa, cfg), args.b: ctx_b})
         wb = ctx_b[1]
-        res = L.path_study(model, wa, wb, loaders, points=args.points, extend=args.extend, bn=args.bn, bn_loader=bn,
-                           progress=progress, adapter=cfg.adapter())
+        res = L.path_study(
+            model,
+            wa,
+            wb,
+            loaders,
+            points=args.points,
+            extend=args.extend,
+            bn=args.bn,
+            bn_loader=bn,
+            progress=progress,
+            adapter=cfg.adapter(),
+        )
         res["a_label"], res["b_label"] = Path(args.a).name, Path(args.b).name
         title = f"line from {args.a} to {args.b}"
     elif args.command == "rays":
         ctx = {p: L.load_context(p) for p in args.runs}
         _one_weight_space(ctx)
         model, _, cfg, loaders, bn = next(iter(ctx.values()))
-        res = L.rays_study(model, {p: c[1] for p, c in ctx.items()}, loaders["train"], rays=args.rays,
-                           max_distance=args.max_distance, steps=args.steps, rise=args.rise, seed=args.seed,
-                           bn=args.bn, bn_loader=bn, progress=progress, adapter=cfg.adapter())
+        res = L.rays_study(
+            model,
+            {p: c[1] for p, c in ctx.items()},
+            loaders["train"],
+            rays=args.rays,
+            max_distance=args.max_distance,
+            steps=args.steps,
+            rise=args.rise,
+            seed=args.seed,
+            bn=args.bn,
+            bn_loader=bn,
+            progress=progress,
+            adapter=cfg.adapter(),
+        )
         title = "random rays from " + ", ".join(args.runs)
     elif args.command == "landscape":
         model, w, cfg, loaders, bn = L.load_context(args.run)
-        res = L.random_plane_study(model, w, loaders, n=args.grid, span=args.span, filter_norm=args.filter_norm,
-                                   seed=args.seed, bn=args.bn, bn_loader=bn, progress=progress,
-                                   adapter=cfg.adapter())
+        res = L.random_plane_study(
+            model,
+            w,
+            loaders,
+            n=args.grid,
+            span=args.span,
+            filter_norm=args.filter_norm,
+            seed=args.seed,
+            bn=args.bn,
+            bn_loader=bn,
+            progress=progress,
+            adapter=cfg.adapter(),
+        )
         title = f"random plane around {args.run}"
     else:
         model, _, cfg, loaders, _ = L.load_context(args.run)
@@ -678,24 +1037,25 @@ def _geometry(args: argparse.Namespace) -> int:
             seen += len(batches[-1][1])
             if seen >= args.examples:
                 break
-        res = L.sharpness_study(model, batches, k=args.k, epsilon=args.epsilon, adapter=cfg.adapter(),
-                                progress=progress)
+        res = L.sharpness_study(
+            model, batches, k=args.k, epsilon=args.epsilon, adapter=cfg.adapter(), progress=progress
+        )
         title = f"sharpness of {args.run}"
-        print(f"top Hessian eigenvalues {[round(v, 4) for v in res['top_eigenvalues']]}, trace "
-              f"{res['trace']['trace']:.3f} ± {res['trace']['stderr']:.3f}, epsilon-sharpness "
-              f"{res['epsilon_sharpness']['sharpness']:.4f}")
+        print(
+            f"top Hessian eigenvalues {[round(v, 4) for v in res['top_eigenvalues']]}, trace "
+            f"{res['trace']['trace']:.3f} ± {res['trace']['stderr']:.3f}, epsilon-sharpness "
+            f"{res['epsilon_sharpness']['sharpness']:.4f}"
+        )
     out = L.write_study(args.out, res, title=title, overwrite=args.overwrite)
     print(f"wrote {out / 'results.json'} and {out / 'report.md'}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .report import aggregate, format_table
-    from .runs import evaluate_run
-
     from .folders import OutputFolderError, check_writable
     from .registry import methods_using
-    from .runs import read_json_object
+    from .report import aggregate, format_table
+    from .runs import evaluate_run, read_json_object
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -708,21 +1068,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     if raw.get("folder") == "curve":
         from .connect import evaluate_curve_dir
 
-        for flag, given in (("--samples", args.samples), ("--ood", args.ood),
-                            ("--temperature-scaling", args.temperature_scaling)):
+        for flag, given in (
+            ("--samples", args.samples),
+            ("--ood", args.ood),
+            ("--temperature-scaling", args.temperature_scaling),
+        ):
             if given:
                 raise ValueError(f"{flag} applies to training runs; {args.run_dir} is a curve folder")
         _print_curve(evaluate_curve_dir(args.run_dir, points=args.points, progress=True), args.run_dir)
         return 0
     if args.points is not None:
-        raise ValueError(f"--points applies to curve folders (made by 'valleys connect') only; {args.run_dir} is "
-                         "not one")
+        raise ValueError(
+            f"--points applies to curve folders (made by 'valleys connect') only; {args.run_dir} is not one"
+        )
     if args.samples is not None and raw.get("method") not in methods_using("samples"):
-        raise ValueError(f"--samples applies to runs of --method {', '.join(methods_using('samples'))}; "
-                         f"{args.run_dir} is a {raw.get('method')} run")
+        raise ValueError(
+            f"--samples applies to runs of --method {', '.join(methods_using('samples'))}; "
+            f"{args.run_dir} is a {raw.get('method')} run"
+        )
 
-    res = evaluate_run(args.run_dir, samples=args.samples, ood=True if args.ood else None,
-                       temperature_scaling=args.temperature_scaling, progress=True)
+    res = evaluate_run(
+        args.run_dir,
+        samples=args.samples,
+        ood=True if args.ood else None,
+        temperature_scaling=args.temperature_scaling,
+        progress=True,
+    )
     keys = _keys(res)
     print(format_table({f"{res['method']} ({k})": aggregate([v], keys) for k, v in res["metrics"].items()}, keys))
     if "ood_auroc" in res:
@@ -752,9 +1123,21 @@ def _demo(args: argparse.Namespace) -> int:
     if "lr" in changes and "swa_lr" not in changes:
         base.swa_lr = None  # default: the new lr
     keep = set(changes) | (set(starts) if new_budget else set())  # --quick changes only the rest
-    run_demo(args.out, quick=args.quick, seeds=args.seeds, overwrite=args.overwrite, progress=not args.no_progress,
-             base=base, ood=not args.no_ood, keep=keep, subspace=not args.no_subspace, jobs=args.jobs,
-             semisup=not args.no_semisup, budgets=args.budgets, preset=args.preset)
+    run_demo(
+        args.out,
+        quick=args.quick,
+        seeds=args.seeds,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        base=base,
+        ood=not args.no_ood,
+        keep=keep,
+        subspace=not args.no_subspace,
+        jobs=args.jobs,
+        semisup=not args.no_semisup,
+        budgets=args.budgets,
+        preset=args.preset,
+    )
     return 0
 
 
@@ -762,8 +1145,9 @@ def _geometry_demo(args: argparse.Namespace) -> int:
     from .demo import geometry_section
 
     _unique_seeds(args.seeds)
-    geometry_section(args.demo_dir, seeds=args.seeds, quick=args.quick, progress=not args.no_progress,
-                     overwrite=args.overwrite)
+    geometry_section(
+        args.demo_dir, seeds=args.seeds, quick=args.quick, progress=not args.no_progress, overwrite=args.overwrite
+    )
     print(f"\nwrote {Path(args.demo_dir) / 'geometry' / 'report.md'}")
     return 0
 
@@ -774,8 +1158,14 @@ def _subspace_table(args: argparse.Namespace) -> int:
     _unique_seeds(args.seeds)
     from .parallel import default_jobs
 
-    subspace_table(args.demo_dir, seeds=args.seeds, quick=args.quick, progress=not args.no_progress,
-                   overwrite=args.overwrite, jobs=args.jobs or default_jobs())
+    subspace_table(
+        args.demo_dir,
+        seeds=args.seeds,
+        quick=args.quick,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+        jobs=args.jobs or default_jobs(),
+    )
     print(f"\nwrote {Path(args.demo_dir) / 'subspace-table' / 'report.md'}")
     return 0
 
@@ -783,8 +1173,7 @@ def _subspace_table(args: argparse.Namespace) -> int:
 def _subspace(args: argparse.Namespace) -> int:
     from .subspace import subspace_config_from, subspace_run
 
-    res = subspace_run(subspace_config_from(args), args.out, overwrite=args.overwrite,
-                       progress=not args.no_progress)
+    res = subspace_run(subspace_config_from(args), args.out, overwrite=args.overwrite, progress=not args.no_progress)
     keys = [k for k in ("accuracy", "nll", "ece", "rmse", "coverage_95") if k in res["metrics"]["test"]]
     for label, table in (("subspace BMA", res["metrics"]), ("shift only", res["shift_metrics"])):
         print(f"{label:13s} test " + "  ".join(f"{k} {table['test'][k]:.4f}" for k in keys))
@@ -807,8 +1196,14 @@ def _regression(args: argparse.Namespace) -> int:
     cfg = _settings_from(RegressionProtocol, args, heteroscedastic=not args.homoscedastic)
     from .parallel import default_jobs
 
-    res = regression_protocol(cfg, args.out, overwrite=args.overwrite, resume=args.resume,
-                              progress=not args.no_progress, jobs=args.jobs or default_jobs())
+    res = regression_protocol(
+        cfg,
+        args.out,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        progress=not args.no_progress,
+        jobs=args.jobs or default_jobs(),
+    )
     for dataset, d in res["datasets"].items():
         print(f"{dataset}: test mean over {cfg.splits} splits")
         for m, row in d["summary"].items():
@@ -826,12 +1221,17 @@ def _semisup(args: argparse.Namespace) -> int:
 
         if not torch.cuda.is_available():
             raise ValueError(f"--device {cfg.device} requested but CUDA is not available; use --device cpu")
+    from ..core.distributed import is_main
     from .parallel import default_jobs
 
-    from ..core.distributed import is_main
-
-    res = semisup_run(cfg, args.out, overwrite=args.overwrite, resume=args.resume,
-                      progress=not args.no_progress and is_main(), jobs=args.jobs or default_jobs(cfg.device))
+    res = semisup_run(
+        cfg,
+        args.out,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        progress=not args.no_progress and is_main(),
+        jobs=args.jobs or default_jobs(cfg.device),
+    )
     if not is_main():
         return 0
     print(f"test error (%) over seeds {cfg.seeds}")
@@ -849,8 +1249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     from ..core.checkpoint import CheckpointError
-    from ..zoo.data import DatasetNotFoundError
     from ..training.trainer import TrainingDiverged
+    from ..zoo.data import DatasetNotFoundError
 
     try:
         if _under_torchrun(args):
@@ -861,9 +1261,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args, list(argv) if argv is not None else sys.argv[1:])
         if args.command in ("plane", "path", "rays", "landscape", "sharpness"):
             return _geometry(args)
-        return {"evaluate": _evaluate, "demo": _demo, "connect": _connect, "subspace": _subspace,
-                "geometry": _geometry_demo, "regression": _regression,
-                "subspace-table": _subspace_table, "semisup": _semisup}[args.command](args)
+        return {
+            "evaluate": _evaluate,
+            "demo": _demo,
+            "connect": _connect,
+            "subspace": _subspace,
+            "geometry": _geometry_demo,
+            "regression": _regression,
+            "subspace-table": _subspace_table,
+            "semisup": _semisup,
+        }[args.command](args)
     except KeyboardInterrupt:
         _finish_progress_bars()
         print(f"valleys {args.command}: {_interrupted(args)}", file=sys.stderr)
@@ -883,9 +1290,11 @@ def _under_torchrun(args: argparse.Namespace) -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if args.command not in ("train", "connect", "semisup"):
-        raise ValueError(f"valleys {args.command} runs in one process; under torchrun only 'valleys train', "
-                         f"'valleys connect' and 'valleys semisup' run data-parallel: start it without torchrun "
-                         f"(python -m valleys {args.command} ...)")
+        raise ValueError(
+            f"valleys {args.command} runs in one process; under torchrun only 'valleys train', "
+            f"'valleys connect' and 'valleys semisup' run data-parallel: start it without torchrun "
+            f"(python -m valleys {args.command} ...)"
+        )
     return True
 
 

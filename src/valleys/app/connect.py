@@ -12,25 +12,44 @@ import dataclasses
 import math
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..core.adapter import ModelAdapter
-from ..core.checkpoint import CheckpointError, check_model_signature, checkpoint_field, load_checkpoint, save_checkpoint, write_json
-from ..geometry.curves import CURVE_KINDS, Curve, CurveModel
-from ..zoo.data import make_loader
-from ..geometry.paths import BN_POLICIES, evaluate_path, segment
-from .runs import (SEED_MAX, ConfigError, TrainConfig, check_types, build_run_model, config_from_dict, load_run_model,
-                   load_splits, prepare_run_dir, ranks_folder, read_json_object, settings_from_dict)
-from ..training.schedules import SWASchedule
+from ..core.checkpoint import (
+    CheckpointError,
+    check_model_signature,
+    checkpoint_field,
+    load_checkpoint,
+    save_checkpoint,
+    write_json,
+)
 from ..core.distributed import world_size
-from ..training.trainer import DistributedPolicy, Trainer
 from ..core.weights import WeightSpace
+from ..geometry.curves import CURVE_KINDS, Curve, CurveModel
+from ..geometry.paths import BN_POLICIES, evaluate_path, segment
+from ..training.schedules import SWASchedule
+from ..training.trainer import DistributedPolicy, Trainer
+from ..zoo.data import make_loader
+from .runs import (
+    SEED_MAX,
+    ConfigError,
+    TrainConfig,
+    build_run_model,
+    check_types,
+    config_from_dict,
+    load_run_model,
+    load_splits,
+    prepare_run_dir,
+    ranks_folder,
+    read_json_object,
+    settings_from_dict,
+)
 
 __all__ = ["ConnectConfig", "connect_runs", "evaluate_curve_dir", "load_endpoint", "read_curve_config", "train_curve"]
 
@@ -68,8 +87,12 @@ class ConnectConfig:
             raise ValueError(f"unknown curve kind {self.kind!r}; choose one of {', '.join(CURVE_KINDS)}")
         if self.bends < 2:
             raise ValueError(f"a curve needs at least 2 control points, got --bends {self.bends}")
-        if ((self.epochs is not None and self.epochs < 1) or (self.lr is not None and not 0 < self.lr < math.inf)
-                or self.batch_size < 1 or self.checkpoint_every < 1):
+        if (
+            (self.epochs is not None and self.epochs < 1)
+            or (self.lr is not None and not 0 < self.lr < math.inf)
+            or self.batch_size < 1
+            or self.checkpoint_every < 1
+        ):
             raise ValueError("epochs, lr, batch-size and checkpoint-every must be positive (and finite)")
         if self.points < 2:
             raise ValueError(f"points must be at least 2, got {self.points}")
@@ -103,8 +126,10 @@ def _endpoints(cfg: ConnectConfig):
     model_a, cfg_a = load_endpoint(cfg.run_a)
     model_b, cfg_b = load_endpoint(cfg.run_b)
     if (cfg_a.dataset, cfg_a.model) != (cfg_b.dataset, cfg_b.model):
-        raise ValueError(f"endpoints differ: {cfg.run_a} is {cfg_a.model} on {cfg_a.dataset}, {cfg.run_b} is "
-                         f"{cfg_b.model} on {cfg_b.dataset}; connect two networks of one architecture and dataset")
+        raise ValueError(
+            f"endpoints differ: {cfg.run_a} is {cfg_a.model} on {cfg_a.dataset}, {cfg.run_b} is "
+            f"{cfg_b.model} on {cfg_b.dataset}; connect two networks of one architecture and dataset"
+        )
     space = WeightSpace(model_a)
     try:
         w_b = space.read(model_b)
@@ -112,24 +137,31 @@ def _endpoints(cfg: ConnectConfig):
         raise ValueError(f"endpoints have different parameter shapes: {e}") from None
     w_a = space.read(model_a)
     if torch.equal(w_a, w_b):
-        raise ValueError(f"the two endpoints {cfg.run_a} and {cfg.run_b} are identical networks: there is nothing "
-                         "to connect; pass two different runs")
+        raise ValueError(
+            f"the two endpoints {cfg.run_a} and {cfg.run_b} are identical networks: there is nothing "
+            "to connect; pass two different runs"
+        )
     return model_a, model_b, cfg_a, space, w_a, w_b
 
 
 def _loaders(cfg: ConnectConfig, data_cfg: TrainConfig, splits):
-    return (make_loader(splits.train, cfg.batch_size, shuffle=True, seed=cfg.seed),
-            make_loader(splits.train, 1000), make_loader(splits.test, 1000))
+    return (
+        make_loader(splits.train, cfg.batch_size, shuffle=True, seed=cfg.seed),
+        make_loader(splits.train, 1000),
+        make_loader(splits.test, 1000),
+    )
 
 
-def connect_runs(cfg: ConnectConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False,
-                 progress: bool = True) -> dict[str, Any]:
+def connect_runs(
+    cfg: ConnectConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
     """Train a curve between ``cfg.run_a`` and ``cfg.run_b`` into ``out`` and evaluate it (and the segment)."""
     cfg.check()
     cfg = dataclasses.replace(cfg, run_a=str(Path(cfg.run_a).resolve()), run_b=str(Path(cfg.run_b).resolve()))
     if Path(cfg.run_a) == Path(cfg.run_b):
-        raise ValueError(f"the two endpoints are the same run ({cfg.run_a}): there is nothing to connect; pass two "
-                         "different runs")
+        raise ValueError(
+            f"the two endpoints are the same run ({cfg.run_a}): there is nothing to connect; pass two different runs"
+        )
     out = Path(out)
     prepare_run_dir(out, overwrite=overwrite, resume=resume, create=False)
     if resume and (out / "config.json").is_file():  # continue with the budget the curve was started with
@@ -137,37 +169,64 @@ def connect_runs(cfg: ConnectConfig, out: str | Path, *, overwrite: bool = False
         cfg = dataclasses.replace(cfg, epochs=cfg.epochs or saved.epochs, lr=cfg.lr or saved.lr)
         diff = {k: (getattr(saved, k), v) for k, v in asdict(cfg).items() if getattr(saved, k) != v}
         if diff:
-            raise ValueError(f"cannot resume {out}: the settings differ from its config.json: "
-                             + "; ".join(f"{k} saved {a!r}, now {b!r}" for k, (a, b) in diff.items()))
+            raise ValueError(
+                f"cannot resume {out}: the settings differ from its config.json: "
+                + "; ".join(f"{k} saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
+            )
     model_a, model_b, data_cfg, space, w_a, w_b = _endpoints(cfg)
     cfg = dataclasses.replace(cfg, epochs=cfg.epochs or 2 * data_cfg.epochs, lr=cfg.lr or data_cfg.lr)
     splits = load_splits(data_cfg)
     if resume and not (out / "checkpoint.safetensors").is_file() and not (out / "curve.safetensors").is_file():
         raise CheckpointError(f"cannot resume: {out / 'checkpoint.safetensors'} does not exist")
     # under torchrun every rank trains the curve on its slice of each batch; rank 0 writes and evaluates
-    with ranks_folder(out, overwrite=overwrite, resume=resume,
-                      resumable=lambda: (out / "checkpoint.safetensors").is_file()) as writes:
+    with ranks_folder(
+        out, overwrite=overwrite, resume=resume, resumable=lambda: (out / "checkpoint.safetensors").is_file()
+    ) as writes:
         if writes and not resume:
             write_json(out / "config.json", {"folder": "curve", **asdict(cfg), "data": asdict(data_cfg)})
         train, train_eval, test = _loaders(cfg, data_cfg, splits)
         start = time.perf_counter()
-        curve = train_curve(model_a, space, w_a, w_b, train, cfg, out=out, resume=resume,
-                            progress=progress and writes, adapter=data_cfg.adapter())
+        curve = train_curve(
+            model_a,
+            space,
+            w_a,
+            w_b,
+            train,
+            cfg,
+            out=out,
+            resume=resume,
+            progress=progress and writes,
+            adapter=data_cfg.adapter(),
+        )
         train_s = time.perf_counter() - start
         if writes:
-            save_checkpoint(out / "curve.safetensors", {"control_points": curve.control_points().detach()},
-                            {"kind": "curve", "curve": cfg.kind, "bends": cfg.bends, "signature": space.signature()})
-            results = evaluate_curve_dir(out, progress=progress, write=False,
-                                         _cache=(model_a, model_b, data_cfg, splits))
+            save_checkpoint(
+                out / "curve.safetensors",
+                {"control_points": curve.control_points().detach()},
+                {"kind": "curve", "curve": cfg.kind, "bends": cfg.bends, "signature": space.signature()},
+            )
+            results = evaluate_curve_dir(
+                out, progress=progress, write=False, _cache=(model_a, model_b, data_cfg, splits)
+            )
             results["timing"] = {"train_s": train_s, "eval_s": results.pop("eval_s")}
             results["training"] = {"epochs": cfg.epochs, "lr": cfg.lr, "wd": cfg.wd, "batch_size": cfg.batch_size}
             write_json(out / "results.json", results)
     return results if writes else read_json_object(out / "results.json")
 
 
-def train_curve(model: nn.Module, space: WeightSpace, w_a: Tensor, w_b: Tensor, train_loader: Iterable,
-                cfg: ConnectConfig, *, out: Path | None = None, resume: bool = False,
-                progress: bool = False, adapter: ModelAdapter | None = None) -> Curve:
+def train_curve(
+    model: nn.Module,
+    space: WeightSpace,
+    w_a: Tensor,
+    w_b: Tensor,
+    train_loader: Iterable,
+    cfg: ConnectConfig,
+    *,
+    out: Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    adapter: ModelAdapter | None = None,
+) -> Curve:
     """Train a ``cfg.kind`` curve with ``cfg.bends`` control points from ``w_a`` to ``w_b`` (Garipov et al.
     2018): SGD with momentum on the inner points, the LR decaying from ``cfg.lr`` to 1% with the SWA
     schedule's shape over ``cfg.epochs`` (both must be set), objective cross-entropy at ``w(t)`` plus
@@ -184,9 +243,15 @@ def train_curve(model: nn.Module, space: WeightSpace, w_a: Tensor, w_b: Tensor, 
     # the loss depends on w(t) only through the returned prediction: loss_through_output holds
     cm = CurveModel(copy.deepcopy(model), curve, space, loss_through_output=True, adapter=adapter)
     opt = torch.optim.SGD(curve.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0)
-    files: dict[str, Any] = {} if out is None else {
-        "checkpoint_path": out / "checkpoint.safetensors", "checkpoint_every": cfg.checkpoint_every,
-        "log_path": out / "metrics.jsonl"}
+    files: dict[str, Any] = (
+        {}
+        if out is None
+        else {
+            "checkpoint_path": out / "checkpoint.safetensors",
+            "checkpoint_every": cfg.checkpoint_every,
+            "log_path": out / "metrics.jsonl",
+        }
+    )
     if adapter is not None:
         files.update(input_fn=lambda batch: _call_input(adapter, batch), target_fn=adapter.targets)
     task_loss = nn.CrossEntropyLoss() if adapter is None else adapter.loss_fn
@@ -198,10 +263,19 @@ def train_curve(model: nn.Module, space: WeightSpace, w_a: Tensor, w_b: Tensor, 
         # DDP's bucket views, which costs one copy per bucket and nothing else
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         dist_policy = DistributedPolicy(ignore=cm.ddp_ignore())
-    Trainer(cm, cm.l2_loss(task_loss, cfg.wd), opt, train_loader, epochs=cfg.epochs,
-            schedule=SWASchedule(cfg.lr, cfg.epochs, 0.01 * cfg.lr), seed=cfg.seed,
-            header={"config": asdict(cfg)}, progress=progress, distributed=dist_policy, **files
-            ).fit(resume=out / "checkpoint.safetensors" if resume and out is not None else None)
+    Trainer(
+        cm,
+        cm.l2_loss(task_loss, cfg.wd),
+        opt,
+        train_loader,
+        epochs=cfg.epochs,
+        schedule=SWASchedule(cfg.lr, cfg.epochs, 0.01 * cfg.lr),
+        seed=cfg.seed,
+        header={"config": asdict(cfg)},
+        progress=progress,
+        distributed=dist_policy,
+        **files,
+    ).fit(resume=out / "checkpoint.safetensors" if resume and out is not None else None)
     return curve
 
 
@@ -209,8 +283,9 @@ def _call_input(adapter: ModelAdapter, batch: Any) -> Any:
     """The adapter's ``(args, kwargs)`` as the one input value the trainer expands (a tuple or a dict)."""
     args, kwargs = adapter.inputs(batch)
     if args and kwargs:
-        raise ValueError("curve training takes positional or keyword model inputs, not both; "
-                         "pass input=... to the adapter")
+        raise ValueError(
+            "curve training takes positional or keyword model inputs, not both; pass input=... to the adapter"
+        )
     if kwargs:
         return kwargs
     return args[0] if len(args) == 1 else args
@@ -221,12 +296,14 @@ def read_curve_config(curve_dir: str | Path) -> ConnectConfig:
     folder is refused: it is not a curve folder)."""
     path = Path(curve_dir) / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{curve_dir} is not a curve folder: it has no config.json (make one with "
-                                "'valleys connect')")
+        raise FileNotFoundError(
+            f"{curve_dir} is not a curve folder: it has no config.json (make one with 'valleys connect')"
+        )
     raw = read_json_object(path)
     if raw.get("folder") != "curve":
-        raise ConfigError(f"{curve_dir} is not a curve folder (made by 'valleys connect'); {path} describes a "
-                          "training run")
+        raise ConfigError(
+            f"{curve_dir} is not a curve folder (made by 'valleys connect'); {path} describes a training run"
+        )
     cfg = settings_from_dict(ConnectConfig, raw, path, ignore=("folder", "data"))
     try:
         cfg.check()
@@ -243,15 +320,20 @@ def load_curve(curve_dir: Path, space: WeightSpace) -> Curve:
     if checkpoint_field(header, "signature", path) != space.signature():
         raise CheckpointError(f"{curve_dir / 'curve.safetensors'} belongs to another architecture than its endpoints")
     pts = checkpoint_field(state, "control_points", path, "state")
-    curve = Curve(pts[0], pts[-1], kind=checkpoint_field(header, "curve", path),
-                  bends=int(checkpoint_field(header, "bends", path)),
-                  sizes=[s.numel for s in space.slots])
+    curve = Curve(
+        pts[0],
+        pts[-1],
+        kind=checkpoint_field(header, "curve", path),
+        bends=int(checkpoint_field(header, "bends", path)),
+        sizes=[s.numel for s in space.slots],
+    )
     curve.set_inner(pts[1:-1])
     return curve
 
 
-def evaluate_curve_dir(curve_dir: str | Path, *, points: int | None = None, progress: bool = False,
-                       write: bool = True, _cache=None) -> dict[str, Any]:
+def evaluate_curve_dir(
+    curve_dir: str | Path, *, points: int | None = None, progress: bool = False, write: bool = True, _cache=None
+) -> dict[str, Any]:
     """Evaluate a curve folder's curve and the straight segment at ``points`` evenly spaced t (default: the
     folder's setting, 61), writing ``evaluation.json`` (or returning ``results.json`` content to
     :func:`connect_runs`), the figure ``figures/path.png`` and ``report.md``."""
@@ -270,21 +352,34 @@ def evaluate_curve_dir(curve_dir: str | Path, *, points: int | None = None, prog
     _, train_eval, test = _loaders(cfg, data_cfg, splits)
     ts = torch.linspace(0, 1, cfg.points).tolist()
     start = time.perf_counter()
-    kw = dict(train_loader=train_eval, test_loader=test, bn=cfg.bn, space=space, progress=progress,
-              adapter=data_cfg.adapter())
+    kw = dict(
+        train_loader=train_eval, test_loader=test, bn=cfg.bn, space=space, progress=progress, adapter=data_cfg.adapter()
+    )
     seg = evaluate_path(model_a, segment(curve.start, curve.end), ts, **kw)
     cur = evaluate_path(model_a, curve.point, ts, **kw)
-    ends = {"a": {k: seg[k][0] for k in ("train_loss", "train_error", "test_error", "test_nll")},
-            "b": {k: seg[k][-1] for k in ("train_loss", "train_error", "test_error", "test_nll")}}
-    results = {"kind": cfg.kind, "bends": cfg.bends, "points": cfg.points, "dataset": data_cfg.dataset,
-               "model": data_cfg.model, "endpoints": ends, "segment": seg, "curve": cur,
-               "barrier": {"segment_max_test_error": seg["summary"]["test_error"]["max"],
-                           "curve_max_test_error": cur["summary"]["test_error"]["max"],
-                           "worse_endpoint_test_error": max(ends["a"]["test_error"], ends["b"]["test_error"]),
-                           "segment_max_test_nll": seg["summary"]["test_nll"]["max"],
-                           "curve_max_test_nll": cur["summary"]["test_nll"]["max"],
-                           "worse_endpoint_test_nll": max(ends["a"]["test_nll"], ends["b"]["test_nll"])},
-               "eval_s": time.perf_counter() - start}
+    ends = {
+        "a": {k: seg[k][0] for k in ("train_loss", "train_error", "test_error", "test_nll")},
+        "b": {k: seg[k][-1] for k in ("train_loss", "train_error", "test_error", "test_nll")},
+    }
+    results = {
+        "kind": cfg.kind,
+        "bends": cfg.bends,
+        "points": cfg.points,
+        "dataset": data_cfg.dataset,
+        "model": data_cfg.model,
+        "endpoints": ends,
+        "segment": seg,
+        "curve": cur,
+        "barrier": {
+            "segment_max_test_error": seg["summary"]["test_error"]["max"],
+            "curve_max_test_error": cur["summary"]["test_error"]["max"],
+            "worse_endpoint_test_error": max(ends["a"]["test_error"], ends["b"]["test_error"]),
+            "segment_max_test_nll": seg["summary"]["test_nll"]["max"],
+            "curve_max_test_nll": cur["summary"]["test_nll"]["max"],
+            "worse_endpoint_test_nll": max(ends["a"]["test_nll"], ends["b"]["test_nll"]),
+        },
+        "eval_s": time.perf_counter() - start,
+    }
     _figure_and_report(curve_dir, cfg, results)
     if write:
         eval_s = results.pop("eval_s")
@@ -296,22 +391,35 @@ def evaluate_curve_dir(curve_dir: str | Path, *, points: int | None = None, prog
 def _figure_and_report(curve_dir: Path, cfg: ConnectConfig, res: dict[str, Any]) -> None:
     from .plots import plot_paths
 
-    fig = plot_paths({"segment": res["segment"], f"{cfg.kind} curve": res["curve"]},
-                     curve_dir / "figures" / "path.png", title=f"{res['model']} on {res['dataset']}: "
-                     f"{cfg.run_a} to {cfg.run_b}")
+    fig = plot_paths(
+        {"segment": res["segment"], f"{cfg.kind} curve": res["curve"]},
+        curve_dir / "figures" / "path.png",
+        title=f"{res['model']} on {res['dataset']}: {cfg.run_a} to {cfg.run_b}",
+    )
 
     # regression runs have no classification error: their test column is the Gaussian NLL
-    metric, scale, label = (("test_nll", 1.0, "test NLL") if math.isnan(res["segment"]["summary"]["test_error"]["max"])
-                            else ("test_error", 100.0, "test error (%)"))
+    metric, scale, label = (
+        ("test_nll", 1.0, "test NLL")
+        if math.isnan(res["segment"]["summary"]["test_error"]["max"])
+        else ("test_error", 100.0, "test error (%)")
+    )
 
     def row(name: str, s: dict) -> str:
-        return (f"| {name} | {s['train_loss']['min']:.4f} | {s['train_loss']['max']:.4f} | "
-                f"{scale * s[metric]['min']:.4f} | {scale * s[metric]['max']:.4f} | "
-                f"{scale * s[metric]['arc_mean']:.4f} |")
+        return (
+            f"| {name} | {s['train_loss']['min']:.4f} | {s['train_loss']['max']:.4f} | "
+            f"{scale * s[metric]['min']:.4f} | {scale * s[metric]['max']:.4f} | "
+            f"{scale * s[metric]['arc_mean']:.4f} |"
+        )
 
     ends = res["endpoints"]
-    end_stats = {k: {"min": min(ends["a"][k], ends["b"][k]), "max": max(ends["a"][k], ends["b"][k]),
-                     "arc_mean": (ends["a"][k] + ends["b"][k]) / 2} for k in ("train_loss", metric)}
+    end_stats = {
+        k: {
+            "min": min(ends["a"][k], ends["b"][k]),
+            "max": max(ends["a"][k], ends["b"][k]),
+            "arc_mean": (ends["a"][k] + ends["b"][k]) / 2,
+        }
+        for k in ("train_loss", metric)
+    }
     lines = [
         f"# Mode connectivity: {cfg.run_a} to {cfg.run_b}",
         "",

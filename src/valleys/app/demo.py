@@ -23,15 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from ..core.checkpoint import write_json
+from ..zoo.data import load_dataset
 from .claims import claims_markdown, demo_claims
 from .connect import ConnectConfig, connect_runs
 from .demo_subspace import subspace_finish, subspace_lines, subspace_plan
-from ..zoo.data import load_dataset
-from .report import aggregate, describe_config, format_table, markdown_table
 from .folders import check_output, output_guard
 from .parallel import call, default_jobs, run_jobs
-from .runs import TrainConfig, evaluate_run, prepare_run_dir, read_epoch_log, train_run
 from .presets import DEFAULT_PRESET, PRESETS, Preset, get_preset
+from .report import aggregate, describe_config, format_table, markdown_table
+from .runs import TrainConfig, evaluate_run, prepare_run_dir, read_epoch_log, train_run
 from .semisup import SemisupConfig, semisup_calls, semisup_finish, summary_lines
 
 __all__ = ["DEMO_CONFIG", "ROWS", "geometry_section", "preset_config", "run_demo"]
@@ -70,8 +70,13 @@ def _row_result(run_dir: Path, run_method: str, method: str, temp: bool, splits,
         if method == run_method and not temp:
             cache[key] = json.loads((run_dir / "results.json").read_text())
         else:
-            res = evaluate_run(run_dir, as_method=None if method == run_method else method,
-                               temperature_scaling=temp, splits=splits, write=False)
+            res = evaluate_run(
+                run_dir,
+                as_method=None if method == run_method else method,
+                temperature_scaling=temp,
+                splits=splits,
+                write=False,
+            )
             if temp:
                 res["metrics"]["test"] = res["metrics"]["test_temperature"]
                 res["reliability"]["test"] = res["reliability"]["test_temperature"]
@@ -97,12 +102,25 @@ def quick_base(base: TrainConfig, keep: Iterable[str] = (), quick: dict[str, Any
     return dataclasses.replace(base, **{k: v for k, v in (quick or QUICK).items() if k not in set(keep)})
 
 
-def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Sequence[int] | None = None,
-             overwrite: bool = False, progress: bool = True, base: TrainConfig | None = None, ood: bool = True,
-             curves: bool = True, curve: dict | None = None, log: Callable[..., None] = print,
-             keep: Iterable[str] = (), subspace: bool | dict = True, jobs: int | None = None,
-             semisup: bool | dict = True, budgets: Sequence[float] | None = None,
-             preset: str | Preset = DEFAULT_PRESET) -> dict[str, Any]:
+def run_demo(
+    out: str | Path = "runs/demo",
+    *,
+    quick: bool = False,
+    seeds: Sequence[int] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    base: TrainConfig | None = None,
+    ood: bool = True,
+    curves: bool = True,
+    curve: dict | None = None,
+    log: Callable[..., None] = print,
+    keep: Iterable[str] = (),
+    subspace: bool | dict = True,
+    jobs: int | None = None,
+    semisup: bool | dict = True,
+    budgets: Sequence[float] | None = None,
+    preset: str | Preset = DEFAULT_PRESET,
+) -> dict[str, Any]:
     """Train the demo's runs for each seed under ``out`` and write the summary into ``out``.
 
     ``quick`` shrinks the budget to the preset's quick one (:attr:`Preset.quick`) except for the settings of
@@ -133,16 +151,25 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
     # what the user changed from the preset: its OOD settings and budgets were chosen for its own data and model
     own = preset_config(p)
     own_data = (base.dataset, base.model) == (own.dataset, own.model)
-    changed = set(keep) | {f.name for f in dataclasses.fields(own) if f.name not in p.quick
-                           and getattr(base, f.name) != getattr(own, f.name)}
+    changed = set(keep) | {
+        f.name
+        for f in dataclasses.fields(own)
+        if f.name not in p.quick and getattr(base, f.name) != getattr(own, f.name)
+    }
     budgets = check_budgets(budgets if budgets is not None else ((1.0,) if quick or not own_data else p.budgets))
-    extra_budgets = {b: dataclasses.replace(cfgs["swag"], epochs=round(b * cfgs["swag"].epochs)).resolved()
-                     for b in budgets if b != 1.0}
+    extra_budgets = {
+        b: dataclasses.replace(cfgs["swag"], epochs=round(b * cfgs["swag"].epochs)).resolved()
+        for b in budgets
+        if b != 1.0
+    }
     # the preset's own OOD settings on its own data and model, except those the user set (all of them when
     # the user set the LR): the user's flags hold for every run
-    ood_over = ({} if not own_data or "lr" in changed else {k: v for k, v in p.ood.items() if k not in changed})
-    ood_cfgs = {m: dataclasses.replace(cfgs[m], ood_split=True, **ood_over).resolved() for m in ("sgd", "swag")
-                } if ood else None
+    ood_over = {} if not own_data or "lr" in changed else {k: v for k, v in p.ood.items() if k not in changed}
+    ood_cfgs = (
+        {m: dataclasses.replace(cfgs[m], ood_split=True, **ood_over).resolved() for m in ("sgd", "swag")}
+        if ood
+        else None
+    )
     out = Path(out)
     prepare_run_dir(out, overwrite=overwrite, create=False)  # refuse before any work
     with output_guard(out):  # a failed or interrupted demo leaves nothing that blocks running it again
@@ -152,33 +179,87 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seeds: Seque
         if semisup and p.semisup is None:
             log(f"  (preset {p.name} has no semi-supervised section: it does not fit the preset's budget)")
         elif semisup:
-            data = {"dataset": base.dataset, "model": base.model, "data_root": base.data_root,
-                    "train_subset": base.train_subset, "test_subset": base.test_subset,
-                    "val_fraction": base.val_fraction}
-            semi = SemisupConfig(**{**data, **p.semisup, **{k: v for k, v in data.items() if k in changed},
-                                    **(p.semisup_quick if quick else {}),
-                                    **(semisup if isinstance(semisup, dict) else {}), "seeds": list(seeds)})
+            data = {
+                "dataset": base.dataset,
+                "model": base.model,
+                "data_root": base.data_root,
+                "train_subset": base.train_subset,
+                "test_subset": base.test_subset,
+                "val_fraction": base.val_fraction,
+            }
+            semi = SemisupConfig(
+                **{
+                    **data,
+                    **p.semisup,
+                    **{k: v for k, v in data.items() if k in changed},
+                    **(p.semisup_quick if quick else {}),
+                    **(semisup if isinstance(semisup, dict) else {}),
+                    "seeds": list(seeds),
+                }
+            )
             semi.check()
         curve = curve or (p.curve_quick if quick else p.curve)
         if not p.subspace:
             subspace = False
         elif subspace is True and isinstance(p.subspace, dict) and not quick:
             subspace = dict(p.subspace)
-        return _demo_body(out, base, cfgs, seeds, quick, progress, ood_cfgs, curves, curve, log, subspace, jobs, semi,
-                          extra_budgets, p.name)
+        return _demo_body(
+            out,
+            base,
+            cfgs,
+            seeds,
+            quick,
+            progress,
+            ood_cfgs,
+            curves,
+            curve,
+            log,
+            subspace,
+            jobs,
+            semi,
+            extra_budgets,
+            p.name,
+        )
 
 
-def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick: bool, progress: bool,
-               ood: dict[str, TrainConfig] | None,
-               curves: bool, curve: dict | None, log: Callable[..., None], subspace: bool | dict = True,
-               jobs: int = 1, semi: SemisupConfig | None = None,
-               extra_budgets: dict[float, TrainConfig] | None = None, preset: str = DEFAULT_PRESET) -> dict[str, Any]:
+def _demo_body(
+    out: Path,
+    base: TrainConfig,
+    cfgs: dict,
+    seeds: list[int],
+    quick: bool,
+    progress: bool,
+    ood: dict[str, TrainConfig] | None,
+    curves: bool,
+    curve: dict | None,
+    log: Callable[..., None],
+    subspace: bool | dict = True,
+    jobs: int = 1,
+    semi: SemisupConfig | None = None,
+    extra_budgets: dict[float, TrainConfig] | None = None,
+    preset: str = DEFAULT_PRESET,
+) -> dict[str, Any]:
     start = time.perf_counter()
     extra_budgets = extra_budgets or {}
-    splits = load_dataset(base.dataset, val_fraction=base.val_fraction, train_subset=base.train_subset,
-                          test_subset=base.test_subset, root=base.data_root)  # a data error: the guard cleans up
-    ood_splits = load_dataset(base.dataset, val_fraction=base.val_fraction, train_subset=base.train_subset,
-                              test_subset=base.test_subset, root=base.data_root, ood_split=True) if ood else None
+    splits = load_dataset(
+        base.dataset,
+        val_fraction=base.val_fraction,
+        train_subset=base.train_subset,
+        test_subset=base.test_subset,
+        root=base.data_root,
+    )  # a data error: the guard cleans up
+    ood_splits = (
+        load_dataset(
+            base.dataset,
+            val_fraction=base.val_fraction,
+            train_subset=base.train_subset,
+            test_subset=base.test_subset,
+            root=base.data_root,
+            ood_split=True,
+        )
+        if ood
+        else None
+    )
     per_row: dict[str, list[dict]] = {r: [] for r in ROWS}
     ood_auroc: dict[str, list[float]] = {r: [] for r in OOD_ROWS}
     cache: dict = {}
@@ -186,24 +267,37 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
     calls, names = [], []
     for seed in seeds:
         for method, cfg in cfgs.items():
-            calls.append({"cfg": dataclasses.replace(cfg, seed=seed), "out": out / f"{method}-seed{seed}",
-                          "splits": splits})
+            calls.append(
+                {"cfg": dataclasses.replace(cfg, seed=seed), "out": out / f"{method}-seed{seed}", "splits": splits}
+            )
             names.append((method, seed))
         for b, cfg in extra_budgets.items():  # the budget protocol: SWA and SWAG at b budgets
-            calls.append({"cfg": dataclasses.replace(cfg, seed=seed), "out": out / f"swag-budget{b:g}-seed{seed}",
-                          "splits": splits})
+            calls.append(
+                {
+                    "cfg": dataclasses.replace(cfg, seed=seed),
+                    "out": out / f"swag-budget{b:g}-seed{seed}",
+                    "splits": splits,
+                }
+            )
             names.append((f"swag x{b:g}", seed))
         for method, cfg in (ood or {}).items():
-            calls.append({"cfg": dataclasses.replace(cfg, seed=seed),
-                          "out": out / f"ood-{method}-seed{seed}", "splits": ood_splits})
+            calls.append(
+                {
+                    "cfg": dataclasses.replace(cfg, seed=seed),
+                    "out": out / f"ood-{method}-seed{seed}",
+                    "splits": ood_splits,
+                }
+            )
             names.append((f"ood-{method}", seed))
     for call in calls:
         call.update(overwrite=True, progress=progress and jobs <= 1)
     bar = _jobs_bar(len(calls), "demo runs", progress and jobs > 1)
     try:
         for (method, seed), res in zip(names, run_jobs(train_run, calls, jobs=jobs, progress=bar)):
-            log(f"  {method:4s} seed {seed}: test accuracy {100 * res['metrics']['test']['accuracy']:.2f}%  "
-                f"NLL {res['metrics']['test']['nll']:.4f}  ({res['timing']['total_train_s']:.1f}s training)")
+            log(
+                f"  {method:4s} seed {seed}: test accuracy {100 * res['metrics']['test']['accuracy']:.2f}%  "
+                f"NLL {res['metrics']['test']['nll']:.4f}  ({res['timing']['total_train_s']:.1f}s training)"
+            )
     finally:
         if bar is not None:
             bar.close()
@@ -220,13 +314,28 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
                 ood_auroc[row].append(res["ood_auroc"])
             log(f"  OOD seed {seed}: AUROC " + ", ".join(f"{r} {ood_auroc[r][-1]:.4f}" for r in OOD_ROWS))
 
-    budget_rows = {f"{name} x{b:g}": [_row_result(out / f"swag-budget{b:g}-seed{s}", "swag", method, False, splits, cache)
-                                     for s in seeds]
-                   for b in extra_budgets for name, method in (("SWA", "swa"), ("SWAG", "swag"))}
+    budget_rows = {
+        f"{name} x{b:g}": [
+            _row_result(out / f"swag-budget{b:g}-seed{s}", "swag", method, False, splits, cache) for s in seeds
+        ]
+        for b in extra_budgets
+        for name, method in (("SWA", "swa"), ("SWAG", "swag"))
+    }
 
     # the curves and the subspace section's first runs share one pool (they need only the trained runs)
-    plan = subspace_plan(out, seeds, None, quick=quick, progress=progress, jobs=jobs,
-                         settings=subspace if isinstance(subspace, dict) else None) if subspace else None
+    plan = (
+        subspace_plan(
+            out,
+            seeds,
+            None,
+            quick=quick,
+            progress=progress,
+            jobs=jobs,
+            settings=subspace if isinstance(subspace, dict) else None,
+        )
+        if subspace
+        else None
+    )
     extra = list(plan.first_calls) if plan else []
     n_sub = len(extra)
     if semi is not None:  # the semi-supervised runs are independent of everything else: the same pool
@@ -248,8 +357,13 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
     methods = []
     for r, xs in per_row.items():
         entry: dict[str, Any] = {
-            "method": r, "run_method": ROWS[r][0], "evaluated_as": ROWS[r][1], "temperature_scaling": ROWS[r][2],
-            "dataset": base.dataset, "model": base.model, "seeds": seeds,
+            "method": r,
+            "run_method": ROWS[r][0],
+            "evaluated_as": ROWS[r][1],
+            "temperature_scaling": ROWS[r][2],
+            "dataset": base.dataset,
+            "model": base.model,
+            "seeds": seeds,
             "metrics": {"test": {k: v["mean"] for k, v in rows[r].items()}},
             "spread": {"test": rows[r]},
         }
@@ -262,26 +376,59 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
                 entry["ensemble_prefix_test_accuracy"] = [x["ensemble_prefix_test_accuracy"] for x in xs]
         methods.append(entry)
     fge_row = next(m for m in methods if m["method"] == "FGE")
-    claims = demo_claims(per_row, ood_auroc if ood else None,
-                         {k: fge_row[k] for k in ("ensemble_test_accuracy", "best_member_test_accuracy",
-                                                  "ensemble_prefix_test_accuracy") if k in fge_row},
-                         connectivity, geometry, section, semi_res["claim_rows"] if semi_res else (), budget_rows)
+    claims = demo_claims(
+        per_row,
+        ood_auroc if ood else None,
+        {
+            k: fge_row[k]
+            for k in ("ensemble_test_accuracy", "best_member_test_accuracy", "ensemble_prefix_test_accuracy")
+            if k in fge_row
+        },
+        connectivity,
+        geometry,
+        section,
+        semi_res["claim_rows"] if semi_res else (),
+        budget_rows,
+    )
     budget_table = None
     spe = math.ceil(len(splits.train) / base.batch_size)  # steps per epoch (the last batch may be smaller)
     if extra_budgets:
-        budget_table = {"epochs": {"x1": base.epochs} | {f"x{b:g}": c.epochs for b, c in extra_budgets.items()},
-                        "steps_per_epoch": spe,
-                        "rows": {**{f"{r} x1": rows[r] for r in ("SGD", "SWA", "SWAG")},
-                                 **{k: aggregate([x["metrics"]["test"] for x in xs]) for k, xs in budget_rows.items()}}}
-    results = {"preset": preset, "warnings": warnings, "dataset": base.dataset, "model": base.model, "seeds": seeds, "quick": quick,
-               "steps_per_epoch": spe, "methods": methods,
-               "claims": claims, "budgets": budget_table,
-               "mode_connectivity": connectivity, "geometry": geometry, "subspace": section,
-               "semisup": {k: semi_res[k] for k in ("settings", "summary", "claims", "figures")} if semi_res else None,
-               "timing": {"total_s": time.perf_counter() - start}}
-    write_json(out / "config.json", {"base": dataclasses.asdict(base), "runs": {m: dataclasses.asdict(c) for m, c in cfgs.items()},
-                                     "seeds": seeds, "quick": quick, "preset": preset,
-                                     "ood": {m: dataclasses.asdict(c) for m, c in ood.items()} if ood else None})
+        budget_table = {
+            "epochs": {"x1": base.epochs} | {f"x{b:g}": c.epochs for b, c in extra_budgets.items()},
+            "steps_per_epoch": spe,
+            "rows": {
+                **{f"{r} x1": rows[r] for r in ("SGD", "SWA", "SWAG")},
+                **{k: aggregate([x["metrics"]["test"] for x in xs]) for k, xs in budget_rows.items()},
+            },
+        }
+    results = {
+        "preset": preset,
+        "warnings": warnings,
+        "dataset": base.dataset,
+        "model": base.model,
+        "seeds": seeds,
+        "quick": quick,
+        "steps_per_epoch": spe,
+        "methods": methods,
+        "claims": claims,
+        "budgets": budget_table,
+        "mode_connectivity": connectivity,
+        "geometry": geometry,
+        "subspace": section,
+        "semisup": {k: semi_res[k] for k in ("settings", "summary", "claims", "figures")} if semi_res else None,
+        "timing": {"total_s": time.perf_counter() - start},
+    }
+    write_json(
+        out / "config.json",
+        {
+            "base": dataclasses.asdict(base),
+            "runs": {m: dataclasses.asdict(c) for m, c in cfgs.items()},
+            "seeds": seeds,
+            "quick": quick,
+            "preset": preset,
+            "ood": {m: dataclasses.asdict(c) for m, c in ood.items()} if ood else None,
+        },
+    )
     write_json(out / "results.json", results)
     figures = _figures(out, seeds, cfgs, per_row, base)
     if connectivity:
@@ -290,23 +437,45 @@ def _demo_body(out: Path, base: TrainConfig, cfgs: dict, seeds: list[int], quick
         figures.update({t: out / "geometry" / sub / "figures" / name for t, (sub, name) in GEOMETRY_FIGURES.items()})
     if section:
         figures["posterior over a 2-D slice of the PCA subspace (slides 27-29)"] = (
-            out / "subspace" / f"pca-ess-seed{seeds[0]}" / "figures" / "posterior.png")
+            out / "subspace" / f"pca-ess-seed{seeds[0]}" / "figures" / "posterior.png"
+        )
         figures["1-D regression with a gap (slide 32)"] = out / section["toy"]["figure"]
     if semi_res:
         for f in semi_res["figures"]:
             name = Path(f).stem
-            title = ("how far the iterates travel, supervised and consistency-regularised (slide 35)" if name == "travel"
-                     else f"semi-supervised test error against epoch, consistency {name[6:]} (slide 36)")
+            title = (
+                "how far the iterates travel, supervised and consistency-regularised (slide 35)"
+                if name == "travel"
+                else f"semi-supervised test error against epoch, consistency {name[6:]} (slide 36)"
+            )
             figures[title] = out / "semisup" / f
-    _report(out, base, seeds, cfgs, rows, methods, figures, results["timing"]["total_s"], results["steps_per_epoch"],
-            connectivity, geometry,
-            section, (semi, semi_res) if semi_res else None, claims, budget_table, preset,
-            ood["swag"] if ood else None, warnings)
+    _report(
+        out,
+        base,
+        seeds,
+        cfgs,
+        rows,
+        methods,
+        figures,
+        results["timing"]["total_s"],
+        results["steps_per_epoch"],
+        connectivity,
+        geometry,
+        section,
+        (semi, semi_res) if semi_res else None,
+        claims,
+        budget_table,
+        preset,
+        ood["swag"] if ood else None,
+        warnings,
+    )
     log("")
     log(format_table(rows))
     if ood:
-        log("OOD AUROC (entropy; train on classes 0-4, OOD 5-9): " + ", ".join(
-            f"{r} {aggregate([{'a': a} for a in ood_auroc[r]], ['a'])['a']['mean']:.4f}" for r in OOD_ROWS))
+        log(
+            "OOD AUROC (entropy; train on classes 0-4, OOD 5-9): "
+            + ", ".join(f"{r} {aggregate([{'a': a} for a in ood_auroc[r]], ['a'])['a']['mean']:.4f}" for r in OOD_ROWS)
+        )
     log(f"\nwrote {out}/results.json, {out}/report.md and {len(figures)} figures")
     return results
 
@@ -319,9 +488,11 @@ def untrained_runs(runs: Sequence[tuple[Path, int]]) -> list[str]:
     for run, classes in runs:
         rows = [r for r in read_epoch_log(Path(run)) if "train_accuracy" in r]
         if rows and rows[-1]["train_accuracy"] < 1.5 / classes:
-            out.append(f"{Path(run).name} did not train: training accuracy {100 * rows[-1]['train_accuracy']:.1f}% "
-                       f"at epoch {rows[-1]['epoch']} (chance {100 / classes:.1f}%); its numbers enter the tables "
-                       "and claims as they are, so lower the LR (e.g. --lr) or change the seed")
+            out.append(
+                f"{Path(run).name} did not train: training accuracy {100 * rows[-1]['train_accuracy']:.1f}% "
+                f"at epoch {rows[-1]['epoch']} (chance {100 / classes:.1f}%); its numbers enter the tables "
+                "and claims as they are, so lower the LR (e.g. --lr) or change the seed"
+            )
     return out
 
 
@@ -345,30 +516,55 @@ def _figures(out: Path, seeds, cfgs, per_row, base) -> dict[str, Path]:
     }
     return {
         "test error against epoch (slide 20)": plot_error_curves(
-            curves, out / "figures" / "test_error_vs_epoch.png", marker_epoch=swa_start,
-            title=f"{base.model} on {base.dataset}: test error (mean of {len(seeds)} seeds)"),
+            curves,
+            out / "figures" / "test_error_vs_epoch.png",
+            marker_epoch=swa_start,
+            title=f"{base.model} on {base.dataset}: test error (mean of {len(seeds)} seeds)",
+        ),
         "reliability (slide 23)": plot_reliability(
             {r: per_row[r][0]["reliability"]["test_log_bins"] for r in ("SGD", "SWA", "SWA-Temp", "SWAG", "FGE")},
-            out / "figures" / "reliability.png", title=f"{base.model} on {base.dataset}, seed {seeds[0]}"),
+            out / "figures" / "reliability.png",
+            title=f"{base.model} on {base.dataset}, seed {seeds[0]}",
+        ),
     }
 
 
-def _connect(out: Path, seeds: list[int], sgd_cfg: TrainConfig, splits, curve: dict, progress: bool,
-             log: Callable[..., None], jobs: int = 1, extra: list[dict] | None = None) -> tuple[dict[str, Any], list]:
+def _connect(
+    out: Path,
+    seeds: list[int],
+    sgd_cfg: TrainConfig,
+    splits,
+    curve: dict,
+    progress: bool,
+    log: Callable[..., None],
+    jobs: int = 1,
+    extra: list[dict] | None = None,
+) -> tuple[dict[str, Any], list]:
     """Bezier curves between SGD networks of different seeds; summary of barriers (mean over pairs). ``extra``:
     other jobs (:func:`valleys.app.parallel.call` arguments) run in the same pool; their results come second."""
     ends = list(seeds)
     if len(ends) == 1:  # a second independent network
         other = ends[0] + 1
-        train_run(dataclasses.replace(sgd_cfg, seed=other), out / f"sgd-seed{other}", overwrite=True,
-                  progress=progress, splits=splits)
+        train_run(
+            dataclasses.replace(sgd_cfg, seed=other),
+            out / f"sgd-seed{other}",
+            overwrite=True,
+            progress=progress,
+            splits=splits,
+        )
         ends.append(other)
     pairs = [(ends[i], ends[(i + 1) % len(ends)]) for i in range(len(ends) if len(ends) > 2 else 1)]
     rows = []
-    calls = [{"fn": connect_runs, "cfg": ConnectConfig(str(out / f"sgd-seed{a}"), str(out / f"sgd-seed{b}"), seed=a,
-                                                      **curve),
-              "out": out / f"curve-seed{a}-seed{b}", "overwrite": True, "progress": progress and jobs <= 1}
-             for a, b in pairs]
+    calls = [
+        {
+            "fn": connect_runs,
+            "cfg": ConnectConfig(str(out / f"sgd-seed{a}"), str(out / f"sgd-seed{b}"), seed=a, **curve),
+            "out": out / f"curve-seed{a}-seed{b}",
+            "overwrite": True,
+            "progress": progress and jobs <= 1,
+        }
+        for a, b in pairs
+    ]
     extra = list(extra or [])
     bar = _jobs_bar(len(calls) + len(extra), "curves and subspaces", progress and jobs > 1)
     try:
@@ -379,17 +575,31 @@ def _connect(out: Path, seeds: list[int], sgd_cfg: TrainConfig, splits, curve: d
     for (a, b), res in zip(pairs, results):
         folder = f"curve-seed{a}-seed{b}"
         bar = res["barrier"]
-        rows.append({"folder": folder, "segment_max_test_error": bar["segment_max_test_error"],
-                     "curve_max_test_error": bar["curve_max_test_error"],
-                     "worse_endpoint_test_error": bar["worse_endpoint_test_error"],
-                     "segment_max_train_loss": res["segment"]["summary"]["train_loss"]["max"],
-                     "curve_max_train_loss": res["curve"]["summary"]["train_loss"]["max"]})
-        log(f"  curve seed {a} - seed {b}: max test error segment {100 * bar['segment_max_test_error']:.2f}%, "
-            f"curve {100 * bar['curve_max_test_error']:.2f}%, worse endpoint {100 * bar['worse_endpoint_test_error']:.2f}%")
+        rows.append(
+            {
+                "folder": folder,
+                "segment_max_test_error": bar["segment_max_test_error"],
+                "curve_max_test_error": bar["curve_max_test_error"],
+                "worse_endpoint_test_error": bar["worse_endpoint_test_error"],
+                "segment_max_train_loss": res["segment"]["summary"]["train_loss"]["max"],
+                "curve_max_train_loss": res["curve"]["summary"]["train_loss"]["max"],
+            }
+        )
+        log(
+            f"  curve seed {a} - seed {b}: max test error segment {100 * bar['segment_max_test_error']:.2f}%, "
+            f"curve {100 * bar['curve_max_test_error']:.2f}%, worse endpoint {100 * bar['worse_endpoint_test_error']:.2f}%"
+        )
     keys = [k for k in rows[0] if k != "folder"]
-    return {"kind": "bezier", "bends": 3, **curve, "epochs": res["training"]["epochs"], "lr": res["training"]["lr"],
-            "bn": res["curve"]["bn"],
-            "pairs": rows, "summary": aggregate(rows, keys)}, results[len(calls):]
+    return {
+        "kind": "bezier",
+        "bends": 3,
+        **curve,
+        "epochs": res["training"]["epochs"],
+        "lr": res["training"]["lr"],
+        "bn": res["curve"]["bn"],
+        "pairs": rows,
+        "summary": aggregate(rows, keys),
+    }, results[len(calls) :]
 
 
 def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Callable[..., None]) -> dict[str, Any]:
@@ -401,59 +611,118 @@ def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Cal
     plane_note = None
     if (out / f"swag-seed{seeds[0]}" / "trajectory.safetensors").is_file():
         plane = L.trajectory_plane_study(out / f"swag-seed{seeds[0]}", n=9 if quick else 15, progress=progress)
-        L.write_study(g / "plane", plane, title=f"plane through SGD iterates W1, W2, W3 and SWA (seed {seeds[0]})", overwrite=True)
+        L.write_study(
+            g / "plane", plane, title=f"plane through SGD iterates W1, W2, W3 and SWA (seed {seeds[0]})", overwrite=True
+        )
     else:  # a run folder from before valleys kept trajectories
-        plane_note = (f"no trajectory plane: {out / f'swag-seed{seeds[0]}'} holds no trajectory.safetensors "
-                      "(made by an older valleys); train the run again to get it")
+        plane_note = (
+            f"no trajectory plane: {out / f'swag-seed{seeds[0]}'} holds no trajectory.safetensors "
+            "(made by an older valleys); train the run again to get it"
+        )
         log(f"  {plane_note}")
     rows = []
     for s in seeds:
         model, w_swa, cfg, loaders, bn = L.load_context(out / f"swag-seed{s}")
         adapter = cfg.adapter()
         sgd_model, w_sgd, _, _, _ = L.load_context(out / f"sgd-seed{s}")
-        path = L.path_study(model, w_swa, w_sgd, loaders, points=21 if quick else 41, bn_loader=bn, progress=progress,
-                            adapter=adapter)
+        path = L.path_study(
+            model, w_swa, w_sgd, loaders, points=21 if quick else 41, bn_loader=bn, progress=progress, adapter=adapter
+        )
         path["a_label"], path["b_label"] = "SWA", "SGD"
         reach = float(w_swa.norm())  # rays out to a perturbation as large as the weights themselves
-        rays = L.rays_study(model, {"SWA": w_swa, "SGD": w_sgd}, loaders["train"], rays=3 if quick else 6,
-                            max_distance=reach, steps=11 if quick else 16, rise=0.1, seed=s, bn_loader=bn,
-                            progress=progress, adapter=adapter)
+        rays = L.rays_study(
+            model,
+            {"SWA": w_swa, "SGD": w_sgd},
+            loaders["train"],
+            rays=3 if quick else 6,
+            max_distance=reach,
+            steps=11 if quick else 16,
+            rise=0.1,
+            seed=s,
+            bn_loader=bn,
+            progress=progress,
+            adapter=adapter,
+        )
         if s == seeds[0]:
             L.write_study(g / "path", path, title=f"line from SWA (0) to SGD (seed {s})", overwrite=True)
             L.write_study(g / "rays", rays, title=f"train loss along random rays (seed {s})", overwrite=True)
         batches = [next(iter(loaders["train"]))]  # a fixed subset: the first 1000 training examples
-        eig = {name: L.sharpness_study(m, batches, k=1, iterations=20, trace_samples=10, seed=s,
-                                       adapter=adapter)["top_eigenvalues"][0]
-               for name, m in (("SWA", model), ("SGD", sgd_model))}
+        eig = {
+            name: L.sharpness_study(m, batches, k=1, iterations=20, trace_samples=10, seed=s, adapter=adapter)[
+                "top_eigenvalues"
+            ][0]
+            for name, m in (("SWA", model), ("SGD", sgd_model))
+        }
         d, loss = path["distance"], path["curves"]["train"]["loss"]
-        at = {k: min(range(len(d)), key=lambda i, x=x: abs(d[i] - x)) for k, x in (("SWA", 0.0), ("SGD", path["length"]))}
-        row = {"seed": s, "eig_SWA": eig["SWA"], "eig_SGD": eig["SGD"],
-               "width_SWA": rays["centers"]["SWA"]["mean_width"], "width_SGD": rays["centers"]["SGD"]["mean_width"],
-               "distance": path["length"], "reach": reach,
-               # a lower bound of the mean width: a ray whose loss never rose within the reach counts as the reach
-               **{f"width_floor_{k}": sum(min(w, reach) for w in c["width"]) / len(c["width"])
-                  for k, c in rays["centers"].items()},
-               "loss_SWA": loss[at["SWA"]], "loss_SGD": loss[at["SGD"]],
-               "error_SWA": path["curves"]["test"]["error"][at["SWA"]],
-               "error_SGD": path["curves"]["test"]["error"][at["SGD"]],
-               "line_min_loss": min(loss), "line_argmin": d[loss.index(min(loss))],
-               # how the train loss changes going 0.5 d further out past each end (d: SWA-SGD distance)
-               "rise_out_SWA": loss[0] - loss[at["SWA"]], "rise_out_SGD": loss[-1] - loss[at["SGD"]]}
+        at = {
+            k: min(range(len(d)), key=lambda i, x=x: abs(d[i] - x)) for k, x in (("SWA", 0.0), ("SGD", path["length"]))
+        }
+        row = {
+            "seed": s,
+            "eig_SWA": eig["SWA"],
+            "eig_SGD": eig["SGD"],
+            "width_SWA": rays["centers"]["SWA"]["mean_width"],
+            "width_SGD": rays["centers"]["SGD"]["mean_width"],
+            "distance": path["length"],
+            "reach": reach,
+            # a lower bound of the mean width: a ray whose loss never rose within the reach counts as the reach
+            **{
+                f"width_floor_{k}": sum(min(w, reach) for w in c["width"]) / len(c["width"])
+                for k, c in rays["centers"].items()
+            },
+            "loss_SWA": loss[at["SWA"]],
+            "loss_SGD": loss[at["SGD"]],
+            "error_SWA": path["curves"]["test"]["error"][at["SWA"]],
+            "error_SGD": path["curves"]["test"]["error"][at["SGD"]],
+            "line_min_loss": min(loss),
+            "line_argmin": d[loss.index(min(loss))],
+            # how the train loss changes going 0.5 d further out past each end (d: SWA-SGD distance)
+            "rise_out_SWA": loss[0] - loss[at["SWA"]],
+            "rise_out_SGD": loss[-1] - loss[at["SGD"]],
+        }
         rows.append(row)
-        log(f"  geometry seed {s}: top Hessian eigenvalue SWA {row['eig_SWA']:.3f}, SGD {row['eig_SGD']:.3f}; "
+        log(
+            f"  geometry seed {s}: top Hessian eigenvalue SWA {row['eig_SWA']:.3f}, SGD {row['eig_SGD']:.3f}; "
             f"valley width SWA {row['width_SWA']:.3f}, SGD {row['width_SGD']:.3f}; line: train loss SWA "
-            f"{row['loss_SWA']:.4f}, SGD {row['loss_SGD']:.4f} at distance {row['distance']:.3f}")
+            f"{row['loss_SWA']:.4f}, SGD {row['loss_SGD']:.4f} at distance {row['distance']:.3f}"
+        )
     keys = [k for k in rows[0] if k != "seed"]
-    return {"per_seed": rows, "summary": aggregate(rows, keys), "rise": 0.1, "plane_note": plane_note,
-            "units": "Euclidean distance in weight space", "sharpness_subset": "first 1000 training examples, eval mode"}
+    return {
+        "per_seed": rows,
+        "summary": aggregate(rows, keys),
+        "rise": 0.1,
+        "plane_note": plane_note,
+        "units": "Euclidean distance in weight space",
+        "sharpness_subset": "first 1000 training examples, eval mode",
+    }
 
 
-def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float, spe: int, connectivity=None,
-            geometry=None, section=None, semisup=None, claims=None, budgets=None, preset: str = DEFAULT_PRESET,
-            ood_cfg: TrainConfig | None = None, warnings: Sequence[str] = ()) -> None:
+def _report(
+    out: Path,
+    base,
+    seeds,
+    cfgs,
+    rows,
+    methods,
+    figures,
+    total_s: float,
+    spe: int,
+    connectivity=None,
+    geometry=None,
+    section=None,
+    semisup=None,
+    claims=None,
+    budgets=None,
+    preset: str = DEFAULT_PRESET,
+    ood_cfg: TrainConfig | None = None,
+    warnings: Sequence[str] = (),
+) -> None:
     swa_start = cfgs["swag"].swa_start
-    ood_lines = [f"| {m['method']} | {m['ood_auroc']['mean']:.4f} ± {m['ood_auroc']['std']:.4f} |"
-                 for m in methods if "ood_auroc" in m]
+    ood_lines = [
+        f"| {m['method']} | {m['ood_auroc']['mean']:.4f} ± {m['ood_auroc']['std']:.4f} |"
+        for m in methods
+        if "ood_auroc" in m
+    ]
     fge = next(m for m in methods if m["method"] == "FGE")
     lines = [
         f"# valleys demo: SGD, SWA, SWAG and FGE on {base.dataset}",
@@ -480,79 +749,134 @@ def _report(out: Path, base, seeds, cfgs, rows, methods, figures, total_s: float
     if fge.get("ensemble_prefix_test_accuracy"):
         prefix = fge["ensemble_prefix_test_accuracy"]
         means = [sum(p[k] for p in prefix) / len(prefix) for k in range(len(prefix[0]))]
-        lines[-1:-1] = ["FGE: test accuracy of the ensemble of its first k snapshots, mean over seeds (%): "
-                        + ", ".join(f"k={k + 1}: {100 * m:.2f}" for k, m in enumerate(means)) + "."]
+        lines[-1:-1] = [
+            "FGE: test accuracy of the ensemble of its first k snapshots, mean over seeds (%): "
+            + ", ".join(f"k={k + 1}: {100 * m:.2f}" for k, m in enumerate(means))
+            + "."
+        ]
     if warnings:
         lines[4:4] = ["**Warning.** " + "; ".join(warnings) + ".", ""]
     if budgets:
-        lines += ["## The budget protocol (Izmailov et al. 2018)", "",
-                  "SGD trained for one budget against SWA and SWAG at each multiple of it (the same averaging "
-                  f"start, epoch {swa_start} = {swa_start * spe} steps; {spe} steps per epoch). Budgets: "
-                  + ", ".join(f"{k} = {e} epochs ({e * spe} steps)" for k, e in budgets["epochs"].items())
-                  + ". Test metrics, mean ± std over seeds.", "", markdown_table(budgets["rows"]), ""]
+        lines += [
+            "## The budget protocol (Izmailov et al. 2018)",
+            "",
+            "SGD trained for one budget against SWA and SWAG at each multiple of it (the same averaging "
+            f"start, epoch {swa_start} = {swa_start * spe} steps; {spe} steps per epoch). Budgets: "
+            + ", ".join(f"{k} = {e} epochs ({e * spe} steps)" for k, e in budgets["epochs"].items())
+            + ". Test metrics, mean ± std over seeds.",
+            "",
+            markdown_table(budgets["rows"]),
+            "",
+        ]
     if claims:
         lines += ["## The talk's claims on this run", "", *claims_markdown(claims), ""]
     if ood_lines:
-        lines += ["## Out-of-distribution detection (train on classes 0-4; test classes 5-9 are OOD)", "",
-                  "AUROC of predictive entropy, mean ± std over seeds."
-                  + (f" These runs train at LR {ood_cfg.lr:g} (SWA LR {ood_cfg.swa_lr:g}), the preset's setting for "
-                     "half the data." if ood_cfg is not None and (ood_cfg.lr, ood_cfg.swa_lr) !=
-                     (cfgs["swag"].lr, cfgs["swag"].swa_lr) else ""),
-                  "", "| method | OOD AUROC |", "|---|---|",
-                  *ood_lines, ""]
+        lines += [
+            "## Out-of-distribution detection (train on classes 0-4; test classes 5-9 are OOD)",
+            "",
+            "AUROC of predictive entropy, mean ± std over seeds."
+            + (
+                f" These runs train at LR {ood_cfg.lr:g} (SWA LR {ood_cfg.swa_lr:g}), the preset's setting for "
+                "half the data."
+                if ood_cfg is not None and (ood_cfg.lr, ood_cfg.swa_lr) != (cfgs["swag"].lr, cfgs["swag"].swa_lr)
+                else ""
+            ),
+            "",
+            "| method | OOD AUROC |",
+            "|---|---|",
+            *ood_lines,
+            "",
+        ]
     if connectivity:
         s = connectivity["summary"]
-        cell = lambda k, pct=True: (f"{100 * s[k]['mean']:.2f} ± {100 * s[k]['std']:.2f}" if pct  # noqa: E731
-                                    else f"{s[k]['mean']:.4f} ± {s[k]['std']:.4f}")
-        lines += ["## Mode connectivity (slide 7)", "",
-                  f"Bezier curves (3 control points, {connectivity['epochs']} epochs from LR {connectivity['lr']:g}) "
-                  "between SGD networks of "
-                  f"different seeds, {len(connectivity['pairs'])} pair(s), {connectivity['points']} points per path, "
-                  f"BatchNorm: {connectivity['bn']}. Mean ± std over pairs.", "",
-                  "| path | max test error (%) | max train loss |", "|---|---|---|",
-                  f"| worse endpoint | {cell('worse_endpoint_test_error')} | |",
-                  f"| straight segment | {cell('segment_max_test_error')} | {cell('segment_max_train_loss', False)} |",
-                  f"| Bezier curve | {cell('curve_max_test_error')} | {cell('curve_max_train_loss', False)} |", ""]
+        cell = lambda k, pct=True: (
+            f"{100 * s[k]['mean']:.2f} ± {100 * s[k]['std']:.2f}"
+            if pct  # noqa: E731
+            else f"{s[k]['mean']:.4f} ± {s[k]['std']:.4f}"
+        )
+        lines += [
+            "## Mode connectivity (slide 7)",
+            "",
+            f"Bezier curves (3 control points, {connectivity['epochs']} epochs from LR {connectivity['lr']:g}) "
+            "between SGD networks of "
+            f"different seeds, {len(connectivity['pairs'])} pair(s), {connectivity['points']} points per path, "
+            f"BatchNorm: {connectivity['bn']}. Mean ± std over pairs.",
+            "",
+            "| path | max test error (%) | max train loss |",
+            "|---|---|---|",
+            f"| worse endpoint | {cell('worse_endpoint_test_error')} | |",
+            f"| straight segment | {cell('segment_max_test_error')} | {cell('segment_max_train_loss', False)} |",
+            f"| Bezier curve | {cell('curve_max_test_error')} | {cell('curve_max_train_loss', False)} |",
+            "",
+        ]
     if geometry:
         lines += _geometry_lines(geometry, seeds)
     if section:
         lines += subspace_lines(section, rows)
     if semisup:
-        lines += ["## Semi-supervised learning with SWA and fast-SWA (slides 34-36)", "",
-                  *summary_lines(*semisup), "Folder: `semisup/` (one run per consistency term and seed).", ""]
+        lines += [
+            "## Semi-supervised learning with SWA and fast-SWA (slides 34-36)",
+            "",
+            *summary_lines(*semisup),
+            "Folder: `semisup/` (one run per consistency term and seed).",
+            "",
+        ]
     for title, path in figures.items():
         lines += [f"## {title[0].upper() + title[1:]}", "", f"![{title}]({path.relative_to(out)})", ""]
-    lines += ["## Settings", "", describe_config(dataclasses.asdict(cfgs["swag"])), "", f"Total time {total_s:.1f} s.", ""]
+    lines += [
+        "## Settings",
+        "",
+        describe_config(dataclasses.asdict(cfgs["swag"])),
+        "",
+        f"Total time {total_s:.1f} s.",
+        "",
+    ]
     (out / "report.md").write_text("\n".join(lines))
 
 
-GEOMETRY_FIGURES = {"trajectory plane, test error (slides 9-13)": ("plane", "test_error.png"),
-                    "trajectory plane, train loss (slide 13)": ("plane", "train_loss.png"),
-                    "random rays from SWA and SGD (slide 14)": ("rays", "rays.png"),
-                    "path from SWA to SGD (slide 15)": ("path", "path.png")}
+GEOMETRY_FIGURES = {
+    "trajectory plane, test error (slides 9-13)": ("plane", "test_error.png"),
+    "trajectory plane, train loss (slide 13)": ("plane", "train_loss.png"),
+    "random rays from SWA and SGD (slide 14)": ("rays", "rays.png"),
+    "path from SWA to SGD (slide 15)": ("path", "path.png"),
+}
 
 
 def _geometry_lines(geometry: dict[str, Any], seeds: list[int]) -> list[str]:
     gs = geometry["summary"]
     cell = lambda k, f="{:.4f}": f"{f.format(gs[k]['mean'])} ± {f.format(gs[k]['std'])}"  # noqa: E731
-    return ["## Flatness and geometry (slides 6, 14, 15)", "",
-            f"Mean ± std over seeds {seeds}. Top Hessian eigenvalue of the train loss on the "
-            f"{geometry['sharpness_subset']} (Lanczos, 20 products). Valley width: distance along a random "
-            f"unit direction where the train loss first rises by {geometry['rise']} ({geometry['units']}; "
-            "inf when it never does within the weights' own norm). Line: train loss at both ends of the line "
-            "from SWA to SGD, and its change from each end to half the SWA-SGD distance d further out (away "
-            "from the other end): near the edge of the valley it rises.", "",
-            "| | SWA | SGD |", "|---|---|---|",
-            f"| top Hessian eigenvalue | {cell('eig_SWA')} | {cell('eig_SGD')} |",
-            f"| valley width | {cell('width_SWA', '{:.3f}')} | {cell('width_SGD', '{:.3f}')} |",
-            f"| train loss on the line | {cell('loss_SWA')} | {cell('loss_SGD')} |",
-            f"| test error on the line (%) | {100 * gs['error_SWA']['mean']:.2f} | {100 * gs['error_SGD']['mean']:.2f} |",
-            f"| train loss change 0.5 d further out on the line | {cell('rise_out_SWA')} | {cell('rise_out_SGD')} |",
-            "", f"Distance SWA to SGD: {cell('distance', '{:.3f}')}.", ""]
+    return [
+        "## Flatness and geometry (slides 6, 14, 15)",
+        "",
+        f"Mean ± std over seeds {seeds}. Top Hessian eigenvalue of the train loss on the "
+        f"{geometry['sharpness_subset']} (Lanczos, 20 products). Valley width: distance along a random "
+        f"unit direction where the train loss first rises by {geometry['rise']} ({geometry['units']}; "
+        "inf when it never does within the weights' own norm). Line: train loss at both ends of the line "
+        "from SWA to SGD, and its change from each end to half the SWA-SGD distance d further out (away "
+        "from the other end): near the edge of the valley it rises.",
+        "",
+        "| | SWA | SGD |",
+        "|---|---|---|",
+        f"| top Hessian eigenvalue | {cell('eig_SWA')} | {cell('eig_SGD')} |",
+        f"| valley width | {cell('width_SWA', '{:.3f}')} | {cell('width_SGD', '{:.3f}')} |",
+        f"| train loss on the line | {cell('loss_SWA')} | {cell('loss_SGD')} |",
+        f"| test error on the line (%) | {100 * gs['error_SWA']['mean']:.2f} | {100 * gs['error_SGD']['mean']:.2f} |",
+        f"| train loss change 0.5 d further out on the line | {cell('rise_out_SWA')} | {cell('rise_out_SGD')} |",
+        "",
+        f"Distance SWA to SGD: {cell('distance', '{:.3f}')}.",
+        "",
+    ]
 
 
-def geometry_section(out: str | Path, *, seeds: Sequence[int] | None = None, quick: bool = False,
-                     progress: bool = True, log: Callable[..., None] = print, overwrite: bool = False) -> dict[str, Any]:
+def geometry_section(
+    out: str | Path,
+    *,
+    seeds: Sequence[int] | None = None,
+    quick: bool = False,
+    progress: bool = True,
+    log: Callable[..., None] = print,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """The demo's geometry section (slides 6, 9-15) on an existing demo folder, e.g. one made with
     ``valleys demo --dataset fashion-mnist ...``: the trajectory plane of the first seed's SWA run, and per
     seed the SWA-to-SGD line, random rays from both (valley width) and both top Hessian eigenvalues.
@@ -562,20 +886,26 @@ def geometry_section(out: str | Path, *, seeds: Sequence[int] | None = None, qui
     existing ``geometry/`` is refused unless ``overwrite``.
     """
     out = Path(out)
-    found = sorted(int(p.name[len("sgd-seed"):]) for p in out.glob("sgd-seed*")
-                   if p.name[len("sgd-seed"):].isdigit() and (out / f"swag-seed{p.name[len('sgd-seed'):]}").is_dir())
+    found = sorted(
+        int(p.name[len("sgd-seed") :])
+        for p in out.glob("sgd-seed*")
+        if p.name[len("sgd-seed") :].isdigit() and (out / f"swag-seed{p.name[len('sgd-seed') :]}").is_dir()
+    )
     seeds = list(seeds) if seeds is not None else found
     missing = [s for s in seeds if s not in found]
     if not seeds or missing:
-        raise FileNotFoundError(f"{out} needs run folders sgd-seed<s> and swag-seed<s> (a demo folder); "
-                                f"{'none found' if not seeds else f'missing for seeds {missing}'}")
+        raise FileNotFoundError(
+            f"{out} needs run folders sgd-seed<s> and swag-seed<s> (a demo folder); "
+            f"{'none found' if not seeds else f'missing for seeds {missing}'}"
+        )
     g = check_output(out / "geometry", overwrite=overwrite, what="a geometry section", flag="")
     with output_guard(g):
         return _geometry_section(out, g, seeds, quick, progress, log)
 
 
-def _geometry_section(out: Path, g: Path, seeds: list[int], quick: bool, progress: bool,
-                      log: Callable[..., None]) -> dict[str, Any]:
+def _geometry_section(
+    out: Path, g: Path, seeds: list[int], quick: bool, progress: bool, log: Callable[..., None]
+) -> dict[str, Any]:
     geometry = _geometry(out, seeds, quick, progress, log)
     write_json(g / "summary.json", {"seeds": seeds, "quick": quick, **geometry})
     lines = [f"# Loss-surface geometry of {out}", "", *_geometry_lines(geometry, seeds)]

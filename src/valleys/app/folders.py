@@ -23,13 +23,36 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["OutputFolderError", "OURS", "ours", "holds_run", "check_output", "output_guard",
-           "remove_stale_temporaries", "check_writable"]
+__all__ = [
+    "OutputFolderError",
+    "OURS",
+    "ours",
+    "holds_run",
+    "check_output",
+    "output_guard",
+    "remove_stale_temporaries",
+    "check_writable",
+]
 
 #: names (glob patterns) of the files and folders valleys writes into an output folder
-OURS = ("config.json", "results.json", "checkpoint.safetensors", "model.safetensors", "metrics.jsonl",
-        "posterior.safetensors", "trajectory.safetensors", "curve.safetensors", "subspace.safetensors", "report.md", "summary.json",
-        "evaluation.json", "evaluation-*.json", "figures", "geometry", "member-*")
+OURS = (
+    "config.json",
+    "results.json",
+    "checkpoint.safetensors",
+    "model.safetensors",
+    "metrics.jsonl",
+    "posterior.safetensors",
+    "trajectory.safetensors",
+    "curve.safetensors",
+    "subspace.safetensors",
+    "report.md",
+    "summary.json",
+    "evaluation.json",
+    "evaluation-*.json",
+    "figures",
+    "geometry",
+    "member-*",
+)
 # a temporary file of an atomic write (core.checkpoint: mkstemp(prefix=".<name>.", suffix=".tmp"))
 _TEMPORARY = re.compile(r"^\.(?P<name>.+\.(?:safetensors|json|jsonl|md|png))\.[A-Za-z0-9_]+\.tmp$")
 
@@ -46,7 +69,9 @@ def ours(folder: str | os.PathLike) -> list[str]:
         return []
     found = []
     for entry in sorted(folder.iterdir()):
-        if any(fnmatch.fnmatchcase(entry.name, p) for p in OURS) or (entry.is_dir() and (entry / "config.json").is_file()):
+        if any(fnmatch.fnmatchcase(entry.name, p) for p in OURS) or (
+            entry.is_dir() and (entry / "config.json").is_file()
+        ):
             found.append(entry.name)
     return found
 
@@ -56,7 +81,8 @@ def holds_run(folder: str | os.PathLike) -> bool:
     work a study must never replace."""
     folder = Path(folder)
     return (folder / "config.json").is_file() or any(
-        (folder / name / "config.json").is_file() for name in ours(folder) if (folder / name).is_dir())
+        (folder / name / "config.json").is_file() for name in ours(folder) if (folder / name).is_dir()
+    )
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -68,8 +94,15 @@ def _nearest_existing(path: Path) -> Path:
     return p
 
 
-def check_output(out: str | os.PathLike, *, overwrite: bool = False, resume: bool = False, study: bool = False,
-                 flag: str = "--out", what: str | None = None) -> Path:
+def check_output(
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    study: bool = False,
+    flag: str = "--out",
+    what: str | None = None,
+) -> Path:
     """Check that ``out`` may be written by a command; raise :class:`OutputFolderError` saying why not.
 
     Nothing in ``out`` is changed. ``resume``: the folder is expected to hold this command's output.
@@ -86,13 +119,17 @@ def check_output(out: str | os.PathLike, *, overwrite: bool = False, resume: boo
         raise OutputFolderError(f"{label}: {base} is a file, not a folder")
     present = ours(out)
     if present and study and holds_run(out):
-        raise OutputFolderError(f"{label}: {out} holds a run ({', '.join(present)}); a study would replace its "
-                                f"results.json and report.md, even with --overwrite; choose another {flag or 'folder'}")
+        raise OutputFolderError(
+            f"{label}: {out} holds a run ({', '.join(present)}); a study would replace its "
+            f"results.json and report.md, even with --overwrite; choose another {flag or 'folder'}"
+        )
     if present and not (overwrite or resume):
         kind = what or ("a run" if (out / "config.json").is_file() else "valleys output")
-        raise OutputFolderError(f"{label}: {out} already holds {kind} ({', '.join(present)}); choose another "
-                                f"{flag or 'folder'} or pass --overwrite to replace it"
-                                + (", or --resume to continue it" if kind == "a run" else ""))
+        raise OutputFolderError(
+            f"{label}: {out} already holds {kind} ({', '.join(present)}); choose another "
+            f"{flag or 'folder'} or pass --overwrite to replace it"
+            + (", or --resume to continue it" if kind == "a run" else "")
+        )
     check_writable(base if base.exists() else base.parent, label)
     return out
 

@@ -39,8 +39,9 @@ def call(fn: Callable[..., Any], **kwargs: Any) -> Any:
     return fn(**kwargs)
 
 
-def run_jobs(fn: Callable[..., Any], calls: Sequence[dict[str, Any]], *, jobs: int,
-             progress: Any = None) -> Iterator[Any]:
+def run_jobs(
+    fn: Callable[..., Any], calls: Sequence[dict[str, Any]], *, jobs: int, progress: Any = None
+) -> Iterator[Any]:
     """Yield ``fn(**kwargs)`` for each ``kwargs`` in ``calls``, in order, as they finish: in this process when
     ``jobs <= 1`` (or there is a single call), else over ``min(jobs, len(calls))`` worker processes with one
     torch thread each. ``fn`` and the arguments must be picklable (a module-level function). An exception in a

@@ -14,8 +14,17 @@ from ..core.optional import require
 require("matplotlib", "plots").use("Agg")
 plt = require("matplotlib.pyplot", "plots")
 
-__all__ = ["plot_error_curves", "plot_reliability", "plot_paths", "plot_contours", "plot_line", "plot_rays",
-           "plot_subspace", "plot_toy_regression", "plot_travel"]
+__all__ = [
+    "plot_error_curves",
+    "plot_reliability",
+    "plot_paths",
+    "plot_contours",
+    "plot_line",
+    "plot_rays",
+    "plot_subspace",
+    "plot_toy_regression",
+    "plot_travel",
+]
 
 
 def _wrap(text: str, ax, share: float = 1.0) -> str:
@@ -83,8 +92,13 @@ def _confidence_ticks(x_max: float) -> tuple[list[float], list[str]]:
     return xs, labels
 
 
-def plot_error_curves(curves: Mapping[str, Sequence[Sequence[float]]], path: str | Path, *,
-                      title: str = "Test error against epoch", marker_epoch: int | None = None) -> Path:
+def plot_error_curves(
+    curves: Mapping[str, Sequence[Sequence[float]]],
+    path: str | Path,
+    *,
+    title: str = "Test error against epoch",
+    marker_epoch: int | None = None,
+) -> Path:
     """Test error (%) against epoch, one line per name (mean over seeds, band = min..max); talk slide 20.
 
     ``curves[name]`` is a list of per-seed sequences of ``(epoch, error)`` pairs. The left panel shows the
@@ -128,8 +142,13 @@ def plot_error_curves(curves: Mapping[str, Sequence[Sequence[float]]], path: str
     return _save(fig, path)
 
 
-def plot_reliability(reliability: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path, *,
-                     title: str = "Reliability", min_count: int = 10) -> Path:
+def plot_reliability(
+    reliability: Mapping[str, Mapping[str, Sequence[float]]],
+    path: str | Path,
+    *,
+    title: str = "Reliability",
+    min_count: int = 10,
+) -> Path:
     """The talk's reliability plot (slide 23): confidence minus accuracy against confidence, one line per
     method. ``reliability[name]`` holds per-bin ``confidence``, ``accuracy`` and ``count`` (empty bins are
     skipped, and so are bins with fewer than ``min_count`` examples). Above zero means over-confident. The
@@ -157,8 +176,9 @@ def plot_reliability(reliability: Mapping[str, Mapping[str, Sequence[float]]], p
     return _save(fig, path)
 
 
-def plot_paths(paths: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path, *,
-               title: str = "Along the paths") -> Path:
+def plot_paths(
+    paths: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path, *, title: str = "Along the paths"
+) -> Path:
     """Train loss and test error (%) against t for several paths (e.g. the segment and a curve; slide 7)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, res in paths.items():
@@ -176,9 +196,18 @@ def plot_paths(paths: Mapping[str, Mapping[str, Sequence[float]]], path: str | P
     return _save(fig, path)
 
 
-def plot_contours(xs: Sequence[float], ys: Sequence[float], grid: Sequence[Sequence[float]],
-                  points: Mapping[str, Sequence[float]], path: str | Path, *, title: str = "",
-                  percent: bool = False, units: str = "", levels: int = 8) -> Path:
+def plot_contours(
+    xs: Sequence[float],
+    ys: Sequence[float],
+    grid: Sequence[Sequence[float]],
+    points: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    title: str = "",
+    percent: bool = False,
+    units: str = "",
+    levels: int = 8,
+) -> Path:
     """Filled contours in the talk's style (slides 7, 9-13): log-spaced levels from the minimum, the top level
     open-ended, and the marked points (e.g. W1, W2, W3 and SWA). NaN cells are left blank."""
     z = np.asarray(grid, dtype=float) * (100 if percent else 1)
@@ -188,17 +217,30 @@ def plot_contours(xs: Sequence[float], ys: Sequence[float], grid: Sequence[Seque
     hi = max(hi, lo * 1.5)
     lv = np.unique(np.geomspace(lo, hi, levels))
     fig, ax = plt.subplots(figsize=(6.2, 5))
-    cs = ax.contourf(xs, ys, np.clip(z, None, hi * 1.001), levels=np.append(lv, hi * 1.001), cmap="viridis_r",
-                     extend="max")
+    cs = ax.contourf(
+        xs, ys, np.clip(z, None, hi * 1.001), levels=np.append(lv, hi * 1.001), cmap="viridis_r", extend="max"
+    )
     ax.contour(xs, ys, z, levels=lv, colors="k", linewidths=0.4, alpha=0.5)
     cbar = fig.colorbar(cs, ax=ax)
     cbar.set_label("test error (%)" if percent else "loss")
     for name, (px, py) in points.items():
-        ax.plot(px, py, marker="*" if "SWA" in name.upper() else "o", ms=11 if "SWA" in name.upper() else 7,
-                color="white" if "SWA" not in name.upper() else "gold", mec="black")
+        ax.plot(
+            px,
+            py,
+            marker="*" if "SWA" in name.upper() else "o",
+            ms=11 if "SWA" in name.upper() else 7,
+            color="white" if "SWA" not in name.upper() else "gold",
+            mec="black",
+        )
         right = px > xs[0] + 0.6 * (xs[-1] - xs[0])  # labels in the right part point left, inside the axes
-        ax.annotate(name, (px, py), textcoords="offset points", xytext=(-6, 6) if right else (6, 6),
-                    ha="right" if right else "left", fontsize=9)
+        ax.annotate(
+            name,
+            (px, py),
+            textcoords="offset points",
+            xytext=(-6, 6) if right else (6, 6),
+            ha="right" if right else "left",
+            fontsize=9,
+        )
     _title(ax, title, 0.8)  # the colorbar takes the rest of the width
     if units:
         ax.set_xlabel(f"u ({units})", fontsize=8)
@@ -272,8 +314,16 @@ def plot_subspace(density: Mapping | None, samples, path: str | Path, *, title: 
     return _save(fig, path)
 
 
-def plot_toy_regression(xs: Sequence[float], panels: Mapping[str, tuple], x_train: Sequence[float],
-                        y_train: Sequence[float], path: str | Path, *, truth=None, title: str = "") -> Path:
+def plot_toy_regression(
+    xs: Sequence[float],
+    panels: Mapping[str, tuple],
+    x_train: Sequence[float],
+    y_train: Sequence[float],
+    path: str | Path,
+    *,
+    truth=None,
+    title: str = "",
+) -> Path:
     """The 1-D regression predictive of several methods side by side (Izmailov et al. 2019, Fig. 5; slide 32):
     per panel the predictive mean and the band ``mean +- 2 sd`` over the inputs ``xs``, the training points
     and, if given, the noiseless function ``truth(xs)``. ``panels`` maps a label to ``(mean, sd)``."""
@@ -303,8 +353,13 @@ def plot_toy_regression(xs: Sequence[float], panels: Mapping[str, tuple], x_trai
     return _save(fig, path)
 
 
-def plot_travel(runs: Mapping[str, Sequence[Sequence[Sequence[float]]]], path: str | Path, *,
-                marker_epoch: int | None = None, title: str = "How far the iterates travel") -> Path:
+def plot_travel(
+    runs: Mapping[str, Sequence[Sequence[Sequence[float]]]],
+    path: str | Path,
+    *,
+    marker_epoch: int | None = None,
+    title: str = "How far the iterates travel",
+) -> Path:
     """Distance in weight space between consecutive epochs (left) and the share of probe inputs whose predicted
     class changed (right), against epoch, one line per name (mean over seeds); talk slide 35.
 

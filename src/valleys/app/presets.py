@@ -44,44 +44,73 @@ class Preset:
     chosen: str = ""
 
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset(
-        name="mnist1d",
-        summary="MNIST-1D (4,000 + 1,000 signals, generated offline), the 1-D CNN, 100 epochs; every section "
-                "(about 4.5 minutes on 2 cores)",
-        train={"dataset": "mnist1d", "model": "cnn1d", "epochs": 100, "lr": 0.1, "wd": 5e-4, "swa_start": 50,
-               "swa_lr": 0.1},
-        # 40 labels per class; the consistency weight (among 10, 30 and 100), the EMA decay and the budget
-        # chosen on the validation split (README, "Semi-supervised learning")
-        semisup={"labels_per_class": 40, "epochs": 90, "cycle": 15, "fast_swa_every": 1,
-                 "consistency_weight": 30.0},
-        # on half the classes (2,000 signals) LR 0.1 collapsed seed 0 to chance (validation 18.6%) and SWA's
-        # seed 1 to 55.8%; LR 0.05 trained every seed (validation 96.5-98.0%): experiments/ood_lr.py
-        ood={"lr": 0.05, "swa_lr": 0.05},
-        budgets=(1.0, 1.5),  # the SWA paper's 1.5 budgets: three more runs of 150 epochs, about 30 s
-        chosen="the 1-D CNN of the MNIST-1D paper, where constant-LR SWA from epoch 50 beat SGD on validation "
-               "error and NLL; an MLP overfits and showed no gain (README, 'Why this default'); the OOD runs' LR "
-               "0.05, the one of 0.1 and 0.05 that trained every seed on the half-class split",
-    ),
-    Preset(
-        name="fashion-mnist",
-        summary="all 60,000 Fashion-MNIST training images (Debian package dataset-fashion-mnist), an MLP "
-                "784-100-100-10, 20 epochs; every section (about 24 minutes on 2 cores)",
-        train={"dataset": "fashion-mnist", "model": "mlp", "epochs": 20, "lr": 0.05, "wd": 5e-4, "swa_start": 10,
-               "swa_lr": 0.025, "fge_start": 12},
-        quick={"epochs": 10, "swa_start": 5, "fge_start": 6, "samples": 10},
-        # 100 labels per class, the other 19,000 images of a 20,000-image training subset unlabelled;
-        # consistency weight 10 (against 30) on validation
-        semisup={"labels_per_class": 100, "train_subset": 20000, "epochs": 30, "cycle": 5, "eval_every": 5,
-                 "consistency_weight": 10.0},
-        semisup_quick={"epochs": 10, "cycle": 2, "eval_every": 5},
-        chosen="on the validation split (6,000 images), 2 seeds: SGD's budget and LR among 20/40/60 epochs and "
-               "0.05/0.1 by validation error (all within 9.84-10.00%: the MLP saturates, so the shortest); SWA's "
-               "constant LR (0.05/0.025/0.01) and start (10/15) by validation NLL; FGE's start (12/16, so 4 or 2 "
-               "snapshots) by validation NLL; the small CNN was left out for time (about 50 s per epoch on 2 "
-               "cores against 0.8 s): experiments/fashion_mnist_preset.py",
-    ),
-)}
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            name="mnist1d",
+            summary="MNIST-1D (4,000 + 1,000 signals, generated offline), the 1-D CNN, 100 epochs; every section "
+            "(about 4.5 minutes on 2 cores)",
+            train={
+                "dataset": "mnist1d",
+                "model": "cnn1d",
+                "epochs": 100,
+                "lr": 0.1,
+                "wd": 5e-4,
+                "swa_start": 50,
+                "swa_lr": 0.1,
+            },
+            # 40 labels per class; the consistency weight (among 10, 30 and 100), the EMA decay and the budget
+            # chosen on the validation split (README, "Semi-supervised learning")
+            semisup={
+                "labels_per_class": 40,
+                "epochs": 90,
+                "cycle": 15,
+                "fast_swa_every": 1,
+                "consistency_weight": 30.0,
+            },
+            # on half the classes (2,000 signals) LR 0.1 collapsed seed 0 to chance (validation 18.6%) and SWA's
+            # seed 1 to 55.8%; LR 0.05 trained every seed (validation 96.5-98.0%): experiments/ood_lr.py
+            ood={"lr": 0.05, "swa_lr": 0.05},
+            budgets=(1.0, 1.5),  # the SWA paper's 1.5 budgets: three more runs of 150 epochs, about 30 s
+            chosen="the 1-D CNN of the MNIST-1D paper, where constant-LR SWA from epoch 50 beat SGD on validation "
+            "error and NLL; an MLP overfits and showed no gain (README, 'Why this default'); the OOD runs' LR "
+            "0.05, the one of 0.1 and 0.05 that trained every seed on the half-class split",
+        ),
+        Preset(
+            name="fashion-mnist",
+            summary="all 60,000 Fashion-MNIST training images (Debian package dataset-fashion-mnist), an MLP "
+            "784-100-100-10, 20 epochs; every section (about 24 minutes on 2 cores)",
+            train={
+                "dataset": "fashion-mnist",
+                "model": "mlp",
+                "epochs": 20,
+                "lr": 0.05,
+                "wd": 5e-4,
+                "swa_start": 10,
+                "swa_lr": 0.025,
+                "fge_start": 12,
+            },
+            quick={"epochs": 10, "swa_start": 5, "fge_start": 6, "samples": 10},
+            # 100 labels per class, the other 19,000 images of a 20,000-image training subset unlabelled;
+            # consistency weight 10 (against 30) on validation
+            semisup={
+                "labels_per_class": 100,
+                "train_subset": 20000,
+                "epochs": 30,
+                "cycle": 5,
+                "eval_every": 5,
+                "consistency_weight": 10.0,
+            },
+            semisup_quick={"epochs": 10, "cycle": 2, "eval_every": 5},
+            chosen="on the validation split (6,000 images), 2 seeds: SGD's budget and LR among 20/40/60 epochs and "
+            "0.05/0.1 by validation error (all within 9.84-10.00%: the MLP saturates, so the shortest); SWA's "
+            "constant LR (0.05/0.025/0.01) and start (10/15) by validation NLL; FGE's start (12/16, so 4 or 2 "
+            "snapshots) by validation NLL; the small CNN was left out for time (about 50 s per epoch on 2 "
+            "cores against 0.8 s): experiments/fashion_mnist_preset.py",
+        ),
+    )
+}
 
 #: The preset ``valleys demo`` runs without ``--preset``.
 DEFAULT_PRESET = "mnist1d"
@@ -98,6 +127,12 @@ def presets_help(width: int = 100) -> str:
     """One entry per preset (``name (default): summary``, wrapped at ``width`` and indented), for ``--help``."""
     import textwrap
 
-    return "\n".join(textwrap.fill(f"{p.name}{' (default)' if p.name == DEFAULT_PRESET else ''}: {p.summary}",
-                                    width, initial_indent="  ", subsequent_indent="    ")
-                      for p in PRESETS.values())
+    return "\n".join(
+        textwrap.fill(
+            f"{p.name}{' (default)' if p.name == DEFAULT_PRESET else ''}: {p.summary}",
+            width,
+            initial_indent="  ",
+            subsequent_indent="    ",
+        )
+        for p in PRESETS.values()
+    )

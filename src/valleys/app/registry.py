@@ -18,15 +18,18 @@ from .methods.swag_diag import SWAGDiag
 
 __all__ = ["REGISTRY", "get_method", "method_help", "optional_settings", "methods_using"]
 
-REGISTRY: dict[str, Method] = {m.name: m for m in (
-    SGD(),
-    SWA(),
-    SWAG(),
-    SWAGDiag(),
-    FGE(),
-    Ensemble(),
-    MultiSWAG(),
-)}
+REGISTRY: dict[str, Method] = {
+    m.name: m
+    for m in (
+        SGD(),
+        SWA(),
+        SWAG(),
+        SWAGDiag(),
+        FGE(),
+        Ensemble(),
+        MultiSWAG(),
+    )
+}
 
 
 def get_method(name: str) -> Method:

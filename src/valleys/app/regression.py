@@ -87,25 +87,38 @@ class RegressionProtocol:
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
         if not isinstance(self.swag_rank, int) or self.swag_rank < 2:
-            raise ValueError(f"--swag-rank must be an integer >= 2 (the PCA subspace needs deviations), "
-                             f"got {self.swag_rank!r}")
+            raise ValueError(
+                f"--swag-rank must be an integer >= 2 (the PCA subspace needs deviations), got {self.swag_rank!r}"
+            )
         if self.rank > self.swag_rank:
-            raise ValueError(f"--rank {self.rank} is larger than the {self.swag_rank} SWAG deviations collected "
-                             f"(--swag-rank); choose --rank at most {self.swag_rank}")
+            raise ValueError(
+                f"--rank {self.rank} is larger than the {self.swag_rank} SWAG deviations collected "
+                f"(--swag-rank); choose --rank at most {self.swag_rank}"
+            )
         collected = min(self.swag_rank, self.epochs - self.epochs // 2)  # one deviation per epoch, second half
         if self.rank > collected - 1:  # the first deviation is zero (w_1 - mean_1): collected - 1 directions
-            raise ValueError(f"--rank {self.rank} needs at least {self.rank + 1} SWAG deviations, but {self.epochs} "
-                             f"epochs with --swag-rank {self.swag_rank} collect {collected}; raise --epochs or "
-                             "lower --rank")
+            raise ValueError(
+                f"--rank {self.rank} needs at least {self.rank + 1} SWAG deviations, but {self.epochs} "
+                f"epochs with --swag-rank {self.swag_rank} collect {collected}; raise --epochs or "
+                "lower --rank"
+            )
         for name in ("lr", "swa_lr"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v > 0):
                 raise ValueError(f"--{name.replace('_', '-')} must be finite and > 0, got {v!r}")
         if not (math.isfinite(self.wd) and self.wd >= 0):
             raise ValueError(f"--wd must be finite and >= 0, got {self.wd!r}")
-        SubspaceConfig(run="-", rank=self.rank, inference=self.inference[0] if self.inference else "ess",
-                       samples=self.samples, burn_in=self.burn_in, temperature=self.temperature,
-                       prior_scale=self.prior_scale, vi_steps=self.vi_steps, warmup=self.warmup).check()
+        SubspaceConfig(
+            run="-",
+            rank=self.rank,
+            inference=self.inference[0] if self.inference else "ess",
+            samples=self.samples,
+            burn_in=self.burn_in,
+            temperature=self.temperature,
+            prior_scale=self.prior_scale,
+            vi_steps=self.vi_steps,
+            warmup=self.warmup,
+        ).check()
 
 
 def method_names(cfg: RegressionProtocol) -> list[str]:
@@ -116,11 +129,24 @@ def method_names(cfg: RegressionProtocol) -> list[str]:
 def _train_config(cfg: RegressionProtocol, dataset: str, split: int, method: str):
     from .runs import TrainConfig
 
-    return TrainConfig(dataset=dataset, model="mlp", method=method, epochs=cfg.epochs, lr=cfg.lr, wd=cfg.wd,
-                       swa_lr=cfg.swa_lr if method == "swag" else None,
-                       batch_size=cfg.batch_size, heteroscedastic=cfg.heteroscedastic, rank=cfg.swag_rank,
-                       samples=cfg.samples, uci_split=split, seed=cfg.seed + split, data_root=cfg.data_root,
-                       checkpoint_every=cfg.epochs, eval_every=cfg.epochs)
+    return TrainConfig(
+        dataset=dataset,
+        model="mlp",
+        method=method,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        wd=cfg.wd,
+        swa_lr=cfg.swa_lr if method == "swag" else None,
+        batch_size=cfg.batch_size,
+        heteroscedastic=cfg.heteroscedastic,
+        rank=cfg.swag_rank,
+        samples=cfg.samples,
+        uci_split=split,
+        seed=cfg.seed + split,
+        data_root=cfg.data_root,
+        checkpoint_every=cfg.epochs,
+        eval_every=cfg.epochs,
+    )
 
 
 def _done(folder: Path, name: str = "results.json") -> dict[str, Any] | None:
@@ -133,8 +159,9 @@ def _done(folder: Path, name: str = "results.json") -> dict[str, Any] | None:
         return None
 
 
-def _one_split(cfg: RegressionProtocol, dataset: str, split: int, root: Path, *, resume: bool,
-               progress: bool) -> dict[str, Any]:
+def _one_split(
+    cfg: RegressionProtocol, dataset: str, split: int, root: Path, *, resume: bool, progress: bool
+) -> dict[str, Any]:
     """Every method on one split; each method's run folder under ``root``. Returns method -> result."""
     from .runs import evaluate_run, train_run
     from .subspace import SubspaceConfig, subspace_run
@@ -145,10 +172,14 @@ def _one_split(cfg: RegressionProtocol, dataset: str, split: int, root: Path, *,
         res = _done(folder) if resume else None
         if res is None:
             res = train_run(_train_config(cfg, dataset, split, method), folder, overwrite=True, progress=False)
-        out[method] = {"test": res["metrics"]["test"], "val": res["metrics"]["val"],
-                       "train_s": res.get("timing", {}).get("train_s")}
-    swa = (_done(root / "swag", "evaluation-swa.json") if resume else None) or \
-        evaluate_run(root / "swag", as_method="swa", write=True)
+        out[method] = {
+            "test": res["metrics"]["test"],
+            "val": res["metrics"]["val"],
+            "train_s": res.get("timing", {}).get("train_s"),
+        }
+    swa = (_done(root / "swag", "evaluation-swa.json") if resume else None) or evaluate_run(
+        root / "swag", as_method="swa", write=True
+    )
     out["swa"] = {"test": swa["metrics"]["test"], "val": swa["metrics"]["val"]}
     for space in cfg.spaces:
         for inf in cfg.inference:
@@ -156,15 +187,30 @@ def _one_split(cfg: RegressionProtocol, dataset: str, split: int, root: Path, *,
             folder = root / name
             res = _done(folder) if resume else None
             if res is None:
-                sc = SubspaceConfig(run=str(root / "swag"), space=space, rank=cfg.rank, inference=inf,
-                                    samples=cfg.samples, burn_in=cfg.burn_in, temperature=list(cfg.temperature),
-                                    prior_scale=list(cfg.prior_scale), vi_steps=cfg.vi_steps, warmup=cfg.warmup,
-                                    chains=2 if inf == "nuts" else 1, seed=cfg.seed + split, grid=0)
+                sc = SubspaceConfig(
+                    run=str(root / "swag"),
+                    space=space,
+                    rank=cfg.rank,
+                    inference=inf,
+                    samples=cfg.samples,
+                    burn_in=cfg.burn_in,
+                    temperature=list(cfg.temperature),
+                    prior_scale=list(cfg.prior_scale),
+                    vi_steps=cfg.vi_steps,
+                    warmup=cfg.warmup,
+                    chains=2 if inf == "nuts" else 1,
+                    seed=cfg.seed + split,
+                    grid=0,
+                )
                 res = subspace_run(sc, folder, overwrite=True, progress=False)
-            out[name] = {"test": res["metrics"]["test"], "val": res["metrics"]["val"],
-                         "temperature": res["posterior"]["temperature"],
-                         "prior_scale": res["posterior"]["prior_scale"], "sampler": res["sampler"],
-                         "sample_s": res["timing"]["sample_s"]}
+            out[name] = {
+                "test": res["metrics"]["test"],
+                "val": res["metrics"]["val"],
+                "temperature": res["posterior"]["temperature"],
+                "prior_scale": res["posterior"]["prior_scale"],
+                "sampler": res["sampler"],
+                "sample_s": res["timing"]["sample_s"],
+            }
     return out
 
 
@@ -196,15 +242,25 @@ def _nuts_diagnostics(per_split: list[dict[str, Any]], methods: list[str]) -> di
         r_hat = [max(d["r_hat"]) for d in diags if d.get("r_hat") and not any(math.isnan(v) for v in d["r_hat"])]
         n_eff = [min(d["n_eff"]) for d in diags if d.get("n_eff")]
         acc = [c["acceptance_rate"] for d in diags for c in d.get("chains", [])]
-        out[m] = {"splits": len(diags), "r_hat_max": max(r_hat) if r_hat else None,
-                  "n_eff_min": min(n_eff) if n_eff else None,
-                  "divergences": sum(int(d.get("divergences", 0)) for d in diags),
-                  "acceptance_mean": sum(acc) / len(acc) if acc else float("nan")}
+        out[m] = {
+            "splits": len(diags),
+            "r_hat_max": max(r_hat) if r_hat else None,
+            "n_eff_min": min(n_eff) if n_eff else None,
+            "divergences": sum(int(d.get("divergences", 0)) for d in diags),
+            "acceptance_mean": sum(acc) / len(acc) if acc else float("nan"),
+        }
     return out
 
 
-def regression_protocol(cfg: RegressionProtocol, out: str | Path, *, overwrite: bool = False, resume: bool = False,
-                        progress: bool = True, jobs: int = 1) -> dict[str, Any]:
+def regression_protocol(
+    cfg: RegressionProtocol,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    jobs: int = 1,
+) -> dict[str, Any]:
     """Run the protocol (module docstring) into ``out``; returns what ``results.json`` holds. ``jobs``: worker
     processes over the (dataset, split) pairs (:mod:`valleys.app.parallel`; 1: all in this process)."""
     from ..core.checkpoint import write_json
@@ -223,20 +279,41 @@ def regression_protocol(cfg: RegressionProtocol, out: str | Path, *, overwrite: 
     with output_guard(out, resumable=lambda: (out / "config.json").is_file()):
         prepare_run_dir(out, overwrite=overwrite, resume=resume)
         write_json(out / "config.json", {"folder": "regression", **asdict(cfg)})
-        bar = progress_bar(total=len(cfg.datasets) * cfg.splits, unit="split", desc="regression protocol",
-                           dynamic_ncols=True) if progress else None
-        results: dict[str, Any] = {"folder": "regression", "methods": methods, "datasets": {},
-                                   "units": "target units; nll is the mean negative log-likelihood per test point",
-                                   "settings": asdict(cfg)}
+        bar = (
+            progress_bar(
+                total=len(cfg.datasets) * cfg.splits, unit="split", desc="regression protocol", dynamic_ncols=True
+            )
+            if progress
+            else None
+        )
+        results: dict[str, Any] = {
+            "folder": "regression",
+            "methods": methods,
+            "datasets": {},
+            "units": "target units; nll is the mean negative log-likelihood per test point",
+            "settings": asdict(cfg),
+        }
         try:
-            calls = [{"cfg": cfg, "dataset": dataset, "split": i, "root": out / dataset / f"split-{i}",
-                      "resume": resume, "progress": False} for dataset in cfg.datasets for i in range(cfg.splits)]
+            calls = [
+                {
+                    "cfg": cfg,
+                    "dataset": dataset,
+                    "split": i,
+                    "root": out / dataset / f"split-{i}",
+                    "resume": resume,
+                    "progress": False,
+                }
+                for dataset in cfg.datasets
+                for i in range(cfg.splits)
+            ]
             done = list(run_jobs(_one_split, calls, jobs=jobs, progress=bar))  # splits are independent
             for dataset in cfg.datasets:
                 per_split = [d for c, d in zip(calls, done) if c["dataset"] == dataset]
-                results["datasets"][dataset] = {"summary": summarise(per_split, methods),
-                                                "nuts": _nuts_diagnostics(per_split, methods),
-                                                "splits": per_split}
+                results["datasets"][dataset] = {
+                    "summary": summarise(per_split, methods),
+                    "nuts": _nuts_diagnostics(per_split, methods),
+                    "splits": per_split,
+                }
         finally:
             if bar is not None:
                 bar.close()
@@ -295,8 +372,15 @@ def _toy_figure(cfg: RegressionProtocol, out: Path) -> Path | None:
         folder = root / ("swag" if kind in ("swa", "swag") else kind)
         panels[kind] = toy_predictive(folder if kind not in ("swa", "swag") else root / "swag", kind, xs)
     x, y = toy1d_data(100, seed=0)
-    return plot_toy_regression(xs, panels, x[:, 0], y, out / "figures" / "toy1d.png", truth=toy1d_curve,
-                               title="1-D regression with a gap: predictive mean ± 2 sd")
+    return plot_toy_regression(
+        xs,
+        panels,
+        x[:, 0],
+        y,
+        out / "figures" / "toy1d.png",
+        truth=toy1d_curve,
+        title="1-D regression with a gap: predictive mean ± 2 sd",
+    )
 
 
 def _num(v: float | None, spec: str) -> str:
@@ -305,30 +389,45 @@ def _num(v: float | None, spec: str) -> str:
 
 def _report(cfg: RegressionProtocol, results: dict[str, Any], figures: list[Path], out: Path) -> str:
     labels = {"sgd": "SGD", "swa": "SWA", "swag": "SWAG"}
-    lines = ["# Regression protocol: SGD, SWA, SWAG and subspace inference", "",
-             f"Gaussian MLP (one hidden layer of 50, {'heteroscedastic' if cfg.heteroscedastic else 'homoscedastic'} "
-             f"noise), {cfg.epochs} epochs, LR {cfg.lr}, weight decay {cfg.wd}, batch {cfg.batch_size}; SWAG "
-             f"collects {cfg.swag_rank} deviations over the second half at constant LR {cfg.swa_lr or cfg.lr}; subspaces of rank "
-             f"{cfg.rank} around the SWA mean, {cfg.samples} samples; temperature and prior scale chosen per "
-             f"split on validation NLL among T in {cfg.temperature} and s in {cfg.prior_scale}. "
-             f"{cfg.splits} random 90/10 splits per dataset; mean ± standard error over splits, test set, "
-             "target units. Coverage: fraction of test targets inside the central 95% predictive interval "
-             "(best: closest to 0.95).", ""]
+    lines = [
+        "# Regression protocol: SGD, SWA, SWAG and subspace inference",
+        "",
+        f"Gaussian MLP (one hidden layer of 50, {'heteroscedastic' if cfg.heteroscedastic else 'homoscedastic'} "
+        f"noise), {cfg.epochs} epochs, LR {cfg.lr}, weight decay {cfg.wd}, batch {cfg.batch_size}; SWAG "
+        f"collects {cfg.swag_rank} deviations over the second half at constant LR {cfg.swa_lr or cfg.lr}; subspaces of rank "
+        f"{cfg.rank} around the SWA mean, {cfg.samples} samples; temperature and prior scale chosen per "
+        f"split on validation NLL among T in {cfg.temperature} and s in {cfg.prior_scale}. "
+        f"{cfg.splits} random 90/10 splits per dataset; mean ± standard error over splits, test set, "
+        "target units. Coverage: fraction of test targets inside the central 95% predictive interval "
+        "(best: closest to 0.95).",
+        "",
+    ]
     for dataset, d in results["datasets"].items():
         lines += [f"## {dataset}", "", "| method | RMSE | NLL | 95% coverage |", "|---|---|---|---|"]
         for m, row in d["summary"].items():
-            lines.append(f"| {labels.get(m, m.replace('-', ' + ').upper())} | "
-                         + " | ".join(f"{row[k]['mean']:.3f} ± {row[k]['se']:.3f}" for k in ("rmse", "nll", "coverage_95"))
-                         + " |")
+            lines.append(
+                f"| {labels.get(m, m.replace('-', ' + ').upper())} | "
+                + " | ".join(f"{row[k]['mean']:.3f} ± {row[k]['se']:.3f}" for k in ("rmse", "nll", "coverage_95"))
+                + " |"
+            )
         for m, diag in d.get("nuts", {}).items():
-            lines += ["", f"NUTS diagnostics ({m}, 2 chains per split, {diag['splits']} splits): largest r_hat "
-                      f"{_num(diag['r_hat_max'], '.3f')}, smallest n_eff {_num(diag['n_eff_min'], '.0f')} (over "
-                      "coordinates and splits), "
-                      f"{diag['divergences']} divergences, "
-                      f"mean acceptance {diag['acceptance_mean']:.3f}."]
+            lines += [
+                "",
+                f"NUTS diagnostics ({m}, 2 chains per split, {diag['splits']} splits): largest r_hat "
+                f"{_num(diag['r_hat_max'], '.3f')}, smallest n_eff {_num(diag['n_eff_min'], '.0f')} (over "
+                "coordinates and splits), "
+                f"{diag['divergences']} divergences, "
+                f"mean acceptance {diag['acceptance_mean']:.3f}.",
+            ]
         lines.append("")
     for f in figures:
-        lines += ["## 1-D regression with a gap (slide 32)", "",
-                  "Predictive mean and ±2 standard deviations of each method on the toy's split 0; the points are "
-                  "the training data.", "", f"![1-D toy]({f.relative_to(out)})", ""]
+        lines += [
+            "## 1-D regression with a gap (slide 32)",
+            "",
+            "Predictive mean and ±2 standard deviations of each method on the toy's split 0; the points are "
+            "the training data.",
+            "",
+            f"![1-D toy]({f.relative_to(out)})",
+            "",
+        ]
     return "\n".join(lines)

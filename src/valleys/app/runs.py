@@ -29,29 +29,59 @@ import torch
 from torch import Tensor, nn
 
 from ..core.adapter import ModelAdapter
+from ..core.checkpoint import (
+    CheckpointError,
+    check_model_signature,
+    checkpoint_field,
+    load_checkpoint,
+    model_signature,
+    save_checkpoint,
+    write_json,
+)
 from ..core.distributed import barrier, is_main, shard_loader, world_size
 from ..evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
-from ..core.checkpoint import (CheckpointError, check_model_signature, checkpoint_field, load_checkpoint, model_signature,
-                         save_checkpoint, write_json)
+from ..evaluation.metrics import LOG_EDGES, classification_metrics, regression_metrics
+from ..evaluation.predict import bma
+from ..training.trainer import Trainer
 from ..zoo.catalog import INPUT_KINDS, MODEL_INPUTS
 from ..zoo.data import DATASETS, Splits, load_dataset, make_loader
-from ..evaluation.metrics import LOG_EDGES, classification_metrics, regression_metrics
 from ..zoo.models import MODELS, build_model
-from ..evaluation.predict import bma
 from ..zoo.regression import REGRESSION_DATASETS, GaussianMLP, load_regression, unstandardise
-from ..training.trainer import Trainer
-from .methods.base import Predictive
 from .folders import OutputFolderError, check_output, ours, output_guard
+from .methods.base import Predictive
 from .registry import REGISTRY, get_method, method_help
 from .settings import TrainSettings
 
-__all__ = ["TrainConfig", "METHODS", "train_run", "evaluate_run", "load_run_model", "RunFolderError",
-           "ConfigError", "read_json_object", "read_epoch_log", "check_saved_settings", "ranks_folder", "read_run_config", "prepare_run_dir", "summary_metrics", "SEED_MAX"]
+__all__ = [
+    "TrainConfig",
+    "METHODS",
+    "train_run",
+    "evaluate_run",
+    "load_run_model",
+    "RunFolderError",
+    "ConfigError",
+    "read_json_object",
+    "read_epoch_log",
+    "check_saved_settings",
+    "ranks_folder",
+    "read_run_config",
+    "prepare_run_dir",
+    "summary_metrics",
+    "SEED_MAX",
+]
 
 #: ``{method: one-line help}``, from :data:`valleys.app.registry.REGISTRY`.
 METHODS: dict[str, str] = method_help()
-RUN_FILES = ("config.json", "results.json", "checkpoint.safetensors", "model.safetensors", "metrics.jsonl",
-             "posterior.safetensors", "trajectory.safetensors", "report.md")
+RUN_FILES = (
+    "config.json",
+    "results.json",
+    "checkpoint.safetensors",
+    "model.safetensors",
+    "metrics.jsonl",
+    "posterior.safetensors",
+    "trajectory.safetensors",
+    "report.md",
+)
 SUMMARY_KEYS = ("accuracy", "error", "nll", "brier", "ece", "mce")
 REGRESSION_KEYS = ("rmse", "nll", "coverage_95")
 
@@ -65,7 +95,7 @@ class ConfigError(ValueError):
     the message names the file."""
 
 
-SEED_MAX = 2 ** 63 - 1  # seeds live in [0, 2**63 - 1]: torch, numpy and seed + epoch all fit
+SEED_MAX = 2**63 - 1  # seeds live in [0, 2**63 - 1]: torch, numpy and seed + epoch all fit
 
 
 def read_json_object(path: str | Path) -> dict[str, Any]:
@@ -114,13 +144,15 @@ def check_types(obj: Any) -> None:
         base, optional = _type_name(str(f.type))
         if v is None and optional:
             continue
-        ok = {"int": isinstance(v, int) and not isinstance(v, bool),
-              "float": isinstance(v, (int, float)) and not isinstance(v, bool),
-              "str": isinstance(v, str), "bool": isinstance(v, bool)}.get(base, True)
+        ok = {
+            "int": isinstance(v, int) and not isinstance(v, bool),
+            "float": isinstance(v, (int, float)) and not isinstance(v, bool),
+            "str": isinstance(v, str),
+            "bool": isinstance(v, bool),
+        }.get(base, True)
         if not ok:
             want = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}[base]
-            raise ValueError(f"{f.name} must be {want}{' or null' if optional else ''}, got {v!r} "
-                             f"({type(v).__name__})")
+            raise ValueError(f"{f.name} must be {want}{' or null' if optional else ''}, got {v!r} ({type(v).__name__})")
 
 
 def settings_from_dict(cls: type, raw: dict[str, Any], source: str | Path, *, ignore: tuple[str, ...] = ()) -> Any:
@@ -129,10 +161,15 @@ def settings_from_dict(cls: type, raw: dict[str, Any], source: str | Path, *, ig
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names - set(ignore))
     if unknown:
-        raise ConfigError(f"{source}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-                          f"(written by another version of valleys, or edited by hand?); known: {', '.join(sorted(names))}")
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in raw
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        raise ConfigError(
+            f"{source}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"(written by another version of valleys, or edited by hand?); known: {', '.join(sorted(names))}"
+        )
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ConfigError(f"{source}: missing setting{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
     obj = cls(**{k: v for k, v in raw.items() if k in names})
@@ -147,7 +184,9 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
     """The resolved :class:`TrainConfig` of a run folder's ``config.json``, every error naming the file."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: it has no config.json (train one with 'valleys train')")
+        raise FileNotFoundError(
+            f"{run_dir} is not a run folder: it has no config.json (train one with 'valleys train')"
+        )
     raw = read_json_object(path)
     if raw.get("folder") == "curve":
         raise ConfigError(f"{run_dir} is a curve folder (made by 'valleys connect'), not a training run")
@@ -185,8 +224,10 @@ class TrainConfig(TrainSettings):
         cfg = dataclasses.replace(self)
         check_types(cfg)
         if cfg.dataset not in DATASETS and cfg.dataset not in REGRESSION_DATASETS:
-            raise ValueError(f"unknown dataset {cfg.dataset!r}; valid datasets: "
-                             f"{', '.join(list(DATASETS) + list(REGRESSION_DATASETS))}")
+            raise ValueError(
+                f"unknown dataset {cfg.dataset!r}; valid datasets: "
+                f"{', '.join(list(DATASETS) + list(REGRESSION_DATASETS))}"
+            )
         if cfg.is_regression:
             if cfg.model != "mlp":
                 raise ValueError(f"regression datasets use --model mlp (a Gaussian-head MLP), got {cfg.model!r}")
@@ -197,8 +238,10 @@ class TrainConfig(TrainSettings):
         needs, gives = MODEL_INPUTS.get(cfg.model, "any"), INPUT_KINDS.get(cfg.dataset)
         if gives is not None and needs not in ("any", gives):
             fits = [m for m, k in MODEL_INPUTS.items() if k in ("any", gives)]
-            raise ValueError(f"model {cfg.model!r} needs {needs}, dataset {cfg.dataset!r} gives {gives}; use "
-                             f"--model {' or '.join(fits)}")
+            raise ValueError(
+                f"model {cfg.model!r} needs {needs}, dataset {cfg.dataset!r} gives {gives}; use "
+                f"--model {' or '.join(fits)}"
+            )
         if cfg.method not in METHODS:
             raise ValueError(f"unknown method {cfg.method!r}; valid methods: {', '.join(METHODS)}")
         if not isinstance(cfg.epochs, int) or cfg.epochs < 1:
@@ -269,10 +312,20 @@ def _has_checkpoint(out: Path) -> bool:
 
 def load_splits(cfg: TrainConfig) -> Splits:
     if cfg.is_regression:
-        return load_regression(cfg.dataset, root=cfg.data_root, split=cfg.uci_split,  # type: ignore[return-value]
-                               val_fraction=cfg.val_fraction)
-    return load_dataset(cfg.dataset, val_fraction=cfg.val_fraction, train_subset=cfg.train_subset,
-                        test_subset=cfg.test_subset, root=cfg.data_root, ood_split=cfg.ood_split)
+        return load_regression(
+            cfg.dataset,
+            root=cfg.data_root,
+            split=cfg.uci_split,  # type: ignore[return-value]
+            val_fraction=cfg.val_fraction,
+        )
+    return load_dataset(
+        cfg.dataset,
+        val_fraction=cfg.val_fraction,
+        train_subset=cfg.train_subset,
+        test_subset=cfg.test_subset,
+        root=cfg.data_root,
+        ood_split=cfg.ood_split,
+    )
 
 
 def _eval_loaders(splits: Splits) -> dict[str, Any]:
@@ -309,14 +362,30 @@ def _train_single(cfg: TrainConfig, out: Path, splits: Splits, *, resume: bool, 
     evals = {k: v for k, v in _eval_loaders(splits).items() if k != "ood"}
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
     schedule = method.schedule(cfg)
-    callbacks = method.callbacks(cfg, model, bn_loader=bn, eval_loaders={k: shard_loader(v, k) for k, v in evals.items()})
+    callbacks = method.callbacks(
+        cfg, model, bn_loader=bn, eval_loaders={k: shard_loader(v, k) for k, v in evals.items()}
+    )
     if not resume and is_main():
         write_json(out / "config.json", asdict(cfg))
-    trainer = Trainer(model, None, opt, train, adapter=cfg.adapter(), epochs=cfg.epochs, schedule=schedule,
-                      callbacks=callbacks, eval_loaders=evals, eval_every=cfg.eval_every, device=cfg.device,
-                      seed=cfg.seed, checkpoint_path=out / "checkpoint.safetensors",
-                      checkpoint_every=cfg.checkpoint_every, log_path=out / "metrics.jsonl",
-                      header={"config": asdict(cfg)}, progress=progress)
+    trainer = Trainer(
+        model,
+        None,
+        opt,
+        train,
+        adapter=cfg.adapter(),
+        epochs=cfg.epochs,
+        schedule=schedule,
+        callbacks=callbacks,
+        eval_loaders=evals,
+        eval_every=cfg.eval_every,
+        device=cfg.device,
+        seed=cfg.seed,
+        checkpoint_path=out / "checkpoint.safetensors",
+        checkpoint_every=cfg.checkpoint_every,
+        log_path=out / "metrics.jsonl",
+        header={"config": asdict(cfg)},
+        progress=progress,
+    )
     start = time.perf_counter()
     history = trainer.fit(resume=out / "checkpoint.safetensors" if resume else None)
     train_s = time.perf_counter() - start
@@ -331,8 +400,15 @@ def _member_config(cfg: TrainConfig, i: int) -> TrainConfig:
     return dataclasses.replace(cfg, method=get_method(cfg.method).member, seed=cfg.seed + i).resolved()
 
 
-def train_run(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False,
-              progress: bool = True, splits: Splits | None = None) -> dict[str, Any]:
+def train_run(
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    splits: Splits | None = None,
+) -> dict[str, Any]:
     """Train one run into folder ``out``, evaluate its predictive distribution and return ``results.json``.
 
     All checks (config, folder) happen before any data is loaded or any file is written. With
@@ -350,8 +426,10 @@ def train_run(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, res
     prepare_run_dir(out, overwrite=overwrite, resume=resume, create=False)  # refuse an existing run first
     splits = splits or load_splits(cfg)  # data and model errors surface here, before a file is touched
     if len(splits.val) == 0:
-        raise ValueError(f"--val-fraction {cfg.val_fraction} leaves no validation examples; every run is evaluated "
-                         "on its validation split: use a fraction that holds out at least one example")
+        raise ValueError(
+            f"--val-fraction {cfg.val_fraction} leaves no validation examples; every run is evaluated "
+            "on its validation split: use a fraction that holds out at least one example"
+        )
     build_run_model(cfg, splits)
     if world_size() > 1:
         return _train_run_ranks(cfg, out, splits, overwrite=overwrite, resume=resume, progress=progress)
@@ -395,13 +473,16 @@ def ranks_folder(out: Path, *, overwrite: bool, resume: bool, resumable: Any) ->
         barrier()
 
 
-def _train_run_ranks(cfg: TrainConfig, out: Path, splits: Splits, *, overwrite: bool, resume: bool,
-                     progress: bool) -> dict[str, Any]:
+def _train_run_ranks(
+    cfg: TrainConfig, out: Path, splits: Splits, *, overwrite: bool, resume: bool, progress: bool
+) -> dict[str, Any]:
     """:func:`train_run` on every rank of a process group: rank 0 prepares the folder, all train, rank 0
     evaluates and writes ``results.json``, the others read it once rank 0 is done."""
     if get_method(cfg.method).member is not None:
-        raise ValueError(f"--method {cfg.method} trains several members; under torchrun train each member as its own "
-                         "run (--method swag or sgd with --seed), or run it in one process")
+        raise ValueError(
+            f"--method {cfg.method} trains several members; under torchrun train each member as its own "
+            "run (--method swag or sgd with --seed), or run it in one process"
+        )
     if resume and not (out / "checkpoint.safetensors").exists():
         raise CheckpointError(f"cannot resume: {out / 'checkpoint.safetensors'} does not exist")
     with ranks_folder(out, overwrite=overwrite, resume=resume, resumable=lambda: _has_checkpoint(out)) as writes:
@@ -431,21 +512,40 @@ def load_run_model(run_dir: str | Path, splits: Splits | None = None) -> tuple[n
     return model, cfg, splits
 
 
-def regression_predictive(model: nn.Module, weights: Any, loader: Any, cfg: TrainConfig, splits: Any, *,
-                          bn_loader: Any = None, bn: str | None = None,
-                          progress: bool = False) -> tuple[Tensor, Tensor, Tensor, int]:
+def regression_predictive(
+    model: nn.Module,
+    weights: Any,
+    loader: Any,
+    cfg: TrainConfig,
+    splits: Any,
+    *,
+    bn_loader: Any = None,
+    bn: str | None = None,
+    progress: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, int]:
     """The moment-matched Gaussian BMA predictive of a regression run in the target's units: ``(mean, var,
     targets, num_samples)`` with ``mean = mean_s mu_s`` and ``var = mean_s (sigma_s^2 + mu_s^2) - mean^2``
     over the weight vectors ``weights``, then ``mean * y_std + y_mean`` and ``var * y_std^2``."""
-    res = bma(model, weights, loader, bn_loader=bn_loader, bn=bn, bn_batches=cfg.bn_batches, device=cfg.device,
-              progress=progress, score=False, adapter=cfg.adapter())
+    res = bma(
+        model,
+        weights,
+        loader,
+        bn_loader=bn_loader,
+        bn=bn,
+        bn_batches=cfg.bn_batches,
+        device=cfg.device,
+        progress=progress,
+        score=False,
+        adapter=cfg.adapter(),
+    )
     mean, var = unstandardise(res["mean"], res["var"], splits)
     target, _ = unstandardise(res["targets"].double(), res["var"], splits)
     return mean, var, target, int(res["num_samples"])
 
 
-def regression_summary(model: nn.Module, weights: Any, loader: Any, cfg: TrainConfig, splits: Any,
-                       **kwargs: Any) -> dict[str, float]:
+def regression_summary(
+    model: nn.Module, weights: Any, loader: Any, cfg: TrainConfig, splits: Any, **kwargs: Any
+) -> dict[str, float]:
     """RMSE, mean Gaussian NLL and 95% coverage of :func:`regression_predictive`, in the target's units."""
     mean, var, target, _ = regression_predictive(model, weights, loader, cfg, splits, **kwargs)
     return summary_metrics(regression_metrics(mean, var, target))
@@ -455,13 +555,21 @@ def _evaluate_regression(run_dir, cfg, model, splits, draw, bn, loaders, method,
     start = time.perf_counter()
     metrics = {}
     for name, loader in loaders.items():
-        mean, var, target, num = regression_predictive(model, draw(), loader, cfg, splits, bn_loader=bn,
-                                                       progress=progress)
+        mean, var, target, num = regression_predictive(
+            model, draw(), loader, cfg, splits, bn_loader=bn, progress=progress
+        )
         metrics[name] = regression_metrics(mean, var, target)
-    out: dict[str, Any] = {"method": method, "dataset": cfg.dataset, "model": cfg.model, "seed": cfg.seed,
-                           "epochs": cfg.epochs, "num_samples": num, "units": "target units (unstandardised)",
-                           "metrics": {k: summary_metrics(v) for k, v in metrics.items()},
-                           "num_parameters": sum(p.numel() for p in model.parameters())}
+    out: dict[str, Any] = {
+        "method": method,
+        "dataset": cfg.dataset,
+        "model": cfg.model,
+        "seed": cfg.seed,
+        "epochs": cfg.epochs,
+        "num_samples": num,
+        "units": "target units (unstandardised)",
+        "metrics": {k: summary_metrics(v) for k, v in metrics.items()},
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+    }
     if write:
         write_json(run_dir / ("evaluation.json" if method == cfg.method else f"evaluation-{method}.json"), out)
     out["eval_s"] = time.perf_counter() - start
@@ -482,9 +590,17 @@ def _prefix_accuracy(member_probs: list[torch.Tensor], targets: torch.Tensor) ->
 VIEWS: dict[str, tuple[str, ...]] = {name: m.views for name, m in REGISTRY.items() if m.views}
 
 
-def evaluate_run(run_dir: str | Path, *, samples: int | None = None, ood: bool | None = None,
-                 temperature_scaling: bool = False, as_method: str | None = None, splits: Splits | None = None,
-                 progress: bool = False, write: bool = True) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    samples: int | None = None,
+    ood: bool | None = None,
+    temperature_scaling: bool = False,
+    as_method: str | None = None,
+    splits: Splits | None = None,
+    progress: bool = False,
+    write: bool = True,
+) -> dict[str, Any]:
     """Evaluate a run's predictive distribution on its validation and test splits (and OOD set).
 
     Args:
@@ -506,13 +622,16 @@ def evaluate_run(run_dir: str | Path, *, samples: int | None = None, ood: bool |
     if s < 1:
         raise ValueError(f"samples must be at least 1, got {s}")
     if ood and splits.ood is None:
-        raise ValueError(f"{run_dir} was not trained with the split-classes protocol; train it with --ood-split "
-                         "to measure OOD detection")
+        raise ValueError(
+            f"{run_dir} was not trained with the split-classes protocol; train it with --ood-split "
+            "to measure OOD detection"
+        )
     method = as_method or cfg.method
     views = get_method(cfg.method).views
     if method != cfg.method and method not in views:
-        raise ValueError(f"a {cfg.method} run cannot be evaluated as {method}; possible: "
-                         f"{', '.join((cfg.method,) + views)}")
+        raise ValueError(
+            f"a {cfg.method} run cannot be evaluated as {method}; possible: {', '.join((cfg.method,) + views)}"
+        )
     predictive: Predictive = get_method(method).predictive(run_dir, cfg, model, s)
     draw, needs_bn, ensemble = predictive.draw, predictive.needs_bn, predictive.ensemble
     loaders = _eval_loaders(splits)
@@ -524,22 +643,43 @@ def evaluate_run(run_dir: str | Path, *, samples: int | None = None, ood: bool |
             raise ValueError("temperature scaling is for classification; it does not apply to regression runs")
         return _evaluate_regression(run_dir, cfg, model, splits, draw, bn, loaders, method, progress, write)
     start = time.perf_counter()
-    res = {name: bma(model, draw(), loader, bn_loader=bn, bn_batches=cfg.bn_batches, device=cfg.device,
-                     return_probs=True, progress=progress, score=name != "ood", adapter=cfg.adapter())
-           for name, loader in loaders.items()}
+    res = {
+        name: bma(
+            model,
+            draw(),
+            loader,
+            bn_loader=bn,
+            bn_batches=cfg.bn_batches,
+            device=cfg.device,
+            return_probs=True,
+            progress=progress,
+            score=name != "ood",
+            adapter=cfg.adapter(),
+        )
+        for name, loader in loaders.items()
+    }
     eval_s = time.perf_counter() - start
     out: dict[str, Any] = {
-        "method": method, "dataset": cfg.dataset, "model": cfg.model, "seed": cfg.seed, "epochs": cfg.epochs,
+        "method": method,
+        "dataset": cfg.dataset,
+        "model": cfg.model,
+        "seed": cfg.seed,
+        "epochs": cfg.epochs,
         "num_samples": res["test"]["num_samples"],
         "metrics": {k: summary_metrics(v) for k, v in res.items() if k != "ood"},
-        "reliability": {"test": res["test"]["reliability"],
-                        "test_log_bins": classification_metrics(res["test"]["probs"], res["test"]["targets"],
-                                                                edges=LOG_EDGES)["reliability"]},
+        "reliability": {
+            "test": res["test"]["reliability"],
+            "test_log_bins": classification_metrics(res["test"]["probs"], res["test"]["targets"], edges=LOG_EDGES)[
+                "reliability"
+            ],
+        },
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
     if ensemble:  # each member alone (against the best member), and the ensemble of the first k (k = 1..K)
-        members = [bma(model, [m], loaders["test"], device=cfg.device, adapter=cfg.adapter(), return_probs=True)
-                   for m in draw()]
+        members = [
+            bma(model, [m], loaders["test"], device=cfg.device, adapter=cfg.adapter(), return_probs=True)
+            for m in draw()
+        ]
         out["member_test_accuracy"] = [r["accuracy"] for r in members]
         out["ensemble_prefix_test_accuracy"] = _prefix_accuracy([r["probs"] for r in members], members[0]["targets"])
     if "ood" in res:
@@ -551,7 +691,8 @@ def evaluate_run(run_dir: str | Path, *, samples: int | None = None, ood: bool |
         out["metrics"]["test_temperature"] = summary_metrics(scaled)
         out["reliability"]["test_temperature"] = scaled["reliability"]
         out["reliability"]["test_temperature_log_bins"] = classification_metrics(
-            apply_temperature(res["test"]["probs"], t), res["test"]["targets"], edges=LOG_EDGES)["reliability"]
+            apply_temperature(res["test"]["probs"], t), res["test"]["targets"], edges=LOG_EDGES
+        )["reliability"]
     if write:
         write_json(run_dir / ("evaluation.json" if method == cfg.method else f"evaluation-{method}.json"), out)
     out["eval_s"] = eval_s

@@ -34,7 +34,17 @@ from typing import Any
 from .claims import paired, verdict  # noqa: F401 (verdict: re-exported)
 from .report import cell
 
-__all__ = ["SemisupConfig", "semisup_run", "semisup_one", "semisup_calls", "semisup_finish", "claims", "claim_rows", "summary_lines", "MODEL_KINDS"]
+__all__ = [
+    "SemisupConfig",
+    "semisup_run",
+    "semisup_one",
+    "semisup_calls",
+    "semisup_finish",
+    "claims",
+    "claim_rows",
+    "summary_lines",
+    "MODEL_KINDS",
+]
 
 #: The networks evaluated side by side in every run (the teacher only with the mean teacher).
 MODEL_KINDS = ("student", "teacher", "swa", "fastswa")
@@ -56,7 +66,7 @@ class SemisupConfig:
     cosine_epochs: int | None = None  # l; default: epochs - 2 cycles
     cycle: int = 15
     fast_swa_every: int = 1
-    fast_swa_unit: str = "epochs"     # or "steps"
+    fast_swa_unit: str = "epochs"  # or "steps"
     lr: float = 0.1
     momentum: float = 0.9
     wd: float = 2e-4
@@ -99,11 +109,15 @@ class SemisupConfig:
         for name in ("labels_per_class", "batch_size", "labelled_batch_size", "epochs", "cycle", "eval_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                extra = " (with no labels there is nothing to learn the classes from)" if name == "labels_per_class" else ""
+                extra = (
+                    " (with no labels there is nothing to learn the classes from)" if name == "labels_per_class" else ""
+                )
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}{extra}")
         if self.labelled_batch_size > self.batch_size:
-            raise ValueError(f"--labelled-batch-size {self.labelled_batch_size} is larger than --batch-size "
-                             f"{self.batch_size}; choose at most {self.batch_size}")
+            raise ValueError(
+                f"--labelled-batch-size {self.labelled_batch_size} is larger than --batch-size "
+                f"{self.batch_size}; choose at most {self.batch_size}"
+            )
         if not (math.isfinite(self.consistency_weight) and self.consistency_weight >= 0):
             raise ValueError(f"--consistency-weight must be finite and >= 0, got {self.consistency_weight!r}")
         if self.consistency_loss not in ("mse", "kl"):
@@ -121,32 +135,44 @@ class SemisupConfig:
         if not 0 <= self.momentum < 1:
             raise ValueError(f"--momentum must be in [0, 1), got {self.momentum!r}")
         if not 0 < self.val_fraction < 1:
-            raise ValueError(f"--val-fraction must be in (0, 1): settings are chosen on a labelled validation "
-                             f"split, got {self.val_fraction!r}")
+            raise ValueError(
+                f"--val-fraction must be in (0, 1): settings are chosen on a labelled validation "
+                f"split, got {self.val_fraction!r}"
+            )
         l, c, e = self.l, self.cycle, self.epochs
         if self.cosine_epochs is None and l < 1:
-            raise ValueError(f"a cycle of {c} epochs is too long for --epochs {e}: the cosine phase (by default "
-                             f"--epochs minus two cycles) would have {l} epochs; use --cycle at most {(e - 1) // 2}, "
-                             "raise --epochs or set --cosine-epochs")
+            raise ValueError(
+                f"a cycle of {c} epochs is too long for --epochs {e}: the cosine phase (by default "
+                f"--epochs minus two cycles) would have {l} epochs; use --cycle at most {(e - 1) // 2}, "
+                "raise --epochs or set --cosine-epochs"
+            )
         if self.cosine_epochs is not None and not 1 <= self.cosine_epochs <= e:
             raise ValueError(f"--cosine-epochs must be in [1, --epochs {e}], got {self.cosine_epochs}")
         if c > e - l:
-            raise ValueError(f"a cycle of {c} epochs is longer than the {e - l} epochs that remain after the cosine "
-                             f"phase of {l} epochs (--epochs {e}); use --cycle at most {max(e - l, 0)}, or fewer "
-                             f"--cosine-epochs (default: --epochs minus two cycles)")
+            raise ValueError(
+                f"a cycle of {c} epochs is longer than the {e - l} epochs that remain after the cosine "
+                f"phase of {l} epochs (--epochs {e}); use --cycle at most {max(e - l, 0)}, or fewer "
+                f"--cosine-epochs (default: --epochs minus two cycles)"
+            )
         if c > l:
-            raise ValueError(f"a cycle of {c} epochs is longer than the cosine phase of {l} epochs it replays; "
-                             f"use --cycle at most {l} or raise --epochs")
+            raise ValueError(
+                f"a cycle of {c} epochs is longer than the cosine phase of {l} epochs it replays; "
+                f"use --cycle at most {l} or raise --epochs"
+            )
         if (e - l) % c:
-            raise ValueError(f"the {e - l} epochs after the cosine phase are not a whole number of {c}-epoch cycles; "
-                             f"choose --epochs {l + c * ((e - l) // c)} or {l + c * ((e - l) // c + 1)}")
+            raise ValueError(
+                f"the {e - l} epochs after the cosine phase are not a whole number of {c}-epoch cycles; "
+                f"choose --epochs {l + c * ((e - l) // c)} or {l + c * ((e - l) // c + 1)}"
+            )
         if self.fast_swa_unit not in ("epochs", "steps"):
             raise ValueError(f"--fast-swa-unit must be epochs or steps, got {self.fast_swa_unit!r}")
         if isinstance(self.fast_swa_every, bool) or not isinstance(self.fast_swa_every, int) or self.fast_swa_every < 1:
             raise ValueError(f"--fast-swa-every must be an integer >= 1, got {self.fast_swa_every!r}")
         if self.fast_swa_unit == "epochs" and self.fast_swa_every > c:
-            raise ValueError(f"--fast-swa-every {self.fast_swa_every} epochs is longer than the {c}-epoch cycle; "
-                             f"fast-SWA averages several points per cycle: choose at most {c}")
+            raise ValueError(
+                f"--fast-swa-every {self.fast_swa_every} epochs is longer than the {c}-epoch cycle; "
+                f"fast-SWA averages several points per cycle: choose at most {c}"
+            )
         for name in ("train_subset", "test_subset"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -162,32 +188,45 @@ class SemisupConfig:
         fewest = min(counts.values())
         if self.labels_per_class > fewest:
             worst = min(counts, key=counts.get)
-            raise ValueError(f"--labels-per-class {self.labels_per_class} is more than a class has: class {worst} has "
-                             f"{fewest} training examples (after the validation split); choose at most {fewest}")
+            raise ValueError(
+                f"--labels-per-class {self.labels_per_class} is more than a class has: class {worst} has "
+                f"{fewest} training examples (after the validation split); choose at most {fewest}"
+            )
         unlabelled = len(y) - self.labels_per_class * len(counts)
         need = self.batch_size - self.labelled_batch_size
         if need and unlabelled < need:
-            raise ValueError(f"{unlabelled} unlabelled examples do not fill one batch's {need} unlabelled places; "
-                             "lower --batch-size or --labels-per-class")
+            raise ValueError(
+                f"{unlabelled} unlabelled examples do not fill one batch's {need} unlabelled places; "
+                "lower --batch-size or --labels-per-class"
+            )
         from ..core.distributed import world_size
 
         world = world_size()
         if world > 1 and (self.labelled_batch_size % world or need % world):
-            raise ValueError(f"under torchrun with {world} processes, --labelled-batch-size "
-                             f"{self.labelled_batch_size} and the unlabelled part of a batch ({need}) must both be "
-                             f"multiples of {world}: every rank trains on an equal share of both")
+            raise ValueError(
+                f"under torchrun with {world} processes, --labelled-batch-size "
+                f"{self.labelled_batch_size} and the unlabelled part of a batch ({need}) must both be "
+                f"multiples of {world}: every rank trains on an equal share of both"
+            )
         # one epoch is a pass over the unlabelled examples (MixedBatchSampler)
         steps_per_epoch = unlabelled // need if need else max(1, self.labels_per_class * len(counts) // self.batch_size)
         if self.fast_swa_unit == "steps" and self.fast_swa_every > self.cycle * steps_per_epoch:
-            raise ValueError(f"--fast-swa-every {self.fast_swa_every} steps is longer than the cycle of "
-                             f"{self.cycle * steps_per_epoch} steps ({self.cycle} epochs of {steps_per_epoch})")
+            raise ValueError(
+                f"--fast-swa-every {self.fast_swa_every} steps is longer than the cycle of "
+                f"{self.cycle * steps_per_epoch} steps ({self.cycle} epochs of {steps_per_epoch})"
+            )
 
 
 def _splits(cfg: SemisupConfig):
     from ..zoo.data import load_dataset
 
-    return load_dataset(cfg.dataset, val_fraction=cfg.val_fraction, train_subset=cfg.train_subset,
-                        test_subset=cfg.test_subset, root=cfg.data_root)
+    return load_dataset(
+        cfg.dataset,
+        val_fraction=cfg.val_fraction,
+        train_subset=cfg.train_subset,
+        test_subset=cfg.test_subset,
+        root=cfg.data_root,
+    )
 
 
 def _run_settings(cfg: SemisupConfig, consistency: str, seed: int) -> dict[str, Any]:
@@ -196,8 +235,9 @@ def _run_settings(cfg: SemisupConfig, consistency: str, seed: int) -> dict[str, 
     return {**d, "consistency": consistency, "seed": seed, "l": cfg.l}
 
 
-def semisup_one(cfg: SemisupConfig, consistency: str, seed: int, folder: str | Path, *, resume: bool = False,
-                progress: bool = False) -> dict[str, Any]:
+def semisup_one(
+    cfg: SemisupConfig, consistency: str, seed: int, folder: str | Path, *, resume: bool = False, progress: bool = False
+) -> dict[str, Any]:
     """One run (a consistency term and a seed) into ``folder``; returns its ``results.json``. With ``resume``
     a finished run is read back and an interrupted one continues from its checkpoint."""
     import torch
@@ -222,14 +262,24 @@ def semisup_one(cfg: SemisupConfig, consistency: str, seed: int, folder: str | P
         done = read_json_object(folder / "results.json")
         if done.get("settings") == settings:
             return done
-    again = resume and (folder / "checkpoint.safetensors").is_file() and (folder / "config.json").is_file() \
+    again = (
+        resume
+        and (folder / "checkpoint.safetensors").is_file()
+        and (folder / "config.json").is_file()
         and read_json_object(folder / "config.json") == settings
+    )
     barrier()  # under torchrun: every rank has decided before rank 0 touches the folder
     splits = _splits(cfg)
     cfg.check_data(splits)
     labelled, unlabelled = labelled_split(dataset_targets(splits.train), cfg.labels_per_class, seed)
-    loader = semisup_loader(splits.train, labelled, unlabelled=unlabelled, batch_size=cfg.batch_size,
-                            labelled_batch_size=cfg.labelled_batch_size, seed=seed)
+    loader = semisup_loader(
+        splits.train,
+        labelled,
+        unlabelled=unlabelled,
+        batch_size=cfg.batch_size,
+        labelled_batch_size=cfg.labelled_batch_size,
+        seed=seed,
+    )
     torch.manual_seed(seed)
     model = build_model(cfg.model, splits.input_shape, splits.num_classes).to(cfg.device)
     # under torchrun each rank evaluates and recomputes BatchNorm on its slice of these, all-reduced
@@ -237,30 +287,67 @@ def semisup_one(cfg: SemisupConfig, consistency: str, seed: int, folder: str | P
     bn = shard_loader(make_loader(splits.train, 1000), "BatchNorm")  # every training input, no augmentation
     teacher = MeanTeacher(model, cfg.ema_decay, eval_loaders=evals) if consistency == "mean-teacher" else None
     augment = default_augment(tuple(splits.input_shape), dataset=cfg.dataset) if cfg.augment else None
-    step = ConsistencyStep(consistency, augment=augment, weight=cfg.consistency_weight, rampup=cfg.rampup,
-                           loss=cfg.consistency_loss, teacher=teacher)
+    step = ConsistencyStep(
+        consistency,
+        augment=augment,
+        weight=cfg.consistency_weight,
+        rampup=cfg.rampup,
+        loss=cfg.consistency_loss,
+        teacher=teacher,
+    )
     l, c = cfg.l, cfg.cycle
     fast_k = cfg.fast_swa_every
     probe = next(iter(make_loader(torch.utils.data.Subset(splits.train, unlabelled[:1000].tolist()), 1000)))
     callbacks = ([teacher] if teacher is not None else []) + [
-        SWACallback(SWA(model, moments=False), l - c, every="epoch", k=c, bn_loader=bn, eval_loaders=evals,
-                    apply_at_end=False, prefix="swa"),
-        SWACallback(SWA(model, moments=False), l - c, every="epoch" if cfg.fast_swa_unit == "epochs" else "steps",
-                    k=fast_k, bn_loader=bn, eval_loaders=evals, apply_at_end=False, prefix="fastswa"),
+        SWACallback(
+            SWA(model, moments=False),
+            l - c,
+            every="epoch",
+            k=c,
+            bn_loader=bn,
+            eval_loaders=evals,
+            apply_at_end=False,
+            prefix="swa",
+        ),
+        SWACallback(
+            SWA(model, moments=False),
+            l - c,
+            every="epoch" if cfg.fast_swa_unit == "epochs" else "steps",
+            k=fast_k,
+            bn_loader=bn,
+            eval_loaders=evals,
+            apply_at_end=False,
+            prefix="fastswa",
+        ),
         TravelCallback(WeightSpace(model), probe),
     ]
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                          weight_decay=cfg.wd)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, weight_decay=cfg.wd
+    )
     folder.mkdir(parents=True, exist_ok=True)
     if not again and is_main():
         for name in ("checkpoint.safetensors", "metrics.jsonl", "results.json"):
             (folder / name).unlink(missing_ok=True)
         write_json(folder / "config.json", settings)
-    trainer = Trainer(model, None, opt, loader, epochs=cfg.epochs, schedule=CosineReplay(cfg.lr, l, c, total=l + c),
-                      callbacks=callbacks, eval_loaders=evals, eval_every=cfg.eval_every, device=cfg.device,
-                      seed=seed, step_fn=step, checkpoint_path=folder / "checkpoint.safetensors",
-                      checkpoint_every=1, log_path=folder / "metrics.jsonl", header={"config": settings},
-                      progress=progress)
+    trainer = Trainer(
+        model,
+        None,
+        opt,
+        loader,
+        epochs=cfg.epochs,
+        schedule=CosineReplay(cfg.lr, l, c, total=l + c),
+        callbacks=callbacks,
+        eval_loaders=evals,
+        eval_every=cfg.eval_every,
+        device=cfg.device,
+        seed=seed,
+        step_fn=step,
+        checkpoint_path=folder / "checkpoint.safetensors",
+        checkpoint_every=1,
+        log_path=folder / "metrics.jsonl",
+        header={"config": settings},
+        progress=progress,
+    )
     start = time.perf_counter()
     history = trainer.fit(resume=folder / "checkpoint.safetensors" if again else None)
     last = history[-1]
@@ -268,14 +355,28 @@ def semisup_one(cfg: SemisupConfig, consistency: str, seed: int, folder: str | P
     for kind in MODEL_KINDS:
         prefix = "" if kind == "student" else f"{kind}_"
         if f"{prefix}test_accuracy" in last:
-            final[kind] = {split: {m: last[f"{prefix}{split}_{m}"] for m in ("accuracy", "nll", "ece")}
-                           for split in ("val", "test")}
-    results = {"folder": "semisup-run", "consistency": consistency, "seed": seed, "settings": settings,
-               "labelled": len(labelled), "unlabelled": len(unlabelled), "val": len(splits.val),
-               "test": len(splits.test), "steps_per_epoch": len(loader), "metrics": final,
-               "swa_collects": last.get("swa_n"), "fastswa_collects": last.get("fastswa_n"),
-               "timing": {"train_s": time.perf_counter() - start,
-                          "epoch_s": sum(h["train_time"] for h in history) / len(history)}}
+            final[kind] = {
+                split: {m: last[f"{prefix}{split}_{m}"] for m in ("accuracy", "nll", "ece")}
+                for split in ("val", "test")
+            }
+    results = {
+        "folder": "semisup-run",
+        "consistency": consistency,
+        "seed": seed,
+        "settings": settings,
+        "labelled": len(labelled),
+        "unlabelled": len(unlabelled),
+        "val": len(splits.val),
+        "test": len(splits.test),
+        "steps_per_epoch": len(loader),
+        "metrics": final,
+        "swa_collects": last.get("swa_n"),
+        "fastswa_collects": last.get("fastswa_n"),
+        "timing": {
+            "train_s": time.perf_counter() - start,
+            "epoch_s": sum(h["train_time"] for h in history) / len(history),
+        },
+    }
     if is_main():
         write_json(folder / "results.json", results)
     return results
@@ -294,14 +395,28 @@ def summarise(runs: list[dict[str, Any]], consistency: list[str]) -> dict[str, d
             vals = [r["metrics"][kind] for r in rows if kind in r["metrics"]]
             if not vals:
                 continue
-            flat = [{"error": 1 - v["test"]["accuracy"], "nll": v["test"]["nll"], "ece": v["test"]["ece"],
-                     "val_error": 1 - v["val"]["accuracy"]} for v in vals]
+            flat = [
+                {
+                    "error": 1 - v["test"]["accuracy"],
+                    "nll": v["test"]["nll"],
+                    "ece": v["test"]["ece"],
+                    "val_error": 1 - v["val"]["accuracy"],
+                }
+                for v in vals
+            ]
             table[c][kind] = aggregate(flat, ("error", "nll", "ece", "val_error"))
     return table
 
 
-def semisup_run(cfg: SemisupConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False,
-                progress: bool = True, jobs: int = 1) -> dict[str, Any]:
+def semisup_run(
+    cfg: SemisupConfig,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    jobs: int = 1,
+) -> dict[str, Any]:
     """Every consistency term and seed into ``out`` (module docstring); returns what ``results.json`` holds.
     ``jobs``: worker processes over the runs (:mod:`valleys.app.parallel`)."""
     from ..core.checkpoint import write_json
@@ -320,13 +435,17 @@ def semisup_run(cfg: SemisupConfig, out: str | Path, *, overwrite: bool = False,
     start = time.perf_counter()
     # under torchrun: every run data-parallel on all ranks, one after the other; rank 0 writes the study
     jobs = 1 if world_size() > 1 else jobs
-    with ranks_folder(out, overwrite=overwrite, resume=resume,
-                      resumable=lambda: (out / "config.json").is_file()) as writes:
+    with ranks_folder(
+        out, overwrite=overwrite, resume=resume, resumable=lambda: (out / "config.json").is_file()
+    ) as writes:
         if writes:
             write_json(out / "config.json", {"folder": "semisup", **asdict(cfg)})
         calls = semisup_calls(cfg, out, resume=resume)
-        bar = progress_bar(total=len(calls), unit="run", desc="semi-supervised runs", dynamic_ncols=True) \
-            if progress and writes else None
+        bar = (
+            progress_bar(total=len(calls), unit="run", desc="semi-supervised runs", dynamic_ncols=True)
+            if progress and writes
+            else None
+        )
         try:
             runs = list(run_jobs(call, calls, jobs=jobs, progress=bar))
         finally:
@@ -339,17 +458,35 @@ def semisup_run(cfg: SemisupConfig, out: str | Path, *, overwrite: bool = False,
 def semisup_calls(cfg: SemisupConfig, out: Path, *, resume: bool = False) -> list[dict[str, Any]]:
     """The runs of a study as :func:`valleys.app.parallel.call` arguments (``fn`` is :func:`semisup_one`), one
     per consistency term and seed, into ``out/<consistency>/seed-<s>``; the demo runs them in its own pool."""
-    return [{"fn": semisup_one, "cfg": cfg, "consistency": c, "seed": s, "folder": out / c / f"seed-{s}",
-             "resume": resume, "progress": False} for c in cfg.consistency for s in cfg.seeds]
+    return [
+        {
+            "fn": semisup_one,
+            "cfg": cfg,
+            "consistency": c,
+            "seed": s,
+            "folder": out / c / f"seed-{s}",
+            "resume": resume,
+            "progress": False,
+        }
+        for c in cfg.consistency
+        for s in cfg.seeds
+    ]
 
 
-def semisup_finish(cfg: SemisupConfig, out: Path, runs: list[dict[str, Any]], start: float | None = None) -> dict[str, Any]:
+def semisup_finish(
+    cfg: SemisupConfig, out: Path, runs: list[dict[str, Any]], start: float | None = None
+) -> dict[str, Any]:
     """Summarise finished runs (:func:`semisup_calls`' results, in order) into ``out``: ``results.json``,
     ``figures/`` and ``report.md``; returns what ``results.json`` holds."""
     from ..core.checkpoint import write_json
 
-    results: dict[str, Any] = {"folder": "semisup", "settings": asdict(cfg), "l": cfg.l,
-                               "summary": summarise(runs, cfg.consistency), "runs": runs}
+    results: dict[str, Any] = {
+        "folder": "semisup",
+        "settings": asdict(cfg),
+        "l": cfg.l,
+        "summary": summarise(runs, cfg.consistency),
+        "runs": runs,
+    }
     results["claims"] = claims(runs)
     results["claim_rows"] = claim_rows(runs)
     figures = _figures(cfg, out)
@@ -373,41 +510,73 @@ def _figures(cfg: SemisupConfig, out: Path) -> list[Path]:
         curves: dict[str, list] = {}
         for kind in MODEL_KINDS:
             prefix = "" if kind == "student" else f"{kind}_"
-            runs = [[(h["epoch"], 1 - h[f"{prefix}test_accuracy"]) for h in log if f"{prefix}test_accuracy" in h]
-                    for log in logs[c]]
+            runs = [
+                [(h["epoch"], 1 - h[f"{prefix}test_accuracy"]) for h in log if f"{prefix}test_accuracy" in h]
+                for log in logs[c]
+            ]
             if any(runs):
                 curves[_LABELS[kind]] = runs
-        figures.append(plot_error_curves(
-            curves, out / "figures" / f"error-{c}.png", marker_epoch=cfg.l - cfg.cycle,
-            title=f"{cfg.model} on {cfg.dataset}, {cfg.labels_per_class} labels per class, consistency {c}: test "
-                  f"error (mean of {len(cfg.seeds)} seed{'s' if len(cfg.seeds) > 1 else ''})"))
-    travel = {c: [[(h["epoch"], h["travel_distance"], h["travel_disagreement"]) for h in log if "travel_distance" in h]
-                  for log in logs[c]] for c in cfg.consistency}
-    figures.append(plot_travel(travel, out / "figures" / "travel.png", marker_epoch=cfg.l - cfg.cycle,
-                               title=f"How far the student travels per epoch ({cfg.model} on {cfg.dataset})"))
+        figures.append(
+            plot_error_curves(
+                curves,
+                out / "figures" / f"error-{c}.png",
+                marker_epoch=cfg.l - cfg.cycle,
+                title=f"{cfg.model} on {cfg.dataset}, {cfg.labels_per_class} labels per class, consistency {c}: test "
+                f"error (mean of {len(cfg.seeds)} seed{'s' if len(cfg.seeds) > 1 else ''})",
+            )
+        )
+    travel = {
+        c: [
+            [(h["epoch"], h["travel_distance"], h["travel_disagreement"]) for h in log if "travel_distance" in h]
+            for log in logs[c]
+        ]
+        for c in cfg.consistency
+    }
+    figures.append(
+        plot_travel(
+            travel,
+            out / "figures" / "travel.png",
+            marker_epoch=cfg.l - cfg.cycle,
+            title=f"How far the student travels per epoch ({cfg.model} on {cfg.dataset})",
+        )
+    )
     return figures
 
 
 def summary_lines(cfg: SemisupConfig, results: dict[str, Any]) -> list[str]:
     """The settings in words, the table (mean ± std over seeds) and the claims, as Markdown lines."""
-    lines = [f"`{cfg.model}` on `{cfg.dataset}` with {cfg.labels_per_class} labels per class (drawn per seed; the "
-             "rest of the training split" + (f" of a {cfg.train_subset:,}-example subset" if cfg.train_subset else "")
-             + f" unlabelled, the validation split held out), batches of {cfg.batch_size} "
-             f"with {cfg.labelled_batch_size} labelled, {cfg.epochs} epochs: cosine from LR {cfg.lr:g} (reaching 0 "
-             f"at epoch {cfg.l + cfg.cycle}) over {cfg.l} epochs, then cycles of {cfg.cycle} epochs replaying its "
-             f"last {cfg.cycle}. SWA averages at every cycle end, fast-SWA every {cfg.fast_swa_every} "
-             f"{cfg.fast_swa_unit} from epoch {cfg.l - cfg.cycle}. Consistency loss `{cfg.consistency_loss}` between "
-             f"softmax outputs, weight {cfg.consistency_weight:g} ramped up over {cfg.rampup:g} epochs; mean-teacher "
-             f"EMA decay {cfg.ema_decay}. Seeds {cfg.seeds}; mean ± std over seeds; test split, validation error "
-             "beside it.", "",
-             "| consistency | model | test error (%) | NLL | ECE | val error (%) |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"`{cfg.model}` on `{cfg.dataset}` with {cfg.labels_per_class} labels per class (drawn per seed; the "
+        "rest of the training split"
+        + (f" of a {cfg.train_subset:,}-example subset" if cfg.train_subset else "")
+        + f" unlabelled, the validation split held out), batches of {cfg.batch_size} "
+        f"with {cfg.labelled_batch_size} labelled, {cfg.epochs} epochs: cosine from LR {cfg.lr:g} (reaching 0 "
+        f"at epoch {cfg.l + cfg.cycle}) over {cfg.l} epochs, then cycles of {cfg.cycle} epochs replaying its "
+        f"last {cfg.cycle}. SWA averages at every cycle end, fast-SWA every {cfg.fast_swa_every} "
+        f"{cfg.fast_swa_unit} from epoch {cfg.l - cfg.cycle}. Consistency loss `{cfg.consistency_loss}` between "
+        f"softmax outputs, weight {cfg.consistency_weight:g} ramped up over {cfg.rampup:g} epochs; mean-teacher "
+        f"EMA decay {cfg.ema_decay}. Seeds {cfg.seeds}; mean ± std over seeds; test split, validation error "
+        "beside it.",
+        "",
+        "| consistency | model | test error (%) | NLL | ECE | val error (%) |",
+        "|---|---|---|---|---|---|",
+    ]
     for c, kinds in results["summary"].items():
         for kind, st in kinds.items():
             cells = [cell(st[k], k) for k in ("error", "nll", "ece", "val_error")]
             lines.append(f"| {c} | {_LABELS[kind]} | " + " | ".join(cells) + " |")
-    return lines + ["", "The claims of Athiwaratkun et al. (2019) on test error. Verdict: the paired difference over "
-                    "seeds against twice its standard error (holds below -2 SE, does not hold above +2 SE, else within "
-                    "noise).", ""] + results["claims"] + [""]
+    return (
+        lines
+        + [
+            "",
+            "The claims of Athiwaratkun et al. (2019) on test error. Verdict: the paired difference over "
+            "seeds against twice its standard error (holds below -2 SE, does not hold above +2 SE, else within "
+            "noise).",
+            "",
+        ]
+        + results["claims"]
+        + [""]
+    )
 
 
 def report(cfg: SemisupConfig, results: dict[str, Any], figures: list[Path], out: Path) -> str:
@@ -416,16 +585,21 @@ def report(cfg: SemisupConfig, results: dict[str, Any], figures: list[Path], out
     lines += summary_lines(cfg, results)
     for f in figures:
         name = f.stem
-        caption = ("How far the student moves between consecutive epochs: the Euclidean distance in weight space "
-                   "and the share of unlabelled inputs whose predicted class changes (slide 35)."
-                   if name == "travel" else f"Test error against epoch, consistency `{name[6:]}` (slide 36).")
+        caption = (
+            "How far the student moves between consecutive epochs: the Euclidean distance in weight space "
+            "and the share of unlabelled inputs whose predicted class changes (slide 35)."
+            if name == "travel"
+            else f"Test error against epoch, consistency `{name[6:]}` (slide 36)."
+        )
         lines += [caption, "", f"![{name}]({f.relative_to(out)})", ""]
     return "\n".join(lines)
 
 
 def _errors(runs: list[dict[str, Any]], a: tuple[str, str], b: tuple[str, str]) -> tuple[list[float], list[float]]:
     """The per-seed test errors of ``a`` and ``b`` (``(consistency, model)``), over the seeds both have."""
-    err = {(r["consistency"], kind, r["seed"]): 1 - m["test"]["accuracy"] for r in runs for kind, m in r["metrics"].items()}
+    err = {
+        (r["consistency"], kind, r["seed"]): 1 - m["test"]["accuracy"] for r in runs for kind, m in r["metrics"].items()
+    }
     seeds = sorted({s for (c, k, s) in err if (a[0], a[1], s) in err and (b[0], b[1], s) in err})
     return [err[(*a, s)] for s in seeds], [err[(*b, s)] for s in seeds]
 
@@ -461,7 +635,9 @@ def claims(runs: list[dict[str, Any]]) -> list[str]:
     for r in claim_rows(runs):
         spread = f" ± {100 * r['se']:.2f}" if not math.isnan(r["se"]) else ""
         n = r["n"]
-        out.append(f"- {r['claim'][len('semi-supervised: '):]}: {r['verdict']} ({100 * r['a_mean']:.2f}% against "
-                   f"{100 * r['b_mean']:.2f}%, difference {100 * r['difference']:+.2f}{spread} points over {n} "
-                   f"seed{'s' if n > 1 else ''})")
+        out.append(
+            f"- {r['claim'][len('semi-supervised: ') :]}: {r['verdict']} ({100 * r['a_mean']:.2f}% against "
+            f"{100 * r['b_mean']:.2f}%, difference {100 * r['difference']:+.2f}{spread} points over {n} "
+            f"seed{'s' if n > 1 else ''})"
+        )
     return out or ["- (run with --consistency none and pi or mean-teacher to check them)"]

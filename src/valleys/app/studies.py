@@ -9,17 +9,34 @@ from typing import Any
 from torch import Tensor
 
 from ..core.checkpoint import write_json
-from .folders import check_output, output_guard
 from ..core.weights import WeightSpace
-from ..geometry.studies import (path_study, plane_study, random_plane_study, rays_study,  # noqa: F401
-                                sharpness_study)
+from ..geometry.studies import (
+    path_study,
+    plane_study,
+    random_plane_study,
+    rays_study,  # noqa: F401
+    sharpness_study,
+)
+from .folders import check_output, output_guard
 
-__all__ = ["write_study", "load_context", "load_trajectory", "trajectory_plane_study", "pca_plane_study",
-           "plane_study", "path_study", "rays_study", "random_plane_study", "sharpness_study", "WeightSpace"]
+__all__ = [
+    "write_study",
+    "load_context",
+    "load_trajectory",
+    "trajectory_plane_study",
+    "pca_plane_study",
+    "plane_study",
+    "path_study",
+    "rays_study",
+    "random_plane_study",
+    "sharpness_study",
+    "WeightSpace",
+]
 
 
-def write_study(out: str | Path, result: dict[str, Any], *, title: str, metric: str = "loss",
-                overwrite: bool = False) -> Path:
+def write_study(
+    out: str | Path, result: dict[str, Any], *, title: str, metric: str = "loss", overwrite: bool = False
+) -> Path:
     """Write ``results.json``, the matching figure and a short ``report.md`` for a study into ``out``.
 
     A folder that already holds valleys output is refused unless ``overwrite`` (an earlier study's files are
@@ -51,10 +68,18 @@ def _write_study(out: Path, result: dict[str, Any], *, title: str) -> Path:
     if kind in ("plane", "random-plane"):
         for loader, grid in result["grids"].items():
             for m in ("error", "loss"):
-                figs.append(plot_contours(result["xs"], result["ys"], grid[m], result["points"],
-                                          out / "figures" / f"{loader}_{m}.png",
-                                          title=f"{title}: {loader} {'error (%)' if m == 'error' else 'loss'}",
-                                          percent=m == "error", units=result["units"]))
+                figs.append(
+                    plot_contours(
+                        result["xs"],
+                        result["ys"],
+                        grid[m],
+                        result["points"],
+                        out / "figures" / f"{loader}_{m}.png",
+                        title=f"{title}: {loader} {'error (%)' if m == 'error' else 'loss'}",
+                        percent=m == "error",
+                        units=result["units"],
+                    )
+                )
     elif kind == "path":
         figs.append(plot_line(result, out / "figures" / "path.png", title=title))
     elif kind == "rays":
@@ -64,11 +89,14 @@ def _write_study(out: Path, result: dict[str, Any], *, title: str) -> Path:
         lines += ["| center | mean valley width |", "|---|---|"]
         lines += [f"| {k} | {v['mean_width']:.3f} |" for k, v in result["centers"].items()]
     if kind == "sharpness":
-        lines += [f"- top Hessian eigenvalues: {[round(x, 4) for x in result['top_eigenvalues']]} "
-                  f"({result['num_hvp']} Hessian-vector products)",
-                  f"- trace (Hutchinson): {result['trace']['trace']:.4f} ± {result['trace']['stderr']:.4f}",
-                  f"- epsilon-sharpness (eps {result['epsilon_sharpness']['epsilon']}): "
-                  f"{result['epsilon_sharpness']['sharpness']:.4f}", f"- mode: {result['mode']}"]
+        lines += [
+            f"- top Hessian eigenvalues: {[round(x, 4) for x in result['top_eigenvalues']]} "
+            f"({result['num_hvp']} Hessian-vector products)",
+            f"- trace (Hutchinson): {result['trace']['trace']:.4f} ± {result['trace']['stderr']:.4f}",
+            f"- epsilon-sharpness (eps {result['epsilon_sharpness']['epsilon']}): "
+            f"{result['epsilon_sharpness']['sharpness']:.4f}",
+            f"- mode: {result['mode']}",
+        ]
     lines += [""] + [f"![{f.stem}]({f.relative_to(out)})" for f in figs] + [""]
     (out / "report.md").write_text("\n".join(lines))
     return out
@@ -78,8 +106,8 @@ def _write_study(out: Path, result: dict[str, Any], *, title: str) -> Path:
 def load_context(path: str | Path):
     """``(model, weights, cfg, loaders, bn_loader)`` for a run folder or model checkpoint: ``loaders`` has
     ``train`` (the training split, unshuffled) and ``test``; ``bn_loader`` is the training split."""
-    from .connect import load_endpoint
     from ..zoo.data import make_loader
+    from .connect import load_endpoint
     from .runs import load_splits
 
     model, cfg = load_endpoint(path)
@@ -101,8 +129,9 @@ def load_trajectory(run_dir: str | Path) -> tuple[Tensor, list[int]]:
     return checkpoint_field(state, "iterates", path, "state"), list(checkpoint_field(header, "epochs", path))
 
 
-def trajectory_plane_study(run_dir: str | Path, *, n: int = 21, margin: float = 0.2, bn: str = "recompute",
-                           progress: bool = False) -> dict[str, Any]:
+def trajectory_plane_study(
+    run_dir: str | Path, *, n: int = 21, margin: float = 0.2, bn: str = "recompute", progress: bool = False
+) -> dict[str, Any]:
     """Slides 9-13: the plane through three SGD iterates W1, W2, W3 of a SWA/SWAG run (first, middle and last
     collected epochs) with the SWA solution projected onto it."""
     model, w_swa, cfg, loaders, bn_loader = load_context(run_dir)
@@ -111,15 +140,29 @@ def trajectory_plane_study(run_dir: str | Path, *, n: int = 21, margin: float = 
         raise ValueError(f"{run_dir} collected {len(iterates)} iterates; a trajectory plane needs at least 3")
     idx = [0, len(iterates) // 2, len(iterates) - 1]
     a, b, c = (iterates[i] for i in idx)
-    res = plane_study(model, a, b, c, loaders, extra={"SWA": w_swa}, n=n, margin=margin, bn=bn,
-                      bn_loader=bn_loader, progress=progress, adapter=cfg.adapter())
-    res["points"] = {f"W{j + 1} (epoch {epochs[i]})": res["points"][k]
-                     for j, (i, k) in enumerate(zip(idx, ("a", "b", "c")))} | {"SWA": res["points"]["SWA"]}
+    res = plane_study(
+        model,
+        a,
+        b,
+        c,
+        loaders,
+        extra={"SWA": w_swa},
+        n=n,
+        margin=margin,
+        bn=bn,
+        bn_loader=bn_loader,
+        progress=progress,
+        adapter=cfg.adapter(),
+    )
+    res["points"] = {
+        f"W{j + 1} (epoch {epochs[i]})": res["points"][k] for j, (i, k) in enumerate(zip(idx, ("a", "b", "c")))
+    } | {"SWA": res["points"]["SWA"]}
     return res
 
 
-def pca_plane_study(run_dir: str | Path, *, n: int = 21, margin: float = 0.2, bn: str = "recompute",
-                    progress: bool = False) -> dict[str, Any]:
+def pca_plane_study(
+    run_dir: str | Path, *, n: int = 21, margin: float = 0.2, bn: str = "recompute", progress: bool = False
+) -> dict[str, Any]:
     """The plane through the mean of a run's collected iterates spanned by their top two principal directions
     (u = PC1, v = PC2), with every iterate and SWA projected onto it."""
     from ..geometry.surfaces import pca_plane
@@ -129,8 +172,20 @@ def pca_plane_study(run_dir: str | Path, *, n: int = 21, margin: float = 0.2, bn
     mean, u, v, explained = pca_plane(iterates)
     extra = {f"epoch {e}": w for e, w in zip(epochs, iterates)}
     extra["SWA"] = w_swa
-    res = plane_study(model, mean, mean + v, mean + u, loaders, extra=extra, n=n, margin=margin, bn=bn,
-                      bn_loader=bn_loader, progress=progress, adapter=cfg.adapter())
+    res = plane_study(
+        model,
+        mean,
+        mean + v,
+        mean + u,
+        loaders,
+        extra=extra,
+        n=n,
+        margin=margin,
+        bn=bn,
+        bn_loader=bn_loader,
+        progress=progress,
+        adapter=cfg.adapter(),
+    )
     res["points"] = {k: p for k, p in res["points"].items() if k not in ("a", "b", "c")}
     res["explained_variance"] = explained.tolist()
     res["units"] = "Euclidean distance in weight space along PC1 (u) and PC2 (v)"

@@ -40,7 +40,7 @@ class SubspaceConfig:
     samples: int = 30
     burn_in: int = 20
     thin: int = 1
-    temperature: float | list[float] = 1.0   # several: chosen on the validation split
+    temperature: float | list[float] = 1.0  # several: chosen on the validation split
     prior_scale: float | list[float] = 1.0
     curve: str | None = None
     seed: int = 0
@@ -86,8 +86,10 @@ class SubspaceConfig:
         if self.space == "curve" and self.rank != 2:
             raise ValueError(f"a curve subspace is a plane: --rank must be 2, got {self.rank}")
         if self.bn == "recompute" and self.inference in ("vi", "flow", "nuts"):
-            raise ValueError(f"--inference {self.inference} needs gradients in z, which a per-sample BatchNorm "
-                             "recompute does not give; use --bn shift")
+            raise ValueError(
+                f"--inference {self.inference} needs gradients in z, which a per-sample BatchNorm "
+                "recompute does not give; use --bn shift"
+            )
 
 
 def _load_swag(run_dir: Path, model: torch.nn.Module):
@@ -96,8 +98,9 @@ def _load_swag(run_dir: Path, model: torch.nn.Module):
 
     path = run_dir / "posterior.safetensors"
     if not path.is_file():
-        raise ValueError(f"--space pca needs a SWAG run (train it with --method swag); {run_dir} has no "
-                         "posterior.safetensors")
+        raise ValueError(
+            f"--space pca needs a SWAG run (train it with --method swag); {run_dir} has no posterior.safetensors"
+        )
     state, header = load_checkpoint(path)
     if header.get("kind") != "swag":
         raise CheckpointError(f"{path} holds no SWAG posterior")
@@ -117,8 +120,10 @@ def build_subspace(cfg: SubspaceConfig, model: torch.nn.Module, w_run: torch.Ten
     if cfg.space == "pca":
         swag = _load_swag(Path(cfg.run), model)
         if swag.k < 2 or cfg.rank > swag.k:
-            raise ValueError(f"--rank {cfg.rank} is larger than the {swag.k} deviations the SWAG run {cfg.run} "
-                             f"collected; choose --rank at most {swag.k}")
+            raise ValueError(
+                f"--rank {cfg.rank} is larger than the {swag.k} deviations the SWAG run {cfg.run} "
+                f"collected; choose --rank at most {swag.k}"
+            )
         return pca_subspace(swag.deviations, cfg.rank, shift=swag.mean.to(w_run))
     from .connect import load_curve
 
@@ -134,8 +139,9 @@ def build_subspace(cfg: SubspaceConfig, model: torch.nn.Module, w_run: torch.Ten
         return curve_subspace(curve.start.detach(), curve.point(0.5).detach(), curve.end.detach())
 
 
-def subspace_run(cfg: SubspaceConfig, out: str | Path, *, overwrite: bool = False,
-                 progress: bool = True) -> dict[str, Any]:
+def subspace_run(
+    cfg: SubspaceConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True
+) -> dict[str, Any]:
     """Build the subspace, sample its posterior, average the predictions; write the run folder ``out``."""
     from ..core.checkpoint import save_checkpoint, write_json
     from ..evaluation.predict import bma
@@ -155,8 +161,17 @@ def subspace_run(cfg: SubspaceConfig, out: str | Path, *, overwrite: bool = Fals
     train = make_loader(splits.train, 1000)
     start = time.perf_counter()
     candidates = [(t, p) for t in _values(cfg.temperature) for p in _values(cfg.prior_scale)]
-    base = SubspacePosterior(model, subspace, train, temperature=1.0, prior_scale=1.0, adapter=adapter, bn=cfg.bn,
-                             bn_loader=bn_loader, device=run_cfg.device)
+    base = SubspacePosterior(
+        model,
+        subspace,
+        train,
+        temperature=1.0,
+        prior_scale=1.0,
+        adapter=adapter,
+        bn=cfg.bn,
+        bn_loader=bn_loader,
+        device=run_cfg.device,
+    )
     posts = {}
     for t, p in candidates:  # one BatchNorm recompute and one count of the data, shared by every candidate
         posts[t, p] = q = copy.copy(base)
@@ -165,16 +180,28 @@ def subspace_run(cfg: SubspaceConfig, out: str | Path, *, overwrite: bool = Fals
     z0 = torch.zeros(subspace.k, dtype=torch.float64)
     ll0 = float(base.log_likelihood(z0))  # untempered (T = 1)
     if not math.isfinite(ll0):
-        raise ValueError(f"the log-likelihood at the subspace's shift is {ll0}: the run's weights do not fit its "
-                         "training data (a diverged run?)")
+        raise ValueError(
+            f"the log-likelihood at the subspace's shift is {ll0}: the run's weights do not fit its "
+            "training data (a diverged run?)"
+        )
     evals = {"val": make_loader(splits.val, 1000), "test": make_loader(splits.test, 1000)}
 
     def score(ws: list[torch.Tensor], loader: Any, bn: str | None) -> dict[str, float]:
         if run_cfg.is_regression:  # in the target's units, as every regression result
-            return regression_summary(post.model, ws, loader, run_cfg, splits, bn=bn,
-                                      bn_loader=None if bn else bn_loader)
-        return summary_metrics(bma(post.model, ws, loader, adapter=adapter, bn=bn,
-                                   bn_loader=None if bn else bn_loader, device=run_cfg.device))
+            return regression_summary(
+                post.model, ws, loader, run_cfg, splits, bn=bn, bn_loader=None if bn else bn_loader
+            )
+        return summary_metrics(
+            bma(
+                post.model,
+                ws,
+                loader,
+                adapter=adapter,
+                bn=bn,
+                bn_loader=None if bn else bn_loader,
+                device=run_cfg.device,
+            )
+        )
 
     bn = "keep" if post.policy.mode == "keep" else None
     with output_guard(out):
@@ -183,12 +210,19 @@ def subspace_run(cfg: SubspaceConfig, out: str | Path, *, overwrite: bool = Fals
         selection = []
         best = None
         for t, p in candidates:
-            res = _infer(cfg, posts[t, p], splits, z0, progress=progress,
-                         label=f" T={t:g} s={p:g}" if len(candidates) > 1 else "")
+            res = _infer(
+                cfg,
+                posts[t, p],
+                splits,
+                z0,
+                progress=progress,
+                label=f" T={t:g} s={p:g}" if len(candidates) > 1 else "",
+            )
             weights = list(subspace.to_weights(res.samples.to(subspace.basis.dtype)))
             val = score(weights, evals["val"], bn)
-            selection.append({"temperature": t, "prior_scale": p, "val": val,
-                              "acceptance": res.diagnostics.get("acceptance_rate")})
+            selection.append(
+                {"temperature": t, "prior_scale": p, "val": val, "acceptance": res.diagnostics.get("acceptance_rate")}
+            )
             if best is None or val["nll"] < best[0]["nll"]:
                 best = (val, t, p, res, weights)
         assert best is not None
@@ -198,14 +232,29 @@ def subspace_run(cfg: SubspaceConfig, out: str | Path, *, overwrite: bool = Fals
         metrics = {"val": val, "test": score(weights, evals["test"], bn)}
         shift_metrics = {name: score([subspace.shift], loader, "keep") for name, loader in evals.items()}
         results: dict[str, Any] = {
-            "folder": "subspace", "space": cfg.space, "rank": subspace.k, "inference": cfg.inference,
-            "run": str(Path(cfg.run).resolve()), "dataset": run_cfg.dataset, "model": run_cfg.model,
-            "num_samples": int(res.samples.shape[0]), "metrics": metrics, "shift_metrics": shift_metrics,
-            "posterior": {"temperature": t_best, "prior_scale": p_best,
-                          "num_examples": post.num_examples, "bn": post.bn_label,
-                          "log_likelihood_at_shift": ll0},
-            "selection": {"rule": "the (temperature, prior scale) with the lowest validation NLL of the BMA",
-                          "candidates": selection} if len(candidates) > 1 else None,
+            "folder": "subspace",
+            "space": cfg.space,
+            "rank": subspace.k,
+            "inference": cfg.inference,
+            "run": str(Path(cfg.run).resolve()),
+            "dataset": run_cfg.dataset,
+            "model": run_cfg.model,
+            "num_samples": int(res.samples.shape[0]),
+            "metrics": metrics,
+            "shift_metrics": shift_metrics,
+            "posterior": {
+                "temperature": t_best,
+                "prior_scale": p_best,
+                "num_examples": post.num_examples,
+                "bn": post.bn_label,
+                "log_likelihood_at_shift": ll0,
+            },
+            "selection": {
+                "rule": "the (temperature, prior scale) with the lowest validation NLL of the BMA",
+                "candidates": selection,
+            }
+            if len(candidates) > 1
+            else None,
             "subspace": {"kind": subspace.kind, **subspace.info},
             "sampler": res.to_json(),
             "likelihood_evaluations": base.evaluations + sum(q.evaluations for q in posts.values()),
@@ -214,8 +263,11 @@ def subspace_run(cfg: SubspaceConfig, out: str | Path, *, overwrite: bool = Fals
         if cfg.grid and subspace.k >= 2:
             results["density"] = _density_grid(post, res.samples, cfg.grid)
         tensors, header = subspace.state()
-        save_checkpoint(out / "subspace.safetensors", {**tensors, "samples": res.samples},
-                        {**header, "kind": "subspace", "signature": post.space.signature()})
+        save_checkpoint(
+            out / "subspace.safetensors",
+            {**tensors, "samples": res.samples},
+            {**header, "kind": "subspace", "signature": post.space.signature()},
+        )
         write_json(out / "results.json", results)
         _figures_and_report(out, cfg, results, res.samples)
         return results
@@ -233,15 +285,26 @@ def _infer(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, *, pro
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    steps = {"ess": cfg.burn_in + cfg.samples * cfg.thin, "vi": cfg.vi_steps, "flow": cfg.vi_steps,
-             "nuts": cfg.chains}[cfg.inference]
-    bar = progress_bar(total=steps, unit="step", desc=f"subspace {cfg.inference}{label}", leave=False,
-                       dynamic_ncols=True) if progress else None
+    steps = {"ess": cfg.burn_in + cfg.samples * cfg.thin, "vi": cfg.vi_steps, "flow": cfg.vi_steps, "nuts": cfg.chains}[
+        cfg.inference
+    ]
+    bar = (
+        progress_bar(total=steps, unit="step", desc=f"subspace {cfg.inference}{label}", leave=False, dynamic_ncols=True)
+        if progress
+        else None
+    )
     try:
         if cfg.inference == "ess":
-            return elliptical_slice(lambda z: float(post.log_likelihood(z)), z0, prior_scale=post.prior_scale,
-                                    num_samples=cfg.samples, burn_in=cfg.burn_in, thin=cfg.thin, generator=gen,
-                                    progress=bar)
+            return elliptical_slice(
+                lambda z: float(post.log_likelihood(z)),
+                z0,
+                prior_scale=post.prior_scale,
+                num_samples=cfg.samples,
+                burn_in=cfg.burn_in,
+                thin=cfg.thin,
+                generator=gen,
+                progress=bar,
+            )
         if cfg.inference in ("vi", "flow"):
             minibatches = make_loader(splits.train, 256, shuffle=True, seed=cfg.seed)
             it = iter(())
@@ -256,13 +319,36 @@ def _infer(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, *, pro
                 return post.differentiable_log_likelihood(z, batch)
 
             if cfg.inference == "flow":
-                return flow_vi(minibatch_ll, post.subspace.k, prior_scale=post.prior_scale, num_samples=cfg.samples,
-                               steps=cfg.vi_steps, lr=cfg.vi_lr, layers=cfg.flow_layers, generator=gen, progress=bar)
-            return mean_field_vi(minibatch_ll, post.subspace.k, prior_scale=post.prior_scale,
-                                 num_samples=cfg.samples, steps=cfg.vi_steps, lr=cfg.vi_lr, generator=gen,
-                                 progress=bar)
-        return nuts(lambda z: post.differentiable_log_likelihood(z), z0, prior_scale=post.prior_scale,
-                    num_samples=cfg.samples, warmup=cfg.warmup, chains=cfg.chains, seed=cfg.seed)
+                return flow_vi(
+                    minibatch_ll,
+                    post.subspace.k,
+                    prior_scale=post.prior_scale,
+                    num_samples=cfg.samples,
+                    steps=cfg.vi_steps,
+                    lr=cfg.vi_lr,
+                    layers=cfg.flow_layers,
+                    generator=gen,
+                    progress=bar,
+                )
+            return mean_field_vi(
+                minibatch_ll,
+                post.subspace.k,
+                prior_scale=post.prior_scale,
+                num_samples=cfg.samples,
+                steps=cfg.vi_steps,
+                lr=cfg.vi_lr,
+                generator=gen,
+                progress=bar,
+            )
+        return nuts(
+            lambda z: post.differentiable_log_likelihood(z),
+            z0,
+            prior_scale=post.prior_scale,
+            num_samples=cfg.samples,
+            warmup=cfg.warmup,
+            chains=cfg.chains,
+            seed=cfg.seed,
+        )
     finally:
         if bar is not None:
             bar.close()
@@ -280,8 +366,12 @@ def _density_grid(post, samples: torch.Tensor, n: int) -> dict[str, Any]:
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     zz[:, 0], zz[:, 1] = gx.reshape(-1), gy.reshape(-1)
     logp = post.log_prob(zz).view(n, n)
-    return {"xs": xs.tolist(), "ys": ys.tolist(), "log_posterior": logp.tolist(),
-            "units": "subspace coordinates z_1, z_2 (other coordinates 0)"}
+    return {
+        "xs": xs.tolist(),
+        "ys": ys.tolist(),
+        "log_posterior": logp.tolist(),
+        "units": "subspace coordinates z_1, z_2 (other coordinates 0)",
+    }
 
 
 def _figures_and_report(out: Path, cfg: SubspaceConfig, results: dict[str, Any], samples: torch.Tensor) -> None:
@@ -289,8 +379,14 @@ def _figures_and_report(out: Path, cfg: SubspaceConfig, results: dict[str, Any],
     try:
         from .plots import plot_subspace
 
-        figures.append(plot_subspace(results.get("density"), samples, out / "figures" / "posterior.png",
-                                     title=f"{cfg.space} subspace (k = {results['rank']}), {cfg.inference}"))
+        figures.append(
+            plot_subspace(
+                results.get("density"),
+                samples,
+                out / "figures" / "posterior.png",
+                title=f"{cfg.space} subspace (k = {results['rank']}), {cfg.inference}",
+            )
+        )
     except ImportError:
         pass
     m, s = results["metrics"], results["shift_metrics"]
@@ -299,24 +395,37 @@ def _figures_and_report(out: Path, cfg: SubspaceConfig, results: dict[str, Any],
     def fmt(v: float, k: str) -> str:
         return f"{100 * v:.2f}" if k == "accuracy" else f"{v:.4f}"
 
-    lines = [f"# Subspace inference: {cfg.space} subspace, {cfg.inference}", "",
-             f"Run: `{results['run']}` ({results['model']} on {results['dataset']}). Rank k = {results['rank']}, "
-             f"{results['num_samples']} samples, temperature {results['posterior']['temperature']:g}, prior scale "
-             f"{results['posterior']['prior_scale']:g}, "
-             f"BatchNorm: {results['posterior']['bn']}. Likelihood on {results['posterior']['num_examples']} "
-             f"training examples; {results['likelihood_evaluations']} likelihood evaluations.", "",
-             "| predictive | split | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    lines = [
+        f"# Subspace inference: {cfg.space} subspace, {cfg.inference}",
+        "",
+        f"Run: `{results['run']}` ({results['model']} on {results['dataset']}). Rank k = {results['rank']}, "
+        f"{results['num_samples']} samples, temperature {results['posterior']['temperature']:g}, prior scale "
+        f"{results['posterior']['prior_scale']:g}, "
+        f"BatchNorm: {results['posterior']['bn']}. Likelihood on {results['posterior']['num_examples']} "
+        f"training examples; {results['likelihood_evaluations']} likelihood evaluations.",
+        "",
+        "| predictive | split | " + " | ".join(keys) + " |",
+        "|---|---|" + "---|" * len(keys),
+    ]
     for label, table in (("subspace BMA", m), ("shift only", s)):
         for split in ("val", "test"):
             lines.append(f"| {label} | {split} | " + " | ".join(fmt(table[split][k], k) for k in keys) + " |")
     if results.get("selection"):
-        lines += ["", "Settings chosen on the validation split (lowest validation NLL of the BMA):", "",
-                  "| temperature | prior scale | val NLL | chosen |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "Settings chosen on the validation split (lowest validation NLL of the BMA):",
+            "",
+            "| temperature | prior scale | val NLL | chosen |",
+            "|---|---|---|---|",
+        ]
         for c in results["selection"]["candidates"]:
-            chosen = (c["temperature"], c["prior_scale"]) == (results["posterior"]["temperature"],
-                                                               results["posterior"]["prior_scale"])
-            lines.append(f"| {c['temperature']:g} | {c['prior_scale']:g} | {c['val']['nll']:.4f} | "
-                         f"{'yes' if chosen else ''} |")
+            chosen = (c["temperature"], c["prior_scale"]) == (
+                results["posterior"]["temperature"],
+                results["posterior"]["prior_scale"],
+            )
+            lines.append(
+                f"| {c['temperature']:g} | {c['prior_scale']:g} | {c['val']['nll']:.4f} | {'yes' if chosen else ''} |"
+            )
     lines += [""] + [f"![posterior]({f.relative_to(out)})" for f in figures] + [""]
     (out / "report.md").write_text("\n".join(lines))
 

@@ -48,8 +48,10 @@ def gaussian_nll(output: Tensor, target: Tensor) -> Tensor:
     """Mean Gaussian negative log-likelihood ``0.5 log(2 pi var) + (y - mu)^2 / (2 var)`` of targets under a
     head that outputs ``(mean, variance)`` per example as an (N, 2) tensor (constant included)."""
     if output.dim() != 2 or output.shape[1] != 2:
-        raise AdapterError(f"a Gaussian head must output (N, 2) = (mean, variance), got {tuple(output.shape)}; "
-                           "pass loss=... for another likelihood")
+        raise AdapterError(
+            f"a Gaussian head must output (N, 2) = (mean, variance), got {tuple(output.shape)}; "
+            "pass loss=... for another likelihood"
+        )
     mean, var = output[:, 0], output[:, 1]
     t = target.reshape(-1).to(mean.dtype)
     return (0.5 * torch.log(2 * math.pi * var) + (t - mean) ** 2 / (2 * var)).mean()
@@ -122,10 +124,14 @@ class ModelAdapter:
                 for k in _TARGET_KEYS:
                     if k in batch:
                         return batch[k]
-                raise AdapterError(f"dict batch with keys {sorted(batch)} has no target key (tried "
-                                   f"{list(_TARGET_KEYS)}); pass target='key' (or target_fn=...)")
-            raise AdapterError(f"cannot find the targets in a batch of type {type(batch).__name__}; pass "
-                               "target=... (a key, an index or a callable)")
+                raise AdapterError(
+                    f"dict batch with keys {sorted(batch)} has no target key (tried "
+                    f"{list(_TARGET_KEYS)}); pass target='key' (or target_fn=...)"
+                )
+            raise AdapterError(
+                f"cannot find the targets in a batch of type {type(batch).__name__}; pass "
+                "target=... (a key, an index or a callable)"
+            )
         if callable(sel):
             return sel(batch)
         return self._pick(batch, sel, "target")
@@ -153,8 +159,10 @@ class ModelAdapter:
             if len(rest) == 1:
                 return (next(iter(rest.values())),), {}
             return (), rest
-        raise AdapterError(f"cannot find the model input in a batch of type {type(batch).__name__}; pass "
-                           "input=... (a key, an index or a callable)")
+        raise AdapterError(
+            f"cannot find the model input in a batch of type {type(batch).__name__}; pass "
+            "input=... (a key, an index or a callable)"
+        )
 
     # ------------------------------------------------------------------ outputs
     def prediction(self, raw: Any) -> Tensor:
@@ -166,15 +174,21 @@ class ModelAdapter:
             if isinstance(raw, Mapping):
                 if "logits" in raw:
                     return raw["logits"]
-                raise AdapterError(f"the model returned a dict with keys {sorted(raw)} and no 'logits'; say which "
-                                   "holds the prediction with output='key'")
+                raise AdapterError(
+                    f"the model returned a dict with keys {sorted(raw)} and no 'logits'; say which "
+                    "holds the prediction with output='key'"
+                )
             if isinstance(getattr(raw, "logits", None), Tensor):
                 return raw.logits
             if isinstance(raw, (tuple, list)):
-                raise AdapterError(f"the model returned a {type(raw).__name__} of {len(raw)} outputs; say which "
-                                   "holds the prediction with output=0 (an index), output='key' or a callable")
-            raise AdapterError(f"the model returned a {type(raw).__name__}; pass output=... (an index, a key, an "
-                               "attribute name or a callable) to say where the prediction is")
+                raise AdapterError(
+                    f"the model returned a {type(raw).__name__} of {len(raw)} outputs; say which "
+                    "holds the prediction with output=0 (an index), output='key' or a callable"
+                )
+            raise AdapterError(
+                f"the model returned a {type(raw).__name__}; pass output=... (an index, a key, an "
+                "attribute name or a callable) to say where the prediction is"
+            )
         if callable(sel):
             return sel(raw)
         if isinstance(sel, str) and not isinstance(raw, Mapping) and hasattr(raw, sel):
@@ -182,8 +196,9 @@ class ModelAdapter:
         try:
             return raw[sel]
         except (KeyError, IndexError, TypeError):
-            raise AdapterError(f"output={sel!r} is not in what the model returned (a {type(raw).__name__}); "
-                               "fix output=...") from None
+            raise AdapterError(
+                f"output={sel!r} is not in what the model returned (a {type(raw).__name__}); fix output=..."
+            ) from None
 
     def forward(self, model: nn.Module, batch: Any, device: torch.device | str | None = None) -> Tensor:
         """``prediction(model(*args, **kwargs))`` for one batch, inputs moved to ``device`` first."""
@@ -219,9 +234,14 @@ class ModelAdapter:
         return self.loss_fn(prediction, targets)
 
 
-def as_adapter(adapter: ModelAdapter | None = None, *, input_fn: Callable[[Any], Any] | None = None,
-               target_fn: Callable[[Any], Any] | None = None, loss: Any = None,
-               likelihood: str | None = None) -> ModelAdapter:
+def as_adapter(
+    adapter: ModelAdapter | None = None,
+    *,
+    input_fn: Callable[[Any], Any] | None = None,
+    target_fn: Callable[[Any], Any] | None = None,
+    loss: Any = None,
+    likelihood: str | None = None,
+) -> ModelAdapter:
     """The adapter to use for an entry point that also accepts the older ``input_fn``/``target_fn`` and
     ``likelihood`` arguments: ``adapter`` if given (then the others must be ``None``), else one built from them."""
     if adapter is not None:

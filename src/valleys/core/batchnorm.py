@@ -73,16 +73,21 @@ class _Moments:
             m2 = torch.zeros_like(mean)
         else:
             mean, m2 = self.mean, self.m2
-        flat = torch.cat([torch.tensor([float(self.n)], dtype=torch.float64, device=mean.device),
-                          mean * self.n, m2 + self.n * mean.pow(2)])  # count, sum, sum of squares about zero
+        flat = torch.cat(
+            [
+                torch.tensor([float(self.n)], dtype=torch.float64, device=mean.device),
+                mean * self.n,
+                m2 + self.n * mean.pow(2),
+            ]
+        )  # count, sum, sum of squares about zero
         dist.all_reduce(flat)
         c = mean.numel()
         self.n = int(round(float(flat[0])))
         if self.n == 0:
             self.mean = self.m2 = None
             return
-        self.mean = flat[1:1 + c] / self.n
-        self.m2 = flat[1 + c:] - self.n * self.mean.pow(2)
+        self.mean = flat[1 : 1 + c] / self.n
+        self.m2 = flat[1 + c :] - self.n * self.mean.pow(2)
 
 
 def _agree_on_batches(seen: int, device: torch.device) -> None:
@@ -95,11 +100,15 @@ def _agree_on_batches(seen: int, device: torch.device) -> None:
     total = torch.tensor([float(seen)], dtype=torch.float64, device=device)
     dist.all_reduce(total)
     if total.item() == 0:
-        raise EmptyLoaderError("recompute_bn: the loader yielded no batches on any rank; pass a non-empty training "
-                               "loader")
+        raise EmptyLoaderError(
+            "recompute_bn: the loader yielded no batches on any rank; pass a non-empty training loader"
+        )
     if seen == 0:
-        warnings.warn(f"recompute_bn: rank {dist.get_rank()} has no batches; it takes part in the all-reduce with "
-                      "zero counts", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"recompute_bn: rank {dist.get_rank()} has no batches; it takes part in the all-reduce with zero counts",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def recompute_bn(
@@ -107,7 +116,7 @@ def recompute_bn(
     loader: Iterable,
     *,
     input_fn: InputFn | None = None,
-    adapter: "ModelAdapter | None" = None,
+    adapter: ModelAdapter | None = None,
     num_batches: int | None = None,
     fraction: float | None = None,
     device: torch.device | str | None = None,
@@ -155,8 +164,10 @@ def recompute_bn(
     if distributed is None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
 
-    saved = {m: [b.detach().clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
-             for m in layers}
+    saved = {
+        m: [b.detach().clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+        for m in layers
+    }
     moments = {m: _Moments() for m in layers}
     momenta = {m: m.momentum for m in layers}
     hooks = [m.register_forward_hook(moments[m]) for m in layers]
@@ -172,7 +183,9 @@ def recompute_bn(
     except BaseException:  # leave the statistics as they were, not half-updated by momentum
         with torch.no_grad():
             for m, bufs in saved.items():
-                for b, old in zip([b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None], bufs):
+                for b, old in zip(
+                    [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None], bufs
+                ):
                     b.copy_(old)
         raise
     finally:
@@ -183,7 +196,9 @@ def recompute_bn(
     if seen == 0 and not distributed:
         with torch.no_grad():
             for m, bufs in saved.items():
-                for b, old in zip([b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None], bufs):
+                for b, old in zip(
+                    [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None], bufs
+                ):
                     b.copy_(old)
         raise EmptyLoaderError("recompute_bn: the loader yielded no batches; pass a non-empty training loader")
     if distributed:

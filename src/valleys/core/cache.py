@@ -68,8 +68,11 @@ def _read(npz: Path, sidecar: Path, key: Mapping[str, Any]) -> dict[str, np.ndar
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f"not a valid npz ({e})") from None
     spec = meta.get("arrays")
-    if not isinstance(spec, dict) or set(spec) != set(arrays) or any(
-            [str(a.dtype), list(a.shape)] != spec[k] for k, a in arrays.items()):
+    if (
+        not isinstance(spec, dict)
+        or set(spec) != set(arrays)
+        or any([str(a.dtype), list(a.shape)] != spec[k] for k, a in arrays.items())
+    ):
         raise ValueError("arrays differ from the sidecar")
     return arrays
 
@@ -92,14 +95,20 @@ def _write(npz: Path, sidecar: Path, key: Mapping[str, Any], arrays: Mapping[str
     buf = io.BytesIO()
     np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
     raw = buf.getvalue()
-    meta = {"format": FORMAT, "key": json.loads(_canonical(key)), "sha256": hashlib.sha256(raw).hexdigest(),
-            "arrays": {k: [str(np.asarray(v).dtype), list(np.shape(v))] for k, v in arrays.items()}}
+    meta = {
+        "format": FORMAT,
+        "key": json.loads(_canonical(key)),
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "arrays": {k: [str(np.asarray(v).dtype), list(np.shape(v))] for k, v in arrays.items()},
+    }
     npz.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(npz, raw)  # the arrays first: a reader that meets the old sidecar fails the checksum
     _write_atomic(sidecar, (json.dumps(meta, indent=1) + "\n").encode())
 
 
-def cached_arrays(name: str, key: Mapping[str, Any], make: Callable[[], Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def cached_arrays(
+    name: str, key: Mapping[str, Any], make: Callable[[], Mapping[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
     """The arrays ``make()`` returns for ``key`` (JSON-serialisable), from the cache when a valid entry exists.
 
     A missing entry is made and written; a corrupt or mismatched one is reported (``RuntimeWarning``), made
@@ -117,6 +126,10 @@ def cached_arrays(name: str, key: Mapping[str, Any], make: Callable[[], Mapping[
     try:
         _write(npz, sidecar, key, arrays)
     except OSError as e:
-        warnings.warn(f"could not write the valleys cache in {npz.parent} ({e}); set VALLEYS_CACHE to a "
-                      "writable folder to avoid regenerating", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"could not write the valleys cache in {npz.parent} ({e}); set VALLEYS_CACHE to a "
+            "writable folder to avoid regenerating",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return arrays

@@ -21,8 +21,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "FORMAT", "check_model_signature",
-           "model_signature", "write_json", "to_json_text", "json_safe", "checkpoint_field"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "CheckpointError",
+    "FORMAT",
+    "check_model_signature",
+    "model_signature",
+    "write_json",
+    "to_json_text",
+    "json_safe",
+    "checkpoint_field",
+]
 
 FORMAT = "valleys-checkpoint-v1"
 
@@ -44,8 +54,10 @@ def _encode(obj: Any, tensors: dict[str, Tensor], path: str) -> Any:
             return {"__dict__": {k: _encode(v, tensors, f"{path}.{k}" if path else k) for k, v in obj.items()}}
         return {"__pairs__": [[k, _encode(v, tensors, f"{path}.{k}")] for k, v in obj.items()]}
     if isinstance(obj, (list, tuple)):
-        return {"__list__": [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)],
-                "tuple": isinstance(obj, tuple)}
+        return {
+            "__list__": [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)],
+            "tuple": isinstance(obj, tuple),
+        }
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     if isinstance(obj, torch.dtype):
@@ -134,8 +146,10 @@ def check_model_signature(expected: list, model: nn.Module, source: str = "check
     (or if ``expected``, read from a header, is missing or malformed)."""
     have = {k: s for k, s in model_signature(model)}
     if not isinstance(expected, list) or not all(isinstance(e, (list, tuple)) and len(e) == 2 for e in expected):
-        raise CheckpointError(f"{source} has no valid architecture signature in its header "
-                              f"({'missing' if expected is None else 'malformed'}); was it written by valleys?")
+        raise CheckpointError(
+            f"{source} has no valid architecture signature in its header "
+            f"({'missing' if expected is None else 'malformed'}); was it written by valleys?"
+        )
     want = {k: s for k, s in expected}
     missing = [k for k in want if k not in have]
     extra = [k for k in have if k not in want]
@@ -169,9 +183,12 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], header: dict
         try:
             save_file(tensors, tmp, metadata=meta)
         except SafetensorError as e:  # safetensors reports a failed write (full disk, file size limit) this way
-            raise OSError(_errno_of(str(e)), f"cannot write the checkpoint ({_reason(str(e))}); "
-                          f"{'the previous one is intact' if path.exists() else 'nothing was written'}",
-                          str(path)) from None
+            raise OSError(
+                _errno_of(str(e)),
+                f"cannot write the checkpoint ({_reason(str(e))}); "
+                f"{'the previous one is intact' if path.exists() else 'nothing was written'}",
+                str(path),
+            ) from None
         _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

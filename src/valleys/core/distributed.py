@@ -15,8 +15,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["is_distributed", "rank", "world_size", "is_main", "init_from_env", "all_reduce_sum", "shard_bounds",
-           "RankSliceBatchSampler", "shard_loader", "barrier", "check_same_everywhere", "DistributedSetupError"]
+__all__ = [
+    "is_distributed",
+    "rank",
+    "world_size",
+    "is_main",
+    "init_from_env",
+    "all_reduce_sum",
+    "shard_bounds",
+    "RankSliceBatchSampler",
+    "shard_loader",
+    "barrier",
+    "check_same_everywhere",
+    "DistributedSetupError",
+]
 
 
 class DistributedSetupError(RuntimeError):
@@ -146,8 +158,13 @@ def shard_loader(loader: Any, what: str = "train") -> Any:
     from torch.utils.data import DataLoader, DistributedSampler
 
     world = world_size()
-    if world == 1 or not isinstance(loader, DataLoader) or loader.batch_sampler is None \
-            or isinstance(loader.batch_sampler, RankSliceBatchSampler) or isinstance(loader.sampler, DistributedSampler):
+    if (
+        world == 1
+        or not isinstance(loader, DataLoader)
+        or loader.batch_sampler is None
+        or isinstance(loader.batch_sampler, RankSliceBatchSampler)
+        or isinstance(loader.sampler, DistributedSampler)
+    ):
         return loader
     bs = loader.batch_sampler
     batch_size = getattr(bs, "batch_size", None)
@@ -158,7 +175,14 @@ def shard_loader(loader: Any, what: str = "train") -> Any:
             raise ValueError(
                 f"the {what} loader's batches of {batch_size} (the last of {last}) cannot be split over {world} "
                 f"processes: every rank needs at least one example of every batch; use a batch size >= {world} and "
-                "a dataset size whose last batch is 0 or >= the number of processes (or drop_last=True)")
-    return DataLoader(loader.dataset, batch_sampler=RankSliceBatchSampler(bs), num_workers=loader.num_workers,
-                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, generator=loader.generator,
-                      worker_init_fn=loader.worker_init_fn)
+                "a dataset size whose last batch is 0 or >= the number of processes (or drop_last=True)"
+            )
+    return DataLoader(
+        loader.dataset,
+        batch_sampler=RankSliceBatchSampler(bs),
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        generator=loader.generator,
+        worker_init_fn=loader.worker_init_fn,
+    )

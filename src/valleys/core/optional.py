@@ -71,8 +71,17 @@ class PlainBar(NullBar):
     (30) after the last line, and a last line on ``close()`` if work was done since. Same methods as a tqdm bar.
     """
 
-    def __init__(self, iterable: Any = None, *, file: Any = None, desc: str | None = None, unit: str = "it",
-                 step: float = 0.1, interval: float = 30.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        iterable: Any = None,
+        *,
+        file: Any = None,
+        desc: str | None = None,
+        unit: str = "it",
+        step: float = 0.1,
+        interval: float = 30.0,
+        **kwargs: Any,
+    ) -> None:
         if kwargs.get("total") is None and iterable is not None and hasattr(iterable, "__len__"):
             kwargs["total"] = len(iterable)
         super().__init__(iterable, **kwargs)
@@ -113,8 +122,11 @@ class PlainBar(NullBar):
 
     def _line(self, now: float) -> None:
         elapsed = now - self.start
-        done = f"{self.n:g}/{self.total:g} {self.unit} ({100 * self.n / self.total:.0f}%)" if self.total \
+        done = (
+            f"{self.n:g}/{self.total:g} {self.unit} ({100 * self.n / self.total:.0f}%)"
+            if self.total
             else f"{self.n:g} {self.unit}"
+        )
         text = f"{self.desc}: {done}" if self.desc else done
         text += f", {elapsed:.0f}s elapsed"
         if self.postfix:

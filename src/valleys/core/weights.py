@@ -81,9 +81,7 @@ class WeightSpace:
         else:
             unknown = [n for n in names if n not in params]
             if unknown:
-                raise WeightSpaceError(
-                    f"unknown parameter names {unknown}; valid names are {list(params)}"
-                )
+                raise WeightSpaceError(f"unknown parameter names {unknown}; valid names are {list(params)}")
             if len(set(names)) != len(names):
                 raise WeightSpaceError(f"parameter names repeat in {list(names)}")
             order = {n: i for i, n in enumerate(params)}
@@ -151,8 +149,7 @@ class WeightSpace:
             raise WeightSpaceError(f"{what} must be a torch.Tensor, got {type(w).__name__}")
         if w.dim() != 1 or w.numel() != self.size:
             raise WeightSpaceError(
-                f"{what} has shape {tuple(w.shape)} but this weight space needs a 1-D vector of "
-                f"length {self.size}"
+                f"{what} has shape {tuple(w.shape)} but this weight space needs a 1-D vector of length {self.size}"
             )
         if not w.is_floating_point():
             raise WeightSpaceError(f"{what} has dtype {w.dtype}; a floating-point dtype is required")
@@ -161,8 +158,9 @@ class WeightSpace:
             raise WeightSpaceError(f"{what} holds {bad} NaN or infinite entries")
 
     # ------------------------------------------------------------------ read / write
-    def read(self, module: nn.Module, *, dtype: torch.dtype | None = None,
-             device: torch.device | str | None = None) -> Tensor:
+    def read(
+        self, module: nn.Module, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    ) -> Tensor:
         """Return ``w``: a new detached flat vector holding the module's current parameters."""
         params = self.parameters(module)
         with torch.no_grad():
@@ -177,7 +175,7 @@ class WeightSpace:
         params = self.parameters(module)
         with torch.no_grad():
             for p, s in zip(params, self.slots):
-                p.copy_(w[s.offset:s.offset + s.numel].view(s.shape))
+                p.copy_(w[s.offset : s.offset + s.numel].view(s.shape))
 
     def unflatten(self, w: Tensor) -> dict[str, Tensor]:
         """Views of ``w`` shaped like the parameters, keyed by name (gradients flow through them)."""
@@ -221,7 +219,7 @@ class WeightSpace:
         def load(w: Tensor) -> None:
             with torch.no_grad():
                 for p, s in zip(params, self.slots):
-                    p.copy_(w[s.offset:s.offset + s.numel].view(s.shape))
+                    p.copy_(w[s.offset : s.offset + s.numel].view(s.shape))
 
         try:
             with preserved_modes(module):
@@ -235,8 +233,7 @@ class WeightSpace:
                         if k in saved_buffers:
                             b.copy_(saved_buffers[k])
 
-    def call_with(self, module: nn.Module, tensors: Sequence[Tensor], args: tuple = (),
-                  kwargs: dict | None = None):
+    def call_with(self, module: nn.Module, tensors: Sequence[Tensor], args: tuple = (), kwargs: dict | None = None):
         """``module(*args, **kwargs)`` with slot i's parameter replaced by ``tensors[i]`` (shaped like it),
         restored on exit, also when the call raises; gradients flow to ``tensors``.
 

@@ -32,10 +32,13 @@ def apply_temperature(probs: Tensor, temperature: float) -> Tensor:
 def fit_temperature(probs: Tensor, targets: Tensor, *, max_iter: int = 100) -> float:
     """The temperature minimising the mean NLL of ``softmax(log p / T)`` on held-out (validation) data."""
     if probs.dim() != 2 or probs.shape[0] != targets.shape[0] or probs.shape[0] == 0:
-        raise ValueError(f"need probs (N, C) and N targets with N > 0, got {tuple(probs.shape)} and {tuple(targets.shape)}")
+        raise ValueError(
+            f"need probs (N, C) and N targets with N > 0, got {tuple(probs.shape)} and {tuple(targets.shape)}"
+        )
     if not bool(torch.isfinite(probs).all()):
-        raise ValueError("fit_temperature got non-finite input: probs hold NaN or infinite entries (did the "
-                         "network diverge?)")
+        raise ValueError(
+            "fit_temperature got non-finite input: probs hold NaN or infinite entries (did the network diverge?)"
+        )
     logp = _log(probs)
     y = targets.long()
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
@@ -75,5 +78,5 @@ def auroc(scores_out: Tensor, scores_in: Tensor) -> float:
     avg = ends - (counts.double() - 1) / 2
     ranks[order] = avg[inverse]
     n_pos, n_neg = pos.numel(), neg.numel()
-    u = ranks[: n_pos].sum() - n_pos * (n_pos + 1) / 2
+    u = ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2
     return float(u / (n_pos * n_neg))

@@ -36,15 +36,30 @@ import torch
 from torch import Tensor, nn
 
 from ..core.adapter import ModelAdapter
-from ..core.batchnorm import EmptyLoaderError, has_batchnorm, recompute_bn
 from ..core.batches import BatchFormatError, to_device
+from ..core.batchnorm import EmptyLoaderError, has_batchnorm, recompute_bn
 from ..core.checkpoint import json_safe
 from ..core.distributed import all_reduce_sum, rank, world_size
 from ..core.weights import WeightSpace, preserved_modes
 
-__all__ = ["evaluate_many", "BNPolicy", "ManyResult", "Reduction", "LossError", "Metrics", "BMASum",
-           "Predictions", "Sample", "vmap_is_faster", "holding", "softmax_probs", "gaussian_moments",
-           "clear_vmap_cache", "BN_POLICIES", "to_json"]
+__all__ = [
+    "evaluate_many",
+    "BNPolicy",
+    "ManyResult",
+    "Reduction",
+    "LossError",
+    "Metrics",
+    "BMASum",
+    "Predictions",
+    "Sample",
+    "vmap_is_faster",
+    "holding",
+    "softmax_probs",
+    "gaussian_moments",
+    "clear_vmap_cache",
+    "BN_POLICIES",
+    "to_json",
+]
 
 Sample = Union[Tensor, Mapping[str, Tensor]]
 BN_POLICIES = ("recompute", "keep")
@@ -113,8 +128,7 @@ class Reduction:
     def add(self, point: int, loader: str, batch: int, prediction: Tensor, targets: Any) -> None:
         raise NotImplementedError
 
-    def add_stacked(self, points: Sequence[int], loader: str, batch: int, predictions: Tensor,
-                    targets: Any) -> None:
+    def add_stacked(self, points: Sequence[int], loader: str, batch: int, predictions: Tensor, targets: Any) -> None:
         for j, p in zip(points, predictions):
             self.add(j, loader, batch, p, targets)
 
@@ -167,15 +181,19 @@ class LossError(Reduction):
             for i, row in self.sums[name].items():
                 t[a, i] = torch.tensor(row, dtype=torch.float64)
         all_reduce_sum(t)
-        self.sums = {name: {i: [float(t[a, i, 0]), float(t[a, i, 1]), int(t[a, i, 2])] for i in range(num_points)}
-                     for a, name in enumerate(self.loaders)}
+        self.sums = {
+            name: {i: [float(t[a, i, 0]), float(t[a, i, 1]), int(t[a, i, 2])] for i in range(num_points)}
+            for a, name in enumerate(self.loaders)
+        }
 
     def result(self, num_points: int) -> dict[str, dict[str, list[float]]]:
         out: dict[str, dict[str, list[float]]] = {}
         for name in self.loaders:
             rows = [self.sums[name].get(i, [0.0, 0.0, 0]) for i in range(num_points)]
-            out[name] = {"loss": [l / n if n else math.nan for l, _, n in rows],
-                         "error": [e / n if n else math.nan for _, e, n in rows]}
+            out[name] = {
+                "loss": [l / n if n else math.nan for l, _, n in rows],
+                "error": [e / n if n else math.nan for _, e, n in rows],
+            }
         return out
 
 
@@ -222,8 +240,9 @@ class Metrics(Reduction):
                 if self.all_reduce:
                     acc.all_reduce(self.group)
                 if acc.n == 0:
-                    raise EmptyLoaderError(f"loader {name!r} yielded no examples"
-                                           + (" on any rank" if self.all_reduce else ""))
+                    raise EmptyLoaderError(
+                        f"loader {name!r} yielded no examples" + (" on any rank" if self.all_reduce else "")
+                    )
                 res = acc.compute()
                 if self.adapter.likelihood == "gaussian":
                     res["error"] = math.nan
@@ -256,8 +275,7 @@ class BMASum(Reduction):
     def add(self, point: int, loader: str, batch: int, prediction: Tensor, targets: Any) -> None:
         self._add(batch, self.transform(prediction), targets)
 
-    def add_stacked(self, points: Sequence[int], loader: str, batch: int, predictions: Tensor,
-                    targets: Any) -> None:
+    def add_stacked(self, points: Sequence[int], loader: str, batch: int, predictions: Tensor, targets: Any) -> None:
         self._add(batch, sum(self.transform(o) for o in predictions), targets)
 
     def end_pass(self, point: int, loader: str, batches: int) -> None:
@@ -272,7 +290,7 @@ class BMASum(Reduction):
         flat = all_reduce_sum(torch.cat([x.reshape(-1).double() for x in self.sums]))
         out, at = [], 0
         for x in self.sums:
-            out.append(flat[at:at + x.numel()].view(x.shape).to(x.dtype))
+            out.append(flat[at : at + x.numel()].view(x.shape).to(x.dtype))
             at += x.numel()
         self.sums = out
 
@@ -294,8 +312,13 @@ class Predictions(Reduction):
         self.ys.setdefault((point, loader), []).append(targets)
 
     def result(self, num_points: int) -> dict[str, list[Tensor]]:
-        return {name: [torch.cat(self.preds[(i, name)]) if (i, name) in self.preds else torch.empty(0)
-                       for i in range(num_points)] for name in self.loaders}
+        return {
+            name: [
+                torch.cat(self.preds[(i, name)]) if (i, name) in self.preds else torch.empty(0)
+                for i in range(num_points)
+            ]
+            for name in self.loaders
+        }
 
 
 @dataclass
@@ -311,13 +334,15 @@ class ManyResult:
 
     def to_json(self) -> dict[str, Any]:
         """Strict JSON (NaN -> null, tensors -> lists)."""
-        return json_safe({"value": self.value, "num_points": self.num_points, "bn": self.bn,
-                        "batched": self.batched, **self.extra})
+        return json_safe(
+            {"value": self.value, "num_points": self.num_points, "bn": self.bn, "batched": self.batched, **self.extra}
+        )
 
 
 # ---------------------------------------------------------------------------------------------- vmap or loop
-def _vmap_outputs(model: nn.Module, space: WeightSpace, stacked: Tensor, adapter: ModelAdapter,
-                  args: tuple, kwargs: dict) -> Tensor:
+def _vmap_outputs(
+    model: nn.Module, space: WeightSpace, stacked: Tensor, adapter: ModelAdapter, args: tuple, kwargs: dict
+) -> Tensor:
     """Predictions of the model at each row of ``stacked`` (c, P) on one input batch: (c, N, ...), via vmap."""
     return torch.func.vmap(lambda w: adapter.prediction(space.call_with(model, space.views(w), args, kwargs)))(stacked)
 
@@ -327,8 +352,16 @@ def _vmap_outputs(model: nn.Module, space: WeightSpace, stacked: Tensor, adapter
 VMAP_MARGIN = 1.2
 
 
-def vmap_is_faster(model: nn.Module, space: WeightSpace, stacked: Tensor, inputs: tuple[tuple, dict],
-                   fetch_s: float = 0.0, adapter: ModelAdapter | None = None, *, probe: int = 4) -> bool:
+def vmap_is_faster(
+    model: nn.Module,
+    space: WeightSpace,
+    stacked: Tensor,
+    inputs: tuple[tuple, dict],
+    fetch_s: float = 0.0,
+    adapter: ModelAdapter | None = None,
+    *,
+    probe: int = 4,
+) -> bool:
     """Time one input batch both ways for the first ``probe`` weight vectors of a chunk: after a warm-up of
     each, interleaved timings compared by their minimum (robust to a busy machine's interruptions); a clear
     winner (1.5x) after the first round decides at once, otherwise three rounds are taken; vmap must be
@@ -362,7 +395,7 @@ def vmap_is_faster(model: nn.Module, space: WeightSpace, stacked: Tensor, inputs
     return min(times[1]) * VMAP_MARGIN < min(times[0]) + extra
 
 
-_VMAP_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_VMAP_CACHE: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 def clear_vmap_cache() -> None:
@@ -380,8 +413,15 @@ def _signature(obj: Any) -> Any:
     return type(obj).__name__
 
 
-def _decide_vmap(model: nn.Module, space: WeightSpace, stacked: Tensor, loader: Iterable,
-                 adapter: ModelAdapter, device: Any, batched: bool | str) -> bool:
+def _decide_vmap(
+    model: nn.Module,
+    space: WeightSpace,
+    stacked: Tensor,
+    loader: Iterable,
+    adapter: ModelAdapter,
+    device: Any,
+    batched: bool | str,
+) -> bool:
     """``batched=True``: vmap unless it fails on the first batch; ``"auto"``: the cached or probed choice.
     Either falls back to the loop with one warning when vmap cannot run the model."""
     t0 = time.perf_counter()
@@ -406,8 +446,12 @@ def _decide_vmap(model: nn.Module, space: WeightSpace, stacked: Tensor, loader: 
         if isinstance(e, BatchFormatError):  # the batch or output does not fit the adapter: the user's to fix
             raise
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        warnings.warn(f"torch.func.vmap cannot evaluate {type(model).__name__} ({type(e).__name__}: "
-                      f"{first_line}); evaluating the weight vectors one at a time", RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            f"torch.func.vmap cannot evaluate {type(model).__name__} ({type(e).__name__}: "
+            f"{first_line}); evaluating the weight vectors one at a time",
+            RuntimeWarning,
+            stacklevel=4,
+        )
         choice = False
     cache[key] = choice
     return choice
@@ -458,8 +502,16 @@ def _iter_weights(weights: Iterable[Sample] | Tensor | None) -> Iterator[Sample 
     return iter(weights)
 
 
-def _vmap_group(model: nn.Module, space: WeightSpace, stacked: Tensor, idx: list[int],
-                loaders: Mapping[str, Iterable], reduce: Reduction, adapter: ModelAdapter, device: Any) -> bool:
+def _vmap_group(
+    model: nn.Module,
+    space: WeightSpace,
+    stacked: Tensor,
+    idx: list[int],
+    loaders: Mapping[str, Iterable],
+    reduce: Reduction,
+    adapter: ModelAdapter,
+    device: Any,
+) -> bool:
     """The (c, P) ``stacked`` vectors over every loader with one vmapped call per batch. Returns ``False``
     (after one warning) when vmap fails before any prediction was fed to ``reduce`` (the caller then uses
     the loop); a failure after that raises a ``RuntimeError`` naming ``batched=False``."""
@@ -475,12 +527,18 @@ def _vmap_group(model: nn.Module, space: WeightSpace, stacked: Tensor, idx: list
                 except (RuntimeError, NotImplementedError) as e:
                     first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
                     if fed:
-                        raise RuntimeError(f"torch.func.vmap failed on batch {b} of loader {name!r} after earlier "
-                                           f"batches worked ({type(e).__name__}: {first_line}); evaluate with "
-                                           "batched=False") from e
-                    warnings.warn(f"torch.func.vmap cannot evaluate {type(model).__name__} on this batch "
-                                  f"({type(e).__name__}: {first_line}); evaluating the weight vectors one at a "
-                                  "time", RuntimeWarning, stacklevel=4)
+                        raise RuntimeError(
+                            f"torch.func.vmap failed on batch {b} of loader {name!r} after earlier "
+                            f"batches worked ({type(e).__name__}: {first_line}); evaluate with "
+                            "batched=False"
+                        ) from e
+                    warnings.warn(
+                        f"torch.func.vmap cannot evaluate {type(model).__name__} on this batch "
+                        f"({type(e).__name__}: {first_line}); evaluating the weight vectors one at a "
+                        "time",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
                     return False
                 reduce.add_stacked(idx, name, b, outs, adapter.targets(batch))
                 fed = True
@@ -489,8 +547,9 @@ def _vmap_group(model: nn.Module, space: WeightSpace, stacked: Tensor, idx: list
     return True
 
 
-def _one_pass(model: nn.Module, point: int, loaders: Mapping[str, Iterable], reduce: Reduction,
-              adapter: ModelAdapter, device: Any) -> None:
+def _one_pass(
+    model: nn.Module, point: int, loaders: Mapping[str, Iterable], reduce: Reduction, adapter: ModelAdapter, device: Any
+) -> None:
     """The model as it is, in eval mode without gradients, over every loader, each batch fed to ``reduce``."""
     with preserved_modes(model, train=False), torch.no_grad():
         for name, loader in loaders.items():
@@ -500,11 +559,23 @@ def _one_pass(model: nn.Module, point: int, loaders: Mapping[str, Iterable], red
             reduce.end_pass(point, name, b + 1)
 
 
-def evaluate_many(model: nn.Module, weights: Iterable[Sample] | Tensor | None, loaders: Mapping[str, Iterable],
-                  *, reduce: Reduction, adapter: ModelAdapter | None = None, bn: BNPolicy | str | None = None,
-                  space: WeightSpace | None = None, device: torch.device | str | None = None,
-                  batched: bool | str = "auto", chunk: int = 8, progress: bool = False,
-                  desc: str = "points", total: int | None = None, shard: bool = False) -> ManyResult:
+def evaluate_many(
+    model: nn.Module,
+    weights: Iterable[Sample] | Tensor | None,
+    loaders: Mapping[str, Iterable],
+    *,
+    reduce: Reduction,
+    adapter: ModelAdapter | None = None,
+    bn: BNPolicy | str | None = None,
+    space: WeightSpace | None = None,
+    device: torch.device | str | None = None,
+    batched: bool | str = "auto",
+    chunk: int = 8,
+    progress: bool = False,
+    desc: str = "points",
+    total: int | None = None,
+    shard: bool = False,
+) -> ManyResult:
     """Evaluate ``model`` at every weight vector of ``weights`` on every loader, feeding ``reduce``.
 
     For each vector ``w_s`` (a flat vector over ``space``, a row of a (c, P) stack, a full state dict, or
@@ -558,8 +629,14 @@ def evaluate_many(model: nn.Module, weights: Iterable[Sample] | Tensor | None, l
     def visit(j: int, recompute_now: bool) -> None:
         """The model as it holds point ``j`` now: BatchNorm recomputed if asked, one pass over the loaders."""
         if recompute_now:  # per process (sharded: each rank its own point), never all-reduced across ranks
-            recompute_bn(model, policy.loader, num_batches=policy.num_batches,  # type: ignore[arg-type]
-                         device=device, adapter=adapter, distributed=False)
+            recompute_bn(
+                model,
+                policy.loader,
+                num_batches=policy.num_batches,  # type: ignore[arg-type]
+                device=device,
+                adapter=adapter,
+                distributed=False,
+            )
         _one_pass(model, j, loaders, reduce, adapter, device)
         if bar is not None:
             bar.update(1)
@@ -576,14 +653,17 @@ def evaluate_many(model: nn.Module, weights: Iterable[Sample] | Tensor | None, l
                 if isinstance(g, Tensor):
                     space.check_vector(g, what=f"weight vector {k}")
             if vectors and recompute and policy.loader is None:
-                raise ValueError("the model has BatchNorm layers and the weights are flat vectors; pass a BN "
-                                 "loader (bn_loader=train_loader) to recompute their statistics per vector, or "
-                                 "the 'keep' policy to use the current ones on purpose")
+                raise ValueError(
+                    "the model has BatchNorm layers and the weights are flat vectors; pass a BN "
+                    "loader (bn_loader=train_loader) to recompute their statistics per vector, or "
+                    "the 'keep' policy to use the current ones on purpose"
+                )
             if vectors and not recompute and use_vmap is not False:
                 stacked = torch.stack([g.to(ref) for g in group])
                 if use_vmap is None or batched is True and not used_vmap:
-                    use_vmap = _decide_vmap(model, space, stacked, next(iter(loaders.values())), adapter, device,
-                                            batched)
+                    use_vmap = _decide_vmap(
+                        model, space, stacked, next(iter(loaders.values())), adapter, device, batched
+                    )
                 if use_vmap and _vmap_group(model, space, stacked, idx, loaders, reduce, adapter, device):
                     used_vmap = True
                     if bar is not None:
@@ -607,8 +687,10 @@ def evaluate_many(model: nn.Module, weights: Iterable[Sample] | Tensor | None, l
         raise ValueError("no weights were given; pass at least one weight vector or state dict")
     if world > 1:
         if total < world:  # every rank knows total: all raise together, no collective left waiting
-            raise ValueError(f"sharded evaluation over {world} processes needs at least {world} weight vectors, "
-                             f"got {total}; evaluate with shard=False")
+            raise ValueError(
+                f"sharded evaluation over {world} processes needs at least {world} weight vectors, "
+                f"got {total}; evaluate with shard=False"
+            )
         reduce.all_reduce_points(total)
         used_vmap = bool(all_reduce_sum(torch.tensor([float(used_vmap)])).item() > 0)
     label = ("recompute" if recompute else "keep") if is_bn else "none (no BatchNorm)"

@@ -27,12 +27,26 @@ from .results import GridResult
 __all__ = ["evaluate_points"]
 
 
-def evaluate_points(model: nn.Module, points: Sequence[Tensor] | Tensor, loaders: Mapping[str, Iterable], *,
-                    bn: str | BNPolicy = "recompute", bn_loader: Iterable | None = None,
-                    space: WeightSpace | None = None, batched: bool | str = "auto", chunk: int = 8,
-                    device: torch.device | str | None = None, progress: bool = False, desc: str = "points",
-                    adapter: ModelAdapter | None = None, input_fn: InputFn | None = None, target_fn=None,
-                    likelihood: str | None = None, bn_batches: int | None = None, shard: bool = False) -> GridResult:
+def evaluate_points(
+    model: nn.Module,
+    points: Sequence[Tensor] | Tensor,
+    loaders: Mapping[str, Iterable],
+    *,
+    bn: str | BNPolicy = "recompute",
+    bn_loader: Iterable | None = None,
+    space: WeightSpace | None = None,
+    batched: bool | str = "auto",
+    chunk: int = 8,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    desc: str = "points",
+    adapter: ModelAdapter | None = None,
+    input_fn: InputFn | None = None,
+    target_fn=None,
+    likelihood: str | None = None,
+    bn_batches: int | None = None,
+    shard: bool = False,
+) -> GridResult:
     """Loss and error of ``model`` at each of ``points`` on each loader; see the module docstring.
 
     ``shard=True`` under ``torch.distributed`` splits the points across ranks (every rank passes the same
@@ -51,13 +65,28 @@ def evaluate_points(model: nn.Module, points: Sequence[Tensor] | Tensor, loaders
     points = list(points)
     for i, p in enumerate(points):
         if p.dim() != 1 or p.numel() != space.size:
-            raise ValueError(f"point {i} has shape {tuple(p.shape)}; every point must be a vector of length {space.size}")
+            raise ValueError(
+                f"point {i} has shape {tuple(p.shape)}; every point must be a vector of length {space.size}"
+            )
     if not points:
         return GridResult({name: {"loss": [], "error": []} for name in loaders}, 0, policy.label(model), False)
     try:
-        res = evaluate_many(model, points, loaders, reduce=LossError(adapter), adapter=adapter, bn=policy,
-                            space=space, device=device, batched=batched, chunk=chunk, progress=progress,
-                            desc=desc, total=len(points), shard=shard)
+        res = evaluate_many(
+            model,
+            points,
+            loaders,
+            reduce=LossError(adapter),
+            adapter=adapter,
+            bn=policy,
+            space=space,
+            device=device,
+            batched=batched,
+            chunk=chunk,
+            progress=progress,
+            desc=desc,
+            total=len(points),
+            shard=shard,
+        )
     except ValueError as e:
         if str(e).startswith("the model has BatchNorm"):
             raise ValueError("bn='recompute' on a model with BatchNorm needs bn_loader (the training loader)") from None

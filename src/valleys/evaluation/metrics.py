@@ -39,7 +39,9 @@ def _as_labels(y: Tensor, n: int) -> Tensor:
     return y.long()
 
 
-def _all_reduce_sums(scalars: Sequence[float], tensors: Sequence[Tensor], group: Any = None) -> tuple[list[float], list[Tensor]]:
+def _all_reduce_sums(
+    scalars: Sequence[float], tensors: Sequence[Tensor], group: Any = None
+) -> tuple[list[float], list[Tensor]]:
     """Sum scalars and float64 tensors over the ranks of a ``torch.distributed`` group (one collective);
     without an initialised process group they come back unchanged."""
     dist = torch.distributed
@@ -54,7 +56,7 @@ def _all_reduce_sums(scalars: Sequence[float], tensors: Sequence[Tensor], group:
     out_s = flat[: len(scalars)].tolist()
     out_t, i = [], len(scalars)
     for t in tensors:
-        out_t.append(flat[i: i + t.numel()].reshape(t.shape).clone())
+        out_t.append(flat[i : i + t.numel()].reshape(t.shape).clone())
         i += t.numel()
     return out_s, out_t
 
@@ -105,10 +107,15 @@ class ClassificationMetrics:
         y = _as_labels(targets.detach().cpu(), p.shape[0])
         if p.shape[0] == 0:
             return
-        if not bool(torch.isfinite(p).all()) or float(p.min()) < 0 or float(p.max()) > 1 + 1e-6 or \
-                float((p.sum(1) - 1).abs().max()) > 1e-3:
-            raise ValueError("probs must be finite, in [0, 1] and sum to 1 per row (are these logits? use "
-                             "update_logits)")
+        if (
+            not bool(torch.isfinite(p).all())
+            or float(p.min()) < 0
+            or float(p.max()) > 1 + 1e-6
+            or float((p.sum(1) - 1).abs().max()) > 1e-3
+        ):
+            raise ValueError(
+                "probs must be finite, in [0, 1] and sum to 1 per row (are these logits? use update_logits)"
+            )
         if int(y.min()) < 0 or int(y.max()) >= p.shape[1]:
             raise ValueError(f"targets must lie in [0, {p.shape[1] - 1}], got range [{int(y.min())}, {int(y.max())}]")
         conf, pred = p.max(dim=1)
@@ -151,8 +158,10 @@ class ClassificationMetrics:
         that :meth:`compute` gives the metrics of all ranks' examples together; a no-op without a process
         group. Call it once, after the last :meth:`update`. Returns ``self``."""
         (n, correct, nll, brier), (cnt, conf, corr) = _all_reduce_sums(
-            [self.n, self.correct, self.nll_sum, self.brier_sum], [self.bin_count, self.bin_conf, self.bin_correct],
-            group)
+            [self.n, self.correct, self.nll_sum, self.brier_sum],
+            [self.bin_count, self.bin_conf, self.bin_correct],
+            group,
+        )
         self.n, self.correct, self.nll_sum, self.brier_sum = int(round(n)), correct, nll, brier
         self.bin_count, self.bin_conf, self.bin_correct = cnt, conf, corr
         return self
@@ -177,8 +186,9 @@ class ClassificationMetrics:
         }
 
 
-def classification_metrics(probs: Tensor, targets: Tensor, bins: int = 15,
-                           edges: Sequence[float] | None = None) -> dict[str, Any]:
+def classification_metrics(
+    probs: Tensor, targets: Tensor, bins: int = 15, edges: Sequence[float] | None = None
+) -> dict[str, Any]:
     """One-shot :class:`ClassificationMetrics` on full tensors."""
     m = ClassificationMetrics(bins, edges)
     m.update(probs, targets)
@@ -207,8 +217,8 @@ class RegressionMetrics:
             raise ValueError("predictive means must be finite and variances finite and positive")
         err = y - mu
         self.n += y.numel()
-        self.se_sum += float((err ** 2).sum())
-        self.nll_sum += float((0.5 * torch.log(2 * math.pi * v) + err ** 2 / (2 * v)).sum())
+        self.se_sum += float((err**2).sum())
+        self.nll_sum += float((0.5 * torch.log(2 * math.pi * v) + err**2 / (2 * v)).sum())
         self.covered += float((err.abs() <= _Z95 * v.sqrt()).double().sum())
 
     def all_reduce(self, group: Any = None) -> RegressionMetrics:

@@ -29,9 +29,16 @@ __all__ = ["evaluate", "predict_probs", "bma", "Sample", "softmax_probs", "gauss
 LIKELIHOODS = {"classification": softmax_probs, "gaussian": gaussian_moments}
 
 
-def predict_probs(model: nn.Module, loader: Iterable, *, device: torch.device | str | None = None,
-                  input_fn: InputFn | None = None, target_fn=None, transform=softmax_probs,
-                  adapter: ModelAdapter | None = None) -> Iterator[tuple[Tensor, Any]]:
+def predict_probs(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    device: torch.device | str | None = None,
+    input_fn: InputFn | None = None,
+    target_fn=None,
+    transform=softmax_probs,
+    adapter: ModelAdapter | None = None,
+) -> Iterator[tuple[Tensor, Any]]:
     """Yield ``(transform(prediction), targets)`` per batch, by default ``(softmax probs in float64, targets)``,
     with the model in eval mode and no gradients (flags restored when exhausted)."""
     adapter = as_adapter(adapter, input_fn=input_fn, target_fn=target_fn)
@@ -40,10 +47,19 @@ def predict_probs(model: nn.Module, loader: Iterable, *, device: torch.device | 
             yield transform(adapter.forward(model, batch, device)), adapter.targets(batch)
 
 
-def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str | None = None,
-             input_fn: InputFn | None = None, target_fn=None, bins: int = 15,
-             reliability: bool = False, likelihood: str = "classification",
-             adapter: ModelAdapter | None = None, all_reduce: bool = False) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    device: torch.device | str | None = None,
+    input_fn: InputFn | None = None,
+    target_fn=None,
+    bins: int = 15,
+    reliability: bool = False,
+    likelihood: str = "classification",
+    adapter: ModelAdapter | None = None,
+    all_reduce: bool = False,
+) -> dict[str, Any]:
     """Metrics of one network on ``loader``: classification (accuracy, error, NLL ``-(1/N) sum_i log p(y_i|x_i)``
     with ``p = softmax(f)`` in float64, Brier, ECE, MCE) or, for a Gaussian adapter (``likelihood="gaussian"``),
     regression (RMSE, Gaussian NLL, 95% coverage) from a ``(mean, variance)`` head.
@@ -57,11 +73,20 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str |
         raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
     adapter = as_adapter(adapter, input_fn=input_fn, target_fn=target_fn, likelihood=likelihood)
     try:
-        res = evaluate_many(model, None, {"data": loader}, reduce=Metrics(adapter, bins, all_reduce=all_reduce),
-                            adapter=adapter, bn="keep", batched=False, device=device)
+        res = evaluate_many(
+            model,
+            None,
+            {"data": loader},
+            reduce=Metrics(adapter, bins, all_reduce=all_reduce),
+            adapter=adapter,
+            bn="keep",
+            batched=False,
+            device=device,
+        )
     except EmptyLoaderError:
-        raise EmptyLoaderError("evaluate: the loader yielded no examples"
-                               + (" on any rank" if all_reduce else "")) from None
+        raise EmptyLoaderError(
+            "evaluate: the loader yielded no examples" + (" on any rank" if all_reduce else "")
+        ) from None
     out = res.value[0]["data"]
     if adapter.likelihood == "gaussian":
         out.pop("error", None)
@@ -70,13 +95,30 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str |
     return out
 
 
-def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space: WeightSpace | None = None,
-        bn_loader: Iterable | None = None, bn_batches: int | None = None,
-        device: torch.device | str | None = None, input_fn: InputFn | None = None, target_fn=None,
-        bins: int = 15, num_samples: int | None = None, progress: bool = False,
-        return_probs: bool = False, score: bool = True, likelihood: str = "classification",
-        stale_bn_ok: bool = False, batched: bool | str = "auto", chunk: int = 8,
-        adapter: ModelAdapter | None = None, bn: BNPolicy | str | None = None, shard: bool = False) -> BMAResult:
+def bma(
+    model: nn.Module,
+    samples: Iterable[Sample],
+    loader: Iterable,
+    *,
+    space: WeightSpace | None = None,
+    bn_loader: Iterable | None = None,
+    bn_batches: int | None = None,
+    device: torch.device | str | None = None,
+    input_fn: InputFn | None = None,
+    target_fn=None,
+    bins: int = 15,
+    num_samples: int | None = None,
+    progress: bool = False,
+    return_probs: bool = False,
+    score: bool = True,
+    likelihood: str = "classification",
+    stale_bn_ok: bool = False,
+    batched: bool | str = "auto",
+    chunk: int = 8,
+    adapter: ModelAdapter | None = None,
+    bn: BNPolicy | str | None = None,
+    shard: bool = False,
+) -> BMAResult:
     """Metrics of the Bayesian model average over ``samples`` on ``loader``.
 
     ``shard=True`` under ``torch.distributed``: every rank passes the same samples (e.g. the same generator
@@ -112,21 +154,39 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
     """
     adapter = as_adapter(adapter, input_fn=input_fn, target_fn=target_fn, likelihood=likelihood)
     if bn is None:
-        bn = BNPolicy("keep") if stale_bn_ok and bn_loader is None else BNPolicy("recompute", bn_loader,
-                                                                              bn_batches if bn_loader is not None else None)
+        bn = (
+            BNPolicy("keep")
+            if stale_bn_ok and bn_loader is None
+            else BNPolicy("recompute", bn_loader, bn_batches if bn_loader is not None else None)
+        )
     elif isinstance(bn, str):
         bn = BNPolicy(bn, bn_loader, bn_batches)
     try:
-        res = evaluate_many(model, samples, {"test": loader}, reduce=BMASum(adapter), adapter=adapter, bn=bn,
-                            space=space, device=device, batched=batched, chunk=chunk, progress=progress,
-                            desc="BMA", total=num_samples, shard=shard)
+        res = evaluate_many(
+            model,
+            samples,
+            {"test": loader},
+            reduce=BMASum(adapter),
+            adapter=adapter,
+            bn=bn,
+            space=space,
+            device=device,
+            batched=batched,
+            chunk=chunk,
+            progress=progress,
+            desc="BMA",
+            total=num_samples,
+            shard=shard,
+        )
     except ValueError as e:
         if str(e).startswith("no weights"):
             raise ValueError("bma: no samples were given; collect weights or pass at least one sample") from None
         if str(e).startswith("the model has BatchNorm"):
-            raise ValueError("bma: the model has BatchNorm layers and the samples are weight vectors; pass "
-                             "bn_loader=train_loader to recompute their statistics per sample (or "
-                             "stale_bn_ok=True / bn='keep' to keep the current ones)") from None
+            raise ValueError(
+                "bma: the model has BatchNorm layers and the samples are weight vectors; pass "
+                "bn_loader=train_loader to recompute their statistics per sample (or "
+                "stale_bn_ok=True / bn='keep' to keep the current ones)"
+            ) from None
         raise
     probs, y = res.value
     keep = return_probs or not score
@@ -137,12 +197,25 @@ def bma(model: nn.Module, samples: Iterable[Sample], loader: Iterable, *, space:
             reg = RegressionMetrics()
             reg.update(mean, var, y)
             metrics = reg.compute()
-        return BMAResult(metrics, res.num_points, bool(res.batched), "gaussian", mean=mean if keep else None,
-                         var=var if keep else None, targets=y if keep else None)
+        return BMAResult(
+            metrics,
+            res.num_points,
+            bool(res.batched),
+            "gaussian",
+            mean=mean if keep else None,
+            var=var if keep else None,
+            targets=y if keep else None,
+        )
     metrics = {}
     if score:
         cls_metrics = ClassificationMetrics(bins)
         cls_metrics.update(probs, y)
         metrics = cls_metrics.compute()
-    return BMAResult(metrics, res.num_points, bool(res.batched), "classification", probs=probs if keep else None,
-                     targets=y if keep else None)
+    return BMAResult(
+        metrics,
+        res.num_points,
+        bool(res.batched),
+        "classification",
+        probs=probs if keep else None,
+        targets=y if keep else None,
+    )

@@ -49,7 +49,7 @@ def bezier_coefficients(t: float | Tensor, n: int) -> Tensor:
     t = _check_t(t)
     j = torch.arange(n, dtype=torch.float64)
     binom = torch.tensor([math.comb(n - 1, k) for k in range(n)], dtype=torch.float64)
-    return binom * t ** j * (1 - t) ** (n - 1 - j)
+    return binom * t**j * (1 - t) ** (n - 1 - j)
 
 
 def polychain_coefficients(t: float | Tensor, n: int) -> Tensor:
@@ -72,8 +72,9 @@ class Curve(nn.Module):
             concatenates or splits a full weight vector (see benchmarks/bench_curves.py). Default: one piece.
     """
 
-    def __init__(self, start: Tensor, end: Tensor, *, kind: str = "bezier", bends: int = 3,
-                 sizes: Sequence[int] | None = None) -> None:
+    def __init__(
+        self, start: Tensor, end: Tensor, *, kind: str = "bezier", bends: int = 3, sizes: Sequence[int] | None = None
+    ) -> None:
         super().__init__()
         if kind not in CURVE_KINDS:
             raise ValueError(f"unknown curve kind {kind!r}; choose one of {', '.join(CURVE_KINDS)}")
@@ -177,14 +178,22 @@ class CurveModel(nn.Module):
             on a curve). Default: the raw return value.
     """
 
-    def __init__(self, model: nn.Module, curve: Curve, space: WeightSpace | None = None, *,
-                 loss_through_output: bool = False, adapter: ModelAdapter | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        curve: Curve,
+        space: WeightSpace | None = None,
+        *,
+        loss_through_output: bool = False,
+        adapter: ModelAdapter | None = None,
+    ) -> None:
         super().__init__()
         self.adapter = adapter
         self.loss_through_output = loss_through_output
         self.space = space or WeightSpace(model)
         if curve.start.numel() != self.space.size or (
-                len(curve.sizes) > 1 and curve.sizes != [s.numel for s in self.space.slots]):
+            len(curve.sizes) > 1 and curve.sizes != [s.numel for s in self.space.slots]
+        ):
             raise WeightSpaceError(
                 f"the curve has {curve.start.numel()} weights per point but the model's weight space has "
                 f"{self.space.size}: the curve belongs to another architecture"
@@ -223,14 +232,14 @@ class CurveModel(nn.Module):
         return old
 
     @staticmethod
-    def _buffers_to_state(module: "CurveModel", state: dict, prefix: str, local_metadata: Any) -> None:
+    def _buffers_to_state(module: CurveModel, state: dict, prefix: str, local_metadata: Any) -> None:
         for key, b in module.buffers_copy.items():
             full = f"{prefix}model.{key}"
             if full in state:
                 state[full] = b.detach()
 
     @staticmethod
-    def _buffers_from_state(module: "CurveModel", state: dict, prefix: str, *args: Any) -> None:
+    def _buffers_from_state(module: CurveModel, state: dict, prefix: str, *args: Any) -> None:
         # the entries under the model's buffer names are the curve's own statistics: copy them into the
         # private buffers, and let the model's (untouched) buffers load their current values back
         with torch.no_grad():
@@ -242,7 +251,7 @@ class CurveModel(nn.Module):
                     mod = module.model.get_submodule(path) if path else module.model
                     state[full] = mod._buffers[name]
 
-    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "CurveModel":
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> CurveModel:
         # .to(device) / .double() move the private buffers with the module
         out = super()._apply(fn, *args, **kwargs)
         moved: dict[int, Tensor] = {}
@@ -258,9 +267,12 @@ class CurveModel(nn.Module):
         sink = None
         if self._l2_pending and not self.defer_l2:  # queued by a backward pass that never accumulated into .grad
             self._l2_pending.clear()
-            warnings.warn("CurveModel: the L2 gradient of the last backward pass was not applied because it did "
-                          "not accumulate into the inner points' .grad (use loss.backward(), not "
-                          "torch.autograd.grad, when training with l2_loss)", stacklevel=2)
+            warnings.warn(
+                "CurveModel: the L2 gradient of the last backward pass was not applied because it did "
+                "not accumulate into the inner points' .grad (use loss.backward(), not "
+                "torch.autograd.grad, when training with l2_loss)",
+                stacklevel=2,
+            )
         if grad and self.wd:
             if not self.defer_l2:
                 self._hook_inner()
@@ -270,8 +282,9 @@ class CurveModel(nn.Module):
         saved = self._swap_buffers([b for _, _, b in self._buffer_sites])
         try:
             if len(parts) == len(self.space.slots):
-                out = self.space.call_with(self.model, [p.view(s.shape) for s, p in zip(self.space.slots, parts)],
-                                           args, kwargs)
+                out = self.space.call_with(
+                    self.model, [p.view(s.shape) for s, p in zip(self.space.slots, parts)], args, kwargs
+                )
             else:
                 out = self.space.functional_call(self.model, torch.cat(parts), *args, **kwargs)
         finally:
@@ -279,8 +292,15 @@ class CurveModel(nn.Module):
         if self.adapter is not None:
             out = self.adapter.prediction(out)
         active = [x for x in c[1:-1] if x != 0.0]
-        if (self.loss_through_output and grad and isinstance(out, Tensor) and len(active) == 1
-                and active[0] >= _MIN_SCALE and not self._other_trainable() and not _any_requires_grad(args, kwargs)):
+        if (
+            self.loss_through_output
+            and grad
+            and isinstance(out, Tensor)
+            and len(active) == 1
+            and active[0] >= _MIN_SCALE
+            and not self._other_trainable()
+            and not _any_requires_grad(args, kwargs)
+        ):
             # The one active inner point's coefficient c_j is applied to the gradient at the output
             # (batch-sized) instead of to the P-sized gradient of w(t): by linearity of backpropagation
             # every weight gradient arrives already multiplied by c_j, and the curve's backward passes it
@@ -332,8 +352,11 @@ class CurveModel(nn.Module):
     def ddp_ignore(self, prefix: str = "") -> tuple[str, ...]:
         """The names DDP must leave alone: the wrapped network's parameters and buffers (replaced by ``w(t)``
         and the private copies in every call, never trained) and the curve's fixed ends."""
-        names = [f"model.{n}" for n, _ in self.model.named_parameters()] + \
-                [f"model.{n}" for n, _ in self.model.named_buffers()] + ["curve.start", "curve.end"]
+        names = (
+            [f"model.{n}" for n, _ in self.model.named_parameters()]
+            + [f"model.{n}" for n, _ in self.model.named_buffers()]
+            + ["curve.start", "curve.end"]
+        )
         return tuple(prefix + n for n in names)
 
     @property
@@ -404,7 +427,7 @@ class _CurvePoint(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, curve: "Curve", c: list[float], scale: _Scale, sink, *inner: Tensor):  # type: ignore[override]
+    def forward(ctx, curve: Curve, c: list[float], scale: _Scale, sink, *inner: Tensor):  # type: ignore[override]
         w = _combine(curve, c, [[p[j] for p in inner] for j in range(len(c) - 2)])
         ctx.c, ctx.scale, ctx.sink = c[1:-1], scale, sink
         ctx.inner_ids = [id(p) for p in curve.inner]
@@ -438,13 +461,16 @@ class _CurvePoint(torch.autograd.Function):
         return (None, None, None, None, *out)
 
 
-def _combine(curve: "Curve", c: list[float], inner: list[list[Tensor]]) -> list[Tensor]:
+def _combine(curve: Curve, c: list[float], inner: list[list[Tensor]]) -> list[Tensor]:
     """``sum_j c_j theta_j`` per piece (coefficients summing to 1) as a chain of lerps over the points with
     nonzero coefficients: ``S <- lerp(S, theta_j, c_j / (c_0 + ... + c_j))``. One pass per extra point (the
     polychain's two active points: one pass; Bezier with 3 points: two), against one pass per point plus a
     scaling pass for the plain sum."""
-    pts = [(c[0], torch.split(curve.start, curve.sizes)), *zip(c[1:-1], inner),
-           (c[-1], torch.split(curve.end, curve.sizes))]
+    pts = [
+        (c[0], torch.split(curve.start, curve.sizes)),
+        *zip(c[1:-1], inner),
+        (c[-1], torch.split(curve.end, curve.sizes)),
+    ]
     pts = [(cj, tj) for cj, tj in pts if cj != 0.0]
     total, first = pts[0]
     if len(pts) == 1:
@@ -458,7 +484,7 @@ def _combine(curve: "Curve", c: list[float], inner: list[list[Tensor]]) -> list[
     return w
 
 
-def _curve_point(curve: "Curve", c: list[float], scale: _Scale, sink) -> list[Tensor]:
+def _curve_point(curve: Curve, c: list[float], scale: _Scale, sink) -> list[Tensor]:
     if curve.bends == 2:
         with torch.no_grad():
             return _combine(curve, c, [])

@@ -81,10 +81,19 @@ class LossFunction:
             ``"forward_over_reverse"`` (see the module docstring; the numbers agree to rounding).
     """
 
-    def __init__(self, model: nn.Module, batches: Iterable, loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-                 *, adapter: ModelAdapter | None = None, input_fn: Callable[[Any], Any] | None = None,
-                 target_fn: Callable[[Any], Any] | None = None, mode: str = "eval",
-                 space: WeightSpace | None = None, route: str = "auto") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: Iterable,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+        *,
+        adapter: ModelAdapter | None = None,
+        input_fn: Callable[[Any], Any] | None = None,
+        target_fn: Callable[[Any], Any] | None = None,
+        mode: str = "eval",
+        space: WeightSpace | None = None,
+        route: str = "auto",
+    ) -> None:
         if mode not in ("eval", "train"):
             raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
         if route not in HVP_ROUTES:
@@ -92,8 +101,10 @@ class LossFunction:
         from ..core.batchnorm import has_batchnorm
 
         if mode == "train" and has_batchnorm(model):
-            raise ValueError("mode='train' on a model with BatchNorm would update its running statistics and is "
-                             "not a function of w alone; use mode='eval' (the default)")
+            raise ValueError(
+                "mode='train' on a model with BatchNorm would update its running statistics and is "
+                "not a function of w alone; use mode='eval' (the default)"
+            )
         self.model, self.mode = model, mode
         self.space = space or WeightSpace(model)
         self.adapter = as_adapter(adapter, input_fn=input_fn, target_fn=target_fn)
@@ -151,8 +162,13 @@ class LossFunction:
         out = [torch.zeros_like(t) for t in leaves]
         if used:
             with self._context():
-                parts = torch.autograd.grad([grads[i] for i in used], leaves, grad_outputs=[vs[i] for i in used],
-                                            retain_graph=True, allow_unused=True)
+                parts = torch.autograd.grad(
+                    [grads[i] for i in used],
+                    leaves,
+                    grad_outputs=[vs[i] for i in used],
+                    retain_graph=True,
+                    allow_unused=True,
+                )
             out = [o if p is None else p for o, p in zip(out, parts)]
         return torch.cat([t.detach().reshape(-1) for t in out])
 
@@ -177,8 +193,15 @@ class LossFunction:
         self._graph = None
 
 
-def lanczos(loss: LossFunction, w: Tensor, k: int = 1, *, iterations: int | None = None,
-            generator: torch.Generator | None = None, tol: float = 0.0) -> dict[str, Any]:
+def lanczos(
+    loss: LossFunction,
+    w: Tensor,
+    k: int = 1,
+    *,
+    iterations: int | None = None,
+    generator: torch.Generator | None = None,
+    tol: float = 0.0,
+) -> dict[str, Any]:
     """Top-``k`` Hessian eigenvalues (largest first) and eigenvectors at ``w`` by Lanczos (Lanczos 1950).
 
     After m products the orthonormal Krylov basis ``Q = [q_1 .. q_m]`` of ``span{q_1, H q_1, ..}`` gives the
@@ -234,8 +257,9 @@ def lanczos(loss: LossFunction, w: Tensor, k: int = 1, *, iterations: int | None
     return {"eigenvalues": evals[order], "eigenvectors": vectors.to(w.dtype), "num_hvp": loss.num_hvp - start}
 
 
-def power_iteration(loss: LossFunction, w: Tensor, *, iterations: int = 100, tol: float = 0.0,
-                    generator: torch.Generator | None = None) -> dict[str, Any]:
+def power_iteration(
+    loss: LossFunction, w: Tensor, *, iterations: int = 100, tol: float = 0.0, generator: torch.Generator | None = None
+) -> dict[str, Any]:
     """The eigenvalue of largest magnitude by power iteration ``v <- H v / ||H v||``, ``lambda = v^T H v``
     (the baseline Lanczos is measured against; PyHessian's method, Yao et al. 2020)."""
     v = torch.randn(w.numel(), generator=generator, dtype=torch.float64)
@@ -256,8 +280,9 @@ def power_iteration(loss: LossFunction, w: Tensor, *, iterations: int = 100, tol
     return {"eigenvalue": value, "eigenvector": v.to(w.dtype), "num_hvp": loss.num_hvp - start}
 
 
-def hutchinson_trace(loss: LossFunction, w: Tensor, samples: int = 100,
-                     generator: torch.Generator | None = None) -> dict[str, float]:
+def hutchinson_trace(
+    loss: LossFunction, w: Tensor, samples: int = 100, generator: torch.Generator | None = None
+) -> dict[str, float]:
     """``tr(H) ~ mean_i z_i^T H z_i`` with Rademacher ``z_i`` (Hutchinson 1990; unbiased since E[z z^T] = I);
     returns ``trace``, ``stderr`` and ``samples``."""
     if samples < 2:
@@ -270,8 +295,9 @@ def hutchinson_trace(loss: LossFunction, w: Tensor, samples: int = 100,
     return {"trace": float(t.mean()), "stderr": float(t.std() / math.sqrt(samples)), "samples": samples}
 
 
-def epsilon_sharpness(loss: LossFunction, w: Tensor, epsilon: float = 1e-3, *, steps: int = 20,
-                      lr: float | None = None) -> dict[str, float]:
+def epsilon_sharpness(
+    loss: LossFunction, w: Tensor, epsilon: float = 1e-3, *, steps: int = 20, lr: float | None = None
+) -> dict[str, float]:
     """Keskar et al. (2017) sharpness: the largest loss increase in the box ``|d_i| <= eps (|w_i| + 1)``.
 
     Projected gradient ascent: sign steps of ``lr`` times the box half-width (default 0.25), clipped to the box.

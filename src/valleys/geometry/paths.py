@@ -41,12 +41,24 @@ def arc_length_average(values: Sequence[float], lengths: Sequence[float]) -> flo
     return float((0.5 * (v[1:] + v[:-1]) * d).sum() / d.sum())
 
 
-def evaluate_path(model: nn.Module, point: Callable[[float], Tensor], ts: Sequence[float], *,
-                  train_loader: Iterable, test_loader: Iterable, bn: str = "recompute",
-                  bn_loader: Iterable | None = None, space: WeightSpace | None = None,
-                  device: torch.device | str | None = None, progress: bool = False,
-                  adapter: ModelAdapter | None = None, input_fn: InputFn | None = None, target_fn=None,
-                  likelihood: str | None = None, bn_batches: int | None = None) -> PathResult:
+def evaluate_path(
+    model: nn.Module,
+    point: Callable[[float], Tensor],
+    ts: Sequence[float],
+    *,
+    train_loader: Iterable,
+    test_loader: Iterable,
+    bn: str = "recompute",
+    bn_loader: Iterable | None = None,
+    space: WeightSpace | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    adapter: ModelAdapter | None = None,
+    input_fn: InputFn | None = None,
+    target_fn=None,
+    likelihood: str | None = None,
+    bn_batches: int | None = None,
+) -> PathResult:
     """Metrics at ``w = point(t)`` for each t in ``ts``; see the module docstring.
 
     Each point is evaluated by :func:`valleys.evaluation.engine.evaluate_many` with the
@@ -80,15 +92,34 @@ def evaluate_path(model: nn.Module, point: Callable[[float], Tensor], ts: Sequen
         if prev is not None:
             out["lengths"].append(float((w - prev).norm()))
         prev = w
-        res = evaluate_many(model, [w], {"train": train_loader, "test": test_loader}, reduce=Metrics(adapter),
-                            adapter=adapter, bn=policy, space=space, device=device, batched=False)
+        res = evaluate_many(
+            model,
+            [w],
+            {"train": train_loader, "test": test_loader},
+            reduce=Metrics(adapter),
+            adapter=adapter,
+            bn=policy,
+            space=space,
+            device=device,
+            batched=False,
+        )
         train, test = res.value[0]["train"], res.value[0]["test"]
         out["t"].append(float(t))
         out["train_loss"].append(train["nll"])
         out["train_error"].append(train["error"])
         out["test_error"].append(test["error"])
         out["test_nll"].append(test["nll"])
-    summary = {k: {"min": min(out[k]), "max": max(out[k]), "arc_mean": arc_length_average(out[k], out["lengths"])}
-               for k in PATH_METRICS}
-    return PathResult(out["t"], out["train_loss"], out["train_error"], out["test_error"], out["test_nll"],
-                      out["lengths"], summary, label)
+    summary = {
+        k: {"min": min(out[k]), "max": max(out[k]), "arc_mean": arc_length_average(out[k], out["lengths"])}
+        for k in PATH_METRICS
+    }
+    return PathResult(
+        out["t"],
+        out["train_loss"],
+        out["train_error"],
+        out["test_error"],
+        out["test_nll"],
+        out["lengths"],
+        summary,
+        label,
+    )

@@ -18,18 +18,29 @@ import torch
 from torch import Tensor, nn
 
 from ..core.adapter import ModelAdapter
+from ..core.weights import WeightSpace
 from ..evaluation.grid import evaluate_points
 from .hessian import LossFunction, epsilon_sharpness, hutchinson_trace, lanczos
 from .surfaces import Plane, grid_axes, line, random_direction, valley_width
-from ..core.weights import WeightSpace
 
 __all__ = ["plane_study", "path_study", "rays_study", "random_plane_study", "sharpness_study"]
 
 
-def plane_study(model: nn.Module, a: Tensor, b: Tensor, c: Tensor, loaders: Mapping[str, Iterable], *,
-                extra: Mapping[str, Tensor] | None = None, n: int = 21, margin: float = 0.2, bn: str = "recompute",
-                bn_loader: Iterable | None = None, progress: bool = False,
-                adapter: ModelAdapter | None = None) -> dict[str, Any]:
+def plane_study(
+    model: nn.Module,
+    a: Tensor,
+    b: Tensor,
+    c: Tensor,
+    loaders: Mapping[str, Iterable],
+    *,
+    extra: Mapping[str, Tensor] | None = None,
+    n: int = 21,
+    margin: float = 0.2,
+    bn: str = "recompute",
+    bn_loader: Iterable | None = None,
+    progress: bool = False,
+    adapter: ModelAdapter | None = None,
+) -> dict[str, Any]:
     """Loss and error on the ``n x n`` grid of the plane through ``a, b, c`` (coordinates of a, b, c and of
     ``extra`` points, e.g. SWA, projected; grid with ``margin`` around all of them)."""
     plane = Plane(a, b, c)
@@ -38,60 +49,137 @@ def plane_study(model: nn.Module, a: Tensor, b: Tensor, c: Tensor, loaders: Mapp
         marks[name] = plane.project(p)
     xs, ys = grid_axes(list(marks.values()), n=n, margin=margin)
     pts = [plane.point(x, y) for y in ys for x in xs]
-    res = evaluate_points(model, pts, loaders, bn=bn, bn_loader=bn_loader, progress=progress, adapter=adapter, desc="plane")
-    grids = {name: {k: torch.tensor(res[name][k]).view(len(ys), len(xs)).tolist() for k in ("loss", "error")}
-             for name in loaders}
+    res = evaluate_points(
+        model, pts, loaders, bn=bn, bn_loader=bn_loader, progress=progress, adapter=adapter, desc="plane"
+    )
+    grids = {
+        name: {k: torch.tensor(res[name][k]).view(len(ys), len(xs)).tolist() for k in ("loss", "error")}
+        for name in loaders
+    }
     residuals = {name: plane.residual(p) for name, p in (extra or {}).items()}
-    return {"kind": "plane", "xs": xs, "ys": ys, "grids": grids, "points": marks, "off_plane_distance": residuals,
-            "units": "Euclidean distance in weight space", "bn": res["bn"], "nonfinite": res["nonfinite"]}
+    return {
+        "kind": "plane",
+        "xs": xs,
+        "ys": ys,
+        "grids": grids,
+        "points": marks,
+        "off_plane_distance": residuals,
+        "units": "Euclidean distance in weight space",
+        "bn": res["bn"],
+        "nonfinite": res["nonfinite"],
+    }
 
 
-def path_study(model: nn.Module, a: Tensor, b: Tensor, loaders: Mapping[str, Iterable], *, points: int = 41,
-               extend: float = 0.5, bn: str = "recompute", bn_loader: Iterable | None = None,
-               progress: bool = False, adapter: ModelAdapter | None = None) -> dict[str, Any]:
+def path_study(
+    model: nn.Module,
+    a: Tensor,
+    b: Tensor,
+    loaders: Mapping[str, Iterable],
+    *,
+    points: int = 41,
+    extend: float = 0.5,
+    bn: str = "recompute",
+    bn_loader: Iterable | None = None,
+    progress: bool = False,
+    adapter: ModelAdapter | None = None,
+) -> dict[str, Any]:
     """Loss and error on the line through ``a`` and ``b`` against signed distance from ``a`` (slide 15),
     from ``-extend * d`` to ``(1 + extend) * d`` with ``d = ||b - a||``."""
     f = line(a, b)
     d = f.length
     dist = torch.linspace(-extend * d, (1 + extend) * d, points).tolist()
-    res = evaluate_points(model, [f(s) for s in dist], loaders, bn=bn, bn_loader=bn_loader, progress=progress, adapter=adapter,
-                          desc="line")
-    return {"kind": "path", "distance": dist, "length": d, "curves": {n: res[n] for n in loaders},
-            "units": "Euclidean distance in weight space from a", "bn": res["bn"], "nonfinite": res["nonfinite"]}
+    res = evaluate_points(
+        model,
+        [f(s) for s in dist],
+        loaders,
+        bn=bn,
+        bn_loader=bn_loader,
+        progress=progress,
+        adapter=adapter,
+        desc="line",
+    )
+    return {
+        "kind": "path",
+        "distance": dist,
+        "length": d,
+        "curves": {n: res[n] for n in loaders},
+        "units": "Euclidean distance in weight space from a",
+        "bn": res["bn"],
+        "nonfinite": res["nonfinite"],
+    }
 
 
-def rays_study(model: nn.Module, centers: Mapping[str, Tensor], loader: Iterable, *, rays: int = 10,
-               max_distance: float = 50.0, steps: int = 21, rise: float = 0.1, seed: int = 0, bn: str = "recompute",
-               bn_loader: Iterable | None = None, progress: bool = False,
-                adapter: ModelAdapter | None = None) -> dict[str, Any]:
+def rays_study(
+    model: nn.Module,
+    centers: Mapping[str, Tensor],
+    loader: Iterable,
+    *,
+    rays: int = 10,
+    max_distance: float = 50.0,
+    steps: int = 21,
+    rise: float = 0.1,
+    seed: int = 0,
+    bn: str = "recompute",
+    bn_loader: Iterable | None = None,
+    progress: bool = False,
+    adapter: ModelAdapter | None = None,
+) -> dict[str, Any]:
     """Train loss along ``rays`` random unit directions (the same for every center) from each center
     (slide 14); valley width = distance where the loss first rises by ``rise`` over the center's."""
     space = WeightSpace(model)
     gen = torch.Generator().manual_seed(seed)
     if rays < 1 or steps < 2:
         raise ValueError(f"rays needs at least 1 ray and 2 steps per ray, got {rays} and {steps}")
-    dirs = [random_direction(space, next(iter(centers.values())), filter_norm=False, generator=gen)
-            for _ in range(rays)]
+    dirs = [
+        random_direction(space, next(iter(centers.values())), filter_norm=False, generator=gen) for _ in range(rays)
+    ]
     dist = torch.linspace(0, max_distance, steps).tolist()
-    out: dict[str, Any] = {"kind": "rays", "distance": dist, "rise": rise, "rays": rays,
-                           "units": "Euclidean distance in weight space (unit-norm Gaussian directions)", "centers": {}}
+    out: dict[str, Any] = {
+        "kind": "rays",
+        "distance": dist,
+        "rise": rise,
+        "rays": rays,
+        "units": "Euclidean distance in weight space (unit-norm Gaussian directions)",
+        "centers": {},
+    }
     for name, w in centers.items():
         pts = [w + s * dvec.to(w) for dvec in dirs for s in dist]
-        res = evaluate_points(model, pts, {"train": loader}, bn=bn, bn_loader=bn_loader, progress=progress, adapter=adapter,
-                              desc=f"rays {name}")
+        res = evaluate_points(
+            model,
+            pts,
+            {"train": loader},
+            bn=bn,
+            bn_loader=bn_loader,
+            progress=progress,
+            adapter=adapter,
+            desc=f"rays {name}",
+        )
         losses = torch.tensor(res["train"]["loss"]).view(rays, steps)
         widths = [valley_width(dist, row.tolist(), rise) for row in losses]
         finite = [x for x in widths if x != float("inf")]
-        out["centers"][name] = {"loss": losses.tolist(), "width": widths,
-                                "mean_width": sum(finite) / len(finite) if len(finite) == len(widths) else float("inf"),
-                                "bn": res["bn"]}
+        out["centers"][name] = {
+            "loss": losses.tolist(),
+            "width": widths,
+            "mean_width": sum(finite) / len(finite) if len(finite) == len(widths) else float("inf"),
+            "bn": res["bn"],
+        }
     return out
 
 
-def random_plane_study(model: nn.Module, w: Tensor, loaders: Mapping[str, Iterable], *, n: int = 21,
-                       span: float = 1.0, filter_norm: bool = True, seed: int = 0, bn: str = "recompute",
-                       bn_loader: Iterable | None = None, progress: bool = False,
-                adapter: ModelAdapter | None = None) -> dict[str, Any]:
+def random_plane_study(
+    model: nn.Module,
+    w: Tensor,
+    loaders: Mapping[str, Iterable],
+    *,
+    n: int = 21,
+    span: float = 1.0,
+    filter_norm: bool = True,
+    seed: int = 0,
+    bn: str = "recompute",
+    bn_loader: Iterable | None = None,
+    progress: bool = False,
+    adapter: ModelAdapter | None = None,
+) -> dict[str, Any]:
     """Loss and error on ``w + x d1 + y d2`` for x, y in ``[-span, span]`` with two random directions,
     filter-normalised by default (Li et al. 2018)."""
     if n < 2:
@@ -102,17 +190,39 @@ def random_plane_study(model: nn.Module, w: Tensor, loaders: Mapping[str, Iterab
     d2 = random_direction(space, w, filter_norm=filter_norm, generator=gen)
     xs = torch.linspace(-span, span, n).tolist()
     pts = [w + x * d1 + y * d2 for y in xs for x in xs]
-    res = evaluate_points(model, pts, loaders, bn=bn, bn_loader=bn_loader, progress=progress, adapter=adapter, desc="landscape")
+    res = evaluate_points(
+        model, pts, loaders, bn=bn, bn_loader=bn_loader, progress=progress, adapter=adapter, desc="landscape"
+    )
     grids = {name: {k: torch.tensor(res[name][k]).view(n, n).tolist() for k in ("loss", "error")} for name in loaders}
-    units = ("multiples of filter-normalised directions (each filter scaled to its weights' norm; 1-D parameters "
-             "fixed)" if filter_norm else "Euclidean distance (unit-norm directions)")
-    return {"kind": "random-plane", "xs": xs, "ys": xs, "grids": grids, "points": {"w": (0.0, 0.0)},
-            "units": units, "bn": res["bn"], "nonfinite": res["nonfinite"]}
+    units = (
+        "multiples of filter-normalised directions (each filter scaled to its weights' norm; 1-D parameters fixed)"
+        if filter_norm
+        else "Euclidean distance (unit-norm directions)"
+    )
+    return {
+        "kind": "random-plane",
+        "xs": xs,
+        "ys": xs,
+        "grids": grids,
+        "points": {"w": (0.0, 0.0)},
+        "units": units,
+        "bn": res["bn"],
+        "nonfinite": res["nonfinite"],
+    }
 
 
-def sharpness_study(model: nn.Module, batches: Sequence, *, k: int = 3, iterations: int = 30, trace_samples: int = 30,
-                    epsilon: float = 1e-3, seed: int = 0, adapter: ModelAdapter | None = None,
-                    progress: bool = False) -> dict[str, Any]:
+def sharpness_study(
+    model: nn.Module,
+    batches: Sequence,
+    *,
+    k: int = 3,
+    iterations: int = 30,
+    trace_samples: int = 30,
+    epsilon: float = 1e-3,
+    seed: int = 0,
+    adapter: ModelAdapter | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Top-``k`` Hessian eigenvalues (Lanczos), trace (Hutchinson) and epsilon-sharpness of the training loss
     on ``batches`` with the model in eval mode (BatchNorm running statistics, Dropout off). ``progress``: a bar
     on stderr counting the Hessian-vector products and ascent steps."""
@@ -125,8 +235,13 @@ def sharpness_study(model: nn.Module, batches: Sequence, *, k: int = 3, iteratio
     if progress:
         from ..core.optional import progress_bar
 
-        bar = progress_bar(total=iterations + trace_samples + ascent_steps, unit="product", desc="Lanczos",
-                           leave=False, dynamic_ncols=True)
+        bar = progress_bar(
+            total=iterations + trace_samples + ascent_steps,
+            unit="product",
+            desc="Lanczos",
+            leave=False,
+            dynamic_ncols=True,
+        )
         hvp, grad = loss.hvp, loss.grad
 
         def counted_hvp(w: Tensor, v: Tensor) -> Tensor:
@@ -152,6 +267,13 @@ def sharpness_study(model: nn.Module, batches: Sequence, *, k: int = 3, iteratio
     finally:
         if bar is not None:
             bar.close()
-    return {"kind": "sharpness", "top_eigenvalues": top["eigenvalues"].tolist(), "num_hvp": top["num_hvp"],
-            "trace": tr, "epsilon_sharpness": sh, "loss": loss.value(w), "mode": "eval (BN running statistics)",
-            "examples": int(sum(loss.weights))}
+    return {
+        "kind": "sharpness",
+        "top_eigenvalues": top["eigenvalues"].tolist(),
+        "num_hvp": top["num_hvp"],
+        "trace": tr,
+        "epsilon_sharpness": sh,
+        "loss": loss.value(w),
+        "mode": "eval (BN running statistics)",
+        "examples": int(sum(loss.weights)),
+    }

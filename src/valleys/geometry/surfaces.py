@@ -28,8 +28,10 @@ __all__ = ["Plane", "line", "random_direction", "pca_plane", "grid_axes", "valle
 def _same_length(*vs: Tensor) -> None:
     sizes = {v.numel() for v in vs}
     if len(sizes) > 1 or any(v.dim() != 1 for v in vs):
-        raise WeightSpaceError(f"weight vectors must be 1-D and of equal length, got sizes {sorted(sizes)}; "
-                               "are they from different architectures?")
+        raise WeightSpaceError(
+            f"weight vectors must be 1-D and of equal length, got sizes {sorted(sizes)}; "
+            "are they from different architectures?"
+        )
 
 
 class Plane:
@@ -70,7 +72,9 @@ class Plane:
         return float((p.detach().double() - self.origin - x * self.u - y * self.v).norm())
 
 
-def grid_axes(coords: Sequence[tuple[float, float]], n: int = 21, margin: float = 0.2) -> tuple[list[float], list[float]]:
+def grid_axes(
+    coords: Sequence[tuple[float, float]], n: int = 21, margin: float = 0.2
+) -> tuple[list[float], list[float]]:
     """``n`` evenly spaced x and y values covering ``coords`` with ``margin`` (a fraction of the span) around."""
     if n < 2:
         raise ValueError(f"a grid needs at least 2 points per axis, got {n}")
@@ -96,8 +100,14 @@ def line(a: Tensor, b: Tensor):
     return fn
 
 
-def random_direction(space: WeightSpace, weights: Tensor, *, filter_norm: bool = True, include_1d: bool = False,
-                     generator: torch.Generator | None = None) -> Tensor:
+def random_direction(
+    space: WeightSpace,
+    weights: Tensor,
+    *,
+    filter_norm: bool = True,
+    include_1d: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """A random direction in ``space``: Gaussian entries, then filter-normalised (see the module docstring)
     or, with ``filter_norm=False``, scaled to unit Euclidean norm."""
     space.check_vector(weights, what="weights")
@@ -105,8 +115,8 @@ def random_direction(space: WeightSpace, weights: Tensor, *, filter_norm: bool =
     if not filter_norm:
         return d / d.norm()
     for s in space.slots:
-        dv = d[s.offset:s.offset + s.numel].view(s.shape)
-        wv = weights[s.offset:s.offset + s.numel].view(s.shape)
+        dv = d[s.offset : s.offset + s.numel].view(s.shape)
+        wv = weights[s.offset : s.offset + s.numel].view(s.shape)
         if len(s.shape) <= 1:
             if include_1d:
                 dv.mul_(wv.norm() / dv.norm().clamp_min(1e-30))
@@ -127,7 +137,7 @@ def pca_plane(iterates: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x = iterates.double()
     mean = x.mean(0)
     _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
-    var = s ** 2
+    var = s**2
     return mean.to(iterates.dtype), vh[0].to(iterates.dtype), vh[1].to(iterates.dtype), (var[:2] / var.sum())
 
 

@@ -56,9 +56,15 @@ class Averager:
         check_finite: refuse to collect weights with NaN or inf entries (one extra reduction per collect).
     """
 
-    def __init__(self, model: nn.Module, names: Sequence[str] | None = None, *,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-                 check_finite: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        names: Sequence[str] | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        check_finite: bool = True,
+    ) -> None:
         self.space = WeightSpace(model, names)
         ref = self.space.parameters(model)[0]
         self.device = torch.device(device) if device is not None else ref.device
@@ -134,9 +140,16 @@ class SWA(Averager):
     ``moments=False`` keeps only the mean (SWA proper); SWAG needs the moments.
     """
 
-    def __init__(self, model: nn.Module, names: Sequence[str] | None = None, *, moments: bool = True,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-                 check_finite: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        names: Sequence[str] | None = None,
+        *,
+        moments: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        check_finite: bool = True,
+    ) -> None:
         super().__init__(model, names, device=device, dtype=dtype, check_finite=check_finite)
         self.moments = moments
         self._m2 = torch.zeros_like(self._mean) if moments else None
@@ -183,9 +196,17 @@ class EMA(Averager):
     uniform (as in mean teacher, Tarvainen & Valpola 2017).
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.999, names: Sequence[str] | None = None, *,
-                 warmup: bool = False, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None, check_finite: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        decay: float = 0.999,
+        names: Sequence[str] | None = None,
+        *,
+        warmup: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        check_finite: bool = True,
+    ) -> None:
         if not 0 <= decay < 1:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
         super().__init__(model, names, device=device, dtype=dtype, check_finite=check_finite)

@@ -27,8 +27,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["SamplerResult", "elliptical_slice", "mean_field_vi", "flow_vi", "RealNVP", "nuts", "SamplerError",
-           "gaussian_log_prior"]
+__all__ = [
+    "SamplerResult",
+    "elliptical_slice",
+    "mean_field_vi",
+    "flow_vi",
+    "RealNVP",
+    "nuts",
+    "SamplerError",
+    "gaussian_log_prior",
+]
 
 
 class SamplerError(RuntimeError):
@@ -55,9 +63,15 @@ class SamplerResult:
         """Strict JSON of the diagnostics and the sample summary (mean and standard deviation per coordinate)."""
         from ..core.checkpoint import json_safe
 
-        return json_safe({"method": self.method, "num_samples": int(self.samples.shape[0]),
-                          "mean": self.samples.mean(0), "std": self.samples.std(0) if len(self.samples) > 1 else None,
-                          "diagnostics": self.diagnostics})
+        return json_safe(
+            {
+                "method": self.method,
+                "num_samples": int(self.samples.shape[0]),
+                "mean": self.samples.mean(0),
+                "std": self.samples.std(0) if len(self.samples) > 1 else None,
+                "diagnostics": self.diagnostics,
+            }
+        )
 
 
 def gaussian_log_prior(z: Tensor, scale: float) -> Tensor:
@@ -80,9 +94,18 @@ def _check_counts(num_samples: int, burn_in: int, thin: int) -> None:
         raise ValueError(f"thin must be an integer >= 1, got {thin!r}")
 
 
-def elliptical_slice(log_likelihood: Callable[[Tensor], float], z0: Tensor, *, prior_scale: float,
-                     num_samples: int, burn_in: int = 0, thin: int = 1, max_shrinks: int = 100,
-                     generator: torch.Generator | None = None, progress: Any = None) -> SamplerResult:
+def elliptical_slice(
+    log_likelihood: Callable[[Tensor], float],
+    z0: Tensor,
+    *,
+    prior_scale: float,
+    num_samples: int,
+    burn_in: int = 0,
+    thin: int = 1,
+    max_shrinks: int = 100,
+    generator: torch.Generator | None = None,
+    progress: Any = None,
+) -> SamplerResult:
     """Elliptical slice sampling (Murray, Adams & MacKay 2010) of ``p(z) ~ L(z) N(z; 0, s^2 I)``.
 
     One step from z: draw ``nu ~ N(0, s^2 I)`` and the threshold ``log y = log L(z) + log u``, u ~ U(0, 1);
@@ -110,8 +133,10 @@ def elliptical_slice(log_likelihood: Callable[[Tensor], float], z0: Tensor, *, p
     start = time.perf_counter()
     ll = float(log_likelihood(z))
     if not math.isfinite(ll):
-        raise SamplerError(f"the log-likelihood at the starting point is {ll}; start where it is finite (the "
-                           "subspace's shift should be a trained solution)")
+        raise SamplerError(
+            f"the log-likelihood at the starting point is {ll}; start where it is finite (the "
+            "subspace's shift should be a trained solution)"
+        )
     evals = 1
     steps = burn_in + num_samples * thin
     kept, kept_ll, shrinks_max = [], [], 0
@@ -130,10 +155,12 @@ def elliptical_slice(log_likelihood: Callable[[Tensor], float], z0: Tensor, *, p
                 break
             shrinks += 1
             if shrinks > max_shrinks:
-                raise SamplerError(f"elliptical slice sampling: no acceptance after {max_shrinks} shrinks in step "
-                                   f"{step + 1} ({evals} likelihood evaluations so far, log L = {ll:.6g}); the "
-                                   "likelihood may be too peaked for the prior scale (lower --prior-scale, "
-                                   "raise --temperature)")
+                raise SamplerError(
+                    f"elliptical slice sampling: no acceptance after {max_shrinks} shrinks in step "
+                    f"{step + 1} ({evals} likelihood evaluations so far, log L = {ll:.6g}); the "
+                    "likelihood may be too peaked for the prior scale (lower --prior-scale, "
+                    "raise --temperature)"
+                )
             if theta < 0:
                 lo = theta
             else:
@@ -145,14 +172,23 @@ def elliptical_slice(log_likelihood: Callable[[Tensor], float], z0: Tensor, *, p
             kept_ll.append(ll)
         if progress is not None:
             progress.update(1)
-    return SamplerResult(torch.stack(kept), torch.tensor(kept_ll, dtype=torch.float64),
-                         {"likelihood_evaluations": evals, "evaluations_per_step": (evals - 1) / steps,
-                          "max_shrinks_in_a_step": shrinks_max, "steps": steps,
-                          "time_s": time.perf_counter() - start}, "ess")
+    return SamplerResult(
+        torch.stack(kept),
+        torch.tensor(kept_ll, dtype=torch.float64),
+        {
+            "likelihood_evaluations": evals,
+            "evaluations_per_step": (evals - 1) / steps,
+            "max_shrinks_in_a_step": shrinks_max,
+            "steps": steps,
+            "time_s": time.perf_counter() - start,
+        },
+        "ess",
+    )
 
 
-def _maximise_elbo(elbo: Callable[[], Tensor], params: list[Tensor], steps: int, lr: float, what: str,
-                   progress: Any) -> tuple[float, list[tuple[int, float]]]:
+def _maximise_elbo(
+    elbo: Callable[[], Tensor], params: list[Tensor], steps: int, lr: float, what: str, progress: Any
+) -> tuple[float, list[tuple[int, float]]]:
     """Adam on ``-elbo()`` for ``steps`` steps; the last ELBO and its trace (every 1% of the steps). A
     non-finite ELBO stops with a :class:`SamplerError` naming the step and the learning rate."""
     opt = torch.optim.Adam(params, lr=lr)
@@ -162,8 +198,9 @@ def _maximise_elbo(elbo: Callable[[], Tensor], params: list[Tensor], steps: int,
     for step in range(steps):
         e = elbo()
         if not torch.isfinite(e):
-            raise SamplerError(f"{what}: the ELBO became {float(e)} at step {step + 1}; lower lr (now {lr}) or "
-                               "check the likelihood")
+            raise SamplerError(
+                f"{what}: the ELBO became {float(e)} at step {step + 1}; lower lr (now {lr}) or check the likelihood"
+            )
         opt.zero_grad()
         (-e).backward()
         opt.step()
@@ -175,10 +212,20 @@ def _maximise_elbo(elbo: Callable[[], Tensor], params: list[Tensor], steps: int,
     return value, trace
 
 
-def mean_field_vi(log_likelihood: Callable[[Tensor], Tensor], k: int, *, prior_scale: float,
-                  num_samples: int, steps: int = 2000, lr: float = 0.01, mc_samples: int = 1,
-                  init_mean: Tensor | None = None, init_std: float | None = None,
-                  generator: torch.Generator | None = None, progress: Any = None) -> SamplerResult:
+def mean_field_vi(
+    log_likelihood: Callable[[Tensor], Tensor],
+    k: int,
+    *,
+    prior_scale: float,
+    num_samples: int,
+    steps: int = 2000,
+    lr: float = 0.01,
+    mc_samples: int = 1,
+    init_mean: Tensor | None = None,
+    init_std: float | None = None,
+    generator: torch.Generator | None = None,
+    progress: Any = None,
+) -> SamplerResult:
     """Mean-field Gaussian variational inference: ``q(z) = N(mu, diag(sigma^2))`` maximising
 
         ELBO(mu, sigma) = E_q[log L(z)] - KL(q || N(0, s^2 I)),
@@ -198,10 +245,15 @@ def mean_field_vi(log_likelihood: Callable[[Tensor], Tensor], k: int, *, prior_s
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     start = time.perf_counter()
-    mu = (torch.zeros(k, dtype=torch.float64) if init_mean is None
-          else torch.as_tensor(init_mean, dtype=torch.float64).clone()).requires_grad_(True)
-    log_sigma = torch.full((k,), math.log(init_std if init_std is not None else prior_scale * 0.1),
-                           dtype=torch.float64, requires_grad=True)
+    mu = (
+        torch.zeros(k, dtype=torch.float64)
+        if init_mean is None
+        else torch.as_tensor(init_mean, dtype=torch.float64).clone()
+    ).requires_grad_(True)
+    log_sigma = torch.full(
+        (k,), math.log(init_std if init_std is not None else prior_scale * 0.1), dtype=torch.float64, requires_grad=True
+    )
+
     def elbo() -> Tensor:
         sigma = log_sigma.exp()
         eps = torch.randn(mc_samples, k, generator=generator, dtype=torch.float64)
@@ -214,9 +266,19 @@ def mean_field_vi(log_likelihood: Callable[[Tensor], Tensor], k: int, *, prior_s
     with torch.no_grad():
         mean, std = mu.detach().clone(), log_sigma.exp().detach().clone()
         draws = mean + std * torch.randn(num_samples, k, generator=generator, dtype=torch.float64)
-    return SamplerResult(draws, None, {"mean": mean.tolist(), "std": std.tolist(), "elbo": elbo_value,
-                                       "elbo_trace": trace, "steps": steps, "time_s": time.perf_counter() - start},
-                         "vi")
+    return SamplerResult(
+        draws,
+        None,
+        {
+            "mean": mean.tolist(),
+            "std": std.tolist(),
+            "elbo": elbo_value,
+            "elbo_trace": trace,
+            "steps": steps,
+            "time_s": time.perf_counter() - start,
+        },
+        "vi",
+    )
 
 
 class RealNVP(torch.nn.Module):
@@ -235,8 +297,12 @@ class RealNVP(torch.nn.Module):
         self.mu = torch.nn.Parameter(torch.zeros(k, dtype=torch.float64))
         self.log_sigma = torch.nn.Parameter(torch.full((k,), math.log(init_std), dtype=torch.float64))
         idx = torch.arange(k)
-        self.register_buffer("masks", torch.stack([((idx + i) % 2 == 0).double() for i in range(layers)])
-                             if k > 1 else torch.zeros(0, k, dtype=torch.float64))
+        self.register_buffer(
+            "masks",
+            torch.stack([((idx + i) % 2 == 0).double() for i in range(layers)])
+            if k > 1
+            else torch.zeros(0, k, dtype=torch.float64),
+        )
         self.nets = torch.nn.ModuleList()
         for _ in range(len(self.masks)):
             net = torch.nn.Sequential(torch.nn.Linear(k, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 2 * k))
@@ -262,9 +328,20 @@ class RealNVP(torch.nn.Module):
         return z, base - logdet
 
 
-def flow_vi(log_likelihood: Callable[[Tensor], Tensor], k: int, *, prior_scale: float, num_samples: int,
-            steps: int = 2000, lr: float = 0.005, mc_samples: int = 4, layers: int = 4, hidden: int = 32,
-            generator: torch.Generator | None = None, progress: Any = None) -> SamplerResult:
+def flow_vi(
+    log_likelihood: Callable[[Tensor], Tensor],
+    k: int,
+    *,
+    prior_scale: float,
+    num_samples: int,
+    steps: int = 2000,
+    lr: float = 0.005,
+    mc_samples: int = 4,
+    layers: int = 4,
+    hidden: int = 32,
+    generator: torch.Generator | None = None,
+    progress: Any = None,
+) -> SamplerResult:
     """Variational inference with a RealNVP flow q (:class:`RealNVP`), maximising the ELBO
 
         ELBO = E_q[log L(z) + log N(z; 0, s^2 I) - log q(z)]
@@ -289,22 +366,41 @@ def flow_vi(log_likelihood: Callable[[Tensor], Tensor], k: int, *, prior_scale: 
     if generator is not None:
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))  # the MLPs' init
     flow = RealNVP(k, layers=layers, hidden=hidden, init_std=0.1 * prior_scale)
+
     def elbo() -> Tensor:
         z, log_q = flow.sample(mc_samples, generator)
         ll = torch.stack([torch.as_tensor(log_likelihood(zi)).to(torch.float64) for zi in z])
         return (ll + gaussian_log_prior(z, prior_scale) - log_q).mean()
 
-    elbo_value, trace = _maximise_elbo(elbo, list(flow.parameters()), steps, lr, "flow variational inference",
-                                       progress)
+    elbo_value, trace = _maximise_elbo(elbo, list(flow.parameters()), steps, lr, "flow variational inference", progress)
     with torch.no_grad():
         draws, _ = flow.sample(num_samples, generator)
-    return SamplerResult(draws.detach(), None, {"elbo": elbo_value, "elbo_trace": trace, "steps": steps,
-                                                "layers": len(flow.masks), "hidden": hidden,
-                                                "time_s": time.perf_counter() - start}, "flow")
+    return SamplerResult(
+        draws.detach(),
+        None,
+        {
+            "elbo": elbo_value,
+            "elbo_trace": trace,
+            "steps": steps,
+            "layers": len(flow.masks),
+            "hidden": hidden,
+            "time_s": time.perf_counter() - start,
+        },
+        "flow",
+    )
 
 
-def nuts(log_likelihood: Callable[[Tensor], Tensor], z0: Tensor, *, prior_scale: float, num_samples: int,
-         warmup: int = 200, chains: int = 1, max_tree_depth: int = 10, seed: int = 0) -> SamplerResult:
+def nuts(
+    log_likelihood: Callable[[Tensor], Tensor],
+    z0: Tensor,
+    *,
+    prior_scale: float,
+    num_samples: int,
+    warmup: int = 200,
+    chains: int = 1,
+    max_tree_depth: int = 10,
+    seed: int = 0,
+) -> SamplerResult:
     """NUTS (Hoffman & Gelman 2014) through Pyro on the potential ``U(z) = -log L(z) - log N(z; 0, s^2 I)``
     (``log_likelihood`` differentiable in z, evaluated on the whole data), ``warmup`` adaptation steps,
     ``chains`` chains run one after another from ``z0`` (jittered for the chains after the first).
@@ -339,22 +435,36 @@ def nuts(log_likelihood: Callable[[Tensor], Tensor], z0: Tensor, *, prior_scale:
         pyro.set_rng_seed(seed + c)
         init = z0 if c == 0 else z0 + 0.1 * prior_scale * torch.randn(z0.shape, generator=gen, dtype=torch.float64)
         kernel = NUTS(potential_fn=potential, max_tree_depth=max_tree_depth)
-        mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup, initial_params={"z": init},
-                    disable_progbar=True)
+        mcmc = MCMC(
+            kernel, num_samples=num_samples, warmup_steps=warmup, initial_params={"z": init}, disable_progbar=True
+        )
         mcmc.run()
         draws = mcmc.get_samples()["z"].detach().to(torch.float64)
         all_samples.append(draws)
         extra = mcmc.get_samples(group_by_chain=False)
         diag = mcmc.diagnostics()
-        per_chain.append({"divergences": int(len(diag.get("divergences", {}).get("chain 0", []))),
-                          "acceptance_rate": float(diag.get("acceptance rate", {}).get("chain 0", math.nan))})
+        per_chain.append(
+            {
+                "divergences": int(len(diag.get("divergences", {}).get("chain 0", []))),
+                "acceptance_rate": float(diag.get("acceptance rate", {}).get("chain 0", math.nan)),
+            }
+        )
         del extra
     stacked = torch.stack(all_samples)  # (chains, S, k)
     from pyro.ops.stats import effective_sample_size, gelman_rubin
 
     n_eff = effective_sample_size(stacked, chain_dim=0, sample_dim=1)
     r_hat = gelman_rubin(stacked, chain_dim=0, sample_dim=1) if chains > 1 else torch.full((z0.numel(),), math.nan)
-    return SamplerResult(stacked.reshape(-1, z0.numel()), None,
-                         {"n_eff": n_eff.tolist(), "r_hat": r_hat.tolist(), "chains": per_chain,
-                          "divergences": sum(c["divergences"] for c in per_chain), "warmup": warmup,
-                          "time_s": time.perf_counter() - start}, "nuts")
+    return SamplerResult(
+        stacked.reshape(-1, z0.numel()),
+        None,
+        {
+            "n_eff": n_eff.tolist(),
+            "r_hat": r_hat.tolist(),
+            "chains": per_chain,
+            "divergences": sum(c["divergences"] for c in per_chain),
+            "warmup": warmup,
+            "time_s": time.perf_counter() - start,
+        },
+        "nuts",
+    )

@@ -23,8 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Subspace", "random_subspace", "pca_subspace", "curve_subspace", "FrequentDirections",
-           "SubspaceError"]
+__all__ = ["Subspace", "random_subspace", "pca_subspace", "curve_subspace", "FrequentDirections", "SubspaceError"]
 
 
 class SubspaceError(ValueError):
@@ -49,10 +48,13 @@ class Subspace:
 
     def __post_init__(self) -> None:
         if not isinstance(self.shift, Tensor) or self.shift.dim() != 1:
-            raise SubspaceError(f"shift must be a 1-D tensor (P,), got {getattr(self.shift, 'shape', type(self.shift))}")
+            raise SubspaceError(
+                f"shift must be a 1-D tensor (P,), got {getattr(self.shift, 'shape', type(self.shift))}"
+            )
         if not isinstance(self.basis, Tensor) or self.basis.dim() != 2 or self.basis.shape[1] != self.shift.numel():
-            raise SubspaceError(f"basis must be (k, P) with P = {self.shift.numel()}, got "
-                                f"{tuple(getattr(self.basis, 'shape', ()))}")
+            raise SubspaceError(
+                f"basis must be (k, P) with P = {self.shift.numel()}, got {tuple(getattr(self.basis, 'shape', ()))}"
+            )
         if self.basis.shape[0] < 1:
             raise SubspaceError("the basis has no directions (k = 0)")
         if not (torch.isfinite(self.shift).all() and torch.isfinite(self.basis).all()):
@@ -111,8 +113,15 @@ def random_subspace(shift: Tensor, k: int, *, generator: torch.Generator | None 
     return Subspace(shift.detach().clone(), rows.to(shift), "random")
 
 
-def pca_subspace(deviations: Tensor, k: int, *, shift: Tensor, method: str = "exact", oversample: int = 10,
-                 generator: torch.Generator | None = None) -> Subspace:
+def pca_subspace(
+    deviations: Tensor,
+    k: int,
+    *,
+    shift: Tensor,
+    method: str = "exact",
+    oversample: int = 10,
+    generator: torch.Generator | None = None,
+) -> Subspace:
     """The top-k principal directions of the trajectory, scaled by their singular values.
 
     With ``A = D / sqrt(K - 1)`` (D the (K, P) deviations of SWAG, rows ``w_i - mean``), ``A = U S V^T``; the
@@ -141,8 +150,10 @@ def pca_subspace(deviations: Tensor, k: int, *, shift: Tensor, method: str = "ex
         s = evals.sqrt()
         keep = s[:k]
         if bool((keep <= s[0] * 1e-12).any()):
-            raise SubspaceError(f"the deviations span fewer than k = {k} directions (singular values "
-                                f"{[float(v) for v in keep]}); choose a smaller k")
+            raise SubspaceError(
+                f"the deviations span fewer than k = {k} directions (singular values "
+                f"{[float(v) for v in keep]}); choose a smaller k"
+            )
         vt = (u[:, :k].T @ a) / keep[:, None]  # v_j^T = u_j^T A / s_j
         rows = keep[:, None] * vt
         total = float(evals.sum())
@@ -160,9 +171,17 @@ def pca_subspace(deviations: Tensor, k: int, *, shift: Tensor, method: str = "ex
         total = float((a * a).sum())
         all_s = s
     ratio = [float(v * v) / total if total > 0 else math.nan for v in all_s[:k]]
-    return Subspace(shift.detach().clone(), rows.to(shift), "pca",
-                    {"singular_values": [float(v) for v in all_s[:k]], "explained_variance_ratio": ratio,
-                     "num_deviations": num, "method": method})
+    return Subspace(
+        shift.detach().clone(),
+        rows.to(shift),
+        "pca",
+        {
+            "singular_values": [float(v) for v in all_s[:k]],
+            "explained_variance_ratio": ratio,
+            "num_deviations": num,
+            "method": method,
+        },
+    )
 
 
 def curve_subspace(start: Tensor, middle: Tensor, end: Tensor) -> Subspace:
@@ -196,8 +215,14 @@ class FrequentDirections:
     rows fed were the deviations ``w_i - mean`` and ``rows_seen - 1`` normalises.
     """
 
-    def __init__(self, ell: int, num_weights: int, *, dtype: torch.dtype = torch.float64,
-                 device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        ell: int,
+        num_weights: int,
+        *,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+    ) -> None:
         if not isinstance(ell, int) or ell < 1:
             raise SubspaceError(f"ell must be an integer >= 1, got {ell!r}")
         self.ell = ell
@@ -238,9 +263,17 @@ class FrequentDirections:
             raise SubspaceError("the sketch has seen fewer than 2 rows")
         _, s, vt = torch.linalg.svd(b, full_matrices=False)
         s = s / math.sqrt(self.rows_seen - 1)
-        return Subspace(shift.detach().clone(), (s[:k, None] * vt[:k]).to(shift), "pca",
-                        {"singular_values": [float(v) for v in s[:k]], "method": "frequent-directions",
-                         "ell": self.ell, "rows_seen": self.rows_seen})
+        return Subspace(
+            shift.detach().clone(),
+            (s[:k, None] * vt[:k]).to(shift),
+            "pca",
+            {
+                "singular_values": [float(v) for v in s[:k]],
+                "method": "frequent-directions",
+                "ell": self.ell,
+                "rows_seen": self.rows_seen,
+            },
+        )
 
 
 def _check_k(k: Any, available: int, what: str) -> None:

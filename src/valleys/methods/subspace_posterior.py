@@ -31,8 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from ..core.adapter import ModelAdapter
-from ..core.batchnorm import EmptyLoaderError, has_batchnorm, recompute_bn
 from ..core.batches import to_device
+from ..core.batchnorm import EmptyLoaderError, has_batchnorm, recompute_bn
 from ..core.weights import WeightSpace, preserved_modes
 from ..evaluation.engine import BNPolicy, LossError, evaluate_many
 from .samplers import gaussian_log_prior
@@ -58,10 +58,20 @@ class SubspacePosterior:
         device: where batches go.
     """
 
-    def __init__(self, model: nn.Module, subspace: Subspace, loader: Iterable, *, temperature: float = 1.0,
-                 prior_scale: float = 1.0, adapter: ModelAdapter | None = None, bn: str = "shift",
-                 bn_loader: Iterable | None = None, space: WeightSpace | None = None,
-                 device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        subspace: Subspace,
+        loader: Iterable,
+        *,
+        temperature: float = 1.0,
+        prior_scale: float = 1.0,
+        adapter: ModelAdapter | None = None,
+        bn: str = "shift",
+        bn_loader: Iterable | None = None,
+        space: WeightSpace | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"the temperature must be a finite number > 0, got {temperature!r}")
         if not (isinstance(prior_scale, (int, float)) and math.isfinite(prior_scale) and prior_scale > 0):
@@ -70,8 +80,10 @@ class SubspacePosterior:
             raise ValueError(f"unknown BatchNorm policy {bn!r}; choose one of {', '.join(SUBSPACE_BN)}")
         self.space = space or WeightSpace(model)
         if subspace.num_weights != self.space.size:
-            raise ValueError(f"the subspace lives in a weight space of {subspace.num_weights} weights but the model "
-                             f"has {self.space.size}: a different architecture")
+            raise ValueError(
+                f"the subspace lives in a weight space of {subspace.num_weights} weights but the model "
+                f"has {self.space.size}: a different architecture"
+            )
         self.adapter = adapter or ModelAdapter()
         self.subspace = subspace
         self.loader = loader
@@ -114,9 +126,18 @@ class SubspacePosterior:
         single = z.dim() == 1
         zs = z[None] if single else z
         weights = self.subspace.to_weights(zs.to(self.subspace.basis.dtype))
-        res = evaluate_many(self.model, weights, {"data": self.loader}, reduce=LossError(self.adapter),
-                            adapter=self.adapter, bn=self.policy, space=self.space, device=self.device,
-                            batched=batched, chunk=chunk)
+        res = evaluate_many(
+            self.model,
+            weights,
+            {"data": self.loader},
+            reduce=LossError(self.adapter),
+            adapter=self.adapter,
+            bn=self.policy,
+            space=self.space,
+            device=self.device,
+            batched=batched,
+            chunk=chunk,
+        )
         self.evaluations += len(zs)
         mean = torch.tensor(res.value["data"]["loss"], dtype=torch.float64)
         ll = -self.num_examples * mean / self.temperature

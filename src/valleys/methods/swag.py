@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .averaging import SWA, NotCollectedError
 from ..core.weights import WeightSpaceError
+from .averaging import SWA, NotCollectedError
 
 __all__ = ["SWAG", "MultiSWAG", "check_sampling", "draw", "one_at_a_time"]
 
@@ -43,14 +43,24 @@ def check_sampling(name: str, n: int, k: int, scale: float, diagonal: bool) -> N
         )
 
 
-def draw(mean: Tensor, variance: Tensor, deviations: Tensor, n: int, *, size: int, lo: int = 0, scale: float = 0.5,
-         diagonal: bool = False, generator: torch.Generator | None = None) -> Tensor:
+def draw(
+    mean: Tensor,
+    variance: Tensor,
+    deviations: Tensor,
+    n: int,
+    *,
+    size: int,
+    lo: int = 0,
+    scale: float = 0.5,
+    diagonal: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Entries ``[lo, lo + len(mean))`` of ``n`` SWAG draws over ``size`` weights, shape (n, len(mean)):
     ``m + sqrt(scale) (sqrt(var) z1 + D^T z2 / sqrt(k - 1))`` with ``z1 ~ N(0, I_size)`` (drawn whole, then
     sliced, so a slice of a draw equals the draw's slice for the same generator) and ``z2 ~ N(0, I_k)``;
     ``mean``, ``variance`` and the (k, len(mean)) ``deviations`` are that slice's."""
     kw = {"device": mean.device, "dtype": mean.dtype, "generator": generator}
-    z1 = torch.randn(n, size, **kw)[:, lo:lo + mean.numel()]
+    z1 = torch.randn(n, size, **kw)[:, lo : lo + mean.numel()]
     out = z1.mul_(variance.clamp_min(0).sqrt())
     if not diagonal:
         k = deviations.shape[0]
@@ -81,9 +91,16 @@ class SWAG(SWA):
     ``sample(30)`` or :func:`valleys.evaluation.predict.bma`.
     """
 
-    def __init__(self, model: nn.Module, names: Sequence[str] | None = None, *, rank: int = 20,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-                 check_finite: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        names: Sequence[str] | None = None,
+        *,
+        rank: int = 20,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        check_finite: bool = True,
+    ) -> None:
         if not isinstance(rank, int) or rank < 1:
             raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
         super().__init__(model, names, moments=True, device=device, dtype=dtype, check_finite=check_finite)
@@ -120,8 +137,9 @@ class SWAG(SWA):
             cov = cov + d.T @ d / (self.k - 1)
         return scale * cov
 
-    def sample(self, n: int = 1, *, scale: float = 0.5, diagonal: bool = False,
-               generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, n: int = 1, *, scale: float = 0.5, diagonal: bool = False, generator: torch.Generator | None = None
+    ) -> Tensor:
         """Draw ``n`` weight vectors, shape (n, P): ``m + sqrt(scale)(sqrt(var) z1 + D^T z2 / sqrt(k-1))``.
 
         ``scale=0`` returns the SWA mean; ``diagonal=True`` drops the low-rank term (SWAG-diagonal, whose
@@ -130,14 +148,26 @@ class SWAG(SWA):
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"the number of samples must be an integer >= 1, got {n!r}")
         self._check(scale, diagonal)
-        return draw(self.mean, self.variance, self.deviations, n, size=self.space.size, scale=scale,
-                    diagonal=diagonal, generator=generator)
+        return draw(
+            self.mean,
+            self.variance,
+            self.deviations,
+            n,
+            size=self.space.size,
+            scale=scale,
+            diagonal=diagonal,
+            generator=generator,
+        )
 
-    def samples(self, n: int, *, scale: float = 0.5, diagonal: bool = False,
-                generator: torch.Generator | None = None) -> Iterator[Tensor]:
+    def samples(
+        self, n: int, *, scale: float = 0.5, diagonal: bool = False, generator: torch.Generator | None = None
+    ) -> Iterator[Tensor]:
         """Yield ``n`` samples one at a time (one P-vector in memory at once); bad arguments raise at the call."""
-        return one_at_a_time(n, lambda: self._check(scale, diagonal),
-                             lambda: self.sample(1, scale=scale, diagonal=diagonal, generator=generator)[0])
+        return one_at_a_time(
+            n,
+            lambda: self._check(scale, diagonal),
+            lambda: self.sample(1, scale=scale, diagonal=diagonal, generator=generator)[0],
+        )
 
     def log_prob(self, w: Tensor, *, scale: float = 0.5, diagonal: bool = False, min_var: float = 1e-30) -> Tensor:
         """Log density of weight vector(s) ``w`` ((P,) or (S, P)) under the SWAG Gaussian.
@@ -183,8 +213,9 @@ class MultiSWAG:
             raise WeightSpaceError("MultiSWAG members differ in architecture (parameter names or shapes)")
         self.members = list(members)
 
-    def samples(self, n_per_member: int, *, scale: float = 0.5, diagonal: bool = False,
-                generator: torch.Generator | None = None) -> Iterator[Tensor]:
+    def samples(
+        self, n_per_member: int, *, scale: float = 0.5, diagonal: bool = False, generator: torch.Generator | None = None
+    ) -> Iterator[Tensor]:
         """Yield ``n_per_member`` samples from every member (len(members) * n_per_member in all)."""
         for m in self.members:
             yield from m.samples(n_per_member, scale=scale, diagonal=diagonal, generator=generator)

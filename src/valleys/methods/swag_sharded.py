@@ -48,8 +48,15 @@ class ShardedSWAG:
         device, dtype: where this rank's buffers live.
     """
 
-    def __init__(self, model: nn.Module, names: Sequence[str] | None = None, *, rank: int = 20,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        names: Sequence[str] | None = None,
+        *,
+        rank: int = 20,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         if not isinstance(rank, int) or rank < 1:
             raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
         self.space = WeightSpace(model, names)
@@ -81,7 +88,7 @@ class ShardedSWAG:
             w = source.detach()
         else:
             w = self.space.read(source)
-        return w[self.lo:self.hi].to(self.device, self.dtype)
+        return w[self.lo : self.hi].to(self.device, self.dtype)
 
     def collect(self, source: nn.Module | Tensor) -> None:
         """Add this rank's slice of the current weights: Welford ``m += d / (n + 1)``, ``M2 += d^2 n / (n + 1)``
@@ -90,8 +97,10 @@ class ShardedSWAG:
         avoid that."""
         w = self._slice_of(source)
         if not bool(torch.isfinite(w.sum())):
-            raise WeightSpaceError(f"collect #{self.n + 1}: the weights hold NaN or infinite entries on rank {self.r}; "
-                                   "nothing was collected")
+            raise WeightSpaceError(
+                f"collect #{self.n + 1}: the weights hold NaN or infinite entries on rank {self.r}; "
+                "nothing was collected"
+            )
         n = self.n
         row = self._dev[n % self.rank]
         torch.sub(w, self._mean, out=row)  # delta, computed in its ring slot: no temporary of the slice's size
@@ -121,13 +130,23 @@ class ShardedSWAG:
     def _check(self, scale: float, diagonal: bool) -> None:
         check_sampling("ShardedSWAG", self.n, self.k, scale, diagonal)
 
-    def sample_slice(self, *, scale: float = 0.5, diagonal: bool = False,
-                     generator: torch.Generator | None = None) -> Tensor:
+    def sample_slice(
+        self, *, scale: float = 0.5, diagonal: bool = False, generator: torch.Generator | None = None
+    ) -> Tensor:
         """This rank's slice of one sample; the generator must be seeded alike on every rank (it draws the
         full ``z1`` and keeps the slice, then ``z2``: the draws of :meth:`valleys.methods.swag.SWAG.sample`)."""
         self._check(scale, diagonal)
-        return draw(self._mean, self.variance_slice, self.deviations_slice, 1, size=self.space.size, lo=self.lo,
-                    scale=scale, diagonal=diagonal, generator=generator)[0]
+        return draw(
+            self._mean,
+            self.variance_slice,
+            self.deviations_slice,
+            1,
+            size=self.space.size,
+            lo=self.lo,
+            scale=scale,
+            diagonal=diagonal,
+            generator=generator,
+        )[0]
 
     def gather(self, part: Tensor) -> Tensor:
         """The full P-vector from every rank's slice (one all-gather; every rank must call it)."""
@@ -138,33 +157,52 @@ class ShardedSWAG:
         padded[: part.numel()] = part
         parts = [torch.empty_like(padded) for _ in range(self.world)]
         torch.distributed.all_gather(parts, padded)
-        return torch.cat([parts[r][: b - a] for r, (a, b) in
-                          enumerate(shard_bounds(self.space.size, r, self.world) for r in range(self.world))])
+        return torch.cat(
+            [
+                parts[r][: b - a]
+                for r, (a, b) in enumerate(shard_bounds(self.space.size, r, self.world) for r in range(self.world))
+            ]
+        )
 
-    def sample(self, *, scale: float = 0.5, diagonal: bool = False,
-               generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, *, scale: float = 0.5, diagonal: bool = False, generator: torch.Generator | None = None) -> Tensor:
         """One full sample on every rank (:meth:`sample_slice`, then :meth:`gather`)."""
         return self.gather(self.sample_slice(scale=scale, diagonal=diagonal, generator=generator))
 
-    def samples(self, n: int, *, scale: float = 0.5, diagonal: bool = False,
-                generator: torch.Generator | None = None) -> Iterator[Tensor]:
+    def samples(
+        self, n: int, *, scale: float = 0.5, diagonal: bool = False, generator: torch.Generator | None = None
+    ) -> Iterator[Tensor]:
         """Yield ``n`` full samples, one at a time (P numbers per rank at once, never (K, P)); bad arguments
         raise at the call."""
-        return one_at_a_time(n, lambda: self._check(scale, diagonal),
-                             lambda: self.sample(scale=scale, diagonal=diagonal, generator=generator))
+        return one_at_a_time(
+            n,
+            lambda: self._check(scale, diagonal),
+            lambda: self.sample(scale=scale, diagonal=diagonal, generator=generator),
+        )
 
     # ------------------------------------------------------------------ files
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": "ShardedSWAG", "n": self.n, "size": self.space.size, "rank": self.rank, "lo": self.lo,
-                "hi": self.hi, "world": self.world, "shard": self.r, "mean": self._mean, "m2": self._m2,
-                "deviations": self._dev}
+        return {
+            "kind": "ShardedSWAG",
+            "n": self.n,
+            "size": self.space.size,
+            "rank": self.rank,
+            "lo": self.lo,
+            "hi": self.hi,
+            "world": self.world,
+            "shard": self.r,
+            "mean": self._mean,
+            "m2": self._m2,
+            "deviations": self._dev,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         want = {"size": self.space.size, "rank": self.rank, "lo": self.lo, "hi": self.hi, "world": self.world}
         got = {k: int(state.get(k, -1)) for k in want}
         if got != want:
-            raise CheckpointError(f"rank {self.r}: the shard holds {got}, this posterior expects {want} (another "
-                                  "world size, model or rank K?)")
+            raise CheckpointError(
+                f"rank {self.r}: the shard holds {got}, this posterior expects {want} (another "
+                "world size, model or rank K?)"
+            )
         self.n = int(state["n"])
         self._mean.copy_(state["mean"])
         self._m2.copy_(state["m2"])
@@ -178,13 +216,27 @@ class ShardedSWAG:
     def save(self, path: str | os.PathLike) -> Path:
         """Write this rank's shard (atomically) and, on rank 0, the index ``path`` (JSON); every rank calls it."""
         p = Path(path)
-        save_checkpoint(self.shard_path(p, self.r, self.world), {k: v for k, v in self.state_dict().items()},
-                        {"kind": "swag-shard", "world": self.world, "shard": self.r})
+        save_checkpoint(
+            self.shard_path(p, self.r, self.world),
+            {k: v for k, v in self.state_dict().items()},
+            {"kind": "swag-shard", "world": self.world, "shard": self.r},
+        )
         if self.r == 0:
-            write_json(p, {"kind": "sharded-swag", "world": self.world, "size": self.space.size, "rank": self.rank,
-                           "shards": [{"rank": r, "lo": a, "hi": b, "file": self.shard_path(p, r, self.world).name}
-                                      for r, (a, b) in enumerate(shard_bounds(self.space.size, r, self.world)
-                                                                 for r in range(self.world))]})
+            write_json(
+                p,
+                {
+                    "kind": "sharded-swag",
+                    "world": self.world,
+                    "size": self.space.size,
+                    "rank": self.rank,
+                    "shards": [
+                        {"rank": r, "lo": a, "hi": b, "file": self.shard_path(p, r, self.world).name}
+                        for r, (a, b) in enumerate(
+                            shard_bounds(self.space.size, r, self.world) for r in range(self.world)
+                        )
+                    ],
+                },
+            )
         if is_distributed():
             torch.distributed.barrier()
         return p
@@ -200,12 +252,15 @@ class ShardedSWAG:
         if index.get("kind") != "sharded-swag":
             raise CheckpointError(f"{p} is not a sharded SWAG index (kind {index.get('kind')!r})")
         if int(index["world"]) != self.world:
-            raise DistributedSetupError(f"{p} holds {index['world']} shards; this run has {self.world} processes: "
-                                        f"load it with torchrun --nproc-per-node {index['world']}")
+            raise DistributedSetupError(
+                f"{p} holds {index['world']} shards; this run has {self.world} processes: "
+                f"load it with torchrun --nproc-per-node {index['world']}"
+            )
         missing = [s["rank"] for s in index["shards"] if not (p.parent / s["file"]).is_file()]
         if missing:
-            raise CheckpointError(f"{p}: the shard of rank {missing[0]} ({index['shards'][missing[0]]['file']}) is "
-                                  f"missing{' (and of ranks ' + str(missing[1:]) + ')' if missing[1:] else ''}")
+            raise CheckpointError(
+                f"{p}: the shard of rank {missing[0]} ({index['shards'][missing[0]]['file']}) is "
+                f"missing{' (and of ranks ' + str(missing[1:]) + ')' if missing[1:] else ''}"
+            )
         state, _ = load_checkpoint(p.parent / index["shards"][self.r]["file"])
         self.load_state_dict(state)
-

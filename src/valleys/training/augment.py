@@ -65,8 +65,10 @@ class SignalAugment:
 
     def __call__(self, x: Tensor) -> Tensor:
         if x.dim() not in (2, 3):
-            raise ValueError(f"SignalAugment takes signals of shape (N, L) or (N, C, L), got {tuple(x.shape)}; "
-                             "use ImageAugment for images or pass your own augment")
+            raise ValueError(
+                f"SignalAugment takes signals of shape (N, L) or (N, C, L), got {tuple(x.shape)}; "
+                "use ImageAugment for images or pass your own augment"
+            )
         n = x.shape[0]
         if self.shift:
             offsets = torch.randint(-self.shift, self.shift + 1, (n,), device=x.device)
@@ -94,8 +96,10 @@ class ImageAugment:
 
     def __call__(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
-            raise ValueError(f"ImageAugment takes images of shape (N, C, H, W), got {tuple(x.shape)}; use "
-                             "SignalAugment for 1-D signals or pass your own augment")
+            raise ValueError(
+                f"ImageAugment takes images of shape (N, C, H, W), got {tuple(x.shape)}; use "
+                "SignalAugment for 1-D signals or pass your own augment"
+            )
         n = x.shape[0]
         if self.flip:
             flip = torch.rand(n, device=x.device) < 0.5

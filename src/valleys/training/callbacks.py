@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 
 from ..core.adapter import ModelAdapter
-from ..methods.averaging import Averager, NotCollectedError
 from ..core.batchnorm import recompute_bn
 from ..core.weights import preserved_modes
+from ..methods.averaging import Averager, NotCollectedError
 from ..methods.ensembles import snapshot
 from .trainer import Callback, Trainer
 
@@ -61,8 +61,9 @@ class CollectionSchedule:
         if self.start < 0:
             raise ValueError(f"start must be >= 0 epochs, got {self.start}")
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"k must be an integer >= 1 ({'steps' if self.every == 'steps' else 'epochs'}), "
-                             f"got {self.k!r}")
+            raise ValueError(
+                f"k must be an integer >= 1 ({'steps' if self.every == 'steps' else 'epochs'}), got {self.k!r}"
+            )
         if self.every == "cycle" and (self.cycle is None or self.cycle < 1 or not 0 <= self.phase < 1):
             raise ValueError("every='cycle' needs cycle >= 1 epochs and phase in [0, 1)")
 
@@ -89,8 +90,9 @@ class CollectingCore:
     posterior holds, and the refusal to predict before anything was collected. Framework-free: each loop's
     callback class adds its hooks."""
 
-    def __init__(self, start: int, *, every: str = "epoch", k: int = 1, names: Any = None,
-                 adapter: ModelAdapter | None = None) -> None:
+    def __init__(
+        self, start: int, *, every: str = "epoch", k: int = 1, names: Any = None, adapter: ModelAdapter | None = None
+    ) -> None:
         super().__init__()
         self.schedule = CollectionSchedule(start, every, k)
         self.start, self.names = start, names
@@ -109,16 +111,20 @@ class CollectingCore:
         now = [[n, list(p.shape)] for n, p in model.named_parameters()]
         if self._signature is not None and now != self._signature:
             changed = [n for (n, s), (m, t) in zip(now, self._signature) if n != m or s != t]
-            raise ValueError(f"{type(self).__name__}: the module's parameters changed shape or names since the callback "
-                             f"was set up ({', '.join(changed[:3]) or 'their number changed'}); a weight average needs "
-                             "the same parameters throughout: attach a new callback to a changed model")
+            raise ValueError(
+                f"{type(self).__name__}: the module's parameters changed shape or names since the callback "
+                f"was set up ({', '.join(changed[:3]) or 'their number changed'}); a weight average needs "
+                "the same parameters throughout: attach a new callback to a changed model"
+            )
         self.averager.collect(model)
 
     def require_collected(self, before: str) -> None:
         """Refuse (:class:`NotCollectedError`) when nothing was collected yet, saying when collection starts."""
         if self.averager is None or self.averager.n == 0:
-            raise NotCollectedError(f"{type(self).__name__}: nothing was collected (collection starts after epoch "
-                                    f"{self.start}); train past the start before {before}")
+            raise NotCollectedError(
+                f"{type(self).__name__}: nothing was collected (collection starts after epoch "
+                f"{self.start}); train past the start before {before}"
+            )
 
     def size(self) -> int:
         """Numbers the posterior holds (SWA: the mean and second moments; SWAG: also the K deviations)."""
@@ -141,10 +147,20 @@ class SWACallback(Callback):
         apply_at_end: write the average into the model at the end of training (with BN recompute).
     """
 
-    def __init__(self, averager: Averager, start: int = 0, *, every: str = "epoch", k: int = 1,
-                 cycle: int | None = None, phase: float = 0.5, bn_loader: Iterable | None = None,
-                 eval_loaders: Mapping[str, Iterable] | None = None, apply_at_end: bool = True,
-                 prefix: str = "swa") -> None:
+    def __init__(
+        self,
+        averager: Averager,
+        start: int = 0,
+        *,
+        every: str = "epoch",
+        k: int = 1,
+        cycle: int | None = None,
+        phase: float = 0.5,
+        bn_loader: Iterable | None = None,
+        eval_loaders: Mapping[str, Iterable] | None = None,
+        apply_at_end: bool = True,
+        prefix: str = "swa",
+    ) -> None:
         self.schedule = CollectionSchedule(start, every, k, cycle, phase)
         self.averager = averager
         self.start, self.every, self.k, self.cycle, self.phase = start, every, k, cycle, phase

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 import torch
 
 __all__ = [
-    "Schedule", "Constant", "SWASchedule", "SWALRAnneal", "TriangularCyclic", "CosineReplay", "Piecewise",
+    "Schedule",
+    "Constant",
+    "SWASchedule",
+    "SWALRAnneal",
+    "TriangularCyclic",
+    "CosineReplay",
+    "Piecewise",
 ]
 
 

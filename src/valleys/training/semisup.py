@@ -39,8 +39,15 @@ from ..core.batches import to_device
 from ..methods.averaging import EMA
 from .trainer import Callback, StepResult, Trainer
 
-__all__ = ["CONSISTENCY", "CONSISTENCY_LOSSES", "ramp_up", "consistency_loss", "select_examples",
-           "ConsistencyStep", "MeanTeacher"]
+__all__ = [
+    "CONSISTENCY",
+    "CONSISTENCY_LOSSES",
+    "ramp_up",
+    "consistency_loss",
+    "select_examples",
+    "ConsistencyStep",
+    "MeanTeacher",
+]
 
 #: The consistency terms: none (supervised on the labelled examples only), Pi model, mean teacher.
 CONSISTENCY = ("none", "pi", "mean-teacher")
@@ -69,8 +76,9 @@ def consistency_loss(student: Tensor, target: Tensor, kind: str = "mse") -> Tens
     if kind not in CONSISTENCY_LOSSES:
         raise ValueError(f"unknown consistency loss {kind!r}; choose one of {', '.join(CONSISTENCY_LOSSES)}")
     if student.shape != target.shape or student.dim() != 2:
-        raise ValueError(f"student and target logits must both be (N, C), got {tuple(student.shape)} and "
-                         f"{tuple(target.shape)}")
+        raise ValueError(
+            f"student and target logits must both be (N, C), got {tuple(student.shape)} and {tuple(target.shape)}"
+        )
     target = target.detach()
     if kind == "mse":
         return ((student.softmax(1) - target.softmax(1)) ** 2).mean()
@@ -105,8 +113,14 @@ class MeanTeacher(Callback):
         eval_loaders: ``{"test": loader}`` evaluated at the trainer's evaluation epochs.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.99, *,
-                 eval_loaders: Mapping[str, Iterable] | None = None, prefix: str = "teacher") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        decay: float = 0.99,
+        *,
+        eval_loaders: Mapping[str, Iterable] | None = None,
+        prefix: str = "teacher",
+    ) -> None:
         if not (isinstance(decay, (int, float)) and 0 <= decay < 1):
             raise ValueError(f"the EMA decay must be in [0, 1), got {decay!r}")
         self.ema = EMA(model, decay, warmup=True)
@@ -154,7 +168,9 @@ def _tuple_views(augment: Callable[[Tensor], Tensor]) -> Callable[[Any], Any]:
             return type(batch)([augment(batch[0]), *batch[1:]])
         raise TypeError(
             f"augment= transforms the input of (input, label) batches, but this batch is a "
-            f"{type(batch).__name__}; pass views=callable(batch) -> batch that returns an augmented copy")
+            f"{type(batch).__name__}; pass views=callable(batch) -> batch that returns an augmented copy"
+        )
+
     return view
 
 
@@ -175,9 +191,17 @@ class ConsistencyStep:
             callbacks too).
     """
 
-    def __init__(self, consistency: str = "pi", *, augment: Callable[[Tensor], Tensor] | None = None,
-                 views: Callable[[Any], Any] | None = None, weight: float = 100.0, rampup: float = 5.0,
-                 loss: str = "mse", teacher: MeanTeacher | None = None) -> None:
+    def __init__(
+        self,
+        consistency: str = "pi",
+        *,
+        augment: Callable[[Tensor], Tensor] | None = None,
+        views: Callable[[Any], Any] | None = None,
+        weight: float = 100.0,
+        rampup: float = 5.0,
+        loss: str = "mse",
+        teacher: MeanTeacher | None = None,
+    ) -> None:
         if consistency not in CONSISTENCY:
             raise ValueError(f"unknown consistency {consistency!r}; choose one of {', '.join(CONSISTENCY)}")
         if loss not in CONSISTENCY_LOSSES:
@@ -187,8 +211,10 @@ class ConsistencyStep:
         if not (isinstance(rampup, (int, float)) and math.isfinite(rampup) and rampup >= 0):
             raise ValueError(f"the ramp-up must be finite and >= 0 epochs, got {rampup!r}")
         if consistency == "mean-teacher" and teacher is None:
-            raise ValueError("consistency='mean-teacher' needs teacher=MeanTeacher(model, decay) (also passed to "
-                             "the trainer's callbacks)")
+            raise ValueError(
+                "consistency='mean-teacher' needs teacher=MeanTeacher(model, decay) (also passed to "
+                "the trainer's callbacks)"
+            )
         if augment is not None and views is not None:
             raise ValueError("pass augment= (for (input, label) batches) or views= (any batch), not both")
         self.consistency, self.loss, self.teacher = consistency, loss, teacher
@@ -204,8 +230,7 @@ class ConsistencyStep:
         if world_size() == 1:
             return self.view(batch)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((int(trainer.seed) * 1_000_003 + trainer.step * 4 + 2 * k + 1)
-                              * 65_537 + rank())
+            torch.manual_seed((int(trainer.seed) * 1_000_003 + trainer.step * 4 + 2 * k + 1) * 65_537 + rank())
             return self.view(batch)
 
     def weight_at(self, epoch: float) -> float:
@@ -217,8 +242,10 @@ class ConsistencyStep:
         student = trainer.forward_model  # the DDP wrapper under torch.distributed
         y = to_device(adapter.targets(batch), device)
         if not isinstance(y, Tensor) or y.dim() != 1 or y.is_floating_point():
-            raise TypeError("semi-supervised batches need one integer label per example (NO_LABEL = -1 for the "
-                            "unlabelled ones); see valleys.training.semisup_data.semisup_loader")
+            raise TypeError(
+                "semi-supervised batches need one integer label per example (NO_LABEL = -1 for the "
+                "unlabelled ones); see valleys.training.semisup_data.semisup_loader"
+            )
         labelled = y >= 0
         if self.consistency == "none":
             out = adapter.forward(student, self._views(trainer, select_examples(batch, labelled), 0), device)
@@ -226,12 +253,18 @@ class ConsistencyStep:
             return StepResult(ce, {"class_loss": ce.detach()}, prediction=out, targets=y[labelled])
         out = adapter.forward(student, self._views(trainer, batch, 0), device)
         with torch.no_grad():
-            target = adapter.forward(self.teacher.model if self.consistency == "mean-teacher" else model,
-                                     self._views(trainer, batch, 1), device)
+            target = adapter.forward(
+                self.teacher.model if self.consistency == "mean-teacher" else model,
+                self._views(trainer, batch, 1),
+                device,
+            )
         n_lab = int(labelled.sum())
         ce = F.cross_entropy(out[labelled], y[labelled]) if n_lab else out.sum() * 0
         cons = consistency_loss(out, target, self.loss)
         lam = self.weight_at(trainer.step / trainer.steps_per_epoch)
-        return StepResult(ce + lam * cons, {"class_loss": ce.detach(), "consistency_loss": cons.detach(),
-                                            "consistency_weight": lam},
-                          prediction=out[labelled], targets=y[labelled])
+        return StepResult(
+            ce + lam * cons,
+            {"class_loss": ce.detach(), "consistency_loss": cons.detach(), "consistency_weight": lam},
+            prediction=out[labelled],
+            targets=y[labelled],
+        )

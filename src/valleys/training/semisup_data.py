@@ -29,8 +29,15 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-__all__ = ["NO_LABEL", "MissingLabelsError", "dataset_targets", "labelled_split", "PartiallyLabelled",
-           "MixedBatchSampler", "semisup_loader"]
+__all__ = [
+    "NO_LABEL",
+    "MissingLabelsError",
+    "dataset_targets",
+    "labelled_split",
+    "PartiallyLabelled",
+    "MixedBatchSampler",
+    "semisup_loader",
+]
 
 #: The label an unlabelled example carries in a semi-supervised batch.
 NO_LABEL = -1
@@ -48,13 +55,15 @@ def _item_label(item: Any, key: str | None) -> Any:
         if not keys or keys[0] not in item:
             raise MissingLabelsError(
                 f"the dataset's examples are dicts without a label entry (keys {sorted(item)}); pass "
-                "label_key='...' naming the entry that holds the class")
+                "label_key='...' naming the entry that holds the class"
+            )
         return item[keys[0]]
     if isinstance(item, (tuple, list)) and len(item) >= 2:
         return item[1]
     raise MissingLabelsError(
         f"the dataset's examples are {type(item).__name__}s without labels; semi-supervised training needs "
-        "(input, label) pairs or dicts with a label entry for the labelled examples")
+        "(input, label) pairs or dicts with a label entry for the labelled examples"
+    )
 
 
 def dataset_targets(dataset: Dataset, *, label_key: str | None = None) -> Tensor:
@@ -70,8 +79,10 @@ def dataset_targets(dataset: Dataset, *, label_key: str | None = None) -> Tensor
         return base[torch.as_tensor(dataset.indices, dtype=torch.long)]
     if isinstance(dataset, TensorDataset):
         if len(dataset.tensors) < 2:
-            raise MissingLabelsError("the TensorDataset holds one tensor (inputs only): there are no labels; "
-                                     "pass TensorDataset(inputs, labels)")
+            raise MissingLabelsError(
+                "the TensorDataset holds one tensor (inputs only): there are no labels; "
+                "pass TensorDataset(inputs, labels)"
+            )
         y = dataset.tensors[1]
     elif isinstance(getattr(dataset, "targets", None), (Tensor, list, tuple)):
         y = torch.as_tensor(dataset.targets)  # type: ignore[attr-defined]
@@ -79,15 +90,19 @@ def dataset_targets(dataset: Dataset, *, label_key: str | None = None) -> Tensor
         try:
             n = len(dataset)  # type: ignore[arg-type]
         except TypeError:
-            raise MissingLabelsError("the dataset has no length; semi-supervised splits need a map-style "
-                                     "dataset") from None
+            raise MissingLabelsError(
+                "the dataset has no length; semi-supervised splits need a map-style dataset"
+            ) from None
         y = torch.as_tensor([int(torch.as_tensor(_item_label(dataset[i], label_key))) for i in range(n)])
     if y.dim() != 1 or y.is_floating_point() or y.is_complex():
-        raise MissingLabelsError(f"the labels must be one integer class per example, got a {y.dtype} tensor of "
-                                 f"shape {tuple(y.shape)}")
+        raise MissingLabelsError(
+            f"the labels must be one integer class per example, got a {y.dtype} tensor of shape {tuple(y.shape)}"
+        )
     if y.numel() and int(y.min()) < 0:
-        raise MissingLabelsError(f"the dataset holds negative labels (min {int(y.min())}): some examples are "
-                                 "already unlabelled; split a fully labelled dataset")
+        raise MissingLabelsError(
+            f"the dataset holds negative labels (min {int(y.min())}): some examples are "
+            "already unlabelled; split a fully labelled dataset"
+        )
     return y.long()
 
 
@@ -101,8 +116,10 @@ def labelled_split(targets: Tensor | Sequence[int], labels_per_class: int, seed:
     """
     y = torch.as_tensor(targets).long()
     if isinstance(labels_per_class, bool) or not isinstance(labels_per_class, int) or labels_per_class < 1:
-        raise ValueError(f"labels per class must be an integer >= 1, got {labels_per_class!r} "
-                         "(with no labels there is nothing to learn the classes from)")
+        raise ValueError(
+            f"labels per class must be an integer >= 1, got {labels_per_class!r} "
+            "(with no labels there is nothing to learn the classes from)"
+        )
     if y.dim() != 1 or y.numel() == 0:
         raise ValueError("the targets must be a non-empty 1-D tensor of class labels")
     classes, counts = torch.unique(y, return_counts=True)
@@ -110,8 +127,9 @@ def labelled_split(targets: Tensor | Sequence[int], labels_per_class: int, seed:
     if short:
         fewest = min(n for _, n in short)
         listed = ", ".join(f"class {c} has {n}" for c, n in short[:5]) + (" ..." if len(short) > 5 else "")
-        raise ValueError(f"labels per class {labels_per_class} is more than a class has ({listed}); choose at most "
-                         f"{fewest}")
+        raise ValueError(
+            f"labels per class {labels_per_class} is more than a class has ({listed}); choose at most {fewest}"
+        )
     gen = torch.Generator().manual_seed(int(seed))
     chosen = []
     for c in classes:
@@ -171,28 +189,42 @@ class MixedBatchSampler(torch.utils.data.Sampler):
     that each rank's contiguous slice holds its share of both.
     """
 
-    def __init__(self, labelled: Tensor | Sequence[int], unlabelled: Tensor | Sequence[int], batch_size: int,
-                 labelled_batch_size: int, *, generator: torch.Generator | None = None, ranks: int = 1) -> None:
+    def __init__(
+        self,
+        labelled: Tensor | Sequence[int],
+        unlabelled: Tensor | Sequence[int],
+        batch_size: int,
+        labelled_batch_size: int,
+        *,
+        generator: torch.Generator | None = None,
+        ranks: int = 1,
+    ) -> None:
         self.labelled = torch.as_tensor(labelled, dtype=torch.long)
         self.unlabelled = torch.as_tensor(unlabelled, dtype=torch.long)
         for name, v in (("batch size", batch_size), ("labelled batch size", labelled_batch_size)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"the {name} must be an integer >= 1, got {v!r}")
         if labelled_batch_size > batch_size:
-            raise ValueError(f"the labelled batch size {labelled_batch_size} is larger than the batch size "
-                             f"{batch_size}; choose at most {batch_size} labelled examples per batch")
+            raise ValueError(
+                f"the labelled batch size {labelled_batch_size} is larger than the batch size "
+                f"{batch_size}; choose at most {batch_size} labelled examples per batch"
+            )
         if self.labelled.numel() == 0:
             raise ValueError("there are no labelled examples to draw from")
         self.batch_size, self.labelled_batch_size = batch_size, labelled_batch_size
         self.unlabelled_batch_size = batch_size - labelled_batch_size
         if self.unlabelled_batch_size and self.unlabelled.numel() < self.unlabelled_batch_size:
-            raise ValueError(f"{self.unlabelled.numel()} unlabelled examples do not fill one batch's "
-                             f"{self.unlabelled_batch_size} unlabelled places; lower --batch-size or raise "
-                             "--labelled-batch-size")
+            raise ValueError(
+                f"{self.unlabelled.numel()} unlabelled examples do not fill one batch's "
+                f"{self.unlabelled_batch_size} unlabelled places; lower --batch-size or raise "
+                "--labelled-batch-size"
+            )
         if ranks > 1 and (labelled_batch_size % ranks or self.unlabelled_batch_size % ranks):
-            raise ValueError(f"{ranks} processes must split every batch into equal parts: the labelled batch size "
-                             f"{labelled_batch_size} and the unlabelled part {self.unlabelled_batch_size} must both be "
-                             f"multiples of {ranks}")
+            raise ValueError(
+                f"{ranks} processes must split every batch into equal parts: the labelled batch size "
+                f"{labelled_batch_size} and the unlabelled part {self.unlabelled_batch_size} must both be "
+                f"multiples of {ranks}"
+            )
         self.generator = generator
         self.ranks = ranks
 
@@ -213,19 +245,27 @@ class MixedBatchSampler(torch.utils.data.Sampler):
         stream = self._labelled_stream()
         for b in range(n):
             lab = [next(stream) for _ in range(self.labelled_batch_size)]
-            unl = order[b * u:(b + 1) * u]
+            unl = order[b * u : (b + 1) * u]
             if self.ranks == 1:
                 yield lab + unl
                 continue
             # one block per rank, each with its share of both parts: a rank's contiguous slice of the batch
             # (valleys.core.distributed.RankSliceBatchSampler) is then a small mixed batch of its own
             lr, ur = len(lab) // self.ranks, len(unl) // self.ranks
-            yield [i for r in range(self.ranks) for i in lab[r * lr:(r + 1) * lr] + unl[r * ur:(r + 1) * ur]]
+            yield [i for r in range(self.ranks) for i in lab[r * lr : (r + 1) * lr] + unl[r * ur : (r + 1) * ur]]
 
 
-def semisup_loader(dataset: Dataset, labelled: Tensor | Sequence[int], *, batch_size: int = 128,
-                   labelled_batch_size: int = 32, seed: int = 0, unlabelled: Tensor | Sequence[int] | None = None,
-                   label_key: str | None = None, num_workers: int = 0) -> DataLoader:
+def semisup_loader(
+    dataset: Dataset,
+    labelled: Tensor | Sequence[int],
+    *,
+    batch_size: int = 128,
+    labelled_batch_size: int = 32,
+    seed: int = 0,
+    unlabelled: Tensor | Sequence[int] | None = None,
+    label_key: str | None = None,
+    num_workers: int = 0,
+) -> DataLoader:
     """A ``DataLoader`` of mixed batches over ``dataset``: the examples in ``labelled`` keep their labels, every
     other one (or those in ``unlabelled``) carries :data:`NO_LABEL`. Its ``generator`` (seeded with ``seed``)
     drives the :class:`MixedBatchSampler`, and :class:`valleys.training.trainer.Trainer` reseeds it per epoch.
@@ -238,7 +278,12 @@ def semisup_loader(dataset: Dataset, labelled: Tensor | Sequence[int], *, batch_
     from ..core.distributed import world_size
 
     gen = torch.Generator().manual_seed(int(seed))
-    sampler = MixedBatchSampler(labelled_t, unlabelled, batch_size, labelled_batch_size, generator=gen,
-                                ranks=world_size())
-    return DataLoader(PartiallyLabelled(dataset, labelled_t, label_key=label_key), batch_sampler=sampler,
-                      generator=gen, num_workers=num_workers)
+    sampler = MixedBatchSampler(
+        labelled_t, unlabelled, batch_size, labelled_batch_size, generator=gen, ranks=world_size()
+    )
+    return DataLoader(
+        PartiallyLabelled(dataset, labelled_t, label_key=label_key),
+        batch_sampler=sampler,
+        generator=gen,
+        num_workers=num_workers,
+    )

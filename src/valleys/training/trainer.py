@@ -42,15 +42,38 @@ from torch import Tensor, nn
 from ..core.adapter import ModelAdapter, as_adapter
 from ..core.batches import InputFn, to_device
 from ..core.batchnorm import EmptyLoaderError
-from ..core.checkpoint import (CheckpointError, check_model_signature, checkpoint_field, load_checkpoint,
-                               model_signature, save_checkpoint, to_json_text)
-from ..core.distributed import (RankSliceBatchSampler, check_same_everywhere, is_distributed, is_main, shard_loader,
-                                world_size)
+from ..core.checkpoint import (
+    CheckpointError,
+    check_model_signature,
+    checkpoint_field,
+    load_checkpoint,
+    model_signature,
+    save_checkpoint,
+    to_json_text,
+)
+from ..core.distributed import (
+    RankSliceBatchSampler,
+    check_same_everywhere,
+    is_distributed,
+    is_main,
+    shard_loader,
+    world_size,
+)
 from ..evaluation.predict import evaluate
 from .schedules import Schedule
 
-__all__ = ["Callback", "Trainer", "TrainingDiverged", "StepResult", "StepFn", "supervised_step", "CheckpointPolicy",
-           "EvaluationPolicy", "DistributedPolicy", "is_main_process"]
+__all__ = [
+    "Callback",
+    "Trainer",
+    "TrainingDiverged",
+    "StepResult",
+    "StepFn",
+    "supervised_step",
+    "CheckpointPolicy",
+    "EvaluationPolicy",
+    "DistributedPolicy",
+    "is_main_process",
+]
 
 
 #: True without a ``torch.distributed`` process group, else whether this is rank 0 (kept under this name).
@@ -157,8 +180,11 @@ class TrainingDiverged(FloatingPointError):
     def __str__(self) -> str:
         text = str(self.args[0]) if self.args else ""
         if self.checkpoint is not None or self.advice:
-            last = (f"the last good checkpoint is {self.checkpoint}"
-                    if self.checkpoint is not None and self.checkpoint.exists() else "no checkpoint was kept")
+            last = (
+                f"the last good checkpoint is {self.checkpoint}"
+                if self.checkpoint is not None and self.checkpoint.exists()
+                else "no checkpoint was kept"
+            )
             text = f"{text}; {last}." + (f" {self.advice}" if self.advice else "")
         return text
 
@@ -248,20 +274,21 @@ class Trainer:
     ) -> None:
         if checkpoint is not None:
             if checkpoint_path is not None or checkpoint_every is not None or header is not None:
-                raise ValueError("pass checkpoint=CheckpointPolicy(...) or checkpoint_path/checkpoint_every/header, "
-                                 "not both")
+                raise ValueError(
+                    "pass checkpoint=CheckpointPolicy(...) or checkpoint_path/checkpoint_every/header, not both"
+                )
             checkpoint_path, checkpoint_every, header = checkpoint.path, checkpoint.every, checkpoint.header
         if evaluation is not None:
             if eval_loaders is not None or eval_every is not None or likelihood is not None:
-                raise ValueError("pass evaluation=EvaluationPolicy(...) or eval_loaders/eval_every/likelihood, "
-                                 "not both")
+                raise ValueError(
+                    "pass evaluation=EvaluationPolicy(...) or eval_loaders/eval_every/likelihood, not both"
+                )
             eval_loaders, eval_every, likelihood = evaluation.loaders, evaluation.every, evaluation.likelihood
         checkpoint_every = 1 if checkpoint_every is None else checkpoint_every
         eval_every = 1 if eval_every is None else eval_every
         if adapter is not None and loss_fn is not None:
             raise ValueError("pass loss_fn or an adapter with its loss, not both")
-        self.adapter = as_adapter(adapter, input_fn=input_fn, target_fn=target_fn, loss=loss_fn,
-                                  likelihood=likelihood)
+        self.adapter = as_adapter(adapter, input_fn=input_fn, target_fn=target_fn, loss=loss_fn, likelihood=likelihood)
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
         if checkpoint_every < 1 or eval_every < 1:
@@ -278,8 +305,10 @@ class Trainer:
         self.ddp_model: nn.Module | None = None
         if self.world_size > 1:
             dev = next(self.model.parameters()).device
-            check_same_everywhere([float(dev.type == "cuda"), float(sum(p.numel() for p in self.model.parameters()))],
-                                  "(model on CUDA, parameter count)")
+            check_same_everywhere(
+                [float(dev.type == "cuda"), float(sum(p.numel() for p in self.model.parameters()))],
+                "(model on CUDA, parameter count)",
+            )
             if self.distributed.sync_batchnorm:
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             if self.distributed.shard_data:
@@ -291,10 +320,13 @@ class Trainer:
                 dev = next(self.model.parameters()).device
                 if self.distributed.ignore:
                     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-                        self.model, list(self.distributed.ignore))
+                        self.model, list(self.distributed.ignore)
+                    )
                 self.ddp_model = DistributedDataParallel(
-                    self.model, device_ids=[dev] if dev.type == "cuda" else None,
-                    find_unused_parameters=self.distributed.find_unused_parameters)
+                    self.model,
+                    device_ids=[dev] if dev.type == "cuda" else None,
+                    find_unused_parameters=self.distributed.find_unused_parameters,
+                )
         self.loss_fn = self.adapter.loss_fn
         self.step_fn: StepFn = step_fn or supervised_step
         self.optimizer = optimizer
@@ -313,7 +345,7 @@ class Trainer:
         self.header = dict(header or {})
         self.progress = progress
         self.epoch = 0  # the epoch being trained (0-based); after fit, == epochs
-        self.step = 0   # optimizer steps done
+        self.step = 0  # optimizer steps done
         self.history: list[dict[str, Any]] = []
         self.lr = float(optimizer.param_groups[0]["lr"])
 
@@ -338,8 +370,14 @@ class Trainer:
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None:
             raise ValueError("no checkpoint path: pass checkpoint_path to Trainer or a path to save()")
-        header = {**self.header, "kind": "training", "epoch": self.epoch, "epochs": self.epochs,
-                  "signature": model_signature(self.model), "world_size": self.world_size}
+        header = {
+            **self.header,
+            "kind": "training",
+            "epoch": self.epoch,
+            "epochs": self.epochs,
+            "signature": model_signature(self.model),
+            "world_size": self.world_size,
+        }
         return save_checkpoint(path, self.state_dict(), header)
 
     def load(self, path: str | Path) -> None:
@@ -353,7 +391,8 @@ class Trainer:
             raise CheckpointError(
                 f"{path} was written by a run on {written} process{'es' if written > 1 else ''}, this run has "
                 f"{self.world_size}: resume with the same number (torchrun --nproc-per-node {written} ...), since the "
-                "ranks' data shards and the random streams depend on it")
+                "ranks' data shards and the random streams depend on it"
+            )
         for key in ("model", "optimizer", "callbacks", "rng", "epoch", "step", "history"):
             checkpoint_field(state, key, path, "state")
         keys = [self._callback_key(i, cb) for i, cb in enumerate(self.callbacks)]
@@ -401,8 +440,13 @@ class Trainer:
         if self.progress and main:
             from ..core.optional import progress_bar
 
-            bar = progress_bar(total=self.epochs * self.steps_per_epoch, initial=self.epoch * self.steps_per_epoch,
-                       unit="step", dynamic_ncols=True, leave=False)
+            bar = progress_bar(
+                total=self.epochs * self.steps_per_epoch,
+                initial=self.epoch * self.steps_per_epoch,
+                unit="step",
+                dynamic_ncols=True,
+                leave=False,
+            )
         try:
             while self.epoch < self.epochs:
                 logs = self._train_epoch(bar)
@@ -442,12 +486,15 @@ class Trainer:
                 torch.distributed.all_reduce(flag)
                 finite = flag.item() == 0
             if not finite:
-                good = (self.checkpoint_path if self.checkpoint_path is not None and self.checkpoint_path.exists()
-                        else None)
+                good = (
+                    self.checkpoint_path if self.checkpoint_path is not None and self.checkpoint_path.exists() else None
+                )
                 raise TrainingDiverged(
                     f"loss became {float(loss.detach())} at epoch {self.epoch + 1}, step {i + 1} of "
                     f"{self.steps_per_epoch} (global step {self.step + 1}) with lr {self.lr:g}; training "
-                    "stopped", checkpoint=good, advice="Lower the learning rate or check the data."
+                    "stopped",
+                    checkpoint=good,
+                    advice="Lower the learning rate or check the data.",
                 )
             opt.zero_grad(set_to_none=True)
             (loss * self._share(i) if self.ddp_model is not None else loss).backward()
@@ -459,7 +506,13 @@ class Trainer:
             batches += 1
             for k, v in result.logs.items():
                 extra[k] = extra.get(k, 0.0) + float(v.detach() if isinstance(v, Tensor) else v)
-            if isinstance(out, Tensor) and out.dim() == 2 and isinstance(target, Tensor) and target.dim() == 1 and not target.is_floating_point():
+            if (
+                isinstance(out, Tensor)
+                and out.dim() == 2
+                and isinstance(target, Tensor)
+                and target.dim() == 1
+                and not target.is_floating_point()
+            ):
                 correct += int((out.detach().argmax(dim=1) == target).sum())
                 classified = True
             for cb in self.callbacks:
@@ -467,12 +520,19 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
                 if i % 10 == 0:
-                    bar.set_postfix(epoch=f"{self.epoch + 1}/{self.epochs}", loss=f"{float(loss.detach()):.4f}",
-                                    lr=f"{self.lr:.3g}", refresh=False)
+                    bar.set_postfix(
+                        epoch=f"{self.epoch + 1}/{self.epochs}",
+                        loss=f"{float(loss.detach()):.4f}",
+                        lr=f"{self.lr:.3g}",
+                        refresh=False,
+                    )
         if self.world_size > 1:  # the log holds the numbers of all ranks' examples
             keys = sorted(extra)
-            t = torch.tensor([float(loss_sum), seen, correct, float(classified)] + [extra[k] for k in keys],
-                             dtype=torch.float64, device=next(self.model.parameters()).device)
+            t = torch.tensor(
+                [float(loss_sum), seen, correct, float(classified)] + [extra[k] for k in keys],
+                dtype=torch.float64,
+                device=next(self.model.parameters()).device,
+            )
             torch.distributed.all_reduce(t)
             loss_sum, seen, correct = t[0].cpu(), int(t[1]), int(t[2])
             classified = bool(t[3] > 0)
@@ -489,9 +549,11 @@ class Trainer:
         good = self.checkpoint_path if self.checkpoint_path is not None and self.checkpoint_path.exists() else None
         return TrainingDiverged(
             f"{what} at the end of epoch {self.epoch} of {self.epochs} (global step {self.step}) with lr "
-            f"{self.lr:g}; training stopped", checkpoint=good,
+            f"{self.lr:g}; training stopped",
+            checkpoint=good,
             advice="Lower the learning rate (for an averaging method, also the averaging-phase LR such as "
-                   "--swa-lr) or check the data.")
+            "--swa-lr) or check the data.",
+        )
 
     def _check_weights(self) -> None:
         """The last step of an epoch can overflow the weights while its loss (computed before it) was finite."""
@@ -519,7 +581,13 @@ class Trainer:
         sums, per-bin arrays) is all-reduced, so every rank gets the metrics of all ranks' examples; every rank
         must call this at the same points (the trainer does)."""
         try:
-            return evaluate(self.model if model is None else model, loader, device=self.device, adapter=self.adapter, all_reduce=is_distributed())
+            return evaluate(
+                self.model if model is None else model,
+                loader,
+                device=self.device,
+                adapter=self.adapter,
+                all_reduce=is_distributed(),
+            )
         except ValueError as e:  # NaN/inf predictions: the weights (or an average's BatchNorm statistics) diverged
             if "finite" not in str(e):
                 raise
@@ -549,5 +617,9 @@ class Trainer:
         if self.log_path is not None and main:
             with open(self.log_path, "a") as f:
                 f.write(to_json_text(logs) + "\n")
-        if main and self.checkpoint_path is not None and (self.epoch % self.checkpoint_every == 0 or self.epoch == self.epochs):
+        if (
+            main
+            and self.checkpoint_path is not None
+            and (self.epoch % self.checkpoint_every == 0 or self.epoch == self.epochs)
+        ):
             self.save()

@@ -34,5 +34,10 @@ MODELS: dict[str, str] = {
 #: What each classification dataset feeds a model, and what each model needs ("any": flattens its input),
 #: so a mismatch is refused when the settings are checked, before any data is loaded.
 INPUT_KINDS: dict[str, str] = {"mnist1d": "1-D signals", "digits": "images", "fashion-mnist": "images"}
-MODEL_INPUTS: dict[str, str] = {"mlp": "any", "cnn1d": "1-D signals", "cnn": "images", "preresnet": "images",
-                                "vgg": "images"}
+MODEL_INPUTS: dict[str, str] = {
+    "mlp": "any",
+    "cnn1d": "1-D signals",
+    "cnn": "images",
+    "preresnet": "images",
+    "vgg": "images",
+}

@@ -35,8 +35,10 @@ __all__ = ["Splits", "DATASETS", "load_dataset", "make_loader", "find_fashion_mn
 
 
 FASHION_FILES = {
-    "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
-    "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte",
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
 }
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -78,9 +80,18 @@ def _split(x: Tensor, y: Tensor, val_fraction: float, split_seed: int, train_sub
 #: The arguments of ``mnist1d.data.make_dataset`` (its defaults, ``get_dataset_args()``, without the download
 #: URL), pinned here so that a cached copy can be found without importing mnist1d (slow to import).
 MNIST1D_ARGS: dict = {
-    "num_samples": 5000, "train_split": 0.8, "template_len": 12, "padding": [36, 60], "scale_coeff": 0.4,
-    "max_translation": 48, "corr_noise_scale": 0.25, "iid_noise_scale": 2e-2, "shear_scale": 0.75,
-    "shuffle_seq": False, "final_seq_length": 40, "seed": 42,
+    "num_samples": 5000,
+    "train_split": 0.8,
+    "template_len": 12,
+    "padding": [36, 60],
+    "scale_coeff": 0.4,
+    "max_translation": 48,
+    "corr_noise_scale": 0.25,
+    "iid_noise_scale": 2e-2,
+    "shear_scale": 0.75,
+    "shuffle_seq": False,
+    "final_seq_length": 40,
+    "seed": 42,
 }
 
 
@@ -115,8 +126,12 @@ def _mnist1d() -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """MNIST-1D from the user's cache (:mod:`valleys.core.cache`), generated and cached on the first use."""
     key = {"generator": "mnist1d.data.make_dataset", "mnist1d": _mnist1d_version(), "args": MNIST1D_ARGS}
     d = cached_arrays("mnist1d", key, _make_mnist1d)
-    return (torch.tensor(d["x"], dtype=torch.float32), torch.tensor(d["y"]).long(),
-            torch.tensor(d["x_test"], dtype=torch.float32), torch.tensor(d["y_test"]).long())
+    return (
+        torch.tensor(d["x"], dtype=torch.float32),
+        torch.tensor(d["y"]).long(),
+        torch.tensor(d["x_test"], dtype=torch.float32),
+        torch.tensor(d["y_test"]).long(),
+    )
 
 
 def _digits() -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -133,8 +148,9 @@ def _dpkg_dirs() -> list[Path]:
     if shutil.which("dpkg") is None:
         return []
     try:
-        out = subprocess.run(["dpkg", "-L", "dataset-fashion-mnist"], capture_output=True, text=True,
-                             timeout=10, check=False).stdout
+        out = subprocess.run(
+            ["dpkg", "-L", "dataset-fashion-mnist"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     return sorted({Path(line).parent for line in out.splitlines() if "idx" in line and line.endswith(".gz")})
@@ -166,11 +182,14 @@ def find_fashion_mnist(root: str | os.PathLike | None = None) -> Path:
     expected = ", ".join(f"{stem}[.gz]" for stem in FASHION_FILES.values())
     if root is not None:
         if not Path(root).is_dir():
-            raise DatasetNotFoundError(f"--data-root {root} does not exist or is not a folder; it should hold the "
-                                       f"Fashion-MNIST files {expected}")
+            raise DatasetNotFoundError(
+                f"--data-root {root} does not exist or is not a folder; it should hold the "
+                f"Fashion-MNIST files {expected}"
+            )
         raise DatasetNotFoundError(
             f"--data-root {root} holds no Fashion-MNIST files: expected {expected} in {root}, "
-            f"{Path(root) / 'FashionMNIST' / 'raw'} or {Path(root) / 'raw'}")
+            f"{Path(root) / 'FashionMNIST' / 'raw'} or {Path(root) / 'raw'}"
+        )
     looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
     raise DatasetNotFoundError(
         f"Fashion-MNIST files ({expected}) not found (looked in: " + looked + "). Install them with\n"
@@ -188,7 +207,7 @@ def _read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(f"{path} is not an IDX file of unsigned bytes")
     ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
         raise ValueError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}")
@@ -201,13 +220,24 @@ def _fashion(root: str | os.PathLike | None) -> tuple[Tensor, Tensor, Tensor, Te
     xtr = torch.tensor(arr["train_x"], dtype=torch.float32).unsqueeze(1) / 255.0
     xte = torch.tensor(arr["test_x"], dtype=torch.float32).unsqueeze(1) / 255.0
     mean, std = xtr.mean(), xtr.std()
-    return ((xtr - mean) / std, torch.tensor(arr["train_y"]).long(),
-            (xte - mean) / std, torch.tensor(arr["test_y"]).long())
+    return (
+        (xtr - mean) / std,
+        torch.tensor(arr["train_y"]).long(),
+        (xte - mean) / std,
+        torch.tensor(arr["test_y"]).long(),
+    )
 
 
-def load_dataset(name: str = "mnist1d", *, val_fraction: float = 0.1, split_seed: int = 0,
-                 train_subset: int | None = None, test_subset: int | None = None,
-                 root: str | os.PathLike | None = None, ood_split: bool = False) -> Splits:
+def load_dataset(
+    name: str = "mnist1d",
+    *,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    root: str | os.PathLike | None = None,
+    ood_split: bool = False,
+) -> Splits:
     """Load a built-in dataset as :class:`Splits`.
 
     Args:
@@ -237,13 +267,21 @@ def load_dataset(name: str = "mnist1d", *, val_fraction: float = 0.1, split_seed
         xte, yte = xte[:test_subset], yte[:test_subset]
         if ood is not None:
             ood = TensorDataset(*(t[:test_subset] for t in ood.tensors))
-    return Splits(name, train, val, TensorDataset(xte, yte), num_classes=num_classes,
-                  input_shape=tuple(xtr.shape[1:]), ood=ood,
-                  info={"split_seed": split_seed, "val_fraction": val_fraction, "ood_split": ood_split})
+    return Splits(
+        name,
+        train,
+        val,
+        TensorDataset(xte, yte),
+        num_classes=num_classes,
+        input_shape=tuple(xtr.shape[1:]),
+        ood=ood,
+        info={"split_seed": split_seed, "val_fraction": val_fraction, "ood_split": ood_split},
+    )
 
 
-def make_loader(dataset, batch_size: int = 128, *, shuffle: bool = False, seed: int = 0,
-                drop_last: bool = False) -> DataLoader:
+def make_loader(
+    dataset, batch_size: int = 128, *, shuffle: bool = False, seed: int = 0, drop_last: bool = False
+) -> DataLoader:
     """A ``DataLoader``; when shuffling, its generator is seeded so the order is reproducible.
 
     The training loop reseeds that generator at every epoch (``seed + epoch``), which makes a resumed run

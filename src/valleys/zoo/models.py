@@ -23,8 +23,9 @@ __all__ = ["MLP", "CNN1D", "SmallCNN", "PreResNet", "VGG", "MODELS", "build_mode
 class MLP(nn.Module):
     """``x -> Linear -> ReLU [-> Dropout] -> ... -> Linear`` on the flattened input."""
 
-    def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (100, 100),
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, in_features: int, num_classes: int, hidden: Sequence[int] = (100, 100), dropout: float = 0.0
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
@@ -46,9 +47,12 @@ class CNN1D(nn.Module):
     def __init__(self, length: int, num_classes: int, channels: int = 25) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv1d(1, channels, 5, stride=2, padding=1), nn.ReLU(),
-            nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv1d(1, channels, 5, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, stride=2, padding=1),
+            nn.ReLU(),
             nn.Flatten(),
         )
         with torch.no_grad():
@@ -71,10 +75,13 @@ class SmallCNN(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, width: int = 32) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            *_conv_bn(in_channels, width), nn.MaxPool2d(2),
-            *_conv_bn(width, 2 * width), nn.MaxPool2d(2),
+            *_conv_bn(in_channels, width),
+            nn.MaxPool2d(2),
+            *_conv_bn(width, 2 * width),
+            nn.MaxPool2d(2),
             *_conv_bn(2 * width, 2 * width),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.head = nn.Linear(2 * width, num_classes)
 
@@ -89,8 +96,7 @@ class _PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.shortcut = (nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
-                         if stride != 1 or cin != cout else None)
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=False) if stride != 1 or cin != cout else None
 
     def forward(self, x: Tensor) -> Tensor:
         out = torch.relu(self.bn1(x))
@@ -127,15 +133,24 @@ class VGG(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(w, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(),
-            nn.AdaptiveMaxPool2d(2), nn.Flatten(),
+            nn.Conv2d(in_channels, w, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(w, w, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveMaxPool2d(2),
+            nn.Flatten(),
         )
         self.classifier = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(8 * w, 4 * w), nn.ReLU(),
-            nn.Dropout(dropout), nn.Linear(4 * w, num_classes),
+            nn.Dropout(dropout),
+            nn.Linear(8 * w, 4 * w),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(4 * w, num_classes),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -160,7 +175,9 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, **kwarg
             raise ValueError(f"model 'cnn1d' needs 1-D signals, got input shape {shape}; use 'cnn' for images")
         return CNN1D(shape[-1], num_classes, **kwargs)
     if len(shape) != 3:
-        raise ValueError(f"model {name!r} needs images of shape (C, H, W), got input shape {shape}; "
-                         "use 'mlp' or 'cnn1d' for this dataset")
+        raise ValueError(
+            f"model {name!r} needs images of shape (C, H, W), got input shape {shape}; "
+            "use 'mlp' or 'cnn1d' for this dataset"
+        )
     cls = {"cnn": SmallCNN, "preresnet": PreResNet, "vgg": VGG}[name]
     return cls(shape[0], num_classes, **kwargs)

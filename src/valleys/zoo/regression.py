@@ -31,8 +31,17 @@ from ..core.adapter import gaussian_nll  # noqa: F401  (re-exported: the loss of
 from ..core.optional import require
 from .catalog import REGRESSION_DATASETS  # noqa: F401  (re-exported)
 
-__all__ = ["GaussianMLP", "gaussian_nll", "RegressionSplits", "load_regression", "REGRESSION_DATASETS",
-           "UCIFormatError", "toy1d_data", "toy1d_curve", "TOY_CLUSTERS"]
+__all__ = [
+    "GaussianMLP",
+    "gaussian_nll",
+    "RegressionSplits",
+    "load_regression",
+    "REGRESSION_DATASETS",
+    "UCIFormatError",
+    "toy1d_data",
+    "toy1d_curve",
+    "TOY_CLUSTERS",
+]
 
 
 class UCIFormatError(ValueError):
@@ -49,8 +58,9 @@ class GaussianMLP(nn.Module):
             homoscedastic noise variance ``exp(2 log_sigma) + min_var``.
     """
 
-    def __init__(self, in_features: int, hidden: Sequence[int] = (50,), heteroscedastic: bool = True,
-                 min_var: float = 1e-6) -> None:
+    def __init__(
+        self, in_features: int, hidden: Sequence[int] = (50,), heteroscedastic: bool = True, min_var: float = 1e-6
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
@@ -101,16 +111,17 @@ def _read_index(path: Path, n_rows: int, what: str) -> np.ndarray:
     if idx.size == 0:
         raise UCIFormatError(f"{path} is empty: {what} needs at least one index")
     if idx.min() < 0 or idx.max() >= n_rows:
-        raise UCIFormatError(f"{path} holds indices in [{idx.min()}, {idx.max()}] but the data has {n_rows} "
-                             f"{'columns' if 'feature' in what or 'target' in what else 'rows'}")
+        raise UCIFormatError(
+            f"{path} holds indices in [{idx.min()}, {idx.max()}] but the data has {n_rows} "
+            f"{'columns' if 'feature' in what or 'target' in what else 'rows'}"
+        )
     return idx
 
 
 def _uci(root: str | os.PathLike, split: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     root = Path(root)
     base = root / "data" if (root / "data" / "data.txt").is_file() else root
-    need = ["data.txt", "index_features.txt", "index_target.txt", f"index_train_{split}.txt",
-            f"index_test_{split}.txt"]
+    need = ["data.txt", "index_features.txt", "index_target.txt", f"index_train_{split}.txt", f"index_test_{split}.txt"]
     missing = [f for f in need if not (base / f).is_file()]
     if missing:
         raise UCIFormatError(
@@ -177,8 +188,14 @@ def _split_90_10(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, n
     return x[tr], y[tr], x[te], y[te]
 
 
-def load_regression(name: str = "diabetes", *, root: str | os.PathLike | None = None, split: int = 0,
-                    val_fraction: float = 0.1, split_seed: int = 0) -> RegressionSplits:
+def load_regression(
+    name: str = "diabetes",
+    *,
+    root: str | os.PathLike | None = None,
+    split: int = 0,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+) -> RegressionSplits:
     """Load a regression dataset, standardised with training statistics, with a validation split carved
     from the training rows (fixed ``split_seed``).
 
@@ -207,12 +224,18 @@ def load_regression(name: str = "diabetes", *, root: str | os.PathLike | None = 
     perm = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(split_seed))
     n_val = int(round(val_fraction * len(ytr)))
     va, tr = perm[:n_val], perm[n_val:]
-    return RegressionSplits(name, TensorDataset(xtr[tr], ytr[tr]), TensorDataset(xtr[va], ytr[va]),
-                            TensorDataset(xte, yte), input_shape=(xtr.shape[1],), y_mean=y_mean, y_std=y_std,
-                            info={"split": split, "val_fraction": val_fraction,
-                                  "x_mean": x_mean.tolist(), "x_std": x_std.tolist()})
+    return RegressionSplits(
+        name,
+        TensorDataset(xtr[tr], ytr[tr]),
+        TensorDataset(xtr[va], ytr[va]),
+        TensorDataset(xte, yte),
+        input_shape=(xtr.shape[1],),
+        y_mean=y_mean,
+        y_std=y_std,
+        info={"split": split, "val_fraction": val_fraction, "x_mean": x_mean.tolist(), "x_std": x_std.tolist()},
+    )
 
 
 def unstandardise(mean: Tensor, var: Tensor, splits: RegressionSplits) -> tuple[Tensor, Tensor]:
     """Predictive mean and variance back in the target's units."""
-    return mean * splits.y_std + splits.y_mean, var * splits.y_std ** 2
+    return mean * splits.y_std + splits.y_mean, var * splits.y_std**2

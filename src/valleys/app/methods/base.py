@@ -67,8 +67,9 @@ class Method:
         """The learning-rate schedule of a resolved config."""
         raise NotImplementedError
 
-    def callbacks(self, cfg: TrainConfig, model: nn.Module, *, bn_loader: Iterable,
-                  eval_loaders: Mapping[str, Iterable]) -> list[Callback]:
+    def callbacks(
+        self, cfg: TrainConfig, model: nn.Module, *, bn_loader: Iterable, eval_loaders: Mapping[str, Iterable]
+    ) -> list[Callback]:
         """The trainer callbacks that collect this method's weights (none for SGD)."""
         return []
 

@@ -22,8 +22,9 @@ class FGE(Method):
     position in the cycle) and a snapshot at every cycle's middle; the predictive is their ensemble."""
 
     name = "fge"
-    help = ("SGD to --fge-start, then cycles of --cycle epochs between --lr-1 and --lr-2; ensemble of mid-cycle "
-            "snapshots")
+    help = (
+        "SGD to --fge-start, then cycles of --cycle epochs between --lr-1 and --lr-2; ensemble of mid-cycle snapshots"
+    )
     settings = ("lr_1", "lr_2", "fge_start")
     uses = ("cycle",)
     saves = ("posterior.safetensors",)
@@ -39,8 +40,10 @@ class FGE(Method):
             cycles = max(1, round(0.2 * cfg.epochs / cfg.cycle))
             cfg.fge_start = cfg.epochs - cycles * cfg.cycle
         if cfg.epochs - cfg.cycle < 1:
-            raise ValueError(f"FGE needs a pre-trained start and at least one --cycle of {cfg.cycle} epochs: "
-                             f"--epochs must be at least {cfg.cycle + 1}, got {cfg.epochs}")
+            raise ValueError(
+                f"FGE needs a pre-trained start and at least one --cycle of {cfg.cycle} epochs: "
+                f"--epochs must be at least {cfg.cycle + 1}, got {cfg.epochs}"
+            )
         if not 1 <= cfg.fge_start <= cfg.epochs - cfg.cycle:
             raise ValueError(
                 f"FGE needs a pre-trained start and at least one {cfg.cycle}-epoch cycle: fge-start must be in "
@@ -51,11 +54,15 @@ class FGE(Method):
         from ...training.schedules import Piecewise, SWASchedule, TriangularCyclic
 
         start = cfg.fge_start
-        return Piecewise(SWASchedule(cfg.lr, swa_start=start, swa_lr=cfg.lr_1), start,  # type: ignore[arg-type]
-                         TriangularCyclic(cfg.lr_1, cfg.lr_2, cfg.cycle, offset=start))  # type: ignore[arg-type]
+        return Piecewise(
+            SWASchedule(cfg.lr, swa_start=start, swa_lr=cfg.lr_1),
+            start,  # type: ignore[arg-type]
+            TriangularCyclic(cfg.lr_1, cfg.lr_2, cfg.cycle, offset=start),
+        )  # type: ignore[arg-type]
 
-    def callbacks(self, cfg: TrainConfig, model: nn.Module, *, bn_loader: Iterable,
-                  eval_loaders: Mapping[str, Iterable]) -> list[Callback]:
+    def callbacks(
+        self, cfg: TrainConfig, model: nn.Module, *, bn_loader: Iterable, eval_loaders: Mapping[str, Iterable]
+    ) -> list[Callback]:
         from ...training.callbacks import FGECallback
 
         return [FGECallback(cfg.cycle, start=cfg.fge_start)]  # type: ignore[arg-type]
@@ -64,8 +71,11 @@ class FGE(Method):
         from ...core.checkpoint import save_checkpoint
         from ...training.callbacks import FGECallback
 
-        save_checkpoint(out / "posterior.safetensors", {"snapshots": find_callback(callbacks, FGECallback).snapshots},
-                        {**header, "kind": "fge"})
+        save_checkpoint(
+            out / "posterior.safetensors",
+            {"snapshots": find_callback(callbacks, FGECallback).snapshots},
+            {**header, "kind": "fge"},
+        )
 
     def predictive(self, run_dir: Path, cfg: TrainConfig, model: nn.Module, samples: int) -> Predictive:
         from ...core.checkpoint import checkpoint_field, load_checkpoint

@@ -51,13 +51,16 @@ class SWA(Method):
 
         return SWAAverager(model)
 
-    def callbacks(self, cfg: TrainConfig, model: nn.Module, *, bn_loader: Iterable,
-                  eval_loaders: Mapping[str, Iterable]) -> list[Callback]:
+    def callbacks(
+        self, cfg: TrainConfig, model: nn.Module, *, bn_loader: Iterable, eval_loaders: Mapping[str, Iterable]
+    ) -> list[Callback]:
         from ...training.callbacks import SWACallback, TrajectoryCallback
 
         averager = self.averager(cfg, model)
-        return [SWACallback(averager, cfg.swa_start, bn_loader=bn_loader, eval_loaders=eval_loaders),  # type: ignore[arg-type]
-                TrajectoryCallback(averager.space, cfg.swa_start)]  # type: ignore[arg-type]
+        return [
+            SWACallback(averager, cfg.swa_start, bn_loader=bn_loader, eval_loaders=eval_loaders),  # type: ignore[arg-type]
+            TrajectoryCallback(averager.space, cfg.swa_start),
+        ]  # type: ignore[arg-type]
 
     def save(self, out: Path, callbacks: list[Callback], header: dict[str, Any]) -> None:
         import torch
@@ -66,8 +69,11 @@ class SWA(Method):
         from ...training.callbacks import TrajectoryCallback
 
         traj = find_callback(callbacks, TrajectoryCallback)
-        save_checkpoint(out / "trajectory.safetensors", {"iterates": torch.stack(traj.iterates)},
-                        {**header, "kind": "trajectory", "epochs": traj.epochs})
+        save_checkpoint(
+            out / "trajectory.safetensors",
+            {"iterates": torch.stack(traj.iterates)},
+            {**header, "kind": "trajectory", "epochs": traj.epochs},
+        )
 
     def predictive(self, run_dir: Path, cfg: TrainConfig, model: nn.Module, samples: int) -> Predictive:
         from ...methods.ensembles import snapshot

@@ -19,8 +19,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..runs import TrainConfig
 
 
-def swag_predictive(dirs: Sequence[Path], cfg: TrainConfig, model: nn.Module, samples: int, *,
-                    diagonal: bool, scale: float) -> Predictive:
+def swag_predictive(
+    dirs: Sequence[Path], cfg: TrainConfig, model: nn.Module, samples: int, *, diagonal: bool, scale: float
+) -> Predictive:
     """``samples`` draws ``w ~ N(w_SWA, scale (Sigma_diag [+ D^T D / (K - 1)]))`` from the SWAG posterior in each
     of ``dirs`` (``posterior.safetensors``), seeded with the run's seed, a BatchNorm recompute each."""
     import torch
@@ -34,15 +35,17 @@ def swag_predictive(dirs: Sequence[Path], cfg: TrainConfig, model: nn.Module, sa
         if header.get("kind") != "swag":
             raise CheckpointError(f"{d / 'posterior.safetensors'} holds no SWAG posterior")
         post = checkpoint_field(state, "swag", d / "posterior.safetensors", "state")
-        swag = SWAGPosterior(model, rank=int(checkpoint_field(post, "rank", d / "posterior.safetensors", "state")),
-                             device="cpu")
+        swag = SWAGPosterior(
+            model, rank=int(checkpoint_field(post, "rank", d / "posterior.safetensors", "state")), device="cpu"
+        )
         swag.load_state_dict(state["swag"])
         swags.append(swag)
 
     def draw() -> Iterable[Sample]:
         gen = torch.Generator().manual_seed(cfg.seed)  # the same S draws for every split
         return itertools.chain.from_iterable(
-            s.samples(samples, scale=scale, diagonal=diagonal, generator=gen) for s in swags)
+            s.samples(samples, scale=scale, diagonal=diagonal, generator=gen) for s in swags
+        )
 
     return Predictive(draw, needs_bn=True)
 
@@ -65,8 +68,10 @@ class SWAG(SWA):
     def resolve(self, cfg: TrainConfig) -> None:
         super().resolve(cfg)
         if not self.diagonal and cfg.rank < 2:  # the low-rank part averages D^T D / (K - 1) over K >= 2 deviations
-            raise ValueError(f"--rank must be at least 2 for low-rank SWAG (its covariance needs two deviation "
-                             f"vectors), got {cfg.rank}; use --method swag-diag for the diagonal Gaussian alone")
+            raise ValueError(
+                f"--rank must be at least 2 for low-rank SWAG (its covariance needs two deviation "
+                f"vectors), got {cfg.rank}; use --method swag-diag for the diagonal Gaussian alone"
+            )
         if cfg.epochs - cfg.swa_start < self.min_collected:  # type: ignore[operator]
             raise ValueError(
                 f"{self.name} needs at least {self.min_collected} collected epochs; --epochs - --swa-start is "
@@ -84,8 +89,11 @@ class SWAG(SWA):
         from ...training.callbacks import SWACallback
 
         super().save(out, callbacks, header)
-        save_checkpoint(out / "posterior.safetensors", {"swag": find_callback(callbacks, SWACallback).averager.state_dict()},
-                        {**header, "kind": "swag"})
+        save_checkpoint(
+            out / "posterior.safetensors",
+            {"swag": find_callback(callbacks, SWACallback).averager.state_dict()},
+            {**header, "kind": "swag"},
+        )
 
     def predictive(self, run_dir: Path, cfg: TrainConfig, model: nn.Module, samples: int) -> Predictive:
         return swag_predictive([run_dir], cfg, model, samples, diagonal=self.diagonal, scale=self.scale)
