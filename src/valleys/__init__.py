@@ -20,10 +20,31 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover - what static tools see; at run time the names load lazily
-    from .core.adapter import AdapterError, ModelAdapter
+    from .core.adapter import ModelAdapter
     from .core.batchnorm import recompute_bn
-    from .core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-    from .core.weights import WeightSpace, WeightSpaceError
+    from .core.checkpoint import load_checkpoint, save_checkpoint
+    from .core.weights import WeightSpace
+    from .errors import (
+        AdapterError,
+        BatchFormatError,
+        CheckpointError,
+        ConfigError,
+        DatasetNotFoundError,
+        DistributedSetupError,
+        EmptyLoaderError,
+        InputError,
+        MissingBNLoaderError,
+        MissingLabelsError,
+        NotCollectedError,
+        NoWeightsError,
+        OutputFolderError,
+        SamplerError,
+        SubspaceError,
+        TrainingDiverged,
+        UCIFormatError,
+        ValleysError,
+        WeightSpaceError,
+    )
     from .evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
     from .evaluation.engine import BNPolicy, evaluate_many
     from .evaluation.grid import evaluate_points
@@ -33,19 +54,40 @@ if TYPE_CHECKING:  # pragma: no cover - what static tools see; at run time the n
     from .geometry.hessian import LossFunction, epsilon_sharpness, hutchinson_trace, lanczos, power_iteration
     from .geometry.paths import evaluate_path, segment
     from .geometry.surfaces import Plane, line, random_direction, valley_width
-    from .methods.averaging import EMA, SWA, NotCollectedError
+    from .methods.averaging import EMA, SWA
     from .methods.ensembles import snapshot
     from .methods.swag import SWAG, MultiSWAG
     from .training.callbacks import FGECallback, SWACallback, TrajectoryCallback, TravelCallback
     from .training.schedules import Constant, CosineReplay, SWALRAnneal, SWASchedule, TriangularCyclic
     from .training.semisup import ConsistencyStep, MeanTeacher
-    from .training.trainer import Callback, Trainer, TrainingDiverged
+    from .training.trainer import Callback, Trainer
 
 #: ``{module: public names}``: where each name of :data:`__all__` lives.
 _SOURCES: dict[str, tuple[str, ...]] = {
-    ".methods.averaging": ("EMA", "SWA", "NotCollectedError"),
+    ".errors": (
+        "ValleysError",
+        "InputError",
+        "ConfigError",
+        "CheckpointError",
+        "WeightSpaceError",
+        "EmptyLoaderError",
+        "MissingBNLoaderError",
+        "NoWeightsError",
+        "SubspaceError",
+        "UCIFormatError",
+        "MissingLabelsError",
+        "BatchFormatError",
+        "AdapterError",
+        "NotCollectedError",
+        "SamplerError",
+        "DistributedSetupError",
+        "DatasetNotFoundError",
+        "OutputFolderError",
+        "TrainingDiverged",
+    ),
+    ".methods.averaging": ("EMA", "SWA"),
     ".core.batchnorm": ("recompute_bn",),
-    ".core.checkpoint": ("CheckpointError", "load_checkpoint", "save_checkpoint"),
+    ".core.checkpoint": ("load_checkpoint", "save_checkpoint"),
     ".evaluation.metrics": (
         "ClassificationMetrics",
         "RegressionMetrics",
@@ -61,9 +103,9 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     ".training.callbacks": ("FGECallback", "SWACallback", "TrajectoryCallback", "TravelCallback"),
     ".training.semisup": ("ConsistencyStep", "MeanTeacher"),
     ".methods.swag": ("SWAG", "MultiSWAG"),
-    ".training.trainer": ("Callback", "Trainer", "TrainingDiverged"),
-    ".core.adapter": ("AdapterError", "ModelAdapter"),
-    ".core.weights": ("WeightSpace", "WeightSpaceError"),
+    ".training.trainer": ("Callback", "Trainer"),
+    ".core.adapter": ("ModelAdapter",),
+    ".core.weights": ("WeightSpace",),
     ".evaluation.engine": ("BNPolicy", "evaluate_many"),
     ".evaluation.grid": ("evaluate_points",),
     ".geometry.hessian": ("LossFunction", "epsilon_sharpness", "hutchinson_trace", "lanczos", "power_iteration"),
@@ -98,16 +140,32 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "WeightSpace",
+    "ValleysError",
+    "InputError",
+    "ConfigError",
+    "CheckpointError",
     "WeightSpaceError",
+    "EmptyLoaderError",
+    "MissingBNLoaderError",
+    "NoWeightsError",
+    "SubspaceError",
+    "UCIFormatError",
+    "MissingLabelsError",
+    "BatchFormatError",
+    "AdapterError",
+    "NotCollectedError",
+    "SamplerError",
+    "DistributedSetupError",
+    "DatasetNotFoundError",
+    "OutputFolderError",
+    "TrainingDiverged",
+    "WeightSpace",
     "recompute_bn",
     "SWA",
     "EMA",
-    "NotCollectedError",
     "SWACallback",
     "Trainer",
     "Callback",
-    "TrainingDiverged",
     "ClassificationMetrics",
     "RegressionMetrics",
     "classification_metrics",
@@ -115,7 +173,6 @@ __all__ = [
     "evaluate",
     "save_checkpoint",
     "load_checkpoint",
-    "CheckpointError",
     "Constant",
     "SWASchedule",
     "SWALRAnneal",
@@ -147,7 +204,6 @@ __all__ = [
     "random_direction",
     "valley_width",
     "ModelAdapter",
-    "AdapterError",
     "evaluate_many",
     "BNPolicy",
     "TravelCallback",

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..errors import OutputFolderError
+
 __all__ = [
     "OutputFolderError",
     "OURS",
@@ -55,10 +57,6 @@ OURS = (
 )
 # a temporary file of an atomic write (core.checkpoint: mkstemp(prefix=".<name>.", suffix=".tmp"))
 _TEMPORARY = re.compile(r"^\.(?P<name>.+\.(?:safetensors|json|jsonl|md|png))\.[A-Za-z0-9_]+\.tmp$")
-
-
-class OutputFolderError(FileExistsError):
-    """An output folder may not be written: it holds other output, or it cannot be a folder."""
 
 
 def ours(folder: str | os.PathLike) -> list[str]:

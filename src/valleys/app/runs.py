@@ -39,6 +39,7 @@ from ..core.checkpoint import (
     write_json,
 )
 from ..core.distributed import barrier, is_main, shard_loader, world_size
+from ..errors import ConfigError
 from ..evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
 from ..evaluation.metrics import LOG_EDGES, classification_metrics, regression_metrics
 from ..evaluation.predict import bma
@@ -88,11 +89,6 @@ REGRESSION_KEYS = ("rmse", "nll", "coverage_95")
 
 #: An output folder already holds another run (pass overwrite=True / --overwrite), or cannot be a folder.
 RunFolderError = OutputFolderError
-
-
-class ConfigError(ValueError):
-    """A ``config.json`` (or another settings file) is unreadable, not an object, or holds a bad setting;
-    the message names the file."""
 
 
 SEED_MAX = 2**63 - 1  # seeds live in [0, 2**63 - 1]: torch, numpy and seed + epoch all fit

@@ -31,17 +31,14 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from .batches import BatchFormatError, as_call_args, to_device
+from ..errors import AdapterError
+from .batches import as_call_args, to_device
 
 __all__ = ["ModelAdapter", "AdapterError", "as_adapter", "gaussian_nll", "LOSSES"]
 
 _TARGET_KEYS = ("target", "targets", "y", "label", "labels")
 
 Selector = Union[None, int, str, Sequence[str], Callable[[Any], Any]]
-
-
-class AdapterError(BatchFormatError):
-    """The adapter cannot map a batch or an output; the message names the setting to pass."""
 
 
 def gaussian_nll(output: Tensor, target: Tensor) -> Tensor:

@@ -10,13 +10,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import BatchFormatError
+
 __all__ = ["InputFn", "to_device", "as_call_args", "BatchFormatError"]
 
 InputFn = Callable[[Any], Any]
-
-
-class BatchFormatError(TypeError):
-    """A batch whose input or target cannot be found without an explicit ``input_fn``/``target_fn``."""
 
 
 def to_device(obj: Any, device: torch.device | str | None) -> Any:

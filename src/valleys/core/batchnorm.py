@@ -22,15 +22,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..errors import EmptyLoaderError
 from .adapter import ModelAdapter
 from .batches import InputFn
 from .weights import preserved_modes
 
 __all__ = ["recompute_bn", "has_batchnorm", "EmptyLoaderError"]
-
-
-class EmptyLoaderError(ValueError):
-    """A data loader yielded no batches."""
 
 
 def has_batchnorm(model: nn.Module) -> bool:

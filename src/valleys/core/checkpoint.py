@@ -21,6 +21,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ..errors import CheckpointError
+
 __all__ = [
     "save_checkpoint",
     "load_checkpoint",
@@ -35,10 +37,6 @@ __all__ = [
 ]
 
 FORMAT = "valleys-checkpoint-v1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is truncated, not a valleys checkpoint, or from another model."""
 
 
 def _encode(obj: Any, tensors: dict[str, Tensor], path: str) -> Any:

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import DistributedSetupError
+
 __all__ = [
     "is_distributed",
     "rank",
@@ -29,10 +31,6 @@ __all__ = [
     "check_same_everywhere",
     "DistributedSetupError",
 ]
-
-
-class DistributedSetupError(RuntimeError):
-    """The processes of a distributed run disagree (world size, devices, shards); the message names the rank."""
 
 
 def is_distributed() -> bool:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..errors import WeightSpaceError
+
 __all__ = ["WeightSpace", "WeightSpaceError", "preserved_modes"]
 
 
@@ -36,10 +38,6 @@ def preserved_modes(module: nn.Module, train: bool | None = None) -> Iterator[nn
     finally:
         for m, mode in zip(module.modules(), modes):
             m.training = mode
-
-
-class WeightSpaceError(ValueError):
-    """A weight vector or module does not fit the weight space it was used with."""
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ..core.batchnorm import recompute_bn
 from ..core.weights import WeightSpace, WeightSpaceError
+from ..errors import NotCollectedError
 
 __all__ = ["Averager", "SWA", "EMA", "NotCollectedError", "welford_"]
 
@@ -40,10 +41,6 @@ def welford_(means: list[Tensor], m2s: list[Tensor] | None, deltas: list[Tensor]
     torch._foreach_add_(means, deltas, alpha=1.0 / (n + 1))
     if m2s is not None and n > 0:
         torch._foreach_addcmul_(m2s, deltas, deltas, value=n / (n + 1))
-
-
-class NotCollectedError(RuntimeError):
-    """An average was asked for before any weights were collected."""
 
 
 class Averager:

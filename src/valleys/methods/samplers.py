@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import SamplerError
+
 __all__ = [
     "SamplerResult",
     "elliptical_slice",
@@ -37,10 +39,6 @@ __all__ = [
     "SamplerError",
     "gaussian_log_prior",
 ]
-
-
-class SamplerError(RuntimeError):
-    """A sampler could not run (non-finite likelihood at the start, a chain that never accepts, ...)."""
 
 
 @dataclass

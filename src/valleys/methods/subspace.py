@@ -23,11 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import SubspaceError
+
 __all__ = ["Subspace", "random_subspace", "pca_subspace", "curve_subspace", "FrequentDirections", "SubspaceError"]
-
-
-class SubspaceError(ValueError):
-    """A subspace cannot be built from what was given (rank, shapes, non-finite values)."""
 
 
 @dataclass

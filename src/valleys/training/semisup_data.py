@@ -29,6 +29,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from ..errors import MissingLabelsError
+
 __all__ = [
     "NO_LABEL",
     "MissingLabelsError",
@@ -43,10 +45,6 @@ __all__ = [
 NO_LABEL = -1
 
 _LABEL_KEYS = ("label", "labels", "target", "targets", "y")
-
-
-class MissingLabelsError(ValueError):
-    """A dataset's examples carry no class labels to split on."""
 
 
 def _item_label(item: Any, key: str | None) -> Any:

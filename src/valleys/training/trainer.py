@@ -59,6 +59,7 @@ from ..core.distributed import (
     shard_loader,
     world_size,
 )
+from ..errors import TrainingDiverged
 from ..evaluation.predict import evaluate
 from .schedules import Schedule
 
@@ -164,29 +165,6 @@ class DistributedPolicy:
     sync_batchnorm: bool = False
     find_unused_parameters: bool = False
     ignore: tuple[str, ...] = ()
-
-
-class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite; the message says where and which checkpoint is the last good one.
-
-    ``checkpoint`` is that checkpoint's path; the message names it only while it exists (a command that
-    removes its unfinished folder after the failure then says that nothing was kept)."""
-
-    def __init__(self, message: str, checkpoint: str | Path | None = None, advice: str = "") -> None:
-        super().__init__(message)
-        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
-        self.advice = advice
-
-    def __str__(self) -> str:
-        text = str(self.args[0]) if self.args else ""
-        if self.checkpoint is not None or self.advice:
-            last = (
-                f"the last good checkpoint is {self.checkpoint}"
-                if self.checkpoint is not None and self.checkpoint.exists()
-                else "no checkpoint was kept"
-            )
-            text = f"{text}; {last}." + (f" {self.advice}" if self.advice else "")
-        return text
 
 
 class Callback:

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from ..core.cache import cached_arrays
 from ..core.optional import require
+from ..errors import DatasetNotFoundError
 from .catalog import DATASETS  # noqa: F401  (re-exported)
 
 __all__ = ["Splits", "DATASETS", "load_dataset", "make_loader", "find_fashion_mnist", "DatasetNotFoundError"]
@@ -41,10 +42,6 @@ FASHION_FILES = {
     "test_y": "t10k-labels-idx1-ubyte",
 }
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset's files are not where valleys looks for them."""
 
 
 @dataclass

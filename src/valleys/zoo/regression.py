@@ -29,6 +29,7 @@ from torch.utils.data import TensorDataset
 
 from ..core.adapter import gaussian_nll  # noqa: F401  (re-exported: the loss of the Gaussian heads)
 from ..core.optional import require
+from ..errors import UCIFormatError
 from .catalog import REGRESSION_DATASETS  # noqa: F401  (re-exported)
 
 __all__ = [
@@ -42,10 +43,6 @@ __all__ = [
     "toy1d_curve",
     "TOY_CLUSTERS",
 ]
-
-
-class UCIFormatError(ValueError):
-    """A UCI-layout folder with missing or inconsistent files."""
 
 
 class GaussianMLP(nn.Module):
