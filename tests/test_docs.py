@@ -180,13 +180,13 @@ def test_cli_reference_matches_the_parser():
 
 def test_results_page_is_generated_from_a_demo_folder(tmp_path):
     """A hand-made results.json: the page carries its numbers, verdicts and provenance, nothing else."""
-    stats = lambda m, s: {"mean": m, "std": s, "min": m - s, "max": m + s, "n": 3}  # noqa: E731
-    row = lambda acc: {
-        "accuracy": stats(acc, 0.01),
-        "nll": stats(0.2, 0.0),
-        "ece": stats(0.03, 0.0),
-        "brier": stats(0.1, 0.0),
-    }  # noqa: E731
+
+    def stats(m, s):
+        return {"mean": m, "std": s, "min": m - s, "max": m + s, "n": 3}
+
+    def row(acc):
+        return {"accuracy": stats(acc, 0.01), "nll": stats(0.2, 0.0), "ece": stats(0.03, 0.0), "brier": stats(0.1, 0.0)}
+
     res = {
         "preset": "mnist1d",
         "quick": False,
@@ -220,8 +220,8 @@ def test_results_page_is_generated_from_a_demo_folder(tmp_path):
     page = _load_tool("results_tables").render(tmp_path, command="make demo", machine="a test machine")
     assert "`make demo`" in page and "a test machine" in page and "in 2.0 minutes" in page
     assert (
-        "| SWA has lower test error than SGD at the same budget | test error | SWA 5.00% | SGD 10.00% | -5.00 ± 1.00 | 3 | holds |"
-        in page
+        "| SWA has lower test error than SGD at the same budget | test error | SWA 5.00% | SGD 10.00% "
+        "| -5.00 ± 1.00 | 3 | holds |" in page
     )
     assert "| SWA | 95.00 ± 1.00 | 0.2000 | 0.0300 | 0.1000 |" in page.replace(" ± 0.0000", "")
     assert "| SWA | 0.7500 ± 0.0200 |" in page
