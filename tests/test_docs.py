@@ -24,6 +24,18 @@ DOCS = ROOT / "docs"
 SKIP = re.compile(r"^<!--\s*skip:\s*(?P<reason>.+?)\s*-->\s*$")
 FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w+-]*)\s*$")
 MAX_SKIP_FRACTION = 0.10
+#: top-level modules of the optional extras: a page needing a missing one is skipped with the reason, as the
+#: rest of the suite skips the tests of an extra that is not installed
+OPTIONAL = {
+    "lightning": "pip install 'valleys[lightning]'",
+    "transformers": "pip install 'valleys[hf]'",
+    "peft": "pip install 'valleys[hf]'",
+    "pyro": "pip install 'valleys[pyro]'",
+    "matplotlib": "pip install 'valleys[plots]'",
+    "mnist1d": "pip install 'valleys[data]'",
+    "sklearn": "pip install 'valleys[data]'",
+    "tqdm": "pip install 'valleys[progress]'",
+}
 TIME_BUDGET_S = 60.0
 
 pytestmark = pytest.mark.docs
@@ -133,9 +145,12 @@ def one_thread():
 @pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES_WITH_CODE)
 def test_page_blocks_run(page, tmp_path, monkeypatch, one_thread):
-    import matplotlib
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
+        matplotlib.use("Agg")  # a block that plots never opens a window
+    except ImportError:
+        pass
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": f"docs_{Path(page).stem}"}
     start = time.perf_counter()
@@ -144,6 +159,10 @@ def test_page_blocks_run(page, tmp_path, monkeypatch, one_thread):
             continue
         try:
             exec(compile(b.code, f"docs/{page}:{b.line}", "exec"), namespace)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.split(".")[0] in OPTIONAL:
+                pytest.skip(f"docs/{page}:{b.line} needs {e.name} ({OPTIONAL[e.name.split('.')[0]]})")
+            raise AssertionError(f"the block at docs/{page}:{b.line} failed: {type(e).__name__}: {e}") from e
         except Exception as e:  # name the block: the traceback's file is docs/<page>:<line>
             raise AssertionError(f"the block at docs/{page}:{b.line} failed: {type(e).__name__}: {e}") from e
     _TIMES[page] = time.perf_counter() - start
