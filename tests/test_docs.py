@@ -270,3 +270,36 @@ def test_readme_blocks_compile_and_links_resolve():
     assert local, "the README links to no page"
     missing = [link for link in local if not (ROOT / link).exists()]
     assert not missing, f"README links to missing files: {missing}"
+
+
+def test_architecture_names_existing_modules():
+    """The module map names real modules: a module renamed, split or moved without updating the page fails."""
+    src = ROOT / "src" / "valleys"
+    rows = [
+        line for line in (DOCS / "architecture.md").read_text(encoding="utf-8").splitlines() if line.startswith("| `")
+    ]
+    assert {re.match(r"\| `(\w+)`", r)[1] for r in rows} == {
+        "core",
+        "evaluation",
+        "methods",
+        "geometry",
+        "training",
+        "zoo",
+        "app",
+    }
+    missing = []
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        layer = cells[0].strip("`")
+        for name in re.findall(r"`([\w/]+)`", cells[-1]):
+            path = src / layer / name.rstrip("/")
+            if not (path.with_suffix(".py").is_file() or path.is_dir()):
+                missing.append(f"{layer}/{name}")
+    assert not missing, f"docs/architecture.md names modules that do not exist: {missing}"
+    on_disk = {
+        p.stem
+        for layer in ("core", "evaluation", "methods", "geometry", "training")
+        for p in (src / layer).glob("[!_]*.py")
+    }
+    named = {n.rstrip("/") for row in rows for n in re.findall(r"`([\w/]+)`", row.strip("|").split("|")[-1])}
+    assert on_disk <= named, f"library modules missing from docs/architecture.md: {sorted(on_disk - named)}"
