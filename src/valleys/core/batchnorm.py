@@ -181,7 +181,9 @@ def recompute_bn(
         with torch.no_grad():
             for m, bufs in saved.items():
                 for b, old in zip(
-                    [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None], bufs
+                    [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None],
+                    bufs,
+                    strict=True,
                 ):
                     b.copy_(old)
         raise
@@ -194,7 +196,9 @@ def recompute_bn(
         with torch.no_grad():
             for m, bufs in saved.items():
                 for b, old in zip(
-                    [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None], bufs
+                    [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None],
+                    bufs,
+                    strict=True,
                 ):
                     b.copy_(old)
         raise EmptyLoaderError("recompute_bn: the loader yielded no batches; pass a non-empty training loader")

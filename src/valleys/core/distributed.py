@@ -125,8 +125,8 @@ class RankSliceBatchSampler(torch.utils.data.Sampler):
         return (hi - lo) * self.world / size if size else 1.0
 
     def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.batch_sampler:
-            batch = list(batch)
+        for indices in self.batch_sampler:
+            batch = list(indices)
             self.last_global_size = len(batch)
             lo, hi = shard_bounds(len(batch), self.r, self.world)
             if hi > lo:  # a batch smaller than the world leaves some ranks without a slice (evaluation only:

@@ -82,7 +82,8 @@ class Curve(nn.Module):
             raise ValueError(f"a curve needs at least 2 control points (its two ends), got bends={bends!r}")
         if start.shape != end.shape or start.dim() != 1:
             raise WeightSpaceError(
-                f"endpoints must be flat vectors of equal length, got shapes {tuple(start.shape)} and {tuple(end.shape)}"
+                "endpoints must be flat vectors of equal length, "
+                f"got shapes {tuple(start.shape)} and {tuple(end.shape)}"
             )
         sizes = list(sizes) if sizes is not None else [start.numel()]
         if sum(sizes) != start.numel() or any(n < 1 for n in sizes):
@@ -106,7 +107,7 @@ class Curve(nn.Module):
     def set_inner(self, points: Tensor) -> None:
         """Overwrite the inner control points with an (n - 2, P) tensor."""
         with torch.no_grad():
-            for p, piece in zip(self.inner, torch.split(points.to(self.start), self.sizes, dim=1)):
+            for p, piece in zip(self.inner, torch.split(points.to(self.start), self.sizes, dim=1), strict=True):
                 p.copy_(piece)
 
     def inner_grad(self) -> Tensor | None:
@@ -225,7 +226,7 @@ class CurveModel(nn.Module):
     def _swap_buffers(self, tensors: list[Tensor]) -> list[Tensor]:
         """Put ``tensors`` in the model's buffer slots and return what was there."""
         old = []
-        for (path, name, _), t in zip(self._buffer_sites, tensors):
+        for (path, name, _), t in zip(self._buffer_sites, tensors, strict=True):
             mod = self.model.get_submodule(path) if path else self.model
             old.append(mod._buffers[name])
             mod._buffers[name] = t
@@ -283,7 +284,7 @@ class CurveModel(nn.Module):
         try:
             if len(parts) == len(self.space.slots):
                 out = self.space.call_with(
-                    self.model, [p.view(s.shape) for s, p in zip(self.space.slots, parts)], args, kwargs
+                    self.model, [p.view(s.shape) for s, p in zip(self.space.slots, parts, strict=True)], args, kwargs
                 )
             else:
                 out = self.space.functional_call(self.model, torch.cat(parts), *args, **kwargs)
@@ -443,10 +444,10 @@ class _CurvePoint(torch.autograd.Function):
         seen: set[int] = set()
         for g in grads:
             if len(rel) == 1 and rel[0] == 1.0:
-                if g.data_ptr() in seen:  # one gradient tensor reaching two pieces: never share storage
-                    g = g.clone()
-                seen.add(g.data_ptr())
-                out.append(g.view(1, -1))
+                # one gradient tensor reaching two pieces: never share storage
+                own = g.clone() if g.data_ptr() in seen else g
+                seen.add(own.data_ptr())
+                out.append(own.view(1, -1))
             elif len(rel) == 1:
                 out.append((g * rel[0]).view(1, -1))
             else:
@@ -455,7 +456,7 @@ class _CurvePoint(torch.autograd.Function):
             pending, wd = ctx.sink
             coef = [wd * cj for cj in ctx.c]
             if any(coef):
-                for i, (pid, w) in enumerate(zip(ctx.inner_ids, ctx.saved_tensors)):
+                for i, (pid, w) in enumerate(zip(ctx.inner_ids, ctx.saved_tensors, strict=True)):
                     if ctx.needs_input_grad[4 + i]:
                         pending.setdefault(pid, []).append((w, coef))
         return (None, None, None, None, *out)
@@ -468,7 +469,7 @@ def _combine(curve: Curve, c: list[float], inner: list[list[Tensor]]) -> list[Te
     scaling pass for the plain sum."""
     pts = [
         (c[0], torch.split(curve.start, curve.sizes)),
-        *zip(c[1:-1], inner),
+        *zip(c[1:-1], inner, strict=True),
         (c[-1], torch.split(curve.end, curve.sizes)),
     ]
     pts = [(cj, tj) for cj, tj in pts if cj != 0.0]

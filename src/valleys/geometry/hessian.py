@@ -126,11 +126,10 @@ class LossFunction:
     def _loss_at(self, params: list[Tensor]) -> Tensor:
         total = sum(self.weights)
         out: Tensor | float = 0.0
-        for (args, kwargs, y), n in zip(self.batches, self.weights):
+        for (args, kwargs, y), n in zip(self.batches, self.weights, strict=True):
             pred = self.adapter.prediction(self.space.call_with(self.model, params, args, kwargs))
-            if isinstance(y, Tensor):
-                y = y.to(pred.device)
-            out = out + self.loss_fn(pred, y) * (n / total)
+            target = y.to(pred.device) if isinstance(y, Tensor) else y
+            out = out + self.loss_fn(pred, target) * (n / total)
         return out  # type: ignore[return-value]
 
     @contextlib.contextmanager
@@ -169,7 +168,7 @@ class LossFunction:
                     retain_graph=True,
                     allow_unused=True,
                 )
-            out = [o if p is None else p for o, p in zip(out, parts)]
+            out = [o if p is None else p for o, p in zip(out, parts, strict=True)]
         return torch.cat([t.detach().reshape(-1) for t in out])
 
     def _gradient_graph(self, w: Tensor) -> tuple[list[Tensor], list[Tensor]]:
@@ -184,7 +183,7 @@ class LossFunction:
         leaves = [t.detach().clone().requires_grad_(True) for t in self.space.views(w)]
         with torch.enable_grad(), self._context():
             grads = torch.autograd.grad(self._loss_at(leaves), leaves, create_graph=True, allow_unused=True)
-        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads)]
+        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads, strict=True)]
         self._graph = (w.detach().clone(), leaves, grads)
         return leaves, grads
 

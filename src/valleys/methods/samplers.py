@@ -311,7 +311,7 @@ class RealNVP(torch.nn.Module):
     def forward(self, eps: Tensor) -> tuple[Tensor, Tensor]:
         """``(z, log |det dz/deps|)`` for eps (n, k)."""
         x, logdet = eps, torch.zeros(eps.shape[0], dtype=eps.dtype)
-        for m, net in zip(self.masks, self.nets):
+        for m, net in zip(self.masks, self.nets, strict=True):
             s, t = net(x * m).chunk(2, dim=-1)
             s = torch.tanh(s) * (1 - m)
             x = x * m + (1 - m) * (x * s.exp() + t)

@@ -110,7 +110,8 @@ class CollectingCore:
         """Add the model's weights to the averager, after checking its parameters are those it was built on."""
         now = [[n, list(p.shape)] for n, p in model.named_parameters()]
         if self._signature is not None and now != self._signature:
-            changed = [n for (n, s), (m, t) in zip(now, self._signature) if n != m or s != t]
+            # strict=False: when the number of parameters changed, the message says so below
+            changed = [n for (n, s), (m, t) in zip(now, self._signature, strict=False) if n != m or s != t]
             raise ValueError(
                 f"{type(self).__name__}: the module's parameters changed shape or names since the callback "
                 f"was set up ({', '.join(changed[:3]) or 'their number changed'}); a weight average needs "
@@ -135,7 +136,8 @@ class SWACallback(Callback):
     """Collect weights into ``averager`` during :class:`valleys.training.trainer.Trainer` training.
 
     Args:
-        averager: an :class:`valleys.methods.averaging.SWA` or :class:`valleys.methods.averaging.EMA` over the trained model.
+        averager: an :class:`valleys.methods.averaging.SWA` or :class:`valleys.methods.averaging.EMA` over the
+            trained model.
         start: number of epochs completed before collecting starts (0 collects from the first epoch).
         every: ``"epoch"`` (end of each epoch), ``"steps"`` (every ``k`` steps) or ``"cycle"``.
         k: steps between collects for ``every="steps"``, epochs for ``every="epoch"``.

@@ -121,7 +121,7 @@ def labelled_split(targets: Tensor | Sequence[int], labels_per_class: int, seed:
     if y.dim() != 1 or y.numel() == 0:
         raise ValueError("the targets must be a non-empty 1-D tensor of class labels")
     classes, counts = torch.unique(y, return_counts=True)
-    short = [(int(c), int(n)) for c, n in zip(classes, counts) if int(n) < labels_per_class]
+    short = [(int(c), int(n)) for c, n in zip(classes, counts, strict=True) if int(n) < labels_per_class]
     if short:
         fewest = min(n for _, n in short)
         listed = ", ".join(f"class {c} has {n}" for c, n in short[:5]) + (" ..." if len(short) > 5 else "")
@@ -233,8 +233,7 @@ class MixedBatchSampler(torch.utils.data.Sampler):
 
     def _labelled_stream(self) -> Iterator[int]:
         while True:
-            for i in self.labelled[torch.randperm(self.labelled.numel(), generator=self.generator)].tolist():
-                yield i
+            yield from self.labelled[torch.randperm(self.labelled.numel(), generator=self.generator)].tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
         n = len(self)
