@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -41,7 +41,10 @@ from .methods.swag import SWAG
 from .training.callbacks import CollectingCore, CollectionSchedule
 from .training.schedules import TriangularCyclic
 
-pl = require("lightning.pytorch", "lightning")
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+else:  # a clear ImportError naming the extra
+    pl = require("lightning.pytorch", "lightning")
 
 __all__ = ["SWACallback", "SWAGCallback", "FGECallback"]
 

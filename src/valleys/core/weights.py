@@ -127,7 +127,7 @@ class WeightSpace:
     def parameters(self, module: nn.Module) -> list[Tensor]:
         """The module's parameter tensors in flat-layout order, after checking names and shapes."""
         params = dict(module.named_parameters())
-        out = []
+        out: list[Tensor] = []
         for s in self.slots:
             p = params.get(s.name)
             if p is None:

@@ -72,6 +72,9 @@ class Curve(nn.Module):
             concatenates or splits a full weight vector (see benchmarks/bench_curves.py). Default: one piece.
     """
 
+    start: Tensor
+    end: Tensor
+
     def __init__(
         self, start: Tensor, end: Tensor, *, kind: str = "bezier", bends: int = 3, sizes: Sequence[int] | None = None
     ) -> None:
@@ -223,9 +226,9 @@ class CurveModel(nn.Module):
         """The curve model's own buffers by the model's buffer names (what its forward calls use)."""
         return {f"{p}.{n}" if p else n: b for p, n, b in self._buffer_sites}
 
-    def _swap_buffers(self, tensors: list[Tensor]) -> list[Tensor]:
+    def _swap_buffers(self, tensors: Sequence[Tensor | None]) -> list[Tensor | None]:
         """Put ``tensors`` in the model's buffer slots and return what was there."""
-        old = []
+        old: list[Tensor | None] = []
         for (path, name, _), t in zip(self._buffer_sites, tensors, strict=True):
             mod = self.model.get_submodule(path) if path else self.model
             old.append(mod._buffers[name])
@@ -332,11 +335,13 @@ class CurveModel(nn.Module):
     def _add_l2(self, p: Tensor) -> None:
         # ``(w_i, c)`` entries queued by _CurvePoint.backward for this parameter in this backward pass:
         # grad += wd * outer(c_inner, w_i), in place (the gradient tensor is the parameter's own)
+        grad = p.grad
+        assert grad is not None  # a post-accumulate-grad hook runs after .grad is written
         for w, coef in self._l2_pending.pop(id(p), ()):
             if len(coef) == 1:
-                p.grad[0].add_(w, alpha=coef[0])
+                grad[0].add_(w, alpha=coef[0])
             else:
-                p.grad.addr_(torch.tensor(coef, dtype=w.dtype, device=w.device), w)
+                grad.addr_(torch.tensor(coef, dtype=w.dtype, device=w.device), w)
 
     def apply_pending_l2(self) -> None:
         """Add the L2 gradients queued by the last backward pass to the inner points' ``.grad`` now.
@@ -368,7 +373,10 @@ class CurveModel(nn.Module):
     @property
     def last_sq_norm(self) -> Tensor | None:
         """``||w(t)||^2`` of the last forward call (no autograd history)."""
-        return None if self._last_parts is None else sum(p.pow(2).sum() for p in self._last_parts)
+        if self._last_parts is None:
+            return None
+        parts = self._last_parts
+        return sum((p.pow(2).sum() for p in parts), torch.zeros((), dtype=parts[0].dtype, device=parts[0].device))
 
     def l2_loss(self, loss_fn, wd: float):
         """The curve objective ``loss_fn(output, target) + 0.5 wd ||w(t)||^2``.
@@ -410,12 +418,12 @@ class _ScaleGrad(torch.autograd.Function):
     """Identity forward; multiplies the gradient by ``scale`` on the way back."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
         ctx.scale = scale
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, g: Tensor):  # type: ignore[override]
+    def backward(ctx, g: Tensor):
         return g * ctx.scale, None
 
 
@@ -428,7 +436,7 @@ class _CurvePoint(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, curve: Curve, c: list[float], scale: _Scale, sink, *inner: Tensor):  # type: ignore[override]
+    def forward(ctx, curve: Curve, c: list[float], scale: _Scale, sink, *inner: Tensor):
         w = _combine(curve, c, [[p[j] for p in inner] for j in range(len(c) - 2)])
         ctx.c, ctx.scale, ctx.sink = c[1:-1], scale, sink
         ctx.inner_ids = [id(p) for p in curve.inner]
@@ -437,7 +445,7 @@ class _CurvePoint(torch.autograd.Function):
         return tuple(w)
 
     @staticmethod
-    def backward(ctx, *grads: Tensor):  # type: ignore[override]
+    def backward(ctx, *grads: Tensor):
         s = ctx.scale.value
         rel = [cj / s for cj in ctx.c]
         out: list[Tensor | None] = []
@@ -467,10 +475,10 @@ def _combine(curve: Curve, c: list[float], inner: list[list[Tensor]]) -> list[Te
     nonzero coefficients: ``S <- lerp(S, theta_j, c_j / (c_0 + ... + c_j))``. One pass per extra point (the
     polychain's two active points: one pass; Bezier with 3 points: two), against one pass per point plus a
     scaling pass for the plain sum."""
-    pts = [
-        (c[0], torch.split(curve.start, curve.sizes)),
+    pts: list[tuple[float, list[Tensor]]] = [
+        (c[0], list(torch.split(curve.start, curve.sizes))),
         *zip(c[1:-1], inner, strict=True),
-        (c[-1], torch.split(curve.end, curve.sizes)),
+        (c[-1], list(torch.split(curve.end, curve.sizes))),
     ]
     pts = [(cj, tj) for cj, tj in pts if cj != 0.0]
     total, first = pts[0]

@@ -182,8 +182,8 @@ class LossFunction:
         self._graph = None  # free the old graph before building the new one
         leaves = [t.detach().clone().requires_grad_(True) for t in self.space.views(w)]
         with torch.enable_grad(), self._context():
-            grads = torch.autograd.grad(self._loss_at(leaves), leaves, create_graph=True, allow_unused=True)
-        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads, strict=True)]
+            raw = torch.autograd.grad(self._loss_at(leaves), leaves, create_graph=True, allow_unused=True)
+        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, raw, strict=True)]
         self._graph = (w.detach().clone(), leaves, grads)
         return leaves, grads
 

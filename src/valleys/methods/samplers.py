@@ -289,6 +289,8 @@ class RealNVP(torch.nn.Module):
     ``sample(n)`` returns ``(z, log q(z))`` with ``log q(z) = log N(eps; 0, I) - log |det dz/deps|``.
     """
 
+    masks: Tensor
+
     def __init__(self, k: int, *, layers: int = 4, hidden: int = 32, init_std: float = 0.1) -> None:
         super().__init__()
         self.k = k
@@ -303,10 +305,10 @@ class RealNVP(torch.nn.Module):
         )
         self.nets = torch.nn.ModuleList()
         for _ in range(len(self.masks)):
-            net = torch.nn.Sequential(torch.nn.Linear(k, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 2 * k))
-            torch.nn.init.zeros_(net[2].weight)
-            torch.nn.init.zeros_(net[2].bias)
-            self.nets.append(net.double())
+            first, last = torch.nn.Linear(k, hidden), torch.nn.Linear(hidden, 2 * k)
+            torch.nn.init.zeros_(last.weight)
+            torch.nn.init.zeros_(last.bias)
+            self.nets.append(torch.nn.Sequential(first, torch.nn.Tanh(), last).double())
 
     def forward(self, eps: Tensor) -> tuple[Tensor, Tensor]:
         """``(z, log |det dz/deps|)`` for eps (n, k)."""
