@@ -82,6 +82,10 @@ class Averager:
             ps = [p.to(self.device, self.dtype) for p in ps]
         return ps
 
+    def collect(self, source: nn.Module | Tensor) -> None:
+        """Fold the weights of a module (or a flat vector) into the average (SWA: equal weights; EMA: decay)."""
+        raise NotImplementedError
+
     def _check_finite(self, delta: list[Tensor]) -> None:
         if self.check_finite:
             total = torch.stack(torch._foreach_norm(delta)).sum()

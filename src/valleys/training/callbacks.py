@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..core.adapter import ModelAdapter
 from ..core.batchnorm import recompute_bn
-from ..core.weights import preserved_modes
+from ..core.weights import WeightSpace, preserved_modes
 from ..methods.averaging import Averager, NotCollectedError
 from ..methods.ensembles import snapshot
 from .trainer import Callback, Trainer
@@ -98,17 +98,17 @@ class CollectingCore:
         self.start, self.names = start, names
         self.adapter = adapter or ModelAdapter()
         self.averager: Any = None
-        self._signature: list | None = None
+        self._signature: list[tuple[str, list[int]]] | None = None
 
     def build(self, model: torch.nn.Module, make: Callable[[torch.nn.Module], Any]) -> None:
         """Create the averager with ``make(model)`` once, and remember the model's parameter signature."""
         if self.averager is None:
             self.averager = make(model)
-            self._signature = [[n, list(p.shape)] for n, p in model.named_parameters()]
+            self._signature = [(n, list(p.shape)) for n, p in model.named_parameters()]
 
     def collect(self, model: torch.nn.Module) -> None:
         """Add the model's weights to the averager, after checking its parameters are those it was built on."""
-        now = [[n, list(p.shape)] for n, p in model.named_parameters()]
+        now = [(n, list(p.shape)) for n, p in model.named_parameters()]
         if self._signature is not None and now != self._signature:
             # strict=False: when the number of parameters changed, the message says so below
             changed = [n for (n, s), (m, t) in zip(now, self._signature, strict=False) if n != m or s != t]
@@ -239,7 +239,7 @@ class TravelCallback(Callback):
         probe: one batch the adapter can call the model on (its targets are not used).
     """
 
-    def __init__(self, space, probe: Any) -> None:
+    def __init__(self, space: WeightSpace, probe: Any) -> None:
         self.space, self.probe = space, probe
         self._last_w: Tensor | None = None
         self._last_pred: Tensor | None = None
@@ -255,8 +255,10 @@ class TravelCallback(Callback):
 
     def on_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
         w, pred = self.space.read(trainer.model, device="cpu"), self._predict(trainer)
-        logs["travel_distance"] = float((w - self._last_w).double().norm())  # type: ignore[operator]
-        logs["travel_disagreement"] = float((pred != self._last_pred).double().mean())
+        last_w, last_pred = self._last_w, self._last_pred
+        assert last_w is not None and last_pred is not None  # set by on_train_start or load_state_dict
+        logs["travel_distance"] = float((w - last_w).double().norm())
+        logs["travel_disagreement"] = float((pred != last_pred).double().mean())
         self._last_w, self._last_pred = w, pred
 
     def state_dict(self) -> dict[str, Any]:

@@ -252,12 +252,12 @@ class ConsistencyStep:
             ce = F.cross_entropy(out, y[labelled]) if out.shape[0] else out.sum() * 0
             return StepResult(ce, {"class_loss": ce.detach()}, prediction=out, targets=y[labelled])
         out = adapter.forward(student, self._views(trainer, batch, 0), device)
+        target_model = model
+        if self.consistency == "mean-teacher":
+            assert self.teacher is not None  # __init__ refuses mean-teacher without one
+            target_model = self.teacher.model
         with torch.no_grad():
-            target = adapter.forward(
-                self.teacher.model if self.consistency == "mean-teacher" else model,
-                self._views(trainer, batch, 1),
-                device,
-            )
+            target = adapter.forward(target_model, self._views(trainer, batch, 1), device)
         n_lab = int(labelled.sum())
         ce = F.cross_entropy(out[labelled], y[labelled]) if n_lab else out.sum() * 0
         cons = consistency_loss(out, target, self.loss)
