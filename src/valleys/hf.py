@@ -33,7 +33,7 @@ from torch import nn
 from .core.adapter import ModelAdapter
 from .core.checkpoint import save_checkpoint
 from .core.optional import require
-from .evaluation.predict import bma
+from .evaluation.predict import BMAResult, bma
 from .methods.averaging import SWA
 from .methods.swag import SWAG
 from .training.callbacks import CollectingCore
@@ -77,16 +77,37 @@ class _Collecting(CollectingCore, transformers.TrainerCallback):
     def _make(self, model: nn.Module, names: list[str] | None) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kw: Any) -> None:
+    def on_train_begin(
+        self,
+        args: transformers.TrainingArguments,
+        state: transformers.TrainerState,
+        control: transformers.TrainerControl,
+        model: nn.Module | None = None,
+        **kw: Any,
+    ) -> None:
         self.build(_given(model), lambda m: self._make(m, adapter_names(m, self.names)))
 
-    def on_step_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kw: Any) -> None:
+    def on_step_end(
+        self,
+        args: transformers.TrainingArguments,
+        state: transformers.TrainerState,
+        control: transformers.TrainerControl,
+        model: nn.Module | None = None,
+        **kw: Any,
+    ) -> None:
         if self.schedule.every != "epoch":
             steps_per_epoch = max(1, round(state.max_steps / max(args.num_train_epochs, 1)))
             if self.schedule.after_step(state.global_step, int(state.epoch or 0), steps_per_epoch):
                 self.collect(_given(model))
 
-    def on_epoch_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kw: Any) -> None:
+    def on_epoch_end(
+        self,
+        args: transformers.TrainingArguments,
+        state: transformers.TrainerState,
+        control: transformers.TrainerControl,
+        model: nn.Module | None = None,
+        **kw: Any,
+    ) -> None:
         if self.schedule.at_epoch_end(round(state.epoch or 0)):
             self.collect(_given(model))
 
@@ -120,7 +141,14 @@ class SWACallback(_Collecting):
     def _make(self, model: nn.Module, names: list[str] | None) -> SWA:
         return SWA(model, names)
 
-    def on_train_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kw: Any) -> None:
+    def on_train_end(
+        self,
+        args: transformers.TrainingArguments,
+        state: transformers.TrainerState,
+        control: transformers.TrainerControl,
+        model: nn.Module | None = None,
+        **kw: Any,
+    ) -> None:
         if self.apply_at_end and self.averager is not None and self.averager.n > 0:
             self.averager.write(model)
 
@@ -147,7 +175,7 @@ class SWAGCallback(_Collecting):
 
     def bma(
         self, model: nn.Module, loader: Iterable, *, samples: int = 10, scale: float = 0.5, seed: int = 0, **kwargs: Any
-    ) -> Any:
+    ) -> BMAResult:
         """The Bayesian model average of ``samples`` SWAG draws on ``loader``
         (:func:`valleys.evaluation.predict.bma`; ``return_probs=True`` etc. pass through). The model's weights
         are restored afterwards."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -209,7 +209,7 @@ class CurveModel(nn.Module):
         self.defer_l2 = False
         self._last_parts: list[Tensor] | None = None
         self._l2_pending: dict[int, list[tuple[Tensor, list[float]]]] = {}
-        self._hooked: dict[int, Any] = {}
+        self._hooked: dict[int, weakref.ref[Tensor]] = {}
         self._names = {s.name for s in self.space.slots}
         # the private buffers: one clone per buffer tensor (a buffer registered twice stays shared)
         clones: dict[int, Tensor] = {}
@@ -255,7 +255,7 @@ class CurveModel(nn.Module):
                     mod = module.model.get_submodule(path) if path else module.model
                     state[full] = mod._buffers[name]
 
-    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> CurveModel:
+    def _apply(self, fn: Callable[[Tensor], Tensor], *args: Any, **kwargs: Any) -> CurveModel:
         # .to(device) / .double() move the private buffers with the module
         out = super()._apply(fn, *args, **kwargs)
         moved: dict[int, Tensor] = {}

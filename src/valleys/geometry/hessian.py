@@ -34,13 +34,15 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from ..core.adapter import ModelAdapter, as_adapter
 from ..core.weights import WeightSpace, preserved_modes
+
+_T = TypeVar("_T")
 
 try:  # torch >= 2.3
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -137,7 +139,7 @@ class LossFunction:
         with preserved_modes(self.model, train=self.mode == "train"), _math_attention():
             yield
 
-    def _in_mode(self, fn: Callable[[], Any]) -> Any:
+    def _in_mode(self, fn: Callable[[], _T]) -> _T:
         with self._context():
             return fn()
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.optional import Progress
 from ..errors import SamplerError
 
 __all__ = [
@@ -102,7 +103,7 @@ def elliptical_slice(
     thin: int = 1,
     max_shrinks: int = 100,
     generator: torch.Generator | None = None,
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> SamplerResult:
     """Elliptical slice sampling (Murray, Adams & MacKay 2010) of ``p(z) ~ L(z) N(z; 0, s^2 I)``.
 
@@ -185,7 +186,7 @@ def elliptical_slice(
 
 
 def _maximise_elbo(
-    elbo: Callable[[], Tensor], params: list[Tensor], steps: int, lr: float, what: str, progress: Any
+    elbo: Callable[[], Tensor], params: list[Tensor], steps: int, lr: float, what: str, progress: Progress | None
 ) -> tuple[float, list[tuple[int, float]]]:
     """Adam on ``-elbo()`` for ``steps`` steps; the last ELBO and its trace (every 1% of the steps). A
     non-finite ELBO stops with a :class:`SamplerError` naming the step and the learning rate."""
@@ -222,7 +223,7 @@ def mean_field_vi(
     init_mean: Tensor | None = None,
     init_std: float | None = None,
     generator: torch.Generator | None = None,
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> SamplerResult:
     """Mean-field Gaussian variational inference: ``q(z) = N(mu, diag(sigma^2))`` maximising
 
@@ -340,7 +341,7 @@ def flow_vi(
     layers: int = 4,
     hidden: int = 32,
     generator: torch.Generator | None = None,
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> SamplerResult:
     """Variational inference with a RealNVP flow q (:class:`RealNVP`), maximising the ELBO
 

@@ -9,7 +9,7 @@ minimum of :class:`valleys.training.schedules.TriangularCyclic`, where FGE, Gari
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,13 +67,15 @@ class CollectionSchedule:
         if self.every == "cycle" and (self.cycle is None or self.cycle < 1 or not 0 <= self.phase < 1):
             raise ValueError("every='cycle' needs cycle >= 1 epochs and phase in [0, 1)")
 
-    def after_step(self, step: int, epoch: int, steps_per_epoch: int) -> bool:
-        """Whether to collect after global step ``step`` (from 1), taken in epoch ``epoch`` (from 0)."""
+    def after_step(self, step: int, epoch: int, steps_per_epoch: float) -> bool:
+        """Whether to collect after global step ``step`` (from 1), taken in epoch ``epoch`` (from 0).
+        ``steps_per_epoch`` may be a float: Lightning reports ``inf`` for a loader without a length."""
         if epoch < self.start or self.every == "epoch":
             return False
         if self.every == "steps":
             return step % self.k == 0
-        length = self.cycle * steps_per_epoch  # type: ignore[operator]
+        assert self.cycle is not None  # __post_init__ refuses every="cycle" without it
+        length = self.cycle * steps_per_epoch
         u = step - self.start * steps_per_epoch
         return u > 0 and u % length == round(self.phase * length) % length
 
@@ -91,7 +93,13 @@ class CollectingCore:
     callback class adds its hooks."""
 
     def __init__(
-        self, start: int, *, every: str = "epoch", k: int = 1, names: Any = None, adapter: ModelAdapter | None = None
+        self,
+        start: int,
+        *,
+        every: str = "epoch",
+        k: int = 1,
+        names: str | Sequence[str] | None = None,
+        adapter: ModelAdapter | None = None,
     ) -> None:
         super().__init__()
         self.schedule = CollectionSchedule(start, every, k)
