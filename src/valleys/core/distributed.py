@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DistributedSetupError
+from .batches import sized_length
 
 __all__ = [
     "is_distributed",
@@ -113,7 +114,7 @@ class RankSliceBatchSampler(torch.utils.data.Sampler):
         for another batch sampler, the size of the last global batch drawn (exact without workers)."""
         bs = self.batch_sampler
         if isinstance(bs, torch.utils.data.BatchSampler):
-            n = len(bs.sampler)  # type: ignore[arg-type]
+            n = sized_length(bs.sampler, "sampler")
             return bs.batch_size if bs.drop_last or i < n // bs.batch_size else n % bs.batch_size
         return self.last_global_size
 
@@ -167,7 +168,7 @@ def shard_loader(loader: Any, what: str = "train") -> Any:
     bs = loader.batch_sampler
     batch_size = getattr(bs, "batch_size", None)
     if batch_size is not None and what == "train":
-        n = len(loader.dataset)  # type: ignore[arg-type]
+        n = sized_length(loader.dataset)
         last = 0 if getattr(bs, "drop_last", False) else n % batch_size
         if any(0 < v < world for v in (batch_size, last)):
             raise ValueError(

@@ -127,12 +127,14 @@ class LossFunction:
 
     def _loss_at(self, params: list[Tensor]) -> Tensor:
         total = sum(self.weights)
-        out: Tensor | float = 0.0
+        out: Tensor | None = None
         for (args, kwargs, y), n in zip(self.batches, self.weights, strict=True):
             pred = self.adapter.prediction(self.space.call_with(self.model, params, args, kwargs))
             target = y.to(pred.device) if isinstance(y, Tensor) else y
-            out = out + self.loss_fn(pred, target) * (n / total)
-        return out  # type: ignore[return-value]
+            term = self.loss_fn(pred, target) * (n / total)
+            out = term if out is None else out + term
+        assert out is not None  # __init__ refuses an empty set of batches
+        return out
 
     @contextlib.contextmanager
     def _context(self) -> Iterator[None]:

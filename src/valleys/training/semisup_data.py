@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from ..core.batches import sized_length
 from ..errors import MissingLabelsError
 
 __all__ = [
@@ -82,11 +83,11 @@ def dataset_targets(dataset: Dataset, *, label_key: str | None = None) -> Tensor
                 "pass TensorDataset(inputs, labels)"
             )
         y = dataset.tensors[1]
-    elif isinstance(getattr(dataset, "targets", None), (Tensor, list, tuple)):
-        y = torch.as_tensor(dataset.targets)  # type: ignore[attr-defined]
+    elif isinstance(targets := getattr(dataset, "targets", None), (Tensor, list, tuple)):
+        y = torch.as_tensor(targets)
     else:
         try:
-            n = len(dataset)  # type: ignore[arg-type]
+            n = sized_length(dataset)
         except TypeError:
             raise MissingLabelsError(
                 "the dataset has no length; semi-supervised splits need a map-style dataset"
@@ -149,7 +150,7 @@ class PartiallyLabelled(Dataset):
     def __init__(self, dataset: Dataset, labelled: Tensor | Sequence[int], *, label_key: str | None = None) -> None:
         self.dataset = dataset
         self.label_key = label_key
-        n = len(dataset)  # type: ignore[arg-type]
+        n = sized_length(dataset)
         self.is_labelled = torch.zeros(n, dtype=torch.bool)
         idx = torch.as_tensor(labelled, dtype=torch.long)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
@@ -269,7 +270,7 @@ def semisup_loader(
     Under torch.distributed the batches are laid out for the ranks (``MixedBatchSampler(ranks=R)``)."""
     labelled_t = torch.as_tensor(labelled, dtype=torch.long)
     if unlabelled is None:
-        mask = torch.ones(len(dataset), dtype=torch.bool)  # type: ignore[arg-type]
+        mask = torch.ones(sized_length(dataset), dtype=torch.bool)
         mask[labelled_t] = False
         unlabelled = torch.nonzero(mask).flatten()
     from ..core.distributed import world_size

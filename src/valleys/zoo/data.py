@@ -197,6 +197,14 @@ def find_fashion_mnist(root: str | os.PathLike | None = None) -> Path:
     )
 
 
+def _existing_file(directory: Path, stem: str) -> Path:
+    """The file ``stem`` (or ``stem.gz``) that :func:`find_fashion_mnist` found in ``directory``."""
+    path = _find_file(directory, stem)
+    if path is None:  # removed since find_fashion_mnist looked
+        raise DatasetNotFoundError(f"{directory} no longer holds {stem} (or {stem}.gz)")
+    return path
+
+
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
@@ -213,7 +221,7 @@ def _read_idx(path: Path) -> np.ndarray:
 
 def _fashion(root: str | os.PathLike | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     d = find_fashion_mnist(root)
-    arr = {k: _read_idx(_find_file(d, stem)) for k, stem in FASHION_FILES.items()}  # type: ignore[arg-type]
+    arr = {k: _read_idx(_existing_file(d, stem)) for k, stem in FASHION_FILES.items()}
     xtr = torch.tensor(arr["train_x"], dtype=torch.float32).unsqueeze(1) / 255.0
     xte = torch.tensor(arr["test_x"], dtype=torch.float32).unsqueeze(1) / 255.0
     mean, std = xtr.mean(), xtr.std()
