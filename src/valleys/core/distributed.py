@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import DistributedSetupError
 from .batches import sized_length
@@ -154,7 +155,6 @@ def shard_loader(loader: Any, what: str = "train") -> Any:
 
     A training loader whose batches (or last batch) hold fewer examples than there are ranks is refused: every
     rank must take part in every step (``what`` names the loader in the message)."""
-    from torch.utils.data import DataLoader, DistributedSampler
 
     world = world_size()
     if (

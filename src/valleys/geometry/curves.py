@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_leaves
 
 from ..core.adapter import ModelAdapter
 from ..core.weights import WeightSpace, WeightSpaceError
@@ -409,7 +410,6 @@ class _Scale:
 
 
 def _any_requires_grad(args: tuple, kwargs: dict) -> bool:
-    from torch.utils._pytree import tree_leaves
 
     return any(isinstance(x, Tensor) and x.requires_grad for x in tree_leaves((args, kwargs)))
 

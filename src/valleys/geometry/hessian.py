@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.adapter import ModelAdapter, as_adapter
+from ..core.batchnorm import has_batchnorm
 from ..core.weights import WeightSpace, preserved_modes
 
 _T = TypeVar("_T")
@@ -100,7 +101,6 @@ class LossFunction:
             raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
         if route not in HVP_ROUTES:
             raise ValueError(f"route must be one of {', '.join(HVP_ROUTES)}, got {route!r}")
-        from ..core.batchnorm import has_batchnorm
 
         if mode == "train" and has_batchnorm(model):
             raise ValueError(

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.checkpoint import json_safe
 from ..core.optional import Progress
 from ..errors import SamplerError
 
@@ -60,7 +61,6 @@ class SamplerResult:
 
     def to_json(self) -> dict[str, Any]:
         """Strict JSON of the diagnostics and the sample summary (mean and standard deviation per coordinate)."""
-        from ..core.checkpoint import json_safe
 
         return json_safe(
             {

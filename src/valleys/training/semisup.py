@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.batches import to_device
+from ..core.distributed import rank, world_size
 from ..methods.averaging import EMA
 from .trainer import Callback, StepResult, Trainer
 
@@ -225,7 +226,6 @@ class ConsistencyStep:
         """View ``k`` (0 or 1) of ``batch``. Under torch.distributed every rank draws from its own stream
         (seeded by the trainer's seed, the step, the view and the rank), so the ranks' slices are not
         augmented with the same random numbers; in one process the global generator, as always."""
-        from ..core.distributed import rank, world_size
 
         if world_size() == 1:
             return self.view(batch)

@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ..core.batches import sized_length
+from ..core.distributed import world_size
 from ..errors import MissingLabelsError
 
 __all__ = [
@@ -273,7 +274,6 @@ def semisup_loader(
         mask = torch.ones(sized_length(dataset), dtype=torch.bool)
         mask[labelled_t] = False
         unlabelled = torch.nonzero(mask).flatten()
-    from ..core.distributed import world_size
 
     gen = torch.Generator().manual_seed(int(seed))
     sampler = MixedBatchSampler(

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import gzip
 import os
+import random
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -95,8 +98,6 @@ MNIST1D_ARGS: dict = {
 def _make_mnist1d() -> dict[str, np.ndarray]:
     """Generate MNIST-1D (seconds): deterministic, no download; the global ``random``/``numpy`` state that
     ``make_dataset`` reseeds is restored, so a cached load and a generation leave the same state behind."""
-    import random
-    from types import SimpleNamespace
 
     mnist1d_data = require("mnist1d.data", "data")
     args = {**mnist1d_data.get_dataset_args(as_dict=True), **MNIST1D_ARGS}
@@ -110,7 +111,6 @@ def _make_mnist1d() -> dict[str, np.ndarray]:
 
 
 def _mnist1d_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version("mnist1d")

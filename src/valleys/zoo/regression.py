@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -171,7 +172,6 @@ def toy1d_data(n: int = 100, *, noise: float = 0.05, seed: int = 0) -> tuple[np.
 
 
 def _table(name: str) -> tuple[np.ndarray, np.ndarray]:
-    import gzip
 
     path = Path(__file__).parent / "tables" / TABLES[name]
     with gzip.open(path, "rt") as f:
