@@ -73,7 +73,6 @@ class _Moments:
         collective. A rank whose forward never reached the layer (no batch, or a branch it did not take)
         takes part with zeros (``like``: the layer's running mean, for the shape and device), so every rank
         calls the same collectives in the same order and none waits forever."""
-
         if self.mean is None or self.m2 is None:
             mean = torch.zeros_like(like, dtype=torch.float64)
             m2 = torch.zeros_like(mean)
@@ -99,7 +98,6 @@ class _Moments:
 def _agree_on_batches(seen: int, device: torch.device) -> None:
     """Under torch.distributed: warn on a rank that saw no batch (it still takes part); raise on every rank
     when no rank saw one."""
-
     total = torch.tensor([float(seen)], dtype=torch.float64, device=device)
     dist.all_reduce(total)
     if total.item() == 0:

@@ -203,7 +203,6 @@ def _errno_of(text: str) -> int | None:
 
 def _reason(text: str) -> str:
     """The readable part of safetensors' ``IoError(Os { code: 28, kind: StorageFull, message: "No space ..." })``."""
-
     m = re.search(r'message: "([^"]+)"', text)
     return m.group(1) if m else text
 

@@ -155,7 +155,6 @@ def shard_loader(loader: Any, what: str = "train") -> Any:
 
     A training loader whose batches (or last batch) hold fewer examples than there are ranks is refused: every
     rank must take part in every step (``what`` names the loader in the message)."""
-
     world = world_size()
     if (
         world == 1

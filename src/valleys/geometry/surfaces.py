@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..core.weights import WeightSpace, WeightSpaceError
 
-__all__ = ["Plane", "line", "random_direction", "pca_plane", "grid_axes", "valley_width"]
+__all__ = ["Plane", "Line", "line", "random_direction", "pca_plane", "grid_axes", "valley_width"]
 
 
 def _same_length(*vs: Tensor) -> None:

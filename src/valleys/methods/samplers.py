@@ -61,7 +61,6 @@ class SamplerResult:
 
     def to_json(self) -> dict[str, Any]:
         """Strict JSON of the diagnostics and the sample summary (mean and standard deviation per coordinate)."""
-
         return json_safe(
             {
                 "method": self.method,

@@ -226,7 +226,6 @@ class ConsistencyStep:
         """View ``k`` (0 or 1) of ``batch``. Under torch.distributed every rank draws from its own stream
         (seeded by the trainer's seed, the step, the view and the rank), so the ranks' slices are not
         augmented with the same random numbers; in one process the global generator, as always."""
-
         if world_size() == 1:
             return self.view(batch)
         with torch.random.fork_rng(devices=[]):

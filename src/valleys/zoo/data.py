@@ -98,7 +98,6 @@ MNIST1D_ARGS: dict = {
 def _make_mnist1d() -> dict[str, np.ndarray]:
     """Generate MNIST-1D (seconds): deterministic, no download; the global ``random``/``numpy`` state that
     ``make_dataset`` reseeds is restored, so a cached load and a generation leave the same state behind."""
-
     mnist1d_data = require("mnist1d.data", "data")
     args = {**mnist1d_data.get_dataset_args(as_dict=True), **MNIST1D_ARGS}
     py_state, np_state = random.getstate(), np.random.get_state()
