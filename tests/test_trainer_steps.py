@@ -136,7 +136,9 @@ def test_custom_adapter_loss_is_the_loss_that_is_logged_and_minimised():
     by_hand = brier(ref(x), y)
     by_hand.backward()
     step = {n: (p - 0.3 * p.grad).detach() for n, p in ref.named_parameters()}
-    assert abs(float(by_hand.detach()) - float(nn.functional.cross_entropy(ref(x), y).detach())) > 0.1  # not the default loss
+    assert (
+        abs(float(by_hand.detach()) - float(nn.functional.cross_entropy(ref(x), y).detach())) > 0.1
+    )  # not the default loss
     hist = Trainer(
         model, torch.optim.SGD(model.parameters(), lr=0.3), [(x, y)], 1, adapter=ModelAdapter(loss=brier)
     ).fit(progress=False)

@@ -316,10 +316,10 @@ class Trainer:
     def device(self) -> torch.device:
         """Where the model is (its first parameter's, else first buffer's device; CPU for neither): batches
         and evaluations go there."""
-        for t in self.model.parameters():
-            return t.device
-        for t in self.model.buffers():
-            return t.device
+        for p in self.model.parameters():
+            return p.device
+        for b in self.model.buffers():
+            return b.device
         return torch.device("cpu")
 
     # ------------------------------------------------------------------ checkpoints
