@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import socket
 
 import pytest
@@ -11,6 +12,7 @@ from torch import nn
 from conftest import DropoutBNMLP
 from valleys.core.adapter import ModelAdapter
 from valleys.core.checkpoint import load_checkpoint
+from valleys.errors import NonFinitePredictionError
 from valleys.evaluation.metrics import ClassificationMetrics, RegressionMetrics
 from valleys.evaluation.predict import evaluate
 from valleys.methods.averaging import SWA
@@ -133,16 +135,16 @@ def test_custom_adapter_loss_is_the_loss_that_is_logged_and_minimised():
 
     ref = nn.Linear(5, 3)
     ref.load_state_dict(model.state_dict())
-    by_hand = brier(ref(x), y)
-    by_hand.backward()
+    loss = brier(ref(x), y)
+    loss.backward()
+    by_hand = float(loss.detach())
     step = {n: (p - 0.3 * p.grad).detach() for n, p in ref.named_parameters()}
-    assert (
-        abs(float(by_hand.detach()) - float(nn.functional.cross_entropy(ref(x), y).detach())) > 0.1
-    )  # not the default loss
+    with torch.no_grad():  # the default loss would log another number
+        assert abs(by_hand - float(nn.functional.cross_entropy(ref(x), y))) > 0.1
     hist = Trainer(
         model, torch.optim.SGD(model.parameters(), lr=0.3), [(x, y)], 1, adapter=ModelAdapter(loss=brier)
     ).fit(progress=False)
-    assert hist[0]["train_loss"] == pytest.approx(float(by_hand), rel=1e-6)
+    assert hist[0]["train_loss"] == pytest.approx(by_hand, rel=1e-6)
     for n, p in model.named_parameters():
         assert torch.allclose(p, step[n], atol=1e-6)
 
@@ -264,3 +266,18 @@ def test_metrics_all_reduce_without_a_group_is_a_no_op():
     m = ClassificationMetrics()
     m.update(torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([0, 0]))
     assert m.all_reduce().compute()["accuracy"] == 0.5
+
+
+def test_non_finite_predictions_have_their_own_error_class():
+    """The trainer turns exactly this class into TrainingDiverged; other bad metric inputs stay ValueErrors."""
+    with pytest.raises(NonFinitePredictionError):
+        ClassificationMetrics().update_logits(torch.tensor([[math.nan, 0.0]]), torch.tensor([0]))
+    with pytest.raises(NonFinitePredictionError):
+        RegressionMetrics().update(torch.tensor([math.inf]), torch.ones(1), torch.zeros(1))
+    for bad in (
+        lambda: ClassificationMetrics().update(torch.tensor([[0.7, 0.7]]), torch.tensor([0])),  # rows sum to 1.4
+        lambda: RegressionMetrics().update(torch.zeros(1), -torch.ones(1), torch.zeros(1)),  # negative variance
+    ):
+        with pytest.raises(ValueError) as info:
+            bad()
+        assert not isinstance(info.value, NonFinitePredictionError)

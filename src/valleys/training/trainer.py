@@ -292,7 +292,6 @@ class Trainer:
                     device_ids=[dev] if dev.type == "cuda" else None,
                     find_unused_parameters=self.distributed.find_unused_parameters,
                 )
-        self.loss_fn = self.adapter.loss_fn
         self.step_fn: StepFn = step_fn or supervised_step
         self.optimizer = optimizer
         self.train_loader = train_loader
