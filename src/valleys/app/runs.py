@@ -43,7 +43,7 @@ from ..errors import ConfigError
 from ..evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
 from ..evaluation.metrics import LOG_EDGES, classification_metrics, regression_metrics
 from ..evaluation.predict import bma
-from ..training.trainer import Trainer
+from ..training.trainer import CheckpointPolicy, EvaluationPolicy, Trainer
 from ..zoo.catalog import INPUT_KINDS, MODEL_INPUTS
 from ..zoo.data import DATASETS, Splits, load_dataset, make_loader
 from ..zoo.models import MODELS, build_model
@@ -363,27 +363,25 @@ def _train_single(cfg: TrainConfig, out: Path, splits: Splits, *, resume: bool, 
     )
     if not resume and is_main():
         write_json(out / "config.json", asdict(cfg))
-    trainer = Trainer(
+    trainer = Trainer(  # the model is on cfg.device already (build_run_model)
         model,
-        None,
         opt,
         train,
+        cfg.epochs,
         adapter=cfg.adapter(),
-        epochs=cfg.epochs,
         schedule=schedule,
         callbacks=callbacks,
-        eval_loaders=evals,
-        eval_every=cfg.eval_every,
-        device=cfg.device,
+        evaluation=EvaluationPolicy(evals, every=cfg.eval_every),
+        checkpoint=CheckpointPolicy(
+            out / "checkpoint.safetensors",
+            every=cfg.checkpoint_every,
+            header={"config": asdict(cfg)},
+            log=out / "metrics.jsonl",
+        ),
         seed=cfg.seed,
-        checkpoint_path=out / "checkpoint.safetensors",
-        checkpoint_every=cfg.checkpoint_every,
-        log_path=out / "metrics.jsonl",
-        header={"config": asdict(cfg)},
-        progress=progress,
     )
     start = time.perf_counter()
-    history = trainer.fit(resume=out / "checkpoint.safetensors" if resume else None)
+    history = trainer.fit(resume=out / "checkpoint.safetensors" if resume else None, progress=progress)
     train_s = time.perf_counter() - start
     header = {"config": asdict(cfg), "signature": model_signature(model)}
     if is_main():  # the replicas hold the same weights and posteriors: rank 0 writes them
