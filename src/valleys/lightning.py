@@ -34,7 +34,9 @@ import torch
 from .core.adapter import ModelAdapter
 from .core.batchnorm import recompute_bn
 from .core.optional import require
+from .evaluation.engine import BNArg
 from .evaluation.predict import bma
+from .evaluation.results import BMAResult
 from .methods.averaging import SWA, NotCollectedError
 from .methods.ensembles import snapshot
 from .methods.swag import SWAG
@@ -147,16 +149,10 @@ class SWACallback(_Collecting):
         if self.val_loader is not None and self.averager.n > 0:
             # the average as a one-sample BMA: BatchNorm recomputed for it, the run's weights and statistics restored
             bn = self.bn_loader if self.bn_loader is not None else trainer.train_dataloader
-            res = bma(
-                pl_module,
-                [self.averager.mean],
-                self.val_loader,
-                space=self.averager.space,
-                bn_loader=bn,
-                adapter=self.adapter,
-                device=pl_module.device,
-            )
-            pl_module.log_dict({"swa_val_accuracy": float(res["accuracy"]), "swa_val_nll": float(res["nll"])})
+            scores = bma(
+                pl_module, [self.averager.mean], self.val_loader, space=self.averager.space, bn=bn, adapter=self.adapter
+            ).metrics
+            pl_module.log_dict({"swa_val_accuracy": float(scores.accuracy), "swa_val_nll": float(scores.nll)})
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         if self.apply_at_end and self.averager is not None and self.averager.n > 0:
@@ -195,21 +191,19 @@ class SWAGCallback(_Collecting):
     def _make(self, pl_module: Any) -> SWAG:
         return SWAG(pl_module, self.names, rank=self.rank)
 
-    def bma(self, pl_module: Any, loader: Iterable, bn_loader: Iterable | None = None, **kwargs: Any) -> Any:
-        """The BMA of ``self.samples`` SWAG draws on ``loader`` (:func:`valleys.evaluation.predict.bma`)."""
+    def bma(self, pl_module: Any, loader: Iterable, bn: BNArg = None, *, return_probs: bool = False) -> BMAResult:
+        """The BMA of ``self.samples`` SWAG draws on ``loader`` (:func:`valleys.evaluation.predict.bma`), their
+        BatchNorm statistics recomputed on ``bn`` (a loader or a policy; default the callback's ``bn_loader``)."""
         self.require_collected("testing or predicting with SWAG")
         gen = torch.Generator(device=self.averager.device).manual_seed(self.seed)
-        bn = bn_loader if bn_loader is not None else self.bn_loader
         return bma(
             pl_module,
             self.averager.samples(self.samples, scale=self.scale, generator=gen),
             loader,
             space=self.averager.space,
-            bn_loader=bn,
+            bn=bn if bn is not None else self.bn_loader,
             adapter=self.adapter,
-            device=pl_module.device,
-            num_samples=self.samples,
-            **kwargs,
+            return_probs=return_probs,
         )
 
     def on_test_epoch_start(self, trainer: Any, pl_module: Any) -> None:
@@ -221,11 +215,11 @@ class SWAGCallback(_Collecting):
         bn = self.bn_loader if self.bn_loader is not None else getattr(trainer, "train_dataloader", None)
         self.test_metrics = []
         for i, loader in enumerate(loaders):
-            res = self.bma(pl_module, loader, bn_loader=bn)
+            scores = self.bma(pl_module, loader, bn).metrics
             m = {
-                "swag_test_accuracy": float(res["accuracy"]),
-                "swag_test_nll": float(res["nll"]),
-                "swag_test_ece": float(res["ece"]),
+                "swag_test_accuracy": float(scores.accuracy),
+                "swag_test_nll": float(scores.nll),
+                "swag_test_ece": float(scores.ece),
             }
             self.test_metrics.append(m)
             if trainer.logger is not None:
@@ -262,14 +256,14 @@ class FGECallback(pl.Callback):
         if self.schedule.after_step(trainer.global_step, trainer.current_epoch, trainer.num_training_batches):
             self.snapshots.append(snapshot(pl_module))
 
-    def bma(self, pl_module: Any, loader: Iterable, **kwargs: Any) -> Any:
-        """The average of the snapshots' predictions on ``loader``."""
+    def bma(self, pl_module: Any, loader: Iterable, *, return_probs: bool = False) -> BMAResult:
+        """The average of the snapshots' predictions on ``loader`` (:func:`valleys.evaluation.predict.bma`)."""
         if not self.snapshots:
             raise NotCollectedError(
                 "FGECallback: no snapshot yet (the first is taken mid-way through the first cycle "
                 f"after epoch {self.start})"
             )
-        return bma(pl_module, self.snapshots, loader, adapter=self.adapter, device=pl_module.device, **kwargs)
+        return bma(pl_module, self.snapshots, loader, adapter=self.adapter, return_probs=return_probs)
 
     def state_dict(self) -> dict[str, Any]:
         return {"snapshots": self.snapshots}
