@@ -28,7 +28,8 @@
     contains) and, for the MLP, ``torch.profiler`` lists the top operators of the curve step.
 
 (2) Evaluating a curve at N = 61 points with a BatchNorm recompute per point: valleys
-    ``evaluate_path(model, curve.point, ts, train_loader=..., test_loader=..., bn="recompute", space=space)``
+    ``evaluate_path(model, curve.point, ts, train_loader=..., test_loader=..., space=space)`` (BatchNorm
+    recomputed on the training loader at every point, the default)
     against the naive loop that for each t does ``copy.deepcopy(model)``, ``vector_to_parameters(
     curve.point(t).detach(), m.parameters())``, ``torch.optim.swa_utils.update_bn(train_loader, m)`` and
     evaluates train loss / error and test error in eval mode without gradients. ``SmallCNN(1, 10, width=16)``,
@@ -391,22 +392,17 @@ def bench_path(points: int, repeats: int) -> dict:
     st = make_path_setup()
     model, space, curve, train, test = st["model"], st["space"], st["curve"], st["train"], st["test"]
     ts = torch.linspace(0, 1, points).tolist()
-    ours_fn = lambda ts_: evaluate_path(
-        model,
-        curve.point,
-        ts_,
-        train_loader=train,  # noqa: E731
-        test_loader=test,
-        bn="recompute",
-        space=space,
-    )
+
+    def ours_fn(ts_):
+        return evaluate_path(model, curve.point, ts_, train_loader=train, test_loader=test, space=space)
+
     naive_fn = lambda ts_: naive_path(model, curve, ts_, train, test)  # noqa: E731
     ours_fn([0.0, 1.0])  # warm-up
     naive_fn([0.0, 1.0])
     times, last = alternating({"ours": lambda: ours_fn(ts), "naive": lambda: naive_fn(ts)}, repeats)
     t_ours, t_naive, res_ours, res_naive = times["ours"], times["naive"], last["ours"], last["naive"]
     diffs = {
-        k: max(abs(a - b) for a, b in zip(res_ours[k], res_naive[k]))
+        k: max(abs(a - b) for a, b in zip(getattr(res_ours, k), res_naive[k]))
         for k in ("train_loss", "train_error", "test_error")
     }
     return {
@@ -518,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  {'':58s} {'median':>11s}  {'per point':>11s}  {'spread':>7s}")
     for label, v in (
-        ("valleys evaluate_path(..., bn='recompute')", pa["ours"]),
+        ("valleys evaluate_path (BN recomputed per point)", pa["ours"]),
         ("naive: deepcopy + update_bn + evaluate per point", pa["naive"]),
     ):
         med = statistics.median(v)
@@ -531,8 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         f"test error {d['test_error']:.1e} over {points} points"
     )
     print(
-        f"  (train loss along the path: {min(ro['train_loss']):.3f} .. {max(ro['train_loss']):.3f}; "
-        f"test error {min(ro['test_error']):.3f} .. {max(ro['test_error']):.3f})"
+        f"  (train loss along the path: {min(ro.train_loss):.3f} .. {max(ro.train_loss):.3f}; "
+        f"test error {min(ro.test_error):.3f} .. {max(ro.test_error):.3f})"
     )
     print("  where the time goes (median seconds per point over 3 points, same steps, unwrapped):")
     for k, v in pa["profile"].items():
