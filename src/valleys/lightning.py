@@ -36,7 +36,7 @@ from .core.batchnorm import recompute_bn
 from .core.optional import require
 from .evaluation.engine import BNArg
 from .evaluation.predict import bma
-from .evaluation.results import BMAResult
+from .evaluation.results import BMAResult, ClassificationScores
 from .methods.averaging import SWA, NotCollectedError
 from .methods.ensembles import snapshot
 from .methods.swag import SWAG
@@ -152,6 +152,7 @@ class SWACallback(_Collecting):
             scores = bma(
                 pl_module, [self.averager.mean], self.val_loader, space=self.averager.space, bn=bn, adapter=self.adapter
             ).metrics
+            assert isinstance(scores, ClassificationScores)  # the logged numbers are classification scores
             pl_module.log_dict({"swa_val_accuracy": float(scores.accuracy), "swa_val_nll": float(scores.nll)})
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
@@ -216,6 +217,7 @@ class SWAGCallback(_Collecting):
         self.test_metrics = []
         for i, loader in enumerate(loaders):
             scores = self.bma(pl_module, loader, bn).metrics
+            assert isinstance(scores, ClassificationScores)  # the logged numbers are classification scores
             m = {
                 "swag_test_accuracy": float(scores.accuracy),
                 "swag_test_nll": float(scores.nll),

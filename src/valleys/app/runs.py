@@ -45,7 +45,7 @@ from ..evaluation.calibration import apply_temperature, auroc, fit_temperature, 
 from ..evaluation.engine import BNPolicy
 from ..evaluation.metrics import LOG_EDGES, classification_metrics, regression_metrics
 from ..evaluation.predict import bma
-from ..evaluation.results import Scores
+from ..evaluation.results import BMAResult, ClassificationScores, Scores
 from ..training.trainer import Trainer
 from ..zoo.catalog import INPUT_KINDS, MODEL_INPUTS
 from ..zoo.data import DATASETS, Splits, load_dataset, make_loader
@@ -577,6 +577,14 @@ def _evaluate_regression(run_dir, cfg, model, splits, draw, bn, loaders, method,
     return out
 
 
+def _kept(res: BMAResult) -> tuple[Tensor, Tensor]:
+    """The averaged class probabilities and the targets of a :func:`valleys.evaluation.predict.bma` result
+    computed with ``return_probs=True`` (or ``score=False``)."""
+    if res.probs is None or res.targets is None:
+        raise ValueError("the BMA result holds no probabilities; evaluate with return_probs=True")
+    return res.probs, res.targets
+
+
 def _prefix_accuracy(member_probs: list[torch.Tensor], targets: torch.Tensor) -> list[float]:
     """Accuracy of the ensemble of the first k members, k = 1..K: argmax of ``(1/k) sum_{i<=k} p_i``
     (Garipov et al. 2018, FGE accuracy against the number of snapshots)."""
@@ -658,6 +666,8 @@ def evaluate_run(
         for name, loader in loaders.items()
     }
     eval_s = time.perf_counter() - start
+    test_scores = res["test"].metrics
+    assert isinstance(test_scores, ClassificationScores)  # a classification run, scored on its test split
     out: dict[str, Any] = {
         "method": method,
         "dataset": cfg.dataset,
@@ -667,27 +677,26 @@ def evaluate_run(
         "num_samples": res["test"].num_samples,
         "metrics": {k: summary_metrics(v.metrics) for k, v in res.items() if k != "ood"},
         "reliability": {
-            "test": res["test"].metrics.reliability,  # type: ignore[union-attr]
-            "test_log_bins": classification_metrics(res["test"].probs, res["test"].targets, edges=LOG_EDGES)[
-                "reliability"
-            ],
+            "test": test_scores.reliability,
+            "test_log_bins": classification_metrics(*_kept(res["test"]), edges=LOG_EDGES)["reliability"],
         },
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
     if ensemble:  # each member alone (against the best member), and the ensemble of the first k (k = 1..K)
         members = [bma(model, [m], loaders["test"], adapter=cfg.adapter(), return_probs=True) for m in draw()]
-        out["member_test_accuracy"] = [r.metrics.accuracy for r in members]  # type: ignore[union-attr]
-        out["ensemble_prefix_test_accuracy"] = _prefix_accuracy([r.probs for r in members], members[0].targets)
+        out["member_test_accuracy"] = [summary_metrics(r.metrics)["accuracy"] for r in members]
+        out["ensemble_prefix_test_accuracy"] = _prefix_accuracy([_kept(r)[0] for r in members], _kept(members[0])[1])
+    test_probs, test_targets = _kept(res["test"])
     if "ood" in res:
-        out["ood_auroc"] = auroc(predictive_entropy(res["ood"].probs), predictive_entropy(res["test"].probs))
+        out["ood_auroc"] = auroc(predictive_entropy(_kept(res["ood"])[0]), predictive_entropy(test_probs))
     if temperature_scaling:
-        t = fit_temperature(res["val"].probs, res["val"].targets)
-        scaled = classification_metrics(apply_temperature(res["test"].probs, t), res["test"].targets)
+        t = fit_temperature(*_kept(res["val"]))
+        scaled = classification_metrics(apply_temperature(test_probs, t), test_targets)
         out["temperature"] = t
         out["metrics"]["test_temperature"] = summary_metrics(scaled)
         out["reliability"]["test_temperature"] = scaled["reliability"]
         out["reliability"]["test_temperature_log_bins"] = classification_metrics(
-            apply_temperature(res["test"].probs, t), res["test"].targets, edges=LOG_EDGES
+            apply_temperature(test_probs, t), test_targets, edges=LOG_EDGES
         )["reliability"]
     if write:
         write_json(run_dir / ("evaluation.json" if method == cfg.method else f"evaluation-{method}.json"), out)

@@ -192,11 +192,10 @@ class Progress:
     def of(cls, progress: bool | Progress, desc: str | None = None) -> Progress | None:
         """``progress`` as a policy: ``False`` -> ``None`` (no bar), ``True`` -> ``Progress()``; ``desc`` is
         the label when the policy has none."""
-        if not isinstance(progress, Progress):
-            progress = cls() if progress else None  # type: ignore[assignment]
-        if progress is not None and progress.desc is None and desc is not None:
-            progress = cls(desc, progress.total)
-        return progress
+        policy = progress if isinstance(progress, Progress) else cls() if progress else None
+        if policy is not None and policy.desc is None and desc is not None:
+            policy = cls(desc, policy.total)
+        return policy
 
     def bar(self, desc: str, total: int | None) -> Any:
         """An open progress bar with this policy's label and total, else the given ones."""
