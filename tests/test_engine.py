@@ -454,3 +454,19 @@ def test_vmap_failing_on_a_later_batch_gives_a_clear_error_naming_batched_false(
             / 17
         )
     assert res.value["data"]["loss"][0] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_model_on_the_gpu_is_evaluated_there_from_cpu_loaders(img_data):
+    torch.manual_seed(0)
+    cpu = BNCNN()
+    ws = perturbed(cpu, 3)
+    gpu = copy.deepcopy(cpu).cuda()
+    bn, test = loader(img_data, bs=10), loader(img_data)
+    want = bma(cpu, ws, test, bn=bn, return_probs=True, batched=False)
+    got = bma(gpu, [w.cuda() for w in ws], test, bn=bn, return_probs=True, batched=False)
+    assert torch.allclose(got.probs, want.probs, atol=1e-5)
+    assert evaluate(gpu, test).nll == pytest.approx(evaluate(cpu, test).nll, abs=1e-5)
+    grid = evaluate_points(gpu, [w.cuda() for w in ws], {"test": test}, bn=bn)
+    assert grid.loss("test") == pytest.approx(evaluate_points(cpu, ws, {"test": test}, bn=bn).loss("test"), abs=1e-5)
+    assert next(gpu.parameters()).is_cuda
