@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from conftest import BNCNN, DropoutBNMLP, TinyTransformer, loader, mlp
+from valleys.core.adapter import ModelAdapter
 from valleys.core.weights import WeightSpace, WeightSpaceError
 from valleys.geometry.curves import Curve, CurveModel, bezier_coefficients, polychain_coefficients
 from valleys.geometry.paths import arc_length_average, evaluate_path, segment
@@ -113,7 +114,7 @@ def test_curve_training_lowers_the_midpoint_loss_and_leaves_base_untouched(make)
     space = WeightSpace(a)
     for m in (a, b):  # two quickly trained endpoints
         opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
-        Trainer(m, nn.CrossEntropyLoss(), opt, make_loader(ds, 16, shuffle=True), epochs=8, progress=False).fit()
+        Trainer(m, opt, make_loader(ds, 16, shuffle=True), 8).fit(progress=False)
     base = make()
     base.load_state_dict(a.state_dict())
     before = {k: v.clone() for k, v in base.state_dict().items() if "running" not in k and "num_batches" not in k}
@@ -127,13 +128,17 @@ def test_curve_training_lowers_the_midpoint_loss_and_leaves_base_untouched(make)
             recompute_bn(base, loader(ds))
             from valleys.evaluation.predict import evaluate
 
-            return evaluate(base, loader(ds))["nll"]
+            return evaluate(base, loader(ds)).nll
 
     start = midpoint_loss()
     opt = torch.optim.SGD(curve.parameters(), lr=0.05, momentum=0.9)
     Trainer(
-        cm, cm.l2_loss(nn.CrossEntropyLoss(), 1e-4), opt, make_loader(ds, 16, shuffle=True), epochs=15, progress=False
-    ).fit()
+        cm,
+        opt,
+        make_loader(ds, 16, shuffle=True),
+        15,
+        adapter=ModelAdapter(loss=cm.l2_loss(nn.CrossEntropyLoss(), 1e-4)),
+    ).fit(progress=False)
     assert midpoint_loss() < 0.8 * start
     assert torch.equal(curve.start, space.read(a)) and torch.equal(curve.end, space.read(b))  # ends fixed
     for k, v in before.items():
@@ -155,9 +160,9 @@ def test_evaluate_path_leaves_model_bit_identical_and_arc_average(img_data):
     for k, v in a.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert a.training
-    assert len(res["t"]) == 3 and len(res["lengths"]) == 2
+    assert len(res.t) == 3 and len(res.lengths) == 2
     d = float((space.read(a) - space.read(b)).norm()) / 2
-    assert res["lengths"] == pytest.approx([d, d], rel=1e-5)
+    assert res.lengths == pytest.approx([d, d], rel=1e-5)
     assert arc_length_average([1.0, 3.0, 2.0], [1.0, 3.0]) == pytest.approx((2.0 * 1 + 2.5 * 3) / 4)
     with pytest.raises(ValueError, match="BatchNorm policy"):
         evaluate_path(

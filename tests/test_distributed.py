@@ -101,7 +101,7 @@ def _train(epochs, ckpt=None, swa_start=0):
 
     from valleys.methods.averaging import SWA
     from valleys.training.callbacks import SWACallback
-    from valleys.training.trainer import Trainer
+    from valleys.training.trainer import CheckpointPolicy, EvaluationPolicy, Trainer
     from valleys.zoo.data import make_loader
 
     g = torch.Generator().manual_seed(0)
@@ -115,17 +115,15 @@ def _train(epochs, ckpt=None, swa_start=0):
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     trainer = Trainer(
         model,
-        None,
         opt,
         train,
-        epochs=epochs,
+        epochs,
         callbacks=[SWACallback(swa, swa_start, apply_at_end=False)],
-        eval_loaders={"test": test},
-        progress=False,
+        evaluation=EvaluationPolicy({"test": test}),
+        checkpoint=CheckpointPolicy(ckpt),
         seed=3,
-        checkpoint_path=ckpt,
     )
-    history = trainer.fit()
+    history = trainer.fit(progress=False)
     return {
         "weights": torch.cat([p.detach().flatten() for p in model.parameters()]),
         "swa": swa.mean.clone(),
@@ -163,16 +161,10 @@ def test_resume_under_another_world_size_is_refused(tmp_path):
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
     loader = [(torch.zeros(2, 6), torch.zeros(2, dtype=torch.long))]
     trainer = Trainer(
-        model,
-        None,
-        torch.optim.SGD(model.parameters(), lr=0.1),
-        loader,
-        epochs=2,
-        progress=False,
-        callbacks=[SWACallback(SWA(model))],
+        model, torch.optim.SGD(model.parameters(), lr=0.1), loader, 2, callbacks=[SWACallback(SWA(model))]
     )
     with pytest.raises(CheckpointError, match="written by a run on 2 processes, this run has 1"):
-        trainer.fit(resume=ckpt)
+        trainer.fit(progress=False, resume=ckpt)
 
 
 # ---------------------------------------------------------------------- sharded evaluation
@@ -210,10 +202,10 @@ def _sharded_eval(rank, world):
 
     model, points, train, test = _eval_setup()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = bma(model, list(points), test, bn_loader=train, return_probs=True, shard=True)
-    grid = evaluate_points(model, points, {"train": train, "test": test}, bn_loader=train, shard=True)
+    res = bma(model, list(points), test, bn=train, return_probs=True, shard=True)
+    grid = evaluate_points(model, points, {"train": train, "test": test}, bn=train, shard=True)
     unchanged = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    return res["probs"], res.num_samples, dict(grid.per_loader), unchanged
+    return res.probs, res.num_samples, dict(grid.per_loader), unchanged
 
 
 def test_sharded_bma_and_5x5_grid_equal_one_process(tmp_path):
@@ -221,12 +213,12 @@ def test_sharded_bma_and_5x5_grid_equal_one_process(tmp_path):
     from valleys.evaluation.predict import bma
 
     model, points, train, test = _eval_setup()
-    one = bma(model, list(points), test, bn_loader=train, return_probs=True)
-    grid = evaluate_points(model, points, {"train": train, "test": test}, bn_loader=train)
+    one = bma(model, list(points), test, bn=train, return_probs=True)
+    grid = evaluate_points(model, points, {"train": train, "test": test}, bn=train)
     for probs, n, per_loader, unchanged in run_ranks(_sharded_eval, 2, tmp_path):
         assert n == 25 and unchanged
         # float32 forward passes: the ranks run one thread, this process perhaps several (another summation order)
-        assert torch.allclose(probs, one["probs"], atol=1e-6, rtol=0)
+        assert torch.allclose(probs, one.probs, atol=1e-6, rtol=0)
         for name in ("train", "test"):
             for key in ("loss", "error"):
                 assert per_loader[name][key] == pytest.approx(grid.per_loader[name][key], rel=1e-6, abs=1e-9)
@@ -236,7 +228,7 @@ def _too_few(rank, world):
     from valleys.evaluation.predict import bma
 
     model, points, train, test = _eval_setup()
-    return _raised(lambda: bma(model, list(points[:1]), test, bn_loader=train, shard=True))
+    return _raised(lambda: bma(model, list(points[:1]), test, bn=train, shard=True))
 
 
 def test_sharded_evaluation_with_fewer_points_than_ranks_is_refused_on_every_rank(tmp_path):
@@ -334,9 +326,7 @@ def _train64(rank, world):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 3)).double()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    Trainer(
-        model, None, opt, make_loader(TensorDataset(x, y), 64, shuffle=True, seed=1), epochs=3, progress=False, seed=1
-    ).fit()
+    Trainer(model, opt, make_loader(TensorDataset(x, y), 64, shuffle=True, seed=1), 3, seed=1).fit(progress=False)
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
@@ -462,7 +452,7 @@ def _mixed(rank, world):
     model = nn.Linear(3 + rank, 2)  # rank 1 builds another model: the ranks disagree
     loader = [(torch.zeros(2, 3 + rank), torch.zeros(2, dtype=torch.long))]
     try:
-        Trainer(model, None, torch.optim.SGD(model.parameters(), lr=0.1), loader, epochs=1, progress=False)
+        Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), loader, 1)
     except DistributedSetupError as e:  # this error and no other
         return str(e)
     return "accepted"
@@ -487,7 +477,7 @@ def _eval_small_batches(rank, world):
     torch.manual_seed(0)
     model = nn.Linear(4, 3)
     loader = shard_loader(make_loader(TensorDataset(x, y), 4), "evaluation")  # last batch: 1 example, rank 1 none
-    return evaluate(model, loader, all_reduce=True)["nll"]
+    return evaluate(model, loader, all_reduce=True).nll
 
 
 def test_evaluation_with_a_rank_left_without_examples_still_reduces(tmp_path):
@@ -499,7 +489,7 @@ def test_evaluation_with_a_rank_left_without_examples_still_reduces(tmp_path):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(9, 4, generator=g), torch.arange(9) % 3
     torch.manual_seed(0)
-    one = evaluate(nn.Linear(4, 3), make_loader(TensorDataset(x, y), 4))["nll"]
+    one = evaluate(nn.Linear(4, 3), make_loader(TensorDataset(x, y), 4)).nll
     assert run_ranks(_eval_small_batches, 2, tmp_path) == pytest.approx([one, one], rel=1e-12)
 
 

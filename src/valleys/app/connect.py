@@ -34,7 +34,7 @@ from ..core.weights import WeightSpace
 from ..geometry.curves import CURVE_KINDS, Curve, CurveModel
 from ..geometry.paths import BN_POLICIES, evaluate_path, segment
 from ..training.schedules import SWASchedule
-from ..training.trainer import DistributedPolicy, Trainer
+from ..training.trainer import CheckpointPolicy, DistributedPolicy, Trainer
 from ..zoo.data import make_loader
 from .runs import (
     SEED_MAX,
@@ -243,18 +243,23 @@ def train_curve(
     # the loss depends on w(t) only through the returned prediction: loss_through_output holds
     cm = CurveModel(copy.deepcopy(model), curve, space, loss_through_output=True, adapter=adapter)
     opt = torch.optim.SGD(curve.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0)
-    files: dict[str, Any] = (
-        {}
+    files = (
+        None
         if out is None
-        else {
-            "checkpoint_path": out / "checkpoint.safetensors",
-            "checkpoint_every": cfg.checkpoint_every,
-            "log_path": out / "metrics.jsonl",
-        }
+        else CheckpointPolicy(
+            out / "checkpoint.safetensors",
+            every=cfg.checkpoint_every,
+            header={"config": asdict(cfg)},
+            log=out / "metrics.jsonl",
+        )
     )
-    if adapter is not None:
-        files.update(input_fn=lambda batch: _call_input(adapter, batch), target_fn=adapter.targets)
-    task_loss = nn.CrossEntropyLoss() if adapter is None else adapter.loss_fn
+    objective = cm.l2_loss(nn.CrossEntropyLoss() if adapter is None else adapter.loss_fn, cfg.wd)
+    # CurveModel already picks the prediction out of the network's output; the trainer reads the batch
+    curve_adapter = (
+        ModelAdapter(loss=objective)
+        if adapter is None
+        else ModelAdapter(input=lambda batch: _call_input(adapter, batch), target=adapter.targets, loss=objective)
+    )
     dist_policy = None
     if world_size() > 1:  # DDP averages the curve's gradients; the L2 term goes in after that, before the step
         cm.defer_l2 = True
@@ -265,17 +270,15 @@ def train_curve(
         dist_policy = DistributedPolicy(ignore=cm.ddp_ignore())
     Trainer(
         cm,
-        cm.l2_loss(task_loss, cfg.wd),
         opt,
         train_loader,
-        epochs=cfg.epochs,
+        cfg.epochs,
+        adapter=curve_adapter,
         schedule=SWASchedule(cfg.lr, cfg.epochs, 0.01 * cfg.lr),
-        seed=cfg.seed,
-        header={"config": asdict(cfg)},
-        progress=progress,
+        checkpoint=files,
         distributed=dist_policy,
-        **files,
-    ).fit(resume=out / "checkpoint.safetensors" if resume and out is not None else None)
+        seed=cfg.seed,
+    ).fit(resume=out / "checkpoint.safetensors" if resume and out is not None else None, progress=progress)
     return curve
 
 
@@ -358,8 +361,8 @@ def evaluate_curve_dir(
     seg = evaluate_path(model_a, segment(curve.start, curve.end), ts, **kw)
     cur = evaluate_path(model_a, curve.point, ts, **kw)
     ends = {
-        "a": {k: seg[k][0] for k in ("train_loss", "train_error", "test_error", "test_nll")},
-        "b": {k: seg[k][-1] for k in ("train_loss", "train_error", "test_error", "test_nll")},
+        "a": {k: getattr(seg, k)[0] for k in ("train_loss", "train_error", "test_error", "test_nll")},
+        "b": {k: getattr(seg, k)[-1] for k in ("train_loss", "train_error", "test_error", "test_nll")},
     }
     results = {
         "kind": cfg.kind,
@@ -368,14 +371,14 @@ def evaluate_curve_dir(
         "dataset": data_cfg.dataset,
         "model": data_cfg.model,
         "endpoints": ends,
-        "segment": seg,
-        "curve": cur,
+        "segment": dataclasses.asdict(seg),  # the record written to evaluation.json: plain dicts
+        "curve": dataclasses.asdict(cur),
         "barrier": {
-            "segment_max_test_error": seg["summary"]["test_error"]["max"],
-            "curve_max_test_error": cur["summary"]["test_error"]["max"],
+            "segment_max_test_error": seg.summary["test_error"]["max"],
+            "curve_max_test_error": cur.summary["test_error"]["max"],
             "worse_endpoint_test_error": max(ends["a"]["test_error"], ends["b"]["test_error"]),
-            "segment_max_test_nll": seg["summary"]["test_nll"]["max"],
-            "curve_max_test_nll": cur["summary"]["test_nll"]["max"],
+            "segment_max_test_nll": seg.summary["test_nll"]["max"],
+            "curve_max_test_nll": cur.summary["test_nll"]["max"],
             "worse_endpoint_test_nll": max(ends["a"]["test_nll"], ends["b"]["test_nll"]),
         },
         "eval_s": time.perf_counter() - start,

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,11 @@ from ..core.checkpoint import (
 from ..core.distributed import barrier, is_main, shard_loader, world_size
 from ..errors import ConfigError
 from ..evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
+from ..evaluation.engine import BNPolicy
 from ..evaluation.metrics import LOG_EDGES, classification_metrics, regression_metrics
 from ..evaluation.predict import bma
-from ..training.trainer import Trainer
+from ..evaluation.results import BMAResult, ClassificationScores, Scores
+from ..training.trainer import CheckpointPolicy, EvaluationPolicy, Trainer
 from ..zoo.catalog import INPUT_KINDS, MODEL_INPUTS
 from ..zoo.data import DATASETS, Splits, load_dataset, make_loader
 from ..zoo.models import MODELS, build_model
@@ -342,10 +345,14 @@ def build_run_model(cfg: TrainConfig, splits: Splits) -> nn.Module:
     return build_model(cfg.model, splits.input_shape, splits.num_classes).to(cfg.device)
 
 
-def summary_metrics(res: dict[str, Any]) -> dict[str, float]:
-    """The headline numbers of an :func:`valleys.evaluation.predict.evaluate` or :func:`valleys.evaluation.predict.bma` result."""
-    keys = REGRESSION_KEYS if "rmse" in res else SUMMARY_KEYS
-    return {k: float(res[k]) for k in keys}
+def summary_metrics(res: Scores | Mapping[str, Any] | None) -> dict[str, float]:
+    """The headline numbers of scores: an :func:`valleys.evaluation.predict.evaluate` result, the ``metrics`` of
+    a :func:`valleys.evaluation.predict.bma` result, or a :mod:`valleys.evaluation.metrics` dict."""
+    if res is None:
+        raise ValueError("no scores to summarise (the evaluation was not scored)")
+    values = res if isinstance(res, Mapping) else dataclasses.asdict(res)
+    keys = REGRESSION_KEYS if "rmse" in values else SUMMARY_KEYS
+    return {k: float(values[k]) for k in keys}
 
 
 # ---------------------------------------------------------------------- one training run
@@ -363,27 +370,25 @@ def _train_single(cfg: TrainConfig, out: Path, splits: Splits, *, resume: bool, 
     )
     if not resume and is_main():
         write_json(out / "config.json", asdict(cfg))
-    trainer = Trainer(
+    trainer = Trainer(  # the model is on cfg.device already (build_run_model)
         model,
-        None,
         opt,
         train,
+        cfg.epochs,
         adapter=cfg.adapter(),
-        epochs=cfg.epochs,
         schedule=schedule,
         callbacks=callbacks,
-        eval_loaders=evals,
-        eval_every=cfg.eval_every,
-        device=cfg.device,
+        evaluation=EvaluationPolicy(evals, every=cfg.eval_every),
+        checkpoint=CheckpointPolicy(
+            out / "checkpoint.safetensors",
+            every=cfg.checkpoint_every,
+            header={"config": asdict(cfg)},
+            log=out / "metrics.jsonl",
+        ),
         seed=cfg.seed,
-        checkpoint_path=out / "checkpoint.safetensors",
-        checkpoint_every=cfg.checkpoint_every,
-        log_path=out / "metrics.jsonl",
-        header={"config": asdict(cfg)},
-        progress=progress,
     )
     start = time.perf_counter()
-    history = trainer.fit(resume=out / "checkpoint.safetensors" if resume else None)
+    history = trainer.fit(resume=out / "checkpoint.safetensors" if resume else None, progress=progress)
     train_s = time.perf_counter() - start
     header = {"config": asdict(cfg), "signature": model_signature(model)}
     if is_main():  # the replicas hold the same weights and posteriors: rank 0 writes them
@@ -526,17 +531,15 @@ def regression_predictive(
         model,
         weights,
         loader,
-        bn_loader=bn_loader,
-        bn=bn,
-        bn_batches=cfg.bn_batches,
-        device=cfg.device,
+        bn=BNPolicy(bn or "recompute", bn_loader, cfg.bn_batches),
         progress=progress,
         score=False,
         adapter=cfg.adapter(),
     )
-    mean, var = unstandardise(res["mean"], res["var"], splits)
-    target, _ = unstandardise(res["targets"].double(), res["var"], splits)
-    return mean, var, target, int(res["num_samples"])
+    assert res.mean is not None and res.var is not None and res.targets is not None  # score=False keeps them
+    mean, var = unstandardise(res.mean, res.var, splits)
+    target, _ = unstandardise(res.targets.double(), res.var, splits)
+    return mean, var, target, res.num_samples
 
 
 def regression_summary(
@@ -570,6 +573,14 @@ def _evaluate_regression(run_dir, cfg, model, splits, draw, bn, loaders, method,
         write_json(run_dir / ("evaluation.json" if method == cfg.method else f"evaluation-{method}.json"), out)
     out["eval_s"] = time.perf_counter() - start
     return out
+
+
+def _kept(res: BMAResult) -> tuple[Tensor, Tensor]:
+    """The averaged class probabilities and the targets of a :func:`valleys.evaluation.predict.bma` result
+    computed with ``return_probs=True`` (or ``score=False``)."""
+    if res.probs is None or res.targets is None:
+        raise ValueError("the BMA result holds no probabilities; evaluate with return_probs=True")
+    return res.probs, res.targets
 
 
 def _prefix_accuracy(member_probs: list[torch.Tensor], targets: torch.Tensor) -> list[float]:
@@ -644,9 +655,7 @@ def evaluate_run(
             model,
             draw(),
             loader,
-            bn_loader=bn,
-            bn_batches=cfg.bn_batches,
-            device=cfg.device,
+            bn=BNPolicy("recompute", bn, cfg.bn_batches),
             return_probs=True,
             progress=progress,
             score=name != "ood",
@@ -655,39 +664,37 @@ def evaluate_run(
         for name, loader in loaders.items()
     }
     eval_s = time.perf_counter() - start
+    test_scores = res["test"].metrics
+    assert isinstance(test_scores, ClassificationScores)  # a classification run, scored on its test split
     out: dict[str, Any] = {
         "method": method,
         "dataset": cfg.dataset,
         "model": cfg.model,
         "seed": cfg.seed,
         "epochs": cfg.epochs,
-        "num_samples": res["test"]["num_samples"],
-        "metrics": {k: summary_metrics(v) for k, v in res.items() if k != "ood"},
+        "num_samples": res["test"].num_samples,
+        "metrics": {k: summary_metrics(v.metrics) for k, v in res.items() if k != "ood"},
         "reliability": {
-            "test": res["test"]["reliability"],
-            "test_log_bins": classification_metrics(res["test"]["probs"], res["test"]["targets"], edges=LOG_EDGES)[
-                "reliability"
-            ],
+            "test": test_scores.reliability,
+            "test_log_bins": classification_metrics(*_kept(res["test"]), edges=LOG_EDGES)["reliability"],
         },
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
     if ensemble:  # each member alone (against the best member), and the ensemble of the first k (k = 1..K)
-        members = [
-            bma(model, [m], loaders["test"], device=cfg.device, adapter=cfg.adapter(), return_probs=True)
-            for m in draw()
-        ]
-        out["member_test_accuracy"] = [r["accuracy"] for r in members]
-        out["ensemble_prefix_test_accuracy"] = _prefix_accuracy([r["probs"] for r in members], members[0]["targets"])
+        members = [bma(model, [m], loaders["test"], adapter=cfg.adapter(), return_probs=True) for m in draw()]
+        out["member_test_accuracy"] = [summary_metrics(r.metrics)["accuracy"] for r in members]
+        out["ensemble_prefix_test_accuracy"] = _prefix_accuracy([_kept(r)[0] for r in members], _kept(members[0])[1])
+    test_probs, test_targets = _kept(res["test"])
     if "ood" in res:
-        out["ood_auroc"] = auroc(predictive_entropy(res["ood"]["probs"]), predictive_entropy(res["test"]["probs"]))
+        out["ood_auroc"] = auroc(predictive_entropy(_kept(res["ood"])[0]), predictive_entropy(test_probs))
     if temperature_scaling:
-        t = fit_temperature(res["val"]["probs"], res["val"]["targets"])
-        scaled = classification_metrics(apply_temperature(res["test"]["probs"], t), res["test"]["targets"])
+        t = fit_temperature(*_kept(res["val"]))
+        scaled = classification_metrics(apply_temperature(test_probs, t), test_targets)
         out["temperature"] = t
         out["metrics"]["test_temperature"] = summary_metrics(scaled)
         out["reliability"]["test_temperature"] = scaled["reliability"]
         out["reliability"]["test_temperature_log_bins"] = classification_metrics(
-            apply_temperature(res["test"]["probs"], t), res["test"]["targets"], edges=LOG_EDGES
+            apply_temperature(test_probs, t), test_targets, edges=LOG_EDGES
         )["reliability"]
     if write:
         write_json(run_dir / ("evaluation.json" if method == cfg.method else f"evaluation-{method}.json"), out)

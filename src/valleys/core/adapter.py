@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import AdapterError
+from ..errors import AdapterError, InputError, InputTypeError
 from .batches import as_call_args, to_device
 
 __all__ = ["ModelAdapter", "AdapterError", "as_adapter", "gaussian_nll", "LOSSES"]
@@ -88,11 +88,13 @@ class ModelAdapter:
 
     def __post_init__(self) -> None:
         if self.predictive not in (None, "classification", "gaussian"):
-            raise ValueError(f"unknown predictive {self.predictive!r}; choose classification or gaussian")
+            raise InputError(f"unknown predictive {self.predictive!r}; choose classification or gaussian")
         if isinstance(self.loss, str) and self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)} or pass a callable")
+            raise InputError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)} or pass a callable")
         if not isinstance(self.loss, str) and not callable(self.loss):
-            raise TypeError(f"loss must be a name ({', '.join(LOSSES)}) or a callable, got {type(self.loss).__name__}")
+            raise InputTypeError(
+                f"loss must be a name ({', '.join(LOSSES)}) or a callable, got {type(self.loss).__name__}"
+            )
 
     # ------------------------------------------------------------------ batches
     def inputs(self, batch: Any) -> tuple[tuple, dict]:
@@ -123,7 +125,7 @@ class ModelAdapter:
                         return batch[k]
                 raise AdapterError(
                     f"dict batch with keys {sorted(batch)} has no target key (tried "
-                    f"{list(_TARGET_KEYS)}); pass target='key' (or target_fn=...)"
+                    f"{list(_TARGET_KEYS)}); pass target='key' (or a callable)"
                 )
             raise AdapterError(
                 f"cannot find the targets in a batch of type {type(batch).__name__}; pass "
@@ -231,24 +233,17 @@ class ModelAdapter:
         return self.loss_fn(prediction, targets)
 
 
-def as_adapter(
-    adapter: ModelAdapter | None = None,
-    *,
-    input_fn: Callable[[Any], Any] | None = None,
-    target_fn: Callable[[Any], Any] | None = None,
-    loss: Any = None,
-    likelihood: str | None = None,
-) -> ModelAdapter:
-    """The adapter to use for an entry point that also accepts the older ``input_fn``/``target_fn`` and
-    ``likelihood`` arguments: ``adapter`` if given (then the others must be ``None``), else one built from them."""
-    if adapter is not None:
-        if input_fn is not None or target_fn is not None or loss is not None:
-            raise ValueError("pass adapter=... or input_fn/target_fn/loss, not both")
-        if not isinstance(adapter, ModelAdapter):
-            raise TypeError(f"adapter must be a valleys ModelAdapter, got {type(adapter).__name__}")
-        return adapter
-    if likelihood is not None and likelihood not in ("classification", "gaussian"):
-        raise ValueError(f"unknown likelihood {likelihood!r}; choose one of classification, gaussian")
-    if loss is None:
-        loss = "gaussian" if likelihood == "gaussian" else "cross_entropy"
-    return ModelAdapter(input=input_fn, target=target_fn, loss=loss, predictive=likelihood)
+def as_adapter(adapter: ModelAdapter | None = None) -> ModelAdapter:
+    """The adapter an entry point uses: ``adapter`` itself, or the default :class:`ModelAdapter` (``(x, y)``
+    tuples or ``{"input", "label"}`` dicts, cross-entropy on logits) when it is ``None``.
+
+    Raises :class:`valleys.errors.InputTypeError` for anything that is not a :class:`ModelAdapter` (a loss
+    function goes in ``ModelAdapter(loss=...)``, a batch reader in ``ModelAdapter(input=..., target=...)``)."""
+    if adapter is None:
+        return ModelAdapter()
+    if not isinstance(adapter, ModelAdapter):
+        raise InputTypeError(
+            f"adapter must be a valleys ModelAdapter, got {type(adapter).__name__}; wrap a loss function as "
+            "ModelAdapter(loss=fn) and a batch reader as ModelAdapter(input=fn, target=fn)"
+        )
+    return adapter
