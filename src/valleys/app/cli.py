@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from .options import CHECKS, add_flags, path_flag
+
 _T = TypeVar("_T")
 
 EXAMPLES = """examples:
@@ -42,64 +44,15 @@ JOBS_HELP = (
     "in this process with torch's own threads)"
 )
 
-# ---------------------------------------------------------------------- flag validators (torch-free)
-# Each is an argparse ``type=``: argparse prefixes its message with the flag ("argument --lr: must be ...").
-SEED_MAX = 2**63 - 1  # what every seeded generator (torch, numpy) accepts, with room for seed + epoch
-
-
-def _int_flag(lo: int, hi: int | None = None, what: str = ""):
-    """An integer in ``[lo, hi]``."""
-
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if v < lo or (hi is not None and v > hi):
-            rule = what or (f"in [{lo}, {hi}]" if hi is not None else f">= {lo}")
-            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
-        return v
-
-    parse.__name__ = "integer"
-    return parse
-
-
-def _float_flag(
-    lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False, what: str = ""
-):
-    """A finite float with optional bounds (open or closed); NaN and infinities are always refused."""
-
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        bad = not math.isfinite(v)
-        bad = bad or (lo is not None and (v <= lo if lo_open else v < lo))
-        bad = bad or (hi is not None and (v >= hi if hi_open else v > hi))
-        if bad:
-            raise argparse.ArgumentTypeError(f"must be {what or 'a finite number'}, got {text}")
-        return v
-
-    parse.__name__ = "number"
-    return parse
-
-
-_positive_int = _int_flag(1, what="a positive integer")
-_non_negative_int = _int_flag(0, what="an integer >= 0")
-_at_least_two = _int_flag(2, what="at least 2")
-_seed = _int_flag(0, SEED_MAX, what="an integer in [0, 2**63 - 1]")
-_finite_float = _float_flag()
-_positive_float = _float_flag(0, lo_open=True, what="finite and positive")
-_non_negative_float = _float_flag(0, what="finite and >= 0")
-_fraction = _float_flag(0, 1, hi_open=True, what="a finite number in [0, 1)")
-
-
-def _path(text: str) -> str:
-    """A file or folder argument: an empty string would silently mean the current folder."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must be a path, got an empty string")
-    return text
+# flag validators (argparse ``type=``, torch-free): argparse prefixes their message with the flag
+_positive_int = CHECKS["positive"][3]
+_non_negative_int = CHECKS["non_negative"][3]
+_at_least_two = CHECKS["at_least_two"][3]
+_seed = CHECKS["seed"][3]
+_positive_float = CHECKS["positive"][4]
+_non_negative_float = CHECKS["non_negative"][4]
+_fraction = CHECKS["fraction"][4]
+_path = path_flag
 
 
 class _Parser(argparse.ArgumentParser):
@@ -155,6 +108,31 @@ def _applies(setting: str) -> str:
     return ", ".join(methods_using(setting)) + ": "
 
 
+def _method_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of every registered method's settings (each settings dataclass once, in registry order)."""
+    from .registry import METHODS
+
+    for cls in dict.fromkeys(c for m in METHODS.values() for c in m.settings):
+        add_flags(p, cls, help_prefix=_applies)
+
+
+def _study_parsers(sub: argparse._SubParsersAction) -> None:
+    """``valleys <study>`` for every registered study: its settings' flags, then --out, --overwrite and
+    --no-progress."""
+    from .studies import STUDIES
+
+    for name, study in STUDIES.items():
+        sp = sub.add_parser(name, help=study.help)
+        add_flags(sp, study.settings)
+        sp.add_argument("--out", type=_path, required=True, help="output folder")
+        sp.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace a study already in --out (a run or curve folder is never replaced)",
+        )
+        sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
 def _resumable_output_flags(p: argparse.ArgumentParser, what: str) -> None:
     """The flags of a command that writes many runs into one folder and can resume: --out, --overwrite,
     --resume, --no-progress, --jobs."""
@@ -170,9 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     from .registry import method_help
     from .regression import RegressionProtocol
     from .semisup import SemisupConfig
-    from .settings import TrainSettings
+    from .config import RunSettings
 
-    d = TrainSettings()
+    d = RunSettings()
     p = _Parser(
         prog="valleys",
         description="Loss valleys for any PyTorch model: SWA and more.",
@@ -212,51 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--momentum", type=_fraction, default=d.momentum, help="SGD momentum")
     t.add_argument("--wd", type=_non_negative_float, default=d.wd, help="weight decay")
     t.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="minibatch size")
-    t.add_argument(
-        "--swa-start",
-        type=_positive_int,
-        default=None,
-        help=_applies("swa_start") + "epochs of SGD before averaging starts (default: epochs // 2)",
-    )
-    t.add_argument(
-        "--swa-lr", type=_positive_float, default=None, help=_applies("swa_lr") + "SWA learning rate (default: --lr)"
-    )
-    t.add_argument(
-        "--rank", type=_positive_int, default=d.rank, help=_applies("rank") + "number of deviation vectors K"
-    )
-    t.add_argument(
-        "--samples", type=_positive_int, default=d.samples, help=_applies("samples") + "test-time draws S (per member)"
-    )
-    t.add_argument(
-        "--bn-batches",
-        type=_positive_int,
-        default=None,
-        help=_applies("bn_batches") + "BN recompute per sample on N batches (default: all)",
-    )
-    t.add_argument(
-        "--cycle", type=_positive_int, default=d.cycle, help=_applies("cycle") + "cycle length in epochs (even)"
-    )
-    t.add_argument(
-        "--lr-1",
-        type=_positive_float,
-        default=None,
-        metavar="LR",
-        help=_applies("lr_1") + "cycle's highest LR (default: lr / 2)",
-    )
-    t.add_argument(
-        "--lr-2",
-        type=_positive_float,
-        default=None,
-        metavar="LR",
-        help=_applies("lr_2") + "cycle's lowest LR (default: lr / 200)",
-    )
-    t.add_argument(
-        "--fge-start",
-        type=_positive_int,
-        default=None,
-        help=_applies("fge_start") + "pre-training epochs (default: the first 80%%, whole cycles)",
-    )
-    t.add_argument("--members", type=_positive_int, default=d.members, help=_applies("members") + "number of runs")
+    _method_flags(t)
     t.add_argument(
         "--ood-split",
         action="store_true",
@@ -362,78 +296,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    def geometry_common(sp, grid: bool = False):
-        sp.add_argument("--out", type=_path, required=True, help="output folder")
-        sp.add_argument(
-            "--overwrite",
-            action="store_true",
-            help="replace a study already in --out (a run or curve folder is never replaced)",
-        )
-        sp.add_argument("--bn", default="recompute", choices=["recompute", "keep"], help="BatchNorm policy per point")
-        sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
-        if grid:
-            sp.add_argument("--grid", type=_at_least_two, default=21, help="points per axis (>= 2)")
-            sp.add_argument(
-                "--margin", type=_non_negative_float, default=0.2, help="margin around the marked points (fraction)"
-            )
-
-    pl = sub.add_parser("plane", help="loss and error on the plane through three networks (or a curve or trajectory)")
-    pl.add_argument("points", nargs="*", type=_path, help="three run folders or model checkpoints A B C")
-    pl.add_argument(
-        "--curve",
-        type=_path,
-        default=None,
-        help="a 'valleys connect' folder: the plane of its two ends and its middle control point",
-    )
-    pl.add_argument(
-        "--trajectory", type=_path, default=None, help="a swa/swag run: its iterates W1, W2, W3 and SWA (slides 9-13)"
-    )
-    pl.add_argument(
-        "--pca", action="store_true", help="with --trajectory: the plane of the iterates' top two principal directions"
-    )
-    geometry_common(pl, grid=True)
-    pa = sub.add_parser("path", help="loss and error along the line through two networks (slide 15)")
-    pa.add_argument("a", type=_path, help="run folder or checkpoint (distance 0)")
-    pa.add_argument("b", type=_path, help="run folder or checkpoint")
-    pa.add_argument("--points", type=_at_least_two, default=41, help="points on the line")
-    pa.add_argument("--extend", type=_non_negative_float, default=0.5, help="extend beyond both ends by this fraction")
-    geometry_common(pa)
-    ra = sub.add_parser("rays", help="train loss along random rays from a network: valley width (slide 14)")
-    ra.add_argument("runs", nargs="+", type=_path, help="run folders or checkpoints (the same rays from each)")
-    ra.add_argument("--rays", type=_positive_int, default=10, help="number of random unit directions")
-    ra.add_argument("--max-distance", type=_positive_float, default=50.0, help="distance along each ray (weight units)")
-    ra.add_argument("--steps", type=_at_least_two, default=21, help="points per ray")
-    ra.add_argument(
-        "--rise", type=_positive_float, default=0.1, help="valley width: distance where the loss rises this much"
-    )
-    ra.add_argument("--seed", type=_seed, default=0, help="seed of the directions")
-    geometry_common(ra)
-    la = sub.add_parser("landscape", help="loss on a random 2-D plane around a network (Li et al. 2018)")
-    la.add_argument("run", type=_path, help="run folder or checkpoint")
-    la.add_argument("--random", action="store_true", required=True, help="random directions (the only kind for now)")
-    la.add_argument(
-        "--filter-norm",
-        dest="filter_norm",
-        action="store_true",
-        default=True,
-        help="filter-normalised directions (the default)",
-    )
-    la.add_argument("--no-filter-norm", dest="filter_norm", action="store_false", help="unit-norm directions instead")
-    la.add_argument("--span", type=_positive_float, default=1.0, help="coordinates in [-span, span]")
-    la.add_argument("--seed", type=_seed, default=0, help="seed of the directions")
-    geometry_common(la, grid=True)
-    sh = sub.add_parser("sharpness", help="top Hessian eigenvalues, trace and epsilon-sharpness of a network")
-    sh.add_argument("run", type=_path, help="run folder or checkpoint")
-    sh.add_argument("--k", type=_positive_int, default=3, help="top eigenvalues (Lanczos, 30 products at most)")
-    sh.add_argument("--examples", type=_positive_int, default=1000, help="training examples in the fixed subset")
-    sh.add_argument("--epsilon", type=_positive_float, default=1e-3, help="box size of epsilon-sharpness")
-    sh.add_argument("--out", type=_path, required=True, help="output folder")
-    sh.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    sh.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a study already in --out (a run or curve folder is never replaced)",
-    )
+    _study_parsers(sub)
 
     ge = sub.add_parser("geometry", help="the demo's geometry section (slides 6, 9-15) on an existing demo folder")
     ge.add_argument("demo_dir", type=_path, help="a folder made by 'valleys demo' (sgd-seed<s> and swag-seed<s> runs)")
@@ -750,18 +613,6 @@ def _keys(res: dict) -> tuple[str, ...]:
     return ("rmse", "nll", "coverage_95") if "rmse" in res["metrics"]["test"] else TABLE_KEYS
 
 
-def _refuse_other_methods_settings(args: argparse.Namespace) -> None:
-    """Method-specific flags (``Method.settings`` in the registry) given for a method that does not use them."""
-    from .registry import optional_settings
-
-    given = {}
-    for setting, users in optional_settings().items():
-        if args.method not in users and getattr(args, setting, None) is not None:
-            given.setdefault(users, []).append("--" + setting.replace("_", "-"))
-    for users, flags in given.items():
-        raise ValueError(f"{' and '.join(flags)} only apply to --method {', '.join(users)}")
-
-
 def _given(argv: Sequence[str], command: str) -> dict[str, object]:
     """``{dest: value}`` of the options typed on the command line for ``command`` (not their defaults)."""
     parser = _parser()
@@ -788,8 +639,9 @@ def _contradictions(given: dict[str, object], saved: dict[str, object], config: 
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
+    from .config import TrainConfig, read_run_config
     from .report import aggregate, format_table
-    from .runs import TrainConfig, read_run_config, train_run
+    from .train import train_run
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
@@ -808,7 +660,9 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
         _contradictions(given, dataclasses.asdict(saved), out / "config.json", {"heteroscedastic": "--homoscedastic"})
         args.method = saved.method
         cfg = saved
-    _refuse_other_methods_settings(args)
+    from .registry import refuse_foreign_settings
+
+    refuse_foreign_settings(args.method, vars(args))
     cfg = cfg.resolved()
     out = Path(args.out or f"runs/{cfg.dataset}-{cfg.model}-{cfg.method}-seed{cfg.seed}")
     args.out = str(out)  # for the interruption message
@@ -876,186 +730,30 @@ def _print_curve(res: dict, out) -> None:
     print(f"\nwrote {Path(out) / 'report.md'} and {Path(out) / 'figures' / 'path.png'}")
 
 
-def _one_weight_space(ctx: dict) -> None:
-    """Refuse networks of different architectures or datasets in one study (``{path: (model, w, cfg, ...)}``)."""
-    from ..core.checkpoint import model_signature
-
-    (first, (m0, _, c0, *_)), *rest = ctx.items()
-    sig0 = model_signature(m0)
-    for path, (m, _, c, *_) in rest:
-        if model_signature(m) != sig0 or c.dataset != c0.dataset:
-            raise ValueError(
-                f"{path} is {c.model} on {c.dataset} and {first} is {c0.model} on {c0.dataset}"
-                f"{' with other parameter shapes' if model_signature(m) != sig0 else ''}: a study needs "
-                "networks of one architecture and dataset (one weight space)"
-            )
-
-
 def _unique_seeds(seeds) -> None:
     if seeds is not None and len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds lists a seed twice: {' '.join(map(str, seeds))}")
 
 
-def _geometry(args: argparse.Namespace) -> int:
-    from . import studies as L
-    from .folders import check_output
+def _study(args: argparse.Namespace) -> int:
+    from .studies import StudyContext, get_study, run_study
 
-    check_output(args.out, overwrite=args.overwrite, study=True)  # before any work
-    progress = not getattr(args, "no_progress", True)
-    if args.command == "plane":
-        kinds = [
-            k
-            for k, v in (
-                ("three networks A B C", args.points),
-                ("--curve", args.curve),
-                ("--trajectory", args.trajectory),
-            )
-            if v
-        ]
-        if len(kinds) != 1 or (args.pca and not args.trajectory) or (args.points and len(args.points) != 3):
-            raise ValueError(
-                "plane needs three networks A B C, or --curve or --trajectory (--pca goes with "
-                f"--trajectory); got {' and '.join(kinds) or 'none'}"
-                + (f" ({len(args.points)} networks)" if args.points and len(args.points) != 3 else "")
-            )
-        if args.trajectory and args.pca:
-            res = L.pca_plane_study(args.trajectory, n=args.grid, margin=args.margin, bn=args.bn, progress=progress)
-            title = f"PCA plane of the trajectory of {args.trajectory}"
-        elif args.trajectory:
-            res = L.trajectory_plane_study(
-                args.trajectory, n=args.grid, margin=args.margin, bn=args.bn, progress=progress
-            )
-            title = f"trajectory plane of {args.trajectory}"
-        elif args.curve:
-            from .connect import load_curve, read_curve_config
-
-            model, _, cfg, loaders, bn = L.load_context(read_curve_config(args.curve).run_a)
-            space = L.WeightSpace(model)
-            curve = load_curve(Path(args.curve), space)
-            pts = curve.control_points().detach()
-            if len(pts) < 3:
-                raise ValueError("the curve has 2 control points (a straight segment): it spans no plane")
-            extra = {f"t={t}": curve.point(t).detach() for t in (0.25, 0.5, 0.75)}
-            res = L.plane_study(
-                model,
-                pts[0],
-                pts[len(pts) // 2],
-                pts[-1],
-                loaders,
-                extra=extra,
-                n=args.grid,
-                margin=args.margin,
-                bn=args.bn,
-                bn_loader=bn,
-                progress=progress,
-                adapter=cfg.adapter(),
-            )
-            res["points"] = {
-                "A": res["points"]["a"],
-                "bend": res["points"]["b"],
-                "B": res["points"]["c"],
-                **{k: v for k, v in res["points"].items() if k.startswith("t=")},
-            }
-            title = f"plane of the curve {args.curve}"
-        else:
-            ctx = [L.load_context(p) for p in args.points]
-            _one_weight_space(dict(zip(args.points, ctx)))
-            model, _, cfg, loaders, bn = ctx[0]
-            res = L.plane_study(
-                model,
-                ctx[0][1],
-                ctx[1][1],
-                ctx[2][1],
-                loaders,
-                n=args.grid,
-                margin=args.margin,
-                bn=args.bn,
-                bn_loader=bn,
-                progress=progress,
-                adapter=cfg.adapter(),
-            )
-            title = "plane through " + ", ".join(args.points)
-    elif args.command == "path":
-        model, wa, cfg, loaders, bn = L.load_context(args.a)
-        ctx_b = L.load_context(args.b)
-        _one_weight_space({args.a: (model, wa, cfg), args.b: ctx_b})
-        wb = ctx_b[1]
-        res = L.path_study(
-            model,
-            wa,
-            wb,
-            loaders,
-            points=args.points,
-            extend=args.extend,
-            bn=args.bn,
-            bn_loader=bn,
-            progress=progress,
-            adapter=cfg.adapter(),
-        )
-        res["a_label"], res["b_label"] = Path(args.a).name, Path(args.b).name
-        title = f"line from {args.a} to {args.b}"
-    elif args.command == "rays":
-        ctx = {p: L.load_context(p) for p in args.runs}
-        _one_weight_space(ctx)
-        model, _, cfg, loaders, bn = next(iter(ctx.values()))
-        res = L.rays_study(
-            model,
-            {p: c[1] for p, c in ctx.items()},
-            loaders["train"],
-            rays=args.rays,
-            max_distance=args.max_distance,
-            steps=args.steps,
-            rise=args.rise,
-            seed=args.seed,
-            bn=args.bn,
-            bn_loader=bn,
-            progress=progress,
-            adapter=cfg.adapter(),
-        )
-        title = "random rays from " + ", ".join(args.runs)
-    elif args.command == "landscape":
-        model, w, cfg, loaders, bn = L.load_context(args.run)
-        res = L.random_plane_study(
-            model,
-            w,
-            loaders,
-            n=args.grid,
-            span=args.span,
-            filter_norm=args.filter_norm,
-            seed=args.seed,
-            bn=args.bn,
-            bn_loader=bn,
-            progress=progress,
-            adapter=cfg.adapter(),
-        )
-        title = f"random plane around {args.run}"
-    else:
-        model, _, cfg, loaders, _ = L.load_context(args.run)
-        batches, seen = [], 0
-        for x, y in loaders["train"]:
-            batches.append((x[: args.examples - seen], y[: args.examples - seen]))
-            seen += len(batches[-1][1])
-            if seen >= args.examples:
-                break
-        res = L.sharpness_study(
-            model, batches, k=args.k, epsilon=args.epsilon, adapter=cfg.adapter(), progress=progress
-        )
-        title = f"sharpness of {args.run}"
-        print(
-            f"top Hessian eigenvalues {[round(v, 4) for v in res['top_eigenvalues']]}, trace "
-            f"{res['trace']['trace']:.3f} ± {res['trace']['stderr']:.3f}, epsilon-sharpness "
-            f"{res['epsilon_sharpness']['sharpness']:.4f}"
-        )
-    out = L.write_study(args.out, res, title=title, overwrite=args.overwrite)
+    study = get_study(args.command)
+    settings = _settings_from(study.settings, args)
+    result = run_study(study, settings, args.out, context=StudyContext(progress=not args.no_progress), overwrite=args.overwrite)
+    if study.summary(result):
+        print(study.summary(result))
+    out = Path(args.out)
     print(f"wrote {out / 'results.json'} and {out / 'report.md'}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from .config import read_json_object
+    from .evaluate import evaluate_run
     from .folders import OutputFolderError, check_writable
     from .registry import methods_using
     from .report import aggregate, format_table
-    from .runs import evaluate_run, read_json_object
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -1259,8 +957,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             init_from_env()
         if args.command == "train":
             return _train(args, list(argv) if argv is not None else sys.argv[1:])
-        if args.command in ("plane", "path", "rays", "landscape", "sharpness"):
-            return _geometry(args)
+        if args.command in _studies():
+            return _study(args)
         return {
             "evaluate": _evaluate,
             "demo": _demo,
@@ -1280,6 +978,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _finish_progress_bars()
         print(f"valleys {args.command}: error: {_message(e)}{_resume_hint(args, e)}", file=sys.stderr)
         return 2
+
+
+def _studies() -> list[str]:
+    from .studies import STUDIES
+
+    return STUDIES.names()
 
 
 def _under_torchrun(args: argparse.Namespace) -> bool:

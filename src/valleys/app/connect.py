@@ -36,20 +36,18 @@ from ..geometry.paths import BN_POLICIES, evaluate_path, segment
 from ..training.schedules import SWASchedule
 from ..training.trainer import DistributedPolicy, Trainer
 from ..zoo.data import make_loader
-from .runs import (
+from .config import (
     SEED_MAX,
     ConfigError,
     TrainConfig,
-    build_run_model,
     check_types,
     config_from_dict,
-    load_run_model,
-    load_splits,
-    prepare_run_dir,
-    ranks_folder,
     read_json_object,
     settings_from_dict,
 )
+from .evaluate import load_run_model
+from .folders import prepare_run_dir, ranks_folder
+from .run_data import build_run_model, load_splits
 
 __all__ = ["ConnectConfig", "connect_runs", "evaluate_curve_dir", "load_endpoint", "read_curve_config", "train_curve"]
 

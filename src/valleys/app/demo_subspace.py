@@ -353,7 +353,7 @@ def subspace_table(
             for s in seeds:
                 f = out / f"{run}-seed{s}" / ("results.json" if method == run else f"evaluation-{method}.json")
                 if not f.is_file() and method == "swa":
-                    from .runs import evaluate_run
+                    from .evaluate import evaluate_run
 
                     evaluate_run(out / f"{run}-seed{s}", as_method="swa", write=True)
                 per_seed.append(json.loads(f.read_text())["metrics"]["test"])

@@ -17,7 +17,7 @@ __all__ = ["Preset", "PRESETS", "DEFAULT_PRESET", "get_preset", "presets_help"]
 class Preset:
     """One named demo configuration.
 
-    ``train``: the :class:`valleys.app.settings.TrainSettings` fields every run of the demo starts from (the
+    ``train``: the :class:`valleys.app.config.TrainConfig` fields every run of the demo starts from (the
     method is set per run). ``quick``: what ``--quick`` changes. ``curve`` / ``curve_quick``: the mode
     connectivity section's settings (:class:`valleys.app.connect.ConnectConfig` fields). ``semisup`` /
     ``semisup_quick``: :class:`valleys.app.semisup.SemisupConfig` overrides for the semi-supervised section

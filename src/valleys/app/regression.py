@@ -127,7 +127,7 @@ def method_names(cfg: RegressionProtocol) -> list[str]:
 
 
 def _train_config(cfg: RegressionProtocol, dataset: str, split: int, method: str):
-    from .runs import TrainConfig
+    from .config import TrainConfig
 
     return TrainConfig(
         dataset=dataset,
@@ -151,7 +151,7 @@ def _train_config(cfg: RegressionProtocol, dataset: str, split: int, method: str
 
 def _done(folder: Path, name: str = "results.json") -> dict[str, Any] | None:
     """The finished step's results in ``folder``, or ``None`` when it is missing or unreadable (to be redone)."""
-    from .runs import ConfigError, read_json_object
+    from .config import ConfigError, read_json_object
 
     try:
         return read_json_object(folder / name)
@@ -163,8 +163,9 @@ def _one_split(
     cfg: RegressionProtocol, dataset: str, split: int, root: Path, *, resume: bool, progress: bool
 ) -> dict[str, Any]:
     """Every method on one split; each method's run folder under ``root``. Returns method -> result."""
-    from .runs import evaluate_run, train_run
+    from .evaluate import evaluate_run
     from .subspace import SubspaceConfig, subspace_run
+    from .train import train_run
 
     out: dict[str, Any] = {}
     for method in ("sgd", "swag"):
@@ -265,9 +266,9 @@ def regression_protocol(
     processes over the (dataset, split) pairs (:mod:`valleys.app.parallel`; 1: all in this process)."""
     from ..core.checkpoint import write_json
     from ..core.optional import progress_bar
-    from .folders import output_guard
+    from .config import check_saved_settings
+    from .folders import output_guard, prepare_run_dir
     from .parallel import run_jobs
-    from .runs import check_saved_settings, prepare_run_dir
 
     cfg.check()
     out = Path(out)
@@ -336,8 +337,8 @@ def toy_predictive(run_dir: Path, kind: str, xs: Any) -> tuple[Any, Any]:
     from ..core.checkpoint import load_checkpoint
     from ..methods.subspace import Subspace
     from ..zoo.data import make_loader
+    from .evaluate import load_run_model, regression_predictive
     from .registry import get_method
-    from .runs import load_run_model, regression_predictive
 
     swag_dir = run_dir.parent / "swag"
     model, cfg, splits = load_run_model(run_dir if kind == "sgd" else swag_dir)

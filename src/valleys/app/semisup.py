@@ -254,7 +254,7 @@ def semisup_one(
     from ..training.trainer import Trainer
     from ..zoo.data import make_loader
     from ..zoo.models import build_model
-    from .runs import read_json_object
+    from .config import read_json_object
 
     folder = Path(folder)
     settings = _run_settings(cfg, consistency, seed)
@@ -422,8 +422,9 @@ def semisup_run(
     from ..core.checkpoint import write_json
     from ..core.distributed import world_size
     from ..core.optional import progress_bar
+    from .config import check_saved_settings, read_json_object
+    from .folders import prepare_run_dir, ranks_folder
     from .parallel import call, run_jobs
-    from .runs import check_saved_settings, prepare_run_dir, ranks_folder, read_json_object
 
     cfg.check()
     out = Path(out)
@@ -503,7 +504,7 @@ def _figures(cfg: SemisupConfig, out: Path) -> list[Path]:
     except ImportError:
         return []
     figures = []
-    from .runs import read_epoch_log
+    from .config import read_epoch_log
 
     logs = {c: [read_epoch_log(out / c / f"seed-{s}") for s in cfg.seeds] for c in cfg.consistency}
     for c in cfg.consistency:

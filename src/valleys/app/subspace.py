@@ -147,9 +147,10 @@ def subspace_run(
     from ..evaluation.predict import bma
     from ..methods.subspace_posterior import SubspacePosterior
     from ..zoo.data import make_loader
-    from .folders import output_guard
-    from .runs import load_splits, prepare_run_dir, regression_summary, summary_metrics
-    from .studies import load_context
+    from .evaluate import regression_summary, summary_metrics
+    from .folders import output_guard, prepare_run_dir
+    from .run_data import load_splits
+    from .studies.common import load_context
 
     cfg.check()
     out = Path(out)
