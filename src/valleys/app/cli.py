@@ -145,10 +145,10 @@ def _resumable_output_flags(p: argparse.ArgumentParser, what: str) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     from ..zoo.catalog import DATASETS, MODELS, REGRESSION_DATASETS
+    from .config import RunSettings
     from .registry import method_help
     from .regression import RegressionProtocol
     from .semisup import SemisupConfig
-    from .config import RunSettings
 
     d = RunSettings()
     p = _Parser(
@@ -740,7 +740,9 @@ def _study(args: argparse.Namespace) -> int:
 
     study = get_study(args.command)
     settings = _settings_from(study.settings, args)
-    result = run_study(study, settings, args.out, context=StudyContext(progress=not args.no_progress), overwrite=args.overwrite)
+    result = run_study(
+        study, settings, args.out, context=StudyContext(progress=not args.no_progress), overwrite=args.overwrite
+    )
     if study.summary(result):
         print(study.summary(result))
     out = Path(args.out)

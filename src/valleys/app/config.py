@@ -125,7 +125,6 @@ class TrainConfig(RunSettings):
             v = getattr(cfg, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise InputError(f"{name.replace('_', '-')} must be positive, got {v}")
-        check_settings(cfg, method_fields())
         if not (math.isfinite(cfg.val_fraction) and 0 <= cfg.val_fraction < 1):
             raise InputError(f"val-fraction must be in [0, 1), got {cfg.val_fraction}")
         if not (math.isfinite(cfg.wd) and cfg.wd >= 0):
@@ -142,7 +141,8 @@ class TrainConfig(RunSettings):
                 raise InputError(f"{name.replace('_', '-')} must be at least 1, got {v}")
         if cfg.data_root is not None and not cfg.data_root.strip():
             raise InputError("data-root must be a path, got an empty string")
-        method.resolve(cfg)
+        method.resolve(cfg)  # its own defaults and relations first: its messages say more than a field's rule
+        check_settings(cfg, method_fields())
         import torch
 
         try:

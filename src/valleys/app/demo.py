@@ -647,7 +647,9 @@ def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Cal
         )
         rays_title = f"train loss along random rays (seed {s})"
         if s == seeds[0]:
-            path = run_study(path_study, path_settings, g / "path", context=ctx, overwrite=True, title=path_settings_title)
+            path = run_study(
+                path_study, path_settings, g / "path", context=ctx, overwrite=True, title=path_settings_title
+            )
             rays = run_study(rays_study, rays_settings, g / "rays", context=ctx, overwrite=True, title=rays_title)
         else:
             path = path_study.run(path_settings, ctx)

@@ -101,7 +101,13 @@ CHECKS: dict[str, tuple[str, str, Callable[[Any], bool], Callable[[str], Any], C
         int_flag(0, what="an integer >= 0"),
         float_flag(0, what="finite and >= 0"),
     ),
-    "at_least_two": ("at least 2", "at least 2", lambda v: _finite(v) and v >= 2, int_flag(2, what="at least 2"), float),
+    "at_least_two": (
+        "at least 2",
+        "at least 2",
+        lambda v: _finite(v) and v >= 2,
+        int_flag(2, what="at least 2"),
+        float,
+    ),
     "fraction": (
         "in [0, 1)",
         "a finite number in [0, 1)",

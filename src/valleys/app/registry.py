@@ -57,9 +57,7 @@ class Registration:
     def __enter__(self) -> Registration:
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
         self.undo()
 
 
@@ -82,7 +80,13 @@ class Registry(Generic[T]):
             raise InputError(f"a {self.kind} needs a non-empty name, got {name!r}")
         before = dict(self._items)
         self._items[name] = item
-        self.on_change()
+        try:
+            self.on_change()
+        except Exception:  # the item does not fit (a method redefining another's setting): nothing changes
+            self._items.clear()
+            self._items.update(before)
+            self.on_change()
+            raise
 
         def undo() -> None:
             self._items.clear()
@@ -153,9 +157,7 @@ def method_help() -> dict[str, str]:
 
 def methods_using(setting: str) -> tuple[str, ...]:
     """The methods whose settings dataclasses have the field ``setting`` (for help texts)."""
-    return tuple(
-        name for name, m in METHODS.items() if any(setting in c.__dataclass_fields__ for c in m.settings)
-    )
+    return tuple(name for name, m in METHODS.items() if any(setting in c.__dataclass_fields__ for c in m.settings))
 
 
 def optional_settings() -> dict[str, tuple[str, ...]]:

@@ -168,5 +168,3 @@ def _train_run_ranks(
             results["timing"] = {**timing, "eval_s": results.pop("eval_s"), "world_size": world_size()}
             write_json(out / "results.json", results)
     return results if writes else read_json_object(out / "results.json")
-
-

@@ -62,8 +62,7 @@ class SharpnessStudy(Study):
             f"- top Hessian eigenvalues: {[round(x, 4) for x in r['top_eigenvalues']]} "
             f"({r['num_hvp']} Hessian-vector products)",
             f"- trace (Hutchinson): {r['trace']['trace']:.4f} ± {r['trace']['stderr']:.4f}",
-            f"- epsilon-sharpness (eps {r['epsilon_sharpness']['epsilon']}): "
-            f"{r['epsilon_sharpness']['sharpness']:.4f}",
+            f"- epsilon-sharpness (eps {r['epsilon_sharpness']['epsilon']}): {r['epsilon_sharpness']['sharpness']:.4f}",
             f"- mode: {r['mode']}",
         ]
 
