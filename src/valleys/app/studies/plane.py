@@ -62,7 +62,8 @@ def trajectory_plane(
         adapter=cfg.adapter(),
     )
     res["points"] = {
-        f"W{j + 1} (epoch {epochs[i]})": res["points"][k] for j, (i, k) in enumerate(zip(idx, ("a", "b", "c")))
+        f"W{j + 1} (epoch {epochs[i]})": res["points"][k]
+        for j, (i, k) in enumerate(zip(idx, ("a", "b", "c"), strict=True))
     } | {"SWA": res["points"]["SWA"]}
     return res
 
@@ -79,7 +80,7 @@ def pca_plane(
     model, w_swa, cfg, loaders, bn_loader = load_context(run_dir)
     iterates, epochs = load_trajectory(run_dir)
     mean, u, v, explained = principal_plane(iterates)
-    extra = {f"epoch {e}": w for e, w in zip(epochs, iterates)}
+    extra = {f"epoch {e}": w for e, w in zip(epochs, iterates, strict=True)}
     extra["SWA"] = w_swa
     res = plane_study(
         model,
@@ -166,7 +167,7 @@ class PlaneStudy(Study):
             }
             return StudyResult("plane", f"plane of the curve {s.curve}", res)
         ctx = [load_context(p) for p in s.points]
-        one_weight_space(dict(zip(s.points, ctx)))
+        one_weight_space(dict(zip(s.points, ctx, strict=True)))
         model, _, cfg, loaders, bn = ctx[0]
         res = plane_study(
             model,

@@ -54,7 +54,7 @@ class RaysStudy(Study):
         names = s.labels or s.runs
         res = rays_study(
             model,
-            {name: c[1] for name, c in zip(names, ctx.values())},
+            {name: c[1] for name, c in zip(names, ctx.values(), strict=True)},
             loaders["train"],
             rays=s.rays,
             max_distance=s.max_distance,
