@@ -64,13 +64,17 @@ class Registration:
 class Registry(Generic[T]):
     """An ordered ``{name: item}`` table of one ``kind`` of choice (``"method"``, ``"subspace"``, ...).
 
-    ``get(name)`` raises :class:`valleys.errors.InputError` listing the valid names; ``register(name, item)``
+    ``get(name)`` raises :class:`valleys.errors.InputError` listing the valid names (and naming ``flag``, the
+    command-line flag the names are given with, if any); ``register(name, item)``
     adds or replaces an entry and returns a :class:`Registration` that restores the table; ``on_change`` is
     called after every change (the method registry updates :class:`valleys.app.config.TrainConfig`)."""
 
-    def __init__(self, kind: str, items: dict[str, T] | None = None, *, plural: str | None = None) -> None:
+    def __init__(
+        self, kind: str, items: dict[str, T] | None = None, *, plural: str | None = None, flag: str | None = None
+    ) -> None:
         self.kind = kind
         self.plural = plural or kind + "s"
+        self.flag = flag  # the error names the flag the name came from, if there is one
         self._items: dict[str, T] = dict(items or {})
         self.on_change: Callable[[], None] = lambda: None
 
@@ -100,7 +104,9 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except (KeyError, TypeError):
-            raise InputError(f"unknown {self.kind} {name!r}; valid {self.plural}: {', '.join(self._items)}") from None
+            raise InputError(
+                f"unknown {self.flag or self.kind} {name!r}; valid {self.plural}: {', '.join(self._items)}"
+            ) from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

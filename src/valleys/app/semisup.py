@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .claims import paired, verdict  # noqa: F401 (verdict: re-exported)
+from .registry import Registry
 from .report import cell
 
 __all__ = [
@@ -44,12 +46,33 @@ __all__ = [
     "claim_rows",
     "summary_lines",
     "MODEL_KINDS",
+    "CONSISTENCY_TERMS",
 ]
 
 #: The networks evaluated side by side in every run (the teacher only with the mean teacher).
 MODEL_KINDS = ("student", "teacher", "swa", "fastswa")
 _LABELS = {"student": "base", "teacher": "teacher", "swa": "SWA", "fastswa": "fast-SWA"}
-_CONSISTENCY = ("none", "pi", "mean-teacher")
+
+
+def _no_teacher(model: Any, decay: float, evals: Any) -> None:
+    """The Pi model and supervised-only training have no teacher network."""
+    return None
+
+
+def _mean_teacher(model: Any, decay: float, evals: Any) -> Any:
+    """The mean teacher (Tarvainen & Valpola 2017): an exponential moving average of the student's weights."""
+    from ..training.semisup import MeanTeacher
+
+    return MeanTeacher(model, decay, eval_loaders=evals)
+
+
+#: ``--consistency``: each term's teacher callback, ``(model, ema_decay, eval loaders) -> MeanTeacher | None``
+#: (the term itself is :class:`valleys.training.semisup.ConsistencyStep`'s).
+CONSISTENCY_TERMS: Registry[Callable[[Any, float, Any], Any]] = Registry(
+    "consistency term",
+    {"none": _no_teacher, "pi": _no_teacher, "mean-teacher": _mean_teacher},
+    flag="--consistency",
+)
 
 
 @dataclass
@@ -98,8 +121,7 @@ class SemisupConfig:
         if not self.consistency:
             raise ValueError("--consistency needs at least one of none, pi, mean-teacher")
         for c in self.consistency:
-            if c not in _CONSISTENCY:
-                raise ValueError(f"unknown --consistency {c!r}; choose among {', '.join(_CONSISTENCY)}")
+            CONSISTENCY_TERMS.get(c)  # an unknown name: InputError listing the valid ones
         if len(set(self.consistency)) != len(self.consistency):
             raise ValueError(f"--consistency lists a term twice: {self.consistency}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -249,7 +271,7 @@ def semisup_one(
     from ..training.augment import default_augment
     from ..training.callbacks import SWACallback, TravelCallback
     from ..training.schedules import CosineReplay
-    from ..training.semisup import ConsistencyStep, MeanTeacher
+    from ..training.semisup import ConsistencyStep
     from ..training.semisup_data import dataset_targets, labelled_split, semisup_loader
     from ..training.trainer import Trainer
     from ..zoo.data import make_loader
@@ -285,7 +307,7 @@ def semisup_one(
     # under torchrun each rank evaluates and recomputes BatchNorm on its slice of these, all-reduced
     evals = {k: shard_loader(make_loader(d, 1000), k) for k, d in (("val", splits.val), ("test", splits.test))}
     bn = shard_loader(make_loader(splits.train, 1000), "BatchNorm")  # every training input, no augmentation
-    teacher = MeanTeacher(model, cfg.ema_decay, eval_loaders=evals) if consistency == "mean-teacher" else None
+    teacher = CONSISTENCY_TERMS.get(consistency)(model, cfg.ema_decay, evals)
     augment = default_augment(tuple(splits.input_shape), dataset=cfg.dataset) if cfg.augment else None
     step = ConsistencyStep(
         consistency,

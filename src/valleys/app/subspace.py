@@ -19,14 +19,15 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-__all__ = ["SubspaceConfig", "subspace_run", "build_subspace", "SPACES", "INFERENCES"]
+from ..errors import InputError
+from .registry import Registry
 
-SPACES = ("pca", "random", "curve")
-INFERENCES = ("ess", "vi", "flow", "nuts")
+__all__ = ["SubspaceConfig", "subspace_run", "build_subspace", "SUBSPACES", "INFERENCE"]
 
 
 @dataclass
@@ -55,10 +56,8 @@ class SubspaceConfig:
     def check(self) -> None:
         from ..methods.subspace_posterior import SUBSPACE_BN
 
-        if self.space not in SPACES:
-            raise ValueError(f"--space must be one of {', '.join(SPACES)}, got {self.space!r}")
-        if self.inference not in INFERENCES:
-            raise ValueError(f"--inference must be one of {', '.join(INFERENCES)}, got {self.inference!r}")
+        SUBSPACES.get(self.space)  # an unknown name: InputError listing the valid ones
+        INFERENCE.get(self.inference)
         if self.bn not in SUBSPACE_BN:
             raise ValueError(f"--bn must be one of {', '.join(SUBSPACE_BN)}, got {self.bn!r}")
         for name in ("rank", "samples", "thin", "vi_steps", "chains"):
@@ -110,21 +109,35 @@ def _load_swag(run_dir: Path, model: torch.nn.Module):
 
 
 def build_subspace(cfg: SubspaceConfig, model: torch.nn.Module, w_run: torch.Tensor):
-    """The :class:`valleys.methods.subspace.Subspace` that ``cfg`` describes, for the run's ``model``."""
-    from ..core.weights import WeightSpace
-    from ..methods.subspace import curve_subspace, pca_subspace, random_subspace
+    """The :class:`valleys.methods.subspace.Subspace` that ``cfg`` describes, for the run's ``model``
+    (``cfg.space`` looked up in :data:`SUBSPACES`)."""
+    return SUBSPACES.get(cfg.space)(cfg, model, w_run)
 
-    gen = torch.Generator().manual_seed(cfg.seed)
-    if cfg.space == "random":
-        return random_subspace(w_run, cfg.rank, generator=gen)
-    if cfg.space == "pca":
-        swag = _load_swag(Path(cfg.run), model)
-        if swag.k < 2 or cfg.rank > swag.k:
-            raise ValueError(
-                f"--rank {cfg.rank} is larger than the {swag.k} deviations the SWAG run {cfg.run} "
-                f"collected; choose --rank at most {swag.k}"
-            )
-        return pca_subspace(swag.deviations, cfg.rank, shift=swag.mean.to(w_run))
+
+def _random_subspace(cfg: SubspaceConfig, model: torch.nn.Module, w_run: torch.Tensor):
+    """``k`` random unit Gaussian directions around the run's weights (Izmailov et al. 2019)."""
+    from ..methods.subspace import random_subspace
+
+    return random_subspace(w_run, cfg.rank, generator=torch.Generator().manual_seed(cfg.seed))
+
+
+def _pca_subspace(cfg: SubspaceConfig, model: torch.nn.Module, w_run: torch.Tensor):
+    """The top ``k`` principal directions of a SWAG run's deviations, shifted to its SWA mean."""
+    from ..methods.subspace import pca_subspace
+
+    swag = _load_swag(Path(cfg.run), model)
+    if swag.k < 2 or cfg.rank > swag.k:
+        raise InputError(
+            f"--rank {cfg.rank} is larger than the {swag.k} deviations the SWAG run {cfg.run} "
+            f"collected; choose --rank at most {swag.k}"
+        )
+    return pca_subspace(swag.deviations, cfg.rank, shift=swag.mean.to(w_run))
+
+
+def _curve_subspace(cfg: SubspaceConfig, model: torch.nn.Module, w_run: torch.Tensor):
+    """The plane of a Bezier curve's ends and bend (Izmailov et al. 2019's curve subspace)."""
+    from ..core.weights import WeightSpace
+    from ..methods.subspace import curve_subspace
     from .connect import load_curve
 
     curve_dir = Path(cfg.curve)  # type: ignore[arg-type]
@@ -279,80 +292,138 @@ def _values(v: float | list[float] | tuple[float, ...]) -> list[float]:
 
 
 def _infer(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, *, progress: bool, label: str = ""):
-    """Run the sampler ``cfg.inference`` on the posterior ``post``; a :class:`SamplerResult`."""
+    """Run the sampler ``cfg.inference`` (looked up in :data:`INFERENCE`) on the posterior ``post``; a
+    :class:`SamplerResult`."""
     from ..core.optional import progress_bar
-    from ..methods.samplers import elliptical_slice, flow_vi, mean_field_vi, nuts
-    from ..zoo.data import make_loader
 
+    inference = INFERENCE.get(cfg.inference)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    steps = {"ess": cfg.burn_in + cfg.samples * cfg.thin, "vi": cfg.vi_steps, "flow": cfg.vi_steps, "nuts": cfg.chains}[
-        cfg.inference
-    ]
     bar = (
-        progress_bar(total=steps, unit="step", desc=f"subspace {cfg.inference}{label}", leave=False, dynamic_ncols=True)
+        progress_bar(
+            total=inference.steps(cfg),
+            unit="step",
+            desc=f"subspace {cfg.inference}{label}",
+            leave=False,
+            dynamic_ncols=True,
+        )
         if progress
         else None
     )
     try:
-        if cfg.inference == "ess":
-            return elliptical_slice(
-                lambda z: float(post.log_likelihood(z)),
-                z0,
-                prior_scale=post.prior_scale,
-                num_samples=cfg.samples,
-                burn_in=cfg.burn_in,
-                thin=cfg.thin,
-                generator=gen,
-                progress=bar,
-            )
-        if cfg.inference in ("vi", "flow"):
-            minibatches = make_loader(splits.train, 256, shuffle=True, seed=cfg.seed)
-            it = iter(())
-
-            def minibatch_ll(z: torch.Tensor) -> torch.Tensor:
-                nonlocal it
-                try:
-                    batch = next(it)
-                except StopIteration:
-                    it = iter(minibatches)
-                    batch = next(it)
-                return post.differentiable_log_likelihood(z, batch)
-
-            if cfg.inference == "flow":
-                return flow_vi(
-                    minibatch_ll,
-                    post.subspace.k,
-                    prior_scale=post.prior_scale,
-                    num_samples=cfg.samples,
-                    steps=cfg.vi_steps,
-                    lr=cfg.vi_lr,
-                    layers=cfg.flow_layers,
-                    generator=gen,
-                    progress=bar,
-                )
-            return mean_field_vi(
-                minibatch_ll,
-                post.subspace.k,
-                prior_scale=post.prior_scale,
-                num_samples=cfg.samples,
-                steps=cfg.vi_steps,
-                lr=cfg.vi_lr,
-                generator=gen,
-                progress=bar,
-            )
-        return nuts(
-            lambda z: post.differentiable_log_likelihood(z),
-            z0,
-            prior_scale=post.prior_scale,
-            num_samples=cfg.samples,
-            warmup=cfg.warmup,
-            chains=cfg.chains,
-            seed=cfg.seed,
-        )
+        return inference.run(cfg, post, splits, z0, gen, bar)
     finally:
         if bar is not None:
             bar.close()
+
+
+@dataclass(frozen=True)
+class Inference:
+    """A sampler of the subspace posterior: the steps its progress bar counts, and ``run(cfg, post, splits, z0,
+    generator, bar)`` returning a :class:`valleys.methods.samplers.SamplerResult`."""
+
+    steps: Callable[[SubspaceConfig], int]
+    run: Callable[..., Any]
+
+
+def _ess(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, gen: torch.Generator, bar: Any) -> Any:
+    """Elliptical slice sampling (Murray et al. 2010) of the full-batch tempered posterior."""
+    from ..methods.samplers import elliptical_slice
+
+    return elliptical_slice(
+        lambda z: float(post.log_likelihood(z)),
+        z0,
+        prior_scale=post.prior_scale,
+        num_samples=cfg.samples,
+        burn_in=cfg.burn_in,
+        thin=cfg.thin,
+        generator=gen,
+        progress=bar,
+    )
+
+
+def _minibatch_log_likelihood(cfg: SubspaceConfig, post: Any, splits: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The differentiable log-likelihood of ``z`` on the next minibatch of 256 (cycling through the epochs)."""
+    from ..zoo.data import make_loader
+
+    minibatches = make_loader(splits.train, 256, shuffle=True, seed=cfg.seed)
+    it = iter(())
+
+    def minibatch_ll(z: torch.Tensor) -> torch.Tensor:
+        nonlocal it
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(minibatches)
+            batch = next(it)
+        return post.differentiable_log_likelihood(z, batch)
+
+    return minibatch_ll
+
+
+def _vi(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, gen: torch.Generator, bar: Any) -> Any:
+    """Mean-field Gaussian variational inference (Blundell et al. 2015) on minibatches."""
+    from ..methods.samplers import mean_field_vi
+
+    return mean_field_vi(
+        _minibatch_log_likelihood(cfg, post, splits),
+        post.subspace.k,
+        prior_scale=post.prior_scale,
+        num_samples=cfg.samples,
+        steps=cfg.vi_steps,
+        lr=cfg.vi_lr,
+        generator=gen,
+        progress=bar,
+    )
+
+
+def _flow(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, gen: torch.Generator, bar: Any) -> Any:
+    """Variational inference with a RealNVP flow (Dinh et al. 2017) on minibatches."""
+    from ..methods.samplers import flow_vi
+
+    return flow_vi(
+        _minibatch_log_likelihood(cfg, post, splits),
+        post.subspace.k,
+        prior_scale=post.prior_scale,
+        num_samples=cfg.samples,
+        steps=cfg.vi_steps,
+        lr=cfg.vi_lr,
+        layers=cfg.flow_layers,
+        generator=gen,
+        progress=bar,
+    )
+
+
+def _nuts(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, gen: torch.Generator, bar: Any) -> Any:
+    """The No-U-Turn sampler (Hoffman & Gelman 2014, through Pyro) of the full-batch tempered posterior."""
+    from ..methods.samplers import nuts
+
+    return nuts(
+        lambda z: post.differentiable_log_likelihood(z),
+        z0,
+        prior_scale=post.prior_scale,
+        num_samples=cfg.samples,
+        warmup=cfg.warmup,
+        chains=cfg.chains,
+        seed=cfg.seed,
+    )
+
+
+#: ``--space``: how the subspace is built, ``(cfg, model, run weights) -> Subspace``.
+SUBSPACES: Registry[Callable[..., Any]] = Registry(
+    "subspace", {"pca": _pca_subspace, "random": _random_subspace, "curve": _curve_subspace}, flag="--space"
+)
+#: ``--inference``: the samplers of the subspace posterior.
+INFERENCE: Registry[Inference] = Registry(
+    "inference method",
+    {
+        "ess": Inference(lambda cfg: cfg.burn_in + cfg.samples * cfg.thin, _ess),
+        "vi": Inference(lambda cfg: cfg.vi_steps, _vi),
+        "flow": Inference(lambda cfg: cfg.vi_steps, _flow),
+        "nuts": Inference(lambda cfg: cfg.chains, _nuts),
+    },
+    flag="--inference",
+)
 
 
 def _density_grid(post, samples: torch.Tensor, n: int) -> dict[str, Any]:
