@@ -624,47 +624,12 @@ def _given(argv: Sequence[str], command: str) -> dict[str, object]:
     return {k: v for k, v in vars(sub.parse_args(rest)).items()}
 
 
-def _contradictions(given: dict[str, object], saved: dict[str, object], config: Path, flags: dict[str, str]) -> None:
-    """Refuse flags given with --resume whose value differs from the saved ``config.json``."""
-    bad = [
-        f"{flags.get(k, '--' + k.replace('_', '-'))} {given[k]!r} (config.json: {saved[k]!r})"
-        for k in given
-        if k in saved and given[k] != saved[k]
-    ]
-    if bad:
-        raise ValueError(
-            f"--resume continues {config.parent} with the settings of {config}; these flags contradict "
-            f"it: {', '.join(bad)}. Drop them (or start a new run without --resume)"
-        )
-
-
 def _train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
-    from .config import TrainConfig, read_run_config
     from .report import aggregate, format_table
-    from .train import train_run
+    from .train import train_config_from_flags, train_run
 
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
-    if args.model is None:
-        cfg.model = "mlp" if cfg.dataset in ("diabetes", "uci") else TrainConfig.model  # Gaussian-head MLP
-    if args.resume:  # the run's own settings; flags typed now must agree with them
-        from ..core.checkpoint import CheckpointError
-
-        out = Path(args.out or f"runs/{cfg.dataset}-{cfg.model}-{cfg.method}-seed{cfg.seed}")
-        if not (out / "config.json").is_file():
-            raise CheckpointError(
-                f"cannot resume: {out} holds no run (no config.json); train it first without --resume"
-            )
-        saved = read_run_config(out)
-        given = {k: v for k, v in _given(argv if argv is not None else sys.argv[1:], "train").items() if k in fields}
-        _contradictions(given, dataclasses.asdict(saved), out / "config.json", {"heteroscedastic": "--homoscedastic"})
-        args.method = saved.method
-        cfg = saved
-    from .registry import refuse_foreign_settings
-
-    refuse_foreign_settings(args.method, vars(args))
-    cfg = cfg.resolved()
-    out = Path(args.out or f"runs/{cfg.dataset}-{cfg.model}-{cfg.method}-seed{cfg.seed}")
+    given = _given(argv if argv is not None else sys.argv[1:], "train") if args.resume else {}
+    cfg, out = train_config_from_flags(vars(args), given=given)
     args.out = str(out)  # for the interruption message
     from ..core.distributed import is_main
 
@@ -681,26 +646,9 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
 
 
 def _connect(args: argparse.Namespace) -> int:
-    from .connect import ConnectConfig, connect_runs, read_curve_config
+    from .connect import connect_config_from_flags, connect_runs
 
-    settings = ("kind", "bends", "epochs", "lr", "wd", "seed", "points", "bn")
-    given = {k: getattr(args, k) for k in settings if getattr(args, k) is not None}
-    if args.resume and (Path(args.out) / "config.json").is_file():  # the curve's own settings
-        saved = read_curve_config(args.out)
-        for end in ("run_a", "run_b"):
-            if getattr(args, end) is not None:
-                given[end] = str(Path(getattr(args, end)).resolve())
-        _contradictions(
-            given, dataclasses.asdict(saved), Path(args.out) / "config.json", {"run_a": "RUN_A", "run_b": "RUN_B"}
-        )
-        cfg = saved
-    elif args.run_a is None or args.run_b is None:
-        raise ValueError(
-            "connect needs two endpoints RUN_A RUN_B (run folders or model.safetensors files); "
-            "only --out FOLDER --resume continues a curve without them"
-        )
-    else:
-        cfg = ConnectConfig(args.run_a, args.run_b, **given)
+    cfg = connect_config_from_flags(vars(args))
     from ..core.distributed import is_main
 
     res = connect_runs(
@@ -751,49 +699,21 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .config import read_json_object
-    from .evaluate import evaluate_run
-    from .folders import OutputFolderError, check_writable
-    from .registry import methods_using
+    from .evaluate import evaluate_folder
     from .report import aggregate, format_table
 
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir} is not a run folder (train one with 'valleys train')")
-    config = run_dir / "config.json"
-    raw = read_json_object(config) if config.is_file() else {}
-    if (run_dir / "evaluation.json").exists() and not args.overwrite:
-        raise OutputFolderError(f"{run_dir} already holds evaluation.json; pass --overwrite to replace it")
-    check_writable(run_dir, str(run_dir))
-    if raw.get("folder") == "curve":
-        from .connect import evaluate_curve_dir
-
-        for flag, given in (
-            ("--samples", args.samples),
-            ("--ood", args.ood),
-            ("--temperature-scaling", args.temperature_scaling),
-        ):
-            if given:
-                raise ValueError(f"{flag} applies to training runs; {args.run_dir} is a curve folder")
-        _print_curve(evaluate_curve_dir(args.run_dir, points=args.points, progress=True), args.run_dir)
-        return 0
-    if args.points is not None:
-        raise ValueError(
-            f"--points applies to curve folders (made by 'valleys connect') only; {args.run_dir} is not one"
-        )
-    if args.samples is not None and raw.get("method") not in methods_using("samples"):
-        raise ValueError(
-            f"--samples applies to runs of --method {', '.join(methods_using('samples'))}; "
-            f"{args.run_dir} is a {raw.get('method')} run"
-        )
-
-    res = evaluate_run(
+    kind, res = evaluate_folder(
         args.run_dir,
+        points=args.points,
         samples=args.samples,
-        ood=True if args.ood else None,
+        ood=args.ood,
         temperature_scaling=args.temperature_scaling,
+        overwrite=args.overwrite,
         progress=True,
     )
+    if kind == "curve":
+        _print_curve(res, args.run_dir)
+        return 0
     keys = _keys(res)
     print(format_table({f"{res['method']} ({k})": aggregate([v], keys) for k, v in res["metrics"].items()}, keys))
     if "ood_auroc" in res:
@@ -805,24 +725,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import preset_config, run_demo
-    from .presets import get_preset
+    from .demo import demo_base, run_demo
 
     _unique_seeds(args.seeds)
-    preset = preset_config(args.preset)
-    fields = {f.name for f in dataclasses.fields(preset)}
-    changes = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    base = dataclasses.replace(preset, **changes)
-    starts = ("swa_start", "fge_start")
-    budget = get_preset(args.preset).quick.get("epochs", preset.epochs) if args.quick else preset.epochs
-    new_budget = changes.get("epochs", budget) != budget
-    if new_budget:  # the preset's starts were for its budget: the defaults for the new one
-        for k in starts:
-            if k not in changes:
-                setattr(base, k, None)
-    if "lr" in changes and "swa_lr" not in changes:
-        base.swa_lr = None  # default: the new lr
-    keep = set(changes) | (set(starts) if new_budget else set())  # --quick changes only the rest
+    base, keep = demo_base(args.preset, vars(args), quick=args.quick)
     run_demo(
         args.out,
         quick=args.quick,

@@ -30,6 +30,7 @@ __all__ = [
     "set_method_settings",
     "method_fields",
     "read_json_object",
+    "check_resume_flags",
     "read_epoch_log",
     "check_saved_settings",
     "check_types",
@@ -292,3 +293,21 @@ def config_from_dict(raw: Any, source: str | Path) -> TrainConfig:
         return cfg.resolved()
     except ValueError as e:
         raise ConfigError(f"{source}: {e}") from None
+
+
+def check_resume_flags(
+    given: dict[str, Any], saved: dict[str, Any], config: Path, flags: dict[str, str] | None = None
+) -> None:
+    """Refuse flags given with ``--resume`` whose value differs from the saved ``config.json``: an
+    :class:`InputError` naming each flag (``flags``: the flag of a setting not named ``--<setting>``)."""
+    flags = flags or {}
+    bad = [
+        f"{flags.get(k, '--' + k.replace('_', '-'))} {given[k]!r} (config.json: {saved[k]!r})"
+        for k in given
+        if k in saved and given[k] != saved[k]
+    ]
+    if bad:
+        raise InputError(
+            f"--resume continues {config.parent} with the settings of {config}; these flags contradict "
+            f"it: {', '.join(bad)}. Drop them (or start a new run without --resume)"
+        )

@@ -31,6 +31,7 @@ from ..core.checkpoint import (
 )
 from ..core.distributed import world_size
 from ..core.weights import WeightSpace
+from ..errors import InputError
 from ..geometry.curves import CURVE_KINDS, Curve, CurveModel
 from ..geometry.paths import BN_POLICIES, evaluate_path, segment
 from ..training.schedules import SWASchedule
@@ -49,7 +50,15 @@ from .evaluate import load_run_model
 from .folders import prepare_run_dir, ranks_folder
 from .run_data import build_run_model, load_splits
 
-__all__ = ["ConnectConfig", "connect_runs", "evaluate_curve_dir", "load_endpoint", "read_curve_config", "train_curve"]
+__all__ = [
+    "ConnectConfig",
+    "connect_config_from_flags",
+    "connect_runs",
+    "evaluate_curve_dir",
+    "load_endpoint",
+    "read_curve_config",
+    "train_curve",
+]
 
 
 @dataclass
@@ -435,3 +444,27 @@ def _figure_and_report(curve_dir: Path, cfg: ConnectConfig, res: dict[str, Any])
         "",
     ]
     (curve_dir / "report.md").write_text("\n".join(lines))
+
+
+def connect_config_from_flags(flags: dict[str, Any]) -> ConnectConfig:
+    """The settings of ``valleys connect`` from its flags (``None``: not given): with ``resume`` and a saved
+    curve in ``out``, the saved settings (the flags given must agree with them); else both endpoints
+    ``run_a`` and ``run_b`` are needed."""
+    from .config import check_resume_flags
+
+    settings = ("kind", "bends", "epochs", "lr", "wd", "seed", "points", "bn")
+    given = {k: flags[k] for k in settings if flags.get(k) is not None}
+    out = Path(flags["out"])
+    if flags.get("resume") and (out / "config.json").is_file():  # the curve's own settings
+        saved = read_curve_config(out)
+        for end in ("run_a", "run_b"):
+            if flags.get(end) is not None:
+                given[end] = str(Path(flags[end]).resolve())
+        check_resume_flags(given, asdict(saved), out / "config.json", {"run_a": "RUN_A", "run_b": "RUN_B"})
+        return saved
+    if flags.get("run_a") is None or flags.get("run_b") is None:
+        raise InputError(
+            "connect needs two endpoints RUN_A RUN_B (run folders or model.safetensors files); "
+            "only --out FOLDER --resume continues a curve without them"
+        )
+    return ConnectConfig(flags["run_a"], flags["run_b"], **given)

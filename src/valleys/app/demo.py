@@ -930,3 +930,26 @@ def _geometry_section(
             lines += [f"## {title[0].upper() + title[1:]}", "", f"![{title}]({sub}/figures/{name})", ""]
     (g / "report.md").write_text("\n".join(lines))
     return geometry
+
+
+def demo_base(preset: str, flags: dict[str, Any], *, quick: bool = False) -> tuple[TrainConfig, set[str]]:
+    """The demo's base settings from a preset and the setting flags given (``None``: not given), and the
+    settings that ``--quick`` must keep. A new epoch budget drops the preset's ``swa_start`` and ``fge_start``
+    (their defaults fit the new budget), a new ``lr`` the preset's ``swa_lr`` (default: the new lr)."""
+    from .presets import get_preset
+
+    base = preset_config(preset)
+    fields = {f.name for f in dataclasses.fields(base)}
+    changes = {k: v for k, v in flags.items() if k in fields and v is not None}
+    budget = get_preset(preset).quick.get("epochs", base.epochs) if quick else base.epochs
+    base = dataclasses.replace(base, **changes)
+    starts = ("swa_start", "fge_start")
+    new_budget = changes.get("epochs", budget) != budget
+    if new_budget:  # the preset's starts were for its budget: the defaults for the new one
+        for k in starts:
+            if k not in changes:
+                setattr(base, k, None)
+    if "lr" in changes and "swa_lr" not in changes:
+        base.swa_lr = None  # default: the new lr
+    keep = set(changes) | (set(starts) if new_budget else set())  # --quick changes only the rest
+    return base, keep

@@ -28,6 +28,7 @@ from .run_data import bn_loader, build_run_model, eval_loaders, load_splits
 
 __all__ = [
     "evaluate_run",
+    "evaluate_folder",
     "load_run_model",
     "regression_predictive",
     "regression_summary",
@@ -268,3 +269,49 @@ def evaluate_run(
         write_json(run_dir / ("evaluation.json" if method == cfg.method else f"evaluation-{method}.json"), out)
     out["eval_s"] = eval_s
     return out
+
+
+def evaluate_folder(
+    run_dir: str | Path,
+    *,
+    points: int | None = None,
+    samples: int | None = None,
+    ood: bool = False,
+    temperature_scaling: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> tuple[str, dict[str, Any]]:
+    """``valleys evaluate``: a training run (:func:`evaluate_run`) or a curve folder
+    (:func:`valleys.app.connect.evaluate_curve_dir`); returns ``("run" or "curve", results)``. Flags that do
+    not apply to the folder's kind are refused, and an ``evaluation.json`` already there unless ``overwrite``,
+    before any work."""
+    from .config import read_json_object
+    from .folders import OutputFolderError, check_writable
+    from .registry import methods_using
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (train one with 'valleys train')")
+    config = run_dir / "config.json"
+    raw = read_json_object(config) if config.is_file() else {}
+    if (run_dir / "evaluation.json").exists() and not overwrite:
+        raise OutputFolderError(f"{run_dir} already holds evaluation.json; pass --overwrite to replace it")
+    check_writable(run_dir, str(run_dir))
+    if raw.get("folder") == "curve":
+        from .connect import evaluate_curve_dir
+
+        for flag, given in (("--samples", samples), ("--ood", ood), ("--temperature-scaling", temperature_scaling)):
+            if given:
+                raise InputError(f"{flag} applies to training runs; {run_dir} is a curve folder")
+        return "curve", evaluate_curve_dir(run_dir, points=points, progress=progress)
+    if points is not None:
+        raise InputError(f"--points applies to curve folders (made by 'valleys connect') only; {run_dir} is not one")
+    if samples is not None and raw.get("method") not in methods_using("samples"):
+        raise InputError(
+            f"--samples applies to runs of --method {', '.join(methods_using('samples'))}; "
+            f"{run_dir} is a {raw.get('method')} run"
+        )
+    res = evaluate_run(
+        run_dir, samples=samples, ood=True if ood else None, temperature_scaling=temperature_scaling, progress=progress
+    )
+    return "run", res

@@ -25,14 +25,14 @@ from ..core.distributed import is_main, shard_loader, world_size
 from ..errors import InputError
 from ..training.trainer import Trainer
 from ..zoo.data import Splits, make_loader
-from .config import TrainConfig, check_saved_settings, read_json_object
+from .config import TrainConfig, check_resume_flags, check_saved_settings, read_json_object, read_run_config
 from .evaluate import evaluate_run
 from .folders import has_checkpoint, output_guard, prepare_run_dir, ranks_folder
 from .methods.base import Method
-from .registry import get_method
+from .registry import get_method, refuse_foreign_settings
 from .run_data import bn_loader, build_run_model, eval_loaders, load_splits
 
-__all__ = ["train_run"]
+__all__ = ["train_run", "train_config_from_flags"]
 
 
 # ---------------------------------------------------------------------- one training run
@@ -168,3 +168,33 @@ def _train_run_ranks(
             results["timing"] = {**timing, "eval_s": results.pop("eval_s"), "world_size": world_size()}
             write_json(out / "results.json", results)
     return results if writes else read_json_object(out / "results.json")
+
+
+def train_config_from_flags(flags: dict[str, Any], *, given: dict[str, Any] | None = None) -> tuple[TrainConfig, Path]:
+    """The resolved settings and the run folder of ``valleys train`` from its flags (``{setting: value}``,
+    ``None``: not given; ``out``, ``resume``: the folder and whether to continue it). Without ``model`` the
+    dataset's default architecture. With ``resume`` the settings are the saved run's; ``given`` (the flags typed,
+    not their defaults) must agree with them. Method settings given for a method that does not use them are
+    refused."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in flags.items() if k in fields and v is not None})
+    if flags.get("model") is None:
+        cfg.model = "mlp" if cfg.dataset in ("diabetes", "uci") else TrainConfig.model  # Gaussian-head MLP
+    method = flags.get("method", cfg.method)
+    if flags.get("resume"):  # the run's own settings; flags typed now must agree with them
+        out = Path(flags.get("out") or _default_folder(cfg))
+        if not (out / "config.json").is_file():
+            raise CheckpointError(
+                f"cannot resume: {out} holds no run (no config.json); train it first without --resume"
+            )
+        saved = read_run_config(out)
+        typed = {k: v for k, v in (given or {}).items() if k in fields}
+        check_resume_flags(typed, asdict(saved), out / "config.json", {"heteroscedastic": "--homoscedastic"})
+        method, cfg = saved.method, saved
+    refuse_foreign_settings(method, flags)
+    cfg = cfg.resolved()
+    return cfg, Path(flags.get("out") or _default_folder(cfg))
+
+
+def _default_folder(cfg: TrainConfig) -> str:
+    return f"runs/{cfg.dataset}-{cfg.model}-{cfg.method}-seed{cfg.seed}"
