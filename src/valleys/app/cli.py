@@ -1,7 +1,10 @@
-"""The ``valleys`` command line: argument parsing and orchestration only (the work is in the library).
+"""The ``valleys`` command line: argument parsing and dispatch only (the work is in the library and the run layer).
 
-The parser is built from plain data (:mod:`valleys.zoo.catalog`, :mod:`valleys.app.settings` and the method
-registry's metadata), so ``valleys --help`` starts without importing torch; each command imports what it runs.
+The parser is built from plain data (:mod:`valleys.zoo.catalog`, :class:`valleys.app.config.RunSettings`, and the
+registries: ``valleys train``'s method flags are generated from the registered methods' settings dataclasses,
+and every registered study is a subcommand whose flags come from its settings, see
+:mod:`valleys.app.options`), so ``valleys --help`` starts without importing torch; each command imports what
+it runs.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,30 @@ from .methods.base import Method
 from .registry import get_method, refuse_foreign_settings
 from .run_data import bn_loader, build_run_model, eval_loaders, load_splits
 
-__all__ = ["train_run", "train_config_from_flags"]
+__all__ = ["train_run", "train_config_from_flags", "RunTiming"]
+
+
+@dataclass(frozen=True)
+class RunTiming:
+    """Where a run's time went (seconds): training (``train_s``, all members), per epoch (one network), training
+    with setup (``total_train_s``), the final evaluation (``eval_s``); ``world_size`` under torchrun. Its JSON
+    (``results.json``'s ``timing``) holds the fields that were measured."""
+
+    train_s: float
+    epoch_s: float | None = None
+    total_train_s: float | None = None
+    eval_s: float | None = None
+    world_size: int | None = None
+
+    def to_json(self) -> dict[str, float]:
+        """The measured fields (``None`` ones left out), in field order."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 # ---------------------------------------------------------------------- one training run
 def _train_single(
     cfg: TrainConfig, method: Method, out: Path, splits: Splits, *, resume: bool, progress: bool
-) -> dict[str, Any]:
+) -> RunTiming:
     """Train one network with ``method`` (one without members) into ``out``; returns its timing."""
     model = build_run_model(cfg, splits)
     train = make_loader(splits.train, cfg.batch_size, shuffle=True, seed=cfg.seed)
@@ -77,7 +94,7 @@ def _train_single(
     if is_main():  # the replicas hold the same weights and posteriors: rank 0 writes them
         save_checkpoint(out / "model.safetensors", {"model": model.state_dict()}, {**header, "kind": "model"})
         method.save(out, callbacks, header)
-    return {"train_s": train_s, "epoch_s": sum(h["train_time"] for h in history) / max(len(history), 1)}
+    return RunTiming(train_s, epoch_s=sum(h["train_time"] for h in history) / max(len(history), 1))
 
 
 def _member_config(cfg: TrainConfig, method: Method, i: int) -> TrainConfig:
@@ -125,7 +142,7 @@ def train_run(
         if method.member is not None:
             member_method = get_method(method.member)
             write_json(out / "config.json", asdict(cfg))
-            timing = {"train_s": 0.0}
+            timing = RunTiming(0.0)
             for i in range(cfg.members):
                 member = out / f"member-{i}"
                 done = resume and (member / "model.safetensors").exists()
@@ -135,14 +152,14 @@ def train_run(
                     t = _train_single(
                         _member_config(cfg, method, i), member_method, member, splits, resume=again, progress=progress
                     )
-                    timing["train_s"] += t["train_s"]
+                    timing = dataclasses.replace(timing, train_s=timing.train_s + t.train_s)
         else:
             if resume and not (out / "checkpoint.safetensors").exists():
                 raise CheckpointError(f"cannot resume: {out / 'checkpoint.safetensors'} does not exist")
             timing = _train_single(cfg, method, out, splits, resume=resume, progress=progress)
-        timing["total_train_s"] = time.perf_counter() - start
+        timing = dataclasses.replace(timing, total_train_s=time.perf_counter() - start)
         results = evaluate_run(out, splits=splits, progress=progress, write=False)
-        results["timing"] = {**timing, "eval_s": results.pop("eval_s")}
+        results["timing"] = dataclasses.replace(timing, eval_s=results.pop("eval_s")).to_json()
         write_json(out / "results.json", results)
     return results
 
@@ -162,10 +179,11 @@ def _train_run_ranks(
     with ranks_folder(out, overwrite=overwrite, resume=resume, resumable=lambda: has_checkpoint(out)) as writes:
         start = time.perf_counter()
         timing = _train_single(cfg, method, out, splits, resume=resume, progress=progress and writes)
-        timing["total_train_s"] = time.perf_counter() - start
+        timing = dataclasses.replace(timing, total_train_s=time.perf_counter() - start)
         if writes:
             results = evaluate_run(out, splits=splits, progress=progress, write=False)
-            results["timing"] = {**timing, "eval_s": results.pop("eval_s"), "world_size": world_size()}
+            timing = dataclasses.replace(timing, eval_s=results.pop("eval_s"), world_size=world_size())
+            results["timing"] = timing.to_json()
             write_json(out / "results.json", results)
     return results if writes else read_json_object(out / "results.json")
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover - torch and the library load when a method
 __all__ = ["Method", "Predictive", "find_callback"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Predictive:
     """How a run's predictive distribution is evaluated: ``p(y|x) = (1/S) sum_s p(y|x, w_s)`` over the
     samples ``w_s`` that ``draw()`` yields (called once per split: the same samples each time).
