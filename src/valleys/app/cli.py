@@ -147,13 +147,7 @@ def _resumable_output_flags(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ..zoo.catalog import DATASETS, MODELS, REGRESSION_DATASETS
-    from .config import RunSettings
-    from .registry import method_help
-    from .regression import RegressionProtocol
-    from .semisup import SemisupConfig
-
-    d = RunSettings()
+    """The whole command line: one sub-parser per command (each built by its own function below)."""
     p = _Parser(
         prog="valleys",
         description="Loss valleys for any PyTorch model: SWA and more.",
@@ -166,7 +160,29 @@ def _parser() -> argparse.ArgumentParser:
         metavar="COMMAND",  # every subcommand: the same help formatter
         parser_class=functools.partial(_Parser, formatter_class=_HelpFormatter),
     )
+    for build in (
+        _train_parser,
+        _evaluate_parser,
+        _connect_parser,
+        _study_parsers,
+        _geometry_parser,
+        _subspace_parser,
+        _subspace_table_parser,
+        _regression_parser,
+        _semisup_parser,
+        _demo_parser,
+    ):
+        build(sub)
+    return p
 
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    """``valleys train``: the run's settings, the registered methods' settings, the output flags."""
+    from ..zoo.catalog import DATASETS, MODELS, REGRESSION_DATASETS
+    from .config import RunSettings
+    from .registry import method_help
+
+    d = RunSettings()
     methods = method_help()
     width = max(map(len, methods))
 
@@ -240,6 +256,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    """``valleys evaluate``."""
     e = sub.add_parser("evaluate", help="re-evaluate a run folder's predictive, print a table, write evaluation.json")
     e.add_argument("run_dir", type=_path, help="a folder written by 'valleys train' or 'valleys connect'")
     e.add_argument(
@@ -257,6 +276,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--overwrite", action="store_true", help="replace an evaluation.json already in the folder")
 
+
+def _connect_parser(sub: argparse._SubParsersAction) -> None:
+    """``valleys connect``."""
     c = sub.add_parser("connect", help="train a curve between two runs and compare it with the straight segment")
     c.add_argument(
         "run_a",
@@ -299,8 +321,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    _study_parsers(sub)
 
+def _geometry_parser(sub: argparse._SubParsersAction) -> None:
+    """``valleys geometry``: the demo's geometry section."""
     ge = sub.add_parser("geometry", help="the demo's geometry section (slides 6, 9-15) on an existing demo folder")
     ge.add_argument("demo_dir", type=_path, help="a folder made by 'valleys demo' (sgd-seed<s> and swag-seed<s> runs)")
     ge.add_argument("--seeds", type=_seed, nargs="+", default=None, help="seeds (default: all in the folder)")
@@ -308,6 +331,9 @@ def _parser() -> argparse.ArgumentParser:
     ge.add_argument("--overwrite", action="store_true", help="replace a geometry/ section already in the folder")
     ge.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
+
+def _subspace_parser(sub: argparse._SubParsersAction) -> None:
+    """``valleys subspace``."""
     ss = sub.add_parser(
         "subspace",
         help="Bayesian inference in a low-dimensional subspace of a run's weights "
@@ -364,6 +390,9 @@ def _parser() -> argparse.ArgumentParser:
     ss.add_argument("--overwrite", action="store_true", help="replace a subspace run already in --out")
     ss.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
+
+def _subspace_table_parser(sub: argparse._SubParsersAction) -> None:
+    """``valleys subspace-table``."""
     st = sub.add_parser(
         "subspace-table",
         help="the talk's classification comparison on a demo folder: SGD, SWA, "
@@ -375,6 +404,12 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--overwrite", action="store_true", help="replace a subspace-table/ already in the folder")
     st.add_argument("--no-progress", action="store_true", help="hide progress bars")
     st.add_argument("--jobs", type=_positive_int, default=None, help=JOBS_HELP)
+
+
+def _regression_parser(sub: argparse._SubParsersAction) -> None:
+    """``valleys regression``."""
+    from ..zoo.catalog import REGRESSION_DATASETS
+    from .regression import RegressionProtocol
 
     rg = sub.add_parser(
         "regression",
@@ -433,6 +468,12 @@ def _parser() -> argparse.ArgumentParser:
     rg.add_argument("--data-root", type=_path, default=None, help="the folder of --datasets uci (UCI layout)")
     rg.add_argument("--seed", type=_seed, default=rd.seed, help="base seed (split i uses seed + i)")
     _resumable_output_flags(rg, "protocol")
+
+
+def _semisup_parser(sub: argparse._SubParsersAction) -> None:
+    """``valleys semisup``."""
+    from ..zoo.catalog import DATASETS, MODELS
+    from .semisup import SemisupConfig
 
     ss = sub.add_parser(
         "semisup",
@@ -540,6 +581,10 @@ def _parser() -> argparse.ArgumentParser:
     ss.add_argument("--device", default=sd.device, help="cpu, cuda or cuda:N")
     _resumable_output_flags(ss, "study")
 
+
+def _demo_parser(sub: argparse._SubParsersAction) -> None:
+    """``valleys demo``."""
+    from ..zoo.catalog import DATASETS, MODELS
     from .presets import DEFAULT_PRESET, PRESETS, presets_help
 
     m = sub.add_parser(
@@ -607,7 +652,6 @@ def _parser() -> argparse.ArgumentParser:
         ("--batch-size", _positive_int),
     ):
         g.add_argument(flag, type=typ, default=None, help="as in 'valleys train' (default: the preset's value)")
-    return p
 
 
 def _keys(res: dict) -> tuple[str, ...]:
