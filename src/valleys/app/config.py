@@ -77,9 +77,14 @@ class TrainConfig(RunSettings):
     """Every setting of a training run: the fields of :class:`RunSettings` and those of the registered methods'
     settings dataclasses (all have defaults; see ``valleys train --help``)."""
 
-    if TYPE_CHECKING:  # the methods' settings are fields added at registration
+    def __getattr__(self, name: str) -> Any:
+        """Reached only for a name that is not a field: the methods' settings are fields added at registration
+        (see :func:`set_method_settings`), so type checkers cannot list them."""
+        raise AttributeError(f"{type(self).__name__!r} has no setting {name!r}")
 
-        def __getattr__(self, name: str) -> Any: ...
+    if TYPE_CHECKING:  # a method's resolve() fills its own settings in
+
+        def __setattr__(self, name: str, value: Any) -> None: ...
 
     @property
     def is_regression(self) -> bool:
@@ -200,8 +205,7 @@ def _rebuild_train_config() -> None:
             spec += [(m.name, m.type, _copy(m)) for m in method_fields()]
     fresh = dataclasses.make_dataclass("TrainConfig", spec, namespace={"__module__": __name__})
     for name in list(vars(TrainConfig)):
-        f = TrainConfig.__dataclass_fields__.get(name)
-        if f is not None and name not in RunSettings.__dataclass_fields__:
+        if name in TrainConfig.__dataclass_fields__ and name not in RunSettings.__dataclass_fields__:
             delattr(TrainConfig, name)  # an old method field's class default
     for name in ("__init__", "__repr__", "__eq__", "__dataclass_fields__", "__dataclass_params__", "__match_args__"):
         if name in vars(fresh):

@@ -131,7 +131,7 @@ def setting(
     help: str = "",
     *,
     check: str | None = None,
-    metavar: str | None = None,
+    metavar: str | tuple[str, ...] | None = None,
     exclusive: bool = False,
     positional: bool = False,
     nargs: str | int | None = None,

@@ -11,6 +11,7 @@ Nothing here imports torch: the command line's parser reads the registries befor
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -163,7 +164,11 @@ def method_help() -> dict[str, str]:
 
 def methods_using(setting: str) -> tuple[str, ...]:
     """The methods whose settings dataclasses have the field ``setting`` (for help texts)."""
-    return tuple(name for name, m in METHODS.items() if any(setting in c.__dataclass_fields__ for c in m.settings))
+    return tuple(
+        name
+        for name, m in METHODS.items()
+        if any(setting in {f.name for f in dataclasses.fields(c)} for c in m.settings)
+    )
 
 
 def optional_settings() -> dict[str, tuple[str, ...]]:

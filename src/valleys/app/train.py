@@ -99,6 +99,7 @@ def _train_single(
 
 def _member_config(cfg: TrainConfig, method: Method, i: int) -> TrainConfig:
     """Member ``i`` of an ensemble of runs: the member method, seed ``seed + i``."""
+    assert method.member is not None  # only ensembles of runs have members
     return dataclasses.replace(cfg, method=method.member, seed=cfg.seed + i).resolved()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...errors import InputError
 from ..options import setting
@@ -37,8 +37,8 @@ class SWA(Method):
 
     name = "swa"
     help = "SGD, then from --swa-start an SWA schedule to --swa-lr and a uniform average of one iterate per epoch"
-    settings = (SWASettings,)
-    saves = ("trajectory.safetensors",)
+    settings: ClassVar[tuple[type, ...]] = (SWASettings,)
+    saves: ClassVar[tuple[str, ...]] = ("trajectory.safetensors",)
 
     def resolve(self, cfg: TrainConfig) -> None:
         if cfg.swa_start is None:

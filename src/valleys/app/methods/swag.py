@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...errors import InputError
 from ..options import setting
@@ -76,8 +76,8 @@ class SWAG(SWA):
 
     name = "swag"
     help = "as swa, plus a low-rank-plus-diagonal Gaussian (--rank); BMA over --samples draws, scale 0.5"
-    views = ("swa", "swag-diag")
-    settings = (SWASettings, RankSettings, SamplingSettings)
+    views: ClassVar[tuple[str, ...]] = ("swa", "swag-diag")
+    settings: ClassVar[tuple[type, ...]] = (SWASettings, RankSettings, SamplingSettings)
     saves = ("trajectory.safetensors", "posterior.safetensors")
     diagonal = False
     scale = 0.5
