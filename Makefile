@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
 
-.PHONY: venv demo demo-quick demo-fashion-mnist test test-fast bench clean
+.PHONY: venv demo demo-quick demo-fashion-mnist test test-fast lint bench clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,13 @@ test: $(STAMP)
 # The fast tier: everything except the tests marked slow (end-to-end CLI runs and training).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not slow"
+
+# The habits: lint and format (ruff), types (mypy; zero errors outside tools/mypy_baseline.txt), layering.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python tools/check_mypy.py
+	$(BIN)/python tools/check_imports.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_swa.py

@@ -7,10 +7,11 @@
       ``model.parameters()``;
     * curve: ``Curve(w_A, w_B, kind="bezier", bends=3, sizes=[s.numel for s in space.slots])`` (the inner
       control point kept per parameter tensor, ``curve.inner[j]`` of shape (1, size_j)),
-      ``CurveModel(model, curve, space, loss_through_output=True)`` in train mode (a fresh ``t ~ U(0, 1)`` per step; ``w(t)`` formed
-      per piece by one autograd node and passed as parameter views to ``torch.func.functional_call``, no
-      flat ``w``; the inner point's coefficient applied to the batch-sized gradient at the output, so the
-      weight gradients reach the inner point without a P-sized copy), ``loss_fn = cm.l2_loss(
+      ``CurveModel(model, curve, space, loss_through_output=True)`` in train mode (a fresh ``t ~ U(0, 1)`` per
+      step; ``w(t)`` formed per piece by one autograd node and passed as parameter views to
+      ``torch.func.functional_call``, no flat ``w``; the inner point's coefficient applied to the batch-sized
+      gradient at the output, so the weight gradients reach the inner point without a P-sized copy),
+      ``loss_fn = cm.l2_loss(
       nn.CrossEntropyLoss(), 5e-4)`` (the L2 gradient ``c_1 wd w(t)`` added in place to ``.grad`` by a
       post-accumulate hook), SGD on ``curve.parameters()``: ``opt.zero_grad(); loss = loss_fn(cm(x), y);
       loss.backward(); opt.step()``.
@@ -277,7 +278,7 @@ def bench_steps(
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = {sfx: med["curve" + sfx] / med["plain" + sfx] for sfx in ("", "+L2")}
     paired = {
-        sfx: statistics.median([a / b for a, b in zip(times["curve" + sfx], times["plain" + sfx])])
+        sfx: statistics.median([a / b for a, b in zip(times["curve" + sfx], times["plain" + sfx], strict=True)])
         for sfx in ("", "+L2")
     }
     parts = breakdown(st, x, y, reps)
@@ -391,22 +392,19 @@ def bench_path(points: int, repeats: int) -> dict:
     st = make_path_setup()
     model, space, curve, train, test = st["model"], st["space"], st["curve"], st["train"], st["test"]
     ts = torch.linspace(0, 1, points).tolist()
-    ours_fn = lambda ts_: evaluate_path(
-        model,
-        curve.point,
-        ts_,
-        train_loader=train,  # noqa: E731
-        test_loader=test,
-        bn="recompute",
-        space=space,
-    )
-    naive_fn = lambda ts_: naive_path(model, curve, ts_, train, test)  # noqa: E731
+
+    def ours_fn(ts_: list[float]) -> dict:
+        return evaluate_path(model, curve.point, ts_, train_loader=train, test_loader=test, bn="recompute", space=space)
+
+    def naive_fn(ts_: list[float]) -> dict:
+        return naive_path(model, curve, ts_, train, test)
+
     ours_fn([0.0, 1.0])  # warm-up
     naive_fn([0.0, 1.0])
     times, last = alternating({"ours": lambda: ours_fn(ts), "naive": lambda: naive_fn(ts)}, repeats)
     t_ours, t_naive, res_ours, res_naive = times["ours"], times["naive"], last["ours"], last["naive"]
     diffs = {
-        k: max(abs(a - b) for a, b in zip(res_ours[k], res_naive[k]))
+        k: max(abs(a - b) for a, b in zip(res_ours[k], res_naive[k], strict=True))
         for k in ("train_loss", "train_error", "test_error")
     }
     return {

@@ -1,16 +1,16 @@
 """Cost of valleys' weight-space geometry tools, measured side by side in one process.
 
-(a) A 21 x 21 grid on a plane without BatchNorm recompute, on the MNIST-1D-sized ``MLP(40, 10)`` (hidden
-    (100, 100), 15,210 parameters): random inputs of 40 features, labels 0..9, 3600 training and 1000 test
-    examples, ``valleys.zoo.data.make_loader(TensorDataset(x, y), 1000)``. The points are ``plane.point(x, y)`` of
+(a) A 21 x 21 grid on a plane without BatchNorm recompute, on the MNIST-1D-sized ``MLP(40, 10)`` (hidden (100, 100),
+    15,210 parameters): random inputs of 40 features, labels 0..9, 3600 training and 1000 test examples,
+    ``valleys.zoo.data.make_loader(TensorDataset(x, y), 1000)``. The points are ``plane.point(x, y)`` of
     ``valleys.geometry.surfaces.Plane(a, b, c)`` through three random perturbations of the model's weights, over the
-    axes of ``valleys.geometry.surfaces.grid_axes`` around the three points. Ours: ``valleys.evaluation.grid.evaluate_points(model,
-    points, {"train": ..., "test": ...}, bn="keep")`` with the default ``batched="auto"`` (it times the first
-    batch both ways and then evaluates ``chunk`` points at a time with ``torch.func.vmap`` or one by one), and
-    the same with ``batched=False`` and ``batched=True`` explicitly. Naive: for each point
-    ``torch.nn.utils.vector_to_parameters(w, model.parameters())``, then mean cross-entropy and error on both
-    loaders in eval mode under ``torch.no_grad()``. All four runs see the same points; every variant's losses
-    must equal the naive ones (max |diff| <= 1e-4).
+    axes of ``valleys.geometry.surfaces.grid_axes`` around the three points. Ours:
+    ``valleys.evaluation.grid.evaluate_points(model, points, {"train": ..., "test": ...}, bn="keep")`` with the default
+    ``batched="auto"`` (it times the first batch both ways and then evaluates ``chunk`` points at a time with
+    ``torch.func.vmap`` or one by one), and the same with ``batched=False`` and ``batched=True`` explicitly. Naive: for
+    each point ``torch.nn.utils.vector_to_parameters(w, model.parameters())``, then mean cross-entropy and error on both
+    loaders in eval mode under ``torch.no_grad()``. All four runs see the same points; every variant's losses must equal
+    the naive ones (max |diff| <= 1e-4).
 
 (b) The same kind of grid (7 x 7) with a BatchNorm recompute per point on ``SmallCNN(1, 10, width=8)`` with
     random 1x8x8 inputs: 1024 training examples in 4 equal batches of 256 (``update_bn`` averages per-batch
@@ -163,7 +163,7 @@ def naive_recompute(
 
 
 def max_diff(ours: dict, ref: dict, key: str) -> float:
-    return max(abs(a - b) for name in ref for a, b in zip(ours[name][key], ref[name][key]))
+    return max(abs(a - b) for name in ref for a, b in zip(ours[name][key], ref[name][key], strict=True))
 
 
 # ---------------------------------------------------------------------------------------------- (a)
@@ -208,7 +208,7 @@ def bench_grid_keep(cfg: Config) -> dict:
     t_start = time.perf_counter()
     for r in range(cfg.repeats_a):
         for v in (A_VARIANTS[i] for i in WILLIAMS[r % 4]):
-            dt, res = timed(lambda: runs[v](points))
+            dt, res = timed(lambda v=v: runs[v](points))
             times[v].append(dt)
             results[v] = res
             if v == "auto":
@@ -217,7 +217,7 @@ def bench_grid_keep(cfg: Config) -> dict:
     restored = bool(torch.equal(space.read(model), w_init))  # evaluate_points leaves the user's model as it was
 
     med = {v: statistics.median(t) for v, t in times.items()}
-    paired = {v: statistics.median([n / t for n, t in zip(times["naive"], times[v])]) for v in A_VARIANTS}
+    paired = {v: statistics.median([n / t for n, t in zip(times["naive"], times[v], strict=True)]) for v in A_VARIANTS}
     npts = len(points)
     print(f"{'':40s} {'median':>11s} {'per point':>11s} {'spread':>7s}  {'naive/this':>10s}  {'paired':>7s}")
     for v in A_VARIANTS:
@@ -282,12 +282,12 @@ def bench_grid_recompute(cfg: Config) -> dict:
     for r in range(cfg.repeats_b):
         for i in ABBA[r % 4]:
             v = names[i]
-            dt, res = timed(lambda: runs[v](points))
+            dt, res = timed(lambda v=v: runs[v](points))
             times[v].append(dt)
             results[v] = res
     elapsed = time.perf_counter() - t_start
     med = {v: statistics.median(t) for v, t in times.items()}
-    paired = statistics.median([n / o for n, o in zip(times["naive"], times["ours"])])
+    paired = statistics.median([n / o for n, o in zip(times["naive"], times["ours"], strict=True)])
     npts = len(points)
     labels = {"naive": "naive (deepcopy, update_bn, evaluate)", "ours": "evaluate_points, bn='recompute'"}
     print(f"{'':40s} {'median':>11s} {'per point':>11s} {'spread':>7s}")
@@ -381,10 +381,14 @@ def bench_eigen(cfg: Config) -> dict:
         lib = power_iteration(loss, w, iterations=j or cfg.max_power, generator=torch.Generator().manual_seed(s))
         same = abs(lib["eigenvalue"] - ev_p) <= 1e-10 * abs(ev_p) and lib["num_hvp"] == (j or cfg.max_power)
         t_l = timed(
-            lambda: lanczos(loss, w, k=1, iterations=m or cfg.max_lanczos, generator=torch.Generator().manual_seed(s))
+            lambda m=m, s=s: lanczos(
+                loss, w, k=1, iterations=m or cfg.max_lanczos, generator=torch.Generator().manual_seed(s)
+            )
         )[0]
         t_p = timed(
-            lambda: power_iteration(loss, w, iterations=j or cfg.max_power, generator=torch.Generator().manual_seed(s))
+            lambda j=j, s=s: power_iteration(
+                loss, w, iterations=j or cfg.max_power, generator=torch.Generator().manual_seed(s)
+            )
         )[0]
         rows.append({"seed": s, "m": m, "j": j, "ev_l": ev_l, "ev_p": ev_p, "same": same, "t_l": t_l, "t_p": t_p})
     elapsed = time.perf_counter() - t_start

@@ -23,8 +23,8 @@ pass gives non-default running statistics, then everything runs in eval mode.
     1000 examples: ``valleys.evaluate_points(model, points, {"train": [(x, y)]}, bn="keep")`` (the engine,
     ``batched="auto"``) vs the ``loss-landscapes`` package's ``random_plane(model, Loss(cross_entropy, x, y),
     distance=1, steps=21, normalization="filter", deepcopy_model=True)``. Target: loss-landscapes / valleys
-    >= 1.0x (``batched=False`` is timed too, for information). Agreement: the points loss-landscapes visits are recorded (an untimed 3 x 3 run) and valleys'
-    losses there must equal its values (|diff| <= 1e-4 relative).
+    >= 1.0x (``batched=False`` is timed too, for information). Agreement: the points loss-landscapes visits are
+    recorded (an untimed 3 x 3 run) and valleys' losses there must equal its values (|diff| <= 1e-4 relative).
 
 Peers are imported from ``$VALLEYS_PEERS_PATH`` (default ``/work/peers``; install them there with ``pip
 download pyhessian loss-landscapes --no-deps -d /tmp/peers`` and ``pip install --no-deps --target /work/peers
@@ -143,7 +143,7 @@ class PyHessianLike:
         value = None
         for _ in range(maxIter):
             hv = self.hvp(v)
-            tmp = float(sum((a * b).sum() for a, b in zip(hv, v)))
+            tmp = float(sum((a * b).sum() for a, b in zip(hv, v, strict=True)))
             v = _normalise(list(hv))
             if value is not None and abs(value - tmp) / (abs(value) + 1e-6) < tol:
                 value = tmp
@@ -157,7 +157,7 @@ class PyHessianLike:
         for _ in range(maxIter):
             v = [torch.randint_like(p, high=2) * 2 - 1 for p in self.params]
             hv = self.hvp(v)
-            vals.append(float(sum((a * b).sum() for a, b in zip(hv, v))))
+            vals.append(float(sum((a * b).sum() for a, b in zip(hv, v, strict=True))))
             if abs(statistics.mean(vals) - trace) / (abs(trace) + 1e-6) < tol:
                 return vals
             trace = statistics.mean(vals)
@@ -213,7 +213,7 @@ def _plane_reimplemented(model: nn.Module, x: Tensor, y: Tensor, steps: int, rec
     m = copy.deepcopy(model)
     params = list(m.parameters())
     start = [p.detach().clone() for p in params]
-    d1, d2 = ([_filter_normalise(torch.rand_like(p), s) for p, s in zip(params, start)] for _ in range(2))
+    d1, d2 = ([_filter_normalise(torch.rand_like(p), s) for p, s in zip(params, start, strict=True)] for _ in range(2))
     out = []
     for i in range(steps):
         row = []
@@ -221,7 +221,7 @@ def _plane_reimplemented(model: nn.Module, x: Tensor, y: Tensor, steps: int, rec
         for j in range(steps):
             b = -1 + 2 * j / max(steps - 1, 1)
             with torch.no_grad():
-                for p, s, u, v in zip(params, start, d1, d2):
+                for p, s, u, v in zip(params, start, d1, d2, strict=True):
                     p.copy_(s + a * u + b * v)
             value = nn.functional.cross_entropy(m(x), y).item()  # graph on, as loss-landscapes' Loss metric
             if record is not None:
@@ -311,7 +311,8 @@ def main() -> None:
         for k, t in med.items():
             print(f"  {k:34s} {fmt_time(t)} per product")
         print(
-            f"  set-up (gradient with its graph, and one product): valleys {fmt_time(ours_setup)}, peer {fmt_time(peer_setup)}"
+            "  set-up (gradient with its graph, and one product): "
+            f"valleys {fmt_time(ours_setup)}, peer {fmt_time(peer_setup)}"
         )
         ref = last[which_h]
         for k in ("valleys double_backward", "valleys forward_over_reverse"):
@@ -477,7 +478,7 @@ def main() -> None:
         record: list = []
         landscapes_plane(peers, model, x, y, 3, record)  # the points the peer visits, and its values there
         got = evaluate_points(model, [p for p, _ in record[:4]], data, bn="keep")["train"]["loss"]
-        diff = max(abs(a - b) / max(abs(b), 1e-12) for a, (_, b) in zip(got, record[:4]))
+        diff = max(abs(a - b) / max(abs(b), 1e-12) for a, (_, b) in zip(got, record[:4], strict=True))
         checks.append(
             (
                 f"(d) same loss at {len(got)} of the peer's grid points (max relative diff {diff:.1e} <= 1e-4)",

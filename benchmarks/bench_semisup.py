@@ -201,7 +201,8 @@ def main() -> None:
             target = PI_TARGET if other == "pi" else MT_TARGET
             print(
                 f"  {name:32s} supervised {fmt_time(r['supervised_s'])}  {other:12s} {fmt_time(r['step_s'])}  "
-                f"ratio {r['ratio']:.2f}x (target <= {target}x, spread {r['spread_pct']:.0f}%)  {verdict(r['ratio'] <= target)}"
+                f"ratio {r['ratio']:.2f}x (target <= {target}x, spread {r['spread_pct']:.0f}%)  "
+                f"{verdict(r['ratio'] <= target)}"
             )
             checks.append(
                 (f"{name}: {other} step / supervised step = {r['ratio']:.2f}x <= {target}x", r["ratio"] <= target)

@@ -96,7 +96,8 @@ def grid_case(
     diff = float(((last["engine"] - last["loop"]).abs() / last["loop"].abs()).max())
     print(f"\n{label} {title}")
     print(
-        f"  engine (all points at once) {fmt_time(med['engine'])}\n  per-point loop              {fmt_time(med['loop'])}"
+        f"  engine (all points at once) {fmt_time(med['engine'])}\n"
+        f"  per-point loop              {fmt_time(med['loop'])}"
     )
     print(f"  ratio loop / engine {ratio:.2f}x   {verdict(ratio >= 2.0)}   (max relative difference {diff:.1e})")
     checks.append((f"{label} grid: per-point loop / engine = {ratio:.2f}x >= 2.0x", ratio >= 2.0))

@@ -242,9 +242,9 @@ def run_case(case: Case) -> dict:
     med = {k: statistics.median(v) for k, v in ep.items()}
     # baseline of each repeat: the mean of its two plain runs (halves the baseline's noise); A/A: the two
     # plain runs against each other
-    base = [(p + a) / 2 for p, a in zip(ep["plain"], ep["again"])]
-    paired = {m: [t / b for t, b in zip(ep[m], base)] for m in ("epoch", "steps")}
-    paired["again"] = [a / p for a, p in zip(ep["again"], ep["plain"])]
+    base = [(p + a) / 2 for p, a in zip(ep["plain"], ep["again"], strict=True)]
+    paired = {m: [t / b for t, b in zip(ep[m], base, strict=True)] for m in ("epoch", "steps")}
+    paired["again"] = [a / p for a, p in zip(ep["again"], ep["plain"], strict=True)]
     ratio = {m: statistics.median(v) for m, v in paired.items()}
     cmed = {k: statistics.median(v) for k, v in co.items()}
     tmed = {k: statistics.median(v) for k, v in ct.items()}

@@ -209,8 +209,9 @@ def bench_memory() -> dict:
     # (file-backed RSS, a few MiB) do not count as SWAG memory
     tiny = nn.Linear(64, 64)
     tiny_perturb = Perturber(tiny)
-    for make in (lambda: SWAG(tiny, rank=3), lambda: ReferenceSWAG(tiny, 3)):
-        obj = make()
+    # the model is an argument, not a closure over `tiny`, which is deleted below
+    for make in (lambda m: SWAG(m, rank=3), lambda m: ReferenceSWAG(m, 3)):
+        obj = make(tiny)
         for i in range(5):
             tiny_perturb(i)
             obj.collect(tiny)
@@ -453,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     co = bench_collect(calls)
     m_ours, m_ref = statistics.median(co["ours"]), statistics.median(co["ref"])
-    paired = statistics.median([r / o_ for r, o_ in zip(co["ref"], co["ours"])])
+    paired = statistics.median([r / o_ for r, o_ in zip(co["ref"], co["ours"], strict=True)])
     r_collect = m_ref / m_ours
     print(f"\n=== (a) collect, K = {K}, MLP 784-1024-1024-10 ({co['P']:,} parameters), after {FILL} collects ===")
     print(f"  {'':52s} {'median':>11s}  {'min':>11s}  {'max':>11s}")

@@ -82,6 +82,7 @@ def main() -> None:
         for c, r in zip(
             STAGE1,
             _stage(STAGE1, lambda c: {"method": "sgd", **c}, lambda c: f"sgd-e{c['epochs']}-lr{c['lr']}", a, splits),
+            strict=True,
         )
     ]
     best = min(stage1, key=lambda r: r["val_error"])
@@ -105,6 +106,7 @@ def main() -> None:
                 a,
                 splits,
             ),
+            strict=True,
         )
     ]
     best2 = min(stage2, key=lambda r: r["val_nll"])
@@ -135,6 +137,7 @@ def main() -> None:
                 a,
                 splits,
             ),
+            strict=True,
         )
     ]
     best3 = min(stage3, key=lambda r: r["val_nll"])

@@ -38,7 +38,7 @@ def main() -> None:
         for m in ("sgd", "swa")
         for s in (0, 1, 2)
     ]
-    for c, r in zip(calls, run_jobs(call, calls, jobs=default_jobs())):
+    for c, r in zip(calls, run_jobs(call, calls, jobs=default_jobs()), strict=True):
         v = r["metrics"]["val"]
         print(f"{c['out'].name:18s} validation accuracy {100 * v['accuracy']:.2f}%  NLL {v['nll']:.4f}", flush=True)
 

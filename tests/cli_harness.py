@@ -86,6 +86,6 @@ def refused(
     assert not others, f"more than one line of message: {lines}"
     for name in [names] if isinstance(names, str) else list(names):
         assert name.lower() in last.lower(), f"{name!r} not named in {last!r}"
-    for f, b in zip(folders, before):
+    for f, b in zip(folders, before, strict=True):
         assert digest(f) == b, f"{f} changed"
     return last

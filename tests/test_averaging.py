@@ -108,7 +108,7 @@ def test_errors_before_collect_nan_and_mismatched_state():
     model = nn.Linear(3, 2)
     swa = SWA(model)
     with pytest.raises(NotCollectedError, match="collect"):
-        swa.mean
+        _ = swa.mean
     with pytest.raises(NotCollectedError):
         swa.apply(model)
     bad = torch.randn(8)

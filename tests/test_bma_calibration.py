@@ -120,7 +120,7 @@ def test_fge_snapshots_at_mid_cycle(vec_data):
     # the snapshots are the weights after the steps with the lowest LR of each cycle
     expected_steps = [spe + c * 2 * spe + spe for c in range(3)]
     assert len(fge.snapshots) == 3
-    for snap, step in zip(fge.snapshots, expected_steps):
+    for snap, step in zip(fge.snapshots, expected_steps, strict=True):
         assert all(torch.equal(snap[k], record[step][1][k]) for k in snap)
         lo = min(lrs[step - spe - 1 : step + spe - 1])  # the cycle containing that step
         assert record[step][0] <= lo + (0.05 - 0.001) / spe + 1e-12

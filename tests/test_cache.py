@@ -102,7 +102,9 @@ def test_mnist1d_is_cached_bit_identical_and_faster(own_cache):
     t1 = time.perf_counter()
     warm = data._mnist1d()
     t2 = time.perf_counter()
-    assert all(a.dtype == b.dtype and a.numpy().tobytes() == b.numpy().tobytes() for a, b in zip(cold, warm))
+    assert all(
+        a.dtype == b.dtype and a.numpy().tobytes() == b.numpy().tobytes() for a, b in zip(cold, warm, strict=True)
+    )
     assert t2 - t1 < (t1 - t0) / 3, (t1 - t0, t2 - t1)
     assert [tuple(t.shape) for t in warm] == [(4000, 40), (4000,), (1000, 40), (1000,)]
     mnist1d_data = pytest.importorskip("mnist1d.data")

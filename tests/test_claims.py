@@ -34,7 +34,10 @@ def test_paired_differences_over_seeds():
 
 def test_demo_claims_read_the_demo_results():
     def runs(errors, nlls, eces):
-        return [{"metrics": {"test": {"accuracy": 1 - e, "nll": n, "ece": c}}} for e, n, c in zip(errors, nlls, eces)]
+        return [
+            {"metrics": {"test": {"accuracy": 1 - e, "nll": n, "ece": c}}}
+            for e, n, c in zip(errors, nlls, eces, strict=True)
+        ]
 
     per_row = {
         "SGD": runs([0.05, 0.052, 0.051], [0.16, 0.17, 0.165], [0.02, 0.02, 0.021]),
@@ -64,8 +67,8 @@ def test_demo_claims_read_the_demo_results():
     assert verdicts["SWA is flatter than SGD"] == "holds" and verdicts["SWA sits in a wider valley than SGD"] == "holds"
     table = "\n".join(claims_markdown(rows))
     assert (
-        "| SWA has lower test error than SGD at the same budget | test error | SWA 4.60% | SGD 5.10% | -0.50 ± 0.06 | 3 | holds |"
-        in table
+        "| SWA has lower test error than SGD at the same budget | test error | SWA 4.60% | SGD 5.10% "
+        "| -0.50 ± 0.06 | 3 | holds |" in table
     )
 
 

@@ -87,7 +87,7 @@ def test_regression_hand_computed():
     assert m["rmse"] == pytest.approx(math.sqrt((1 + 0 + 2.25) / 3))
     nll = [
         0.5 * math.log(2 * math.pi * v) + (t - u) ** 2 / (2 * v)
-        for u, v, t in zip(mu.tolist(), var.tolist(), y.tolist())
+        for u, v, t in zip(mu.tolist(), var.tolist(), y.tolist(), strict=True)
     ]
     assert m["nll"] == pytest.approx(sum(nll) / 3)
     # |err| <= 1.96 sd: 1 <= 1.96 yes; 0 yes; 1.5 <= 0.98 no

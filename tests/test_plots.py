@@ -62,7 +62,7 @@ def test_reliability_ticks_cover_the_points(tmp_path, kept):
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert max(ticks) >= x_max and all(labels) and len(set(labels)) == len(labels)
     assert labels[:6] == ["0.200", "0.759", "0.927", "0.978", "0.993", "0.998"]  # the talk's
-    for x, label in zip(ticks, labels):
+    for x, label in zip(ticks, labels, strict=True):
         assert abs(float(label) - (1 - math.exp(-x))) < 5e-3 * (1 - float(label)) + 1e-3 or x < 6.3
     lo, hi = ax.get_xlim()
     assert lo <= min(ticks) and hi >= x_max

@@ -122,7 +122,7 @@ def test_cli_choices_and_help_come_from_the_registry(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
-    for name, help_text in method_help().items():
+    for help_text in method_help().values():
         assert help_text.split(";")[0][:30] in " ".join(text.split())
 
 

@@ -153,5 +153,5 @@ def test_worker_processes_give_the_same_numbers_as_one_process(tmp_path):
         torch.set_num_threads(threads)
     two = regression_protocol(cfg, tmp_path / "two", progress=False, jobs=2)
     assert one["datasets"]["diabetes"]["summary"] == two["datasets"]["diabetes"]["summary"]
-    for a, b in zip(one["datasets"]["diabetes"]["splits"], two["datasets"]["diabetes"]["splits"]):
+    for a, b in zip(one["datasets"]["diabetes"]["splits"], two["datasets"]["diabetes"]["splits"], strict=True):
         assert a["pca-ess"]["test"] == b["pca-ess"]["test"] and a["sgd"]["test"] == b["sgd"]["test"]

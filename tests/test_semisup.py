@@ -312,11 +312,11 @@ def test_swa_and_fast_swa_equal_brute_force_means_of_their_snapshots(unit):
     ds, loader, model = _setup()
     space = WeightSpace(model)
     rec = _Record(space)
-    epochs, l, c, k = 9, 5, 2, 1 if unit == "epochs" else 3
-    swa = SWACallback(SWA(model, moments=False), l - c, every="epoch", k=c, apply_at_end=False)
+    epochs, first, c, k = 9, 5, 2, 1 if unit == "epochs" else 3
+    swa = SWACallback(SWA(model, moments=False), first - c, every="epoch", k=c, apply_at_end=False)
     fast = SWACallback(
         SWA(model, moments=False),
-        l - c,
+        first - c,
         every="epoch" if unit == "epochs" else "steps",
         k=k,
         apply_at_end=False,
@@ -330,20 +330,20 @@ def test_swa_and_fast_swa_equal_brute_force_means_of_their_snapshots(unit):
         opt,
         loader,
         epochs=epochs,
-        schedule=CosineReplay(0.05, l, c),
+        schedule=CosineReplay(0.05, first, c),
         step_fn=step,
         callbacks=[swa, fast, rec],
         progress=False,
     ).fit()
-    # SWA: the ends of epochs l, l + c, ..., epochs (every cycle end); the epoch list is 1-based
+    # SWA: the ends of epochs first, first + c, ..., epochs (every cycle end); the epoch list is 1-based
     swa_epochs = [5, 7, 9]
     want = torch.stack([rec.epochs[e - 1] for e in swa_epochs]).mean(0)
     assert swa.averager.n == 3 and torch.allclose(swa.averager.mean.double(), want, atol=1e-6)
     if unit == "epochs":
-        fast_w = [rec.epochs[e - 1] for e in range(l - c + 1, epochs + 1)]  # every epoch from l - c on
+        fast_w = [rec.epochs[e - 1] for e in range(first - c + 1, epochs + 1)]  # every epoch from first - c on
     else:
         spe = len(loader)
-        fast_w = [rec.steps[s] for s in range(1, epochs * spe + 1) if s > (l - c) * spe and s % k == 0]
+        fast_w = [rec.steps[s] for s in range(1, epochs * spe + 1) if s > (first - c) * spe and s % k == 0]
     want = torch.stack(fast_w).mean(0)
     assert fast.averager.n == len(fast_w) and torch.allclose(fast.averager.mean.double(), want, atol=1e-6)
     assert CollectionSchedule(3, "epoch", k=2).at_epoch_end(5) and not CollectionSchedule(3, "epoch", k=2).at_epoch_end(

@@ -6,8 +6,9 @@ SWA, SWAG, FGE, mode connectivity and loss-surface geometry on flat weight vecto
 Core (import nothing else of the project): :mod:`valleys.core.weights`, :mod:`valleys.core.batchnorm`,
 :mod:`valleys.evaluation.metrics`, :mod:`valleys.training.schedules`, :mod:`valleys.core.checkpoint`.
 Methods: :mod:`valleys.methods.averaging` (SWA, EMA), :mod:`valleys.training.callbacks` (the training-loop callback),
-:mod:`valleys.methods.swag` (SWAG, MultiSWAG), :mod:`valleys.methods.ensembles` (FGE), :mod:`valleys.evaluation.calibration`,
-:mod:`valleys.zoo.regression`; :mod:`valleys.evaluation.predict` averages any of them (BMA).
+:mod:`valleys.methods.swag` (SWAG, MultiSWAG), :mod:`valleys.methods.ensembles` (FGE),
+:mod:`valleys.evaluation.calibration`, :mod:`valleys.zoo.regression`; :mod:`valleys.evaluation.predict` averages
+any of them (BMA).
 Loop and entry points: :mod:`valleys.training.trainer`, :mod:`valleys.app.runs`; the CLI in :mod:`valleys.app.cli`.
 
 Importing ``valleys`` is cheap: the public names below are loaded on first use (PEP 562), so the command

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -33,12 +33,15 @@ from torch import nn
 from .core.adapter import ModelAdapter
 from .core.checkpoint import save_checkpoint
 from .core.optional import require
-from .evaluation.predict import bma
+from .evaluation.predict import BMAResult, bma
 from .methods.averaging import SWA
 from .methods.swag import SWAG
 from .training.callbacks import CollectingCore
 
-transformers = require("transformers", "hf")
+if TYPE_CHECKING:
+    import transformers
+else:  # a clear ImportError naming the extra
+    transformers = require("transformers", "hf")
 
 __all__ = ["SWACallback", "SWAGCallback", "adapter_names"]
 
@@ -60,6 +63,13 @@ def adapter_names(model: nn.Module, names: str | Sequence[str] | None) -> list[s
     return chosen
 
 
+def _given(model: nn.Module | None) -> nn.Module:
+    """The model ``transformers.Trainer`` passes to every callback event (``None`` only outside a Trainer)."""
+    if model is None:
+        raise ValueError("the callback event came without the model; valleys' callbacks run inside a Trainer")
+    return model
+
+
 class _Collecting(CollectingCore, transformers.TrainerCallback):
     """:class:`valleys.training.callbacks.CollectingCore` in the ``Trainer``'s hooks: the averager built when
     training begins, over the parameters ``names`` selects (:func:`adapter_names`)."""
@@ -67,18 +77,39 @@ class _Collecting(CollectingCore, transformers.TrainerCallback):
     def _make(self, model: nn.Module, names: list[str] | None) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kw: Any) -> None:
-        self.build(model, lambda m: self._make(m, adapter_names(m, self.names)))
+    def on_train_begin(
+        self,
+        args: transformers.TrainingArguments,
+        state: transformers.TrainerState,
+        control: transformers.TrainerControl,
+        model: nn.Module | None = None,
+        **kw: Any,
+    ) -> None:
+        self.build(_given(model), lambda m: self._make(m, adapter_names(m, self.names)))
 
-    def on_step_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kw: Any) -> None:
+    def on_step_end(
+        self,
+        args: transformers.TrainingArguments,
+        state: transformers.TrainerState,
+        control: transformers.TrainerControl,
+        model: nn.Module | None = None,
+        **kw: Any,
+    ) -> None:
         if self.schedule.every != "epoch":
             steps_per_epoch = max(1, round(state.max_steps / max(args.num_train_epochs, 1)))
             if self.schedule.after_step(state.global_step, int(state.epoch or 0), steps_per_epoch):
-                self.collect(model)
+                self.collect(_given(model))
 
-    def on_epoch_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kw: Any) -> None:
+    def on_epoch_end(
+        self,
+        args: transformers.TrainingArguments,
+        state: transformers.TrainerState,
+        control: transformers.TrainerControl,
+        model: nn.Module | None = None,
+        **kw: Any,
+    ) -> None:
         if self.schedule.at_epoch_end(round(state.epoch or 0)):
-            self.collect(model)
+            self.collect(_given(model))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the posterior (safetensors plus a JSON header naming the parameters it covers), e.g. beside the
@@ -110,7 +141,14 @@ class SWACallback(_Collecting):
     def _make(self, model: nn.Module, names: list[str] | None) -> SWA:
         return SWA(model, names)
 
-    def on_train_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kw: Any) -> None:
+    def on_train_end(
+        self,
+        args: transformers.TrainingArguments,
+        state: transformers.TrainerState,
+        control: transformers.TrainerControl,
+        model: nn.Module | None = None,
+        **kw: Any,
+    ) -> None:
         if self.apply_at_end and self.averager is not None and self.averager.n > 0:
             self.averager.write(model)
 
@@ -137,7 +175,7 @@ class SWAGCallback(_Collecting):
 
     def bma(
         self, model: nn.Module, loader: Iterable, *, samples: int = 10, scale: float = 0.5, seed: int = 0, **kwargs: Any
-    ) -> Any:
+    ) -> BMAResult:
         """The Bayesian model average of ``samples`` SWAG draws on ``loader``
         (:func:`valleys.evaluation.predict.bma`; ``return_probs=True`` etc. pass through). The model's weights
         are restored afterwards."""

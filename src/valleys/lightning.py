@@ -27,21 +27,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from .core.adapter import ModelAdapter
 from .core.batchnorm import recompute_bn
 from .core.optional import require
-from .evaluation.predict import bma
+from .evaluation.predict import BMAResult, bma
 from .methods.averaging import SWA, NotCollectedError
 from .methods.ensembles import snapshot
 from .methods.swag import SWAG
 from .training.callbacks import CollectingCore, CollectionSchedule
 from .training.schedules import TriangularCyclic
 
-pl = require("lightning.pytorch", "lightning")
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+else:  # a clear ImportError naming the extra
+    pl = require("lightning.pytorch", "lightning")
 
 __all__ = ["SWACallback", "SWAGCallback", "FGECallback"]
 
@@ -68,10 +72,10 @@ class _Collecting(CollectingCore, pl.Callback):
         self._pending: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ set-up and state
-    def _make(self, pl_module: Any) -> Any:  # pragma: no cover - abstract
+    def _make(self, model: nn.Module) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.build(pl_module, self._make)
         if self._pending is not None:
             self.averager.load_state_dict(self._pending)
@@ -89,24 +93,28 @@ class _Collecting(CollectingCore, pl.Callback):
             self.averager.load_state_dict(state_dict)
 
     # ------------------------------------------------------------------ collection
-    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.swa_lr is not None and trainer.current_epoch >= self.start:
             for opt in trainer.optimizers:
                 for g in opt.param_groups:
                     g["lr"] = self.swa_lr
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.schedule.every != "epoch" and self.schedule.after_step(
             trainer.global_step, trainer.current_epoch, trainer.num_training_batches
         ):
             self.collect(pl_module)
 
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.schedule.at_epoch_end(trainer.current_epoch + 1):
             self.collect(pl_module)
 
-    def _recompute(self, trainer: Any, pl_module: Any, loader: Iterable | None) -> None:
+    def _recompute(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Iterable | None) -> None:
         loader = loader if loader is not None else trainer.train_dataloader
+        if loader is None:
+            raise ValueError("no loader for the BatchNorm recompute: pass bn_loader= or fit with a train loader")
         recompute_bn(pl_module, loader, adapter=self.adapter, device=pl_module.device)
 
 
@@ -139,10 +147,10 @@ class SWACallback(_Collecting):
         super().__init__(start, every=every, k=k, names=names, adapter=adapter, swa_lr=swa_lr)
         self.bn_loader, self.val_loader, self.apply_at_end = bn_loader, val_loader, apply_at_end
 
-    def _make(self, pl_module: Any) -> SWA:
-        return SWA(pl_module, self.names)
+    def _make(self, model: nn.Module) -> SWA:
+        return SWA(model, self.names)
 
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self.val_loader is not None and self.averager.n > 0:
             # the average as a one-sample BMA: BatchNorm recomputed for it, the run's weights and statistics restored
@@ -158,7 +166,7 @@ class SWACallback(_Collecting):
             )
             pl_module.log_dict({"swa_val_accuracy": float(res["accuracy"]), "swa_val_nll": float(res["nll"])})
 
-    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.apply_at_end and self.averager is not None and self.averager.n > 0:
             self.averager.write(pl_module)
             self._recompute(trainer, pl_module, self.bn_loader)
@@ -192,10 +200,12 @@ class SWAGCallback(_Collecting):
         self.bn_loader = bn_loader
         self.test_metrics: list[dict[str, float]] = []
 
-    def _make(self, pl_module: Any) -> SWAG:
-        return SWAG(pl_module, self.names, rank=self.rank)
+    def _make(self, model: nn.Module) -> SWAG:
+        return SWAG(model, self.names, rank=self.rank)
 
-    def bma(self, pl_module: Any, loader: Iterable, bn_loader: Iterable | None = None, **kwargs: Any) -> Any:
+    def bma(
+        self, pl_module: pl.LightningModule, loader: Iterable, bn_loader: Iterable | None = None, **kwargs: Any
+    ) -> BMAResult:
         """The BMA of ``self.samples`` SWAG draws on ``loader`` (:func:`valleys.evaluation.predict.bma`)."""
         self.require_collected("testing or predicting with SWAG")
         gen = torch.Generator(device=self.averager.device).manual_seed(self.seed)
@@ -212,10 +222,10 @@ class SWAGCallback(_Collecting):
             **kwargs,
         )
 
-    def on_test_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.require_collected("testing with SWAG")  # before Lightning runs the test loop
 
-    def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loaders = trainer.test_dataloaders
         loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
         bn = self.bn_loader if self.bn_loader is not None else getattr(trainer, "train_dataloader", None)
@@ -251,18 +261,22 @@ class FGECallback(pl.Callback):
         self.adapter = adapter or ModelAdapter()
         self.snapshots: list[dict[str, torch.Tensor]] = []
 
-    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         epoch = trainer.current_epoch + batch_idx / max(trainer.num_training_batches, 1)
         if epoch >= self.start:
             for opt in trainer.optimizers:
                 for g in opt.param_groups:
                     g["lr"] = self.lr(epoch)
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.schedule.after_step(trainer.global_step, trainer.current_epoch, trainer.num_training_batches):
             self.snapshots.append(snapshot(pl_module))
 
-    def bma(self, pl_module: Any, loader: Iterable, **kwargs: Any) -> Any:
+    def bma(self, pl_module: pl.LightningModule, loader: Iterable, **kwargs: Any) -> BMAResult:
         """The average of the snapshots' predictions on ``loader``."""
         if not self.snapshots:
             raise NotCollectedError(

@@ -290,7 +290,8 @@ def _start(args: list, cwd: Path, shell_prefix: str | None = None) -> subprocess
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        # the child must die of Ctrl-C like a terminal's process; spawned from pytest's main thread
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
     )
 
 

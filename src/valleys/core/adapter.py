@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -38,7 +38,7 @@ __all__ = ["ModelAdapter", "AdapterError", "as_adapter", "gaussian_nll", "LOSSES
 
 _TARGET_KEYS = ("target", "targets", "y", "label", "labels")
 
-Selector = Union[None, int, str, Sequence[str], Callable[[Any], Any]]
+Selector = int | str | Sequence[str] | Callable[[Any], Any] | None
 
 
 def gaussian_nll(output: Tensor, target: Tensor) -> Tensor:

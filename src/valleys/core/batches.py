@@ -4,7 +4,7 @@ the targets are in a batch is decided by :class:`valleys.core.adapter.ModelAdapt
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sized
 from typing import Any
 
 import torch
@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..errors import BatchFormatError
 
-__all__ = ["InputFn", "to_device", "as_call_args", "BatchFormatError"]
+__all__ = ["InputFn", "to_device", "as_call_args", "sized_length", "BatchFormatError"]
 
 InputFn = Callable[[Any], Any]
 
@@ -37,3 +37,11 @@ def as_call_args(inputs: Any) -> tuple[tuple, dict]:
     if isinstance(inputs, tuple):
         return inputs, {}
     return (inputs,), {}
+
+
+def sized_length(obj: object, what: str = "dataset") -> int:
+    """``len(obj)`` for a map-style dataset or a sampler; a ``TypeError`` naming ``what`` for one without a
+    length (an iterable-style dataset)."""
+    if not isinstance(obj, Sized):
+        raise TypeError(f"the {what} ({type(obj).__name__}) has no length; a map-style {what} is needed here")
+    return len(obj)

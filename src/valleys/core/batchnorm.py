@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Sized
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -35,6 +37,13 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, _BatchNorm) and m.track_running_stats for m in model.modules())
 
 
+def _running_stats(module: nn.Module) -> tuple[Tensor, Tensor]:
+    """``(running_mean, running_var)`` of a BatchNorm layer that tracks running statistics."""
+    mean, var = module.running_mean, module.running_var
+    assert isinstance(mean, Tensor) and isinstance(var, Tensor), "a BatchNorm layer without running statistics"
+    return mean, var
+
+
 class _Moments:
     """Per-channel count, mean and M2 of a BN layer's inputs, combined exactly across batches."""
 
@@ -47,9 +56,10 @@ class _Moments:
         # with momentum 1 the layer's running buffers now hold this batch's mean and unbiased variance
         x = args[0]
         nb = x.numel() // x.shape[1]
-        mean_b = module.running_mean.detach().double()
-        m2_b = module.running_var.detach().double() * max(nb - 1, 1)
-        if self.mean is None:
+        running_mean, running_var = _running_stats(module)
+        mean_b = running_mean.detach().double()
+        m2_b = running_var.detach().double() * max(nb - 1, 1)
+        if self.mean is None or self.m2 is None:
             self.n, self.mean, self.m2 = nb, mean_b, m2_b
             return
         n = self.n + nb
@@ -63,9 +73,7 @@ class _Moments:
         collective. A rank whose forward never reached the layer (no batch, or a branch it did not take)
         takes part with zeros (``like``: the layer's running mean, for the shape and device), so every rank
         calls the same collectives in the same order and none waits forever."""
-        import torch.distributed as dist
-
-        if self.mean is None:
+        if self.mean is None or self.m2 is None:
             mean = torch.zeros_like(like, dtype=torch.float64)
             m2 = torch.zeros_like(mean)
         else:
@@ -90,10 +98,6 @@ class _Moments:
 def _agree_on_batches(seen: int, device: torch.device) -> None:
     """Under torch.distributed: warn on a rank that saw no batch (it still takes part); raise on every rank
     when no rank saw one."""
-    import warnings
-
-    import torch.distributed as dist
-
     total = torch.tensor([float(seen)], dtype=torch.float64, device=device)
     dist.all_reduce(total)
     if total.item() == 0:
@@ -150,7 +154,9 @@ def recompute_bn(
     if fraction is not None:
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-        num_batches = max(1, math.ceil(fraction * len(loader)))  # type: ignore[arg-type]
+        if not isinstance(loader, Sized):
+            raise TypeError(f"fraction= needs a loader with a length; {type(loader).__name__} has none")
+        num_batches = max(1, math.ceil(fraction * len(loader)))
     layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     if not layers:
         return 0
@@ -181,7 +187,9 @@ def recompute_bn(
         with torch.no_grad():
             for m, bufs in saved.items():
                 for b, old in zip(
-                    [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None], bufs
+                    [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None],
+                    bufs,
+                    strict=True,
                 ):
                     b.copy_(old)
         raise
@@ -194,22 +202,25 @@ def recompute_bn(
         with torch.no_grad():
             for m, bufs in saved.items():
                 for b, old in zip(
-                    [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None], bufs
+                    [b for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None],
+                    bufs,
+                    strict=True,
                 ):
                     b.copy_(old)
         raise EmptyLoaderError("recompute_bn: the loader yielded no batches; pass a non-empty training loader")
     if distributed:
-        _agree_on_batches(seen, layers[0].running_mean.device)
+        _agree_on_batches(seen, _running_stats(layers[0])[0].device)
     with torch.no_grad():
         for m in layers:
             mom = moments[m]
+            running_mean, running_var = _running_stats(m)
             if distributed:  # every rank, every layer, same order: also a rank that saw no batch or skipped it
-                mom.all_reduce(m.running_mean)
-            if mom.mean is None:  # layer not reached by any forward (e.g. an unused branch)
+                mom.all_reduce(running_mean)
+            if mom.mean is None or mom.m2 is None:  # layer not reached by any forward (e.g. an unused branch)
                 continue
-            m.running_mean.copy_(mom.mean.to(m.running_mean.dtype))
+            running_mean.copy_(mom.mean.to(running_mean.dtype))
             var = mom.m2 / max(mom.n - 1, 1)
-            m.running_var.copy_(var.to(m.running_var.dtype))
+            running_var.copy_(var.to(running_var.dtype))
             if m.num_batches_tracked is not None:
                 m.num_batches_tracked.fill_(seen)
     return seen

@@ -93,7 +93,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def _write(npz: Path, sidecar: Path, key: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
+    # numpy's stubs check **kwds against savez's allow_pickle keyword too (numpy >= 2.1); the keys are names
+    np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]
     raw = buf.getvalue()
     meta = {
         "format": FORMAT,

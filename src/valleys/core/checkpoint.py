@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -195,7 +196,6 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], header: dict
 
 
 def _errno_of(text: str) -> int | None:
-    import re
 
     m = re.search(r"code: (\d+)", text)
     return int(m.group(1)) if m else None
@@ -203,8 +203,6 @@ def _errno_of(text: str) -> int | None:
 
 def _reason(text: str) -> str:
     """The readable part of safetensors' ``IoError(Os { code: 28, kind: StorageFull, message: "No space ..." })``."""
-    import re
-
     m = re.search(r'message: "([^"]+)"', text)
     return m.group(1) if m else text
 
@@ -223,7 +221,6 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         tensors = load_file(str(path), device=str(map_location))
-        from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

@@ -14,8 +14,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import DistributedSetupError
+from .batches import sized_length
 
 __all__ = [
     "is_distributed",
@@ -113,7 +115,7 @@ class RankSliceBatchSampler(torch.utils.data.Sampler):
         for another batch sampler, the size of the last global batch drawn (exact without workers)."""
         bs = self.batch_sampler
         if isinstance(bs, torch.utils.data.BatchSampler):
-            n = len(bs.sampler)  # type: ignore[arg-type]
+            n = sized_length(bs.sampler, "sampler")
             return bs.batch_size if bs.drop_last or i < n // bs.batch_size else n % bs.batch_size
         return self.last_global_size
 
@@ -125,8 +127,8 @@ class RankSliceBatchSampler(torch.utils.data.Sampler):
         return (hi - lo) * self.world / size if size else 1.0
 
     def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.batch_sampler:
-            batch = list(batch)
+        for indices in self.batch_sampler:
+            batch = list(indices)
             self.last_global_size = len(batch)
             lo, hi = shard_bounds(len(batch), self.r, self.world)
             if hi > lo:  # a batch smaller than the world leaves some ranks without a slice (evaluation only:
@@ -153,8 +155,6 @@ def shard_loader(loader: Any, what: str = "train") -> Any:
 
     A training loader whose batches (or last batch) hold fewer examples than there are ranks is refused: every
     rank must take part in every step (``what`` names the loader in the message)."""
-    from torch.utils.data import DataLoader, DistributedSampler
-
     world = world_size()
     if (
         world == 1
@@ -167,7 +167,7 @@ def shard_loader(loader: Any, what: str = "train") -> Any:
     bs = loader.batch_sampler
     batch_size = getattr(bs, "batch_size", None)
     if batch_size is not None and what == "train":
-        n = len(loader.dataset)  # type: ignore[arg-type]
+        n = sized_length(loader.dataset)
         last = 0 if getattr(bs, "drop_last", False) else n % batch_size
         if any(0 < v < world for v in (batch_size, last)):
             raise ValueError(

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Mapping
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = ["require", "progress_bar", "NullBar", "PlainBar"]
 
@@ -27,6 +27,12 @@ def require(module_name: str, extra: str) -> ModuleType:
         raise ImportError(
             f"{top} is needed for this but is not installed; install it with: pip install 'valleys[{extra}]'"
         ) from e
+
+
+class Progress(Protocol):
+    """What the library calls on a progress bar it is given (a tqdm bar, :class:`NullBar`, :class:`PlainBar`)."""
+
+    def update(self, n: float = 1) -> object: ...
 
 
 class NullBar:

@@ -36,7 +36,9 @@ def preserved_modes(module: nn.Module, train: bool | None = None) -> Iterator[nn
     try:
         yield module
     finally:
-        for m, mode in zip(module.modules(), modes):
+        # strict=False: a raise here would replace the block's own exception; the block is not expected to add or
+        # remove submodules
+        for m, mode in zip(module.modules(), modes, strict=False):
             m.training = mode
 
 
@@ -125,7 +127,7 @@ class WeightSpace:
     def parameters(self, module: nn.Module) -> list[Tensor]:
         """The module's parameter tensors in flat-layout order, after checking names and shapes."""
         params = dict(module.named_parameters())
-        out = []
+        out: list[Tensor] = []
         for s in self.slots:
             p = params.get(s.name)
             if p is None:
@@ -172,7 +174,7 @@ class WeightSpace:
         self.check_vector(w)
         params = self.parameters(module)
         with torch.no_grad():
-            for p, s in zip(params, self.slots):
+            for p, s in zip(params, self.slots, strict=True):
                 p.copy_(w[s.offset : s.offset + s.numel].view(s.shape))
 
     def unflatten(self, w: Tensor) -> dict[str, Tensor]:
@@ -183,7 +185,7 @@ class WeightSpace:
             )
         # one split (one concatenating backward) rather than a slice per tensor (a full-size zero fill each)
         parts = torch.split(w, [s.numel for s in self.slots])
-        return {s.name: part.view(s.shape) for s, part in zip(self.slots, parts)}
+        return {s.name: part.view(s.shape) for s, part in zip(self.slots, parts, strict=True)}
 
     def views(self, w: Tensor) -> list[Tensor]:
         """Views of ``w`` in flat-layout order, shaped like the parameters (for foreach arithmetic)."""
@@ -216,7 +218,7 @@ class WeightSpace:
 
         def load(w: Tensor) -> None:
             with torch.no_grad():
-                for p, s in zip(params, self.slots):
+                for p, s in zip(params, self.slots, strict=True):
                     p.copy_(w[s.offset : s.offset + s.numel].view(s.shape))
 
         try:
@@ -224,7 +226,7 @@ class WeightSpace:
                 yield load
         finally:
             with torch.no_grad():
-                for p, saved in zip(params, saved_w):
+                for p, saved in zip(params, saved_w, strict=True):
                     p.copy_(saved)
                 if saved_buffers:
                     for k, b in module.named_buffers():  # by name: a buffer replaced inside gets the old values
@@ -245,7 +247,7 @@ class WeightSpace:
             raise WeightSpaceError(f"got {len(tensors)} tensors for a weight space of {len(sites)} parameters")
         saved = []
         try:
-            for slot_sites, t in zip(sites, tensors):
+            for slot_sites, t in zip(sites, tensors, strict=True):
                 for path, name in slot_sites:
                     mod = module.get_submodule(path) if path else module
                     saved.append((mod, name, mod._parameters[name]))

@@ -23,11 +23,12 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_leaves
 
 from ..core.adapter import ModelAdapter
 from ..core.weights import WeightSpace, WeightSpaceError
@@ -72,6 +73,9 @@ class Curve(nn.Module):
             concatenates or splits a full weight vector (see benchmarks/bench_curves.py). Default: one piece.
     """
 
+    start: Tensor
+    end: Tensor
+
     def __init__(
         self, start: Tensor, end: Tensor, *, kind: str = "bezier", bends: int = 3, sizes: Sequence[int] | None = None
     ) -> None:
@@ -82,7 +86,8 @@ class Curve(nn.Module):
             raise ValueError(f"a curve needs at least 2 control points (its two ends), got bends={bends!r}")
         if start.shape != end.shape or start.dim() != 1:
             raise WeightSpaceError(
-                f"endpoints must be flat vectors of equal length, got shapes {tuple(start.shape)} and {tuple(end.shape)}"
+                "endpoints must be flat vectors of equal length, "
+                f"got shapes {tuple(start.shape)} and {tuple(end.shape)}"
             )
         sizes = list(sizes) if sizes is not None else [start.numel()]
         if sum(sizes) != start.numel() or any(n < 1 for n in sizes):
@@ -106,7 +111,7 @@ class Curve(nn.Module):
     def set_inner(self, points: Tensor) -> None:
         """Overwrite the inner control points with an (n - 2, P) tensor."""
         with torch.no_grad():
-            for p, piece in zip(self.inner, torch.split(points.to(self.start), self.sizes, dim=1)):
+            for p, piece in zip(self.inner, torch.split(points.to(self.start), self.sizes, dim=1), strict=True):
                 p.copy_(piece)
 
     def inner_grad(self) -> Tensor | None:
@@ -205,7 +210,7 @@ class CurveModel(nn.Module):
         self.defer_l2 = False
         self._last_parts: list[Tensor] | None = None
         self._l2_pending: dict[int, list[tuple[Tensor, list[float]]]] = {}
-        self._hooked: dict[int, Any] = {}
+        self._hooked: dict[int, weakref.ref[Tensor]] = {}
         self._names = {s.name for s in self.space.slots}
         # the private buffers: one clone per buffer tensor (a buffer registered twice stays shared)
         clones: dict[int, Tensor] = {}
@@ -222,10 +227,10 @@ class CurveModel(nn.Module):
         """The curve model's own buffers by the model's buffer names (what its forward calls use)."""
         return {f"{p}.{n}" if p else n: b for p, n, b in self._buffer_sites}
 
-    def _swap_buffers(self, tensors: list[Tensor]) -> list[Tensor]:
+    def _swap_buffers(self, tensors: Sequence[Tensor | None]) -> list[Tensor | None]:
         """Put ``tensors`` in the model's buffer slots and return what was there."""
-        old = []
-        for (path, name, _), t in zip(self._buffer_sites, tensors):
+        old: list[Tensor | None] = []
+        for (path, name, _), t in zip(self._buffer_sites, tensors, strict=True):
             mod = self.model.get_submodule(path) if path else self.model
             old.append(mod._buffers[name])
             mod._buffers[name] = t
@@ -251,7 +256,7 @@ class CurveModel(nn.Module):
                     mod = module.model.get_submodule(path) if path else module.model
                     state[full] = mod._buffers[name]
 
-    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> CurveModel:
+    def _apply(self, fn: Callable[[Tensor], Tensor], *args: Any, **kwargs: Any) -> CurveModel:
         # .to(device) / .double() move the private buffers with the module
         out = super()._apply(fn, *args, **kwargs)
         moved: dict[int, Tensor] = {}
@@ -283,7 +288,7 @@ class CurveModel(nn.Module):
         try:
             if len(parts) == len(self.space.slots):
                 out = self.space.call_with(
-                    self.model, [p.view(s.shape) for s, p in zip(self.space.slots, parts)], args, kwargs
+                    self.model, [p.view(s.shape) for s, p in zip(self.space.slots, parts, strict=True)], args, kwargs
                 )
             else:
                 out = self.space.functional_call(self.model, torch.cat(parts), *args, **kwargs)
@@ -331,11 +336,13 @@ class CurveModel(nn.Module):
     def _add_l2(self, p: Tensor) -> None:
         # ``(w_i, c)`` entries queued by _CurvePoint.backward for this parameter in this backward pass:
         # grad += wd * outer(c_inner, w_i), in place (the gradient tensor is the parameter's own)
+        grad = p.grad
+        assert grad is not None  # a post-accumulate-grad hook runs after .grad is written
         for w, coef in self._l2_pending.pop(id(p), ()):
             if len(coef) == 1:
-                p.grad[0].add_(w, alpha=coef[0])
+                grad[0].add_(w, alpha=coef[0])
             else:
-                p.grad.addr_(torch.tensor(coef, dtype=w.dtype, device=w.device), w)
+                grad.addr_(torch.tensor(coef, dtype=w.dtype, device=w.device), w)
 
     def apply_pending_l2(self) -> None:
         """Add the L2 gradients queued by the last backward pass to the inner points' ``.grad`` now.
@@ -367,7 +374,10 @@ class CurveModel(nn.Module):
     @property
     def last_sq_norm(self) -> Tensor | None:
         """``||w(t)||^2`` of the last forward call (no autograd history)."""
-        return None if self._last_parts is None else sum(p.pow(2).sum() for p in self._last_parts)
+        if self._last_parts is None:
+            return None
+        parts = self._last_parts
+        return sum((p.pow(2).sum() for p in parts), torch.zeros((), dtype=parts[0].dtype, device=parts[0].device))
 
     def l2_loss(self, loss_fn, wd: float):
         """The curve objective ``loss_fn(output, target) + 0.5 wd ||w(t)||^2``.
@@ -400,7 +410,6 @@ class _Scale:
 
 
 def _any_requires_grad(args: tuple, kwargs: dict) -> bool:
-    from torch.utils._pytree import tree_leaves
 
     return any(isinstance(x, Tensor) and x.requires_grad for x in tree_leaves((args, kwargs)))
 
@@ -409,12 +418,12 @@ class _ScaleGrad(torch.autograd.Function):
     """Identity forward; multiplies the gradient by ``scale`` on the way back."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
         ctx.scale = scale
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, g: Tensor):  # type: ignore[override]
+    def backward(ctx, g: Tensor):
         return g * ctx.scale, None
 
 
@@ -427,7 +436,7 @@ class _CurvePoint(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, curve: Curve, c: list[float], scale: _Scale, sink, *inner: Tensor):  # type: ignore[override]
+    def forward(ctx, curve: Curve, c: list[float], scale: _Scale, sink, *inner: Tensor):
         w = _combine(curve, c, [[p[j] for p in inner] for j in range(len(c) - 2)])
         ctx.c, ctx.scale, ctx.sink = c[1:-1], scale, sink
         ctx.inner_ids = [id(p) for p in curve.inner]
@@ -436,17 +445,17 @@ class _CurvePoint(torch.autograd.Function):
         return tuple(w)
 
     @staticmethod
-    def backward(ctx, *grads: Tensor):  # type: ignore[override]
+    def backward(ctx, *grads: Tensor):
         s = ctx.scale.value
         rel = [cj / s for cj in ctx.c]
         out: list[Tensor | None] = []
         seen: set[int] = set()
         for g in grads:
             if len(rel) == 1 and rel[0] == 1.0:
-                if g.data_ptr() in seen:  # one gradient tensor reaching two pieces: never share storage
-                    g = g.clone()
-                seen.add(g.data_ptr())
-                out.append(g.view(1, -1))
+                # one gradient tensor reaching two pieces: never share storage
+                own = g.clone() if g.data_ptr() in seen else g
+                seen.add(own.data_ptr())
+                out.append(own.view(1, -1))
             elif len(rel) == 1:
                 out.append((g * rel[0]).view(1, -1))
             else:
@@ -455,7 +464,7 @@ class _CurvePoint(torch.autograd.Function):
             pending, wd = ctx.sink
             coef = [wd * cj for cj in ctx.c]
             if any(coef):
-                for i, (pid, w) in enumerate(zip(ctx.inner_ids, ctx.saved_tensors)):
+                for i, (pid, w) in enumerate(zip(ctx.inner_ids, ctx.saved_tensors, strict=True)):
                     if ctx.needs_input_grad[4 + i]:
                         pending.setdefault(pid, []).append((w, coef))
         return (None, None, None, None, *out)
@@ -466,10 +475,10 @@ def _combine(curve: Curve, c: list[float], inner: list[list[Tensor]]) -> list[Te
     nonzero coefficients: ``S <- lerp(S, theta_j, c_j / (c_0 + ... + c_j))``. One pass per extra point (the
     polychain's two active points: one pass; Bezier with 3 points: two), against one pass per point plus a
     scaling pass for the plain sum."""
-    pts = [
-        (c[0], torch.split(curve.start, curve.sizes)),
-        *zip(c[1:-1], inner),
-        (c[-1], torch.split(curve.end, curve.sizes)),
+    pts: list[tuple[float, list[Tensor]]] = [
+        (c[0], list(torch.split(curve.start, curve.sizes))),
+        *zip(c[1:-1], inner, strict=True),
+        (c[-1], list(torch.split(curve.end, curve.sizes))),
     ]
     pts = [(cj, tj) for cj, tj in pts if cj != 0.0]
     total, first = pts[0]

@@ -34,13 +34,16 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from ..core.adapter import ModelAdapter, as_adapter
+from ..core.batchnorm import has_batchnorm
 from ..core.weights import WeightSpace, preserved_modes
+
+_T = TypeVar("_T")
 
 try:  # torch >= 2.3
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -98,7 +101,6 @@ class LossFunction:
             raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
         if route not in HVP_ROUTES:
             raise ValueError(f"route must be one of {', '.join(HVP_ROUTES)}, got {route!r}")
-        from ..core.batchnorm import has_batchnorm
 
         if mode == "train" and has_batchnorm(model):
             raise ValueError(
@@ -125,20 +127,21 @@ class LossFunction:
 
     def _loss_at(self, params: list[Tensor]) -> Tensor:
         total = sum(self.weights)
-        out: Tensor | float = 0.0
-        for (args, kwargs, y), n in zip(self.batches, self.weights):
+        out: Tensor | None = None
+        for (args, kwargs, y), n in zip(self.batches, self.weights, strict=True):
             pred = self.adapter.prediction(self.space.call_with(self.model, params, args, kwargs))
-            if isinstance(y, Tensor):
-                y = y.to(pred.device)
-            out = out + self.loss_fn(pred, y) * (n / total)
-        return out  # type: ignore[return-value]
+            target = y.to(pred.device) if isinstance(y, Tensor) else y
+            term = self.loss_fn(pred, target) * (n / total)
+            out = term if out is None else out + term
+        assert out is not None  # __init__ refuses an empty set of batches
+        return out
 
     @contextlib.contextmanager
     def _context(self) -> Iterator[None]:
         with preserved_modes(self.model, train=self.mode == "train"), _math_attention():
             yield
 
-    def _in_mode(self, fn: Callable[[], Any]) -> Any:
+    def _in_mode(self, fn: Callable[[], _T]) -> _T:
         with self._context():
             return fn()
 
@@ -169,7 +172,7 @@ class LossFunction:
                     retain_graph=True,
                     allow_unused=True,
                 )
-            out = [o if p is None else p for o, p in zip(out, parts)]
+            out = [o if p is None else p for o, p in zip(out, parts, strict=True)]
         return torch.cat([t.detach().reshape(-1) for t in out])
 
     def _gradient_graph(self, w: Tensor) -> tuple[list[Tensor], list[Tensor]]:
@@ -183,8 +186,8 @@ class LossFunction:
         self._graph = None  # free the old graph before building the new one
         leaves = [t.detach().clone().requires_grad_(True) for t in self.space.views(w)]
         with torch.enable_grad(), self._context():
-            grads = torch.autograd.grad(self._loss_at(leaves), leaves, create_graph=True, allow_unused=True)
-        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads)]
+            raw = torch.autograd.grad(self._loss_at(leaves), leaves, create_graph=True, allow_unused=True)
+        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, raw, strict=True)]
         self._graph = (w.detach().clone(), leaves, grads)
         return leaves, grads
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.adapter import ModelAdapter
+from ..core.optional import progress_bar
 from ..core.weights import WeightSpace
 from ..evaluation.grid import evaluate_points
 from .hessian import LossFunction, epsilon_sharpness, hutchinson_trace, lanczos
@@ -233,8 +234,6 @@ def sharpness_study(
     ascent_steps = 20  # epsilon_sharpness's default
     bar = None
     if progress:
-        from ..core.optional import progress_bar
-
         bar = progress_bar(
             total=iterations + trace_samples + ascent_steps,
             unit="product",

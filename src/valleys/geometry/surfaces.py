@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..core.weights import WeightSpace, WeightSpaceError
 
-__all__ = ["Plane", "line", "random_direction", "pca_plane", "grid_axes", "valley_width"]
+__all__ = ["Plane", "Line", "line", "random_direction", "pca_plane", "grid_axes", "valley_width"]
 
 
 def _same_length(*vs: Tensor) -> None:
@@ -87,17 +87,26 @@ def grid_axes(
     return axes[0], axes[1]
 
 
-def line(a: Tensor, b: Tensor):
-    """``s -> a + s (b - a) / ||b - a||``: the line through two solutions by signed distance from ``a``."""
+class Line:
+    """``s -> a + s u`` with the unit vector ``u``: a line in weight space by signed distance from ``a``;
+    ``length`` is the distance between the two points it was drawn through (see :func:`line`)."""
+
+    def __init__(self, a: Tensor, unit: Tensor, length: float) -> None:
+        self.a, self.unit, self.length = a, unit, length
+
+    def __call__(self, s: float | Tensor) -> Tensor:
+        return self.a + float(s) * self.unit
+
+
+def line(a: Tensor, b: Tensor) -> Line:
+    """``s -> a + s (b - a) / ||b - a||``: the line through two solutions by signed distance from ``a``
+    (``line(a, b).length`` is ``||b - a||``)."""
     _same_length(a, b)
     d = (b - a).double()
     norm = float(d.norm())
     if norm == 0:
         raise WeightSpaceError("the two points coincide: no line through them")
-    unit = (d / norm).to(a.dtype)
-    fn = lambda s: a + float(s) * unit  # noqa: E731
-    fn.length = norm  # type: ignore[attr-defined]
-    return fn
+    return Line(a, (d / norm).to(a.dtype), norm)
 
 
 def random_direction(

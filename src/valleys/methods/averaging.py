@@ -82,6 +82,10 @@ class Averager:
             ps = [p.to(self.device, self.dtype) for p in ps]
         return ps
 
+    def collect(self, source: nn.Module | Tensor) -> None:
+        """Fold the weights of a module (or a flat vector) into the average (SWA: equal weights; EMA: decay)."""
+        raise NotImplementedError
+
     def _check_finite(self, delta: list[Tensor]) -> None:
         if self.check_finite:
             total = torch.stack(torch._foreach_norm(delta)).sum()
@@ -150,12 +154,12 @@ class SWA(Averager):
         super().__init__(model, names, device=device, dtype=dtype, check_finite=check_finite)
         self.moments = moments
         self._m2 = torch.zeros_like(self._mean) if moments else None
-        self._m2_views = self.space.views(self._m2) if moments else None
+        self._m2_views = self.space.views(self._m2) if self._m2 is not None else None
 
     def collect(self, source: nn.Module | Tensor) -> None:
         """Add the weights of a module (or a flat vector) to the average."""
         w = self._current(source)
-        delta = torch._foreach_sub(w, self._mean_views)
+        delta = list(torch._foreach_sub(w, self._mean_views))
         self._check_finite(delta)
         n = self.n
         welford_(self._mean_views, self._m2_views, delta, n)
@@ -213,7 +217,7 @@ class EMA(Averager):
     def collect(self, source: nn.Module | Tensor) -> None:
         """Move the average towards the current weights."""
         w = self._current(source)
-        delta = torch._foreach_sub(w, self._mean_views)
+        delta = list(torch._foreach_sub(w, self._mean_views))
         self._check_finite(delta)
         if self.n == 0:
             weight = 1.0

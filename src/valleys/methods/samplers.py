@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.checkpoint import json_safe
+from ..core.optional import Progress
 from ..errors import SamplerError
 
 __all__ = [
@@ -59,8 +61,6 @@ class SamplerResult:
 
     def to_json(self) -> dict[str, Any]:
         """Strict JSON of the diagnostics and the sample summary (mean and standard deviation per coordinate)."""
-        from ..core.checkpoint import json_safe
-
         return json_safe(
             {
                 "method": self.method,
@@ -102,7 +102,7 @@ def elliptical_slice(
     thin: int = 1,
     max_shrinks: int = 100,
     generator: torch.Generator | None = None,
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> SamplerResult:
     """Elliptical slice sampling (Murray, Adams & MacKay 2010) of ``p(z) ~ L(z) N(z; 0, s^2 I)``.
 
@@ -185,7 +185,7 @@ def elliptical_slice(
 
 
 def _maximise_elbo(
-    elbo: Callable[[], Tensor], params: list[Tensor], steps: int, lr: float, what: str, progress: Any
+    elbo: Callable[[], Tensor], params: list[Tensor], steps: int, lr: float, what: str, progress: Progress | None
 ) -> tuple[float, list[tuple[int, float]]]:
     """Adam on ``-elbo()`` for ``steps`` steps; the last ELBO and its trace (every 1% of the steps). A
     non-finite ELBO stops with a :class:`SamplerError` naming the step and the learning rate."""
@@ -222,7 +222,7 @@ def mean_field_vi(
     init_mean: Tensor | None = None,
     init_std: float | None = None,
     generator: torch.Generator | None = None,
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> SamplerResult:
     """Mean-field Gaussian variational inference: ``q(z) = N(mu, diag(sigma^2))`` maximising
 
@@ -289,6 +289,8 @@ class RealNVP(torch.nn.Module):
     ``sample(n)`` returns ``(z, log q(z))`` with ``log q(z) = log N(eps; 0, I) - log |det dz/deps|``.
     """
 
+    masks: Tensor
+
     def __init__(self, k: int, *, layers: int = 4, hidden: int = 32, init_std: float = 0.1) -> None:
         super().__init__()
         self.k = k
@@ -303,15 +305,15 @@ class RealNVP(torch.nn.Module):
         )
         self.nets = torch.nn.ModuleList()
         for _ in range(len(self.masks)):
-            net = torch.nn.Sequential(torch.nn.Linear(k, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 2 * k))
-            torch.nn.init.zeros_(net[2].weight)
-            torch.nn.init.zeros_(net[2].bias)
-            self.nets.append(net.double())
+            first, last = torch.nn.Linear(k, hidden), torch.nn.Linear(hidden, 2 * k)
+            torch.nn.init.zeros_(last.weight)
+            torch.nn.init.zeros_(last.bias)
+            self.nets.append(torch.nn.Sequential(first, torch.nn.Tanh(), last).double())
 
     def forward(self, eps: Tensor) -> tuple[Tensor, Tensor]:
         """``(z, log |det dz/deps|)`` for eps (n, k)."""
         x, logdet = eps, torch.zeros(eps.shape[0], dtype=eps.dtype)
-        for m, net in zip(self.masks, self.nets):
+        for m, net in zip(self.masks, self.nets, strict=True):
             s, t = net(x * m).chunk(2, dim=-1)
             s = torch.tanh(s) * (1 - m)
             x = x * m + (1 - m) * (x * s.exp() + t)
@@ -338,7 +340,7 @@ def flow_vi(
     layers: int = 4,
     hidden: int = 32,
     generator: torch.Generator | None = None,
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> SamplerResult:
     """Variational inference with a RealNVP flow q (:class:`RealNVP`), maximising the ELBO
 

@@ -59,12 +59,11 @@ def draw(
     ``m + sqrt(scale) (sqrt(var) z1 + D^T z2 / sqrt(k - 1))`` with ``z1 ~ N(0, I_size)`` (drawn whole, then
     sliced, so a slice of a draw equals the draw's slice for the same generator) and ``z2 ~ N(0, I_k)``;
     ``mean``, ``variance`` and the (k, len(mean)) ``deviations`` are that slice's."""
-    kw = {"device": mean.device, "dtype": mean.dtype, "generator": generator}
-    z1 = torch.randn(n, size, **kw)[:, lo : lo + mean.numel()]
+    z1 = torch.randn(n, size, device=mean.device, dtype=mean.dtype, generator=generator)[:, lo : lo + mean.numel()]
     out = z1.mul_(variance.clamp_min(0).sqrt())
     if not diagonal:
         k = deviations.shape[0]
-        z2 = torch.randn(n, k, **kw)
+        z2 = torch.randn(n, k, device=mean.device, dtype=mean.dtype, generator=generator)
         out.add_(z2 @ deviations, alpha=1 / math.sqrt(k - 1))
     return out.mul_(math.sqrt(scale)).add_(mean)
 

@@ -9,7 +9,7 @@ minimum of :class:`valleys.training.schedules.TriangularCyclic`, where FGE, Gari
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..core.adapter import ModelAdapter
 from ..core.batchnorm import recompute_bn
-from ..core.weights import preserved_modes
+from ..core.weights import WeightSpace, preserved_modes
 from ..methods.averaging import Averager, NotCollectedError
 from ..methods.ensembles import snapshot
 from .trainer import Callback, Trainer
@@ -67,13 +67,15 @@ class CollectionSchedule:
         if self.every == "cycle" and (self.cycle is None or self.cycle < 1 or not 0 <= self.phase < 1):
             raise ValueError("every='cycle' needs cycle >= 1 epochs and phase in [0, 1)")
 
-    def after_step(self, step: int, epoch: int, steps_per_epoch: int) -> bool:
-        """Whether to collect after global step ``step`` (from 1), taken in epoch ``epoch`` (from 0)."""
+    def after_step(self, step: int, epoch: int, steps_per_epoch: float) -> bool:
+        """Whether to collect after global step ``step`` (from 1), taken in epoch ``epoch`` (from 0).
+        ``steps_per_epoch`` may be a float: Lightning reports ``inf`` for a loader without a length."""
         if epoch < self.start or self.every == "epoch":
             return False
         if self.every == "steps":
             return step % self.k == 0
-        length = self.cycle * steps_per_epoch  # type: ignore[operator]
+        assert self.cycle is not None  # __post_init__ refuses every="cycle" without it
+        length = self.cycle * steps_per_epoch
         u = step - self.start * steps_per_epoch
         return u > 0 and u % length == round(self.phase * length) % length
 
@@ -91,26 +93,33 @@ class CollectingCore:
     callback class adds its hooks."""
 
     def __init__(
-        self, start: int, *, every: str = "epoch", k: int = 1, names: Any = None, adapter: ModelAdapter | None = None
+        self,
+        start: int,
+        *,
+        every: str = "epoch",
+        k: int = 1,
+        names: str | Sequence[str] | None = None,
+        adapter: ModelAdapter | None = None,
     ) -> None:
         super().__init__()
         self.schedule = CollectionSchedule(start, every, k)
         self.start, self.names = start, names
         self.adapter = adapter or ModelAdapter()
         self.averager: Any = None
-        self._signature: list | None = None
+        self._signature: list[tuple[str, list[int]]] | None = None
 
     def build(self, model: torch.nn.Module, make: Callable[[torch.nn.Module], Any]) -> None:
         """Create the averager with ``make(model)`` once, and remember the model's parameter signature."""
         if self.averager is None:
             self.averager = make(model)
-            self._signature = [[n, list(p.shape)] for n, p in model.named_parameters()]
+            self._signature = [(n, list(p.shape)) for n, p in model.named_parameters()]
 
     def collect(self, model: torch.nn.Module) -> None:
         """Add the model's weights to the averager, after checking its parameters are those it was built on."""
-        now = [[n, list(p.shape)] for n, p in model.named_parameters()]
+        now = [(n, list(p.shape)) for n, p in model.named_parameters()]
         if self._signature is not None and now != self._signature:
-            changed = [n for (n, s), (m, t) in zip(now, self._signature) if n != m or s != t]
+            # strict=False: when the number of parameters changed, the message says so below
+            changed = [n for (n, s), (m, t) in zip(now, self._signature, strict=False) if n != m or s != t]
             raise ValueError(
                 f"{type(self).__name__}: the module's parameters changed shape or names since the callback "
                 f"was set up ({', '.join(changed[:3]) or 'their number changed'}); a weight average needs "
@@ -135,7 +144,8 @@ class SWACallback(Callback):
     """Collect weights into ``averager`` during :class:`valleys.training.trainer.Trainer` training.
 
     Args:
-        averager: an :class:`valleys.methods.averaging.SWA` or :class:`valleys.methods.averaging.EMA` over the trained model.
+        averager: an :class:`valleys.methods.averaging.SWA` or :class:`valleys.methods.averaging.EMA` over the
+            trained model.
         start: number of epochs completed before collecting starts (0 collects from the first epoch).
         every: ``"epoch"`` (end of each epoch), ``"steps"`` (every ``k`` steps) or ``"cycle"``.
         k: steps between collects for ``every="steps"``, epochs for ``every="epoch"``.
@@ -237,7 +247,7 @@ class TravelCallback(Callback):
         probe: one batch the adapter can call the model on (its targets are not used).
     """
 
-    def __init__(self, space, probe: Any) -> None:
+    def __init__(self, space: WeightSpace, probe: Any) -> None:
         self.space, self.probe = space, probe
         self._last_w: Tensor | None = None
         self._last_pred: Tensor | None = None
@@ -253,8 +263,10 @@ class TravelCallback(Callback):
 
     def on_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
         w, pred = self.space.read(trainer.model, device="cpu"), self._predict(trainer)
-        logs["travel_distance"] = float((w - self._last_w).double().norm())  # type: ignore[operator]
-        logs["travel_disagreement"] = float((pred != self._last_pred).double().mean())
+        last_w, last_pred = self._last_w, self._last_pred
+        assert last_w is not None and last_pred is not None  # set by on_train_start or load_state_dict
+        logs["travel_distance"] = float((w - last_w).double().norm())
+        logs["travel_disagreement"] = float((pred != last_pred).double().mean())
         self._last_w, self._last_pred = w, pred
 
     def state_dict(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ before every step, which makes resuming exact; :meth:`Schedule.lr_scheduler` wra
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -46,9 +47,11 @@ class Schedule:
         bases = [g["lr"] for g in optimizer.param_groups]
         if any(b <= 0 for b in bases):
             raise ValueError("the optimizer's lr must be positive to serve as the schedule's base")
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, [lambda step, b=b: self(step / steps_per_epoch) / b for b in bases]
-        )
+
+        def factor(base: float) -> Callable[[int], float]:
+            return lambda step: self(step / steps_per_epoch) / base
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(b) for b in bases])
 
 
 def _positive(name: str, value: float) -> None:

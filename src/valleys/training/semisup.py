@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.batches import to_device
+from ..core.distributed import rank, world_size
 from ..methods.averaging import EMA
 from .trainer import Callback, StepResult, Trainer
 
@@ -225,8 +226,6 @@ class ConsistencyStep:
         """View ``k`` (0 or 1) of ``batch``. Under torch.distributed every rank draws from its own stream
         (seeded by the trainer's seed, the step, the view and the rank), so the ranks' slices are not
         augmented with the same random numbers; in one process the global generator, as always."""
-        from ..core.distributed import rank, world_size
-
         if world_size() == 1:
             return self.view(batch)
         with torch.random.fork_rng(devices=[]):
@@ -252,12 +251,12 @@ class ConsistencyStep:
             ce = F.cross_entropy(out, y[labelled]) if out.shape[0] else out.sum() * 0
             return StepResult(ce, {"class_loss": ce.detach()}, prediction=out, targets=y[labelled])
         out = adapter.forward(student, self._views(trainer, batch, 0), device)
+        target_model = model
+        if self.consistency == "mean-teacher":
+            assert self.teacher is not None  # __init__ refuses mean-teacher without one
+            target_model = self.teacher.model
         with torch.no_grad():
-            target = adapter.forward(
-                self.teacher.model if self.consistency == "mean-teacher" else model,
-                self._views(trainer, batch, 1),
-                device,
-            )
+            target = adapter.forward(target_model, self._views(trainer, batch, 1), device)
         n_lab = int(labelled.sum())
         ce = F.cross_entropy(out[labelled], y[labelled]) if n_lab else out.sum() * 0
         cons = consistency_loss(out, target, self.loss)

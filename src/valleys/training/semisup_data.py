@@ -29,6 +29,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from ..core.batches import sized_length
+from ..core.distributed import world_size
 from ..errors import MissingLabelsError
 
 __all__ = [
@@ -82,11 +84,11 @@ def dataset_targets(dataset: Dataset, *, label_key: str | None = None) -> Tensor
                 "pass TensorDataset(inputs, labels)"
             )
         y = dataset.tensors[1]
-    elif isinstance(getattr(dataset, "targets", None), (Tensor, list, tuple)):
-        y = torch.as_tensor(dataset.targets)  # type: ignore[attr-defined]
+    elif isinstance(targets := getattr(dataset, "targets", None), (Tensor, list, tuple)):
+        y = torch.as_tensor(targets)
     else:
         try:
-            n = len(dataset)  # type: ignore[arg-type]
+            n = sized_length(dataset)
         except TypeError:
             raise MissingLabelsError(
                 "the dataset has no length; semi-supervised splits need a map-style dataset"
@@ -121,7 +123,7 @@ def labelled_split(targets: Tensor | Sequence[int], labels_per_class: int, seed:
     if y.dim() != 1 or y.numel() == 0:
         raise ValueError("the targets must be a non-empty 1-D tensor of class labels")
     classes, counts = torch.unique(y, return_counts=True)
-    short = [(int(c), int(n)) for c, n in zip(classes, counts) if int(n) < labels_per_class]
+    short = [(int(c), int(n)) for c, n in zip(classes, counts, strict=True) if int(n) < labels_per_class]
     if short:
         fewest = min(n for _, n in short)
         listed = ", ".join(f"class {c} has {n}" for c, n in short[:5]) + (" ..." if len(short) > 5 else "")
@@ -149,7 +151,7 @@ class PartiallyLabelled(Dataset):
     def __init__(self, dataset: Dataset, labelled: Tensor | Sequence[int], *, label_key: str | None = None) -> None:
         self.dataset = dataset
         self.label_key = label_key
-        n = len(dataset)  # type: ignore[arg-type]
+        n = sized_length(dataset)
         self.is_labelled = torch.zeros(n, dtype=torch.bool)
         idx = torch.as_tensor(labelled, dtype=torch.long)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
@@ -233,8 +235,7 @@ class MixedBatchSampler(torch.utils.data.Sampler):
 
     def _labelled_stream(self) -> Iterator[int]:
         while True:
-            for i in self.labelled[torch.randperm(self.labelled.numel(), generator=self.generator)].tolist():
-                yield i
+            yield from self.labelled[torch.randperm(self.labelled.numel(), generator=self.generator)].tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
         n = len(self)
@@ -270,10 +271,9 @@ def semisup_loader(
     Under torch.distributed the batches are laid out for the ranks (``MixedBatchSampler(ranks=R)``)."""
     labelled_t = torch.as_tensor(labelled, dtype=torch.long)
     if unlabelled is None:
-        mask = torch.ones(len(dataset), dtype=torch.bool)  # type: ignore[arg-type]
+        mask = torch.ones(sized_length(dataset), dtype=torch.bool)
         mask[labelled_t] = False
         unlabelled = torch.nonzero(mask).flatten()
-    from ..core.distributed import world_size
 
     gen = torch.Generator().manual_seed(int(seed))
     sampler = MixedBatchSampler(

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import gzip
 import os
+import random
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -95,9 +98,6 @@ MNIST1D_ARGS: dict = {
 def _make_mnist1d() -> dict[str, np.ndarray]:
     """Generate MNIST-1D (seconds): deterministic, no download; the global ``random``/``numpy`` state that
     ``make_dataset`` reseeds is restored, so a cached load and a generation leave the same state behind."""
-    import random
-    from types import SimpleNamespace
-
     mnist1d_data = require("mnist1d.data", "data")
     args = {**mnist1d_data.get_dataset_args(as_dict=True), **MNIST1D_ARGS}
     py_state, np_state = random.getstate(), np.random.get_state()
@@ -110,7 +110,6 @@ def _make_mnist1d() -> dict[str, np.ndarray]:
 
 
 def _mnist1d_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version("mnist1d")
@@ -197,6 +196,14 @@ def find_fashion_mnist(root: str | os.PathLike | None = None) -> Path:
     )
 
 
+def _existing_file(directory: Path, stem: str) -> Path:
+    """The file ``stem`` (or ``stem.gz``) that :func:`find_fashion_mnist` found in ``directory``."""
+    path = _find_file(directory, stem)
+    if path is None:  # removed since find_fashion_mnist looked
+        raise DatasetNotFoundError(f"{directory} no longer holds {stem} (or {stem}.gz)")
+    return path
+
+
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
@@ -213,7 +220,7 @@ def _read_idx(path: Path) -> np.ndarray:
 
 def _fashion(root: str | os.PathLike | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     d = find_fashion_mnist(root)
-    arr = {k: _read_idx(_find_file(d, stem)) for k, stem in FASHION_FILES.items()}  # type: ignore[arg-type]
+    arr = {k: _read_idx(_existing_file(d, stem)) for k, stem in FASHION_FILES.items()}
     xtr = torch.tensor(arr["train_x"], dtype=torch.float32).unsqueeze(1) / 255.0
     xte = torch.tensor(arr["test_x"], dtype=torch.float32).unsqueeze(1) / 255.0
     mean, std = xtr.mean(), xtr.std()

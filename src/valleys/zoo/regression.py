@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ class GaussianMLP(nn.Module):
         if self.heteroscedastic:
             var = nn.functional.softplus(out[:, 1]) + self.min_var
         else:
+            assert self.log_sigma is not None  # a homoscedastic head has its one noise parameter
             var = torch.exp(2 * self.log_sigma).expand_as(mean) + self.min_var
         return torch.stack([mean, var], dim=1)
 
@@ -170,7 +172,6 @@ def toy1d_data(n: int = 100, *, noise: float = 0.05, seed: int = 0) -> tuple[np.
 
 
 def _table(name: str) -> tuple[np.ndarray, np.ndarray]:
-    import gzip
 
     path = Path(__file__).parent / "tables" / TABLES[name]
     with gzip.open(path, "rt") as f:
@@ -215,18 +216,21 @@ def load_regression(
     x_mean, x_std = xtr.mean(0), xtr.std(0)
     x_std[x_std == 0] = 1.0
     y_mean, y_std = float(ytr.mean()), float(ytr.std()) or 1.0
-    t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
-    xtr, xte = t((xtr - x_mean) / x_std), t((xte - x_mean) / x_std)
-    ytr, yte = t((ytr - y_mean) / y_std), t((yte - y_mean) / y_std)
-    perm = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(split_seed))
-    n_val = int(round(val_fraction * len(ytr)))
+
+    def standard(a: np.ndarray, mean: np.ndarray | float, std: np.ndarray | float) -> Tensor:
+        return torch.tensor((a - mean) / std, dtype=torch.float32)
+
+    x_train, x_test = standard(xtr, x_mean, x_std), standard(xte, x_mean, x_std)
+    y_train, y_test = standard(ytr, y_mean, y_std), standard(yte, y_mean, y_std)
+    perm = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(split_seed))
+    n_val = int(round(val_fraction * len(y_train)))
     va, tr = perm[:n_val], perm[n_val:]
     return RegressionSplits(
         name,
-        TensorDataset(xtr[tr], ytr[tr]),
-        TensorDataset(xtr[va], ytr[va]),
-        TensorDataset(xte, yte),
-        input_shape=(xtr.shape[1],),
+        TensorDataset(x_train[tr], y_train[tr]),
+        TensorDataset(x_train[va], y_train[va]),
+        TensorDataset(x_test, y_test),
+        input_shape=(x_train.shape[1],),
         y_mean=y_mean,
         y_std=y_std,
         info={"split": split, "val_fraction": val_fraction, "x_mean": x_mean.tolist(), "x_std": x_std.tolist()},
