@@ -72,6 +72,7 @@ from torch.nn.utils import vector_to_parameters
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import TensorDataset
 
+from valleys.core.adapter import ModelAdapter
 from valleys.core.weights import WeightSpace
 from valleys.evaluation.grid import evaluate_points
 from valleys.geometry.hessian import LossFunction, lanczos, power_iteration
@@ -336,7 +337,7 @@ def bench_eigen(cfg: Config) -> dict:
     n = cfg.hess_examples
     batches = [(x[i : i + 500], y[i : i + 500]) for i in range(0, n, 500)]
     loss = LossFunction(model, batches)
-    neg = LossFunction(model, batches, loss_fn=lambda o, t: -nn.functional.cross_entropy(o, t))
+    neg = LossFunction(model, batches, adapter=ModelAdapter(loss=lambda o, t: -nn.functional.cross_entropy(o, t)))
     w = WeightSpace(model).read(model)
     p = w.numel()
     print(

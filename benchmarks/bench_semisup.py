@@ -132,14 +132,7 @@ def _epoch_overhead(repeats: int) -> dict:
             )
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
         trainer = Trainer(
-            model,
-            None,
-            opt,
-            loader,
-            epochs=10**6,
-            step_fn=ConsistencyStep("pi", augment=SignalAugment()),
-            callbacks=cbs,
-            progress=False,
+            model, opt, loader, 10**6, callbacks=cbs, step_fn=ConsistencyStep("pi", augment=SignalAugment())
         )
         for cb in cbs:
             cb.on_train_start(trainer)

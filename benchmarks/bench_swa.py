@@ -89,12 +89,10 @@ def time_fit(model: nn.Module, init: dict, loader, mode: str, epochs: int) -> fl
         callbacks = [SWACallback(swa, start=0, every="epoch", apply_at_end=False)]
     elif mode == "steps":
         callbacks = [SWACallback(swa, start=0, every="steps", k=1, apply_at_end=False)]
-    trainer = Trainer(
-        model, nn.CrossEntropyLoss(), opt, loader, epochs=epochs, callbacks=callbacks, progress=False, seed=0
-    )
+    trainer = Trainer(model, opt, loader, epochs, callbacks=callbacks, seed=0)
     gc.collect()
     t0 = time.perf_counter()
-    trainer.fit()
+    trainer.fit(progress=False)
     dt = time.perf_counter() - t0
     if callbacks:  # the collects really happened
         expected = epochs if mode == "epoch" else epochs * trainer.steps_per_epoch

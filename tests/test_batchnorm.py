@@ -58,21 +58,22 @@ def test_modes_and_momenta_restored(vec_data):
     assert model.bn1.momentum == 0.3 and model.bn0.momentum == 0.1
 
 
-def test_dict_batches_and_input_fn(vec_data):
+def test_dict_batches_and_input_callable(vec_data):
     x = vec_data.tensors[0]
     dict_batches = [{"x": x[i : i + 20], "label": None} for i in range(0, 103, 20)]
     a = DropoutBNMLP()
     recompute_bn(a, dict_batches)
     assert torch.allclose(a.bn0.running_mean, x.mean(0), atol=1e-5)
     b = DropoutBNMLP()
-    recompute_bn(b, [{"features": x[i : i + 20]} for i in range(0, 103, 20)], input_fn=lambda d: d["features"])
+    batches = [{"features": x[i : i + 20]} for i in range(0, 103, 20)]
+    recompute_bn(b, batches, adapter=ModelAdapter(input=lambda d: d["features"]))
     assert torch.allclose(b.bn0.running_mean, a.bn0.running_mean)
     # the adapter passes a dict batch's one non-target entry as the model input, whatever its key
     c = DropoutBNMLP()
     recompute_bn(c, [{"features": x[i : i + 20]} for i in range(0, 103, 20)])
     assert torch.allclose(c.bn0.running_mean, a.bn0.running_mean)
-    with pytest.raises(ValueError, match="not both"):
-        recompute_bn(DropoutBNMLP(), [{"features": x}], input_fn=lambda d: d["features"], adapter=ModelAdapter())
+    with pytest.raises(TypeError, match="input_fn"):  # the one way to say where the input is: the adapter
+        recompute_bn(DropoutBNMLP(), [{"features": x}], input_fn=lambda d: d["features"])
 
 
 def test_subset_of_batches(vec_data):

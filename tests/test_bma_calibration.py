@@ -1,7 +1,6 @@
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
-from torch import nn
 
 from conftest import BNCNN, DropoutBNMLP, loader
 from valleys.core.weights import WeightSpace
@@ -104,17 +103,8 @@ def test_fge_snapshots_at_mid_cycle(vec_data):
             record[trainer.step] = (trainer.lr, snapshot(trainer.model))
 
     sched = TriangularCyclic(0.05, 0.001, cycle=2, offset=1)
-    tr = Trainer(
-        model,
-        nn.CrossEntropyLoss(),
-        opt,
-        make_loader(vec_data, 10),
-        epochs=7,
-        schedule=sched,
-        callbacks=[Record(), fge],
-        progress=False,
-    )
-    tr.fit()
+    tr = Trainer(model, opt, make_loader(vec_data, 10), 7, schedule=sched, callbacks=[Record(), fge])
+    tr.fit(progress=False)
     spe = tr.steps_per_epoch  # 11
     lrs = [lr for lr, _ in record.values()]
     # the snapshots are the weights after the steps with the lowest LR of each cycle

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from conftest import BNCNN, DropoutBNMLP, TinyTransformer, loader, mlp
+from valleys.core.adapter import ModelAdapter
 from valleys.core.weights import WeightSpace, WeightSpaceError
 from valleys.geometry.curves import Curve, CurveModel, bezier_coefficients, polychain_coefficients
 from valleys.geometry.paths import arc_length_average, evaluate_path, segment
@@ -113,7 +114,7 @@ def test_curve_training_lowers_the_midpoint_loss_and_leaves_base_untouched(make)
     space = WeightSpace(a)
     for m in (a, b):  # two quickly trained endpoints
         opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
-        Trainer(m, nn.CrossEntropyLoss(), opt, make_loader(ds, 16, shuffle=True), epochs=8, progress=False).fit()
+        Trainer(m, opt, make_loader(ds, 16, shuffle=True), 8).fit(progress=False)
     base = make()
     base.load_state_dict(a.state_dict())
     before = {k: v.clone() for k, v in base.state_dict().items() if "running" not in k and "num_batches" not in k}
@@ -132,8 +133,12 @@ def test_curve_training_lowers_the_midpoint_loss_and_leaves_base_untouched(make)
     start = midpoint_loss()
     opt = torch.optim.SGD(curve.parameters(), lr=0.05, momentum=0.9)
     Trainer(
-        cm, cm.l2_loss(nn.CrossEntropyLoss(), 1e-4), opt, make_loader(ds, 16, shuffle=True), epochs=15, progress=False
-    ).fit()
+        cm,
+        opt,
+        make_loader(ds, 16, shuffle=True),
+        15,
+        adapter=ModelAdapter(loss=cm.l2_loss(nn.CrossEntropyLoss(), 1e-4)),
+    ).fit(progress=False)
     assert midpoint_loss() < 0.8 * start
     assert torch.equal(curve.start, space.read(a)) and torch.equal(curve.end, space.read(b))  # ends fixed
     for k, v in before.items():

@@ -101,7 +101,7 @@ def _train(epochs, ckpt=None, swa_start=0):
 
     from valleys.methods.averaging import SWA
     from valleys.training.callbacks import SWACallback
-    from valleys.training.trainer import Trainer
+    from valleys.training.trainer import CheckpointPolicy, EvaluationPolicy, Trainer
     from valleys.zoo.data import make_loader
 
     g = torch.Generator().manual_seed(0)
@@ -115,17 +115,15 @@ def _train(epochs, ckpt=None, swa_start=0):
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     trainer = Trainer(
         model,
-        None,
         opt,
         train,
-        epochs=epochs,
+        epochs,
         callbacks=[SWACallback(swa, swa_start, apply_at_end=False)],
-        eval_loaders={"test": test},
-        progress=False,
+        evaluation=EvaluationPolicy({"test": test}),
+        checkpoint=CheckpointPolicy(ckpt),
         seed=3,
-        checkpoint_path=ckpt,
     )
-    history = trainer.fit()
+    history = trainer.fit(progress=False)
     return {
         "weights": torch.cat([p.detach().flatten() for p in model.parameters()]),
         "swa": swa.mean.clone(),
@@ -163,16 +161,10 @@ def test_resume_under_another_world_size_is_refused(tmp_path):
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
     loader = [(torch.zeros(2, 6), torch.zeros(2, dtype=torch.long))]
     trainer = Trainer(
-        model,
-        None,
-        torch.optim.SGD(model.parameters(), lr=0.1),
-        loader,
-        epochs=2,
-        progress=False,
-        callbacks=[SWACallback(SWA(model))],
+        model, torch.optim.SGD(model.parameters(), lr=0.1), loader, 2, callbacks=[SWACallback(SWA(model))]
     )
     with pytest.raises(CheckpointError, match="written by a run on 2 processes, this run has 1"):
-        trainer.fit(resume=ckpt)
+        trainer.fit(progress=False, resume=ckpt)
 
 
 # ---------------------------------------------------------------------- sharded evaluation
@@ -334,9 +326,7 @@ def _train64(rank, world):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 3)).double()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    Trainer(
-        model, None, opt, make_loader(TensorDataset(x, y), 64, shuffle=True, seed=1), epochs=3, progress=False, seed=1
-    ).fit()
+    Trainer(model, opt, make_loader(TensorDataset(x, y), 64, shuffle=True, seed=1), 3, seed=1).fit(progress=False)
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
@@ -462,7 +452,7 @@ def _mixed(rank, world):
     model = nn.Linear(3 + rank, 2)  # rank 1 builds another model: the ranks disagree
     loader = [(torch.zeros(2, 3 + rank), torch.zeros(2, dtype=torch.long))]
     try:
-        Trainer(model, None, torch.optim.SGD(model.parameters(), lr=0.1), loader, epochs=1, progress=False)
+        Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), loader, 1)
     except DistributedSetupError as e:  # this error and no other
         return str(e)
     return "accepted"

@@ -98,15 +98,7 @@ def test_swa_callback_equals_our_loop_averaged_model_and_brute_force():
     mine.load_state_dict(init)
     loop = SWA(mine)
     opt = torch.optim.SGD(mine.parameters(), lr=0.05, momentum=0.9)
-    Trainer(
-        mine,
-        nn.functional.cross_entropy,
-        opt,
-        _loader(),
-        epochs=6,
-        callbacks=[LoopSWA(loop, 2, apply_at_end=False)],
-        progress=False,
-    ).fit()
+    Trainer(mine, opt, _loader(), 6, callbacks=[LoopSWA(loop, 2, apply_at_end=False)]).fit(progress=False)
     assert torch.allclose(loop.mean, swa.averager.mean, atol=1e-6)
 
 

@@ -23,6 +23,7 @@ from valleys import (
     SWA,
     Curve,
     CurveModel,
+    EvaluationPolicy,
     LossFunction,
     SWACallback,
     Trainer,
@@ -355,14 +356,12 @@ def test_trainer_with_swa(fam):
     swa = SWA(model)
     hist = Trainer(
         model,
-        None,
         opt,
         fam.batches,
-        epochs=2,
+        2,
         adapter=fam.adapter,
-        progress=False,
         callbacks=[SWACallback(swa, start=0, bn_loader=fam.batches)],
-        eval_loaders={"val": fam.batches},
-    ).fit()
+        evaluation=EvaluationPolicy({"val": fam.batches}),
+    ).fit(progress=False)
     assert swa.n >= 1
     assert all(math.isfinite(h["train_loss"]) for h in hist)

@@ -296,7 +296,7 @@ def test_teacher_equals_an_explicit_ema_recursion_in_float64():
     rec = _Record(space)
     step = ConsistencyStep("mean-teacher", augment=SignalAugment(shift=1), weight=5.0, rampup=1, teacher=teacher)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    Trainer(model, None, opt, loader, epochs=2, step_fn=step, callbacks=[teacher, rec], progress=False).fit()
+    Trainer(model, opt, loader, 2, callbacks=[teacher, rec], step_fn=step).fit(progress=False)
     m = rec.steps[0].clone()
     for s, w in enumerate(rec.steps[1:], start=1):
         d = min(1 - 1 / (s + 1), alpha)
@@ -325,16 +325,8 @@ def test_swa_and_fast_swa_equal_brute_force_means_of_their_snapshots(unit):
     step = ConsistencyStep("pi", augment=SignalAugment(shift=1), weight=5.0, rampup=1)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     Trainer(
-        model,
-        None,
-        opt,
-        loader,
-        epochs=epochs,
-        schedule=CosineReplay(0.05, first, c),
-        step_fn=step,
-        callbacks=[swa, fast, rec],
-        progress=False,
-    ).fit()
+        model, opt, loader, epochs, schedule=CosineReplay(0.05, first, c), callbacks=[swa, fast, rec], step_fn=step
+    ).fit(progress=False)
     # SWA: the ends of epochs first, first + c, ..., epochs (every cycle end); the epoch list is 1-based
     swa_epochs = [5, 7, 9]
     want = torch.stack([rec.epochs[e - 1] for e in swa_epochs]).mean(0)
@@ -357,9 +349,7 @@ def test_travel_callback_logs_the_distance_and_changed_predictions():
     rec = _Record(space)
     travel = TravelCallback(space, (ds.tensors[0][:50], ds.tensors[1][:50]))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    h = Trainer(
-        model, None, opt, loader, epochs=2, step_fn=ConsistencyStep("pi"), callbacks=[rec, travel], progress=False
-    ).fit()
+    h = Trainer(model, opt, loader, 2, callbacks=[rec, travel], step_fn=ConsistencyStep("pi")).fit(progress=False)
     assert h[1]["travel_distance"] == pytest.approx(float((rec.epochs[1] - rec.epochs[0]).norm()), rel=1e-5)
     assert 0 <= h[1]["travel_disagreement"] <= 1
 
@@ -607,13 +597,11 @@ def test_dict_batches_with_a_mask_train_through_the_adapter():
     adapter = ModelAdapter(target="label", input=["input", "mask"])
     h = Trainer(
         model,
-        None,
         torch.optim.SGD(model.parameters(), lr=0.1),
         loader,
-        epochs=2,
-        step_fn=step,
-        callbacks=[teacher],
+        2,
         adapter=adapter,
-        progress=False,
-    ).fit()
+        callbacks=[teacher],
+        step_fn=step,
+    ).fit(progress=False)
     assert h[-1]["consistency_weight"] == 10.0 and math.isfinite(h[-1]["train_loss"]) and h[-1]["consistency_loss"] > 0

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import socket
 
 import pytest
@@ -10,6 +11,8 @@ from torch import nn
 
 from conftest import DropoutBNMLP
 from valleys.core.adapter import ModelAdapter
+from valleys.core.checkpoint import load_checkpoint
+from valleys.errors import NonFinitePredictionError
 from valleys.evaluation.metrics import ClassificationMetrics, RegressionMetrics
 from valleys.evaluation.predict import evaluate
 from valleys.methods.averaging import SWA
@@ -81,16 +84,8 @@ def test_collection_schedule_refuses_bad_settings():
 def test_fge_callback_snapshots_at_the_schedule_points(vec_data):
     model = DropoutBNMLP()
     fge = FGECallback(2, start=1)
-    tr = Trainer(
-        model,
-        nn.CrossEntropyLoss(),
-        torch.optim.SGD(model.parameters(), lr=0.01),
-        make_loader(vec_data, 20),
-        epochs=5,
-        callbacks=[fge],
-        progress=False,
-    )
-    tr.fit()
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01), make_loader(vec_data, 20), 5, callbacks=[fge])
+    tr.fit(progress=False)
     assert len(fge.snapshots) == 2  # steps 6 * (1 + 1) and 6 * (1 + 3): mid-cycle of the two cycles
 
 
@@ -107,16 +102,8 @@ def test_pi_model_step_fn_logs_its_consistency_term(vec_data):
         consistency = nn.functional.mse_loss(a.softmax(1), b.softmax(1))
         return ce + 2.0 * consistency, {"train_consistency": consistency.detach(), "train_ce": float(ce.detach())}
 
-    tr = Trainer(
-        model,
-        None,
-        torch.optim.SGD(model.parameters(), lr=0.05),
-        make_loader(vec_data, 20),
-        epochs=2,
-        step_fn=pi_step,
-        progress=False,
-    )
-    hist = tr.fit()
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.05), make_loader(vec_data, 20), 2, step_fn=pi_step)
+    hist = tr.fit(progress=False)
     assert len(hist) == 2
     for h in hist:
         assert h["train_consistency"] > 0 and h["train_ce"] > 0
@@ -130,62 +117,70 @@ def test_step_result_with_prediction_counts_accuracy(vec_data):
         res = supervised_step(trainer, batch)
         return StepResult(res.loss, {"double": 2 * float(res.loss.detach())}, res.prediction, res.targets)
 
-    hist = Trainer(
-        model,
-        None,
-        torch.optim.SGD(model.parameters(), lr=0.05),
-        make_loader(vec_data, 20),
-        epochs=1,
-        step_fn=step,
-        progress=False,
-    ).fit()
+    hist = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.05), make_loader(vec_data, 20), 1, step_fn=step).fit(
+        progress=False
+    )
     assert 0 <= hist[0]["train_accuracy"] <= 1 and hist[0]["double"] > 0
 
 
-def test_default_step_and_adapter_and_policies_match_keyword_arguments(vec_data, tmp_path):
-    def run(**kw):
-        torch.manual_seed(1)
-        model = DropoutBNMLP()
-        tr = Trainer(
-            model,
-            optimizer=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
-            train_loader=make_loader(vec_data, 16, shuffle=True, seed=0),
-            epochs=3,
-            progress=False,
-            **kw,
-        )
-        return tr.fit(), torch.cat([p.detach().flatten() for p in model.parameters()])
+def test_custom_adapter_loss_is_the_loss_that_is_logged_and_minimised():
+    """Oracle: the Brier score of the one batch computed by hand at the initial weights, and one SGD step
+    ``w - lr * grad`` with its gradient taken by autograd on a copy of the model."""
+    torch.manual_seed(0)
+    x, y = torch.randn(12, 5), torch.randint(0, 3, (12,))
+    model = nn.Linear(5, 3)
 
-    evals = {"val": make_loader(vec_data, 50)}
-    h1, w1 = run(
-        loss_fn=nn.CrossEntropyLoss(),
-        eval_loaders=evals,
-        eval_every=2,
-        checkpoint_path=tmp_path / "a.safetensors",
-        checkpoint_every=2,
-        header={"x": 1},
+    def brier(out, t):
+        return ((out.softmax(1) - nn.functional.one_hot(t, 3)) ** 2).sum(1).mean()
+
+    ref = nn.Linear(5, 3)
+    ref.load_state_dict(model.state_dict())
+    loss = brier(ref(x), y)
+    loss.backward()
+    by_hand = float(loss.detach())
+    step = {n: (p - 0.3 * p.grad).detach() for n, p in ref.named_parameters()}
+    with torch.no_grad():  # the default loss would log another number
+        assert abs(by_hand - float(nn.functional.cross_entropy(ref(x), y))) > 0.1
+    hist = Trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.3), [(x, y)], 1, adapter=ModelAdapter(loss=brier)
+    ).fit(progress=False)
+    assert hist[0]["train_loss"] == pytest.approx(by_hand, rel=1e-6)
+    for n, p in model.named_parameters():
+        assert torch.allclose(p, step[n], atol=1e-6)
+
+
+def test_policies_decide_evaluations_checkpoints_header_and_log(vec_data, tmp_path):
+    model = DropoutBNMLP()
+    tr = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+        make_loader(vec_data, 16, shuffle=True, seed=0),
+        3,
+        evaluation=EvaluationPolicy({"val": make_loader(vec_data, 50)}, every=2),
+        checkpoint=CheckpointPolicy(tmp_path / "c.safetensors", every=2, header={"x": 1}, log=tmp_path / "m.jsonl"),
     )
-    h2, w2 = run(
-        loss_fn=None,
-        adapter=ModelAdapter(),
-        evaluation=EvaluationPolicy(evals, every=2),
-        checkpoint=CheckpointPolicy(tmp_path / "b.safetensors", every=2, header={"x": 1}),
-    )
-    assert torch.equal(w1, w2)
-    strip = [{k: v for k, v in h.items() if k != "train_time"} for h in (*h1, *h2)]
-    assert strip[:3] == strip[3:]
-    assert "val_accuracy" in h1[1] and "val_accuracy" not in h1[0]
-    assert (tmp_path / "b.safetensors").exists()
-    with pytest.raises(ValueError, match="not both"):
-        Trainer(
-            DropoutBNMLP(),
-            None,
-            torch.optim.SGD(DropoutBNMLP().parameters(), lr=0.1),
-            make_loader(vec_data),
-            epochs=1,
-            checkpoint=CheckpointPolicy(),
-            checkpoint_every=3,
-        )
+    saved = []
+    tr.save = lambda *a, _save=tr.save: saved.append(tr.epoch) or _save(*a)
+    hist = tr.fit(progress=False)
+    assert ["val_accuracy" in h for h in hist] == [False, True, True]  # every 2 epochs and the last
+    assert saved == [2, 3]
+    assert [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()] == hist
+    _, header = load_checkpoint(tmp_path / "c.safetensors")
+    assert header["x"] == 1 and header["epoch"] == 3 and header["kind"] == "training"
+    assert tr.device == torch.device("cpu")
+
+
+def test_the_removed_flat_arguments_are_refused(vec_data):
+    model = DropoutBNMLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = make_loader(vec_data)
+    for old in ("loss_fn", "input_fn", "target_fn", "likelihood", "eval_loaders", "checkpoint_path", "log_path"):
+        with pytest.raises(TypeError, match=old):
+            Trainer(model, opt, loader, 1, **{old: None})
+    with pytest.raises(TypeError, match="the loss goes in adapter=ModelAdapter"):  # the old positional order
+        Trainer(model, nn.CrossEntropyLoss(), opt, loader)
+    with pytest.raises(ValueError, match="every"):
+        Trainer(model, opt, loader, 1, checkpoint=CheckpointPolicy(every=0))
 
 
 # ---------------------------------------------------------------------- distributed code paths
@@ -229,17 +224,14 @@ def test_rank_zero_trainer_in_a_one_process_group(gloo_group, vec_data, tmp_path
     swa = SWACallback(SWA(model), start=1)
     tr = Trainer(
         model,
-        nn.CrossEntropyLoss(),
         torch.optim.SGD(model.parameters(), lr=0.05),
         loader,
-        epochs=3,
+        3,
         callbacks=[swa],
-        checkpoint_path=tmp_path / "c.safetensors",
-        log_path=tmp_path / "log.jsonl",
-        eval_loaders={"val": make_loader(vec_data, 50)},
-        progress=False,
+        evaluation=EvaluationPolicy({"val": make_loader(vec_data, 50)}),
+        checkpoint=CheckpointPolicy(tmp_path / "c.safetensors", log=tmp_path / "log.jsonl"),
     )
-    tr.fit()
+    tr.fit(progress=False)
     assert sampler.epochs == [0, 1, 2]
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 3
     assert json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])["swa_n"] == 2
@@ -249,7 +241,6 @@ def test_rank_zero_trainer_in_a_one_process_group(gloo_group, vec_data, tmp_path
     assert reduced["n"] == single["n"] and reduced["accuracy"] == pytest.approx(single["accuracy"])
     assert reduced["nll"] == pytest.approx(single["nll"]) and reduced["ece"] == pytest.approx(single["ece"])
     tr.adapter = dataclasses.replace(tr.adapter, predictive="gaussian")
-    assert tr.likelihood == "gaussian"
     with pytest.raises(ValueError):  # a 3-class head is no (mean, variance) head: the regression path is taken
         tr.evaluate_on(make_loader(vec_data, 50))
 
@@ -275,3 +266,18 @@ def test_metrics_all_reduce_without_a_group_is_a_no_op():
     m = ClassificationMetrics()
     m.update(torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([0, 0]))
     assert m.all_reduce().compute()["accuracy"] == 0.5
+
+
+def test_non_finite_predictions_have_their_own_error_class():
+    """The trainer turns exactly this class into TrainingDiverged; other bad metric inputs stay ValueErrors."""
+    with pytest.raises(NonFinitePredictionError):
+        ClassificationMetrics().update_logits(torch.tensor([[math.nan, 0.0]]), torch.tensor([0]))
+    with pytest.raises(NonFinitePredictionError):
+        RegressionMetrics().update(torch.tensor([math.inf]), torch.ones(1), torch.zeros(1))
+    for bad in (
+        lambda: ClassificationMetrics().update(torch.tensor([[0.7, 0.7]]), torch.tensor([0])),  # rows sum to 1.4
+        lambda: RegressionMetrics().update(torch.zeros(1), -torch.ones(1), torch.zeros(1)),  # negative variance
+    ):
+        with pytest.raises(ValueError) as info:
+            bad()
+        assert not isinstance(info.value, NonFinitePredictionError)

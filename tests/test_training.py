@@ -12,7 +12,7 @@ from valleys.core.weights import WeightSpace
 from valleys.methods.averaging import SWA
 from valleys.training.callbacks import SWACallback
 from valleys.training.schedules import SWASchedule
-from valleys.training.trainer import Callback, Trainer, TrainingDiverged
+from valleys.training.trainer import Callback, CheckpointPolicy, EvaluationPolicy, Trainer, TrainingDiverged
 from valleys.zoo.data import make_loader
 
 
@@ -33,16 +33,13 @@ def _trainer(make, data, tmp_path, extra=(), epochs=6, seed=0):
     swa = SWACallback(SWA(model), start=2, bn_loader=make_loader(data, 32))
     tr = Trainer(
         model,
-        nn.CrossEntropyLoss(),
         opt,
         train,
-        epochs=epochs,
+        epochs,
         schedule=SWASchedule(0.05, 3, 0.02),
         callbacks=[swa, *extra],
-        checkpoint_path=tmp_path / "ckpt.safetensors",
-        log_path=tmp_path / "log.jsonl",
-        eval_loaders={"val": make_loader(data, 50)},
-        progress=False,
+        evaluation=EvaluationPolicy({"val": make_loader(data, 50)}),
+        checkpoint=CheckpointPolicy(tmp_path / "ckpt.safetensors", log=tmp_path / "log.jsonl"),
         seed=seed,
     )
     return tr, swa
@@ -52,16 +49,16 @@ def _trainer(make, data, tmp_path, extra=(), epochs=6, seed=0):
 def test_interrupted_and_resumed_run_ends_with_identical_weights(make, data, tmp_path, request):
     ds = request.getfixturevalue(data)
     full, full_swa = _trainer(make, ds, tmp_path / "a")
-    full.fit()
+    full.fit(progress=False)
     steps = full.steps_per_epoch
     broken, _ = _trainer(make, ds, tmp_path / "b", extra=[Interrupt(at_step=3 * steps + 2)])
     with pytest.raises(KeyboardInterrupt):
-        broken.fit()
+        broken.fit(progress=False)
     _, header = load_checkpoint(tmp_path / "b" / "ckpt.safetensors")
     assert header["epoch"] == 3
     resumed, resumed_swa = _trainer(make, ds, tmp_path / "b", extra=[Interrupt(at_step=-1)])
     torch.manual_seed(999)  # scramble the global RNG: resume must restore it
-    resumed.fit(resume=tmp_path / "b" / "ckpt.safetensors")
+    resumed.fit(progress=False, resume=tmp_path / "b" / "ckpt.safetensors")
     for k, v in full.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
     assert resumed_swa.averager.n == full_swa.averager.n == 4
@@ -83,15 +80,7 @@ def test_swa_callback_equals_averaged_model_on_the_same_trajectory(vec_data):
 
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     swa = SWACallback(SWA(model), start=2, apply_at_end=False)
-    Trainer(
-        model,
-        nn.CrossEntropyLoss(),
-        opt,
-        make_loader(vec_data, 16, shuffle=True),
-        epochs=6,
-        callbacks=[swa, Ref()],
-        progress=False,
-    ).fit()
+    Trainer(model, opt, make_loader(vec_data, 16, shuffle=True), 6, callbacks=[swa, Ref()]).fit(progress=False)
     assert swa.averager.n == 4 and int(ref.n_averaged) == 4
     assert (swa.averager.mean - WeightSpace(ref.module).read(ref.module)).abs().max() <= 1e-6
 
@@ -101,9 +90,7 @@ def test_collect_modes_count(vec_data):
         model = DropoutBNMLP()
         cb = SWACallback(SWA(model), apply_at_end=False, **kw)
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        Trainer(
-            model, nn.CrossEntropyLoss(), opt, make_loader(vec_data, 10), epochs=4, callbacks=[cb], progress=False
-        ).fit()
+        Trainer(model, opt, make_loader(vec_data, 10), 4, callbacks=[cb]).fit(progress=False)
         return cb.averager.n
 
     assert count(start=1) == 3
@@ -119,15 +106,13 @@ def test_swa_start_beyond_epochs_is_refused_before_training(vec_data):
     before = WeightSpace(model).read(model)
     tr = Trainer(
         model,
-        nn.CrossEntropyLoss(),
         torch.optim.SGD(model.parameters(), lr=0.1),
         make_loader(vec_data, 10),
-        epochs=3,
+        3,
         callbacks=[SWACallback(SWA(model), start=3)],
-        progress=False,
     )
     with pytest.raises(ValueError, match="only 3 epochs"):
-        tr.fit()
+        tr.fit(progress=False)
     assert torch.equal(WeightSpace(model).read(model), before)
 
 
@@ -144,16 +129,14 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(vec_data, tmp_p
 
     tr = Trainer(
         model,
-        nn.CrossEntropyLoss(),
         opt,
         make_loader(vec_data, 20),
-        epochs=5,
+        5,
         callbacks=[Poison()],
-        checkpoint_path=tmp_path / "c.safetensors",
-        progress=False,
+        checkpoint=CheckpointPolicy(tmp_path / "c.safetensors"),
     )
     with pytest.raises(TrainingDiverged, match=r"epoch 3, step 1 of 6 .*last good checkpoint"):
-        tr.fit()
+        tr.fit(progress=False)
     state, header = load_checkpoint(tmp_path / "c.safetensors")
     assert header["epoch"] == 2
     assert torch.isfinite(state["model"]["fc1.weight"]).all()
@@ -163,16 +146,16 @@ def test_empty_loader_and_bad_epochs(vec_data):
     model = DropoutBNMLP()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(EmptyLoaderError, match="empty"):
-        Trainer(model, nn.CrossEntropyLoss(), opt, [], epochs=1)
+        Trainer(model, opt, [], 1)
     with pytest.raises(ValueError, match="epochs"):
-        Trainer(model, nn.CrossEntropyLoss(), opt, make_loader(vec_data), epochs=0)
+        Trainer(model, opt, make_loader(vec_data), 0)
 
 
 def test_resume_into_other_architecture_is_refused(vec_data, tmp_path):
     tr, _ = _trainer(DropoutBNMLP, vec_data, tmp_path, epochs=3)
-    tr.fit()
+    tr.fit(progress=False)
     other = nn.Sequential(nn.Linear(5, 3))
     opt = torch.optim.SGD(other.parameters(), lr=0.1)
-    t2 = Trainer(other, nn.CrossEntropyLoss(), opt, make_loader(vec_data), epochs=2, progress=False)
+    t2 = Trainer(other, opt, make_loader(vec_data), 2)
     with pytest.raises(CheckpointError, match="another architecture"):
-        t2.fit(resume=tmp_path / "ckpt.safetensors")
+        t2.fit(progress=False, resume=tmp_path / "ckpt.safetensors")

@@ -34,8 +34,10 @@ if TYPE_CHECKING:  # pragma: no cover - what static tools see; at run time the n
         DistributedSetupError,
         EmptyLoaderError,
         InputError,
+        InputTypeError,
         MissingBNLoaderError,
         MissingLabelsError,
+        NonFinitePredictionError,
         NotCollectedError,
         NoWeightsError,
         OutputFolderError,
@@ -61,13 +63,15 @@ if TYPE_CHECKING:  # pragma: no cover - what static tools see; at run time the n
     from .training.callbacks import FGECallback, SWACallback, TrajectoryCallback, TravelCallback
     from .training.schedules import Constant, CosineReplay, SWALRAnneal, SWASchedule, TriangularCyclic
     from .training.semisup import ConsistencyStep, MeanTeacher
-    from .training.trainer import Callback, Trainer
+    from .training.trainer import Callback, CheckpointPolicy, DistributedPolicy, EvaluationPolicy, Trainer
 
 #: ``{module: public names}``: where each name of :data:`__all__` lives.
 _SOURCES: dict[str, tuple[str, ...]] = {
     ".errors": (
         "ValleysError",
         "InputError",
+        "InputTypeError",
+        "NonFinitePredictionError",
         "ConfigError",
         "CheckpointError",
         "WeightSpaceError",
@@ -104,7 +108,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     ".training.callbacks": ("FGECallback", "SWACallback", "TrajectoryCallback", "TravelCallback"),
     ".training.semisup": ("ConsistencyStep", "MeanTeacher"),
     ".methods.swag": ("SWAG", "MultiSWAG"),
-    ".training.trainer": ("Callback", "Trainer"),
+    ".training.trainer": ("Callback", "CheckpointPolicy", "DistributedPolicy", "EvaluationPolicy", "Trainer"),
     ".core.adapter": ("ModelAdapter",),
     ".core.weights": ("WeightSpace",),
     ".evaluation.engine": ("BNPolicy", "evaluate_many"),
@@ -143,6 +147,8 @@ def __dir__() -> list[str]:
 __all__ = [
     "ValleysError",
     "InputError",
+    "InputTypeError",
+    "NonFinitePredictionError",
     "ConfigError",
     "CheckpointError",
     "WeightSpaceError",
@@ -167,6 +173,9 @@ __all__ = [
     "SWACallback",
     "Trainer",
     "Callback",
+    "CheckpointPolicy",
+    "EvaluationPolicy",
+    "DistributedPolicy",
     "ClassificationMetrics",
     "RegressionMetrics",
     "classification_metrics",

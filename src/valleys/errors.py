@@ -16,6 +16,8 @@ from pathlib import Path
 __all__ = [
     "ValleysError",
     "InputError",
+    "InputTypeError",
+    "NonFinitePredictionError",
     "ConfigError",
     "CheckpointError",
     "WeightSpaceError",
@@ -43,6 +45,15 @@ class ValleysError(Exception):
 # ------------------------------------------------------------------------------------------- bad input
 class InputError(ValleysError, ValueError):
     """An argument, setting or value that cannot be used (wrong range, shape, rank, unknown option, NaN)."""
+
+
+class InputTypeError(InputError, TypeError):
+    """An argument of the wrong kind (a loss where the optimizer goes, a loader without a length, ...)."""
+
+
+class NonFinitePredictionError(InputError):
+    """A network's predictions hold NaN or infinite values (its weights, or an average's BatchNorm
+    statistics, diverged); the trainer turns it into :class:`TrainingDiverged`."""
 
 
 class ConfigError(InputError):

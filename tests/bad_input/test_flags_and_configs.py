@@ -467,7 +467,7 @@ def _loader():
 
 
 def test_divergence_at_an_epoch_end_is_reported_like_a_nan_loss(tmp_path):
-    from valleys.training.trainer import Callback, Trainer, TrainingDiverged
+    from valleys.training.trainer import Callback, EvaluationPolicy, Trainer, TrainingDiverged
 
     class Poison(Callback):  # the last step of epoch 2 overflows the weights (its loss was finite)
         def on_step_end(self, trainer):
@@ -478,9 +478,9 @@ def test_divergence_at_an_epoch_end_is_reported_like_a_nan_loss(tmp_path):
     model = _Blowup()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(TrainingDiverged, match="end of epoch 2 of 3.*Lower the learning rate"):
-        Trainer(model, torch.nn.CrossEntropyLoss(), opt, _loader(), epochs=3, callbacks=[Poison()]).fit()
+        Trainer(model, opt, _loader(), 3, callbacks=[Poison()]).fit(progress=False)
 
     model = _Blowup(nan_eval=True)  # finite weights, non-finite predictions at evaluation
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(TrainingDiverged, match="predictions became non-finite.*end of epoch 1"):
-        Trainer(model, torch.nn.CrossEntropyLoss(), opt, _loader(), epochs=2, eval_loaders={"val": _loader()}).fit()
+        Trainer(model, opt, _loader(), 2, evaluation=EvaluationPolicy({"val": _loader()})).fit(progress=False)

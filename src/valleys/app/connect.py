@@ -35,7 +35,7 @@ from ..errors import InputError
 from ..geometry.curves import CURVE_KINDS, Curve, CurveModel
 from ..geometry.paths import BN_POLICIES, evaluate_path, segment
 from ..training.schedules import SWASchedule
-from ..training.trainer import DistributedPolicy, Trainer
+from ..training.trainer import CheckpointPolicy, DistributedPolicy, Trainer
 from ..zoo.data import make_loader
 from .config import (
     SEED_MAX,
@@ -250,18 +250,23 @@ def train_curve(
     # the loss depends on w(t) only through the returned prediction: loss_through_output holds
     cm = CurveModel(copy.deepcopy(model), curve, space, loss_through_output=True, adapter=adapter)
     opt = torch.optim.SGD(curve.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0)
-    files: dict[str, Any] = (
-        {}
+    files = (
+        None
         if out is None
-        else {
-            "checkpoint_path": out / "checkpoint.safetensors",
-            "checkpoint_every": cfg.checkpoint_every,
-            "log_path": out / "metrics.jsonl",
-        }
+        else CheckpointPolicy(
+            out / "checkpoint.safetensors",
+            every=cfg.checkpoint_every,
+            header={"config": asdict(cfg)},
+            log=out / "metrics.jsonl",
+        )
     )
-    if adapter is not None:
-        files.update(input_fn=lambda batch: _call_input(adapter, batch), target_fn=adapter.targets)
-    task_loss = nn.CrossEntropyLoss() if adapter is None else adapter.loss_fn
+    objective = cm.l2_loss(nn.CrossEntropyLoss() if adapter is None else adapter.loss_fn, cfg.wd)
+    # CurveModel already picks the prediction out of the network's output; the trainer reads the batch
+    curve_adapter = (
+        ModelAdapter(loss=objective)
+        if adapter is None
+        else ModelAdapter(input=lambda batch: _call_input(adapter, batch), target=adapter.targets, loss=objective)
+    )
     dist_policy = None
     if world_size() > 1:  # DDP averages the curve's gradients; the L2 term goes in after that, before the step
         cm.defer_l2 = True
@@ -272,17 +277,15 @@ def train_curve(
         dist_policy = DistributedPolicy(ignore=cm.ddp_ignore())
     Trainer(
         cm,
-        cm.l2_loss(task_loss, cfg.wd),
         opt,
         train_loader,
-        epochs=cfg.epochs,
+        cfg.epochs,
+        adapter=curve_adapter,
         schedule=SWASchedule(cfg.lr, cfg.epochs, 0.01 * cfg.lr),
-        seed=cfg.seed,
-        header={"config": asdict(cfg)},
-        progress=progress,
+        checkpoint=files,
         distributed=dist_policy,
-        **files,
-    ).fit(resume=out / "checkpoint.safetensors" if resume and out is not None else None)
+        seed=cfg.seed,
+    ).fit(resume=out / "checkpoint.safetensors" if resume and out is not None else None, progress=progress)
     return curve
 
 

@@ -273,7 +273,7 @@ def semisup_one(
     from ..training.schedules import CosineReplay
     from ..training.semisup import ConsistencyStep
     from ..training.semisup_data import dataset_targets, labelled_split, semisup_loader
-    from ..training.trainer import Trainer
+    from ..training.trainer import CheckpointPolicy, EvaluationPolicy, Trainer
     from ..zoo.data import make_loader
     from ..zoo.models import build_model
     from .config import read_json_object
@@ -351,27 +351,22 @@ def semisup_one(
         for name in ("checkpoint.safetensors", "metrics.jsonl", "results.json"):
             (folder / name).unlink(missing_ok=True)
         write_json(folder / "config.json", settings)
-    trainer = Trainer(
+    trainer = Trainer(  # the model is on cfg.device already
         model,
-        None,
         opt,
         loader,
-        epochs=cfg.epochs,
+        cfg.epochs,
         schedule=CosineReplay(cfg.lr, l, c, total=l + c),
         callbacks=callbacks,
-        eval_loaders=evals,
-        eval_every=cfg.eval_every,
-        device=cfg.device,
-        seed=seed,
         step_fn=step,
-        checkpoint_path=folder / "checkpoint.safetensors",
-        checkpoint_every=1,
-        log_path=folder / "metrics.jsonl",
-        header={"config": settings},
-        progress=progress,
+        evaluation=EvaluationPolicy(evals, every=cfg.eval_every),
+        checkpoint=CheckpointPolicy(
+            folder / "checkpoint.safetensors", every=1, header={"config": settings}, log=folder / "metrics.jsonl"
+        ),
+        seed=seed,
     )
     start = time.perf_counter()
-    history = trainer.fit(resume=folder / "checkpoint.safetensors" if again else None)
+    history = trainer.fit(resume=folder / "checkpoint.safetensors" if again else None, progress=progress)
     last = history[-1]
     final: dict[str, Any] = {}
     for kind in MODEL_KINDS:

@@ -23,7 +23,7 @@ import torch
 from ..core.checkpoint import CheckpointError, model_signature, save_checkpoint, write_json
 from ..core.distributed import is_main, shard_loader, world_size
 from ..errors import InputError
-from ..training.trainer import Trainer
+from ..training.trainer import CheckpointPolicy, EvaluationPolicy, Trainer
 from ..zoo.data import Splits, make_loader
 from .config import TrainConfig, check_resume_flags, check_saved_settings, read_json_object, read_run_config
 from .evaluate import evaluate_run
@@ -68,27 +68,25 @@ def _train_single(
     )
     if not resume and is_main():
         write_json(out / "config.json", asdict(cfg))
-    trainer = Trainer(
+    trainer = Trainer(  # the model is on cfg.device already (build_run_model)
         model,
-        None,
         opt,
         train,
+        cfg.epochs,
         adapter=cfg.adapter(),
-        epochs=cfg.epochs,
         schedule=schedule,
         callbacks=callbacks,
-        eval_loaders=evals,
-        eval_every=cfg.eval_every,
-        device=cfg.device,
+        evaluation=EvaluationPolicy(evals, every=cfg.eval_every),
+        checkpoint=CheckpointPolicy(
+            out / "checkpoint.safetensors",
+            every=cfg.checkpoint_every,
+            header={"config": asdict(cfg)},
+            log=out / "metrics.jsonl",
+        ),
         seed=cfg.seed,
-        checkpoint_path=out / "checkpoint.safetensors",
-        checkpoint_every=cfg.checkpoint_every,
-        log_path=out / "metrics.jsonl",
-        header={"config": asdict(cfg)},
-        progress=progress,
     )
     start = time.perf_counter()
-    history = trainer.fit(resume=out / "checkpoint.safetensors" if resume else None)
+    history = trainer.fit(resume=out / "checkpoint.safetensors" if resume else None, progress=progress)
     train_s = time.perf_counter() - start
     header = {"config": asdict(cfg), "signature": model_signature(model)}
     if is_main():  # the replicas hold the same weights and posteriors: rank 0 writes them

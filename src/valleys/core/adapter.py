@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import AdapterError
+from ..errors import AdapterError, InputError, InputTypeError
 from .batches import as_call_args, to_device
 
 __all__ = ["ModelAdapter", "AdapterError", "as_adapter", "gaussian_nll", "LOSSES"]
@@ -88,11 +88,13 @@ class ModelAdapter:
 
     def __post_init__(self) -> None:
         if self.predictive not in (None, "classification", "gaussian"):
-            raise ValueError(f"unknown predictive {self.predictive!r}; choose classification or gaussian")
+            raise InputError(f"unknown predictive {self.predictive!r}; choose classification or gaussian")
         if isinstance(self.loss, str) and self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)} or pass a callable")
+            raise InputError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)} or pass a callable")
         if not isinstance(self.loss, str) and not callable(self.loss):
-            raise TypeError(f"loss must be a name ({', '.join(LOSSES)}) or a callable, got {type(self.loss).__name__}")
+            raise InputTypeError(
+                f"loss must be a name ({', '.join(LOSSES)}) or a callable, got {type(self.loss).__name__}"
+            )
 
     # ------------------------------------------------------------------ batches
     def inputs(self, batch: Any) -> tuple[tuple, dict]:
@@ -123,7 +125,7 @@ class ModelAdapter:
                         return batch[k]
                 raise AdapterError(
                     f"dict batch with keys {sorted(batch)} has no target key (tried "
-                    f"{list(_TARGET_KEYS)}); pass target='key' (or target_fn=...)"
+                    f"{list(_TARGET_KEYS)}); pass target='key' (or a callable)"
                 )
             raise AdapterError(
                 f"cannot find the targets in a batch of type {type(batch).__name__}; pass "

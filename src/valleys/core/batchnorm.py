@@ -24,9 +24,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..errors import EmptyLoaderError
-from .adapter import ModelAdapter
-from .batches import InputFn
+from ..errors import EmptyLoaderError, InputError, InputTypeError
+from .adapter import ModelAdapter, as_adapter
 from .weights import preserved_modes
 
 __all__ = ["recompute_bn", "has_batchnorm", "EmptyLoaderError"]
@@ -116,7 +115,6 @@ def recompute_bn(
     model: nn.Module,
     loader: Iterable,
     *,
-    input_fn: InputFn | None = None,
     adapter: ModelAdapter | None = None,
     num_batches: int | None = None,
     fraction: float | None = None,
@@ -132,9 +130,9 @@ def recompute_bn(
     Args:
         model: the network, already holding the weights to recompute for. Modified in place (buffers only).
         loader: iterable of batches (tensors, ``(input, target)`` tuples or dicts).
-        input_fn: maps a batch to the model input (older form of ``adapter``).
         adapter: a :class:`valleys.core.adapter.ModelAdapter` mapping a batch to the model call (dict batches
-            keep every non-target key, e.g. masks); default ``ModelAdapter(input=input_fn)``.
+            keep every non-target key, e.g. masks; ``ModelAdapter(input=callable)`` for anything else);
+            default ``ModelAdapter()``.
         num_batches: use only the first ``num_batches`` batches.
         fraction: use only the first ``ceil(fraction * len(loader))`` batches (needs ``len(loader)``).
         device: move inputs there first (default: leave them).
@@ -145,25 +143,22 @@ def recompute_bn(
 
     Raises:
         EmptyLoaderError: the loader (or the chosen subset) has no batches.
-        ValueError: ``num_batches`` < 1 or ``fraction`` outside (0, 1], or both given.
+        InputError: ``num_batches`` < 1 or ``fraction`` outside (0, 1], or both given.
     """
     if num_batches is not None and fraction is not None:
-        raise ValueError("give num_batches or fraction, not both")
+        raise InputError("give num_batches or fraction, not both")
     if num_batches is not None and num_batches < 1:
-        raise ValueError(f"num_batches must be at least 1, got {num_batches}")
+        raise InputError(f"num_batches must be at least 1, got {num_batches}")
     if fraction is not None:
         if not 0 < fraction <= 1:
-            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+            raise InputError(f"fraction must be in (0, 1], got {fraction}")
         if not isinstance(loader, Sized):
-            raise TypeError(f"fraction= needs a loader with a length; {type(loader).__name__} has none")
+            raise InputTypeError(f"fraction= needs a loader with a length; {type(loader).__name__} has none")
         num_batches = max(1, math.ceil(fraction * len(loader)))
     layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     if not layers:
         return 0
-    if adapter is not None and input_fn is not None:
-        raise ValueError("pass adapter=... or input_fn=..., not both")
-    if adapter is None:
-        adapter = ModelAdapter(input=input_fn)
+    adapter = as_adapter(adapter)
     if distributed is None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
 

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import NonFinitePredictionError
+
 __all__ = ["ClassificationMetrics", "RegressionMetrics", "classification_metrics", "regression_metrics", "LOG_EDGES"]
 
 _EPS = 1e-12
@@ -107,15 +109,12 @@ class ClassificationMetrics:
         y = _as_labels(targets.detach().cpu(), p.shape[0])
         if p.shape[0] == 0:
             return
-        if (
-            not bool(torch.isfinite(p).all())
-            or float(p.min()) < 0
-            or float(p.max()) > 1 + 1e-6
-            or float((p.sum(1) - 1).abs().max()) > 1e-3
-        ):
-            raise ValueError(
-                "probs must be finite, in [0, 1] and sum to 1 per row (are these logits? use update_logits)"
+        if not bool(torch.isfinite(p).all()):
+            raise NonFinitePredictionError(
+                "probs hold NaN or infinite values: the network's predictions are not finite (did it diverge?)"
             )
+        if float(p.min()) < 0 or float(p.max()) > 1 + 1e-6 or float((p.sum(1) - 1).abs().max()) > 1e-3:
+            raise ValueError("probs must lie in [0, 1] and sum to 1 per row (are these logits? use update_logits)")
         if int(y.min()) < 0 or int(y.max()) >= p.shape[1]:
             raise ValueError(f"targets must lie in [0, {p.shape[1] - 1}], got range [{int(y.min())}, {int(y.max())}]")
         conf, pred = p.max(dim=1)
@@ -213,8 +212,13 @@ class RegressionMetrics:
         mu, v, y = (t.detach().to("cpu", torch.float64).reshape(-1) for t in (mean, var, targets))
         if not (mu.shape == v.shape == y.shape):
             raise ValueError(f"mean, var and targets must have equal sizes, got {mu.numel()}, {v.numel()}, {y.numel()}")
-        if not bool(torch.isfinite(mu).all() and torch.isfinite(v).all()) or bool((v <= 0).any()):
-            raise ValueError("predictive means must be finite and variances finite and positive")
+        if not bool(torch.isfinite(mu).all() and torch.isfinite(v).all()):
+            raise NonFinitePredictionError(
+                "predictive means or variances hold NaN or infinite values: the network's predictions are not "
+                "finite (did it diverge?)"
+            )
+        if bool((v <= 0).any()):
+            raise ValueError("predictive variances must be positive")
         err = y - mu
         self.n += y.numel()
         self.se_sum += float((err**2).sum())

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from ..core.adapter import ModelAdapter, as_adapter
 from ..core.batchnorm import has_batchnorm
 from ..core.weights import WeightSpace, preserved_modes
+from ..errors import InputError
 
 _T = TypeVar("_T")
 
@@ -74,10 +75,9 @@ class LossFunction:
     Args:
         model: the network (left untouched: evaluation is functional).
         batches: a fixed list of batches (kept in memory; use a subset of the training data).
-        loss_fn: ``loss_fn(prediction, target)`` (mean over the batch); default: the adapter's loss
-            (cross-entropy unless the adapter says otherwise).
-        adapter: how batches become model calls and which output is the prediction
-            (:class:`valleys.core.adapter.ModelAdapter`); or the older ``input_fn``/``target_fn``.
+        adapter: how batches become model calls, which output is the prediction and the loss ``L`` (a mean
+            over the batch; :class:`valleys.core.adapter.ModelAdapter`, cross-entropy by default;
+            ``ModelAdapter(loss=callable)`` for another).
         mode: ``"eval"`` (BatchNorm running statistics, no Dropout) or ``"train"``.
         space: the weight space (default: all trainable parameters).
         route: how Hessian-vector products are taken: ``"auto"``, ``"double_backward"`` or
@@ -88,36 +88,33 @@ class LossFunction:
         self,
         model: nn.Module,
         batches: Iterable,
-        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
         *,
         adapter: ModelAdapter | None = None,
-        input_fn: Callable[[Any], Any] | None = None,
-        target_fn: Callable[[Any], Any] | None = None,
         mode: str = "eval",
         space: WeightSpace | None = None,
         route: str = "auto",
     ) -> None:
         if mode not in ("eval", "train"):
-            raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
+            raise InputError(f"mode must be 'eval' or 'train', got {mode!r}")
         if route not in HVP_ROUTES:
-            raise ValueError(f"route must be one of {', '.join(HVP_ROUTES)}, got {route!r}")
+            raise InputError(f"route must be one of {', '.join(HVP_ROUTES)}, got {route!r}")
 
         if mode == "train" and has_batchnorm(model):
-            raise ValueError(
+            raise InputError(
                 "mode='train' on a model with BatchNorm would update its running statistics and is "
                 "not a function of w alone; use mode='eval' (the default)"
             )
         self.model, self.mode = model, mode
         self.space = space or WeightSpace(model)
-        self.adapter = as_adapter(adapter, input_fn=input_fn, target_fn=target_fn)
-        self.loss_fn = loss_fn or self.adapter.loss_fn
+        self.adapter = as_adapter(adapter)
+        self.loss_fn = self.adapter.loss_fn
         self.batches: list[tuple[tuple, dict, Any]] = []
         for b in batches:
             args, kwargs = self.adapter.inputs(b)
             self.batches.append((args, kwargs, self.adapter.targets(b)))
         self.weights = [float(_num_examples(y)) for _, _, y in self.batches]
         if not self.batches or sum(self.weights) == 0:
-            raise ValueError("the data subset is empty: pass at least one non-empty batch")
+            raise InputError("the data subset is empty: pass at least one non-empty batch")
         self.route = ("forward_over_reverse" if mode == "train" else "double_backward") if route == "auto" else route
         self.num_hvp = 0
         self._graph: tuple[Tensor, list[Tensor], list[Tensor]] | None = None  # (w, leaves, grads with their graph)
@@ -217,10 +214,10 @@ def lanczos(
     """
     p = w.numel()
     if not isinstance(k, int) or k < 1 or k > p:
-        raise ValueError(f"k must be between 1 and the number of parameters ({p}), got {k}")
+        raise InputError(f"k must be between 1 and the number of parameters ({p}), got {k}")
     m = min(p, iterations or max(3 * k, 20))
     if m < k:
-        raise ValueError(f"iterations ({m}) must be at least k ({k})")
+        raise InputError(f"iterations ({m}) must be at least k ({k})")
     start = loss.num_hvp
     q = torch.randn(p, generator=generator, dtype=torch.float64)
     q /= q.norm()
@@ -289,7 +286,7 @@ def hutchinson_trace(
     """``tr(H) ~ mean_i z_i^T H z_i`` with Rademacher ``z_i`` (Hutchinson 1990; unbiased since E[z z^T] = I);
     returns ``trace``, ``stderr`` and ``samples``."""
     if samples < 2:
-        raise ValueError(f"samples must be at least 2 (for a standard error), got {samples}")
+        raise InputError(f"samples must be at least 2 (for a standard error), got {samples}")
     vals = []
     for _ in range(samples):
         z = torch.randint(0, 2, (w.numel(),), generator=generator).to(w.dtype) * 2 - 1
@@ -307,7 +304,7 @@ def epsilon_sharpness(
     Returns ``increase`` (``max L(w + d) - L(w)``), ``sharpness`` (``100 increase / (1 + L(w))``) and ``base``.
     """
     if not epsilon > 0:
-        raise ValueError(f"epsilon must be positive, got {epsilon}")
+        raise InputError(f"epsilon must be positive, got {epsilon}")
     box = epsilon * (w.abs() + 1)
     step = box * (lr if lr is not None else 0.25)
     base = loss.value(w)

@@ -21,7 +21,7 @@ Use in the trainer::
 
     teacher = MeanTeacher(model, decay=0.99, eval_loaders={"test": test_loader})
     step = ConsistencyStep("mean-teacher", augment=SignalAugment(), weight=100.0, rampup=5, teacher=teacher)
-    Trainer(model, None, opt, loader, epochs=60, step_fn=step, callbacks=[teacher]).fit()
+    Trainer(model, opt, loader, 60, step_fn=step, callbacks=[teacher]).fit()
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from ..core.batches import to_device
 from ..core.distributed import rank, world_size
+from ..errors import BatchFormatError, InputError
 from ..methods.averaging import EMA
 from .trainer import Callback, StepResult, Trainer
 
@@ -60,7 +61,7 @@ def ramp_up(epoch: float, length: float) -> float:
     """The sigmoid-shaped ramp of Laine & Aila (2017): ``exp(-5 (1 - min(t, r) / r)^2)`` at epoch ``t`` with
     ramp-up length ``r`` epochs; 1 for ``r = 0``. ``ramp_up(0, 5) = exp(-5)``, ``ramp_up(5, 5) = 1``."""
     if length < 0:
-        raise ValueError(f"the ramp-up length must be >= 0 epochs, got {length}")
+        raise InputError(f"the ramp-up length must be >= 0 epochs, got {length}")
     if length == 0:
         return 1.0
     t = min(max(float(epoch), 0.0), float(length)) / float(length)
@@ -75,9 +76,9 @@ def consistency_loss(student: Tensor, target: Tensor, kind: str = "mse") -> Tens
     into ``student`` only.
     """
     if kind not in CONSISTENCY_LOSSES:
-        raise ValueError(f"unknown consistency loss {kind!r}; choose one of {', '.join(CONSISTENCY_LOSSES)}")
+        raise InputError(f"unknown consistency loss {kind!r}; choose one of {', '.join(CONSISTENCY_LOSSES)}")
     if student.shape != target.shape or student.dim() != 2:
-        raise ValueError(
+        raise InputError(
             f"student and target logits must both be (N, C), got {tuple(student.shape)} and {tuple(target.shape)}"
         )
     target = target.detach()
@@ -123,7 +124,7 @@ class MeanTeacher(Callback):
         prefix: str = "teacher",
     ) -> None:
         if not (isinstance(decay, (int, float)) and 0 <= decay < 1):
-            raise ValueError(f"the EMA decay must be in [0, 1), got {decay!r}")
+            raise InputError(f"the EMA decay must be in [0, 1), got {decay!r}")
         self.ema = EMA(model, decay, warmup=True)
         self.model = copy.deepcopy(model)  # not frozen: it shares the student's weight space; run under no_grad
         self.eval_loaders = dict(eval_loaders or {})
@@ -137,8 +138,7 @@ class MeanTeacher(Callback):
         self.ema.write(self.model)
 
     def on_train_start(self, trainer: Trainer) -> None:
-        if trainer.device is not None:
-            self.model.to(trainer.device)
+        self.model.to(trainer.device)
         if self.ema.n == 0:
             self.ema.collect(trainer.model)
         self._sync()
@@ -167,7 +167,7 @@ def _tuple_views(augment: Callable[[Tensor], Tensor]) -> Callable[[Any], Any]:
     def view(batch: Any) -> Any:
         if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
             return type(batch)([augment(batch[0]), *batch[1:]])
-        raise TypeError(
+        raise BatchFormatError(
             f"augment= transforms the input of (input, label) batches, but this batch is a "
             f"{type(batch).__name__}; pass views=callable(batch) -> batch that returns an augmented copy"
         )
@@ -204,20 +204,20 @@ class ConsistencyStep:
         teacher: MeanTeacher | None = None,
     ) -> None:
         if consistency not in CONSISTENCY:
-            raise ValueError(f"unknown consistency {consistency!r}; choose one of {', '.join(CONSISTENCY)}")
+            raise InputError(f"unknown consistency {consistency!r}; choose one of {', '.join(CONSISTENCY)}")
         if loss not in CONSISTENCY_LOSSES:
-            raise ValueError(f"unknown consistency loss {loss!r}; choose one of {', '.join(CONSISTENCY_LOSSES)}")
+            raise InputError(f"unknown consistency loss {loss!r}; choose one of {', '.join(CONSISTENCY_LOSSES)}")
         if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
-            raise ValueError(f"the consistency weight must be finite and >= 0, got {weight!r}")
+            raise InputError(f"the consistency weight must be finite and >= 0, got {weight!r}")
         if not (isinstance(rampup, (int, float)) and math.isfinite(rampup) and rampup >= 0):
-            raise ValueError(f"the ramp-up must be finite and >= 0 epochs, got {rampup!r}")
+            raise InputError(f"the ramp-up must be finite and >= 0 epochs, got {rampup!r}")
         if consistency == "mean-teacher" and teacher is None:
-            raise ValueError(
+            raise InputError(
                 "consistency='mean-teacher' needs teacher=MeanTeacher(model, decay) (also passed to "
                 "the trainer's callbacks)"
             )
         if augment is not None and views is not None:
-            raise ValueError("pass augment= (for (input, label) batches) or views= (any batch), not both")
+            raise InputError("pass augment= (for (input, label) batches) or views= (any batch), not both")
         self.consistency, self.loss, self.teacher = consistency, loss, teacher
         self.weight, self.rampup = float(weight), float(rampup)
         self.view: Callable[[Any], Any] = views or (_tuple_views(augment) if augment is not None else (lambda b: b))
@@ -241,7 +241,7 @@ class ConsistencyStep:
         student = trainer.forward_model  # the DDP wrapper under torch.distributed
         y = to_device(adapter.targets(batch), device)
         if not isinstance(y, Tensor) or y.dim() != 1 or y.is_floating_point():
-            raise TypeError(
+            raise BatchFormatError(
                 "semi-supervised batches need one integer label per example (NO_LABEL = -1 for the "
                 "unlabelled ones); see valleys.training.semisup_data.semisup_loader"
             )

@@ -40,10 +40,8 @@ import torch
 from torch import Tensor, nn
 
 from ..core.adapter import ModelAdapter, as_adapter
-from ..core.batches import InputFn, to_device
-from ..core.batchnorm import EmptyLoaderError
+from ..core.batches import to_device
 from ..core.checkpoint import (
-    CheckpointError,
     check_model_signature,
     checkpoint_field,
     load_checkpoint,
@@ -59,7 +57,14 @@ from ..core.distributed import (
     shard_loader,
     world_size,
 )
-from ..errors import TrainingDiverged
+from ..errors import (
+    CheckpointError,
+    EmptyLoaderError,
+    InputError,
+    InputTypeError,
+    NonFinitePredictionError,
+    TrainingDiverged,
+)
 from ..evaluation.predict import evaluate
 from .schedules import Schedule
 
@@ -115,17 +120,20 @@ def supervised_step(trainer: Trainer, batch: Any) -> StepResult:
 
 @dataclass
 class CheckpointPolicy:
-    """Where and how often :class:`Trainer` writes its training checkpoint.
+    """The files of a :class:`Trainer` run: its training checkpoint, and the JSON log that goes with it.
 
     Attributes:
         path: the checkpoint file (safetensors); None: no checkpoints.
         every: write it every this many epochs (and after the last).
         header: JSON-able run configuration stored in every checkpoint.
+        log: a JSON-lines file that gets one line per epoch; None: no log. ``fit(resume=...)`` rewrites it from
+            the checkpoint's history first, so the log always matches the checkpoint it resumed from.
     """
 
     path: str | Path | None = None
     every: int = 1
     header: dict[str, Any] | None = None
+    log: str | Path | None = None
 
 
 @dataclass
@@ -133,15 +141,13 @@ class EvaluationPolicy:
     """What :class:`Trainer` evaluates at epoch ends.
 
     Attributes:
-        loaders: ``{"val": loader, ...}`` evaluated at the end of every ``every`` epochs (and the last).
+        loaders: ``{"val": loader, ...}`` evaluated at the end of every ``every`` epochs (and the last), scored
+            as the trainer's adapter says (classification metrics, or regression ones for a Gaussian head).
         every: epochs between evaluations.
-        likelihood: ``"classification"`` (logits) or ``"gaussian"`` (a ``(mean, variance)`` head); None: the
-            adapter's (``"gaussian"`` for ``loss="gaussian"``, else classification).
     """
 
     loaders: Mapping[str, Iterable] | None = None
     every: int = 1
-    likelihood: str | None = None
 
 
 @dataclass
@@ -193,96 +199,77 @@ class Callback:
 class Trainer:
     """Train ``model`` with ``optimizer`` on ``train_loader`` for ``epochs`` epochs.
 
+    The model trains where it is: put it on its device (``model.to("cuda")``) before building the optimizer;
+    batches are moved to the device of its parameters (:attr:`device`).
+
     Args:
-        model, loss_fn, optimizer, train_loader: the usual; ``loss_fn(output, target)`` returns a scalar
-            (None: the adapter's loss, cross-entropy by default).
+        model: the network, already on its device.
+        optimizer: a ``torch.optim.Optimizer`` over (some of) its parameters.
+        train_loader: the training batches; it must have a length (a ``DataLoader`` or a list).
         epochs: number of epochs (>= 1).
+        adapter: a :class:`valleys.core.adapter.ModelAdapter`: how a batch becomes a model call, where the
+            targets are, and the loss (``ModelAdapter(loss=...)``: cross-entropy by default, ``"gaussian"`` or
+            any ``callable(prediction, targets)``); its predictive also says how evaluation loaders are scored.
         schedule: a :class:`valleys.training.schedules.Schedule` setting the LR before every step (None: keep LR).
         callbacks: :class:`Callback` objects (e.g. :class:`valleys.methods.SWACallback`).
-        eval_loaders: ``{"val": loader, ...}`` evaluated at the end of every epoch (accuracy, NLL, ...).
-        eval_every: evaluate every this many epochs (and always at the last).
-        device: where to train; the model is moved there.
-        seed: seeds the global RNG at the start and the loader's generator per epoch (``seed + epoch``).
-        checkpoint_path: where to write the training checkpoint (safetensors); None: no checkpoints.
-        checkpoint_every: write it every this many epochs (and after the last).
-        log_path: append one JSON line per epoch there.
-        header: JSON-able run configuration stored in every checkpoint.
-        progress: show a progress bar (rate and ETA).
-        input_fn, target_fn: how to read a batch (see :mod:`valleys.core.batches`).
-        likelihood: how eval loaders are scored: ``"classification"`` (logits) or ``"gaussian"`` (a
-            ``(mean, variance)`` regression head); see :func:`valleys.evaluation.predict.evaluate`.
-        adapter: a :class:`valleys.core.adapter.ModelAdapter` (instead of ``input_fn``/``target_fn``/``loss_fn``).
         step_fn: ``step_fn(trainer, batch) -> StepResult | (loss, logs)``, the loss of one batch (default
             :func:`supervised_step`). E.g. a Pi model (Laine & Aila 2017) adds the MSE between the softmaxes of
             two noisy forward passes; its extra ``logs`` are averaged per epoch into the log line.
-        checkpoint: a :class:`CheckpointPolicy` grouping ``checkpoint_path``, ``checkpoint_every``, ``header``
-            (pass one or the other).
-        evaluation: an :class:`EvaluationPolicy` grouping ``eval_loaders``, ``eval_every``, ``likelihood``.
+        evaluation: an :class:`EvaluationPolicy`: loaders evaluated at epoch ends and how often (None: none).
+        checkpoint: a :class:`CheckpointPolicy`: the run's files (the checkpoint, how often it is written, its
+            header, the JSON log of one line per epoch); None: no files.
         distributed: a :class:`DistributedPolicy` (default ``DistributedPolicy()``), used only when a
             ``torch.distributed`` process group is initialised (see the module docstring).
+        seed: seeds the global RNG at the start of :meth:`fit` and the loader's generator per epoch
+            (``seed + epoch``); step functions may derive their own streams from it (``trainer.seed``).
+
+    The progress bar is a matter of one call to the loop: ``fit(progress=False)`` hides it.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        loss_fn: Callable[[Tensor, Tensor], Tensor] | None,
         optimizer: torch.optim.Optimizer,
         train_loader: Iterable,
-        *,
         epochs: int,
+        *,
+        adapter: ModelAdapter | None = None,
         schedule: Schedule | None = None,
         callbacks: Sequence[Callback] = (),
-        eval_loaders: Mapping[str, Iterable] | None = None,
-        eval_every: int | None = None,
-        device: torch.device | str | None = None,
-        seed: int = 0,
-        checkpoint_path: str | Path | None = None,
-        checkpoint_every: int | None = None,
-        log_path: str | Path | None = None,
-        header: dict[str, Any] | None = None,
-        progress: bool = True,
-        input_fn: InputFn | None = None,
-        target_fn: Callable[[Any], Tensor] | None = None,
-        likelihood: str | None = None,
-        adapter: ModelAdapter | None = None,
         step_fn: StepFn | None = None,
-        checkpoint: CheckpointPolicy | None = None,
         evaluation: EvaluationPolicy | None = None,
+        checkpoint: CheckpointPolicy | None = None,
         distributed: DistributedPolicy | None = None,
+        seed: int = 0,
     ) -> None:
-        if checkpoint is not None:
-            if checkpoint_path is not None or checkpoint_every is not None or header is not None:
-                raise ValueError(
-                    "pass checkpoint=CheckpointPolicy(...) or checkpoint_path/checkpoint_every/header, not both"
-                )
-            checkpoint_path, checkpoint_every, header = checkpoint.path, checkpoint.every, checkpoint.header
-        if evaluation is not None:
-            if eval_loaders is not None or eval_every is not None or likelihood is not None:
-                raise ValueError(
-                    "pass evaluation=EvaluationPolicy(...) or eval_loaders/eval_every/likelihood, not both"
-                )
-            eval_loaders, eval_every, likelihood = evaluation.loaders, evaluation.every, evaluation.likelihood
-        checkpoint_every = 1 if checkpoint_every is None else checkpoint_every
-        eval_every = 1 if eval_every is None else eval_every
-        if adapter is not None and loss_fn is not None:
-            raise ValueError("pass loss_fn or an adapter with its loss, not both")
-        self.adapter = as_adapter(adapter, input_fn=input_fn, target_fn=target_fn, loss=loss_fn, likelihood=likelihood)
-        if not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-        if checkpoint_every < 1 or eval_every < 1:
-            raise ValueError("checkpoint_every and eval_every must be at least 1")
+        if not isinstance(getattr(optimizer, "param_groups", None), list):
+            raise InputTypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}: Trainer(model, "
+                "optimizer, train_loader, epochs); the loss goes in adapter=ModelAdapter(loss=...)"
+            )
+        self.adapter = as_adapter(adapter)
+        evaluation = evaluation if evaluation is not None else EvaluationPolicy()
+        checkpoint = checkpoint if checkpoint is not None else CheckpointPolicy()
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise InputError(f"epochs must be a positive integer, got {epochs!r}")
+        if checkpoint.every < 1 or evaluation.every < 1:
+            raise InputError(
+                f"CheckpointPolicy.every and EvaluationPolicy.every must be at least 1, got {checkpoint.every} "
+                f"and {evaluation.every}"
+            )
         try:
             steps = len(train_loader)  # type: ignore[arg-type]
         except TypeError:
-            raise TypeError("train_loader must have a length (a DataLoader or a list of batches)") from None
+            raise InputTypeError("train_loader must have a length (a DataLoader or a list of batches)") from None
         if steps == 0:
             raise EmptyLoaderError("the training loader is empty (no batches): check the dataset and batch_size")
-        self.model = model.to(device) if device is not None else model
+        eval_loaders = evaluation.loaders
+        self.model = model
         self.distributed = distributed or DistributedPolicy()
         self.world_size = world_size()
         self.ddp_model: nn.Module | None = None
         if self.world_size > 1:
-            dev = next(self.model.parameters()).device
+            dev = self.device
             check_same_everywhere(
                 [float(dev.type == "cuda"), float(sum(p.numel() for p in self.model.parameters()))],
                 "(model on CUDA, parameter count)",
@@ -295,7 +282,7 @@ class Trainer:
             if self.distributed.ddp:
                 from torch.nn.parallel import DistributedDataParallel
 
-                dev = next(self.model.parameters()).device
+                dev = self.device
                 if self.distributed.ignore:
                     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
                         self.model, list(self.distributed.ignore)
@@ -305,7 +292,6 @@ class Trainer:
                     device_ids=[dev] if dev.type == "cuda" else None,
                     find_unused_parameters=self.distributed.find_unused_parameters,
                 )
-        self.loss_fn = self.adapter.loss_fn
         self.step_fn: StepFn = step_fn or supervised_step
         self.optimizer = optimizer
         self.train_loader = train_loader
@@ -314,18 +300,26 @@ class Trainer:
         self.schedule = schedule
         self.callbacks = list(callbacks)
         self.eval_loaders = dict(eval_loaders or {})
-        self.eval_every = eval_every
-        self.device = device
+        self.eval_every = evaluation.every
         self.seed = seed
-        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
-        self.checkpoint_every = checkpoint_every
-        self.log_path = Path(log_path) if log_path is not None else None
-        self.header = dict(header or {})
-        self.progress = progress
+        self.checkpoint_path = Path(checkpoint.path) if checkpoint.path is not None else None
+        self.checkpoint_every = checkpoint.every
+        self.log_path = Path(checkpoint.log) if checkpoint.log is not None else None
+        self.header = dict(checkpoint.header or {})
         self.epoch = 0  # the epoch being trained (0-based); after fit, == epochs
         self.step = 0  # optimizer steps done
         self.history: list[dict[str, Any]] = []
         self.lr = float(optimizer.param_groups[0]["lr"])
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model is (its first parameter's, else first buffer's device; CPU for neither): batches
+        and evaluations go there."""
+        for p in self.model.parameters():
+            return p.device
+        for b in self.model.buffers():
+            return b.device
+        return torch.device("cpu")
 
     # ------------------------------------------------------------------ checkpoints
     def _callback_key(self, i: int, cb: Callback) -> str:
@@ -347,7 +341,9 @@ class Trainer:
         """Write a checkpoint atomically (default: ``checkpoint_path``); the trainer calls it on rank 0 only."""
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None:
-            raise ValueError("no checkpoint path: pass checkpoint_path to Trainer or a path to save()")
+            raise InputError(
+                "no checkpoint path: pass checkpoint=CheckpointPolicy(path) to Trainer or a path to save()"
+            )
         header = {
             **self.header,
             "kind": "training",
@@ -402,8 +398,9 @@ class Trainer:
         if callable(getattr(sampler, "set_epoch", None)):  # DistributedSampler: a new shuffle per epoch
             sampler.set_epoch(self.epoch)
 
-    def fit(self, resume: str | Path | None = None) -> list[dict[str, Any]]:
-        """Train to ``epochs`` (from a checkpoint if ``resume`` is given) and return the per-epoch log."""
+    def fit(self, resume: str | Path | None = None, *, progress: bool = True) -> list[dict[str, Any]]:
+        """Train to ``epochs`` (from a checkpoint if ``resume`` is given) and return the per-epoch log;
+        ``progress`` shows a progress bar (steps, rate, ETA) on rank 0."""
         if resume is not None:
             self.load(resume)
         else:
@@ -415,7 +412,7 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_start(self)
         bar = None
-        if self.progress and main:
+        if progress and main:
             from ..core.optional import progress_bar
 
             bar = progress_bar(
@@ -546,11 +543,6 @@ class Trainer:
         else the model itself. Everything else (callbacks, evaluation, checkpoints) uses ``self.model``."""
         return self.ddp_model if self.ddp_model is not None else self.model
 
-    @property
-    def likelihood(self) -> str:
-        """How eval loaders are scored: ``"classification"`` or ``"gaussian"`` (the adapter's predictive)."""
-        return self.adapter.likelihood
-
     def evaluate_on(self, loader: Iterable, model: nn.Module | None = None) -> dict[str, Any]:
         """Metrics of the model (or of ``model``, e.g. a mean teacher), as it is now, on one loader (see
         :func:`valleys.evaluation.predict.evaluate`).
@@ -566,9 +558,7 @@ class Trainer:
                 adapter=self.adapter,
                 all_reduce=is_distributed(),
             )
-        except ValueError as e:  # NaN/inf predictions: the weights (or an average's BatchNorm statistics) diverged
-            if "finite" not in str(e):
-                raise
+        except NonFinitePredictionError as e:  # the weights (or an average's BatchNorm statistics) diverged
             raise self._diverged("the evaluated network's predictions became non-finite") from e
 
     @staticmethod
