@@ -471,8 +471,7 @@ def _regression_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _semisup_parser(sub: argparse._SubParsersAction) -> None:
-    """``valleys semisup``."""
-    from ..zoo.catalog import DATASETS, MODELS
+    """``valleys semisup``: the flags of :class:`valleys.app.semisup.SemisupConfig`, then the output flags."""
     from .semisup import SemisupConfig
 
     ss = sub.add_parser(
@@ -480,105 +479,7 @@ def _semisup_parser(sub: argparse._SubParsersAction) -> None:
         help="semi-supervised training with a few labels: supervised-only, Pi model and "
         "mean teacher, each with SWA and fast-SWA side by side (slides 34-36)",
     )
-    sd = SemisupConfig()
-    ss.add_argument("--dataset", choices=list(DATASETS), default=sd.dataset, help="built-in dataset")
-    ss.add_argument("--model", choices=list(MODELS), default=sd.model, help="reference architecture")
-    ss.add_argument(
-        "--consistency",
-        nargs="+",
-        choices=["none", "pi", "mean-teacher"],
-        default=sd.consistency,
-        help="consistency terms, each a run per seed (none: cross-entropy on the labelled examples only)",
-    )
-    ss.add_argument(
-        "--labels-per-class",
-        type=_positive_int,
-        default=sd.labels_per_class,
-        help="labelled training examples per class, drawn from the seed; the rest are unlabelled",
-    )
-    ss.add_argument("--batch-size", type=_positive_int, default=sd.batch_size, help="examples per batch")
-    ss.add_argument(
-        "--labelled-batch-size",
-        type=_positive_int,
-        default=sd.labelled_batch_size,
-        help="labelled examples in every batch (the rest unlabelled)",
-    )
-    ss.add_argument(
-        "--epochs",
-        type=_positive_int,
-        default=sd.epochs,
-        help="epochs (one epoch: a pass over the unlabelled examples)",
-    )
-    ss.add_argument(
-        "--cosine-epochs",
-        type=_positive_int,
-        default=None,
-        help="length l of the first cosine phase (default: --epochs minus two cycles)",
-    )
-    ss.add_argument(
-        "--cycle",
-        type=_positive_int,
-        default=sd.cycle,
-        help="cycle length c in epochs: after the cosine phase the LR replays its last c epochs; SWA "
-        "averages at every cycle end",
-    )
-    ss.add_argument(
-        "--fast-swa-every",
-        type=_positive_int,
-        default=sd.fast_swa_every,
-        help="fast-SWA averages every k epochs (or steps, --fast-swa-unit) from epoch l - c on",
-    )
-    ss.add_argument(
-        "--fast-swa-unit", choices=["epochs", "steps"], default=sd.fast_swa_unit, help="unit of --fast-swa-every"
-    )
-    ss.add_argument("--lr", type=_positive_float, default=sd.lr, help="initial LR of the cosine")
-    ss.add_argument("--momentum", type=_fraction, default=sd.momentum, help="Nesterov momentum")
-    ss.add_argument("--wd", type=_non_negative_float, default=sd.wd, help="weight decay")
-    ss.add_argument(
-        "--consistency-weight",
-        type=_non_negative_float,
-        default=sd.consistency_weight,
-        help="lambda_max, the consistency loss's weight after the ramp-up",
-    )
-    ss.add_argument(
-        "--consistency-loss",
-        choices=["mse", "kl"],
-        default=sd.consistency_loss,
-        help="mse: squared error between the softmax outputs (mean over classes); kl: KL(target || student)",
-    )
-    ss.add_argument(
-        "--rampup",
-        type=_non_negative_float,
-        default=sd.rampup,
-        help="epochs r of the ramp-up lambda(t) = lambda_max exp(-5 (1 - min(t, r) / r)^2)",
-    )
-    ss.add_argument(
-        "--ema-decay",
-        type=_fraction,
-        default=sd.ema_decay,
-        help="mean teacher: EMA decay alpha in [0, 1), used as min(1 - 1/(step + 1), alpha)",
-    )
-    ss.add_argument(
-        "--no-augment", action="store_true", help="no input augmentation: the two views differ only through Dropout"
-    )
-    ss.add_argument(
-        "--seeds",
-        type=_seed,
-        nargs="+",
-        default=sd.seeds,
-        help="seeds (each draws its own labelled examples and initialisation)",
-    )
-    ss.add_argument(
-        "--val-fraction",
-        type=_fraction,
-        default=sd.val_fraction,
-        help="labelled validation split held out of training (choose settings on it)",
-    )
-    ss.add_argument("--train-subset", type=_positive_int, default=None, help="keep only N training examples")
-    ss.add_argument("--test-subset", type=_positive_int, default=None, help="keep only N test examples")
-    ss.add_argument("--data-root", type=_path, default=None, help="torchvision data root (Fashion-MNIST files)")
-    ss.add_argument("--eval-every", type=_positive_int, default=sd.eval_every, help="epochs between evaluations")
-    ss.add_argument("--device", default=sd.device, help="cpu, cuda or cuda:N")
+    add_flags(ss, SemisupConfig)
     _resumable_output_flags(ss, "study")
 
 
@@ -868,7 +769,7 @@ def _regression(args: argparse.Namespace) -> int:
 def _semisup(args: argparse.Namespace) -> int:
     from .semisup import SemisupConfig, semisup_run
 
-    cfg = _settings_from(SemisupConfig, args, augment=not args.no_augment)
+    cfg = _settings_from(SemisupConfig, args)
     if cfg.device.startswith("cuda"):
         import torch
 

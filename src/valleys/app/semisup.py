@@ -28,11 +28,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..zoo.catalog import DATASETS, MODELS
 from .claims import paired, verdict  # noqa: F401 (verdict: re-exported)
+from .options import setting
 from .registry import Registry
 from .report import cell
 
@@ -79,32 +81,66 @@ CONSISTENCY_TERMS: Registry[Callable[[Any, float, Any], Any]] = Registry(
 class SemisupConfig:
     """Settings of :func:`semisup_run` (see ``valleys semisup --help``)."""
 
-    dataset: str = "mnist1d"
-    model: str = "cnn1d"
-    consistency: list[str] = field(default_factory=lambda: ["none", "pi", "mean-teacher"])
-    labels_per_class: int = 40
-    batch_size: int = 128
-    labelled_batch_size: int = 32
-    epochs: int = 90
-    cosine_epochs: int | None = None  # l; default: epochs - 2 cycles
-    cycle: int = 15
-    fast_swa_every: int = 1
-    fast_swa_unit: str = "epochs"  # or "steps"
-    lr: float = 0.1
-    momentum: float = 0.9
-    wd: float = 2e-4
-    consistency_weight: float = 30.0  # lambda_max
-    consistency_loss: str = "mse"
-    rampup: float = 5.0
-    ema_decay: float = 0.97
-    augment: bool = True
-    seeds: list[int] = field(default_factory=lambda: [0])
-    val_fraction: float = 0.1
-    train_subset: int | None = None
-    test_subset: int | None = None
-    data_root: str | None = None
-    eval_every: int = 2
-    device: str = "cpu"
+    dataset: str = setting("mnist1d", "built-in dataset", choices=DATASETS)
+    model: str = setting("cnn1d", "reference architecture", choices=MODELS)
+    consistency: list[str] = setting(
+        ["none", "pi", "mean-teacher"],
+        "consistency terms, each a run per seed (none: cross-entropy on the labelled examples only)",
+        nargs="+",
+        choices=CONSISTENCY_TERMS.names(),
+    )
+    labels_per_class: int = setting(
+        40, "labelled training examples per class, drawn from the seed; the rest are unlabelled", check="positive"
+    )
+    batch_size: int = setting(128, "examples per batch", check="positive")
+    labelled_batch_size: int = setting(32, "labelled examples in every batch (the rest unlabelled)", check="positive")
+    epochs: int = setting(90, "epochs (one epoch: a pass over the unlabelled examples)", check="positive")
+    cosine_epochs: int | None = setting(  # l
+        None, "length l of the first cosine phase (default: --epochs minus two cycles)", check="positive"
+    )
+    cycle: int = setting(
+        15,
+        "cycle length c in epochs: after the cosine phase the LR replays its last c epochs; SWA averages at every "
+        "cycle end",
+        check="positive",
+    )
+    fast_swa_every: int = setting(
+        1, "fast-SWA averages every k epochs (or steps, --fast-swa-unit) from epoch l - c on", check="positive"
+    )
+    fast_swa_unit: str = setting("epochs", "unit of --fast-swa-every", choices=("epochs", "steps"))
+    lr: float = setting(0.1, "initial LR of the cosine", check="positive")
+    momentum: float = setting(0.9, "Nesterov momentum", check="fraction")
+    wd: float = setting(2e-4, "weight decay", check="non_negative")
+    consistency_weight: float = setting(
+        30.0, "lambda_max, the consistency loss's weight after the ramp-up", check="non_negative"
+    )
+    consistency_loss: str = setting(
+        "mse",
+        "mse: squared error between the softmax outputs (mean over classes); kl: KL(target || student)",
+        choices=("mse", "kl"),
+    )
+    rampup: float = setting(
+        5.0, "epochs r of the ramp-up lambda(t) = lambda_max exp(-5 (1 - min(t, r) / r)^2)", check="non_negative"
+    )
+    ema_decay: float = setting(
+        0.97, "mean teacher: EMA decay alpha in [0, 1), used as min(1 - 1/(step + 1), alpha)", check="fraction"
+    )
+    augment: bool = setting(
+        True,
+        "input augmentation (the default)",
+        negation="no input augmentation: the two views differ only through Dropout",
+    )
+    seeds: list[int] = setting(
+        [0], "seeds (each draws its own labelled examples and initialisation)", nargs="+", check="seed"
+    )
+    val_fraction: float = setting(
+        0.1, "labelled validation split held out of training (choose settings on it)", check="fraction"
+    )
+    train_subset: int | None = setting(None, "keep only N training examples", check="positive")
+    test_subset: int | None = setting(None, "keep only N test examples", check="positive")
+    data_root: str | None = setting(None, "torchvision data root (Fashion-MNIST files)", check="path")
+    eval_every: int = setting(2, "epochs between evaluations", check="positive")
+    device: str = setting("cpu", "cpu, cuda or cuda:N")
 
     @property
     def l(self) -> int:  # noqa: E743 - the paper's name for the cosine phase's length
