@@ -111,7 +111,7 @@ def _bma_case(samples: int):
         model,
         swag.samples(samples, generator=torch.Generator().manual_seed(2)),
         test,
-        bn_loader=train,
+        bn=train,
         return_probs=True,
         shard=True,
         batched=False,
@@ -152,7 +152,7 @@ def _worker(rank: int, world: int, port: int, out: str, grid_n: int, samples: in
     res["memory"] = mem
     if rank == 0:
         res["grid"] = torch.tensor(grid.per_loader["train"]["loss"])
-        res["probs"] = b["probs"]
+        res["probs"] = b.probs
     torch.save(res, Path(out) / f"r{world}-rank{rank}.pt")
     dist.destroy_process_group()
 

@@ -15,7 +15,7 @@
 (b) The same kind of grid (7 x 7) with a BatchNorm recompute per point on ``SmallCNN(1, 10, width=8)`` with
     random 1x8x8 inputs: 1024 training examples in 4 equal batches of 256 (``update_bn`` averages per-batch
     statistics, which is exact only for equal batches; valleys pools them exactly) and 256 test examples.
-    Ours: ``evaluate_points(..., bn="recompute", bn_loader=train_loader)``. Naive: per point
+    Ours: ``evaluate_points(..., bn=train_loader)``. Naive: per point
     ``copy.deepcopy(model)``, ``vector_to_parameters``, ``torch.optim.swa_utils.update_bn(train_loader, m)``,
     then the same evaluation. Losses must agree within 1e-4.
 
@@ -75,6 +75,7 @@ from torch.utils.data import TensorDataset
 from valleys.core.adapter import ModelAdapter
 from valleys.core.weights import WeightSpace
 from valleys.evaluation.grid import evaluate_points
+from valleys.evaluation.results import GridResult
 from valleys.geometry.hessian import LossFunction, lanczos, power_iteration
 from valleys.geometry.surfaces import Plane, grid_axes
 from valleys.zoo.data import make_loader
@@ -163,6 +164,11 @@ def naive_recompute(
     return out
 
 
+def _as_dict(res: GridResult) -> dict:
+    """The grid in the naive loop's layout (``{loader: {"loss", "error"}}``) with the engine's labels."""
+    return {**res.per_loader, "bn": res.bn, "batched": res.batched}
+
+
 def max_diff(ours: dict, ref: dict, key: str) -> float:
     return max(abs(a - b) for name in ref for a, b in zip(ours[name][key], ref[name][key], strict=True))
 
@@ -197,9 +203,9 @@ def bench_grid_keep(cfg: Config) -> dict:
 
     runs: dict[str, Callable[[Sequence[Tensor]], dict]] = {
         "naive": lambda pts: naive_keep(naive_net, pts, loaders),
-        "auto": lambda pts: evaluate_points(model, pts, loaders, bn="keep"),
-        "loop": lambda pts: evaluate_points(model, pts, loaders, bn="keep", batched=False),
-        "vmap": lambda pts: evaluate_points(model, pts, loaders, bn="keep", batched=True),
+        "auto": lambda pts: _as_dict(evaluate_points(model, pts, loaders, bn="keep")),
+        "loop": lambda pts: _as_dict(evaluate_points(model, pts, loaders, bn="keep", batched=False)),
+        "vmap": lambda pts: _as_dict(evaluate_points(model, pts, loaders, bn="keep", batched=True)),
     }
     for v in A_VARIANTS:  # warm-up (allocator, dispatcher and vmap caches)
         runs[v](points[:16])
@@ -272,7 +278,7 @@ def bench_grid_recompute(cfg: Config) -> dict:
     )
     runs = {
         "naive": lambda pts: naive_recompute(model, pts, loaders, train_loader),
-        "ours": lambda pts: evaluate_points(model, pts, loaders, bn="recompute", bn_loader=train_loader),
+        "ours": lambda pts: _as_dict(evaluate_points(model, pts, loaders, bn=train_loader)),
     }
     for v in runs:
         runs[v](points[:2])

@@ -451,7 +451,7 @@ def main() -> None:
         which_p = ""
 
         def ours_grid():
-            return evaluate_points(model, points, data, bn="keep")["train"]["loss"]
+            return evaluate_points(model, points, data, bn="keep").loss("train")
 
         def peer_grid():
             nonlocal which_p
@@ -459,7 +459,7 @@ def main() -> None:
             return out
 
         def ours_loop():  # for information: the engine without its vmap-or-loop timing probe
-            return evaluate_points(model, points, data, bn="keep", batched=False)["train"]["loss"]
+            return evaluate_points(model, points, data, bn="keep", batched=False).loss("train")
 
         evaluate_points(model, points[:9], data, bn="keep")  # warm-up (and the engine's one-off vmap probe)
         landscapes_plane(peers, model, x, y, 3)
@@ -477,7 +477,7 @@ def main() -> None:
         checks.append((f"(d) grid: {which_p} / valleys = {ratio:.2f}x >= 1.0x", ratio >= 1.0))
         record: list = []
         landscapes_plane(peers, model, x, y, 3, record)  # the points the peer visits, and its values there
-        got = evaluate_points(model, [p for p, _ in record[:4]], data, bn="keep")["train"]["loss"]
+        got = evaluate_points(model, [p for p, _ in record[:4]], data, bn="keep").loss("train")
         diff = max(abs(a - b) / max(abs(b), 1e-12) for a, (_, b) in zip(got, record[:4], strict=True))
         checks.append(
             (

@@ -14,7 +14,7 @@ the load of the machine hits both sides alike):
     compares the two means and the last K deviations.
 
 (b) BMA with S = 30 SWAG samples and a BatchNorm recompute per sample: ``valleys.evaluation.predict.bma(model,
-    swag.samples(30, generator=...), test_loader, bn_loader=train_loader)`` against the naive loop over the
+    swag.samples(30, generator=...), test_loader, bn=train_loader)`` against the naive loop over the
     same 30 samples: ``copy.deepcopy(model)``, ``vector_to_parameters``, ``torch.optim.swa_utils.update_bn``,
     then softmax probabilities in eval mode on the test loader, averaged. Model: ``SmallCNN(1, 10,
     width=16)`` (BatchNorm) on random 1x28x28 inputs, 2048 training examples in batches of 256 (all batches
@@ -325,7 +325,7 @@ def draws(swag: SWAG, s: int) -> Iterable[Tensor]:
 def bench_bma(samples: int, repeats: int, profile_samples: int) -> dict:
     st = make_bma_setup()
     model, swag, train, test = st["model"], st["swag"], st["train"], st["test"]
-    ours_fn = lambda s: bma(model, draws(swag, s), test, bn_loader=train, return_probs=True)  # noqa: E731
+    ours_fn = lambda s: bma(model, draws(swag, s), test, bn=train, return_probs=True)  # noqa: E731
     naive_fn = lambda s: naive_bma(model, draws(swag, s), test, train)  # noqa: E731
     ours_fn(2)  # warm-up (oneDNN primitives, allocator)
     naive_fn(2)
@@ -334,16 +334,16 @@ def bench_bma(samples: int, repeats: int, profile_samples: int) -> dict:
     y = st["y_test"]
     acc_naive = float((probs_naive.argmax(1) == y).double().mean())
     nll_naive = float(-torch.log(probs_naive.gather(1, y[:, None]).clamp_min(1e-12)).mean())
-    diff = float((res_ours["probs"] - probs_naive).abs().max())
+    diff = float((res_ours.probs - probs_naive).abs().max())
     return {
         "samples": samples,
         "repeats": repeats,
         "ours": t_ours,
         "naive": t_naive,
         "P": swag.space.size,
-        "acc": (res_ours["accuracy"], acc_naive),
-        "nll": (res_ours["nll"], nll_naive),
-        "num_samples": res_ours["num_samples"],
+        "acc": (res_ours.metrics.accuracy, acc_naive),
+        "nll": (res_ours.metrics.nll, nll_naive),
+        "num_samples": res_ours.num_samples,
         "probs_diff": diff,
         "profile": profile_bma(st, profile_samples),
     }
@@ -485,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  {'':52s} {'median':>11s}  {'per sample':>11s}  {'spread':>7s}")
     for label, v in (
-        ("valleys bma(..., bn_loader=train_loader)", bm["ours"]),
+        ("valleys bma(..., bn=train_loader)", bm["ours"]),
         ("naive: deepcopy + update_bn + evaluate per sample", bm["naive"]),
     ):
         med = statistics.median(v)

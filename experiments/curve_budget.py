@@ -82,10 +82,10 @@ def main(argv: list[str]) -> None:
             test_loader=val,
             space=space,
         )
-        worse = max(res["test_error"][0], res["test_error"][-1])
+        worse = max(res.test_error[0], res.test_error[-1])
         print(
-            f"{json.dumps(s):60s} max val error {100 * res['summary']['test_error']['max']:5.2f}%  worse endpoint "
-            f"{100 * worse:5.2f}%  max train loss {res['summary']['train_loss']['max']:.4f}  "
+            f"{json.dumps(s):60s} max val error {100 * res.summary['test_error']['max']:5.2f}%  worse endpoint "
+            f"{100 * worse:5.2f}%  max train loss {res.summary['train_loss']['max']:.4f}  "
             f"({time.perf_counter() - start:.0f} s)",
             flush=True,
         )

@@ -36,8 +36,8 @@ def main() -> None:
     tuned = evaluate(model, test)
     avg = swag.bma(model, test, samples=10)
     print(f"adapter: {swag.averager.space.size} numbers; posterior: {swag.size()} = ({args.rank} + 2) x adapter")
-    for name, r in (("fine-tuned adapter", tuned), ("SWAG over the adapter, BMA of 10", avg)):
-        print(f"{name:34s} accuracy {100 * r['accuracy']:6.2f}%  NLL {r['nll']:.4f}  ECE {r['ece']:.4f}")
+    for name, r in (("fine-tuned adapter", tuned), ("SWAG over the adapter, BMA of 10", avg.metrics)):
+        print(f"{name:34s} accuracy {100 * r.accuracy:6.2f}%  NLL {r.nll:.4f}  ECE {r.ece:.4f}")
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def main() -> None:
         )
         trainer.fit(module, make_loader(data.train, 64, shuffle=True, seed=0))
         res = evaluate(module.net, test)
-        print(f"{name:52s} {100 * res['accuracy']:8.2f}%   {res['nll']:.4f}")
+        print(f"{name:52s} {100 * res.accuracy:8.2f}%   {res.nll:.4f}")
 
 
 if __name__ == "__main__":

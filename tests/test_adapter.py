@@ -62,8 +62,9 @@ def test_unmappable_batches_name_the_setting():
         ModelAdapter(input=["c"]).inputs({"a": 1})
     with pytest.raises(ValueError, match="unknown loss"):
         ModelAdapter(loss="hinge")
-    with pytest.raises(ValueError, match="not both"):
-        as_adapter(ModelAdapter(), input_fn=lambda b: b)
+    with pytest.raises(TypeError, match=r"ModelAdapter\(loss=fn\)"):
+        as_adapter(lambda o, t: o.mean())
+    assert as_adapter(None) == ModelAdapter()
 
 
 def test_losses_against_hand_computed_values():
@@ -74,13 +75,13 @@ def test_losses_against_hand_computed_values():
     out = torch.tensor([[0.0, 4.0]])  # mean 0, variance 4, target 2
     expect = 0.5 * torch.log(torch.tensor(2 * torch.pi * 4.0)).item() + 4 / 8
     assert gaussian_nll(out, torch.tensor([2.0])).item() == pytest.approx(expect)
-    g = as_adapter(likelihood="gaussian")
+    g = ModelAdapter(loss="gaussian")
     assert g.likelihood == "gaussian" and g.compute_loss(out, torch.tensor([2.0])).item() == pytest.approx(expect)
 
 
 def test_predictive_follows_the_stated_likelihood_even_with_a_custom_loss():
-    assert as_adapter(loss=lambda o, t: o.mean(), likelihood="gaussian").likelihood == "gaussian"
-    assert as_adapter(loss=gaussian_nll).likelihood == "gaussian"
+    assert ModelAdapter(loss=lambda o, t: o.mean(), predictive="gaussian").likelihood == "gaussian"
+    assert ModelAdapter(loss=gaussian_nll).likelihood == "gaussian"
     assert ModelAdapter(loss=lambda o, t: o.mean()).likelihood == "classification"
     with pytest.raises(ValueError, match="unknown predictive"):
         ModelAdapter(predictive="poisson")

@@ -3,8 +3,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from conftest import BNCNN, DropoutBNMLP, loader
+from valleys.core.adapter import ModelAdapter
 from valleys.core.weights import WeightSpace
+from valleys.errors import MissingBNLoaderError, NoWeightsError
 from valleys.evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
+from valleys.evaluation.engine import BNPolicy, VmapPolicy
 from valleys.evaluation.predict import bma, evaluate
 from valleys.methods.ensembles import snapshot
 from valleys.methods.swag import SWAG
@@ -20,11 +23,11 @@ def test_bma_of_identical_samples_equals_one_model(img_data):
     w = WeightSpace(model).read(model)
     one = evaluate(model, loader(img_data))
     # the exactness claim holds for the loop (same kernels, same summation order); vmap may pick other kernels
-    many = bma(model, [w.clone() for _ in range(4)], loader(img_data), stale_bn_ok=True, batched=False)
+    many = bma(model, [w.clone() for _ in range(4)], loader(img_data), bn="keep", batched=False)
     for k in ("accuracy", "nll", "brier", "ece"):
-        assert many[k] == pytest.approx(one[k], abs=1e-12)
-    assert many["num_samples"] == 4
-    with pytest.raises(ValueError, match="bn_loader"):  # weight vectors on a BN model need a recompute
+        assert getattr(many.metrics, k) == pytest.approx(getattr(one, k), abs=1e-12)
+    assert many.num_samples == 4
+    with pytest.raises(MissingBNLoaderError, match="bn=train_loader"):  # weight vectors on a BN model need a recompute
         bma(model, [w], loader(img_data))
 
 
@@ -50,7 +53,7 @@ def test_bma_averages_probabilities_not_logits_and_restores_the_model(vec_data):
     a.eval(), b.eval()
     with torch.no_grad():
         expected = (torch.softmax(a(x).double(), -1) + torch.softmax(b(x).double(), -1)) / 2
-    assert torch.allclose(res["probs"], expected, atol=1e-6)
+    assert torch.allclose(res.probs, expected, atol=1e-6)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert model.training
@@ -66,9 +69,9 @@ def test_bma_recomputes_bn_per_weight_sample(img_data):
 
     recompute_bn(ref, loader(img_data))
     expected = evaluate(ref, loader(img_data))
-    got = bma(model, [w], loader(img_data), bn_loader=loader(img_data))
-    assert got["nll"] == pytest.approx(expected["nll"], abs=1e-9)
-    with pytest.raises(ValueError, match="no samples"):
+    got = bma(model, [w], loader(img_data), bn=loader(img_data))
+    assert got.metrics.nll == pytest.approx(expected.nll, abs=1e-9)
+    with pytest.raises(NoWeightsError, match="no samples"):
         bma(model, [], loader(img_data))
 
 
@@ -85,10 +88,9 @@ def test_swag_samples_through_bma_run(vec_data):
         model,
         swag.samples(5, generator=torch.Generator().manual_seed(0)),
         loader(vec_data),
-        bn_loader=loader(vec_data),
-        bn_batches=2,
+        bn=BNPolicy("recompute", loader(vec_data), num_batches=2),
     )
-    assert res["num_samples"] == 5 and 0 <= res["accuracy"] <= 1
+    assert res.num_samples == 5 and 0 <= res.metrics.accuracy <= 1
 
 
 def test_fge_snapshots_at_mid_cycle(vec_data):
@@ -149,15 +151,18 @@ def test_vmap_batched_bma_equals_the_loop(vec_data, likelihood):
     w0 = space.read(model)
     ws = [w0 + 0.05 * torch.randn_like(w0) for _ in range(11)]  # chunks of 4: 4 + 4 + 3
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    kw = dict(return_probs=True, likelihood=likelihood, stale_bn_ok=True, chunk=4)
-    loop = bma(model, ws, loader(vec_data), batched=False, **kw)
-    vm = bma(model, ws, loader(vec_data), batched=True, **kw)
-    auto = bma(model, iter(ws), loader(vec_data), **kw)
-    key = "probs" if likelihood == "classification" else "mean"
-    assert (
-        vm["batched"] and not loop["batched"] and vm["num_samples"] == loop["num_samples"] == auto["num_samples"] == 11
+    kw = dict(
+        return_probs=True,
+        adapter=ModelAdapter(loss="gaussian" if likelihood == "gaussian" else "cross_entropy"),
+        bn="keep",
     )
-    assert torch.allclose(vm[key], loop[key], atol=1e-6) and torch.allclose(auto[key], loop[key], atol=1e-6)
+    loop = bma(model, ws, loader(vec_data), batched=VmapPolicy(False, 4), **kw)
+    vm = bma(model, ws, loader(vec_data), batched=VmapPolicy(True, 4), **kw)
+    auto = bma(model, iter(ws), loader(vec_data), batched=VmapPolicy("auto", 4), **kw)
+    key = "probs" if likelihood == "classification" else "mean"
+    assert vm.batched and not loop.batched and vm.num_samples == loop.num_samples == auto.num_samples == 11
+    assert torch.allclose(getattr(vm, key), getattr(loop, key), atol=1e-6)
+    assert torch.allclose(getattr(auto, key), getattr(loop, key), atol=1e-6)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
 
@@ -176,8 +181,8 @@ def test_vmap_and_loop_bma_agree_closely(vec_data):
     space = WeightSpace(model)
     w0 = space.read(model)
     ws = [w0 + 0.05 * torch.randn_like(w0) for _ in range(6)]
-    loop = bma(model, ws, loader(vec_data), batched=False, chunk=3, return_probs=True)
-    vm = bma(model, ws, loader(vec_data), batched=True, chunk=3, return_probs=True)
-    assert vm["batched"] and not loop["batched"]
-    assert torch.allclose(vm["probs"], loop["probs"], rtol=0, atol=1e-10)
-    assert vm["nll"] == pytest.approx(loop["nll"], abs=1e-10)
+    loop = bma(model, ws, loader(vec_data), batched=VmapPolicy(False, 3), return_probs=True)
+    vm = bma(model, ws, loader(vec_data), batched=VmapPolicy(True, 3), return_probs=True)
+    assert vm.batched and not loop.batched
+    assert torch.allclose(vm.probs, loop.probs, rtol=0, atol=1e-10)
+    assert vm.metrics.nll == pytest.approx(loop.metrics.nll, abs=1e-10)

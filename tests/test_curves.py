@@ -128,7 +128,7 @@ def test_curve_training_lowers_the_midpoint_loss_and_leaves_base_untouched(make)
             recompute_bn(base, loader(ds))
             from valleys.evaluation.predict import evaluate
 
-            return evaluate(base, loader(ds))["nll"]
+            return evaluate(base, loader(ds)).nll
 
     start = midpoint_loss()
     opt = torch.optim.SGD(curve.parameters(), lr=0.05, momentum=0.9)
@@ -160,9 +160,9 @@ def test_evaluate_path_leaves_model_bit_identical_and_arc_average(img_data):
     for k, v in a.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert a.training
-    assert len(res["t"]) == 3 and len(res["lengths"]) == 2
+    assert len(res.t) == 3 and len(res.lengths) == 2
     d = float((space.read(a) - space.read(b)).norm()) / 2
-    assert res["lengths"] == pytest.approx([d, d], rel=1e-5)
+    assert res.lengths == pytest.approx([d, d], rel=1e-5)
     assert arc_length_average([1.0, 3.0, 2.0], [1.0, 3.0]) == pytest.approx((2.0 * 1 + 2.5 * 3) / 4)
     with pytest.raises(ValueError, match="BatchNorm policy"):
         evaluate_path(

@@ -202,10 +202,10 @@ def _sharded_eval(rank, world):
 
     model, points, train, test = _eval_setup()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = bma(model, list(points), test, bn_loader=train, return_probs=True, shard=True)
-    grid = evaluate_points(model, points, {"train": train, "test": test}, bn_loader=train, shard=True)
+    res = bma(model, list(points), test, bn=train, return_probs=True, shard=True)
+    grid = evaluate_points(model, points, {"train": train, "test": test}, bn=train, shard=True)
     unchanged = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    return res["probs"], res.num_samples, dict(grid.per_loader), unchanged
+    return res.probs, res.num_samples, dict(grid.per_loader), unchanged
 
 
 def test_sharded_bma_and_5x5_grid_equal_one_process(tmp_path):
@@ -213,12 +213,12 @@ def test_sharded_bma_and_5x5_grid_equal_one_process(tmp_path):
     from valleys.evaluation.predict import bma
 
     model, points, train, test = _eval_setup()
-    one = bma(model, list(points), test, bn_loader=train, return_probs=True)
-    grid = evaluate_points(model, points, {"train": train, "test": test}, bn_loader=train)
+    one = bma(model, list(points), test, bn=train, return_probs=True)
+    grid = evaluate_points(model, points, {"train": train, "test": test}, bn=train)
     for probs, n, per_loader, unchanged in run_ranks(_sharded_eval, 2, tmp_path):
         assert n == 25 and unchanged
         # float32 forward passes: the ranks run one thread, this process perhaps several (another summation order)
-        assert torch.allclose(probs, one["probs"], atol=1e-6, rtol=0)
+        assert torch.allclose(probs, one.probs, atol=1e-6, rtol=0)
         for name in ("train", "test"):
             for key in ("loss", "error"):
                 assert per_loader[name][key] == pytest.approx(grid.per_loader[name][key], rel=1e-6, abs=1e-9)
@@ -228,7 +228,7 @@ def _too_few(rank, world):
     from valleys.evaluation.predict import bma
 
     model, points, train, test = _eval_setup()
-    return _raised(lambda: bma(model, list(points[:1]), test, bn_loader=train, shard=True))
+    return _raised(lambda: bma(model, list(points[:1]), test, bn=train, shard=True))
 
 
 def test_sharded_evaluation_with_fewer_points_than_ranks_is_refused_on_every_rank(tmp_path):
@@ -477,7 +477,7 @@ def _eval_small_batches(rank, world):
     torch.manual_seed(0)
     model = nn.Linear(4, 3)
     loader = shard_loader(make_loader(TensorDataset(x, y), 4), "evaluation")  # last batch: 1 example, rank 1 none
-    return evaluate(model, loader, all_reduce=True)["nll"]
+    return evaluate(model, loader, all_reduce=True).nll
 
 
 def test_evaluation_with_a_rank_left_without_examples_still_reduces(tmp_path):
@@ -489,7 +489,7 @@ def test_evaluation_with_a_rank_left_without_examples_still_reduces(tmp_path):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(9, 4, generator=g), torch.arange(9) % 3
     torch.manual_seed(0)
-    one = evaluate(nn.Linear(4, 3), make_loader(TensorDataset(x, y), 4))["nll"]
+    one = evaluate(nn.Linear(4, 3), make_loader(TensorDataset(x, y), 4)).nll
     assert run_ranks(_eval_small_batches, 2, tmp_path) == pytest.approx([one, one], rel=1e-12)
 
 

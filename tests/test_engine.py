@@ -15,8 +15,9 @@ from conftest import BNCNN, loader, mlp
 from valleys.core.adapter import AdapterError, ModelAdapter
 from valleys.core.batchnorm import recompute_bn
 from valleys.core.weights import WeightSpace
+from valleys.errors import MissingBNLoaderError, NoWeightsError
 from valleys.evaluation import engine
-from valleys.evaluation.engine import BNPolicy, LossError, evaluate_many
+from valleys.evaluation.engine import BNPolicy, LossError, VmapPolicy, evaluate_many
 from valleys.evaluation.grid import evaluate_points
 from valleys.evaluation.predict import bma, evaluate
 from valleys.geometry.paths import evaluate_path, segment
@@ -81,13 +82,13 @@ def test_gru_falls_back_to_the_loop_with_one_warning(seq_data):
     before = state(model)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        auto = bma(model, ws, loader(seq_data, bs=16), return_probs=True, chunk=3)
+        auto = bma(model, ws, loader(seq_data, bs=16), return_probs=True, batched=VmapPolicy("auto", 3))
     vmap_warnings = [w for w in rec if "vmap" in str(w.message)]
-    assert len(vmap_warnings) == 1 and not auto["batched"]
-    loop = bma(model, ws, loader(seq_data, bs=16), return_probs=True, chunk=3, batched=False)
-    assert torch.equal(auto["probs"], loop["probs"])
+    assert len(vmap_warnings) == 1 and not auto.batched
+    loop = bma(model, ws, loader(seq_data, bs=16), return_probs=True, batched=VmapPolicy(False, 3))
+    assert torch.equal(auto.probs, loop.probs)
     oracle = hand_bma(model, ws, list(loader(seq_data, bs=16)), lambda m, b: m(b[0]))
-    assert torch.allclose(auto["probs"], oracle, rtol=0, atol=1e-12)
+    assert torch.allclose(auto.probs, oracle, rtol=0, atol=1e-12)
     assert_same(model, before)
     # evaluate_points on a fresh GRU: one warning, same numbers as the loop and a hand cross-entropy
     other = GRUClassifier()
@@ -95,15 +96,16 @@ def test_gru_falls_back_to_the_loop_with_one_warning(seq_data):
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         res = evaluate_points(other, pts, {"test": loader(seq_data, bs=16)}, batched=True)
-    assert len([w for w in rec if "vmap" in str(w.message)]) == 1 and not res["batched"]
+    assert len([w for w in rec if "vmap" in str(w.message)]) == 1 and not res.batched
     ref = evaluate_points(other, pts, {"test": loader(seq_data, bs=16)}, batched=False)
-    assert res["test"] == ref["test"]
+    assert res.per_loader["test"] == ref.per_loader["test"]
     c = copy.deepcopy(other).eval()
     WeightSpace(c).write(c, pts[1])
     x, y = seq_data.tensors
-    with torch.no_grad():
-        ce = float(nn.functional.cross_entropy(c(x).double(), y))
-    assert res["test"]["loss"][1] == pytest.approx(ce, abs=1e-12)
+    with torch.no_grad():  # the same batches of 16 as the loader: a GRU's float32 output depends on the batch size
+        logits = torch.cat([c(x[i : i + 16]) for i in range(0, len(x), 16)])
+        ce = float(nn.functional.cross_entropy(logits.double(), y))
+    assert res.loss("test")[1] == pytest.approx(ce, abs=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------- transformer, dicts
@@ -144,18 +146,18 @@ def test_transformer_with_dict_batches_and_masks():
     before = state(model)
     y = torch.cat([b["label"] for b in batches])
     one = evaluate(model, batches)
-    assert one["nll"] == pytest.approx(float(-probs[torch.arange(len(y)), y].log().mean()), abs=1e-12)
+    assert one.nll == pytest.approx(float(-probs[torch.arange(len(y)), y].log().mean()), abs=1e-12)
     ws = perturbed(model, 3)
     res = bma(model, ws, batches, return_probs=True, batched=False)
-    assert torch.allclose(res["probs"], hand_bma(model, ws, batches, fwd), rtol=0, atol=1e-12)
+    assert torch.allclose(res.probs, hand_bma(model, ws, batches, fwd), rtol=0, atol=1e-12)
     same = bma(model, [snapshot(model)], batches)
-    assert same["nll"] == pytest.approx(one["nll"], abs=1e-12)
+    assert same.metrics.nll == pytest.approx(one.nll, abs=1e-12)
     pts = evaluate_points(model, ws, {"test": batches}, batched=False)
     c = copy.deepcopy(model).eval()
     WeightSpace(c).write(c, ws[2])
     with torch.no_grad():
         ce = float(nn.functional.cross_entropy(torch.cat([fwd(c, b) for b in batches]).double(), y))
-    assert pts["test"]["loss"][2] == pytest.approx(ce, abs=1e-12) and pts["bn"] == "none (no BatchNorm)"
+    assert pts.loss("test")[2] == pytest.approx(ce, abs=1e-12) and pts.bn == "none (no BatchNorm)"
     assert_same(model, before)
 
 
@@ -183,11 +185,11 @@ def test_tuple_output_needs_output_index(vec_data):
     ad = ModelAdapter(output=0)
     res = evaluate(model, loader(vec_data), adapter=ad)
     ref = evaluate(model.net, loader(vec_data))
-    assert res["nll"] == ref["nll"]
+    assert res.nll == ref.nll
     ws = perturbed(model, 2)
     got = bma(model, ws, loader(vec_data), adapter=ad, batched=False, return_probs=True)
     assert torch.allclose(
-        got["probs"], hand_bma(model, ws, list(loader(vec_data)), lambda m, b: m(b[0])[0]), rtol=0, atol=1e-12
+        got.probs, hand_bma(model, ws, list(loader(vec_data)), lambda m, b: m(b[0])[0]), rtol=0, atol=1e-12
     )
     assert_same(model, before)
 
@@ -222,11 +224,11 @@ def test_regression_through_points_and_path():
     res = evaluate_points(model, ws, {"train": loader(data, bs=16)}, adapter=ad, batched=False)
     c = copy.deepcopy(model)
     WeightSpace(c).write(c, ws[1])
-    assert res["train"]["loss"][1] == pytest.approx(hand_nll(c, x, y), abs=1e-6)
-    assert all(math.isnan(e) for e in res["train"]["error"])
+    assert res.loss("train")[1] == pytest.approx(hand_nll(c, x, y), abs=1e-6)
+    assert all(math.isnan(e) for e in res.error("train"))
     vm = evaluate_points(model, ws, {"train": loader(data, bs=16)}, adapter=ad, batched=True)
-    assert vm["batched"]
-    assert vm["train"]["loss"] == pytest.approx(res["train"]["loss"], abs=1e-6)
+    assert vm.batched
+    assert vm.loss("train") == pytest.approx(res.loss("train"), abs=1e-6)
     path = evaluate_path(
         model,
         segment(ws[0], ws[2]),
@@ -236,23 +238,80 @@ def test_regression_through_points_and_path():
         adapter=ad,
     )
     WeightSpace(c).write(c, ws[2])
-    assert path["train_loss"][-1] == pytest.approx(hand_nll(c, x, y), abs=1e-6)
-    assert path["test_nll"][-1] == pytest.approx(path["train_loss"][-1], abs=1e-12)
-    assert math.isnan(path["test_error"][0]) and path["bn"] == "none (no BatchNorm)"
+    assert path.train_loss[-1] == pytest.approx(hand_nll(c, x, y), abs=1e-6)
+    assert path.test_nll[-1] == pytest.approx(path.train_loss[-1], abs=1e-12)
+    assert math.isnan(path.test_error[0]) and path.bn == "none (no BatchNorm)"
     json.dumps(engine.to_json(path), allow_nan=False)
     assert_same(model, before)
 
 
 # ---------------------------------------------------------------------------------------------- BatchNorm
+def test_bn_loader_shorthand_equals_the_recompute_policy(img_data):
+    torch.manual_seed(0)
+    model = BNCNN()
+    ws = perturbed(model, 3)
+    bn_loader = loader(img_data, bs=10)
+    short = bma(model, ws, loader(img_data), bn=bn_loader, return_probs=True, batched=False)
+    policy = bma(model, ws, loader(img_data), bn=BNPolicy("recompute", bn_loader), return_probs=True, batched=False)
+    assert torch.equal(short.probs, policy.probs) and short.to_json() == policy.to_json()
+    # the oracle: each vector written into a copy, its statistics recomputed on the BN loader, softmax averaged
+    x, _ = img_data.tensors
+    want = torch.zeros(len(x), 3, dtype=torch.float64)
+    for w in ws:
+        c = copy.deepcopy(model)
+        WeightSpace(c).write(c, w)
+        recompute_bn(c, bn_loader)
+        with torch.no_grad():
+            want += torch.softmax(c.eval()(x).double(), -1) / len(ws)
+    assert torch.allclose(short.probs, want, rtol=0, atol=1e-6)
+    # a policy with num_batches recomputes on fewer batches: a different answer, so the shorthand is not it
+    first = bma(model, ws, loader(img_data), bn=BNPolicy("recompute", bn_loader, 1), return_probs=True)
+    assert not torch.allclose(first.probs, short.probs, atol=1e-6)
+    grid_short = evaluate_points(model, ws, {"test": loader(img_data)}, bn=bn_loader, batched=False)
+    grid_policy = evaluate_points(model, ws, {"test": loader(img_data)}, bn=BNPolicy("recompute", bn_loader))
+    assert grid_short.loss("test") == grid_policy.loss("test") and grid_short.bn == "recompute"
+    # a path recomputes on its training loader by default: the same as naming it
+    kw = dict(train_loader=loader(img_data), test_loader=loader(img_data))
+    default = evaluate_path(model, segment(ws[0], ws[1]), [0.0, 1.0], **kw)
+    named = evaluate_path(model, segment(ws[0], ws[1]), [0.0, 1.0], bn=loader(img_data), **kw)
+    assert default.test_nll == named.test_nll and default.bn == named.bn == "recompute"
+
+
+def test_flat_vectors_on_a_bn_model_without_a_bn_loader_raise_before_any_forward(img_data):
+    torch.manual_seed(0)
+    model = BNCNN()
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    ws = perturbed(model, 2)
+    before = state(model)
+    for run in (
+        lambda: bma(model, ws, loader(img_data)),
+        lambda: bma(model, iter(ws), loader(img_data), batched=True),
+        lambda: evaluate_points(model, ws, {"test": loader(img_data)}),
+        lambda: evaluate_many(model, torch.stack(ws), {"t": loader(img_data)}, reduce=LossError(ModelAdapter())),
+        lambda: bma(model, [snapshot(model), ws[0]], loader(img_data), batched=False),  # a state dict first
+    ):
+        with pytest.raises(MissingBNLoaderError, match="bn=train_loader") as info:
+            run()
+        assert isinstance(info.value, ValueError)
+        assert calls == []  # refused before any forward pass
+        assert_same(model, before)
+    # state dicts carry their own statistics: no loader needed
+    assert bma(model, [snapshot(model)], loader(img_data)).num_samples == 1
+    with pytest.raises(NoWeightsError, match="bma: no samples") as info:
+        bma(model, [], loader(img_data))
+    assert isinstance(info.value, ValueError)
+
+
 def test_bn_recompute_vs_keep(img_data):
     torch.manual_seed(0)
     model = BNCNN()
     model.train()
     ws = perturbed(model, 2)
     before = state(model)
-    rec = evaluate_points(model, ws, {"test": loader(img_data)}, bn_loader=loader(img_data))
+    rec = evaluate_points(model, ws, {"test": loader(img_data)}, bn=loader(img_data))
     keep = evaluate_points(model, ws, {"test": loader(img_data)}, bn="keep", batched=False)
-    assert rec["bn"] == "recompute" and keep["bn"] == "keep"
+    assert rec.bn == "recompute" and keep.bn == "keep"
     x, y = img_data.tensors
     for i, w in enumerate(ws):
         c = copy.deepcopy(model)
@@ -262,9 +321,9 @@ def test_bn_recompute_vs_keep(img_data):
         recompute_bn(c, loader(img_data))
         with torch.no_grad():
             recomputed = float(nn.functional.cross_entropy(c.eval()(x).double(), y))
-        assert keep["test"]["loss"][i] == pytest.approx(kept, abs=1e-12)
-        assert rec["test"]["loss"][i] == pytest.approx(recomputed, abs=1e-12)
-    assert rec["test"]["loss"] != keep["test"]["loss"]
+        assert keep.loss("test")[i] == pytest.approx(kept, abs=1e-12)
+        assert rec.loss("test")[i] == pytest.approx(recomputed, abs=1e-12)
+    assert rec.loss("test") != keep.loss("test")
     many = evaluate_many(
         model,
         torch.stack(ws),
@@ -272,9 +331,9 @@ def test_bn_recompute_vs_keep(img_data):
         reduce=LossError(ModelAdapter()),
         bn=BNPolicy("recompute", loader(img_data)),
     )
-    assert many.value["test"]["loss"] == rec["test"]["loss"] and many.bn == "recompute"
+    assert many.value["test"]["loss"] == rec.loss("test") and many.bn == "recompute"
     assert set(many.to_json()) >= {"value", "bn", "batched", "num_points"}
-    with pytest.raises(ValueError, match="BatchNorm"):
+    with pytest.raises(MissingBNLoaderError, match="bn=train_loader"):
         evaluate_many(model, ws, {"test": loader(img_data)}, reduce=LossError(ModelAdapter()))
     assert_same(model, before)
 
@@ -293,14 +352,14 @@ def test_probe_runs_once_per_model_and_input_shape(vec_data, monkeypatch):
     torch.manual_seed(0)
     model = mlp()
     ws = perturbed(model, 4)
-    a = bma(model, ws, loader(vec_data), chunk=4)
-    b = bma(model, ws, loader(vec_data), chunk=4)
-    assert len(calls) == 1 and a["batched"] == b["batched"]
-    evaluate_points(model, ws, {"test": loader(vec_data)}, chunk=4)
+    a = bma(model, ws, loader(vec_data), batched=VmapPolicy("auto", 4))
+    b = bma(model, ws, loader(vec_data), batched=VmapPolicy("auto", 4))
+    assert len(calls) == 1 and a.batched == b.batched
+    evaluate_points(model, ws, {"test": loader(vec_data)}, batched=VmapPolicy("auto", 4))
     assert len(calls) == 1  # same model, chunk and input shape
-    bma(model, ws, loader(vec_data, bs=10), chunk=4)
+    bma(model, ws, loader(vec_data, bs=10), batched=VmapPolicy("auto", 4))
     assert len(calls) == 2  # a new input shape is probed again
-    bma(mlp(), ws, loader(vec_data), chunk=4)
+    bma(mlp(), ws, loader(vec_data), batched=VmapPolicy("auto", 4))
     assert len(calls) == 3  # another model
 
 
@@ -314,7 +373,7 @@ def test_bad_input_is_refused_before_any_work(vec_data):
         evaluate_many(model, ws, {"t": loader(vec_data)}, reduce=LossError(ModelAdapter()), bn="stale")
     with pytest.raises(ValueError, match="length"):
         evaluate_many(model, [ws[0][:-1]], {"t": loader(vec_data)}, reduce=LossError(ModelAdapter()))
-    with pytest.raises(ValueError, match="no weights"):
+    with pytest.raises(NoWeightsError, match="no weights"):
         evaluate_many(model, [], {"t": loader(vec_data)}, reduce=LossError(ModelAdapter()))
     with pytest.raises(ValueError, match="batched"):
         evaluate_many(model, ws, {"t": loader(vec_data)}, reduce=LossError(ModelAdapter()), batched="yes")
@@ -337,8 +396,8 @@ def test_recompute_bn_keeps_every_dict_key():
     feats = torch.cat([(b["input"] * (~b["mask"]).float().unsqueeze(-1)).sum(1) for b in batches])
     assert torch.allclose(model.bn.running_mean, feats.mean(0), atol=1e-6)
     assert torch.allclose(model.bn.running_var, feats.var(0), atol=1e-5)
-    res = evaluate_points(model, perturbed(model, 2), {"test": batches}, bn_loader=batches, batched=False)
-    assert res["bn"] == "recompute" and all(math.isfinite(v) for v in res["test"]["loss"])
+    res = evaluate_points(model, perturbed(model, 2), {"test": batches}, bn=batches, batched=False)
+    assert res.bn == "recompute" and all(math.isfinite(v) for v in res.loss("test"))
 
 
 def test_per_point_predictions_and_state_dicts(vec_data):
@@ -396,3 +455,19 @@ def test_vmap_failing_on_a_later_batch_gives_a_clear_error_naming_batched_false(
             / 17
         )
     assert res.value["data"]["loss"][0] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_model_on_the_gpu_is_evaluated_there_from_cpu_loaders(img_data):
+    torch.manual_seed(0)
+    cpu = BNCNN()
+    ws = perturbed(cpu, 3)
+    gpu = copy.deepcopy(cpu).cuda()
+    bn, test = loader(img_data, bs=10), loader(img_data)
+    want = bma(cpu, ws, test, bn=bn, return_probs=True, batched=False)
+    got = bma(gpu, [w.cuda() for w in ws], test, bn=bn, return_probs=True, batched=False)
+    assert torch.allclose(got.probs, want.probs, atol=1e-5)
+    assert evaluate(gpu, test).nll == pytest.approx(evaluate(cpu, test).nll, abs=1e-5)
+    grid = evaluate_points(gpu, [w.cuda() for w in ws], {"test": test}, bn=bn)
+    assert grid.loss("test") == pytest.approx(evaluate_points(cpu, ws, {"test": test}, bn=bn).loss("test"), abs=1e-5)
+    assert next(gpu.parameters()).is_cuda

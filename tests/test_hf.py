@@ -83,11 +83,11 @@ def test_swag_over_the_lora_adapter_holds_k_plus_2_adapter_sizes_and_averages(tm
     before = {k: v.clone() for k, v in model.state_dict().items()}
     res = swag.bma(model, test, samples=10)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is left as it was
-    assert res["num_samples"] == 10
+    assert res.num_samples == 10
     # an independent oracle: write each of the same 10 draws into a copy and average its softmax by hand
     import copy
 
-    probs = swag.bma(model, test, samples=10, return_probs=True)["probs"]
+    probs = swag.bma(model, test, samples=10, return_probs=True).probs
     twin, space = copy.deepcopy(model).eval(), swag.averager.space
     draws = swag.averager.samples(10, generator=torch.Generator().manual_seed(0))
     manual = torch.zeros_like(probs)
@@ -102,8 +102,8 @@ def test_swag_over_the_lora_adapter_holds_k_plus_2_adapter_sizes_and_averages(tm
             )
     assert torch.allclose(probs, manual, atol=1e-6)
     labels = torch.cat([b["labels"] for b in test])
-    assert res["accuracy"] == pytest.approx(float((manual.argmax(-1) == labels).double().mean()))
-    assert res["nll"] == pytest.approx(float(-manual[torch.arange(len(labels)), labels].log().mean()), rel=1e-5)
+    assert res.metrics.accuracy == pytest.approx(float((manual.argmax(-1) == labels).double().mean()))
+    assert res.metrics.nll == pytest.approx(float(-manual[torch.arange(len(labels)), labels].log().mean()), rel=1e-5)
     path = swag.save(tmp_path / "adapter" / "swag_posterior.safetensors")
     from valleys.core.checkpoint import load_checkpoint
 

@@ -156,8 +156,8 @@ def test_swag_callback_bma_at_test_time_and_refusals():
     trainer.test(module, _loader(), verbose=False)
     m = swag.test_metrics[0]
     direct = swag.bma(module, _loader())
-    assert direct["nll"] == pytest.approx(m["swag_test_nll"], rel=1e-9)  # same seed: the same samples
-    assert direct["accuracy"] == pytest.approx(m["swag_test_accuracy"], rel=1e-12)
+    assert direct.metrics.nll == pytest.approx(m["swag_test_nll"], rel=1e-9)  # same seed: the same samples
+    assert direct.metrics.accuracy == pytest.approx(m["swag_test_accuracy"], rel=1e-12)
     # an independent oracle: the same 4 draws written into a copy of the net (no BatchNorm), softmax averaged
     x, y = _loader().dataset.tensors
     space = WeightSpace(module)
@@ -183,7 +183,7 @@ def test_swag_callback_bma_at_test_time_and_refusals():
         for snap in fge.snapshots:
             fresh.load_state_dict(snap)
             avg = avg + fresh(x).double().softmax(-1) / 2
-    assert fge.bma(Net(), _loader())["accuracy"] == pytest.approx(float((avg.argmax(-1) == y).double().mean()))
+    assert fge.bma(Net(), _loader()).metrics.accuracy == pytest.approx(float((avg.argmax(-1) == y).double().mean()))
 
 
 def test_a_model_whose_parameters_change_shape_is_refused():
@@ -282,5 +282,5 @@ def test_swa_callback_scores_the_average_on_validation_and_leaves_the_run_alone(
 
         recompute_bn(module, _loader())
         want = evaluate(module, _loader())
-    assert module.seen[-1]["swa_val_accuracy"] == pytest.approx(want["accuracy"])
-    assert module.seen[-1]["swa_val_nll"] == pytest.approx(want["nll"], rel=1e-6)
+    assert module.seen[-1]["swa_val_accuracy"] == pytest.approx(want.accuracy)
+    assert module.seen[-1]["swa_val_nll"] == pytest.approx(want.nll, rel=1e-6)

@@ -264,8 +264,8 @@ def test_evaluate(fam):
             evaluate(model, fam.batches)
     res = evaluate(model, fam.batches, adapter=fam.adapter)
     probs, y = _reference_probs(model, fam)
-    assert res["accuracy"] == pytest.approx(float((probs.argmax(1) == y).double().mean()), abs=1e-12)
-    assert res["nll"] == pytest.approx(_nll(probs, y), rel=1e-9)
+    assert res.accuracy == pytest.approx(float((probs.argmax(1) == y).double().mean()), abs=1e-12)
+    assert res.nll == pytest.approx(_nll(probs, y), rel=1e-9)
     _assert_unchanged(model, snap)
 
 
@@ -274,10 +274,10 @@ def test_bma_over_weight_vectors(fam):
     model = _model(fam)
     snap = _snapshot(model)
     _, ws = _two_vectors(model)
-    res = bma(model, ws, fam.batches, adapter=fam.adapter, stale_bn_ok=True, return_probs=True)
+    res = bma(model, ws, fam.batches, adapter=fam.adapter, bn="keep", return_probs=True)
     probs, y = _reference_probs(model, fam, ws)
-    assert torch.allclose(res["probs"], probs, atol=1e-6)
-    assert res["nll"] == pytest.approx(_nll(probs, y), rel=1e-5)
+    assert torch.allclose(res.probs, probs, atol=1e-6)
+    assert res.metrics.nll == pytest.approx(_nll(probs, y), rel=1e-5)
     _assert_unchanged(model, snap)
 
 
@@ -289,8 +289,8 @@ def test_evaluate_points_and_path(fam):
     res = evaluate_points(model, ws, {"test": fam.batches}, adapter=fam.adapter, bn="keep")
     for j, w in enumerate(ws):
         probs, y = _reference_probs(model, fam, [w])
-        assert res["test"]["loss"][j] == pytest.approx(_nll(probs, y), rel=1e-5)
-        assert res["test"]["error"][j] == pytest.approx(float((probs.argmax(1) != y).double().mean()), abs=1e-9)
+        assert res.loss("test")[j] == pytest.approx(_nll(probs, y), rel=1e-5)
+        assert res.error("test")[j] == pytest.approx(float((probs.argmax(1) != y).double().mean()), abs=1e-9)
     path = evaluate_path(
         model,
         segment(ws[0], ws[1]),
@@ -300,7 +300,7 @@ def test_evaluate_points_and_path(fam):
         adapter=fam.adapter,
         bn="keep",
     )
-    assert path["test_nll"] == pytest.approx(res["test"]["loss"], rel=1e-5)
+    assert path.test_nll == pytest.approx(res.loss("test"), rel=1e-5)
     _assert_unchanged(model, snap)
 
 

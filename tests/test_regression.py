@@ -8,9 +8,12 @@ from conftest import loader
 from valleys.app.config import TrainConfig
 from valleys.app.evaluate import evaluate_run
 from valleys.app.train import train_run
+from valleys.core.adapter import ModelAdapter
 from valleys.evaluation.predict import bma, evaluate
 from valleys.methods.ensembles import snapshot
 from valleys.zoo.regression import GaussianMLP, UCIFormatError, gaussian_nll, load_regression
+
+GAUSSIAN = ModelAdapter(loss="gaussian")  # a (mean, variance) head
 
 
 def test_gaussian_nll_matches_torch_and_heads():
@@ -29,15 +32,15 @@ def test_bma_moment_matching_equals_the_mixture_moments():
     x = torch.randn(30, 4)
     ds = torch.utils.data.TensorDataset(x, torch.randn(30))
     a, b = GaussianMLP(4), GaussianMLP(4)
-    res = bma(a, [snapshot(a), snapshot(b)], loader(ds), likelihood="gaussian", return_probs=True)
+    res = bma(a, [snapshot(a), snapshot(b)], loader(ds), adapter=GAUSSIAN, return_probs=True)
     with torch.no_grad():
         oa, ob = a.eval()(x).double(), b.eval()(x).double()
     mu = (oa[:, 0] + ob[:, 0]) / 2
     var = (oa[:, 1] + oa[:, 0] ** 2 + ob[:, 1] + ob[:, 0] ** 2) / 2 - mu**2
-    assert torch.allclose(res["mean"], mu, atol=1e-6) and torch.allclose(res["var"], var, atol=1e-6)
-    one = evaluate(a, loader(ds), likelihood="gaussian")
-    same = bma(a, [snapshot(a)] * 3, loader(ds), likelihood="gaussian")
-    assert same["nll"] == pytest.approx(one["nll"], abs=1e-9) and same["rmse"] == pytest.approx(one["rmse"])
+    assert torch.allclose(res.mean, mu, atol=1e-6) and torch.allclose(res.var, var, atol=1e-6)
+    one = evaluate(a, loader(ds), adapter=GAUSSIAN)
+    same = bma(a, [snapshot(a)] * 3, loader(ds), adapter=GAUSSIAN)
+    assert same.metrics.nll == pytest.approx(one.nll, abs=1e-9) and same.metrics.rmse == pytest.approx(one.rmse)
 
 
 def _uci_folder(tmp_path, rows=40):

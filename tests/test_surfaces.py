@@ -5,6 +5,8 @@ import torch
 
 from conftest import BNCNN, loader, mlp
 from valleys.core.weights import WeightSpace, WeightSpaceError
+from valleys.errors import MissingBNLoaderError
+from valleys.evaluation.engine import VmapPolicy
 from valleys.evaluation.grid import evaluate_points
 from valleys.geometry.surfaces import Plane, grid_axes, line, pca_plane, random_direction, valley_width
 
@@ -97,10 +99,10 @@ def test_grid_engine_leaves_model_bit_identical_and_vmap_equals_loop(vec_data):
     w = space.read(model)
     pts = [w + 0.1 * torch.randn_like(w) for _ in range(5)]
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    loop = evaluate_points(model, pts, {"train": loader(vec_data)}, batched=False, chunk=2)
-    vm = evaluate_points(model, pts, {"train": loader(vec_data)}, batched=True, chunk=2)
-    assert vm["batched"] and not loop["batched"]
-    assert loop["train"]["loss"] == pytest.approx(vm["train"]["loss"], rel=1e-5)
+    loop = evaluate_points(model, pts, {"train": loader(vec_data)}, batched=VmapPolicy(False, 2))
+    vm = evaluate_points(model, pts, {"train": loader(vec_data)}, batched=VmapPolicy(True, 2))
+    assert vm.batched and not loop.batched
+    assert loop.loss("train") == pytest.approx(vm.loss("train"), rel=1e-5)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
 
@@ -115,13 +117,13 @@ def test_grid_engine_with_bn_recompute_and_nan_points(img_data):
     bad[0] = float("nan")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(WeightSpaceError):  # writing NaN weights is refused by the core...
-        evaluate_points(model, [w, bad], {"test": loader(img_data)}, bn_loader=loader(img_data))
+        evaluate_points(model, [w, bad], {"test": loader(img_data)}, bn=loader(img_data))
     huge = w * 1e30  # ...but finite weights with overflowing outputs are recorded as NaN
     with pytest.warns(UserWarning, match="1 of 2 points"):
-        res = evaluate_points(model, [w, huge], {"test": loader(img_data)}, bn_loader=loader(img_data))
-    assert res["nonfinite"] == 1 and math.isnan(res["test"]["loss"][1]) and math.isfinite(res["test"]["loss"][0])
+        res = evaluate_points(model, [w, huge], {"test": loader(img_data)}, bn=loader(img_data))
+    assert res.nonfinite == 1 and math.isnan(res.loss("test")[1]) and math.isfinite(res.loss("test")[0])
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert model.training
-    with pytest.raises(ValueError, match="bn_loader"):
+    with pytest.raises(MissingBNLoaderError, match="bn=train_loader"):
         evaluate_points(model, [w], {"test": loader(img_data)})

@@ -238,8 +238,8 @@ def test_rank_zero_trainer_in_a_one_process_group(gloo_group, vec_data, tmp_path
     assert (tmp_path / "c.safetensors").exists()
     single = evaluate(model, make_loader(vec_data, 50))
     reduced = tr.evaluate_on(make_loader(vec_data, 50))  # the all-reduced path
-    assert reduced["n"] == single["n"] and reduced["accuracy"] == pytest.approx(single["accuracy"])
-    assert reduced["nll"] == pytest.approx(single["nll"]) and reduced["ece"] == pytest.approx(single["ece"])
+    assert reduced.n == single.n and reduced.accuracy == pytest.approx(single.accuracy)
+    assert reduced.nll == pytest.approx(single.nll) and reduced.ece == pytest.approx(single.ece)
     tr.adapter = dataclasses.replace(tr.adapter, predictive="gaussian")
     with pytest.raises(ValueError):  # a 3-class head is no (mean, variance) head: the regression path is taken
         tr.evaluate_on(make_loader(vec_data, 50))

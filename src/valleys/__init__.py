@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover - what static tools see; at run time the n
         WeightSpaceError,
     )
     from .evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
-    from .evaluation.engine import BNPolicy, evaluate_many
+    from .evaluation.engine import BNPolicy, Progress, VmapPolicy, evaluate_many
     from .evaluation.grid import evaluate_points
     from .evaluation.metrics import ClassificationMetrics, RegressionMetrics, classification_metrics, regression_metrics
     from .evaluation.predict import bma, evaluate
@@ -111,7 +111,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     ".training.trainer": ("Callback", "CheckpointPolicy", "DistributedPolicy", "EvaluationPolicy", "Trainer"),
     ".core.adapter": ("ModelAdapter",),
     ".core.weights": ("WeightSpace",),
-    ".evaluation.engine": ("BNPolicy", "evaluate_many"),
+    ".evaluation.engine": ("BNPolicy", "VmapPolicy", "Progress", "evaluate_many"),
     ".evaluation.grid": ("evaluate_points",),
     ".geometry.hessian": ("LossFunction", "epsilon_sharpness", "hutchinson_trace", "lanczos", "power_iteration"),
     ".geometry.surfaces": ("Plane", "line", "random_direction", "valley_width"),
@@ -216,6 +216,8 @@ __all__ = [
     "ModelAdapter",
     "evaluate_many",
     "BNPolicy",
+    "VmapPolicy",
+    "Progress",
     "TravelCallback",
     "ConsistencyStep",
     "MeanTeacher",

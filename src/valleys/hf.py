@@ -16,7 +16,7 @@ Example::
 
     swag = SWAGCallback(start=1, rank=10, names="lora")
     Trainer(model=peft_model, args=args, train_dataset=train, callbacks=[swag]).train()
-    result = swag.bma(peft_model, test_loader, samples=10)      # NLL, ECE, accuracy of the model average
+    result = swag.bma(peft_model, test_loader, samples=10)      # result.metrics: NLL, ECE, accuracy of the average
     swag.save("adapter_dir/swag_posterior.safetensors")
 """
 
@@ -33,7 +33,9 @@ from torch import nn
 from .core.adapter import ModelAdapter
 from .core.checkpoint import save_checkpoint
 from .core.optional import require
-from .evaluation.predict import BMAResult, bma
+from .evaluation.engine import Progress
+from .evaluation.predict import bma
+from .evaluation.results import BMAResult
 from .methods.averaging import SWA
 from .methods.swag import SWAG
 from .training.callbacks import CollectingCore
@@ -174,13 +176,20 @@ class SWAGCallback(_Collecting):
         return SWAG(model, names, rank=self.rank)
 
     def bma(
-        self, model: nn.Module, loader: Iterable, *, samples: int = 10, scale: float = 0.5, seed: int = 0, **kwargs: Any
+        self,
+        model: nn.Module,
+        loader: Iterable,
+        *,
+        samples: int = 10,
+        scale: float = 0.5,
+        seed: int = 0,
+        return_probs: bool = False,
+        progress: bool = False,
     ) -> BMAResult:
-        """The Bayesian model average of ``samples`` SWAG draws on ``loader``
-        (:func:`valleys.evaluation.predict.bma`; ``return_probs=True`` etc. pass through). The model's weights
-        are restored afterwards."""
+        """The Bayesian model average ``p(y | x) = (1/S) sum_s softmax(f(x; w_s))`` of ``samples`` SWAG draws on
+        ``loader`` (:func:`valleys.evaluation.predict.bma`, BatchNorm statistics kept), on the device of the
+        model's parameters. The model's weights are restored afterwards."""
         self.require_collected("predicting with SWAG")
-        device = next(model.parameters()).device
         gen = torch.Generator(device=self.averager.device).manual_seed(seed)
         return bma(
             model,
@@ -188,8 +197,7 @@ class SWAGCallback(_Collecting):
             loader,
             space=self.averager.space,
             adapter=self.adapter,
-            device=device,
-            num_samples=samples,
             bn="keep",
-            **kwargs,
+            progress=Progress(total=samples) if progress else False,
+            return_probs=return_probs,
         )

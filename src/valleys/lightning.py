@@ -35,7 +35,9 @@ from torch import nn
 from .core.adapter import ModelAdapter
 from .core.batchnorm import recompute_bn
 from .core.optional import require
-from .evaluation.predict import BMAResult, bma
+from .evaluation.engine import BNArg
+from .evaluation.predict import bma
+from .evaluation.results import BMAResult, ClassificationScores
 from .methods.averaging import SWA, NotCollectedError
 from .methods.ensembles import snapshot
 from .methods.swag import SWAG
@@ -155,16 +157,11 @@ class SWACallback(_Collecting):
         if self.val_loader is not None and self.averager.n > 0:
             # the average as a one-sample BMA: BatchNorm recomputed for it, the run's weights and statistics restored
             bn = self.bn_loader if self.bn_loader is not None else trainer.train_dataloader
-            res = bma(
-                pl_module,
-                [self.averager.mean],
-                self.val_loader,
-                space=self.averager.space,
-                bn_loader=bn,
-                adapter=self.adapter,
-                device=pl_module.device,
-            )
-            pl_module.log_dict({"swa_val_accuracy": float(res["accuracy"]), "swa_val_nll": float(res["nll"])})
+            scores = bma(
+                pl_module, [self.averager.mean], self.val_loader, space=self.averager.space, bn=bn, adapter=self.adapter
+            ).metrics
+            assert isinstance(scores, ClassificationScores)  # the logged numbers are classification scores
+            pl_module.log_dict({"swa_val_accuracy": float(scores.accuracy), "swa_val_nll": float(scores.nll)})
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.apply_at_end and self.averager is not None and self.averager.n > 0:
@@ -204,22 +201,20 @@ class SWAGCallback(_Collecting):
         return SWAG(model, self.names, rank=self.rank)
 
     def bma(
-        self, pl_module: pl.LightningModule, loader: Iterable, bn_loader: Iterable | None = None, **kwargs: Any
+        self, pl_module: pl.LightningModule, loader: Iterable, bn: BNArg = None, *, return_probs: bool = False
     ) -> BMAResult:
-        """The BMA of ``self.samples`` SWAG draws on ``loader`` (:func:`valleys.evaluation.predict.bma`)."""
+        """The BMA of ``self.samples`` SWAG draws on ``loader`` (:func:`valleys.evaluation.predict.bma`), their
+        BatchNorm statistics recomputed on ``bn`` (a loader or a policy; default the callback's ``bn_loader``)."""
         self.require_collected("testing or predicting with SWAG")
         gen = torch.Generator(device=self.averager.device).manual_seed(self.seed)
-        bn = bn_loader if bn_loader is not None else self.bn_loader
         return bma(
             pl_module,
             self.averager.samples(self.samples, scale=self.scale, generator=gen),
             loader,
             space=self.averager.space,
-            bn_loader=bn,
+            bn=bn if bn is not None else self.bn_loader,
             adapter=self.adapter,
-            device=pl_module.device,
-            num_samples=self.samples,
-            **kwargs,
+            return_probs=return_probs,
         )
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -231,11 +226,12 @@ class SWAGCallback(_Collecting):
         bn = self.bn_loader if self.bn_loader is not None else getattr(trainer, "train_dataloader", None)
         self.test_metrics = []
         for i, loader in enumerate(loaders):
-            res = self.bma(pl_module, loader, bn_loader=bn)
+            scores = self.bma(pl_module, loader, bn).metrics
+            assert isinstance(scores, ClassificationScores)  # the logged numbers are classification scores
             m = {
-                "swag_test_accuracy": float(res["accuracy"]),
-                "swag_test_nll": float(res["nll"]),
-                "swag_test_ece": float(res["ece"]),
+                "swag_test_accuracy": float(scores.accuracy),
+                "swag_test_nll": float(scores.nll),
+                "swag_test_ece": float(scores.ece),
             }
             self.test_metrics.append(m)
             if trainer.logger is not None:
@@ -276,14 +272,14 @@ class FGECallback(pl.Callback):
         if self.schedule.after_step(trainer.global_step, trainer.current_epoch, trainer.num_training_batches):
             self.snapshots.append(snapshot(pl_module))
 
-    def bma(self, pl_module: pl.LightningModule, loader: Iterable, **kwargs: Any) -> BMAResult:
-        """The average of the snapshots' predictions on ``loader``."""
+    def bma(self, pl_module: pl.LightningModule, loader: Iterable, *, return_probs: bool = False) -> BMAResult:
+        """The average of the snapshots' predictions on ``loader`` (:func:`valleys.evaluation.predict.bma`)."""
         if not self.snapshots:
             raise NotCollectedError(
                 "FGECallback: no snapshot yet (the first is taken mid-way through the first cycle "
                 f"after epoch {self.start})"
             )
-        return bma(pl_module, self.snapshots, loader, adapter=self.adapter, device=pl_module.device, **kwargs)
+        return bma(pl_module, self.snapshots, loader, adapter=self.adapter, return_probs=return_probs)
 
     def state_dict(self) -> dict[str, Any]:
         return {"snapshots": self.snapshots}

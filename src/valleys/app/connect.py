@@ -368,8 +368,8 @@ def evaluate_curve_dir(
     seg = evaluate_path(model_a, segment(curve.start, curve.end), ts, **kw)
     cur = evaluate_path(model_a, curve.point, ts, **kw)
     ends = {
-        "a": {k: seg[k][0] for k in ("train_loss", "train_error", "test_error", "test_nll")},
-        "b": {k: seg[k][-1] for k in ("train_loss", "train_error", "test_error", "test_nll")},
+        "a": {k: getattr(seg, k)[0] for k in ("train_loss", "train_error", "test_error", "test_nll")},
+        "b": {k: getattr(seg, k)[-1] for k in ("train_loss", "train_error", "test_error", "test_nll")},
     }
     results = {
         "kind": cfg.kind,
@@ -378,14 +378,14 @@ def evaluate_curve_dir(
         "dataset": data_cfg.dataset,
         "model": data_cfg.model,
         "endpoints": ends,
-        "segment": seg,
-        "curve": cur,
+        "segment": dataclasses.asdict(seg),  # the record written to evaluation.json: plain dicts
+        "curve": dataclasses.asdict(cur),
         "barrier": {
-            "segment_max_test_error": seg["summary"]["test_error"]["max"],
-            "curve_max_test_error": cur["summary"]["test_error"]["max"],
+            "segment_max_test_error": seg.summary["test_error"]["max"],
+            "curve_max_test_error": cur.summary["test_error"]["max"],
             "worse_endpoint_test_error": max(ends["a"]["test_error"], ends["b"]["test_error"]),
-            "segment_max_test_nll": seg["summary"]["test_nll"]["max"],
-            "curve_max_test_nll": cur["summary"]["test_nll"]["max"],
+            "segment_max_test_nll": seg.summary["test_nll"]["max"],
+            "curve_max_test_nll": cur.summary["test_nll"]["max"],
             "worse_endpoint_test_nll": max(ends["a"]["test_nll"], ends["b"]["test_nll"]),
         },
         "eval_s": time.perf_counter() - start,

@@ -7,7 +7,9 @@ for an ensemble, S draws per member for MultiSWAG), ``p(y|x) = (1/S) sum_s p(y|x
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,10 @@ from torch import Tensor, nn
 from ..core.checkpoint import CheckpointError, check_model_signature, checkpoint_field, load_checkpoint, write_json
 from ..errors import InputError
 from ..evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
+from ..evaluation.engine import BNPolicy
 from ..evaluation.metrics import LOG_EDGES, classification_metrics, regression_metrics
 from ..evaluation.predict import bma
+from ..evaluation.results import BMAResult, ClassificationScores, Scores
 from ..zoo.data import Splits
 from ..zoo.regression import unstandardise
 from .config import TrainConfig, read_run_config
@@ -43,11 +47,14 @@ SUMMARY_KEYS = ("accuracy", "error", "nll", "brier", "ece", "mce")
 REGRESSION_KEYS = ("rmse", "nll", "coverage_95")
 
 
-def summary_metrics(res: dict[str, Any]) -> dict[str, float]:
-    """The headline numbers of an :func:`valleys.evaluation.predict.evaluate` or
-    :func:`valleys.evaluation.predict.bma` result."""
-    keys = REGRESSION_KEYS if "rmse" in res else SUMMARY_KEYS
-    return {k: float(res[k]) for k in keys}
+def summary_metrics(res: Scores | Mapping[str, Any] | None) -> dict[str, float]:
+    """The headline numbers of scores: an :func:`valleys.evaluation.predict.evaluate` result, the ``metrics`` of
+    a :func:`valleys.evaluation.predict.bma` result, or a :mod:`valleys.evaluation.metrics` dict."""
+    if res is None:
+        raise InputError("no scores to summarise (the evaluation was not scored)")
+    values = res if isinstance(res, Mapping) else dataclasses.asdict(res)
+    keys = REGRESSION_KEYS if "rmse" in values else SUMMARY_KEYS
+    return {k: float(values[k]) for k in keys}
 
 
 def load_run_model(
@@ -87,17 +94,15 @@ def regression_predictive(
         model,
         weights,
         loader,
-        bn_loader=bn_loader,
-        bn=bn,
-        bn_batches=cfg.bn_batches,
-        device=cfg.device,
+        bn=BNPolicy(bn or "recompute", bn_loader, cfg.bn_batches),
         progress=progress,
         score=False,
         adapter=cfg.adapter(),
     )
-    mean, var = unstandardise(res["mean"], res["var"], splits)
-    target, _ = unstandardise(res["targets"].double(), res["var"], splits)
-    return mean, var, target, int(res["num_samples"])
+    assert res.mean is not None and res.var is not None and res.targets is not None  # score=False keeps them
+    mean, var = unstandardise(res.mean, res.var, splits)
+    target, _ = unstandardise(res.targets.double(), res.var, splits)
+    return mean, var, target, res.num_samples
 
 
 def regression_summary(
@@ -142,6 +147,14 @@ def _evaluate_regression(
         write_json(run_dir / ("evaluation.json" if method == cfg.method else f"evaluation-{method}.json"), out)
     out["eval_s"] = time.perf_counter() - start
     return out
+
+
+def _kept(res: BMAResult) -> tuple[Tensor, Tensor]:
+    """The averaged class probabilities and the targets of a :func:`valleys.evaluation.predict.bma` result
+    computed with ``return_probs=True`` (or ``score=False``)."""
+    if res.probs is None or res.targets is None:
+        raise InputError("the BMA result holds no probabilities; evaluate with return_probs=True")
+    return res.probs, res.targets
 
 
 def prefix_accuracy(member_probs: list[torch.Tensor], targets: torch.Tensor) -> list[float]:
@@ -220,9 +233,7 @@ def evaluate_run(
             model,
             draw(),
             loader,
-            bn_loader=bn,
-            bn_batches=cfg.bn_batches,
-            device=cfg.device,
+            bn=BNPolicy("recompute", bn, cfg.bn_batches),
             return_probs=True,
             progress=progress,
             score=name != "ood",
@@ -231,39 +242,37 @@ def evaluate_run(
         for name, loader in loaders.items()
     }
     eval_s = time.perf_counter() - start
+    test_scores = res["test"].metrics
+    assert isinstance(test_scores, ClassificationScores)  # a classification run, scored on its test split
     out: dict[str, Any] = {
         "method": method,
         "dataset": cfg.dataset,
         "model": cfg.model,
         "seed": cfg.seed,
         "epochs": cfg.epochs,
-        "num_samples": res["test"]["num_samples"],
-        "metrics": {k: summary_metrics(v) for k, v in res.items() if k != "ood"},
+        "num_samples": res["test"].num_samples,
+        "metrics": {k: summary_metrics(v.metrics) for k, v in res.items() if k != "ood"},
         "reliability": {
-            "test": res["test"]["reliability"],
-            "test_log_bins": classification_metrics(res["test"]["probs"], res["test"]["targets"], edges=LOG_EDGES)[
-                "reliability"
-            ],
+            "test": test_scores.reliability,
+            "test_log_bins": classification_metrics(*_kept(res["test"]), edges=LOG_EDGES)["reliability"],
         },
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
     if ensemble:  # each member alone (against the best member), and the ensemble of the first k (k = 1..K)
-        members = [
-            bma(model, [m], loaders["test"], device=cfg.device, adapter=cfg.adapter(), return_probs=True)
-            for m in draw()
-        ]
-        out["member_test_accuracy"] = [r["accuracy"] for r in members]
-        out["ensemble_prefix_test_accuracy"] = prefix_accuracy([r["probs"] for r in members], members[0]["targets"])
+        members = [bma(model, [m], loaders["test"], adapter=cfg.adapter(), return_probs=True) for m in draw()]
+        out["member_test_accuracy"] = [summary_metrics(r.metrics)["accuracy"] for r in members]
+        out["ensemble_prefix_test_accuracy"] = prefix_accuracy([_kept(r)[0] for r in members], _kept(members[0])[1])
+    test_probs, test_targets = _kept(res["test"])
     if "ood" in res:
-        out["ood_auroc"] = auroc(predictive_entropy(res["ood"]["probs"]), predictive_entropy(res["test"]["probs"]))
+        out["ood_auroc"] = auroc(predictive_entropy(_kept(res["ood"])[0]), predictive_entropy(test_probs))
     if temperature_scaling:
-        t = fit_temperature(res["val"]["probs"], res["val"]["targets"])
-        scaled = classification_metrics(apply_temperature(res["test"]["probs"], t), res["test"]["targets"])
+        t = fit_temperature(*_kept(res["val"]))
+        scaled = classification_metrics(apply_temperature(test_probs, t), test_targets)
         out["temperature"] = t
         out["metrics"]["test_temperature"] = summary_metrics(scaled)
         out["reliability"]["test_temperature"] = scaled["reliability"]
         out["reliability"]["test_temperature_log_bins"] = classification_metrics(
-            apply_temperature(res["test"]["probs"], t), res["test"]["targets"], edges=LOG_EDGES
+            apply_temperature(test_probs, t), test_targets, edges=LOG_EDGES
         )["reliability"]
     if write:
         write_json(run_dir / ("evaluation.json" if method == cfg.method else f"evaluation-{method}.json"), out)

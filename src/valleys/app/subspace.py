@@ -157,6 +157,7 @@ def subspace_run(
 ) -> dict[str, Any]:
     """Build the subspace, sample its posterior, average the predictions; write the run folder ``out``."""
     from ..core.checkpoint import save_checkpoint, write_json
+    from ..evaluation.engine import BNPolicy
     from ..evaluation.predict import bma
     from ..methods.subspace_posterior import SubspacePosterior
     from ..zoo.data import make_loader
@@ -206,15 +207,7 @@ def subspace_run(
                 post.model, ws, loader, run_cfg, splits, bn=bn, bn_loader=None if bn else bn_loader
             )
         return summary_metrics(
-            bma(
-                post.model,
-                ws,
-                loader,
-                adapter=adapter,
-                bn=bn,
-                bn_loader=None if bn else bn_loader,
-                device=run_cfg.device,
-            )
+            bma(post.model, ws, loader, adapter=adapter, bn=bn if bn else BNPolicy("recompute", bn_loader)).metrics
         )
 
     bn = "keep" if post.policy.mode == "keep" else None

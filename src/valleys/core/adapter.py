@@ -233,24 +233,17 @@ class ModelAdapter:
         return self.loss_fn(prediction, targets)
 
 
-def as_adapter(
-    adapter: ModelAdapter | None = None,
-    *,
-    input_fn: Callable[[Any], Any] | None = None,
-    target_fn: Callable[[Any], Any] | None = None,
-    loss: Any = None,
-    likelihood: str | None = None,
-) -> ModelAdapter:
-    """The adapter to use for an entry point that also accepts the older ``input_fn``/``target_fn`` and
-    ``likelihood`` arguments: ``adapter`` if given (then the others must be ``None``), else one built from them."""
-    if adapter is not None:
-        if input_fn is not None or target_fn is not None or loss is not None:
-            raise ValueError("pass adapter=... or input_fn/target_fn/loss, not both")
-        if not isinstance(adapter, ModelAdapter):
-            raise TypeError(f"adapter must be a valleys ModelAdapter, got {type(adapter).__name__}")
-        return adapter
-    if likelihood is not None and likelihood not in ("classification", "gaussian"):
-        raise ValueError(f"unknown likelihood {likelihood!r}; choose one of classification, gaussian")
-    if loss is None:
-        loss = "gaussian" if likelihood == "gaussian" else "cross_entropy"
-    return ModelAdapter(input=input_fn, target=target_fn, loss=loss, predictive=likelihood)
+def as_adapter(adapter: ModelAdapter | None = None) -> ModelAdapter:
+    """The adapter an entry point uses: ``adapter`` itself, or the default :class:`ModelAdapter` (``(x, y)``
+    tuples or ``{"input", "label"}`` dicts, cross-entropy on logits) when it is ``None``.
+
+    Raises :class:`valleys.errors.InputTypeError` for anything that is not a :class:`ModelAdapter` (a loss
+    function goes in ``ModelAdapter(loss=...)``, a batch reader in ``ModelAdapter(input=..., target=...)``)."""
+    if adapter is None:
+        return ModelAdapter()
+    if not isinstance(adapter, ModelAdapter):
+        raise InputTypeError(
+            f"adapter must be a valleys ModelAdapter, got {type(adapter).__name__}; wrap a loss function as "
+            "ModelAdapter(loss=fn) and a batch reader as ModelAdapter(input=fn, target=fn)"
+        )
+    return adapter

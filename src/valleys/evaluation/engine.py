@@ -5,19 +5,23 @@ and paths (:func:`valleys.geometry.paths.evaluate_path`) are reductions on top o
 
 * every prediction goes through a :class:`valleys.core.adapter.ModelAdapter` (batch -> model call ->
   prediction, targets, loss), so custom batch formats, tuple/dict outputs and regression heads work everywhere;
-* one BatchNorm policy, :class:`BNPolicy`: ``"recompute"`` (statistics recomputed for every weight vector on a
+* one BatchNorm policy, :class:`BNPolicy` (``bn=``: a policy, a loader as shorthand for
+  ``BNPolicy("recompute", loader)``, or ``"keep"``): ``"recompute"`` (statistics recomputed for every weight vector on a
   BN loader, Izmailov et al. 2018, "Averaging Weights Leads to Wider Optima", Alg. 1) or ``"keep"`` (the
   model's current statistics, on purpose). The label reported is ``"recompute"``, ``"keep"`` or
   ``"none (no BatchNorm)"``. A flat weight vector on a BatchNorm model with neither a BN loader nor an
   explicit ``"keep"`` is refused before any work. State dicts (FGE snapshots, ensemble members) carry their
   own buffers and are evaluated as they are;
 * weight vectors that need no recompute are evaluated ``chunk`` at a time with ``torch.func.vmap`` over the
-  stacked vectors or one at a time: ``batched=True``/``False``, or ``"auto"``: whichever is faster on the first
+  stacked vectors or one at a time (:class:`VmapPolicy`; ``batched=True``/``False``/``"auto"`` is shorthand
+  for ``VmapPolicy(mode)``): ``"auto"`` is whichever is faster on the first
   input batch (best of three interleaved timings), decided once per model, weight space, chunk size and input
   shape/dtype and cached (weakly keyed on the model). A model without vmap batching rules (``nn.GRU``,
   ``nn.LSTM``, ...) falls back to the loop with one warning.
 
-The user's model is restored bit for bit after every vector: parameters, buffers, train/eval flags.
+Everything runs on the device of the model's parameters: input batches (and BN batches) are moved there,
+so a model on a GPU is evaluated on the GPU from loaders that yield CPU tensors. The user's model is restored
+bit for bit after every vector: parameters, buffers, train/eval flags.
 """
 
 from __future__ import annotations
@@ -41,10 +45,15 @@ from ..core.batchnorm import EmptyLoaderError, has_batchnorm, recompute_bn
 from ..core.checkpoint import json_safe
 from ..core.distributed import all_reduce_sum, rank, world_size
 from ..core.weights import WeightSpace, preserved_modes
+from ..errors import InputError, MissingBNLoaderError, NoWeightsError
 
 __all__ = [
     "evaluate_many",
     "BNPolicy",
+    "VmapPolicy",
+    "Progress",
+    "BNArg",
+    "as_bn_policy",
     "ManyResult",
     "Reduction",
     "LossError",
@@ -105,13 +114,100 @@ class BNPolicy:
 
     def __post_init__(self) -> None:
         if self.mode not in BN_POLICIES:
-            raise ValueError(f"unknown BatchNorm policy {self.mode!r}; choose one of {', '.join(BN_POLICIES)}")
+            raise InputError(f"unknown BatchNorm policy {self.mode!r}; choose one of {', '.join(BN_POLICIES)}")
         if self.num_batches is not None and self.num_batches < 1:
-            raise ValueError(f"num_batches must be at least 1, got {self.num_batches}")
+            raise InputError(f"num_batches must be at least 1, got {self.num_batches}")
 
     def label(self, model: nn.Module) -> str:
         """``"recompute"``, ``"keep"`` or ``"none (no BatchNorm)"``."""
         return self.mode if has_batchnorm(model) else "none (no BatchNorm)"
+
+
+#: what the ``bn=`` argument of the evaluation functions accepts: a :class:`BNPolicy`, a loader (shorthand for
+#: ``BNPolicy("recompute", loader)``), ``"recompute"``/``"keep"``, or ``None`` (recompute where needed; an
+#: error for flat vectors on a BatchNorm model, which need a loader)
+BNArg = BNPolicy | Iterable | str | None
+
+
+def as_bn_policy(bn: BNArg, default_loader: Iterable | None = None) -> BNPolicy:
+    """The :class:`BNPolicy` that ``bn`` stands for (see :data:`BNArg`); a ``"recompute"`` policy without a
+    loader gets ``default_loader`` (e.g. the training loader of a path)."""
+    if bn is None:
+        policy = BNPolicy()
+    elif isinstance(bn, str):
+        policy = BNPolicy(bn)
+    elif isinstance(bn, BNPolicy):
+        policy = bn
+    elif isinstance(bn, Iterable) and not isinstance(bn, (Tensor, Mapping)):
+        policy = BNPolicy("recompute", bn)
+    else:
+        raise TypeError(
+            f"bn must be a BNPolicy, a loader (recompute on it), 'recompute' or 'keep', got {type(bn).__name__}"
+        )
+    if policy.mode == "recompute" and policy.loader is None and default_loader is not None:
+        policy = BNPolicy("recompute", default_loader, policy.num_batches)
+    return policy
+
+
+@dataclass(frozen=True)
+class VmapPolicy:
+    """How weight vectors that need no BatchNorm recompute are evaluated.
+
+    Args:
+        mode: ``True``: ``chunk`` vectors at a time through ``torch.func.vmap`` over the stacked vectors;
+            ``False``: one at a time; ``"auto"``: whichever is faster on the first input batch (best of three
+            timings each; cached per model and input shape).
+        chunk: how many vectors one vmapped call evaluates (memory grows with it).
+    """
+
+    mode: bool | str = "auto"
+    chunk: int = 8
+
+    def __post_init__(self) -> None:
+        if self.mode not in (True, False, "auto"):
+            raise InputError(f"batched must be True, False or 'auto', got {self.mode!r}")
+        if isinstance(self.chunk, bool) or not isinstance(self.chunk, int) or self.chunk < 1:
+            raise InputError(f"chunk must be an integer of at least 1, got {self.chunk!r}")
+
+    @classmethod
+    def of(cls, batched: bool | str | VmapPolicy) -> VmapPolicy:
+        """``batched`` as a policy: a :class:`VmapPolicy` as it is, ``True``/``False``/``"auto"`` with chunk 8."""
+        return batched if isinstance(batched, VmapPolicy) else cls(batched)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress bar over the weight vectors (or path points) evaluated.
+
+    Args:
+        desc: the bar's label (default: the function's, e.g. ``"BMA"``, ``"points"``, ``"path"``).
+        total: how many points to expect, for a bar with an end (default: the length of the weights when it
+            is known, e.g. not for a generator of samples).
+    """
+
+    desc: str | None = None
+    total: int | None = None
+
+    @classmethod
+    def of(cls, progress: bool | Progress, desc: str | None = None) -> Progress | None:
+        """``progress`` as a policy: ``False`` -> ``None`` (no bar), ``True`` -> ``Progress()``; ``desc`` is
+        the label when the policy has none."""
+        policy = progress if isinstance(progress, Progress) else cls() if progress else None
+        if policy is not None and policy.desc is None and desc is not None:
+            policy = cls(desc, policy.total)
+        return policy
+
+    def bar(self, desc: str, total: int | None) -> Any:
+        """An open progress bar with this policy's label and total, else the given ones."""
+        from ..core.optional import progress_bar
+
+        return progress_bar(
+            total=self.total if self.total is not None else total,
+            unit="point",
+            desc=self.desc or desc,
+            leave=False,
+            dynamic_ncols=True,
+        )
 
 
 # ---------------------------------------------------------------------------------------------- reductions
@@ -478,16 +574,6 @@ def holding(model: nn.Module, sample: Sample, space: WeightSpace) -> Iterator[nn
 
 
 # ---------------------------------------------------------------------------------------------- the engine
-def _as_policy(bn: BNPolicy | str | None) -> BNPolicy:
-    if bn is None:
-        return BNPolicy()
-    if isinstance(bn, str):
-        return BNPolicy(bn)
-    if not isinstance(bn, BNPolicy):
-        raise TypeError(f"bn must be 'recompute', 'keep' or a BNPolicy, got {type(bn).__name__}")
-    return bn
-
-
 def _iter_weights(weights: Iterable[Sample] | Tensor | None) -> Iterator[Sample | None]:
     if weights is None:
         return iter([None])
@@ -495,7 +581,7 @@ def _iter_weights(weights: Iterable[Sample] | Tensor | None) -> Iterator[Sample 
         if weights.dim() == 1:
             return iter([weights])
         if weights.dim() != 2:
-            raise ValueError(f"a stack of weight vectors must be (c, P), got shape {tuple(weights.shape)}")
+            raise InputError(f"a stack of weight vectors must be (c, P), got shape {tuple(weights.shape)}")
         return iter(weights)
     if isinstance(weights, Mapping):
         return iter([weights])
@@ -566,22 +652,20 @@ def evaluate_many(
     *,
     reduce: Reduction,
     adapter: ModelAdapter | None = None,
-    bn: BNPolicy | str | None = None,
+    bn: BNArg = None,
     space: WeightSpace | None = None,
-    device: torch.device | str | None = None,
-    batched: bool | str = "auto",
-    chunk: int = 8,
-    progress: bool = False,
-    desc: str = "points",
-    total: int | None = None,
+    batched: bool | str | VmapPolicy = "auto",
+    progress: bool | Progress = False,
     shard: bool = False,
 ) -> ManyResult:
     """Evaluate ``model`` at every weight vector of ``weights`` on every loader, feeding ``reduce``.
 
     For each vector ``w_s`` (a flat vector over ``space``, a row of a (c, P) stack, a full state dict, or
     ``None`` for the model as it is) and each loader, the prediction ``f(x; w_s) = adapter.forward(...)``
-    of every batch is passed to ``reduce`` in eval mode without gradients. BatchNorm: see :class:`BNPolicy`
-    (recomputed once per vector, before its loaders). Returns a :class:`ManyResult`.
+    of every batch is passed to ``reduce`` in eval mode without gradients, on the device of the model's
+    parameters (batches are moved there). BatchNorm: ``bn`` (see :class:`BNPolicy` and :data:`BNArg`;
+    recomputed once per vector, before its loaders). ``batched``: see :class:`VmapPolicy`. ``progress``:
+    ``True`` or a :class:`Progress` shows a bar over the points. Returns a :class:`ManyResult`.
 
     ``shard=True`` under ``torch.distributed``: every rank walks the same ``weights`` (the same samples, the
     same grid) on the same loaders, evaluates only the points ``i`` with ``i mod R = r`` (BatchNorm recomputed
@@ -589,22 +673,23 @@ def evaluate_many(
     (:meth:`Reduction.all_reduce_points`), so every rank returns what one process would, up to the order of
     floating-point sums; at least R points are needed. Without a process group it changes nothing.
 
-    Raises (before any evaluation): ``ValueError`` for no loaders, a bad ``batched``/``chunk``, an unknown BN
-    policy, flat vectors on a BatchNorm model with ``"recompute"`` and no BN loader, or vectors of the wrong
-    length (:class:`valleys.core.weights.WeightSpaceError`); ``ValueError`` if no weights are given.
+    Raises (before any evaluation): :class:`valleys.errors.InputError` for no loaders, a bad ``batched`` or
+    chunk, an unknown BN policy; :class:`valleys.errors.MissingBNLoaderError` for flat vectors on a BatchNorm
+    model with ``"recompute"`` and no BN loader; :class:`valleys.core.weights.WeightSpaceError` for vectors
+    of the wrong length. :class:`valleys.errors.NoWeightsError` if no weights are given.
     """
     if not loaders:
-        raise ValueError("give at least one loader to evaluate on")
-    if batched not in (True, False, "auto"):
-        raise ValueError(f"batched must be True, False or 'auto', got {batched!r}")
-    if chunk < 1:
-        raise ValueError(f"chunk must be at least 1, got {chunk}")
-    policy = _as_policy(bn)
+        raise InputError("give at least one loader to evaluate on")
+    vm = VmapPolicy.of(batched)
+    batched, chunk = vm.mode, vm.chunk
+    bar_policy = Progress.of(progress)
+    policy = as_bn_policy(bn)
     adapter = adapter or ModelAdapter()
     space = space or WeightSpace(model)
     is_bn = has_batchnorm(model)
     recompute = policy.mode == "recompute" and is_bn
     ref = space.parameters(model)[0]
+    device = ref.device  # batches go where the model's parameters are
     reduce.begin(list(loaders))
     world, me = (world_size(), rank()) if shard else (1, 0)
     seen = [0]
@@ -620,11 +705,10 @@ def evaluate_many(
     if recompute:
         use_vmap = False
     used_vmap = False
-    bar = None
-    if progress:
-        from ..core.optional import progress_bar
-
-        bar = progress_bar(total=total, unit="point", desc=desc, leave=False, dynamic_ncols=True)
+    known = len(weights) if isinstance(weights, (Tensor, Sequence)) and not isinstance(weights, Mapping) else None
+    if isinstance(weights, Tensor) and weights.dim() == 1:
+        known = 1
+    bar = bar_policy.bar("points", known) if bar_policy is not None else None
 
     def visit(j: int, recompute_now: bool) -> None:
         """The model as it holds point ``j`` now: BatchNorm recomputed if asked, one pass over the loaders."""
@@ -652,11 +736,11 @@ def evaluate_many(
             for k, g in zip(idx, group):
                 if isinstance(g, Tensor):
                     space.check_vector(g, what=f"weight vector {k}")
-            if vectors and recompute and policy.loader is None:
-                raise ValueError(
-                    "the model has BatchNorm layers and the weights are flat vectors; pass a BN "
-                    "loader (bn_loader=train_loader) to recompute their statistics per vector, or "
-                    "the 'keep' policy to use the current ones on purpose"
+            if recompute and policy.loader is None and any(isinstance(g, Tensor) for g in group):
+                raise MissingBNLoaderError(
+                    "the model has BatchNorm layers and the weights are flat vectors; pass bn=train_loader "
+                    "(or bn=BNPolicy('recompute', train_loader)) to recompute their statistics per vector, "
+                    "or bn='keep' to use the current ones on purpose"
                 )
             if vectors and not recompute and use_vmap is not False:
                 stacked = torch.stack([g.to(ref) for g in group])
@@ -684,10 +768,10 @@ def evaluate_many(
             bar.close()
     total = seen[0]  # points walked (all of them: the loop ran the iterator to its end)
     if total == 0:
-        raise ValueError("no weights were given; pass at least one weight vector or state dict")
+        raise NoWeightsError("no weights were given; pass at least one weight vector or state dict")
     if world > 1:
         if total < world:  # every rank knows total: all raise together, no collective left waiting
-            raise ValueError(
+            raise InputError(
                 f"sharded evaluation over {world} processes needs at least {world} weight vectors, "
                 f"got {total}; evaluate with shard=False"
             )

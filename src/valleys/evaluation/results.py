@@ -1,46 +1,104 @@
-"""Typed results of the evaluation entry points: small dataclasses with fixed fields and ``to_json``.
+"""Typed results of the evaluation entry points: frozen dataclasses read by attribute.
 
-Each result is also a read-only mapping (``res["accuracy"]``, ``res["train"]["loss"]``, ``dict(res)``) over
-the fields that are set, so code written against the older dict results keeps working; new code reads the
-attributes. ``to_json()`` gives strict JSON (non-finite numbers become ``null``; tensors are left out).
+:func:`valleys.evaluation.predict.evaluate` returns :class:`ClassificationScores` (or :class:`RegressionScores`
+for a Gaussian head), and :class:`BMAResult` holds the same object as ``metrics``: ``evaluate(...).accuracy``,
+``bma(...).metrics.accuracy``. :class:`GridResult` and :class:`PathResult` hold loss and error per point.
+``to_json()`` gives the strict-JSON dict that results files store (non-finite numbers become ``null``;
+tensors are left out: write them with :mod:`safetensors` if they are needed);
+:func:`valleys.core.checkpoint.json_safe` calls it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
 from ..core.checkpoint import json_safe
 
-__all__ = ["GridResult", "BMAResult", "PathResult"]
+__all__ = [
+    "ClassificationScores",
+    "RegressionScores",
+    "Scores",
+    "scores_from_dict",
+    "GridResult",
+    "BMAResult",
+    "PathResult",
+]
 
 
-class _MappingView(Mapping):
-    """Read-only mapping over :meth:`_items` (the dict form of a result)."""
+@dataclass(frozen=True)
+class ClassificationScores:
+    """Scores of a classifier's predictive ``p = softmax(f)`` (float64) on ``n`` examples
+    (:class:`valleys.evaluation.metrics.ClassificationMetrics`).
 
-    def _items(self) -> dict[str, Any]:  # pragma: no cover - every subclass overrides it
-        raise NotImplementedError
+    Attributes:
+        accuracy: ``mean[argmax p = y]``; error: ``1 - accuracy``.
+        nll: ``-(1/N) sum_i log p(y_i | x_i)``.
+        brier: ``(1/N) sum_i sum_c (p_ic - 1[c = y_i])^2`` (Brier 1950).
+        ece, mce: expected and maximum calibration error over ``bins`` equal-width confidence bins
+            (Guo et al. 2017).
+        n: the number of examples; bins: the number of confidence bins.
+        reliability: per-bin ``edges``, ``confidence``, ``accuracy`` and ``count`` (``None`` when not kept).
+    """
 
-    def __getitem__(self, key: str) -> Any:
-        return self._items()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items())
-
-    def __len__(self) -> int:
-        return len(self._items())
+    accuracy: float
+    error: float
+    nll: float
+    brier: float
+    ece: float
+    mce: float
+    n: int
+    bins: int
+    reliability: dict[str, list[float]] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """Strict JSON (tensors left out: write them with :mod:`safetensors` if they are needed)."""
-        return json_safe({k: v for k, v in self._items().items() if not isinstance(v, Tensor)})
+        """Strict JSON: the scores by name (``reliability`` only when kept)."""
+        out = dataclasses.asdict(self)
+        if self.reliability is None:
+            del out["reliability"]
+        return json_safe(out)
 
 
-@dataclass(eq=False)
-class GridResult(_MappingView):
+@dataclass(frozen=True)
+class RegressionScores:
+    """Scores of a Gaussian predictive ``N(mu_i, var_i)`` on ``n`` examples
+    (:class:`valleys.evaluation.metrics.RegressionMetrics`).
+
+    Attributes:
+        rmse: ``sqrt((1/N) sum_i (y_i - mu_i)^2)``.
+        nll: ``(1/N) sum_i [0.5 log(2 pi var_i) + (y_i - mu_i)^2 / (2 var_i)]``.
+        coverage_95: the fraction of targets inside ``mu_i +- 1.96 sqrt(var_i)``.
+        n: the number of examples.
+    """
+
+    rmse: float
+    nll: float
+    coverage_95: float
+    n: int
+
+    def to_json(self) -> dict[str, Any]:
+        """Strict JSON: the scores by name."""
+        return json_safe(dataclasses.asdict(self))
+
+
+Scores = ClassificationScores | RegressionScores
+
+
+def scores_from_dict(values: Mapping[str, Any]) -> Scores:
+    """The typed scores of a :meth:`valleys.evaluation.metrics.ClassificationMetrics.compute` or
+    :meth:`valleys.evaluation.metrics.RegressionMetrics.compute` dict (other keys are ignored)."""
+    cls: type[ClassificationScores] | type[RegressionScores] = (
+        RegressionScores if "rmse" in values else ClassificationScores
+    )
+    return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+
+@dataclass(frozen=True)
+class GridResult:
     """Loss and error at each point of a grid, line or list of weight vectors
     (:func:`valleys.evaluation.grid.evaluate_points`).
 
@@ -65,18 +123,19 @@ class GridResult(_MappingView):
         """The classification error at each point on ``loader``."""
         return self.per_loader[loader]["error"]
 
-    def _items(self) -> dict[str, Any]:
-        return {**self.per_loader, "nonfinite": self.nonfinite, "bn": self.bn, "batched": self.batched}
+    def to_json(self) -> dict[str, Any]:
+        """Strict JSON: ``{"<loader>": {"loss": [...], "error": [...]}, "nonfinite", "bn", "batched"}``."""
+        return json_safe({**self.per_loader, "nonfinite": self.nonfinite, "bn": self.bn, "batched": self.batched})
 
 
-@dataclass(eq=False)
-class BMAResult(_MappingView):
+@dataclass(frozen=True, eq=False)
+class BMAResult:
     """The Bayesian model average over weight samples (:func:`valleys.evaluation.predict.bma`).
 
     Attributes:
-        metrics: the scores of the averaged predictive (``accuracy``, ``nll``, ``ece``, ``brier``, ... for
-            classification; ``rmse``, ``nll``, ``coverage_95``, ... for Gaussian regression); empty when scoring
-            was skipped.
+        metrics: the scores of the averaged predictive (:class:`ClassificationScores`: ``accuracy``, ``nll``,
+            ``ece``, ``brier``, ...; :class:`RegressionScores` for Gaussian regression: ``rmse``, ``nll``,
+            ``coverage_95``); ``None`` when scoring was skipped.
         num_samples: how many samples were averaged.
         batched: whether ``torch.func.vmap`` evaluated them.
         likelihood: ``"classification"`` or ``"gaussian"``.
@@ -85,7 +144,7 @@ class BMAResult(_MappingView):
         targets: the targets (N,), with ``probs`` or ``mean``.
     """
 
-    metrics: dict[str, Any]
+    metrics: Scores | None
     num_samples: int
     batched: bool
     likelihood: str = "classification"
@@ -93,19 +152,15 @@ class BMAResult(_MappingView):
     mean: Tensor | None = None
     var: Tensor | None = None
     targets: Tensor | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
-    def _items(self) -> dict[str, Any]:
-        out = {**self.metrics, "num_samples": self.num_samples, "batched": self.batched}
-        for name in ("probs", "mean", "var", "targets"):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value
-        return {**out, **self.extra}
+    def to_json(self) -> dict[str, Any]:
+        """Strict JSON: the metrics by name, ``num_samples`` and ``batched`` (the tensors are left out)."""
+        scores = self.metrics.to_json() if self.metrics is not None else {}
+        return json_safe({**scores, "num_samples": self.num_samples, "batched": self.batched})
 
 
-@dataclass(eq=False)
-class PathResult(_MappingView):
+@dataclass(frozen=True)
+class PathResult:
     """Metrics along a path ``t -> w(t)`` in weight space (:func:`valleys.geometry.paths.evaluate_path`).
 
     Attributes:
@@ -126,5 +181,6 @@ class PathResult(_MappingView):
     bn: str
     length_units: str = "Euclidean norm in weight space"
 
-    def _items(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    def to_json(self) -> dict[str, Any]:
+        """Strict JSON: every field by name."""
+        return json_safe(dataclasses.asdict(self))

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core.adapter import ModelAdapter, as_adapter
-from ..core.batches import InputFn
+from ..core.adapter import ModelAdapter
 from ..core.weights import WeightSpace
-from ..evaluation.engine import BN_POLICIES, BNPolicy, Metrics, evaluate_many
+from ..errors import InputError
+from ..evaluation.engine import BN_POLICIES, BNArg, Metrics, Progress, as_bn_policy, evaluate_many
 from ..evaluation.results import PathResult
 
 __all__ = ["evaluate_path", "segment", "arc_length_average", "BN_POLICIES"]
@@ -48,45 +48,38 @@ def evaluate_path(
     *,
     train_loader: Iterable,
     test_loader: Iterable,
-    bn: str = "recompute",
-    bn_loader: Iterable | None = None,
-    space: WeightSpace | None = None,
-    device: torch.device | str | None = None,
-    progress: bool = False,
     adapter: ModelAdapter | None = None,
-    input_fn: InputFn | None = None,
-    target_fn=None,
-    likelihood: str | None = None,
-    bn_batches: int | None = None,
+    bn: BNArg = None,
+    space: WeightSpace | None = None,
+    progress: bool | Progress = False,
 ) -> PathResult:
     """Metrics at ``w = point(t)`` for each t in ``ts``; see the module docstring.
 
     Each point is evaluated by :func:`valleys.evaluation.engine.evaluate_many` with the
-    :class:`valleys.evaluation.engine.Metrics` reduction: ``train_loss`` and ``test_nll`` are the mean negative
-    log-likelihood of the adapter's likelihood (``-log softmax(f)_y`` for classification, the Gaussian NLL
-    ``0.5 log(2 pi var) + (y - mu)^2 / (2 var)`` for a ``(mean, variance)`` regression head); the errors are
-    classification errors (NaN for regression). ``bn_loader`` defaults to ``train_loader``.
+    :class:`valleys.evaluation.engine.Metrics` reduction, on the device of the model's parameters:
+    ``train_loss`` and ``test_nll`` are the mean negative log-likelihood of the adapter's likelihood
+    (``-log softmax(f)_y`` for classification, the Gaussian NLL ``0.5 log(2 pi var) + (y - mu)^2 / (2 var)``
+    for a ``(mean, variance)`` regression head); the errors are classification errors (NaN for regression).
+    ``bn``: ``None`` (the default) recomputes the statistics on ``train_loader`` at every point; another
+    loader or a :class:`valleys.evaluation.engine.BNPolicy` recomputes on that (a ``"recompute"`` policy
+    without a loader uses ``train_loader``); ``"keep"`` keeps the model's current ones.
 
-    Returns a :class:`valleys.evaluation.results.PathResult` (also readable as a mapping): arrays ``t``, ``train_loss``, ``train_error``, ``test_error``, ``test_nll``, the piece lengths
-    ``lengths`` (Euclidean, in weight units), ``summary[metric] = {min, max, arc_mean}`` and the BatchNorm
-    label ``bn`` (``"recompute"``, ``"keep"`` or ``"none (no BatchNorm)"``).
+    Returns a :class:`valleys.evaluation.results.PathResult`: arrays ``t``, ``train_loss``, ``train_error``,
+    ``test_error``, ``test_nll``, the piece lengths ``lengths`` (Euclidean, in weight units),
+    ``summary[metric] = {min, max, arc_mean}`` and the BatchNorm label ``bn`` (``"recompute"``, ``"keep"`` or
+    ``"none (no BatchNorm)"``).
     """
-    if bn not in BN_POLICIES:
-        raise ValueError(f"unknown BatchNorm policy {bn!r}; choose one of {', '.join(BN_POLICIES)}")
     if len(ts) < 2:
-        raise ValueError(f"a path needs at least 2 points, got {len(ts)}")
-    adapter = as_adapter(adapter, input_fn=input_fn, target_fn=target_fn, likelihood=likelihood)
+        raise InputError(f"a path needs at least 2 points, got {len(ts)}")
+    adapter = adapter or ModelAdapter()
     space = space or WeightSpace(model)
-    policy = BNPolicy(bn, bn_loader if bn_loader is not None else train_loader, bn_batches)
+    policy = as_bn_policy(bn, default_loader=train_loader)
     out: dict[str, Any] = {k: [] for k in ("t", *PATH_METRICS, "lengths")}
+    bar_policy = Progress.of(progress, "path")
+    bar = bar_policy.bar("path", len(ts)) if bar_policy is not None else None
     prev: Tensor | None = None
-    iterator: Iterable = ts
-    if progress:
-        from ..core.optional import progress_bar
-
-        iterator = progress_bar(ts, unit="point", desc="path", leave=False, dynamic_ncols=True)
     label = policy.label(model)
-    for t in iterator:
+    for t in ts:
         with torch.no_grad():
             w = point(float(t)).detach()
         if prev is not None:
@@ -100,15 +93,18 @@ def evaluate_path(
             adapter=adapter,
             bn=policy,
             space=space,
-            device=device,
             batched=False,
         )
+        if bar is not None:
+            bar.update(1)
         train, test = res.value[0]["train"], res.value[0]["test"]
         out["t"].append(float(t))
         out["train_loss"].append(train["nll"])
         out["train_error"].append(train["error"])
         out["test_error"].append(test["error"])
         out["test_nll"].append(test["nll"])
+    if bar is not None:
+        bar.close()
     summary = {
         k: {"min": min(out[k]), "max": max(out[k]), "arc_mean": arc_length_average(out[k], out["lengths"])}
         for k in PATH_METRICS

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ..core.adapter import ModelAdapter
 from ..core.optional import progress_bar
 from ..core.weights import WeightSpace
+from ..evaluation.engine import BNPolicy, Progress
 from ..evaluation.grid import evaluate_points
 from .hessian import LossFunction, epsilon_sharpness, hutchinson_trace, lanczos
 from .surfaces import Plane, grid_axes, line, random_direction, valley_width
@@ -51,10 +52,10 @@ def plane_study(
     xs, ys = grid_axes(list(marks.values()), n=n, margin=margin)
     pts = [plane.point(x, y) for y in ys for x in xs]
     res = evaluate_points(
-        model, pts, loaders, bn=bn, bn_loader=bn_loader, progress=progress, adapter=adapter, desc="plane"
+        model, pts, loaders, bn=BNPolicy(bn, bn_loader), progress=progress and Progress("plane"), adapter=adapter
     )
     grids = {
-        name: {k: torch.tensor(res[name][k]).view(len(ys), len(xs)).tolist() for k in ("loss", "error")}
+        name: {k: torch.tensor(res.per_loader[name][k]).view(len(ys), len(xs)).tolist() for k in ("loss", "error")}
         for name in loaders
     }
     residuals = {name: plane.residual(p) for name, p in (extra or {}).items()}
@@ -66,8 +67,8 @@ def plane_study(
         "points": marks,
         "off_plane_distance": residuals,
         "units": "Euclidean distance in weight space",
-        "bn": res["bn"],
-        "nonfinite": res["nonfinite"],
+        "bn": res.bn,
+        "nonfinite": res.nonfinite,
     }
 
 
@@ -93,20 +94,18 @@ def path_study(
         model,
         [f(s) for s in dist],
         loaders,
-        bn=bn,
-        bn_loader=bn_loader,
-        progress=progress,
+        bn=BNPolicy(bn, bn_loader),
+        progress=progress and Progress("line"),
         adapter=adapter,
-        desc="line",
     )
     return {
         "kind": "path",
         "distance": dist,
         "length": d,
-        "curves": {n: res[n] for n in loaders},
+        "curves": {n: res.per_loader[n] for n in loaders},
         "units": "Euclidean distance in weight space from a",
-        "bn": res["bn"],
-        "nonfinite": res["nonfinite"],
+        "bn": res.bn,
+        "nonfinite": res.nonfinite,
     }
 
 
@@ -149,20 +148,18 @@ def rays_study(
             model,
             pts,
             {"train": loader},
-            bn=bn,
-            bn_loader=bn_loader,
-            progress=progress,
+            bn=BNPolicy(bn, bn_loader),
+            progress=progress and Progress(f"rays {name}"),
             adapter=adapter,
-            desc=f"rays {name}",
         )
-        losses = torch.tensor(res["train"]["loss"]).view(rays, steps)
+        losses = torch.tensor(res.loss("train")).view(rays, steps)
         widths = [valley_width(dist, row.tolist(), rise) for row in losses]
         finite = [x for x in widths if x != float("inf")]
         out["centers"][name] = {
             "loss": losses.tolist(),
             "width": widths,
             "mean_width": sum(finite) / len(finite) if len(finite) == len(widths) else float("inf"),
-            "bn": res["bn"],
+            "bn": res.bn,
         }
     return out
 
@@ -192,9 +189,12 @@ def random_plane_study(
     xs = torch.linspace(-span, span, n).tolist()
     pts = [w + x * d1 + y * d2 for y in xs for x in xs]
     res = evaluate_points(
-        model, pts, loaders, bn=bn, bn_loader=bn_loader, progress=progress, adapter=adapter, desc="landscape"
+        model, pts, loaders, bn=BNPolicy(bn, bn_loader), progress=progress and Progress("landscape"), adapter=adapter
     )
-    grids = {name: {k: torch.tensor(res[name][k]).view(n, n).tolist() for k in ("loss", "error")} for name in loaders}
+    grids = {
+        name: {k: torch.tensor(res.per_loader[name][k]).view(n, n).tolist() for k in ("loss", "error")}
+        for name in loaders
+    }
     units = (
         "multiples of filter-normalised directions (each filter scaled to its weights' norm; 1-D parameters fixed)"
         if filter_norm
@@ -207,8 +207,8 @@ def random_plane_study(
         "grids": grids,
         "points": {"w": (0.0, 0.0)},
         "units": units,
-        "bn": res["bn"],
-        "nonfinite": res["nonfinite"],
+        "bn": res.bn,
+        "nonfinite": res.nonfinite,
     }
 
 

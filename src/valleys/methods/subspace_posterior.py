@@ -34,7 +34,7 @@ from ..core.adapter import ModelAdapter
 from ..core.batches import to_device
 from ..core.batchnorm import EmptyLoaderError, has_batchnorm, recompute_bn
 from ..core.weights import WeightSpace, preserved_modes
-from ..evaluation.engine import BNPolicy, LossError, evaluate_many
+from ..evaluation.engine import BNPolicy, LossError, VmapPolicy, evaluate_many
 from .samplers import gaussian_log_prior
 from .subspace import Subspace
 
@@ -119,7 +119,7 @@ class SubspacePosterior:
         """``log N(z; 0, s^2 I)`` for (k,) or (n, k)."""
         return gaussian_log_prior(torch.as_tensor(z, dtype=torch.float64), self.prior_scale)
 
-    def log_likelihood(self, z: Tensor, *, batched: bool | str = "auto", chunk: int = 8) -> Tensor:
+    def log_likelihood(self, z: Tensor, *, batched: bool | str | VmapPolicy = "auto") -> Tensor:
         """The tempered log-likelihood ``-(N / T) * mean nll`` at (k,) -> scalar, or at (n, k) -> (n,), through
         the engine (no gradients). A non-finite network output gives ``-inf``."""
         z = torch.as_tensor(z, dtype=torch.float64)
@@ -134,9 +134,7 @@ class SubspacePosterior:
             adapter=self.adapter,
             bn=self.policy,
             space=self.space,
-            device=self.device,
             batched=batched,
-            chunk=chunk,
         )
         self.evaluations += len(zs)
         mean = torch.tensor(res.value["data"]["loss"], dtype=torch.float64)

