@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover - what static tools see; at run time the n
         DatasetNotFoundError,
         DistributedSetupError,
         EmptyLoaderError,
+        EvaluationError,
         InputError,
         InputTypeError,
         MissingBNLoaderError,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover - what static tools see; at run time the n
         SubspaceError,
         TrainingDiverged,
         UCIFormatError,
+        UsageError,
         ValleysError,
         WeightSpaceError,
     )
@@ -66,31 +68,11 @@ if TYPE_CHECKING:  # pragma: no cover - what static tools see; at run time the n
     from .training.semisup import ConsistencyStep, MeanTeacher
     from .training.trainer import Callback, CheckpointPolicy, DistributedPolicy, EvaluationPolicy, Trainer
 
+from .errors import __all__ as _ERRORS  # noqa: E402 - imports nothing; every error class is public
+
 #: ``{module: public names}``: where each name of :data:`__all__` lives.
 _SOURCES: dict[str, tuple[str, ...]] = {
-    ".errors": (
-        "ValleysError",
-        "InputError",
-        "InputTypeError",
-        "NonFinitePredictionError",
-        "ConfigError",
-        "CheckpointError",
-        "WeightSpaceError",
-        "EmptyLoaderError",
-        "MissingBNLoaderError",
-        "NoWeightsError",
-        "SubspaceError",
-        "UCIFormatError",
-        "MissingLabelsError",
-        "BatchFormatError",
-        "AdapterError",
-        "NotCollectedError",
-        "SamplerError",
-        "DistributedSetupError",
-        "DatasetNotFoundError",
-        "OutputFolderError",
-        "TrainingDiverged",
-    ),
+    ".errors": _ERRORS,
     ".methods.averaging": ("EMA", "SWA"),
     ".core.batchnorm": ("recompute_bn",),
     ".core.checkpoint": ("load_checkpoint", "save_checkpoint"),
@@ -162,6 +144,8 @@ __all__ = [
     "BatchFormatError",
     "AdapterError",
     "NotCollectedError",
+    "UsageError",
+    "EvaluationError",
     "SamplerError",
     "DistributedSetupError",
     "DatasetNotFoundError",

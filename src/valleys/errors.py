@@ -30,6 +30,8 @@ __all__ = [
     "BatchFormatError",
     "AdapterError",
     "NotCollectedError",
+    "UsageError",
+    "EvaluationError",
     "SamplerError",
     "DistributedSetupError",
     "DatasetNotFoundError",
@@ -104,6 +106,15 @@ class AdapterError(BatchFormatError):
 # ------------------------------------------------------------------------------------ wrong order, runs
 class NotCollectedError(ValleysError, RuntimeError):
     """An average or a sample was asked for before any weights were collected."""
+
+
+class UsageError(ValleysError, RuntimeError):
+    """A call the object cannot answer in the state it was built in (e.g. variances of an average kept without
+    moments)."""
+
+
+class EvaluationError(ValleysError, RuntimeError):
+    """An evaluation failed part-way for a reason the message names, with the setting that avoids it."""
 
 
 class SamplerError(ValleysError, RuntimeError):

@@ -33,6 +33,7 @@ from torch import nn
 from .core.adapter import ModelAdapter
 from .core.checkpoint import save_checkpoint
 from .core.optional import require
+from .errors import InputError
 from .evaluation.engine import Progress
 from .evaluation.predict import bma
 from .evaluation.results import BMAResult
@@ -58,7 +59,7 @@ def adapter_names(model: nn.Module, names: str | Sequence[str] | None) -> list[s
     chosen = [n for n in trainable if "lora_" in n] if names == "lora" else list(names)
     if not chosen:
         shown = ", ".join(trainable[:8]) + (f", ... ({len(trainable)} in all)" if len(trainable) > 8 else "")
-        raise ValueError(
+        raise InputError(
             f"names={names!r} matches no parameter of {type(model).__name__}; its trainable "
             f"parameters are: {shown or 'none'}"
         )
@@ -68,7 +69,7 @@ def adapter_names(model: nn.Module, names: str | Sequence[str] | None) -> list[s
 def _given(model: nn.Module | None) -> nn.Module:
     """The model ``transformers.Trainer`` passes to every callback event (``None`` only outside a Trainer)."""
     if model is None:
-        raise ValueError("the callback event came without the model; valleys' callbacks run inside a Trainer")
+        raise InputError("the callback event came without the model; valleys' callbacks run inside a Trainer")
     return model
 
 

@@ -35,6 +35,7 @@ from torch import nn
 from .core.adapter import ModelAdapter
 from .core.batchnorm import recompute_bn
 from .core.optional import require
+from .errors import InputError
 from .evaluation.engine import BNArg
 from .evaluation.predict import bma
 from .evaluation.results import BMAResult, ClassificationScores
@@ -68,7 +69,7 @@ class _Collecting(CollectingCore, pl.Callback):
         swa_lr: float | None = None,
     ) -> None:
         if swa_lr is not None and not (math.isfinite(swa_lr) and swa_lr > 0):
-            raise ValueError(f"swa_lr must be finite and > 0, got {swa_lr!r}")
+            raise InputError(f"swa_lr must be finite and > 0, got {swa_lr!r}")
         super().__init__(start, every=every, k=k, names=list(names) if names is not None else None, adapter=adapter)
         self.swa_lr = swa_lr
         self._pending: dict[str, Any] | None = None
@@ -116,7 +117,7 @@ class _Collecting(CollectingCore, pl.Callback):
     def _recompute(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Iterable | None) -> None:
         loader = loader if loader is not None else trainer.train_dataloader
         if loader is None:
-            raise ValueError("no loader for the BatchNorm recompute: pass bn_loader= or fit with a train loader")
+            raise InputError("no loader for the BatchNorm recompute: pass bn_loader= or fit with a train loader")
         recompute_bn(pl_module, loader, adapter=self.adapter, device=pl_module.device)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import BatchFormatError
+from ..errors import BatchFormatError, InputTypeError
 
 __all__ = ["InputFn", "to_device", "as_call_args", "sized_length", "BatchFormatError"]
 
@@ -43,5 +43,5 @@ def sized_length(obj: object, what: str = "dataset") -> int:
     """``len(obj)`` for a map-style dataset or a sampler; a ``TypeError`` naming ``what`` for one without a
     length (an iterable-style dataset)."""
     if not isinstance(obj, Sized):
-        raise TypeError(f"the {what} ({type(obj).__name__}) has no length; a map-style {what} is needed here")
+        raise InputTypeError(f"the {what} ({type(obj).__name__}) has no length; a map-style {what} is needed here")
     return len(obj)

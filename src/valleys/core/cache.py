@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
+
 __all__ = ["cache_dir", "cached_arrays", "entry_paths"]
 
 FORMAT = 1
@@ -55,25 +57,25 @@ def _read(npz: Path, sidecar: Path, key: Mapping[str, Any]) -> dict[str, np.ndar
         meta = json.loads(sidecar.read_text())
         raw = npz.read_bytes()
     except (OSError, ValueError) as e:
-        raise ValueError(f"unreadable ({e})") from None
+        raise InputError(f"unreadable ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError("unknown sidecar format")
+        raise InputError("unknown sidecar format")
     if meta.get("key") != json.loads(_canonical(key)):
-        raise ValueError("made from another key")
+        raise InputError("made from another key")
     if hashlib.sha256(raw).hexdigest() != meta.get("sha256"):
-        raise ValueError("checksum mismatch")
+        raise InputError("checksum mismatch")
     try:
         with np.load(io.BytesIO(raw), allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"not a valid npz ({e})") from None
+        raise InputError(f"not a valid npz ({e})") from None
     spec = meta.get("arrays")
     if (
         not isinstance(spec, dict)
         or set(spec) != set(arrays)
         or any([str(a.dtype), list(a.shape)] != spec[k] for k, a in arrays.items())
     ):
-        raise ValueError("arrays differ from the sidecar")
+        raise InputError("arrays differ from the sidecar")
     return arrays
 
 

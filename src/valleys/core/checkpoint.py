@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputTypeError
 
 __all__ = [
     "save_checkpoint",
@@ -111,7 +111,7 @@ def json_safe(obj: Any) -> Any:
     try:
         return json_safe(float(obj))
     except (TypeError, ValueError):
-        raise TypeError(f"cannot write a value of type {type(obj).__name__} as JSON") from None
+        raise InputTypeError(f"cannot write a value of type {type(obj).__name__} as JSON") from None
 
 
 def to_json_text(obj: Any, *, indent: int | None = None) -> str:

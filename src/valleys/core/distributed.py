@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..errors import DistributedSetupError
+from ..errors import DistributedSetupError, InputError
 from .batches import sized_length
 
 __all__ = [
@@ -170,7 +170,7 @@ def shard_loader(loader: Any, what: str = "train") -> Any:
         n = sized_length(loader.dataset)
         last = 0 if getattr(bs, "drop_last", False) else n % batch_size
         if any(0 < v < world for v in (batch_size, last)):
-            raise ValueError(
+            raise InputError(
                 f"the {what} loader's batches of {batch_size} (the last of {last}) cannot be split over {world} "
                 f"processes: every rank needs at least one example of every batch; use a batch size >= {world} and "
                 "a dataset size whose last batch is 0 or >= the number of processes (or drop_last=True)"

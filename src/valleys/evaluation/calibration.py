@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import InputError
+
 __all__ = ["fit_temperature", "apply_temperature", "predictive_entropy", "auroc"]
 
 _TINY = torch.finfo(torch.float64).tiny  # log stays exact for every positive probability
@@ -25,18 +27,18 @@ def _log(probs: Tensor) -> Tensor:
 def apply_temperature(probs: Tensor, temperature: float) -> Tensor:
     """``softmax(log p / T)``, in float64."""
     if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
+        raise InputError(f"temperature must be positive, got {temperature}")
     return torch.softmax(_log(probs) / temperature, dim=-1)
 
 
 def fit_temperature(probs: Tensor, targets: Tensor, *, max_iter: int = 100) -> float:
     """The temperature minimising the mean NLL of ``softmax(log p / T)`` on held-out (validation) data."""
     if probs.dim() != 2 or probs.shape[0] != targets.shape[0] or probs.shape[0] == 0:
-        raise ValueError(
+        raise InputError(
             f"need probs (N, C) and N targets with N > 0, got {tuple(probs.shape)} and {tuple(targets.shape)}"
         )
     if not bool(torch.isfinite(probs).all()):
-        raise ValueError(
+        raise InputError(
             "fit_temperature got non-finite input: probs hold NaN or infinite entries (did the network diverge?)"
         )
     logp = _log(probs)
@@ -64,9 +66,9 @@ def auroc(scores_out: Tensor, scores_in: Tensor) -> float:
     """Area under the ROC curve for telling ``scores_out`` (positives) from ``scores_in`` (higher = more OOD)."""
     pos, neg = scores_out.double().reshape(-1), scores_in.double().reshape(-1)
     if pos.numel() == 0 or neg.numel() == 0:
-        raise ValueError("auroc needs at least one in-distribution and one out-of-distribution score")
+        raise InputError("auroc needs at least one in-distribution and one out-of-distribution score")
     if not (bool(torch.isfinite(pos).all()) and bool(torch.isfinite(neg).all())):
-        raise ValueError("auroc got non-finite input: the scores hold NaN or infinite entries")
+        raise InputError("auroc got non-finite input: the scores hold NaN or infinite entries")
     scores = torch.cat([pos, neg])
     order = torch.argsort(scores, stable=True)
     sorted_scores = scores[order]

@@ -45,7 +45,7 @@ from ..core.batchnorm import EmptyLoaderError, has_batchnorm, recompute_bn
 from ..core.checkpoint import json_safe
 from ..core.distributed import all_reduce_sum, rank, world_size
 from ..core.weights import WeightSpace, preserved_modes
-from ..errors import InputError, MissingBNLoaderError, NoWeightsError
+from ..errors import EvaluationError, InputError, InputTypeError, MissingBNLoaderError, NoWeightsError
 
 __all__ = [
     "evaluate_many",
@@ -85,7 +85,7 @@ def gaussian_moments(output: Tensor) -> Tensor:
     first two moments ``(mu, var + mu^2)`` so that the mixture's variance is ``E[var + mu^2] - E[mu]^2``."""
     out = output.double()
     if out.dim() != 2 or out.shape[1] != 2:
-        raise ValueError(f"a Gaussian head must output (N, 2) = (mean, variance), got {tuple(out.shape)}")
+        raise InputError(f"a Gaussian head must output (N, 2) = (mean, variance), got {tuple(out.shape)}")
     mu, var = out[:, 0], out[:, 1]
     return torch.stack([mu, var + mu * mu], dim=1)
 
@@ -141,7 +141,7 @@ def as_bn_policy(bn: BNArg, default_loader: Iterable | None = None) -> BNPolicy:
     elif isinstance(bn, Iterable) and not isinstance(bn, (Tensor, Mapping)):
         policy = BNPolicy("recompute", bn)
     else:
-        raise TypeError(
+        raise InputTypeError(
             f"bn must be a BNPolicy, a loader (recompute on it), 'recompute' or 'keep', got {type(bn).__name__}"
         )
     if policy.mode == "recompute" and policy.loader is None and default_loader is not None:
@@ -364,7 +364,7 @@ class BMASum(Reduction):
             self.sums.append(value.cpu())
             self.targets.append(torch.as_tensor(y).cpu())
         elif b >= len(self.sums) or self.sums[b].shape != value.shape:
-            raise ValueError("bma: the loader yielded different batches on two passes; use a loader without shuffling")
+            raise InputError("bma: the loader yielded different batches on two passes; use a loader without shuffling")
         else:
             self.sums[b] += value.cpu()
 
@@ -376,7 +376,7 @@ class BMASum(Reduction):
 
     def end_pass(self, point: int, loader: str, batches: int) -> None:
         if batches != len(self.sums):
-            raise ValueError("bma: the loader yielded a different number of batches on two passes")
+            raise InputError("bma: the loader yielded a different number of batches on two passes")
         self.passes += 1
 
     def all_reduce_points(self, num_points: int) -> None:
@@ -613,7 +613,7 @@ def _vmap_group(
                 except (RuntimeError, NotImplementedError) as e:
                     first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
                     if fed:
-                        raise RuntimeError(
+                        raise EvaluationError(
                             f"torch.func.vmap failed on batch {b} of loader {name!r} after earlier "
                             f"batches worked ({type(e).__name__}: {first_line}); evaluate with "
                             "batched=False"

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import NonFinitePredictionError
+from ..errors import InputError, NonFinitePredictionError
 
 __all__ = ["ClassificationMetrics", "RegressionMetrics", "classification_metrics", "regression_metrics", "LOG_EDGES"]
 
@@ -37,7 +37,7 @@ _Z95 = 1.959963984540054
 def _as_labels(y: Tensor, n: int) -> Tensor:
     y = torch.as_tensor(y)
     if y.dim() != 1 or y.numel() != n:
-        raise ValueError(f"targets must be a 1-D tensor of {n} class indices, got shape {tuple(y.shape)}")
+        raise InputError(f"targets must be a 1-D tensor of {n} class indices, got shape {tuple(y.shape)}")
     return y.long()
 
 
@@ -79,14 +79,14 @@ class ClassificationMetrics:
         if edges is not None:
             e = torch.tensor(list(edges), dtype=torch.float64)
             if e.numel() < 2 or e[0] != 0 or e[-1] != 1 or not bool((e[1:] > e[:-1]).all()):
-                raise ValueError("edges must increase strictly from 0 to 1")
+                raise InputError("edges must increase strictly from 0 to 1")
             bins = e.numel() - 1
             self._inner = e[1:-1]
         else:
             e = torch.linspace(0, 1, bins + 1, dtype=torch.float64) if bins >= 1 else None
             self._inner = None
         if bins < 1:
-            raise ValueError(f"bins must be at least 1, got {bins}")
+            raise InputError(f"bins must be at least 1, got {bins}")
         self.bins = bins
         self.edges = e
         self.reset()
@@ -104,7 +104,7 @@ class ClassificationMetrics:
     def update(self, probs: Tensor, targets: Tensor) -> None:
         """Add a batch: ``probs`` (N, C) rows summing to 1, ``targets`` (N,) class indices."""
         if probs.dim() != 2:
-            raise ValueError(f"probs must have shape (N, C), got {tuple(probs.shape)}")
+            raise InputError(f"probs must have shape (N, C), got {tuple(probs.shape)}")
         p = probs.detach().to("cpu", torch.float64)
         y = _as_labels(targets.detach().cpu(), p.shape[0])
         if p.shape[0] == 0:
@@ -114,9 +114,9 @@ class ClassificationMetrics:
                 "probs hold NaN or infinite values: the network's predictions are not finite (did it diverge?)"
             )
         if float(p.min()) < 0 or float(p.max()) > 1 + 1e-6 or float((p.sum(1) - 1).abs().max()) > 1e-3:
-            raise ValueError("probs must lie in [0, 1] and sum to 1 per row (are these logits? use update_logits)")
+            raise InputError("probs must lie in [0, 1] and sum to 1 per row (are these logits? use update_logits)")
         if int(y.min()) < 0 or int(y.max()) >= p.shape[1]:
-            raise ValueError(f"targets must lie in [0, {p.shape[1] - 1}], got range [{int(y.min())}, {int(y.max())}]")
+            raise InputError(f"targets must lie in [0, {p.shape[1] - 1}], got range [{int(y.min())}, {int(y.max())}]")
         conf, pred = p.max(dim=1)
         hit = (pred == y).double()
         py = p.gather(1, y[:, None]).squeeze(1)
@@ -168,7 +168,7 @@ class ClassificationMetrics:
     def compute(self) -> dict[str, Any]:
         """``accuracy, error, nll, brier, ece, mce, n`` and ``reliability`` (see the module docstring)."""
         if self.n == 0:
-            raise ValueError("no examples were added; call update(probs, targets) first")
+            raise InputError("no examples were added; call update(probs, targets) first")
         filled = self.bin_count > 0
         gap = (self.bin_conf - self.bin_correct).abs() / self.bin_count.clamp_min(1)
         acc = self.correct / self.n
@@ -211,14 +211,14 @@ class RegressionMetrics:
         """Add a batch of predictive means, variances (> 0) and targets of equal shape."""
         mu, v, y = (t.detach().to("cpu", torch.float64).reshape(-1) for t in (mean, var, targets))
         if not (mu.shape == v.shape == y.shape):
-            raise ValueError(f"mean, var and targets must have equal sizes, got {mu.numel()}, {v.numel()}, {y.numel()}")
+            raise InputError(f"mean, var and targets must have equal sizes, got {mu.numel()}, {v.numel()}, {y.numel()}")
         if not bool(torch.isfinite(mu).all() and torch.isfinite(v).all()):
             raise NonFinitePredictionError(
                 "predictive means or variances hold NaN or infinite values: the network's predictions are not "
                 "finite (did it diverge?)"
             )
         if bool((v <= 0).any()):
-            raise ValueError("predictive variances must be positive")
+            raise InputError("predictive variances must be positive")
         err = y - mu
         self.n += y.numel()
         self.se_sum += float((err**2).sum())
@@ -235,7 +235,7 @@ class RegressionMetrics:
     def compute(self) -> dict[str, float]:
         """``rmse``, ``nll`` (mean), ``coverage_95`` and ``n``."""
         if self.n == 0:
-            raise ValueError("no examples were added; call update(mean, var, targets) first")
+            raise InputError("no examples were added; call update(mean, var, targets) first")
         return {
             "rmse": math.sqrt(self.se_sum / self.n),
             "nll": self.nll_sum / self.n,

@@ -32,6 +32,7 @@ from torch.utils._pytree import tree_leaves
 
 from ..core.adapter import ModelAdapter
 from ..core.weights import WeightSpace, WeightSpaceError
+from ..errors import InputError
 
 __all__ = ["bezier_coefficients", "polychain_coefficients", "Curve", "CurveModel", "CURVE_KINDS"]
 
@@ -41,7 +42,7 @@ CURVE_KINDS = ("bezier", "polychain")
 def _check_t(t: float | Tensor) -> Tensor:
     t = torch.as_tensor(t, dtype=torch.float64)
     if t.dim() != 0 or not (0.0 <= float(t) <= 1.0):
-        raise ValueError(f"t must be a number in [0, 1], got {t.tolist()}")
+        raise InputError(f"t must be a number in [0, 1], got {t.tolist()}")
     return t
 
 
@@ -81,9 +82,9 @@ class Curve(nn.Module):
     ) -> None:
         super().__init__()
         if kind not in CURVE_KINDS:
-            raise ValueError(f"unknown curve kind {kind!r}; choose one of {', '.join(CURVE_KINDS)}")
+            raise InputError(f"unknown curve kind {kind!r}; choose one of {', '.join(CURVE_KINDS)}")
         if not isinstance(bends, int) or bends < 2:
-            raise ValueError(f"a curve needs at least 2 control points (its two ends), got bends={bends!r}")
+            raise InputError(f"a curve needs at least 2 control points (its two ends), got bends={bends!r}")
         if start.shape != end.shape or start.dim() != 1:
             raise WeightSpaceError(
                 "endpoints must be flat vectors of equal length, "
@@ -392,7 +393,7 @@ class CurveModel(nn.Module):
         into ``.grad`` after the accumulate hooks.
         """
         if wd < 0:
-            raise ValueError(f"wd must be >= 0, got {wd}")
+            raise InputError(f"wd must be >= 0, got {wd}")
         self.wd = wd
         return loss_fn
 

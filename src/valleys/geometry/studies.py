@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ..core.adapter import ModelAdapter
 from ..core.optional import progress_bar
 from ..core.weights import WeightSpace
+from ..errors import InputError
 from ..evaluation.engine import BNPolicy, Progress
 from ..evaluation.grid import evaluate_points
 from .hessian import LossFunction, epsilon_sharpness, hutchinson_trace, lanczos
@@ -130,7 +131,7 @@ def rays_study(
     space = WeightSpace(model)
     gen = torch.Generator().manual_seed(seed)
     if rays < 1 or steps < 2:
-        raise ValueError(f"rays needs at least 1 ray and 2 steps per ray, got {rays} and {steps}")
+        raise InputError(f"rays needs at least 1 ray and 2 steps per ray, got {rays} and {steps}")
     dirs = [
         random_direction(space, next(iter(centers.values())), filter_norm=False, generator=gen) for _ in range(rays)
     ]
@@ -182,7 +183,7 @@ def random_plane_study(
     """Loss and error on ``w + x d1 + y d2`` for x, y in ``[-span, span]`` with two random directions,
     filter-normalised by default (Li et al. 2018)."""
     if n < 2:
-        raise ValueError(f"a grid needs at least 2 points per axis, got {n}")
+        raise InputError(f"a grid needs at least 2 points per axis, got {n}")
     space = WeightSpace(model)
     gen = torch.Generator().manual_seed(seed)
     d1 = random_direction(space, w, filter_norm=filter_norm, generator=gen)

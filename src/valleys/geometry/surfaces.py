@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..core.weights import WeightSpace, WeightSpaceError
+from ..errors import InputError
 
 __all__ = ["Plane", "Line", "line", "random_direction", "pca_plane", "grid_axes", "valley_width"]
 
@@ -77,7 +78,7 @@ def grid_axes(
 ) -> tuple[list[float], list[float]]:
     """``n`` evenly spaced x and y values covering ``coords`` with ``margin`` (a fraction of the span) around."""
     if n < 2:
-        raise ValueError(f"a grid needs at least 2 points per axis, got {n}")
+        raise InputError(f"a grid needs at least 2 points per axis, got {n}")
     xs = [c[0] for c in coords]
     ys = [c[1] for c in coords]
     axes = []
@@ -142,7 +143,7 @@ def pca_plane(iterates: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(mean, u, v, explained)``: the top-two principal directions of (n, P) iterates (n >= 3) and the
     fraction of variance each explains."""
     if iterates.dim() != 2 or iterates.shape[0] < 3:
-        raise ValueError(f"need at least 3 iterates as an (n, P) tensor, got shape {tuple(iterates.shape)}")
+        raise InputError(f"need at least 3 iterates as an (n, P) tensor, got shape {tuple(iterates.shape)}")
     x = iterates.double()
     mean = x.mean(0)
     _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..core.batchnorm import recompute_bn
 from ..core.weights import WeightSpace, WeightSpaceError
-from ..errors import NotCollectedError
+from ..errors import InputError, NotCollectedError, UsageError
 
 __all__ = ["Averager", "SWA", "EMA", "NotCollectedError", "welford_"]
 
@@ -173,7 +173,7 @@ class SWA(Averager):
     def variance(self) -> Tensor:
         """Per-weight population variance ``M2 / n`` of the collected weights (Welford)."""
         if self._m2 is None:
-            raise RuntimeError("this SWA was created with moments=False; pass moments=True to keep variances")
+            raise UsageError("this SWA was created with moments=False; pass moments=True to keep variances")
         return self._m2 / self.mean.new_tensor(float(self.n))
 
     def state_dict(self) -> dict[str, Any]:
@@ -209,7 +209,7 @@ class EMA(Averager):
         check_finite: bool = True,
     ) -> None:
         if not 0 <= decay < 1:
-            raise ValueError(f"decay must be in [0, 1), got {decay}")
+            raise InputError(f"decay must be in [0, 1), got {decay}")
         super().__init__(model, names, device=device, dtype=dtype, check_finite=check_finite)
         self.decay = decay
         self.warmup = warmup

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..core.checkpoint import json_safe
 from ..core.optional import Progress
-from ..errors import SamplerError
+from ..errors import InputError, SamplerError
 
 __all__ = [
     "SamplerResult",
@@ -80,16 +80,16 @@ def gaussian_log_prior(z: Tensor, scale: float) -> Tensor:
 
 def _check_scale(prior_scale: float) -> None:
     if not (isinstance(prior_scale, (int, float)) and math.isfinite(prior_scale) and prior_scale > 0):
-        raise ValueError(f"the prior scale must be a finite number > 0, got {prior_scale!r}")
+        raise InputError(f"the prior scale must be a finite number > 0, got {prior_scale!r}")
 
 
 def _check_counts(num_samples: int, burn_in: int, thin: int) -> None:
     if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+        raise InputError(f"num_samples must be an integer >= 1, got {num_samples!r}")
     if not isinstance(burn_in, int) or burn_in < 0:
-        raise ValueError(f"burn_in must be an integer >= 0, got {burn_in!r}")
+        raise InputError(f"burn_in must be an integer >= 0, got {burn_in!r}")
     if not isinstance(thin, int) or thin < 1:
-        raise ValueError(f"thin must be an integer >= 1, got {thin!r}")
+        raise InputError(f"thin must be an integer >= 1, got {thin!r}")
 
 
 def elliptical_slice(
@@ -127,7 +127,7 @@ def elliptical_slice(
     _check_counts(num_samples, burn_in, thin)
     z = torch.as_tensor(z0, dtype=torch.float64).clone()
     if z.dim() != 1:
-        raise ValueError(f"z0 must be a 1-D tensor (k,), got shape {tuple(z.shape)}")
+        raise InputError(f"z0 must be a 1-D tensor (k,), got shape {tuple(z.shape)}")
     start = time.perf_counter()
     ll = float(log_likelihood(z))
     if not math.isfinite(ll):
@@ -237,11 +237,11 @@ def mean_field_vi(
     _check_scale(prior_scale)
     _check_counts(num_samples, 0, 1)
     if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        raise InputError(f"k must be an integer >= 1, got {k!r}")
     if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        raise InputError(f"steps must be an integer >= 1, got {steps!r}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+        raise InputError(f"lr must be a finite number > 0, got {lr!r}")
     start = time.perf_counter()
     mu = (
         torch.zeros(k, dtype=torch.float64)
@@ -354,14 +354,14 @@ def flow_vi(
     _check_scale(prior_scale)
     _check_counts(num_samples, 0, 1)
     if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        raise InputError(f"k must be an integer >= 1, got {k!r}")
     for name, v in (("steps", steps), ("mc_samples", mc_samples), ("hidden", hidden)):
         if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+            raise InputError(f"{name} must be an integer >= 1, got {v!r}")
     if not isinstance(layers, int) or layers < 0:
-        raise ValueError(f"layers must be an integer >= 0, got {layers!r}")
+        raise InputError(f"layers must be an integer >= 0, got {layers!r}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+        raise InputError(f"lr must be a finite number > 0, got {lr!r}")
     start = time.perf_counter()
     if generator is not None:
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))  # the MLPs' init
@@ -414,7 +414,7 @@ def nuts(
     _check_scale(prior_scale)
     _check_counts(num_samples, 0, 1)
     if not isinstance(chains, int) or chains < 1:
-        raise ValueError(f"chains must be an integer >= 1, got {chains!r}")
+        raise InputError(f"chains must be an integer >= 1, got {chains!r}")
     require("pyro", "pyro")
     import pyro
     from pyro.infer import MCMC, NUTS

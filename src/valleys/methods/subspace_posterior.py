@@ -34,6 +34,7 @@ from ..core.adapter import ModelAdapter
 from ..core.batches import to_device
 from ..core.batchnorm import EmptyLoaderError, has_batchnorm, recompute_bn
 from ..core.weights import WeightSpace, preserved_modes
+from ..errors import InputError
 from ..evaluation.engine import BNPolicy, LossError, VmapPolicy, evaluate_many
 from .samplers import gaussian_log_prior
 from .subspace import Subspace
@@ -73,14 +74,14 @@ class SubspacePosterior:
         device: torch.device | str | None = None,
     ) -> None:
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"the temperature must be a finite number > 0, got {temperature!r}")
+            raise InputError(f"the temperature must be a finite number > 0, got {temperature!r}")
         if not (isinstance(prior_scale, (int, float)) and math.isfinite(prior_scale) and prior_scale > 0):
-            raise ValueError(f"the prior scale must be a finite number > 0, got {prior_scale!r}")
+            raise InputError(f"the prior scale must be a finite number > 0, got {prior_scale!r}")
         if bn not in SUBSPACE_BN:
-            raise ValueError(f"unknown BatchNorm policy {bn!r}; choose one of {', '.join(SUBSPACE_BN)}")
+            raise InputError(f"unknown BatchNorm policy {bn!r}; choose one of {', '.join(SUBSPACE_BN)}")
         self.space = space or WeightSpace(model)
         if subspace.num_weights != self.space.size:
-            raise ValueError(
+            raise InputError(
                 f"the subspace lives in a weight space of {subspace.num_weights} weights but the model "
                 f"has {self.space.size}: a different architecture"
             )
@@ -152,7 +153,7 @@ class SubspacePosterior:
         estimate). BatchNorm uses the statistics of the policy ``"shift"``/``"keep"`` (``"recompute"`` is not
         differentiable per z and is refused here)."""
         if self.policy.mode == "recompute" and has_batchnorm(self.model):
-            raise ValueError("gradients through a per-z BatchNorm recompute are not available; use bn='shift'")
+            raise InputError("gradients through a per-z BatchNorm recompute are not available; use bn='shift'")
         z = torch.as_tensor(z)
         w = self.subspace.shift + z.to(self.subspace.basis) @ self.subspace.basis
         views = self.space.views(w)

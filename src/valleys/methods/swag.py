@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.weights import WeightSpaceError
+from ..errors import InputError
 from .averaging import SWA, NotCollectedError
 
 __all__ = ["SWAG", "MultiSWAG", "check_sampling", "draw", "one_at_a_time"]
@@ -35,9 +36,9 @@ def check_sampling(name: str, n: int, k: int, scale: float, diagonal: bool) -> N
     if n == 0:
         raise NotCollectedError(f"{name}: nothing collected yet; call collect(model) during training first")
     if not (isinstance(scale, (int, float)) and scale >= 0 and math.isfinite(scale)):
-        raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
+        raise InputError(f"scale must be a finite number >= 0, got {scale!r}")
     if not diagonal and k < 2:
-        raise ValueError(
+        raise InputError(
             f"low-rank SWAG needs at least 2 collected deviations, this {name} has {k}; collect more "
             "iterates or sample with diagonal=True"
         )
@@ -72,7 +73,7 @@ def one_at_a_time(n: int, check: Callable[[], None], one: Callable[[], Tensor]) 
     """``n`` draws of ``one()``, yielded one at a time (one P-vector in memory at once), after checking ``n``
     and the posterior (``check()``) when called, not at the first draw."""
     if not isinstance(n, int) or n < 1:
-        raise ValueError(f"the number of samples must be an integer >= 1, got {n!r}")
+        raise InputError(f"the number of samples must be an integer >= 1, got {n!r}")
     check()
     return (one() for _ in range(n))
 
@@ -101,7 +102,7 @@ class SWAG(SWA):
         check_finite: bool = True,
     ) -> None:
         if not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
+            raise InputError(f"rank must be an integer >= 1, got {rank!r}")
         super().__init__(model, names, moments=True, device=device, dtype=dtype, check_finite=check_finite)
         self.rank = rank
         self._dev = torch.zeros(rank, self.space.size, device=self.device, dtype=self.dtype)
@@ -145,7 +146,7 @@ class SWAG(SWA):
         paper default is ``scale=1``).
         """
         if not isinstance(n, int) or n < 1:
-            raise ValueError(f"the number of samples must be an integer >= 1, got {n!r}")
+            raise InputError(f"the number of samples must be an integer >= 1, got {n!r}")
         self._check(scale, diagonal)
         return draw(
             self.mean,
@@ -176,7 +177,7 @@ class SWAG(SWA):
         """
         self._check(scale, diagonal)
         if scale == 0:
-            raise ValueError("log_prob needs scale > 0 (scale 0 is a point mass at the SWA mean)")
+            raise InputError("log_prob needs scale > 0 (scale 0 is a point mass at the SWA mean)")
         if w.shape[-1] != self.space.size:
             raise WeightSpaceError(f"w has {w.shape[-1]} entries per vector, this SWAG has {self.space.size}")
         var = scale * self.variance.clamp_min(min_var)
@@ -206,7 +207,7 @@ class MultiSWAG:
 
     def __init__(self, members: Sequence[SWAG]) -> None:
         if not members:
-            raise ValueError("MultiSWAG needs at least one SWAG")
+            raise InputError("MultiSWAG needs at least one SWAG")
         sizes = {m.space.signature().__repr__() for m in members}
         if len(sizes) > 1:
             raise WeightSpaceError("MultiSWAG members differ in architecture (parameter names or shapes)")

@@ -32,6 +32,7 @@ from ..core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint,
 from ..core.distributed import DistributedSetupError, is_distributed, shard_bounds, world_size
 from ..core.distributed import rank as rank_of  # the constructor's ``rank`` is SWAG's K
 from ..core.weights import WeightSpace, WeightSpaceError
+from ..errors import InputError
 from .averaging import welford_
 from .swag import check_sampling, draw, one_at_a_time
 
@@ -58,7 +59,7 @@ class ShardedSWAG:
         dtype: torch.dtype | None = None,
     ) -> None:
         if not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
+            raise InputError(f"rank must be an integer >= 1, got {rank!r}")
         self.space = WeightSpace(model, names)
         self.rank = rank
         self.r, self.world = rank_of(), world_size()

@@ -21,14 +21,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..errors import InputError
+
 __all__ = ["SignalAugment", "ImageAugment", "default_augment"]
 
 
 def _check(name: str, value: float, *, integer: bool = False) -> None:
     if integer and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        raise InputError(f"{name} must be an integer >= 0, got {value!r}")
     if not value >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
+        raise InputError(f"{name} must be >= 0, got {value!r}")
 
 
 def _shift_last(x: Tensor, offsets: Tensor, circular: bool) -> Tensor:
@@ -65,7 +67,7 @@ class SignalAugment:
 
     def __call__(self, x: Tensor) -> Tensor:
         if x.dim() not in (2, 3):
-            raise ValueError(
+            raise InputError(
                 f"SignalAugment takes signals of shape (N, L) or (N, C, L), got {tuple(x.shape)}; "
                 "use ImageAugment for images or pass your own augment"
             )
@@ -96,7 +98,7 @@ class ImageAugment:
 
     def __call__(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
-            raise ValueError(
+            raise InputError(
                 f"ImageAugment takes images of shape (N, C, H, W), got {tuple(x.shape)}; use "
                 "SignalAugment for 1-D signals or pass your own augment"
             )
@@ -124,4 +126,4 @@ def default_augment(input_shape: tuple[int, ...], *, dataset: str | None = None)
     if len(input_shape) == 3:
         small = min(input_shape[1:]) <= 8
         return ImageAugment(translate=1 if small else 2, flip=dataset == "fashion-mnist")
-    raise ValueError(f"no default augmentation for inputs of shape {input_shape}; pass augment=callable")
+    raise InputError(f"no default augmentation for inputs of shape {input_shape}; pass augment=callable")

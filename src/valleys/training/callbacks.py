@@ -19,6 +19,7 @@ from torch import Tensor
 from ..core.adapter import ModelAdapter
 from ..core.batchnorm import recompute_bn
 from ..core.weights import WeightSpace, preserved_modes
+from ..errors import InputError
 from ..methods.averaging import Averager, NotCollectedError
 from ..methods.ensembles import snapshot
 from .trainer import Callback, Trainer
@@ -57,15 +58,15 @@ class CollectionSchedule:
 
     def __post_init__(self) -> None:
         if self.every not in _MODES:
-            raise ValueError(f"unknown collect mode {self.every!r}; choose one of {', '.join(_MODES)}")
+            raise InputError(f"unknown collect mode {self.every!r}; choose one of {', '.join(_MODES)}")
         if self.start < 0:
-            raise ValueError(f"start must be >= 0 epochs, got {self.start}")
+            raise InputError(f"start must be >= 0 epochs, got {self.start}")
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(
+            raise InputError(
                 f"k must be an integer >= 1 ({'steps' if self.every == 'steps' else 'epochs'}), got {self.k!r}"
             )
         if self.every == "cycle" and (self.cycle is None or self.cycle < 1 or not 0 <= self.phase < 1):
-            raise ValueError("every='cycle' needs cycle >= 1 epochs and phase in [0, 1)")
+            raise InputError("every='cycle' needs cycle >= 1 epochs and phase in [0, 1)")
 
     def after_step(self, step: int, epoch: int, steps_per_epoch: float) -> bool:
         """Whether to collect after global step ``step`` (from 1), taken in epoch ``epoch`` (from 0).
@@ -120,7 +121,7 @@ class CollectingCore:
         if self._signature is not None and now != self._signature:
             # strict=False: when the number of parameters changed, the message says so below
             changed = [n for (n, s), (m, t) in zip(now, self._signature, strict=False) if n != m or s != t]
-            raise ValueError(
+            raise InputError(
                 f"{type(self).__name__}: the module's parameters changed shape or names since the callback "
                 f"was set up ({', '.join(changed[:3]) or 'their number changed'}); a weight average needs "
                 "the same parameters throughout: attach a new callback to a changed model"
@@ -181,7 +182,7 @@ class SWACallback(Callback):
 
     def on_train_start(self, trainer: Trainer) -> None:
         if self.start >= trainer.epochs:
-            raise ValueError(
+            raise InputError(
                 f"SWA would start after epoch {self.start} but training has only {trainer.epochs} epochs; "
                 "choose a start below the number of epochs"
             )
@@ -288,9 +289,9 @@ class FGECallback(Callback):
 
     def __init__(self, cycle: int, start: int = 0) -> None:
         if not isinstance(cycle, int) or cycle < 2 or cycle % 2:
-            raise ValueError(f"the FGE cycle must be an even number of epochs >= 2, got {cycle!r}")
+            raise InputError(f"the FGE cycle must be an even number of epochs >= 2, got {cycle!r}")
         if start < 0:
-            raise ValueError(f"start must be >= 0 epochs, got {start}")
+            raise InputError(f"start must be >= 0 epochs, got {start}")
         self.cycle = cycle
         self.start = start
         self.schedule = CollectionSchedule(start, "cycle", cycle=cycle, phase=0.5)
@@ -298,7 +299,7 @@ class FGECallback(Callback):
 
     def on_train_start(self, trainer: Trainer) -> None:
         if self.start + self.cycle > trainer.epochs:
-            raise ValueError(
+            raise InputError(
                 f"FGE starting after epoch {self.start} with {self.cycle}-epoch cycles needs at least "
                 f"{self.start + self.cycle} epochs, training has {trainer.epochs}"
             )

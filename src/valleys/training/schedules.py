@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
+
 __all__ = [
     "Schedule",
     "Constant",
@@ -43,10 +45,10 @@ class Schedule:
         The optimizer's ``lr`` is treated as the base; the lambda returns ``self(step / steps_per_epoch) / base``.
         """
         if steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be at least 1, got {steps_per_epoch}")
+            raise InputError(f"steps_per_epoch must be at least 1, got {steps_per_epoch}")
         bases = [g["lr"] for g in optimizer.param_groups]
         if any(b <= 0 for b in bases):
-            raise ValueError("the optimizer's lr must be positive to serve as the schedule's base")
+            raise InputError("the optimizer's lr must be positive to serve as the schedule's base")
 
         def factor(base: float) -> Callable[[int], float]:
             return lambda step: self(step / steps_per_epoch) / base
@@ -56,7 +58,7 @@ class Schedule:
 
 def _positive(name: str, value: float) -> None:
     if not value > 0:
-        raise ValueError(f"{name} must be positive, got {value}")
+        raise InputError(f"{name} must be positive, got {value}")
 
 
 @dataclass
@@ -117,7 +119,7 @@ class SWALRAnneal(Schedule):
         _positive("lr", self.lr_init)
         _positive("swa_lr", self.swa_lr)
         if self.strategy not in ("cos", "linear"):
-            raise ValueError(f"unknown anneal strategy {self.strategy!r}; choose 'cos' or 'linear'")
+            raise InputError(f"unknown anneal strategy {self.strategy!r}; choose 'cos' or 'linear'")
 
     def lr(self, epoch: float) -> float:
         if epoch <= self.start:
@@ -145,7 +147,7 @@ class TriangularCyclic(Schedule):
         _positive("lr_1", self.lr_1)
         _positive("lr_2", self.lr_2)
         if self.cycle < 2 or self.cycle % 2:
-            raise ValueError(f"the cycle must be an even number of epochs >= 2, got {self.cycle}")
+            raise InputError(f"the cycle must be an even number of epochs >= 2, got {self.cycle}")
 
     def lr(self, epoch: float) -> float:
         t = ((epoch - self.offset) / self.cycle) % 1.0
@@ -169,9 +171,9 @@ class CosineReplay(Schedule):
         _positive("lr", self.lr_init)
         _positive("length", self.length)
         if not 0 < self.cycle <= self.length:
-            raise ValueError(f"cycle must be in (0, length], got {self.cycle}")
+            raise InputError(f"cycle must be in (0, length], got {self.cycle}")
         if self.total is not None and not self.total > 0:
-            raise ValueError(f"total must be positive, got {self.total}")
+            raise InputError(f"total must be positive, got {self.total}")
 
     def _cos(self, e: float) -> float:
         total = self.total if self.total is not None else self.length

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ..core.batches import sized_length
 from ..core.distributed import world_size
-from ..errors import MissingLabelsError
+from ..errors import InputError, MissingLabelsError
 
 __all__ = [
     "NO_LABEL",
@@ -116,18 +116,18 @@ def labelled_split(targets: Tensor | Sequence[int], labels_per_class: int, seed:
     """
     y = torch.as_tensor(targets).long()
     if isinstance(labels_per_class, bool) or not isinstance(labels_per_class, int) or labels_per_class < 1:
-        raise ValueError(
+        raise InputError(
             f"labels per class must be an integer >= 1, got {labels_per_class!r} "
             "(with no labels there is nothing to learn the classes from)"
         )
     if y.dim() != 1 or y.numel() == 0:
-        raise ValueError("the targets must be a non-empty 1-D tensor of class labels")
+        raise InputError("the targets must be a non-empty 1-D tensor of class labels")
     classes, counts = torch.unique(y, return_counts=True)
     short = [(int(c), int(n)) for c, n in zip(classes, counts, strict=True) if int(n) < labels_per_class]
     if short:
         fewest = min(n for _, n in short)
         listed = ", ".join(f"class {c} has {n}" for c, n in short[:5]) + (" ..." if len(short) > 5 else "")
-        raise ValueError(
+        raise InputError(
             f"labels per class {labels_per_class} is more than a class has ({listed}); choose at most {fewest}"
         )
     gen = torch.Generator().manual_seed(int(seed))
@@ -155,7 +155,7 @@ class PartiallyLabelled(Dataset):
         self.is_labelled = torch.zeros(n, dtype=torch.bool)
         idx = torch.as_tensor(labelled, dtype=torch.long)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
-            raise IndexError(f"labelled indices must lie in [0, {n}), got {int(idx.min())}..{int(idx.max())}")
+            raise InputError(f"labelled indices must lie in [0, {n}), got {int(idx.min())}..{int(idx.max())}")
         self.is_labelled[idx] = True
 
     def __len__(self) -> int:
@@ -203,24 +203,24 @@ class MixedBatchSampler(torch.utils.data.Sampler):
         self.unlabelled = torch.as_tensor(unlabelled, dtype=torch.long)
         for name, v in (("batch size", batch_size), ("labelled batch size", labelled_batch_size)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"the {name} must be an integer >= 1, got {v!r}")
+                raise InputError(f"the {name} must be an integer >= 1, got {v!r}")
         if labelled_batch_size > batch_size:
-            raise ValueError(
+            raise InputError(
                 f"the labelled batch size {labelled_batch_size} is larger than the batch size "
                 f"{batch_size}; choose at most {batch_size} labelled examples per batch"
             )
         if self.labelled.numel() == 0:
-            raise ValueError("there are no labelled examples to draw from")
+            raise InputError("there are no labelled examples to draw from")
         self.batch_size, self.labelled_batch_size = batch_size, labelled_batch_size
         self.unlabelled_batch_size = batch_size - labelled_batch_size
         if self.unlabelled_batch_size and self.unlabelled.numel() < self.unlabelled_batch_size:
-            raise ValueError(
+            raise InputError(
                 f"{self.unlabelled.numel()} unlabelled examples do not fill one batch's "
                 f"{self.unlabelled_batch_size} unlabelled places; lower --batch-size or raise "
                 "--labelled-batch-size"
             )
         if ranks > 1 and (labelled_batch_size % ranks or self.unlabelled_batch_size % ranks):
-            raise ValueError(
+            raise InputError(
                 f"{ranks} processes must split every batch into equal parts: the labelled batch size "
                 f"{labelled_batch_size} and the unlabelled part {self.unlabelled_batch_size} must both be "
                 f"multiples of {ranks}"

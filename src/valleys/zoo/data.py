@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from ..core.cache import cached_arrays
 from ..core.optional import require
-from ..errors import DatasetNotFoundError
+from ..errors import DatasetNotFoundError, InputError
 from .catalog import DATASETS  # noqa: F401  (re-exported)
 
 __all__ = ["Splits", "DATASETS", "load_dataset", "make_loader", "find_fashion_mnist", "DatasetNotFoundError"]
@@ -72,7 +72,7 @@ def _split(x: Tensor, y: Tensor, val_fraction: float, split_seed: int, train_sub
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     if train_subset is not None:
         if train_subset < 1:
-            raise ValueError(f"train_subset must be at least 1, got {train_subset}")
+            raise InputError(f"train_subset must be at least 1, got {train_subset}")
         train_idx = train_idx[:train_subset]
     return TensorDataset(x[train_idx], y[train_idx]), TensorDataset(x[val_idx], y[val_idx])
 
@@ -209,12 +209,12 @@ def _read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
+        raise InputError(f"{path} is not an IDX file of unsigned bytes")
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise ValueError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}")
+        raise InputError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}")
     return data.reshape(dims)
 
 
@@ -254,9 +254,9 @@ def load_dataset(
             ``splits.ood``, the out-of-distribution set.
     """
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
+        raise InputError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
     if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise InputError(f"val_fraction must be in [0, 1), got {val_fraction}")
     loader = {"mnist1d": _mnist1d, "digits": _digits, "fashion-mnist": lambda: _fashion(root)}[name]
     xtr, ytr, xte, yte = loader()
     num_classes = int(ytr.max()) + 1
@@ -292,6 +292,6 @@ def make_loader(
     see exactly the batches an uninterrupted run would.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
     gen = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, drop_last=drop_last)

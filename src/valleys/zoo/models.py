@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from .catalog import MODELS  # noqa: F401  (re-exported)
 
 __all__ = ["MLP", "CNN1D", "SmallCNN", "PreResNet", "VGG", "MODELS", "build_model"]
@@ -163,7 +164,7 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, **kwarg
     Raises ``ValueError`` naming the valid models for an unknown name or an input it cannot take.
     """
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+        raise InputError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
     shape = tuple(input_shape)
     numel = 1
     for s in shape:
@@ -172,10 +173,10 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, **kwarg
         return MLP(numel, num_classes, **kwargs)
     if name == "cnn1d":
         if len(shape) != 1 and not (len(shape) == 2 and shape[0] == 1):
-            raise ValueError(f"model 'cnn1d' needs 1-D signals, got input shape {shape}; use 'cnn' for images")
+            raise InputError(f"model 'cnn1d' needs 1-D signals, got input shape {shape}; use 'cnn' for images")
         return CNN1D(shape[-1], num_classes, **kwargs)
     if len(shape) != 3:
-        raise ValueError(
+        raise InputError(
             f"model {name!r} needs images of shape (C, H, W), got input shape {shape}; "
             "use 'mlp' or 'cnn1d' for this dataset"
         )

@@ -31,7 +31,7 @@ from torch.utils.data import TensorDataset
 
 from ..core.adapter import gaussian_nll  # noqa: F401  (re-exported: the loss of the Gaussian heads)
 from ..core.optional import require
-from ..errors import UCIFormatError
+from ..errors import InputError, UCIFormatError
 from .catalog import REGRESSION_DATASETS  # noqa: F401  (re-exported)
 
 __all__ = [
@@ -202,7 +202,7 @@ def load_regression(
     concrete, boston), the data seed of the toy (its test set is 100 fresh points from seed ``10000 +
     split``), or the ``index_train_<split>`` / ``index_test_<split>`` pair of a UCI folder."""
     if name not in REGRESSION_DATASETS:
-        raise ValueError(f"unknown regression dataset {name!r}; valid: {', '.join(REGRESSION_DATASETS)}")
+        raise InputError(f"unknown regression dataset {name!r}; valid: {', '.join(REGRESSION_DATASETS)}")
     if name == "uci":
         if root is None:
             raise UCIFormatError("dataset 'uci' needs the folder: pass --data-root PATH (root=...)")
