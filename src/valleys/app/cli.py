@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from ..errors import InputError
 from .options import CHECKS, add_flags, path_flag
 
 _T = TypeVar("_T")
@@ -628,7 +629,7 @@ def _print_curve(res: dict, out) -> None:
 
 def _unique_seeds(seeds) -> None:
     if seeds is not None and len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds lists a seed twice: {' '.join(map(str, seeds))}")
+        raise InputError(f"--seeds lists a seed twice: {' '.join(map(str, seeds))}")
 
 
 def _study(args: argparse.Namespace) -> int:
@@ -739,7 +740,7 @@ def _settings_from(cls: type[_T], args: argparse.Namespace, **fixed: object) -> 
     """A ``cls`` settings dataclass from the flags named like its fields (a flag left unset keeps the field's
     default) plus ``fixed``; ``--overwrite`` with ``--resume`` is refused first."""
     if getattr(args, "overwrite", False) and getattr(args, "resume", False):
-        raise ValueError("--overwrite and --resume contradict each other: choose one")
+        raise InputError("--overwrite and --resume contradict each other: choose one")
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in vars(args).items() if k in names and v is not None}, **fixed)
 
@@ -774,7 +775,7 @@ def _semisup(args: argparse.Namespace) -> int:
         import torch
 
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {cfg.device} requested but CUDA is not available; use --device cpu")
+            raise InputError(f"--device {cfg.device} requested but CUDA is not available; use --device cpu")
     from ..core.distributed import is_main
     from .parallel import default_jobs
 
@@ -850,7 +851,7 @@ def _under_torchrun(args: argparse.Namespace) -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if args.command not in ("train", "connect", "semisup"):
-        raise ValueError(
+        raise InputError(
             f"valleys {args.command} runs in one process; under torchrun only 'valleys train', "
             f"'valleys connect' and 'valleys semisup' run data-parallel: start it without torchrun "
             f"(python -m valleys {args.command} ...)"

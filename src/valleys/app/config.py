@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, MissingFileError
 from ..zoo.catalog import DATASETS, INPUT_KINDS, MODEL_INPUTS, MODELS, REGRESSION_DATASETS
 from .options import SEED_MAX, check_settings, check_types, settings_fields
 
@@ -222,7 +222,7 @@ def read_json_object(path: str | Path) -> dict[str, Any]:
     (``FileNotFoundError`` if it does not exist)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise MissingFileError(f"{path} does not exist")
     try:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -279,9 +279,7 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
     """The resolved :class:`TrainConfig` of a run folder's ``config.json``, every error naming the file."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{run_dir} is not a run folder: it has no config.json (train one with 'valleys train')"
-        )
+        raise MissingFileError(f"{run_dir} is not a run folder: it has no config.json (train one with 'valleys train')")
     raw = read_json_object(path)
     if raw.get("folder") == "curve":
         raise ConfigError(f"{run_dir} is a curve folder (made by 'valleys connect'), not a training run")

@@ -31,7 +31,7 @@ from ..core.checkpoint import (
 )
 from ..core.distributed import world_size
 from ..core.weights import WeightSpace
-from ..errors import InputError
+from ..errors import InputError, MissingFileError
 from ..geometry.curves import CURVE_KINDS, Curve, CurveModel
 from ..geometry.paths import BN_POLICIES, evaluate_path, segment
 from ..training.schedules import SWASchedule
@@ -89,28 +89,28 @@ class ConnectConfig:
         """Raise ``ValueError`` naming the first bad setting."""
         check_types(self)
         if not (self.run_a.strip() and self.run_b.strip()):
-            raise ValueError("run_a and run_b must be paths, got an empty string")
+            raise InputError("run_a and run_b must be paths, got an empty string")
         if self.kind not in CURVE_KINDS:
-            raise ValueError(f"unknown curve kind {self.kind!r}; choose one of {', '.join(CURVE_KINDS)}")
+            raise InputError(f"unknown curve kind {self.kind!r}; choose one of {', '.join(CURVE_KINDS)}")
         if self.bends < 2:
-            raise ValueError(f"a curve needs at least 2 control points, got --bends {self.bends}")
+            raise InputError(f"a curve needs at least 2 control points, got --bends {self.bends}")
         if (
             (self.epochs is not None and self.epochs < 1)
             or (self.lr is not None and not 0 < self.lr < math.inf)
             or self.batch_size < 1
             or self.checkpoint_every < 1
         ):
-            raise ValueError("epochs, lr, batch-size and checkpoint-every must be positive (and finite)")
+            raise InputError("epochs, lr, batch-size and checkpoint-every must be positive (and finite)")
         if self.points < 2:
-            raise ValueError(f"points must be at least 2, got {self.points}")
+            raise InputError(f"points must be at least 2, got {self.points}")
         if not 0 <= self.wd < math.inf:
-            raise ValueError(f"wd must be finite and >= 0, got {self.wd}")
+            raise InputError(f"wd must be finite and >= 0, got {self.wd}")
         if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+            raise InputError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 0 <= self.seed <= SEED_MAX:
-            raise ValueError(f"seed must be in [0, 2**63 - 1], got {self.seed}")
+            raise InputError(f"seed must be in [0, 2**63 - 1], got {self.seed}")
         if self.bn not in BN_POLICIES:
-            raise ValueError(f"unknown BatchNorm policy {self.bn!r}; choose one of {', '.join(BN_POLICIES)}")
+            raise InputError(f"unknown BatchNorm policy {self.bn!r}; choose one of {', '.join(BN_POLICIES)}")
 
 
 def load_endpoint(path: str | Path) -> tuple[nn.Module, TrainConfig]:
@@ -133,7 +133,7 @@ def _endpoints(cfg: ConnectConfig):
     model_a, cfg_a = load_endpoint(cfg.run_a)
     model_b, cfg_b = load_endpoint(cfg.run_b)
     if (cfg_a.dataset, cfg_a.model) != (cfg_b.dataset, cfg_b.model):
-        raise ValueError(
+        raise InputError(
             f"endpoints differ: {cfg.run_a} is {cfg_a.model} on {cfg_a.dataset}, {cfg.run_b} is "
             f"{cfg_b.model} on {cfg_b.dataset}; connect two networks of one architecture and dataset"
         )
@@ -141,10 +141,10 @@ def _endpoints(cfg: ConnectConfig):
     try:
         w_b = space.read(model_b)
     except ValueError as e:
-        raise ValueError(f"endpoints have different parameter shapes: {e}") from None
+        raise InputError(f"endpoints have different parameter shapes: {e}") from None
     w_a = space.read(model_a)
     if torch.equal(w_a, w_b):
-        raise ValueError(
+        raise InputError(
             f"the two endpoints {cfg.run_a} and {cfg.run_b} are identical networks: there is nothing "
             "to connect; pass two different runs"
         )
@@ -166,7 +166,7 @@ def connect_runs(
     cfg.check()
     cfg = dataclasses.replace(cfg, run_a=str(Path(cfg.run_a).resolve()), run_b=str(Path(cfg.run_b).resolve()))
     if Path(cfg.run_a) == Path(cfg.run_b):
-        raise ValueError(
+        raise InputError(
             f"the two endpoints are the same run ({cfg.run_a}): there is nothing to connect; pass two different runs"
         )
     out = Path(out)
@@ -176,7 +176,7 @@ def connect_runs(
         cfg = dataclasses.replace(cfg, epochs=cfg.epochs or saved.epochs, lr=cfg.lr or saved.lr)
         diff = {k: (getattr(saved, k), v) for k, v in asdict(cfg).items() if getattr(saved, k) != v}
         if diff:
-            raise ValueError(
+            raise InputError(
                 f"cannot resume {out}: the settings differ from its config.json: "
                 + "; ".join(f"{k} saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
             )
@@ -293,7 +293,7 @@ def _call_input(adapter: ModelAdapter, batch: Any) -> Any:
     """The adapter's ``(args, kwargs)`` as the one input value the trainer expands (a tuple or a dict)."""
     args, kwargs = adapter.inputs(batch)
     if args and kwargs:
-        raise ValueError(
+        raise InputError(
             "curve training takes positional or keyword model inputs, not both; pass input=... to the adapter"
         )
     if kwargs:
@@ -306,7 +306,7 @@ def read_curve_config(curve_dir: str | Path) -> ConnectConfig:
     folder is refused: it is not a curve folder)."""
     path = Path(curve_dir) / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{curve_dir} is not a curve folder: it has no config.json (make one with 'valleys connect')"
         )
     raw = read_json_object(path)

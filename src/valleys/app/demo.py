@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.checkpoint import write_json
+from ..errors import InputError, MissingFileError
 from ..zoo.data import load_dataset
 from .claims import claims_markdown, demo_claims
 from .config import TrainConfig, read_epoch_log
@@ -92,9 +93,9 @@ def check_budgets(budgets: Sequence[float]) -> list[float]:
     out = [float(b) for b in budgets]
     for b in out:
         if not (math.isfinite(b) and b >= 1):
-            raise ValueError(f"--budgets takes multiples of the epoch budget >= 1 (e.g. 1 1.5), got {b:g}")
+            raise InputError(f"--budgets takes multiples of the epoch budget >= 1 (e.g. 1 1.5), got {b:g}")
     if len(set(out)) != len(out):
-        raise ValueError(f"--budgets lists a multiple twice: {out}")
+        raise InputError(f"--budgets lists a multiple twice: {out}")
     return sorted(set(out) | {1.0})
 
 
@@ -148,7 +149,7 @@ def run_demo(
     base = quick_base(base, keep, p.quick) if quick else base
     seeds = list(seeds) if seeds is not None else ([0] if quick else [0, 1, 2])
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct, got {seeds}")
+        raise InputError(f"seeds must be distinct, got {seeds}")
     cfgs = {m: dataclasses.replace(base, method=m).resolved() for m in ("sgd", "swag", "fge")}  # checks first
     # what the user changed from the preset: its OOD settings and budgets were chosen for its own data and model
     own = preset_config(p)
@@ -908,7 +909,7 @@ def geometry_section(
     seeds = list(seeds) if seeds is not None else found
     missing = [s for s in seeds if s not in found]
     if not seeds or missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{out} needs run folders sgd-seed<s> and swag-seed<s> (a demo folder); "
             f"{'none found' if not seeds else f'missing for seeds {missing}'}"
         )

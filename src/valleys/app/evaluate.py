@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.checkpoint import CheckpointError, check_model_signature, checkpoint_field, load_checkpoint, write_json
-from ..errors import InputError
+from ..errors import InputError, MissingFileError
 from ..evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
 from ..evaluation.engine import BNPolicy
 from ..evaluation.metrics import LOG_EDGES, classification_metrics, regression_metrics
@@ -300,7 +300,7 @@ def evaluate_folder(
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir} is not a run folder (train one with 'valleys train')")
+        raise MissingFileError(f"{run_dir} is not a run folder (train one with 'valleys train')")
     config = run_dir / "config.json"
     raw = read_json_object(config) if config.is_file() else {}
     if (run_dir / "evaluation.json").exists() and not overwrite:

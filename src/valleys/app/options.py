@@ -152,7 +152,7 @@ def setting(
         negation: for a ``bool`` that defaults to ``True``: the help of its ``--no-<name>`` flag.
     """
     if check is not None and check not in CHECKS:
-        raise ValueError(f"unknown check {check!r}; valid checks: {', '.join(CHECKS)}")
+        raise InputError(f"unknown check {check!r}; valid checks: {', '.join(CHECKS)}")
     meta = {
         "help": help,
         "check": check,

@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
+
 __all__ = ["RegressionProtocol", "regression_protocol", "method_names"]
 
 
@@ -64,17 +66,17 @@ class RegressionProtocol:
         from .subspace import INFERENCE, SubspaceConfig
 
         if not self.datasets:
-            raise ValueError("--datasets needs at least one dataset")
+            raise InputError("--datasets needs at least one dataset")
         for d in self.datasets:
             if d not in REGRESSION_DATASETS:
-                raise ValueError(f"unknown regression dataset {d!r}; valid: {', '.join(REGRESSION_DATASETS)}")
+                raise InputError(f"unknown regression dataset {d!r}; valid: {', '.join(REGRESSION_DATASETS)}")
         if "uci" in self.datasets and not self.data_root:
-            raise ValueError("--datasets uci needs --data-root FOLDER (a folder in the UCI layout)")
+            raise InputError("--datasets uci needs --data-root FOLDER (a folder in the UCI layout)")
         if len(set(self.datasets)) != len(self.datasets):
-            raise ValueError(f"--datasets lists a dataset twice: {self.datasets}")
+            raise InputError(f"--datasets lists a dataset twice: {self.datasets}")
         for s in self.spaces:
             if s not in ("pca", "random"):
-                raise ValueError(f"--spaces takes pca and random, got {s!r}")
+                raise InputError(f"--spaces takes pca and random, got {s!r}")
         for inf in self.inference:
             INFERENCE.get(inf)  # an unknown name: InputError listing the valid ones
         if "nuts" in self.inference:
@@ -84,19 +86,19 @@ class RegressionProtocol:
         for name in ("splits", "epochs", "batch_size", "samples", "rank", "vi_steps"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+                raise InputError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
         if not isinstance(self.swag_rank, int) or self.swag_rank < 2:
-            raise ValueError(
+            raise InputError(
                 f"--swag-rank must be an integer >= 2 (the PCA subspace needs deviations), got {self.swag_rank!r}"
             )
         if self.rank > self.swag_rank:
-            raise ValueError(
+            raise InputError(
                 f"--rank {self.rank} is larger than the {self.swag_rank} SWAG deviations collected "
                 f"(--swag-rank); choose --rank at most {self.swag_rank}"
             )
         collected = min(self.swag_rank, self.epochs - self.epochs // 2)  # one deviation per epoch, second half
         if self.rank > collected - 1:  # the first deviation is zero (w_1 - mean_1): collected - 1 directions
-            raise ValueError(
+            raise InputError(
                 f"--rank {self.rank} needs at least {self.rank + 1} SWAG deviations, but {self.epochs} "
                 f"epochs with --swag-rank {self.swag_rank} collect {collected}; raise --epochs or "
                 "lower --rank"
@@ -104,9 +106,9 @@ class RegressionProtocol:
         for name in ("lr", "swa_lr"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v > 0):
-                raise ValueError(f"--{name.replace('_', '-')} must be finite and > 0, got {v!r}")
+                raise InputError(f"--{name.replace('_', '-')} must be finite and > 0, got {v!r}")
         if not (math.isfinite(self.wd) and self.wd >= 0):
-            raise ValueError(f"--wd must be finite and >= 0, got {self.wd!r}")
+            raise InputError(f"--wd must be finite and >= 0, got {self.wd!r}")
         SubspaceConfig(
             run="-",
             rank=self.rank,

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from ..zoo.catalog import DATASETS, MODELS
 from .claims import paired, verdict  # noqa: F401 (verdict: re-exported)
 from .options import setting
@@ -151,90 +152,90 @@ class SemisupConfig:
         from ..zoo.catalog import DATASETS, MODELS
 
         if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
+            raise InputError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
         if self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; valid: {', '.join(MODELS)}")
+            raise InputError(f"unknown model {self.model!r}; valid: {', '.join(MODELS)}")
         if not self.consistency:
-            raise ValueError("--consistency needs at least one of none, pi, mean-teacher")
+            raise InputError("--consistency needs at least one of none, pi, mean-teacher")
         for c in self.consistency:
             CONSISTENCY_TERMS.get(c)  # an unknown name: InputError listing the valid ones
         if len(set(self.consistency)) != len(self.consistency):
-            raise ValueError(f"--consistency lists a term twice: {self.consistency}")
+            raise InputError(f"--consistency lists a term twice: {self.consistency}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"--seeds needs distinct seeds, got {self.seeds}")
+            raise InputError(f"--seeds needs distinct seeds, got {self.seeds}")
         if any(not isinstance(s, int) or s < 0 for s in self.seeds):
-            raise ValueError(f"--seeds must be integers >= 0, got {self.seeds}")
+            raise InputError(f"--seeds must be integers >= 0, got {self.seeds}")
         for name in ("labels_per_class", "batch_size", "labelled_batch_size", "epochs", "cycle", "eval_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 extra = (
                     " (with no labels there is nothing to learn the classes from)" if name == "labels_per_class" else ""
                 )
-                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}{extra}")
+                raise InputError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}{extra}")
         if self.labelled_batch_size > self.batch_size:
-            raise ValueError(
+            raise InputError(
                 f"--labelled-batch-size {self.labelled_batch_size} is larger than --batch-size "
                 f"{self.batch_size}; choose at most {self.batch_size}"
             )
         if not (math.isfinite(self.consistency_weight) and self.consistency_weight >= 0):
-            raise ValueError(f"--consistency-weight must be finite and >= 0, got {self.consistency_weight!r}")
+            raise InputError(f"--consistency-weight must be finite and >= 0, got {self.consistency_weight!r}")
         if self.consistency_loss not in ("mse", "kl"):
-            raise ValueError(f"--consistency-loss must be mse or kl, got {self.consistency_loss!r}")
+            raise InputError(f"--consistency-loss must be mse or kl, got {self.consistency_loss!r}")
         if not (math.isfinite(self.rampup) and self.rampup >= 0):
-            raise ValueError(f"--rampup must be finite and >= 0 epochs, got {self.rampup!r}")
+            raise InputError(f"--rampup must be finite and >= 0 epochs, got {self.rampup!r}")
         if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"--ema-decay must be in [0, 1) (the teacher's EMA decay alpha), got {self.ema_decay!r}")
+            raise InputError(f"--ema-decay must be in [0, 1) (the teacher's EMA decay alpha), got {self.ema_decay!r}")
         for name in ("lr",):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"--{name} must be finite and > 0, got {v!r}")
+                raise InputError(f"--{name} must be finite and > 0, got {v!r}")
         if not (math.isfinite(self.wd) and self.wd >= 0):
-            raise ValueError(f"--wd must be finite and >= 0, got {self.wd!r}")
+            raise InputError(f"--wd must be finite and >= 0, got {self.wd!r}")
         if not 0 <= self.momentum < 1:
-            raise ValueError(f"--momentum must be in [0, 1), got {self.momentum!r}")
+            raise InputError(f"--momentum must be in [0, 1), got {self.momentum!r}")
         if not 0 < self.val_fraction < 1:
-            raise ValueError(
+            raise InputError(
                 f"--val-fraction must be in (0, 1): settings are chosen on a labelled validation "
                 f"split, got {self.val_fraction!r}"
             )
         l, c, e = self.l, self.cycle, self.epochs
         if self.cosine_epochs is None and l < 1:
-            raise ValueError(
+            raise InputError(
                 f"a cycle of {c} epochs is too long for --epochs {e}: the cosine phase (by default "
                 f"--epochs minus two cycles) would have {l} epochs; use --cycle at most {(e - 1) // 2}, "
                 "raise --epochs or set --cosine-epochs"
             )
         if self.cosine_epochs is not None and not 1 <= self.cosine_epochs <= e:
-            raise ValueError(f"--cosine-epochs must be in [1, --epochs {e}], got {self.cosine_epochs}")
+            raise InputError(f"--cosine-epochs must be in [1, --epochs {e}], got {self.cosine_epochs}")
         if c > e - l:
-            raise ValueError(
+            raise InputError(
                 f"a cycle of {c} epochs is longer than the {e - l} epochs that remain after the cosine "
                 f"phase of {l} epochs (--epochs {e}); use --cycle at most {max(e - l, 0)}, or fewer "
                 f"--cosine-epochs (default: --epochs minus two cycles)"
             )
         if c > l:
-            raise ValueError(
+            raise InputError(
                 f"a cycle of {c} epochs is longer than the cosine phase of {l} epochs it replays; "
                 f"use --cycle at most {l} or raise --epochs"
             )
         if (e - l) % c:
-            raise ValueError(
+            raise InputError(
                 f"the {e - l} epochs after the cosine phase are not a whole number of {c}-epoch cycles; "
                 f"choose --epochs {l + c * ((e - l) // c)} or {l + c * ((e - l) // c + 1)}"
             )
         if self.fast_swa_unit not in ("epochs", "steps"):
-            raise ValueError(f"--fast-swa-unit must be epochs or steps, got {self.fast_swa_unit!r}")
+            raise InputError(f"--fast-swa-unit must be epochs or steps, got {self.fast_swa_unit!r}")
         if isinstance(self.fast_swa_every, bool) or not isinstance(self.fast_swa_every, int) or self.fast_swa_every < 1:
-            raise ValueError(f"--fast-swa-every must be an integer >= 1, got {self.fast_swa_every!r}")
+            raise InputError(f"--fast-swa-every must be an integer >= 1, got {self.fast_swa_every!r}")
         if self.fast_swa_unit == "epochs" and self.fast_swa_every > c:
-            raise ValueError(
+            raise InputError(
                 f"--fast-swa-every {self.fast_swa_every} epochs is longer than the {c}-epoch cycle; "
                 f"fast-SWA averages several points per cycle: choose at most {c}"
             )
         for name in ("train_subset", "test_subset"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
 
     def check_data(self, splits: Any) -> None:
         """The checks that need the data: enough examples of every class, a batch's worth of unlabelled
@@ -246,14 +247,14 @@ class SemisupConfig:
         fewest = min(counts.values())
         if self.labels_per_class > fewest:
             worst = min(counts, key=counts.get)
-            raise ValueError(
+            raise InputError(
                 f"--labels-per-class {self.labels_per_class} is more than a class has: class {worst} has "
                 f"{fewest} training examples (after the validation split); choose at most {fewest}"
             )
         unlabelled = len(y) - self.labels_per_class * len(counts)
         need = self.batch_size - self.labelled_batch_size
         if need and unlabelled < need:
-            raise ValueError(
+            raise InputError(
                 f"{unlabelled} unlabelled examples do not fill one batch's {need} unlabelled places; "
                 "lower --batch-size or --labels-per-class"
             )
@@ -261,7 +262,7 @@ class SemisupConfig:
 
         world = world_size()
         if world > 1 and (self.labelled_batch_size % world or need % world):
-            raise ValueError(
+            raise InputError(
                 f"under torchrun with {world} processes, --labelled-batch-size "
                 f"{self.labelled_batch_size} and the unlabelled part of a batch ({need}) must both be "
                 f"multiples of {world}: every rank trains on an equal share of both"
@@ -269,7 +270,7 @@ class SemisupConfig:
         # one epoch is a pass over the unlabelled examples (MixedBatchSampler)
         steps_per_epoch = unlabelled // need if need else max(1, self.labels_per_class * len(counts) // self.batch_size)
         if self.fast_swa_unit == "steps" and self.fast_swa_every > self.cycle * steps_per_epoch:
-            raise ValueError(
+            raise InputError(
                 f"--fast-swa-every {self.fast_swa_every} steps is longer than the cycle of "
                 f"{self.cycle * steps_per_epoch} steps ({self.cycle} epochs of {steps_per_epoch})"
             )

@@ -59,33 +59,33 @@ class SubspaceConfig:
         SUBSPACES.get(self.space)  # an unknown name: InputError listing the valid ones
         INFERENCE.get(self.inference)
         if self.bn not in SUBSPACE_BN:
-            raise ValueError(f"--bn must be one of {', '.join(SUBSPACE_BN)}, got {self.bn!r}")
+            raise InputError(f"--bn must be one of {', '.join(SUBSPACE_BN)}, got {self.bn!r}")
         for name in ("rank", "samples", "thin", "vi_steps", "chains"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+                raise InputError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
         for name in ("burn_in", "warmup", "grid", "flow_layers"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 0, got {v!r}")
+                raise InputError(f"--{name.replace('_', '-')} must be an integer >= 0, got {v!r}")
         if self.grid == 1:
-            raise ValueError("--grid must be 0 (no density figure) or at least 2")
+            raise InputError("--grid must be 0 (no density figure) or at least 2")
         for name in ("temperature", "prior_scale", "vi_lr"):
             v = getattr(self, name)
             values = v if name != "vi_lr" and isinstance(v, (list, tuple)) else [v]
             if not values:
-                raise ValueError(f"--{name.replace('_', '-')} needs at least one value")
+                raise InputError(f"--{name.replace('_', '-')} needs at least one value")
             for x in values:
                 if not (isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0):
-                    raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {x!r}")
+                    raise InputError(f"--{name.replace('_', '-')} must be a finite number > 0, got {x!r}")
         if self.space == "curve" and not self.curve:
-            raise ValueError("--space curve needs --curve CURVE_FOLDER (made by 'valleys connect')")
+            raise InputError("--space curve needs --curve CURVE_FOLDER (made by 'valleys connect')")
         if self.space != "curve" and self.curve:
-            raise ValueError(f"--curve goes with --space curve, not --space {self.space}")
+            raise InputError(f"--curve goes with --space curve, not --space {self.space}")
         if self.space == "curve" and self.rank != 2:
-            raise ValueError(f"a curve subspace is a plane: --rank must be 2, got {self.rank}")
+            raise InputError(f"a curve subspace is a plane: --rank must be 2, got {self.rank}")
         if self.bn == "recompute" and self.inference in ("vi", "flow", "nuts"):
-            raise ValueError(
+            raise InputError(
                 f"--inference {self.inference} needs gradients in z, which a per-sample BatchNorm "
                 "recompute does not give; use --bn shift"
             )
@@ -97,7 +97,7 @@ def _load_swag(run_dir: Path, model: torch.nn.Module):
 
     path = run_dir / "posterior.safetensors"
     if not path.is_file():
-        raise ValueError(
+        raise InputError(
             f"--space pca needs a SWAG run (train it with --method swag); {run_dir} has no posterior.safetensors"
         )
     state, header = load_checkpoint(path)
@@ -142,12 +142,12 @@ def _curve_subspace(cfg: SubspaceConfig, model: torch.nn.Module, w_run: torch.Te
 
     curve_dir = Path(cfg.curve)  # type: ignore[arg-type]
     if not (curve_dir / "curve.safetensors").is_file():
-        raise ValueError(f"--curve {curve_dir} is not a curve folder (made by 'valleys connect')")
+        raise InputError(f"--curve {curve_dir} is not a curve folder (made by 'valleys connect')")
     space = WeightSpace(model)
     try:
         curve = load_curve(curve_dir, space)
     except Exception as e:  # noqa: BLE001 - a curve of another architecture: the message says so
-        raise ValueError(f"--curve {curve_dir} does not fit the run {cfg.run}: {e}") from None
+        raise InputError(f"--curve {curve_dir} does not fit the run {cfg.run}: {e}") from None
     with torch.no_grad():
         return curve_subspace(curve.start.detach(), curve.point(0.5).detach(), curve.end.detach())
 
@@ -195,7 +195,7 @@ def subspace_run(
     z0 = torch.zeros(subspace.k, dtype=torch.float64)
     ll0 = float(base.log_likelihood(z0))  # untempered (T = 1)
     if not math.isfinite(ll0):
-        raise ValueError(
+        raise InputError(
             f"the log-likelihood at the subspace's shift is {ll0}: the run's weights do not fit its "
             "training data (a diverged run?)"
         )
