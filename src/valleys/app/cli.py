@@ -409,7 +409,6 @@ def _subspace_table_parser(sub: argparse._SubParsersAction) -> None:
 
 def _regression_parser(sub: argparse._SubParsersAction) -> None:
     """``valleys regression``."""
-    from ..zoo.catalog import REGRESSION_DATASETS
     from .regression import RegressionProtocol
 
     rg = sub.add_parser(
@@ -417,57 +416,7 @@ def _regression_parser(sub: argparse._SubParsersAction) -> None:
         help="the UCI regression protocol over many splits: SGD, SWA, SWAG and "
         "subspace inference (RMSE, NLL, 95%% coverage; the 1-D toy figure with --datasets toy1d)",
     )
-    rd = RegressionProtocol()
-    rg.add_argument(
-        "--datasets",
-        nargs="+",
-        default=rd.datasets,
-        choices=list(REGRESSION_DATASETS),
-        help=f"regression sets (default: {' '.join(rd.datasets)})",
-    )
-    rg.add_argument("--splits", type=_positive_int, default=rd.splits, help="random 90/10 splits per dataset")
-    rg.add_argument("--epochs", type=_positive_int, default=rd.epochs, help="epochs of each network")
-    rg.add_argument("--lr", type=_positive_float, default=rd.lr, help="initial LR (SGD decays it; SWAG keeps it)")
-    rg.add_argument(
-        "--swa-lr", type=_positive_float, default=None, help="SWAG's constant collection LR (default: --lr)"
-    )
-    rg.add_argument("--wd", type=_non_negative_float, default=rd.wd, help="weight decay")
-    rg.add_argument("--batch-size", type=_positive_int, default=rd.batch_size, help="minibatch size")
-    rg.add_argument(
-        "--homoscedastic",
-        action="store_true",
-        help="one learned noise variance (default: the variance predicted per input)",
-    )
-    rg.add_argument("--swag-rank", type=_positive_int, default=rd.swag_rank, help="SWAG deviations collected (K)")
-    rg.add_argument("--samples", type=_positive_int, default=rd.samples, help="samples averaged by SWAG and subspaces")
-    rg.add_argument("--rank", type=_positive_int, default=rd.rank, help="subspace dimension k")
-    rg.add_argument("--spaces", nargs="+", default=rd.spaces, choices=["pca", "random"], help="subspaces")
-    rg.add_argument(
-        "--inference",
-        nargs="+",
-        default=rd.inference,
-        choices=["ess", "vi", "flow", "nuts"],
-        help="samplers in each subspace (nuts needs valleys[pyro])",
-    )
-    rg.add_argument(
-        "--temperature",
-        type=_positive_float,
-        nargs="+",
-        default=rd.temperature,
-        help="candidate temperatures, chosen per split on validation NLL",
-    )
-    rg.add_argument(
-        "--prior-scale",
-        type=_positive_float,
-        nargs="+",
-        default=rd.prior_scale,
-        help="candidate prior scales, chosen per split on validation NLL",
-    )
-    rg.add_argument("--burn-in", type=_non_negative_int, default=rd.burn_in, help="ESS steps discarded first")
-    rg.add_argument("--vi-steps", type=_positive_int, default=rd.vi_steps, help="VI optimisation steps")
-    rg.add_argument("--warmup", type=_non_negative_int, default=rd.warmup, help="NUTS warm-up steps")
-    rg.add_argument("--data-root", type=_path, default=None, help="the folder of --datasets uci (UCI layout)")
-    rg.add_argument("--seed", type=_seed, default=rd.seed, help="base seed (split i uses seed + i)")
+    add_flags(rg, RegressionProtocol)
     _resumable_output_flags(rg, "protocol")
 
 
@@ -748,7 +697,7 @@ def _settings_from(cls: type[_T], args: argparse.Namespace, **fixed: object) -> 
 def _regression(args: argparse.Namespace) -> int:
     from .regression import RegressionProtocol, regression_protocol
 
-    cfg = _settings_from(RegressionProtocol, args, heteroscedastic=not args.homoscedastic)
+    cfg = _settings_from(RegressionProtocol, args)
     from .parallel import default_jobs
 
     res = regression_protocol(

@@ -138,6 +138,7 @@ def setting(
     choices: Sequence[str] | None = None,
     required: bool = False,
     negation: str | None = None,
+    off: str | None = None,
 ) -> Any:
     """A settings field with everything its flag needs in ``metadata``.
 
@@ -150,6 +151,10 @@ def setting(
         positional: a positional argument (named like the field) instead of a ``--flag``.
         nargs, choices, required: as in ``argparse``.
         negation: for a ``bool`` that defaults to ``True``: the help of its ``--no-<name>`` flag.
+        off: for a ``bool`` that defaults to ``True``: the name of the one switch that turns it off instead
+            (``--homoscedastic`` for ``heteroscedastic``); ``help`` is that switch's.
+
+    A ``{default}`` in ``help`` is replaced by the default (a list's items joined by spaces).
     """
     if check is not None and check not in CHECKS:
         raise InputError(f"unknown check {check!r}; valid checks: {', '.join(CHECKS)}")
@@ -163,6 +168,7 @@ def setting(
         "choices": tuple(choices) if choices is not None else None,
         "required": required,
         "negation": negation,
+        "off": off,
     }
     if isinstance(default, list):
         items = list(default)
@@ -205,9 +211,13 @@ def add_flags(
     for f in settings_fields(cls):
         m = f.metadata
         base, _ = _base_type(f)
-        text = help_prefix(f.name) + m["help"]
+        default = _default(f)
+        shown = " ".join(map(str, default)) if isinstance(default, list) else str(default)
+        text = help_prefix(f.name) + m["help"].replace("{default}", shown)
         if base == "bool":
-            if m["required"]:  # a switch that must be given (the only choice for now)
+            if m.get("off"):  # one switch that turns a True-by-default setting off
+                parser.add_argument("--" + m["off"], dest=f.name, action="store_false", help=text)
+            elif m["required"]:  # a switch that must be given (the only choice for now)
                 parser.add_argument(flag_name(f.name), action="store_true", required=True, help=text)
             elif _default(f) is True:
                 parser.add_argument(flag_name(f.name), dest=f.name, action="store_true", default=True, help=text)

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..zoo.catalog import REGRESSION_DATASETS
+from .options import setting
 
 __all__ = ["RegressionProtocol", "regression_protocol", "method_names"]
 
@@ -39,26 +41,42 @@ __all__ = ["RegressionProtocol", "regression_protocol", "method_names"]
 class RegressionProtocol:
     """Settings of :func:`regression_protocol` (see ``valleys regression --help``)."""
 
-    datasets: list[str] = field(default_factory=lambda: ["diabetes", "concrete", "boston"])
-    splits: int = 10
-    epochs: int = 200
-    lr: float = 0.01
-    swa_lr: float | None = None  # SWAG's constant collection LR (default: lr)
-    wd: float = 1e-4
-    batch_size: int = 32
-    heteroscedastic: bool = True
-    swag_rank: int = 20
-    samples: int = 30
-    rank: int = 5
-    spaces: list[str] = field(default_factory=lambda: ["pca"])
-    inference: list[str] = field(default_factory=lambda: ["ess", "vi"])
-    temperature: list[float] = field(default_factory=lambda: [1.0])
-    prior_scale: list[float] = field(default_factory=lambda: [1.0, 3.0, 10.0])
-    burn_in: int = 20
-    vi_steps: int = 1000
-    warmup: int = 100
-    data_root: str | None = None
-    seed: int = 0
+    datasets: list[str] = setting(
+        ["diabetes", "concrete", "boston"],
+        "regression sets (default: {default})",
+        nargs="+",
+        choices=REGRESSION_DATASETS,
+    )
+    splits: int = setting(10, "random 90/10 splits per dataset", check="positive")
+    epochs: int = setting(200, "epochs of each network", check="positive")
+    lr: float = setting(0.01, "initial LR (SGD decays it; SWAG keeps it)", check="positive")
+    swa_lr: float | None = setting(None, "SWAG's constant collection LR (default: --lr)", check="positive")
+    wd: float = setting(1e-4, "weight decay", check="non_negative")
+    batch_size: int = setting(32, "minibatch size", check="positive")
+    heteroscedastic: bool = setting(
+        True, "one learned noise variance (default: the variance predicted per input)", off="homoscedastic"
+    )
+    swag_rank: int = setting(20, "SWAG deviations collected (K)", check="positive")
+    samples: int = setting(30, "samples averaged by SWAG and subspaces", check="positive")
+    rank: int = setting(5, "subspace dimension k", check="positive")
+    spaces: list[str] = setting(["pca"], "subspaces", nargs="+", choices=("pca", "random"))
+    inference: list[str] = setting(
+        ["ess", "vi"],
+        "samplers in each subspace (nuts needs valleys[pyro])",
+        nargs="+",
+        choices=("ess", "vi", "flow", "nuts"),
+    )
+    temperature: list[float] = setting(
+        [1.0], "candidate temperatures, chosen per split on validation NLL", nargs="+", check="positive"
+    )
+    prior_scale: list[float] = setting(
+        [1.0, 3.0, 10.0], "candidate prior scales, chosen per split on validation NLL", nargs="+", check="positive"
+    )
+    burn_in: int = setting(20, "ESS steps discarded first", check="non_negative")
+    vi_steps: int = setting(1000, "VI optimisation steps", check="positive")
+    warmup: int = setting(100, "NUTS warm-up steps", check="non_negative")
+    data_root: str | None = setting(None, "the folder of --datasets uci (UCI layout)", check="path")
+    seed: int = setting(0, "base seed (split i uses seed + i)", check="seed")
 
     def check(self) -> None:
         """Refuse bad values before any work (``ValueError`` naming the flag)."""
