@@ -72,7 +72,7 @@ from .errors import __all__ as _ERRORS  # noqa: E402 - imports nothing; every er
 
 #: ``{module: public names}``: where each name of :data:`__all__` lives.
 _SOURCES: dict[str, tuple[str, ...]] = {
-    ".errors": _ERRORS,
+    ".errors": tuple(_ERRORS),
     ".methods.averaging": ("EMA", "SWA"),
     ".core.batchnorm": ("recompute_bn",),
     ".core.checkpoint": ("load_checkpoint", "save_checkpoint"),
