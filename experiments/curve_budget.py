@@ -20,7 +20,7 @@ import time
 import torch
 
 from valleys.app.connect import ConnectConfig, load_endpoint, train_curve
-from valleys.app.runs import load_splits
+from valleys.app.run_data import load_splits
 from valleys.core.weights import WeightSpace
 from valleys.geometry.paths import evaluate_path
 from valleys.zoo.data import make_loader

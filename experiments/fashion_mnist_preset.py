@@ -21,9 +21,10 @@ import json
 import time
 from pathlib import Path
 
+from valleys.app.config import TrainConfig
 from valleys.app.parallel import call, default_jobs, run_jobs
 from valleys.app.report import aggregate
-from valleys.app.runs import TrainConfig, train_run
+from valleys.app.train import train_run
 from valleys.zoo.data import load_dataset
 
 BASE = TrainConfig(dataset="fashion-mnist", model="mlp", wd=5e-4, samples=10)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from valleys.app.demo import DEMO_CONFIG
 from valleys.app.parallel import call, default_jobs, run_jobs
-from valleys.app.runs import train_run
+from valleys.app.train import train_run
 from valleys.zoo.data import load_dataset
 
 

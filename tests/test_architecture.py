@@ -15,6 +15,35 @@ def test_no_module_imports_a_higher_layer_or_a_private_name():
     assert check_imports.violations(ROOT / "src" / "valleys") == []
 
 
+def test_no_import_cycles():
+    assert check_imports.cycles(check_imports.import_graph(ROOT / "src" / "valleys")) == []
+
+
+def test_checker_finds_cycles_at_module_level_only(tmp_path):
+    pkg = tmp_path / "valleys"
+    (pkg / "app" / "methods").mkdir(parents=True)
+    for init in (pkg, pkg / "app", pkg / "app" / "methods"):
+        (init / "__init__.py").write_text("")
+    # runs -> methods.base (module level) -> runs (under TYPE_CHECKING: still module level): a cycle
+    (pkg / "app" / "runs.py").write_text("from .methods.base import Method\n")
+    (pkg / "app" / "methods" / "base.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..runs import TrainConfig\nMethod = 1\n"
+    )
+    # a -> b at module level, b -> a inside a function: no cycle; c -> d -> e -> c: one cycle of three
+    (pkg / "app" / "a.py").write_text("from . import b\n")
+    (pkg / "app" / "b.py").write_text("def f():\n    from . import a\n")
+    (pkg / "app" / "c.py").write_text("import valleys.app.d\n")
+    (pkg / "app" / "d.py").write_text("from .e import x\n")
+    (pkg / "app" / "e.py").write_text("class K:\n    from .c import y\nx = 1\n")
+    graph = check_imports.import_graph(pkg)
+    assert graph["valleys.app.a"] == {"valleys.app.b"} and graph["valleys.app.b"] == set()
+    assert check_imports.cycles(graph) == [
+        ["valleys.app.c", "valleys.app.d", "valleys.app.e", "valleys.app.c"],
+        ["valleys.app.methods.base", "valleys.app.runs", "valleys.app.methods.base"],
+    ]
+    assert check_imports.main(["check_imports", str(pkg)]) == 1
+
+
 def test_checker_reports_upward_and_private_imports(tmp_path):
     pkg = tmp_path / "valleys"
     for sub in ("core", "app"):

@@ -202,13 +202,13 @@ def test_the_demo_runs_the_preset_it_is_given(tmp_path, monkeypatch):
 def test_ensemble_accuracy_of_the_first_k_members():
     import torch
 
-    from valleys.app.runs import _prefix_accuracy
+    from valleys.app.evaluate import prefix_accuracy
 
     targets = torch.tensor([0, 1, 1])
     p1 = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])  # right on 1 of 3
     p2 = torch.tensor([[0.2, 0.8], [0.1, 0.9], [0.55, 0.45]])  # mean with p1: [.55 .45] [.35 .65] [.575 .425]
     p3 = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.0, 1.0]])  # mean of 3: [.667 .333] [.4 .6] [.383 .617]
-    assert _prefix_accuracy([p1, p2, p3], targets) == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert prefix_accuracy([p1, p2, p3], targets) == pytest.approx([1 / 3, 2 / 3, 1.0])
 
 
 def test_more_claims_snapshots_unbounded_widths_subspaces_and_semisup_rows():

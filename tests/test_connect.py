@@ -3,8 +3,9 @@ import json
 import pytest
 
 from valleys.app.cli import main
+from valleys.app.config import TrainConfig
 from valleys.app.connect import ConnectConfig, connect_runs, evaluate_curve_dir
-from valleys.app.runs import TrainConfig, train_run
+from valleys.app.train import train_run
 from valleys.core.checkpoint import CheckpointError, save_checkpoint
 
 

@@ -6,7 +6,8 @@ import math
 import pytest
 
 from valleys.app.cli import main
-from valleys.app.runs import TrainConfig, train_run
+from valleys.app.config import TrainConfig
+from valleys.app.train import train_run
 
 
 @pytest.fixture(scope="module")

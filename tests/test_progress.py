@@ -70,7 +70,8 @@ def test_on_a_terminal_it_is_tqdm():
 @pytest.mark.slow
 def test_sharpness_shows_progress_on_stderr_unless_no_progress(tmp_path, capsys):
     from valleys.app.cli import main
-    from valleys.app.runs import TrainConfig, train_run
+    from valleys.app.config import TrainConfig
+    from valleys.app.train import train_run
 
     run = tmp_path / "run"
     train_run(TrainConfig(method="sgd", model="mlp", epochs=1, train_subset=200, test_subset=100), run, progress=False)

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from conftest import loader
-from valleys.app.runs import TrainConfig, evaluate_run, train_run
+from valleys.app.config import TrainConfig
+from valleys.app.evaluate import evaluate_run
+from valleys.app.train import train_run
 from valleys.core.adapter import ModelAdapter
 from valleys.evaluation.predict import bma, evaluate
 from valleys.methods.ensembles import snapshot
@@ -98,7 +100,7 @@ def test_geometry_and_connect_on_regression_runs_use_the_gaussian_nll(tmp_path):
     import torch
 
     from valleys.app.cli import main
-    from valleys.app.studies import load_context
+    from valleys.app.studies.common import load_context
     from valleys.zoo.regression import gaussian_nll
 
     for seed in (0, 1):

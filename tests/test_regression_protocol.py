@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from cli_harness import refused, run
+from valleys.app.evaluate import evaluate_run
 from valleys.app.regression import RegressionProtocol, regression_protocol, summarise
-from valleys.app.runs import evaluate_run
 
 TINY = dict(splits=2, epochs=6, samples=4, burn_in=2, vi_steps=20, swag_rank=4, rank=2, prior_scale=[1.0, 3.0])
 

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from valleys.app.runs import TrainConfig, evaluate_run, train_run
+from valleys.app.config import TrainConfig
+from valleys.app.evaluate import evaluate_run
+from valleys.app.train import train_run
 from valleys.core.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.slow  # the module fixture trains six runs (~22 s)

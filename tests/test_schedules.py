@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
+from valleys.app.config import TrainConfig
 from valleys.app.registry import get_method
-from valleys.app.runs import TrainConfig
 from valleys.training.schedules import Constant, CosineReplay, SWALRAnneal, SWASchedule, TriangularCyclic
 
 

@@ -69,11 +69,11 @@ def test_unknown_attribute_still_raises():
 
 
 def test_parser_tables_match_the_library():
-    from valleys.app.runs import METHODS, TrainConfig
-    from valleys.app.settings import TrainSettings
+    from valleys.app.config import RunSettings, TrainConfig
+    from valleys.app.registry import method_help
     from valleys.zoo import catalog, data, models, regression
 
     assert data.DATASETS is catalog.DATASETS and models.MODELS is catalog.MODELS
     assert regression.REGRESSION_DATASETS is catalog.REGRESSION_DATASETS
-    assert issubclass(TrainConfig, TrainSettings) and TrainConfig() == TrainConfig(**vars(TrainSettings()))
-    assert list(METHODS) == ["sgd", "swa", "swag", "swag-diag", "fge", "ensemble", "multiswag"]
+    assert issubclass(TrainConfig, RunSettings) and TrainConfig() == TrainConfig(**vars(RunSettings()))
+    assert list(method_help()) == ["sgd", "swa", "swag", "swag-diag", "fge", "ensemble", "multiswag"]

@@ -5,9 +5,10 @@ import math
 
 import pytest
 
+from valleys.app.config import TrainConfig
 from valleys.app.connect import ConnectConfig, connect_runs
-from valleys.app.runs import TrainConfig, train_run
 from valleys.app.subspace import SubspaceConfig, subspace_run
+from valleys.app.train import train_run
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ Methods: :mod:`valleys.methods.averaging` (SWA, EMA), :mod:`valleys.training.cal
 :mod:`valleys.methods.swag` (SWAG, MultiSWAG), :mod:`valleys.methods.ensembles` (FGE),
 :mod:`valleys.evaluation.calibration`, :mod:`valleys.zoo.regression`; :mod:`valleys.evaluation.predict` averages
 any of them (BMA).
-Loop and entry points: :mod:`valleys.training.trainer`, :mod:`valleys.app.runs`; the CLI in :mod:`valleys.app.cli`.
+Loop and entry points: :mod:`valleys.training.trainer`, :mod:`valleys.app.train` (a run folder from one
+:class:`valleys.app.config.TrainConfig`); the CLI in :mod:`valleys.app.cli`.
 
 Importing ``valleys`` is cheap: the public names below are loaded on first use (PEP 562), so the command
 line's parser (``valleys --help``) starts without importing torch.
@@ -71,7 +72,7 @@ from .errors import __all__ as _ERRORS  # noqa: E402 - imports nothing; every er
 
 #: ``{module: public names}``: where each name of :data:`__all__` lives.
 _SOURCES: dict[str, tuple[str, ...]] = {
-    ".errors": _ERRORS,
+    ".errors": tuple(_ERRORS),
     ".methods.averaging": ("EMA", "SWA"),
     ".core.batchnorm": ("recompute_bn",),
     ".core.checkpoint": ("load_checkpoint", "save_checkpoint"),

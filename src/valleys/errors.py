@@ -35,6 +35,7 @@ __all__ = [
     "SamplerError",
     "DistributedSetupError",
     "DatasetNotFoundError",
+    "MissingFileError",
     "OutputFolderError",
     "TrainingDiverged",
 ]
@@ -127,6 +128,10 @@ class DistributedSetupError(ValleysError, RuntimeError):
 
 class DatasetNotFoundError(ValleysError, FileNotFoundError):
     """A dataset's files are not where valleys looks for them."""
+
+
+class MissingFileError(ValleysError, FileNotFoundError):
+    """A file or folder a command reads does not exist (a run folder, its ``config.json``, a demo's runs)."""
 
 
 class OutputFolderError(ValleysError, FileExistsError):

@@ -9,7 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (cli_harness, conftest models)
 
-from valleys.app.runs import TrainConfig, train_run  # noqa: E402
+from valleys.app.config import TrainConfig  # noqa: E402
+from valleys.app.train import train_run
 
 
 @pytest.fixture(scope="session")

@@ -404,7 +404,7 @@ def test_calibration_refuses_non_finite_input():
 
 
 def test_config_type_errors_name_the_field():
-    from valleys.app.runs import TrainConfig
+    from valleys.app.config import TrainConfig
 
     with pytest.raises(ValueError, match="epochs must be an integer"):
         TrainConfig(epochs="10").resolved()  # type: ignore[arg-type]

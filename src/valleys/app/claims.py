@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..errors import InputError
 from .report import mean_and_se
 
 __all__ = ["verdict", "paired", "demo_claims", "claims_markdown"]
@@ -46,7 +47,7 @@ def paired(
     standard error of the per-seed difference ``a - b`` (signed so that negative favours ``a``), and the
     verdict."""
     if len(a) != len(b) or not a:
-        raise ValueError(f"{claim}: needs the same non-empty number of values on both sides, got {len(a)} and {len(b)}")
+        raise InputError(f"{claim}: needs the same non-empty number of values on both sides, got {len(a)} and {len(b)}")
     sign = 1.0 if lower_is_better else -1.0
     n = len(a)
     mean, se = mean_and_se([sign * (x - y) for x, y in zip(a, b)])

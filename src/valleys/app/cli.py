@@ -1,7 +1,10 @@
-"""The ``valleys`` command line: argument parsing and orchestration only (the work is in the library).
+"""The ``valleys`` command line: argument parsing and dispatch only (the work is in the library and the run layer).
 
-The parser is built from plain data (:mod:`valleys.zoo.catalog`, :mod:`valleys.app.settings` and the method
-registry's metadata), so ``valleys --help`` starts without importing torch; each command imports what it runs.
+The parser is built from plain data (:mod:`valleys.zoo.catalog`, :class:`valleys.app.config.RunSettings`, and the
+registries: ``valleys train``'s method flags are generated from the registered methods' settings dataclasses,
+and every registered study is a subcommand whose flags come from its settings, see
+:mod:`valleys.app.options`), so ``valleys --help`` starts without importing torch; each command imports what
+it runs.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
+
+from ..errors import InputError
+from .options import CHECKS, add_flags, path_flag
 
 _T = TypeVar("_T")
 
@@ -42,64 +48,15 @@ JOBS_HELP = (
     "in this process with torch's own threads)"
 )
 
-# ---------------------------------------------------------------------- flag validators (torch-free)
-# Each is an argparse ``type=``: argparse prefixes its message with the flag ("argument --lr: must be ...").
-SEED_MAX = 2**63 - 1  # what every seeded generator (torch, numpy) accepts, with room for seed + epoch
-
-
-def _int_flag(lo: int, hi: int | None = None, what: str = ""):
-    """An integer in ``[lo, hi]``."""
-
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if v < lo or (hi is not None and v > hi):
-            rule = what or (f"in [{lo}, {hi}]" if hi is not None else f">= {lo}")
-            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
-        return v
-
-    parse.__name__ = "integer"
-    return parse
-
-
-def _float_flag(
-    lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False, what: str = ""
-):
-    """A finite float with optional bounds (open or closed); NaN and infinities are always refused."""
-
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        bad = not math.isfinite(v)
-        bad = bad or (lo is not None and (v <= lo if lo_open else v < lo))
-        bad = bad or (hi is not None and (v >= hi if hi_open else v > hi))
-        if bad:
-            raise argparse.ArgumentTypeError(f"must be {what or 'a finite number'}, got {text}")
-        return v
-
-    parse.__name__ = "number"
-    return parse
-
-
-_positive_int = _int_flag(1, what="a positive integer")
-_non_negative_int = _int_flag(0, what="an integer >= 0")
-_at_least_two = _int_flag(2, what="at least 2")
-_seed = _int_flag(0, SEED_MAX, what="an integer in [0, 2**63 - 1]")
-_finite_float = _float_flag()
-_positive_float = _float_flag(0, lo_open=True, what="finite and positive")
-_non_negative_float = _float_flag(0, what="finite and >= 0")
-_fraction = _float_flag(0, 1, hi_open=True, what="a finite number in [0, 1)")
-
-
-def _path(text: str) -> str:
-    """A file or folder argument: an empty string would silently mean the current folder."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must be a path, got an empty string")
-    return text
+# flag validators (argparse ``type=``, torch-free): argparse prefixes their message with the flag
+_positive_int = CHECKS["positive"][3]
+_non_negative_int = CHECKS["non_negative"][3]
+_at_least_two = CHECKS["at_least_two"][3]
+_seed = CHECKS["seed"][3]
+_positive_float = CHECKS["positive"][4]
+_non_negative_float = CHECKS["non_negative"][4]
+_fraction = CHECKS["fraction"][4]
+_path = path_flag
 
 
 class _Parser(argparse.ArgumentParser):
@@ -155,6 +112,31 @@ def _applies(setting: str) -> str:
     return ", ".join(methods_using(setting)) + ": "
 
 
+def _method_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of every registered method's settings (each settings dataclass once, in registry order)."""
+    from .registry import METHODS
+
+    for cls in dict.fromkeys(c for m in METHODS.values() for c in m.settings):
+        add_flags(p, cls, help_prefix=_applies)
+
+
+def _study_parsers(sub: argparse._SubParsersAction) -> None:
+    """``valleys <study>`` for every registered study: its settings' flags, then --out, --overwrite and
+    --no-progress."""
+    from .studies import STUDIES
+
+    for name, study in STUDIES.items():
+        sp = sub.add_parser(name, help=study.help)
+        add_flags(sp, study.settings)
+        sp.add_argument("--out", type=_path, required=True, help="output folder")
+        sp.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace a study already in --out (a run or curve folder is never replaced)",
+        )
+        sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
 def _resumable_output_flags(p: argparse.ArgumentParser, what: str) -> None:
     """The flags of a command that writes many runs into one folder and can resume: --out, --overwrite,
     --resume, --no-progress, --jobs."""
@@ -166,13 +148,7 @@ def _resumable_output_flags(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ..zoo.catalog import DATASETS, MODELS, REGRESSION_DATASETS
-    from .registry import method_help
-    from .regression import RegressionProtocol
-    from .semisup import SemisupConfig
-    from .settings import TrainSettings
-
-    d = TrainSettings()
+    """The whole command line: one sub-parser per command (each built by its own function below)."""
     p = _Parser(
         prog="valleys",
         description="Loss valleys for any PyTorch model: SWA and more.",
@@ -185,7 +161,29 @@ def _parser() -> argparse.ArgumentParser:
         metavar="COMMAND",  # every subcommand: the same help formatter
         parser_class=functools.partial(_Parser, formatter_class=_HelpFormatter),
     )
+    for build in (
+        _train_parser,
+        _evaluate_parser,
+        _connect_parser,
+        _study_parsers,
+        _geometry_parser,
+        _subspace_parser,
+        _subspace_table_parser,
+        _regression_parser,
+        _semisup_parser,
+        _demo_parser,
+    ):
+        build(sub)
+    return p
 
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    """``valleys train``: the run's settings, the registered methods' settings, the output flags."""
+    from ..zoo.catalog import DATASETS, MODELS, REGRESSION_DATASETS
+    from .config import RunSettings
+    from .registry import method_help
+
+    d = RunSettings()
     methods = method_help()
     width = max(map(len, methods))
 
@@ -212,51 +210,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--momentum", type=_fraction, default=d.momentum, help="SGD momentum")
     t.add_argument("--wd", type=_non_negative_float, default=d.wd, help="weight decay")
     t.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="minibatch size")
-    t.add_argument(
-        "--swa-start",
-        type=_positive_int,
-        default=None,
-        help=_applies("swa_start") + "epochs of SGD before averaging starts (default: epochs // 2)",
-    )
-    t.add_argument(
-        "--swa-lr", type=_positive_float, default=None, help=_applies("swa_lr") + "SWA learning rate (default: --lr)"
-    )
-    t.add_argument(
-        "--rank", type=_positive_int, default=d.rank, help=_applies("rank") + "number of deviation vectors K"
-    )
-    t.add_argument(
-        "--samples", type=_positive_int, default=d.samples, help=_applies("samples") + "test-time draws S (per member)"
-    )
-    t.add_argument(
-        "--bn-batches",
-        type=_positive_int,
-        default=None,
-        help=_applies("bn_batches") + "BN recompute per sample on N batches (default: all)",
-    )
-    t.add_argument(
-        "--cycle", type=_positive_int, default=d.cycle, help=_applies("cycle") + "cycle length in epochs (even)"
-    )
-    t.add_argument(
-        "--lr-1",
-        type=_positive_float,
-        default=None,
-        metavar="LR",
-        help=_applies("lr_1") + "cycle's highest LR (default: lr / 2)",
-    )
-    t.add_argument(
-        "--lr-2",
-        type=_positive_float,
-        default=None,
-        metavar="LR",
-        help=_applies("lr_2") + "cycle's lowest LR (default: lr / 200)",
-    )
-    t.add_argument(
-        "--fge-start",
-        type=_positive_int,
-        default=None,
-        help=_applies("fge_start") + "pre-training epochs (default: the first 80%%, whole cycles)",
-    )
-    t.add_argument("--members", type=_positive_int, default=d.members, help=_applies("members") + "number of runs")
+    _method_flags(t)
     t.add_argument(
         "--ood-split",
         action="store_true",
@@ -303,6 +257,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    """``valleys evaluate``."""
     e = sub.add_parser("evaluate", help="re-evaluate a run folder's predictive, print a table, write evaluation.json")
     e.add_argument("run_dir", type=_path, help="a folder written by 'valleys train' or 'valleys connect'")
     e.add_argument(
@@ -320,6 +277,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--overwrite", action="store_true", help="replace an evaluation.json already in the folder")
 
+
+def _connect_parser(sub: argparse._SubParsersAction) -> None:
+    """``valleys connect``."""
     c = sub.add_parser("connect", help="train a curve between two runs and compare it with the straight segment")
     c.add_argument(
         "run_a",
@@ -362,79 +322,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    def geometry_common(sp, grid: bool = False):
-        sp.add_argument("--out", type=_path, required=True, help="output folder")
-        sp.add_argument(
-            "--overwrite",
-            action="store_true",
-            help="replace a study already in --out (a run or curve folder is never replaced)",
-        )
-        sp.add_argument("--bn", default="recompute", choices=["recompute", "keep"], help="BatchNorm policy per point")
-        sp.add_argument("--no-progress", action="store_true", help="hide progress bars")
-        if grid:
-            sp.add_argument("--grid", type=_at_least_two, default=21, help="points per axis (>= 2)")
-            sp.add_argument(
-                "--margin", type=_non_negative_float, default=0.2, help="margin around the marked points (fraction)"
-            )
 
-    pl = sub.add_parser("plane", help="loss and error on the plane through three networks (or a curve or trajectory)")
-    pl.add_argument("points", nargs="*", type=_path, help="three run folders or model checkpoints A B C")
-    pl.add_argument(
-        "--curve",
-        type=_path,
-        default=None,
-        help="a 'valleys connect' folder: the plane of its two ends and its middle control point",
-    )
-    pl.add_argument(
-        "--trajectory", type=_path, default=None, help="a swa/swag run: its iterates W1, W2, W3 and SWA (slides 9-13)"
-    )
-    pl.add_argument(
-        "--pca", action="store_true", help="with --trajectory: the plane of the iterates' top two principal directions"
-    )
-    geometry_common(pl, grid=True)
-    pa = sub.add_parser("path", help="loss and error along the line through two networks (slide 15)")
-    pa.add_argument("a", type=_path, help="run folder or checkpoint (distance 0)")
-    pa.add_argument("b", type=_path, help="run folder or checkpoint")
-    pa.add_argument("--points", type=_at_least_two, default=41, help="points on the line")
-    pa.add_argument("--extend", type=_non_negative_float, default=0.5, help="extend beyond both ends by this fraction")
-    geometry_common(pa)
-    ra = sub.add_parser("rays", help="train loss along random rays from a network: valley width (slide 14)")
-    ra.add_argument("runs", nargs="+", type=_path, help="run folders or checkpoints (the same rays from each)")
-    ra.add_argument("--rays", type=_positive_int, default=10, help="number of random unit directions")
-    ra.add_argument("--max-distance", type=_positive_float, default=50.0, help="distance along each ray (weight units)")
-    ra.add_argument("--steps", type=_at_least_two, default=21, help="points per ray")
-    ra.add_argument(
-        "--rise", type=_positive_float, default=0.1, help="valley width: distance where the loss rises this much"
-    )
-    ra.add_argument("--seed", type=_seed, default=0, help="seed of the directions")
-    geometry_common(ra)
-    la = sub.add_parser("landscape", help="loss on a random 2-D plane around a network (Li et al. 2018)")
-    la.add_argument("run", type=_path, help="run folder or checkpoint")
-    la.add_argument("--random", action="store_true", required=True, help="random directions (the only kind for now)")
-    la.add_argument(
-        "--filter-norm",
-        dest="filter_norm",
-        action="store_true",
-        default=True,
-        help="filter-normalised directions (the default)",
-    )
-    la.add_argument("--no-filter-norm", dest="filter_norm", action="store_false", help="unit-norm directions instead")
-    la.add_argument("--span", type=_positive_float, default=1.0, help="coordinates in [-span, span]")
-    la.add_argument("--seed", type=_seed, default=0, help="seed of the directions")
-    geometry_common(la, grid=True)
-    sh = sub.add_parser("sharpness", help="top Hessian eigenvalues, trace and epsilon-sharpness of a network")
-    sh.add_argument("run", type=_path, help="run folder or checkpoint")
-    sh.add_argument("--k", type=_positive_int, default=3, help="top eigenvalues (Lanczos, 30 products at most)")
-    sh.add_argument("--examples", type=_positive_int, default=1000, help="training examples in the fixed subset")
-    sh.add_argument("--epsilon", type=_positive_float, default=1e-3, help="box size of epsilon-sharpness")
-    sh.add_argument("--out", type=_path, required=True, help="output folder")
-    sh.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    sh.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a study already in --out (a run or curve folder is never replaced)",
-    )
-
+def _geometry_parser(sub: argparse._SubParsersAction) -> None:
+    """``valleys geometry``: the demo's geometry section."""
     ge = sub.add_parser("geometry", help="the demo's geometry section (slides 6, 9-15) on an existing demo folder")
     ge.add_argument("demo_dir", type=_path, help="a folder made by 'valleys demo' (sgd-seed<s> and swag-seed<s> runs)")
     ge.add_argument("--seeds", type=_seed, nargs="+", default=None, help="seeds (default: all in the folder)")
@@ -442,6 +332,9 @@ def _parser() -> argparse.ArgumentParser:
     ge.add_argument("--overwrite", action="store_true", help="replace a geometry/ section already in the folder")
     ge.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
+
+def _subspace_parser(sub: argparse._SubParsersAction) -> None:
+    """``valleys subspace``."""
     ss = sub.add_parser(
         "subspace",
         help="Bayesian inference in a low-dimensional subspace of a run's weights "
@@ -498,6 +391,9 @@ def _parser() -> argparse.ArgumentParser:
     ss.add_argument("--overwrite", action="store_true", help="replace a subspace run already in --out")
     ss.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
+
+def _subspace_table_parser(sub: argparse._SubParsersAction) -> None:
+    """``valleys subspace-table``."""
     st = sub.add_parser(
         "subspace-table",
         help="the talk's classification comparison on a demo folder: SGD, SWA, "
@@ -510,170 +406,36 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--no-progress", action="store_true", help="hide progress bars")
     st.add_argument("--jobs", type=_positive_int, default=None, help=JOBS_HELP)
 
+
+def _regression_parser(sub: argparse._SubParsersAction) -> None:
+    """``valleys regression``."""
+    from .regression import RegressionProtocol
+
     rg = sub.add_parser(
         "regression",
         help="the UCI regression protocol over many splits: SGD, SWA, SWAG and "
         "subspace inference (RMSE, NLL, 95%% coverage; the 1-D toy figure with --datasets toy1d)",
     )
-    rd = RegressionProtocol()
-    rg.add_argument(
-        "--datasets",
-        nargs="+",
-        default=rd.datasets,
-        choices=list(REGRESSION_DATASETS),
-        help=f"regression sets (default: {' '.join(rd.datasets)})",
-    )
-    rg.add_argument("--splits", type=_positive_int, default=rd.splits, help="random 90/10 splits per dataset")
-    rg.add_argument("--epochs", type=_positive_int, default=rd.epochs, help="epochs of each network")
-    rg.add_argument("--lr", type=_positive_float, default=rd.lr, help="initial LR (SGD decays it; SWAG keeps it)")
-    rg.add_argument(
-        "--swa-lr", type=_positive_float, default=None, help="SWAG's constant collection LR (default: --lr)"
-    )
-    rg.add_argument("--wd", type=_non_negative_float, default=rd.wd, help="weight decay")
-    rg.add_argument("--batch-size", type=_positive_int, default=rd.batch_size, help="minibatch size")
-    rg.add_argument(
-        "--homoscedastic",
-        action="store_true",
-        help="one learned noise variance (default: the variance predicted per input)",
-    )
-    rg.add_argument("--swag-rank", type=_positive_int, default=rd.swag_rank, help="SWAG deviations collected (K)")
-    rg.add_argument("--samples", type=_positive_int, default=rd.samples, help="samples averaged by SWAG and subspaces")
-    rg.add_argument("--rank", type=_positive_int, default=rd.rank, help="subspace dimension k")
-    rg.add_argument("--spaces", nargs="+", default=rd.spaces, choices=["pca", "random"], help="subspaces")
-    rg.add_argument(
-        "--inference",
-        nargs="+",
-        default=rd.inference,
-        choices=["ess", "vi", "flow", "nuts"],
-        help="samplers in each subspace (nuts needs valleys[pyro])",
-    )
-    rg.add_argument(
-        "--temperature",
-        type=_positive_float,
-        nargs="+",
-        default=rd.temperature,
-        help="candidate temperatures, chosen per split on validation NLL",
-    )
-    rg.add_argument(
-        "--prior-scale",
-        type=_positive_float,
-        nargs="+",
-        default=rd.prior_scale,
-        help="candidate prior scales, chosen per split on validation NLL",
-    )
-    rg.add_argument("--burn-in", type=_non_negative_int, default=rd.burn_in, help="ESS steps discarded first")
-    rg.add_argument("--vi-steps", type=_positive_int, default=rd.vi_steps, help="VI optimisation steps")
-    rg.add_argument("--warmup", type=_non_negative_int, default=rd.warmup, help="NUTS warm-up steps")
-    rg.add_argument("--data-root", type=_path, default=None, help="the folder of --datasets uci (UCI layout)")
-    rg.add_argument("--seed", type=_seed, default=rd.seed, help="base seed (split i uses seed + i)")
+    add_flags(rg, RegressionProtocol)
     _resumable_output_flags(rg, "protocol")
+
+
+def _semisup_parser(sub: argparse._SubParsersAction) -> None:
+    """``valleys semisup``: the flags of :class:`valleys.app.semisup.SemisupConfig`, then the output flags."""
+    from .semisup import SemisupConfig
 
     ss = sub.add_parser(
         "semisup",
         help="semi-supervised training with a few labels: supervised-only, Pi model and "
         "mean teacher, each with SWA and fast-SWA side by side (slides 34-36)",
     )
-    sd = SemisupConfig()
-    ss.add_argument("--dataset", choices=list(DATASETS), default=sd.dataset, help="built-in dataset")
-    ss.add_argument("--model", choices=list(MODELS), default=sd.model, help="reference architecture")
-    ss.add_argument(
-        "--consistency",
-        nargs="+",
-        choices=["none", "pi", "mean-teacher"],
-        default=sd.consistency,
-        help="consistency terms, each a run per seed (none: cross-entropy on the labelled examples only)",
-    )
-    ss.add_argument(
-        "--labels-per-class",
-        type=_positive_int,
-        default=sd.labels_per_class,
-        help="labelled training examples per class, drawn from the seed; the rest are unlabelled",
-    )
-    ss.add_argument("--batch-size", type=_positive_int, default=sd.batch_size, help="examples per batch")
-    ss.add_argument(
-        "--labelled-batch-size",
-        type=_positive_int,
-        default=sd.labelled_batch_size,
-        help="labelled examples in every batch (the rest unlabelled)",
-    )
-    ss.add_argument(
-        "--epochs",
-        type=_positive_int,
-        default=sd.epochs,
-        help="epochs (one epoch: a pass over the unlabelled examples)",
-    )
-    ss.add_argument(
-        "--cosine-epochs",
-        type=_positive_int,
-        default=None,
-        help="length l of the first cosine phase (default: --epochs minus two cycles)",
-    )
-    ss.add_argument(
-        "--cycle",
-        type=_positive_int,
-        default=sd.cycle,
-        help="cycle length c in epochs: after the cosine phase the LR replays its last c epochs; SWA "
-        "averages at every cycle end",
-    )
-    ss.add_argument(
-        "--fast-swa-every",
-        type=_positive_int,
-        default=sd.fast_swa_every,
-        help="fast-SWA averages every k epochs (or steps, --fast-swa-unit) from epoch l - c on",
-    )
-    ss.add_argument(
-        "--fast-swa-unit", choices=["epochs", "steps"], default=sd.fast_swa_unit, help="unit of --fast-swa-every"
-    )
-    ss.add_argument("--lr", type=_positive_float, default=sd.lr, help="initial LR of the cosine")
-    ss.add_argument("--momentum", type=_fraction, default=sd.momentum, help="Nesterov momentum")
-    ss.add_argument("--wd", type=_non_negative_float, default=sd.wd, help="weight decay")
-    ss.add_argument(
-        "--consistency-weight",
-        type=_non_negative_float,
-        default=sd.consistency_weight,
-        help="lambda_max, the consistency loss's weight after the ramp-up",
-    )
-    ss.add_argument(
-        "--consistency-loss",
-        choices=["mse", "kl"],
-        default=sd.consistency_loss,
-        help="mse: squared error between the softmax outputs (mean over classes); kl: KL(target || student)",
-    )
-    ss.add_argument(
-        "--rampup",
-        type=_non_negative_float,
-        default=sd.rampup,
-        help="epochs r of the ramp-up lambda(t) = lambda_max exp(-5 (1 - min(t, r) / r)^2)",
-    )
-    ss.add_argument(
-        "--ema-decay",
-        type=_fraction,
-        default=sd.ema_decay,
-        help="mean teacher: EMA decay alpha in [0, 1), used as min(1 - 1/(step + 1), alpha)",
-    )
-    ss.add_argument(
-        "--no-augment", action="store_true", help="no input augmentation: the two views differ only through Dropout"
-    )
-    ss.add_argument(
-        "--seeds",
-        type=_seed,
-        nargs="+",
-        default=sd.seeds,
-        help="seeds (each draws its own labelled examples and initialisation)",
-    )
-    ss.add_argument(
-        "--val-fraction",
-        type=_fraction,
-        default=sd.val_fraction,
-        help="labelled validation split held out of training (choose settings on it)",
-    )
-    ss.add_argument("--train-subset", type=_positive_int, default=None, help="keep only N training examples")
-    ss.add_argument("--test-subset", type=_positive_int, default=None, help="keep only N test examples")
-    ss.add_argument("--data-root", type=_path, default=None, help="torchvision data root (Fashion-MNIST files)")
-    ss.add_argument("--eval-every", type=_positive_int, default=sd.eval_every, help="epochs between evaluations")
-    ss.add_argument("--device", default=sd.device, help="cpu, cuda or cuda:N")
+    add_flags(ss, SemisupConfig)
     _resumable_output_flags(ss, "study")
 
+
+def _demo_parser(sub: argparse._SubParsersAction) -> None:
+    """``valleys demo``."""
+    from ..zoo.catalog import DATASETS, MODELS
     from .presets import DEFAULT_PRESET, PRESETS, presets_help
 
     m = sub.add_parser(
@@ -741,25 +503,12 @@ def _parser() -> argparse.ArgumentParser:
         ("--batch-size", _positive_int),
     ):
         g.add_argument(flag, type=typ, default=None, help="as in 'valleys train' (default: the preset's value)")
-    return p
 
 
 def _keys(res: dict) -> tuple[str, ...]:
     from .report import TABLE_KEYS
 
     return ("rmse", "nll", "coverage_95") if "rmse" in res["metrics"]["test"] else TABLE_KEYS
-
-
-def _refuse_other_methods_settings(args: argparse.Namespace) -> None:
-    """Method-specific flags (``Method.settings`` in the registry) given for a method that does not use them."""
-    from .registry import optional_settings
-
-    given = {}
-    for setting, users in optional_settings().items():
-        if args.method not in users and getattr(args, setting, None) is not None:
-            given.setdefault(users, []).append("--" + setting.replace("_", "-"))
-    for users, flags in given.items():
-        raise ValueError(f"{' and '.join(flags)} only apply to --method {', '.join(users)}")
 
 
 def _given(argv: Sequence[str], command: str) -> dict[str, object]:
@@ -773,44 +522,12 @@ def _given(argv: Sequence[str], command: str) -> dict[str, object]:
     return {k: v for k, v in vars(sub.parse_args(rest)).items()}
 
 
-def _contradictions(given: dict[str, object], saved: dict[str, object], config: Path, flags: dict[str, str]) -> None:
-    """Refuse flags given with --resume whose value differs from the saved ``config.json``."""
-    bad = [
-        f"{flags.get(k, '--' + k.replace('_', '-'))} {given[k]!r} (config.json: {saved[k]!r})"
-        for k in given
-        if k in saved and given[k] != saved[k]
-    ]
-    if bad:
-        raise ValueError(
-            f"--resume continues {config.parent} with the settings of {config}; these flags contradict "
-            f"it: {', '.join(bad)}. Drop them (or start a new run without --resume)"
-        )
-
-
 def _train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     from .report import aggregate, format_table
-    from .runs import TrainConfig, read_run_config, train_run
+    from .train import train_config_from_flags, train_run
 
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
-    if args.model is None:
-        cfg.model = "mlp" if cfg.dataset in ("diabetes", "uci") else TrainConfig.model  # Gaussian-head MLP
-    if args.resume:  # the run's own settings; flags typed now must agree with them
-        from ..core.checkpoint import CheckpointError
-
-        out = Path(args.out or f"runs/{cfg.dataset}-{cfg.model}-{cfg.method}-seed{cfg.seed}")
-        if not (out / "config.json").is_file():
-            raise CheckpointError(
-                f"cannot resume: {out} holds no run (no config.json); train it first without --resume"
-            )
-        saved = read_run_config(out)
-        given = {k: v for k, v in _given(argv if argv is not None else sys.argv[1:], "train").items() if k in fields}
-        _contradictions(given, dataclasses.asdict(saved), out / "config.json", {"heteroscedastic": "--homoscedastic"})
-        args.method = saved.method
-        cfg = saved
-    _refuse_other_methods_settings(args)
-    cfg = cfg.resolved()
-    out = Path(args.out or f"runs/{cfg.dataset}-{cfg.model}-{cfg.method}-seed{cfg.seed}")
+    given = _given(argv if argv is not None else sys.argv[1:], "train") if args.resume else {}
+    cfg, out = train_config_from_flags(vars(args), given=given)
     args.out = str(out)  # for the interruption message
     from ..core.distributed import is_main
 
@@ -827,26 +544,9 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
 
 
 def _connect(args: argparse.Namespace) -> int:
-    from .connect import ConnectConfig, connect_runs, read_curve_config
+    from .connect import connect_config_from_flags, connect_runs
 
-    settings = ("kind", "bends", "epochs", "lr", "wd", "seed", "points", "bn")
-    given = {k: getattr(args, k) for k in settings if getattr(args, k) is not None}
-    if args.resume and (Path(args.out) / "config.json").is_file():  # the curve's own settings
-        saved = read_curve_config(args.out)
-        for end in ("run_a", "run_b"):
-            if getattr(args, end) is not None:
-                given[end] = str(Path(getattr(args, end)).resolve())
-        _contradictions(
-            given, dataclasses.asdict(saved), Path(args.out) / "config.json", {"run_a": "RUN_A", "run_b": "RUN_B"}
-        )
-        cfg = saved
-    elif args.run_a is None or args.run_b is None:
-        raise ValueError(
-            "connect needs two endpoints RUN_A RUN_B (run folders or model.safetensors files); "
-            "only --out FOLDER --resume continues a curve without them"
-        )
-    else:
-        cfg = ConnectConfig(args.run_a, args.run_b, **given)
+    cfg = connect_config_from_flags(vars(args))
     from ..core.distributed import is_main
 
     res = connect_runs(
@@ -876,224 +576,42 @@ def _print_curve(res: dict, out) -> None:
     print(f"\nwrote {Path(out) / 'report.md'} and {Path(out) / 'figures' / 'path.png'}")
 
 
-def _one_weight_space(ctx: dict) -> None:
-    """Refuse networks of different architectures or datasets in one study (``{path: (model, w, cfg, ...)}``)."""
-    from ..core.checkpoint import model_signature
-
-    (first, (m0, _, c0, *_)), *rest = ctx.items()
-    sig0 = model_signature(m0)
-    for path, (m, _, c, *_) in rest:
-        if model_signature(m) != sig0 or c.dataset != c0.dataset:
-            raise ValueError(
-                f"{path} is {c.model} on {c.dataset} and {first} is {c0.model} on {c0.dataset}"
-                f"{' with other parameter shapes' if model_signature(m) != sig0 else ''}: a study needs "
-                "networks of one architecture and dataset (one weight space)"
-            )
-
-
 def _unique_seeds(seeds) -> None:
     if seeds is not None and len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds lists a seed twice: {' '.join(map(str, seeds))}")
+        raise InputError(f"--seeds lists a seed twice: {' '.join(map(str, seeds))}")
 
 
-def _geometry(args: argparse.Namespace) -> int:
-    from . import studies as L
-    from .folders import check_output
+def _study(args: argparse.Namespace) -> int:
+    from .studies import StudyContext, get_study, run_study
 
-    check_output(args.out, overwrite=args.overwrite, study=True)  # before any work
-    progress = not getattr(args, "no_progress", True)
-    if args.command == "plane":
-        kinds = [
-            k
-            for k, v in (
-                ("three networks A B C", args.points),
-                ("--curve", args.curve),
-                ("--trajectory", args.trajectory),
-            )
-            if v
-        ]
-        if len(kinds) != 1 or (args.pca and not args.trajectory) or (args.points and len(args.points) != 3):
-            raise ValueError(
-                "plane needs three networks A B C, or --curve or --trajectory (--pca goes with "
-                f"--trajectory); got {' and '.join(kinds) or 'none'}"
-                + (f" ({len(args.points)} networks)" if args.points and len(args.points) != 3 else "")
-            )
-        if args.trajectory and args.pca:
-            res = L.pca_plane_study(args.trajectory, n=args.grid, margin=args.margin, bn=args.bn, progress=progress)
-            title = f"PCA plane of the trajectory of {args.trajectory}"
-        elif args.trajectory:
-            res = L.trajectory_plane_study(
-                args.trajectory, n=args.grid, margin=args.margin, bn=args.bn, progress=progress
-            )
-            title = f"trajectory plane of {args.trajectory}"
-        elif args.curve:
-            from .connect import load_curve, read_curve_config
-
-            model, _, cfg, loaders, bn = L.load_context(read_curve_config(args.curve).run_a)
-            space = L.WeightSpace(model)
-            curve = load_curve(Path(args.curve), space)
-            pts = curve.control_points().detach()
-            if len(pts) < 3:
-                raise ValueError("the curve has 2 control points (a straight segment): it spans no plane")
-            extra = {f"t={t}": curve.point(t).detach() for t in (0.25, 0.5, 0.75)}
-            res = L.plane_study(
-                model,
-                pts[0],
-                pts[len(pts) // 2],
-                pts[-1],
-                loaders,
-                extra=extra,
-                n=args.grid,
-                margin=args.margin,
-                bn=args.bn,
-                bn_loader=bn,
-                progress=progress,
-                adapter=cfg.adapter(),
-            )
-            res["points"] = {
-                "A": res["points"]["a"],
-                "bend": res["points"]["b"],
-                "B": res["points"]["c"],
-                **{k: v for k, v in res["points"].items() if k.startswith("t=")},
-            }
-            title = f"plane of the curve {args.curve}"
-        else:
-            ctx = [L.load_context(p) for p in args.points]
-            _one_weight_space(dict(zip(args.points, ctx)))
-            model, _, cfg, loaders, bn = ctx[0]
-            res = L.plane_study(
-                model,
-                ctx[0][1],
-                ctx[1][1],
-                ctx[2][1],
-                loaders,
-                n=args.grid,
-                margin=args.margin,
-                bn=args.bn,
-                bn_loader=bn,
-                progress=progress,
-                adapter=cfg.adapter(),
-            )
-            title = "plane through " + ", ".join(args.points)
-    elif args.command == "path":
-        model, wa, cfg, loaders, bn = L.load_context(args.a)
-        ctx_b = L.load_context(args.b)
-        _one_weight_space({args.a: (model, wa, cfg), args.b: ctx_b})
-        wb = ctx_b[1]
-        res = L.path_study(
-            model,
-            wa,
-            wb,
-            loaders,
-            points=args.points,
-            extend=args.extend,
-            bn=args.bn,
-            bn_loader=bn,
-            progress=progress,
-            adapter=cfg.adapter(),
-        )
-        res["a_label"], res["b_label"] = Path(args.a).name, Path(args.b).name
-        title = f"line from {args.a} to {args.b}"
-    elif args.command == "rays":
-        ctx = {p: L.load_context(p) for p in args.runs}
-        _one_weight_space(ctx)
-        model, _, cfg, loaders, bn = next(iter(ctx.values()))
-        res = L.rays_study(
-            model,
-            {p: c[1] for p, c in ctx.items()},
-            loaders["train"],
-            rays=args.rays,
-            max_distance=args.max_distance,
-            steps=args.steps,
-            rise=args.rise,
-            seed=args.seed,
-            bn=args.bn,
-            bn_loader=bn,
-            progress=progress,
-            adapter=cfg.adapter(),
-        )
-        title = "random rays from " + ", ".join(args.runs)
-    elif args.command == "landscape":
-        model, w, cfg, loaders, bn = L.load_context(args.run)
-        res = L.random_plane_study(
-            model,
-            w,
-            loaders,
-            n=args.grid,
-            span=args.span,
-            filter_norm=args.filter_norm,
-            seed=args.seed,
-            bn=args.bn,
-            bn_loader=bn,
-            progress=progress,
-            adapter=cfg.adapter(),
-        )
-        title = f"random plane around {args.run}"
-    else:
-        model, _, cfg, loaders, _ = L.load_context(args.run)
-        batches, seen = [], 0
-        for x, y in loaders["train"]:
-            batches.append((x[: args.examples - seen], y[: args.examples - seen]))
-            seen += len(batches[-1][1])
-            if seen >= args.examples:
-                break
-        res = L.sharpness_study(
-            model, batches, k=args.k, epsilon=args.epsilon, adapter=cfg.adapter(), progress=progress
-        )
-        title = f"sharpness of {args.run}"
-        print(
-            f"top Hessian eigenvalues {[round(v, 4) for v in res['top_eigenvalues']]}, trace "
-            f"{res['trace']['trace']:.3f} ± {res['trace']['stderr']:.3f}, epsilon-sharpness "
-            f"{res['epsilon_sharpness']['sharpness']:.4f}"
-        )
-    out = L.write_study(args.out, res, title=title, overwrite=args.overwrite)
+    study = get_study(args.command)
+    settings = _settings_from(study.settings, args)
+    result = run_study(
+        study, settings, args.out, context=StudyContext(progress=not args.no_progress), overwrite=args.overwrite
+    )
+    if study.summary(result):
+        print(study.summary(result))
+    out = Path(args.out)
     print(f"wrote {out / 'results.json'} and {out / 'report.md'}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .folders import OutputFolderError, check_writable
-    from .registry import methods_using
+    from .evaluate import evaluate_folder
     from .report import aggregate, format_table
-    from .runs import evaluate_run, read_json_object
 
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir} is not a run folder (train one with 'valleys train')")
-    config = run_dir / "config.json"
-    raw = read_json_object(config) if config.is_file() else {}
-    if (run_dir / "evaluation.json").exists() and not args.overwrite:
-        raise OutputFolderError(f"{run_dir} already holds evaluation.json; pass --overwrite to replace it")
-    check_writable(run_dir, str(run_dir))
-    if raw.get("folder") == "curve":
-        from .connect import evaluate_curve_dir
-
-        for flag, given in (
-            ("--samples", args.samples),
-            ("--ood", args.ood),
-            ("--temperature-scaling", args.temperature_scaling),
-        ):
-            if given:
-                raise ValueError(f"{flag} applies to training runs; {args.run_dir} is a curve folder")
-        _print_curve(evaluate_curve_dir(args.run_dir, points=args.points, progress=True), args.run_dir)
-        return 0
-    if args.points is not None:
-        raise ValueError(
-            f"--points applies to curve folders (made by 'valleys connect') only; {args.run_dir} is not one"
-        )
-    if args.samples is not None and raw.get("method") not in methods_using("samples"):
-        raise ValueError(
-            f"--samples applies to runs of --method {', '.join(methods_using('samples'))}; "
-            f"{args.run_dir} is a {raw.get('method')} run"
-        )
-
-    res = evaluate_run(
+    kind, res = evaluate_folder(
         args.run_dir,
+        points=args.points,
         samples=args.samples,
-        ood=True if args.ood else None,
+        ood=args.ood,
         temperature_scaling=args.temperature_scaling,
+        overwrite=args.overwrite,
         progress=True,
     )
+    if kind == "curve":
+        _print_curve(res, args.run_dir)
+        return 0
     keys = _keys(res)
     print(format_table({f"{res['method']} ({k})": aggregate([v], keys) for k, v in res["metrics"].items()}, keys))
     if "ood_auroc" in res:
@@ -1105,24 +623,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import preset_config, run_demo
-    from .presets import get_preset
+    from .demo import demo_base, run_demo
 
     _unique_seeds(args.seeds)
-    preset = preset_config(args.preset)
-    fields = {f.name for f in dataclasses.fields(preset)}
-    changes = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    base = dataclasses.replace(preset, **changes)
-    starts = ("swa_start", "fge_start")
-    budget = get_preset(args.preset).quick.get("epochs", preset.epochs) if args.quick else preset.epochs
-    new_budget = changes.get("epochs", budget) != budget
-    if new_budget:  # the preset's starts were for its budget: the defaults for the new one
-        for k in starts:
-            if k not in changes:
-                setattr(base, k, None)
-    if "lr" in changes and "swa_lr" not in changes:
-        base.swa_lr = None  # default: the new lr
-    keep = set(changes) | (set(starts) if new_budget else set())  # --quick changes only the rest
+    base, keep = demo_base(args.preset, vars(args), quick=args.quick)
     run_demo(
         args.out,
         quick=args.quick,
@@ -1185,7 +689,7 @@ def _settings_from(cls: type[_T], args: argparse.Namespace, **fixed: object) -> 
     """A ``cls`` settings dataclass from the flags named like its fields (a flag left unset keeps the field's
     default) plus ``fixed``; ``--overwrite`` with ``--resume`` is refused first."""
     if getattr(args, "overwrite", False) and getattr(args, "resume", False):
-        raise ValueError("--overwrite and --resume contradict each other: choose one")
+        raise InputError("--overwrite and --resume contradict each other: choose one")
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in vars(args).items() if k in names and v is not None}, **fixed)
 
@@ -1193,7 +697,7 @@ def _settings_from(cls: type[_T], args: argparse.Namespace, **fixed: object) -> 
 def _regression(args: argparse.Namespace) -> int:
     from .regression import RegressionProtocol, regression_protocol
 
-    cfg = _settings_from(RegressionProtocol, args, heteroscedastic=not args.homoscedastic)
+    cfg = _settings_from(RegressionProtocol, args)
     from .parallel import default_jobs
 
     res = regression_protocol(
@@ -1215,12 +719,12 @@ def _regression(args: argparse.Namespace) -> int:
 def _semisup(args: argparse.Namespace) -> int:
     from .semisup import SemisupConfig, semisup_run
 
-    cfg = _settings_from(SemisupConfig, args, augment=not args.no_augment)
+    cfg = _settings_from(SemisupConfig, args)
     if cfg.device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {cfg.device} requested but CUDA is not available; use --device cpu")
+            raise InputError(f"--device {cfg.device} requested but CUDA is not available; use --device cpu")
     from ..core.distributed import is_main
     from .parallel import default_jobs
 
@@ -1259,8 +763,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             init_from_env()
         if args.command == "train":
             return _train(args, list(argv) if argv is not None else sys.argv[1:])
-        if args.command in ("plane", "path", "rays", "landscape", "sharpness"):
-            return _geometry(args)
+        if args.command in _studies():
+            return _study(args)
         return {
             "evaluate": _evaluate,
             "demo": _demo,
@@ -1282,6 +786,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def _studies() -> list[str]:
+    from .studies import STUDIES
+
+    return STUDIES.names()
+
+
 def _under_torchrun(args: argparse.Namespace) -> bool:
     """Whether ``torchrun`` started this process with more than one rank; only ``train``, ``connect`` and
     ``semisup`` run data-parallel (other commands are refused with the command to use instead)."""
@@ -1290,7 +800,7 @@ def _under_torchrun(args: argparse.Namespace) -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if args.command not in ("train", "connect", "semisup"):
-        raise ValueError(
+        raise InputError(
             f"valleys {args.command} runs in one process; under torchrun only 'valleys train', "
             f"'valleys connect' and 'valleys semisup' run data-parallel: start it without torchrun "
             f"(python -m valleys {args.command} ...)"

@@ -31,27 +31,34 @@ from ..core.checkpoint import (
 )
 from ..core.distributed import world_size
 from ..core.weights import WeightSpace
+from ..errors import InputError, MissingFileError
 from ..geometry.curves import CURVE_KINDS, Curve, CurveModel
 from ..geometry.paths import BN_POLICIES, evaluate_path, segment
 from ..training.schedules import SWASchedule
 from ..training.trainer import CheckpointPolicy, DistributedPolicy, Trainer
 from ..zoo.data import make_loader
-from .runs import (
+from .config import (
     SEED_MAX,
     ConfigError,
     TrainConfig,
-    build_run_model,
     check_types,
     config_from_dict,
-    load_run_model,
-    load_splits,
-    prepare_run_dir,
-    ranks_folder,
     read_json_object,
     settings_from_dict,
 )
+from .evaluate import load_run_model
+from .folders import prepare_run_dir, ranks_folder
+from .run_data import build_run_model, load_splits
 
-__all__ = ["ConnectConfig", "connect_runs", "evaluate_curve_dir", "load_endpoint", "read_curve_config", "train_curve"]
+__all__ = [
+    "ConnectConfig",
+    "connect_config_from_flags",
+    "connect_runs",
+    "evaluate_curve_dir",
+    "load_endpoint",
+    "read_curve_config",
+    "train_curve",
+]
 
 
 @dataclass
@@ -82,28 +89,28 @@ class ConnectConfig:
         """Raise ``ValueError`` naming the first bad setting."""
         check_types(self)
         if not (self.run_a.strip() and self.run_b.strip()):
-            raise ValueError("run_a and run_b must be paths, got an empty string")
+            raise InputError("run_a and run_b must be paths, got an empty string")
         if self.kind not in CURVE_KINDS:
-            raise ValueError(f"unknown curve kind {self.kind!r}; choose one of {', '.join(CURVE_KINDS)}")
+            raise InputError(f"unknown curve kind {self.kind!r}; choose one of {', '.join(CURVE_KINDS)}")
         if self.bends < 2:
-            raise ValueError(f"a curve needs at least 2 control points, got --bends {self.bends}")
+            raise InputError(f"a curve needs at least 2 control points, got --bends {self.bends}")
         if (
             (self.epochs is not None and self.epochs < 1)
             or (self.lr is not None and not 0 < self.lr < math.inf)
             or self.batch_size < 1
             or self.checkpoint_every < 1
         ):
-            raise ValueError("epochs, lr, batch-size and checkpoint-every must be positive (and finite)")
+            raise InputError("epochs, lr, batch-size and checkpoint-every must be positive (and finite)")
         if self.points < 2:
-            raise ValueError(f"points must be at least 2, got {self.points}")
+            raise InputError(f"points must be at least 2, got {self.points}")
         if not 0 <= self.wd < math.inf:
-            raise ValueError(f"wd must be finite and >= 0, got {self.wd}")
+            raise InputError(f"wd must be finite and >= 0, got {self.wd}")
         if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+            raise InputError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 0 <= self.seed <= SEED_MAX:
-            raise ValueError(f"seed must be in [0, 2**63 - 1], got {self.seed}")
+            raise InputError(f"seed must be in [0, 2**63 - 1], got {self.seed}")
         if self.bn not in BN_POLICIES:
-            raise ValueError(f"unknown BatchNorm policy {self.bn!r}; choose one of {', '.join(BN_POLICIES)}")
+            raise InputError(f"unknown BatchNorm policy {self.bn!r}; choose one of {', '.join(BN_POLICIES)}")
 
 
 def load_endpoint(path: str | Path) -> tuple[nn.Module, TrainConfig]:
@@ -126,7 +133,7 @@ def _endpoints(cfg: ConnectConfig):
     model_a, cfg_a = load_endpoint(cfg.run_a)
     model_b, cfg_b = load_endpoint(cfg.run_b)
     if (cfg_a.dataset, cfg_a.model) != (cfg_b.dataset, cfg_b.model):
-        raise ValueError(
+        raise InputError(
             f"endpoints differ: {cfg.run_a} is {cfg_a.model} on {cfg_a.dataset}, {cfg.run_b} is "
             f"{cfg_b.model} on {cfg_b.dataset}; connect two networks of one architecture and dataset"
         )
@@ -134,10 +141,10 @@ def _endpoints(cfg: ConnectConfig):
     try:
         w_b = space.read(model_b)
     except ValueError as e:
-        raise ValueError(f"endpoints have different parameter shapes: {e}") from None
+        raise InputError(f"endpoints have different parameter shapes: {e}") from None
     w_a = space.read(model_a)
     if torch.equal(w_a, w_b):
-        raise ValueError(
+        raise InputError(
             f"the two endpoints {cfg.run_a} and {cfg.run_b} are identical networks: there is nothing "
             "to connect; pass two different runs"
         )
@@ -159,7 +166,7 @@ def connect_runs(
     cfg.check()
     cfg = dataclasses.replace(cfg, run_a=str(Path(cfg.run_a).resolve()), run_b=str(Path(cfg.run_b).resolve()))
     if Path(cfg.run_a) == Path(cfg.run_b):
-        raise ValueError(
+        raise InputError(
             f"the two endpoints are the same run ({cfg.run_a}): there is nothing to connect; pass two different runs"
         )
     out = Path(out)
@@ -169,7 +176,7 @@ def connect_runs(
         cfg = dataclasses.replace(cfg, epochs=cfg.epochs or saved.epochs, lr=cfg.lr or saved.lr)
         diff = {k: (getattr(saved, k), v) for k, v in asdict(cfg).items() if getattr(saved, k) != v}
         if diff:
-            raise ValueError(
+            raise InputError(
                 f"cannot resume {out}: the settings differ from its config.json: "
                 + "; ".join(f"{k} saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
             )
@@ -286,7 +293,7 @@ def _call_input(adapter: ModelAdapter, batch: Any) -> Any:
     """The adapter's ``(args, kwargs)`` as the one input value the trainer expands (a tuple or a dict)."""
     args, kwargs = adapter.inputs(batch)
     if args and kwargs:
-        raise ValueError(
+        raise InputError(
             "curve training takes positional or keyword model inputs, not both; pass input=... to the adapter"
         )
     if kwargs:
@@ -299,7 +306,7 @@ def read_curve_config(curve_dir: str | Path) -> ConnectConfig:
     folder is refused: it is not a curve folder)."""
     path = Path(curve_dir) / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{curve_dir} is not a curve folder: it has no config.json (make one with 'valleys connect')"
         )
     raw = read_json_object(path)
@@ -440,3 +447,27 @@ def _figure_and_report(curve_dir: Path, cfg: ConnectConfig, res: dict[str, Any])
         "",
     ]
     (curve_dir / "report.md").write_text("\n".join(lines))
+
+
+def connect_config_from_flags(flags: dict[str, Any]) -> ConnectConfig:
+    """The settings of ``valleys connect`` from its flags (``None``: not given): with ``resume`` and a saved
+    curve in ``out``, the saved settings (the flags given must agree with them); else both endpoints
+    ``run_a`` and ``run_b`` are needed."""
+    from .config import check_resume_flags
+
+    settings = ("kind", "bends", "epochs", "lr", "wd", "seed", "points", "bn")
+    given = {k: flags[k] for k in settings if flags.get(k) is not None}
+    out = Path(flags["out"])
+    if flags.get("resume") and (out / "config.json").is_file():  # the curve's own settings
+        saved = read_curve_config(out)
+        for end in ("run_a", "run_b"):
+            if flags.get(end) is not None:
+                given[end] = str(Path(flags[end]).resolve())
+        check_resume_flags(given, asdict(saved), out / "config.json", {"run_a": "RUN_A", "run_b": "RUN_B"})
+        return saved
+    if flags.get("run_a") is None or flags.get("run_b") is None:
+        raise InputError(
+            "connect needs two endpoints RUN_A RUN_B (run folders or model.safetensors files); "
+            "only --out FOLDER --resume continues a curve without them"
+        )
+    return ConnectConfig(flags["run_a"], flags["run_b"], **given)

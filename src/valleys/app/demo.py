@@ -23,16 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from ..core.checkpoint import write_json
+from ..errors import InputError, MissingFileError
 from ..zoo.data import load_dataset
 from .claims import claims_markdown, demo_claims
+from .config import TrainConfig, read_epoch_log
 from .connect import ConnectConfig, connect_runs
 from .demo_subspace import subspace_finish, subspace_lines, subspace_plan
-from .folders import check_output, output_guard
+from .evaluate import evaluate_run
+from .folders import check_output, output_guard, prepare_run_dir
 from .parallel import call, default_jobs, run_jobs
 from .presets import DEFAULT_PRESET, PRESETS, Preset, get_preset
 from .report import aggregate, describe_config, format_table, markdown_table
-from .runs import TrainConfig, evaluate_run, prepare_run_dir, read_epoch_log, train_run
 from .semisup import SemisupConfig, semisup_calls, semisup_finish, summary_lines
+from .train import train_run
 
 __all__ = ["DEMO_CONFIG", "ROWS", "geometry_section", "preset_config", "run_demo"]
 
@@ -90,9 +93,9 @@ def check_budgets(budgets: Sequence[float]) -> list[float]:
     out = [float(b) for b in budgets]
     for b in out:
         if not (math.isfinite(b) and b >= 1):
-            raise ValueError(f"--budgets takes multiples of the epoch budget >= 1 (e.g. 1 1.5), got {b:g}")
+            raise InputError(f"--budgets takes multiples of the epoch budget >= 1 (e.g. 1 1.5), got {b:g}")
     if len(set(out)) != len(out):
-        raise ValueError(f"--budgets lists a multiple twice: {out}")
+        raise InputError(f"--budgets lists a multiple twice: {out}")
     return sorted(set(out) | {1.0})
 
 
@@ -146,7 +149,7 @@ def run_demo(
     base = quick_base(base, keep, p.quick) if quick else base
     seeds = list(seeds) if seeds is not None else ([0] if quick else [0, 1, 2])
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct, got {seeds}")
+        raise InputError(f"seeds must be distinct, got {seeds}")
     cfgs = {m: dataclasses.replace(base, method=m).resolved() for m in ("sgd", "swag", "fge")}  # checks first
     # what the user changed from the preset: its OOD settings and budgets were chosen for its own data and model
     own = preset_config(p)
@@ -603,16 +606,23 @@ def _connect(
 
 
 def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Callable[..., None]) -> dict[str, Any]:
-    """Slides 6, 9-15 on the demo's runs: the trajectory plane (first seed), and for every seed the SWA-to-SGD
-    line, random rays from both (valley width) and the top Hessian eigenvalue of both."""
-    from . import studies as L
+    """Slides 6, 9-15 on the demo's runs, through the study registry: the trajectory plane (first seed), and for
+    every seed the SWA-to-SGD line, random rays from both (valley width) and the top Hessian eigenvalue of
+    both."""
+    from .studies import STUDIES, StudyContext, run_study
 
     g = out / "geometry"
+    ctx = StudyContext(progress=progress)
     plane_note = None
     if (out / f"swag-seed{seeds[0]}" / "trajectory.safetensors").is_file():
-        plane = L.trajectory_plane_study(out / f"swag-seed{seeds[0]}", n=9 if quick else 15, progress=progress)
-        L.write_study(
-            g / "plane", plane, title=f"plane through SGD iterates W1, W2, W3 and SWA (seed {seeds[0]})", overwrite=True
+        plane = STUDIES.get("plane")
+        run_study(
+            plane,
+            plane.settings(trajectory=str(out / f"swag-seed{seeds[0]}"), grid=9 if quick else 15),
+            g / "plane",
+            context=ctx,
+            overwrite=True,
+            title=f"plane through SGD iterates W1, W2, W3 and SWA (seed {seeds[0]})",
         )
     else:  # a run folder from before valleys kept trajectories
         plane_note = (
@@ -621,37 +631,35 @@ def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Cal
         )
         log(f"  {plane_note}")
     rows = []
+    path_study, rays_study, sharpness = STUDIES.get("path"), STUDIES.get("rays"), STUDIES.get("sharpness")
     for s in seeds:
-        model, w_swa, cfg, loaders, bn = L.load_context(out / f"swag-seed{s}")
-        adapter = cfg.adapter()
-        sgd_model, w_sgd, _, _, _ = L.load_context(out / f"sgd-seed{s}")
-        path = L.path_study(
-            model, w_swa, w_sgd, loaders, points=21 if quick else 41, bn_loader=bn, progress=progress, adapter=adapter
-        )
-        path["a_label"], path["b_label"] = "SWA", "SGD"
-        reach = float(w_swa.norm())  # rays out to a perturbation as large as the weights themselves
-        rays = L.rays_study(
-            model,
-            {"SWA": w_swa, "SGD": w_sgd},
-            loaders["train"],
+        swag_run, sgd_run = str(out / f"swag-seed{s}"), str(out / f"sgd-seed{s}")
+        path_settings = path_study.settings(swag_run, sgd_run, points=21 if quick else 41, labels=["SWA", "SGD"])
+        path_settings_title = f"line from SWA (0) to SGD (seed {s})"
+        reach = float(_weights(swag_run).norm())  # rays out to a perturbation as large as the weights themselves
+        rays_settings = rays_study.settings(
+            [swag_run, sgd_run],
             rays=3 if quick else 6,
             max_distance=reach,
             steps=11 if quick else 16,
             rise=0.1,
             seed=s,
-            bn_loader=bn,
-            progress=progress,
-            adapter=adapter,
+            labels=["SWA", "SGD"],
         )
+        rays_title = f"train loss along random rays (seed {s})"
         if s == seeds[0]:
-            L.write_study(g / "path", path, title=f"line from SWA (0) to SGD (seed {s})", overwrite=True)
-            L.write_study(g / "rays", rays, title=f"train loss along random rays (seed {s})", overwrite=True)
-        batches = [next(iter(loaders["train"]))]  # a fixed subset: the first 1000 training examples
-        eig = {
-            name: L.sharpness_study(m, batches, k=1, iterations=20, trace_samples=10, seed=s, adapter=adapter)[
-                "top_eigenvalues"
-            ][0]
-            for name, m in (("SWA", model), ("SGD", sgd_model))
+            path = run_study(
+                path_study, path_settings, g / "path", context=ctx, overwrite=True, title=path_settings_title
+            )
+            rays = run_study(rays_study, rays_settings, g / "rays", context=ctx, overwrite=True, title=rays_title)
+        else:
+            path = path_study.run(path_settings, ctx)
+            rays = rays_study.run(rays_settings, ctx)
+        eig = {  # on a fixed subset: the first 1000 training examples
+            name: sharpness.run(
+                sharpness.settings(run, k=1, examples=1000, iterations=20, trace_samples=10, seed=s), ctx
+            )["top_eigenvalues"][0]
+            for name, run in (("SWA", swag_run), ("SGD", sgd_run))
         }
         d, loss = path["distance"], path["curves"]["train"]["loss"]
         at = {
@@ -695,6 +703,13 @@ def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Cal
         "units": "Euclidean distance in weight space",
         "sharpness_subset": "first 1000 training examples, eval mode",
     }
+
+
+def _weights(run: str | Path) -> Any:
+    """The flat weight vector of a run folder's network."""
+    from .studies.common import load_context
+
+    return load_context(run)[1]
 
 
 def _report(
@@ -894,7 +909,7 @@ def geometry_section(
     seeds = list(seeds) if seeds is not None else found
     missing = [s for s in seeds if s not in found]
     if not seeds or missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{out} needs run folders sgd-seed<s> and swag-seed<s> (a demo folder); "
             f"{'none found' if not seeds else f'missing for seeds {missing}'}"
         )
@@ -916,3 +931,26 @@ def _geometry_section(
             lines += [f"## {title[0].upper() + title[1:]}", "", f"![{title}]({sub}/figures/{name})", ""]
     (g / "report.md").write_text("\n".join(lines))
     return geometry
+
+
+def demo_base(preset: str, flags: dict[str, Any], *, quick: bool = False) -> tuple[TrainConfig, set[str]]:
+    """The demo's base settings from a preset and the setting flags given (``None``: not given), and the
+    settings that ``--quick`` must keep. A new epoch budget drops the preset's ``swa_start`` and ``fge_start``
+    (their defaults fit the new budget), a new ``lr`` the preset's ``swa_lr`` (default: the new lr)."""
+    from .presets import get_preset
+
+    base = preset_config(preset)
+    fields = {f.name for f in dataclasses.fields(base)}
+    changes = {k: v for k, v in flags.items() if k in fields and v is not None}
+    budget = get_preset(preset).quick.get("epochs", base.epochs) if quick else base.epochs
+    base = dataclasses.replace(base, **changes)
+    starts = ("swa_start", "fge_start")
+    new_budget = changes.get("epochs", budget) != budget
+    if new_budget:  # the preset's starts were for its budget: the defaults for the new one
+        for k in starts:
+            if k not in changes:
+                setattr(base, k, None)
+    if "lr" in changes and "swa_lr" not in changes:
+        base.swa_lr = None  # default: the new lr
+    keep = set(changes) | (set(starts) if new_budget else set())  # --quick changes only the rest
+    return base, keep

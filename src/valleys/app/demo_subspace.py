@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import MissingFileError
 from .report import aggregate
 
 __all__ = [
@@ -317,7 +318,7 @@ def subspace_table(
     seeds = list(seeds) if seeds is not None else found
     missing = [s for s in seeds if s not in found]
     if not seeds or missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{out} needs run folders sgd-seed<s> and swag-seed<s> (a demo folder); "
             f"{'none found' if not seeds else f'missing for seeds {missing}'}"
         )
@@ -327,7 +328,7 @@ def subspace_table(
         if a.isdigit() and (p / "curve.safetensors").is_file():
             curves[int(a)] = p.name
     if any(s not in curves for s in seeds):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{out} has no curve starting at the SGD run of seeds "
             f"{[s for s in seeds if s not in curves]} (curve-seed<s>-seed<t>, made by the demo)"
         )
@@ -353,7 +354,7 @@ def subspace_table(
             for s in seeds:
                 f = out / f"{run}-seed{s}" / ("results.json" if method == run else f"evaluation-{method}.json")
                 if not f.is_file() and method == "swa":
-                    from .runs import evaluate_run
+                    from .evaluate import evaluate_run
 
                     evaluate_run(out / f"{run}-seed{s}", as_method="swa", write=True)
                 per_seed.append(json.loads(f.read_text())["metrics"]["test"])

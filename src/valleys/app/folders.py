@@ -34,6 +34,9 @@ __all__ = [
     "output_guard",
     "remove_stale_temporaries",
     "check_writable",
+    "prepare_run_dir",
+    "has_checkpoint",
+    "ranks_folder",
 ]
 
 #: names (glob patterns) of the files and folders valleys writes into an output folder
@@ -199,3 +202,46 @@ def output_guard(out: str | os.PathLike, *, resumable: Callable[[], bool] = lamb
         except OSError:
             pass
         raise
+
+
+def prepare_run_dir(out: str | Path, *, overwrite: bool = False, resume: bool = False, create: bool = True) -> Path:
+    """Create ``out`` or check it may be used (see :func:`check_output`): refuse a folder holding another run or
+    other valleys output unless ``overwrite``, a path under a file, a place without write permission.
+    ``create=False`` only checks (nothing is created or deleted). With ``overwrite`` (and not ``resume``) the
+    earlier run's files are removed (sub-folders other than ``member-*`` are kept)."""
+    out = check_output(out, overwrite=overwrite, resume=resume)
+    if not create:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite and not resume:
+        for name in ours(out):
+            p = out / name
+            if p.is_file() or p.is_symlink():
+                p.unlink(missing_ok=True)
+            elif name == "figures" or (name.startswith("member-") and (p / "config.json").exists()):
+                shutil.rmtree(p)
+    return out
+
+
+def has_checkpoint(out: Path) -> bool:
+    """Whether an interrupted run in ``out`` can be resumed (a training checkpoint in it or a member)."""
+    return (out / "checkpoint.safetensors").is_file() or any(out.glob("member-*/checkpoint.safetensors"))
+
+
+@contextmanager
+def ranks_folder(out: Path, *, overwrite: bool, resume: bool, resumable: Callable[[], bool]) -> Iterator[bool]:
+    """The output folder of a command that may run under torchrun: rank 0 guards it (:func:`output_guard`) and
+    prepares it (:func:`prepare_run_dir`), then every rank meets; the body runs on every rank and learns whether
+    it writes (rank 0); at the end every rank meets again, so the others can read what rank 0 wrote. In one
+    process: the guard and the preparation."""
+    import contextlib
+
+    from ..core.distributed import barrier, is_main
+
+    guard = output_guard(out, resumable=resumable) if is_main() else contextlib.nullcontext()
+    with guard:
+        if is_main():
+            prepare_run_dir(out, overwrite=overwrite, resume=resume)
+        barrier()
+        yield is_main()
+        barrier()

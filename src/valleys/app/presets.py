@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import InputError
+
 __all__ = ["Preset", "PRESETS", "DEFAULT_PRESET", "get_preset", "presets_help"]
 
 
@@ -17,7 +19,7 @@ __all__ = ["Preset", "PRESETS", "DEFAULT_PRESET", "get_preset", "presets_help"]
 class Preset:
     """One named demo configuration.
 
-    ``train``: the :class:`valleys.app.settings.TrainSettings` fields every run of the demo starts from (the
+    ``train``: the :class:`valleys.app.config.TrainConfig` fields every run of the demo starts from (the
     method is set per run). ``quick``: what ``--quick`` changes. ``curve`` / ``curve_quick``: the mode
     connectivity section's settings (:class:`valleys.app.connect.ConnectConfig` fields). ``semisup`` /
     ``semisup_quick``: :class:`valleys.app.semisup.SemisupConfig` overrides for the semi-supervised section
@@ -119,7 +121,7 @@ DEFAULT_PRESET = "mnist1d"
 def get_preset(name: str) -> Preset:
     """The preset called ``name``; an unknown name raises ``ValueError`` listing the valid ones."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+        raise InputError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
     return PRESETS[name]
 
 

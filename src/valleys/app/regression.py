@@ -26,9 +26,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from ..errors import InputError
+from ..zoo.catalog import REGRESSION_DATASETS
+from .options import setting
 
 __all__ = ["RegressionProtocol", "regression_protocol", "method_names"]
 
@@ -37,47 +41,62 @@ __all__ = ["RegressionProtocol", "regression_protocol", "method_names"]
 class RegressionProtocol:
     """Settings of :func:`regression_protocol` (see ``valleys regression --help``)."""
 
-    datasets: list[str] = field(default_factory=lambda: ["diabetes", "concrete", "boston"])
-    splits: int = 10
-    epochs: int = 200
-    lr: float = 0.01
-    swa_lr: float | None = None  # SWAG's constant collection LR (default: lr)
-    wd: float = 1e-4
-    batch_size: int = 32
-    heteroscedastic: bool = True
-    swag_rank: int = 20
-    samples: int = 30
-    rank: int = 5
-    spaces: list[str] = field(default_factory=lambda: ["pca"])
-    inference: list[str] = field(default_factory=lambda: ["ess", "vi"])
-    temperature: list[float] = field(default_factory=lambda: [1.0])
-    prior_scale: list[float] = field(default_factory=lambda: [1.0, 3.0, 10.0])
-    burn_in: int = 20
-    vi_steps: int = 1000
-    warmup: int = 100
-    data_root: str | None = None
-    seed: int = 0
+    datasets: list[str] = setting(
+        ["diabetes", "concrete", "boston"],
+        "regression sets (default: {default})",
+        nargs="+",
+        choices=REGRESSION_DATASETS,
+    )
+    splits: int = setting(10, "random 90/10 splits per dataset", check="positive")
+    epochs: int = setting(200, "epochs of each network", check="positive")
+    lr: float = setting(0.01, "initial LR (SGD decays it; SWAG keeps it)", check="positive")
+    swa_lr: float | None = setting(None, "SWAG's constant collection LR (default: --lr)", check="positive")
+    wd: float = setting(1e-4, "weight decay", check="non_negative")
+    batch_size: int = setting(32, "minibatch size", check="positive")
+    heteroscedastic: bool = setting(
+        True, "one learned noise variance (default: the variance predicted per input)", off="homoscedastic"
+    )
+    swag_rank: int = setting(20, "SWAG deviations collected (K)", check="positive")
+    samples: int = setting(30, "samples averaged by SWAG and subspaces", check="positive")
+    rank: int = setting(5, "subspace dimension k", check="positive")
+    spaces: list[str] = setting(["pca"], "subspaces", nargs="+", choices=("pca", "random"))
+    inference: list[str] = setting(
+        ["ess", "vi"],
+        "samplers in each subspace (nuts needs valleys[pyro])",
+        nargs="+",
+        choices=("ess", "vi", "flow", "nuts"),
+    )
+    temperature: list[float] = setting(
+        [1.0], "candidate temperatures, chosen per split on validation NLL", nargs="+", check="positive"
+    )
+    prior_scale: list[float] = setting(
+        [1.0, 3.0, 10.0], "candidate prior scales, chosen per split on validation NLL", nargs="+", check="positive"
+    )
+    burn_in: int = setting(20, "ESS steps discarded first", check="non_negative")
+    vi_steps: int = setting(1000, "VI optimisation steps", check="positive")
+    warmup: int = setting(100, "NUTS warm-up steps", check="non_negative")
+    data_root: str | None = setting(None, "the folder of --datasets uci (UCI layout)", check="path")
+    seed: int = setting(0, "base seed (split i uses seed + i)", check="seed")
 
     def check(self) -> None:
         """Refuse bad values before any work (``ValueError`` naming the flag)."""
         from ..zoo.catalog import REGRESSION_DATASETS
-        from .subspace import INFERENCES, SubspaceConfig
+        from .subspace import INFERENCE, SubspaceConfig
 
         if not self.datasets:
-            raise ValueError("--datasets needs at least one dataset")
+            raise InputError("--datasets needs at least one dataset")
         for d in self.datasets:
             if d not in REGRESSION_DATASETS:
-                raise ValueError(f"unknown regression dataset {d!r}; valid: {', '.join(REGRESSION_DATASETS)}")
+                raise InputError(f"unknown regression dataset {d!r}; valid: {', '.join(REGRESSION_DATASETS)}")
         if "uci" in self.datasets and not self.data_root:
-            raise ValueError("--datasets uci needs --data-root FOLDER (a folder in the UCI layout)")
+            raise InputError("--datasets uci needs --data-root FOLDER (a folder in the UCI layout)")
         if len(set(self.datasets)) != len(self.datasets):
-            raise ValueError(f"--datasets lists a dataset twice: {self.datasets}")
+            raise InputError(f"--datasets lists a dataset twice: {self.datasets}")
         for s in self.spaces:
             if s not in ("pca", "random"):
-                raise ValueError(f"--spaces takes pca and random, got {s!r}")
+                raise InputError(f"--spaces takes pca and random, got {s!r}")
         for inf in self.inference:
-            if inf not in INFERENCES:
-                raise ValueError(f"--inference must be among {', '.join(INFERENCES)}, got {inf!r}")
+            INFERENCE.get(inf)  # an unknown name: InputError listing the valid ones
         if "nuts" in self.inference:
             from ..core.optional import require
 
@@ -85,19 +104,19 @@ class RegressionProtocol:
         for name in ("splits", "epochs", "batch_size", "samples", "rank", "vi_steps"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+                raise InputError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
         if not isinstance(self.swag_rank, int) or self.swag_rank < 2:
-            raise ValueError(
+            raise InputError(
                 f"--swag-rank must be an integer >= 2 (the PCA subspace needs deviations), got {self.swag_rank!r}"
             )
         if self.rank > self.swag_rank:
-            raise ValueError(
+            raise InputError(
                 f"--rank {self.rank} is larger than the {self.swag_rank} SWAG deviations collected "
                 f"(--swag-rank); choose --rank at most {self.swag_rank}"
             )
         collected = min(self.swag_rank, self.epochs - self.epochs // 2)  # one deviation per epoch, second half
         if self.rank > collected - 1:  # the first deviation is zero (w_1 - mean_1): collected - 1 directions
-            raise ValueError(
+            raise InputError(
                 f"--rank {self.rank} needs at least {self.rank + 1} SWAG deviations, but {self.epochs} "
                 f"epochs with --swag-rank {self.swag_rank} collect {collected}; raise --epochs or "
                 "lower --rank"
@@ -105,9 +124,9 @@ class RegressionProtocol:
         for name in ("lr", "swa_lr"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v > 0):
-                raise ValueError(f"--{name.replace('_', '-')} must be finite and > 0, got {v!r}")
+                raise InputError(f"--{name.replace('_', '-')} must be finite and > 0, got {v!r}")
         if not (math.isfinite(self.wd) and self.wd >= 0):
-            raise ValueError(f"--wd must be finite and >= 0, got {self.wd!r}")
+            raise InputError(f"--wd must be finite and >= 0, got {self.wd!r}")
         SubspaceConfig(
             run="-",
             rank=self.rank,
@@ -127,7 +146,7 @@ def method_names(cfg: RegressionProtocol) -> list[str]:
 
 
 def _train_config(cfg: RegressionProtocol, dataset: str, split: int, method: str):
-    from .runs import TrainConfig
+    from .config import TrainConfig
 
     return TrainConfig(
         dataset=dataset,
@@ -151,7 +170,7 @@ def _train_config(cfg: RegressionProtocol, dataset: str, split: int, method: str
 
 def _done(folder: Path, name: str = "results.json") -> dict[str, Any] | None:
     """The finished step's results in ``folder``, or ``None`` when it is missing or unreadable (to be redone)."""
-    from .runs import ConfigError, read_json_object
+    from .config import ConfigError, read_json_object
 
     try:
         return read_json_object(folder / name)
@@ -163,8 +182,9 @@ def _one_split(
     cfg: RegressionProtocol, dataset: str, split: int, root: Path, *, resume: bool, progress: bool
 ) -> dict[str, Any]:
     """Every method on one split; each method's run folder under ``root``. Returns method -> result."""
-    from .runs import evaluate_run, train_run
+    from .evaluate import evaluate_run
     from .subspace import SubspaceConfig, subspace_run
+    from .train import train_run
 
     out: dict[str, Any] = {}
     for method in ("sgd", "swag"):
@@ -265,9 +285,9 @@ def regression_protocol(
     processes over the (dataset, split) pairs (:mod:`valleys.app.parallel`; 1: all in this process)."""
     from ..core.checkpoint import write_json
     from ..core.optional import progress_bar
-    from .folders import output_guard
+    from .config import check_saved_settings
+    from .folders import output_guard, prepare_run_dir
     from .parallel import run_jobs
-    from .runs import check_saved_settings, prepare_run_dir
 
     cfg.check()
     out = Path(out)
@@ -336,8 +356,8 @@ def toy_predictive(run_dir: Path, kind: str, xs: Any) -> tuple[Any, Any]:
     from ..core.checkpoint import load_checkpoint
     from ..methods.subspace import Subspace
     from ..zoo.data import make_loader
+    from .evaluate import load_run_model, regression_predictive
     from .registry import get_method
-    from .runs import load_run_model, regression_predictive
 
     swag_dir = run_dir.parent / "swag"
     model, cfg, splits = load_run_model(run_dir if kind == "sgd" else swag_dir)

@@ -27,11 +27,16 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
+from ..zoo.catalog import DATASETS, MODELS
 from .claims import paired, verdict  # noqa: F401 (verdict: re-exported)
+from .options import setting
+from .registry import Registry
 from .report import cell
 
 __all__ = [
@@ -44,44 +49,99 @@ __all__ = [
     "claim_rows",
     "summary_lines",
     "MODEL_KINDS",
+    "CONSISTENCY_TERMS",
 ]
 
 #: The networks evaluated side by side in every run (the teacher only with the mean teacher).
 MODEL_KINDS = ("student", "teacher", "swa", "fastswa")
 _LABELS = {"student": "base", "teacher": "teacher", "swa": "SWA", "fastswa": "fast-SWA"}
-_CONSISTENCY = ("none", "pi", "mean-teacher")
+
+
+def _no_teacher(model: Any, decay: float, evals: Any) -> None:
+    """The Pi model and supervised-only training have no teacher network."""
+    return None
+
+
+def _mean_teacher(model: Any, decay: float, evals: Any) -> Any:
+    """The mean teacher (Tarvainen & Valpola 2017): an exponential moving average of the student's weights."""
+    from ..training.semisup import MeanTeacher
+
+    return MeanTeacher(model, decay, eval_loaders=evals)
+
+
+#: ``--consistency``: each term's teacher callback, ``(model, ema_decay, eval loaders) -> MeanTeacher | None``
+#: (the term itself is :class:`valleys.training.semisup.ConsistencyStep`'s).
+CONSISTENCY_TERMS: Registry[Callable[[Any, float, Any], Any]] = Registry(
+    "consistency term",
+    {"none": _no_teacher, "pi": _no_teacher, "mean-teacher": _mean_teacher},
+    flag="--consistency",
+)
 
 
 @dataclass
 class SemisupConfig:
     """Settings of :func:`semisup_run` (see ``valleys semisup --help``)."""
 
-    dataset: str = "mnist1d"
-    model: str = "cnn1d"
-    consistency: list[str] = field(default_factory=lambda: ["none", "pi", "mean-teacher"])
-    labels_per_class: int = 40
-    batch_size: int = 128
-    labelled_batch_size: int = 32
-    epochs: int = 90
-    cosine_epochs: int | None = None  # l; default: epochs - 2 cycles
-    cycle: int = 15
-    fast_swa_every: int = 1
-    fast_swa_unit: str = "epochs"  # or "steps"
-    lr: float = 0.1
-    momentum: float = 0.9
-    wd: float = 2e-4
-    consistency_weight: float = 30.0  # lambda_max
-    consistency_loss: str = "mse"
-    rampup: float = 5.0
-    ema_decay: float = 0.97
-    augment: bool = True
-    seeds: list[int] = field(default_factory=lambda: [0])
-    val_fraction: float = 0.1
-    train_subset: int | None = None
-    test_subset: int | None = None
-    data_root: str | None = None
-    eval_every: int = 2
-    device: str = "cpu"
+    dataset: str = setting("mnist1d", "built-in dataset", choices=DATASETS)
+    model: str = setting("cnn1d", "reference architecture", choices=MODELS)
+    consistency: list[str] = setting(
+        ["none", "pi", "mean-teacher"],
+        "consistency terms, each a run per seed (none: cross-entropy on the labelled examples only)",
+        nargs="+",
+        choices=CONSISTENCY_TERMS.names(),
+    )
+    labels_per_class: int = setting(
+        40, "labelled training examples per class, drawn from the seed; the rest are unlabelled", check="positive"
+    )
+    batch_size: int = setting(128, "examples per batch", check="positive")
+    labelled_batch_size: int = setting(32, "labelled examples in every batch (the rest unlabelled)", check="positive")
+    epochs: int = setting(90, "epochs (one epoch: a pass over the unlabelled examples)", check="positive")
+    cosine_epochs: int | None = setting(  # l
+        None, "length l of the first cosine phase (default: --epochs minus two cycles)", check="positive"
+    )
+    cycle: int = setting(
+        15,
+        "cycle length c in epochs: after the cosine phase the LR replays its last c epochs; SWA averages at every "
+        "cycle end",
+        check="positive",
+    )
+    fast_swa_every: int = setting(
+        1, "fast-SWA averages every k epochs (or steps, --fast-swa-unit) from epoch l - c on", check="positive"
+    )
+    fast_swa_unit: str = setting("epochs", "unit of --fast-swa-every", choices=("epochs", "steps"))
+    lr: float = setting(0.1, "initial LR of the cosine", check="positive")
+    momentum: float = setting(0.9, "Nesterov momentum", check="fraction")
+    wd: float = setting(2e-4, "weight decay", check="non_negative")
+    consistency_weight: float = setting(
+        30.0, "lambda_max, the consistency loss's weight after the ramp-up", check="non_negative"
+    )
+    consistency_loss: str = setting(
+        "mse",
+        "mse: squared error between the softmax outputs (mean over classes); kl: KL(target || student)",
+        choices=("mse", "kl"),
+    )
+    rampup: float = setting(
+        5.0, "epochs r of the ramp-up lambda(t) = lambda_max exp(-5 (1 - min(t, r) / r)^2)", check="non_negative"
+    )
+    ema_decay: float = setting(
+        0.97, "mean teacher: EMA decay alpha in [0, 1), used as min(1 - 1/(step + 1), alpha)", check="fraction"
+    )
+    augment: bool = setting(
+        True,
+        "input augmentation (the default)",
+        negation="no input augmentation: the two views differ only through Dropout",
+    )
+    seeds: list[int] = setting(
+        [0], "seeds (each draws its own labelled examples and initialisation)", nargs="+", check="seed"
+    )
+    val_fraction: float = setting(
+        0.1, "labelled validation split held out of training (choose settings on it)", check="fraction"
+    )
+    train_subset: int | None = setting(None, "keep only N training examples", check="positive")
+    test_subset: int | None = setting(None, "keep only N test examples", check="positive")
+    data_root: str | None = setting(None, "torchvision data root (Fashion-MNIST files)", check="path")
+    eval_every: int = setting(2, "epochs between evaluations", check="positive")
+    device: str = setting("cpu", "cpu, cuda or cuda:N")
 
     @property
     def l(self) -> int:  # noqa: E743 - the paper's name for the cosine phase's length
@@ -92,91 +152,90 @@ class SemisupConfig:
         from ..zoo.catalog import DATASETS, MODELS
 
         if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
+            raise InputError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
         if self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; valid: {', '.join(MODELS)}")
+            raise InputError(f"unknown model {self.model!r}; valid: {', '.join(MODELS)}")
         if not self.consistency:
-            raise ValueError("--consistency needs at least one of none, pi, mean-teacher")
+            raise InputError("--consistency needs at least one of none, pi, mean-teacher")
         for c in self.consistency:
-            if c not in _CONSISTENCY:
-                raise ValueError(f"unknown --consistency {c!r}; choose among {', '.join(_CONSISTENCY)}")
+            CONSISTENCY_TERMS.get(c)  # an unknown name: InputError listing the valid ones
         if len(set(self.consistency)) != len(self.consistency):
-            raise ValueError(f"--consistency lists a term twice: {self.consistency}")
+            raise InputError(f"--consistency lists a term twice: {self.consistency}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"--seeds needs distinct seeds, got {self.seeds}")
+            raise InputError(f"--seeds needs distinct seeds, got {self.seeds}")
         if any(not isinstance(s, int) or s < 0 for s in self.seeds):
-            raise ValueError(f"--seeds must be integers >= 0, got {self.seeds}")
+            raise InputError(f"--seeds must be integers >= 0, got {self.seeds}")
         for name in ("labels_per_class", "batch_size", "labelled_batch_size", "epochs", "cycle", "eval_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 extra = (
                     " (with no labels there is nothing to learn the classes from)" if name == "labels_per_class" else ""
                 )
-                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}{extra}")
+                raise InputError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}{extra}")
         if self.labelled_batch_size > self.batch_size:
-            raise ValueError(
+            raise InputError(
                 f"--labelled-batch-size {self.labelled_batch_size} is larger than --batch-size "
                 f"{self.batch_size}; choose at most {self.batch_size}"
             )
         if not (math.isfinite(self.consistency_weight) and self.consistency_weight >= 0):
-            raise ValueError(f"--consistency-weight must be finite and >= 0, got {self.consistency_weight!r}")
+            raise InputError(f"--consistency-weight must be finite and >= 0, got {self.consistency_weight!r}")
         if self.consistency_loss not in ("mse", "kl"):
-            raise ValueError(f"--consistency-loss must be mse or kl, got {self.consistency_loss!r}")
+            raise InputError(f"--consistency-loss must be mse or kl, got {self.consistency_loss!r}")
         if not (math.isfinite(self.rampup) and self.rampup >= 0):
-            raise ValueError(f"--rampup must be finite and >= 0 epochs, got {self.rampup!r}")
+            raise InputError(f"--rampup must be finite and >= 0 epochs, got {self.rampup!r}")
         if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"--ema-decay must be in [0, 1) (the teacher's EMA decay alpha), got {self.ema_decay!r}")
+            raise InputError(f"--ema-decay must be in [0, 1) (the teacher's EMA decay alpha), got {self.ema_decay!r}")
         for name in ("lr",):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"--{name} must be finite and > 0, got {v!r}")
+                raise InputError(f"--{name} must be finite and > 0, got {v!r}")
         if not (math.isfinite(self.wd) and self.wd >= 0):
-            raise ValueError(f"--wd must be finite and >= 0, got {self.wd!r}")
+            raise InputError(f"--wd must be finite and >= 0, got {self.wd!r}")
         if not 0 <= self.momentum < 1:
-            raise ValueError(f"--momentum must be in [0, 1), got {self.momentum!r}")
+            raise InputError(f"--momentum must be in [0, 1), got {self.momentum!r}")
         if not 0 < self.val_fraction < 1:
-            raise ValueError(
+            raise InputError(
                 f"--val-fraction must be in (0, 1): settings are chosen on a labelled validation "
                 f"split, got {self.val_fraction!r}"
             )
         l, c, e = self.l, self.cycle, self.epochs
         if self.cosine_epochs is None and l < 1:
-            raise ValueError(
+            raise InputError(
                 f"a cycle of {c} epochs is too long for --epochs {e}: the cosine phase (by default "
                 f"--epochs minus two cycles) would have {l} epochs; use --cycle at most {(e - 1) // 2}, "
                 "raise --epochs or set --cosine-epochs"
             )
         if self.cosine_epochs is not None and not 1 <= self.cosine_epochs <= e:
-            raise ValueError(f"--cosine-epochs must be in [1, --epochs {e}], got {self.cosine_epochs}")
+            raise InputError(f"--cosine-epochs must be in [1, --epochs {e}], got {self.cosine_epochs}")
         if c > e - l:
-            raise ValueError(
+            raise InputError(
                 f"a cycle of {c} epochs is longer than the {e - l} epochs that remain after the cosine "
                 f"phase of {l} epochs (--epochs {e}); use --cycle at most {max(e - l, 0)}, or fewer "
                 f"--cosine-epochs (default: --epochs minus two cycles)"
             )
         if c > l:
-            raise ValueError(
+            raise InputError(
                 f"a cycle of {c} epochs is longer than the cosine phase of {l} epochs it replays; "
                 f"use --cycle at most {l} or raise --epochs"
             )
         if (e - l) % c:
-            raise ValueError(
+            raise InputError(
                 f"the {e - l} epochs after the cosine phase are not a whole number of {c}-epoch cycles; "
                 f"choose --epochs {l + c * ((e - l) // c)} or {l + c * ((e - l) // c + 1)}"
             )
         if self.fast_swa_unit not in ("epochs", "steps"):
-            raise ValueError(f"--fast-swa-unit must be epochs or steps, got {self.fast_swa_unit!r}")
+            raise InputError(f"--fast-swa-unit must be epochs or steps, got {self.fast_swa_unit!r}")
         if isinstance(self.fast_swa_every, bool) or not isinstance(self.fast_swa_every, int) or self.fast_swa_every < 1:
-            raise ValueError(f"--fast-swa-every must be an integer >= 1, got {self.fast_swa_every!r}")
+            raise InputError(f"--fast-swa-every must be an integer >= 1, got {self.fast_swa_every!r}")
         if self.fast_swa_unit == "epochs" and self.fast_swa_every > c:
-            raise ValueError(
+            raise InputError(
                 f"--fast-swa-every {self.fast_swa_every} epochs is longer than the {c}-epoch cycle; "
                 f"fast-SWA averages several points per cycle: choose at most {c}"
             )
         for name in ("train_subset", "test_subset"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
 
     def check_data(self, splits: Any) -> None:
         """The checks that need the data: enough examples of every class, a batch's worth of unlabelled
@@ -188,14 +247,14 @@ class SemisupConfig:
         fewest = min(counts.values())
         if self.labels_per_class > fewest:
             worst = min(counts, key=counts.get)
-            raise ValueError(
+            raise InputError(
                 f"--labels-per-class {self.labels_per_class} is more than a class has: class {worst} has "
                 f"{fewest} training examples (after the validation split); choose at most {fewest}"
             )
         unlabelled = len(y) - self.labels_per_class * len(counts)
         need = self.batch_size - self.labelled_batch_size
         if need and unlabelled < need:
-            raise ValueError(
+            raise InputError(
                 f"{unlabelled} unlabelled examples do not fill one batch's {need} unlabelled places; "
                 "lower --batch-size or --labels-per-class"
             )
@@ -203,7 +262,7 @@ class SemisupConfig:
 
         world = world_size()
         if world > 1 and (self.labelled_batch_size % world or need % world):
-            raise ValueError(
+            raise InputError(
                 f"under torchrun with {world} processes, --labelled-batch-size "
                 f"{self.labelled_batch_size} and the unlabelled part of a batch ({need}) must both be "
                 f"multiples of {world}: every rank trains on an equal share of both"
@@ -211,7 +270,7 @@ class SemisupConfig:
         # one epoch is a pass over the unlabelled examples (MixedBatchSampler)
         steps_per_epoch = unlabelled // need if need else max(1, self.labels_per_class * len(counts) // self.batch_size)
         if self.fast_swa_unit == "steps" and self.fast_swa_every > self.cycle * steps_per_epoch:
-            raise ValueError(
+            raise InputError(
                 f"--fast-swa-every {self.fast_swa_every} steps is longer than the cycle of "
                 f"{self.cycle * steps_per_epoch} steps ({self.cycle} epochs of {steps_per_epoch})"
             )
@@ -249,12 +308,12 @@ def semisup_one(
     from ..training.augment import default_augment
     from ..training.callbacks import SWACallback, TravelCallback
     from ..training.schedules import CosineReplay
-    from ..training.semisup import ConsistencyStep, MeanTeacher
+    from ..training.semisup import ConsistencyStep
     from ..training.semisup_data import dataset_targets, labelled_split, semisup_loader
     from ..training.trainer import CheckpointPolicy, EvaluationPolicy, Trainer
     from ..zoo.data import make_loader
     from ..zoo.models import build_model
-    from .runs import read_json_object
+    from .config import read_json_object
 
     folder = Path(folder)
     settings = _run_settings(cfg, consistency, seed)
@@ -285,7 +344,7 @@ def semisup_one(
     # under torchrun each rank evaluates and recomputes BatchNorm on its slice of these, all-reduced
     evals = {k: shard_loader(make_loader(d, 1000), k) for k, d in (("val", splits.val), ("test", splits.test))}
     bn = shard_loader(make_loader(splits.train, 1000), "BatchNorm")  # every training input, no augmentation
-    teacher = MeanTeacher(model, cfg.ema_decay, eval_loaders=evals) if consistency == "mean-teacher" else None
+    teacher = CONSISTENCY_TERMS.get(consistency)(model, cfg.ema_decay, evals)
     augment = default_augment(tuple(splits.input_shape), dataset=cfg.dataset) if cfg.augment else None
     step = ConsistencyStep(
         consistency,
@@ -417,8 +476,9 @@ def semisup_run(
     from ..core.checkpoint import write_json
     from ..core.distributed import world_size
     from ..core.optional import progress_bar
+    from .config import check_saved_settings, read_json_object
+    from .folders import prepare_run_dir, ranks_folder
     from .parallel import call, run_jobs
-    from .runs import check_saved_settings, prepare_run_dir, ranks_folder, read_json_object
 
     cfg.check()
     out = Path(out)
@@ -498,7 +558,7 @@ def _figures(cfg: SemisupConfig, out: Path) -> list[Path]:
     except ImportError:
         return []
     figures = []
-    from .runs import read_epoch_log
+    from .config import read_epoch_log
 
     logs = {c: [read_epoch_log(out / c / f"seed-{s}") for s in cfg.seeds] for c in cfg.consistency}
     for c in cfg.consistency:

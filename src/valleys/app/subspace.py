@@ -17,16 +17,17 @@ import copy
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["SubspaceConfig", "subspace_run", "build_subspace", "SPACES", "INFERENCES"]
+from ..errors import InputError
+from .registry import Registry
 
-SPACES = ("pca", "random", "curve")
-INFERENCES = ("ess", "vi", "flow", "nuts")
+__all__ = ["SubspaceConfig", "subspace_run", "build_subspace", "SUBSPACES", "INFERENCE"]
 
 
 @dataclass
@@ -55,38 +56,36 @@ class SubspaceConfig:
     def check(self) -> None:
         from ..methods.subspace_posterior import SUBSPACE_BN
 
-        if self.space not in SPACES:
-            raise ValueError(f"--space must be one of {', '.join(SPACES)}, got {self.space!r}")
-        if self.inference not in INFERENCES:
-            raise ValueError(f"--inference must be one of {', '.join(INFERENCES)}, got {self.inference!r}")
+        SUBSPACES.get(self.space)  # an unknown name: InputError listing the valid ones
+        INFERENCE.get(self.inference)
         if self.bn not in SUBSPACE_BN:
-            raise ValueError(f"--bn must be one of {', '.join(SUBSPACE_BN)}, got {self.bn!r}")
+            raise InputError(f"--bn must be one of {', '.join(SUBSPACE_BN)}, got {self.bn!r}")
         for name in ("rank", "samples", "thin", "vi_steps", "chains"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+                raise InputError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
         for name in ("burn_in", "warmup", "grid", "flow_layers"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 0, got {v!r}")
+                raise InputError(f"--{name.replace('_', '-')} must be an integer >= 0, got {v!r}")
         if self.grid == 1:
-            raise ValueError("--grid must be 0 (no density figure) or at least 2")
+            raise InputError("--grid must be 0 (no density figure) or at least 2")
         for name in ("temperature", "prior_scale", "vi_lr"):
             v = getattr(self, name)
             values = v if name != "vi_lr" and isinstance(v, (list, tuple)) else [v]
             if not values:
-                raise ValueError(f"--{name.replace('_', '-')} needs at least one value")
+                raise InputError(f"--{name.replace('_', '-')} needs at least one value")
             for x in values:
                 if not (isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0):
-                    raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {x!r}")
+                    raise InputError(f"--{name.replace('_', '-')} must be a finite number > 0, got {x!r}")
         if self.space == "curve" and not self.curve:
-            raise ValueError("--space curve needs --curve CURVE_FOLDER (made by 'valleys connect')")
+            raise InputError("--space curve needs --curve CURVE_FOLDER (made by 'valleys connect')")
         if self.space != "curve" and self.curve:
-            raise ValueError(f"--curve goes with --space curve, not --space {self.space}")
+            raise InputError(f"--curve goes with --space curve, not --space {self.space}")
         if self.space == "curve" and self.rank != 2:
-            raise ValueError(f"a curve subspace is a plane: --rank must be 2, got {self.rank}")
+            raise InputError(f"a curve subspace is a plane: --rank must be 2, got {self.rank}")
         if self.bn == "recompute" and self.inference in ("vi", "flow", "nuts"):
-            raise ValueError(
+            raise InputError(
                 f"--inference {self.inference} needs gradients in z, which a per-sample BatchNorm "
                 "recompute does not give; use --bn shift"
             )
@@ -98,7 +97,7 @@ def _load_swag(run_dir: Path, model: torch.nn.Module):
 
     path = run_dir / "posterior.safetensors"
     if not path.is_file():
-        raise ValueError(
+        raise InputError(
             f"--space pca needs a SWAG run (train it with --method swag); {run_dir} has no posterior.safetensors"
         )
     state, header = load_checkpoint(path)
@@ -110,31 +109,45 @@ def _load_swag(run_dir: Path, model: torch.nn.Module):
 
 
 def build_subspace(cfg: SubspaceConfig, model: torch.nn.Module, w_run: torch.Tensor):
-    """The :class:`valleys.methods.subspace.Subspace` that ``cfg`` describes, for the run's ``model``."""
-    from ..core.weights import WeightSpace
-    from ..methods.subspace import curve_subspace, pca_subspace, random_subspace
+    """The :class:`valleys.methods.subspace.Subspace` that ``cfg`` describes, for the run's ``model``
+    (``cfg.space`` looked up in :data:`SUBSPACES`)."""
+    return SUBSPACES.get(cfg.space)(cfg, model, w_run)
 
-    gen = torch.Generator().manual_seed(cfg.seed)
-    if cfg.space == "random":
-        return random_subspace(w_run, cfg.rank, generator=gen)
-    if cfg.space == "pca":
-        swag = _load_swag(Path(cfg.run), model)
-        if swag.k < 2 or cfg.rank > swag.k:
-            raise ValueError(
-                f"--rank {cfg.rank} is larger than the {swag.k} deviations the SWAG run {cfg.run} "
-                f"collected; choose --rank at most {swag.k}"
-            )
-        return pca_subspace(swag.deviations, cfg.rank, shift=swag.mean.to(w_run))
+
+def _random_subspace(cfg: SubspaceConfig, model: torch.nn.Module, w_run: torch.Tensor):
+    """``k`` random unit Gaussian directions around the run's weights (Izmailov et al. 2019)."""
+    from ..methods.subspace import random_subspace
+
+    return random_subspace(w_run, cfg.rank, generator=torch.Generator().manual_seed(cfg.seed))
+
+
+def _pca_subspace(cfg: SubspaceConfig, model: torch.nn.Module, w_run: torch.Tensor):
+    """The top ``k`` principal directions of a SWAG run's deviations, shifted to its SWA mean."""
+    from ..methods.subspace import pca_subspace
+
+    swag = _load_swag(Path(cfg.run), model)
+    if swag.k < 2 or cfg.rank > swag.k:
+        raise InputError(
+            f"--rank {cfg.rank} is larger than the {swag.k} deviations the SWAG run {cfg.run} "
+            f"collected; choose --rank at most {swag.k}"
+        )
+    return pca_subspace(swag.deviations, cfg.rank, shift=swag.mean.to(w_run))
+
+
+def _curve_subspace(cfg: SubspaceConfig, model: torch.nn.Module, w_run: torch.Tensor):
+    """The plane of a Bezier curve's ends and bend (Izmailov et al. 2019's curve subspace)."""
+    from ..core.weights import WeightSpace
+    from ..methods.subspace import curve_subspace
     from .connect import load_curve
 
     curve_dir = Path(cfg.curve)  # type: ignore[arg-type]
     if not (curve_dir / "curve.safetensors").is_file():
-        raise ValueError(f"--curve {curve_dir} is not a curve folder (made by 'valleys connect')")
+        raise InputError(f"--curve {curve_dir} is not a curve folder (made by 'valleys connect')")
     space = WeightSpace(model)
     try:
         curve = load_curve(curve_dir, space)
     except Exception as e:  # noqa: BLE001 - a curve of another architecture: the message says so
-        raise ValueError(f"--curve {curve_dir} does not fit the run {cfg.run}: {e}") from None
+        raise InputError(f"--curve {curve_dir} does not fit the run {cfg.run}: {e}") from None
     with torch.no_grad():
         return curve_subspace(curve.start.detach(), curve.point(0.5).detach(), curve.end.detach())
 
@@ -148,9 +161,10 @@ def subspace_run(
     from ..evaluation.predict import bma
     from ..methods.subspace_posterior import SubspacePosterior
     from ..zoo.data import make_loader
-    from .folders import output_guard
-    from .runs import load_splits, prepare_run_dir, regression_summary, summary_metrics
-    from .studies import load_context
+    from .evaluate import regression_summary, summary_metrics
+    from .folders import output_guard, prepare_run_dir
+    from .run_data import load_splits
+    from .studies.common import load_context
 
     cfg.check()
     out = Path(out)
@@ -181,7 +195,7 @@ def subspace_run(
     z0 = torch.zeros(subspace.k, dtype=torch.float64)
     ll0 = float(base.log_likelihood(z0))  # untempered (T = 1)
     if not math.isfinite(ll0):
-        raise ValueError(
+        raise InputError(
             f"the log-likelihood at the subspace's shift is {ll0}: the run's weights do not fit its "
             "training data (a diverged run?)"
         )
@@ -271,80 +285,138 @@ def _values(v: float | list[float] | tuple[float, ...]) -> list[float]:
 
 
 def _infer(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, *, progress: bool, label: str = ""):
-    """Run the sampler ``cfg.inference`` on the posterior ``post``; a :class:`SamplerResult`."""
+    """Run the sampler ``cfg.inference`` (looked up in :data:`INFERENCE`) on the posterior ``post``; a
+    :class:`SamplerResult`."""
     from ..core.optional import progress_bar
-    from ..methods.samplers import elliptical_slice, flow_vi, mean_field_vi, nuts
-    from ..zoo.data import make_loader
 
+    inference = INFERENCE.get(cfg.inference)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    steps = {"ess": cfg.burn_in + cfg.samples * cfg.thin, "vi": cfg.vi_steps, "flow": cfg.vi_steps, "nuts": cfg.chains}[
-        cfg.inference
-    ]
     bar = (
-        progress_bar(total=steps, unit="step", desc=f"subspace {cfg.inference}{label}", leave=False, dynamic_ncols=True)
+        progress_bar(
+            total=inference.steps(cfg),
+            unit="step",
+            desc=f"subspace {cfg.inference}{label}",
+            leave=False,
+            dynamic_ncols=True,
+        )
         if progress
         else None
     )
     try:
-        if cfg.inference == "ess":
-            return elliptical_slice(
-                lambda z: float(post.log_likelihood(z)),
-                z0,
-                prior_scale=post.prior_scale,
-                num_samples=cfg.samples,
-                burn_in=cfg.burn_in,
-                thin=cfg.thin,
-                generator=gen,
-                progress=bar,
-            )
-        if cfg.inference in ("vi", "flow"):
-            minibatches = make_loader(splits.train, 256, shuffle=True, seed=cfg.seed)
-            it = iter(())
-
-            def minibatch_ll(z: torch.Tensor) -> torch.Tensor:
-                nonlocal it
-                try:
-                    batch = next(it)
-                except StopIteration:
-                    it = iter(minibatches)
-                    batch = next(it)
-                return post.differentiable_log_likelihood(z, batch)
-
-            if cfg.inference == "flow":
-                return flow_vi(
-                    minibatch_ll,
-                    post.subspace.k,
-                    prior_scale=post.prior_scale,
-                    num_samples=cfg.samples,
-                    steps=cfg.vi_steps,
-                    lr=cfg.vi_lr,
-                    layers=cfg.flow_layers,
-                    generator=gen,
-                    progress=bar,
-                )
-            return mean_field_vi(
-                minibatch_ll,
-                post.subspace.k,
-                prior_scale=post.prior_scale,
-                num_samples=cfg.samples,
-                steps=cfg.vi_steps,
-                lr=cfg.vi_lr,
-                generator=gen,
-                progress=bar,
-            )
-        return nuts(
-            lambda z: post.differentiable_log_likelihood(z),
-            z0,
-            prior_scale=post.prior_scale,
-            num_samples=cfg.samples,
-            warmup=cfg.warmup,
-            chains=cfg.chains,
-            seed=cfg.seed,
-        )
+        return inference.run(cfg, post, splits, z0, gen, bar)
     finally:
         if bar is not None:
             bar.close()
+
+
+@dataclass(frozen=True)
+class Inference:
+    """A sampler of the subspace posterior: the steps its progress bar counts, and ``run(cfg, post, splits, z0,
+    generator, bar)`` returning a :class:`valleys.methods.samplers.SamplerResult`."""
+
+    steps: Callable[[SubspaceConfig], int]
+    run: Callable[..., Any]
+
+
+def _ess(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, gen: torch.Generator, bar: Any) -> Any:
+    """Elliptical slice sampling (Murray et al. 2010) of the full-batch tempered posterior."""
+    from ..methods.samplers import elliptical_slice
+
+    return elliptical_slice(
+        lambda z: float(post.log_likelihood(z)),
+        z0,
+        prior_scale=post.prior_scale,
+        num_samples=cfg.samples,
+        burn_in=cfg.burn_in,
+        thin=cfg.thin,
+        generator=gen,
+        progress=bar,
+    )
+
+
+def _minibatch_log_likelihood(cfg: SubspaceConfig, post: Any, splits: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The differentiable log-likelihood of ``z`` on the next minibatch of 256 (cycling through the epochs)."""
+    from ..zoo.data import make_loader
+
+    minibatches = make_loader(splits.train, 256, shuffle=True, seed=cfg.seed)
+    it = iter(())
+
+    def minibatch_ll(z: torch.Tensor) -> torch.Tensor:
+        nonlocal it
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(minibatches)
+            batch = next(it)
+        return post.differentiable_log_likelihood(z, batch)
+
+    return minibatch_ll
+
+
+def _vi(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, gen: torch.Generator, bar: Any) -> Any:
+    """Mean-field Gaussian variational inference (Blundell et al. 2015) on minibatches."""
+    from ..methods.samplers import mean_field_vi
+
+    return mean_field_vi(
+        _minibatch_log_likelihood(cfg, post, splits),
+        post.subspace.k,
+        prior_scale=post.prior_scale,
+        num_samples=cfg.samples,
+        steps=cfg.vi_steps,
+        lr=cfg.vi_lr,
+        generator=gen,
+        progress=bar,
+    )
+
+
+def _flow(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, gen: torch.Generator, bar: Any) -> Any:
+    """Variational inference with a RealNVP flow (Dinh et al. 2017) on minibatches."""
+    from ..methods.samplers import flow_vi
+
+    return flow_vi(
+        _minibatch_log_likelihood(cfg, post, splits),
+        post.subspace.k,
+        prior_scale=post.prior_scale,
+        num_samples=cfg.samples,
+        steps=cfg.vi_steps,
+        lr=cfg.vi_lr,
+        layers=cfg.flow_layers,
+        generator=gen,
+        progress=bar,
+    )
+
+
+def _nuts(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, gen: torch.Generator, bar: Any) -> Any:
+    """The No-U-Turn sampler (Hoffman & Gelman 2014, through Pyro) of the full-batch tempered posterior."""
+    from ..methods.samplers import nuts
+
+    return nuts(
+        lambda z: post.differentiable_log_likelihood(z),
+        z0,
+        prior_scale=post.prior_scale,
+        num_samples=cfg.samples,
+        warmup=cfg.warmup,
+        chains=cfg.chains,
+        seed=cfg.seed,
+    )
+
+
+#: ``--space``: how the subspace is built, ``(cfg, model, run weights) -> Subspace``.
+SUBSPACES: Registry[Callable[..., Any]] = Registry(
+    "subspace", {"pca": _pca_subspace, "random": _random_subspace, "curve": _curve_subspace}, flag="--space"
+)
+#: ``--inference``: the samplers of the subspace posterior.
+INFERENCE: Registry[Inference] = Registry(
+    "inference method",
+    {
+        "ess": Inference(lambda cfg: cfg.burn_in + cfg.samples * cfg.thin, _ess),
+        "vi": Inference(lambda cfg: cfg.vi_steps, _vi),
+        "flow": Inference(lambda cfg: cfg.vi_steps, _flow),
+        "nuts": Inference(lambda cfg: cfg.chains, _nuts),
+    },
+    flag="--inference",
+)
 
 
 def _density_grid(post, samples: torch.Tensor, n: int) -> dict[str, Any]:

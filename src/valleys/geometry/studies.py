@@ -1,6 +1,7 @@
 """The talk's loss-surface instruments on trained runs: planes, the path between two solutions, random rays,
 random filter-normalised planes and flatness. Each function returns arrays plus metadata (units stated);
-:func:`valleys.app.studies.write_study` writes them as ``results.json``, figures and ``report.md``.
+the registered studies of :mod:`valleys.app.studies` run them on run folders and write ``results.json``, figures and
+``report.md``.
 
 Distances and plane coordinates are Euclidean in weight space (weight units) except for filter-normalised
 random planes, whose coordinates are multiples of the filter-normalised directions. Every study takes an

@@ -11,18 +11,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ...errors import InputError
+
 if TYPE_CHECKING:  # pragma: no cover - torch and the library load when a method runs, not with the registry
     from torch import nn
 
     from ...evaluation.predict import Sample
     from ...training.schedules import Schedule
     from ...training.trainer import Callback
-    from ..runs import TrainConfig
+    from ..config import TrainConfig
 
 __all__ = ["Method", "Predictive", "find_callback"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Predictive:
     """How a run's predictive distribution is evaluated: ``p(y|x) = (1/S) sum_s p(y|x, w_s)`` over the
     samples ``w_s`` that ``draw()`` yields (called once per split: the same samples each time).
@@ -43,10 +45,10 @@ class Method:
 
     Class attributes:
         name: the ``--method`` value; help: its one-line ``--help`` text.
-        settings: the optional :class:`valleys.app.runs.TrainConfig` fields (``None`` by default) that only this
-            method uses; the CLI refuses them for the other methods.
-        uses: further method-specific fields it reads (with defaults, so not refused elsewhere); the CLI's help
-            names the methods a flag applies to from ``settings + uses``.
+        settings: the settings dataclasses this method reads (fields made with :func:`valleys.app.options.setting`;
+            several methods may share one). Their fields become :class:`valleys.app.config.TrainConfig` fields
+            and ``valleys train`` flags, whose help names the methods that use them; a field marked
+            ``exclusive`` is refused for the other methods.
         member: for ensembles of runs, the method each member is trained with (members go to ``member-<i>``).
         views: other methods whose predictive this run's files also hold (a SWAG run holds SWA's).
         saves: the files it writes into the run folder besides the common ones.
@@ -54,14 +56,14 @@ class Method:
 
     name: ClassVar[str] = ""
     help: ClassVar[str] = ""
-    settings: ClassVar[tuple[str, ...]] = ()
-    uses: ClassVar[tuple[str, ...]] = ()
+    settings: ClassVar[tuple[type, ...]] = ()
     member: ClassVar[str | None] = None
     views: ClassVar[tuple[str, ...]] = ()
     saves: ClassVar[tuple[str, ...]] = ()
 
     def resolve(self, cfg: TrainConfig) -> None:
-        """Fill this method's defaults into ``cfg`` (a copy) and check its settings; raise ``ValueError``."""
+        """Fill this method's defaults into ``cfg`` (a copy) and check what the settings' own rules cannot (their
+        relations to each other and to the epochs); raise :class:`valleys.errors.InputError`."""
 
     def schedule(self, cfg: TrainConfig) -> Schedule:  # pragma: no cover - abstract
         """The learning-rate schedule of a resolved config."""
@@ -85,5 +87,5 @@ def find_callback(callbacks: list[Callback], kind: type) -> Any:
     """The one callback of type ``kind`` in ``callbacks``."""
     found = [cb for cb in callbacks if isinstance(cb, kind)]
     if len(found) != 1:
-        raise ValueError(f"expected one {kind.__name__} among the callbacks, found {len(found)}")
+        raise InputError(f"expected one {kind.__name__} among the callbacks, found {len(found)}")
     return found[0]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..options import setting
 from .base import Method, Predictive
 from .sgd import SGD
 
@@ -12,7 +14,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
     from ...training.schedules import Schedule
-    from ..runs import TrainConfig
+    from ..config import TrainConfig
+
+
+@dataclass
+class MembersSettings:
+    """How many independent runs an ensemble of runs trains."""
+
+    members: int = setting(3, "number of runs", check="positive")
 
 
 class Ensemble(Method):
@@ -21,7 +30,7 @@ class Ensemble(Method):
 
     name = "ensemble"
     help = "--members independent SGD runs (seeds seed, seed+1, ...); ensemble of their predictions"
-    uses = ("members",)
+    settings = (MembersSettings,)
     member = "sgd"
 
     def schedule(self, cfg: TrainConfig) -> Schedule:

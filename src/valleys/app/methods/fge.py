@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ...errors import InputError
+from ..options import setting
 from .base import Method, Predictive, find_callback
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -13,7 +16,23 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ...training.schedules import Schedule
     from ...training.trainer import Callback
-    from ..runs import TrainConfig
+    from ..config import TrainConfig
+
+
+@dataclass
+class FGESettings:
+    """FGE's cycles: their length, highest and lowest learning rates, and when they start."""
+
+    cycle: int = setting(2, "cycle length in epochs (even)", check="positive")
+    lr_1: float | None = setting(
+        None, "cycle's highest LR (default: lr / 2)", check="positive", metavar="LR", exclusive=True
+    )
+    lr_2: float | None = setting(
+        None, "cycle's lowest LR (default: lr / 200)", check="positive", metavar="LR", exclusive=True
+    )
+    fge_start: int | None = setting(
+        None, "pre-training epochs (default: the first 80%%, whole cycles)", check="positive", exclusive=True
+    )
 
 
 class FGE(Method):
@@ -25,27 +44,26 @@ class FGE(Method):
     help = (
         "SGD to --fge-start, then cycles of --cycle epochs between --lr-1 and --lr-2; ensemble of mid-cycle snapshots"
     )
-    settings = ("lr_1", "lr_2", "fge_start")
-    uses = ("cycle",)
+    settings = (FGESettings,)
     saves = ("posterior.safetensors",)
 
     def resolve(self, cfg: TrainConfig) -> None:
         if cfg.cycle < 2 or cfg.cycle % 2:
-            raise ValueError(f"--cycle must be an even number of epochs >= 2 for FGE, got {cfg.cycle}")
+            raise InputError(f"--cycle must be an even number of epochs >= 2 for FGE, got {cfg.cycle}")
         cfg.lr_1 = cfg.lr / 2 if cfg.lr_1 is None else cfg.lr_1
         cfg.lr_2 = cfg.lr / 200 if cfg.lr_2 is None else cfg.lr_2
         if not (cfg.lr_1 > 0 and cfg.lr_2 > 0):
-            raise ValueError(f"--lr-1 and --lr-2 must be positive, got {cfg.lr_1} and {cfg.lr_2}")
+            raise InputError(f"--lr-1 and --lr-2 must be positive, got {cfg.lr_1} and {cfg.lr_2}")
         if cfg.fge_start is None:
             cycles = max(1, round(0.2 * cfg.epochs / cfg.cycle))
             cfg.fge_start = cfg.epochs - cycles * cfg.cycle
         if cfg.epochs - cfg.cycle < 1:
-            raise ValueError(
+            raise InputError(
                 f"FGE needs a pre-trained start and at least one --cycle of {cfg.cycle} epochs: "
                 f"--epochs must be at least {cfg.cycle + 1}, got {cfg.epochs}"
             )
         if not 1 <= cfg.fge_start <= cfg.epochs - cfg.cycle:
-            raise ValueError(
+            raise InputError(
                 f"FGE needs a pre-trained start and at least one {cfg.cycle}-epoch cycle: fge-start must be in "
                 f"[1, {cfg.epochs - cfg.cycle}] for {cfg.epochs} epochs, got {cfg.fge_start}"
             )

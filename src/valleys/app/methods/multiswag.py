@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .base import Method, Predictive
+from .ensemble import MembersSettings
 from .swag import SWAG, swag_predictive
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
     from ...training.schedules import Schedule
-    from ..runs import TrainConfig
+    from ..config import TrainConfig
 
 
 class MultiSWAG(Method):
@@ -21,8 +22,7 @@ class MultiSWAG(Method):
 
     name = "multiswag"
     help = "--members independent SWAG runs; BMA over --samples draws from each"
-    settings = SWAG.settings
-    uses = ("members",) + SWAG.uses
+    settings = SWAG.settings + (MembersSettings,)
     member = "swag"
 
     def resolve(self, cfg: TrainConfig) -> None:

@@ -11,7 +11,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
     from ...training.schedules import Schedule
-    from ..runs import TrainConfig
+    from ..config import TrainConfig
 
 
 class SGD(Method):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from ...errors import InputError
+from ..options import setting
 from .base import Method, Predictive, find_callback
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -14,7 +17,17 @@ if TYPE_CHECKING:  # pragma: no cover
     from ...methods.averaging import Averager
     from ...training.schedules import Schedule
     from ...training.trainer import Callback
-    from ..runs import TrainConfig
+    from ..config import TrainConfig
+
+
+@dataclass
+class SWASettings:
+    """When SWA starts averaging and at which learning rate (shared by every method built on SWA)."""
+
+    swa_start: int | None = setting(
+        None, "epochs of SGD before averaging starts (default: epochs // 2)", check="positive", exclusive=True
+    )
+    swa_lr: float | None = setting(None, "SWA learning rate (default: --lr)", check="positive", exclusive=True)
 
 
 class SWA(Method):
@@ -24,8 +37,8 @@ class SWA(Method):
 
     name = "swa"
     help = "SGD, then from --swa-start an SWA schedule to --swa-lr and a uniform average of one iterate per epoch"
-    settings = ("swa_start", "swa_lr")
-    saves = ("trajectory.safetensors",)
+    settings: ClassVar[tuple[type, ...]] = (SWASettings,)
+    saves: ClassVar[tuple[str, ...]] = ("trajectory.safetensors",)
 
     def resolve(self, cfg: TrainConfig) -> None:
         if cfg.swa_start is None:
@@ -33,12 +46,12 @@ class SWA(Method):
         if cfg.swa_lr is None:
             cfg.swa_lr = cfg.lr
         if not 1 <= cfg.swa_start < cfg.epochs:
-            raise ValueError(
+            raise InputError(
                 f"swa-start must be at least 1 and below epochs ({cfg.epochs}) so that at least one epoch is "
                 f"averaged, got {cfg.swa_start}"
             )
         if not cfg.swa_lr > 0:
-            raise ValueError(f"swa-lr must be positive, got {cfg.swa_lr}")
+            raise InputError(f"swa-lr must be positive, got {cfg.swa_lr}")
 
     def schedule(self, cfg: TrainConfig) -> Schedule:
         from ...training.schedules import SWASchedule

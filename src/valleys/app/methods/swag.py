@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from ...errors import InputError
+from ..options import setting
 from .base import Predictive, find_callback
-from .swa import SWA
+from .swa import SWA, SWASettings
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -16,7 +19,22 @@ if TYPE_CHECKING:  # pragma: no cover
     from ...evaluation.predict import Sample
     from ...methods.averaging import Averager
     from ...training.trainer import Callback
-    from ..runs import TrainConfig
+    from ..config import TrainConfig
+
+
+@dataclass
+class SamplingSettings:
+    """How a Gaussian posterior over the weights is averaged at test time (SWAG, SWAG-diagonal, MultiSWAG)."""
+
+    samples: int = setting(30, "test-time draws S (per member)", check="positive")
+    bn_batches: int | None = setting(None, "BN recompute per sample on N batches (default: all)", check="positive")
+
+
+@dataclass
+class RankSettings:
+    """The low-rank part of SWAG."""
+
+    rank: int = setting(20, "number of deviation vectors K", check="positive")
 
 
 def swag_predictive(
@@ -58,8 +76,8 @@ class SWAG(SWA):
 
     name = "swag"
     help = "as swa, plus a low-rank-plus-diagonal Gaussian (--rank); BMA over --samples draws, scale 0.5"
-    views = ("swa", "swag-diag")
-    uses = ("rank", "samples", "bn_batches")
+    views: ClassVar[tuple[str, ...]] = ("swa", "swag-diag")
+    settings: ClassVar[tuple[type, ...]] = (SWASettings, RankSettings, SamplingSettings)
     saves = ("trajectory.safetensors", "posterior.safetensors")
     diagonal = False
     scale = 0.5
@@ -68,12 +86,12 @@ class SWAG(SWA):
     def resolve(self, cfg: TrainConfig) -> None:
         super().resolve(cfg)
         if not self.diagonal and cfg.rank < 2:  # the low-rank part averages D^T D / (K - 1) over K >= 2 deviations
-            raise ValueError(
+            raise InputError(
                 f"--rank must be at least 2 for low-rank SWAG (its covariance needs two deviation "
                 f"vectors), got {cfg.rank}; use --method swag-diag for the diagonal Gaussian alone"
             )
         if cfg.epochs - cfg.swa_start < self.min_collected:  # type: ignore[operator]
-            raise ValueError(
+            raise InputError(
                 f"{self.name} needs at least {self.min_collected} collected epochs; --epochs - --swa-start is "
                 f"{cfg.epochs} - {cfg.swa_start} = {cfg.epochs - cfg.swa_start}: lower --swa-start"
                 + (" or use --method swag-diag" if not self.diagonal else "")  # type: ignore[operator]

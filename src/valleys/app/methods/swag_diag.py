@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .swag import SWAG
+from .swa import SWASettings
+from .swag import SWAG, SamplingSettings
 
 
 class SWAGDiag(SWAG):
@@ -11,7 +12,7 @@ class SWAGDiag(SWAG):
     name = "swag-diag"
     help = "as swa, plus a diagonal Gaussian; BMA over --samples draws, scale 1.0"
     views = ("swa",)
-    uses = ("samples", "bn_batches")
+    settings = (SWASettings, SamplingSettings)
     diagonal = True
     scale = 1.0
     min_collected = 1

@@ -1,0 +1,315 @@
+"""The settings of a training run (:class:`TrainConfig`) and the JSON files that hold settings (no torch at import).
+
+:class:`TrainConfig` is flat, as ``config.json`` is: the settings every run has (:class:`RunSettings`) and the
+settings of every registered method (each method's own settings dataclass, see
+:class:`valleys.app.methods.Method`), inserted after ``batch_size``. Registering a method
+(:func:`valleys.app.registry.register_method`) adds its settings to :class:`TrainConfig`; nothing here names a
+method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError, InputError, MissingFileError
+from ..zoo.catalog import DATASETS, INPUT_KINDS, MODEL_INPUTS, MODELS, REGRESSION_DATASETS
+from .options import SEED_MAX, check_settings, check_types, settings_fields
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..core.adapter import ModelAdapter
+
+__all__ = [
+    "RunSettings",
+    "TrainConfig",
+    "set_method_settings",
+    "method_fields",
+    "read_json_object",
+    "check_resume_flags",
+    "read_epoch_log",
+    "check_saved_settings",
+    "check_types",
+    "settings_from_dict",
+    "read_run_config",
+    "config_from_dict",
+    "ConfigError",
+    "SEED_MAX",
+]
+
+
+@dataclass
+class RunSettings:
+    """The settings every training run has, whatever its method (see ``valleys train --help``)."""
+
+    dataset: str = "mnist1d"
+    model: str = "cnn1d"
+    method: str = "swa"
+    epochs: int = 100
+    lr: float = 0.1
+    momentum: float = 0.9
+    wd: float = 5e-4
+    batch_size: int = 128
+    # the registered methods' settings come here (see TrainConfig)
+    ood_split: bool = False  # train on the first half of the classes; the rest are OOD
+    uci_split: int = 0  # regression: which index_train_<i>/index_test_<i> pair (or diabetes split seed)
+    heteroscedastic: bool = True  # regression: per-input variance (else one learned noise variance)
+    seed: int = 0
+    val_fraction: float = 0.1
+    train_subset: int | None = None
+    test_subset: int | None = None
+    data_root: str | None = None
+    device: str = "cpu"
+    checkpoint_every: int = 10
+    eval_every: int = 1
+
+
+_AFTER = "batch_size"  # the methods' settings follow this field (the order of config.json)
+_METHOD_SETTINGS: list[type] = []
+
+
+@dataclass
+class TrainConfig(RunSettings):
+    """Every setting of a training run: the fields of :class:`RunSettings` and those of the registered methods'
+    settings dataclasses (all have defaults; see ``valleys train --help``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        """Reached only for a name that is not a field: the methods' settings are fields added at registration
+        (see :func:`set_method_settings`), so type checkers cannot list them."""
+        raise AttributeError(f"{type(self).__name__!r} has no setting {name!r}")
+
+    if TYPE_CHECKING:  # a method's resolve() fills its own settings in
+
+        def __setattr__(self, name: str, value: Any) -> None: ...
+
+    @property
+    def is_regression(self) -> bool:
+        """Whether the dataset is a regression task (Gaussian likelihood)."""
+        return self.dataset in REGRESSION_DATASETS
+
+    def adapter(self) -> ModelAdapter:
+        """How this run's ``(x, y)`` batches and outputs are read: Gaussian NLL on the (mean, variance) head for a
+        regression dataset, cross-entropy on the logits otherwise. Every evaluation of the run uses it."""
+        from ..core.adapter import ModelAdapter
+
+        return ModelAdapter(loss="gaussian") if self.is_regression else ModelAdapter()
+
+    def resolved(self) -> TrainConfig:
+        """A copy with defaults filled in and every value checked; raises :class:`InputError` (a ``ValueError``)
+        saying what is wrong."""
+        from .registry import get_method
+
+        cfg = dataclasses.replace(self)
+        check_types(cfg)
+        if cfg.dataset not in DATASETS and cfg.dataset not in REGRESSION_DATASETS:
+            raise InputError(
+                f"unknown dataset {cfg.dataset!r}; valid datasets: "
+                f"{', '.join(list(DATASETS) + list(REGRESSION_DATASETS))}"
+            )
+        if cfg.is_regression:
+            if cfg.model != "mlp":
+                raise InputError(f"regression datasets use --model mlp (a Gaussian-head MLP), got {cfg.model!r}")
+            if cfg.ood_split:
+                raise InputError("--ood-split is a classification protocol; it does not apply to regression")
+        if cfg.model not in MODELS:
+            raise InputError(f"unknown model {cfg.model!r}; valid models: {', '.join(MODELS)}")
+        needs, gives = MODEL_INPUTS.get(cfg.model, "any"), INPUT_KINDS.get(cfg.dataset)
+        if gives is not None and needs not in ("any", gives):
+            fits = [m for m, k in MODEL_INPUTS.items() if k in ("any", gives)]
+            raise InputError(
+                f"model {cfg.model!r} needs {needs}, dataset {cfg.dataset!r} gives {gives}; use "
+                f"--model {' or '.join(fits)}"
+            )
+        method = get_method(cfg.method)
+        if not isinstance(cfg.epochs, int) or cfg.epochs < 1:
+            raise InputError(f"epochs must be a positive integer, got {cfg.epochs}")
+        for name in ("lr", "batch_size", "checkpoint_every", "eval_every"):
+            v = getattr(cfg, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise InputError(f"{name.replace('_', '-')} must be positive, got {v}")
+        if not (math.isfinite(cfg.val_fraction) and 0 <= cfg.val_fraction < 1):
+            raise InputError(f"val-fraction must be in [0, 1), got {cfg.val_fraction}")
+        if not (math.isfinite(cfg.wd) and cfg.wd >= 0):
+            raise InputError(f"wd must be finite and >= 0, got {cfg.wd}")
+        if not (math.isfinite(cfg.momentum) and 0 <= cfg.momentum < 1):
+            raise InputError(f"momentum must be in [0, 1), got {cfg.momentum}")
+        if not 0 <= cfg.seed <= SEED_MAX:
+            raise InputError(f"seed must be in [0, 2**63 - 1], got {cfg.seed}")
+        if cfg.uci_split < 0:
+            raise InputError(f"uci-split must be >= 0, got {cfg.uci_split}")
+        for name in ("train_subset", "test_subset"):
+            v = getattr(cfg, name)
+            if v is not None and v < 1:
+                raise InputError(f"{name.replace('_', '-')} must be at least 1, got {v}")
+        if cfg.data_root is not None and not cfg.data_root.strip():
+            raise InputError("data-root must be a path, got an empty string")
+        method.resolve(cfg)  # its own defaults and relations first: its messages say more than a field's rule
+        check_settings(cfg, method_fields())
+        import torch
+
+        try:
+            device = torch.device(cfg.device)
+        except RuntimeError:
+            raise InputError(f"unknown device {cfg.device!r}; use cpu, cuda or cuda:N") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device {cfg.device!r} requested but CUDA is not available; use --device cpu")
+        return cfg
+
+
+def method_fields() -> list[dataclasses.Field]:
+    """The fields of :class:`TrainConfig` that come from the registered methods' settings dataclasses."""
+    out: dict[str, dataclasses.Field] = {}
+    for cls in _METHOD_SETTINGS:
+        for f in settings_fields(cls):
+            out.setdefault(f.name, f)
+    return list(out.values())
+
+
+def set_method_settings(classes: Sequence[type]) -> None:
+    """Make the methods' settings dataclasses ``classes`` (in order, duplicates once) the method fields of
+    :class:`TrainConfig` (called by the method registry whenever it changes). Two classes may not define the
+    same field; the common settings may not be redefined."""
+    unique = list(dict.fromkeys(classes))
+    seen: dict[str, type] = {f.name: RunSettings for f in dataclasses.fields(RunSettings)}
+    for cls in unique:
+        for f in settings_fields(cls):
+            if f.name in seen:
+                raise InputError(
+                    f"setting {f.name!r} of {cls.__name__} is already defined by {seen[f.name].__name__}; "
+                    "share that settings class instead"
+                )
+            seen[f.name] = cls
+    _METHOD_SETTINGS[:] = unique
+    _rebuild_train_config()
+
+
+def _copy(f: dataclasses.Field) -> dataclasses.Field:
+    if f.default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=f.default_factory, metadata=f.metadata)
+    return dataclasses.field(default=f.default, metadata=f.metadata)
+
+
+def _rebuild_train_config() -> None:
+    """Give :class:`TrainConfig` the fields of :class:`RunSettings` with the methods' settings after
+    ``batch_size``: a dataclass with those fields is generated and its generated methods (``__init__``,
+    ``__eq__``, ``__repr__``, the field table) are put on :class:`TrainConfig`, so that every reference to the
+    class sees the new fields."""
+    spec: list[tuple[str, Any, dataclasses.Field]] = []
+    for f in dataclasses.fields(RunSettings):
+        spec.append((f.name, f.type, _copy(f)))
+        if f.name == _AFTER:
+            spec += [(m.name, m.type, _copy(m)) for m in method_fields()]
+    fresh = dataclasses.make_dataclass("TrainConfig", spec, namespace={"__module__": __name__})
+    for name in list(vars(TrainConfig)):
+        if name in TrainConfig.__dataclass_fields__ and name not in RunSettings.__dataclass_fields__:
+            delattr(TrainConfig, name)  # an old method field's class default
+    for name in ("__init__", "__repr__", "__eq__", "__dataclass_fields__", "__dataclass_params__", "__match_args__"):
+        if name in vars(fresh):
+            setattr(TrainConfig, name, vars(fresh)[name])
+    TrainConfig.__annotations__ = dict(vars(fresh).get("__annotations__", {}))
+    for f in dataclasses.fields(fresh):
+        if f.default is not dataclasses.MISSING and f.name not in RunSettings.__dataclass_fields__:
+            setattr(TrainConfig, f.name, f.default)
+
+
+# ---------------------------------------------------------------------- settings files
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """The JSON object in ``path``; :class:`ConfigError` naming the file if it is not valid JSON or not an object
+    (``FileNotFoundError`` if it does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path} does not exist")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a JSON object of settings, found a JSON {type(raw).__name__}")
+    return raw
+
+
+def read_epoch_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch log of a run folder (``metrics.jsonl``, one JSON object per line)."""
+    text = (Path(run_dir) / "metrics.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def check_saved_settings(out: Path, settings: dict[str, Any], what: str) -> None:
+    """Before ``--resume`` of a multi-run command: ``out/config.json`` must exist and hold ``settings`` (its
+    ``folder`` tag aside); else an :class:`InputError` naming ``what`` or listing the settings that differ."""
+    if not (out / "config.json").is_file():
+        raise InputError(f"cannot resume: {out} holds no {what} (no config.json)")
+    saved = read_json_object(out / "config.json")
+    saved.pop("folder", None)
+    if saved != settings:
+        diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+        raise InputError(f"cannot resume {out}: the settings differ from the saved ones (saved, now): {diff}")
+
+
+def settings_from_dict(cls: type, raw: dict[str, Any], source: str | Path, *, ignore: tuple[str, ...] = ()) -> Any:
+    """``cls(**raw)`` for a settings dataclass read from ``source``, refusing unknown fields and wrong types with
+    a :class:`ConfigError` naming ``source`` (``ignore``: keys that are not settings)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names - set(ignore))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"(written by another version of valleys, or edited by hand?); known: {', '.join(sorted(names))}"
+        )
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{source}: missing setting{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    obj = cls(**{k: v for k, v in raw.items() if k in names})
+    try:
+        check_types(obj)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return obj
+
+
+def read_run_config(run_dir: str | Path) -> TrainConfig:
+    """The resolved :class:`TrainConfig` of a run folder's ``config.json``, every error naming the file."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise MissingFileError(f"{run_dir} is not a run folder: it has no config.json (train one with 'valleys train')")
+    raw = read_json_object(path)
+    if raw.get("folder") == "curve":
+        raise ConfigError(f"{run_dir} is a curve folder (made by 'valleys connect'), not a training run")
+    return config_from_dict(raw, path)
+
+
+def config_from_dict(raw: Any, source: str | Path) -> TrainConfig:
+    """A resolved :class:`TrainConfig` from saved settings (a run's ``config.json`` or a checkpoint header)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the run's settings must be a JSON object, found {type(raw).__name__}")
+    cfg = settings_from_dict(TrainConfig, raw, source)
+    try:
+        return cfg.resolved()
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def check_resume_flags(
+    given: dict[str, Any], saved: dict[str, Any], config: Path, flags: dict[str, str] | None = None
+) -> None:
+    """Refuse flags given with ``--resume`` whose value differs from the saved ``config.json``: an
+    :class:`InputError` naming each flag (``flags``: the flag of a setting not named ``--<setting>``)."""
+    flags = flags or {}
+    bad = [
+        f"{flags.get(k, '--' + k.replace('_', '-'))} {given[k]!r} (config.json: {saved[k]!r})"
+        for k in given
+        if k in saved and given[k] != saved[k]
+    ]
+    if bad:
+        raise InputError(
+            f"--resume continues {config.parent} with the settings of {config}; these flags contradict "
+            f"it: {', '.join(bad)}. Drop them (or start a new run without --resume)"
+        )
