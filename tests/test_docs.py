@@ -303,3 +303,54 @@ def test_architecture_names_existing_modules():
     }
     named = {n.rstrip("/") for row in rows for n in re.findall(r"`([\w/]+)`", row.strip("|").split("|")[-1])}
     assert on_disk <= named, f"library modules missing from docs/architecture.md: {sorted(on_disk - named)}"
+
+
+def cli_examples(text: str) -> list[tuple[int, list[str]]]:
+    """``valleys ...`` command lines of the ```bash blocks of a page (continuations joined, comments and a
+    ``torchrun ... -m`` prefix dropped), with their line numbers."""
+    import shlex
+
+    out: list[tuple[int, list[str]]] = []
+    lines = text.splitlines()
+    in_bash = False
+    pending: tuple[int, str] | None = None
+    for number, raw in enumerate(lines, 1):
+        stripped = raw.strip()
+        if stripped.startswith("```"):
+            in_bash = stripped == "```bash"
+            continue
+        if not in_bash:
+            continue
+        i, line = (pending[0], pending[1] + " " + stripped) if pending is not None else (number, raw)
+        code = line.split(" #")[0].strip()
+        if code.endswith("\\"):
+            pending = (i, code[:-1])
+            continue
+        pending = None
+        if "-m valleys " in code:
+            code = "valleys " + code.split("-m valleys ", 1)[1]
+        if code.startswith("valleys ") and "..." not in code:
+            out.append((i, shlex.split(code)[1:]))
+    return out
+
+
+def test_cli_examples_parse():
+    """Every ``valleys`` command shown in the README and the docs parses with the real parser (flags and
+    choices exist), so an example cannot drift from the command line."""
+    from valleys.app import cli
+
+    examples = [
+        (name, line, argv)
+        for name, text in [("README.md", (ROOT / "README.md").read_text(encoding="utf-8"))]
+        + [(str(p.relative_to(ROOT)), p.read_text(encoding="utf-8")) for p in pages() if p.name != "cli.md"]
+        for line, argv in cli_examples(text)
+    ]
+    assert len(examples) > 20
+    bad = []
+    for name, line, argv in examples:
+        try:
+            cli._parser().parse_args(argv)
+        except SystemExit as e:
+            if e.code != 0:
+                bad.append(f"{name}:{line}: valleys {' '.join(argv)}")
+    assert not bad, "examples the parser refuses:\n" + "\n".join(bad)
