@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
 
-.PHONY: venv demo demo-quick demo-fashion-mnist test test-fast lint bench clean
+.PHONY: venv demo demo-quick demo-fashion-mnist test test-fast lint docs bench clean
 
 venv: $(STAMP)
 
@@ -39,8 +39,13 @@ lint: $(STAMP)
 	$(BIN)/python tools/check_mypy.py
 	$(BIN)/python tools/check_imports.py
 
+# The documentation site (mkdocs-material, offline) into site/; the CLI page is regenerated from the parser first.
+docs: $(STAMP)
+	$(BIN)/python tools/gen_cli_docs.py docs/cli.md
+	$(BIN)/mkdocs build --strict --site-dir site
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_swa.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site
