@@ -137,21 +137,19 @@ def test_evaluate_missing_or_foreign_folder(tmp_path, capsys):
 def test_quick_demo_writes_the_run_folder(tmp_path):
     import dataclasses
 
-    from valleys.app.demo import DEMO_CONFIG, run_demo
+    from valleys.app.demo import DEMO_CONFIG, DemoSettings, run_demo
 
     out = tmp_path / "demo"
     base = dataclasses.replace(DEMO_CONFIG, model="mlp", epochs=5, swa_start=2)
-    res = run_demo(
-        out,
+    settings = DemoSettings(
         seeds=[0],
         base=base,
-        progress=False,
-        log=lambda *a: None,
         curve={"epochs": 1, "points": 3},
         subspace={"samples": 3, "burn_in": 1, "grid": 3, "toy": {"epochs": 10}},
         semisup={"epochs": 4, "cycle": 1, "fast_swa_every": 1, "consistency": ["none", "mean-teacher"]},
         budgets=[1, 1.5],
     )
+    res = run_demo(out, settings, progress=False, log=lambda *a: None)
     semi = res["semisup"]
     assert set(semi["summary"]) == {"none", "mean-teacher"} and "teacher" in semi["summary"]["mean-teacher"]
     assert semi["settings"]["model"] == "mlp" and semi["settings"]["seeds"] == [0]
@@ -230,12 +228,4 @@ def test_quick_demo_writes_the_run_folder(tmp_path):
     assert "no trajectory plane" in report and "trajectory plane, test error" not in report
     assert "| valley width |" in report and (out / "geometry" / "rays" / "figures" / "rays.png").is_file()
     with pytest.raises(FileExistsError):
-        run_demo(
-            out,
-            seeds=[0],
-            base=base,
-            progress=False,
-            log=lambda *a: None,
-            curve={"epochs": 1, "points": 3},
-            subspace=False,
-        )
+        run_demo(out, dataclasses.replace(settings, subspace=False), progress=False, log=lambda *a: None)

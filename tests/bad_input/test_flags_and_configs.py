@@ -380,7 +380,7 @@ def test_demo_quick_keeps_the_flags_given(monkeypatch, capsys):
     import valleys.app.demo as demo
 
     seen = {}
-    monkeypatch.setattr(demo, "run_demo", lambda out, **kw: seen.update(kw))
+    monkeypatch.setattr(demo, "run_demo", lambda out, settings, **kw: seen.update(vars(settings)))
     assert run(["demo", "--quick", "--epochs", "4", "--out", "unused"], capsys).code == 0
     base = demo.quick_base(seen["base"], seen["keep"])
     assert (base.epochs, base.samples) == (4, demo.QUICK["samples"])

@@ -623,25 +623,22 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import demo_base, run_demo
+    from .demo import DemoSettings, demo_base, run_demo
 
     _unique_seeds(args.seeds)
     base, keep = demo_base(args.preset, vars(args), quick=args.quick)
-    run_demo(
-        args.out,
+    settings = DemoSettings(
+        preset=args.preset,
         quick=args.quick,
         seeds=args.seeds,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
         base=base,
-        ood=not args.no_ood,
         keep=keep,
-        subspace=not args.no_subspace,
-        jobs=args.jobs,
-        semisup=not args.no_semisup,
         budgets=args.budgets,
-        preset=args.preset,
+        ood=not args.no_ood,
+        subspace=not args.no_subspace,
+        semisup=not args.no_semisup,
     )
+    run_demo(args.out, settings, overwrite=args.overwrite, progress=not args.no_progress, jobs=args.jobs)
     return 0
 
 

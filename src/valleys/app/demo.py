@@ -19,6 +19,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,45 +106,74 @@ def quick_base(base: TrainConfig, keep: Iterable[str] = (), quick: dict[str, Any
     return dataclasses.replace(base, **{k: v for k, v in (quick or QUICK).items() if k not in set(keep)})
 
 
+@dataclass(frozen=True)
+class DemoSettings:
+    """What ``valleys demo`` runs: a named preset, the budget, the seeds and the sections.
+
+    Args:
+        preset: the named configuration (:mod:`valleys.app.presets`) whose settings are the defaults of
+            ``base``, the quick budget, the curve settings and the semi-supervised section (which a preset may
+            leave out: it is then skipped).
+        quick: shrink the budget to the preset's quick one (:attr:`Preset.quick`) except for the settings of
+            ``base`` named in ``keep`` (those the user set: ``valleys demo --quick --epochs 4`` trains 4 epochs).
+        seeds: the seeds of every section (default ``[0, 1, 2]``, ``[0]`` with ``quick``); distinct.
+        base: the training settings (default: the preset's).
+        keep: the settings of ``base`` the user set (see ``quick``).
+        budgets: the budget protocol of Izmailov et al. (2018): besides SGD at one budget (``epochs``), a SWAG
+            run (hence SWA and SWAG) at every multiple ``b`` of it, ``round(b * epochs)`` epochs with the same
+            averaging start, compared with SGD at one budget (default: the preset's; ``[1]``: no extra runs;
+            with ``quick``: none).
+        ood: the out-of-distribution runs (half the classes held out).
+        curves: the mode-connectivity section; ``curve``: its settings' overrides (default: the preset's).
+        subspace: the subspace-inference section (:mod:`valleys.app.demo_subspace`), ``False`` to skip it, or a
+            dict of its settings' overrides.
+        semisup: the semi-supervised section (:mod:`valleys.app.semisup`, into ``out/semisup``), ``False`` to
+            skip it, or a dict of :class:`valleys.app.semisup.SemisupConfig` overrides.
+    """
+
+    preset: str | Preset = DEFAULT_PRESET
+    quick: bool = False
+    seeds: Sequence[int] | None = None
+    base: TrainConfig | None = None
+    keep: Iterable[str] = ()
+    budgets: Sequence[float] | None = None
+    ood: bool = True
+    curves: bool = True
+    curve: dict | None = None
+    subspace: bool | dict = True
+    semisup: bool | dict = True
+
+
 def run_demo(
     out: str | Path = "runs/demo",
+    settings: DemoSettings | None = None,
     *,
-    quick: bool = False,
-    seeds: Sequence[int] | None = None,
     overwrite: bool = False,
     progress: bool = True,
-    base: TrainConfig | None = None,
-    ood: bool = True,
-    curves: bool = True,
-    curve: dict | None = None,
-    log: Callable[..., None] = print,
-    keep: Iterable[str] = (),
-    subspace: bool | dict = True,
     jobs: int | None = None,
-    semisup: bool | dict = True,
-    budgets: Sequence[float] | None = None,
-    preset: str | Preset = DEFAULT_PRESET,
+    log: Callable[..., None] = print,
 ) -> dict[str, Any]:
-    """Train the demo's runs for each seed under ``out`` and write the summary into ``out``.
+    """Train the demo's runs (:class:`DemoSettings`, default: the MNIST-1D preset) for each seed under ``out``
+    and write the summary, the claims table, the figures and the report into ``out``.
 
-    ``quick`` shrinks the budget to the preset's quick one (:attr:`Preset.quick`) except for the settings of
-    ``base`` named in ``keep`` (those the user set: ``valleys demo --quick --epochs 4`` trains 4 epochs). ``subspace``: the subspace-inference
-    section (:mod:`valleys.app.demo_subspace`), ``False`` to skip it, or a dict of its settings' overrides.
-    ``jobs``: worker processes for the independent runs (default: the CPU cores; see
-    :mod:`valleys.app.parallel`; 1 runs everything in this process). ``semisup``: the semi-supervised section
-    with the preset's settings (:mod:`valleys.app.semisup`, into ``out/semisup``), ``False`` to skip it, or a dict of
-    :class:`valleys.app.semisup.SemisupConfig` overrides. ``budgets``: the budget protocol of Izmailov et al.
-    (2018): besides SGD at one budget (``epochs``), a SWAG run (hence SWA and SWAG) at every multiple ``b``
-    of it, ``round(b * epochs)`` epochs with the same averaging start, compared with SGD at one budget
-    (default: the preset's; ``[1]``: no extra runs; with ``quick``: none).
-
-    ``preset``: the named configuration (:mod:`valleys.app.presets`) whose settings are the defaults of
-    ``base``, the quick budget, the curve settings and the semi-supervised section (which a preset may leave
-    out: it is then skipped).
+    ``overwrite``: replace an earlier demo folder (never one that holds other output). ``jobs``: worker
+    processes for the independent runs (default: the CPU cores; see :mod:`valleys.app.parallel`; 1 runs
+    everything in this process). ``log``: where the progress lines go.
 
     Returns the content of ``out/results.json``: one entry per method (``method``, ``metrics.test`` with the
     mean over seeds, ``spread`` with mean/std/min/max, ``ood_auroc`` where measured).
     """
+    s = settings or DemoSettings()
+    preset, quick, base, keep = s.preset, s.quick, s.base, s.keep
+    seeds, budgets, ood, curves, curve, subspace, semisup = (
+        s.seeds,
+        s.budgets,
+        s.ood,
+        s.curves,
+        s.curve,
+        s.subspace,
+        s.semisup,
+    )
     p = get_preset(preset) if isinstance(preset, str) else preset
     base = base or preset_config(p)
     base = quick_base(base, keep, p.quick) if quick else base
