@@ -135,7 +135,7 @@ def test_the_demo_runs_the_preset_it_is_given(tmp_path, monkeypatch):
             subspace={"samples": 4},
         ),
     )
-    monkeypatch.setattr(demo, "_demo_body", lambda out, base, *a, **k: seen.update(base=base, args=a, kw=k) or {})
+    monkeypatch.setattr(demo, "_demo_body", lambda plan, **k: seen.update(base=plan.base, plan=plan) or {})
     from valleys.app.cli import main
 
     parser = cli._parser()
@@ -147,9 +147,9 @@ def test_the_demo_runs_the_preset_it_is_given(tmp_path, monkeypatch):
         7,
         0.05,
     )
-    assert seen["args"][10] is None  # semisup: the preset has none, so the section is skipped
-    assert seen["args"][-1] == "tiny"
-    ood, subspace = seen["args"][4], seen["args"][8]
+    assert seen["plan"].semi is None  # semisup: the preset has none, so the section is skipped
+    assert seen["plan"].preset == "tiny"
+    ood, subspace = seen["plan"].ood, seen["plan"].subspace
     assert {m: (c.ood_split, c.lr, c.swa_lr, c.epochs) for m, c in ood.items()} == {
         "sgd": (True, 0.02, 0.02, 7),
         "swag": (True, 0.02, 0.02, 7),
@@ -173,8 +173,8 @@ def test_the_demo_runs_the_preset_it_is_given(tmp_path, monkeypatch):
         == 0
     )
     assert (seen["base"].epochs, seen["base"].lr) == (3, 0.2)
-    assert {c.lr for c in seen["args"][4].values()} == {0.2}  # the user's --lr holds for the OOD runs too
-    assert seen["args"][8] is True  # --quick: the section's quick settings, not the preset's full ones
+    assert {c.lr for c in seen["plan"].ood.values()} == {0.2}  # the user's --lr holds for the OOD runs too
+    assert seen["plan"].subspace is True  # --quick: the section's quick settings, not the preset's full ones
     # the preset's own budget keeps its SWA start; a new budget gets the default for it (half the epochs)
     monkeypatch.setitem(
         PRESETS,
@@ -190,13 +190,13 @@ def test_the_demo_runs_the_preset_it_is_given(tmp_path, monkeypatch):
     assert main(["demo", "--preset", "tiny", "--epochs", "7", "--out", str(tmp_path / "c"), "--no-progress"]) == 0
     assert seen["base"].swa_start == 2
     assert main(["demo", "--preset", "tiny", "--epochs", "9", "--out", str(tmp_path / "d"), "--no-progress"]) == 0
-    assert seen["base"].swa_start is None and seen["args"][0]["swag"].swa_start == 4
+    assert seen["base"].swa_start is None and seen["plan"].cfgs["swag"].swa_start == 4
     # a data setting the user gives wins over the preset's own semi-supervised one
-    assert seen["args"][10].train_subset == 500
+    assert seen["plan"].semi.train_subset == 500
     assert (
         main(["demo", "--preset", "tiny", "--train-subset", "300", "--out", str(tmp_path / "e"), "--no-progress"]) == 0
     )
-    assert seen["args"][10].train_subset == 300 and seen["base"].train_subset == 300
+    assert seen["plan"].semi.train_subset == 300 and seen["base"].train_subset == 300
 
 
 def test_ensemble_accuracy_of_the_first_k_members():

@@ -236,44 +236,48 @@ def run_demo(
             subspace = False
         elif subspace is True and isinstance(p.subspace, dict) and not quick:
             subspace = dict(p.subspace)
-        return _demo_body(
-            out,
-            base,
-            cfgs,
-            seeds,
-            quick,
-            progress,
-            ood_cfgs,
-            curves,
-            curve,
-            log,
-            subspace,
-            jobs,
-            semi,
-            extra_budgets,
-            p.name,
+        plan = DemoPlan(
+            out=out,
+            base=base,
+            cfgs=cfgs,
+            seeds=list(seeds),
+            quick=quick,
+            ood=ood_cfgs,
+            curves=curves,
+            curve=curve,
+            subspace=subspace,
+            semi=semi,
+            extra_budgets=extra_budgets,
+            preset=p.name,
         )
+        return _demo_body(plan, progress=progress, jobs=jobs, log=log)
 
 
-def _demo_body(
-    out: Path,
-    base: TrainConfig,
-    cfgs: dict,
-    seeds: list[int],
-    quick: bool,
-    progress: bool,
-    ood: dict[str, TrainConfig] | None,
-    curves: bool,
-    curve: dict | None,
-    log: Callable[..., None],
-    subspace: bool | dict = True,
-    jobs: int = 1,
-    semi: SemisupConfig | None = None,
-    extra_budgets: dict[float, TrainConfig] | None = None,
-    preset: str = DEFAULT_PRESET,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DemoPlan:
+    """What :func:`run_demo` resolved and checked before any work: the output folder, the training settings
+    of each method (``cfgs``, and ``ood`` for the held-out-classes runs, ``extra_budgets`` for the budget
+    protocol), the seeds, and the sections' settings (``curve``, ``subspace``, ``semi``) of preset ``preset``."""
+
+    out: Path
+    base: TrainConfig
+    cfgs: dict[str, TrainConfig]
+    seeds: list[int]
+    quick: bool
+    ood: dict[str, TrainConfig] | None
+    curves: bool
+    curve: dict | None
+    subspace: bool | dict
+    semi: SemisupConfig | None
+    extra_budgets: dict[float, TrainConfig]
+    preset: str
+
+
+def _demo_body(plan: DemoPlan, *, progress: bool, jobs: int, log: Callable[..., None]) -> dict[str, Any]:
+    out, base, cfgs, seeds, quick, ood = plan.out, plan.base, plan.cfgs, plan.seeds, plan.quick, plan.ood
+    curves, curve, subspace, semi, preset = plan.curves, plan.curve, plan.subspace, plan.semi, plan.preset
+    extra_budgets = plan.extra_budgets
     start = time.perf_counter()
-    extra_budgets = extra_budgets or {}
     splits = load_dataset(
         base.dataset,
         val_fraction=base.val_fraction,
