@@ -74,3 +74,30 @@ def test_errors_raised_by_the_library_carry_their_class() -> None:
     swa.collect(model)
     with pytest.raises(errors.UsageError, match="moments=True"):
         _ = swa.variance
+
+
+def test_wrong_kinds_of_argument_are_refused_by_name_before_any_work() -> None:
+    """A loss where the adapter goes, a sample that is neither a vector nor a state dict, a list where the
+    loaders' mapping goes, a dict or a path where a policy goes, a number where the schedule goes: each gets an
+    ``InputTypeError`` naming what to pass, not an ``AttributeError`` from deep inside."""
+    from valleys.evaluation.grid import evaluate_points
+    from valleys.evaluation.predict import evaluate
+    from valleys.training.trainer import Trainer
+
+    model = nn.Sequential(nn.Linear(3, 2))
+    data = DataLoader(TensorDataset(torch.randn(8, 3), torch.randint(0, 2, (8,))), batch_size=4)
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    with pytest.raises(errors.InputTypeError, match=r"ModelAdapter\(loss=fn\)"):
+        evaluate(model, data, adapter=nn.functional.cross_entropy)  # type: ignore[arg-type]
+    with pytest.raises(errors.InputTypeError, match="weight sample 0 is a int"):
+        bma(model, [3], data, bn="keep")  # type: ignore[list-item]
+    with pytest.raises(errors.InputTypeError, match="loaders must be a mapping"):
+        evaluate_points(model, [flat], [data], bn="keep")  # type: ignore[arg-type]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for kwargs, what in (
+        ({"evaluation": {"test": data}}, "evaluation must be an instance of EvaluationPolicy"),
+        ({"checkpoint": "run/c.safetensors"}, "checkpoint must be an instance of CheckpointPolicy"),
+        ({"schedule": 0.1}, "schedule must be a Schedule"),
+    ):
+        with pytest.raises(errors.InputTypeError, match=what):
+            Trainer(model, opt, data, 1, **kwargs)  # type: ignore[arg-type]

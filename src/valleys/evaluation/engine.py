@@ -39,7 +39,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from ..core.adapter import ModelAdapter
+from ..core.adapter import ModelAdapter, as_adapter
 from ..core.batches import BatchFormatError, to_device
 from ..core.batchnorm import EmptyLoaderError, has_batchnorm, recompute_bn
 from ..core.checkpoint import json_safe
@@ -466,7 +466,7 @@ def vmap_is_faster(
     batch from the loader) is charged ``len(vectors) - 1`` extra times to the loop. The probe costs about
     ten loop passes over one batch per model and input shape (its decision is cached by the engine).
     Raises what vmap raises for a model without batching rules (the caller falls back to the loop)."""
-    adapter = adapter or ModelAdapter()
+    adapter = as_adapter(adapter)
     args, kwargs = inputs
     vectors = stacked[: max(1, probe)]
 
@@ -585,7 +585,17 @@ def _iter_weights(weights: Iterable[Sample] | Tensor | None) -> Iterator[Sample 
         return iter(weights)
     if isinstance(weights, Mapping):
         return iter([weights])
-    return iter(weights)
+    return (_checked_sample(i, w) for i, w in enumerate(weights))
+
+
+def _checked_sample(i: int, w: Any) -> Sample:
+    """``w`` if it is a weight vector (a tensor) or a state dict (a mapping); a clear error otherwise."""
+    if not isinstance(w, (Tensor, Mapping)):
+        raise InputTypeError(
+            f"weight sample {i} is a {type(w).__name__}; each sample must be a flat weight vector (a tensor) or "
+            "a state dict (a mapping name -> tensor)"
+        )
+    return w
 
 
 def _vmap_group(
@@ -678,13 +688,17 @@ def evaluate_many(
     model with ``"recompute"`` and no BN loader; :class:`valleys.core.weights.WeightSpaceError` for vectors
     of the wrong length. :class:`valleys.errors.NoWeightsError` if no weights are given.
     """
+    if not isinstance(loaders, Mapping):
+        raise InputTypeError(
+            f"loaders must be a mapping name -> loader, got {type(loaders).__name__}; e.g. {{'test': test_loader}}"
+        )
     if not loaders:
         raise InputError("give at least one loader to evaluate on")
     vm = VmapPolicy.of(batched)
     batched, chunk = vm.mode, vm.chunk
     bar_policy = Progress.of(progress)
     policy = as_bn_policy(bn)
-    adapter = adapter or ModelAdapter()
+    adapter = as_adapter(adapter)
     space = space or WeightSpace(model)
     is_bn = has_batchnorm(model)
     recompute = policy.mode == "recompute" and is_bn

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from torch import Tensor, nn
 
-from ..core.adapter import ModelAdapter
+from ..core.adapter import ModelAdapter, as_adapter
 from ..core.weights import WeightSpace
 from ..errors import InputError
 from .engine import BNArg, LossError, Progress, VmapPolicy, as_bn_policy, evaluate_many
@@ -57,7 +57,7 @@ def evaluate_points(
     policy = as_bn_policy(bn)
     if not loaders:
         raise InputError("give at least one loader to evaluate on")
-    adapter = adapter or ModelAdapter()
+    adapter = as_adapter(adapter)
     space = space or WeightSpace(model)
     points = list(points)
     for i, p in enumerate(points):

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core.adapter import ModelAdapter
+from ..core.adapter import ModelAdapter, as_adapter
 from ..core.batchnorm import EmptyLoaderError
 from ..core.weights import WeightSpace, preserved_modes
 from ..errors import NoWeightsError
@@ -51,7 +51,7 @@ def predict_probs(
     """Yield ``(T(prediction), targets)`` per batch: ``T = softmax`` in float64 (the class probabilities) or,
     for a Gaussian adapter, the moments ``(mu, var + mu^2)`` (N, 2); with the model in eval mode, no gradients
     (flags restored when exhausted), batches moved to the device of the model's parameters."""
-    adapter = adapter or ModelAdapter()
+    adapter = as_adapter(adapter)
     transform = gaussian_moments if adapter.likelihood == "gaussian" else softmax_probs
     device = _model_device(model)
     with preserved_modes(model, train=False), torch.no_grad():
@@ -82,7 +82,7 @@ def evaluate(
     Returns :class:`valleys.evaluation.results.ClassificationScores` (``.accuracy``, ``.nll``, ...) or
     :class:`valleys.evaluation.results.RegressionScores` (``.rmse``, ``.nll``, ``.coverage_95``).
     """
-    adapter = adapter or ModelAdapter()
+    adapter = as_adapter(adapter)
     try:
         res = evaluate_many(
             model,
@@ -167,7 +167,7 @@ def bma(
     Raises :class:`valleys.errors.NoWeightsError` when ``samples`` is empty and
     :class:`valleys.errors.MissingBNLoaderError` as above (both are ``ValueError``).
     """
-    adapter = adapter or ModelAdapter()
+    adapter = as_adapter(adapter)
     try:
         res = evaluate_many(
             model,

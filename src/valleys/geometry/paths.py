@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core.adapter import ModelAdapter
+from ..core.adapter import ModelAdapter, as_adapter
 from ..core.weights import WeightSpace
 from ..errors import InputError
 from ..evaluation.engine import BN_POLICIES, BNArg, Metrics, Progress, as_bn_policy, evaluate_many
@@ -71,7 +71,7 @@ def evaluate_path(
     """
     if len(ts) < 2:
         raise InputError(f"a path needs at least 2 points, got {len(ts)}")
-    adapter = adapter or ModelAdapter()
+    adapter = as_adapter(adapter)
     space = space or WeightSpace(model)
     policy = as_bn_policy(bn, default_loader=train_loader)
     out: dict[str, Any] = {k: [] for k in ("t", *PATH_METRICS, "lengths")}

@@ -212,7 +212,7 @@ class Trainer:
             targets are, and the loss (``ModelAdapter(loss=...)``: cross-entropy by default, ``"gaussian"`` or
             any ``callable(prediction, targets)``); its predictive also says how evaluation loaders are scored.
         schedule: a :class:`valleys.training.schedules.Schedule` setting the LR before every step (None: keep LR).
-        callbacks: :class:`Callback` objects (e.g. :class:`valleys.methods.SWACallback`).
+        callbacks: :class:`Callback` objects (e.g. :class:`valleys.training.callbacks.SWACallback`).
         step_fn: ``step_fn(trainer, batch) -> StepResult | (loss, logs)``, the loss of one batch (default
             :func:`supervised_step`). E.g. a Pi model (Laine & Aila 2017) adds the MSE between the softmaxes of
             two noisy forward passes; its extra ``logs`` are averaged per epoch into the log line.
@@ -251,6 +251,25 @@ class Trainer:
         self.adapter = as_adapter(adapter)
         evaluation = evaluation if evaluation is not None else EvaluationPolicy()
         checkpoint = checkpoint if checkpoint is not None else CheckpointPolicy()
+        for name, value, cls, example in (
+            ("evaluation", evaluation, EvaluationPolicy, 'EvaluationPolicy({"val": loader}, every=1)'),
+            ("checkpoint", checkpoint, CheckpointPolicy, 'CheckpointPolicy("run/checkpoint.safetensors")'),
+            (
+                "distributed",
+                distributed if distributed is not None else DistributedPolicy(),
+                DistributedPolicy,
+                "DistributedPolicy()",
+            ),
+        ):
+            if not isinstance(value, cls):
+                raise InputTypeError(
+                    f"{name} must be an instance of {cls.__name__}, got {type(value).__name__}; e.g. {example}"
+                )
+        if schedule is not None and not callable(schedule):
+            raise InputTypeError(
+                f"schedule must be a Schedule (a callable epoch -> LR), got {type(schedule).__name__}; for a "
+                "constant LR set it on the optimizer and pass schedule=None"
+            )
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise InputError(f"epochs must be a positive integer, got {epochs!r}")
         if checkpoint.every < 1 or evaluation.every < 1:
