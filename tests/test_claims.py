@@ -135,7 +135,7 @@ def test_the_demo_runs_the_preset_it_is_given(tmp_path, monkeypatch):
             subspace={"samples": 4},
         ),
     )
-    monkeypatch.setattr(demo, "_demo_body", lambda plan, **k: seen.update(base=plan.base, plan=plan) or {})
+    monkeypatch.setattr(demo, "_demo_body", lambda demo, **k: seen.update(base=demo.base, plan=demo) or {})
     from valleys.app.cli import main
 
     parser = cli._parser()

@@ -273,10 +273,10 @@ class DemoPlan:
     preset: str
 
 
-def _demo_body(plan: DemoPlan, *, progress: bool, jobs: int, log: Callable[..., None]) -> dict[str, Any]:
-    out, base, cfgs, seeds, quick, ood = plan.out, plan.base, plan.cfgs, plan.seeds, plan.quick, plan.ood
-    curves, curve, subspace, semi, preset = plan.curves, plan.curve, plan.subspace, plan.semi, plan.preset
-    extra_budgets = plan.extra_budgets
+def _demo_body(demo: DemoPlan, *, progress: bool, jobs: int, log: Callable[..., None]) -> dict[str, Any]:
+    out, base, cfgs, seeds, quick, ood = demo.out, demo.base, demo.cfgs, demo.seeds, demo.quick, demo.ood
+    curves, curve, subspace, semi, preset = demo.curves, demo.curve, demo.subspace, demo.semi, demo.preset
+    extra_budgets = demo.extra_budgets
     start = time.perf_counter()
     splits = load_dataset(
         base.dataset,
@@ -301,7 +301,8 @@ def _demo_body(plan: DemoPlan, *, progress: bool, jobs: int, log: Callable[..., 
     ood_auroc: dict[str, list[float]] = {r: [] for r in OOD_ROWS}
     cache: dict = {}
     # every training run is independent: spread them over the workers (see valleys.app.parallel)
-    calls, names = [], []
+    calls: list[dict[str, Any]] = []
+    names: list[tuple[str, int]] = []
     for seed in seeds:
         for method, cfg in cfgs.items():
             calls.append(
