@@ -50,7 +50,7 @@ def paired(
         raise InputError(f"{claim}: needs the same non-empty number of values on both sides, got {len(a)} and {len(b)}")
     sign = 1.0 if lower_is_better else -1.0
     n = len(a)
-    mean, se = mean_and_se([sign * (x - y) for x, y in zip(a, b)])
+    mean, se = mean_and_se([sign * (x - y) for x, y in zip(a, b, strict=True)])
     return {
         "claim": claim,
         "metric": metric,

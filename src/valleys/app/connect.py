@@ -187,7 +187,7 @@ def connect_runs(
         raise CheckpointError(f"cannot resume: {out / 'checkpoint.safetensors'} does not exist")
     # under torchrun every rank trains the curve on its slice of each batch; rank 0 writes and evaluates
     with ranks_folder(
-        out, overwrite=overwrite, resume=resume, resumable=lambda: (out / "checkpoint.safetensors").is_file()
+        out, overwrite=overwrite, resume=resume, resumable=(out / "checkpoint.safetensors").is_file
     ) as writes:
         if writes and not resume:
             write_json(out / "config.json", {"folder": "curve", **asdict(cfg), "data": asdict(data_cfg)})

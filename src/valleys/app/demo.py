@@ -327,11 +327,11 @@ def _demo_body(demo: DemoPlan, *, progress: bool, jobs: int, log: Callable[..., 
                 }
             )
             names.append((f"ood-{method}", seed))
-    for call in calls:
-        call.update(overwrite=True, progress=progress and jobs <= 1)
+    for job in calls:
+        job.update(overwrite=True, progress=progress and jobs <= 1)
     bar = _jobs_bar(len(calls), "demo runs", progress and jobs > 1)
     try:
-        for (method, seed), res in zip(names, run_jobs(train_run, calls, jobs=jobs, progress=bar)):
+        for (method, seed), res in zip(names, run_jobs(train_run, calls, jobs=jobs, progress=bar), strict=True):
             log(
                 f"  {method:4s} seed {seed}: test accuracy {100 * res['metrics']['test']['accuracy']:.2f}%  "
                 f"NLL {res['metrics']['test']['nll']:.4f}  ({res['timing']['total_train_s']:.1f}s training)"
@@ -610,7 +610,7 @@ def _connect(
     finally:
         if bar is not None:
             bar.close()
-    for (a, b), res in zip(pairs, results):
+    for (a, b), res in zip(pairs, results[: len(calls)], strict=True):  # the rest: the extra jobs
         folder = f"curve-seed{a}-seed{b}"
         bar = res["barrier"]
         rows.append(
@@ -625,7 +625,8 @@ def _connect(
         )
         log(
             f"  curve seed {a} - seed {b}: max test error segment {100 * bar['segment_max_test_error']:.2f}%, "
-            f"curve {100 * bar['curve_max_test_error']:.2f}%, worse endpoint {100 * bar['worse_endpoint_test_error']:.2f}%"
+            f"curve {100 * bar['curve_max_test_error']:.2f}%, "
+            f"worse endpoint {100 * bar['worse_endpoint_test_error']:.2f}%"
         )
     keys = [k for k in rows[0] if k != "folder"]
     return {
@@ -839,11 +840,14 @@ def _report(
         ]
     if connectivity:
         s = connectivity["summary"]
-        cell = lambda k, pct=True: (
-            f"{100 * s[k]['mean']:.2f} ± {100 * s[k]['std']:.2f}"
-            if pct  # noqa: E731
-            else f"{s[k]['mean']:.4f} ± {s[k]['std']:.4f}"
-        )
+
+        def cell(k, pct=True):
+            return (
+                f"{100 * s[k]['mean']:.2f} ± {100 * s[k]['std']:.2f}"
+                if pct  # noqa: E731
+                else f"{s[k]['mean']:.4f} ± {s[k]['std']:.4f}"
+            )
+
         lines += [
             "## Mode connectivity (slide 7)",
             "",

@@ -4,7 +4,8 @@ Bayesian Deep Learning", UAI) on the demo's own runs, and its 1-D regression fig
 Per seed, in the demo (:data:`DEMO_RUNS`): the PCA subspace of the SWAG run's deviations (shift: its SWA
 mean) and a random subspace around the same SWA mean, both with elliptical slice sampling (ESS). The full
 comparison (:data:`FULL_RUNS`, ``valleys subspace-table DEMO_DIR``) adds the PCA subspace with mean-field VI
-and the curve subspace of the Bezier curve that starts at that seed's SGD network, with ESS. The temperature T and the prior scale s
+and the curve subspace of the Bezier curve that starts at that seed's SGD network, with ESS. The temperature T
+and the prior scale s
 of each (subspace, inference) pair are chosen on the first seed's validation split (lowest validation NLL of
 the BMA among the candidates :data:`CANDIDATES`) and reused for the other seeds; the test split is never
 looked at for a choice. The regression figure is :func:`valleys.app.regression.regression_protocol` on the
@@ -169,8 +170,11 @@ def subspace_finish(plan: SubspacePlan, first: list[Any], log: Callable[..., Non
     from .parallel import call, run_jobs
 
     out, seeds, folder = plan.out, plan.seeds, plan.folder
-    chosen = {r: (res["posterior"]["temperature"], res["posterior"]["prior_scale"]) for r, res in zip(plan.runs, first)}
-    done = {(seeds[0], *r): res for r, res in zip(plan.runs, first)}
+    chosen = {
+        r: (res["posterior"]["temperature"], res["posterior"]["prior_scale"])
+        for r, res in zip(plan.runs, first[: len(plan.runs)], strict=True)  # after them: the toy's result
+    }
+    done = {(seeds[0], *r): res for r, res in zip(plan.runs, first[: len(plan.runs)], strict=True)}
     section: dict[str, Any] = {"folder": folder, "toy": None}
     if plan.toy_settings is not None:
         toy_res = first[len(plan.runs)]
@@ -183,7 +187,7 @@ def subspace_finish(plan: SubspacePlan, first: list[Any], log: Callable[..., Non
         }
     rest = [(seed, sp, inf) for seed in seeds[1:] for sp, inf in plan.runs]
     calls = [plan.job(seed, sp, inf, *chosen[sp, inf], False) for seed, sp, inf in rest]
-    done.update(zip(rest, run_jobs(call, calls, jobs=plan.jobs)))
+    done.update(zip(rest, run_jobs(call, calls, jobs=plan.jobs), strict=True))
     per_seed: dict[str, list[dict[str, Any]]] = {}
     for seed in seeds:
         for space, inference in plan.runs:
@@ -199,7 +203,8 @@ def subspace_finish(plan: SubspacePlan, first: list[Any], log: Callable[..., Non
                 }
             )
             log(
-                f"  {_label(space, inference):13s} seed {seed}: test accuracy {100 * res['metrics']['test']['accuracy']:.2f}%"
+                f"  {_label(space, inference):13s} seed {seed}: "
+                f"test accuracy {100 * res['metrics']['test']['accuracy']:.2f}%"
                 f"  NLL {res['metrics']['test']['nll']:.4f}  (T {res['posterior']['temperature']:g}, "
                 f"s {res['posterior']['prior_scale']:g}; {res['timing']['sample_s']:.1f}s)"
             )
@@ -244,11 +249,14 @@ def _deviations(swag_run: Path) -> int:
 
 def subspace_lines(section: dict[str, Any], rows: dict[str, dict[str, dict[str, float]]]) -> list[str]:
     """The report's lines: SGD, SWA and SWAG from the demo's table beside each subspace row."""
-    cell = lambda r, k, pct=False: (
-        f"{100 * r[k]['mean']:.2f} ± {100 * r[k]['std']:.2f}"
-        if pct  # noqa: E731
-        else f"{r[k]['mean']:.4f} ± {r[k]['std']:.4f}"
-    )
+
+    def cell(r, k, pct=False):
+        return (
+            f"{100 * r[k]['mean']:.2f} ± {100 * r[k]['std']:.2f}"
+            if pct  # noqa: E731
+            else f"{r[k]['mean']:.4f} ± {r[k]['std']:.4f}"
+        )
+
     chosen = "; ".join(
         f"{label}: T {c['temperature']:g}, s {c['prior_scale']:g}" for label, c in section["chosen"].items()
     )

@@ -40,7 +40,8 @@ def _fill(text: str, width: int) -> str:
     """Greedy line filling that breaks after spaces, path separators and hyphens (a folder name stays readable); a
     piece longer than ``width`` on its own is cut."""
     lines, cur = [], ""
-    for piece in re.split(r"(?<=[ /-])", text):
+    for part in re.split(r"(?<=[ /-])", text):
+        piece = part
         while len(piece) > width:
             if cur:
                 lines.append(cur)
@@ -107,8 +108,8 @@ def plot_error_curves(
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     zoom_from = marker_epoch if marker_epoch is not None else None
     lows, highs = [], []
-    for name, runs in curves.items():
-        runs = [np.asarray(r, dtype=float) for r in runs if len(r)]
+    for name, given in curves.items():
+        runs = [np.asarray(r, dtype=float) for r in given if len(r)]
         if not runs:
             continue
         n = min(len(r) for r in runs)
@@ -333,8 +334,9 @@ def plot_toy_regression(
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), sharex=True, sharey=True, squeeze=False)
     xs = np.asarray(xs, dtype=float)
     labels = {"sgd": "SGD", "swa": "SWA", "swag": "SWAG"}
-    for ax, (name, (mean, sd)) in zip(axes.flat, panels.items()):
-        mean, sd = np.asarray(mean, dtype=float), np.asarray(sd, dtype=float)
+    # a grid may hold more axes than panels
+    for ax, (name, (mean_given, sd_given)) in zip(axes.flat, panels.items(), strict=False):
+        mean, sd = np.asarray(mean_given, dtype=float), np.asarray(sd_given, dtype=float)
         ax.fill_between(xs, mean - 2 * sd, mean + 2 * sd, color="C0", alpha=0.25, lw=0, label="mean ± 2 sd")
         ax.plot(xs, mean, color="C0", lw=1.5, label="predictive mean")
         if truth is not None:
@@ -366,8 +368,8 @@ def plot_travel(
     ``runs[name]`` is a list of per-seed sequences of ``(epoch, distance, disagreement)`` triples.
     """
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name, seeds in runs.items():
-        seeds = [np.asarray(r, dtype=float) for r in seeds if len(r)]
+    for name, given in runs.items():
+        seeds = [np.asarray(r, dtype=float) for r in given if len(r)]
         if not seeds:
             continue
         n = min(len(r) for r in seeds)

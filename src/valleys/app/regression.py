@@ -296,7 +296,7 @@ def regression_protocol(
     prepare_run_dir(out, overwrite=overwrite, resume=resume, create=False)
     methods = method_names(cfg)
     start = time.perf_counter()
-    with output_guard(out, resumable=lambda: (out / "config.json").is_file()):
+    with output_guard(out, resumable=(out / "config.json").is_file):
         prepare_run_dir(out, overwrite=overwrite, resume=resume)
         write_json(out / "config.json", {"folder": "regression", **asdict(cfg)})
         bar = (
@@ -328,7 +328,7 @@ def regression_protocol(
             ]
             done = list(run_jobs(_one_split, calls, jobs=jobs, progress=bar))  # splits are independent
             for dataset in cfg.datasets:
-                per_split = [d for c, d in zip(calls, done) if c["dataset"] == dataset]
+                per_split = [d for c, d in zip(calls, done, strict=True) if c["dataset"] == dataset]
                 results["datasets"][dataset] = {
                     "summary": summarise(per_split, methods),
                     "nuts": _nuts_diagnostics(per_split, methods),
@@ -414,7 +414,8 @@ def _report(cfg: RegressionProtocol, results: dict[str, Any], figures: list[Path
         "",
         f"Gaussian MLP (one hidden layer of 50, {'heteroscedastic' if cfg.heteroscedastic else 'homoscedastic'} "
         f"noise), {cfg.epochs} epochs, LR {cfg.lr}, weight decay {cfg.wd}, batch {cfg.batch_size}; SWAG "
-        f"collects {cfg.swag_rank} deviations over the second half at constant LR {cfg.swa_lr or cfg.lr}; subspaces of rank "
+        f"collects {cfg.swag_rank} deviations over the second half at constant LR {cfg.swa_lr or cfg.lr}; "
+        f"subspaces of rank "
         f"{cfg.rank} around the SWA mean, {cfg.samples} samples; temperature and prior scale chosen per "
         f"split on validation NLL among T in {cfg.temperature} and s in {cfg.prior_scale}. "
         f"{cfg.splits} random 90/10 splits per dataset; mean ± standard error over splits, test set, "

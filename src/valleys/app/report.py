@@ -51,7 +51,7 @@ def format_table(rows: Mapping[str, Mapping[str, Mapping[str, float]]], keys: Se
     header = _header(keys)
     body = [[name] + [cell(stats[k], k) for k in keys] for name, stats in rows.items()]
     widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in body])
 
 

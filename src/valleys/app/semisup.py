@@ -198,7 +198,7 @@ class SemisupConfig:
                 f"--val-fraction must be in (0, 1): settings are chosen on a labelled validation "
                 f"split, got {self.val_fraction!r}"
             )
-        l, c, e = self.l, self.cycle, self.epochs
+        l, c, e = self.l, self.cycle, self.epochs  # noqa: E741 - l: the cosine phase, as in Athiwaratkun et al.
         if self.cosine_epochs is None and l < 1:
             raise InputError(
                 f"a cycle of {c} epochs is too long for --epochs {e}: the cosine phase (by default "
@@ -354,7 +354,7 @@ def semisup_one(
         loss=cfg.consistency_loss,
         teacher=teacher,
     )
-    l, c = cfg.l, cfg.cycle
+    l, c = cfg.l, cfg.cycle  # noqa: E741 - l: the cosine phase, as in Athiwaratkun et al. (2019)
     fast_k = cfg.fast_swa_every
     probe = next(iter(make_loader(torch.utils.data.Subset(splits.train, unlabelled[:1000].tolist()), 1000)))
     callbacks = ([teacher] if teacher is not None else []) + [
@@ -490,9 +490,7 @@ def semisup_run(
     start = time.perf_counter()
     # under torchrun: every run data-parallel on all ranks, one after the other; rank 0 writes the study
     jobs = 1 if world_size() > 1 else jobs
-    with ranks_folder(
-        out, overwrite=overwrite, resume=resume, resumable=lambda: (out / "config.json").is_file()
-    ) as writes:
+    with ranks_folder(out, overwrite=overwrite, resume=resume, resumable=(out / "config.json").is_file) as writes:
         if writes:
             write_json(out / "config.json", {"folder": "semisup", **asdict(cfg)})
         calls = semisup_calls(cfg, out, resume=resume)

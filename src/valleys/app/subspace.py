@@ -7,7 +7,8 @@ The subspace (``--space``): ``pca`` (the top ``--rank`` principal directions of 
 shift at its SWA mean), ``random`` (unit-norm Gaussian directions around the run's weights) or ``curve``
 (the plane of a curve folder's endpoints and midpoint). The posterior: ``-N mean nll / T + log N(z; 0, s^2
 I)`` on the run's training split. Inference (``--inference``): ``ess`` (elliptical slice sampling), ``vi``
-(mean-field Gaussian), ``flow`` (a RealNVP normalising flow) or ``nuts`` (Pyro). The predictive is the Bayesian model average over the samples'
+(mean-field Gaussian), ``flow`` (a RealNVP normalising flow) or ``nuts`` (Pyro). The predictive is the Bayesian
+model average over the samples'
 weights on the validation and test splits.
 """
 
@@ -392,7 +393,7 @@ def _nuts(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, gen: to
     from ..methods.samplers import nuts
 
     return nuts(
-        lambda z: post.differentiable_log_likelihood(z),
+        post.differentiable_log_likelihood,
         z0,
         prior_scale=post.prior_scale,
         num_samples=cfg.samples,

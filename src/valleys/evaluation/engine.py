@@ -27,6 +27,7 @@ bit for bit after every vector: parameters, buffers, train/eval flags.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import time
@@ -34,7 +35,7 @@ import warnings
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -70,7 +71,7 @@ __all__ = [
     "to_json",
 ]
 
-Sample = Union[Tensor, Mapping[str, Tensor]]
+Sample = Tensor | Mapping[str, Tensor]
 BN_POLICIES = ("recompute", "keep")
 
 
@@ -225,7 +226,7 @@ class Reduction:
         raise NotImplementedError
 
     def add_stacked(self, points: Sequence[int], loader: str, batch: int, predictions: Tensor, targets: Any) -> None:
-        for j, p in zip(points, predictions):
+        for j, p in zip(points, predictions, strict=True):
             self.add(j, loader, batch, p, targets)
 
     def end_pass(self, point: int, loader: str, batches: int) -> None:
@@ -287,7 +288,7 @@ class LossError(Reduction):
         for name in self.loaders:
             rows = [self.sums[name].get(i, [0.0, 0.0, 0]) for i in range(num_points)]
             out[name] = {
-                "loss": [l / n if n else math.nan for l, _, n in rows],
+                "loss": [loss / n if n else math.nan for loss, _, n in rows],
                 "error": [e / n if n else math.nan for _, e, n in rows],
             }
         return out
@@ -372,7 +373,7 @@ class BMASum(Reduction):
         self._add(batch, self.transform(prediction), targets)
 
     def add_stacked(self, points: Sequence[int], loader: str, batch: int, predictions: Tensor, targets: Any) -> None:
-        self._add(batch, sum(self.transform(o) for o in predictions), targets)
+        self._add(batch, functools.reduce(torch.add, [self.transform(o) for o in predictions]), targets)
 
     def end_pass(self, point: int, loader: str, batches: int) -> None:
         if batches != len(self.sums):
@@ -727,10 +728,11 @@ def evaluate_many(
     def visit(j: int, recompute_now: bool) -> None:
         """The model as it holds point ``j`` now: BatchNorm recomputed if asked, one pass over the loaders."""
         if recompute_now:  # per process (sharded: each rank its own point), never all-reduced across ranks
+            assert policy.loader is not None  # checked before any evaluation (MissingBNLoaderError)
             recompute_bn(
                 model,
                 policy.loader,
-                num_batches=policy.num_batches,  # type: ignore[arg-type]
+                num_batches=policy.num_batches,
                 device=device,
                 adapter=adapter,
                 distributed=False,
@@ -747,7 +749,7 @@ def evaluate_many(
             idx = [i for i, _ in pairs]
             group = [g for _, g in pairs]
             vectors = all(isinstance(g, Tensor) for g in group)
-            for k, g in zip(idx, group):
+            for k, g in zip(idx, group, strict=True):
                 if isinstance(g, Tensor):
                     space.check_vector(g, what=f"weight vector {k}")
             if recompute and policy.loader is None and any(isinstance(g, Tensor) for g in group):
@@ -757,7 +759,7 @@ def evaluate_many(
                     "or bn='keep' to use the current ones on purpose"
                 )
             if vectors and not recompute and use_vmap is not False:
-                stacked = torch.stack([g.to(ref) for g in group])
+                stacked = torch.stack([g.to(ref) for g in group if isinstance(g, Tensor)])
                 if use_vmap is None or batched is True and not used_vmap:
                     use_vmap = _decide_vmap(
                         model, space, stacked, next(iter(loaders.values())), adapter, device, batched
@@ -770,11 +772,14 @@ def evaluate_many(
                 use_vmap = False  # vmap failed before feeding anything: this group and the rest by the loop
             if vectors:  # saved once per group, each vector copied in, restored bit for bit at the end
                 with space.visiting(model) as load:
-                    for j, w in zip(idx, group):
+                    for j, w in zip(idx, group, strict=True):
+                        assert isinstance(w, Tensor)  # vectors: every sample of the group is one
                         load(w.to(ref))
                         visit(j, recompute)
                 continue
-            for j, sample in zip(idx, group):  # state dicts (and the model as it is) carry their own buffers
+            for j, sample in zip(
+                idx, group, strict=True
+            ):  # state dicts (and the model as it is) carry their own buffers
                 with contextlib.nullcontext(model) if sample is None else holding(model, sample, space):
                     visit(j, isinstance(sample, Tensor) and recompute)
     finally:

@@ -76,6 +76,8 @@ class ClassificationMetrics:
     """
 
     def __init__(self, bins: int = 15, edges: Sequence[float] | None = None) -> None:
+        e: Tensor | None
+        self._inner: Tensor | None
         if edges is not None:
             e = torch.tensor(list(edges), dtype=torch.float64)
             if e.numel() < 2 or e[0] != 0 or e[-1] != 1 or not bool((e[1:] > e[:-1]).all()):
@@ -85,10 +87,10 @@ class ClassificationMetrics:
         else:
             e = torch.linspace(0, 1, bins + 1, dtype=torch.float64) if bins >= 1 else None
             self._inner = None
-        if bins < 1:
+        if bins < 1 or e is None:
             raise InputError(f"bins must be at least 1, got {bins}")
         self.bins = bins
-        self.edges = e
+        self.edges: Tensor = e
         self.reset()
 
     def reset(self) -> None:

@@ -5,7 +5,8 @@ gradients, softmax in float64, the model restored bit for bit); :func:`predict_p
 predictions. Batches and outputs go through a :class:`valleys.core.adapter.ModelAdapter`. :func:`evaluate`
 scores one network; :func:`bma` scores the Bayesian model average ``p(y | x) = (1/S) sum_s softmax(f(x; w_s))``
 over any source of weights: SWAG samples (flat vectors, BatchNorm recomputed per sample), FGE snapshots or
-ensemble members (full state dicts, used as they are), MultiSWAG. Probabilities are averaged, never logits, and streamed: one running sum per test example.
+ensemble members (full state dicts, used as they are), MultiSWAG. Probabilities are averaged, never logits, and
+streamed: one running sum per test example.
 """
 
 from __future__ import annotations

@@ -396,7 +396,7 @@ class Trainer:
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        for key, cb in zip(keys, self.callbacks):
+        for key, cb in zip(keys, self.callbacks, strict=True):
             cb.load_state_dict(state["callbacks"][key])
         torch.set_rng_state(state["rng"])
         self.epoch = int(state["epoch"])
@@ -414,9 +414,9 @@ class Trainer:
         gen = getattr(self.train_loader, "generator", None)
         if isinstance(gen, torch.Generator):
             gen.manual_seed(self.seed + self.epoch)
-        sampler = getattr(self.train_loader, "sampler", None)
-        if callable(getattr(sampler, "set_epoch", None)):  # DistributedSampler: a new shuffle per epoch
-            sampler.set_epoch(self.epoch)
+        set_epoch = getattr(getattr(self.train_loader, "sampler", None), "set_epoch", None)
+        if callable(set_epoch):  # DistributedSampler: a new shuffle per epoch
+            set_epoch(self.epoch)
 
     def fit(self, resume: str | Path | None = None, *, progress: bool = True) -> list[dict[str, Any]]:
         """Train to ``epochs`` (from a checkpoint if ``resume`` is given) and return the per-epoch log;
@@ -531,7 +531,7 @@ class Trainer:
             torch.distributed.all_reduce(t)
             loss_sum, seen, correct = t[0].cpu(), int(t[1]), int(t[2])
             classified = bool(t[3] > 0)
-            extra = {k: float(v) / self.world_size for k, v in zip(keys, t[4:].tolist())}
+            extra = {k: float(v) / self.world_size for k, v in zip(keys, t[4:].tolist(), strict=True)}
         logs: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self.lr, "train_loss": float(loss_sum) / max(seen, 1)}
         if classified:
             logs["train_accuracy"] = correct / max(seen, 1)
