@@ -22,7 +22,7 @@ from ..core.adapter import ModelAdapter
 from ..core.optional import progress_bar
 from ..core.weights import WeightSpace
 from ..errors import InputError
-from ..evaluation.engine import BNPolicy, Progress
+from ..evaluation.engine import BNArg, Progress
 from ..evaluation.grid import evaluate_points
 from .hessian import LossFunction, epsilon_sharpness, hutchinson_trace, lanczos
 from .surfaces import Plane, grid_axes, line, random_direction, valley_width
@@ -40,8 +40,7 @@ def plane_study(
     extra: Mapping[str, Tensor] | None = None,
     n: int = 21,
     margin: float = 0.2,
-    bn: str = "recompute",
-    bn_loader: Iterable | None = None,
+    bn: BNArg = None,
     progress: bool = False,
     adapter: ModelAdapter | None = None,
 ) -> dict[str, Any]:
@@ -53,9 +52,7 @@ def plane_study(
         marks[name] = plane.project(p)
     xs, ys = grid_axes(list(marks.values()), n=n, margin=margin)
     pts = [plane.point(x, y) for y in ys for x in xs]
-    res = evaluate_points(
-        model, pts, loaders, bn=BNPolicy(bn, bn_loader), progress=progress and Progress("plane"), adapter=adapter
-    )
+    res = evaluate_points(model, pts, loaders, bn=bn, progress=progress and Progress("plane"), adapter=adapter)
     grids = {
         name: {k: torch.tensor(res.per_loader[name][k]).view(len(ys), len(xs)).tolist() for k in ("loss", "error")}
         for name in loaders
@@ -82,8 +79,7 @@ def path_study(
     *,
     points: int = 41,
     extend: float = 0.5,
-    bn: str = "recompute",
-    bn_loader: Iterable | None = None,
+    bn: BNArg = None,
     progress: bool = False,
     adapter: ModelAdapter | None = None,
 ) -> dict[str, Any]:
@@ -96,7 +92,7 @@ def path_study(
         model,
         [f(s) for s in dist],
         loaders,
-        bn=BNPolicy(bn, bn_loader),
+        bn=bn,
         progress=progress and Progress("line"),
         adapter=adapter,
     )
@@ -121,8 +117,7 @@ def rays_study(
     steps: int = 21,
     rise: float = 0.1,
     seed: int = 0,
-    bn: str = "recompute",
-    bn_loader: Iterable | None = None,
+    bn: BNArg = None,
     progress: bool = False,
     adapter: ModelAdapter | None = None,
 ) -> dict[str, Any]:
@@ -150,7 +145,7 @@ def rays_study(
             model,
             pts,
             {"train": loader},
-            bn=BNPolicy(bn, bn_loader),
+            bn=bn,
             progress=progress and Progress(f"rays {name}"),
             adapter=adapter,
         )
@@ -175,8 +170,7 @@ def random_plane_study(
     span: float = 1.0,
     filter_norm: bool = True,
     seed: int = 0,
-    bn: str = "recompute",
-    bn_loader: Iterable | None = None,
+    bn: BNArg = None,
     progress: bool = False,
     adapter: ModelAdapter | None = None,
 ) -> dict[str, Any]:
@@ -190,9 +184,7 @@ def random_plane_study(
     d2 = random_direction(space, w, filter_norm=filter_norm, generator=gen)
     xs = torch.linspace(-span, span, n).tolist()
     pts = [w + x * d1 + y * d2 for y in xs for x in xs]
-    res = evaluate_points(
-        model, pts, loaders, bn=BNPolicy(bn, bn_loader), progress=progress and Progress("landscape"), adapter=adapter
-    )
+    res = evaluate_points(model, pts, loaders, bn=bn, progress=progress and Progress("landscape"), adapter=adapter)
     grids = {
         name: {k: torch.tensor(res.per_loader[name][k]).view(n, n).tolist() for k in ("loss", "error")}
         for name in loaders

@@ -41,6 +41,7 @@ class LandscapeStudy(Study):
             raise InputError("landscape needs random directions (random=True): the only kind for now")
 
     def run(self, settings: LandscapeSettings, context: StudyContext) -> StudyResult:
+        from ...evaluation.engine import BNPolicy
         from ...geometry.studies import random_plane_study
         from .common import load_context
 
@@ -54,8 +55,7 @@ class LandscapeStudy(Study):
             span=s.span,
             filter_norm=s.filter_norm,
             seed=s.seed,
-            bn=s.bn,
-            bn_loader=bn,
+            bn=BNPolicy(s.bn, bn),
             progress=context.progress,
             adapter=cfg.adapter(),
         )

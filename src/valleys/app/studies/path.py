@@ -33,6 +33,7 @@ class PathStudy(Study):
     settings = PathSettings
 
     def run(self, settings: PathSettings, context: StudyContext) -> StudyResult:
+        from ...evaluation.engine import BNPolicy
         from ...geometry.studies import path_study
         from .common import load_context, one_weight_space
 
@@ -47,8 +48,7 @@ class PathStudy(Study):
             loaders,
             points=s.points,
             extend=s.extend,
-            bn=s.bn,
-            bn_loader=bn,
+            bn=BNPolicy(s.bn, bn),
             progress=context.progress,
             adapter=cfg.adapter(),
         )

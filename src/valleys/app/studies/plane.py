@@ -38,6 +38,7 @@ def trajectory_plane(
 ) -> dict[str, Any]:
     """Slides 9-13: the plane through three SGD iterates W1, W2, W3 of a SWA/SWAG run (first, middle and last
     collected epochs) with the SWA solution projected onto it."""
+    from ...evaluation.engine import BNPolicy
     from ...geometry.studies import plane_study
     from .common import load_context, load_trajectory
 
@@ -56,8 +57,7 @@ def trajectory_plane(
         extra={"SWA": w_swa},
         n=n,
         margin=margin,
-        bn=bn,
-        bn_loader=bn_loader,
+        bn=BNPolicy(bn, bn_loader),
         progress=progress,
         adapter=cfg.adapter(),
     )
@@ -73,6 +73,7 @@ def pca_plane(
 ) -> dict[str, Any]:
     """The plane through the mean of a run's collected iterates spanned by their top two principal directions
     (u = PC1, v = PC2), with every iterate and SWA projected onto it."""
+    from ...evaluation.engine import BNPolicy
     from ...geometry.studies import plane_study
     from ...geometry.surfaces import pca_plane as principal_plane
     from .common import load_context, load_trajectory
@@ -91,8 +92,7 @@ def pca_plane(
         extra=extra,
         n=n,
         margin=margin,
-        bn=bn,
-        bn_loader=bn_loader,
+        bn=BNPolicy(bn, bn_loader),
         progress=progress,
         adapter=cfg.adapter(),
     )
@@ -133,6 +133,7 @@ class PlaneStudy(Study):
             res = trajectory_plane(s.trajectory, n=s.grid, margin=s.margin, bn=s.bn, progress=progress)
             return StudyResult("plane", f"trajectory plane of {s.trajectory}", res)
         from ...core.weights import WeightSpace
+        from ...evaluation.engine import BNPolicy
         from ...geometry.studies import plane_study
         from .common import load_context, one_weight_space
 
@@ -154,8 +155,7 @@ class PlaneStudy(Study):
                 extra=extra,
                 n=s.grid,
                 margin=s.margin,
-                bn=s.bn,
-                bn_loader=bn,
+                bn=BNPolicy(s.bn, bn),
                 progress=progress,
                 adapter=cfg.adapter(),
             )
@@ -177,8 +177,7 @@ class PlaneStudy(Study):
             loaders,
             n=s.grid,
             margin=s.margin,
-            bn=s.bn,
-            bn_loader=bn,
+            bn=BNPolicy(s.bn, bn),
             progress=progress,
             adapter=cfg.adapter(),
         )

@@ -44,6 +44,7 @@ class RaysStudy(Study):
             raise InputError(f"--labels names {len(settings.labels)} networks for {len(settings.runs)} runs")
 
     def run(self, settings: RaysSettings, context: StudyContext) -> StudyResult:
+        from ...evaluation.engine import BNPolicy
         from ...geometry.studies import rays_study
         from .common import load_context, one_weight_space
 
@@ -61,8 +62,7 @@ class RaysStudy(Study):
             steps=s.steps,
             rise=s.rise,
             seed=s.seed,
-            bn=s.bn,
-            bn_loader=bn,
+            bn=BNPolicy(s.bn, bn),
             progress=context.progress,
             adapter=cfg.adapter(),
         )
