@@ -487,26 +487,7 @@ def _demo_body(demo: DemoPlan, *, progress: bool, jobs: int, log: Callable[..., 
                 else f"semi-supervised test error against epoch, consistency {name[6:]} (slide 36)"
             )
             figures[title] = out / "semisup" / f
-    _report(
-        out,
-        base,
-        seeds,
-        cfgs,
-        rows,
-        methods,
-        figures,
-        results["timing"]["total_s"],
-        results["steps_per_epoch"],
-        connectivity,
-        geometry,
-        section,
-        (semi, semi_res) if semi_res else None,
-        claims,
-        budget_table,
-        preset,
-        ood["swag"] if ood else None,
-        warnings,
-    )
+    _report(demo, results, figures)
     log("")
     log(format_table(rows))
     if ood:
@@ -748,26 +729,15 @@ def _weights(run: str | Path) -> Any:
     return load_context(run)[1]
 
 
-def _report(
-    out: Path,
-    base,
-    seeds,
-    cfgs,
-    rows,
-    methods,
-    figures,
-    total_s: float,
-    spe: int,
-    connectivity=None,
-    geometry=None,
-    section=None,
-    semisup=None,
-    claims=None,
-    budgets=None,
-    preset: str = DEFAULT_PRESET,
-    ood_cfg: TrainConfig | None = None,
-    warnings: Sequence[str] = (),
-) -> None:
+def _report(demo: DemoPlan, results: dict[str, Any], figures: dict[str, Path]) -> None:
+    """Write ``report.md`` of the demo planned as ``demo`` from its ``results.json`` object and figures."""
+    out, base, seeds, cfgs, preset = demo.out, demo.base, demo.seeds, demo.cfgs, demo.preset
+    methods, total_s, spe = results["methods"], results["timing"]["total_s"], results["steps_per_epoch"]
+    rows = {m["method"]: m["spread"]["test"] for m in methods}
+    connectivity, geometry, section = results["mode_connectivity"], results["geometry"], results["subspace"]
+    semisup = (demo.semi, results["semisup"]) if results["semisup"] else None
+    claims, budgets, warnings = results["claims"], results["budgets"], results["warnings"]
+    ood_cfg = demo.ood["swag"] if demo.ood else None
     swa_start = cfgs["swag"].swa_start
     ood_lines = [
         f"| {m['method']} | {m['ood_auroc']['mean']:.4f} ± {m['ood_auroc']['std']:.4f} |"
