@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover - what static tools see; at run time the n
         TrainingDiverged,
         UCIFormatError,
         UsageError,
+        UserCodeError,
         ValleysError,
         WeightSpaceError,
     )
@@ -143,6 +144,7 @@ __all__ = [
     "SubspaceError",
     "UCIFormatError",
     "MissingLabelsError",
+    "UserCodeError",
     "BatchFormatError",
     "AdapterError",
     "NotCollectedError",

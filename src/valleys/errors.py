@@ -27,6 +27,7 @@ __all__ = [
     "SubspaceError",
     "UCIFormatError",
     "MissingLabelsError",
+    "UserCodeError",
     "BatchFormatError",
     "AdapterError",
     "NotCollectedError",
@@ -94,6 +95,11 @@ class UCIFormatError(InputError):
 
 class MissingLabelsError(InputError):
     """A dataset's examples carry no class labels to split on."""
+
+
+class UserCodeError(InputError):
+    """A reference to the user's code (``--model``, ``--data``, ``--loss``: ``module.path:name`` or
+    ``file.py:name``) that cannot be imported, is not callable, raises, or returns the wrong kind of object."""
 
 
 class BatchFormatError(ValleysError, TypeError):

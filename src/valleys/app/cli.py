@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from ..errors import InputError
+from ..errors import AdapterError, InputError, ValleysError
 from .options import CHECKS, add_flags, path_flag
 
 _T = TypeVar("_T")
@@ -192,18 +192,31 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         help=f"train one run ({', '.join(methods)}) into a run folder",
         description="methods (--method):\n" + "\n".join(f"  {name:<{width}}  {text}" for name, text in methods.items()),
     )
-    t.add_argument(
+    data = t.add_mutually_exclusive_group()
+    data.add_argument(
         "--dataset",
         default=d.dataset,
         choices=list(DATASETS) + list(REGRESSION_DATASETS),
-        help="built-in dataset (diabetes and uci are regression)",
+        help="built-in dataset (diabetes, concrete, boston, toy1d and uci are regression)",
+    )
+    data.add_argument(
+        "--data",
+        dest="dataset",
+        type=_path,
+        default=argparse.SUPPRESS,
+        metavar="SOURCE",
+        help="your own data instead: file.npz (x_train, y_train, x_test, y_test, optional x_val, y_val), "
+        "module.path:factory or file.py:factory returning train/test(/val) datasets or loaders",
     )
     t.add_argument(
         "--model",
         default=None,
-        choices=list(MODELS),
-        help=f"reference architecture (default: {d.model}; mlp for regression datasets)",
+        type=_model_flag,
+        metavar="MODEL",
+        help=f"built-in architecture ({', '.join(MODELS)}; default: {d.model}, mlp for regression and for --data) "
+        "or your own factory returning an nn.Module: module.path:factory or file.py:factory",
     )
+    _user_flags(t)
     t.add_argument("--method", default=d.method, choices=list(methods), help="training method (see above)")
     t.add_argument("--epochs", type=_positive_int, default=d.epochs, help="epoch budget")
     t.add_argument("--lr", type=_positive_float, default=d.lr, help="initial learning rate")
@@ -240,6 +253,14 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         help="regression: one learned noise variance instead of a per-input variance (default: off, "
         "i.e. heteroscedastic=True)",
     )
+    t.add_argument(
+        "--init",
+        type=_path,
+        default=None,
+        metavar="RUN_OR_CHECKPOINT",
+        help="start from trained weights: a run folder or a checkpoint (state_dict, safetensors, Hugging Face "
+        "folder, Lightning .ckpt); allows --swa-start 0 and --fge-start 0",
+    )
     t.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ...")
     t.add_argument(
         "--checkpoint-every", type=_positive_int, default=d.checkpoint_every, help="epochs between checkpoints"
@@ -256,6 +277,72 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "(a flag given with --resume must agree with it)",
     )
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _model_flag(text: str) -> str:
+    """``--model``: a built-in name or a reference to the user's factory."""
+    from ..zoo.catalog import MODELS
+
+    if ":" in text or text in MODELS:
+        return text
+    raise argparse.ArgumentTypeError(
+        f"invalid choice {text!r}: a built-in model ({', '.join(MODELS)}) or your own factory "
+        "(module.path:factory or path/to/file.py:factory)"
+    )
+
+
+class _KeyValues(argparse.Action):
+    """``--model-args width=64 act=relu``: a dict, each value read as JSON when it is JSON (else a string)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .user_code import parse_key_values
+
+        try:
+            setattr(namespace, self.dest, parse_key_values(values, option_string or self.dest))
+        except ValueError as e:
+            parser.error(str(e))
+
+
+def _user_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of the user's own model and data: factory arguments, the task, the model adapter, the loss."""
+    p.add_argument(
+        "--model-args",
+        nargs="+",
+        action=_KeyValues,
+        default=None,
+        metavar="KEY=VALUE",
+        help="keyword arguments of the model factory (values read as JSON: 64, 0.1, true, [1,2], else strings)",
+    )
+    p.add_argument(
+        "--data-args", nargs="+", action=_KeyValues, default=None, metavar="KEY=VALUE", help="of the data factory"
+    )
+    p.add_argument(
+        "--task",
+        default=None,
+        choices=["classification", "regression"],
+        help="what the targets are (default: inferred: integer labels classify, floats regress)",
+    )
+    p.add_argument(
+        "--input",
+        default=None,
+        metavar="KEY",
+        help="where the model input is in a batch: a dict key, keys a,b (passed as keyword arguments) or a "
+        "tuple index (default: the first element of a tuple; a dict's keys other than the target's)",
+    )
+    p.add_argument("--target", default=None, metavar="KEY", help="where the targets are: a dict key or a tuple index")
+    p.add_argument(
+        "--output",
+        default=None,
+        metavar="KEY",
+        help="which part of the model's output is the prediction: an index of a tuple, a dict key or an attribute "
+        "(default: a tensor, .logits or ['logits'])",
+    )
+    p.add_argument(
+        "--loss",
+        default=None,
+        metavar="LOSS",
+        help="cross_entropy, gaussian or module:callable(prediction, targets) -> mean loss (default: the task's)",
+    )
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
@@ -539,6 +626,8 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     print(format_table(rows, keys))
     if "ood_auroc" in res:
         print(f"OOD AUROC (predictive entropy): {res['ood_auroc']:.4f}")
+    for note in res.get("data_notes", ()):
+        print(f"note: {note}")
     print(f"\nwrote {out}/results.json ({res['timing']['train_s']:.1f}s training)")
     return 0
 
@@ -618,6 +707,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"OOD AUROC (predictive entropy): {res['ood_auroc']:.4f}")
     if "temperature" in res:
         print(f"temperature fitted on validation: {res['temperature']:.4f}")
+    for note in res.get("data_notes", ()):
+        print(f"note: {note}")
     print(f"\nwrote {Path(args.run_dir) / 'evaluation.json'}")
     return 0
 
@@ -776,7 +867,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _finish_progress_bars()
         print(f"valleys {args.command}: {_interrupted(args)}", file=sys.stderr)
         return 130
-    except (ValueError, OSError, CheckpointError, DatasetNotFoundError, TrainingDiverged) as e:
+    except (ValueError, OSError, ValleysError, CheckpointError, DatasetNotFoundError, TrainingDiverged) as e:
         # OSError: --out under a file, no permission, a full disk (FileExistsError: a folder holding output)
         _finish_progress_bars()
         print(f"valleys {args.command}: error: {_message(e)}{_resume_hint(args, e)}", file=sys.stderr)
@@ -821,7 +912,12 @@ def _message(e: BaseException) -> str:
     """One line for an expected failure: an OSError as 'file: reason' rather than '[Errno 28] ...'."""
     if isinstance(e, OSError) and e.strerror and len(e.args) >= 2:  # OSError(errno, strerror[, filename])
         return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
-    return str(e).replace("\n", " ")
+    text = str(e).replace("\n", " ")
+    if isinstance(e, AdapterError):  # the library's keyword is a flag here: output=0 -> --output 0
+        import re
+
+        text = re.sub(r"\b(input|target|output|loss)=", r"--\1 ", text)
+    return text
 
 
 def _finish_progress_bars() -> None:

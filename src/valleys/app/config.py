@@ -13,7 +13,7 @@ import dataclasses
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +66,18 @@ class RunSettings:
     device: str = "cpu"
     checkpoint_every: int = 10
     eval_every: int = 1
+    # the user's own model and data (see valleys.app.user_code and valleys.app.user_data)
+    model_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the model factory
+    data_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the data factory
+    task: str | None = None  # classification or regression; None: from the dataset (inferred for user data)
+    input: str | None = None  # the model adapter: where the input is (a key, keys "a,b", or an index)
+    target: str | None = None  # where the targets are (a key or an index)
+    output: str | None = None  # which part of the model's output is the prediction (a key, attribute or index)
+    loss: str | None = None  # cross_entropy, gaussian or module:callable (default: the task's)
+    init: str | None = None  # start from these weights (a run folder or a checkpoint file)
+    imported: str | None = None  # the checkpoint this run's weights were imported from (valleys import)
+    model_sha256: str | None = None  # the model factory's file when the run was made
+    data_sha256: str | None = None  # the data file (or factory's file) when the run was made
 
 
 _AFTER = "batch_size"  # the methods' settings follow this field (the order of config.json)
@@ -88,15 +100,39 @@ class TrainConfig(RunSettings):
 
     @property
     def is_regression(self) -> bool:
-        """Whether the dataset is a regression task (Gaussian likelihood)."""
-        return self.dataset in REGRESSION_DATASETS
+        """Whether the dataset is a regression task (Gaussian likelihood): ``task`` when set, else the catalog's."""
+        return self.task == "regression" if self.task is not None else self.dataset in REGRESSION_DATASETS
 
-    def adapter(self) -> ModelAdapter:
-        """How this run's ``(x, y)`` batches and outputs are read: Gaussian NLL on the (mean, variance) head for a
-        regression dataset, cross-entropy on the logits otherwise. Every evaluation of the run uses it."""
+    @property
+    def user_model(self) -> bool:
+        """Whether ``model`` names the user's factory (``module:name`` or ``file.py:name``)."""
+        return ":" in self.model
+
+    @property
+    def user_data(self) -> bool:
+        """Whether ``dataset`` names the user's data (a factory reference or an ``.npz`` file)."""
+        return ":" in self.dataset or self.dataset.endswith(".npz")
+
+    def adapter(self, task: str | None = None) -> ModelAdapter:
+        """How this run's batches and outputs are read (``input``, ``target``, ``output``, ``loss``; see
+        :class:`valleys.core.adapter.ModelAdapter`): by default Gaussian NLL on a (mean, variance) head for a
+        regression task, cross-entropy on the logits otherwise. ``task`` overrides the run's. Every training
+        step and evaluation of the run uses it."""
         from ..core.adapter import ModelAdapter
 
-        return ModelAdapter(loss="gaussian") if self.is_regression else ModelAdapter()
+        regression = task == "regression" if task is not None else self.is_regression
+        loss: Any = self.loss or ("gaussian" if regression else "cross_entropy")
+        if ":" in loss:
+            from .user_code import load_reference
+
+            loss = load_reference(loss, "--loss")
+        return ModelAdapter(
+            input=_selector(self.input, many=True),
+            target=_selector(self.target),
+            output=_selector(self.output),
+            loss=loss,
+            predictive="gaussian" if regression else "classification",
+        )
 
     def resolved(self) -> TrainConfig:
         """A copy with defaults filled in and every value checked; raises :class:`InputError` (a ``ValueError``)
@@ -105,18 +141,23 @@ class TrainConfig(RunSettings):
 
         cfg = dataclasses.replace(self)
         check_types(cfg)
-        if cfg.dataset not in DATASETS and cfg.dataset not in REGRESSION_DATASETS:
+        _check_user_settings(cfg)
+        if not cfg.user_data and cfg.dataset not in DATASETS and cfg.dataset not in REGRESSION_DATASETS:
             raise InputError(
                 f"unknown dataset {cfg.dataset!r}; valid datasets: "
-                f"{', '.join(list(DATASETS) + list(REGRESSION_DATASETS))}"
+                f"{', '.join(list(DATASETS) + list(REGRESSION_DATASETS))}, or your own with --data "
+                "(file.npz, module:factory or file.py:factory)"
             )
         if cfg.is_regression:
-            if cfg.model != "mlp":
+            if not cfg.user_model and not cfg.user_data and cfg.model != "mlp":
                 raise InputError(f"regression datasets use --model mlp (a Gaussian-head MLP), got {cfg.model!r}")
             if cfg.ood_split:
                 raise InputError("--ood-split is a classification protocol; it does not apply to regression")
-        if cfg.model not in MODELS:
-            raise InputError(f"unknown model {cfg.model!r}; valid models: {', '.join(MODELS)}")
+        if not cfg.user_model and cfg.model not in MODELS:
+            raise InputError(
+                f"unknown model {cfg.model!r}; valid models: {', '.join(MODELS)}, or your own factory "
+                "(--model module.path:factory or path/to/file.py:factory)"
+            )
         needs, gives = MODEL_INPUTS.get(cfg.model, "any"), INPUT_KINDS.get(cfg.dataset)
         if gives is not None and needs not in ("any", gives):
             fits = [m for m, k in MODEL_INPUTS.items() if k in ("any", gives)]
@@ -158,6 +199,52 @@ class TrainConfig(RunSettings):
         if device.type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"device {cfg.device!r} requested but CUDA is not available; use --device cpu")
         return cfg
+
+
+def _selector(text: str | None, many: bool = False) -> Any:
+    """An adapter selector from its flag: ``None``, an index (``"0"``), a key, or (``many``) keys ``"a,b"``."""
+    if text is None:
+        return None
+    if text.lstrip("-").isdigit():
+        return int(text)
+    if many and "," in text:
+        return [k.strip() for k in text.split(",") if k.strip()]
+    return text
+
+
+def _check_user_settings(cfg: RunSettings) -> None:
+    """The settings of the user's own model and data: references made absolute (a run folder rebuilds them from
+    any working folder), the task a known one that fits a built-in dataset, factory arguments only for factories."""
+    from .user_code import absolute_reference, split_reference
+
+    if cfg.task is not None and cfg.task not in ("classification", "regression"):
+        raise InputError(f"task must be classification or regression, got {cfg.task!r}")
+    if not (":" in cfg.dataset or cfg.dataset.endswith(".npz")):
+        if cfg.data_args:
+            raise InputError("--data-args are the keyword arguments of a data factory; give --data module:factory")
+        builtin_task = "regression" if cfg.dataset in REGRESSION_DATASETS else "classification"
+        if cfg.task is not None and cfg.task != builtin_task:
+            raise InputError(f"dataset {cfg.dataset!r} is not a {cfg.task} task; drop --task (it is for --data)")
+    elif ":" in cfg.dataset:
+        cfg.dataset = absolute_reference(cfg.dataset, "--data")
+    else:
+        if cfg.data_args:
+            raise InputError("--data-args are the keyword arguments of a data factory, not of an .npz file")
+        cfg.dataset = str(Path(cfg.dataset).resolve())
+    if ":" in cfg.model:
+        cfg.model = absolute_reference(cfg.model, "--model")
+    if cfg.loss is not None:
+        if ":" in cfg.loss:
+            cfg.loss = absolute_reference(cfg.loss, "--loss")
+            split_reference(cfg.loss, "--loss")
+        elif cfg.loss not in ("cross_entropy", "gaussian"):
+            raise InputError(f"loss must be cross_entropy, gaussian or module:callable, got {cfg.loss!r}")
+    for name in ("init", "imported"):
+        v = getattr(cfg, name)
+        if v is not None:
+            if not v.strip():
+                raise InputError(f"{name} must be a path, got an empty string")
+            setattr(cfg, name, str(Path(v).resolve()))
 
 
 def method_fields() -> list[dataclasses.Field]:

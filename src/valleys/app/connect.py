@@ -36,7 +36,6 @@ from ..geometry.curves import CURVE_KINDS, Curve, CurveModel
 from ..geometry.paths import BN_POLICIES, evaluate_path, segment
 from ..training.schedules import SWASchedule
 from ..training.trainer import CheckpointPolicy, DistributedPolicy, Trainer
-from ..zoo.data import make_loader
 from .config import (
     SEED_MAX,
     ConfigError,
@@ -48,7 +47,7 @@ from .config import (
 )
 from .evaluate import load_run_model
 from .folders import prepare_run_dir, ranks_folder
-from .run_data import build_run_model, load_splits
+from .run_data import build_run_model, load_splits, split_loader
 
 __all__ = [
     "ConnectConfig",
@@ -153,9 +152,9 @@ def _endpoints(cfg: ConnectConfig):
 
 def _loaders(cfg: ConnectConfig, data_cfg: TrainConfig, splits):
     return (
-        make_loader(splits.train, cfg.batch_size, shuffle=True, seed=cfg.seed),
-        make_loader(splits.train, 1000),
-        make_loader(splits.test, 1000),
+        split_loader(splits, "train", cfg.batch_size, shuffle=True, seed=cfg.seed),
+        split_loader(splits, "train", 1000),
+        split_loader(splits, "test", 1000),
     )
 
 

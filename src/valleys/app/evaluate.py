@@ -142,11 +142,19 @@ def _evaluate_regression(
         "units": "target units (unstandardised)",
         "metrics": {k: summary_metrics(v) for k, v in metrics.items()},
         "num_parameters": sum(p.numel() for p in model.parameters()),
+        **_data_notes(splits),
     }
     if write:
         write_json(run_dir / ("evaluation.json" if method == cfg.method else f"evaluation-{method}.json"), out)
     out["eval_s"] = time.perf_counter() - start
     return out
+
+
+def _data_notes(splits: Any) -> dict[str, list[str]]:
+    """``{"data_notes": [...]}``: what valleys changed in the user's data (a shuffling loader rebuilt in order, a
+    validation split held out); empty for the built-in datasets."""
+    notes = splits.info.get("notes") if isinstance(getattr(splits, "info", None), dict) else None
+    return {"data_notes": list(notes)} if notes else {}
 
 
 def _kept(res: BMAResult) -> tuple[Tensor, Tensor]:
@@ -257,6 +265,7 @@ def evaluate_run(
             "test_log_bins": classification_metrics(*_kept(res["test"]), edges=LOG_EDGES)["reliability"],
         },
         "num_parameters": sum(p.numel() for p in model.parameters()),
+        **_data_notes(splits),
     }
     if ensemble:  # each member alone (against the best member), and the ensemble of the first k (k = 1..K)
         members = [bma(model, [m], loaders["test"], adapter=cfg.adapter(), return_probs=True) for m in draw()]

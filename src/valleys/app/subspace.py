@@ -161,10 +161,9 @@ def subspace_run(
     from ..evaluation.engine import BNPolicy
     from ..evaluation.predict import bma
     from ..methods.subspace_posterior import SubspacePosterior
-    from ..zoo.data import make_loader
     from .evaluate import regression_summary, summary_metrics
     from .folders import output_guard, prepare_run_dir
-    from .run_data import load_splits
+    from .run_data import load_splits, split_loader
     from .studies.common import load_context
 
     cfg.check()
@@ -174,7 +173,7 @@ def subspace_run(
     adapter = run_cfg.adapter()
     subspace = build_subspace(cfg, model, w_run)
     splits = load_splits(run_cfg)
-    train = make_loader(splits.train, 1000)
+    train = split_loader(splits, "train", 1000)
     start = time.perf_counter()
     candidates = [(t, p) for t in _values(cfg.temperature) for p in _values(cfg.prior_scale)]
     base = SubspacePosterior(
@@ -200,7 +199,7 @@ def subspace_run(
             f"the log-likelihood at the subspace's shift is {ll0}: the run's weights do not fit its "
             "training data (a diverged run?)"
         )
-    evals = {"val": make_loader(splits.val, 1000), "test": make_loader(splits.test, 1000)}
+    evals = {"val": split_loader(splits, "val", 1000), "test": split_loader(splits, "test", 1000)}
 
     def score(ws: list[torch.Tensor], loader: Any, bn: str | None) -> dict[str, float]:
         if run_cfg.is_regression:  # in the target's units, as every regression result
@@ -338,9 +337,9 @@ def _ess(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, gen: tor
 
 def _minibatch_log_likelihood(cfg: SubspaceConfig, post: Any, splits: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """The differentiable log-likelihood of ``z`` on the next minibatch of 256 (cycling through the epochs)."""
-    from ..zoo.data import make_loader
+    from .run_data import split_loader
 
-    minibatches = make_loader(splits.train, 256, shuffle=True, seed=cfg.seed)
+    minibatches = split_loader(splits, "train", 256, shuffle=True, seed=cfg.seed)
     it = iter(())
 
     def minibatch_ll(z: torch.Tensor) -> torch.Tensor:

@@ -24,13 +24,14 @@ from ..core.checkpoint import CheckpointError, model_signature, save_checkpoint,
 from ..core.distributed import is_main, shard_loader, world_size
 from ..errors import InputError
 from ..training.trainer import CheckpointPolicy, EvaluationPolicy, Trainer
-from ..zoo.data import Splits, make_loader
+from ..zoo.catalog import REGRESSION_DATASETS
+from ..zoo.data import Splits
 from .config import TrainConfig, check_resume_flags, check_saved_settings, read_json_object, read_run_config
 from .evaluate import evaluate_run
 from .folders import has_checkpoint, output_guard, prepare_run_dir, ranks_folder
 from .methods.base import Method
 from .registry import get_method, refuse_foreign_settings
-from .run_data import bn_loader, build_run_model, eval_loaders, load_splits
+from .run_data import bn_loader, build_run_model, eval_loaders, load_init, load_splits, source_hashes, split_loader
 
 __all__ = ["train_run", "train_config_from_flags", "RunTiming"]
 
@@ -58,7 +59,9 @@ def _train_single(
 ) -> RunTiming:
     """Train one network with ``method`` (one without members) into ``out``; returns its timing."""
     model = build_run_model(cfg, splits)
-    train = make_loader(splits.train, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    if cfg.init is not None and not resume:  # start from trained weights (a resumed run has its own)
+        load_init(model, cfg)
+    train = split_loader(splits, "train", cfg.batch_size, shuffle=True, seed=cfg.seed)
     bn = shard_loader(bn_loader(cfg, splits), "BatchNorm")  # under torchrun: each rank its slice, all-reduced
     evals = {k: v for k, v in eval_loaders(splits).items() if k != "ood"}
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
@@ -127,12 +130,18 @@ def train_run(
         check_saved_settings(out, asdict(cfg), "run")
     prepare_run_dir(out, overwrite=overwrite, resume=resume, create=False)  # refuse an existing run first
     splits = splits or load_splits(cfg)  # data and model errors surface here, before a file is touched
+    if cfg.user_data and cfg.task is None:  # inferred from the targets: recorded, so every later load agrees
+        cfg = dataclasses.replace(cfg, task=splits.info["task"])
+    if not resume:  # the user's files as they are now: a later command refuses to rebuild from changed ones
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in source_hashes(cfg).items() if getattr(cfg, k) is None})
     if len(splits.val) == 0:
         raise InputError(
             f"--val-fraction {cfg.val_fraction} leaves no validation examples; every run is evaluated "
             "on its validation split: use a fraction that holds out at least one example"
         )
-    build_run_model(cfg, splits)
+    model = build_run_model(cfg, splits)
+    if cfg.init is not None:
+        load_init(model, cfg)  # a checkpoint that does not fit is refused before any file is written
     if world_size() > 1:
         return _train_run_ranks(cfg, method, out, splits, overwrite=overwrite, resume=resume, progress=progress)
     with output_guard(out, resumable=lambda: has_checkpoint(out)):
@@ -195,8 +204,8 @@ def train_config_from_flags(flags: dict[str, Any], *, given: dict[str, Any] | No
     refused."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in flags.items() if k in fields and v is not None})
-    if flags.get("model") is None:
-        cfg.model = "mlp" if cfg.dataset in ("diabetes", "uci") else TrainConfig.model  # Gaussian-head MLP
+    if flags.get("model") is None:  # a Gaussian-head MLP for regression, an MLP for the user's data
+        cfg.model = "mlp" if cfg.dataset in REGRESSION_DATASETS or cfg.user_data else TrainConfig.model
     method = flags.get("method", cfg.method)
     if flags.get("resume"):  # the run's own settings; flags typed now must agree with them
         out = Path(flags.get("out") or _default_folder(cfg))
@@ -214,4 +223,6 @@ def train_config_from_flags(flags: dict[str, Any], *, given: dict[str, Any] | No
 
 
 def _default_folder(cfg: TrainConfig) -> str:
-    return f"runs/{cfg.dataset}-{cfg.model}-{cfg.method}-seed{cfg.seed}"
+    from .user_code import short_name
+
+    return f"runs/{short_name(cfg.dataset)}-{short_name(cfg.model)}-{cfg.method}-seed{cfg.seed}"

@@ -79,7 +79,9 @@ class SWASchedule(Schedule):
     """The SWA schedule (Izmailov et al. 2018), per epoch, with ``t = epoch / swa_start``.
 
     factor(t) = 1 for t <= 0.5; 1 - (1 - r)(t - 0.5)/0.4 for 0.5 < t <= 0.9; r after, with ``r = swa_lr / lr``.
-    For plain SGD use ``swa_start = epochs`` and ``swa_lr = 0.01 * lr`` (the paper's SGD baseline).
+    For plain SGD use ``swa_start = epochs`` and ``swa_lr = 0.01 * lr`` (the paper's SGD baseline). With
+    ``swa_start = 0`` (SWA from a pre-trained network, as in the paper's ImageNet experiments) the rate is
+    ``swa_lr`` throughout.
     """
 
     lr_init: float
@@ -89,9 +91,12 @@ class SWASchedule(Schedule):
     def __post_init__(self) -> None:
         _positive("lr", self.lr_init)
         _positive("swa_lr", self.swa_lr)
-        _positive("swa_start", self.swa_start)
+        if self.swa_start != 0:
+            _positive("swa_start", self.swa_start)
 
     def lr(self, epoch: float) -> float:
+        if self.swa_start == 0:
+            return self.swa_lr
         t = epoch / self.swa_start
         r = self.swa_lr / self.lr_init
         if t <= 0.5:

@@ -284,9 +284,16 @@ def load_dataset(
 
 
 def make_loader(
-    dataset, batch_size: int = 128, *, shuffle: bool = False, seed: int = 0, drop_last: bool = False
+    dataset,
+    batch_size: int = 128,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    drop_last: bool = False,
+    collate_fn=None,
 ) -> DataLoader:
-    """A ``DataLoader``; when shuffling, its generator is seeded so the order is reproducible.
+    """A ``DataLoader``; when shuffling, its generator is seeded so the order is reproducible. ``collate_fn``:
+    how examples become a batch (``None``: PyTorch's default).
 
     The training loop reseeds that generator at every epoch (``seed + epoch``), which makes a resumed run
     see exactly the batches an uninterrupted run would.
@@ -294,4 +301,6 @@ def make_loader(
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     gen = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, drop_last=drop_last)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, drop_last=drop_last, collate_fn=collate_fn
+    )

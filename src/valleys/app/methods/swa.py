@@ -25,7 +25,10 @@ class SWASettings:
     """When SWA starts averaging and at which learning rate (shared by every method built on SWA)."""
 
     swa_start: int | None = setting(
-        None, "epochs of SGD before averaging starts (default: epochs // 2)", check="positive", exclusive=True
+        None,
+        "epochs of SGD before averaging starts (default: epochs // 2; 0 with --init: average from the start)",
+        check="non_negative",
+        exclusive=True,
     )
     swa_lr: float | None = setting(None, "SWA learning rate (default: --lr)", check="positive", exclusive=True)
 
@@ -45,10 +48,15 @@ class SWA(Method):
             cfg.swa_start = cfg.epochs // 2
         if cfg.swa_lr is None:
             cfg.swa_lr = cfg.lr
-        if not 1 <= cfg.swa_start < cfg.epochs:
+        if cfg.swa_start == 0 and cfg.init is None:
             raise InputError(
-                f"swa-start must be at least 1 and below epochs ({cfg.epochs}) so that at least one epoch is "
-                f"averaged, got {cfg.swa_start}"
+                "swa-start 0 averages from the first epoch, which needs a trained network to start from: give "
+                "--init RUN_OR_CHECKPOINT, or a swa-start of at least 1"
+            )
+        if not 0 <= cfg.swa_start < cfg.epochs:
+            raise InputError(
+                f"swa-start must be at least 1 (0 with --init) and below epochs ({cfg.epochs}) so that at least one "
+                f"epoch is averaged, got {cfg.swa_start}"
             )
         if not cfg.swa_lr > 0:
             raise InputError(f"swa-lr must be positive, got {cfg.swa_lr}")

@@ -11,9 +11,8 @@ from torch import Tensor, nn
 from ...core.checkpoint import checkpoint_field, load_checkpoint, model_signature
 from ...core.weights import WeightSpace
 from ...errors import InputError
-from ...zoo.data import make_loader
 from ..config import TrainConfig
-from ..run_data import load_splits
+from ..run_data import load_splits, split_loader
 
 __all__ = ["load_context", "load_trajectory", "one_weight_space", "plane_contours"]
 
@@ -25,8 +24,14 @@ def load_context(path: str | Path) -> tuple[nn.Module, Tensor, TrainConfig, dict
 
     model, cfg = load_endpoint(path)
     splits = load_splits(cfg)
-    train = make_loader(splits.train, 1000)
-    return model, WeightSpace(model).read(model), cfg, {"train": train, "test": make_loader(splits.test, 1000)}, train
+    train = split_loader(splits, "train", 1000)
+    return (
+        model,
+        WeightSpace(model).read(model),
+        cfg,
+        {"train": train, "test": split_loader(splits, "test", 1000)},
+        train,
+    )
 
 
 def load_trajectory(run_dir: str | Path) -> tuple[Tensor, list[int]]:
