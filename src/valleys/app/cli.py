@@ -163,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     for build in (
         _train_parser,
+        _import_parser,
         _evaluate_parser,
         _connect_parser,
         _study_parsers,
@@ -343,6 +344,51 @@ def _user_flags(p: argparse.ArgumentParser) -> None:
         metavar="LOSS",
         help="cross_entropy, gaussian or module:callable(prediction, targets) -> mean loss (default: the task's)",
     )
+
+
+def _import_parser(sub: argparse._SubParsersAction) -> None:
+    """``valleys import``."""
+    from ..zoo.catalog import DATASETS, REGRESSION_DATASETS
+    from .config import RunSettings
+
+    d = RunSettings()
+    im = sub.add_parser(
+        "import",
+        help="make a run folder from a checkpoint written by other code (state_dict, safetensors, Hugging Face "
+        "folder, Lightning .ckpt), for evaluate, plane, path, connect, ...",
+    )
+    im.add_argument(
+        "checkpoint",
+        type=_path,
+        help="a torch.save'd state_dict (.pt/.pth/.bin, read with weights_only=True), a .safetensors file, a "
+        "save_pretrained folder or a Lightning .ckpt",
+    )
+    im.add_argument(
+        "--model",
+        required=True,
+        type=_model_flag,
+        metavar="MODEL",
+        help="the architecture: your factory (module.path:factory or file.py:factory) or a built-in name",
+    )
+    data = im.add_mutually_exclusive_group()
+    data.add_argument(
+        "--dataset", default=d.dataset, choices=list(DATASETS) + list(REGRESSION_DATASETS), help="built-in dataset"
+    )
+    data.add_argument(
+        "--data", dest="dataset", type=_path, default=argparse.SUPPRESS, metavar="SOURCE", help="your own data"
+    )
+    _user_flags(im)
+    im.add_argument(
+        "--epochs", type=_positive_int, default=None, help="the epochs it was trained for (connect's default budget)"
+    )
+    im.add_argument("--lr", type=_positive_float, default=None, help="its learning rate (connect's default)")
+    im.add_argument("--batch-size", type=_positive_int, default=None, help="minibatch size for later commands")
+    im.add_argument("--val-fraction", type=_fraction, default=None, help="held out of train if there is no val split")
+    im.add_argument("--seed", type=_seed, default=None, help="seed recorded for later commands")
+    im.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ...")
+    im.add_argument("--out", type=_path, required=True, help="the run folder to create")
+    im.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    im.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
@@ -632,6 +678,20 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from .import_run import import_checkpoint, import_config_from_flags
+    from .report import aggregate, format_table
+
+    cfg = import_config_from_flags(vars(args))
+    res = import_checkpoint(args.checkpoint, cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    keys = _keys(res)
+    print(format_table({f"imported ({k})": aggregate([v], keys) for k, v in res["metrics"].items()}, keys))
+    for note in res.get("data_notes", ()):
+        print(f"note: {note}")
+    print(f"\nwrote {Path(args.out) / 'results.json'}")
+    return 0
+
+
 def _connect(args: argparse.Namespace) -> int:
     from .connect import connect_config_from_flags, connect_runs
 
@@ -855,6 +915,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _study(args)
         return {
             "evaluate": _evaluate,
+            "import": _import,
             "demo": _demo,
             "connect": _connect,
             "subspace": _subspace,

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..errors import BatchFormatError, InputTypeError
 
-__all__ = ["InputFn", "to_device", "as_call_args", "sized_length", "BatchFormatError"]
+__all__ = ["InputFn", "to_device", "as_call_args", "sized_length", "head_of_batch", "BatchFormatError"]
 
 InputFn = Callable[[Any], Any]
 
@@ -45,3 +45,15 @@ def sized_length(obj: object, what: str = "dataset") -> int:
     if not isinstance(obj, Sized):
         raise InputTypeError(f"the {what} ({type(obj).__name__}) has no length; a map-style {what} is needed here")
     return len(obj)
+
+
+def head_of_batch(batch: Any, n: int) -> Any:
+    """The first ``n`` examples of a batch: every tensor (also inside tuples, lists and dicts) cut to its first
+    ``n`` rows; anything else kept."""
+    if isinstance(batch, Tensor):
+        return batch[:n] if batch.dim() > 0 else batch
+    if isinstance(batch, Mapping):
+        return {k: head_of_batch(v, n) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(head_of_batch(v, n) for v in batch)
+    return batch

@@ -32,15 +32,17 @@ class SharpnessStudy(Study):
     settings = SharpnessSettings
 
     def run(self, settings: SharpnessSettings, context: StudyContext) -> StudyResult:
+        from ...core.batches import head_of_batch
         from ...geometry.studies import sharpness_study
         from .common import load_context
 
         s = settings
         model, _, cfg, loaders, _ = load_context(s.run)
+        adapter = cfg.adapter()
         batches, seen = [], 0
-        for x, y in loaders["train"]:
-            batches.append((x[: s.examples - seen], y[: s.examples - seen]))
-            seen += len(batches[-1][1])
+        for batch in loaders["train"]:  # the first s.examples training examples, whatever the batch's shape
+            batches.append(head_of_batch(batch, s.examples - seen))
+            seen += len(adapter.targets(batches[-1]))
             if seen >= s.examples:
                 break
         res = sharpness_study(
@@ -51,7 +53,7 @@ class SharpnessStudy(Study):
             trace_samples=s.trace_samples,
             epsilon=s.epsilon,
             seed=s.seed,
-            adapter=cfg.adapter(),
+            adapter=adapter,
             progress=context.progress,
         )
         return StudyResult("sharpness", f"sharpness of {s.run}", res)
