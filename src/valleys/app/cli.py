@@ -175,6 +175,14 @@ def _parser() -> argparse.ArgumentParser:
         _demo_parser,
     ):
         build(sub)
+    for command in sub.choices.values():  # read by main() before parsing (see valleys.app.toml_config)
+        command.add_argument(
+            "--config",
+            metavar="FILE.toml",
+            default=None,
+            help="read this command's flags from a TOML file (keys: the flags, e.g. batch_size = 64); flags typed "
+            "on the command line win",
+        )
     return p
 
 
@@ -896,6 +904,12 @@ def _semisup(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``valleys`` command; returns the exit status (errors: 2 with a one-line reason)."""
     parser = _parser()
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    try:
+        argv = _with_config(parser, argv)
+    except ValleysError as e:
+        print(f"valleys: error: {e}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -910,7 +924,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             init_from_env()
         if args.command == "train":
-            return _train(args, list(argv) if argv is not None else sys.argv[1:])
+            return _train(args, argv)
         if args.command in _studies():
             return _study(args)
         return {
@@ -933,6 +947,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         _finish_progress_bars()
         print(f"valleys {args.command}: error: {_message(e)}{_resume_hint(args, e)}", file=sys.stderr)
         return 2
+
+
+def _with_config(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``argv`` with its ``--config FILE.toml`` replaced by the flags the file holds, placed before the flags
+    typed after the command (which win; see :mod:`valleys.app.toml_config`)."""
+    from .toml_config import config_argv, find_config
+
+    path, rest = find_config(argv)
+    if path is None:
+        return argv
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    at = next((i for i, a in enumerate(rest) if a in subs), None)
+    if at is None:
+        raise InputError("--config belongs to a command: valleys COMMAND --config FILE.toml")
+    typed = rest[at + 1 :]
+    return [*rest[: at + 1], *config_argv(path, subs[rest[at]], typed), *typed]
 
 
 def _studies() -> list[str]:

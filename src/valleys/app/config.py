@@ -36,6 +36,8 @@ __all__ = [
     "check_types",
     "settings_from_dict",
     "read_run_config",
+    "write_run_config",
+    "NOT_FLAGS",
     "config_from_dict",
     "ConfigError",
     "SEED_MAX",
@@ -245,6 +247,31 @@ def _check_user_settings(cfg: RunSettings) -> None:
             if not v.strip():
                 raise InputError(f"{name} must be a path, got an empty string")
             setattr(cfg, name, str(Path(v).resolve()))
+
+
+#: settings of config.json that are not flags of ``valleys train`` (recorded, checked, never typed)
+NOT_FLAGS = ("model_sha256", "data_sha256", "imported")
+
+
+def write_run_config(out: str | Path, cfg: TrainConfig) -> None:
+    """Write a run's settings: ``config.json`` (every setting) and ``config.toml`` (the flags of ``valleys
+    train`` that make this run: the common ones and its method's own, so that ``valleys train --config
+    RUN/config.toml --out RUN2`` trains it again)."""
+    from ..core.checkpoint import write_json
+    from .registry import get_method
+    from .toml_config import write_toml
+
+    values = dataclasses.asdict(cfg)
+    write_json(Path(out) / "config.json", values)
+    method = get_method(cfg.method)
+    classes = list(method.settings) + (list(get_method(method.member).settings) if method.member else [])
+    own = {f.name for f in dataclasses.fields(RunSettings)} | {f.name for c in classes for f in settings_fields(c)}
+    flags = {k: v for k, v in values.items() if k in own and k not in NOT_FLAGS}
+    write_toml(
+        Path(out) / "config.toml",
+        flags,
+        header="the flags of this run: valleys train --config config.toml --out NEW_FOLDER trains it again",
+    )
 
 
 def method_fields() -> list[dataclasses.Field]:

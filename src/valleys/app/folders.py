@@ -42,6 +42,7 @@ __all__ = [
 #: names (glob patterns) of the files and folders valleys writes into an output folder
 OURS = (
     "config.json",
+    "config.toml",
     "results.json",
     "checkpoint.safetensors",
     "model.safetensors",
@@ -59,7 +60,7 @@ OURS = (
     "member-*",
 )
 # a temporary file of an atomic write (core.checkpoint: mkstemp(prefix=".<name>.", suffix=".tmp"))
-_TEMPORARY = re.compile(r"^\.(?P<name>.+\.(?:safetensors|json|jsonl|md|png))\.[A-Za-z0-9_]+\.tmp$")
+_TEMPORARY = re.compile(r"^\.(?P<name>.+\.(?:safetensors|json|jsonl|md|png|toml))\.[A-Za-z0-9_]+\.tmp$")
 
 
 def ours(folder: str | os.PathLike) -> list[str]:

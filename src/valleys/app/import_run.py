@@ -18,7 +18,7 @@ from typing import Any
 from ..core.checkpoint import CheckpointError, model_signature, save_checkpoint, write_json
 from ..core.foreign import load_foreign_weights
 from ..errors import InputError
-from .config import TrainConfig
+from .config import TrainConfig, write_run_config
 from .evaluate import evaluate_run
 from .folders import output_guard, prepare_run_dir
 from .run_data import build_run_model, load_splits, source_hashes
@@ -49,7 +49,7 @@ def import_checkpoint(
     with output_guard(out):
         prepare_run_dir(out, overwrite=overwrite)
         header = {"config": dataclasses.asdict(cfg), "signature": model_signature(model)}
-        write_json(out / "config.json", dataclasses.asdict(cfg))
+        write_run_config(out, cfg)
         save_checkpoint(out / "model.safetensors", {"model": model.state_dict()}, {**header, "kind": "model"})
         results = evaluate_run(out, splits=splits, progress=progress, write=False)
         results.pop("eval_s", None)

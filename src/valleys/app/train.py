@@ -26,7 +26,14 @@ from ..errors import InputError
 from ..training.trainer import CheckpointPolicy, EvaluationPolicy, Trainer
 from ..zoo.catalog import REGRESSION_DATASETS
 from ..zoo.data import Splits
-from .config import TrainConfig, check_resume_flags, check_saved_settings, read_json_object, read_run_config
+from .config import (
+    TrainConfig,
+    check_resume_flags,
+    check_saved_settings,
+    read_json_object,
+    read_run_config,
+    write_run_config,
+)
 from .evaluate import evaluate_run
 from .folders import has_checkpoint, output_guard, prepare_run_dir, ranks_folder
 from .methods.base import Method
@@ -70,7 +77,7 @@ def _train_single(
         cfg, model, bn_loader=bn, eval_loaders={k: shard_loader(v, k) for k, v in evals.items()}
     )
     if not resume and is_main():
-        write_json(out / "config.json", asdict(cfg))
+        write_run_config(out, cfg)
     trainer = Trainer(  # the model is on cfg.device already (build_run_model)
         model,
         opt,
@@ -149,7 +156,7 @@ def train_run(
         start = time.perf_counter()
         if method.member is not None:
             member_method = get_method(method.member)
-            write_json(out / "config.json", asdict(cfg))
+            write_run_config(out, cfg)
             timing = RunTiming(0.0)
             for i in range(cfg.members):
                 member = out / f"member-{i}"

@@ -32,6 +32,7 @@ __all__ = [
     "check_model_signature",
     "model_signature",
     "write_json",
+    "write_text",
     "to_json_text",
     "json_safe",
     "checkpoint_field",
@@ -122,13 +123,17 @@ def to_json_text(obj: Any, *, indent: int | None = None) -> str:
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write strict JSON (see :func:`to_json_text`) atomically (temporary file in the same folder, then rename)."""
+    write_text(path, to_json_text(data, indent=2) + "\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a temporary file in the same folder, then a rename, so a reader
+    never sees half a file."""
     path = Path(path)
-    text = to_json_text(data, indent=2)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-            f.write("\n")
         _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
