@@ -295,8 +295,8 @@ def _model_flag(text: str) -> str:
     if ":" in text or text in MODELS:
         return text
     raise argparse.ArgumentTypeError(
-        f"invalid choice {text!r}: a built-in model ({', '.join(MODELS)}) or your own factory "
-        "(module.path:factory or path/to/file.py:factory)"
+        f"invalid choice: {text!r} (choose a built-in model: {', '.join(MODELS)}; or your own factory: "
+        "module.path:factory or path/to/file.py:factory)"
     )
 
 

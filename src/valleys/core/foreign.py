@@ -47,13 +47,14 @@ def _torch_load(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        name = found.group(1) if found else "a Python object"
+        if found is None:
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint torch.load can read") from None
         raise CheckpointError(
-            f"{path} needs code to load ({name}); valleys never unpickles code from a checkpoint. Save the weights "
-            "alone (torch.save(model.state_dict(), path) or safetensors) and import that"
+            f"{path} needs code to load ({found.group(1)}); valleys never unpickles code from a checkpoint. Save the "
+            "weights alone (torch.save(model.state_dict(), path) or safetensors) and import that"
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint torch.load can read ({e})") from None
+    except Exception as e:  # a file of another kind: torch.load raises whatever its unpickler meets
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint torch.load can read ({type(e).__name__})") from None
 
 
 def _tensors_of(obj: Any, path: Path) -> dict[str, Tensor]:

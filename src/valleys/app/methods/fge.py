@@ -65,12 +65,7 @@ class FGE(Method):
                 f"FGE needs a pre-trained start and at least one --cycle of {cfg.cycle} epochs: "
                 f"--epochs must be at least {cfg.cycle + 1}, got {cfg.epochs}"
             )
-        if cfg.fge_start == 0 and cfg.init is None:
-            raise InputError(
-                "fge-start 0 starts cycling at once, which needs a trained network: give --init RUN_OR_CHECKPOINT, "
-                "or an fge-start of at least 1"
-            )
-        if not 0 <= cfg.fge_start <= cfg.epochs - cfg.cycle:
+        if not (0 if cfg.init else 1) <= cfg.fge_start <= cfg.epochs - cfg.cycle:
             raise InputError(
                 f"FGE needs a pre-trained start and at least one {cfg.cycle}-epoch cycle: fge-start must be in "
                 f"[{0 if cfg.init else 1}, {cfg.epochs - cfg.cycle}] for {cfg.epochs} epochs, got {cfg.fge_start}"

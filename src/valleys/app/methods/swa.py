@@ -48,15 +48,10 @@ class SWA(Method):
             cfg.swa_start = cfg.epochs // 2
         if cfg.swa_lr is None:
             cfg.swa_lr = cfg.lr
-        if cfg.swa_start == 0 and cfg.init is None:
+        if not (0 if cfg.init else 1) <= cfg.swa_start < cfg.epochs:
             raise InputError(
-                "swa-start 0 averages from the first epoch, which needs a trained network to start from: give "
-                "--init RUN_OR_CHECKPOINT, or a swa-start of at least 1"
-            )
-        if not 0 <= cfg.swa_start < cfg.epochs:
-            raise InputError(
-                f"swa-start must be at least 1 (0 with --init) and below epochs ({cfg.epochs}) so that at least one "
-                f"epoch is averaged, got {cfg.swa_start}"
+                f"swa-start must be at least 1 and below epochs ({cfg.epochs}) so that at least one epoch is "
+                f"averaged (0 is allowed with --init: SWA from a trained network), got {cfg.swa_start}"
             )
         if not cfg.swa_lr > 0:
             raise InputError(f"swa-lr must be positive, got {cfg.swa_lr}")
