@@ -134,7 +134,19 @@ def test_a_run_whose_model_file_changed_is_refused_by_name(tmp_path, capsys):
     src = tmp_path / "net.py"
     src.write_text((PKG / "models.py").read_text())
     out = tmp_path / "run"
-    argv = ["train", "--model", f"{src}:tuple_net", "--output", "0", "--data", f"{DATA}:signals", "--method", "sgd", "--epochs", "1"]
+    argv = [
+        "train",
+        "--model",
+        f"{src}:tuple_net",
+        "--output",
+        "0",
+        "--data",
+        f"{DATA}:signals",
+        "--method",
+        "sgd",
+        "--epochs",
+        "1",
+    ]
     from valleys.app.cli import main
 
     assert main([*argv, "--out", str(out), "--no-progress"]) == 0

@@ -21,7 +21,7 @@ from ..errors import InputError
 from .config import TrainConfig, write_run_config
 from .evaluate import evaluate_run
 from .folders import output_guard, prepare_run_dir
-from .run_data import build_run_model, load_splits, source_hashes
+from .run_data import build_run_model, load_splits, with_sources
 
 __all__ = ["import_checkpoint", "import_config_from_flags"]
 
@@ -44,7 +44,7 @@ def import_checkpoint(
     splits = load_splits(cfg)
     if cfg.user_data and cfg.task is None:
         cfg = dataclasses.replace(cfg, task=splits.info["task"])
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in source_hashes(cfg).items() if getattr(cfg, k) is None})
+    cfg = with_sources(cfg)
     model = load_foreign_weights(build_run_model(cfg, splits), checkpoint)
     with output_guard(out):
         prepare_run_dir(out, overwrite=overwrite)

@@ -27,6 +27,7 @@ __all__ = [
     "bn_loader",
     "split_loader",
     "source_hashes",
+    "with_sources",
     "load_init",
 ]
 
@@ -52,6 +53,18 @@ def source_hashes(cfg: TrainConfig) -> dict[str, str | None]:
         "model_sha256": reference_sha256(cfg.model, "--model") if cfg.user_model else None,
         "data_sha256": _data_file_hash(cfg) if cfg.user_data else None,
     }
+
+
+def with_sources(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the SHA-256 of the user's files filled in where not recorded yet (see :func:`source_hashes`)."""
+    import dataclasses
+
+    hashes = source_hashes(cfg)
+    return dataclasses.replace(
+        cfg,
+        model_sha256=cfg.model_sha256 or hashes["model_sha256"],
+        data_sha256=cfg.data_sha256 or hashes["data_sha256"],
+    )
 
 
 def _check_unchanged(what: str, ref: str, saved: str | None, now: str | None) -> None:

@@ -25,10 +25,9 @@ __all__ = ["read_toml", "write_toml", "toml_text", "config_argv", "find_config"]
 
 def read_toml(path: str | Path) -> dict[str, Any]:
     """The table in a TOML file; :class:`ConfigError` naming the file if it is missing or not valid TOML."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
+    import importlib
+
+    tomllib = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")  # tomli: Python 3.10
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--config {path}: the file does not exist")

@@ -38,7 +38,7 @@ from .evaluate import evaluate_run
 from .folders import has_checkpoint, output_guard, prepare_run_dir, ranks_folder
 from .methods.base import Method
 from .registry import get_method, refuse_foreign_settings
-from .run_data import bn_loader, build_run_model, eval_loaders, load_init, load_splits, source_hashes, split_loader
+from .run_data import bn_loader, build_run_model, eval_loaders, load_init, load_splits, split_loader, with_sources
 
 __all__ = ["train_run", "train_config_from_flags", "RunTiming"]
 
@@ -140,7 +140,7 @@ def train_run(
     if cfg.user_data and cfg.task is None:  # inferred from the targets: recorded, so every later load agrees
         cfg = dataclasses.replace(cfg, task=splits.info["task"])
     if not resume:  # the user's files as they are now: a later command refuses to rebuild from changed ones
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in source_hashes(cfg).items() if getattr(cfg, k) is None})
+        cfg = with_sources(cfg)
     if len(splits.val) == 0:
         raise InputError(
             f"--val-fraction {cfg.val_fraction} leaves no validation examples; every run is evaluated "
