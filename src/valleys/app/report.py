@@ -64,6 +64,22 @@ def markdown_table(rows: Mapping[str, Mapping[str, Mapping[str, float]]], keys: 
     return "\n".join(out)
 
 
+#: settings of the user's own model and data: listed only when set (a built-in run leaves them all unset)
+_USER_SETTINGS = (
+    "model_args",
+    "data_args",
+    "task",
+    "input",
+    "target",
+    "output",
+    "loss",
+    "init",
+    "imported",
+    "model_sha256",
+    "data_sha256",
+)
+
+
 def describe_config(cfg: Mapping[str, Any]) -> str:
-    """One Markdown bullet list of the settings."""
-    return "\n".join(f"- `{k}`: {v}" for k, v in cfg.items())
+    """One Markdown bullet list of the settings (those of the user's model and data only when set)."""
+    return "\n".join(f"- `{k}`: {v}" for k, v in cfg.items() if k not in _USER_SETTINGS or v not in (None, {}))
