@@ -168,13 +168,27 @@ def load_user_splits(cfg: TrainConfig, *, num_classes: int | None = None) -> Use
     if cfg.test_subset is not None:
         parts["test"] = Subset(parts["test"], list(range(min(cfg.test_subset, len(parts["test"])))))
     splits = UserSplits(short_name(ref), parts["train"], parts["val"], parts["test"], 0, collate=collate)
-    task, classes = infer_task(splits, cfg)
+    if cfg.task is not None and cfg.user_model and num_classes is None:
+        task, classes = cfg.task, 0  # recorded by the run; the user's model needs no class count from valleys
+    else:
+        task, classes = infer_task(splits, cfg)
     splits.num_classes = num_classes if num_classes is not None else classes
     first = parts["train"][0]
     x = first[0] if isinstance(first, (tuple, list)) else None
     splits.input_shape = tuple(x.shape) if isinstance(x, torch.Tensor) else ()
     splits.info = {"task": task, "notes": notes, "source": ref}
     return splits
+
+
+def _tensor_targets(ds: Any) -> Any:
+    """The second tensor of a ``TensorDataset`` (indexed for a ``Subset`` of one), ``None`` for other datasets."""
+    from torch.utils.data import Subset, TensorDataset
+
+    if isinstance(ds, TensorDataset) and len(ds.tensors) >= 2:
+        return ds.tensors[1]
+    if isinstance(ds, Subset) and isinstance(ds.dataset, TensorDataset) and len(ds.dataset.tensors) >= 2:
+        return ds.dataset.tensors[1][list(ds.indices)]
+    return None
 
 
 def infer_task(splits: UserSplits, cfg: TrainConfig) -> tuple[str, int]:
@@ -190,6 +204,10 @@ def infer_task(splits: UserSplits, cfg: TrainConfig) -> tuple[str, int]:
     for split in ("train", "val", "test"):
         ds = getattr(splits, split)
         if len(ds) == 0:
+            continue
+        direct = _tensor_targets(ds) if splits.collate is None and adapter.target in (None, 1) else None
+        if direct is not None:  # a TensorDataset (or a subset of one): its target tensor, without a pass
+            ys.append(direct)
             continue
         for batch in make_loader(ds, 1000, collate_fn=splits.collate):
             y = adapter.targets(batch)
