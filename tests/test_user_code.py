@@ -297,3 +297,49 @@ def test_regression_sets_default_to_the_gaussian_mlp():
 
     cfg, _ = train_config_from_flags({"dataset": "concrete", "model": None, "method": "sgd", "epochs": 2})
     assert cfg.model == "mlp" and cfg.is_regression
+
+
+def test_a_swag_posterior_saved_by_the_lightning_callback_imports_as_a_swag_run(tmp_path):
+    """The model and the ``valleys.lightning.SWAGCallback`` state of one Lightning checkpoint become a swag run:
+    its posterior equals the callback's, and ``evaluate`` averages draws from it."""
+    L = pytest.importorskip("lightning")
+    from valleys.lightning import SWAGCallback
+
+    build = _factory(MODELS, "bn_conv")
+    data = _factory(DATA, "signals")()
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = build()
+
+        def training_step(self, batch, i):
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+    torch.manual_seed(0)
+    swag = SWAGCallback(start=1, rank=2, samples=3)
+    trainer = L.Trainer(
+        max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[swag]
+    )
+    trainer.fit(Module(), DataLoader(data["train"], batch_size=32, shuffle=True))
+    trainer.save_checkpoint(tmp_path / "swag.ckpt")
+    ckpt = tmp_path / "swag.ckpt"
+    args = ["import", ckpt, "--posterior", ckpt, *_flags("batchnorm"), "--out", tmp_path / "run", "--no-progress"]
+    assert _run(*args) == 0
+    state, header = load_checkpoint(tmp_path / "run" / "posterior.safetensors")
+    assert header["kind"] == "swag" and header["config"]["method"] == "swag" and header["config"]["rank"] == 2
+    theirs = swag.averager.state_dict()
+    assert torch.equal(state["swag"]["mean"], theirs["mean"])
+    assert torch.equal(state["swag"]["deviations"], theirs["deviations"])
+    assert _run("evaluate", tmp_path / "run", "--samples", 3, "--overwrite") == 0
+    res = json.loads((tmp_path / "run" / "evaluation.json").read_text())
+    assert res["method"] == "swag" and res["num_samples"] == 3
+    # the same state written by a valleys swag run's posterior file imports too
+    args = ["import", ckpt, "--posterior", tmp_path / "run" / "posterior.safetensors", *_flags("batchnorm")]
+    assert _run(*args, "--out", tmp_path / "again", "--no-progress") == 0
+    again, _ = load_checkpoint(tmp_path / "again" / "posterior.safetensors")
+    assert torch.equal(again["swag"]["m2"], theirs["m2"])

@@ -110,6 +110,8 @@ IMPORT_CASES = [
     (["{tmp}/none.pt"], "does not exist"),
     (["{notes}"], "is not a PyTorch checkpoint"),
     (["{tmp}"], "holds no weights"),
+    (["{bn}", "--posterior", "{bn}"], "holds no SWAG state"),
+    (["{bn}", "--posterior", "{tmp}/none.safetensors"], "--posterior"),
 ]
 
 
@@ -125,7 +127,7 @@ def test_import_refuses_to_write_into_the_folder_it_reads(runs, tmp_path, capsys
     refused(
         ["import", runs["sgd"], "--model", "mlp", "--out", runs["sgd"], "--overwrite"],
         capsys,
-        names="holds the checkpoint",
+        names="which is being imported",
         untouched=[runs["sgd"]],
     )
 

@@ -387,6 +387,14 @@ def _import_parser(sub: argparse._SubParsersAction) -> None:
     )
     _user_flags(im)
     im.add_argument(
+        "--posterior",
+        type=_path,
+        default=None,
+        metavar="FILE",
+        help="a SWAG posterior saved by valleys (a swag run's posterior.safetensors, valleys.hf.SWAGCallback.save, "
+        "or a Lightning .ckpt with valleys.lightning.SWAGCallback): the run becomes a swag run",
+    )
+    im.add_argument(
         "--epochs", type=_positive_int, default=None, help="the epochs it was trained for (connect's default budget)"
     )
     im.add_argument("--lr", type=_positive_float, default=None, help="its learning rate (connect's default)")
@@ -691,7 +699,14 @@ def _import(args: argparse.Namespace) -> int:
     from .report import aggregate, format_table
 
     cfg = import_config_from_flags(vars(args))
-    res = import_checkpoint(args.checkpoint, cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    res = import_checkpoint(
+        args.checkpoint,
+        cfg,
+        args.out,
+        posterior=args.posterior,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     keys = _keys(res)
     print(format_table({f"imported ({k})": aggregate([v], keys) for k, v in res["metrics"].items()}, keys))
     for note in res.get("data_notes", ()):

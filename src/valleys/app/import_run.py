@@ -5,7 +5,8 @@ Lightning ``.ckpt``; see :func:`valleys.core.foreign.read_state_dict`, which nev
 into the model the run's settings build (``--model``, usually the user's factory), on the run's data
 (``--data`` or ``--dataset``). The folder gets what ``valleys train`` writes for an SGD run: ``config.json``
 (its ``imported`` setting names the checkpoint; ``method`` is ``sgd``: one network, evaluated as it is),
-``model.safetensors`` (with the architecture's signature) and ``results.json``. ``evaluate``, ``plane``,
+``model.safetensors`` (with the architecture's signature) and ``results.json``; with ``--posterior``, a SWAG
+state saved by valleys' callbacks, it is a ``swag`` run (``posterior.safetensors``). ``evaluate``, ``plane``,
 ``path``, ``rays``, ``sharpness``, ``landscape``, ``connect`` and ``train --init`` read it like any run.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.checkpoint import CheckpointError, model_signature, save_checkpoint, write_json
-from ..core.foreign import load_foreign_weights
+from ..core.foreign import load_foreign_weights, read_swag_state
 from ..errors import InputError
 from .config import TrainConfig, write_run_config
 from .evaluate import evaluate_run
@@ -27,30 +28,53 @@ __all__ = ["import_checkpoint", "import_config_from_flags"]
 
 
 def import_checkpoint(
-    checkpoint: str | Path, cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True
+    checkpoint: str | Path,
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    posterior: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Make the run folder ``out`` from the weights in ``checkpoint`` and the settings ``cfg`` (model, data,
-    adapter; ``method`` becomes ``sgd``); returns its ``results.json``. Every check (the folder, the data, the
-    model, the checkpoint's keys and shapes) runs before anything is written, and a checkpoint inside ``out`` is
-    refused (``--overwrite`` would delete what is being read)."""
+    adapter; ``method`` becomes ``sgd``); returns its ``results.json``. With ``posterior`` (a SWAG state saved
+    by valleys: a run's ``posterior.safetensors``, ``valleys.hf.SWAGCallback.save``, or a Lightning checkpoint
+    holding ``valleys.lightning.SWAGCallback``) the run is a ``swag`` run over it, evaluated by its Bayesian
+    model average. Every check (the folder, the data, the model, the checkpoint's keys and shapes, the
+    posterior's size) runs before anything is written, and a checkpoint inside ``out`` is refused
+    (``--overwrite`` would delete what is being read)."""
     checkpoint, out = Path(checkpoint), Path(out)
     if not checkpoint.exists():
         raise CheckpointError(f"{checkpoint} does not exist")
     src, dst = checkpoint.resolve(), out.resolve()
-    if src == dst or dst in src.parents:
-        raise InputError(f"--out {out} holds the checkpoint {checkpoint} being imported; import into another folder")
-    cfg = dataclasses.replace(cfg, method="sgd", imported=str(src)).resolved()
+    for given in [src] + ([Path(posterior).resolve()] if posterior is not None else []):
+        if given == dst or dst in given.parents:
+            raise InputError(f"--out {out} holds {given}, which is being imported; import into another folder")
+    swag = read_swag_state(posterior) if posterior is not None else None
+    if swag is not None:
+        cfg = dataclasses.replace(cfg, method="swag", rank=int(swag["rank"]), imported=str(src)).resolved()
+    else:
+        cfg = dataclasses.replace(cfg, method="sgd", imported=str(src)).resolved()
     prepare_run_dir(out, overwrite=overwrite, create=False)
     splits = load_splits(cfg)
     if cfg.user_data and cfg.task is None:
         cfg = dataclasses.replace(cfg, task=splits.info["task"])
     cfg = with_sources(cfg)
     model = load_foreign_weights(build_run_model(cfg, splits), checkpoint)
+    if swag is not None:
+        from ..methods.swag import SWAG
+
+        try:
+            SWAG(model, rank=cfg.rank).load_state_dict(swag)  # its size must be the model's trainable weights
+        except ValueError as e:
+            raise CheckpointError(f"--posterior {posterior} does not fit the model: {e}") from None
     with output_guard(out):
         prepare_run_dir(out, overwrite=overwrite)
         header = {"config": dataclasses.asdict(cfg), "signature": model_signature(model)}
         write_run_config(out, cfg)
         save_checkpoint(out / "model.safetensors", {"model": model.state_dict()}, {**header, "kind": "model"})
+        if swag is not None:
+            save_checkpoint(out / "posterior.safetensors", {"swag": swag}, {**header, "kind": "swag"})
         results = evaluate_run(out, splits=splits, progress=progress, write=False)
         results.pop("eval_s", None)
         results["imported_from"] = str(src)

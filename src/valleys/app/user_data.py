@@ -168,8 +168,11 @@ def load_user_splits(cfg: TrainConfig, *, num_classes: int | None = None) -> Use
     if cfg.test_subset is not None:
         parts["test"] = Subset(parts["test"], list(range(min(cfg.test_subset, len(parts["test"])))))
     splits = UserSplits(short_name(ref), parts["train"], parts["val"], parts["test"], 0, collate=collate)
-    if cfg.task is not None and cfg.user_model and num_classes is None:
-        task, classes = cfg.task, 0  # recorded by the run; the user's model needs no class count from valleys
+    if cfg.task is not None and cfg.user_model and cfg.data_sha256 is not None and num_classes is None:
+        task, classes = (
+            cfg.task,
+            0,
+        )  # a made run (its data file is hashed) recorded it; the user's model needs no class count
     else:
         task, classes = infer_task(splits, cfg)
     splits.num_classes = num_classes if num_classes is not None else classes

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ..errors import CheckpointError
 from .checkpoint import FORMAT, load_checkpoint
 
-__all__ = ["read_state_dict", "match_state_dict", "load_foreign_weights"]
+__all__ = ["read_state_dict", "match_state_dict", "load_foreign_weights", "read_swag_state"]
 
 # Lightning saves ``hparams`` as an AttributeDict (a dict subclass); read it as a plain dict, nothing else
 _LIGHTNING_GLOBALS = (
@@ -148,3 +148,43 @@ def load_foreign_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module
     matched = match_state_dict(model, read_state_dict(path), str(path))
     model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in matched.items()})
     return model
+
+
+def _swag_states(obj: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every SWAG state (a mapping with ``kind == "SWAG"``) inside ``obj``, with where it was found."""
+    found = []
+    if isinstance(obj, Mapping):
+        if obj.get("kind") == "SWAG":
+            return [(where, dict(obj))]
+        for k, v in obj.items():
+            found += _swag_states(v, f"{where}[{k!r}]" if where else repr(k))
+    return found
+
+
+def read_swag_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The SWAG posterior state (:meth:`valleys.methods.swag.SWAG.state_dict`) saved by valleys: a run's
+    ``posterior.safetensors``, the file of :meth:`valleys.hf.SWAGCallback.save`, or a Lightning ``.ckpt`` whose
+    callbacks include :class:`valleys.lightning.SWAGCallback`. :class:`valleys.errors.CheckpointError` when
+    there is none, or several (a checkpoint of two SWAG callbacks: save one posterior alone)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"--posterior {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    obj = load_checkpoint(path)[0] if head[8:9] == b"{" else _torch_load(path)
+    states = _swag_states(obj, "")
+    if not states:
+        raise CheckpointError(
+            f"--posterior {path} holds no SWAG state (from a valleys swag run, valleys.hf.SWAGCallback.save or a "
+            "Lightning checkpoint with valleys.lightning.SWAGCallback)"
+        )
+    if len(states) > 1:
+        raise CheckpointError(
+            f"--posterior {path} holds {len(states)} SWAG states ({', '.join(w for w, _ in states)}); save the one "
+            "to import alone"
+        )
+    state = states[0][1]
+    for key in ("n", "size", "rank", "mean", "deviations"):
+        if key not in state:
+            raise CheckpointError(f"--posterior {path}: its SWAG state lacks {key!r}")
+    return state
