@@ -89,9 +89,7 @@ def main() -> None:
         assert valleys([*cmd, "--batch-size", str(batch), "--out", str(out), "--overwrite", "--no-progress"]) == 0
         return out
 
-    times, last = alternating(
-        {"cli": cli_train, "plain": lambda: plain_train(epochs, lr, batch, 0)}, repeats
-    )
+    times, last = alternating({"cli": cli_train, "plain": lambda: plain_train(epochs, lr, batch, 0)}, repeats)
     cli_state, _ = load_checkpoint(last["cli"] / "model.safetensors")
     same = all(torch.equal(cli_state["model"][k], v) for k, v in last["plain"].state_dict().items())
     torch.save(last["plain"].state_dict(), tmp / "net.pt")

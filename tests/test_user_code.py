@@ -343,3 +343,18 @@ def test_a_swag_posterior_saved_by_the_lightning_callback_imports_as_a_swag_run(
     assert _run(*args, "--out", tmp_path / "again", "--no-progress") == 0
     again, _ = load_checkpoint(tmp_path / "again" / "posterior.safetensors")
     assert torch.equal(again["swag"]["m2"], theirs["m2"])
+
+
+def test_semisup_and_regression_take_the_users_factory(tmp_path):
+    """The other commands that build a network: ``semisup`` (consistency training on a built-in set) and the
+    ``regression`` protocol (a factory whose output is (N, 2) = (mean, variance))."""
+    args = ["semisup", "--model", f"{MODELS}:signal_mlp", "--consistency", "pi", "--labels-per-class", 5]
+    args += ["--epochs", 4, "--cycle", 1, "--train-subset", 400, "--test-subset", 100, "--batch-size", 64]
+    args += ["--labelled-batch-size", 16, "--fast-swa-every", 1, "--jobs", 1, "--no-progress"]
+    assert _run(*args, "--out", tmp_path / "semi") == 0
+    config = json.loads((tmp_path / "semi" / "config.json").read_text())
+    assert config["model"] == f"{MODELS}:signal_mlp"
+    args = ["regression", "--model", f"{MODELS}:gaussian_net", "--datasets", "diabetes", "--splits", 1]
+    args += ["--epochs", 6, "--samples", 2, "--burn-in", 1, "--swag-rank", 3, "--rank", 2, "--inference", "ess"]
+    assert _run(*args, "--out", tmp_path / "reg", "--no-progress") == 0
+    assert (tmp_path / "reg" / "report.md").is_file()

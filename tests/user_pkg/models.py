@@ -73,3 +73,24 @@ def not_a_module() -> object:
 
 def broken() -> nn.Module:
     raise RuntimeError("out of coffee")
+
+
+class GaussianNet(nn.Module):
+    """A regression network whose output is (N, 2) = (mean, variance), for the diabetes set's 10 inputs."""
+
+    def __init__(self, inputs: int = 10, hidden: int = 16) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        return torch.stack([out[:, 0], nn.functional.softplus(out[:, 1]) + 1e-3], dim=1)
+
+
+def gaussian_net() -> nn.Module:
+    return GaussianNet()
+
+
+def signal_mlp() -> nn.Module:
+    """An MLP for MNIST-1D's 40-sample signals and 10 classes."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(40, 32), nn.ReLU(), nn.Linear(32, 10))

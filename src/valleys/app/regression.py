@@ -48,6 +48,11 @@ class RegressionProtocol:
         choices=REGRESSION_DATASETS,
     )
     splits: int = setting(10, "random 90/10 splits per dataset", check="positive")
+    model: str = setting(
+        "mlp",
+        "the network: mlp (the Gaussian-head MLP) or your own factory (module.path:factory or file.py:factory, "
+        "called without arguments) returning a module whose output is (N, 2) = (mean, variance)",
+    )
     epochs: int = setting(200, "epochs of each network", check="positive")
     lr: float = setting(0.01, "initial LR (SGD decays it; SWAG keeps it)", check="positive")
     swa_lr: float | None = setting(None, "SWAG's constant collection LR (default: --lr)", check="positive")
@@ -85,6 +90,15 @@ class RegressionProtocol:
 
         if not self.datasets:
             raise InputError("--datasets needs at least one dataset")
+        if ":" in self.model:
+            from .user_code import absolute_reference
+
+            self.model = absolute_reference(self.model, "--model")
+        elif self.model != "mlp":
+            raise InputError(
+                f"--model must be mlp (the Gaussian-head MLP) or your own factory (module.path:factory or "
+                f"file.py:factory), got {self.model!r}"
+            )
         for d in self.datasets:
             if d not in REGRESSION_DATASETS:
                 raise InputError(f"unknown regression dataset {d!r}; valid: {', '.join(REGRESSION_DATASETS)}")
@@ -150,7 +164,7 @@ def _train_config(cfg: RegressionProtocol, dataset: str, split: int, method: str
 
     return TrainConfig(
         dataset=dataset,
-        model="mlp",
+        model=cfg.model,
         method=method,
         epochs=cfg.epochs,
         lr=cfg.lr,

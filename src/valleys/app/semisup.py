@@ -83,7 +83,11 @@ class SemisupConfig:
     """Settings of :func:`semisup_run` (see ``valleys semisup --help``)."""
 
     dataset: str = setting("mnist1d", "built-in dataset", choices=DATASETS)
-    model: str = setting("cnn1d", "reference architecture", choices=MODELS)
+    model: str = setting(
+        "cnn1d",
+        "reference architecture (mlp, cnn1d, cnn, preresnet, vgg) or your own factory, called without arguments: "
+        "module.path:factory or file.py:factory",
+    )
     consistency: list[str] = setting(
         ["none", "pi", "mean-teacher"],
         "consistency terms, each a run per seed (none: cross-entropy on the labelled examples only)",
@@ -149,12 +153,19 @@ class SemisupConfig:
 
     def check(self) -> None:
         """Refuse bad values before any work (``ValueError`` naming the flag and the valid choice)."""
-        from ..zoo.catalog import DATASETS, MODELS
+        from ..zoo.catalog import DATASETS
 
         if self.dataset not in DATASETS:
             raise InputError(f"unknown dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
-        if self.model not in MODELS:
-            raise InputError(f"unknown model {self.model!r}; valid: {', '.join(MODELS)}")
+        if ":" in self.model:
+            from .user_code import absolute_reference
+
+            self.model = absolute_reference(self.model, "--model")
+        elif self.model not in MODELS:
+            raise InputError(
+                f"unknown model {self.model!r}; valid: {', '.join(MODELS)}, or your own factory "
+                "(module.path:factory or file.py:factory)"
+            )
         if not self.consistency:
             raise InputError("--consistency needs at least one of none, pi, mean-teacher")
         for c in self.consistency:
@@ -340,7 +351,16 @@ def semisup_one(
         seed=seed,
     )
     torch.manual_seed(seed)
-    model = build_model(cfg.model, splits.input_shape, splits.num_classes).to(cfg.device)
+    if ":" in cfg.model:  # the user's factory (see valleys.app.user_code)
+        from ..errors import UserCodeError
+        from .user_code import call_factory
+
+        model = call_factory(cfg.model, "--model")
+        if not isinstance(model, torch.nn.Module):
+            raise UserCodeError(f"--model {cfg.model!r} returned a {type(model).__name__}, not a torch.nn.Module")
+        model = model.to(cfg.device)
+    else:
+        model = build_model(cfg.model, splits.input_shape, splits.num_classes).to(cfg.device)
     # under torchrun each rank evaluates and recomputes BatchNorm on its slice of these, all-reduced
     evals = {k: shard_loader(make_loader(d, 1000), k) for k, d in (("val", splits.val), ("test", splits.test))}
     bn = shard_loader(make_loader(splits.train, 1000), "BatchNorm")  # every training input, no augmentation
