@@ -67,7 +67,7 @@ class FGE(Method):
             )
         if not (0 if cfg.init else 1) <= cfg.fge_start <= cfg.epochs - cfg.cycle:
             raise InputError(
-                f"FGE needs a pre-trained start and at least one {cfg.cycle}-epoch cycle: fge-start must be in "
+                f"FGE needs a pre-trained start and at least one {cfg.cycle}-epoch cycle: --fge-start must be in "
                 f"[{0 if cfg.init else 1}, {cfg.epochs - cfg.cycle}] for {cfg.epochs} epochs, got {cfg.fge_start}"
             )
 

@@ -50,7 +50,7 @@ class SWA(Method):
             cfg.swa_lr = cfg.lr
         if not (0 if cfg.init else 1) <= cfg.swa_start < cfg.epochs:
             raise InputError(
-                f"swa-start must be at least 1 and below epochs ({cfg.epochs}) so that at least one epoch is "
+                f"--swa-start must be at least 1 and below epochs ({cfg.epochs}) so that at least one epoch is "
                 f"averaged (0 is allowed with --init: SWA from a trained network), got {cfg.swa_start}"
             )
         if not cfg.swa_lr > 0:
