@@ -358,3 +358,12 @@ def test_semisup_and_regression_take_the_users_factory(tmp_path):
     args += ["--epochs", 6, "--samples", 2, "--burn-in", 1, "--swag-rank", 3, "--rank", 2, "--inference", "ess"]
     assert _run(*args, "--out", tmp_path / "reg", "--no-progress") == 0
     assert (tmp_path / "reg" / "report.md").is_file()
+
+
+def test_the_demo_takes_the_users_factory_as_its_model():
+    """``valleys demo --model file.py:factory``: every run of the demo is built from the factory (a whole quick
+    demo with one runs in about 30 s; here the settings it resolves)."""
+    from valleys.app.demo import demo_base
+
+    base, _ = demo_base("mnist1d", {"model": f"{MODELS}:signal_mlp"}, quick=True)
+    assert base.resolved().model == f"{MODELS}:signal_mlp" and base.user_model

@@ -636,7 +636,14 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
     )
     g = m.add_argument_group("change the demo's setting (default: the preset's)")
     g.add_argument("--dataset", choices=list(DATASETS), default=None)
-    g.add_argument("--model", choices=list(MODELS), default=None)
+    g.add_argument(
+        "--model",
+        type=_model_flag,
+        metavar="MODEL",
+        default=None,
+        help=f"a built-in architecture ({', '.join(MODELS)}) or your own factory, called without arguments "
+        "(module.path:factory or file.py:factory)",
+    )
     g.add_argument("--data-root", type=_path, default=None, help="torchvision data root (Fashion-MNIST files)")
     for flag, typ in (
         ("--epochs", _positive_int),
