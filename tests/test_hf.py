@@ -71,7 +71,7 @@ def test_swag_over_the_lora_adapter_holds_k_plus_2_adapter_sizes_and_averages(tm
     model = _lora_model()
     adapter = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad and "lora_" in n}
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    swag = SWAGCallback(start=1, rank=3, names="lora")
+    swag = SWAGCallback(start=1, rank=3, samples=10, names="lora-only")
     with pytest.raises(NotCollectedError):
         swag.bma(model, [])
     _train(model, [swag], tmp_path)
@@ -81,13 +81,13 @@ def test_swag_over_the_lora_adapter_holds_k_plus_2_adapter_sizes_and_averages(tm
     assert swag.averager.n == 3  # the ends of epochs 2, 3 and 4
     test = torch.utils.data.DataLoader(Tokens(200, 1), batch_size=50)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = swag.bma(model, test, samples=10)
+    res = swag.bma(model, test)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is left as it was
     assert res.num_samples == 10
     # an independent oracle: write each of the same 10 draws into a copy and average its softmax by hand
     import copy
 
-    probs = swag.bma(model, test, samples=10, return_probs=True).probs
+    probs = swag.bma(model, test, return_probs=True).probs
     twin, space = copy.deepcopy(model).eval(), swag.averager.space
     draws = swag.averager.samples(10, generator=torch.Generator().manual_seed(0))
     manual = torch.zeros_like(probs)

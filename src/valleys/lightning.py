@@ -2,16 +2,25 @@
 
 They use valleys' own pieces, so a Lightning run averages exactly as :class:`valleys.training.trainer.Trainer`
 does: :class:`valleys.training.callbacks.CollectionSchedule` decides when to collect (end of every epoch after
-``start`` epochs, every ``k`` steps, or once per cycle), :class:`valleys.methods.averaging.SWA` and
+``start`` epochs, every ``k`` optimizer steps, or once per cycle), :class:`valleys.methods.averaging.SWA` and
 :class:`valleys.methods.swag.SWAG` keep the moments on the flat weight vector, and
 :func:`valleys.core.batchnorm.recompute_bn` computes the exact BatchNorm statistics of the average on the
 training data. Lightning's own ``StochasticWeightAveraging`` and ``WeightAveraging`` average the BatchNorm
 buffers instead (Izmailov et al. 2018 recompute them), and have no SWAG, FGE or model averaging.
 
-Each callback's state (the averages, the deviations, the snapshots) goes into Lightning checkpoints through
-``state_dict`` and comes back on ``trainer.fit(ckpt_path=...)``. Under Lightning's DDP strategy every rank
-collects from its replica (the replicas are identical) and the BatchNorm recompute all-reduces over the
-ranks' shards of the training data.
+The settings are those of :class:`valleys.training.collecting.CollectingCore`, shared with :mod:`valleys.hf`:
+``start`` (epochs, or a float fraction of ``max_epochs``), ``every``/``k`` (optimizer steps: gradient
+accumulation and manual optimisation counted right), ``swa_lr`` (constant from ``start``, winning over the
+user's scheduler), ``names``, ``bn_loader`` (default: the training loader, remembered for ``trainer.test``),
+``adapter``; SWAG adds ``rank``, ``samples``, ``scale``, ``seed``.
+
+Each callback's state (the averages, the deviations, the snapshots) goes into Lightning checkpoints under a
+``state_key`` that includes its settings (two callbacks of one class can share a Trainer), and comes back on
+``trainer.fit(ckpt_path=...)`` (a SWAG posterior is (K + 2) x the model's size in every checkpoint). After
+``fit`` the module holds the SWA average, but a checkpoint written then (``trainer.save_checkpoint``) holds
+the trained weights, so that resuming from it continues the run; the average is in the callback's state.
+Under DDP every rank collects from its replica and the BatchNorm recompute all-reduces over the ranks'
+shards; FSDP and DeepSpeed are refused at setup.
 
 Example::
 
@@ -42,7 +51,8 @@ from .evaluation.results import BMAResult, ClassificationScores
 from .methods.averaging import SWA, NotCollectedError
 from .methods.ensembles import snapshot
 from .methods.swag import SWAG
-from .training.callbacks import CollectingCore, CollectionSchedule
+from .training.callbacks import CollectionSchedule
+from .training.collecting import CollectingCore, StepCounter
 from .training.schedules import TriangularCyclic
 
 if TYPE_CHECKING:
@@ -53,60 +63,81 @@ else:  # a clear ImportError naming the extra
 __all__ = ["SWACallback", "SWAGCallback", "FGECallback"]
 
 
-class _Collecting(CollectingCore, pl.Callback):
-    """:class:`valleys.training.callbacks.CollectingCore` in Lightning's hooks: the averager built at
-    ``setup`` (before Lightning restores a checkpoint), collection at step and epoch ends, the checkpointed
-    state, the constant SWA learning rate, BatchNorm recompute."""
+def _refuse_sharded(trainer: pl.Trainer, who: str) -> None:
+    """FSDP and DeepSpeed shard or flatten the parameters; a weight average over them is not supported here."""
+    name = type(trainer.strategy).__name__
+    if "FSDP" in name or "DeepSpeed" in name:
+        raise InputError(
+            f"{who}: the {name} strategy shards the parameters, which valleys' Lightning callbacks do not "
+            "average; use strategy='ddp', or FSDP2 (torch.distributed.fsdp.fully_shard) in your own loop with "
+            "valleys' sharded SWA/SWAG (see the integrations guide)"
+        )
 
-    def __init__(
-        self,
-        start: int,
-        *,
-        every: str = "epoch",
-        k: int = 1,
-        names: Sequence[str] | None = None,
-        adapter: ModelAdapter | None = None,
-        swa_lr: float | None = None,
-    ) -> None:
-        if swa_lr is not None and not (math.isfinite(swa_lr) and swa_lr > 0):
-            raise InputError(f"swa_lr must be finite and > 0, got {swa_lr!r}")
-        super().__init__(start, every=every, k=k, names=list(names) if names is not None else None, adapter=adapter)
-        self.swa_lr = swa_lr
-        self._pending: dict[str, Any] | None = None
+
+def _steps_per_epoch(trainer: pl.Trainer) -> int:
+    """Optimizer steps per epoch: the batches divided by the gradient accumulation, rounded up (Lightning steps
+    at the end of an epoch's last, partial accumulation); manual optimisation counts batches."""
+    batches = trainer.num_training_batches
+    if not math.isfinite(batches):
+        return 0
+    accumulate = 1 if not trainer.lightning_module.automatic_optimization else trainer.accumulate_grad_batches
+    return math.ceil(int(batches) / max(int(accumulate), 1))
+
+
+def _scheduler_name(trainer: pl.Trainer) -> str | None:
+    configs = getattr(trainer, "lr_scheduler_configs", None) or []
+    return ", ".join(type(c.scheduler).__name__ for c in configs) or None
+
+
+class _Collecting(CollectingCore, pl.Callback):
+    """:class:`valleys.training.collecting.CollectingCore` in Lightning's hooks."""
+
+    def __init__(self, start: int | float, **kwargs: Any) -> None:
+        super().__init__(start, **kwargs)
+        self._trained_state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(**self.state_key_fields())
 
     # ------------------------------------------------------------------ set-up and state
     def _make(self, model: nn.Module) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        _refuse_sharded(trainer, type(self).__name__)
+        if stage == "fit":
+            self.resolve(trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None)
         self.build(pl_module, self._make)
-        if self._pending is not None:
-            self.averager.load_state_dict(self._pending)
-            self._pending = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {} if self.averager is None else self.averager.state_dict()
+        return self.state()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not state_dict:
-            return
-        if self.averager is None:
-            self._pending = dict(state_dict)
-        else:
-            self.averager.load_state_dict(state_dict)
+        self.restore(state_dict)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if self._trained_state is not None:  # after fit the module holds the average: keep the trained weights
+            checkpoint["state_dict"] = {k: v.clone() for k, v in self._trained_state.items()}
 
     # ------------------------------------------------------------------ collection
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._train_loader = trainer.train_dataloader  # kept for BatchNorm recompute in the test stage
+        self._trained_state = None
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.swa_lr is not None and trainer.current_epoch >= self.start:
-            for opt in trainer.optimizers:
-                for g in opt.param_groups:
-                    g["lr"] = self.swa_lr
+        self.steps.start_epoch(trainer.current_epoch, _steps_per_epoch(trainer), trainer.global_step)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.constant_lr(trainer.optimizers, trainer.current_epoch, _scheduler_name(trainer))
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.schedule.every != "epoch" and self.schedule.after_step(
-            trainer.global_step, trainer.current_epoch, trainer.num_training_batches
+        if self.steps.advanced(trainer.global_step) and self.schedule.after_step(
+            self.steps.steps, trainer.current_epoch, _steps_per_epoch(trainer)
         ):
             self.collect(pl_module)
 
@@ -114,10 +145,13 @@ class _Collecting(CollectingCore, pl.Callback):
         if self.schedule.at_epoch_end(trainer.current_epoch + 1):
             self.collect(pl_module)
 
-    def _recompute(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Iterable | None) -> None:
-        loader = loader if loader is not None else trainer.train_dataloader
+    def _recompute(self, pl_module: pl.LightningModule) -> None:
+        loader = self.bn_source()
         if loader is None:
-            raise InputError("no loader for the BatchNorm recompute: pass bn_loader= or fit with a train loader")
+            raise InputError(
+                f"{type(self).__name__}: no loader for the BatchNorm recompute: pass bn_loader= or fit with a "
+                "train loader"
+            )
         recompute_bn(pl_module, loader, adapter=self.adapter, device=pl_module.device)
 
 
@@ -127,85 +161,109 @@ class SWACallback(_Collecting):
     Collects the weights at the end of every epoch after ``start`` epochs (``every="steps"``: after every
     ``k`` optimizer steps from epoch ``start`` on), then, at the end of ``fit``, writes the average into the
     module and recomputes its BatchNorm statistics exactly on the training data (``bn_loader`` to use another
-    loader). ``swa_lr`` sets a constant learning rate from epoch ``start`` on (SWA's constant-LR phase);
-    without it the user's schedule is kept. ``names`` restricts the average to some parameters. With
-    ``val_loader`` the average (BatchNorm recomputed, the module restored afterwards) is scored with
-    valleys' metrics at every epoch end once something was collected, logged as ``swa_val_accuracy`` and
-    ``swa_val_nll``.
+    loader); ``apply_at_end=False`` leaves the trained weights in the module. ``swa_lr`` sets a constant
+    learning rate from epoch ``start`` on (SWA's constant-LR phase); without it the user's schedule is kept.
+    ``names`` restricts the average to some parameters. With ``val_loader`` the average (BatchNorm
+    recomputed, the module restored afterwards) is scored with valleys' metrics at every epoch end once
+    something was collected, logged as ``swa_val_accuracy`` and ``swa_val_nll``.
     """
 
     def __init__(
         self,
-        start: int,
+        start: int | float,
         *,
         every: str = "epoch",
         k: int = 1,
         swa_lr: float | None = None,
         names: Sequence[str] | None = None,
         bn_loader: Iterable | None = None,
-        val_loader: Iterable | None = None,
-        apply_at_end: bool = True,
         adapter: ModelAdapter | None = None,
+        apply_at_end: bool = True,
+        val_loader: Iterable | None = None,
     ) -> None:
-        super().__init__(start, every=every, k=k, names=names, adapter=adapter, swa_lr=swa_lr)
-        self.bn_loader, self.val_loader, self.apply_at_end = bn_loader, val_loader, apply_at_end
+        super().__init__(
+            start,
+            every=every,
+            k=k,
+            swa_lr=swa_lr,
+            names=names,
+            bn_loader=bn_loader,
+            adapter=adapter,
+        )
+        self.val_loader, self.apply_at_end = val_loader, apply_at_end
 
     def _make(self, model: nn.Module) -> SWA:
-        return SWA(model, self.names)
+        return SWA(model, self.names if not isinstance(self.names, str) else [self.names])
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self.val_loader is not None and self.averager.n > 0:
             # the average as a one-sample BMA: BatchNorm recomputed for it, the run's weights and statistics restored
-            bn = self.bn_loader if self.bn_loader is not None else trainer.train_dataloader
             scores = bma(
-                pl_module, [self.averager.mean], self.val_loader, space=self.averager.space, bn=bn, adapter=self.adapter
+                pl_module,
+                [self.averager.mean],
+                self.val_loader,
+                space=self.averager.space,
+                bn=self.bn_source(),
+                adapter=self.adapter,
             ).metrics
             assert isinstance(scores, ClassificationScores)  # the logged numbers are classification scores
             pl_module.log_dict({"swa_val_accuracy": float(scores.accuracy), "swa_val_nll": float(scores.nll)})
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.apply_at_end and self.averager is not None and self.averager.n > 0:
+        if self.apply_at_end and self.built and self.averager.n > 0:
+            self._trained_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
             self.averager.write(pl_module)
-            self._recompute(trainer, pl_module, self.bn_loader)
+            self._recompute(pl_module)
 
 
 class SWAGCallback(_Collecting):
     """SWAG (Maddox et al. 2019) in a Lightning run: collects like :class:`SWACallback` into a
     :class:`valleys.methods.swag.SWAG` of rank ``rank``; the module keeps its last weights. At
     ``trainer.test`` (and with :meth:`bma`) the Bayesian model average of ``samples`` draws (scale
-    ``scale``), each with its BatchNorm statistics recomputed on the training data, is computed on every
-    test loader and logged as ``swag_test_accuracy``, ``swag_test_nll``, ``swag_test_ece`` (also kept in
-    ``self.test_metrics``)."""
+    ``scale``, generator seeded with ``seed``), each with its BatchNorm statistics recomputed on ``bn_loader``
+    (default: the training loader of the last ``fit``), is computed on every test loader and logged as
+    ``swag_test_accuracy``, ``swag_test_nll``, ``swag_test_ece`` (also kept in ``self.test_metrics``)."""
 
     def __init__(
         self,
-        start: int,
+        start: int | float,
         *,
         rank: int = 20,
         samples: int = 30,
         scale: float = 0.5,
+        seed: int = 0,
         every: str = "epoch",
         k: int = 1,
         swa_lr: float | None = None,
         names: Sequence[str] | None = None,
         bn_loader: Iterable | None = None,
         adapter: ModelAdapter | None = None,
-        seed: int = 0,
     ) -> None:
-        super().__init__(start, every=every, k=k, names=names, adapter=adapter, swa_lr=swa_lr)
+        super().__init__(
+            start,
+            every=every,
+            k=k,
+            swa_lr=swa_lr,
+            names=names,
+            bn_loader=bn_loader,
+            adapter=adapter,
+        )
         self.rank, self.samples, self.scale, self.seed = rank, samples, scale, seed
-        self.bn_loader = bn_loader
         self.test_metrics: list[dict[str, float]] = []
 
+    def state_key_fields(self) -> dict[str, Any]:
+        return {**super().state_key_fields(), "rank": self.rank}
+
     def _make(self, model: nn.Module) -> SWAG:
-        return SWAG(model, self.names, rank=self.rank)
+        return SWAG(model, self.names if not isinstance(self.names, str) else [self.names], rank=self.rank)
 
     def bma(
         self, pl_module: pl.LightningModule, loader: Iterable, bn: BNArg = None, *, return_probs: bool = False
     ) -> BMAResult:
         """The BMA of ``self.samples`` SWAG draws on ``loader`` (:func:`valleys.evaluation.predict.bma`), their
-        BatchNorm statistics recomputed on ``bn`` (a loader or a policy; default the callback's ``bn_loader``)."""
+        BatchNorm statistics recomputed on ``bn`` (a loader or a policy; default the callback's ``bn_loader``,
+        else the training loader of the last ``fit``)."""
         self.require_collected("testing or predicting with SWAG")
         gen = torch.Generator(device=self.averager.device).manual_seed(self.seed)
         return bma(
@@ -213,7 +271,7 @@ class SWAGCallback(_Collecting):
             self.averager.samples(self.samples, scale=self.scale, generator=gen),
             loader,
             space=self.averager.space,
-            bn=bn if bn is not None else self.bn_loader,
+            bn=bn if bn is not None else self.bn_source(),
             adapter=self.adapter,
             return_probs=return_probs,
         )
@@ -224,10 +282,9 @@ class SWAGCallback(_Collecting):
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loaders = trainer.test_dataloaders
         loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
-        bn = self.bn_loader if self.bn_loader is not None else getattr(trainer, "train_dataloader", None)
         self.test_metrics = []
         for i, loader in enumerate(loaders):
-            scores = self.bma(pl_module, loader, bn).metrics
+            scores = self.bma(pl_module, loader).metrics
             assert isinstance(scores, ClassificationScores)  # the logged numbers are classification scores
             m = {
                 "swag_test_accuracy": float(scores.accuracy),
@@ -245,7 +302,8 @@ class FGECallback(pl.Callback):
     """Fast geometric ensembling (Garipov et al. 2018) in a Lightning run: from epoch ``start`` on, sets the
     learning rate of every optimizer to the triangular cyclic schedule between ``lr_1`` and ``lr_2`` with
     cycles of ``cycle`` epochs (per step) and keeps a snapshot of the module (parameters and buffers) at each
-    cycle's midpoint, the LR minimum. ``self.snapshots`` (state dicts on the CPU) go into checkpoints;
+    cycle's midpoint, the LR minimum, counted in optimizer steps (gradient accumulation and manual
+    optimisation counted right). ``self.snapshots`` (state dicts on the CPU) go into checkpoints;
     :meth:`bma` averages their predictions."""
 
     def __init__(
@@ -257,6 +315,17 @@ class FGECallback(pl.Callback):
         self.start, self.cycle = start, cycle
         self.adapter = adapter or ModelAdapter()
         self.snapshots: list[dict[str, torch.Tensor]] = []
+        self.steps = StepCounter()
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(start=self.start, cycle=self.cycle)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        _refuse_sharded(trainer, type(self).__name__)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.steps.start_epoch(trainer.current_epoch, _steps_per_epoch(trainer), trainer.global_step)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -270,7 +339,9 @@ class FGECallback(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.schedule.after_step(trainer.global_step, trainer.current_epoch, trainer.num_training_batches):
+        if self.steps.advanced(trainer.global_step) and self.schedule.after_step(
+            self.steps.steps, trainer.current_epoch, _steps_per_epoch(trainer)
+        ):
             self.snapshots.append(snapshot(pl_module))
 
     def bma(self, pl_module: pl.LightningModule, loader: Iterable, *, return_probs: bool = False) -> BMAResult:

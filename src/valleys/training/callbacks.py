@@ -9,22 +9,21 @@ minimum of :class:`valleys.training.schedules.TriangularCyclic`, where FGE, Gari
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..core.adapter import ModelAdapter
 from ..core.batchnorm import recompute_bn
 from ..core.weights import WeightSpace, preserved_modes
 from ..errors import InputError
-from ..methods.averaging import Averager, NotCollectedError
+from ..methods.averaging import Averager
 from ..methods.ensembles import snapshot
 from .trainer import Callback, Trainer
 
-__all__ = ["CollectionSchedule", "CollectingCore", "SWACallback", "TrajectoryCallback", "TravelCallback", "FGECallback"]
+__all__ = ["CollectionSchedule", "SWACallback", "TrajectoryCallback", "TravelCallback", "FGECallback"]
 
 _MODES = ("epoch", "steps", "cycle")
 
@@ -83,62 +82,6 @@ class CollectionSchedule:
     def at_epoch_end(self, epochs_done: int) -> bool:
         """Whether to collect at the end of an epoch, ``epochs_done`` epochs having been trained."""
         return self.every == "epoch" and epochs_done > self.start and (epochs_done - self.start) % self.k == 0
-
-
-class CollectingCore:
-    """What the callbacks for other training loops (:mod:`valleys.lightning`, :mod:`valleys.hf`) share: the
-    :class:`CollectionSchedule`, the averager built from the model when training starts (``make(model)``),
-    the model's parameter names and shapes at that moment (a model whose parameters change shape afterwards
-    is refused at the next collect: an average needs the same parameters throughout), the numbers the
-    posterior holds, and the refusal to predict before anything was collected. Framework-free: each loop's
-    callback class adds its hooks."""
-
-    def __init__(
-        self,
-        start: int,
-        *,
-        every: str = "epoch",
-        k: int = 1,
-        names: str | Sequence[str] | None = None,
-        adapter: ModelAdapter | None = None,
-    ) -> None:
-        super().__init__()
-        self.schedule = CollectionSchedule(start, every, k)
-        self.start, self.names = start, names
-        self.adapter = adapter or ModelAdapter()
-        self.averager: Any = None
-        self._signature: list[tuple[str, list[int]]] | None = None
-
-    def build(self, model: torch.nn.Module, make: Callable[[torch.nn.Module], Any]) -> None:
-        """Create the averager with ``make(model)`` once, and remember the model's parameter signature."""
-        if self.averager is None:
-            self.averager = make(model)
-            self._signature = [(n, list(p.shape)) for n, p in model.named_parameters()]
-
-    def collect(self, model: torch.nn.Module) -> None:
-        """Add the model's weights to the averager, after checking its parameters are those it was built on."""
-        now = [(n, list(p.shape)) for n, p in model.named_parameters()]
-        if self._signature is not None and now != self._signature:
-            # strict=False: when the number of parameters changed, the message says so below
-            changed = [n for (n, s), (m, t) in zip(now, self._signature, strict=False) if n != m or s != t]
-            raise InputError(
-                f"{type(self).__name__}: the module's parameters changed shape or names since the callback "
-                f"was set up ({', '.join(changed[:3]) or 'their number changed'}); a weight average needs "
-                "the same parameters throughout: attach a new callback to a changed model"
-            )
-        self.averager.collect(model)
-
-    def require_collected(self, before: str) -> None:
-        """Refuse (:class:`NotCollectedError`) when nothing was collected yet, saying when collection starts."""
-        if self.averager is None or self.averager.n == 0:
-            raise NotCollectedError(
-                f"{type(self).__name__}: nothing was collected (collection starts after epoch "
-                f"{self.start}); train past the start before {before}"
-            )
-
-    def size(self) -> int:
-        """Numbers the posterior holds (SWA: the mean and second moments; SWAG: also the K deviations)."""
-        return sum(int(v.numel()) for v in self.averager.state_dict().values() if isinstance(v, Tensor))
 
 
 class SWACallback(Callback):

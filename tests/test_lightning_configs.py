@@ -1,0 +1,277 @@
+"""valleys' Lightning callbacks in the configurations people train with: BatchNorm models at test and predict
+time, gradient accumulation, manual optimisation, a checkpoint written after fit, a user LR scheduler beside
+``swa_lr``, two callbacks on one Trainer, a fractional start, the state before fit, sharded strategies.
+Each oracle is computed by hand from weights recorded after every optimizer step."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+pl = pytest.importorskip(
+    "lightning.pytorch", reason="the lightning extra is not installed (pip install 'valleys[lightning]')"
+)
+
+from valleys.core.weights import WeightSpace  # noqa: E402
+from valleys.errors import InputError, NotCollectedError  # noqa: E402
+from valleys.lightning import FGECallback, SWACallback, SWAGCallback  # noqa: E402
+
+
+def _data(n=100, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long() + (x[:, 2] > 0.5).long()
+    return TensorDataset(x, y)
+
+
+def _loader(n=100, seed=0, batch=10):
+    return DataLoader(_data(n, seed), batch_size=batch, shuffle=False)
+
+
+class BNNet(pl.LightningModule):
+    """A BatchNorm MLP; ``scheduler="step"`` adds a per-step StepLR, ``manual=True`` trains two optimizers by
+    hand (the body and the head), each stepping once per batch."""
+
+    def __init__(self, lr: float = 0.05, scheduler: str | None = None, manual: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU())
+        self.head = nn.Linear(16, 3)
+        self.lr, self.scheduler = lr, scheduler
+        self.automatic_optimization = not manual
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        if self.automatic_optimization:
+            return loss
+        opts = self.optimizers()
+        for opt in opts:
+            opt.zero_grad()
+        self.manual_backward(loss)
+        for opt in opts:
+            opt.step()
+        return loss
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("test_loss", nn.functional.cross_entropy(self(x), y))
+
+    def predict_step(self, batch, batch_idx):
+        return self(batch[0])
+
+    def configure_optimizers(self):
+        if not self.automatic_optimization:
+            return [
+                torch.optim.SGD(self.body.parameters(), lr=self.lr),
+                torch.optim.SGD(self.head.parameters(), lr=self.lr),
+            ]
+        opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        if self.scheduler == "step":
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return opt
+
+
+class Steps(pl.Callback):
+    """After every batch: the global step, whether an optimizer step happened, the weights and the rates."""
+
+    def __init__(self):
+        self.rows, self._last, self.step_lrs = [], 0, []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.step_lrs.append((trainer.current_epoch, optimizer.param_groups[0]["lr"]))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        stepped = trainer.global_step != self._last
+        self._last = trainer.global_step
+        lrs = [g["lr"] for opt in trainer.optimizers for g in opt.param_groups]
+        self.rows.append(
+            {
+                "epoch": trainer.current_epoch,
+                "stepped": stepped,
+                "w": WeightSpace(pl_module).read(pl_module).double().clone(),
+                "lr": lrs,
+            }
+        )
+
+
+def _trainer(epochs, callbacks, **kw):
+    return pl.Trainer(
+        max_epochs=epochs,
+        callbacks=callbacks,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=kw.pop("enable_checkpointing", False),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        **kw,
+    )
+
+
+def _optimizer_steps(rows):
+    """The weights after each optimizer step, with the epoch it was taken in."""
+    return [(r["epoch"], r["w"]) for r in rows if r["stepped"]]
+
+
+# ---------------------------------------------------------------------- BatchNorm at test and predict time
+def test_swag_test_after_fit_on_a_batchnorm_model_recomputes_on_the_training_loader():
+    swag, train = SWAGCallback(start=1, rank=2, samples=3), _loader()
+    module = BNNet()
+    trainer = _trainer(4, [swag])
+    trainer.fit(module, train)
+    trainer.test(module, _loader(40, 1), verbose=False)  # failed before: no loader for the BatchNorm recompute
+    direct = swag.bma(module, _loader(40, 1), bn=train).metrics
+    assert swag.test_metrics[0]["swag_test_nll"] == pytest.approx(float(direct.nll), rel=1e-12)
+
+
+def test_swa_predict_after_fit_uses_the_average_with_recomputed_batchnorm():
+    swa, train = SWACallback(start=1), _loader()
+    module = BNNet()
+    trainer = _trainer(3, [swa])
+    trainer.fit(module, train)
+    preds = torch.cat(trainer.predict(module, _loader(40, 1)))
+    assert torch.allclose(WeightSpace(module).read(module), swa.averager.mean)
+    twin = BNNet()
+    WeightSpace(twin).write(twin, swa.averager.mean)
+    from valleys.core.batchnorm import recompute_bn
+
+    recompute_bn(twin, train)
+    with torch.no_grad():
+        assert torch.allclose(preds, twin.eval()(_data(40, 1).tensors[0]), atol=1e-6)
+
+
+def test_fge_bma_on_a_batchnorm_model_keeps_each_snapshots_statistics():
+    fge = FGECallback(start=1, cycle=2, lr_1=0.05, lr_2=0.0005)
+    module = BNNet()
+    _trainer(5, [fge]).fit(module, _loader())
+    assert len(fge.snapshots) == 2 and all("body.1.running_mean" in s for s in fge.snapshots)
+    res = fge.bma(module, _loader(40, 1), return_probs=True)
+    x = _data(40, 1).tensors[0]
+    manual = 0
+    for snap in fge.snapshots:
+        twin = BNNet()
+        twin.load_state_dict(snap)
+        with torch.no_grad():
+            manual = manual + twin.eval()(x).double().softmax(-1) / len(fge.snapshots)
+    assert torch.allclose(res.probs, manual, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- gradient accumulation
+@pytest.mark.parametrize("accumulate", [1, 2, 4])
+def test_fge_snapshots_at_cycle_midpoints_counted_in_optimizer_steps(accumulate):
+    fge, rec = FGECallback(start=1, cycle=2, lr_1=0.05, lr_2=0.0005), Steps()
+    _trainer(5, [fge, rec], accumulate_grad_batches=accumulate).fit(BNNet(), _loader())
+    steps = _optimizer_steps(rec.rows)
+    per_epoch = math.ceil(10 / accumulate)
+    assert len(steps) == 5 * per_epoch
+    # the snapshots are the weights after steps start*P + P (mid-cycle), + 2P + P, ... (cycle = 2 epochs)
+    want = [per_epoch + per_epoch * (1 + 2 * i) for i in range(2)]
+    for snap, s in zip(fge.snapshots, want, strict=True):
+        module = BNNet()
+        module.load_state_dict(snap)
+        assert torch.equal(WeightSpace(module).read(module).double(), steps[s - 1][1])
+
+
+@pytest.mark.parametrize("accumulate", [1, 2, 4])
+def test_per_step_swa_averages_every_kth_optimizer_step_under_accumulation(accumulate):
+    swa, rec = SWACallback(start=1, every="steps", k=2, apply_at_end=False), Steps()
+    _trainer(3, [swa, rec], accumulate_grad_batches=accumulate).fit(BNNet(), _loader())
+    steps = _optimizer_steps(rec.rows)
+    chosen = [w for i, (epoch, w) in enumerate(steps, start=1) if epoch >= 1 and i % 2 == 0]
+    assert swa.averager.n == len(chosen) > 0
+    assert torch.allclose(swa.averager.mean.double(), torch.stack(chosen).mean(0), atol=1e-6)
+
+
+def test_epoch_swa_is_the_same_with_and_without_accumulation_oracle():
+    swa, rec = SWACallback(start=1, apply_at_end=False), Steps()
+    _trainer(3, [swa, rec], accumulate_grad_batches=2).fit(BNNet(), _loader())
+    ends = [r["w"] for i, r in enumerate(rec.rows) if (i + 1) % 10 == 0][1:]
+    assert torch.allclose(swa.averager.mean.double(), torch.stack(ends).mean(0), atol=1e-6)
+
+
+def test_manual_optimisation_with_two_optimizers_counts_each_batch_once():
+    swa, rec = SWACallback(start=1, every="steps", k=2, apply_at_end=False), Steps()
+    _trainer(3, [swa, rec]).fit(BNNet(manual=True), _loader())
+    # Lightning's global step moves by 2 per batch (two optimizers); every 2nd batch is every 2nd step
+    chosen = [r["w"] for i, r in enumerate(rec.rows, start=1) if r["epoch"] >= 1 and i % 2 == 0]
+    assert swa.averager.n == len(chosen) == 10
+    assert torch.allclose(swa.averager.mean.double(), torch.stack(chosen).mean(0), atol=1e-6)
+
+
+# ---------------------------------------------------------------------- checkpoints, schedulers, two callbacks
+def test_a_checkpoint_written_after_fit_holds_the_trained_weights_and_the_average_beside_them(tmp_path):
+    swa, rec = SWACallback(start=1), Steps()
+    module = BNNet()
+    trainer = _trainer(3, [swa, rec])
+    trainer.fit(module, _loader())
+    trainer.save_checkpoint(tmp_path / "after.ckpt")
+    ckpt = torch.load(tmp_path / "after.ckpt", weights_only=False)
+    trained = BNNet()
+    trained.load_state_dict(ckpt["state_dict"])
+    assert torch.equal(WeightSpace(trained).read(trained).double(), rec.rows[-1]["w"])  # the last iterate
+    assert torch.allclose(WeightSpace(module).read(module), swa.averager.mean)  # the module holds the average
+    assert torch.equal(ckpt["callbacks"][swa.state_key]["mean"], swa.averager.mean)
+    # resuming from it continues training from the trained weights, not from the average
+    resumed, again = SWACallback(start=1), Steps()
+    _trainer(4, [resumed, again]).fit(BNNet(), _loader(), ckpt_path=tmp_path / "after.ckpt")
+    first = again.rows[0]["w"]
+    assert not torch.allclose(first, swa.averager.mean.double(), atol=1e-3)
+    assert resumed.averager.n == 3
+
+
+def test_swa_lr_wins_over_a_per_step_scheduler_with_a_warning():
+    swa, rec = SWACallback(start=1, swa_lr=0.02), Steps()
+    with pytest.warns(UserWarning, match="StepLR"):
+        _trainer(3, [swa, rec]).fit(BNNet(scheduler="step"), _loader())
+    rates = [lr for epoch, lr in rec.step_lrs if epoch >= 1]  # the rate each optimizer step used
+    assert len(rates) == 20 and all(lr == 0.02 for lr in rates)  # the scheduler halves it after every step
+
+
+def test_two_averaging_callbacks_share_a_trainer_and_a_checkpoint(tmp_path):
+    swa = SWACallback(start=1, apply_at_end=False)
+    fast = SWACallback(start=1, every="steps", k=5, apply_at_end=False)
+    swag = SWAGCallback(start=1, rank=2)
+    trainer = _trainer(3, [swa, fast, swag])
+    trainer.fit(BNNet(), _loader())  # refused by Lightning before: the same state_key twice
+    assert (swa.averager.n, fast.averager.n, swag.averager.n) == (2, 4, 2)
+    trainer.save_checkpoint(tmp_path / "two.ckpt")
+    swa2, fast2 = SWACallback(start=1, apply_at_end=False), SWACallback(start=1, every="steps", k=5, apply_at_end=False)
+    swag2 = SWAGCallback(start=1, rank=2)
+    _trainer(3, [swa2, fast2, swag2]).fit(BNNet(), _loader(), ckpt_path=tmp_path / "two.ckpt")
+    assert torch.equal(swa2.averager.mean, swa.averager.mean) and torch.equal(fast2.averager.mean, fast.averager.mean)
+    assert torch.equal(swag2.averager.deviations, swag.averager.deviations)
+
+
+def test_a_float_start_is_a_fraction_of_max_epochs():
+    swa = SWACallback(start=0.5, apply_at_end=False)
+    _trainer(4, [swa]).fit(BNNet(), _loader())
+    assert swa.start == 2 and swa.averager.n == 2
+    with pytest.raises(InputError, match="fraction"):
+        SWACallback(start=1.5)
+
+
+def test_before_fit_the_averager_says_what_to_do():
+    swa = SWACallback(start=1)
+    with pytest.raises(NotCollectedError, match="built when training starts"):
+        _ = swa.averager.mean
+    with pytest.raises(NotCollectedError, match="nothing was collected"):
+        SWAGCallback(start=1).bma(BNNet(), _loader())
+
+
+@pytest.mark.parametrize("strategy", ["FSDPStrategy", "DeepSpeedStrategy"])
+def test_sharded_strategies_are_refused_at_setup_naming_ddp_and_fsdp2(strategy):
+    fake = SimpleNamespace(strategy=type(strategy, (), {})(), max_epochs=3)
+    for cb in (SWACallback(start=1), SWAGCallback(start=1), FGECallback(start=1, cycle=2, lr_1=0.1, lr_2=0.01)):
+        with pytest.raises(InputError, match="ddp.*fully_shard"):
+            cb.setup(fake, BNNet(), "fit")
