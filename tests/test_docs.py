@@ -354,3 +354,20 @@ def test_cli_examples_parse():
             if e.code != 0:
                 bad.append(f"{name}:{line}: valleys {' '.join(argv)}")
     assert not bad, "examples the parser refuses:\n" + "\n".join(bad)
+
+
+@pytest.mark.slow
+def test_readme_lightning_and_hugging_face_blocks_run(tmp_path, monkeypatch, one_thread):
+    """The README's section on both frameworks runs as written (it cannot drift from the callbacks' API)."""
+    pytest.importorskip("lightning", reason="the lightning extra is not installed")
+    pytest.importorskip("transformers", reason="the hf extra is not installed")
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("## Lightning and Hugging Face")
+    section = text[start : text.index("\n## ", start + 1)]
+    blocks = extract_blocks(section, "README.md")
+    assert len(blocks) == 2 and all(b.skip is None for b in blocks)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "readme"}
+    for b in blocks:
+        exec(compile(b.code, f"README.md (Lightning and Hugging Face):{b.line}", "exec"), namespace)
+    assert namespace["swag"].test_metrics and namespace["swa"].averager.n == 2
