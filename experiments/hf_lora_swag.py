@@ -26,16 +26,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--rank", type=int, default=3)
+    ap.add_argument(
+        "--names",
+        default="lora",
+        choices=["lora", "lora-only"],
+        help="lora: the adapter and peft's trainable classifier head (modules_to_save); lora-only: the adapter alone",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = _lora_model()
-    swag = SWAGCallback(start=1, rank=args.rank, names="lora")
+    swag = SWAGCallback(start=1, rank=args.rank, samples=10, names=args.names)
     with tempfile.TemporaryDirectory() as tmp:
         _train(model, [swag], Path(tmp), epochs=args.epochs)
     test = torch.utils.data.DataLoader(Tokens(200, 1), batch_size=50)
     tuned = evaluate(model, test)
-    avg = swag.bma(model, test, samples=10)
-    print(f"adapter: {swag.averager.space.size} numbers; posterior: {swag.size()} = ({args.rank} + 2) x adapter")
+    avg = swag.bma(model, test)
+    print(
+        f"names={args.names}: {swag.averager.space.size} numbers averaged; posterior: {swag.size()} = "
+        f"({args.rank} + 2) x that"
+    )
     for name, r in (("fine-tuned adapter", tuned), ("SWAG over the adapter, BMA of 10", avg.metrics)):
         print(f"{name:34s} accuracy {100 * r.accuracy:6.2f}%  NLL {r.nll:.4f}  ECE {r.ece:.4f}")
 
