@@ -37,10 +37,10 @@ class BNNet(pl.LightningModule):
     """A BatchNorm MLP; ``scheduler="step"`` adds a per-step StepLR, ``manual=True`` trains two optimizers by
     hand (the body and the head), each stepping once per batch."""
 
-    def __init__(self, lr: float = 0.05, scheduler: str | None = None, manual: bool = False):
+    def __init__(self, lr: float = 0.05, scheduler: str | None = None, manual: bool = False, bn: bool = True):
         super().__init__()
         torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU())
+        self.body = nn.Sequential(nn.Linear(6, 16), *([nn.BatchNorm1d(16)] if bn else []), nn.ReLU())
         self.head = nn.Linear(16, 3)
         self.lr, self.scheduler = lr, scheduler
         self.automatic_optimization = not manual
@@ -275,3 +275,64 @@ def test_sharded_strategies_are_refused_at_setup_naming_ddp_and_fsdp2(strategy):
     for cb in (SWACallback(start=1), SWAGCallback(start=1), FGECallback(start=1, cycle=2, lr_1=0.1, lr_2=0.01)):
         with pytest.raises(InputError, match="ddp.*fully_shard"):
             cb.setup(fake, BNNet(), "fit")
+
+
+# ---------------------------------------------------------------------- DDP, two processes
+class _EpochEnds(pl.Callback):
+    def __init__(self):
+        self.weights = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.weights.append(WeightSpace(pl_module).read(pl_module).double().clone())
+
+
+def _ddp_rank(rank, world, port):
+    import os
+
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "WORLD_SIZE": str(world),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "NODE_RANK": "0",
+        }
+    )  # the harness's process group is already up: Lightning joins it instead of launching processes
+    swa, swag, ends = SWACallback(start=1, apply_at_end=False), SWAGCallback(start=1, rank=2, samples=3), _EpochEnds()
+    trainer = pl.Trainer(
+        max_epochs=3,
+        callbacks=[swa, swag, ends],
+        accelerator="cpu",
+        devices=world,
+        strategy="ddp",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        accumulate_grad_batches=2,
+    )
+    module = BNNet()
+    trainer.fit(module, _loader(batch=5))  # each rank 5 of every 10 examples; BatchNorm per rank
+    return {
+        "swa": swa.averager.mean.clone(),
+        "dev": swag.averager.deviations.clone(),
+        "n": swag.averager.n,
+        "ends": torch.stack(ends.weights),
+        "world": trainer.world_size,
+    }
+
+
+def test_ddp_on_two_processes_collects_identical_posteriors_on_every_rank(tmp_path):
+    import random
+
+    from dist_harness import run_ranks
+
+    r0, r1 = run_ranks(_ddp_rank, 2, tmp_path, random.randint(20000, 40000))
+    assert r0["world"] == 2 and r0["n"] == r1["n"] == 2
+    assert torch.equal(r0["swa"], r1["swa"]) and torch.equal(r0["dev"], r1["dev"])  # identical replicas
+    assert torch.allclose(r0["swa"].double(), r0["ends"][1:].mean(0), atol=1e-6)  # the ends of epochs 2 and 3
+    w = r0["ends"][1:]  # SWAG's deviations: each collected iterate minus the running mean after it
+    running = torch.stack([w[: i + 1].mean(0) for i in range(len(w))])
+    assert torch.allclose(r0["dev"].double(), w - running, atol=1e-6)
