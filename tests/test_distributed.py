@@ -568,3 +568,13 @@ def test_global_batch_sizes_are_derived_not_remembered():
         for i, size in enumerate(sizes):  # the shares n_r R / N of the two ranks average to 1
             assert sum(s.share(i) for s in ranks) / 2 == pytest.approx(1.0)
             assert ranks[0].share(i) == pytest.approx(len(list(ranks[0])[i]) * 2 / size)
+
+
+@pytest.mark.slow
+def test_a_refusal_under_torchrun_is_printed_once(tmp_path):
+    """Bad input is refused alike on every rank; only the first rank says so (argparse's errors and ours)."""
+    for args in (["train", "--epochs", "0"], ["train", "--method", "swa", "--swa-start", "500", "--epochs", "3"]):
+        res = _torchrun([*args, "--out", tmp_path / "r"], tmp_path)
+        assert res.returncode != 0
+        assert res.stderr.count("valleys train: error:") == 1, res.stderr[-2000:]
+        assert "(rank 1)" not in res.stderr and not (tmp_path / "r").exists()

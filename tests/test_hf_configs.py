@@ -77,17 +77,19 @@ def _trainer(model, args, callbacks):
 
 
 def test_resume_from_a_checkpoint_folder_ends_with_the_uninterrupted_posterior(tmp_path):
-    whole = SWAGCallback(start=1, rank=2)
-    _trainer(Net(), _args(tmp_path, save_strategy="epoch"), [whole]).train()
+    """Two callbacks on one Trainer (SWAG and a per-step SWA), each restored from its own file."""
+    whole, whole_fast = SWAGCallback(start=1, rank=2), SWACallback(start=1, every="steps", k=3, apply_at_end=False)
+    _trainer(Net(), _args(tmp_path, save_strategy="epoch"), [whole, whole_fast]).train()
     assert whole.averager.n == 3
-    resumed = SWAGCallback(start=1, rank=2)
-    # resume from the end of epoch 2 (8 steps per epoch): the posterior saved in that folder comes back
-    _trainer(Net(), _args(tmp_path, save_strategy="epoch"), [resumed]).train(
+    resumed, fast = SWAGCallback(start=1, rank=2), SWACallback(start=1, every="steps", k=3, apply_at_end=False)
+    # resume from the end of epoch 2 (8 steps per epoch): the posteriors saved in that folder come back
+    _trainer(Net(), _args(tmp_path, save_strategy="epoch"), [resumed, fast]).train(
         resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-16")
     )
     assert resumed.averager.n == 3  # 2 before the fix: the collects of epochs 1-2 were lost
     for key in ("mean", "m2", "deviations"):
         assert torch.equal(resumed.averager.state_dict()[key], whole.averager.state_dict()[key]), key
+    assert fast.averager.n == whole_fast.averager.n and torch.equal(fast.averager.mean, whole_fast.averager.mean)
 
 
 def test_resume_without_the_callbacks_state_is_refused(tmp_path):

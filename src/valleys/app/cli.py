@@ -71,6 +71,12 @@ class _Parser(argparse.ArgumentParser):
             r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE
         )
 
+    def error(self, message: str):  # noqa: D401
+        """argparse's refusal (usage and one line, exit 2), printed by the first torchrun rank only."""
+        if not _first_rank():
+            self.exit(2)
+        super().error(message)
+
 
 class _VersionAction(argparse.Action):
     """``--version``: reads the installed version (importlib.metadata, slow to import) only when asked."""
@@ -967,7 +973,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, ValleysError, CheckpointError, DatasetNotFoundError, TrainingDiverged) as e:
         # OSError: --out under a file, no permission, a full disk (FileExistsError: a folder holding output)
         _finish_progress_bars()
-        print(f"valleys {args.command}: error: {_message(e)}{_resume_hint(args, e)}", file=sys.stderr)
+        if _first_rank() or not isinstance(e, InputError):  # bad input: every torchrun rank refuses alike, one says so
+            rank = "" if _first_rank() else f" (rank {_rank()})"
+            print(f"valleys {args.command}{rank}: error: {_message(e)}{_resume_hint(args, e)}", file=sys.stderr)
         return 2
 
 
@@ -991,6 +999,18 @@ def _studies() -> list[str]:
     from .studies import STUDIES
 
     return STUDIES.names()
+
+
+def _rank() -> str:
+    import os
+
+    return os.environ.get("RANK", "0")
+
+
+def _first_rank() -> bool:
+    """Whether this is the first (or only) process: under ``torchrun`` the other ranks stay quiet about bad
+    input, which every rank refuses alike."""
+    return _rank() == "0"
 
 
 def _under_torchrun(args: argparse.Namespace) -> bool:

@@ -51,10 +51,10 @@ def import_checkpoint(
         if given == dst or dst in given.parents:
             raise InputError(f"--out {out} holds {given}, which is being imported; import into another folder")
     swag = read_swag_state(posterior) if posterior is not None else None
+    cfg = dataclasses.replace(cfg, method="swag" if swag is not None else "sgd", imported=str(src))
     if swag is not None:
-        cfg = dataclasses.replace(cfg, method="swag", rank=int(swag["rank"]), imported=str(src)).resolved()
-    else:
-        cfg = dataclasses.replace(cfg, method="sgd", imported=str(src)).resolved()
+        cfg.rank = int(swag["rank"])  # a method setting (a field the method registry adds)
+    cfg = cfg.resolved()
     prepare_run_dir(out, overwrite=overwrite, create=False)
     splits = load_splits(cfg)
     if cfg.user_data and cfg.task is None:
