@@ -166,3 +166,17 @@ def test_lora_names_include_modules_to_save_unless_lora_only():
     assert all("lora_" in n for n in lora_only)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert set(with_head) == trainable  # LoRA and the classifier head: every trainable parameter
+
+
+def test_swa_writes_the_average_with_recomputed_batchnorm_at_train_end(tmp_path):
+    from valleys.core.batchnorm import recompute_bn
+
+    swa, rec = SWACallback(start=1), Record()
+    model = Net(bn=True)
+    _trainer(model, _args(tmp_path, epochs=3), [swa, rec]).train()
+    assert torch.allclose(WeightSpace(model).read(model).double(), swa.averager.mean.double(), atol=1e-7)
+    twin = Net(bn=True)
+    WeightSpace(twin).write(twin, swa.averager.mean)
+    recompute_bn(twin, torch.utils.data.DataLoader(Pairs(64, 0), batch_size=8), adapter=swa.adapter)
+    for k in ("net.1.running_mean", "net.1.running_var"):
+        assert torch.allclose(model.state_dict()[k], twin.state_dict()[k], atol=1e-5), k

@@ -193,6 +193,28 @@ def test_per_step_swa_averages_every_kth_optimizer_step_under_accumulation(accum
     assert torch.allclose(swa.averager.mean.double(), torch.stack(chosen).mean(0), atol=1e-6)
 
 
+@pytest.mark.parametrize("accumulate", [2, 4])
+def test_per_step_swag_collects_the_same_steps_as_swa_under_accumulation(accumulate):
+    swag, rec = SWAGCallback(start=1, rank=2, every="steps", k=2), Steps()
+    _trainer(3, [swag, rec], accumulate_grad_batches=accumulate).fit(BNNet(), _loader())
+    chosen = [w for i, (epoch, w) in enumerate(_optimizer_steps(rec.rows), start=1) if epoch >= 1 and i % 2 == 0]
+    assert swag.averager.n == len(chosen) > 1
+    assert torch.allclose(swag.averager.mean.double(), torch.stack(chosen).mean(0), atol=1e-6)
+    var = torch.stack(chosen).var(0, unbiased=False)
+    assert torch.allclose(swag.averager.variance.double(), var, atol=1e-6)  # SWAG's diagonal, brute force
+
+
+def test_fge_under_manual_optimisation_snapshots_at_cycle_midpoints():
+    fge, rec = FGECallback(start=1, cycle=2, lr_1=0.05, lr_2=0.0005), Steps()
+    _trainer(5, [fge, rec]).fit(BNNet(manual=True), _loader())
+    # one step per batch (two optimizers): the midpoints are batches 10 + 10 and 10 + 30
+    for snap, batch in zip(fge.snapshots, (20, 40), strict=True):
+        module = BNNet(manual=True)
+        module.load_state_dict(snap)
+        assert torch.equal(WeightSpace(module).read(module).double(), rec.rows[batch - 1]["w"])
+    assert len(fge.snapshots) == 2
+
+
 def test_epoch_swa_is_the_same_with_and_without_accumulation_oracle():
     swa, rec = SWACallback(start=1, apply_at_end=False), Steps()
     _trainer(3, [swa, rec], accumulate_grad_batches=2).fit(BNNet(), _loader())
