@@ -337,12 +337,17 @@ def _ddp_rank(rank, world, port):
     )
     module = BNNet()
     trainer.fit(module, _loader(batch=5))  # each rank 5 of every 10 examples; BatchNorm per rank
+    trainer.test(module, _loader(40, 1), verbose=False)  # every rank: the whole test set, its share of draws
     return {
         "swa": swa.averager.mean.clone(),
+        "m2": swag.averager.state_dict()["m2"].clone(),
+        "dev_raw": swag.averager.state_dict()["deviations"].clone(),
         "dev": swag.averager.deviations.clone(),
         "n": swag.averager.n,
         "ends": torch.stack(ends.weights),
         "world": trainer.world_size,
+        "test": swag.test_metrics,
+        "module": {k: v.clone() for k, v in module.state_dict().items()},
     }
 
 
@@ -355,6 +360,24 @@ def test_ddp_on_two_processes_collects_identical_posteriors_on_every_rank(tmp_pa
     assert r0["world"] == 2 and r0["n"] == r1["n"] == 2
     assert torch.equal(r0["swa"], r1["swa"]) and torch.equal(r0["dev"], r1["dev"])  # identical replicas
     assert torch.allclose(r0["swa"].double(), r0["ends"][1:].mean(0), atol=1e-6)  # the ends of epochs 2 and 3
+    assert r0["test"] == r1["test"]  # the same BMA on both ranks
+    one = BNNet()  # one process, the same posterior and draws, BatchNorm recomputed on the whole training set
+    one.load_state_dict(r0["module"])
+    swag = SWAGCallback(start=1, rank=2, samples=3)
+    swag.build(one, swag._make)
+    swag.averager.load_state_dict(
+        {
+            "kind": "SWAG",
+            "n": 2,
+            "size": len(r0["swa"]),
+            "rank": 2,
+            "mean": r0["swa"],
+            "m2": r0["m2"],
+            "deviations": r0["dev_raw"],
+        }
+    )
+    lone = swag.bma(one, _loader(40, 1), bn=_loader()).metrics
+    assert r0["test"][0]["swag_test_nll"] == pytest.approx(float(lone.nll), rel=1e-6)
     w = r0["ends"][1:]  # SWAG's deviations: each collected iterate minus the running mean after it
     running = torch.stack([w[: i + 1].mean(0) for i in range(len(w))])
     assert torch.allclose(r0["dev"].double(), w - running, atol=1e-6)

@@ -43,6 +43,7 @@ from torch import nn
 
 from .core.adapter import ModelAdapter
 from .core.batchnorm import recompute_bn
+from .core.distributed import world_size
 from .core.optional import require
 from .errors import InputError
 from .evaluation.engine import BNArg
@@ -72,6 +73,20 @@ def _refuse_sharded(trainer: pl.Trainer, who: str) -> None:
             "average; use strategy='ddp', or FSDP2 (torch.distributed.fsdp.fully_shard) in your own loop with "
             "valleys' sharded SWA/SWAG (see the integrations guide)"
         )
+
+
+def _undistributed(loader: Any) -> Any:
+    """A loader over the whole dataset of ``loader`` when Lightning gave it a ``DistributedSampler`` (each rank
+    its shard), in order; anything else as it is."""
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    if not isinstance(loader, DataLoader):
+        return loader
+    sampler = getattr(loader.batch_sampler, "sampler", None) if loader.batch_sampler is not None else None
+    if not isinstance(loader.sampler, DistributedSampler) and not isinstance(sampler, DistributedSampler):
+        return loader
+    return DataLoader(loader.dataset, batch_size=loader.batch_size or 1, collate_fn=loader.collate_fn)
 
 
 def _steps_per_epoch(trainer: pl.Trainer) -> int:
@@ -223,7 +238,9 @@ class SWAGCallback(_Collecting):
     ``trainer.test`` (and with :meth:`bma`) the Bayesian model average of ``samples`` draws (scale
     ``scale``, generator seeded with ``seed``), each with its BatchNorm statistics recomputed on ``bn_loader``
     (default: the training loader of the last ``fit``), is computed on every test loader and logged as
-    ``swag_test_accuracy``, ``swag_test_nll``, ``swag_test_ece`` (also kept in ``self.test_metrics``)."""
+    ``swag_test_accuracy``, ``swag_test_nll``, ``swag_test_ece`` (also kept in ``self.test_metrics``). Under
+    DDP every rank evaluates the whole test set with its share of the draws (each recomputing BatchNorm on
+    the whole training set) and the sums are all-reduced, so all ranks report what one process would."""
 
     def __init__(
         self,
@@ -266,14 +283,19 @@ class SWAGCallback(_Collecting):
         else the training loader of the last ``fit``)."""
         self.require_collected("testing or predicting with SWAG")
         gen = torch.Generator(device=self.averager.device).manual_seed(self.seed)
+        bn = bn if bn is not None else self.bn_source()
+        shard = world_size() > 1
+        if shard:  # under DDP: every rank the whole test set, its share of the draws (see bma's shard=True)
+            loader, bn = _undistributed(loader), _undistributed(bn)
         return bma(
             pl_module,
             self.averager.samples(self.samples, scale=self.scale, generator=gen),
             loader,
             space=self.averager.space,
-            bn=bn if bn is not None else self.bn_source(),
+            bn=bn,
             adapter=self.adapter,
             return_probs=return_probs,
+            shard=shard,
         )
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
