@@ -381,3 +381,22 @@ def test_ddp_on_two_processes_collects_identical_posteriors_on_every_rank(tmp_pa
     w = r0["ends"][1:]  # SWAG's deviations: each collected iterate minus the running mean after it
     running = torch.stack([w[: i + 1].mean(0) for i in range(len(w))])
     assert torch.allclose(r0["dev"].double(), w - running, atol=1e-6)
+
+
+def test_the_posterior_can_live_in_last_ckpt_only(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from valleys.lightning import PosteriorInLastCheckpoint
+
+    swag = SWAGCallback(start=1, rank=2)
+    ckpts = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, save_last=True)
+    trainer = _trainer(3, [swag, ckpts], enable_checkpointing=True, plugins=[PosteriorInLastCheckpoint()])
+    trainer.fit(BNNet(), _loader())
+    files = sorted(p.name for p in tmp_path.glob("*.ckpt"))
+    assert "last.ckpt" in files and len(files) == 4  # three epochs and last
+    for name in files:
+        state = torch.load(tmp_path / name, weights_only=False)["callbacks"][swag.state_key]
+        if name == "last.ckpt":
+            assert torch.equal(state["deviations"], swag.averager.state_dict()["deviations"])
+        else:
+            assert state == {}

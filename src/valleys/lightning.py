@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 else:  # a clear ImportError naming the extra
     pl = require("lightning.pytorch", "lightning")
 
-__all__ = ["SWACallback", "SWAGCallback", "FGECallback"]
+__all__ = ["SWACallback", "SWAGCallback", "FGECallback", "PosteriorInLastCheckpoint"]
 
 
 def _refuse_sharded(trainer: pl.Trainer, who: str) -> None:
@@ -380,3 +380,34 @@ class FGECallback(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.snapshots = list(state_dict.get("snapshots", []))
+
+
+def _posterior_in_last_io() -> type:
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class PosteriorInLastCheckpoint(TorchCheckpointIO):
+        """A checkpoint plugin that keeps valleys' callback states (a SWAG posterior is (K + 2) x the model's size)
+        only in ``last.ckpt``, so that the ``save_top_k`` checkpoints do not multiply it: in every other file they
+        are empty (resuming from one starts the callbacks without a posterior). ``callback.save(path)`` writes
+        the posterior on its own.
+
+        Example::
+
+            pl.Trainer(callbacks=[SWAGCallback(start=50), ModelCheckpoint(save_top_k=3, save_last=True)],
+                       plugins=[PosteriorInLastCheckpoint()])
+        """
+
+        def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+            from pathlib import Path
+
+            if Path(str(path)).name != "last.ckpt":
+                states = dict(checkpoint.get("callbacks", {}))
+                for key in [k for k in states if k.split("{")[0] in ("SWACallback", "SWAGCallback", "FGECallback")]:
+                    states[key] = {}  # restored as empty: the callback starts without a posterior
+                checkpoint = {**checkpoint, "callbacks": states}
+            super().save_checkpoint(checkpoint, path, storage_options)
+
+    return PosteriorInLastCheckpoint
+
+
+PosteriorInLastCheckpoint = _posterior_in_last_io()
