@@ -4,6 +4,7 @@ model, LoRA with and without peft's ``modules_to_save``, a fractional start, sha
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -101,17 +102,20 @@ def test_resume_without_the_callbacks_state_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("accumulate", [1, 2, 4])
-def test_per_step_collection_counts_optimizer_steps_under_accumulation(tmp_path, accumulate):
-    swa, rec = SWACallback(start=1, every="steps", k=1, apply_at_end=False), Record()
-    _trainer(Net(), _args(tmp_path, epochs=3, gradient_accumulation_steps=accumulate), [swa, rec]).train()
+@pytest.mark.parametrize("cls", [SWACallback, SWAGCallback])
+def test_per_step_collection_counts_optimizer_steps_under_accumulation(tmp_path, accumulate, cls):
+    extra = {"apply_at_end": False} if cls is SWACallback else {"rank": 2}
+    cb, rec = cls(start=1, every="steps", k=1, **extra), Record()
+    _trainer(Net(), _args(tmp_path, epochs=3, gradient_accumulation_steps=accumulate), [cb, rec]).train()
     per_epoch = 8 // accumulate
     after = [w for step, w in rec.rows if (step - 1) // per_epoch >= 1]  # the steps of epochs 1 and 2
-    assert swa.averager.n == len(after) == 2 * per_epoch
-    assert torch.allclose(swa.averager.mean.double(), torch.stack(after).mean(0), atol=1e-6)
+    assert cb.averager.n == len(after) == 2 * per_epoch
+    assert torch.allclose(cb.averager.mean.double(), torch.stack(after).mean(0), atol=1e-6)
 
 
-def test_swa_lr_is_constant_over_the_trainers_linear_decay(tmp_path):
-    swa = SWACallback(start=1, swa_lr=0.01)
+@pytest.mark.parametrize("cls", [SWACallback, SWAGCallback])
+def test_swa_lr_is_constant_over_the_trainers_linear_decay(tmp_path, cls):
+    cb = cls(start=1, swa_lr=0.01)
     seen = []
 
     class Rates(transformers.TrainerCallback):
@@ -119,7 +123,7 @@ def test_swa_lr_is_constant_over_the_trainers_linear_decay(tmp_path):
             seen.append((int(state.epoch or 0), optimizer.param_groups[0]["lr"]))
 
     with pytest.warns(UserWarning, match="LambdaLR"):
-        _trainer(Net(), _args(tmp_path, epochs=3), [swa, Rates()]).train()
+        _trainer(Net(), _args(tmp_path, epochs=3), [cb, Rates()]).train()
     late = [lr for epoch, lr in seen if epoch >= 1]
     assert late and all(lr == 0.01 for lr in late)
 
@@ -180,3 +184,42 @@ def test_swa_writes_the_average_with_recomputed_batchnorm_at_train_end(tmp_path)
     recompute_bn(twin, torch.utils.data.DataLoader(Pairs(64, 0), batch_size=8), adapter=swa.adapter)
     for k in ("net.1.running_mean", "net.1.running_var"):
         assert torch.allclose(model.state_dict()[k], twin.state_dict()[k], atol=1e-5), k
+
+
+class EpochEnds(transformers.TrainerCallback):
+    def __init__(self):
+        self.weights = []
+
+    def on_epoch_end(self, args, state, control, model=None, **kw):
+        self.weights.append(WeightSpace(model).read(model).double().clone())
+
+
+def _ddp_rank(rank, world, out, port):
+    import os
+
+    os.environ.update(
+        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world), "RANK": str(rank)}
+    )
+    os.environ["LOCAL_RANK"] = str(rank)  # the harness's gloo group is up: the Trainer joins it
+    swag, ends = SWAGCallback(start=1, rank=2), EpochEnds()
+    args = _args(Path(out), epochs=3, ddp_backend="gloo")
+    trainer = _trainer(Net(), args, [swag, ends])
+    trainer.train()
+    return {
+        "n": swag.averager.n,
+        "mean": swag.averager.mean.clone(),
+        "ends": torch.stack(ends.weights),
+        "world": args.world_size,
+        "steps": trainer.state.global_step,
+    }
+
+
+def test_ddp_on_two_processes_collects_identical_posteriors(tmp_path):
+    import random
+
+    from dist_harness import run_ranks
+
+    r0, r1 = run_ranks(_ddp_rank, 2, tmp_path, str(tmp_path), random.randint(20000, 40000))
+    assert r0["world"] == 2 and r0["steps"] == 3 * 64 // (2 * 8)  # each rank half of every global batch
+    assert r0["n"] == r1["n"] == 2 and torch.equal(r0["mean"], r1["mean"])
+    assert torch.allclose(r0["mean"].double(), r0["ends"][1:].mean(0), atol=1e-6)

@@ -252,10 +252,11 @@ def test_a_checkpoint_written_after_fit_holds_the_trained_weights_and_the_averag
     assert resumed.averager.n == 3
 
 
-def test_swa_lr_wins_over_a_per_step_scheduler_with_a_warning():
-    swa, rec = SWACallback(start=1, swa_lr=0.02), Steps()
+@pytest.mark.parametrize("cls", [SWACallback, SWAGCallback])
+def test_swa_lr_wins_over_a_per_step_scheduler_with_a_warning(cls):
+    cb, rec = cls(start=1, swa_lr=0.02), Steps()
     with pytest.warns(UserWarning, match="StepLR"):
-        _trainer(3, [swa, rec]).fit(BNNet(scheduler="step"), _loader())
+        _trainer(3, [cb, rec]).fit(BNNet(scheduler="step"), _loader())
     rates = [lr for epoch, lr in rec.step_lrs if epoch >= 1]  # the rate each optimizer step used
     assert len(rates) == 20 and all(lr == 0.02 for lr in rates)  # the scheduler halves it after every step
 
@@ -264,15 +265,42 @@ def test_two_averaging_callbacks_share_a_trainer_and_a_checkpoint(tmp_path):
     swa = SWACallback(start=1, apply_at_end=False)
     fast = SWACallback(start=1, every="steps", k=5, apply_at_end=False)
     swag = SWAGCallback(start=1, rank=2)
-    trainer = _trainer(3, [swa, fast, swag])
+    fge = FGECallback(start=1, cycle=2, lr_1=0.05, lr_2=0.0005)
+    trainer = _trainer(3, [swa, fast, swag, fge])
     trainer.fit(BNNet(), _loader())  # refused by Lightning before: the same state_key twice
-    assert (swa.averager.n, fast.averager.n, swag.averager.n) == (2, 4, 2)
+    assert (swa.averager.n, fast.averager.n, swag.averager.n, len(fge.snapshots)) == (2, 4, 2, 1)
     trainer.save_checkpoint(tmp_path / "two.ckpt")
     swa2, fast2 = SWACallback(start=1, apply_at_end=False), SWACallback(start=1, every="steps", k=5, apply_at_end=False)
-    swag2 = SWAGCallback(start=1, rank=2)
-    _trainer(3, [swa2, fast2, swag2]).fit(BNNet(), _loader(), ckpt_path=tmp_path / "two.ckpt")
+    swag2, fge2 = SWAGCallback(start=1, rank=2), FGECallback(start=1, cycle=2, lr_1=0.05, lr_2=0.0005)
+    _trainer(3, [swa2, fast2, swag2, fge2]).fit(BNNet(), _loader(), ckpt_path=tmp_path / "two.ckpt")
     assert torch.equal(swa2.averager.mean, swa.averager.mean) and torch.equal(fast2.averager.mean, fast.averager.mean)
     assert torch.equal(swag2.averager.deviations, swag.averager.deviations)
+    assert all(torch.equal(fge2.snapshots[0][k], v) for k, v in fge.snapshots[0].items())
+
+
+def test_resuming_mid_averaging_ends_with_the_uninterrupted_posteriors(tmp_path):
+    """Stop after epoch 2 of 5 (a checkpoint), resume to 5: the same SWA, SWAG and FGE states as one run."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def callbacks():
+        return [
+            SWACallback(start=1, apply_at_end=False),
+            SWAGCallback(start=1, rank=2),
+            FGECallback(start=1, cycle=2, lr_1=0.05, lr_2=0.0005),
+        ]
+
+    whole = callbacks()
+    _trainer(5, whole).fit(BNNet(), _loader())
+    first = callbacks()
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)
+    _trainer(2, [*first, ckpt], enable_checkpointing=True).fit(BNNet(), _loader())
+    resumed = callbacks()
+    _trainer(5, resumed).fit(BNNet(), _loader(), ckpt_path=tmp_path / "epoch=1-step=20.ckpt")
+    assert torch.allclose(resumed[0].averager.mean, whole[0].averager.mean, atol=1e-6)
+    assert torch.allclose(resumed[1].averager.deviations, whole[1].averager.deviations, atol=1e-6)
+    assert len(resumed[2].snapshots) == len(whole[2].snapshots) == 2
+    for a, b in zip(resumed[2].snapshots, whole[2].snapshots, strict=True):
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
 def test_a_float_start_is_a_fraction_of_max_epochs():
@@ -322,9 +350,10 @@ def _ddp_rank(rank, world, port):
         }
     )  # the harness's process group is already up: Lightning joins it instead of launching processes
     swa, swag, ends = SWACallback(start=1, apply_at_end=False), SWAGCallback(start=1, rank=2, samples=3), _EpochEnds()
+    fge = FGECallback(start=1, cycle=2, lr_1=0.05, lr_2=0.0005)
     trainer = pl.Trainer(
         max_epochs=3,
-        callbacks=[swa, swag, ends],
+        callbacks=[swa, swag, ends, fge],
         accelerator="cpu",
         devices=world,
         strategy="ddp",
@@ -346,6 +375,7 @@ def _ddp_rank(rank, world, port):
         "n": swag.averager.n,
         "ends": torch.stack(ends.weights),
         "world": trainer.world_size,
+        "fge": fge.snapshots,
         "test": swag.test_metrics,
         "module": {k: v.clone() for k, v in module.state_dict().items()},
     }
@@ -361,6 +391,9 @@ def test_ddp_on_two_processes_collects_identical_posteriors_on_every_rank(tmp_pa
     assert torch.equal(r0["swa"], r1["swa"]) and torch.equal(r0["dev"], r1["dev"])  # identical replicas
     assert torch.allclose(r0["swa"].double(), r0["ends"][1:].mean(0), atol=1e-6)  # the ends of epochs 2 and 3
     assert r0["test"] == r1["test"]  # the same BMA on both ranks
+    assert len(r0["fge"]) == len(r1["fge"]) == 1  # the midpoint of the first cycle, in optimizer steps
+    params = [k for k in r0["fge"][0] if "running" not in k and "num_batches" not in k]  # BatchNorm buffers: per rank
+    assert params and all(torch.equal(r0["fge"][0][k], r1["fge"][0][k]) for k in params)
     one = BNNet()  # one process, the same posterior and draws, BatchNorm recomputed on the whole training set
     one.load_state_dict(r0["module"])
     swag = SWAGCallback(start=1, rank=2, samples=3)
