@@ -202,10 +202,13 @@ def _ddp_rank(rank, world, out, port):
     )
     os.environ["LOCAL_RANK"] = str(rank)  # the harness's gloo group is up: the Trainer joins it
     swag, ends = SWAGCallback(start=1, rank=2), EpochEnds()
+    swa = SWACallback(start=1, every="steps", k=2, apply_at_end=False)
     args = _args(Path(out), epochs=3, ddp_backend="gloo")
-    trainer = _trainer(Net(), args, [swag, ends])
+    trainer = _trainer(Net(), args, [swag, swa, ends])
     trainer.train()
     return {
+        "swa": swa.averager.mean.clone(),
+        "swa_n": swa.averager.n,
         "n": swag.averager.n,
         "mean": swag.averager.mean.clone(),
         "ends": torch.stack(ends.weights),
@@ -223,3 +226,4 @@ def test_ddp_on_two_processes_collects_identical_posteriors(tmp_path):
     assert r0["world"] == 2 and r0["steps"] == 3 * 64 // (2 * 8)  # each rank half of every global batch
     assert r0["n"] == r1["n"] == 2 and torch.equal(r0["mean"], r1["mean"])
     assert torch.allclose(r0["mean"].double(), r0["ends"][1:].mean(0), atol=1e-6)
+    assert r0["swa_n"] == 4 and torch.equal(r0["swa"], r1["swa"])  # every 2nd of the 8 steps of epochs 1-2
