@@ -495,7 +495,7 @@ def _subspace_parser(sub: argparse._SubParsersAction) -> None:
         help="Bayesian inference in a low-dimensional subspace of a run's weights "
         "(Izmailov et al. 2019): PCA, random or curve subspace; ESS, VI or NUTS; BMA of the samples",
     )
-    ss.add_argument("run", help="a run folder (a SWAG run for --space pca)")
+    ss.add_argument("run", type=_path, help="a run folder (a SWAG run for --space pca)")
     ss.add_argument(
         "--space",
         default="pca",
@@ -504,7 +504,9 @@ def _subspace_parser(sub: argparse._SubParsersAction) -> None:
         "Gaussian directions around the run's weights; curve: the plane of a --curve folder",
     )
     ss.add_argument("--rank", type=_positive_int, default=5, help="subspace dimension k (2 for --space curve)")
-    ss.add_argument("--curve", default=None, help="a 'valleys connect' folder whose endpoints include the run")
+    ss.add_argument(
+        "--curve", type=_path, default=None, help="a 'valleys connect' folder whose endpoints include the run"
+    )
     ss.add_argument(
         "--inference",
         default="ess",
@@ -541,8 +543,8 @@ def _subspace_parser(sub: argparse._SubParsersAction) -> None:
     ss.add_argument("--warmup", type=int, default=100, help="NUTS warm-up steps")
     ss.add_argument("--chains", type=_positive_int, default=1, help="NUTS chains (r_hat needs 2 or more)")
     ss.add_argument("--grid", type=int, default=21, help="points per axis of the log-density figure (0: none)")
-    ss.add_argument("--seed", type=int, default=0, help="seed of the directions and the sampler")
-    ss.add_argument("--out", required=True, help="output folder")
+    ss.add_argument("--seed", type=_seed, default=0, help="seed of the directions and the sampler")
+    ss.add_argument("--out", type=_path, required=True, help="output folder")
     ss.add_argument("--overwrite", action="store_true", help="replace a subspace run already in --out")
     ss.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 

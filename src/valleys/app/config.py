@@ -397,6 +397,25 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
     raw = read_json_object(path)
     if raw.get("folder") == "curve":
         raise ConfigError(f"{run_dir} is a curve folder (made by 'valleys connect'), not a training run")
+    if "method" not in raw or "dataset" not in raw:
+        made_by = next(
+            (
+                cmd
+                for keys, cmd in (
+                    (("space", "inference"), "valleys subspace"),
+                    (("consistency", "labels_per_class"), "valleys semisup"),
+                    (("datasets", "splits"), "valleys regression"),
+                    (("base", "runs"), "valleys demo"),
+                )
+                if all(k in raw for k in keys)
+            ),
+            None,
+        )
+        raise ConfigError(
+            f"{run_dir} is not a training run"
+            + (f" (a folder made by '{made_by}')" if made_by else " (its config.json names no method and dataset)")
+            + "; give a folder made by 'valleys train' or 'valleys import'"
+        )
     return config_from_dict(raw, path)
 
 

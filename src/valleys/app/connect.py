@@ -46,7 +46,7 @@ from .config import (
     settings_from_dict,
 )
 from .evaluate import load_run_model
-from .folders import prepare_run_dir, ranks_folder
+from .folders import prepare_run_dir, ranks_folder, refuse_reading_from
 from .run_data import build_run_model, load_splits, split_loader
 
 __all__ = [
@@ -169,6 +169,7 @@ def connect_runs(
             f"the two endpoints are the same run ({cfg.run_a}): there is nothing to connect; pass two different runs"
         )
     out = Path(out)
+    refuse_reading_from(out, [cfg.run_a, cfg.run_b])
     prepare_run_dir(out, overwrite=overwrite, resume=resume, create=False)
     if resume and (out / "config.json").is_file():  # continue with the budget the curve was started with
         saved = read_curve_config(out)

@@ -922,6 +922,16 @@ def geometry_section(
             f"{out} needs run folders sgd-seed<s> and swag-seed<s> (a demo folder); "
             f"{'none found' if not seeds else f'missing for seeds {missing}'}"
         )
+    from .config import read_run_config
+
+    for seed in seeds:  # the folders' names are not enough: the SWA plane needs a run that kept its trajectory
+        for name, methods in ((f"sgd-seed{seed}", ("sgd",)), (f"swag-seed{seed}", ("swa", "swag", "swag-diag"))):
+            cfg = read_run_config(out / name)
+            if cfg.method not in methods:
+                raise InputError(
+                    f"{out / name} is a {cfg.method} run; the geometry section needs {name.split('-')[0]} to be "
+                    f"a {' or '.join(methods)} run (as 'valleys demo' trains it)"
+                )
     g = check_output(out / "geometry", overwrite=overwrite, what="a geometry section", flag="")
     with output_guard(g):
         return _geometry_section(out, g, seeds, quick, progress, log)

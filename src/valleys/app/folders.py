@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,6 +37,7 @@ __all__ = [
     "prepare_run_dir",
     "has_checkpoint",
     "ranks_folder",
+    "refuse_reading_from",
 ]
 
 #: names (glob patterns) of the files and folders valleys writes into an output folder
@@ -246,3 +247,17 @@ def ranks_folder(out: Path, *, overwrite: bool, resume: bool, resumable: Callabl
         barrier()
         yield is_main()
         barrier()
+
+
+def refuse_reading_from(out: str | os.PathLike, inputs: Iterable[str | os.PathLike], flag: str = "--out") -> None:
+    """Refuse an output folder equal to, inside or above one of the command's ``inputs`` (files or folders it
+    reads): writing there could delete or rewrite what is being read, whatever ``--overwrite`` says.
+    :class:`OutputFolderError` naming both; nothing is touched."""
+    dst = Path(out).resolve()
+    for given in inputs:
+        src = Path(given).resolve()
+        if dst == src or dst in src.parents or src in dst.parents:
+            where = "is" if dst == src else ("is above" if dst in src.parents else "is inside")
+            raise OutputFolderError(
+                f"{flag} {out} {where} {given}, which this command reads; write the output somewhere else"
+            )

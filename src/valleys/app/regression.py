@@ -104,6 +104,13 @@ class RegressionProtocol:
                 raise InputError(f"unknown regression dataset {d!r}; valid: {', '.join(REGRESSION_DATASETS)}")
         if "uci" in self.datasets and not self.data_root:
             raise InputError("--datasets uci needs --data-root FOLDER (a folder in the UCI layout)")
+        if self.data_root is not None and "uci" not in self.datasets:
+            raise InputError(
+                f"--data-root {self.data_root} is read only by --datasets uci; the built-in sets "
+                f"({', '.join(self.datasets)}) ship with valleys: drop --data-root"
+            )
+        if self.data_root is not None and not Path(self.data_root).is_dir():
+            raise InputError(f"--data-root {self.data_root} is not a folder")
         if len(set(self.datasets)) != len(self.datasets):
             raise InputError(f"--datasets lists a dataset twice: {self.datasets}")
         for s in self.spaces:

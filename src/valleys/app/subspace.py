@@ -61,6 +61,15 @@ class SubspaceConfig:
         INFERENCE.get(self.inference)
         if self.bn not in SUBSPACE_BN:
             raise InputError(f"--bn must be one of {', '.join(SUBSPACE_BN)}, got {self.bn!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= 2**63 - 1:
+            raise InputError(f"--seed must be an integer in [0, 2**63 - 1], got {self.seed!r}")
+        if not str(self.run).strip():
+            raise InputError("the run must be a path, got an empty string")
+        if self.inference == "nuts" and self.samples < 4:
+            raise InputError(
+                f"--inference nuts needs --samples of at least 4 per chain (its convergence diagnostics need "
+                f"4 draws), got {self.samples}"
+            )
         for name in ("rank", "samples", "thin", "vi_steps", "chains"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -162,12 +171,13 @@ def subspace_run(
     from ..evaluation.predict import bma
     from ..methods.subspace_posterior import SubspacePosterior
     from .evaluate import regression_summary, summary_metrics
-    from .folders import output_guard, prepare_run_dir
+    from .folders import output_guard, prepare_run_dir, refuse_reading_from
     from .run_data import load_splits, split_loader
     from .studies.common import load_context
 
     cfg.check()
     out = Path(out)
+    refuse_reading_from(out, [cfg.run] + ([cfg.curve] if cfg.curve else []))
     prepare_run_dir(out, overwrite=overwrite, create=False)
     model, w_run, run_cfg, loaders, bn_loader = load_context(cfg.run)
     adapter = run_cfg.adapter()

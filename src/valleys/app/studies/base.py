@@ -109,10 +109,11 @@ def run_study(
     ``report.md``): the folder is checked first (see :func:`valleys.app.folders.check_output`; a run or curve
     folder is never replaced), the settings are checked by their fields' rules and by the study. ``title``
     replaces the result's own title."""
-    from ..folders import check_output
+    from ..folders import check_output, refuse_reading_from
     from .write import write_study
 
     study = get_study(study) if isinstance(study, str) else study
+    refuse_reading_from(out, _input_paths(settings))
     check_output(out, overwrite=overwrite, study=True)  # before any work
     check_settings(settings)
     study.check(settings)
@@ -121,6 +122,21 @@ def run_study(
         result = StudyResult(result.kind, title, result.values)
     write_study(out, study, result, overwrite=overwrite)
     return result
+
+
+def _input_paths(settings: Any) -> list[str]:
+    """The files and folders a study's settings name (string settings, or lists of them, that exist)."""
+    import dataclasses
+
+    found: list[str] = []
+    for f in dataclasses.fields(settings) if dataclasses.is_dataclass(settings) else []:
+        if f.name == "out":
+            continue
+        v = getattr(settings, f.name)
+        for x in v if isinstance(v, (list, tuple)) else [v]:
+            if isinstance(x, str) and x and Path(x).exists():
+                found.append(x)
+    return found
 
 
 # ---------------------------------------------------------------------- settings several studies share
