@@ -37,6 +37,7 @@ __all__ = [
     "DistributedSetupError",
     "DatasetNotFoundError",
     "MissingFileError",
+    "MissingExtraError",
     "OutputFolderError",
     "TrainingDiverged",
 ]
@@ -138,6 +139,10 @@ class DatasetNotFoundError(ValleysError, FileNotFoundError):
 
 class MissingFileError(ValleysError, FileNotFoundError):
     """A file or folder a command reads does not exist (a run folder, its ``config.json``, a demo's runs)."""
+
+
+class MissingExtraError(ValleysError, ImportError):
+    """An optional dependency is not installed; the message names the ``valleys[extra]`` to install."""
 
 
 class OutputFolderError(ValleysError, FileExistsError):

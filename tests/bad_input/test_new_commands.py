@@ -95,3 +95,18 @@ def test_subspace_never_deletes_its_input_run(runs, capsys, space):
         names="which this command reads",
         untouched=[runs["swag"]],
     )
+
+
+def test_library_refusals_of_the_newer_modules():
+    import torch
+
+    from valleys.errors import InputTypeError, MissingExtraError
+    from valleys.methods.subspace_posterior import SubspacePosterior
+
+    with pytest.raises(InputTypeError, match="subspace must be a valleys.methods.subspace.Subspace"):
+        SubspacePosterior(torch.nn.Linear(2, 2), None, [])
+    from valleys.core.optional import require
+
+    with pytest.raises(MissingExtraError, match=r"pip install 'valleys\[nothing\]'") as err:
+        require("no_such_module_anywhere", "nothing")
+    assert isinstance(err.value, ImportError) and err.value.__cause__ is None  # one line, no chained traceback

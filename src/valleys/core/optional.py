@@ -19,14 +19,17 @@ __all__ = ["require", "progress_bar", "NullBar", "PlainBar"]
 
 
 def require(module_name: str, extra: str) -> ModuleType:
-    """Import ``module_name`` (e.g. ``"matplotlib.pyplot"``) or raise ImportError naming ``valleys[extra]``."""
+    """Import ``module_name`` (e.g. ``"matplotlib.pyplot"``) or raise
+    :class:`valleys.errors.MissingExtraError` (an ``ImportError``) naming ``valleys[extra]``."""
     try:
         return importlib.import_module(module_name)
-    except ImportError as e:
+    except ImportError:
+        from ..errors import MissingExtraError
+
         top = module_name.split(".")[0]
-        raise ImportError(
+        raise MissingExtraError(
             f"{top} is needed for this but is not installed; install it with: pip install 'valleys[{extra}]'"
-        ) from e
+        ) from None
 
 
 class Progress(Protocol):

@@ -34,7 +34,7 @@ from ..core.adapter import ModelAdapter
 from ..core.batches import to_device
 from ..core.batchnorm import EmptyLoaderError, has_batchnorm, recompute_bn
 from ..core.weights import WeightSpace, preserved_modes
-from ..errors import InputError
+from ..errors import InputError, InputTypeError
 from ..evaluation.engine import BNPolicy, LossError, VmapPolicy, evaluate_many
 from .samplers import gaussian_log_prior
 from .subspace import Subspace
@@ -79,6 +79,11 @@ class SubspacePosterior:
             raise InputError(f"the prior scale must be a finite number > 0, got {prior_scale!r}")
         if bn not in SUBSPACE_BN:
             raise InputError(f"unknown BatchNorm policy {bn!r}; choose one of {', '.join(SUBSPACE_BN)}")
+        if not isinstance(subspace, Subspace):
+            raise InputTypeError(
+                f"subspace must be a valleys.methods.subspace.Subspace (from pca_subspace, random_subspace or "
+                f"curve_subspace), got {type(subspace).__name__}"
+            )
         self.space = space or WeightSpace(model)
         if subspace.num_weights != self.space.size:
             raise InputError(
