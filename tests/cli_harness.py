@@ -76,6 +76,7 @@ def refused(
     assert lines, f"{argv} failed with exit {res.code} and no message"
     last = lines[-1]
     assert "error:" in last, f"the last line is not an error message: {last!r}"
+    assert "internal error" not in last, f"a bug, not a refusal: {last!r}"
     others = [
         ln
         for ln in lines[:-1]

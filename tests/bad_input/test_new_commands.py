@@ -110,3 +110,20 @@ def test_library_refusals_of_the_newer_modules():
     with pytest.raises(MissingExtraError, match=r"pip install 'valleys\[nothing\]'") as err:
         require("no_such_module_anywhere", "nothing")
     assert isinstance(err.value, ImportError) and err.value.__cause__ is None  # one line, no chained traceback
+
+
+def test_an_unexpected_exception_is_one_line_naming_the_traceback_file(monkeypatch, capsys):
+    import re
+
+    from valleys.app import cli
+
+    def broken(args):
+        raise ZeroDivisionError("the kind of thing a bug does")
+
+    monkeypatch.setattr(cli, "_evaluate", broken)
+    assert cli.main(["evaluate", "anything"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "internal error (a bug in valleys" in err[0] and "ZeroDivisionError" in err[0]
+    path = re.search(r"the traceback is in (\S+);", err[0]).group(1)
+    with open(path) as f:
+        assert "the kind of thing a bug does" in f.read() and "Traceback" not in err[0]

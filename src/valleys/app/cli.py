@@ -944,11 +944,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from ..core.checkpoint import CheckpointError
-    from ..training.trainer import TrainingDiverged
-    from ..zoo.data import DatasetNotFoundError
-
-    try:
+    try:  # nothing imports torch before this point: a Ctrl-C while it loads is handled below
         if _under_torchrun(args):
             from ..core.distributed import init_from_env
 
@@ -972,13 +968,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         _finish_progress_bars()
         print(f"valleys {args.command}: {_interrupted(args)}", file=sys.stderr)
         return 130
-    except (ValueError, OSError, ValleysError, CheckpointError, DatasetNotFoundError, TrainingDiverged) as e:
+    except (ValueError, OSError, ValleysError) as e:
         # OSError: --out under a file, no permission, a full disk (FileExistsError: a folder holding output)
         _finish_progress_bars()
         if _first_rank() or not isinstance(e, InputError):  # bad input: every torchrun rank refuses alike, one says so
             rank = "" if _first_rank() else f" (rank {_rank()})"
             print(f"valleys {args.command}{rank}: error: {_message(e)}{_resume_hint(args, e)}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback in a file
+        _finish_progress_bars()
+        print(f"valleys {args.command}: {_bug_report(e)}", file=sys.stderr)
+        return 1
+
+
+def _bug_report(e: BaseException) -> str:
+    """One line for an unexpected exception (a bug in valleys), its traceback written to a temporary file."""
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="valleys-bug-", suffix=".log")
+    with open(fd, "w") as f:
+        f.write("".join(traceback.format_exception(e)))
+    first = str(e).splitlines()[0] if str(e) else ""
+    return (
+        f"internal error (a bug in valleys, not in your input): {type(e).__name__}: {first}; the traceback is in "
+        f"{path}; please report it with that file"
+    )
 
 
 def _with_config(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
