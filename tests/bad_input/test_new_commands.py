@@ -20,13 +20,14 @@ def _cases(runs, tmp):
         (["subspace", r["swag"], "--out", f"{r['swag']}/sub"], "is inside"),
         (["subspace", r["swag"], "--out", root, "--overwrite"], "is above"),
         (
-            ["subspace", r["sgd"], "--space", "curve", "--rank", "2", "--curve", r["curve"], "--out", r["curve"]],
+            ["subspace", r["sgd"], "--space", "curve", "--rank", "2", "--curve", r["curve"], "--out", r["curve"]]
+            + ["--overwrite"],
             "which this",
         ),
         (["connect", r["sgd"], r["sgd2"], "--out", r["sgd"], "--overwrite"], "which this command reads"),
         (["connect", r["sgd"], r["sgd2"], "--out", f"{r['sgd2']}/curve"], "is inside"),
         (["plane", r["sgd"], r["sgd2"], r["swag"], "--out", f"{r['sgd']}/plane"], "is inside"),
-        (["path", r["sgd"], r["sgd2"], "--out", root, "--overwrite"], "is above"),
+        (["path", r["sgd"], r["sgd2"], "--out", root, "--overwrite"], "even with --overwrite"),
         (["sharpness", r["sgd"], "--out", f"{r['sgd']}/s"], "is inside"),
         # flags
         (["subspace", r["swag"], "--out", ""], "--out"),

@@ -169,8 +169,8 @@ def connect_runs(
             f"the two endpoints are the same run ({cfg.run_a}): there is nothing to connect; pass two different runs"
         )
     out = Path(out)
-    refuse_reading_from(out, [cfg.run_a, cfg.run_b])
-    prepare_run_dir(out, overwrite=overwrite, resume=resume, create=False)
+    prepare_run_dir(out, overwrite=overwrite, resume=resume, create=False)  # a run there: refused, named so
+    refuse_reading_from(out, [cfg.run_a, cfg.run_b])  # with --overwrite too
     if resume and (out / "config.json").is_file():  # continue with the budget the curve was started with
         saved = read_curve_config(out)
         cfg = dataclasses.replace(cfg, epochs=cfg.epochs or saved.epochs, lr=cfg.lr or saved.lr)

@@ -177,8 +177,8 @@ def subspace_run(
 
     cfg.check()
     out = Path(out)
-    refuse_reading_from(out, [cfg.run] + ([cfg.curve] if cfg.curve else []))
     prepare_run_dir(out, overwrite=overwrite, create=False)
+    refuse_reading_from(out, [cfg.run] + ([cfg.curve] if cfg.curve else []))  # with --overwrite too
     model, w_run, run_cfg, loaders, bn_loader = load_context(cfg.run)
     adapter = run_cfg.adapter()
     subspace = build_subspace(cfg, model, w_run)

@@ -113,8 +113,8 @@ def run_study(
     from .write import write_study
 
     study = get_study(study) if isinstance(study, str) else study
+    check_output(out, overwrite=overwrite, study=True)  # before any work (a run folder: refused, named so)
     refuse_reading_from(out, _input_paths(settings))
-    check_output(out, overwrite=overwrite, study=True)  # before any work
     check_settings(settings)
     study.check(settings)
     result = study.run(settings, context or StudyContext())
