@@ -194,7 +194,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
     """``valleys train``: the run's settings, the registered methods' settings, the output flags."""
-    from ..zoo.catalog import DATASETS, MODELS, REGRESSION_DATASETS
+    from ..zoo.catalog import MODELS
     from .config import RunSettings
     from .registry import method_help
 
@@ -207,22 +207,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         help=f"train one run ({', '.join(methods)}) into a run folder",
         description="methods (--method):\n" + "\n".join(f"  {name:<{width}}  {text}" for name, text in methods.items()),
     )
-    data = t.add_mutually_exclusive_group()
-    data.add_argument(
-        "--dataset",
-        default=d.dataset,
-        choices=list(DATASETS) + list(REGRESSION_DATASETS),
-        help="built-in dataset (diabetes, concrete, boston, toy1d and uci are regression)",
-    )
-    data.add_argument(
-        "--data",
-        dest="dataset",
-        type=_path,
-        default=argparse.SUPPRESS,
-        metavar="SOURCE",
-        help="your own data instead: file.npz (x_train, y_train, x_test, y_test, optional x_val, y_val), "
-        "module.path:factory or file.py:factory returning train/test(/val) datasets or loaders",
-    )
+    _data_flags(t)
     t.add_argument(
         "--model",
         default=None,
@@ -294,6 +279,29 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    """``--dataset`` (built-in) or ``--data`` (the user's), one of the two; both set ``dataset``."""
+    from ..zoo.catalog import DATASETS, REGRESSION_DATASETS
+    from .config import RunSettings
+
+    data = p.add_mutually_exclusive_group()
+    data.add_argument(
+        "--dataset",
+        default=RunSettings().dataset,
+        choices=list(DATASETS) + list(REGRESSION_DATASETS),
+        help="built-in dataset (diabetes, concrete, boston, toy1d and uci are regression)",
+    )
+    data.add_argument(
+        "--data",
+        dest="dataset",
+        type=_path,
+        default=argparse.SUPPRESS,
+        metavar="SOURCE",
+        help="your own data instead: file.npz (x_train, y_train, x_test, y_test, optional x_val, y_val), "
+        "module.path:factory or file.py:factory returning train/test(/val) datasets or loaders",
+    )
+
+
 def _model_flag(text: str) -> str:
     """``--model``: a built-in name or a reference to the user's factory."""
     from ..zoo.catalog import MODELS
@@ -362,7 +370,6 @@ def _user_flags(p: argparse.ArgumentParser) -> None:
 
 def _import_parser(sub: argparse._SubParsersAction) -> None:
     """``valleys import``."""
-    from ..zoo.catalog import DATASETS, REGRESSION_DATASETS
     from .config import RunSettings
 
     d = RunSettings()
@@ -384,13 +391,7 @@ def _import_parser(sub: argparse._SubParsersAction) -> None:
         metavar="MODEL",
         help="the architecture: your factory (module.path:factory or file.py:factory) or a built-in name",
     )
-    data = im.add_mutually_exclusive_group()
-    data.add_argument(
-        "--dataset", default=d.dataset, choices=list(DATASETS) + list(REGRESSION_DATASETS), help="built-in dataset"
-    )
-    data.add_argument(
-        "--data", dest="dataset", type=_path, default=argparse.SUPPRESS, metavar="SOURCE", help="your own data"
-    )
+    _data_flags(im)
     _user_flags(im)
     im.add_argument(
         "--posterior",

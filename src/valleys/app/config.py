@@ -113,7 +113,9 @@ class TrainConfig(RunSettings):
     @property
     def user_data(self) -> bool:
         """Whether ``dataset`` names the user's data (a factory reference or an ``.npz`` file)."""
-        return ":" in self.dataset or self.dataset.endswith(".npz")
+        from .user_data import is_user_data
+
+        return is_user_data(self.dataset)
 
     def adapter(self, task: str | None = None) -> ModelAdapter:
         """How this run's batches and outputs are read (``input``, ``target``, ``output``, ``loss``; see
@@ -221,7 +223,9 @@ def _check_user_settings(cfg: RunSettings) -> None:
 
     if cfg.task is not None and cfg.task not in ("classification", "regression"):
         raise InputError(f"task must be classification or regression, got {cfg.task!r}")
-    if not (":" in cfg.dataset or cfg.dataset.endswith(".npz")):
+    from .user_data import is_user_data
+
+    if not is_user_data(cfg.dataset):
         if cfg.data_args:
             raise InputError("--data-args are the keyword arguments of a data factory; give --data module:factory")
         builtin_task = "regression" if cfg.dataset in REGRESSION_DATASETS else "classification"

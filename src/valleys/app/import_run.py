@@ -57,9 +57,7 @@ def import_checkpoint(
     cfg = cfg.resolved()
     prepare_run_dir(out, overwrite=overwrite, create=False)
     splits = load_splits(cfg)
-    if cfg.user_data and cfg.task is None:
-        cfg = dataclasses.replace(cfg, task=splits.info["task"])
-    cfg = with_sources(cfg)
+    cfg = with_sources(cfg, splits)
     model = load_foreign_weights(build_run_model(cfg, splits), checkpoint)
     if swag is not None:
         from ..methods.swag import SWAG

@@ -38,7 +38,7 @@ def _data_file_hash(cfg: TrainConfig) -> str | None:
 
     from .user_code import reference_sha256
 
-    if ":" in cfg.dataset:
+    if ":" in cfg.dataset:  # a factory: its file (see TrainConfig.user_data)
         return reference_sha256(cfg.dataset, "--data")
     path = Path(cfg.dataset)
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
@@ -55,10 +55,14 @@ def source_hashes(cfg: TrainConfig) -> dict[str, str | None]:
     }
 
 
-def with_sources(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with the SHA-256 of the user's files filled in where not recorded yet (see :func:`source_hashes`)."""
+def with_sources(cfg: TrainConfig, splits: Any) -> TrainConfig:
+    """``cfg`` as a new run records it: the task inferred from the user's data (``splits.info``) when not
+    stated, so every later load agrees, and the SHA-256 of the user's files where not recorded yet (see
+    :func:`source_hashes`), so a later command refuses to rebuild from changed ones."""
     import dataclasses
 
+    if cfg.user_data and cfg.task is None:
+        cfg = dataclasses.replace(cfg, task=splits.info["task"])
     hashes = source_hashes(cfg)
     return dataclasses.replace(
         cfg,

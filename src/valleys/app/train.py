@@ -137,10 +137,8 @@ def train_run(
         check_saved_settings(out, asdict(cfg), "run")
     prepare_run_dir(out, overwrite=overwrite, resume=resume, create=False)  # refuse an existing run first
     splits = splits or load_splits(cfg)  # data and model errors surface here, before a file is touched
-    if cfg.user_data and cfg.task is None:  # inferred from the targets: recorded, so every later load agrees
-        cfg = dataclasses.replace(cfg, task=splits.info["task"])
-    if not resume:  # the user's files as they are now: a later command refuses to rebuild from changed ones
-        cfg = with_sources(cfg)
+    if not resume:  # a resumed run has them recorded already
+        cfg = with_sources(cfg, splits)
     if len(splits.val) == 0:
         raise InputError(
             f"--val-fraction {cfg.val_fraction} leaves no validation examples; every run is evaluated "

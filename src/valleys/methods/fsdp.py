@@ -125,8 +125,7 @@ class ShardAverager:
 
     def write_average(self, model: nn.Module) -> None:
         """Write the mean into the model's shards on every rank (the full state dict is then the average)."""
-        self.averager.write(self._shadow)
-        self.write(model, torch.cat([p.detach().reshape(-1) for p in self._shadow.parameters()]))
+        self.write(model, self.averager.mean)
 
     def memory(self) -> int:
         """Numbers this rank holds: (2 + K) x its shard size (2 for SWA)."""

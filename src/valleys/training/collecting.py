@@ -79,12 +79,9 @@ class StepCounter:
 
     def advanced(self, global_step: int) -> bool:
         """After a batch: whether an optimizer step happened (the global step moved); counts it."""
-        moved = self._last_global is not None and global_step != self._last_global
-        if self._last_global is None:
-            moved = global_step > 0
+        moved = global_step != (self._last_global or 0)
         self._last_global = global_step
-        if moved:
-            self.steps += 1
+        self.steps += moved
         return moved
 
 
@@ -107,12 +104,7 @@ class CollectingCore:
         super().__init__()
         if every not in _EVERY:
             raise InputError(f"every must be one of {', '.join(_EVERY)}, got {every!r}")
-        if isinstance(start, int) and not isinstance(start, bool):
-            resolve_start(start, None)  # refuse a negative start now
-        elif isinstance(start, float):
-            resolve_start(start, 2)  # refuse a fraction outside (0, 1) now
-        else:
-            raise InputError(f"start must be an int (epochs) or a float fraction in (0, 1), got {start!r}")
+        resolve_start(start, 2)  # refuse a bad start now (the run's epochs are known when training starts)
         if swa_lr is not None and not (isinstance(swa_lr, (int, float)) and math.isfinite(swa_lr) and swa_lr > 0):
             raise InputError(f"swa_lr must be finite and > 0, got {swa_lr!r}")
         self.start_setting = start
