@@ -5,19 +5,15 @@ Ctrl-C, SIGKILL and a full disk end with one line and a folder that can be resum
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from cli_harness import digest, refused, run
+from fault_harness import Reader, finish, interrupt, one_line, start, wait_for
 from valleys.app.folders import OutputFolderError, check_output, output_guard, remove_stale_temporaries
 from valleys.core.checkpoint import load_checkpoint, save_checkpoint
 
@@ -208,7 +204,7 @@ def test_check_output_changes_nothing_and_names_the_flag(tmp_path):
 
 
 # ------------------------------------------------------------------ stale temporaries
-def test_stale_temporaries_are_removed_at_the_next_start(runs, tmp_path, capsys):
+def test_stale_temporaries_are_removed_at_the_nextstart(runs, tmp_path, capsys):
     run_dir = tmp_path / "run"
     shutil.copytree(runs["sgd"], run_dir)
     stale = [run_dir / ".checkpoint.safetensors.ab12_xyz.tmp", run_dir / ".results.json.q9w8e7r6.tmp"]
@@ -272,81 +268,6 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_old_one(tmp_path, m
 
 
 # ------------------------------------------------------------------ faults in a real process
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-
-
-def _start(args: list, cwd: Path, shell_prefix: str | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "valleys", *map(str, args)]
-    if shell_prefix is not None:
-        cmd = ["bash", "-c", shell_prefix + ' exec "$@"', "bash", *cmd]
-    # SIGINT back to its default in the child, as in a terminal: a test run started in the background of a
-    # non-interactive shell (nohup, CI runners) inherits SIGINT ignored, and Python then never raises
-    # KeyboardInterrupt
-    return subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # the child must die of Ctrl-C like a terminal's process; spawned from pytest's main thread
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
-    )
-
-
-class _Reader:
-    """Collects a process's stderr in a thread (so that a progress bar can be waited for)."""
-
-    def __init__(self, proc: subprocess.Popen) -> None:
-        self.text = ""
-        self.thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
-        self.thread.start()
-
-    def _read(self, proc):
-        for chunk in iter(lambda: proc.stderr.read(1), ""):
-            self.text += chunk
-
-
-def _wait_for(cond, proc: subprocess.Popen, timeout: float = 120) -> None:
-    end = time.time() + timeout
-    while not cond():
-        assert proc.poll() is None, "the command ended before the fault could be injected"
-        assert time.time() < end, "timed out waiting for the command to get going"
-        time.sleep(0.05)
-
-
-def _interrupt(proc: subprocess.Popen, sig: int = signal.SIGINT) -> None:
-    """Send ``sig``; a SIGINT is repeated every 15 s while the process runs (a user pressing Ctrl-C again: on a
-    busy machine the first one can land before the command's own handling is in place)."""
-    proc.send_signal(sig)
-    for _ in range(4):
-        if sig != signal.SIGINT:
-            return
-        try:
-            proc.wait(timeout=15)
-            return
-        except subprocess.TimeoutExpired:
-            proc.send_signal(sig)
-
-
-def _finish(proc: subprocess.Popen, reader: _Reader | None = None) -> tuple[int, str]:
-    proc.wait(timeout=180)
-    if reader is not None:
-        reader.thread.join(timeout=10)
-        return proc.returncode, reader.text
-    return proc.returncode, proc.stderr.read()
-
-
-def _one_line(err: str) -> str:
-    # a progress bar's elapsed time: tqdm's [00:03, ...] or the plain lines' "12s elapsed" (off a terminal)
-    bar = re.compile(r"\[\d+:\d+|\d+s elapsed")
-    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and not bar.search(ln)]
-    assert "Traceback" not in err, err
-    assert len(lines) == 1, lines
-    return lines[0]
-
-
 LONG = ["train", "--model", "mlp", "--method", "sgd", "--epochs", "30", "--checkpoint-every", "1", "--no-progress"]
 
 
@@ -389,15 +310,15 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 def _interrupted_then_resumed(tmp_path, capsys, uninterrupted, sig: int) -> str:
     out = tmp_path / "run"
-    proc = _start([*LONG, "--out", out], tmp_path)
-    _wait_for(
+    proc = start([*LONG, "--out", out], tmp_path)
+    wait_for(
         lambda: (
             len((out / "metrics.jsonl").read_text().splitlines()) >= 2 if (out / "metrics.jsonl").is_file() else False
         ),
         proc,
     )
-    _interrupt(proc, sig)
-    code, err = _finish(proc)
+    interrupt(proc, sig)
+    code, err = finish(proc)
     assert not (out / "results.json").exists()
     res = run([*LONG, "--out", out, "--resume"], capsys)
     assert res.code == 0, res.err
@@ -410,7 +331,7 @@ def _interrupted_then_resumed(tmp_path, capsys, uninterrupted, sig: int) -> str:
 def test_sigint_during_train_then_resume_is_bit_identical(tmp_path, capsys, uninterrupted):
     code, err = _interrupted_then_resumed(tmp_path, capsys, uninterrupted, signal.SIGINT).split("\n", 1)
     assert code == "130"
-    assert "--resume" in _one_line(err)
+    assert "--resume" in one_line(err)
 
 
 @pytest.mark.slow
@@ -420,10 +341,10 @@ def test_sigkill_during_train_then_resume_is_bit_identical(tmp_path, capsys, uni
 
 
 @pytest.mark.slow
-def test_sigint_during_connect_is_one_line(runs, tmp_path):
+def test_sigint_during_connect_isone_line(runs, tmp_path):
     out = tmp_path / "curve"
-    proc = _start(["connect", runs["sgd"], runs["sgd2"], "--epochs", "200", "--points", "3", "--out", out], tmp_path)
-    _wait_for(
+    proc = start(["connect", runs["sgd"], runs["sgd2"], "--epochs", "200", "--points", "3", "--out", out], tmp_path)
+    wait_for(
         lambda: (
             (out / "checkpoint.safetensors").is_file()
             or (out / "metrics.jsonl").is_file()
@@ -431,25 +352,25 @@ def test_sigint_during_connect_is_one_line(runs, tmp_path):
         ),
         proc,
     )
-    _interrupt(proc)
-    code, err = _finish(proc)
-    line = _one_line(err)
+    interrupt(proc)
+    code, err = finish(proc)
+    line = one_line(err)
     assert code == 130 and line.startswith("valleys connect: interrupted")
     assert ("--resume" in line) == (out / "checkpoint.safetensors").is_file()
 
 
 @pytest.mark.slow
-def test_sigint_during_evaluate_is_one_line(runs, tmp_path):
+def test_sigint_during_evaluate_isone_line(runs, tmp_path):
     run_dir = tmp_path / "swag"
     shutil.copytree(runs["swag"], run_dir)
     before = digest(run_dir)
-    proc = _start(["evaluate", run_dir, "--samples", "100000"], tmp_path)
-    reader = _Reader(proc)
+    proc = start(["evaluate", run_dir, "--samples", "100000"], tmp_path)
+    reader = Reader(proc)
     # the BMA progress (off a terminal: a plain line 30 s after the bar opens) shows evaluation is running
-    _wait_for(lambda: "point" in reader.text, proc, timeout=150)
-    _interrupt(proc)
-    code, err = _finish(proc, reader)
-    line = _one_line(err)
+    wait_for(lambda: "point" in reader.text, proc, timeout=150)
+    interrupt(proc)
+    code, err = finish(proc, reader)
+    line = one_line(err)
     assert code == 130 and line.startswith("valleys evaluate: interrupted") and "again" in line
     assert digest(run_dir) == before
 
@@ -480,9 +401,9 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
     ]
     # ulimit -f counts 1024-byte blocks; the shell ignores SIGXFSZ so that writes fail with EFBIG (python
     # ignores it too)
-    proc = _start(args, tmp_path, shell_prefix="trap '' XFSZ; ulimit -f 1500;")
-    code, err = _finish(proc)
-    line = _one_line(err)
+    proc = start(args, tmp_path, shell_prefix="trap '' XFSZ; ulimit -f 1500;")
+    code, err = finish(proc)
+    line = one_line(err)
     assert code == 2 and line.startswith("valleys train: error:") and "checkpoint.safetensors" in line
     assert "previous one is intact" in line and "--resume" in line
     state, header = load_checkpoint(out / "checkpoint.safetensors")  # the last good one, whole

@@ -933,7 +933,17 @@ def _semisup(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``valleys`` command; returns the exit status (errors: 2 with a one-line reason)."""
+    """Entry point of the ``valleys`` command; returns the exit status (errors: 2 with a one-line reason; a
+    stop by SIGINT or SIGTERM: 130 or 143, after a checkpoint where the command can resume)."""
+    from ..core import stopping
+
+    with stopping.handlers():  # first: Ctrl-C or a preemption while torch loads is handled below
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from ..core import stopping
+
     parser = _parser()
     argv = list(argv) if argv is not None else sys.argv[1:]
     try:
@@ -965,10 +975,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "subspace-table": _subspace_table,
             "semisup": _semisup,
         }[args.command](args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         _finish_progress_bars()
-        print(f"valleys {args.command}: {_interrupted(args)}", file=sys.stderr)
-        return 130
+        code = e.exit_code if isinstance(e, stopping.Stopped) else 130
+        if _first_rank():
+            print(f"valleys {args.command}: {_interrupted(args, code)}", file=sys.stderr)
+        return code
     except (ValueError, OSError, ValleysError) as e:
         # OSError: --out under a file, no permission, a full disk (FileExistsError: a folder holding output)
         _finish_progress_bars()
@@ -1085,8 +1097,13 @@ def _finish_progress_bars() -> None:
     sys.stderr.flush()
 
 
-def _interrupted(args: argparse.Namespace) -> str:
-    """What was interrupted (Ctrl-C) and how to go on."""
+def _interrupted(args: argparse.Namespace, code: int = 130) -> str:
+    """What was stopped (Ctrl-C: 130, SIGTERM: 143) and how to go on."""
+    how = "stopped by SIGTERM" if code == 143 else "interrupted"
+    return how + _after_stop(args).removeprefix("interrupted")
+
+
+def _after_stop(args: argparse.Namespace) -> str:
     out = Path(getattr(args, "out", None) or ".")
     if args.command == "train":
         if (out / "checkpoint.safetensors").is_file() or any(out.glob("member-*/checkpoint.safetensors")):

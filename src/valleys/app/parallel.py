@@ -31,7 +31,11 @@ def _one_thread() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 
+    from ..core import stopping
+
     torch.set_num_threads(1)
+    if stopping.installed_in_parent():  # a worker stops at a step boundary after a checkpoint, as its parent
+        stopping.install()
 
 
 def call(fn: Callable[..., Any], **kwargs: Any) -> Any:
@@ -56,12 +60,16 @@ def run_jobs(
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    from ..core import stopping
+
     ctx = multiprocessing.get_context("spawn")
     ex = ProcessPoolExecutor(max_workers=min(jobs, len(calls)), mp_context=ctx, initializer=_one_thread)
     futures = [ex.submit(fn, **kw) for kw in calls]
     try:
         for f in futures:
-            out = f.result()
+            # a SIGTERM here goes on to the workers, which checkpoint and raise Stopped through f.result()
+            with stopping.deferred(), stopping.forward_to(lambda: list(getattr(ex, "_processes", None) or {})):
+                out = f.result()
             if progress is not None:
                 progress.update(1)
             yield out

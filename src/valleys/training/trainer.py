@@ -39,6 +39,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
+from ..core import stopping
 from ..core.adapter import ModelAdapter, as_adapter
 from ..core.batches import to_device
 from ..core.checkpoint import (
@@ -330,6 +331,9 @@ class Trainer:
         self.step = 0  # optimizer steps done
         self.history: list[dict[str, Any]] = []
         self.lr = float(optimizer.param_groups[0]["lr"])
+        # an epoch stopped part-way by a signal: its position and sums (see valleys.core.stopping)
+        self._partial: dict[str, Any] | None = None
+        self._epoch_rng: Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -355,6 +359,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "history": to_json_text(self.history),
+            **({"partial": self._partial} if self._partial is not None else {}),
         }
 
     def save(self, path: str | Path | None = None) -> Path:
@@ -371,6 +376,7 @@ class Trainer:
             "epochs": self.epochs,
             "signature": model_signature(self.model),
             "world_size": self.world_size,
+            "position": 0 if self._partial is None else int(self._partial["position"]),
         }
         return save_checkpoint(path, self.state_dict(), header)
 
@@ -402,6 +408,7 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.step = int(state["step"])
         self.history = json.loads(state["history"])
+        self._partial = state.get("partial")
 
     # ------------------------------------------------------------------ loop
     def _set_lr(self, epoch_float: float) -> None:
@@ -421,6 +428,10 @@ class Trainer:
     def fit(self, resume: str | Path | None = None, *, progress: bool = True) -> list[dict[str, Any]]:
         """Train to ``epochs`` (from a checkpoint if ``resume`` is given) and return the per-epoch log;
         ``progress`` shows a progress bar (steps, rate, ETA) on rank 0."""
+        with stopping.deferred():  # a signal stops at the next step boundary, after a checkpoint
+            return self._fit(resume, progress)
+
+    def _fit(self, resume: str | Path | None, progress: bool) -> list[dict[str, Any]]:
         if resume is not None:
             self.load(resume)
         else:
@@ -437,7 +448,7 @@ class Trainer:
 
             bar = progress_bar(
                 total=self.epochs * self.steps_per_epoch,
-                initial=self.epoch * self.steps_per_epoch,
+                initial=self.epoch * self.steps_per_epoch + (self._partial or {}).get("position", 0),
                 unit="step",
                 dynamic_ncols=True,
                 leave=False,
@@ -447,6 +458,8 @@ class Trainer:
                 logs = self._train_epoch(bar)
                 self.epoch += 1
                 self._end_epoch(logs)
+                if self._stop_agreed():  # a signal during the epoch's end: its checkpoint, then stop
+                    self._stop()
         finally:
             if bar is not None:
                 bar.close()
@@ -468,7 +481,21 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64)
         correct, seen, batches, classified = 0, 0, 0, False
         extra: dict[str, float] = {}
-        for i, batch in enumerate(self.train_loader):
+        partial, self._partial = self._partial, None
+        if partial is not None:  # the loader draws its shuffle (and augmentation) from the epoch's start state
+            torch.set_rng_state(partial["epoch_rng"])
+        self._epoch_rng = torch.get_rng_state()
+        loader = iter(self.train_loader)
+        first = 0
+        if partial is not None:  # resume an epoch stopped part-way: skip its done batches, restore its sums
+            first = int(partial["position"])
+            for _ in range(first):
+                next(loader)
+            torch.set_rng_state(partial["rng"])
+            loss_sum = partial["loss_sum"].clone()
+            correct, seen, batches = int(partial["correct"]), int(partial["seen"]), int(partial["batches"])
+            classified, extra = bool(partial["classified"]), dict(partial["extra"])
+        for i, batch in enumerate(loader, start=first):
             self._set_lr(self.epoch + i / self.steps_per_epoch)
             result = self.step_fn(self, batch)
             if not isinstance(result, StepResult):
@@ -521,6 +548,19 @@ class Trainer:
                         lr=f"{self.lr:.3g}",
                         refresh=False,
                     )
+            if self._stop_agreed():
+                self._partial = {
+                    "position": i + 1,
+                    "epoch_rng": self._epoch_rng,
+                    "rng": torch.get_rng_state(),
+                    "loss_sum": loss_sum,
+                    "correct": correct,
+                    "seen": seen,
+                    "batches": batches,
+                    "classified": classified,
+                    "extra": dict(extra),
+                }
+                self._stop()
         if self.world_size > 1:  # the log holds the numbers of all ranks' examples
             keys = sorted(extra)
             t = torch.tensor(
@@ -538,6 +578,28 @@ class Trainer:
         logs.update({k: v / max(batches, 1) for k, v in extra.items()})
         logs["train_time"] = time.perf_counter() - start
         return logs
+
+    def _stop_agreed(self) -> bool:
+        """Whether a signal asked to stop (:mod:`valleys.core.stopping`); under torch.distributed the ranks
+        all-reduce their flags, so that all stop after the same step."""
+        stop = stopping.requested() is not None
+        if self.world_size > 1:
+            flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
+            torch.distributed.all_reduce(flag)
+            stop = flag.item() > 0
+        return stop
+
+    def _stop(self) -> None:
+        """Write the checkpoint of this step boundary (rank 0; every rank waits for it) and raise
+        :class:`valleys.core.stopping.Stopped` naming it."""
+        path = None
+        if self.checkpoint_path is not None:
+            if is_main_process():
+                self.save()
+            path = self.checkpoint_path
+            if self.world_size > 1:
+                torch.distributed.barrier()
+        raise stopping.stop_exception(path)
 
     def _diverged(self, what: str) -> TrainingDiverged:
         """The error for a divergence found at an epoch end (``self.epoch`` epochs done), worded as the per-step one."""
