@@ -1060,9 +1060,16 @@ def _under_torchrun(args: argparse.Namespace) -> bool:
 
 
 def _resume_hint(args: argparse.Namespace, e: BaseException) -> str:
-    """After a failed write (a full disk) in a run that has a checkpoint: how to continue once there is room."""
+    """After a failed write (a full disk) in a run that has a checkpoint: how to continue once there is room;
+    after a divergence: how to continue from the last good checkpoint with a lower rate."""
+    from ..errors import TrainingDiverged
     from .folders import OutputFolderError
 
+    if args.command == "train" and isinstance(e, TrainingDiverged) and e.checkpoint and e.checkpoint.is_file():
+        return (
+            f" Continue from it with a lower rate: valleys train --out {args.out or e.checkpoint.parent} --resume "
+            "--lr LR (or --swa-lr LR); the change is recorded in config.json"
+        )
     if args.command not in ("train", "connect") or not isinstance(e, OSError) or isinstance(e, OutputFolderError):
         return ""
     out = Path(args.out or ".")

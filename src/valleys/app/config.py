@@ -38,6 +38,9 @@ __all__ = [
     "read_run_config",
     "write_run_config",
     "NOT_FLAGS",
+    "FUTURE_SETTINGS",
+    "amend",
+    "before_amendments",
     "config_from_dict",
     "ConfigError",
     "SEED_MAX",
@@ -80,6 +83,8 @@ class RunSettings:
     imported: str | None = None  # the checkpoint this run's weights were imported from (valleys import)
     model_sha256: str | None = None  # the model factory's file when the run was made
     data_sha256: str | None = None  # the data file (or factory's file) when the run was made
+    # changes made by a --resume (after a divergence): {"epoch", "step", "changes": {setting: [old, new]}}
+    amendments: list[dict[str, Any]] = field(default_factory=list)
 
 
 _AFTER = "batch_size"  # the methods' settings follow this field (the order of config.json)
@@ -254,7 +259,11 @@ def _check_user_settings(cfg: RunSettings) -> None:
 
 
 #: settings of config.json that are not flags of ``valleys train`` (recorded, checked, never typed)
-NOT_FLAGS = ("model_sha256", "data_sha256", "imported")
+NOT_FLAGS = ("model_sha256", "data_sha256", "imported", "amendments")
+
+#: settings a ``--resume`` may change: they act on the epochs still to run, never on those done (the learning
+#: rate, the averaging-phase learning rate, the number of epochs); each change is recorded in ``amendments``
+FUTURE_SETTINGS = ("lr", "swa_lr", "epochs")
 
 
 def write_run_config(out: str | Path, cfg: TrainConfig) -> None:
@@ -271,11 +280,14 @@ def write_run_config(out: str | Path, cfg: TrainConfig) -> None:
     classes = list(method.settings) + (list(get_method(method.member).settings) if method.member else [])
     own = {f.name for f in dataclasses.fields(RunSettings)} | {f.name for c in classes for f in settings_fields(c)}
     flags = {k: v for k, v in values.items() if k in own and k not in NOT_FLAGS}
-    write_toml(
-        Path(out) / "config.toml",
-        flags,
-        header="the flags of this run: valleys train --config config.toml --out NEW_FOLDER trains it again",
-    )
+    header = "the flags of this run: valleys train --config config.toml --out NEW_FOLDER trains it again"
+    if cfg.amendments:
+        header = (
+            "the flags of this run as amended on --resume (see 'amendments' in config.json: the epochs before "
+            "each change ran with the earlier values); valleys train --config config.toml --out NEW_FOLDER "
+            "trains with these values throughout"
+        )
+    write_toml(Path(out) / "config.toml", flags, header=header)
 
 
 def method_fields() -> list[dataclasses.Field]:
@@ -434,8 +446,38 @@ def config_from_dict(raw: Any, source: str | Path) -> TrainConfig:
         raise ConfigError(f"{source}: {e}") from None
 
 
+def amend(saved: TrainConfig, given: dict[str, Any], epoch: int, step: int) -> TrainConfig:
+    """``saved`` with the settings of :data:`FUTURE_SETTINGS` that ``given`` changes, and the change appended to
+    ``amendments`` (``epoch``, ``step``: where the run resumes). ``epochs`` must leave an epoch to run."""
+    changes = {k: [getattr(saved, k), v] for k, v in given.items() if k in FUTURE_SETTINGS and getattr(saved, k) != v}
+    if not changes:
+        return saved
+    if "epochs" in changes and int(changes["epochs"][1]) <= epoch:
+        raise InputError(
+            f"--epochs {changes['epochs'][1]} with --resume: the run has done {epoch} epochs already; give more "
+            "epochs than that"
+        )
+    return dataclasses.replace(
+        saved,
+        **{k: new for k, (_, new) in changes.items()},
+        amendments=[*saved.amendments, {"epoch": int(epoch), "step": int(step), "changes": changes}],
+    )
+
+
+def before_amendments(cfg: TrainConfig, keep: int) -> TrainConfig:
+    """``cfg`` as it was with only its first ``keep`` amendments (the later changes undone)."""
+    out = cfg
+    for a in reversed(cfg.amendments[keep:]):
+        out = dataclasses.replace(out, **{k: old for k, (old, _) in a["changes"].items()})
+    return dataclasses.replace(out, amendments=list(cfg.amendments[:keep]))
+
+
 def check_resume_flags(
-    given: dict[str, Any], saved: dict[str, Any], config: Path, flags: dict[str, str] | None = None
+    given: dict[str, Any],
+    saved: dict[str, Any],
+    config: Path,
+    flags: dict[str, str] | None = None,
+    may_change: Sequence[str] = (),
 ) -> None:
     """Refuse flags given with ``--resume`` whose value differs from the saved ``config.json``: an
     :class:`InputError` naming each flag (``flags``: the flag of a setting not named ``--<setting>``)."""
@@ -449,4 +491,10 @@ def check_resume_flags(
         raise InputError(
             f"--resume continues {config.parent} with the settings of {config}; these flags contradict "
             f"it: {', '.join(bad)}. Drop them (or start a new run without --resume)"
+            + (
+                f"; only {', '.join('--' + k.replace('_', '-') for k in may_change)} may change on --resume "
+                "(they act on the epochs still to run)"
+                if may_change
+                else ""
+            )
         )

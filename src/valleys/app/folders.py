@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import OutputFolderError
+from ..errors import OutputFolderError, TrainingDiverged
 
 __all__ = [
     "OutputFolderError",
@@ -38,6 +38,9 @@ __all__ = [
     "has_checkpoint",
     "ranks_folder",
     "refuse_reading_from",
+    "run_lock",
+    "FolderLockedError",
+    "LOCK",
 ]
 
 #: names (glob patterns) of the files and folders valleys writes into an output folder
@@ -177,7 +180,9 @@ def output_guard(out: str | os.PathLike, *, resumable: Callable[[], bool] = lamb
     Stale temporaries of an earlier killed command are removed first. On an exception, a folder that did not
     exist before is removed with the folders created above it; in a folder that existed, only the entries that
     were not there before are removed. On ``KeyboardInterrupt`` or an ``OSError`` (a full disk) nothing is
-    removed if ``resumable()`` says the folder can be resumed (a checkpoint was written).
+    removed if ``resumable()`` says the folder can be resumed (a checkpoint was written), nor after a
+    divergence (:class:`TrainingDiverged`: its last good checkpoint is kept for ``--resume``). The folder is
+    locked while the work runs (:func:`run_lock`).
     """
     out = Path(out)
     top = out
@@ -185,25 +190,110 @@ def output_guard(out: str | os.PathLike, *, resumable: Callable[[], bool] = lamb
         top = top.parent
     existed = out.is_dir()
     before = {p.name for p in out.iterdir()} if existed else set()
-    remove_stale_temporaries(out)
+    with run_lock(out):
+        remove_stale_temporaries(out)  # after the lock: never another live process's temporaries
+        try:
+            yield out
+        except BaseException as e:
+            _clean_up(e, out, top, existed, before, resumable)
+            raise
+
+
+def _clean_up(
+    e: BaseException, out: Path, top: Path, existed: bool, before: set[str], resumable: Callable[[], bool]
+) -> None:
+    """After ``e`` in :func:`output_guard`'s work: remove what the command created, unless it can resume."""
+    if isinstance(e, (KeyboardInterrupt, OSError, TrainingDiverged)) and resumable():
+        return  # a checkpoint to resume from (a diverged run keeps its last good one)
+    if isinstance(e, (GeneratorExit, SystemExit)):
+        return
+    try:
+        if not existed:
+            if top.exists():
+                _remove(top)
+        elif out.is_dir():
+            for p in out.iterdir():
+                if p.name not in before and p.name != LOCK:
+                    _remove(p)
+    except OSError:
+        pass
+
+
+#: the lock file of a folder being written (see :func:`run_lock`)
+LOCK = ".valleys.lock"
+
+
+class FolderLockedError(OutputFolderError):
+    """Another live process is writing the folder."""
+
+
+@contextmanager
+def run_lock(out: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``out/.valleys.lock`` (host, PID, start time) while the block runs: a second process given the same
+    folder (a job resubmitted while the old one drains) is refused with :class:`FolderLockedError`. A lock left
+    by a process that no longer runs on this host (killed by SIGKILL) is taken over, with a note on stderr; a
+    lock from another host cannot be checked and is refused with the file to remove if that job is gone.
+    ``out`` is created if missing."""
+    import json
+    import socket
+    import sys
+    import time
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK
+    host, pid = socket.gethostname(), os.getpid()
+    mine = json.dumps({"host": host, "pid": pid, "started": time.time(), "argv": sys.argv})
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text() or "{}")
+            except (OSError, ValueError):
+                holder = {}
+            if not isinstance(holder, dict):
+                holder = {}
+            h, p = holder.get("host"), holder.get("pid")
+            if h == host and isinstance(p, int) and p != pid and not _alive(p):
+                print(
+                    f"valleys: note: {lock} was left by process {p} on {h}, which no longer runs (killed?); "
+                    "taking it over",
+                    file=sys.stderr,
+                )
+                lock.unlink(missing_ok=True)
+                continue
+            if h == host and p == pid:  # this process holds it already (a command inside a command)
+                yield out
+                return
+            where = f"process {p} on {h}" if h else "another process"
+            raise FolderLockedError(
+                f"{out} is being written by {where} (lock file {lock}); wait for it to finish or stop it"
+                + ("" if h == host else f"; if that job is gone, remove {lock}")
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(mine)
+        break
+    else:
+        raise FolderLockedError(f"{out}: could not take the lock {lock}; another process keeps taking it")
     try:
         yield out
-    except BaseException as e:
-        if isinstance(e, (KeyboardInterrupt, OSError)) and resumable():
-            raise
-        if isinstance(e, (GeneratorExit, SystemExit)):
-            raise
+    finally:
         try:
-            if not existed:
-                if top.exists():
-                    _remove(top)
-            elif out.is_dir():
-                for p in out.iterdir():
-                    if p.name not in before:
-                        _remove(p)
-        except OSError:
+            if json.loads(lock.read_text()).get("pid") == pid:
+                lock.unlink()
+        except (OSError, ValueError):
             pass
-        raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def prepare_run_dir(out: str | Path, *, overwrite: bool = False, resume: bool = False, create: bool = True) -> Path:

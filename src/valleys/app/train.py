@@ -27,7 +27,10 @@ from ..training.trainer import CheckpointPolicy, EvaluationPolicy, Trainer
 from ..zoo.catalog import REGRESSION_DATASETS
 from ..zoo.data import Splits
 from .config import (
+    FUTURE_SETTINGS,
     TrainConfig,
+    amend,
+    before_amendments,
     check_resume_flags,
     check_saved_settings,
     read_json_object,
@@ -76,7 +79,7 @@ def _train_single(
     callbacks = method.callbacks(
         cfg, model, bn_loader=bn, eval_loaders={k: shard_loader(v, k) for k, v in evals.items()}
     )
-    if not resume and is_main():
+    if (not resume or cfg.amendments) and is_main():  # a resume records its amendments
         write_run_config(out, cfg)
     trainer = Trainer(  # the model is on cfg.device already (build_run_model)
         model,
@@ -133,8 +136,9 @@ def train_run(
     cfg = cfg.resolved()
     method = get_method(cfg.method)  # resolved once for the whole run
     out = Path(out)
-    if resume:
-        check_saved_settings(out, asdict(cfg), "run")
+    if resume:  # the saved settings, once the changes this resume makes (amendments) are undone
+        saved_amendments = len(read_json_object(out / "config.json").get("amendments", []))
+        check_saved_settings(out, asdict(before_amendments(cfg, saved_amendments)), "run")
     prepare_run_dir(out, overwrite=overwrite, resume=resume, create=False)  # refuse an existing run first
     splits = splits or load_splits(cfg)  # data and model errors surface here, before a file is touched
     if not resume:  # a resumed run has them recorded already
@@ -220,11 +224,30 @@ def train_config_from_flags(flags: dict[str, Any], *, given: dict[str, Any] | No
             )
         saved = read_run_config(out)
         typed = {k: v for k, v in (given or {}).items() if k in fields}
-        check_resume_flags(typed, asdict(saved), out / "config.json", {"heteroscedastic": "--homoscedastic"})
+        future = {k: typed.pop(k) for k in FUTURE_SETTINGS if k in typed}
+        check_resume_flags(
+            typed, asdict(saved), out / "config.json", {"heteroscedastic": "--homoscedastic"}, FUTURE_SETTINGS
+        )
         method, cfg = saved.method, saved
+        changed = {k: v for k, v in future.items() if getattr(saved, k) != v}
+        if changed:  # settings of the epochs still to run (after a divergence): recorded as an amendment
+            cfg = amend(saved, changed, *_resumed_at(out))
     refuse_foreign_settings(method, flags)
     cfg = cfg.resolved()
     return cfg, Path(flags.get("out") or _default_folder(cfg))
+
+
+def _resumed_at(out: Path) -> tuple[int, int]:
+    """The epoch and step of the checkpoint a ``--resume`` of ``out`` continues from (for an amendment)."""
+    from ..core.checkpoint import load_checkpoint
+
+    path = out / "checkpoint.safetensors"
+    if not path.is_file():
+        raise CheckpointError(
+            f"cannot resume with changed settings: {path} does not exist (the run has no checkpoint to continue)"
+        )
+    state, header = load_checkpoint(path)
+    return int(header.get("epoch", 0)), int(state.get("step", 0))
 
 
 def _default_folder(cfg: TrainConfig) -> str:
