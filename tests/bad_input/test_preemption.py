@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cli_harness import run
-from fault_harness import Reader, finish, interrupt, one_line, start, wait_for
+from fault_harness import finish, interrupt, one_line, start, wait_for
 from valleys.core.checkpoint import load_checkpoint
 
 

@@ -231,7 +231,10 @@ def train_config_from_flags(flags: dict[str, Any], *, given: dict[str, Any] | No
         method, cfg = saved.method, saved
         changed = {k: v for k, v in future.items() if getattr(saved, k) != v}
         if changed:  # settings of the epochs still to run (after a divergence): recorded as an amendment
-            cfg = amend(saved, changed, *_resumed_at(out))
+            epoch, step = _resumed_at(out)
+            if epoch >= saved.epochs:  # a finished run: nothing left that the change could act on
+                check_resume_flags(changed, asdict(saved), out / "config.json", {})
+            cfg = amend(saved, changed, epoch, step)
     refuse_foreign_settings(method, flags)
     cfg = cfg.resolved()
     return cfg, Path(flags.get("out") or _default_folder(cfg))
