@@ -546,7 +546,18 @@ def _subspace_parser(sub: argparse._SubParsersAction) -> None:
     ss.add_argument("--grid", type=int, default=21, help="points per axis of the log-density figure (0: none)")
     ss.add_argument("--seed", type=_seed, default=0, help="seed of the directions and the sampler")
     ss.add_argument("--out", type=_path, required=True, help="output folder")
+    ss.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        default=50,
+        help="sampler steps (ESS, VI, flow) between checkpoints; NUTS writes one after every chain",
+    )
     ss.add_argument("--overwrite", action="store_true", help="replace a subspace run already in --out")
+    ss.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a stopped subspace run in --out from its checkpoint (give the same settings)",
+    )
     ss.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -864,7 +875,13 @@ def _subspace_table(args: argparse.Namespace) -> int:
 def _subspace(args: argparse.Namespace) -> int:
     from .subspace import subspace_config_from, subspace_run
 
-    res = subspace_run(subspace_config_from(args), args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    res = subspace_run(
+        subspace_config_from(args),
+        args.out,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
     keys = [k for k in ("accuracy", "nll", "ece", "rmse", "coverage_95") if k in res["metrics"]["test"]]
     for label, table in (("subspace BMA", res["metrics"]), ("shift only", res["shift_metrics"])):
         print(f"{label:13s} test " + "  ".join(f"{k} {table['test'][k]:.4f}" for k in keys))
@@ -1122,6 +1139,10 @@ def _after_stop(args: argparse.Namespace) -> str:
         return f"interrupted before the first checkpoint; nothing was kept in {out}; run the command again"
     if args.command in ("semisup", "regression") and (out / "config.json").is_file():
         return f"interrupted; continue with: valleys {args.command} ... --out {out} --resume"
+    if args.command == "subspace":
+        if (out / "checkpoint.safetensors").is_file():
+            return f"interrupted; continue with: valleys subspace {args.run} ... --out {out} --resume"
+        return f"interrupted before the first checkpoint; nothing was kept in {out}; run the command again"
     if args.command == "evaluate":
         return f"interrupted; nothing was written to {args.run_dir}; run the command again"
     if args.command == "demo":

@@ -203,6 +203,7 @@ def _one_split(
     cfg: RegressionProtocol, dataset: str, split: int, root: Path, *, resume: bool, progress: bool
 ) -> dict[str, Any]:
     """Every method on one split; each method's run folder under ``root``. Returns method -> result."""
+    from .config import read_run_config
     from .evaluate import evaluate_run
     from .subspace import SubspaceConfig, subspace_run
     from .train import train_run
@@ -211,8 +212,10 @@ def _one_split(
     for method in ("sgd", "swag"):
         folder = root / method
         res = _done(folder) if resume else None
-        if res is None:
-            res = train_run(_train_config(cfg, dataset, split, method), folder, overwrite=True, progress=False)
+        if res is None:  # a run stopped part-way continues from its checkpoint
+            again = resume and (folder / "checkpoint.safetensors").is_file() and (folder / "config.json").is_file()
+            run_cfg = read_run_config(folder) if again else _train_config(cfg, dataset, split, method)
+            res = train_run(run_cfg, folder, overwrite=not again, resume=again, progress=False)
         out[method] = {
             "test": res["metrics"]["test"],
             "val": res["metrics"]["val"],
@@ -243,7 +246,8 @@ def _one_split(
                     seed=cfg.seed + split,
                     grid=0,
                 )
-                res = subspace_run(sc, folder, overwrite=True, progress=False)
+                again = resume and (folder / "checkpoint.safetensors").is_file()
+                res = subspace_run(sc, folder, overwrite=not again, resume=again, progress=False)
             out[name] = {
                 "test": res["metrics"]["test"],
                 "val": res["metrics"]["val"],

@@ -10,6 +10,11 @@ I)`` on the run's training split. Inference (``--inference``): ``ess`` (elliptic
 (mean-field Gaussian), ``flow`` (a RealNVP normalising flow) or ``nuts`` (Pyro). The predictive is the Bayesian
 model average over the samples'
 weights on the validation and test splits.
+
+Stopping and resuming (``--resume``): the samplers write ``checkpoint.safetensors`` every
+``--checkpoint-every`` steps (ESS steps, VI or flow optimisation steps; NUTS after every chain) and when a
+SIGINT or SIGTERM stops them, with the candidates (temperature, prior scale) already sampled; a resumed run
+ends with the samples of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class SubspaceConfig:
     warmup: int = 100
     chains: int = 1
     grid: int = 0
+    checkpoint_every: int = 50  # sampler steps (ESS, VI, flow) between checkpoints; NUTS: every chain
 
     def check(self) -> None:
         from ..methods.subspace_posterior import SUBSPACE_BN
@@ -70,7 +76,7 @@ class SubspaceConfig:
                 f"--inference nuts needs --samples of at least 4 per chain (its convergence diagnostics need "
                 f"4 draws), got {self.samples}"
             )
-        for name in ("rank", "samples", "thin", "vi_steps", "chains"):
+        for name in ("rank", "samples", "thin", "vi_steps", "chains", "checkpoint_every"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
@@ -162,10 +168,94 @@ def _curve_subspace(cfg: SubspaceConfig, model: torch.nn.Module, w_run: torch.Te
         return curve_subspace(curve.start.detach(), curve.point(0.5).detach(), curve.end.detach())
 
 
+class _Checkpoint:
+    """``checkpoint.safetensors`` of a subspace run: the candidates (temperature, prior scale) sampled so far,
+    with their samples, diagnostics and validation scores, and the state of the sampler that is running."""
+
+    def __init__(self, path: Path, every: int, header: dict[str, Any], resume: bool) -> None:
+        from ..core.checkpoint import checkpoint_field, load_checkpoint
+
+        self.path, self.every, self.header = path, every, header
+        self.done: list[dict[str, Any]] = []
+        self.current: dict[str, Any] | None = None
+        if resume:
+            state, saved = load_checkpoint(path)
+            if saved.get("kind") != "subspace-checkpoint":
+                raise InputError(f"{path} is not the checkpoint of a subspace run (kind {saved.get('kind')!r})")
+            self.done = list(checkpoint_field(state, "done", path, "state"))
+            self.current = state.get("current")
+
+    def _write(self) -> None:
+        from ..core.checkpoint import save_checkpoint
+
+        state: dict[str, Any] = {"done": self.done}
+        if self.current is not None:
+            state["current"] = self.current
+        save_checkpoint(self.path, state, {**self.header, "kind": "subspace-checkpoint"})
+
+    def sampler(self, i: int) -> Any:
+        """The :class:`valleys.methods.samplers.SamplerCheckpoint` of candidate ``i``."""
+        from ..methods.samplers import SamplerCheckpoint
+
+        def save(state: dict[str, Any]) -> None:
+            self.current = {"index": i, "state": state}
+            self._write()
+
+        resumed = self.current["state"] if self.current is not None and self.current["index"] == i else None
+        return SamplerCheckpoint(save, resumed, self.every)
+
+    def sampled(self, res: Any) -> None:
+        """A candidate's sampling is done: keep its result, drop the sampler state."""
+        import json
+
+        from ..core.checkpoint import json_safe
+
+        entry = {"samples": res.samples, "diagnostics": json.dumps(json_safe(res.diagnostics)), "method": res.method}
+        if res.log_likelihood is not None:
+            entry["log_likelihood"] = res.log_likelihood
+        self.done.append(entry)
+        self.current = None
+        self._write()
+
+    def result(self, i: int) -> Any:
+        """Candidate ``i``'s :class:`valleys.methods.samplers.SamplerResult`, as saved."""
+        import json
+
+        from ..methods.samplers import SamplerResult
+
+        d = self.done[i]
+        return SamplerResult(d["samples"], d.get("log_likelihood"), json.loads(d["diagnostics"]), d["method"])
+
+
+def _check_resumable(out: Path, cfg: SubspaceConfig) -> None:
+    """Before ``--resume``: ``out`` must hold a subspace run made with the same settings, and its checkpoint."""
+    from .config import read_json_object
+
+    if not (out / "config.json").is_file():
+        raise InputError(f"cannot resume: {out} holds no subspace run (no config.json); run it without --resume")
+    saved = read_json_object(out / "config.json")
+    if saved.get("folder") != "subspace":
+        raise InputError(f"cannot resume: {out} is not a subspace run (made by another command)")
+    now = asdict(cfg)
+    diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v and k != "checkpoint_every"}
+    if diff:
+        flags = ", ".join(f"--{k.replace('_', '-')} {v!r} (config.json: {old!r})" for k, (old, v) in diff.items())
+        raise InputError(
+            f"--resume continues {out} with the settings of its config.json; these differ: {flags}. Give the "
+            "same settings (or start a new run without --resume)"
+        )
+    if not (out / "checkpoint.safetensors").is_file():
+        raise InputError(
+            f"cannot resume: {out / 'checkpoint.safetensors'} does not exist (stopped before the first "
+            "checkpoint); run the command again without --resume"
+        )
+
+
 def subspace_run(
-    cfg: SubspaceConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True
+    cfg: SubspaceConfig, out: str | Path, *, overwrite: bool = False, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Build the subspace, sample its posterior, average the predictions; write the run folder ``out``."""
+    """Build the subspace, sample its posterior, average the predictions; write the run folder ``out``.
+    ``resume``: continue a stopped run in ``out`` from its checkpoint (the same settings)."""
     from ..core.checkpoint import save_checkpoint, write_json
     from ..evaluation.engine import BNPolicy
     from ..evaluation.predict import bma
@@ -177,8 +267,12 @@ def subspace_run(
 
     cfg.check()
     out = Path(out)
-    prepare_run_dir(out, overwrite=overwrite, create=False)
+    if overwrite and resume:
+        raise InputError("--overwrite and --resume contradict each other: choose one")
+    prepare_run_dir(out, overwrite=overwrite, resume=resume, create=False)
     refuse_reading_from(out, [cfg.run] + ([cfg.curve] if cfg.curve else []))  # with --overwrite too
+    if resume:
+        _check_resumable(out, cfg)
     model, w_run, run_cfg, loaders, bn_loader = load_context(cfg.run)
     adapter = run_cfg.adapter()
     subspace = build_subspace(cfg, model, w_run)
@@ -221,20 +315,27 @@ def subspace_run(
         )
 
     bn = "keep" if post.policy.mode == "keep" else None
-    with output_guard(out):
-        prepare_run_dir(out, overwrite=overwrite)
-        write_json(out / "config.json", {"folder": "subspace", **asdict(cfg), "data": asdict(run_cfg)})
+    with output_guard(out, resumable=(out / "checkpoint.safetensors").is_file):
+        prepare_run_dir(out, overwrite=overwrite, resume=resume)
+        if not resume:
+            write_json(out / "config.json", {"folder": "subspace", **asdict(cfg), "data": asdict(run_cfg)})
+        ck = _Checkpoint(out / "checkpoint.safetensors", cfg.checkpoint_every, {"config": asdict(cfg)}, resume)
         selection = []
         best = None
-        for t, p in candidates:
-            res = _infer(
-                cfg,
-                posts[t, p],
-                splits,
-                z0,
-                progress=progress,
-                label=f" T={t:g} s={p:g}" if len(candidates) > 1 else "",
-            )
+        for i, (t, p) in enumerate(candidates):
+            if i < len(ck.done):  # sampled before the stop
+                res = ck.result(i)
+            else:
+                res = _infer(
+                    cfg,
+                    posts[t, p],
+                    splits,
+                    z0,
+                    progress=progress,
+                    label=f" T={t:g} s={p:g}" if len(candidates) > 1 else "",
+                    checkpoint=ck.sampler(i),
+                )
+                ck.sampled(res)
             weights = list(subspace.to_weights(res.samples.to(subspace.basis.dtype)))
             val = score(weights, evals["val"], bn)
             selection.append(
@@ -294,17 +395,28 @@ def _values(v: float | list[float] | tuple[float, ...]) -> list[float]:
     return [float(x) for x in v] if isinstance(v, (list, tuple)) else [float(v)]
 
 
-def _infer(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, *, progress: bool, label: str = ""):
+def _infer(
+    cfg: SubspaceConfig,
+    post: Any,
+    splits: Any,
+    z0: torch.Tensor,
+    *,
+    progress: bool,
+    label: str = "",
+    checkpoint: Any = None,
+):
     """Run the sampler ``cfg.inference`` (looked up in :data:`INFERENCE`) on the posterior ``post``; a
-    :class:`SamplerResult`."""
+    :class:`SamplerResult`. ``checkpoint``: a :class:`valleys.methods.samplers.SamplerCheckpoint`."""
     from ..core.optional import progress_bar
 
     inference = INFERENCE.get(cfg.inference)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
+    resumed = checkpoint.state if checkpoint is not None and checkpoint.state is not None else {}
     bar = (
         progress_bar(
             total=inference.steps(cfg),
+            initial=int(resumed.get("step", len(resumed.get("chains", ())))),
             unit="step",
             desc=f"subspace {cfg.inference}{label}",
             leave=False,
@@ -314,7 +426,7 @@ def _infer(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, *, pro
         else None
     )
     try:
-        return inference.run(cfg, post, splits, z0, gen, bar)
+        return inference.run(cfg, post, splits, z0, gen, bar, checkpoint)
     finally:
         if bar is not None:
             bar.close()
@@ -323,13 +435,21 @@ def _infer(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, *, pro
 @dataclass(frozen=True)
 class Inference:
     """A sampler of the subspace posterior: the steps its progress bar counts, and ``run(cfg, post, splits, z0,
-    generator, bar)`` returning a :class:`valleys.methods.samplers.SamplerResult`."""
+    generator, bar, checkpoint)`` returning a :class:`valleys.methods.samplers.SamplerResult`."""
 
     steps: Callable[[SubspaceConfig], int]
     run: Callable[..., Any]
 
 
-def _ess(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, gen: torch.Generator, bar: Any) -> Any:
+def _ess(
+    cfg: SubspaceConfig,
+    post: Any,
+    splits: Any,
+    z0: torch.Tensor,
+    gen: torch.Generator,
+    bar: Any,
+    checkpoint: Any = None,
+) -> Any:
     """Elliptical slice sampling (Murray et al. 2010) of the full-batch tempered posterior."""
     from ..methods.samplers import elliptical_slice
 
@@ -342,29 +462,63 @@ def _ess(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, gen: tor
         thin=cfg.thin,
         generator=gen,
         progress=bar,
+        checkpoint=checkpoint,
     )
 
 
-def _minibatch_log_likelihood(cfg: SubspaceConfig, post: Any, splits: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The differentiable log-likelihood of ``z`` on the next minibatch of 256 (cycling through the epochs)."""
-    from .run_data import split_loader
+class _Minibatches:
+    """The differentiable log-likelihood of ``z`` on the next minibatch of 256 (cycling through the epochs),
+    with its position in the epoch's shuffle as state (so that a resumed VI sees the same minibatches)."""
 
-    minibatches = split_loader(splits, "train", 256, shuffle=True, seed=cfg.seed)
-    it = iter(())
+    def __init__(self, cfg: SubspaceConfig, post: Any, splits: Any) -> None:
+        from .run_data import split_loader
 
-    def minibatch_ll(z: torch.Tensor) -> torch.Tensor:
-        nonlocal it
+        self.post = post
+        self.loader = split_loader(splits, "train", 256, shuffle=True, seed=cfg.seed)
+        self.it: Any = iter(())
+        self.epoch_start: torch.Tensor | None = None  # the loader's generator when this epoch's iterator began
+        self.position = 0
+
+    def _new_epoch(self) -> None:
+        self.epoch_start = self.loader.generator.get_state()
+        self.it, self.position = iter(self.loader), 0
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
         try:
-            batch = next(it)
+            batch = next(self.it)
         except StopIteration:
-            it = iter(minibatches)
-            batch = next(it)
-        return post.differentiable_log_likelihood(z, batch)
+            self._new_epoch()
+            batch = next(self.it)
+        self.position += 1
+        return self.post.differentiable_log_likelihood(z, batch)
 
-    return minibatch_ll
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position, **({"epoch_start": self.epoch_start} if self.position else {})}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.it, self.position = iter(()), 0
+        if int(state["position"]):
+            self.loader.generator.set_state(state["epoch_start"])
+            self._new_epoch()
+            for _ in range(int(state["position"])):
+                next(self.it)
+            self.position = int(state["position"])
 
 
-def _vi(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, gen: torch.Generator, bar: Any) -> Any:
+def _minibatch_log_likelihood(cfg: SubspaceConfig, post: Any, splits: Any) -> _Minibatches:
+    """The differentiable log-likelihood of ``z`` on the next minibatch of 256 (see :class:`_Minibatches`)."""
+    return _Minibatches(cfg, post, splits)
+
+
+def _vi(
+    cfg: SubspaceConfig,
+    post: Any,
+    splits: Any,
+    z0: torch.Tensor,
+    gen: torch.Generator,
+    bar: Any,
+    checkpoint: Any = None,
+) -> Any:
     """Mean-field Gaussian variational inference (Blundell et al. 2015) on minibatches."""
     from ..methods.samplers import mean_field_vi
 
@@ -377,10 +531,19 @@ def _vi(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, gen: torc
         lr=cfg.vi_lr,
         generator=gen,
         progress=bar,
+        checkpoint=checkpoint,
     )
 
 
-def _flow(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, gen: torch.Generator, bar: Any) -> Any:
+def _flow(
+    cfg: SubspaceConfig,
+    post: Any,
+    splits: Any,
+    z0: torch.Tensor,
+    gen: torch.Generator,
+    bar: Any,
+    checkpoint: Any = None,
+) -> Any:
     """Variational inference with a RealNVP flow (Dinh et al. 2017) on minibatches."""
     from ..methods.samplers import flow_vi
 
@@ -394,10 +557,19 @@ def _flow(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, gen: to
         layers=cfg.flow_layers,
         generator=gen,
         progress=bar,
+        checkpoint=checkpoint,
     )
 
 
-def _nuts(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, gen: torch.Generator, bar: Any) -> Any:
+def _nuts(
+    cfg: SubspaceConfig,
+    post: Any,
+    splits: Any,
+    z0: torch.Tensor,
+    gen: torch.Generator,
+    bar: Any,
+    checkpoint: Any = None,
+) -> Any:
     """The No-U-Turn sampler (Hoffman & Gelman 2014, through Pyro) of the full-batch tempered posterior."""
     from ..methods.samplers import nuts
 
@@ -409,6 +581,7 @@ def _nuts(cfg: SubspaceConfig, post: Any, splits: Any, z0: torch.Tensor, gen: to
         warmup=cfg.warmup,
         chains=cfg.chains,
         seed=cfg.seed,
+        checkpoint=checkpoint,
     )
 
 

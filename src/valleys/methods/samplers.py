@@ -27,12 +27,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core import stopping
 from ..core.checkpoint import json_safe
 from ..core.optional import Progress
 from ..errors import InputError, SamplerError
 
 __all__ = [
     "SamplerResult",
+    "SamplerCheckpoint",
     "elliptical_slice",
     "mean_field_vi",
     "flow_vi",
@@ -72,6 +74,49 @@ class SamplerResult:
         )
 
 
+@dataclass
+class SamplerCheckpoint:
+    """Makes a sampler stoppable and resumable exactly: it calls ``save(state)`` with its whole state (position,
+    current point, kept draws, optimizer, generator and global RNG states) every ``every`` steps and when a stop
+    is requested (:mod:`valleys.core.stopping`: SIGINT or SIGTERM under the command line), then raises
+    :class:`valleys.core.stopping.Stopped`; given ``state`` (an earlier save), it continues from there, ending
+    with the draws an uninterrupted run gives. NUTS saves after every completed chain (Pyro's ``MCMC.run``
+    exposes no state within a chain) and is stopped at once by a signal.
+    """
+
+    save: Callable[[dict[str, Any]], None]
+    state: dict[str, Any] | None = None
+    every: int = 100
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.every, int) or self.every < 1:
+            raise InputError(f"checkpoint every must be an integer >= 1, got {self.every!r}")
+
+    def after_step(self, done: int, total: int, state: Callable[[], dict[str, Any]]) -> None:
+        """After step ``done`` (1-based) of ``total``: save every ``every`` steps; on a requested stop, save and
+        raise :class:`valleys.core.stopping.Stopped`."""
+        stop = stopping.requested() is not None
+        if stop or (done % self.every == 0 and done < total):
+            self.save(state())
+        if stop:
+            raise stopping.stop_exception()
+
+
+def _rng_states(generator: torch.Generator | None) -> dict[str, Tensor]:
+    out = {"rng": torch.get_rng_state()}
+    if generator is not None:
+        out["generator"] = generator.get_state()
+    return out
+
+
+def _set_rng_states(state: dict[str, Any], generator: torch.Generator | None) -> None:
+    torch.set_rng_state(state["rng"])
+    if generator is not None:
+        if "generator" not in state:
+            raise InputError("the sampler checkpoint holds no generator state, but a generator was given")
+        generator.set_state(state["generator"])
+
+
 def gaussian_log_prior(z: Tensor, scale: float) -> Tensor:
     """``log N(z; 0, s^2 I) = -|z|^2 / (2 s^2) - (k / 2) log(2 pi s^2)`` (over the last dimension)."""
     k = z.shape[-1]
@@ -103,6 +148,7 @@ def elliptical_slice(
     max_shrinks: int = 100,
     generator: torch.Generator | None = None,
     progress: Progress | None = None,
+    checkpoint: SamplerCheckpoint | None = None,
 ) -> SamplerResult:
     """Elliptical slice sampling (Murray, Adams & MacKay 2010) of ``p(z) ~ L(z) N(z; 0, s^2 I)``.
 
@@ -119,6 +165,8 @@ def elliptical_slice(
         num_samples, burn_in, thin: keep every ``thin``-th state after ``burn_in`` steps.
         generator: for reproducible draws.
         progress: an optional bar with ``update()`` (one per step).
+        checkpoint: save the state every few steps and on a stop; resume from a saved state
+            (:class:`SamplerCheckpoint`).
 
     Returns a :class:`SamplerResult` with ``diagnostics``: ``likelihood_evaluations``,
     ``evaluations_per_step``, ``max_shrinks_in_a_step``, ``steps``, ``time_s``.
@@ -129,47 +177,48 @@ def elliptical_slice(
     if z.dim() != 1:
         raise InputError(f"z0 must be a 1-D tensor (k,), got shape {tuple(z.shape)}")
     start = time.perf_counter()
-    ll = float(log_likelihood(z))
-    if not math.isfinite(ll):
-        raise SamplerError(
-            f"the log-likelihood at the starting point is {ll}; start where it is finite (the "
-            "subspace's shift should be a trained solution)"
-        )
-    evals = 1
     steps = burn_in + num_samples * thin
-    kept, kept_ll, shrinks_max = [], [], 0
-    for step in range(steps):
-        nu = torch.randn(z.shape, generator=generator, dtype=torch.float64) * prior_scale
-        log_y = ll + math.log(float(torch.rand((), generator=generator, dtype=torch.float64)) or 1e-300)
-        theta = float(torch.rand((), generator=generator, dtype=torch.float64)) * 2 * math.pi
-        lo, hi = theta - 2 * math.pi, theta
-        shrinks = 0
-        while True:
-            proposal = z * math.cos(theta) + nu * math.sin(theta)
-            new_ll = float(log_likelihood(proposal))
-            evals += 1
-            if new_ll > log_y:  # NaN compares False: a NaN proposal is shrunk away, never accepted
-                z, ll = proposal, new_ll
-                break
-            shrinks += 1
-            if shrinks > max_shrinks:
-                raise SamplerError(
-                    f"elliptical slice sampling: no acceptance after {max_shrinks} shrinks in step "
-                    f"{step + 1} ({evals} likelihood evaluations so far, log L = {ll:.6g}); the "
-                    "likelihood may be too peaked for the prior scale (lower --prior-scale, "
-                    "raise --temperature)"
-                )
-            if theta < 0:
-                lo = theta
-            else:
-                hi = theta
-            theta = lo + float(torch.rand((), generator=generator, dtype=torch.float64)) * (hi - lo)
-        shrinks_max = max(shrinks_max, shrinks)
-        if step >= burn_in and (step - burn_in + 1) % thin == 0:
-            kept.append(z.clone())
-            kept_ll.append(ll)
-        if progress is not None:
-            progress.update(1)
+    first, elapsed = 0, 0.0
+    saved = checkpoint.state if checkpoint is not None else None
+    if saved is not None:  # resume: the chain's state after step `first`
+        first, z, ll, evals = int(saved["step"]), saved["z"].clone(), float(saved["ll"]), int(saved["evals"])
+        kept, kept_ll = list(saved["kept"]), [float(v) for v in saved["kept_ll"]]
+        shrinks_max, elapsed = int(saved["shrinks_max"]), float(saved["time_s"])
+        _set_rng_states(saved, generator)
+    else:
+        ll = float(log_likelihood(z))
+        if not math.isfinite(ll):
+            raise SamplerError(
+                f"the log-likelihood at the starting point is {ll}; start where it is finite (the "
+                "subspace's shift should be a trained solution)"
+            )
+        evals = 1
+        kept, kept_ll, shrinks_max = [], [], 0
+
+    def state(step: int) -> dict[str, Any]:
+        return {
+            "step": step,
+            "z": z,
+            "ll": ll,
+            "evals": evals,
+            "kept": list(kept),
+            "kept_ll": list(kept_ll),
+            "shrinks_max": shrinks_max,
+            "time_s": elapsed + time.perf_counter() - start,
+            **_rng_states(generator),
+        }
+
+    with stopping.deferred():  # a signal stops after the current step, with a checkpoint
+        for step in range(first, steps):
+            z, ll, evals, shrinks = _ess_step(log_likelihood, z, ll, evals, step, prior_scale, max_shrinks, generator)
+            shrinks_max = max(shrinks_max, shrinks)
+            if step >= burn_in and (step - burn_in + 1) % thin == 0:
+                kept.append(z.clone())
+                kept_ll.append(ll)
+            if progress is not None:
+                progress.update(1)
+            if checkpoint is not None:
+                checkpoint.after_step(step + 1, steps, lambda done=step + 1: state(done))
     return SamplerResult(
         torch.stack(kept),
         torch.tensor(kept_ll, dtype=torch.float64),
@@ -178,36 +227,121 @@ def elliptical_slice(
             "evaluations_per_step": (evals - 1) / steps,
             "max_shrinks_in_a_step": shrinks_max,
             "steps": steps,
-            "time_s": time.perf_counter() - start,
+            "time_s": elapsed + time.perf_counter() - start,
         },
         "ess",
     )
 
 
+def _ess_step(
+    log_likelihood: Callable[[Tensor], float],
+    z: Tensor,
+    ll: float,
+    evals: int,
+    step: int,
+    prior_scale: float,
+    max_shrinks: int,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, float, int, int]:
+    """One elliptical slice step from ``(z, ll)``: the new point, its log-likelihood, the evaluation count,
+    and the shrinks it took."""
+    nu = torch.randn(z.shape, generator=generator, dtype=torch.float64) * prior_scale
+    log_y = ll + math.log(float(torch.rand((), generator=generator, dtype=torch.float64)) or 1e-300)
+    theta = float(torch.rand((), generator=generator, dtype=torch.float64)) * 2 * math.pi
+    lo, hi = theta - 2 * math.pi, theta
+    shrinks = nans = 0
+    while True:
+        proposal = z * math.cos(theta) + nu * math.sin(theta)
+        new_ll = float(log_likelihood(proposal))
+        evals += 1
+        if new_ll > log_y:  # NaN compares False: a NaN proposal is shrunk away, never accepted
+            z, ll = proposal, new_ll
+            break
+        shrinks += 1
+        nans += math.isnan(new_ll)
+        if shrinks > max_shrinks:
+            why = (
+                f"the log-likelihood was NaN at {nans} of its {shrinks} proposals (the network's outputs "
+                "overflow away from the starting point?): lower --prior-scale to stay closer to it"
+                if nans > shrinks // 2
+                else "the likelihood may be too peaked for the prior scale (lower --prior-scale, raise --temperature)"
+            )
+            raise SamplerError(
+                f"elliptical slice sampling: no acceptance after {max_shrinks} shrinks in step "
+                f"{step + 1} ({evals} likelihood evaluations so far, log L = {ll:.6g}); {why}"
+            )
+        if theta < 0:
+            lo = theta
+        else:
+            hi = theta
+        theta = lo + float(torch.rand((), generator=generator, dtype=torch.float64)) * (hi - lo)
+    return z, ll, evals, shrinks
+
+
 def _maximise_elbo(
-    elbo: Callable[[], Tensor], params: list[Tensor], steps: int, lr: float, what: str, progress: Progress | None
-) -> tuple[float, list[tuple[int, float]]]:
-    """Adam on ``-elbo()`` for ``steps`` steps; the last ELBO and its trace (every 1% of the steps). A
-    non-finite ELBO stops with a :class:`SamplerError` naming the step and the learning rate."""
+    elbo: Callable[[], Tensor],
+    params: list[Tensor],
+    steps: int,
+    lr: float,
+    what: str,
+    progress: Progress | None,
+    *,
+    checkpoint: SamplerCheckpoint | None = None,
+    generator: torch.Generator | None = None,
+    data: Any = None,
+) -> tuple[float, list[tuple[int, float]], float]:
+    """Adam on ``-elbo()`` for ``steps`` steps; the last ELBO, its trace (every 1% of the steps) and the time
+    spent. A non-finite ELBO stops with a :class:`SamplerError` naming the step and the learning rate. With a
+    ``checkpoint`` the parameters, Adam's moments, the trace, the RNG states and ``data``'s position (a
+    minibatch source with ``state_dict`` and ``load_state_dict``) are saved and restored."""
     opt = torch.optim.Adam(params, lr=lr)
     trace: list[tuple[int, float]] = []
     every = max(1, steps // 100)
-    value = math.nan
-    for step in range(steps):
-        e = elbo()
-        if not torch.isfinite(e):
-            raise SamplerError(
-                f"{what}: the ELBO became {float(e)} at step {step + 1}; lower lr (now {lr}) or check the likelihood"
-            )
-        opt.zero_grad()
-        (-e).backward()
-        opt.step()
-        value = float(e.detach())
-        if step % every == 0 or step == steps - 1:
-            trace.append((step + 1, value))
-        if progress is not None:
-            progress.update(1)
-    return value, trace
+    value, first, elapsed = math.nan, 0, 0.0
+    saved = checkpoint.state if checkpoint is not None else None
+    if saved is not None:  # resume after step `first`
+        first, value, elapsed = int(saved["step"]), float(saved["value"]), float(saved["time_s"])
+        trace = [(int(a), float(b)) for a, b in saved["trace"]]
+        with torch.no_grad():
+            for p, v in zip(params, saved["params"], strict=True):
+                p.copy_(v)
+        opt.load_state_dict(saved["adam"])
+        if data is not None and hasattr(data, "load_state_dict"):
+            data.load_state_dict(saved["data"])
+        _set_rng_states(saved, generator)
+    start = time.perf_counter()
+
+    def state(done: int) -> dict[str, Any]:
+        return {
+            "step": done,
+            "value": value,
+            "trace": [list(t) for t in trace],
+            "params": [p.detach().clone() for p in params],
+            "adam": opt.state_dict(),
+            "time_s": elapsed + time.perf_counter() - start,
+            **({"data": data.state_dict()} if data is not None and hasattr(data, "state_dict") else {}),
+            **_rng_states(generator),
+        }
+
+    with stopping.deferred():  # a signal stops after the current step, with a checkpoint
+        for step in range(first, steps):
+            e = elbo()
+            if not torch.isfinite(e):
+                raise SamplerError(
+                    f"{what}: the ELBO became {float(e)} at step {step + 1}; lower lr (now {lr}) or check the "
+                    "likelihood"
+                )
+            opt.zero_grad()
+            (-e).backward()
+            opt.step()
+            value = float(e.detach())
+            if step % every == 0 or step == steps - 1:
+                trace.append((step + 1, value))
+            if progress is not None:
+                progress.update(1)
+            if checkpoint is not None:
+                checkpoint.after_step(step + 1, steps, lambda done=step + 1: state(done))
+    return value, trace, elapsed + time.perf_counter() - start
 
 
 def mean_field_vi(
@@ -223,6 +357,7 @@ def mean_field_vi(
     init_std: float | None = None,
     generator: torch.Generator | None = None,
     progress: Progress | None = None,
+    checkpoint: SamplerCheckpoint | None = None,
 ) -> SamplerResult:
     """Mean-field Gaussian variational inference: ``q(z) = N(mu, diag(sigma^2))`` maximising
 
@@ -231,8 +366,10 @@ def mean_field_vi(
 
     with ``z = mu + sigma * eps``, eps ~ N(0, I) (the reparameterisation trick, ``mc_samples`` draws per
     step) and Adam at ``lr`` on ``(mu, log sigma)``. ``log_likelihood`` must be differentiable in z; it may
-    be a minibatch estimate (scaled to the whole data set). Returns ``num_samples`` draws from the fitted q
-    and ``diagnostics`` with ``mean``, ``std``, the ELBO trace (every 1% of the steps) and the final ELBO.
+    be a minibatch estimate (scaled to the whole data set; an object with ``state_dict`` and
+    ``load_state_dict`` has its position saved by a ``checkpoint``, see :class:`SamplerCheckpoint`). Returns
+    ``num_samples`` draws from the fitted q and ``diagnostics`` with ``mean``, ``std``, the ELBO trace (every 1%
+    of the steps) and the final ELBO.
     """
     _check_scale(prior_scale)
     _check_counts(num_samples, 0, 1)
@@ -242,7 +379,6 @@ def mean_field_vi(
         raise InputError(f"steps must be an integer >= 1, got {steps!r}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise InputError(f"lr must be a finite number > 0, got {lr!r}")
-    start = time.perf_counter()
     mu = (
         torch.zeros(k, dtype=torch.float64)
         if init_mean is None
@@ -260,7 +396,17 @@ def mean_field_vi(
         kl = (math.log(prior_scale) - log_sigma + (sigma**2 + mu**2) / (2 * prior_scale**2) - 0.5).sum()
         return ll - kl
 
-    elbo_value, trace = _maximise_elbo(elbo, [mu, log_sigma], steps, lr, "variational inference", progress)
+    elbo_value, trace, time_s = _maximise_elbo(
+        elbo,
+        [mu, log_sigma],
+        steps,
+        lr,
+        "variational inference",
+        progress,
+        checkpoint=checkpoint,
+        generator=generator,
+        data=log_likelihood,
+    )
     with torch.no_grad():
         mean, std = mu.detach().clone(), log_sigma.exp().detach().clone()
         draws = mean + std * torch.randn(num_samples, k, generator=generator, dtype=torch.float64)
@@ -273,7 +419,7 @@ def mean_field_vi(
             "elbo": elbo_value,
             "elbo_trace": trace,
             "steps": steps,
-            "time_s": time.perf_counter() - start,
+            "time_s": time_s,
         },
         "vi",
     )
@@ -341,6 +487,7 @@ def flow_vi(
     hidden: int = 32,
     generator: torch.Generator | None = None,
     progress: Progress | None = None,
+    checkpoint: SamplerCheckpoint | None = None,
 ) -> SamplerResult:
     """Variational inference with a RealNVP flow q (:class:`RealNVP`), maximising the ELBO
 
@@ -362,7 +509,6 @@ def flow_vi(
         raise InputError(f"layers must be an integer >= 0, got {layers!r}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise InputError(f"lr must be a finite number > 0, got {lr!r}")
-    start = time.perf_counter()
     if generator is not None:
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))  # the MLPs' init
     flow = RealNVP(k, layers=layers, hidden=hidden, init_std=0.1 * prior_scale)
@@ -372,7 +518,17 @@ def flow_vi(
         ll = torch.stack([torch.as_tensor(log_likelihood(zi)).to(torch.float64) for zi in z])
         return (ll + gaussian_log_prior(z, prior_scale) - log_q).mean()
 
-    elbo_value, trace = _maximise_elbo(elbo, list(flow.parameters()), steps, lr, "flow variational inference", progress)
+    elbo_value, trace, time_s = _maximise_elbo(
+        elbo,
+        list(flow.parameters()),
+        steps,
+        lr,
+        "flow variational inference",
+        progress,
+        checkpoint=checkpoint,
+        generator=generator,
+        data=log_likelihood,
+    )
     with torch.no_grad():
         draws, _ = flow.sample(num_samples, generator)
     return SamplerResult(
@@ -384,7 +540,7 @@ def flow_vi(
             "steps": steps,
             "layers": len(flow.masks),
             "hidden": hidden,
-            "time_s": time.perf_counter() - start,
+            "time_s": time_s,
         },
         "flow",
     )
@@ -400,6 +556,7 @@ def nuts(
     chains: int = 1,
     max_tree_depth: int = 10,
     seed: int = 0,
+    checkpoint: SamplerCheckpoint | None = None,
 ) -> SamplerResult:
     """NUTS (Hoffman & Gelman 2014) through Pyro on the potential ``U(z) = -log L(z) - log N(z; 0, s^2 I)``
     (``log_likelihood`` differentiable in z, evaluated on the whole data), ``warmup`` adaptation steps,
@@ -407,7 +564,9 @@ def nuts(
 
     Returns the draws of all chains (chains * num_samples, k) and ``diagnostics``: ``r_hat`` and ``n_eff`` per
     coordinate (Pyro's ``mcmc.diagnostics()``), ``divergences`` and ``acceptance_rate`` per chain.
-    Needs ``pyro-ppl`` (``pip install 'valleys[pyro]'``).
+    Needs ``pyro-ppl`` (``pip install 'valleys[pyro]'``). A ``checkpoint`` saves the completed chains after
+    each one and resumes after the last completed one (each chain is seeded ``seed + c``, so it is the same
+    chain whether or not the run was resumed); a signal stops a chain at once.
     """
     from ..core.optional import require
 
@@ -420,18 +579,27 @@ def nuts(
     from pyro.infer import MCMC, NUTS
 
     z0 = torch.as_tensor(z0, dtype=torch.float64)
-    ll0 = float(log_likelihood(z0))
-    if not math.isfinite(ll0):
-        raise SamplerError(f"the log-likelihood at the starting point is {ll0}; start where it is finite")
+    saved = checkpoint.state if checkpoint is not None else None
+    if saved is None:
+        ll0 = float(log_likelihood(z0))
+        if not math.isfinite(ll0):
+            raise SamplerError(f"the log-likelihood at the starting point is {ll0}; start where it is finite")
     start = time.perf_counter()
 
     def potential(params: dict[str, Tensor]) -> Tensor:
         z = params["z"]
         return -(torch.as_tensor(log_likelihood(z)).to(z) + gaussian_log_prior(z, prior_scale))
 
-    all_samples, per_chain = [], []
+    all_samples: list[Tensor] = []
+    per_chain: list[dict[str, Any]] = []
     gen = torch.Generator().manual_seed(seed)
-    for c in range(chains):
+    elapsed = 0.0
+    if saved is not None:  # the completed chains
+        all_samples = [t.clone() for t in saved["chains"]]
+        per_chain = [dict(c) for c in saved["per_chain"]]
+        gen.set_state(saved["generator"])
+        elapsed = float(saved["time_s"])
+    for c in range(len(all_samples), chains):
         pyro.set_rng_seed(seed + c)
         init = z0 if c == 0 else z0 + 0.1 * prior_scale * torch.randn(z0.shape, generator=gen, dtype=torch.float64)
         kernel = NUTS(potential_fn=potential, max_tree_depth=max_tree_depth)
@@ -450,6 +618,15 @@ def nuts(
             }
         )
         del extra
+        if checkpoint is not None:
+            checkpoint.save(
+                {
+                    "chains": list(all_samples),
+                    "per_chain": list(per_chain),
+                    "generator": gen.get_state(),
+                    "time_s": elapsed + time.perf_counter() - start,
+                }
+            )
     stacked = torch.stack(all_samples)  # (chains, S, k)
     from pyro.ops.stats import effective_sample_size, gelman_rubin
 
@@ -464,7 +641,7 @@ def nuts(
             "chains": per_chain,
             "divergences": sum(c["divergences"] for c in per_chain),
             "warmup": warmup,
-            "time_s": time.perf_counter() - start,
+            "time_s": elapsed + time.perf_counter() - start,
         },
         "nuts",
     )
