@@ -188,7 +188,7 @@ def test_a_failure_in_a_new_nested_folder_removes_what_it_created(tmp_path):
 def test_an_interrupt_keeps_a_resumable_folder(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt), output_guard(out, resumable=lambda: True):
-        out.mkdir()
+        out.mkdir(exist_ok=True)  # output_guard creates it (to hold its lock)
         (out / "checkpoint.safetensors").write_bytes(b"x")
         raise KeyboardInterrupt
     assert (out / "checkpoint.safetensors").is_file()

@@ -130,7 +130,7 @@ def test_a_command_on_a_locked_folder_is_refused_and_changes_nothing(tmp_path, c
         before = digest(out)
         argv = ["train", "--model", "mlp", "--method", "sgd", "--epochs", "2", "--no-progress", "--out", out, flag]
         if flag == "--resume":
-            argv = ["train", "--epochs", "2", "--no-progress", "--out", out, flag]
+            argv = ["train", "--no-progress", "--out", out, flag]
         refused(argv, capsys, names=[f"process {sleeper.pid}", "being written"])
         assert digest(out) == before
     finally:

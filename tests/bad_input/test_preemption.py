@@ -148,3 +148,177 @@ def test_a_stop_between_steps_resumes_the_epoch_where_it_stopped(tmp_path):
     assert [{k: v for k, v in json.loads(r).items() if k not in drop} for r in a] == [
         {k: v for k, v in json.loads(r).items() if k not in drop} for r in b
     ]
+
+
+# ------------------------------------------------------------------ the other long commands
+def strip_times(obj):
+    """A results.json without its wall times (everything else must match bit for bit)."""
+    if isinstance(obj, dict):
+        return {k: strip_times(v) for k, v in obj.items() if not (k.endswith("_s") or k in ("time_s", "timing"))}
+    if isinstance(obj, list):
+        return [strip_times(v) for v in obj]
+    return obj
+
+
+def results(folder: Path) -> dict:
+    import json
+
+    return strip_times(json.loads((folder / "results.json").read_text()))
+
+
+def any_checkpoint(out: Path) -> bool:
+    return out.is_dir() and any(out.rglob("checkpoint.safetensors"))
+
+
+def stop_then_resume(args: list, out: Path, ready, sig: int, tmp_path: Path, capsys, resume: list | None = None) -> str:
+    """Start ``args --out out``, wait for ``ready()``, send ``sig``, check the exit, then resume in this process;
+    returns the one line the stopped command printed (SIGTERM) or ''."""
+    proc = start([*args, "--out", out], tmp_path)
+    wait_for(ready, proc, timeout=180)
+    interrupt(proc, sig)
+    code, err = finish(proc)
+    line = ""
+    if sig == signal.SIGTERM:
+        line = one_line(err)
+        assert code == 143, err
+        assert "stopped by SIGTERM" in line and "--resume" in line, line
+    else:
+        assert code == -sig
+    assert not (out / "results.json").exists()
+    res = run([*(resume or args), "--out", out, "--resume"], capsys)
+    assert res.code == 0, res.err
+    assert not list(out.rglob(".*.tmp")) and not list(out.rglob(".valleys.lock"))
+    return line
+
+
+@pytest.fixture(scope="module")
+def swag(tmp_path_factory) -> Path:
+    from valleys.app.config import TrainConfig
+    from valleys.app.train import train_run
+
+    out = tmp_path_factory.mktemp("swag") / "swag"
+    train_run(TrainConfig(method="swag", model="mlp", epochs=6, swa_start=2, rank=5, samples=2), out, progress=False)
+    return out
+
+
+def subspace_args(swag: Path, *extra: str) -> list:
+    return ["subspace", swag, "--rank", "2", "--temperature", "100", "--grid", "0", "--no-progress", *extra]
+
+
+ESS = ["--samples", "60", "--burn-in", "5", "--checkpoint-every", "5"]
+NUTS = ["--inference", "nuts", "--chains", "2", "--samples", "10", "--warmup", "10"]
+
+
+@pytest.fixture(scope="module")
+def subspace_whole(swag, tmp_path_factory) -> dict[str, Path]:
+    from valleys.app.cli import main
+
+    root = tmp_path_factory.mktemp("subspace")
+    out = {}
+    for name, extra in (("ess", ESS), ("nuts", NUTS)):
+        if name == "nuts":
+            pytest.importorskip("pyro")
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            assert main([str(a) for a in subspace_args(swag, *extra, "--out", root / name)]) == 0
+        finally:
+            torch.set_num_threads(before)
+        out[name] = root / name
+    return out
+
+
+def same_subspace(a: Path, b: Path) -> None:
+    sa, _ = load_checkpoint(a / "subspace.safetensors")
+    sb, _ = load_checkpoint(b / "subspace.safetensors")
+    assert torch.equal(sa["samples"], sb["samples"])
+    assert results(a) == results(b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_subspace_ess_stopped_then_resumed_is_bit_identical(swag, subspace_whole, tmp_path, capsys, sig):
+    out = tmp_path / "ess"
+    line = stop_then_resume(subspace_args(swag, *ESS), out, lambda: any_checkpoint(out), sig, tmp_path, capsys)
+    if line:
+        assert f"valleys subspace {swag} ... --out {out} --resume" in line
+    same_subspace(out, subspace_whole["ess"])
+
+
+@pytest.mark.slow
+def test_subspace_nuts_stopped_in_its_second_chain_then_resumed_is_bit_identical(
+    swag, subspace_whole, tmp_path, capsys
+):
+    out = tmp_path / "nuts"
+    stop_then_resume(subspace_args(swag, *NUTS), out, lambda: any_checkpoint(out), signal.SIGTERM, tmp_path, capsys)
+    same_subspace(out, subspace_whole["nuts"])
+
+
+CONNECT = ["--epochs", "8", "--points", "3", "--no-progress"]
+
+
+@pytest.mark.slow
+def test_connect_stopped_by_sigterm_then_resumed_is_bit_identical(swag, tmp_path, capsys):
+    from valleys.app.cli import main
+
+    a = swag.parent / "a"
+    if not a.exists():
+        from valleys.app.config import TrainConfig
+        from valleys.app.train import train_run
+
+        train_run(TrainConfig(method="sgd", model="mlp", epochs=2, seed=3), a, progress=False)
+    whole = tmp_path / "whole"
+    assert main([str(x) for x in ["connect", a, swag, *CONNECT, "--out", whole]]) == 0
+    out = tmp_path / "curve"
+    stop_then_resume(
+        ["connect", a, swag, *CONNECT], out, lambda: lines(out / "metrics.jsonl") >= 2, signal.SIGTERM, tmp_path, capsys
+    )
+    same_tensors(out / "curve.safetensors", whole / "curve.safetensors", None)
+    assert results(out) == results(whole)
+
+
+REGRESSION = ["regression", "--datasets", "diabetes", "--splits", "2", "--epochs", "40", "--samples", "3"]
+REGRESSION += ["--burn-in", "1", "--swag-rank", "3", "--rank", "2", "--inference", "ess", "--prior-scale", "2"]
+REGRESSION += ["--jobs", "2", "--no-progress"]
+
+
+@pytest.mark.slow
+def test_regression_stopped_by_sigterm_in_its_workers_then_resumed_is_bit_identical(tmp_path, capsys):
+    """Two splits in two worker processes: the SIGTERM sent to the command reaches the workers, which
+    checkpoint their runs; the resumed study equals an uninterrupted one."""
+    whole = tmp_path / "whole"
+    assert run([*REGRESSION, "--out", whole], capsys).code == 0
+    out = tmp_path / "r"
+    stop_then_resume(REGRESSION, out, lambda: any_checkpoint(out), signal.SIGTERM, tmp_path, capsys)
+    assert results(out) == results(whole)
+
+
+SEMISUP = ["semisup", "--model", "mlp", "--consistency", "none", "pi", "--labels-per-class", "5", "--epochs", "30"]
+SEMISUP += ["--cycle", "5", "--train-subset", "400", "--test-subset", "100", "--batch-size", "64"]
+SEMISUP += ["--labelled-batch-size", "16", "--fast-swa-every", "1", "--jobs", "2", "--no-progress"]
+
+
+@pytest.mark.slow
+def test_semisup_stopped_by_sigterm_then_resumed_is_bit_identical(tmp_path, capsys):
+    whole = tmp_path / "whole"
+    assert run([*SEMISUP, "--out", whole], capsys).code == 0
+    out = tmp_path / "s"
+    stop_then_resume(SEMISUP, out, lambda: any_checkpoint(out), signal.SIGTERM, tmp_path, capsys)
+    assert results(out) == results(whole)
+
+
+@pytest.mark.slow
+def test_a_second_process_on_a_folder_being_written_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    proc = start([*TRAIN, "--out", out], tmp_path)
+    try:
+        wait_for(lambda: lines(out / "metrics.jsonl") >= 1, proc)
+        res = run(["train", "--out", out, "--resume", "--no-progress"], capsys)
+        assert res.code == 2 and f"being written by process {proc.pid}" in res.err, res.err
+        res = run([*TRAIN, "--out", out, "--overwrite"], capsys)
+        assert res.code == 2 and f"being written by process {proc.pid}" in res.err, res.err
+    finally:
+        interrupt(proc, signal.SIGTERM)
+        code, _ = finish(proc)
+    assert code == 143
+    assert run(["train", "--out", out, "--resume", "--no-progress"], capsys).code == 0  # the lock was released

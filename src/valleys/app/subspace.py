@@ -172,23 +172,32 @@ class _Checkpoint:
     """``checkpoint.safetensors`` of a subspace run: the candidates (temperature, prior scale) sampled so far,
     with their samples, diagnostics and validation scores, and the state of the sampler that is running."""
 
-    def __init__(self, path: Path, every: int, header: dict[str, Any], resume: bool) -> None:
+    def __init__(
+        self, path: Path, every: int, header: dict[str, Any], resume: bool, evaluations: Callable[[], int]
+    ) -> None:
         from ..core.checkpoint import checkpoint_field, load_checkpoint
 
         self.path, self.every, self.header = path, every, header
         self.done: list[dict[str, Any]] = []
         self.current: dict[str, Any] | None = None
+        self.counter, self.offset = evaluations, 0
         if resume:
             state, saved = load_checkpoint(path)
             if saved.get("kind") != "subspace-checkpoint":
                 raise InputError(f"{path} is not the checkpoint of a subspace run (kind {saved.get('kind')!r})")
             self.done = list(checkpoint_field(state, "done", path, "state"))
             self.current = state.get("current")
+            # the evaluations of the stopped process; this one's setup (done by both) is not counted twice
+            self.offset = int(checkpoint_field(state, "evaluations", path, "state")) - evaluations()
+
+    def evaluations(self) -> int:
+        """Likelihood evaluations of the whole run, the processes before a resume included."""
+        return self.counter() + self.offset
 
     def _write(self) -> None:
         from ..core.checkpoint import save_checkpoint
 
-        state: dict[str, Any] = {"done": self.done}
+        state: dict[str, Any] = {"done": self.done, "evaluations": self.evaluations()}
         if self.current is not None:
             state["current"] = self.current
         save_checkpoint(self.path, state, {**self.header, "kind": "subspace-checkpoint"})
@@ -319,7 +328,13 @@ def subspace_run(
         prepare_run_dir(out, overwrite=overwrite, resume=resume)
         if not resume:
             write_json(out / "config.json", {"folder": "subspace", **asdict(cfg), "data": asdict(run_cfg)})
-        ck = _Checkpoint(out / "checkpoint.safetensors", cfg.checkpoint_every, {"config": asdict(cfg)}, resume)
+        ck = _Checkpoint(
+            out / "checkpoint.safetensors",
+            cfg.checkpoint_every,
+            {"config": asdict(cfg)},
+            resume,
+            lambda: base.evaluations + sum(q.evaluations for q in posts.values()),
+        )
         selection = []
         best = None
         for i, (t, p) in enumerate(candidates):
@@ -375,7 +390,7 @@ def subspace_run(
             else None,
             "subspace": {"kind": subspace.kind, **subspace.info},
             "sampler": res.to_json(),
-            "likelihood_evaluations": base.evaluations + sum(q.evaluations for q in posts.values()),
+            "likelihood_evaluations": ck.evaluations(),
             "timing": {"sample_s": sample_s, "total_s": time.perf_counter() - start},
         }
         if cfg.grid and subspace.k >= 2:
