@@ -150,6 +150,52 @@ def test_two_processes_train_like_one(tmp_path):
         assert a["test_nll"] == pytest.approx(b["test_nll"], rel=1e-5)
 
 
+def _stop_rank(rank, world, ckpt, stop_step, resume):
+    """3 epochs of 7 steps on 2 ranks; rank 1 alone gets a SIGTERM after step ``stop_step`` (None: never)."""
+    import signal
+
+    from valleys.core import stopping
+    from valleys.training.trainer import Callback, CheckpointPolicy, Trainer
+    from valleys.zoo.data import make_loader
+
+    class Signal(Callback):
+        def on_step_end(self, trainer):
+            if rank == 1 and trainer.step == stop_step:
+                stopping._state["requested"] = signal.SIGTERM
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 6, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    train = make_loader(torch.utils.data.TensorDataset(x, y), 8, shuffle=True, seed=3)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    trainer = Trainer(model, opt, train, 3, callbacks=[Signal()], checkpoint=CheckpointPolicy(ckpt, every=3), seed=3)
+    try:
+        trainer.fit(resume=ckpt if resume else None, progress=False)
+        stopped = None
+    except stopping.Stopped as e:
+        stopped = {"step": trainer.step, "code": e.exit_code, "checkpoint": e.checkpoint}
+    return {"stopped": stopped, "weights": torch.cat([p.detach().flatten() for p in model.parameters()])}
+
+
+def test_a_sigterm_on_one_rank_stops_every_rank_at_the_same_step_and_resumes_exactly(tmp_path):
+    """Under torchrun the signal reaches the ranks at different steps; the trainer all-reduces the flag after
+    every step, so both stop after the same step (none waits in a collective), rank 0 writes the checkpoint
+    of that step, and two processes resumed from it end with the uninterrupted run's weights."""
+    from valleys.core.checkpoint import load_checkpoint
+
+    ckpt = tmp_path / "ckpt.safetensors"
+    whole = run_ranks(_stop_rank, 2, tmp_path, str(tmp_path / "whole.safetensors"), None, False)
+    r0, r1 = run_ranks(_stop_rank, 2, tmp_path, str(ckpt), 10, False)
+    assert r0["stopped"] == r1["stopped"] == {"step": 10, "code": 143, "checkpoint": str(ckpt)}
+    state, header = load_checkpoint(ckpt)
+    assert (header["epoch"], header["position"], header["world_size"]) == (1, 3, 2)
+    r0, r1 = run_ranks(_stop_rank, 2, tmp_path, str(ckpt), None, True)
+    assert r0["stopped"] is None and torch.equal(r0["weights"], r1["weights"])
+    assert torch.equal(r0["weights"], whole[0]["weights"])
+
+
 def test_resume_under_another_world_size_is_refused(tmp_path):
     from valleys.core.checkpoint import CheckpointError
     from valleys.methods.averaging import SWA

@@ -334,6 +334,7 @@ class Trainer:
         # an epoch stopped part-way by a signal: its position and sums (see valleys.core.stopping)
         self._partial: dict[str, Any] | None = None
         self._epoch_rng: Tensor | None = None
+        self._signum = 0
 
     @property
     def device(self) -> torch.device:
@@ -579,27 +580,25 @@ class Trainer:
         logs["train_time"] = time.perf_counter() - start
         return logs
 
-    def _stop_agreed(self) -> bool:
-        """Whether a signal asked to stop (:mod:`valleys.core.stopping`); under torch.distributed the ranks
-        all-reduce their flags, so that all stop after the same step."""
-        stop = stopping.requested() is not None
+    def _stop_agreed(self) -> int:
+        """The signal that asked to stop (:mod:`valleys.core.stopping`), 0 for none; under torch.distributed the
+        ranks all-reduce it (the largest: SIGTERM over SIGINT), so that all stop after the same step."""
+        signum = stopping.requested() or 0
         if self.world_size > 1:
-            flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
-            torch.distributed.all_reduce(flag)
-            stop = flag.item() > 0
-        return stop
+            flag = torch.tensor([float(signum)], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            signum = int(flag.item())
+        self._signum = signum
+        return signum
 
     def _stop(self) -> None:
         """Write the checkpoint of this step boundary (rank 0; every rank waits for it) and raise
         :class:`valleys.core.stopping.Stopped` naming it."""
-        path = None
-        if self.checkpoint_path is not None:
-            if is_main_process():
-                self.save()
-            path = self.checkpoint_path
-            if self.world_size > 1:
-                torch.distributed.barrier()
-        raise stopping.stop_exception(path)
+        if self.checkpoint_path is not None and is_main_process():
+            self.save()
+        if self.world_size > 1:  # no rank leaves (torchrun would then kill rank 0) before the checkpoint is written
+            torch.distributed.barrier()
+        raise stopping.Stopped(self._signum, None if self.checkpoint_path is None else str(self.checkpoint_path))
 
     def _diverged(self, what: str) -> TrainingDiverged:
         """The error for a divergence found at an epoch end (``self.epoch`` epochs done), worded as the per-step one."""
