@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -229,3 +230,31 @@ def test_quick_demo_writes_the_run_folder(tmp_path):
     assert "| valley width |" in report and (out / "geometry" / "rays" / "figures" / "rays.png").is_file()
     with pytest.raises(FileExistsError):
         run_demo(out, dataclasses.replace(settings, subspace=False), progress=False, log=lambda *a: None)
+    _full_disk_keeps_the_previous_sections(out)
+
+
+def _full_disk_keeps_the_previous_sections(out):
+    """A full disk (ENOSPC from the atomic writer) while geometry or subspace-table replace their section with
+    --overwrite: one line naming the file, and the previous section back as it was, byte for byte."""
+    import errno
+    from unittest import mock
+
+    import valleys.core.checkpoint as ck
+    from cli_harness import digest
+
+    real = ck._publish
+
+    def publish(tmp, path):
+        if Path(path).name == "summary.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(tmp, path)
+
+    for argv, folder in (
+        (["geometry", str(out), "--quick", "--no-progress", "--overwrite"], out / "geometry"),
+        (["subspace-table", str(out), "--quick", "--no-progress", "--overwrite"], out / "subspace-table"),
+    ):
+        before = digest(folder)
+        with mock.patch.object(ck, "_publish", publish):
+            assert main(argv) == 2
+        assert digest(folder) == before, argv[0]
+        assert not list(folder.rglob(".*.tmp")) and not (folder / ".valleys-previous").exists()

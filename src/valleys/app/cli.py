@@ -996,14 +996,17 @@ def _main(argv: Sequence[str] | None) -> int:
         _finish_progress_bars()
         code = e.exit_code if isinstance(e, stopping.Stopped) else 130
         if _first_rank():
-            print(f"valleys {args.command}: {_interrupted(args, code)}", file=sys.stderr)
+            print(f"valleys {args.command}: {_interrupted(args, code)}{_previous_kept(args)}", file=sys.stderr)
         return code
     except (ValueError, OSError, ValleysError) as e:
         # OSError: --out under a file, no permission, a full disk (FileExistsError: a folder holding output)
         _finish_progress_bars()
         if _first_rank() or not isinstance(e, InputError):  # bad input: every torchrun rank refuses alike, one says so
             rank = "" if _first_rank() else f" (rank {_rank()})"
-            print(f"valleys {args.command}{rank}: error: {_message(e)}{_resume_hint(args, e)}", file=sys.stderr)
+            print(
+                f"valleys {args.command}{rank}: error: {_message(e)}{_resume_hint(args, e)}{_previous_kept(args)}",
+                file=sys.stderr,
+            )
         return 2
     except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback in a file
         _finish_progress_bars()
@@ -1093,6 +1096,16 @@ def _resume_hint(args: argparse.Namespace, e: BaseException) -> str:
     if not ((out / "checkpoint.safetensors").is_file() or any(out.glob("member-*/checkpoint.safetensors"))):
         return ""
     return f"; once there is room, continue with: valleys {args.command} ... --out {out} --resume"
+
+
+def _previous_kept(args: argparse.Namespace) -> str:
+    """After a failure that kept a resumable folder: where the output an --overwrite was replacing is."""
+    from .folders import PREVIOUS
+
+    out = getattr(args, "out", None)
+    if not out or not getattr(args, "overwrite", False) or not (Path(out) / PREVIOUS).is_dir():
+        return ""
+    return f"; the output it was replacing is kept in {Path(out) / PREVIOUS} until this run completes"
 
 
 def _message(e: BaseException) -> str:

@@ -28,6 +28,7 @@ from ..core.checkpoint import (
     load_checkpoint,
     save_checkpoint,
     write_json,
+    write_text,
 )
 from ..core.distributed import world_size
 from ..core.weights import WeightSpace
@@ -446,7 +447,7 @@ def _figure_and_report(curve_dir: Path, cfg: ConnectConfig, res: dict[str, Any])
         f"![loss and error along the paths]({fig.relative_to(curve_dir)})",
         "",
     ]
-    (curve_dir / "report.md").write_text("\n".join(lines))
+    write_text(curve_dir / "report.md", "\n".join(lines))
 
 
 def connect_config_from_flags(flags: dict[str, Any]) -> ConnectConfig:

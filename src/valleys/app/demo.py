@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.checkpoint import write_json
+from ..core.checkpoint import write_json, write_text
 from ..errors import InputError, MissingFileError
 from ..zoo.data import load_dataset
 from .claims import claims_markdown, demo_claims
@@ -31,7 +31,7 @@ from .config import TrainConfig, read_epoch_log
 from .connect import ConnectConfig, connect_runs
 from .demo_subspace import subspace_finish, subspace_lines, subspace_plan
 from .evaluate import evaluate_run
-from .folders import check_output, output_guard, prepare_run_dir
+from .folders import check_output, output_guard, prepare_run_dir, set_aside
 from .parallel import call, default_jobs, run_jobs
 from .presets import DEFAULT_PRESET, PRESETS, Preset, get_preset
 from .report import aggregate, describe_config, format_table, markdown_table
@@ -855,7 +855,7 @@ def _report(demo: DemoPlan, results: dict[str, Any], figures: dict[str, Path]) -
         f"Total time {total_s:.1f} s.",
         "",
     ]
-    (out / "report.md").write_text("\n".join(lines))
+    write_text(out / "report.md", "\n".join(lines))
 
 
 GEOMETRY_FIGURES = {
@@ -934,6 +934,8 @@ def geometry_section(
                 )
     g = check_output(out / "geometry", overwrite=overwrite, what="a geometry section", flag="")
     with output_guard(g):
+        if overwrite:  # the earlier section comes back if this one cannot be written (a full disk)
+            set_aside(g, [p.name for p in g.iterdir() if not p.name.startswith(".")])
         return _geometry_section(out, g, seeds, quick, progress, log)
 
 
@@ -948,7 +950,7 @@ def _geometry_section(
     for title, (sub, name) in GEOMETRY_FIGURES.items():
         if (g / sub / "figures" / name).is_file():
             lines += [f"## {title[0].upper() + title[1:]}", "", f"![{title}]({sub}/figures/{name})", ""]
-    (g / "report.md").write_text("\n".join(lines))
+    write_text(g / "report.md", "\n".join(lines))
     return geometry
 
 

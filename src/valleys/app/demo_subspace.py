@@ -313,8 +313,8 @@ def subspace_table(
     processes (:mod:`valleys.app.parallel`)."""
     import json
 
-    from ..core.checkpoint import write_json
-    from .folders import check_output, output_guard
+    from ..core.checkpoint import write_json, write_text
+    from .folders import check_output, output_guard, set_aside
     from .report import aggregate
 
     out = Path(out)
@@ -342,6 +342,8 @@ def subspace_table(
         )
     table = check_output(out / "subspace-table", overwrite=overwrite, what="a subspace table", flag="")
     with output_guard(table):
+        if overwrite:  # the earlier table comes back if this one cannot be written (a full disk)
+            set_aside(table, [p.name for p in table.iterdir() if not p.name.startswith(".")])
         table.mkdir(parents=True, exist_ok=True)
         section = subspace_section(
             out,
@@ -370,5 +372,5 @@ def subspace_table(
         section["baselines"] = base_rows
         write_json(table / "summary.json", {"seeds": seeds, **section})
         lines = [f"# Subspace inference on {out}", "", *subspace_lines(section, base_rows)]
-        (table / "report.md").write_text("\n".join(lines))
+        write_text(table / "report.md", "\n".join(lines))
     return section

@@ -39,6 +39,8 @@ __all__ = [
     "ranks_folder",
     "refuse_reading_from",
     "run_lock",
+    "set_aside",
+    "PREVIOUS",
     "FolderLockedError",
     "LOCK",
 ]
@@ -197,6 +199,7 @@ def output_guard(out: str | os.PathLike, *, resumable: Callable[[], bool] = lamb
         except BaseException as e:
             _clean_up(e, out, top, existed, before, resumable)
             raise
+        _drop_previous(out)  # done: the output this command replaced is no longer needed
 
 
 def _clean_up(
@@ -204,7 +207,9 @@ def _clean_up(
 ) -> None:
     """After ``e`` in :func:`output_guard`'s work: remove what the command created, unless it can resume."""
     if isinstance(e, (KeyboardInterrupt, OSError, TrainingDiverged)) and resumable():
-        return  # a checkpoint to resume from (a diverged run keeps its last good one)
+        # a checkpoint to resume from (a diverged run keeps its last good one); the output an --overwrite was
+        # replacing stays in .valleys-previous until the resumed command succeeds
+        return
     if isinstance(e, (GeneratorExit, SystemExit)):
         return
     try:
@@ -213,10 +218,48 @@ def _clean_up(
                 _remove(top)
         elif out.is_dir():
             for p in out.iterdir():
-                if p.name not in before and p.name != LOCK:
+                if p.name not in before and p.name not in (LOCK, PREVIOUS):
                     _remove(p)
+            _restore_previous(out)
     except OSError:
         pass
+
+
+#: where ``--overwrite`` sets the output it replaces aside until the command succeeds (see :func:`set_aside`)
+PREVIOUS = ".valleys-previous"
+
+
+def set_aside(out: Path, names: Iterable[str]) -> None:
+    """Move ``out``'s entries ``names`` into ``out/.valleys-previous``: the output an ``--overwrite`` replaces
+    stays whole until the command succeeds (then it is removed) and is put back if the command fails (a full
+    disk, an error), so a failed overwrite leaves the previous results readable. An entry already set aside by
+    an earlier killed command keeps that older (complete) version."""
+    backup = out / PREVIOUS
+    for name in names:
+        p = out / name
+        if not (p.exists() or p.is_symlink()):
+            continue
+        backup.mkdir(exist_ok=True)
+        if (backup / name).exists():
+            _remove(p)
+        else:
+            os.replace(p, backup / name)
+
+
+def _restore_previous(out: Path) -> None:
+    backup = out / PREVIOUS
+    if not backup.is_dir():
+        return
+    for p in backup.iterdir():
+        _remove(out / p.name)
+        os.replace(p, out / p.name)
+    backup.rmdir()
+
+
+def _drop_previous(out: Path) -> None:
+    for backup in [out / PREVIOUS, *out.glob(f"member-*/{PREVIOUS}")]:
+        if backup.is_dir():
+            shutil.rmtree(backup, ignore_errors=True)
 
 
 #: the lock file of a folder being written (see :func:`run_lock`)
@@ -305,13 +348,18 @@ def prepare_run_dir(out: str | Path, *, overwrite: bool = False, resume: bool = 
     if not create:
         return out
     out.mkdir(parents=True, exist_ok=True)
-    if overwrite and not resume:
-        for name in ours(out):
-            p = out / name
-            if p.is_file() or p.is_symlink():
-                p.unlink(missing_ok=True)
-            elif name == "figures" or (name.startswith("member-") and (p / "config.json").exists()):
-                shutil.rmtree(p)
+    if overwrite and not resume:  # set aside until the command succeeds (restored if it fails)
+        set_aside(
+            out,
+            [
+                name
+                for name in ours(out)
+                if (out / name).is_file()
+                or (out / name).is_symlink()
+                or name == "figures"
+                or (name.startswith("member-") and (out / name / "config.json").exists())
+            ],
+        )
     return out
 
 

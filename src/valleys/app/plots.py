@@ -63,11 +63,24 @@ def _title(ax, text: str, share: float = 1.0) -> None:
 def _save(fig, path: str | Path) -> Path:
     """Lay out, write the PNG (creating its folder; the bounding box grown to any text that still sticks out)
     and close the figure."""
+    import os
+    import tempfile
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.1)
-    plt.close(fig)
+    # atomically, as every file valleys writes: a full disk leaves the previous figure, never half of one
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", pad_inches=0.1, format=path.suffix.lstrip(".") or "png")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
     return path
 
 

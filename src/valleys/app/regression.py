@@ -308,7 +308,7 @@ def regression_protocol(
 ) -> dict[str, Any]:
     """Run the protocol (module docstring) into ``out``; returns what ``results.json`` holds. ``jobs``: worker
     processes over the (dataset, split) pairs (:mod:`valleys.app.parallel`; 1: all in this process)."""
-    from ..core.checkpoint import write_json
+    from ..core.checkpoint import write_json, write_text
     from ..core.optional import progress_bar
     from .config import check_saved_settings
     from .folders import output_guard, prepare_run_dir
@@ -367,7 +367,7 @@ def regression_protocol(
             figures.append(_toy_figure(cfg, out))
         results["timing"] = {"total_s": time.perf_counter() - start}
         write_json(out / "results.json", results)
-        (out / "report.md").write_text(_report(cfg, results, [f for f in figures if f is not None], out))
+        write_text(out / "report.md", _report(cfg, results, [f for f in figures if f is not None], out))
     return results
 
 

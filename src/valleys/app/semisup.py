@@ -551,7 +551,7 @@ def semisup_finish(
 ) -> dict[str, Any]:
     """Summarise finished runs (:func:`semisup_calls`' results, in order) into ``out``: ``results.json``,
     ``figures/`` and ``report.md``; returns what ``results.json`` holds."""
-    from ..core.checkpoint import write_json
+    from ..core.checkpoint import write_json, write_text
 
     results: dict[str, Any] = {
         "folder": "semisup",
@@ -566,7 +566,7 @@ def semisup_finish(
     results["figures"] = [str(f.relative_to(out)) for f in figures]
     results["timing"] = {"total_s": time.perf_counter() - start if start is not None else None}
     write_json(out / "results.json", results)
-    (out / "report.md").write_text(report(cfg, results, figures, out))
+    write_text(out / "report.md", report(cfg, results, figures, out))
     return results
 
 

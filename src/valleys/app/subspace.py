@@ -690,7 +690,9 @@ def _figures_and_report(out: Path, cfg: SubspaceConfig, results: dict[str, Any],
                 f"| {c['temperature']:g} | {c['prior_scale']:g} | {c['val']['nll']:.4f} | {'yes' if chosen else ''} |"
             )
     lines += [""] + [f"![posterior]({f.relative_to(out)})" for f in figures] + [""]
-    (out / "report.md").write_text("\n".join(lines))
+    from ..core.checkpoint import write_text
+
+    write_text(out / "report.md", "\n".join(lines))
 
 
 def subspace_config_from(args: Any) -> SubspaceConfig:

@@ -130,11 +130,22 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically: a temporary file in the same folder, then a rename, so a reader
     never sees half a file."""
     path = Path(path)
+    existed = path.exists()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        _publish(tmp, path)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            _publish(tmp, path)
+        except OSError as e:  # a full disk or a file size limit: name the file and what is left of it
+            if e.filename is not None and Path(e.filename) == path:
+                raise
+            raise OSError(
+                e.errno,
+                f"cannot write {path.name} ({e.strerror or e})"
+                + (f"; the previous {path.name} is intact" if existed else ""),
+                str(path),
+            ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -49,6 +49,7 @@ from ..core.checkpoint import (
     model_signature,
     save_checkpoint,
     to_json_text,
+    write_text,
 )
 from ..core.distributed import (
     RankSliceBatchSampler,
@@ -440,7 +441,7 @@ class Trainer:
         main = is_main_process()
         if self.log_path is not None and main:  # a fresh log, or the resumed history without later epochs
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self.log_path.write_text("".join(to_json_text(h) + "\n" for h in self.history))
+            write_text(self.log_path, "".join(to_json_text(h) + "\n" for h in self.history))
         for cb in self.callbacks:
             cb.on_train_start(self)
         bar = None

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from ...core.checkpoint import write_json
-from ..folders import check_output, output_guard
+from ...core.checkpoint import write_json, write_text
+from ..folders import check_output, output_guard, set_aside
 from .base import Study, StudyResult
 
 __all__ = ["write_study"]
@@ -33,13 +32,12 @@ def write_study(out: str | Path, study: Study, result: StudyResult, *, overwrite
             *study.report_lines(result),
         ]
         lines += [""] + [f"![{f.stem}]({f.relative_to(out)})" for f in figs] + [""]
-        (out / "report.md").write_text("\n".join(lines))
+        write_text(out / "report.md", "\n".join(lines))
     return out
 
 
 def _clear_study(out: Path) -> None:
-    """Remove an earlier study's files from ``out`` (its figures would otherwise outlive it)."""
-    for name in ("results.json", "report.md", "summary.json"):
-        (out / name).unlink(missing_ok=True)
-    if (out / "figures").is_dir():
-        shutil.rmtree(out / "figures")
+    """Set an earlier study's files in ``out`` aside (its figures would otherwise outlive it); they come back if
+    writing the new one fails (:func:`valleys.app.folders.set_aside`)."""
+    if out.is_dir():
+        set_aside(out, ["results.json", "report.md", "summary.json", "figures"])
