@@ -322,3 +322,20 @@ def test_a_second_process_on_a_folder_being_written_is_refused(tmp_path, capsys)
         code, _ = finish(proc)
     assert code == 143
     assert run(["train", "--out", out, "--resume", "--no-progress"], capsys).code == 0  # the lock was released
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_study_is_one_line_and_leaves_nothing(runs, tmp_path):
+    """A command that cannot resume (here a plane) stops at once on SIGTERM: exit 143, one line, no folder."""
+    import time
+
+    out = tmp_path / "plane"
+    argv = ["plane", runs["sgd"], runs["sgd2"], runs["swag"], "--grid", "300", "--no-progress", "--out", out]
+    proc = start(argv, tmp_path)
+    time.sleep(4)
+    assert proc.poll() is None
+    interrupt(proc, signal.SIGTERM)
+    code, err = finish(proc)
+    line = one_line(err)
+    assert code == 143 and line.startswith("valleys plane: stopped by SIGTERM") and "run the command again" in line
+    assert not out.exists()
