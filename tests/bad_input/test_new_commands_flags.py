@@ -41,6 +41,13 @@ def _subspace(r, tmp) -> list[tuple[list, str]]:
         (["subspace", f"{tmp}/missing", "--out", f"{tmp}/s"], "missing"),
         (["subspace", r["sgd"], "--out", f"{tmp}/s"], "swag"),
         (["subspace", r["sgd"], "--space", "curve", "--rank", "2", "--curve", r["swag"], "--out", f"{tmp}/s"], "curve"),
+        # the issue's cases: a curve that does not pass through the run, a diverging VI or flow
+        (
+            ["subspace", r["swag"], "--space", "curve", "--rank", "2", "--curve", r["curve"], "--out", f"{tmp}/s"],
+            "does not pass through the run",
+        ),
+        ([*s, "--rank", "1", "--inference", "vi", "--vi-lr", "1e8", "--vi-steps", "50"], "ELBO became"),
+        ([*s, "--rank", "1", "--inference", "flow", "--vi-lr", "1e8", "--vi-steps", "50"], "ELBO became"),
     ]
 
 
@@ -63,6 +70,8 @@ def _others(r, tmp) -> list[tuple[list, str]]:
         ([*reg, "--resume"], "no config.json"),
         ([*reg, "--resume", "--overwrite"], "contradict"),
         ([*reg, "--space", "curve"], "--space"),
+        (["regression", "--datasets", "diabetes", "--out", r["sgd"], "--resume"], "made by 'valleys train'"),
+        (["semisup", "--model", "mlp", "--out", r["sgd"], "--resume"], "not a"),
         ([*semi, "--labels-per-class", "0"], "--labels-per-class"),
         ([*semi, "--consistency", "vat"], "--consistency"),
         ([*semi, "--seeds", "-1"], "--seeds"),
@@ -127,3 +136,24 @@ def test_subspace_resume_refuses_changed_settings_and_other_folders(runs, tmp_pa
     refused([*args, "--out", other, "--resume"], capsys, names="not a subspace run", untouched=[other])
     (out / "checkpoint.safetensors").unlink()
     refused([*args, "--out", out, "--resume"], capsys, names="checkpoint.safetensors", untouched=[out])
+
+
+def test_an_ess_that_meets_only_nan_says_so():
+    """A likelihood that is NaN away from the start (outputs overflowing) is not "too peaked": the message
+    says NaN and what to lower."""
+    import math
+
+    import torch
+
+    from valleys.errors import SamplerError
+    from valleys.methods.samplers import elliptical_slice
+
+    with pytest.raises(SamplerError, match="NaN at .* of its .* proposals.*lower --prior-scale"):
+        elliptical_slice(
+            lambda z: 0.0 if float(z.abs().max()) == 0 else math.nan,
+            torch.zeros(2),
+            prior_scale=1.0,
+            num_samples=2,
+            max_shrinks=5,
+            generator=torch.Generator().manual_seed(0),
+        )

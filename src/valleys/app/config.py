@@ -374,6 +374,13 @@ def check_saved_settings(out: Path, settings: dict[str, Any], what: str) -> None
     if not (out / "config.json").is_file():
         raise InputError(f"cannot resume: {out} holds no {what} (no config.json)")
     saved = read_json_object(out / "config.json")
+    if not set(settings) <= set(saved):  # another command's folder: say so, not which of its settings differ
+        by = made_by(saved)
+        raise InputError(
+            f"cannot resume: {out} is not a {what}"
+            + (f" (a folder made by '{by}')" if by else " (its config.json holds other settings)")
+            + "; give the folder this command wrote"
+        )
     saved.pop("folder", None)
     if saved != settings:
         diff = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
@@ -414,25 +421,33 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
     if raw.get("folder") == "curve":
         raise ConfigError(f"{run_dir} is a curve folder (made by 'valleys connect'), not a training run")
     if "method" not in raw or "dataset" not in raw:
-        made_by = next(
-            (
-                cmd
-                for keys, cmd in (
-                    (("space", "inference"), "valleys subspace"),
-                    (("consistency", "labels_per_class"), "valleys semisup"),
-                    (("datasets", "splits"), "valleys regression"),
-                    (("base", "runs"), "valleys demo"),
-                )
-                if all(k in raw for k in keys)
-            ),
-            None,
-        )
+        by = made_by(raw)
         raise ConfigError(
             f"{run_dir} is not a training run"
-            + (f" (a folder made by '{made_by}')" if made_by else " (its config.json names no method and dataset)")
+            + (f" (a folder made by '{by}')" if by else " (its config.json names no method and dataset)")
             + "; give a folder made by 'valleys train' or 'valleys import'"
         )
     return config_from_dict(raw, path)
+
+
+def made_by(raw: dict[str, Any]) -> str | None:
+    """The command that wrote a folder's ``config.json`` (from the settings it holds), if recognisable."""
+    if raw.get("folder") == "curve":
+        return "valleys connect"
+    return next(
+        (
+            cmd
+            for keys, cmd in (
+                (("space", "inference"), "valleys subspace"),
+                (("consistency", "labels_per_class"), "valleys semisup"),
+                (("datasets", "splits"), "valleys regression"),
+                (("base", "runs"), "valleys demo"),
+                (("method", "dataset"), "valleys train"),
+            )
+            if all(k in raw for k in keys)
+        ),
+        None,
+    )
 
 
 def config_from_dict(raw: Any, source: str | Path) -> TrainConfig:

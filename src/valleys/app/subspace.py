@@ -165,7 +165,13 @@ def _curve_subspace(cfg: SubspaceConfig, model: torch.nn.Module, w_run: torch.Te
     except Exception as e:  # noqa: BLE001 - a curve of another architecture: the message says so
         raise InputError(f"--curve {curve_dir} does not fit the run {cfg.run}: {e}") from None
     with torch.no_grad():
-        return curve_subspace(curve.start.detach(), curve.point(0.5).detach(), curve.end.detach())
+        ends = curve.start.detach(), curve.end.detach()
+        if not any(torch.allclose(e.to(w_run), w_run, rtol=1e-6, atol=1e-7) for e in ends):
+            raise InputError(
+                f"--curve {curve_dir} does not pass through the run {cfg.run}: the run's weights are neither of "
+                "the curve's ends; give one of the runs the curve connects (its config.json names them)"
+            )
+        return curve_subspace(ends[0], curve.point(0.5).detach(), ends[1])
 
 
 class _Checkpoint:

@@ -328,7 +328,7 @@ def _maximise_elbo(
             e = elbo()
             if not torch.isfinite(e):
                 raise SamplerError(
-                    f"{what}: the ELBO became {float(e)} at step {step + 1}; lower lr (now {lr}) or check the "
+                    f"{what}: the ELBO became {float(e.detach())} at step {step + 1}; lower lr (now {lr}) or check the "
                     "likelihood"
                 )
             opt.zero_grad()
