@@ -18,6 +18,7 @@ and used on the subspace posterior of :class:`valleys.methods.subspace_posterior
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -218,7 +219,7 @@ def elliptical_slice(
             if progress is not None:
                 progress.update(1)
             if checkpoint is not None:
-                checkpoint.after_step(step + 1, steps, lambda done=step + 1: state(done))
+                checkpoint.after_step(step + 1, steps, functools.partial(state, step + 1))
     return SamplerResult(
         torch.stack(kept),
         torch.tensor(kept_ll, dtype=torch.float64),
@@ -340,7 +341,7 @@ def _maximise_elbo(
             if progress is not None:
                 progress.update(1)
             if checkpoint is not None:
-                checkpoint.after_step(step + 1, steps, lambda done=step + 1: state(done))
+                checkpoint.after_step(step + 1, steps, functools.partial(state, step + 1))
     return value, trace, elapsed + time.perf_counter() - start
 
 
