@@ -274,7 +274,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "--resume",
         action="store_true",
         help="continue the run in --out from its last checkpoint, with the settings of its config.json "
-        "(a flag given with --resume must agree with it)",
+        "(a flag given with --resume must agree with it, except --lr, --swa-lr and --epochs of an unfinished "
+        "run, e.g. after a divergence: they act on the epochs still to run and are recorded as amendments)",
     )
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
