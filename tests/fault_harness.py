@@ -19,7 +19,9 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
 
 
-def start(args: list, cwd: Path, shell_prefix: str | None = None) -> subprocess.Popen:
+def start(args: list, cwd: Path, shell_prefix: str | None = None, *, group: bool = False) -> subprocess.Popen:
+    """``python -m valleys args`` in ``cwd``; ``group``: in a process group of its own, so that
+    :func:`kill_group` reaches its worker processes too (as a cluster's SIGKILL reaches every process of a job)."""
     cmd = [sys.executable, "-m", "valleys", *map(str, args)]
     if shell_prefix is not None:
         cmd = ["bash", "-c", shell_prefix + ' exec "$@"', "bash", *cmd]
@@ -35,7 +37,13 @@ def start(args: list, cwd: Path, shell_prefix: str | None = None) -> subprocess.
         text=True,
         # the child must die of Ctrl-C like a terminal's process; spawned from pytest's main thread
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+        start_new_session=group,
     )
+
+
+def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to every process of ``proc``'s group (started with ``group=True``)."""
+    os.killpg(proc.pid, sig)
 
 
 class Reader:

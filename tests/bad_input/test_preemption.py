@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cli_harness import run
-from fault_harness import finish, interrupt, one_line, start, wait_for
+from fault_harness import finish, interrupt, kill_group, one_line, start, wait_for
 from valleys.core.checkpoint import load_checkpoint
 
 
@@ -173,9 +173,13 @@ def any_checkpoint(out: Path) -> bool:
 def stop_then_resume(args: list, out: Path, ready, sig: int, tmp_path: Path, capsys, resume: list | None = None) -> str:
     """Start ``args --out out``, wait for ``ready()``, send ``sig``, check the exit, then resume in this process;
     returns the one line the stopped command printed (SIGTERM) or ''."""
-    proc = start([*args, "--out", out], tmp_path)
+    # in a group of its own: SIGKILL reaches the worker processes too, as a cluster's does every process of a job
+    proc = start([*args, "--out", out], tmp_path, group=sig == signal.SIGKILL)
     wait_for(ready, proc, timeout=180)
-    interrupt(proc, sig)
+    if sig == signal.SIGKILL:
+        kill_group(proc)
+    else:
+        interrupt(proc, sig)
     code, err = finish(proc)
     line = ""
     if sig == signal.SIGTERM:
@@ -245,20 +249,25 @@ def test_subspace_ess_stopped_then_resumed_is_bit_identical(swag, subspace_whole
     same_subspace(out, subspace_whole["ess"])
 
 
+KILLS = pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+
+
 @pytest.mark.slow
+@KILLS
 def test_subspace_nuts_stopped_in_its_second_chain_then_resumed_is_bit_identical(
-    swag, subspace_whole, tmp_path, capsys
+    swag, subspace_whole, tmp_path, capsys, sig
 ):
     out = tmp_path / "nuts"
-    stop_then_resume(subspace_args(swag, *NUTS), out, lambda: any_checkpoint(out), signal.SIGTERM, tmp_path, capsys)
+    stop_then_resume(subspace_args(swag, *NUTS), out, lambda: any_checkpoint(out), sig, tmp_path, capsys)
     same_subspace(out, subspace_whole["nuts"])
 
 
-CONNECT = ["--epochs", "8", "--points", "3", "--no-progress"]
+CONNECT = ["--epochs", "14", "--points", "3", "--no-progress"]  # a periodic checkpoint after epoch 10
 
 
 @pytest.mark.slow
-def test_connect_stopped_by_sigterm_then_resumed_is_bit_identical(swag, tmp_path, capsys):
+@KILLS
+def test_connect_stopped_then_resumed_is_bit_identical(swag, tmp_path, capsys, sig):
     from valleys.app.cli import main
 
     a = swag.parent / "a"
@@ -271,7 +280,14 @@ def test_connect_stopped_by_sigterm_then_resumed_is_bit_identical(swag, tmp_path
     assert main([str(x) for x in ["connect", a, swag, *CONNECT, "--out", whole]]) == 0
     out = tmp_path / "curve"
     stop_then_resume(
-        ["connect", a, swag, *CONNECT], out, lambda: lines(out / "metrics.jsonl") >= 2, signal.SIGTERM, tmp_path, capsys
+        ["connect", a, swag, *CONNECT],
+        out,
+        lambda: (
+            (out / "checkpoint.safetensors").is_file() if sig == signal.SIGKILL else lines(out / "metrics.jsonl") >= 2
+        ),
+        sig,
+        tmp_path,
+        capsys,
     )
     same_tensors(out / "curve.safetensors", whole / "curve.safetensors", None)
     assert results(out) == results(whole)
@@ -282,15 +298,23 @@ REGRESSION += ["--burn-in", "1", "--swag-rank", "3", "--rank", "2", "--inference
 REGRESSION += ["--jobs", "2", "--no-progress"]
 
 
+@pytest.fixture(scope="module")
+def regression_whole(tmp_path_factory) -> Path:
+    from valleys.app.cli import main
+
+    out = tmp_path_factory.mktemp("regression") / "whole"
+    assert main([str(a) for a in [*REGRESSION, "--out", out]]) == 0
+    return out
+
+
 @pytest.mark.slow
-def test_regression_stopped_by_sigterm_in_its_workers_then_resumed_is_bit_identical(tmp_path, capsys):
+@KILLS
+def test_regression_stopped_in_its_workers_then_resumed_is_bit_identical(regression_whole, tmp_path, capsys, sig):
     """Two splits in two worker processes: the SIGTERM sent to the command reaches the workers, which
     checkpoint their runs; the resumed study equals an uninterrupted one."""
-    whole = tmp_path / "whole"
-    assert run([*REGRESSION, "--out", whole], capsys).code == 0
     out = tmp_path / "r"
-    stop_then_resume(REGRESSION, out, lambda: any_checkpoint(out), signal.SIGTERM, tmp_path, capsys)
-    assert results(out) == results(whole)
+    stop_then_resume(REGRESSION, out, lambda: any_checkpoint(out), sig, tmp_path, capsys)
+    assert results(out) == results(regression_whole)
 
 
 SEMISUP = ["semisup", "--model", "mlp", "--consistency", "none", "pi", "--labels-per-class", "5", "--epochs", "30"]
@@ -298,13 +322,21 @@ SEMISUP += ["--cycle", "5", "--train-subset", "400", "--test-subset", "100", "--
 SEMISUP += ["--labelled-batch-size", "16", "--fast-swa-every", "1", "--jobs", "2", "--no-progress"]
 
 
+@pytest.fixture(scope="module")
+def semisup_whole(tmp_path_factory) -> Path:
+    from valleys.app.cli import main
+
+    out = tmp_path_factory.mktemp("semisup") / "whole"
+    assert main([str(a) for a in [*SEMISUP, "--out", out]]) == 0
+    return out
+
+
 @pytest.mark.slow
-def test_semisup_stopped_by_sigterm_then_resumed_is_bit_identical(tmp_path, capsys):
-    whole = tmp_path / "whole"
-    assert run([*SEMISUP, "--out", whole], capsys).code == 0
+@KILLS
+def test_semisup_stopped_then_resumed_is_bit_identical(semisup_whole, tmp_path, capsys, sig):
     out = tmp_path / "s"
-    stop_then_resume(SEMISUP, out, lambda: any_checkpoint(out), signal.SIGTERM, tmp_path, capsys)
-    assert results(out) == results(whole)
+    stop_then_resume(SEMISUP, out, lambda: any_checkpoint(out), sig, tmp_path, capsys)
+    assert results(out) == results(semisup_whole)
 
 
 @pytest.mark.slow
