@@ -51,7 +51,16 @@ try:  # torch >= 2.3
 except ImportError:  # pragma: no cover - older torch has no kernel choice (and no fused CPU kernel issue)
     SDPBackend = sdpa_kernel = None  # type: ignore[assignment,misc]
 
-__all__ = ["LossFunction", "lanczos", "power_iteration", "hutchinson_trace", "epsilon_sharpness", "HVP_ROUTES"]
+__all__ = [
+    "LossFunction",
+    "lanczos",
+    "lanczos_tridiagonal",
+    "power_iteration",
+    "hutchinson_trace",
+    "rademacher",
+    "epsilon_sharpness",
+    "HVP_ROUTES",
+]
 
 HVP_ROUTES = ("auto", "double_backward", "forward_over_reverse")
 
@@ -118,6 +127,7 @@ class LossFunction:
         self.route = ("forward_over_reverse" if mode == "train" else "double_backward") if route == "auto" else route
         self.num_hvp = 0
         self._graph: tuple[Tensor, list[Tensor], list[Tensor]] | None = None  # (w, leaves, grads with their graph)
+        self._batched_choice: bool | None = None  # hvp_many's probe result for this loss
 
     def _loss(self, w: Tensor) -> Tensor:
         return self._loss_at(self.space.views(w))
@@ -172,6 +182,64 @@ class LossFunction:
             out = [o if p is None else p for o, p in zip(out, parts, strict=True)]
         return torch.cat([t.detach().reshape(-1) for t in out])
 
+    def hvp_many(self, w: Tensor, vs: Tensor, *, batched: bool | str = "auto") -> Tensor:
+        """``H(w) v`` for every row ``v`` of ``vs`` (n, P): one pass over the data for all of them when
+        ``batched`` (``torch.func.vmap`` over the tangents of forward-over-reverse, or autograd's batched
+        ``grad_outputs`` on the kept gradient graph), else one product after another. ``"auto"`` times both on
+        the first call with at least 4 vectors and keeps the faster for this loss (the products are the same up
+        to the order of floating-point sums); a model whose operations have no batching rule falls back to the
+        loop."""
+        vs = vs.reshape(-1, w.numel())
+        n = vs.shape[0]
+        if batched == "auto":
+            batched = self._batched_choice
+        if batched is None and n >= 4:  # the probe: two products each way, both kept
+            import time
+
+            t0 = time.perf_counter()
+            first = torch.stack([self.hvp(w, v) for v in vs[:2]])
+            t1 = time.perf_counter()
+            try:
+                second = self._hvp_batched(w, vs[2:4])
+                t2 = time.perf_counter()
+                self._batched_choice = (t2 - t1) < (t1 - t0)
+            except (RuntimeError, NotImplementedError):  # an operation without a vmap rule
+                second = torch.stack([self.hvp(w, v) for v in vs[2:4]])
+                self._batched_choice = False
+            rest = self.hvp_many(w, vs[4:], batched=self._batched_choice) if n > 4 else vs[:0]
+            return torch.cat([first, second, rest])
+        if batched and n > 1:
+            try:
+                return self._hvp_batched(w, vs)
+            except (RuntimeError, NotImplementedError):
+                self._batched_choice = False
+        return torch.stack([self.hvp(w, v) for v in vs]) if n else vs.clone()
+
+    def _hvp_batched(self, w: Tensor, vs: Tensor) -> Tensor:
+        self.num_hvp += vs.shape[0]
+        if self.route == "forward_over_reverse":
+
+            def one(v: Tensor) -> Tensor:
+                return torch.func.jvp(torch.func.grad(self._loss), (w,), (v,))[1]
+
+            return self._in_mode(lambda: torch.func.vmap(one)(vs.to(w))).detach()
+        leaves, grads = self._gradient_graph(w)
+        used = [i for i, g in enumerate(grads) if g.requires_grad]
+        out = [torch.zeros((vs.shape[0], *t.shape), dtype=t.dtype, device=t.device) for t in leaves]
+        if used:
+            views = [torch.stack([self.space.views(v.to(w))[i] for v in vs]) for i in used]
+            with self._context():
+                parts = torch.autograd.grad(
+                    [grads[i] for i in used],
+                    leaves,
+                    grad_outputs=views,
+                    retain_graph=True,
+                    allow_unused=True,
+                    is_grads_batched=True,
+                )
+            out = [o if p is None else p for o, p in zip(out, parts, strict=True)]
+        return torch.cat([t.detach().reshape(vs.shape[0], -1) for t in out], dim=1)
+
     def _gradient_graph(self, w: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """``(leaves, grad L(leaves))`` with the gradient's graph kept, built once per ``w`` (by value).
 
@@ -191,6 +259,46 @@ class LossFunction:
     def release(self) -> None:
         """Drop the kept gradient graph (double-backward route) to free its memory."""
         self._graph = None
+
+
+def lanczos_tridiagonal(
+    loss: LossFunction, w: Tensor, q0: Tensor, steps: int, *, k: int = 1, tol: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """``m <= steps`` Lanczos steps from the start ``q0`` (normalised here) with full reorthogonalisation in
+    float64 (Lanczos 1950; Golub & Van Loan 10.1): the tridiagonal ``T = Q^T H Q`` (m, m) and the orthonormal
+    Krylov basis ``Q`` (m, P). Stops early when the Krylov space is exhausted, or (``tol > 0``) when the top-``k``
+    Ritz values change by less than ``tol`` relative between two steps."""
+    q = q0.to(torch.float64)
+    basis = [q / q.norm()]
+    alphas: list[float] = []
+    betas: list[float] = []
+    prev: Tensor | None = None
+    for j in range(steps):
+        z = loss.hvp(w, basis[-1].to(w.dtype)).double()
+        alphas.append(float(z @ basis[-1]))
+        qs = torch.stack(basis)
+        z -= qs.T @ (qs @ z)  # full reorthogonalisation (twice is enough)
+        z -= qs.T @ (qs @ z)
+        beta = float(z.norm())
+        if tol > 0 and j + 1 >= k:
+            cur = torch.linalg.eigvalsh(_tridiagonal(alphas, betas)).flip(0)[:k]
+            if prev is not None and bool(((cur - prev).abs() <= tol * cur.abs().clamp_min(1e-12)).all()):
+                break
+            prev = cur
+        if j == steps - 1 or beta < 1e-10:
+            break
+        betas.append(beta)
+        basis.append(z / beta)
+    n = len(alphas)
+    return _tridiagonal(alphas, betas[: n - 1]), torch.stack(basis[:n])
+
+
+def _tridiagonal(alphas: list[float], betas: list[float]) -> Tensor:
+    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if betas:
+        off = torch.tensor(betas[: len(alphas) - 1], dtype=torch.float64)
+        t += torch.diag(off, 1) + torch.diag(off, -1)
+    return t
 
 
 def lanczos(
@@ -220,40 +328,10 @@ def lanczos(
         raise InputError(f"iterations ({m}) must be at least k ({k})")
     start = loss.num_hvp
     q = torch.randn(p, generator=generator, dtype=torch.float64)
-    q /= q.norm()
-    basis = [q]
-    alphas: list[float] = []
-    betas: list[float] = []
-    prev: Tensor | None = None
-    for j in range(m):
-        z = loss.hvp(w, basis[-1].to(w.dtype)).double()
-        alpha = float(z @ basis[-1])
-        alphas.append(alpha)
-        qs = torch.stack(basis)
-        z -= qs.T @ (qs @ z)  # full reorthogonalisation (twice is enough)
-        z -= qs.T @ (qs @ z)
-        beta = float(z.norm())
-        if tol > 0 and j + 1 >= k:
-            t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-            if betas:
-                off = torch.tensor(betas, dtype=torch.float64)
-                t += torch.diag(off, 1) + torch.diag(off, -1)
-            cur = torch.linalg.eigvalsh(t).flip(0)[:k]
-            if prev is not None and bool(((cur - prev).abs() <= tol * cur.abs().clamp_min(1e-12)).all()):
-                break
-            prev = cur
-        if j == m - 1 or beta < 1e-10:
-            break
-        betas.append(beta)
-        basis.append(z / beta)
-    n = len(alphas)
-    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-    if n > 1:
-        off = torch.tensor(betas[: n - 1], dtype=torch.float64)
-        t += torch.diag(off, 1) + torch.diag(off, -1)
+    t, basis = lanczos_tridiagonal(loss, w, q, m, k=k, tol=tol)
     evals, evecs = torch.linalg.eigh(t)
     order = torch.argsort(evals, descending=True)[:k]
-    vectors = evecs[:, order].T @ torch.stack(basis[:n])
+    vectors = evecs[:, order].T @ basis
     return {"eigenvalues": evals[order], "eigenvectors": vectors.to(w.dtype), "num_hvp": loss.num_hvp - start}
 
 
@@ -280,17 +358,31 @@ def power_iteration(
     return {"eigenvalue": value, "eigenvector": v.to(w.dtype), "num_hvp": loss.num_hvp - start}
 
 
+def rademacher(n: int, p: int, generator: torch.Generator | None, dtype: torch.dtype) -> Tensor:
+    """(n, p) independent +-1 entries, drawn one row after another (so ``n`` rows equal ``n`` single draws)."""
+    return torch.stack([torch.randint(0, 2, (p,), generator=generator).to(dtype) * 2 - 1 for _ in range(n)])
+
+
 def hutchinson_trace(
-    loss: LossFunction, w: Tensor, samples: int = 100, generator: torch.Generator | None = None
+    loss: LossFunction,
+    w: Tensor,
+    samples: int = 100,
+    generator: torch.Generator | None = None,
+    *,
+    batch: int | None = None,
 ) -> dict[str, float]:
     """``tr(H) ~ mean_i z_i^T H z_i`` with Rademacher ``z_i`` (Hutchinson 1990; unbiased since E[z z^T] = I);
-    returns ``trace``, ``stderr`` and ``samples``."""
+    returns ``trace``, ``stderr`` and ``samples``. ``batch``: take the products ``batch`` at a time
+    (:meth:`LossFunction.hvp_many`, which batches them where that is faster); the draws are the same."""
     if samples < 2:
         raise InputError(f"samples must be at least 2 (for a standard error), got {samples}")
-    vals = []
-    for _ in range(samples):
-        z = torch.randint(0, 2, (w.numel(),), generator=generator).to(w.dtype) * 2 - 1
-        vals.append(float(z @ loss.hvp(w, z)))
+    z = rademacher(samples, w.numel(), generator, w.dtype)
+    if batch is None or batch <= 1:
+        vals = [float(zi @ loss.hvp(w, zi)) for zi in z]
+    else:
+        vals = []
+        for chunk in z.split(batch):
+            vals += (chunk * loss.hvp_many(w, chunk)).sum(1).tolist()
     t = torch.tensor(vals, dtype=torch.float64)
     return {"trace": float(t.mean()), "stderr": float(t.std() / math.sqrt(samples)), "samples": samples}
 
