@@ -108,6 +108,30 @@ def test_path_rays_landscape_sharpness(runs, tmp_path):
     assert sh["examples"] == 200 and sh["mode"].startswith("eval")
 
 
+def test_sharpness_density_blocks_and_hutchpp(runs, tmp_path):
+    """``--density``: SLQ nodes and weights (each run's weights sum to 1), a curve integrating to 1, the figure;
+    ``--blocks``: one row per layer whose traces add up to the whole trace within the estimates' errors;
+    ``--trace-method hutchpp``."""
+    out = tmp_path / "sh"
+    argv = ["sharpness", str(runs / "sgd"), "--examples", "200", "--density", "--density-steps", "30"]
+    argv += ["--density-starts", "2", "--blocks", "--trace-method", "hutchpp", "--trace-samples", "60"]
+    assert main([*argv, "--no-progress", "--out", str(out)]) == 0
+    sh = json.loads((out / "results.json").read_text())
+    d = sh["density"]
+    assert len(d["nodes"]) == 2 and all(abs(sum(w) - 1) < 1e-9 for w in d["weights"]) and d["num_hvp"] == 60
+    step = d["grid"][1] - d["grid"][0]
+    assert abs(sum(d["curve"]) * step - 1) < 1e-9
+    # the first moment is tr(H) / P: its estimate agrees with the Hutch++ trace within both spreads
+    p = sum(b["parameters"] for b in sh["blocks"].values())
+    assert sh["trace"]["method"] == "hutchpp"
+    assert abs(d["moments"][0] * p - sh["trace"]["trace"]) < 0.5 * abs(sh["trace"]["trace"]) + 1e-6
+    total = sum(b["trace"] for b in sh["blocks"].values())
+    err = math.sqrt(sum(b["stderr"] ** 2 for b in sh["blocks"].values()) + sh["trace"]["stderr"] ** 2)
+    assert abs(total - sh["trace"]["trace"]) < 5 * err + 1e-6, (total, sh["trace"])
+    assert (out / "figures" / "density.png").stat().st_size > 5000
+    assert "| layer | parameters | top eigenvalue | trace |" in (out / "report.md").read_text()
+
+
 @pytest.mark.slow
 def test_plane_of_a_curve(runs, tmp_path):
     curve = tmp_path / "curve"

@@ -217,10 +217,21 @@ def sharpness_study(
     seed: int = 0,
     adapter: ModelAdapter | None = None,
     progress: bool = False,
+    trace_method: str = "hutchinson",
+    density: tuple[int, int] | None = None,
+    blocks: bool = False,
 ) -> dict[str, Any]:
-    """Top-``k`` Hessian eigenvalues (Lanczos), trace (Hutchinson) and epsilon-sharpness of the training loss
-    on ``batches`` with the model in eval mode (BatchNorm running statistics, Dropout off). ``progress``: a bar
-    on stderr counting the Hessian-vector products and ascent steps."""
+    """Top-``k`` Hessian eigenvalues (Lanczos), trace (Hutchinson, or Hutch++ with ``trace_method="hutchpp"``:
+    ``trace_samples`` products either way) and epsilon-sharpness of the training loss on ``batches`` with the
+    model in eval mode (BatchNorm running statistics, Dropout off). ``density=(steps, starts)`` adds the
+    eigenvalue density by stochastic Lanczos quadrature (:func:`valleys.geometry.spectrum.spectral_density`:
+    its nodes, weights, first four moments and the smoothed curve on 1000 points); ``blocks`` adds each layer's
+    top eigenvalue and Hutch++ trace (:func:`valleys.geometry.spectrum.block_spectra`). ``progress``: a bar on
+    stderr counting the Hessian-vector products and ascent steps."""
+    from .spectrum import block_spectra, density_curve, hutchpp_trace, spectral_density, spectral_moments
+
+    if trace_method not in ("hutchinson", "hutchpp"):
+        raise InputError(f"trace method must be 'hutchinson' or 'hutchpp', got {trace_method!r}")
     loss = LossFunction(model, batches, mode="eval", adapter=adapter)
     w = loss.space.read(model)
     gen = torch.Generator().manual_seed(seed)
@@ -229,7 +240,7 @@ def sharpness_study(
     bar = None
     if progress:
         bar = progress_bar(
-            total=iterations + trace_samples + ascent_steps,
+            total=iterations + trace_samples + ascent_steps + (density[0] * density[1] if density else 0),
             unit="product",
             desc="Lanczos",
             leave=False,
@@ -253,10 +264,32 @@ def sharpness_study(
         if bar is not None:
             bar.n = iterations  # Lanczos may stop early on an exhausted Krylov space
             bar.set_description("Hutchinson", refresh=False)
-        tr = hutchinson_trace(loss, w, samples=trace_samples, generator=gen)
+        if trace_method == "hutchpp":
+            tr = hutchpp_trace(loss, w, max(6, trace_samples), gen, batch=8)
+        else:
+            tr = hutchinson_trace(loss, w, samples=trace_samples, generator=gen)
         if bar is not None:
             bar.set_description("epsilon-sharpness", refresh=False)
         sh = epsilon_sharpness(loss, w, epsilon, steps=ascent_steps)
+        extra: dict[str, Any] = {}
+        if density is not None:
+            if bar is not None:
+                bar.set_description("density (SLQ)", refresh=False)
+            d = spectral_density(loss, w, steps=density[0], starts=density[1], generator=gen)
+            grid, curve = density_curve(d["nodes"], d["weights"], bins=1000)
+            extra["density"] = {
+                **d,
+                "moments": spectral_moments(d["nodes"], d["weights"], 4),
+                "grid": grid.tolist(),
+                "curve": curve.tolist(),
+                "method": "stochastic Lanczos quadrature (Ghorbani et al. 2019), PyHessian's smoothing",
+            }
+        if blocks:
+            if bar is not None:
+                bar.set_description("per-layer blocks", refresh=False)
+            extra["blocks"] = block_spectra(
+                model, batches, k=1, iterations=min(iterations, 20), trace_products=30, adapter=adapter, generator=gen
+            )
     finally:
         if bar is not None:
             bar.close()
@@ -264,9 +297,10 @@ def sharpness_study(
         "kind": "sharpness",
         "top_eigenvalues": top["eigenvalues"].tolist(),
         "num_hvp": top["num_hvp"],
-        "trace": tr,
+        "trace": {**tr, "method": trace_method},
         "epsilon_sharpness": sh,
         "loss": loss.value(w),
         "mode": "eval (BN running statistics)",
         "examples": int(sum(loss.weights)),
+        **extra,
     }
