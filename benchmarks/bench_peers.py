@@ -169,12 +169,14 @@ def _normalise(v: list[Tensor]) -> list[Tensor]:
     return [a / s for a in v]
 
 
-def peer_hessian(peers: dict[str, Any], model: nn.Module, data: tuple[Tensor, Tensor]) -> tuple[Any, Any, str]:
+def peer_hessian(
+    peers: dict[str, Any], model: nn.Module, data: tuple[Tensor, Tensor], cuda: bool = False
+) -> tuple[Any, Any, str]:
     """``(object, hvp(v_list), which)``: PyHessian's own class where importable, else the re-implementation."""
     crit = nn.CrossEntropyLoss()
     if peers.get("pyhessian") is not None:
         cls, hvp_fn = peers["pyhessian"]
-        h = cls(model, crit, data=data, cuda=False)
+        h = cls(model, crit, data=data, cuda=cuda)
         return h, (lambda v: hvp_fn(h.gradsH, h.params, v)), "pyhessian (package)"
     h = PyHessianLike(model, crit, data)
     return h, h.hvp, "pyhessian (re-implementation)"

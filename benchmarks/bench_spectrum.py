@@ -118,6 +118,8 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=None)
     ap.add_argument("--probes", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--trace-only", action="store_true", help="part (a) alone")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the model, the data and both sides' products)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -126,14 +128,15 @@ def main() -> None:
     probes = args.probes or (30 if args.quick else 100)
     steps = args.steps or (30 if args.quick else 100)
     torch.manual_seed(0)
-    model = BNCNN()
-    x, y = torch.randn(n, 1, 28, 28), torch.randint(0, 10, (n,))
+    dev = torch.device(args.device)
+    model = BNCNN().to(dev)
+    x, y = torch.randn(n, 1, 28, 28).to(dev), torch.randint(0, 10, (n,)).to(dev)
     model.train()
     with torch.no_grad():
         model(x)  # non-default running statistics
     model.eval()
     peers = load_peers()
-    peer, peer_hvp, which = peer_hessian(peers, model, (x, y))
+    peer, peer_hvp, which = peer_hessian(peers, model, (x, y), cuda=dev.type == "cuda")
     loss = LossFunction(model, [(x, y)])
     w = loss.space.read(model)
     loss.hvp(w, torch.zeros_like(w))  # build the gradient graph once (as PyHessian does in its constructor)
@@ -157,6 +160,29 @@ def main() -> None:
     spread_ph, spread_pp = statistics.stdev(ph_v), statistics.stdev(pp_v)
     time_ph, time_pp, time_hb = statistics.median(ph_t), statistics.median(pp_t), statistics.median(hb_t)
 
+    if args.trace_only:
+        ratio = time_pp / time_ph
+        print(f"BN CNN, {n} examples, peer: {which}; trace over {seeds} seeds")
+        print(f"  PyHessian Hutchinson, {probes} probes   spread {spread_ph:.4g}   time {fmt_time(time_ph)}")
+        print(f"  valleys Hutch++, {args.products} products    spread {spread_pp:.4g}   time {fmt_time(time_pp)}")
+        print(f"  valleys Hutchinson {probes}, batched 8    time {fmt_time(time_hb)}")
+        checks = [
+            (f"Hutch++ spread {spread_pp:.3g} <= PyHessian's {spread_ph:.3g}", spread_pp <= spread_ph),
+            (f"Hutch++ time <= 1/3 of PyHessian's ({ratio:.2f})", ratio <= 1 / 3),
+        ]
+        for text, ok in checks:
+            print(f"  {verdict(ok)}  {text}")
+        trace = {
+            "pyhessian": {"spread": spread_ph, "time_s": time_ph, "values": ph_v},
+            "hutchpp": {"spread": spread_pp, "time_s": time_pp, "values": pp_v, "products": args.products},
+        }
+        write_results(
+            "bench_spectrum_trace",
+            {"examples": n, "seeds": seeds, "trace": trace, "checks": checks_json(checks)},
+            args.json,
+        )
+        return
+
     # (b) density
     params = [p for p in model.parameters() if p.requires_grad]
     ph_runs, our_runs, ph_dt, our_dt = [], [], [], []
@@ -178,7 +204,7 @@ def main() -> None:
 
     # (c) batched products
     def batched_ratio(lf: LossFunction, wv: Tensor) -> tuple[float, float]:
-        vs = torch.randn(8, wv.numel(), generator=torch.Generator().manual_seed(0))
+        vs = torch.randn(8, wv.numel(), generator=torch.Generator().manual_seed(0)).to(wv.device)
         lf.hvp(wv, vs[0])
         loop = statistics.median(timed(lambda: [lf.hvp(wv, v) for v in vs])[0] for _ in range(3))
         many = statistics.median(timed(lambda: lf.hvp_many(wv, vs, batched=True))[0] for _ in range(3))
@@ -188,7 +214,7 @@ def main() -> None:
     torch.manual_seed(0)
     mlp = nn.Sequential(
         nn.Flatten(), nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10)
-    )
+    ).to(dev)
     mloss = LossFunction(mlp, [(x[:1000], y[:1000])])
     mlp_loop, mlp_many = batched_ratio(mloss, mloss.space.read(mlp))
 
@@ -236,6 +262,7 @@ def main() -> None:
         print(f"  {verdict(ok)}  {text}")
     result: dict[str, Any] = {
         "examples": n,
+        "device": str(dev),
         "peer": which,
         "trace": {
             "seeds": seeds,

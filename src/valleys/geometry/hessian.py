@@ -268,7 +268,7 @@ def lanczos_tridiagonal(
     float64 (Lanczos 1950; Golub & Van Loan 10.1): the tridiagonal ``T = Q^T H Q`` (m, m) and the orthonormal
     Krylov basis ``Q`` (m, P). Stops early when the Krylov space is exhausted, or (``tol > 0``) when the top-``k``
     Ritz values change by less than ``tol`` relative between two steps."""
-    q = q0.to(torch.float64)
+    q = q0.to(device=w.device, dtype=torch.float64)
     basis = [q / q.norm()]
     alphas: list[float] = []
     betas: list[float] = []
@@ -327,7 +327,7 @@ def lanczos(
     if m < k:
         raise InputError(f"iterations ({m}) must be at least k ({k})")
     start = loss.num_hvp
-    q = torch.randn(p, generator=generator, dtype=torch.float64)
+    q = torch.randn(p, generator=generator, dtype=torch.float64, device=_draw_device(generator)).to(w.device)
     t, basis = lanczos_tridiagonal(loss, w, q, m, k=k, tol=tol)
     evals, evecs = torch.linalg.eigh(t)
     order = torch.argsort(evals, descending=True)[:k]
@@ -340,8 +340,8 @@ def power_iteration(
 ) -> dict[str, Any]:
     """The eigenvalue of largest magnitude by power iteration ``v <- H v / ||H v||``, ``lambda = v^T H v``
     (the baseline Lanczos is measured against; PyHessian's method, Yao et al. 2020)."""
-    v = torch.randn(w.numel(), generator=generator, dtype=torch.float64)
-    v /= v.norm()
+    v = torch.randn(w.numel(), generator=generator, dtype=torch.float64, device=_draw_device(generator))
+    v = v.to(w.device) / v.norm()
     start = loss.num_hvp
     value = 0.0
     for _ in range(iterations):
@@ -358,9 +358,20 @@ def power_iteration(
     return {"eigenvalue": value, "eigenvector": v.to(w.dtype), "num_hvp": loss.num_hvp - start}
 
 
-def rademacher(n: int, p: int, generator: torch.Generator | None, dtype: torch.dtype) -> Tensor:
-    """(n, p) independent +-1 entries, drawn one row after another (so ``n`` rows equal ``n`` single draws)."""
-    return torch.stack([torch.randint(0, 2, (p,), generator=generator).to(dtype) * 2 - 1 for _ in range(n)])
+def _draw_device(generator: torch.Generator | None) -> torch.device:
+    """Random vectors are drawn where the generator lives (the CPU for the usual seeded ``torch.Generator()``)
+    and then moved to the weights' device: the same seed gives the same vectors on every device."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def rademacher(
+    n: int, p: int, generator: torch.Generator | None, dtype: torch.dtype, device: torch.device | str | None = None
+) -> Tensor:
+    """(n, p) independent +-1 entries, drawn one row after another (so ``n`` rows equal ``n`` single draws) on
+    the generator's device, then moved to ``device``."""
+    dev = _draw_device(generator)
+    rows = [torch.randint(0, 2, (p,), generator=generator, device=dev).to(dtype) * 2 - 1 for _ in range(n)]
+    return torch.stack(rows).to(device if device is not None else dev)
 
 
 def hutchinson_trace(
@@ -376,7 +387,7 @@ def hutchinson_trace(
     (:meth:`LossFunction.hvp_many`, which batches them where that is faster); the draws are the same."""
     if samples < 2:
         raise InputError(f"samples must be at least 2 (for a standard error), got {samples}")
-    z = rademacher(samples, w.numel(), generator, w.dtype)
+    z = rademacher(samples, w.numel(), generator, w.dtype, w.device)
     if batch is None or batch <= 1:
         vals = [float(zi @ loss.hvp(w, zi)) for zi in z]
     else:

@@ -61,12 +61,12 @@ def hutchpp_trace(
     p = w.numel()
     k = min(products // 3, p)
     g = products - 2 * k
-    s = rademacher(k, p, generator, torch.float64)
+    s = rademacher(k, p, generator, torch.float64, w.device)
     y = _products(loss, w, s.to(w.dtype), batch).double()  # (k, P): rows of H S
     q, _ = torch.linalg.qr(y.T)  # (P, k) orthonormal basis of range(H S)
     hq = _products(loss, w, q.T.contiguous().to(w.dtype), batch).double()  # (k, P)
     exact = float((q.T * hq).sum())
-    gs = rademacher(g, p, generator, torch.float64)
+    gs = rademacher(g, p, generator, torch.float64, w.device)
     gs = gs - (gs @ q) @ q.T  # (I - QQ^T) G
     hg = _products(loss, w, gs.to(w.dtype), batch).double()
     vals = (gs * hg).sum(1)
@@ -96,11 +96,11 @@ def spectral_density(
     begin = loss.num_hvp
     nodes, weights = [], []
     for _ in range(starts):
-        v = rademacher(1, p, generator, torch.float64)[0]
+        v = rademacher(1, p, generator, torch.float64, w.device)[0]
         t, _ = lanczos_tridiagonal(loss, w, v, min(steps, p))
         theta, vecs = torch.linalg.eigh(t)
-        nodes.append(theta.tolist())
-        weights.append((vecs[0] ** 2).tolist())
+        nodes.append(theta.cpu().tolist())
+        weights.append((vecs[0] ** 2).cpu().tolist())
     return {"nodes": nodes, "weights": weights, "num_hvp": loss.num_hvp - begin, "steps": steps, "starts": starts}
 
 
@@ -185,7 +185,7 @@ def block_spectra(
         p = w.numel()
         top = lanczos(loss, w, k=min(k, p), iterations=min(iterations, p), generator=generator)
         if trace == "exact" or p <= 2:
-            eye = torch.eye(p, dtype=w.dtype)
+            eye = torch.eye(p, dtype=w.dtype, device=w.device)
             tr = {"trace": float(sum(loss.hvp(w, e)[i] for i, e in enumerate(eye))), "stderr": 0.0}
         elif trace == "hutchpp":
             tr = hutchpp_trace(loss, w, max(6, trace_products), generator)
