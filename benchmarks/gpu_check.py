@@ -93,6 +93,7 @@ def main() -> None:
                 "-m",
                 "pytest",
                 "tests/test_engine.py",
+                "tests/test_gpu.py",
                 "-q",
                 "-k",
                 "gpu",

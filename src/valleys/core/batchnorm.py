@@ -135,7 +135,8 @@ def recompute_bn(
             default ``ModelAdapter()``.
         num_batches: use only the first ``num_batches`` batches.
         fraction: use only the first ``ceil(fraction * len(loader))`` batches (needs ``len(loader)``).
-        device: move inputs there first (default: leave them).
+        device: move inputs there first (default: the device of the BatchNorm layers' statistics, so that a
+            CUDA model is fed by CPU loaders).
         distributed: all-reduce statistics over ``torch.distributed`` ranks; default: if initialised.
 
     Returns:
@@ -159,6 +160,8 @@ def recompute_bn(
     if not layers:
         return 0
     adapter = as_adapter(adapter)
+    if device is None:
+        device = layers[0].running_mean.device if layers[0].running_mean is not None else None
     if distributed is None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
 

@@ -331,7 +331,7 @@ def lanczos(
     t, basis = lanczos_tridiagonal(loss, w, q, m, k=k, tol=tol)
     evals, evecs = torch.linalg.eigh(t)
     order = torch.argsort(evals, descending=True)[:k]
-    vectors = evecs[:, order].T @ basis
+    vectors = evecs[:, order].T.to(basis.device) @ basis
     return {"eigenvalues": evals[order], "eigenvectors": vectors.to(w.dtype), "num_hvp": loss.num_hvp - start}
 
 

@@ -95,13 +95,14 @@ class SubspacePosterior:
         self.loader = loader
         self.temperature = float(temperature)
         self.prior_scale = float(prior_scale)
-        self.device = device
+        # batches go where the model is unless told otherwise (a CUDA model fed by CPU loaders)
+        self.device = device if device is not None else next((p.device for p in model.parameters()), None)
         self.bn_label = bn if has_batchnorm(model) else "none (no BatchNorm)"
         bn_loader = loader if bn_loader is None else bn_loader
         if has_batchnorm(model) and bn == "shift":
             model = copy.deepcopy(model)  # statistics at the shift, kept for every z; the user's model untouched
             with self.space.at(model, subspace.shift.to(self.space.parameters(model)[0]), keep_buffers=True):
-                recompute_bn(model, bn_loader, device=device, adapter=self.adapter)
+                recompute_bn(model, bn_loader, device=self.device, adapter=self.adapter)
             self.policy = BNPolicy("keep")
         elif has_batchnorm(model) and bn == "recompute":
             self.policy = BNPolicy("recompute", bn_loader)

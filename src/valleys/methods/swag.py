@@ -59,12 +59,15 @@ def draw(
     """Entries ``[lo, lo + len(mean))`` of ``n`` SWAG draws over ``size`` weights, shape (n, len(mean)):
     ``m + sqrt(scale) (sqrt(var) z1 + D^T z2 / sqrt(k - 1))`` with ``z1 ~ N(0, I_size)`` (drawn whole, then
     sliced, so a slice of a draw equals the draw's slice for the same generator) and ``z2 ~ N(0, I_k)``;
-    ``mean``, ``variance`` and the (k, len(mean)) ``deviations`` are that slice's."""
-    z1 = torch.randn(n, size, device=mean.device, dtype=mean.dtype, generator=generator)[:, lo : lo + mean.numel()]
-    out = z1.mul_(variance.clamp_min(0).sqrt())
+    ``mean``, ``variance`` and the (k, len(mean)) ``deviations`` are that slice's. The normals are drawn where
+    ``generator`` lives (a CPU generator for a CUDA posterior: the same draws as on the CPU for a seed) and
+    moved to the posterior's device."""
+    dev = generator.device if generator is not None else mean.device
+    z1 = torch.randn(n, size, device=dev, dtype=mean.dtype, generator=generator)[:, lo : lo + mean.numel()]
+    out = z1.to(mean.device).mul_(variance.clamp_min(0).sqrt())
     if not diagonal:
         k = deviations.shape[0]
-        z2 = torch.randn(n, k, device=mean.device, dtype=mean.dtype, generator=generator)
+        z2 = torch.randn(n, k, device=dev, dtype=mean.dtype, generator=generator).to(mean.device)
         out.add_(z2 @ deviations, alpha=1 / math.sqrt(k - 1))
     return out.mul_(math.sqrt(scale)).add_(mean)
 
