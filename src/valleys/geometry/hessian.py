@@ -191,9 +191,8 @@ class LossFunction:
         loop."""
         vs = vs.reshape(-1, w.numel())
         n = vs.shape[0]
-        if batched == "auto":
-            batched = self._batched_choice
-        if batched is None and n >= 4:  # the probe: two products each way, both kept
+        choice: bool | None = self._batched_choice if batched == "auto" else bool(batched)
+        if choice is None and n >= 4:  # the probe: two products each way, both kept
             import time
 
             t0 = time.perf_counter()
@@ -208,7 +207,7 @@ class LossFunction:
                 self._batched_choice = False
             rest = self.hvp_many(w, vs[4:], batched=self._batched_choice) if n > 4 else vs[:0]
             return torch.cat([first, second, rest])
-        if batched and n > 1:
+        if choice and n > 1:
             try:
                 return self._hvp_batched(w, vs)
             except (RuntimeError, NotImplementedError):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..options import setting
 from .base import Study, StudyContext, StudyResult, seed_setting
@@ -95,7 +97,7 @@ class SharpnessStudy(Study):
         ] + self._spectrum_lines(r)
 
     @staticmethod
-    def _spectrum_lines(r: dict) -> list[str]:
+    def _spectrum_lines(r: Mapping[str, Any]) -> list[str]:
         lines = []
         if "density" in r:
             m = r["density"]["moments"]
