@@ -83,3 +83,13 @@ def test_sharpness_shows_progress_on_stderr_unless_no_progress(tmp_path, capsys)
     assert err.strip().splitlines()[-1].startswith("epsilon-sharpness: 80/80 product (100%)"), err
     assert main(argv + ["--out", str(tmp_path / "b"), "--no-progress"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_the_plain_lines_interval_comes_from_the_environment(monkeypatch):
+    from valleys.core.optional import PlainBar
+
+    monkeypatch.setenv("VALLEYS_PROGRESS_INTERVAL", "2.5")
+    assert PlainBar(total=3).interval == 2.5
+    monkeypatch.setenv("VALLEYS_PROGRESS_INTERVAL", "soon")
+    assert PlainBar(total=3).interval == 30.0  # unreadable: the default
+    assert PlainBar(total=3, interval=1.0).interval == 1.0

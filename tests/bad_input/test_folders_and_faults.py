@@ -366,7 +366,8 @@ def test_sigint_during_evaluate_isone_line(runs, tmp_path):
     before = digest(run_dir)
     proc = start(["evaluate", run_dir, "--samples", "100000"], tmp_path)
     reader = Reader(proc)
-    # the BMA progress (off a terminal: a plain line 30 s after the bar opens) shows evaluation is running
+    # the BMA progress (off a terminal: a plain line VALLEYS_PROGRESS_INTERVAL = 1 s after the bar opens, see
+    # fault_harness.env) shows evaluation is running
     wait_for(lambda: "point" in reader.text, proc, timeout=150)
     interrupt(proc)
     code, err = finish(proc, reader)

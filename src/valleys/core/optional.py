@@ -9,6 +9,7 @@ carriage returns) when the output is a log file or pipe, or a silent stand-in wh
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -77,7 +78,8 @@ class PlainBar(NullBar):
     """What :func:`progress_bar` returns when its stream is not a terminal (a CI log, ``nohup``, ``make demo >
     log``): instead of redrawing one line with carriage returns (hundreds of kilobytes of log in a long run),
     it writes a plain line each time another ``step`` of the total (10%) is done, or ``interval`` seconds
-    (30) after the last line, and a last line on ``close()`` if work was done since. Same methods as a tqdm bar.
+    (30, or the environment variable ``VALLEYS_PROGRESS_INTERVAL``) after the last line, and a last line on
+    ``close()`` if work was done since. Same methods as a tqdm bar.
     """
 
     def __init__(
@@ -88,9 +90,14 @@ class PlainBar(NullBar):
         desc: str | None = None,
         unit: str = "it",
         step: float = 0.1,
-        interval: float = 30.0,
+        interval: float | None = None,
         **kwargs: Any,
     ) -> None:
+        if interval is None:  # VALLEYS_PROGRESS_INTERVAL: seconds between lines (30), for logs that want more
+            try:
+                interval = float(os.environ.get("VALLEYS_PROGRESS_INTERVAL", "30"))
+            except ValueError:
+                interval = 30.0
         if kwargs.get("total") is None and iterable is not None and hasattr(iterable, "__len__"):
             kwargs["total"] = len(iterable)
         super().__init__(iterable, **kwargs)
