@@ -293,9 +293,9 @@ def lanczos_tridiagonal(
 
 
 def _tridiagonal(alphas: list[float], betas: list[float]) -> Tensor:
-    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    t = torch.diag(torch.tensor(alphas, dtype=torch.float64, device="cpu"))
     if betas:
-        off = torch.tensor(betas[: len(alphas) - 1], dtype=torch.float64)
+        off = torch.tensor(betas[: len(alphas) - 1], dtype=torch.float64, device="cpu")
         t += torch.diag(off, 1) + torch.diag(off, -1)
     return t
 
@@ -393,7 +393,7 @@ def hutchinson_trace(
         vals = []
         for chunk in z.split(batch):
             vals += (chunk * loss.hvp_many(w, chunk)).sum(1).tolist()
-    t = torch.tensor(vals, dtype=torch.float64)
+    t = torch.tensor(vals, dtype=torch.float64, device="cpu")
     return {"trace": float(t.mean()), "stderr": float(t.std() / math.sqrt(samples)), "samples": samples}
 
 

@@ -117,15 +117,15 @@ def density_curve(
     plus ``overhead``; at each x the mean over runs of ``sum_j tau_j N(x; theta_j, s^2)`` with
     ``s^2 = sigma_squared * max(1, range)``; normalised to integrate to 1 on the grid. Returns ``(grid, density)``
     in float64."""
-    theta = torch.tensor(nodes, dtype=torch.float64)
-    tau = torch.tensor(weights, dtype=torch.float64)
+    theta = torch.tensor(nodes, dtype=torch.float64, device="cpu")
+    tau = torch.tensor(weights, dtype=torch.float64, device="cpu")
     if theta.dim() != 2 or theta.shape != tau.shape or theta.numel() == 0:
         raise InputError("nodes and weights must be equal-shaped lists of runs (from spectral_density)")
     hi = float(theta.max(1).values.mean()) + overhead
     lo = float(theta.min(1).values.mean()) - overhead
-    grid = torch.linspace(lo, hi, bins, dtype=torch.float64)
+    grid = torch.linspace(lo, hi, bins, dtype=torch.float64, device="cpu")
     var = sigma_squared * max(1.0, hi - lo)
-    density = torch.zeros(bins, dtype=torch.float64)
+    density = torch.zeros(bins, dtype=torch.float64, device="cpu")
     for th, ta in zip(theta, tau, strict=True):  # runs x nodes x bins in pieces: memory bounded by one run
         g = torch.exp(-((grid[:, None] - th[None, :]) ** 2) / (2 * var)) / math.sqrt(2 * math.pi * var)
         density += g @ ta
@@ -139,8 +139,8 @@ def spectral_moments(
 ) -> list[float]:
     """``[tr(H^j) / P for j = 1..orders]`` estimated by the quadrature: the mean over runs of
     ``sum_i tau_i theta_i^j`` (exact for ``j <= 2 m - 1`` with m steps, up to the start's randomness)."""
-    theta = torch.tensor(nodes, dtype=torch.float64)
-    tau = torch.tensor(weights, dtype=torch.float64)
+    theta = torch.tensor(nodes, dtype=torch.float64, device="cpu")
+    tau = torch.tensor(weights, dtype=torch.float64, device="cpu")
     return [float((tau * theta**j).sum(1).mean()) for j in range(1, orders + 1)]
 
 
