@@ -35,6 +35,18 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: the fault tests' subprocesses run with OMP_NUM_THREADS=1, and the in-process
+    runs they are compared with bit for bit must too (a sum over threads is ordered differently)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """The refusals checked in this session, by command (the bad-input suite's count)."""
     from cli_harness import CASES

@@ -21,6 +21,8 @@ SRC = str(Path(__file__).resolve().parents[2] / "src")
 TRAIN = ["--model", "mlp", "--method", "sgd", "--epochs", "2", "--no-progress"]
 UNWRITABLE = "/proc/valleys-no-such-folder/out"  # /proc refuses new entries, even to root
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def writers(a: Path, b: Path, c: Path, out: Path, *extra: str) -> dict[str, list]:
     """One argv per writing command, all with ``--out out``."""
@@ -277,18 +279,6 @@ def _same_model(a: Path, b: Path) -> None:
     assert sa["model"].keys() == sb["model"].keys()
     for k in sa["model"]:
         assert torch.equal(sa["model"][k], sb["model"][k]), k
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The subprocesses run with OMP_NUM_THREADS=1; the in-process runs they are compared with bit for bit must
-    use one thread too (a sum over threads is ordered differently)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,7 @@ from valleys.core.checkpoint import load_checkpoint
 DIVERGES = ["train", "--model", "mlp", "--method", "swa", "--epochs", "8", "--swa-start", "6", "--swa-lr", "1e30"]
 DIVERGES += ["--checkpoint-every", "1", "--no-progress"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_a_diverged_run_keeps_its_last_good_checkpoint_and_resumes_with_a_lower_rate(tmp_path, capsys):

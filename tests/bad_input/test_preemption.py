@@ -15,15 +15,22 @@ from cli_harness import run
 from fault_harness import finish, interrupt, kill_group, one_line, start, wait_for
 from valleys.core.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The subprocesses run with OMP_NUM_THREADS=1; the in-process runs they are compared with bit for bit must
-    use one thread too (a sum over threads is ordered differently)."""
+
+def whole_run(tmp_path_factory, argv: list, name: str) -> Path:
+    """``argv --out <new folder>`` in this process with one torch thread (as the subprocesses): the
+    uninterrupted run a stopped one is compared with."""
+    from valleys.app.cli import main
+
+    out = tmp_path_factory.mktemp(name) / "whole"
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    try:
+        assert main([str(a) for a in [*argv, "--out", out]]) == 0
+    finally:
+        torch.set_num_threads(before)
+    return out
 
 
 def same_tensors(a: Path, b: Path, key: str | None = "model") -> None:
@@ -48,16 +55,7 @@ TRAIN += ["--checkpoint-every", "12", "--no-progress"]
 
 @pytest.fixture(scope="module")
 def train_whole(tmp_path_factory) -> Path:
-    from valleys.app.cli import main
-
-    out = tmp_path_factory.mktemp("whole") / "run"
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main([*TRAIN, "--out", str(out)]) == 0
-    finally:
-        torch.set_num_threads(before)
-    return out
+    return whole_run(tmp_path_factory, TRAIN, "train")
 
 
 @pytest.mark.slow
@@ -300,11 +298,7 @@ REGRESSION += ["--jobs", "2", "--no-progress"]
 
 @pytest.fixture(scope="module")
 def regression_whole(tmp_path_factory) -> Path:
-    from valleys.app.cli import main
-
-    out = tmp_path_factory.mktemp("regression") / "whole"
-    assert main([str(a) for a in [*REGRESSION, "--out", out]]) == 0
-    return out
+    return whole_run(tmp_path_factory, REGRESSION, "regression")
 
 
 @pytest.mark.slow
@@ -324,11 +318,7 @@ SEMISUP += ["--labelled-batch-size", "16", "--fast-swa-every", "1", "--jobs", "2
 
 @pytest.fixture(scope="module")
 def semisup_whole(tmp_path_factory) -> Path:
-    from valleys.app.cli import main
-
-    out = tmp_path_factory.mktemp("semisup") / "whole"
-    assert main([str(a) for a in [*SEMISUP, "--out", out]]) == 0
-    return out
+    return whole_run(tmp_path_factory, SEMISUP, "semisup")
 
 
 @pytest.mark.slow
