@@ -273,10 +273,10 @@ class LossError(Reduction):
 
     def all_reduce_points(self, num_points: int) -> None:
         """Each rank's points filled in, zeros elsewhere, summed over ranks (one collective)."""
-        t = torch.zeros(len(self.loaders), num_points, 3, dtype=torch.float64)
+        t = torch.zeros(len(self.loaders), num_points, 3, dtype=torch.float64, device="cpu")
         for a, name in enumerate(self.loaders):
             for i, row in self.sums[name].items():
-                t[a, i] = torch.tensor(row, dtype=torch.float64)
+                t[a, i] = torch.tensor(row, dtype=torch.float64, device="cpu")
         all_reduce_sum(t)
         self.sums = {
             name: {i: [float(t[a, i, 0]), float(t[a, i, 1]), int(t[a, i, 2])] for i in range(num_points)}
@@ -411,7 +411,7 @@ class Predictions(Reduction):
     def result(self, num_points: int) -> dict[str, list[Tensor]]:
         return {
             name: [
-                torch.cat(self.preds[(i, name)]) if (i, name) in self.preds else torch.empty(0)
+                torch.cat(self.preds[(i, name)]) if (i, name) in self.preds else torch.empty(0, device="cpu")
                 for i in range(num_points)
             ]
             for name in self.loaders

@@ -49,7 +49,9 @@ def _all_reduce_sums(
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized()):
         return list(scalars), list(tensors)
-    flat = torch.cat([torch.tensor(list(scalars), dtype=torch.float64)] + [t.reshape(-1) for t in tensors])
+    flat = torch.cat(
+        [torch.tensor(list(scalars), dtype=torch.float64, device="cpu")] + [t.reshape(-1).cpu() for t in tensors]
+    )
     backend = dist.get_backend(group)
     device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
     flat = flat.to(device)
@@ -79,7 +81,7 @@ class ClassificationMetrics:
         e: Tensor | None
         self._inner: Tensor | None
         if edges is not None:
-            e = torch.tensor(list(edges), dtype=torch.float64)
+            e = torch.tensor(list(edges), dtype=torch.float64, device="cpu")
             if e.numel() < 2 or e[0] != 0 or e[-1] != 1 or not bool((e[1:] > e[:-1]).all()):
                 raise InputError("edges must increase strictly from 0 to 1")
             bins = e.numel() - 1
@@ -99,9 +101,9 @@ class ClassificationMetrics:
         self.correct = 0.0
         self.nll_sum = 0.0
         self.brier_sum = 0.0
-        self.bin_count = torch.zeros(self.bins, dtype=torch.float64)
-        self.bin_conf = torch.zeros(self.bins, dtype=torch.float64)
-        self.bin_correct = torch.zeros(self.bins, dtype=torch.float64)
+        self.bin_count = torch.zeros(self.bins, dtype=torch.float64, device="cpu")  # metrics live on the CPU
+        self.bin_conf = torch.zeros(self.bins, dtype=torch.float64, device="cpu")
+        self.bin_correct = torch.zeros(self.bins, dtype=torch.float64, device="cpu")
 
     def update(self, probs: Tensor, targets: Tensor) -> None:
         """Add a batch: ``probs`` (N, C) rows summing to 1, ``targets`` (N,) class indices."""

@@ -106,7 +106,8 @@ def random_subspace(shift: Tensor, k: int, *, generator: torch.Generator | None 
     """k random directions around ``shift``: rows drawn from N(0, I_P), each scaled to unit norm (nearly
     orthogonal for P >> k, not exactly)."""
     _check_k(k, shift.numel(), "weights")
-    rows = torch.randn(k, shift.numel(), generator=generator, dtype=torch.float64)
+    device = generator.device if generator is not None else shift.device  # a seed: the same rows on every device
+    rows = torch.randn(k, shift.numel(), generator=generator, dtype=torch.float64, device=device)
     rows /= rows.norm(dim=1, keepdim=True)
     return Subspace(shift.detach().clone(), rows.to(shift), "random")
 
