@@ -99,8 +99,9 @@ def test_vi_resumed_equals_uninterrupted(fit):
     assert resumed.diagnostics["elbo_trace"] == whole.diagnostics["elbo_trace"]
 
 
-def test_a_stop_without_a_checkpoint_object_is_not_asked_for():
-    """Without install() or a requested stop the samplers run as before: no state is saved, nothing raised."""
+def test_periodic_saves_come_every_n_steps_and_not_after_the_last():
+    """Without a requested stop the sampler runs to the end: a save every ``every`` steps, none after the last
+    step (the result is written instead), nothing raised."""
     saves = []
     elliptical_slice(
         lambda z: float(gaussian_ll(z)),

@@ -31,7 +31,7 @@ from .config import TrainConfig, read_epoch_log
 from .connect import ConnectConfig, connect_runs
 from .demo_subspace import subspace_finish, subspace_lines, subspace_plan
 from .evaluate import evaluate_run
-from .folders import check_output, output_guard, prepare_run_dir, set_aside
+from .folders import check_output, output_guard, prepare_run_dir, set_aside_all
 from .parallel import call, default_jobs, run_jobs
 from .presets import DEFAULT_PRESET, PRESETS, Preset, get_preset
 from .report import aggregate, describe_config, format_table, markdown_table
@@ -935,7 +935,7 @@ def geometry_section(
     g = check_output(out / "geometry", overwrite=overwrite, what="a geometry section", flag="")
     with output_guard(g):
         if overwrite:  # the earlier section comes back if this one cannot be written (a full disk)
-            set_aside(g, [p.name for p in g.iterdir() if not p.name.startswith(".")])
+            set_aside_all(g)
         return _geometry_section(out, g, seeds, quick, progress, log)
 
 

@@ -314,7 +314,7 @@ def subspace_table(
     import json
 
     from ..core.checkpoint import write_json, write_text
-    from .folders import check_output, output_guard, set_aside
+    from .folders import check_output, output_guard, set_aside_all
     from .report import aggregate
 
     out = Path(out)
@@ -343,7 +343,7 @@ def subspace_table(
     table = check_output(out / "subspace-table", overwrite=overwrite, what="a subspace table", flag="")
     with output_guard(table):
         if overwrite:  # the earlier table comes back if this one cannot be written (a full disk)
-            set_aside(table, [p.name for p in table.iterdir() if not p.name.startswith(".")])
+            set_aside_all(table)
         table.mkdir(parents=True, exist_ok=True)
         section = subspace_section(
             out,

@@ -40,6 +40,7 @@ __all__ = [
     "refuse_reading_from",
     "run_lock",
     "set_aside",
+    "set_aside_all",
     "PREVIOUS",
     "FolderLockedError",
     "LOCK",
@@ -244,6 +245,12 @@ def set_aside(out: Path, names: Iterable[str]) -> None:
             _remove(p)
         else:
             os.replace(p, backup / name)
+
+
+def set_aside_all(out: Path) -> None:
+    """:func:`set_aside` every entry of ``out`` (a section a command replaces whole), hidden ones kept."""
+    if out.is_dir():
+        set_aside(out, [p.name for p in out.iterdir() if not p.name.startswith(".")])
 
 
 def _restore_previous(out: Path) -> None:

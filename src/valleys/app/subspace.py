@@ -526,11 +526,6 @@ class _Minibatches:
             self.position = int(state["position"])
 
 
-def _minibatch_log_likelihood(cfg: SubspaceConfig, post: Any, splits: Any) -> _Minibatches:
-    """The differentiable log-likelihood of ``z`` on the next minibatch of 256 (see :class:`_Minibatches`)."""
-    return _Minibatches(cfg, post, splits)
-
-
 def _vi(
     cfg: SubspaceConfig,
     post: Any,
@@ -544,7 +539,7 @@ def _vi(
     from ..methods.samplers import mean_field_vi
 
     return mean_field_vi(
-        _minibatch_log_likelihood(cfg, post, splits),
+        _Minibatches(cfg, post, splits),
         post.subspace.k,
         prior_scale=post.prior_scale,
         num_samples=cfg.samples,
@@ -569,7 +564,7 @@ def _flow(
     from ..methods.samplers import flow_vi
 
     return flow_vi(
-        _minibatch_log_likelihood(cfg, post, splits),
+        _Minibatches(cfg, post, splits),
         post.subspace.k,
         prior_scale=post.prior_scale,
         num_samples=cfg.samples,

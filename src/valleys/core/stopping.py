@@ -13,8 +13,9 @@ both handlers:
 * Elsewhere (loading, evaluating, writing results) the signal raises :class:`Stopped` at once; the command's
   output folder is cleaned up as on any failure, keeping what can be resumed.
 
-Under ``torchrun`` each rank gets the signal, possibly at a different step; the trainer all-reduces the flag
-with its per-step finiteness flag, so every rank stops at the same step and none waits in a collective.
+Under ``torchrun`` each rank gets the signal, possibly at a different step; the trainer all-reduces the signal
+number (its maximum) after every step, one small collective a step, so every rank stops after the same step
+and none waits in a collective.
 Worker processes started by :func:`valleys.app.parallel.run_jobs` install the handlers too and receive a
 SIGTERM sent to their parent (Kubernetes signals only the container's first process), see :func:`forward_to`.
 

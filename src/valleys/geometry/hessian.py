@@ -57,6 +57,7 @@ __all__ = [
     "lanczos_tridiagonal",
     "power_iteration",
     "hutchinson_trace",
+    "hvp_rows",
     "rademacher",
     "epsilon_sharpness",
     "HVP_ROUTES",
@@ -373,6 +374,16 @@ def rademacher(
     return torch.stack(rows).to(device if device is not None else dev)
 
 
+def hvp_rows(loss: LossFunction, w: Tensor, vs: Tensor, batch: int | None = None) -> Tensor:
+    """``H(w) v`` for every row of ``vs`` (n, P): one at a time, or ``batch`` at a time through
+    :meth:`LossFunction.hvp_many` (which batches them where that is faster)."""
+    if len(vs) == 0:
+        return vs.clone()
+    if batch is None or batch <= 1:
+        return torch.stack([loss.hvp(w, v) for v in vs])
+    return torch.cat([loss.hvp_many(w, chunk) for chunk in vs.split(batch)])
+
+
 def hutchinson_trace(
     loss: LossFunction,
     w: Tensor,
@@ -387,12 +398,7 @@ def hutchinson_trace(
     if samples < 2:
         raise InputError(f"samples must be at least 2 (for a standard error), got {samples}")
     z = rademacher(samples, w.numel(), generator, w.dtype, w.device)
-    if batch is None or batch <= 1:
-        vals = [float(zi @ loss.hvp(w, zi)) for zi in z]
-    else:
-        vals = []
-        for chunk in z.split(batch):
-            vals += (chunk * loss.hvp_many(w, chunk)).sum(1).tolist()
+    vals = [float(zi @ hi) for zi, hi in zip(z, hvp_rows(loss, w, z, batch), strict=True)]
     t = torch.tensor(vals, dtype=torch.float64, device="cpu")
     return {"trace": float(t.mean()), "stderr": float(t.std() / math.sqrt(samples)), "samples": samples}
 

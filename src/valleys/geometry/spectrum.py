@@ -31,15 +31,9 @@ from torch import Tensor, nn
 from ..core.adapter import ModelAdapter
 from ..core.weights import WeightSpace
 from ..errors import InputError
-from .hessian import LossFunction, hutchinson_trace, lanczos, lanczos_tridiagonal, rademacher
+from .hessian import LossFunction, hutchinson_trace, hvp_rows, lanczos, lanczos_tridiagonal, rademacher
 
 __all__ = ["hutchpp_trace", "spectral_density", "density_curve", "spectral_moments", "block_spectra", "layer_blocks"]
-
-
-def _products(loss: LossFunction, w: Tensor, vs: Tensor, batch: int | None) -> Tensor:
-    if batch is None or batch <= 1:
-        return torch.stack([loss.hvp(w, v) for v in vs]) if len(vs) else vs.clone()
-    return torch.cat([loss.hvp_many(w, chunk) for chunk in vs.split(batch)]) if len(vs) else vs.clone()
 
 
 def hutchpp_trace(
@@ -62,13 +56,13 @@ def hutchpp_trace(
     k = min(products // 3, p)
     g = products - 2 * k
     s = rademacher(k, p, generator, torch.float64, w.device)
-    y = _products(loss, w, s.to(w.dtype), batch).double()  # (k, P): rows of H S
+    y = hvp_rows(loss, w, s.to(w.dtype), batch).double()  # (k, P): rows of H S
     q, _ = torch.linalg.qr(y.T)  # (P, k) orthonormal basis of range(H S)
-    hq = _products(loss, w, q.T.contiguous().to(w.dtype), batch).double()  # (k, P)
+    hq = hvp_rows(loss, w, q.T.contiguous().to(w.dtype), batch).double()  # (k, P)
     exact = float((q.T * hq).sum())
     gs = rademacher(g, p, generator, torch.float64, w.device)
     gs = gs - (gs @ q) @ q.T  # (I - QQ^T) G
-    hg = _products(loss, w, gs.to(w.dtype), batch).double()
+    hg = hvp_rows(loss, w, gs.to(w.dtype), batch).double()
     vals = (gs * hg).sum(1)
     return {
         "trace": exact + float(vals.mean()),

@@ -334,8 +334,6 @@ class Trainer:
         self.lr = float(optimizer.param_groups[0]["lr"])
         # an epoch stopped part-way by a signal: its position and sums (see valleys.core.stopping)
         self._partial: dict[str, Any] | None = None
-        self._epoch_rng: Tensor | None = None
-        self._signum = 0
 
     @property
     def device(self) -> torch.device:
@@ -460,8 +458,9 @@ class Trainer:
                 logs = self._train_epoch(bar)
                 self.epoch += 1
                 self._end_epoch(logs)
-                if self._stop_agreed():  # a signal during the epoch's end: its checkpoint, then stop
-                    self._stop()
+                signum = self._stop_agreed()
+                if signum:  # a signal during the epoch's end: its checkpoint, then stop
+                    self._stop(signum)
         finally:
             if bar is not None:
                 bar.close()
@@ -486,7 +485,7 @@ class Trainer:
         partial, self._partial = self._partial, None
         if partial is not None:  # the loader draws its shuffle (and augmentation) from the epoch's start state
             torch.set_rng_state(partial["epoch_rng"])
-        self._epoch_rng = torch.get_rng_state()
+        epoch_rng = torch.get_rng_state()
         loader = iter(self.train_loader)
         first = 0
         if partial is not None:  # resume an epoch stopped part-way: skip its done batches, restore its sums
@@ -550,10 +549,11 @@ class Trainer:
                         lr=f"{self.lr:.3g}",
                         refresh=False,
                     )
-            if self._stop_agreed():
+            signum = self._stop_agreed()
+            if signum:
                 self._partial = {
                     "position": i + 1,
-                    "epoch_rng": self._epoch_rng,
+                    "epoch_rng": epoch_rng,
                     "rng": torch.get_rng_state(),
                     "loss_sum": loss_sum,
                     "correct": correct,
@@ -562,7 +562,7 @@ class Trainer:
                     "classified": classified,
                     "extra": dict(extra),
                 }
-                self._stop()
+                self._stop(signum)
         if self.world_size > 1:  # the log holds the numbers of all ranks' examples
             keys = sorted(extra)
             t = torch.tensor(
@@ -589,17 +589,16 @@ class Trainer:
             flag = torch.tensor([float(signum)], device=self.device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             signum = int(flag.item())
-        self._signum = signum
         return signum
 
-    def _stop(self) -> None:
+    def _stop(self, signum: int) -> None:
         """Write the checkpoint of this step boundary (rank 0; every rank waits for it) and raise
         :class:`valleys.core.stopping.Stopped` naming it."""
         if self.checkpoint_path is not None and is_main_process():
             self.save()
         if self.world_size > 1:  # no rank leaves (torchrun would then kill rank 0) before the checkpoint is written
             torch.distributed.barrier()
-        raise stopping.Stopped(self._signum, None if self.checkpoint_path is None else str(self.checkpoint_path))
+        raise stopping.Stopped(signum, None if self.checkpoint_path is None else str(self.checkpoint_path))
 
     def _diverged(self, what: str) -> TrainingDiverged:
         """The error for a divergence found at an epoch end (``self.epoch`` epochs done), worded as the per-step one."""
