@@ -77,15 +77,18 @@ def test_sigterm_during_train_checkpoints_mid_epoch_and_resumes_bit_identically(
     assert lines(out / "metrics.jsonl") == 12
 
 
-def test_a_stop_between_steps_resumes_the_epoch_where_it_stopped(tmp_path):
+@pytest.mark.parametrize("norm", ["dropout", "batchnorm"])
+def test_a_stop_between_steps_resumes_the_epoch_where_it_stopped(tmp_path, norm):
     """In one process: a stop requested after step 3 of epoch 2 writes a checkpoint at that step (position 3)
-    whose resume skips the done batches and ends with the uninterrupted run's weights and log."""
+    whose resume skips the done batches and ends with the uninterrupted run's weights, BatchNorm statistics
+    and log (a Dropout model: the RNG state at the stop; a BatchNorm one: its running statistics)."""
     from valleys.core import stopping
     from valleys.training.trainer import CheckpointPolicy, Trainer
 
     def trainer(path: Path, stop_at: int | None = None) -> Trainer:
         torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 3))
+        middle = torch.nn.Dropout(0.3) if norm == "dropout" else torch.nn.BatchNorm1d(8)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), middle, torch.nn.Linear(8, 3))
         gen = torch.Generator().manual_seed(0)
         x, y = torch.randn(40, 4, generator=gen), torch.randint(0, 3, (40,), generator=gen)
         loader = torch.utils.data.DataLoader(
