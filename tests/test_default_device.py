@@ -59,3 +59,58 @@ def test_swag_draws_and_batchnorm_recompute_name_their_devices(on_cpu_meta_defau
                 p.add_(0.01)
         swag.collect(model)
     assert swag.sample(2, generator=gen()).device.type == "cpu"
+
+
+def test_the_engine_bma_and_grids_name_their_devices(on_cpu_meta_default):
+    from valleys.core.weights import WeightSpace
+    from valleys.evaluation.engine import VmapPolicy
+    from valleys.evaluation.folding import AffinePoints
+    from valleys.evaluation.grid import evaluate_points
+    from valleys.evaluation.predict import bma, evaluate
+
+    model, batches = on_cpu_meta_default
+    space = WeightSpace(model)
+    w = space.read(model)
+    basis = torch.randn(2, space.size, generator=gen(), device="cpu") * 0.1
+    coords = torch.tensor([[a, b] for a in (-1.0, 0.0, 1.0) for b in (-1.0, 0.0, 1.0)], device="cpu")
+    pts = AffinePoints(basis, coords, w)
+    for policy in (VmapPolicy(False, fold=True), VmapPolicy(True, fold=True), VmapPolicy("auto", fold=False)):
+        res = evaluate_points(model, pts, {"d": batches}, bn=batches, batched=policy)
+        assert len(res.loss("d")) == 9
+    res = evaluate_points(model, pts, {"d": batches}, bn="keep", batched=VmapPolicy(False, fold=True))
+    assert all(v == v for v in res.loss("d"))
+    swag = SWAG(model, rank=3)
+    for k in range(4):
+        swag.collect(w + 0.01 * k)
+    out = bma(model, swag.samples(3, generator=gen()), batches, bn=batches, return_probs=True)
+    assert out.probs.device.type == "cpu"
+    assert 0 <= evaluate(model, batches, reliability=True).accuracy <= 1
+
+
+def test_subspace_sampling_names_its_devices(on_cpu_meta_default):
+    from valleys.methods.samplers import elliptical_slice
+    from valleys.methods.subspace import random_subspace
+    from valleys.methods.subspace_posterior import SubspacePosterior
+
+    model, batches = on_cpu_meta_default
+    from valleys.core.weights import WeightSpace
+
+    w = WeightSpace(model).read(model)
+    sub = random_subspace(w, 2, generator=gen())
+    post = SubspacePosterior(model, sub, batches, bn="keep")
+    z0 = torch.zeros(2, dtype=torch.float64, device="cpu")
+    out = elliptical_slice(post.log_likelihood, z0, prior_scale=1.0, num_samples=5, generator=gen())
+    assert out.samples.device.type == "cpu" and out.samples.shape == (5, 2)
+
+
+def test_the_trainer_names_its_devices(on_cpu_meta_default):
+    from valleys.methods.averaging import SWA
+    from valleys.training.callbacks import SWACallback
+    from valleys.training.trainer import Trainer
+
+    model, batches = on_cpu_meta_default
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    swa = SWA(model)
+    log = Trainer(model, opt, batches, 2, callbacks=[SWACallback(swa, 0, bn_loader=batches)]).fit(progress=False)
+    assert len(log) == 2 and swa.n == 2

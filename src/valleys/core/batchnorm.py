@@ -159,6 +159,9 @@ def recompute_bn(
     layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     if not layers:
         return 0
+    from .weights import unwrap
+
+    model = unwrap(model)  # a torch.compile wrapper: the train-mode passes run the original module eagerly
     adapter = as_adapter(adapter)
     if device is None:
         device = layers[0].running_mean.device if layers[0].running_mean is not None else None

@@ -153,7 +153,9 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def model_signature(model: nn.Module) -> list[list]:
     """Names and shapes of a model's state (parameters and buffers): what a checkpoint must match."""
-    return [[k, list(v.shape)] for k, v in model.state_dict().items()]
+    from .weights import unwrap
+
+    return [[k, list(v.shape)] for k, v in unwrap(model).state_dict().items()]
 
 
 def check_model_signature(expected: list, model: nn.Module, source: str = "checkpoint") -> None:

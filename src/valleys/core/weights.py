@@ -23,7 +23,18 @@ from torch import Tensor, nn
 
 from ..errors import WeightSpaceError
 
-__all__ = ["WeightSpace", "WeightSpaceError", "preserved_modes"]
+__all__ = ["WeightSpace", "WeightSpaceError", "preserved_modes", "unwrap"]
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module that a ``torch.compile`` wrapper (``OptimizedModule``) wraps, else ``module`` itself.
+
+    Weight spaces, averages, posteriors and checkpoints refer to the original module's parameters, so their
+    names carry no ``_orig_mod.`` prefix and a state dict saved from a compiled module loads into the plain
+    one (and back). Evaluations at other weights run the original module eagerly: swapping parameters in and
+    out of a compiled graph would recompile it at every point."""
+    inner = getattr(module, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) else module
 
 
 @contextlib.contextmanager
@@ -75,6 +86,7 @@ class WeightSpace:
         *,
         include_frozen: bool = False,
     ) -> None:
+        module = unwrap(module)
         params = dict(module.named_parameters())  # remove_duplicate=True: tied weights once
         if names is None:
             chosen = [n for n, p in params.items() if include_frozen or p.requires_grad]
@@ -125,8 +137,9 @@ class WeightSpace:
         return [[s.name, list(s.shape)] for s in self.slots]
 
     def parameters(self, module: nn.Module) -> list[Tensor]:
-        """The module's parameter tensors in flat-layout order, after checking names and shapes."""
-        params = dict(module.named_parameters())
+        """The module's parameter tensors in flat-layout order, after checking names and shapes (of the
+        original module of a ``torch.compile`` wrapper, see :func:`unwrap`)."""
+        params = dict(unwrap(module).named_parameters())
         out: list[Tensor] = []
         for s in self.slots:
             p = params.get(s.name)
@@ -242,6 +255,7 @@ class WeightSpace:
         path and attribute) is looked up once per module and cached; the submodules are found again by path
         on every call, so a submodule replaced later is the one that receives the tensor.
         """
+        module = unwrap(module)
         sites = self._sites(module)
         if len(tensors) != len(sites):
             raise WeightSpaceError(f"got {len(tensors)} tensors for a weight space of {len(sites)} parameters")

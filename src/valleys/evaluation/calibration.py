@@ -43,7 +43,7 @@ def fit_temperature(probs: Tensor, targets: Tensor, *, max_iter: int = 100) -> f
         )
     logp = _log(probs)
     y = targets.long()
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    log_t = torch.zeros((), dtype=torch.float64, device="cpu", requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure():
@@ -73,7 +73,7 @@ def auroc(scores_out: Tensor, scores_in: Tensor) -> float:
     order = torch.argsort(scores, stable=True)
     sorted_scores = scores[order]
     ranks = torch.empty_like(scores)
-    ranks[order] = torch.arange(1, scores.numel() + 1, dtype=torch.float64)
+    ranks[order] = torch.arange(1, scores.numel() + 1, dtype=torch.float64, device=scores.device)
     # average ranks over ties
     uniq, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
     ends = counts.cumsum(0).double()

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.batches import as_tensor
 from ..errors import InputError, NonFinitePredictionError
 
 __all__ = ["ClassificationMetrics", "RegressionMetrics", "classification_metrics", "regression_metrics", "LOG_EDGES"]
@@ -35,7 +36,7 @@ _Z95 = 1.959963984540054
 
 
 def _as_labels(y: Tensor, n: int) -> Tensor:
-    y = torch.as_tensor(y)
+    y = as_tensor(y)
     if y.dim() != 1 or y.numel() != n:
         raise InputError(f"targets must be a 1-D tensor of {n} class indices, got shape {tuple(y.shape)}")
     return y.long()
@@ -87,7 +88,7 @@ class ClassificationMetrics:
             bins = e.numel() - 1
             self._inner = e[1:-1]
         else:
-            e = torch.linspace(0, 1, bins + 1, dtype=torch.float64) if bins >= 1 else None
+            e = torch.linspace(0, 1, bins + 1, dtype=torch.float64, device="cpu") if bins >= 1 else None
             self._inner = None
         if bins < 1 or e is None:
             raise InputError(f"bins must be at least 1, got {bins}")

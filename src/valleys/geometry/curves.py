@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
 from ..core.adapter import ModelAdapter
-from ..core.weights import WeightSpace, WeightSpaceError
+from ..core.weights import WeightSpace, WeightSpaceError, unwrap
 from ..errors import InputError
 
 __all__ = ["bezier_coefficients", "polychain_coefficients", "Curve", "CurveModel", "CURVE_KINDS"]
@@ -194,6 +194,7 @@ class CurveModel(nn.Module):
         adapter: ModelAdapter | None = None,
     ) -> None:
         super().__init__()
+        model = unwrap(model)  # a torch.compile wrapper: the curve substitutes into its original module
         self.adapter = adapter
         self.loss_through_output = loss_through_output
         self.space = space or WeightSpace(model)

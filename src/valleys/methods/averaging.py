@@ -43,6 +43,10 @@ def welford_(means: list[Tensor], m2s: list[Tensor] | None, deltas: list[Tensor]
         torch._foreach_addcmul_(m2s, deltas, deltas, value=n / (n + 1))
 
 
+#: parameter dtypes whose averages and moments are kept in float32 by default
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
 class Averager:
     """Common part of :class:`SWA` and :class:`EMA`: a flat mean over a :class:`WeightSpace`.
 
@@ -50,6 +54,10 @@ class Averager:
         model: defines the weight space (and, by default, the device and dtype of the buffers).
         names: optional parameter subset (see :class:`WeightSpace`).
         device, dtype: where to keep the buffers (e.g. ``"cpu"`` to offload a GPU model; ``torch.float64``).
+            By default the parameters' dtype, but at least float32: a model held in bfloat16 or float16
+            (pure low-precision training) is averaged in float32, whose 24-bit significand keeps the small
+            steps between iterates that a 8- or 11-bit one rounds away. Under ``torch.autocast`` the
+            parameters stay float32, and so do the averages.
         check_finite: refuse to collect weights with NaN or inf entries (one extra reduction per collect).
     """
 
@@ -65,7 +73,7 @@ class Averager:
         self.space = WeightSpace(model, names)
         ref = self.space.parameters(model)[0]
         self.device = torch.device(device) if device is not None else ref.device
-        self.dtype = dtype or self.space.dtype
+        self.dtype = dtype or (torch.float32 if self.space.dtype in LOW_PRECISION else self.space.dtype)
         self.check_finite = check_finite
         self.n = 0
         self._mean = torch.zeros(self.space.size, device=self.device, dtype=self.dtype)

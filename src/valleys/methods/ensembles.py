@@ -14,9 +14,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..core.weights import unwrap
+
 __all__ = ["snapshot"]
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, Tensor]:
     """A detached copy of the model's full state (parameters and buffers) on the CPU."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return {k: v.detach().to("cpu", copy=True) for k, v in unwrap(model).state_dict().items()}

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ..core import stopping
+from ..core.batches import as_tensor
 from ..core.checkpoint import json_safe
 from ..core.optional import Progress
 from ..errors import InputError, SamplerError
@@ -138,6 +139,11 @@ def _check_counts(num_samples: int, burn_in: int, thin: int) -> None:
         raise InputError(f"thin must be an integer >= 1, got {thin!r}")
 
 
+def _on(generator: torch.Generator | None) -> torch.device | str:
+    """Where random draws are made: the generator's device, else the CPU (never torch's default device)."""
+    return generator.device if generator is not None else "cpu"
+
+
 def elliptical_slice(
     log_likelihood: Callable[[Tensor], float],
     z0: Tensor,
@@ -174,7 +180,7 @@ def elliptical_slice(
     """
     _check_scale(prior_scale)
     _check_counts(num_samples, burn_in, thin)
-    z = torch.as_tensor(z0, dtype=torch.float64).clone()
+    z = as_tensor(z0, torch.float64).clone()
     if z.dim() != 1:
         raise InputError(f"z0 must be a 1-D tensor (k,), got shape {tuple(z.shape)}")
     start = time.perf_counter()
@@ -222,7 +228,7 @@ def elliptical_slice(
                 checkpoint.after_step(step + 1, steps, functools.partial(state, step + 1))
     return SamplerResult(
         torch.stack(kept),
-        torch.tensor(kept_ll, dtype=torch.float64),
+        torch.tensor(kept_ll, dtype=torch.float64, device="cpu"),
         {
             "likelihood_evaluations": evals,
             "evaluations_per_step": (evals - 1) / steps,
@@ -246,9 +252,11 @@ def _ess_step(
 ) -> tuple[Tensor, float, int, int]:
     """One elliptical slice step from ``(z, ll)``: the new point, its log-likelihood, the evaluation count,
     and the shrinks it took."""
-    nu = torch.randn(z.shape, generator=generator, dtype=torch.float64) * prior_scale
-    log_y = ll + math.log(float(torch.rand((), generator=generator, dtype=torch.float64)) or 1e-300)
-    theta = float(torch.rand((), generator=generator, dtype=torch.float64)) * 2 * math.pi
+    nu = torch.randn(z.shape, generator=generator, dtype=torch.float64, device=_on(generator)) * prior_scale
+    log_y = ll + math.log(
+        float(torch.rand((), generator=generator, dtype=torch.float64, device=_on(generator))) or 1e-300
+    )
+    theta = float(torch.rand((), generator=generator, dtype=torch.float64, device=_on(generator))) * 2 * math.pi
     lo, hi = theta - 2 * math.pi, theta
     shrinks = nans = 0
     while True:
@@ -275,7 +283,7 @@ def _ess_step(
             lo = theta
         else:
             hi = theta
-        theta = lo + float(torch.rand((), generator=generator, dtype=torch.float64)) * (hi - lo)
+        theta = lo + float(torch.rand((), generator=generator, dtype=torch.float64, device=_on(generator))) * (hi - lo)
     return z, ll, evals, shrinks
 
 
@@ -381,19 +389,23 @@ def mean_field_vi(
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise InputError(f"lr must be a finite number > 0, got {lr!r}")
     mu = (
-        torch.zeros(k, dtype=torch.float64)
+        torch.zeros(k, dtype=torch.float64, device="cpu")
         if init_mean is None
-        else torch.as_tensor(init_mean, dtype=torch.float64).clone()
+        else as_tensor(init_mean, torch.float64).clone()
     ).requires_grad_(True)
     log_sigma = torch.full(
-        (k,), math.log(init_std if init_std is not None else prior_scale * 0.1), dtype=torch.float64, requires_grad=True
+        (k,),
+        math.log(init_std if init_std is not None else prior_scale * 0.1),
+        dtype=torch.float64,
+        device="cpu",
+        requires_grad=True,
     )
 
     def elbo() -> Tensor:
         sigma = log_sigma.exp()
-        eps = torch.randn(mc_samples, k, generator=generator, dtype=torch.float64)
+        eps = torch.randn(mc_samples, k, generator=generator, dtype=torch.float64, device=_on(generator))
         z = mu + sigma * eps
-        ll = torch.stack([torch.as_tensor(log_likelihood(zi)).to(torch.float64) for zi in z]).mean()
+        ll = torch.stack([as_tensor(log_likelihood(zi), torch.float64) for zi in z]).mean()
         kl = (math.log(prior_scale) - log_sigma + (sigma**2 + mu**2) / (2 * prior_scale**2) - 0.5).sum()
         return ll - kl
 
@@ -410,7 +422,9 @@ def mean_field_vi(
     )
     with torch.no_grad():
         mean, std = mu.detach().clone(), log_sigma.exp().detach().clone()
-        draws = mean + std * torch.randn(num_samples, k, generator=generator, dtype=torch.float64)
+        draws = mean + std * torch.randn(
+            num_samples, k, generator=generator, dtype=torch.float64, device=_on(generator)
+        )
     return SamplerResult(
         draws,
         None,
@@ -441,14 +455,14 @@ class RealNVP(torch.nn.Module):
     def __init__(self, k: int, *, layers: int = 4, hidden: int = 32, init_std: float = 0.1) -> None:
         super().__init__()
         self.k = k
-        self.mu = torch.nn.Parameter(torch.zeros(k, dtype=torch.float64))
-        self.log_sigma = torch.nn.Parameter(torch.full((k,), math.log(init_std), dtype=torch.float64))
-        idx = torch.arange(k)
+        self.mu = torch.nn.Parameter(torch.zeros(k, dtype=torch.float64, device="cpu"))
+        self.log_sigma = torch.nn.Parameter(torch.full((k,), math.log(init_std), dtype=torch.float64, device="cpu"))
+        idx = torch.arange(k, device="cpu")
         self.register_buffer(
             "masks",
             torch.stack([((idx + i) % 2 == 0).double() for i in range(layers)])
             if k > 1
-            else torch.zeros(0, k, dtype=torch.float64),
+            else torch.zeros(0, k, dtype=torch.float64, device="cpu"),
         )
         self.nets = torch.nn.ModuleList()
         for _ in range(len(self.masks)):
@@ -459,7 +473,7 @@ class RealNVP(torch.nn.Module):
 
     def forward(self, eps: Tensor) -> tuple[Tensor, Tensor]:
         """``(z, log |det dz/deps|)`` for eps (n, k)."""
-        x, logdet = eps, torch.zeros(eps.shape[0], dtype=eps.dtype)
+        x, logdet = eps, torch.zeros(eps.shape[0], dtype=eps.dtype, device=eps.device)
         for m, net in zip(self.masks, self.nets, strict=True):
             s, t = net(x * m).chunk(2, dim=-1)
             s = torch.tanh(s) * (1 - m)
@@ -469,7 +483,7 @@ class RealNVP(torch.nn.Module):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """n draws and their log density under the flow."""
-        eps = torch.randn(n, self.k, generator=generator, dtype=torch.float64)
+        eps = torch.randn(n, self.k, generator=generator, dtype=torch.float64, device=_on(generator))
         z, logdet = self(eps)
         base = -0.5 * (eps**2).sum(-1) - 0.5 * self.k * math.log(2 * math.pi)
         return z, base - logdet
@@ -511,12 +525,14 @@ def flow_vi(
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise InputError(f"lr must be a finite number > 0, got {lr!r}")
     if generator is not None:
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))  # the MLPs' init
+        torch.manual_seed(
+            int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=_on(generator)))
+        )  # the MLPs' init
     flow = RealNVP(k, layers=layers, hidden=hidden, init_std=0.1 * prior_scale)
 
     def elbo() -> Tensor:
         z, log_q = flow.sample(mc_samples, generator)
-        ll = torch.stack([torch.as_tensor(log_likelihood(zi)).to(torch.float64) for zi in z])
+        ll = torch.stack([as_tensor(log_likelihood(zi), torch.float64) for zi in z])
         return (ll + gaussian_log_prior(z, prior_scale) - log_q).mean()
 
     elbo_value, trace, time_s = _maximise_elbo(
@@ -579,7 +595,7 @@ def nuts(
     import pyro
     from pyro.infer import MCMC, NUTS
 
-    z0 = torch.as_tensor(z0, dtype=torch.float64)
+    z0 = as_tensor(z0, torch.float64)
     saved = checkpoint.state if checkpoint is not None else None
     if saved is None:
         ll0 = float(log_likelihood(z0))
@@ -589,7 +605,7 @@ def nuts(
 
     def potential(params: dict[str, Tensor]) -> Tensor:
         z = params["z"]
-        return -(torch.as_tensor(log_likelihood(z)).to(z) + gaussian_log_prior(z, prior_scale))
+        return -(as_tensor(log_likelihood(z)).to(z) + gaussian_log_prior(z, prior_scale))
 
     all_samples: list[Tensor] = []
     per_chain: list[dict[str, Any]] = []
@@ -602,7 +618,11 @@ def nuts(
         elapsed = float(saved["time_s"])
     for c in range(len(all_samples), chains):
         pyro.set_rng_seed(seed + c)
-        init = z0 if c == 0 else z0 + 0.1 * prior_scale * torch.randn(z0.shape, generator=gen, dtype=torch.float64)
+        init = (
+            z0
+            if c == 0
+            else z0 + 0.1 * prior_scale * torch.randn(z0.shape, generator=gen, dtype=torch.float64, device=_on(gen))
+        )
         kernel = NUTS(potential_fn=potential, max_tree_depth=max_tree_depth)
         mcmc = MCMC(
             kernel, num_samples=num_samples, warmup_steps=warmup, initial_params={"z": init}, disable_progbar=True
@@ -632,7 +652,11 @@ def nuts(
     from pyro.ops.stats import effective_sample_size, gelman_rubin
 
     n_eff = effective_sample_size(stacked, chain_dim=0, sample_dim=1)
-    r_hat = gelman_rubin(stacked, chain_dim=0, sample_dim=1) if chains > 1 else torch.full((z0.numel(),), math.nan)
+    r_hat = (
+        gelman_rubin(stacked, chain_dim=0, sample_dim=1)
+        if chains > 1
+        else torch.full((z0.numel(),), math.nan, device="cpu")
+    )
     return SamplerResult(
         stacked.reshape(-1, z0.numel()),
         None,

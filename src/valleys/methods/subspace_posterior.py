@@ -31,11 +31,12 @@ import torch
 from torch import Tensor, nn
 
 from ..core.adapter import ModelAdapter
-from ..core.batches import to_device
+from ..core.batches import as_tensor, to_device
 from ..core.batchnorm import EmptyLoaderError, has_batchnorm, recompute_bn
 from ..core.weights import WeightSpace, preserved_modes
 from ..errors import InputError, InputTypeError
 from ..evaluation.engine import BNPolicy, LossError, VmapPolicy, evaluate_many
+from ..evaluation.folding import AffinePoints
 from .samplers import gaussian_log_prior
 from .subspace import Subspace
 
@@ -124,15 +125,16 @@ class SubspacePosterior:
     # ------------------------------------------------------------------ densities
     def log_prior(self, z: Tensor) -> Tensor:
         """``log N(z; 0, s^2 I)`` for (k,) or (n, k)."""
-        return gaussian_log_prior(torch.as_tensor(z, dtype=torch.float64), self.prior_scale)
+        return gaussian_log_prior(as_tensor(z, torch.float64), self.prior_scale)
 
     def log_likelihood(self, z: Tensor, *, batched: bool | str | VmapPolicy = "auto") -> Tensor:
         """The tempered log-likelihood ``-(N / T) * mean nll`` at (k,) -> scalar, or at (n, k) -> (n,), through
         the engine (no gradients). A non-finite network output gives ``-inf``."""
-        z = torch.as_tensor(z, dtype=torch.float64)
+        z = as_tensor(z, torch.float64)
         single = z.dim() == 1
         zs = z[None] if single else z
-        weights = self.subspace.to_weights(zs.to(self.subspace.basis.dtype))
+        sub = self.subspace
+        weights = AffinePoints(sub.basis, zs, sub.shift, dtype=sub.basis.dtype)  # shift + z B, foldable
         res = evaluate_many(
             self.model,
             weights,
@@ -144,7 +146,7 @@ class SubspacePosterior:
             batched=batched,
         )
         self.evaluations += len(zs)
-        mean = torch.tensor(res.value["data"]["loss"], dtype=torch.float64)
+        mean = torch.tensor(res.value["data"]["loss"], dtype=torch.float64, device="cpu")
         ll = -self.num_examples * mean / self.temperature
         ll = torch.where(torch.isnan(ll), torch.full_like(ll, -math.inf), ll)
         return ll[0] if single else ll
@@ -160,7 +162,7 @@ class SubspacePosterior:
         differentiable per z and is refused here)."""
         if self.policy.mode == "recompute" and has_batchnorm(self.model):
             raise InputError("gradients through a per-z BatchNorm recompute are not available; use bn='shift'")
-        z = torch.as_tensor(z)
+        z = as_tensor(z)
         w = self.subspace.shift + z.to(self.subspace.basis) @ self.subspace.basis
         views = self.space.views(w)
         batches = self.loader if batch is None else [batch]

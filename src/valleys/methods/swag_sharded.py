@@ -33,8 +33,8 @@ from ..core.distributed import DistributedSetupError, is_distributed, shard_boun
 from ..core.distributed import rank as rank_of  # the constructor's ``rank`` is SWAG's K
 from ..core.weights import WeightSpace, WeightSpaceError
 from ..errors import InputError
-from .averaging import welford_
-from .swag import check_sampling, draw, one_at_a_time
+from .averaging import LOW_PRECISION, welford_
+from .swag import CHUNK, check_chunk, check_count, check_sampling, draw, in_chunks
 
 __all__ = ["ShardedSWAG"]
 
@@ -66,7 +66,7 @@ class ShardedSWAG:
         self.lo, self.hi = shard_bounds(self.space.size, self.r, self.world)
         ref = self.space.parameters(model)[0]
         self.device = torch.device(device) if device is not None else ref.device
-        self.dtype = dtype or self.space.dtype
+        self.dtype = dtype or (torch.float32 if self.space.dtype in LOW_PRECISION else self.space.dtype)
         m = self.hi - self.lo
         self.n = 0
         self._mean = torch.zeros(m, device=self.device, dtype=self.dtype)
@@ -132,22 +132,29 @@ class ShardedSWAG:
         check_sampling("ShardedSWAG", self.n, self.k, scale, diagonal)
 
     def sample_slice(
-        self, *, scale: float = 0.5, diagonal: bool = False, generator: torch.Generator | None = None
+        self,
+        n: int | None = None,
+        *,
+        scale: float = 0.5,
+        diagonal: bool = False,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
-        """This rank's slice of one sample; the generator must be seeded alike on every rank (it draws the
-        full ``z1`` and keeps the slice, then ``z2``: the draws of :meth:`valleys.methods.swag.SWAG.sample`)."""
+        """This rank's slice of one sample (``n=None``) or of a block of ``n`` samples, (n, slice); the generator
+        must be seeded alike on every rank (it draws the block's full ``z1`` and keeps the slice, then ``z2``:
+        the draws of :meth:`valleys.methods.swag.SWAG.sample`)."""
         self._check(scale, diagonal)
-        return draw(
+        block = draw(
             self._mean,
             self.variance_slice,
             self.deviations_slice,
-            1,
+            1 if n is None else n,
             size=self.space.size,
             lo=self.lo,
             scale=scale,
             diagonal=diagonal,
             generator=generator,
-        )[0]
+        )
+        return block[0] if n is None else block
 
     def gather(self, part: Tensor) -> Tensor:
         """The full P-vector from every rank's slice (one all-gather; every rank must call it)."""
@@ -170,15 +177,22 @@ class ShardedSWAG:
         return self.gather(self.sample_slice(scale=scale, diagonal=diagonal, generator=generator))
 
     def samples(
-        self, n: int, *, scale: float = 0.5, diagonal: bool = False, generator: torch.Generator | None = None
+        self,
+        n: int,
+        *,
+        scale: float = 0.5,
+        diagonal: bool = False,
+        generator: torch.Generator | None = None,
+        chunk: int = CHUNK,
     ) -> Iterator[Tensor]:
-        """Yield ``n`` full samples, one at a time (P numbers per rank at once, never (K, P)); bad arguments
-        raise at the call."""
-        return one_at_a_time(
-            n,
-            lambda: self._check(scale, diagonal),
-            lambda: self.sample(scale=scale, diagonal=diagonal, generator=generator),
-        )
+        """Yield ``n`` full samples one at a time, their slices drawn ``chunk`` at a time (``chunk`` slices per
+        rank at once, never (K, P)): the draws of :meth:`valleys.methods.swag.SWAG.samples` with the same
+        generator and ``chunk``. Bad arguments raise at the call."""
+        check_count(n)
+        check_chunk(chunk)
+        self._check(scale, diagonal)
+        rows = in_chunks(n, chunk, lambda c: self.sample_slice(c, scale=scale, diagonal=diagonal, generator=generator))
+        return (self.gather(row) for row in rows)
 
     # ------------------------------------------------------------------ files
     def state_dict(self) -> dict[str, Any]:

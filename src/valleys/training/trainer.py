@@ -59,6 +59,7 @@ from ..core.distributed import (
     shard_loader,
     world_size,
 )
+from ..core.weights import unwrap
 from ..errors import (
     CheckpointError,
     EmptyLoaderError,
@@ -352,7 +353,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: model, optimizer, callbacks, RNG, counters, history."""
         return {
-            "model": self.model.state_dict(),
+            "model": unwrap(self.model).state_dict(),  # a compiled model's own names, no "_orig_mod."
             "optimizer": self.optimizer.state_dict(),
             "callbacks": {self._callback_key(i, cb): cb.state_dict() for i, cb in enumerate(self.callbacks)},
             "rng": torch.get_rng_state(),
@@ -400,7 +401,7 @@ class Trainer:
             raise CheckpointError(
                 f"{path} was written with callbacks {sorted(state['callbacks'])}, this trainer has {keys}"
             )
-        self.model.load_state_dict(state["model"])
+        unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         for key, cb in zip(keys, self.callbacks, strict=True):
             cb.load_state_dict(state["callbacks"][key])
@@ -479,7 +480,7 @@ class Trainer:
         model.train()
         self._reseed_loader()
         start = time.perf_counter()
-        loss_sum = torch.zeros((), dtype=torch.float64)
+        loss_sum = torch.zeros((), dtype=torch.float64, device="cpu")
         correct, seen, batches, classified = 0, 0, 0, False
         extra: dict[str, float] = {}
         partial, self._partial = self._partial, None
