@@ -27,7 +27,7 @@ from ..core.weights import WeightSpaceError
 from ..errors import InputError
 from .averaging import SWA, NotCollectedError
 
-__all__ = ["SWAG", "MultiSWAG", "check_sampling", "draw", "one_at_a_time"]
+__all__ = ["SWAG", "MultiSWAG", "CHUNK", "check_sampling", "check_chunk", "check_count", "draw", "in_chunks"]
 
 
 def check_sampling(name: str, n: int, k: int, scale: float, diagonal: bool) -> None:
@@ -63,22 +63,39 @@ def draw(
     ``generator`` lives (a CPU generator for a CUDA posterior: the same draws as on the CPU for a seed) and
     moved to the posterior's device."""
     dev = generator.device if generator is not None else mean.device
-    z1 = torch.randn(n, size, device=dev, dtype=mean.dtype, generator=generator)[:, lo : lo + mean.numel()]
+    z1 = torch.randn(n, size, device=dev, dtype=mean.dtype, generator=generator)
+    if lo or mean.numel() != size:
+        z1 = z1[:, lo : lo + mean.numel()]
     out = z1.to(mean.device).mul_(variance.clamp_min(0).sqrt())
     if not diagonal:
         k = deviations.shape[0]
         z2 = torch.randn(n, k, device=dev, dtype=mean.dtype, generator=generator).to(mean.device)
-        out.add_(z2 @ deviations, alpha=1 / math.sqrt(k - 1))
+        out.addmm_(z2, deviations, alpha=1 / math.sqrt(k - 1))  # one pass over D for the n draws, no temporary
     return out.mul_(math.sqrt(scale)).add_(mean)
 
 
-def one_at_a_time(n: int, check: Callable[[], None], one: Callable[[], Tensor]) -> Iterator[Tensor]:
-    """``n`` draws of ``one()``, yielded one at a time (one P-vector in memory at once), after checking ``n``
-    and the posterior (``check()``) when called, not at the first draw."""
-    if not isinstance(n, int) or n < 1:
+#: how many draws share one pass over the deviation matrix by default (memory: ``chunk`` P-vectors at once)
+CHUNK = 8
+
+
+def check_chunk(chunk: int) -> None:
+    """Refuse a chunk size that is not an integer >= 1."""
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise InputError(f"chunk must be an integer >= 1 (draws per pass over the deviations), got {chunk!r}")
+
+
+def in_chunks(n: int, chunk: int, draw_chunk: Callable[[int], Tensor]) -> Iterator[Tensor]:
+    """The ``n`` draws as ``draw_chunk(c)`` blocks of ``c = chunk`` rows (the last one smaller), yielded row by
+    row: ``sample(n, chunk=c)`` and ``samples(n, chunk=c)`` make the same calls, so they give the same draws bit
+    for bit while ``samples`` holds only ``c`` P-vectors at once."""
+    for start in range(0, n, chunk):
+        yield from draw_chunk(min(chunk, n - start))
+
+
+def check_count(n: int) -> None:
+    """Refuse a number of samples that is not an integer >= 1."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InputError(f"the number of samples must be an integer >= 1, got {n!r}")
-    check()
-    return (one() for _ in range(n))
 
 
 class SWAG(SWA):
@@ -141,16 +158,30 @@ class SWAG(SWA):
         return scale * cov
 
     def sample(
-        self, n: int = 1, *, scale: float = 0.5, diagonal: bool = False, generator: torch.Generator | None = None
+        self,
+        n: int = 1,
+        *,
+        scale: float = 0.5,
+        diagonal: bool = False,
+        generator: torch.Generator | None = None,
+        chunk: int | None = None,
     ) -> Tensor:
         """Draw ``n`` weight vectors, shape (n, P): ``m + sqrt(scale)(sqrt(var) z1 + D^T z2 / sqrt(k-1))``.
 
         ``scale=0`` returns the SWA mean; ``diagonal=True`` drops the low-rank term (SWAG-diagonal, whose
-        paper default is ``scale=1``).
+        paper default is ``scale=1``). The normals of a block of draws are drawn together (``z1`` for the
+        block, then ``z2``) and the block costs one pass over ``D``: ``chunk=None`` draws all ``n`` as one
+        block, ``chunk=c`` in blocks of ``c``, the draws of :meth:`samples` with the same ``chunk``.
         """
-        if not isinstance(n, int) or n < 1:
-            raise InputError(f"the number of samples must be an integer >= 1, got {n!r}")
+        check_count(n)
+        if chunk is not None:
+            check_chunk(chunk)
         self._check(scale, diagonal)
+        if chunk is not None and chunk < n:
+            return torch.stack(list(self.samples(n, scale=scale, diagonal=diagonal, generator=generator, chunk=chunk)))
+        return self._draw(n, scale, diagonal, generator)
+
+    def _draw(self, n: int, scale: float, diagonal: bool, generator: torch.Generator | None) -> Tensor:
         return draw(
             self.mean,
             self.variance,
@@ -163,14 +194,21 @@ class SWAG(SWA):
         )
 
     def samples(
-        self, n: int, *, scale: float = 0.5, diagonal: bool = False, generator: torch.Generator | None = None
+        self,
+        n: int,
+        *,
+        scale: float = 0.5,
+        diagonal: bool = False,
+        generator: torch.Generator | None = None,
+        chunk: int = CHUNK,
     ) -> Iterator[Tensor]:
-        """Yield ``n`` samples one at a time (one P-vector in memory at once); bad arguments raise at the call."""
-        return one_at_a_time(
-            n,
-            lambda: self._check(scale, diagonal),
-            lambda: self.sample(1, scale=scale, diagonal=diagonal, generator=generator)[0],
-        )
+        """Yield ``n`` samples one at a time, drawn ``chunk`` at a time (one pass over the (k, P) deviations
+        per block, ``chunk`` P-vectors in memory at once): bit for bit the rows of ``sample(n, chunk=chunk)``.
+        ``chunk=1`` gives the draws of ``n`` calls of ``sample(1)``. Bad arguments raise at the call."""
+        check_count(n)
+        check_chunk(chunk)
+        self._check(scale, diagonal)
+        return in_chunks(n, chunk, lambda c: self._draw(c, scale, diagonal, generator))
 
     def log_prob(self, w: Tensor, *, scale: float = 0.5, diagonal: bool = False, min_var: float = 1e-30) -> Tensor:
         """Log density of weight vector(s) ``w`` ((P,) or (S, P)) under the SWAG Gaussian.
@@ -217,8 +255,15 @@ class MultiSWAG:
         self.members = list(members)
 
     def samples(
-        self, n_per_member: int, *, scale: float = 0.5, diagonal: bool = False, generator: torch.Generator | None = None
+        self,
+        n_per_member: int,
+        *,
+        scale: float = 0.5,
+        diagonal: bool = False,
+        generator: torch.Generator | None = None,
+        chunk: int = CHUNK,
     ) -> Iterator[Tensor]:
-        """Yield ``n_per_member`` samples from every member (len(members) * n_per_member in all)."""
+        """Yield ``n_per_member`` samples from every member (len(members) * n_per_member in all), each member's
+        drawn ``chunk`` at a time (:meth:`SWAG.samples`)."""
         for m in self.members:
-            yield from m.samples(n_per_member, scale=scale, diagonal=diagonal, generator=generator)
+            yield from m.samples(n_per_member, scale=scale, diagonal=diagonal, generator=generator, chunk=chunk)
