@@ -40,11 +40,15 @@ def test_random_subspace_rows_are_unit_norm_and_projection_inverts_to_weights():
     assert torch.allclose(s.to_weights(z[0]), shift + z[0] @ s.basis)
 
 
-def test_pca_subspace_equals_a_dense_svd_of_the_deviations():
+@pytest.mark.parametrize("block", [1 << 20, 7])  # one block, and column blocks that split the 50 weights
+def test_pca_subspace_equals_a_dense_svd_of_the_deviations(block, monkeypatch):
+    monkeypatch.setattr("valleys.methods.subspace.PCA_BLOCK", block)
     d = _trajectory()
     d = d - d.mean(0)
     shift = torch.zeros(50, dtype=torch.float64)
+    before = d.clone()
     s = pca_subspace(d, 3, shift=shift)
+    assert torch.equal(d, before)  # the caller's deviations are read, never scaled in place
     u, sv, vt = torch.linalg.svd(d / math.sqrt(len(d) - 1), full_matrices=False)
     dense = sv[:3, None] * vt[:3]
     for i in range(3):  # up to sign

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.batches import as_tensor
 from ..errors import SubspaceError
 
 __all__ = ["Subspace", "random_subspace", "pca_subspace", "curve_subspace", "FrequentDirections", "SubspaceError"]
@@ -71,7 +72,7 @@ class Subspace:
 
     def to_weights(self, z: Tensor) -> Tensor:
         """``shift + z @ basis``: (k,) -> (P,), or (n, k) -> (n, P) for many z at once."""
-        z = torch.as_tensor(z)
+        z = as_tensor(z)
         if z.shape[-1] != self.k or z.dim() not in (1, 2):
             raise SubspaceError(f"z must be (k,) or (n, k) with k = {self.k}, got {tuple(z.shape)}")
         return self.shift + z.to(self.basis) @ self.basis
@@ -79,7 +80,7 @@ class Subspace:
     def project(self, w: Tensor) -> Tensor:
         """Least-squares coordinates ``z = argmin ||shift + z @ basis - w||`` of (P,) or (n, P) weights:
         ``z = (B B^T)^{-1} B (w - shift)``, in float64 (for orthonormal rows simply ``B (w - shift)``)."""
-        w = torch.as_tensor(w)
+        w = as_tensor(w)
         if w.shape[-1] != self.num_weights or w.dim() not in (1, 2):
             raise SubspaceError(f"w must be (P,) or (n, P) with P = {self.num_weights}, got {tuple(w.shape)}")
         b = self.basis.double()
@@ -112,6 +113,10 @@ def random_subspace(shift: Tensor, k: int, *, generator: torch.Generator | None 
     return Subspace(shift.detach().clone(), rows.to(shift), "random")
 
 
+#: columns of the deviation matrix converted to float64 at once by the exact PCA
+PCA_BLOCK = 1 << 20
+
+
 def pca_subspace(
     deviations: Tensor,
     k: int,
@@ -126,7 +131,8 @@ def pca_subspace(
     With ``A = D / sqrt(K - 1)`` (D the (K, P) deviations of SWAG, rows ``w_i - mean``), ``A = U S V^T``; the
     basis rows are ``s_j v_j^T`` for the k largest singular values, so that ``z ~ N(0, I_k)`` gives the
     low-rank part of SWAG's covariance restricted to those directions (Izmailov et al. 2019, Sec. 3.2).
-    ``method="exact"``: the eigendecomposition of the K x K Gram matrix ``A A^T`` in float64;
+    ``method="exact"``: the eigendecomposition of the K x K Gram matrix ``A A^T`` in float64 (accumulated
+    over column blocks, so the memory beyond D is O(K x 2^20) whatever P);
     ``"randomized"``: ``torch.svd_lowrank(A, q=k + oversample)`` (Halko et al. 2011). ``shift`` is usually
     the SWA mean. ``info`` holds the singular values and the explained variance ratio of each direction.
     """
@@ -140,11 +146,15 @@ def pca_subspace(
     _check_k(k, num, "collected deviations (SWAG's rank K and the number of collected iterates bound it)")
     if method not in ("exact", "randomized"):
         raise SubspaceError(f"method must be 'exact' or 'randomized', got {method!r}")
-    a = deviations.double() / math.sqrt(num - 1)
-    if not torch.isfinite(a).all():
-        raise SubspaceError("the deviations hold NaN or infinite values")
-    if method == "exact":
-        evals, u = torch.linalg.eigh(a @ a.T)  # ascending
+    scale = 1 / math.sqrt(num - 1)
+    if method == "exact":  # float64 in column blocks: memory O(K x block), not a float64 copy of D
+        gram = torch.zeros(num, num, dtype=torch.float64, device=deviations.device)
+        for lo in range(0, p, PCA_BLOCK):
+            block = deviations[:, lo : lo + PCA_BLOCK].double() * scale
+            if not bool(torch.isfinite(block).all()):
+                raise SubspaceError("the deviations hold NaN or infinite values")
+            gram.addmm_(block, block.T)
+        evals, u = torch.linalg.eigh(gram)  # ascending
         evals, u = evals.flip(0).clamp_min(0), u.flip(1)
         s = evals.sqrt()
         keep = s[:k]
@@ -153,14 +163,26 @@ def pca_subspace(
                 f"the deviations span fewer than k = {k} directions (singular values "
                 f"{[float(v) for v in keep]}); choose a smaller k"
             )
-        vt = (u[:, :k].T @ a) / keep[:, None]  # v_j^T = u_j^T A / s_j
-        rows = keep[:, None] * vt
+        # rows s_j v_j^T = u_j^T A (v_j^T = u_j^T A / s_j), block by block
+        uk = u[:, :k].T.contiguous()
+        rows = torch.empty(k, p, dtype=shift.dtype, device=deviations.device)
+        for lo in range(0, p, PCA_BLOCK):
+            rows[:, lo : lo + PCA_BLOCK] = uk @ deviations[:, lo : lo + PCA_BLOCK].double() * scale
         total = float(evals.sum())
         all_s = s
     else:
+        a = deviations.double() * scale
+        if not torch.isfinite(a).all():
+            raise SubspaceError("the deviations hold NaN or infinite values")
         if generator is not None:
             state = torch.random.get_rng_state()
-            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+            torch.manual_seed(
+                int(
+                    torch.randint(
+                        0, 2**62, (1,), generator=generator, device=generator.device if generator is not None else "cpu"
+                    )
+                )
+            )
         try:
             u, s, v = torch.svd_lowrank(a, q=min(k + oversample, num, p))
         finally:
