@@ -142,14 +142,14 @@ def test_geometry_commands_match_the_library(runs, family, tmp_path):
     assert _run("path", a, b, "--points", 5, "--out", tmp_path / "path", "--no-progress") == 0
     cli = json.loads((tmp_path / "path" / "results.json").read_text())
     lib = path_study(model_a, wa, wb, loaders, points=5, bn=bn, adapter=adapter)
-    assert cli["curves"]["test"]["loss"] == lib["curves"]["test"]["loss"]
-    assert cli["curves"]["train"]["error"] == lib["curves"]["train"]["error"]
+    assert _close(cli["curves"]["test"]["loss"], lib["curves"]["test"]["loss"])
+    assert _close(cli["curves"]["train"]["error"], lib["curves"]["train"]["error"])
 
     assert _run("plane", a, b, c, "--grid", 3, "--out", tmp_path / "plane", "--no-progress") == 0
     cli = json.loads((tmp_path / "plane" / "results.json").read_text())
     lib = plane_study(model_a, wa, wb, wc, loaders, n=3, bn=bn, adapter=adapter)
-    assert _same(cli["grids"]["test"]["loss"], lib["grids"]["test"]["loss"])
-    assert _same(cli["grids"]["train"]["error"], lib["grids"]["train"]["error"])
+    assert _close(cli["grids"]["test"]["loss"], lib["grids"]["test"]["loss"])
+    assert _close(cli["grids"]["train"]["error"], lib["grids"]["train"]["error"])
 
     args = ["sharpness", a, "--examples", 64, "--k", 1, "--iterations", 5, "--trace-samples", 3]
     assert _run(*args, "--out", tmp_path / "sharp", "--no-progress") == 0
@@ -165,10 +165,11 @@ def test_geometry_commands_match_the_library(runs, family, tmp_path):
     assert curve["segment"]["test_nll"][0] == pytest.approx(lib_path_end(model_a, wa, test, bn, adapter), rel=1e-9)
 
 
-def _same(a, b) -> bool:
-    """The same numbers, bit for bit (JSON reads a float32 back exactly as float64)."""
+def _close(a, b) -> bool:
+    """The same numbers to 1e-6 relative: on points without a BatchNorm recompute the engine chooses by timing
+    between a loop, vmap and their folded forms, which round differently (about 1e-7)."""
     x, y = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
-    return x.shape == y.shape and torch.equal(x, y)
+    return x.shape == y.shape and torch.allclose(x, y, rtol=1e-6, atol=0)
 
 
 def lib_path_end(model, w, test, bn, adapter) -> float:

@@ -56,6 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover - what static tools see; at run time the n
     )
     from .evaluation.calibration import apply_temperature, auroc, fit_temperature, predictive_entropy
     from .evaluation.engine import BNPolicy, Progress, VmapPolicy, evaluate_many
+    from .evaluation.folding import AffinePoints
     from .evaluation.grid import evaluate_points
     from .evaluation.metrics import ClassificationMetrics, RegressionMetrics, classification_metrics, regression_metrics
     from .evaluation.predict import bma, evaluate
@@ -99,6 +100,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     ".core.weights": ("WeightSpace",),
     ".evaluation.engine": ("BNPolicy", "VmapPolicy", "Progress", "evaluate_many"),
     ".evaluation.grid": ("evaluate_points",),
+    ".evaluation.folding": ("AffinePoints",),
     ".geometry.hessian": ("LossFunction", "epsilon_sharpness", "hutchinson_trace", "lanczos", "power_iteration"),
     ".geometry.surfaces": ("Plane", "line", "random_direction", "valley_width"),
 }
@@ -208,6 +210,7 @@ __all__ = [
     "evaluate_many",
     "BNPolicy",
     "VmapPolicy",
+    "AffinePoints",
     "Progress",
     "TravelCallback",
     "ConsistencyStep",

@@ -41,12 +41,13 @@ import torch
 from torch import Tensor, nn
 
 from ..core.adapter import ModelAdapter, as_adapter
-from ..core.batches import BatchFormatError, to_device
+from ..core.batches import BatchFormatError, iter_tensors, map_tensors, to_device
 from ..core.batchnorm import EmptyLoaderError, has_batchnorm, recompute_bn
 from ..core.checkpoint import json_safe
 from ..core.distributed import all_reduce_sum, rank, world_size
-from ..core.weights import WeightSpace, preserved_modes
+from ..core.weights import WeightSpace, preserved_modes, unwrap
 from ..errors import EvaluationError, InputError, InputTypeError, MissingBNLoaderError, NoWeightsError
+from .folding import AffinePoints, FirstLayer
 
 __all__ = [
     "evaluate_many",
@@ -159,14 +160,29 @@ class VmapPolicy:
             ``False``: one at a time; ``"auto"``: whichever is faster on the first input batch (best of three
             timings each; cached per model and input shape).
         chunk: how many vectors one vmapped call evaluates (memory grows with it).
+        fold: for points on an affine subspace (:class:`valleys.evaluation.folding.AffinePoints`), fold the
+            model's first affine layer (its outputs on the origin and directions computed once per batch and
+            combined per point): ``"auto"``: where the first-batch timing says it pays (for 100 points or more;
+            below that when the layer's fan-in is at least ``16 (r + 1)`` and there are more than ``r + 1``
+            points);
+            ``True``: whenever the model has such a layer; ``False``: never.
+        channels_last: 4-D image inputs in channels-last memory format for the eval passes (oneDNN and cuDNN
+            convolutions run faster on it; the same values): ``"auto"``: where a timed forward pass on the
+            first batch says so (for evaluations of at least 40 points); ``True``: always; ``False``: never.
     """
 
     mode: bool | str = "auto"
     chunk: int = 8
+    fold: bool | str = "auto"
+    channels_last: bool | str = "auto"
 
     def __post_init__(self) -> None:
         if self.mode not in (True, False, "auto"):
             raise InputError(f"batched must be True, False or 'auto', got {self.mode!r}")
+        if self.fold not in (True, False, "auto"):
+            raise InputError(f"fold must be True, False or 'auto', got {self.fold!r}")
+        if self.channels_last not in (True, False, "auto"):
+            raise InputError(f"channels_last must be True, False or 'auto', got {self.channels_last!r}")
         if isinstance(self.chunk, bool) or not isinstance(self.chunk, int) or self.chunk < 1:
             raise InputError(f"chunk must be an integer of at least 1, got {self.chunk!r}")
 
@@ -271,6 +287,47 @@ class LossError(Reduction):
         s[1] += err
         s[2] += n
 
+    def add_stacked(self, points: Sequence[int], loader: str, batch: int, predictions: Tensor, targets: Any) -> None:
+        """The (c, N, C) logits of c points on one batch of class indices in one pass: ``-log softmax`` in the
+        logits' precision (at least float32), summed in float64 (:meth:`add` per point works in float64
+        throughout; the two agree to about 1e-7 relative); other shapes and losses point by point."""
+        y = targets.to(predictions.device) if isinstance(targets, Tensor) else targets
+        if self.adapter.loss != "cross_entropy" and isinstance(y, Tensor):
+            self._add_stacked_loss(points, loader, predictions, y)
+            return
+        if predictions.dim() != 3 or not isinstance(y, Tensor) or y.dim() != 1:
+            super().add_stacked(points, loader, batch, predictions, targets)
+            return
+        c, n, k = predictions.shape
+        finite = torch.isfinite(predictions.reshape(c, -1)).all(1).tolist()  # float64 changes neither test
+        errors = (predictions.argmax(-1) != y).sum(1).tolist()
+        work = predictions if predictions.dtype in (torch.float32, torch.float64) else predictions.float()
+        picked = torch.log_softmax(work, -1).gather(-1, y.view(1, n, 1).expand(c, n, 1))
+        losses = -picked.view(c, n).double().sum(1)  # per-example terms in the model's precision, summed in float64
+        for j, loss, err, ok in zip(points, losses.tolist(), errors, finite, strict=True):
+            row = self.sums[loader].setdefault(j, [0.0, 0.0, 0])
+            row[0] += loss if ok else math.nan
+            row[1] += float(err) if ok else math.nan
+            row[2] += n
+
+    def _add_stacked_loss(self, points: Sequence[int], loader: str, predictions: Tensor, y: Tensor) -> None:
+        """Any other loss (Gaussian NLL, a callable) on c points at once, ``torch.func.vmap`` over the points
+        in float64; a loss vmap cannot batch goes point by point."""
+        out = predictions.double()
+        c, n = out.shape[0], out.shape[1]
+        try:
+            values = torch.func.vmap(lambda o: self.adapter.compute_loss(o, y))(out).reshape(c).tolist()
+        except (RuntimeError, NotImplementedError, TypeError, ValueError):
+            for j, p in zip(points, predictions, strict=True):
+                self.add(j, loader, 0, p, y)
+            return
+        finite = torch.isfinite(out.reshape(c, -1)).all(1).tolist()
+        for j, value, ok in zip(points, values, finite, strict=True):
+            row = self.sums[loader].setdefault(j, [0.0, 0.0, 0])
+            row[0] += value * n if ok else math.nan
+            row[1] += math.nan
+            row[2] += n
+
     def all_reduce_points(self, num_points: int) -> None:
         """Each rank's points filled in, zeros elsewhere, summed over ranks (one collective)."""
         t = torch.zeros(len(self.loaders), num_points, 3, dtype=torch.float64, device="cpu")
@@ -363,7 +420,7 @@ class BMASum(Reduction):
     def _add(self, b: int, value: Tensor, y: Any) -> None:
         if self.passes == 0:
             self.sums.append(value.cpu())
-            self.targets.append(torch.as_tensor(y).cpu())
+            self.targets.append(y.cpu() if isinstance(y, Tensor) else torch.as_tensor(y, device="cpu"))
         elif b >= len(self.sums) or self.sums[b].shape != value.shape:
             raise InputError("bma: the loader yielded different batches on two passes; use a loader without shuffling")
         else:
@@ -428,12 +485,116 @@ class ManyResult:
     bn: str
     batched: bool
     extra: dict[str, Any] = field(default_factory=dict)
+    folded: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """Strict JSON (NaN -> null, tensors -> lists)."""
         return json_safe(
-            {"value": self.value, "num_points": self.num_points, "bn": self.bn, "batched": self.batched, **self.extra}
+            {
+                "value": self.value,
+                "num_points": self.num_points,
+                "bn": self.bn,
+                "batched": self.batched,
+                "folded": self.folded,
+                **self.extra,
+            }
         )
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def _is_image(t: Tensor) -> bool:
+    return t.dim() == 4 and t.is_floating_point()
+
+
+def _to_channels_last(obj: Any) -> Any:
+    """4-D floating tensors (images) in ``channels_last`` memory format; everything else as it is."""
+    return map_tensors(obj, lambda t: t.contiguous(memory_format=torch.channels_last) if _is_image(t) else t)
+
+
+@contextlib.contextmanager
+def channels_last_weights(model: nn.Module) -> Iterator[None]:
+    """Inside the block the weights of the model's 2-D convolutions are held in channels-last memory format
+    (a copy each: the same values), so that oneDNN and cuDNN run the convolutions, and the layers after them,
+    in that format; on exit every parameter gets its own storage back, untouched (whatever the block wrote
+    went to the copies), so views into a user's flat buffer stay views."""
+    saved: list[tuple[Tensor, Tensor]] = []
+    try:
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d) and m.weight.dim() == 4:
+                saved.append((m.weight, m.weight.data))
+                m.weight.data = torch.empty_like(m.weight.data, memory_format=torch.channels_last).copy_(m.weight.data)
+        yield
+    finally:
+        for p, data in saved:
+            p.data = data
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and how an eval pass's input batches are placed: moved to ``device``, and with
+    ``channels_last`` their 4-D floating tensors (images) put in channels-last memory format and the model's
+    2-D convolution weights held in it (:func:`channels_last_weights`), which oneDNN and cuDNN convolutions
+    run faster on (the same values; the engine times it on the first batch)."""
+
+    device: Any
+    channels_last: bool = False
+
+    def inputs(self, adapter: ModelAdapter, batch: Any) -> tuple[tuple, dict]:
+        """The model's ``(args, kwargs)`` for ``batch``, placed."""
+        args, kwargs = adapter.inputs(batch)
+        args, kwargs = to_device(args, self.device), to_device(kwargs, self.device)
+        if self.channels_last:
+            args, kwargs = _to_channels_last(args), _to_channels_last(kwargs)
+        return args, kwargs
+
+
+#: channels-last inputs are chosen only when a forward pass is this much faster with them
+FORMAT_MARGIN = 1.1
+#: the memory format is timed only for evaluations of at least this many points (or of an unknown number):
+#: the timing costs about six forward passes of the first batch
+FORMAT_MIN_POINTS = 40
+
+
+def _decide_format(
+    model: nn.Module, loader: Iterable, adapter: ModelAdapter, device: Any, *, probe: bool = True
+) -> Placement:
+    """Channels-last inputs or not: a forward pass on the first batch timed both ways (best of three,
+    interleaved) for a model with 2-D convolutions fed 4-D inputs; cached per model and input shape. Without
+    ``probe`` only a cached decision is used (else the inputs stay as they are)."""
+    plain = Placement(device)
+    if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return plain
+    first = next(iter(loader), None)
+    if first is None:
+        return plain
+    args, kwargs = plain.inputs(adapter, first)
+    if not any(_is_image(t) for t in iter_tensors((args, kwargs))):
+        return plain
+    key = ("format", _signature((args, kwargs)))
+    cache = _VMAP_CACHE.setdefault(model, {})
+    if key in cache or not probe:
+        return Placement(device, cache.get(key, False))
+    cl_args, cl_kwargs = _to_channels_last(args), _to_channels_last(kwargs)
+    times: list[list[float]] = [[], []]
+
+    def channels_last() -> None:
+        with channels_last_weights(model):
+            model(*cl_args, **cl_kwargs)
+
+    try:
+        with preserved_modes(model, train=False), torch.no_grad():
+            runs = (lambda: model(*args, **kwargs), channels_last)
+            channels_last()  # warm-up: its first call sets up the convolutions for the new format
+            for r in range(3):
+                for i, fn in enumerate(runs):
+                    times[i].append(_timed(fn))
+                if r == 0 and max(times[0][0], times[1][0]) > 1.3 * min(times[0][0], times[1][0]):
+                    break  # a clear winner after one round
+        choice = min(times[1]) * FORMAT_MARGIN < min(times[0])
+    except RuntimeError:  # e.g. a model that calls .view() on its input: keep the format it was given
+        choice = False
+    cache[key] = choice
+    return Placement(device, choice)
 
 
 # ---------------------------------------------------------------------------------------------- vmap or loop
@@ -516,7 +677,7 @@ def _decide_vmap(
     stacked: Tensor,
     loader: Iterable,
     adapter: ModelAdapter,
-    device: Any,
+    place: Placement,
     batched: bool | str,
 ) -> bool:
     """``batched=True``: vmap unless it fails on the first batch; ``"auto"``: the cached or probed choice.
@@ -526,8 +687,7 @@ def _decide_vmap(
     fetch_s = time.perf_counter() - t0
     if first is None:
         return False
-    args, kwargs = adapter.inputs(first)
-    args, kwargs = to_device(args, device), to_device(kwargs, device)
+    args, kwargs = place.inputs(adapter, first)
     key = (tuple(space.names), len(stacked), str(stacked.dtype), _signature((args, kwargs)), batched)
     cache = _VMAP_CACHE.setdefault(model, {})
     if key in cache:
@@ -607,7 +767,7 @@ def _vmap_group(
     loaders: Mapping[str, Iterable],
     reduce: Reduction,
     adapter: ModelAdapter,
-    device: Any,
+    place: Placement,
 ) -> bool:
     """The (c, P) ``stacked`` vectors over every loader with one vmapped call per batch. Returns ``False``
     (after one warning) when vmap fails before any prediction was fed to ``reduce`` (the caller then uses
@@ -617,8 +777,7 @@ def _vmap_group(
         for name, loader in loaders.items():
             b = -1
             for b, batch in enumerate(loader):
-                args, kwargs = adapter.inputs(batch)
-                args, kwargs = to_device(args, device), to_device(kwargs, device)
+                args, kwargs = place.inputs(adapter, batch)
                 try:
                     outs = _vmap_outputs(model, space, stacked, adapter, args, kwargs)
                 except (RuntimeError, NotImplementedError) as e:
@@ -645,15 +804,301 @@ def _vmap_group(
 
 
 def _one_pass(
-    model: nn.Module, point: int, loaders: Mapping[str, Iterable], reduce: Reduction, adapter: ModelAdapter, device: Any
+    model: nn.Module,
+    point: int,
+    loaders: Mapping[str, Iterable],
+    reduce: Reduction,
+    adapter: ModelAdapter,
+    place: Placement,
+    set_eval: bool = True,
 ) -> None:
-    """The model as it is, in eval mode without gradients, over every loader, each batch fed to ``reduce``."""
-    with preserved_modes(model, train=False), torch.no_grad():
+    """The model as it is, in eval mode without gradients, over every loader, each batch fed to ``reduce``
+    (``set_eval=False``: the caller has put the model in eval mode and restores it)."""
+    with preserved_modes(model, train=False) if set_eval else contextlib.nullcontext(), torch.no_grad():
         for name, loader in loaders.items():
             b = -1
             for b, batch in enumerate(loader):
-                reduce.add(point, name, b, adapter.forward(model, batch, device), adapter.targets(batch))
+                args, kwargs = place.inputs(adapter, batch)
+                reduce.add(point, name, b, adapter.prediction(model(*args, **kwargs)), adapter.targets(batch))
             reduce.end_pass(point, name, b + 1)
+
+
+# ---------------------------------------------------------------------------------------------- affine points
+#: points whose (c, P) block the folded loop keeps at once: at most this many bytes (and at least the vmap chunk)
+FOLD_BLOCK_BYTES = 1 << 26
+#: affine families of fewer points are not timed (the probe costs about 20 forward passes of the first batch):
+#: the first layer is folded when the model has one, else vmap or the loop is chosen as for a list of vectors
+PLAN_MIN_POINTS = 100
+#: the first layer is folded (untimed) or considered for folding (timed) when its fan-in is at least this many
+#: times r + 1 (a 784-input Linear on a plane: 784 multiply-adds per output against 3; a 1-channel 3x3
+#: convolution, 9 against 3, is not: combining its outputs per point costs more memory traffic than it saves)
+FOLD_FAN_IN = 16
+#: folding is chosen only when it is this much faster than the best unfolded mode (noise must not tip a tie)
+FOLD_MARGIN = 1.05
+_MODES = ("loop", "vmap", "fold-loop", "fold-vmap")
+
+
+def _timed(fn: Any, *args: Any) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def _check_affine(space: WeightSpace, points: AffinePoints) -> None:
+    """The origin and directions are finite vectors of this space, the coordinates finite (checked once, not
+    per point)."""
+    if points.basis.shape[1] != space.size:
+        raise InputError(
+            f"the points' basis has {points.basis.shape[1]} entries per row; this weight space has {space.size}"
+        )
+    if points.origin is not None:
+        space.check_vector(points.origin, what="the points' origin")
+    if not bool(torch.isfinite(points.basis).all()) or not bool(torch.isfinite(points.coords).all()):
+        raise InputError("the points' basis or coordinates hold NaN or infinite entries")
+
+
+def _fold_block(points: AffinePoints, n: int, chunk: int) -> int:
+    """How many points the folded loop takes per pass over the loaders: as many as fit in
+    :data:`FOLD_BLOCK_BYTES` (each pass recomputes the first layer's outputs on the origin and directions)."""
+    per = points.basis.shape[1] * torch.empty((), dtype=points.dtype, device="cpu").element_size()
+    return max(1, min(n, max(chunk, FOLD_BLOCK_BYTES // max(per, 1))))
+
+
+def _folded_outputs(
+    model: nn.Module,
+    space: WeightSpace,
+    first: FirstLayer,
+    stacked: Tensor,
+    coords: Tensor,
+    adapter: ModelAdapter,
+    args: tuple,
+    kwargs: dict,
+    use_vmap: bool,
+    load: Any,
+) -> Tensor:
+    """Predictions at the (c, P) ``stacked`` points (coordinates ``coords``, (c, r)) on one batch with the
+    first layer folded (:meth:`FirstLayer.batch` called for this batch): by vmap or one point at a time. The
+    layer is back to its own forward after the call (``first.coords`` is cleared)."""
+    try:
+        if use_vmap:
+
+            def one(w: Tensor, t: Tensor) -> Tensor:
+                first.coords = t
+                return adapter.prediction(space.call_with(model, space.views(w), args, kwargs))
+
+            return torch.func.vmap(one)(stacked, coords)
+        outs = []
+        for w, t in zip(stacked, coords, strict=True):
+            load(w)
+            first.coords = t
+            outs.append(adapter.prediction(model(*args, **kwargs)))
+        return torch.stack(outs)
+    finally:
+        first.coords = None
+
+
+def _plan_affine(
+    model: nn.Module,
+    space: WeightSpace,
+    points: AffinePoints,
+    loader: Iterable,
+    adapter: ModelAdapter,
+    place: Placement,
+    vm: VmapPolicy,
+    n: int,
+) -> tuple[str, FirstLayer | None]:
+    """The mode for points on an affine subspace: ``"loop"``, ``"vmap"``, ``"fold-loop"`` or ``"fold-vmap"``,
+    and the folded layer.
+
+    Folding is considered only for a first layer whose fan-in is at least :data:`FOLD_FAN_IN` x (r + 1). The
+    first batch is timed each allowed way, per point: the loops over 2 points (the plain loop also fetches
+    the batch once per point), vmap over 1 and then up to 4 (fetching once per block), the folded modes also
+    paying the first layer's outputs on the origin and directions once per block. Interleaved rounds, the
+    minimum of each mode kept; a mode 1.5x slower than the best after the first round, 1.2x after the
+    second, drops out, and the timing stops when one mode is left or after three rounds (the probe costs a
+    few forward passes of the first batch). vmap
+    must win by :data:`VMAP_MARGIN`, folding by :data:`FOLD_MARGIN`. Cached per model, weight space, subspace
+    rank, input shape, block size and policy."""
+    t0 = time.perf_counter()
+    first_batch = next(iter(loader), None)
+    fetch_s = time.perf_counter() - t0
+    if first_batch is None:
+        return "loop", None
+    args, kwargs = place.inputs(adapter, first_batch)
+    block = _fold_block(points, n, vm.chunk)
+    key = (
+        "affine",
+        tuple(space.names),
+        points.rank,
+        points.origin is not None,
+        str(points.dtype),
+        _signature((args, kwargs)),
+        place.channels_last,
+        vm.mode,
+        vm.fold,
+        min(n, vm.chunk),
+        block,
+    )
+    cache = _VMAP_CACHE.setdefault(model, {})
+    if key in cache:
+        return cache[key]
+    with preserved_modes(model, train=False), torch.no_grad():
+        first = FirstLayer.find(model, space, args, kwargs) if vm.fold is not False else None
+    if first is not None:
+        first.channels_last = place.channels_last
+    allowed = [
+        m
+        for m in _MODES
+        if (vm.mode == "auto" or (m.endswith("vmap") == bool(vm.mode)))
+        and (first is not None or not m.startswith("fold"))
+        and (vm.fold is not True or first is None or m.startswith("fold"))
+    ]
+    wide = first is not None and (vm.fold is True or first.fan_in >= FOLD_FAN_IN * (points.rank + 1))
+    if not wide:  # no first layer worth folding (a 1-channel 3x3 convolution): vmap or loop as for a list
+        cache[key] = ("", None)
+        return cache[key]
+    if n < PLAN_MIN_POINTS:  # too few points to pay for timing the modes: fold a layer with a wide fan-in
+        choice = ("fold-loop" if "fold-loop" in allowed else "fold-vmap", first) if wide else ("", None)
+        cache[key] = choice
+        return choice
+    if len(allowed) == 1:
+        cache[key] = (allowed[0], first if allowed[0].startswith("fold") else None)
+        return cache[key]
+    ref = space.parameters(model)[0]
+    many = list(range(min(4, n)))
+    stacked = points.rows(many).to(ref)
+    coords = points.coords[many].to(device=ref.device, dtype=ref.dtype)
+    per_block = {"loop": 1, "vmap": vm.chunk, "fold-loop": block, "fold-vmap": vm.chunk}
+    margin = {"loop": 1.0, "vmap": VMAP_MARGIN, "fold-loop": FOLD_MARGIN, "fold-vmap": FOLD_MARGIN * VMAP_MARGIN}
+    failed: list[BaseException] = []
+    best: dict[str, float] = {}
+    ys_s = 0.0
+    with (
+        preserved_modes(model, train=False),
+        torch.no_grad(),
+        space.visiting(model) as load,
+        first.folded(points) if first is not None else contextlib.nullcontext(),
+    ):
+
+        def loop(k: int) -> None:
+            for w in stacked[:k]:
+                load(w)
+                model(*args, **kwargs)
+
+        def folded(use_vmap: bool, k: int) -> None:
+            assert first is not None
+            _folded_outputs(model, space, first, stacked[:k], coords[:k], adapter, args, kwargs, use_vmap, load)
+
+        runs: dict[str, Any] = {
+            "loop": loop,
+            "vmap": lambda k: _vmap_outputs(model, space, stacked[:k], adapter, args, kwargs),
+            "fold-loop": lambda k: folded(False, k),
+            "fold-vmap": lambda k: folded(True, k),
+        }
+        runs = {m: r for m, r in runs.items() if m in allowed}
+        if first is not None:
+            first.batch(args, kwargs)
+            folded(False, 1)  # the first layer's outputs on this batch, then cached for the timings
+            if first.last_input is not None:
+                ys_s = _timed(first.basis_outputs, first.last_input)
+        for r in range(3):
+            for m, fn in list(runs.items()):
+                k = min((1 if m.endswith("vmap") else 2) if r == 0 else (2 if m.endswith("loop") else 4), len(many))
+                try:
+                    per_point = _timed(fn, k) / k
+                except (RuntimeError, NotImplementedError, TypeError) as e:
+                    if isinstance(e, BatchFormatError) or m.endswith("loop"):
+                        raise
+                    failed.append(e)  # vmap without batching rules for this model: the loop modes remain
+                    del runs[m]
+                    continue
+                cost = (per_point + ((ys_s if m.startswith("fold") else 0.0) + fetch_s) / per_block[m]) * margin[m]
+                best[m] = min(best.get(m, math.inf), cost)
+            if not best:
+                break
+            low = min(best.values())
+            runs = {m: v for m, v in runs.items() if best[m] <= (1.5 if r == 0 else 1.2) * low}
+            if len(runs) == 1:
+                break
+    if failed:
+        err = failed[0]
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        warnings.warn(
+            f"torch.func.vmap cannot evaluate {type(model).__name__} ({type(err).__name__}: {first_line}); "
+            "evaluating the weight vectors one at a time",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    mode = min(best, key=best.__getitem__) if best else "loop"
+    cache[key] = (mode, first if mode.startswith("fold") else None)
+    return cache[key]
+
+
+def _evaluate_folded(
+    model: nn.Module,
+    space: WeightSpace,
+    points: AffinePoints,
+    mine: list[int],
+    loaders: Mapping[str, Iterable],
+    reduce: Reduction,
+    adapter: ModelAdapter,
+    place: Placement,
+    first: FirstLayer,
+    use_vmap: bool,
+    block: int,
+    bar: Any,
+) -> None:
+    """The points ``mine`` of ``points`` in blocks of ``block``, each block one pass over every loader with the
+    first layer folded: per batch, its outputs on the origin and directions once, then every point of the
+    block (vmapped or one at a time); predictions fed to ``reduce`` stacked, as the vmap path does."""
+    params = space.parameters(model)
+    ref = params[0]
+    # the folded layer's parameters are never read when it is called once per forward: the loop materialises
+    # and copies only the others (a 784-100-100-10 MLP: 11k of its 90k weights per point)
+    skip = {off for off, _, _ in first.slots} if first.only_call and not use_vmap else set()
+    moving = [(p, sl) for p, sl in zip(params, space.slots, strict=True) if sl.offset not in skip]
+    at, layout = 0, []
+    for p, sl in moving:
+        layout.append((p, at, sl.numel, sl.shape))
+        at += sl.numel
+    compact = (
+        AffinePoints(
+            torch.cat([points.basis[:, sl.offset : sl.offset + sl.numel] for _, sl in moving], 1),
+            points.coords,
+            None
+            if points.origin is None
+            else torch.cat([points.origin[sl.offset : sl.offset + sl.numel] for _, sl in moving]),
+            dtype=points.dtype,
+        )
+        if skip
+        else points
+    )
+
+    def load(w: Tensor) -> None:
+        for p, lo, numel, shape in layout:
+            p.copy_(w[lo : lo + numel].view(shape))
+
+    with (
+        preserved_modes(model, train=False),
+        torch.no_grad(),
+        space.visiting(model),
+        first.folded(points),
+    ):
+        for start in range(0, len(mine), block):
+            idx = mine[start : start + block]
+            stacked = compact.rows(idx).to(ref)  # every weight (vmap), or only those the loop loads
+            coords = points.coords[idx].to(device=ref.device, dtype=ref.dtype)
+            for name, loader in loaders.items():
+                b = -1
+                for b, batch in enumerate(loader):
+                    args, kwargs = place.inputs(adapter, batch)
+                    first.batch(args, kwargs)
+                    outs = _folded_outputs(model, space, first, stacked, coords, adapter, args, kwargs, use_vmap, load)
+                    reduce.add_stacked(idx, name, b, outs, adapter.targets(batch))
+                for j in idx:
+                    reduce.end_pass(j, name, b + 1)
+            if bar is not None:
+                bar.update(len(idx))
 
 
 def evaluate_many(
@@ -695,6 +1140,7 @@ def evaluate_many(
         )
     if not loaders:
         raise InputError("give at least one loader to evaluate on")
+    model = unwrap(model)  # a torch.compile wrapper: its original module, run eagerly at every point
     vm = VmapPolicy.of(batched)
     batched, chunk = vm.mode, vm.chunk
     bar_policy = Progress.of(progress)
@@ -721,11 +1167,24 @@ def evaluate_many(
         use_vmap = False
     used_vmap = False
     known = len(weights) if isinstance(weights, (Tensor, Sequence)) and not isinstance(weights, Mapping) else None
-    if isinstance(weights, Tensor) and weights.dim() == 1:
-        known = 1
+    if weights is None or isinstance(weights, Mapping) or isinstance(weights, Tensor) and weights.dim() == 1:
+        known = 1  # the model as it is, one state dict or one vector: nothing to amortise a probe over
+    # channels-last images where a convolutional model runs faster on them (timed once per model and input
+    # shape, and only for enough points to pay for the timing)
+    place = (
+        Placement(device, vm.channels_last)
+        if isinstance(vm.channels_last, bool)
+        else _decide_format(
+            model,
+            next(iter(loaders.values())),
+            adapter,
+            device,
+            probe=(known is None or known >= FORMAT_MIN_POINTS) and not (recompute and policy.loader is None),
+        )
+    )
     bar = bar_policy.bar("points", known) if bar_policy is not None else None
 
-    def visit(j: int, recompute_now: bool) -> None:
+    def visit(j: int, recompute_now: bool, set_eval: bool = True) -> None:
         """The model as it holds point ``j`` now: BatchNorm recomputed if asked, one pass over the loaders."""
         if recompute_now:  # per process (sharded: each rank its own point), never all-reduced across ranks
             assert policy.loader is not None  # checked before any evaluation (MissingBNLoaderError)
@@ -737,54 +1196,95 @@ def evaluate_many(
                 adapter=adapter,
                 distributed=False,
             )
-        _one_pass(model, j, loaders, reduce, adapter, device)
+        _one_pass(model, j, loaders, reduce, adapter, place, set_eval or recompute_now)
         if bar is not None:
             bar.update(1)
 
-    try:
-        while True:
-            pairs = list(itertools.islice(iterator, chunk))
-            if not pairs:
-                break
-            idx = [i for i, _ in pairs]
-            group = [g for _, g in pairs]
-            vectors = all(isinstance(g, Tensor) for g in group)
-            for k, g in zip(idx, group, strict=True):
-                if isinstance(g, Tensor):
-                    space.check_vector(g, what=f"weight vector {k}")
-            if recompute and policy.loader is None and any(isinstance(g, Tensor) for g in group):
-                raise MissingBNLoaderError(
-                    "the model has BatchNorm layers and the weights are flat vectors; pass bn=train_loader "
-                    "(or bn=BNPolicy('recompute', train_loader)) to recompute their statistics per vector, "
-                    "or bn='keep' to use the current ones on purpose"
-                )
-            if vectors and not recompute and use_vmap is not False:
-                stacked = torch.stack([g.to(ref) for g in group if isinstance(g, Tensor)])
-                if use_vmap is None or batched is True and not used_vmap:
-                    use_vmap = _decide_vmap(
-                        model, space, stacked, next(iter(loaders.values())), adapter, device, batched
+    folded = False
+    # channels-last convolution weights for the whole evaluation when chosen (their own storage back after)
+    with channels_last_weights(model) if place.channels_last else contextlib.nullcontext():
+        if (
+            isinstance(weights, AffinePoints)
+            and not recompute
+            and vm.fold is not False
+            and len(weights) > (weights.rank + 1 if vm.fold == "auto" else 0)  # fewer points: r + 1 products cost more
+        ):
+            _check_affine(space, weights)
+            mode, first = _plan_affine(
+                model, space, weights, next(iter(loaders.values())), adapter, place, vm, len(weights)
+            )
+            if first is not None:
+                first.channels_last = place.channels_last
+                mine = [i for i in range(len(weights)) if i % world == me]
+                block = _fold_block(weights, len(mine), chunk) if mode == "fold-loop" else chunk
+                try:
+                    _evaluate_folded(
+                        model,
+                        space,
+                        weights,
+                        mine,
+                        loaders,
+                        reduce,
+                        adapter,
+                        place,
+                        first,
+                        mode == "fold-vmap",
+                        block,
+                        bar,
                     )
-                if use_vmap and _vmap_group(model, space, stacked, idx, loaders, reduce, adapter, device):
-                    used_vmap = True
+                finally:
                     if bar is not None:
-                        bar.update(len(group))
-                    continue
-                use_vmap = False  # vmap failed before feeding anything: this group and the rest by the loop
-            if vectors:  # saved once per group, each vector copied in, restored bit for bit at the end
-                with space.visiting(model) as load:
-                    for j, w in zip(idx, group, strict=True):
-                        assert isinstance(w, Tensor)  # vectors: every sample of the group is one
-                        load(w.to(ref))
-                        visit(j, recompute)
-                continue
-            for j, sample in zip(
-                idx, group, strict=True
-            ):  # state dicts (and the model as it is) carry their own buffers
-                with contextlib.nullcontext(model) if sample is None else holding(model, sample, space):
-                    visit(j, isinstance(sample, Tensor) and recompute)
-    finally:
-        if bar is not None:
-            bar.close()
+                        bar.close()
+                seen[0], used_vmap, folded = len(weights), mode == "fold-vmap", True
+            else:
+                use_vmap = {"vmap": True, "loop": False}.get(mode, use_vmap)  # "": decided as for a list
+        if not folded:
+            try:
+                while True:
+                    pairs = list(itertools.islice(iterator, chunk))
+                    if not pairs:
+                        break
+                    idx = [i for i, _ in pairs]
+                    group = [g for _, g in pairs]
+                    vectors = all(isinstance(g, Tensor) for g in group)
+                    for k, g in zip(idx, group, strict=True):
+                        if isinstance(g, Tensor):
+                            space.check_vector(g, what=f"weight vector {k}")
+                    if recompute and policy.loader is None and any(isinstance(g, Tensor) for g in group):
+                        raise MissingBNLoaderError(
+                            "the model has BatchNorm layers and the weights are flat vectors; pass bn=train_loader "
+                            "(or bn=BNPolicy('recompute', train_loader)) to recompute their statistics per vector, "
+                            "or bn='keep' to use the current ones on purpose"
+                        )
+                    if vectors and not recompute and use_vmap is not False:
+                        stacked = torch.stack([g.to(ref) for g in group if isinstance(g, Tensor)])
+                        if use_vmap is None or batched is True and not used_vmap:
+                            use_vmap = _decide_vmap(
+                                model, space, stacked, next(iter(loaders.values())), adapter, place, batched
+                            )
+                        if use_vmap and _vmap_group(model, space, stacked, idx, loaders, reduce, adapter, place):
+                            used_vmap = True
+                            if bar is not None:
+                                bar.update(len(group))
+                            continue
+                        use_vmap = False  # vmap failed before feeding anything: this group and the rest by the loop
+                    if vectors:  # saved once per group, each vector copied in, restored bit for bit at the end
+                        # without a recompute the modes are set once for the group, not once per vector
+                        eval_once = contextlib.nullcontext() if recompute else preserved_modes(model, train=False)
+                        with space.visiting(model) as load, eval_once:
+                            for j, w in zip(idx, group, strict=True):
+                                assert isinstance(w, Tensor)  # vectors: every sample of the group is one
+                                load(w.to(ref))
+                                visit(j, recompute, set_eval=recompute)
+                        continue
+                    for j, sample in zip(
+                        idx, group, strict=True
+                    ):  # state dicts (and the model as it is) carry their own buffers
+                        with contextlib.nullcontext(model) if sample is None else holding(model, sample, space):
+                            visit(j, isinstance(sample, Tensor) and recompute)
+            finally:
+                if bar is not None:
+                    bar.close()
     total = seen[0]  # points walked (all of them: the loop ran the iterator to its end)
     if total == 0:
         raise NoWeightsError("no weights were given; pass at least one weight vector or state dict")
@@ -795,6 +1295,6 @@ def evaluate_many(
                 f"got {total}; evaluate with shard=False"
             )
         reduce.all_reduce_points(total)
-        used_vmap = bool(all_reduce_sum(torch.tensor([float(used_vmap)])).item() > 0)
+        used_vmap = bool(all_reduce_sum(torch.tensor([float(used_vmap)], device="cpu")).item() > 0)
     label = ("recompute" if recompute else "keep") if is_bn else "none (no BatchNorm)"
-    return ManyResult(reduce.result(total), total, label, used_vmap)
+    return ManyResult(reduce.result(total), total, label, used_vmap, folded=folded)

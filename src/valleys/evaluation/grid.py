@@ -21,6 +21,7 @@ from ..core.adapter import ModelAdapter, as_adapter
 from ..core.weights import WeightSpace
 from ..errors import InputError
 from .engine import BNArg, LossError, Progress, VmapPolicy, as_bn_policy, evaluate_many
+from .folding import AffinePoints
 from .results import GridResult
 
 __all__ = ["evaluate_points"]
@@ -44,7 +45,10 @@ def evaluate_points(
     ``None`` recomputes where needed and raises :class:`valleys.errors.MissingBNLoaderError` for a BatchNorm
     model (before any forward pass). ``batched``: see :class:`valleys.evaluation.engine.VmapPolicy`.
     ``progress``: ``True`` or a :class:`valleys.evaluation.engine.Progress` (label) shows a bar. Everything
-    runs on the device of the model's parameters.
+    runs on the device of the model's parameters. Points given as
+    :class:`valleys.evaluation.folding.AffinePoints` (a plane, a line, a subspace) let the engine fold the
+    model's first affine layer (its outputs on the origin and directions computed once per batch) where its
+    timing says that pays; ``batched=VmapPolicy(fold=False)`` turns that off.
 
     ``shard=True`` under ``torch.distributed`` splits the points across ranks (every rank passes the same
     points and loaders) and gathers the per-point values, so every rank returns the whole grid (see
@@ -59,12 +63,16 @@ def evaluate_points(
         raise InputError("give at least one loader to evaluate on")
     adapter = as_adapter(adapter)
     space = space or WeightSpace(model)
-    points = list(points)
-    for i, p in enumerate(points):
-        if p.dim() != 1 or p.numel() != space.size:
-            raise InputError(
-                f"point {i} has shape {tuple(p.shape)}; every point must be a vector of length {space.size}"
-            )
+    if isinstance(points, AffinePoints):  # kept whole: the engine may fold the first affine layer
+        if points.basis.shape[1] != space.size:
+            raise InputError(f"the points have {points.basis.shape[1]} entries; this weight space has {space.size}")
+    else:
+        points = list(points)
+        for i, p in enumerate(points):
+            if p.dim() != 1 or p.numel() != space.size:
+                raise InputError(
+                    f"point {i} has shape {tuple(p.shape)}; every point must be a vector of length {space.size}"
+                )
     if not points:
         return GridResult({name: {"loss": [], "error": []} for name in loaders}, 0, policy.label(model), False)
     res = evaluate_many(

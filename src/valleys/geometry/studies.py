@@ -23,6 +23,7 @@ from ..core.optional import progress_bar
 from ..core.weights import WeightSpace
 from ..errors import InputError
 from ..evaluation.engine import BNArg, Progress
+from ..evaluation.folding import AffinePoints
 from ..evaluation.grid import evaluate_points
 from .hessian import LossFunction, epsilon_sharpness, hutchinson_trace, lanczos
 from .surfaces import Plane, grid_axes, line, random_direction, valley_width
@@ -51,7 +52,7 @@ def plane_study(
     for name, p in (extra or {}).items():
         marks[name] = plane.project(p)
     xs, ys = grid_axes(list(marks.values()), n=n, margin=margin)
-    pts = [plane.point(x, y) for y in ys for x in xs]
+    pts = plane.grid(xs, ys)
     res = evaluate_points(model, pts, loaders, bn=bn, progress=progress and Progress("plane"), adapter=adapter)
     grids = {
         name: {k: torch.tensor(res.per_loader[name][k]).view(len(ys), len(xs)).tolist() for k in ("loss", "error")}
@@ -90,7 +91,7 @@ def path_study(
     dist = torch.linspace(-extend * d, (1 + extend) * d, points).tolist()
     res = evaluate_points(
         model,
-        [f(s) for s in dist],
+        f.points(dist),
         loaders,
         bn=bn,
         progress=progress and Progress("line"),
@@ -140,7 +141,9 @@ def rays_study(
         "centers": {},
     }
     for name, w in centers.items():
-        pts = [w + s * dvec.to(w) for dvec in dirs for s in dist]
+        eye = torch.eye(rays, dtype=torch.float64)
+        coords = torch.cat([eye[r : r + 1] * torch.tensor(dist, dtype=torch.float64)[:, None] for r in range(rays)])
+        pts = AffinePoints(torch.stack([dvec.to(w) for dvec in dirs]), coords, w)
         res = evaluate_points(
             model,
             pts,
@@ -183,7 +186,8 @@ def random_plane_study(
     d1 = random_direction(space, w, filter_norm=filter_norm, generator=gen)
     d2 = random_direction(space, w, filter_norm=filter_norm, generator=gen)
     xs = torch.linspace(-span, span, n).tolist()
-    pts = [w + x * d1 + y * d2 for y in xs for x in xs]
+    coords = torch.tensor([(x, y) for y in xs for x in xs], dtype=torch.float64)
+    pts = AffinePoints(torch.stack([d1, d2]), coords, w)  # w + x d1 + y d2, the first layer folded where it pays
     res = evaluate_points(model, pts, loaders, bn=bn, progress=progress and Progress("landscape"), adapter=adapter)
     grids = {
         name: {k: torch.tensor(res.per_loader[name][k]).view(n, n).tolist() for k in ("loss", "error")}

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..core.weights import WeightSpace, WeightSpaceError
 from ..errors import InputError
+from ..evaluation.folding import AffinePoints
 
 __all__ = ["Plane", "Line", "line", "random_direction", "pca_plane", "grid_axes", "valley_width"]
 
@@ -61,6 +62,13 @@ class Plane:
         """``a + x u + y v`` in the points' dtype."""
         return (self.origin + x * self.u + y * self.v).to(self.dtype)
 
+    def grid(self, xs: Sequence[float], ys: Sequence[float]) -> AffinePoints:
+        """The points ``a + x u + y v`` for ``y`` in ``ys`` (rows) and ``x`` in ``xs``, as
+        :class:`valleys.evaluation.folding.AffinePoints` (each equal to :meth:`point`), so that the engine can
+        fold the model's first affine layer."""
+        coords = torch.tensor([(x, y) for y in ys for x in xs], dtype=torch.float64).reshape(-1, 2)
+        return AffinePoints(torch.stack([self.u, self.v]), coords, self.origin, dtype=self.dtype)
+
     def project(self, p: Tensor) -> tuple[float, float]:
         """Coordinates ``(<p - a, u>, <p - a, v>)`` of ``p``'s projection onto the plane."""
         _same_length(self.origin, p)
@@ -97,6 +105,11 @@ class Line:
 
     def __call__(self, s: float | Tensor) -> Tensor:
         return self.a + float(s) * self.unit
+
+    def points(self, distances: Sequence[float]) -> AffinePoints:
+        """The points at signed ``distances`` from ``a`` as :class:`valleys.evaluation.folding.AffinePoints`."""
+        coords = torch.tensor(list(distances), dtype=torch.float64).reshape(-1, 1)
+        return AffinePoints(self.unit[None], coords, self.a, dtype=self.a.dtype)
 
 
 def line(a: Tensor, b: Tensor) -> Line:
