@@ -20,11 +20,19 @@ pass gives non-default running statistics, then everything runs in eval mode.
     100)`` vs PyHessian's ``hessian.trace(maxIter=100, tol=-1)``. Both estimates must lie within 4 standard
     errors of each other (different random vectors). Target: parity (>= 0.97x, the same products).
 (d) A 21 x 21 plane ``w0 + a d1 + b d2`` with filter-normalised random directions (Li et al. 2018), loss on the
-    1000 examples: ``valleys.evaluate_points(model, points, {"train": [(x, y)]}, bn="keep")`` (the engine,
-    ``batched="auto"``) vs the ``loss-landscapes`` package's ``random_plane(model, Loss(cross_entropy, x, y),
-    distance=1, steps=21, normalization="filter", deepcopy_model=True)``. Target: loss-landscapes / valleys
-    >= 1.0x (``batched=False`` is timed too, for information). Agreement: the points loss-landscapes visits are
-    recorded (an untimed 3 x 3 run) and valleys' losses there must equal its values (|diff| <= 1e-4 relative).
+    1000 examples: ``valleys.evaluate_points(model, AffinePoints(...), {"train": data}, bn="keep")`` (the engine:
+    loop, vmap or their folded forms, channels-last images where faster; every timed call starts with an empty
+    engine cache, so the probes are paid each time) on a list of batches and through a ``DataLoader``, against the
+    ``loss-landscapes`` package's ``random_plane(model, Loss(cross_entropy, x, y), distance=1, steps=21,
+    normalization="filter", deepcopy_model=True)``. Target: loss-landscapes / valleys >= 1.5x on both. For
+    information, the engine without folding and channels-last (``VmapPolicy(fold=False, channels_last=False)``,
+    what it was before). The fraction of the machine's dense matmul throughput (a 1024^3 float32 matmul on this
+    thread) the grid's forward passes reach (2 x multiply-adds of its convolutions and linear layers per example
+    x examples x points / time). Agreement: the points loss-landscapes visits are recorded (an untimed 3 x 3 run)
+    and valleys' losses there must equal its values (|diff| <= 1e-4 relative); list and DataLoader, and before
+    and after, give the same losses to 1e-6.
+(e) The same plane on the Fashion-MNIST preset's MLP (784-100-100-10, the first layer 88% of the
+    multiply-adds): target 3x.
 
 Peers are imported from ``$VALLEYS_PEERS_PATH`` (default ``/work/peers``; install them there with ``pip
 download pyhessian loss-landscapes --no-deps -d /tmp/peers`` and ``pip install --no-deps --target /work/peers
@@ -36,6 +44,7 @@ model, each grid point written as ``start + a d1 + b d2`` into the parameters, t
 with the autograd graph on, as its ``Loss`` metric does) and the printout and JSON say which ran.
 
     python benchmarks/bench_peers.py            # full: 21 x 21 grid, 100 Hutchinson samples, 20 HVP repeats
+    python benchmarks/bench_peers.py --sections de   # the planes only (about 20 minutes on one thread)
     python benchmarks/bench_peers.py --quick    # under a minute: 100 examples, 5 x 5 grid, 10 samples, 3 repeats
     python benchmarks/bench_peers.py --json out.json
 
@@ -61,6 +70,8 @@ from _harness import alternating, fmt_time, print_checks, run_measurement, verdi
 from torch import Tensor, nn
 
 from valleys.core.weights import WeightSpace
+from valleys.evaluation.engine import VmapPolicy, clear_vmap_cache
+from valleys.evaluation.folding import AffinePoints
 from valleys.evaluation.grid import evaluate_points
 from valleys.geometry.hessian import LossFunction, hutchinson_trace, lanczos, power_iteration
 from valleys.geometry.surfaces import random_direction
@@ -241,6 +252,144 @@ def _filter_normalise(d: Tensor, ref: Tensor) -> Tensor:
     return d * rn / dn
 
 
+# ---------------------------------------------------------------------------------------------- planes
+def macs_per_example(model: nn.Module, x: Tensor) -> int:
+    """Multiply-adds of the convolutions and linear layers for one example (forward hooks on one batch)."""
+    total = [0]
+
+    def hook(m: nn.Module, inputs: tuple, out: Tensor) -> None:
+        per_out = m.weight[0].numel() if isinstance(m, nn.Conv2d | nn.Conv1d) else m.weight.shape[1]
+        total[0] += out.numel() * per_out
+
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Conv1d | nn.Linear)
+    ]
+    try:
+        with torch.no_grad():
+            model(x[:2])
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0] // 2
+
+
+def matmul_flops() -> float:
+    """The machine's dense float32 matmul throughput on this thread (1024 x 1024 x 1024, best of 5), FLOP/s."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(5))
+    return 2 * 1024**3 / best
+
+
+def _timed(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def plane_case(
+    label: str,
+    title: str,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    peers: dict[str, Any],
+    steps: int,
+    repeats: int,
+    target: float,
+    checks: list,
+    *,
+    before: bool = True,
+) -> dict[str, Any]:
+    """A ``steps x steps`` filter-normalised random plane on (x, y): valleys on a list of batches and through a
+    DataLoader (each call starts with an empty engine cache, so the timings include every probe), valleys
+    as it was before folding and channels-last inputs (``VmapPolicy(fold=False, channels_last=False)``,
+    information), against loss-landscapes; the fraction of the machine's matmul throughput the grid's
+    forward passes reach."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    space = WeightSpace(model)
+    w = space.read(model)
+    g = torch.Generator().manual_seed(3)
+    d1 = random_direction(space, w, include_1d=True, generator=g)
+    d2 = random_direction(space, w, include_1d=True, generator=g)
+    axis = torch.linspace(-1, 1, steps, dtype=torch.float64)
+    points = AffinePoints(torch.stack([d1, d2]), torch.cartesian_prod(axis, axis), w)
+    batches = [(x, y)]
+    loader = DataLoader(TensorDataset(x, y), batch_size=len(x))
+    print(f"\n{label} {steps} x {steps} random filter-normalised plane, {title}, loss on {len(x)} examples")
+    which_p = ""
+
+    def ours(data: Any, policy: Any = "auto") -> list[float]:
+        clear_vmap_cache()  # the probe is part of every timing
+        return evaluate_points(model, points, {"train": data}, bn="keep", batched=policy).loss("train")
+
+    def peer_grid() -> Any:
+        nonlocal which_p
+        out, which_p = landscapes_plane(peers, model, x, y, steps)
+        return out
+
+    landscapes_plane(peers, model, x[:10], y[:10], 2)  # the peer's imports and first-call costs
+    fns = {
+        "valleys_list": lambda: ours(batches),
+        "valleys_loader": lambda: ours(loader),
+        "peer": peer_grid,
+    }
+    if before:
+        fns["valleys_before"] = lambda: ours(batches, VmapPolicy("auto", fold=False, channels_last=False))
+    times, last = alternating(fns, repeats)
+    med = {k: statistics.median(t) for k, t in times.items()}
+    peak = matmul_flops()
+    flops = 2 * macs_per_example(model, x) * len(x) * len(points)
+    roof = {k: flops / med[k] / peak for k in med}
+    for key, what in (("valleys_list", "valleys, list of batches"), ("valleys_loader", "valleys, DataLoader")):
+        print(f"  {what:30s} {fmt_time(med[key])}   {100 * roof[key]:.0f}% of matmul")
+    if before:
+        print(
+            f"  valleys before (no folding, no channels-last) {fmt_time(med['valleys_before'])}   "
+            f"{100 * roof['valleys_before']:.0f}% of matmul (information)"
+        )
+    print(f"  {which_p:30s} {fmt_time(med['peer'])}   {100 * roof['peer']:.0f}% of matmul")
+    print(f"  matmul throughput {peak / 1e9:.1f} GFLOP/s; grid forward passes {flops / 1e9:.1f} GFLOP")
+    for key, what in (("valleys_list", "list of batches"), ("valleys_loader", "DataLoader")):
+        ratio = med["peer"] / med[key]
+        print(f"  ratio peer / valleys ({what}) {ratio:.2f}x   {verdict(ratio >= target)}")
+        checks.append(
+            (f"{label} {title} plane, {what}: {which_p} / valleys = {ratio:.2f}x >= {target}x", ratio >= target)
+        )
+    diff = max(abs(a - b) / abs(b) for a, b in zip(last["valleys_list"], last["valleys_loader"], strict=True))
+    record: list = []
+    landscapes_plane(peers, model, x, y, 3, record)  # the points the peer visits, and its values there
+    got = evaluate_points(model, [p for p, _ in record[:4]], {"train": batches}, bn="keep").loss("train")
+    peer_diff = max(abs(a - b) / max(abs(b), 1e-12) for a, (_, b) in zip(got, record[:4], strict=True))
+    checks.append(
+        (f"{label} list and DataLoader give the same losses (max relative diff {diff:.1e} <= 1e-6)", diff <= 1e-6)
+    )
+    checks.append(
+        (
+            f"{label} same loss at {len(got)} of the peer's grid points (max relative diff {peer_diff:.1e} <= 1e-4)",
+            peer_diff <= 1e-4,
+        )
+    )
+    if before:
+        bdiff = max(abs(a - b) / abs(b) for a, b in zip(last["valleys_list"], last["valleys_before"], strict=True))
+        checks.append(
+            (f"{label} the same numbers as before folding (max relative diff {bdiff:.1e} <= 1e-6)", bdiff <= 1e-6)
+        )
+    return {
+        "steps": steps,
+        "examples": len(x),
+        "peer": which_p,
+        "median_s": med,
+        "ratio_peer_over_valleys_list": med["peer"] / med["valleys_list"],
+        "ratio_peer_over_valleys_loader": med["peer"] / med["valleys_loader"],
+        "matmul_gflops": peak / 1e9,
+        "grid_gflop": flops / 1e9,
+        "fraction_of_matmul": roof,
+        "agreement_max_rel_diff": peer_diff,
+    }
+
+
 # ---------------------------------------------------------------------------------------------- sections
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -255,8 +404,8 @@ def main() -> None:
         help="interleaved repeats of the plane (default 1: a 21 x 21 plane on 1000 examples takes "
         "several minutes per run on one core)",
     )
-    ap.add_argument("--plane-loop", action="store_true", help="also time the engine with batched=False")
-    ap.add_argument("--sections", default="abcd", help="which sections to run (default abcd)")
+    ap.add_argument("--sections", default="abcde", help="which sections to run (default abcde)")
+    ap.add_argument("--no-before", action="store_true", help="(d): skip timing the engine without folding")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "bench_peers.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -441,59 +590,18 @@ def main() -> None:
         }
         del peer, peer_hvp, losses, loss
 
-    if "d" in args.sections:
-        # (d) plane -----------------------------------------------------------------------------------------
-        print(f"\n(d) {steps} x {steps} random filter-normalised plane, loss on {examples} examples")
-        g = torch.Generator().manual_seed(3)
-        d1 = random_direction(space, w, include_1d=True, generator=g)
-        d2 = random_direction(space, w, include_1d=True, generator=g)
-        axis = torch.linspace(-1, 1, steps).tolist()
-        points = [w + a * d1 + b * d2 for a in axis for b in axis]
-        data = {"train": [(x, y)]}
-        which_p = ""
-
-        def ours_grid():
-            return evaluate_points(model, points, data, bn="keep").loss("train")
-
-        def peer_grid():
-            nonlocal which_p
-            out, which_p = landscapes_plane(peers, model, x, y, steps)
-            return out
-
-        def ours_loop():  # for information: the engine without its vmap-or-loop timing probe
-            return evaluate_points(model, points, data, bn="keep", batched=False).loss("train")
-
-        evaluate_points(model, points[:9], data, bn="keep")  # warm-up (and the engine's one-off vmap probe)
-        landscapes_plane(peers, model, x, y, 3)
-        fns = {"valleys": ours_grid, "peer": peer_grid}
-        if args.plane_loop:
-            fns["valleys_loop"] = ours_loop
-        times, last = alternating(fns, args.plane_repeats)
-        med = {k: statistics.median(t) for k, t in times.items()}
-        ratio = med["peer"] / med["valleys"]
-        print(f"  valleys evaluate_points (engine, batched auto) {fmt_time(med['valleys'])}")
-        if args.plane_loop:
-            print(f"  valleys evaluate_points (batched=False)        {fmt_time(med['valleys_loop'])}  (information)")
-        print(f"  {which_p:46s} {fmt_time(med['peer'])}")
-        print(f"  ratio peer / valleys {ratio:.2f}x   {verdict(ratio >= 1.0)}")
-        checks.append((f"(d) grid: {which_p} / valleys = {ratio:.2f}x >= 1.0x", ratio >= 1.0))
-        record: list = []
-        landscapes_plane(peers, model, x, y, 3, record)  # the points the peer visits, and its values there
-        got = evaluate_points(model, [p for p, _ in record[:4]], data, bn="keep").loss("train")
-        diff = max(abs(a - b) / max(abs(b), 1e-12) for a, (_, b) in zip(got, record[:4], strict=True))
-        checks.append(
-            (
-                f"(d) same loss at {len(got)} of the peer's grid points (max relative diff {diff:.1e} <= 1e-4)",
-                diff <= 1e-4,
-            )
+    if "d" in args.sections:  # (d) the plane on the BN CNN -------------------------------------------------
+        results["plane"] = plane_case(
+            "(d)", "BN CNN", model, x, y, peers, steps, args.plane_repeats, 1.5, checks, before=not args.no_before
         )
-        results["plane"] = {
-            "steps": steps,
-            "peer": which_p,
-            "median_s": med,
-            "ratio_peer_over_valleys": ratio,
-            "agreement_max_rel_diff": diff,
-        }
+    if "e" in args.sections:  # (e) the plane on the Fashion-MNIST preset's MLP ----------------------------------
+        torch.manual_seed(1)
+        mlp = nn.Sequential(
+            nn.Flatten(), nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10)
+        ).eval()
+        results["plane_mlp"] = plane_case(
+            "(e)", "MLP 784-100-100-10", mlp, x, y, peers, steps, max(args.plane_repeats, 3), 3.0, checks
+        )
 
     print("\nChecks")
     print_checks(checks)

@@ -3,7 +3,8 @@
 Each check runs alone (an exception is recorded, never stops the others) and compares with the same call on
 the CPU where that is meaningful:
 
-1. the suite's CUDA test (``tests/test_engine.py``: BMA, evaluate and a grid of a GPU model from CPU loaders);
+1. the suite's CUDA tests (``tests/test_engine.py``, ``tests/test_gpu.py``: BMA, evaluate, folded grids and SWAG draws
+   in blocks of a GPU model fed by CPU loaders);
 2. ``Trainer`` with SWA and SWAG callbacks on a CUDA model fed CPU loaders; SWAG draws with a CPU generator
    (the usual seeded ``torch.Generator()``) and with a CUDA one; ``bma`` of the draws;
 3. the Hessian on CUDA: ``lanczos``, ``hutchinson_trace`` (batched), ``hutchpp_trace``, ``spectral_density``,

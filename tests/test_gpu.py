@@ -77,3 +77,33 @@ def test_gpu_subspace_posterior_feeds_cpu_batches_to_a_cuda_model():
         post = SubspacePosterior(model, sub, [(x, y)], temperature=10.0)
         lls.append(float(post.log_likelihood(torch.tensor([0.1, -0.2], dtype=torch.float64))))
     assert lls[1] == pytest.approx(lls[0], rel=1e-4)
+
+
+def test_gpu_folded_grids_and_chunked_draws_keep_to_the_models_device():
+    from valleys.core.weights import WeightSpace
+    from valleys.evaluation.engine import VmapPolicy
+    from valleys.evaluation.folding import AffinePoints
+    from valleys.evaluation.grid import evaluate_points
+    from valleys.methods.swag import SWAG
+
+    x, y = _data()
+    batches = [(x[:128], y[:128]), (x[128:], y[128:])]
+    losses = {}
+    for dev in ("cpu", "cuda"):
+        model = _model().to(dev).eval()
+        space = WeightSpace(model)
+        basis = torch.randn(2, space.size, generator=torch.Generator().manual_seed(2)).to(dev) * 0.1
+        coords = torch.cartesian_prod(*[torch.linspace(-1, 1, 4, dtype=torch.float64)] * 2)
+        pts = AffinePoints(basis, coords, space.read(model))
+        for fold in (True, False):
+            res = evaluate_points(model, pts, {"d": batches}, bn="keep", batched=VmapPolicy(False, fold=fold))
+            losses[(dev, fold)] = torch.tensor(res.loss("d"), dtype=torch.float64)
+        swag = SWAG(model, rank=3)
+        for k in range(4):
+            swag.collect(space.read(model) + 0.01 * k)
+        draws = torch.stack(list(swag.samples(5, generator=torch.Generator().manual_seed(3), chunk=2)))
+        assert draws.device.type == dev
+        losses[(dev, "draws")] = draws.double().cpu()
+    for key in (True, False, "draws"):
+        torch.testing.assert_close(losses[("cuda", key)], losses[("cpu", key)], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(losses[("cuda", True)], losses[("cuda", False)], rtol=1e-5, atol=0)
