@@ -25,12 +25,16 @@ demo-quick: $(STAMP)
 demo-fashion-mnist: $(STAMP)  # needs the Fashion-MNIST files (Debian package dataset-fashion-mnist)
 	$(BIN)/valleys demo --preset fashion-mnist --out runs/demo-fashion-mnist --overwrite
 
+# Two worker processes of one thread each (pytest-xdist): on two cores this beats one process of two threads,
+# since most tests are short and bound by Python; TEST_JOBS=0 runs them in this process.
+TEST_JOBS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -n $(TEST_JOBS)
 
 # The fast tier: everything except the tests marked slow (end-to-end CLI runs and training).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest tests -m "not slow"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -n $(TEST_JOBS) -m "not slow"
 
 # The habits: lint and format (ruff), types (mypy; zero errors outside tools/mypy_baseline.txt), layering.
 lint: $(STAMP)
