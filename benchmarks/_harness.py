@@ -97,3 +97,43 @@ def write_results(name: str, data: dict[str, Any], path: str | os.PathLike | Non
     write_json(path, doc)
     print(f"results: {path}")
     return path
+
+
+# ---------------------------------------------------------------------------------------------- roofline
+def macs_per_example(model: Any, x: Any) -> int:
+    """Multiply-adds of the convolutions and linear layers for one example (forward hooks on one batch)."""
+    import torch
+    from torch import nn
+
+    total = [0]
+
+    def hook(m: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        per_out = m.weight[0].numel() if isinstance(m, nn.Conv2d | nn.Conv1d) else m.weight.shape[1]
+        total[0] += out.numel() * per_out
+
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Conv1d | nn.Linear)
+    ]
+    try:
+        with torch.no_grad():
+            model(x[:2])
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0] // 2
+
+
+def matmul_flops() -> float:
+    """The machine's dense float32 matmul throughput on this thread (1024 x 1024 x 1024, best of 5), FLOP/s."""
+    import torch
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(5))
+    return 2 * 1024**3 / best
+
+
+def _timed(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0

@@ -66,7 +66,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _harness import alternating, fmt_time, print_checks, run_measurement, verdict  # noqa: E402
+from _harness import (  # noqa: E402
+    alternating,
+    fmt_time,
+    macs_per_example,
+    matmul_flops,
+    print_checks,
+    run_measurement,
+    verdict,
+)
 from torch import Tensor, nn
 
 from valleys.core.weights import WeightSpace
@@ -253,40 +261,6 @@ def _filter_normalise(d: Tensor, ref: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- planes
-def macs_per_example(model: nn.Module, x: Tensor) -> int:
-    """Multiply-adds of the convolutions and linear layers for one example (forward hooks on one batch)."""
-    total = [0]
-
-    def hook(m: nn.Module, inputs: tuple, out: Tensor) -> None:
-        per_out = m.weight[0].numel() if isinstance(m, nn.Conv2d | nn.Conv1d) else m.weight.shape[1]
-        total[0] += out.numel() * per_out
-
-    handles = [
-        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Conv1d | nn.Linear)
-    ]
-    try:
-        with torch.no_grad():
-            model(x[:2])
-    finally:
-        for h in handles:
-            h.remove()
-    return total[0] // 2
-
-
-def matmul_flops() -> float:
-    """The machine's dense float32 matmul throughput on this thread (1024 x 1024 x 1024, best of 5), FLOP/s."""
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(5))
-    return 2 * 1024**3 / best
-
-
-def _timed(fn: Any) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def plane_case(
     label: str,
     title: str,

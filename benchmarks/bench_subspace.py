@@ -31,7 +31,17 @@ import time
 from typing import Any
 
 import torch
-from _harness import alternating, checks_json, fmt_time, print_checks, run_measurement, verdict, write_results
+from _harness import (
+    alternating,
+    checks_json,
+    fmt_time,
+    macs_per_example,
+    matmul_flops,
+    print_checks,
+    run_measurement,
+    verdict,
+    write_results,
+)
 from torch import nn
 
 from valleys.core.weights import WeightSpace
@@ -70,10 +80,13 @@ def grid_case(
     zz: torch.Tensor,
     repeats: int,
     checks: list,
+    x: torch.Tensor,
 ) -> dict[str, Any]:
     """The log-likelihood at every row of ``zz`` through the engine (all at once) against a per-point loop that
     writes ``w(z)`` into ``model`` and calls ``plain()`` (the summed loss); prints, appends the checks (loop /
-    engine >= 2.0x, the same numbers to 1e-6 relative) and returns the JSON entry."""
+    engine >= 2.0x, the same numbers to 1e-6 relative) and returns the JSON entry. ``x``: one batch of
+    inputs, for the multiply-adds per example (the fraction of the machine's matmul throughput each way
+    reaches)."""
 
     def grid_ours() -> torch.Tensor:
         return post.log_likelihood(zz)
@@ -99,10 +112,25 @@ def grid_case(
         f"  engine (all points at once) {fmt_time(med['engine'])}\n"
         f"  per-point loop              {fmt_time(med['loop'])}"
     )
+    peak = matmul_flops()
+    flops = 2 * macs_per_example(model, x) * post.num_examples * len(zz)
+    roof = {k: flops / med[k] / peak for k in med}
+    print(
+        f"  matmul throughput {peak / 1e9:.1f} GFLOP/s; the grid's forward passes {flops / 1e9:.2f} GFLOP: engine "
+        f"{100 * roof['engine']:.0f}%, loop {100 * roof['loop']:.0f}% of matmul"
+    )
     print(f"  ratio loop / engine {ratio:.2f}x   {verdict(ratio >= 2.0)}   (max relative difference {diff:.1e})")
     checks.append((f"{label} grid: per-point loop / engine = {ratio:.2f}x >= 2.0x", ratio >= 2.0))
     checks.append((f"{label} the same numbers (max relative difference {diff:.1e} <= 1e-6)", diff <= 1e-6))
-    return {"n": int(round(len(zz) ** 0.5)), "median_s": med, "ratio": ratio, "max_rel_diff": diff}
+    return {
+        "n": int(round(len(zz) ** 0.5)),
+        "median_s": med,
+        "ratio": ratio,
+        "max_rel_diff": diff,
+        "matmul_gflops": peak / 1e9,
+        "grid_gflop": flops / 1e9,
+        "fraction_of_matmul": roof,
+    }
 
 
 def main() -> None:
@@ -158,7 +186,17 @@ def main() -> None:
     zz[:, 0], zz[:, 1] = gx.reshape(-1), gy.reshape(-1)
 
     results["grid"] = grid_case(
-        "(b)", f"log posterior on a {n} x {n} grid", post, space, sub, model, plain, zz, 1 if args.quick else 3, checks
+        "(b)",
+        f"log posterior on a {n} x {n} grid",
+        post,
+        space,
+        sub,
+        model,
+        plain,
+        zz,
+        1 if args.quick else 3,
+        checks,
+        loader[0][0],
     )
 
     # (b2) ------------------------------------------------------------------------------------------------
@@ -188,6 +226,7 @@ def main() -> None:
         zz,
         3 if args.quick else 5,
         checks,
+        reg_loader[0][0],
     )
 
     # (c) ------------------------------------------------------------------------------------------------

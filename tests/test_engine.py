@@ -15,7 +15,7 @@ from conftest import BNCNN, loader, mlp
 from valleys.core.adapter import AdapterError, ModelAdapter
 from valleys.core.batchnorm import recompute_bn
 from valleys.core.weights import WeightSpace
-from valleys.errors import MissingBNLoaderError, NoWeightsError
+from valleys.errors import InputError, MissingBNLoaderError, NoWeightsError
 from valleys.evaluation import engine
 from valleys.evaluation.engine import BNPolicy, LossError, VmapPolicy, evaluate_many
 from valleys.evaluation.grid import evaluate_points
@@ -471,3 +471,48 @@ def test_a_model_on_the_gpu_is_evaluated_there_from_cpu_loaders(img_data):
     grid = evaluate_points(gpu, [w.cuda() for w in ws], {"test": test}, bn=bn)
     assert grid.loss("test") == pytest.approx(evaluate_points(cpu, ws, {"test": test}, bn=bn).loss("test"), abs=1e-5)
     assert next(gpu.parameters()).is_cuda
+
+
+# ---------------------------------------------------------------------------------------------- chunk size
+def _chunks_seen(monkeypatch):
+    sizes = []
+    real = engine._vmap_group
+
+    def spy(model, space, stacked, *args, **kwargs):
+        sizes.append(len(stacked))
+        return real(model, space, stacked, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "_vmap_group", spy)
+    return sizes
+
+
+def test_auto_chunk_grows_for_a_small_model_by_its_bytes_and_gives_the_loops_numbers(vec_data, monkeypatch):
+    engine.clear_vmap_cache()
+    torch.manual_seed(0)
+    model = mlp()  # 5-16-3: P = 147
+    ws = perturbed(model, 150)
+    sizes = _chunks_seen(monkeypatch)
+    # one vector's bytes by hand: its weights plus every submodule's output on a batch of 25 (Linear 16,
+    # ReLU 16, Linear 3 and the Sequential's own 3 per example), float32
+    per = 4 * (147 + 25 * (16 + 16 + 3 + 3))
+    assert engine._pass_bytes(model, (next(iter(loader(vec_data)))[0],), {}) == per - 4 * 147
+    monkeypatch.setattr(engine, "VMAP_CHUNK_BYTES", 20 * per + 3)
+    got = evaluate_points(model, ws, {"test": loader(vec_data)}, batched=True)
+    assert sizes == [20] * 7 + [10]  # 150 points: seven chunks of 20, then the rest
+    ref = evaluate_points(model, ws, {"test": loader(vec_data)}, batched=False)
+    assert got.batched and not ref.batched
+    assert got.loss("test") == pytest.approx(ref.loss("test"), rel=1e-6)
+    assert got.error("test") == ref.error("test")
+    sizes.clear()
+    engine.clear_vmap_cache()
+    monkeypatch.setattr(engine, "VMAP_CHUNK_BYTES", 10**9)
+    evaluate_points(model, ws, {"test": loader(vec_data)}, batched=True)
+    assert sizes == [engine.VMAP_MAX_CHUNK, 150 - engine.VMAP_MAX_CHUNK]  # capped
+    sizes.clear()
+    evaluate_points(model, ws[:99], {"test": loader(vec_data)}, batched=True)
+    assert set(sizes[:-1]) == {engine.VMAP_CHUNK}  # fewer than 100 points: not worth measuring, chunk 8
+    sizes.clear()
+    evaluate_points(model, ws, {"test": loader(vec_data)}, batched=VmapPolicy(True, 16))
+    assert set(sizes[:-1]) == {16}  # a chunk the caller gives is kept
+    with pytest.raises(InputError, match="chunk must be an integer of at least 1 or 'auto'"):
+        VmapPolicy(True, "big")
