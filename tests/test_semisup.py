@@ -19,6 +19,7 @@ from cli_harness import refused, run
 from valleys.app.semisup import SemisupConfig, semisup_one, semisup_run
 from valleys.core.adapter import ModelAdapter
 from valleys.core.weights import WeightSpace
+from valleys.errors import InputError
 from valleys.methods.averaging import SWA
 from valleys.training.augment import ImageAugment, SignalAugment, default_augment
 from valleys.training.callbacks import CollectionSchedule, SWACallback, TravelCallback
@@ -170,16 +171,19 @@ def _fake_trainer(model, step=12, steps_per_epoch=4):
         forward_model=model,
         seed=0,
         step=step,
+        epoch=step // steps_per_epoch,
         steps_per_epoch=steps_per_epoch,
     )
 
 
-def _hand_loss(student, target_net, x, y, lam):
-    """CE on the labelled rows + lam * mean over rows and classes of the squared softmax difference, float64."""
+def _hand_loss(student, target_net, x, y, lam, norm="batch"):
+    """CE summed over the labelled rows and divided by the whole batch (the authors' code; ``norm="labelled"``:
+    their mean) + lam * mean over rows and classes of the squared softmax difference, float64."""
     s = student.double()(x.double() + 0.5)
     t = target_net.double()(x.double() - 0.25)
     lab = y >= 0
-    ce = -torch.log_softmax(s[lab], 1).gather(1, y[lab, None]).mean()
+    nll = -torch.log_softmax(s[lab], 1).gather(1, y[lab, None])
+    ce = nll.sum() / len(y) if norm == "batch" else nll.mean()
     ps, pt = torch.exp(s) / torch.exp(s).sum(1, keepdim=True), torch.exp(t) / torch.exp(t).sum(1, keepdim=True)
     return float((ce + lam * ((ps - pt) ** 2).sum(1).mean() / s.shape[1]).detach())
 
@@ -210,6 +214,23 @@ def test_pi_and_mean_teacher_losses_match_hand_computed_values():
     res.loss.backward()  # gradients reach the student only
     assert student.weight.grad is not None and teacher.model.weight.grad is None
 
+    # the alternatives: the labelled mean of the cross-entropy (6 / 3 = 2x the batch-normalised one here), and
+    # the ramp at the fractional epoch (step 14 of 4 per epoch: 3.5 epochs, against the epoch index 3)
+    by_labelled = ConsistencyStep("pi", views=_views(), weight=30.0, rampup=5, ce_normalisation="labelled")
+    res = by_labelled(_fake_trainer(student), (x, y))
+    assert float(res.loss.detach()) == pytest.approx(
+        _hand_loss(copy.deepcopy(student), copy.deepcopy(student), x, y, lam, norm="labelled"), rel=1e-5
+    )
+    ce_batch = ConsistencyStep("none")(_fake_trainer(student), (x, y)).loss
+    ce_lab = ConsistencyStep("none", ce_normalisation="labelled")(_fake_trainer(student), (x, y)).loss
+    assert float(ce_lab) == pytest.approx(2 * float(ce_batch), rel=1e-6)
+    integer = ConsistencyStep("pi", views=_views(), weight=30.0, rampup=5)(_fake_trainer(student, step=14), (x, y))
+    frac = ConsistencyStep("pi", views=_views(), weight=30.0, rampup=5, ramp_epoch="fractional")(
+        _fake_trainer(student, step=14), (x, y)
+    )
+    assert integer.logs["consistency_weight"] == pytest.approx(30.0 * math.exp(-5 * (1 - 3 / 5) ** 2))
+    assert frac.logs["consistency_weight"] == pytest.approx(30.0 * math.exp(-5 * (1 - 3.5 / 5) ** 2))
+
 
 def test_kl_consistency_and_the_supervised_step():
     s, t = torch.randn(5, 3), torch.randn(5, 3)
@@ -220,8 +241,8 @@ def test_kl_consistency_and_the_supervised_step():
     x, y = torch.randn(6, 3), torch.tensor([1, NO_LABEL, 3, NO_LABEL, NO_LABEL, 0])
     res = ConsistencyStep("none")(_fake_trainer(model), (x, y))
     lab = y >= 0
-    assert float(res.loss.detach()) == pytest.approx(
-        float(nn.functional.cross_entropy(model(x[lab]), y[lab]).detach()), rel=1e-6
+    assert float(res.loss.detach()) == pytest.approx(  # summed over the 3 labelled, divided by the batch of 6
+        float(nn.functional.cross_entropy(model(x[lab]), y[lab], reduction="sum").detach()) / 6, rel=1e-6
     )
     assert select_examples({"a": x, "n": 3}, lab)["a"].shape == (3, 3)
 
@@ -307,20 +328,69 @@ def test_teacher_equals_an_explicit_ema_recursion_in_float64():
     assert not torch.allclose(got, rec.steps[-1], atol=1e-4)  # the teacher lags the student
 
 
-@pytest.mark.parametrize("unit", ["epochs", "steps"])
+def _reference_lr(lr, epoch, l, c, total):  # noqa: E741 - l as in the paper
+    """``adjust_learning_rate`` of the authors' code (benathi/fastswa-semi-sup ``main.py``), no warm-up:
+    ``cosine_rampdown(current, L) = (cos(pi current / L) + 1) / 2``; ``epoch`` fractional."""
+
+    def rampdown(current, length):
+        assert 0 <= current <= length
+        return 0.5 * (math.cos(math.pi * current / length) + 1)
+
+    if epoch < l:
+        return lr * rampdown(epoch, total)
+    return lr * rampdown((total - (total - l) - c) + ((epoch - l) % c), total)
+
+
+def _reference_fast_swa(epoch, l, c, k):  # noqa: E741
+    """The authors' fast-SWA rule, ``epoch`` the number of epochs trained."""
+    return epoch >= l - c and (epoch - l + c) % k == 0
+
+
+@pytest.mark.parametrize(("l", "c", "total"), [(8, 2, 10), (180, 30, 210), (5, 5, 12), (6, 3, 9)])
+def test_cosine_replay_rates_equal_the_reference_rule_including_epoch_exactly_l(l, c, total):  # noqa: E741
+    s = CosineReplay(0.1, l, c, total=total)
+    steps = 4
+    for e in range(l + 3 * c):
+        for i in range(steps):
+            t = e + i / steps
+            assert s(t) == pytest.approx(_reference_lr(0.1, t, l, c, total), rel=1e-12, abs=1e-15), (e, i)
+    # epoch exactly l starts the first cycle at the rate of epoch l - c, like every later cycle start
+    assert s(l) == pytest.approx(s(l - c)) == pytest.approx(s(l + c))
+    old = CosineReplay(0.1, l, c, total=total, replay_at_length=False)
+    assert old(l) == pytest.approx(0.1 * (math.cos(math.pi * l / total) + 1) / 2) and old(l + 0.25) == s(l + 0.25)
+
+
+@pytest.mark.parametrize(("l", "c", "k", "epochs"), [(5, 2, 1, 9), (6, 3, 1, 12), (8, 4, 2, 16), (7, 3, 3, 13)])
+def test_fast_swa_and_swa_epochs_equal_the_reference_rule(l, c, k, epochs):  # noqa: E741
+    fast = CollectionSchedule(l - c, "epoch", k=k, include_start=True)
+    got = [e for e in range(1, epochs + 1) if fast.at_epoch_end(e)]
+    assert got == [e for e in range(epochs + 1) if _reference_fast_swa(e, l, c, k)]
+    assert got[0] == l - c  # the weights after epoch l - c are the first
+    before = CollectionSchedule(l - c, "epoch", k=k)  # valleys before 0.1: one average fewer
+    assert [e for e in range(1, epochs + 1) if before.at_epoch_end(e)] == got[1:]
+    swa = CollectionSchedule(l - c, "epoch", k=c)  # SWA: epoch >= l and (epoch - l) % c == 0
+    assert [e for e in range(1, epochs + 1) if swa.at_epoch_end(e)] == [
+        e for e in range(epochs + 1) if e >= l and (e - l) % c == 0
+    ]
+    with pytest.raises(InputError, match="include_start applies to every='epoch' only"):
+        CollectionSchedule(2, "steps", k=3, include_start=True)
+
+
+@pytest.mark.parametrize("unit", ["epochs", "steps", "epochs-reference"])
 def test_swa_and_fast_swa_equal_brute_force_means_of_their_snapshots(unit):
     ds, loader, model = _setup()
     space = WeightSpace(model)
     rec = _Record(space)
-    epochs, first, c, k = 9, 5, 2, 1 if unit == "epochs" else 3
+    epochs, first, c, k = 9, 5, 2, 3 if unit == "steps" else 1
     swa = SWACallback(SWA(model, moments=False), first - c, every="epoch", k=c, apply_at_end=False)
     fast = SWACallback(
         SWA(model, moments=False),
         first - c,
-        every="epoch" if unit == "epochs" else "steps",
+        every="steps" if unit == "steps" else "epoch",
         k=k,
         apply_at_end=False,
         prefix="fastswa",
+        include_start=unit == "epochs-reference",
     )
     step = ConsistencyStep("pi", augment=SignalAugment(shift=1), weight=5.0, rampup=1)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -332,7 +402,9 @@ def test_swa_and_fast_swa_equal_brute_force_means_of_their_snapshots(unit):
     want = torch.stack([rec.epochs[e - 1] for e in swa_epochs]).mean(0)
     assert swa.averager.n == 3 and torch.allclose(swa.averager.mean.double(), want, atol=1e-6)
     if unit == "epochs":
-        fast_w = [rec.epochs[e - 1] for e in range(first - c + 1, epochs + 1)]  # every epoch from first - c on
+        fast_w = [rec.epochs[e - 1] for e in range(first - c + 1, epochs + 1)]  # every epoch after first - c
+    elif unit == "epochs-reference":
+        fast_w = [rec.epochs[e - 1] for e in range(first - c, epochs + 1)]  # and the weights after first - c
     else:
         spe = len(loader)
         fast_w = [rec.steps[s] for s in range(1, epochs * spe + 1) if s > (first - c) * spe and s % k == 0]

@@ -10,10 +10,14 @@ two augmented views per example, SGD with Nesterov momentum on the cosine-with-r
 (:class:`valleys.training.schedules.CosineReplay`: a cosine that would reach 0 at epoch ``l + c``, followed
 for the first ``l = cosine_epochs`` epochs, then cycles of ``c = cycle`` epochs replaying its epochs
 ``l - c .. l``, as in the authors' code, where the cosine ramps down over 210 epochs but stops at 180, so the
-cycles keep a learning rate high enough to explore). SWA averages the student at the end of every cycle (epochs
-``l, l + c, ...``), fast-SWA every ``fast_swa_every`` epochs (or steps) from epoch ``l - c`` on; both with a
-BatchNorm recompute on the training inputs (labelled and unlabelled) before every evaluation. The student, the
-teacher (mean teacher only), SWA and fast-SWA are evaluated side by side every ``eval_every`` epochs, and
+cycles keep a learning rate high enough to explore). By default the rules are the authors' code's
+(benathi/fastswa-semi-sup ``main.py``): fast-SWA's first average holds the weights after epoch ``l - c``, the
+first cycle starts at exactly epoch ``l``, the supervised cross-entropy is divided by the whole batch and the
+consistency ramp-up reads the epoch index; ``fast_swa_start``, ``cosine_end``, ``ce_normalisation`` and
+``ramp_epoch`` name the alternatives (valleys' rules before 0.1). SWA averages the student at the end of every
+cycle (epochs ``l, l + c, ...``), fast-SWA every ``fast_swa_every`` epochs (or steps) from epoch ``l - c`` on;
+both with a BatchNorm recompute on the training inputs (labelled and unlabelled) before every evaluation. The
+student, the teacher (mean teacher only), SWA and fast-SWA are evaluated side by side every ``eval_every`` epochs, and
 :class:`valleys.training.callbacks.TravelCallback` logs how far the student moves between epochs.
 
 Layout of ``--out``: ``config.json``, ``results.json`` (per run and summarised), ``report.md``, ``figures/``
@@ -113,6 +117,31 @@ class SemisupConfig:
         1, "fast-SWA averages every k epochs (or steps, --fast-swa-unit) from epoch l - c on", check="positive"
     )
     fast_swa_unit: str = setting("epochs", "unit of --fast-swa-every", choices=("epochs", "steps"))
+    fast_swa_start: str = setting(
+        "reference",
+        "reference: the weights after epoch l - c are the first fast-SWA averages, as in the authors' code "
+        "(epoch >= l - c and (epoch - l + c) mod k = 0); after-first-interval: the first are those after epoch "
+        "l - c + k (valleys before 0.1). --fast-swa-unit epochs only",
+        choices=("reference", "after-first-interval"),
+    )
+    cosine_end: str = setting(
+        "replay",
+        "the LR of epoch l itself: replay (the first cycle starts at exactly l, at the rate of epoch l - c, as in "
+        "the authors' code) or cosine (epoch l's first step still at the cosine's end value, valleys before 0.1)",
+        choices=("replay", "cosine"),
+    )
+    ce_normalisation: str = setting(
+        "batch",
+        "batch: the labelled cross-entropy summed and divided by the whole batch, as in the authors' code; "
+        "labelled: averaged over the labelled examples (batch-size / labelled-batch-size times stronger)",
+        choices=("batch", "labelled"),
+    )
+    ramp_epoch: str = setting(
+        "integer",
+        "the epoch the consistency ramp-up reads: integer (the epoch index, as in the authors' code) or "
+        "fractional (step / steps per epoch)",
+        choices=("integer", "fractional"),
+    )
     lr: float = setting(0.1, "initial LR of the cosine", check="positive")
     momentum: float = setting(0.9, "Nesterov momentum", check="fraction")
     wd: float = setting(2e-4, "weight decay", check="non_negative")
@@ -373,6 +402,8 @@ def semisup_one(
         rampup=cfg.rampup,
         loss=cfg.consistency_loss,
         teacher=teacher,
+        ce_normalisation=cfg.ce_normalisation,
+        ramp_epoch=cfg.ramp_epoch,
     )
     l, c = cfg.l, cfg.cycle  # noqa: E741 - l: the cosine phase, as in Athiwaratkun et al. (2019)
     fast_k = cfg.fast_swa_every
@@ -397,6 +428,7 @@ def semisup_one(
             eval_loaders=evals,
             apply_at_end=False,
             prefix="fastswa",
+            include_start=cfg.fast_swa_unit == "epochs" and cfg.fast_swa_start == "reference",
         ),
         TravelCallback(WeightSpace(model), probe),
     ]
@@ -413,7 +445,7 @@ def semisup_one(
         opt,
         loader,
         cfg.epochs,
-        schedule=CosineReplay(cfg.lr, l, c, total=l + c),
+        schedule=CosineReplay(cfg.lr, l, c, total=l + c, replay_at_length=cfg.cosine_end == "replay"),
         callbacks=callbacks,
         step_fn=step,
         evaluation=EvaluationPolicy(evals, every=cfg.eval_every),
@@ -625,11 +657,13 @@ def summary_lines(cfg: SemisupConfig, results: dict[str, Any]) -> list[str]:
         + f" unlabelled, the validation split held out), batches of {cfg.batch_size} "
         f"with {cfg.labelled_batch_size} labelled, {cfg.epochs} epochs: cosine from LR {cfg.lr:g} (reaching 0 "
         f"at epoch {cfg.l + cfg.cycle}) over {cfg.l} epochs, then cycles of {cfg.cycle} epochs replaying its "
-        f"last {cfg.cycle}. SWA averages at every cycle end, fast-SWA every {cfg.fast_swa_every} "
-        f"{cfg.fast_swa_unit} from epoch {cfg.l - cfg.cycle}. Consistency loss `{cfg.consistency_loss}` between "
-        f"softmax outputs, weight {cfg.consistency_weight:g} ramped up over {cfg.rampup:g} epochs; mean-teacher "
-        f"EMA decay {cfg.ema_decay}. Seeds {cfg.seeds}; mean ± std over seeds; test split, validation error "
-        "beside it.",
+        f"last {cfg.cycle} (epoch {cfg.l} itself: {cfg.cosine_end}). SWA averages at every cycle end, fast-SWA "
+        f"every {cfg.fast_swa_every} {cfg.fast_swa_unit} from epoch {cfg.l - cfg.cycle} (first average: "
+        f"{cfg.fast_swa_start}). Consistency loss `{cfg.consistency_loss}` between softmax outputs, weight "
+        f"{cfg.consistency_weight:g} ramped up over {cfg.rampup:g} epochs ({cfg.ramp_epoch} epoch); labelled "
+        f"cross-entropy normalised by the {'whole batch' if cfg.ce_normalisation == 'batch' else 'labelled part'}; "
+        f"mean-teacher EMA decay {cfg.ema_decay}. Seeds {cfg.seeds}; mean ± std over seeds; test split, "
+        "validation error beside it.",
         "",
         "| consistency | model | test error (%) | NLL | ECE | val error (%) |",
         "|---|---|---|---|---|---|",

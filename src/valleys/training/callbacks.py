@@ -36,7 +36,9 @@ class CollectionSchedule:
 
     * ``every="epoch"``: at the end of epoch ``e`` whenever ``e > start`` and ``(e - start) mod k = 0``
       (SWA/SWAG, Izmailov et al. 2018; Maddox et al. 2019: one iterate per epoch, ``k = 1``; fast-SWA every
-      ``k`` epochs, and SWA once per cycle with ``k`` the cycle, Athiwaratkun et al. 2019);
+      ``k`` epochs, and SWA once per cycle with ``k`` the cycle, Athiwaratkun et al. 2019); with
+      ``include_start`` from ``e >= start`` on, so the weights after epoch ``start`` itself are the first (the
+      fast-SWA rule of the authors' code, ``epoch >= l - c and (epoch - l + c) % k == 0``);
     * ``every="steps"``: after step ``s`` in an epoch ``>= start`` whenever ``s mod k = 0`` (fast-SWA);
     * ``every="cycle"``: with ``L = cycle P`` and ``u = s - start P`` (cycles counted from ``start``), after the
       step with ``u > 0`` and ``u mod L = round(phase L) mod L``; FGE (Garipov et al. 2018) uses ``phase=0.5``,
@@ -47,6 +49,7 @@ class CollectionSchedule:
         every: ``"epoch"``, ``"steps"`` or ``"cycle"``.
         k: steps between collects for ``every="steps"``, epochs for ``every="epoch"`` (>= 1).
         cycle, phase: cycle length in epochs (>= 1) and the position in the cycle, in [0, 1).
+        include_start: ``every="epoch"`` only: also collect the weights after epoch ``start`` (``start >= 1``).
     """
 
     start: int = 0
@@ -54,6 +57,7 @@ class CollectionSchedule:
     k: int = 1
     cycle: int | None = None
     phase: float = 0.5
+    include_start: bool = False
 
     def __post_init__(self) -> None:
         if self.every not in _MODES:
@@ -66,6 +70,8 @@ class CollectionSchedule:
             )
         if self.every == "cycle" and (self.cycle is None or self.cycle < 1 or not 0 <= self.phase < 1):
             raise InputError("every='cycle' needs cycle >= 1 epochs and phase in [0, 1)")
+        if self.include_start and self.every != "epoch":
+            raise InputError(f"include_start applies to every='epoch' only, got every={self.every!r}")
 
     def after_step(self, step: int, epoch: int, steps_per_epoch: float) -> bool:
         """Whether to collect after global step ``step`` (from 1), taken in epoch ``epoch`` (from 0).
@@ -81,7 +87,8 @@ class CollectionSchedule:
 
     def at_epoch_end(self, epochs_done: int) -> bool:
         """Whether to collect at the end of an epoch, ``epochs_done`` epochs having been trained."""
-        return self.every == "epoch" and epochs_done > self.start and (epochs_done - self.start) % self.k == 0
+        first = self.start if self.include_start else self.start + 1
+        return self.every == "epoch" and epochs_done >= first and (epochs_done - self.start) % self.k == 0
 
 
 class SWACallback(Callback):
@@ -99,6 +106,8 @@ class SWACallback(Callback):
         eval_loaders: ``{"test": loader}``: evaluate the average (after BN recompute) at every epoch end
             from ``start`` on; logged as ``swa_<name>_accuracy`` etc.
         apply_at_end: write the average into the model at the end of training (with BN recompute).
+        include_start: ``every="epoch"``: the weights after epoch ``start`` are the first collected
+            (:class:`CollectionSchedule`; fast-SWA as in the authors' code).
     """
 
     def __init__(
@@ -114,8 +123,9 @@ class SWACallback(Callback):
         eval_loaders: Mapping[str, Iterable] | None = None,
         apply_at_end: bool = True,
         prefix: str = "swa",
+        include_start: bool = False,
     ) -> None:
-        self.schedule = CollectionSchedule(start, every, k, cycle, phase)
+        self.schedule = CollectionSchedule(start, every, k, cycle, phase, include_start)
         self.averager = averager
         self.start, self.every, self.k, self.cycle, self.phase = start, every, k, cycle, phase
         self.bn_loader = bn_loader

@@ -164,13 +164,19 @@ class TriangularCyclic(Schedule):
 class CosineReplay(Schedule):
     """fast-SWA schedule (Athiwaratkun et al. 2019): cosine from ``lr_init`` to 0 over ``length`` epochs
     (``lr(e) = lr_init (1 + cos(pi e / total)) / 2`` with ``total`` the epoch where it would reach 0),
-    then cycles of ``cycle`` epochs replaying its values on epochs ``length - cycle .. length``."""
+    then cycles of ``cycle`` epochs replaying its values on epochs ``length - cycle .. length``.
+
+    As in the authors' code (``adjust_learning_rate``: the cosine for ``epoch < l``, the replay from
+    ``epoch >= l``), the replay starts at exactly ``e = length``: the first step of epoch ``length`` runs at
+    the cycle's starting rate ``lr(length - cycle)``, like every later cycle start. ``replay_at_length=False``
+    keeps ``e = length`` itself on the cosine (its end value), as valleys did before 0.1."""
 
     lr_init: float
     length: float
     cycle: float
     total: float | None = None
     per_iteration: bool = True
+    replay_at_length: bool = True
 
     def __post_init__(self) -> None:
         _positive("lr", self.lr_init)
@@ -185,7 +191,7 @@ class CosineReplay(Schedule):
         return self.lr_init * (1 + math.cos(math.pi * min(e, total) / total)) / 2
 
     def lr(self, epoch: float) -> float:
-        if epoch <= self.length:
+        if epoch < self.length or (epoch == self.length and not self.replay_at_length):
             return self._cos(epoch)
         into = (epoch - self.length) % self.cycle
         return self._cos(self.length - self.cycle + into)

@@ -7,15 +7,18 @@ ICLR) average with SWA and fast-SWA.
 The loss of a batch with labelled part ``L`` (targets ``>= 0``; unlabelled examples carry
 :data:`valleys.training.semisup_data.NO_LABEL`) is
 
-    loss = mean_{i in L} CE(f_w(v1(x_i)), y_i) + lambda(t) * mean_i l_cons(f_w(v1(x_i)), f_T(v2(x_i)))
+    loss = (1/B) sum_{i in L} CE(f_w(v1(x_i)), y_i) + lambda(t) * mean_i l_cons(f_w(v1(x_i)), f_T(v2(x_i)))
 
-over every example ``i`` of the batch, with ``v1``, ``v2`` two stochastic views (augmentations, and the
-network's own Dropout) and the target network ``f_T`` detached: the student itself for the Pi model, its
-exponential moving average for the mean teacher (:class:`MeanTeacher`). ``l_cons`` is the squared error
-between the two softmax outputs averaged over the C classes, ``(1/C) sum_c (p_c - q_c)^2`` (the mean-teacher
-code's ``softmax_mse_loss``; summing over classes instead multiplies lambda by C), or ``KL(q || p)`` with
-``loss="kl"``. The weight ramps up over the first ``r`` epochs (:func:`ramp_up`):
-``lambda(t) = lambda_max exp(-5 (1 - min(t, r) / r)^2)`` at the fractional epoch ``t``.
+over every example ``i`` of the batch of ``B`` examples (the supervised sum divided by the whole batch, as the
+authors' code does: ``CrossEntropyLoss(size_average=False) / minibatch_size``; ``ce_normalisation="labelled"``
+averages over the labelled examples instead, ``B / |L|`` times larger), with ``v1``, ``v2`` two stochastic
+views (augmentations, and the network's own Dropout) and the target network ``f_T`` detached: the student
+itself for the Pi model, its exponential moving average for the mean teacher (:class:`MeanTeacher`).
+``l_cons`` is the squared error between the two softmax outputs averaged over the C classes,
+``(1/C) sum_c (p_c - q_c)^2`` (the mean-teacher code's ``softmax_mse_loss``; summing over classes instead
+multiplies lambda by C), or ``KL(q || p)`` with ``loss="kl"``. The weight ramps up over the first ``r`` epochs
+(:func:`ramp_up`): ``lambda(t) = lambda_max exp(-5 (1 - min(t, r) / r)^2)`` at the epoch index ``t`` (0, 1, 2,
+...: the authors' code ramps by the integer epoch; ``ramp_epoch="fractional"`` uses ``step / steps_per_epoch``).
 
 Use in the trainer::
 
@@ -44,6 +47,8 @@ from .trainer import Callback, StepResult, Trainer
 __all__ = [
     "CONSISTENCY",
     "CONSISTENCY_LOSSES",
+    "CE_NORMALISATIONS",
+    "RAMP_EPOCHS",
     "ramp_up",
     "consistency_loss",
     "select_examples",
@@ -55,6 +60,10 @@ __all__ = [
 CONSISTENCY = ("none", "pi", "mean-teacher")
 #: The consistency losses between the student's and the target's softmax outputs.
 CONSISTENCY_LOSSES = ("mse", "kl")
+#: How the supervised cross-entropy is normalised: by the whole batch (the authors' code) or the labelled part.
+CE_NORMALISATIONS = ("batch", "labelled")
+#: The epoch the consistency ramp-up reads: the epoch index (the authors' code) or the fractional epoch.
+RAMP_EPOCHS = ("integer", "fractional")
 
 
 def ramp_up(epoch: float, length: float) -> float:
@@ -190,6 +199,10 @@ class ConsistencyStep:
         loss: ``"mse"`` or ``"kl"``.
         teacher: the :class:`MeanTeacher` callback (required for ``"mean-teacher"``; add it to the trainer's
             callbacks too).
+        ce_normalisation: ``"batch"`` (the supervised cross-entropy summed over the labelled examples and
+            divided by the whole batch, as in the authors' code) or ``"labelled"`` (its mean over the labelled
+            examples).
+        ramp_epoch: ``"integer"`` (lambda at the epoch index, as in the authors' code) or ``"fractional"``.
     """
 
     def __init__(
@@ -202,6 +215,8 @@ class ConsistencyStep:
         rampup: float = 5.0,
         loss: str = "mse",
         teacher: MeanTeacher | None = None,
+        ce_normalisation: str = "batch",
+        ramp_epoch: str = "integer",
     ) -> None:
         if consistency not in CONSISTENCY:
             raise InputError(f"unknown consistency {consistency!r}; choose one of {', '.join(CONSISTENCY)}")
@@ -211,6 +226,12 @@ class ConsistencyStep:
             raise InputError(f"the consistency weight must be finite and >= 0, got {weight!r}")
         if not (isinstance(rampup, (int, float)) and math.isfinite(rampup) and rampup >= 0):
             raise InputError(f"the ramp-up must be finite and >= 0 epochs, got {rampup!r}")
+        if ce_normalisation not in CE_NORMALISATIONS:
+            raise InputError(
+                f"unknown ce_normalisation {ce_normalisation!r}; choose one of {', '.join(CE_NORMALISATIONS)}"
+            )
+        if ramp_epoch not in RAMP_EPOCHS:
+            raise InputError(f"unknown ramp_epoch {ramp_epoch!r}; choose one of {', '.join(RAMP_EPOCHS)}")
         if consistency == "mean-teacher" and teacher is None:
             raise InputError(
                 "consistency='mean-teacher' needs teacher=MeanTeacher(model, decay) (also passed to "
@@ -220,6 +241,7 @@ class ConsistencyStep:
             raise InputError("pass augment= (for (input, label) batches) or views= (any batch), not both")
         self.consistency, self.loss, self.teacher = consistency, loss, teacher
         self.weight, self.rampup = float(weight), float(rampup)
+        self.ce_normalisation, self.ramp_epoch = ce_normalisation, ramp_epoch
         self.view: Callable[[Any], Any] = views or (_tuple_views(augment) if augment is not None else (lambda b: b))
 
     def _views(self, trainer: Trainer, batch: Any, k: int) -> Any:
@@ -231,6 +253,15 @@ class ConsistencyStep:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((int(trainer.seed) * 1_000_003 + trainer.step * 4 + 2 * k + 1) * 65_537 + rank())
             return self.view(batch)
+
+    def _class_loss(self, out: Tensor, y: Tensor, batch_size: int) -> Tensor:
+        """The supervised term on the labelled outputs ``out``: summed and divided by the whole batch
+        (``"batch"``) or averaged over the labelled examples (``"labelled"``); 0 (with a graph) for none."""
+        if not out.shape[0]:
+            return out.sum() * 0
+        if self.ce_normalisation == "labelled":
+            return F.cross_entropy(out, y)
+        return F.cross_entropy(out, y, reduction="sum") / batch_size
 
     def weight_at(self, epoch: float) -> float:
         """``lambda(t) = weight * ramp_up(t, rampup)``."""
@@ -248,7 +279,7 @@ class ConsistencyStep:
         labelled = y >= 0
         if self.consistency == "none":
             out = adapter.forward(student, self._views(trainer, select_examples(batch, labelled), 0), device)
-            ce = F.cross_entropy(out, y[labelled]) if out.shape[0] else out.sum() * 0
+            ce = self._class_loss(out, y[labelled], len(y))
             return StepResult(ce, {"class_loss": ce.detach()}, prediction=out, targets=y[labelled])
         out = adapter.forward(student, self._views(trainer, batch, 0), device)
         target_model = model
@@ -257,10 +288,10 @@ class ConsistencyStep:
             target_model = self.teacher.model
         with torch.no_grad():
             target = adapter.forward(target_model, self._views(trainer, batch, 1), device)
-        n_lab = int(labelled.sum())
-        ce = F.cross_entropy(out[labelled], y[labelled]) if n_lab else out.sum() * 0
+        ce = self._class_loss(out[labelled], y[labelled], len(y))
         cons = consistency_loss(out, target, self.loss)
-        lam = self.weight_at(trainer.step / trainer.steps_per_epoch)
+        t = trainer.epoch if self.ramp_epoch == "integer" else trainer.step / trainer.steps_per_epoch
+        lam = self.weight_at(t)
         return StepResult(
             ce + lam * cons,
             {"class_loss": ce.detach(), "consistency_loss": cons.detach(), "consistency_weight": lam},
