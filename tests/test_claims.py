@@ -5,16 +5,65 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from valleys.app.claims import claims_markdown, demo_claims, paired, verdict
+from valleys.app.stats import detectable_difference, seeds_needed, t_cdf, t_quantile
 
 
-def test_verdict_rule():
-    assert verdict(-0.01, 0.004) == "holds"  # below -2 SE
-    assert verdict(-0.01, 0.006) == "within noise"  # inside +-2 SE
-    assert verdict(0.01, 0.004) == "does not hold"  # above +2 SE
-    assert verdict(0.0, 0.0) == "within noise"
-    assert verdict(-0.01, math.nan) == "holds (one seed: no spread)"
+def test_verdict_rule_is_the_paired_t_test_with_n_minus_1_degrees_of_freedom():
+    # 3 seeds: t_{0.975, 2} = 4.3027; 10 seeds: t_{0.975, 9} = 2.2622 (tables of Student's t)
+    assert verdict(-0.01, 0.002, 3) == "holds"  # t = -5
+    assert verdict(-0.01, 0.004, 3) == "within noise"  # t = -2.5: a "holds" under the normal 2-SE rule
+    assert verdict(-0.01, 0.004, 10) == "holds"  # the same t with 9 degrees of freedom
+    assert verdict(-0.01, 0.0045, 10) == "within noise"  # t = -2.22
+    assert verdict(0.01, 0.002, 3) == "does not hold"
+    assert verdict(0.0, 0.0, 3) == "within noise" and verdict(-0.01, 0.0, 3) == "holds"
+    assert verdict(-0.01, math.nan, 1) == "holds (one seed: no spread)"
+    assert verdict(0.01, 0.001, 1) == "does not hold (one seed: no spread)"
+
+
+def test_student_t_against_closed_forms_and_tables():
+    # df = 1 (Cauchy) and df = 2 have closed-form CDFs
+    for t in (-3.0, -0.7, 0.0, 0.4, 1.3, 12.0):
+        assert t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-13)
+        assert t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-13)
+    table = {(0.975, 1): 12.706205, (0.975, 2): 4.302653, (0.975, 9): 2.262157, (0.8, 2): 1.060660}
+    for (p, df), q in table.items():
+        assert t_quantile(p, df) == pytest.approx(q, abs=1e-6)
+    assert t_quantile(0.975, 1e7) == pytest.approx(1.959964, abs=1e-5)  # the normal limit
+    assert t_quantile(0.1, 4) == pytest.approx(-t_quantile(0.9, 4), abs=1e-12)
+
+
+def test_a_null_difference_is_within_noise_in_95_percent_of_3_seed_draws():
+    g = torch.Generator().manual_seed(0)
+    draws = torch.randn(4000, 3, generator=g, dtype=torch.float64) * 0.3  # true difference 0
+    mean, se = draws.mean(1), draws.std(1) / math.sqrt(3)
+    calls = [verdict(float(m), float(e), 3) for m, e in zip(mean, se, strict=True)]
+    share = calls.count("within noise") / len(calls)
+    # 95% +- 3 binomial standard errors (0.34 points); the normal 2-SE rule gives about 82% here
+    assert abs(share - 0.95) < 3 * math.sqrt(0.95 * 0.05 / 4000), share
+    old = float(((mean / se).abs() <= 2).double().mean())
+    assert old < 0.86
+
+
+def test_power_columns_on_constructed_inputs():
+    # se = 1 over 3 seeds: (t_{0.975, 2} + t_{0.8, 2}) = 4.3027 + 1.0607
+    assert detectable_difference(1.0, 3) == pytest.approx(5.363313, abs=1e-5)
+    m = seeds_needed(0.1, 1.0)  # the fewest seeds whose detectable difference is at most 0.1 (sd 1)
+    assert detectable_difference(1 / math.sqrt(m), m) <= 0.1 < detectable_difference(1 / math.sqrt(m - 1), m - 1)
+    assert seeds_needed(1.0, 1.0) == 10 and seeds_needed(0.0, 1.0) is None and seeds_needed(1e-4, 1.0) is None
+    # the detectable difference is detected about 80% of the time (the t-quantile rule is an approximation
+    # of the noncentral t's power; 10 seeds, 3000 simulated studies)
+    g = torch.Generator().manual_seed(1)
+    sd, n = 1.0, 10
+    delta = detectable_difference(sd / math.sqrt(n), n)
+    draws = -delta + sd * torch.randn(3000, n, generator=g, dtype=torch.float64)
+    calls = [verdict(float(d.mean()), float(d.std()) / math.sqrt(n), n) for d in draws]
+    assert 0.74 < calls.count("holds") / len(calls) < 0.86
+    row = paired("a beats b", "a", [0.10, 0.12, 0.11], "b", [0.20, 0.21, 0.22])
+    assert row["detectable"] == pytest.approx(detectable_difference(row["se"], 3))
+    assert row["seeds_needed"] == seeds_needed(row["difference"], row["se"] * math.sqrt(3)) == 2
 
 
 def test_paired_differences_over_seeds():
@@ -47,13 +96,13 @@ def test_demo_claims_read_the_demo_results():
     }
     rows = demo_claims(
         per_row,
-        {"SGD": [0.70, 0.72, 0.71], "SWAG": [0.75, 0.74, 0.76]},
-        {"ensemble_test_accuracy": [0.947, 0.948, 0.946], "best_member_test_accuracy": [0.95, 0.949, 0.951]},
+        {"SGD": [0.70, 0.71, 0.72], "SWAG": [0.75, 0.76, 0.77]},
+        {"ensemble_test_accuracy": [0.947, 0.946, 0.948], "best_member_test_accuracy": [0.951, 0.950, 0.952]},
         {"pairs": [{"curve_max_test_error": 0.06, "segment_max_test_error": 0.6}]},
         {
             "per_seed": [
                 {"eig_SWA": 1.0, "eig_SGD": 1.9, "width_SWA": 4.6, "width_SGD": 4.1},
-                {"eig_SWA": 0.9, "eig_SGD": 2.0, "width_SWA": 4.7, "width_SGD": 4.0},
+                {"eig_SWA": 0.9, "eig_SGD": 1.8, "width_SWA": 4.7, "width_SGD": 4.2},
             ]
         },
     )
@@ -68,7 +117,7 @@ def test_demo_claims_read_the_demo_results():
     table = "\n".join(claims_markdown(rows))
     assert (
         "| SWA has lower test error than SGD at the same budget | test error | SWA 4.60% | SGD 5.10% "
-        "| -0.50 ± 0.06 | 3 | holds |" in table
+        "| -0.50 ± 0.06 | 3 | holds | 0.31 | 3 |" in table  # detectable (4.3027 + 1.0607) x 0.0577; 3 seeds
     )
 
 
@@ -291,3 +340,14 @@ def test_a_run_that_did_not_train_is_named(tmp_path):
     # 14.9% on 10 classes is below 1.5 x chance (15%) as well; 97% on 5 classes is not
     assert len(lines) == 2 and lines[0].startswith("ood-sgd-seed0 did not train: training accuracy 19.9% at epoch 2")
     assert "chance 20.0%" in lines[0] and lines[1].startswith("sgd-seed0 did not train")
+
+
+def test_demo_seeds_is_a_count_or_a_list(tmp_path, capsys):
+    from cli_harness import refused
+    from valleys.app.cli import _demo_seeds
+
+    assert _demo_seeds([10]) == list(range(10)) and _demo_seeds([1]) == [0]
+    assert _demo_seeds([3, 7]) == [3, 7] and _demo_seeds(None) is None
+    refused(["demo", "--seeds", "0", "--out", tmp_path / "demo"], capsys, names=["--seeds 0", "at least 1"])
+    refused(["demo", "--seeds", "2", "2", "--out", tmp_path / "demo"], capsys, names=["--seeds", "twice"])
+    assert not (tmp_path / "demo").exists()

@@ -226,8 +226,9 @@ def render(demo_dir: str | Path, *, command: str, machine: str | None = None) ->
         f"- **Machine**: {machine or describe_machine()}.",
         f"- **Data and model**: `{res['dataset']}`, `{res['model']}`, seeds {res['seeds']}, "
         f"{res.get('steps_per_epoch', '?')} steps per epoch.",
-        "- **Verdicts**: the paired difference over seeds against twice its standard error: *holds* below -2 SE, "
-        "*does not hold* above +2 SE, else *within noise*.",
+        "- **Verdicts**: the paired t-test over seeds at the two-sided 5% level (Student's t with n - 1 degrees "
+        "of freedom): *holds*, *does not hold*, else *within noise*; each claim also states the difference its "
+        "seeds detect with 80% power and the seeds that would detect the observed difference.",
         "",
     ]
     if warnings:

@@ -1,11 +1,17 @@
 """The talk's claims as a table: each claim the demo measures, its two numbers, their paired difference over
-seeds with its standard error, and a verdict by one stated rule.
+seeds with its standard error, a verdict by one stated rule, and the power of that many seeds.
 
-The rule (:func:`verdict`): with ``d`` the mean over seeds of the per-seed difference in the direction the
-claim says is better (e.g. ``error(SWA) - error(SGD)`` for "SWA has lower test error than SGD") and ``se``
-its standard error (sample standard deviation over sqrt(n)), the claim **holds** when ``d < -2 se``, **does
-not hold** when ``d > 2 se``, and is **within noise** otherwise; with one seed there is no spread and the sign
-decides, said as such. Pure arithmetic on the demo's results: no training, no evaluation.
+The rule (:func:`verdict`): with ``d`` the mean over ``n`` seeds of the per-seed difference in the direction
+the claim says is better (e.g. ``error(SWA) - error(SGD)`` for "SWA has lower test error than SGD") and ``se``
+its standard error (sample standard deviation over sqrt(n)), the paired t statistic ``t = d / se`` is compared
+with Student's t with ``n - 1`` degrees of freedom at the two-sided 5% level (``t_{0.975, n-1}``: 4.30 for 3
+seeds, 2.26 for 10): the claim **holds** when ``t < -t_{0.975, n-1}``, **does not hold** when
+``t > t_{0.975, n-1}``, and is **within noise** otherwise; with one seed there is no spread and the sign
+decides, said as such. A true difference of zero thus gets "within noise" 95% of the time whatever ``n``.
+
+Power (:mod:`valleys.app.stats`): each row also states the smallest difference its seeds detect with 80%
+power given the observed spread, ``(t_{0.975, n-1} + t_{0.8, n-1}) se``, and how many seeds would detect the
+observed difference with 80% power. Pure arithmetic on the demo's results: no training, no evaluation.
 """
 
 from __future__ import annotations
@@ -16,19 +22,22 @@ from typing import Any
 
 from ..errors import InputError
 from .report import mean_and_se
+from .stats import detectable_difference, seeds_needed, t_quantile
 
 __all__ = ["verdict", "paired", "demo_claims", "claims_markdown"]
 
 
-def verdict(diff: float, se: float) -> str:
-    """``holds`` when ``diff`` (in the direction where negative means the claim's side is better) is below
-    -2 standard errors, ``does not hold`` above +2, else ``within noise``; with one seed (``se`` NaN) the sign
-    decides, said as such."""
-    if math.isnan(se):
+def verdict(diff: float, se: float, n: int) -> str:
+    """The paired t-test's verdict over ``n`` pairs: ``holds`` when ``diff / se`` (``diff`` signed so that
+    negative means the claim's side is better) is below ``-t_{0.975, n-1}``, ``does not hold`` above
+    ``+t_{0.975, n-1}``, else ``within noise``; with one seed (``n < 2`` or ``se`` NaN) the sign decides, said as
+    such. Identical differences (``se = 0``) decide by their sign."""
+    if n < 2 or math.isnan(se):
         return ("holds" if diff < 0 else "does not hold") + " (one seed: no spread)"
-    if diff < -2 * se:
+    crit = t_quantile(0.975, n - 1) * se
+    if diff < -crit:
         return "holds"
-    if diff > 2 * se:
+    if diff > crit:
         return "does not hold"
     return "within noise"
 
@@ -44,8 +53,9 @@ def paired(
     metric: str = "",
 ) -> dict[str, Any]:
     """One claim "``a`` is better than ``b``" from per-seed (or per-pair) values: both means, the mean and
-    standard error of the per-seed difference ``a - b`` (signed so that negative favours ``a``), and the
-    verdict."""
+    standard error of the per-seed difference ``a - b`` (signed so that negative favours ``a``), the verdict,
+    the difference detectable with 80% power (``detectable``) and the seeds that would detect the observed
+    difference with 80% power (``seeds_needed``; None for a zero difference or beyond 10,000)."""
     if len(a) != len(b) or not a:
         raise InputError(f"{claim}: needs the same non-empty number of values on both sides, got {len(a)} and {len(b)}")
     sign = 1.0 if lower_is_better else -1.0
@@ -62,7 +72,9 @@ def paired(
         "se": se,
         "n": n,
         "lower_is_better": lower_is_better,
-        "verdict": verdict(mean, se),
+        "verdict": verdict(mean, se, n),
+        "detectable": detectable_difference(se, n) if n > 1 else math.nan,
+        "seeds_needed": seeds_needed(mean, se * math.sqrt(n)) if n > 1 and math.isfinite(se) else None,
     }
 
 
@@ -263,20 +275,34 @@ def _num(v: float, metric: str) -> str:
 
 def claims_markdown(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """The claims table as Markdown lines, with the rule stated under it."""
-    out = ["| claim | measure | A | B | A - B (± SE) | n | verdict |", "|---|---|---|---|---|---|---|"]
+    out = [
+        "| claim | measure | A | B | A - B (± SE) | n | verdict | detectable (80% power) | seeds for this difference |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         scale = 100 if "error" in r["metric"] else 1
+        digits = 2 if scale == 100 else 4
         sign = 1 if r["lower_is_better"] else -1
         diff = sign * r["difference"] * scale
-        se = "" if math.isnan(r["se"]) else f" ± {r['se'] * scale:.{2 if scale == 100 else 4}f}"
+        se = "" if math.isnan(r["se"]) else f" ± {r['se'] * scale:.{digits}f}"
+        # the verdict and the power from the row's numbers (a folder written under the earlier 2-SE rule reads
+        # the same as a new one)
+        n, d, e = r["n"], r["difference"], r["se"]
+        finite = n > 1 and not math.isnan(e)
+        detect_s = f"{detectable_difference(e, n) * scale:.{digits}f}" if finite else ""
+        need = seeds_needed(d, e * math.sqrt(n)) if finite else None
+        need_s = "" if not finite else (str(need) if need is not None else "> 10,000")
         out.append(
             f"| {r['claim']} | {r['metric']} | {r['a']} {_num(r['a_mean'], r['metric'])} | "
-            f"{r['b']} {_num(r['b_mean'], r['metric'])} | {diff:+.{2 if scale == 100 else 4}f}{se} | {r['n']} | "
-            f"{r['verdict']} |"
+            f"{r['b']} {_num(r['b_mean'], r['metric'])} | {diff:+.{digits}f}{se} | {n} | "
+            f"{verdict(d, e, n)} | {detect_s} | {need_s} |"
         )
     out += [
         "",
-        "Verdict: the per-seed (per-pair) difference in the claim's favour, against twice its standard error "
-        "(holds below -2 SE, does not hold above +2 SE, else within noise).",
+        "Verdict: the paired t-test over seeds (pairs) at the two-sided 5% level, Student's t with n - 1 degrees "
+        "of freedom (holds when the difference in the claim's favour is beyond t_{0.975, n-1} standard errors, "
+        "does not hold beyond it the other way, else within noise). Detectable: the smallest difference these "
+        "seeds detect with 80% power given the observed spread, (t_{0.975, n-1} + t_{0.8, n-1}) SE. Seeds for "
+        "this difference: how many would detect the observed difference with 80% power.",
     ]
     return out

@@ -630,7 +630,14 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
         "minutes); flags given win over these",
     )
     m.add_argument("--out", type=_path, default="runs/demo", help="output folder")
-    m.add_argument("--seeds", type=_seed, nargs="+", default=None, help="seeds (default 0 1 2; quick: 0)")
+    m.add_argument(
+        "--seeds",
+        type=_seed,
+        nargs="+",
+        default=None,
+        help="how many seeds, N (seeds 0 .. N-1; the claims table's t-test and power use them all), or two or more "
+        "seeds to run (default: 3, that is 0 1 2; quick: 1)",
+    )
     m.add_argument("--overwrite", action="store_true", help="replace a demo already in --out")
     m.add_argument("--no-progress", action="store_true", help="hide progress bars")
     m.add_argument("--no-ood", action="store_true", help="skip the split-classes OOD runs")
@@ -824,10 +831,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_seeds(seeds: list[int] | None) -> list[int] | None:
+    """``--seeds N`` (one number: seeds 0 .. N-1) or the seeds listed (two or more)."""
+    if seeds is None or len(seeds) > 1:
+        _unique_seeds(seeds)
+        return seeds
+    if seeds[0] < 1:
+        raise InputError(
+            f"--seeds {seeds[0]}: one number is how many seeds to run (0 .. N-1), at least 1; "
+            "to run particular seeds list two or more"
+        )
+    return list(range(seeds[0]))
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import DemoSettings, demo_base, run_demo
 
-    _unique_seeds(args.seeds)
+    args.seeds = _demo_seeds(args.seeds)
     base, keep = demo_base(args.preset, vars(args), quick=args.quick)
     settings = DemoSettings(
         preset=args.preset,

@@ -676,9 +676,9 @@ def summary_lines(cfg: SemisupConfig, results: dict[str, Any]) -> list[str]:
         lines
         + [
             "",
-            "The claims of Athiwaratkun et al. (2019) on test error. Verdict: the paired difference over "
-            "seeds against twice its standard error (holds below -2 SE, does not hold above +2 SE, else within "
-            "noise).",
+            "The claims of Athiwaratkun et al. (2019) on test error. Verdict: the paired t-test over seeds at "
+            "the two-sided 5% level (Student's t with n - 1 degrees of freedom), with the difference these seeds "
+            "detect at 80% power.",
             "",
         ]
         + results["claims"]
@@ -737,14 +737,20 @@ def claim_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def claims(runs: list[dict[str, Any]]) -> list[str]:
     """:func:`claim_rows` as Markdown list lines: the two mean test errors, their paired difference over seeds
-    ± its standard error, and the verdict."""
+    ± its standard error, the verdict and the power of that many seeds."""
     out = []
     for r in claim_rows(runs):
         spread = f" ± {100 * r['se']:.2f}" if not math.isnan(r["se"]) else ""
         n = r["n"]
+        power = ""
+        if n > 1 and not math.isnan(r["detectable"]):
+            need = r["seeds_needed"]
+            power = f"; detectable at 80% power: {100 * r['detectable']:.2f} points, seeds for this difference: " + (
+                str(need) if need is not None else "> 10,000"
+            )
         out.append(
             f"- {r['claim'][len('semi-supervised: ') :]}: {r['verdict']} ({100 * r['a_mean']:.2f}% against "
             f"{100 * r['b_mean']:.2f}%, difference {100 * r['difference']:+.2f}{spread} points over {n} "
-            f"seed{'s' if n > 1 else ''})"
+            f"seed{'s' if n > 1 else ''}{power})"
         )
     return out or ["- (run with --consistency none and pi or mean-teacher to check them)"]
