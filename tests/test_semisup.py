@@ -598,7 +598,8 @@ def test_claims_verdicts_on_constructed_runs():
     )
     assert lines[0].startswith(
         "- pi beats supervised-only on the same labels: holds (11.00% against 21.00%, "
-        "difference -10.00 ± 0.00 points over 3 seeds)"
+        "difference -10.00 ± 0.00 points over 3 seeds; detectable at 80% power: 0.00 points, seeds for this "
+        "difference: 2)"
     )
     assert "SWA improves on its base model: within noise" in lines[1]
     assert "fast-SWA improves on its base model: does not hold" in lines[2]

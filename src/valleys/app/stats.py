@@ -17,6 +17,8 @@ from __future__ import annotations
 import functools
 import math
 
+from ..errors import InputError
+
 __all__ = ["t_cdf", "t_quantile", "detectable_difference", "seeds_needed"]
 
 
@@ -62,7 +64,7 @@ def _incomplete_beta(a: float, b: float, x: float) -> float:
 def t_cdf(t: float, df: float) -> float:
     """``P(T <= t)`` for Student's t with ``df > 0`` degrees of freedom."""
     if not df > 0:
-        raise ValueError(f"degrees of freedom must be positive, got {df}")
+        raise InputError(f"degrees of freedom must be positive, got {df}")
     if math.isinf(t):
         return 1.0 if t > 0 else 0.0
     tail = 0.5 * _incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
@@ -73,7 +75,7 @@ def t_cdf(t: float, df: float) -> float:
 def t_quantile(p: float, df: float) -> float:
     """The ``p``-quantile of Student's t with ``df`` degrees of freedom (``0 < p < 1``), to 1e-12."""
     if not 0.0 < p < 1.0:
-        raise ValueError(f"p must be in (0, 1), got {p}")
+        raise InputError(f"p must be in (0, 1), got {p}")
     if p < 0.5:
         return -t_quantile(1.0 - p, df)
     lo, hi = 0.0, 1.0
