@@ -516,3 +516,16 @@ def test_auto_chunk_grows_for_a_small_model_by_its_bytes_and_gives_the_loops_num
     assert set(sizes[:-1]) == {16}  # a chunk the caller gives is kept
     with pytest.raises(InputError, match="chunk must be an integer of at least 1 or 'auto'"):
         VmapPolicy(True, "big")
+
+
+def test_one_point_is_evaluated_by_the_loop_without_a_timed_choice(vec_data, monkeypatch):
+    def no_probe(*args, **kwargs):
+        raise AssertionError("a single point must not be timed vmap-or-loop (its rounding would vary by run)")
+
+    monkeypatch.setattr(engine, "vmap_is_faster", no_probe)
+    engine.clear_vmap_cache()
+    model = mlp()
+    ws = perturbed(model, 1)
+    one = evaluate_points(model, ws, {"test": loader(vec_data)})
+    assert not one.batched
+    assert not evaluate_points(model, ws[0], {"test": loader(vec_data)}).batched

@@ -1234,6 +1234,8 @@ def evaluate_many(
     known = len(weights) if isinstance(weights, (Tensor, Sequence)) and not isinstance(weights, Mapping) else None
     if weights is None or isinstance(weights, Mapping) or isinstance(weights, Tensor) and weights.dim() == 1:
         known = 1  # the model as it is, one state dict or one vector: nothing to amortise a probe over
+    if known == 1 and batched == "auto":
+        use_vmap = False  # one point: the loop, never a timed choice (whose rounding would vary run to run)
     # channels-last images where a convolutional model runs faster on them (timed once per model and input
     # shape, and only for enough points to pay for the timing)
     place = (
