@@ -528,4 +528,5 @@ def test_one_point_is_evaluated_by_the_loop_without_a_timed_choice(vec_data, mon
     ws = perturbed(model, 1)
     one = evaluate_points(model, ws, {"test": loader(vec_data)})
     assert not one.batched
-    assert not evaluate_points(model, ws[0], {"test": loader(vec_data)}).batched
+    single = evaluate_many(model, ws[0], {"test": loader(vec_data)}, reduce=LossError(ModelAdapter()))
+    assert not single.batched and single.num_points == 1
