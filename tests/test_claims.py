@@ -351,3 +351,32 @@ def test_demo_seeds_is_a_count_or_a_list(tmp_path, capsys):
     refused(["demo", "--seeds", "0", "--out", tmp_path / "demo"], capsys, names=["--seeds 0", "at least 1"])
     refused(["demo", "--seeds", "2", "2", "--out", tmp_path / "demo"], capsys, names=["--seeds", "twice"])
     assert not (tmp_path / "demo").exists()
+
+
+def test_a_claim_with_a_paper_effect_states_the_seeds_that_detect_it():
+    """The seeds for the paper's effect: the fewest m whose 80%-power detectable difference
+    (t_{0.975,m-1} + t_{0.8,m-1}) sd / sqrt(m) is within the effect, checked on both sides of m."""
+    import math
+
+    from valleys.app.claims import PAPER_EFFECTS, claims_markdown, paired, paper_effect
+    from valleys.app.stats import t_quantile
+
+    claim = "SWAG has lower test NLL than SWA"
+    effect, source = PAPER_EFFECTS[claim]
+    assert effect < 0 and "Maddox" in source and paper_effect("no such claim") is None
+    a, b = [0.30, 0.31, 0.29, 0.32], [0.33, 0.32, 0.33, 0.36]
+    row = paired(claim, "SWAG", a, "SWA", b, metric="test NLL")
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    sd = math.sqrt(sum((d - sum(diffs) / 4) ** 2 for d in diffs) / 3)
+    m = row["seeds_for_paper"]
+
+    def detectable(k: int) -> float:
+        return (t_quantile(0.975, k - 1) + t_quantile(0.8, k - 1)) * sd / math.sqrt(k)
+
+    assert m >= 2 and detectable(m) <= abs(effect) and (m == 2 or detectable(m - 1) > abs(effect))
+    assert row["paper_effect"] == effect and row["paper_source"] == source
+    assert "paper_effect" not in paired("SWAG has lower ECE than SGD", "SWAG", a, "SGD", b, metric="test ECE")
+    lines = claims_markdown([row])
+    assert lines[0].endswith("| paper's effect | seeds for the paper's effect |")
+    assert f"| {effect:+.4f} [1] | {m} |" in lines[2]
+    assert any(line.startswith("[1] Maddox et al. 2019") for line in lines)
