@@ -673,3 +673,55 @@ def test_dict_batches_with_a_mask_train_through_the_adapter():
         step_fn=step,
     ).fit(progress=False)
     assert h[-1]["consistency_weight"] == 10.0 and math.isfinite(h[-1]["train_loss"]) and h[-1]["consistency_loss"] > 0
+
+
+def test_logit_distance_second_head_loss_equals_the_reference_formula_by_hand():
+    """The mean-teacher code's two heads: CE on z1 (summed / B), consistency between z2 and the teacher's first
+    head, and w * sum (z1 - z2)^2 / (C B) (symmetric_mse_loss / minibatch_size); evaluation reads z1."""
+    import torch.nn.functional as F
+
+    from valleys.training.semisup import ConsistencyStep, MeanTeacher
+    from valleys.training.trainer import Trainer
+    from valleys.zoo.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("cnn1d", (40,), 4, heads=2)
+    model.train()
+    z = model(torch.randn(3, 40))
+    assert isinstance(z, tuple) and len(z) == 2 and z[0].shape == z[1].shape == (3, 4)
+    model.eval()
+    assert isinstance(model(torch.randn(3, 40)), torch.Tensor)  # evaluation: the first head only
+    model.train()
+    teacher = MeanTeacher(model, 0.9)
+    w, lam_max = 0.01, 7.5
+    step = ConsistencyStep("mean-teacher", weight=lam_max, rampup=0, teacher=teacher, logit_distance=w)
+    x, y = torch.randn(6, 40), torch.tensor([0, 2, -1, -1, -1, 1])
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), [(x, y)], 1, step_fn=step)
+    torch.manual_seed(1)
+    got = step(trainer, (x, y))
+    with torch.no_grad():
+        z1, z2 = model(x)
+        t1, _ = teacher.model(x)
+        lab = y >= 0
+        ce = F.cross_entropy(z1[lab], y[lab], reduction="sum") / 6
+        cons = ((z2.softmax(1) - t1.softmax(1)) ** 2).sum() / (4 * 6)
+        res = w * ((z1 - z2) ** 2).sum() / (4 * 6)
+    torch.testing.assert_close(got.loss.detach(), ce + lam_max * cons + res, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.logs["logit_distance_loss"], res, rtol=1e-5, atol=1e-7)
+    one_head = ConsistencyStep("pi", weight=1.0, logit_distance=0.01)
+    plain = Trainer(build_model("cnn1d", (40,), 4), torch.optim.SGD(model.parameters(), lr=0.1), [(x, y)], 1)
+    with pytest.raises(TypeError, match="heads=2"):
+        one_head(plain, (x, y))
+    with pytest.raises(ValueError, match="logit_distance"):
+        ConsistencyStep("pi", logit_distance=-1.0)
+
+
+def test_logit_distance_refuses_a_model_without_a_second_head_before_any_work(tmp_path, capsys):
+    from cli_harness import refused
+
+    refused(
+        ["semisup", "--model", "mlp", "--logit-distance", "0.01", "--out", tmp_path / "s"],
+        capsys,
+        names=["--logit-distance", "cnn1d"],
+    )
+    assert not (tmp_path / "s").exists()

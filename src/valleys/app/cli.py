@@ -223,6 +223,14 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--momentum", type=_fraction, default=d.momentum, help="SGD momentum")
     t.add_argument("--wd", type=_non_negative_float, default=d.wd, help="weight decay")
     t.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="minibatch size")
+    t.add_argument(
+        "--augment",
+        default=d.augment,
+        choices=("none", "standard"),
+        help="transform every training batch: none, or standard (images: random translation by up to 2 pixels, "
+        "1 at 14 pixels or fewer, and flips for Fashion-MNIST; signals: shifts by up to 3 samples); evaluation "
+        "and the BatchNorm recompute see the plain inputs",
+    )
     _method_flags(t)
     t.add_argument(
         "--ood-split",
@@ -592,6 +600,7 @@ def _regression_parser(sub: argparse._SubParsersAction) -> None:
 
 def _semisup_parser(sub: argparse._SubParsersAction) -> None:
     """``valleys semisup``: the flags of :class:`valleys.app.semisup.SemisupConfig`, then the output flags."""
+    from .presets import PRESETS
     from .semisup import SemisupConfig
 
     ss = sub.add_parser(
@@ -600,6 +609,16 @@ def _semisup_parser(sub: argparse._SubParsersAction) -> None:
         "mean teacher, each with SWA and fast-SWA side by side (slides 34-36)",
     )
     add_flags(ss, SemisupConfig)
+    ss.add_argument(
+        "--preset",
+        choices=[name for name, p in PRESETS.items() if p.semisup is not None],
+        default=None,
+        help="start from a demo preset's semi-supervised settings (its data, model, labels, schedule; on a CUDA "
+        "--device the papers' size where the preset has one); flags given win",
+    )
+    ss.add_argument(
+        "--quick", action="store_true", help="with --preset: its short budget (under a minute for fashion-cnn)"
+    )
     _resumable_output_flags(ss, "study")
 
 
@@ -673,6 +692,12 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
         "(module.path:factory or file.py:factory)",
     )
     g.add_argument("--data-root", type=_path, default=None, help="torchvision data root (Fashion-MNIST files)")
+    g.add_argument(
+        "--device",
+        default=None,
+        help="cpu (default), cuda or cuda:N; on a CUDA device a preset with CUDA sizes (fashion-cnn) trains at "
+        "the papers' size",
+    )
     for flag, typ in (
         ("--epochs", _positive_int),
         ("--swa-start", _positive_int),
@@ -941,10 +966,22 @@ def _regression(args: argparse.Namespace) -> int:
     return 0
 
 
-def _semisup(args: argparse.Namespace) -> int:
+def _semisup(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     from .semisup import SemisupConfig, semisup_run
 
-    cfg = _settings_from(SemisupConfig, args)
+    if args.quick and args.preset is None:
+        raise InputError("--quick is the short budget of a preset; give --preset NAME too")
+    if args.preset is not None:
+        from .presets import get_preset, preset_semisup
+
+        typed = _given(argv if argv is not None else sys.argv[1:], "semisup")
+        device = str(typed["device"]) if "device" in typed else None
+        settings = preset_semisup(get_preset(args.preset), quick=args.quick, device=device) or {}
+        names = {f.name for f in dataclasses.fields(SemisupConfig)}
+        cfg = _settings_from(SemisupConfig, args)  # refuses --overwrite with --resume
+        cfg = SemisupConfig(**{**settings, **{k: v for k, v in typed.items() if k in names}})
+    else:
+        cfg = _settings_from(SemisupConfig, args)
     if cfg.device.startswith("cuda"):
         import torch
 
@@ -1000,6 +1037,8 @@ def _main(argv: Sequence[str] | None) -> int:
             init_from_env()
         if args.command == "train":
             return _train(args, argv)
+        if args.command == "semisup":
+            return _semisup(args, argv)
         if args.command in _studies():
             return _study(args)
         return {

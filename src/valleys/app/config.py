@@ -59,6 +59,7 @@ class RunSettings:
     momentum: float = 0.9
     wd: float = 5e-4
     batch_size: int = 128
+    augment: str = "none"  # training inputs' transforms (valleys.training.augment.AUGMENTATIONS)
     # the registered methods' settings come here (see TrainConfig)
     ood_split: bool = False  # train on the first half of the classes; the rest are OOD
     uci_split: int = 0  # regression: which index_train_<i>/index_test_<i> pair (or diabetes split seed)
@@ -185,6 +186,12 @@ class TrainConfig(RunSettings):
             raise InputError(f"val-fraction must be in [0, 1), got {cfg.val_fraction}")
         if not (math.isfinite(cfg.wd) and cfg.wd >= 0):
             raise InputError(f"wd must be finite and >= 0, got {cfg.wd}")
+        from ..training.augment import AUGMENTATIONS
+
+        if cfg.augment not in AUGMENTATIONS:
+            raise InputError(f"unknown augment {cfg.augment!r}; valid: {', '.join(AUGMENTATIONS)}")
+        if cfg.augment != "none" and cfg.is_regression:
+            raise InputError("--augment transforms images and signals of classification datasets; use --augment none")
         if not (math.isfinite(cfg.momentum) and 0 <= cfg.momentum < 1):
             raise InputError(f"momentum must be in [0, 1), got {cfg.momentum}")
         if not 0 <= cfg.seed <= SEED_MAX:

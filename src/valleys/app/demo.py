@@ -33,7 +33,7 @@ from .demo_subspace import subspace_finish, subspace_lines, subspace_plan
 from .evaluate import evaluate_run
 from .folders import check_output, output_guard, prepare_run_dir, set_aside_all
 from .parallel import call, default_jobs, run_jobs
-from .presets import DEFAULT_PRESET, PRESETS, Preset, get_preset
+from .presets import DEFAULT_PRESET, PRESETS, SEMISUP_DATA, Preset, get_preset, preset_semisup, preset_train
 from .report import aggregate, describe_config, format_table, markdown_table
 from .semisup import SemisupConfig, semisup_calls, semisup_finish, summary_lines
 from .train import train_run
@@ -45,10 +45,11 @@ DEMO_CONFIG = TrainConfig(**PRESETS[DEFAULT_PRESET].train)
 QUICK = PRESETS[DEFAULT_PRESET].quick
 
 
-def preset_config(preset: str | Preset) -> TrainConfig:
-    """The training settings every run of the demo under ``preset`` (a name or a :class:`Preset`) starts from."""
+def preset_config(preset: str | Preset, device: str | None = None) -> TrainConfig:
+    """The training settings every run of the demo under ``preset`` (a name or a :class:`Preset`) starts from;
+    on a CUDA ``device`` with the preset's CUDA sizes (:attr:`valleys.app.presets.Preset.cuda`)."""
     p = get_preset(preset) if isinstance(preset, str) else preset
-    return TrainConfig(**p.train)
+    return TrainConfig(**preset_train(p, device))
 
 
 # table row -> (run to read, method to evaluate it as, temperature scaling)
@@ -182,7 +183,7 @@ def run_demo(
         raise InputError(f"seeds must be distinct, got {seeds}")
     cfgs = {m: dataclasses.replace(base, method=m).resolved() for m in ("sgd", "swag", "fge")}  # checks first
     # what the user changed from the preset: its OOD settings and budgets were chosen for its own data and model
-    own = preset_config(p)
+    own = preset_config(p, base.device)
     own_data = (base.dataset, base.model) == (own.dataset, own.model)
     changed = set(keep) | {
         f.name
@@ -211,25 +212,15 @@ def run_demo(
         semi = None
         if semisup and p.semisup is None:
             log(f"  (preset {p.name} has no semi-supervised section: it does not fit the preset's budget)")
-        elif semisup:
-            data = {
-                "dataset": base.dataset,
-                "model": base.model,
-                "data_root": base.data_root,
-                "train_subset": base.train_subset,
-                "test_subset": base.test_subset,
-                "val_fraction": base.val_fraction,
-            }
-            semi = SemisupConfig(
-                **{
-                    **data,
-                    **p.semisup,
-                    **{k: v for k, v in data.items() if k in changed},
-                    **(p.semisup_quick if quick else {}),
-                    **(semisup if isinstance(semisup, dict) else {}),
-                    "seeds": list(seeds),
-                }
+        elif semisup and not p.semisup_in_demo and not isinstance(semisup, dict):
+            log(
+                f"  (preset {p.name}'s semi-supervised study runs alone, longer than this demo: "
+                f"valleys semisup --preset {p.name})"
             )
+        elif semisup:
+            data = {k: getattr(base, k) for k in SEMISUP_DATA}
+            own_semi = preset_semisup(p, quick=quick, device=base.device, data=data, keep=changed) or {}
+            semi = SemisupConfig(**{**own_semi, **(semisup if isinstance(semisup, dict) else {}), "seeds": list(seeds)})
             semi.check()
         curve = curve or (p.curve_quick if quick else p.curve)
         if not p.subspace:
@@ -960,7 +951,7 @@ def demo_base(preset: str, flags: dict[str, Any], *, quick: bool = False) -> tup
     (their defaults fit the new budget), a new ``lr`` the preset's ``swa_lr`` (default: the new lr)."""
     from .presets import get_preset
 
-    base = preset_config(preset)
+    base = preset_config(preset, flags.get("device"))
     fields = {f.name for f in dataclasses.fields(base)}
     changes = {k: v for k, v in flags.items() if k in fields and v is not None}
     budget = get_preset(preset).quick.get("epochs", base.epochs) if quick else base.epochs

@@ -12,7 +12,19 @@ from typing import Any
 
 from ..errors import InputError
 
-__all__ = ["Preset", "PRESETS", "DEFAULT_PRESET", "get_preset", "presets_help"]
+__all__ = [
+    "Preset",
+    "PRESETS",
+    "DEFAULT_PRESET",
+    "get_preset",
+    "presets_help",
+    "preset_train",
+    "preset_semisup",
+    "SEMISUP_DATA",
+]
+
+#: the settings the semi-supervised study takes from the preset's training settings unless its own section sets them
+SEMISUP_DATA = ("dataset", "model", "model_args", "data_root", "train_subset", "test_subset", "val_fraction")
 
 
 @dataclass(frozen=True)
@@ -23,7 +35,11 @@ class Preset:
     method is set per run). ``quick``: what ``--quick`` changes. ``curve`` / ``curve_quick``: the mode
     connectivity section's settings (:class:`valleys.app.connect.ConnectConfig` fields). ``semisup`` /
     ``semisup_quick``: :class:`valleys.app.semisup.SemisupConfig` overrides for the semi-supervised section
-    (``None``: the section does not fit this preset's budget and is skipped). ``subspace``: whether the
+    (``None``: the section does not fit this preset's budget and is skipped); ``valleys semisup --preset NAME``
+    runs them alone. ``semisup_in_demo``: whether ``valleys demo`` runs that section (``False``: only
+    ``valleys semisup --preset``, for a study longer than the demo's budget). ``cuda``: on a CUDA device, the
+    settings that bring the preset to the papers' size (``"train"``, ``"semisup"``: overrides of ``train`` and
+    ``semisup``), used when ``--device`` names a CUDA device. ``subspace``: whether the
     subspace-inference section runs (a dict: its settings, as :data:`valleys.app.demo_subspace.SETTINGS`, used
     without ``--quick``; ``--quick`` runs the section's quick settings).
     ``ood``: training settings of the split-classes OOD runs that differ from ``train`` (they see half the
@@ -40,6 +56,8 @@ class Preset:
     curve_quick: dict[str, Any] = field(default_factory=lambda: {"epochs": 5, "points": 11})
     semisup: dict[str, Any] | None = None
     semisup_quick: dict[str, Any] = field(default_factory=lambda: {"epochs": 30, "cycle": 5, "eval_every": 5})
+    semisup_in_demo: bool = True
+    cuda: dict[str, dict[str, Any]] = field(default_factory=dict)
     subspace: bool | dict[str, Any] = True
     ood: dict[str, Any] = field(default_factory=dict)
     budgets: tuple[float, ...] = (1.0,)
@@ -116,6 +134,83 @@ PRESETS: dict[str, Preset] = {
             "snapshots) by validation NLL; the small CNN was left out for time (about 50 s per epoch on 2 "
             "cores against 0.8 s): experiments/fashion_mnist_preset.py",
         ),
+        Preset(
+            name="fashion-cnn",
+            summary="Fashion-MNIST at 14x14 (20,000 training images), a BatchNorm CNN (widths 16-32-32) trained "
+            "with random translations and flips, 30 epochs; SGD, SWA, SWAG, FGE, OOD, curves and geometry (about "
+            "20 minutes on 2 cores); its semi-supervised study runs alone: valleys semisup --preset fashion-cnn",
+            train={
+                "dataset": "fashion-mnist-14",
+                "model": "cnn",
+                "model_args": {"width": 16},
+                "augment": "standard",
+                "train_subset": 20000,
+                "epochs": 30,
+                "lr": 0.1,
+                "wd": 5e-4,
+                "swa_start": 15,
+                "swa_lr": 0.02,
+                "fge_start": 22,
+                "samples": 20,
+            },
+            quick={"epochs": 4, "swa_start": 1, "fge_start": 2, "samples": 4, "train_subset": 1000, "test_subset": 500},
+            curve={"points": 31, "epochs": 30},
+            curve_quick={"epochs": 2, "points": 5},
+            semisup={
+                "model": "cnn",
+                "model_args": {"width": 16},
+                "labels_per_class": 100,
+                "train_subset": 20000,
+                "epochs": 60,
+                "cycle": 10,
+                "eval_every": 5,
+                "lr": 0.4,
+                "consistency_weight": 7.5,
+                "wd": 5e-5,
+            },
+            semisup_quick={
+                "epochs": 6,
+                "cycle": 2,
+                "eval_every": 3,
+                "labels_per_class": 20,
+                "train_subset": 2000,
+                "test_subset": 1000,
+            },
+            semisup_in_demo=False,
+            subspace=False,
+            cuda={
+                # the papers' sizes: all 28x28 images; a PreResNet-20 for SWA/SWAG/FGE (Izmailov et al. 2018 train
+                # PreResNet-164 on CIFAR for 150 epochs) and ConvLarge for the semi-supervised study (Athiwaratkun
+                # et al. 2019: cosine over 180 of 210 epochs, then 30-epoch cycles)
+                "train": {
+                    "dataset": "fashion-mnist",
+                    "model": "preresnet",
+                    "model_args": {"width": 16, "blocks": 3},
+                    "train_subset": None,
+                    "epochs": 150,
+                    "swa_start": 80,
+                    "fge_start": 120,
+                    "samples": 30,
+                },
+                "semisup": {
+                    "dataset": "fashion-mnist",
+                    "model": "convlarge",
+                    "model_args": {},
+                    "train_subset": None,
+                    "labels_per_class": 400,
+                    "batch_size": 100,
+                    "labelled_batch_size": 50,
+                    "epochs": 300,
+                    "cosine_epochs": 180,
+                    "cycle": 30,
+                    "lr": 0.1,
+                    "consistency_weight": 100.0,
+                    "wd": 2e-4,
+                    "eval_every": 10,
+                },
+            },
+            chosen="on the validation split (see experiments/fashion_cnn_preset.py and its log)",
+        ),
     )
 }
 
@@ -128,6 +223,48 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise InputError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def _on_cuda(device: str | None) -> bool:
+    return device is not None and str(device).startswith("cuda")
+
+
+def preset_train(preset: Preset, device: str | None = None) -> dict[str, Any]:
+    """The training settings of ``preset`` (:attr:`Preset.train`), with its :attr:`Preset.cuda` ``"train"``
+    overrides and ``device`` set when ``device`` names a CUDA device."""
+    out = dict(preset.train)
+    if _on_cuda(device):
+        out.update(preset.cuda.get("train", {}))
+    if device is not None:
+        out["device"] = device
+    return out
+
+
+def preset_semisup(
+    preset: Preset,
+    *,
+    quick: bool = False,
+    device: str | None = None,
+    data: dict[str, Any] | None = None,
+    keep: tuple[str, ...] | set[str] = (),
+) -> dict[str, Any] | None:
+    """The :class:`valleys.app.semisup.SemisupConfig` settings of ``preset``'s semi-supervised study (``None``
+    when it has none): the data settings of :data:`SEMISUP_DATA` from the training settings (``data``: those
+    in use, default the preset's own), then :attr:`Preset.semisup`, then (``keep``) the data settings the user
+    changed, then on a CUDA ``device`` the ``"semisup"`` overrides of :attr:`Preset.cuda`, then with ``quick``
+    :attr:`Preset.semisup_quick`."""
+    if preset.semisup is None:
+        return None
+    train = data if data is not None else preset_train(preset, device)
+    own = {k: train[k] for k in SEMISUP_DATA if k in train}
+    out = {**own, **preset.semisup, **{k: v for k, v in own.items() if k in keep}}
+    if _on_cuda(device):
+        out.update(preset.cuda.get("semisup", {}))
+    if quick:
+        out.update(preset.semisup_quick)
+    if device is not None:
+        out["device"] = device
+    return out
 
 
 def presets_help(width: int = 100) -> str:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,8 @@ __all__ = [
     "CONSISTENCY_TERMS",
 ]
 
+#: The built-in models that can have a second head (``--logit-distance``).
+TWO_HEADS = ("cnn1d", "cnn", "convlarge")
 #: The networks evaluated side by side in every run (the teacher only with the mean teacher).
 MODEL_KINDS = ("student", "teacher", "swa", "fastswa")
 _LABELS = {"student": "base", "teacher": "teacher", "swa": "SWA", "fastswa": "fast-SWA"}
@@ -142,6 +144,14 @@ class SemisupConfig:
         "fractional (step / steps per epoch)",
         choices=("integer", "fractional"),
     )
+    logit_distance: float | None = setting(
+        None,
+        "give a weight (the authors' code: 0.01) for a second head: the consistency term reads it and a "
+        "logit-distance cost of this weight ties it to the first, which the cross-entropy and every evaluation "
+        "read (built-in cnn1d, cnn and convlarge; your factory's model must return both heads' logits in "
+        "training mode); default: one head",
+        check="non_negative",
+    )
     lr: float = setting(0.1, "initial LR of the cosine", check="positive")
     momentum: float = setting(0.9, "Nesterov momentum", check="fraction")
     wd: float = setting(2e-4, "weight decay", check="non_negative")
@@ -175,6 +185,8 @@ class SemisupConfig:
     data_root: str | None = setting(None, "torchvision data root (Fashion-MNIST files)", check="path")
     eval_every: int = setting(2, "epochs between evaluations", check="positive")
     device: str = setting("cpu", "cpu, cuda or cuda:N")
+    # keyword arguments of the built-in model (e.g. {"width": 16}); set by a preset or in Python, not a flag
+    model_args: dict[str, Any] = field(default_factory=dict)
 
     @property
     def l(self) -> int:  # noqa: E743 - the paper's name for the cosine phase's length
@@ -195,6 +207,15 @@ class SemisupConfig:
                 f"unknown model {self.model!r}; valid: {', '.join(MODELS)}, or your own factory "
                 "(module.path:factory or file.py:factory)"
             )
+        if not isinstance(self.model_args, dict) or not all(isinstance(k, str) for k in self.model_args):
+            raise InputError(f"model_args must be a dict of keyword arguments, got {self.model_args!r}")
+        if self.logit_distance is not None and ":" not in self.model and self.model not in TWO_HEADS:
+            raise InputError(
+                f"--logit-distance needs a second head, which the built-in {self.model!r} has not; use --model "
+                f"{' or '.join(TWO_HEADS)} (or your own two-headed factory), or drop --logit-distance"
+            )
+        if self.model_args and ":" in self.model:
+            raise InputError("model_args are keyword arguments of a built-in model; your factory takes none")
         if not self.consistency:
             raise InputError("--consistency needs at least one of none, pi, mean-teacher")
         for c in self.consistency:
@@ -389,7 +410,9 @@ def semisup_one(
             raise UserCodeError(f"--model {cfg.model!r} returned a {type(model).__name__}, not a torch.nn.Module")
         model = model.to(cfg.device)
     else:
-        model = build_model(cfg.model, splits.input_shape, splits.num_classes).to(cfg.device)
+        heads = {"heads": 2} if cfg.logit_distance is not None else {}
+        model = build_model(cfg.model, splits.input_shape, splits.num_classes, **cfg.model_args, **heads)
+        model = model.to(cfg.device)
     # under torchrun each rank evaluates and recomputes BatchNorm on its slice of these, all-reduced
     evals = {k: shard_loader(make_loader(d, 1000), k) for k, d in (("val", splits.val), ("test", splits.test))}
     bn = shard_loader(make_loader(splits.train, 1000), "BatchNorm")  # every training input, no augmentation
@@ -404,6 +427,7 @@ def semisup_one(
         teacher=teacher,
         ce_normalisation=cfg.ce_normalisation,
         ramp_epoch=cfg.ramp_epoch,
+        logit_distance=cfg.logit_distance,
     )
     l, c = cfg.l, cfg.cycle  # noqa: E741 - l: the cosine phase, as in Athiwaratkun et al. (2019)
     fast_k = cfg.fast_swa_every

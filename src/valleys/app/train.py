@@ -23,6 +23,7 @@ import torch
 from ..core.checkpoint import CheckpointError, model_signature, save_checkpoint, write_json
 from ..core.distributed import is_main, shard_loader, world_size
 from ..errors import InputError
+from ..training.augment import augmented_step, supervised_augment
 from ..training.trainer import CheckpointPolicy, EvaluationPolicy, Trainer
 from ..zoo.catalog import REGRESSION_DATASETS
 from ..zoo.data import Splits
@@ -81,12 +82,14 @@ def _train_single(
     )
     if (not resume or cfg.amendments) and is_main():  # a resume records its amendments
         write_run_config(out, cfg)
+    augment = supervised_augment(cfg.augment, tuple(splits.input_shape), dataset=cfg.dataset)
     trainer = Trainer(  # the model is on cfg.device already (build_run_model)
         model,
         opt,
         train,
         cfg.epochs,
         adapter=cfg.adapter(),
+        step_fn=augmented_step(augment) if augment is not None else None,
         schedule=schedule,
         callbacks=callbacks,
         evaluation=EvaluationPolicy(evals, every=cfg.eval_every),

@@ -12,18 +12,42 @@ trainer saves in its checkpoints, so a resumed run draws the same views):
   probability 1/2 where ``flip=True``, and Gaussian noise.
 
 Any ``callable(x) -> x`` of the same shape can be used instead.
+
+For supervised training, :func:`supervised_augment` gives the usual label-preserving transforms of a built-in
+dataset (random translation, i.e. a random crop of a zero-padded image, and horizontal flips where they keep
+the class; no noise), and :func:`augmented_step` wraps a trainer's step function so that every training batch
+is transformed before its forward pass (as the SWA and FGE papers train their CNNs: Izmailov et al. 2018;
+Garipov et al. 2018).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import BatchFormatError, InputError
 
-__all__ = ["SignalAugment", "ImageAugment", "default_augment"]
+__all__ = [
+    "SignalAugment",
+    "ImageAugment",
+    "default_augment",
+    "supervised_augment",
+    "augment_input",
+    "augmented_step",
+    "AUGMENTATIONS",
+]
+
+#: ``augment`` of a training run (``valleys train --augment``): what each name does to a training batch.
+AUGMENTATIONS: dict[str, str] = {
+    "none": "no augmentation",
+    "standard": "images: random translation by up to 2 pixels (1 at 14 pixels or fewer; zero padding, a random "
+    "crop of the padded image) and, for Fashion-MNIST, horizontal flips; signals: random shifts by up to 3 "
+    "samples",
+}
 
 
 def _check(name: str, value: float, *, integer: bool = False) -> None:
@@ -117,13 +141,69 @@ class ImageAugment:
         return x
 
 
+_FLIPS = ("fashion-mnist", "fashion-mnist-14")  # a mirrored garment is still the same class; a mirrored digit is not
+
+
+def _is_signal(input_shape: tuple[int, ...]) -> bool:
+    return len(input_shape) == 1 or (len(input_shape) == 2 and input_shape[0] == 1)
+
+
 def default_augment(input_shape: tuple[int, ...], *, dataset: str | None = None):
     """The views used for a built-in dataset: :class:`SignalAugment` for 1-D inputs, :class:`ImageAugment`
     for images (flips only for Fashion-MNIST, where a mirrored garment is still the same class; one pixel of
     translation for the 8x8 digits, two otherwise)."""
-    if len(input_shape) == 1 or (len(input_shape) == 2 and input_shape[0] == 1):
+    if _is_signal(input_shape):
         return SignalAugment()
     if len(input_shape) == 3:
         small = min(input_shape[1:]) <= 8
-        return ImageAugment(translate=1 if small else 2, flip=dataset == "fashion-mnist")
+        return ImageAugment(translate=1 if small else 2, flip=dataset in _FLIPS)
     raise InputError(f"no default augmentation for inputs of shape {input_shape}; pass augment=callable")
+
+
+def supervised_augment(name: str, input_shape: tuple[int, ...], *, dataset: str | None = None):
+    """The transform ``augment = name`` (one of :data:`AUGMENTATIONS`) makes of a supervised training batch of
+    inputs of ``input_shape`` (without the batch dimension): ``None`` for ``"none"``; for ``"standard"`` an
+    :class:`ImageAugment` without noise (translation by up to 2 pixels, 1 for images of 14 pixels or fewer;
+    flips for Fashion-MNIST) or a :class:`SignalAugment` that only shifts (up to 3 samples)."""
+    if name not in AUGMENTATIONS:
+        raise InputError(f"unknown augment {name!r}; valid: {', '.join(AUGMENTATIONS)}")
+    if name == "none":
+        return None
+    if _is_signal(input_shape):
+        return SignalAugment(shift=3, scale=0.0, noise=0.0)
+    if len(input_shape) == 3:
+        return ImageAugment(translate=1 if min(input_shape[1:]) <= 14 else 2, flip=dataset in _FLIPS, noise=0.0)
+    raise InputError(
+        f"--augment {name} has no transform for inputs of shape {input_shape} (it knows 1-D signals and "
+        "(C, H, W) images); use --augment none, or augment in your data factory"
+    )
+
+
+def augment_input(batch: Any, augment: Callable[[Tensor], Tensor]) -> Any:
+    """``batch`` with ``augment`` applied to its input: the first element of an ``(input, label, ...)`` tuple or
+    list. Other batches raise :class:`valleys.errors.BatchFormatError` naming what to pass instead."""
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        return type(batch)([augment(batch[0]), *batch[1:]])
+    raise BatchFormatError(
+        f"augment= transforms the input of (input, label) batches, but this batch is a "
+        f"{type(batch).__name__}; augment in your data pipeline (or pass views=callable(batch) -> batch to "
+        "ConsistencyStep) instead"
+    )
+
+
+def augmented_step(augment: Callable[[Tensor], Tensor], step: Callable[[Any, Any], Any] | None = None):
+    """A trainer step function (see :class:`valleys.training.trainer.Trainer`'s ``step_fn``) that applies
+    ``augment`` to every training batch's input and then runs ``step`` (default
+    :func:`valleys.training.trainer.supervised_step`). The randomness comes from the global generator, which
+    the trainer's checkpoints save, so a resumed run draws the same transforms."""
+    if not callable(augment):
+        raise InputError(f"augment must be a callable(x) -> x, got {type(augment).__name__}")
+    if step is None:
+        from .trainer import supervised_step
+
+        step = supervised_step
+
+    def augmented(trainer: Any, batch: Any) -> Any:
+        return step(trainer, augment_input(batch, augment))
+
+    return augmented

@@ -20,6 +20,12 @@ multiplies lambda by C), or ``KL(q || p)`` with ``loss="kl"``. The weight ramps 
 (:func:`ramp_up`): ``lambda(t) = lambda_max exp(-5 (1 - min(t, r) / r)^2)`` at the epoch index ``t`` (0, 1, 2,
 ...: the authors' code ramps by the integer epoch; ``ramp_epoch="fractional"`` uses ``step / steps_per_epoch``).
 
+With ``logit_distance = w`` (the mean-teacher code's ``--logit-distance-cost``, 0.01 in the fast-SWA runs;
+off by default) the student has two heads and returns ``(z1, z2)`` in training mode (e.g.
+``build_model(..., heads=2)``): the cross-entropy reads ``z1``, the consistency term compares ``z2`` with the
+target's first head, and ``w (1/B) sum_i (1/C) sum_c (z1_ic - z2_ic)^2`` (the code's ``symmetric_mse_loss``
+divided by the batch) ties the heads together; evaluation reads the first head.
+
 Use in the trainer::
 
     teacher = MeanTeacher(model, decay=0.99, eval_loaders={"test": test_loader})
@@ -173,15 +179,9 @@ class MeanTeacher(Callback):
 
 
 def _tuple_views(augment: Callable[[Tensor], Tensor]) -> Callable[[Any], Any]:
-    def view(batch: Any) -> Any:
-        if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-            return type(batch)([augment(batch[0]), *batch[1:]])
-        raise BatchFormatError(
-            f"augment= transforms the input of (input, label) batches, but this batch is a "
-            f"{type(batch).__name__}; pass views=callable(batch) -> batch that returns an augmented copy"
-        )
+    from .augment import augment_input
 
-    return view
+    return lambda batch: augment_input(batch, augment)
 
 
 class ConsistencyStep:
@@ -203,6 +203,8 @@ class ConsistencyStep:
             divided by the whole batch, as in the authors' code) or ``"labelled"`` (its mean over the labelled
             examples).
         ramp_epoch: ``"integer"`` (lambda at the epoch index, as in the authors' code) or ``"fractional"``.
+        logit_distance: ``None`` (one head) or the weight ``w >= 0`` of the logit distance between the two heads
+            of a student that returns ``(class logits, consistency logits)`` in training mode (see above).
     """
 
     def __init__(
@@ -217,6 +219,7 @@ class ConsistencyStep:
         teacher: MeanTeacher | None = None,
         ce_normalisation: str = "batch",
         ramp_epoch: str = "integer",
+        logit_distance: float | None = None,
     ) -> None:
         if consistency not in CONSISTENCY:
             raise InputError(f"unknown consistency {consistency!r}; choose one of {', '.join(CONSISTENCY)}")
@@ -241,7 +244,12 @@ class ConsistencyStep:
             raise InputError("pass augment= (for (input, label) batches) or views= (any batch), not both")
         self.consistency, self.loss, self.teacher = consistency, loss, teacher
         self.weight, self.rampup = float(weight), float(rampup)
+        if logit_distance is not None and not (
+            isinstance(logit_distance, (int, float)) and math.isfinite(logit_distance) and logit_distance >= 0
+        ):
+            raise InputError(f"logit_distance must be None or finite and >= 0, got {logit_distance!r}")
         self.ce_normalisation, self.ramp_epoch = ce_normalisation, ramp_epoch
+        self.logit_distance = None if logit_distance is None else float(logit_distance)
         self.view: Callable[[Any], Any] = views or (_tuple_views(augment) if augment is not None else (lambda b: b))
 
     def _views(self, trainer: Trainer, batch: Any, k: int) -> Any:
@@ -263,6 +271,28 @@ class ConsistencyStep:
             return F.cross_entropy(out, y)
         return F.cross_entropy(out, y, reduction="sum") / batch_size
 
+    def _heads(self, trainer: Trainer, model: nn.Module, batch: Any) -> tuple[Tensor, Tensor]:
+        """The (class, consistency) logits of ``model`` on ``batch``: both the adapter's prediction with one head;
+        with ``logit_distance`` the two parts of the ``(z1, z2)`` the model returns."""
+        adapter = trainer.adapter
+        if self.logit_distance is None:
+            out = adapter.forward(model, batch, trainer.device)
+            return out, out
+        raw = adapter.call_inputs(model, batch, trainer.device)
+        if not (isinstance(raw, (tuple, list)) and len(raw) == 2 and all(isinstance(z, Tensor) for z in raw)):
+            raise BatchFormatError(
+                f"logit_distance needs a model with two heads that returns (class logits, consistency logits) in "
+                f"training mode, got a {type(raw).__name__}; build it with heads=2 (valleys.zoo.models) or drop "
+                "logit_distance"
+            )
+        return raw[0], raw[1]
+
+    def _logit_distance(self, z1: Tensor, z2: Tensor, batch_size: int) -> Tensor:
+        """``w (1/B) sum_i (1/C) sum_c (z1_ic - z2_ic)^2``: the mean-teacher code's ``symmetric_mse_loss``
+        (gradients into both heads) times the cost, divided by the whole batch."""
+        assert self.logit_distance is not None
+        return self.logit_distance * ((z1 - z2) ** 2).sum() / (z1.shape[1] * batch_size)
+
     def weight_at(self, epoch: float) -> float:
         """``lambda(t) = weight * ramp_up(t, rampup)``."""
         return self.weight * ramp_up(epoch, self.rampup)
@@ -278,23 +308,27 @@ class ConsistencyStep:
             )
         labelled = y >= 0
         if self.consistency == "none":
-            out = adapter.forward(student, self._views(trainer, select_examples(batch, labelled), 0), device)
+            out, out2 = self._heads(trainer, student, self._views(trainer, select_examples(batch, labelled), 0))
             ce = self._class_loss(out, y[labelled], len(y))
-            return StepResult(ce, {"class_loss": ce.detach()}, prediction=out, targets=y[labelled])
-        out = adapter.forward(student, self._views(trainer, batch, 0), device)
+            logs: dict[str, Any] = {"class_loss": ce.detach()}
+            if self.logit_distance is not None:
+                res = self._logit_distance(out, out2, len(y))
+                ce, logs["logit_distance_loss"] = ce + res, res.detach()
+            return StepResult(ce, logs, prediction=out, targets=y[labelled])
+        out, cons_out = self._heads(trainer, student, self._views(trainer, batch, 0))
         target_model = model
         if self.consistency == "mean-teacher":
             assert self.teacher is not None  # __init__ refuses mean-teacher without one
             target_model = self.teacher.model
         with torch.no_grad():
-            target = adapter.forward(target_model, self._views(trainer, batch, 1), device)
+            target, _ = self._heads(trainer, target_model, self._views(trainer, batch, 1))
         ce = self._class_loss(out[labelled], y[labelled], len(y))
-        cons = consistency_loss(out, target, self.loss)
+        cons = consistency_loss(cons_out, target, self.loss)
         t = trainer.epoch if self.ramp_epoch == "integer" else trainer.step / trainer.steps_per_epoch
         lam = self.weight_at(t)
-        return StepResult(
-            ce + lam * cons,
-            {"class_loss": ce.detach(), "consistency_loss": cons.detach(), "consistency_weight": lam},
-            prediction=out[labelled],
-            targets=y[labelled],
-        )
+        logs = {"class_loss": ce.detach(), "consistency_loss": cons.detach(), "consistency_weight": lam}
+        loss = ce + lam * cons
+        if self.logit_distance is not None:
+            res = self._logit_distance(out, cons_out, len(y))
+            loss, logs["logit_distance_loss"] = loss + res, res.detach()
+        return StepResult(loss, logs, prediction=out[labelled], targets=y[labelled])

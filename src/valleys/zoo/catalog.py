@@ -11,6 +11,7 @@ DATASETS: dict[str, str] = {
     "mnist1d": "MNIST-1D signals, 10 classes, generated offline (default)",
     "digits": "scikit-learn 8x8 digits, 10 classes",
     "fashion-mnist": "Fashion-MNIST 28x28, 10 classes (Debian package dataset-fashion-mnist or torchvision files)",
+    "fashion-mnist-14": "Fashion-MNIST downsampled to 14x14 (2x2 averages; 4x fewer pixels, for CNNs on CPUs)",
 }
 
 #: Regression datasets of :func:`valleys.zoo.regression.load_regression`.
@@ -27,17 +28,24 @@ MODELS: dict[str, str] = {
     "mlp": "fully connected ReLU net, any input",
     "cnn1d": "1-D CNN for signals (mnist1d)",
     "cnn": "small CNN with BatchNorm, images",
+    "convlarge": "the 13-layer CNN of the semi-supervised papers (ConvLarge) with BatchNorm, images of 12x12 or more",
     "preresnet": "small pre-activation ResNet with BatchNorm, images",
     "vgg": "VGG-style net without BatchNorm, with Dropout, images",
 }
 
 #: What each classification dataset feeds a model, and what each model needs ("any": flattens its input),
 #: so a mismatch is refused when the settings are checked, before any data is loaded.
-INPUT_KINDS: dict[str, str] = {"mnist1d": "1-D signals", "digits": "images", "fashion-mnist": "images"}
+INPUT_KINDS: dict[str, str] = {
+    "mnist1d": "1-D signals",
+    "digits": "images",
+    "fashion-mnist": "images",
+    "fashion-mnist-14": "images",
+}
 MODEL_INPUTS: dict[str, str] = {
     "mlp": "any",
     "cnn1d": "1-D signals",
     "cnn": "images",
+    "convlarge": "images",
     "preresnet": "images",
     "vgg": "images",
 }

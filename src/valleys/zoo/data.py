@@ -15,6 +15,7 @@ of the training seed, so runs with different seeds see the same splits. The test
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import random
@@ -219,7 +220,14 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _fashion(root: str | os.PathLike | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    d = find_fashion_mnist(root)
+    return _fashion_in(str(find_fashion_mnist(root)))
+
+
+@functools.lru_cache(maxsize=1)
+def _fashion_in(folder: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The standardised Fashion-MNIST tensors of ``folder``, decoded once per process (a demo loads them for
+    every run; the callers index or transform them, never write into them)."""
+    d = Path(folder)
     arr = {k: _read_idx(_existing_file(d, stem)) for k, stem in FASHION_FILES.items()}
     xtr = torch.tensor(arr["train_x"], dtype=torch.float32).unsqueeze(1) / 255.0
     xte = torch.tensor(arr["test_x"], dtype=torch.float32).unsqueeze(1) / 255.0
@@ -230,6 +238,15 @@ def _fashion(root: str | os.PathLike | None) -> tuple[Tensor, Tensor, Tensor, Te
         (xte - mean) / std,
         torch.tensor(arr["test_y"]).long(),
     )
+
+
+def _fashion14(root: str | os.PathLike | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Fashion-MNIST at 14x14: each pixel the mean of a 2x2 block of the 28x28 image, then standardised again
+    by the training images' mean and standard deviation."""
+    xtr, ytr, xte, yte = _fashion(root)
+    xtr, xte = (torch.nn.functional.avg_pool2d(x, 2) for x in (xtr, xte))
+    mean, std = xtr.mean(), xtr.std()
+    return (xtr - mean) / std, ytr, (xte - mean) / std, yte
 
 
 def load_dataset(
@@ -257,7 +274,12 @@ def load_dataset(
         raise InputError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
     if not 0 <= val_fraction < 1:
         raise InputError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    loader = {"mnist1d": _mnist1d, "digits": _digits, "fashion-mnist": lambda: _fashion(root)}[name]
+    loader = {
+        "mnist1d": _mnist1d,
+        "digits": _digits,
+        "fashion-mnist": lambda: _fashion(root),
+        "fashion-mnist-14": lambda: _fashion14(root),
+    }[name]
     xtr, ytr, xte, yte = loader()
     num_classes = int(ytr.max()) + 1
     ood = None
