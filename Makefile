@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
 
-.PHONY: venv demo demo-quick demo-fashion-mnist test test-fast lint docs bench clean
+.PHONY: venv demo demo-quick demo-fashion-mnist demo-fashion-cnn test test-fast lint docs bench clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,10 @@ demo-quick: $(STAMP)
 
 demo-fashion-mnist: $(STAMP)  # needs the Fashion-MNIST files (Debian package dataset-fashion-mnist)
 	$(BIN)/valleys demo --preset fashion-mnist --out runs/demo-fashion-mnist --overwrite
+
+demo-fashion-cnn: $(STAMP)  # the BatchNorm CNN with augmentation, then its semi-supervised study (Fashion-MNIST files)
+	$(BIN)/valleys demo --preset fashion-cnn --out runs/demo-fashion-cnn --overwrite
+	$(BIN)/valleys semisup --preset fashion-cnn --seeds 0 1 2 --out runs/semisup-fashion-cnn --overwrite
 
 # Two worker processes of one thread each (pytest-xdist): on two cores this beats one process of two threads,
 # since most tests are short and bound by Python; TEST_JOBS=0 runs them in this process.

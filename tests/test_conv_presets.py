@@ -184,6 +184,7 @@ def test_semisup_quick_needs_a_preset(tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 def test_semisup_preset_quick_runs_the_conv_study_and_flags_win(tmp_path):
     _fashion_or_skip()
     from valleys.app.cli import main
@@ -205,6 +206,7 @@ def test_semisup_preset_quick_runs_the_conv_study_and_flags_win(tmp_path):
     assert 0 < err < 0.6  # it learned (chance: 90%)
 
 
+@pytest.mark.slow
 def test_demo_preset_fashion_cnn_quick_runs_every_supervised_section(tmp_path):
     _fashion_or_skip()
     from valleys.app.cli import main

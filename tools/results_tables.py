@@ -203,8 +203,26 @@ def _section_semisup(res: Mapping[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def render(demo_dir: str | Path, *, command: str, machine: str | None = None) -> str:
-    """The results page of one demo folder as Markdown."""
+def _section_semisup_study(study_dir: str | Path, command: str) -> list[str]:
+    """A ``valleys semisup`` folder's results (a preset whose study runs alone): the table of
+    :func:`_section_semisup`, its wall time and its claims table."""
+    res = json.loads((Path(study_dir) / "results.json").read_text())
+    total = res.get("timing", {}).get("total_s")
+    lines = _section_semisup({"semisup": res})
+    lines[2:2] = [f"Run: `{command}`" + (f", in {total / 60:.1f} minutes" if total else "") + ".", ""]
+    return lines + ["Its claims:", "", *claims_markdown(res.get("claim_rows") or []), ""]
+
+
+def render(
+    demo_dir: str | Path,
+    *,
+    command: str,
+    machine: str | None = None,
+    semisup: str | Path | None = None,
+    semisup_command: str = "",
+) -> str:
+    """The results page of one demo folder as Markdown (``semisup``: a ``valleys semisup`` folder whose study
+    goes in the semi-supervised section, made by ``semisup_command``)."""
     demo_dir = Path(demo_dir)
     path = demo_dir / "results.json"
     res = json.loads(path.read_text())
@@ -244,6 +262,8 @@ def render(demo_dir: str | Path, *, command: str, machine: str | None = None) ->
         _section_semisup,
     ):
         lines += section(res)
+    if semisup is not None:
+        lines += _section_semisup_study(semisup, semisup_command)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -252,8 +272,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("demo_dir", help="a finished demo folder (holding results.json)")
     p.add_argument("--command", default="make demo", help="the command that made the folder (default: make demo)")
     p.add_argument("--machine", default=None, help="where it ran (default: this machine's CPU, cores, torch)")
+    p.add_argument("--semisup", default=None, help="a valleys semisup folder for the semi-supervised section")
+    p.add_argument("--semisup-command", default="valleys semisup", help="the command that made --semisup's folder")
     args = p.parse_args(argv)
-    sys.stdout.write(render(args.demo_dir, command=args.command, machine=args.machine))
+    sys.stdout.write(
+        render(
+            args.demo_dir,
+            command=args.command,
+            machine=args.machine,
+            semisup=args.semisup,
+            semisup_command=args.semisup_command,
+        )
+    )
     return 0
 
 

@@ -363,11 +363,15 @@ def claims_markdown(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         "of freedom (holds when the difference in the claim's favour is beyond t_{0.975, n-1} standard errors, "
         "does not hold beyond it the other way, else within noise). Detectable: the smallest difference these "
         "seeds detect with 80% power given the observed spread, (t_{0.975, n-1} + t_{0.8, n-1}) SE. Seeds for "
-        "this difference: how many would detect the observed difference with 80% power. Paper's effect: the "
-        "difference the claim's paper reports (the smallest where it reports several; on CIFAR with deep "
-        "networks, so not what this run should show), and the seeds that detect it with 80% power at this "
-        "run's spread:",
-        "",
-        *(f"{line}  " for line in sources),
+        "this difference: how many would detect the observed difference with 80% power."
+        + (
+            " Paper's effect: the difference the claim's paper reports (the smallest where it reports several; on "
+            "CIFAR with deep networks, so not what this run should show), and the seeds that detect it with 80% "
+            "power at this run's spread:"
+            if sources
+            else ""
+        ),
     ]
+    if sources:
+        out += ["", *(f"{line}  " for line in sources)]
     return out
