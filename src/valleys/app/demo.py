@@ -663,17 +663,9 @@ def _geometry(out: Path, seeds: list[int], quick: bool, progress: bool, log: Cal
         else:
             path = path_study.run(path_settings, ctx)
             rays = rays_study.run(rays_settings, ctx)
-        eig = {  # on a fixed subset: the first 1000 training examples (500 and fewer products with --quick)
+        eig = {  # on a fixed subset: the first 1000 training examples
             name: sharpness.run(
-                sharpness.settings(
-                    run,
-                    k=1,
-                    examples=500 if quick else 1000,
-                    iterations=12 if quick else 20,
-                    trace_samples=2 if quick else 10,
-                    seed=s,
-                ),
-                ctx,
+                sharpness.settings(run, k=1, examples=1000, iterations=20, trace_samples=10, seed=s), ctx
             )["top_eigenvalues"][0]
             for name, run in (("SWA", swag_run), ("SGD", sgd_run))
         }
