@@ -137,8 +137,8 @@ PRESETS: dict[str, Preset] = {
         Preset(
             name="fashion-cnn",
             summary="Fashion-MNIST at 14x14 (20,000 training images), a BatchNorm CNN (widths 16-32-32) trained "
-            "with random translations and flips, 30 epochs; SGD, SWA, SWAG, FGE, OOD, curves and geometry (about "
-            "20 minutes on 2 cores); its semi-supervised study runs alone: valleys semisup --preset fashion-cnn",
+            "with random translations and flips, 30 epochs; SGD, SWA, SWAG, FGE, OOD, curves and geometry (about an "
+            "hour on 2 cores); its semi-supervised study runs alone: valleys semisup --preset fashion-cnn",
             train={
                 "dataset": "fashion-mnist-14",
                 "model": "cnn",
